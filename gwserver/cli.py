@@ -1,0 +1,69 @@
+"""``gwserver run | check | settings | demo-upstream``."""
+import argparse
+import sys
+
+from .errors import ConfigError
+
+
+def cmd_run(args):
+    from .edge.app import GatewayApplication
+    from .settings import load_conf
+    try:
+        conf = load_conf(args.conf)
+    except ConfigError as exc:
+        return report(args.conf, exc)
+    GatewayApplication(args.conf, conf).run()
+    return 0
+
+
+def cmd_check(args):
+    from .settings import load_conf
+    try:
+        conf = load_conf(args.conf)
+    except ConfigError as exc:
+        return report(args.conf, exc)
+    print(f"{args.conf}: ok ({len(conf.router)} routes, {conf.server['workers']} workers, "
+          f"listening on {', '.join(conf.server['bind'])})")
+    return 0
+
+
+def cmd_settings(args):
+    from .settings import reference_toml
+    sys.stdout.write(reference_toml())
+    return 0
+
+
+def cmd_demo_upstream(args):
+    from .demo import serve
+    serve(args.host, args.port)
+    return 0
+
+
+def report(path, exc):
+    print(f"{path}: invalid configuration:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="gwserver", description="An API gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the master and its workers (foreground)")
+    run.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a conf file; exit 0 if it is good")
+    check.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    check.set_defaults(func=cmd_check)
+    settings = sub.add_parser("settings", help="print every setting with its default and doc")
+    settings.set_defaults(func=cmd_settings)
+    demo = sub.add_parser("demo-upstream", help="a small HTTP server to proxy to (demo, tests)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=9001)
+    demo.set_defaults(func=cmd_demo_upstream)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""A radix tree over path segments.
+
+Rules, in the order they decide a match:
+
+1. Path: at each segment a static child is tried before the parameter child, and both before a
+   catch-all; an exact end before a ``prefix = true`` route. The deepest, most static match wins,
+   and the walk backtracks when a more specific branch has no route whose conditions hold.
+2. Among routes on the same node: higher ``priority`` first, then the more specific conditions
+   (exact hosts, wildcard hosts, more headers, restricted methods), then route id.
+3. Host (exact or ``*.example.com``), headers (exact values) and method must all hold.
+
+If some route matches everything but the method, the answer is 405 with ``Allow``; else 404.
+Lookup cost grows with path depth, not with the number of routes.
+"""
+from ..errors import ConfigError, MethodNotAllowed, RouteNotFound
+from .routes import check_path
+
+
+class _Node:
+    __slots__ = ("static", "param", "param_name", "param_owner", "catchall", "catchall_name",
+                 "exact", "prefix")
+
+    def __init__(self):
+        self.static = {}
+        self.param = None
+        self.param_name = None
+        self.param_owner = None
+        self.catchall = []
+        self.catchall_name = None
+        self.exact = []
+        self.prefix = []
+
+
+def _sort_key(route):
+    return (-route.priority, tuple(not flag for flag in route.specificity), route.id)
+
+
+class Match:
+    __slots__ = ("route", "params")
+
+    def __init__(self, route, params):
+        self.route = route
+        self.params = params
+
+
+class Router:
+    """Compiled routing table. Build with ``Router.compile(routes)``; then ``match()``."""
+
+    def __init__(self):
+        self._root = _Node()
+        self.routes = {}
+
+    @classmethod
+    def compile(cls, routes):
+        router = cls()
+        problems = []
+        for route in routes:
+            try:
+                router.add(route)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems)
+        router.finish()
+        return router
+
+    def add(self, route):
+        """Insert a route; raise ConfigError naming the route if it conflicts."""
+        if route.id in self.routes:
+            raise ConfigError(f"route {route.id}: duplicate route id")
+        placed = []
+        for pattern in route.paths:
+            node = self._root
+            for kind, text in check_path(pattern):
+                if kind == "static":
+                    node = node.static.setdefault(text, _Node())
+                elif kind == "param":
+                    if node.param is None:
+                        node.param, node.param_name, node.param_owner = _Node(), text, route.id
+                    elif node.param_name != text:
+                        raise ConfigError(
+                            f"route {route.id}: parameter :{text} in {pattern!r} conflicts with "
+                            f":{node.param_name} of route {node.param_owner} at the same position")
+                    node = node.param
+                else:
+                    if node.catchall_name not in (None, text):
+                        raise ConfigError(
+                            f"route {route.id}: catch-all *{text} in {pattern!r} conflicts with "
+                            f"*{node.catchall_name} at the same position")
+                    node.catchall_name = text
+                    placed.append(node.catchall)
+                    break
+            else:
+                placed.append(node.prefix if route.prefix else node.exact)
+        for bucket in placed:
+            if route not in bucket:
+                bucket.append(route)
+        self.routes[route.id] = route
+
+    def finish(self):
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            for bucket in (node.exact, node.prefix, node.catchall):
+                bucket.sort(key=_sort_key)
+            stack.extend(node.static.values())
+            if node.param:
+                stack.append(node.param)
+
+    def __len__(self):
+        return len(self.routes)
+
+    def match(self, method, host, path, headers=None):
+        """Return a Match for (method, host, path, headers) or raise RouteNotFound/405.
+
+        ``host`` is lower-case without port; ``headers`` maps lower-case bytes names to bytes.
+        """
+        segments = path[1:].split("/")
+        params = []
+        allowed = set()
+        found = self._walk(self._root, segments, 0, params, method, host, headers, allowed)
+        if found is not None:
+            return found
+        if allowed:
+            raise MethodNotAllowed(allowed)
+        raise RouteNotFound(f"no route for {path}")
+
+    def _walk(self, node, segments, i, params, method, host, headers, allowed):
+        if i == len(segments):
+            for bucket in (node.exact, node.prefix):
+                if bucket:
+                    route = _pick(bucket, method, host, headers, allowed)
+                    if route is not None:
+                        return Match(route, _bind(route, params, node, None))
+            return None
+        segment = segments[i]
+        child = node.static.get(segment)
+        if child is not None:
+            found = self._walk(child, segments, i + 1, params, method, host, headers, allowed)
+            if found is not None:
+                return found
+        if node.param is not None and segment:
+            params.append((node.param_name, segment))
+            found = self._walk(node.param, segments, i + 1, params, method, host, headers,
+                               allowed)
+            if found is not None:
+                return found
+            params.pop()
+        if node.catchall:
+            route = _pick(node.catchall, method, host, headers, allowed)
+            if route is not None:
+                rest = "/".join(segments[i:])
+                return Match(route, _bind(route, params, node, rest))
+        if node.prefix:
+            route = _pick(node.prefix, method, host, headers, allowed)
+            if route is not None:
+                return Match(route, _bind(route, params, node, None))
+        return None
+
+
+def _bind(route, params, node, rest):
+    bound = dict(params)
+    if rest is not None:
+        bound[node.catchall_name] = rest
+    return bound
+
+
+def _pick(bucket, method, host, headers, allowed):
+    for route in bucket:
+        if route.hosts is not None or route.host_suffixes:
+            if not (route.hosts and host in route.hosts) and \
+                    not (host and host.endswith(route.host_suffixes)):
+                continue
+        if route.headers:
+            if headers is None or any(headers.get(k) != v for k, v in route.headers):
+                continue
+        if route.methods is not None and method not in route.methods:
+            allowed.update(route.methods)
+            continue
+        return route
+    return None

@@ -1,0 +1,232 @@
+"""Route and upstream objects: their schemas and their compiled, frozen forms.
+
+The same schema serves the conf file's ``[[routes]]`` and (later) etcd values, so a route that
+``gwserver check`` accepts is a route the gateway serves. Compilation turns validated dicts into
+frozen values the hot path reads without further checks.
+"""
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+from .schema import (Field, Invalid, Schema, boolean, header_name, header_value, integer,
+                     list_of, map_of, number, one_of, show, string)
+
+ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+METHOD = r"[A-Z][A-Z0-9_-]{0,19}"
+HOST = r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
+PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Characters a path segment pattern may hold (RFC 3986 pchar, with %-escapes taken as-is).
+SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]*")
+
+
+def target_url(value):
+    if not isinstance(value, str):
+        raise Invalid(f"must be a URL string, got {show(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"must be an http:// or https:// URL with a host, got {show(value)}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise Invalid(f"must be scheme://host[:port] only (use strip_prefix to rewrite paths), "
+                      f"got {show(value)}")
+    try:
+        parts.port
+    except ValueError:
+        raise Invalid(f"has a bad port, got {show(value)}") from None
+    return value
+
+
+TIMEOUTS = Schema(
+    Field("connect", number(0, exclusive=True), None, "seconds to open an upstream connection"),
+    Field("read", number(0, exclusive=True), None,
+          "seconds to wait for each read from the upstream"),
+)
+
+TARGET = Schema(
+    Field("url", target_url, doc="http://host:port or https://host:port"),
+    Field("weight", integer(0, 1_000_000, "an integer from 0 to 1000000"), 1,
+          "share of traffic; 0 takes the target out of rotation"),
+)
+
+UPSTREAM = Schema(
+    Field("targets", list_of(TARGET, min_items=1), doc="the servers behind this upstream"),
+    Field("pass_host", one_of("pass", "node", "rewrite"), "pass",
+          "Host sent upstream: the client's (pass), the target's (node) or upstream_host"),
+    Field("upstream_host", string(HOST, "a host name"), None, "Host header when pass_host=rewrite"),
+    Field("pool_size", integer(1), None, "keep-alive connections per target per worker"),
+    Field("block_when_full", boolean, None, "wait for a free connection instead of opening more"),
+    Field("timeouts", TIMEOUTS, None, "overrides of upstream_defaults timeouts"),
+    doc="An upstream: targets and how to talk to them.",
+)
+
+ROUTE = Schema(
+    Field("id", string(ROUTE_ID, "an id of letters, digits and _.:- (max 128)")),
+    Field("paths", list_of(string(what="a path pattern"), min_items=1),
+          doc="/exact, /users/:id (parameter), /static/*rest (catch-all)"),
+    Field("prefix", boolean, False, "a path without a catch-all also matches below itself"),
+    Field("methods", list_of(string(METHOD, "an upper-case method"), min_items=1), None,
+          "allowed methods (HEAD is allowed with GET); absent: all"),
+    Field("hosts", list_of(string(HOST, "a lower-case host or *.domain"), min_items=1), None,
+          "Host values: exact or *.example.com; absent: any"),
+    Field("headers", map_of(header_value, header_name), None, "headers that must equal values"),
+    Field("priority", integer(-1_000_000, 1_000_000, "an integer"), 0,
+          "higher wins among equal matches"),
+    Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else
+          string(ROUTE_ID, "an upstream object or the id of one")(value),
+          doc="inline upstream object, or the id of a named upstream"),
+    Field("strip_prefix", string(r"/[^?#]*", "a path starting with /"), None,
+          "removed from the start of the path before proxying"),
+    Field("timeouts", TIMEOUTS, None, "overrides of the upstream's timeouts"),
+    Field("max_body_size", integer(0), None, "request body limit in bytes, 0 = no limit"),
+    Field("plugins", map_of(lambda conf: conf, string(r"[a-z][a-z0-9_-]*", "a plugin name")),
+          None, "plugin name -> plugin config"),
+    doc="A route: what requests it matches and where they go.",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    scheme: str
+    host: str
+    port: int
+    weight: int
+
+    @property
+    def key(self):
+        return (self.scheme, self.host, self.port)
+
+    @property
+    def authority(self):
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    id: str
+    targets: tuple
+    pass_host: str = "pass"
+    upstream_host: str | None = None
+    pool_size: int = 64
+    block_when_full: bool = False
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Route:
+    id: str
+    paths: tuple
+    upstream: Upstream
+    prefix: bool = False
+    methods: frozenset | None = None
+    hosts: frozenset | None = None          # exact host names
+    host_suffixes: tuple = ()               # ".example.com" for *.example.com
+    headers: tuple = ()                     # ((b"x-lower-name", b"value"), ...)
+    priority: int = 0
+    strip_prefix: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_body_size: int = 0
+    chain: object = None                    # core.chain.Chain, set by the compiler
+    spec: dict = field(default=None, compare=False, repr=False)
+
+    @property
+    def specificity(self):
+        """Among routes at the same path node: more conditions sort first."""
+        return (bool(self.hosts), bool(self.host_suffixes), len(self.headers),
+                self.methods is not None)
+
+
+def make_target(spec):
+    parts = urlsplit(spec["url"])
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Target(spec["url"], parts.scheme, parts.hostname, port, spec["weight"])
+
+
+def make_upstream(upstream_id, spec, defaults):
+    """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``."""
+    timeouts = spec.get("timeouts") or {}
+    targets = tuple(make_target(t) for t in spec["targets"])
+    if not any(t.weight for t in targets):
+        raise ConfigError(f"upstream {upstream_id}: every target has weight 0")
+    if spec["pass_host"] == "rewrite" and not spec["upstream_host"]:
+        raise ConfigError(f"upstream {upstream_id}: pass_host=rewrite needs upstream_host")
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return Upstream(
+        id=upstream_id, targets=targets, pass_host=spec["pass_host"],
+        upstream_host=spec["upstream_host"],
+        pool_size=pick(spec["pool_size"], defaults["pool_size"]),
+        block_when_full=pick(spec["block_when_full"], defaults["block_when_full"]),
+        connect_timeout=pick(timeouts.get("connect"), defaults["connect_timeout"]),
+        read_timeout=pick(timeouts.get("read"), defaults["read_timeout"]),
+    )
+
+
+def check_path(pattern):
+    """Return the parsed segments of a path pattern, or raise Invalid naming the problem.
+
+    Each segment is ("static", text), ("param", name) or ("catchall", name).
+    """
+    if not pattern.startswith("/"):
+        raise Invalid(f"must start with /, got {show(pattern)}")
+    segments, seen = [], set()
+    raw = pattern[1:].split("/")
+    for i, seg in enumerate(raw):
+        if seg.startswith(":") or seg.startswith("*"):
+            kind = "param" if seg[0] == ":" else "catchall"
+            name = seg[1:]
+            if not PARAM.fullmatch(name):
+                raise Invalid(f"has a bad parameter name {show(seg)} in {show(pattern)}")
+            if name in seen:
+                raise Invalid(f"binds parameter {show(name)} twice in {show(pattern)}")
+            if kind == "catchall" and i != len(raw) - 1:
+                raise Invalid(f"has a catch-all that is not the last segment in {show(pattern)}")
+            seen.add(name)
+            segments.append((kind, name))
+        elif seg in (".", ".."):
+            raise Invalid(f"has a dot segment in {show(pattern)}")
+        elif not SEGMENT.fullmatch(seg):
+            raise Invalid(f"has characters not allowed in a path in {show(pattern)}")
+        else:
+            segments.append(("static", seg))
+    return segments
+
+
+def make_route(spec, upstream, settings, chain=None):
+    """Build a Route from a validated spec and its resolved Upstream."""
+    problems = []
+    for i, pattern in enumerate(spec["paths"]):
+        try:
+            segments = check_path(pattern)
+        except Invalid as exc:
+            problems.append(f"route {spec['id']}: paths[{i}] {exc}")
+            continue
+        if spec["strip_prefix"] and not pattern.startswith(spec["strip_prefix"]):
+            problems.append(f"route {spec['id']}: strip_prefix {show(spec['strip_prefix'])} is not "
+                            f"a prefix of paths[{i}] {show(pattern)}")
+        if spec["prefix"] and segments[-1][0] == "catchall":
+            problems.append(f"route {spec['id']}: prefix=true with a catch-all in paths[{i}]; "
+                            f"use one or the other")
+    if problems:
+        raise ConfigError(problems)
+    hosts = spec["hosts"] or []
+    timeouts = spec["timeouts"] or {}
+    methods = frozenset(spec["methods"]) if spec["methods"] else None
+    if methods and "GET" in methods:
+        methods = methods | {"HEAD"}
+    body_limit = spec["max_body_size"]
+    return Route(
+        id=spec["id"], paths=tuple(spec["paths"]), upstream=upstream, prefix=spec["prefix"],
+        methods=methods,
+        hosts=frozenset(h for h in hosts if not h.startswith("*.")) or None,
+        host_suffixes=tuple(h[1:] for h in hosts if h.startswith("*.")),
+        headers=tuple((k.lower().encode("latin-1"), v.encode("latin-1"))
+                      for k, v in sorted((spec["headers"] or {}).items())),
+        priority=spec["priority"], strip_prefix=spec["strip_prefix"],
+        connect_timeout=timeouts.get("connect") or upstream.connect_timeout,
+        read_timeout=timeouts.get("read") or upstream.read_timeout,
+        max_body_size=settings["max_body_size"] if body_limit is None else body_limit,
+        chain=chain, spec=spec,
+    )

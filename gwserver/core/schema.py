@@ -1,0 +1,216 @@
+"""Declarative validation for the conf file, routes, upstreams and plugin configs.
+
+A ``Schema`` is a list of ``Field``s. ``Schema.validate(obj, path)`` returns a new dict with
+defaults filled, or raises ``ConfigError`` listing *every* problem as ``full.path: reason, got X``
+(gunicorn's config.py declares each setting once; so do we, and docs come from the same list).
+
+A check is a callable ``value -> normalised value`` that raises ``Invalid`` with a reason.
+"""
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+REQUIRED = object()
+
+
+class Invalid(ValueError):
+    """A value failed a check; ``problems`` is a list of (sub-path, reason) pairs."""
+
+    def __init__(self, reason, subpath=""):
+        super().__init__(reason)
+        self.problems = [(subpath, reason)]
+
+    @classmethod
+    def many(cls, problems):
+        exc = cls("")
+        exc.problems = problems
+        return exc
+
+
+def show(value):
+    """How a bad value is quoted in an error message."""
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def join(path, sub):
+    if not sub:
+        return path
+    if sub.startswith("["):
+        return path + sub
+    return f"{path}.{sub}" if path else sub
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    check: Callable[[Any], Any]
+    default: Any = REQUIRED
+    doc: str = ""
+
+    @property
+    def required(self):
+        return self.default is REQUIRED
+
+
+class Schema:
+    """An object with declared fields; unknown keys are errors, never silently ignored."""
+
+    def __init__(self, *fields, doc=""):
+        self.fields = {f.name: f for f in fields}
+        self.doc = doc
+
+    def __call__(self, value):
+        """A schema is also a check, so schemas nest."""
+        if not isinstance(value, dict):
+            raise Invalid(f"must be a table/object, got {show(value)}")
+        out, problems = {}, []
+        for key in value:
+            if key not in self.fields:
+                known = ", ".join(self.fields)
+                problems.append((str(key), f"unknown key (known: {known})"))
+        for name, field in self.fields.items():
+            if name not in value:
+                if field.required:
+                    problems.append((name, "is required"))
+                else:
+                    out[name] = field.default() if callable(field.default) else field.default
+                continue
+            try:
+                out[name] = field.check(value[name])
+            except Invalid as exc:
+                problems.extend((join(name, sub), reason) for sub, reason in exc.problems)
+        if problems:
+            raise Invalid.many(problems)
+        return out
+
+    def validate(self, value, path=""):
+        try:
+            return self(value)
+        except Invalid as exc:
+            raise ConfigError([": ".join(part for part in (path, sub) if part) + f": {reason}"
+                               for sub, reason in exc.problems]) from None
+
+    def defaults(self):
+        return {name: (f.default() if callable(f.default) else f.default)
+                for name, f in self.fields.items() if not f.required}
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+def integer(minimum=None, maximum=None, what=None):
+    what = what or ("a positive integer" if minimum == 1 else
+                    "a non-negative integer" if minimum == 0 else "an integer")
+
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"must be {what}, got {show(value)}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f" between {minimum} and {maximum}" if maximum is not None else ""
+            raise Invalid(f"must be {what}{bounds}, got {show(value)}")
+        return value
+    return check
+
+
+def number(minimum=0.0, exclusive=False, maximum=None):
+    what = "a positive number" if exclusive and minimum == 0 else f"a number >= {minimum}"
+
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid(f"must be {what}, got {show(value)}")
+        if value < minimum or (exclusive and value == minimum) or \
+                (maximum is not None and value > maximum):
+            raise Invalid(f"must be {what}" + (f" and <= {maximum}" if maximum else "")
+                          + f", got {show(value)}")
+        return float(value)
+    return check
+
+
+def boolean(value):
+    if not isinstance(value, bool):
+        raise Invalid(f"must be true or false, got {show(value)}")
+    return value
+
+
+def string(pattern=None, what="a string", allow_empty=False):
+    regex = re.compile(pattern) if pattern else None
+
+    def check(value):
+        if not isinstance(value, str) or (not allow_empty and not value):
+            raise Invalid(f"must be {what}, got {show(value)}")
+        if regex and not regex.fullmatch(value):
+            raise Invalid(f"must be {what}, got {show(value)}")
+        return value
+    return check
+
+
+def one_of(*choices):
+    def check(value):
+        if value not in choices:
+            raise Invalid(f"must be one of {', '.join(map(show, choices))}, got {show(value)}")
+        return value
+    return check
+
+
+def list_of(item_check, min_items=0, what=None):
+    def check(value):
+        if not isinstance(value, list):
+            raise Invalid(f"must be a list, got {show(value)}")
+        if len(value) < min_items:
+            raise Invalid(f"must have at least {min_items} item(s)"
+                          + (f" ({what})" if what else ""))
+        out, problems = [], []
+        for i, item in enumerate(value):
+            try:
+                out.append(item_check(item))
+            except Invalid as exc:
+                problems.extend((join(f"[{i}]", sub), r) for sub, r in exc.problems)
+        if problems:
+            raise Invalid.many(problems)
+        return out
+    return check
+
+
+def map_of(value_check, key_check=None):
+    def check(value):
+        if not isinstance(value, dict):
+            raise Invalid(f"must be a table/object, got {show(value)}")
+        out, problems = {}, []
+        for key, item in value.items():
+            try:
+                if key_check:
+                    key_check(key)
+                out[key] = value_check(item)
+            except Invalid as exc:
+                problems.extend((join(str(key), sub), r) for sub, r in exc.problems)
+        if problems:
+            raise Invalid.many(problems)
+        return out
+    return check
+
+
+def any_of(*checks, what):
+    def check(value):
+        for candidate in checks:
+            try:
+                return candidate(value)
+            except Invalid:
+                continue
+        raise Invalid(f"must be {what}, got {show(value)}")
+    return check
+
+
+HEADER_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"   # RFC 9110 token
+header_name = string(HEADER_NAME, "an HTTP header name")
+
+
+def header_value(value):
+    if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+        raise Invalid(f"must be a header value without CR, LF or NUL, got {show(value)}")
+    return value

@@ -1,0 +1,88 @@
+"""gunicorn embedded through its application API, and a master that validates before reloading.
+
+``GatewayApplication`` maps the conf file's ``[server]`` section onto gunicorn's settings;
+``GatewayArbiter`` is gunicorn's master with one change to SIGHUP: the conf file is validated
+first, and a bad one is logged and ignored, so the old workers and settings keep running
+(gunicorn's own reload would ``sys.exit`` the master on a config error).
+"""
+import logging
+import math
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+from .. import proctitle
+from ..errors import ConfigError
+from ..settings import load_conf
+
+log = logging.getLogger("gwserver.master")
+
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+def configure_logging(level):
+    logger = logging.getLogger("gwserver")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
+
+
+class GatewayApplication(BaseApplication):
+
+    def __init__(self, conf_path, conf=None):
+        self.conf_path = conf_path
+        self.conf = conf or load_conf(conf_path)
+        self.pending_conf = None
+        super().__init__(prog="gwserver")
+
+    def load_config(self):
+        server = self.conf.server
+        configure_logging(self.conf.log["level"])
+        for key, value in {
+            "bind": list(server["bind"]),
+            "workers": server["workers"],
+            "worker_connections": server["worker_connections"],
+            "graceful_timeout": math.ceil(server["graceful_timeout"]),
+            "keepalive": math.ceil(server["keepalive"]),
+            "timeout": server["timeout"],
+            "backlog": server["backlog"],
+            "max_requests": server["max_requests"],
+            "proc_name": server["proc_name"],
+            "worker_class": "gwserver.edge.worker.GatewayWorker",
+            "loglevel": self.conf.log["level"],
+            "errorlog": "-",
+            "accesslog": None,
+            "control_socket_disable": True,
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return None      # the worker class serves requests itself; there is no WSGI app
+
+    def reload(self):
+        self.conf = self.pending_conf or load_conf(self.conf_path)
+        self.pending_conf = None
+        self.do_load_config()
+
+    def run(self):
+        proctitle.install()
+        GatewayArbiter(self).run()
+
+
+class GatewayArbiter(Arbiter):
+
+    def handle_hup(self):
+        try:
+            self.app.pending_conf = load_conf(self.app.conf_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            log.error("reload refused: %s is invalid; still serving the previous configuration",
+                      self.app.conf_path)
+            return
+        log.info("reloading with %s (%d routes)", self.app.conf_path,
+                 len(self.app.pending_conf.router))
+        super().handle_hup()

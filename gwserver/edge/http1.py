@@ -1,0 +1,409 @@
+"""The client side of HTTP/1.1: read requests with httptools (llhttp, strict), answer them.
+
+One ``ClientConnection`` per accepted socket runs ``serve()``: read a request head, route it, run
+the access phase of its plugin chain, hand it to the proxy, repeat while keep-alive holds.
+
+Rules this file enforces (RFC 9112 and what gunicorn's parser rejects):
+- llhttp in strict mode rejects bad header names, CTLs, obs-fold, Content-Length together with
+  Transfer-Encoding, duplicate or bad Content-Length, bad chunk sizes. We add: exactly one Host in
+  HTTP/1.1 (at most one in 1.0) with a valid value, only HTTP/1.0 and 1.1, limits on the request
+  line, the number and size of header fields, and no dot segments in the path.
+- A rejected request is answered 400 (or 408/413/431) with ``Connection: close`` and never
+  forwarded.
+- Hop-by-hop headers (RFC 9110 7.6.1, and those named in Connection) are filtered while parsing,
+  so the proxy step never sees them.
+"""
+import collections
+import errno
+import logging
+import time
+
+import httptools
+
+from ..core.context import RequestContext
+from ..errors import (BadRequest, HeadersTooLarge, HTTPError, PayloadTooLarge, RequestTimeout)
+
+log = logging.getLogger("gwserver.http")
+
+RECV_SIZE = 64 * 1024          # one read; also the most body a worker holds per request
+MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
+
+HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate",
+                        b"proxy-authorization"])
+# Headers the gateway rewrites itself: kept in header_map for plugins, not forwarded as-is.
+REWRITTEN = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
+                       b"x-forwarded-host", b"x-request-id", b"via", b"expect"])
+NOT_FORWARDED = HOP_BY_HOP | REWRITTEN
+LIST_HEADERS = frozenset([b"x-forwarded-for", b"via"])
+
+IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
+
+HOST_TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~"
+                       b"!$&'()*+,;=%:[]")
+
+REASONS = {200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Permanently",
+           302: b"Found", 304: b"Not Modified", 400: b"Bad Request", 401: b"Unauthorized",
+           403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+           408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
+           431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+
+
+class ClientGone(Exception):
+    """The client closed or reset its connection; there is nobody left to answer."""
+
+
+class Message:
+    """One request as llhttp reports it: head fields, then body chunks as they arrive."""
+
+    __slots__ = ("url", "headers", "header_map", "host_count", "head_done", "complete",
+                 "keep_alive", "method", "version", "upgrade", "upgrade_tail", "body",
+                 "body_size", "content_length", "chunked", "connection_tokens")
+
+    def __init__(self):
+        self.url = b""
+        self.headers = []
+        self.header_map = {}
+        self.host_count = 0
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.method = None
+        self.version = None
+        self.upgrade = False
+        self.upgrade_tail = b""
+        self.body = []
+        self.body_size = 0
+        self.content_length = None
+        self.chunked = False
+        self.connection_tokens = ()
+
+    def take_body(self):
+        chunks, self.body = self.body, []
+        return chunks
+
+
+class ClientConnection:
+    """Serves one client socket until it closes, errs, or keep-alive ends."""
+
+    def __init__(self, worker, sock, addr, scheme="http"):
+        self.worker = worker
+        self.settings = worker.conf.server
+        self.sock = sock
+        self.client_ip = addr[0] if isinstance(addr, tuple) else "unix"
+        self.scheme = scheme
+        # One buffer per worker: every read is parsed before the greenlet can yield again,
+        # and the parser copies what it keeps, so idle connections hold no buffer.
+        self.buf = worker.client_buf
+        self.view = worker.client_view
+        self.queue = collections.deque()
+        self.parser = httptools.HttpRequestParser(self)
+        self.head_bytes = 0
+        self.upgraded = False
+        self.timed_out = False
+        self.requests = 0
+        self.limits = (self.settings["limit_request_line"], self.settings["limit_request_fields"],
+                       self.settings["limit_request_field_size"])
+
+    # -- parser callbacks (called inside feed_data) ------------------------------------------
+
+    def on_message_begin(self):
+        self.queue.append(Message())
+        self.head_bytes = 0
+
+    def on_url(self, url):
+        msg = self.queue[-1]
+        msg.url += url
+        if len(msg.url) > self.limits[0]:
+            raise HeadersTooLarge(f"request line longer than {self.limits[0]} bytes")
+
+    def on_header(self, name, value):
+        msg = self.queue[-1]
+        if len(name) + len(value) + 2 > self.limits[2]:
+            raise HeadersTooLarge(f"header field {name[:40]!r} longer than {self.limits[2]} bytes")
+        if len(msg.headers) >= self.limits[1] or len(msg.header_map) >= self.limits[1]:
+            raise HeadersTooLarge(f"more than {self.limits[1]} header fields")
+        lname = name.lower()
+        if lname in NOT_FORWARDED:
+            if lname == b"host":
+                msg.host_count += 1
+            elif lname == b"connection":
+                msg.connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+        else:
+            msg.headers.append((name, value))
+        prior = msg.header_map.get(lname)
+        msg.header_map[lname] = value if prior is None else prior + b", " + value
+
+    def on_headers_complete(self):
+        msg = self.queue[-1]
+        parser = self.parser
+        msg.method = parser.get_method().decode("ascii")
+        msg.version = parser.get_http_version()
+        msg.keep_alive = parser.should_keep_alive()
+        msg.upgrade = parser.should_upgrade()
+        msg.head_done = True
+        cl = msg.header_map.get(b"content-length")
+        if cl is not None:
+            msg.content_length = int(cl)        # llhttp already rejected a bad one
+        msg.chunked = b"transfer-encoding" in msg.header_map
+        if msg.connection_tokens:               # RFC 9110 7.6.1: drop what Connection names
+            named = set(msg.connection_tokens) - {b"close", b"keep-alive", b"upgrade"}
+            if named:
+                msg.headers = [(k, v) for k, v in msg.headers if k.lower() not in named]
+
+    def on_body(self, body):
+        msg = self.queue[-1]
+        msg.body.append(body)
+        msg.body_size += len(body)
+
+    def on_message_complete(self):
+        self.queue[-1].complete = True
+
+    # -- socket I/O -------------------------------------------------------------------------
+
+    def expire(self):
+        """Deadline passed (idle keep-alive, slow head, stalled send): close, so waits end."""
+        self.timed_out = True
+        self.sock.close()
+
+    def recv(self):
+        """Read once into the buffer and feed the parser; return bytes read (0 on EOF)."""
+        try:
+            n = self.sock.recv_into(self.buf)
+        except OSError as exc:
+            if self.timed_out:
+                raise RequestTimeout("client sent nothing in time") from None
+            raise ClientGone(str(exc)) from None
+        if n and not self.upgraded:
+            self.feed(n)
+        return n
+
+    def feed(self, n):
+        if not (self.queue and self.queue[-1].head_done):
+            self.head_bytes += n
+            if self.head_bytes > MAX_HEAD_BYTES + self.limits[0]:
+                raise HeadersTooLarge("request head too large")
+        try:
+            self.parser.feed_data(self.view[:n])
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            self.queue[-1].upgrade_tail = bytes(self.view[exc.args[0]:n])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HTTPError):
+                raise cause from None
+            raise BadRequest(f"malformed request: {exc}") from None
+        except httptools.HttpParserError as exc:
+            raise BadRequest(f"malformed request: {exc}") from None
+
+    def write(self, data):
+        """Send all of ``data``; a stalled client is cut off by the send deadline."""
+        sock, deadlines = self.sock, self.worker.deadlines
+        view = None
+        sent = 0
+        total = len(data)
+        deadlines.arm(self, self.worker.send_timeout)
+        try:
+            while sent < total:
+                if sent:
+                    if view is None:
+                        view = memoryview(data)
+                    sent += sock.send(view[sent:])
+                else:
+                    sent = sock.send(data)
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        finally:
+            deadlines.disarm(self)
+
+    def read_body(self, msg, timeout):
+        """Read more of ``msg``'s body from the client; raise ClientGone on EOF mid-body."""
+        deadlines = self.worker.deadlines
+        deadlines.arm(self, timeout)
+        try:
+            n = self.recv()
+        finally:
+            deadlines.disarm(self)
+        if n == 0:
+            raise ClientGone("client closed mid-body")
+
+    # -- the request loop ----------------------------------------------------------------------
+
+    def serve(self):
+        worker = self.worker
+        worker.idle.add(self)
+        try:
+            while worker.alive:
+                msg = self.read_head()
+                if msg is None:
+                    return
+                worker.idle.discard(self)
+                keep_alive = self.handle(msg)
+                self.queue.popleft()
+                if not keep_alive:
+                    return
+                worker.idle.add(self)
+        except ClientGone:
+            pass
+        finally:
+            worker.idle.discard(self)
+            worker.deadlines.disarm(self)
+            self.sock.close()
+
+    def read_head(self):
+        """Return the next request whose head is complete, or None when the client is done."""
+        deadlines, server = self.worker.deadlines, self.settings
+        waiting_first_byte = True
+        try:
+            while not (self.queue and self.queue[0].head_done):
+                if waiting_first_byte and not self.queue:
+                    idle = server["keepalive"] if self.requests else server["header_timeout"]
+                    deadlines.arm(self, idle)
+                elif waiting_first_byte:
+                    deadlines.arm(self, server["header_timeout"])
+                    waiting_first_byte = False
+                try:
+                    n = self.recv()
+                except RequestTimeout:
+                    if not self.queue:      # an idle keep-alive connection ran out: not an error
+                        return None
+                    raise
+                if n == 0:
+                    return None
+                if self.queue and waiting_first_byte:
+                    deadlines.arm(self, server["header_timeout"])
+                    waiting_first_byte = False
+        except HTTPError as exc:
+            self.reject(exc)
+            return None
+        finally:
+            deadlines.disarm(self)
+        return self.queue[0]
+
+    def reject(self, exc):
+        """Answer a request we could not even parse, then the connection closes."""
+        if self.timed_out:
+            return                          # the socket is closed already
+        try:
+            self.write(render_error(exc, keep_alive=False, request_id=None))
+        except ClientGone:
+            pass
+        self.worker.log_rejected(self.client_ip, exc)
+
+    def handle(self, msg):
+        """Serve one request; return True if the connection may carry another."""
+        worker = self.worker
+        self.requests += 1
+        start = time.monotonic()
+        ctx = None
+        status, sent, upstream = 0, 0, None
+        keep_alive = msg.keep_alive and worker.alive and self.settings["keepalive"] > 0
+        try:
+            ctx = self.build_context(msg)
+            match = worker.router.match(ctx.method, ctx.host, ctx.path, msg.header_map)
+            ctx.route, ctx.params = match.route, match.params
+            route = match.route
+            if route.max_body_size and (msg.content_length or 0) > route.max_body_size:
+                raise PayloadTooLarge(f"body of {msg.content_length} bytes is over the route's "
+                                      f"limit of {route.max_body_size}")
+            chain = route.chain
+            reply = chain.run_access(ctx) if chain.access_steps else None
+            if reply is not None:
+                keep_alive = keep_alive and msg.complete
+                self.write(render_reply(reply, keep_alive, ctx.request_id, msg.method == "HEAD"))
+                status, sent = reply.status, len(reply.body)
+            else:
+                outcome = worker.proxy.forward(self, msg, ctx, keep_alive)
+                status, sent, upstream, keep_alive = outcome
+        except HTTPError as exc:
+            status = exc.status
+            if exc.status >= 500 and ctx is not None and ctx.route is not None:
+                log.warning("route %s: %s: %s", ctx.route.id, exc.error, exc.reason)
+            keep_alive = keep_alive and msg.complete and exc.status < 500 and not self.timed_out
+            if getattr(exc, "response_started", False):
+                keep_alive = False          # the head is out; all we can do is cut the body
+            elif not self.timed_out:
+                self.write(render_error(exc, keep_alive, ctx.request_id if ctx else None,
+                                        msg.method == "HEAD"))
+        finally:
+            worker.log_access(self, msg, ctx, status, sent, upstream, start)
+        if self.upgraded:
+            return False
+        return keep_alive and worker.count_request()
+
+    def build_context(self, msg):
+        """Check the head and turn it into a RequestContext; raise BadRequest if it is unsafe."""
+        if msg.version not in ("1.1", "1.0"):
+            raise BadRequest(f"unsupported HTTP version {msg.version}")
+        url = msg.url
+        hmap = msg.header_map
+        host = hmap.get(b"host")
+        if msg.host_count > 1:
+            raise BadRequest("more than one Host header")
+        if url[:1] != b"/":
+            if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+                scheme_end = url.index(b"//") + 2
+                slash = url.find(b"/", scheme_end)
+                host = url[scheme_end:] if slash < 0 else url[scheme_end:slash]
+                url = b"/" if slash < 0 else url[slash:]   # RFC 9112 3.2.2: URI's host wins
+            else:
+                raise BadRequest("request target must be a path or an absolute http URL")
+        if host is None:
+            if msg.version == "1.1":
+                raise BadRequest("missing Host header")
+            host = b""
+        elif not host or not HOST_TOKEN.issuperset(host) or host.count(b"@"):
+            raise BadRequest("invalid Host header")
+        path, _, query = url.partition(b"?")
+        path = path.partition(b"#")[0]
+        if b"/." in path or b"%2" in path:
+            check_dot_segments(path)
+        request_id = hmap.get(b"x-request-id")
+        if request_id is None or len(request_id) > 200:
+            request_id = self.worker.new_request_id()
+        host_text = host.decode("latin-1")
+        host_name = host_text.lower()
+        if host_name.startswith("["):
+            host_name = host_name[:host_name.find("]") + 1]
+        else:
+            host_name = host_name.partition(":")[0]
+        ctx = RequestContext(msg.method, path.decode("latin-1"), query.decode("latin-1"),
+                             msg.headers, hmap, host_name, self.client_ip, self.scheme,
+                             request_id if isinstance(request_id, str)
+                             else request_id.decode("latin-1"))
+        ctx.vars["host_header"] = host
+        return ctx
+
+
+def check_dot_segments(path):
+    for segment in path.split(b"/"):
+        if segment.lower().replace(b"%2e", b".") in (b".", b".."):
+            raise BadRequest("path has a dot segment (. or ..)")
+
+
+def render_reply(reply, keep_alive, request_id, head_only=False):
+    """Bytes of a reply the gateway writes itself."""
+    lines = [b"HTTP/1.1 %d %s" % (reply.status, REASONS.get(reply.status, b"Unknown"))]
+    for name, value in reply.headers:
+        lines.append(b"%s: %s" % (name.encode("latin-1") if isinstance(name, str) else name,
+                                  value.encode("latin-1") if isinstance(value, str) else value))
+    if request_id:
+        lines.append(b"X-Request-ID: " + request_id.encode("latin-1"))
+    lines.append(b"Content-Length: %d" % len(reply.body))
+    lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    return head if head_only else head + reply.body
+
+
+def render_error(exc, keep_alive, request_id, head_only=False):
+    from ..core.context import Reply
+    payload = {"error": exc.error, "status": exc.status, "message": exc.reason}
+    if request_id:
+        payload["request_id"] = request_id
+    return render_reply(Reply.json(exc.status, payload, exc.headers), keep_alive, request_id,
+                        head_only)
+
+
+def is_reset(exc):
+    return isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF)

@@ -1,0 +1,205 @@
+"""The gunicorn worker class: gevent's StreamServer with gwserver's own HTTP/1.1 handler.
+
+gunicorn's ``GeventWorker`` gives us the master protocol (heartbeat, signals, parent watch,
+graceful exit); its WSGI handling is replaced by ``ClientConnection`` (httptools parsing, direct
+proxying), which PERF_NOTES measured at several times the stock worker's throughput. Everything
+with I/O (pools, buffers, the deadline ticker) is created in ``run()``, after fork.
+"""
+import gc
+import itertools
+import json
+import logging
+import os
+import signal
+import time
+
+import gevent
+from gevent.pool import Pool
+from gevent.server import StreamServer
+from gunicorn.workers.ggevent import GeventWorker
+
+from .. import proctitle
+from .deadlines import Deadlines
+from .http1 import RECV_SIZE, ClientConnection
+
+log = logging.getLogger("gwserver.worker")
+_escape = json.encoder.encode_basestring      # the C encoder: ~0.2 us a string
+
+ACCESS_FLUSH_LINES = 256
+SEND_TIMEOUT = 60.0                            # nginx's send_timeout
+
+
+class GatewayWorker(GeventWorker):
+
+    def init_signals(self):
+        super().init_signals()
+        # gunicorn resets SIGHUP to its default (terminate) in workers, so `systemctl kill -s HUP`
+        # on the whole cgroup would kill them mid-request. Only the master reloads.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def load_wsgi(self):
+        self.wsgi = None        # not a WSGI server: requests are handled by ClientConnection
+
+    # -- set-up after fork -------------------------------------------------------------------
+
+    def setup_after_fork(self):
+        self.conf = self.app.conf
+        self.router = self.conf.router
+        self.send_timeout = SEND_TIMEOUT
+        self.deadlines = Deadlines(on_tick=self.flush_access_log)
+        self.client_buf = bytearray(RECV_SIZE)
+        self.client_view = memoryview(self.client_buf)
+        self.upstream_buf = bytearray(RECV_SIZE)
+        self.upstream_view = memoryview(self.upstream_buf)
+        from .proxy import Proxy    # urllib3 imports ssl: only after gevent patched it
+        self.proxy = Proxy(self)
+        self.idle = set()
+        self.handled = 0
+        self.max_requests = self.conf.server["max_requests"] or 0
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(6).hex()
+        logconf = self.conf.log
+        self.access_enabled = logconf["access_log"]
+        self.access_json = logconf["access_format"] == "json"
+        self._access_lines = []
+        self._clock_second = None
+        self._clock_text = ""
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        # Everything built so far lives as long as the worker: move it out of the collector's
+        # sight, and collect the young generation less often (each request allocates ~100
+        # short-lived objects; the default 700 made gen-0 runs ~4% of a worker's CPU).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
+
+    def run(self):
+        profile_dir = os.environ.get("GWSERVER_PROFILE")
+        if not profile_dir:
+            return self.serve()
+        import cProfile     # opt-in: the benchmark's "where does the time go" (scripts/bench)
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(self.serve)
+        finally:
+            profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
+
+    def serve(self):
+        self.setup_after_fork()
+        proctitle.set_title(self.conf.server["proc_name"], "worker")
+        self.deadlines.start()
+        servers = []
+        for listener in self.sockets:
+            listener.setblocking(1)
+            server = StreamServer(listener, handle=self.handle_client,
+                                  spawn=Pool(self.worker_connections))
+            if self.cfg.workers > 1:
+                server.max_accept = 1   # spread accepts over workers, as gunicorn does
+            server.start()
+            servers.append(server)
+        while self.alive:
+            self.notify()
+            gevent.sleep(1.0)
+        self.drain(servers)
+
+    def drain(self, servers):
+        """Stop accepting, close idle keep-alive connections, let in-flight requests finish."""
+        for server in servers:
+            server.close()
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while time.monotonic() < deadline:
+            for conn in list(self.idle):
+                if not conn.queue:
+                    conn.expire()
+            if all(server.pool.free_count() == server.pool.size for server in servers):
+                break
+            self.notify()
+            gevent.sleep(0.05)
+        else:
+            log.warning("graceful timeout (%ss): cutting off remaining connections",
+                        self.cfg.graceful_timeout)
+            for server in servers:
+                server.stop(timeout=1)
+        self.flush_access_log()
+        self.deadlines.stop()
+        self.proxy.pools.close()
+
+    def handle_client(self, sock, addr):
+        try:
+            ClientConnection(self, sock, addr).serve()
+        except Exception:   # a bug in one connection must never take the worker down
+            log.exception("unhandled error serving %s", addr)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # -- per-request helpers -----------------------------------------------------------------
+
+    def new_request_id(self):
+        return f"{self._id_prefix}{next(self._ids):08x}"
+
+    def count_request(self):
+        """Count a finished request; False once max_requests says this worker should retire."""
+        self.handled += 1
+        if self.max_requests and self.handled >= self.max_requests:
+            log.info("max_requests (%d) reached: worker retiring", self.max_requests)
+            self.alive = False
+            return False
+        return True
+
+    def clock_text(self):
+        now = time.time()
+        second = int(now)
+        if second != self._clock_second:
+            self._clock_second = second
+            fmt = "%Y-%m-%dT%H:%M:%S" if self.access_json else "%d/%b/%Y:%H:%M:%S"
+            self._clock_text = time.strftime(fmt, time.gmtime(second))
+        return now, self._clock_text
+
+    def log_access(self, conn, msg, ctx, status, sent, upstream, start):
+        if not self.access_enabled:
+            return
+        elapsed_ms = (time.monotonic() - start) * 1000.0 if start else 0.0
+        now, clock = self.clock_text()
+        route_id = ctx.route.id if ctx is not None and ctx.route is not None else None
+        path = ctx.path if ctx is not None else msg.url.decode("latin-1")
+        if self.access_json:
+            millis = int((now % 1) * 1000)
+            line = (f'{{"time":"{clock}.{millis:03d}Z","request_id":'
+                    f'{_escape(ctx.request_id) if ctx else "null"},"client":"{conn.client_ip}",'
+                    f'"method":"{msg.method}","path":{_escape(path)},'
+                    f'"route":{_escape(route_id) if route_id else "null"},'
+                    f'"upstream":{_escape(upstream) if upstream else "null"},'
+                    f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
+                    f'"ended_by":{_escape(ctx.ended_by) if ctx and ctx.ended_by else "null"}}}\n')
+        else:
+            line = (f'{conn.client_ip} - - [{clock} +0000] "{msg.method} {path} HTTP/'
+                    f'{msg.version}" {status} {sent} "{route_id or "-"}" '
+                    f'{ctx.request_id if ctx else "-"} {elapsed_ms:.3f}\n')
+        lines = self._access_lines
+        lines.append(line)
+        if len(lines) >= ACCESS_FLUSH_LINES:
+            self.flush_access_log()
+
+    def log_rejected(self, client_ip, exc):
+        if not self.access_enabled:
+            return
+        now, clock = self.clock_text()
+        if self.access_json:
+            line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","client":"{client_ip}",'
+                    f'"status":{exc.status},"rejected":{_escape(exc.reason)}}}\n')
+        else:
+            line = f'{client_ip} - - [{clock} +0000] "-" {exc.status} 0 "-" - 0\n'
+        self._access_lines.append(line)
+
+    def flush_access_log(self):
+        """Write buffered access lines in one syscall: at most 100 ms or 256 lines late."""
+        lines = self._access_lines
+        if lines:
+            self._access_lines = []
+            data = "".join(lines).encode("utf-8", "replace")
+            try:
+                while data:
+                    data = data[os.write(2, data):]
+            except OSError:
+                pass

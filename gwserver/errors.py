@@ -1,0 +1,104 @@
+"""The gateway's error tree. Each error that reaches a client knows its HTTP status.
+
+    GatewayError
+    ├── ConfigError                  bad conf file or route (never reaches a client)
+    └── HTTPError                    rendered as a JSON reply with ``status``
+        ├── BadRequest                400  malformed or ambiguous request, never forwarded
+        ├── RouteNotFound             404
+        ├── MethodNotAllowed          405  carries the ``Allow`` list
+        ├── RequestTimeout            408  client too slow sending its request
+        ├── PayloadTooLarge           413
+        ├── HeadersTooLarge           431
+        ├── UpstreamError             502  refused, reset or unparsable upstream
+        │   └── UpstreamConnectError  502  could not connect (safe to retry anywhere)
+        ├── ServiceUnavailable        503  no target, pool exhausted
+        └── UpstreamTimeout           504
+            └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
+
+The worker renders ``exc.status`` and ``exc.reason`` in one place; nothing upstream of it builds
+error pages by hand.
+"""
+
+
+class GatewayError(Exception):
+    """Base of every error gwserver raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A conf file, route or plugin config failed validation; ``problems`` lists each one."""
+
+    def __init__(self, problems):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class HTTPError(GatewayError):
+    """An error that ends a request with ``status``; ``reason`` goes into the JSON body."""
+
+    status = 500
+    error = "internal_error"
+
+    def __init__(self, reason="", headers=()):
+        super().__init__(reason or self.error)
+        self.reason = reason or self.error.replace("_", " ")
+        self.headers = list(headers)
+
+
+class BadRequest(HTTPError):
+    """The request is malformed or ambiguous and is never forwarded."""
+    status, error = 400, "bad_request"
+
+
+class RouteNotFound(HTTPError):
+    """No route matches the request's path, host and headers."""
+    status, error = 404, "route_not_found"
+
+
+class MethodNotAllowed(HTTPError):
+    """A route matches the path but not the method; ``Allow`` lists the methods that would."""
+    status, error = 405, "method_not_allowed"
+
+    def __init__(self, allowed):
+        allow = ", ".join(sorted(allowed))
+        super().__init__("allowed: " + allow, headers=[("Allow", allow)])
+
+
+class RequestTimeout(HTTPError):
+    """The client did not send a complete request head in time."""
+    status, error = 408, "request_timeout"
+
+
+class PayloadTooLarge(HTTPError):
+    """The request body is larger than the route allows."""
+    status, error = 413, "payload_too_large"
+
+
+class HeadersTooLarge(HTTPError):
+    """The request line or head is over the configured limits."""
+    status, error = 431, "request_header_fields_too_large"
+
+
+class UpstreamError(HTTPError):
+    """The upstream refused, reset or sent something that is not HTTP."""
+    status, error = 502, "bad_gateway"
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection could be made; nothing was sent, so any request may be retried."""
+
+
+class ServiceUnavailable(HTTPError):
+    """No upstream capacity: no targets, or the pool is full and blocking timed out."""
+    status, error = 503, "service_unavailable"
+
+
+class UpstreamTimeout(HTTPError):
+    """The upstream did not answer within the route's read timeout."""
+    status, error = 504, "gateway_timeout"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout, UpstreamConnectError):
+    """Connecting timed out; nothing was sent, so any request may be retried."""
+    status, error = 504, "gateway_timeout"

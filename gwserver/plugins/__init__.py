@@ -1,0 +1,37 @@
+"""Plugin discovery: the built-ins plus any installed package's ``gwserver.plugins`` entry points."""
+import importlib
+import logging
+from importlib.metadata import entry_points
+
+from ..core.chain import check_plugin
+
+log = logging.getLogger("gwserver.plugins")
+
+BUILTIN = ("gwserver.plugins.headers",)
+ENTRY_POINT_GROUP = "gwserver.plugins"
+_registry = None
+
+
+def load_registry(reload=False):
+    """Return {name: plugin}. A third-party plugin that fails to load is logged and left out."""
+    global _registry
+    if _registry is not None and not reload:
+        return _registry
+    registry = {}
+    for module_name in BUILTIN:
+        plugin = importlib.import_module(module_name)
+        check_plugin(plugin)
+        registry[plugin.NAME] = plugin
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            plugin = ep.load()
+            check_plugin(plugin)
+        except Exception as exc:  # a broken add-on must not stop the gateway
+            log.error("plugin entry point %s (%s) not loaded: %s", ep.name, ep.value, exc)
+            continue
+        if plugin.NAME in registry:
+            log.error("plugin %s from %s ignored: the name is taken", plugin.NAME, ep.value)
+            continue
+        registry[plugin.NAME] = plugin
+    _registry = registry
+    return registry

@@ -1,0 +1,42 @@
+"""``headers``: set or remove request headers (before proxying) and response headers.
+
+    plugins.headers = {request = {set = {"X-Env" = "prod"}, remove = ["Cookie"]},
+                       response = {set = {"Cache-Control" = "no-store"}, remove = ["Server"]}}
+"""
+from ..core.schema import Field, Schema, header_name, header_value, list_of, map_of
+
+NAME = "headers"
+PRIORITY = 1000     # early: later plugins see the rewritten request
+
+_EDITS = Schema(
+    Field("set", map_of(header_value, header_name), dict, "header name -> value to set"),
+    Field("remove", list_of(header_name), list, "header names to drop"),
+)
+SCHEMA = Schema(
+    Field("request", _EDITS, dict, "edits to the request before it goes upstream"),
+    Field("response", _EDITS, dict, "edits to the response before the client sees it"),
+)
+
+
+def prepare(conf):
+    def edits(part):
+        part = {"set": {}, "remove": [], **part}
+        return ([(k.encode("latin-1"), v.encode("latin-1")) for k, v in part["set"].items()],
+                [k.encode("latin-1") for k in part["remove"]])
+    return {"request": edits(conf["request"]), "response": edits(conf["response"])}
+
+
+def _apply(target, edits):
+    to_set, to_remove = edits
+    for name in to_remove:
+        target.remove_header(name)
+    for name, value in to_set:
+        target.set_header(name, value)
+
+
+def access(conf, ctx):
+    _apply(ctx, conf["request"])
+
+
+def response(conf, ctx, head):
+    _apply(head, conf["response"])

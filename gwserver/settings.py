@@ -1,0 +1,210 @@
+"""The one registry of settings. Each is declared once: section, name, check, default, doc.
+
+``load_conf(path)`` reads a TOML file, validates every key (unknown keys are errors), compiles the
+static routes and returns a ``Conf``; on any problem it raises ConfigError listing all of them, so a
+bad file never starts a half-configured server. ``reference_toml()`` renders the documented
+reference that conf/gwserver.toml carries.
+"""
+import tomllib
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .core.chain import build_chain
+from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, make_route, make_upstream
+from .core.router import Router
+from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of, map_of,
+                          number, one_of, show, string)
+from .errors import ConfigError
+
+
+def bind_address(value):
+    if not isinstance(value, str):
+        raise Invalid(f"must be a \"host:port\" string, got {show(value)}")
+    if value.startswith("unix:"):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise Invalid(f"must be \"host:port\" (IPv6 as \"[::1]:port\"), got {show(value)}")
+    return value
+
+
+SERVER = Schema(
+    Field("bind", list_of(bind_address, min_items=1), lambda: ["127.0.0.1:8080"],
+          "addresses to listen on, as \"host:port\" (\"[::]:8080\" for IPv6)"),
+    Field("workers", integer(1), 1, "worker processes; one per core is the usual choice"),
+    Field("worker_connections", integer(1), 1000,
+          "most concurrent client connections per worker"),
+    Field("graceful_timeout", number(0, exclusive=True), 30.0,
+          "seconds in-flight requests get to finish on reload or stop"),
+    Field("keepalive", number(0), 5.0,
+          "seconds an idle client keep-alive connection is kept; 0 disables keep-alive"),
+    Field("timeout", integer(1), 30,
+          "seconds a silent worker is given before the master restarts it"),
+    Field("backlog", integer(1), 2048, "listen queue length"),
+    Field("max_requests", integer(0), 0, "restart a worker after this many requests; 0 = never"),
+    Field("header_timeout", number(0, exclusive=True), 10.0,
+          "seconds a client has to send a complete request head (slowloris guard)"),
+    Field("limit_request_line", integer(64), 8190, "longest request line in bytes"),
+    Field("limit_request_fields", integer(1), 100, "most header fields in a request"),
+    Field("limit_request_field_size", integer(64), 8190, "longest header field in bytes"),
+    Field("max_body_size", integer(0), 0,
+          "request body limit in bytes for routes that set none; 0 = no limit"),
+    Field("proc_name", string(r"[A-Za-z0-9_.-]+", "a short name"), "gwserver",
+          "prefix of process titles"),
+    doc="The listener and the worker processes (gunicorn's names and meanings).",
+)
+
+UPSTREAM_DEFAULTS = Schema(
+    Field("pool_size", integer(1), 64, "keep-alive connections kept per target per worker"),
+    Field("block_when_full", boolean, False,
+          "when every pooled connection is busy: wait for one (true) or open an extra one"),
+    Field("pool_timeout", number(0, exclusive=True), 5.0,
+          "seconds to wait for a free connection when block_when_full is true"),
+    Field("connect_timeout", number(0, exclusive=True), 5.0,
+          "seconds to open an upstream connection"),
+    Field("read_timeout", number(0, exclusive=True), 60.0,
+          "seconds to wait for each read from an upstream"),
+    Field("retries", integer(0, 5, "an integer from 0 to 5"), 1,
+          "retries on another target after a connect failure (idempotent-safe only)"),
+    doc="How workers talk to upstreams unless an upstream or route says otherwise.",
+)
+
+LOG = Schema(
+    Field("level", one_of("debug", "info", "warning", "error", "critical"), "info",
+          "error log level"),
+    Field("access_log", boolean, True, "write one access-log line per request to stderr"),
+    Field("access_format", one_of("json", "common"), "json", "access-log line format"),
+    doc="Logs go to stderr, for journald.",
+)
+
+SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG}
+
+CONF = Schema(
+    *(Field(name, schema, dict, schema.doc) for name, schema in SECTIONS.items()),
+    Field("plugins", map_of(lambda c: c), dict, "plugins enabled on every route: name -> config"),
+    Field("upstreams", map_of(lambda u: u, string(ROUTE_ID, "an upstream id")), dict,
+          "named upstreams that routes refer to by id"),
+    Field("routes", list_of(lambda r: r), list, "static routes (the table when etcd is off)"),
+)
+
+
+@dataclass(frozen=True)
+class Conf:
+    path: str
+    server: MappingProxyType
+    upstream_defaults: MappingProxyType
+    log: MappingProxyType
+    plugins: MappingProxyType
+    router: Router
+
+
+def _fill(schema, value):
+    """Fill a section's defaults; nested validation already ran."""
+    return MappingProxyType({**schema.defaults(), **value})
+
+
+def compile_table(route_specs, upstream_specs, upstream_defaults, server, global_plugins,
+                  registry):
+    """Validate and compile routes and named upstreams.
+
+    Returns (router, problems): every route that is good is in the router; each bad one is left
+    out and named in problems. The conf file treats any problem as fatal; etcd sync will not.
+    """
+    problems, upstreams = [], {}
+    for upstream_id, spec in upstream_specs.items():
+        try:
+            spec = UPSTREAM.validate(spec, f"upstream {upstream_id}")
+            upstreams[upstream_id] = make_upstream(upstream_id, spec, upstream_defaults)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    routes = []
+    for i, spec in enumerate(route_specs):
+        owner = f"route {spec.get('id')}" if isinstance(spec, dict) and "id" in spec \
+            else f"routes[{i}]"
+        try:
+            spec = ROUTE.validate(spec, owner)
+            upstream = spec["upstream"]
+            if isinstance(upstream, str):
+                if upstream not in upstreams:
+                    raise ConfigError(f"{owner}: upstream: unknown upstream id {show(upstream)}")
+                upstream = upstreams[upstream]
+            else:
+                upstream = make_upstream(f"{spec['id']}.upstream", upstream, upstream_defaults)
+            chain = build_chain(owner, spec["plugins"], global_plugins, registry)
+            routes.append(make_route(spec, upstream, server, chain))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    router = Router()
+    for route in routes:
+        try:
+            router.add(route)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    router.finish()
+    return router, problems
+
+
+def parse_conf(data, path="<conf>"):
+    """Validate a parsed TOML document; raise ConfigError listing every problem at once."""
+    from .plugins import load_registry
+    problems, parts = [], {}
+    for key in data:
+        if key not in CONF.fields:
+            problems.append(f"{key}: unknown key (known: {', '.join(CONF.fields)})")
+    for name, field in CONF.fields.items():
+        try:
+            parts[name] = field.check(data[name]) if name in data else field.default()
+        except Invalid as exc:
+            problems.extend(f"{join(name, sub)}: {reason}" for sub, reason in exc.problems)
+            parts[name] = field.default()
+    sections = {name: _fill(schema, parts[name]) for name, schema in SECTIONS.items()}
+    registry = load_registry()
+    # Global plugin configs are checked once here so that their errors name `plugins.X`.
+    try:
+        build_chain("plugins", {}, parts["plugins"], registry)
+        global_plugins = parts["plugins"]
+    except ConfigError as exc:
+        problems.extend(p.replace("plugins: plugins.", "plugins.", 1) for p in exc.problems)
+        global_plugins = {}
+    router, route_problems = compile_table(parts["routes"], parts["upstreams"],
+                                           sections["upstream_defaults"], sections["server"],
+                                           global_plugins, registry)
+    problems.extend(route_problems)
+    if problems:
+        raise ConfigError(problems)
+    return Conf(path=path, plugins=MappingProxyType(global_plugins), router=router, **sections)
+
+
+def load_conf(path):
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_conf(data, path)
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def reference_toml():
+    """The documented settings part of conf/gwserver.toml, generated from the registry."""
+    lines = []
+    for name, schema in SECTIONS.items():
+        lines.append(f"# {schema.doc}")
+        lines.append(f"[{name}]")
+        for field in schema.fields.values():
+            default = field.default() if callable(field.default) else field.default
+            lines.append(f"# {field.doc}")
+            lines.append(f"{field.name} = {_toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
