@@ -38,27 +38,45 @@ def remove_header(headers, name):
 
 
 class RequestContext:
-    """One request as it moves through the plugin chain to the proxy step."""
+    """One request as it moves through the plugin chain to the proxy step.
 
-    __slots__ = ("method", "path", "query", "headers", "header_map", "host", "client_ip",
-                 "scheme", "request_id", "route", "params", "vars", "ended_by", "upstream_path")
+    The HTTP/1.1 reader fills it while parsing (so a request is one object, not three); plugins
+    read ``method``, ``path``, ``query``, ``host``, ``client_ip``, ``route``, ``params`` and the
+    headers, may edit headers with ``set_header``/``remove_header``, and keep their own state
+    in ``vars``.
+    """
 
-    def __init__(self, method, path, query, headers, header_map, host, client_ip, scheme,
-                 request_id):
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.header_map = header_map
-        self.host = host
+    __slots__ = ("method", "path", "query", "headers", "header_map", "host", "host_header",
+                 "client_ip", "scheme", "request_id", "route", "params", "_vars", "ended_by",
+                 # filled by the reader, used by the proxy step
+                 "url", "version", "keep_alive", "upgrade", "upgrade_tail", "head_done",
+                 "complete", "body", "body_size", "content_length", "chunked", "host_count",
+                 "connection_tokens")
+
+    def __init__(self, client_ip, scheme):
         self.client_ip = client_ip
         self.scheme = scheme
-        self.request_id = request_id
-        self.route = None
-        self.params = None
-        self.vars = {}
-        self.ended_by = None
-        self.upstream_path = path
+        self.url = b""
+        self.headers = []
+        self.header_map = {}
+        self.host_count = 0
+        self.connection_tokens = None
+        self.head_done = self.complete = self.upgrade = False
+        self.body = []
+        self.body_size = 0
+        self.content_length = None
+        self.route = self.params = self._vars = self.ended_by = None
+        self.upgrade_tail = b""
+
+    @property
+    def vars(self):
+        if self._vars is None:
+            self._vars = {}
+        return self._vars
+
+    def take_body(self):
+        chunks, self.body = self.body, []
+        return chunks
 
     def header(self, name):
         value = self.header_map.get(_enc(name).lower())

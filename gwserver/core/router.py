@@ -35,14 +35,6 @@ def _sort_key(route):
     return (-route.priority, tuple(not flag for flag in route.specificity), route.id)
 
 
-class Match:
-    __slots__ = ("route", "params")
-
-    def __init__(self, route, params):
-        self.route = route
-        self.params = params
-
-
 class Router:
     """Compiled routing table. Build with ``Router.compile(routes)``; then ``match()``."""
 
@@ -111,7 +103,7 @@ class Router:
         return len(self.routes)
 
     def match(self, method, host, path, headers=None):
-        """Return a Match for (method, host, path, headers) or raise RouteNotFound/405.
+        """Return (route, params) for (method, host, path, headers) or raise RouteNotFound/405.
 
         ``host`` is lower-case without port; ``headers`` maps lower-case bytes names to bytes.
         """
@@ -131,7 +123,7 @@ class Router:
                 if bucket:
                     route = _pick(bucket, method, host, headers, allowed)
                     if route is not None:
-                        return Match(route, _bind(route, params, node, None))
+                        return route, _bind(params, node, None)
             return None
         segment = segments[i]
         child = node.static.get(segment)
@@ -150,16 +142,16 @@ class Router:
             route = _pick(node.catchall, method, host, headers, allowed)
             if route is not None:
                 rest = "/".join(segments[i:])
-                return Match(route, _bind(route, params, node, rest))
+                return route, _bind(params, node, rest)
         if node.prefix:
             route = _pick(node.prefix, method, host, headers, allowed)
             if route is not None:
-                return Match(route, _bind(route, params, node, None))
+                return route, _bind(params, node, None)
         return None
 
 
-def _bind(route, params, node, rest):
-    bound = dict(params)
+def _bind(params, node, rest):
+    bound = dict(params) if params else {}
     if rest is not None:
         bound[node.catchall_name] = rest
     return bound

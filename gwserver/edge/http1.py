@@ -54,36 +54,6 @@ class ClientGone(Exception):
     """The client closed or reset its connection; there is nobody left to answer."""
 
 
-class Message:
-    """One request as llhttp reports it: head fields, then body chunks as they arrive."""
-
-    __slots__ = ("url", "headers", "header_map", "host_count", "head_done", "complete",
-                 "keep_alive", "method", "version", "upgrade", "upgrade_tail", "body",
-                 "body_size", "content_length", "chunked", "connection_tokens")
-
-    def __init__(self):
-        self.url = b""
-        self.headers = []
-        self.header_map = {}
-        self.host_count = 0
-        self.head_done = False
-        self.complete = False
-        self.keep_alive = False
-        self.method = None
-        self.version = None
-        self.upgrade = False
-        self.upgrade_tail = b""
-        self.body = []
-        self.body_size = 0
-        self.content_length = None
-        self.chunked = False
-        self.connection_tokens = ()
-
-    def take_body(self):
-        chunks, self.body = self.body, []
-        return chunks
-
-
 class ClientConnection:
     """Serves one client socket until it closes, errs, or keep-alive ends."""
 
@@ -105,57 +75,103 @@ class ClientConnection:
         self.requests = 0
         self.limits = (self.settings["limit_request_line"], self.settings["limit_request_fields"],
                        self.settings["limit_request_field_size"])
+        self.keepalive_enabled = self.settings["keepalive"] > 0
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
 
     def on_message_begin(self):
-        self.queue.append(Message())
+        self.queue.append(RequestContext(self.client_ip, self.scheme))
         self.head_bytes = 0
 
     def on_url(self, url):
-        msg = self.queue[-1]
-        msg.url += url
-        if len(msg.url) > self.limits[0]:
+        req = self.queue[-1]
+        req.url += url
+        if len(req.url) > self.limits[0]:
             raise HeadersTooLarge(f"request line longer than {self.limits[0]} bytes")
 
     def on_header(self, name, value):
-        msg = self.queue[-1]
-        if len(name) + len(value) + 2 > self.limits[2]:
-            raise HeadersTooLarge(f"header field {name[:40]!r} longer than {self.limits[2]} bytes")
-        if len(msg.headers) >= self.limits[1] or len(msg.header_map) >= self.limits[1]:
-            raise HeadersTooLarge(f"more than {self.limits[1]} header fields")
+        req = self.queue[-1]
+        limits = self.limits
+        if len(name) + len(value) + 2 > limits[2]:
+            raise HeadersTooLarge(f"header field {name[:40]!r} longer than {limits[2]} bytes")
+        hmap = req.header_map
+        if len(hmap) >= limits[1] or len(req.headers) >= limits[1]:
+            raise HeadersTooLarge(f"more than {limits[1]} header fields")
         lname = name.lower()
         if lname in NOT_FORWARDED:
             if lname == b"host":
-                msg.host_count += 1
+                req.host_count += 1
             elif lname == b"connection":
-                msg.connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                req.connection_tokens = (req.connection_tokens or []) + tokens
         else:
-            msg.headers.append((name, value))
-        prior = msg.header_map.get(lname)
-        msg.header_map[lname] = value if prior is None else prior + b", " + value
+            req.headers.append((name, value))
+        prior = hmap.get(lname)
+        hmap[lname] = value if prior is None else prior + b", " + value
 
     def on_headers_complete(self):
-        msg = self.queue[-1]
+        req = self.queue[-1]
         parser = self.parser
-        msg.method = parser.get_method().decode("ascii")
-        msg.version = parser.get_http_version()
-        msg.keep_alive = parser.should_keep_alive()
-        msg.upgrade = parser.should_upgrade()
-        msg.head_done = True
-        cl = msg.header_map.get(b"content-length")
+        req.method = parser.get_method().decode("ascii")
+        req.version = version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        hmap = req.header_map
+        if b"upgrade" in hmap:
+            req.upgrade = parser.should_upgrade()
+        cl = hmap.get(b"content-length")
         if cl is not None:
-            msg.content_length = int(cl)        # llhttp already rejected a bad one
-        msg.chunked = b"transfer-encoding" in msg.header_map
-        if msg.connection_tokens:               # RFC 9110 7.6.1: drop what Connection names
-            named = set(msg.connection_tokens) - {b"close", b"keep-alive", b"upgrade"}
+            req.content_length = int(cl)        # llhttp already rejected a bad one
+        req.chunked = b"transfer-encoding" in hmap
+        if req.connection_tokens:               # RFC 9110 7.6.1: drop what Connection names
+            named = set(req.connection_tokens) - {b"close", b"keep-alive", b"upgrade"}
             if named:
-                msg.headers = [(k, v) for k, v in msg.headers if k.lower() not in named]
+                req.headers = [(k, v) for k, v in req.headers if k.lower() not in named]
+        req.head_done = True
+        if version != "1.1" and version != "1.0":
+            raise BadRequest(f"unsupported HTTP version {version}")
+        self.check_target(req, hmap)
+
+    def check_target(self, req, hmap):
+        """Split the request target, check Host and the path (RFC 9112 3.2, 3.3)."""
+        url = req.url
+        host = hmap.get(b"host")
+        if req.host_count > 1:
+            raise BadRequest("more than one Host header")
+        if url[:1] != b"/":
+            lower = url[:8].lower()
+            if lower.startswith(b"http://") or lower.startswith(b"https://"):
+                scheme_end = url.index(b"//") + 2
+                slash = url.find(b"/", scheme_end)
+                host = url[scheme_end:] if slash < 0 else url[scheme_end:slash]
+                url = b"/" if slash < 0 else url[slash:]   # 3.2.2: the URI's host wins
+            else:
+                raise BadRequest("request target must be a path or an absolute http URL")
+        if host is None:
+            if req.version == "1.1":
+                raise BadRequest("missing Host header")
+            host = b""
+        elif not host or not HOST_TOKEN.issuperset(host):
+            raise BadRequest("invalid Host header")
+        path, _, query = url.partition(b"?")
+        if b"#" in path:
+            path = path.partition(b"#")[0]
+        if b"/." in path or b"%2" in path:
+            check_dot_segments(path)
+        req.path = path.decode("latin-1")
+        req.query = query.decode("latin-1")
+        req.host_header = host
+        name = host.lower()
+        if b":" in name:
+            name = name[:name.index(b"]") + 1] if name[:1] == b"[" else name.partition(b":")[0]
+        req.host = name.decode("latin-1")
+        request_id = hmap.get(b"x-request-id")
+        req.request_id = self.worker.new_request_id() if request_id is None or \
+            len(request_id) > 200 else request_id.decode("latin-1")
 
     def on_body(self, body):
-        msg = self.queue[-1]
-        msg.body.append(body)
-        msg.body_size += len(body)
+        req = self.queue[-1]
+        req.body.append(body)
+        req.body_size += len(body)
 
     def on_message_complete(self):
         self.queue[-1].complete = True
@@ -217,8 +233,8 @@ class ClientConnection:
         finally:
             deadlines.disarm(self)
 
-    def read_body(self, msg, timeout):
-        """Read more of ``msg``'s body from the client; raise ClientGone on EOF mid-body."""
+    def read_body(self, timeout):
+        """Read more of the current request's body from the client; raise ClientGone on EOF mid-body."""
         deadlines = self.worker.deadlines
         deadlines.arm(self, timeout)
         try:
@@ -235,11 +251,11 @@ class ClientConnection:
         worker.idle.add(self)
         try:
             while worker.alive:
-                msg = self.read_head()
-                if msg is None:
+                req = self.read_head()
+                if req is None:
                     return
                 worker.idle.discard(self)
-                keep_alive = self.handle(msg)
+                keep_alive = self.handle(req)
                 self.queue.popleft()
                 if not keep_alive:
                     return
@@ -291,89 +307,42 @@ class ClientConnection:
             pass
         self.worker.log_rejected(self.client_ip, exc)
 
-    def handle(self, msg):
+    def handle(self, req):
         """Serve one request; return True if the connection may carry another."""
         worker = self.worker
         self.requests += 1
         start = time.monotonic()
-        ctx = None
         status, sent, upstream = 0, 0, None
-        keep_alive = msg.keep_alive and worker.alive and self.settings["keepalive"] > 0
+        keep_alive = req.keep_alive and worker.alive and self.keepalive_enabled
         try:
-            ctx = self.build_context(msg)
-            match = worker.router.match(ctx.method, ctx.host, ctx.path, msg.header_map)
-            ctx.route, ctx.params = match.route, match.params
-            route = match.route
-            if route.max_body_size and (msg.content_length or 0) > route.max_body_size:
-                raise PayloadTooLarge(f"body of {msg.content_length} bytes is over the route's "
+            req.route, req.params = route, _ = worker.router.match(
+                req.method, req.host, req.path, req.header_map)
+            if route.max_body_size and (req.content_length or 0) > route.max_body_size:
+                raise PayloadTooLarge(f"body of {req.content_length} bytes is over the route's "
                                       f"limit of {route.max_body_size}")
             chain = route.chain
-            reply = chain.run_access(ctx) if chain.access_steps else None
-            if reply is not None:
-                keep_alive = keep_alive and msg.complete
-                self.write(render_reply(reply, keep_alive, ctx.request_id, msg.method == "HEAD"))
-                status, sent = reply.status, len(reply.body)
+            reply = chain.run_access(req) if chain.access_steps else None
+            if reply is None:
+                status, sent, upstream, keep_alive = worker.proxy.forward(self, req, keep_alive)
             else:
-                outcome = worker.proxy.forward(self, msg, ctx, keep_alive)
-                status, sent, upstream, keep_alive = outcome
+                keep_alive = keep_alive and req.complete
+                self.write(render_reply(reply, keep_alive, req.request_id, req.method == "HEAD"))
+                status, sent = reply.status, len(reply.body)
         except HTTPError as exc:
             status = exc.status
-            if exc.status >= 500 and ctx is not None and ctx.route is not None:
-                log.warning("route %s: %s: %s", ctx.route.id, exc.error, exc.reason)
-            keep_alive = keep_alive and msg.complete and exc.status < 500 and not self.timed_out
+            if exc.status >= 500 and req.route is not None:
+                log.warning("route %s: %s: %s", req.route.id, exc.error, exc.reason)
+            keep_alive = keep_alive and req.complete and exc.status < 500 and not self.timed_out
             if getattr(exc, "response_started", False):
                 keep_alive = False          # the head is out; all we can do is cut the body
             elif not self.timed_out:
-                self.write(render_error(exc, keep_alive, ctx.request_id if ctx else None,
-                                        msg.method == "HEAD"))
+                self.write(render_error(exc, keep_alive, req.request_id, req.method == "HEAD"))
         finally:
-            worker.log_access(self, msg, ctx, status, sent, upstream, start)
+            if worker.access_enabled:
+                worker.log_access(self, req, status, sent, upstream, start)
         if self.upgraded:
             return False
         return keep_alive and worker.count_request()
-
-    def build_context(self, msg):
-        """Check the head and turn it into a RequestContext; raise BadRequest if it is unsafe."""
-        if msg.version not in ("1.1", "1.0"):
-            raise BadRequest(f"unsupported HTTP version {msg.version}")
-        url = msg.url
-        hmap = msg.header_map
-        host = hmap.get(b"host")
-        if msg.host_count > 1:
-            raise BadRequest("more than one Host header")
-        if url[:1] != b"/":
-            if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
-                scheme_end = url.index(b"//") + 2
-                slash = url.find(b"/", scheme_end)
-                host = url[scheme_end:] if slash < 0 else url[scheme_end:slash]
-                url = b"/" if slash < 0 else url[slash:]   # RFC 9112 3.2.2: URI's host wins
-            else:
-                raise BadRequest("request target must be a path or an absolute http URL")
-        if host is None:
-            if msg.version == "1.1":
-                raise BadRequest("missing Host header")
-            host = b""
-        elif not host or not HOST_TOKEN.issuperset(host) or host.count(b"@"):
-            raise BadRequest("invalid Host header")
-        path, _, query = url.partition(b"?")
-        path = path.partition(b"#")[0]
-        if b"/." in path or b"%2" in path:
-            check_dot_segments(path)
-        request_id = hmap.get(b"x-request-id")
-        if request_id is None or len(request_id) > 200:
-            request_id = self.worker.new_request_id()
-        host_text = host.decode("latin-1")
-        host_name = host_text.lower()
-        if host_name.startswith("["):
-            host_name = host_name[:host_name.find("]") + 1]
-        else:
-            host_name = host_name.partition(":")[0]
-        ctx = RequestContext(msg.method, path.decode("latin-1"), query.decode("latin-1"),
-                             msg.headers, hmap, host_name, self.client_ip, self.scheme,
-                             request_id if isinstance(request_id, str)
-                             else request_id.decode("latin-1"))
-        ctx.vars["host_header"] = host
-        return ctx
 
 
 def check_dot_segments(path):

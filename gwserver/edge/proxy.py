@@ -87,12 +87,15 @@ class HTTPSPool(urllib3.HTTPSConnectionPool):
 class UpstreamPools:
     """One urllib3 pool per (target, pool settings) in this worker; built lazily after fork."""
 
-    def __init__(self, defaults):
-        self.defaults = defaults
+    def __init__(self):
         self.pools = {}
+        self._by_target = {}            # id(target) -> (target, upstream, pool): no hashing
         self.new_connections = 0
 
     def get(self, target, upstream):
+        entry = self._by_target.get(id(target))
+        if entry is not None and entry[0] is target and entry[1] is upstream:
+            return entry[2]
         key = (target.key, upstream.pool_size, upstream.block_when_full, upstream.connect_timeout)
         pool = self.pools.get(key)
         if pool is None:
@@ -102,16 +105,23 @@ class UpstreamPools:
                        timeout=urllib3.Timeout(connect=upstream.connect_timeout, read=None),
                        retries=False)
             self.pools[key] = pool
+        self._by_target[id(target)] = (target, upstream, pool)
         return pool
 
     def close(self):
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
+        self._by_target.clear()
 
 
 class Exchange:
-    """One request/response on one upstream connection; also the response parser's protocol."""
+    """The upstream side of one pooled connection; also its response parser's protocol.
+
+    It lives as long as the connection (``conn.gw_exchange``), so a keep-alive connection keeps
+    one parser instead of building one per request. A response that leaves the parser out of
+    step (HEAD, 1xx, an error) drops the connection or the exchange.
+    """
 
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "headers",
                  "keep_alive", "head_done", "complete", "chunks", "content_length", "chunked",
@@ -120,22 +130,21 @@ class Exchange:
     def __init__(self, conn):
         self.conn = conn
         self.sock = conn.sock
-        self.timed_out = False
-        self.reset()
-        self.got_bytes = False
         self.parser = httptools.HttpResponseParser(self)
+        self.timed_out = False
+        self.begin()
+
+    def begin(self):
+        self.got_bytes = False
+        self.reset()
 
     def reset(self):
         self.status = 0
         self.reason = b""
         self.headers = []
-        self.keep_alive = False
-        self.head_done = False
-        self.complete = False
+        self.keep_alive = self.head_done = self.complete = self.chunked = False
         self.chunks = []
-        self.content_length = None
-        self.chunked = False
-        self.via = None
+        self.content_length = self.via = None
 
     def expire(self):
         self.timed_out = True
@@ -143,7 +152,8 @@ class Exchange:
 
     # httptools callbacks
     def on_message_begin(self):
-        self.reset()
+        if self.head_done:      # a second message after a 1xx: start afresh
+            self.reset()
 
     def on_status(self, reason):
         self.reason += reason
@@ -164,8 +174,9 @@ class Exchange:
 
     def on_headers_complete(self):
         # llhttp answers should_keep_alive() = False once the message completed: read it here.
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
+        parser = self.parser
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
         self.head_done = True
 
     def on_body(self, body):
@@ -181,10 +192,12 @@ class Proxy:
     def __init__(self, worker):
         self.worker = worker
         defaults = worker.conf.upstream_defaults
-        self.pools = UpstreamPools(defaults)
+        self.pools = UpstreamPools()
         self.pool_timeout = defaults["pool_timeout"]
         self.retries = defaults["retries"]
         self.deadlines = worker.deadlines
+        self.buf = worker.upstream_buf
+        self.view = worker.upstream_view
         self._balancers = {}
 
     # -- choosing and connecting -------------------------------------------------------------
@@ -194,20 +207,24 @@ class Proxy:
         if len(targets) == 1:
             return targets[0]
         entry = self._balancers.get(upstream.id)
-        if entry is None or entry.targets_source is not targets:
-            entry = SmoothWeighted(targets)
-            entry.targets_source = targets
+        if entry is None or entry[0] is not targets:
+            entry = (targets, SmoothWeighted(targets))
             self._balancers[upstream.id] = entry
-        return entry.pick(tried)
+        return entry[1].pick(tried)
 
     def checkout(self, pool, target, fresh=False):
-        """Return (connection, reused) with an open socket; raise an HTTPError if impossible."""
+        """Return (exchange, reused) on an open connection; raise an HTTPError if impossible."""
         try:
             conn = pool._new_conn() if fresh else pool._get_conn(timeout=self.pool_timeout)
         except EmptyPoolError:
             raise ServiceUnavailable(f"connection pool for {target.url} is exhausted") from None
         if conn.sock is not None:
-            return conn, True
+            ex = getattr(conn, "gw_exchange", None)
+            if ex is not None and ex.sock is conn.sock:
+                ex.begin()
+                return ex, True
+            ex = conn.gw_exchange = Exchange(conn)
+            return ex, True
         try:
             conn.connect()
         except ConnectTimeoutError:
@@ -219,105 +236,110 @@ class Proxy:
             raise UpstreamConnectError(f"cannot connect to {target.url}: {reason}") from None
         conn.sock.settimeout(None)      # reads are bounded by the worker's deadlines instead
         self.pools.new_connections += 1
-        return conn, False
+        ex = conn.gw_exchange = Exchange(conn)
+        return ex, False
+
+    @staticmethod
+    def release(pool, ex, reusable):
+        conn = ex.conn
+        if reusable:
+            pool._put_conn(conn)
+        else:
+            conn.gw_exchange = None
+            conn.close()
+            pool._put_conn(None)
 
     # -- the exchange ---------------------------------------------------------------------------
 
-    def forward(self, client, msg, ctx, keep_alive):
-        """Proxy ``msg``; return (status, body bytes sent, target url, client keep-alive)."""
-        route = ctx.route
+    def forward(self, client, req, keep_alive):
+        """Proxy ``req``; return (status, body bytes sent, target url, client keep-alive)."""
+        route = req.route
         upstream = route.upstream
-        tried = []
-        replayable = msg.complete and ctx.method in IDEMPOTENT and not msg.upgrade
-        body_held = msg.take_body() if msg.complete else None
+        tried = None
+        replayable = req.complete and req.method in IDEMPOTENT and not req.upgrade
+        body_held = req.take_body() if req.complete else None
         attempts_left = self.retries
         fresh = False
         while True:
-            target = self.pick(upstream, tried)
+            target = self.pick(upstream, tried or ())
             pool = self.pools.get(target, upstream)
             try:
-                conn, reused = self.checkout(pool, target, fresh)
+                ex, reused = self.checkout(pool, target, fresh)
             except UpstreamConnectError as exc:
-                tried.append(target)
+                tried = (tried or []) + [target]
                 if attempts_left > 0 and len(tried) < len(upstream.targets):
                     attempts_left -= 1
                     log.warning("route %s: %s; retrying on another target", route.id, exc.reason)
                     continue
                 raise
-            exchange = Exchange(conn)
             try:
-                result = self.exchange(client, msg, ctx, exchange, target, body_held, keep_alive)
+                status, sent, client_keep, upstream_keep = self.exchange(
+                    client, req, ex, target, body_held, keep_alive)
             except _StaleConnection:
-                pool._put_conn(None)
-                conn.close()
+                self.release(pool, ex, False)
                 if reused and replayable and not fresh:
                     fresh = True        # the pool may hold more dead ones: open a new one
                     continue
                 raise UpstreamError(f"{target.url} closed the connection before answering")
             except BaseException:
-                conn.close()
-                pool._put_conn(None)
+                self.release(pool, ex, False)
                 raise
-            status, sent, client_keep, upstream_keep = result
-            if upstream_keep:
-                pool._put_conn(conn)
-            else:
-                conn.close()
-                pool._put_conn(None)
+            self.release(pool, ex, upstream_keep)
             return status, sent, target.url, client_keep
 
-    def exchange(self, client, msg, ctx, ex, target, body_held, keep_alive):
-        route = ctx.route
-        head = self.request_head(msg, ctx, target)
+    def exchange(self, client, req, ex, target, body_held, keep_alive):
+        route = req.route
+        head = self.request_head(req, target)
         if body_held is not None:
-            head = b"".join([head, *encode_chunks(body_held, msg.chunked, last=True)]) \
-                if body_held or msg.chunked else head
+            if body_held or req.chunked:
+                head = b"".join([head, *encode_chunks(body_held, req.chunked, last=True)])
             self.send(ex, head, route.read_timeout, stale_ok=True)
         else:
             self.send(ex, head, route.read_timeout, stale_ok=True)
-            self.stream_request_body(client, msg, ex, route)
+            self.stream_request_body(client, req, ex, route)
         self.read_head(ex, route.read_timeout)
-        if msg.upgrade and ex.status == 101:
-            return self.tunnel(client, msg, ctx, ex)
-        return self.relay_response(client, msg, ctx, ex, route, keep_alive)
+        if req.upgrade and ex.status == 101:
+            return self.tunnel(client, req, ex)
+        return self.relay_response(client, req, ex, route, keep_alive)
 
-    def request_head(self, msg, ctx, target):
-        route = ctx.route
-        path = ctx.path
+    def request_head(self, req, target):
+        route = req.route
+        path = req.path
         strip = route.strip_prefix
         if strip and path.startswith(strip):
             path = path[len(strip):] or "/"
             if path[0] != "/":
                 path = "/" + path
-        if ctx.query:
-            path = path + "?" + ctx.query
+        if req.query:
+            path = path + "?" + req.query
         upstream = route.upstream
-        hmap = msg.header_map
-        host_header = ctx.vars["host_header"]
-        if upstream.pass_host == "node":
-            host = target.authority.encode("latin-1")
-        elif upstream.pass_host == "rewrite":
-            host = upstream.upstream_host.encode("latin-1")
-        else:
+        hmap = req.header_map
+        host_header = req.host_header
+        pass_host = upstream.pass_host
+        if pass_host == "pass":
             host = host_header
+        elif pass_host == "node":
+            host = target.authority.encode("latin-1")
+        else:
+            host = upstream.upstream_host.encode("latin-1")
         xff = hmap.get(b"x-forwarded-for")
-        client_ip = ctx.client_ip.encode("latin-1")
+        client_ip = req.client_ip.encode("latin-1")
         via = hmap.get(b"via")
-        lines = [b"%s %s HTTP/1.1" % (ctx.method.encode("ascii"), path.encode("latin-1")),
-                 b"Host: " + host]
-        lines.extend([b"%s: %s" % kv for kv in ctx.headers])
-        lines.append(b"X-Forwarded-For: " + (xff + b", " + client_ip if xff else client_ip))
-        lines.append(b"X-Forwarded-Proto: " + ctx.scheme.encode("ascii"))
-        lines.append(b"X-Forwarded-Host: " + host_header)
-        lines.append(b"X-Request-ID: " + ctx.request_id.encode("latin-1"))
-        lines.append(b"Via: " + (via + b", " + VIA if via else VIA))
-        if msg.chunked:
+        lines = [b"%s %s HTTP/1.1\r\nHost: %s" % (req.method.encode("ascii"),
+                                                 path.encode("latin-1"), host)]
+        for name, value in req.headers:
+            lines.append(name + b": " + value)
+        lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+                     b"X-Request-ID: %s\r\nVia: %s" % (
+                         xff + b", " + client_ip if xff else client_ip,
+                         b"https" if req.scheme == "https" else b"http", host_header,
+                         req.request_id.encode("latin-1"), via + b", " + VIA if via else VIA))
+        if req.chunked:
             lines.append(b"Transfer-Encoding: chunked")
-        elif msg.content_length is not None:
-            lines.append(b"Content-Length: %d" % msg.content_length)
-        if msg.upgrade:
-            lines.append(b"Connection: Upgrade")
-            lines.append(b"Upgrade: " + msg.header_map.get(b"upgrade", b""))
+        elif req.content_length is not None:
+            lines.append(b"Content-Length: %d" % req.content_length)
+        if req.upgrade:
+            lines.append(b"Connection: Upgrade\r\nUpgrade: " + hmap.get(b"upgrade", b""))
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
 
@@ -339,28 +361,29 @@ class Proxy:
         finally:
             deadlines.disarm(ex)
 
-    def stream_request_body(self, client, msg, ex, route):
+    def stream_request_body(self, client, req, ex, route):
         """Forward the body as it arrives: one client read in memory at a time."""
         limit = route.max_body_size
-        if msg.header_map.get(b"expect", b"").lower() == b"100-continue" and msg.version == "1.1":
+        if req.header_map.get(b"expect", b"").lower() == b"100-continue" and req.version == "1.1":
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while True:
-            chunks = msg.take_body()
-            if limit and msg.body_size > limit:
+            chunks = req.take_body()
+            if limit and req.body_size > limit:
                 raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
-            if chunks or msg.complete:
-                data = b"".join(encode_chunks(chunks, msg.chunked, last=msg.complete))
+            if chunks or req.complete:
+                data = b"".join(encode_chunks(chunks, req.chunked, last=req.complete))
                 if data:
                     self.send(ex, data, route.read_timeout)
-            if msg.complete:
+            if req.complete:
                 return
-            client.read_body(msg, route.read_timeout)
+            client.read_body(route.read_timeout)
 
-    def recv(self, ex, timeout, buf):
+    def recv_feed(self, ex, timeout):
+        """Read once from the upstream and parse it; return False on EOF."""
         deadlines = self.deadlines
         deadlines.arm(ex, timeout)
         try:
-            return ex.sock.recv_into(buf)
+            n = ex.sock.recv_into(self.buf)
         except OSError as exc:
             if ex.timed_out:
                 raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s") from None
@@ -369,100 +392,102 @@ class Proxy:
             raise UpstreamError(f"upstream connection failed: {exc}") from None
         finally:
             deadlines.disarm(ex)
-
-    def feed(self, ex, view):
+        if n == 0:
+            return False
+        ex.got_bytes = True
         try:
-            ex.parser.feed_data(view)
+            ex.parser.feed_data(self.view[:n])
         except httptools.HttpParserUpgrade:
-            pass        # 101: the rest belongs to the tunnel
+            pass        # 101: what follows belongs to the tunnel
         except httptools.HttpParserError as exc:
             raise UpstreamError(f"upstream sent an invalid response: {exc}") from None
+        return True
 
     def read_head(self, ex, timeout):
-        buf = self.worker.upstream_buf
-        view = self.worker.upstream_view
         while True:
-            n = self.recv(ex, timeout, buf)
-            if n == 0:
+            if not self.recv_feed(ex, timeout):
                 if not ex.got_bytes:
                     raise _StaleConnection()
                 raise UpstreamError("upstream closed the connection mid-response")
-            ex.got_bytes = True
-            self.feed(ex, view[:n])
-            if ex.head_done:
-                if 100 <= ex.status < 200 and ex.status != 101:
-                    continue    # 100 Continue, 103 Early Hints: the real answer follows
+            while ex.head_done and 100 <= ex.status < 200 and ex.status != 101:
+                # 100 Continue, 103 Early Hints: the real answer follows on the same parser
+                if ex.complete:
+                    ex.reset()
+                else:
+                    break
+            if ex.head_done and not (100 <= ex.status < 200 and ex.status != 101):
                 return
 
-    def response_head(self, msg, ctx, ex, keep_alive):
-        """Build the client's response head; return (bytes, chunked_out, keep_alive)."""
+    def response_head(self, req, ex, keep_alive):
+        """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body)."""
         status = ex.status
-        head = ResponseHead(status, ex.headers)
-        chain = ctx.route.chain
+        headers = ex.headers
+        chain = req.route.chain
         if chain.response_steps:
-            chain.run_response(ctx, head)
+            head = ResponseHead(status, headers)
+            chain.run_response(req, head)
+            headers = head.headers
         lines = [b"HTTP/1.1 %d %s" % (status, ex.reason or REASONS.get(status, b"Unknown"))]
-        lines.extend([b"%s: %s" % kv for kv in head.headers])
+        for name, value in headers:
+            lines.append(name + b": " + value)
         chunked_out = False
-        no_body = msg.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
+        no_body = req.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
         if ex.content_length is not None and status not in NO_BODY_STATUSES:
             lines.append(b"Content-Length: " + ex.content_length)
         elif not no_body:
-            if msg.version == "1.1":
+            if req.version == "1.1":
                 lines.append(b"Transfer-Encoding: chunked")
                 chunked_out = True
             else:
                 keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
-        lines.append(b"X-Request-ID: " + ctx.request_id.encode("latin-1"))
-        lines.append(b"Via: " + (ex.via + b", " + VIA if ex.via else VIA))
-        if status == 101:
-            lines.append(b"Connection: Upgrade")
-        else:
-            lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
-        lines.append(b"\r\n")
+        lines.append(b"X-Request-ID: %s\r\nVia: %s\r\nConnection: %s\r\n\r\n" % (
+            req.request_id.encode("latin-1"), ex.via + b", " + VIA if ex.via else VIA,
+            b"Upgrade" if status == 101 else b"keep-alive" if keep_alive else b"close"))
         return b"\r\n".join(lines), chunked_out, keep_alive, no_body
 
-    def relay_response(self, client, msg, ctx, ex, route, keep_alive):
-        head, chunked_out, keep_alive, no_body = self.response_head(msg, ctx, ex, keep_alive)
+    def relay_response(self, client, req, ex, route, keep_alive):
+        head, chunked_out, keep_alive, no_body = self.response_head(req, ex, keep_alive)
         if no_body:
-            upstream_keep = ex.keep_alive and not ex.chunks and msg.complete
             client.write(head)
-            return [ex.status, 0, keep_alive, upstream_keep]
-        buf, view = self.worker.upstream_buf, self.worker.upstream_view
+            # The parser still expects the body a HEAD response announced: drop the connection
+            # unless the message really ended.
+            return ex.status, 0, keep_alive, ex.keep_alive and ex.complete and req.complete
+        if ex.complete:                 # the common case: all of it came in one read
+            body = ex.chunks
+            size = sum(map(len, body)) if len(body) != 1 else len(body[0])
+            client.write(b"".join([head, *encode_chunks(body, chunked_out, True)]))
+            return ex.status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
         started = False
         close_delimited = ex.content_length is None and not ex.chunked
         try:
             while True:
-                chunks = ex.chunks
-                ex.chunks = []
+                chunks, ex.chunks = ex.chunks, []
                 size = sum(map(len, chunks))
-                body = b"".join(encode_chunks(chunks, chunked_out, last=ex.complete))
-                client.write(head + body if not started else body)
+                body = encode_chunks(chunks, chunked_out, last=ex.complete)
+                client.write(b"".join([head, *body]) if not started else b"".join(body))
                 started = True
                 sent += size
                 if ex.complete:
                     break
-                n = self.recv(ex, route.read_timeout, buf)
-                if n == 0:
+                if not self.recv_feed(ex, route.read_timeout):
                     if close_delimited:
                         if chunked_out:
                             client.write(b"0\r\n\r\n")
-                        return [ex.status, sent, keep_alive, False]
+                        return ex.status, sent, keep_alive, False
                     raise UpstreamError("upstream closed the connection mid-body")
-                self.feed(ex, view[:n])
         except (HTTPError, _StaleConnection) as exc:
             if not isinstance(exc, HTTPError):
                 exc = UpstreamError("upstream connection failed mid-body")
             if started:
                 exc.response_started = True
             raise exc from None
-        return [ex.status, sent, keep_alive, ex.keep_alive and msg.complete]
+        return ex.status, sent, keep_alive, ex.keep_alive and req.complete
 
-    def tunnel(self, client, msg, ctx, ex):
+    def tunnel(self, client, req, ex):
         """101 Switching Protocols: relay raw bytes both ways until either side closes."""
-        head, _, _, _ = self.response_head(msg, ctx, ex, False)
-        client.write(head + b"".join(ex.chunks))
+        head, _, _, _ = self.response_head(req, ex, False)
+        client.write(b"".join([head, *ex.chunks]))
         upstream_sock, client_sock = ex.sock, client.sock
 
         def pump(src, dst):
@@ -482,12 +507,12 @@ class Proxy:
                     except OSError:
                         pass
 
-        if msg.upgrade_tail:
-            upstream_sock.sendall(msg.upgrade_tail)
+        if req.upgrade_tail:
+            upstream_sock.sendall(req.upgrade_tail)
         down = gevent.spawn(pump, upstream_sock, client_sock)
         pump(client_sock, upstream_sock)
         down.join()
-        return [101, 0, False, False]
+        return 101, 0, False, False
 
 
 def encode_chunks(chunks, chunked, last):

@@ -156,26 +156,24 @@ class GatewayWorker(GeventWorker):
             self._clock_text = time.strftime(fmt, time.gmtime(second))
         return now, self._clock_text
 
-    def log_access(self, conn, msg, ctx, status, sent, upstream, start):
-        if not self.access_enabled:
-            return
-        elapsed_ms = (time.monotonic() - start) * 1000.0 if start else 0.0
+    def log_access(self, conn, req, status, sent, upstream, start):
+        elapsed_ms = (time.monotonic() - start) * 1000.0
         now, clock = self.clock_text()
-        route_id = ctx.route.id if ctx is not None and ctx.route is not None else None
-        path = ctx.path if ctx is not None else msg.url.decode("latin-1")
+        route_id = req.route.id if req.route is not None else None
+        path = getattr(req, "path", None) or req.url.decode("latin-1")
+        request_id = getattr(req, "request_id", None)
         if self.access_json:
-            millis = int((now % 1) * 1000)
-            line = (f'{{"time":"{clock}.{millis:03d}Z","request_id":'
-                    f'{_escape(ctx.request_id) if ctx else "null"},"client":"{conn.client_ip}",'
-                    f'"method":"{msg.method}","path":{_escape(path)},'
+            line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
+                    f'{_escape(request_id) if request_id else "null"},'
+                    f'"client":"{conn.client_ip}","method":"{req.method}","path":{_escape(path)},'
                     f'"route":{_escape(route_id) if route_id else "null"},'
                     f'"upstream":{_escape(upstream) if upstream else "null"},'
                     f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
-                    f'"ended_by":{_escape(ctx.ended_by) if ctx and ctx.ended_by else "null"}}}\n')
+                    f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}}}\n')
         else:
-            line = (f'{conn.client_ip} - - [{clock} +0000] "{msg.method} {path} HTTP/'
-                    f'{msg.version}" {status} {sent} "{route_id or "-"}" '
-                    f'{ctx.request_id if ctx else "-"} {elapsed_ms:.3f}\n')
+            line = (f'{conn.client_ip} - - [{clock} +0000] "{req.method} {path} HTTP/'
+                    f'{req.version}" {status} {sent} "{route_id or "-"}" '
+                    f'{request_id or "-"} {elapsed_ms:.3f}\n')
         lines = self._access_lines
         lines.append(line)
         if len(lines) >= ACCESS_FLUSH_LINES:
