@@ -16,6 +16,7 @@ Rules this file enforces (RFC 9112 and what gunicorn's parser rejects):
 import collections
 import errno
 import logging
+import socket
 import time
 
 import httptools
@@ -27,6 +28,8 @@ log = logging.getLogger("gwserver.http")
 
 RECV_SIZE = 64 * 1024          # one read; also the most body a worker holds per request
 MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
+LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
+LINGER_BYTES = 16 * 1024 * 1024
 
 HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"proxy-authenticate",
@@ -256,16 +259,41 @@ class ClientConnection:
                     return
                 worker.idle.discard(self)
                 keep_alive = self.handle(req)
-                self.queue.popleft()
                 if not keep_alive:
                     return
+                self.queue.popleft()
                 worker.idle.add(self)
         except ClientGone:
             pass
         finally:
             worker.idle.discard(self)
             worker.deadlines.disarm(self)
-            self.sock.close()
+            self.close()
+
+    def close(self):
+        """Close; after an early answer, drain what the client is still sending first.
+
+        Closing a socket with unread input makes the kernel send RST, and the client may then
+        lose the response we just wrote (a 413 in the middle of an upload, say). Like nginx's
+        lingering_close: shut our side, read and discard for a short while, then close.
+        """
+        sock = self.sock
+        if self.queue and not self.queue[0].complete and not self.timed_out:
+            deadlines = self.worker.deadlines
+            deadlines.arm(self, LINGER_SECONDS)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                drained = 0
+                while drained < LINGER_BYTES:
+                    n = sock.recv_into(self.buf)
+                    if not n:
+                        break
+                    drained += n
+            except OSError:
+                pass
+            finally:
+                deadlines.disarm(self)
+        sock.close()
 
     def read_head(self):
         """Return the next request whose head is complete, or None when the client is done."""

@@ -152,8 +152,11 @@ class Exchange:
 
     # httptools callbacks
     def on_message_begin(self):
-        if self.head_done:      # a second message after a 1xx: start afresh
-            self.reset()
+        if self.head_done:
+            if 100 <= self.status < 200 and self.status != 101:
+                self.reset()    # the real answer after 100 Continue / 103 Early Hints
+            else:
+                self.keep_alive = False     # bytes after a final response: never reuse
 
     def on_status(self, reason):
         self.reason += reason
@@ -227,13 +230,14 @@ class Proxy:
             return ex, True
         try:
             conn.connect()
-        except ConnectTimeoutError:
-            pool._put_conn(None)
-            raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         except (NewConnectionError, NameResolutionError, LocationParseError, OSError) as exc:
+            # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
             pool._put_conn(None)
             reason = getattr(exc, "reason", None) or exc
             raise UpstreamConnectError(f"cannot connect to {target.url}: {reason}") from None
+        except ConnectTimeoutError:
+            pool._put_conn(None)
+            raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         conn.sock.settimeout(None)      # reads are bounded by the worker's deadlines instead
         self.pools.new_connections += 1
         ex = conn.gw_exchange = Exchange(conn)
@@ -280,7 +284,7 @@ class Proxy:
                 if reused and replayable and not fresh:
                     fresh = True        # the pool may hold more dead ones: open a new one
                     continue
-                raise UpstreamError(f"{target.url} closed the connection before answering")
+                raise UpstreamError(f"{target.url}: connection failed before an answer")
             except BaseException:
                 self.release(pool, ex, False)
                 raise
@@ -394,12 +398,24 @@ class Proxy:
             deadlines.disarm(ex)
         if n == 0:
             return False
+        first_bytes = not ex.got_bytes
         ex.got_bytes = True
         try:
             ex.parser.feed_data(self.view[:n])
         except httptools.HttpParserUpgrade:
             pass        # 101: what follows belongs to the tunnel
         except httptools.HttpParserError as exc:
+            if ex.complete:
+                # Junk after a complete response (a body after 204, say): serve the response,
+                # never reuse the connection.
+                log.warning("upstream sent bytes after a complete response: %s", exc)
+                ex.keep_alive = False
+                return True
+            if first_bytes and not ex.head_done:
+                # Garbage before any response head: the connection, not the answer, is broken
+                # (leftovers of a previous misbehaving response). Same rule as a dead one.
+                log.warning("upstream connection sent junk before a response: %s", exc)
+                raise _StaleConnection() from None
             raise UpstreamError(f"upstream sent an invalid response: {exc}") from None
         return True
 
@@ -409,12 +425,8 @@ class Proxy:
                 if not ex.got_bytes:
                     raise _StaleConnection()
                 raise UpstreamError("upstream closed the connection mid-response")
-            while ex.head_done and 100 <= ex.status < 200 and ex.status != 101:
-                # 100 Continue, 103 Early Hints: the real answer follows on the same parser
-                if ex.complete:
-                    ex.reset()
-                else:
-                    break
+            # After 100 Continue or 103 Early Hints the real answer follows on the same parser
+            # (on_message_begin resets the exchange for it); keep reading until it is here.
             if ex.head_done and not (100 <= ex.status < 200 and ex.status != 101):
                 return
 

@@ -1,0 +1,237 @@
+"""Fixtures that start real processes (gateways, upstreams) on free loopback ports.
+
+Every process is started in its own session and stopped by pid in teardown (SIGTERM to its
+process group, SIGKILL if it has not exited in time), whether or not the test passed.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_SCRIPT = ROOT / "tests" / "upstream.py"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=15.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def stop_process(proc, timeout=15.0, sig=signal.SIGTERM):
+    """Stop a process we started, and its group; return its exit code."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    try:     # leftovers of the group (workers of a killed master)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return proc.returncode
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) \
+            + " }"
+    raise TypeError(value)
+
+
+def to_toml(conf):
+    """A small TOML writer for test confs: sections, [[routes]], inline values."""
+    lines = []
+    for key, value in conf.items():
+        if isinstance(value, dict) and key != "upstreams":
+            lines.append(f"[{key}]")
+            lines.extend(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items())
+        elif key == "upstreams":
+            for name, spec in value.items():
+                lines.append(f"[upstreams.{json.dumps(name)}]")
+                lines.extend(f"{json.dumps(k)} = {toml_value(v)}" for k, v in spec.items())
+        elif isinstance(value, list):
+            for item in value:
+                lines.append(f"[[{key}]]")
+                lines.extend(f"{json.dumps(k)} = {toml_value(v)}" for k, v in item.items())
+        else:
+            raise TypeError(key)
+        lines.append("")
+    return "\n".join(lines)
+
+
+class Upstream:
+    def __init__(self, proc, port, name):
+        self.proc, self.port, self.name = proc, port, name
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stats(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.request("GET", "/stats")
+        data = json.loads(conn.getresponse().read())
+        conn.close()
+        return data
+
+
+class Gateway:
+    def __init__(self, proc, port, conf_path, log_path):
+        self.proc, self.port, self.conf_path, self.log_path = proc, port, conf_path, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.pid = proc.pid
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def access_lines(self):
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith('{"time"')]
+
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def request(self, method, path, body=None, headers=None, timeout=10):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp, data
+
+    def raw(self, data, timeout=5):
+        """Send raw bytes; return everything the gateway sent back until it closed."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            try:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            except socket.timeout:
+                pass
+            return b"".join(chunks)
+
+
+class Launcher:
+    """Starts upstreams and gateways into one temp dir; ``close()`` stops them all by pid."""
+
+    def __init__(self, tmp_dir):
+        self.tmp_dir = Path(tmp_dir)
+        self.started = []
+
+    def upstream(self, name=None):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(port), name or ""],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.started.append(proc)
+        wait_for_port(port, proc=proc)
+        return Upstream(proc, port, name or f"up{port}")
+
+    def gateway(self, conf, env=None, wait=True):
+        port = free_port()
+        conf = json.loads(json.dumps(conf))
+        conf.setdefault("server", {})["bind"] = [f"127.0.0.1:{port}"]
+        conf_path = self.tmp_dir / f"gw-{port}.toml"
+        conf_path.write_text(to_toml(conf))
+        log_path = self.tmp_dir / f"gw-{port}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gwserver", "run", "-c", str(conf_path)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp_dir,
+                env={**os.environ, **(env or {})}, start_new_session=True)
+        self.started.append(proc)
+        gw = Gateway(proc, port, conf_path, log_path)
+        if wait:
+            wait_for_port(port, proc=proc)
+            wait_until(lambda: len(gw.worker_pids()) >= conf["server"].get("workers", 1))
+        return gw
+
+    def close(self):
+        for proc in reversed(self.started):
+            stop_process(proc, timeout=10)
+
+
+@pytest.fixture
+def launcher(tmp_path):
+    launcher = Launcher(tmp_path)
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="module")
+def module_launcher(tmp_path_factory):
+    launcher = Launcher(tmp_path_factory.mktemp("procs"))
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture
+def start_upstream(launcher):
+    return launcher.upstream
+
+
+@pytest.fixture
+def start_gateway(launcher):
+    return launcher.gateway
+
+
+@pytest.fixture
+def upstream(start_upstream):
+    return start_upstream("main")
+
+
+def gateway_conf(routes, workers=1, **sections):
+    conf = {"server": {"workers": workers, "graceful_timeout": 5.0, **sections.pop("server", {})},
+            "log": {"level": "info", **sections.pop("log", {})}}
+    conf.update(sections)
+    conf["routes"] = routes
+    return conf
+
+
+def wait_until(predicate, timeout=15.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def route(id, paths, upstream_url, **extra):
+    return {"id": id, "paths": paths, "upstream": {"targets": [{"url": upstream_url}]}, **extra}

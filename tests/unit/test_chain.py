@@ -1,0 +1,83 @@
+"""The plugin contract: schemas fill defaults, order follows PRIORITY, a reply ends the chain."""
+import types
+
+import pytest
+
+from gwserver.core.chain import Chain, build_chain, check_plugin
+from gwserver.core.context import Reply, RequestContext, ResponseHead
+from gwserver.core.schema import Field, Schema, integer
+from gwserver.errors import ConfigError
+from gwserver.plugins import headers, load_registry
+
+
+def plugin(name, priority, reply_status=None, log=None):
+    def access(conf, ctx):
+        log.append(name)
+        return Reply(reply_status) if reply_status else None
+    return types.SimpleNamespace(NAME=name, PRIORITY=priority, access=access,
+                                 SCHEMA=Schema(Field("n", integer(0), 7, "a number")))
+
+
+def ctx():
+    return RequestContext("127.0.0.1", "http")
+
+
+def test_plugins_run_by_priority_and_a_reply_ends_the_chain():
+    log = []
+    registry = {p.NAME: p for p in (plugin("low", 1, log=log), plugin("high", 100, log=log),
+                                    plugin("stop", 50, reply_status=429, log=log))}
+    chain = build_chain("route r", {"low": {}, "stop": {}, "high": {}}, {}, registry)
+    assert chain.names == ("high", "stop", "low")
+    request = ctx()
+    assert chain.run_access(request).status == 429
+    assert log == ["high", "stop"]
+    assert request.ended_by == "stop"
+
+
+def test_schema_fills_defaults_and_names_bad_fields():
+    registry = {"p": plugin("p", 1, log=[])}
+    chain = build_chain("route r", {"p": {}}, {}, registry)
+    assert chain.access_steps[0][1] == {"n": 7}
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"p": {"n": -1}}, {}, registry)
+    assert info.value.problems == ["route r: plugins.p: n: must be a non-negative integer, "
+                                   "got -1"]
+
+
+def test_route_config_replaces_global_and_false_switches_it_off():
+    registry = {"p": plugin("p", 1, log=[])}
+    assert build_chain("r", {"p": {"n": 3}}, {"p": {"n": 1}}, registry).access_steps[0][1] == \
+        {"n": 3}
+    assert build_chain("r", {"p": False}, {"p": {}}, registry).names == ()
+    assert build_chain("r", {}, {"p": {}}, registry).names == ("p",)
+
+
+def test_contract_is_checked():
+    with pytest.raises(TypeError, match="lacks SCHEMA"):
+        check_plugin(types.SimpleNamespace(NAME="x", PRIORITY=1, access=lambda c, r: None))
+    with pytest.raises(TypeError, match="defines no phase"):
+        check_plugin(types.SimpleNamespace(NAME="x", PRIORITY=1, SCHEMA=Schema()))
+
+
+def test_builtin_registry_has_headers():
+    assert load_registry()["headers"] is headers
+
+
+def test_headers_plugin_edits_request_and_response():
+    conf = headers.prepare(headers.SCHEMA.validate(
+        {"request": {"set": {"X-Env": "prod"}, "remove": ["Cookie"]},
+         "response": {"set": {"Cache-Control": "no-store"}, "remove": ["Server"]}}))
+    assert headers.SCHEMA.validate({}) == {"request": {}, "response": {}}
+    request = ctx()
+    request.headers = [(b"Cookie", b"a=1"), (b"X-Env", b"dev"), (b"Accept", b"*/*")]
+    request.header_map = {b"cookie": b"a=1", b"x-env": b"dev", b"accept": b"*/*"}
+    headers.access(conf, request)
+    assert request.headers == [(b"Accept", b"*/*"), (b"X-Env", b"prod")]
+    assert request.header("x-env") == "prod" and request.header("cookie") is None
+    head = ResponseHead(200, [(b"Server", b"nginx"), (b"Content-Type", b"text/plain")])
+    headers.response(conf, request, head)
+    assert head.headers == [(b"Content-Type", b"text/plain"), (b"Cache-Control", b"no-store")]
+
+
+def test_empty_chain_is_shared_and_inert():
+    assert Chain().run_access(ctx()) is None

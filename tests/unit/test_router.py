@@ -1,0 +1,148 @@
+"""Routing rules, as tables: routes in, requests in, (route id, params) or status out."""
+import time
+
+import pytest
+
+from gwserver.errors import MethodNotAllowed, RouteNotFound
+from .helpers import compile_routes, router_for
+
+ROUTES = [
+    {"id": "users-me", "paths": ["/api/users/me"]},
+    {"id": "user", "paths": ["/api/users/:id"], "methods": ["GET", "DELETE"]},
+    {"id": "user-posts", "paths": ["/api/users/:id/posts/:post"]},
+    {"id": "static", "paths": ["/static/*file"]},
+    {"id": "api-prefix", "paths": ["/api"], "prefix": True, "priority": -1},
+    {"id": "exact", "paths": ["/exact"]},
+    {"id": "host-a", "paths": ["/h"], "hosts": ["a.example.com"]},
+    {"id": "host-wild", "paths": ["/h"], "hosts": ["*.example.com"]},
+    {"id": "host-any", "paths": ["/h"]},
+    {"id": "hdr-beta", "paths": ["/v"], "headers": {"X-Version": "beta"}},
+    {"id": "hdr-none", "paths": ["/v"]},
+    {"id": "prio-low", "paths": ["/p"], "priority": 1},
+    {"id": "prio-high", "paths": ["/p"], "priority": 5},
+    {"id": "post-only", "paths": ["/form"], "methods": ["POST"]},
+    {"id": "root", "paths": ["/"]},
+]
+
+
+@pytest.fixture(scope="module")
+def router():
+    return router_for([dict(r) for r in ROUTES])
+
+
+@pytest.mark.parametrize("method, host, path, headers, expected_id, params", [
+    ("GET", "x", "/api/users/me", {}, "users-me", {}),                    # static beats param
+    ("GET", "x", "/api/users/42", {}, "user", {"id": "42"}),
+    ("HEAD", "x", "/api/users/42", {}, "user", {"id": "42"}),             # HEAD rides on GET
+    ("GET", "x", "/api/users/42/posts/7", {}, "user-posts", {"id": "42", "post": "7"}),
+    ("GET", "x", "/static/css/site.css", {}, "static", {"file": "css/site.css"}),
+    ("GET", "x", "/static/", {}, "static", {"file": ""}),
+    ("GET", "x", "/api", {}, "api-prefix", {}),
+    ("GET", "x", "/api/orders/1", {}, "api-prefix", {}),                  # prefix catches the rest
+    ("POST", "x", "/api/users/42", {}, "api-prefix", {}),                 # backtracks past 405
+    ("GET", "x", "/exact", {}, "exact", {}),
+    ("GET", "a.example.com", "/h", {}, "host-a", {}),                     # exact host first
+    ("GET", "b.example.com", "/h", {}, "host-wild", {}),
+    ("GET", "c.b.example.com", "/h", {}, "host-wild", {}),
+    ("GET", "example.com", "/h", {}, "host-any", {}),
+    ("GET", "x", "/v", {b"x-version": b"beta"}, "hdr-beta", {}),
+    ("GET", "x", "/v", {b"x-version": b"stable"}, "hdr-none", {}),
+    ("GET", "x", "/p", {}, "prio-high", {}),
+    ("GET", "x", "/", {}, "root", {}),
+])
+def test_match(router, method, host, path, headers, expected_id, params):
+    route, bound = router.match(method, host, path, headers)
+    assert (route.id, bound) == (expected_id, params)
+
+
+@pytest.mark.parametrize("method, path, error, allow", [
+    ("GET", "/exact/more", RouteNotFound, None),         # exact is exact
+    ("GET", "/exactly", RouteNotFound, None),            # segments, not string prefixes
+    ("GET", "/static", RouteNotFound, None),             # catch-all needs its slash
+    ("GET", "/form", MethodNotAllowed, "POST"),
+    ("PUT", "/form", MethodNotAllowed, "POST"),
+    ("GET", "/nowhere", RouteNotFound, None),
+])
+def test_no_match(router, method, path, error, allow):
+    with pytest.raises(error) as info:
+        router.match(method, "x", path, {})
+    if allow:
+        assert dict(info.value.headers)["Allow"] == allow
+
+
+def test_a_parameter_never_binds_an_empty_segment():
+    router = router_for([{"id": "item", "paths": ["/items/:id/detail"]}])
+    assert router.match("GET", "x", "/items/7/detail", None)[1] == {"id": "7"}
+    with pytest.raises(RouteNotFound):
+        router.match("GET", "x", "/items//detail", None)
+
+
+def test_405_lists_every_allowed_method():
+    router = router_for([{"id": "a", "paths": ["/r"], "methods": ["GET"]},
+                         {"id": "b", "paths": ["/r"], "methods": ["PUT", "PATCH"]}])
+    with pytest.raises(MethodNotAllowed) as info:
+        router.match("DELETE", "x", "/r", {})
+    assert dict(info.value.headers)["Allow"] == "GET, HEAD, PATCH, PUT"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"id": "a", "paths": ["/a/:id/b/:id"]}, "binds parameter \"id\" twice"),
+    ({"id": "a", "paths": ["/a/*rest/b"]}, "catch-all that is not the last segment"),
+    ({"id": "a", "paths": ["no-slash"]}, "must start with /"),
+    ({"id": "a", "paths": ["/a/:"]}, "bad parameter name"),
+    ({"id": "a", "paths": ["/a/../b"]}, "dot segment"),
+    ({"id": "a", "paths": ["/a b"]}, "characters not allowed"),
+    ({"id": "a", "paths": ["/a"], "bogus": 1}, "route a: bogus: unknown key"),
+    ({"id": "a", "paths": ["/a"], "methods": ["get"]}, "methods[0]: must be an upper-case method"),
+    ({"id": "a", "paths": ["/a"], "hosts": ["Bad Host"]}, "hosts[0]"),
+    ({"id": "a", "paths": ["/a"], "strip_prefix": "/b"}, "is not a prefix of paths[0]"),
+    ({"id": "a", "paths": ["/a/*r"], "prefix": True}, "prefix=true with a catch-all"),
+    ({"id": "a", "paths": ["/a"], "upstream": {"targets": []}},
+     "upstream.targets: must have at least 1 item"),
+    ({"id": "a", "paths": ["/a"], "upstream": {"targets": [{"url": "http://h/x"}]}},
+     "must be scheme://host[:port] only"),
+    ({"id": "a", "paths": ["/a"], "upstream": "missing"}, "unknown upstream id \"missing\""),
+    ({"id": "a", "paths": ["/a"], "plugins": {"nope": {}}}, "plugins.nope: unknown plugin"),
+])
+def test_compiler_rejects_bad_routes_naming_route_and_field(spec, message):
+    router, problems = compile_routes([spec])
+    assert len(router) == 0
+    assert any(message in p and ("route a" in p) for p in problems), problems
+
+
+def test_conflicting_parameter_names_are_rejected_and_good_routes_kept():
+    router, problems = compile_routes([{"id": "one", "paths": ["/u/:id"]},
+                                       {"id": "two", "paths": ["/u/:uid/x"]},
+                                       {"id": "three", "paths": ["/other"]}])
+    assert problems == ["route two: parameter :uid in '/u/:uid/x' conflicts with :id of route "
+                        "one at the same position"]
+    assert sorted(router.routes) == ["one", "three"]
+
+
+def test_duplicate_ids_are_rejected():
+    _, problems = compile_routes([{"id": "a", "paths": ["/a"]}, {"id": "a", "paths": ["/b"]}])
+    assert problems == ["route a: duplicate route id"]
+
+
+def best_match_time(router, paths, rounds=5, repeat=2000):
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            for path in paths:
+                router.match("GET", "x", path, None)
+        best = min(best, (time.perf_counter() - start) / (repeat * len(paths)))
+    return best
+
+
+def test_lookup_cost_does_not_grow_with_table_size():
+    """10,000 routes match about as fast as 10 (radix tree: cost follows depth, not count).
+
+    The bound is loose (3x) because the machine is shared; scripts/bench-router prints figures.
+    """
+    def table(n):
+        return router_for([{"id": f"r{i}", "paths": [f"/svc{i}/items/:id"]} for i in range(n)])
+    small, large = table(10), table(10_000)
+    small_t = best_match_time(small, ["/svc3/items/42", "/svc7/items/1"])
+    large_t = best_match_time(large, ["/svc3/items/42", "/svc9997/items/1"])
+    assert large_t < 3 * small_t, (small_t, large_t)

@@ -1,0 +1,90 @@
+"""The conf file: every setting declared once, every problem named by its full path."""
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gwserver.errors import ConfigError
+from gwserver.settings import SECTIONS, load_conf, parse_conf, reference_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "conf" / "gwserver.toml"
+
+
+def problems_of(doc):
+    with pytest.raises(ConfigError) as info:
+        parse_conf(doc)
+    return info.value.problems
+
+
+def test_defaults_fill_an_empty_file():
+    conf = parse_conf({})
+    assert conf.server["workers"] == 1
+    assert conf.server["bind"] == ["127.0.0.1:8080"]
+    assert conf.upstream_defaults["pool_size"] == 64
+    assert conf.log["access_format"] == "json"
+    assert len(conf.router) == 0
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"server": {"workers": "two"}}, 'server.workers: must be a positive integer, got "two"'),
+    ({"server": {"workers": 0}}, "server.workers: must be a positive integer, got 0"),
+    ({"server": {"workers": True}}, "server.workers: must be a positive integer, got true"),
+    ({"server": {"bind": ["localhost"]}}, 'server.bind[0]: must be "host:port"'),
+    ({"server": {"bind": []}}, "server.bind: must have at least 1 item"),
+    ({"server": {"keepalive": -1}}, "server.keepalive: must be a number >= 0"),
+    ({"server": {"wrokers": 2}}, "server.wrokers: unknown key"),
+    ({"upstream_defaults": {"block_when_full": "yes"}},
+     'upstream_defaults.block_when_full: must be true or false, got "yes"'),
+    ({"upstream_defaults": {"connect_timeout": 0}},
+     "upstream_defaults.connect_timeout: must be a positive number, got 0"),
+    ({"log": {"level": "loud"}}, 'log.level: must be one of "debug"'),
+    ({"nonsense": {}}, "nonsense: unknown key"),
+    ({"plugins": {"headers": {"request": {"set": {"X": 1}}}}},
+     "plugins.headers: request.set.X: must be a header value"),
+])
+def test_each_bad_key_is_named_with_its_reason(doc, expected):
+    problems = problems_of(doc)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_all_problems_are_reported_at_once():
+    problems = problems_of({"server": {"workers": "two", "backlog": -5},
+                            "routes": [{"id": "r", "paths": ["x"],
+                                        "upstream": {"targets": [{"url": "http://h:1"}]}}]})
+    assert len(problems) == 3, problems
+
+
+def test_shipped_conf_is_valid_and_documents_every_setting():
+    conf = load_conf(SHIPPED)
+    assert len(conf.router) >= 2
+    text = SHIPPED.read_text()
+    assert reference_toml() in text, "conf/gwserver.toml is out of step: regenerate with " \
+                                     "`gwserver settings`"
+    shipped = tomllib.loads(text)
+    for section, schema in SECTIONS.items():
+        assert set(shipped[section]) == set(schema.fields), section
+        for field in schema.fields.values():
+            assert field.doc, f"{section}.{field.name} has no doc line"
+
+
+@pytest.mark.parametrize("content, exit_code, needle", [
+    ("[server]\nworkers = 2\n", 0, "ok (0 routes, 2 workers"),
+    ('[server]\nworkers = "two"\n', 2, 'server.workers: must be a positive integer, got "two"'),
+    ("[server\n", 2, "not valid TOML"),
+])
+def test_check_command(tmp_path, content, exit_code, needle):
+    path = tmp_path / "c.toml"
+    path.write_text(content)
+    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
+                         capture_output=True, text=True)
+    assert run.returncode == exit_code
+    assert needle in run.stdout + run.stderr
+
+
+def test_check_names_a_missing_file(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c",
+                          str(tmp_path / "none.toml")], capture_output=True, text=True)
+    assert run.returncode == 2 and "cannot read" in run.stderr
