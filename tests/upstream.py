@@ -27,6 +27,7 @@ LOCK = threading.Lock()
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True      # head and body go out in separate writes
 
     def setup(self):
         super().setup()

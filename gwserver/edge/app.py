@@ -7,6 +7,7 @@ first, and a bad one is logged and ignored, so the old workers and settings keep
 """
 import logging
 import math
+import signal
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -72,7 +73,21 @@ class GatewayApplication(BaseApplication):
         GatewayArbiter(self).run()
 
 
+# A worker installs its own handlers some milliseconds after fork; a SIGTERM that lands before
+# that goes to the master's inherited handler and is lost, so the worker lives on until the
+# master's graceful timeout kills it. Blocking these across fork() keeps such a signal pending
+# until the worker unblocks them with its handlers in place (GatewayWorker.init_signals).
+WORKER_STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT}
+
+
 class GatewayArbiter(Arbiter):
+
+    def spawn_worker(self):
+        signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
+        try:
+            return super().spawn_worker()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_STOP_SIGNALS)
 
     def handle_hup(self):
         try:

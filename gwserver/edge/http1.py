@@ -64,6 +64,10 @@ class ClientConnection:
         self.worker = worker
         self.settings = worker.conf.server
         self.sock = sock
+        if sock.family != socket.AF_UNIX:
+            # A streamed response is several writes; Nagle would hold the last one back for a
+            # delayed ACK (40 ms). nginx sets tcp_nodelay on keep-alive connections too.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client_ip = addr[0] if isinstance(addr, tuple) else "unix"
         self.scheme = scheme
         # One buffer per worker: every read is parsed before the greenlet can yield again,

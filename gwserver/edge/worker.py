@@ -14,6 +14,7 @@ import signal
 import time
 
 import gevent
+import gevent.event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 from gunicorn.workers.ggevent import GeventWorker
@@ -36,6 +37,17 @@ class GatewayWorker(GeventWorker):
         # gunicorn resets SIGHUP to its default (terminate) in workers, so `systemctl kill -s HUP`
         # on the whole cgroup would kill them mid-request. Only the master reloads.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # The master blocked the stop signals across fork (GatewayArbiter.spawn_worker): with
+        # our handlers in place, deliver any that arrived meanwhile.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGQUIT,
+                                                    signal.SIGINT})
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        # Runs in the signal handler: Event.set() only schedules the wake-up, it never switches.
+        stopping = getattr(self, "stopping", None)     # None before run() set up the worker
+        if stopping is not None:
+            stopping.set()
 
     def load_wsgi(self):
         self.wsgi = None        # not a WSGI server: requests are handled by ClientConnection
@@ -45,6 +57,7 @@ class GatewayWorker(GeventWorker):
     def setup_after_fork(self):
         self.conf = self.app.conf
         self.router = self.conf.router
+        self.stopping = gevent.event.Event()
         self.send_timeout = SEND_TIMEOUT
         self.deadlines = Deadlines(on_tick=self.flush_access_log)
         self.client_buf = bytearray(RECV_SIZE)
@@ -98,7 +111,7 @@ class GatewayWorker(GeventWorker):
             servers.append(server)
         while self.alive:
             self.notify()
-            gevent.sleep(1.0)
+            self.stopping.wait(1.0)
         self.drain(servers)
 
     def drain(self, servers):

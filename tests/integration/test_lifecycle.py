@@ -1,0 +1,142 @@
+"""The master and its workers: titles, SIGTERM, SIGHUP reloads, respawn, entry-point plugins."""
+import json
+import os
+import signal
+import socket
+import textwrap
+import threading
+import time
+
+from ..conftest import gateway_conf, route, to_toml, wait_until
+
+
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").strip().decode()
+
+
+def test_process_titles_show_roles(start_gateway, upstream):
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
+    assert cmdline(gw.pid) == "gwserver: master"
+    workers = gw.worker_pids()
+    assert len(workers) == 2
+    assert all(cmdline(pid) == "gwserver: worker" for pid in workers)
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_zero(start_gateway, upstream):
+    gw = start_gateway(gateway_conf([route("slow", ["/slow/:s"], upstream.url)]))
+    result = {}
+
+    def slow_request():
+        resp, data = gw.request("GET", "/slow/1.5")
+        result["status"], result["body"] = resp.status, data
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.5)                       # the request is in flight upstream
+    os.kill(gw.pid, signal.SIGTERM)
+    thread.join(10)
+    assert result == {"status": 200, "body": b"slow done"}
+    assert gw.proc.wait(10) == 0
+    with socket.socket() as sock:         # the listener is gone
+        assert sock.connect_ex(("127.0.0.1", gw.port)) != 0
+
+
+def test_sighup_applies_a_new_conf_and_drains_old_workers(start_gateway, start_upstream):
+    old_up, new_up = start_upstream("old"), start_upstream("new")
+    conf = gateway_conf([route("e", ["/echo"], old_up.url),
+                         route("slow", ["/slow/:s"], old_up.url)], workers=2)
+    gw = start_gateway(conf)
+    old_workers = set(gw.worker_pids())
+    result = {}
+
+    def slow_request():                   # in flight on an old worker during the reload
+        resp, data = gw.request("GET", "/slow/1.5")
+        result["status"], result["body"] = resp.status, data
+
+    conf["routes"] = [route("e", ["/echo"], new_up.url, prefix=True),
+                      route("added", ["/added"], new_up.url)]
+    conf["server"]["workers"] = 3
+    conf["server"]["bind"] = [f"127.0.0.1:{gw.port}"]
+    gw.conf_path.write_text(to_toml(conf))
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.3)
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: len(gw.worker_pids()) == 3 and not old_workers & set(gw.worker_pids()))
+    thread.join(10)
+    assert result == {"status": 200, "body": b"slow done"}
+    resp, data = gw.request("GET", "/added")
+    assert resp.status == 200 and json.loads(data)["server"] == "new"
+    assert gw.proc.poll() is None
+
+
+def test_sighup_with_a_bad_conf_keeps_serving_the_old_one(start_gateway, upstream):
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=1))
+    workers = gw.worker_pids()
+    gw.conf_path.write_text('[server]\nworkers = "two"\n')
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "reload refused" in gw.log())
+    assert 'server.workers: must be a positive integer, got "two"' in gw.log()
+    time.sleep(0.5)
+    assert gw.proc.poll() is None and gw.worker_pids() == workers
+    assert gw.request("GET", "/echo")[0].status == 200
+
+
+def test_sighup_to_a_worker_does_not_kill_it(start_gateway, upstream):
+    """`systemctl kill -s HUP` signals the whole cgroup; only the master may act on it."""
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)]))
+    worker = gw.worker_pids()[0]
+    os.kill(worker, signal.SIGHUP)
+    time.sleep(0.5)
+    assert gw.worker_pids() == [worker]
+    assert gw.request("GET", "/echo")[0].status == 200
+
+
+def test_a_killed_worker_is_replaced(start_gateway, upstream):
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
+    victim = gw.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(gw.worker_pids()) == 2 and victim not in gw.worker_pids())
+    assert gw.request("GET", "/echo")[0].status == 200
+
+
+def test_run_refuses_a_bad_conf_before_starting(start_gateway, upstream):
+    conf = gateway_conf([route("e", ["/echo"], upstream.url)], server={"backlog": 0})
+    gw = start_gateway(conf, wait=False)
+    assert gw.proc.wait(15) == 2
+    assert "server.backlog: must be a positive integer, got 0" in gw.log()
+
+
+PLUGIN = '''
+from gwserver.core.context import Reply
+from gwserver.core.schema import Field, Schema, integer
+
+NAME = "teapot"
+PRIORITY = 500
+SCHEMA = Schema(Field("status", integer(100, 599, "a status"), 418, "status to answer with"))
+
+
+def access(conf, ctx):
+    return Reply.json(conf["status"], {"plugin": NAME, "path": ctx.path})
+'''
+
+
+def test_third_party_plugin_from_an_entry_point(start_gateway, upstream, tmp_path):
+    site = tmp_path / "site"
+    (site / "gwteapot").mkdir(parents=True)
+    (site / "gwteapot" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    dist = site / "gwteapot-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwteapot\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[gwserver.plugins]\nteapot = gwteapot\n")
+    routes = [route("tea", ["/tea"], upstream.url, plugins={"teapot": {}}),
+              route("plain", ["/echo"], upstream.url)]
+    gw = start_gateway(gateway_conf(routes), env={"PYTHONPATH": str(site)})
+    before = upstream.stats()["requests"]
+    resp, data = gw.request("GET", "/tea")
+    assert resp.status == 418 and json.loads(data) == {"plugin": "teapot", "path": "/tea"}
+    assert upstream.stats()["requests"] == before            # the chain ended the request
+    assert gw.request("GET", "/echo")[0].status == 200
+    line = wait_until(lambda: [l for l in gw.access_lines() if l.get("path") == "/tea"])[0]
+    assert line["ended_by"] == "teapot" and line["status"] == 418
