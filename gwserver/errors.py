@@ -11,6 +11,7 @@
         ├── HeadersTooLarge           431
         ├── UpstreamError             502  refused, reset or unparsable upstream
         │   └── UpstreamConnectError  502  could not connect (safe to retry anywhere)
+        ├── InternalError             500  a bug (a plugin raised, say); logged with traceback
         ├── ServiceUnavailable        503  no target, pool exhausted
         └── UpstreamTimeout           504
             └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
@@ -87,6 +88,11 @@ class UpstreamError(HTTPError):
 
 class UpstreamConnectError(UpstreamError):
     """No connection could be made; nothing was sent, so any request may be retried."""
+
+
+class InternalError(HTTPError):
+    """Something raised that is not an HTTPError: a bug, logged with its traceback."""
+    status, error = 500, "internal_error"
 
 
 class ServiceUnavailable(HTTPError):

@@ -22,7 +22,8 @@ import time
 import httptools
 
 from ..core.context import RequestContext
-from ..errors import (BadRequest, HeadersTooLarge, HTTPError, PayloadTooLarge, RequestTimeout)
+from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
+                      RequestTimeout)
 
 log = logging.getLogger("gwserver.http")
 
@@ -360,7 +361,12 @@ class ClientConnection:
                 keep_alive = keep_alive and req.complete
                 self.write(render_reply(reply, keep_alive, req.request_id, req.method == "HEAD"))
                 status, sent = reply.status, len(reply.body)
-        except HTTPError as exc:
+        except ClientGone:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, HTTPError):
+                log.exception("route %s: unhandled error", req.route.id if req.route else None)
+                exc = InternalError("internal error; see the gateway's log")
             status = exc.status
             if exc.status >= 500 and req.route is not None:
                 log.warning("route %s: %s: %s", req.route.id, exc.error, exc.reason)

@@ -119,20 +119,34 @@ SCHEMA = Schema(Field("status", integer(100, 599, "a status"), 418, "status to a
 
 def access(conf, ctx):
     return Reply.json(conf["status"], {"plugin": NAME, "path": ctx.path})
+
+
+class boom:
+    NAME, PRIORITY, SCHEMA = "boom", 1, Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        raise RuntimeError("plugin bug")
 '''
 
 
-def test_third_party_plugin_from_an_entry_point(start_gateway, upstream, tmp_path):
+def install_plugin_package(tmp_path, entry_points):
+    """An installed distribution with `gwserver.plugins` entry points, on a PYTHONPATH dir."""
     site = tmp_path / "site"
     (site / "gwteapot").mkdir(parents=True)
     (site / "gwteapot" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
     dist = site / "gwteapot-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwteapot\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[gwserver.plugins]\nteapot = gwteapot\n")
+    (dist / "entry_points.txt").write_text("[gwserver.plugins]\n" + entry_points)
+    return {"PYTHONPATH": str(site)}
+
+
+def test_third_party_plugin_from_an_entry_point(start_gateway, upstream, tmp_path):
+    env = install_plugin_package(tmp_path, "teapot = gwteapot\n")
     routes = [route("tea", ["/tea"], upstream.url, plugins={"teapot": {}}),
               route("plain", ["/echo"], upstream.url)]
-    gw = start_gateway(gateway_conf(routes), env={"PYTHONPATH": str(site)})
+    gw = start_gateway(gateway_conf(routes), env=env)
     before = upstream.stats()["requests"]
     resp, data = gw.request("GET", "/tea")
     assert resp.status == 418 and json.loads(data) == {"plugin": "teapot", "path": "/tea"}
@@ -140,3 +154,16 @@ def test_third_party_plugin_from_an_entry_point(start_gateway, upstream, tmp_pat
     assert gw.request("GET", "/echo")[0].status == 200
     line = wait_until(lambda: [l for l in gw.access_lines() if l.get("path") == "/tea"])[0]
     assert line["ended_by"] == "teapot" and line["status"] == 418
+
+
+def test_a_plugin_that_raises_gets_500_and_the_worker_lives(start_gateway, upstream, tmp_path):
+    env = install_plugin_package(tmp_path, "boom = gwteapot:boom\n")
+    gw = start_gateway(gateway_conf([route("buggy", ["/buggy"], upstream.url,
+                                           plugins={"boom": {}}),
+                                     route("plain", ["/echo"], upstream.url)]), env=env)
+    workers = gw.worker_pids()
+    resp, data = gw.request("GET", "/buggy")
+    assert resp.status == 500 and json.loads(data)["error"] == "internal_error"
+    assert gw.request("GET", "/echo")[0].status == 200
+    assert gw.worker_pids() == workers
+    assert "RuntimeError: plugin bug" in gw.log()
