@@ -22,6 +22,7 @@ import time
 import httptools
 
 from ..core.context import RequestContext
+from .sockets import send_all, wait_readable
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout)
 
@@ -191,9 +192,11 @@ class ClientConnection:
         self.timed_out = True
         self.sock.close()
 
-    def recv(self):
+    def recv(self, wait_first=False):
         """Read once into the buffer and feed the parser; return bytes read (0 on EOF)."""
         try:
+            if wait_first:
+                wait_readable(self.sock)
             n = self.sock.recv_into(self.buf)
         except OSError as exc:
             if self.timed_out:
@@ -223,23 +226,10 @@ class ClientConnection:
 
     def write(self, data):
         """Send all of ``data``; a stalled client is cut off by the send deadline."""
-        sock, deadlines = self.sock, self.worker.deadlines
-        view = None
-        sent = 0
-        total = len(data)
-        deadlines.arm(self, self.worker.send_timeout)
         try:
-            while sent < total:
-                if sent:
-                    if view is None:
-                        view = memoryview(data)
-                    sent += sock.send(view[sent:])
-                else:
-                    sent = sock.send(data)
+            send_all(self.sock, data, self.worker.deadlines, self, self.worker.send_timeout)
         except OSError as exc:
             raise ClientGone(str(exc)) from None
-        finally:
-            deadlines.disarm(self)
 
     def read_body(self, timeout):
         """Read more of the current request's body from the client; raise ClientGone on EOF mid-body."""
@@ -313,7 +303,9 @@ class ClientConnection:
                     deadlines.arm(self, server["header_timeout"])
                     waiting_first_byte = False
                 try:
-                    n = self.recv()
+                    # After an answer on a keep-alive connection the next request cannot be
+                    # here yet (pipelined ones are already parsed): park before reading.
+                    n = self.recv(wait_first=self.requests > 0 and not self.queue)
                 except RequestTimeout:
                     if not self.queue:      # an idle keep-alive connection ran out: not an error
                         return None
