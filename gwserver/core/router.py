@@ -123,7 +123,7 @@ class Router:
                 if bucket:
                     route = _pick(bucket, method, host, headers, allowed)
                     if route is not None:
-                        return route, _bind(params, node, None)
+                        return route, dict(params) if params else {}
             return None
         segment = segments[i]
         child = node.static.get(segment)
@@ -141,20 +141,14 @@ class Router:
         if node.catchall:
             route = _pick(node.catchall, method, host, headers, allowed)
             if route is not None:
-                rest = "/".join(segments[i:])
-                return route, _bind(params, node, rest)
+                bound = dict(params) if params else {}
+                bound[node.catchall_name] = "/".join(segments[i:])
+                return route, bound
         if node.prefix:
             route = _pick(node.prefix, method, host, headers, allowed)
             if route is not None:
-                return route, _bind(params, node, None)
+                return route, dict(params) if params else {}
         return None
-
-
-def _bind(params, node, rest):
-    bound = dict(params) if params else {}
-    if rest is not None:
-        bound[node.catchall_name] = rest
-    return bound
 
 
 def _pick(bucket, method, host, headers, allowed):

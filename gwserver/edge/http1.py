@@ -22,7 +22,7 @@ import time
 import httptools
 
 from ..core.context import RequestContext
-from .sockets import send_all, wait_readable
+from .sockets import recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout)
 
@@ -174,8 +174,11 @@ class ClientConnection:
             name = name[:name.index(b"]") + 1] if name[:1] == b"[" else name.partition(b":")[0]
         req.host = name.decode("latin-1")
         request_id = hmap.get(b"x-request-id")
-        req.request_id = self.worker.new_request_id() if request_id is None or \
-            len(request_id) > 200 else request_id.decode("latin-1")
+        if request_id is None or len(request_id) > 200:
+            worker = self.worker        # unique per worker: a random prefix and a counter
+            req.request_id = f"{worker.request_id_prefix}{next(worker.request_ids):08x}"
+        else:
+            req.request_id = request_id.decode("latin-1")
 
     def on_body(self, body):
         req = self.queue[-1]
@@ -195,9 +198,8 @@ class ClientConnection:
     def recv(self, wait_first=False):
         """Read once into the buffer and feed the parser; return bytes read (0 on EOF)."""
         try:
-            if wait_first:
-                wait_readable(self.sock)
-            n = self.sock.recv_into(self.buf)
+            n = recv_when_readable(self.sock, self.buf) if wait_first else \
+                self.sock.recv_into(self.buf)
         except OSError as exc:
             if self.timed_out:
                 raise RequestTimeout("client sent nothing in time") from None
@@ -372,7 +374,11 @@ class ClientConnection:
                 worker.log_access(self, req, status, sent, upstream, start)
         if self.upgraded:
             return False
-        return keep_alive and worker.count_request()
+        worker.handled += 1
+        if worker.max_requests and worker.handled >= worker.max_requests:
+            worker.retire()
+            return False
+        return keep_alive
 
 
 def check_dot_segments(path):

@@ -27,7 +27,7 @@ from ..core.context import ResponseHead
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from .http1 import IDEMPOTENT, RECV_SIZE, REASONS, ClientGone
-from .sockets import peek_connected, send_all, wait_readable
+from .sockets import peek_connected, recv_when_readable, send_all
 
 log = logging.getLogger("gwserver.proxy")
 
@@ -134,8 +134,10 @@ class Exchange:
     def begin(self):
         self.got_bytes = False
         self.head_raw = b""
-        self.informational = 0
-        self.reset()
+        self.informational = self.status = 0
+        self.keep_alive = self.head_done = self.complete = self.chunked = False
+        self.chunks = []
+        self.content_length = self.via = None
 
     def reset(self):
         self.status = 0
@@ -230,8 +232,6 @@ class Proxy:
 
     def pick(self, upstream, tried):
         targets = upstream.targets
-        if len(targets) == 1:
-            return targets[0]
         entry = self._balancers.get(upstream.id)
         if entry is None or entry[0] is not targets:
             entry = (targets, SmoothWeighted(targets))
@@ -285,11 +285,14 @@ class Proxy:
         upstream = route.upstream
         tried = None
         replayable = req.complete and req.method in IDEMPOTENT and not req.upgrade
-        body_held = req.take_body() if req.complete else None
+        body_held = None
+        if req.complete:
+            body_held, req.body = req.body, []
         attempts_left = self.retries
         fresh = False
         while True:
-            target = self.pick(upstream, tried or ())
+            targets = upstream.targets
+            target = targets[0] if len(targets) == 1 else self.pick(upstream, tried or ())
             pool = self.pools.get(target, upstream)
             try:
                 ex, reused = self.checkout(pool, target, fresh)
@@ -403,9 +406,8 @@ class Proxy:
         deadlines = self.deadlines
         deadlines.arm(ex, timeout)
         try:
-            if wait_first:
-                wait_readable(ex.sock)
-            n = ex.sock.recv_into(self.buf)
+            n = recv_when_readable(ex.sock, self.buf) if wait_first else \
+                ex.sock.recv_into(self.buf)
         except OSError as exc:
             if ex.timed_out:
                 raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s") from None
@@ -491,7 +493,9 @@ class Proxy:
         if ex.complete:                 # the common case: all of it came in one read
             body = ex.chunks
             size = sum(map(len, body)) if len(body) != 1 else len(body[0])
-            client.write(b"".join([head, *encode_chunks(body, chunked_out, True)]))
+            if chunked_out:
+                body = encode_chunks(body, True, True)
+            client.write(b"".join([head, *body]))
             return ex.status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
         started = False

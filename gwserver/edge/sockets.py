@@ -21,7 +21,7 @@ def raw_socket(sock):
 def send_all(sock, data, deadlines, owner, timeout):
     """Send all of ``data``; if it must wait, ``owner.expire()`` runs after ``timeout``."""
     try:
-        sent = raw_socket(sock).send(data)
+        sent = sock._sock.send(data)
     except BlockingIOError:
         sent = 0
     if sent == len(data):
@@ -65,3 +65,12 @@ def wait_readable(sock):
         sock._wait(event)
     except ConcurrentObjectUseError:
         raise OSError(errno.EBADF, "socket closed") from None
+
+
+def recv_when_readable(sock, buf):
+    """``wait_readable`` then one read from the OS socket (gevent's wrapper is not needed)."""
+    wait_readable(sock)
+    try:
+        return sock._sock.recv_into(buf)
+    except BlockingIOError:         # a spurious wake-up: let gevent wait properly
+        return sock.recv_into(buf)

@@ -69,8 +69,8 @@ class GatewayWorker(GeventWorker):
         self.idle = set()
         self.handled = 0
         self.max_requests = self.conf.server["max_requests"] or 0
-        self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(6).hex()
+        self.request_ids = itertools.count(1)
+        self.request_id_prefix = os.urandom(6).hex()
         logconf = self.conf.log
         self.access_enabled = logconf["access_log"]
         self.access_json = logconf["access_format"] == "json"
@@ -148,17 +148,11 @@ class GatewayWorker(GeventWorker):
 
     # -- per-request helpers -----------------------------------------------------------------
 
-    def new_request_id(self):
-        return f"{self._id_prefix}{next(self._ids):08x}"
-
-    def count_request(self):
-        """Count a finished request; False once max_requests says this worker should retire."""
-        self.handled += 1
-        if self.max_requests and self.handled >= self.max_requests:
-            log.info("max_requests (%d) reached: worker retiring", self.max_requests)
-            self.alive = False
-            return False
-        return True
+    def retire(self):
+        """max_requests reached: finish what is in flight and exit (the master replaces us)."""
+        log.info("max_requests (%d) reached: worker retiring", self.max_requests)
+        self.alive = False
+        self.stopping.set()
 
     def clock_text(self):
         now = time.time()
