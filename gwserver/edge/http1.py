@@ -250,7 +250,10 @@ class ClientConnection:
         worker = self.worker
         worker.idle.add(self)
         try:
-            while worker.alive:
+            # Not `while worker.alive`: a connection whose last answer promised keep-alive must
+            # read one more request (answered with Connection: close) or reach its keep-alive
+            # timeout; closing it now would reset a client that is sending at this instant.
+            while True:
                 req = self.read_head()
                 if req is None:
                     return
@@ -340,7 +343,8 @@ class ClientConnection:
         self.requests += 1
         start = time.monotonic()
         status, sent, upstream = 0, 0, None
-        keep_alive = req.keep_alive and worker.alive and self.keepalive_enabled
+        keep_alive = req.keep_alive and self.keepalive_enabled     # and worker.alive, when
+                                                                   # the answer is written
         try:
             req.route, req.params = route, _ = worker.router.match(
                 req.method, req.host, req.path, req.header_map)
@@ -352,7 +356,7 @@ class ClientConnection:
             if reply is None:
                 status, sent, upstream, keep_alive = worker.proxy.forward(self, req, keep_alive)
             else:
-                keep_alive = keep_alive and req.complete
+                keep_alive = keep_alive and req.complete and worker.alive
                 self.write(render_reply(reply, keep_alive, req.request_id, req.method == "HEAD"))
                 status, sent = reply.status, len(reply.body)
         except ClientGone:
@@ -364,7 +368,8 @@ class ClientConnection:
             status = exc.status
             if exc.status >= 500 and req.route is not None:
                 log.warning("route %s: %s: %s", req.route.id, exc.error, exc.reason)
-            keep_alive = keep_alive and req.complete and exc.status < 500 and not self.timed_out
+            keep_alive = keep_alive and req.complete and exc.status < 500 and \
+                not self.timed_out and worker.alive
             if getattr(exc, "response_started", False):
                 keep_alive = False          # the head is out; all we can do is cut the body
             elif not self.timed_out:

@@ -462,6 +462,7 @@ class Proxy:
         """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body)."""
         status = ex.status
         block = ex.block
+        keep_alive = keep_alive and self.worker.alive     # draining: this answer is the last
         chain = req.route.chain
         if chain.response_steps:
             head = ResponseHead(status, ex.header_pairs())

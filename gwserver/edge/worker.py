@@ -115,14 +115,16 @@ class GatewayWorker(GeventWorker):
         self.drain(servers)
 
     def drain(self, servers):
-        """Stop accepting, close idle keep-alive connections, let in-flight requests finish."""
+        """Stop accepting and let every connection finish, within graceful_timeout.
+
+        Idle keep-alive connections are not cut: a client may be sending its next request at
+        that very moment, and would see a reset. Each gets one more request, answered with
+        ``Connection: close``, or reaches its ordinary keep-alive timeout.
+        """
         for server in servers:
             server.close()
         deadline = time.monotonic() + self.cfg.graceful_timeout
         while time.monotonic() < deadline:
-            for conn in list(self.idle):
-                if not conn.queue:
-                    conn.expire()
             if all(server.pool.free_count() == server.pool.size for server in servers):
                 break
             self.notify()

@@ -1,8 +1,10 @@
 """The master and its workers: titles, SIGTERM, SIGHUP reloads, respawn, entry-point plugins."""
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import textwrap
 import threading
 import time
@@ -167,3 +169,40 @@ def test_a_plugin_that_raises_gets_500_and_the_worker_lives(start_gateway, upstr
     assert gw.request("GET", "/echo")[0].status == 200
     assert gw.worker_pids() == workers
     assert "RuntimeError: plugin bug" in gw.log()
+
+
+def wrk(url, seconds, connections):
+    """Run wrk against loopback for a bounded time; return (requests, failures, raw output)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", url],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    failures = (sum(map(int, errors.groups())) if errors else 0) + \
+        (int(non_2xx.group(1)) if non_2xx else 0)
+    return requests, failures, out
+
+
+def test_reloads_under_load_drop_no_request(start_gateway, upstream):
+    """wrk keeps 20 keep-alive connections busy while the master gets SIGHUP three times."""
+    conf = gateway_conf([route("e", ["/echo"], upstream.url, prefix=True)], workers=2,
+                        server={"keepalive": 2.0})
+    gw = start_gateway(conf)
+    reloaded = []
+
+    def send_hups():
+        for _ in range(3):
+            time.sleep(1.5)
+            before = set(gw.worker_pids())
+            os.kill(gw.pid, signal.SIGHUP)
+            reloaded.append(before)
+
+    hups = threading.Thread(target=send_hups)
+    hups.start()
+    requests, failures, out = wrk(f"{gw.url}/echo/load", seconds=6, connections=20)
+    hups.join()
+    assert len(reloaded) == 3
+    assert requests > 500, out
+    assert failures == 0, out
+    assert not reloaded[0] & set(gw.worker_pids())        # the first generation is gone
