@@ -39,6 +39,12 @@ def cmd_demo_upstream(args):
     return 0
 
 
+def cmd_sync(args):
+    from .edge.sync import run
+    run(args.conf)
+    return 0
+
+
 def report(path, exc):
     print(f"{path}: invalid configuration:", file=sys.stderr)
     for problem in exc.problems:
@@ -55,12 +61,17 @@ def main(argv=None):
     check = sub.add_parser("check", help="validate a conf file; exit 0 if it is good")
     check.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
     check.set_defaults(func=cmd_check)
+    sync = sub.add_parser("sync", help="the config-sync process (the master starts it)")
+    sync.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    sync.set_defaults(func=cmd_sync)
     settings = sub.add_parser("settings", help="print every setting with its default and doc")
     settings.set_defaults(func=cmd_settings)
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to proxy to (demo, tests)")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=9001)
     demo.set_defaults(func=cmd_demo_upstream)
+    from .routes_cli import add_parsers
+    add_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

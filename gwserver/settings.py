@@ -77,10 +77,40 @@ LOG = Schema(
     doc="Logs go to stderr, for journald.",
 )
 
+def endpoint_url(value):
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise Invalid(f"must be an http:// or https:// URL, got {show(value)}")
+    return value.rstrip("/")
+
+
+ETCD = Schema(
+    Field("endpoints", list_of(endpoint_url, min_items=1), lambda: ["http://127.0.0.1:2379"],
+          "etcd client URLs; all members of the cluster, tried in turn"),
+    Field("prefix", string(r"/[A-Za-z0-9_./-]*[A-Za-z0-9_-]", "a key prefix like /gwserver"),
+          "/gwserver", "routes live at PREFIX/routes/ID, upstreams at PREFIX/upstreams/ID"),
+    Field("timeout", number(0, exclusive=True), 2.0, "seconds for one etcd call"),
+    Field("watch_idle_timeout", number(1.0), 15.0,
+          "seconds of silence after which a watch is re-established (partition detection)"),
+    Field("backoff_max", number(0.1), 10.0, "cap of the reconnect backoff, seconds"),
+    Field("username", string(what="a user name"), None, "etcd user (auth enabled)"),
+    Field("password", string(what="a password", allow_empty=True), None, "etcd password"),
+    Field("ca_file", string(what="a file path"), None, "CA bundle for https endpoints"),
+    Field("cert_file", string(what="a file path"), None, "client certificate (mTLS)"),
+    Field("key_file", string(what="a file path"), None, "client key (mTLS)"),
+    Field("runtime_dir", string(r"/.*", "an absolute path"), "/run/gwserver",
+          "where the sync process publishes the table to workers (tmpfs)"),
+    Field("snapshot_path", string(r"/.*", "an absolute path"),
+          "/var/lib/gwserver/routes-snapshot.json",
+          "last good table, served at start while etcd is unreachable"),
+    doc="Routes and upstreams from etcd. Without this section the static routes are the table.",
+)
+
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG}
+OPTIONAL_SECTIONS = {"etcd": ETCD}
 
 CONF = Schema(
     *(Field(name, schema, dict, schema.doc) for name, schema in SECTIONS.items()),
+    *(Field(name, schema, None, schema.doc) for name, schema in OPTIONAL_SECTIONS.items()),
     Field("plugins", map_of(lambda c: c), dict, "plugins enabled on every route: name -> config"),
     Field("upstreams", map_of(lambda u: u, string(ROUTE_ID, "an upstream id")), dict,
           "named upstreams that routes refer to by id"),
@@ -96,6 +126,9 @@ class Conf:
     log: MappingProxyType
     plugins: MappingProxyType
     router: Router
+    etcd: MappingProxyType | None = None     # None: the static routes are the whole table
+    static_routes: tuple = ()                # validated specs, for the live (etcd) table
+    static_upstreams: MappingProxyType = None
 
 
 def _fill(schema, value):
@@ -153,10 +186,13 @@ def parse_conf(data, path="<conf>"):
             problems.append(f"{key}: unknown key (known: {', '.join(CONF.fields)})")
     for name, field in CONF.fields.items():
         try:
-            parts[name] = field.check(data[name]) if name in data else field.default()
+            if name not in data:
+                parts[name] = field.default() if callable(field.default) else field.default
+            else:
+                parts[name] = field.check(data[name])
         except Invalid as exc:
             problems.extend(f"{join(name, sub)}: {reason}" for sub, reason in exc.problems)
-            parts[name] = field.default()
+            parts[name] = field.default() if callable(field.default) else field.default
     sections = {name: _fill(schema, parts[name]) for name, schema in SECTIONS.items()}
     registry = load_registry()
     # Global plugin configs are checked once here so that their errors name `plugins.X`.
@@ -172,7 +208,11 @@ def parse_conf(data, path="<conf>"):
     problems.extend(route_problems)
     if problems:
         raise ConfigError(problems)
-    return Conf(path=path, plugins=MappingProxyType(global_plugins), router=router, **sections)
+    etcd = parts["etcd"]
+    return Conf(path=path, plugins=MappingProxyType(global_plugins), router=router,
+                etcd=MappingProxyType({**ETCD.defaults(), **etcd}) if etcd is not None else None,
+                static_routes=tuple(parts["routes"]),
+                static_upstreams=MappingProxyType(dict(parts["upstreams"])), **sections)
 
 
 def load_conf(path):
@@ -206,5 +246,14 @@ def reference_toml():
             default = field.default() if callable(field.default) else field.default
             lines.append(f"# {field.doc}")
             lines.append(f"{field.name} = {_toml_value(default)}")
+        lines.append("")
+    for name, schema in OPTIONAL_SECTIONS.items():
+        lines.append(f"# {schema.doc}")
+        lines.append(f"# [{name}]")
+        for field in schema.fields.values():
+            default = field.default() if callable(field.default) else field.default
+            lines.append(f"# {field.doc}")
+            lines.append(f"# {field.name} = {_toml_value(default) if default is not None else ''}"
+                         .rstrip())
         lines.append("")
     return "\n".join(lines)

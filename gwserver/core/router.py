@@ -17,14 +17,15 @@ from .routes import check_path
 
 
 class _Node:
-    __slots__ = ("static", "param", "param_name", "param_owner", "catchall", "catchall_name",
-                 "exact", "prefix")
+    __slots__ = ("static", "param", "param_name", "param_owner", "param_users", "catchall",
+                 "catchall_name", "exact", "prefix")
 
     def __init__(self):
         self.static = {}
         self.param = None
         self.param_name = None
         self.param_owner = None
+        self.param_users = 0        # routes whose paths go through the parameter child
         self.catchall = []
         self.catchall_name = None
         self.exact = []
@@ -36,11 +37,14 @@ def _sort_key(route):
 
 
 class Router:
-    """Compiled routing table. Build with ``Router.compile(routes)``; then ``match()``."""
+    """Routing table. ``Router.compile(routes)`` builds one; ``add``/``remove`` change it in
+    place (a gevent worker never yields inside them, so a request sees the table before or
+    after a change, never half of one); ``match()`` looks a request up."""
 
     def __init__(self):
         self._root = _Node()
         self.routes = {}
+        self._placed = {}           # route id -> (buckets it sits in, param nodes it uses)
 
     @classmethod
     def compile(cls, routes):
@@ -53,14 +57,36 @@ class Router:
                 problems.extend(exc.problems)
         if problems:
             raise ConfigError(problems)
-        router.finish()
         return router
+
+    def check(self, route):
+        """Raise ConfigError if ``route`` conflicts with the table; change nothing."""
+        if route.id in self.routes:
+            raise ConfigError(f"route {route.id}: duplicate route id")
+        for pattern in route.paths:
+            node = self._root
+            for kind, text in check_path(pattern):
+                if kind == "static":
+                    node = node.static.get(text)
+                    if node is None:
+                        break           # new territory: nothing below can conflict
+                elif kind == "param":
+                    if node.param is not None and node.param_name != text:
+                        raise ConfigError(
+                            f"route {route.id}: parameter :{text} in {pattern!r} conflicts with "
+                            f":{node.param_name} of route {node.param_owner} at the same position")
+                    node = node.param
+                    if node is None:
+                        break
+                elif node.catchall_name not in (None, text):
+                    raise ConfigError(
+                        f"route {route.id}: catch-all *{text} in {pattern!r} conflicts with "
+                        f"*{node.catchall_name} at the same position")
 
     def add(self, route):
         """Insert a route; raise ConfigError naming the route if it conflicts."""
-        if route.id in self.routes:
-            raise ConfigError(f"route {route.id}: duplicate route id")
-        placed = []
+        self.check(route)
+        buckets, params = [], []
         for pattern in route.paths:
             node = self._root
             for kind, text in check_path(pattern):
@@ -69,35 +95,53 @@ class Router:
                 elif kind == "param":
                     if node.param is None:
                         node.param, node.param_name, node.param_owner = _Node(), text, route.id
-                    elif node.param_name != text:
-                        raise ConfigError(
-                            f"route {route.id}: parameter :{text} in {pattern!r} conflicts with "
-                            f":{node.param_name} of route {node.param_owner} at the same position")
+                    node.param_users += 1
+                    params.append(node)
                     node = node.param
                 else:
-                    if node.catchall_name not in (None, text):
-                        raise ConfigError(
-                            f"route {route.id}: catch-all *{text} in {pattern!r} conflicts with "
-                            f"*{node.catchall_name} at the same position")
                     node.catchall_name = text
-                    placed.append(node.catchall)
+                    buckets.append(node.catchall)
                     break
             else:
-                placed.append(node.prefix if route.prefix else node.exact)
-        for bucket in placed:
+                buckets.append(node.prefix if route.prefix else node.exact)
+        for bucket in buckets:
             if route not in bucket:
                 bucket.append(route)
+                bucket.sort(key=_sort_key)
         self.routes[route.id] = route
+        self._placed[route.id] = (buckets, params)
+
+    def remove(self, route_id):
+        """Take a route out; a parameter or catch-all name nobody uses any more is freed."""
+        route = self.routes.pop(route_id, None)
+        if route is None:
+            return None
+        buckets, params = self._placed.pop(route_id)
+        for bucket in buckets:
+            if route in bucket:
+                bucket.remove(route)
+        for node in params:
+            node.param_users -= 1
+            if node.param_users == 0:
+                node.param = node.param_name = node.param_owner = None
+        self._free_catchall_names(route)
+        return route
+
+    def _free_catchall_names(self, route):
+        for pattern in route.paths:
+            node = self._root
+            for kind, text in check_path(pattern):
+                if node is None:
+                    break
+                if kind == "static":
+                    node = node.static.get(text)
+                elif kind == "param":
+                    node = node.param
+                elif not node.catchall:
+                    node.catchall_name = None
 
     def finish(self):
-        stack = [self._root]
-        while stack:
-            node = stack.pop()
-            for bucket in (node.exact, node.prefix, node.catchall):
-                bucket.sort(key=_sort_key)
-            stack.extend(node.static.values())
-            if node.param:
-                stack.append(node.param)
+        """Kept for callers that build in bulk; buckets are kept sorted on insert."""
 
     def __len__(self):
         return len(self.routes)

@@ -76,7 +76,8 @@ class Schema:
                 known = ", ".join(self.fields)
                 problems.append((str(key), f"unknown key (known: {known})"))
         for name, field in self.fields.items():
-            if name not in value:
+            # An explicit null for an optional field means "absent" (JSON writers emit them).
+            if name not in value or (value[name] is None and field.default is None):
                 if field.required:
                     problems.append((name, "is required"))
                 else:

@@ -7,7 +7,10 @@ first, and a bad one is logged and ignored, so the old workers and settings keep
 """
 import logging
 import math
+import os
 import signal
+import subprocess
+import sys
 import time
 
 from gunicorn.app.base import BaseApplication
@@ -81,7 +84,92 @@ class GatewayApplication(BaseApplication):
 WORKER_STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT}
 
 
+class Helper:
+    """A process the master owns besides its workers (config sync; later health checks).
+
+    gunicorn's master reaps every child with waitpid(-1) and only logs unknown ones at debug
+    level, so a helper's exit would go unnoticed (and Popen.poll() would wrongly report 0).
+    We keep its pid and ask waitpid(pid) ourselves; ECHILD means gunicorn reaped it: gone.
+    """
+
+    def __init__(self, name, argv):
+        self.name, self.argv = name, argv
+        self.pid = None
+        self.started_at = 0.0
+        self.failures = 0
+        self.next_start = 0.0
+
+    def start(self):
+        proc = subprocess.Popen(self.argv, close_fds=True)
+        proc.returncode = 0         # we reap it ourselves: keep Popen from warning about it
+        self.pid, self.started_at = proc.pid, time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.pid)
+
+    def alive(self):
+        if self.pid is None:
+            return False
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, None
+        if pid == 0:
+            return True
+        how = "exited" if status is None else \
+            f"exited with {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else \
+            f"was killed by signal {os.WTERMSIG(status)}"
+        log.error("%s (pid %d) %s; restarting it", self.name, self.pid, how)
+        # Quick deaths back off (1, 2, 4 ... 30 s) so a crash loop does not spin the master.
+        self.failures = self.failures + 1 if time.monotonic() - self.started_at < 10 else 0
+        self.next_start = time.monotonic() + min(30.0, 2 ** self.failures / 2)
+        self.pid = None
+        return False
+
+    def stop(self):
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+            for _ in range(50):
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    break
+                time.sleep(0.02)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        self.pid = None
+
+
+def helpers_for(app):
+    """The helper processes a configuration asks for."""
+    conf = app.conf
+    helpers = {}
+    if conf.etcd is not None:
+        os.makedirs(conf.etcd["runtime_dir"], exist_ok=True)
+        helpers["config-sync"] = Helper("config-sync", [
+            sys.executable, "-m", "gwserver", "sync", "-c", os.path.abspath(app.conf_path)])
+    return helpers
+
+
 class GatewayArbiter(Arbiter):
+
+    def start(self):
+        super().start()
+        self.helpers = helpers_for(self.app)
+        self.helper_conf = dict(self.app.conf.etcd or {})
+        for helper in self.helpers.values():
+            helper.start()
+
+    def manage_helpers(self):
+        now = time.monotonic()
+        for helper in self.helpers.values():
+            if not helper.alive() and now >= helper.next_start:
+                helper.start()
+
+    def stop(self, graceful=True):
+        super().stop(graceful)
+        for helper in self.helpers.values():
+            helper.stop()
 
     def spawn_worker(self):
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
@@ -100,6 +188,8 @@ class GatewayArbiter(Arbiter):
         if len(self.WORKERS) > self.num_workers:
             self.wait_for_replacements()
         super().manage_workers()
+        if getattr(self, "helpers", None) is not None:
+            self.manage_helpers()
 
     def wait_for_replacements(self):
         """Let old workers go only once the workers replacing them are serving.
@@ -130,3 +220,12 @@ class GatewayArbiter(Arbiter):
         log.info("reloading with %s (%d routes)", self.app.conf_path,
                  len(self.app.pending_conf.router))
         super().handle_hup()
+        # Helpers survive reloads; a changed [etcd] section gets a sync process that reads it.
+        etcd = dict(self.app.conf.etcd or {})
+        if etcd != self.helper_conf:
+            for helper in self.helpers.values():
+                helper.stop()
+            self.helpers = helpers_for(self.app)
+            self.helper_conf = etcd
+            for helper in self.helpers.values():
+                helper.start()

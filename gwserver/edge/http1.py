@@ -343,6 +343,9 @@ class ClientConnection:
         self.requests += 1
         start = time.monotonic()
         status, sent, upstream = 0, 0, None
+        reader = worker.table_reader
+        if reader is not None and reader.changed():     # 8 bytes compared; etcd mode only
+            worker.refresh_table()
         keep_alive = req.keep_alive and self.keepalive_enabled     # and worker.alive, when
                                                                    # the answer is written
         try:

@@ -57,9 +57,12 @@ class GatewayWorker(GeventWorker):
     def setup_after_fork(self):
         self.conf = self.app.conf
         self.router = self.conf.router
+        self.table = self.table_reader = None
+        if self.conf.etcd is not None:
+            self.follow_published_table()
         self.stopping = gevent.event.Event()
         self.send_timeout = SEND_TIMEOUT
-        self.deadlines = Deadlines(on_tick=self.flush_access_log)
+        self.deadlines = Deadlines(on_tick=self.on_tick)
         self.client_buf = bytearray(RECV_SIZE)
         self.client_view = memoryview(self.client_buf)
         self.upstream_buf = bytearray(RECV_SIZE)
@@ -84,6 +87,37 @@ class GatewayWorker(GeventWorker):
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+
+    def follow_published_table(self):
+        """etcd mode: the table is what the config-sync process publishes (issue 3)."""
+        from ..core.table import LiveTable
+        from ..plugins import load_registry
+        from .shm import TableReader
+        conf = self.conf
+        self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
+                               load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.router = self.table.router       # changed in place from now on
+        self.table_reader = TableReader(conf.etcd["runtime_dir"])
+        if self.table_reader.changed():
+            self.refresh_table()
+
+    def refresh_table(self):
+        """Apply a new generation. Runs between requests and never yields: atomic for them."""
+        document = self.table_reader.read()
+        if document is None:
+            return
+        started = time.monotonic()
+        self.table.apply_published(document["table"])
+        self.table_reader.record(document["generation"], document["revision"], len(self.router))
+        log.info("route table generation %d (etcd revision %s) applied in %.1f ms: %d routes",
+                 document["generation"], document["revision"],
+                 (time.monotonic() - started) * 1000, len(self.router))
+
+    def on_tick(self):
+        """Every 100 ms: flush the access log; an idle worker picks up a new table too."""
+        self.flush_access_log()
+        if self.table_reader is not None and self.table_reader.changed():
+            self.refresh_table()
 
     def run(self):
         profile_dir = os.environ.get("GWSERVER_PROFILE")
@@ -137,6 +171,8 @@ class GatewayWorker(GeventWorker):
         self.flush_access_log()
         self.deadlines.stop()
         self.proxy.pools.close()
+        if self.table_reader is not None:
+            self.table_reader.forget()
 
     def handle_client(self, sock, addr):
         try:

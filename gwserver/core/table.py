@@ -1,0 +1,204 @@
+"""The live route table: routes and upstreams that change one item at a time.
+
+Rules (issue 3, and what an operator expects of a gateway):
+
+- Items are validated one by one. A bad value (invalid JSON, schema error, path conflict, unknown
+  plugin) is rejected alone, with its key and reason in ``rejected``; every good item keeps
+  serving. A bad *update* keeps the last good version of that item serving.
+- A route whose upstream id is not known yet is held (rejected, "waiting") and starts working as
+  soon as the upstream arrives. Routes are recompiled when their upstream changes.
+- A deleted upstream that routes still use is kept for them (and named in ``rejected``) until
+  they change: a delete never takes a good route down.
+- Static routes and upstreams from the conf file are always there; a dynamic item with the same
+  id is rejected.
+- Changes are applied to the router in place, route by route: cost follows the change, not the
+  table size.
+
+Each dynamic item carries a version (etcd's mod_revision), so a worker applying a published
+table compares integers, not specs.
+"""
+import json
+
+from ..errors import ConfigError
+from .chain import build_chain
+from .router import Router
+from .routes import ROUTE, UPSTREAM, make_route, make_upstream
+from .schema import show
+
+
+def _decode(raw):
+    if isinstance(raw, (bytes, str)):
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"invalid JSON: {exc}") from None
+    return raw
+
+
+class LiveTable:
+    def __init__(self, upstream_defaults, server, global_plugins, registry,
+                 static_routes=(), static_upstreams=None):
+        self.defaults = upstream_defaults
+        self.server = server
+        self.global_plugins = global_plugins or {}
+        self.registry = registry
+        self.router = Router()
+        self.upstreams = {}         # id -> Upstream (compiled), static and dynamic
+        self.route_specs = {}       # dynamic route id -> (version, validated spec) being served
+        self.upstream_specs = {}    # dynamic upstream id -> (version, validated spec) served
+        self.wanted_routes = {}     # dynamic route id -> (version, raw) as the source has it
+        self.wanted_upstreams = {}
+        self.static_routes, self.static_upstreams = set(), set()
+        self.rejected = {}          # "routes/ID" or "upstreams/ID" -> reason
+        self._kept_upstreams = set()    # deleted at the source, still used by routes
+        for upstream_id, spec in (static_upstreams or {}).items():
+            self.upstreams[upstream_id] = make_upstream(
+                upstream_id, UPSTREAM.validate(spec, f"upstream {upstream_id}"), self.defaults)
+            self.static_upstreams.add(upstream_id)
+        for spec in static_routes:
+            route = self._compile_route(ROUTE.validate(spec, f"route {spec.get('id')}"))
+            self.router.add(route)
+            self.static_routes.add(route.id)
+
+    # -- whole-table operations ----------------------------------------------------------------
+
+    def replace_all(self, routes, upstreams):
+        """Make the dynamic part equal to ``routes``/``upstreams`` ({id: (version, raw)})."""
+        for upstream_id in list(self.wanted_upstreams):
+            if upstream_id not in upstreams:
+                self.delete_upstream(upstream_id)
+        for upstream_id, (version, raw) in upstreams.items():
+            if self.wanted_upstreams.get(upstream_id, (None,))[0] != version:
+                self.put_upstream(upstream_id, raw, version)
+        for route_id in list(self.wanted_routes):
+            if route_id not in routes:
+                self.delete_route(route_id)
+        for route_id, (version, raw) in routes.items():
+            if self.wanted_routes.get(route_id, (None,))[0] != version:
+                self.put_route(route_id, raw, version)
+
+    def published(self):
+        """The good dynamic items, as workers rebuild them: {kind: {id: [version, spec]}}."""
+        return {"routes": {k: list(v) for k, v in self.route_specs.items()},
+                "upstreams": {k: list(v) for k, v in self.upstream_specs.items()}}
+
+    def apply_published(self, table):
+        """Worker side: follow a table published by the sync process (all items are good)."""
+        self.replace_all({k: tuple(v) for k, v in table["routes"].items()},
+                         {k: tuple(v) for k, v in table["upstreams"].items()})
+
+    # -- single items --------------------------------------------------------------------------
+
+    def put_route(self, route_id, raw, version=0):
+        key = f"routes/{route_id}"
+        self.wanted_routes[route_id] = (version, raw)
+        try:
+            if route_id in self.static_routes:
+                raise ConfigError(f"route {route_id}: the id is taken by a static route in the "
+                                  f"conf file")
+            spec = _decode(raw)
+            if isinstance(spec, dict):
+                spec.setdefault("id", route_id)
+                if spec["id"] != route_id:
+                    raise ConfigError(f"route {route_id}: id {show(spec['id'])} in the value "
+                                      f"does not match the key")
+            spec = ROUTE.validate(spec, f"route {route_id}")
+            route = self._compile_route(spec)
+            old = self.router.remove(route_id)
+            try:
+                self.router.add(route)
+            except ConfigError:
+                if old is not None:
+                    self.router.add(old)
+                raise
+        except ConfigError as exc:
+            kept = " (the previous version keeps serving)" if route_id in self.route_specs \
+                else ""
+            self.rejected[key] = "; ".join(exc.problems) + kept
+            return False
+        self.route_specs[route_id] = (version, spec)
+        self.rejected.pop(key, None)
+        if self._kept_upstreams:
+            self._release_unused_upstreams()
+        return True
+
+    def delete_route(self, route_id):
+        self.wanted_routes.pop(route_id, None)
+        self.rejected.pop(f"routes/{route_id}", None)
+        if route_id in self.route_specs:
+            del self.route_specs[route_id]
+            self.router.remove(route_id)
+        if self._kept_upstreams:
+            self._release_unused_upstreams()
+
+    def put_upstream(self, upstream_id, raw, version=0):
+        key = f"upstreams/{upstream_id}"
+        self.wanted_upstreams[upstream_id] = (version, raw)
+        try:
+            if upstream_id in self.static_upstreams:
+                raise ConfigError(f"upstream {upstream_id}: the id is taken by a static upstream "
+                                  f"in the conf file")
+            spec = UPSTREAM.validate(_decode(raw), f"upstream {upstream_id}")
+            self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults)
+        except ConfigError as exc:
+            kept = " (the previous version keeps serving)" if upstream_id in self.upstream_specs \
+                else ""
+            self.rejected[key] = "; ".join(exc.problems) + kept
+            return False
+        self.upstream_specs[upstream_id] = (version, spec)
+        self.rejected.pop(key, None)
+        self._kept_upstreams.discard(upstream_id)
+        self._recompile_users(upstream_id)
+        return True
+
+    def delete_upstream(self, upstream_id):
+        self.wanted_upstreams.pop(upstream_id, None)
+        self.rejected.pop(f"upstreams/{upstream_id}", None)
+        if upstream_id not in self.upstream_specs:
+            return
+        users = self._users_of(upstream_id)
+        if users:
+            self._kept_upstreams.add(upstream_id)
+            self.rejected[f"upstreams/{upstream_id}"] = (
+                f"upstream {upstream_id}: deleted, but routes {', '.join(sorted(users))} still "
+                f"use it; it is kept for them until they change")
+            return
+        del self.upstream_specs[upstream_id]
+        del self.upstreams[upstream_id]
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _compile_route(self, spec):
+        owner = f"route {spec['id']}"
+        upstream = spec["upstream"]
+        if isinstance(upstream, str):
+            if upstream not in self.upstreams:
+                raise ConfigError(f"{owner}: upstream: unknown upstream id {show(upstream)} "
+                                  f"(the route starts working when it arrives)")
+            upstream = self.upstreams[upstream]
+        else:
+            upstream = make_upstream(f"{spec['id']}.upstream", upstream, self.defaults)
+        chain = build_chain(owner, spec["plugins"], self.global_plugins, self.registry)
+        return make_route(spec, upstream, self.server, chain)
+
+    def _users_of(self, upstream_id):
+        return {route_id for route_id, (_, spec) in self.route_specs.items()
+                if spec["upstream"] == upstream_id}
+
+    def _recompile_users(self, upstream_id):
+        """Routes that use, or wait for, this upstream pick up its new version."""
+        for route_id, (version, raw) in list(self.wanted_routes.items()):
+            served = self.route_specs.get(route_id)
+            uses = served is not None and served[1]["upstream"] == upstream_id
+            waits = f"routes/{route_id}" in self.rejected
+            if uses or waits:
+                self.put_route(route_id, raw, version)
+
+    def _release_unused_upstreams(self):
+        """Drop upstreams deleted at the source once no route uses them any more."""
+        for upstream_id in list(self._kept_upstreams):
+            if not self._users_of(upstream_id):
+                self._kept_upstreams.discard(upstream_id)
+                del self.upstream_specs[upstream_id]
+                del self.upstreams[upstream_id]
+                self.rejected.pop(f"upstreams/{upstream_id}", None)

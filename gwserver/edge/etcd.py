@@ -1,0 +1,183 @@
+"""A small etcd v3 client over the JSON gateway (``/v3/...``), with requests.
+
+Used by the config-sync process and the CLI, never by workers. Why not a library: the grpc
+``etcd3`` package needs an old protobuf and hangs under gevent; ``etcd3gw`` drops the range
+header revision, its ``watch_prefix_once`` matches keys outside the prefix, and its watch goes
+silently dead after a compaction or an etcd restart (all seen on this machine). What we need is
+five calls: range (with the header revision), put, delete, watch (from a revision, reporting
+compaction), and authenticate.
+
+Endpoints are tried in order starting from the last one that answered; ``EtcdUnavailable`` means
+none did. Keys and values are bytes on the wire (base64 in JSON).
+"""
+import base64
+import json
+import logging
+
+import requests
+
+log = logging.getLogger("gwserver.etcd")
+
+
+class EtcdError(Exception):
+    """etcd answered with an error."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered."""
+
+
+class Compacted(EtcdError):
+    """The revision to watch from was compacted away; a full reload is needed."""
+
+    def __init__(self, compact_revision):
+        super().__init__(f"revision compacted (oldest kept: {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+def _b64(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text):
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(prefix):
+    """etcd's range_end for "every key starting with prefix"."""
+    data = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)
+    for i in range(len(data) - 1, -1, -1):
+        if data[i] < 0xFF:
+            data[i] += 1
+            return bytes(data[:i + 1])
+    return b"\0"
+
+
+class EtcdClient:
+    def __init__(self, endpoints, timeout=2.0, username=None, password=None, ca_file=None,
+                 cert_file=None, key_file=None):
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self.username, self.password = username, password
+        self.session = requests.Session()
+        self.session.trust_env = False          # never route etcd through an HTTP proxy
+        if ca_file:
+            self.session.verify = ca_file
+        if cert_file:
+            self.session.cert = (cert_file, key_file) if key_file else cert_file
+        self._current = 0
+        self._token = None
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _post(self, path, body, stream=False, timeout=None):
+        errors = []
+        for attempt in range(len(self.endpoints)):
+            index = (self._current + attempt) % len(self.endpoints)
+            endpoint = self.endpoints[index]
+            try:
+                resp = self.session.post(endpoint + path, json=body, stream=stream,
+                                         timeout=(self.timeout, timeout or self.timeout),
+                                         headers=self._auth_header(endpoint))
+            except requests.RequestException as exc:
+                errors.append(f"{endpoint}: {exc.__class__.__name__}")
+                continue
+            if resp.status_code == 401 and self.username:
+                self._token = None              # expired token: authenticate again next call
+            if resp.status_code >= 500 or resp.status_code == 401:
+                errors.append(f"{endpoint}: HTTP {resp.status_code} {resp.text[:200]}")
+                resp.close()
+                continue
+            self._current = index
+            if resp.status_code != 200:
+                raise EtcdError(f"{endpoint}{path}: HTTP {resp.status_code} {resp.text[:200]}")
+            return resp
+        raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
+
+    def _auth_header(self, endpoint):
+        if not self.username:
+            return None
+        if self._token is None:
+            resp = self.session.post(endpoint + "/v3/auth/authenticate",
+                                     json={"name": self.username, "password": self.password},
+                                     timeout=self.timeout)
+            if resp.status_code != 200:
+                raise EtcdError(f"etcd authentication failed: HTTP {resp.status_code}")
+            self._token = resp.json()["token"]
+        return {"Authorization": self._token}
+
+    def _call(self, path, body):
+        return self._post(path, body).json()
+
+    # -- KV ----------------------------------------------------------------------------------------
+
+    def range_prefix(self, prefix):
+        """Return (revision, [(key, value, mod_revision)]) for every key under ``prefix``."""
+        data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end":
+                                           _b64(prefix_end(prefix))})
+        revision = int(data["header"]["revision"])
+        items = [(_unb64(kv["key"]).decode(), _unb64(kv.get("value")), int(kv["mod_revision"]))
+                 for kv in data.get("kvs", [])]
+        return revision, items
+
+    def revision(self):
+        """The store's current revision (a range that returns nothing)."""
+        data = self._call("/v3/kv/range", {"key": _b64("\0"), "count_only": True})
+        return int(data["header"]["revision"])
+
+    def get(self, key):
+        data = self._call("/v3/kv/range", {"key": _b64(key)})
+        kvs = data.get("kvs", [])
+        return _unb64(kvs[0].get("value")) if kvs else None
+
+    def put(self, key, value):
+        """Store ``value``; return the revision of the write."""
+        data = self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+        return int(data["header"]["revision"])
+
+    def delete(self, key):
+        data = self._call("/v3/kv/deleterange", {"key": _b64(key)})
+        return int(data.get("deleted", 0))
+
+    def compact(self, revision):
+        self._call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+
+    # -- watch -------------------------------------------------------------------------------------
+
+    def watch_prefix(self, prefix, start_revision, idle_timeout=15.0):
+        """Yield (revision, [(kind, key, value, mod_revision)]) batches from ``start_revision``.
+
+        Raises Compacted if that revision is gone, EtcdUnavailable if no endpoint takes the
+        watch, and ends (returns) when the stream closes or is silent for ``idle_timeout``
+        seconds: the caller resumes from its last revision + 1. The silence limit is what turns
+        a partition into a reconnect (etcd's progress notifications default to 10 minutes).
+        """
+        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                                   "start_revision": str(start_revision),
+                                   "progress_notify": True}}
+        resp = self._post("/v3/watch", body, stream=True, timeout=idle_timeout)
+        try:
+            for line in resp.iter_lines(chunk_size=None):
+                if not line:
+                    continue
+                message = json.loads(line)
+                if "error" in message:
+                    raise EtcdError(f"watch failed: {message['error']}")
+                result = message.get("result", {})
+                if result.get("compact_revision") and result.get("canceled"):
+                    raise Compacted(int(result["compact_revision"]))
+                if result.get("canceled"):
+                    return
+                revision = int(result.get("header", {}).get("revision", 0))
+                events = [("delete" if event.get("type") == "DELETE" else "put",
+                           _unb64(event["kv"]["key"]).decode(), _unb64(event["kv"].get("value")),
+                           int(event["kv"].get("mod_revision", revision)))
+                          for event in result.get("events", [])]
+                yield revision, events
+        except (requests.RequestException, ValueError) as exc:
+            log.info("etcd watch stream ended: %s", exc.__class__.__name__)
+            return
+        finally:
+            resp.close()

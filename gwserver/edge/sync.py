@@ -1,0 +1,214 @@
+"""``gwserver: config-sync``: one process per host that follows etcd and publishes the table.
+
+Started and supervised by the master (``GatewayArbiter``), never by workers. The loop, after
+APISIX's config_etcd and the traps we hit (PERF_NOTES, issue 3):
+
+1. Serve the last snapshot at once, if there is one: a gateway that starts while etcd is
+   unreachable serves the routes it had.
+2. Range-read the prefix (header revision R), replace the table, publish; watch from R + 1.
+3. Each watch batch updates only the items it names; publish if what is served changed.
+4. The stream ends or goes silent (``watch_idle_timeout``): resume from the last revision + 1,
+   unless etcd's revision is now lower than ours (etcd wiped or restored: full reload) or the
+   revision was compacted (full reload).
+5. etcd unreachable: keep serving, retry every endpoint with capped exponential backoff and
+   full jitter.
+
+Every publication also rewrites the snapshot (atomic rename) and ``status.json`` (generation,
+revision, connection state, rejected items), which ``gwserver routes status`` reads.
+"""
+import ctypes
+import json
+import logging
+import os
+import random
+import signal
+import time
+
+from .. import proctitle
+from ..core.table import LiveTable
+from ..plugins import load_registry
+from ..settings import load_conf
+from .etcd import Compacted, EtcdClient, EtcdError
+from .shm import TablePublisher, atomic_write, read_json
+
+log = logging.getLogger("gwserver.sync")
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+
+    def __init__(self, base=0.1, cap=10.0):
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def reset(self):
+        self.attempt = 0
+
+    def next(self):
+        delay = random.uniform(0, min(self.cap, self.base * 2 ** self.attempt))
+        self.attempt += 1
+        return delay
+
+
+def die_with_parent():
+    """Ask the kernel to SIGTERM us if the master dies (PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class ConfigSync:
+    def __init__(self, conf):
+        etcd = conf.etcd
+        self.conf = conf
+        self.prefix = etcd["prefix"].rstrip("/") + "/"
+        self.client = EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"],
+                                 etcd["password"], etcd["ca_file"], etcd["cert_file"],
+                                 etcd["key_file"])
+        self.idle_timeout = etcd["watch_idle_timeout"]
+        self.snapshot_path = etcd["snapshot_path"]
+        self.publisher = TablePublisher(etcd["runtime_dir"])
+        self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
+                               load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.backoff = Backoff(cap=etcd["backoff_max"])
+        self.revision = None
+        self.served = None
+        self.logged = {}
+        self.connected = False
+        self.last_sync = None
+        self.started = time.time()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def versions(self):
+        published = self.table.published()
+        return {kind: {k: v[0] for k, v in items.items()} for kind, items in published.items()}
+
+    def publish(self, force=False):
+        versions = self.versions()
+        if force or versions != self.served:
+            table = self.table.published()
+            generation = self.publisher.publish(table, self.revision or 0)
+            self.served = versions
+            try:
+                os.makedirs(os.path.dirname(self.snapshot_path), exist_ok=True)
+                atomic_write(self.snapshot_path, json.dumps(
+                    {"revision": self.revision, "table": table}).encode())
+            except OSError as exc:
+                log.warning("cannot write snapshot %s: %s", self.snapshot_path, exc)
+            log.info("published generation %d (etcd revision %s, %d routes, %d upstreams)",
+                     generation, self.revision, len(table["routes"]), len(table["upstreams"]))
+        self.write_status()
+
+    def write_status(self):
+        self.publisher.write_status({
+            "generation": self.publisher.generation, "revision": self.revision,
+            "connected": self.connected, "endpoint": self.client.endpoints[self.client._current],
+            "last_sync": self.last_sync, "prefix": self.prefix,
+            "routes": len(self.table.route_specs), "upstreams": len(self.table.upstream_specs),
+            "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid()})
+
+    # -- etcd ----------------------------------------------------------------------------------
+
+    def split(self, key):
+        """'PREFIX/routes/ID' -> ('routes', 'ID'); keys of other kinds -> (None, None)."""
+        kind, _, item_id = key[len(self.prefix):].partition("/")
+        if kind in ("routes", "upstreams") and item_id and "/" not in item_id:
+            return kind, item_id
+        return None, None
+
+    def full_load(self):
+        revision, items = self.client.range_prefix(self.prefix)
+        wanted = {"routes": {}, "upstreams": {}}
+        for key, value, mod_revision in items:
+            kind, item_id = self.split(key)
+            if kind:
+                wanted[kind][item_id] = (mod_revision, value)
+        self.table.replace_all(wanted["routes"], wanted["upstreams"])
+        self.revision = revision
+        self.log_rejections()
+        log.info("loaded %d keys from etcd at revision %d", len(items), revision)
+
+    def apply(self, events):
+        for kind_of_event, key, value, mod_revision in events:
+            kind, item_id = self.split(key)
+            if kind is None:
+                continue
+            if kind_of_event == "delete":
+                (self.table.delete_route if kind == "routes" else
+                 self.table.delete_upstream)(item_id)
+            elif kind == "routes":
+                self.table.put_route(item_id, value, mod_revision)
+            else:
+                self.table.put_upstream(item_id, value, mod_revision)
+        self.log_rejections()
+
+    def log_rejections(self):
+        """Log each rejection once (and again only if its reason changes)."""
+        for key, reason in self.table.rejected.items():
+            if self.logged.get(key) != reason:
+                log.warning("rejected %s%s: %s", self.prefix, key, reason)
+        self.logged = dict(self.table.rejected)
+
+    def load_snapshot(self):
+        snapshot = read_json(self.snapshot_path)
+        if not snapshot:
+            return
+        self.table.apply_published(snapshot["table"])
+        self.revision = None            # a snapshot is a start, not a position in etcd
+        self.publish(force=True)
+        log.info("serving snapshot %s until etcd answers", self.snapshot_path)
+
+    def run(self):
+        self.load_snapshot()
+        if self.served is None:
+            self.publish(force=True)    # static routes only, until etcd answers
+        while True:
+            try:
+                self.sync_once()
+            except Compacted as exc:
+                log.warning("watch from revision %s: %s; reloading everything",
+                            self.revision, exc)
+                self.revision = None
+            except EtcdError as exc:
+                if self.connected:
+                    log.error("etcd unreachable: %s; serving the last good table", exc)
+                self.connected = False
+                self.write_status()
+                time.sleep(self.backoff.next())
+
+    def sync_once(self):
+        if self.revision is not None:
+            current = self.client.revision()
+            if current < self.revision:
+                log.warning("etcd revision went backwards (%d < %d): etcd was wiped or "
+                            "restored; reloading everything", current, self.revision)
+                self.revision = None
+        if self.revision is None:
+            self.full_load()
+            self.mark_synced()
+            self.publish()
+        for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1,
+                                                          self.idle_timeout):
+            if events:
+                self.apply(events)
+            self.revision = max(self.revision, revision)
+            self.mark_synced()
+            self.publish()
+
+    def mark_synced(self):
+        if not self.connected:
+            log.info("connected to etcd at %s", self.client.endpoints[self.client._current])
+        self.connected = True
+        self.last_sync = time.time()
+        self.backoff.reset()
+
+
+def run(conf_path):
+    die_with_parent()
+    conf = load_conf(conf_path)
+    proctitle.set_title(conf.server["proc_name"], "config-sync")
+    from .app import configure_logging
+    configure_logging(conf.log["level"])
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))   # files are always consistent
+    ConfigSync(conf).run()

@@ -1,0 +1,169 @@
+"""``gwserver routes|upstreams put|get|list|delete|validate`` and ``gwserver routes status``.
+
+They talk to the etcd endpoints of the conf file. ``validate`` loads the current table from
+etcd into the same ``LiveTable`` the gateway runs, adds the given items, and prints every
+problem; ``put`` refuses whatever ``validate`` refuses. A route whose upstream is not in etcd
+yet is accepted with a note: it starts working when the upstream arrives.
+"""
+import json
+import sys
+import time
+
+from .core.table import LiveTable
+from .edge.etcd import EtcdClient, EtcdError
+from .edge.shm import STATUS, read_json, worker_board
+from .errors import ConfigError
+from .plugins import load_registry
+from .settings import load_conf
+
+WAITING = "starts working when it arrives"
+
+
+def client_for(conf):
+    etcd = conf.etcd
+    return EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"], etcd["password"],
+                      etcd["ca_file"], etcd["cert_file"], etcd["key_file"])
+
+
+def read_items(source, kind):
+    text = sys.stdin.read() if source == "-" else open(source).read()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    out = []
+    for i, item in enumerate(items):
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(item_id, str) or not item_id:
+            raise ConfigError(f"{source}: item {i}: needs an \"id\"")
+        if kind == "upstreams":
+            item = {k: v for k, v in item.items() if k != "id"}
+        out.append((item_id, item))
+    return out
+
+
+def current_table(conf, client, prefix):
+    """A LiveTable holding what etcd has now (its own rejections are not ours to report)."""
+    table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins), load_registry(),
+                      conf.static_routes, dict(conf.static_upstreams))
+    note = None
+    try:
+        _, kvs = client.range_prefix(prefix)
+        wanted = {"routes": {}, "upstreams": {}}
+        for key, value, rev in kvs:
+            kind, _, item_id = key[len(prefix):].partition("/")
+            if kind in wanted and item_id:
+                wanted[kind][item_id] = (rev, value)
+        table.replace_all(wanted["routes"], wanted["upstreams"])
+    except EtcdError as exc:
+        note = f"etcd not reachable ({exc}); checked against the conf file's table only"
+    table.rejected.clear()
+    return table, note
+
+
+def check(kind, items, table):
+    """Return (problems, notes) for putting ``items`` into ``table``."""
+    problems, notes = [], []
+    for item_id, item in items if kind == "upstreams" else ():
+        if not table.put_upstream(item_id, json.dumps(item), 1 << 60):
+            problems.append(table.rejected[f"upstreams/{item_id}"])
+    for item_id, item in items if kind == "routes" else ():
+        if not table.put_route(item_id, json.dumps(item), 1 << 60):
+            reason = table.rejected[f"routes/{item_id}"]
+            (notes if WAITING in reason else problems).append(reason)
+    return problems, notes
+
+
+def main(kind, args):
+    try:
+        conf = load_conf(args.conf)
+    except ConfigError as exc:
+        return _fail(exc.problems)
+    if conf.etcd is None:
+        return _fail([f"{args.conf}: no [etcd] section: the conf file's routes are the table"])
+    prefix = conf.etcd["prefix"].rstrip("/") + "/"
+    client = client_for(conf)
+    key = lambda item_id: f"{prefix}{kind}/{item_id}"  # noqa: E731
+    try:
+        if args.action in ("validate", "put"):
+            items = read_items(args.source, kind)
+            table, note = current_table(conf, client, prefix)
+            problems, notes = check(kind, items, table)
+            for line in ([note] if note else []) + notes:
+                print(f"note: {line}")
+            if problems:
+                return _fail(problems)
+            if args.action == "validate":
+                print(f"ok: {len(items)} {kind} valid")
+                return 0
+            for item_id, item in items:
+                revision = client.put(key(item_id), json.dumps(item, sort_keys=True))
+                print(f"put {key(item_id)} (revision {revision})")
+            return 0
+        if args.action == "get":
+            value = client.get(key(args.id))
+            if value is None:
+                return _fail([f"{key(args.id)}: not found"])
+            print(json.dumps(json.loads(value), indent=2, sort_keys=True))
+            return 0
+        if args.action == "delete":
+            deleted = client.delete(key(args.id))
+            if not deleted:
+                return _fail([f"{key(args.id)}: not found"])
+            print(f"deleted {key(args.id)}")
+            return 0
+        if args.action == "list":
+            _, kvs = client.range_prefix(f"{prefix}{kind}/")
+            for item_key, value, rev in kvs:
+                print(f"{item_key[len(prefix) + len(kind) + 1:]}\trevision {rev}\t"
+                      f"{value.decode(errors='replace')[:120]}")
+            return 0
+        if args.action == "status":
+            return status(conf)
+    except EtcdError as exc:
+        return _fail([str(exc)])
+    return 2
+
+
+def status(conf):
+    runtime_dir = conf.etcd["runtime_dir"]
+    state = read_json(f"{runtime_dir}/{STATUS}")
+    if state is None:
+        return _fail([f"no status in {runtime_dir}: is the gateway running with this conf?"])
+    board = worker_board(runtime_dir)
+    age = time.time() - state["last_sync"] if state.get("last_sync") else None
+    print(f"generation {state['generation']}  etcd revision {state['revision']}  "
+          f"{'connected to ' + state['endpoint'] if state['connected'] else 'NOT CONNECTED'}"
+          + (f"  last sync {age:.1f}s ago" if age is not None else ""))
+    print(f"{state['routes']} routes, {state['upstreams']} upstreams from etcd")
+    for pid, entry in sorted(board.items()):
+        behind = "" if entry["generation"] == state["generation"] else "  (behind)"
+        print(f"worker {pid}: generation {entry['generation']}, {entry['routes']} routes{behind}")
+    rejected = state.get("rejected", {})
+    print(f"{len(rejected)} rejected item(s)")
+    for item_key, reason in rejected.items():
+        print(f"  {item_key}: {reason}")
+    return 0
+
+
+def _fail(problems):
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2
+
+
+def add_parsers(sub):
+    for kind in ("routes", "upstreams"):
+        parser = sub.add_parser(kind, help=f"{kind} in etcd")
+        parser.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+        actions = parser.add_subparsers(dest="action", required=True)
+        for action in ("put", "validate"):
+            p = actions.add_parser(action, help=f"{action} {kind} from a JSON file (- = stdin)")
+            p.add_argument("source")
+        for action in ("get", "delete"):
+            actions.add_parser(action).add_argument("id")
+        actions.add_parser("list")
+        if kind == "routes":
+            actions.add_parser("status", help="sync state, worker generations, rejected items")
+        parser.set_defaults(func=lambda args, kind=kind: main(kind, args))

@@ -1,0 +1,118 @@
+"""The live table's rules, item by item (the same code runs in the sync process and workers)."""
+import json
+
+import pytest
+
+from gwserver.core.table import LiveTable
+from gwserver.errors import RouteNotFound
+from gwserver.plugins import load_registry
+from gwserver.settings import SERVER, UPSTREAM_DEFAULTS
+
+UP = {"targets": [{"url": "http://127.0.0.1:9001"}]}
+
+
+def table(**kw):
+    return LiveTable(UPSTREAM_DEFAULTS.defaults(), SERVER.defaults(), {}, load_registry(), **kw)
+
+
+def route(route_id, path, upstream="u1"):
+    return json.dumps({"id": route_id, "paths": [path], "upstream": upstream})
+
+
+def served(t, path):
+    try:
+        return t.router.match("GET", "h", path, None)[0].id
+    except RouteNotFound:
+        return None
+
+
+def test_bad_values_are_rejected_alone():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("good", route("good", "/good"), 2)
+    assert not t.put_route("badjson", b"{nope", 3)
+    assert not t.put_route("badschema", json.dumps({"paths": "/x", "upstream": "u1"}), 4)
+    assert not t.put_route("conflict", route("conflict", "/a/:x"), 5) is False  # first is fine
+    assert not t.put_route("conflict2", route("conflict2", "/a/:y/b"), 6)
+    assert served(t, "/good") == "good" and served(t, "/a/1") == "conflict"
+    assert "invalid JSON" in t.rejected["routes/badjson"]
+    assert "paths: must be a list" in t.rejected["routes/badschema"]
+    assert "conflicts with :x" in t.rejected["routes/conflict2"]
+    assert set(t.published()["routes"]) == {"good", "conflict"}
+
+
+def test_a_bad_update_keeps_the_last_good_version():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("r", route("r", "/v1"), 2)
+    assert not t.put_route("r", json.dumps({"id": "r", "paths": ["nope"], "upstream": "u1"}), 3)
+    assert served(t, "/v1") == "r"
+    assert "previous version keeps serving" in t.rejected["routes/r"]
+    assert t.put_route("r", route("r", "/v2"), 4)
+    assert served(t, "/v1") is None and served(t, "/v2") == "r"
+    assert "routes/r" not in t.rejected
+
+
+def test_route_waits_for_its_upstream():
+    t = table()
+    assert not t.put_route("r", route("r", "/late", upstream="later"), 1)
+    assert "starts working when it arrives" in t.rejected["routes/r"]
+    assert served(t, "/late") is None
+    t.put_upstream("later", json.dumps(UP), 2)
+    assert served(t, "/late") == "r" and t.rejected == {}
+
+
+def test_upstream_change_recompiles_its_routes():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("r", route("r", "/r"), 2)
+    t.put_upstream("u1", json.dumps({"targets": [{"url": "http://127.0.0.1:9002"}]}), 3)
+    assert t.router.routes["r"].upstream.targets[0].port == 9002
+
+
+def test_deleting_a_used_upstream_keeps_it_until_its_routes_go():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("r", route("r", "/r"), 2)
+    t.delete_upstream("u1")
+    assert served(t, "/r") == "r" and "still use it" in t.rejected["upstreams/u1"]
+    t.delete_route("r")
+    assert "u1" not in t.upstreams and t.rejected == {}
+
+
+def test_static_ids_cannot_be_taken():
+    t = table(static_routes=[{"id": "s", "paths": ["/s"], "upstream": UP}])
+    assert not t.put_route("s", route("s", "/other"), 1)
+    assert served(t, "/s") == "s" and "taken by a static route" in t.rejected["routes/s"]
+
+
+def test_replace_all_and_apply_published_converge():
+    source = table()
+    source.replace_all({"a": (2, route("a", "/a")), "b": (3, route("b", "/b")),
+                        "bad": (4, b"{")}, {"u1": (1, json.dumps(UP))})
+    worker = table()
+    worker.apply_published(json.loads(json.dumps(source.published())))
+    assert sorted(worker.router.routes) == ["a", "b"]
+    source.replace_all({"a": (5, route("a", "/a2"))}, {"u1": (1, json.dumps(UP))})
+    worker.apply_published(json.loads(json.dumps(source.published())))
+    assert sorted(worker.router.routes) == ["a"]
+    assert served(worker, "/a2") == "a" and served(worker, "/b") is None
+
+
+def test_key_and_value_ids_must_agree():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    assert not t.put_route("x", route("y", "/p"), 2)
+    assert "does not match the key" in t.rejected["routes/x"]
+
+
+@pytest.mark.parametrize("n", [1000])
+def test_updates_touch_only_the_changed_route(n):
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.replace_all({f"r{i}": (i + 2, route(f"r{i}", f"/s{i}/items/:id")) for i in range(n)},
+                  {"u1": (1, json.dumps(UP))})
+    before = {k: v for k, v in t.router.routes.items()}
+    t.put_route("r7", route("r7", "/moved/:id"), n + 10)
+    changed = [k for k, v in t.router.routes.items() if before[k] is not v]
+    assert changed == ["r7"]
