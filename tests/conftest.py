@@ -106,6 +106,33 @@ class Upstream:
         return data
 
 
+class Etcd:
+    def __init__(self, proc, client_port, peer_port, data_dir, name):
+        self.proc, self.client_port, self.peer_port = proc, client_port, peer_port
+        self.data_dir, self.name = data_dir, name
+        self.url = f"http://127.0.0.1:{client_port}"
+
+    def client(self):
+        from gwserver.edge.etcd import EtcdClient
+        return EtcdClient([self.url], timeout=2.0)
+
+    def wait_ready(self, timeout=20):
+        from gwserver.edge.etcd import EtcdError
+        wait_for_port(self.client_port, timeout, self.proc)
+        wait_until(lambda: _answers(self.client(), EtcdError), timeout)
+
+    def stop(self):
+        stop_process(self.proc, timeout=10)
+
+
+def _answers(client, error):
+    try:
+        client.revision()
+        return True
+    except error:
+        return False
+
+
 class Gateway:
     def __init__(self, proc, port, conf_path, log_path):
         self.proc, self.port, self.conf_path, self.log_path = proc, port, conf_path, log_path
@@ -181,6 +208,35 @@ class Launcher:
             wait_until(lambda: len(gw.worker_pids()) >= conf["server"].get("workers", 1))
         return gw
 
+    def etcd(self, name="e0", cluster=None, data_dir=None, ports=None):
+        """One etcd member on free loopback ports with its own data dir."""
+        client_port, peer_port = ports or (free_port(), free_port())
+        data_dir = data_dir or self.tmp_dir / f"etcd-{name}-{client_port}"
+        cmd = ["etcd", "--name", name, "--data-dir", str(data_dir),
+               "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+               "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+               "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+               "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+               "--initial-cluster", cluster or f"{name}=http://127.0.0.1:{peer_port}",
+               "--initial-cluster-token", "gwtest", "--initial-cluster-state", "new"]
+        log = open(self.tmp_dir / f"etcd-{name}-{client_port}.log", "ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        self.started.append(proc)
+        member = Etcd(proc, client_port, peer_port, data_dir, name)
+        if cluster is None:
+            member.wait_ready()
+        return member
+
+    def etcd_cluster(self, size=3):
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        cluster = ",".join(f"e{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+        members = [self.etcd(f"e{i}", cluster, ports=ports[i]) for i in range(size)]
+        for member in members:
+            member.wait_ready()
+        return members
+
     def close(self):
         for proc in reversed(self.started):
             stop_process(proc, timeout=10)
@@ -235,3 +291,72 @@ def wait_until(predicate, timeout=15.0, interval=0.05):
 
 def route(id, paths, upstream_url, **extra):
     return {"id": id, "paths": paths, "upstream": {"targets": [{"url": upstream_url}]}, **extra}
+
+
+class TcpRelay:
+    """A loopback TCP relay to a port, which a test can cut (a partition) and restore."""
+
+    def __init__(self, target_port):
+        import threading
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.open = True
+        self.conns = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        self.open = False
+        with self.lock:
+            for conn in self.conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.conns = []
+
+    def restore(self):
+        self.open = True
+
+    def close(self):
+        self.cut()
+        self.listener.close()

@@ -98,6 +98,7 @@ class Helper:
         self.started_at = 0.0
         self.failures = 0
         self.next_start = 0.0
+        self.exit_status = None     # set by collect() when it has exited
 
     def start(self):
         proc = subprocess.Popen(self.argv, close_fds=True)
@@ -105,16 +106,26 @@ class Helper:
         self.pid, self.started_at = proc.pid, time.monotonic()
         log.info("started %s (pid %d)", self.name, self.pid)
 
-    def alive(self):
-        if self.pid is None:
-            return False
+    def collect(self):
+        """Reap it if it exited (before gunicorn's waitpid(-1) does and loses the status)."""
+        if self.pid is None or self.exit_status is not None:
+            return
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = self.pid, None
-        if pid == 0:
+            pid, status = self.pid, -1
+        if pid:
+            self.exit_status = status
+
+    def alive(self):
+        if self.pid is None:
+            return False
+        self.collect()
+        status = self.exit_status
+        if status is None:
             return True
-        how = "exited" if status is None else \
+        self.exit_status = None
+        how = "exited (status unknown)" if status == -1 else \
             f"exited with {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else \
             f"was killed by signal {os.WTERMSIG(status)}"
         log.error("%s (pid %d) %s; restarting it", self.name, self.pid, how)
@@ -159,6 +170,11 @@ class GatewayArbiter(Arbiter):
         self.helper_conf = dict(self.app.conf.etcd or {})
         for helper in self.helpers.values():
             helper.start()
+
+    def reap_workers(self):
+        for helper in getattr(self, "helpers", {}).values():
+            helper.collect()
+        super().reap_workers()
 
     def manage_helpers(self):
         now = time.monotonic()

@@ -187,14 +187,18 @@ class ConfigSync:
         if self.revision is None:
             self.full_load()
             self.mark_synced()
-            self.publish()
+            self.publish(force=True)
         for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1,
                                                           self.idle_timeout):
-            if events:
-                self.apply(events)
             self.revision = max(self.revision, revision)
             self.mark_synced()
-            self.publish()
+            if events:
+                # Published even when only rejections changed: a worker at revision R has
+                # then seen everything etcd had up to R (status and benchmarks rely on it).
+                self.apply(events)
+                self.publish(force=True)
+            else:
+                self.write_status()
 
     def mark_synced(self):
         if not self.connected:

@@ -1,0 +1,303 @@
+"""Routes and upstreams from a real etcd (Debian's etcd-server), changed live (issue 3)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gwserver.edge.shm import read_json, worker_board
+
+from ..conftest import TcpRelay, gateway_conf, route, wait_until
+
+PREFIX = "/gw"
+
+
+def etcd_conf(tmp_path, endpoints, routes=(), workers=2):
+    runtime = tmp_path / f"run-{len(os.listdir(tmp_path))}"
+    return gateway_conf(list(routes), workers=workers, etcd={
+        "endpoints": endpoints, "prefix": PREFIX, "runtime_dir": str(runtime),
+        "snapshot_path": str(tmp_path / "state" / "snapshot.json"),
+        "watch_idle_timeout": 2.0, "backoff_max": 0.5, "timeout": 1.0})
+
+
+def put(client, kind, item_id, value):
+    data = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return client.put(f"{PREFIX}/{kind}/{item_id}", data)
+
+
+def runtime_of(gw):
+    import tomllib
+    return tomllib.loads(gw.conf_path.read_text())["etcd"]["runtime_dir"]
+
+
+def all_workers_at(gw, revision):
+    """True once every live worker has applied a table of at least this etcd revision."""
+    board = worker_board(runtime_of(gw))
+    pids = gw.worker_pids()
+    return pids and all(pid in board and (board[pid]["revision"] or 0) >= revision
+                        for pid in pids if _is_worker(pid))
+
+
+def _is_worker(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"worker" in f.read()
+    except OSError:
+        return False
+
+
+def status_of(gw):
+    return read_json(os.path.join(runtime_of(gw), "status.json"))
+
+
+def serves(gw, path):
+    return gw.request("GET", path)[0].status
+
+
+UP = lambda upstream: {"targets": [{"url": upstream.url}]}  # noqa: E731
+
+
+@pytest.fixture
+def etcd(launcher):
+    return launcher.etcd()
+
+
+def test_put_update_delete_reach_every_worker(launcher, etcd, upstream, tmp_path):
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=3))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "r1", {"paths": ["/one"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert all(serves(gw, "/one") == 200 for _ in range(6))
+    revision = put(client, "routes", "r1", {"paths": ["/uno"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/one") == 404 and serves(gw, "/uno") == 200
+    client.delete(f"{PREFIX}/routes/r1")
+    revision = client.revision()
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/uno") == 404
+    assert cmdline_roles(gw) == {"gwserver: config-sync": 1, "gwserver: worker": 3}
+
+
+def cmdline_roles(gw):
+    roles = {}
+    for pid in gw.worker_pids():
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").strip().decode()
+        roles[title] = roles.get(title, 0) + 1
+    return roles
+
+
+def test_bad_values_are_rejected_alone_and_shown_in_status(launcher, etcd, upstream, tmp_path):
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    put(client, "routes", "good", {"paths": ["/good"], "upstream": "up"})
+    put(client, "routes", "badjson", b"{not json")
+    put(client, "routes", "badschema", {"paths": ["/x"], "upstream": "up", "colour": "red"})
+    put(client, "routes", "badplugin", {"paths": ["/p"], "upstream": "up",
+                                        "plugins": {"nope": {}}})
+    revision = put(client, "upstreams", "badup", {"targets": [{"url": "ftp://x"}]})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/good") == 200
+    rejected = status_of(gw)["rejected"]
+    assert set(rejected) == {"routes/badjson", "routes/badschema", "routes/badplugin",
+                             "upstreams/badup"}
+    assert "invalid JSON" in rejected["routes/badjson"]
+    assert "colour: unknown key" in rejected["routes/badschema"]
+    assert "plugins.nope: unknown plugin" in rejected["routes/badplugin"]
+    out = subprocess.run([sys.executable, "-m", "gwserver", "routes", "-c", str(gw.conf_path),
+                          "status"], capture_output=True, text=True)
+    assert out.returncode == 0 and "4 rejected item(s)" in out.stdout
+    assert "routes/badjson: invalid JSON" in out.stdout
+    assert "rejected /gw/routes/badjson: invalid JSON" in gw.log()
+
+
+def test_a_route_waits_for_an_upstream_defined_later(launcher, etcd, upstream, tmp_path):
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    client = etcd.client()
+    revision = put(client, "routes", "early", {"paths": ["/early"], "upstream": "late"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/early") == 404
+    revision = put(client, "upstreams", "late", UP(upstream))
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/early") == 200
+    assert status_of(gw)["rejected"] == {}
+
+
+def test_etcd_down_keeps_the_table_and_a_restart_resumes(launcher, upstream, tmp_path):
+    member = launcher.etcd()
+    gw = launcher.gateway(etcd_conf(tmp_path, [member.url]))
+    client = member.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    member.stop()
+    wait_until(lambda: status_of(gw)["connected"] is False)
+    assert all(serves(gw, "/r") == 200 for _ in range(5))
+    again = launcher.etcd(data_dir=member.data_dir, ports=(member.client_port,
+                                                            member.peer_port))
+    revision = put(again.client(), "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision), timeout=20)
+    assert serves(gw, "/r2") == 200 and serves(gw, "/r") == 200
+    assert "etcd unreachable" in gw.log() and status_of(gw)["connected"] is True
+
+
+def sync_pid(gw):
+    return status_of(gw)["pid"]
+
+
+@pytest.fixture
+def relay_to(request):
+    relays = []
+
+    def make(member):
+        relay = TcpRelay(member.client_port)
+        relays.append(relay)
+        return relay
+    yield make
+    for relay in relays:
+        relay.close()
+
+
+def test_partition_then_compaction_forces_a_full_reload(launcher, etcd, upstream, tmp_path,
+                                                        relay_to):
+    """Cut the gateway off etcd, change and compact etcd meanwhile, heal the partition."""
+    relay = relay_to(etcd)
+    gw = launcher.gateway(etcd_conf(tmp_path, [relay.url]))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "old", {"paths": ["/old"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    relay.cut()
+    wait_until(lambda: status_of(gw)["connected"] is False)
+    client.delete(f"{PREFIX}/routes/old")
+    put(client, "routes", "new", {"paths": ["/new"], "upstream": "up"})
+    revision = put(client, "routes", "newer", {"paths": ["/newer"], "upstream": "up"})
+    client.compact(revision)
+    assert serves(gw, "/old") == 200                  # partitioned: the last good table serves
+    relay.restore()
+    wait_until(lambda: all_workers_at(gw, revision), timeout=25)
+    assert serves(gw, "/old") == 404 and serves(gw, "/new") == 200 and serves(gw, "/newer") == 200
+    assert "revision compacted" in gw.log() and "reloading everything" in gw.log()
+
+
+def test_etcd_wiped_revision_backwards_forces_a_full_reload(launcher, upstream, tmp_path):
+    member = launcher.etcd()
+    gw = launcher.gateway(etcd_conf(tmp_path, [member.url]))
+    client = member.client()
+    put(client, "upstreams", "up", UP(upstream))
+    for i in range(10):
+        revision = put(client, "routes", f"r{i}", {"paths": [f"/r{i}"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    member.stop()
+    wiped = launcher.etcd(ports=(member.client_port, member.peer_port),
+                          data_dir=tmp_path / "fresh-etcd")
+    fresh = wiped.client()
+    put(fresh, "upstreams", "up", UP(upstream))
+    put(fresh, "routes", "only", {"paths": ["/only"], "upstream": "up"})
+    wait_until(lambda: serves(gw, "/only") == 200 and serves(gw, "/r0") == 404, timeout=25)
+    assert "went backwards" in gw.log()
+
+
+def test_three_member_cluster_survives_losing_the_connected_member(launcher, upstream, tmp_path):
+    members = launcher.etcd_cluster(3)
+    gw = launcher.gateway(etcd_conf(tmp_path, [m.url for m in members]))
+    client = members[0].client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "a", {"paths": ["/a"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    connected = status_of(gw)["endpoint"]
+    victim = next(m for m in members if m.url == connected)
+    victim.stop()
+    survivor = next(m for m in members if m is not victim)
+    revision = put(survivor.client(), "routes", "b", {"paths": ["/b"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision), timeout=25)
+    assert serves(gw, "/a") == 200 and serves(gw, "/b") == 200
+    assert status_of(gw)["endpoint"] != connected
+
+
+def test_cold_start_from_snapshot_with_etcd_down(launcher, upstream, tmp_path):
+    member = launcher.etcd()
+    conf = etcd_conf(tmp_path, [member.url])
+    gw = launcher.gateway(conf)
+    client = member.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "kept", {"paths": ["/kept"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    os.kill(gw.pid, signal.SIGTERM)
+    gw.proc.wait(15)
+    member.stop()
+    conf["etcd"]["runtime_dir"] += "-second"          # nothing published in this one yet
+    started = time.monotonic()
+    second = launcher.gateway(conf)
+    wait_until(lambda: serves(second, "/kept") == 200, timeout=10)
+    assert time.monotonic() - started < 10
+    assert "serving snapshot" in second.log()
+
+
+def test_sync_helper_is_restarted_and_kept_across_sighup(launcher, etcd, upstream, tmp_path):
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    first = sync_pid(gw)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: (status_of(gw) or {}).get("pid") not in (None, first))
+    assert "config-sync (pid %d) was killed by signal 9; restarting it" % first in gw.log()
+    second = sync_pid(gw)
+    workers = set(p for p in gw.worker_pids() if p != second)
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: not workers & set(gw.worker_pids()))
+    assert sync_pid(gw) == second and second in gw.worker_pids()
+    assert serves(gw, "/r") == 200                     # new workers start with the table
+    revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/r2") == 200
+
+
+def test_static_routes_serve_beside_etcd_routes(launcher, etcd, upstream, tmp_path):
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url],
+                                    routes=[route("static", ["/static"], upstream.url)]))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "static", {"paths": ["/takeover"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/static") == 200 and serves(gw, "/takeover") == 404
+    assert "taken by a static route" in status_of(gw)["rejected"]["routes/static"]
+
+
+def cli(gw, *args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "gwserver", *args[:1], "-c", str(gw.conf_path),
+                           *args[1:]], capture_output=True, text=True, input=stdin)
+
+
+def test_cli_validate_put_get_list_delete(launcher, etcd, upstream, tmp_path):
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    upstream_doc = json.dumps({"id": "up", **UP(upstream)})
+    assert cli(gw, "upstreams", "put", "-", stdin=upstream_doc).returncode == 0
+    bad = json.dumps([{"id": "x", "paths": ["nope"], "upstream": "up"},
+                      {"id": "y", "paths": ["/y"], "upstream": "up", "methods": ["get"]}])
+    for action in ("validate", "put"):
+        run = cli(gw, "routes", action, "-", stdin=bad)
+        assert run.returncode == 2
+        assert 'route x: paths[0] must start with /, got "nope"' in run.stderr
+        assert "route y: methods[0]: must be an upper-case method" in run.stderr
+    assert etcd.client().get(f"{PREFIX}/routes/x") is None        # put refused it
+    good = json.dumps({"id": "c", "paths": ["/c/:id"], "upstream": "up"})
+    assert cli(gw, "routes", "validate", "-", stdin=good).returncode == 0
+    run = cli(gw, "routes", "put", "-", stdin=good)
+    assert run.returncode == 0 and "put /gw/routes/c" in run.stdout
+    conflict = json.dumps({"id": "d", "paths": ["/c/:other/x"], "upstream": "up"})
+    run = cli(gw, "routes", "put", "-", stdin=conflict)
+    assert run.returncode == 2 and "conflicts with :id of route c" in run.stderr
+    assert json.loads(cli(gw, "routes", "get", "c").stdout)["paths"] == ["/c/:id"]
+    assert "c\trevision" in cli(gw, "routes", "list").stdout
+    wait_until(lambda: serves(gw, "/c/1") == 200)
+    assert cli(gw, "routes", "delete", "c").returncode == 0
+    assert cli(gw, "routes", "get", "c").returncode == 2
+    wait_until(lambda: serves(gw, "/c/1") == 404)
