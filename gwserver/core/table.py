@@ -82,6 +82,21 @@ class LiveTable:
         return {"routes": {k: list(v) for k, v in self.route_specs.items()},
                 "upstreams": {k: list(v) for k, v in self.upstream_specs.items()}}
 
+    def apply_delta(self, delta):
+        """Worker side: one published generation's changes ({kind: {id: [version, spec] or
+        None}}). Upstreams first, so routes find theirs; removals of routes before upstreams."""
+        for upstream_id, item in delta.get("upstreams", {}).items():
+            if item is not None:
+                self.put_upstream(upstream_id, item[1], item[0])
+        for route_id, item in delta.get("routes", {}).items():
+            if item is None:
+                self.delete_route(route_id)
+            else:
+                self.put_route(route_id, item[1], item[0])
+        for upstream_id, item in delta.get("upstreams", {}).items():
+            if item is None:
+                self.delete_upstream(upstream_id)
+
     def apply_published(self, table):
         """Worker side: follow a table published by the sync process (all items are good)."""
         self.replace_all({k: tuple(v) for k, v in table["routes"].items()},

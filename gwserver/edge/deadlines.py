@@ -7,7 +7,7 @@ code that is about to wait *arms* a deadline for an owner, and the ticker, wakin
 socket they wait on: gevent then raises in the waiting greenlet at once, at a point where it is
 expecting socket errors, which is safer than throwing an exception into an arbitrary frame.
 
-Deadlines are therefore enforced to within ``interval`` (100 ms), which is fine for timeouts that
+Deadlines are therefore enforced to within ``interval`` (50 ms in workers), fine for timeouts that
 are seconds long. ``now`` is a cached monotonic clock that the hot path may read for free.
 """
 import time

@@ -1,8 +1,8 @@
 """Publishing the route table from the sync process to the workers of one host.
 
-The table is a JSON file replaced by atomic rename (readers see the old file or the new one,
-never a mix); next to it an 8-byte generation counter in an mmap'd file, bumped after each
-rename. A worker compares those 8 bytes with the generation it has on every request (~100 ns)
+Each generation is a JSON file written by atomic rename (readers see an old file or a new one,
+never a mix); next to them an 8-byte generation counter in an mmap'd file, bumped after the
+file is in place. A worker compares those 8 bytes with the generation it has on every request (~100 ns)
 and reads the file only when they differ. ``multiprocessing.shared_memory`` is not used: on 3.11
 an unrelated process attaching by name unlinks the segment when it exits.
 
@@ -10,11 +10,17 @@ Each worker also records what it applied in ``workers/PID`` (generation and etcd
 ``gwserver routes status`` and the benchmark can tell when every worker serves a change.
 """
 import json
+import logging
 import mmap
 import os
 import struct
+import threading
+import time
+
+log = logging.getLogger("gwserver.shm")
 
 GENERATION = "generation"
+CHANGES = "changes"
 TABLE = "table.json"
 WORKERS = "workers"
 STATUS = "status.json"
@@ -41,21 +47,105 @@ def _open_counter(runtime_dir, create):
 
 
 class TablePublisher:
-    """Sync-process side."""
+    """Sync-process side.
 
-    def __init__(self, runtime_dir):
+    A generation is published as a small change file (``changes/N.json``: the items whose
+    served version changed, null for removed) written before the counter moves, so an update
+    costs what it touches, not the table's size. ``table.json`` (the whole table, for workers
+    that start or fall behind) and the snapshot are rewritten by a background thread once
+    publications pause; the change files cover the gap.
+    """
+
+    BASE_INTERVAL = 0.5
+    MAX_STALE = 5.0
+    KEEP_CHANGES = 2000
+
+    def __init__(self, runtime_dir, full_table, snapshot_path=None):
         self.runtime_dir = runtime_dir
+        self.full_table = full_table        # () -> published table; called under self.lock
+        self.snapshot_path = snapshot_path
         os.makedirs(os.path.join(runtime_dir, WORKERS), exist_ok=True)
+        os.makedirs(os.path.join(runtime_dir, CHANGES), exist_ok=True)
         self.counter = _open_counter(runtime_dir, create=True)
         # Continue the numbering of a previous sync process: workers only ever see it grow.
         self.generation = _COUNTER.unpack_from(self.counter, 0)[0]
+        self.revision = None
+        self.lock = threading.Lock()           # held while the table is read or changed
+        self.base_lock = threading.Lock()
+        self.base_generation = 0
+        self.last_publish = 0.0
+        self.dirty = threading.Event()
+        threading.Thread(target=self._write_bases, name="base-writer", daemon=True).start()
 
-    def publish(self, table, revision):
+    def publish(self, delta, revision, full=False):
+        """Publish one generation: the whole table (``full``) or ``delta``.
+
+        Only the sync thread calls this, so the table does not change under it; ``lock``
+        keeps the base writer thread from reading the table while the sync thread changes it.
+        """
         self.generation += 1
-        document = {"generation": self.generation, "revision": revision, "table": table}
-        atomic_write(os.path.join(self.runtime_dir, TABLE), json.dumps(document).encode())
+        self.revision = revision
+        self.last_publish = time.monotonic()
+        if full:
+            with self.lock:
+                table = self.full_table()
+            self._write_base(self.generation, revision, table)
+        else:
+            document = {"generation": self.generation, "revision": revision, **delta}
+            atomic_write(self._change_path(self.generation), json.dumps(document).encode())
+            self.dirty.set()
         _COUNTER.pack_into(self.counter, 0, self.generation)
+        try:
+            os.unlink(self._change_path(self.generation - self.KEEP_CHANGES))
+        except FileNotFoundError:
+            pass
         return self.generation
+
+    def _change_path(self, generation):
+        return os.path.join(self.runtime_dir, CHANGES, f"{generation}.json")
+
+    def _write_base(self, generation, revision, table):
+        """The whole table as of ``generation`` (never replacing a newer one), and the snapshot.
+
+        Serialising 10,000 routes takes ~100 ms: done outside ``lock``, on references taken
+        under it (items are replaced, never changed in place)."""
+        data = json.dumps({"generation": generation, "revision": revision,
+                           "table": table}).encode()
+        with self.base_lock:
+            if generation <= self.base_generation:
+                return
+            atomic_write(os.path.join(self.runtime_dir, TABLE), data)
+            self.base_generation = generation
+            if self.snapshot_path:
+                try:
+                    os.makedirs(os.path.dirname(self.snapshot_path), exist_ok=True)
+                    atomic_write(self.snapshot_path, data)
+                except OSError as exc:
+                    log.warning("cannot write snapshot %s: %s", self.snapshot_path, exc)
+
+    def _write_bases(self):
+        """Rewrite the base once publications pause for BASE_INTERVAL (at most MAX_STALE late):
+        serialising a large table holds the GIL, and would delay the next update."""
+        while True:
+            self.dirty.wait()
+            dirty_since = time.monotonic()
+            while time.monotonic() - self.last_publish < self.BASE_INTERVAL and \
+                    time.monotonic() - dirty_since < self.MAX_STALE:
+                time.sleep(self.BASE_INTERVAL / 5)
+            self.dirty.clear()
+            with self.lock:
+                table = self.full_table()
+                generation, revision = self.generation, self.revision
+            self._write_base(generation, revision, table)
+
+    def flush(self):
+        """Write a pending base now (on exit). Skipped if the table is being changed."""
+        if self.dirty.is_set() and self.lock.acquire(blocking=False):
+            try:
+                table = self.full_table()
+            finally:
+                self.lock.release()
+            self._write_base(self.generation, self.revision, table)
 
     def write_status(self, status):
         atomic_write(os.path.join(self.runtime_dir, STATUS),
@@ -63,12 +153,12 @@ class TablePublisher:
 
 
 class TableReader:
-    """Worker side. ``changed()`` is the per-request check; ``read()`` loads the table."""
+    """Worker side. ``changed()`` is the per-request check; ``updates()`` says what to apply."""
 
     def __init__(self, runtime_dir):
         self.runtime_dir = runtime_dir
         self.counter = None
-        self.seen = _COUNTER.pack(0)
+        self.generation = 0
         self.board = os.path.join(runtime_dir, WORKERS, str(os.getpid()))
 
     def changed(self):
@@ -78,21 +168,36 @@ class TableReader:
                 self.counter = counter = _open_counter(self.runtime_dir, create=False)
             except (OSError, ValueError):
                 return False            # nothing published yet
-        return counter[:8] != self.seen
+        return _COUNTER.unpack_from(counter, 0)[0] != self.generation
 
-    def read(self):
-        """Return the published document, or None if there is none yet."""
-        seen = self.counter[:8]
-        try:
-            with open(os.path.join(self.runtime_dir, TABLE), "rb") as f:
-                document = json.load(f)
-        except FileNotFoundError:
-            return None
-        self.seen = seen if _COUNTER.unpack(seen)[0] <= document["generation"] else \
-            _COUNTER.pack(document["generation"])
-        return document
+    def updates(self):
+        """[("full", document) | ("delta", document), ...] up to the published generation.
+
+        Change files from our generation on when they are all there; otherwise the whole
+        table (first start, or fallen further behind than the kept change files), then the
+        changes after it.
+        """
+        target = _COUNTER.unpack_from(self.counter, 0)[0]
+        steps, generation = [], self.generation
+        while generation < target:
+            change = read_json(os.path.join(self.runtime_dir, CHANGES, f"{generation + 1}.json"))
+            if change is not None and generation > 0:
+                steps.append(("delta", change))
+                generation += 1
+                continue
+            base = read_json(os.path.join(self.runtime_dir, TABLE))
+            if base is None or base["generation"] <= generation:
+                if change is not None:          # first start before any base: deltas only
+                    steps.append(("delta", change))
+                    generation += 1
+                    continue
+                break
+            steps = [("full", base)]
+            generation = base["generation"]
+        return steps, generation
 
     def record(self, generation, revision, routes):
+        self.generation = generation
         try:
             atomic_write(self.board, json.dumps({"generation": generation, "revision": revision,
                                                  "routes": routes}).encode())

@@ -13,8 +13,10 @@ APISIX's config_etcd and the traps we hit (PERF_NOTES, issue 3):
 5. etcd unreachable: keep serving, retry every endpoint with capped exponential backoff and
    full jitter.
 
-Every publication also rewrites the snapshot (atomic rename) and ``status.json`` (generation,
-revision, connection state, rejected items), which ``gwserver routes status`` reads.
+A generation is published as the items it changed (shm.TablePublisher); the whole table and
+the snapshot are rewritten in the background at most twice a second. ``status.json``
+(generation, revision, connection state, rejected items) is what ``gwserver routes status``
+reads.
 """
 import ctypes
 import json
@@ -29,7 +31,7 @@ from ..core.table import LiveTable
 from ..plugins import load_registry
 from ..settings import load_conf
 from .etcd import Compacted, EtcdClient, EtcdError
-from .shm import TablePublisher, atomic_write, read_json
+from .shm import TablePublisher, read_json
 
 log = logging.getLogger("gwserver.sync")
 
@@ -67,9 +69,10 @@ class ConfigSync:
                                  etcd["key_file"])
         self.idle_timeout = etcd["watch_idle_timeout"]
         self.snapshot_path = etcd["snapshot_path"]
-        self.publisher = TablePublisher(etcd["runtime_dir"])
         self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
                                load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.publisher = TablePublisher(etcd["runtime_dir"], self.table.published,
+                                        etcd["snapshot_path"])
         self.backoff = Backoff(cap=etcd["backoff_max"])
         self.revision = None
         self.served = None
@@ -81,23 +84,30 @@ class ConfigSync:
     # -- publishing ----------------------------------------------------------------------------
 
     def versions(self):
-        published = self.table.published()
-        return {kind: {k: v[0] for k, v in items.items()} for kind, items in published.items()}
+        return {"routes": {k: v[0] for k, v in self.table.route_specs.items()},
+                "upstreams": {k: v[0] for k, v in self.table.upstream_specs.items()}}
 
-    def publish(self, force=False):
-        versions = self.versions()
-        if force or versions != self.served:
-            table = self.table.published()
-            generation = self.publisher.publish(table, self.revision or 0)
+    def publish(self, full=False):
+        """Publish what changed since the last generation (everything when ``full``)."""
+        with self.publisher.lock:       # consistent with what the base writer reads
+            versions = self.versions()
+            delta = {}
+            if not full:
+                served = self.served or {"routes": {}, "upstreams": {}}
+                specs = {"routes": self.table.route_specs,
+                         "upstreams": self.table.upstream_specs}
+                for kind in ("routes", "upstreams"):
+                    now, before = versions[kind], served[kind]
+                    delta[kind] = {k: list(specs[kind][k]) for k, v in now.items()
+                                   if before.get(k) != v}
+                    delta[kind].update({k: None for k in before if k not in now})
             self.served = versions
-            try:
-                os.makedirs(os.path.dirname(self.snapshot_path), exist_ok=True)
-                atomic_write(self.snapshot_path, json.dumps(
-                    {"revision": self.revision, "table": table}).encode())
-            except OSError as exc:
-                log.warning("cannot write snapshot %s: %s", self.snapshot_path, exc)
-            log.info("published generation %d (etcd revision %s, %d routes, %d upstreams)",
-                     generation, self.revision, len(table["routes"]), len(table["upstreams"]))
+        generation = self.publisher.publish(delta, self.revision or 0, full=full)
+        changed = len(versions["routes"]) if full else \
+            sum(len(items) for items in delta.values())
+        log.info("published generation %d (etcd revision %s, %s %d items; %d routes, "
+                 "%d upstreams)", generation, self.revision, "all" if full else "changed",
+                 changed, len(versions["routes"]), len(versions["upstreams"]))
         self.write_status()
 
     def write_status(self):
@@ -124,12 +134,18 @@ class ConfigSync:
             kind, item_id = self.split(key)
             if kind:
                 wanted[kind][item_id] = (mod_revision, value)
-        self.table.replace_all(wanted["routes"], wanted["upstreams"])
-        self.revision = revision
+        with self.publisher.lock:           # the base writer reads the table under this lock
+            self.table.replace_all(wanted["routes"], wanted["upstreams"])
+            self.revision = revision
         self.log_rejections()
         log.info("loaded %d keys from etcd at revision %d", len(items), revision)
 
     def apply(self, events):
+        with self.publisher.lock:
+            self._apply(events)
+        self.log_rejections()
+
+    def _apply(self, events):
         for kind_of_event, key, value, mod_revision in events:
             kind, item_id = self.split(key)
             if kind is None:
@@ -141,7 +157,6 @@ class ConfigSync:
                 self.table.put_route(item_id, value, mod_revision)
             else:
                 self.table.put_upstream(item_id, value, mod_revision)
-        self.log_rejections()
 
     def log_rejections(self):
         """Log each rejection once (and again only if its reason changes)."""
@@ -154,15 +169,16 @@ class ConfigSync:
         snapshot = read_json(self.snapshot_path)
         if not snapshot:
             return
-        self.table.apply_published(snapshot["table"])
+        with self.publisher.lock:
+            self.table.apply_published(snapshot["table"])
         self.revision = None            # a snapshot is a start, not a position in etcd
-        self.publish(force=True)
+        self.publish(full=True)
         log.info("serving snapshot %s until etcd answers", self.snapshot_path)
 
     def run(self):
         self.load_snapshot()
         if self.served is None:
-            self.publish(force=True)    # static routes only, until etcd answers
+            self.publish(full=True)     # static routes only, until etcd answers
         while True:
             try:
                 self.sync_once()
@@ -187,7 +203,7 @@ class ConfigSync:
         if self.revision is None:
             self.full_load()
             self.mark_synced()
-            self.publish(force=True)
+            self.publish(full=True)
         for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1,
                                                           self.idle_timeout):
             self.revision = max(self.revision, revision)
@@ -196,7 +212,7 @@ class ConfigSync:
                 # Published even when only rejections changed: a worker at revision R has
                 # then seen everything etcd had up to R (status and benchmarks rely on it).
                 self.apply(events)
-                self.publish(force=True)
+                self.publish()
             else:
                 self.write_status()
 
@@ -214,5 +230,10 @@ def run(conf_path):
     proctitle.set_title(conf.server["proc_name"], "config-sync")
     from .app import configure_logging
     configure_logging(conf.log["level"])
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))   # files are always consistent
-    ConfigSync(conf).run()
+    sync = ConfigSync(conf)
+
+    def stop(*_):
+        sync.publisher.flush()          # the snapshot must hold the last change
+        os._exit(0)                     # every file is replaced atomically: nothing half-done
+    signal.signal(signal.SIGTERM, stop)
+    sync.run()

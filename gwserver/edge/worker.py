@@ -62,7 +62,7 @@ class GatewayWorker(GeventWorker):
             self.follow_published_table()
         self.stopping = gevent.event.Event()
         self.send_timeout = SEND_TIMEOUT
-        self.deadlines = Deadlines(on_tick=self.on_tick)
+        self.deadlines = Deadlines(interval=0.05, on_tick=self.on_tick)
         self.client_buf = bytearray(RECV_SIZE)
         self.client_view = memoryview(self.client_buf)
         self.upstream_buf = bytearray(RECV_SIZE)
@@ -102,19 +102,23 @@ class GatewayWorker(GeventWorker):
             self.refresh_table()
 
     def refresh_table(self):
-        """Apply a new generation. Runs between requests and never yields: atomic for them."""
-        document = self.table_reader.read()
-        if document is None:
+        """Apply new generations. Runs between requests and never yields: atomic for them."""
+        steps, generation = self.table_reader.updates()
+        if not steps:
             return
         started = time.monotonic()
-        self.table.apply_published(document["table"])
-        self.table_reader.record(document["generation"], document["revision"], len(self.router))
+        for kind, document in steps:
+            if kind == "full":
+                self.table.apply_published(document["table"])
+            else:
+                self.table.apply_delta(document)
+        revision = steps[-1][1]["revision"]
+        self.table_reader.record(generation, revision, len(self.router))
         log.info("route table generation %d (etcd revision %s) applied in %.1f ms: %d routes",
-                 document["generation"], document["revision"],
-                 (time.monotonic() - started) * 1000, len(self.router))
+                 generation, revision, (time.monotonic() - started) * 1000, len(self.router))
 
     def on_tick(self):
-        """Every 100 ms: flush the access log; an idle worker picks up a new table too."""
+        """Every 50 ms: flush the access log; an idle worker picks up a new table too."""
         self.flush_access_log()
         if self.table_reader is not None and self.table_reader.changed():
             self.refresh_table()
@@ -236,7 +240,7 @@ class GatewayWorker(GeventWorker):
         self._access_lines.append(line)
 
     def flush_access_log(self):
-        """Write buffered access lines in one syscall: at most 100 ms or 256 lines late."""
+        """Write buffered access lines in one syscall: at most 50 ms or 256 lines late."""
         lines = self._access_lines
         if lines:
             self._access_lines = []
