@@ -77,6 +77,7 @@ class ConfigSync:
         self.revision = None
         self.served = None
         self.logged = {}
+        self.rejections_total = 0
         self.connected = False
         self.last_sync = None
         self.started = time.time()
@@ -110,7 +111,41 @@ class ConfigSync:
                  changed, len(versions["routes"]), len(versions["upstreams"]))
         self.write_status()
 
+    def write_metrics(self):
+        """Prometheus text format in runtime_dir/metrics.prom (node_exporter's textfile
+        collector reads it; the admin listener of issue 5 will serve it)."""
+        from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+        registry = CollectorRegistry()
+        values = [
+            ("gwserver_config_generation", "Route table generation published to workers",
+             self.publisher.generation),
+            ("gwserver_config_etcd_revision", "etcd revision of the published table",
+             self.revision or 0),
+            ("gwserver_config_etcd_connected", "1 while the sync process has a live etcd watch",
+             1 if self.connected else 0),
+            ("gwserver_config_last_sync_timestamp_seconds",
+             "Unix time of the last successful etcd read or watch event", self.last_sync or 0),
+            ("gwserver_config_routes", "Routes from etcd being served",
+             len(self.table.route_specs)),
+            ("gwserver_config_upstreams", "Upstreams from etcd being served",
+             len(self.table.upstream_specs)),
+        ]
+        for name, doc, value in values:
+            Gauge(name, doc, registry=registry).set(value)
+        rejected = Gauge("gwserver_config_rejected_items", "etcd items rejected, by kind",
+                         ["kind"], registry=registry)
+        for kind in ("routes", "upstreams"):
+            rejected.labels(kind).set(sum(1 for key in self.table.rejected
+                                          if key.startswith(kind + "/")))
+        Counter("gwserver_config_rejections", "Rejections logged since the sync process "
+                "started", registry=registry).inc(self.rejections_total)
+        try:
+            write_to_textfile(f"{self.publisher.runtime_dir}/metrics.prom", registry)
+        except OSError as exc:
+            log.warning("cannot write metrics: %s", exc)
+
     def write_status(self):
+        self.write_metrics()
         self.publisher.write_status({
             "generation": self.publisher.generation, "revision": self.revision,
             "connected": self.connected, "endpoint": self.client.endpoints[self.client._current],
@@ -163,6 +198,7 @@ class ConfigSync:
         for key, reason in self.table.rejected.items():
             if self.logged.get(key) != reason:
                 log.warning("rejected %s%s: %s", self.prefix, key, reason)
+                self.rejections_total += 1
         self.logged = dict(self.table.rejected)
 
     def load_snapshot(self):

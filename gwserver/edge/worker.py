@@ -114,6 +114,7 @@ class GatewayWorker(GeventWorker):
                 self.table.apply_delta(document)
         revision = steps[-1][1]["revision"]
         self.table_reader.record(generation, revision, len(self.router))
+        gc.freeze()         # a large table stays out of every later full collection
         log.info("route table generation %d (etcd revision %s) applied in %.1f ms: %d routes",
                  generation, revision, (time.monotonic() - started) * 1000, len(self.router))
 

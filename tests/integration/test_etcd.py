@@ -15,12 +15,12 @@ from ..conftest import TcpRelay, gateway_conf, route, wait_until
 PREFIX = "/gw"
 
 
-def etcd_conf(tmp_path, endpoints, routes=(), workers=2):
+def etcd_conf(tmp_path, endpoints, routes=(), workers=2, **etcd):
     runtime = tmp_path / f"run-{len(os.listdir(tmp_path))}"
     return gateway_conf(list(routes), workers=workers, etcd={
         "endpoints": endpoints, "prefix": PREFIX, "runtime_dir": str(runtime),
         "snapshot_path": str(tmp_path / "state" / "snapshot.json"),
-        "watch_idle_timeout": 2.0, "backoff_max": 0.5, "timeout": 1.0})
+        "watch_idle_timeout": 2.0, "backoff_max": 0.5, "timeout": 1.0, **etcd})
 
 
 def put(client, kind, item_id, value):
@@ -114,6 +114,11 @@ def test_bad_values_are_rejected_alone_and_shown_in_status(launcher, etcd, upstr
     assert out.returncode == 0 and "4 rejected item(s)" in out.stdout
     assert "routes/badjson: invalid JSON" in out.stdout
     assert "rejected /gw/routes/badjson: invalid JSON" in gw.log()
+    metrics = open(os.path.join(runtime_of(gw), "metrics.prom")).read()
+    assert 'gwserver_config_rejected_items{kind="routes"} 3.0' in metrics
+    assert 'gwserver_config_rejected_items{kind="upstreams"} 1.0' in metrics
+    assert "gwserver_config_etcd_connected 1.0" in metrics
+    assert "gwserver_config_rejections_total 4.0" in metrics
 
 
 def test_a_route_waits_for_an_upstream_defined_later(launcher, etcd, upstream, tmp_path):
@@ -301,3 +306,17 @@ def test_cli_validate_put_get_list_delete(launcher, etcd, upstream, tmp_path):
     assert cli(gw, "routes", "delete", "c").returncode == 0
     assert cli(gw, "routes", "get", "c").returncode == 2
     wait_until(lambda: serves(gw, "/c/1") == 404)
+
+
+def test_etcd_with_authentication(launcher, etcd, upstream, tmp_path):
+    ctl = ["etcdctl", "--endpoints", etcd.url]
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    for args in (["user", "add", "root:s3cret"], ["auth", "enable"]):
+        subprocess.run(ctl + args, env=env, check=True, capture_output=True)
+    from gwserver.edge.etcd import EtcdClient
+    client = EtcdClient([etcd.url], username="root", password="s3cret")
+    put(client, "upstreams", "up", UP(upstream))
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], username="root", password="s3cret"))
+    revision = put(client, "routes", "secured", {"paths": ["/secured"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/secured") == 200
