@@ -205,11 +205,11 @@ class ConfigSync:
         snapshot = read_json(self.snapshot_path)
         if not snapshot:
             return
+        log.info("serving snapshot %s until etcd answers", self.snapshot_path)
         with self.publisher.lock:
             self.table.apply_published(snapshot["table"])
         self.revision = None            # a snapshot is a start, not a position in etcd
         self.publish(full=True)
-        log.info("serving snapshot %s until etcd answers", self.snapshot_path)
 
     def run(self):
         self.load_snapshot()

@@ -241,7 +241,7 @@ def test_cold_start_from_snapshot_with_etcd_down(launcher, upstream, tmp_path):
     second = launcher.gateway(conf)
     wait_until(lambda: serves(second, "/kept") == 200, timeout=10)
     assert time.monotonic() - started < 10
-    assert "serving snapshot" in second.log()
+    wait_until(lambda: "serving snapshot" in second.log())
 
 
 def test_sync_helper_is_restarted_and_kept_across_sighup(launcher, etcd, upstream, tmp_path):
