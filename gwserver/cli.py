@@ -12,6 +12,11 @@ def cmd_run(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
+    if conf.admin["metrics"]:
+        import tempfile
+        from .edge import metrics
+        # Before anything imports prometheus_client: it reads the directory at import.
+        metrics.prepare(conf.admin["metrics_dir"] or tempfile.mkdtemp(prefix="gwserver-metrics-"))
     GatewayApplication(args.conf, conf).run()
     return 0
 

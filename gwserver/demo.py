@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gwserver-demo"
+    disable_nagle_algorithm = True      # head and body are separate writes
 
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)

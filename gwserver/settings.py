@@ -12,8 +12,8 @@ from types import MappingProxyType
 from .core.chain import build_chain
 from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, make_route, make_upstream
 from .core.router import Router
-from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of, map_of,
-                          number, one_of, show, string)
+from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
+                          map_of, number, one_of, show, string)
 from .errors import ConfigError
 
 
@@ -105,7 +105,20 @@ ETCD = Schema(
     doc="Routes and upstreams from etcd. Without this section the static routes are the table.",
 )
 
-SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG}
+ADMIN = Schema(
+    Field("bind", lambda value: value if value == "" else bind_address(value),
+          "127.0.0.1:9180",
+          "admin listener (/metrics, /-/healthz, /-/ready, /admin/...); keep it off the internet"),
+    Field("token", string(r"[!-~]*", "printable ASCII without spaces", allow_empty=True), "",
+          "bearer token required for everything but the health probes; empty: none"),
+    Field("metrics", boolean, True, "collect Prometheus metrics (served on /metrics)"),
+    Field("metrics_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
+          "prometheus multiprocess files; empty: a private temp dir (wiped at start)"),
+    doc="The admin listener, served by the workers like any other listener.",
+)
+
+SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
+            "admin": ADMIN}
 OPTIONAL_SECTIONS = {"etcd": ETCD}
 
 CONF = Schema(
@@ -124,6 +137,7 @@ class Conf:
     server: MappingProxyType
     upstream_defaults: MappingProxyType
     log: MappingProxyType
+    admin: MappingProxyType
     plugins: MappingProxyType
     router: Router
     etcd: MappingProxyType | None = None     # None: the static routes are the whole table
@@ -202,6 +216,10 @@ def parse_conf(data, path="<conf>"):
     except ConfigError as exc:
         problems.extend(p.replace("plugins: plugins.", "plugins.", 1) for p in exc.problems)
         global_plugins = {}
+    admin_bind = sections["admin"]["bind"]
+    if admin_bind and admin_bind in sections["server"]["bind"]:
+        problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "
+                        f"listener its own address")
     router, route_problems = compile_table(parts["routes"], parts["upstreams"],
                                            sections["upstream_defaults"], sections["server"],
                                            global_plugins, registry)

@@ -51,7 +51,7 @@ class RequestContext:
                  # filled by the reader, used by the proxy step
                  "url", "version", "keep_alive", "upgrade", "upgrade_tail", "head_done",
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
-                 "connection_tokens")
+                 "connection_tokens", "upstream_seconds")
 
     def __init__(self, client_ip, scheme):
         self.client_ip = client_ip
@@ -65,7 +65,7 @@ class RequestContext:
         self.body = []
         self.body_size = 0
         self.content_length = None
-        self.route = self.params = self._vars = self.ended_by = None
+        self.route = self.params = self._vars = self.ended_by = self.upstream_seconds = None
         self.upgrade_tail = b""
 
     @property

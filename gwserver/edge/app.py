@@ -35,6 +35,15 @@ def configure_logging(level):
     logger.setLevel(level.upper())
 
 
+def child_exit(server, worker):
+    """gunicorn hook, in the master: fold the dead worker's metrics into the archive."""
+    from . import metrics
+    try:
+        metrics.retire(worker.pid)
+    except Exception:       # a metrics hiccup must never disturb the master
+        log.exception("could not retire metrics of worker %s", worker.pid)
+
+
 class GatewayApplication(BaseApplication):
 
     def __init__(self, conf_path, conf=None):
@@ -46,8 +55,10 @@ class GatewayApplication(BaseApplication):
     def load_config(self):
         server = self.conf.server
         configure_logging(self.conf.log["level"])
+        admin_bind = self.conf.admin["bind"]
         for key, value in {
-            "bind": list(server["bind"]),
+            "bind": list(server["bind"]) + ([admin_bind] if admin_bind else []),
+            "child_exit": child_exit,
             "workers": server["workers"],
             "worker_connections": server["worker_connections"],
             "graceful_timeout": math.ceil(server["graceful_timeout"]),

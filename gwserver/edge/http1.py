@@ -343,6 +343,7 @@ class ClientConnection:
         self.requests += 1
         start = time.monotonic()
         status, sent, upstream = 0, 0, None
+        worker.in_flight += 1
         reader = worker.table_reader
         if reader is not None and reader.changed():     # 8 bytes compared; etcd mode only
             worker.refresh_table()
@@ -378,8 +379,12 @@ class ClientConnection:
             elif not self.timed_out:
                 self.write(render_error(exc, keep_alive, req.request_id, req.method == "HEAD"))
         finally:
+            worker.in_flight -= 1
             if worker.access_enabled:
                 worker.log_access(self, req, status, sent, upstream, start)
+            if worker.metrics is not None:
+                worker.metrics.observe(req.route.id if req.route else None, req.method, status,
+                                       time.monotonic() - start, req.upstream_seconds)
         if self.upgraded:
             return False
         worker.handled += 1

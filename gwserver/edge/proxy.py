@@ -263,6 +263,9 @@ class Proxy:
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         conn.sock.settimeout(None)      # reads are bounded by the worker's deadlines instead
         self.pools.new_connections += 1
+        metrics = self.worker.metrics
+        if metrics is not None:
+            metrics.connections_opened.labels(target.url).inc()
         ex = conn.gw_exchange = Exchange(conn)
         return ex, False
 
@@ -320,6 +323,7 @@ class Proxy:
 
     def exchange(self, client, req, ex, target, body_held, keep_alive):
         route = req.route
+        started = time.monotonic()
         head = self.request_head(req, target)
         if body_held is not None:
             if body_held or req.chunked:
@@ -329,6 +333,7 @@ class Proxy:
             self.send(ex, head, route.read_timeout, stale_ok=True)
             self.stream_request_body(client, req, ex, route)
         self.read_head(ex, route.read_timeout)
+        req.upstream_seconds = time.monotonic() - started
         if req.upgrade and ex.status == 101:
             return self.tunnel(client, req, ex)
         return self.relay_response(client, req, ex, route, keep_alive)

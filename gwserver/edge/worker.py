@@ -30,6 +30,11 @@ ACCESS_FLUSH_LINES = 256
 SEND_TIMEOUT = 60.0                            # nginx's send_timeout
 
 
+def idle_connections(pool):
+    """Open connections waiting in a urllib3 pool (its queue is pre-filled with None slots)."""
+    return sum(1 for conn in list(pool.pool.queue) if conn is not None) if pool.pool else 0
+
+
 class GatewayWorker(GeventWorker):
 
     def init_signals(self):
@@ -61,6 +66,11 @@ class GatewayWorker(GeventWorker):
         if self.conf.etcd is not None:
             self.follow_published_table()
         self.stopping = gevent.event.Event()
+        self.in_flight = 0
+        self.metrics = None
+        if self.conf.admin["metrics"] and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from .metrics import WorkerMetrics
+            self.metrics = WorkerMetrics()
         self.send_timeout = SEND_TIMEOUT
         self.deadlines = Deadlines(interval=0.05, on_tick=self.on_tick)
         self.client_buf = bytearray(RECV_SIZE)
@@ -140,16 +150,20 @@ class GatewayWorker(GeventWorker):
         proctitle.set_title(self.conf.server["proc_name"], "worker")
         self.deadlines.start()
         servers = []
+        admin_address = self.admin_address()
         for listener in self.sockets:
             listener.setblocking(1)
-            server = StreamServer(listener, handle=self.handle_client,
-                                  spawn=Pool(self.worker_connections))
+            is_admin = admin_address is not None and \
+                tuple(listener.getsockname()[:2]) == admin_address
+            server = StreamServer(listener, spawn=Pool(self.worker_connections),
+                                  handle=self.handle_admin if is_admin else self.handle_client)
             if self.cfg.workers > 1:
                 server.max_accept = 1   # spread accepts over workers, as gunicorn does
             server.start()
             servers.append(server)
         while self.alive:
             self.notify()
+            self.update_gauges()
             self.stopping.wait(1.0)
         self.drain(servers)
 
@@ -178,6 +192,33 @@ class GatewayWorker(GeventWorker):
         self.proxy.pools.close()
         if self.table_reader is not None:
             self.table_reader.forget()
+
+    def admin_address(self):
+        bind = self.conf.admin["bind"]
+        if not bind:
+            return None
+        host, _, port = bind.rpartition(":")
+        return (host.strip("[]"), int(port))
+
+    def handle_admin(self, sock, addr):
+        from .admin import AdminConnection
+        try:
+            AdminConnection(self, sock, addr).serve()
+        except Exception:
+            log.exception("unhandled error on the admin listener")
+            sock.close()
+
+    def update_gauges(self):
+        """Once a second (and before a scrape): gauges that would cost per request."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.in_flight.set(self.in_flight)
+        for pool in self.proxy.pools.pools.values():
+            metrics.pool_idle.labels(f"{pool.scheme}://{pool.host}:{pool.port}").set(
+                idle_connections(pool))
+        if self.table_reader is not None:
+            metrics.generation.set(self.table_reader.generation)
 
     def handle_client(self, sock, addr):
         try:
@@ -208,6 +249,8 @@ class GatewayWorker(GeventWorker):
 
     def log_access(self, conn, req, status, sent, upstream, start):
         elapsed_ms = (time.monotonic() - start) * 1000.0
+        upstream_ms = "null" if req.upstream_seconds is None else \
+            f"{req.upstream_seconds * 1000.0:.3f}"
         now, clock = self.clock_text()
         route_id = req.route.id if req.route is not None else None
         path = getattr(req, "path", None) or req.url.decode("latin-1")
@@ -219,6 +262,7 @@ class GatewayWorker(GeventWorker):
                     f'"route":{_escape(route_id) if route_id else "null"},'
                     f'"upstream":{_escape(upstream) if upstream else "null"},'
                     f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
+                    f'"upstream_ms":{upstream_ms},'
                     f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}}}\n')
         else:
             line = (f'{conn.client_ip} - - [{clock} +0000] "{req.method} {path} HTTP/'

@@ -1,0 +1,122 @@
+"""The admin listener: health probes, metrics and read-only JSON views of this worker's state.
+
+Served by the workers on their own listener (``[admin] bind``, loopback by default), with the
+same HTTP/1.1 parsing, limits and timeouts as traffic. ``[admin] token`` protects everything
+but the two probes:
+
+    /-/healthz          the process answers                                  (load balancers)
+    /-/ready            routes loaded and this worker serving; 503 while draining
+    /metrics            Prometheus text: all workers (multiprocess) + the sync process
+    /admin/routes       the route table this worker serves, with its generation
+    /admin/upstreams    upstreams, their targets and this worker's keep-alive pools
+    /admin/config       where the table comes from; etcd sync status and rejected items
+"""
+import hmac
+import os
+
+from ..core.context import Reply
+from .http1 import ClientConnection, render_reply
+from .shm import STATUS, read_json
+
+PROBES = ("/-/healthz", "/-/ready")
+
+
+class AdminConnection(ClientConnection):
+
+    def handle(self, req):
+        worker = self.worker
+        keep_alive = req.keep_alive and worker.alive and req.complete
+        try:
+            reply = self.dispatch(req)
+        except Exception as exc:        # an admin view must never take a worker down
+            reply = Reply.json(500, {"error": "internal_error", "message": str(exc)})
+        self.write(render_reply(reply, keep_alive, req.request_id, req.method == "HEAD"))
+        return keep_alive
+
+    def dispatch(self, req):
+        if req.method not in ("GET", "HEAD"):
+            return Reply.json(405, {"error": "method_not_allowed"}, [("Allow", "GET, HEAD")])
+        token = self.worker.conf.admin["token"]
+        if token and req.path not in PROBES:
+            sent = req.header("authorization") or ""
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                return Reply.json(401, {"error": "unauthorized"},
+                                  [("WWW-Authenticate", 'Bearer realm="gwserver admin"')])
+        view = VIEWS.get(req.path)
+        if view is None:
+            return Reply.json(404, {"error": "not_found", "endpoints": sorted(VIEWS)})
+        return view(self.worker)
+
+
+def healthz(worker):
+    return Reply.json(200, {"status": "ok", "pid": os.getpid()})
+
+
+def ready(worker):
+    if not worker.alive:
+        return Reply.json(503, {"status": "draining", "pid": os.getpid()})
+    reader = worker.table_reader
+    if reader is not None and reader.generation == 0:
+        return Reply.json(503, {"status": "waiting for the first route table",
+                                "pid": os.getpid()})
+    return Reply.json(200, {"status": "ready", "routes": len(worker.router), "pid": os.getpid()})
+
+
+def metrics_view(worker):
+    from . import metrics
+    if worker.metrics is None:
+        return Reply.json(404, {"error": "metrics are off ([admin] metrics = false)"})
+    worker.update_gauges()
+    extra = [os.path.join(worker.conf.etcd["runtime_dir"], "metrics.prom")] \
+        if worker.conf.etcd else []
+    return Reply(200, metrics.render(extra),
+                 [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
+
+
+def routes_view(worker):
+    reader = worker.table_reader
+    static = worker.table.static_routes if worker.table else set(worker.router.routes)
+    routes = [{"id": r.id, "paths": list(r.paths), "prefix": r.prefix,
+               "methods": sorted(r.methods) if r.methods else None,
+               "hosts": sorted(r.hosts or []) + [f"*{s}" for s in r.host_suffixes] or None,
+               "priority": r.priority, "upstream": r.upstream.id,
+               "targets": [t.url for t in r.upstream.targets], "plugins": list(r.chain.names),
+               "source": "conf" if r.id in static else "etcd"}
+              for r in sorted(worker.router.routes.values(), key=lambda r: r.id)]
+    return Reply.json(200, {"generation": reader.generation if reader else 0,
+                            "pid": os.getpid(), "count": len(routes), "routes": routes})
+
+
+def upstreams_view(worker):
+    upstreams = {}
+    for route in worker.router.routes.values():
+        upstream = route.upstream
+        entry = upstreams.setdefault(upstream.id, {
+            "targets": [{"url": t.url, "weight": t.weight, "health": "not checked (issue 7)"}
+                        for t in upstream.targets],
+            "pass_host": upstream.pass_host, "pool_size": upstream.pool_size,
+            "block_when_full": upstream.block_when_full, "routes": []})
+        entry["routes"].append(route.id)
+    from .worker import idle_connections
+    pools = {f"{p.scheme}://{p.host}:{p.port}": {"idle": idle_connections(p),
+                                                "max": p.pool.maxsize if p.pool else 0}
+             for p in worker.proxy.pools.pools.values()}
+    return Reply.json(200, {"pid": os.getpid(), "upstreams": upstreams,
+                            "pools_in_this_worker": pools})
+
+
+def config_view(worker):
+    conf = worker.conf
+    if conf.etcd is None:
+        return Reply.json(200, {"source": "conf file", "path": conf.path,
+                                "routes": len(worker.router)})
+    status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
+    return Reply.json(200, {"source": "etcd", "endpoints": list(conf.etcd["endpoints"]),
+                            "prefix": conf.etcd["prefix"], "sync": status,
+                            "worker_generation": worker.table_reader.generation})
+
+
+VIEWS = {"/-/healthz": healthz, "/-/ready": ready, "/metrics": metrics_view,
+         "/admin/routes": routes_view, "/admin/upstreams": upstreams_view,
+         "/admin/config": config_view}
+

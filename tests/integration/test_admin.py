@@ -1,0 +1,100 @@
+"""The admin listener: probes, token, views, and Prometheus metrics aggregated over workers."""
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from ..conftest import free_port, gateway_conf, route, wait_until
+
+TOKEN = "s3cret-token"
+
+
+def admin_get(port, path, token=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    resp = conn.getresponse()
+    return resp, resp.read()
+
+
+@pytest.fixture
+def admin_gw(launcher, upstream, tmp_path):
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    gw = launcher.gateway(gateway_conf(
+        [route("echo", ["/echo"], upstream.url, prefix=True)], workers=2,
+        admin={"bind": f"127.0.0.1:{port}", "token": TOKEN, "metrics_dir": str(metrics_dir)}))
+    gw.admin_port, gw.metrics_dir = port, metrics_dir
+    return gw
+
+
+def test_probes_need_no_token_everything_else_does(admin_gw):
+    resp, body = admin_get(admin_gw.admin_port, "/-/healthz")
+    assert resp.status == 200 and json.loads(body)["status"] == "ok"
+    resp, body = admin_get(admin_gw.admin_port, "/-/ready")
+    assert resp.status == 200 and json.loads(body)["routes"] == 1
+    for path in ("/metrics", "/admin/routes", "/admin/upstreams", "/admin/config"):
+        resp, _ = admin_get(admin_gw.admin_port, path)
+        assert resp.status == 401 and resp.getheader("WWW-Authenticate").startswith("Bearer")
+        assert admin_get(admin_gw.admin_port, path, "wrong")[0].status == 401
+        assert admin_get(admin_gw.admin_port, path, TOKEN)[0].status == 200
+
+
+def test_route_and_upstream_views(admin_gw, upstream):
+    routes = json.loads(admin_get(admin_gw.admin_port, "/admin/routes", TOKEN)[1])
+    assert routes["count"] == 1 and routes["routes"][0]["id"] == "echo"
+    assert routes["routes"][0]["targets"] == [upstream.url]
+    admin_gw.request("GET", "/echo")
+    view = json.loads(admin_get(admin_gw.admin_port, "/admin/upstreams", TOKEN)[1])
+    assert view["upstreams"]["echo.upstream"]["routes"] == ["echo"]
+
+
+def scrape(gw):
+    resp, body = admin_get(gw.admin_port, "/metrics", TOKEN)
+    assert resp.status == 200
+    return body.decode()
+
+
+def sample(text, name, **labels):
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_aggregate_workers_and_pass_promtool(admin_gw, tmp_path):
+    for i in range(40):
+        admin_gw.request("GET", f"/echo/{i}")              # new connection each: both workers
+    admin_gw.request("GET", "/nowhere")
+    text = wait_until(lambda: (t := scrape(admin_gw)) and
+                      sample(t, "gwserver_requests_total", route="echo") == 40 and t)
+    assert sample(text, "gwserver_requests_total", route="none", status="4xx") == 1
+    assert sample(text, "gwserver_request_duration_seconds_count", route="echo") == 40
+    assert sample(text, "gwserver_upstream_duration_seconds_count", route="echo") == 40
+    assert sample(text, "gwserver_upstream_connections_opened_total") >= 1
+    path = tmp_path / "scrape.prom"
+    path.write_text(text)
+    check = subprocess.run(["promtool", "check", "metrics"], stdin=open(path),
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_reloads_keep_counters_and_do_not_pile_up_files(admin_gw):
+    for i in range(10):
+        admin_gw.request("GET", f"/echo/{i}")
+    wait_until(lambda: sample(scrape(admin_gw), "gwserver_requests_total", route="echo") == 10)
+    for _ in range(3):
+        before = set(admin_gw.worker_pids())
+        os.kill(admin_gw.pid, signal.SIGHUP)
+        wait_until(lambda: not before & set(admin_gw.worker_pids()))
+    wait_until(lambda: sample(scrape(admin_gw), "gwserver_requests_total", route="echo") == 10)
+    files = os.listdir(admin_gw.metrics_dir)
+    per_pid = [f for f in files if not f.endswith("_archive.db")]
+    # live workers' files only (2 workers x a few kinds), plus one archive per kind
+    assert len(per_pid) <= 2 * 4, files
+    assert "counter_archive.db" in files
