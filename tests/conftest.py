@@ -193,6 +193,7 @@ class Launcher:
         port = free_port()
         conf = json.loads(json.dumps(conf))
         conf.setdefault("server", {})["bind"] = [f"127.0.0.1:{port}"]
+        conf.setdefault("admin", {}).setdefault("bind", f"127.0.0.1:{free_port()}")
         conf_path = self.tmp_dir / f"gw-{port}.toml"
         conf_path.write_text(to_toml(conf))
         log_path = self.tmp_dir / f"gw-{port}.log"

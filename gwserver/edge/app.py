@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from gunicorn import systemd
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
@@ -174,9 +175,25 @@ def helpers_for(app):
 
 
 class GatewayArbiter(Arbiter):
+    """gunicorn's master, plus: helpers it supervises, validated reloads, readiness-aware
+    worker replacement and honest systemd notifications.
+
+    gunicorn sends READY=1 before any worker has booted and never RELOADING or STOPPING; under
+    ``Type=notify`` that would tell systemd (and whatever waits on it) we serve when we don't.
+    """
+
+    def notify(self, state):
+        systemd.sd_notify(state, self.log)
 
     def start(self):
-        super().start()
+        # gunicorn announces READY=1 in start(): too early. Hide the socket from it.
+        notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
+        try:
+            super().start()
+        finally:
+            if notify_socket is not None:
+                os.environ["NOTIFY_SOCKET"] = notify_socket
+        self.ready_sent = False
         self.helpers = helpers_for(self.app)
         self.helper_conf = dict(self.app.conf.etcd or {})
         for helper in self.helpers.values():
@@ -192,11 +209,6 @@ class GatewayArbiter(Arbiter):
         for helper in self.helpers.values():
             if not helper.alive() and now >= helper.next_start:
                 helper.start()
-
-    def stop(self, graceful=True):
-        super().stop(graceful)
-        for helper in self.helpers.values():
-            helper.stop()
 
     def spawn_worker(self):
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
@@ -217,6 +229,21 @@ class GatewayArbiter(Arbiter):
         super().manage_workers()
         if getattr(self, "helpers", None) is not None:
             self.manage_helpers()
+        if not getattr(self, "ready_sent", True) and self.workers_serving():
+            self.ready_sent = True
+            self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers")
+            log.info("ready: %d workers serving", len(self.WORKERS))
+
+    def workers_serving(self):
+        workers = list(self.WORKERS.values())
+        return len(workers) >= self.num_workers and all(
+            w.tmp.last_update() != getattr(w, "born_mtime", None) for w in workers)
+
+    def stop(self, graceful=True):
+        self.notify("STOPPING=1\nSTATUS=stopping")
+        super().stop(graceful)
+        for helper in self.helpers.values():
+            helper.stop()
 
     def wait_for_replacements(self):
         """Let old workers go only once the workers replacing them are serving.
@@ -243,9 +270,12 @@ class GatewayArbiter(Arbiter):
                 log.error("reload refused: %s", problem)
             log.error("reload refused: %s is invalid; still serving the previous configuration",
                       self.app.conf_path)
+            self.notify("STATUS=reload refused: invalid configuration; serving the previous one")
             return
         log.info("reloading with %s (%d routes)", self.app.conf_path,
                  len(self.app.pending_conf.router))
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={int(time.monotonic() * 1e6)}\n"
+                    f"STATUS=reloading")
         super().handle_hup()
         # Helpers survive reloads; a changed [etcd] section gets a sync process that reads it.
         etcd = dict(self.app.conf.etcd or {})
@@ -256,3 +286,5 @@ class GatewayArbiter(Arbiter):
             self.helper_conf = etcd
             for helper in self.helpers.values():
                 helper.start()
+        # gunicorn's reload returns once the old workers are gone; ours started serving first.
+        self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers (reloaded)")

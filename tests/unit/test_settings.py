@@ -88,3 +88,20 @@ def test_check_names_a_missing_file(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c",
                           str(tmp_path / "none.toml")], capture_output=True, text=True)
     assert run.returncode == 2 and "cannot read" in run.stderr
+
+
+def test_alert_rules_pass_promtool():
+    run = subprocess.run(["promtool", "check", "rules", str(ROOT / "conf" / "alerts.yml")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS: 6 rules found" in run.stdout
+
+
+def test_grafana_dashboard_queries_metrics_we_export():
+    import json
+    dashboard = json.loads((ROOT / "conf" / "grafana-dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for name in ("gwserver_requests_total", "gwserver_request_duration_seconds_bucket",
+                 "gwserver_upstream_duration_seconds_bucket", "gwserver_requests_in_flight",
+                 "gwserver_upstream_connections_opened_total", "gwserver_config_generation"):
+        assert name in exprs

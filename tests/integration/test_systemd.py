@@ -1,0 +1,100 @@
+"""systemd integration: sd_notify states as a real notify socket receives them, the unit file."""
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ..conftest import gateway_conf, route, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class NotifySocket:
+    """What systemd listens on for a Type=notify service: a Unix datagram socket."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+
+    def recv(self, size):
+        return self.sock.recv(size)
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    listener = NotifySocket(str(tmp_path / "notify.sock"))
+    yield listener
+    listener.sock.close()
+
+
+def messages(sock, until, timeout=20):
+    got = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+        if until(got):
+            return got
+    raise AssertionError(f"notifications so far: {got}")
+
+
+def test_ready_reloading_stopping(launcher, upstream, notify_socket):
+    conf = gateway_conf([route("e", ["/echo"], upstream.url)], workers=2)
+    gw = launcher.gateway(conf, env={"NOTIFY_SOCKET": notify_socket.path}, wait=False)
+    got = messages(notify_socket, lambda m: any("READY=1" in x for x in m))
+    # READY=1 means serving: the first notification is READY, and requests are answered now.
+    assert got[0].startswith("READY=1") and "serving with 2 workers" in got[0]
+    assert gw.request("GET", "/echo")[0].status == 200
+    os.kill(gw.pid, signal.SIGHUP)
+    got = messages(notify_socket, lambda m: any("READY=1" in x for x in m))
+    assert got[0].startswith("RELOADING=1") and "MONOTONIC_USEC=" in got[0]
+    assert "reloaded" in got[-1]
+    os.kill(gw.pid, signal.SIGTERM)
+    got = messages(notify_socket, lambda m: any("STOPPING=1" in x for x in m))
+    assert gw.proc.wait(20) == 0
+
+
+def test_bad_reload_only_updates_status(launcher, upstream, notify_socket):
+    gw = launcher.gateway(gateway_conf([route("e", ["/echo"], upstream.url)]),
+                          env={"NOTIFY_SOCKET": notify_socket.path}, wait=False)
+    messages(notify_socket, lambda m: any("READY=1" in x for x in m))
+    gw.conf_path.write_text("[server]\nworkers = 0\n")
+    os.kill(gw.pid, signal.SIGHUP)
+    got = messages(notify_socket, lambda m: any("reload refused" in x for x in m))
+    assert not any("RELOADING=1" in x for x in got)
+
+
+def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
+    """scripts/install into temp paths, twice; systemd-analyze verify on the unit it wrote."""
+    prefix, confdir, unitdir = tmp_path / "opt", tmp_path / "etc", tmp_path / "units"
+    args = [str(ROOT / "scripts" / "install"), "--prefix", str(prefix), "--confdir",
+            str(confdir), "--unitdir", str(unitdir), "--no-user", "--no-systemctl"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (confdir / "gwserver.toml").write_text((confdir / "gwserver.toml").read_text() +
+                                           "\n# operator's edit\n")
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "# operator's edit" in (confdir / "gwserver.toml").read_text()   # never overwritten
+    unit = unitdir / "gwserver.service"
+    text = unit.read_text()
+    assert f"ExecStart={prefix}/bin/gwserver run -c {confdir}/gwserver.toml" in text
+    assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+    # The unit runs as its own user; verify needs one that exists here.
+    verify_copy = tmp_path / "gwserver.service"
+    verify_copy.write_text(text.replace("User=gwserver", "User=root")
+                           .replace("Group=gwserver", "Group=root"))
+    verify = subprocess.run(["systemd-analyze", "verify", str(verify_copy)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    check = subprocess.run([str(prefix / "bin" / "gwserver"), "check", "-c",
+                            str(confdir / "gwserver.toml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
