@@ -188,6 +188,7 @@ class GatewayWorker(GeventWorker):
             for server in servers:
                 server.stop(timeout=1)
         self.flush_access_log()
+        self.update_gauges()            # the last counts, before the master archives them
         self.deadlines.stop()
         self.proxy.pools.close()
         if self.table_reader is not None:
@@ -213,6 +214,7 @@ class GatewayWorker(GeventWorker):
         metrics = self.metrics
         if metrics is None:
             return
+        metrics.flush()
         metrics.in_flight.set(self.in_flight)
         for pool in self.proxy.pools.pools.values():
             metrics.pool_idle.labels(f"{pool.scheme}://{pool.host}:{pool.port}").set(
