@@ -114,7 +114,9 @@ class ConfigSync:
     def write_metrics(self):
         """Prometheus text format in runtime_dir/metrics.prom (node_exporter's textfile
         collector reads it; the admin listener of issue 5 will serve it)."""
-        from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+        from prometheus_client import (CollectorRegistry, Counter, Gauge,
+                                       disable_created_metrics, write_to_textfile)
+        disable_created_metrics()
         registry = CollectorRegistry()
         values = [
             ("gwserver_config_generation", "Route table generation published to workers",
@@ -261,6 +263,9 @@ class ConfigSync:
 
 
 def run(conf_path):
+    # The master's multiprocess metrics directory is for workers: our gauges go to a text
+    # file, and must not be summed into the workers' files (nor with our earlier values).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     die_with_parent()
     conf = load_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], "config-sync")

@@ -8,6 +8,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import tomllib
 
 from ..conftest import gateway_conf, route, to_toml, wait_until
 
@@ -56,10 +57,10 @@ def test_sighup_applies_a_new_conf_and_drains_old_workers(start_gateway, start_u
         resp, data = gw.request("GET", "/slow/1.5")
         result["status"], result["body"] = resp.status, data
 
+    conf = tomllib.loads(gw.conf_path.read_text())       # as launched: same listeners
     conf["routes"] = [route("e", ["/echo"], new_up.url, prefix=True),
                       route("added", ["/added"], new_up.url)]
     conf["server"]["workers"] = 3
-    conf["server"]["bind"] = [f"127.0.0.1:{gw.port}"]
     gw.conf_path.write_text(to_toml(conf))
     thread = threading.Thread(target=slow_request)
     thread.start()
