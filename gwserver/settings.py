@@ -200,13 +200,10 @@ def parse_conf(data, path="<conf>"):
             problems.append(f"{key}: unknown key (known: {', '.join(CONF.fields)})")
     for name, field in CONF.fields.items():
         try:
-            if name not in data:
-                parts[name] = field.default() if callable(field.default) else field.default
-            else:
-                parts[name] = field.check(data[name])
+            parts[name] = field.check(data[name]) if name in data else field.default_value()
         except Invalid as exc:
             problems.extend(f"{join(name, sub)}: {reason}" for sub, reason in exc.problems)
-            parts[name] = field.default() if callable(field.default) else field.default
+            parts[name] = field.default_value()
     sections = {name: _fill(schema, parts[name]) for name, schema in SECTIONS.items()}
     registry = load_registry()
     # Global plugin configs are checked once here so that their errors name `plugins.X`.
@@ -255,23 +252,16 @@ def _toml_value(value):
 
 
 def reference_toml():
-    """The documented settings part of conf/gwserver.toml, generated from the registry."""
+    """The documented settings part of conf/gwserver.toml, generated from the registry.
+
+    Optional sections (etcd) are shown commented out: their presence switches a feature on."""
     lines = []
-    for name, schema in SECTIONS.items():
-        lines.append(f"# {schema.doc}")
-        lines.append(f"[{name}]")
-        for field in schema.fields.values():
-            default = field.default() if callable(field.default) else field.default
-            lines.append(f"# {field.doc}")
-            lines.append(f"{field.name} = {_toml_value(default)}")
-        lines.append("")
-    for name, schema in OPTIONAL_SECTIONS.items():
-        lines.append(f"# {schema.doc}")
-        lines.append(f"# [{name}]")
-        for field in schema.fields.values():
-            default = field.default() if callable(field.default) else field.default
-            lines.append(f"# {field.doc}")
-            lines.append(f"# {field.name} = {_toml_value(default) if default is not None else ''}"
-                         .rstrip())
-        lines.append("")
+    for sections, comment in ((SECTIONS, ""), (OPTIONAL_SECTIONS, "# ")):
+        for name, schema in sections.items():
+            lines += [f"# {schema.doc}", f"{comment}[{name}]"]
+            for field in schema.fields.values():
+                default = field.default_value()
+                value = "" if default is None else _toml_value(default)
+                lines += [f"# {field.doc}", f"{comment}{field.name} = {value}".rstrip()]
+            lines.append("")
     return "\n".join(lines)

@@ -58,6 +58,10 @@ class Field:
     def required(self):
         return self.default is REQUIRED
 
+    def default_value(self):
+        """The default; a callable default (list, dict) makes a fresh one each time."""
+        return self.default() if callable(self.default) else self.default
+
 
 class Schema:
     """An object with declared fields; unknown keys are errors, never silently ignored."""
@@ -81,7 +85,7 @@ class Schema:
                 if field.required:
                     problems.append((name, "is required"))
                 else:
-                    out[name] = field.default() if callable(field.default) else field.default
+                    out[name] = field.default_value()
                 continue
             try:
                 out[name] = field.check(value[name])
@@ -99,8 +103,7 @@ class Schema:
                                for sub, reason in exc.problems]) from None
 
     def defaults(self):
-        return {name: (f.default() if callable(f.default) else f.default)
-                for name, f in self.fields.items() if not f.required}
+        return {name: f.default_value() for name, f in self.fields.items() if not f.required}
 
 
 # -- checks ---------------------------------------------------------------------------------

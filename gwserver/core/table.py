@@ -127,10 +127,7 @@ class LiveTable:
                     self.router.add(old)
                 raise
         except ConfigError as exc:
-            kept = " (the previous version keeps serving)" if route_id in self.route_specs \
-                else ""
-            self.rejected[key] = "; ".join(exc.problems) + kept
-            return False
+            return self._reject(key, exc, route_id in self.route_specs)
         self.route_specs[route_id] = (version, spec)
         self.rejected.pop(key, None)
         if self._kept_upstreams:
@@ -156,10 +153,7 @@ class LiveTable:
             spec = UPSTREAM.validate(_decode(raw), f"upstream {upstream_id}")
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults)
         except ConfigError as exc:
-            kept = " (the previous version keeps serving)" if upstream_id in self.upstream_specs \
-                else ""
-            self.rejected[key] = "; ".join(exc.problems) + kept
-            return False
+            return self._reject(key, exc, upstream_id in self.upstream_specs)
         self.upstream_specs[upstream_id] = (version, spec)
         self.rejected.pop(key, None)
         self._kept_upstreams.discard(upstream_id)
@@ -182,6 +176,11 @@ class LiveTable:
         del self.upstreams[upstream_id]
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _reject(self, key, exc, still_served):
+        kept = " (the previous version keeps serving)" if still_served else ""
+        self.rejected[key] = "; ".join(exc.problems) + kept
+        return False
 
     def _compile_route(self, spec):
         owner = f"route {spec['id']}"

@@ -60,6 +60,15 @@ def serves(gw, path):
 UP = lambda upstream: {"targets": [{"url": upstream.url}]}  # noqa: E731
 
 
+def serving(launcher, tmp_path, endpoint, client, upstream, route_id, path, **conf):
+    """A gateway following etcd at ``endpoint``, serving one route (to ``upstream``)."""
+    gw = launcher.gateway(etcd_conf(tmp_path, [endpoint], **conf))
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", route_id, {"paths": [path], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    return gw
+
+
 @pytest.fixture
 def etcd(launcher):
     return launcher.etcd()
@@ -135,11 +144,7 @@ def test_a_route_waits_for_an_upstream_defined_later(launcher, etcd, upstream, t
 
 def test_etcd_down_keeps_the_table_and_a_restart_resumes(launcher, upstream, tmp_path):
     member = launcher.etcd()
-    gw = launcher.gateway(etcd_conf(tmp_path, [member.url]))
-    client = member.client()
-    put(client, "upstreams", "up", UP(upstream))
-    revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
-    wait_until(lambda: all_workers_at(gw, revision))
+    gw = serving(launcher, tmp_path, member.url, member.client(), upstream, "r", "/r")
     member.stop()
     wait_until(lambda: status_of(gw)["connected"] is False)
     assert all(serves(gw, "/r") == 200 for _ in range(5))
@@ -172,11 +177,8 @@ def test_partition_then_compaction_forces_a_full_reload(launcher, etcd, upstream
                                                         relay_to):
     """Cut the gateway off etcd, change and compact etcd meanwhile, heal the partition."""
     relay = relay_to(etcd)
-    gw = launcher.gateway(etcd_conf(tmp_path, [relay.url]))
     client = etcd.client()
-    put(client, "upstreams", "up", UP(upstream))
-    revision = put(client, "routes", "old", {"paths": ["/old"], "upstream": "up"})
-    wait_until(lambda: all_workers_at(gw, revision))
+    gw = serving(launcher, tmp_path, relay.url, client, upstream, "old", "/old")
     relay.cut()
     wait_until(lambda: status_of(gw)["connected"] is False)
     client.delete(f"{PREFIX}/routes/old")
@@ -245,11 +247,8 @@ def test_cold_start_from_snapshot_with_etcd_down(launcher, upstream, tmp_path):
 
 
 def test_sync_helper_is_restarted_and_kept_across_sighup(launcher, etcd, upstream, tmp_path):
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
     client = etcd.client()
-    put(client, "upstreams", "up", UP(upstream))
-    revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
-    wait_until(lambda: all_workers_at(gw, revision))
+    gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
     first = sync_pid(gw)
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: (status_of(gw) or {}).get("pid") not in (None, first))
