@@ -207,3 +207,49 @@ def test_reloads_under_load_drop_no_request(start_gateway, upstream):
     assert requests > 500, out
     assert failures == 0, out
     assert not reloaded[0] & set(gw.worker_pids())        # the first generation is gone
+
+
+def test_websocket_and_long_download_on_old_workers_survive_a_reload(start_gateway, upstream):
+    gw = start_gateway(gateway_conf([route("ws", ["/ws"], upstream.url),
+                                     route("bytes", ["/bytes/:n"], upstream.url)],
+                                    server={"graceful_timeout": 20.0}))
+    old_workers = set(gw.worker_pids())
+    ws = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    ws.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += ws.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101")
+    download = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    size = 200 * (1 << 20)
+    download.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % size)
+    received = len(download.recv(1 << 16))           # started, then read slowly
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: len(set(gw.worker_pids()) - old_workers) >= 1)
+    time.sleep(1.0)                                   # the old worker is draining now
+    assert old_workers & set(gw.worker_pids()), "old worker must wait for its connections"
+    ws.sendall(b"still there?")
+    echoed = b""
+    while len(echoed) < 12:
+        echoed += ws.recv(4096)
+    assert echoed == b"still there?"
+    buf = bytearray(1 << 20)
+    while n := download.recv_into(buf):
+        received += n
+    assert received > size and received - size < 1024
+    ws.close()
+    download.close()
+    wait_until(lambda: not old_workers & set(gw.worker_pids()), timeout=25)
+
+
+def test_ttin_ttou_and_quit(start_gateway, upstream):
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
+    os.kill(gw.pid, signal.SIGTTIN)
+    wait_until(lambda: len(gw.worker_pids()) == 3)
+    os.kill(gw.pid, signal.SIGTTOU)
+    wait_until(lambda: len(gw.worker_pids()) == 2)
+    assert gw.request("GET", "/echo")[0].status == 200
+    started = time.monotonic()
+    os.kill(gw.pid, signal.SIGQUIT)
+    gw.proc.wait(15)
+    assert time.monotonic() - started < 5
