@@ -1,5 +1,6 @@
 """``gwserver run | check | settings | demo-upstream``."""
 import argparse
+import os
 import sys
 
 from .errors import ConfigError
@@ -12,8 +13,12 @@ def cmd_run(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
+    import tempfile
+    # Per-host rate-limit state: one file every worker maps (the master only creates it).
+    fd, path = tempfile.mkstemp(prefix="gwserver-limits-")
+    os.close(fd)
+    os.environ["GWSERVER_LOCAL_STATE"] = path
     if conf.admin["metrics"]:
-        import tempfile
         from .edge import metrics
         # Before anything imports prometheus_client: it reads the directory at import.
         metrics.prepare(conf.admin["metrics_dir"] or tempfile.mkdtemp(prefix="gwserver-metrics-"))

@@ -2,6 +2,7 @@
 
     GatewayError
     ├── ConfigError                  bad conf file or route (never reaches a client)
+    ├── StoreError                   rate-limit store unavailable (handled by the plugin)
     └── HTTPError                    rendered as a JSON reply with ``status``
         ├── BadRequest                400  malformed or ambiguous request, never forwarded
         ├── RouteNotFound             404
@@ -33,6 +34,11 @@ class ConfigError(GatewayError):
             problems = [problems]
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class StoreError(GatewayError):
+    """The rate-limit store could not decide (unreachable, slow, failing); never a client's
+    error: plugins turn it into their on_store_error behaviour."""
 
 
 class HTTPError(GatewayError):

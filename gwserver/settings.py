@@ -117,9 +117,20 @@ ADMIN = Schema(
     doc="The admin listener, served by the workers like any other listener.",
 )
 
+REDIS = Schema(
+    Field("url", string(r"(redis|rediss|unix)://.+", "a redis://, rediss:// or unix:// URL"),
+          "redis://127.0.0.1:6379/0", "where rate-limit state shared by all hosts lives"),
+    Field("timeout", number(0, exclusive=True), 0.05,
+          "seconds a decision may wait for Redis before on_store_error applies"),
+    Field("pause", number(0), 1.0, "after a Redis error, seconds before asking it again"),
+    Field("key_prefix", string(r"[!-~]+", "printable ASCII"), "gw:rl:",
+          "prefix of every rate-limit key"),
+    doc="Redis for rate limits. Without this section limits are per host (shared by workers).",
+)
+
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
             "admin": ADMIN}
-OPTIONAL_SECTIONS = {"etcd": ETCD}
+OPTIONAL_SECTIONS = {"etcd": ETCD, "redis": REDIS}
 
 CONF = Schema(
     *(Field(name, schema, dict, schema.doc) for name, schema in SECTIONS.items()),
@@ -141,6 +152,7 @@ class Conf:
     plugins: MappingProxyType
     router: Router
     etcd: MappingProxyType | None = None     # None: the static routes are the whole table
+    redis: MappingProxyType | None = None    # None: rate limits are per host
     static_routes: tuple = ()                # validated specs, for the live (etcd) table
     static_upstreams: MappingProxyType = None
 
@@ -226,6 +238,8 @@ def parse_conf(data, path="<conf>"):
     etcd = parts["etcd"]
     return Conf(path=path, plugins=MappingProxyType(global_plugins), router=router,
                 etcd=MappingProxyType({**ETCD.defaults(), **etcd}) if etcd is not None else None,
+                redis=MappingProxyType({**REDIS.defaults(), **parts["redis"]})
+                if parts["redis"] is not None else None,
                 static_routes=tuple(parts["routes"]),
                 static_upstreams=MappingProxyType(dict(parts["upstreams"])), **sections)
 

@@ -230,6 +230,20 @@ class Launcher:
             member.wait_ready()
         return member
 
+    def redis(self, port=None):
+        """A redis-server on a free loopback port, no persistence, its own dir."""
+        port = port or free_port()
+        directory = self.tmp_dir / f"redis-{port}"
+        directory.mkdir(exist_ok=True)
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.started.append(proc)
+        wait_for_port(port, proc=proc)
+        proc.port, proc.url = port, f"redis://127.0.0.1:{port}/0"
+        return proc
+
     def etcd_cluster(self, size=3):
         ports = [(free_port(), free_port()) for _ in range(size)]
         cluster = ",".join(f"e{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))

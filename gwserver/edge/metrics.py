@@ -110,7 +110,16 @@ class WorkerMetrics:
                                multiprocess_mode="livesum")
         self.generation = Gauge("gwserver_route_table_generation", "Route table generation "
                                 "each worker serves", multiprocess_mode="liveall")
+        self.limits = Counter("gwserver_rate_limit_decisions", "Rate-limit decisions by route "
+                              "and outcome", ["route", "outcome"])
         self._series = {}
+        self._limits = {}           # (route, outcome) -> [counted, pushed]
+
+    def count_limit(self, route_id, outcome):
+        entry = self._limits.get((route_id, outcome))
+        if entry is None:
+            entry = self._limits[(route_id, outcome)] = [0, 0]
+        entry[0] += 1
 
     def observe(self, route_id, method, status, seconds, upstream_seconds):
         key = (route_id, method, status // 100)
@@ -130,6 +139,10 @@ class WorkerMetrics:
 
     def flush(self):
         """Push what was counted since the last flush into the shared multiprocess files."""
+        for (route_id, outcome), entry in self._limits.items():
+            if entry[0] != entry[1]:
+                self.limits.labels(route_id, outcome).inc(entry[0] - entry[1])
+                entry[1] = entry[0]
         for series in self._series.values():
             count, buckets, total, up_buckets, up_total = series.pushed
             if series.count == count:

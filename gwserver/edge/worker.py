@@ -71,6 +71,7 @@ class GatewayWorker(GeventWorker):
         if self.conf.admin["metrics"] and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from .metrics import WorkerMetrics
             self.metrics = WorkerMetrics()
+        self.setup_services()
         self.send_timeout = SEND_TIMEOUT
         self.deadlines = Deadlines(interval=0.05, on_tick=self.on_tick)
         self.client_buf = bytearray(RECV_SIZE)
@@ -97,6 +98,19 @@ class GatewayWorker(GeventWorker):
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+
+    def setup_services(self):
+        """Stores and metrics that plugins use (gwserver.services), built after fork."""
+        from .. import services
+        from .store import LocalStore, RedisStore
+        import tempfile
+        path = os.environ.get("GWSERVER_LOCAL_STATE") or \
+            tempfile.mkstemp(prefix="gwserver-limits-")[1]
+        services.local_store = LocalStore(path)
+        redis = self.conf.redis
+        services.limit_store = services.local_store if redis is None else RedisStore(
+            redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"])
+        services.metrics = self.metrics
 
     def follow_published_table(self):
         """etcd mode: the table is what the config-sync process publishes (issue 3)."""

@@ -7,7 +7,7 @@ from ..core.chain import check_plugin
 
 log = logging.getLogger("gwserver.plugins")
 
-BUILTIN = ("gwserver.plugins.headers",)
+BUILTIN = ("gwserver.plugins.headers", "gwserver.plugins.rate_limit")
 ENTRY_POINT_GROUP = "gwserver.plugins"
 _registry = None
 

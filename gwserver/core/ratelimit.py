@@ -1,0 +1,78 @@
+"""Rate-limit arithmetic, pure: state in, decision and new state out, the clock injected.
+
+The same two algorithms run in Redis as Lua (edge/store.py) on Redis' clock, and here for the
+per-host store shared by a host's workers.
+
+token bucket    capacity = max(burst, 1) tokens, refilled at rate/per tokens a second; a request
+                takes one. ``burst = 0`` therefore means "no burst": requests are spaced.
+sliding window  at most ``rate`` requests in any ``per`` seconds, estimated from the current
+                and previous fixed windows (the previous one weighted by how much of it still
+                overlaps the sliding window), as Cloudflare describes it.
+"""
+import math
+from dataclasses import dataclass
+
+EPSILON = 1e-9      # 0.1 s x 10/s is 0.9999999999999999 tokens in floating point
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int          # RateLimit-Limit: requests per window
+    remaining: int      # RateLimit-Remaining
+    reset: float        # RateLimit-Reset: seconds until the quota is whole again
+    retry_after: float  # seconds until a request would be allowed (0 when allowed)
+
+
+def token_bucket(state, rate, per, burst, now):
+    """state = (tokens, last) or None; return (Decision, new state)."""
+    refill = rate / per
+    capacity = max(burst, 1)
+    tokens, last = state if state is not None else (capacity, now)
+    tokens = min(capacity, tokens + max(0.0, now - last) * refill)
+    allowed = tokens >= 1.0 - EPSILON
+    if allowed:
+        tokens = max(0.0, tokens - 1.0)
+    return bucket_decision(allowed, tokens, rate, capacity, refill), (tokens, now)
+
+
+def bucket_decision(allowed, tokens, rate, capacity, refill):
+    return Decision(allowed=allowed, limit=int(rate), remaining=int(tokens),
+                    reset=(capacity - tokens) / refill,
+                    retry_after=0.0 if allowed else max(0.0, 1.0 - tokens) / refill)
+
+
+def sliding_window(state, rate, per, now):
+    """state = (window index, count in it, count in the previous one) or None."""
+    index = math.floor(now / per)
+    if state is None:
+        current, previous = 0, 0
+    else:
+        last_index, current, previous = state
+        if index == last_index + 1:
+            previous, current = current, 0
+        elif index != last_index:
+            previous, current = 0, 0
+    into = now - index * per
+    return window_decision(rate, per, current, previous, into, index)
+
+
+def window_decision(rate, per, current, previous, into, index):
+    weight = (per - into) / per
+    estimate = previous * weight + current
+    allowed = estimate + 1 <= rate + EPSILON
+    if allowed:
+        current += 1
+        estimate += 1
+    if allowed:
+        retry = 0.0
+    elif previous and current < rate:
+        # wait until enough of the previous window has slid out
+        retry = max(0.0, per * (1 - (rate - 1 - current) / previous) - into)
+    else:
+        retry = per - into
+    decision = Decision(allowed=allowed, limit=int(rate),
+                        remaining=max(0, int(rate - estimate)),
+                        reset=per - into if not previous else 2 * per - into,
+                        retry_after=retry)
+    return decision, (index, current, previous)

@@ -1,0 +1,224 @@
+"""Where rate-limit state lives: Redis (shared by every worker and host) or this host.
+
+``RedisStore`` makes each decision one atomic script call on Redis' clock (EVALSHA, scripts
+loaded once and again on NOSCRIPT, one key per decision, keys that expire), and *coalesces*:
+every decision a worker's greenlets ask for while a round trip is in flight goes into the next
+pipeline, so a worker has at most one round trip in flight (PERF_NOTES: one EVALSHA per request
+cost 75% of a worker's throughput, one pipeline per loop iteration ~40%). Timeouts are tens of
+milliseconds with no retries (redis-py's defaults, 5 s and 10 retries, would stall a worker for
+seconds), and after a failure the store is skipped for ``pause`` seconds so a dead Redis costs
+nothing per request; callers then apply their ``on_store_error``.
+
+``LocalStore`` keeps the same state for one host in an mmap'd file that every worker of the
+host maps, guarded by flock: the embedded default (no [redis]) and the ``local`` fallback.
+"""
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import struct
+import time
+
+import gevent
+import gevent.event
+
+from ..core import ratelimit
+from ..errors import StoreError
+
+log = logging.getLogger("gwserver.store")
+
+
+TOKEN_BUCKET_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, per, capacity = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local refill = rate / per
+local state = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local last = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - last) * refill)
+local allowed = 0
+if tokens >= 1 - 1e-9 then
+  allowed = 1
+  tokens = math.max(0, tokens - 1)
+end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / refill * 1000) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+SLIDING_WINDOW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, per = tonumber(ARGV[1]), tonumber(ARGV[2])
+local index = math.floor(now / per)
+local current = tonumber(redis.call('HGET', KEYS[1], tostring(index))) or 0
+local previous = tonumber(redis.call('HGET', KEYS[1], tostring(index - 1))) or 0
+local into = now - index * per
+local estimate = previous * (per - into) / per + current
+local allowed = 0
+if estimate + 1 <= rate + 1e-9 then
+  allowed = 1
+  current = redis.call('HINCRBY', KEYS[1], tostring(index), 1)
+  redis.call('HDEL', KEYS[1], tostring(index - 2))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(per * 2000) + 1000)
+end
+return {allowed, current, previous, tostring(into), index}
+"""
+
+
+def decision_from(algorithm, reply, rate, per, burst):
+    """Turn a script's reply into a Decision with the same arithmetic as core.ratelimit."""
+    if algorithm == "token_bucket":
+        allowed, tokens = int(reply[0]), float(reply[1])
+        return ratelimit.bucket_decision(bool(allowed), tokens, rate, max(burst, 1), rate / per)
+    allowed, current, previous, into, index = reply
+    current = int(current) - (1 if int(allowed) else 0)     # the state before this request
+    decision, _ = ratelimit.window_decision(rate, per, current, int(previous), float(into),
+                                            int(index))
+    return decision
+
+
+class RedisStore:
+    def __init__(self, url, timeout=0.05, pause=1.0, key_prefix="gw:rl:"):
+        import redis
+        self.redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                             redis.exceptions.ResponseError, OSError)
+        self.noscript = redis.exceptions.NoScriptError
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout, retry=None,
+                                           retry_on_timeout=False, health_check_interval=0,
+                                           single_connection_client=False,
+                                           max_connections=4)
+        self.timeout = timeout
+        self.pause = pause
+        self.key_prefix = key_prefix
+        self.scripts = {"token_bucket": TOKEN_BUCKET_LUA, "sliding_window": SLIDING_WINDOW_LUA}
+        self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
+                     for name, body in self.scripts.items()}
+        self.queue = []
+        self.wake = gevent.event.Event()
+        self.down_until = 0.0
+        self.healthy = True
+        self.errors = 0
+        self.round_trips = 0
+        self.batcher = gevent.spawn(self._run)
+
+    def decide(self, algorithm, key, rate, per, burst):
+        """One decision; raises StoreError if Redis cannot answer in time."""
+        if time.monotonic() < self.down_until:
+            raise StoreError("redis paused after an error")
+        args = (rate, per, max(burst, 1)) if algorithm == "token_bucket" else (rate, per)
+        waiter = gevent.event.AsyncResult()
+        self.queue.append((algorithm, self.key_prefix + key, args, waiter))
+        self.wake.set()
+        try:
+            reply = waiter.get(timeout=self.timeout * 4)
+        except gevent.Timeout:
+            raise StoreError("redis did not answer in time") from None
+        return decision_from(algorithm, reply, rate, per, burst)
+
+    def _run(self):
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            batch, self.queue = self.queue, []
+            if batch:
+                self._round_trip(batch)
+
+    def _round_trip(self, batch):
+        try:
+            replies = self._execute(batch)
+        except self.redis_errors as exc:
+            self._failed(batch, exc)
+            return
+        if not self.healthy:
+            log.warning("redis is answering again")
+            self.healthy = True
+        self.round_trips += 1
+        for (_, _, _, waiter), reply in zip(batch, replies):
+            if isinstance(reply, Exception):
+                waiter.set_exception(StoreError(str(reply)))
+            else:
+                waiter.set(reply)
+
+    def _execute(self, batch):
+        pipe = self.client.pipeline(transaction=False)
+        for algorithm, key, args, _ in batch:
+            pipe.evalsha(self.shas[algorithm], 1, key, *args)
+        replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, self.noscript) for r in replies):
+            for name, body in self.scripts.items():     # Redis restarted or flushed scripts
+                self.client.script_load(body)
+            pipe = self.client.pipeline(transaction=False)
+            for algorithm, key, args, _ in batch:
+                pipe.evalsha(self.shas[algorithm], 1, key, *args)
+            replies = pipe.execute(raise_on_error=False)
+        return replies
+
+    def _failed(self, batch, exc):
+        self.errors += 1
+        self.down_until = time.monotonic() + self.pause
+        if self.healthy:
+            log.error("redis unreachable (%s); rate limits fall back to on_store_error for "
+                      "%.1fs at a time until it answers", exc.__class__.__name__, self.pause)
+            self.healthy = False
+        error = StoreError(f"redis: {exc.__class__.__name__}")
+        for *_, waiter in batch:
+            waiter.set_exception(error)
+
+
+class LocalStore:
+    """Per-host state in an mmap'd file every worker of the host maps (guarded by flock).
+
+    A fixed open-addressing table: each slot holds a key hash and three doubles (token bucket:
+    tokens, last; sliding window: index, current, previous). 65,536 slots, 2 MiB; when the
+    probe run is full the least recently used slot of the run is reused.
+    """
+
+    SLOTS = 65536
+    PROBES = 8
+    SLOT = struct.Struct("<Qdddd")      # key hash, a, b, c, last use
+
+    def __init__(self, path):
+        self.path = path
+        size = self.SLOTS * self.SLOT.size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        self.fd = fd
+        self.mm = mmap.mmap(fd, size)
+
+    def decide(self, algorithm, key, rate, per, burst):
+        digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+        digest = digest or 1
+        now = time.time()
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            slot, state = self._find(digest)
+            if algorithm == "token_bucket":
+                decision, new = ratelimit.token_bucket(state and state[:2], rate, per, burst,
+                                                       now)
+                values = (new[0], new[1], 0.0)
+            else:
+                decision, new = ratelimit.sliding_window(state, rate, per, now)
+                values = (float(new[0]), float(new[1]), float(new[2]))
+            self.SLOT.pack_into(self.mm, slot * self.SLOT.size, digest, *values, now)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return decision
+
+    def _find(self, digest):
+        start = digest % self.SLOTS
+        oldest, oldest_use = start, float("inf")
+        for probe in range(self.PROBES):
+            slot = (start + probe) % self.SLOTS
+            key, a, b, c, used = self.SLOT.unpack_from(self.mm, slot * self.SLOT.size)
+            if key == digest:
+                return slot, (a, b, c) if c or a or b else None
+            if key == 0:
+                return slot, None
+            if used < oldest_use:
+                oldest, oldest_use = slot, used
+        return oldest, None

@@ -1,0 +1,108 @@
+"""Rate limiting through real gateways, with state in a real redis-server or per host."""
+import http.client
+import json
+import time
+
+import pytest
+
+from ..conftest import gateway_conf, route, stop_process, wait_until
+
+HOUR = 3600.0       # windows long enough that refill during a test is negligible: exact counts
+
+
+def limited(upstream, **limit):
+    return route("lim", ["/lim"], upstream.url, plugins={"rate_limit": limit})
+
+
+def statuses(gw, n, path="/lim", headers=None, new_connection=True):
+    out = []
+    conn = None
+    for _ in range(n):
+        if new_connection or conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        out.append(resp.status)
+        if new_connection:
+            conn.close()
+    return out
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
+def test_exact_admission_across_workers_in_redis(launcher, upstream, algorithm):
+    redis = launcher.redis()
+    conf = gateway_conf([limited(upstream, algorithm=algorithm, rate=5, per=HOUR, burst=5,
+                                 key="route")], workers=2, redis={"url": redis.url})
+    gw = launcher.gateway(conf)
+    codes = statuses(gw, 20)                  # new connection each: both workers answer
+    assert codes.count(200) == 5 and codes.count(429) == 15
+    assert codes[:5] == [200] * 5
+
+
+def test_two_gateway_processes_share_one_limit(launcher, upstream):
+    redis = launcher.redis()
+    conf = gateway_conf([limited(upstream, rate=6, per=HOUR, burst=6, key="route")],
+                        workers=2, redis={"url": redis.url})
+    first, second = launcher.gateway(conf), launcher.gateway(conf)
+    codes = []
+    for _ in range(10):
+        codes += statuses(first, 1) + statuses(second, 1)
+    assert codes.count(200) == 6
+
+
+def test_429_carries_retry_after_and_ratelimit_headers(launcher, upstream):
+    redis = launcher.redis()
+    gw = launcher.gateway(gateway_conf([limited(upstream, rate=2, per=60, burst=2,
+                                                key="header:X-Api-Key")],
+                                       redis={"url": redis.url}))
+    resp, _ = gw.request("GET", "/lim", headers={"X-Api-Key": "a"})
+    assert resp.status == 200
+    assert (resp.getheader("RateLimit-Limit"), resp.getheader("RateLimit-Remaining")) == \
+        ("2", "1")
+    gw.request("GET", "/lim", headers={"X-Api-Key": "a"})
+    resp, body = gw.request("GET", "/lim", headers={"X-Api-Key": "a"})
+    assert resp.status == 429 and json.loads(body)["error"] == "too_many_requests"
+    assert 1 <= int(resp.getheader("Retry-After")) <= 31
+    assert resp.getheader("RateLimit-Remaining") == "0"
+    assert int(resp.getheader("RateLimit-Reset")) <= 60
+    assert gw.request("GET", "/lim", headers={"X-Api-Key": "b"})[0].status == 200  # own key
+
+
+def test_embedded_default_limits_per_host_across_workers(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([limited(upstream, rate=4, per=HOUR, burst=4,
+                                                key="route")], workers=2))
+    codes = statuses(gw, 12)
+    assert codes.count(200) == 4
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("allow", [200] * 8),
+    ("deny", [503] * 8),
+    ("local", [200] * 3 + [429] * 5),          # the per-host limiter takes over
+])
+def test_redis_down_follows_on_store_error(launcher, upstream, mode, expected):
+    redis = launcher.redis()
+    gw = launcher.gateway(gateway_conf(
+        [limited(upstream, rate=3, per=HOUR, burst=3, key="route", on_store_error=mode)],
+        redis={"url": redis.url, "timeout": 0.05}))
+    stop_process(redis)
+    started = time.monotonic()
+    codes = statuses(gw, 8, new_connection=False)
+    assert codes == expected
+    assert time.monotonic() - started < 3          # fail fast: no multi-second stalls
+    assert "redis unreachable" in gw.log()
+
+
+def test_redis_restarted_is_used_again(launcher, upstream):
+    redis = launcher.redis()
+    port = redis.port
+    gw = launcher.gateway(gateway_conf(
+        [limited(upstream, rate=2, per=HOUR, burst=2, key="route", on_store_error="allow")],
+        redis={"url": redis.url, "pause": 0.2}))
+    assert statuses(gw, 3) == [200, 200, 429]
+    stop_process(redis)
+    assert statuses(gw, 2) == [200, 200]            # allow while it is down
+    launcher.redis(port=port)                        # empty: the scripts are gone too
+    wait_until(lambda: statuses(gw, 1) == [200] and statuses(gw, 2) == [200, 429], timeout=10)
+    assert "redis is answering again" in gw.log()
