@@ -9,17 +9,16 @@ import json
 import sys
 import time
 
-from .core.table import LiveTable
-from .edge.etcd import EtcdClient, EtcdError
-from .edge.shm import STATUS, read_json, worker_board
 from .errors import ConfigError
-from .plugins import load_registry
-from .settings import load_conf
+
+# Everything else is imported when a command runs: `gwserver run` parses the same command line,
+# and importing requests (urllib3, ssl) in the master would defeat the workers' gevent patching.
 
 WAITING = "starts working when it arrives"
 
 
 def client_for(conf):
+    from .edge.etcd import EtcdClient
     etcd = conf.etcd
     return EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"], etcd["password"],
                       etcd["ca_file"], etcd["cert_file"], etcd["key_file"])
@@ -45,6 +44,9 @@ def read_items(source, kind):
 
 def current_table(conf, client, prefix):
     """A LiveTable holding what etcd has now (its own rejections are not ours to report)."""
+    from .core.table import LiveTable
+    from .edge.etcd import EtcdError
+    from .plugins import load_registry
     table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins), load_registry(),
                       conf.static_routes, dict(conf.static_upstreams))
     note = None
@@ -76,6 +78,8 @@ def check(kind, items, table):
 
 
 def main(kind, args):
+    from .edge.etcd import EtcdError
+    from .settings import load_conf
     try:
         conf = load_conf(args.conf)
     except ConfigError as exc:
@@ -127,6 +131,7 @@ def main(kind, args):
 
 
 def status(conf):
+    from .edge.shm import STATUS, read_json, worker_board
     runtime_dir = conf.etcd["runtime_dir"]
     state = read_json(f"{runtime_dir}/{STATUS}")
     if state is None:
