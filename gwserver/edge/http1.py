@@ -14,7 +14,6 @@ Rules this file enforces (RFC 9112 and what gunicorn's parser rejects):
   so the proxy step never sees them.
 """
 import collections
-import errno
 import logging
 import socket
 import time
@@ -234,7 +233,7 @@ class ClientConnection:
             raise ClientGone(str(exc)) from None
 
     def read_body(self, timeout):
-        """Read more of the current request's body from the client; raise ClientGone on EOF mid-body."""
+        """Read more of the current request's body; raise ClientGone on EOF mid-body."""
         deadlines = self.worker.deadlines
         deadlines.arm(self, timeout)
         try:
@@ -422,6 +421,3 @@ def render_error(exc, keep_alive, request_id, head_only=False):
     return render_reply(Reply.json(exc.status, payload, exc.headers), keep_alive, request_id,
                         head_only)
 
-
-def is_reset(exc):
-    return isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF)

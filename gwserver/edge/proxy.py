@@ -26,7 +26,7 @@ from ..core.balancer import SmoothWeighted
 from ..core.context import ResponseHead
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
-from .http1 import IDEMPOTENT, RECV_SIZE, REASONS, ClientGone
+from .http1 import IDEMPOTENT, RECV_SIZE, REASONS
 from .sockets import peek_connected, recv_when_readable, send_all
 
 log = logging.getLogger("gwserver.proxy")

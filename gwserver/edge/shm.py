@@ -2,9 +2,9 @@
 
 Each generation is a JSON file written by atomic rename (readers see an old file or a new one,
 never a mix); next to them an 8-byte generation counter in an mmap'd file, bumped after the
-file is in place. A worker compares those 8 bytes with the generation it has on every request (~100 ns)
-and reads the file only when they differ. ``multiprocessing.shared_memory`` is not used: on 3.11
-an unrelated process attaching by name unlinks the segment when it exits.
+file is in place. A worker compares those 8 bytes with its own generation on every request
+(~100 ns) and reads files only when they differ. ``multiprocessing.shared_memory`` is not
+used: on 3.11 an unrelated process attaching by name unlinks the segment when it exits.
 
 Each worker also records what it applied in ``workers/PID`` (generation and etcd revision), so
 ``gwserver routes status`` and the benchmark can tell when every worker serves a change.

@@ -19,7 +19,6 @@ the snapshot are rewritten in the background at most twice a second. ``status.js
 reads.
 """
 import ctypes
-import json
 import logging
 import os
 import random

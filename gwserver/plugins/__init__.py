@@ -1,4 +1,4 @@
-"""Plugin discovery: the built-ins plus any installed package's ``gwserver.plugins`` entry points."""
+"""Plugin discovery: the built-ins plus installed packages' ``gwserver.plugins`` entry points."""
 import importlib
 import logging
 from importlib.metadata import entry_points

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import gateway_conf, route, wait_until
+from ..conftest import gateway_conf, route
 
 ROOT = Path(__file__).resolve().parents[2]
 

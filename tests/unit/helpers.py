@@ -1,4 +1,3 @@
-from gwserver.core.router import Router
 from gwserver.settings import compile_table, SERVER, UPSTREAM_DEFAULTS
 from gwserver.plugins import load_registry
 
