@@ -7,22 +7,39 @@ from .errors import ConfigError
 
 
 def cmd_run(args):
+    import shutil
+    import tempfile
     from .edge.app import GatewayApplication
     from .settings import load_conf
     try:
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
-    import tempfile
     # Per-host rate-limit state: one file every worker maps (the master only creates it).
-    fd, path = tempfile.mkstemp(prefix="gwserver-limits-")
+    fd, state_path = tempfile.mkstemp(prefix="gwserver-limits-")
     os.close(fd)
-    os.environ["GWSERVER_LOCAL_STATE"] = path
+    os.environ["GWSERVER_LOCAL_STATE"] = state_path
+    private_metrics_dir = None
     if conf.admin["metrics"]:
         from .edge import metrics
+        metrics_dir = conf.admin["metrics_dir"]
+        if not metrics_dir:
+            metrics_dir = private_metrics_dir = tempfile.mkdtemp(prefix="gwserver-metrics-")
         # Before anything imports prometheus_client: it reads the directory at import.
-        metrics.prepare(conf.admin["metrics_dir"] or tempfile.mkdtemp(prefix="gwserver-metrics-"))
-    GatewayApplication(args.conf, conf).run()
+        metrics.prepare(metrics_dir)
+    master = os.getpid()
+    try:
+        GatewayApplication(args.conf, conf).run()
+    finally:
+        # What the master created for itself goes with it. Workers are forked inside run() and
+        # leave through this frame too: they must not remove what the others still use.
+        if os.getpid() == master:
+            try:
+                os.unlink(state_path)
+            except FileNotFoundError:
+                pass
+            if private_metrics_dir:
+                shutil.rmtree(private_metrics_dir, ignore_errors=True)
     return 0
 
 
