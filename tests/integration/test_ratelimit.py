@@ -98,11 +98,15 @@ def test_redis_restarted_is_used_again(launcher, upstream):
     redis = launcher.redis()
     port = redis.port
     gw = launcher.gateway(gateway_conf(
-        [limited(upstream, rate=2, per=HOUR, burst=2, key="route", on_store_error="allow")],
+        [limited(upstream, rate=2, per=HOUR, burst=2, key="header:X-Key",
+                 on_store_error="allow")],
         redis={"url": redis.url, "pause": 0.2}))
-    assert statuses(gw, 3) == [200, 200, 429]
+    key = {"X-Key": "a"}
+    assert statuses(gw, 3, headers=key) == [200, 200, 429]
     stop_process(redis)
-    assert statuses(gw, 2) == [200, 200]            # allow while it is down
-    launcher.redis(port=port)                        # empty: the scripts are gone too
-    wait_until(lambda: statuses(gw, 1) == [200] and statuses(gw, 2) == [200, 429], timeout=10)
-    assert "redis is answering again" in gw.log()
+    assert statuses(gw, 2, headers=key) == [200, 200]         # allow while it is down
+    launcher.redis(port=port)                                  # empty: the scripts are gone too
+    probes = iter(range(10_000))                               # throwaway keys until it answers
+    wait_until(lambda: statuses(gw, 1, headers={"X-Key": f"probe{next(probes)}"}) and
+               "redis is answering again" in gw.log(), timeout=10)
+    assert statuses(gw, 3, headers={"X-Key": "fresh"}) == [200, 200, 429]
