@@ -99,7 +99,12 @@ class Upstream:
         self.url = f"http://127.0.0.1:{port}"
 
     def stats(self):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        if self.url.startswith("https:"):
+            import ssl
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=5,
+                                               context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         conn.request("GET", "/stats")
         data = json.loads(conn.getresponse().read())
         conn.close()
@@ -180,14 +185,19 @@ class Launcher:
         self.tmp_dir = Path(tmp_dir)
         self.started = []
 
-    def upstream(self, name=None):
+    def upstream(self, name=None, tls=None):
+        """A tests/upstream.py process; ``tls=(cert, key)`` makes it HTTPS."""
         port = free_port()
-        proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(port), name or ""],
+        proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(port), name or "",
+                                 *(tls or ())],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         self.started.append(proc)
         wait_for_port(port, proc=proc)
-        return Upstream(proc, port, name or f"up{port}")
+        upstream = Upstream(proc, port, name or f"up{port}")
+        if tls:
+            upstream.url = f"https://127.0.0.1:{port}"
+        return upstream
 
     def gateway(self, conf, env=None, wait=True):
         port = free_port()

@@ -1,6 +1,6 @@
 """A real HTTP/1.1 upstream for the integration tests, run as its own process.
 
-    python tests/upstream.py PORT [NAME]
+    python tests/upstream.py PORT [NAME] [CERT KEY]     (with CERT and KEY: HTTPS)
 
 Endpoints (any method):
   /echo...            JSON: method, path, raw header list, body length and sha256
@@ -155,6 +155,11 @@ def main():
     port = int(sys.argv[1])
     server = Server(("127.0.0.1", port), Handler)
     server.name = sys.argv[2] if len(sys.argv) > 2 else f"up{port}"
+    if len(sys.argv) > 4:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[3], sys.argv[4])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()
 

@@ -4,11 +4,16 @@ gevent sockets keep the OS-level non-blocking socket as ``_sock`` (gevent's own 
 it). Trying that first costs one syscall; only when the kernel buffer is full do we arm a
 deadline and let gevent's ``send`` wait for writability (PERF_NOTES: gevent's ``sendall`` calls
 getsockopt and time() and builds a memoryview on every call).
+
+Only for plain sockets: a TLS socket's ``_sock`` is the TCP socket under the encryption, and
+its reads may be served from bytes already decrypted while the descriptor is not readable. TLS
+sockets go through their own methods.
 """
 import errno
 import socket
 
 from gevent.exceptions import ConcurrentObjectUseError
+from gevent.socket import socket as PlainSocket
 
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # an IntFlag `|` costs ~1 us a call
 
@@ -20,10 +25,12 @@ def raw_socket(sock):
 
 def send_all(sock, data, deadlines, owner, timeout):
     """Send all of ``data``; if it must wait, ``owner.expire()`` runs after ``timeout``."""
-    try:
-        sent = sock._sock.send(data)
-    except BlockingIOError:
-        sent = 0
+    sent = 0
+    if type(sock) is PlainSocket:
+        try:
+            sent = sock._sock.send(data)
+        except BlockingIOError:
+            pass
     if sent == len(data):
         return
     deadlines.arm(owner, timeout)
@@ -69,6 +76,8 @@ def wait_readable(sock):
 
 def recv_when_readable(sock, buf):
     """``wait_readable`` then one read from the OS socket (gevent's wrapper is not needed)."""
+    if type(sock) is not PlainSocket:
+        return sock.recv_into(buf)      # TLS: the socket knows whether it must wait
     wait_readable(sock)
     try:
         return sock._sock.recv_into(buf)

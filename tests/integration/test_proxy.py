@@ -2,6 +2,7 @@
 import http.client
 import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -279,3 +280,23 @@ def test_access_log_has_one_json_line_per_request(gw):
     assert line["upstream"] == gw.upstream.url and line["method"] == "GET"
     assert line["path"] == "/echo/logged" and line["duration_ms"] >= 0
     assert any(l["status"] == 404 and l["route"] is None for l in lines)
+
+
+def test_https_upstream_over_pooled_tls_connections(launcher, tmp_path):
+    """The pooled socket of an https:// target is TLS: the fast send/receive paths must go
+    through it, not around it to the TCP socket underneath."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    upstream = launcher.upstream("tls", tls=(str(cert), str(key)))
+    gw = launcher.gateway(gateway_conf([route("tls", ["/echo"], upstream.url, prefix=True)]),
+                          env={"SSL_CERT_FILE": str(cert)})     # trust the test's own CA
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    for i in range(20):                                         # reuses the TLS connection
+        conn.request("POST", f"/echo/{i}", body=b"x" * 5000)
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 200 and body["path"] == f"/echo/{i}"
+        assert body["body_size"] == 5000
+    assert upstream.stats()["connections"] <= 2
