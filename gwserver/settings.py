@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .core.chain import build_chain
-from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, make_route, make_upstream
+from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
                           map_of, number, one_of, show, string)
@@ -181,16 +181,8 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
         owner = f"route {spec.get('id')}" if isinstance(spec, dict) and "id" in spec \
             else f"routes[{i}]"
         try:
-            spec = ROUTE.validate(spec, owner)
-            upstream = spec["upstream"]
-            if isinstance(upstream, str):
-                if upstream not in upstreams:
-                    raise ConfigError(f"{owner}: upstream: unknown upstream id {show(upstream)}")
-                upstream = upstreams[upstream]
-            else:
-                upstream = make_upstream(f"{spec['id']}.upstream", upstream, upstream_defaults)
-            chain = build_chain(owner, spec["plugins"], global_plugins, registry)
-            routes.append(make_route(spec, upstream, server, chain))
+            routes.append(compile_route(ROUTE.validate(spec, owner), upstreams,
+                                        upstream_defaults, server, global_plugins, registry))
         except ConfigError as exc:
             problems.extend(exc.problems)
     router = Router()
@@ -199,7 +191,6 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
             router.add(route)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    router.finish()
     return router, problems
 
 

@@ -140,9 +140,6 @@ class Router:
                 elif not node.catchall:
                     node.catchall_name = None
 
-    def finish(self):
-        """Kept for callers that build in bulk; buckets are kept sorted on insert."""
-
     def __len__(self):
         return len(self.routes)
 

@@ -164,6 +164,24 @@ def make_upstream(upstream_id, spec, defaults):
     )
 
 
+def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
+                  missing_hint=""):
+    """A validated route spec -> Route: its upstream (an id in ``upstreams``, or inline) and
+    its plugin chain. The conf file and the live (etcd) table both compile routes here."""
+    from .chain import build_chain
+    owner = f"route {spec['id']}"
+    upstream = spec["upstream"]
+    if isinstance(upstream, str):
+        if upstream not in upstreams:
+            raise ConfigError(f"{owner}: upstream: unknown upstream id {show(upstream)}"
+                              + missing_hint)
+        upstream = upstreams[upstream]
+    else:
+        upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults)
+    chain = build_chain(owner, spec["plugins"], global_plugins, registry)
+    return make_route(spec, upstream, server, chain)
+
+
 def check_path(pattern):
     """Return the parsed segments of a path pattern, or raise Invalid naming the problem.
 

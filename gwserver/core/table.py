@@ -20,9 +20,8 @@ table compares integers, not specs.
 import json
 
 from ..errors import ConfigError
-from .chain import build_chain
 from .router import Router
-from .routes import ROUTE, UPSTREAM, make_route, make_upstream
+from .routes import ROUTE, UPSTREAM, compile_route, make_upstream
 from .schema import show
 
 
@@ -183,17 +182,9 @@ class LiveTable:
         return False
 
     def _compile_route(self, spec):
-        owner = f"route {spec['id']}"
-        upstream = spec["upstream"]
-        if isinstance(upstream, str):
-            if upstream not in self.upstreams:
-                raise ConfigError(f"{owner}: upstream: unknown upstream id {show(upstream)} "
-                                  f"(the route starts working when it arrives)")
-            upstream = self.upstreams[upstream]
-        else:
-            upstream = make_upstream(f"{spec['id']}.upstream", upstream, self.defaults)
-        chain = build_chain(owner, spec["plugins"], self.global_plugins, self.registry)
-        return make_route(spec, upstream, self.server, chain)
+        return compile_route(spec, self.upstreams, self.defaults, self.server,
+                             self.global_plugins, self.registry,
+                             " (the route starts working when it arrives)")
 
     def _users_of(self, upstream_id):
         return {route_id for route_id, (_, spec) in self.route_specs.items()

@@ -78,7 +78,6 @@ class UpstreamPools:
     def __init__(self):
         self.pools = {}
         self._by_target = {}            # id(target) -> (target, upstream, pool): no hashing
-        self.new_connections = 0
 
     def get(self, target, upstream):
         entry = self._by_target.get(id(target))
@@ -134,10 +133,8 @@ class Exchange:
     def begin(self):
         self.got_bytes = False
         self.head_raw = b""
-        self.informational = self.status = 0
-        self.keep_alive = self.head_done = self.complete = self.chunked = False
-        self.chunks = []
-        self.content_length = self.via = None
+        self.informational = 0
+        self.reset()
 
     def reset(self):
         self.status = 0
@@ -262,7 +259,6 @@ class Proxy:
             pool._put_conn(None)
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         conn.sock.settimeout(None)      # reads are bounded by the worker's deadlines instead
-        self.pools.new_connections += 1
         metrics = self.worker.metrics
         if metrics is not None:
             metrics.connections_opened.labels(target.url).inc()

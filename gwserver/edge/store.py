@@ -141,8 +141,6 @@ class RedisStore:
         self.wake = gevent.event.Event()
         self.down_until = 0.0
         self.healthy = True
-        self.errors = 0
-        self.round_trips = 0
         self.batcher = gevent.spawn(self._run)
 
     def decide(self, algorithm, key, rate, per, burst):
@@ -185,7 +183,6 @@ class RedisStore:
         if not self.healthy:
             log.warning("redis is answering again")
             self.healthy = True
-        self.round_trips += 1
         for ((algorithm, _, rate, per, burst), waiters), reply in zip(groups.items(), replies):
             if isinstance(reply, Exception):
                 for waiter, _ in waiters:
@@ -214,7 +211,6 @@ class RedisStore:
         return replies
 
     def _failed(self, batch, exc):
-        self.errors += 1
         self.down_until = time.monotonic() + self.pause
         if self.healthy:
             log.error("redis unreachable (%s); rate limits fall back to on_store_error for "
