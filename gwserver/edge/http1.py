@@ -246,8 +246,6 @@ class ClientConnection:
     # -- the request loop ----------------------------------------------------------------------
 
     def serve(self):
-        worker = self.worker
-        worker.idle.add(self)
         try:
             # Not `while worker.alive`: a connection whose last answer promised keep-alive must
             # read one more request (answered with Connection: close) or reach its keep-alive
@@ -256,17 +254,13 @@ class ClientConnection:
                 req = self.read_head()
                 if req is None:
                     return
-                worker.idle.discard(self)
-                keep_alive = self.handle(req)
-                if not keep_alive:
+                if not self.handle(req):
                     return
                 self.queue.popleft()
-                worker.idle.add(self)
         except ClientGone:
             pass
         finally:
-            worker.idle.discard(self)
-            worker.deadlines.disarm(self)
+            self.worker.deadlines.disarm(self)
             self.close()
 
     def close(self):

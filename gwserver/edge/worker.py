@@ -80,7 +80,6 @@ class GatewayWorker(GeventWorker):
         self.upstream_view = memoryview(self.upstream_buf)
         from .proxy import Proxy    # urllib3 imports ssl: only after gevent patched it
         self.proxy = Proxy(self)
-        self.idle = set()
         self.handled = 0
         self.max_requests = self.conf.server["max_requests"] or 0
         self.request_ids = itertools.count(1)
