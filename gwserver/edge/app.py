@@ -234,10 +234,14 @@ class GatewayArbiter(Arbiter):
             self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers")
             log.info("ready: %d workers serving", len(self.WORKERS))
 
+    @staticmethod
+    def serving(worker):
+        """A worker serves once it has heartbeated (see spawn_worker)."""
+        return worker.tmp.last_update() != getattr(worker, "born_mtime", None)
+
     def workers_serving(self):
         workers = list(self.WORKERS.values())
-        return len(workers) >= self.num_workers and all(
-            w.tmp.last_update() != getattr(w, "born_mtime", None) for w in workers)
+        return len(workers) >= self.num_workers and all(map(self.serving, workers))
 
     def stop(self, graceful=True):
         self.notify("STOPPING=1\nSTATUS=stopping")
@@ -252,15 +256,16 @@ class GatewayArbiter(Arbiter):
         a moment to start serving, and requests would queue in the backlog meanwhile (a 1.3 s
         latency spike per reload here).
         """
-        deadline = time.monotonic() + max(10.0, float(self.cfg.timeout))
+        limit = max(10.0, float(self.cfg.timeout))
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             newest = sorted(self.WORKERS.values(), key=lambda w: w.age)[-self.num_workers:]
-            if all(w.tmp.last_update() != getattr(w, "born_mtime", None) for w in newest):
+            if all(map(self.serving, newest)):
                 return
             self.reap_workers()         # a replacement that died on boot is not waited for
             time.sleep(0.02)
         log.warning("replacement workers not serving after %.0fs; stopping old ones anyway",
-                    max(10.0, float(self.cfg.timeout)))
+                    limit)
 
     def handle_hup(self):
         try:
