@@ -131,7 +131,6 @@ class RedisStore:
                                            retry_on_timeout=False, health_check_interval=0,
                                            single_connection_client=False,
                                            max_connections=4)
-        self.timeout = timeout
         self.pause = pause
         self.key_prefix = key_prefix
         self.scripts = {"token_bucket": TOKEN_BUCKET_LUA, "sliding_window": SLIDING_WINDOW_LUA}

@@ -71,7 +71,6 @@ def _key(conf, ctx):
 def access(conf, ctx):
     key = _key(conf, ctx)
     args = (conf["algorithm"], key, conf["rate"], conf["per"], conf["burst"])
-    outcome = "store_error"
     try:
         decision = services.limit_store.decide(*args)
     except StoreError:
