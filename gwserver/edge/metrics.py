@@ -12,7 +12,6 @@
 Labels are bounded: route ids (never raw paths), a fixed set of methods, status classes, and
 configured targets.
 """
-import glob
 import os
 import shutil
 from bisect import bisect_left
@@ -163,8 +162,3 @@ def _push_histogram(child, now, before, added_sum):
             child._buckets[i].inc(a - b)
     if added_sum:
         child._sum.inc(added_sum)
-
-
-def leftover_files(directory):
-    """Per-process files present (for tests and the operations doc)."""
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(directory, "*.db")))
