@@ -15,9 +15,9 @@ def cmd_run(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
-    # Per-host rate-limit state: one file every worker maps (the master only creates it).
-    fd, state_path = tempfile.mkstemp(prefix="gwserver-limits-")
-    os.close(fd)
+    # Per-host limiter and breaker state: files every worker maps (the master only creates
+    # the directory).
+    state_path = tempfile.mkdtemp(prefix="gwserver-state-")
     os.environ["GWSERVER_LOCAL_STATE"] = state_path
     private_metrics_dir = None
     if conf.admin["metrics"]:
@@ -34,10 +34,7 @@ def cmd_run(args):
         # What the master created for itself goes with it. Workers are forked inside run() and
         # leave through this frame too: they must not remove what the others still use.
         if os.getpid() == master:
-            try:
-                os.unlink(state_path)
-            except FileNotFoundError:
-                pass
+            shutil.rmtree(state_path, ignore_errors=True)
             if private_metrics_dir:
                 shutil.rmtree(private_metrics_dir, ignore_errors=True)
     return 0

@@ -123,9 +123,10 @@ REDIS = Schema(
     Field("timeout", number(0, exclusive=True), 0.05,
           "seconds a decision may wait for Redis before on_store_error applies"),
     Field("pause", number(0), 1.0, "after a Redis error, seconds before asking it again"),
-    Field("key_prefix", string(r"[!-~]+", "printable ASCII"), "gw:rl:",
-          "prefix of every rate-limit key"),
-    doc="Redis for rate limits. Without this section limits are per host (shared by workers).",
+    Field("key_prefix", string(r"[!-~]+", "printable ASCII"), "gw:",
+          "prefix of every key (rate limits: {prefix}rl:..., breakers: {prefix}br:...)"),
+    doc="Redis for rate limits and breakers. Without it their state is per host (shared by "
+        "the host's workers).",
 )
 
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
@@ -173,7 +174,8 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
     for upstream_id, spec in upstream_specs.items():
         try:
             spec = UPSTREAM.validate(spec, f"upstream {upstream_id}")
-            upstreams[upstream_id] = make_upstream(upstream_id, spec, upstream_defaults)
+            upstreams[upstream_id] = make_upstream(upstream_id, spec, upstream_defaults,
+                                                   registry)
         except ConfigError as exc:
             problems.extend(exc.problems)
     routes = []

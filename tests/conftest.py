@@ -154,6 +154,15 @@ class Gateway:
         out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
+    def admin_get(self, path, token=None):
+        """GET on the admin listener -> (status, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        return resp.status, body
+
     def request(self, method, path, body=None, headers=None, timeout=10):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         conn.request(method, path, body=body, headers=headers or {})
@@ -214,6 +223,7 @@ class Launcher:
                 env={**os.environ, **(env or {})}, start_new_session=True)
         self.started.append(proc)
         gw = Gateway(proc, port, conf_path, log_path)
+        gw.admin_port = int(conf["admin"]["bind"].rpartition(":")[2])
         if wait:
             wait_for_port(port, proc=proc)
             wait_until(lambda: len(gw.worker_pids()) >= conf["server"].get("workers", 1))

@@ -48,6 +48,7 @@ class RequestContext:
 
     __slots__ = ("method", "path", "query", "headers", "header_map", "host", "host_header",
                  "client_ip", "scheme", "request_id", "route", "params", "_vars", "ended_by",
+                 "error",       # the HTTPError that ended the request, if one did
                  # filled by the reader, used by the proxy step
                  "url", "version", "keep_alive", "upgrade", "upgrade_tail", "head_done",
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
@@ -66,6 +67,7 @@ class RequestContext:
         self.body_size = 0
         self.content_length = None
         self.route = self.params = self._vars = self.ended_by = self.upstream_seconds = None
+        self.error = None
         self.upgrade_tail = b""
 
     @property

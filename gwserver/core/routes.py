@@ -56,6 +56,8 @@ UPSTREAM = Schema(
     Field("pool_size", integer(1), None, "keep-alive connections per target per worker"),
     Field("block_when_full", boolean, None, "wait for a free connection instead of opening more"),
     Field("timeouts", TIMEOUTS, None, "overrides of upstream_defaults timeouts"),
+    Field("plugins", map_of(lambda conf: conf, string(r"[a-z][a-z0-9_-]*", "a plugin name")),
+          None, "plugins for every route using this upstream (those that allow it: breaker)"),
     doc="An upstream: targets and how to talk to them.",
 )
 
@@ -112,6 +114,7 @@ class Upstream:
     block_when_full: bool = False
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    plugin_steps: tuple = ()                # validated (plugin, conf) set on the upstream
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,15 @@ def make_target(spec):
     return Target(spec["url"], parts.scheme, parts.hostname, port, spec["weight"])
 
 
-def make_upstream(upstream_id, spec, defaults):
+def make_upstream(upstream_id, spec, defaults, registry=None):
     """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``."""
+    from .chain import upstream_plugins
+    plugin_steps = ()
+    if spec.get("plugins"):
+        if registry is None:
+            from ..plugins import load_registry
+            registry = load_registry()
+        plugin_steps = upstream_plugins(f"upstream {upstream_id}", spec["plugins"], registry)
     timeouts = spec.get("timeouts") or {}
     targets = tuple(make_target(t) for t in spec["targets"])
     if not any(t.weight for t in targets):
@@ -161,6 +171,7 @@ def make_upstream(upstream_id, spec, defaults):
         block_when_full=pick(spec["block_when_full"], defaults["block_when_full"]),
         connect_timeout=pick(timeouts.get("connect"), defaults["connect_timeout"]),
         read_timeout=pick(timeouts.get("read"), defaults["read_timeout"]),
+        plugin_steps=plugin_steps,
     )
 
 
@@ -177,8 +188,8 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
                               + missing_hint)
         upstream = upstreams[upstream]
     else:
-        upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults)
-    chain = build_chain(owner, spec["plugins"], global_plugins, registry)
+        upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults, registry)
+    chain = build_chain(owner, spec["plugins"], global_plugins, registry, upstream.plugin_steps)
     return make_route(spec, upstream, server, chain)
 
 

@@ -52,7 +52,8 @@ class LiveTable:
         self._kept_upstreams = set()    # deleted at the source, still used by routes
         for upstream_id, spec in (static_upstreams or {}).items():
             self.upstreams[upstream_id] = make_upstream(
-                upstream_id, UPSTREAM.validate(spec, f"upstream {upstream_id}"), self.defaults)
+                upstream_id, UPSTREAM.validate(spec, f"upstream {upstream_id}"), self.defaults,
+                registry)
             self.static_upstreams.add(upstream_id)
         for spec in static_routes:
             route = self._compile_route(ROUTE.validate(spec, f"route {spec.get('id')}"))
@@ -150,7 +151,8 @@ class LiveTable:
                 raise ConfigError(f"upstream {upstream_id}: the id is taken by a static upstream "
                                   f"in the conf file")
             spec = UPSTREAM.validate(_decode(raw), f"upstream {upstream_id}")
-            self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults)
+            self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
+                                                       self.registry)
         except ConfigError as exc:
             return self._reject(key, exc, upstream_id in self.upstream_specs)
         self.upstream_specs[upstream_id] = (version, spec)

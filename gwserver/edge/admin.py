@@ -10,9 +10,11 @@ but the two probes:
     /admin/routes       the route table this worker serves, with its generation
     /admin/upstreams    upstreams, their targets and this worker's keep-alive pools
     /admin/config       where the table comes from; etcd sync status and rejected items
+    /admin/breakers     every circuit breaker: its routes, config and state (from the store)
 """
 import hmac
 import os
+import time
 
 from ..core.context import Reply
 from .http1 import ClientConnection, render_reply
@@ -116,7 +118,50 @@ def config_view(worker):
                             "worker_generation": worker.table_reader.generation})
 
 
+def breakers_view(worker):
+    from .. import services
+    from ..plugins.breaker import breaker_key
+    now = time.time()
+    breakers = {}
+    for route in sorted(worker.router.routes.values(), key=lambda r: r.id):
+        for plugin, conf in route.chain.steps:
+            if plugin.NAME != "breaker":
+                continue
+            key = breaker_key(conf, route)
+            entry = breakers.get(key)
+            if entry is None:
+                entry = breakers[key] = {"routes": [], "config": {
+                    k: sorted(v) if isinstance(v, frozenset) else v for k, v in conf.items()}}
+                entry.update(_breaker_state(services, key, now))
+            entry["routes"].append(route.id)
+    return Reply.json(200, {"pid": os.getpid(), "store": "redis" if worker.conf.redis else
+                            "per host", "breakers": breakers})
+
+
+def _breaker_state(services, key, now):
+    try:
+        state = services.limit_store.breaker_state(key)
+    except Exception as exc:    # Redis down: say so, and show this host's fallback state
+        state = services.local_store.breaker_state(key)
+        out = {"store_error": f"{exc.__class__.__name__}: {exc}",
+               "per_host_fallback": True}
+    else:
+        out = {}
+    if state is None:
+        return {**out, "state": "closed", "trips": 0, "seen": "no traffic in the window"}
+    window = [b[1:] for b in state["buckets"]]
+    out.update(state=state["state"], epoch=state["epoch"], trips=state["trips"],
+               answers_in_window=sum(ok + failed for ok, failed in window),
+               failures_in_window=sum(failed for _, failed in window))
+    if state["state"] == "open":
+        out["half_open_in"] = round(max(0.0, state["until"] - now), 3)
+    elif state["state"] == "half_open":
+        out["probes_granted"] = state["probes"]
+        out["probes_succeeded"] = state["probe_ok"]
+    return out
+
+
 VIEWS = {"/-/healthz": healthz, "/-/ready": ready, "/metrics": metrics_view,
          "/admin/routes": routes_view, "/admin/upstreams": upstreams_view,
-         "/admin/config": config_view}
+         "/admin/config": config_view, "/admin/breakers": breakers_view}
 

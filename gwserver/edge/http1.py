@@ -362,6 +362,7 @@ class ClientConnection:
             if not isinstance(exc, HTTPError):
                 log.exception("route %s: unhandled error", req.route.id if req.route else None)
                 exc = InternalError("internal error; see the gateway's log")
+            req.error = exc
             status = exc.status
             if exc.status >= 500 and req.route is not None:
                 log.warning("route %s: %s: %s", req.route.id, exc.error, exc.reason)
@@ -373,6 +374,8 @@ class ClientConnection:
                 self.write(render_error(exc, keep_alive, req.request_id, req.method == "HEAD"))
         finally:
             worker.in_flight -= 1
+            if req.route is not None and req.route.chain.finish_steps:
+                req.route.chain.run_finish(req, status)
             if worker.access_enabled:
                 worker.log_access(self, req, status, sent, upstream, start)
             if worker.metrics is not None:

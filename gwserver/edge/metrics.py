@@ -16,6 +16,8 @@ import os
 import shutil
 from bisect import bisect_left
 
+from ..core.breaker import STATE_CODES
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -111,8 +113,26 @@ class WorkerMetrics:
                                 "each worker serves", multiprocess_mode="liveall")
         self.limits = Counter("gwserver_rate_limit_decisions", "Rate-limit decisions by route "
                               "and outcome", ["route", "outcome"])
+        self.breaker = Gauge("gwserver_breaker_state", "Circuit breaker state as this host last "
+                             "saw it: 0 closed, 1 open, 2 half-open", ["breaker"],
+                             multiprocess_mode="mostrecent")
+        self.breaker_transitions = Counter("gwserver_breaker_transitions", "Breaker state "
+                                           "changes, by breaker and state entered",
+                                           ["breaker", "state"])
         self._series = {}
         self._limits = {}           # (route, outcome) -> [counted, pushed]
+        self._breakers = {}         # breaker key -> [state seen, state pushed]
+
+    def breaker_state(self, key, state):
+        entry = self._breakers.get(key)
+        if entry is None:
+            self._breakers[key] = [state, None]
+        else:
+            entry[0] = state
+
+    def breaker_transition(self, key, state):
+        self.breaker_transitions.labels(key, state).inc()
+        self.breaker_state(key, state)
 
     def count_limit(self, route_id, outcome):
         entry = self._limits.get((route_id, outcome))
@@ -138,6 +158,10 @@ class WorkerMetrics:
 
     def flush(self):
         """Push what was counted since the last flush into the shared multiprocess files."""
+        for key, entry in self._breakers.items():
+            if entry[0] != entry[1]:
+                self.breaker.labels(key).set(STATE_CODES[entry[0]])
+                entry[1] = entry[0]
         for (route_id, outcome), entry in self._limits.items():
             if entry[0] != entry[1]:
                 self.limits.labels(route_id, outcome).inc(entry[0] - entry[1])

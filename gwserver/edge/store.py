@@ -14,16 +14,18 @@ host maps, guarded by flock: the embedded default (no [redis]) and the ``local``
 """
 import fcntl
 import hashlib
+import json
 import logging
 import mmap
 import os
 import struct
 import time
+from typing import NamedTuple
 
 import gevent
 import gevent.event
 
-from ..core import ratelimit
+from ..core import breaker, ratelimit
 from ..errors import StoreError
 
 log = logging.getLogger("gwserver.store")
@@ -102,6 +104,148 @@ return {flags, info}
 """
 
 
+# The breaker's state machine (core/breaker.py, line for line) on one JSON value per breaker.
+# ARGV: error_rate, window, min_requests, open_for, max_open_for, half_open_probes,
+# admissions, then (epoch, ok, failed) triples. Returns state, epoch, admitted, seconds until
+# an open breaker probes again, and the states entered.
+BREAKER_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local error_rate, window, min_requests = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local open_for, max_open_for, allowed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local admissions = tonumber(ARGV[7])
+local raw = redis.call('GET', KEYS[1])
+local s
+if raw then s = cjson.decode(raw) else
+  s = {state = 'closed', epoch = 0, trips = 0, ['until'] = 0, probes = 0, probe_ok = 0}
+end
+local buckets = {}
+local transitions = {}
+local function enter(new)
+  s.state = new
+  s.epoch = s.epoch + 1
+  buckets = {}
+  s.probes = 0
+  s.probe_ok = 0
+  transitions[#transitions + 1] = new
+end
+local function trip()
+  s.trips = s.trips + 1
+  enter('open')
+  s['until'] = now + math.min(open_for * 2 ^ (s.trips - 1), max_open_for)
+end
+local current = math.floor(now / (window / 10))
+for _, b in ipairs(s.buckets or {}) do
+  if b[1] > current - 10 then buckets[#buckets + 1] = b end
+end
+local i = 8
+while i + 2 <= #ARGV do
+  local epoch, ok, failed = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  if epoch == s.epoch then
+    if s.state == 'closed' then
+      local last = buckets[#buckets]
+      if last and last[1] == current then
+        last[2] = last[2] + ok
+        last[3] = last[3] + failed
+      else
+        buckets[#buckets + 1] = {current, ok, failed}
+      end
+      local total, failures = 0, 0
+      for _, b in ipairs(buckets) do
+        total = total + b[2] + b[3]
+        failures = failures + b[3]
+      end
+      if total >= min_requests and failures >= error_rate * total then trip() end
+    elseif s.state == 'half_open' then
+      if failed > 0 then trip() else
+        s.probe_ok = s.probe_ok + ok
+        if s.probe_ok >= allowed then
+          s.trips = 0
+          enter('closed')
+        end
+      end
+    end
+  end
+end
+local probe_timeout = math.max(window, open_for)
+if (s.state == 'open' or s.state == 'half_open') and now >= s['until'] then
+  enter('half_open')
+  s['until'] = now + probe_timeout
+end
+local admitted = 0
+if s.state == 'closed' then
+  admitted = admissions
+elseif s.state == 'half_open' then
+  admitted = math.max(0, math.min(admissions, allowed - s.probes))
+  s.probes = s.probes + admitted
+end
+s.buckets = buckets
+redis.call('SET', KEYS[1], cjson.encode(s), 'PX',
+           math.ceil((math.max(window, max_open_for) * 2 + 60) * 1000))
+local wait = 0
+if s.state == 'open' then wait = s['until'] - now end
+return {s.state, s.epoch, admitted, string.format('%.6f', wait), transitions}
+"""
+
+
+class BreakerVerdict(NamedTuple):
+    admitted: bool
+    state: str
+    epoch: int
+    retry_after: float      # seconds until an open breaker probes again
+
+
+def breaker_args(conf):
+    return (conf["error_rate"], conf["window"], conf["min_requests"], conf["open_for"],
+            conf["max_open_for"], conf["half_open_probes"])
+
+
+def load_breaker_state(raw):
+    state = {**breaker.initial_state(), **json.loads(raw)}
+    if not isinstance(state["buckets"], list):
+        state["buckets"] = []       # cjson writes an empty array as {}
+    return state
+
+
+def connect(url, timeout):
+    """A redis-py client for a plain, Sentinel or Cluster URL, with fail-fast settings.
+
+        redis://[:password@]host:port/db, rediss://..., unix:///path.sock
+        redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]
+        redis+cluster://[:password@]host:port[,host:port...]
+
+    Timeouts are ``timeout`` seconds and nothing retries on its own: the store pauses and the
+    plugins' on_store_error applies instead (redis-py's defaults would stall a worker).
+    """
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.sentinel import Sentinel
+    fast = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=None,
+                health_check_interval=0)
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("redis+sentinel", "redis+cluster"):
+        return redis.Redis.from_url(url, retry_on_timeout=False, max_connections=4, **fast)
+    password = None
+    if "@" in rest:
+        auth, _, rest = rest.rpartition("@")
+        password = auth.partition(":")[2] or None
+    hosts, _, path = rest.partition("/")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        nodes.append((host.strip("[]"), int(port)))
+    if scheme == "redis+cluster":
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                            password=password, cluster_error_retry_attempts=1,
+                            require_full_coverage=False, **fast)
+    service, _, db = path.partition("/")
+    sentinel = Sentinel(nodes, sentinel_kwargs=dict(socket_timeout=timeout,
+                                                    socket_connect_timeout=timeout),
+                        password=password, db=int(db or 0), **fast)
+    return sentinel.master_for(service, max_connections=4)
+
+
 def decisions_from(algorithm, reply, rate, per, burst):
     """The Decisions of one script call, in the order the requests were queued."""
     flags, details = reply
@@ -121,38 +265,63 @@ def decisions_from(algorithm, reply, rate, per, burst):
 
 
 class RedisStore:
-    def __init__(self, url, timeout=0.05, pause=1.0, key_prefix="gw:rl:"):
+    """Rate-limit decisions and breaker steps in Redis, coalesced per worker (see above)."""
+
+    def __init__(self, url, timeout=0.05, pause=1.0, key_prefix="gw:"):
         import redis
         self.redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                             redis.exceptions.ResponseError, OSError)
+                             redis.exceptions.ResponseError, redis.exceptions.RedisClusterException,
+                             OSError)
         self.noscript = redis.exceptions.NoScriptError
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                           socket_connect_timeout=timeout, retry=None,
-                                           retry_on_timeout=False, health_check_interval=0,
-                                           single_connection_client=False,
-                                           max_connections=4)
+        self.client = connect(url, timeout)
         self.pause = pause
-        self.key_prefix = key_prefix
-        self.scripts = {"token_bucket": TOKEN_BUCKET_LUA, "sliding_window": SLIDING_WINDOW_LUA}
+        self.key_prefix = key_prefix + "rl:"
+        self.breaker_prefix = key_prefix + "br:"
+        self.scripts = {"token_bucket": TOKEN_BUCKET_LUA, "sliding_window": SLIDING_WINDOW_LUA,
+                        "breaker": BREAKER_LUA}
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
         self.queue = []
         self.wake = gevent.event.Event()
         self.down_until = 0.0
         self.healthy = True
+        self.on_transition = None       # callable(key, state), set by the worker for metrics
         self.batcher = gevent.spawn(self._run)
 
+    # -- the calls plugins make -----------------------------------------------------------------
+
     def decide(self, algorithm, key, rate, per, burst):
-        """One decision; raises StoreError if Redis cannot answer in time."""
+        """One rate-limit decision; raises StoreError if Redis cannot answer in time."""
+        return self._ask(("rl", algorithm, self.key_prefix + key, rate, per, burst), None)
+
+    def breaker_admit(self, key, conf):
+        """May one request pass breaker ``key``? -> BreakerVerdict; raises StoreError."""
+        return self._ask(("br", self.breaker_prefix + key, breaker_args(conf)), "admit")
+
+    def breaker_record(self, key, conf, epoch, ok):
+        """Count one outcome; sent with the next round trip, never waited for."""
+        if time.monotonic() < self.down_until:
+            return
+        self.queue.append((("br", self.breaker_prefix + key, breaker_args(conf)), (epoch, ok),
+                           None, 0.0))
+        self.wake.set()
+
+    def breaker_state(self, key):
+        """The stored state of breaker ``key`` (admin view), or None if it has none."""
+        raw = self.client.get(self.breaker_prefix + key)
+        return None if raw is None else load_breaker_state(raw)
+
+    def _ask(self, spec, payload):
         if time.monotonic() < self.down_until:
             raise StoreError("redis paused after an error")
         waiter = gevent.event.AsyncResult()
-        self.queue.append(((algorithm, self.key_prefix + key, rate, per, burst), waiter,
-                           time.monotonic()))
+        self.queue.append((spec, payload, waiter, time.monotonic()))
         self.wake.set()
         # No timeout of our own: the Redis socket timeout bounds the round trip, and the batcher
         # answers every waiter, with a result or a StoreError.
         return waiter.get()
+
+    # -- the batcher ----------------------------------------------------------------------------
 
     def _run(self):
         while True:
@@ -163,17 +332,17 @@ class RedisStore:
                 try:
                     self._round_trip(batch)
                 except Exception as exc:        # never leave a waiter hanging
-                    log.exception("rate-limit batch failed")
-                    for _, waiter, _ in batch:
-                        if not waiter.ready():
+                    log.exception("redis batch failed")
+                    for _, _, waiter, _ in batch:
+                        if waiter is not None and not waiter.ready():
                             waiter.set_exception(StoreError(str(exc)))
 
     def _round_trip(self, batch):
-        # Same (algorithm, key, limits) -> one script call deciding N requests (PERF_NOTES:
-        # merging hits on one key was the next step after coalescing).
+        # Calls on one key with the same limits -> one script call deciding all of them
+        # (PERF_NOTES: merging hits on one key was the next step after coalescing).
         groups = {}
-        for spec, waiter, queued_at in batch:
-            groups.setdefault(spec, []).append((waiter, queued_at))
+        for spec, payload, waiter, queued_at in batch:
+            groups.setdefault(spec, []).append((payload, waiter, queued_at))
         try:
             replies = self._execute(list(groups.items()))
         except self.redis_errors as exc:
@@ -182,25 +351,56 @@ class RedisStore:
         if not self.healthy:
             log.warning("redis is answering again")
             self.healthy = True
-        for ((algorithm, _, rate, per, burst), waiters), reply in zip(groups.items(), replies):
+        for (spec, items), reply in zip(groups.items(), replies):
+            waiters = [waiter for _, waiter, _ in items if waiter is not None]
             if isinstance(reply, Exception):
-                for waiter, _ in waiters:
+                for waiter in waiters:
                     waiter.set_exception(StoreError(str(reply)))
                 continue
-            for (waiter, _), decision in zip(waiters, decisions_from(algorithm, reply, rate, per,
+            if spec[0] == "rl":
+                _, algorithm, _, rate, per, burst = spec
+                for waiter, decision in zip(waiters, decisions_from(algorithm, reply, rate, per,
                                                                      burst)):
-                waiter.set(decision)
+                    waiter.set(decision)
+            else:
+                state, epoch, admitted, wait, transitions = reply
+                state = state.decode() if isinstance(state, bytes) else state
+                for to in transitions:
+                    self._transition(spec[1], to.decode() if isinstance(to, bytes) else to)
+                for i, waiter in enumerate(waiters):
+                    waiter.set(BreakerVerdict(i < int(admitted), state, int(epoch),
+                                              float(wait)))
+
+    def _transition(self, key, state):
+        log.warning("breaker %s is now %s", key[len(self.breaker_prefix):], state)
+        if self.on_transition is not None:
+            self.on_transition(key[len(self.breaker_prefix):], state)
 
     def _execute(self, groups):
         sent_at = time.monotonic()
-        ages = {id(waiters): [int((sent_at - queued_at) * 1e6) for _, queued_at in waiters]
-                for _, waiters in groups}
+        calls = []
+        for spec, items in groups:
+            if spec[0] == "rl":
+                _, algorithm, key, rate, per, burst = spec
+                args = (rate, per, max(burst, 1)) if algorithm == "token_bucket" else (rate, per)
+                ages = [int((sent_at - queued_at) * 1e6) for _, _, queued_at in items]
+                calls.append((algorithm, key, (*args, *ages)))
+            else:
+                _, key, conf_args = spec
+                admissions, outcomes = 0, {}
+                for payload, _, _ in items:
+                    if payload == "admit":
+                        admissions += 1
+                    else:
+                        counts = outcomes.setdefault(payload[0], [0, 0])
+                        counts[0 if payload[1] else 1] += 1
+                flat = [n for epoch, (ok, failed) in outcomes.items() for n in (epoch, ok, failed)]
+                calls.append(("breaker", key, (*conf_args, admissions, *flat)))
 
         def pipeline():
             pipe = self.client.pipeline(transaction=False)
-            for (algorithm, key, rate, per, burst), waiters in groups:
-                args = (rate, per, max(burst, 1)) if algorithm == "token_bucket" else (rate, per)
-                pipe.evalsha(self.shas[algorithm], 1, key, *args, *ages[id(waiters)])
+            for script, key, args in calls:
+                pipe.evalsha(self.shas[script], 1, key, *args)
             return pipe.execute(raise_on_error=False)
         replies = pipeline()
         if any(isinstance(r, self.noscript) for r in replies):
@@ -212,18 +412,20 @@ class RedisStore:
     def _failed(self, batch, exc):
         self.down_until = time.monotonic() + self.pause
         if self.healthy:
-            log.error("redis unreachable (%s); rate limits fall back to on_store_error for "
-                      "%.1fs at a time until it answers", exc.__class__.__name__, self.pause)
+            log.error("redis unreachable (%s); rate limits and breakers fall back to "
+                      "on_store_error for %.1fs at a time until it answers",
+                      exc.__class__.__name__, self.pause)
             self.healthy = False
         error = StoreError(f"redis: {exc.__class__.__name__}")
-        for _, waiter, _ in batch:
-            waiter.set_exception(error)
+        for _, _, waiter, _ in batch:
+            if waiter is not None:
+                waiter.set_exception(error)
 
 
 class LocalStore:
-    """Per-host state in an mmap'd file every worker of the host maps (guarded by flock).
+    """Per-host state in files every worker of the host maps, each guarded by flock.
 
-    A fixed open-addressing table: each slot holds a key hash and three doubles (token bucket:
+    Rate limits: ``limits``, a fixed open-addressing table: each slot holds a key hash and three doubles (token bucket:
     tokens, last; sliding window: index, current, previous). 65,536 slots, 2 MiB; when the
     probe run is full the least recently used slot of the run is reused.
     """
@@ -232,14 +434,66 @@ class LocalStore:
     PROBES = 8
     SLOT = struct.Struct("<Qdddd")      # key hash, a, b, c, last use
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, directory):
+        self.directory = directory
         size = self.SLOTS * self.SLOT.size
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(directory, "limits"), os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(fd).st_size < size:
             os.ftruncate(fd, size)
         self.fd = fd
         self.mm = mmap.mmap(fd, size)
+        self.breaker_dir = os.path.join(directory, "breakers")
+        os.makedirs(self.breaker_dir, mode=0o700, exist_ok=True)
+        self.breaker_fds = {}
+        self.on_transition = None       # callable(key, state), set by the worker for metrics
+
+    # -- breakers: one small JSON file per breaker, the state core.breaker.step() keeps ------
+
+    def breaker_admit(self, key, conf):
+        state, admitted, now = self._breaker_step(key, conf, (), 1)
+        return BreakerVerdict(admitted == 1, state["state"], state["epoch"],
+                              breaker.retry_after(state, now))
+
+    def breaker_record(self, key, conf, epoch, ok):
+        self._breaker_step(key, conf, [(epoch, int(ok), int(not ok))], 0)
+
+    def breaker_state(self, key):
+        fd = self._breaker_fd(key)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            raw = os.pread(fd, 1 << 16, 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return load_breaker_state(raw) if raw else None
+
+    def _breaker_fd(self, key):
+        fd = self.breaker_fds.get(key)
+        if fd is None:
+            name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+            fd = os.open(os.path.join(self.breaker_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
+            self.breaker_fds[key] = fd
+        return fd
+
+    def _breaker_step(self, key, conf, outcomes, admissions):
+        fd = self._breaker_fd(key)
+        now = time.time()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(fd, 1 << 16, 0)
+            state = load_breaker_state(raw) if raw else breaker.initial_state()
+            state, admitted, transitions = breaker.step(state, conf, now, outcomes, admissions)
+            data = json.dumps(state, separators=(",", ":")).encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        for to in transitions:
+            log.warning("breaker %s is now %s (per-host state)", key, to)
+            if self.on_transition is not None:
+                self.on_transition(key, to)
+        return state, admitted, now
+
+    # -- rate limits ----------------------------------------------------------------------------
 
     def decide(self, algorithm, key, rate, per, burst):
         digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")

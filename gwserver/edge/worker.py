@@ -103,13 +103,15 @@ class GatewayWorker(GeventWorker):
         from .. import services
         from .store import LocalStore, RedisStore
         import tempfile
-        path = os.environ.get("GWSERVER_LOCAL_STATE") or \
-            tempfile.mkstemp(prefix="gwserver-limits-")[1]
+        path = os.environ.get("GWSERVER_LOCAL_STATE") or tempfile.mkdtemp(prefix="gwserver-")
         services.local_store = LocalStore(path)
         redis = self.conf.redis
         services.limit_store = services.local_store if redis is None else RedisStore(
             redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"])
         services.metrics = self.metrics
+        if self.metrics is not None:
+            for store in {services.local_store, services.limit_store}:
+                store.on_transition = self.metrics.breaker_transition
 
     def follow_published_table(self):
         """etcd mode: the table is what the config-sync process publishes (issue 3)."""

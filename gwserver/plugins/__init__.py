@@ -7,7 +7,8 @@ from ..core.chain import check_plugin
 
 log = logging.getLogger("gwserver.plugins")
 
-BUILTIN = ("gwserver.plugins.headers", "gwserver.plugins.rate_limit")
+BUILTIN = ("gwserver.plugins.headers", "gwserver.plugins.rate_limit",
+           "gwserver.plugins.breaker")
 ENTRY_POINT_GROUP = "gwserver.plugins"
 _registry = None
 

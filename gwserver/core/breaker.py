@@ -1,0 +1,101 @@
+"""The circuit breaker's state machine, pure: no clock, no I/O.
+
+    closed ──(error rate >= threshold over the window, with >= min_requests)──> open
+    open ──(open_for elapsed)──> half_open
+    half_open ──(half_open_probes probes succeeded)──> closed
+    half_open ──(a probe failed)──> open, for longer (open_for x 2^(trips-1), <= max_open_for)
+
+Every state change starts a new *epoch*. A request remembers the epoch it was admitted in and
+its outcome counts only in that epoch: answers of requests let through before the breaker
+opened do not decide the half-open verdict, and only probes do. If the probes of a half-open
+epoch never report (their worker died), a new set is granted after ``probe_timeout``.
+
+``step()`` takes the state, the outcomes to record and the number of requests asking to pass,
+and returns the new state, how many may pass and the transitions. The per-host store runs it
+in Python; ``edge.store.BREAKER_LUA`` is the same function for Redis (tests hold both to the
+same tables).
+"""
+import math
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATE_CODES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
+BUCKETS = 10        # the rolling window is kept as this many buckets
+
+
+def initial_state():
+    return {"state": CLOSED, "epoch": 0, "trips": 0, "until": 0.0, "probes": 0, "probe_ok": 0,
+            "buckets": []}
+
+
+def open_seconds(conf, trips):
+    return min(conf["open_for"] * 2 ** (trips - 1), conf["max_open_for"])
+
+
+def probe_timeout(conf):
+    return max(conf["window"], conf["open_for"])
+
+
+def step(state, conf, now, outcomes=(), admissions=0):
+    """Record ``outcomes`` [(epoch, ok, failed), ...], then admit up to ``admissions``.
+
+    Returns (state, admitted, transitions); ``state`` is a new dict, transitions are the
+    states entered, in order.
+    """
+    state = dict(state, buckets=[list(b) for b in state["buckets"]])
+    transitions = []
+
+    def enter(new_state):
+        state["state"] = new_state
+        state["epoch"] += 1
+        state["buckets"] = []
+        state["probes"] = state["probe_ok"] = 0
+        transitions.append(new_state)
+
+    def trip():
+        state["trips"] += 1
+        enter(OPEN)
+        state["until"] = now + open_seconds(conf, state["trips"])
+
+    width = conf["window"] / BUCKETS
+    current = math.floor(now / width)
+    state["buckets"] = [b for b in state["buckets"] if b[0] > current - BUCKETS]
+    for epoch, ok, failed in outcomes:
+        if epoch != state["epoch"]:
+            continue                        # an answer from before the last state change
+        if state["state"] == CLOSED:
+            if state["buckets"] and state["buckets"][-1][0] == current:
+                state["buckets"][-1][1] += ok
+                state["buckets"][-1][2] += failed
+            else:
+                state["buckets"].append([current, ok, failed])
+            total = sum(b[1] + b[2] for b in state["buckets"])
+            failures = sum(b[2] for b in state["buckets"])
+            if total >= conf["min_requests"] and failures >= conf["error_rate"] * total:
+                trip()
+        elif state["state"] == HALF_OPEN:
+            if failed:
+                trip()
+            else:
+                state["probe_ok"] += ok
+                if state["probe_ok"] >= conf["half_open_probes"]:
+                    state["trips"] = 0
+                    enter(CLOSED)
+    if state["state"] == OPEN and now >= state["until"]:
+        enter(HALF_OPEN)
+        state["until"] = now + probe_timeout(conf)
+    elif state["state"] == HALF_OPEN and now >= state["until"]:
+        enter(HALF_OPEN)                    # probes lost: grant a new set
+        state["until"] = now + probe_timeout(conf)
+    if state["state"] == CLOSED:
+        admitted = admissions
+    elif state["state"] == OPEN:
+        admitted = 0
+    else:
+        admitted = max(0, min(admissions, conf["half_open_probes"] - state["probes"]))
+        state["probes"] += admitted
+    return state, admitted, transitions
+
+
+def retry_after(state, now):
+    """Seconds until an open breaker lets a probe through (0 when not open)."""
+    return max(0.0, state["until"] - now) if state["state"] == OPEN else 0.0

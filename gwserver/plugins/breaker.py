@@ -1,0 +1,104 @@
+"""``breaker``: stop calling an upstream that fails, for every worker and host at once.
+
+    plugins.breaker = {error_rate = 0.5, window = 10, min_requests = 20, open_for = 5,
+                       max_open_for = 60, half_open_probes = 1}
+
+Closed, it counts answers over a rolling ``window``; when at least ``min_requests`` were seen
+and the share of failures reaches ``error_rate``, it opens: requests fail fast with 503 and a
+JSON body naming the breaker, without touching the upstream. After ``open_for`` seconds
+(doubling with each trip in a row, up to ``max_open_for``) it is half-open: exactly
+``half_open_probes`` requests go through, cluster-wide; if they all succeed it closes, if one
+fails it opens again. Failures are the ``failure_statuses`` an upstream answers with, and
+always a connect error, a timeout or a broken upstream connection.
+
+On a route, one breaker per route; with ``scope = "upstream"``, or set on an upstream object
+(``[upstreams.NAME.plugins.breaker]``), one breaker per upstream shared by its routes. State is
+in Redis with [redis], else per host; when Redis cannot answer, ``on_store_error = "local"``
+(default) decides per host and ``"allow"`` lets requests through unguarded.
+
+The state machine is ``core.breaker``; the state lives in the store (``gwserver.services``).
+"""
+import math
+
+from .. import services
+from ..core.context import Reply
+from ..core.schema import Field, Invalid, Schema, integer, list_of, number, one_of, show
+from ..errors import StoreError, UpstreamError, UpstreamTimeout
+
+NAME = "breaker"
+PRIORITY = 700          # after rate_limit: a request refused by a limit never counts
+UPSTREAM_PLUGIN = True
+
+
+def status_code(value):
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    raise Invalid(f"must be an HTTP status from 100 to 599, got {show(value)}")
+
+
+SCHEMA = Schema(
+    Field("error_rate", number(0, exclusive=True, maximum=1), 0.5,
+          "share of failed answers in the window that opens the breaker (0 < x <= 1)"),
+    Field("window", number(0, exclusive=True), 10.0, "seconds of answers the error rate covers"),
+    Field("min_requests", integer(1), 20, "answers in the window before the rate counts"),
+    Field("open_for", number(0, exclusive=True), 5.0, "seconds open after the first trip"),
+    Field("max_open_for", number(0, exclusive=True), 60.0,
+          "cap of open_for, which doubles with each trip in a row"),
+    Field("half_open_probes", integer(1), 1, "requests let through, cluster-wide, to test it"),
+    Field("failure_statuses", list_of(status_code), [500, 502, 503, 504],
+          "upstream statuses that count as failures (connect errors and timeouts always do)"),
+    Field("scope", one_of("route", "upstream"), "route",
+          "one breaker per route, or one per upstream shared by its routes"),
+    Field("on_store_error", one_of("local", "allow"), "local",
+          "when Redis cannot answer: decide per host, or let requests through"),
+)
+
+
+def prepare(conf):
+    if conf["max_open_for"] < conf["open_for"]:
+        raise ValueError(f"max_open_for ({conf['max_open_for']}) is below open_for "
+                         f"({conf['open_for']})")
+    return {**conf, "failure_statuses": frozenset(conf["failure_statuses"])}
+
+
+def breaker_key(conf, route):
+    return f"upstream:{route.upstream.id}" if conf["scope"] == "upstream" else f"route:{route.id}"
+
+
+def access(conf, ctx):
+    key = breaker_key(conf, ctx.route)
+    store = services.limit_store
+    try:
+        verdict = store.breaker_admit(key, conf)
+    except StoreError:
+        if conf["on_store_error"] == "allow":
+            return None
+        store = services.local_store
+        verdict = store.breaker_admit(key, conf)
+    if services.metrics is not None:
+        services.metrics.breaker_state(key, verdict.state)
+    if verdict.admitted:
+        ctx.vars["breaker"] = (store, key, verdict.epoch)
+        return None
+    wait = max(1, math.ceil(verdict.retry_after))
+    return Reply.json(503, {"error": "circuit_open", "breaker": key, "state": verdict.state,
+                            "message": f"breaker {key} is {verdict.state.replace('_', '-')}; "
+                                       f"the upstream is not called",
+                            "retry_after": wait},
+                      [("Retry-After", str(wait))])
+
+
+def finish(conf, ctx, status):
+    admitted = (ctx._vars or {}).get("breaker")
+    if admitted is None or status == 0:     # not let through, or the client left: no verdict
+        return
+    if ctx.ended_by is not None:            # a later plugin answered: the upstream never did
+        return
+    store, key, epoch = admitted
+    error = ctx.error
+    if error is not None:
+        failed = isinstance(error, (UpstreamError, UpstreamTimeout)) or \
+            status in conf["failure_statuses"]
+    else:
+        failed = status in conf["failure_statuses"]
+    store.breaker_record(key, conf, epoch, not failed)
