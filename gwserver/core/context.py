@@ -5,6 +5,8 @@ and order kept, repeats kept); ``header_map`` is a lower-case name -> last value
 """
 import json
 
+from ..errors import UpstreamError, UpstreamTimeout
+
 
 class Reply:
     """A response the gateway writes itself (a plugin ending the request, or an error)."""
@@ -75,6 +77,12 @@ class RequestContext:
         if self._vars is None:
             self._vars = {}
         return self._vars
+
+    def upstream_failed(self, status, failure_statuses):
+        """Did the upstream fail this request? A connect error, a timeout or a broken
+        connection always counts; an answer counts if its status is in ``failure_statuses``."""
+        return isinstance(self.error, (UpstreamError, UpstreamTimeout)) or \
+            status in failure_statuses
 
     def take_body(self):
         chunks, self.body = self.body, []

@@ -76,3 +76,34 @@ def window_decision(rate, per, current, previous, into, index):
                         reset=per - into if not previous else 2 * per - into,
                         retry_after=retry)
     return decision, (index, current, previous)
+
+
+def adaptive_start(conf):
+    """The first effective rate of an adaptive limit: ``rate``, kept within floor..ceiling."""
+    adaptive = conf["adaptive"]
+    return min(adaptive["ceiling"], max(adaptive["floor"], conf["rate"]))
+
+
+def adapt(state, conf, now, ok, failed):
+    """Move an adaptive limit's effective rate with the upstream's success rate.
+
+    state = {"rate", "since", "ok", "failed"} or None. Answers are counted per ``window``;
+    once a window is over, at least ``raise_above`` successful raises the rate by ``step_up``,
+    below ``lower_below`` lowers it by ``step_down``, always within floor..ceiling. Returns the
+    new state (the rate every worker and host then uses).
+    """
+    adaptive = conf["adaptive"]
+    if state is None:
+        state = {"rate": adaptive_start(conf), "since": now, "ok": 0, "failed": 0}
+    state = dict(state, ok=state["ok"] + ok, failed=state["failed"] + failed)
+    if now - state["since"] >= adaptive["window"]:
+        total = state["ok"] + state["failed"]
+        if total:
+            success = state["ok"] / total
+            if success >= adaptive["raise_above"]:
+                state["rate"] = min(adaptive["ceiling"], state["rate"] * (1 + adaptive["step_up"]))
+            elif success < adaptive["lower_below"]:
+                state["rate"] = max(adaptive["floor"],
+                                    state["rate"] * (1 - adaptive["step_down"]))
+        state.update(since=now, ok=0, failed=0)
+    return state

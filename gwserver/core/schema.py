@@ -136,6 +136,18 @@ def number(minimum=0.0, exclusive=False, maximum=None):
     return check
 
 
+def fraction(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    raise Invalid(f"must be a number from 0 to 1, got {show(value)}")
+
+
+def status_code(value):
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    raise Invalid(f"must be an HTTP status from 100 to 599, got {show(value)}")
+
+
 def boolean(value):
     if not isinstance(value, bool):
         raise Invalid(f"must be true or false, got {show(value)}")

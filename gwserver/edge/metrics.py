@@ -121,7 +121,18 @@ class WorkerMetrics:
                                            ["breaker", "state"])
         self._series = {}
         self._limits = {}           # (route, outcome) -> [counted, pushed]
+        self.rates = Gauge("gwserver_rate_limit_effective_rate", "Adaptive limits: the rate "
+                           "in force, as this host last heard it", ["route"],
+                           multiprocess_mode="mostrecent")
         self._breakers = {}         # breaker key -> [state seen, state pushed]
+        self._rates = {}            # route -> [rate seen, rate pushed]
+
+    def effective_rate(self, route_id, rate):
+        entry = self._rates.get(route_id)
+        if entry is None:
+            self._rates[route_id] = [rate, None]
+        else:
+            entry[0] = rate
 
     def breaker_state(self, key, state):
         entry = self._breakers.get(key)
@@ -158,6 +169,10 @@ class WorkerMetrics:
 
     def flush(self):
         """Push what was counted since the last flush into the shared multiprocess files."""
+        for route_id, entry in self._rates.items():
+            if entry[0] != entry[1]:
+                self.rates.labels(route_id).set(entry[0])
+                entry[1] = entry[0]
         for key, entry in self._breakers.items():
             if entry[0] != entry[1]:
                 self.breaker.labels(key).set(STATE_CODES[entry[0]])

@@ -1,6 +1,9 @@
-"""Where rate-limit state lives: Redis (shared by every worker and host) or this host.
+"""Where rate-limit, adaptive-limit and breaker state lives: Redis (shared by every worker and
+host) or this host.
 
-``RedisStore`` makes each decision one atomic script call on Redis' clock (EVALSHA, scripts
+Three kinds of calls: a rate-limit decision and a breaker admission (the request waits for
+them), and an outcome report (a breaker's or an adaptive limit's; never waited for, sent with
+the next round trip). ``RedisStore`` makes each decision one atomic script call on Redis' clock (EVALSHA, scripts
 loaded once and again on NOSCRIPT, one key per decision, keys that expire), and *coalesces*:
 every decision a worker's greenlets ask for while a round trip is in flight goes into the next
 pipeline, so a worker has at most one round trip in flight (PERF_NOTES: one EVALSHA per request
@@ -9,8 +12,11 @@ milliseconds with no retries (redis-py's defaults, 5 s and 10 retries, would sta
 seconds), and after a failure the store is skipped for ``pause`` seconds so a dead Redis costs
 nothing per request; callers then apply their ``on_store_error``.
 
-``LocalStore`` keeps the same state for one host in an mmap'd file that every worker of the
-host maps, guarded by flock: the embedded default (no [redis]) and the ``local`` fallback.
+``LocalStore`` keeps the same state for one host in files every worker of the host maps,
+guarded by flock: the embedded default (no [redis]) and the ``local`` fallback.
+
+Redis URLs: plain, TLS, unix socket, Sentinel and Cluster (``connect``); every key is one
+hash slot, so scripts run on a Cluster unchanged.
 """
 import fcntl
 import hashlib
@@ -189,6 +195,37 @@ return {s.state, s.epoch, admitted, string.format('%.6f', wait), transitions}
 """
 
 
+# An adaptive limit's effective rate (core/ratelimit.adapt, line for line), one hash per limit.
+# ARGV: start rate, floor, ceiling, window, raise_above, lower_below, step_up, step_down, ok,
+# failed. Returns the effective rate.
+ADAPTIVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local floor, ceiling, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 'rate', 'since', 'ok', 'failed')
+local rate = tonumber(state[1]) or tonumber(ARGV[1])
+local since = tonumber(state[2]) or now
+local ok = (tonumber(state[3]) or 0) + tonumber(ARGV[9])
+local failed = (tonumber(state[4]) or 0) + tonumber(ARGV[10])
+if now - since >= window then
+  local total = ok + failed
+  if total > 0 then
+    local success = ok / total
+    if success >= tonumber(ARGV[5]) then
+      rate = math.min(ceiling, rate * (1 + tonumber(ARGV[7])))
+    elseif success < tonumber(ARGV[6]) then
+      rate = math.max(floor, rate * (1 - tonumber(ARGV[8])))
+    end
+  end
+  since, ok, failed = now, 0, 0
+end
+redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', rate), 'since',
+           string.format('%.6f', since), 'ok', ok, 'failed', failed)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) * 10 + 60000)
+return string.format('%.17g', rate)
+"""
+
+
 class BreakerVerdict(NamedTuple):
     admitted: bool
     state: str
@@ -199,6 +236,13 @@ class BreakerVerdict(NamedTuple):
 def breaker_args(conf):
     return (conf["error_rate"], conf["window"], conf["min_requests"], conf["open_for"],
             conf["max_open_for"], conf["half_open_probes"])
+
+
+def adaptive_args(conf):
+    adaptive = conf["adaptive"]
+    return (ratelimit.adaptive_start(conf), adaptive["floor"], adaptive["ceiling"],
+            adaptive["window"], adaptive["raise_above"], adaptive["lower_below"],
+            adaptive["step_up"], adaptive["step_down"])
 
 
 def load_breaker_state(raw):
@@ -277,8 +321,10 @@ class RedisStore:
         self.pause = pause
         self.key_prefix = key_prefix + "rl:"
         self.breaker_prefix = key_prefix + "br:"
+        self.adaptive_prefix = key_prefix + "ad:"
         self.scripts = {"token_bucket": TOKEN_BUCKET_LUA, "sliding_window": SLIDING_WINDOW_LUA,
-                        "breaker": BREAKER_LUA}
+                        "breaker": BREAKER_LUA, "adaptive": ADAPTIVE_LUA}
+        self.adaptive_rates = {}        # limit key -> the effective rate Redis last answered
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
         self.queue = []
@@ -304,6 +350,17 @@ class RedisStore:
             return
         self.queue.append((("br", self.breaker_prefix + key, breaker_args(conf)), (epoch, ok),
                            None, 0.0))
+        self.wake.set()
+
+    def adaptive_rate(self, key, conf):
+        """The effective rate of an adaptive limit as this worker last heard it."""
+        return self.adaptive_rates.get(key) or ratelimit.adaptive_start(conf)
+
+    def adaptive_record(self, key, conf, ok):
+        """Count one upstream outcome of an adaptive limit; never waited for."""
+        if time.monotonic() < self.down_until:
+            return
+        self.queue.append((("ad", key, adaptive_args(conf)), ok, None, 0.0))
         self.wake.set()
 
     def breaker_state(self, key):
@@ -362,6 +419,8 @@ class RedisStore:
                 for waiter, decision in zip(waiters, decisions_from(algorithm, reply, rate, per,
                                                                      burst)):
                     waiter.set(decision)
+            elif spec[0] == "ad":
+                self.adaptive_rates[spec[1]] = float(reply)
             else:
                 state, epoch, admitted, wait, transitions = reply
                 state = state.decode() if isinstance(state, bytes) else state
@@ -385,6 +444,10 @@ class RedisStore:
                 args = (rate, per, max(burst, 1)) if algorithm == "token_bucket" else (rate, per)
                 ages = [int((sent_at - queued_at) * 1e6) for _, _, queued_at in items]
                 calls.append((algorithm, key, (*args, *ages)))
+            elif spec[0] == "ad":
+                ok = sum(1 for payload, _, _ in items if payload)
+                calls.append(("adaptive", self.adaptive_prefix + spec[1],
+                              (*spec[2], ok, len(items) - ok)))
             else:
                 _, key, conf_args = spec
                 admissions, outcomes = 0, {}
@@ -425,9 +488,11 @@ class RedisStore:
 class LocalStore:
     """Per-host state in files every worker of the host maps, each guarded by flock.
 
-    Rate limits: ``limits``, a fixed open-addressing table: each slot holds a key hash and three doubles (token bucket:
-    tokens, last; sliding window: index, current, previous). 65,536 slots, 2 MiB; when the
-    probe run is full the least recently used slot of the run is reused.
+    Rate limits: ``limits``, a fixed open-addressing table mmap'd by every worker: each slot
+    holds a key hash and three doubles (token bucket: tokens, last; sliding window: index,
+    current, previous). 65,536 slots, 2 MiB; when the probe run is full the least recently
+    used slot of the run is reused. Breakers and adaptive limits: ``states/``, one small JSON
+    file per key, read and rewritten under the file's lock (their state has no fixed size).
     """
 
     SLOTS = 65536
@@ -442,12 +507,13 @@ class LocalStore:
             os.ftruncate(fd, size)
         self.fd = fd
         self.mm = mmap.mmap(fd, size)
-        self.breaker_dir = os.path.join(directory, "breakers")
-        os.makedirs(self.breaker_dir, mode=0o700, exist_ok=True)
-        self.breaker_fds = {}
+        self.state_dir = os.path.join(directory, "states")      # breakers, adaptive limits
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self.state_fds = {}
+        self.adaptive_rates = {}
         self.on_transition = None       # callable(key, state), set by the worker for metrics
 
-    # -- breakers: one small JSON file per breaker, the state core.breaker.step() keeps ------
+    # -- breakers and adaptive limits ----------------------------------------------------------
 
     def breaker_admit(self, key, conf):
         state, admitted, now = self._breaker_step(key, conf, (), 1)
@@ -458,35 +524,58 @@ class LocalStore:
         self._breaker_step(key, conf, [(epoch, int(ok), int(not ok))], 0)
 
     def breaker_state(self, key):
-        fd = self._breaker_fd(key)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            raw = os.pread(fd, 1 << 16, 0)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        raw = self._read("br:" + key)
         return load_breaker_state(raw) if raw else None
 
-    def _breaker_fd(self, key):
-        fd = self.breaker_fds.get(key)
+    def adaptive_rate(self, key, conf):
+        return self.adaptive_rates.get(key) or ratelimit.adaptive_start(conf)
+
+    def adaptive_record(self, key, conf, ok):
+        def update(raw, now):
+            state = ratelimit.adapt(json.loads(raw) if raw else None, conf, now, int(ok),
+                                    int(not ok))
+            return state, state
+        self.adaptive_rates[key] = self._update("ad:" + key, update)["rate"]
+
+    # -- small JSON states in files, one per key, read-modify-written under flock -------------
+
+    def _fd(self, name):
+        fd = self.state_fds.get(name)
         if fd is None:
-            name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-            fd = os.open(os.path.join(self.breaker_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
-            self.breaker_fds[key] = fd
+            file_name = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+            fd = os.open(os.path.join(self.state_dir, file_name), os.O_RDWR | os.O_CREAT,
+                         0o600)
+            self.state_fds[name] = fd
         return fd
 
-    def _breaker_step(self, key, conf, outcomes, admissions):
-        fd = self._breaker_fd(key)
+    def _read(self, name):
+        fd = self._fd(name)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            return os.pread(fd, 1 << 16, 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _update(self, name, update):
+        """Run ``update(raw bytes, now) -> (state to save, result)`` under the file's lock."""
+        fd = self._fd(name)
         now = time.time()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            raw = os.pread(fd, 1 << 16, 0)
-            state = load_breaker_state(raw) if raw else breaker.initial_state()
-            state, admitted, transitions = breaker.step(state, conf, now, outcomes, admissions)
+            state, result = update(os.pread(fd, 1 << 16, 0), now)
             data = json.dumps(state, separators=(",", ":")).encode()
             os.pwrite(fd, data, 0)
             os.ftruncate(fd, len(data))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+        return result
+
+    def _breaker_step(self, key, conf, outcomes, admissions):
+        def update(raw, now):
+            state = load_breaker_state(raw) if raw else breaker.initial_state()
+            state, admitted, transitions = breaker.step(state, conf, now, outcomes, admissions)
+            return state, (state, admitted, transitions, now)
+        state, admitted, transitions, now = self._update("br:" + key, update)
         for to in transitions:
             log.warning("breaker %s is now %s (per-host state)", key, to)
             if self.on_transition is not None:

@@ -22,18 +22,12 @@ import math
 
 from .. import services
 from ..core.context import Reply
-from ..core.schema import Field, Invalid, Schema, integer, list_of, number, one_of, show
-from ..errors import StoreError, UpstreamError, UpstreamTimeout
+from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
+from ..errors import StoreError
 
 NAME = "breaker"
 PRIORITY = 700          # after rate_limit: a request refused by a limit never counts
 UPSTREAM_PLUGIN = True
-
-
-def status_code(value):
-    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
-        return value
-    raise Invalid(f"must be an HTTP status from 100 to 599, got {show(value)}")
 
 
 SCHEMA = Schema(
@@ -95,10 +89,5 @@ def finish(conf, ctx, status):
     if ctx.ended_by is not None:            # a later plugin answered: the upstream never did
         return
     store, key, epoch = admitted
-    error = ctx.error
-    if error is not None:
-        failed = isinstance(error, (UpstreamError, UpstreamTimeout)) or \
-            status in conf["failure_statuses"]
-    else:
-        failed = status in conf["failure_statuses"]
-    store.breaker_record(key, conf, epoch, not failed)
+    store.breaker_record(key, conf, epoch,
+                         not ctx.upstream_failed(status, conf["failure_statuses"]))

@@ -11,13 +11,20 @@ worker); without it, per host. When Redis cannot answer: "allow" lets the reques
 
 Rejected requests get 429 with Retry-After; every limited route's answers carry RateLimit-Limit,
 RateLimit-Remaining and RateLimit-Reset (IETF httpapi ratelimit-headers draft).
+
+Adaptive (opt-in): ``adaptive = {floor = 20, ceiling = 200}`` makes ``rate`` the starting point
+of an effective rate that follows the upstream: each ``window`` the share of successful
+answers is computed, and the rate goes up by ``step_up`` when at least ``raise_above``
+succeeded, down by ``step_down`` below ``lower_below``, within floor..ceiling. The rate is
+one per route, shared like the limit itself (Redis, or per host).
 """
 import hashlib
 import math
 
 from .. import services
 from ..core.context import Reply
-from ..core.schema import Field, Invalid, Schema, integer, number, one_of, show
+from ..core.schema import (Field, Invalid, Schema, fraction, integer, list_of, number, one_of,
+                           show, status_code)
 from ..errors import StoreError
 
 NAME = "rate_limit"
@@ -33,6 +40,18 @@ def key_kind(value):
     raise Invalid(f'must be "ip", "route", "header:NAME" or "claim:NAME", got {show(value)}')
 
 
+ADAPTIVE = Schema(
+    Field("floor", number(0, exclusive=True), doc="the lowest effective rate"),
+    Field("ceiling", number(0, exclusive=True), doc="the highest effective rate"),
+    Field("window", number(0, exclusive=True), 10.0, "seconds of answers per adjustment"),
+    Field("raise_above", fraction, 0.95, "raise when at least this share succeeded"),
+    Field("lower_below", fraction, 0.7, "lower when less than this share succeeded"),
+    Field("step_up", number(0, exclusive=True), 0.2, "raise by this fraction (0.2 = +20%)"),
+    Field("step_down", fraction, 0.2, "lower by this fraction (0.2 = -20%)"),
+    Field("failure_statuses", list_of(status_code), [500, 502, 503, 504],
+          "upstream statuses that count as failed (connect errors and timeouts always do)"),
+)
+
 SCHEMA = Schema(
     Field("algorithm", one_of("token_bucket", "sliding_window"), "token_bucket",
           "token_bucket (rate with bursts) or sliding_window (at most rate per window)"),
@@ -42,13 +61,23 @@ SCHEMA = Schema(
     Field("key", key_kind, "ip", "what is limited: ip, route, header:NAME or claim:NAME"),
     Field("on_store_error", one_of("allow", "deny", "local"), "local",
           "when Redis cannot answer: let through, refuse (503), or limit per host"),
+    Field("adaptive", ADAPTIVE, None, "move the rate with the upstream's success rate"),
 )
 
 
 def prepare(conf):
     kind, _, name = conf["key"].partition(":")
-    return {**conf, "kind": kind, "name": name.lower().encode("latin-1") if kind == "header"
-            else name}
+    adaptive = conf["adaptive"]
+    if adaptive is not None:
+        if adaptive["floor"] > adaptive["ceiling"]:
+            raise ValueError(f"adaptive.floor ({adaptive['floor']:g}) is above adaptive.ceiling "
+                             f"({adaptive['ceiling']:g})")
+        if adaptive["lower_below"] > adaptive["raise_above"]:
+            raise ValueError(f"adaptive.lower_below ({adaptive['lower_below']:g}) is above "
+                             f"adaptive.raise_above ({adaptive['raise_above']:g})")
+        adaptive = {**adaptive, "failure_statuses": frozenset(adaptive["failure_statuses"])}
+    return {**conf, "kind": kind, "adaptive": adaptive,
+            "name": name.lower().encode("latin-1") if kind == "header" else name}
 
 
 def _key(conf, ctx):
@@ -70,9 +99,12 @@ def _key(conf, ctx):
 
 def access(conf, ctx):
     key = _key(conf, ctx)
-    args = (conf["algorithm"], key, conf["rate"], conf["per"], conf["burst"])
+    store = services.limit_store
+    rate = conf["rate"] if conf["adaptive"] is None else \
+        store.adaptive_rate(ctx.route.id, conf)
+    args = (conf["algorithm"], key, rate, conf["per"], conf["burst"])
     try:
-        decision = services.limit_store.decide(*args)
+        decision = store.decide(*args)
     except StoreError:
         mode = conf["on_store_error"]
         if mode == "allow":
@@ -83,11 +115,14 @@ def access(conf, ctx):
             return Reply.json(503, {"error": "rate_limit_unavailable",
                                     "message": "the rate-limit store cannot answer"},
                               [("Retry-After", "1")])
-        decision = services.local_store.decide(*args)
+        store = services.local_store
+        decision = store.decide(*args)
         outcome = "local_"
     else:
         outcome = ""
     ctx.vars["rate_limit"] = decision
+    if conf["adaptive"] is not None:
+        ctx.vars["rate_limit_store"] = store
     _count(ctx, outcome + ("allowed" if decision.allowed else "limited"))
     if decision.allowed:
         return None
@@ -102,6 +137,20 @@ def response(conf, ctx, head):
     if decision is not None:
         for name, value in _headers(decision):
             head.set_header(name, value)
+
+
+def finish(conf, ctx, status):
+    """Adaptive limits: report whether the upstream's answer succeeded."""
+    adaptive = conf["adaptive"]
+    if adaptive is None or status == 0 or ctx.ended_by is not None:
+        return
+    store = (ctx._vars or {}).get("rate_limit_store")
+    if store is None:
+        return
+    store.adaptive_record(ctx.route.id, conf,
+                          not ctx.upstream_failed(status, adaptive["failure_statuses"]))
+    if services.metrics is not None:
+        services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))
 
 
 def _headers(decision):

@@ -110,3 +110,28 @@ def test_redis_restarted_is_used_again(launcher, upstream):
     wait_until(lambda: statuses(gw, 1, headers={"X-Key": f"probe{next(probes)}"}) and
                "redis is answering again" in gw.log(), timeout=10)
     assert statuses(gw, 3, headers={"X-Key": "fresh"}) == [200, 200, 429]
+
+
+@pytest.mark.parametrize("store", ["redis", "per host"])
+def test_adaptive_limit_follows_the_upstream_in_every_worker(launcher, upstream, store):
+    sections = {"redis": {"url": launcher.redis().url}} if store == "redis" else {}
+    gw = launcher.gateway(gateway_conf([route(
+        "ad", ["/ad/*rest"], upstream.url, strip_prefix="/ad", plugins={"rate_limit": {
+            "rate": 10, "burst": 1000, "key": "route", "adaptive": {
+                "floor": 4, "ceiling": 15, "window": 0.3, "step_up": 0.2, "step_down": 0.5}}})],
+        workers=2, **sections))
+
+    def limits_seen(path, seconds):
+        seen, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            resp, _ = gw.request("GET", path)        # a new connection each: both workers
+            seen.append(int(resp.getheader("RateLimit-Limit")))
+            time.sleep(0.02)
+        return seen
+
+    failing = limits_seen("/ad/status/503", 1.5)
+    assert failing[0] == 10 and failing[-1] == 4           # halved per window, to the floor
+    assert sorted(set(failing), reverse=True) == [10, 5, 4]
+    healthy = limits_seen("/ad/echo", 4.0)
+    assert healthy[-1] == 15                                # +20% per window, to the ceiling
+    assert {5, 6, 8, 9, 11, 14} <= set(healthy)             # 4 x 1.2^n, step by step

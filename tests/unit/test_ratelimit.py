@@ -73,3 +73,48 @@ def test_burst_absorbs_random_arrival_gaps():
     assert sum(strict) < 0.9 * 2000
     assert 2000 <= sum(with_burst) <= 2010
     assert 1960 <= sum(window) <= 2010
+
+
+ADAPTIVE_CONF = {"rate": 100, "adaptive": {"floor": 50, "ceiling": 130, "window": 10,
+                                           "raise_above": 0.95, "lower_below": 0.7,
+                                           "step_up": 0.2, "step_down": 0.2}}
+
+
+# (ok, failed) per 10 s window -> the effective rate after each window
+@pytest.mark.parametrize("windows, rates", [
+    ([(100, 0), (100, 0), (100, 0)], [120, 130, 130]),        # +20%, capped at the ceiling
+    ([(95, 5)], [120]),                                       # exactly 95%: raise
+    ([(80, 20)], [100]),                                      # between 70% and 95%: hold
+    ([(69, 31), (0, 10), (0, 10), (0, 10)], [80, 64, 51.2, 50]),  # -20% down to the floor
+    ([(0, 0)], [100]),                                        # no answers: no change
+])
+def test_adaptive_rate_follows_the_success_rate(windows, rates):
+    from gwserver.core.ratelimit import adapt
+    state, seen = None, []
+    for i, (ok, failed) in enumerate(windows):
+        state = adapt(state, ADAPTIVE_CONF, i * 10.0, ok, failed)        # counted in window i
+        state = adapt(state, ADAPTIVE_CONF, (i + 1) * 10.0, 0, 0)        # window over: adjust
+        seen.append(state["rate"])
+    assert seen == pytest.approx(rates)
+
+
+def test_adaptive_start_is_kept_within_floor_and_ceiling():
+    from gwserver.core.ratelimit import adaptive_start
+    assert adaptive_start({**ADAPTIVE_CONF, "rate": 500}) == 130
+    assert adaptive_start({**ADAPTIVE_CONF, "rate": 1}) == 50
+
+
+@pytest.mark.parametrize("adaptive, problem", [
+    ({"floor": 10}, "adaptive.ceiling: is required"),
+    ({"floor": 30, "ceiling": 10}, "adaptive.floor (30) is above adaptive.ceiling (10)"),
+    ({"floor": 1, "ceiling": 2, "lower_below": 0.99}, "lower_below (0.99) is above"),
+    ({"floor": 1, "ceiling": 2, "step_down": 2}, "step_down: must be a number from 0 to 1"),
+])
+def test_adaptive_schema_names_the_problem(adaptive, problem):
+    from gwserver.core.chain import build_chain
+    from gwserver.errors import ConfigError
+    from gwserver.plugins import load_registry
+    with pytest.raises(ConfigError) as caught:
+        build_chain("route r", {"rate_limit": {"rate": 5, "adaptive": adaptive}}, None,
+                    load_registry())
+    assert problem in str(caught.value)
