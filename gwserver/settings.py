@@ -117,9 +117,42 @@ ADMIN = Schema(
     doc="The admin listener, served by the workers like any other listener.",
 )
 
+def parse_multi_host_url(url):
+    """redis+sentinel:// or redis+cluster:// URL -> (password, [(host, port)], path).
+
+    Raises Invalid naming the problem (redis-py's URL parser takes one host only)."""
+    rest = url.partition("://")[2]
+    password = None
+    if "@" in rest:
+        auth, _, rest = rest.rpartition("@")
+        password = auth.partition(":")[2] or None
+    hosts, _, path = rest.partition("/")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise Invalid(f"needs host:port for every node, got {show(item)} in {show(url)}")
+        nodes.append((host.strip("[]"), int(port)))
+    return password, nodes, path
+
+
+def redis_url(value):
+    value = string(r"(redis|rediss|unix|redis\+sentinel|redis\+cluster)://.+",
+                   "a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL"
+                   )(value)
+    if value.startswith(("redis+sentinel:", "redis+cluster:")):
+        _, _, path = parse_multi_host_url(value)
+        if value.startswith("redis+sentinel:") and not path.partition("/")[0]:
+            raise Invalid(f"needs the master's name after the hosts "
+                          f"(redis+sentinel://host:port/mymaster), got {show(value)}")
+    return value
+
+
 REDIS = Schema(
-    Field("url", string(r"(redis|rediss|unix)://.+", "a redis://, rediss:// or unix:// URL"),
-          "redis://127.0.0.1:6379/0", "where rate-limit state shared by all hosts lives"),
+    Field("url", redis_url,
+          "redis://127.0.0.1:6379/0",
+          "redis://host:port/db; redis+sentinel://host:port,host:port/master_name[/db]; "
+          "redis+cluster://host:port,host:port"),
     Field("timeout", number(0, exclusive=True), 0.05,
           "seconds a decision may wait for Redis before on_store_error applies"),
     Field("pause", number(0), 1.0, "after a Redis error, seconds before asking it again"),

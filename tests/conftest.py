@@ -255,13 +255,63 @@ class Launcher:
         port = port or free_port()
         directory = self.tmp_dir / f"redis-{port}"
         directory.mkdir(exist_ok=True)
+        proc = self._redis_server(port, directory)
+        proc.url = f"redis://127.0.0.1:{port}/0"
+        return proc
+
+    def redis_cluster(self, size=3):
+        """``size`` cluster-enabled redis-servers joined into one Redis Cluster (no replicas)."""
+        ports = [free_port() for _ in range(size)]
+        for port in ports:
+            directory = self.tmp_dir / f"redis-cluster-{port}"
+            directory.mkdir()
+            self._redis_server(port, directory, "--cluster-enabled", "yes",
+                               "--cluster-config-file", "nodes.conf",
+                               "--cluster-port", str(free_port()))     # not port + 10000
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        wait_until(lambda: all(b"cluster_state:ok" in subprocess.run(
+            ["redis-cli", "-p", str(p), "cluster", "info"], capture_output=True).stdout
+            for p in ports), timeout=30)
+        return ports, "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    def redis_sentinel(self):
+        """A master, a replica and one Sentinel (quorum 1, down after 1 s) watching "gwmaster".
+
+        Returns (master, replica, sentinel) processes; each has ``.port``."""
+        master_port, replica_port, sentinel_port = free_port(), free_port(), free_port()
+        procs = []
+        for port, extra in ((master_port, ()),
+                            (replica_port, ("--replicaof", "127.0.0.1", str(master_port)))):
+            directory = self.tmp_dir / f"redis-{port}"
+            directory.mkdir()
+            procs.append(self._redis_server(port, directory, *extra))
+        conf = self.tmp_dir / f"sentinel-{sentinel_port}.conf"
+        conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {self.tmp_dir}\n"
+                        f"sentinel monitor gwmaster 127.0.0.1 {master_port} 1\n"
+                        f"sentinel down-after-milliseconds gwmaster 1000\n"
+                        f"sentinel failover-timeout gwmaster 5000\n")
+        sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.started.append(sentinel)
+        wait_for_port(sentinel_port, proc=sentinel)
+        sentinel.port = sentinel_port
+        wait_until(lambda: b"master_link_status:up" in subprocess.run(
+            ["redis-cli", "-p", str(replica_port), "info", "replication"],
+            capture_output=True).stdout, timeout=20)
+        return procs[0], procs[1], sentinel
+
+    def _redis_server(self, port, directory, *extra):
         proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                 "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                                 "--save", "", "--appendonly", "no", "--dir", str(directory),
+                                 *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         self.started.append(proc)
         wait_for_port(port, proc=proc)
-        proc.port, proc.url = port, f"redis://127.0.0.1:{port}/0"
+        proc.port = port
         return proc
 
     def etcd_cluster(self, size=3):

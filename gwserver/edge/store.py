@@ -33,6 +33,7 @@ import gevent.event
 
 from ..core import breaker, ratelimit
 from ..errors import StoreError
+from ..settings import parse_multi_host_url
 
 log = logging.getLogger("gwserver.store")
 
@@ -267,18 +268,10 @@ def connect(url, timeout):
     from redis.sentinel import Sentinel
     fast = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=None,
                 health_check_interval=0)
-    scheme, _, rest = url.partition("://")
+    scheme = url.partition("://")[0]
     if scheme not in ("redis+sentinel", "redis+cluster"):
         return redis.Redis.from_url(url, retry_on_timeout=False, max_connections=4, **fast)
-    password = None
-    if "@" in rest:
-        auth, _, rest = rest.rpartition("@")
-        password = auth.partition(":")[2] or None
-    hosts, _, path = rest.partition("/")
-    nodes = []
-    for item in hosts.split(","):
-        host, _, port = item.rpartition(":")
-        nodes.append((host.strip("[]"), int(port)))
+    password, nodes, path = parse_multi_host_url(url)
     if scheme == "redis+cluster":
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
                             password=password, cluster_error_retry_attempts=1,
@@ -318,6 +311,7 @@ class RedisStore:
                              OSError)
         self.noscript = redis.exceptions.NoScriptError
         self.client = connect(url, timeout)
+        self.cluster = url.startswith("redis+cluster:")
         self.pause = pause
         self.key_prefix = key_prefix + "rl:"
         self.breaker_prefix = key_prefix + "br:"
@@ -460,17 +454,42 @@ class RedisStore:
                 flat = [n for epoch, (ok, failed) in outcomes.items() for n in (epoch, ok, failed)]
                 calls.append(("breaker", key, (*conf_args, admissions, *flat)))
 
-        def pipeline():
+        replies = self._pipeline(calls)
+        if any(isinstance(r, self.noscript) for r in replies):
+            for client in self._nodes():            # Redis restarted or flushed its scripts
+                for body in self.scripts.values():
+                    client.script_load(body)
+            replies = self._pipeline(calls)
+        return replies
+
+    def _pipeline(self, calls):
+        if not self.cluster:
             pipe = self.client.pipeline(transaction=False)
             for script, key, args in calls:
                 pipe.evalsha(self.shas[script], 1, key, *args)
             return pipe.execute(raise_on_error=False)
-        replies = pipeline()
-        if any(isinstance(r, self.noscript) for r in replies):
-            for body in self.scripts.values():      # Redis restarted or flushed its scripts
-                self.client.script_load(body)
-            replies = pipeline()
+        # redis-py refuses EVALSHA in cluster pipelines: one plain pipeline per master that
+        # owns some of the keys (every call touches one key, so one slot).
+        by_node = {}
+        for i, (script, key, args) in enumerate(calls):
+            node = self.client.get_node_from_key(key)
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        replies = [None] * len(calls)
+        for node, indexes in by_node.values():
+            pipe = node.redis_connection.pipeline(transaction=False)
+            for i in indexes:
+                script, key, args = calls[i]
+                pipe.evalsha(self.shas[script], 1, key, *args)
+            for i, reply in zip(indexes, pipe.execute(raise_on_error=False)):
+                replies[i] = reply
+        if any(isinstance(r, Exception) and str(r).startswith(("MOVED", "ASK")) for r in replies):
+            self.client.nodes_manager.initialize()  # slots moved: learn the new layout
         return replies
+
+    def _nodes(self):
+        if not self.cluster:
+            return [self.client]
+        return [node.redis_connection for node in self.client.get_primaries()]
 
     def _failed(self, batch, exc):
         self.down_until = time.monotonic() + self.pause

@@ -1,0 +1,69 @@
+"""Rate limits and breakers on Redis Cluster and Redis Sentinel, including a failover."""
+import subprocess
+import time
+
+from ..conftest import gateway_conf, route, wait_until
+
+
+def get(gw, path, headers=None):
+    resp, _ = gw.request("GET", path, headers=headers)
+    return resp.status
+
+
+def test_cluster_limits_and_breakers_are_exact_across_workers(launcher, upstream):
+    ports, url = launcher.redis_cluster()
+    gw = launcher.gateway(gateway_conf([
+        route("lim", ["/lim"], upstream.url, plugins={"rate_limit": {
+            "rate": 3, "per": 3600, "burst": 3, "key": "header:X-Key"}}),
+        route("br", ["/br/*rest"], upstream.url, strip_prefix="/br", plugins={"breaker": {
+            "min_requests": 4, "open_for": 60, "max_open_for": 60}})],
+        workers=2, redis={"url": url, "timeout": 0.5}))
+    keys = [f"user-{i}" for i in range(12)]          # spread over the three masters' slots
+    for key in keys:
+        assert [get(gw, "/lim", {"X-Key": key}) for _ in range(5)] == [200] * 3 + [429] * 2
+    counts = [int(subprocess.run(["redis-cli", "-p", str(p), "dbsize"], capture_output=True,
+                                 text=True).stdout) for p in ports]
+    assert sum(counts) == len(keys) and sum(1 for c in counts if c) >= 2
+    for _ in range(4):
+        assert get(gw, "/br/status/500") == 500
+        time.sleep(0.05)
+    assert get(gw, "/br/echo") == 503
+
+
+def test_sentinel_failover_keeps_serving_and_limits_resume_on_the_new_master(launcher,
+                                                                              upstream):
+    master, replica, sentinel = launcher.redis_sentinel()
+    url = f"redis+sentinel://127.0.0.1:{sentinel.port}/gwmaster"
+    gw = launcher.gateway(gateway_conf([route("lim", ["/lim"], upstream.url, plugins={
+        "rate_limit": {"rate": 1000, "per": 3600, "burst": 1000, "key": "route",
+                       "on_store_error": "local"}})], workers=2, redis={"url": url}))
+
+    def stored_tokens(port):
+        out = subprocess.run(["redis-cli", "-p", str(port), "hget", "gw:rl:lim:route:", "t"],
+                             capture_output=True, text=True).stdout.strip()
+        return float(out) if out else None
+
+    def promoted():
+        return subprocess.run(["redis-cli", "-p", str(sentinel.port), "sentinel",
+                               "get-master-addr-by-name", "gwmaster"], capture_output=True,
+                              text=True).stdout.split()[1]
+
+    assert [get(gw, "/lim") for _ in range(10)] == [200] * 10
+    # 1000 tokens - 10 (+ refill at 1000/hour, < 1 token in a test)
+    wait_until(lambda: 990 <= (stored_tokens(replica.port) or 0) < 991, timeout=5)
+    master.kill()
+    master.wait()
+    started, statuses = time.monotonic(), []
+    while time.monotonic() - started < 20:              # through the failover: never an error
+        began = time.monotonic()
+        statuses.append(get(gw, "/lim"))
+        assert time.monotonic() - began < 1.0           # and never a stall on the dead master
+        if promoted() == str(replica.port) and len(statuses) > 20:
+            break                                       # Sentinel names the replica master
+        time.sleep(0.05)
+    assert set(statuses) == {200}
+    assert promoted() == str(replica.port)
+    # decisions go to the new master again: its bucket keeps counting down from 990
+    wait_until(lambda: get(gw, "/lim") == 200 and (stored_tokens(replica.port) or 990) < 980,
+               timeout=10)
+    assert "redis is answering again" in gw.log()
