@@ -121,6 +121,10 @@ class WorkerMetrics:
                                            ["breaker", "state"])
         self._series = {}
         self._limits = {}           # (route, outcome) -> [counted, pushed]
+        self.redis_up = Gauge("gwserver_redis_up", "1 when Redis answered this worker's last "
+                              "round trip, 0 while limits and breakers fall back "
+                              "(on_store_error); absent without [redis]",
+                              multiprocess_mode="livemin")
         self.rates = Gauge("gwserver_rate_limit_effective_rate", "Adaptive limits: the rate "
                            "in force, as this host last heard it", ["route"],
                            multiprocess_mode="mostrecent")

@@ -236,6 +236,10 @@ class GatewayWorker(GeventWorker):
                 idle_connections(pool))
         if self.table_reader is not None:
             metrics.generation.set(self.table_reader.generation)
+        from .. import services
+        store = services.limit_store
+        if store is not None and store is not services.local_store:
+            metrics.redis_up.set(1 if store.healthy else 0)
 
     def handle_client(self, sock, addr):
         try:

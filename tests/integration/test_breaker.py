@@ -1,6 +1,7 @@
 """Circuit breakers through real gateways and a real redis-server (and per host)."""
 import http.client
 import json
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -173,6 +174,8 @@ def test_redis_down_falls_back_to_per_host_breaker(launcher, upstream):
     assert codes[:4] == [500] * 4 and codes[4] == 503     # the per-host breaker opened
     assert [get(gw, "/open/status/500")[0] for _ in range(6)] == [500] * 6    # allow: unguarded
     assert time.monotonic() - started < 3                   # never stalled on the dead Redis
+    wait_until(lambda: b"gwserver_redis_up 0.0" in gw.admin_get("/metrics")[1], timeout=5)
+    assert "redis unreachable (ConnectionError)" in gw.log()
 
 
 def test_admin_view_and_metrics_show_breakers(launcher, upstream):
@@ -189,5 +192,9 @@ def test_admin_view_and_metrics_show_breakers(launcher, upstream):
     def scraped():
         text = gw.admin_get("/metrics")[1].decode()
         return 'gwserver_breaker_state{breaker="route:br"} 1.0' in text and \
-            'gwserver_breaker_transitions_total{breaker="route:br",state="open"} 1.0' in text
+            'gwserver_breaker_transitions_total{breaker="route:br",state="open"} 1.0' in text \
+            and "gwserver_redis_up 1.0" in text
     wait_until(scraped, timeout=5)
+    check = subprocess.run(["promtool", "check", "metrics"], capture_output=True, text=True,
+                           input=gw.admin_get("/metrics")[1].decode())
+    assert check.returncode == 0, check.stdout + check.stderr

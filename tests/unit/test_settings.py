@@ -103,5 +103,7 @@ def test_grafana_dashboard_queries_metrics_we_export():
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     for name in ("gwserver_requests_total", "gwserver_request_duration_seconds_bucket",
                  "gwserver_upstream_duration_seconds_bucket", "gwserver_requests_in_flight",
-                 "gwserver_upstream_connections_opened_total", "gwserver_config_generation"):
+                 "gwserver_upstream_connections_opened_total", "gwserver_config_generation",
+                 "gwserver_breaker_state", "gwserver_breaker_transitions_total",
+                 "gwserver_rate_limit_effective_rate", "gwserver_redis_up"):
         assert name in exprs
