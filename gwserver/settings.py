@@ -162,8 +162,20 @@ REDIS = Schema(
         "the host's workers).",
 )
 
+TRACING = Schema(
+    Field("enabled", boolean, True,
+          "read W3C traceparent and B3, start a trace when none came, pass it upstream"),
+    Field("b3", boolean, False, "when the gateway starts a trace, also send a B3 header"),
+    Field("otlp_endpoint", string(r"https?://.+", "an http(s):// URL", allow_empty=True), "",
+          "export the gateway's spans over OTLP/HTTP (needs `pip install gwserver[otel]`); "
+          "empty: no export"),
+    Field("service_name", string(r"[!-~]+", "printable ASCII"), "gwserver",
+          "service.name of exported spans"),
+    doc="Trace context propagation (the trace id is in every access-log line).",
+)
+
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
-            "admin": ADMIN}
+            "admin": ADMIN, "tracing": TRACING}
 OPTIONAL_SECTIONS = {"etcd": ETCD, "redis": REDIS}
 
 CONF = Schema(
@@ -183,6 +195,7 @@ class Conf:
     upstream_defaults: MappingProxyType
     log: MappingProxyType
     admin: MappingProxyType
+    tracing: MappingProxyType
     plugins: MappingProxyType
     router: Router
     etcd: MappingProxyType | None = None     # None: the static routes are the whole table

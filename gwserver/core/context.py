@@ -51,6 +51,8 @@ class RequestContext:
     __slots__ = ("method", "path", "query", "headers", "header_map", "host", "host_header",
                  "client_ip", "scheme", "request_id", "route", "params", "_vars", "ended_by",
                  "error",       # the HTTPError that ended the request, if one did
+                 "trace",       # core.tracing.TraceContext, or None with tracing off
+                 "upstream",    # an Upstream chosen by a plugin (split) instead of the route's
                  # filled by the reader, used by the proxy step
                  "url", "version", "keep_alive", "upgrade", "upgrade_tail", "head_done",
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
@@ -69,7 +71,7 @@ class RequestContext:
         self.body_size = 0
         self.content_length = None
         self.route = self.params = self._vars = self.ended_by = self.upstream_seconds = None
-        self.error = None
+        self.error = self.trace = self.upstream = None
         self.upgrade_tail = b""
 
     @property

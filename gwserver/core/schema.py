@@ -160,7 +160,7 @@ def string(pattern=None, what="a string", allow_empty=False):
     def check(value):
         if not isinstance(value, str) or (not allow_empty and not value):
             raise Invalid(f"must be {what}, got {show(value)}")
-        if regex and not regex.fullmatch(value):
+        if regex and value and not regex.fullmatch(value):
             raise Invalid(f"must be {what}, got {show(value)}")
         return value
     return check

@@ -17,10 +17,12 @@ import collections
 import logging
 import socket
 import time
+from random import getrandbits
 
 import httptools
 
 from ..core.context import RequestContext
+from ..core.tracing import extract as extract_trace
 from .sockets import recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout)
@@ -342,6 +344,8 @@ class ClientConnection:
             worker.refresh_table()
         keep_alive = req.keep_alive and self.keepalive_enabled     # and worker.alive, when
                                                                    # the answer is written
+        if worker.tracing:
+            req.trace = extract_trace(req.header_map, getrandbits)
         try:
             req.route, req.params = route, _ = worker.router.match(
                 req.method, req.host, req.path, req.header_map)

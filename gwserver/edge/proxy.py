@@ -24,6 +24,7 @@ from urllib3.exceptions import (ConnectTimeoutError, EmptyPoolError, LocationPar
 
 from ..core.balancer import SmoothWeighted
 from ..core.context import ResponseHead
+from ..core.tracing import TRACE_HEADERS
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from .http1 import IDEMPOTENT, RECV_SIZE, REASONS
@@ -32,6 +33,7 @@ from .sockets import peek_connected, recv_when_readable, send_all
 log = logging.getLogger("gwserver.proxy")
 
 NO_BODY_STATUSES = frozenset([204, 304])
+REWRITTEN_TRACE_HEADERS = frozenset(TRACE_HEADERS + (b"tracestate",))
 RECENT = 1.0        # seconds a released connection is trusted without a liveness check
 VIA = b"1.1 gwserver"
 
@@ -281,7 +283,7 @@ class Proxy:
     def forward(self, client, req, keep_alive):
         """Proxy ``req``; return (status, body bytes sent, target url, client keep-alive)."""
         route = req.route
-        upstream = route.upstream
+        upstream = req.upstream or route.upstream
         tried = None
         replayable = req.complete and req.method in IDEMPOTENT and not req.upgrade
         body_held = None
@@ -344,7 +346,7 @@ class Proxy:
                 path = "/" + path
         if req.query:
             path = path + "?" + req.query
-        upstream = route.upstream
+        upstream = req.upstream or route.upstream
         hmap = req.header_map
         host_header = req.host_header
         pass_host = upstream.pass_host
@@ -359,8 +361,19 @@ class Proxy:
         via = hmap.get(b"via")
         lines = [b"%s %s HTTP/1.1\r\nHost: %s" % (req.method.encode("ascii"),
                                                  path.encode("latin-1"), host)]
-        for name, value in req.headers:
-            lines.append(name + b": " + value)
+        trace = req.trace
+        if trace is not None and any(name in hmap for name in REWRITTEN_TRACE_HEADERS):
+            for name, value in req.headers:
+                if name.lower() not in REWRITTEN_TRACE_HEADERS:
+                    lines.append(name + b": " + value)
+        else:
+            for name, value in req.headers:
+                lines.append(name + b": " + value)
+        if trace is not None:
+            fault = (req._vars or {}).get("fault")
+            for name, value in trace.upstream_headers(self.worker.emit_b3,
+                                                      fault and f"gwfault={fault}"):
+                lines.append(name + b": " + value)
         lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
                      b"X-Request-ID: %s\r\nVia: %s" % (
                          xff + b", " + client_ip if xff else client_ip,

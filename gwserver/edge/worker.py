@@ -87,6 +87,8 @@ class GatewayWorker(GeventWorker):
         logconf = self.conf.log
         self.access_enabled = logconf["access_log"]
         self.access_json = logconf["access_format"] == "json"
+        self.tracing = self.conf.tracing["enabled"]
+        self.emit_b3 = self.conf.tracing["b3"]
         self._access_lines = []
         self._clock_second = None
         self._clock_text = ""
@@ -276,7 +278,11 @@ class GatewayWorker(GeventWorker):
         route_id = req.route.id if req.route is not None else None
         path = getattr(req, "path", None) or req.url.decode("latin-1")
         request_id = getattr(req, "request_id", None)
+        trace_id = req.trace.trace_id if req.trace is not None else None
         if self.access_json:
+            trace_json = f'"{trace_id}"' if trace_id else "null"      # hex: nothing to escape
+            fault = (req._vars or {}).get("fault")                  # "delay", "abort", both
+            fault_json = f',"fault":"{fault}"' if fault else ""
             line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
                     f'{_escape(request_id) if request_id else "null"},'
                     f'"client":"{conn.client_ip}","method":"{req.method}","path":{_escape(path)},'
@@ -284,11 +290,13 @@ class GatewayWorker(GeventWorker):
                     f'"upstream":{_escape(upstream) if upstream else "null"},'
                     f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
                     f'"upstream_ms":{upstream_ms},'
-                    f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}}}\n')
+                    f'"trace_id":{trace_json},'
+                    f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}'
+                    f'{fault_json}}}\n')
         else:
             line = (f'{conn.client_ip} - - [{clock} +0000] "{req.method} {path} HTTP/'
                     f'{req.version}" {status} {sent} "{route_id or "-"}" '
-                    f'{request_id or "-"} {elapsed_ms:.3f}\n')
+                    f'{request_id or "-"} {elapsed_ms:.3f} {trace_id or "-"}\n')
         lines = self._access_lines
         lines.append(line)
         if len(lines) >= ACCESS_FLUSH_LINES:

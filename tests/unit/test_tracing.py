@@ -1,0 +1,91 @@
+"""Trace context: what comes in -> what the upstream gets, as tables."""
+import itertools
+
+import pytest
+
+from gwserver.core.tracing import extract
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def fixed_bits():
+    counter = itertools.count(0xabc)
+    return lambda bits: next(counter)
+
+
+def upstream(headers, emit_b3=False, extra=None):
+    ctx = extract({k.lower().encode(): v.encode() for k, v in headers.items()}, fixed_bits())
+    return ctx, {k.decode().lower(): v.decode()
+                 for k, v in ctx.upstream_headers(emit_b3, extra)}
+
+
+def test_w3c_is_continued_with_the_gateway_span_as_parent():
+    ctx, out = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "a=1,b=2"})
+    assert (ctx.trace_id, ctx.parent_id, ctx.sampled, ctx.started) == (TRACE, PARENT, True, False)
+    assert out == {"traceparent": f"00-{TRACE}-{ctx.span_id}-01", "tracestate": "a=1,b=2"}
+    assert ctx.span_id == "0000000000000abc" != PARENT
+
+
+@pytest.mark.parametrize("value", [
+    f"00-{TRACE}-{PARENT}-1",                   # flags too short
+    f"00-{'0' * 32}-{PARENT}-01",                # all-zero trace id
+    f"00-{TRACE}-{'0' * 16}-01",                 # all-zero parent
+    f"ff-{TRACE}-{PARENT}-01",                   # version ff is invalid
+    f"00-{TRACE.upper()}X-{PARENT}-01",
+    f"00-{TRACE}-{PARENT}-01-extra",             # version 00 has exactly four fields
+    "garbage",
+])
+def test_malformed_traceparent_starts_a_new_trace(value):
+    ctx, out = upstream({"traceparent": value})
+    assert ctx.started and ctx.parent_id is None and ctx.trace_id != TRACE
+    assert out["traceparent"] == f"00-{ctx.trace_id}-{ctx.span_id}-01"
+
+
+def test_unsampled_is_kept_unsampled():
+    ctx, out = upstream({"traceparent": f"00-{TRACE}-{PARENT}-00"})
+    assert out["traceparent"].endswith("-00") and not ctx.sampled
+
+
+def test_future_version_is_read_by_its_first_four_fields():
+    ctx, _ = upstream({"traceparent": f"01-{TRACE}-{PARENT}-01-whatever"})
+    assert ctx.trace_id == TRACE and not ctx.started
+
+
+@pytest.mark.parametrize("b3, trace, sampled", [
+    (f"{TRACE}-{PARENT}-1", TRACE, True),
+    (f"{TRACE}-{PARENT}", TRACE, True),                     # sampling deferred
+    (f"{TRACE}-{PARENT}-0", TRACE, False),
+    (f"{TRACE}-{PARENT}-d-{'1' * 16}", TRACE, True),        # debug, with a parent
+    (f"a3ce929d0e0e4736-{PARENT}-1", "0" * 16 + "a3ce929d0e0e4736", True),   # 64-bit id
+])
+def test_b3_single_is_continued_in_b3_single(b3, trace, sampled):
+    ctx, out = upstream({"b3": b3})
+    assert (ctx.trace_id, ctx.parent_id, ctx.sampled) == (trace, PARENT, sampled)
+    assert out["b3"] == f"{trace}-{ctx.span_id}-{int(sampled)}-{PARENT}"
+    assert out["traceparent"] == f"00-{trace}-{ctx.span_id}-0{int(sampled)}"
+
+
+def test_b3_multi_is_continued_in_b3_multi():
+    ctx, out = upstream({"X-B3-TraceId": TRACE, "X-B3-SpanId": PARENT, "X-B3-Sampled": "1"})
+    assert out["x-b3-traceid"] == TRACE and out["x-b3-spanid"] == ctx.span_id
+    assert out["x-b3-parentspanid"] == PARENT and out["x-b3-sampled"] == "1"
+
+
+@pytest.mark.parametrize("headers", [{"b3": "0"}, {"b3": "xyz-abc"},
+                                     {"X-B3-TraceId": TRACE}, {"X-B3-SpanId": PARENT}])
+def test_incomplete_b3_starts_a_new_trace(headers):
+    assert upstream(headers)[0].started
+
+
+def test_w3c_wins_over_b3_and_a_started_trace_may_emit_b3():
+    ctx, _ = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01", "b3": f"{'1' * 32}-{PARENT}"})
+    assert ctx.trace_id == TRACE and ctx.b3 is None
+    ctx, out = upstream({}, emit_b3=True)
+    assert out["b3"] == f"{ctx.trace_id}-{ctx.span_id}-1"
+
+
+def test_extra_tracestate_entry_goes_first_and_replaces_its_key():
+    _, out = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01",
+                       "tracestate": "gwfault=old, a=1"}, extra="gwfault=abort")
+    assert out["tracestate"] == "gwfault=abort,a=1"
