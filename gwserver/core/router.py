@@ -32,6 +32,24 @@ class _Node:
         self.prefix = []
 
 
+def claims_match(wanted, claims):
+    """Do verified ``claims`` satisfy a route's ((name, value), ...)? A list claim matches if
+    it holds the value; ``scope``/``scp`` strings are space-separated sets (OAuth 2)."""
+    for name, value in wanted:
+        got = claims.get(name)
+        if got is None:
+            return False
+        if isinstance(got, list):
+            if value not in (str(item) for item in got):
+                return False
+        elif isinstance(got, str) and name in ("scope", "scp"):
+            if value not in got.split():
+                return False
+        elif str(got) != value:
+            return False
+    return True
+
+
 def _sort_key(route):
     return (-route.priority, tuple(not flag for flag in route.specificity), route.id)
 
@@ -44,6 +62,7 @@ class Router:
     def __init__(self):
         self._root = _Node()
         self.routes = {}
+        self.claim_routes = 0       # routes that match on JWT claims: match() needs claims_of
         self._placed = {}           # route id -> (buckets it sits in, param nodes it uses)
 
     @classmethod
@@ -110,12 +129,16 @@ class Router:
                 bucket.sort(key=_sort_key)
         self.routes[route.id] = route
         self._placed[route.id] = (buckets, params)
+        if route.claims:
+            self.claim_routes += 1
 
     def remove(self, route_id):
         """Take a route out; a parameter or catch-all name nobody uses any more is freed."""
         route = self.routes.pop(route_id, None)
         if route is None:
             return None
+        if route.claims:
+            self.claim_routes -= 1
         buckets, params = self._placed.pop(route_id)
         for bucket in buckets:
             if route in bucket:
@@ -143,56 +166,60 @@ class Router:
     def __len__(self):
         return len(self.routes)
 
-    def match(self, method, host, path, headers=None):
+    def match(self, method, host, path, headers=None, claims_of=None):
         """Return (route, params) for (method, host, path, headers) or raise RouteNotFound/405.
 
         ``host`` is lower-case without port; ``headers`` maps lower-case bytes names to bytes.
+        ``claims_of(route)`` returns the request's verified JWT claims under that route's jwt
+        config, or None; it is asked only for routes with ``claims`` conditions.
         """
         segments = path[1:].split("/")
         params = []
         allowed = set()
-        found = self._walk(self._root, segments, 0, params, method, host, headers, allowed)
+        found = self._walk(self._root, segments, 0, params, method, host,
+                           (headers, claims_of), allowed)
         if found is not None:
             return found
         if allowed:
             raise MethodNotAllowed(allowed)
         raise RouteNotFound(f"no route for {path}")
 
-    def _walk(self, node, segments, i, params, method, host, headers, allowed):
+    def _walk(self, node, segments, i, params, method, host, conditions, allowed):
         if i == len(segments):
             for bucket in (node.exact, node.prefix):
                 if bucket:
-                    route = _pick(bucket, method, host, headers, allowed)
+                    route = _pick(bucket, method, host, conditions, allowed)
                     if route is not None:
                         return route, dict(params) if params else {}
             return None
         segment = segments[i]
         child = node.static.get(segment)
         if child is not None:
-            found = self._walk(child, segments, i + 1, params, method, host, headers, allowed)
+            found = self._walk(child, segments, i + 1, params, method, host, conditions, allowed)
             if found is not None:
                 return found
         if node.param is not None and segment:
             params.append((node.param_name, segment))
-            found = self._walk(node.param, segments, i + 1, params, method, host, headers,
+            found = self._walk(node.param, segments, i + 1, params, method, host, conditions,
                                allowed)
             if found is not None:
                 return found
             params.pop()
         if node.catchall:
-            route = _pick(node.catchall, method, host, headers, allowed)
+            route = _pick(node.catchall, method, host, conditions, allowed)
             if route is not None:
                 bound = dict(params) if params else {}
                 bound[node.catchall_name] = "/".join(segments[i:])
                 return route, bound
         if node.prefix:
-            route = _pick(node.prefix, method, host, headers, allowed)
+            route = _pick(node.prefix, method, host, conditions, allowed)
             if route is not None:
                 return route, dict(params) if params else {}
         return None
 
 
-def _pick(bucket, method, host, headers, allowed):
+def _pick(bucket, method, host, conditions, allowed):
+    headers, claims_of = conditions
     for route in bucket:
         if route.hosts is not None or route.host_suffixes:
             if not (route.hosts and host in route.hosts) and \
@@ -200,6 +227,10 @@ def _pick(bucket, method, host, headers, allowed):
                 continue
         if route.headers:
             if headers is None or any(headers.get(k) != v for k, v in route.headers):
+                continue
+        if route.claims:
+            claims = claims_of(route) if claims_of is not None else None
+            if claims is None or not claims_match(route.claims, claims):
                 continue
         if route.methods is not None and method not in route.methods:
             allowed.update(route.methods)

@@ -71,6 +71,10 @@ ROUTE = Schema(
     Field("hosts", list_of(string(HOST, "a lower-case host or *.domain"), min_items=1), None,
           "Host values: exact or *.example.com; absent: any"),
     Field("headers", map_of(header_value, header_name), None, "headers that must equal values"),
+    Field("claims", map_of(string(r"[ -~]+", "a printable ASCII value"),
+                           string(r"[A-Za-z0-9_.:-]+", "a claim name")), None,
+          "verified JWT claims that must hold these values (scope: one of the scopes); "
+          "needs the jwt plugin on the route or globally"),
     Field("priority", integer(-1_000_000, 1_000_000, "an integer"), 0,
           "higher wins among equal matches"),
     Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else
@@ -127,6 +131,7 @@ class Route:
     hosts: frozenset | None = None          # exact host names
     host_suffixes: tuple = ()               # ".example.com" for *.example.com
     headers: tuple = ()                     # ((b"x-lower-name", b"value"), ...)
+    claims: tuple = ()                      # (("claim", "value"), ...)
     priority: int = 0
     strip_prefix: str | None = None
     connect_timeout: float = 5.0
@@ -138,7 +143,7 @@ class Route:
     @property
     def specificity(self):
         """Among routes at the same path node: more conditions sort first."""
-        return (bool(self.hosts), bool(self.host_suffixes), len(self.headers),
+        return (bool(self.hosts), bool(self.host_suffixes), len(self.headers) + len(self.claims),
                 self.methods is not None)
 
 
@@ -190,7 +195,42 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
     else:
         upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults, registry)
     chain = build_chain(owner, spec["plugins"], global_plugins, registry, upstream.plugin_steps)
+    if spec.get("claims") and "jwt" not in chain.names:
+        raise ConfigError(f"{owner}: claims: matching on claims needs the jwt plugin on the "
+                          f"route or in [plugins]")
+    chain = link_chain(owner, chain, upstreams, defaults, missing_hint)
     return make_route(spec, upstream, server, chain)
+
+
+def link_chain(owner, chain, upstreams, defaults, missing_hint=""):
+    """Let plugins that name other upstreams (``link(conf, resolve)``) resolve them: ``resolve``
+    turns an upstream id or inline upstream object into an Upstream, or raises ConfigError."""
+    if not any(hasattr(plugin, "link") for plugin, _ in chain.steps):
+        return chain
+    from .chain import Chain
+
+    def resolve(ref, where):
+        if isinstance(ref, str):
+            if ref not in upstreams:
+                raise ConfigError(f"{owner}: {where}: unknown upstream id {show(ref)}"
+                                  + missing_hint)
+            return upstreams[ref]
+        name = f"{owner.partition(' ')[2]}.{where}"
+        return make_upstream(name, UPSTREAM.validate(ref, f"{owner}: {where}"), defaults)
+    return Chain([(plugin, plugin.link(conf, resolve) if hasattr(plugin, "link") else conf)
+                  for plugin, conf in chain.steps])
+
+
+def upstream_refs(spec):
+    """Ids of the named upstreams a validated route spec uses: its own and its plugins'."""
+    refs = {spec["upstream"]} if isinstance(spec["upstream"], str) else set()
+    from ..plugins import load_registry
+    registry = load_registry()
+    for name, conf in (spec.get("plugins") or {}).items():
+        plugin = registry.get(name)
+        if plugin is not None and hasattr(plugin, "upstream_refs") and isinstance(conf, dict):
+            refs |= plugin.upstream_refs(conf)
+    return refs
 
 
 def check_path(pattern):
@@ -253,6 +293,7 @@ def make_route(spec, upstream, settings, chain=None):
         host_suffixes=tuple(h[1:] for h in hosts if h.startswith("*.")),
         headers=tuple((k.lower().encode("latin-1"), v.encode("latin-1"))
                       for k, v in sorted((spec["headers"] or {}).items())),
+        claims=tuple(sorted((spec.get("claims") or {}).items())),
         priority=spec["priority"], strip_prefix=spec["strip_prefix"],
         connect_timeout=timeouts.get("connect") or upstream.connect_timeout,
         read_timeout=timeouts.get("read") or upstream.read_timeout,

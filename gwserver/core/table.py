@@ -21,7 +21,7 @@ import json
 
 from ..errors import ConfigError
 from .router import Router
-from .routes import ROUTE, UPSTREAM, compile_route, make_upstream
+from .routes import ROUTE, UPSTREAM, compile_route, make_upstream, upstream_refs
 from .schema import show
 
 
@@ -190,13 +190,13 @@ class LiveTable:
 
     def _users_of(self, upstream_id):
         return {route_id for route_id, (_, spec) in self.route_specs.items()
-                if spec["upstream"] == upstream_id}
+                if upstream_id in upstream_refs(spec)}
 
     def _recompile_users(self, upstream_id):
         """Routes that use, or wait for, this upstream pick up its new version."""
         for route_id, (version, raw) in list(self.wanted_routes.items()):
             served = self.route_specs.get(route_id)
-            uses = served is not None and served[1]["upstream"] == upstream_id
+            uses = served is not None and upstream_id in upstream_refs(served[1])
             waits = f"routes/{route_id}" in self.rejected
             if uses or waits:
                 self.put_route(route_id, raw, version)

@@ -17,12 +17,14 @@ import collections
 import logging
 import socket
 import time
+from functools import partial
 from random import getrandbits
 
 import httptools
 
 from ..core.context import RequestContext
 from ..core.tracing import extract as extract_trace
+from ..plugins.jwt import route_claims
 from .sockets import recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout)
@@ -347,8 +349,10 @@ class ClientConnection:
         if worker.tracing:
             req.trace = extract_trace(req.header_map, getrandbits)
         try:
-            req.route, req.params = route, _ = worker.router.match(
-                req.method, req.host, req.path, req.header_map)
+            router = worker.router
+            req.route, req.params = route, _ = router.match(
+                req.method, req.host, req.path, req.header_map,
+                partial(route_claims, req) if router.claim_routes else None)
             if route.max_body_size and (req.content_length or 0) > route.max_body_size:
                 raise PayloadTooLarge(f"body of {req.content_length} bytes is over the route's "
                                       f"limit of {route.max_body_size}")

@@ -119,8 +119,11 @@ class WorkerMetrics:
         self.breaker_transitions = Counter("gwserver_breaker_transitions", "Breaker state "
                                            "changes, by breaker and state entered",
                                            ["breaker", "state"])
+        self.faults = Counter("gwserver_faults_injected", "Faults injected by the fault plugin, "
+                              "by route and kind (delay, abort)", ["route", "kind"])
         self._series = {}
         self._limits = {}           # (route, outcome) -> [counted, pushed]
+        self._faults = {}           # (route, kind) -> [counted, pushed]
         self.redis_up = Gauge("gwserver_redis_up", "1 when Redis answered this worker's last "
                               "round trip, 0 while limits and breakers fall back "
                               "(on_store_error); absent without [redis]",
@@ -150,10 +153,10 @@ class WorkerMetrics:
         self.breaker_state(key, state)
 
     def count_limit(self, route_id, outcome):
-        entry = self._limits.get((route_id, outcome))
-        if entry is None:
-            entry = self._limits[(route_id, outcome)] = [0, 0]
-        entry[0] += 1
+        _count(self._limits, (route_id, outcome))
+
+    def count_fault(self, route_id, kind):
+        _count(self._faults, (route_id, kind))
 
     def observe(self, route_id, method, status, seconds, upstream_seconds):
         key = (route_id, method, status // 100)
@@ -181,10 +184,11 @@ class WorkerMetrics:
             if entry[0] != entry[1]:
                 self.breaker.labels(key).set(STATE_CODES[entry[0]])
                 entry[1] = entry[0]
-        for (route_id, outcome), entry in self._limits.items():
-            if entry[0] != entry[1]:
-                self.limits.labels(route_id, outcome).inc(entry[0] - entry[1])
-                entry[1] = entry[0]
+        for counter, counts in ((self.limits, self._limits), (self.faults, self._faults)):
+            for labels, entry in counts.items():
+                if entry[0] != entry[1]:
+                    counter.labels(*labels).inc(entry[0] - entry[1])
+                    entry[1] = entry[0]
         for series in self._series.values():
             count, buckets, total, up_buckets, up_total = series.pushed
             if series.count == count:
@@ -195,6 +199,13 @@ class WorkerMetrics:
             _push_histogram(upstream, series.up_buckets, up_buckets, series.up_total - up_total)
             series.pushed = (series.count, list(series.buckets), series.total,
                              list(series.up_buckets), series.up_total)
+
+
+def _count(counts, labels):
+    entry = counts.get(labels)
+    if entry is None:
+        entry = counts[labels] = [0, 0]
+    entry[0] += 1
 
 
 def _push_histogram(child, now, before, added_sum):

@@ -7,8 +7,8 @@ from ..core.chain import check_plugin
 
 log = logging.getLogger("gwserver.plugins")
 
-BUILTIN = ("gwserver.plugins.headers", "gwserver.plugins.rate_limit",
-           "gwserver.plugins.breaker")
+BUILTIN = ("gwserver.plugins.headers", "gwserver.plugins.jwt", "gwserver.plugins.rate_limit",
+           "gwserver.plugins.fault", "gwserver.plugins.split", "gwserver.plugins.breaker")
 ENTRY_POINT_GROUP = "gwserver.plugins"
 _registry = None
 

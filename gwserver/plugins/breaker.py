@@ -55,12 +55,15 @@ def prepare(conf):
     return {**conf, "failure_statuses": frozenset(conf["failure_statuses"])}
 
 
-def breaker_key(conf, route):
-    return f"upstream:{route.upstream.id}" if conf["scope"] == "upstream" else f"route:{route.id}"
+def breaker_key(conf, route, upstream=None):
+    """route:ID, or upstream:ID (the upstream a split chose, else the route's)."""
+    if conf["scope"] == "upstream":
+        return f"upstream:{(upstream or route.upstream).id}"
+    return f"route:{route.id}"
 
 
 def access(conf, ctx):
-    key = breaker_key(conf, ctx.route)
+    key = breaker_key(conf, ctx.route, ctx.upstream)
     store = services.limit_store
     try:
         verdict = store.breaker_admit(key, conf)

@@ -1,0 +1,278 @@
+"""``jwt``: verify ``Authorization: Bearer`` tokens (PyJWT) and hand their claims on.
+
+    plugins.jwt = {algorithms = ["RS256"], public_key_file = "/etc/gwserver/jwt.pem",
+                   issuer = "https://id.example.com", audience = "orders",
+                   required_scopes = ["orders:read"], forward_claims = {sub = "X-User-Id"}}
+
+Keys: ``secret``/``secret_file`` for HS256/384/512, ``public_key``/``public_key_file`` (PEM)
+or ``jwks_file`` (reloaded when it changes, keys picked by ``kid``) for RS/PS/ES. A config
+mixes no symmetric and asymmetric algorithms (no algorithm confusion). ``exp`` is required
+unless ``require_exp = false``; ``exp``/``nbf`` are checked with ``leeway`` seconds; ``iss``
+and ``aud`` when configured; ``required_claims`` must be present; ``required_scopes`` must all
+be in the token's ``scope`` (space-separated) or ``scp`` claim.
+
+Failures: 401 with ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` and a description
+when a token was sent), 403 with ``error="insufficient_scope"``; JSON bodies, never a stack
+trace. On success the claims are in ``ctx.vars["claims"]`` (rate_limit keys on them, routes
+match on them); ``forward_claims`` sets upstream headers from claims (a client's own copy of
+those headers is always removed), ``strip_token`` removes the Authorization header.
+
+Verified tokens are cached per worker for ``cache_seconds`` (never past their ``exp``), so a hot
+token is not verified again on every request.
+"""
+import logging
+import os
+import time
+
+import jwt as pyjwt
+
+from ..core.context import Reply
+from ..core.schema import (Field, Schema, boolean, integer, list_of, map_of, number, one_of,
+                           string, header_name)
+
+log = logging.getLogger("gwserver.plugins.jwt")
+
+NAME = "jwt"
+PRIORITY = 900          # first: rate_limit (800) keys on claims, routes match on them
+
+SYMMETRIC = ("HS256", "HS384", "HS512")
+ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+              "EdDSA")
+
+SCHEMA = Schema(
+    Field("algorithms", list_of(one_of(*SYMMETRIC, *ASYMMETRIC), min_items=1),
+          lambda: ["RS256"], "accepted signing algorithms"),
+    Field("secret", string(what="a secret"), None, "HS* shared secret"),
+    Field("secret_file", string(r"/.*", "an absolute path"), None, "file holding the secret"),
+    Field("public_key", string(what="a PEM public key"), None, "RS/PS/ES public key, PEM"),
+    Field("public_key_file", string(r"/.*", "an absolute path"), None, "PEM file"),
+    Field("jwks_file", string(r"/.*", "an absolute path"), None,
+          "JWKS file (keys by kid), reloaded when it changes"),
+    Field("issuer", string(what="an issuer"), None, "required iss"),
+    Field("audience", string(what="an audience"), None, "required aud"),
+    Field("leeway", number(0), 30.0, "seconds of clock skew allowed on exp and nbf"),
+    Field("require_exp", boolean, True, "reject tokens without exp"),
+    Field("required_claims", list_of(string(what="a claim name")), list, "claims that must be"),
+    Field("required_scopes", list_of(string(r"[!-~]+", "a scope")), list,
+          "scopes that must all be granted (scope or scp claim)"),
+    Field("forward_claims", map_of(header_name, string(r"[A-Za-z0-9_.:-]+", "a claim name")),
+          dict, "claim -> request header set for the upstream"),
+    Field("strip_token", boolean, False, "remove Authorization before proxying"),
+    Field("cache_seconds", number(0), 30.0, "how long a verified token is remembered; 0: off"),
+    Field("cache_size", integer(1), 10000, "verified tokens remembered per worker"),
+)
+
+
+class TokenRejected(Exception):
+    def __init__(self, description):
+        super().__init__(description)
+        self.description = description
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+class Verifier:
+    """One route's verification: keys, options and this worker's cache of verified tokens."""
+
+    def __init__(self, conf):
+        algorithms = conf["algorithms"]
+        symmetric = [a for a in algorithms if a in SYMMETRIC]
+        if symmetric and len(symmetric) != len(algorithms):
+            raise ValueError("algorithms mixes HS* with public-key algorithms; use one kind "
+                             "(mixing them allows algorithm confusion)")
+        sources = [k for k in ("secret", "secret_file", "public_key", "public_key_file",
+                               "jwks_file") if conf[k]]
+        if len(sources) != 1:
+            raise ValueError(f"set exactly one of secret, secret_file, public_key, "
+                             f"public_key_file, jwks_file (got {', '.join(sources) or 'none'})")
+        source = sources[0]
+        if symmetric != [] and source not in ("secret", "secret_file"):
+            raise ValueError(f"{', '.join(symmetric)} needs secret or secret_file, not {source}")
+        if not symmetric and source in ("secret", "secret_file"):
+            raise ValueError(f"{', '.join(algorithms)} needs a public key or jwks_file, "
+                             f"not {source}")
+        self.algorithms = algorithms
+        self.jwks_path = conf["jwks_file"]
+        self.jwks = None
+        self.jwks_checked = 0.0
+        self.jwks_mtime = None
+        if source == "secret":
+            self.key = conf["secret"].encode()
+        elif source == "secret_file":
+            self.key = _read(conf["secret_file"], "secret_file").strip()
+        elif source in ("public_key", "public_key_file"):
+            pem = conf["public_key"].encode() if source == "public_key" else \
+                _read(conf["public_key_file"], "public_key_file")
+            self.key = self._load_pem(pem)
+        else:
+            self.key = None
+            self._load_jwks(initial=True)
+        options = {"require": (["exp"] if conf["require_exp"] else []) +
+                   list(conf["required_claims"])}
+        self.decode_args = dict(algorithms=algorithms, issuer=conf["issuer"],
+                                audience=conf["audience"], leeway=conf["leeway"],
+                                options=options)
+        self.cache_seconds = conf["cache_seconds"]
+        self.cache_size = conf["cache_size"]
+        self.cache = {}
+
+    @staticmethod
+    def _load_pem(pem):
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+        try:
+            return load_pem_public_key(pem)
+        except ValueError as exc:
+            raise ValueError(f"public key is not a PEM public key: {exc}") from None
+
+    def _load_jwks(self, initial=False):
+        try:
+            mtime = os.stat(self.jwks_path).st_mtime_ns
+            if mtime == self.jwks_mtime:
+                return
+            self.jwks = pyjwt.PyJWKSet.from_json(_read(self.jwks_path, "jwks_file").decode())
+            self.jwks_mtime = mtime
+            if not initial:
+                log.warning("reloaded JWKS %s (%d keys)", self.jwks_path, len(self.jwks.keys))
+        except (OSError, ValueError, pyjwt.PyJWTError) as exc:
+            if initial:
+                raise ValueError(f"jwks_file {self.jwks_path}: {exc}") from None
+            log.error("JWKS %s not reloaded, keeping the previous keys: %s", self.jwks_path, exc)
+
+    def key_for(self, token):
+        if self.jwks_path is None:
+            return self.key
+        now = time.monotonic()
+        if now - self.jwks_checked >= 1.0:      # one stat a second at most
+            self.jwks_checked = now
+            self._load_jwks()
+        kid = pyjwt.get_unverified_header(token).get("kid")
+        for key in self.jwks.keys:
+            if kid is None or key.key_id == kid:
+                return key
+        raise TokenRejected(f"no key with kid {kid!r} in the JWKS")
+
+    def verify(self, token):
+        """-> claims; raises TokenRejected with a description a client may read."""
+        now = time.time()
+        hit = self.cache.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            claims = pyjwt.decode(token, self.key_for(token), **self.decode_args)
+        except pyjwt.ExpiredSignatureError:
+            raise TokenRejected("the token has expired") from None
+        except pyjwt.ImmatureSignatureError:
+            raise TokenRejected("the token is not valid yet (nbf)") from None
+        except pyjwt.InvalidAudienceError:
+            raise TokenRejected("the token is not for this audience") from None
+        except pyjwt.InvalidIssuerError:
+            raise TokenRejected("the token is from another issuer") from None
+        except pyjwt.MissingRequiredClaimError as exc:
+            raise TokenRejected(f"the token lacks the {exc.claim} claim") from None
+        except pyjwt.InvalidSignatureError:
+            raise TokenRejected("the token's signature does not verify") from None
+        except pyjwt.InvalidAlgorithmError:
+            raise TokenRejected("the token's algorithm is not accepted") from None
+        except pyjwt.PyJWTError as exc:
+            raise TokenRejected(f"malformed token ({exc.__class__.__name__})") from None
+        if self.cache_seconds:
+            if len(self.cache) >= self.cache_size:
+                for stale in [t for t, (_, until) in self.cache.items() if until <= now]:
+                    del self.cache[stale]
+                if len(self.cache) >= self.cache_size:
+                    del self.cache[next(iter(self.cache))]      # the oldest entry
+            until = now + self.cache_seconds
+            if "exp" in claims:
+                until = min(until, float(claims["exp"]) + self.decode_args["leeway"])
+            self.cache[token] = (claims, until)
+        return claims
+
+
+def prepare(conf):
+    return {**conf, "verifier": Verifier(conf),
+            "forward": tuple((claim, header.encode("latin-1"))
+                             for claim, header in conf["forward_claims"].items())}
+
+
+def bearer_token(ctx):
+    value = ctx.header_map.get(b"authorization")
+    if value is None or value[:7].lower() != b"bearer " or not value[7:].strip():
+        return None
+    return value[7:].strip().decode("latin-1")
+
+
+def claims_for(conf, ctx):
+    """Verified claims of the request under ``conf`` (cached on the request), or None."""
+    seen = ctx.vars.setdefault("jwt_checked", {})
+    verifier = conf["verifier"]
+    if id(verifier) not in seen:
+        token = bearer_token(ctx)
+        claims = None
+        if token is not None:
+            try:
+                claims = verifier.verify(token)
+            except TokenRejected:
+                pass
+        seen[id(verifier)] = claims
+    return seen[id(verifier)]
+
+
+def route_claims(ctx, route):
+    """The router's ``claims_of``: claims under the jwt config of ``route``'s chain."""
+    for plugin, conf in route.chain.steps:
+        if plugin.NAME == NAME:
+            return claims_for(conf, ctx)
+    return None
+
+
+def granted_scopes(claims):
+    scopes = claims.get("scope", claims.get("scp", ""))
+    if isinstance(scopes, str):
+        return set(scopes.split())
+    if isinstance(scopes, list):
+        return {str(s) for s in scopes}
+    return set()
+
+
+def _unauthorized(description=None):
+    challenge = 'Bearer realm="gwserver"'
+    if description:
+        challenge += f', error="invalid_token", error_description="{description}"'
+    return Reply.json(401, {"error": "unauthorized",
+                            "message": description or "a bearer token is required"},
+                      [("WWW-Authenticate", challenge)])
+
+
+def access(conf, ctx):
+    for _, header in conf["forward"]:
+        ctx.remove_header(header)               # only the gateway sets these
+    token = bearer_token(ctx)
+    if token is None:
+        return _unauthorized()
+    try:
+        claims = conf["verifier"].verify(token)
+    except TokenRejected as exc:
+        return _unauthorized(exc.description)
+    missing = [s for s in conf["required_scopes"] if s not in granted_scopes(claims)]
+    if missing:
+        needed = " ".join(conf["required_scopes"])
+        return Reply.json(403, {"error": "insufficient_scope", "required": missing,
+                                "message": f"the token lacks scope {', '.join(missing)}"},
+                          [("WWW-Authenticate", f'Bearer realm="gwserver", '
+                                                f'error="insufficient_scope", scope="{needed}"')])
+    ctx.vars["claims"] = claims
+    for claim, header in conf["forward"]:
+        value = claims.get(claim)
+        if value is not None:
+            value = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            if value.isprintable() and len(value) <= 1024:
+                ctx.set_header(header, value.encode("utf-8"))
+    if conf["strip_token"]:
+        ctx.remove_header("authorization")
+    return None

@@ -1,0 +1,319 @@
+"""JWT auth and claim routing, canary/A-B splits, fault injection and tracing, through real
+gateway processes to real upstreams (issue 6)."""
+import http.client
+import json
+import time
+import uuid
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ..conftest import gateway_conf, route, wait_until
+from .test_etcd import all_workers_at, etcd_conf, put
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def rsa_pair():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, pem
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return rsa_pair(), rsa_pair()
+
+
+def token(private, exp_in=300, kid=None, alg="RS256", **claims):
+    now = int(time.time())
+    body = {"iss": "https://id.test", "aud": "orders", "sub": "alice", "iat": now,
+            "exp": None if exp_in is None else now + exp_in, "scope": "orders:read orders:write", **claims}
+    body = {k: v for k, v in body.items() if v is not None}
+    return pyjwt.encode(body, private, algorithm=alg, headers={"kid": kid} if kid else None)
+
+
+def call(gw, path, bearer=None, headers=None):
+    headers = dict(headers or {})
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    resp, body = gw.request("GET", path, headers=headers)
+    return resp, body
+
+
+def upstream_headers(body):
+    return {name.lower(): value for name, value in json.loads(body)["headers"]}
+
+
+@pytest.fixture
+def jwt_gw(launcher, upstream, keys, tmp_path):
+    (_, public), _ = keys
+    pem = tmp_path / "jwt.pem"
+    pem.write_bytes(public)
+    return launcher.gateway(gateway_conf([route(
+        "orders", ["/orders/*rest"], upstream.url, strip_prefix="/orders", plugins={"jwt": {
+            "public_key_file": str(pem), "issuer": "https://id.test", "audience": "orders",
+            "leeway": 5, "required_scopes": ["orders:read"],
+            "forward_claims": {"sub": "X-User-Id"}, "strip_token": True}})], workers=2))
+
+
+def test_tokens_to_statuses(jwt_gw, keys):
+    (good, public), (other, _) = keys
+    now = int(time.time())
+    cases = [
+        ("valid", token(good), 200, None),
+        ("expired", token(good, exp_in=-60), 401, "the token has expired"),
+        ("expired within leeway", token(good, exp_in=-2), 200, None),
+        ("not yet valid", token(good, nbf=now + 120), 401, "not valid yet"),
+        ("wrong key", token(other), 401, "signature does not verify"),
+        ("wrong audience", token(good, aud="billing"), 401, "not for this audience"),
+        ("wrong issuer", token(good, iss="https://evil.test"), 401, "another issuer"),
+        ("no exp", token(good, exp_in=None), 401, "lacks the exp claim"),
+        ("missing scope", token(good, scope="orders:write"), 403, None),
+        ("malformed", "not.a.jwt", 401, "malformed token"),
+        ("HS256 signed with the public key", pyjwt.encode(
+            {"sub": "x", "exp": now + 60}, b"k" * 32, algorithm="HS256"), 401,
+         "algorithm is not accepted"),
+        ("no token", None, 401, None),
+    ]
+    for name, bearer, status, description in cases:
+        resp, body = call(jwt_gw, "/orders/echo", bearer)
+        assert resp.status == status, name
+        if status == 200:
+            continue
+        answer = json.loads(body)
+        challenge = resp.getheader("WWW-Authenticate")
+        assert challenge.startswith('Bearer realm="gwserver"'), name
+        assert "Traceback" not in body.decode(), name
+        if status == 403:
+            assert answer["error"] == "insufficient_scope" and answer["required"] == \
+                ["orders:read"]
+            assert 'error="insufficient_scope", scope="orders:read"' in challenge
+        elif description:
+            assert description in answer["message"], name
+            assert 'error="invalid_token"' in challenge and description in challenge, name
+        else:
+            assert "error=" not in challenge, name     # RFC 6750: no error without a token
+
+
+def test_claims_forwarded_client_copies_removed_token_stripped(jwt_gw, keys):
+    (good, _), _ = keys
+    resp, body = call(jwt_gw, "/orders/echo", token(good, sub="bob"),
+                      {"X-User-Id": "spoofed"})
+    seen = json.loads(body)["headers"]
+    assert [v for k, v in seen if k.lower() == "x-user-id"] == ["bob"]
+    assert not [k for k, _ in seen if k.lower() == "authorization"]
+
+
+def test_route_matches_on_claims_and_limits_key_on_them(launcher, upstream, keys, tmp_path):
+    (good, public), _ = keys
+    gold = launcher.upstream("gold")
+    pem = tmp_path / "jwt.pem"
+    pem.write_bytes(public)
+    auth = {"public_key_file": str(pem), "audience": "orders"}
+    gw = launcher.gateway(gateway_conf([
+        route("gold", ["/api/*rest"], gold.url, strip_prefix="/api", claims={"tier": "gold"},
+              plugins={"jwt": auth}),
+        route("writers", ["/api/*rest"], gold.url, strip_prefix="/api",
+              claims={"scope": "admin:write"}, plugins={"jwt": auth}),
+        route("limited", ["/lim"], upstream.url, plugins={"jwt": auth, "rate_limit": {
+            "rate": 2, "per": 3600, "burst": 2, "key": "claim:sub"}}),
+        route("default", ["/api/*rest"], upstream.url, strip_prefix="/api")]))
+
+    def served_by(bearer):
+        resp, body = call(gw, "/api/echo", bearer)
+        return json.loads(body)["server"] if resp.status == 200 else resp.status
+    assert served_by(token(good, tier="gold")) == "gold"
+    assert served_by(token(good, tier="silver")) == upstream.name
+    assert served_by(token(good, scope="admin:read admin:write")) == "gold"   # a scope set
+    assert served_by(token(good, scope="admin:writer")) == upstream.name
+    assert served_by(None) == upstream.name                 # no token: the route without claims
+    assert served_by("garbage") == upstream.name
+    alice, bob = token(good, sub="alice"), token(good, sub="bob")
+    assert [call(gw, "/lim", alice)[0].status for _ in range(3)] == [200, 200, 429]
+    assert [call(gw, "/lim", bob)[0].status for _ in range(3)] == [200, 200, 429]
+
+
+def test_jwks_file_is_reloaded_when_it_changes(launcher, upstream, keys, tmp_path):
+    (first, _), (second, _) = keys
+    jwks = tmp_path / "jwks.json"
+
+    def write_jwks(*pairs):
+        keys_json = []
+        for kid, private in pairs:
+            jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+            keys_json.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+        jwks.write_text(json.dumps({"keys": keys_json}))
+    write_jwks(("k1", first))
+    gw = launcher.gateway(gateway_conf([route("j", ["/j/*r"], upstream.url, strip_prefix="/j",
+                                              plugins={"jwt": {"jwks_file": str(jwks),
+                                                               "audience": "orders"}})]))
+    assert call(gw, "/j/echo", token(first, kid="k1"))[0].status == 200
+    resp, body = call(gw, "/j/echo", token(second, kid="k2"))
+    assert resp.status == 401 and b"no key with kid 'k2'" in body
+    time.sleep(0.05)
+    write_jwks(("k1", first), ("k2", second))
+    wait_until(lambda: call(gw, "/j/echo", token(second, kid="k2"))[0].status == 200, timeout=5)
+    jwks.write_text("{broken")                  # a bad rewrite keeps the previous keys
+    time.sleep(1.2)
+    assert call(gw, "/j/echo", token(second, kid="k2"))[0].status == 200
+    assert "not reloaded, keeping the previous keys" in gw.log()
+
+
+def test_bad_jwt_configs_are_named(launcher, tmp_path):
+    from gwserver.errors import ConfigError
+    from gwserver.settings import parse_conf
+    cases = [({"secret": "s", "algorithms": ["HS256", "RS256"]}, "mixes HS*"),
+             ({"algorithms": ["RS256"]}, "set exactly one of"),
+             ({"secret": "s"}, "RS256 needs a public key or jwks_file, not secret"),
+             ({"public_key_file": "/nonexistent.pem"}, "cannot read public_key_file"),
+             ({"public_key": "not a pem"}, "not a PEM public key")]
+    for conf, problem in cases:
+        with pytest.raises(ConfigError) as caught:
+            parse_conf({"routes": [route("r", ["/r"], "http://127.0.0.1:9",
+                                         plugins={"jwt": conf})]}, "x.toml")
+        assert problem in str(caught.value) and "route r: plugins.jwt" in str(caught.value)
+
+
+# -- split ----------------------------------------------------------------------------------------
+
+def split_conf(v1, v2, **extra):
+    return {"upstreams": [{"upstream": "v1", "weight": 90},
+                          {"upstream": "v2", "weight": 10, "group": "canary"}],
+            "rules": [{"header": {"X-Beta": "1"}, "upstream": "canary"}], "env": "prod", **extra}
+
+
+@pytest.fixture
+def split_gws(launcher):
+    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
+    conf = gateway_conf([{"id": "shop", "paths": ["/shop/*rest"], "strip_prefix": "/shop",
+                          "upstream": "v1", "plugins": {"split": split_conf(v1, v2)}}],
+                        workers=4, upstreams={"v1": {"targets": [{"url": v1.url}]},
+                                              "v2": {"targets": [{"url": v2.url}]}})
+    return launcher.gateway(conf), launcher.gateway(conf)
+
+
+def side(gw, headers=None):
+    resp, body = gw.request("GET", "/shop/echo", headers=headers)
+    assert resp.status == 200
+    answer = json.loads(body)
+    return answer["server"], {k.lower(): v for k, v in answer["headers"]}
+
+
+def test_split_weights_stickiness_rules_and_colouring(split_gws):
+    first, second = split_gws
+    sides = [side(first, {"X-Trace-ID": uuid.uuid4().hex})[0] for _ in range(2000)]
+    share = sides.count("v2") / len(sides)
+    assert 0.08 <= share <= 0.12            # 10%, within 3 sigma of 2,000 draws
+    for _ in range(40):                     # the same key: the same side, any worker, any host
+        key = uuid.uuid4().hex
+        seen = {side(gw, {"X-Trace-ID": key})[0] for gw in (first, second, first, second)}
+        assert len(seen) == 1
+    assert {side(first, {"X-Beta": "1"})[0] for _ in range(20)} == {"v2"}
+    server, headers = side(first, {"X-Beta": "1"})
+    assert headers["x-ab-group"] == "canary" and headers["x-env"] == "prod"
+    server, headers = side(first, {"X-AB-Group": "canary", "X-Env": "staging"})
+    assert server == "v2" and headers["x-env"] == "staging"      # kept, not overwritten
+    server, headers = side(first, {"X-AB-Group": "unknown-group", "X-Beta": "1"})
+    assert server == "v2" and headers["x-ab-group"] == "canary"
+    no_key = [side(second)[0] for _ in range(400)]                # no key: random by weight
+    assert 0.04 <= no_key.count("v2") / 400 <= 0.17
+
+
+def test_split_weights_change_through_etcd(launcher, tmp_path):
+    etcd = launcher.etcd()
+    client = etcd.client()
+    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    put(client, "upstreams", "v1", {"targets": [{"url": v1.url}]})
+    spec = {"paths": ["/shop/*rest"], "strip_prefix": "/shop", "upstream": "v1",
+            "plugins": {"split": {"upstreams": [{"upstream": "v1", "weight": 1},
+                                                {"upstream": "v2", "weight": 0}]}}}
+    revision = put(client, "routes", "shop", spec)
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert gw.request("GET", "/shop/echo")[0].status == 404       # waits for upstream v2
+    revision = put(client, "upstreams", "v2", {"targets": [{"url": v2.url}]})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {side(gw)[0] for _ in range(10)} == {"v1"}
+    spec["plugins"]["split"]["upstreams"] = [{"upstream": "v1", "weight": 0},
+                                             {"upstream": "v2", "weight": 1}]
+    revision = put(client, "routes", "shop", spec)
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {side(gw)[0] for _ in range(10)} == {"v2"}
+    v3 = launcher.upstream("v3")                # the upstream a split names changes: followed
+    revision = put(client, "upstreams", "v2", {"targets": [{"url": v3.url}]})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {side(gw)[0] for _ in range(10)} == {"v3"}
+
+
+# -- fault ----------------------------------------------------------------------------------------
+
+def test_fault_percentages_headers_and_tags(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([
+        route("abort", ["/abort/*r"], upstream.url, strip_prefix="/abort",
+              plugins={"fault": {"abort": {"status": 503, "percentage": 30}}}),
+        route("delay", ["/delay/*r"], upstream.url, strip_prefix="/delay",
+              plugins={"fault": {"delay": {"seconds": 0.2}, "headers": {"X-Chaos": "on"}}})],
+        workers=2))
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    statuses = []
+    for _ in range(600):
+        conn.request("GET", "/abort/echo")
+        resp = conn.getresponse()
+        body = resp.read()
+        statuses.append(resp.status)
+        if resp.status == 503:
+            assert resp.getheader("X-Fault-Injected") == "abort"
+            assert json.loads(body)["error"] == "fault_injected"
+    aborted = statuses.count(503)
+    assert 180 - 3 * 11.2 <= aborted <= 180 + 3 * 11.2          # 30% of 600, 3 sigma
+    assert statuses.count(200) == 600 - aborted
+    started = time.monotonic()
+    server, headers = None, None
+    resp, body = gw.request("GET", "/delay/echo", headers={
+        "X-Chaos": "on", "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
+    assert time.monotonic() - started >= 0.2
+    headers = upstream_headers(body)
+    assert headers["x-fault-injected"] == "delay" and headers["tracestate"] == "gwfault=delay"
+    started = time.monotonic()
+    resp, body = gw.request("GET", "/delay/echo")                # unmarked traffic: untouched
+    assert time.monotonic() - started < 0.2 and "x-fault-injected" not in upstream_headers(body)
+
+    def logged():
+        lines = gw.access_lines()
+        return sum(1 for line in lines if line.get("fault") == "abort") == aborted and \
+            sum(1 for line in lines if line.get("fault") == "delay") == 1
+    wait_until(logged, timeout=5)
+    text = gw.admin_get("/metrics")[1].decode()
+    wait_until(lambda: f'gwserver_faults_injected_total{{kind="abort",route="abort"}} '
+                       f'{float(aborted)}' in gw.admin_get("/metrics")[1].decode(), timeout=5)
+    assert text
+
+
+# -- tracing --------------------------------------------------------------------------------------
+
+def test_trace_context_reaches_the_upstream_and_the_access_log(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("t", ["/t/*r"], upstream.url, strip_prefix="/t")]))
+    _, body = gw.request("GET", "/t/echo", headers={
+        "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01", "tracestate": "vendor=1"})
+    seen = json.loads(body)["headers"]
+    parents = [v for k, v in seen if k.lower() == "traceparent"]
+    assert len(parents) == 1                                    # replaced, not duplicated
+    version, trace_id, span_id, flags = parents[0].split("-")
+    assert (trace_id, flags) == (TRACE, "01") and span_id != "00f067aa0ba902b7"
+    assert upstream_headers(body)["tracestate"] == "vendor=1"
+    _, body = gw.request("GET", "/t/echo", headers={
+        "b3": f"{TRACE}-00f067aa0ba902b7-1"})
+    b3 = upstream_headers(body)["b3"].split("-")
+    assert b3[0] == TRACE and b3[3] == "00f067aa0ba902b7" and b3[1] != b3[3]
+    _, body = gw.request("GET", "/t/echo")                      # none came: one starts
+    started = upstream_headers(body)["traceparent"].split("-")[1]
+    assert len(started) == 32 and started != TRACE
+    gw.request("GET", "/nowhere")
+    wait_until(lambda: len(gw.access_lines()) >= 4, timeout=5)
+    logged = [line["trace_id"] for line in gw.access_lines()]
+    assert logged[:3] == [TRACE, TRACE, started]
+    assert len(logged[3]) == 32                                 # even a 404 has a trace id
