@@ -264,6 +264,11 @@ def parse_conf(data, path="<conf>"):
     except ConfigError as exc:
         problems.extend(p.replace("plugins: plugins.", "plugins.", 1) for p in exc.problems)
         global_plugins = {}
+    if sections["tracing"]["otlp_endpoint"]:
+        import importlib.util
+        if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+            problems.append("tracing.otlp_endpoint: span export needs the OpenTelemetry SDK: "
+                            "pip install 'gwserver[otel]'")
     admin_bind = sections["admin"]["bind"]
     if admin_bind and admin_bind in sections["server"]["bind"]:
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "

@@ -38,9 +38,9 @@ def pinned(cmd, core):
     return cmd if core is None else ["taskset", "-c", str(core)] + list(cmd)
 
 
-def wrk_command(url, seconds, connections, threads=1, core=None):
-    return pinned(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-                  core)
+def wrk_command(url, seconds, connections, threads=1, core=None, extra=()):
+    return pinned(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+                   *extra, url], core)
 
 
 def parse_wrk(out):
@@ -56,8 +56,8 @@ def parse_wrk(out):
             "p50": lat(50), "p99": lat(99), "errors": errors.group(1) if errors else ""}
 
 
-def wrk(url, seconds, connections, threads=1, core=None):
-    out = subprocess.run(wrk_command(url, seconds, connections, threads, core),
+def wrk(url, seconds, connections, threads=1, core=None, extra=()):
+    out = subprocess.run(wrk_command(url, seconds, connections, threads, core, extra),
                          capture_output=True, text=True).stdout
     return parse_wrk(out)
 

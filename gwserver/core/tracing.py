@@ -69,12 +69,16 @@ class TraceContext:
         return out
 
 
-def extract(headers, random_bits):
-    """headers: lower-case bytes name -> bytes value. ``random_bits(n)`` -> int of n bits."""
-    span_id = f"{random_bits(64) or 1:016x}"
+def extract(headers, random_hex):
+    """headers: lower-case bytes name -> bytes value. ``random_hex()`` -> 48 random hex
+    digits (a new trace id and the gateway's span id; ``random.randbytes(24).hex()``)."""
+    ids = random_hex()
+    span_id = ids[32:48]
+    if not (b"traceparent" in headers or b"b3" in headers or b"x-b3-traceid" in headers):
+        return TraceContext(ids[:32], None, span_id, True, started=True)
     found = _from_traceparent(headers) or _from_b3_single(headers) or _from_b3_multi(headers)
     if found is None:
-        return TraceContext(f"{random_bits(128) or 1:032x}", None, span_id, True, started=True)
+        return TraceContext(ids[:32], None, span_id, True, started=True)
     trace_id, parent_id, sampled, b3 = found
     state = headers.get(b"tracestate") if b3 is None else None
     if state is not None and len(state) > 512:

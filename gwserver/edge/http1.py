@@ -18,7 +18,7 @@ import logging
 import socket
 import time
 from functools import partial
-from random import getrandbits
+from random import randbytes
 
 import httptools
 
@@ -347,7 +347,7 @@ class ClientConnection:
         keep_alive = req.keep_alive and self.keepalive_enabled     # and worker.alive, when
                                                                    # the answer is written
         if worker.tracing:
-            req.trace = extract_trace(req.header_map, getrandbits)
+            req.trace = extract_trace(req.header_map, new_trace_ids)
         try:
             router = worker.router
             req.route, req.params = route, _ = router.match(
@@ -386,6 +386,8 @@ class ClientConnection:
                 req.route.chain.run_finish(req, status)
             if worker.access_enabled:
                 worker.log_access(self, req, status, sent, upstream, start)
+            if worker.span_exporter is not None and req.trace is not None:
+                worker.export_span(req, status, upstream, start)
             if worker.metrics is not None:
                 worker.metrics.observe(req.route.id if req.route else None, req.method, status,
                                        time.monotonic() - start, req.upstream_seconds)
@@ -396,6 +398,11 @@ class ClientConnection:
             worker.retire()
             return False
         return keep_alive
+
+
+def new_trace_ids():
+    """48 random hex digits: a trace id and a span id (random is reseeded in each worker)."""
+    return randbytes(24).hex()
 
 
 def check_dot_segments(path):

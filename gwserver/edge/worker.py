@@ -89,6 +89,11 @@ class GatewayWorker(GeventWorker):
         self.access_json = logconf["access_format"] == "json"
         self.tracing = self.conf.tracing["enabled"]
         self.emit_b3 = self.conf.tracing["b3"]
+        self.span_exporter = None
+        if self.tracing and self.conf.tracing["otlp_endpoint"]:
+            from .otel import SpanExporter
+            self.span_exporter = SpanExporter(self.conf.tracing["otlp_endpoint"],
+                                              self.conf.tracing["service_name"])
         self._access_lines = []
         self._clock_second = None
         self._clock_text = ""
@@ -205,6 +210,8 @@ class GatewayWorker(GeventWorker):
             for server in servers:
                 server.stop(timeout=1)
         self.flush_access_log()
+        if self.span_exporter is not None:
+            self.span_exporter.shutdown()   # send the spans still batched
         self.update_gauges()            # the last counts, before the master archives them
         self.deadlines.stop()
         self.proxy.pools.close()
@@ -301,6 +308,14 @@ class GatewayWorker(GeventWorker):
         lines.append(line)
         if len(lines) >= ACCESS_FLUSH_LINES:
             self.flush_access_log()
+
+    def export_span(self, req, status, upstream, start):
+        ended_ns = time.time_ns()
+        started_ns = ended_ns - int((time.monotonic() - start) * 1e9)
+        try:
+            self.span_exporter.export(req, status, upstream, started_ns, ended_ns)
+        except Exception:           # tracing must never fail a request or the worker
+            log.exception("span export failed")
 
     def log_rejected(self, client_ip, exc):
         if not self.access_enabled:

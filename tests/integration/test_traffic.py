@@ -317,3 +317,51 @@ def test_trace_context_reaches_the_upstream_and_the_access_log(launcher, upstrea
     logged = [line["trace_id"] for line in gw.access_lines()]
     assert logged[:3] == [TRACE, TRACE, started]
     assert len(logged[3]) == 32                                 # even a 404 has a trace id
+
+
+def test_spans_are_exported_over_otlp_with_the_ids_sent_upstream(launcher, upstream):
+    """A real OTLP/HTTP receiver (protobuf decoded with opentelemetry-proto) on loopback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import \
+        ExportTraceServiceRequest
+    spans = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                service = {a.key: a.value.string_value for a in resource.resource.attributes}
+                for scope in resource.scope_spans:
+                    spans.extend((service["service.name"], span) for span in scope.spans)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    try:
+        gw = launcher.gateway(gateway_conf(
+            [route("t", ["/t/*r"], upstream.url, strip_prefix="/t")],
+            tracing={"otlp_endpoint": f"http://127.0.0.1:{collector.server_port}",
+                     "service_name": "edge-test"}))
+        _, body = gw.request("GET", "/t/echo", headers={
+            "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
+        sent_upstream = upstream_headers(body)["traceparent"].split("-")
+        gw.request("GET", "/t/status/503")
+        wait_until(lambda: len(spans) >= 2, timeout=10)
+    finally:
+        collector.shutdown()
+    by_status = {next(a.value.int_value for a in span.attributes
+                      if a.key == "http.response.status_code"): (service, span)
+                 for service, span in spans}
+    service, span = by_status[200]
+    assert service == "edge-test" and span.name == "GET t"
+    assert span.trace_id.hex() == TRACE and span.parent_span_id.hex() == "00f067aa0ba902b7"
+    assert span.span_id.hex() == sent_upstream[2]        # the parent the upstream saw
+    _, failed = by_status[503]
+    assert not failed.parent_span_id and failed.status.code == 2     # a root span, an error

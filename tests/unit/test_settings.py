@@ -107,3 +107,15 @@ def test_grafana_dashboard_queries_metrics_we_export():
                  "gwserver_breaker_state", "gwserver_breaker_transitions_total",
                  "gwserver_rate_limit_effective_rate", "gwserver_redis_up"):
         assert name in exprs
+
+
+def test_otlp_endpoint_without_the_otel_extra_is_named(monkeypatch):
+    import importlib.util
+    from gwserver.errors import ConfigError
+    from gwserver.settings import parse_conf
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("opentelemetry") else
+                        real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'gwserver\[otel\]'"):
+        parse_conf({"tracing": {"otlp_endpoint": "http://127.0.0.1:4318"}})

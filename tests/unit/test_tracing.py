@@ -9,13 +9,13 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 
 
-def fixed_bits():
+def fixed_ids():
     counter = itertools.count(0xabc)
-    return lambda bits: next(counter)
+    return lambda: f"{next(counter):048x}"
 
 
 def upstream(headers, emit_b3=False, extra=None):
-    ctx = extract({k.lower().encode(): v.encode() for k, v in headers.items()}, fixed_bits())
+    ctx = extract({k.lower().encode(): v.encode() for k, v in headers.items()}, fixed_ids())
     return ctx, {k.decode().lower(): v.decode()
                  for k, v in ctx.upstream_headers(emit_b3, extra)}
 
