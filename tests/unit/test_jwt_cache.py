@@ -58,3 +58,22 @@ def test_the_cache_is_bounded(decodes):
     for i in range(25):
         check.verify(make(n=i))
     assert len(check.cache) == 10
+
+
+def test_es256_and_hs512_verify_and_wrong_kinds_do_not():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    es = jwt_plugin.prepare(jwt_plugin.SCHEMA.validate(
+        {"algorithms": ["ES256"], "public_key": pem}))["verifier"]
+    good = pyjwt.encode({"sub": "e", "exp": int(time.time()) + 60}, key, algorithm="ES256")
+    assert es.verify(good)["sub"] == "e"
+    with pytest.raises(jwt_plugin.TokenRejected, match="algorithm is not accepted"):
+        es.verify(make())                                           # an HS256 token
+    long_secret = "s" * 64                  # RFC 7518: at least the hash size for HS512
+    hs = verifier(algorithms=["HS512"], secret=long_secret)
+    token = pyjwt.encode({"sub": "h", "exp": int(time.time()) + 60}, long_secret,
+                         algorithm="HS512")
+    assert hs.verify(token)["sub"] == "h"

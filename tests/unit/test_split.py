@@ -1,0 +1,100 @@
+"""split's choice without sockets: rules, hashing, stickiness under weight changes."""
+import uuid
+
+import pytest
+
+from gwserver.core.context import RequestContext
+from gwserver.core.routes import Upstream
+from gwserver.errors import ConfigError
+from gwserver.plugins import load_registry, split
+
+
+def linked(**conf):
+    base = {"upstreams": [{"upstream": "v1", "weight": 90},
+                          {"upstream": "v2", "weight": 10, "group": "canary"}]}
+    conf = split.prepare(split.SCHEMA.validate({**base, **conf}))
+    return split.link(conf, lambda ref, where: Upstream(ref, ()))
+
+
+def request(headers=(), query="", claims=None, ip="10.0.0.1"):
+    ctx = RequestContext(ip, "http")
+    for name, value in headers:
+        ctx.headers.append((name.encode(), value.encode()))
+        ctx.header_map[name.lower().encode()] = value.encode()
+    ctx.query = query
+    if claims is not None:
+        ctx.vars["claims"] = claims
+    return ctx
+
+
+def choose(conf, ctx):
+    assert split.access(conf, ctx) is None
+    return ctx.vars["split_group"], ctx.upstream.id
+
+
+@pytest.mark.parametrize("rule, ctx, expected", [
+    ({"header": {"X-Beta": "1"}}, request([("X-Beta", "1")]), "canary"),
+    ({"header": {"X-Beta": "1"}}, request([("X-Beta", "0"), ("X-Trace-ID", "k")]), "v1"),
+    ({"cookie": {"beta": "yes"}}, request([("Cookie", "a=1; beta=yes")]), "canary"),
+    ({"cookie": {"beta": "yes"}}, request([("Cookie", "beta=no"), ("X-Trace-ID", "k")]), "v1"),
+    ({"query": {"v": "2"}}, request(query="a=1&v=2"), "canary"),
+    ({"claim": {"tier": "staff"}}, request(claims={"tier": "staff"}), "canary"),
+    ({"claim": {"tier": "staff"}, "header": {"X-Beta": "1"}},
+     request([("X-Trace-ID", "k")], claims={"tier": "staff"}), "v1"),      # all must hold
+])
+def test_rules(rule, ctx, expected):
+    assert split.hash_point("k", 100) < 90      # the key "k" falls in v1's 90%
+    conf = linked(rules=[{**rule, "upstream": "canary"}])
+    assert choose(conf, ctx)[0] == expected
+
+
+@pytest.mark.parametrize("key, ctx_args", [
+    ("header:X-User", {"headers": [("X-User", "u1")]}),
+    ("cookie:sid", {"headers": [("Cookie", "sid=u1")]}),
+    ("query:user", {"query": "user=u1"}),
+    ("claim:sub", {"claims": {"sub": "u1"}}),
+])
+def test_every_key_kind_hashes_the_same_value_the_same_way(key, ctx_args):
+    conf = linked(key=key)
+    assert choose(conf, request(**ctx_args)) == choose(linked(key=key), request(**ctx_args))
+    expected = "v1" if split.hash_point("u1", 100) < 90 else "canary"
+    assert choose(conf, request(**ctx_args))[0] == expected
+
+
+def test_colouring_and_incoming_group():
+    conf = linked(env="prod")
+    ctx = request([("X-Trace-ID", "abc")])
+    group, _ = choose(conf, ctx)
+    assert ctx.header_map[b"x-ab-group"] == group.encode() and ctx.header_map[b"x-env"] == b"prod"
+    ctx = request([("X-AB-Group", "canary"), ("X-Env", "dev")])
+    assert choose(conf, ctx) == ("canary", "v2") and ctx.header_map[b"x-env"] == b"dev"
+
+
+def test_weight_changes_move_only_the_share_that_changed_hands():
+    keys = [uuid.uuid4().hex for _ in range(20000)]
+    before = {k: split.pick(linked()["choices"], 100, split.hash_point(k, 100))[0]
+              for k in keys}
+    wider = linked(upstreams=[{"upstream": "v1", "weight": 80},
+                              {"upstream": "v2", "weight": 20, "group": "canary"}])
+    after = {k: split.pick(wider["choices"], 100, split.hash_point(k, 100))[0] for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == "v1" and after[k] == "canary" for k in moved)   # one direction
+    assert 0.09 <= len(moved) / len(keys) <= 0.11                          # ~10% of keys
+
+
+@pytest.mark.parametrize("conf, problem", [
+    ({"upstreams": [{"upstream": "a", "weight": 0}]}, "every weight is 0"),
+    ({"upstreams": [{"upstream": "a", "weight": 1}, {"upstream": "a", "weight": 1}]},
+     "group 'a' is used twice"),
+    ({"upstreams": [{"upstream": {"targets": [{"url": "http://x:1"}]}, "weight": 1}]},
+     "an inline upstream needs a group name"),
+    ({"upstreams": [{"upstream": "a", "weight": 1}], "rules": [{"upstream": "b",
+                                                                "header": {"x": "1"}}]},
+     "rules[0].upstream: 'b' is not a group"),
+    ({"upstreams": [{"upstream": "a", "weight": 1}], "key": "body:x"}, "key: must be"),
+])
+def test_schema_names_the_problem(conf, problem):
+    from gwserver.core.chain import build_chain
+    with pytest.raises(ConfigError) as caught:
+        build_chain("route r", {"split": conf}, None, load_registry())
+    assert problem in str(caught.value)
