@@ -63,6 +63,12 @@ def cmd_demo_upstream(args):
     return 0
 
 
+def cmd_health(args):
+    from .edge.health import run
+    run(args.conf)
+    return 0
+
+
 def cmd_sync(args):
     from .edge.sync import run
     run(args.conf)
@@ -88,6 +94,10 @@ def main(argv=None):
     sync = sub.add_parser("sync", help="the config-sync process (the master starts it)")
     sync.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
     sync.set_defaults(func=cmd_sync)
+    health = sub.add_parser("health", help="the active health-check process (the master "
+                            "starts it)")
+    health.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    health.set_defaults(func=cmd_health)
     settings = sub.add_parser("settings", help="print every setting with its default and doc")
     settings.set_defaults(func=cmd_settings)
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to proxy to (demo, tests)")

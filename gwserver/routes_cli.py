@@ -172,3 +172,71 @@ def add_parsers(sub):
         if kind == "routes":
             actions.add_parser("status", help="sync state, worker generations, rejected items")
         parser.set_defaults(func=lambda args, kind=kind: main(kind, args))
+    register = sub.add_parser("register", help="register a service instance in etcd with a "
+                              "lease and keep it alive (until SIGTERM)")
+    register.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    register.add_argument("--service", required=True, help="service name")
+    register.add_argument("--url", required=True, help="http://host:port of this instance")
+    register.add_argument("--instance", help="instance id (default: hostname-port)")
+    register.add_argument("--weight", type=int, default=1)
+    register.add_argument("--ttl", type=int, default=10, help="lease seconds")
+    register.set_defaults(func=lambda args: _report_errors(cmd_register, args))
+
+
+def _report_errors(command, args):
+    try:
+        return command(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"gwserver register: {problem}", file=sys.stderr)
+        return 2
+
+
+def cmd_register(args):
+    """Register one service instance under PREFIX/services/NAME/INSTANCE with a lease, and keep
+    the lease alive until stopped (SIGTERM/SIGINT revoke it: the instance leaves at once).
+    If the process dies, etcd drops the key when the lease's TTL runs out."""
+    import signal
+    import socket
+    from .core.routes import TARGET
+    from .edge.etcd import EtcdError
+    from .settings import load_conf
+    conf = load_conf(args.conf)
+    if conf.etcd is None:
+        raise ConfigError(f"{args.conf}: register needs an [etcd] section")
+    TARGET.validate({"url": args.url, "weight": args.weight}, "--url/--weight")
+    instance = args.instance or f"{socket.gethostname()}-{args.url.rpartition(':')[2]}"
+    key = f"{conf.etcd['prefix'].rstrip('/')}/services/{args.service}/{instance}"
+    value = json.dumps({"url": args.url, "weight": args.weight}).encode()
+    client = client_for(conf)
+    state = {"lease": None, "running": True}
+
+    def stop(*_):
+        state["running"] = False
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while state["running"]:
+        try:
+            if state["lease"] is None:
+                state["lease"] = client.lease_grant(args.ttl)
+                client.put(key, value, lease=state["lease"])
+                print(f"registered {key} -> {args.url} (lease {state['lease']:x}, "
+                      f"ttl {args.ttl}s)", flush=True)
+            elif client.lease_keepalive(state["lease"]) == 0:
+                print("the lease expired (etcd unreachable for too long?); registering again",
+                      flush=True)
+                state["lease"] = None
+                continue
+        except EtcdError as exc:
+            print(f"etcd: {exc}; retrying", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + max(0.5, args.ttl / 3)
+        while state["running"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if state["lease"] is not None:
+        try:
+            client.lease_revoke(state["lease"])
+            print(f"deregistered {key}", flush=True)
+        except EtcdError as exc:
+            print(f"could not revoke the lease ({exc}); the key goes when its TTL runs out",
+                  file=sys.stderr)
+    return 0

@@ -66,6 +66,10 @@ UPSTREAM_DEFAULTS = Schema(
           "seconds to wait for each read from an upstream"),
     Field("retries", integer(0, 5, "an integer from 0 to 5"), 1,
           "retries on another target after a connect failure (idempotent-safe only)"),
+    Field("retry_budget_percent", number(0), 20.0,
+          "retries per upstream may be at most this % of its requests in the last 10 s ..."),
+    Field("retry_budget_min_per_second", number(0), 3.0,
+          "... plus this many per second, so a quiet upstream can still retry"),
     doc="How workers talk to upstreams unless an upstream or route says otherwise.",
 )
 
@@ -273,6 +277,11 @@ def parse_conf(data, path="<conf>"):
     if admin_bind and admin_bind in sections["server"]["bind"]:
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "
                         f"listener its own address")
+    if parts["etcd"] is None:
+        for upstream_id, spec in parts["upstreams"].items():
+            if isinstance(spec, dict) and spec.get("service"):
+                problems.append(f"upstreams.{upstream_id}.service: following a service needs "
+                                f"the [etcd] section (instances register there)")
     router, route_problems = compile_table(parts["routes"], parts["upstreams"],
                                            sections["upstream_defaults"], sections["server"],
                                            global_plugins, registry)

@@ -1,8 +1,23 @@
-"""Smooth weighted round robin, as nginx does it (ngx_http_upstream_get_peer).
+"""Choosing a target of an upstream. Pure: no clock, no sockets.
 
-Each pick adds every target's weight to its running score, takes the highest, and subtracts the
-total from it. With weights 5:1:1 the order is a a b a c a a, not a a a a a b c.
+Every balancer answers ``pick(avoid, key=None)``: the next target, skipping those in ``avoid``
+(tried already, or down) whenever another one is left. Callers decide what is down and when
+to panic (core.health.usable).
+
+round_robin        smooth weighted round robin, as nginx does it (ngx_http_upstream_get_peer):
+                   each pick adds every target's weight to its running score, takes the highest
+                   and subtracts the total from it. Weights 5:1:1 give a a b a c a a.
+least_outstanding  the target with the fewest requests in flight from this worker, relative
+                   to its weight (ties: round robin), as Envoy's LEAST_REQUEST with full scan.
+consistent_hash    a ring of 160 points per unit of weight (ketama): a key always maps to the
+                   same target while it is up, and adding or removing a target moves only the
+                   keys that target gains or loses (about 1/n of them).
 """
+import bisect
+import hashlib
+
+POLICIES = ("round_robin", "least_outstanding", "consistent_hash")
+POINTS_PER_WEIGHT = 160
 
 
 class SmoothWeighted:
@@ -14,17 +29,76 @@ class SmoothWeighted:
         self.scores = [0] * len(self.targets)
         self.total = sum(self.weights)
 
-    def pick(self, exclude=()):
-        """Return the next target, skipping any in ``exclude`` (tried already) when possible."""
+    def pick(self, avoid=(), key=None):
         best = -1
         scores, weights = self.scores, self.weights
         for i, target in enumerate(self.targets):
             scores[i] += weights[i]
-            if target in exclude:
+            if target in avoid:
                 continue
             if best < 0 or scores[i] > scores[best]:
                 best = i
-        if best < 0:        # every target excluded: fall back to the plain choice
+        if best < 0:        # every target avoided: fall back to the plain choice
             best = max(range(len(scores)), key=scores.__getitem__)
         scores[best] -= self.total
         return self.targets[best]
+
+
+class LeastOutstanding:
+    """``outstanding`` maps target -> requests in flight; the proxy keeps it."""
+
+    __slots__ = ("targets", "outstanding", "turn")
+
+    def __init__(self, targets, outstanding):
+        self.targets = [t for t in targets if t.weight > 0]
+        self.outstanding = outstanding
+        self.turn = 0
+
+    def pick(self, avoid=(), key=None):
+        targets, outstanding = self.targets, self.outstanding
+        n = len(targets)
+        self.turn = (self.turn + 1) % n
+        best, best_load = None, None
+        for step in range(n):
+            target = targets[(self.turn + step) % n]
+            if target in avoid:
+                continue
+            load = (outstanding.get(target, 0) + 1) / target.weight
+            if best is None or load < best_load:
+                best, best_load = target, load
+        return best if best is not None else targets[self.turn]
+
+
+def ring_point(text):
+    return int.from_bytes(hashlib.md5(text.encode(), usedforsecurity=False).digest()[:8], "big")
+
+
+class ConsistentHash:
+    __slots__ = ("targets", "points", "owners", "fallback")
+
+    def __init__(self, targets):
+        self.targets = [t for t in targets if t.weight > 0]
+        ring = sorted((ring_point(f"{t.url}#{i}"), t) for t in self.targets
+                      for i in range(POINTS_PER_WEIGHT * t.weight))
+        self.points = [point for point, _ in ring]
+        self.owners = [target for _, target in ring]
+        self.fallback = SmoothWeighted(self.targets)      # requests without a key
+
+    def pick(self, avoid=(), key=None):
+        if key is None:
+            return self.fallback.pick(avoid)
+        start = bisect.bisect(self.points, ring_point(key))
+        owners, n = self.owners, len(self.owners)
+        for step in range(n):       # walk on past avoided targets, as ketama does
+            target = owners[(start + step) % n]
+            if target not in avoid:
+                return target
+        return owners[start % n]
+
+
+def make_balancer(policy, targets, outstanding):
+    if policy == "least_outstanding":
+        return LeastOutstanding(targets, outstanding)
+    if policy == "consistent_hash":
+        return ConsistentHash(targets)
+    return SmoothWeighted(targets)

@@ -4,6 +4,7 @@ Headers travel as lists of ``(name, value)`` bytes pairs, exactly as the client 
 and order kept, repeats kept); ``header_map`` is a lower-case name -> last value view for lookups.
 """
 import json
+from urllib.parse import parse_qsl
 
 from ..errors import UpstreamError, UpstreamTimeout
 
@@ -85,6 +86,33 @@ class RequestContext:
         connection always counts; an answer counts if its status is in ``failure_statuses``."""
         return isinstance(self.error, (UpstreamError, UpstreamTimeout)) or \
             status in failure_statuses
+
+    def value_of(self, kind, name):
+        """A request value by kind: "header" (``name`` lower-case bytes or str), "cookie",
+        "query", "claim" (a verified JWT claim), or "ip". None when absent. Used to key
+        sticky choices (split, consistent hashing) and limits."""
+        if kind == "header":
+            raw = self.header_map.get(name if isinstance(name, bytes)
+                                      else name.lower().encode("latin-1"))
+            return raw.decode("latin-1") if raw is not None else None
+        if kind == "cookie":
+            raw = self.header_map.get(b"cookie")
+            if raw is None:
+                return None
+            for part in raw.decode("latin-1").split(";"):
+                key, sep, value = part.strip().partition("=")
+                if sep and key == name:
+                    return value.strip('"')
+            return None
+        if kind == "query":
+            for key, value in parse_qsl(self.query, keep_blank_values=True):
+                if key == name:
+                    return value
+            return None
+        if kind == "claim":
+            value = ((self._vars or {}).get("claims") or {}).get(name)
+            return None if value is None else str(value)
+        return self.client_ip
 
     def take_body(self):
         chunks, self.body = self.body, []

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from .schema import (Field, Invalid, Schema, boolean, header_name, header_value, integer,
-                     list_of, map_of, number, one_of, show, string)
+from .balancer import POLICIES
+from .schema import (Field, Invalid, Schema, boolean, fraction, header_name, header_value,
+                     integer, list_of, map_of, number, one_of, show, status_code, string)
 
 ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
 METHOD = r"[A-Z][A-Z0-9_-]{0,19}"
@@ -48,8 +49,56 @@ TARGET = Schema(
           "share of traffic; 0 takes the target out of rotation"),
 )
 
+def hash_key(value):
+    if value == "ip":
+        return value
+    kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if kind in ("header", "cookie", "claim", "query") and name:
+        return value
+    raise Invalid(f'must be "ip", "header:NAME", "cookie:NAME", "claim:NAME" or "query:NAME", '
+                  f"got {show(value)}")
+
+
+HEALTH_CHECK = Schema(
+    Field("type", one_of("http", "tcp"), "http", "http: a request must get an expected status; "
+          "tcp: a connection must open"),
+    Field("path", string(r"/[!-~]*", "a path starting with /"), "/", "http: path to request"),
+    Field("method", string(METHOD, "an upper-case method"), "GET", "http: method"),
+    Field("host", string(HOST, "a host name"), None, "http: Host header (default: the target's)"),
+    Field("expected_statuses", list_of(status_code, min_items=1), None,
+          "http: statuses that mean healthy (default: 200-399)"),
+    Field("timeout", number(0, exclusive=True), 1.0, "seconds a probe may take"),
+    Field("interval", number(0.05), 5.0, "seconds between probes of a healthy target"),
+    Field("healthy_threshold", integer(1), 2, "successes in a row that readmit a target"),
+    Field("unhealthy_threshold", integer(1), 3, "failures in a row that take it out"),
+    Field("max_interval", number(0.05), 60.0,
+          "cap of the backoff between probes of an unhealthy target"),
+    Field("jitter", fraction, 0.2, "each delay is randomised by +-this share"),
+)
+
+PASSIVE = Schema(
+    Field("consecutive_failures", integer(1), 5,
+          "failures in a row (connect errors, timeouts, statuses) that eject a target"),
+    Field("statuses", list_of(status_code), [502, 503, 504], "answers that count as failures"),
+    Field("eject_for", number(0, exclusive=True), 10.0, "seconds out after a first ejection"),
+    Field("max_eject_for", number(0, exclusive=True), 300.0,
+          "cap: the time out doubles with each ejection in a row"),
+    Field("max_ejected_percent", integer(0, 100, "a percentage"), 50,
+          "never eject more than this share of the upstream's targets"),
+)
+
 UPSTREAM = Schema(
-    Field("targets", list_of(TARGET, min_items=1), doc="the servers behind this upstream"),
+    Field("targets", list_of(TARGET), None,
+          "the servers behind this upstream (optional with service)"),
+    Field("service", string(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", "a service name"), None,
+          "follow the live instances registered in etcd under PREFIX/services/NAME/"),
+    Field("balance", one_of(*POLICIES), "round_robin",
+          "round_robin (smooth weighted), least_outstanding or consistent_hash"),
+    Field("hash_key", hash_key, "ip", "consistent_hash: ip, header:, cookie:, claim:, query:NAME"),
+    Field("health_check", HEALTH_CHECK, None, "active checks by the host's health process"),
+    Field("passive", PASSIVE, None, "eject targets that keep failing real requests"),
+    Field("panic_threshold", fraction, 0.0,
+          "when fewer than this share of targets are up (and always when none is), use all"),
     Field("pass_host", one_of("pass", "node", "rewrite"), "pass",
           "Host sent upstream: the client's (pass), the target's (node) or upstream_host"),
     Field("upstream_host", string(HOST, "a host name"), None, "Host header when pass_host=rewrite"),
@@ -119,6 +168,12 @@ class Upstream:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     plugin_steps: tuple = ()                # validated (plugin, conf) set on the upstream
+    balance: str = "round_robin"
+    hash_key: tuple = ("ip", "")            # (kind, name) for consistent_hash
+    health_check: dict = field(default=None, compare=False)
+    passive: dict = field(default=None, compare=False)
+    panic_threshold: float = 0.0
+    service: str = None
 
 
 @dataclass(frozen=True)
@@ -153,21 +208,30 @@ def make_target(spec):
     return Target(spec["url"], parts.scheme, parts.hostname, port, spec["weight"])
 
 
-def make_upstream(upstream_id, spec, defaults, registry=None):
-    """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``."""
+def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
+    """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``.
+    ``owner`` names it in errors (default "upstream ID"; an inline one: "route R: upstream")."""
+    owner = owner or f"upstream {upstream_id}"
     from .chain import upstream_plugins
     plugin_steps = ()
     if spec.get("plugins"):
         if registry is None:
             from ..plugins import load_registry
             registry = load_registry()
-        plugin_steps = upstream_plugins(f"upstream {upstream_id}", spec["plugins"], registry)
+        plugin_steps = upstream_plugins(owner, spec["plugins"], registry)
     timeouts = spec.get("timeouts") or {}
-    targets = tuple(make_target(t) for t in spec["targets"])
-    if not any(t.weight for t in targets):
-        raise ConfigError(f"upstream {upstream_id}: every target has weight 0")
+    targets = tuple(make_target(t) for t in spec["targets"] or ())
+    service = spec.get("service")
+    if not targets and not service:
+        raise ConfigError(f"{owner}: targets: needs at least one target, or a service to "
+                          f"follow")
+    if targets and not any(t.weight for t in targets):
+        raise ConfigError(f"{owner}: every target has weight 0")
+    if len({t.key for t in targets}) != len(targets):
+        raise ConfigError(f"{owner}: targets: a target is listed twice")
+    kind, _, name = spec.get("hash_key", "ip").partition(":")
     if spec["pass_host"] == "rewrite" and not spec["upstream_host"]:
-        raise ConfigError(f"upstream {upstream_id}: pass_host=rewrite needs upstream_host")
+        raise ConfigError(f"{owner}: pass_host=rewrite needs upstream_host")
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return Upstream(
         id=upstream_id, targets=targets, pass_host=spec["pass_host"],
@@ -177,7 +241,25 @@ def make_upstream(upstream_id, spec, defaults, registry=None):
         connect_timeout=pick(timeouts.get("connect"), defaults["connect_timeout"]),
         read_timeout=pick(timeouts.get("read"), defaults["read_timeout"]),
         plugin_steps=plugin_steps,
+        balance=spec.get("balance", "round_robin"),
+        hash_key=(kind, name.lower().encode("latin-1") if kind == "header" else name),
+        health_check=_health_check(spec.get("health_check")),
+        passive=_passive(spec.get("passive")),
+        panic_threshold=spec.get("panic_threshold", 0.0), service=service,
     )
+
+
+def _health_check(conf):
+    if conf is None:
+        return None
+    if conf["max_interval"] < conf["interval"]:
+        conf = {**conf, "max_interval": conf["interval"]}
+    statuses = conf["expected_statuses"]
+    return {**conf, "expected": frozenset(statuses) if statuses else frozenset(range(200, 400))}
+
+
+def _passive(conf):
+    return None if conf is None else {**conf, "statuses": frozenset(conf["statuses"])}
 
 
 def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
@@ -193,7 +275,8 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
                               + missing_hint)
         upstream = upstreams[upstream]
     else:
-        upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults, registry)
+        upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults, registry,
+                                 f"{owner}: upstream")
     chain = build_chain(owner, spec["plugins"], global_plugins, registry, upstream.plugin_steps)
     if spec.get("claims") and "jwt" not in chain.names:
         raise ConfigError(f"{owner}: claims: matching on claims needs the jwt plugin on the "

@@ -21,7 +21,7 @@ import json
 
 from ..errors import ConfigError
 from .router import Router
-from .routes import ROUTE, UPSTREAM, compile_route, make_upstream, upstream_refs
+from .routes import ROUTE, TARGET, UPSTREAM, compile_route, make_upstream, upstream_refs
 from .schema import show
 
 
@@ -48,7 +48,10 @@ class LiveTable:
         self.wanted_routes = {}     # dynamic route id -> (version, raw) as the source has it
         self.wanted_upstreams = {}
         self.static_routes, self.static_upstreams = set(), set()
-        self.rejected = {}          # "routes/ID" or "upstreams/ID" -> reason
+        self.rejected = {}          # "routes/ID", "upstreams/ID", "services/S/I" -> reason
+        self.expand_services = False    # the sync process turns it on when it sees services
+        self.instances = {}         # service -> {instance: target spec}
+        self.service_revision = {}  # service -> etcd revision of its last change
         self._kept_upstreams = set()    # deleted at the source, still used by routes
         for upstream_id, spec in (static_upstreams or {}).items():
             self.upstreams[upstream_id] = make_upstream(
@@ -76,6 +79,59 @@ class LiveTable:
         for route_id, (version, raw) in routes.items():
             if self.wanted_routes.get(route_id, (None,))[0] != version:
                 self.put_route(route_id, raw, version)
+
+    # -- service instances (the sync process only: workers receive expanded upstreams) ---------
+
+    def replace_instances(self, instances, revision):
+        """Full load: {service: {instance: raw}} at ``revision``."""
+        self.expand_services = True
+        for service in set(self.instances) | set(instances):
+            self.instances[service] = {}
+            for instance, raw in instances.get(service, {}).items():
+                self._take_instance(service, instance, raw)
+            self._service_changed(service, revision)
+
+    def put_instance(self, service, instance, raw, revision):
+        self.expand_services = True
+        self._take_instance(service, instance, raw)
+        self._service_changed(service, revision)
+
+    def delete_instance(self, service, instance, revision):
+        self.rejected.pop(f"services/{service}/{instance}", None)
+        if self.instances.get(service, {}).pop(instance, None) is not None:
+            self._service_changed(service, revision)
+
+    def _take_instance(self, service, instance, raw):
+        key = f"services/{service}/{instance}"
+        try:
+            value = _decode(raw)
+            if isinstance(value, str):
+                value = {"url": value}
+            spec = TARGET.validate(value, f"service {service} instance {instance}")
+        except ConfigError as exc:
+            self.instances.get(service, {}).pop(instance, None)
+            self._reject(key, exc, False)
+            return
+        self.instances.setdefault(service, {})[instance] = spec
+        self.rejected.pop(key, None)
+
+    def _service_changed(self, service, revision):
+        self.service_revision[service] = max(self.service_revision.get(service, 0), revision)
+        for upstream_id, (_, spec) in list(self.upstream_specs.items()):
+            if spec.get("service") == service and upstream_id in self.wanted_upstreams:
+                version, raw = self.wanted_upstreams[upstream_id]
+                self.put_upstream(upstream_id, raw, version)
+
+    def _expand(self, spec, version):
+        """An upstream that follows a service gets the live instances as targets, and a
+        version that moves whenever they change (workers compare versions)."""
+        service = spec.get("service")
+        if not service or not self.expand_services:
+            return spec, version
+        live = sorted(self.instances.get(service, {}).items())
+        targets = list(spec["targets"] or []) + [target for _, target in live]
+        unique = list({t["url"]: t for t in targets}.values())
+        return {**spec, "targets": unique}, max(version, self.service_revision.get(service, 0))
 
     def published(self):
         """The good dynamic items, as workers rebuild them: {kind: {id: [version, spec]}}."""
@@ -151,11 +207,12 @@ class LiveTable:
                 raise ConfigError(f"upstream {upstream_id}: the id is taken by a static upstream "
                                   f"in the conf file")
             spec = UPSTREAM.validate(_decode(raw), f"upstream {upstream_id}")
+            spec, served_version = self._expand(spec, version)
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
                                                        self.registry)
         except ConfigError as exc:
             return self._reject(key, exc, upstream_id in self.upstream_specs)
-        self.upstream_specs[upstream_id] = (version, spec)
+        self.upstream_specs[upstream_id] = (served_version, spec)
         self.rejected.pop(key, None)
         self._kept_upstreams.discard(upstream_id)
         self._recompile_users(upstream_id)

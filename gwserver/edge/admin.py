@@ -69,8 +69,10 @@ def metrics_view(worker):
     if worker.metrics is None:
         return Reply.json(404, {"error": "metrics are off ([admin] metrics = false)"})
     worker.update_gauges()
-    extra = [os.path.join(worker.conf.etcd["runtime_dir"], "metrics.prom")] \
-        if worker.conf.etcd else []
+    from .health import METRICS_FILE
+    extra = [os.path.join(worker.health.state_dir, METRICS_FILE)]     # the health process
+    if worker.conf.etcd:
+        extra.append(os.path.join(worker.conf.etcd["runtime_dir"], "metrics.prom"))
     return Reply(200, metrics.render(extra),
                  [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
@@ -94,8 +96,12 @@ def upstreams_view(worker):
     for route in worker.router.routes.values():
         upstream = route.upstream
         entry = upstreams.setdefault(upstream.id, {
-            "targets": [{"url": t.url, "weight": t.weight, "health": "not checked (issue 7)"}
+            "targets": [{"url": t.url, "weight": t.weight,
+                         **worker.health.describe(upstream.id, t.url)}
                         for t in upstream.targets],
+            "balance": upstream.balance, "service": upstream.service,
+            "health_check": bool(upstream.health_check), "passive": bool(upstream.passive),
+            "panic": worker.health.avoid(upstream)[1] if upstream.targets else False,
             "pass_host": upstream.pass_host, "pool_size": upstream.pool_size,
             "block_when_full": upstream.block_when_full, "routes": []})
         entry["routes"].append(route.id)

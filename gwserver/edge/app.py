@@ -147,6 +147,13 @@ class Helper:
         self.pid = None
         return False
 
+    def signal(self, signum):
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
     def stop(self):
         if self.pid is None:
             return
@@ -167,10 +174,19 @@ def helpers_for(app):
     """The helper processes a configuration asks for."""
     conf = app.conf
     helpers = {}
+    conf_path = os.path.abspath(app.conf_path)
     if conf.etcd is not None:
         os.makedirs(conf.etcd["runtime_dir"], exist_ok=True)
         helpers["config-sync"] = Helper("config-sync", [
-            sys.executable, "-m", "gwserver", "sync", "-c", os.path.abspath(app.conf_path)])
+            sys.executable, "-m", "gwserver", "sync", "-c", conf_path])
+    # Active health checks: one process per host. With etcd any upstream may ask for them
+    # later, so it always runs there; with a conf file, only if an upstream has health_check.
+    if conf.etcd is not None or any(
+            spec.get("health_check") for spec in (conf.static_upstreams or {}).values()) or any(
+            isinstance(r.get("upstream"), dict) and r["upstream"].get("health_check")
+            for r in conf.static_routes):
+        helpers["health"] = Helper("health", [
+            sys.executable, "-m", "gwserver", "health", "-c", conf_path])
     return helpers
 
 
@@ -282,14 +298,20 @@ class GatewayArbiter(Arbiter):
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={int(time.monotonic() * 1e6)}\n"
                     f"STATUS=reloading")
         super().handle_hup()
-        # Helpers survive reloads; a changed [etcd] section gets a sync process that reads it.
+        # Helpers survive reloads: the health checker re-reads its targets on SIGHUP; a changed
+        # [etcd] section gets a sync process that reads it; helpers the new conf asks for (or
+        # no longer needs) start (or stop).
         etcd = dict(self.app.conf.etcd or {})
-        if etcd != self.helper_conf:
-            for helper in self.helpers.values():
-                helper.stop()
-            self.helpers = helpers_for(self.app)
-            self.helper_conf = etcd
-            for helper in self.helpers.values():
+        wanted = helpers_for(self.app)
+        for name in list(self.helpers):
+            if name not in wanted or (name == "config-sync" and etcd != self.helper_conf):
+                self.helpers.pop(name).stop()
+        for name, helper in wanted.items():
+            if name not in self.helpers:
+                self.helpers[name] = helper
                 helper.start()
+            elif name == "health":
+                self.helpers[name].signal(signal.SIGHUP)
+        self.helper_conf = etcd
         # gunicorn's reload returns once the old workers are gone; ours started serving first.
         self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers (reloaded)")

@@ -132,10 +132,27 @@ class EtcdClient:
         kvs = data.get("kvs", [])
         return _unb64(kvs[0].get("value")) if kvs else None
 
-    def put(self, key, value):
-        """Store ``value``; return the revision of the write."""
-        data = self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+    def put(self, key, value, lease=None):
+        """Store ``value`` (attached to ``lease`` if given); return the revision of the write."""
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease is not None:
+            body["lease"] = str(lease)
+        data = self._call("/v3/kv/put", body)
         return int(data["header"]["revision"])
+
+    # -- leases (service registration) -------------------------------------------------------------
+
+    def lease_grant(self, ttl):
+        """A new lease of ``ttl`` seconds; returns its id."""
+        return int(self._call("/v3/lease/grant", {"TTL": str(int(ttl))})["ID"])
+
+    def lease_keepalive(self, lease):
+        """Renew ``lease``; returns the TTL granted, 0 if the lease is gone."""
+        data = self._call("/v3/lease/keepalive", {"ID": str(lease)})
+        return int(data.get("result", {}).get("TTL", 0))
+
+    def lease_revoke(self, lease):
+        self._call("/v3/lease/revoke", {"ID": str(lease)})
 
     def delete(self, key):
         data = self._call("/v3/kv/deleterange", {"key": _b64(key)})

@@ -124,6 +124,14 @@ class WorkerMetrics:
         self._series = {}
         self._limits = {}           # (route, outcome) -> [counted, pushed]
         self._faults = {}           # (route, kind) -> [counted, pushed]
+        self.retries = Counter("gwserver_upstream_retries", "Retries on another target, by "
+                               "upstream and outcome (retried, budget_exhausted)",
+                               ["upstream", "outcome"])
+        self.ejections = Counter("gwserver_upstream_ejections", "Targets ejected by passive "
+                                 "checks in this worker", ["upstream", "target"])
+        self.target_up = Gauge("gwserver_upstream_target_up", "1 when a checked or ejectable "
+                               "target may take traffic, 0 when it is down (active or "
+                               "passive)", ["upstream", "target"], multiprocess_mode="mostrecent")
         self.redis_up = Gauge("gwserver_redis_up", "1 when Redis answered this worker's last "
                               "round trip, 0 while limits and breakers fall back "
                               "(on_store_error); absent without [redis]",
@@ -157,6 +165,12 @@ class WorkerMetrics:
 
     def count_fault(self, route_id, kind):
         _count(self._faults, (route_id, kind))
+
+    def count_retry(self, upstream_id, outcome):
+        self.retries.labels(upstream_id, outcome).inc()
+
+    def count_ejection(self, upstream_id, target):
+        self.ejections.labels(upstream_id, target).inc()
 
     def observe(self, route_id, method, status, seconds, upstream_seconds):
         key = (route_id, method, status // 100)

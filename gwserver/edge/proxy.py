@@ -22,7 +22,8 @@ import urllib3.connection
 from urllib3.exceptions import (ConnectTimeoutError, EmptyPoolError, LocationParseError,
                                 NewConnectionError, NameResolutionError)
 
-from ..core.balancer import SmoothWeighted
+from ..core.balancer import make_balancer
+from ..core.health import RetryBudget
 from ..core.context import ResponseHead
 from ..core.tracing import TRACE_HEADERS
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
@@ -226,16 +227,29 @@ class Proxy:
         self.buf = worker.upstream_buf
         self.view = worker.upstream_view
         self._balancers = {}
+        self._budgets = {}
+        self.outstanding = {}           # target -> requests in flight from this worker
+        self.budget_percent = defaults["retry_budget_percent"]
+        self.budget_min_per_second = defaults["retry_budget_min_per_second"]
 
     # -- choosing and connecting -------------------------------------------------------------
 
-    def pick(self, upstream, tried):
+    def pick(self, upstream, avoid, req):
         targets = upstream.targets
         entry = self._balancers.get(upstream.id)
         if entry is None or entry[0] is not targets:
-            entry = (targets, SmoothWeighted(targets))
+            entry = (targets, make_balancer(upstream.balance, targets, self.outstanding))
             self._balancers[upstream.id] = entry
-        return entry[1].pick(tried)
+        key = req.value_of(*upstream.hash_key) if upstream.balance == "consistent_hash" \
+            else None
+        return entry[1].pick(avoid, key)
+
+    def budget(self, upstream):
+        budget = self._budgets.get(upstream.id)
+        if budget is None:
+            budget = self._budgets[upstream.id] = RetryBudget(self.budget_percent,
+                                                              self.budget_min_per_second)
+        return budget
 
     def checkout(self, pool, target, fresh=False):
         """Return (exchange, reused) on an open connection; raise an HTTPError if impossible."""
@@ -291,33 +305,71 @@ class Proxy:
             body_held, req.body = req.body, []
         attempts_left = self.retries
         fresh = False
+        targets = upstream.targets
+        if not targets:
+            raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
+                                     f"{upstream.service}")
+        health = self.worker.health
+        passive = upstream.passive
+        now = time.monotonic()
+        budget = self.budget(upstream)
+        budget.request(now)
+        outstanding = self.outstanding
         while True:
-            targets = upstream.targets
-            target = targets[0] if len(targets) == 1 else self.pick(upstream, tried or ())
+            if len(targets) == 1:
+                target = targets[0]
+            else:
+                avoid = health.avoid(upstream)[0] if health.down else frozenset()
+                if tried:
+                    avoid = avoid | frozenset(tried)
+                target = self.pick(upstream, avoid, req)
             pool = self.pools.get(target, upstream)
+            outstanding[target] = outstanding.get(target, 0) + 1
             try:
-                ex, reused = self.checkout(pool, target, fresh)
-            except UpstreamConnectError as exc:
-                tried = (tried or []) + [target]
-                if attempts_left > 0 and len(tried) < len(upstream.targets):
-                    attempts_left -= 1
-                    log.warning("route %s: %s; retrying on another target", route.id, exc.reason)
-                    continue
-                raise
-            try:
-                status, sent, client_keep, upstream_keep = self.exchange(
-                    client, req, ex, target, body_held, keep_alive)
-            except _StaleConnection:
-                self.release(pool, ex, False)
-                if reused and replayable and not fresh:
-                    fresh = True        # the pool may hold more dead ones: open a new one
-                    continue
-                raise UpstreamError(f"{target.url}: connection failed before an answer")
-            except BaseException:
-                self.release(pool, ex, False)
-                raise
+                try:
+                    ex, reused = self.checkout(pool, target, fresh)
+                except UpstreamConnectError as exc:
+                    if passive is not None:
+                        self.worker.passive.observe(upstream, target, False)
+                    tried = (tried or []) + [target]
+                    if attempts_left > 0 and len(tried) < len(targets):
+                        if budget.try_retry(now):
+                            attempts_left -= 1
+                            log.warning("route %s: %s; retrying on another target", route.id,
+                                        exc.reason)
+                            self._count_retry(upstream, "retried")
+                            continue
+                        self._count_retry(upstream, "budget_exhausted")
+                        log.warning("route %s: %s; not retried: the retry budget of upstream "
+                                    "%s is spent", route.id, exc.reason, upstream.id)
+                    raise
+                try:
+                    status, sent, client_keep, upstream_keep = self.exchange(
+                        client, req, ex, target, body_held, keep_alive)
+                except _StaleConnection:
+                    self.release(pool, ex, False)
+                    if reused and replayable and not fresh:
+                        fresh = True        # the pool may hold more dead ones: open a new one
+                        continue
+                    if passive is not None:
+                        self.worker.passive.observe(upstream, target, False)
+                    raise UpstreamError(f"{target.url}: connection failed before an answer")
+                except BaseException as exc:
+                    self.release(pool, ex, False)
+                    if passive is not None and isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                        self.worker.passive.observe(upstream, target, False)
+                    raise
+            finally:
+                outstanding[target] -= 1
             self.release(pool, ex, upstream_keep)
+            if passive is not None:
+                self.worker.passive.observe(upstream, target, status not in passive["statuses"])
             return status, sent, target.url, client_keep
+
+    def _count_retry(self, upstream, outcome):
+        metrics = self.worker.metrics
+        if metrics is not None:
+            metrics.count_retry(upstream.id, outcome)
 
     def exchange(self, client, req, ex, target, body_held, keep_alive):
         route = req.route

@@ -70,6 +70,7 @@ class ConfigSync:
         self.snapshot_path = etcd["snapshot_path"]
         self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
                                load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.table.expand_services = True       # workers get upstreams with live instances
         self.publisher = TablePublisher(etcd["runtime_dir"], self.table.published,
                                         etcd["snapshot_path"])
         self.backoff = Backoff(cap=etcd["backoff_max"])
@@ -157,20 +158,29 @@ class ConfigSync:
     # -- etcd ----------------------------------------------------------------------------------
 
     def split(self, key):
-        """'PREFIX/routes/ID' -> ('routes', 'ID'); keys of other kinds -> (None, None)."""
+        """'PREFIX/routes/ID' -> ('routes', 'ID'); 'PREFIX/services/NAME/INSTANCE' ->
+        ('services', ('NAME', 'INSTANCE')); keys of other kinds -> (None, None)."""
         kind, _, item_id = key[len(self.prefix):].partition("/")
         if kind in ("routes", "upstreams") and item_id and "/" not in item_id:
             return kind, item_id
+        if kind == "services":
+            service, _, instance = item_id.partition("/")
+            if service and instance and "/" not in instance:
+                return kind, (service, instance)
         return None, None
 
     def full_load(self):
         revision, items = self.client.range_prefix(self.prefix)
         wanted = {"routes": {}, "upstreams": {}}
+        instances = {}
         for key, value, mod_revision in items:
             kind, item_id = self.split(key)
-            if kind:
+            if kind == "services":
+                instances.setdefault(item_id[0], {})[item_id[1]] = value
+            elif kind:
                 wanted[kind][item_id] = (mod_revision, value)
         with self.publisher.lock:           # the base writer reads the table under this lock
+            self.table.replace_instances(instances, revision)
             self.table.replace_all(wanted["routes"], wanted["upstreams"])
             self.revision = revision
         self.log_rejections()
@@ -185,6 +195,12 @@ class ConfigSync:
         for kind_of_event, key, value, mod_revision in events:
             kind, item_id = self.split(key)
             if kind is None:
+                continue
+            if kind == "services":
+                if kind_of_event == "delete":
+                    self.table.delete_instance(*item_id, mod_revision)
+                else:
+                    self.table.put_instance(*item_id, value, mod_revision)
                 continue
             if kind_of_event == "delete":
                 (self.table.delete_route if kind == "routes" else

@@ -119,6 +119,11 @@ class GatewayWorker(GeventWorker):
         if self.metrics is not None:
             for store in {services.local_store, services.limit_store}:
                 store.on_transition = self.metrics.breaker_transition
+        from .health import HealthView, PassiveTracker
+        self.health = HealthView(path)
+        self.health.refresh()
+        self.passive = PassiveTracker(self.health, self.metrics.count_ejection
+                                      if self.metrics is not None else None)
 
     def follow_published_table(self):
         """etcd mode: the table is what the config-sync process publishes (issue 3)."""
@@ -151,10 +156,12 @@ class GatewayWorker(GeventWorker):
                  generation, revision, (time.monotonic() - started) * 1000, len(self.router))
 
     def on_tick(self):
-        """Every 50 ms: flush the access log; an idle worker picks up a new table too."""
+        """Every 50 ms: flush the access log; an idle worker picks up a new table too; target
+        health (active verdicts, passive ejections, ejections expiring) is re-read."""
         self.flush_access_log()
         if self.table_reader is not None and self.table_reader.changed():
             self.refresh_table()
+        self.health.refresh()
 
     def run(self):
         profile_dir = os.environ.get("GWSERVER_PROFILE")
@@ -245,10 +252,21 @@ class GatewayWorker(GeventWorker):
                 idle_connections(pool))
         if self.table_reader is not None:
             metrics.generation.set(self.table_reader.generation)
+        self.update_target_gauges(metrics)
         from .. import services
         store = services.limit_store
         if store is not None and store is not services.local_store:
             metrics.redis_up.set(1 if store.healthy else 0)
+
+    def update_target_gauges(self, metrics):
+        from .health import target_key
+        watched = {route.upstream.id: route.upstream for route in self.router.routes.values()
+                   if route.upstream.health_check or route.upstream.passive}
+        down = self.health.down
+        for upstream in watched.values():
+            for target in upstream.targets:
+                metrics.target_up.labels(upstream.id, target.url).set(
+                    0 if target_key(upstream.id, target.url) in down else 1)
 
     def handle_client(self, sock, addr):
         try:

@@ -22,7 +22,6 @@ configured and absent. Weights change through etcd like any route field.
 """
 import hashlib
 import random
-from urllib.parse import parse_qsl
 
 from ..core.schema import (Field, Invalid, Schema, header_name, integer, list_of, map_of,
                            show, string)
@@ -132,51 +131,15 @@ def hash_point(key, total):
     return int.from_bytes(digest, "big") * total // HASH_SPACE
 
 
-def _cookies(ctx):
-    raw = ctx.header_map.get(b"cookie")
-    if raw is None:
-        return {}
-    out = {}
-    for part in raw.decode("latin-1").split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep:
-            out.setdefault(name, value.strip('"'))
-    return out
-
-
-def _claims(ctx):
-    return (ctx._vars or {}).get("claims") or {}
-
-
-def _value(ctx, kind, name, cache):
-    if kind == "header":
-        raw = ctx.header_map.get(name if isinstance(name, bytes)
-                                 else name.lower().encode("latin-1"))
-        return raw.decode("latin-1") if raw is not None else None
-    if kind == "cookie":
-        if "cookie" not in cache:
-            cache["cookie"] = _cookies(ctx)
-        return cache["cookie"].get(name)
-    if kind == "query":
-        if "query" not in cache:
-            cache["query"] = dict(parse_qsl(ctx.query, keep_blank_values=True))
-        return cache["query"].get(name)
-    if kind == "claim":
-        value = _claims(ctx).get(name)
-        return None if value is None else str(value)
-    return ctx.client_ip
-
-
-def _rule_holds(rule, ctx, cache):
+def _rule_holds(rule, ctx):
     for kind in ("header", "cookie", "claim", "query"):
         for name, wanted in (rule[kind] or {}).items():
-            if _value(ctx, kind, name, cache) != wanted:
+            if ctx.value_of(kind, name) != wanted:
                 return False
     return True
 
 
 def access(conf, ctx):
-    cache = {}
     group = None
     incoming = ctx.header_map.get(conf["group_header_b"])
     if incoming is not None:
@@ -185,11 +148,11 @@ def access(conf, ctx):
             group = name
     if group is None:
         for rule in conf["rules"]:
-            if _rule_holds(rule, ctx, cache):
+            if _rule_holds(rule, ctx):
                 group = rule["upstream"]
                 break
     if group is None:
-        key = _value(ctx, conf["key_kind"], conf["key_name"], cache)
+        key = ctx.value_of(conf["key_kind"], conf["key_name"])
         point = hash_point(key, conf["total"]) if key else random.randrange(conf["total"])
         group, ctx.upstream = pick(conf["choices"], conf["total"], point)
     else:

@@ -25,9 +25,9 @@ def test_distribution_follows_weights_exactly_per_cycle(weights):
     assert counts == {f"h{i}": w * 100 for i, w in enumerate(weights) if w}
 
 
-def test_exclude_skips_tried_targets():
+def test_avoid_skips_tried_or_down_targets():
     ts = targets(1, 1, 1)
     balancer = SmoothWeighted(ts)
     for _ in range(10):
-        assert balancer.pick(exclude=[ts[0], ts[1]]) is ts[2]
-    assert balancer.pick(exclude=ts) in ts      # nothing left: still answers
+        assert balancer.pick(avoid={ts[0], ts[1]}) is ts[2]
+    assert balancer.pick(avoid=set(ts)) in ts      # nothing left: still answers

@@ -98,7 +98,7 @@ def test_405_lists_every_allowed_method():
     ({"id": "a", "paths": ["/a"], "strip_prefix": "/b"}, "is not a prefix of paths[0]"),
     ({"id": "a", "paths": ["/a/*r"], "prefix": True}, "prefix=true with a catch-all"),
     ({"id": "a", "paths": ["/a"], "upstream": {"targets": []}},
-     "upstream.targets: must have at least 1 item"),
+     "targets: needs at least one target, or a service to follow"),
     ({"id": "a", "paths": ["/a"], "upstream": {"targets": [{"url": "http://h/x"}]}},
      "must be scheme://host[:port] only"),
     ({"id": "a", "paths": ["/a"], "upstream": "missing"}, "unknown upstream id \"missing\""),

@@ -1,0 +1,131 @@
+"""Target health, pure: the active checker's state machine with backoff, passive ejection, and
+which targets a request may use (with panic mode). The clock and randomness are injected.
+
+Active (one checker process per host, edge/health.py):
+    healthy --(unhealthy_threshold failures in a row)--> unhealthy
+    unhealthy --(healthy_threshold successes in a row)--> healthy
+A healthy target is probed every ``interval``. An unhealthy one is probed with exponential
+backoff: interval x 2^(failures - threshold), capped at ``max_interval``, each delay with
++-``jitter`` so that many gateways do not probe a dead fleet in step.
+
+Passive (every worker): ``consecutive_failures`` in a row (connect errors, timeouts, the listed
+statuses) eject a target for ``eject_for`` x 2^(ejections-1), capped at ``max_eject_for``; the
+ejection count decays once a target has stayed in for ``max_eject_for``. An ejection that would
+take more than ``max_ejected_percent`` of an upstream's targets out is not made.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ActiveState:
+    healthy: bool = True
+    successes: int = 0          # in a row
+    failures: int = 0           # in a row
+    next_at: float = 0.0
+    last_error: str = ""
+    since: float = 0.0          # when the current state began
+    checks: int = 0
+
+    def record(self, conf, ok, now, jitter_factor=1.0, error=""):
+        """Count one probe; return True if the state changed. ``jitter_factor`` is drawn by
+        the caller from [1 - jitter, 1 + jitter]."""
+        self.checks += 1
+        changed = False
+        if ok:
+            self.successes, self.failures, self.last_error = self.successes + 1, 0, ""
+            if not self.healthy and self.successes >= conf["healthy_threshold"]:
+                self.healthy, self.since, changed = True, now, True
+        else:
+            self.failures, self.successes, self.last_error = self.failures + 1, 0, error
+            if self.healthy and self.failures >= conf["unhealthy_threshold"]:
+                self.healthy, self.since, changed = False, now, True
+        self.next_at = now + probe_delay(conf, self) * jitter_factor
+        return changed
+
+
+def probe_delay(conf, state):
+    if state.healthy or state.successes:        # recovering: probe at the normal pace
+        return conf["interval"]
+    beyond = max(0, state.failures - conf["unhealthy_threshold"])
+    return min(conf["interval"] * 2 ** beyond, conf["max_interval"])
+
+
+def probes_while_dead(conf, seconds, jitter_factors=None):
+    """How many probes a target that dies at t=0 and stays dead gets within ``seconds``
+    (the schedule ActiveState follows; ``jitter_factors`` yields the factors used)."""
+    state, now, count = ActiveState(), 0.0, 0
+    while now <= seconds:
+        count += 1
+        state.record(conf, False, now, next(jitter_factors) if jitter_factors else 1.0)
+        now = state.next_at
+    return count
+
+
+@dataclass
+class Ejections:
+    """A host's passive ejections: key -> [until, count, last_change] (wall clock)."""
+    entries: dict = field(default_factory=dict)
+
+    def ejected(self, key, now):
+        entry = self.entries.get(key)
+        return entry is not None and entry[0] > now
+
+    def eject(self, key, conf, now, ejected_in_upstream, targets_in_upstream):
+        """Eject ``key`` unless the max_ejected_percent guard forbids it; return seconds or 0."""
+        if (ejected_in_upstream + 1) * 100 > conf["max_ejected_percent"] * targets_in_upstream:
+            return 0.0
+        until, count, last = self.entries.get(key, (0.0, 0, 0.0))
+        if now - max(until, last) > conf["max_eject_for"]:
+            count = 0                           # it behaved for a long while: start over
+        count += 1
+        seconds = min(conf["eject_for"] * 2 ** (count - 1), conf["max_eject_for"])
+        self.entries[key] = [now + seconds, count, now]
+        return seconds
+
+
+def usable(targets, down, panic_threshold):
+    """The targets a request may go to: those not ``down``, unless fewer than
+    ``panic_threshold`` (a share) of them are up, or none is: then all of them (panic mode, as
+    Envoy does it: spreading load over a sick fleet beats failing every request).
+    Returns (avoid set, panicking)."""
+    if not down:
+        return frozenset(), False
+    up = sum(1 for t in targets if t not in down)
+    if up == 0 or up < panic_threshold * len(targets):
+        return frozenset(), True
+    return down, False
+
+
+class RetryBudget:
+    """Retries allowed as a share of recent traffic (Envoy's retry budget, Finagle's
+    RetryBudget): within the last ``window`` seconds, retries may be at most ``percent`` % of
+    requests, plus ``min_per_second`` x window so that a quiet upstream can still retry. When
+    a fleet fails, retries stop multiplying the load instead of tripling it."""
+
+    __slots__ = ("percent", "floor", "window", "buckets")
+
+    def __init__(self, percent, min_per_second, window=10):
+        self.percent, self.floor, self.window = percent, min_per_second * window, window
+        self.buckets = {}           # whole second -> [requests, retries]
+
+    def _bucket(self, now):
+        second = int(now)
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            for old in [s for s in self.buckets if s <= second - self.window]:
+                del self.buckets[old]
+            bucket = self.buckets[second] = [0, 0]
+        return bucket
+
+    def request(self, now):
+        self._bucket(now)[0] += 1
+
+    def try_retry(self, now):
+        """Spend one retry if the budget allows; return whether it did."""
+        self._bucket(now)
+        requests = sum(b[0] for b in self.buckets.values())
+        retries = sum(b[1] for b in self.buckets.values())
+        if retries + 1 > self.floor + requests * self.percent / 100:
+            return False
+        self._bucket(now)[1] += 1
+        return True

@@ -1,0 +1,323 @@
+"""Target health on one host: the ``gwserver: health`` checker process, and what workers read.
+
+Two small files in the host's state directory (GWSERVER_LOCAL_STATE), both replaced or
+rewritten whole, both read by workers on their 50 ms tick when their mtime changes:
+
+    health.json      written by the checker: {"upstream|url": {"healthy": bool, ...}}
+    ejections.json   written by workers under flock: passive ejections (core.health.Ejections)
+
+Active checks run once per host, in one process the master owns (restarted if it dies, kept
+across SIGHUP: the master forwards SIGHUP and the checker re-reads its targets). In etcd mode
+it follows the published table like a worker.
+"""
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import ssl
+import time
+
+from ..core import health as core
+from .shm import atomic_write, read_json
+
+log = logging.getLogger("gwserver.health")
+
+HEALTH_FILE = "health.json"
+EJECTIONS_FILE = "ejections.json"
+METRICS_FILE = "health.prom"
+
+
+def target_key(upstream_id, url):
+    return f"{upstream_id}|{url}"
+
+
+# -- worker side ------------------------------------------------------------------------------
+
+class HealthView:
+    """A worker's view of which targets are down: active verdicts plus passive ejections."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.active = {}            # key -> state dict from health.json
+        self.ejections = core.Ejections()
+        self._mtimes = [None, None]
+        self.down = frozenset()     # keys of targets down now
+        self.generation = 0         # bumps whenever ``down`` changes
+        self._avoid = {}            # (upstream id, targets, generation) -> avoid, panicking
+
+    def refresh(self, now=None):
+        """Re-read changed files and expire ejections; cheap when nothing changed."""
+        now = time.time() if now is None else now
+        for i, name in enumerate((HEALTH_FILE, EJECTIONS_FILE)):
+            try:
+                mtime = os.stat(os.path.join(self.state_dir, name)).st_mtime_ns
+            except FileNotFoundError:
+                mtime = None
+            if mtime != self._mtimes[i]:
+                self._mtimes[i] = mtime
+                data = read_json(os.path.join(self.state_dir, name)) or {}
+                if i == 0:
+                    self.active = data.get("targets", {})
+                else:
+                    self.ejections = core.Ejections(data)
+        down = {key for key, state in self.active.items() if not state.get("healthy", True)}
+        down.update(key for key in self.ejections.entries if self.ejections.ejected(key, now))
+        if down != self.down:
+            self.down = frozenset(down)
+            self.generation += 1
+            self._avoid.clear()
+
+    def avoid(self, upstream):
+        """(targets to avoid, panicking) for an upstream, as core.health.usable decides."""
+        cached = self._avoid.get(upstream.id)
+        if cached is not None and cached[0] is upstream.targets:
+            return cached[1]
+        down = frozenset(t for t in upstream.targets
+                         if target_key(upstream.id, t.url) in self.down)
+        answer = core.usable(upstream.targets, down, upstream.panic_threshold)
+        if answer[1]:
+            log.warning("upstream %s: %d of %d targets down: panic mode, using all of them",
+                        upstream.id, len(down), len(upstream.targets))
+        self._avoid[upstream.id] = (upstream.targets, answer)
+        return answer
+
+    def describe(self, upstream_id, url, now=None):
+        """What /admin/upstreams says about one target."""
+        now = time.time() if now is None else now
+        key = target_key(upstream_id, url)
+        entry = self.ejections.entries.get(key)
+        if entry is not None and entry[0] > now:
+            return {"health": "ejected", "ejected_for": round(entry[0] - now, 1),
+                    "ejections_in_a_row": entry[1]}
+        state = self.active.get(key)
+        if state is None:
+            return {"health": "not checked" if entry is None else "healthy (passive)"}
+        return {"health": "healthy" if state["healthy"] else "unhealthy",
+                "since": state.get("since"), "last_error": state.get("last_error") or None}
+
+
+class PassiveTracker:
+    """Per worker: consecutive failures per target; ejections go to the shared file."""
+
+    def __init__(self, view, on_eject=None):
+        self.view = view
+        self.failures = {}
+        self.on_eject = on_eject
+
+    def observe(self, upstream, target, ok):
+        conf = upstream.passive
+        key = target_key(upstream.id, target.url)
+        if ok:
+            if key in self.failures:
+                del self.failures[key]
+            return
+        count = self.failures.get(key, 0) + 1
+        if count < conf["consecutive_failures"]:
+            self.failures[key] = count
+            return
+        self.failures.pop(key, None)
+        self._eject(upstream, key, conf)
+
+    def _eject(self, upstream, key, conf):
+        path = os.path.join(self.view.state_dir, EJECTIONS_FILE)
+        now = time.time()
+        with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                raw = f.read()
+                ejections = core.Ejections(json.loads(raw) if raw else {})
+                if ejections.ejected(key, now):
+                    return                  # another worker was first
+                keys = {target_key(upstream.id, t.url) for t in upstream.targets}
+                out = sum(1 for k in keys if ejections.ejected(k, now) or k in self.view.down)
+                seconds = ejections.eject(key, conf, now, out, len(keys))
+                if not seconds:
+                    log.warning("upstream %s: not ejecting %s: max_ejected_percent (%d%%) "
+                                "reached", upstream.id, key.partition("|")[2],
+                                conf["max_ejected_percent"])
+                    return
+                for stale in [k for k, v in ejections.entries.items()
+                              if v[0] < now - 2 * conf["max_eject_for"]]:
+                    del ejections.entries[stale]
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(ejections.entries).encode())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        log.warning("upstream %s: ejected %s for %.0fs after %d failures in a row",
+                    upstream.id, key.partition("|")[2], seconds, conf["consecutive_failures"])
+        if self.on_eject is not None:
+            self.on_eject(upstream.id, key.partition("|")[2])
+        self.view.refresh(now)
+
+
+# -- the checker process ------------------------------------------------------------------------
+
+def probe(target, conf):
+    """One active check; returns (ok, error text). Runs in a greenlet (gevent-patched I/O)."""
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=conf["timeout"])
+    except OSError as exc:
+        return False, f"connect: {exc.strerror or exc}"
+    try:
+        if conf["type"] == "tcp":
+            return True, ""
+        sock.settimeout(conf["timeout"])
+        if target.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+        host = conf["host"] or target.authority
+        sock.sendall(f"{conf['method']} {conf['path']} HTTP/1.1\r\nHost: {host}\r\n"
+                     f"User-Agent: gwserver-health\r\nConnection: close\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head and len(head) < 1024:
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            head += chunk
+        parts = head.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            return False, "not an HTTP answer"
+        status = int(parts[1])
+        if status not in conf["expected"]:
+            return False, f"status {status}"
+        return True, ""
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"{exc.__class__.__name__}: {exc}"
+    finally:
+        sock.close()
+
+
+class Checker:
+    def __init__(self, conf, state_dir):
+        self.conf = conf
+        self.state_dir = state_dir
+        self.table = self.reader = None
+        self.states = {}            # key -> ActiveState
+        self.greenlets = {}         # key -> (greenlet, target, health conf)
+        self.counts = {}            # (key, result) -> n
+        self.load(conf)
+
+    def load(self, conf):
+        from ..core.table import LiveTable
+        from ..plugins import load_registry
+        from .shm import TableReader
+        self.conf = conf
+        self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
+                               load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.reader = TableReader(conf.etcd["runtime_dir"]) if conf.etcd else None
+        self.follow()
+
+    def follow(self):
+        if self.reader is not None and self.reader.changed():
+            steps, _ = self.reader.updates()
+            for kind, document in steps:
+                if kind == "full":
+                    self.table.apply_published(document["table"])
+                else:
+                    self.table.apply_delta(document)
+        self.reconcile()
+
+    def wanted(self):
+        out = {}
+        for upstream in self.table.upstreams.values():
+            if upstream.health_check is None:
+                continue
+            for target in upstream.targets:
+                out[target_key(upstream.id, target.url)] = (target, upstream.health_check)
+        return out
+
+    def reconcile(self):
+        import gevent
+        wanted = self.wanted()
+        changed = False
+        for key in list(self.greenlets):
+            greenlet, target, hc = self.greenlets[key]
+            if key not in wanted or wanted[key] != (target, hc):
+                greenlet.kill(block=False)
+                del self.greenlets[key]
+                if key not in wanted:
+                    self.states.pop(key, None)
+                    changed = True
+        for key, (target, hc) in wanted.items():
+            if key not in self.greenlets:
+                self.states.setdefault(key, core.ActiveState(since=time.time()))
+                self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc), target, hc)
+                changed = True
+        if changed:
+            self.publish()
+
+    def watch(self, key, target, hc):
+        import gevent
+        state = self.states[key]
+        gevent.sleep(random.uniform(0, min(hc["interval"], 1.0)))     # spread the first probes
+        while True:
+            ok, error = probe(target, hc)
+            now = time.time()
+            factor = random.uniform(1 - hc["jitter"], 1 + hc["jitter"])
+            self.counts[(key, "success" if ok else "failure")] = \
+                self.counts.get((key, "success" if ok else "failure"), 0) + 1
+            if state.record(hc, ok, now, factor, error):
+                log.warning("target %s of upstream %s is now %s%s", target.url,
+                            key.partition("|")[0], "healthy" if state.healthy else "UNHEALTHY",
+                            f" ({error})" if error else "")
+                self.publish()
+            gevent.sleep(max(0.0, state.next_at - time.time()))
+
+    def publish(self):
+        targets = {key: {"healthy": s.healthy, "since": round(s.since, 3), "checks": s.checks,
+                         "last_error": s.last_error} for key, s in self.states.items()}
+        atomic_write(os.path.join(self.state_dir, HEALTH_FILE),
+                     json.dumps({"pid": os.getpid(), "targets": targets}).encode())
+
+    def write_metrics(self):
+        lines = ["# HELP gwserver_health_checks_total Active health checks by target and result",
+                 "# TYPE gwserver_health_checks_total counter"]
+        for (key, result), n in sorted(self.counts.items()):
+            upstream, _, url = key.partition("|")
+            lines.append(f'gwserver_health_checks_total{{result="{result}",target="{url}",'
+                         f'upstream="{upstream}"}} {n}')
+        atomic_write(os.path.join(self.state_dir, METRICS_FILE),
+                     ("\n".join(lines) + "\n").encode())
+
+    def run(self):
+        import gevent
+        last_metrics = 0.0
+        while True:
+            self.follow()
+            if time.monotonic() - last_metrics >= 1.0:
+                self.write_metrics()
+                last_metrics = time.monotonic()
+            gevent.sleep(0.2)
+
+
+def run(conf_path):
+    from gevent import monkey
+    monkey.patch_all()
+    from .. import proctitle
+    from ..errors import ConfigError
+    from ..settings import load_conf
+    from .app import configure_logging
+    from .sync import die_with_parent
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    die_with_parent()
+    conf = load_conf(conf_path)
+    proctitle.set_title(conf.server["proc_name"], "health")
+    configure_logging(conf.log["level"])
+    state_dir = os.environ.get("GWSERVER_LOCAL_STATE")
+    if not state_dir:
+        raise SystemExit("gwserver health: GWSERVER_LOCAL_STATE is not set (the master sets it)")
+    checker = Checker(conf, state_dir)
+    import gevent
+
+    def reload():
+        try:
+            checker.load(load_conf(conf_path))
+            log.info("health: targets re-read from %s", conf_path)
+        except ConfigError as exc:
+            log.error("health: keeping the previous targets: %s", exc)
+    signal.signal(signal.SIGHUP, lambda *_: gevent.spawn(reload))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    checker.run()
