@@ -194,9 +194,10 @@ class Launcher:
         self.tmp_dir = Path(tmp_dir)
         self.started = []
 
-    def upstream(self, name=None, tls=None):
-        """A tests/upstream.py process; ``tls=(cert, key)`` makes it HTTPS."""
-        port = free_port()
+    def upstream(self, name=None, tls=None, port=None):
+        """A tests/upstream.py process; ``tls=(cert, key)`` makes it HTTPS; ``port`` brings
+        one back where a stopped one was."""
+        port = port or free_port()
         proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(port), name or "",
                                  *(tls or ())],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -36,6 +36,10 @@ log = logging.getLogger("gwserver.proxy")
 NO_BODY_STATUSES = frozenset([204, 304])
 REWRITTEN_TRACE_HEADERS = frozenset(TRACE_HEADERS + (b"tracestate",))
 RECENT = 1.0        # seconds a released connection is trusted without a liveness check
+# After a failed connect this worker skips the target for a second (nginx's fail_timeout with
+# max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
+# per request, until health checks or ejection take it out.
+REFUSED_AVOID = 1.0
 VIA = b"1.1 gwserver"
 
 
@@ -229,6 +233,7 @@ class Proxy:
         self._balancers = {}
         self._budgets = {}
         self.outstanding = {}           # target -> requests in flight from this worker
+        self.refused = {}               # target -> until when this worker avoids it
         self.budget_percent = defaults["retry_budget_percent"]
         self.budget_min_per_second = defaults["retry_budget_min_per_second"]
 
@@ -322,6 +327,8 @@ class Proxy:
                 avoid = health.avoid(upstream)[0] if health.down else frozenset()
                 if tried:
                     avoid = avoid | frozenset(tried)
+                if self.refused:
+                    avoid = avoid | self.recently_refused(targets, now)
                 target = self.pick(upstream, avoid, req)
             pool = self.pools.get(target, upstream)
             outstanding[target] = outstanding.get(target, 0) + 1
@@ -331,6 +338,7 @@ class Proxy:
                 except UpstreamConnectError as exc:
                     if passive is not None:
                         self.worker.passive.observe(upstream, target, False)
+                    self.refused[target] = now + REFUSED_AVOID
                     tried = (tried or []) + [target]
                     if attempts_left > 0 and len(tried) < len(targets):
                         if budget.try_retry(now):
@@ -365,6 +373,14 @@ class Proxy:
             if passive is not None:
                 self.worker.passive.observe(upstream, target, status not in passive["statuses"])
             return status, sent, target.url, client_keep
+
+    def recently_refused(self, targets, now):
+        """Targets this worker failed to connect to in the last REFUSED_AVOID seconds (if
+        every target is in it, none: a request must go somewhere)."""
+        for target in [t for t, until in self.refused.items() if until <= now]:
+            del self.refused[target]
+        avoid = frozenset(t for t in targets if t in self.refused)
+        return frozenset() if len(avoid) == len(targets) else avoid
 
     def _count_retry(self, upstream, outcome):
         metrics = self.worker.metrics

@@ -31,3 +31,48 @@ def test_avoid_skips_tried_or_down_targets():
     for _ in range(10):
         assert balancer.pick(avoid={ts[0], ts[1]}) is ts[2]
     assert balancer.pick(avoid=set(ts)) in ts      # nothing left: still answers
+
+
+def test_least_outstanding_prefers_the_least_loaded_relative_to_weight():
+    from gwserver.core.balancer import LeastOutstanding
+    a, b, c = targets(1, 1, 2)
+    outstanding = {a: 3, b: 1, c: 3}
+    balancer = LeastOutstanding([a, b, c], outstanding)
+    assert balancer.pick() is b                     # loads: 4, 2, 2 -> b or c; c has weight 2
+    outstanding[b] = 2
+    assert balancer.pick() is c                     # 4, 3, 2
+    assert balancer.pick(avoid={c}) is b
+
+
+def test_least_outstanding_spreads_ties_round_robin():
+    from gwserver.core.balancer import LeastOutstanding
+    ts = targets(1, 1, 1)
+    balancer = LeastOutstanding(ts, {})
+    assert collections.Counter(balancer.pick().host for _ in range(300)) == \
+        {"h0": 100, "h1": 100, "h2": 100}
+
+
+def test_consistent_hash_is_stable_and_moves_only_what_it_must():
+    from gwserver.core.balancer import ConsistentHash
+    five = targets(1, 1, 1, 1, 1)
+    ring = ConsistentHash(five)
+    keys = [f"user-{i}" for i in range(5000)]
+    before = {k: ring.pick(key=k) for k in keys}
+    assert all(ConsistentHash(five).pick(key=k) is before[k] for k in keys[:200])
+    shares = collections.Counter(t.host for t in before.values())
+    assert all(800 <= n <= 1200 for n in shares.values()), shares      # ~1000 each
+    four = ConsistentHash(five[:4])                 # h4 leaves
+    moved = [k for k in keys if four.pick(key=k) is not before[k]]
+    assert all(before[k] is five[4] for k in moved)  # only h4's keys moved
+    assert len(moved) == shares["h4"]
+    down = {five[0]}                                # avoided (down): its keys go elsewhere,
+    assert all(ring.pick(avoid=down, key=k) is before[k] for k in keys if before[k] not in down)
+    assert all(ring.pick(avoid=down, key=k) is not five[0] for k in keys)
+
+
+def test_consistent_hash_weights_and_keyless_requests():
+    from gwserver.core.balancer import ConsistentHash
+    ring = ConsistentHash(targets(3, 1))
+    shares = collections.Counter(ring.pick(key=f"k{i}").host for i in range(8000))
+    assert 0.70 <= shares["h0"] / 8000 <= 0.80
+    assert collections.Counter(ring.pick().host for _ in range(400)) == {"h0": 300, "h1": 100}

@@ -1,0 +1,215 @@
+"""Upstream health, balancing and service discovery through real gateways, with real upstream
+processes that the tests kill, hang, break and bring back (issue 7)."""
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import gateway_conf, stop_process, wait_until
+from .test_etcd import all_workers_at, etcd_conf, put
+
+FAST_CHECK = {"interval": 0.2, "timeout": 0.3, "healthy_threshold": 2,
+              "unhealthy_threshold": 2, "max_interval": 1.0, "path": "/echo"}
+
+
+def pool_conf(upstreams, workers=2, **upstream):
+    return gateway_conf([{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r",
+                          "upstream": "pool"}], workers=workers, upstreams={"pool": {
+                              "targets": [{"url": u.url} for u in upstreams], **upstream}})
+
+
+def served_by(gw, n=20, path="/r/echo", headers=None):
+    out = collections.Counter()
+    for _ in range(n):
+        resp, body = gw.request("GET", path, headers=headers)
+        out[json.loads(body)["server"] if resp.status == 200 else resp.status] += 1
+    return out
+
+
+def target_health(gw):
+    view = json.loads(gw.admin_get("/admin/upstreams")[1])
+    return {t["url"]: t["health"] for t in view["upstreams"]["pool"]["targets"]}
+
+
+def health_pid(gw):
+    out = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? health"],
+                         capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def test_active_checks_take_a_killed_target_out_and_bring_it_back(launcher):
+    a, b = launcher.upstream("a"), launcher.upstream("b")
+    gw = launcher.gateway(pool_conf([a, b], health_check=FAST_CHECK))
+    wait_until(lambda: set(target_health(gw).values()) == {"healthy"}, timeout=10)
+    assert set(served_by(gw)) == {"a", "b"}
+    stop_process(b.proc)
+    killed = time.monotonic()
+    # connect failures meanwhile are retried on a: no client sees an error
+    seen = collections.Counter()
+    while target_health(gw)[b.url] != "unhealthy":
+        seen += served_by(gw, 5)
+        assert time.monotonic() - killed < 5
+    assert set(seen) <= {"a"}
+    assert served_by(gw, 30) == {"a": 30}
+    b2 = launcher.upstream("b", port=b.port)
+    wait_until(lambda: target_health(gw)[b.url] == "healthy", timeout=10)
+    wait_until(lambda: "b" in served_by(gw, 10), timeout=5)
+    assert "is now UNHEALTHY (connect" in gw.log() and "is now healthy" in gw.log()
+    text = gw.admin_get("/metrics")[1].decode()
+    assert f'gwserver_health_checks_total{{result="failure",target="{b.url}",upstream="pool"}}' \
+        in text
+    assert b2
+
+
+def test_a_target_that_accepts_but_never_answers_is_taken_out(launcher):
+    a = launcher.upstream("a")
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)                 # the kernel completes handshakes; nobody ever answers
+    hung_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    try:
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "pool"}],
+            upstreams={"pool": {"targets": [{"url": a.url}, {"url": hung_url}],
+                                "health_check": FAST_CHECK}}))
+        wait_until(lambda: target_health(gw)[hung_url] == "unhealthy", timeout=10)
+        view = json.loads(gw.admin_get("/admin/upstreams")[1])
+        error = [t for t in view["upstreams"]["pool"]["targets"] if t["url"] == hung_url][0]
+        assert "timed out" in error["last_error"]
+        assert served_by(gw, 20) == {"a": 20}
+    finally:
+        hung.close()
+
+
+def test_health_path_answering_5xx_and_panic_when_all_are_down(launcher):
+    a, b = launcher.upstream("a"), launcher.upstream("b")
+    gw = launcher.gateway(pool_conf([a, b], health_check={**FAST_CHECK,
+                                                          "path": "/status/503"}))
+    wait_until(lambda: set(target_health(gw).values()) == {"unhealthy"}, timeout=10)
+    # every target is down: panic mode spreads traffic over all of them rather than failing
+    assert set(served_by(gw, 20)) == {"a", "b"}
+    view = json.loads(gw.admin_get("/admin/upstreams")[1])
+    assert view["upstreams"]["pool"]["panic"] is True
+    assert "panic mode" in gw.log()
+
+
+def test_passive_ejection_tells_every_worker_and_expires(launcher):
+    a, b = launcher.upstream("a"), launcher.upstream("b")
+    gw = launcher.gateway(pool_conf([a, b], workers=2, passive={
+        "consecutive_failures": 3, "eject_for": 3.0, "max_eject_for": 10,
+        "max_ejected_percent": 50}))
+    # both answer 503 here; failures count per worker and target, 3 in a row eject
+    statuses = collections.Counter()
+    for _ in range(30):
+        resp, _ = gw.request("GET", "/r/status/503")
+        statuses[resp.status] += 1
+    assert statuses == {503: 30}
+    health = target_health(gw)
+    ejected = [url for url, h in health.items() if h == "ejected"]
+    assert len(ejected) == 1            # max_ejected_percent 50: the second is kept in
+    assert "not ejecting" in gw.log() and "ejected http" in gw.log()
+    survivor = "a" if ejected[0] == b.url else "b"
+    assert served_by(gw, 20) == {survivor: 20}      # both workers honour it
+    wait_until(lambda: len(served_by(gw, 10)) == 2, timeout=8)     # 3 s later: back
+    text = gw.admin_get("/metrics")[1].decode()
+    assert f'gwserver_upstream_ejections_total{{target="{ejected[0]}",upstream="pool"}}' in text
+
+
+def test_retry_budget_exhausted_stops_retries(launcher):
+    from ..conftest import free_port
+    a = launcher.upstream("a")
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(4)]       # nothing listens
+    targets = {"pool": {"targets": [{"url": u} for u in [a.url] + dead]}}
+    route = [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "pool"}]
+    tight = launcher.gateway(gateway_conf(route, upstreams=targets, upstream_defaults={
+        "retries": 5, "retry_budget_percent": 0, "retry_budget_min_per_second": 0.2}))
+    roomy = launcher.gateway(gateway_conf(route, upstreams=targets,
+                                          upstream_defaults={"retries": 5}))
+    # Each dead target refuses once per worker per second, then is skipped for a second.
+    tight_statuses = collections.Counter(tight.request("GET", "/r/echo")[0].status
+                                         for _ in range(30))
+    roomy_statuses = collections.Counter(roomy.request("GET", "/r/echo")[0].status
+                                         for _ in range(30))
+    assert roomy_statuses == {200: 30}                  # default budget: every one retried
+    assert tight_statuses[502] >= 1                     # 2 retries per 10 s, then failures
+    assert tight_statuses[200] >= 20
+    assert "retry budget of upstream pool is spent" in tight.log()
+    wait_until(lambda: 'gwserver_upstream_retries_total{outcome="budget_exhausted",'
+                       'upstream="pool"}' in tight.admin_get("/metrics")[1].decode(), timeout=5)
+
+
+def test_balancing_policies_through_real_workers(launcher):
+    fast, slow = launcher.upstream("fast"), launcher.upstream("slow")
+    gw = launcher.gateway(pool_conf([fast, slow], workers=1, balance="least_outstanding"))
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        # /slow/0.3 on every request: the target holding more in flight gets fewer new ones
+        resp, body = gw.request("GET", "/r/slow/0.3" if i % 2 else "/r/echo")
+        return resp.status
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(40))) == {200}
+    hashing = launcher.gateway(pool_conf([fast, slow], workers=2, balance="consistent_hash",
+                                         hash_key="header:X-User"))
+    for user in ("ann", "bob", "cyd", "dan", "eve"):
+        assert len(served_by(hashing, 8, headers={"X-User": user})) == 1   # sticky, any worker
+    assert set(served_by(hashing, 40)) == {"fast", "slow"}     # no key: round robin
+
+
+def test_health_process_is_titled_restarted_and_kept_across_reload(launcher):
+    a = launcher.upstream("a")
+    gw = launcher.gateway(pool_conf([a], health_check=FAST_CHECK))
+    def titled():
+        pid = health_pid(gw)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pid if f.read().startswith(b"gwserver: health") else None
+    pid = wait_until(titled, timeout=10)
+    os.kill(gw.pid, signal.SIGHUP)
+    time.sleep(2)
+    assert health_pid(gw) == pid                        # kept across the reload
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: health_pid(gw) not in (None, pid), timeout=10)
+    assert "health (pid" in gw.log() and "restarting it" in gw.log()
+
+
+def test_service_instances_follow_leases(launcher, tmp_path):
+    etcd = launcher.etcd()
+    a, b = launcher.upstream("a"), launcher.upstream("b")
+    conf = etcd_conf(tmp_path, [etcd.url])
+    gw = launcher.gateway(conf)
+    client = etcd.client()
+    put(client, "upstreams", "orders", {"service": "orders"})
+    revision = put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
+                                           "upstream": "orders"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    resp, body = gw.request("GET", "/o/echo")
+    assert resp.status == 503 and b"no live instance of service orders" in body
+
+    def register(upstream, ttl):
+        proc = subprocess.Popen([sys.executable, "-m", "gwserver", "register", "-c",
+                                 str(gw.conf_path), "--service", "orders", "--url", upstream.url,
+                                 "--ttl", str(ttl)], stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        launcher.started.append(proc)
+        assert "registered" in proc.stdout.readline()
+        return proc
+    reg_a, reg_b = register(a, 2), register(b, 2)
+    wait_until(lambda: set(served_by(gw, 10, "/o/echo")) == {"a", "b"}, timeout=10)
+    reg_b.send_signal(signal.SIGTERM)           # a clean stop revokes the lease at once
+    assert reg_b.wait(5) == 0
+    wait_until(lambda: served_by(gw, 10, "/o/echo") == {"a": 10}, timeout=5)
+    reg_a.kill()                                # a crash: the key goes when the lease expires
+    reg_a.wait()
+    killed = time.monotonic()
+    wait_until(lambda: gw.request("GET", "/o/echo")[0].status == 503, timeout=10)
+    assert 1.0 <= time.monotonic() - killed <= 6.0
+    client.put("/gw/services/orders/bad", b"{not json")           # rejected alone, named
+    from .test_etcd import status_of
+    wait_until(lambda: "services/orders/bad" in (status_of(gw) or {}).get("rejected", {}),
+               timeout=5)
