@@ -102,6 +102,16 @@ class UpstreamPools:
         self._by_target[id(target)] = (target, upstream, pool)
         return pool
 
+    def prune(self, live_keys):
+        """Close the pools of targets not in ``live_keys``; return their URLs."""
+        gone = [key for key in self.pools if key[0] not in live_keys]
+        for key in gone:
+            self.pools.pop(key).close()
+        if gone:
+            self._by_target = {k: v for k, v in self._by_target.items()
+                               if v[0].key in live_keys}
+        return {f"{k[0][0]}://{k[0][1]}:{k[0][2]}" for k in gone}
+
     def close(self):
         for pool in self.pools.values():
             pool.close()

@@ -63,6 +63,7 @@ class GatewayWorker(GeventWorker):
         self.conf = self.app.conf
         self.router = self.conf.router
         self.table = self.table_reader = None
+        self.pools_checked, self.pools_pruned_at = True, 0.0
         if self.conf.etcd is not None:
             self.follow_published_table()
         self.stopping = gevent.event.Event()
@@ -151,6 +152,7 @@ class GatewayWorker(GeventWorker):
                 self.table.apply_delta(document)
         revision = steps[-1][1]["revision"]
         self.table_reader.record(generation, revision, len(self.router))
+        self.pools_checked = False      # targets may be gone: prune their pools (on_tick)
         gc.freeze()         # a large table stays out of every later full collection
         log.info("route table generation %d (etcd revision %s) applied in %.1f ms: %d routes",
                  generation, revision, (time.monotonic() - started) * 1000, len(self.router))
@@ -162,7 +164,25 @@ class GatewayWorker(GeventWorker):
         if self.table_reader is not None and self.table_reader.changed():
             self.refresh_table()
         self.health.refresh()
+        now = time.monotonic()
+        if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
+            self.pools_checked, self.pools_pruned_at = True, now
+            self.prune_pools()
 
+    def prune_pools(self):
+        """Close the keep-alive pools of targets no upstream has any more. Idle connections
+        close now; one in use finishes its request, then closes (urllib3 closes what is put
+        back into a closed pool): removed targets are drained, not cut."""
+        live = {t.key for upstream in self.table.upstreams.values() for t in upstream.targets}
+        live.update(t.key for route in self.router.routes.values()
+                    for t in route.upstream.targets)
+        for plugin_upstreams in (conf.get("choices", ()) for route in self.router.routes.values()
+                                 for _, conf in route.chain.steps):
+            live.update(t.key for _, upstream, _ in plugin_upstreams for t in upstream.targets)
+        closed = self.proxy.pools.prune(live)
+        if closed:
+            log.info("closed the pools of %d removed targets: %s", len(closed),
+                     ", ".join(sorted(closed)))
     def run(self):
         profile_dir = os.environ.get("GWSERVER_PROFILE")
         if not profile_dir:

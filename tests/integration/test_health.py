@@ -213,3 +213,29 @@ def test_service_instances_follow_leases(launcher, tmp_path):
     from .test_etcd import status_of
     wait_until(lambda: "services/orders/bad" in (status_of(gw) or {}).get("rejected", {}),
                timeout=5)
+
+
+def test_removed_targets_are_drained_not_cut(launcher, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    etcd = launcher.etcd()
+    a, b = launcher.upstream("a"), launcher.upstream("b")
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
+    client = etcd.client()
+    put(client, "upstreams", "pool", {"targets": [{"url": a.url}]})
+    revision = put(client, "routes", "r", {"paths": ["/r/*rest"], "strip_prefix": "/r",
+                                           "upstream": "pool"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert served_by(gw, 3) == {"a": 3}
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(gw.request, "GET", "/r/slow/1.5")     # in flight on a
+        time.sleep(0.3)
+        revision = put(client, "upstreams", "pool", {"targets": [{"url": b.url}]})
+        wait_until(lambda: all_workers_at(gw, revision))
+        assert served_by(gw, 3) == {"b": 3}
+        resp, body = slow.result(timeout=10)
+        assert resp.status == 200 and body == b"slow done"        # finished on the old one
+
+    def pools():
+        return set(json.loads(gw.admin_get("/admin/upstreams")[1])["pools_in_this_worker"])
+    wait_until(lambda: pools() == {b.url}, timeout=5)
+    assert "closed the pools of 1 removed targets" in gw.log()

@@ -94,7 +94,7 @@ def test_alert_rules_pass_promtool():
     run = subprocess.run(["promtool", "check", "rules", str(ROOT / "conf" / "alerts.yml")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 6 rules found" in run.stdout
+    assert "SUCCESS: 7 rules found" in run.stdout
 
 
 def test_grafana_dashboard_queries_metrics_we_export():
@@ -105,7 +105,8 @@ def test_grafana_dashboard_queries_metrics_we_export():
                  "gwserver_upstream_duration_seconds_bucket", "gwserver_requests_in_flight",
                  "gwserver_upstream_connections_opened_total", "gwserver_config_generation",
                  "gwserver_breaker_state", "gwserver_breaker_transitions_total",
-                 "gwserver_rate_limit_effective_rate", "gwserver_redis_up"):
+                 "gwserver_rate_limit_effective_rate", "gwserver_redis_up",
+                 "gwserver_upstream_target_up", "gwserver_upstream_retries_total"):
         assert name in exprs
 
 
