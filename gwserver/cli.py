@@ -46,8 +46,11 @@ def cmd_check(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
+    tls = f"; TLS on {', '.join(conf.tls['bind'])}" if conf.tls else ""
     print(f"{args.conf}: ok ({len(conf.router)} routes, {conf.server['workers']} workers, "
-          f"listening on {', '.join(conf.server['bind'])})")
+          f"listening on {', '.join(conf.server['bind'])}{tls})")
+    for warning in conf.tls_server.warnings if conf.tls_server else ():
+        print(f"{args.conf}: warning: {warning}")
     return 0
 
 
@@ -60,6 +63,12 @@ def cmd_settings(args):
 def cmd_demo_upstream(args):
     from .demo import serve
     serve(args.host, args.port)
+    return 0
+
+
+def cmd_ocsp(args):
+    from .edge.ocsp import run
+    run(args.conf)
     return 0
 
 
@@ -98,6 +107,9 @@ def main(argv=None):
                             "starts it)")
     health.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
     health.set_defaults(func=cmd_health)
+    ocsp = sub.add_parser("ocsp", help="the OCSP-fetching process (the master starts it)")
+    ocsp.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    ocsp.set_defaults(func=cmd_ocsp)
     settings = sub.add_parser("settings", help="print every setting with its default and doc")
     settings.set_defaults(func=cmd_settings)
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to proxy to (demo, tests)")

@@ -5,6 +5,7 @@ static routes and returns a ``Conf``; on any problem it raises ConfigError listi
 bad file never starts a half-configured server. ``reference_toml()`` renders the documented
 reference that conf/gwserver.toml carries.
 """
+import os
 import tomllib
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -178,9 +179,40 @@ TRACING = Schema(
     doc="Trace context propagation (the trace id is in every access-log line).",
 )
 
+CERTIFICATE = Schema(
+    Field("cert", string(r"/.*", "an absolute path"), doc="PEM chain: the leaf, then its issuers"),
+    Field("key", string(r"/.*", "an absolute path"), doc="PEM private key of the leaf"),
+    Field("hosts", list_of(string(r"(\*\.)?[a-z0-9.-]+", "a host name or *.domain"),
+                           min_items=1), None,
+          "SNI names served with it (default: the certificate's DNS names)"),
+)
+
+TLS = Schema(
+    Field("bind", list_of(bind_address, min_items=1), lambda: ["127.0.0.1:8443"],
+          "addresses served with TLS (plain HTTP stays on server.bind)"),
+    Field("certificates", list_of(CERTIFICATE, min_items=1),
+          doc="chosen by SNI; the first is the default"),
+    Field("min_version", one_of("TLSv1.2", "TLSv1.3"), "TLSv1.2", "oldest protocol accepted"),
+    Field("ciphers", string(r"[A-Za-z0-9:_+!@=-]+", "an OpenSSL cipher string"),
+          "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+          "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+          "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+          "TLS 1.2 suites (TLS 1.3 suites are OpenSSL's)"),
+    Field("alpn", list_of(string(r"[!-~]+", "a protocol id")), lambda: ["http/1.1"],
+          "protocols offered by ALPN, preferred first"),
+    Field("strict", boolean, False,
+          "refuse an expired or not-yet-valid certificate (default: start, and warn)"),
+    Field("handshake_timeout", number(0, exclusive=True), 10.0, "seconds for a TLS handshake"),
+    Field("ocsp_stapling", boolean, False,
+          "staple OCSP responses fetched from the certificates' responders"),
+    Field("ocsp_refresh", number(5), 3600.0, "refetch at least this often (seconds)"),
+    Field("ocsp_timeout", number(0, exclusive=True), 5.0, "seconds for one OCSP request"),
+    doc="TLS on the listener (pyOpenSSL): SNI, resumption across workers, OCSP stapling.",
+)
+
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
             "admin": ADMIN, "tracing": TRACING}
-OPTIONAL_SECTIONS = {"etcd": ETCD, "redis": REDIS}
+OPTIONAL_SECTIONS = {"etcd": ETCD, "redis": REDIS, "tls": TLS}
 
 CONF = Schema(
     *(Field(name, schema, dict, schema.doc) for name, schema in SECTIONS.items()),
@@ -206,6 +238,8 @@ class Conf:
     redis: MappingProxyType | None = None    # None: rate limits are per host
     static_routes: tuple = ()                # validated specs, for the live (etcd) table
     static_upstreams: MappingProxyType = None
+    tls: MappingProxyType | None = None      # None: no TLS listener
+    tls_server: object = None                # edge.tls.ServerTLS, built before workers fork
 
 
 def _fill(schema, value):
@@ -286,10 +320,23 @@ def parse_conf(data, path="<conf>"):
                                            sections["upstream_defaults"], sections["server"],
                                            global_plugins, registry)
     problems.extend(route_problems)
+    tls = tls_server = None
+    if parts["tls"] is not None:
+        tls = MappingProxyType({**TLS.defaults(), **parts["tls"]})
+        clash = set(tls["bind"]) & (set(sections["server"]["bind"]) |
+                                    {sections["admin"]["bind"]})
+        if clash:
+            problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
+        elif not problems:
+            from .edge.tls import ServerTLS     # pyOpenSSL: only when TLS is configured
+            try:
+                tls_server = ServerTLS(tls, os.environ.get("GWSERVER_LOCAL_STATE"))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     etcd = parts["etcd"]
-    return Conf(path=path, plugins=MappingProxyType(global_plugins), router=router,
+    return Conf(tls=tls, tls_server=tls_server,path=path, plugins=MappingProxyType(global_plugins), router=router,
                 etcd=MappingProxyType({**ETCD.defaults(), **etcd}) if etcd is not None else None,
                 redis=MappingProxyType({**REDIS.defaults(), **parts["redis"]})
                 if parts["redis"] is not None else None,
@@ -318,6 +365,11 @@ def _toml_value(value):
     return repr(value)
 
 
+# What the reference shows for settings that have no default (the section is optional).
+REQUIRED_EXAMPLES = {("tls", "certificates"): '[{ cert = "/etc/gwserver/tls/site.pem", '
+                                              'key = "/etc/gwserver/tls/site.key" }]'}
+
+
 def reference_toml():
     """The documented settings part of conf/gwserver.toml, generated from the registry.
 
@@ -327,8 +379,11 @@ def reference_toml():
         for name, schema in sections.items():
             lines += [f"# {schema.doc}", f"{comment}[{name}]"]
             for field in schema.fields.values():
-                default = field.default_value()
-                value = "" if default is None else _toml_value(default)
+                if field.required:
+                    value = REQUIRED_EXAMPLES[(name, field.name)]
+                else:
+                    default = field.default_value()
+                    value = "" if default is None else _toml_value(default)
                 lines += [f"# {field.doc}", f"{comment}{field.name} = {value}".rstrip()]
             lines.append("")
     return "\n".join(lines)

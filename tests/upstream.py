@@ -1,6 +1,7 @@
 """A real HTTP/1.1 upstream for the integration tests, run as its own process.
 
-    python tests/upstream.py PORT [NAME] [CERT KEY]     (with CERT and KEY: HTTPS)
+    python tests/upstream.py PORT [NAME] [CERT KEY [CLIENT_CA]]
+        with CERT and KEY: HTTPS; with CLIENT_CA too: clients must show a certificate it signed
 
 Endpoints (any method):
   /echo...            JSON: method, path, raw header list, body length and sha256
@@ -159,6 +160,9 @@ def main():
         import ssl
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(sys.argv[3], sys.argv[4])
+        if len(sys.argv) > 5:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(sys.argv[5])
         server.socket = context.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()

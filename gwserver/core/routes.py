@@ -87,6 +87,16 @@ PASSIVE = Schema(
           "never eject more than this share of the upstream's targets"),
 )
 
+UPSTREAM_TLS = Schema(
+    Field("verify", boolean, True, "verify the target's certificate (https:// targets)"),
+    Field("ca_file", string(r"/.*", "an absolute path"), None,
+          "CA bundle to verify with (default: the system store)"),
+    Field("server_name", string(HOST, "a host name"), None,
+          "SNI and the name verified (default: the target's host)"),
+    Field("cert_file", string(r"/.*", "an absolute path"), None, "client certificate (mTLS)"),
+    Field("key_file", string(r"/.*", "an absolute path"), None, "client certificate's key"),
+)
+
 UPSTREAM = Schema(
     Field("targets", list_of(TARGET), None,
           "the servers behind this upstream (optional with service)"),
@@ -97,6 +107,7 @@ UPSTREAM = Schema(
     Field("hash_key", hash_key, "ip", "consistent_hash: ip, header:, cookie:, claim:, query:NAME"),
     Field("health_check", HEALTH_CHECK, None, "active checks by the host's health process"),
     Field("passive", PASSIVE, None, "eject targets that keep failing real requests"),
+    Field("tls", UPSTREAM_TLS, None, "TLS to https:// targets: verification, CA, SNI, mTLS"),
     Field("panic_threshold", fraction, 0.0,
           "when fewer than this share of targets are up (and always when none is), use all"),
     Field("pass_host", one_of("pass", "node", "rewrite"), "pass",
@@ -174,6 +185,7 @@ class Upstream:
     passive: dict = field(default=None, compare=False)
     panic_threshold: float = 0.0
     service: str = None
+    tls: tuple = None                       # (verify, ca_file, server_name, cert, key)
 
 
 @dataclass(frozen=True)
@@ -246,7 +258,22 @@ def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
         health_check=_health_check(spec.get("health_check")),
         passive=_passive(spec.get("passive")),
         panic_threshold=spec.get("panic_threshold", 0.0), service=service,
+        tls=_upstream_tls(owner, spec.get("tls")),
     )
+
+
+def _upstream_tls(owner, conf):
+    if conf is None:
+        return None
+    import os
+    for field_name in ("ca_file", "cert_file", "key_file"):
+        path = conf[field_name]
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{owner}: tls.{field_name}: {path} does not exist")
+    if bool(conf["cert_file"]) != bool(conf["key_file"]):
+        raise ConfigError(f"{owner}: tls: cert_file and key_file go together")
+    return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
+            conf["key_file"])
 
 
 def _health_check(conf):

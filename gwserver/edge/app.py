@@ -57,8 +57,11 @@ class GatewayApplication(BaseApplication):
         server = self.conf.server
         configure_logging(self.conf.log["level"])
         admin_bind = self.conf.admin["bind"]
+        tls_bind = list(self.conf.tls["bind"]) if self.conf.tls else []
+        for warning in self.conf.tls_server.warnings if self.conf.tls_server else ():
+            log.warning("tls: %s", warning)
         for key, value in {
-            "bind": list(server["bind"]) + ([admin_bind] if admin_bind else []),
+            "bind": list(server["bind"]) + tls_bind + ([admin_bind] if admin_bind else []),
             "child_exit": child_exit,
             "workers": server["workers"],
             "worker_connections": server["worker_connections"],
@@ -179,6 +182,9 @@ def helpers_for(app):
         os.makedirs(conf.etcd["runtime_dir"], exist_ok=True)
         helpers["config-sync"] = Helper("config-sync", [
             sys.executable, "-m", "gwserver", "sync", "-c", conf_path])
+    if conf.tls is not None and conf.tls["ocsp_stapling"]:
+        helpers["ocsp"] = Helper("ocsp", [sys.executable, "-m", "gwserver", "ocsp", "-c",
+                                          conf_path])
     # Active health checks: one process per host. With etcd any upstream may ask for them
     # later, so it always runs there; with a conf file, only if an upstream has health_check.
     if conf.etcd is not None or any(
@@ -310,8 +316,8 @@ class GatewayArbiter(Arbiter):
             if name not in self.helpers:
                 self.helpers[name] = helper
                 helper.start()
-            elif name == "health":
-                self.helpers[name].signal(signal.SIGHUP)
+            elif name in ("health", "ocsp"):
+                self.helpers[name].signal(signal.SIGHUP)      # re-read their targets
         self.helper_conf = etcd
         # gunicorn's reload returns once the old workers are gone; ours started serving first.
         self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers (reloaded)")

@@ -90,14 +90,18 @@ class UpstreamPools:
         entry = self._by_target.get(id(target))
         if entry is not None and entry[0] is target and entry[1] is upstream:
             return entry[2]
-        key = (target.key, upstream.pool_size, upstream.block_when_full, upstream.connect_timeout)
+        key = (target.key, upstream.pool_size, upstream.block_when_full, upstream.connect_timeout,
+               upstream.tls)
         pool = self.pools.get(key)
         if pool is None:
-            cls = HTTPSPool if target.scheme == "https" else HTTPPool
-            pool = cls(target.host, target.port, maxsize=upstream.pool_size,
-                       block=upstream.block_when_full,
-                       timeout=urllib3.Timeout(connect=upstream.connect_timeout, read=None),
-                       retries=False)
+            options = dict(maxsize=upstream.pool_size, block=upstream.block_when_full,
+                           timeout=urllib3.Timeout(connect=upstream.connect_timeout, read=None),
+                           retries=False)
+            if target.scheme == "https":
+                options.update(tls_options(upstream.tls))
+                pool = HTTPSPool(target.host, target.port, **options)
+            else:
+                pool = HTTPPool(target.host, target.port, **options)
             self.pools[key] = pool
         self._by_target[id(target)] = (target, upstream, pool)
         return pool
@@ -117,6 +121,21 @@ class UpstreamPools:
             pool.close()
         self.pools.clear()
         self._by_target.clear()
+
+
+def tls_options(tls):
+    """urllib3 pool options for an upstream's ``tls`` (verify by default, system CAs)."""
+    if tls is None:
+        return {"cert_reqs": "CERT_REQUIRED"}
+    verify, ca_file, server_name, cert_file, key_file = tls
+    options = {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE", "ca_certs": ca_file,
+               "cert_file": cert_file, "key_file": key_file}
+    if server_name:
+        options["server_hostname"] = server_name
+        options["assert_hostname"] = server_name if verify else False
+    elif not verify:
+        options["assert_hostname"] = False
+    return options
 
 
 # Response header lines the gateway must look at; every other line passes through untouched.

@@ -121,6 +121,8 @@ class GatewayWorker(GeventWorker):
             for store in {services.local_store, services.limit_store}:
                 store.on_transition = self.metrics.breaker_transition
         from .health import HealthView, PassiveTracker
+        if self.conf.tls_server is not None:
+            self.conf.tls_server.state_dir = path       # OCSP staples from the ocsp helper
         self.health = HealthView(path)
         self.health.refresh()
         self.passive = PassiveTracker(self.health, self.metrics.count_ejection
@@ -164,6 +166,8 @@ class GatewayWorker(GeventWorker):
         if self.table_reader is not None and self.table_reader.changed():
             self.refresh_table()
         self.health.refresh()
+        if self.conf.tls_server is not None:
+            self.conf.tls_server.refresh_staples()
         now = time.monotonic()
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
@@ -200,12 +204,13 @@ class GatewayWorker(GeventWorker):
         self.deadlines.start()
         servers = []
         admin_address = self.admin_address()
+        tls_addresses = self.tls_addresses()
         for listener in self.sockets:
             listener.setblocking(1)
-            is_admin = admin_address is not None and \
-                tuple(listener.getsockname()[:2]) == admin_address
-            server = StreamServer(listener, spawn=Pool(self.worker_connections),
-                                  handle=self.handle_admin if is_admin else self.handle_client)
+            address = tuple(listener.getsockname()[:2])
+            handle = self.handle_admin if address == admin_address else \
+                self.handle_tls_client if address in tls_addresses else self.handle_client
+            server = StreamServer(listener, spawn=Pool(self.worker_connections), handle=handle)
             if self.cfg.workers > 1:
                 server.max_accept = 1   # spread accepts over workers, as gunicorn does
             server.start()
@@ -287,6 +292,33 @@ class GatewayWorker(GeventWorker):
             for target in upstream.targets:
                 metrics.target_up.labels(upstream.id, target.url).set(
                     0 if target_key(upstream.id, target.url) in down else 1)
+
+    def tls_addresses(self):
+        out = set()
+        for bind in self.conf.tls["bind"] if self.conf.tls else ():
+            host, _, port = bind.rpartition(":")
+            host = host.strip("[]")
+            out.add((host, int(port)))
+            if host in ("0.0.0.0", "::", ""):
+                out.add(("0.0.0.0" if host != "::" else "::", int(port)))
+        return out
+
+    def handle_tls_client(self, sock, addr):
+        """TLS listener: handshake (bounded by handshake_timeout), then HTTP/1.1 as usual."""
+        tls = self.conf.tls_server.wrap(sock)
+        try:
+            with gevent.Timeout(self.conf.tls["handshake_timeout"]):
+                tls.do_handshake()
+        except (OSError, gevent.Timeout) as exc:
+            log.info("TLS handshake with %s failed: %s", addr[0] if addr else "?", exc or
+                     "timed out")
+            sock.close()
+            return
+        try:
+            ClientConnection(self, tls, addr, scheme="https").serve()
+        except Exception:   # a bug in one connection must never take the worker down
+            log.exception("unhandled error serving %s", addr)
+            sock.close()
 
     def handle_client(self, sock, addr):
         try:

@@ -20,17 +20,31 @@ those headers is always removed), ``strip_token`` removes the Authorization head
 Verified tokens are cached per worker for ``cache_seconds`` (never past their ``exp``), so a hot
 token is not verified again on every request.
 """
+import json
 import logging
 import os
 import time
-
-import jwt as pyjwt
 
 from ..core.context import Reply
 from ..core.schema import (Field, Schema, boolean, integer, list_of, map_of, number, one_of,
                            string, header_name)
 
 log = logging.getLogger("gwserver.plugins.jwt")
+
+
+class _LazyPyJWT:
+    """PyJWT, imported on first use. ``import jwt`` imports ``ssl`` (for its JWKS client,
+    which we do not use); configs are compiled in the master, and ``ssl`` imported there
+    before the workers' gevent patching is what gevent warns about. Verification only ever
+    runs in workers, after the patch."""
+
+    def __getattr__(self, name):
+        import jwt
+        globals()["pyjwt"] = jwt
+        return getattr(jwt, name)
+
+
+pyjwt = _LazyPyJWT()
 
 NAME = "jwt"
 PRIORITY = 900          # first: rate_limit (800) keys on claims, routes match on them
@@ -131,24 +145,33 @@ class Verifier:
             raise ValueError(f"public key is not a PEM public key: {exc}") from None
 
     def _load_jwks(self, initial=False):
+        if initial:     # at compile time (in the master): check the file's shape only
+            try:
+                keys = json.loads(_read(self.jwks_path, "jwks_file"))["keys"]
+                if not isinstance(keys, list) or not keys:
+                    raise ValueError("no keys")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"jwks_file {self.jwks_path}: not a JWKS with keys "
+                                 f"({exc})") from None
+            return
         try:
             mtime = os.stat(self.jwks_path).st_mtime_ns
             if mtime == self.jwks_mtime:
                 return
-            self.jwks = pyjwt.PyJWKSet.from_json(_read(self.jwks_path, "jwks_file").decode())
-            self.jwks_mtime = mtime
-            if not initial:
-                log.warning("reloaded JWKS %s (%d keys)", self.jwks_path, len(self.jwks.keys))
+            jwks = pyjwt.PyJWKSet.from_json(_read(self.jwks_path, "jwks_file").decode())
+            previous, self.jwks, self.jwks_mtime = self.jwks, jwks, mtime
+            if previous is not None:
+                log.warning("reloaded JWKS %s (%d keys)", self.jwks_path, len(jwks.keys))
         except (OSError, ValueError, pyjwt.PyJWTError) as exc:
-            if initial:
-                raise ValueError(f"jwks_file {self.jwks_path}: {exc}") from None
+            if self.jwks is None:
+                raise TokenRejected(f"the JWKS file cannot be read ({exc})") from None
             log.error("JWKS %s not reloaded, keeping the previous keys: %s", self.jwks_path, exc)
 
     def key_for(self, token):
         if self.jwks_path is None:
             return self.key
         now = time.monotonic()
-        if now - self.jwks_checked >= 1.0:      # one stat a second at most
+        if self.jwks is None or now - self.jwks_checked >= 1.0:     # a stat a second at most
             self.jwks_checked = now
             self._load_jwks()
         kid = pyjwt.get_unverified_header(token).get("kid")

@@ -22,7 +22,7 @@ def decodes(monkeypatch):
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
-    monkeypatch.setattr(jwt_plugin.pyjwt, "decode", counting)
+    monkeypatch.setattr(pyjwt, "decode", counting)     # the plugin imports PyJWT lazily
     return calls
 
 

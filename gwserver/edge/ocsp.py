@@ -1,0 +1,151 @@
+"""``gwserver: ocsp``: fetch OCSP responses for the listener's certificates, once per host.
+
+For each certificate with ``[tls] ocsp_stapling``: build a request (cryptography's
+``OCSPRequestBuilder``) for the leaf and its issuer (the next certificate of the chain file),
+POST it to the responder named in the leaf's Authority Information Access, check the answer
+(successful, for this certificate, status good or revoked, signed by the issuer or a responder
+it delegated to), and write the DER to ``STATE/ocsp/ID.der`` where workers pick it up.
+
+Refresh: half-way between thisUpdate and nextUpdate (at most every ``ocsp_refresh`` seconds).
+A responder that is down or answers garbage: retry with backoff (5 s doubling to 5 min), keep
+the last good file; workers stop stapling it once its nextUpdate passes.
+"""
+import logging
+import os
+import signal
+import time
+
+log = logging.getLogger("gwserver.ocsp")
+
+
+class OcspError(Exception):
+    pass
+
+
+def load_chain(path):
+    from cryptography import x509
+    with open(path, "rb") as f:
+        chain = x509.load_pem_x509_certificates(f.read())
+    if len(chain) < 2:
+        raise OcspError(f"{path}: OCSP stapling needs the issuer's certificate after the leaf "
+                        f"in the chain file")
+    return chain[0], chain[1]
+
+
+def responder_url(leaf):
+    from cryptography import x509
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+    try:
+        aia = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        raise OcspError("the certificate names no OCSP responder (no AIA extension)") from None
+    for description in aia:
+        if description.access_method == AuthorityInformationAccessOID.OCSP:
+            return description.access_location.value
+    raise OcspError("the certificate names no OCSP responder")
+
+
+def fetch(cert_path, timeout=5.0):
+    """-> (DER response, next_update unix time or None). Raises OcspError."""
+    import requests
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+    leaf, issuer = load_chain(cert_path)
+    url = responder_url(leaf)
+    request = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, hashes.SHA1()).build()
+    try:
+        resp = requests.post(url, data=request.public_bytes(serialization.Encoding.DER),
+                             headers={"Content-Type": "application/ocsp-request"},
+                             timeout=timeout)
+    except requests.RequestException as exc:
+        raise OcspError(f"responder {url} unreachable: {exc.__class__.__name__}") from None
+    if resp.status_code != 200:
+        raise OcspError(f"responder {url} answered HTTP {resp.status_code}")
+    try:
+        answer = ocsp.load_der_ocsp_response(resp.content)
+    except ValueError as exc:
+        raise OcspError(f"responder {url} sent no OCSP response ({exc})") from None
+    if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        raise OcspError(f"responder {url}: {answer.response_status.name}")
+    if answer.serial_number != leaf.serial_number:
+        raise OcspError(f"responder {url} answered for another certificate")
+    _check_signature(answer, issuer)
+    if answer.certificate_status == ocsp.OCSPCertStatus.REVOKED:
+        log.error("certificate %s is REVOKED (per %s); stapling the revocation", cert_path, url)
+    next_update = answer.next_update_utc.timestamp() if answer.next_update_utc else None
+    return resp.content, answer.this_update_utc.timestamp(), next_update
+
+
+def _check_signature(answer, issuer):
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    signer = issuer
+    for candidate in answer.certificates:     # a delegated responder signed by the issuer
+        if candidate.issuer == issuer.subject:
+            signer = candidate
+    key = signer.public_key()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(answer.signature, answer.tbs_response_bytes,
+                       ec.ECDSA(answer.signature_hash_algorithm))
+        else:
+            key.verify(answer.signature, answer.tbs_response_bytes, padding.PKCS1v15(),
+                       answer.signature_hash_algorithm)
+    except InvalidSignature:
+        raise OcspError("the OCSP response's signature does not verify") from None
+
+
+def next_refresh(this_update, next_update, now, refresh_cap):
+    if next_update is None:
+        return now + refresh_cap
+    halfway = this_update + (next_update - this_update) / 2
+    return min(max(halfway, now + 5.0), now + refresh_cap)
+
+
+def run(conf_path):
+    from .. import proctitle
+    from ..settings import load_conf
+    from .app import configure_logging
+    from .shm import atomic_write
+    from .sync import die_with_parent
+    from .tls import OCSP_DIR, cert_id
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    die_with_parent()
+    conf = load_conf(conf_path)
+    proctitle.set_title(conf.server["proc_name"], "ocsp")
+    configure_logging(conf.log["level"])
+    state_dir = os.environ.get("GWSERVER_LOCAL_STATE")
+    if not state_dir:
+        raise SystemExit("gwserver ocsp: GWSERVER_LOCAL_STATE is not set (the master sets it)")
+    directory = os.path.join(state_dir, OCSP_DIR)
+    os.makedirs(directory, exist_ok=True)
+    state = {"conf": conf}
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: state.update(conf=load_conf(conf_path),
+                                                         reload=True))
+    due, backoff = {}, {}
+    while True:
+        tls = state["conf"].tls
+        if state.pop("reload", False):
+            due.clear()
+        certificates = [c["cert"] for c in tls["certificates"]] \
+            if tls and tls["ocsp_stapling"] else []
+        now = time.time()
+        for path in certificates:
+            if due.get(path, 0) > now:
+                continue
+            try:
+                der, this_update, next_update = fetch(path, tls["ocsp_timeout"])
+            except (OcspError, OSError, ValueError) as exc:
+                delay = backoff[path] = min(300.0, backoff.get(path, 2.5) * 2)
+                due[path] = now + delay
+                log.error("OCSP for %s: %s; keeping the last response, retrying in %.0fs",
+                          path, exc, delay)
+                continue
+            backoff.pop(path, None)
+            atomic_write(os.path.join(directory, f"{cert_id(path)}.der"), der)
+            due[path] = next_refresh(this_update, next_update, now, tls["ocsp_refresh"])
+            log.info("OCSP response for %s stored (next update %s); next fetch in %.0fs", path,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(next_update))
+                     if next_update else "none", due[path] - now)
+        time.sleep(0.5)

@@ -1,0 +1,293 @@
+"""TLS on the listener, with pyOpenSSL: certificates by SNI, minimum version, ciphers, ALPN,
+session resumption across workers, and OCSP stapling.
+
+Why pyOpenSSL and not the ``ssl`` module: the standard library cannot staple OCSP responses
+(it has no server-side status callback); pyOpenSSL's ``set_ocsp_server_callback`` can.
+gunicorn's own TLS path (``certfile``/``ssl_context``) wraps sockets with ``ssl``, so TLS
+listeners are wrapped here instead, in the worker, after accept: ``TLSSocket`` drives an
+``OpenSSL.SSL.Connection`` over the gevent socket's descriptor and parks the greenlet on the
+socket's read/write events, exactly as gevent's own SSLSocket does.
+
+Resumption across workers: the contexts are built in the master, before workers fork, so
+every worker has the same session-ticket keys (OpenSSL makes them when a context is created):
+a ticket issued by one worker resumes on any other. A reload builds new contexts (new keys,
+and the new certificates) for the new workers; old workers finish with the old ones.
+
+OCSP: the ``gwserver: ocsp`` helper fetches responses from the responder named in each
+certificate and writes them to the state directory; workers re-read them on their tick and
+staple the current one. A response is stapled until its nextUpdate, so a responder that is
+down costs nothing until then; the helper retries with backoff meanwhile.
+"""
+import datetime
+import errno
+import fnmatch
+import hashlib
+import logging
+import os
+import time
+
+from OpenSSL import SSL, crypto
+
+from ..errors import ConfigError
+
+log = logging.getLogger("gwserver.tls")
+
+VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+OCSP_DIR = "ocsp"
+# Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults).
+DEFAULT_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+
+def cert_id(cert_pem_path):
+    """A stable name for a certificate file's leaf: the SHA-256 of its DER."""
+    from cryptography import x509
+    with open(cert_pem_path, "rb") as f:
+        leaf = x509.load_pem_x509_certificate(f.read())
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()[:32]
+
+
+def check_certificate(entry, strict, now=None):
+    """Load one certificate entry; raise ConfigError naming the file and the problem; return
+    (leaf x509, warnings)."""
+    from cryptography import x509
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    cert_path, key_path = entry["cert"], entry["key"]
+    for path, what in ((cert_path, "cert"), (key_path, "key")):
+        if not os.path.isfile(path):
+            raise ConfigError(f"tls.certificates: {what} file {path} does not exist")
+    try:
+        with open(cert_path, "rb") as f:
+            leaf = x509.load_pem_x509_certificate(f.read())
+    except ValueError as exc:
+        raise ConfigError(f"tls.certificates: {cert_path} is not a PEM certificate ({exc})") \
+            from None
+    warnings = []
+    if leaf.not_valid_after_utc < now:
+        problem = f"certificate {cert_path} expired on {leaf.not_valid_after_utc:%Y-%m-%d}"
+        if strict:
+            raise ConfigError(f"tls.certificates: {problem} (tls.strict = true)")
+        warnings.append(problem)
+    elif leaf.not_valid_before_utc > now:
+        problem = f"certificate {cert_path} is not valid before " \
+                  f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M}"
+        if strict:
+            raise ConfigError(f"tls.certificates: {problem} (tls.strict = true)")
+        warnings.append(problem)
+    return leaf, warnings
+
+
+class ServerTLS:
+    """The contexts of one configuration; built in the master (see the module doc)."""
+
+    def __init__(self, conf, state_dir=None):
+        self.conf = conf
+        self.state_dir = state_dir
+        self.contexts = []          # (host patterns, context, cert id)
+        self.staples = {}           # cert id -> DER OCSP response
+        self._staple_mtimes = {}
+        self.warnings = []
+        for i, entry in enumerate(conf["certificates"]):
+            leaf, warnings = check_certificate(entry, conf["strict"])
+            self.warnings += warnings
+            context = self._context(entry, i)
+            hosts = entry["hosts"] or _names_of(leaf)
+            self.contexts.append((tuple(h.lower() for h in hosts), context,
+                                  cert_id(entry["cert"])))
+        self.default = self.contexts[0][1]
+        # Only the first context gets the SNI callback: the handshake starts there and may
+        # move to another; session tickets are issued and checked with the first context's
+        # keys, which every worker shares.
+        self.default.set_tlsext_servername_callback(self._pick_by_sni)
+
+    def _context(self, entry, index):
+        conf = self.conf
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(VERSIONS[conf["min_version"]])
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        try:
+            context.set_cipher_list(conf["ciphers"].encode())
+        except SSL.Error as exc:
+            raise ConfigError(f"tls.ciphers: OpenSSL accepts none of {conf['ciphers']!r} "
+                              f"({_reason(exc)})") from None
+        try:
+            context.use_certificate_chain_file(entry["cert"])
+        except SSL.Error as exc:
+            raise ConfigError(f"tls.certificates[{index}].cert: {entry['cert']}: "
+                              f"{_reason(exc)}") from None
+        try:
+            context.use_privatekey_file(entry["key"])
+        except SSL.Error as exc:
+            reason = _reason(exc)
+            if "mismatch" in reason:
+                reason = f"does not match the certificate {entry['cert']}"
+            raise ConfigError(f"tls.certificates[{index}].key: {entry['key']}: {reason}") \
+                from None
+        try:
+            context.check_privatekey()
+        except SSL.Error:
+            raise ConfigError(f"tls.certificates[{index}]: the key {entry['key']} does not "
+                              f"match the certificate {entry['cert']}") from None
+        # Partial writes, and a retried write may come from a new buffer (we slice and copy):
+        # what Python's own ssl module sets too.
+        context.set_mode(SSL._lib.SSL_MODE_ENABLE_PARTIAL_WRITE |
+                         SSL._lib.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        context.set_session_id(b"gwserver")
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        protocols = [p.encode() for p in conf["alpn"]]
+        if protocols:
+            context.set_alpn_select_callback(
+                lambda conn, offered: next((p for p in protocols if p in offered),
+                                           SSL.NO_OVERLAPPING_PROTOCOLS))
+        if conf["ocsp_stapling"]:
+            ident = cert_id(entry["cert"])
+            context.set_ocsp_server_callback(lambda conn, data: self.staples.get(ident, b""))
+        return context
+
+    def _pick_by_sni(self, conn):
+        name = conn.get_servername()
+        if not name:
+            return
+        name = name.decode("ascii", "replace").lower()
+        for hosts, context, _ in self.contexts:
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in hosts):
+                if context is not self.default:
+                    conn.set_context(context)
+                return
+
+    def refresh_staples(self):
+        """Worker tick: pick up OCSP responses the helper wrote (mtime compared)."""
+        if not self.conf["ocsp_stapling"] or self.state_dir is None:
+            return
+        directory = os.path.join(self.state_dir, OCSP_DIR)
+        for _, _, ident in self.contexts:
+            path = os.path.join(directory, f"{ident}.der")
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if self._staple_mtimes.get(ident) != mtime:
+                self._staple_mtimes[ident] = mtime
+                with open(path, "rb") as f:
+                    self.staples[ident] = f.read()
+        now = time.time()
+        for ident, staple in list(self.staples.items()):
+            if staple and _next_update(staple) < now:     # never staple a stale answer
+                log.warning("OCSP response for certificate %s expired; not stapled until the "
+                            "responder answers again", ident)
+                self.staples[ident] = b""
+
+    def wrap(self, sock):
+        return TLSSocket(sock, self.default)
+
+
+def _names_of(leaf):
+    from cryptography import x509
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return names or ["*"]
+
+
+def _next_update(der):
+    from cryptography.x509 import ocsp
+    try:
+        response = ocsp.load_der_ocsp_response(der)
+        return response.next_update_utc.timestamp() if response.next_update_utc else \
+            float("inf")
+    except (ValueError, AttributeError):
+        return 0.0
+
+
+def _reason(exc):
+    try:
+        return "; ".join(str(part[2]) for part in exc.args[0]) or str(exc)
+    except (IndexError, TypeError):
+        return str(exc)
+
+
+class TLSSocket:
+    """A server-side TLS connection over an accepted gevent socket, cooperative."""
+
+    def __init__(self, sock, context):
+        self._sock = sock
+        self.family = sock.family
+        self.conn = SSL.Connection(context, sock._sock)
+        self.conn.set_accept_state()
+
+    def _io(self, operation, *args):
+        sock = self._sock
+        while True:
+            try:
+                return operation(*args)
+            except SSL.WantReadError:
+                event = sock._read_event
+            except SSL.WantWriteError:
+                event = sock._write_event
+            except SSL.ZeroReturnError:
+                return 0
+            except SSL.SysCallError as exc:
+                if exc.args and exc.args[0] == -1:      # EOF without close_notify
+                    return 0
+                raise OSError(exc.args[0] if exc.args else errno.EIO, str(exc)) from None
+            except SSL.Error as exc:
+                raise OSError(errno.EPROTO, f"TLS: {_reason(exc)}") from None
+            if event is None:
+                raise OSError(errno.EBADF, "socket closed")
+            sock._wait(event)       # raises if the socket is closed meanwhile (a deadline)
+
+    def do_handshake(self):
+        self._io(self.conn.do_handshake)
+
+    def recv_into(self, buf, nbytes=0):
+        return self._io(self.conn.recv_into, buf, nbytes or len(buf))
+
+    def recv(self, size):
+        data = self._io(self.conn.recv, size)
+        return data or b""
+
+    def send(self, data):
+        return self._io(self.conn.send, bytes(data) if isinstance(data, memoryview) else data)
+
+    def sendall(self, data):
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            sent += self.send(view[sent:sent + 65536])
+
+    def setsockopt(self, *args):
+        self._sock.setsockopt(*args)
+
+    def shutdown(self, how):
+        try:
+            self.conn.shutdown()        # close_notify, best effort (never waits)
+        except SSL.Error:
+            pass
+        self._sock.shutdown(how)
+
+    def close(self):
+        self._sock.close()
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    @property
+    def session_reused(self):
+        return self.conn.session_reused()
+
+    @property
+    def protocol(self):
+        return self.conn.get_protocol_version_name()
+
+    @property
+    def alpn(self):
+        return self.conn.get_alpn_proto_negotiated()
+
+
+def load_pem_cert(path):
+    with open(path, "rb") as f:
+        return crypto.load_certificate(crypto.FILETYPE_PEM, f.read())

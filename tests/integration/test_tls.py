@@ -1,0 +1,225 @@
+"""TLS termination (SNI, versions, ALPN, resumption across workers, reload, OCSP stapling
+against a real `openssl ocsp` responder) and TLS to upstreams (CA, SNI, mTLS) (issue 8)."""
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
+from OpenSSL import SSL
+
+from gwserver.errors import ConfigError
+from gwserver.settings import parse_conf
+
+from ..conftest import free_port, gateway_conf, route, wait_until
+from ..pki import CA
+
+
+@pytest.fixture
+def ca(tmp_path):
+    return CA(tmp_path)
+
+
+def tls_gateway(launcher, upstream, certificates, workers=2, **tls):
+    port = free_port()
+    conf = gateway_conf([route("r", ["/*rest"], upstream.url)], workers=workers, tls={
+        "bind": [f"127.0.0.1:{port}"],
+        "certificates": [{"cert": str(c), "key": str(k), **extra}
+                         for c, k, extra in certificates], **tls})
+    gw = launcher.gateway(conf)
+    gw.tls_port = port
+    return gw
+
+
+def tls_get(port, ca, name="localhost", session=None, context=None, path="/echo"):
+    context = context or ssl.create_default_context(cafile=str(ca.cert_path))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name, session=session) as sock:
+            peer = x509.load_der_x509_certificate(sock.getpeercert(binary_form=True))
+            version, reused = sock.version(), sock.session_reused
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+                         .encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data, sock.session, reused, peer, version
+
+
+def worker_of(response):
+    """Each worker prefixes its request ids with its own random 12 hex digits."""
+    for line in response.split(b"\r\n"):
+        if line.lower().startswith(b"x-request-id:"):
+            return line.split(b":", 1)[1].strip()[:12]
+    raise AssertionError("no X-Request-ID")
+
+
+def test_terminates_tls_and_forwards_https_context(launcher, upstream, ca):
+    cert, key, _ = ca.issue("site")
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})])
+    data, _, _, peer, version = tls_get(gw.tls_port, ca)
+    assert data.startswith(b"HTTP/1.1 200") and version in ("TLSv1.2", "TLSv1.3")
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    forwarded = {k.lower(): v for k, v in body["headers"]}
+    assert forwarded["x-forwarded-proto"] == "https"
+    assert gw.request("GET", "/echo")[0].status == 200       # plain HTTP still on server.bind
+
+
+def test_sni_picks_the_certificate(launcher, upstream, ca):
+    a = ca.issue("a", hosts=("a.test",))
+    b = ca.issue("b", hosts=("b.test", "*.b.test"))
+    gw = tls_gateway(launcher, upstream, [(a[0], a[1], {}), (b[0], b[1], {})])
+    for name, expected in (("a.test", a[2]), ("b.test", b[2]), ("x.b.test", b[2])):
+        _, _, _, peer, _ = tls_get(gw.tls_port, ca, name)
+        assert peer.serial_number == expected.serial_number, name
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    context.check_hostname = False              # an unknown name gets the first (default)
+    _, _, _, peer, _ = tls_get(gw.tls_port, ca, "other.test", context=context)
+    assert peer.serial_number == a[2].serial_number
+
+
+def test_sessions_resume_on_every_worker(launcher, upstream, ca):
+    cert, key, _ = ca.issue("site")
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})], workers=4)
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    first, session, reused, _, _ = tls_get(gw.tls_port, ca, context=context)
+    assert not reused
+    workers_resumed = set()
+    for _ in range(40):
+        data, _, reused, _, _ = tls_get(gw.tls_port, ca, session=session, context=context)
+        assert reused
+        workers_resumed.add(worker_of(data))
+    assert len(workers_resumed) >= 2 and worker_of(first)       # a ticket from one, on others
+
+
+def test_minimum_version_and_alpn(launcher, upstream, ca):
+    cert, key, _ = ca.issue("site")
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})], min_version="TLSv1.3")
+    old = ssl.create_default_context(cafile=str(ca.cert_path))
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        tls_get(gw.tls_port, ca, context=old)
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", gw.tls_port)) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            assert sock.selected_alpn_protocol() == "http/1.1" and sock.version() == "TLSv1.3"
+    assert "TLS handshake with 127.0.0.1 failed" in gw.log()
+
+
+def test_bad_certificates_are_named(ca, tmp_path):
+    cert, key, _ = ca.issue("site")
+    _, other_key, _ = ca.issue("other")
+    expired = ca.issue("old", days=(-30, -1))
+
+    def conf(entry, **tls):
+        return {"tls": {"certificates": [entry], **tls}, "routes": []}
+    cases = [
+        ({"cert": str(tmp_path / "nope.pem"), "key": str(key)}, {}, "cert file"),
+        ({"cert": str(cert), "key": str(other_key)}, {}, "does not match the certificate"),
+        ({"cert": str(expired[0]), "key": str(expired[1])}, {"strict": True}, "expired on"),
+        ({"cert": str(key), "key": str(key)}, {}, "is not a PEM certificate"),
+    ]
+    for entry, extra, problem in cases:
+        with pytest.raises(ConfigError) as caught:
+            parse_conf(conf(entry, **extra))
+        assert problem in str(caught.value)
+    lenient = parse_conf(conf({"cert": str(expired[0]), "key": str(expired[1])}))
+    assert "expired on" in lenient.tls_server.warnings[0]        # starts, and warns
+
+
+def test_sighup_loads_new_certificates_without_dropping_connections(launcher, upstream, ca):
+    cert, key, first = ca.issue("site")
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})])
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    raw = socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10)
+    kept = context.wrap_socket(raw, server_hostname="localhost")     # open across the reload
+    kept.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    _, _, second = ca.issue("site")             # rewrites site.pem / site.key in place
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: tls_get(gw.tls_port, ca)[3].serial_number == second.serial_number,
+               timeout=20)
+    kept.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")          # served by an old worker
+    kept.close()
+    assert first.serial_number != second.serial_number
+
+
+def ocsp_staple(port, ca):
+    got = {}
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.load_verify_locations(str(ca.cert_path))
+    context.set_ocsp_client_callback(lambda conn, data, _: got.update(staple=data) or True)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.setblocking(True)            # pyOpenSSL wants a blocking socket here
+    conn = SSL.Connection(context, raw)
+    conn.set_tlsext_host_name(b"localhost")
+    conn.request_ocsp()
+    conn.set_connect_state()
+    conn.do_handshake()
+    conn.close()
+    return got.get("staple") or b""
+
+
+def test_ocsp_staple_from_a_real_responder_survives_the_responder(launcher, upstream, ca,
+                                                                    tmp_path):
+    port = free_port()
+    cert, key, leaf = ca.issue("site", ocsp_url=f"http://127.0.0.1:{port}")
+    index = ca.ocsp_index(leaf)
+    responder = subprocess.Popen(
+        ["openssl", "ocsp", "-index", str(index), "-port", str(port), "-rsigner",
+         str(ca.cert_path), "-rkey", str(ca.key_path), "-CA", str(ca.cert_path), "-ndays", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    launcher.started.append(responder)
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})], ocsp_stapling=True,
+                     ocsp_refresh=5)
+    staple = wait_until(lambda: ocsp_staple(gw.tls_port, ca), timeout=20)
+    answer = ocsp.load_der_ocsp_response(staple)
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert answer.serial_number == leaf.serial_number
+    responder.kill()
+    responder.wait()
+    time.sleep(6)                               # a refresh fails meanwhile
+    assert ocsp_staple(gw.tls_port, ca) == staple               # still stapled
+    wait_until(lambda: "keeping the last response" in gw.log(), timeout=15)
+    ocsp_pid = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? ocsp"],
+                              capture_output=True, text=True).stdout.split()
+    assert ocsp_pid
+
+
+# -- TLS to upstreams -----------------------------------------------------------------------------
+
+def test_upstream_tls_verification_sni_and_mtls(launcher, ca, tmp_path):
+    server = ca.issue("upstream", hosts=("backend.test",), ips=())     # no IP in the cert
+    client = ca.issue("gateway", client=True)
+    plain_tls = launcher.upstream("tls", tls=(str(server[0]), str(server[1])))
+    mutual = launcher.upstream("mtls", tls=(str(server[0]), str(server[1]),
+                                            str(ca.cert_path)))
+    verify = {"ca_file": str(ca.cert_path), "server_name": "backend.test"}
+    gw_conf = gateway_conf([
+        route("system", ["/system/*r"], plain_tls.url, strip_prefix="/system"),
+        {**route("ca", ["/ca/*r"], plain_tls.url, strip_prefix="/ca"),
+         "upstream": {"targets": [{"url": plain_tls.url}], "tls": verify}},
+        {**route("wrongname", ["/wrongname/*r"], plain_tls.url, strip_prefix="/wrongname"),
+         "upstream": {"targets": [{"url": plain_tls.url}],
+                      "tls": {"ca_file": str(ca.cert_path)}}},
+        {**route("noverify", ["/noverify/*r"], plain_tls.url, strip_prefix="/noverify"),
+         "upstream": {"targets": [{"url": plain_tls.url}], "tls": {"verify": False}}},
+        {**route("nocert", ["/nocert/*r"], mutual.url, strip_prefix="/nocert"),
+         "upstream": {"targets": [{"url": mutual.url}], "tls": verify}},
+        {**route("mtls", ["/mtls/*r"], mutual.url, strip_prefix="/mtls"),
+         "upstream": {"targets": [{"url": mutual.url}], "tls": {
+             **verify, "cert_file": str(client[0]), "key_file": str(client[1])}}}])
+    gw = launcher.gateway(gw_conf)
+    statuses = {name: gw.request("GET", f"/{name}/echo")[0].status
+                for name in ("system", "ca", "wrongname", "noverify", "nocert", "mtls")}
+    assert statuses == {"system": 502,       # the test CA is not in the system store
+                        "ca": 200, "wrongname": 502,        # 127.0.0.1 is not in the cert
+                        "noverify": 200, "nocert": 502, "mtls": 200}
+    assert "CERTIFICATE_VERIFY_FAILED" in gw.log() or "certificate verify failed" in gw.log()
