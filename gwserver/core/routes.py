@@ -108,6 +108,8 @@ UPSTREAM = Schema(
     Field("health_check", HEALTH_CHECK, None, "active checks by the host's health process"),
     Field("passive", PASSIVE, None, "eject targets that keep failing real requests"),
     Field("tls", UPSTREAM_TLS, None, "TLS to https:// targets: verification, CA, SNI, mTLS"),
+    Field("protocol", one_of("http1", "h2"), "http1",
+          "h2: HTTP/2 to the targets (prior knowledge, or ALPN for https), gRPC"),
     Field("panic_threshold", fraction, 0.0,
           "when fewer than this share of targets are up (and always when none is), use all"),
     Field("pass_host", one_of("pass", "node", "rewrite"), "pass",
@@ -186,6 +188,7 @@ class Upstream:
     panic_threshold: float = 0.0
     service: str = None
     tls: tuple = None                       # (verify, ca_file, server_name, cert, key)
+    protocol: str = "http1"
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,7 @@ def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
         health_check=_health_check(spec.get("health_check")),
         passive=_passive(spec.get("passive")),
         panic_threshold=spec.get("panic_threshold", 0.0), service=service,
-        tls=_upstream_tls(owner, spec.get("tls")),
+        tls=_upstream_tls(owner, spec.get("tls")), protocol=spec.get("protocol", "http1"),
     )
 
 
@@ -308,6 +311,9 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
     if spec.get("claims") and "jwt" not in chain.names:
         raise ConfigError(f"{owner}: claims: matching on claims needs the jwt plugin on the "
                           f"route or in [plugins]")
+    if "grpc_web" in chain.names and upstream.protocol != "h2":
+        raise ConfigError(f"{owner}: plugins.grpc_web: the upstream must speak HTTP/2 "
+                          f"(protocol = \"h2\"), gRPC needs it")
     chain = link_chain(owner, chain, upstreams, defaults, missing_hint)
     return make_route(spec, upstream, server, chain)
 

@@ -263,6 +263,8 @@ class Proxy:
         self._budgets = {}
         self.outstanding = {}           # target -> requests in flight from this worker
         self.refused = {}               # target -> until when this worker avoids it
+        from .h2proxy import H2Forwarder
+        self.h2 = H2Forwarder(self)     # protocol = "h2" upstreams (gRPC, gRPC-Web)
         self.budget_percent = defaults["retry_budget_percent"]
         self.budget_min_per_second = defaults["retry_budget_min_per_second"]
 
@@ -332,6 +334,8 @@ class Proxy:
         """Proxy ``req``; return (status, body bytes sent, target url, client keep-alive)."""
         route = req.route
         upstream = req.upstream or route.upstream
+        if upstream.protocol == "h2":
+            return self.h2.forward(client, req, keep_alive, upstream)
         tried = None
         replayable = req.complete and req.method in IDEMPOTENT and not req.upgrade
         body_held = None

@@ -7,7 +7,7 @@ from ..core.chain import check_plugin
 
 log = logging.getLogger("gwserver.plugins")
 
-BUILTIN = ("gwserver.plugins.headers", "gwserver.plugins.jwt", "gwserver.plugins.rate_limit",
+BUILTIN = ("gwserver.plugins.grpc_web", "gwserver.plugins.headers", "gwserver.plugins.jwt", "gwserver.plugins.rate_limit",
            "gwserver.plugins.fault", "gwserver.plugins.split", "gwserver.plugins.breaker")
 ENTRY_POINT_GROUP = "gwserver.plugins"
 _registry = None

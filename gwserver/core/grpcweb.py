@@ -1,0 +1,78 @@
+"""gRPC-Web <-> gRPC framing, pure (what Envoy's grpc_web filter does).
+
+Both carry the same length-prefixed messages (1 flag byte, 4-byte big-endian length, the
+message). gRPC sends its status in HTTP/2 trailers; gRPC-Web, which browsers cannot read
+trailers from, sends them as one last frame with flag 0x80 whose payload is the trailers as
+HTTP/1 header lines. ``application/grpc-web-text`` base64-encodes the whole stream.
+https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-WEB.md
+"""
+import base64
+
+GRPC_WEB_TYPES = ("application/grpc-web", "application/grpc-web+proto",
+                  "application/grpc-web-text", "application/grpc-web-text+proto")
+TRAILER_FLAG = 0x80
+
+
+def mode_of(content_type):
+    """"binary", "text" or None for a request's Content-Type (bytes or str)."""
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    base = content_type.split(";")[0].strip().lower()
+    if base not in GRPC_WEB_TYPES:
+        return None
+    return "text" if base.startswith("application/grpc-web-text") else "binary"
+
+
+def upstream_content_type(content_type):
+    """application/grpc-web[-text][+proto] -> application/grpc[+proto]."""
+    base = content_type.split(";")[0].strip().lower()
+    return "application/grpc+proto" if base.endswith("+proto") else "application/grpc"
+
+
+def client_content_type(mode, request_type, upstream_type):
+    """The answer's type: grpc-web or grpc-web-text, with +proto when the client's request or
+    the upstream's answer named it (clients match on what they sent)."""
+    proto = request_type.split(";")[0].strip().lower().endswith("+proto") or \
+        upstream_type.endswith("+proto")
+    suffix = "+proto" if proto else ""
+    return ("application/grpc-web-text" if mode == "text" else "application/grpc-web") + suffix
+
+
+def trailer_frame(trailers):
+    """[(name, value)] -> the gRPC-Web trailer frame."""
+    block = b"".join(b"%s:%s\r\n" % (name.lower(), value) for name, value in trailers)
+    return bytes([TRAILER_FLAG]) + len(block).to_bytes(4, "big") + block
+
+
+def decode_text_body(body):
+    """A grpc-web-text request body: base64, possibly several padded pieces back to back."""
+    out, rest = [], body.replace(b"\r", b"").replace(b"\n", b"")
+    while rest:
+        end = rest.find(b"=")
+        if end < 0:
+            out.append(base64.b64decode(rest))
+            break
+        end += 1
+        while end < len(rest) and rest[end:end + 1] == b"=":
+            end += 1
+        out.append(base64.b64decode(rest[:end]))
+        rest = rest[end:]
+    return b"".join(out)
+
+
+class TextEncoder:
+    """Streams base64 without padding in the middle: encodes whole 3-byte groups as they
+    come, and the remainder (padded) at the end."""
+
+    def __init__(self):
+        self.carry = b""
+
+    def feed(self, data):
+        data = self.carry + data
+        cut = len(data) - len(data) % 3
+        self.carry = data[cut:]
+        return base64.b64encode(data[:cut])
+
+    def finish(self):
+        out, self.carry = base64.b64encode(self.carry), b""
+        return out

@@ -1,0 +1,283 @@
+"""HTTP/2 to upstreams: one multiplexed connection per target per worker, driven by ``h2``.
+
+``h2`` is a sans-I/O state machine (framing, HPACK, stream states, flow-control windows); this
+module does its I/O with gevent: one reader greenlet per connection feeds received bytes to the
+state machine and routes the events to per-stream queues; writers take a lock, let ``h2``
+produce frames and send them. Request bodies respect the peer's flow-control windows (a writer
+waits for WINDOW_UPDATE), and received DATA is acknowledged as it is consumed.
+
+Cleartext upstreams use prior knowledge (RFC 9113 3.3); https:// upstreams negotiate "h2" by
+ALPN. A connection that fails, or runs out of stream ids, is replaced for the next request;
+streams on it end with UpstreamError.
+"""
+import logging
+import socket
+import ssl
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.queue
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from ..errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
+                      UpstreamTimeout)
+
+log = logging.getLogger("gwserver.h2")
+
+MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew before the end
+RECV_SIZE = 65536
+
+
+class _Stream:
+    __slots__ = ("events", "window_open")
+
+    def __init__(self):
+        self.events = gevent.queue.Queue()
+        self.window_open = gevent.event.Event()
+
+
+class H2Connection:
+    def __init__(self, target, connect_timeout, tls_context=None):
+        self.target = target
+        try:
+            sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
+        except socket.timeout:
+            raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot connect to {target.url}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if target.scheme == "https":
+            try:
+                sock = tls_context.wrap_socket(sock, server_hostname=target.host)
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                raise UpstreamConnectError(f"TLS to {target.url} failed: {exc}") from None
+            if sock.selected_alpn_protocol() != "h2":
+                sock.close()
+                raise UpstreamConnectError(f"{target.url} does not speak h2 (ALPN)")
+        sock.settimeout(None)
+        self.sock = sock
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_inbound_headers=True))
+        self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(1 << 24)     # connection-level receive window
+        self.lock = gevent.lock.Semaphore()
+        self.streams = {}
+        self.closed = False
+        self.error = None
+        self._flush()
+        self.reader = gevent.spawn(self._read_loop)
+
+    @property
+    def usable(self):
+        return not self.closed and self.conn.highest_outbound_stream_id < \
+            MAX_STREAMS_PER_CONNECTION
+
+    def _flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def _read_loop(self):
+        try:
+            while True:
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    raise UpstreamError(f"{self.target.url} closed the HTTP/2 connection")
+                with self.lock:
+                    events = self.conn.receive_data(data)
+                    self._flush()
+                for event in events:
+                    self._dispatch(event)
+        except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
+            self._fail(exc if isinstance(exc, UpstreamError) else
+                       UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
+
+    def _dispatch(self, event):
+        if isinstance(event, h2.events.WindowUpdated):
+            streams = self.streams.values() if not event.stream_id else \
+                [self.streams[event.stream_id]] if event.stream_id in self.streams else []
+            for stream in streams:
+                stream.window_open.set()
+            return
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self._fail(UpstreamError(f"{self.target.url} ended the HTTP/2 connection "
+                                     f"(GOAWAY {event.error_code!r})"), event.last_stream_id)
+            return
+        stream_id = getattr(event, "stream_id", None)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.events.put(event)
+
+    def _fail(self, error, keep_up_to=None):
+        self.closed = True
+        self.error = error
+        for stream_id, stream in list(self.streams.items()):
+            if keep_up_to is None or stream_id > keep_up_to:
+                stream.events.put(error)
+                stream.window_open.set()
+        if keep_up_to is None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self._fail(UpstreamError("connection closed"))
+        self.reader.kill(block=False)
+
+    # -- one exchange ----------------------------------------------------------------------------
+
+    def request(self, headers, body, timeout):
+        """Send a request; return a StreamResponse to read the answer from."""
+        if self.closed:
+            raise self.error or UpstreamError("HTTP/2 connection closed")
+        stream = _Stream()
+        with self.lock:
+            stream_id = self.conn.get_next_available_stream_id()
+            self.streams[stream_id] = stream
+            self.conn.send_headers(stream_id, headers, end_stream=not body)
+            self._flush()
+        if body:
+            self._send_body(stream_id, stream, body, timeout)
+        return StreamResponse(self, stream_id, stream, timeout)
+
+    def _send_body(self, stream_id, stream, body, timeout):
+        view = memoryview(body)
+        while view:
+            with self.lock:
+                window = min(self.conn.local_flow_control_window(stream_id),
+                             self.conn.max_outbound_frame_size)
+                if window > 0:
+                    chunk, view = view[:window], view[window:]
+                    self.conn.send_data(stream_id, bytes(chunk), end_stream=not view)
+                    self._flush()
+                    continue
+                stream.window_open.clear()
+            if self.closed:
+                raise self.error
+            if not stream.window_open.wait(timeout):
+                raise UpstreamTimeout(f"{self.target.url} did not open its HTTP/2 window in "
+                                      f"{timeout:g}s")
+
+    def acknowledge(self, stream_id, size):
+        with self.lock:
+            try:
+                self.conn.acknowledge_received_data(size, stream_id)
+                self._flush()
+            except (h2.exceptions.StreamClosedError, KeyError):
+                pass
+
+    def finish(self, stream_id, reset=False):
+        self.streams.pop(stream_id, None)
+        if reset and not self.closed:
+            with self.lock:
+                try:
+                    self.conn.reset_stream(stream_id)
+                    self._flush()
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
+                        OSError):
+                    pass
+
+
+class StreamResponse:
+    """The answer on one stream: ``head()`` -> (status, headers); then ``chunks()`` yields
+    body bytes; ``trailers`` holds the trailing headers once the stream ended."""
+
+    def __init__(self, connection, stream_id, stream, timeout):
+        self.connection, self.stream_id, self.stream = connection, stream_id, stream
+        self.timeout = timeout
+        self.trailers = []
+        self.ended = False
+        self._pending = []
+
+    def _next(self):
+        try:
+            event = self.stream.events.get(timeout=self.timeout)
+        except gevent.queue.Empty:
+            raise UpstreamTimeout(f"{self.connection.target.url} did not answer within "
+                                  f"{self.timeout:g}s") from None
+        if isinstance(event, Exception):
+            raise event
+        if isinstance(event, h2.events.StreamReset):
+            raise UpstreamError(f"{self.connection.target.url} reset the stream "
+                                f"({event.error_code!r})")
+        return event
+
+    def head(self):
+        while True:
+            event = self._next()
+            if isinstance(event, h2.events.ResponseReceived):
+                headers = [(bytes(k), bytes(v)) for k, v in event.headers]
+                status = int(dict(headers)[b":status"])
+                if 100 <= status < 200:
+                    continue
+                if event.stream_ended:
+                    self.ended = True
+                return status, [(k, v) for k, v in headers if not k.startswith(b":")]
+            if isinstance(event, h2.events.StreamEnded):
+                raise UpstreamError("stream ended before a response head")
+
+    def chunks(self):
+        while not self.ended:
+            event = self._next()
+            if isinstance(event, h2.events.DataReceived):
+                if event.flow_controlled_length:
+                    self.connection.acknowledge(self.stream_id, event.flow_controlled_length)
+                if event.data:
+                    yield bytes(event.data)
+                if event.stream_ended:
+                    self.ended = True
+            elif isinstance(event, h2.events.TrailersReceived):
+                self.trailers = [(bytes(k), bytes(v)) for k, v in event.headers]
+                if event.stream_ended:
+                    self.ended = True
+            elif isinstance(event, h2.events.StreamEnded):
+                self.ended = True
+
+    def close(self):
+        self.connection.finish(self.stream_id, reset=not self.ended)
+
+
+class H2Pools:
+    """One H2Connection per target in this worker, opened on demand, replaced when broken."""
+
+    def __init__(self):
+        self.connections = {}
+        self._connecting = {}
+        self._tls = None
+
+    def tls_context(self):
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+            self._tls.set_alpn_protocols(["h2"])
+        return self._tls
+
+    def get(self, target, connect_timeout):
+        connection = self.connections.get(target.key)
+        if connection is not None and connection.usable:
+            return connection
+        # One connect at a time per target: greenlets arriving meanwhile share its result
+        # instead of opening a connection each.
+        lock = self._connecting.setdefault(target.key, gevent.lock.Semaphore())
+        with lock:
+            connection = self.connections.get(target.key)
+            if connection is None or not connection.usable:
+                if connection is not None:
+                    connection.close()
+                connection = H2Connection(target, connect_timeout, self.tls_context())
+                self.connections[target.key] = connection
+        return connection
+
+    def close(self):
+        for connection in self.connections.values():
+            connection.close()
+        self.connections.clear()

@@ -1,0 +1,159 @@
+"""The proxy step for upstreams with ``protocol = "h2"``: HTTP/1.1 in, HTTP/2 out, and gRPC-Web
+translated to gRPC and back (core.grpcweb) when the grpc_web plugin marked the request.
+
+The request body is read whole before it goes upstream (bounded by the route's body limit):
+gRPC-Web calls from browsers carry one message; the answer streams back as it arrives, which
+is what server streaming needs.
+"""
+import time
+
+from ..core import grpcweb
+from ..core.context import ResponseHead
+from ..errors import PayloadTooLarge, ServiceUnavailable, UpstreamError
+from .h2client import H2Pools
+from .http1 import REASONS
+
+# Request headers HTTP/2 forbids or that belong to this hop (RFC 9113 8.2.2, RFC 9110 7.6.1).
+DROPPED = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                     b"upgrade", b"te", b"host", b"content-length", b"expect"])
+VIA = b"1.1 gwserver"
+
+
+class H2Forwarder:
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.pools = H2Pools()
+
+    def read_body(self, client, req, route):
+        limit = route.max_body_size
+        chunks = []
+        while True:
+            chunks += req.take_body()
+            if limit and req.body_size > limit:
+                raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
+            if req.complete:
+                return b"".join(chunks)
+            client.read_body(route.read_timeout)
+
+    def request_headers(self, req, target, upstream, grpc):
+        path = req.path
+        strip = req.route.strip_prefix
+        if strip and path.startswith(strip):
+            path = path[len(strip):] or "/"
+            if path[0] != "/":
+                path = "/" + path
+        if req.query:
+            path += "?" + req.query
+        authority = req.host_header if upstream.pass_host == "pass" else \
+            (target.authority if upstream.pass_host == "node" else upstream.upstream_host)
+        authority = authority if isinstance(authority, bytes) else authority.encode("latin-1")
+        headers = [(b":method", req.method.encode()), (b":scheme", target.scheme.encode()),
+                   (b":path", path.encode("latin-1")), (b":authority", authority)]
+        named = req.connection_tokens or ()
+        for name, value in req.headers:
+            lower = name.lower()
+            if lower in DROPPED or lower in named:
+                continue
+            if grpc and lower in (b"content-type", b"x-grpc-web", b"accept"):
+                continue
+            headers.append((lower, value))
+        if grpc:
+            headers += [(b"content-type",
+                         grpcweb.upstream_content_type(grpc[1]).encode()), (b"te", b"trailers")]
+        hmap = req.header_map
+        xff = hmap.get(b"x-forwarded-for")
+        client_ip = req.client_ip.encode("latin-1")
+        headers += [(b"x-forwarded-for", xff + b", " + client_ip if xff else client_ip),
+                    (b"x-forwarded-proto", b"https" if req.scheme == "https" else b"http"),
+                    (b"x-request-id", req.request_id.encode("latin-1")), (b"via", VIA)]
+        if req.trace is not None:
+            headers = [(k, v) for k, v in headers if k not in _TRACE] + [
+                (k.lower(), v) for k, v in req.trace.upstream_headers(self.proxy.worker.emit_b3)]
+        return headers
+
+    def forward(self, client, req, keep_alive, upstream):
+        route = req.route
+        targets = upstream.targets
+        if not targets:
+            raise ServiceUnavailable(f"upstream {upstream.id}: no live instance")
+        health = self.proxy.worker.health
+        avoid = health.avoid(upstream)[0] if health.down and len(targets) > 1 else frozenset()
+        target = targets[0] if len(targets) == 1 else self.proxy.pick(upstream, avoid, req)
+        grpc = (req._vars or {}).get("grpc_web")
+        body = self.read_body(client, req, route)
+        if grpc and grpc[0] == "text":
+            try:
+                body = grpcweb.decode_text_body(body)
+            except ValueError:
+                raise UpstreamError("grpc-web-text body is not base64") from None
+        started = time.monotonic()
+        connection = self.pools.get(target, route.connect_timeout)
+        stream = connection.request(self.request_headers(req, target, upstream, grpc), body,
+                                    route.read_timeout)
+        try:
+            status, headers = stream.head()
+            req.upstream_seconds = time.monotonic() - started
+            return self.relay(client, req, stream, status, headers, grpc, keep_alive,
+                              target)
+        finally:
+            stream.close()
+
+    def relay(self, client, req, stream, status, headers, grpc, keep_alive, target):
+        keep_alive = keep_alive and self.proxy.worker.alive
+        trailers_only = []
+        if grpc:
+            upstream_type = dict(headers).get(b"content-type", b"application/grpc").decode()
+            trailers_only = [(k, v) for k, v in headers if k.startswith(b"grpc-")]
+            headers = [(k, v) for k, v in headers
+                       if k not in (b"content-type", b"content-length") and
+                       not k.startswith(b"grpc-")]
+            headers.append((b"content-type",
+                            grpcweb.client_content_type(grpc[0], grpc[1], upstream_type).encode()))
+        else:
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+        chain = req.route.chain
+        if chain.response_steps:
+            head = ResponseHead(status, headers)
+            chain.run_response(req, head)
+            headers = head.headers
+        chunked = req.version == "1.1"
+        if not chunked:
+            keep_alive = False
+        block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers)
+        client.write(b"HTTP/1.1 %d %s\r\n%s%sX-Request-ID: %s\r\nVia: %s\r\nConnection: %s\r\n\r\n"
+                     % (status, REASONS.get(status, b"Unknown"), block,
+                        b"Transfer-Encoding: chunked\r\n" if chunked else b"",
+                        req.request_id.encode("latin-1"), VIA,
+                        b"keep-alive" if keep_alive else b"close"))
+        if req.method == "HEAD" or status in (204, 304):
+            return status, 0, target.url, keep_alive
+        encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
+        sent = 0
+
+        def write(data):
+            nonlocal sent
+            if encoder is not None:
+                data = encoder.feed(data)
+            if data:
+                sent += len(data)
+                client.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        try:
+            for chunk in stream.chunks():
+                write(chunk)
+        except UpstreamError as exc:
+            exc.response_started = True
+            raise
+        if grpc:
+            write(grpcweb.trailer_frame(stream.trailers or trailers_only))
+            if encoder is not None:
+                tail = encoder.finish()
+                if tail:
+                    sent += len(tail)
+                    client.write(b"%x\r\n%s\r\n" % (len(tail), tail) if chunked else tail)
+        if chunked:
+            client.write(b"0\r\n\r\n")
+        return status, sent, target.url, keep_alive
+
+
+_TRACE = frozenset([b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+                    b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"])

@@ -1,0 +1,57 @@
+"""A real gRPC server (grpcio) for the gRPC-Web tests, its stubs generated at start by
+grpcio-tools from tests/grpc/echo.proto into a temp dir.
+
+    python tests/grpc_upstream.py PORT
+Unary: echoes text; text "fail" -> INVALID_ARGUMENT "asked to fail"; sleep_ms delays the
+answer (deadline tests). Stream: `count` replies. Prints "ready" when serving.
+"""
+import os
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_tools import protoc
+
+
+def generated_modules():
+    out = tempfile.mkdtemp(prefix="gwgrpc-")
+    proto_dir = Path(__file__).parent / "grpc"
+    code = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}",
+                        f"--grpc_python_out={out}", str(proto_dir / "echo.proto")])
+    if code:
+        raise SystemExit(f"protoc failed ({code})")
+    sys.path.insert(0, out)
+    import echo_pb2
+    import echo_pb2_grpc
+    return echo_pb2, echo_pb2_grpc
+
+
+def main():
+    pb, pb_grpc = generated_modules()
+
+    class Echo(pb_grpc.EchoServicer):
+        def Unary(self, request, context):
+            if request.sleep_ms:
+                time.sleep(request.sleep_ms / 1000)
+            if request.text == "fail":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "asked to fail")
+            return pb.EchoReply(text=request.text, index=0)
+
+        def Stream(self, request, context):
+            for i in range(request.count):
+                yield pb.EchoReply(text=request.text, index=i)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_EchoServicer_to_server(Echo(), server)
+    server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    main()

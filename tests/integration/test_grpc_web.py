@@ -1,0 +1,210 @@
+"""gRPC-Web from a client built byte by byte, through the gateway, to a real grpcio server
+over HTTP/2; and plain HTTP routes over h2 (issue 8)."""
+import base64
+import http.client
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import free_port, gateway_conf, wait_for_port
+
+GRPC_UPSTREAM = Path(__file__).resolve().parent.parent / "grpc_upstream.py"
+ORIGIN = "https://app.test"
+
+
+def field_string(number, text):
+    data = text.encode()
+    return bytes([number << 3 | 2, len(data)]) + data
+
+
+def field_int(number, value):
+    out, value = bytes([number << 3]), value
+    while True:
+        byte = value & 0x7f
+        value >>= 7
+        out += bytes([byte | (0x80 if value else 0)])
+        if not value:
+            return out
+
+
+def frame(message, flag=0):
+    return bytes([flag]) + len(message).to_bytes(4, "big") + message
+
+
+def parse_frames(body):
+    """-> ([message bytes], {trailer: value})."""
+    messages, trailers = [], {}
+    while body:
+        flag, length = body[0], int.from_bytes(body[1:5], "big")
+        payload, body = body[5:5 + length], body[5 + length:]
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if line:
+                    name, _, value = line.partition(":")
+                    trailers[name.strip()] = value.strip()
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
+def decode_reply(message):
+    """EchoReply {1: text, 2: index} from protobuf wire bytes."""
+    out, i = {"text": "", "index": 0}, 0
+    while i < len(message):
+        key = message[i]
+        i += 1
+        if key == 0x0a:
+            length = message[i]
+            out["text"] = message[i + 1:i + 1 + length].decode()
+            i += 1 + length
+        elif key == 0x10:
+            value, shift = 0, 0
+            while True:
+                byte = message[i]
+                i += 1
+                value |= (byte & 0x7f) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            out["index"] = value
+    return out
+
+
+@pytest.fixture
+def grpc_server(launcher):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(GRPC_UPSTREAM), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    launcher.started.append(proc)
+    wait_for_port(port, timeout=30, proc=proc)
+    proc.port = port
+    return proc
+
+
+@pytest.fixture
+def grpc_gw(launcher, grpc_server):
+    return launcher.gateway(gateway_conf([{
+        "id": "grpc", "paths": ["/gwtest.Echo/*method"], "upstream": {
+            "targets": [{"url": f"http://127.0.0.1:{grpc_server.port}"}], "protocol": "h2"},
+        "plugins": {"grpc_web": {"allow_origins": [ORIGIN]}}}], workers=2))
+
+
+def call(gw, method, request, text=False, headers=None):
+    body = frame(request)
+    content_type = "application/grpc-web-text" if text else "application/grpc-web+proto"
+    if text:
+        body = base64.b64encode(body)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=15)
+    conn.request("POST", f"/gwtest.Echo/{method}", body=body, headers={
+        "Content-Type": content_type, "X-Grpc-Web": "1", "Origin": ORIGIN, **(headers or {})})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    if text:
+        data = base64.b64decode(data)
+    return resp, parse_frames(data)
+
+
+def test_unary_binary_and_text(grpc_gw):
+    for text in (False, True):
+        resp, (messages, trailers) = call(grpc_gw, "Unary", field_string(1, "hello"), text)
+        assert resp.status == 200
+        assert resp.getheader("Content-Type") == ("application/grpc-web-text" if text else
+                                                  "application/grpc-web+proto")
+        assert [decode_reply(m)["text"] for m in messages] == ["hello"]
+        assert trailers["grpc-status"] == "0"
+        assert resp.getheader("Access-Control-Allow-Origin") == ORIGIN
+        assert "grpc-status" in resp.getheader("Access-Control-Expose-Headers")
+
+
+def test_server_streaming(grpc_gw):
+    resp, (messages, trailers) = call(grpc_gw, "Stream",
+                                      field_string(1, "tick") + field_int(2, 25))
+    replies = [decode_reply(m) for m in messages]
+    assert [r["index"] for r in replies] == list(range(25))
+    assert {r["text"] for r in replies} == {"tick"} and trailers["grpc-status"] == "0"
+
+
+def test_error_status_and_message(grpc_gw):
+    resp, (messages, trailers) = call(grpc_gw, "Unary", field_string(1, "fail"))
+    assert resp.status == 200 and messages == []
+    assert trailers["grpc-status"] == "3" and trailers["grpc-message"] == "asked to fail"
+
+
+def test_deadline(grpc_gw):
+    resp, (messages, trailers) = call(grpc_gw, "Unary",
+                                      field_string(1, "slow") + field_int(3, 1000),
+                                      headers={"grpc-timeout": "200m"})
+    assert messages == [] and trailers["grpc-status"] == "4"          # DEADLINE_EXCEEDED
+
+
+def test_cors_preflight(grpc_gw):
+    conn = http.client.HTTPConnection("127.0.0.1", grpc_gw.port, timeout=10)
+    conn.request("OPTIONS", "/gwtest.Echo/Unary", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-grpc-web"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 204 and resp.getheader("Access-Control-Allow-Origin") == ORIGIN
+    assert "x-grpc-web" in resp.getheader("Access-Control-Allow-Headers")
+    conn.request("OPTIONS", "/gwtest.Echo/Unary", headers={
+        "Origin": "https://evil.test", "Access-Control-Request-Method": "POST"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 403
+
+
+def test_many_calls_share_one_multiplexed_connection(grpc_gw):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: call(grpc_gw, "Unary", field_string(1, f"m{i}")),
+                                range(40)))
+    assert sorted(decode_reply(r[1][0][0])["text"] for r in results) == \
+        sorted(f"m{i}" for i in range(40))
+    established = subprocess.run(["ss", "-Htn", "state", "established", "dst",
+                                  f"127.0.0.1:{grpc_gw_port(grpc_gw)}"],
+                                 capture_output=True, text=True).stdout.splitlines()
+    assert 1 <= len(established) <= 2            # one connection per worker, not per call
+
+
+def grpc_gw_port(gw):
+    import tomllib
+    conf = tomllib.loads(gw.conf_path.read_text())
+    return conf["routes"][0]["upstream"]["targets"][0]["url"].rpartition(":")[2]
+
+
+def test_grpc_web_needs_an_h2_upstream():
+    from gwserver.errors import ConfigError
+    from gwserver.settings import parse_conf
+    with pytest.raises(ConfigError, match='the upstream must speak HTTP/2'):
+        parse_conf({"routes": [{"id": "g", "paths": ["/g"], "upstream": {
+            "targets": [{"url": "http://127.0.0.1:9"}]}, "plugins": {"grpc_web": {}}}]})
+
+
+def test_plain_http_routes_over_h2(launcher, tmp_path):
+    """protocol = "h2" for an ordinary route: nginx speaking cleartext HTTP/2 (prior
+    knowledge) answers; status, headers and a large body come back over HTTP/1.1."""
+    port = free_port()
+    (tmp_path / "big").write_bytes(b"x" * 300_000)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"user root root; worker_processes 1; daemon off; pid {tmp_path}/n.pid; "
+                    f"error_log "
+                    f"{tmp_path}/n.err; events {{ }} http {{ access_log off; server {{ listen "
+                    f"127.0.0.1:{port} http2; root {tmp_path}; location /hello {{ add_header "
+                    f'X-Proto $server_protocol; return 200 "hi over h2"; }} }} }}')
+    nginx = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    launcher.started.append(nginx)
+    wait_for_port(port, proc=nginx)
+    gw = launcher.gateway(gateway_conf([{"id": "h2", "paths": ["/*rest"], "upstream": {
+        "targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": "h2"}}]))
+    resp, body = gw.request("GET", "/hello")
+    assert resp.status == 200 and body == b"hi over h2"
+    assert resp.getheader("X-Proto") == "HTTP/2.0"
+    resp, body = gw.request("GET", "/big")
+    assert resp.status == 200 and len(body) == 300_000      # flow control over many windows
+    resp, _ = gw.request("GET", "/missing")
+    assert resp.status == 404
