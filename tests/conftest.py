@@ -194,12 +194,13 @@ class Launcher:
         self.tmp_dir = Path(tmp_dir)
         self.started = []
 
-    def upstream(self, name=None, tls=None, port=None):
+    def upstream(self, name=None, tls=None, port=None, delay=None):
         """A tests/upstream.py process; ``tls=(cert, key)`` makes it HTTPS; ``port`` brings
-        one back where a stopped one was."""
+        one back where a stopped one was; ``delay`` makes every answer that late."""
         port = port or free_port()
+        env = {**os.environ, "GW_TEST_DELAY": str(delay)} if delay else None
         proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(port), name or "",
-                                 *(tls or ())],
+                                 *(tls or ())], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         self.started.append(proc)

@@ -12,10 +12,12 @@ Endpoints (any method):
   /ws                 101 Switching Protocols, then echoes raw bytes until the client closes
   /close-without-answer  reads the request, then closes the connection
   /stats              JSON: connections accepted and requests served so far
-Every request is counted; /stats itself is not.
+Every request is counted; /stats itself is not. With GW_TEST_DELAY=SECONDS in the environment
+every answer (but /stats) is that much late: a slow target for balancing tests.
 """
 import hashlib
 import json
+import os
 import socket
 import sys
 import threading
@@ -23,6 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STATS = {"connections": 0, "requests": 0}
+DELAY = float(os.environ.get("GW_TEST_DELAY") or 0)
 LOCK = threading.Lock()
 
 
@@ -78,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, json.dumps(STATS).encode())
         with LOCK:
             STATS["requests"] += 1
+        if DELAY:
+            time.sleep(DELAY)
         if path.startswith("/upload"):
             digest, size = hashlib.sha256(), 0
             for piece in self.read_body():

@@ -18,9 +18,10 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 _B3_ID = re.compile(rb"[0-9a-f]{16}|[0-9a-f]{32}")
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
 
-# request headers the gateway rewrites (lower case)
-TRACE_HEADERS = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
-                 b"x-b3-sampled", b"x-b3-flags")
+# request headers the gateway replaces with its own context (lower case)
+REPLACED_HEADERS = frozenset([b"traceparent", b"tracestate", b"b3", b"x-b3-traceid",
+                              b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled",
+                              b"x-b3-flags"])
 
 
 class TraceContext:

@@ -9,6 +9,7 @@ import time
 
 from ..core import grpcweb
 from ..core.context import ResponseHead
+from ..core.tracing import REPLACED_HEADERS
 from ..errors import PayloadTooLarge, ServiceUnavailable, UpstreamError
 from .h2client import H2Pools
 from .http1 import REASONS
@@ -67,7 +68,7 @@ class H2Forwarder:
                     (b"x-forwarded-proto", b"https" if req.scheme == "https" else b"http"),
                     (b"x-request-id", req.request_id.encode("latin-1")), (b"via", VIA)]
         if req.trace is not None:
-            headers = [(k, v) for k, v in headers if k not in _TRACE] + [
+            headers = [(k, v) for k, v in headers if k not in REPLACED_HEADERS] + [
                 (k.lower(), v) for k, v in req.trace.upstream_headers(self.proxy.worker.emit_b3)]
         return headers
 
@@ -154,6 +155,3 @@ class H2Forwarder:
             client.write(b"0\r\n\r\n")
         return status, sent, target.url, keep_alive
 
-
-_TRACE = frozenset([b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
-                    b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"])

@@ -25,7 +25,7 @@ from urllib3.exceptions import (ConnectTimeoutError, EmptyPoolError, LocationPar
 from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead
-from ..core.tracing import TRACE_HEADERS
+from ..core.tracing import REPLACED_HEADERS
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from .http1 import IDEMPOTENT, RECV_SIZE, REASONS
@@ -34,7 +34,6 @@ from .sockets import peek_connected, recv_when_readable, send_all
 log = logging.getLogger("gwserver.proxy")
 
 NO_BODY_STATUSES = frozenset([204, 304])
-REWRITTEN_TRACE_HEADERS = frozenset(TRACE_HEADERS + (b"tracestate",))
 RECENT = 1.0        # seconds a released connection is trusted without a liveness check
 # After a failed connect this worker skips the target for a second (nginx's fail_timeout with
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
@@ -463,9 +462,9 @@ class Proxy:
         lines = [b"%s %s HTTP/1.1\r\nHost: %s" % (req.method.encode("ascii"),
                                                  path.encode("latin-1"), host)]
         trace = req.trace
-        if trace is not None and any(name in hmap for name in REWRITTEN_TRACE_HEADERS):
+        if trace is not None and any(name in hmap for name in REPLACED_HEADERS):
             for name, value in req.headers:
-                if name.lower() not in REWRITTEN_TRACE_HEADERS:
+                if name.lower() not in REPLACED_HEADERS:
                     lines.append(name + b": " + value)
         else:
             for name, value in req.headers:

@@ -247,6 +247,7 @@ class GatewayWorker(GeventWorker):
         self.update_gauges()            # the last counts, before the master archives them
         self.deadlines.stop()
         self.proxy.pools.close()
+        self.proxy.h2.pools.close()
         if self.table_reader is not None:
             self.table_reader.forget()
 

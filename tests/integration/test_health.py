@@ -146,16 +146,22 @@ def test_retry_budget_exhausted_stops_retries(launcher):
 
 
 def test_balancing_policies_through_real_workers(launcher):
-    fast, slow = launcher.upstream("fast"), launcher.upstream("slow")
-    gw = launcher.gateway(pool_conf([fast, slow], workers=1, balance="least_outstanding"))
     from concurrent.futures import ThreadPoolExecutor
+    fast, slow = launcher.upstream("fast"), launcher.upstream("slow", delay=0.2)
 
-    def one(i):
-        # /slow/0.3 on every request: the target holding more in flight gets fewer new ones
-        resp, body = gw.request("GET", "/r/slow/0.3" if i % 2 else "/r/echo")
-        return resp.status
-    with ThreadPoolExecutor(8) as pool:
-        assert set(pool.map(one, range(40))) == {200}
+    def shares(gw):
+        def one(_):
+            resp, body = gw.request("GET", "/r/echo")
+            return json.loads(body)["server"]
+        with ThreadPoolExecutor(8) as pool:
+            return collections.Counter(pool.map(one, range(80)))
+    least = shares(launcher.gateway(pool_conf([fast, slow], workers=1,
+                                              balance="least_outstanding")))
+    rotating = shares(launcher.gateway(pool_conf([fast, slow], workers=1)))
+    # round robin alternates whatever the load; least outstanding sends new requests to the
+    # target that is not holding 8 slow ones
+    assert rotating == {"fast": 40, "slow": 40}
+    assert least["fast"] >= 60, least
     hashing = launcher.gateway(pool_conf([fast, slow], workers=2, balance="consistent_hash",
                                          hash_key="header:X-User"))
     for user in ("ann", "bob", "cyd", "dan", "eve"):

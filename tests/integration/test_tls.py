@@ -139,15 +139,28 @@ def test_sighup_loads_new_certificates_without_dropping_connections(launcher, up
     raw = socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10)
     kept = context.wrap_socket(raw, server_hostname="localhost")     # open across the reload
     kept.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    assert read_response(kept)[0].startswith(b"HTTP/1.1 200")
     _, _, second = ca.issue("site")             # rewrites site.pem / site.key in place
     os.kill(gw.pid, signal.SIGHUP)
     wait_until(lambda: tls_get(gw.tls_port, ca)[3].serial_number == second.serial_number,
                timeout=20)
     kept.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-    assert kept.recv(65536).startswith(b"HTTP/1.1 200")          # served by an old worker
+    assert read_response(kept)[0].startswith(b"HTTP/1.1 200")    # served by an old worker
     kept.close()
     assert first.serial_number != second.serial_number
+
+
+def read_response(sock):
+    """One whole HTTP/1.1 response (Content-Length framed) from a socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
 
 
 def ocsp_staple(port, ca):
