@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 
 import gevent
@@ -306,6 +307,7 @@ class GatewayWorker(GeventWorker):
 
     def handle_tls_client(self, sock, addr):
         """TLS listener: handshake (bounded by handshake_timeout), then HTTP/1.1 as usual."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)    # before the handshake
         tls = self.conf.tls_server.wrap(sock)
         try:
             with gevent.Timeout(self.conf.tls["handshake_timeout"]):
