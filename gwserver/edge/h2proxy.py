@@ -10,7 +10,8 @@ import time
 from ..core import grpcweb
 from ..core.context import ResponseHead
 from ..core.tracing import REPLACED_HEADERS
-from ..errors import PayloadTooLarge, ServiceUnavailable, UpstreamError
+from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
+                      UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools
 from .http1 import REASONS
 
@@ -74,30 +75,50 @@ class H2Forwarder:
 
     def forward(self, client, req, keep_alive, upstream):
         route = req.route
-        targets = upstream.targets
-        if not targets:
-            raise ServiceUnavailable(f"upstream {upstream.id}: no live instance")
-        health = self.proxy.worker.health
-        avoid = health.avoid(upstream)[0] if health.down and len(targets) > 1 else frozenset()
-        target = targets[0] if len(targets) == 1 else self.proxy.pick(upstream, avoid, req)
+        if not upstream.targets:
+            raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
+                                     f"{upstream.service}")
         grpc = (req._vars or {}).get("grpc_web")
         body = self.read_body(client, req, route)
         if grpc and grpc[0] == "text":
             try:
                 body = grpcweb.decode_text_body(body)
             except ValueError:
-                raise UpstreamError("grpc-web-text body is not base64") from None
-        started = time.monotonic()
-        connection = self.pools.get(target, route.connect_timeout)
-        stream = connection.request(self.request_headers(req, target, upstream, grpc), body,
-                                    route.read_timeout)
+                raise BadRequest("the grpc-web-text body is not base64") from None
+        proxy, passive = self.proxy, upstream.passive
+        now = started = time.monotonic()
+        budget = proxy.budget(upstream)
+        budget.request(now)
+        tried, attempts_left = [], proxy.retries
+        while True:             # a failed connect sent nothing: another target may take it
+            target = proxy.choose(upstream, tried, req, now)
+            try:
+                connection = self.pools.get(target, route.connect_timeout)
+                break
+            except UpstreamConnectError as exc:
+                tried.append(target)
+                if not proxy.connect_failed(route, upstream, target, exc, tried,
+                                            attempts_left, budget, now):
+                    raise
+                attempts_left -= 1
         try:
-            status, headers = stream.head()
-            req.upstream_seconds = time.monotonic() - started
-            return self.relay(client, req, stream, status, headers, grpc, keep_alive,
-                              target)
-        finally:
-            stream.close()
+            stream = connection.request(self.request_headers(req, target, upstream, grpc),
+                                        body, route.read_timeout)
+            try:
+                status, headers = stream.head()
+                req.upstream_seconds = time.monotonic() - started
+                answer = self.relay(client, req, stream, status, headers, grpc, keep_alive,
+                                    target)
+            finally:
+                stream.close()
+        except (UpstreamError, UpstreamTimeout):
+            if passive is not None:         # resets, timeouts, broken streams: a failure
+                self.proxy.worker.passive.observe(upstream, target, False)
+            raise
+        if passive is not None:
+            self.proxy.worker.passive.observe(upstream, target,
+                                              status not in passive["statuses"])
+        return answer
 
     def relay(self, client, req, stream, status, headers, grpc, keep_alive, target):
         keep_alive = keep_alive and self.proxy.worker.alive

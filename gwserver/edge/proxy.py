@@ -342,46 +342,27 @@ class Proxy:
             body_held, req.body = req.body, []
         attempts_left = self.retries
         fresh = False
-        targets = upstream.targets
-        if not targets:
+        if not upstream.targets:
             raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
                                      f"{upstream.service}")
-        health = self.worker.health
         passive = upstream.passive
         now = time.monotonic()
         budget = self.budget(upstream)
         budget.request(now)
         outstanding = self.outstanding
         while True:
-            if len(targets) == 1:
-                target = targets[0]
-            else:
-                avoid = health.avoid(upstream)[0] if health.down else frozenset()
-                if tried:
-                    avoid = avoid | frozenset(tried)
-                if self.refused:
-                    avoid = avoid | self.recently_refused(targets, now)
-                target = self.pick(upstream, avoid, req)
+            target = self.choose(upstream, tried, req, now)
             pool = self.pools.get(target, upstream)
             outstanding[target] = outstanding.get(target, 0) + 1
             try:
                 try:
                     ex, reused = self.checkout(pool, target, fresh)
                 except UpstreamConnectError as exc:
-                    if passive is not None:
-                        self.worker.passive.observe(upstream, target, False)
-                    self.refused[target] = now + REFUSED_AVOID
                     tried = (tried or []) + [target]
-                    if attempts_left > 0 and len(tried) < len(targets):
-                        if budget.try_retry(now):
-                            attempts_left -= 1
-                            log.warning("route %s: %s; retrying on another target", route.id,
-                                        exc.reason)
-                            self._count_retry(upstream, "retried")
-                            continue
-                        self._count_retry(upstream, "budget_exhausted")
-                        log.warning("route %s: %s; not retried: the retry budget of upstream "
-                                    "%s is spent", route.id, exc.reason, upstream.id)
+                    if self.connect_failed(route, upstream, target, exc, tried, attempts_left,
+                                           budget, now):
+                        attempts_left -= 1
+                        continue
                     raise
                 try:
                     status, sent, client_keep, upstream_keep = self.exchange(
@@ -405,6 +386,37 @@ class Proxy:
             if passive is not None:
                 self.worker.passive.observe(upstream, target, status not in passive["statuses"])
             return status, sent, target.url, client_keep
+
+    def choose(self, upstream, tried, req, now):
+        """The target for the next attempt: not tried yet, not down (unless panicking), not
+        refusing connections to this worker lately, then as the upstream's balancer says."""
+        targets = upstream.targets
+        if len(targets) == 1:
+            return targets[0]
+        health = self.worker.health
+        avoid = health.avoid(upstream)[0] if health.down else frozenset()
+        if tried:
+            avoid = avoid | frozenset(tried)
+        if self.refused:
+            avoid = avoid | self.recently_refused(targets, now)
+        return self.pick(upstream, avoid, req)
+
+    def connect_failed(self, route, upstream, target, exc, tried, attempts_left, budget, now):
+        """Book a failed connect (passive checks, the 1 s skip) and say whether to retry on
+        another target: attempts left, a target left, and the retry budget allows it."""
+        if upstream.passive is not None:
+            self.worker.passive.observe(upstream, target, False)
+        self.refused[target] = now + REFUSED_AVOID
+        if attempts_left <= 0 or len(tried) >= len(upstream.targets):
+            return False
+        if not budget.try_retry(now):
+            self._count_retry(upstream, "budget_exhausted")
+            log.warning("route %s: %s; not retried: the retry budget of upstream %s is spent",
+                        route.id, exc.reason, upstream.id)
+            return False
+        self._count_retry(upstream, "retried")
+        log.warning("route %s: %s; retrying on another target", route.id, exc.reason)
+        return True
 
     def recently_refused(self, targets, now):
         """Targets this worker failed to connect to in the last REFUSED_AVOID seconds (if

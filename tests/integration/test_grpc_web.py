@@ -184,21 +184,35 @@ def test_grpc_web_needs_an_h2_upstream():
             "targets": [{"url": "http://127.0.0.1:9"}]}, "plugins": {"grpc_web": {}}}]})
 
 
-def test_plain_http_routes_over_h2(launcher, tmp_path):
-    """protocol = "h2" for an ordinary route: nginx speaking cleartext HTTP/2 (prior
-    knowledge) answers; status, headers and a large body come back over HTTP/1.1."""
+def h2c_nginx(launcher, tmp_path):
     port = free_port()
     (tmp_path / "big").write_bytes(b"x" * 300_000)
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"user root root; worker_processes 1; daemon off; pid {tmp_path}/n.pid; "
-                    f"error_log "
-                    f"{tmp_path}/n.err; events {{ }} http {{ access_log off; server {{ listen "
-                    f"127.0.0.1:{port} http2; root {tmp_path}; location /hello {{ add_header "
-                    f'X-Proto $server_protocol; return 200 "hi over h2"; }} }} }}')
+                    f"error_log {tmp_path}/n.err; events {{ }} http {{ access_log off; server {{ "
+                    f"listen 127.0.0.1:{port} http2; root {tmp_path}; location /hello {{ "
+                    f'add_header X-Proto $server_protocol; return 200 "hi over h2"; }} }} }}')
     nginx = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     launcher.started.append(nginx)
     wait_for_port(port, proc=nginx)
+    return port
+
+
+def test_h2_upstream_retries_a_refused_connect_and_ejects_the_target(launcher, tmp_path):
+    port = h2c_nginx(launcher, tmp_path)
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = launcher.gateway(gateway_conf([{"id": "h2", "paths": ["/*rest"], "upstream": {
+        "targets": [{"url": dead}, {"url": f"http://127.0.0.1:{port}"}], "protocol": "h2",
+        "passive": {"consecutive_failures": 1, "eject_for": 30}}}]))
+    assert [gw.request("GET", "/hello")[0].status for _ in range(10)] == [200] * 10
+    assert "retrying on another target" in gw.log() and f"ejected {dead}" in gw.log()
+
+
+def test_plain_http_routes_over_h2(launcher, tmp_path):
+    """protocol = "h2" for an ordinary route: nginx speaking cleartext HTTP/2 (prior
+    knowledge) answers; status, headers and a large body come back over HTTP/1.1."""
+    port = h2c_nginx(launcher, tmp_path)
     gw = launcher.gateway(gateway_conf([{"id": "h2", "paths": ["/*rest"], "upstream": {
         "targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": "h2"}}]))
     resp, body = gw.request("GET", "/hello")
