@@ -26,7 +26,7 @@ import logging
 import os
 import time
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from ..errors import ConfigError
 
@@ -287,7 +287,3 @@ class TLSSocket:
     def alpn(self):
         return self.conn.get_alpn_proto_negotiated()
 
-
-def load_pem_cert(path):
-    with open(path, "rb") as f:
-        return crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
