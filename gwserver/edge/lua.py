@@ -1,0 +1,195 @@
+"""The Lua scripts the Redis store runs (EVALSHA), one per kind of decision.
+
+Each touches one key (so it runs unchanged on a Redis Cluster), takes Redis' clock (TIME), and
+lets its key expire. Each mirrors a pure Python function the per-host store runs and the tests
+hold both to: core.ratelimit.token_bucket / sliding_window / adapt, core.breaker.step.
+"""
+
+# Both scripts decide N requests for one key in one call. ARGV after the limits: the age in
+# microseconds of each request (oldest first), measured by the worker since it queued it; each
+# is decided at Redis' now - age, one after the other, exactly as N calls at their arrival
+# times would (a burst-0 bucket caps its one token between arrivals, so deciding a batch at
+# one instant lost 25% of the rate in scripts/bench-ratelimit). Numbers go back formatted with
+# full precision: Lua's tostring() keeps 14 digits, 0.1 ms of a Unix time.
+TOKEN_BUCKET_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, per, capacity = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local refill = rate / per
+local state = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local last = tonumber(state[2]) or 0
+local flags, left = {}, {}
+for i = 4, #ARGV do
+  local at = now - tonumber(ARGV[i]) / 1000000
+  if last == 0 then last = at end
+  if at > last then
+    tokens = math.min(capacity, tokens + (at - last) * refill)
+    last = at
+  end
+  if tokens >= 1 - 1e-9 then
+    tokens = math.max(0, tokens - 1)
+    flags[#flags + 1] = 1
+  else
+    flags[#flags + 1] = 0
+  end
+  left[#left + 1] = string.format('%.17g', tokens)
+end
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'ts', string.format('%.6f', last))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / refill * 1000) + 1000)
+return {flags, left}
+"""
+
+
+SLIDING_WINDOW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, per = tonumber(ARGV[1]), tonumber(ARGV[2])
+local counts = {}
+local function count(index)
+  if counts[index] == nil then
+    counts[index] = tonumber(redis.call('HGET', KEYS[1], tostring(index))) or 0
+  end
+  return counts[index]
+end
+local flags, info = {}, {}
+local added, top = {}, 0
+for i = 3, #ARGV do
+  local at = now - tonumber(ARGV[i]) / 1000000
+  local index = math.floor(at / per)
+  if index > top then top = index end
+  local into = at - index * per
+  local current, previous = count(index), count(index - 1)
+  local estimate = previous * (per - into) / per + current
+  if estimate + 1 <= rate + 1e-9 then
+    counts[index] = current + 1
+    added[index] = (added[index] or 0) + 1
+    flags[#flags + 1] = 1
+  else
+    flags[#flags + 1] = 0
+  end
+  info[#info + 1] = {current, previous, string.format('%.6f', into), index}
+end
+for index, n in pairs(added) do
+  redis.call('HINCRBY', KEYS[1], tostring(index), n)
+end
+redis.call('HDEL', KEYS[1], tostring(top - 2))
+redis.call('PEXPIRE', KEYS[1], math.ceil(per * 2000) + 1000)
+return {flags, info}
+"""
+
+
+# The breaker's state machine (core/breaker.py, line for line) on one JSON value per breaker.
+# ARGV: error_rate, window, min_requests, open_for, max_open_for, half_open_probes,
+# admissions, then (epoch, ok, failed) triples. Returns state, epoch, admitted, seconds until
+# an open breaker probes again, and the states entered.
+BREAKER_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local error_rate, window, min_requests = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local open_for, max_open_for, allowed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local admissions = tonumber(ARGV[7])
+local raw = redis.call('GET', KEYS[1])
+local s
+if raw then s = cjson.decode(raw) else
+  s = {state = 'closed', epoch = 0, trips = 0, ['until'] = 0, probes = 0, probe_ok = 0}
+end
+local buckets = {}
+local transitions = {}
+local function enter(new)
+  s.state = new
+  s.epoch = s.epoch + 1
+  buckets = {}
+  s.probes = 0
+  s.probe_ok = 0
+  transitions[#transitions + 1] = new
+end
+local function trip()
+  s.trips = s.trips + 1
+  enter('open')
+  s['until'] = now + math.min(open_for * 2 ^ (s.trips - 1), max_open_for)
+end
+local current = math.floor(now / (window / 10))
+for _, b in ipairs(s.buckets or {}) do
+  if b[1] > current - 10 then buckets[#buckets + 1] = b end
+end
+local i = 8
+while i + 2 <= #ARGV do
+  local epoch, ok, failed = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  if epoch == s.epoch then
+    if s.state == 'closed' then
+      local last = buckets[#buckets]
+      if last and last[1] == current then
+        last[2] = last[2] + ok
+        last[3] = last[3] + failed
+      else
+        buckets[#buckets + 1] = {current, ok, failed}
+      end
+      local total, failures = 0, 0
+      for _, b in ipairs(buckets) do
+        total = total + b[2] + b[3]
+        failures = failures + b[3]
+      end
+      if total >= min_requests and failures >= error_rate * total then trip() end
+    elseif s.state == 'half_open' then
+      if failed > 0 then trip() else
+        s.probe_ok = s.probe_ok + ok
+        if s.probe_ok >= allowed then
+          s.trips = 0
+          enter('closed')
+        end
+      end
+    end
+  end
+end
+local probe_timeout = math.max(window, open_for)
+if (s.state == 'open' or s.state == 'half_open') and now >= s['until'] then
+  enter('half_open')
+  s['until'] = now + probe_timeout
+end
+local admitted = 0
+if s.state == 'closed' then
+  admitted = admissions
+elseif s.state == 'half_open' then
+  admitted = math.max(0, math.min(admissions, allowed - s.probes))
+  s.probes = s.probes + admitted
+end
+s.buckets = buckets
+redis.call('SET', KEYS[1], cjson.encode(s), 'PX',
+           math.ceil((math.max(window, max_open_for) * 2 + 60) * 1000))
+local wait = 0
+if s.state == 'open' then wait = s['until'] - now end
+return {s.state, s.epoch, admitted, string.format('%.6f', wait), transitions}
+"""
+
+
+# An adaptive limit's effective rate (core/ratelimit.adapt, line for line), one hash per limit.
+# ARGV: start rate, floor, ceiling, window, raise_above, lower_below, step_up, step_down, ok,
+# failed. Returns the effective rate.
+ADAPTIVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local floor, ceiling, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 'rate', 'since', 'ok', 'failed')
+local rate = tonumber(state[1]) or tonumber(ARGV[1])
+local since = tonumber(state[2]) or now
+local ok = (tonumber(state[3]) or 0) + tonumber(ARGV[9])
+local failed = (tonumber(state[4]) or 0) + tonumber(ARGV[10])
+if now - since >= window then
+  local total = ok + failed
+  if total > 0 then
+    local success = ok / total
+    if success >= tonumber(ARGV[5]) then
+      rate = math.min(ceiling, rate * (1 + tonumber(ARGV[7])))
+    elseif success < tonumber(ARGV[6]) then
+      rate = math.max(floor, rate * (1 - tonumber(ARGV[8])))
+    end
+  end
+  since, ok, failed = now, 0, 0
+end
+redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', rate), 'since',
+           string.format('%.6f', since), 'ok', ok, 'failed', failed)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) * 10 + 60000)
+return string.format('%.17g', rate)
+"""
