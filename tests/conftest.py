@@ -215,6 +215,10 @@ class Launcher:
         conf = json.loads(json.dumps(conf))
         conf.setdefault("server", {})["bind"] = [f"127.0.0.1:{port}"]
         conf.setdefault("admin", {}).setdefault("bind", f"127.0.0.1:{free_port()}")
+        if "redis" in conf:
+            # Exact-count tests must not fall back to per-host state because a loaded CI
+            # machine missed the 50 ms production default; tests of failing fast set it.
+            conf["redis"].setdefault("timeout", 0.5)
         conf_path = self.tmp_dir / f"gw-{port}.toml"
         conf_path.write_text(to_toml(conf))
         log_path = self.tmp_dir / f"gw-{port}.log"
