@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 from .balancer import POLICIES
 from .schema import (Field, Invalid, Schema, boolean, fraction, header_name, header_value,
-                     integer, list_of, map_of, number, one_of, show, status_code, string)
+                     integer, list_of, map_of, number, one_of, request_key, show, status_code,
+                     string)
 
 ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
 METHOD = r"[A-Z][A-Z0-9_-]{0,19}"
@@ -48,16 +49,6 @@ TARGET = Schema(
     Field("weight", integer(0, 1_000_000, "an integer from 0 to 1000000"), 1,
           "share of traffic; 0 takes the target out of rotation"),
 )
-
-def hash_key(value):
-    if value == "ip":
-        return value
-    kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
-    if kind in ("header", "cookie", "claim", "query") and name:
-        return value
-    raise Invalid(f'must be "ip", "header:NAME", "cookie:NAME", "claim:NAME" or "query:NAME", '
-                  f"got {show(value)}")
-
 
 HEALTH_CHECK = Schema(
     Field("type", one_of("http", "tcp"), "http", "http: a request must get an expected status; "
@@ -104,7 +95,7 @@ UPSTREAM = Schema(
           "follow the live instances registered in etcd under PREFIX/services/NAME/"),
     Field("balance", one_of(*POLICIES), "round_robin",
           "round_robin (smooth weighted), least_outstanding or consistent_hash"),
-    Field("hash_key", hash_key, "ip", "consistent_hash: ip, header:, cookie:, claim:, query:NAME"),
+    Field("hash_key", request_key, "ip", "consistent_hash: ip, header:, cookie:, claim:, query:NAME"),
     Field("health_check", HEALTH_CHECK, None, "active checks by the host's health process"),
     Field("passive", PASSIVE, None, "eject targets that keep failing real requests"),
     Field("tls", UPSTREAM_TLS, None, "TLS to https:// targets: verification, CA, SNI, mTLS"),

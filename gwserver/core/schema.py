@@ -148,6 +148,18 @@ def status_code(value):
     raise Invalid(f"must be an HTTP status from 100 to 599, got {show(value)}")
 
 
+def request_key(value):
+    """What a sticky choice hashes: "ip", or "header:", "cookie:", "claim:", "query:" NAME
+    (read with RequestContext.value_of)."""
+    if value == "ip":
+        return value
+    kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if kind in ("header", "cookie", "claim", "query") and name:
+        return value
+    raise Invalid(f'must be "ip", "header:NAME", "cookie:NAME", "claim:NAME" or "query:NAME", '
+                  f"got {show(value)}")
+
+
 def boolean(value):
     if not isinstance(value, bool):
         raise Invalid(f"must be true or false, got {show(value)}")

@@ -296,19 +296,10 @@ class Checker:
 def run(conf_path):
     from gevent import monkey
     monkey.patch_all()
-    from .. import proctitle
     from ..errors import ConfigError
     from ..settings import load_conf
-    from .app import configure_logging
-    from .sync import die_with_parent
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    die_with_parent()
-    conf = load_conf(conf_path)
-    proctitle.set_title(conf.server["proc_name"], "health")
-    configure_logging(conf.log["level"])
-    state_dir = os.environ.get("GWSERVER_LOCAL_STATE")
-    if not state_dir:
-        raise SystemExit("gwserver health: GWSERVER_LOCAL_STATE is not set (the master sets it)")
+    from .helper import start_helper
+    conf, state_dir = start_helper(conf_path, "health", state_dir_needed=True)
     checker = Checker(conf, state_dir)
     import gevent
 

@@ -103,20 +103,11 @@ def next_refresh(this_update, next_update, now, refresh_cap):
 
 
 def run(conf_path):
-    from .. import proctitle
     from ..settings import load_conf
-    from .app import configure_logging
+    from .helper import start_helper
     from .shm import atomic_write
-    from .sync import die_with_parent
     from .tls import OCSP_DIR, cert_id
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    die_with_parent()
-    conf = load_conf(conf_path)
-    proctitle.set_title(conf.server["proc_name"], "ocsp")
-    configure_logging(conf.log["level"])
-    state_dir = os.environ.get("GWSERVER_LOCAL_STATE")
-    if not state_dir:
-        raise SystemExit("gwserver ocsp: GWSERVER_LOCAL_STATE is not set (the master sets it)")
+    conf, state_dir = start_helper(conf_path, "ocsp", state_dir_needed=True)
     directory = os.path.join(state_dir, OCSP_DIR)
     os.makedirs(directory, exist_ok=True)
     state = {"conf": conf}

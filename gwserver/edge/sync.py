@@ -18,17 +18,14 @@ the snapshot are rewritten in the background at most twice a second. ``status.js
 (generation, revision, connection state, rejected items) is what ``gwserver routes status``
 reads.
 """
-import ctypes
 import logging
 import os
 import random
 import signal
 import time
 
-from .. import proctitle
 from ..core.table import LiveTable
 from ..plugins import load_registry
-from ..settings import load_conf
 from .etcd import Compacted, EtcdClient, EtcdError
 from .shm import TablePublisher, read_json
 
@@ -48,14 +45,6 @@ class Backoff:
         delay = random.uniform(0, min(self.cap, self.base * 2 ** self.attempt))
         self.attempt += 1
         return delay
-
-
-def die_with_parent():
-    """Ask the kernel to SIGTERM us if the master dies (PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 class ConfigSync:
@@ -278,14 +267,8 @@ class ConfigSync:
 
 
 def run(conf_path):
-    # The master's multiprocess metrics directory is for workers: our gauges go to a text
-    # file, and must not be summed into the workers' files (nor with our earlier values).
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    die_with_parent()
-    conf = load_conf(conf_path)
-    proctitle.set_title(conf.server["proc_name"], "config-sync")
-    from .app import configure_logging
-    configure_logging(conf.log["level"])
+    from .helper import start_helper
+    conf, _ = start_helper(conf_path, "config-sync")
     sync = ConfigSync(conf)
 
     def stop(*_):

@@ -23,23 +23,13 @@ configured and absent. Weights change through etcd like any route field.
 import hashlib
 import random
 
-from ..core.schema import (Field, Invalid, Schema, header_name, integer, list_of, map_of,
-                           show, string)
+from ..core.schema import (Field, Schema, header_name, integer, list_of, map_of, request_key,
+                           string)
 
 NAME = "split"
 PRIORITY = 720          # after rate_limit (800); before breaker (700), which may key on it
 
 HASH_SPACE = 1 << 64
-
-
-def key_spec(value):
-    if value == "ip":
-        return value
-    kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
-    if kind in ("header", "cookie", "claim", "query") and name:
-        return value
-    raise Invalid(f'must be "header:NAME", "cookie:NAME", "claim:NAME", "query:NAME" or "ip", '
-                  f"got {show(value)}")
 
 
 def upstream_ref(value):
@@ -70,7 +60,7 @@ RULE = Schema(
 SCHEMA = Schema(
     Field("upstreams", list_of(CHOICE, min_items=1), doc="the groups and their weights"),
     Field("rules", list_of(RULE), list, "evaluated in order before the weights"),
-    Field("key", key_spec, "header:X-Trace-ID", "what the sticky choice hashes"),
+    Field("key", request_key, "header:X-Trace-ID", "what the sticky choice hashes"),
     Field("group_header", header_name, "X-AB-Group", "header carrying the chosen group"),
     Field("env_header", header_name, "X-Env", "environment header, kept or set"),
     Field("env", string(r"[!-~]+", "a value"), None, "X-Env value set when absent"),

@@ -1,0 +1,35 @@
+"""What every helper process (config-sync, health, ocsp) does first.
+
+The master starts helpers with its own environment (``edge/app.py``, ``Helper``); each one
+leaves prometheus' multiprocess directory to the workers (its gauges go to a text file of its
+own, and must not be summed into the workers' files), dies with the master, reads the conf
+file, titles itself ``gwserver: ROLE`` and logs like the master.
+"""
+import ctypes
+import os
+import signal
+
+
+def die_with_parent():
+    """Ask the kernel to SIGTERM us if the master dies (PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def start_helper(conf_path, role, state_dir_needed=False):
+    """-> (conf, host state directory or None)."""
+    from .. import proctitle
+    from ..settings import load_conf
+    from .app import configure_logging
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    die_with_parent()
+    conf = load_conf(conf_path)
+    proctitle.set_title(conf.server["proc_name"], role)
+    configure_logging(conf.log["level"])
+    state_dir = os.environ.get("GWSERVER_LOCAL_STATE")
+    if state_dir_needed and not state_dir:
+        raise SystemExit(f"gwserver {role}: GWSERVER_LOCAL_STATE is not set (the master "
+                         f"sets it)")
+    return conf, state_dir
