@@ -42,7 +42,7 @@ class _Stream:
 
 
 class H2Connection:
-    def __init__(self, target, connect_timeout, tls_context=None):
+    def __init__(self, target, connect_timeout, tls_context=None, server_name=None):
         self.target = target
         try:
             sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
@@ -53,7 +53,8 @@ class H2Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if target.scheme == "https":
             try:
-                sock = tls_context.wrap_socket(sock, server_hostname=target.host)
+                sock = tls_context.wrap_socket(sock,
+                                               server_hostname=server_name or target.host)
             except (ssl.SSLError, OSError) as exc:
                 sock.close()
                 raise UpstreamConnectError(f"TLS to {target.url} failed: {exc}") from None
@@ -248,33 +249,47 @@ class StreamResponse:
 
 
 class H2Pools:
-    """One H2Connection per target in this worker, opened on demand, replaced when broken."""
+    """One H2Connection per target (and TLS settings) in this worker, opened on demand,
+    replaced when broken."""
 
     def __init__(self):
         self.connections = {}
         self._connecting = {}
-        self._tls = None
+        self._contexts = {}
 
-    def tls_context(self):
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-            self._tls.set_alpn_protocols(["h2"])
-        return self._tls
+    def tls_context(self, tls):
+        """An ssl context for an upstream's ``tls`` settings (None: verify with the system
+        store), offering h2 by ALPN; the same rules as the HTTP/1.1 pools."""
+        context = self._contexts.get(tls)
+        if context is None:
+            verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
+            context = ssl.create_default_context(cafile=ca_file)
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if cert_file:
+                context.load_cert_chain(cert_file, key_file)
+            context.set_alpn_protocols(["h2"])
+            self._contexts[tls] = context
+        return context
 
-    def get(self, target, connect_timeout):
-        connection = self.connections.get(target.key)
+    def get(self, target, connect_timeout, tls=None):
+        key = (target.key, tls)
+        connection = self.connections.get(key)
         if connection is not None and connection.usable:
             return connection
         # One connect at a time per target: greenlets arriving meanwhile share its result
         # instead of opening a connection each.
-        lock = self._connecting.setdefault(target.key, gevent.lock.Semaphore())
+        lock = self._connecting.setdefault(key, gevent.lock.Semaphore())
         with lock:
-            connection = self.connections.get(target.key)
+            connection = self.connections.get(key)
             if connection is None or not connection.usable:
                 if connection is not None:
                     connection.close()
-                connection = H2Connection(target, connect_timeout, self.tls_context())
-                self.connections[target.key] = connection
+                context = self.tls_context(tls) if target.scheme == "https" else None
+                connection = H2Connection(target, connect_timeout, context,
+                                          tls[2] if tls else None)
+                self.connections[key] = connection
         return connection
 
     def close(self):

@@ -93,7 +93,7 @@ class H2Forwarder:
         while True:             # a failed connect sent nothing: another target may take it
             target = proxy.choose(upstream, tried, req, now)
             try:
-                connection = self.pools.get(target, route.connect_timeout)
+                connection = self.pools.get(target, route.connect_timeout, upstream.tls)
                 break
             except UpstreamConnectError as exc:
                 tried.append(target)

@@ -222,3 +222,31 @@ def test_plain_http_routes_over_h2(launcher, tmp_path):
     assert resp.status == 200 and len(body) == 300_000      # flow control over many windows
     resp, _ = gw.request("GET", "/missing")
     assert resp.status == 404
+
+
+def test_h2_over_tls_negotiates_by_alpn_and_honours_upstream_tls(launcher, tmp_path):
+    from ..pki import CA
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("h2site")
+    port = free_port()
+    conf = tmp_path / "nginx-tls.conf"
+    conf.write_text(f"user root root; worker_processes 1; daemon off; pid {tmp_path}/t.pid; "
+                    f"error_log {tmp_path}/t.err; events {{ }} http {{ access_log off; server {{ "
+                    f"listen 127.0.0.1:{port} ssl http2; ssl_certificate {cert}; "
+                    f"ssl_certificate_key {key}; location /hello {{ add_header X-Proto "
+                    f'$server_protocol; return 200 "hi over h2 and tls"; }} }} }}')
+    nginx = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    launcher.started.append(nginx)
+    wait_for_port(port, proc=nginx)
+    url = f"https://127.0.0.1:{port}"
+    gw = launcher.gateway(gateway_conf([
+        {"id": "trusted", "paths": ["/trusted/*r"], "strip_prefix": "/trusted", "upstream": {
+            "targets": [{"url": url}], "protocol": "h2", "tls": {"ca_file": str(ca.cert_path)}}},
+        {"id": "system", "paths": ["/system/*r"], "strip_prefix": "/system", "upstream": {
+            "targets": [{"url": url}], "protocol": "h2"}}]))
+    resp, body = gw.request("GET", "/trusted/hello")
+    assert resp.status == 200 and body == b"hi over h2 and tls"
+    assert resp.getheader("X-Proto") == "HTTP/2.0"
+    assert gw.request("GET", "/system/hello")[0].status == 502     # a private CA: refused
+    assert "certificate verify failed" in gw.log() or "CERTIFICATE_VERIFY_FAILED" in gw.log()
