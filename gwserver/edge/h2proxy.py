@@ -14,6 +14,7 @@ from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamC
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools
 from .http1 import REASONS
+from .proxy import upstream_host, upstream_path
 
 # Request headers HTTP/2 forbids or that belong to this hop (RFC 9113 8.2.2, RFC 9110 7.6.1).
 DROPPED = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -38,19 +39,9 @@ class H2Forwarder:
             client.read_body(route.read_timeout)
 
     def request_headers(self, req, target, upstream, grpc):
-        path = req.path
-        strip = req.route.strip_prefix
-        if strip and path.startswith(strip):
-            path = path[len(strip):] or "/"
-            if path[0] != "/":
-                path = "/" + path
-        if req.query:
-            path += "?" + req.query
-        authority = req.host_header if upstream.pass_host == "pass" else \
-            (target.authority if upstream.pass_host == "node" else upstream.upstream_host)
-        authority = authority if isinstance(authority, bytes) else authority.encode("latin-1")
         headers = [(b":method", req.method.encode()), (b":scheme", target.scheme.encode()),
-                   (b":path", path.encode("latin-1")), (b":authority", authority)]
+                   (b":path", upstream_path(req).encode("latin-1")),
+                   (b":authority", upstream_host(req, target, upstream))]
         named = req.connection_tokens or ()
         for name, value in req.headers:
             lower = name.lower()

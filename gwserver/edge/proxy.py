@@ -449,25 +449,11 @@ class Proxy:
         return self.relay_response(client, req, ex, route, keep_alive)
 
     def request_head(self, req, target):
-        route = req.route
-        path = req.path
-        strip = route.strip_prefix
-        if strip and path.startswith(strip):
-            path = path[len(strip):] or "/"
-            if path[0] != "/":
-                path = "/" + path
-        if req.query:
-            path = path + "?" + req.query
-        upstream = req.upstream or route.upstream
+        path = upstream_path(req)
+        upstream = req.upstream or req.route.upstream
         hmap = req.header_map
         host_header = req.host_header
-        pass_host = upstream.pass_host
-        if pass_host == "pass":
-            host = host_header
-        elif pass_host == "node":
-            host = target.authority.encode("latin-1")
-        else:
-            host = upstream.upstream_host.encode("latin-1")
+        host = upstream_host(req, target, upstream)
         xff = hmap.get(b"x-forwarded-for")
         client_ip = req.client_ip.encode("latin-1")
         via = hmap.get(b"via")
@@ -680,6 +666,27 @@ class Proxy:
         pump(client_sock, upstream_sock)
         down.join()
         return 101, 0, False, False
+
+
+def upstream_path(req):
+    """The request target sent upstream: the path without the route's strip_prefix (never
+    empty, always absolute), and the query."""
+    path = req.path
+    strip = req.route.strip_prefix
+    if strip and path.startswith(strip):
+        path = path[len(strip):] or "/"
+        if path[0] != "/":
+            path = "/" + path
+    return path + "?" + req.query if req.query else path
+
+
+def upstream_host(req, target, upstream):
+    """Host (HTTP/1.1) or :authority (HTTP/2) sent upstream, per the upstream's pass_host."""
+    if upstream.pass_host == "pass":
+        return req.host_header
+    if upstream.pass_host == "node":
+        return target.authority.encode("latin-1")
+    return upstream.upstream_host.encode("latin-1")
 
 
 def encode_chunks(chunks, chunked, last):

@@ -184,19 +184,25 @@ def test_grpc_web_needs_an_h2_upstream():
             "targets": [{"url": "http://127.0.0.1:9"}]}, "plugins": {"grpc_web": {}}}]})
 
 
-def h2c_nginx(launcher, tmp_path):
+def start_nginx(launcher, tmp_path, name, server):
+    """An nginx with one server block (``{port}`` filled with a free port); -> the port."""
     port = free_port()
-    (tmp_path / "big").write_bytes(b"x" * 300_000)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"user root root; worker_processes 1; daemon off; pid {tmp_path}/n.pid; "
-                    f"error_log {tmp_path}/n.err; events {{ }} http {{ access_log off; server {{ "
-                    f"listen 127.0.0.1:{port} http2; root {tmp_path}; location /hello {{ "
-                    f'add_header X-Proto $server_protocol; return 200 "hi over h2"; }} }} }}')
+    conf = tmp_path / f"{name}.conf"
+    conf.write_text(f"user root root; worker_processes 1; daemon off; pid {tmp_path}/{name}.pid; "
+                    f"error_log {tmp_path}/{name}.err; events {{ }} http {{ access_log off; "
+                    f"server {{ {server.format(port=port)} }} }}")
     nginx = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     launcher.started.append(nginx)
     wait_for_port(port, proc=nginx)
     return port
+
+
+def h2c_nginx(launcher, tmp_path):
+    (tmp_path / "big").write_bytes(b"x" * 300_000)
+    return start_nginx(launcher, tmp_path, "h2c", (
+        f"listen 127.0.0.1:{{port}} http2; root {tmp_path}; location /hello {{{{ "
+        'add_header X-Proto $server_protocol; return 200 "hi over h2"; }}'))
 
 
 def test_h2_upstream_retries_a_refused_connect_and_ejects_the_target(launcher, tmp_path):
@@ -228,17 +234,10 @@ def test_h2_over_tls_negotiates_by_alpn_and_honours_upstream_tls(launcher, tmp_p
     from ..pki import CA
     ca = CA(tmp_path)
     cert, key, _ = ca.issue("h2site")
-    port = free_port()
-    conf = tmp_path / "nginx-tls.conf"
-    conf.write_text(f"user root root; worker_processes 1; daemon off; pid {tmp_path}/t.pid; "
-                    f"error_log {tmp_path}/t.err; events {{ }} http {{ access_log off; server {{ "
-                    f"listen 127.0.0.1:{port} ssl http2; ssl_certificate {cert}; "
-                    f"ssl_certificate_key {key}; location /hello {{ add_header X-Proto "
-                    f'$server_protocol; return 200 "hi over h2 and tls"; }} }} }}')
-    nginx = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
-    launcher.started.append(nginx)
-    wait_for_port(port, proc=nginx)
+    port = start_nginx(launcher, tmp_path, "h2tls", (
+        f"listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {cert}; "
+        f"ssl_certificate_key {key}; location /hello {{{{ add_header X-Proto "
+        '$server_protocol; return 200 "hi over h2 and tls"; }}'))
     url = f"https://127.0.0.1:{port}"
     gw = launcher.gateway(gateway_conf([
         {"id": "trusted", "paths": ["/trusted/*r"], "strip_prefix": "/trusted", "upstream": {
