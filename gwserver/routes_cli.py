@@ -47,8 +47,7 @@ def current_table(conf, client, prefix):
     from .core.table import LiveTable
     from .edge.etcd import EtcdError
     from .plugins import load_registry
-    table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins), load_registry(),
-                      conf.static_routes, dict(conf.static_upstreams))
+    table = LiveTable.for_conf(conf, load_registry())
     note = None
     try:
         _, kvs = client.range_prefix(prefix)

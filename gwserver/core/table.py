@@ -63,6 +63,12 @@ class LiveTable:
             self.router.add(route)
             self.static_routes.add(route.id)
 
+    @classmethod
+    def for_conf(cls, conf, registry):
+        """The table of a loaded conf file: its static items, defaults and global plugins."""
+        return cls(conf.upstream_defaults, conf.server, dict(conf.plugins), registry,
+                   conf.static_routes, dict(conf.static_upstreams))
+
     # -- whole-table operations ----------------------------------------------------------------
 
     def replace_all(self, routes, upstreams):
@@ -152,6 +158,14 @@ class LiveTable:
         for upstream_id, item in delta.get("upstreams", {}).items():
             if item is None:
                 self.delete_upstream(upstream_id)
+
+    def apply_steps(self, steps):
+        """Follow what a table reader returned: ("full", document) or ("delta", document)."""
+        for kind, document in steps:
+            if kind == "full":
+                self.apply_published(document["table"])
+            else:
+                self.apply_delta(document)
 
     def apply_published(self, table):
         """Worker side: follow a table published by the sync process (all items are good)."""

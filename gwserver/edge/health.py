@@ -45,8 +45,8 @@ class HealthView:
         self.ejections = core.Ejections()
         self._mtimes = [None, None]
         self.down = frozenset()     # keys of targets down now
-        self.generation = 0         # bumps whenever ``down`` changes
-        self._avoid = {}            # (upstream id, targets, generation) -> avoid, panicking
+        self._avoid = {}            # upstream id -> (targets, (avoid, panicking)); cleared
+                                    # whenever ``down`` changes
 
     def refresh(self, now=None):
         """Re-read changed files and expire ejections; cheap when nothing changed."""
@@ -67,7 +67,6 @@ class HealthView:
         down.update(key for key in self.ejections.entries if self.ejections.ejected(key, now))
         if down != self.down:
             self.down = frozenset(down)
-            self.generation += 1
             self._avoid.clear()
 
     def avoid(self, upstream):
@@ -205,24 +204,21 @@ class Checker:
         from ..plugins import load_registry
         from .shm import TableReader
         self.conf = conf
-        self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
-                               load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.table = LiveTable.for_conf(conf, load_registry())
         self.reader = TableReader(conf.etcd["runtime_dir"]) if conf.etcd else None
         self.follow()
 
     def follow(self):
         if self.reader is not None and self.reader.changed():
-            steps, _ = self.reader.updates()
-            for kind, document in steps:
-                if kind == "full":
-                    self.table.apply_published(document["table"])
-                else:
-                    self.table.apply_delta(document)
+            self.table.apply_steps(self.reader.updates()[0])
         self.reconcile()
 
     def wanted(self):
+        """Targets to probe: of named upstreams and of upstreams written inline in routes."""
+        upstreams = {u.id: u for u in self.table.upstreams.values()}
+        upstreams.update((r.upstream.id, r.upstream) for r in self.table.router.routes.values())
         out = {}
-        for upstream in self.table.upstreams.values():
+        for upstream in upstreams.values():
             if upstream.health_check is None:
                 continue
             for target in upstream.targets:

@@ -57,8 +57,7 @@ class ConfigSync:
                                  etcd["key_file"])
         self.idle_timeout = etcd["watch_idle_timeout"]
         self.snapshot_path = etcd["snapshot_path"]
-        self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
-                               load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.table = LiveTable.for_conf(conf, load_registry())
         self.table.expand_services = True       # workers get upstreams with live instances
         self.publisher = TablePublisher(etcd["runtime_dir"], self.table.published,
                                         etcd["snapshot_path"])

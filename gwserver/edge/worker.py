@@ -135,8 +135,7 @@ class GatewayWorker(GeventWorker):
         from ..plugins import load_registry
         from .shm import TableReader
         conf = self.conf
-        self.table = LiveTable(conf.upstream_defaults, conf.server, dict(conf.plugins),
-                               load_registry(), conf.static_routes, dict(conf.static_upstreams))
+        self.table = LiveTable.for_conf(conf, load_registry())
         self.router = self.table.router       # changed in place from now on
         self.table_reader = TableReader(conf.etcd["runtime_dir"])
         if self.table_reader.changed():
@@ -148,11 +147,7 @@ class GatewayWorker(GeventWorker):
         if not steps:
             return
         started = time.monotonic()
-        for kind, document in steps:
-            if kind == "full":
-                self.table.apply_published(document["table"])
-            else:
-                self.table.apply_delta(document)
+        self.table.apply_steps(steps)
         revision = steps[-1][1]["revision"]
         self.table_reader.record(generation, revision, len(self.router))
         self.pools_checked = False      # targets may be gone: prune their pools (on_tick)

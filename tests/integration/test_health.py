@@ -243,3 +243,18 @@ def test_removed_targets_are_drained_not_cut(launcher, tmp_path):
         return set(json.loads(gw.admin_get("/admin/upstreams")[1])["pools_in_this_worker"])
     wait_until(lambda: pools() == {b.url}, timeout=5)
     assert "closed the pools of 1 removed targets" in gw.log()
+
+
+def test_health_checks_cover_upstreams_written_inline_in_routes(launcher):
+    a, b = launcher.upstream("a"), launcher.upstream("b")
+    gw = launcher.gateway(gateway_conf([{
+        "id": "inline", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": {
+            "targets": [{"url": a.url}, {"url": b.url}], "health_check": FAST_CHECK}}]))
+    stop_process(b.proc)
+
+    def b_is_down():
+        view = json.loads(gw.admin_get("/admin/upstreams")[1])
+        targets = view["upstreams"]["inline.upstream"]["targets"]
+        return [t["health"] for t in targets if t["url"] == b.url] == ["unhealthy"]
+    wait_until(b_is_down, timeout=10)
+    assert served_by(gw, 10) == {"a": 10}
