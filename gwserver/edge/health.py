@@ -21,7 +21,7 @@ import ssl
 import time
 
 from ..core import health as core
-from .shm import atomic_write, read_json
+from .shm import atomic_write, file_stamp, read_json
 
 log = logging.getLogger("gwserver.health")
 
@@ -43,7 +43,7 @@ class HealthView:
         self.state_dir = state_dir
         self.active = {}            # key -> state dict from health.json
         self.ejections = core.Ejections()
-        self._mtimes = [None, None]
+        self._stamps = [None, None]
         self.down = frozenset()     # keys of targets down now
         self._avoid = {}            # upstream id -> (targets, (avoid, panicking)); cleared
                                     # whenever ``down`` changes
@@ -52,12 +52,9 @@ class HealthView:
         """Re-read changed files and expire ejections; cheap when nothing changed."""
         now = time.time() if now is None else now
         for i, name in enumerate((HEALTH_FILE, EJECTIONS_FILE)):
-            try:
-                mtime = os.stat(os.path.join(self.state_dir, name)).st_mtime_ns
-            except FileNotFoundError:
-                mtime = None
-            if mtime != self._mtimes[i]:
-                self._mtimes[i] = mtime
+            stamp = file_stamp(os.path.join(self.state_dir, name))
+            if stamp != self._stamps[i]:
+                self._stamps[i] = stamp
                 data = read_json(os.path.join(self.state_dir, name)) or {}
                 if i == 0:
                     self.active = data.get("targets", {})
@@ -121,13 +118,14 @@ class PassiveTracker:
         self._eject(upstream, key, conf)
 
     def _eject(self, upstream, key, conf):
+        # Writers serialise on a lock file and replace ejections.json whole (atomic rename):
+        # workers read it without the lock, so they must never see it half written.
         path = os.path.join(self.view.state_dir, EJECTIONS_FILE)
         now = time.time()
-        with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with open(os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600), "r+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                raw = f.read()
-                ejections = core.Ejections(json.loads(raw) if raw else {})
+                ejections = core.Ejections(read_json(path) or {})
                 if ejections.ejected(key, now):
                     return                  # another worker was first
                 keys = {target_key(upstream.id, t.url) for t in upstream.targets}
@@ -141,11 +139,9 @@ class PassiveTracker:
                 for stale in [k for k, v in ejections.entries.items()
                               if v[0] < now - 2 * conf["max_eject_for"]]:
                     del ejections.entries[stale]
-                f.seek(0)
-                f.truncate()
-                f.write(json.dumps(ejections.entries).encode())
+                atomic_write(path, json.dumps(ejections.entries).encode())
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                fcntl.flock(lock, fcntl.LOCK_UN)
         log.warning("upstream %s: ejected %s for %.0fs after %d failures in a row",
                     upstream.id, key.partition("|")[2], seconds, conf["consecutive_failures"])
         if self.on_eject is not None:

@@ -211,6 +211,17 @@ class TableReader:
             pass
 
 
+def file_stamp(path):
+    """What tells a file replaced by ``atomic_write`` from its previous version: a rename
+    gives a new inode, which a coarse mtime alone (kernel ticks) would not always show.
+    None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def read_json(path):
     try:
         with open(path, "rb") as f:

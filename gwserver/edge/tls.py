@@ -29,6 +29,7 @@ import time
 from OpenSSL import SSL
 
 from ..errors import ConfigError
+from .shm import file_stamp
 
 log = logging.getLogger("gwserver.tls")
 
@@ -87,7 +88,7 @@ class ServerTLS:
         self.state_dir = state_dir
         self.contexts = []          # (host patterns, context, cert id)
         self.staples = {}           # cert id -> DER OCSP response
-        self._staple_mtimes = {}
+        self._staple_stamps = {}
         self.warnings = []
         for i, entry in enumerate(conf["certificates"]):
             leaf, warnings = check_certificate(entry, conf["strict"])
@@ -164,12 +165,9 @@ class ServerTLS:
         directory = os.path.join(self.state_dir, OCSP_DIR)
         for _, _, ident in self.contexts:
             path = os.path.join(directory, f"{ident}.der")
-            try:
-                mtime = os.stat(path).st_mtime_ns
-            except FileNotFoundError:
-                continue
-            if self._staple_mtimes.get(ident) != mtime:
-                self._staple_mtimes[ident] = mtime
+            stamp = file_stamp(path)
+            if stamp is not None and self._staple_stamps.get(ident) != stamp:
+                self._staple_stamps[ident] = stamp
                 with open(path, "rb") as f:
                     self.staples[ident] = f.read()
         now = time.time()
