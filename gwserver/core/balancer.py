@@ -30,17 +30,20 @@ class SmoothWeighted:
         self.total = sum(self.weights)
 
     def pick(self, avoid=(), key=None):
-        best = -1
+        # As nginx: an avoided (down, tried) target takes no part in the round, so it banks no
+        # credit that would send it every request in a row once it is back.
+        best, total = -1, 0
         scores, weights = self.scores, self.weights
         for i, target in enumerate(self.targets):
-            scores[i] += weights[i]
             if target in avoid:
                 continue
+            scores[i] += weights[i]
+            total += weights[i]
             if best < 0 or scores[i] > scores[best]:
                 best = i
-        if best < 0:        # every target avoided: fall back to the plain choice
-            best = max(range(len(scores)), key=scores.__getitem__)
-        scores[best] -= self.total
+        if best < 0:        # every target avoided: the plain choice among all of them
+            return self.pick()
+        scores[best] -= total
         return self.targets[best]
 
 

@@ -33,6 +33,15 @@ def test_avoid_skips_tried_or_down_targets():
     assert balancer.pick(avoid=set(ts)) in ts      # nothing left: still answers
 
 
+def test_an_avoided_target_banks_no_credit():
+    a, b = targets(1, 1)
+    balancer = SmoothWeighted([a, b])
+    for _ in range(100):                # a is down for a while
+        assert balancer.pick(avoid={a}) is b
+    order = [balancer.pick().host for _ in range(6)]
+    assert sorted(order) == ["h0"] * 3 + ["h1"] * 3     # back to alternating, not 100 x a
+
+
 def test_least_outstanding_prefers_the_least_loaded_relative_to_weight():
     from gwserver.core.balancer import LeastOutstanding
     a, b, c = targets(1, 1, 2)
