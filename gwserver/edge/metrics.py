@@ -132,15 +132,25 @@ class WorkerMetrics:
         self.target_up = Gauge("gwserver_upstream_target_up", "1 when a checked or ejectable "
                                "target may take traffic, 0 when it is down (active or "
                                "passive)", ["upstream", "target"], multiprocess_mode="mostrecent")
-        self.redis_up = Gauge("gwserver_redis_up", "1 when Redis answered this worker's last "
-                              "round trip, 0 while limits and breakers fall back "
-                              "(on_store_error); absent without [redis]",
-                              multiprocess_mode="livemin")
         self.rates = Gauge("gwserver_rate_limit_effective_rate", "Adaptive limits: the rate "
                            "in force, as this host last heard it", ["route"],
                            multiprocess_mode="mostrecent")
         self._breakers = {}         # breaker key -> [state seen, state pushed]
         self._rates = {}            # route -> [rate seen, rate pushed]
+        self._redis_up = None
+
+    @property
+    def redis_up(self):
+        """Made on first use: a gauge without labels is written as 0 the moment it exists, and
+        a gateway without [redis] must not export it at all (its HELP and the
+        GwserverRedisUnreachable alert in conf/alerts.yml count on that)."""
+        if self._redis_up is None:
+            from prometheus_client import Gauge
+            self._redis_up = Gauge("gwserver_redis_up", "1 when Redis answered this worker's "
+                                   "last round trip, 0 while limits and breakers fall back "
+                                   "(on_store_error); absent without [redis]",
+                                   multiprocess_mode="livemin")
+        return self._redis_up
 
     def effective_rate(self, route_id, rate):
         entry = self._rates.get(route_id)

@@ -1,0 +1,78 @@
+"""The shipped alerts (conf/alerts.yml) on what real gateways export: a /metrics scrape is
+turned into promtool input series, held constant for 15 minutes, and `promtool test rules`
+says which alerts fire."""
+import json
+import re
+import subprocess
+import time
+
+from tests.conftest import ROOT, gateway_conf, route, wait_until
+
+ALERTS = ROOT / "conf" / "alerts.yml"
+
+
+def as_series(exposition):
+    """Prometheus text format -> promtool input_series, every sample constant over 15m."""
+    series = []
+    for line in exposition.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        if value in ("NaN", "+Inf", "-Inf"):
+            continue
+        if "{" in name:
+            name = name[:-1] + ',instance="gw"}'
+        else:
+            name += '{instance="gw"}'
+        series.append({"series": name, "values": f"{float(value)!r}x15"})
+    return series
+
+
+def firing(tmp_path, exposition, alertname="GwserverRedisUnreachable"):
+    """Whether ``alertname`` fires at 10m on the scrape. promtool is told to expect no alert;
+    when it disagrees, its report must name the alert (any other failure is an error here)."""
+    test = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": as_series(exposition),
+                       "alert_rule_test": [{"eval_time": "10m", "alertname": alertname,
+                                            "exp_alerts": []}]}]}
+    path = tmp_path / "alert-test.yml"
+    path.write_text(json.dumps(test))          # JSON is YAML
+    run = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    if run.returncode == 0:
+        return False
+    report = run.stdout + run.stderr
+    assert re.search(r"got:.*alertname=\"%s\".*instance=\"gw\"" % alertname, report,
+                     re.DOTALL), report
+    return True
+
+
+LIMITED = {"rate_limit": {"rate": 1000, "key": "route"}}
+
+
+def test_redis_alert_stays_quiet_on_a_gateway_without_redis(launcher, upstream, tmp_path):
+    gw = launcher.gateway(gateway_conf([route("r", ["/*p"], upstream.url, plugins=LIMITED)]))
+    assert gw.request("GET", "/echo")[0].status == 200
+    text = wait_until(lambda: (t := gw.admin_get("/metrics")[1].decode())
+                      and 'outcome="allowed"' in t and t, timeout=5)
+    assert "gwserver_redis_up" not in text
+    assert not firing(tmp_path, text)
+
+
+def test_redis_alert_fires_when_redis_is_down(launcher, upstream, tmp_path):
+    redis = launcher.redis()
+    gw = launcher.gateway(gateway_conf([route("r", ["/*p"], upstream.url, plugins=LIMITED)],
+                                       redis={"url": redis.url}))
+    assert gw.request("GET", "/echo")[0].status == 200
+    wait_until(lambda: b"gwserver_redis_up 1.0" in gw.admin_get("/metrics")[1], timeout=5)
+    assert not firing(tmp_path, gw.admin_get("/metrics")[1].decode())
+    redis.kill()
+    redis.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and b"gwserver_redis_up 0.0" not in \
+            gw.admin_get("/metrics")[1]:
+        gw.request("GET", "/echo")
+        time.sleep(0.1)
+    text = gw.admin_get("/metrics")[1].decode()
+    assert "gwserver_redis_up 0.0" in text
+    assert firing(tmp_path, text)
