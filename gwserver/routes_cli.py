@@ -25,11 +25,19 @@ def client_for(conf):
 
 
 def read_items(source, kind):
-    text = sys.stdin.read() if source == "-" else open(source).read()
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"{source}: invalid JSON: {exc}") from None
+        raise ConfigError(f"{'stdin' if source == '-' else source}: invalid JSON: {exc}") \
+            from None
     items = data if isinstance(data, list) else [data]
     out = []
     for i, item in enumerate(items):
@@ -108,7 +116,13 @@ def main(kind, args):
             value = client.get(key(args.id))
             if value is None:
                 return _fail([f"{key(args.id)}: not found"])
-            print(json.dumps(json.loads(value), indent=2, sort_keys=True))
+            try:
+                print(json.dumps(json.loads(value), indent=2, sort_keys=True))
+            except ValueError as exc:
+                # a value put by hand (etcdctl): the gateway rejects it too; show it as stored
+                raw = value.decode(errors="replace")
+                return _fail([f"{key(args.id)}: stored value is not valid JSON ({exc}): "
+                              f"{raw[:200]!r}"])
             return 0
         if args.action == "delete":
             deleted = client.delete(key(args.id))
@@ -126,6 +140,8 @@ def main(kind, args):
             return status(conf)
     except EtcdError as exc:
         return _fail([str(exc)])
+    except ConfigError as exc:
+        return _fail(exc.problems)
     return 2
 
 

@@ -1,0 +1,74 @@
+"""`gwserver routes|upstreams ...` against a real etcd: every mistake is one `error:` line and
+exit 2, never a traceback."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import to_toml
+
+PREFIX = "/gw"
+
+
+class Conf(os.PathLike):
+    """The conf file's path, with the etcd it names."""
+
+    def __init__(self, path, etcd):
+        self.path, self.etcd = path, etcd
+
+    def __fspath__(self):
+        return str(self.path)
+
+
+@pytest.fixture
+def conf_path(launcher, tmp_path):
+    etcd = launcher.etcd()
+    path = tmp_path / "gw.toml"
+    path.write_text(to_toml({"etcd": {"endpoints": [etcd.url], "prefix": PREFIX,
+                                      "runtime_dir": str(tmp_path / "run"), "timeout": 2.0}}))
+    return Conf(path, etcd)
+
+
+def cli(conf_path, *args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "gwserver", args[0], "-c", os.fspath(conf_path),
+                           *args[1:]], capture_output=True, text=True, input=stdin, timeout=60)
+
+
+def one_error(run, *fragments):
+    assert run.returncode == 2, run
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["routes", "upstreams"])
+@pytest.mark.parametrize("stdin, fragment", [
+    ('{"id": "a", "paths": ["/a"],', "stdin: invalid JSON: Expecting"),
+    ("", "stdin: invalid JSON"),
+    ("[1]", 'item 0: needs an "id"'),
+])
+def test_put_and_validate_with_bad_json_on_stdin(conf_path, kind, stdin, fragment):
+    for action in ("put", "validate"):
+        one_error(cli(conf_path, kind, action, "-", stdin=stdin), fragment)
+    assert conf_path.etcd.client().range_prefix(PREFIX + "/")[1] == []
+
+
+def test_put_from_a_file_that_is_missing_or_not_json(conf_path, tmp_path):
+    one_error(cli(conf_path, "routes", "put", str(tmp_path / "nope.json")), "cannot read")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{'id': 'a'}")
+    one_error(cli(conf_path, "routes", "put", str(bad)), f"{bad}: invalid JSON")
+
+
+@pytest.mark.parametrize("kind", ["routes", "upstreams"])
+def test_get_of_a_stored_value_that_is_not_json(conf_path, kind):
+    conf_path.etcd.client().put(f"{PREFIX}/{kind}/hand", b"{paths: /x}")
+    one_error(cli(conf_path, kind, "get", "hand"),
+              f"{PREFIX}/{kind}/hand: stored value is not valid JSON", "'{paths: /x}'")
+    conf_path.etcd.client().put(f"{PREFIX}/{kind}/good", json.dumps({"paths": ["/g"]}))
+    run = cli(conf_path, kind, "get", "good")
+    assert run.returncode == 0 and json.loads(run.stdout) == {"paths": ["/g"]}
