@@ -61,21 +61,34 @@ def window_decision(rate, per, current, previous, into, index):
     weight = (per - into) / per
     estimate = previous * weight + current
     allowed = estimate + 1 <= rate + EPSILON
+    retry = 0.0 if allowed else window_retry(rate, per, current, previous, into)
     if allowed:
         current += 1
         estimate += 1
-    if allowed:
-        retry = 0.0
-    elif previous and current < rate:
-        # wait until enough of the previous window has slid out
-        retry = max(0.0, per * (1 - (rate - 1 - current) / previous) - into)
-    else:
-        retry = per - into
+    # whole again once every counted request has slid out: this window's take a whole window
+    # more, the previous window's are gone at the end of this one
+    reset = 2 * per - into if current else per - into
     decision = Decision(allowed=allowed, limit=int(rate),
-                        remaining=max(0, int(rate - estimate)),
-                        reset=per - into if not previous else 2 * per - into,
-                        retry_after=retry)
+                        remaining=max(0, int(rate - estimate)), reset=reset, retry_after=retry)
     return decision, (index, current, previous)
+
+
+def window_retry(rate, per, current, previous, into):
+    """Seconds from ``into`` until one more request fits, nothing else arriving meanwhile.
+
+    In this window, at t: previous * (per - t) / per + current + 1 <= rate. When no t < per
+    will do (this window is full), in the next one, t' into it: current * (per - t') / per + 1
+    <= rate. Counting from the next window's start alone (``per - into``) answered too early
+    whenever this window was full: the retry at Retry-After was refused again.
+    """
+    room = rate - 1 - current
+    if room >= -EPSILON and (previous == 0 or room >= previous - EPSILON):
+        return 0.0
+    if room >= -EPSILON:
+        return max(0.0, per * (1 - room / previous) - into)
+    if current == 0:        # rate < 1: never
+        return math.inf
+    return per - into + per * min(1.0, max(0.0, 1 - (rate - 1) / current))
 
 
 def adaptive_start(conf):

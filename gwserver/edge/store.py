@@ -107,8 +107,10 @@ def decisions_from(algorithm, reply, rate, per, burst):
         decision, _ = ratelimit.window_decision(rate, per, int(current), int(previous),
                                                 float(into), int(index))
         if decision.allowed != bool(int(flag)):     # the script had the final word
+            retry = 0.0 if int(flag) else ratelimit.window_retry(
+                rate, per, int(current), int(previous), float(into))
             decision = ratelimit.Decision(bool(int(flag)), decision.limit, decision.remaining,
-                                          decision.reset, decision.retry_after or per - float(into))
+                                          decision.reset, retry)
         out.append(decision)
     return out
 

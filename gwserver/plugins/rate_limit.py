@@ -68,6 +68,12 @@ SCHEMA = Schema(
 def prepare(conf):
     kind, _, name = conf["key"].partition(":")
     adaptive = conf["adaptive"]
+    lowest = conf["rate"] if adaptive is None else min(conf["rate"], adaptive["floor"])
+    if conf["algorithm"] == "sliding_window" and lowest < 1:
+        # a window admits whole requests: below one per window it would never admit any
+        raise ValueError(f"sliding_window needs a rate (and adaptive.floor) of at least 1 per "
+                         f"window, got {lowest:g}: for one request every {conf['per'] / lowest:g} s "
+                         f"write rate = 1, per = {conf['per'] / lowest:g}")
     if adaptive is not None:
         if adaptive["floor"] > adaptive["ceiling"]:
             raise ValueError(f"adaptive.floor ({adaptive['floor']:g}) is above adaptive.ceiling "

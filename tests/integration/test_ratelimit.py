@@ -138,3 +138,26 @@ def test_adaptive_limit_follows_the_upstream_in_every_worker(launcher, upstream,
     healthy = limits_seen("/ad/echo", 4.0)
     assert healthy[-1] == 15                                # +20% per window, to the ceiling
     assert {5, 6, 8, 9, 11, 14} <= set(healthy)             # 4 x 1.2^n, step by step
+
+
+@pytest.mark.parametrize("store", ["redis", "per host"])
+def test_sliding_window_retry_at_retry_after_is_admitted(launcher, upstream, store):
+    """2 per 4 s, both taken early in a window, refused 3 s in: the next window still carries
+    both at first, so Retry-After is 3 (it said 1, and that retry was refused again). A
+    retry one second before Retry-After is refused; the retry at Retry-After is admitted."""
+    sections = {"redis": {"url": launcher.redis().url}} if store == "redis" else {}
+    per = 4
+    gw = launcher.gateway(gateway_conf([limited(upstream, algorithm="sliding_window", rate=2,
+                                                per=per, key="route")], **sections))
+    time.sleep(per - time.time() % per + 0.1)                # Redis' clock is this host's
+    assert statuses(gw, 2, new_connection=False) == [200, 200]
+    time.sleep(max(0.0, 3.0 - time.time() % per))
+    resp, _ = gw.request("GET", "/lim")
+    refused_at = time.monotonic()
+    assert resp.status == 429
+    retry_after = int(resp.getheader("Retry-After"))
+    assert retry_after == 3
+    time.sleep(max(0.0, refused_at + retry_after - 1 - time.monotonic()))
+    assert gw.request("GET", "/lim")[0].status == 429        # refusals take nothing
+    time.sleep(max(0.0, refused_at + retry_after - time.monotonic()))
+    assert gw.request("GET", "/lim")[0].status == 200

@@ -118,3 +118,58 @@ def test_adaptive_schema_names_the_problem(adaptive, problem):
         build_chain("route r", {"rate_limit": {"rate": 5, "adaptive": adaptive}}, None,
                     load_registry())
     assert problem in str(caught.value)
+
+
+def _filled(rate, per, arrivals):
+    """Sliding-window state after ``arrivals``; the last decision and the state."""
+    from gwserver.core.ratelimit import sliding_window
+    state = decision = None
+    for now in arrivals:
+        decision, state = sliding_window(state, rate, per, now)
+    return decision, state
+
+
+@pytest.mark.parametrize("rate, per", [(3, 10), (5, 10), (2, 1), (2.5, 4), (1, 1), (100, 60)])
+@pytest.mark.parametrize("seed", range(40))
+def test_sliding_window_retry_after_is_never_early(rate, per, seed):
+    """Refused at t with retry_after r: a request at t + r is admitted; one a moment before is
+    not (r is the earliest time, not just a safe one). Random arrivals, a fake clock."""
+    import random
+    from gwserver.core.ratelimit import sliding_window
+    rng = random.Random(seed)
+    t, arrivals = 0.0, []
+    while len(arrivals) < 4 * rate + 20:
+        t += rng.expovariate(3 * rate / per)
+        arrivals.append(t)
+    refused = 0
+    state = None
+    for now in arrivals:
+        decision, state = sliding_window(state, rate, per, now)
+        if decision.allowed:
+            continue
+        refused += 1
+        r = decision.retry_after
+        assert r > 0
+        assert sliding_window(state, rate, per, now + r)[0].allowed, (state, now, r)
+        if r > 1e-6:
+            assert not sliding_window(state, rate, per, now + r - 1e-6)[0].allowed
+    assert refused
+
+
+def test_sliding_window_full_window_retries_into_the_next():
+    """The reported case: 5 per 10 s, all taken early, refused at 9 s. The next window still
+    carries all 5 at first; one fits once a fifth of it has slid out: at 12 s, not 10 s."""
+    decision, state = _filled(5, 10, [0, 1, 2, 3, 4, 9])
+    assert not decision.allowed and decision.retry_after == pytest.approx(3)
+    from gwserver.core.ratelimit import sliding_window
+    assert not sliding_window(state, 5, 10, 10.0)[0].allowed
+    assert sliding_window(state, 5, 10, 12.0)[0].allowed
+
+
+def test_sliding_window_below_one_per_window_is_a_config_error():
+    from gwserver.core.chain import build_chain
+    from gwserver.errors import ConfigError
+    from gwserver.plugins import load_registry
+    with pytest.raises(ConfigError, match="write rate = 1, per = 20"):
+        build_chain("route r", {"rate_limit": {"algorithm": "sliding_window", "rate": 0.5,
+                                               "per": 10}}, None, load_registry())
