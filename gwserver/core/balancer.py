@@ -8,7 +8,9 @@ round_robin        smooth weighted round robin, as nginx does it (ngx_http_upstr
                    each pick adds every target's weight to its running score, takes the highest
                    and subtracts the total from it. Weights 5:1:1 give a a b a c a a.
 least_outstanding  the target with the fewest requests in flight from this worker, relative
-                   to its weight (ties: round robin), as Envoy's LEAST_REQUEST with full scan.
+                   to its weight; ties take weighted turns (smooth weighted round robin among
+                   the tied), so idle traffic follows the weights as Envoy's weighted
+                   LEAST_REQUEST does.
 consistent_hash    a ring of 160 points per unit of weight (ketama): a key always maps to the
                    same target while it is up, and adding or removing a target moves only the
                    keys that target gains or loses (about 1/n of them).
@@ -48,28 +50,37 @@ class SmoothWeighted:
 
 
 class LeastOutstanding:
-    """``outstanding`` maps target -> requests in flight; the proxy keeps it."""
+    """``outstanding`` maps target -> requests in flight; the proxy keeps it.
 
-    __slots__ = ("targets", "outstanding", "turn")
+    The load is in-flight / weight, compared exactly (cross-multiplied); targets tied on the
+    least load take turns by weight (smooth weighted round robin among them), so an idle or
+    lightly used upstream gets the weights' proportions. Scoring ``(in_flight + 1) / weight``
+    instead sent every request to the heavier of 2:1 targets while idle (1/2 < 1/1, never a
+    tie), though the docs promise weighted turns.
+    """
+
+    __slots__ = ("targets", "outstanding", "turns")
 
     def __init__(self, targets, outstanding):
         self.targets = [t for t in targets if t.weight > 0]
         self.outstanding = outstanding
-        self.turn = 0
+        self.turns = SmoothWeighted(self.targets)
 
     def pick(self, avoid=(), key=None):
-        targets, outstanding = self.targets, self.outstanding
-        n = len(targets)
-        self.turn = (self.turn + 1) % n
-        best, best_load = None, None
-        for step in range(n):
-            target = targets[(self.turn + step) % n]
+        outstanding = self.outstanding
+        least = None            # (in flight, weight) of the least loaded target
+        for target in self.targets:
             if target in avoid:
                 continue
-            load = (outstanding.get(target, 0) + 1) / target.weight
-            if best is None or load < best_load:
-                best, best_load = target, load
-        return best if best is not None else targets[self.turn]
+            n = outstanding.get(target, 0)
+            if least is None or n * least[1] < least[0] * target.weight:
+                least = (n, target.weight)
+        if least is None:       # every target avoided: the plain choice among all of them
+            return self.turns.pick()
+        n, weight = least
+        busier = {t for t in self.targets
+                  if t in avoid or outstanding.get(t, 0) * weight != n * t.weight}
+        return self.turns.pick(busier)
 
 
 def ring_point(text):

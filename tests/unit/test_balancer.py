@@ -85,3 +85,41 @@ def test_consistent_hash_weights_and_keyless_requests():
     shares = collections.Counter(ring.pick(key=f"k{i}").host for i in range(8000))
     assert 0.70 <= shares["h0"] / 8000 <= 0.80
     assert collections.Counter(ring.pick().host for _ in range(400)) == {"h0": 300, "h1": 100}
+
+
+def _serve(balancer, ts, concurrency, n):
+    """``n`` requests, ``concurrency`` in flight at a time, the oldest finishing first."""
+    outstanding, in_flight, seen = balancer.outstanding, [], collections.Counter()
+    for _ in range(n):
+        if len(in_flight) == concurrency:
+            done = in_flight.pop(0)
+            outstanding[done] -= 1
+        target = balancer.pick()
+        outstanding[target] = outstanding.get(target, 0) + 1
+        in_flight.append(target)
+        seen[target.host] += 1
+    return seen
+
+
+@pytest.mark.parametrize("weights, concurrency, shares", [
+    ((2, 1), 1, {"h0": 200, "h1": 100}),           # idle: every pick a tie, weighted turns
+    ((2, 1), 3, {"h0": 200, "h1": 100}),
+    ((2, 1), 30, {"h0": 200, "h1": 100}),
+    ((3, 1, 1), 1, {"h0": 180, "h1": 60, "h2": 60}),
+    ((3, 1, 1), 30, {"h0": 180, "h1": 60, "h2": 60}),
+    ((1, 1), 1, {"h0": 150, "h1": 150}),
+    # one request in flight per target: in-flight counts decide, not weights (the rule)
+    ((2, 1), 2, {"h0": 150, "h1": 150}),
+])
+def test_least_outstanding_follows_the_weights_at_low_concurrency(weights, concurrency, shares):
+    """2:1 sent 100% of low-concurrency traffic to the heavier target ((n+1)/w favours it
+    whenever both are idle); docs/health.md promises weighted ties in turn."""
+    from gwserver.core.balancer import LeastOutstanding
+    ts = targets(*weights)
+    assert _serve(LeastOutstanding(ts, {}), ts, concurrency, 300) == shares
+
+
+def test_least_outstanding_ties_in_order_not_in_bursts():
+    from gwserver.core.balancer import LeastOutstanding
+    balancer = LeastOutstanding(targets(2, 1), {})
+    assert [balancer.pick().host for _ in range(6)] == ["h0", "h1", "h0"] * 2
