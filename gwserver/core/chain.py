@@ -12,7 +12,10 @@ A plugin is a module (or object) with ``NAME``, ``PRIORITY`` (higher runs first,
 and optionally ``prepare(conf) -> conf`` to precompute per-route state once at compile time.
 The proxy step is not a plugin: it always runs last, after every access phase let the request on.
 A plugin that may also be set on an upstream object (applying to every route that uses it)
-says so with ``UPSTREAM_PLUGIN = True``.
+says so with ``UPSTREAM_PLUGIN = True``. A plugin whose config only works beside another
+says so with ``needs(conf) -> [(plugin name, the setting that needs it), ...]``: a chain
+without that plugin is a config error naming the route and the setting (a split rule on a
+``claim`` never matches without ``jwt``), not a setting that silently never applies.
 """
 import logging
 
@@ -100,6 +103,13 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             problems.append(f"{owner}: plugins.{name}: {exc} (config {show(conf)})")
             continue
         steps.append((plugin, conf))
+    names = {plugin.NAME for plugin, _ in steps}
+    for plugin, conf in steps:
+        for name, what in plugin.needs(conf) if hasattr(plugin, "needs") else ():
+            if name not in names:
+                problems.append(f"{owner}: plugins.{plugin.NAME}.{what} needs the {name} "
+                                f"plugin on the route or in [plugins]; without it, it never "
+                                f"applies")
     if problems:
         raise ConfigError(problems)
     return Chain(steps)

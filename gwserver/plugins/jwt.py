@@ -193,6 +193,9 @@ class Verifier:
         except pyjwt.ImmatureSignatureError:
             raise TokenRejected("the token is not valid yet (nbf)") from None
         except pyjwt.InvalidAudienceError:
+            if self.decode_args["audience"] is None:    # PyJWT refuses any aud then
+                raise TokenRejected("the token names an audience (aud) and the jwt config "
+                                    "names none (set audience)") from None
             raise TokenRejected("the token is not for this audience") from None
         except pyjwt.InvalidIssuerError:
             raise TokenRejected("the token is from another issuer") from None
@@ -232,26 +235,58 @@ def bearer_token(ctx):
 
 def claims_for(conf, ctx):
     """Verified claims of the request under ``conf`` (cached on the request), or None."""
+    return _checked(conf, ctx)[0]
+
+
+def _checked(conf, ctx):
+    """(claims, None), (None, why the token was rejected) or (None, None) without a token."""
     seen = ctx.vars.setdefault("jwt_checked", {})
     verifier = conf["verifier"]
     if id(verifier) not in seen:
         token = bearer_token(ctx)
-        claims = None
+        result = (None, None)
         if token is not None:
             try:
-                claims = verifier.verify(token)
-            except TokenRejected:
-                pass
-        seen[id(verifier)] = claims
+                result = (verifier.verify(token), None)
+            except TokenRejected as exc:
+                result = (None, exc.description)
+        seen[id(verifier)] = result
     return seen[id(verifier)]
 
 
 def route_claims(ctx, route):
-    """The router's ``claims_of``: claims under the jwt config of ``route``'s chain."""
+    """The router's ``claims_of``: claims under the jwt config of ``route``'s chain.
+
+    A rejected token makes a ``claims`` route fall through to the next match, which is right
+    but puzzling (a token for another audience looks fine to whoever sent it): say why, at
+    info once a minute per route and reason in each worker, at debug otherwise."""
     for plugin, conf in route.chain.steps:
         if plugin.NAME == NAME:
-            return claims_for(conf, ctx)
+            claims, rejected = _checked(conf, ctx)
+            if rejected is not None:
+                _fell_through(route.id, rejected)
+            return claims
     return None
+
+
+_said = {}          # (route id, reason) -> monotonic time it was last logged at info
+
+
+def _fell_through(route_id, reason):
+    now = time.monotonic()
+    key = (route_id, reason)
+    level = logging.DEBUG
+    if now - _said.get(key, -60.0) >= 60.0:
+        if len(_said) >= 1000:          # reasons may carry a client's kid: keep this bounded
+            _said.clear()
+        _said[key] = now
+        level = logging.INFO
+    log.log(level, "route %s not matched: its claims conditions need a verified token, and "
+            "%s", route_id, _lower_first(reason))
+
+
+def _lower_first(text):
+    return text[:1].lower() + text[1:]
 
 
 def granted_scopes(claims):

@@ -92,6 +92,15 @@ def prepare(conf):
             "env_header_b": conf["env_header"].lower().encode("latin-1")}
 
 
+def needs(conf):
+    """Claim conditions and a claim key read what the jwt plugin verified."""
+    wanted = [("jwt", f"rules[{i}].claim") for i, rule in enumerate(conf["rules"])
+              if rule["claim"]]
+    if conf["key_kind"] == "claim":
+        wanted.append(("jwt", f"key ({conf['key']})"))
+    return wanted
+
+
 def upstream_refs(conf):
     return {c["upstream"] for c in conf.get("upstreams") or ()
             if isinstance(c, dict) and isinstance(c.get("upstream"), str)}

@@ -98,3 +98,44 @@ def test_schema_names_the_problem(conf, problem):
     with pytest.raises(ConfigError) as caught:
         build_chain("route r", {"split": conf}, None, load_registry())
     assert problem in str(caught.value)
+
+
+SPLIT_ON_CLAIMS = {"upstreams": [{"upstream": "v1", "weight": 1},
+                                 {"upstream": "v2", "weight": 1, "group": "canary"}],
+                   "rules": [{"header": {"X-Beta": "1"}, "upstream": "canary"},
+                             {"claim": {"tier": "gold"}, "upstream": "canary"}]}
+
+
+def conf_with(plugins, global_plugins=None):
+    data = {"upstreams": {"v1": {"targets": [{"url": "http://127.0.0.1:9"}]},
+                          "v2": {"targets": [{"url": "http://127.0.0.1:10"}]}},
+            "routes": [{"id": "shop", "paths": ["/shop"], "upstream": "v1",
+                        "plugins": plugins}]}
+    if global_plugins:
+        data["plugins"] = global_plugins
+    from gwserver.settings import parse_conf
+    return parse_conf(data)
+
+
+@pytest.mark.parametrize("split_conf, problem", [
+    (SPLIT_ON_CLAIMS, "route shop: plugins.split.rules[1].claim needs the jwt plugin"),
+    ({**SPLIT_ON_CLAIMS, "rules": [], "key": "claim:sub"},
+     "route shop: plugins.split.key (claim:sub) needs the jwt plugin"),
+])
+def test_claims_in_split_without_jwt_is_a_check_error(split_conf, problem):
+    """It passed check and never matched: no jwt on the route, no claims to compare."""
+    with pytest.raises(ConfigError) as caught:
+        conf_with({"split": split_conf})
+    assert [p for p in caught.value.problems if problem in p], caught.value.problems
+
+
+JWT = {"secret": "s3cret", "algorithms": ["HS256"]}
+
+
+@pytest.mark.parametrize("route_plugins, global_plugins", [
+    ({"split": SPLIT_ON_CLAIMS, "jwt": JWT}, None),
+    ({"split": SPLIT_ON_CLAIMS}, {"jwt": JWT}),              # global jwt counts
+    ({"split": {**SPLIT_ON_CLAIMS, "rules": SPLIT_ON_CLAIMS["rules"][:1]}}, None),
+])
+def test_claims_in_split_with_jwt_or_without_claims_pass(route_plugins, global_plugins):
+    assert len(conf_with(route_plugins, global_plugins).router) == 1
