@@ -1,9 +1,11 @@
 """gunicorn embedded through its application API, and a master that validates before reloading.
 
 ``GatewayApplication`` maps the conf file's ``[server]`` section onto gunicorn's settings;
-``GatewayArbiter`` is gunicorn's master with one change to SIGHUP: the conf file is validated
+``GatewayArbiter`` is gunicorn's master with two changes to SIGHUP: the conf file is validated
 first, and a bad one is logged and ignored, so the old workers and settings keep running
-(gunicorn's own reload would ``sys.exit`` the master on a config error).
+(gunicorn's own reload would ``sys.exit`` the master on a config error); and listeners are
+changed in place (listeners.py) instead of closed and re-created, so a reload that adds, moves
+or removes a listener applies it, and one whose bind fails is refused, never fatal.
 """
 import logging
 import math
@@ -13,13 +15,14 @@ import subprocess
 import sys
 import time
 
-from gunicorn import systemd
+from gunicorn import systemd, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from .. import proctitle
 from ..errors import ConfigError
 from ..settings import load_conf
+from .listeners import ListenerError, describe, listener_roles, rebind
 
 log = logging.getLogger("gwserver.master")
 
@@ -303,7 +306,10 @@ class GatewayArbiter(Arbiter):
                  len(self.app.pending_conf.router))
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={int(time.monotonic() * 1e6)}\n"
                     f"STATUS=reloading")
-        super().handle_hup()
+        if not self.reload():
+            self.notify(f"READY=1\nSTATUS=reload refused; serving with {len(self.WORKERS)} "
+                        f"workers and the previous configuration")
+            return
         # Helpers survive reloads: the health checker re-reads its targets on SIGHUP; a changed
         # [etcd] section gets a sync process that reads it; helpers the new conf asks for (or
         # no longer needs) start (or stop).
@@ -321,3 +327,57 @@ class GatewayArbiter(Arbiter):
         self.helper_conf = etcd
         # gunicorn's reload returns once the old workers are gone; ours started serving first.
         self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers (reloaded)")
+
+    def reload(self):
+        """gunicorn's ``Arbiter.reload``, with listeners changed in place (listeners.py).
+
+        Returns False, having changed nothing, if the new configuration cannot be applied: its
+        gunicorn settings are refused, or a new listener cannot be bound. The master then goes
+        on with the configuration, listeners and workers it had.
+        """
+        old_conf, old_cfg = self.app.conf, self.app.cfg
+        try:
+            self.app.reload()           # gunicorn's do_load_config sys.exits on a bad setting
+            listeners, retired = rebind(self.LISTENERS, listener_roles(self.app.conf),
+                                        self.app.cfg, self.log)
+        except (SystemExit, ListenerError) as exc:
+            self.app.conf, self.app.cfg, self.app.pending_conf = old_conf, old_cfg, None
+            configure_logging(old_conf.log["level"])
+            reason = exc if isinstance(exc, ListenerError) else "gunicorn refused a setting"
+            log.error("reload refused: %s; still serving the previous configuration and "
+                      "listeners", reason)
+            return False
+        self._stats["reloads"] += 1
+        self.setup(self.app)
+        self.log.reopen_files()
+        changed = retired or len(listeners) != len(self.LISTENERS)
+        self.LISTENERS = listeners
+        for listener in retired:
+            # Old workers hold their own copies until they have drained; new workers are
+            # forked after this close and never see it.
+            log.info("closing listener %s: no longer in the configuration",
+                     describe(listener.cfg_addr))
+            listener.close()
+        if changed:
+            log.info("listening at: %s", ", ".join(
+                f"{role} {describe(address)}" for address, role in
+                listener_roles(self.app.conf).items()))
+        self.cfg.on_reload(self)
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+        if self.cfg.pidfile is not None:
+            from gunicorn.pidfile import Pidfile
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile.create(self.pid)
+        util._setproctitle("master [%s]" % self.proc_name)
+        last_worker_age = self.worker_age
+        for _ in range(self.cfg.workers):
+            self.spawn_worker()
+        self.manage_workers()           # stops the old workers once the new ones serve
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while self.WORKERS and time.monotonic() < deadline:
+            if min(w.age for w in self.WORKERS.values()) > last_worker_age:
+                break
+            self.reap_workers()
+            time.sleep(0.1)
+        return True

@@ -1,0 +1,80 @@
+"""The master's listening sockets across a reload: kept, added and retired, never re-created.
+
+gunicorn's reload closes every listener and binds them all again whenever ``bind`` changed.
+Old workers still hold the old sockets while they drain, so re-binding an unchanged address
+fails (EADDRINUSE), gunicorn retries five times and ``sys.exit``s the master: an outage that
+waits for the next reload. nginx and HAProxy instead keep the sockets whose address did not
+change, bind the new ones first, and keep the old set if a bind fails. So do we:
+
+1. a listener whose address is still wanted is kept (same socket, same accept queue);
+2. every new address is bound before anything is closed;
+3. a bind that fails closes what this attempt bound and raises ``ListenerError`` naming the
+   listener (server, tls or admin) and its address: the caller keeps the old set and conf;
+4. only then are the listeners no longer wanted returned, for the caller to close.
+
+Workers tell listeners apart by address (``GatewayWorker.serve``), so a socket kept while its
+role changes (say, the admin port becomes a server port) is served in its new role by the
+workers of the new configuration.
+"""
+from gunicorn import sock
+from gunicorn.util import parse_address
+
+ROLES = ("server", "tls", "admin")
+
+
+class ListenerError(Exception):
+    """A listener of the new configuration could not be bound."""
+
+
+def listener_roles(conf):
+    """{gunicorn address: "server" | "tls" | "admin"} in the order gunicorn is given them."""
+    binds = {"server": conf.server["bind"], "tls": conf.tls["bind"] if conf.tls else (),
+             "admin": [conf.admin["bind"]] if conf.admin["bind"] else ()}
+    roles = {}
+    for role in ROLES:
+        for bind in binds[role]:
+            roles.setdefault(parse_address(bind), role)
+    return roles
+
+
+def describe(address):
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{address}" if isinstance(address, str) else f"fd://{address}"
+
+
+def _matches(listener, address):
+    """Configured as ``address`` (a name such as localhost stays a name), or bound to it
+    (sockets inherited from systemd carry their bound address only)."""
+    if listener.cfg_addr == address:
+        return True
+    if not isinstance(address, tuple) or listener.sock is None:
+        return False
+    try:
+        return tuple(listener.sock.getsockname()[:2]) == address
+    except OSError:
+        return False
+
+
+def rebind(current, roles, cfg, log):
+    """(listeners for ``roles`` in their order, listeners to retire); see the module doc."""
+    remaining = list(current)
+    wanted, fresh = [], []
+    for address, role in roles.items():
+        kept = next((lnr for lnr in remaining if _matches(lnr, address)), None)
+        if kept is not None:
+            remaining.remove(kept)
+            wanted.append(kept)
+            continue
+        try:
+            listener = sock._sock_type(address)(address, cfg, log)
+        except (OSError, ValueError) as exc:
+            for lnr in fresh:
+                lnr.close()
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ListenerError(f"cannot listen on the {role} address {describe(address)}: "
+                                f"{reason}") from exc
+        fresh.append(listener)
+        wanted.append(listener)
+    return wanted, remaining
