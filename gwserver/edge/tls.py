@@ -80,6 +80,21 @@ def check_certificate(entry, strict, now=None):
     return leaf, warnings
 
 
+def ocsp_warnings(cert_path, leaf):
+    """What makes the ocsp helper fail for this certificate on every round (no responder in
+    the certificate, no issuer after the leaf): said once by `check` and at start."""
+    from .ocsp import OcspError, load_chain, responder_url
+    try:
+        load_chain(cert_path)
+        responder_url(leaf)
+    except OcspError as exc:
+        detail = str(exc).removeprefix(f"{cert_path}: ")
+        return [f"tls.ocsp_stapling: {cert_path}: {detail}; nothing will be stapled for it "
+                f"(a self-signed or private-CA certificate usually has no responder: set "
+                f"ocsp_stapling = false)"]
+    return []
+
+
 class ServerTLS:
     """The contexts of one configuration; built in the master (see the module doc)."""
 
@@ -93,6 +108,8 @@ class ServerTLS:
         for i, entry in enumerate(conf["certificates"]):
             leaf, warnings = check_certificate(entry, conf["strict"])
             self.warnings += warnings
+            if conf["ocsp_stapling"]:
+                self.warnings += ocsp_warnings(entry["cert"], leaf)
             context = self._context(entry, i)
             hosts = entry["hosts"] or _names_of(leaf)
             self.contexts.append((tuple(h.lower() for h in hosts), context,
@@ -159,7 +176,8 @@ class ServerTLS:
                 return
 
     def refresh_staples(self):
-        """Worker tick: pick up OCSP responses the helper wrote (mtime compared)."""
+        """Worker tick: pick up OCSP responses the helper wrote (file stamps compared: inode,
+        mtime and size, see shm.file_stamp)."""
         if not self.conf["ocsp_stapling"] or self.state_dir is None:
             return
         directory = os.path.join(self.state_dir, OCSP_DIR)
