@@ -223,17 +223,6 @@ def map_of(value_check, key_check=None):
     return check
 
 
-def any_of(*checks, what):
-    def check(value):
-        for candidate in checks:
-            try:
-                return candidate(value)
-            except Invalid:
-                continue
-        raise Invalid(f"must be {what}, got {show(value)}")
-    return check
-
-
 HEADER_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"   # RFC 9110 token
 header_name = string(HEADER_NAME, "an HTTP header name")
 

@@ -1,8 +1,9 @@
 """Every timeout of a worker, enforced by one ticker greenlet.
 
 A ``gevent.Timeout`` per socket wait costs a timer start and cancel on every read; with thousands
-of reads a second that is measurable (PERF_NOTES: part of the 4,400 -> 11,600 req/s step). Instead,
-code that is about to wait *arms* a deadline for an owner, and the ticker, waking every
+of reads a second that is measurable (docs/benchmarks.md, "Design measurements the code
+cites": part of the 4,400 -> 11,600 req/s step). Instead, code that is about to wait *arms* a
+deadline for an owner, and the ticker, waking every
 ``interval``, calls ``owner.expire()`` for each one that is overdue. Owners expire by closing the
 socket they wait on: gevent then raises in the waiting greenlet at once, at a point where it is
 expecting socket errors, which is safer than throwing an exception into an arbitrary frame.

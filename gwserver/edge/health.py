@@ -1,7 +1,8 @@
 """Target health on one host: the ``gwserver: health`` checker process, and what workers read.
 
 Two small files in the host's state directory (GWSERVER_LOCAL_STATE), both replaced or
-rewritten whole, both read by workers on their 50 ms tick when their mtime changes:
+rewritten whole, both read by workers on their 50 ms tick when their file stamp (inode, mtime,
+size: shm.file_stamp) changes:
 
     health.json      written by the checker: {"upstream|url": {"healthy": bool, ...}}
     ejections.json   written by workers under flock: passive ejections (core.health.Ejections)

@@ -6,8 +6,8 @@ them), and an outcome report (a breaker's or an adaptive limit's; never waited f
 the next round trip). ``RedisStore`` makes each decision one atomic script call on Redis' clock (EVALSHA, scripts
 loaded once and again on NOSCRIPT, one key per decision, keys that expire), and *coalesces*:
 every decision a worker's greenlets ask for while a round trip is in flight goes into the next
-pipeline, so a worker has at most one round trip in flight (PERF_NOTES: one EVALSHA per request
-cost 75% of a worker's throughput, one pipeline per loop iteration ~40%). Timeouts are tens of
+pipeline, so a worker has at most one round trip in flight (docs/benchmarks.md: one EVALSHA per
+request cost 75% of a worker's throughput, one pipeline per loop iteration ~40%). Timeouts are tens of
 milliseconds with no retries (redis-py's defaults, 5 s and 10 retries, would stall a worker for
 seconds), and after a failure the store is skipped for ``pause`` seconds so a dead Redis costs
 nothing per request; callers then apply their ``on_store_error``.
@@ -204,7 +204,7 @@ class RedisStore:
 
     def _round_trip(self, batch):
         # Calls on one key with the same limits -> one script call deciding all of them
-        # (PERF_NOTES: merging hits on one key was the next step after coalescing).
+        # (docs/benchmarks.md: merging hits on one key was the next step after coalescing).
         groups = {}
         for spec, payload, waiter, queued_at in batch:
             groups.setdefault(spec, []).append((payload, waiter, queued_at))
