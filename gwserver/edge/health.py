@@ -207,7 +207,11 @@ class Checker:
 
     def follow(self):
         if self.reader is not None and self.reader.changed():
-            self.table.apply_steps(self.reader.updates()[0])
+            steps, generation = self.reader.updates()
+            self.table.apply_steps(steps)
+            # Advance, or every later call re-reads the whole published table. Not record():
+            # that is the workers' board, which `routes status` lists as workers.
+            self.reader.generation = generation
         self.reconcile()
 
     def wanted(self):

@@ -1,0 +1,88 @@
+"""The table publisher (config-sync side) and reader (worker and health-helper side) over real
+files in a temp dir, and the health helper following them: no sockets, no etcd."""
+import json
+import os
+
+import pytest
+
+from gwserver.edge.shm import CHANGES, TablePublisher, TableReader
+
+UP = {"targets": [{"url": "http://127.0.0.1:9"}]}
+
+
+def item(version, spec):
+    return [version, json.dumps(spec)]
+
+
+@pytest.fixture
+def table():
+    return {"routes": {}, "upstreams": {}}
+
+
+@pytest.fixture
+def publisher(tmp_path, table):
+    return TablePublisher(str(tmp_path), lambda: table)
+
+
+def test_reader_sees_nothing_until_something_is_published(tmp_path):
+    reader = TableReader(str(tmp_path / "empty"))
+    assert reader.changed() is False
+
+
+def test_first_full_then_deltas_and_the_generation_advances(tmp_path, publisher, table):
+    table["upstreams"]["up"] = item(1, UP)
+    assert publisher.publish(None, 1, full=True) == 1
+    reader = TableReader(str(tmp_path))
+    assert reader.changed()
+    steps, generation = reader.updates()
+    assert [kind for kind, _ in steps] == ["full"] and generation == 1
+    assert steps[0][1]["table"]["upstreams"] == {"up": item(1, UP)}
+    reader.generation = generation
+    assert not reader.changed()                 # nothing new: nothing to read
+    publisher.publish({"routes": {"r": item(2, {"paths": ["/r"], "upstream": "up"})}}, 2)
+    publisher.publish({"routes": {"r": None}}, 3)
+    assert reader.changed()
+    steps, generation = reader.updates()
+    assert [(kind, doc["generation"]) for kind, doc in steps] == [("delta", 2), ("delta", 3)]
+    assert generation == 3 and steps[1][1]["routes"] == {"r": None}
+
+
+def test_a_reader_behind_the_kept_changes_gets_the_whole_table(tmp_path, publisher, table):
+    table["upstreams"]["up"] = item(1, UP)
+    publisher.publish(None, 1, full=True)
+    for revision in range(2, 6):
+        publisher.publish({"upstreams": {"up": item(revision, UP)}}, revision)
+    table["upstreams"]["up"] = item(5, UP)
+    publisher.flush()                           # the base the background thread would write
+    os.unlink(tmp_path / CHANGES / "3.json")    # pruned, as KEEP_CHANGES does
+    reader = TableReader(str(tmp_path))
+    reader.generation = 2
+    assert reader.changed()                     # (opens the counter updates() reads)
+    steps, generation = reader.updates()
+    assert [kind for kind, _ in steps] == ["full"] and generation == 5
+
+
+def test_a_new_publisher_continues_the_numbering(tmp_path, publisher):
+    publisher.publish(None, 1, full=True)
+    publisher.publish({}, 2)
+    again = TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}})
+    assert again.publish({}, 3) == 3
+
+
+def test_health_checker_follows_the_table_and_stops_re_reading_it(tmp_path, publisher, table):
+    """Checker.follow applied updates but never advanced its reader: every 0.2 s after the
+    first change it parsed the whole published table again."""
+    from gwserver.edge.health import Checker
+    from gwserver.settings import parse_conf
+    conf = parse_conf({"etcd": {"endpoints": ["http://127.0.0.1:2379"],
+                                "runtime_dir": str(tmp_path)}})
+    table["upstreams"]["up"] = item(1, UP)
+    publisher.publish(None, 1, full=True)
+    checker = Checker(conf, str(tmp_path / "state"))
+    assert "up" in checker.table.upstreams
+    assert checker.reader.generation == 1 and not checker.reader.changed()
+    publisher.publish({"routes": {"r": item(2, {"paths": ["/r"], "upstream": "up"})}}, 2)
+    checker.follow()
+    assert "r" in checker.table.router.routes
+    assert checker.reader.generation == 2 and not checker.reader.changed()
+    assert not os.path.exists(tmp_path / "workers" / str(os.getpid()))   # not a worker
