@@ -186,6 +186,22 @@ def probe(target, conf):
         sock.close()
 
 
+class _CheckCounts:
+    """``gwserver_health_checks_total{result, target, upstream}`` from the checker's counts."""
+
+    def __init__(self, counts):
+        self.counts = counts            # (target key, result) -> n
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+        family = CounterMetricFamily("gwserver_health_checks", "Active health checks by "
+                                     "target and result", labels=["result", "target", "upstream"])
+        for (key, result), n in sorted(self.counts.items()):
+            upstream, _, url = key.partition("|")
+            family.add_metric([result, url, upstream], n)
+        yield family
+
+
 class Checker:
     def __init__(self, conf, state_dir):
         self.conf = conf
@@ -270,14 +286,14 @@ class Checker:
                      json.dumps({"pid": os.getpid(), "targets": targets}).encode())
 
     def write_metrics(self):
-        lines = ["# HELP gwserver_health_checks_total Active health checks by target and result",
-                 "# TYPE gwserver_health_checks_total counter"]
-        for (key, result), n in sorted(self.counts.items()):
-            upstream, _, url = key.partition("|")
-            lines.append(f'gwserver_health_checks_total{{result="{result}",target="{url}",'
-                         f'upstream="{upstream}"}} {n}')
-        atomic_write(os.path.join(self.state_dir, METRICS_FILE),
-                     ("\n".join(lines) + "\n").encode())
+        """health.prom, which /metrics appends, by prometheus_client's textfile writer (label
+        values escaped, atomic rename) as sync.py writes its own. A collector of ready counts,
+        not Counter objects: with PROMETHEUS_MULTIPROC_DIR inherited from the master, a Counter
+        here would also land in the workers' multiprocess files."""
+        from prometheus_client import CollectorRegistry, write_to_textfile
+        registry = CollectorRegistry()
+        registry.register(_CheckCounts(dict(self.counts)))
+        write_to_textfile(os.path.join(self.state_dir, METRICS_FILE), registry)
 
     def run(self):
         import gevent

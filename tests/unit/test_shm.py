@@ -86,3 +86,20 @@ def test_health_checker_follows_the_table_and_stops_re_reading_it(tmp_path, publ
     assert "r" in checker.table.router.routes
     assert checker.reader.generation == 2 and not checker.reader.changed()
     assert not os.path.exists(tmp_path / "workers" / str(os.getpid()))   # not a worker
+
+
+def test_health_metrics_are_written_by_prometheus_client_with_labels_escaped(tmp_path):
+    """health.prom was written by hand, label values unescaped."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from gwserver.edge.health import METRICS_FILE, Checker
+    checker = Checker.__new__(Checker)          # only the counts and the state dir matter here
+    checker.state_dir = str(tmp_path)
+    odd = 'http://h:80/a"b\\c\nd'
+    checker.counts = {(f"pool|{odd}", "failure"): 3, ("pool|http://h:81", "success"): 7}
+    checker.write_metrics()
+    text = (tmp_path / METRICS_FILE).read_text()
+    samples = {(s.labels["upstream"], s.labels["target"], s.labels["result"]): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples == {("pool", odd, "failure"): 3, ("pool", "http://h:81", "success"): 7}
+    assert 'gwserver_health_checks_total{result="success",target="http://h:81",upstream="pool"}' \
+        ' 7.0' in text
