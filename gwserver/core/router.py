@@ -55,7 +55,7 @@ def _sort_key(route):
 
 
 class Router:
-    """Routing table. ``Router.compile(routes)`` builds one; ``add``/``remove`` change it in
+    """Routing table. ``add``/``remove`` build and change it in
     place (a gevent worker never yields inside them, so a request sees the table before or
     after a change, never half of one); ``match()`` looks a request up."""
 
@@ -64,19 +64,6 @@ class Router:
         self.routes = {}
         self.claim_routes = 0       # routes that match on JWT claims: match() needs claims_of
         self._placed = {}           # route id -> (buckets it sits in, param nodes it uses)
-
-    @classmethod
-    def compile(cls, routes):
-        router = cls()
-        problems = []
-        for route in routes:
-            try:
-                router.add(route)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-        if problems:
-            raise ConfigError(problems)
-        return router
 
     def check(self, route):
         """Raise ConfigError if ``route`` conflicts with the table; change nothing."""
