@@ -15,6 +15,15 @@ def cmd_run(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
+    from .edge.instance import InstanceLock, InstanceLocked, lock_paths
+    instance_lock = InstanceLock()      # held for the master's life (see instance.py)
+    try:
+        instance_lock.retarget(lock_paths(conf))
+    except InstanceLocked as exc:
+        print(f"{args.conf}: cannot start: {exc}", file=sys.stderr)
+        return 2
+    for warning in instance_lock.warnings:
+        print(f"{args.conf}: warning: {warning}", file=sys.stderr)
     # Per-host limiter and breaker state: files every worker maps (the master only creates
     # the directory).
     state_path = tempfile.mkdtemp(prefix="gwserver-state-")
@@ -29,7 +38,9 @@ def cmd_run(args):
         metrics.prepare(metrics_dir)
     master = os.getpid()
     try:
-        GatewayApplication(args.conf, conf).run()
+        app = GatewayApplication(args.conf, conf)
+        app.instance_lock = instance_lock
+        app.run()
     finally:
         # What the master created for itself goes with it. Workers are forked inside run() and
         # leave through this frame too: they must not remove what the others still use.
@@ -50,6 +61,9 @@ def cmd_check(args):
     print(f"{args.conf}: ok ({len(conf.router)} routes, {conf.server['workers']} workers, "
           f"listening on {', '.join(conf.server['bind'])}{tls})")
     for warning in conf.tls_server.warnings if conf.tls_server else ():
+        print(f"{args.conf}: warning: {warning}")
+    from .edge.sync import snapshot_warnings
+    for warning in snapshot_warnings(conf):
         print(f"{args.conf}: warning: {warning}")
     return 0
 

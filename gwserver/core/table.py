@@ -72,18 +72,22 @@ class LiveTable:
     # -- whole-table operations ----------------------------------------------------------------
 
     def replace_all(self, routes, upstreams):
-        """Make the dynamic part equal to ``routes``/``upstreams`` ({id: (version, raw)})."""
+        """Make the dynamic part equal to ``routes``/``upstreams`` ({id: (version, raw)}).
+
+        Compared by value, not by version alone: versions are etcd revisions, which restart
+        in another cluster, after a restore or a wipe (an item at an equal revision may hold
+        another value). Equal values are skipped, so an unchanged item costs a comparison."""
         for upstream_id in list(self.wanted_upstreams):
             if upstream_id not in upstreams:
                 self.delete_upstream(upstream_id)
         for upstream_id, (version, raw) in upstreams.items():
-            if self.wanted_upstreams.get(upstream_id, (None,))[0] != version:
+            if self.wanted_upstreams.get(upstream_id) != (version, raw):
                 self.put_upstream(upstream_id, raw, version)
         for route_id in list(self.wanted_routes):
             if route_id not in routes:
                 self.delete_route(route_id)
         for route_id, (version, raw) in routes.items():
-            if self.wanted_routes.get(route_id, (None,))[0] != version:
+            if self.wanted_routes.get(route_id) != (version, raw):
                 self.put_route(route_id, raw, version)
 
     # -- service instances (the sync process only: workers receive expanded upstreams) ---------
@@ -91,6 +95,7 @@ class LiveTable:
     def replace_instances(self, instances, revision):
         """Full load: {service: {instance: raw}} at ``revision``."""
         self.expand_services = True
+        self.service_revision = {}      # revisions of another history mean nothing here
         for service in set(self.instances) | set(instances):
             self.instances[service] = {}
             for instance, raw in instances.get(service, {}).items():

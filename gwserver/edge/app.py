@@ -22,6 +22,7 @@ from gunicorn.arbiter import Arbiter
 from .. import proctitle
 from ..errors import ConfigError
 from ..settings import load_conf
+from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, describe, listener_roles, rebind
 
 log = logging.getLogger("gwserver.master")
@@ -302,11 +303,24 @@ class GatewayArbiter(Arbiter):
                       self.app.conf_path)
             self.notify("STATUS=reload refused: invalid configuration; serving the previous one")
             return
+        lock = getattr(self.app, "instance_lock", None)
+        if lock is not None:
+            try:
+                lock.take(lock_paths(self.app.pending_conf))
+            except InstanceLocked as exc:
+                self.app.pending_conf = None
+                log.error("reload refused: %s; still serving the previous configuration", exc)
+                self.notify("STATUS=reload refused: runtime directory in use; serving the "
+                            "previous configuration")
+                return
         log.info("reloading with %s (%d routes)", self.app.conf_path,
                  len(self.app.pending_conf.router))
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={int(time.monotonic() * 1e6)}\n"
                     f"STATUS=reloading")
-        if not self.reload():
+        reloaded = self.reload()
+        if lock is not None:
+            lock.keep_only(lock_paths(self.app.conf))
+        if not reloaded:
             self.notify(f"READY=1\nSTATUS=reload refused; serving with {len(self.WORKERS)} "
                         f"workers and the previous configuration")
             return

@@ -13,6 +13,7 @@ none did. Keys and values are bytes on the wire (base64 in JSON).
 import base64
 import json
 import logging
+import time
 
 import requests
 
@@ -25,6 +26,10 @@ class EtcdError(Exception):
 
 class EtcdUnavailable(EtcdError):
     """No endpoint answered."""
+
+
+class WatchLost(EtcdUnavailable):
+    """The watch stream broke (etcd went away, or the connection to it did)."""
 
 
 class Compacted(EtcdError):
@@ -69,6 +74,7 @@ class EtcdClient:
             self.session.cert = (cert_file, key_file) if key_file else cert_file
         self._current = 0
         self._token = None
+        self.cluster_id = None          # from the last response header (a decimal string)
 
     # -- transport -------------------------------------------------------------------------------
 
@@ -109,7 +115,9 @@ class EtcdClient:
         return {"Authorization": self._token}
 
     def _call(self, path, body):
-        return self._post(path, body).json()
+        data = self._post(path, body).json()
+        self.cluster_id = data.get("header", {}).get("cluster_id", self.cluster_id)
+        return data
 
     # -- KV ----------------------------------------------------------------------------------------
 
@@ -124,8 +132,25 @@ class EtcdClient:
 
     def revision(self):
         """The store's current revision (a range that returns nothing)."""
+        return self.identity()[1]
+
+    def identity(self):
+        """(cluster_id, revision): which etcd history, and where it is now. etcd puts both in
+        every response header; revisions alone restart in a new cluster or a restored one."""
         data = self._call("/v3/kv/range", {"key": _b64("\0"), "count_only": True})
-        return int(data["header"]["revision"])
+        return data["header"].get("cluster_id"), int(data["header"]["revision"])
+
+    def compacted(self, prefix, revision):
+        """True if ``revision`` can no longer be read (etcd compacted it away)."""
+        try:
+            self._call("/v3/kv/range", {"key": _b64(prefix), "range_end":
+                                        _b64(prefix_end(prefix)), "count_only": True,
+                                        "revision": str(revision)})
+        except EtcdUnavailable:
+            raise
+        except EtcdError as exc:
+            return "compacted" in str(exc)
+        return False
 
     def get(self, key):
         data = self._call("/v3/kv/range", {"key": _b64(key)})
@@ -167,18 +192,22 @@ class EtcdClient:
         """Yield (revision, [(kind, key, value, mod_revision)]) batches from ``start_revision``.
 
         Raises Compacted if that revision is gone, EtcdUnavailable if no endpoint takes the
-        watch, and ends (returns) when the stream closes or is silent for ``idle_timeout``
-        seconds: the caller resumes from its last revision + 1. The silence limit is what turns
-        a partition into a reconnect (etcd's progress notifications default to 10 minutes).
+        watch, WatchLost if the stream breaks or etcd ends it, and returns when it is silent
+        for ``idle_timeout`` seconds: the caller resumes from its last revision + 1. The
+        silence limit is what turns a partition into a reconnect (etcd's progress
+        notifications default to 10 minutes). A lost stream is not resumed blindly: the etcd
+        that comes back may be another history at the same revision (ConfigSync.why_reload).
         """
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision),
                                    "progress_notify": True}}
         resp = self._post("/v3/watch", body, stream=True, timeout=idle_timeout)
+        last_message = time.monotonic()
         try:
             for line in resp.iter_lines(chunk_size=None):
                 if not line:
                     continue
+                last_message = time.monotonic()
                 message = json.loads(line)
                 if "error" in message:
                     raise EtcdError(f"watch failed: {message['error']}")
@@ -186,15 +215,20 @@ class EtcdClient:
                 if result.get("compact_revision") and result.get("canceled"):
                     raise Compacted(int(result["compact_revision"]))
                 if result.get("canceled"):
-                    return
-                revision = int(result.get("header", {}).get("revision", 0))
+                    raise WatchLost("etcd cancelled the watch")
+                header = result.get("header", {})
+                self.cluster_id = header.get("cluster_id", self.cluster_id)
+                revision = int(header.get("revision", 0))
                 events = [("delete" if event.get("type") == "DELETE" else "put",
                            _unb64(event["kv"]["key"]).decode(), _unb64(event["kv"].get("value")),
                            int(event["kv"].get("mod_revision", revision)))
                           for event in result.get("events", [])]
                 yield revision, events
         except (requests.RequestException, ValueError) as exc:
-            log.info("etcd watch stream ended: %s", exc.__class__.__name__)
-            return
+            if time.monotonic() - last_message >= idle_timeout * 0.9:
+                log.info("etcd watch silent for %.0fs; resuming it", idle_timeout)
+                return
+            raise WatchLost(f"watch stream broke: {exc.__class__.__name__}") from None
         finally:
             resp.close()
+        raise WatchLost("etcd closed the watch stream")

@@ -60,10 +60,13 @@ class TablePublisher:
     MAX_STALE = 5.0
     KEEP_CHANGES = 2000
 
-    def __init__(self, runtime_dir, full_table, snapshot_path=None):
+    def __init__(self, runtime_dir, full_table, snapshot_path=None, source=None):
         self.runtime_dir = runtime_dir
         self.full_table = full_table        # () -> published table; called under self.lock
         self.snapshot_path = snapshot_path
+        # Where the table comes from ({"cluster_id", "prefix"}), written into table.json and
+        # the snapshot: a revision means nothing without its etcd cluster. Set under lock.
+        self.source = dict(source or {})
         os.makedirs(os.path.join(runtime_dir, WORKERS), exist_ok=True)
         os.makedirs(os.path.join(runtime_dir, CHANGES), exist_ok=True)
         self.counter = _open_counter(runtime_dir, create=True)
@@ -88,8 +91,8 @@ class TablePublisher:
         self.last_publish = time.monotonic()
         if full:
             with self.lock:
-                table = self.full_table()
-            self._write_base(self.generation, revision, table)
+                table, source = self.full_table(), dict(self.source)
+            self._write_base(self.generation, revision, table, source)
         else:
             document = {"generation": self.generation, "revision": revision, **delta}
             atomic_write(self._change_path(self.generation), json.dumps(document).encode())
@@ -104,12 +107,12 @@ class TablePublisher:
     def _change_path(self, generation):
         return os.path.join(self.runtime_dir, CHANGES, f"{generation}.json")
 
-    def _write_base(self, generation, revision, table):
+    def _write_base(self, generation, revision, table, source):
         """The whole table as of ``generation`` (never replacing a newer one), and the snapshot.
 
         Serialising 10,000 routes takes ~100 ms: done outside ``lock``, on references taken
         under it (items are replaced, never changed in place)."""
-        data = json.dumps({"generation": generation, "revision": revision,
+        data = json.dumps({"generation": generation, "revision": revision, **source,
                            "table": table}).encode()
         with self.base_lock:
             if generation <= self.base_generation:
@@ -134,18 +137,18 @@ class TablePublisher:
                 time.sleep(self.BASE_INTERVAL / 5)
             self.dirty.clear()
             with self.lock:
-                table = self.full_table()
+                table, source = self.full_table(), dict(self.source)
                 generation, revision = self.generation, self.revision
-            self._write_base(generation, revision, table)
+            self._write_base(generation, revision, table, source)
 
     def flush(self):
         """Write a pending base now (on exit). Skipped if the table is being changed."""
         if self.dirty.is_set() and self.lock.acquire(blocking=False):
             try:
-                table = self.full_table()
+                table, source = self.full_table(), dict(self.source)
             finally:
                 self.lock.release()
-            self._write_base(self.generation, self.revision, table)
+            self._write_base(self.generation, self.revision, table, source)
 
     def write_status(self, status):
         atomic_write(os.path.join(self.runtime_dir, STATUS),

@@ -60,9 +60,12 @@ class ConfigSync:
         self.table = LiveTable.for_conf(conf, load_registry())
         self.table.expand_services = True       # workers get upstreams with live instances
         self.publisher = TablePublisher(etcd["runtime_dir"], self.table.published,
-                                        etcd["snapshot_path"])
+                                        etcd["snapshot_path"], {"cluster_id": None,
+                                                                "prefix": self.prefix})
         self.backoff = Backoff(cap=etcd["backoff_max"])
         self.revision = None
+        self.cluster_id = None          # etcd's, with the revision: which state we serve
+        self.lost = False               # the connection broke since the last full load
         self.served = None
         self.logged = {}
         self.rejections_total = 0
@@ -139,7 +142,7 @@ class ConfigSync:
         self.publisher.write_status({
             "generation": self.publisher.generation, "revision": self.revision,
             "connected": self.connected, "endpoint": self.client.endpoints[self.client._current],
-            "last_sync": self.last_sync, "prefix": self.prefix,
+            "last_sync": self.last_sync, "prefix": self.prefix, "cluster_id": self.cluster_id,
             "routes": len(self.table.route_specs), "upstreams": len(self.table.upstream_specs),
             "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid()})
 
@@ -158,7 +161,9 @@ class ConfigSync:
         return None, None
 
     def full_load(self):
+        """Make the table exactly what etcd holds under the prefix, by value."""
         revision, items = self.client.range_prefix(self.prefix)
+        cluster_id = self.client.cluster_id
         wanted = {"routes": {}, "upstreams": {}}
         instances = {}
         for key, value, mod_revision in items:
@@ -167,12 +172,36 @@ class ConfigSync:
                 instances.setdefault(item_id[0], {})[item_id[1]] = value
             elif kind:
                 wanted[kind][item_id] = (mod_revision, value)
+        was = self.cluster_id or self.publisher.source.get("cluster_id")
+        if was and cluster_id != was:
+            log.warning("the table served came from etcd cluster %s; etcd is cluster %s: "
+                        "replacing it whole, by value", was, cluster_id)
         with self.publisher.lock:           # the base writer reads the table under this lock
             self.table.replace_instances(instances, revision)
             self.table.replace_all(wanted["routes"], wanted["upstreams"])
-            self.revision = revision
+            self.revision, self.cluster_id, self.lost = revision, cluster_id, False
+            self.publisher.source = {"cluster_id": cluster_id, "prefix": self.prefix}
         self.log_rejections()
-        log.info("loaded %d keys from etcd at revision %d", len(items), revision)
+        log.info("loaded %d keys from etcd cluster %s at revision %d", len(items), cluster_id,
+                 revision)
+
+    def why_reload(self):
+        """Why the watch cannot resume from our revision + 1 (None if it can)."""
+        cluster_id, current = self.client.identity()
+        if cluster_id != self.cluster_id:
+            return f"etcd is now cluster {cluster_id}, not {self.cluster_id}"
+        if current < self.revision:
+            return (f"etcd revision went backwards ({current} < {self.revision}): etcd was "
+                    f"wiped or restored")
+        if not self.lost:
+            return None
+        if self.client.compacted(self.prefix, self.revision):
+            return f"watch from revision {self.revision}: revision compacted"
+        # Same cluster id, revision not lower: the same history, or a restored or wiped etcd
+        # (same name, peers and token give the same cluster id) written back up to our
+        # revision or past it. Only the values tell them apart.
+        return (f"the connection to etcd was lost (etcd at revision {current}, ours "
+                f"{self.revision}): etcd may have been restored or wiped meanwhile")
 
     def apply(self, events):
         with self.publisher.lock:
@@ -210,9 +239,17 @@ class ConfigSync:
         snapshot = read_json(self.snapshot_path)
         if not snapshot:
             return
-        log.info("serving snapshot %s until etcd answers", self.snapshot_path)
+        prefix = snapshot.get("prefix", self.prefix)
+        if prefix != self.prefix:
+            log.warning("snapshot %s holds etcd prefix %s, not %s: not serving it",
+                        self.snapshot_path, prefix, self.prefix)
+            return
+        log.info("serving snapshot %s (etcd cluster %s, revision %s) until etcd answers",
+                 self.snapshot_path, snapshot.get("cluster_id"), snapshot.get("revision"))
         with self.publisher.lock:
             self.table.apply_published(snapshot["table"])
+            self.publisher.source = {"cluster_id": snapshot.get("cluster_id"),
+                                     "prefix": self.prefix}
         self.revision = None            # a snapshot is a start, not a position in etcd
         self.publish(full=True)
 
@@ -230,16 +267,15 @@ class ConfigSync:
             except EtcdError as exc:
                 if self.connected:
                     log.error("etcd unreachable: %s; serving the last good table", exc)
-                self.connected = False
+                self.connected, self.lost = False, True
                 self.write_status()
                 time.sleep(self.backoff.next())
 
     def sync_once(self):
         if self.revision is not None:
-            current = self.client.revision()
-            if current < self.revision:
-                log.warning("etcd revision went backwards (%d < %d): etcd was wiped or "
-                            "restored; reloading everything", current, self.revision)
+            reason = self.why_reload()
+            if reason:
+                log.warning("%s; reloading everything, by value", reason)
                 self.revision = None
         if self.revision is None:
             self.full_load()
@@ -263,6 +299,36 @@ class ConfigSync:
         self.connected = True
         self.last_sync = time.time()
         self.backoff.reset()
+
+
+def snapshot_warnings(conf):
+    """What ``gwserver check`` says of the snapshot on disk: another prefix's, or another etcd
+    cluster's (the gateway would serve it from start until etcd answers)."""
+    etcd = conf.etcd
+    snapshot = read_json(etcd["snapshot_path"]) if etcd else None
+    if not snapshot:
+        return []
+    path, prefix = etcd["snapshot_path"], etcd["prefix"].rstrip("/") + "/"
+    warnings = []
+    if snapshot.get("prefix", prefix) != prefix:
+        warnings.append(f"snapshot {path} holds etcd prefix {snapshot['prefix']}, not {prefix}: "
+                        f"another instance's? It will not be served (docs/operations.md)")
+    cluster_id = snapshot.get("cluster_id")
+    if cluster_id:
+        client = EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"],
+                            etcd["password"], etcd["ca_file"], etcd["cert_file"],
+                            etcd["key_file"])
+        try:
+            current = client.identity()[0]
+        except EtcdError as exc:
+            warnings.append(f"cannot compare snapshot {path} with etcd's cluster: {exc}")
+        else:
+            if current != cluster_id:
+                warnings.append(
+                    f"snapshot {path} belongs to etcd cluster {cluster_id}; etcd at "
+                    f"{', '.join(etcd['endpoints'])} is cluster {current}: it would be served "
+                    f"at start until etcd answers, then replaced whole")
+    return warnings
 
 
 def run(conf_path):

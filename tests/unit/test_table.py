@@ -99,6 +99,34 @@ def test_replace_all_and_apply_published_converge():
     assert served(worker, "/a2") == "a" and served(worker, "/b") is None
 
 
+def test_an_equal_revision_with_another_value_is_replaced_on_both_sides():
+    """Revisions restart in another etcd cluster, a restore or a wipe: r0 at revision 2 in
+    cluster 1 (upstream X) is not r0 at revision 2 in cluster 2 (upstream Y)."""
+    x = {"targets": [{"url": "http://127.0.0.1:1"}]}
+    y = {"targets": [{"url": "http://127.0.0.1:2"}]}
+    source = table()
+    source.replace_all({"r0": (2, route("r0", "/r0", "x"))}, {"x": (1, json.dumps(x))})
+    snapshot = json.loads(json.dumps(source.published()))
+    source, worker = table(), table()
+    source.apply_published(snapshot)            # the sync process starts from the snapshot
+    worker.apply_published(snapshot)
+    source.replace_all({"r0": (2, route("r0", "/r0", "y"))}, {"y": (1, json.dumps(y))})
+    worker.apply_published(json.loads(json.dumps(source.published())))
+    for t in (source, worker):
+        upstream = t.router.match("GET", "h", "/r0", None)[0].upstream
+        assert upstream.id == "y" and [tg.url for tg in upstream.targets] == \
+            ["http://127.0.0.1:2"]
+        assert sorted(t.upstream_specs) == ["y"]
+
+
+def test_replace_all_skips_items_whose_value_is_unchanged():
+    t = table()
+    t.replace_all({"a": (2, route("a", "/a"))}, {"u1": (1, json.dumps(UP))})
+    compiled = t.router.routes["a"]
+    t.replace_all({"a": (2, route("a", "/a"))}, {"u1": (1, json.dumps(UP))})
+    assert t.router.routes["a"] is compiled
+
+
 def test_key_and_value_ids_must_agree():
     t = table()
     t.put_upstream("u1", json.dumps(UP), 1)
