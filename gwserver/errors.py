@@ -13,6 +13,7 @@
         ├── UpstreamError             502  refused, reset or unparsable upstream
         │   └── UpstreamConnectError  502  could not connect (safe to retry anywhere)
         ├── InternalError             500  a bug (a plugin raised, say); logged with traceback
+        ├── Unimplemented             501  a transfer coding the gateway does not do
         ├── ServiceUnavailable        503  no target, pool exhausted
         └── UpstreamTimeout           504
             └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
@@ -99,6 +100,11 @@ class UpstreamConnectError(UpstreamError):
 class InternalError(HTTPError):
     """Something raised that is not an HTTPError: a bug, logged with its traceback."""
     status, error = 500, "internal_error"
+
+
+class Unimplemented(HTTPError):
+    """The request uses something the gateway does not implement (a transfer coding)."""
+    status, error = 501, "not_implemented"
 
 
 class ServiceUnavailable(HTTPError):

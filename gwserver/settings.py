@@ -5,6 +5,7 @@ static routes and returns a ``Conf``; on any problem it raises ConfigError listi
 bad file never starts a half-configured server. ``reference_toml()`` renders the documented
 reference that conf/gwserver.toml carries.
 """
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
@@ -29,6 +30,16 @@ def bind_address(value):
     return value
 
 
+def cidr(value):
+    if not isinstance(value, str):
+        raise Invalid(f"must be an address or CIDR string like \"10.0.0.0/8\", got {show(value)}")
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise Invalid(f"must be an IPv4 or IPv6 address or CIDR, got {show(value)}") from None
+    return value
+
+
 SERVER = Schema(
     Field("bind", list_of(bind_address, min_items=1), lambda: ["127.0.0.1:8080"],
           "addresses to listen on, as \"host:port\" (\"[::]:8080\" for IPv6)"),
@@ -50,6 +61,22 @@ SERVER = Schema(
     Field("limit_request_field_size", integer(64), 8190, "longest header field in bytes"),
     Field("max_body_size", integer(0), 0,
           "request body limit in bytes for routes that set none; 0 = no limit"),
+    Field("request_buffer_size", integer(0), 65536,
+          "bodies up to this many bytes are read whole before the upstream is contacted "
+          "(a slow client holds no upstream connection); larger ones stream"),
+    Field("client_body_timeout", number(0, exclusive=True), 10.0,
+          "seconds allowed between two reads of a request body (nginx: client_body_timeout)"),
+    Field("escaped_slashes", one_of("reject", "decode", "keep"), "reject",
+          "%2F, %5C and \\ in a path: answer 400, decode to /, or forward encoded "
+          "(keep only for upstreams that never decode them)"),
+    Field("merge_slashes", boolean, True,
+          "route and forward //a//b as /a/b (off only if no upstream merges slashes itself)"),
+    Field("headers_with_underscores", one_of("drop", "reject", "allow"), "drop",
+          "request headers named with _ (X_User_Id): drop them, answer 400, or forward"),
+    Field("trusted_proxies", list_of(cidr), list,
+          "peers (CIDRs) whose real_ip_header names the client; empty: the peer is the client"),
+    Field("real_ip_header", one_of("X-Forwarded-For", "Forwarded"), "X-Forwarded-For",
+          "where a trusted proxy puts the client address (walked from the right)"),
     Field("proc_name", string(r"[A-Za-z0-9_.-]+", "a short name"), "gwserver",
           "prefix of process titles"),
     doc="The listener and the worker processes (gunicorn's names and meanings).",
@@ -65,6 +92,8 @@ UPSTREAM_DEFAULTS = Schema(
           "seconds to open an upstream connection"),
     Field("read_timeout", number(0, exclusive=True), 60.0,
           "seconds to wait for each read from an upstream"),
+    Field("max_response_head", integer(1024), 65536,
+          "largest upstream response head in bytes (1xx heads included); larger: 502"),
     Field("retries", integer(0, 5, "an integer from 0 to 5"), 1,
           "retries on another target after a connect failure (idempotent-safe only)"),
     Field("retry_budget_percent", number(0), 20.0,

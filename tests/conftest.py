@@ -210,6 +210,30 @@ class Launcher:
             upstream.url = f"https://127.0.0.1:{port}"
         return upstream
 
+    def raw_upstream(self):
+        """tests/raw_upstream.py: an upstream that misbehaves on purpose, by path."""
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "raw_upstream.py"),
+                                 str(port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        self.started.append(proc)
+        wait_for_port(port, proc=proc)
+        return Upstream(proc, port, "raw")
+
+    def nginx(self, name, server):
+        """An nginx with one server block (``{port}`` filled with a free port); -> the port."""
+        port = free_port()
+        conf = self.tmp_dir / f"{name}.conf"
+        conf.write_text(f"user root root; worker_processes 1; daemon off; "
+                        f"pid {self.tmp_dir}/{name}.pid; error_log {self.tmp_dir}/{name}.err; "
+                        f"events {{ }} http {{ access_log off; "
+                        f"server {{ {server.format(port=port)} }} }}")
+        proc = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        self.started.append(proc)
+        wait_for_port(port, proc=proc)
+        return port
+
     def gateway(self, conf, env=None, wait=True):
         port = free_port()
         conf = json.loads(json.dumps(conf))

@@ -50,7 +50,9 @@ class RequestContext:
     """
 
     __slots__ = ("method", "path", "query", "headers", "header_map", "host", "host_header",
-                 "client_ip", "scheme", "request_id", "route", "params", "_vars", "ended_by",
+                 "client_ip",   # the client: the peer, or what a trusted proxy named
+                 "peer_ip",     # the socket's peer, set when it is a trusted proxy
+                 "scheme", "request_id", "route", "params", "_vars", "ended_by",
                  "error",       # the HTTPError that ended the request, if one did
                  "trace",       # core.tracing.TraceContext, or None with tracing off
                  "upstream",    # an Upstream chosen by a plugin (split) instead of the route's
@@ -61,6 +63,7 @@ class RequestContext:
 
     def __init__(self, client_ip, scheme):
         self.client_ip = client_ip
+        self.peer_ip = None
         self.scheme = scheme
         self.url = b""
         self.headers = []

@@ -3,7 +3,8 @@
 Rules, in the order they decide a match:
 
 1. Path: at each segment a static child is tried before the parameter child, and both before a
-   catch-all; an exact end before a ``prefix = true`` route. The deepest, most static match wins,
+   catch-all; an exact end before a ``prefix = true`` route. ``/p/*rest`` also matches ``/p``
+   (with ``rest`` empty), after an exact or prefix route for ``/p``. The deepest, most static match wins,
    and the walk backtracks when a more specific branch has no route whose conditions hold.
 2. Among routes on the same node: higher ``priority`` first, then the more specific conditions
    (exact hosts, wildcard hosts, more headers, restricted methods), then route id.
@@ -178,6 +179,14 @@ class Router:
                     route = _pick(bucket, method, host, conditions, allowed)
                     if route is not None:
                         return route, dict(params) if params else {}
+            if node.catchall:
+                # /admin/*rest covers /admin itself: frameworks serve /admin as /admin/, so a
+                # protected prefix must leave no bare-name hole to a broader route.
+                route = _pick(node.catchall, method, host, conditions, allowed)
+                if route is not None:
+                    bound = dict(params) if params else {}
+                    bound[node.catchall_name] = ""
+                    return route, bound
             return None
         segment = segments[i]
         child = node.static.get(segment)

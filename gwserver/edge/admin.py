@@ -16,11 +16,18 @@ import hmac
 import os
 import time
 
+import gevent
+
 from ..core.context import Reply
 from .http1 import ClientConnection, render_reply
 from .shm import STATUS, read_json
 
 PROBES = ("/-/healthz", "/-/ready")
+# Wrong tokens: each costs the client a pause, and past a few a minute its address is refused
+# outright until the minute is over (per worker: a guesser gets a handful of tries a minute).
+FAILED_AUTH_PAUSE = 0.25
+FAILED_AUTH_LIMIT = 5
+FAILED_AUTH_WINDOW = 60.0
 
 
 class AdminConnection(ClientConnection):
@@ -40,14 +47,38 @@ class AdminConnection(ClientConnection):
             return Reply.json(405, {"error": "method_not_allowed"}, [("Allow", "GET, HEAD")])
         token = self.worker.conf.admin["token"]
         if token and req.path not in PROBES:
-            sent = req.header("authorization") or ""
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                return Reply.json(401, {"error": "unauthorized"},
-                                  [("WWW-Authenticate", 'Bearer realm="gwserver admin"')])
+            refused = self.check_token(req, token)
+            if refused is not None:
+                return refused
         view = VIEWS.get(req.path)
         if view is None:
             return Reply.json(404, {"error": "not_found", "endpoints": sorted(VIEWS)})
         return view(self.worker)
+
+    def check_token(self, req, token):
+        """None if ``Authorization: Bearer <token>`` (scheme in any case, RFC 9110 11.1);
+        else the 401 or, after FAILED_AUTH_LIMIT failures a minute from one address, 429."""
+        failures = self.worker.admin_auth_failures
+        now = time.monotonic()
+        count, since = failures.get(req.client_ip, (0, now))
+        if now - since > FAILED_AUTH_WINDOW:
+            count, since = 0, now
+        if count >= FAILED_AUTH_LIMIT:
+            wait = int(FAILED_AUTH_WINDOW - (now - since)) + 1
+            return Reply.json(429, {"error": "too_many_requests", "status": 429,
+                                    "message": "too many wrong admin tokens; wait"},
+                              [("Retry-After", str(wait))])
+        scheme, _, sent = (req.header("authorization") or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(),
+                                                             token.encode()):
+            return None
+        if len(failures) > 10_000:
+            failures.clear()
+        failures[req.client_ip] = (count + 1, since)
+        gevent.sleep(FAILED_AUTH_PAUSE)
+        return Reply.json(401, {"error": "unauthorized", "status": 401,
+                                "message": "admin token missing or wrong"},
+                          [("WWW-Authenticate", 'Bearer realm="gwserver admin"')])
 
 
 def healthz(worker):

@@ -14,7 +14,7 @@ from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamC
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools
 from .http1 import REASONS
-from .proxy import upstream_host, upstream_path
+from .proxy import forwarded_values, upstream_host, upstream_path, via_chain
 
 # Request headers HTTP/2 forbids or that belong to this hop (RFC 9113 8.2.2, RFC 9110 7.6.1).
 DROPPED = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -36,12 +36,12 @@ class H2Forwarder:
                 raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
             if req.complete:
                 return b"".join(chunks)
-            client.read_body(route.read_timeout)
+            client.read_body()
 
     def request_headers(self, req, target, upstream, grpc):
+        authority = upstream_host(req, target, upstream)
         headers = [(b":method", req.method.encode()), (b":scheme", target.scheme.encode()),
-                   (b":path", upstream_path(req).encode("latin-1")),
-                   (b":authority", upstream_host(req, target, upstream))]
+                   (b":path", upstream_path(req).encode("latin-1")), (b":authority", authority)]
         named = req.connection_tokens or ()
         for name, value in req.headers:
             lower = name.lower()
@@ -53,12 +53,11 @@ class H2Forwarder:
         if grpc:
             headers += [(b"content-type",
                          grpcweb.upstream_content_type(grpc[1]).encode()), (b"te", b"trailers")]
-        hmap = req.header_map
-        xff = hmap.get(b"x-forwarded-for")
-        client_ip = req.client_ip.encode("latin-1")
-        headers += [(b"x-forwarded-for", xff + b", " + client_ip if xff else client_ip),
-                    (b"x-forwarded-proto", b"https" if req.scheme == "https" else b"http"),
-                    (b"x-request-id", req.request_id.encode("latin-1")), (b"via", VIA)]
+        xff, proto, fhost = forwarded_values(req, authority)
+        headers += [(b"x-forwarded-for", xff), (b"x-forwarded-proto", proto),
+                    (b"x-forwarded-host", fhost),
+                    (b"x-request-id", req.request_id.encode("latin-1")),
+                    (b"via", via_chain(req.header_map))]
         if req.trace is not None:
             headers = [(k, v) for k, v in headers if k not in REPLACED_HEADERS] + [
                 (k.lower(), v) for k, v in req.trace.upstream_headers(self.proxy.worker.emit_b3)]

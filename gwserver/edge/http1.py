@@ -14,6 +14,7 @@ Rules this file enforces (RFC 9112 and what gunicorn's parser rejects):
   so the proxy step never sees them.
 """
 import collections
+from http import HTTPStatus
 import logging
 import socket
 import time
@@ -23,11 +24,12 @@ from random import randbytes
 import httptools
 
 from ..core.context import RequestContext
+from ..core.target import normalise_host, normalise_path
 from ..core.tracing import extract as extract_trace
 from ..plugins.jwt import route_claims
-from .sockets import recv_when_readable, send_all
+from .sockets import PlainSocket, recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
-                      RequestTimeout)
+                      RequestTimeout, Unimplemented)
 
 log = logging.getLogger("gwserver.http")
 
@@ -43,6 +45,9 @@ HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te"
 REWRITTEN = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
                        b"x-forwarded-host", b"x-request-id", b"via", b"expect"])
 NOT_FORWARDED = HOP_BY_HOP | REWRITTEN
+# Headers that say who the client is or what it asked for, as a proxy in front would: from
+# anyone else they are forgeries (an upstream trusting X-Original-URL routes on it).
+PROXY_SET = frozenset([b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrite-url"])
 LIST_HEADERS = frozenset([b"x-forwarded-for", b"via"])
 
 IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
@@ -50,12 +55,9 @@ IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
 HOST_TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~"
                        b"!$&'()*+,;=%:[]")
 
-REASONS = {200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Permanently",
-           302: b"Found", 304: b"Not Modified", 400: b"Bad Request", 401: b"Unauthorized",
-           403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-           408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
-           431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+# Every registered status (206, 307, 409, 422, ... too), with RFC 9110's newer phrases.
+REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+REASONS.update({413: b"Content Too Large", 422: b"Unprocessable Content"})
 
 
 class ClientGone(Exception):
@@ -81,19 +83,26 @@ class ClientConnection:
         self.view = worker.client_view
         self.queue = collections.deque()
         self.parser = httptools.HttpRequestParser(self)
-        self.head_bytes = 0
+        self.head_size = self.head_fields = 0     # of the head being parsed (exact)
+        self.unparsed = 0           # bytes fed since the last complete head (httptools buffers)
         self.upgraded = False
         self.timed_out = False
         self.requests = 0
         self.limits = (self.settings["limit_request_line"], self.settings["limit_request_fields"],
                        self.settings["limit_request_field_size"])
         self.keepalive_enabled = self.settings["keepalive"] > 0
+        self.underscores = self.settings["headers_with_underscores"]
+        self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"])
+        self.trusted_peer = bool(worker.trusted_proxies) and \
+            worker.trusted_proxies.trusts(self.client_ip)
+        self.body_timeout = self.settings["client_body_timeout"]
+        self.answer_timeout = False     # a late head or body gets a 408 before the close
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
 
     def on_message_begin(self):
         self.queue.append(RequestContext(self.client_ip, self.scheme))
-        self.head_bytes = 0
+        self.head_size = self.head_fields = 0
 
     def on_url(self, url):
         req = self.queue[-1]
@@ -102,38 +111,63 @@ class ClientConnection:
             raise HeadersTooLarge(f"request line longer than {self.limits[0]} bytes")
 
     def on_header(self, name, value):
-        req = self.queue[-1]
+        """One header field, or one trailer field after the body: both count against the
+        limits (fields, field size, the whole head); trailers are never forwarded."""
         limits = self.limits
-        if len(name) + len(value) + 2 > limits[2]:
+        size = len(name) + len(value) + 2
+        if size > limits[2]:
             raise HeadersTooLarge(f"header field {name[:40]!r} longer than {limits[2]} bytes")
-        hmap = req.header_map
-        if len(hmap) >= limits[1] or len(req.headers) >= limits[1]:
-            raise HeadersTooLarge(f"more than {limits[1]} header fields")
+        self.head_fields += 1
+        if self.head_fields > limits[1]:
+            raise HeadersTooLarge(f"more than {limits[1]} header fields (trailers included)")
+        self.head_size += size + 2
+        if self.head_size > MAX_HEAD_BYTES:
+            raise HeadersTooLarge(f"request head over {MAX_HEAD_BYTES} bytes (trailers included)")
+        req = self.queue[-1]
+        if req.head_done:
+            return                      # a trailer
         lname = name.lower()
+        if b"_" in lname and self.underscores != "allow":
+            # X_User_Id reaches a CGI/WSGI upstream as HTTP_X_USER_ID, the same variable as
+            # X-User-Id, past every rule that strips the dashed spelling (nginx and Envoy
+            # drop such headers by default too).
+            if self.underscores == "reject":
+                raise BadRequest(f"header name with an underscore: {name[:40]!r}")
+            return
         if lname in NOT_FORWARDED:
             if lname == b"host":
                 req.host_count += 1
             elif lname == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 req.connection_tokens = (req.connection_tokens or []) + tokens
+        elif lname in PROXY_SET and not self.trusted_peer:
+            return                      # only a trusted proxy may say these
         else:
             req.headers.append((name, value))
+        hmap = req.header_map
         prior = hmap.get(lname)
         hmap[lname] = value if prior is None else prior + b", " + value
 
     def on_headers_complete(self):
         req = self.queue[-1]
         parser = self.parser
+        self.unparsed = 0
         req.method = parser.get_method().decode("ascii")
         req.version = version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
         hmap = req.header_map
-        if b"upgrade" in hmap:
-            req.upgrade = parser.should_upgrade()
         cl = hmap.get(b"content-length")
         if cl is not None:
             req.content_length = int(cl)        # llhttp already rejected a bad one
-        req.chunked = b"transfer-encoding" in hmap
+        te = hmap.get(b"transfer-encoding")
+        req.chunked = te is not None
+        if te is not None:
+            if te.strip().lower() != b"chunked":
+                # llhttp frames "gzip, chunked" as chunked; forwarding it as chunked alone
+                # would lose the gzip coding (RFC 9112 6.1: 501 for codings we do not do).
+                raise Unimplemented(f"transfer coding {te[:40]!r} is not supported")
+        if b"upgrade" in hmap:
+            self.check_upgrade(req, hmap)
         if req.connection_tokens:               # RFC 9110 7.6.1: drop what Connection names
             named = set(req.connection_tokens) - {b"close", b"keep-alive", b"upgrade"}
             if named:
@@ -143,39 +177,53 @@ class ClientConnection:
             raise BadRequest(f"unsupported HTTP version {version}")
         self.check_target(req, hmap)
 
+    def check_upgrade(self, req, hmap):
+        """WebSocket is the one upgrade we relay: h2c (with HTTP2-Settings) and the rest are
+        hop-by-hop and dropped, so the request is served as plain HTTP/1.1."""
+        if not self.parser.should_upgrade():
+            return
+        if hmap[b"upgrade"].strip().lower() != b"websocket":
+            req.connection_tokens = [t for t in req.connection_tokens or () if t != b"upgrade"]
+            req.headers = [(k, v) for k, v in req.headers if k.lower() != b"http2-settings"]
+            req.upgrade = req.keep_alive = False     # the parser is past this connection
+            return
+        if req.chunked or req.content_length:
+            raise BadRequest("an upgrade request must not carry a body")
+        req.upgrade = True
+
     def check_target(self, req, hmap):
-        """Split the request target, check Host and the path (RFC 9112 3.2, 3.3)."""
+        """Split the request target; make path and Host canonical (core.target)."""
         url = req.url
         host = hmap.get(b"host")
         if req.host_count > 1:
             raise BadRequest("more than one Host header")
+        if host is None and req.version == "1.1":
+            raise BadRequest("missing Host header")     # RFC 9112 3.2, absolute-form too
         if url[:1] != b"/":
             lower = url[:8].lower()
-            if lower.startswith(b"http://") or lower.startswith(b"https://"):
-                scheme_end = url.index(b"//") + 2
-                slash = url.find(b"/", scheme_end)
-                host = url[scheme_end:] if slash < 0 else url[scheme_end:slash]
-                url = b"/" if slash < 0 else url[slash:]   # 3.2.2: the URI's host wins
-            else:
+            if not (lower.startswith(b"http://") or lower.startswith(b"https://")):
                 raise BadRequest("request target must be a path or an absolute http URL")
+            start = url.index(b"//") + 2
+            end = min((i for i in (url.find(b"/", start), url.find(b"?", start)) if i >= 0),
+                      default=len(url))
+            host, url = url[start:end], url[end:]          # 3.2.2: the URI's host wins
+            if url[:1] != b"/":
+                url = b"/" + url
         if host is None:
-            if req.version == "1.1":
-                raise BadRequest("missing Host header")
-            host = b""
-        elif not host or not HOST_TOKEN.issuperset(host):
-            raise BadRequest("invalid Host header")
+            req.host, req.host_header = "", None        # HTTP/1.0: the upstream's own name
+        else:
+            name, port = normalise_host(host)
+            req.host = name.decode("latin-1")
+            req.host_header = name + b":" + port if port else name
         path, _, query = url.partition(b"?")
         if b"#" in path:
             path = path.partition(b"#")[0]
-        if b"/." in path or b"%2" in path:
-            check_dot_segments(path)
-        req.path = path.decode("latin-1")
+        req.path = normalise_path(path, *self.path_rules).decode("latin-1")
         req.query = query.decode("latin-1")
-        req.host_header = host
-        name = host.lower()
-        if b":" in name:
-            name = name[:name.index(b"]") + 1] if name[:1] == b"[" else name.partition(b":")[0]
-        req.host = name.decode("latin-1")
+        if self.trusted_peer:
+            req.peer_ip = self.client_ip
+            req.client_ip = self.worker.trusted_proxies.client_of(
+                self.client_ip, hmap.get(self.worker.trusted_proxies.header))
         request_id = hmap.get(b"x-request-id")
         if request_id is None or len(request_id) > 200:
             worker = self.worker        # unique per worker: a random prefix and a counter
@@ -194,8 +242,15 @@ class ClientConnection:
     # -- socket I/O -------------------------------------------------------------------------
 
     def expire(self):
-        """Deadline passed (idle keep-alive, slow head, stalled send): close, so waits end."""
+        """Deadline passed (idle keep-alive, slow head or body, stalled send): close, so waits
+        end. A client that is in the middle of sending a head or body is told 408 first, as
+        far as the socket takes it without waiting (the ticker must never block)."""
         self.timed_out = True
+        if self.answer_timeout and type(self.sock) is PlainSocket:
+            try:
+                self.sock._sock.send(TIMEOUT_ANSWER, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
         self.sock.close()
 
     def recv(self, wait_first=False):
@@ -213,8 +268,10 @@ class ClientConnection:
 
     def feed(self, n):
         if not (self.queue and self.queue[-1].head_done):
-            self.head_bytes += n
-            if self.head_bytes > MAX_HEAD_BYTES + self.limits[0]:
+            # httptools holds a header until it is complete: bound what it may hold, from the
+            # first read of the connection on (the callbacks count the exact head).
+            self.unparsed += n
+            if self.unparsed > MAX_HEAD_BYTES + self.limits[0]:
                 raise HeadersTooLarge("request head too large")
         try:
             self.parser.feed_data(self.view[:n])
@@ -236,20 +293,43 @@ class ClientConnection:
         except OSError as exc:
             raise ClientGone(str(exc)) from None
 
-    def read_body(self, timeout):
-        """Read more of the current request's body; raise ClientGone on EOF mid-body."""
+    def read_body(self):
+        """Read more of the current request's body within client_body_timeout; raise
+        RequestTimeout when it stalls, ClientGone on EOF mid-body."""
         deadlines = self.worker.deadlines
-        deadlines.arm(self, timeout)
+        deadlines.arm(self, self.body_timeout)
+        self.answer_timeout = True
         try:
             n = self.recv()
         finally:
             deadlines.disarm(self)
+            self.answer_timeout = False
         if n == 0:
             raise ClientGone("client closed mid-body")
+
+    def buffer_body(self, req, max_body_size):
+        """Read a small body whole before the upstream is contacted (nginx's
+        proxy_request_buffering, up to request_buffer_size): a slow client then holds a
+        gateway buffer, not an upstream connection, and the body can be replayed."""
+        limit = self.settings["request_buffer_size"]
+        if req.content_length is not None and req.content_length > limit:
+            return
+        self.send_continue(req)
+        while not req.complete and req.body_size <= limit:
+            self.read_body()
+            if max_body_size and req.body_size > max_body_size:
+                raise PayloadTooLarge(f"body is over the route's limit of {max_body_size} bytes")
+
+    def send_continue(self, req):
+        """Answer ``Expect: 100-continue`` once, when the body is first wanted."""
+        if req.version == "1.1" and not req.complete and \
+                req.header_map.pop(b"expect", b"").lower() == b"100-continue":
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     # -- the request loop ----------------------------------------------------------------------
 
     def serve(self):
+        self.worker.client_opened()
         try:
             # Not `while worker.alive`: a connection whose last answer promised keep-alive must
             # read one more request (answered with Connection: close) or reach its keep-alive
@@ -265,6 +345,7 @@ class ClientConnection:
             pass
         finally:
             self.worker.deadlines.disarm(self)
+            self.worker.client_closed()
             self.close()
 
     def close(self):
@@ -293,14 +374,22 @@ class ClientConnection:
         sock.close()
 
     def read_head(self):
-        """Return the next request whose head is complete, or None when the client is done."""
+        """Return the next request whose head is complete, or None when the client is done.
+
+        While the connection waits for a new request with nothing received it is idle: when
+        the worker runs out of connection slots, the oldest idle one is closed first (nginx
+        reuses idle keep-alive connections the same way), so idle clients cannot lock others
+        out. Once a head has begun it has header_timeout to complete, or gets a 408.
+        """
         deadlines, server = self.worker.deadlines, self.settings
+        idle = self.worker.idle_clients
         waiting_first_byte = True
         try:
             while not (self.queue and self.queue[0].head_done):
                 if waiting_first_byte and not self.queue:
-                    idle = server["keepalive"] if self.requests else server["header_timeout"]
-                    deadlines.arm(self, idle)
+                    deadlines.arm(self, server["keepalive"] if self.requests
+                                  else server["header_timeout"])
+                    idle[self] = None
                 elif waiting_first_byte:
                     deadlines.arm(self, server["header_timeout"])
                     waiting_first_byte = False
@@ -312,27 +401,31 @@ class ClientConnection:
                     if not self.queue:      # an idle keep-alive connection ran out: not an error
                         return None
                     raise
+                finally:
+                    idle.pop(self, None)
                 if n == 0:
                     return None
                 if self.queue and waiting_first_byte:
                     deadlines.arm(self, server["header_timeout"])
                     waiting_first_byte = False
+                    self.answer_timeout = True
         except HTTPError as exc:
             self.reject(exc)
             return None
         finally:
             deadlines.disarm(self)
+            self.answer_timeout = False
         return self.queue[0]
 
     def reject(self, exc):
         """Answer a request we could not even parse, then the connection closes."""
+        self.worker.log_rejected(self.client_ip, exc)
         if self.timed_out:
-            return                          # the socket is closed already
+            return                          # closed already (expire() sent the 408)
         try:
             self.write(render_error(exc, keep_alive=False, request_id=None))
         except ClientGone:
             pass
-        self.worker.log_rejected(self.client_ip, exc)
 
     def handle(self, req):
         """Serve one request; return True if the connection may carry another."""
@@ -358,6 +451,8 @@ class ClientConnection:
                                       f"limit of {route.max_body_size}")
             chain = route.chain
             reply = chain.run_access(req) if chain.access_steps else None
+            if reply is None and not req.complete:
+                self.buffer_body(req, route.max_body_size)
             if reply is None:
                 status, sent, upstream, keep_alive = worker.proxy.forward(self, req, keep_alive)
             else:
@@ -433,3 +528,7 @@ def render_error(exc, keep_alive, request_id, head_only=False):
     return render_reply(Reply.json(exc.status, payload, exc.headers), keep_alive, request_id,
                         head_only)
 
+
+
+TIMEOUT_ANSWER = render_error(RequestTimeout("the request was not received in time"),
+                              keep_alive=False, request_id=None)

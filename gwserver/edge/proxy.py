@@ -9,11 +9,17 @@ and parse the response with httptools on the pooled connection's socket (~10x ch
 Retry rules: a failed *connect* sent nothing, so any request may go to another target. A reused
 keep-alive connection that turns out dead (reset or EOF before any response byte) is retried once
 on a fresh connection, but only for idempotent requests whose body we still hold: nothing is
-retried after a byte of a non-idempotent request reached an upstream.
+retried after a byte of a non-idempotent request reached an upstream. An answer that is not HTTP
+is a 502, never a retry: the request may have been served.
+
+Upstream framing is trusted never (nginx: "upstream sent more data than specified"): bytes after
+a complete response, or on an idle pooled connection, close that connection unread; a response
+never takes bytes of a second one; the head, 1xx heads included, is capped (max_response_head).
 """
 import logging
 import re
 import time
+from itertools import count
 
 import gevent
 import httptools
@@ -21,6 +27,7 @@ import urllib3
 import urllib3.connection
 from urllib3.exceptions import (ConnectTimeoutError, EmptyPoolError, LocationParseError,
                                 NewConnectionError, NameResolutionError)
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
@@ -29,12 +36,12 @@ from ..core.tracing import REPLACED_HEADERS
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from .http1 import IDEMPOTENT, RECV_SIZE, REASONS
-from .sockets import peek_connected, recv_when_readable, send_all
+from .sockets import OPEN, UNREAD, idle_state, recv_when_readable, send_all
 
 log = logging.getLogger("gwserver.proxy")
 
 NO_BODY_STATUSES = frozenset([204, 304])
-RECENT = 1.0        # seconds a released connection is trusted without a liveness check
+YIELD_EVERY = 16    # body pieces (up to 64 KiB each) relayed before other greenlets get a turn
 # After a failed connect this worker skips the target for a second (nginx's fail_timeout with
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
 # per request, until health checks or ejection take it out.
@@ -46,27 +53,31 @@ class _StaleConnection(Exception):
     """A reused keep-alive connection was dead before the upstream said anything."""
 
 
+class _StrayBytes(Exception):
+    """The upstream sent the start of another message after a complete response."""
+
+
 class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
-    """urllib3's connection with a cheaper dropped-connection check.
+    """urllib3's connection with a cheaper dropped-connection check, asked on every reuse.
 
     urllib3 asks ``wait_for_read(sock, 0)``; under gevent that runs gevent's poll emulation with
     a Timeout: 25% of a worker's CPU in a profile here, 65 us per pool get+put. A non-blocking
-    MSG_PEEK answers the same question in one syscall, and a connection released less than
-    ``RECENT`` seconds ago is not asked at all: an upstream closes idle connections after
-    seconds, and the rare race is what the stale-connection retry covers (as nginx, which never
-    checks).
+    MSG_PEEK answers the same question in one syscall (~1 us, docs/benchmarks.md). An idle
+    connection that has bytes to read holds an answer to no request of ours (an upstream that
+    took a request body for a second request, say): it is closed unread, never reused, or the
+    next client would read someone else's response.
     """
-    released_at = 0.0
 
     @property
     def is_connected(self):
-        if time.monotonic() - self.released_at < RECENT:
-            return self.sock is not None
-        return peek_connected(self.sock)
+        state = idle_state(self.sock)
+        if state is UNREAD:
+            log.warning("upstream %s:%s sent bytes on an idle keep-alive connection: closed "
+                        "unread", self.host, self.port)
+        return state is OPEN
 
 
 class CheapCheckHTTPSConnection(urllib3.connection.HTTPSConnection):
-    released_at = 0.0
     is_connected = CheapCheckHTTPConnection.is_connected
 
 
@@ -155,8 +166,8 @@ class Exchange:
     """
 
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "block",
-                 "keep_alive", "head_done", "complete", "chunks", "content_length", "chunked",
-                 "got_bytes", "via", "head_raw", "informational")
+                 "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
+                 "chunked", "got_bytes", "via", "head_raw", "informational")
 
     def __init__(self, conn):
         self.conn = conn
@@ -173,7 +184,7 @@ class Exchange:
 
     def reset(self):
         self.status = 0
-        self.keep_alive = self.head_done = self.complete = self.chunked = False
+        self.keep_alive = self.head_done = self.final = self.complete = self.chunked = False
         self.chunks = []
         self.content_length = self.via = None
 
@@ -184,18 +195,19 @@ class Exchange:
     # httptools callbacks
     def on_message_begin(self):
         if self.head_done:
-            if 100 <= self.status < 200 and self.status != 101:
+            if not self.final:
                 self.informational += 1     # the real answer after 100 Continue / 103 hints
                 self.reset()
             else:
-                self.keep_alive = False     # bytes after a final response: never reuse
+                raise _StrayBytes()         # a second response: stop parsing, keep the first
 
     def on_headers_complete(self):
         # llhttp answers should_keep_alive() = False once the message completed: read it here.
         parser = self.parser
-        self.status = parser.get_status_code()
+        self.status = status = parser.get_status_code()
         self.keep_alive = parser.should_keep_alive()
         self.head_done = True
+        self.final = status >= 200 or status == 101
 
     def on_body(self, body):
         self.chunks.append(body)
@@ -203,7 +215,7 @@ class Exchange:
     def on_message_complete(self):
         self.complete = True
 
-    def split_head(self):
+    def split_head(self, max_head):
         """Take reason, framing, Via and the forwardable header block from the raw head."""
         raw = self.head_raw
         start = 0
@@ -213,6 +225,8 @@ class Exchange:
         line_end = raw.index(b"\r\n", start)
         self.reason = raw[start + 13:line_end]       # after "HTTP/1.1 200 "
         block = raw[line_end + 2:end]
+        if end > max_head:
+            raise UpstreamError(f"upstream response head over {max_head} bytes")
         pieces, pos, named = [], 0, None
         for match in _SPECIAL_LINE.finditer(block):
             name = match.group(1).lower()
@@ -224,7 +238,7 @@ class Exchange:
             pieces.append(block[pos:match.start()])
             pos = match.end()
             if name == b"transfer-encoding":
-                self.chunked = True
+                self.chunked = response_chunked(match.group(2))
             elif name == b"via":
                 value = match.group(2)
                 self.via = value if self.via is None else self.via + b", " + value
@@ -254,6 +268,7 @@ class Proxy:
         defaults = worker.conf.upstream_defaults
         self.pools = UpstreamPools()
         self.pool_timeout = defaults["pool_timeout"]
+        self.max_head = defaults["max_response_head"]
         self.retries = defaults["retries"]
         self.deadlines = worker.deadlines
         self.buf = worker.upstream_buf
@@ -301,7 +316,8 @@ class Proxy:
             return ex, True
         try:
             conn.connect()
-        except (NewConnectionError, NameResolutionError, LocationParseError, OSError) as exc:
+        except (NewConnectionError, NameResolutionError, LocationParseError, OSError,
+                CertificateError) as exc:
             # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
             pool._put_conn(None)
             reason = getattr(exc, "reason", None) or exc
@@ -320,7 +336,6 @@ class Proxy:
     def release(pool, ex, reusable):
         conn = ex.conn
         if reusable:
-            conn.released_at = time.monotonic()
             pool._put_conn(conn)
         else:
             conn.gw_exchange = None
@@ -444,7 +459,10 @@ class Proxy:
             self.stream_request_body(client, req, ex, route)
         self.read_head(ex, route.read_timeout)
         req.upstream_seconds = time.monotonic() - started
-        if req.upgrade and ex.status == 101:
+        if ex.status == 101:
+            if not req.upgrade:
+                raise UpstreamError("upstream switched protocols for a request that did not "
+                                    "ask to upgrade")
             return self.tunnel(client, req, ex)
         return self.relay_response(client, req, ex, route, keep_alive)
 
@@ -452,11 +470,7 @@ class Proxy:
         path = upstream_path(req)
         upstream = req.upstream or req.route.upstream
         hmap = req.header_map
-        host_header = req.host_header
         host = upstream_host(req, target, upstream)
-        xff = hmap.get(b"x-forwarded-for")
-        client_ip = req.client_ip.encode("latin-1")
-        via = hmap.get(b"via")
         lines = [b"%s %s HTTP/1.1\r\nHost: %s" % (req.method.encode("ascii"),
                                                  path.encode("latin-1"), host)]
         trace = req.trace
@@ -473,10 +487,9 @@ class Proxy:
                                                       fault and f"gwfault={fault}"):
                 lines.append(name + b": " + value)
         lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-                     b"X-Request-ID: %s\r\nVia: %s" % (
-                         xff + b", " + client_ip if xff else client_ip,
-                         b"https" if req.scheme == "https" else b"http", host_header,
-                         req.request_id.encode("latin-1"), via + b", " + VIA if via else VIA))
+                     b"X-Request-ID: %s\r\nVia: %s" % (*forwarded_values(req, host),
+                                                        req.request_id.encode("latin-1"),
+                                                        via_chain(hmap)))
         if req.chunked:
             lines.append(b"Transfer-Encoding: chunked")
         elif req.content_length is not None:
@@ -497,21 +510,28 @@ class Proxy:
             raise UpstreamError(f"upstream connection failed while sending: {exc}") from None
 
     def stream_request_body(self, client, req, ex, route):
-        """Forward the body as it arrives: one client read in memory at a time."""
+        """Forward the body as it arrives: one client read in memory at a time.
+
+        An upstream may answer before it has the whole body (an early 413, say). Between
+        pieces we look whether it has said anything; if it has, we stop sending and relay its
+        answer (the client's connection then closes: the rest of its body is unread)."""
         limit = route.max_body_size
-        if req.header_map.get(b"expect", b"").lower() == b"100-continue" and req.version == "1.1":
-            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while True:
+        client.send_continue(req)
+        for turn in count(1):
             chunks = req.take_body()
             if limit and req.body_size > limit:
                 raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
+            if idle_state(ex.sock) is not OPEN:
+                return                  # the upstream answered (or closed) early
             if chunks or req.complete:
                 data = b"".join(encode_chunks(chunks, req.chunked, last=req.complete))
                 if data:
                     self.send(ex, data, route.read_timeout)
             if req.complete:
                 return
-            client.read_body(route.read_timeout)
+            if turn % YIELD_EVERY == 0:
+                gevent.sleep(0)         # a fast uploader must not hold the worker
+            client.read_body()
 
     def recv_feed(self, ex, timeout, wait_first=False):
         """Read once from the upstream and parse it; return False on EOF."""
@@ -530,9 +550,8 @@ class Proxy:
             deadlines.disarm(ex)
         if n == 0:
             return False
-        first_bytes = not ex.got_bytes
         ex.got_bytes = True
-        if ex.head_done:
+        if ex.final:
             data = self.view[:n]
         else:
             data = self.buf[:n]         # a copy: the head is taken apart after parsing
@@ -541,6 +560,12 @@ class Proxy:
             ex.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass        # 101: what follows belongs to the tunnel
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _StrayBytes):
+                raise
+            log.warning("upstream %s sent more than one response: the extra bytes are "
+                        "discarded and the connection closed", ex.conn.host)
+            ex.keep_alive = False
         except httptools.HttpParserError as exc:
             if ex.complete:
                 # Junk after a complete response (a body after 204, say): serve the response,
@@ -548,12 +573,11 @@ class Proxy:
                 log.warning("upstream sent bytes after a complete response: %s", exc)
                 ex.keep_alive = False
                 return True
-            if first_bytes and not ex.head_done:
-                # Garbage before any response head: the connection, not the answer, is broken
-                # (leftovers of a previous misbehaving response). Same rule as a dead one.
-                log.warning("upstream connection sent junk before a response: %s", exc)
-                raise _StaleConnection() from None
+            # Not HTTP: a 502. Never a retry, even before the head: the upstream read the
+            # request and may have acted on it.
             raise UpstreamError(f"upstream sent an invalid response: {exc}") from None
+        if not ex.final and len(ex.head_raw) > self.max_head:
+            raise UpstreamError(f"upstream response head over {self.max_head} bytes")
         return True
 
     def read_head(self, ex, timeout):
@@ -564,17 +588,19 @@ class Proxy:
                     raise _StaleConnection()
                 raise UpstreamError("upstream closed the connection mid-response")
             wait_first = False
-            # After 100 Continue or 103 Early Hints the real answer follows on the same parser
-            # (on_message_begin resets the exchange for it); keep reading until it is here.
-            if ex.head_done and not (100 <= ex.status < 200 and ex.status != 101):
-                ex.split_head()
+            # After 100 Continue or 103 Early Hints (dropped: the client asked for neither)
+            # the real answer follows on the same parser, however the bytes are split.
+            if ex.final:
+                ex.split_head(self.max_head)
                 return
 
     def response_head(self, req, ex, keep_alive):
         """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body)."""
         status = ex.status
         block = ex.block
-        keep_alive = keep_alive and self.worker.alive     # draining: this answer is the last
+        # Draining: this answer is the last. An early answer (the body not all read): the
+        # rest of the body is still coming, so the connection cannot carry another request.
+        keep_alive = keep_alive and self.worker.alive and req.complete
         chain = req.route.chain
         if chain.response_steps:
             head = ResponseHead(status, ex.header_pairs())
@@ -614,7 +640,9 @@ class Proxy:
         started = False
         close_delimited = ex.content_length is None and not ex.chunked
         try:
-            while True:
+            for turn in count(1):
+                if turn % YIELD_EVERY == 0:
+                    gevent.sleep(0)     # a fast download must not hold the worker
                 chunks, ex.chunks = ex.chunks, []
                 size = sum(map(len, chunks))
                 body = encode_chunks(chunks, chunked_out, last=ex.complete)
@@ -681,12 +709,48 @@ def upstream_path(req):
 
 
 def upstream_host(req, target, upstream):
-    """Host (HTTP/1.1) or :authority (HTTP/2) sent upstream, per the upstream's pass_host."""
-    if upstream.pass_host == "pass":
+    """Host (HTTP/1.1) or :authority (HTTP/2) sent upstream, per the upstream's pass_host
+    (an HTTP/1.0 request without Host gets the target's own name)."""
+    if upstream.pass_host == "pass" and req.host_header is not None:
         return req.host_header
-    if upstream.pass_host == "node":
+    if upstream.pass_host != "rewrite":
         return target.authority.encode("latin-1")
     return upstream.upstream_host.encode("latin-1")
+
+
+def response_chunked(value):
+    """A response's Transfer-Encoding: chunked (True) or read to the close (False, RFC 9112
+    6.3). Any other coding would reach the client undecoded and unlabelled: a 502."""
+    codings = [c for c in (c.strip().lower() for c in value.split(b",")) if c not in
+               (b"", b"identity")]
+    if not codings:
+        return False
+    if codings == [b"chunked"]:
+        return True
+    raise UpstreamError(f"upstream used transfer coding {value[:60]!r}, which the gateway "
+                        f"does not decode")
+
+
+def forwarded_values(req, host):
+    """X-Forwarded-For, -Proto and -Host for the next hop, HTTP/1.1 and HTTP/2 alike.
+
+    From a trusted proxy (req.peer_ip set) its chain is extended and what it said of the
+    scheme and host is kept; from anyone else such headers were forgeries and are replaced:
+    the chain starts at the client the gateway saw."""
+    hmap = req.header_map
+    proto = b"https" if req.scheme == "https" else b"http"
+    fhost = req.host_header or host
+    if req.peer_ip is None:
+        return req.client_ip.encode("latin-1"), proto, fhost
+    peer = req.peer_ip.encode("latin-1")
+    xff = hmap.get(b"x-forwarded-for")
+    return (xff + b", " + peer if xff else peer, hmap.get(b"x-forwarded-proto") or proto,
+            hmap.get(b"x-forwarded-host") or fhost)
+
+
+def via_chain(hmap):
+    via = hmap.get(b"via")
+    return via + b", " + VIA if via else VIA
 
 
 def encode_chunks(chunks, chunked, last):

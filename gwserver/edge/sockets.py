@@ -42,21 +42,22 @@ def send_all(sock, data, deadlines, owner, timeout):
         deadlines.disarm(owner)
 
 
-def peek_connected(sock):
-    """urllib3's dropped-connection rule (readable while idle = dropped), in one syscall.
+OPEN, CLOSED, UNREAD = "open", "closed", "unread"
 
-    EAGAIN means idle and open; b"" means the peer closed; data or an error on an idle
-    connection means it is not safe to reuse.
-    """
+
+def idle_state(sock):
+    """What a connection we are not reading from holds, in one non-blocking MSG_PEEK:
+    ``OPEN`` (nothing: EAGAIN), ``CLOSED`` (EOF or an error) or ``UNREAD`` (bytes nobody
+    asked for yet: on an idle keep-alive connection, a reason never to reuse it)."""
     if sock is None:
-        return False
+        return CLOSED
     try:
-        raw_socket(sock).recv(1, PEEK_FLAGS)
+        data = raw_socket(sock).recv(1, PEEK_FLAGS)
     except BlockingIOError:
-        return True
+        return OPEN
     except OSError:
-        return False
-    return False        # EOF, or bytes nobody asked for
+        return CLOSED
+    return UNREAD if data else CLOSED
 
 
 def wait_readable(sock):

@@ -69,6 +69,12 @@ class GatewayWorker(GeventWorker):
             self.follow_published_table()
         self.stopping = gevent.event.Event()
         self.in_flight = 0
+        self.open_clients = 0
+        self.idle_clients = {}          # ClientConnection -> None, oldest first
+        self.admin_auth_failures = {}   # client address -> (wrong tokens, since when)
+        from ..core.realip import TrustedProxies
+        server = self.conf.server
+        self.trusted_proxies = TrustedProxies(server["trusted_proxies"], server["real_ip_header"])
         self.metrics = None
         if self.conf.admin["metrics"] and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from .metrics import WorkerMetrics
@@ -328,6 +334,18 @@ class GatewayWorker(GeventWorker):
             except OSError:
                 pass
 
+    def client_opened(self):
+        """A client connection took a slot; if that was the last one, close the oldest idle
+        keep-alive connection so the next client is accepted (nginx reuses them too)."""
+        self.open_clients += 1
+        if self.open_clients >= self.worker_connections and self.idle_clients:
+            oldest = next(iter(self.idle_clients))
+            del self.idle_clients[oldest]
+            oldest.expire()
+
+    def client_closed(self):
+        self.open_clients -= 1
+
     # -- per-request helpers -----------------------------------------------------------------
 
     def retire(self):
@@ -351,7 +369,7 @@ class GatewayWorker(GeventWorker):
             f"{req.upstream_seconds * 1000.0:.3f}"
         now, clock = self.clock_text()
         route_id = req.route.id if req.route is not None else None
-        path = getattr(req, "path", None) or req.url.decode("latin-1")
+        path = req.url.partition(b"?")[0].decode("latin-1")     # as sent, not normalised
         request_id = getattr(req, "request_id", None)
         trace_id = req.trace.trace_id if req.trace is not None else None
         if self.access_json:
@@ -360,7 +378,7 @@ class GatewayWorker(GeventWorker):
             fault_json = f',"fault":"{fault}"' if fault else ""
             line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
                     f'{_escape(request_id) if request_id else "null"},'
-                    f'"client":"{conn.client_ip}","method":"{req.method}","path":{_escape(path)},'
+                    f'"client":"{req.client_ip}","method":"{req.method}","path":{_escape(path)},'
                     f'"route":{_escape(route_id) if route_id else "null"},'
                     f'"upstream":{_escape(upstream) if upstream else "null"},'
                     f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
@@ -369,7 +387,7 @@ class GatewayWorker(GeventWorker):
                     f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}'
                     f'{fault_json}}}\n')
         else:
-            line = (f'{conn.client_ip} - - [{clock} +0000] "{req.method} {path} HTTP/'
+            line = (f'{req.client_ip} - - [{clock} +0000] "{req.method} {path} HTTP/'
                     f'{req.version}" {status} {sent} "{route_id or "-"}" '
                     f'{request_id or "-"} {elapsed_ms:.3f} {trace_id or "-"}\n')
         lines = self._access_lines

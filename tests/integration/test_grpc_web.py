@@ -184,23 +184,9 @@ def test_grpc_web_needs_an_h2_upstream():
             "targets": [{"url": "http://127.0.0.1:9"}]}, "plugins": {"grpc_web": {}}}]})
 
 
-def start_nginx(launcher, tmp_path, name, server):
-    """An nginx with one server block (``{port}`` filled with a free port); -> the port."""
-    port = free_port()
-    conf = tmp_path / f"{name}.conf"
-    conf.write_text(f"user root root; worker_processes 1; daemon off; pid {tmp_path}/{name}.pid; "
-                    f"error_log {tmp_path}/{name}.err; events {{ }} http {{ access_log off; "
-                    f"server {{ {server.format(port=port)} }} }}")
-    nginx = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
-    launcher.started.append(nginx)
-    wait_for_port(port, proc=nginx)
-    return port
-
-
 def h2c_nginx(launcher, tmp_path):
     (tmp_path / "big").write_bytes(b"x" * 300_000)
-    return start_nginx(launcher, tmp_path, "h2c", (
+    return launcher.nginx("h2c", (
         f"listen 127.0.0.1:{{port}} http2; root {tmp_path}; location /hello {{{{ "
         'add_header X-Proto $server_protocol; return 200 "hi over h2"; }}'))
 
@@ -234,7 +220,7 @@ def test_h2_over_tls_negotiates_by_alpn_and_honours_upstream_tls(launcher, tmp_p
     from ..pki import CA
     ca = CA(tmp_path)
     cert, key, _ = ca.issue("h2site")
-    port = start_nginx(launcher, tmp_path, "h2tls", (
+    port = launcher.nginx("h2tls", (
         f"listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {cert}; "
         f"ssl_certificate_key {key}; location /hello {{{{ add_header X-Proto "
         '$server_protocol; return 200 "hi over h2 and tls"; }}'))

@@ -1,0 +1,71 @@
+"""Which address is the client: the peer, or what trusted proxies say (nginx's
+``set_real_ip_from`` with ``real_ip_recursive on``).
+
+Only a peer in ``trusted_proxies`` may name the client. Its ``X-Forwarded-For`` (or
+``Forwarded: for=``) list is walked from the right, skipping addresses that are themselves
+trusted proxies; the first one that is not is the client. A client can prepend anything it
+likes to the list, which is why the walk starts at the end the proxies wrote.
+"""
+import ipaddress
+
+
+class TrustedProxies:
+    def __init__(self, cidrs, header="X-Forwarded-For"):
+        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self.header = header.lower().encode("latin-1")
+        self._cache = {}
+
+    def __bool__(self):
+        return bool(self.networks)
+
+    def trusts(self, address):
+        """Is ``address`` (text) a trusted proxy? Cached: a worker sees few distinct peers."""
+        known = self._cache.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            known = self._cache[address] = any(ip in net for net in self.networks)
+        return known
+
+    def client_of(self, peer, value):
+        """The client's address given the trusted ``peer`` and the header's bytes (or None)."""
+        if not value:
+            return peer
+        hops = _forwarded_for(value) if self.header == b"forwarded" else \
+            [hop.strip().decode("latin-1") for hop in value.split(b",")]
+        client = peer
+        for hop in reversed(hops):
+            hop = _bare_address(hop)
+            if hop is None:
+                break           # garbage: stop at the last address we could trust
+            client = hop
+            if not self.trusts(hop):
+                break
+        return client
+
+
+def _forwarded_for(value):
+    """RFC 7239: the ``for=`` parameter of each element, in order."""
+    out = []
+    for element in value.decode("latin-1").split(","):
+        for pair in element.split(";"):
+            name, _, param = pair.strip().partition("=")
+            if name.lower() == "for":
+                out.append(param.strip('"'))
+    return out
+
+
+def _bare_address(hop):
+    """``1.2.3.4``, ``1.2.3.4:5678``, ``[::1]:80`` or ``::1`` -> the address text, else None."""
+    if hop.startswith("["):
+        hop = hop[1:hop.find("]")] if "]" in hop else ""
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None

@@ -1,0 +1,113 @@
+"""The request target and Host, made canonical once: what the gateway routes on, what every
+plugin sees and what it forwards are the same bytes, so it authorises exactly what the upstream
+will serve (Envoy's ``normalize_path``/``merge_slashes``/``path_with_escaped_slashes_action``;
+RFC 3986 6.2.2; nginx's ``merge_slashes`` and its Host rules).
+
+Path rules, in order:
+
+1. ``%XX`` must be two hex digits. Unreserved characters (``A-Z a-z 0-9 - . _ ~``) are decoded;
+   every other escape keeps its encoding with upper-case hex (``%2f`` -> ``%2F``).
+2. Once decoded, the bytes must be UTF-8 (overlong forms such as ``%C0%AE`` are not) and hold
+   no NUL.
+3. ``/`` and ``\\`` in any spelling (``%2F``, ``%5C``, a raw ``\\``): the ``escaped_slashes``
+   action. ``reject`` (default) answers 400; ``decode`` turns them into ``/``; ``keep`` forwards
+   them encoded, for upstreams that do not decode them before routing.
+4. Repeated slashes are merged (``//admin`` -> ``/admin``) unless ``merge_slashes`` is off.
+5. Dot segments (``.``, ``..``, ``%2e``, ``%2E.``, ...) are refused: clients resolve them before
+   sending (RFC 3986 5.2.4), so one that arrives is a probe, not a link.
+
+Host rules: lower case, the port taken off, one trailing dot removed (``admin.example.`` is
+``admin.example``, as nginx and DNS say), labels of letters, digits, ``-`` and ``_``, or an IP
+literal; anything else is a 400.
+
+Pure: raises ``BadRequest`` naming the problem; no sockets, no settings object.
+"""
+from ..errors import BadRequest
+
+ESCAPED_SLASH_ACTIONS = ("reject", "decode", "keep")
+
+_HEX = b"0123456789ABCDEFabcdef"
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_SLASHES = frozenset(b"/\\")
+_HOST_NAME = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_.")
+_IPV6 = frozenset(b"0123456789abcdef:.")
+
+
+def needs_normalising(path):
+    """False for the common path that no rule changes (one scan per rule, no allocation)."""
+    return b"%" in path or b"//" in path or b"/." in path or b"\\" in path
+
+
+def normalise_path(path, escaped_slashes="reject", merge_slashes=True):
+    """Return the canonical form of ``path`` (bytes, starting with ``/``, no query) as bytes."""
+    if not needs_normalising(path):
+        return path
+    out = bytearray()
+    decoded = bytearray()          # every escape decoded: what a lenient upstream would see
+    i, n = 0, len(path)
+    while i < n:
+        byte = path[i]
+        if byte == 0x25:                                    # "%"
+            pair = path[i + 1:i + 3]
+            if len(pair) != 2 or pair[0] not in _HEX or pair[1] not in _HEX:
+                raise BadRequest("path has a malformed percent-escape")
+            value = int(pair, 16)
+            decoded.append(value)
+            i += 3
+            if value in _UNRESERVED:
+                out.append(value)
+            elif value in _SLASHES:
+                out += _slash(value, escaped_slashes, b"%" + pair.upper())
+            else:
+                out += b"%" + pair.upper()
+            continue
+        decoded.append(byte)
+        i += 1
+        out += _slash(byte, escaped_slashes, b"\\") if byte == 0x5C else bytes((byte,))
+    if 0 in decoded:
+        raise BadRequest("path holds a NUL byte")
+    try:
+        bytes(decoded).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not UTF-8 once decoded (overlong or invalid bytes)") from None
+    if merge_slashes:
+        while b"//" in out:
+            out = out.replace(b"//", b"/")
+    for segment in bytes(out).split(b"/"):
+        if segment in (b".", b".."):
+            raise BadRequest("path has a dot segment (. or ..)")
+    return bytes(out)
+
+
+def _slash(byte, action, kept):
+    if action == "decode":
+        return b"/"
+    if action == "keep":
+        return kept if kept[:1] == b"%" else b"%5C"
+    raise BadRequest("path has an encoded or backslash path separator "
+                     "(server.escaped_slashes = \"reject\")")
+
+
+def normalise_host(value):
+    """``Host`` (or an absolute-form authority) -> (name, port): name lower-case without the
+    trailing dot, port as bytes (b"" when absent). Raises BadRequest on anything else."""
+    value = value.lower()
+    if value[:1] == b"[":
+        close = value.find(b"]")
+        name, rest = value[:close + 1], value[close + 1:]
+        if close < 3 or not _IPV6.issuperset(name[1:-1]):
+            raise BadRequest("invalid Host header (IPv6 literal)")
+    else:
+        name = value.partition(b":")[0]
+        rest = value[len(name):]
+        if name.endswith(b"."):
+            name = name[:-1]
+        if not name or not _HOST_NAME.issuperset(name) or b".." in name or \
+                name[:1] in b".-" or name[-1:] == b".":
+            raise BadRequest("invalid Host header")
+    port = b""
+    if rest:
+        port = rest[1:]
+        if rest[:1] != b":" or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BadRequest("invalid port in Host header")
+    return name, port

@@ -1,0 +1,485 @@
+"""The edge, attacked (issue 12): every test reproduces an attack against real processes.
+
+The gateway must authorise exactly what the upstream serves: a path or Host spelled another way
+reaches the route the upstream will treat it as, or is refused. An upstream's stray bytes never
+reach another client. Whatever a client or upstream sends is bounded.
+"""
+import json
+import socket
+import threading
+import time
+
+import jwt as pyjwt
+import pytest
+
+from ..conftest import gateway_conf, route, wait_until
+
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+
+
+def raw_request(port, data, timeout=10.0):
+    """Send bytes, read until the server closes or goes quiet; -> (status, whole answer)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while True:
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                out += piece
+                if b"\r\n\r\n" in out and _complete(out):
+                    break
+        except socket.timeout:
+            pass
+    status = int(out.split(b" ", 2)[1]) if out.startswith(b"HTTP/1.1 ") else None
+    return status, out
+
+
+def _complete(answer):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+def get(port, target, host=b"gw.test", extra=b""):
+    return raw_request(port, b"GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n"
+                       % (target, host, extra))
+
+
+# -- one canonical request target --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def admin_site(module_launcher):
+    """nginx as the upstream (it decodes, merges slashes and resolves dots before routing)
+    behind a gateway that protects /admin/*rest with jwt and leaves a catch-all open."""
+    nginx = module_launcher.nginx("site", (
+        "listen 127.0.0.1:{port}; server_name _; "
+        'location /admin {{ return 200 "ADMIN $request_uri"; }} '
+        'location / {{ return 200 "PUBLIC $request_uri"; }}'))
+    site = f"http://127.0.0.1:{nginx}"
+    admin_vhost = module_launcher.nginx("vhosts", (
+        "listen 127.0.0.1:{port}; server_name admin.example; "
+        'location / {{ return 200 "ADMIN-VHOST"; }} }} server {{ listen 127.0.0.1:{port} '
+        'default_server; server_name _; location / {{ return 200 "OTHER-VHOST"; }}'))
+    jwt = {"jwt": {"secret": SECRET, "algorithms": ["HS256"]}}
+    return module_launcher.gateway(gateway_conf([
+        route("admin", ["/admin/*rest"], site, plugins=jwt),
+        route("public", ["/*rest"], site),
+        route("vhost-admin", ["/*rest"], f"http://127.0.0.1:{admin_vhost}",
+              hosts=["admin.example"], plugins=jwt, priority=1),
+    ]))
+
+
+def token():
+    return pyjwt.encode({"sub": "alice", "exp": time.time() + 600}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("target, expected", [
+    (b"/admin/x", 401),
+    (b"/admin", 401),                       # /admin/*rest covers /admin
+    (b"//admin/x", 401),                    # slashes merged, then routed
+    (b"/%61dmin/x", 401),                   # unreserved escapes decoded
+    (b"/admin%2fx", 400),                   # encoded slash: rejected by default
+    (b"/%2fadmin/x", 400),
+    (b"/%5Cadmin/x", 400),                  # encoded backslash
+    (b"/x/..%2fadmin/x", 400),
+    (b"/x/../admin/x", 400),                # dot segments refused in every spelling
+    (b"/x/%2e%2E/admin/x", 400),
+    (b"/admin/./x", 400),
+    (b"/%2e/admin/x", 400),
+    (b"/admin%00/x", 400),                  # NUL
+    (b"/%C0%AE%C0%AE/admin/x", 400),        # overlong UTF-8 for ".."
+    (b"/%zz/admin", 400),                   # not an escape
+    (b"http://gw.test//admin/x", 401),      # absolute-form reduced the same way
+    (b"http://gw.test/%61dmin", 401),
+])
+def test_path_spellings_of_a_protected_prefix_never_reach_it_without_a_token(
+        admin_site, target, expected):
+    status, answer = get(admin_site.port, target)
+    assert status == expected, answer[:300]
+    assert b"ADMIN" not in answer
+
+
+@pytest.mark.parametrize("target, forwarded", [
+    (b"//public//x", b"/public/x"),
+    (b"/%7Euser/%61%2a", b"/~user/a%2A"),   # unreserved decoded, the rest upper-case hex
+    (b"/%2561dmin/x", b"/%2561dmin/x"),     # "%25" is "%": never decoded twice
+])
+def test_the_upstream_receives_the_path_the_gateway_routed_on(admin_site, target, forwarded):
+    status, answer = get(admin_site.port, target)
+    assert status == 200 and answer.endswith(b"PUBLIC " + forwarded), answer[-200:]
+
+
+def test_with_a_token_the_protected_prefix_is_served(admin_site):
+    bearer = b"Authorization: Bearer " + token().encode() + b"\r\n"
+    status, answer = get(admin_site.port, b"//admin/x", extra=bearer)
+    assert status == 200 and answer.endswith(b"ADMIN /admin/x")
+    status, answer = get(admin_site.port, b"/admin", extra=bearer)
+    assert status == 200 and answer.endswith(b"ADMIN /admin")
+
+
+@pytest.mark.parametrize("host, expected", [
+    (b"admin.example", 401),
+    (b"admin.example.", 401),               # nginx strips the dot: so do we
+    (b"ADMIN.Example.", 401),
+    (b"admin.example.:80", 401),
+    (b"admin.example..", 400),
+    (b"admin.example:abc", 400),
+    (b"admin.example:80:80", 400),
+    (b"admin example", 400),
+    (b"[::1", 400),
+])
+def test_host_spellings_of_a_protected_vhost(admin_site, host, expected):
+    status, answer = get(admin_site.port, b"/x", host=host)
+    assert status == expected, answer[:300]
+    assert b"ADMIN-VHOST" not in answer
+
+
+def test_absolute_form_host_with_a_trailing_dot_is_the_protected_vhost(admin_site):
+    status, answer = get(admin_site.port, b"http://admin.example./x", host=b"other")
+    assert status == 401 and b"ADMIN" not in answer
+
+
+def test_escaped_slashes_can_be_decoded_instead(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/echo/*rest"], upstream.url)],
+                                       server={"escaped_slashes": "decode"}))
+    status, answer = get(gw.port, b"/echo%2Fa%5Cb")
+    assert status == 200
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["path"] == "/echo/a/b"
+    line = wait_until(gw.access_lines)[-1]
+    assert line["path"] == "/echo%2Fa%5Cb"          # the log keeps what the client sent
+
+
+# -- upstream framing is never trusted ---------------------------------------------------------
+
+@pytest.fixture
+def raw_gw(launcher):
+    raw = launcher.raw_upstream()
+    gw = launcher.gateway(gateway_conf([route("raw", ["/*rest"], f"http://127.0.0.1:{raw.port}")],
+                                       server={"client_body_timeout": 2.0}))
+    gw.raw_port = raw.port
+    return gw
+
+
+def upstream_counts(gw):
+    return json.loads(get(gw.raw_port, b"/__stats")[1].partition(b"\r\n\r\n")[2])
+
+
+def body_of(answer):
+    return answer.partition(b"\r\n\r\n")[2]
+
+
+def test_a_second_response_in_the_same_read_is_discarded(raw_gw):
+    for _ in range(10):
+        status, answer = get(raw_gw.port, b"/extra")
+        assert status == 200 and body_of(answer) == b"first"
+        status, answer = get(raw_gw.port, b"/ok")
+        assert status == 200 and body_of(answer) == b"ok", answer
+    assert "sent more than one response" in raw_gw.log()
+
+
+def test_bytes_arriving_on_an_idle_pooled_connection_close_it(raw_gw):
+    for _ in range(5):
+        assert body_of(get(raw_gw.port, b"/stray-later")[1]) == b"first"
+        time.sleep(0.3)                 # the stray answer lands while the connection is idle
+        assert body_of(get(raw_gw.port, b"/ok")[1]) == b"ok"
+    assert "sent bytes on an idle keep-alive connection" in raw_gw.log()
+
+
+def test_a_request_smuggled_in_a_body_never_answers_another_client(raw_gw):
+    smuggled = b"GET /admin/secret HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(5):
+        status, answer = raw_request(raw_gw.port, b"POST /no-body-read HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                                     % (len(smuggled), smuggled))
+        assert status == 200 and body_of(answer) == b"posted"
+        time.sleep(0.1)
+        for _ in range(5):
+            status, answer = get(raw_gw.port, b"/ok")
+            assert status == 200 and b"SECRET" not in answer and body_of(answer) == b"ok"
+
+
+@pytest.mark.parametrize("path", [b"/early-hints", b"/continue"])
+def test_1xx_heads_split_across_segments_are_dropped_not_a_500(raw_gw, path):
+    status, answer = get(raw_gw.port, path)
+    assert status == 200 and body_of(answer) == b"final", answer
+    assert b"103" not in answer.partition(b"\r\n")[0]
+
+
+def test_an_unasked_101_is_a_502(raw_gw):
+    status, answer = get(raw_gw.port, b"/switch")
+    assert status == 502 and b"raw bytes" not in answer
+
+
+def test_a_close_delimited_identity_body_arrives_whole(raw_gw):
+    status, answer = get(raw_gw.port, b"/identity")
+    assert status == 200
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"1388\r\n" + b"i" * 5000 + b"\r\n0\r\n\r\n"
+
+
+def test_an_answer_that_is_not_http_is_a_502_and_never_resent(raw_gw):
+    get(raw_gw.port, b"/ok")            # a pooled connection to reuse
+    status, _ = get(raw_gw.port, b"/junk")
+    assert status == 502
+    assert upstream_counts(raw_gw)["/junk"] == 1
+
+
+def test_an_early_413_reaches_the_client_during_a_large_upload(raw_gw):
+    with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
+        size = 20 << 20
+        sock.sendall(b"POST /early-413 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
+                     % size)
+        started = time.monotonic()
+        answer = b""
+        sock.settimeout(0.05)
+        piece = b"u" * 65536
+        for _ in range(size // len(piece)):
+            try:
+                sock.send(piece)
+            except (socket.timeout, BlockingIOError):
+                pass
+            except OSError:
+                break
+            try:
+                data = sock.recv(65536)
+                answer += data
+                if not data or b"\r\n\r\n" in answer:
+                    break
+            except socket.timeout:
+                pass
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert time.monotonic() - started < 5
+
+
+def latency_while(gw, attack):
+    """Run ``attack`` in a thread; meanwhile time requests to /ok on another connection."""
+    worst = []
+    thread = threading.Thread(target=attack, daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    while thread.is_alive() and len(worst) < 200:
+        started = time.monotonic()
+        status, _ = get(gw.port, b"/ok")
+        assert status == 200
+        worst.append(time.monotonic() - started)
+    thread.join(30)
+    return max(worst) if worst else 0.0
+
+
+def test_a_huge_upstream_head_is_a_502_and_stalls_nobody(raw_gw):
+    results = []
+    pids = raw_gw.worker_pids()
+    worst = latency_while(raw_gw, lambda: results.append(get(raw_gw.port, b"/huge-head")[0]))
+    assert results == [502]
+    assert worst < 0.5, worst
+    assert raw_gw.worker_pids() == pids
+    assert "response head over 65536 bytes" in raw_gw.log()
+
+
+def test_a_trailer_flood_is_refused_and_stalls_nobody(raw_gw):
+    pids = raw_gw.worker_pids()
+    results = []
+
+    def flood():
+        with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
+            sock.sendall(b"POST /ok HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"1\r\nx\r\n0\r\n")
+            line = b"Via: " + b"v" * 200 + b"\r\n"
+            try:
+                for _ in range(100_000):           # ~20 MiB of Via trailers
+                    sock.sendall(line * 10)
+            except OSError:
+                pass
+            results.append(sock.recv(65536)[:12])
+
+    worst = latency_while(raw_gw, flood)
+    assert results == [b"HTTP/1.1 431"]
+    assert worst < 0.5, worst
+    assert raw_gw.worker_pids() == pids
+
+
+# -- what clients may send ---------------------------------------------------------------------
+
+WSGI_APP = """
+import json, sys
+from wsgiref.simple_server import make_server
+def app(environ, start):
+    seen = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+    start("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(seen).encode()]
+make_server("127.0.0.1", int(sys.argv[1]), app).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("action, status, seen", [
+    ("drop", 200, None),
+    ("reject", 400, None),
+    ("allow", 200, "admin"),
+])
+def test_underscore_headers_never_pose_as_dashed_ones_at_a_wsgi_upstream(
+        launcher, tmp_path, action, status, seen):
+    import subprocess
+    import sys
+    from ..conftest import free_port, wait_for_port
+    port = free_port()
+    app = tmp_path / "app.py"
+    app.write_text(WSGI_APP)
+    proc = subprocess.Popen([sys.executable, str(app), str(port)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher.started.append(proc)
+    wait_for_port(port, proc=proc)
+    gw = launcher.gateway(gateway_conf([route("w", ["/*rest"], f"http://127.0.0.1:{port}")],
+                                       server={"headers_with_underscores": action}))
+    got, answer = raw_request(gw.port, b"GET / HTTP/1.1\r\nHost: gw\r\nX_User_Id: admin\r\n"
+                              b"Connection: close\r\n\r\n")
+    assert got == status
+    if status == 200:
+        assert json.loads(body_of(answer)).get("HTTP_X_USER_ID") == seen
+
+
+def test_a_slow_uploader_holds_no_upstream_connection(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)],
+                                       server={"client_body_timeout": 3.0}))
+    before = upstream.stats()["connections"]
+    socks = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nab")
+        socks.append(sock)
+    time.sleep(1.0)
+    for sock in socks:
+        sock.sendall(b"cd")          # still slow, still under the 3 s between reads
+    time.sleep(1.0)
+    # Bodies wait at the gateway: the one new connection is stats() asking.
+    assert upstream.stats()["connections"] == before + 1
+    for sock in socks:
+        sock.sendall(b"efghij")
+    for sock in socks:
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+        sock.close()
+    assert upstream.stats()["connections"] - before - 2 <= 20       # two were stats()
+
+
+def test_a_stalled_body_gets_a_408(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)],
+                                       server={"client_body_timeout": 1.0}))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nab")
+        started = time.monotonic()
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert 0.9 < time.monotonic() - started < 3
+
+
+def test_a_slow_head_gets_a_408_before_the_close(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)],
+                                       server={"header_timeout": 1.0}))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_idle_keepalive_connections_cannot_lock_out_a_new_client(launcher, upstream):
+    """5,000 idle keep-alive connections against worker_connections = 1000: the oldest idle
+    ones are closed to make room, and a new client is served at once."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)],
+                                       server={"keepalive": 60.0, "worker_connections": 1000}))
+    idle = []
+    try:
+        for _ in range(5000):
+            sock = socket.socket()
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", gw.port))
+            idle.append(sock)
+        time.sleep(1.0)
+        started = time.monotonic()
+        status, _ = get(gw.port, b"/echo")
+        assert status == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in idle:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_h2c_upgrade_is_not_forwarded(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)]))
+    status, answer = raw_request(gw.port, b"GET /echo HTTP/1.1\r\nHost: gw\r\nConnection: "
+                                 b"Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                                 b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    assert status == 200
+    names = {name.lower() for name, _ in json.loads(body_of(answer))["headers"]}
+    assert not names & {"upgrade", "http2-settings", "connection"}
+    assert upstream.stats()["requests"] == 1
+
+
+# -- who the client is -------------------------------------------------------------------------
+
+SPOOFED = (b"X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n"
+           b"X-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-Forwarded-Proto: https\r\n")
+
+
+def seen_headers(answer):
+    return {name.lower(): value for name, value in json.loads(body_of(answer))["headers"]}
+
+
+def test_an_untrusted_peer_cannot_say_who_the_client_is(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)]))
+    status, answer = get(gw.port, b"/echo", extra=SPOOFED)
+    assert status == 200
+    headers = seen_headers(answer)
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert not {"x-real-ip", "forwarded", "x-original-url", "x-rewrite-url"} & set(headers)
+    assert wait_until(gw.access_lines)[-1]["client"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("trusted, client", [
+    (["127.0.0.1/32"], "10.1.1.1"),                    # the walk stops at an untrusted hop
+    (["127.0.0.1/32", "10.0.0.0/8"], "6.6.6.6"),       # ... or goes on past trusted ones
+])
+def test_a_trusted_proxy_names_the_client_walked_from_the_right(
+        launcher, upstream, trusted, client):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)],
+                                       server={"trusted_proxies": trusted}))
+    status, answer = get(gw.port, b"/echo", extra=b"X-Forwarded-For: 6.6.6.6, 10.1.1.1\r\n"
+                                                  b"X-Real-IP: 6.6.6.6\r\n")
+    assert status == 200
+    headers = seen_headers(answer)
+    assert headers["x-forwarded-for"] == "6.6.6.6, 10.1.1.1, 127.0.0.1"
+    assert headers["x-real-ip"] == "6.6.6.6"           # a trusted proxy's headers pass
+    assert wait_until(gw.access_lines)[-1]["client"] == client
+
+
+def test_rate_limits_count_the_client_a_trusted_proxy_names(launcher, upstream):
+    gw = launcher.gateway(gateway_conf(
+        [route("echo", ["/*rest"], upstream.url, plugins={"rate_limit": {
+            "algorithm": "sliding_window", "rate": 2, "per": 60, "key": "ip"}})],
+        server={"trusted_proxies": ["127.0.0.1/32"]}))
+    statuses = [get(gw.port, b"/echo", extra=b"X-Forwarded-For: 10.0.0.%d\r\n" % (i % 2))[0]
+                for i in range(6)]
+    assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+def test_admin_token_scheme_is_case_insensitive_and_guessing_is_throttled(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)],
+                                       admin={"token": "t0ken"}))
+
+    def admin(authorization):
+        return raw_request(gw.admin_port, b"GET /admin/config HTTP/1.1\r\nHost: a\r\n"
+                           b"Authorization: %s\r\nConnection: close\r\n\r\n" % authorization)[0]
+
+    assert admin(b"bearer t0ken") == 200
+    assert admin(b"BEARER t0ken") == 200
+    assert [admin(b"Bearer wrong%d" % i) for i in range(6)] == [401] * 5 + [429]
+    assert admin(b"Bearer t0ken") == 429       # this address waits out the minute

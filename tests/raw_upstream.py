@@ -1,0 +1,144 @@
+"""A raw-socket HTTP/1.1 upstream that misbehaves on purpose, chosen by path (urllib3's test
+servers do the same). Run as its own process:  python tests/raw_upstream.py PORT
+
+Keep-alive; requests are read with a minimal parser that trusts Content-Length only where the
+path says so. Every request line is counted; GET /__stats (on any connection) returns the
+counts as JSON.
+
+  /ok               200 "ok"
+  /extra            200 "first", and in the same write a second response "SECRET"
+  /stray-later      200 "first"; 100 ms later a second response "SECRET" on the idle connection
+  /no-body-read     200 "posted" at once, without reading the body: the body is parsed as the
+                    next request on the connection (a CL.0 desync)
+  /admin/secret     200 "SECRET"
+  /early-hints      103 in its own segment, then 200 "final" with its head split in two
+  /continue         an unasked 100 Continue, then 200 "final"
+  /huge-head        a 30 MiB response head, written as fast as the gateway reads
+  /switch           101 Switching Protocols to a request that did not ask to upgrade
+  /identity         Transfer-Encoding: identity, 5000 bytes, then close
+  /early-413        413 at once when the body is over 1 MiB, then stops reading (closes later)
+  /junk             bytes that are not HTTP
+"""
+import json
+import socket
+import sys
+import threading
+import time
+
+COUNTS = {}
+LOCK = threading.Lock()
+
+
+def response(body, status=b"200 OK", extra=b""):
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n%s\r\n%s" % (status, len(body), extra, body)
+
+
+def read_head(conn, buf):
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None, b""
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def content_length(head):
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+def serve(conn):
+    buf = b""
+    try:
+        while True:
+            head, buf = read_head(conn, buf)
+            if head is None:
+                return
+            path = head.split(b" ")[1].decode("latin-1") if b" " in head else ""
+            with LOCK:
+                COUNTS[path] = COUNTS.get(path, 0) + 1
+            length = content_length(head)
+            if path == "/no-body-read":
+                conn.sendall(response(b"posted"))
+                continue                        # the body stays in buf: the next "request"
+            if path == "/early-413":
+                if length > 1 << 20:
+                    conn.sendall(response(b"too large", b"413 Content Too Large",
+                                          b"Connection: close\r\n"))
+                    time.sleep(5)               # reads nothing more, then goes away
+                    return
+            while len(buf) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            buf = buf[length:]
+            if not handle(conn, path):
+                return
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def handle(conn, path):
+    """Answer one request; False closes the connection."""
+    if path == "/__stats":
+        with LOCK:
+            conn.sendall(response(json.dumps(COUNTS).encode()))
+    elif path == "/extra":
+        conn.sendall(response(b"first") + response(b"SECRET"))
+    elif path == "/stray-later":
+        conn.sendall(response(b"first"))
+        time.sleep(0.1)
+        conn.sendall(response(b"SECRET"))
+    elif path == "/admin/secret":
+        conn.sendall(response(b"SECRET"))
+    elif path == "/early-hints":
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        time.sleep(0.05)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
+        time.sleep(0.05)
+        conn.sendall(b"ngth: 5\r\n\r\nfinal")
+    elif path == "/continue":
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        time.sleep(0.05)
+        conn.sendall(response(b"final"))
+    elif path == "/huge-head":
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Filler: " + b"f" * 1000 + b"\r\n"
+        for _ in range(30 * 1024):
+            conn.sendall(line)
+        conn.sendall(b"Content-Length: 0\r\n\r\n")
+    elif path == "/switch":
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n\r\nraw bytes")
+        return False
+    elif path == "/identity":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n" + b"i" * 5000)
+        return False
+    elif path == "/junk":
+        conn.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        return False
+    else:
+        conn.sendall(response(b"ok"))
+    return True
+
+
+def main():
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(sys.argv[1])))
+    listener.listen(256)
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The canonical request target and Host (core.target), as tables."""
+import pytest
+
+from gwserver.core.realip import TrustedProxies
+from gwserver.core.target import normalise_host, normalise_path
+from gwserver.errors import BadRequest
+
+
+@pytest.mark.parametrize("raw, canonical", [
+    (b"/api/users/42", b"/api/users/42"),           # the common path: untouched
+    (b"//admin//x/", b"/admin/x/"),
+    (b"/%61dmin/%7Euser", b"/admin/~user"),         # unreserved decoded
+    (b"/a%2a%3f%c3%a9", b"/a%2A%3F%C3%A9"),         # the rest: upper-case hex
+    (b"/%2561", b"/%2561"),                         # %25 stays: never decoded twice
+    (b"/.well-known/acme", b"/.well-known/acme"),
+    (b"/a..b/c.", b"/a..b/c."),                     # dots inside names are fine
+])
+def test_normalise_path(raw, canonical):
+    assert normalise_path(raw) == canonical
+
+
+@pytest.mark.parametrize("raw", [
+    b"/a/../b", b"/a/./b", b"/a/%2e%2E/b", b"/%2E/b", b"/a/..", b"/a%2fb", b"/a%2Fb",
+    b"/a%5cb", b"/a\\b", b"/a%00b", b"/%C0%AE%C0%AE/x", b"/%ff", b"/%zz", b"/%4", b"/a%",
+])
+def test_normalise_path_refuses(raw):
+    with pytest.raises(BadRequest):
+        normalise_path(raw)
+
+
+@pytest.mark.parametrize("raw, action, canonical", [
+    (b"/a%2fb%5Cc\\d", "decode", b"/a/b/c/d"),
+    (b"/a%2fb%5Cc\\d", "keep", b"/a%2Fb%5Cc%5Cd"),
+    (b"/x/..%2fadmin", "decode", None),             # decoding makes a dot segment: refused
+])
+def test_escaped_slash_actions(raw, action, canonical):
+    if canonical is None:
+        with pytest.raises(BadRequest):
+            normalise_path(raw, action)
+    else:
+        assert normalise_path(raw, action) == canonical
+
+
+def test_slashes_kept_when_merging_is_off():
+    assert normalise_path(b"//a//b%61", merge_slashes=False) == b"//a//ba"
+
+
+@pytest.mark.parametrize("raw, name, port", [
+    (b"Admin.Example", b"admin.example", b""),
+    (b"admin.example.", b"admin.example", b""),
+    (b"admin.example.:8080", b"admin.example", b"8080"),
+    (b"[::1]:80", b"[::1]", b"80"),
+    (b"10.0.0.1", b"10.0.0.1", b""),
+    (b"svc_a.internal", b"svc_a.internal", b""),
+])
+def test_normalise_host(raw, name, port):
+    assert normalise_host(raw) == (name, port)
+
+
+@pytest.mark.parametrize("raw", [b"", b".", b"a..b", b"a.b..", b".a", b"-a", b"a b", b"a:",
+                                 b"a:x", b"a:0", b"a:70000", b"a:1:2", b"[::1", b"[zz]",
+                                 b"user@a", b"a/b", b"a%2eb"])
+def test_normalise_host_refuses(raw):
+    with pytest.raises(BadRequest):
+        normalise_host(raw)
+
+
+@pytest.mark.parametrize("header, value, client", [
+    ("X-Forwarded-For", b"6.6.6.6, 10.0.0.2", "6.6.6.6"),       # 10/8 is trusted: walk on
+    ("X-Forwarded-For", b"6.6.6.6, 7.7.7.7", "7.7.7.7"),        # stop at the first untrusted
+    ("X-Forwarded-For", b"garbage, 10.0.0.2", "10.0.0.2"),      # stop before garbage
+    ("X-Forwarded-For", b"", "10.0.0.1"),
+    ("Forwarded", b'for=6.6.6.6;proto=https, for="[2001:db8::1]:443"', "2001:db8::1"),
+    ("Forwarded", b"for=6.6.6.6, for=10.0.0.3", "6.6.6.6"),
+])
+def test_client_address_walked_from_the_right(header, value, client):
+    proxies = TrustedProxies(["10.0.0.0/8"], header)
+    assert proxies.trusts("10.0.0.1") and not proxies.trusts("11.0.0.1")
+    assert proxies.client_of("10.0.0.1", value) == client
