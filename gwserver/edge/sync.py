@@ -1,7 +1,7 @@
 """``gwserver: config-sync``: one process per host that follows etcd and publishes the table.
 
 Started and supervised by the master (``GatewayArbiter``), never by workers. The loop, after
-APISIX's config_etcd and the traps we hit (PERF_NOTES, issue 3):
+APISIX's config_etcd and the traps we hit (issue 3):
 
 1. Serve the last snapshot at once, if there is one: a gateway that starts while etcd is
    unreachable serves the routes it had.
