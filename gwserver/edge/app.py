@@ -318,8 +318,8 @@ class GatewayArbiter(Arbiter):
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={int(time.monotonic() * 1e6)}\n"
                     f"STATUS=reloading")
         reloaded = self.reload()
-        if lock is not None:
-            lock.keep_only(lock_paths(self.app.conf))
+        if lock is not None and not reloaded:
+            lock.keep_only(lock_paths(self.app.conf))      # let go of what the new conf took
         if not reloaded:
             self.notify(f"READY=1\nSTATUS=reload refused; serving with {len(self.WORKERS)} "
                         f"workers and the previous configuration")
@@ -339,6 +339,8 @@ class GatewayArbiter(Arbiter):
             elif name in ("health", "ocsp"):
                 self.helpers[name].signal(signal.SIGHUP)      # re-read their targets
         self.helper_conf = etcd
+        if lock is not None:
+            lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
         # gunicorn's reload returns once the old workers are gone; ours started serving first.
         self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers (reloaded)")
 
