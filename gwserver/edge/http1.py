@@ -6,18 +6,19 @@ the access phase of its plugin chain, hand it to the proxy, repeat while keep-al
 Rules this file enforces (RFC 9112 and what gunicorn's parser rejects):
 - llhttp in strict mode rejects bad header names, CTLs, obs-fold, Content-Length together with
   Transfer-Encoding, duplicate or bad Content-Length, bad chunk sizes. We add: exactly one Host in
-  HTTP/1.1 (at most one in 1.0) with a valid value, only HTTP/1.0 and 1.1, limits on the request
-  line, the number and size of header fields, and no dot segments in the path.
-- A rejected request is answered 400 (or 408/413/431) with ``Connection: close`` and never
+  HTTP/1.1 (at most one in 1.0, absolute-form included), only HTTP/1.0 and 1.1, limits on the
+  request line, the number and size of header fields and the whole head (trailers included), and
+  a path and Host made canonical (core.target) for routing, plugins and the upstream alike.
+- A rejected request is answered 400 (or 408/413/431/501) with ``Connection: close`` and never
   forwarded.
 - Hop-by-hop headers (RFC 9110 7.6.1, and those named in Connection) are filtered while parsing,
   so the proxy step never sees them.
 """
 import collections
-from http import HTTPStatus
 import logging
 import socket
 import time
+from http import HTTPStatus
 from functools import partial
 from random import randbytes
 
@@ -51,9 +52,6 @@ PROXY_SET = frozenset([b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrit
 LIST_HEADERS = frozenset([b"x-forwarded-for", b"via"])
 
 IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
-
-HOST_TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~"
-                       b"!$&'()*+,;=%:[]")
 
 # Every registered status (206, 307, 409, 422, ... too), with RFC 9110's newer phrases.
 REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
@@ -498,12 +496,6 @@ class ClientConnection:
 def new_trace_ids():
     """48 random hex digits: a trace id and a span id (random is reseeded in each worker)."""
     return randbytes(24).hex()
-
-
-def check_dot_segments(path):
-    for segment in path.split(b"/"):
-        if segment.lower().replace(b"%2e", b".") in (b".", b".."):
-            raise BadRequest("path has a dot segment (. or ..)")
 
 
 def render_reply(reply, keep_alive, request_id, head_only=False):
