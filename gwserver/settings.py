@@ -69,6 +69,9 @@ SERVER = Schema(
     Field("escaped_slashes", one_of("reject", "decode", "keep"), "reject",
           "%2F, %5C and \\ in a path: answer 400, decode to /, or forward encoded "
           "(keep only for upstreams that never decode them)"),
+    Field("path_parameters", one_of("reject", "keep"), "reject",
+          "; parameters in a path (/admin;x/y, which Tomcat/Jetty/Spring read as /admin/y): "
+          "answer 400, or forward (only for upstreams that do not strip them)"),
     Field("merge_slashes", boolean, True,
           "route and forward //a//b as /a/b (off only if no upstream merges slashes itself)"),
     Field("headers_with_underscores", one_of("drop", "reject", "allow"), "drop",

@@ -11,6 +11,7 @@ counts as JSON.
   /no-body-read     200 "posted" at once, without reading the body: the body is parsed as the
                     next request on the connection (a CL.0 desync)
   /admin/secret     200 "SECRET"
+  /204-late         204, then 5 ms later a response "INJECTED" (a body written after a 204)
   /early-hints      103 in its own segment, then 200 "final" with its head split in two
   /continue         an unasked 100 Continue, then 200 "final"
   /huge-head        a 30 MiB response head, written as fast as the gateway reads
@@ -96,6 +97,10 @@ def handle(conn, path):
         conn.sendall(response(b"first"))
         time.sleep(0.1)
         conn.sendall(response(b"SECRET"))
+    elif path == "/204-late":
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        time.sleep(0.005)
+        conn.sendall(response(b"INJECTED"))
     elif path == "/admin/secret":
         conn.sendall(response(b"SECRET"))
     elif path == "/early-hints":

@@ -108,6 +108,8 @@ UPSTREAM = Schema(
     Field("upstream_host", string(HOST, "a host name"), None, "Host header when pass_host=rewrite"),
     Field("pool_size", integer(1), None, "keep-alive connections per target per worker"),
     Field("block_when_full", boolean, None, "wait for a free connection instead of opening more"),
+    Field("keepalive", boolean, True,
+          "reuse connections; false: one per request (for an upstream that sends stray bytes)"),
     Field("timeouts", TIMEOUTS, None, "overrides of upstream_defaults timeouts"),
     Field("plugins", map_of(lambda conf: conf, string(r"[a-z][a-z0-9_-]*", "a plugin name")),
           None, "plugins for every route using this upstream (those that allow it: breaker)"),
@@ -169,6 +171,7 @@ class Upstream:
     upstream_host: str | None = None
     pool_size: int = 64
     block_when_full: bool = False
+    keepalive: bool = True
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     plugin_steps: tuple = ()                # validated (plugin, conf) set on the upstream
@@ -244,6 +247,7 @@ def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
         upstream_host=spec["upstream_host"],
         pool_size=pick(spec["pool_size"], defaults["pool_size"]),
         block_when_full=pick(spec["block_when_full"], defaults["block_when_full"]),
+        keepalive=spec["keepalive"],
         connect_timeout=pick(timeouts.get("connect"), defaults["connect_timeout"]),
         read_timeout=pick(timeouts.get("read"), defaults["read_timeout"]),
         plugin_steps=plugin_steps,

@@ -13,8 +13,11 @@ Path rules, in order:
    action. ``reject`` (default) answers 400; ``decode`` turns them into ``/``; ``keep`` forwards
    them encoded, for upstreams that do not decode them before routing.
 4. Repeated slashes are merged (``//admin`` -> ``/admin``) unless ``merge_slashes`` is off.
-5. Dot segments (``.``, ``..``, ``%2e``, ``%2E.``, ...) are refused: clients resolve them before
-   sending (RFC 3986 5.2.4), so one that arrives is a probe, not a link.
+5. Dot segments (``.``, ``..``, ``%2e``, ``%2E.``, ``..;x``, ...) are refused: clients resolve
+   them before sending (RFC 3986 5.2.4), so one that arrives is a probe, not a link.
+6. ``;`` path parameters (``/admin;x/y``): ``path_parameters`` action. Tomcat, Jetty and Spring
+   strip them before routing, so ``/admin;x/y`` is ``/admin/y`` to them and a catch-all to us:
+   ``reject`` (default) answers 400, ``keep`` forwards them (for upstreams that do not strip).
 
 Host rules: lower case, the port taken off, one trailing dot removed (``admin.example.`` is
 ``admin.example``, as nginx and DNS say), labels of letters, digits, ``-`` and ``_``, or an IP
@@ -24,7 +27,6 @@ Pure: raises ``BadRequest`` naming the problem; no sockets, no settings object.
 """
 from ..errors import BadRequest
 
-ESCAPED_SLASH_ACTIONS = ("reject", "decode", "keep")
 
 _HEX = b"0123456789ABCDEFabcdef"
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -35,10 +37,10 @@ _IPV6 = frozenset(b"0123456789abcdef:.")
 
 def needs_normalising(path):
     """False for the common path that no rule changes (one scan per rule, no allocation)."""
-    return b"%" in path or b"//" in path or b"/." in path or b"\\" in path
+    return b"%" in path or b"//" in path or b"/." in path or b"\\" in path or b";" in path
 
 
-def normalise_path(path, escaped_slashes="reject", merge_slashes=True):
+def normalise_path(path, escaped_slashes="reject", merge_slashes=True, path_parameters="reject"):
     """Return the canonical form of ``path`` (bytes, starting with ``/``, no query) as bytes."""
     if not needs_normalising(path):
         return path
@@ -74,8 +76,10 @@ def normalise_path(path, escaped_slashes="reject", merge_slashes=True):
         while b"//" in out:
             out = out.replace(b"//", b"/")
     for segment in bytes(out).split(b"/"):
-        if segment in (b".", b".."):
+        if segment.partition(b";")[0] in (b".", b".."):
             raise BadRequest("path has a dot segment (. or ..)")
+    if b";" in out and path_parameters == "reject":
+        raise BadRequest("path has ; parameters (server.path_parameters = \"reject\")")
     return bytes(out)
 
 

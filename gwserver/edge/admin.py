@@ -59,8 +59,9 @@ class AdminConnection(ClientConnection):
         """None if ``Authorization: Bearer <token>`` (scheme in any case, RFC 9110 11.1);
         else the 401 or, after FAILED_AUTH_LIMIT failures a minute from one address, 429."""
         failures = self.worker.admin_auth_failures
+        peer = self.client_ip       # the socket's peer: a forwarded address is not counted
         now = time.monotonic()
-        count, since = failures.get(req.client_ip, (0, now))
+        count, since = failures.get(peer, (0, now))
         if now - since > FAILED_AUTH_WINDOW:
             count, since = 0, now
         if count >= FAILED_AUTH_LIMIT:
@@ -74,7 +75,7 @@ class AdminConnection(ClientConnection):
             return None
         if len(failures) > 10_000:
             failures.clear()
-        failures[req.client_ip] = (count + 1, since)
+        failures[peer] = (count + 1, since)
         gevent.sleep(FAILED_AUTH_PAUSE)
         return Reply.json(401, {"error": "unauthorized", "status": 401,
                                 "message": "admin token missing or wrong"},

@@ -48,7 +48,14 @@ REWRITTEN = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwa
 NOT_FORWARDED = HOP_BY_HOP | REWRITTEN
 # Headers that say who the client is or what it asked for, as a proxy in front would: from
 # anyone else they are forgeries (an upstream trusting X-Original-URL routes on it).
-PROXY_SET = frozenset([b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrite-url"])
+# Method overrides get past a route's `methods`; the rest steer frameworks' proxy middleware
+# (werkzeug's ProxyFix, Spring's ForwardedHeaderFilter) and IP allow-lists.
+PROXY_SET = frozenset([
+    b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrite-url", b"x-forwarded-prefix",
+    b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
+    b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
+    b"cf-connecting-ip", b"x-cluster-client-ip", b"x-http-method-override", b"x-http-method",
+    b"x-method-override"])
 LIST_HEADERS = frozenset([b"x-forwarded-for", b"via"])
 
 IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
@@ -90,7 +97,8 @@ class ClientConnection:
                        self.settings["limit_request_field_size"])
         self.keepalive_enabled = self.settings["keepalive"] > 0
         self.underscores = self.settings["headers_with_underscores"]
-        self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"])
+        self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"],
+                           self.settings["path_parameters"])
         self.trusted_peer = bool(worker.trusted_proxies) and \
             worker.trusted_proxies.trusts(self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
@@ -187,6 +195,8 @@ class ClientConnection:
             return
         if req.chunked or req.content_length:
             raise BadRequest("an upgrade request must not carry a body")
+        if not hmap.get(b"sec-websocket-key"):
+            raise BadRequest("a websocket upgrade needs Sec-WebSocket-Key (RFC 6455 4.1)")
         req.upgrade = True
 
     def check_target(self, req, hmap):

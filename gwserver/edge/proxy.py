@@ -16,6 +16,9 @@ Upstream framing is trusted never (nginx: "upstream sent more data than specifie
 a complete response, or on an idle pooled connection, close that connection unread; a response
 never takes bytes of a second one; the head, 1xx heads included, is capped (max_response_head).
 """
+import base64
+import hashlib
+import hmac
 import logging
 import re
 import time
@@ -397,7 +400,7 @@ class Proxy:
                     raise
             finally:
                 outstanding[target] -= 1
-            self.release(pool, ex, upstream_keep)
+            self.release(pool, ex, upstream_keep and upstream.keepalive)
             if passive is not None:
                 self.worker.passive.observe(upstream, target, status not in passive["statuses"])
             return status, sent, target.url, client_keep
@@ -460,9 +463,7 @@ class Proxy:
         self.read_head(ex, route.read_timeout)
         req.upstream_seconds = time.monotonic() - started
         if ex.status == 101:
-            if not req.upgrade:
-                raise UpstreamError("upstream switched protocols for a request that did not "
-                                    "ask to upgrade")
+            check_websocket_accept(req, ex)
             return self.tunnel(client, req, ex)
         return self.relay_response(client, req, ex, route, keep_alive)
 
@@ -627,8 +628,11 @@ class Proxy:
         if no_body:
             client.write(head)
             # The parser still expects the body a HEAD response announced: drop the connection
-            # unless the message really ended.
-            return ex.status, 0, keep_alive, ex.keep_alive and ex.complete and req.complete
+            # unless the message really ended. After a 204 or 304 it is never reused: their
+            # end is implied, and an upstream that writes a body anyway (a common bug) would
+            # have it read as the next client's answer if the bytes come late.
+            return ex.status, 0, keep_alive, ex.keep_alive and ex.complete and \
+                req.complete and ex.status not in NO_BODY_STATUSES
         if ex.complete:                 # the common case: all of it came in one read
             body = ex.chunks
             size = sum(map(len, body)) if len(body) != 1 else len(body[0])
@@ -716,6 +720,24 @@ def upstream_host(req, target, upstream):
     if upstream.pass_host != "rewrite":
         return target.authority.encode("latin-1")
     return upstream.upstream_host.encode("latin-1")
+
+
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def check_websocket_accept(req, ex):
+    """A 101 opens a raw tunnel past every plugin: only for a websocket handshake the upstream
+    really completed for this client's key (RFC 6455 4.2.2), never for an endpoint that just
+    answers 101 (the client's next bytes would reach it as an unchecked request)."""
+    if not req.upgrade:
+        raise UpstreamError("upstream switched protocols for a request that did not ask to")
+    headers = {name.lower(): value.strip() for name, value in ex.header_pairs()}
+    expected = base64.b64encode(hashlib.sha1(
+        req.header_map[b"sec-websocket-key"].strip() + WEBSOCKET_GUID).digest())
+    if headers.get(b"upgrade", b"").lower() != b"websocket" or \
+            not hmac.compare_digest(headers.get(b"sec-websocket-accept", b""), expected):
+        raise UpstreamError("upstream answered 101 without completing the websocket "
+                            "handshake (Upgrade and Sec-WebSocket-Accept)")
 
 
 def response_chunked(value):

@@ -215,7 +215,8 @@ def test_websocket_and_long_download_on_old_workers_survive_a_reload(start_gatew
                                     server={"graceful_timeout": 20.0}))
     old_workers = set(gw.worker_pids())
     ws = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    ws.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    ws.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     head = b""
     while b"\r\n\r\n" not in head:
         head += ws.recv(4096)

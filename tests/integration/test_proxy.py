@@ -226,7 +226,7 @@ def test_keepalive_pools_reuse_upstream_connections(gw):
 def test_websocket_upgrade_is_tunnelled(gw):
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         sock.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Key: x\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      b"Sec-WebSocket-Version: 13\r\n\r\nfirst-bytes")
         head = b""
         while b"\r\n\r\n" not in head:

@@ -41,6 +41,15 @@ def test_escaped_slash_actions(raw, action, canonical):
         assert normalise_path(raw, action) == canonical
 
 
+def test_path_parameters():
+    with pytest.raises(BadRequest, match="path_parameters"):
+        normalise_path(b"/admin;x/y")
+    assert normalise_path(b"/a;jsessionid=1/b", path_parameters="keep") == b"/a;jsessionid=1/b"
+    for probe in (b"/..;/admin", b"/x/.;x/y"):         # dot segments whatever the action
+        with pytest.raises(BadRequest, match="dot segment"):
+            normalise_path(probe, path_parameters="keep")
+
+
 def test_slashes_kept_when_merging_is_off():
     assert normalise_path(b"//a//b%61", merge_slashes=False) == b"//a//ba"
 
