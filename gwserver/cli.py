@@ -24,10 +24,11 @@ def cmd_run(args):
         return 2
     for warning in instance_lock.warnings:
         print(f"{args.conf}: warning: {warning}", file=sys.stderr)
-    # Per-host limiter and breaker state: files every worker maps (the master only creates
-    # the directory).
-    state_path = tempfile.mkdtemp(prefix="gwserver-state-")
-    os.environ["GWSERVER_LOCAL_STATE"] = state_path
+    # Host state (health, ejections, per-host limits and breakers): files the workers map and
+    # the helpers write, in [server] state_dir, kept across restarts (the instance lock above
+    # keeps it to one instance). Helpers learn it from the environment.
+    os.makedirs(conf.server["state_dir"], mode=0o700, exist_ok=True)
+    os.environ["GWSERVER_LOCAL_STATE"] = conf.server["state_dir"]
     private_metrics_dir = None
     if conf.admin["metrics"]:
         from .edge import metrics
@@ -45,7 +46,6 @@ def cmd_run(args):
         # What the master created for itself goes with it. Workers are forked inside run() and
         # leave through this frame too: they must not remove what the others still use.
         if os.getpid() == master:
-            shutil.rmtree(state_path, ignore_errors=True)
             if private_metrics_dir:
                 shutil.rmtree(private_metrics_dir, ignore_errors=True)
     return 0
@@ -58,7 +58,10 @@ def cmd_check(args):
     except ConfigError as exc:
         return report(args.conf, exc)
     tls = f"; TLS on {', '.join(conf.tls['bind'])}" if conf.tls else ""
-    print(f"{args.conf}: ok ({len(conf.router)} routes, {conf.server['workers']} workers, "
+    from .settings import resolve_workers
+    workers = conf.server["workers"]
+    workers = f"{resolve_workers(workers)} workers" + (" (auto)" if workers == "auto" else "")
+    print(f"{args.conf}: ok ({len(conf.router)} routes, {workers}, "
           f"listening on {', '.join(conf.server['bind'])}{tls})")
     for warning in conf.tls_server.warnings if conf.tls_server else ():
         print(f"{args.conf}: warning: {warning}")
@@ -106,7 +109,9 @@ def report(path, exc):
 
 
 def main(argv=None):
+    from . import __version__
     parser = argparse.ArgumentParser(prog="gwserver", description="An API gateway.")
+    parser.add_argument("--version", action="version", version=f"gwserver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the master and its workers (foreground)")
     run.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")

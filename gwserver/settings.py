@@ -30,6 +30,38 @@ def bind_address(value):
     return value
 
 
+def worker_count(value):
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Invalid(f"must be a positive integer or \"auto\", got {show(value)}")
+    return value
+
+
+def resolve_workers(value):
+    """The number of workers ``server.workers`` asks for: "auto" is one per usable core."""
+    if value != "auto":
+        return value
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_state_dir():
+    """Where host state lives when ``server.state_dir`` is empty: the runtime directory, as
+    nginx keeps its pid and locks under /run; a per-user one for an unprivileged demo run."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]    # systemd's, if set
+    if runtime:
+        return os.path.join(runtime, "state")
+    base = "/run/gwserver"
+    if os.access(base if os.path.isdir(base) else "/run", os.W_OK):
+        return os.path.join(base, "state")
+    user = os.environ.get("XDG_RUNTIME_DIR")
+    user = os.path.join(user, "gwserver") if user else f"/tmp/gwserver-{os.getuid()}"
+    return os.path.join(user, "state")
+
+
 def cidr(value):
     if not isinstance(value, str):
         raise Invalid(f"must be an address or CIDR string like \"10.0.0.0/8\", got {show(value)}")
@@ -43,7 +75,9 @@ def cidr(value):
 SERVER = Schema(
     Field("bind", list_of(bind_address, min_items=1), lambda: ["127.0.0.1:8080"],
           "addresses to listen on, as \"host:port\" (\"[::]:8080\" for IPv6)"),
-    Field("workers", integer(1), 1, "worker processes; one per core is the usual choice"),
+    Field("workers", worker_count, "auto",
+          "worker processes: a positive integer, or \"auto\" for one per core (nginx's "
+          "worker_processes auto)"),
     Field("worker_connections", integer(1), 1000,
           "most concurrent client connections per worker"),
     Field("graceful_timeout", number(0, exclusive=True), 30.0,
@@ -82,6 +116,9 @@ SERVER = Schema(
           "where a trusted proxy puts the client address (walked from the right)"),
     Field("proc_name", string(r"[A-Za-z0-9_.-]+", "a short name"), "gwserver",
           "prefix of process titles"),
+    Field("state_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
+          "host state of workers and helpers (health, ejections, per-host limits, OCSP); "
+          "one instance each. Empty: /run/gwserver/state, else a per-user runtime dir"),
     doc="The listener and the worker processes (gunicorn's names and meanings).",
 )
 
@@ -284,25 +321,53 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
     """Validate and compile routes and named upstreams.
 
     Returns (router, problems): every route that is good is in the router; each bad one is left
-    out and named in problems. The conf file treats any problem as fatal; etcd sync will not.
+    out and named in problems, with every problem it has (a bad field is named and checking goes
+    on with its default). An upstream that exists but is invalid is reported for what is wrong
+    with it, never as unknown to the routes that use it. The conf file treats any problem as
+    fatal; etcd sync will not.
     """
-    problems, upstreams = [], {}
+    problems, upstreams, broken = [], {}, set()
     for upstream_id, spec in upstream_specs.items():
+        owner = f"upstream {upstream_id}"
+        spec, bad_problems, bad = UPSTREAM.partial(spec, owner)
+        problems.extend(bad_problems)
         try:
-            spec = UPSTREAM.validate(spec, f"upstream {upstream_id}")
-            upstreams[upstream_id] = make_upstream(upstream_id, spec, upstream_defaults,
-                                                   registry)
+            if spec is None:
+                raise ConfigError([])
+            upstream = make_upstream(upstream_id, spec, upstream_defaults, registry)
         except ConfigError as exc:
-            problems.extend(exc.problems)
-    routes = []
+            # A field already named bad is at its default here: what that default makes of
+            # it (no targets, say) is not another problem.
+            problems.extend(p for p in exc.problems
+                            if not any(p.startswith(f"{owner}: {name}") for name in bad))
+            broken.add(upstream_id)
+            continue
+        if bad:
+            broken.add(upstream_id)
+        else:
+            upstreams[upstream_id] = upstream
+    routes, first_of = [], {}
     for i, spec in enumerate(route_specs):
-        owner = f"route {spec.get('id')}" if isinstance(spec, dict) and "id" in spec \
-            else f"routes[{i}]"
+        route_id = spec.get("id") if isinstance(spec, dict) else None
+        owner = f"route {route_id}" if isinstance(route_id, str) else f"routes[{i}]"
+        if isinstance(route_id, str):
+            if route_id in first_of:
+                problems.append(f"route {route_id}: duplicate route id (routes"
+                                f"[{first_of[route_id]}] and routes[{i}])")
+            first_of.setdefault(route_id, i)
+        spec, bad_problems, bad = ROUTE.partial(spec, owner)
+        problems.extend(bad_problems)
+        if spec is None:
+            continue
         try:
-            routes.append(compile_route(ROUTE.validate(spec, owner), upstreams,
-                                        upstream_defaults, server, global_plugins, registry))
+            route = compile_route(spec, upstreams, upstream_defaults, server, global_plugins,
+                                  registry, broken=frozenset(broken))
         except ConfigError as exc:
-            problems.extend(exc.problems)
+            problems.extend(p for p in exc.problems
+                            if not any(p.startswith(f"{owner}: {name}") for name in bad))
+            continue
+        if not bad and first_of[route.id] == i:
+            routes.append(route)
     router = Router()
     for route in routes:
         try:
@@ -324,7 +389,12 @@ def parse_conf(data, path="<conf>"):
             parts[name] = field.check(data[name]) if name in data else field.default_value()
         except Invalid as exc:
             problems.extend(f"{join(name, sub)}: {reason}" for sub, reason in exc.problems)
-            parts[name] = field.default_value()
+            # Its good fields still count: the checks below then see them, not defaults.
+            value = field.check.partial(data[name])[0] if isinstance(field.check, Schema) \
+                else None
+            parts[name] = field.default_value() if value is None else value
+    if not parts["server"].get("state_dir"):
+        parts["server"] = {**parts["server"], "state_dir": default_state_dir()}
     sections = {name: _fill(schema, parts[name]) for name, schema in SECTIONS.items()}
     registry = load_registry()
     # Global plugin configs are checked once here so that their errors name `plugins.X`.
@@ -359,7 +429,7 @@ def parse_conf(data, path="<conf>"):
                                     {sections["admin"]["bind"]})
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
-        elif not problems:
+        else:       # certificate and key files are checked with everything else
             from .edge.tls import ServerTLS     # pyOpenSSL: only when TLS is configured
             try:
                 tls_server = ServerTLS(tls, os.environ.get("GWSERVER_LOCAL_STATE"))

@@ -238,6 +238,8 @@ class Launcher:
         port = free_port()
         conf = json.loads(json.dumps(conf))
         conf.setdefault("server", {})["bind"] = [f"127.0.0.1:{port}"]
+        # Each gateway its own host state (the default, /run/gwserver/state, is one per host).
+        conf["server"].setdefault("state_dir", str(self.tmp_dir / f"state-{port}"))
         conf.setdefault("admin", {}).setdefault("bind", f"127.0.0.1:{free_port()}")
         if "redis" in conf:
             # Exact-count tests must not fall back to per-host state because a loaded CI

@@ -222,25 +222,34 @@ def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
     ``owner`` names it in errors (default "upstream ID"; an inline one: "route R: upstream")."""
     owner = owner or f"upstream {upstream_id}"
     from .chain import upstream_plugins
-    plugin_steps = ()
+    plugin_steps, problems = (), []      # every problem at once (gwserver check)
     if spec.get("plugins"):
         if registry is None:
             from ..plugins import load_registry
             registry = load_registry()
-        plugin_steps = upstream_plugins(owner, spec["plugins"], registry)
+        try:
+            plugin_steps = upstream_plugins(owner, spec["plugins"], registry)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     timeouts = spec.get("timeouts") or {}
     targets = tuple(make_target(t) for t in spec["targets"] or ())
     service = spec.get("service")
     if not targets and not service:
-        raise ConfigError(f"{owner}: targets: needs at least one target, or a service to "
-                          f"follow")
+        problems.append(f"{owner}: targets: needs at least one target, or a service to "
+                        f"follow")
     if targets and not any(t.weight for t in targets):
-        raise ConfigError(f"{owner}: every target has weight 0")
+        problems.append(f"{owner}: every target has weight 0")
     if len({t.key for t in targets}) != len(targets):
-        raise ConfigError(f"{owner}: targets: a target is listed twice")
+        problems.append(f"{owner}: targets: a target is listed twice")
     kind, _, name = spec.get("hash_key", "ip").partition(":")
     if spec["pass_host"] == "rewrite" and not spec["upstream_host"]:
-        raise ConfigError(f"{owner}: pass_host=rewrite needs upstream_host")
+        problems.append(f"{owner}: pass_host=rewrite needs upstream_host")
+    try:
+        tls = _upstream_tls(owner, spec.get("tls"))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return Upstream(
         id=upstream_id, targets=targets, pass_host=spec["pass_host"],
@@ -256,7 +265,7 @@ def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
         health_check=_health_check(spec.get("health_check")),
         passive=_passive(spec.get("passive")),
         panic_threshold=spec.get("panic_threshold", 0.0), service=service,
-        tls=_upstream_tls(owner, spec.get("tls")), protocol=spec.get("protocol", "http1"),
+        tls=tls, protocol=spec.get("protocol", "http1"),
     )
 
 
@@ -288,40 +297,63 @@ def _passive(conf):
 
 
 def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
-                  missing_hint=""):
+                  missing_hint="", broken=frozenset()):
     """A validated route spec -> Route: its upstream (an id in ``upstreams``, or inline) and
-    its plugin chain. The conf file and the live (etcd) table both compile routes here."""
+    its plugin chain. The conf file and the live (etcd) table both compile routes here.
+
+    Raises ConfigError naming every problem of the route. ``broken``: ids of upstreams that
+    exist but are invalid; their own problems are reported where they are checked, so a route
+    that uses one is not told it is unknown."""
     from .chain import build_chain
     owner = f"route {spec['id']}"
+    problems = []
     upstream = spec["upstream"]
     if isinstance(upstream, str):
-        if upstream not in upstreams:
-            raise ConfigError(f"{owner}: upstream: unknown upstream id {show(upstream)}"
-                              + missing_hint)
-        upstream = upstreams[upstream]
+        if upstream not in upstreams and upstream not in broken:
+            problems.append(f"{owner}: upstream: unknown upstream id {show(upstream)}"
+                            + missing_hint)
+        upstream = upstreams.get(upstream)
     else:
-        upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults, registry,
-                                 f"{owner}: upstream")
-    chain = build_chain(owner, spec["plugins"], global_plugins, registry, upstream.plugin_steps)
-    if spec.get("claims") and "jwt" not in chain.names:
-        raise ConfigError(f"{owner}: claims: matching on claims needs the jwt plugin on the "
-                          f"route or in [plugins]")
-    if "grpc_web" in chain.names and upstream.protocol != "h2":
-        raise ConfigError(f"{owner}: plugins.grpc_web: the upstream must speak HTTP/2 "
-                          f"(protocol = \"h2\"), gRPC needs it")
-    chain = link_chain(owner, chain, upstreams, defaults, missing_hint)
+        try:
+            upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults, registry,
+                                     f"{owner}: upstream")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            upstream = None
+    chain = None
+    try:
+        chain = build_chain(owner, spec["plugins"], global_plugins, registry,
+                            upstream.plugin_steps if upstream is not None else ())
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if chain is not None:
+        if spec.get("claims") and not chain.claims_steps:
+            problems.append(f"{owner}: claims: matching on claims needs a plugin that verifies "
+                            f"them (jwt) on the route or in [plugins]")
+        if upstream is not None:
+            problems.extend(chain.check_upstream(owner, upstream))
+        try:
+            chain = link_chain(owner, chain, upstreams, defaults, missing_hint, broken)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    problems.extend(path_problems(spec))
+    if problems or upstream is None or chain is None:
+        raise ConfigError(problems)
     return make_route(spec, upstream, server, chain)
 
 
-def link_chain(owner, chain, upstreams, defaults, missing_hint=""):
+def link_chain(owner, chain, upstreams, defaults, missing_hint="", broken=frozenset()):
     """Let plugins that name other upstreams (``link(conf, resolve)``) resolve them: ``resolve``
-    turns an upstream id or inline upstream object into an Upstream, or raises ConfigError."""
+    turns an upstream id or inline upstream object into an Upstream, or raises ConfigError
+    (with no problem of its own for an upstream in ``broken``: that one was reported)."""
     if not any(hasattr(plugin, "link") for plugin, _ in chain.steps):
         return chain
     from .chain import Chain
 
     def resolve(ref, where):
         if isinstance(ref, str):
+            if ref in broken:
+                raise ConfigError([])
             if ref not in upstreams:
                 raise ConfigError(f"{owner}: {where}: unknown upstream id {show(ref)}"
                                   + missing_hint)
@@ -374,8 +406,8 @@ def check_path(pattern):
     return segments
 
 
-def make_route(spec, upstream, settings, chain=None):
-    """Build a Route from a validated spec and its resolved Upstream."""
+def path_problems(spec):
+    """What is wrong with a validated route spec's paths and strip_prefix, as a list."""
     problems = []
     for i, pattern in enumerate(spec["paths"]):
         try:
@@ -389,6 +421,12 @@ def make_route(spec, upstream, settings, chain=None):
         if spec["prefix"] and segments[-1][0] == "catchall":
             problems.append(f"route {spec['id']}: prefix=true with a catch-all in paths[{i}]; "
                             f"use one or the other")
+    return problems
+
+
+def make_route(spec, upstream, settings, chain=None):
+    """Build a Route from a validated spec and its resolved Upstream."""
+    problems = path_problems(spec)
     if problems:
         raise ConfigError(problems)
     hosts = spec["hosts"] or []

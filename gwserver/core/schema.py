@@ -102,6 +102,32 @@ class Schema:
             raise ConfigError([": ".join(part for part in (path, sub) if part) + f": {reason}"
                                for sub, reason in exc.problems]) from None
 
+    def partial(self, value, path=""):
+        """(value, problems, names of the bad fields): every field that is bad is named and
+        set to its default, so a checker can go on and find the problems further on in the
+        same pass (``gwserver check`` names them all at once). The value is None when that
+        cannot be done: not an object, or a required field bad or missing."""
+        try:
+            return self(value), [], set()
+        except Invalid as exc:
+            problems = [": ".join(part for part in (path, sub) if part) + f": {reason}"
+                        for sub, reason in exc.problems]
+            bad = {re.split(r"[.\[]", sub, maxsplit=1)[0] for sub, _ in exc.problems}
+        if not isinstance(value, dict):
+            return None, problems, bad
+        out = {}
+        for name, field in self.fields.items():
+            try:
+                if name in value and value[name] is not None:
+                    out[name] = field.check(value[name])
+                    continue
+            except Invalid:
+                pass
+            if field.required:
+                return None, problems, bad
+            out[name] = field.default_value()
+        return out, problems, bad
+
     def defaults(self):
         return {name: f.default_value() for name, f in self.fields.items() if not f.required}
 

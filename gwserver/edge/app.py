@@ -21,7 +21,7 @@ from gunicorn.arbiter import Arbiter
 
 from .. import proctitle
 from ..errors import ConfigError
-from ..settings import load_conf
+from ..settings import load_conf, resolve_workers
 from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, describe, listener_roles, rebind
 
@@ -67,7 +67,7 @@ class GatewayApplication(BaseApplication):
         for key, value in {
             "bind": list(server["bind"]) + tls_bind + ([admin_bind] if admin_bind else []),
             "child_exit": child_exit,
-            "workers": server["workers"],
+            "workers": resolve_workers(server["workers"]),
             "worker_connections": server["worker_connections"],
             "graceful_timeout": math.ceil(server["graceful_timeout"]),
             "keepalive": math.ceil(server["keepalive"]),

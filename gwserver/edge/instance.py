@@ -1,9 +1,10 @@
 """One gateway per runtime directory and snapshot: a lock that names its holder.
 
-Two etcd-mode gateways on one host share ``/run/gwserver`` and the snapshot path by default;
-their sync processes would overwrite each other's tables without a word. The master takes an
-``flock`` on ``runtime_dir/gwserver.lock`` and ``snapshot_path + ".lock"`` before anything
-else and holds them for its life (workers inherit the descriptors, so the locks go with the
+Two gateways on one host share the host state directory (``[server] state_dir``) by default,
+and in etcd mode ``/run/gwserver`` and the snapshot path: their health checkers and sync
+processes would overwrite each other's files without a word. The master takes an ``flock`` on
+``state_dir/gwserver.lock`` (and ``runtime_dir/gwserver.lock``, ``snapshot_path + ".lock"``)
+before anything else and holds them for its life (workers inherit the descriptors, so the locks go with the
 last process of the instance; the kernel drops them even after a SIGKILL). The file holds the
 holder's pid, for the error a second instance prints.
 """
@@ -16,11 +17,14 @@ class InstanceLocked(Exception):
 
 
 def lock_paths(conf):
-    """{lock file: the setting that names it}; nothing without etcd (no shared files)."""
-    if conf.etcd is None:
-        return {}
-    return {os.path.join(conf.etcd["runtime_dir"], "gwserver.lock"): "[etcd] runtime_dir",
-            conf.etcd["snapshot_path"] + ".lock": "[etcd] snapshot_path"}
+    """{lock file: the setting that names it}: the host state directory, and with etcd the
+    runtime directory and the snapshot."""
+    paths = {os.path.join(conf.server["state_dir"], "gwserver.lock"): "[server] state_dir"}
+    if conf.etcd is not None:
+        paths.update({
+            os.path.join(conf.etcd["runtime_dir"], "gwserver.lock"): "[etcd] runtime_dir",
+            conf.etcd["snapshot_path"] + ".lock": "[etcd] snapshot_path"})
+    return paths
 
 
 class InstanceLock:
@@ -56,7 +60,7 @@ class InstanceLock:
                 os.close(fd)
 
     def _take(self, path, setting):
-        what = os.path.dirname(path) if setting.endswith("runtime_dir") else path[:-5]
+        what = os.path.dirname(path) if setting.endswith("_dir") else path[:-5]
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -118,7 +118,7 @@ class GatewayWorker(GeventWorker):
         from .. import services
         from .store import LocalStore, RedisStore
         import tempfile
-        path = os.environ.get("GWSERVER_LOCAL_STATE") or tempfile.mkdtemp(prefix="gwserver-")
+        path = self.conf.server["state_dir"]       # [server] state_dir; the master made it
         services.local_store = LocalStore(path)
         redis = self.conf.redis
         services.limit_store = services.local_store if redis is None else RedisStore(

@@ -80,7 +80,7 @@ def test_sighup_with_a_bad_conf_keeps_serving_the_old_one(start_gateway, upstrea
     gw.conf_path.write_text('[server]\nworkers = "two"\n')
     os.kill(gw.pid, signal.SIGHUP)
     wait_until(lambda: "reload refused" in gw.log())
-    assert 'server.workers: must be a positive integer, got "two"' in gw.log()
+    assert 'server.workers: must be a positive integer or "auto", got "two"' in gw.log()
     time.sleep(0.5)
     assert gw.proc.poll() is None and gw.worker_pids() == workers
     assert gw.request("GET", "/echo")[0].status == 200

@@ -121,7 +121,7 @@ def test_conflicting_parameter_names_are_rejected_and_good_routes_kept():
 
 def test_duplicate_ids_are_rejected():
     _, problems = compile_routes([{"id": "a", "paths": ["/a"]}, {"id": "a", "paths": ["/b"]}])
-    assert problems == ["route a: duplicate route id"]
+    assert problems == ["route a: duplicate route id (routes[0] and routes[1])"]
 
 
 def best_match_time(router, paths, rounds=5, repeat=2000):

@@ -21,7 +21,7 @@ def problems_of(doc):
 
 def test_defaults_fill_an_empty_file():
     conf = parse_conf({})
-    assert conf.server["workers"] == 1
+    assert conf.server["workers"] == "auto"
     assert conf.server["bind"] == ["127.0.0.1:8080"]
     assert conf.upstream_defaults["pool_size"] == 64
     assert conf.log["access_format"] == "json"
@@ -29,9 +29,9 @@ def test_defaults_fill_an_empty_file():
 
 
 @pytest.mark.parametrize("doc, expected", [
-    ({"server": {"workers": "two"}}, 'server.workers: must be a positive integer, got "two"'),
-    ({"server": {"workers": 0}}, "server.workers: must be a positive integer, got 0"),
-    ({"server": {"workers": True}}, "server.workers: must be a positive integer, got true"),
+    ({"server": {"workers": "two"}}, 'server.workers: must be a positive integer or \"auto\", got "two"'),
+    ({"server": {"workers": 0}}, "server.workers: must be a positive integer or \"auto\", got 0"),
+    ({"server": {"workers": True}}, "server.workers: must be a positive integer or \"auto\", got true"),
     ({"server": {"bind": ["localhost"]}}, 'server.bind[0]: must be "host:port"'),
     ({"server": {"bind": []}}, "server.bind: must have at least 1 item"),
     ({"server": {"keepalive": -1}}, "server.keepalive: must be a number >= 0"),
@@ -72,7 +72,7 @@ def test_shipped_conf_is_valid_and_documents_every_setting():
 
 @pytest.mark.parametrize("content, exit_code, needle", [
     ("[server]\nworkers = 2\n", 0, "ok (0 routes, 2 workers"),
-    ('[server]\nworkers = "two"\n', 2, 'server.workers: must be a positive integer, got "two"'),
+    ('[server]\nworkers = "two"\n', 2, 'server.workers: must be a positive integer or \"auto\", got "two"'),
     ("[server\n", 2, "not valid TOML"),
 ])
 def test_check_command(tmp_path, content, exit_code, needle):
