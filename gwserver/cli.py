@@ -89,6 +89,16 @@ def cmd_ocsp(args):
     return 0
 
 
+def cmd_tls_new_ticket_key(args):
+    from .edge.tickets import write_key_file
+    try:
+        write_key_file(args.file)
+    except OSError as exc:
+        print(f"{args.file}: cannot write: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_health(args):
     from .edge.health import run
     run(args.conf)
@@ -129,6 +139,12 @@ def main(argv=None):
     ocsp = sub.add_parser("ocsp", help="the OCSP-fetching process (the master starts it)")
     ocsp.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
     ocsp.set_defaults(func=cmd_ocsp)
+    tls = sub.add_parser("tls", help="TLS housekeeping").add_subparsers(dest="tls_command",
+                                                                       required=True)
+    ticket_key = tls.add_parser("new-ticket-key", help="write a new session-ticket key file "
+                                "(80 random bytes, mode 0600, replaced atomically)")
+    ticket_key.add_argument("file")
+    ticket_key.set_defaults(func=cmd_tls_new_ticket_key)
     settings = sub.add_parser("settings", help="print every setting with its default and doc")
     settings.set_defaults(func=cmd_settings)
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to proxy to (demo, tests)")

@@ -276,6 +276,10 @@ TLS = Schema(
           "staple OCSP responses fetched from the certificates' responders"),
     Field("ocsp_refresh", number(5), 3600.0, "refetch at least this often (seconds)"),
     Field("ocsp_timeout", number(0, exclusive=True), 5.0, "seconds for one OCSP request"),
+    Field("ticket_key_files", list_of(string(r"/.*", "an absolute path")), list,
+          "session-ticket keys, 48 or 80 bytes each (nginx's format): the first seals new "
+          "tickets, all open them; re-read on reload (default: one random key for the "
+          "master's life, kept across reloads)"),
     doc="TLS on the listener (pyOpenSSL): SNI, resumption across workers, OCSP stapling.",
 )
 

@@ -8,10 +8,12 @@ listeners are wrapped here instead, in the worker, after accept: ``TLSSocket`` d
 ``OpenSSL.SSL.Connection`` over the gevent socket's descriptor and parks the greenlet on the
 socket's read/write events, exactly as gevent's own SSLSocket does.
 
-Resumption across workers: the contexts are built in the master, before workers fork, so
-every worker has the same session-ticket keys (OpenSSL makes them when a context is created):
-a ticket issued by one worker resumes on any other. A reload builds new contexts (new keys,
-and the new certificates) for the new workers; old workers finish with the old ones.
+Resumption across workers, reloads and hosts: the contexts are built in the master, before
+workers fork, and seal tickets with keys that are not the context's own (tickets.py): those of
+``ticket_key_files`` (shared by hosts, re-read on reload), or else one random key the master
+makes at start and keeps across reloads. A ticket issued by one worker resumes on any other,
+after a reload, and on another host with the same key files. A reload builds new contexts (and
+reads the new certificates) for the new workers; old workers finish with the old ones.
 
 OCSP: the ``gwserver: ocsp`` helper fetches responses from the responder named in each
 certificate and writes them to the state directory; workers re-read them on their tick and
@@ -30,6 +32,7 @@ from OpenSSL import SSL
 
 from ..errors import ConfigError
 from .shm import file_stamp
+from .tickets import process_key, read_key_files, ticket_api
 
 log = logging.getLogger("gwserver.tls")
 
@@ -117,8 +120,23 @@ class ServerTLS:
         self.default = self.contexts[0][1]
         # Only the first context gets the SNI callback: the handshake starts there and may
         # move to another; session tickets are issued and checked with the first context's
-        # keys, which every worker shares.
+        # keys (OpenSSL's session_ctx), which every worker shares.
         self.default.set_tlsext_servername_callback(self._pick_by_sni)
+        self._tickets = self._ticket_keys(conf["ticket_key_files"])
+
+    def _ticket_keys(self, files):
+        """The keys from the files, or the master's own (tickets.process_key): the first
+        context seals and opens every ticket with them."""
+        api = ticket_api()
+        if isinstance(api, str):
+            if files:
+                raise ConfigError(f"tls.ticket_key_files: this build of OpenSSL cannot be "
+                                  f"given ticket keys ({api}); remove the setting")
+            self.warnings.append(f"session tickets use OpenSSL's own keys, new at each "
+                                 f"reload: the ticket-key callback is out of reach ({api})")
+            return None
+        keys = read_key_files(files) if files else [process_key()]
+        return api.install(self.default, keys)
 
     def _context(self, entry, index):
         conf = self.conf

@@ -1,0 +1,260 @@
+"""Session-ticket keys: key files as nginx reads them, the first encrypts and all decrypt.
+
+Key files (nginx's ``ssl_session_ticket_key`` format, so one file can serve both):
+
+    80 bytes: name (16) | HMAC-SHA256 secret (32) | AES-256-CBC key (32)   (openssl rand 80)
+    48 bytes: name (16) | AES-128-CBC key (16)     | HMAC-SHA256 secret (16)  (nginx's order)
+
+A ticket starts with the name of the key that sealed it; a ticket whose name matches none of
+the keys gets a full handshake, one sealed with an older key is renewed with the first.
+
+How the keys reach OpenSSL. pyOpenSSL has no ticket-key API, and the OpenSSL that
+cryptography's wheel links in statically declares to Python none of
+``SSL_CTX_set_tlsext_ticket_key_evp_cb``, ``SSL_CTX_set_tlsext_ticket_key_cb``,
+``SSL_CTX_ctrl`` (``SSL_CTRL_SET_TLSEXT_TICKET_KEYS``) or ``SSL_CTX_callback_ctrl``: ``dir(lib)``
+holds only ``SSL_OP_NO_TICKET``, and the library exports no C symbol but its ``PyInit_*``. The
+functions are in the library all the same, named in its ELF symbol table (the wheel is not
+stripped). ``OpenSSLTicketApi`` finds them there, relative to the exported ``PyInit__rust``, and
+proves the addresses on a throw-away context (a timeout set through the found
+``SSL_CTX_set_timeout`` must read back through pyOpenSSL's own binding) before anything uses
+them. Whenever that fails (a stripped or changed wheel), ``ticket_key_files`` is a
+configuration error that says so, and without it OpenSSL keeps its own per-context keys: what
+gwserver did before, a full handshake once after each reload.
+"""
+import ctypes
+import logging
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+log = logging.getLogger("gwserver.tls")
+
+SIZES = (48, 80)
+HOW_TO_MAKE = "gwserver tls new-ticket-key FILE, or openssl rand 80 > FILE"
+NAME_LEN = 16
+IV_LEN = 16                         # AES-CBC; OpenSSL's iv buffer is EVP_MAX_IV_LENGTH (16)
+
+
+@dataclass(frozen=True)
+class TicketKey:
+    name: bytes
+    hmac: bytes
+    aes: bytes
+    source: str
+
+    @property
+    def cipher(self):
+        return b"AES-256-CBC" if len(self.aes) == 32 else b"AES-128-CBC"
+
+
+def parse_key(data, source):
+    if len(data) == 80:
+        return TicketKey(data[:16], data[16:48], data[48:80], source)
+    if len(data) == 48:             # nginx: the AES key before the HMAC secret
+        return TicketKey(data[:16], data[32:48], data[16:32], source)
+    raise ValueError(f"{len(data)} bytes")
+
+
+def read_key_files(paths):
+    """The keys, first (encrypting) first; ConfigError naming each bad file."""
+    keys, problems = [], []
+    for i, path in enumerate(paths):
+        where = f"tls.ticket_key_files[{i}]: {path}"
+        try:
+            with open(path, "rb") as f:
+                data = f.read(81)
+        except FileNotFoundError:
+            problems.append(f"{where} does not exist (make one with {HOW_TO_MAKE})")
+            continue
+        except OSError as exc:
+            problems.append(f"{where}: cannot read: {exc.strerror}")
+            continue
+        try:
+            keys.append(parse_key(data, path))
+        except ValueError:
+            size = "more than 80" if len(data) > 80 else str(len(data))
+            problems.append(f"{where}: {size} bytes; a ticket key file holds exactly 48 or 80 "
+                            f"bytes ({HOW_TO_MAKE})")
+    names = [k.name for k in keys]
+    for key in keys:
+        if names.count(key.name) > 1 and key is keys[names.index(key.name)]:
+            problems.append(f"tls.ticket_key_files: {key.source} and another file share the "
+                            f"key name {key.name.hex()} (the same key twice?)")
+    if problems:
+        raise ConfigError(problems)
+    return keys
+
+
+def write_key_file(path):
+    """80 random bytes, mode 0600, replacing PATH atomically (rename in its directory)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".ticket-", dir=directory)   # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(80))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+_process_key = None
+
+
+def process_key():
+    """Without key files: one random key for the life of this process. Contexts are built in
+    the master (at start and on every reload) and workers inherit it, so a ticket outlives a
+    reload, as nginx's own key outlives its `reload`; a restart makes a new one."""
+    global _process_key
+    if _process_key is None:
+        _process_key = parse_key(os.urandom(80), "(made at start)")
+    return _process_key
+
+
+# -- the OpenSSL functions, found in cryptography's library --------------------------------------
+
+SSL_TICKET_CDEF = """
+typedef struct { const char *key; unsigned int data_type; void *data; size_t data_size;
+                 size_t return_size; } OSSL_PARAM;
+"""
+OSSL_PARAM_UTF8_STRING, OSSL_PARAM_OCTET_STRING = 4, 5      # openssl/core.h
+OSSL_PARAM_UNMODIFIED = 2 ** 64 - 1
+CALLBACK = "int(void *, unsigned char *, unsigned char *, void *, void *, int)"
+FUNCTIONS = {
+    # int SSL_CTX_set_tlsext_ticket_key_evp_cb(SSL_CTX *, int (*cb)(SSL *, unsigned char
+    #     key_name[16], unsigned char iv[16], EVP_CIPHER_CTX *, EVP_MAC_CTX *, int enc))
+    "SSL_CTX_set_tlsext_ticket_key_evp_cb": f"int(*)(void *, {CALLBACK.replace('(', '(*)(', 1)})",
+    "EVP_EncryptInit_ex": "int(*)(void *, void *, void *, unsigned char *, unsigned char *)",
+    "EVP_DecryptInit_ex": "int(*)(void *, void *, void *, unsigned char *, unsigned char *)",
+    "EVP_MAC_CTX_set_params": "int(*)(void *, OSSL_PARAM *)",
+    "SSL_CTX_set_timeout": "long(*)(void *, long)",         # only to prove the addresses
+}
+ANCHOR = "PyInit__rust"
+
+
+def elf_functions(path, wanted):
+    """st_value of the named functions in an ELF64 little-endian file's .symtab."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:6] != b"\x7fELF\x02\x01":
+        raise OSError(f"{path} is not an ELF64 little-endian file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    found = {}
+    for _, kind, _, _, offset, size, link, _, _, entsize in sections:
+        if kind != 2:                                   # SHT_SYMTAB
+            continue
+        strings = sections[link][4]
+        for pos in range(offset, offset + size, entsize):
+            name, info, _, _, value, _ = struct.unpack_from("<IBBHQQ", data, pos)
+            if info & 0xF != 2 or not value:            # STT_FUNC, defined
+                continue
+            start = strings + name
+            symbol = data[start:data.index(b"\0", start)].decode("ascii", "replace")
+            if symbol in wanted:
+                found[symbol] = value
+    return found
+
+
+class OpenSSLTicketApi:
+    """The ticket-key callback of the OpenSSL inside cryptography (see the module doc)."""
+
+    def __init__(self):
+        import cffi
+        from cryptography.hazmat.bindings import _rust
+        from OpenSSL import SSL
+        from OpenSSL._util import ffi as ossl_ffi, lib as ossl_lib
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(SSL_TICKET_CDEF)
+        self._ossl_ffi, self._ossl_lib = ossl_ffi, ossl_lib
+        path = _rust.__file__
+        symbols = elf_functions(path, {ANCHOR, *FUNCTIONS})
+        missing = sorted({ANCHOR, *FUNCTIONS} - set(symbols))
+        if missing:
+            raise OSError(f"{path} names no {', '.join(missing)} (a stripped build?)")
+        anchor = ctypes.cast(getattr(ctypes.CDLL(path), ANCHOR), ctypes.c_void_p).value
+        base = anchor - symbols[ANCHOR]
+        self.fn = {name: self.ffi.cast(ctype, base + symbols[name])
+                   for name, ctype in FUNCTIONS.items()}
+        probe = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.fn["SSL_CTX_set_timeout"](self.ctx_pointer(probe), 4242)
+        if ossl_lib.SSL_CTX_get_timeout(probe._context) != 4242:
+            raise OSError(f"the functions found in {path} are not the ones pyOpenSSL calls")
+        self.ciphers = {name: self.pointer(ossl_lib.EVP_get_cipherbyname(name))
+                        for name in (b"AES-128-CBC", b"AES-256-CBC")}
+
+    def pointer(self, cdata):
+        return self.ffi.cast("void *", int(self._ossl_ffi.cast("uintptr_t", cdata)))
+
+    def ctx_pointer(self, context):
+        return self.pointer(context._context)
+
+    def install(self, context, keys):
+        """Seal tickets with keys[0], open them with any of keys; returns what must stay
+        alive as long as the context (the callback and the buffers it reads)."""
+        ffi, fn = self.ffi, self.fn
+        sealed = []         # per key: (key, AES key, MAC params, cipher, buffers params use)
+        for key in keys:
+            aes = ffi.new("unsigned char[]", key.aes)
+            buffers = (ffi.new("char[]", b"key"), ffi.new("unsigned char[]", key.hmac),
+                       ffi.new("char[]", b"digest"), ffi.new("char[]", b"SHA256"))
+            params = ffi.new("OSSL_PARAM[3]", [
+                (buffers[0], OSSL_PARAM_OCTET_STRING, buffers[1], len(key.hmac),
+                 OSSL_PARAM_UNMODIFIED),
+                (buffers[2], OSSL_PARAM_UTF8_STRING, buffers[3], 6, OSSL_PARAM_UNMODIFIED),
+                (ffi.NULL, 0, ffi.NULL, 0, 0)])
+            sealed.append((key, aes, params, self.ciphers[key.cipher], buffers))
+        by_name = {entry[0].name: (i, entry) for i, entry in enumerate(sealed)}
+
+        def callback(ssl, name, iv, cipher_ctx, mac_ctx, encrypt):
+            if encrypt:
+                key, aes, params, cipher, _ = sealed[0]
+                ffi.memmove(name, key.name, NAME_LEN)
+                ffi.memmove(iv, os.urandom(IV_LEN), IV_LEN)
+                if fn["EVP_EncryptInit_ex"](cipher_ctx, cipher, ffi.NULL, aes, iv) != 1 or \
+                        fn["EVP_MAC_CTX_set_params"](mac_ctx, params) != 1:
+                    return -1
+                return 1
+            found = by_name.get(ffi.buffer(name, NAME_LEN)[:])
+            if found is None:
+                return 0                                # unknown key: a full handshake
+            index, (key, aes, params, cipher, _) = found
+            if fn["EVP_MAC_CTX_set_params"](mac_ctx, params) != 1 or \
+                    fn["EVP_DecryptInit_ex"](cipher_ctx, cipher, ffi.NULL, aes, iv) != 1:
+                return -1
+            return 2 if index else 1                   # 2: renew it with the current key
+
+        def on_error(exc_type, exc, tb):
+            log.error("session-ticket callback failed: %s", exc)
+
+        c_callback = ffi.callback(CALLBACK, callback, error=0, onerror=on_error)
+        if fn["SSL_CTX_set_tlsext_ticket_key_evp_cb"](self.ctx_pointer(context),
+                                                      c_callback) != 1:
+            raise ConfigError("tls: OpenSSL refused the session-ticket key callback")
+        return c_callback, sealed
+
+
+_api = None
+
+
+def ticket_api():
+    """The OpenSSLTicketApi, or the reason there is none (an OSError's text)."""
+    global _api
+    if _api is None:
+        try:
+            _api = OpenSSLTicketApi()
+        except (OSError, ImportError, AttributeError, ValueError) as exc:
+            _api = str(exc) or exc.__class__.__name__
+    return _api
