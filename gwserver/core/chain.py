@@ -1,4 +1,4 @@
-"""The ordered plugin chain of a route.
+"""The ordered plugin chain of a route, and the plugin contract (docs/plugins.md).
 
 A plugin is a module (or object) with ``NAME``, ``PRIORITY`` (higher runs first, as in APISIX),
 ``SCHEMA`` (a core.schema.Schema that fills defaults) and at least one phase:
@@ -9,13 +9,21 @@ A plugin is a module (or object) with ``NAME``, ``PRIORITY`` (higher runs first,
                                           upstream answer, a plugin's Reply, or a gateway error
                                           such as 502/504, which ``ctx.error`` then holds)
 
-and optionally ``prepare(conf) -> conf`` to precompute per-route state once at compile time.
-The proxy step is not a plugin: it always runs last, after every access phase let the request on.
-A plugin that may also be set on an upstream object (applying to every route that uses it)
-says so with ``UPSTREAM_PLUGIN = True``. A plugin whose config only works beside another
-says so with ``needs(conf) -> [(plugin name, the setting that needs it), ...]``: a chain
-without that plugin is a config error naming the route and the setting (a split rule on a
-``claim`` never matches without ``jwt``), not a setting that silently never applies.
+Optional hooks, each for one thing the core would otherwise have to know a plugin by name for:
+
+    prepare(conf) -> conf                 precompute per-route state once, at compile time
+    needs(conf) -> [(plugin, setting)]    plugins this config only works beside
+    claims(conf, ctx, route_id) -> dict | None
+                                          verified claims, for routes that match on ``claims``
+    link(conf, resolve) -> conf           resolve the upstream ids the config names
+    upstream_refs(conf) -> {upstream id}  ... and say which (etcd follows them)
+    upstreams(conf) -> [Upstream]         the compiled upstreams it may send to (pools kept)
+    UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
+    UPSTREAM_PROTOCOL = "h2"              works only with an upstream of that protocol
+
+``check_plugin`` enforces this shape when a plugin is loaded, so a third-party plugin that
+breaks it is refused with the reason, not discovered in the middle of a request. The proxy step
+is not a plugin: it always runs last, after every access phase let the request on.
 """
 import logging
 
@@ -27,17 +35,40 @@ log = logging.getLogger("gwserver.plugins")
 PHASES = ("access", "response", "finish")
 
 
+HOOKS = ("prepare", "needs", "claims", "link", "upstream_refs", "upstreams")
+PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
+
+
 def check_plugin(plugin):
-    """Raise TypeError if ``plugin`` does not honour the contract above."""
+    """Raise TypeError naming what ``plugin`` gets wrong in the contract above."""
+    from .schema import Schema
     missing = [attr for attr in ("NAME", "PRIORITY", "SCHEMA") if not hasattr(plugin, attr)]
     if missing:
         raise TypeError(f"plugin {plugin!r} lacks {', '.join(missing)}")
+    name = plugin.NAME
+    if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name != name.lower():
+        raise TypeError(f"plugin NAME must be lower-case letters, digits and _, got {name!r}")
+    if not isinstance(plugin.PRIORITY, int) or isinstance(plugin.PRIORITY, bool):
+        raise TypeError(f"plugin {name}: PRIORITY must be an integer, got {plugin.PRIORITY!r}")
+    if not isinstance(plugin.SCHEMA, Schema):
+        raise TypeError(f"plugin {name}: SCHEMA must be a gwserver.core.schema.Schema")
     if not any(callable(getattr(plugin, phase, None)) for phase in PHASES):
-        raise TypeError(f"plugin {plugin.NAME} defines no phase ({', '.join(PHASES)})")
+        raise TypeError(f"plugin {name} defines no phase ({', '.join(PHASES)})")
+    for hook in PHASES + HOOKS:
+        if hasattr(plugin, hook) and not callable(getattr(plugin, hook)):
+            raise TypeError(f"plugin {name}: {hook} must be a function")
+    if not isinstance(getattr(plugin, "UPSTREAM_PLUGIN", False), bool):
+        raise TypeError(f"plugin {name}: UPSTREAM_PLUGIN must be True or False")
+    if getattr(plugin, "UPSTREAM_PROTOCOL", None) not in (None, *PROTOCOLS):
+        raise TypeError(f"plugin {name}: UPSTREAM_PROTOCOL must be one of {', '.join(PROTOCOLS)}")
+    if hasattr(plugin, "link") != hasattr(plugin, "upstream_refs"):
+        raise TypeError(f"plugin {name}: link and upstream_refs go together (etcd must know "
+                        f"the upstreams a config names to follow their changes)")
 
 
 class Chain:
-    __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps")
+    __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
+                 "claims_steps")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -45,6 +76,26 @@ class Chain:
         self.access_steps = tuple((p, c) for p, c in steps if hasattr(p, "access"))
         self.response_steps = tuple((p, c) for p, c in steps if hasattr(p, "response"))
         self.finish_steps = tuple((p, c) for p, c in steps if hasattr(p, "finish"))
+        self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
+
+    def claims_of(self, ctx, route_id):
+        """Verified claims for a ``claims`` route, from the plugin that provides them."""
+        for plugin, conf in self.claims_steps:
+            return plugin.claims(conf, ctx, route_id)
+        return None
+
+    def linked_upstreams(self):
+        """Upstreams the chain's plugins may send requests to besides the route's own."""
+        return [upstream for plugin, conf in self.steps if hasattr(plugin, "upstreams")
+                for upstream in plugin.upstreams(conf)]
+
+    def check_upstream(self, owner, upstream):
+        """Problems with ``upstream`` for plugins that need a protocol of it."""
+        return [f"{owner}: plugins.{plugin.NAME}: the upstream must speak "
+                f"{PROTOCOLS[needed]} (protocol = \"{needed}\")"
+                for plugin, _ in self.steps
+                for needed in [getattr(plugin, "UPSTREAM_PROTOCOL", None)]
+                if needed is not None and upstream.protocol != needed]
 
     def run_access(self, ctx):
         for plugin, conf in self.access_steps:
@@ -65,6 +116,11 @@ class Chain:
                 plugin.finish(conf, ctx, status)
             except Exception:
                 log.exception("route %s: plugin %s failed in finish", ctx.route.id, plugin.NAME)
+
+
+def route_claims(ctx, route):
+    """The router's ``claims_of`` for one request: claims under ``route``'s own chain."""
+    return route.chain.claims_of(ctx, route.id)
 
 
 EMPTY_CHAIN = Chain()

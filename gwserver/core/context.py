@@ -80,9 +80,15 @@ class RequestContext:
 
     @property
     def vars(self):
+        """Per-request values plugins hand on (docs/plugins.md lists the names in use)."""
         if self._vars is None:
             self._vars = {}
         return self._vars
+
+    def var(self, name, default=None):
+        """A value some plugin set in ``vars``, without making the dict for a request that
+        has none (most requests)."""
+        return default if self._vars is None else self._vars.get(name, default)
 
     def upstream_failed(self, status, failure_statuses):
         """Did the upstream fail this request? A connect error, a timeout or a broken

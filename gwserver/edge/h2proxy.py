@@ -9,17 +9,12 @@ import time
 
 from ..core import grpcweb
 from ..core.context import ResponseHead
+from ..core.headers import NOT_FORWARDED, via_chain
 from ..core.tracing import REPLACED_HEADERS
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools
-from .http1 import REASONS
-from .proxy import forwarded_values, upstream_host, upstream_path, via_chain
-
-# Request headers HTTP/2 forbids or that belong to this hop (RFC 9113 8.2.2, RFC 9110 7.6.1).
-DROPPED = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                     b"upgrade", b"te", b"host", b"content-length", b"expect"])
-VIA = b"1.1 gwserver"
+from .proxy import forwarded_values, proxied_head, trace_headers, upstream_host, upstream_path
 
 
 class H2Forwarder:
@@ -45,7 +40,7 @@ class H2Forwarder:
         named = req.connection_tokens or ()
         for name, value in req.headers:
             lower = name.lower()
-            if lower in DROPPED or lower in named:
+            if lower in NOT_FORWARDED or lower in named:
                 continue
             if grpc and lower in (b"content-type", b"x-grpc-web", b"accept"):
                 continue
@@ -57,10 +52,10 @@ class H2Forwarder:
         headers += [(b"x-forwarded-for", xff), (b"x-forwarded-proto", proto),
                     (b"x-forwarded-host", fhost),
                     (b"x-request-id", req.request_id.encode("latin-1")),
-                    (b"via", via_chain(req.header_map))]
+                    (b"via", via_chain(req.header_map.get(b"via")))]
         if req.trace is not None:
             headers = [(k, v) for k, v in headers if k not in REPLACED_HEADERS] + [
-                (k.lower(), v) for k, v in req.trace.upstream_headers(self.proxy.worker.emit_b3)]
+                (k.lower(), v) for k, v in trace_headers(req, self.proxy.worker.emit_b3)]
         return headers
 
     def forward(self, client, req, keep_alive, upstream):
@@ -68,7 +63,7 @@ class H2Forwarder:
         if not upstream.targets:
             raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
                                      f"{upstream.service}")
-        grpc = (req._vars or {}).get("grpc_web")
+        grpc = req.var("grpc_web")
         body = self.read_body(client, req, route)
         if grpc and grpc[0] == "text":
             try:
@@ -123,6 +118,8 @@ class H2Forwarder:
                             grpcweb.client_content_type(grpc[0], grpc[1], upstream_type).encode()))
         else:
             headers = [(k, v) for k, v in headers if k != b"content-length"]
+        upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
+        headers = [(k, v) for k, v in headers if k != b"via"]
         chain = req.route.chain
         if chain.response_steps:
             head = ResponseHead(status, headers)
@@ -132,11 +129,10 @@ class H2Forwarder:
         if not chunked:
             keep_alive = False
         block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers)
-        client.write(b"HTTP/1.1 %d %s\r\n%s%sX-Request-ID: %s\r\nVia: %s\r\nConnection: %s\r\n\r\n"
-                     % (status, REASONS.get(status, b"Unknown"), block,
-                        b"Transfer-Encoding: chunked\r\n" if chunked else b"",
-                        req.request_id.encode("latin-1"), VIA,
-                        b"keep-alive" if keep_alive else b"close"))
+        client.write(proxied_head(status, None, block,
+                                  b"Transfer-Encoding: chunked\r\n" if chunked else b"",
+                                  req.request_id, upstream_via,
+                                  b"keep-alive" if keep_alive else b"close"))
         if req.method == "HEAD" or status in (204, 304):
             return status, 0, target.url, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None

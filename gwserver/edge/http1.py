@@ -24,10 +24,11 @@ from random import randbytes
 
 import httptools
 
+from ..core.chain import route_claims
 from ..core.context import RequestContext
+from ..core.headers import NOT_FORWARDED, PROXY_SET
 from ..core.target import normalise_host, normalise_path
 from ..core.tracing import extract as extract_trace
-from ..plugins.jwt import route_claims
 from .sockets import PlainSocket, recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented)
@@ -39,24 +40,6 @@ MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
 LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
 LINGER_BYTES = 16 * 1024 * 1024
 
-HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                        b"transfer-encoding", b"upgrade", b"proxy-authenticate",
-                        b"proxy-authorization"])
-# Headers the gateway rewrites itself: kept in header_map for plugins, not forwarded as-is.
-REWRITTEN = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
-                       b"x-forwarded-host", b"x-request-id", b"via", b"expect"])
-NOT_FORWARDED = HOP_BY_HOP | REWRITTEN
-# Headers that say who the client is or what it asked for, as a proxy in front would: from
-# anyone else they are forgeries (an upstream trusting X-Original-URL routes on it).
-# Method overrides get past a route's `methods`; the rest steer frameworks' proxy middleware
-# (werkzeug's ProxyFix, Spring's ForwardedHeaderFilter) and IP allow-lists.
-PROXY_SET = frozenset([
-    b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrite-url", b"x-forwarded-prefix",
-    b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
-    b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
-    b"cf-connecting-ip", b"x-cluster-client-ip", b"x-http-method-override", b"x-http-method",
-    b"x-method-override"])
-LIST_HEADERS = frozenset([b"x-forwarded-for", b"via"])
 
 IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
 

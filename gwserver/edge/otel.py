@@ -59,7 +59,7 @@ class SpanExporter:
                 "http.request.method": req.method, "url.path": req.path,
                 "http.response.status_code": status, "gwserver.route": route or "",
                 "gwserver.upstream": upstream or "", "gwserver.request_id": req.request_id,
-                "gwserver.fault": (req._vars or {}).get("fault") or ""})
+                "gwserver.fault": req.var("fault") or ""})
         if status >= 500 or status == 0:
             span.set_status(trace.Status(trace.StatusCode.ERROR))
         span.end(end_time=ended_ns)

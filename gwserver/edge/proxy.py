@@ -35,6 +35,7 @@ from urllib3.util.ssl_match_hostname import CertificateError
 from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead
+from ..core.headers import RESPONSE_SPECIAL, via_chain
 from ..core.tracing import REPLACED_HEADERS
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
@@ -49,7 +50,6 @@ YIELD_EVERY = 16    # body pieces (up to 64 KiB each) relayed before other green
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
 # per request, until health checks or ejection take it out.
 REFUSED_AVOID = 1.0
-VIA = b"1.1 gwserver"
 
 
 class _StaleConnection(Exception):
@@ -154,8 +154,7 @@ def tls_options(tls):
 # Response header lines the gateway must look at; every other line passes through untouched.
 # llhttp (strict) has already rejected CR/LF in values and whitespace before the colon.
 _SPECIAL_LINE = re.compile(
-    rb"^(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
-    rb"proxy-authenticate|proxy-authorization|via|content-length):[ \t]*([^\r]*?)[ \t]*\r\n",
+    rb"^(" + b"|".join(sorted(RESPONSE_SPECIAL)) + rb"):[ \t]*([^\r]*?)[ \t]*\r\n",
     re.IGNORECASE | re.MULTILINE)
 
 
@@ -483,14 +482,12 @@ class Proxy:
             for name, value in req.headers:
                 lines.append(name + b": " + value)
         if trace is not None:
-            fault = (req._vars or {}).get("fault")
-            for name, value in trace.upstream_headers(self.worker.emit_b3,
-                                                      fault and f"gwfault={fault}"):
+            for name, value in trace_headers(req, self.worker.emit_b3):
                 lines.append(name + b": " + value)
         lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
                      b"X-Request-ID: %s\r\nVia: %s" % (*forwarded_values(req, host),
                                                         req.request_id.encode("latin-1"),
-                                                        via_chain(hmap)))
+                                                        via_chain(hmap.get(b"via"))))
         if req.chunked:
             lines.append(b"Transfer-Encoding: chunked")
         elif req.content_length is not None:
@@ -617,10 +614,9 @@ class Proxy:
         else:
             framing = b""
             keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
-        head = b"HTTP/1.1 %d %s\r\n%s%sX-Request-ID: %s\r\nVia: %s\r\nConnection: %s\r\n\r\n" % (
-            status, ex.reason or REASONS.get(status, b"Unknown"), block, framing,
-            req.request_id.encode("latin-1"), ex.via + b", " + VIA if ex.via else VIA,
-            b"Upgrade" if status == 101 else b"keep-alive" if keep_alive else b"close")
+        head = proxied_head(status, ex.reason, block, framing, req.request_id, ex.via,
+                            b"Upgrade" if status == 101 else b"keep-alive" if keep_alive
+                            else b"close")
         return head, chunked_out, keep_alive, no_body
 
     def relay_response(self, client, req, ex, route, keep_alive):
@@ -753,6 +749,21 @@ def response_chunked(value):
                         f"does not decode")
 
 
+def proxied_head(status, reason, block, framing, request_id, upstream_via, connection):
+    """The head of a relayed answer, whichever protocol the upstream spoke: its status and
+    header block, the gateway's framing, X-Request-ID, the Via chain and Connection."""
+    return b"HTTP/1.1 %d %s\r\n%s%sX-Request-ID: %s\r\nVia: %s\r\nConnection: %s\r\n\r\n" % (
+        status, reason or REASONS.get(status, b"Unknown"), block, framing,
+        request_id.encode("latin-1"), via_chain(upstream_via), connection)
+
+
+def trace_headers(req, emit_b3):
+    """traceparent/tracestate (and B3) for the next hop, with ``gwfault=`` in tracestate
+    when a fault was injected; HTTP/1.1 and HTTP/2 upstreams alike."""
+    fault = req.var("fault")
+    return req.trace.upstream_headers(emit_b3, fault and f"gwfault={fault}")
+
+
 def forwarded_values(req, host):
     """X-Forwarded-For, -Proto and -Host for the next hop, HTTP/1.1 and HTTP/2 alike.
 
@@ -768,11 +779,6 @@ def forwarded_values(req, host):
     xff = hmap.get(b"x-forwarded-for")
     return (xff + b", " + peer if xff else peer, hmap.get(b"x-forwarded-proto") or proto,
             hmap.get(b"x-forwarded-host") or fhost)
-
-
-def via_chain(hmap):
-    via = hmap.get(b"via")
-    return via + b", " + VIA if via else VIA
 
 
 def encode_chunks(chunks, chunked, last):

@@ -182,9 +182,8 @@ class GatewayWorker(GeventWorker):
         live = {t.key for upstream in self.table.upstreams.values() for t in upstream.targets}
         live.update(t.key for route in self.router.routes.values()
                     for t in route.upstream.targets)
-        for plugin_upstreams in (conf.get("choices", ()) for route in self.router.routes.values()
-                                 for _, conf in route.chain.steps):
-            live.update(t.key for _, upstream, _ in plugin_upstreams for t in upstream.targets)
+        live.update(t.key for route in self.router.routes.values()
+                    for upstream in route.chain.linked_upstreams() for t in upstream.targets)
         closed = self.proxy.pools.prune(live)
         if closed:
             log.info("closed the pools of %d removed targets: %s", len(closed),
@@ -374,7 +373,7 @@ class GatewayWorker(GeventWorker):
         trace_id = req.trace.trace_id if req.trace is not None else None
         if self.access_json:
             trace_json = f'"{trace_id}"' if trace_id else "null"      # hex: nothing to escape
-            fault = (req._vars or {}).get("fault")                  # "delay", "abort", both
+            fault = req.var("fault")                  # "delay", "abort", both
             fault_json = f',"fault":"{fault}"' if fault else ""
             line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
                     f'{_escape(request_id) if request_id else "null"},'

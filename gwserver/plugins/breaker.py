@@ -86,7 +86,7 @@ def access(conf, ctx):
 
 
 def finish(conf, ctx, status):
-    admitted = (ctx._vars or {}).get("breaker")
+    admitted = ctx.var("breaker")
     if admitted is None or status == 0:     # not let through, or the client left: no verdict
         return
     if ctx.ended_by is not None:            # a later plugin answered: the upstream never did

@@ -14,6 +14,7 @@ from ..core.context import Reply
 from ..core.schema import Field, Schema, header_name, integer, list_of, string
 
 NAME = "grpc_web"
+UPSTREAM_PROTOCOL = "h2"        # gRPC is HTTP/2
 PRIORITY = 1100         # first: a preflight carries no token, so it is answered before auth
 
 ALLOWED_HEADERS = "content-type, x-grpc-web, x-user-agent, grpc-timeout, authorization"
@@ -56,7 +57,7 @@ def access(conf, ctx):
 
 
 def response(conf, ctx, head):
-    origin = (ctx._vars or {}).get("grpc_web_origin")
+    origin = ctx.var("grpc_web_origin")
     if origin is not None:
         head.set_header("Access-Control-Allow-Origin", origin)
         head.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)

@@ -254,19 +254,16 @@ def _checked(conf, ctx):
     return seen[id(verifier)]
 
 
-def route_claims(ctx, route):
-    """The router's ``claims_of``: claims under the jwt config of ``route``'s chain.
+def claims(conf, ctx, route_id):
+    """Plugin hook for ``claims`` routes: the token's verified claims under this config.
 
     A rejected token makes a ``claims`` route fall through to the next match, which is right
     but puzzling (a token for another audience looks fine to whoever sent it): say why, at
     info once a minute per route and reason in each worker, at debug otherwise."""
-    for plugin, conf in route.chain.steps:
-        if plugin.NAME == NAME:
-            claims, rejected = _checked(conf, ctx)
-            if rejected is not None:
-                _fell_through(route.id, rejected)
-            return claims
-    return None
+    verified, rejected = _checked(conf, ctx)
+    if rejected is not None:
+        _fell_through(route_id, rejected)
+    return verified
 
 
 _said = {}          # (route id, reason) -> monotonic time it was last logged at info

@@ -96,7 +96,7 @@ def _key(conf, ctx):
         raw = ctx.header_map.get(conf["name"])
         value = raw.decode("latin-1") if raw is not None else "-"
     else:
-        claims = (ctx._vars or {}).get("claims") or {}
+        claims = ctx.var("claims") or {}
         value = str(claims.get(conf["name"], "-"))
     if len(value) > 64:
         value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
@@ -139,7 +139,7 @@ def access(conf, ctx):
 
 
 def response(conf, ctx, head):
-    decision = (ctx._vars or {}).get("rate_limit")
+    decision = ctx.var("rate_limit")
     if decision is not None:
         for name, value in _headers(decision):
             head.set_header(name, value)
@@ -150,7 +150,7 @@ def finish(conf, ctx, status):
     adaptive = conf["adaptive"]
     if adaptive is None or status == 0 or ctx.ended_by is not None:
         return
-    store = (ctx._vars or {}).get("rate_limit_store")
+    store = ctx.var("rate_limit_store")
     if store is None:
         return
     store.adaptive_record(ctx.route.id, conf,

@@ -106,6 +106,11 @@ def upstream_refs(conf):
             if isinstance(c, dict) and isinstance(c.get("upstream"), str)}
 
 
+def upstreams(conf):
+    """Plugin hook: the upstreams this split may send to (their pools stay open)."""
+    return [upstream for _, upstream, _ in conf["choices"]]
+
+
 def link(conf, resolve):
     """Resolve upstream ids once the table knows them: (group, Upstream, cumulative weight)."""
     choices, total = [], 0

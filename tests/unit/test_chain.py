@@ -81,3 +81,31 @@ def test_headers_plugin_edits_request_and_response():
 
 def test_empty_chain_is_shared_and_inert():
     assert Chain().run_access(ctx()) is None
+
+
+class _Plugin:
+    """A third-party plugin for contract checks: each test breaks one thing."""
+    from gwserver.core.schema import Schema as _Schema
+    NAME, PRIORITY, SCHEMA = "third_party", 10, _Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        return None
+
+
+@pytest.mark.parametrize("attr, value, message", [
+    ("NAME", "Bad-Name", "NAME must be lower-case"),
+    ("PRIORITY", "high", "PRIORITY must be an integer"),
+    ("SCHEMA", {"rate": 1}, "SCHEMA must be a gwserver.core.schema.Schema"),
+    ("access", None, "defines no phase"),
+    ("claims", "not a function", "claims must be a function"),
+    ("UPSTREAM_PLUGIN", "yes", "UPSTREAM_PLUGIN must be True or False"),
+    ("UPSTREAM_PROTOCOL", "h3", "UPSTREAM_PROTOCOL must be one of"),
+    ("link", lambda conf, resolve: conf, "link and upstream_refs go together"),
+])
+def test_a_plugin_that_breaks_the_contract_is_refused_with_the_reason(attr, value, message):
+    from gwserver.core.chain import check_plugin
+    plugin = type("Broken", (_Plugin,), {attr: staticmethod(value) if callable(value) else value})
+    with pytest.raises(TypeError, match=message):
+        check_plugin(plugin)
+

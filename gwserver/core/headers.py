@@ -1,0 +1,37 @@
+"""Which headers belong to one hop and which the gateway writes itself: one list for both
+directions and both upstream protocols (HTTP/1.1 and HTTP/2), so they cannot drift.
+"""
+
+# RFC 9110 7.6.1, plus the proxy-* pair that belongs to this hop too. Those a Connection header
+# names are dropped as well (wherever a message is read).
+HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate",
+                        b"proxy-authorization"])
+
+# Request headers the gateway writes itself: kept in header_map for plugins, not forwarded
+# as the client sent them.
+GATEWAY_SET = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
+                         b"x-forwarded-host", b"x-request-id", b"via", b"expect"])
+NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET
+
+# Headers that say who the client is or what it asked for, as a proxy in front would: from
+# anyone but a trusted proxy they are forgeries (an upstream trusting X-Original-URL routes on
+# it). Method overrides get past a route's `methods`; the rest steer frameworks' proxy
+# middleware (werkzeug's ProxyFix, Spring's ForwardedHeaderFilter) and IP allow-lists.
+PROXY_SET = frozenset([
+    b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrite-url", b"x-forwarded-prefix",
+    b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
+    b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
+    b"cf-connecting-ip", b"x-cluster-client-ip", b"x-http-method-override", b"x-http-method",
+    b"x-method-override"])
+
+# Response headers the gateway looks at before relaying: hop-by-hop ones, Via (extended) and
+# Content-Length (framing); every other line passes through untouched.
+RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"content-length"}
+
+VIA = b"1.1 gwserver"
+
+
+def via_chain(received):
+    """The Via value for the next hop: what came in, then this gateway."""
+    return received + b", " + VIA if received else VIA
