@@ -7,6 +7,7 @@ import ssl
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,17 @@ def test_a_missing_or_short_key_file_is_a_check_error_naming_it(upstream, site, 
     assert result.returncode == 2
     assert f"tls.ticket_key_files[0]: {key_file}" in result.stderr and expected in \
         result.stderr, result.stderr
+
+
+def test_the_rotation_units_verify(tmp_path):
+    """systemd-analyze verify on systemd/gwserver-ticket-key.{service,timer}, the gwserver
+    path pointed at this checkout's (verify wants executables that exist)."""
+    root = Path(__file__).resolve().parents[2]
+    gwserver = Path(sys.executable).with_name("gwserver")
+    for name in ("gwserver-ticket-key.service", "gwserver-ticket-key.timer"):
+        text = (root / "systemd" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/gwserver/bin/gwserver", str(gwserver)))
+    verify = subprocess.run(["systemd-analyze", "verify", *(str(p) for p in
+                             sorted(tmp_path.glob("gwserver-ticket-key.*")))],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
