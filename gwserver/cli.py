@@ -57,6 +57,10 @@ def cmd_check(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
+    if args.dump:
+        from .settings import dump_toml
+        sys.stdout.write(dump_toml(conf))
+        return 0
     tls = f"; TLS on {', '.join(conf.tls['bind'])}" if conf.tls else ""
     from .settings import resolve_workers
     workers = conf.server["workers"]
@@ -128,6 +132,8 @@ def main(argv=None):
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a conf file; exit 0 if it is good")
     check.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    check.add_argument("--dump", action="store_true", help="print the effective configuration "
+                       "(TOML, defaults filled, secrets masked) instead of a summary")
     check.set_defaults(func=cmd_check)
     sync = sub.add_parser("sync", help="the config-sync process (the master starts it)")
     sync.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")

@@ -50,8 +50,30 @@ def read_items(source, kind):
     return out
 
 
-def current_table(conf, client, prefix):
-    """A LiveTable holding what etcd has now (its own rejections are not ours to report)."""
+def routes_using(conf, client, prefix, upstream_id):
+    """Ids of the routes in etcd and in the conf file that use upstream ``upstream_id``
+    (directly or through a plugin such as split)."""
+    from .core.routes import ROUTE, upstream_refs
+    users = []
+    specs = [(spec, "conf file") for spec in conf.static_routes]
+    _, kvs = client.range_prefix(f"{prefix}routes/")
+    for _, value, _ in kvs:
+        try:
+            specs.append((json.loads(value), "etcd"))
+        except ValueError:
+            continue
+    for spec, _ in specs:
+        try:
+            if upstream_id in upstream_refs(ROUTE.validate(spec)):
+                users.append(spec["id"])
+        except ConfigError:
+            continue
+    return sorted(set(users))
+
+
+def current_table(conf, client, prefix, keep_rejected=False):
+    """A LiveTable holding what etcd has now (its own rejections are not ours to report,
+    unless ``keep_rejected``: ``routes list`` marks them)."""
     from .core.table import LiveTable
     from .edge.etcd import EtcdError
     from .plugins import load_registry
@@ -67,7 +89,8 @@ def current_table(conf, client, prefix):
         table.replace_all(wanted["routes"], wanted["upstreams"])
     except EtcdError as exc:
         note = f"etcd not reachable ({exc}); checked against the conf file's table only"
-    table.rejected.clear()
+    if not keep_rejected:
+        table.rejected.clear()
     return table, note
 
 
@@ -108,8 +131,11 @@ def main(kind, args):
             if args.action == "validate":
                 print(f"ok: {len(items)} {kind} valid")
                 return 0
-            for item_id, item in items:
-                revision = client.put(key(item_id), json.dumps(item, sort_keys=True))
+            # One transaction: a list is applied whole or not at all, and the gateway sees
+            # it in one watch event (never half a release).
+            revision = client.txn_put([(key(item_id), json.dumps(item, sort_keys=True))
+                                       for item_id, item in items])
+            for item_id, _ in items:
                 print(f"put {key(item_id)} (revision {revision})")
             return 0
         if args.action == "get":
@@ -125,6 +151,12 @@ def main(kind, args):
                               f"{raw[:200]!r}"])
             return 0
         if args.action == "delete":
+            if kind == "upstreams" and not args.force:
+                users = routes_using(conf, client, prefix, args.id)
+                if users:
+                    return _fail([f"{key(args.id)}: still used by route(s) "
+                                  f"{', '.join(users)}; they would answer 502 until it is "
+                                  f"back. Change them first, or delete with --force"])
             deleted = client.delete(key(args.id))
             if not deleted:
                 return _fail([f"{key(args.id)}: not found"])
@@ -132,9 +164,16 @@ def main(kind, args):
             return 0
         if args.action == "list":
             _, kvs = client.range_prefix(f"{prefix}{kind}/")
+            table, _ = current_table(conf, client, prefix, keep_rejected=True)
             for item_key, value, rev in kvs:
-                print(f"{item_key[len(prefix) + len(kind) + 1:]}\trevision {rev}\t"
+                item_id = item_key[len(prefix) + len(kind) + 1:]
+                reason = table.rejected.get(f"{kind}/{item_id}")
+                mark = "REJECTED" if reason and WAITING not in reason else \
+                    "waiting" if reason else "ok"
+                print(f"{item_id}\trevision {rev}\t{mark}\t"
                       f"{value.decode(errors='replace')[:120]}")
+                if reason:
+                    print(f"\t{reason}")
             return 0
         if args.action == "status":
             return status(conf)
@@ -146,25 +185,61 @@ def main(kind, args):
 
 
 def status(conf):
+    """Print the sync state; exit 0 if it is live, connected and nothing is rejected, 1 if
+    the state is stale (no sync process of this gateway wrote it, or not lately), etcd is
+    unreachable or items are rejected, 2 if there is no state at all."""
+    import os
     from .edge.shm import STATUS, read_json, worker_board
     runtime_dir = conf.etcd["runtime_dir"]
-    state = read_json(f"{runtime_dir}/{STATUS}")
+    path = f"{runtime_dir}/{STATUS}"
+    state = read_json(path)
     if state is None:
         return _fail([f"no status in {runtime_dir}: is the gateway running with this conf?"])
+    problems = []
+    stale = stale_reason(state.get("pid"), time.time() - os.stat(path).st_mtime, conf.etcd)
+    if stale:
+        problems.append(f"STALE: {stale}; what follows is the last state written, not now")
     board = worker_board(runtime_dir)
     age = time.time() - state["last_sync"] if state.get("last_sync") else None
     print(f"generation {state['generation']}  etcd revision {state['revision']}  "
           f"{'connected to ' + state['endpoint'] if state['connected'] else 'NOT CONNECTED'}"
           + (f"  last sync {age:.1f}s ago" if age is not None else ""))
+    if not state["connected"] and not stale:
+        problems.append("etcd is unreachable from the gateway: it serves its last good table")
     print(f"{state['routes']} routes, {state['upstreams']} upstreams from etcd")
     for pid, entry in sorted(board.items()):
         behind = "" if entry["generation"] == state["generation"] else "  (behind)"
         print(f"worker {pid}: generation {entry['generation']}, {entry['routes']} routes{behind}")
     rejected = state.get("rejected", {})
-    print(f"{len(rejected)} rejected item(s)")
+    refused = [k for k, reason in rejected.items() if WAITING not in reason]
+    print(f"{len(refused)} rejected item(s)"
+          + (f", {len(rejected) - len(refused)} waiting for their upstream"
+             if len(rejected) > len(refused) else ""))
     for item_key, reason in rejected.items():
         print(f"  {item_key}: {reason}")
-    return 0
+    if refused:
+        problems.append(f"{len(refused)} item(s) rejected: {', '.join(refused)}")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def stale_reason(pid, age, etcd):
+    """Why a status file does not describe a running gateway now (None if it does): its
+    writer, the sync process, is gone or is another program (a pid reused after a reboot),
+    or it has not written for longer than it ever waits between writes (every watch's idle
+    timeout while etcd answers, every backoff while it does not)."""
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ")     # "gwserver: config-sync" (proctitle)
+    except (OSError, TypeError, ValueError):
+        return f"written by pid {pid}, which is not running (gateway stopped, or another run)"
+    if b"config-sync" not in title and not (b"gwserver" in title and b"sync" in title):
+        return f"written by pid {pid}, which is now another program, not gwserver's sync"
+    limit = 2 * etcd["watch_idle_timeout"] + etcd["backoff_max"] + 2 * etcd["timeout"]
+    if age > limit:
+        return f"last written {age:.0f}s ago (it is rewritten at least every {limit:.0f}s)"
+    return None
 
 
 def _fail(problems):
@@ -181,8 +256,12 @@ def add_parsers(sub):
         for action in ("put", "validate"):
             p = actions.add_parser(action, help=f"{action} {kind} from a JSON file (- = stdin)")
             p.add_argument("source")
-        for action in ("get", "delete"):
-            actions.add_parser(action).add_argument("id")
+        actions.add_parser("get").add_argument("id")
+        delete = actions.add_parser("delete")
+        delete.add_argument("id")
+        if kind == "upstreams":
+            delete.add_argument("--force", action="store_true",
+                                help="delete even if routes still use it")
         actions.add_parser("list")
         if kind == "routes":
             actions.add_parser("status", help="sync state, worker generations, rejected items")

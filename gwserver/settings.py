@@ -493,3 +493,70 @@ def reference_toml():
                 lines += [f"# {field.doc}", f"{comment}{field.name} = {value}".rstrip()]
             lines.append("")
     return "\n".join(lines)
+
+
+def _toml_inline(value):
+    """A TOML value on one line (inline tables for tables); None values are left out (TOML
+    has no null: an unset optional setting is absent)."""
+    if isinstance(value, dict):
+        items = [f"{_toml_key(k)} = {_toml_inline(v)}" for k, v in value.items()
+                 if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_inline(v) for v in value) + "]"
+    return _toml_value(value)
+
+
+def _toml_key(key):
+    return key if all(c.isalnum() or c in "_-" for c in key) and key else _toml_value(key)
+
+
+def dump_toml(conf):
+    """The effective configuration (``gwserver check --dump``, like ``nginx -T``): every
+    section with its defaults filled, upstreams and routes as validated, secrets masked."""
+    from .redact import redact
+    doc = {name: dict(getattr(conf, name)) for name in SECTIONS}
+    for name in OPTIONAL_SECTIONS:
+        if getattr(conf, name) is not None:
+            doc[name] = dict(getattr(conf, name))
+    doc = redact(doc)
+    from .plugins import load_registry
+    registry = load_registry()
+
+    def filled(plugins):
+        """Plugin configs with their schemas' defaults (they were validated at load)."""
+        out = {}
+        for name, plugin_conf in (plugins or {}).items():
+            schema = getattr(registry.get(name), "SCHEMA", None)
+            try:
+                out[name] = schema.validate(plugin_conf) if isinstance(schema, Schema) \
+                    else plugin_conf
+            except ConfigError:
+                out[name] = plugin_conf
+        return out
+    lines = [f"# effective configuration of {conf.path} (defaults filled, secrets masked)", ""]
+    for name, section in doc.items():
+        lines.append(f"[{name}]")
+        lines += [f"{_toml_key(k)} = {_toml_inline(v)}" for k, v in section.items()
+                  if v is not None]
+        lines.append("")
+    if conf.plugins:
+        lines.append("[plugins]")
+        lines += [f"{_toml_key(k)} = {_toml_inline(v)}"
+                  for k, v in redact(filled(conf.plugins)).items()]
+        lines.append("")
+    for upstream_id, spec in (conf.static_upstreams or {}).items():
+        spec = UPSTREAM.validate(spec, f"upstream {upstream_id}")
+        spec = redact({**spec, "plugins": filled(spec.get("plugins")) or None})
+        lines.append(f"[upstreams.{_toml_key(upstream_id)}]")
+        lines += [f"{_toml_key(k)} = {_toml_inline(v)}" for k, v in spec.items()
+                  if v is not None]
+        lines.append("")
+    for spec in conf.static_routes:
+        spec = ROUTE.validate(spec, f"route {spec.get('id')}")
+        spec = redact({**spec, "plugins": filled(spec.get("plugins"))})
+        lines.append("[[routes]]")
+        lines += [f"{_toml_key(k)} = {_toml_inline(v)}" for k, v in spec.items()
+                  if v is not None]
+        lines.append("")
+    return "\n".join(lines)

@@ -8,10 +8,15 @@ but the two probes:
     /-/ready            routes loaded and this worker serving; 503 while draining
     /metrics            Prometheus text: all workers (multiprocess) + the sync process
     /admin/routes       the route table this worker serves, with its generation
+    /admin/routes/ID    one route as compiled: its upstream, its plugins in order with their
+                        configs (secrets masked), and where it came from (conf or etcd revision)
     /admin/upstreams    upstreams, their targets and this worker's keep-alive pools
-    /admin/config       where the table comes from; etcd sync status and rejected items
+    /admin/upstreams/ID one upstream as compiled, its source and the routes that use it
+    /admin/config       where the table comes from; etcd sync status and rejected items; the
+                        master's reload status (generation, last reload applied, when)
     /admin/breakers     every circuit breaker: its routes, config and state (from the store)
 """
+import dataclasses
 import hmac
 import os
 import time
@@ -19,6 +24,8 @@ import time
 import gevent
 
 from ..core.context import Reply
+from ..redact import redact
+from .app import rfc3339
 from .http1 import ClientConnection, render_reply
 from .shm import STATUS, read_json
 
@@ -51,13 +58,20 @@ class AdminConnection(ClientConnection):
             if refused is not None:
                 return refused
         view = VIEWS.get(req.path)
-        if view is None:
-            return Reply.json(404, {"error": "not_found", "endpoints": sorted(VIEWS)})
-        return view(self.worker)
+        if view is not None:
+            return view(self.worker)
+        kind, _, item_id = req.path.removeprefix("/admin/").partition("/")
+        if kind in ITEM_VIEWS and item_id and "/" not in item_id:
+            return ITEM_VIEWS[kind](self.worker, item_id)
+        return Reply.json(404, {"error": "not_found", "status": 404,
+                                "message": f"no admin view at {req.path}",
+                                "endpoints": sorted(VIEWS) + [f"/admin/{k}/ID"
+                                                              for k in ITEM_VIEWS]})
 
     def check_token(self, req, token):
         """None if ``Authorization: Bearer <token>`` (scheme in any case, RFC 9110 11.1);
-        else the 401 or, after FAILED_AUTH_LIMIT failures a minute from one address, 429."""
+        else the 401 or, after FAILED_AUTH_LIMIT wrong tokens a minute from one address, 429
+        (a scraper that sends no token at all is not guessing, and locks nobody out)."""
         failures = self.worker.admin_auth_failures
         peer = self.client_ip       # the socket's peer: a forwarded address is not counted
         now = time.monotonic()
@@ -102,7 +116,9 @@ def metrics_view(worker):
         return Reply.json(404, {"error": "metrics are off ([admin] metrics = false)"})
     worker.update_gauges()
     from .health import METRICS_FILE
-    extra = [os.path.join(worker.health.state_dir, METRICS_FILE)]     # the health process
+    # the health process, the master (reload status: app.ReloadStatus)
+    extra = [os.path.join(worker.health.state_dir, name) for name in (METRICS_FILE,
+                                                                       "master.prom")]
     if worker.conf.etcd:
         extra.append(os.path.join(worker.conf.etcd["runtime_dir"], "metrics.prom"))
     return Reply(200, metrics.render(extra),
@@ -146,18 +162,25 @@ def upstreams_view(worker):
 
 
 def config_view(worker):
+    """Where the table comes from, and the master's reload status (app.ReloadStatus).
+    Timestamps are RFC 3339 (UTC)."""
     conf = worker.conf
+    master = read_json(os.path.join(conf.server["state_dir"], "master.json")) or {}
+    reload = {key: master.get(key) for key in ("generation", "last_reload_successful",
+                                               "last_reload_success", "last_reload_attempt")}
     if conf.etcd is None:
         return Reply.json(200, {"source": "conf file", "path": conf.path,
-                                "routes": len(worker.router)})
+                                "routes": len(worker.router), "reload": reload})
     status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
-    return Reply.json(200, {"source": "etcd", "endpoints": list(conf.etcd["endpoints"]),
-                            "prefix": conf.etcd["prefix"], "sync": status,
+    if status.get("last_sync"):
+        status["last_sync"] = rfc3339(status["last_sync"])
+    return Reply.json(200, {"source": "etcd", "path": conf.path,
+                            "endpoints": list(conf.etcd["endpoints"]),
+                            "prefix": conf.etcd["prefix"], "sync": status, "reload": reload,
                             "worker_generation": worker.table_reader.generation})
 
 
 def breakers_view(worker):
-    from .. import services
     from ..plugins.breaker import breaker_key
     now = time.time()
     breakers = {}
@@ -198,6 +221,89 @@ def _breaker_state(services, key, now):
         out["probes_succeeded"] = state["probe_ok"]
     return out
 
+
+# -- one route or upstream as compiled, and where it came from --------------------------------
+
+def route_view(worker, route_id):
+    route = worker.router.routes.get(route_id)
+    if route is None:
+        return _not_found("route", route_id)
+    spec = {k: v for k, v in route.spec.items() if k not in ("upstream", "plugins")}
+    return Reply.json(200, redact({
+        "pid": os.getpid(), "id": route.id, "source": _source(worker, "routes", route.id),
+        "spec": spec, "methods": sorted(route.methods) if route.methods else None,
+        "upstream": _upstream(worker, route.upstream),
+        "plugins": [_plugin(plugin, conf) for plugin, conf in route.chain.steps],
+        "connect_timeout": route.connect_timeout, "read_timeout": route.read_timeout,
+        "max_body_size": route.max_body_size}))
+
+
+def upstream_view(worker, upstream_id):
+    upstream = None
+    if worker.table is not None:
+        upstream = worker.table.upstreams.get(upstream_id)
+    users = sorted(r.id for r in worker.router.routes.values()
+                   if r.upstream.id == upstream_id)
+    if upstream is None and users:
+        upstream = worker.router.routes[users[0]].upstream
+    if upstream is None:
+        return _not_found("upstream", upstream_id)
+    return Reply.json(200, redact({"pid": os.getpid(), **_upstream(worker, upstream),
+                                   "source": _source(worker, "upstreams", upstream_id),
+                                   "routes": users}))
+
+
+def _upstream(worker, upstream):
+    out = {}
+    for field in dataclasses.fields(upstream):
+        value = getattr(upstream, field.name)
+        if field.name == "targets":
+            value = [{"url": t.url, "weight": t.weight,
+                      **worker.health.describe(upstream.id, t.url)} for t in value]
+        elif field.name == "plugin_steps":
+            out["plugins"] = [_plugin(p, c) for p, c in value]
+            continue
+        elif field.name == "hash_key":
+            kind, name = value
+            value = f"{kind}:{name.decode('latin-1') if isinstance(name, bytes) else name}" \
+                if name else kind
+        elif field.name == "tls" and value is not None:
+            value = dict(zip(("verify", "ca_file", "server_name", "cert_file", "key_file"),
+                             value))
+        out[field.name] = value
+    return out
+
+
+def _plugin(plugin, conf):
+    """A plugin step as configured: the fields of its schema (what it compiled from its
+    config, such as a jwt verifier, is not shown)."""
+    fields = getattr(getattr(plugin, "SCHEMA", None), "fields", None)
+    shown = {k: v for k, v in conf.items() if fields is None or k in fields}
+    for k, v in shown.items():
+        if dataclasses.is_dataclass(v):
+            shown[k] = getattr(v, "id", str(v))
+    return {"name": plugin.NAME, "priority": plugin.PRIORITY, "config": shown}
+
+
+def _source(worker, kind, item_id):
+    conf, table = worker.conf, worker.table
+    static = (table.static_routes if kind == "routes" else table.static_upstreams) \
+        if table is not None else None
+    dynamic = {} if table is None else (table.route_specs if kind == "routes"
+                                        else table.upstream_specs)
+    if item_id in dynamic and (static is None or item_id not in static):
+        return {"from": "etcd", "key": f"{conf.etcd['prefix'].rstrip('/')}/{kind}/{item_id}",
+                "revision": dynamic[item_id][0],
+                "table_generation": worker.table_reader.generation}
+    return {"from": "conf file", "path": conf.path}
+
+
+def _not_found(kind, item_id):
+    return Reply.json(404, {"error": "not_found", "status": 404,
+                            "message": f"no {kind} {item_id!r} in this worker's table"})
+
+
+ITEM_VIEWS = {"routes": route_view, "upstreams": upstream_view}
 
 VIEWS = {"/-/healthz": healthz, "/-/ready": ready, "/metrics": metrics_view,
          "/admin/routes": routes_view, "/admin/upstreams": upstreams_view,

@@ -23,7 +23,7 @@ from .. import proctitle
 from ..errors import ConfigError
 from ..settings import load_conf, resolve_workers
 from .instance import InstanceLocked, lock_paths
-from .listeners import ListenerError, describe, listener_roles, rebind
+from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
 
 log = logging.getLogger("gwserver.master")
 
@@ -177,6 +177,79 @@ class Helper:
         self.pid = None
 
 
+class ReloadStatus:
+    """The master's account of its configuration, for those not under systemd: the generation
+    (1 at start, +1 per applied reload), whether the last reload was applied, and when one last
+    was. Written to the host state directory as ``master.json`` (``/admin/config``) and
+    ``master.prom`` (``/metrics``; Prometheus names its own
+    ``prometheus_config_last_reload_successful``), as the health helper writes health.prom.
+    """
+
+    def __init__(self, state_dir, previous=None):
+        self.state_dir = state_dir
+        self.generation = previous.generation if previous else 0
+        self.successful, self.success_time = True, None
+        if previous is not None:
+            self.successful, self.success_time = previous.successful, previous.success_time
+        self.routes = 0
+
+    def record(self, successful, conf):
+        now = time.time()
+        self.successful = successful
+        if successful:
+            self.generation += 1
+            self.success_time = now
+            self.routes = len(conf.router)
+            if conf.etcd is not None:       # the live table: the sync process counts it
+                from .shm import STATUS, read_json
+                status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
+                self.routes += status.get("routes", 0)
+        try:
+            self._write(now, conf)
+        except OSError as exc:
+            log.warning("cannot write the reload status to %s: %s", self.state_dir, exc)
+
+    def _write(self, now, conf):
+        # A collector, not Gauge objects: in the master (PROMETHEUS_MULTIPROC_DIR is set) a
+        # Gauge would be backed by a file of the multiprocess directory and summed into the
+        # workers' /metrics as a stray process.
+        from prometheus_client import CollectorRegistry, write_to_textfile
+        from prometheus_client.core import GaugeMetricFamily
+        from .shm import atomic_write
+        import json
+        values = (
+            ("gwserver_config_last_reload_successful",
+             "1 if the last configuration reload (or the start) was applied, 0 if refused",
+             1 if self.successful else 0),
+            ("gwserver_config_last_reload_success_timestamp_seconds",
+             "Unix time of the last applied reload (or of the start)", self.success_time or 0),
+            ("gwserver_config_master_generation",
+             "Configuration generation of the master: 1 at start, +1 per applied reload",
+             self.generation))
+
+        class Collector:
+            def collect(self):
+                for name, doc, value in values:
+                    yield GaugeMetricFamily(name, doc, value=value)
+        registry = CollectorRegistry()
+        registry.register(Collector())
+        write_to_textfile(os.path.join(self.state_dir, "master.prom"), registry)
+        atomic_write(os.path.join(self.state_dir, "master.json"), json.dumps({
+            "pid": os.getpid(), "generation": self.generation, "conf": conf.path,
+            "last_reload_successful": self.successful,
+            "last_reload_success": rfc3339(self.success_time),
+            "last_reload_attempt": rfc3339(now)}).encode())
+
+
+def rfc3339(timestamp):
+    """Unix time -> "2024-05-01T12:00:00.123Z" (what admin views show); None stays None."""
+    if timestamp is None:
+        return None
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
 def helpers_for(app):
     """The helper processes a configuration asks for."""
     conf = app.conf
@@ -212,6 +285,16 @@ class GatewayArbiter(Arbiter):
         systemd.sd_notify(state, self.log)
 
     def start(self):
+        # We bind the listeners ourselves (unless systemd or a re-exec hands them over): each
+        # is then named by role and scheme in the log, and a failed bind names the listener
+        # instead of gunicorn's bare address.
+        if not self.LISTENERS and not systemd.listen_fds(unset_environment=False) \
+                and "GUNICORN_FD" not in os.environ:
+            try:
+                self.LISTENERS = bind_all(listener_roles(self.app.conf), self.cfg, self.log)
+            except ListenerError as exc:
+                log.error("cannot start: %s", exc)
+                sys.exit(1)
         # gunicorn announces READY=1 in start(): too early. Hide the socket from it.
         notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
         try:
@@ -219,6 +302,14 @@ class GatewayArbiter(Arbiter):
         finally:
             if notify_socket is not None:
                 os.environ["NOTIFY_SOCKET"] = notify_socket
+        roles = listener_roles(self.app.conf)
+        from .listeners import name_listener
+        for listener in self.LISTENERS:     # from systemd: named too, by address
+            role = next((r for a, r in roles.items() if a == listener.cfg_addr), None)
+            if role is not None and not hasattr(listener, "role"):
+                name_listener(listener, role)
+        self.reloads = ReloadStatus(self.app.conf.server["state_dir"])
+        self.reloads.record(True, self.app.conf)
         self.ready_sent = False
         self.helpers = helpers_for(self.app)
         self.helper_conf = dict(self.app.conf.etcd or {})
@@ -302,6 +393,7 @@ class GatewayArbiter(Arbiter):
             log.error("reload refused: %s is invalid; still serving the previous configuration",
                       self.app.conf_path)
             self.notify("STATUS=reload refused: invalid configuration; serving the previous one")
+            self.reloads.record(False, self.app.conf)
             return
         lock = getattr(self.app, "instance_lock", None)
         if lock is not None:
@@ -312,6 +404,7 @@ class GatewayArbiter(Arbiter):
                 log.error("reload refused: %s; still serving the previous configuration", exc)
                 self.notify("STATUS=reload refused: runtime directory in use; serving the "
                             "previous configuration")
+                self.reloads.record(False, self.app.conf)
                 return
         log.info("reloading with %s (%d routes)", self.app.conf_path,
                  len(self.app.pending_conf.router))
@@ -323,14 +416,22 @@ class GatewayArbiter(Arbiter):
         if not reloaded:
             self.notify(f"READY=1\nSTATUS=reload refused; serving with {len(self.WORKERS)} "
                         f"workers and the previous configuration")
+            self.reloads.record(False, self.app.conf)
             return
         # Helpers survive reloads: the health checker re-reads its targets on SIGHUP; a changed
         # [etcd] section gets a sync process that reads it; helpers the new conf asks for (or
         # no longer needs) start (or stop).
         etcd = dict(self.app.conf.etcd or {})
         wanted = helpers_for(self.app)
+        state_dir = self.app.conf.server["state_dir"]
+        moved = state_dir != os.environ.get("GWSERVER_LOCAL_STATE")
+        if moved:       # new workers use it; helpers that write there start again to follow
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            os.environ["GWSERVER_LOCAL_STATE"] = state_dir
+            self.reloads = ReloadStatus(state_dir, self.reloads)
         for name in list(self.helpers):
-            if name not in wanted or (name == "config-sync" and etcd != self.helper_conf):
+            if name not in wanted or (name == "config-sync" and etcd != self.helper_conf) or (
+                    moved and name in ("health", "ocsp")):
                 self.helpers.pop(name).stop()
         for name, helper in wanted.items():
             if name not in self.helpers:
@@ -342,6 +443,9 @@ class GatewayArbiter(Arbiter):
         if lock is not None:
             lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
         # gunicorn's reload returns once the old workers are gone; ours started serving first.
+        self.reloads.record(True, self.app.conf)
+        log.info("reload complete: generation %d, %d workers, %d routes",
+                 self.reloads.generation, len(self.WORKERS), self.reloads.routes)
         self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers (reloaded)")
 
     def reload(self):
@@ -375,9 +479,7 @@ class GatewayArbiter(Arbiter):
                      describe(listener.cfg_addr))
             listener.close()
         if changed:
-            log.info("listening at: %s", ", ".join(
-                f"{role} {describe(address)}" for address, role in
-                listener_roles(self.app.conf).items()))
+            log.info("listening at: %s", ", ".join(map(str, listeners)))
         self.cfg.on_reload(self)
         if self.pidfile is not None:
             self.pidfile.unlink()

@@ -165,6 +165,14 @@ class EtcdClient:
         data = self._call("/v3/kv/put", body)
         return int(data["header"]["revision"])
 
+    def txn_put(self, items):
+        """Put every (key, value) of ``items`` in one transaction (all or none); return the
+        revision of the write."""
+        body = {"success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}
+                            for key, value in items]}
+        data = self._call("/v3/kv/txn", body)
+        return int(data["header"]["revision"])
+
     # -- leases (service registration) -------------------------------------------------------------
 
     def lease_grant(self, ttl):

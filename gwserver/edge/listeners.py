@@ -57,6 +57,41 @@ def _matches(listener, address):
         return False
 
 
+SCHEMES = {"server": "http", "tls": "https", "admin": "http"}
+
+
+def name_listener(listener, role):
+    """Give a gunicorn listener its role: ``str()`` (what gunicorn's "Listening at" line and
+    ours print) becomes ``server http://...``, ``tls https://...``, ``admin http://...``
+    instead of ``http://`` for all three."""
+    cls = type(listener)
+    if getattr(cls, "role", None) != role:
+        base = cls.__bases__[0] if hasattr(cls, "role") else cls
+        named = type(base.__name__, (base,), {
+            "role": role,
+            "__str__": lambda self: f"{self.role} {SCHEMES[self.role]}://"
+                                    f"{describe(self.cfg_addr).removeprefix('unix:')}"
+            if not isinstance(self.cfg_addr, str) else f"{self.role} unix:{self.cfg_addr}"})
+        listener.__class__ = named
+    return listener
+
+
+def bind_all(roles, cfg, log, attempts=5):
+    """Master, at start: every listener, named by role; a bind that fails after ``attempts``
+    (1 s apart, as gunicorn does: the previous master may still be letting go of the port)
+    raises ListenerError naming the listener's role and address."""
+    for attempt in range(attempts):
+        try:
+            listeners, _ = rebind([], roles, cfg, log)
+            return listeners
+        except ListenerError as exc:
+            if attempt == attempts - 1 or "in use" not in str(exc):
+                raise
+            log.warning("%s; retrying in 1 s", exc)
+            import time
+            time.sleep(1)
+
+
 def rebind(current, roles, cfg, log):
     """(listeners for ``roles`` in their order, listeners to retire); see the module doc."""
     remaining = list(current)
@@ -65,7 +100,7 @@ def rebind(current, roles, cfg, log):
         kept = next((lnr for lnr in remaining if _matches(lnr, address)), None)
         if kept is not None:
             remaining.remove(kept)
-            wanted.append(kept)
+            wanted.append(name_listener(kept, role))
             continue
         try:
             listener = sock._sock_type(address)(address, cfg, log)
@@ -76,5 +111,5 @@ def rebind(current, roles, cfg, log):
             raise ListenerError(f"cannot listen on the {role} address {describe(address)}: "
                                 f"{reason}") from exc
         fresh.append(listener)
-        wanted.append(listener)
+        wanted.append(name_listener(listener, role))
     return wanted, remaining

@@ -292,6 +292,9 @@ class ConfigSync:
                 self.publish()
             else:
                 self.write_status()
+        # A quiet watch ends after idle_timeout: the status is rewritten then too, so its age
+        # tells a live sync process from a stale file (``gwserver routes status``).
+        self.write_status()
 
     def mark_synced(self):
         if not self.connected:

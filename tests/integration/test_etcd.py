@@ -122,7 +122,7 @@ def test_bad_values_are_rejected_alone_and_shown_in_status(launcher, etcd, upstr
     assert "plugins.nope: unknown plugin" in rejected["routes/badplugin"]
     out = subprocess.run([sys.executable, "-m", "gwserver", "routes", "-c", str(gw.conf_path),
                           "status"], capture_output=True, text=True)
-    assert out.returncode == 0 and "4 rejected item(s)" in out.stdout
+    assert out.returncode == 1 and "4 rejected item(s)" in out.stdout   # rejections: exit 1
     assert "routes/badjson: invalid JSON" in out.stdout
     assert "rejected /gw/routes/badjson: invalid JSON" in gw.log()
     metrics = open(os.path.join(runtime_of(gw), "metrics.prom")).read()

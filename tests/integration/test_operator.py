@@ -1,0 +1,180 @@
+"""What an operator meets (issue 18): the running configuration can be seen (admin item views,
+reload status, check --dump), listeners are named, the state directory is the configured one,
+the demo upstream answers on demand, and `routes status` tells live from stale."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from ..conftest import free_port, gateway_conf, route, wait_for_port, wait_until
+
+TOKEN = "admin-s3cret"
+JWT_SECRET = "jwt-s3cret-value"
+
+
+def gwserver(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "gwserver", *args], capture_output=True,
+                          text=True, timeout=60, **kwargs)
+
+
+def admin(gw, path):
+    status, body = gw.admin_get(path, TOKEN)
+    return status, json.loads(body) if body.startswith((b"{", b"[")) else body.decode()
+
+
+def demo_upstream(launcher):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gwserver", "demo-upstream", "--port",
+                             str(port)], stdout=subprocess.DEVNULL, start_new_session=True)
+    launcher.started.append(proc)
+    wait_for_port(port, proc=proc)
+    return f"http://127.0.0.1:{port}"
+
+
+def test_demo_upstream_answers_any_status_delay_and_size_through_the_gateway(launcher):
+    url = demo_upstream(launcher)
+    gw = launcher.gateway(gateway_conf([route("demo", ["/*rest"], url)]))
+    resp, body = gw.request("GET", "/status/503")
+    assert resp.status == 503 and json.loads(body)["status"] == 503
+    started = time.monotonic()
+    resp, body = gw.request("GET", "/delay/0.3")
+    assert resp.status == 200 and time.monotonic() - started >= 0.3
+    resp, body = gw.request("GET", "/bytes/100000")
+    assert resp.status == 200 and len(body) == 100000
+    assert gw.request("GET", "/anything")[0].status == 200
+
+
+def test_item_views_reload_status_and_named_listeners(launcher, upstream, tmp_path):
+    conf = gateway_conf(
+        [route("api", ["/api"], upstream.url, prefix=True,
+               plugins={"jwt": {"secret": JWT_SECRET, "algorithms": ["HS256"]}}),
+         {"id": "named", "paths": ["/named"], "upstream": "pool"}],
+        upstreams={"pool": {"targets": [{"url": upstream.url, "weight": 2}]}},
+        admin={"token": TOKEN})
+    gw = launcher.gateway(conf)
+    log = gw.log()
+    assert f"server http://127.0.0.1:{gw.port}" in log
+    assert f"admin http://127.0.0.1:{gw.admin_port}" in log
+
+    status, view = admin(gw, "/admin/routes/api")
+    assert status == 200 and view["source"] == {"from": "conf file",
+                                                "path": str(gw.conf_path)}
+    jwt = next(p for p in view["plugins"] if p["name"] == "jwt")
+    assert jwt["config"]["secret"] == "***" and jwt["config"]["algorithms"]   # defaults shown
+    assert JWT_SECRET not in json.dumps(view)
+    assert view["upstream"]["targets"][0]["url"] == upstream.url
+    status, view = admin(gw, "/admin/upstreams/pool")
+    assert status == 200 and view["routes"] == ["named"] and view["targets"][0]["weight"] == 2
+    assert admin(gw, "/admin/routes/nope")[0] == 404
+
+    status, config = admin(gw, "/admin/config")
+    first = config["reload"]
+    assert first["generation"] == 1 and first["last_reload_successful"] is True
+    assert first["last_reload_success"].endswith("Z") and "T" in first["last_reload_success"]
+    metrics = admin(gw, "/metrics")[1]
+    assert "gwserver_config_last_reload_successful 1.0" in metrics
+    assert "gwserver_config_last_reload_success_timestamp_seconds" in metrics
+
+    os.kill(gw.pid, signal.SIGHUP)          # same, valid conf: generation 2
+    wait_until(lambda: "reload complete: generation 2, 1 workers, 2 routes" in gw.log())
+    good = gw.conf_path.read_text()
+    gw.conf_path.write_text(good + "\n[log]\nlevel = \"loud\"\n")
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "reload refused" in gw.log())
+    wait_until(lambda: "gwserver_config_last_reload_successful 0.0" in admin(gw, "/metrics")[1])
+    config = admin(gw, "/admin/config")[1]["reload"]
+    assert config["last_reload_successful"] is False and config["generation"] == 2
+
+
+def test_a_failed_bind_names_the_listener(launcher, upstream):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = gateway_conf([route("e", ["/e"], upstream.url)],
+                            admin={"bind": f"127.0.0.1:{port}"})
+        gw = launcher.gateway(conf, wait=False)
+        assert gw.proc.wait(30) != 0
+    assert f"cannot listen on the admin address 127.0.0.1:{port}" in gw.log()
+
+
+def test_workers_auto_and_the_state_dir(launcher, upstream, tmp_path):
+    state = tmp_path / "host-state"
+    conf = gateway_conf([route("e", ["/e"], upstream.url)],
+                        server={"workers": "auto", "state_dir": str(state)})
+    conf["server"]["workers"] = "auto"
+    gw = launcher.gateway(conf, wait=False)
+    wait_for_port(gw.port, proc=gw.proc)
+    cores = len(os.sched_getaffinity(0))
+    wait_until(lambda: len(gw.worker_pids()) == cores)
+    wait_until(lambda: (state / "master.json").exists())
+    assert (state / "gwserver.lock").read_text().strip() == str(gw.pid)
+    second = launcher.gateway(gateway_conf([route("e", ["/e"], upstream.url)],
+                                           server={"state_dir": str(state)}), wait=False)
+    assert second.proc.wait(30) == 2
+    assert "in use by another gwserver" in second.log() and "[server] state_dir" in second.log()
+
+
+def test_check_dump_fills_defaults_and_masks_secrets(tmp_path):
+    conf = tmp_path / "gw.toml"
+    conf.write_text(f'[admin]\ntoken = "{TOKEN}"\n[redis]\nurl = "redis://:pw123@127.0.0.1:6379/0"\n'
+                    f'[etcd]\nendpoints = ["http://127.0.0.1:2379"]\nusername = "gw"\n'
+                    f'password = "etcdpw"\nruntime_dir = "{tmp_path}/run"\n'
+                    f'snapshot_path = "{tmp_path}/snap.json"\n'
+                    f'[plugins.jwt]\nsecret = "{JWT_SECRET}"\nalgorithms = ["HS256"]\n')
+    out = gwserver("check", "-c", str(conf), "--dump")
+    assert out.returncode == 0, out.stderr
+    for secret in (TOKEN, "pw123", "etcdpw", JWT_SECRET):
+        assert secret not in out.stdout
+    assert 'url = "redis://:***@127.0.0.1:6379/0"' in out.stdout
+    assert "worker_connections = 1000" in out.stdout and 'workers = "auto"' in out.stdout
+    assert "cache_seconds" in out.stdout                # the jwt plugin's defaults
+    dumped = tmp_path / "dumped.toml"
+    dumped.write_text(out.stdout)
+    assert gwserver("check", "-c", str(dumped)).returncode == 0
+
+
+def test_version():
+    from gwserver import __version__
+    out = gwserver("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"gwserver {__version__}"
+
+
+def test_routes_status_list_delete_and_transactional_put(launcher, upstream, tmp_path):
+    from .test_etcd import etcd_conf
+    etcd = launcher.etcd()
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
+    conf = str(gw.conf_path)
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([{"id": "a", "paths": ["/a"], "upstream": "up"},
+                                 {"id": "b", "paths": ["/b"], "upstream": "up"}]))
+    put = gwserver("routes", "-c", conf, "put", str(items))
+    revisions = {line.rpartition("revision ")[2] for line in put.stdout.splitlines()
+                 if line.startswith("put ")}
+    assert put.returncode == 0 and len(revisions) == 1      # one transaction, one revision
+    items.write_text(json.dumps({"id": "up", "targets": [{"url": upstream.url}]}))
+    assert gwserver("upstreams", "-c", conf, "put", str(items)).returncode == 0
+    wait_until(lambda: gw.request("GET", "/a")[0].status == 200)
+    live = gwserver("routes", "-c", conf, "status")
+    assert live.returncode == 0 and "connected to" in live.stdout, live
+
+    refused = gwserver("upstreams", "-c", conf, "delete", "up")
+    assert refused.returncode == 2 and "still used by route(s) a, b" in refused.stderr
+    etcd.client().put("/gw/routes/bad", b'{"paths": ["/x"], "upstream": "up", "colour": 1}')
+    listed = gwserver("routes", "-c", conf, "list")
+    assert "bad\trevision" in listed.stdout and "\tREJECTED\t" in listed.stdout
+    assert "a\trevision" in listed.stdout and "\tok\t" in listed.stdout
+    wait_until(lambda: gwserver("routes", "-c", conf, "status").returncode == 1)
+    assert "1 item(s) rejected: routes/bad" in gwserver("routes", "-c", conf, "status").stderr
+    assert gwserver("upstreams", "-c", conf, "delete", "up", "--force").returncode == 0
+
+    etcd.stop()                             # etcd unreachable: exit 1, said so
+    wait_until(lambda: "NOT CONNECTED" in gwserver("routes", "-c", conf, "status").stdout)
+    assert gwserver("routes", "-c", conf, "status").returncode == 1
+    gw.proc.send_signal(signal.SIGTERM)     # no gateway: the file left behind is stale
+    gw.proc.wait(30)
+    stale = gwserver("routes", "-c", conf, "status")
+    assert stale.returncode == 1 and "STALE: written by pid" in stale.stderr, stale
