@@ -1,11 +1,20 @@
-"""What a worker lends to plugins after fork (plugins never build I/O clients themselves).
+"""What a worker lends to plugins, built after fork and handed to every request as
+``ctx.services`` (plugins never build I/O clients themselves, nor find them in globals):
 
-    limit_store   where rate-limit decisions are made: RedisStore with [redis], else local
-    local_store   the per-host store (embedded default and the on_store_error=local fallback)
-    metrics       the worker's WorkerMetrics, or None
-
-The worker sets these in GatewayWorker.setup_after_fork; tests may set them directly.
+    limit_store   where rate-limit and breaker decisions are made: RedisStore with [redis],
+                  else the local store
+    local_store   the per-host store (the embedded default and the on_store_error=local fallback)
+    metrics       the worker's WorkerMetrics, or None with metrics off
 """
-limit_store = None
-local_store = None
-metrics = None
+
+
+class Services:
+    __slots__ = ("limit_store", "local_store", "metrics")
+
+    def __init__(self, limit_store=None, local_store=None, metrics=None):
+        self.limit_store = limit_store
+        self.local_store = local_store
+        self.metrics = metrics
+
+
+NONE = Services()       # for contexts made outside a worker (unit tests of pure plugin logic)

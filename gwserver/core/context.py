@@ -7,6 +7,7 @@ import json
 from urllib.parse import parse_qsl
 
 from ..errors import UpstreamError, UpstreamTimeout
+from ..services import NONE as NO_SERVICES
 
 
 class Reply:
@@ -50,6 +51,7 @@ class RequestContext:
     """
 
     __slots__ = ("method", "path", "query", "headers", "header_map", "host", "host_header",
+                 "services",    # gwserver.services.Services: stores and metrics for plugins
                  "client_ip",   # the client: the peer, or what a trusted proxy named
                  "peer_ip",     # the socket's peer, set when it is a trusted proxy
                  "scheme", "request_id", "route", "params", "_vars", "ended_by",
@@ -61,7 +63,8 @@ class RequestContext:
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
                  "connection_tokens", "upstream_seconds")
 
-    def __init__(self, client_ip, scheme):
+    def __init__(self, client_ip, scheme, services=NO_SERVICES):
+        self.services = services
         self.client_ip = client_ip
         self.peer_ip = None
         self.scheme = scheme

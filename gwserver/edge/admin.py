@@ -83,14 +83,16 @@ class AdminConnection(ClientConnection):
             return Reply.json(429, {"error": "too_many_requests", "status": 429,
                                     "message": "too many wrong admin tokens; wait"},
                               [("Retry-After", str(wait))])
-        scheme, _, sent = (req.header("authorization") or "").strip().partition(" ")
+        authorization = req.header("authorization")
+        scheme, _, sent = (authorization or "").strip().partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(),
                                                              token.encode()):
             return None
-        if len(failures) > 10_000:
-            failures.clear()
-        failures[peer] = (count + 1, since)
-        gevent.sleep(FAILED_AUTH_PAUSE)
+        if authorization is not None:      # a guess; no header at all guesses nothing
+            if len(failures) > 10_000:
+                failures.clear()
+            failures[peer] = (count + 1, since)
+            gevent.sleep(FAILED_AUTH_PAUSE)
         return Reply.json(401, {"error": "unauthorized", "status": 401,
                                 "message": "admin token missing or wrong"},
                           [("WWW-Authenticate", 'Bearer realm="gwserver admin"')])
@@ -193,7 +195,7 @@ def breakers_view(worker):
             if entry is None:
                 entry = breakers[key] = {"routes": [], "config": {
                     k: sorted(v) if isinstance(v, frozenset) else v for k, v in conf.items()}}
-                entry.update(_breaker_state(services, key, now))
+                entry.update(_breaker_state(worker.services, key, now))
             entry["routes"].append(route.id)
     return Reply.json(200, {"pid": os.getpid(), "store": "redis" if worker.conf.redis else
                             "per host", "breakers": breakers})

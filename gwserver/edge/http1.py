@@ -86,11 +86,12 @@ class ClientConnection:
             worker.trusted_proxies.trusts(self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
+        self.last_host = self.last_host_parts = None
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
 
     def on_message_begin(self):
-        self.queue.append(RequestContext(self.client_ip, self.scheme))
+        self.queue.append(RequestContext(self.client_ip, self.scheme, self.worker.services))
         self.head_size = self.head_fields = 0
 
     def on_url(self, url):
@@ -202,10 +203,13 @@ class ClientConnection:
                 url = b"/" + url
         if host is None:
             req.host, req.host_header = "", None        # HTTP/1.0: the upstream's own name
+        elif host == self.last_host:                    # keep-alive clients repeat their Host
+            req.host, req.host_header = self.last_host_parts
         else:
             name, port = normalise_host(host)
-            req.host = name.decode("latin-1")
-            req.host_header = name + b":" + port if port else name
+            req.host, req.host_header = self.last_host_parts = \
+                name.decode("latin-1"), name + b":" + port if port else name
+            self.last_host = host
         path, _, query = url.partition(b"?")
         if b"#" in path:
             path = path.partition(b"#")[0]

@@ -474,7 +474,7 @@ class Proxy:
         lines = [b"%s %s HTTP/1.1\r\nHost: %s" % (req.method.encode("ascii"),
                                                  path.encode("latin-1"), host)]
         trace = req.trace
-        if trace is not None and any(name in hmap for name in REPLACED_HEADERS):
+        if trace is not None and not REPLACED_HEADERS.isdisjoint(hmap):
             for name, value in req.headers:
                 if name.lower() not in REPLACED_HEADERS:
                     lines.append(name + b": " + value)

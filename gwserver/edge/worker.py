@@ -114,16 +114,15 @@ class GatewayWorker(GeventWorker):
         gc.set_threshold(20_000, 20, 20)
 
     def setup_services(self):
-        """Stores and metrics that plugins use (gwserver.services), built after fork."""
-        from .. import services
+        """Stores and metrics that plugins use (ctx.services), built after fork."""
+        from ..services import Services
         from .store import LocalStore, RedisStore
-        import tempfile
         path = self.conf.server["state_dir"]       # [server] state_dir; the master made it
-        services.local_store = LocalStore(path)
+        local = LocalStore(path)
         redis = self.conf.redis
-        services.limit_store = services.local_store if redis is None else RedisStore(
-            redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"])
-        services.metrics = self.metrics
+        self.services = services = Services(local if redis is None else RedisStore(
+            redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"]), local,
+            self.metrics)
         if self.metrics is not None:
             for store in {services.local_store, services.limit_store}:
                 store.on_transition = self.metrics.breaker_transition
@@ -280,9 +279,8 @@ class GatewayWorker(GeventWorker):
         if self.table_reader is not None:
             metrics.generation.set(self.table_reader.generation)
         self.update_target_gauges(metrics)
-        from .. import services
-        store = services.limit_store
-        if store is not None and store is not services.local_store:
+        store = self.services.limit_store
+        if store is not self.services.local_store:
             metrics.redis_up.set(1 if store.healthy else 0)
 
     def update_target_gauges(self, metrics):

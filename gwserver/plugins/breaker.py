@@ -16,11 +16,10 @@ On a route, one breaker per route; with ``scope = "upstream"``, or set on an ups
 in Redis with [redis], else per host; when Redis cannot answer, ``on_store_error = "local"``
 (default) decides per host and ``"allow"`` lets requests through unguarded.
 
-The state machine is ``core.breaker``; the state lives in the store (``gwserver.services``).
+The state machine is ``core.breaker``; the state lives in the store (``ctx.services``).
 """
 import math
 
-from .. import services
 from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
 from ..errors import StoreError
@@ -64,16 +63,16 @@ def breaker_key(conf, route, upstream=None):
 
 def access(conf, ctx):
     key = breaker_key(conf, ctx.route, ctx.upstream)
-    store = services.limit_store
+    store = ctx.services.limit_store
     try:
         verdict = store.breaker_admit(key, conf)
     except StoreError:
         if conf["on_store_error"] == "allow":
             return None
-        store = services.local_store
+        store = ctx.services.local_store
         verdict = store.breaker_admit(key, conf)
-    if services.metrics is not None:
-        services.metrics.breaker_state(key, verdict.state)
+    if ctx.services.metrics is not None:
+        ctx.services.metrics.breaker_state(key, verdict.state)
     if verdict.admitted:
         ctx.vars["breaker"] = (store, key, verdict.epoch)
         return None

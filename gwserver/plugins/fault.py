@@ -18,7 +18,6 @@ import random
 
 import gevent
 
-from .. import services
 from ..core.context import Reply
 from ..core.schema import (Field, Invalid, Schema, header_value, header_name, integer, map_of,
                            number, show, string)
@@ -88,5 +87,5 @@ def access(conf, ctx, _random=random.random):
 
 
 def _count(ctx, kind):
-    if services.metrics is not None:
-        services.metrics.count_fault(ctx.route.id, kind)
+    if ctx.services.metrics is not None:
+        ctx.services.metrics.count_fault(ctx.route.id, kind)

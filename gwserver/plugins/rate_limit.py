@@ -21,7 +21,6 @@ one per route, shared like the limit itself (Redis, or per host).
 import hashlib
 import math
 
-from .. import services
 from ..core.context import Reply
 from ..core.schema import (Field, Invalid, Schema, fraction, integer, list_of, number, one_of,
                            show, status_code)
@@ -105,7 +104,7 @@ def _key(conf, ctx):
 
 def access(conf, ctx):
     key = _key(conf, ctx)
-    store = services.limit_store
+    store = ctx.services.limit_store
     rate = conf["rate"] if conf["adaptive"] is None else \
         store.adaptive_rate(ctx.route.id, conf)
     args = (conf["algorithm"], key, rate, conf["per"], conf["burst"])
@@ -121,7 +120,7 @@ def access(conf, ctx):
             return Reply.json(503, {"error": "rate_limit_unavailable",
                                     "message": "the rate-limit store cannot answer"},
                               [("Retry-After", "1")])
-        store = services.local_store
+        store = ctx.services.local_store
         decision = store.decide(*args)
         outcome = "local_"
     else:
@@ -155,8 +154,8 @@ def finish(conf, ctx, status):
         return
     store.adaptive_record(ctx.route.id, conf,
                           not ctx.upstream_failed(status, adaptive["failure_statuses"]))
-    if services.metrics is not None:
-        services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))
+    if ctx.services.metrics is not None:
+        ctx.services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))
 
 
 def _headers(decision):
@@ -166,5 +165,5 @@ def _headers(decision):
 
 
 def _count(ctx, outcome):
-    if services.metrics is not None:
-        services.metrics.count_limit(ctx.route.id, outcome)
+    if ctx.services.metrics is not None:
+        ctx.services.metrics.count_limit(ctx.route.id, outcome)
