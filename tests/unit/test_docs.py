@@ -211,7 +211,9 @@ def test_cli_examples_run(command):
             for a in argv]
     run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
-    if argv[1] == "check":
+    if argv[1] == "check" and "--dump" in argv:
+        assert tomllib.loads(run.stdout)["server"]["workers"]     # the effective conf, TOML
+    elif argv[1] == "check":
         assert ": ok (" in run.stdout
     else:
         assert tomllib.loads(run.stdout)
