@@ -28,6 +28,7 @@ is not a plugin: it always runs last, after every access phase let the request o
 import logging
 
 from ..errors import ConfigError
+from ..redact import redact
 from .schema import show
 
 log = logging.getLogger("gwserver.plugins")
@@ -156,7 +157,8 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             problems.extend(exc.problems)
             continue
         except ValueError as exc:
-            problems.append(f"{owner}: plugins.{name}: {exc} (config {show(conf)})")
+            # The config is echoed to logs and `check`: never with its secrets.
+            problems.append(f"{owner}: plugins.{name}: {exc} (config {show(redact(conf))})")
             continue
         steps.append((plugin, conf))
     names = {plugin.NAME for plugin, _ in steps}

@@ -109,3 +109,13 @@ def test_a_plugin_that_breaks_the_contract_is_refused_with_the_reason(attr, valu
     with pytest.raises(TypeError, match=message):
         check_plugin(plugin)
 
+
+
+def test_a_bad_plugin_config_is_named_without_its_secrets():
+    from gwserver.settings import parse_conf
+    with pytest.raises(ConfigError) as info:
+        parse_conf({"routes": [{"id": "r", "paths": ["/r"], "upstream": {
+            "targets": [{"url": "http://127.0.0.1:9"}]}, "plugins": {"jwt": {
+                "secret": "hunter2-very-secret", "algorithms": ["RS256"]}}}]})
+    text = "; ".join(info.value.problems)
+    assert "plugins.jwt" in text and "hunter2" not in text and "***" in text
