@@ -18,6 +18,8 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
     link(conf, resolve) -> conf           resolve the upstream ids the config names
     upstream_refs(conf) -> {upstream id}  ... and say which (etcd follows them)
     upstreams(conf) -> [Upstream]         the compiled upstreams it may send to (pools kept)
+    admin_view(uses, services) -> dict   its state at /admin/<ADMIN_VIEW>; ``uses`` holds
+                                          (route, conf) for every route that runs it
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
     UPSTREAM_PROTOCOL = "h2"              works only with an upstream of that protocol
 
@@ -36,7 +38,7 @@ log = logging.getLogger("gwserver.plugins")
 PHASES = ("access", "response", "finish")
 
 
-HOOKS = ("prepare", "needs", "claims", "link", "upstream_refs", "upstreams")
+HOOKS = ("prepare", "needs", "claims", "link", "upstream_refs", "upstreams", "admin_view")
 PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
 
 
@@ -62,6 +64,9 @@ def check_plugin(plugin):
         raise TypeError(f"plugin {name}: UPSTREAM_PLUGIN must be True or False")
     if getattr(plugin, "UPSTREAM_PROTOCOL", None) not in (None, *PROTOCOLS):
         raise TypeError(f"plugin {name}: UPSTREAM_PROTOCOL must be one of {', '.join(PROTOCOLS)}")
+    if hasattr(plugin, "admin_view") and not str(getattr(plugin, "ADMIN_VIEW", "")).isidentifier():
+        raise TypeError(f"plugin {name}: admin_view needs ADMIN_VIEW, the name of its view "
+                        f"(/admin/<ADMIN_VIEW>)")
     if hasattr(plugin, "link") != hasattr(plugin, "upstream_refs"):
         raise TypeError(f"plugin {name}: link and upstream_refs go together (etcd must know "
                         f"the upstreams a config names to follow their changes)")

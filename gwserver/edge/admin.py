@@ -182,46 +182,12 @@ def config_view(worker):
                             "worker_generation": worker.table_reader.generation})
 
 
-def breakers_view(worker):
-    from ..plugins.breaker import breaker_key
-    now = time.time()
-    breakers = {}
-    for route in sorted(worker.router.routes.values(), key=lambda r: r.id):
-        for plugin, conf in route.chain.steps:
-            if plugin.NAME != "breaker":
-                continue
-            key = breaker_key(conf, route)
-            entry = breakers.get(key)
-            if entry is None:
-                entry = breakers[key] = {"routes": [], "config": {
-                    k: sorted(v) if isinstance(v, frozenset) else v for k, v in conf.items()}}
-                entry.update(_breaker_state(worker.services, key, now))
-            entry["routes"].append(route.id)
-    return Reply.json(200, {"pid": os.getpid(), "store": "redis" if worker.conf.redis else
-                            "per host", "breakers": breakers})
-
-
-def _breaker_state(services, key, now):
-    try:
-        state = services.limit_store.breaker_state(key)
-    except Exception as exc:    # Redis down: say so, and show this host's fallback state
-        state = services.local_store.breaker_state(key)
-        out = {"store_error": f"{exc.__class__.__name__}: {exc}",
-               "per_host_fallback": True}
-    else:
-        out = {}
-    if state is None:
-        return {**out, "state": "closed", "trips": 0, "seen": "no traffic in the window"}
-    window = [b[1:] for b in state["buckets"]]
-    out.update(state=state["state"], epoch=state["epoch"], trips=state["trips"],
-               answers_in_window=sum(ok + failed for ok, failed in window),
-               failures_in_window=sum(failed for _, failed in window))
-    if state["state"] == "open":
-        out["half_open_in"] = round(max(0.0, state["until"] - now), 3)
-    elif state["state"] == "half_open":
-        out["probes_granted"] = state["probes"]
-        out["probes_succeeded"] = state["probe_ok"]
-    return out
+def plugin_view(worker, plugin):
+    """/admin/<plugin's ADMIN_VIEW>: the plugin's own account of its state (its
+    ``admin_view`` hook), given every route that uses it, with its config there."""
+    uses = [(route, conf) for route in sorted(worker.router.routes.values(), key=lambda r: r.id)
+            for step, conf in route.chain.steps if step is plugin]
+    return Reply.json(200, {"pid": os.getpid(), **plugin.admin_view(uses, worker.services)})
 
 
 # -- one route or upstream as compiled, and where it came from --------------------------------
@@ -309,5 +275,15 @@ ITEM_VIEWS = {"routes": route_view, "upstreams": upstream_view}
 
 VIEWS = {"/-/healthz": healthz, "/-/ready": ready, "/metrics": metrics_view,
          "/admin/routes": routes_view, "/admin/upstreams": upstreams_view,
-         "/admin/config": config_view, "/admin/breakers": breakers_view}
+         "/admin/config": config_view}
+
+
+def _plugin_views():
+    from functools import partial
+    from ..plugins import load_registry
+    return {f"/admin/{plugin.ADMIN_VIEW}": partial(plugin_view, plugin=plugin)
+            for plugin in load_registry().values() if hasattr(plugin, "admin_view")}
+
+
+VIEWS.update(_plugin_views())
 

@@ -19,6 +19,7 @@ in Redis with [redis], else per host; when Redis cannot answer, ``on_store_error
 The state machine is ``core.breaker``; the state lives in the store (``ctx.services``).
 """
 import math
+import time
 
 from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
@@ -93,3 +94,46 @@ def finish(conf, ctx, status):
     store, key, epoch = admitted
     store.breaker_record(key, conf, epoch,
                          not ctx.upstream_failed(status, conf["failure_statuses"]))
+
+
+ADMIN_VIEW = "breakers"
+
+
+def admin_view(uses, services):
+    """Plugin hook for /admin/breakers: every breaker, its routes, config and state as the
+    store holds it (a breaker on an upstream is shared by the routes that use it)."""
+    now = time.time()
+    breakers = {}
+    for route, conf in uses:
+        key = breaker_key(conf, route)
+        entry = breakers.get(key)
+        if entry is None:
+            entry = breakers[key] = {"routes": [], "config": {
+                k: sorted(v) if isinstance(v, frozenset) else v for k, v in conf.items()}}
+            entry.update(_breaker_state(services, key, now))
+        entry["routes"].append(route.id)
+    shared = services.limit_store is not services.local_store
+    return {"store": "redis" if shared else "per host", "breakers": breakers}
+
+
+def _breaker_state(services, key, now):
+    try:
+        state = services.limit_store.breaker_state(key)
+    except Exception as exc:    # Redis down: say so, and show this host's fallback state
+        state = services.local_store.breaker_state(key)
+        out = {"store_error": f"{exc.__class__.__name__}: {exc}",
+               "per_host_fallback": True}
+    else:
+        out = {}
+    if state is None:
+        return {**out, "state": "closed", "trips": 0, "seen": "no traffic in the window"}
+    window = [b[1:] for b in state["buckets"]]
+    out.update(state=state["state"], epoch=state["epoch"], trips=state["trips"],
+               answers_in_window=sum(ok + failed for ok, failed in window),
+               failures_in_window=sum(failed for _, failed in window))
+    if state["state"] == "open":
+        out["half_open_in"] = round(max(0.0, state["until"] - now), 3)
+    elif state["state"] == "half_open":
+        out["probes_granted"] = state["probes"]
+        out["probes_succeeded"] = state["probe_ok"]
+    return out

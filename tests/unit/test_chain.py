@@ -102,6 +102,7 @@ class _Plugin:
     ("UPSTREAM_PLUGIN", "yes", "UPSTREAM_PLUGIN must be True or False"),
     ("UPSTREAM_PROTOCOL", "h3", "UPSTREAM_PROTOCOL must be one of"),
     ("link", lambda conf, resolve: conf, "link and upstream_refs go together"),
+    ("admin_view", lambda uses, services: {}, "admin_view needs ADMIN_VIEW"),
 ])
 def test_a_plugin_that_breaks_the_contract_is_refused_with_the_reason(attr, value, message):
     from gwserver.core.chain import check_plugin
@@ -119,3 +120,17 @@ def test_a_bad_plugin_config_is_named_without_its_secrets():
                 "secret": "hunter2-very-secret", "algorithms": ["RS256"]}}}]})
     text = "; ".join(info.value.problems)
     assert "plugins.jwt" in text and "hunter2" not in text and "***" in text
+
+
+def test_the_builtin_plugins_keep_the_contract_and_core_names_none():
+    import pathlib
+    from gwserver.core.chain import check_plugin
+    from gwserver.plugins import load_registry
+    registry = load_registry()
+    for plugin in registry.values():
+        check_plugin(plugin)
+    root = pathlib.Path(__file__).resolve().parents[2] / "gwserver"
+    for path in [*(root / "core").glob("*.py"), *(root / "edge").glob("*.py")]:
+        text = path.read_text()
+        for name in registry:
+            assert f"plugins.{name}" not in text.replace("plugins.{", ""), (path, name)
