@@ -19,12 +19,24 @@ weight and a ``group`` name (default: the upstream id). A request goes to:
 
 The chosen group goes upstream in ``X-AB-Group``; ``X-Env`` is kept, or set to ``env`` when
 configured and absent. Weights change through etcd like any route field.
+
+With ``rollout`` (docs/rollouts.md) the canary group's weight is not the configured one but
+the current step of a progressive rollout, which the ``gwserver: rollouts`` helper decides
+for the whole cluster and writes to a host file; this plugin reads it (one ``stat`` every
+0.25 s at most, never a network call) and, in ``finish``, counts each answer of each group
+(failed or not, and how long it took) for the rollout's gates. Under a rollout the canary's
+hash range is the top of the space and only grows with its weight: a client on the canary
+stays there while the rollout advances. A rolled-back or aborted canary gets nobody, not
+even through rules or X-AB-Group.
 """
 import hashlib
 import random
 
-from ..core.schema import (Field, Schema, header_name, integer, list_of, map_of, request_key,
-                           string)
+import time
+
+from ..core import rollout as core_rollout
+from ..core.schema import (Field, Invalid, Schema, header_name, integer, list_of, map_of, number,
+                           one_of, request_key, show, status_code, string)
 
 NAME = "split"
 PRIORITY = 720          # after rate_limit (800); before breaker (700), which may key on it
@@ -57,6 +69,45 @@ RULE = Schema(
           doc="the group (of `upstreams`) these requests go to"),
 )
 
+def duration(value):
+    """Seconds: a number, or a string like "30s", "5m", "1h"."""
+    if isinstance(value, str) and value[:-1].replace(".", "", 1).isdigit() and \
+            value[-1:] in "smh":
+        value = float(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise Invalid(f'must be seconds (a positive number, or "30s", "5m", "1h"), '
+                      f"got {show(value)}")
+    return float(value)
+
+
+GATE = Schema(
+    Field("kind", one_of("success_rate", "latency", "baseline"), doc="what the gate measures"),
+    Field("min", number(0, maximum=100), None, "success_rate: lowest % of answers that succeed"),
+    Field("percentile", number(0, exclusive=True, maximum=100), 99.0,
+          "latency: which percentile"),
+    Field("max", number(0, exclusive=True), None, "latency: its highest value, seconds"),
+    Field("max_excess", number(0), None,
+          "baseline: canary error rate may exceed the baseline's by this many % points"),
+)
+
+ROLLOUT = Schema(
+    Field("group", string(r"[A-Za-z0-9_.:-]{1,64}", "a group name"), "canary",
+          doc="the group being rolled out"),
+    Field("steps", list_of(number(0, exclusive=True, maximum=100), min_items=1),
+          lambda: [5.0, 25.0, 50.0, 100.0], "the canary's share (%) at each step"),
+    Field("interval", duration, 300.0, "how long each step is held before it may advance"),
+    Field("min_requests", integer(1, 10_000_000), 100,
+          "canary answers in a step before any gate may pass (or fail)"),
+    Field("gates", list_of(GATE), list, "all must hold for a step to advance"),
+    Field("failure_statuses", list_of(status_code), lambda: [500, 502, 503, 504],
+          "statuses counted as failures (the gateway's own 502 and 504 always are)"),
+    Field("on_failure", one_of("rollback", "pause"), "rollback",
+          "at the first failed gate: weight 0, or hold the weight and wait for an operator"),
+    Field("id", string(r"[A-Za-z0-9_.:-]{1,64}", "a rollout id"), None,
+          "names the rollout; a new id starts over (default: derived from the canary's "
+          "upstream and the steps)"),
+)
+
 SCHEMA = Schema(
     Field("upstreams", list_of(CHOICE, min_items=1), doc="the groups and their weights"),
     Field("rules", list_of(RULE), list, "evaluated in order before the weights"),
@@ -64,6 +115,7 @@ SCHEMA = Schema(
     Field("group_header", header_name, "X-AB-Group", "header carrying the chosen group"),
     Field("env_header", header_name, "X-Env", "environment header, kept or set"),
     Field("env", string(r"[!-~]+", "a value"), None, "X-Env value set when absent"),
+    Field("rollout", ROLLOUT, None, "a progressive rollout of one group (docs/rollouts.md)"),
 )
 
 
@@ -85,11 +137,30 @@ def prepare(conf):
                              f"(groups: {', '.join(groups)})")
         if not any(rule[k] for k in ("header", "cookie", "claim", "query")):
             raise ValueError(f"rules[{i}]: a rule needs at least one condition")
+    failures = None
+    if conf["rollout"] is not None:
+        _check_rollout(conf["rollout"], groups)
+        failures = frozenset(conf["rollout"]["failure_statuses"]) | {502, 504}
     kind, _, name = conf["key"].partition(":")
-    return {**conf, "groups": groups, "key_kind": kind,
+    return {**conf, "groups": groups, "rollout_failures": failures, "key_kind": kind,
             "key_name": name.lower().encode("latin-1") if kind == "header" else name,
             "group_header_b": conf["group_header"].lower().encode("latin-1"),
             "env_header_b": conf["env_header"].lower().encode("latin-1")}
+
+
+def _check_rollout(rollout, groups):
+    if rollout["group"] not in groups:
+        raise ValueError(f"rollout.group: {rollout['group']!r} is not a group "
+                         f"(groups: {', '.join(groups)})")
+    if len(groups) < 2:
+        raise ValueError("rollout: a rollout needs a baseline group beside the canary")
+    steps = rollout["steps"]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"rollout.steps: must grow step by step, got {steps}")
+    for i, gate in enumerate(rollout["gates"]):
+        needed = {"success_rate": "min", "latency": "max", "baseline": "max_excess"}[gate["kind"]]
+        if gate[needed] is None:
+            raise ValueError(f"rollout.gates[{i}]: a {gate['kind']} gate needs {needed}")
 
 
 def needs(conf):
@@ -118,8 +189,30 @@ def link(conf, resolve):
         total += choice["weight"]
         choices.append((group, resolve(choice["upstream"], f"plugins.split.upstreams[{i}]"),
                         total))
-    return {**conf, "choices": tuple(choices), "total": total,
-            "by_group": {group: upstream for group, upstream, _ in choices}}
+    linked = {**conf, "choices": tuple(choices), "total": total,
+              "by_group": {group: upstream for group, upstream, _ in choices}}
+    rollout = conf["rollout"]
+    if rollout is not None:
+        index = conf["groups"].index(rollout["group"])
+        ref = conf["upstreams"][index]["upstream"]
+        linked["rollout_id"] = core_rollout.rollout_id(rollout, ref if isinstance(ref, str)
+                                                       else linked["by_group"][rollout["group"]].id)
+        linked["rollout_choices"] = {}      # canary percent -> (choices, total), made on use
+    return linked
+
+
+def rollout_choices(conf, percent):
+    """(choices, total) with the canary at ``percent``, canary last (core.rollout.weights)."""
+    cached = conf["rollout_choices"].get(percent)
+    if cached is None:
+        shares = core_rollout.weights(conf["groups"], [c["weight"] for c in conf["upstreams"]],
+                                      conf["rollout"]["group"], percent)
+        choices, upper = [], 0
+        for group, share in shares:
+            upper += share
+            choices.append((group, conf["by_group"][group], upper))
+        cached = conf["rollout_choices"][percent] = (tuple(choices), upper)
+    return cached
 
 
 def pick(choices, total, point):
@@ -144,25 +237,78 @@ def _rule_holds(rule, ctx):
 
 
 def access(conf, ctx):
+    choices, total, shut, step = conf["choices"], conf["total"], None, None
+    if conf["rollout"] is not None:
+        step = _rollout_view(ctx).current(ctx.route.id if ctx.route else "", conf["rollout_id"])
+        percent = step["weight"] if step else 0.0     # no word from the controller yet
+        choices, total = rollout_choices(conf, percent)
+        if not percent:
+            shut = conf["rollout"]["group"]
     group = None
     incoming = ctx.header_map.get(conf["group_header_b"])
     if incoming is not None:
         name = incoming.decode("latin-1")
-        if name in conf["by_group"]:
+        if name in conf["by_group"] and name != shut:
             group = name
     if group is None:
         for rule in conf["rules"]:
-            if _rule_holds(rule, ctx):
+            if rule["upstream"] != shut and _rule_holds(rule, ctx):
                 group = rule["upstream"]
                 break
     if group is None:
         key = ctx.value_of(conf["key_kind"], conf["key_name"])
-        point = hash_point(key, conf["total"]) if key else random.randrange(conf["total"])
-        group, ctx.upstream = pick(conf["choices"], conf["total"], point)
+        point = hash_point(key, total) if key else random.randrange(total)
+        group, ctx.upstream = pick(choices, total, point)
     else:
         ctx.upstream = conf["by_group"][group]
     ctx.vars["split_group"] = group
+    if step is not None:
+        ctx.vars["rollout"] = (step["window"], time.monotonic())
     ctx.set_header(conf["group_header"], group)
     if conf["env"] and conf["env_header_b"] not in ctx.header_map:
         ctx.set_header(conf["env_header"], conf["env"])
     return None
+
+
+def finish(conf, ctx, status):
+    """Count the answer for the rollout's gates: its group, failed or not, how long it took
+    (from this plugin's access phase to the end of the answer)."""
+    measured = ctx.var("rollout")
+    if measured is None:
+        return
+    window, started = measured
+    failed = ctx.upstream_failed(status, conf["rollout_failures"])
+    _rollout_view(ctx).record(ctx.route.id, window, ctx.vars["split_group"], failed,
+                              time.monotonic() - started)
+
+
+_views = {}     # host state directory -> RolloutView, one per worker process, made on use
+
+
+def _rollout_view(ctx):
+    from ..edge.rollouts import RolloutView
+    directory = getattr(ctx.services.local_store, "directory", None)
+    view = _views.get(directory)
+    if view is None:
+        view = _views[directory] = RolloutView(directory)
+    return view
+
+
+ADMIN_VIEW = "rollouts"
+
+
+def admin_view(uses, services):
+    """Plugin hook for /admin/rollouts: every rollout as this host's rollouts helper last saw
+    it (step, weights, each gate's value and verdict, history)."""
+    from ..edge.rollouts import read_status
+    status = read_status(getattr(services.local_store, "directory", None))
+    rollouts = {}
+    for route, conf in uses:
+        if conf.get("rollout") is None:
+            continue
+        entry = status["routes"].get(route.id)
+        rollouts[route.id] = entry if entry is not None and entry["id"] == conf["rollout_id"] \
+            else {"id": conf["rollout_id"], "status": "not started (no word from the "
+                                                        "rollouts helper yet)"}
+    return {"host": status.get("host"), "writer": status.get("leader"),
+            "updated": status.get("updated"), "rollouts": rollouts}

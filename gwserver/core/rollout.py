@@ -1,0 +1,265 @@
+"""Progressive delivery: the steps, gates and transitions of a rollout on a split (issue 16).
+
+Pure: no I/O, no clock of its own. The controller (edge/rollouts.py) passes the time, the
+stored ``State`` and the ``Window`` of each group measured since the step began, and stores
+what ``decide`` returns. Rules this module keeps:
+
+- A step is held for ``interval`` seconds; it is left for the next one only when every gate
+  holds *and* the canary answered at least ``min_requests`` requests (no promotion on silence).
+- A gate that fails, once ``min_requests`` were seen, ends the step at once (it does not wait
+  for the interval): ``on_failure`` = "rollback" sets the canary's weight to 0,
+  "pause" holds it where it is.
+- Passing the last step makes the canary the whole route (weight 100, status "done").
+- Observations are per ``epoch``; every transition starts a new one, so a step is judged on
+  its own traffic only.
+
+Transitions are a table (``TRANSITIONS``): an (status, event) pair not in it raises.
+"""
+import dataclasses
+import hashlib
+import json
+from bisect import bisect_left
+
+RUNNING, PAUSED, ROLLED_BACK, ABORTED, DONE = "running", "paused", "rolled_back", "aborted", \
+    "done"
+
+# status -> {event: status entered}
+TRANSITIONS = {
+    RUNNING: {"advance": RUNNING, "finish": DONE, "rollback": ROLLED_BACK, "pause": PAUSED,
+              "promote": DONE, "abort": ABORTED},
+    PAUSED: {"resume": RUNNING, "promote": DONE, "abort": ABORTED},
+    ROLLED_BACK: {"resume": RUNNING, "promote": DONE, "abort": ABORTED},
+    ABORTED: {"resume": RUNNING, "promote": DONE},
+    DONE: {"abort": ABORTED},
+}
+COMMANDS = ("pause", "resume", "promote", "abort")
+HISTORY_KEPT = 50
+
+# Upper bounds (seconds) of the latency histogram workers keep per group; finer than the
+# /metrics buckets around the 100 ms - 2 s range gates are usually set in.
+LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+                  1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+class TransitionError(ValueError):
+    """An event that the rollout's status does not allow (e.g. resume a running rollout)."""
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """What one group answered over a window: requests, failures, latency histogram counts."""
+    requests: int = 0
+    failures: int = 0
+    buckets: tuple = (0,) * (len(LATENCY_BOUNDS) + 1)
+
+    def __add__(self, other):
+        return Window(self.requests + other.requests, self.failures + other.failures,
+                      tuple(a + b for a, b in zip(self.buckets, other.buckets)))
+
+    @property
+    def error_rate(self):
+        return self.failures / self.requests if self.requests else 0.0
+
+    def percentile(self, q):
+        """The q-th percentile (0-100) in seconds, interpolated in its bucket as Prometheus'
+        histogram_quantile does; None without requests."""
+        if not self.requests:
+            return None
+        rank, seen = self.requests * q / 100.0, 0
+        for i, count in enumerate(self.buckets):
+            if count and seen + count >= rank:
+                lower = LATENCY_BOUNDS[i - 1] if i else 0.0
+                upper = LATENCY_BOUNDS[i] if i < len(LATENCY_BOUNDS) else LATENCY_BOUNDS[-1] * 2
+                return lower + (upper - lower) * (rank - seen) / count
+            seen += count
+        return LATENCY_BOUNDS[-1]
+
+    def to_list(self):
+        return [self.requests, self.failures, list(self.buckets)]
+
+    @classmethod
+    def from_list(cls, data):
+        requests, failures, buckets = data
+        buckets = tuple(buckets) + (0,) * (len(LATENCY_BOUNDS) + 1 - len(buckets))
+        return cls(requests, failures, buckets[:len(LATENCY_BOUNDS) + 1])
+
+
+def bucket_of(seconds):
+    return bisect_left(LATENCY_BOUNDS, seconds)
+
+
+# -- gates ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    gate: str           # "success_rate", "latency_p99", "baseline_error_rate"
+    value: float        # what was measured (None: nothing to measure yet)
+    bound: float
+    ok: bool            # None: fewer than min_requests, cannot pass or fail yet
+    reason: str
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def evaluate(rollout, canary, baseline):
+    """Each gate's Verdict on the canary's and the baseline's windows of this step."""
+    enough = canary.requests >= rollout["min_requests"]
+    short = f"{canary.requests} of {rollout['min_requests']} requests seen"
+    out = []
+    for gate in rollout["gates"]:
+        kind = gate["kind"]
+        if kind == "success_rate":
+            value = round(100.0 * (1 - canary.error_rate), 3) if canary.requests else None
+            ok = None if not enough else value >= gate["min"]
+            out.append(Verdict("success_rate", value, gate["min"], ok, short if ok is None else
+                               f"{value}% {'>=' if ok else '<'} {gate['min']}% succeeded "
+                               f"({canary.failures} of {canary.requests} failed)"))
+        elif kind == "latency":
+            name = f"latency_p{gate['percentile']:g}"
+            value = canary.percentile(gate["percentile"])
+            value = None if value is None else round(value, 4)
+            ok = None if not enough else value <= gate["max"]
+            out.append(Verdict(name, value, gate["max"], ok, short if ok is None else
+                               f"p{gate['percentile']:g} {value}s {'<=' if ok else '>'} "
+                               f"{gate['max']}s"))
+        else:       # baseline: canary error rate <= baseline's + max_excess percentage points
+            value = round(100.0 * (canary.error_rate - baseline.error_rate), 3) \
+                if canary.requests else None
+            ok = None if not enough or baseline.requests < rollout["min_requests"] \
+                else value <= gate["max_excess"]
+            out.append(Verdict("baseline_error_rate", value, gate["max_excess"], ok,
+                               (short if not enough else f"baseline: {baseline.requests} of "
+                                f"{rollout['min_requests']} requests seen") if ok is None else
+                               f"canary errors {100 * canary.error_rate:.2f}% vs baseline "
+                               f"{100 * baseline.error_rate:.2f}%: {value:+.2f} points "
+                               f"{'<=' if ok else '>'} {gate['max_excess']}"))
+    return out
+
+
+# -- state ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    id: str                 # fingerprint of what is rolled out (identity)
+    status: str
+    step: int               # index into steps (the last one reached)
+    steps: tuple            # canary percentages, as configured when the rollout began
+    epoch: int              # +1 per transition: observations are kept per epoch
+    since: float            # when this step (or status) began, Unix time
+    history: tuple = ()     # ({"at", "epoch", "event", "step", "weight", "reason"}, ...)
+
+    @property
+    def weight(self):
+        """The canary's share in percent now."""
+        if self.status == DONE:
+            return 100.0
+        if self.status in (ROLLED_BACK, ABORTED):
+            return 0.0
+        return float(self.steps[self.step])
+
+    @property
+    def window_key(self):
+        return f"{self.id}:{self.epoch}"
+
+    def to_json(self):
+        return json.dumps({**dataclasses.asdict(self), "weight": self.weight},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw):
+        data = json.loads(raw)
+        data.pop("weight", None)
+        return cls(**{**data, "steps": tuple(data["steps"]), "history": tuple(data["history"])})
+
+
+def rollout_id(rollout, canary_ref):
+    """What identifies a rollout: its ``id`` if set, else the canary group, the upstream it
+    names and the steps. A new canary version (another upstream) is a new rollout."""
+    if rollout.get("id"):
+        return rollout["id"]
+    text = json.dumps([rollout["group"], canary_ref, rollout["steps"]], sort_keys=True,
+                      default=str)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def start(rollout, ident, now):
+    return _entered(State(ident, RUNNING, 0, tuple(rollout["steps"]), 0, now), "start", now,
+                    f"rollout begins at {rollout['steps'][0]:g}%", RUNNING, 0)
+
+
+def _entered(state, event, now, reason, status, step):
+    new = dataclasses.replace(state, status=status, step=step, epoch=state.epoch + 1,
+                              since=now)
+    entry = {"at": round(now, 3), "epoch": new.epoch, "event": event, "step": step + 1,
+             "weight": new.weight, "reason": reason}
+    return dataclasses.replace(new, history=(state.history + (entry,))[-HISTORY_KEPT:])
+
+
+def transition(state, event, now, reason):
+    """Apply ``event``; raise TransitionError if the status does not allow it."""
+    status = TRANSITIONS[state.status].get(event)
+    if status is None:
+        allowed = ", ".join(TRANSITIONS[state.status]) or "nothing"
+        raise TransitionError(f"cannot {event} a rollout that is {state.status.replace('_', ' ')}"
+                              f" (allowed: {allowed})")
+    step = state.step
+    if event == "advance":
+        step += 1
+    elif event == "resume" and state.status in (ROLLED_BACK, ABORTED):
+        step = 0        # a rolled-back canary starts over from the first step
+    return _entered(state, event, now, reason, status, step)
+
+
+def decide(rollout, state, canary, baseline, now):
+    """-> (state to store, verdicts). The state is ``state`` itself when nothing changes."""
+    verdicts = evaluate(rollout, canary, baseline)
+    if state.status != RUNNING:
+        return state, verdicts
+    failed = [v for v in verdicts if v.ok is False]
+    if failed:
+        event = "rollback" if rollout["on_failure"] == "rollback" else "pause"
+        reason = f"gate {failed[0].gate} failed at {state.weight:g}%: {failed[0].reason}"
+        return transition(state, event, now, reason), verdicts
+    if now - state.since < rollout["interval"]:
+        return state, verdicts
+    if any(v.ok is None for v in verdicts) or canary.requests < rollout["min_requests"]:
+        return state, verdicts          # no promotion on silence: wait for traffic
+    held = "; ".join(v.reason for v in verdicts) or "no gates"
+    last = state.step + 1 >= len(state.steps) or state.steps[state.step + 1] >= 100
+    if last:
+        return transition(state, "finish", now, f"all gates held at every step "
+                                                f"({held}); canary is the whole route"), verdicts
+    return transition(state, "advance", now, f"gates held at {state.weight:g}% for "
+                                             f"{rollout['interval']:g}s: {held}"), verdicts
+
+
+def command(state, name, now, reason=""):
+    """An operator's pause / resume / promote / abort."""
+    if name not in COMMANDS:
+        raise TransitionError(f"unknown command {name!r} (commands: {', '.join(COMMANDS)})")
+    return transition(state, name, now, reason or f"{name} by an operator")
+
+
+# -- weights --------------------------------------------------------------------------------
+
+SCALE = 10_000      # weights in hundredths of a percent: steps like 0.5% are exact
+
+
+def weights(groups, configured, canary, percent):
+    """Integer weights per group, canary last (see split.py: its hash range then only grows
+    as its share does): the canary gets ``percent``, the others share the rest in proportion
+    to their configured weights."""
+    others = [(g, w) for g, w in zip(groups, configured) if g != canary]
+    canary_w = round(SCALE * percent / 100.0)
+    rest, total_others = SCALE - canary_w, sum(w for _, w in others)
+    out, given = [], 0
+    for i, (group, w) in enumerate(others):
+        share = rest - given if i == len(others) - 1 else \
+            (rest * w // total_others if total_others else rest // len(others))
+        out.append((group, share))
+        given += share
+    out.append((canary, canary_w))
+    return out

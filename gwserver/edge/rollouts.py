@@ -1,0 +1,326 @@
+"""Rollouts on one host: the ``gwserver: rollouts`` helper, and what workers read and write.
+
+Files in the host's state directory (GWSERVER_LOCAL_STATE):
+
+    rollouts.json          by the helper, replaced whole when a step changes: route ->
+                           {id, window, weight, status}; workers stat it every 0.25 s at most
+    rollout-obs/PID.json   by each worker, twice a second while it has new counts: its
+                           answers per route, window and group (core.rollout.Window lists)
+    rollouts-status.json   by the helper every tick: state, weights, gate verdicts, history,
+                           for /admin/rollouts and ``gwserver rollouts``
+    rollouts.prom          by the helper: gwserver_rollout_* gauges for /metrics
+
+The helper, every TICK: follows the route table (etcd mode, as the health checker does),
+sums the workers' files into this host's totals and stores them (rollout_store), takes or
+keeps the writer's lock, and for each route with a rollout reads the shared state, sums every
+host's totals for the current window and asks core.rollout.decide. Only the lock holder
+stores a transition, and then only by compare-and-swap; every host writes what it reads for
+its workers, so a host that joins mid-rollout serves the current step from its first tick.
+"""
+import json
+import logging
+import os
+import signal
+import time
+
+from ..core import rollout as core
+from .shm import atomic_write, file_stamp, read_json
+
+log = logging.getLogger("gwserver.rollouts")
+
+STEP_FILE = "rollouts.json"
+STATUS_FILE = "rollouts-status.json"
+OBS_DIR = "rollout-obs"
+METRICS_FILE = "rollouts.prom"
+TICK = 0.5
+
+
+# -- worker side ------------------------------------------------------------------------------
+
+class RolloutView:
+    """A worker's view of the current steps, and its counts of answers per group."""
+
+    CHECK_EVERY = 0.25
+    FLUSH_EVERY = 0.5
+
+    def __init__(self, state_dir):
+        self.path = os.path.join(state_dir, STEP_FILE)
+        self.obs_dir = os.path.join(state_dir, OBS_DIR)
+        self.entries, self.stamp, self.checked = {}, None, 0.0
+        self.counts = {}        # (route, window) -> {group: [requests, failures, buckets]}
+        self.flusher = None
+
+    def current(self, route_id, ident):
+        """{"weight", "window", ...} of the route's rollout, or None if the helper has not
+        started this one (``ident``) yet."""
+        now = time.monotonic()
+        if now - self.checked >= self.CHECK_EVERY:
+            self.checked = now
+            stamp = file_stamp(self.path)
+            if stamp != self.stamp:
+                self.stamp = stamp
+                self.entries = (read_json(self.path) or {}).get("routes", {})
+        entry = self.entries.get(route_id)
+        return entry if entry is not None and entry.get("id") == ident else None
+
+    def record(self, route_id, window, group, failed, seconds):
+        groups = self.counts.get((route_id, window))
+        if groups is None:
+            groups = self.counts[(route_id, window)] = {}
+        counts = groups.get(group)
+        if counts is None:
+            counts = groups[group] = [0, 0, [0] * (len(core.LATENCY_BOUNDS) + 1)]
+        counts[0] += 1
+        counts[1] += bool(failed)
+        counts[2][core.bucket_of(seconds)] += 1
+        if self.flusher is None:
+            import gevent
+            self.flusher = gevent.spawn(self._flush_loop)
+
+    def _flush_loop(self):
+        import gevent
+        os.makedirs(self.obs_dir, exist_ok=True)
+        path, written = os.path.join(self.obs_dir, f"{os.getpid()}.json"), None
+        while True:
+            gevent.sleep(self.FLUSH_EVERY)
+            windows = {route: entry["window"] for route, entry in self.entries.items()}
+            for key in [k for k in self.counts if windows.get(k[0]) != k[1]]:
+                del self.counts[key]        # a past step's stragglers
+            data = json.dumps([[route, window, groups] for (route, window), groups
+                               in self.counts.items()]).encode()
+            if data != written:
+                try:
+                    atomic_write(path, data)
+                    written = data
+                except OSError as exc:
+                    log.warning("cannot write %s: %s", path, exc)
+
+
+def host_totals(state_dir):
+    """The workers' counts summed: {(route, window): {group: Window}}. Files of workers that
+    are gone stay (their answers count) until their window is a minute stale."""
+    directory = os.path.join(state_dir, OBS_DIR)
+    totals = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return totals
+    for name in names:
+        path = os.path.join(directory, name)
+        data = read_json(path) if name.endswith(".json") else None
+        if data is None:
+            continue
+        if not _alive(name[:-5]) and time.time() - os.path.getmtime(path) > 60:
+            os.unlink(path)
+            continue
+        for route, window, groups in data:
+            into = totals.setdefault((route, window), {})
+            for group, counts in groups.items():
+                into[group] = into.get(group, core.Window()) + core.Window.from_list(counts)
+    return totals
+
+
+def _alive(pid):
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+
+
+def host_id(state_dir):
+    """A random name for this gateway, kept in its state directory across restarts."""
+    path = os.path.join(state_dir, "host-id")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        ident = f"{os.uname().nodename}-{os.urandom(4).hex()}"
+        atomic_write(path, ident.encode())
+        return ident
+
+
+# -- the helper -------------------------------------------------------------------------------
+
+def rollouts_in(router):
+    """{route id: linked plugin conf} of the routes with a rollout: a step whose config
+    carries ``rollout`` and ``rollout_id`` (the split plugin's, see split.link)."""
+    return {route.id: conf for route in router.routes.values()
+            for _, conf in route.chain.steps
+            if isinstance(conf, dict) and conf.get("rollout_id") is not None}
+
+
+class Controller:
+    def __init__(self, conf, state_dir, backends=None):
+        from . import rollout_store
+        self.state_dir = state_dir
+        self.host = host_id(state_dir)
+        self.state, self.measurements = backends or rollout_store.for_conf(conf)
+        self.pushed = {}        # (route, window) -> what this host last stored
+        self.seen = {}          # route -> epoch last logged
+        self.leader = False
+        self.load(conf)
+
+    def load(self, conf):
+        from ..core.table import LiveTable
+        from ..plugins import load_registry
+        from .shm import TableReader
+        self.conf = conf
+        self.table = LiveTable.for_conf(conf, load_registry())
+        self.reader = TableReader(conf.etcd["runtime_dir"]) if conf.etcd else None
+
+    def follow(self):
+        if self.reader is not None and self.reader.changed():
+            steps, generation = self.reader.updates()
+            self.table.apply_steps(steps)
+            self.reader.generation = generation
+
+    def tick(self, now=None):
+        now = time.time() if now is None else now
+        self.follow()
+        rollouts = rollouts_in(self.table.router)
+        totals = host_totals(self.state_dir)
+        self.leader = bool(rollouts) and self.state.lead(self.host)
+        steps, status = {}, {}
+        for route_id, conf in sorted(rollouts.items()):
+            state = self.step(route_id, conf, totals, now, status)
+            if state is not None:
+                steps[route_id] = {"id": state.id, "window": state.window_key,
+                                   "weight": state.weight, "status": state.status}
+        data = json.dumps({"routes": steps}, sort_keys=True).encode()
+        if (read_json(os.path.join(self.state_dir, STEP_FILE)) or {}).get("routes") != steps:
+            atomic_write(os.path.join(self.state_dir, STEP_FILE), data)
+        atomic_write(os.path.join(self.state_dir, STATUS_FILE), json.dumps(
+            {"host": self.host, "leader": self.leader, "updated": round(now, 3),
+             "routes": status}).encode())
+        write_metrics(self.state_dir, status)
+
+    def step(self, route_id, conf, totals, now, status):
+        rollout = conf["rollout"]
+        raw = self.state.load(route_id)
+        state = core.State.from_json(raw) if raw else None
+        if state is None or state.id != conf["rollout_id"]:
+            if not self.leader:
+                return None         # the writer starts it; workers send nobody there yet
+            new = core.start(rollout, conf["rollout_id"], now)
+            if not self.state.swap(route_id, raw, new.to_json().encode()):
+                return None
+            raw, state = new.to_json().encode(), new
+        self.log_transitions(route_id, state)
+        window = state.window_key
+        mine = {g: w.to_list() for g, w in totals.get((route_id, window), {}).items()}
+        if mine and self.pushed.get((route_id, window)) != mine:
+            self.measurements.put(route_id, window, self.host, mine)
+            self.pushed = {k: v for k, v in self.pushed.items() if k[0] != route_id}
+            self.pushed[(route_id, window)] = mine
+        groups = {}
+        for host in self.measurements.get(route_id, window):
+            for group, counts in host.items():
+                groups[group] = groups.get(group, core.Window()) + core.Window.from_list(counts)
+        canary = groups.get(rollout["group"], core.Window())
+        baseline = sum((w for g, w in groups.items() if g != rollout["group"]), core.Window())
+        new, verdicts = core.decide(rollout, state, canary, baseline, now)
+        if new is not state and self.leader:
+            if self.state.swap(route_id, raw, new.to_json().encode()):
+                state = new
+                self.log_transitions(route_id, state)
+        shares = core.weights(conf["groups"], [c["weight"] for c in conf["upstreams"]],
+                              rollout["group"], state.weight)
+        status[route_id] = {
+            **json.loads(state.to_json()), "group": rollout["group"],
+            "weights": {g: w * 100 / core.SCALE for g, w in shares},
+            "step_of": len(state.steps), "interval": rollout["interval"],
+            "min_requests": rollout["min_requests"], "on_failure": rollout["on_failure"],
+            "window_age": round(now - state.since, 3),
+            "gates": [v.as_dict() for v in verdicts],
+            "canary": {"requests": canary.requests, "failures": canary.failures},
+            "baseline": {"requests": baseline.requests, "failures": baseline.failures}}
+        return state
+
+    def log_transitions(self, route_id, state):
+        """One line per transition this host sees (every host logs a rollback)."""
+        last = self.seen.get(route_id)
+        self.seen[route_id] = state.epoch
+        if last is None:
+            log.info("rollout %s: %s at step %d of %d, canary %g%%", route_id, state.status,
+                     state.step + 1, len(state.steps), state.weight)
+            return
+        for entry in state.history:
+            if entry["epoch"] > last:
+                level = logging.ERROR if entry["event"] in ("rollback", "abort") else \
+                    logging.WARNING if entry["event"] == "pause" else logging.INFO
+                log.log(level, "rollout %s: %s to step %d, canary %g%%: %s", route_id,
+                        entry["event"], entry["step"], entry["weight"], entry["reason"])
+
+
+class _Gauges:
+    def __init__(self, status):
+        self.status = status
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        step = GaugeMetricFamily("gwserver_rollout_step", "Step of each route's rollout "
+                                 "(1 = first); 0 while rolled back or aborted", labels=["route"])
+        weight = GaugeMetricFamily("gwserver_rollout_canary_weight_percent", "Share of the "
+                                   "route's traffic the canary group gets now", labels=["route"])
+        gate = GaugeMetricFamily("gwserver_rollout_gate_ok", "1 when the gate holds on this "
+                                 "step's window, 0 when it fails, -1 before min_requests",
+                                 labels=["route", "gate"])
+        rolled = GaugeMetricFamily("gwserver_rollout_rolled_back", "1 while the route's "
+                                   "rollout is rolled back by a failed gate", labels=["route"])
+        for route, entry in sorted(self.status.items()):
+            off = entry["status"] in (core.ROLLED_BACK, core.ABORTED)
+            step.add_metric([route], 0 if off else entry["step"] + 1)
+            weight.add_metric([route], entry["weight"])
+            rolled.add_metric([route], 1 if entry["status"] == core.ROLLED_BACK else 0)
+            for verdict in entry["gates"]:
+                gate.add_metric([route, verdict["gate"]], {True: 1, False: 0, None: -1}[
+                    verdict["ok"]])
+        yield from (step, weight, gate, rolled)
+
+
+def write_metrics(state_dir, status):
+    from prometheus_client import CollectorRegistry, write_to_textfile
+    registry = CollectorRegistry()
+    registry.register(_Gauges(status))
+    write_to_textfile(os.path.join(state_dir, METRICS_FILE), registry)
+
+
+def run(conf_path):
+    from ..errors import ConfigError
+    from ..settings import load_conf
+    from .helper import start_helper
+    conf, state_dir = start_helper(conf_path, "rollouts", state_dir_needed=True)
+    controller = Controller(conf, state_dir)
+    flags = set()
+    signal.signal(signal.SIGHUP, lambda *_: flags.add("reload"))
+    signal.signal(signal.SIGTERM, lambda *_: flags.add("stop"))
+    while "stop" not in flags:
+        if "reload" in flags:
+            flags.discard("reload")
+            try:
+                controller.load(load_conf(conf_path))
+                log.info("rollouts: routes re-read from %s", conf_path)
+            except ConfigError as exc:
+                log.error("rollouts: keeping the previous routes: %s", exc)
+        try:
+            controller.tick()
+        except Exception as exc:        # etcd or Redis away: try again next tick
+            log.warning("rollouts: %s: %s", exc.__class__.__name__, exc)
+        time.sleep(TICK)
+
+
+def read_status(state_dir):
+    """rollouts-status.json, with RFC 3339 times (what /admin/rollouts and the CLI show)."""
+    from .app import rfc3339
+    status = (read_json(os.path.join(state_dir, STATUS_FILE)) if state_dir else None) or {}
+    status.setdefault("routes", {})
+    if status.get("updated"):
+        status["updated"] = rfc3339(status["updated"])
+    for entry in status["routes"].values():
+        entry["since"] = rfc3339(entry["since"])
+        for item in entry["history"]:
+            item["at"] = rfc3339(item["at"])
+    return status

@@ -1,0 +1,198 @@
+"""A rollout's steps, gates and transitions with a fake clock (core.rollout), and split under
+a rollout: the schema, weights, stickiness across steps."""
+import uuid
+
+import pytest
+
+from gwserver.core import rollout as core
+from gwserver.core.context import RequestContext
+from gwserver.core.routes import Upstream
+from gwserver.errors import ConfigError
+from gwserver.plugins import split
+
+GATES = [{"kind": "success_rate", "min": 99.0}, {"kind": "latency", "max": 0.5},
+         {"kind": "baseline", "max_excess": 1.0}]
+
+
+def rollout(**extra):
+    conf = split.SCHEMA.validate({"upstreams": [{"upstream": "v1", "weight": 9},
+                                                {"upstream": "v2", "weight": 1,
+                                                 "group": "canary"}],
+                                  "rollout": {"steps": [5, 25, 50, 100], "interval": "10s",
+                                              "min_requests": 20, "gates": GATES, **extra}})
+    return split.prepare(conf)["rollout"]
+
+
+def window(requests, failures=0, seconds=0.01):
+    buckets = [0] * (len(core.LATENCY_BOUNDS) + 1)
+    buckets[core.bucket_of(seconds)] = requests
+    return core.Window(requests, failures, tuple(buckets))
+
+
+HEALTHY = window(100)
+
+
+def test_schema_fills_defaults_and_reads_durations():
+    conf = split.SCHEMA.validate({"upstreams": [{"upstream": "v1", "weight": 1}],
+                                  "rollout": {"interval": "5m"}})["rollout"]
+    assert conf["interval"] == 300.0 and conf["steps"] == [5, 25, 50, 100]
+    assert conf["on_failure"] == "rollback" and conf["min_requests"] == 100
+    assert conf["failure_statuses"] == [500, 502, 503, 504]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ({"group": "nope"}, "'nope' is not a group"),
+    ({"steps": [50, 25]}, "must grow step by step"),
+    ({"gates": [{"kind": "latency"}]}, "a latency gate needs max"),
+    ({"gates": [{"kind": "success_rate"}]}, "a success_rate gate needs min"),
+    ({"interval": "soon"}, "must be seconds"),
+])
+def test_bad_rollouts_are_named(extra, problem):
+    from gwserver.core.chain import build_chain
+    from gwserver.plugins import load_registry
+    conf = {"upstreams": [{"upstream": "v1", "weight": 9},
+                          {"upstream": "v2", "weight": 1, "group": "canary"}],
+            "rollout": extra}
+    with pytest.raises(ConfigError) as caught:
+        build_chain("route r", {"split": conf}, None, load_registry())
+    assert problem in str(caught.value)
+
+
+def test_healthy_canary_walks_every_step_then_owns_the_route():
+    conf = rollout()
+    state = core.start(conf, "r1", now=0.0)
+    seen = [(state.status, state.weight)]
+    now = 0.0
+    while state.status == core.RUNNING:
+        now += 5
+        state, verdicts = core.decide(conf, state, HEALTHY, HEALTHY, now)
+        seen.append((state.status, state.weight))
+    assert [w for _, w in seen if _ == core.RUNNING] == [5, 5, 25, 25, 50, 50]
+    assert seen[-1] == (core.DONE, 100.0) and now == 30
+    assert [h["event"] for h in state.history] == ["start", "advance", "advance", "finish"]
+    assert all(v.ok for v in verdicts)
+
+
+@pytest.mark.parametrize("gates, canary, baseline, failed_gate", [
+    (GATES, window(100, failures=5), HEALTHY, "success_rate"),
+    (GATES, window(100, seconds=0.9), HEALTHY, "latency_p99"),
+    (GATES[2:], window(1000, failures=50), window(1000, failures=30), "baseline_error_rate"),
+])
+def test_a_failed_gate_rolls_back_at_once(gates, canary, baseline, failed_gate):
+    conf = rollout(gates=gates)
+    state = core.start(conf, "r1", now=0.0)
+    state, verdicts = core.decide(conf, state, canary, baseline, 1.0)    # before the interval
+    assert state.status == core.ROLLED_BACK and state.weight == 0
+    assert [v.gate for v in verdicts if v.ok is False][0] == failed_gate
+    assert state.history[-1]["reason"].startswith(f"gate {failed_gate} failed at 5%")
+
+
+def test_baseline_gate_allows_a_canary_as_bad_as_the_baseline():
+    conf = rollout(gates=GATES[2:])
+    state = core.start(conf, "r1", 0.0)
+    state, verdicts = core.decide(conf, state, window(1000, failures=50),
+                                  window(1000, failures=45), 1.0)
+    assert state.status == core.RUNNING and verdicts[0].ok and verdicts[0].value == 0.5
+
+
+def test_on_failure_pause_holds_the_weight():
+    conf = rollout(on_failure="pause")
+    state = core.start(conf, "r1", 0.0)
+    state, _ = core.decide(conf, state, window(50, failures=10), HEALTHY, 1.0)
+    assert (state.status, state.weight) == (core.PAUSED, 5.0)
+
+
+def test_no_promotion_on_silence():
+    conf = rollout()
+    state = core.start(conf, "r1", 0.0)
+    for now, canary in ((100.0, core.Window()), (200.0, window(19))):
+        state, verdicts = core.decide(conf, state, canary, HEALTHY, now)
+        assert state.step == 0 and state.status == core.RUNNING
+        assert all(v.ok is None for v in verdicts)
+
+
+def test_few_failures_before_min_requests_do_not_fail():
+    conf = rollout()
+    state = core.start(conf, "r1", 0.0)
+    state, _ = core.decide(conf, state, window(10, failures=10), HEALTHY, 1.0)
+    assert state.status == core.RUNNING
+
+
+@pytest.mark.parametrize("status, command, expected, weight", [
+    (core.RUNNING, "pause", core.PAUSED, 25.0),
+    (core.PAUSED, "resume", core.RUNNING, 25.0),
+    (core.ROLLED_BACK, "resume", core.RUNNING, 5.0),      # starts over
+    (core.RUNNING, "promote", core.DONE, 100.0),
+    (core.PAUSED, "abort", core.ABORTED, 0.0),
+    (core.DONE, "abort", core.ABORTED, 0.0),
+])
+def test_commands(status, command, expected, weight):
+    state = core.State("r1", status, 1, (5, 25, 50, 100), 3, 0.0)
+    new = core.command(state, command, 10.0)
+    assert (new.status, new.weight, new.epoch, new.since) == (expected, weight, 4, 10.0)
+    assert new.history[-1]["event"] == command
+
+
+@pytest.mark.parametrize("status, command", [(core.RUNNING, "resume"),
+                                             (core.PAUSED, "pause"), (core.DONE, "promote")])
+def test_commands_a_status_refuses(status, command):
+    with pytest.raises(core.TransitionError):
+        core.command(core.State("r1", status, 1, (5, 100), 3, 0.0), command, 1.0)
+
+
+def test_state_survives_json():
+    state = core.command(core.start(rollout(), "r1", 1.0), "pause", 2.0, "look first")
+    assert core.State.from_json(state.to_json()) == state
+
+
+def test_percentile_interpolates_like_histogram_quantile():
+    w = window(90, seconds=0.01) + window(10, seconds=0.9)
+    assert w.percentile(50) <= 0.01 and 0.75 < w.percentile(99) <= 1.0
+
+
+@pytest.mark.parametrize("percent, expected", [
+    (5, [("v1", 6650), ("v3", 2850), ("canary", 500)]),
+    (100, [("v1", 0), ("v3", 0), ("canary", 10000)]),
+    (0, [("v1", 7000), ("v3", 3000), ("canary", 0)]),
+])
+def test_weights_put_the_canary_last(percent, expected):
+    assert core.weights(["v1", "canary", "v3"], [70, 5, 30], "canary", percent) == expected
+
+
+def test_sticky_clients_stay_on_the_canary_while_it_grows():
+    conf = split.link(split.prepare(split.SCHEMA.validate({
+        "upstreams": [{"upstream": "v1", "weight": 9}, {"upstream": "v2", "weight": 1,
+                                                        "group": "canary"}],
+        "rollout": {}})), lambda ref, where: Upstream(ref, ()))
+    keys = [str(uuid.uuid4()) for _ in range(3000)]
+    before = set()
+    for percent in (5, 25, 50, 100):
+        choices, total = split.rollout_choices(conf, percent)
+        on = {k for k in keys if split.pick(choices, total, split.hash_point(k, total))[0]
+              == "canary"}
+        assert before <= on
+        assert abs(len(on) / len(keys) - percent / 100) < 0.03
+        before = on
+
+
+def test_rolled_back_canary_gets_nobody_even_by_rule():
+    conf = split.link(split.prepare(split.SCHEMA.validate({
+        "upstreams": [{"upstream": "v1", "weight": 9}, {"upstream": "v2", "weight": 1,
+                                                        "group": "canary"}],
+        "rules": [{"header": {"X-Beta": "1"}, "upstream": "canary"}],
+        "rollout": {}})), lambda ref, where: Upstream(ref, ()))
+
+    class View:
+        def __init__(self, weight):
+            self.weight = weight
+
+        def current(self, route_id, ident):
+            return {"weight": self.weight, "window": "w"}
+    for weight, expected in ((0.0, "v1"), (50.0, "canary")):
+        split._views[None] = View(weight)
+        ctx = RequestContext("10.0.0.1", "http")
+        ctx.headers.append((b"X-Beta", b"1"))
+        ctx.header_map[b"x-beta"] = b"1"
+        assert split.access(conf, ctx) is None
+        assert ctx.vars["split_group"] == expected
+    split._views.clear()
