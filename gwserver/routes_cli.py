@@ -1,4 +1,5 @@
-"""``gwserver routes|upstreams put|get|list|delete|validate`` and ``gwserver routes status``.
+"""``gwserver routes|upstreams|consumers put|get|list|delete|validate``, ``gwserver routes
+status`` and ``gwserver consumers hash-key|hash-password``.
 
 They talk to the etcd endpoints of the conf file. ``validate`` loads the current table from
 etcd into the same ``LiveTable`` the gateway runs, adds the given items, and prints every
@@ -44,7 +45,7 @@ def read_items(source, kind):
         item_id = item.get("id") if isinstance(item, dict) else None
         if not isinstance(item_id, str) or not item_id:
             raise ConfigError(f"{source}: item {i}: needs an \"id\"")
-        if kind == "upstreams":
+        if kind in ("upstreams", "consumers"):
             item = {k: v for k, v in item.items() if k != "id"}
         out.append((item_id, item))
     return out
@@ -81,12 +82,12 @@ def current_table(conf, client, prefix, keep_rejected=False):
     note = None
     try:
         _, kvs = client.range_prefix(prefix)
-        wanted = {"routes": {}, "upstreams": {}}
+        wanted = {"routes": {}, "upstreams": {}, "consumers": {}}
         for key, value, rev in kvs:
             kind, _, item_id = key[len(prefix):].partition("/")
             if kind in wanted and item_id:
                 wanted[kind][item_id] = (rev, value)
-        table.replace_all(wanted["routes"], wanted["upstreams"])
+        table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
     except EtcdError as exc:
         note = f"etcd not reachable ({exc}); checked against the conf file's table only"
     if not keep_rejected:
@@ -100,6 +101,9 @@ def check(kind, items, table):
     for item_id, item in items if kind == "upstreams" else ():
         if not table.put_upstream(item_id, json.dumps(item), 1 << 60):
             problems.append(table.rejected[f"upstreams/{item_id}"])
+    for item_id, item in items if kind == "consumers" else ():
+        if not table.put_consumer(item_id, json.dumps(item), 1 << 60):
+            problems.append(table.rejected[f"consumers/{item_id}"])
     for item_id, item in items if kind == "routes" else ():
         if not table.put_route(item_id, json.dumps(item), 1 << 60):
             reason = table.rejected[f"routes/{item_id}"]
@@ -122,6 +126,8 @@ def main(kind, args):
     try:
         if args.action in ("validate", "put"):
             items = read_items(args.source, kind)
+            if kind == "consumers":
+                items = [(item_id, seal(item)) for item_id, item in items]
             table, note = current_table(conf, client, prefix)
             problems, notes = check(kind, items, table)
             for line in ([note] if note else []) + notes:
@@ -170,8 +176,9 @@ def main(kind, args):
                 reason = table.rejected.get(f"{kind}/{item_id}")
                 mark = "REJECTED" if reason and WAITING not in reason else \
                     "waiting" if reason else "ok"
-                print(f"{item_id}\trevision {rev}\t{mark}\t"
-                      f"{value.decode(errors='replace')[:120]}")
+                shown = public_view(value) if kind == "consumers" else \
+                    value.decode(errors="replace")[:120]
+                print(f"{item_id}\trevision {rev}\t{mark}\t{shown}")
                 if reason:
                     print(f"\t{reason}")
             return 0
@@ -182,6 +189,46 @@ def main(kind, args):
     except ConfigError as exc:
         return _fail(exc.problems)
     return 2
+
+
+def seal(item):
+    """A consumer as stored: credentials given in clear (key_auth's ``key``, basic_auth's
+    ``password``) hashed by their plugin's ``seal_credential``, so etcd never holds them."""
+    from .plugins import load_registry
+    registry = load_registry()
+    credentials = item.get("credentials") if isinstance(item, dict) else None
+    if not isinstance(credentials, dict):
+        return item
+    sealed = {}
+    for name, cred in credentials.items():
+        sealer = getattr(registry.get(name), "seal_credential", None)
+        sealed[name] = sealer(cred) if sealer else cred
+    return {**item, "credentials": sealed}
+
+
+def public_view(raw):
+    """What ``consumers list`` shows of a stored consumer: no credential values."""
+    try:
+        spec = json.loads(raw)
+        return json.dumps({"groups": spec.get("groups", []),
+                           "credentials": sorted(spec.get("credentials", {})),
+                           "plugins": sorted(spec.get("plugins", {}))}, sort_keys=True)
+    except (ValueError, AttributeError, TypeError):
+        return "(not a JSON object)"
+
+
+def cmd_hash(args):
+    """Read a key or password on stdin (one line), print what a consumer stores for it."""
+    secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        return _fail(["nothing on stdin: give the key or password as one line"])
+    if args.action == "hash-key":
+        from .plugins.key_auth import hash_key
+        print(hash_key(secret))
+    else:
+        from .plugins.basic_auth import hash_password
+        print(hash_password(secret, args.rounds))
+    return 0
 
 
 def status(conf):
@@ -249,7 +296,7 @@ def _fail(problems):
 
 
 def add_parsers(sub):
-    for kind in ("routes", "upstreams"):
+    for kind in ("routes", "upstreams", "consumers"):
         parser = sub.add_parser(kind, help=f"{kind} in etcd")
         parser.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
         actions = parser.add_subparsers(dest="action", required=True)
@@ -265,7 +312,12 @@ def add_parsers(sub):
         actions.add_parser("list")
         if kind == "routes":
             actions.add_parser("status", help="sync state, worker generations, rejected items")
-        parser.set_defaults(func=lambda args, kind=kind: main(kind, args))
+        if kind == "consumers":
+            actions.add_parser("hash-key", help="print the key_hash of a key read on stdin")
+            actions.add_parser("hash-password", help="print the bcrypt hash of a password "
+                               "read on stdin").add_argument("--rounds", type=int, default=12)
+        parser.set_defaults(func=lambda args, kind=kind: cmd_hash(args) if
+                            args.action.startswith("hash-") else main(kind, args))
     register = sub.add_parser("register", help="register a service instance in etcd with a "
                               "lease and keep it alive (until SIGTERM)")
     register.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")

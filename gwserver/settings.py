@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .core.chain import build_chain
+from .core.consumers import CONSUMER_ID, activate, compile_consumers
 from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
@@ -294,6 +295,8 @@ CONF = Schema(
     Field("upstreams", map_of(lambda u: u, string(ROUTE_ID, "an upstream id")), dict,
           "named upstreams that routes refer to by id"),
     Field("routes", list_of(lambda r: r), list, "static routes (the table when etcd is off)"),
+    Field("consumers", map_of(lambda c: c, string(CONSUMER_ID, "a consumer id")), dict,
+          "named clients: credentials per auth plugin, groups, plugins (docs/consumers.md)"),
 )
 
 
@@ -313,6 +316,8 @@ class Conf:
     static_upstreams: MappingProxyType = None
     tls: MappingProxyType | None = None      # None: no TLS listener
     tls_server: object = None                # edge.tls.ServerTLS, built before workers fork
+    static_consumers: MappingProxyType = None    # consumer specs, for the live (etcd) table
+    consumers: object = None                 # core.consumers.Directory of the conf's consumers
 
 
 def _fill(schema, value):
@@ -426,6 +431,8 @@ def parse_conf(data, path="<conf>"):
                                            sections["upstream_defaults"], sections["server"],
                                            global_plugins, registry)
     problems.extend(route_problems)
+    consumers, consumer_problems = compile_consumers(parts["consumers"], registry)
+    problems.extend(consumer_problems)
     tls = tls_server = None
     if parts["tls"] is not None:
         tls = MappingProxyType({**TLS.defaults(), **parts["tls"]})
@@ -442,7 +449,9 @@ def parse_conf(data, path="<conf>"):
     if problems:
         raise ConfigError(problems)
     etcd = parts["etcd"]
-    return Conf(tls=tls, tls_server=tls_server,path=path, plugins=MappingProxyType(global_plugins), router=router,
+    activate(consumers)
+    return Conf(static_consumers=MappingProxyType(dict(parts["consumers"])), consumers=consumers,
+                tls=tls, tls_server=tls_server,path=path, plugins=MappingProxyType(global_plugins), router=router,
                 etcd=MappingProxyType({**ETCD.defaults(), **etcd}) if etcd is not None else None,
                 redis=MappingProxyType({**REDIS.defaults(), **parts["redis"]})
                 if parts["redis"] is not None else None,

@@ -22,6 +22,13 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
                                           (route, conf) for every route that runs it
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
     UPSTREAM_PROTOCOL = "h2"              works only with an upstream of that protocol
+    IDENTIFIES_CONSUMER = True            its access phase may identify a consumer
+                                          (core.consumers.identify); that consumer's own
+                                          plugins then replace the route's configs of the
+                                          same plugins for the rest of the request
+    CREDENTIAL = Schema(...)              what a consumer's credential for it looks like;
+    prepare_credential(cred) -> cred      ... precomputed once per consumer
+    credential_lookup(cred) -> hashable   ... and the key it is found under
 
 ``check_plugin`` enforces this shape when a plugin is loaded, so a third-party plugin that
 breaks it is refused with the reason, not discovered in the middle of a request. The proxy step
@@ -62,6 +69,10 @@ def check_plugin(plugin):
             raise TypeError(f"plugin {name}: {hook} must be a function")
     if not isinstance(getattr(plugin, "UPSTREAM_PLUGIN", False), bool):
         raise TypeError(f"plugin {name}: UPSTREAM_PLUGIN must be True or False")
+    if not isinstance(getattr(plugin, "IDENTIFIES_CONSUMER", False), bool):
+        raise TypeError(f"plugin {name}: IDENTIFIES_CONSUMER must be True or False")
+    if hasattr(plugin, "CREDENTIAL") and not isinstance(plugin.CREDENTIAL, Schema):
+        raise TypeError(f"plugin {name}: CREDENTIAL must be a gwserver.core.schema.Schema")
     if getattr(plugin, "UPSTREAM_PROTOCOL", None) not in (None, *PROTOCOLS):
         raise TypeError(f"plugin {name}: UPSTREAM_PROTOCOL must be one of {', '.join(PROTOCOLS)}")
     if hasattr(plugin, "admin_view") and not str(getattr(plugin, "ADMIN_VIEW", "")).isidentifier():
@@ -74,7 +85,7 @@ def check_plugin(plugin):
 
 class Chain:
     __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
-                 "claims_steps")
+                 "claims_steps", "identifies")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -83,6 +94,12 @@ class Chain:
         self.response_steps = tuple((p, c) for p, c in steps if hasattr(p, "response"))
         self.finish_steps = tuple((p, c) for p, c in steps if hasattr(p, "finish"))
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
+        self.identifies = any(getattr(p, "IDENTIFIES_CONSUMER", False) for p, _ in steps)
+        if self.identifies:
+            # The request path runs these phases only when the route has steps for them; an
+            # identified consumer's plugins may bring some (rate_limit's headers).
+            self.response_steps = self.response_steps or ((_ConsumerSteps, None),)
+            self.finish_steps = self.finish_steps or ((_ConsumerSteps, None),)
 
     def claims_of(self, ctx, route_id):
         """Verified claims for a ``claims`` route, from the plugin that provides them."""
@@ -104,6 +121,8 @@ class Chain:
                 if needed is not None and upstream.protocol != needed]
 
     def run_access(self, ctx):
+        if self.identifies:
+            return self._run_access_joining(ctx)
         for plugin, conf in self.access_steps:
             reply = plugin.access(conf, ctx)
             if reply is not None:
@@ -111,17 +130,54 @@ class Chain:
                 return reply
         return None
 
+    def _run_access_joining(self, ctx):
+        """run_access for a chain that may identify a consumer: once one is, the rest of the
+        request follows the route's chain joined with the consumer's plugins."""
+        steps, i = self.access_steps, 0
+        while i < len(steps):
+            plugin, conf = steps[i]
+            i += 1
+            reply = plugin.access(conf, ctx)
+            if reply is not None:
+                ctx.ended_by = plugin.NAME
+                return reply
+            if getattr(plugin, "IDENTIFIES_CONSUMER", False) and steps is self.access_steps:
+                consumer = ctx.var("consumer")
+                if consumer is not None and consumer.chain.steps:
+                    joined = consumer.joined_with(self)
+                    ctx.vars["chain"] = joined
+                    steps = joined.access_steps
+                    i = next(n for n, step in enumerate(steps) if step[1] is conf) + 1
+        return None
+
+    def _for(self, ctx):
+        joined = ctx.var("chain") if self.identifies else None
+        return self if joined is None else joined
+
     def run_response(self, ctx, head):
-        for plugin, conf in self.response_steps:
+        for plugin, conf in self._for(ctx).response_steps:
             plugin.response(conf, ctx, head)
 
     def run_finish(self, ctx, status):
         # The answer is out: a failing plugin here is logged, never turned into a response.
-        for plugin, conf in self.finish_steps:
+        for plugin, conf in self._for(ctx).finish_steps:
             try:
                 plugin.finish(conf, ctx, status)
             except Exception:
                 log.exception("route %s: plugin %s failed in finish", ctx.route.id, plugin.NAME)
+
+
+class _ConsumerSteps:
+    """Stands for the response and finish steps an identified consumer may bring."""
+    NAME = "consumer"
+
+    @staticmethod
+    def response(conf, ctx, head):
+        pass
+
+    @staticmethod
+    def finish(conf, ctx, status):
+        pass
 
 
 def route_claims(ctx, route):

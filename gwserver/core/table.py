@@ -1,4 +1,4 @@
-"""The live route table: routes and upstreams that change one item at a time.
+"""The live route table: routes, upstreams and consumers that change one item at a time.
 
 Rules (issue 3, and what an operator expects of a gateway):
 
@@ -20,6 +20,7 @@ table compares integers, not specs.
 import json
 
 from ..errors import ConfigError
+from .consumers import Directory, activate, compile_consumer
 from .router import Router
 from .routes import ROUTE, TARGET, UPSTREAM, compile_route, make_upstream, upstream_refs
 from .schema import show
@@ -36,7 +37,7 @@ def _decode(raw):
 
 class LiveTable:
     def __init__(self, upstream_defaults, server, global_plugins, registry,
-                 static_routes=(), static_upstreams=None):
+                 static_routes=(), static_upstreams=None, static_consumers=None):
         self.defaults = upstream_defaults
         self.server = server
         self.global_plugins = global_plugins or {}
@@ -53,6 +54,14 @@ class LiveTable:
         self.instances = {}         # service -> {instance: target spec}
         self.service_revision = {}  # service -> etcd revision of its last change
         self._kept_upstreams = set()    # deleted at the source, still used by routes
+        self.consumers = Directory(registry)    # static and dynamic, compiled
+        self.consumer_specs = {}    # dynamic consumer id -> (version, validated spec) served
+        self.wanted_consumers = {}
+        self.static_consumers = set()
+        for consumer_id, spec in (static_consumers or {}).items():
+            self.consumers.add(compile_consumer(consumer_id, spec, registry))
+            self.static_consumers.add(consumer_id)
+        activate(self.consumers)        # the table a process serves is the last one made
         for upstream_id, spec in (static_upstreams or {}).items():
             self.upstreams[upstream_id] = make_upstream(
                 upstream_id, UPSTREAM.validate(spec, f"upstream {upstream_id}"), self.defaults,
@@ -67,11 +76,12 @@ class LiveTable:
     def for_conf(cls, conf, registry):
         """The table of a loaded conf file: its static items, defaults and global plugins."""
         return cls(conf.upstream_defaults, conf.server, dict(conf.plugins), registry,
-                   conf.static_routes, dict(conf.static_upstreams))
+                   conf.static_routes, dict(conf.static_upstreams),
+                   dict(conf.static_consumers or {}))
 
     # -- whole-table operations ----------------------------------------------------------------
 
-    def replace_all(self, routes, upstreams):
+    def replace_all(self, routes, upstreams, consumers=None):
         """Make the dynamic part equal to ``routes``/``upstreams`` ({id: (version, raw)}).
 
         Compared by value, not by version alone: versions are etcd revisions, which restart
@@ -89,6 +99,13 @@ class LiveTable:
         for route_id, (version, raw) in routes.items():
             if self.wanted_routes.get(route_id) != (version, raw):
                 self.put_route(route_id, raw, version)
+        consumers = consumers or {}
+        for consumer_id in list(self.wanted_consumers):
+            if consumer_id not in consumers:
+                self.delete_consumer(consumer_id)
+        for consumer_id, (version, raw) in consumers.items():
+            if self.wanted_consumers.get(consumer_id) != (version, raw):
+                self.put_consumer(consumer_id, raw, version)
 
     # -- service instances (the sync process only: workers receive expanded upstreams) ---------
 
@@ -147,7 +164,8 @@ class LiveTable:
     def published(self):
         """The good dynamic items, as workers rebuild them: {kind: {id: [version, spec]}}."""
         return {"routes": {k: list(v) for k, v in self.route_specs.items()},
-                "upstreams": {k: list(v) for k, v in self.upstream_specs.items()}}
+                "upstreams": {k: list(v) for k, v in self.upstream_specs.items()},
+                "consumers": {k: list(v) for k, v in self.consumer_specs.items()}}
 
     def apply_delta(self, delta):
         """Worker side: one published generation's changes ({kind: {id: [version, spec] or
@@ -163,6 +181,11 @@ class LiveTable:
         for upstream_id, item in delta.get("upstreams", {}).items():
             if item is None:
                 self.delete_upstream(upstream_id)
+        for consumer_id, item in delta.get("consumers", {}).items():
+            if item is None:
+                self.delete_consumer(consumer_id)
+            else:
+                self.put_consumer(consumer_id, item[1], item[0])
 
     def apply_steps(self, steps):
         """Follow what a table reader returned: ("full", document) or ("delta", document)."""
@@ -175,7 +198,8 @@ class LiveTable:
     def apply_published(self, table):
         """Worker side: follow a table published by the sync process (all items are good)."""
         self.replace_all({k: tuple(v) for k, v in table["routes"].items()},
-                         {k: tuple(v) for k, v in table["upstreams"].items()})
+                         {k: tuple(v) for k, v in table["upstreams"].items()},
+                         {k: tuple(v) for k, v in table.get("consumers", {}).items()})
 
     # -- single items --------------------------------------------------------------------------
 
@@ -251,6 +275,28 @@ class LiveTable:
             return
         del self.upstream_specs[upstream_id]
         del self.upstreams[upstream_id]
+
+    def put_consumer(self, consumer_id, raw, version=0):
+        key = f"consumers/{consumer_id}"
+        self.wanted_consumers[consumer_id] = (version, raw)
+        try:
+            if consumer_id in self.static_consumers:
+                raise ConfigError(f"consumer {consumer_id}: the id is taken by a consumer in "
+                                  f"the conf file")
+            consumer = compile_consumer(consumer_id, _decode(raw), self.registry, version)
+            self.consumers.add(consumer)
+        except ConfigError as exc:
+            return self._reject(key, exc, consumer_id in self.consumer_specs)
+        spec = _decode(raw)
+        self.consumer_specs[consumer_id] = (version, spec)
+        self.rejected.pop(key, None)
+        return True
+
+    def delete_consumer(self, consumer_id):
+        self.wanted_consumers.pop(consumer_id, None)
+        self.rejected.pop(f"consumers/{consumer_id}", None)
+        if self.consumer_specs.pop(consumer_id, None) is not None:
+            self.consumers.remove(consumer_id)
 
     # -- helpers -------------------------------------------------------------------------------
 

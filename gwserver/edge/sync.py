@@ -77,7 +77,8 @@ class ConfigSync:
 
     def versions(self):
         return {"routes": {k: v[0] for k, v in self.table.route_specs.items()},
-                "upstreams": {k: v[0] for k, v in self.table.upstream_specs.items()}}
+                "upstreams": {k: v[0] for k, v in self.table.upstream_specs.items()},
+                "consumers": {k: v[0] for k, v in self.table.consumer_specs.items()}}
 
     def publish(self, full=False):
         """Publish what changed since the last generation (everything when ``full``)."""
@@ -87,9 +88,10 @@ class ConfigSync:
             if not full:
                 served = self.served or {"routes": {}, "upstreams": {}}
                 specs = {"routes": self.table.route_specs,
-                         "upstreams": self.table.upstream_specs}
-                for kind in ("routes", "upstreams"):
-                    now, before = versions[kind], served[kind]
+                         "upstreams": self.table.upstream_specs,
+                         "consumers": self.table.consumer_specs}
+                for kind in ("routes", "upstreams", "consumers"):
+                    now, before = versions[kind], served.get(kind, {})
                     delta[kind] = {k: list(specs[kind][k]) for k, v in now.items()
                                    if before.get(k) != v}
                     delta[kind].update({k: None for k in before if k not in now})
@@ -127,7 +129,7 @@ class ConfigSync:
             Gauge(name, doc, registry=registry).set(value)
         rejected = Gauge("gwserver_config_rejected_items", "etcd items rejected, by kind",
                          ["kind"], registry=registry)
-        for kind in ("routes", "upstreams"):
+        for kind in ("routes", "upstreams", "consumers"):
             rejected.labels(kind).set(sum(1 for key in self.table.rejected
                                           if key.startswith(kind + "/")))
         Counter("gwserver_config_rejections", "Rejections logged since the sync process "
@@ -144,6 +146,7 @@ class ConfigSync:
             "connected": self.connected, "endpoint": self.client.endpoints[self.client._current],
             "last_sync": self.last_sync, "prefix": self.prefix, "cluster_id": self.cluster_id,
             "routes": len(self.table.route_specs), "upstreams": len(self.table.upstream_specs),
+            "consumers": len(self.table.consumer_specs),
             "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid()})
 
     # -- etcd ----------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class ConfigSync:
         """'PREFIX/routes/ID' -> ('routes', 'ID'); 'PREFIX/services/NAME/INSTANCE' ->
         ('services', ('NAME', 'INSTANCE')); keys of other kinds -> (None, None)."""
         kind, _, item_id = key[len(self.prefix):].partition("/")
-        if kind in ("routes", "upstreams") and item_id and "/" not in item_id:
+        if kind in ("routes", "upstreams", "consumers") and item_id and "/" not in item_id:
             return kind, item_id
         if kind == "services":
             service, _, instance = item_id.partition("/")
@@ -164,7 +167,7 @@ class ConfigSync:
         """Make the table exactly what etcd holds under the prefix, by value."""
         revision, items = self.client.range_prefix(self.prefix)
         cluster_id = self.client.cluster_id
-        wanted = {"routes": {}, "upstreams": {}}
+        wanted = {"routes": {}, "upstreams": {}, "consumers": {}}
         instances = {}
         for key, value, mod_revision in items:
             kind, item_id = self.split(key)
@@ -178,7 +181,7 @@ class ConfigSync:
                         "replacing it whole, by value", was, cluster_id)
         with self.publisher.lock:           # the base writer reads the table under this lock
             self.table.replace_instances(instances, revision)
-            self.table.replace_all(wanted["routes"], wanted["upstreams"])
+            self.table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
             self.revision, self.cluster_id, self.lost = revision, cluster_id, False
             self.publisher.source = {"cluster_id": cluster_id, "prefix": self.prefix}
         self.log_rejections()
@@ -218,6 +221,12 @@ class ConfigSync:
                     self.table.delete_instance(*item_id, mod_revision)
                 else:
                     self.table.put_instance(*item_id, value, mod_revision)
+                continue
+            if kind == "consumers":
+                if kind_of_event == "delete":
+                    self.table.delete_consumer(item_id)
+                else:
+                    self.table.put_consumer(item_id, value, mod_revision)
                 continue
             if kind_of_event == "delete":
                 (self.table.delete_route if kind == "routes" else

@@ -12,6 +12,8 @@ headers (the browser refuses the answer), and their preflights get 403.
 from ..core import grpcweb
 from ..core.context import Reply
 from ..core.schema import Field, Schema, header_name, integer, list_of, string
+from ..errors import ConfigError
+from . import cors
 
 NAME = "grpc_web"
 UPSTREAM_PROTOCOL = "h2"        # gRPC is HTTP/2
@@ -21,7 +23,8 @@ ALLOWED_HEADERS = "content-type, x-grpc-web, x-user-agent, grpc-timeout, authori
 EXPOSED_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin"
 
 SCHEMA = Schema(
-    Field("allow_origins", list_of(string(r"\*|https?://[!-~]+", "an origin or *")), list,
+    Field("allow_origins", list_of(string(cors.ORIGIN, "an origin (scheme://host[:port]) or *")),
+          list,
           "origins allowed to call (CORS); empty: same-origin only"),
     Field("allow_headers", list_of(header_name), list, "extra request headers allowed"),
     Field("max_age", integer(0), 600, "seconds a browser may cache a preflight"),
@@ -29,36 +32,35 @@ SCHEMA = Schema(
 
 
 def prepare(conf):
-    headers = ALLOWED_HEADERS + "".join(f", {h.lower()}" for h in conf["allow_headers"])
-    return {**conf, "origins": frozenset(conf["allow_origins"]), "headers_allowed": headers}
-
-
-def _allowed(conf, origin):
-    return origin is not None and ("*" in conf["origins"] or origin in conf["origins"])
+    """The CORS part is the cors plugin's, with gRPC-Web's methods and headers."""
+    headers = ALLOWED_HEADERS.split(", ") + [h.lower() for h in conf["allow_headers"]]
+    cors_conf = None
+    if conf["allow_origins"]:
+        try:
+            cors_conf = cors.prepare(cors.SCHEMA.validate({
+                "allow_origins": conf["allow_origins"], "allow_methods": ["POST"],
+                "allow_headers": headers, "expose_headers": EXPOSED_HEADERS.split(", "),
+                "max_age": conf["max_age"]}))
+        except ConfigError as exc:
+            raise ValueError("; ".join(p.partition(": ")[2] for p in exc.problems)) from None
+    return {**conf, "cors": cors_conf}
 
 
 def access(conf, ctx):
-    origin = ctx.header("origin")
-    if ctx.method == "OPTIONS" and ctx.header("access-control-request-method"):
-        if not _allowed(conf, origin):
-            return Reply.json(403, {"error": "cors_origin_not_allowed", "origin": origin})
-        return Reply(204, b"", [("Access-Control-Allow-Origin", origin),
-                                ("Access-Control-Allow-Methods", "POST, OPTIONS"),
-                                ("Access-Control-Allow-Headers", conf["headers_allowed"]),
-                                ("Access-Control-Max-Age", str(conf["max_age"])),
-                                ("Vary", "Origin")])
+    if cors.is_preflight(ctx):
+        if conf["cors"] is None:
+            return Reply.json(403, {"error": "cors_origin_not_allowed",
+                                    "origin": ctx.header("origin")})
+        return cors.preflight(conf["cors"], ctx, ctx.header("origin"))
     content_type = ctx.header("content-type") or ""
     mode = grpcweb.mode_of(content_type)
     if mode is not None:
         ctx.vars["grpc_web"] = (mode, content_type)
-    if _allowed(conf, origin):
-        ctx.vars["grpc_web_origin"] = origin
+    if conf["cors"] is not None:
+        return cors.access(conf["cors"], ctx)
     return None
 
 
 def response(conf, ctx, head):
-    origin = ctx.var("grpc_web_origin")
-    if origin is not None:
-        head.set_header("Access-Control-Allow-Origin", origin)
-        head.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
-        head.set_header("Vary", "Origin")
+    if conf["cors"] is not None:
+        cors.response(conf["cors"], ctx, head)

@@ -17,6 +17,10 @@ trace. On success the claims are in ``ctx.vars["claims"]`` (rate_limit keys on t
 match on them); ``forward_claims`` sets upstream headers from claims (a client's own copy of
 those headers is always removed), ``strip_token`` removes the Authorization header.
 
+Consumers (docs/consumers.md): with ``consumer_claim = "iss"`` (or ``"sub"``) the claim's value
+names the consumer whose ``credentials.jwt = {key = "..."}`` equals it; a token whose claim
+names no consumer gets 401. The consumer's groups and plugins then apply as with key_auth.
+
 Verified tokens are cached per worker for ``cache_seconds`` (never past their ``exp``), so a hot
 token is not verified again on every request.
 """
@@ -25,6 +29,7 @@ import logging
 import os
 import time
 
+from ..core import consumers
 from ..core.context import Reply
 from ..core.schema import (Field, Schema, boolean, integer, list_of, map_of, number, one_of,
                            string, header_name)
@@ -48,6 +53,7 @@ pyjwt = _LazyPyJWT()
 
 NAME = "jwt"
 PRIORITY = 900          # first: rate_limit (800) keys on claims, routes match on them
+IDENTIFIES_CONSUMER = True
 
 SYMMETRIC = ("HS256", "HS384", "HS512")
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -74,7 +80,18 @@ SCHEMA = Schema(
     Field("strip_token", boolean, False, "remove Authorization before proxying"),
     Field("cache_seconds", number(0), 30.0, "how long a verified token is remembered; 0: off"),
     Field("cache_size", integer(1), 10000, "verified tokens remembered per worker"),
+    Field("consumer_claim", one_of("iss", "sub"), None,
+          "the claim whose value names the consumer (credentials.jwt.key); unset: none"),
 )
+
+CREDENTIAL = Schema(
+    Field("key", string(what="a claim value"), doc="the consumer_claim value naming this "
+          "consumer"),
+)
+
+
+def credential_lookup(cred):
+    return cred["key"]
 
 
 class TokenRejected(Exception):
@@ -307,6 +324,8 @@ def _unauthorized(description=None):
 def access(conf, ctx):
     for _, header in conf["forward"]:
         ctx.remove_header(header)               # only the gateway sets these
+    if conf["consumer_claim"] is not None:
+        consumers.strip_client_copies(ctx)
     token = bearer_token(ctx)
     if token is None:
         return _unauthorized()
@@ -321,6 +340,14 @@ def access(conf, ctx):
                                 "message": f"the token lacks scope {', '.join(missing)}"},
                           [("WWW-Authenticate", f'Bearer realm="gwserver", '
                                                 f'error="insufficient_scope", scope="{needed}"')])
+    if conf["consumer_claim"] is not None:
+        value = claims.get(conf["consumer_claim"])
+        directory = consumers.directory_of(ctx)
+        consumer = directory.find(NAME, str(value)) \
+            if directory is not None and isinstance(value, (str, int)) else None
+        if consumer is None:
+            return _unauthorized(f"the token's {conf['consumer_claim']} names no consumer")
+        consumers.identify(ctx, consumer)
     ctx.vars["claims"] = claims
     for claim, header in conf["forward"]:
         value = claims.get(claim)

@@ -3,9 +3,10 @@
     plugins.rate_limit = {algorithm = "token_bucket", rate = 100, per = 1, burst = 20,
                           key = "ip", on_store_error = "local"}
 
-key: "ip" (client address), "route" (one limit for the route), "header:NAME", "claim:NAME" (a
-verified JWT claim, once the jwt plugin has run; requests without the header or claim share
-one bucket). With [redis] the state is in Redis (one atomic script per decision, coalesced per
+key: "ip" (client address), "route" (one limit for the route), "consumer" (the consumer an
+auth plugin identified; docs/consumers.md), "header:NAME", "claim:NAME" (a verified JWT claim,
+once the jwt plugin has run; requests without the header, claim or consumer share one
+bucket). Set in a consumer's own ``plugins``, the limit is that consumer's. With [redis] the state is in Redis (one atomic script per decision, coalesced per
 worker); without it, per host. When Redis cannot answer: "allow" lets the request through,
 "deny" answers 503, "local" (default) decides with the per-host limiter instead.
 
@@ -31,12 +32,13 @@ PRIORITY = 800          # after authentication (jwt keys limits by claim), befor
 
 
 def key_kind(value):
-    if value in ("ip", "route"):
+    if value in ("ip", "route", "consumer"):
         return value
     if isinstance(value, str) and value.partition(":")[0] in ("header", "claim") and \
             value.partition(":")[2]:
         return value
-    raise Invalid(f'must be "ip", "route", "header:NAME" or "claim:NAME", got {show(value)}')
+    raise Invalid(f'must be "ip", "route", "consumer", "header:NAME" or "claim:NAME", '
+                  f'got {show(value)}')
 
 
 ADAPTIVE = Schema(
@@ -57,7 +59,8 @@ SCHEMA = Schema(
     Field("rate", number(0, exclusive=True), doc="requests allowed per `per` seconds"),
     Field("per", number(0, exclusive=True), 1.0, "the window, in seconds"),
     Field("burst", integer(0), 0, "token bucket: extra requests allowed at once (0 = none)"),
-    Field("key", key_kind, "ip", "what is limited: ip, route, header:NAME or claim:NAME"),
+    Field("key", key_kind, "ip", "what is limited: ip, route, consumer, header:NAME or "
+          "claim:NAME"),
     Field("on_store_error", one_of("allow", "deny", "local"), "local",
           "when Redis cannot answer: let through, refuse (503), or limit per host"),
     Field("adaptive", ADAPTIVE, None, "move the rate with the upstream's success rate"),
@@ -91,6 +94,9 @@ def _key(conf, ctx):
         value = ctx.client_ip
     elif kind == "route":
         value = ""
+    elif kind == "consumer":
+        consumer = ctx.var("consumer")
+        value = "-" if consumer is None else consumer.id
     elif kind == "header":
         raw = ctx.header_map.get(conf["name"])
         value = raw.decode("latin-1") if raw is not None else "-"

@@ -1,0 +1,220 @@
+"""Consumers: named clients (a team, an app, a partner) with credentials, groups and plugins
+of their own (Kong's and APISIX's consumer object; docs/consumers.md).
+
+    [consumers.billing]
+    groups = ["internal"]
+    credentials.AUTH_PLUGIN = {...}     # what that plugin's CREDENTIAL schema says
+    plugins.PLUGIN = {...}              # applies to billing's requests
+
+The same schema serves the conf file's ``[consumers.ID]`` and etcd's ``PREFIX/consumers/ID``.
+Auth plugins declare what a credential of theirs looks like (``CREDENTIAL``, a Schema) and
+how it is found (``credential_lookup(cred) -> hashable``, optional: plugins without it scan
+their credentials). A ``Directory`` holds the compiled consumers and one index per auth
+plugin; an auth plugin that recognises a client calls ``identify(ctx, consumer)``, after
+which ``ctx.var("consumer")`` is the Consumer for every later plugin, the upstream gets
+``X-Consumer-ID``/``X-Consumer-Groups``, and the consumer's own plugins join the rest of the
+route's chain (chain.py, ``IDENTIFIES_CONSUMER``).
+
+A consumer's secrets never leave this module's values: ``public(spec)`` is what views show.
+"""
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from .schema import Field, Schema, list_of, map_of, show, string
+
+CONSUMER_ID = r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}"
+GROUP = string(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", "a group name (letters, digits, _.:-)")
+HEADER_ID, HEADER_GROUPS = b"x-consumer-id", b"x-consumer-groups"
+
+CONSUMER = Schema(
+    Field("id", string(CONSUMER_ID, "a consumer id"), None,
+          "the consumer's id (the table key in the conf file, the etcd key's last part)"),
+    Field("groups", list_of(GROUP), list, "groups the consumer is in (acl allows or denies "
+          "them)"),
+    Field("credentials", map_of(lambda c: c), dict,
+          "auth plugin name -> this consumer's credential for it (docs/plugins.md)"),
+    Field("plugins", map_of(lambda c: c), dict,
+          "plugins that apply to this consumer's requests once it is identified; they "
+          "replace the route's config of the same plugin"),
+    Field("description", string(what="text", allow_empty=True), "", "free text"),
+    doc="Named clients: credentials per auth plugin, groups, and plugins of their own.",
+)
+
+JOINED_CACHE = 256      # joined chains kept per consumer (one per route it calls, usually few)
+
+
+@dataclass(eq=False)
+class Consumer:
+    id: str
+    groups: frozenset
+    credentials: dict           # plugin name -> prepared credential
+    chain: object               # core.chain.Chain of its own plugins
+    version: int = 0
+    groups_header: bytes = b""
+    joined: dict = field(default_factory=dict)   # route chain -> chain with ours joined
+
+    def joined_with(self, chain):
+        """The route's ``chain`` with this consumer's plugins in place of its own configs."""
+        out = self.joined.get(chain)
+        if out is None:
+            from .chain import Chain
+            mine = set(self.chain.names)
+            if len(self.joined) >= JOINED_CACHE:
+                self.joined.clear()
+            out = self.joined[chain] = Chain(
+                [s for s in chain.steps if s[0].NAME not in mine] + list(self.chain.steps))
+        return out
+
+
+def compile_consumer(consumer_id, spec, registry, version=0):
+    """A consumer spec (validated or raw) -> Consumer; ConfigError names every problem."""
+    from .chain import build_chain
+    owner = f"consumer {consumer_id}"
+    if isinstance(spec, dict):
+        spec = {**spec}
+        spec.setdefault("id", consumer_id)
+    spec = CONSUMER.validate(spec, owner)
+    problems = []
+    if spec["id"] != consumer_id:
+        problems.append(f"{owner}: id {show(spec['id'])} does not match the key")
+    credentials = {}
+    for name, cred in spec["credentials"].items():
+        plugin = registry.get(name)
+        schema = getattr(plugin, "CREDENTIAL", None)
+        if schema is None:
+            takers = sorted(n for n, p in registry.items() if hasattr(p, "CREDENTIAL"))
+            problems.append(f"{owner}: credentials.{name}: not an auth plugin that takes "
+                            f"credentials (those are: {', '.join(takers)})")
+            continue
+        try:
+            cred = schema.validate(cred, f"{owner}: credentials.{name}")
+            prepare = getattr(plugin, "prepare_credential", None)
+            credentials[name] = prepare(cred) if prepare else cred
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except ValueError as exc:
+            problems.append(f"{owner}: credentials.{name}: {exc}")
+    for name in spec["plugins"]:
+        plugin = registry.get(name)
+        if plugin is not None and (hasattr(plugin, "CREDENTIAL") or
+                                   getattr(plugin, "IDENTIFIES_CONSUMER", False)):
+            problems.append(f"{owner}: plugins.{name}: an auth plugin cannot be a consumer's "
+                            f"own plugin (it runs before the consumer is known)")
+    chain = None
+    try:
+        chain = build_chain(owner, {k: v for k, v in spec["plugins"].items()
+                                    if not hasattr(registry.get(k), "CREDENTIAL")},
+                            None, registry)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    groups = tuple(dict.fromkeys(spec["groups"]))
+    return Consumer(consumer_id, frozenset(groups), credentials, chain, version,
+                    ",".join(groups).encode("latin-1"))
+
+
+class Directory:
+    """The consumers one worker knows, and per auth plugin an index of their credentials.
+
+    Changed one consumer at a time (etcd) or whole (the conf file); a credential two
+    consumers claim is refused on the second with both named."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.consumers = {}         # id -> Consumer
+        self.indexes = {}           # plugin name -> {lookup: Consumer}
+
+    def __len__(self):
+        return len(self.consumers)
+
+    def get(self, consumer_id):
+        return self.consumers.get(consumer_id)
+
+    def find(self, plugin_name, lookup):
+        """The consumer whose ``plugin_name`` credential is found under ``lookup``."""
+        index = self.indexes.get(plugin_name)
+        return None if index is None else index.get(lookup)
+
+    def credentials(self, plugin_name):
+        """[(lookup, Consumer)] for plugins that must compare against each credential."""
+        return list(self.indexes.get(plugin_name, {}).items())
+
+    def _lookups(self, consumer):
+        out = {}
+        for name, cred in consumer.credentials.items():
+            lookup = getattr(self.registry.get(name), "credential_lookup", None)
+            out[name] = lookup(cred) if lookup else consumer.id
+        return out
+
+    def add(self, consumer):
+        """Put ``consumer`` in (replacing its previous version); ConfigError on a clash."""
+        lookups = self._lookups(consumer)
+        for name, key in lookups.items():
+            other = self.indexes.get(name, {}).get(key)
+            if other is not None and other.id != consumer.id:
+                raise ConfigError(f"consumer {consumer.id}: credentials.{name}: the same "
+                                  f"credential is consumer {other.id}'s")
+        self.remove(consumer.id)
+        self.consumers[consumer.id] = consumer
+        for name, key in lookups.items():
+            self.indexes.setdefault(name, {})[key] = consumer
+
+    def remove(self, consumer_id):
+        old = self.consumers.pop(consumer_id, None)
+        if old is None:
+            return
+        for name, key in self._lookups(old).items():
+            index = self.indexes.get(name, {})
+            if index.get(key) is old:
+                del index[key]
+
+
+def compile_consumers(specs, registry):
+    """Conf-file consumers ({id: spec}) -> (Directory, problems), every problem named."""
+    directory, problems = Directory(registry), []
+    for consumer_id, spec in specs.items():
+        try:
+            directory.add(compile_consumer(consumer_id, spec, registry))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return directory, problems
+
+
+# The directory requests consult. It belongs in ctx.services (built by the worker after
+# fork); until the worker hands it there, the table that owns the consumers activates its
+# directory here, and ``directory_of`` prefers ctx.services.consumers when it exists.
+_active = [None]
+
+
+def activate(directory):
+    _active[0] = directory
+
+
+def directory_of(ctx):
+    directory = getattr(ctx.services, "consumers", None)
+    return directory if directory is not None else _active[0]
+
+
+def strip_client_copies(ctx):
+    """Only the gateway says who the consumer is: a client's own copies never go upstream."""
+    if HEADER_ID in ctx.header_map:
+        ctx.remove_header(HEADER_ID)
+    if HEADER_GROUPS in ctx.header_map:
+        ctx.remove_header(HEADER_GROUPS)
+
+
+def identify(ctx, consumer):
+    """``consumer`` made this request: later plugins see it, and so does the upstream."""
+    ctx.vars["consumer"] = consumer
+    ctx.set_header(HEADER_ID, consumer.id.encode("latin-1"))
+    if consumer.groups_header:
+        ctx.set_header(HEADER_GROUPS, consumer.groups_header)
+    else:
+        ctx.remove_header(HEADER_GROUPS)
+
+
+def consumer_id(ctx):
+    """The identified consumer's id, or None (access log, metrics, rate_limit keys)."""
+    consumer = ctx.var("consumer")
+    return None if consumer is None else consumer.id

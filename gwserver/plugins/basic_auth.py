@@ -1,0 +1,142 @@
+"""``basic_auth``: HTTP Basic credentials (RFC 7617) checked against bcrypt hashes.
+
+    plugins.basic_auth = {realm = "orders"}                     # on a route
+    [consumers.ops]
+    credentials.basic_auth = {username = "ops", password_hash = "$2b$12$..."}
+
+Hashes are bcrypt's (the ``bcrypt`` package; ``gwserver consumers hash-password`` makes one,
+and ``gwserver consumers put`` hashes a ``password`` it is given). A bcrypt check costs tens of
+milliseconds of CPU by design, so a good check is remembered per worker for ``cache_seconds``
+under a keyed fingerprint of user and password (never the password): a valid client pays it
+once, not on every request. A changed or removed credential is not served from the cache.
+
+An unknown user costs the same bcrypt check as a known one (no user enumeration by timing).
+401 answers carry ``WWW-Authenticate: Basic realm="..."``; the Authorization header is
+removed before proxying unless ``hide_credentials = false``.
+"""
+import base64
+import binascii
+import re
+
+from ..core import consumers
+from ..core.consumers import CONSUMER_ID
+from ..core.schema import Field, Invalid, Schema, boolean, integer, number, string
+from . import authlib
+
+NAME = "basic_auth"
+PRIORITY = 940          # after key_auth, before jwt and acl
+IDENTIFIES_CONSUMER = True
+MAX_HEADER = 4096       # bytes of base64; longer is not a user and password
+
+SCHEMA = Schema(
+    Field("realm", string(r'[ !#-~]+', "printable ASCII without quotes"), "gwserver",
+          "realm named in WWW-Authenticate"),
+    Field("hide_credentials", boolean, True, "remove Authorization before proxying"),
+    Field("anonymous", string(CONSUMER_ID, "a consumer id"), None,
+          "consumer that requests without credentials are taken for (default: 401)"),
+    Field("cache_seconds", number(0), 60.0, "how long a good check is remembered per worker"),
+    Field("cache_size", integer(1), 10000, "checks remembered per worker"),
+)
+
+BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def password_hash(value):
+    if not isinstance(value, str) or not BCRYPT.fullmatch(value):
+        # never quoted back: it may be a password in clear
+        raise Invalid("must be a bcrypt hash ($2b$12$..., `gwserver consumers hash-password` "
+                      "makes one); a password is never stored in clear")
+    return value
+
+
+CREDENTIAL = Schema(
+    Field("username", string(r"[^:\x00-\x1f\x7f]{1,128}", "a user name without ':'"),
+          doc="the user name (unique among consumers)"),
+    Field("password_hash", password_hash, doc="bcrypt hash of the password"),
+)
+
+# Checked when the user is unknown, so that an unknown user takes as long as a wrong password.
+_DUMMY = b"$2b$12$aeGnipqgO4MEHsyf0uHh6.cbkBAXuyO4.4DBImN4Hxl4udhjprEY6"
+
+
+def _bcrypt():
+    import bcrypt
+    return bcrypt
+
+
+def hash_password(password, rounds=12):
+    return _bcrypt().hashpw(password.encode(), _bcrypt().gensalt(rounds)).decode()
+
+
+def seal_credential(cred):
+    """What ``gwserver consumers put`` stores for a credential given with a clear password."""
+    if isinstance(cred, dict) and isinstance(cred.get("password"), str):
+        return {**{k: v for k, v in cred.items() if k != "password"},
+                "password_hash": hash_password(cred["password"])}
+    return cred
+
+
+def prepare_credential(cred):
+    return {**cred, "hash_b": cred["password_hash"].encode()}
+
+
+def credential_lookup(cred):
+    return cred["username"]
+
+
+def prepare(conf):
+    return {**conf, "challenge": f'Basic realm="{conf["realm"]}", charset="UTF-8"',
+            "cache": authlib.CheckedCache(conf["cache_seconds"], conf["cache_size"])}
+
+
+def parse(value):
+    """An Authorization value -> (user, password) bytes, or None if it is not Basic or is
+    malformed (bad base64, no ':', too long)."""
+    if value is None or value[:6].lower() != b"basic " or len(value) > MAX_HEADER:
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep or not user or any(c < 0x20 or c == 0x7f for c in user):
+        return None
+    return user, password
+
+
+def check(directory, user, password, cache):
+    """The consumer these credentials are good for, or None."""
+    mark = authlib.fingerprint(user, password)
+    name = user.decode("utf-8", "replace")
+    consumer = directory.find(NAME, name) if directory is not None else None
+    stored = consumer.credentials[NAME]["hash_b"] if consumer is not None else _DUMMY
+    if cache.get(mark) == stored and consumer is not None:
+        return consumer
+    try:
+        good = _bcrypt().checkpw(password, stored)
+    except ValueError:          # bcrypt refuses passwords over 72 bytes
+        good = False
+    if not good or consumer is None:
+        return None
+    cache.put(mark, stored)
+    return consumer
+
+
+def access(conf, ctx):
+    consumers.strip_client_copies(ctx)
+    value = ctx.header_map.get(b"authorization")
+    if value is None:
+        return authlib.anonymous_or(conf, ctx, authlib.unauthorized(
+            conf["challenge"], "a user name and password are required"))
+    parsed = parse(value)
+    if parsed is None:
+        return authlib.unauthorized(conf["challenge"], "the Authorization header is not "
+                                    "Basic credentials", "invalid_credentials")
+    consumer = check(authlib.directory(ctx), *parsed, conf["cache"])
+    if consumer is None:
+        return authlib.unauthorized(conf["challenge"], "the user name or password is wrong",
+                                    "invalid_credentials")
+    if conf["hide_credentials"]:
+        ctx.remove_header(b"authorization")
+    consumers.identify(ctx, consumer)
+    return None

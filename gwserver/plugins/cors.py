@@ -1,0 +1,147 @@
+"""``cors``: Cross-Origin Resource Sharing answered at the gateway (the Fetch standard's CORS
+protocol; APISIX's and Kong's cors plugins).
+
+    plugins.cors = {allow_origins = ["https://app.example.com"],
+                    allow_origin_patterns = ['https://[a-z0-9-]+\\.example\\.com'],
+                    allow_methods = ["GET", "POST"], allow_headers = ["Authorization"],
+                    allow_credentials = true, max_age = 600}
+
+An origin is allowed if it equals an entry of ``allow_origins`` (compared whole, case-blind
+in scheme and host: ``https://app.example.com.evil.net`` is not ``https://app.example.com``),
+or if a pattern matches it *whole* (``re.fullmatch``: a pattern cannot be satisfied by a
+prefix), or ``"*"`` is listed. A preflight (OPTIONS with Origin and
+Access-Control-Request-Method) is answered here: 204 with the allowed methods and headers
+for an allowed origin and method, 403 otherwise; it never reaches the upstream or the auth
+plugins (a browser sends no credentials on a preflight). Other answers to an allowed origin
+get Access-Control-Allow-Origin (the origin itself, or ``*`` when every origin is allowed
+without credentials), -Allow-Credentials and -Expose-Headers; every answer of a route whose
+answer depends on the origin gets ``Vary: Origin`` so that caches keep them apart.
+"""
+import re
+
+from ..core.context import Reply
+from ..core.schema import (Field, Invalid, Schema, boolean, header_name, integer, list_of,
+                           show, string)
+
+NAME = "cors"
+PRIORITY = 1120         # before grpc_web (1100) and every auth plugin: preflights carry none
+
+ORIGIN = r"\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|null"
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def pattern(value):
+    value = string(what="a regular expression")(value)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise Invalid(f"must be a regular expression ({exc}), got {show(value)}") from None
+    return value
+
+
+SCHEMA = Schema(
+    Field("allow_origins", list_of(string(ORIGIN, "an origin (scheme://host[:port]) or *")),
+          list, "origins allowed, compared whole; \"*\": any"),
+    Field("allow_origin_patterns", list_of(pattern), list,
+          "regular expressions an origin must match whole to be allowed"),
+    Field("allow_methods", list_of(string(r"[A-Z]+", "an upper-case method")),
+          lambda: list(METHODS), "methods a preflight may ask for"),
+    Field("allow_headers", list_of(string(r"\*|" + r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+",
+                                          "a header name or *")), list,
+          "request headers a preflight may ask for; \"*\": whatever it asks"),
+    Field("expose_headers", list_of(header_name), list, "response headers scripts may read"),
+    Field("allow_credentials", boolean, False, "allow cookies and Authorization (never with *)"),
+    Field("max_age", integer(0), 600, "seconds a browser may cache a preflight's answer"),
+)
+
+
+def prepare(conf):
+    origins = frozenset(o.lower() for o in conf["allow_origins"])
+    if "*" in origins and conf["allow_credentials"]:
+        raise ValueError('allow_origins = ["*"] with allow_credentials = true: browsers refuse '
+                         "it (list the origins, or use allow_origin_patterns)")
+    if not origins and not conf["allow_origin_patterns"]:
+        raise ValueError("set allow_origins or allow_origin_patterns")
+    headers = [h.lower() for h in conf["allow_headers"]]
+    return {**conf, "origins": origins, "any": "*" in origins,
+            "patterns": tuple(re.compile(p, re.I) for p in conf["allow_origin_patterns"]),
+            "methods": frozenset(conf["allow_methods"]) | {"OPTIONS"},
+            "methods_text": ", ".join(conf["allow_methods"]),
+            "reflect_headers": "*" in headers,
+            "headers": frozenset(headers) - {"*"},
+            "headers_text": ", ".join(h for h in headers if h != "*"),
+            "expose_text": ", ".join(conf["expose_headers"]),
+            "vary": not ("*" in origins and not conf["allow_credentials"])}
+
+
+def allowed(conf, origin):
+    if origin is None:
+        return False
+    if conf["any"] or origin.lower() in conf["origins"]:
+        return True
+    return any(p.fullmatch(origin) for p in conf["patterns"])
+
+
+def preflight(conf, ctx, origin):
+    """The answer to a preflight (a Reply either way)."""
+    method = ctx.header("access-control-request-method")
+    asked = [h.strip().lower() for h in (ctx.header("access-control-request-headers") or
+                                         "").split(",") if h.strip()]
+    if not allowed(conf, origin) or method not in conf["methods"] or \
+            (not conf["reflect_headers"] and not set(asked) <= conf["headers"]):
+        return Reply.json(403, {"error": "cors_not_allowed",
+                                "message": "this origin, method or header is not allowed"},
+                          [("Vary", "Origin")])
+    headers = [("Access-Control-Allow-Origin", _allow_origin(conf, origin)),
+               ("Access-Control-Allow-Methods", conf["methods_text"]),
+               ("Access-Control-Max-Age", str(conf["max_age"]))]
+    allow_headers = ", ".join(asked) if conf["reflect_headers"] else conf["headers_text"]
+    if allow_headers:
+        headers.append(("Access-Control-Allow-Headers", allow_headers))
+    if conf["allow_credentials"]:
+        headers.append(("Access-Control-Allow-Credentials", "true"))
+    if conf["vary"]:
+        headers.append(("Vary", "Origin, Access-Control-Request-Method, "
+                                "Access-Control-Request-Headers"))
+    return Reply(204, b"", headers)
+
+
+def _allow_origin(conf, origin):
+    return "*" if conf["any"] and not conf["allow_credentials"] else origin
+
+
+def is_preflight(ctx):
+    return ctx.method == "OPTIONS" and ctx.header("access-control-request-method") is not None
+
+
+def access(conf, ctx):
+    origin = ctx.header("origin")
+    if origin is None:
+        return None
+    if is_preflight(ctx):
+        return preflight(conf, ctx, origin)
+    if allowed(conf, origin):
+        ctx.vars["cors_origin"] = origin
+    return None
+
+
+def response(conf, ctx, head):
+    origin = ctx.var("cors_origin")
+    if origin is not None:
+        head.set_header("Access-Control-Allow-Origin", _allow_origin(conf, origin))
+        if conf["allow_credentials"]:
+            head.set_header("Access-Control-Allow-Credentials", "true")
+        if conf["expose_text"]:
+            head.set_header("Access-Control-Expose-Headers", conf["expose_text"])
+    if conf["vary"]:
+        add_vary(head, "Origin")
+
+
+def add_vary(head, name):
+    """Add ``name`` to the answer's Vary, keeping what the upstream put there."""
+    lower = name.lower().encode()
+    values = [v for k, v in head.headers if k.lower() == b"vary"]
+    tokens = [t.strip() for v in values for t in v.split(b",") if t.strip()]
+    if b"*" in tokens or lower in (t.lower() for t in tokens):
+        return
+    head.set_header("Vary", b", ".join(tokens + [name.encode()]))

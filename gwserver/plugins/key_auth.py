@@ -1,0 +1,151 @@
+"""``key_auth``: an API key in a header or a query parameter names the consumer.
+
+    plugins.key_auth = {header = "X-API-Key", query = ""}       # on a route
+    [consumers.billing]
+    credentials.key_auth = {key_hash = "sha256$9f1c...$4be2..."} # gwserver consumers hash-key
+
+Keys are stored only as salted SHA-256 hashes (``sha256$SALT$DIGEST``, hex): API keys are
+random and long, so a fast hash suffices (GitHub stores its tokens so); the conf file and etcd
+never hold one in clear, and ``gwserver consumers put`` hashes a ``key`` it is given. A
+presented key is compared with ``hmac.compare_digest``. A key found once is remembered per
+worker (a keyed fingerprint, never the key) for ``cache_seconds``; an unknown key is compared
+with every stored hash (one SHA-256 each).
+
+The key is looked for only where configured: with ``query = ""`` a key in the query string is
+not a key. It is removed before proxying (``hide_credentials = true``, the default), so the
+upstream and its logs never see it; the access log never logs the query string.
+"""
+import hashlib
+import hmac
+import re
+from urllib.parse import unquote_plus
+
+from ..core import consumers
+from ..core.consumers import CONSUMER_ID
+from ..core.schema import Field, Invalid, Schema, boolean, header_name, integer, number, string
+from . import authlib
+
+NAME = "key_auth"
+PRIORITY = 950          # before jwt (900) and acl (850): who is calling comes first
+IDENTIFIES_CONSUMER = True
+MAX_KEY = 512           # bytes; longer is not a key we issued
+
+SCHEMA = Schema(
+    Field("header", header_name, "X-API-Key", "request header carrying the key"),
+    Field("query", string(r"[A-Za-z0-9_.~-]+", "a query parameter name", allow_empty=True),
+          "", "query parameter carrying the key; empty: the header only"),
+    Field("hide_credentials", boolean, True, "remove the key before proxying"),
+    Field("anonymous", string(CONSUMER_ID, "a consumer id"), None,
+          "consumer that requests without a key are taken for (default: 401)"),
+    Field("cache_seconds", number(0), 60.0, "how long a key found is remembered per worker"),
+    Field("cache_size", integer(1), 10000, "keys remembered per worker"),
+)
+
+HASH = re.compile(r"sha256\$([0-9a-f]{32,64})\$([0-9a-f]{64})")
+
+
+def key_hash(value):
+    if not isinstance(value, str) or not HASH.fullmatch(value):
+        # never quoted back: it may be a key in clear, and this message reaches logs
+        raise Invalid('must be "sha256$SALT$DIGEST" (hex; `gwserver consumers hash-key` makes '
+                      'one); a key is never stored in clear')
+    return value
+
+
+CREDENTIAL = Schema(
+    Field("key_hash", key_hash, doc="sha256$SALT$DIGEST of the key, SALT and DIGEST in hex"),
+)
+
+
+def hash_key(key, salt=None):
+    """The stored form of ``key`` (str): sha256$SALT$HEX(sha256(SALT || key))."""
+    import os
+    salt = salt if salt is not None else os.urandom(16)
+    return f"sha256${salt.hex()}${hashlib.sha256(salt + key.encode()).hexdigest()}"
+
+
+def seal_credential(cred):
+    """What ``gwserver consumers put`` stores for a credential given with a clear ``key``."""
+    if isinstance(cred, dict) and isinstance(cred.get("key"), str) and cred["key"]:
+        return {**{k: v for k, v in cred.items() if k != "key"}, "key_hash": hash_key(cred["key"])}
+    return cred
+
+
+def prepare_credential(cred):
+    salt, digest = HASH.fullmatch(cred["key_hash"]).groups()
+    return {**cred, "salt": bytes.fromhex(salt), "digest": bytes.fromhex(digest)}
+
+
+def credential_lookup(cred):
+    return cred["key_hash"]
+
+
+def prepare(conf):
+    return {**conf, "header_b": conf["header"].lower().encode("latin-1"),
+            "cache": authlib.CheckedCache(conf["cache_seconds"], conf["cache_size"])}
+
+
+def _from_query(query, name):
+    """(key, query without it) for parameter ``name``, or (None, query)."""
+    if not query or name not in query:
+        return None, query
+    found, kept = None, []
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if unquote_plus(key) == name:
+            found = unquote_plus(value) if found is None else found
+        else:
+            kept.append(part)
+    return found, "&".join(kept)
+
+
+def find(directory, key, cache):
+    """The consumer whose stored hash ``key`` matches, or None."""
+    raw = key.encode("utf-8", "surrogateescape")
+    mark = authlib.fingerprint(raw)
+    known = cache.get(mark)
+    if known is not None:
+        consumer = directory.find(NAME, known)
+        if consumer is not None:
+            return consumer
+    for stored, consumer in directory.credentials(NAME):
+        cred = consumer.credentials[NAME]
+        if hmac.compare_digest(hashlib.sha256(cred["salt"] + raw).digest(), cred["digest"]):
+            cache.put(mark, stored)
+            return consumer
+    return None
+
+
+def access(conf, ctx):
+    consumers.strip_client_copies(ctx)
+    key = ctx.header_map.get(conf["header_b"])
+    key = key.decode("latin-1") if key is not None else None
+    in_query = False
+    if key is None and conf["query"]:
+        key, rest = _from_query(ctx.query, conf["query"])
+        in_query = key is not None
+    if not key:
+        return authlib.anonymous_or(conf, ctx, _missing(conf))
+    directory = authlib.directory(ctx)
+    consumer = find(directory, key, conf["cache"]) \
+        if directory is not None and len(key) <= MAX_KEY else None
+    if consumer is None:
+        return authlib.unauthorized(_challenge(conf), "the API key is not valid", "invalid_key")
+    if conf["hide_credentials"]:
+        if in_query:
+            ctx.query = rest
+        else:
+            ctx.remove_header(conf["header_b"])
+    consumers.identify(ctx, consumer)
+    return None
+
+
+def _challenge(conf):
+    return f'ApiKey realm="gwserver", header="{conf["header"]}"'
+
+
+def _missing(conf):
+    where = f"the {conf['header']} header" + \
+        (f" or the {conf['query']} query parameter" if conf["query"] else "")
+    return authlib.unauthorized(_challenge(conf), f"an API key is required in {where}",
+                                "missing_key")
