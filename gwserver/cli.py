@@ -159,6 +159,8 @@ def main(argv=None):
     demo.set_defaults(func=cmd_demo_upstream)
     from .routes_cli import add_parsers
     add_parsers(sub)
+    from .rollouts_cli import add_parsers as add_rollout_parsers
+    add_rollout_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

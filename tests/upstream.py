@@ -12,12 +12,15 @@ Endpoints (any method):
   /ws                 101 Switching Protocols, then echoes raw bytes until the client closes
   /close-without-answer  reads the request, then closes the connection
   /stats              JSON: connections accepted and requests served so far
+  /control?fail=F&delay=S   from now on, answer a fraction F (0-1) of requests with 500 and
+                      every request S seconds late (a canary that goes bad on cue); JSON back
 Every request is counted; /stats itself is not. With GW_TEST_DELAY=SECONDS in the environment
 every answer (but /stats) is that much late: a slow target for balancing tests.
 """
 import hashlib
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -25,6 +28,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STATS = {"connections": 0, "requests": 0}
+FAULTS = {"fail": 0.0, "delay": 0.0}       # set by /control
 DELAY = float(os.environ.get("GW_TEST_DELAY") or 0)
 LOCK = threading.Lock()
 
@@ -79,10 +83,17 @@ class Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if path == "/stats":
             return self.reply(200, json.dumps(STATS).encode())
+        if path == "/control":
+            from urllib.parse import parse_qsl
+            FAULTS.update((k, float(v)) for k, v in parse_qsl(query) if k in FAULTS)
+            return self.reply(200, json.dumps(FAULTS).encode())
         with LOCK:
             STATS["requests"] += 1
-        if DELAY:
-            time.sleep(DELAY)
+        if DELAY or FAULTS["delay"]:
+            time.sleep(DELAY + FAULTS["delay"])
+        if FAULTS["fail"] and random.random() < FAULTS["fail"]:
+            b"".join(self.read_body())
+            return self.reply(500, b"canary failure (control)")
         if path.startswith("/upload"):
             digest, size = hashlib.sha256(), 0
             for piece in self.read_body():

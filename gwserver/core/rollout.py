@@ -190,15 +190,17 @@ def start(rollout, ident, now):
                     f"rollout begins at {rollout['steps'][0]:g}%", RUNNING, 0)
 
 
-def _entered(state, event, now, reason, status, step):
+def _entered(state, event, now, reason, status, step, verdicts=()):
     new = dataclasses.replace(state, status=status, step=step, epoch=state.epoch + 1,
                               since=now)
     entry = {"at": round(now, 3), "epoch": new.epoch, "event": event, "step": step + 1,
              "weight": new.weight, "reason": reason}
+    if verdicts:        # what the gates measured when they decided
+        entry["gates"] = [v.as_dict() for v in verdicts]
     return dataclasses.replace(new, history=(state.history + (entry,))[-HISTORY_KEPT:])
 
 
-def transition(state, event, now, reason):
+def transition(state, event, now, reason, verdicts=()):
     """Apply ``event``; raise TransitionError if the status does not allow it."""
     status = TRANSITIONS[state.status].get(event)
     if status is None:
@@ -208,9 +210,11 @@ def transition(state, event, now, reason):
     step = state.step
     if event == "advance":
         step += 1
+    elif status == DONE:
+        step = len(state.steps) - 1     # the last step, whatever it was
     elif event == "resume" and state.status in (ROLLED_BACK, ABORTED):
         step = 0        # a rolled-back canary starts over from the first step
-    return _entered(state, event, now, reason, status, step)
+    return _entered(state, event, now, reason, status, step, verdicts)
 
 
 def decide(rollout, state, canary, baseline, now):
@@ -222,7 +226,7 @@ def decide(rollout, state, canary, baseline, now):
     if failed:
         event = "rollback" if rollout["on_failure"] == "rollback" else "pause"
         reason = f"gate {failed[0].gate} failed at {state.weight:g}%: {failed[0].reason}"
-        return transition(state, event, now, reason), verdicts
+        return transition(state, event, now, reason, verdicts), verdicts
     if now - state.since < rollout["interval"]:
         return state, verdicts
     if any(v.ok is None for v in verdicts) or canary.requests < rollout["min_requests"]:
@@ -230,10 +234,11 @@ def decide(rollout, state, canary, baseline, now):
     held = "; ".join(v.reason for v in verdicts) or "no gates"
     last = state.step + 1 >= len(state.steps) or state.steps[state.step + 1] >= 100
     if last:
-        return transition(state, "finish", now, f"all gates held at every step "
-                                                f"({held}); canary is the whole route"), verdicts
+        return transition(state, "finish", now, f"all gates held at every step ({held}); "
+                                                f"canary is the whole route", verdicts), verdicts
     return transition(state, "advance", now, f"gates held at {state.weight:g}% for "
-                                             f"{rollout['interval']:g}s: {held}"), verdicts
+                                             f"{rollout['interval']:g}s: {held}",
+                      verdicts), verdicts
 
 
 def command(state, name, now, reason=""):

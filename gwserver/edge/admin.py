@@ -14,6 +14,7 @@ but the two probes:
     /admin/upstreams/ID one upstream as compiled, its source and the routes that use it
     /admin/config       where the table comes from; etcd sync status and rejected items; the
                         master's reload status (generation, last reload applied, when)
+    /admin/rollouts     (split's admin_view) each rollout: step, weights, gates, history
     /admin/breakers     every circuit breaker: its routes, config and state (from the store)
 """
 import dataclasses
@@ -118,9 +119,10 @@ def metrics_view(worker):
         return Reply.json(404, {"error": "metrics are off ([admin] metrics = false)"})
     worker.update_gauges()
     from .health import METRICS_FILE
-    # the health process, the master (reload status: app.ReloadStatus)
+    # the health process, the master (reload status: app.ReloadStatus), the rollouts helper
     extra = [os.path.join(worker.health.state_dir, name) for name in (METRICS_FILE,
-                                                                       "master.prom")]
+                                                                       "master.prom",
+                                                                       "rollouts.prom")]
     if worker.conf.etcd:
         extra.append(os.path.join(worker.conf.etcd["runtime_dir"], "metrics.prom"))
     return Reply(200, metrics.render(extra),

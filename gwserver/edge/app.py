@@ -270,6 +270,11 @@ def helpers_for(app):
             for r in conf.static_routes):
         helpers["health"] = Helper("health", [
             sys.executable, "-m", "gwserver", "health", "-c", conf_path])
+    # Rollouts (docs/rollouts.md): one controller per host, like the health checker.
+    from .rollouts import rollouts_in
+    if conf.etcd is not None or rollouts_in(conf.router):
+        helpers["rollouts"] = Helper("rollouts", [
+            sys.executable, "-m", "gwserver", "rollouts", "controller", "-c", conf_path])
     return helpers
 
 
@@ -431,13 +436,13 @@ class GatewayArbiter(Arbiter):
             self.reloads = ReloadStatus(state_dir, self.reloads)
         for name in list(self.helpers):
             if name not in wanted or (name == "config-sync" and etcd != self.helper_conf) or (
-                    moved and name in ("health", "ocsp")):
+                    moved and name in ("health", "ocsp", "rollouts")):
                 self.helpers.pop(name).stop()
         for name, helper in wanted.items():
             if name not in self.helpers:
                 self.helpers[name] = helper
                 helper.start()
-            elif name in ("health", "ocsp"):
+            elif name in ("health", "ocsp", "rollouts"):
                 self.helpers[name].signal(signal.SIGHUP)      # re-read their targets
         self.helper_conf = etcd
         if lock is not None:

@@ -234,7 +234,9 @@ class Controller:
             "step_of": len(state.steps), "interval": rollout["interval"],
             "min_requests": rollout["min_requests"], "on_failure": rollout["on_failure"],
             "window_age": round(now - state.since, 3),
-            "gates": [v.as_dict() for v in verdicts],
+            # a step that ended on its gates shows what they measured then
+            "gates": [v.as_dict() for v in verdicts] if state.status == core.RUNNING else
+            state.history[-1].get("gates", [v.as_dict() for v in verdicts]),
             "canary": {"requests": canary.requests, "failures": canary.failures},
             "baseline": {"requests": baseline.requests, "failures": baseline.failures}}
         return state

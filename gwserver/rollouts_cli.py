@@ -1,0 +1,118 @@
+"""``gwserver rollouts list | status ROUTE | pause | resume | promote | abort ROUTE``.
+
+Reads and changes the shared rollout state where the gateways keep it (etcd, else Redis, else
+this host's state directory: edge/rollout_store.py), by compare-and-swap, so a command and the
+controller never overwrite each other. Gate values come from this host's rollouts helper
+(its status file), as /admin/rollouts shows them. Exit status: 0 done, 1 the rollout does not
+allow it (e.g. resume a running rollout) or there is no such rollout, 2 a bad conf file.
+"""
+import json
+import sys
+import time
+
+from .core import rollout as core
+from .errors import ConfigError
+
+ACTIONS = ("list", "status") + core.COMMANDS
+
+
+def add_parsers(sub):
+    parser = sub.add_parser("rollouts", help="progressive rollouts: list, status, pause, "
+                            "resume, promote, abort (docs/rollouts.md)")
+    parser.add_argument("action", choices=ACTIONS + ("controller",),
+                        help="controller: the helper process the master starts")
+    parser.add_argument("route", nargs="?")
+    parser.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    parser.add_argument("--reason", default="", help="recorded in the rollout's history")
+    parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.set_defaults(func=main)
+
+
+def main(args):
+    from .settings import load_conf
+    if args.action == "controller":
+        from .edge.rollouts import run
+        run(args.conf)
+        return 0
+    try:
+        conf = load_conf(args.conf)
+    except ConfigError as exc:
+        from .cli import report
+        return report(args.conf, exc)
+    if args.action != "list" and not args.route:
+        print(f"gwserver rollouts {args.action}: name the route", file=sys.stderr)
+        return 2
+    from .edge.rollout_store import for_conf
+    from .edge.rollouts import read_status
+    state_store, _ = for_conf(conf)
+    local = read_status(conf.server["state_dir"])["routes"]
+    if args.action == "list":
+        return list_rollouts(state_store, local)
+    if args.action == "status":
+        return show(args.route, state_store, local, args.json)
+    return change(state_store, args.route, args.action, args.reason)
+
+
+def list_rollouts(state_store, local):
+    states = {route: core.State.from_json(raw) for route, raw in state_store.load_all().items()}
+    print(f"{'ROUTE':20} {'STATUS':12} {'STEP':>6} {'CANARY':>7}  GATES")
+    for route, state in sorted(states.items()):
+        gates = ", ".join(f"{g['gate']}={_verdict(g)}" for g in
+                          (local.get(route) or {}).get("gates", ())) or "-"
+        print(f"{route:20} {state.status:12} {state.step + 1:>3}/{len(state.steps):<2} "
+              f"{state.weight:>6g}%  {gates}")
+    return 0
+
+
+def _verdict(gate):
+    return {True: "ok", False: "FAIL", None: "waiting"}[gate["ok"]] + \
+        (f"({gate['value']})" if gate["value"] is not None else "")
+
+
+def show(route, state_store, local, as_json):
+    raw = state_store.load(route)
+    if raw is None:
+        print(f"no rollout on route {route!r}", file=sys.stderr)
+        return 1
+    state = core.State.from_json(raw)
+    entry = local.get(route) if (local.get(route) or {}).get("epoch") == state.epoch else None
+    if as_json:
+        print(json.dumps(entry or json.loads(state.to_json()), indent=2))
+        return 0
+    print(f"route {route}: rollout {state.id} {state.status}, step {state.step + 1} of "
+          f"{len(state.steps)} ({', '.join(f'{s:g}' for s in state.steps)} %), canary "
+          f"{state.weight:g}%")
+    if entry is not None:
+        print("weights: " + ", ".join(f"{g} {w:g}%" for g, w in entry["weights"].items()))
+        print(f"window: {entry['window_age']:.1f}s of {entry['interval']:g}s; canary "
+              f"{entry['canary']['requests']} requests, {entry['canary']['failures']} failed; "
+              f"baseline {entry['baseline']['requests']}, {entry['baseline']['failures']}")
+        for gate in entry["gates"]:
+            print(f"gate {gate['gate']}: {_verdict(gate)} (bound {gate['bound']:g}): "
+                  f"{gate['reason']}")
+    print("history:")
+    for item in state.history:
+        at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(item["at"]))
+        print(f"  {at}Z {item['event']:9} step {item['step']} canary {item['weight']:g}%: "
+              f"{item['reason']}")
+    return 0
+
+
+def change(state_store, route, action, reason):
+    for _ in range(10):     # the controller may write in between: read again and retry
+        raw = state_store.load(route)
+        if raw is None:
+            print(f"no rollout on route {route!r}", file=sys.stderr)
+            return 1
+        try:
+            new = core.command(core.State.from_json(raw), action, time.time(), reason)
+        except core.TransitionError as exc:
+            print(f"route {route}: {exc}", file=sys.stderr)
+            return 1
+        if state_store.swap(route, raw, new.to_json().encode()):
+            print(f"route {route}: {new.status}, step {new.step + 1} of {len(new.steps)}, "
+                  f"canary {new.weight:g}%")
+            return 0
+        time.sleep(0.1)
+    print(f"route {route}: the state kept changing under us; try again", file=sys.stderr)
+    return 1
