@@ -19,6 +19,8 @@ counts as JSON.
   /identity         Transfer-Encoding: identity, 5000 bytes, then close
   /early-413        413 at once when the body is over 1 MiB, then stops reading (closes later)
   /junk             bytes that are not HTTP
+  /reset-mid-body   a head promising 100000 bytes, 1000 of them, then a close
+  /no-answer        reads the request and closes without a byte
 """
 import json
 import socket
@@ -125,6 +127,12 @@ def handle(conn, path):
         return False
     elif path == "/identity":
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n" + b"i" * 5000)
+        return False
+    elif path == "/reset-mid-body":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"r" * 1000)
+        time.sleep(0.05)
+        return False
+    elif path == "/no-answer":
         return False
     elif path == "/junk":
         conn.sendall(b"THIS IS NOT HTTP\r\n\r\n")

@@ -61,7 +61,8 @@ class RequestContext:
                  # filled by the reader, used by the proxy step
                  "url", "version", "keep_alive", "upgrade", "upgrade_tail", "head_done",
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
-                 "connection_tokens", "upstream_seconds")
+                 "connection_tokens", "upstream_seconds",
+                 "attempts")    # tries that reached an upstream (more than 1: retried)
 
     def __init__(self, client_ip, scheme, services=NO_SERVICES):
         self.services = services
@@ -80,6 +81,7 @@ class RequestContext:
         self.route = self.params = self._vars = self.ended_by = self.upstream_seconds = None
         self.error = self.trace = self.upstream = None
         self.upgrade_tail = b""
+        self.attempts = 0
 
     @property
     def vars(self):

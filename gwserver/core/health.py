@@ -102,11 +102,12 @@ class RetryBudget:
     requests, plus ``min_per_second`` x window so that a quiet upstream can still retry. When
     a fleet fails, retries stop multiplying the load instead of tripling it."""
 
-    __slots__ = ("percent", "floor", "window", "buckets")
+    __slots__ = ("percent", "floor", "window", "buckets", "peers")
 
     def __init__(self, percent, min_per_second, window=10):
         self.percent, self.floor, self.window = percent, min_per_second * window, window
         self.buckets = {}           # whole second -> [requests, retries]
+        self.peers = (0, 0)         # the host's other workers' (requests, retries), ~1 s old
 
     def _bucket(self, now):
         second = int(now)
@@ -120,11 +121,17 @@ class RetryBudget:
     def request(self, now):
         self._bucket(now)[0] += 1
 
-    def try_retry(self, now):
-        """Spend one retry if the budget allows; return whether it did."""
+    def totals(self, now):
+        """This worker's [requests, retries] within the window."""
         self._bucket(now)
-        requests = sum(b[0] for b in self.buckets.values())
-        retries = sum(b[1] for b in self.buckets.values())
+        return [sum(b[0] for b in self.buckets.values()), sum(b[1] for b in self.buckets.values())]
+
+    def try_retry(self, now):
+        """Spend one retry if the budget allows (this worker's traffic and retries plus the
+        host's other workers'); return whether it did."""
+        requests, retries = self.totals(now)
+        requests += self.peers[0]
+        retries += self.peers[1]
         if retries + 1 > self.floor + requests * self.percent / 100:
             return False
         self._bucket(now)[1] += 1

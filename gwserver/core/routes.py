@@ -5,7 +5,7 @@ The same schema serves the conf file's ``[[routes]]`` and (later) etcd values, s
 frozen values the hot path reads without further checks.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
@@ -42,6 +42,35 @@ TIMEOUTS = Schema(
     Field("connect", number(0, exclusive=True), None, "seconds to open an upstream connection"),
     Field("read", number(0, exclusive=True), None,
           "seconds to wait for each read from the upstream"),
+)
+
+IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")     # RFC 9110 9.2.2
+RETRY_EVENTS = ("connect", "reset", "timeout")
+
+
+def retry_condition(value):
+    if value in RETRY_EVENTS or (isinstance(value, str) and value.isdigit() and
+                                 400 <= int(value) <= 599):
+        return value
+    raise Invalid(f"must be connect, reset, timeout or a status from 400 to 599 like \"503\", "
+                  f"got {show(value)}")
+
+
+RETRY = Schema(
+    Field("on", list_of(retry_condition, min_items=1), None,
+          "what is retried: connect (no connection), reset (closed before an answer), timeout "
+          "(no answer within per_try_timeout), or an answer's status (\"502\"); "
+          "default [\"connect\"]"),
+    Field("attempts", integer(0, 5, "an integer from 0 to 5"), None,
+          "retries after the first try; default upstream_defaults.retries"),
+    Field("per_try_timeout", number(0, exclusive=True), None,
+          "seconds each try may wait for the head of the answer; default the read timeout"),
+    Field("backoff", number(0), None,
+          "seconds before the first retry, doubled for each further one (with jitter); "
+          "default 0.025"),
+    Field("methods", list_of(string(r"[A-Z]+", "an upper-case method"), min_items=1), None,
+          "methods retried once the request was sent; default the idempotent ones (a failed "
+          "connect sent nothing: any method is retried)"),
 )
 
 TARGET = Schema(
@@ -111,6 +140,7 @@ UPSTREAM = Schema(
     Field("keepalive", boolean, True,
           "reuse connections; false: one per request (for an upstream that sends stray bytes)"),
     Field("timeouts", TIMEOUTS, None, "overrides of upstream_defaults timeouts"),
+    Field("retry", RETRY, None, "when a request goes to another target (docs/health.md)"),
     Field("plugins", map_of(lambda conf: conf, string(r"[a-z][a-z0-9_-]*", "a plugin name")),
           None, "plugins for every route using this upstream (those that allow it: breaker)"),
     doc="An upstream: targets and how to talk to them.",
@@ -138,6 +168,7 @@ ROUTE = Schema(
     Field("strip_prefix", string(r"/[^?#]*", "a path starting with /"), None,
           "removed from the start of the path before proxying"),
     Field("timeouts", TIMEOUTS, None, "overrides of the upstream's timeouts"),
+    Field("retry", RETRY, None, "overrides of the upstream's retry policy, field by field"),
     Field("max_body_size", integer(0), None, "request body limit in bytes, 0 = no limit"),
     Field("plugins", map_of(lambda conf: conf, string(r"[a-z][a-z0-9_-]*", "a plugin name")),
           None, "plugin name -> plugin config"),
@@ -164,6 +195,33 @@ class Target:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """When a request goes to another target. Never once a byte of the answer reached the
+    client; after the request was sent, only for ``methods`` with the body held."""
+    events: frozenset = frozenset(["connect"])      # connect, reset, timeout
+    statuses: frozenset = frozenset()               # answers retried, e.g. {502, 503}
+    attempts: int = 1
+    per_try_timeout: float | None = None
+    backoff: float = 0.025
+    methods: frozenset = frozenset(IDEMPOTENT)
+
+    def merged(self, spec):
+        """This policy with the fields a ``retry`` spec sets replaced."""
+        if not spec:
+            return self
+        on = spec.get("on")
+        changes = {} if on is None else {
+            "events": frozenset(e for e in on if e in RETRY_EVENTS),
+            "statuses": frozenset(int(e) for e in on if e not in RETRY_EVENTS)}
+        for name in ("attempts", "per_try_timeout", "backoff"):
+            if spec.get(name) is not None:
+                changes[name] = spec[name]
+        if spec.get("methods") is not None:
+            changes["methods"] = frozenset(spec["methods"])
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class Upstream:
     id: str
     targets: tuple
@@ -183,6 +241,7 @@ class Upstream:
     service: str = None
     tls: tuple = None                       # (verify, ca_file, server_name, cert, key)
     protocol: str = "http1"
+    retry: RetryPolicy = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -201,6 +260,7 @@ class Route:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_body_size: int = 0
+    retry: RetryPolicy = RetryPolicy()
     chain: object = None                    # core.chain.Chain, set by the compiler
     spec: dict = field(default=None, compare=False, repr=False)
 
@@ -266,6 +326,7 @@ def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
         passive=_passive(spec.get("passive")),
         panic_threshold=spec.get("panic_threshold", 0.0), service=service,
         tls=tls, protocol=spec.get("protocol", "http1"),
+        retry=RetryPolicy(attempts=defaults["retries"]).merged(spec.get("retry")),
     )
 
 
@@ -447,5 +508,6 @@ def make_route(spec, upstream, settings, chain=None):
         connect_timeout=timeouts.get("connect") or upstream.connect_timeout,
         read_timeout=timeouts.get("read") or upstream.read_timeout,
         max_body_size=settings["max_body_size"] if body_limit is None else body_limit,
+        retry=upstream.retry.merged(spec.get("retry")),
         chain=chain, spec=spec,
     )

@@ -74,16 +74,17 @@ class H2Forwarder:
         now = started = time.monotonic()
         budget = proxy.budget(upstream)
         budget.request(now)
-        tried, attempts_left = [], proxy.retries
+        policy = route.retry if upstream is route.upstream else upstream.retry
+        tried, attempts_left = [], policy.attempts
         while True:             # a failed connect sent nothing: another target may take it
             target = proxy.choose(upstream, tried, req, now)
             try:
                 connection = self.pools.get(target, route.connect_timeout, upstream.tls)
                 break
             except UpstreamConnectError as exc:
-                tried.append(target)
-                if not proxy.connect_failed(route, upstream, target, exc, tried,
-                                            attempts_left, budget, now):
+                proxy.book_failure(upstream, target, refused=now)
+                if not proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
+                                       "connect" in policy.events, exc.reason, now):
                     raise
                 attempts_left -= 1
         try:

@@ -41,7 +41,6 @@ LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
 LINGER_BYTES = 16 * 1024 * 1024
 
 
-IDEMPOTENT = frozenset(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
 
 # Every registered status (206, 307, 409, 422, ... too), with RFC 9110's newer phrases.
 REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}

@@ -20,9 +20,11 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import re
 import time
 from itertools import count
+from random import random
 
 import gevent
 import httptools
@@ -39,7 +41,8 @@ from ..core.headers import RESPONSE_SPECIAL, via_chain
 from ..core.tracing import REPLACED_HEADERS
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
-from .http1 import IDEMPOTENT, RECV_SIZE, REASONS
+from .http1 import RECV_SIZE, REASONS
+from .hostshare import PUBLISH_EVERY, HostShare
 from .sockets import OPEN, UNREAD, idle_state, recv_when_readable, send_all
 
 log = logging.getLogger("gwserver.proxy")
@@ -271,14 +274,14 @@ class Proxy:
         self.pools = UpstreamPools()
         self.pool_timeout = defaults["pool_timeout"]
         self.max_head = defaults["max_response_head"]
-        self.retries = defaults["retries"]
         self.deadlines = worker.deadlines
         self.buf = worker.upstream_buf
         self.view = worker.upstream_view
         self._balancers = {}
         self._budgets = {}
         self.outstanding = {}           # target -> requests in flight from this worker
-        self.refused = {}               # target -> until when this worker avoids it
+        self.refused = {}               # target url -> until when this host's workers avoid it
+        self.share = HostShare(os.path.join(worker.conf.server["state_dir"], "share"))
         from .h2proxy import H2Forwarder
         self.h2 = H2Forwarder(self)     # protocol = "h2" upstreams (gRPC, gRPC-Web)
         self.budget_percent = defaults["retry_budget_percent"]
@@ -295,6 +298,20 @@ class Proxy:
         key = req.value_of(*upstream.hash_key) if upstream.balance == "consistent_hash" \
             else None
         return entry[1].pick(avoid, key)
+
+    def share_tick(self, now):
+        """On the worker's tick: publish this worker's counts once a second, take in the
+        other workers' counts and refused targets."""
+        share = self.share
+        if now - share.published_at >= PUBLISH_EVERY:
+            share.publish(now, {upstream_id: budget.totals(now)
+                                for upstream_id, budget in self._budgets.items()})
+        counts, refused = share.peers(now)
+        for upstream_id, budget in self._budgets.items():
+            budget.peers = tuple(counts.get(upstream_id, (0, 0)))
+        for url, until in refused.items():
+            if until > self.refused.get(url, 0):
+                self.refused[url] = until
 
     def budget(self, upstream):
         budget = self._budgets.get(upstream.id)
@@ -347,22 +364,25 @@ class Proxy:
     # -- the exchange ---------------------------------------------------------------------------
 
     def forward(self, client, req, keep_alive):
-        """Proxy ``req``; return (status, body bytes sent, target url, client keep-alive)."""
+        """Proxy ``req``; return (status, body bytes sent, target url, client keep-alive).
+
+        Each try goes to a target not tried yet when one is left. A failed connect sent
+        nothing, so it is retried for any method; after the request went out, a try is
+        retried only as the route's retry policy says (reset, timeout, an answer's status),
+        for its methods, with the body held, and never once a byte reached the client."""
         route = req.route
         upstream = req.upstream or route.upstream
         if upstream.protocol == "h2":
             return self.h2.forward(client, req, keep_alive, upstream)
-        tried = None
-        replayable = req.complete and req.method in IDEMPOTENT and not req.upgrade
-        body_held = None
-        if req.complete:
-            body_held, req.body = req.body, []
-        attempts_left = self.retries
-        fresh = False
         if not upstream.targets:
             raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
                                      f"{upstream.service}")
-        passive = upstream.passive
+        policy = route.retry if upstream is route.upstream else upstream.retry
+        body_held = None
+        if req.complete:
+            body_held, req.body = req.body, []
+        replayable = body_held is not None and not req.upgrade and req.method in policy.methods
+        attempts_left, tried, fresh = policy.attempts, [], False
         now = time.monotonic()
         budget = self.budget(upstream)
         budget.request(now)
@@ -374,35 +394,103 @@ class Proxy:
             try:
                 try:
                     ex, reused = self.checkout(pool, target, fresh)
+                    if target.url in self.refused:
+                        del self.refused[target.url]    # a probe got through: it is back
                 except UpstreamConnectError as exc:
-                    tried = (tried or []) + [target]
-                    if self.connect_failed(route, upstream, target, exc, tried, attempts_left,
-                                           budget, now):
+                    self.book_failure(upstream, target, refused=now)
+                    if self.may_retry(route, upstream, target, tried, attempts_left, budget,
+                                      "connect" in policy.events, exc.reason, now):
                         attempts_left -= 1
                         continue
                     raise
                 try:
-                    status, sent, client_keep, upstream_keep = self.exchange(
-                        client, req, ex, target, body_held, keep_alive)
+                    self.attempt(client, req, ex, target, body_held, policy)
                 except _StaleConnection:
                     self.release(pool, ex, False)
                     if reused and replayable and not fresh:
                         fresh = True        # the pool may hold more dead ones: open a new one
                         continue
-                    if passive is not None:
-                        self.worker.passive.observe(upstream, target, False)
-                    raise UpstreamError(f"{target.url}: connection failed before an answer")
+                    self.book_failure(upstream, target)
+                    reason = f"{target.url}: connection failed before an answer"
+                    if replayable and self.may_retry(route, upstream, target, tried,
+                                                     attempts_left, budget,
+                                                     "reset" in policy.events, reason, now,
+                                                     policy.backoff):
+                        attempts_left -= 1
+                        continue
+                    raise UpstreamError(reason) from None
+                except UpstreamTimeout as exc:
+                    self.release(pool, ex, False)
+                    self.book_failure(upstream, target)
+                    if replayable and self.may_retry(route, upstream, target, tried,
+                                                     attempts_left, budget,
+                                                     "timeout" in policy.events, exc.reason,
+                                                     now, policy.backoff):
+                        attempts_left -= 1
+                        continue
+                    raise
                 except BaseException as exc:
                     self.release(pool, ex, False)
-                    if passive is not None and isinstance(exc, (UpstreamError, UpstreamTimeout)):
-                        self.worker.passive.observe(upstream, target, False)
+                    if isinstance(exc, UpstreamError):
+                        self.book_failure(upstream, target)
+                    raise
+                if ex.status in policy.statuses and replayable and self.may_retry(
+                        route, upstream, target, tried, attempts_left, budget, True,
+                        f"{target.url} answered {ex.status}", now, policy.backoff):
+                    # Nothing of this answer has reached the client: drop it and try again.
+                    self.release(pool, ex, ex.complete and ex.keep_alive and upstream.keepalive)
+                    self.book_outcome(upstream, target, ex.status)
+                    attempts_left -= 1
+                    continue
+                try:
+                    status, sent, client_keep, upstream_keep = self.respond(client, req, ex,
+                                                                            keep_alive)
+                except BaseException as exc:
+                    self.release(pool, ex, False)
+                    if isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                        self.book_failure(upstream, target)
                     raise
             finally:
                 outstanding[target] -= 1
             self.release(pool, ex, upstream_keep and upstream.keepalive)
-            if passive is not None:
-                self.worker.passive.observe(upstream, target, status not in passive["statuses"])
+            self.book_outcome(upstream, target, status)
             return status, sent, target.url, client_keep
+
+    def book_failure(self, upstream, target, refused=None):
+        """A try failed without an answer: passive checks count it; a refused connect also
+        makes this host's workers skip the target for REFUSED_AVOID seconds."""
+        if upstream.passive is not None:
+            self.worker.passive.observe(upstream, target, False)
+        if refused is not None:
+            self.refused[target.url] = refused + REFUSED_AVOID
+            self.share.refuse(target.url, refused + REFUSED_AVOID, refused)
+
+    def book_outcome(self, upstream, target, status):
+        passive = upstream.passive
+        if passive is not None:
+            self.worker.passive.observe(upstream, target, status not in passive["statuses"])
+
+    def may_retry(self, route, upstream, target, tried, attempts_left, budget, wanted, reason,
+                  now, backoff=0.0):
+        """Whether the next try may go ahead: the policy wants it, attempts are left, and the
+        upstream's retry budget (shared by this host's workers) allows it. Counts and logs
+        the verdict, and waits ``backoff`` (doubled per retry already made, jittered) before
+        a try that follows an answer, a reset or a timeout."""
+        retries_made = len(tried)
+        tried.append(target)
+        if not wanted or attempts_left <= 0:
+            return False
+        if not budget.try_retry(now):
+            self._count_retry(upstream, "budget_exhausted")
+            log.warning("route %s: %s; not retried: the retry budget of upstream %s is spent",
+                        route.id, reason, upstream.id)
+            return False
+        self._count_retry(upstream, "retried")
+        log.warning("route %s: %s; retrying%s", route.id, reason,
+                    " on another target" if len(tried) < len(upstream.targets) else "")
+        if backoff:
+            gevent.sleep(backoff * 2 ** retries_made * (0.5 + random()))
+        return True
 
     def choose(self, upstream, tried, req, now):
         """The target for the next attempt: not tried yet, not down (unless panicking), not
@@ -418,29 +506,20 @@ class Proxy:
             avoid = avoid | self.recently_refused(targets, now)
         return self.pick(upstream, avoid, req)
 
-    def connect_failed(self, route, upstream, target, exc, tried, attempts_left, budget, now):
-        """Book a failed connect (passive checks, the 1 s skip) and say whether to retry on
-        another target: attempts left, a target left, and the retry budget allows it."""
-        if upstream.passive is not None:
-            self.worker.passive.observe(upstream, target, False)
-        self.refused[target] = now + REFUSED_AVOID
-        if attempts_left <= 0 or len(tried) >= len(upstream.targets):
-            return False
-        if not budget.try_retry(now):
-            self._count_retry(upstream, "budget_exhausted")
-            log.warning("route %s: %s; not retried: the retry budget of upstream %s is spent",
-                        route.id, exc.reason, upstream.id)
-            return False
-        self._count_retry(upstream, "retried")
-        log.warning("route %s: %s; retrying on another target", route.id, exc.reason)
-        return True
-
     def recently_refused(self, targets, now):
-        """Targets this worker failed to connect to in the last REFUSED_AVOID seconds (if
-        every target is in it, none: a request must go somewhere)."""
-        for target in [t for t, until in self.refused.items() if until <= now]:
-            del self.refused[target]
-        avoid = frozenset(t for t in targets if t in self.refused)
+        """Targets this host's workers failed to connect to in the last REFUSED_AVOID
+        seconds (if every target is in it, none: a request must go somewhere)."""
+        refused = self.refused
+        probe = None
+        for target in targets:
+            until = refused.get(target.url)
+            if until is not None and until <= now:
+                # The skip ran out: one request of one worker of the host tries the target
+                # again (the claim); everyone else keeps skipping it until that try tells.
+                refused[target.url] = now + REFUSED_AVOID
+                if probe is None and self.share.claim_probe(target.url, until, REFUSED_AVOID):
+                    probe = target.url
+        avoid = frozenset(t for t in targets if t.url in refused and t.url != probe)
         return frozenset() if len(avoid) == len(targets) else avoid
 
     def _count_retry(self, upstream, outcome):
@@ -448,7 +527,9 @@ class Proxy:
         if metrics is not None:
             metrics.count_retry(upstream.id, outcome)
 
-    def exchange(self, client, req, ex, target, body_held, keep_alive):
+    def attempt(self, client, req, ex, target, body_held, policy):
+        """One try: send the request (the held body, or the client's as it arrives) and read
+        the head of the answer, within the policy's per-try timeout."""
         route = req.route
         started = time.monotonic()
         head = self.request_head(req, target)
@@ -459,12 +540,16 @@ class Proxy:
         else:
             self.send(ex, head, route.read_timeout, stale_ok=True)
             self.stream_request_body(client, req, ex, route)
-        self.read_head(ex, route.read_timeout)
+        self.read_head(ex, policy.per_try_timeout or route.read_timeout)
         req.upstream_seconds = time.monotonic() - started
+        req.attempts += 1
+
+    def respond(self, client, req, ex, keep_alive):
+        """Relay the answer whose head ``attempt`` read (or open a websocket tunnel)."""
         if ex.status == 101:
             check_websocket_accept(req, ex)
             return self.tunnel(client, req, ex)
-        return self.relay_response(client, req, ex, route, keep_alive)
+        return self.relay_response(client, req, ex, req.route, keep_alive)
 
     def request_head(self, req, target):
         path = upstream_path(req)

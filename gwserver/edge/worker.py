@@ -170,6 +170,7 @@ class GatewayWorker(GeventWorker):
         if self.conf.tls_server is not None:
             self.conf.tls_server.refresh_staples()
         now = time.monotonic()
+        self.proxy.share_tick(now)
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
             self.prune_pools()
@@ -247,6 +248,7 @@ class GatewayWorker(GeventWorker):
         self.update_gauges()            # the last counts, before the master archives them
         self.deadlines.stop()
         self.proxy.pools.close()
+        self.proxy.share.close()
         self.proxy.h2.pools.close()
         if self.table_reader is not None:
             self.table_reader.forget()
@@ -372,7 +374,9 @@ class GatewayWorker(GeventWorker):
         if self.access_json:
             trace_json = f'"{trace_id}"' if trace_id else "null"      # hex: nothing to escape
             fault = req.var("fault")                  # "delay", "abort", both
-            fault_json = f',"fault":"{fault}"' if fault else ""
+            extra = f',"fault":"{fault}"' if fault else ""
+            if req.attempts > 1:                    # retried: how many tries it took
+                extra += f',"attempts":{req.attempts}'
             line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
                     f'{_escape(request_id) if request_id else "null"},'
                     f'"client":"{req.client_ip}","method":"{req.method}","path":{_escape(path)},'
@@ -382,7 +386,7 @@ class GatewayWorker(GeventWorker):
                     f'"upstream_ms":{upstream_ms},'
                     f'"trace_id":{trace_json},'
                     f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}'
-                    f'{fault_json}}}\n')
+                    f'{extra}}}\n')
         else:
             line = (f'{req.client_ip} - - [{clock} +0000] "{req.method} {path} HTTP/'
                     f'{req.version}" {status} {sent} "{route_id or "-"}" '
