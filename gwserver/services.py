@@ -5,16 +5,21 @@
                   else the local store
     local_store   the per-host store (the embedded default and the on_store_error=local fallback)
     metrics       the worker's WorkerMetrics, or None with metrics off
+    consumers     core.consumers.Directory: the consumers this worker's table holds
+    rollouts      edge.rollouts.RolloutView: current rollout steps, and the answers counted
 """
 
 
 class Services:
-    __slots__ = ("limit_store", "local_store", "metrics")
+    __slots__ = ("limit_store", "local_store", "metrics", "consumers", "rollouts")
 
-    def __init__(self, limit_store=None, local_store=None, metrics=None):
+    def __init__(self, limit_store=None, local_store=None, metrics=None, consumers=None,
+                 rollouts=None):
         self.limit_store = limit_store
         self.local_store = local_store
         self.metrics = metrics
+        self.consumers = consumers
+        self.rollouts = rollouts
 
 
 NONE = Services()       # for contexts made outside a worker (unit tests of pure plugin logic)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .core.chain import build_chain
-from .core.consumers import CONSUMER_ID, activate, compile_consumers
+from .core.consumers import CONSUMER_ID, compile_consumers
 from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
@@ -449,7 +449,6 @@ def parse_conf(data, path="<conf>"):
     if problems:
         raise ConfigError(problems)
     etcd = parts["etcd"]
-    activate(consumers)
     return Conf(static_consumers=MappingProxyType(dict(parts["consumers"])), consumers=consumers,
                 tls=tls, tls_server=tls_server,path=path, plugins=MappingProxyType(global_plugins), router=router,
                 etcd=MappingProxyType({**ETCD.defaults(), **etcd}) if etcd is not None else None,

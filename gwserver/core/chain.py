@@ -20,6 +20,9 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
     upstreams(conf) -> [Upstream]         the compiled upstreams it may send to (pools kept)
     admin_view(uses, services) -> dict   its state at /admin/<ADMIN_VIEW>; ``uses`` holds
                                           (route, conf) for every route that runs it
+    reply(conf, ctx, head) -> None        edit the head of an answer the gateway writes itself
+                                          (a plugin's Reply or an error), as ``response`` does
+                                          for upstream answers
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
     UPSTREAM_PROTOCOL = "h2"              works only with an upstream of that protocol
     IDENTIFIES_CONSUMER = True            its access phase may identify a consumer
@@ -38,6 +41,7 @@ import logging
 
 from ..errors import ConfigError
 from ..redact import redact
+from .context import ResponseHead, _enc
 from .schema import show
 
 log = logging.getLogger("gwserver.plugins")
@@ -45,7 +49,8 @@ log = logging.getLogger("gwserver.plugins")
 PHASES = ("access", "response", "finish")
 
 
-HOOKS = ("prepare", "needs", "claims", "link", "upstream_refs", "upstreams", "admin_view")
+HOOKS = ("prepare", "needs", "claims", "link", "upstream_refs", "upstreams", "admin_view",
+         "reply")
 PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
 
 
@@ -85,7 +90,7 @@ def check_plugin(plugin):
 
 class Chain:
     __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
-                 "claims_steps", "identifies")
+                 "claims_steps", "reply_steps", "identifies")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -94,6 +99,7 @@ class Chain:
         self.response_steps = tuple((p, c) for p, c in steps if hasattr(p, "response"))
         self.finish_steps = tuple((p, c) for p, c in steps if hasattr(p, "finish"))
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
+        self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
         self.identifies = any(getattr(p, "IDENTIFIES_CONSUMER", False) for p, _ in steps)
         if self.identifies:
             # The request path runs these phases only when the route has steps for them; an
@@ -157,6 +163,17 @@ class Chain:
     def run_response(self, ctx, head):
         for plugin, conf in self._for(ctx).response_steps:
             plugin.response(conf, ctx, head)
+
+    def run_reply(self, ctx, reply):
+        """Let plugins with a ``reply`` hook edit the head of an answer the gateway wrote
+        itself (a plugin's Reply, a 404, a 502): cors adds its headers to a 401, so a browser
+        can read why it was refused."""
+        steps = self._for(ctx).reply_steps
+        if steps:
+            head = ResponseHead(reply.status, [(_enc(k), _enc(v)) for k, v in reply.headers])
+            for plugin, conf in steps:
+                plugin.reply(conf, ctx, head)
+            reply.headers = head.headers
 
     def run_finish(self, ctx, status):
         # The answer is out: a failing plugin here is logged, never turned into a response.

@@ -181,19 +181,9 @@ def compile_consumers(specs, registry):
     return directory, problems
 
 
-# The directory requests consult. It belongs in ctx.services (built by the worker after
-# fork); until the worker hands it there, the table that owns the consumers activates its
-# directory here, and ``directory_of`` prefers ctx.services.consumers when it exists.
-_active = [None]
-
-
-def activate(directory):
-    _active[0] = directory
-
-
 def directory_of(ctx):
-    directory = getattr(ctx.services, "consumers", None)
-    return directory if directory is not None else _active[0]
+    """The consumers of the table serving this request (ctx.services.consumers)."""
+    return ctx.services.consumers
 
 
 def strip_client_copies(ctx):

@@ -11,19 +11,44 @@ from ..services import NONE as NO_SERVICES
 
 
 class Reply:
-    """A response the gateway writes itself (a plugin ending the request, or an error)."""
+    """A response the gateway writes itself (a plugin ending the request, or an error).
 
-    __slots__ = ("status", "body", "headers")
+    A JSON error reply has one shape whoever made it: ``error``, ``status``, ``message`` and
+    ``request_id`` first, then anything the maker added (``with_error_shape``)."""
+
+    __slots__ = ("status", "body", "headers", "payload")
 
     def __init__(self, status, body=b"", headers=()):
         self.status = status
         self.body = body
         self.headers = list(headers)
+        self.payload = None
 
     @classmethod
     def json(cls, status, payload, headers=()):
-        body = json.dumps(payload, separators=(",", ":")).encode() + b"\n"
-        return cls(status, body, [("Content-Type", "application/json")] + list(headers))
+        reply = cls(status, _json_body(payload),
+                    [("Content-Type", "application/json")] + list(headers))
+        reply.payload = payload
+        return reply
+
+    def with_error_shape(self, request_id):
+        """Fill in what an error body lacks of the documented shape (status, message,
+        request_id); other replies are left as they are."""
+        payload = self.payload
+        if payload is None or "error" not in payload or \
+                ("status" in payload and "message" in payload and
+                 ("request_id" in payload or not request_id)):
+            return
+        shaped = {"error": payload["error"], "status": self.status,
+                  "message": payload.get("message") or str(payload["error"]).replace("_", " ")}
+        if request_id:
+            shaped["request_id"] = request_id
+        shaped.update((k, v) for k, v in payload.items() if k not in shaped)
+        self.payload, self.body = shaped, _json_body(shaped)
+
+
+def _json_body(payload):
+    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
 
 
 def _enc(text):
@@ -62,7 +87,8 @@ class RequestContext:
                  "url", "version", "keep_alive", "upgrade", "upgrade_tail", "head_done",
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
                  "connection_tokens", "upstream_seconds",
-                 "attempts")    # tries that reached an upstream (more than 1: retried)
+                 "attempts",    # tries that reached an upstream (more than 1: retried)
+                 "started")     # time.monotonic() when the head was read
 
     def __init__(self, client_ip, scheme, services=NO_SERVICES):
         self.services = services
@@ -82,6 +108,7 @@ class RequestContext:
         self.error = self.trace = self.upstream = None
         self.upgrade_tail = b""
         self.attempts = 0
+        self.started = None
 
     @property
     def vars(self):

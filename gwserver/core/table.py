@@ -20,7 +20,7 @@ table compares integers, not specs.
 import json
 
 from ..errors import ConfigError
-from .consumers import Directory, activate, compile_consumer
+from .consumers import Directory, compile_consumer
 from .router import Router
 from .routes import ROUTE, TARGET, UPSTREAM, compile_route, make_upstream, upstream_refs
 from .schema import show
@@ -61,7 +61,6 @@ class LiveTable:
         for consumer_id, spec in (static_consumers or {}).items():
             self.consumers.add(compile_consumer(consumer_id, spec, registry))
             self.static_consumers.add(consumer_id)
-        activate(self.consumers)        # the table a process serves is the last one made
         for upstream_id, spec in (static_upstreams or {}).items():
             self.upstreams[upstream_id] = make_upstream(
                 upstream_id, UPSTREAM.validate(spec, f"upstream {upstream_id}"), self.defaults,

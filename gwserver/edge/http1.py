@@ -25,7 +25,7 @@ from random import randbytes
 import httptools
 
 from ..core.chain import route_claims
-from ..core.context import RequestContext
+from ..core.context import Reply, RequestContext
 from ..core.headers import NOT_FORWARDED, PROXY_SET
 from ..core.target import normalise_host, normalise_path
 from ..core.tracing import extract as extract_trace
@@ -425,7 +425,7 @@ class ClientConnection:
         """Serve one request; return True if the connection may carry another."""
         worker = self.worker
         self.requests += 1
-        start = time.monotonic()
+        req.started = start = time.monotonic()
         status, sent, upstream = 0, 0, None
         worker.in_flight += 1
         reader = worker.table_reader
@@ -451,8 +451,7 @@ class ClientConnection:
                 status, sent, upstream, keep_alive = worker.proxy.forward(self, req, keep_alive)
             else:
                 keep_alive = keep_alive and req.complete and worker.alive
-                self.write(render_reply(reply, keep_alive, req.request_id, req.method == "HEAD"))
-                status, sent = reply.status, len(reply.body)
+                status, sent = self.answer(req, reply, keep_alive)
         except ClientGone:
             raise
         except Exception as exc:
@@ -468,7 +467,7 @@ class ClientConnection:
             if getattr(exc, "response_started", False):
                 keep_alive = False          # the head is out; all we can do is cut the body
             elif not self.timed_out:
-                self.write(render_error(exc, keep_alive, req.request_id, req.method == "HEAD"))
+                status, sent = self.answer(req, error_reply(exc, req.request_id), keep_alive)
         finally:
             worker.in_flight -= 1
             if req.route is not None and req.route.chain.finish_steps:
@@ -480,6 +479,9 @@ class ClientConnection:
             if worker.metrics is not None:
                 worker.metrics.observe(req.route.id if req.route else None, req.method, status,
                                        time.monotonic() - start, req.upstream_seconds)
+                consumer = req.var("consumer")
+                if consumer is not None:
+                    worker.metrics.count_consumer(consumer.id, status)
         if self.upgraded:
             return False
         worker.handled += 1
@@ -487,6 +489,18 @@ class ClientConnection:
             worker.retire()
             return False
         return keep_alive
+
+
+    def answer(self, req, reply, keep_alive):
+        """Write a reply the gateway made itself (a plugin's, or an error), after the route's
+        plugins with a ``reply`` hook saw its head; return (status, body bytes)."""
+        reply.with_error_shape(req.request_id)
+        route = req.route
+        if route is not None and route.chain.reply_steps:
+            route.chain.run_reply(req, reply)
+        head_only = req.method == "HEAD"
+        self.write(render_reply(reply, keep_alive, req.request_id, head_only))
+        return reply.status, 0 if head_only else len(reply.body)
 
 
 def new_trace_ids():
@@ -508,13 +522,17 @@ def render_reply(reply, keep_alive, request_id, head_only=False):
     return head if head_only else head + reply.body
 
 
-def render_error(exc, keep_alive, request_id, head_only=False):
-    from ..core.context import Reply
+def error_reply(exc, request_id):
+    """The one JSON shape of every error the gateway answers: error, status, message and
+    request_id (when the request got that far)."""
     payload = {"error": exc.error, "status": exc.status, "message": exc.reason}
     if request_id:
         payload["request_id"] = request_id
-    return render_reply(Reply.json(exc.status, payload, exc.headers), keep_alive, request_id,
-                        head_only)
+    return Reply.json(exc.status, payload, exc.headers)
+
+
+def render_error(exc, keep_alive, request_id, head_only=False):
+    return render_reply(error_reply(exc, request_id), keep_alive, request_id, head_only)
 
 
 

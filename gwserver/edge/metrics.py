@@ -121,7 +121,12 @@ class WorkerMetrics:
                                            ["breaker", "state"])
         self.faults = Counter("gwserver_faults_injected", "Faults injected by the fault plugin, "
                               "by route and kind (delay, abort)", ["route", "kind"])
+        self.consumer_requests = Counter(
+            "gwserver_consumer_requests", "Requests by the consumer an auth plugin identified "
+            "and status class (series bounded by the number of consumers)",
+            ["consumer", "code"])
         self._series = {}
+        self._consumers = {}        # (consumer, code class) -> [counted, pushed]
         self._limits = {}           # (route, outcome) -> [counted, pushed]
         self._faults = {}           # (route, kind) -> [counted, pushed]
         self.retries = Counter("gwserver_upstream_retries", "Retries on another target, by "
@@ -176,6 +181,9 @@ class WorkerMetrics:
     def count_fault(self, route_id, kind):
         _count(self._faults, (route_id, kind))
 
+    def count_consumer(self, consumer_id, status):
+        _count(self._consumers, (consumer_id, f"{status // 100}xx"))
+
     def count_retry(self, upstream_id, outcome):
         self.retries.labels(upstream_id, outcome).inc()
 
@@ -208,7 +216,8 @@ class WorkerMetrics:
             if entry[0] != entry[1]:
                 self.breaker.labels(key).set(STATE_CODES[entry[0]])
                 entry[1] = entry[0]
-        for counter, counts in ((self.limits, self._limits), (self.faults, self._faults)):
+        for counter, counts in ((self.limits, self._limits), (self.faults, self._faults),
+                                (self.consumer_requests, self._consumers)):
             for labels, entry in counts.items():
                 if entry[0] != entry[1]:
                     counter.labels(*labels).inc(entry[0] - entry[1])

@@ -120,9 +120,11 @@ class GatewayWorker(GeventWorker):
         path = self.conf.server["state_dir"]       # [server] state_dir; the master made it
         local = LocalStore(path)
         redis = self.conf.redis
+        from .rollouts import RolloutView
         self.services = services = Services(local if redis is None else RedisStore(
             redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"]), local,
-            self.metrics)
+            self.metrics, self.table.consumers if self.table is not None else
+            self.conf.consumers, RolloutView(path))
         if self.metrics is not None:
             for store in {services.local_store, services.limit_store}:
                 store.on_transition = self.metrics.breaker_transition
@@ -377,6 +379,9 @@ class GatewayWorker(GeventWorker):
             extra = f',"fault":"{fault}"' if fault else ""
             if req.attempts > 1:                    # retried: how many tries it took
                 extra += f',"attempts":{req.attempts}'
+            consumer = req.var("consumer")
+            if consumer is not None:
+                extra += f',"consumer":{_escape(consumer.id)}'
             line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
                     f'{_escape(request_id) if request_id else "null"},'
                     f'"client":"{req.client_ip}","method":"{req.method}","path":{_escape(path)},'

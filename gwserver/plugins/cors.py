@@ -137,6 +137,11 @@ def response(conf, ctx, head):
         add_vary(head, "Origin")
 
 
+# An answer the gateway writes itself (a 401 from an auth plugin, a 429, a 502) needs the
+# same headers, or a browser cannot read why it was refused.
+reply = response
+
+
 def add_vary(head, name):
     """Add ``name`` to the answer's Vary, keeping what the upstream put there."""
     lower = name.lower().encode()

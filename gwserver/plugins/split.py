@@ -239,7 +239,7 @@ def _rule_holds(rule, ctx):
 def access(conf, ctx):
     choices, total, shut, step = conf["choices"], conf["total"], None, None
     if conf["rollout"] is not None:
-        step = _rollout_view(ctx).current(ctx.route.id if ctx.route else "", conf["rollout_id"])
+        step = ctx.services.rollouts.current(ctx.route.id if ctx.route else "", conf["rollout_id"])
         percent = step["weight"] if step else 0.0     # no word from the controller yet
         choices, total = rollout_choices(conf, percent)
         if not percent:
@@ -263,7 +263,7 @@ def access(conf, ctx):
         ctx.upstream = conf["by_group"][group]
     ctx.vars["split_group"] = group
     if step is not None:
-        ctx.vars["rollout"] = (step["window"], time.monotonic())
+        ctx.vars["rollout"] = step["window"]
     ctx.set_header(conf["group_header"], group)
     if conf["env"] and conf["env_header_b"] not in ctx.header_map:
         ctx.set_header(conf["env_header"], conf["env"])
@@ -272,26 +272,14 @@ def access(conf, ctx):
 
 def finish(conf, ctx, status):
     """Count the answer for the rollout's gates: its group, failed or not, how long it took
-    (from this plugin's access phase to the end of the answer)."""
-    measured = ctx.var("rollout")
-    if measured is None:
+    (from the request's head to the end of the answer)."""
+    window = ctx.var("rollout")
+    if window is None:
         return
-    window, started = measured
+    started = ctx.started if ctx.started is not None else time.monotonic()
     failed = ctx.upstream_failed(status, conf["rollout_failures"])
-    _rollout_view(ctx).record(ctx.route.id, window, ctx.vars["split_group"], failed,
-                              time.monotonic() - started)
-
-
-_views = {}     # host state directory -> RolloutView, one per worker process, made on use
-
-
-def _rollout_view(ctx):
-    from ..edge.rollouts import RolloutView
-    directory = getattr(ctx.services.local_store, "directory", None)
-    view = _views.get(directory)
-    if view is None:
-        view = _views[directory] = RolloutView(directory)
-    return view
+    ctx.services.rollouts.record(ctx.route.id, window, ctx.vars["split_group"], failed,
+                                 time.monotonic() - started)
 
 
 ADMIN_VIEW = "rollouts"

@@ -3,6 +3,7 @@ the inputs an attacker would try (issue 14)."""
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -293,3 +294,24 @@ def test_consumers_from_etcd_are_live_and_the_cli_never_stores_a_clear_key(launc
     wait_until(lambda: all(get(gw, "/key/echo", {"X-API-Key": key})[0].status == 401
                            for _ in range(4)), timeout=10)
     assert key not in gw.log()
+
+
+def test_a_refusal_the_gateway_writes_carries_cors_headers_too(gw):
+    """A 401 from key_auth on a cors route: without the headers a browser could not read why."""
+    resp, body = get(gw, "/cors/echo", {"Origin": "https://app.example.com"})
+    assert resp.status == 401 and b"request_id" in body
+    assert resp.getheader("Access-Control-Allow-Origin") == "https://app.example.com"
+    assert "Origin" in resp.getheader("Vary")
+
+
+def test_the_consumer_is_in_the_access_log_and_a_metric(gw):
+    resp, _ = get(gw, "/hdr/echo", {"X-API-Key": KEYS["bob"]})
+    assert resp.status == 200
+    line = wait_until(lambda: [l for l in gw.access_lines() if l.get("consumer") == "bob"])[-1]
+    assert line["route"] == "header-only" and line["status"] == 200
+
+    def counted():
+        status, body = gw.admin_get("/metrics")
+        return status == 200 and re.search(
+            rb'gwserver_consumer_requests_total\{code="2xx",consumer="bob"\} [1-9]', body)
+    assert wait_until(counted, timeout=5)

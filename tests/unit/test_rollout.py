@@ -188,11 +188,10 @@ def test_rolled_back_canary_gets_nobody_even_by_rule():
 
         def current(self, route_id, ident):
             return {"weight": self.weight, "window": "w"}
+    from gwserver.services import Services
     for weight, expected in ((0.0, "v1"), (50.0, "canary")):
-        split._views[None] = View(weight)
-        ctx = RequestContext("10.0.0.1", "http")
+        ctx = RequestContext("10.0.0.1", "http", Services(rollouts=View(weight)))
         ctx.headers.append((b"X-Beta", b"1"))
         ctx.header_map[b"x-beta"] = b"1"
         assert split.access(conf, ctx) is None
         assert ctx.vars["split_group"] == expected
-    split._views.clear()
