@@ -184,6 +184,14 @@ class Target:
     port: int
     weight: int
 
+    def __post_init__(self):
+        object.__setattr__(self, "_hash", hash((self.url, self.weight)))
+
+    def __hash__(self):
+        # A target keys several per-request dicts (in flight, balancer state): hash it once,
+        # not from its five fields on every lookup.
+        return self._hash
+
     @property
     def key(self):
         return (self.scheme, self.host, self.port)
