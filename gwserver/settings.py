@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
 from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream
@@ -149,6 +150,9 @@ LOG = Schema(
           "error log level"),
     Field("access_log", boolean, True, "write one access-log line per request to stderr"),
     Field("access_format", one_of("json", "common"), "json", "access-log line format"),
+    Field("access_fields", list_of(field_name), list,
+          "access-log fields in order; empty: the format's default (docs/operations.md "
+          "lists the fields and the defaults)"),
     doc="Logs go to stderr, for journald.",
 )
 
@@ -246,6 +250,9 @@ TRACING = Schema(
           "empty: no export"),
     Field("service_name", string(r"[!-~]+", "printable ASCII"), "gwserver",
           "service.name of exported spans"),
+    Field("response_header", string(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", "a header name",
+                                    allow_empty=True), "X-Trace-Id",
+          "response header that returns the trace id to the client; empty: none"),
     doc="Trace context propagation (the trace id is in every access-log line).",
 )
 

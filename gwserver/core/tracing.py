@@ -9,7 +9,13 @@ B3 (https://github.com/openzipkin/b3-propagation):
     X-B3-TraceId, X-B3-SpanId, X-B3-ParentSpanId, X-B3-Sampled, X-B3-Flags
 
 Malformed values are ignored (a new trace starts), never an error: tracing must not fail a
-request. Precedence when several arrive: traceparent, then b3, then X-B3-*.
+request. Precedence when several arrive: traceparent, then b3, then X-B3-*. The ids come from
+the first valid one; every form that arrived is sent on, carrying those ids (a client that
+sends W3C and B3 has B3-only services behind it: Envoy and the OpenTelemetry composite
+propagator do the same).
+
+The trace id goes back to the client in one response header (``[tracing] response_header``):
+``response_line(trace, name)`` is that header, ready for a head being assembled.
 """
 import re
 
@@ -36,7 +42,7 @@ class TraceContext:
         self.span_id = span_id          # the gateway's span, the upstream's parent
         self.sampled = sampled
         self.tracestate = tracestate    # bytes, passed on
-        self.b3 = b3                    # None, "single" or "multi": the form that came in
+        self.b3 = b3                    # None, "single" or "multi": the B3 form that came in
         self.started = started
 
     def upstream_headers(self, emit_b3=False, extra_state=None):
@@ -81,10 +87,21 @@ def extract(headers, random_hex):
     if found is None:
         return TraceContext(ids[:32], None, span_id, True, started=True)
     trace_id, parent_id, sampled, b3 = found
-    state = headers.get(b"tracestate") if b3 is None else None
-    if state is not None and len(state) > 512:
-        state = None                    # W3C: a vendor may drop an oversized tracestate
+    state = None
+    if b3 is None:                      # W3C won: its tracestate, and B3 if that came too
+        state = headers.get(b"tracestate")
+        if state is not None and len(state) > 512:
+            state = None                # W3C: a vendor may drop an oversized tracestate
+        b3 = "single" if b"b3" in headers else "multi" if b"x-b3-traceid" in headers else None
     return TraceContext(trace_id, parent_id, span_id, sampled, state, b3)
+
+
+def response_line(trace, name):
+    """``Name: <trace id>\r\n`` for the client's answer, or b"" when there is no trace or
+    ``name`` (bytes, from ``[tracing] response_header``) is empty."""
+    if trace is None or not name:
+        return b""
+    return name + b": " + trace.trace_id.encode("ascii") + b"\r\n"
 
 
 def _from_traceparent(headers):

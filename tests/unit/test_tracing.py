@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from gwserver.core.tracing import extract
+from gwserver.core.tracing import extract, response_line
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -78,9 +78,7 @@ def test_incomplete_b3_starts_a_new_trace(headers):
     assert upstream(headers)[0].started
 
 
-def test_w3c_wins_over_b3_and_a_started_trace_may_emit_b3():
-    ctx, _ = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01", "b3": f"{'1' * 32}-{PARENT}"})
-    assert ctx.trace_id == TRACE and ctx.b3 is None
+def test_a_started_trace_may_emit_b3():
     ctx, out = upstream({}, emit_b3=True)
     assert out["b3"] == f"{ctx.trace_id}-{ctx.span_id}-1"
 
@@ -89,3 +87,30 @@ def test_extra_tracestate_entry_goes_first_and_replaces_its_key():
     _, out = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01",
                        "tracestate": "gwfault=old, a=1"}, extra="gwfault=abort")
     assert out["tracestate"] == "gwfault=abort,a=1"
+
+
+OTHER = "1" * 32
+
+
+@pytest.mark.parametrize("b3_in, b3_out", [
+    ({"b3": f"{OTHER}-{'2' * 16}-1"}, {"b3": f"{TRACE}-{{span}}-1-{PARENT}"}),
+    ({"X-B3-TraceId": OTHER, "X-B3-SpanId": "2" * 16, "X-B3-Sampled": "1"},
+     {"x-b3-traceid": TRACE, "x-b3-spanid": "{span}", "x-b3-sampled": "1",
+      "x-b3-parentspanid": PARENT}),
+])
+def test_w3c_and_b3_together_keep_both_forms_with_the_w3c_ids(b3_in, b3_out):
+    ctx, out = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "a=1", **b3_in})
+    assert (ctx.trace_id, ctx.parent_id) == (TRACE, PARENT)
+    expected = {"traceparent": f"00-{TRACE}-{ctx.span_id}-01", "tracestate": "a=1",
+                **{k: v.format(span=ctx.span_id) for k, v in b3_out.items()}}
+    assert out == expected
+
+
+@pytest.mark.parametrize("name, line", [
+    (b"X-Trace-Id", f"X-Trace-Id: {TRACE}\r\n".encode()),
+    (b"", b""),                                 # empty setting: no header
+])
+def test_the_response_line_carries_the_trace_id(name, line):
+    ctx, _ = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    assert response_line(ctx, name) == line
+    assert response_line(None, b"X-Trace-Id") == b""

@@ -1,0 +1,181 @@
+"""One access-log line from a list of fields (``[log] access_fields``). Pure: the request is
+read through the attributes ``core.context.RequestContext`` has, the time comes from the
+caller (the worker keeps a per-second clock text).
+
+    fields = compile_fields(["time", "client", "method", "path", "query", "status"], "json")
+    fields.line(req, status, sent, upstream, elapsed_ms, time_text)
+
+json: one object per line, keys in the listed order; a field marked optional (``fault``,
+``attempts``, ``consumer``) is left out when it has no value, the others are ``null``.
+common: the Common Log Format head ``client - - [time] "METHOD target HTTP/v" status bytes``
+(what log tools parse; target includes the query), then each listed field it does not hold,
+strings quoted (nginx's combined adds referer and user agent this way), ``-`` for none.
+
+Header values are logged as sent, at most 256 characters (nginx logs whole headers; a 32 KiB
+User-Agent should not make a 32 KiB log line).
+"""
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from .schema import Invalid, show
+
+_escape = json.encoder.encode_basestring      # the C encoder, as the worker uses
+HEADER_CHARS = 256
+
+
+def _header(name):
+    def get(req, status, sent, upstream):
+        raw = req.header_map.get(name)
+        return None if raw is None else raw[:HEADER_CHARS].decode("latin-1")
+    return get
+
+
+def _upstream_status(req, status, sent, upstream):
+    # the upstream's answer reached the client: its head was read (upstream_seconds) and
+    # neither a plugin nor an error made the gateway write the status itself
+    if req.upstream_seconds is None or req.ended_by is not None or req.error is not None:
+        return None
+    return status
+
+
+def _trace_id(req, status, sent, upstream):
+    return req.trace.trace_id if req.trace is not None else None
+
+
+def _consumer(req, status, sent, upstream):
+    consumer = req.var("consumer")
+    return None if consumer is None else consumer.id
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+@dataclass(frozen=True)
+class Spec:
+    doc: str
+    get: Callable = None        # (req, status, sent, upstream) -> str | int | float | None
+    optional: bool = False      # json: left out when None
+
+
+# Every field a line may hold; time and duration_ms are handed in by the caller.
+FIELDS = {
+    "time": Spec("when the answer ended, UTC (RFC 3339 in json)"),
+    "request_id": Spec("X-Request-ID of the request",
+                       lambda req, *_: getattr(req, "request_id", None)),
+    "client": Spec("client address (the peer, or what a trusted proxy named)",
+                   lambda req, *_: req.client_ip),
+    "method": Spec("request method", lambda req, *_: req.method),
+    "path": Spec("path as sent, without the query",
+                 lambda req, *_: req.url.partition(b"?")[0].decode("latin-1")),
+    "query": Spec("query string as sent, without the '?' (null: none)",
+                  lambda req, *_: req.url.partition(b"?")[2].decode("latin-1")
+                  if b"?" in req.url else None),
+    "version": Spec("HTTP version: 1.1, 1.0, 2", lambda req, *_: getattr(req, "version", None)),
+    "host": Spec("Host header as sent", _header(b"host")),
+    "user_agent": Spec("User-Agent header", _header(b"user-agent")),
+    "referer": Spec("Referer header", _header(b"referer")),
+    "route": Spec("id of the matched route (null: none)",
+                  lambda req, *_: req.route.id if req.route is not None else None),
+    "upstream": Spec("the target that answered", lambda req, status, sent, upstream: upstream),
+    "status": Spec("status sent to the client", lambda req, status, *_: status),
+    "upstream_status": Spec("status the upstream answered, when the client got that answer "
+                            "(null: the gateway answered itself)", _upstream_status),
+    "bytes": Spec("body bytes sent to the client", lambda req, status, sent, upstream: sent),
+    "request_bytes": Spec("request body bytes received", lambda req, *_: req.body_size),
+    "duration_ms": Spec("milliseconds from the request head to the end of the answer"),
+    "upstream_ms": Spec("milliseconds from sending upstream to the answer's head (last try)",
+                        lambda req, *_: _ms(req.upstream_seconds)),
+    "trace_id": Spec("trace id (docs/operations.md, tracing)", _trace_id),
+    "ended_by": Spec("the plugin that answered, if one did", lambda req, *_: req.ended_by),
+    "fault": Spec("fault injected: delay, abort or both", lambda req, *_: req.var("fault"),
+                  optional=True),
+    "attempts": Spec("tries, when the request was retried",
+                     lambda req, *_: req.attempts if req.attempts > 1 else None, optional=True),
+    "consumer": Spec("id of the identified consumer", _consumer, optional=True),
+}
+
+# the line gwserver wrote before the list was configurable
+DEFAULT_FIELDS = ("time", "request_id", "client", "method", "path", "route", "upstream",
+                  "status", "bytes", "duration_ms", "upstream_ms", "trace_id", "ended_by",
+                  "fault", "attempts", "consumer")
+# what the Common Log Format head already holds
+COMMON_HEAD = frozenset(["time", "client", "method", "path", "query", "version", "status",
+                         "bytes"])
+DEFAULT_COMMON_FIELDS = ("route", "request_id", "duration_ms", "trace_id")
+
+
+def _json_value(value):
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _escape(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _common_value(value):
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return _escape(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+class AccessFields:
+    """A compiled field list: ``line()`` renders one request."""
+
+    def __init__(self, names, fmt):
+        unknown = [name for name in names if name not in FIELDS]
+        if unknown:
+            raise ValueError(f"unknown access-log field(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(FIELDS)})")
+        self.names = tuple(names)
+        self.format = fmt
+        listed = self.names if fmt == "json" else \
+            tuple(name for name in self.names if name not in COMMON_HEAD)
+        self._parts = [(name, FIELDS[name]) for name in listed]
+
+    def values(self, req, status, sent, upstream, elapsed_ms, time_text):
+        """(name, value, optional) for each listed field."""
+        out = []
+        for name, spec in self._parts:
+            if name == "time":
+                value = time_text
+            elif name == "duration_ms":
+                value = round(elapsed_ms, 3)
+            else:
+                value = spec.get(req, status, sent, upstream)
+            out.append((name, value, spec.optional))
+        return out
+
+    def line(self, req, status, sent, upstream, elapsed_ms, time_text):
+        """One line, newline included. ``time_text``: RFC 3339 for json
+        (``2024-05-01T12:00:00.123Z``), ``01/May/2024:12:00:00 +0000`` for common."""
+        values = self.values(req, status, sent, upstream, elapsed_ms, time_text)
+        if self.format == "json":
+            body = ",".join(f'"{name}":{_json_value(value)}' for name, value, optional in values
+                            if not (optional and value is None))
+            return "{" + body + "}\n"
+        target = req.url.decode("latin-1")
+        head = (f'{req.client_ip} - - [{time_text}] "{req.method} {target} HTTP/'
+                f'{getattr(req, "version", "1.1")}" {status} {sent}')
+        return " ".join([head, *(_common_value(value) for _, value, _ in values)]) + "\n"
+
+
+def compile_fields(names, fmt="json"):
+    """``names``: the ``[log] access_fields`` list; empty means the format's default."""
+    if not names:
+        names = DEFAULT_FIELDS if fmt == "json" else DEFAULT_COMMON_FIELDS
+    return AccessFields(names, fmt)
+
+
+def field_name(value):
+    """Schema check for one entry of ``[log] access_fields``."""
+    if value not in FIELDS:
+        raise Invalid(f"must be an access-log field ({', '.join(FIELDS)}), got {show(value)}")
+    return value

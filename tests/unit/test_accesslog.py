@@ -1,0 +1,102 @@
+"""An access-log line is what [log] access_fields lists, in that order, in json or common."""
+import json
+
+import pytest
+
+from gwserver.core.accesslog import DEFAULT_FIELDS, FIELDS, compile_fields
+from gwserver.core.context import RequestContext
+from gwserver.core.tracing import extract
+from gwserver.settings import LOG
+
+TIME = "2024-05-01T12:00:00.123Z"
+
+
+class Route:
+    id = "users"
+
+
+def request(url=b"/u/1?page=2&q=a%20b", headers=(), **attrs):
+    req = RequestContext("10.0.0.9", "http")
+    req.method, req.url, req.version, req.request_id = "GET", url, "1.1", "rid-1"
+    req.headers = [(k.encode(), v.encode()) for k, v in headers]
+    req.header_map = {k.lower(): v for k, v in req.headers}
+    req.route, req.upstream_seconds, req.body_size = Route(), 0.0123, 0
+    for name, value in attrs.items():
+        setattr(req, name, value)
+    return req
+
+
+def json_line(names, req, status=200, sent=5, upstream="http://127.0.0.1:9000"):
+    text = compile_fields(names, "json").line(req, status, sent, upstream, 1.5, TIME)
+    assert text.endswith("}\n") and text.count("\n") == 1
+    return json.loads(text)
+
+
+def test_the_default_line_is_the_one_gwserver_always_wrote():
+    line = json_line([], request())
+    assert list(line) == [n for n in DEFAULT_FIELDS if n not in ("fault", "attempts", "consumer")]
+    assert line["path"] == "/u/1" and line["upstream_ms"] == 12.3 and line["duration_ms"] == 1.5
+
+
+@pytest.mark.parametrize("names, headers, url, expected", [
+    (["query"], [], b"/u?page=2&q=a%20b", {"query": "page=2&q=a%20b"}),
+    (["query"], [], b"/u", {"query": None}),
+    (["query"], [], b"/u?", {"query": ""}),
+    (["host", "user_agent"], [("Host", "api.example.com"), ("User-Agent", 'curl/8 "x"')],
+     b"/", {"host": "api.example.com", "user_agent": 'curl/8 "x"'}),
+    (["user_agent", "referer"], [], b"/", {"user_agent": None, "referer": None}),
+    (["user_agent"], [("User-Agent", "a" * 1000)], b"/", {"user_agent": "a" * 256}),
+    (["status", "path", "method"], [], b"/x", {"status": 200, "path": "/x", "method": "GET"}),
+])
+def test_listed_fields_in_their_order(names, headers, url, expected):
+    line = json_line(names, request(url, headers))
+    assert line == expected and list(line) == names
+
+
+@pytest.mark.parametrize("attrs, status, upstream_status", [
+    ({}, 503, 503),                                         # relayed answer
+    ({"upstream_seconds": None}, 404, None),                # no route: the gateway answered
+    ({"ended_by": "rate_limit", "upstream_seconds": None}, 429, None),
+    ({"error": RuntimeError("connect")}, 502, None),        # the upstream failed
+])
+def test_upstream_status_is_the_upstreams_only_when_its_answer_was_sent(
+        attrs, status, upstream_status):
+    line = json_line(["status", "upstream_status"], request(**attrs), status=status)
+    assert line == {"status": status, "upstream_status": upstream_status}
+
+
+def test_request_bytes_and_optional_fields():
+    req = request(body_size=1234, attempts=2)
+    line = json_line(["request_bytes", "attempts", "fault", "consumer"], req)
+    assert line == {"request_bytes": 1234, "attempts": 2}       # fault, consumer: left out
+
+
+def test_trace_id():
+    trace = extract({b"traceparent": b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"},
+                    lambda: "c" * 48)
+    assert json_line(["trace_id"], request(trace=trace)) == {"trace_id": "a" * 32}
+    assert json_line(["trace_id"], request()) == {"trace_id": None}
+
+
+def test_common_keeps_the_clf_head_then_the_other_fields():
+    req = request(headers=[("User-Agent", "curl/8")])
+    fields = compile_fields(["client", "status", "user_agent", "upstream_status", "query"],
+                            "common")
+    assert fields.line(req, 200, 5, None, 1.5, "01/May/2024:12:00:00 +0000") == \
+        '10.0.0.9 - - [01/May/2024:12:00:00 +0000] "GET /u/1?page=2&q=a%20b HTTP/1.1" ' \
+        '200 5 "curl/8" 200\n'
+    default = compile_fields([], "common").line(req, 200, 5, None, 1.5, "T")
+    assert default.endswith('200 5 "users" "rid-1" 1.500 -\n')
+
+
+def test_the_setting_accepts_known_fields_and_names_an_unknown_one():
+    assert LOG({"access_fields": ["host", "query"]})["access_fields"] == ["host", "query"]
+    assert LOG({})["access_fields"] == []
+    with pytest.raises(Exception, match=r"access_fields\[1\]: must be an access-log field"):
+        LOG.validate({"access_fields": ["host", "hots"]}, "log")
+    with pytest.raises(ValueError, match="unknown access-log field"):
+        compile_fields(["hots"])
+
+
+def test_every_field_has_a_doc_line():
+    assert all(spec.doc for spec in FIELDS.values())
