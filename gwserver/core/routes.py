@@ -135,8 +135,11 @@ UPSTREAM = Schema(
     Field("pass_host", one_of("pass", "node", "rewrite"), "pass",
           "Host sent upstream: the client's (pass), the target's (node) or upstream_host"),
     Field("upstream_host", string(HOST, "a host name"), None, "Host header when pass_host=rewrite"),
-    Field("pool_size", integer(1), None, "keep-alive connections per target per worker"),
-    Field("block_when_full", boolean, None, "wait for a free connection instead of opening more"),
+    Field("pool_size", integer(1), None, "keep-alive connections per target per worker; "
+          "default upstream_defaults.pool_size"),
+    Field("block_when_full", boolean, None, "wait for a free connection (up to pool_timeout, "
+          "then 503) instead of opening an unpooled one; default "
+          "upstream_defaults.block_when_full"),
     Field("keepalive", boolean, True,
           "reuse connections; false: one per request (for an upstream that sends stray bytes)"),
     Field("timeouts", TIMEOUTS, None, "overrides of upstream_defaults timeouts"),
@@ -147,10 +150,12 @@ UPSTREAM = Schema(
 )
 
 ROUTE = Schema(
-    Field("id", string(ROUTE_ID, "an id of letters, digits and _.:- (max 128)")),
+    Field("id", string(ROUTE_ID, "an id of letters, digits and _.:- (max 128)"),
+          doc="unique id of letters, digits and _.:- (max 128); named in logs and errors"),
     Field("paths", list_of(string(what="a path pattern"), min_items=1),
           doc="/exact, /users/:id (parameter), /static/*rest (catch-all)"),
-    Field("prefix", boolean, False, "a path without a catch-all also matches below itself"),
+    Field("prefix", boolean, False,
+          "a path without a catch-all also matches below itself (by segment)"),
     Field("methods", list_of(string(METHOD, "an upper-case method"), min_items=1), None,
           "allowed methods (HEAD is allowed with GET); absent: all"),
     Field("hosts", list_of(string(HOST, "a lower-case host or *.domain"), min_items=1), None,
@@ -161,17 +166,20 @@ ROUTE = Schema(
           "verified JWT claims that must hold these values (scope: one of the scopes); "
           "needs the jwt plugin on the route or globally"),
     Field("priority", integer(-1_000_000, 1_000_000, "an integer"), 0,
-          "higher wins among equal matches"),
+          "higher wins among routes on the same path node"),
     Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else
           string(ROUTE_ID, "an upstream object or the id of one")(value),
           doc="inline upstream object, or the id of a named upstream"),
     Field("strip_prefix", string(r"/[^?#]*", "a path starting with /"), None,
-          "removed from the start of the path before proxying"),
+          "removed from the start of the path before proxying; must prefix every path"),
     Field("timeouts", TIMEOUTS, None, "overrides of the upstream's timeouts"),
     Field("retry", RETRY, None, "overrides of the upstream's retry policy, field by field"),
-    Field("max_body_size", integer(0), None, "request body limit in bytes, 0 = no limit"),
+    Field("max_body_size", integer(0), None,
+          "request body limit in bytes, 0 = no limit; over it: 413, never forwarded; "
+          "default server.max_body_size"),
     Field("plugins", map_of(lambda conf: conf, string(r"[a-z][a-z0-9_-]*", "a plugin name")),
-          None, "plugin name -> plugin config"),
+          None, "plugin name -> plugin config (docs/plugins.md); name = false switches off "
+          "a global one"),
     doc="A route: what requests it matches and where they go.",
 )
 

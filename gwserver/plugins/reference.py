@@ -28,13 +28,15 @@ def _default(field):
     return "`" + json.dumps(value) + "`"
 
 
-def _rows(schema, prefix=""):
+def _rows(schema, prefix="", nested=True):
+    """Table rows of a schema's fields; ``nested``: a field that is a schema of its own gets
+    rows for its fields too (``adaptive.floor``), else only its own row."""
     rows = []
     for field in schema.fields.values():
         name = prefix + field.name
         doc = field.doc.replace("|", "\\|").replace("*", "\\*")
         rows.append(f"| `{name}` | {_default(field)} | {doc} |")
-        if isinstance(field.check, Schema):
+        if nested and isinstance(field.check, Schema):
             rows += _rows(field.check, name + ".")
     return rows
 
@@ -71,11 +73,12 @@ def render(registry=None):
     return "\n".join(lines) + "\n"
 
 
-def replaced(text, section):
-    """``text`` with the generated section replaced (or appended)."""
-    if BEGIN in text:
-        head, _, rest = text.partition(BEGIN)
-        tail = rest.partition(END)[2].lstrip("\n")
+def replaced(text, section, begin=BEGIN, end=END):
+    """``text`` with the generated section (from ``begin`` to ``end``) replaced (or
+    appended)."""
+    if begin in text:
+        head, _, rest = text.partition(begin)
+        tail = rest.partition(end)[2].lstrip("\n")
         return head + section + ("\n" + tail if tail else "")
     return text.rstrip("\n") + "\n\n" + section
 
