@@ -12,6 +12,7 @@ across SIGHUP: the master forwards SIGHUP and the checker re-reads its targets).
 it follows the published table like a worker.
 """
 import fcntl
+import http.client
 import json
 import logging
 import os
@@ -152,8 +153,13 @@ class PassiveTracker:
 
 # -- the checker process ------------------------------------------------------------------------
 
-def probe(target, conf):
-    """One active check; returns (ok, error text). Runs in a greenlet (gevent-patched I/O)."""
+def probe(target, conf, tls=None):
+    """One active check; returns (ok, error text). Runs in a greenlet (gevent-patched I/O).
+
+    The connection is opened here (``timeout`` bounds the connect and each read) and, for
+    https targets, wrapped with the upstream's own ``tls`` settings (verify, CA, SNI, client
+    certificate), the rules the proxy's pools follow; http.client writes the request and
+    reads the status line and headers. The body is never read: the status decides."""
     try:
         sock = socket.create_connection((target.host, target.port), timeout=conf["timeout"])
     except OSError as exc:
@@ -163,27 +169,44 @@ def probe(target, conf):
             return True, ""
         sock.settimeout(conf["timeout"])
         if target.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
-        host = conf["host"] or target.authority
-        sock.sendall(f"{conf['method']} {conf['path']} HTTP/1.1\r\nHost: {host}\r\n"
-                     f"User-Agent: gwserver-health\r\nConnection: close\r\n\r\n".encode())
-        head = b""
-        while b"\r\n" not in head and len(head) < 1024:
-            chunk = sock.recv(1024)
-            if not chunk:
-                break
-            head += chunk
-        parts = head.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            return False, "not an HTTP answer"
-        status = int(parts[1])
+            server_name = tls[2] if tls is not None and tls[2] else target.host
+            sock = _tls_context(tls).wrap_socket(sock, server_hostname=server_name)
+        conn = http.client.HTTPConnection(target.host, target.port, timeout=conf["timeout"])
+        conn.sock = sock                # http.client uses a socket it is handed as it is
+        conn.request(conf["method"], conf["path"], headers={
+            "Host": conf["host"] or target.authority, "User-Agent": "gwserver-health",
+            "Connection": "close"})
+        status = conn.getresponse().status
         if status not in conf["expected"]:
             return False, f"status {status}"
         return True, ""
-    except (OSError, ssl.SSLError) as exc:
+    except http.client.RemoteDisconnected:
+        return False, "closed without an answer"
+    except (http.client.BadStatusLine, http.client.LineTooLong) as exc:
+        return False, f"not an HTTP answer ({exc.__class__.__name__})"
+    except (OSError, http.client.HTTPException) as exc:
         return False, f"{exc.__class__.__name__}: {exc}"
     finally:
         sock.close()
+
+
+_TLS_CONTEXTS = {}
+
+
+def _tls_context(tls):
+    """An ssl context for an upstream's ``tls`` (None: verify with the system store), one per
+    distinct setting; the same rules as the proxy's pools (proxy.tls_options)."""
+    context = _TLS_CONTEXTS.get(tls)
+    if context is None:
+        verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
+        context = ssl.create_default_context(cafile=ca_file)
+        if not verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if cert_file:
+            context.load_cert_chain(cert_file, key_file)
+        _TLS_CONTEXTS[tls] = context
+    return context
 
 
 class _CheckCounts:
@@ -239,7 +262,8 @@ class Checker:
             if upstream.health_check is None:
                 continue
             for target in upstream.targets:
-                out[target_key(upstream.id, target.url)] = (target, upstream.health_check)
+                out[target_key(upstream.id, target.url)] = \
+                    (target, upstream.health_check, upstream.tls)
         return out
 
     def reconcile(self):
@@ -247,27 +271,28 @@ class Checker:
         wanted = self.wanted()
         changed = False
         for key in list(self.greenlets):
-            greenlet, target, hc = self.greenlets[key]
-            if key not in wanted or wanted[key] != (target, hc):
+            greenlet, *probed = self.greenlets[key]
+            if key not in wanted or wanted[key] != tuple(probed):
                 greenlet.kill(block=False)
                 del self.greenlets[key]
                 if key not in wanted:
                     self.states.pop(key, None)
                     changed = True
-        for key, (target, hc) in wanted.items():
+        for key, (target, hc, tls) in wanted.items():
             if key not in self.greenlets:
                 self.states.setdefault(key, core.ActiveState(since=time.time()))
-                self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc), target, hc)
+                self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc, tls),
+                                       target, hc, tls)
                 changed = True
         if changed:
             self.publish()
 
-    def watch(self, key, target, hc):
+    def watch(self, key, target, hc, tls=None):
         import gevent
         state = self.states[key]
         gevent.sleep(random.uniform(0, min(hc["interval"], 1.0)))     # spread the first probes
         while True:
-            ok, error = probe(target, hc)
+            ok, error = probe(target, hc, tls)
             now = time.time()
             factor = random.uniform(1 - hc["jitter"], 1 + hc["jitter"])
             self.counts[(key, "success" if ok else "failure")] = \

@@ -1,0 +1,68 @@
+"""The active probe (http.client over the upstream's own TLS settings) against real servers:
+what it calls healthy, and the reason it gives when it does not."""
+import pytest
+
+from gwserver.core.routes import HEALTH_CHECK, _health_check, make_target
+from gwserver.edge.health import probe
+
+from ..conftest import free_port
+from ..pki import CA
+
+
+def check(**conf):
+    return _health_check(HEALTH_CHECK({"timeout": 0.5, **conf}))
+
+
+def target(url):
+    return make_target({"url": url, "weight": 1})
+
+
+@pytest.mark.parametrize("path, statuses, ok, error", [
+    ("/", None, True, ""),
+    ("/status/503", None, False, "status 503"),
+    ("/status/503", [503], True, ""),
+    ("/status/301", None, True, ""),                    # default: 200-399
+    ("/status/204", [200], False, "status 204"),
+])
+def test_http_statuses_decide(launcher, path, statuses, ok, error):
+    up = launcher.upstream()
+    conf = check(path=path, **({"expected_statuses": statuses} if statuses else {}))
+    assert probe(target(up.url), conf) == (ok, error)
+
+
+@pytest.mark.parametrize("path, error", [
+    ("/junk", "not an HTTP answer (BadStatusLine)"),
+    ("/no-answer", "closed without an answer"),
+])
+def test_a_server_that_is_not_http_is_unhealthy(launcher, path, error):
+    raw = launcher.raw_upstream()
+    ok, text = probe(target(f"http://127.0.0.1:{raw.port}"), check(path=path))
+    assert not ok and text.startswith(error), text
+
+
+def test_refused_and_too_slow(launcher):
+    ok, text = probe(target(f"http://127.0.0.1:{free_port()}"), check())
+    assert not ok and text.startswith("connect:"), text
+    slow = launcher.upstream(delay=2)
+    ok, text = probe(target(slow.url), check(timeout=0.3))
+    assert not ok and "timed out" in text, text
+
+
+def test_tcp_checks_only_connect(launcher):
+    raw = launcher.raw_upstream()
+    assert probe(target(f"http://127.0.0.1:{raw.port}"), check(type="tcp", path="/junk")) == \
+        (True, "")
+
+
+def test_https_uses_the_upstreams_ca_sni_and_verify(launcher, tmp_path):
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("api", hosts=("api.internal",), ips=())      # not 127.0.0.1
+    up = launcher.upstream(tls=(str(cert), str(key)))
+    https = target(up.url)
+    ca_file = str(ca.cert_path)
+    assert probe(https, check(), (True, ca_file, "api.internal", None, None)) == (True, "")
+    ok, text = probe(https, check(), (True, ca_file, None, None, None))     # name: 127.0.0.1
+    assert not ok and "SSLCertVerificationError" in text, text
+    ok, text = probe(https, check())                                        # system store
+    assert not ok and "SSLCertVerificationError" in text, text
+    assert probe(https, check(), (False, None, None, None, None)) == (True, "")
