@@ -10,8 +10,10 @@ bucket). Set in a consumer's own ``plugins``, the limit is that consumer's. With
 worker); without it, per host. When Redis cannot answer: "allow" lets the request through,
 "deny" answers 503, "local" (default) decides with the per-host limiter instead.
 
-Rejected requests get 429 with Retry-After; every limited route's answers carry RateLimit-Limit,
-RateLimit-Remaining and RateLimit-Reset (IETF httpapi ratelimit-headers draft).
+Rejected requests get 429 with Retry-After; every answer a limiter counted carries
+RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (IETF httpapi ratelimit-headers draft):
+with Redis down, "local" sends the per-host count, "allow" and "deny" count nothing and send
+none (a Remaining the gateway made up would pace clients wrongly).
 
 Adaptive (opt-in): ``adaptive = {floor = 20, ceiling = 200}`` makes ``rate`` the starting point
 of an effective rate that follows the upstream: each ``window`` the share of successful
