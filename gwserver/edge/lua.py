@@ -193,3 +193,32 @@ redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', rate), 'since',
 redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) * 10 + 60000)
 return string.format('%.17g', rate)
 """
+
+
+# limit_conn: the leases of one key, a sorted set of lease ids scored by their expiry (ms on
+# Redis' clock). One call releases some leases and claims others, in that order: expired
+# leases (a worker that died mid-request never releases) are dropped first, then each claim
+# is admitted while fewer than ``limit`` are held. ARGV: limit, lease ms, the number of
+# releases, the released ids, then the claimed ids. Returns {admitted flags}, leases held.
+# The key lives as long as its last lease.
+LIMIT_CONN_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, ttl, releases = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4, 3 + releases do redis.call('ZREM', KEYS[1], ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+local flags = {}
+for i = 4 + releases, #ARGV do
+  if held < limit then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+    held = held + 1
+    flags[#flags + 1] = 1
+  else
+    flags[#flags + 1] = 0
+  end
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2])) + 1000) end
+return {flags, held}
+"""

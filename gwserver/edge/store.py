@@ -20,10 +20,12 @@ hash slot, so scripts run on a Cluster unchanged.
 """
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import mmap
 import os
+import socket
 import struct
 import time
 from typing import NamedTuple
@@ -34,9 +36,16 @@ import gevent.event
 from ..core import breaker, ratelimit
 from ..errors import StoreError
 from ..settings import parse_multi_host_url
-from .lua import ADAPTIVE_LUA, BREAKER_LUA, SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA
+from .lua import ADAPTIVE_LUA, BREAKER_LUA, LIMIT_CONN_LUA, SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA
 
 log = logging.getLogger("gwserver.store")
+
+
+class ConnClaim(NamedTuple):
+    """limit_conn: the lease a claim got (None: refused, every slot taken) and the leases the
+    key holds now."""
+    lease: str | None
+    held: int
 
 
 class BreakerVerdict(NamedTuple):
@@ -131,7 +140,12 @@ class RedisStore:
         self.breaker_prefix = key_prefix + "br:"
         self.adaptive_prefix = key_prefix + "ad:"
         self.scripts = {"token_bucket": TOKEN_BUCKET_LUA, "sliding_window": SLIDING_WINDOW_LUA,
-                        "breaker": BREAKER_LUA, "adaptive": ADAPTIVE_LUA}
+                        "breaker": BREAKER_LUA, "adaptive": ADAPTIVE_LUA,
+                        "limit_conn": LIMIT_CONN_LUA}
+        self.conn_prefix = key_prefix + "lc:"
+        # lease ids say where they came from (a host and worker to look for in Redis)
+        self.lease_prefix = f"{socket.gethostname()[:40]}:{os.getpid()}:"
+        self.lease_numbers = itertools.count()
         self.adaptive_rates = {}        # limit key -> the effective rate Redis last answered
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
@@ -175,6 +189,23 @@ class RedisStore:
         """The stored state of breaker ``key`` (admin view), or None if it has none."""
         raw = self.client.get(self.breaker_prefix + key)
         return None if raw is None else load_breaker_state(raw)
+
+    def conn_claim(self, key, limit, lease_seconds):
+        """limit_conn: take one of ``limit`` slots of ``key`` for at most ``lease_seconds``
+        -> ConnClaim; raises StoreError if Redis cannot answer."""
+        lease = f"{self.lease_prefix}{next(self.lease_numbers)}"
+        spec = ("lc", self.conn_prefix + key, limit, int(lease_seconds * 1000))
+        admitted, held = self._ask(spec, ("claim", lease))
+        return ConnClaim(lease if admitted else None, held)
+
+    def conn_release(self, key, limit, lease_seconds, lease):
+        """Give a slot back; sent with the next round trip, never waited for. While Redis is
+        paused it is not sent: the lease expires on its own."""
+        if time.monotonic() < self.down_until:
+            return
+        spec = ("lc", self.conn_prefix + key, limit, int(lease_seconds * 1000))
+        self.queue.append((spec, ("release", lease), None, 0.0))
+        self.wake.set()
 
     def _ask(self, spec, payload):
         if time.monotonic() < self.down_until:
@@ -229,6 +260,10 @@ class RedisStore:
                     waiter.set(decision)
             elif spec[0] == "ad":
                 self.adaptive_rates[spec[1]] = float(reply)
+            elif spec[0] == "lc":
+                flags, held = reply         # one flag per claim, in queue order
+                for waiter, flag in zip(waiters, flags):
+                    waiter.set((bool(int(flag)), int(held)))
             else:
                 state, epoch, admitted, wait, transitions = reply
                 state = state.decode() if isinstance(state, bytes) else state
@@ -256,6 +291,11 @@ class RedisStore:
                 ok = sum(1 for payload, _, _ in items if payload)
                 calls.append(("adaptive", self.adaptive_prefix + spec[1],
                               (*spec[2], ok, len(items) - ok)))
+            elif spec[0] == "lc":
+                releases = [payload[1] for payload, _, _ in items if payload[0] == "release"]
+                claims = [payload[1] for payload, _, _ in items if payload[0] == "claim"]
+                calls.append(("limit_conn", spec[1],
+                              (spec[2], spec[3], len(releases), *releases, *claims)))
             else:
                 _, key, conf_args = spec
                 admissions, outcomes = 0, {}
@@ -345,6 +385,8 @@ class LocalStore:
         self.state_fds = {}
         self.adaptive_rates = {}
         self.on_transition = None       # callable(key, state), set by the worker for metrics
+        self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
+        self.lease_numbers = itertools.count()
 
     # -- breakers and adaptive limits ----------------------------------------------------------
 
@@ -415,6 +457,66 @@ class LocalStore:
                 self.on_transition(key, to)
         return state, admitted, now
 
+    # -- limit_conn leases ------------------------------------------------------------------------
+
+    CONN_BUCKETS = 64       # files the per-host leases are spread over (bounded, like ``limits``)
+
+    def conn_claim(self, key, limit, lease_seconds):
+        """limit_conn per host: take one of ``limit`` slots of ``key`` -> ConnClaim. Leases
+        are ``PID.N``: expired ones are dropped on every claim, and when every slot is taken
+        the leases of workers that are gone (killed mid-request) are dropped at once."""
+        lease = f"{os.getpid()}.{next(self.lease_numbers)}"
+
+        def update(table, now):
+            held = table.get(key, {})
+            if len(held) >= limit:
+                held = {k: v for k, v in held.items() if _lease_alive(k)}
+            admitted = len(held) < limit
+            if admitted:
+                held[lease] = now + lease_seconds
+            table[key] = held
+            return ConnClaim(lease if admitted else None, len(held))
+        return self._conn_update(key, update)
+
+    def conn_release(self, key, limit, lease_seconds, lease):
+        def update(table, now):
+            table.get(key, {}).pop(lease, None)
+        self._conn_update(key, update)
+
+    def _conn_update(self, key, update):
+        """Run ``update(table, now)`` on the bucket file of ``key`` under its lock; ``table`` is
+        {key: {lease: expiry}} with expired leases already dropped."""
+        bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(),
+                                "little") % self.CONN_BUCKETS
+        fds = self.conn_fds
+        fd = fds.get(bucket)
+        if fd is None:
+            directory = os.path.join(self.directory, "conns")
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = fds[bucket] = os.open(os.path.join(directory, f"{bucket:02d}"),
+                                       os.O_RDWR | os.O_CREAT, 0o600)
+        now = time.time()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(fd, os.fstat(fd).st_size, 0)
+            try:
+                stored = json.loads(raw) if raw else {}
+            except ValueError:
+                stored = {}         # a torn file (a crash mid-write): leases start over
+            table = {}
+            for name, leases in stored.items():
+                live = {k: v for k, v in leases.items() if v > now}
+                if live:
+                    table[name] = live
+            result = update(table, now)
+            data = json.dumps({k: v for k, v in table.items() if v},
+                              separators=(",", ":")).encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return result
+
     # -- rate limits ----------------------------------------------------------------------------
 
     def decide(self, algorithm, key, rate, per, burst):
@@ -449,3 +551,14 @@ class LocalStore:
             if used < oldest_use:
                 oldest, oldest_use = slot, used
         return oldest, None
+
+
+def _lease_alive(lease):
+    """Is the worker that holds a per-host lease (``PID.N``) still running?"""
+    try:
+        os.kill(int(lease.partition(".")[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True

@@ -10,7 +10,8 @@ log = logging.getLogger("gwserver.plugins")
 BUILTIN = ("gwserver.plugins.grpc_web", "gwserver.plugins.headers", "gwserver.plugins.jwt", "gwserver.plugins.rate_limit",
            "gwserver.plugins.fault", "gwserver.plugins.split", "gwserver.plugins.breaker",
            "gwserver.plugins.key_auth", "gwserver.plugins.basic_auth", "gwserver.plugins.acl",
-           "gwserver.plugins.ip_restriction", "gwserver.plugins.cors")
+           "gwserver.plugins.ip_restriction", "gwserver.plugins.cors",
+           "gwserver.plugins.redirect", "gwserver.plugins.rewrite", "gwserver.plugins.limit_conn")
 ENTRY_POINT_GROUP = "gwserver.plugins"
 _registry = None
 

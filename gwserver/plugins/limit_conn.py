@@ -1,0 +1,123 @@
+"""``limit_conn``: at most ``limit`` requests in progress at once per key (APISIX's limit-conn,
+nginx's limit_conn), per host or across the cluster.
+
+    plugins.limit_conn = {limit = 20, key = "ip", scope = "cluster", lease_seconds = 300}
+
+key: "ip" (the client address through trusted_proxies: an X-Forwarded-For from anyone else
+changes nothing), "route", "consumer" (the consumer an auth plugin identified), "header:NAME"
+(requests without the header or consumer share one key). A slot is claimed in the access
+phase and given back in finish, when the answer is out (a streamed body holds its slot to the
+end, a websocket for as long as it is open).
+
+scope "cluster" keeps the slots where rate_limit keeps its state: in Redis with [redis] (one
+sorted set per key of lease ids scored by expiry, a Lua script per claim, coalesced per
+worker like rate_limit's decisions), else per host. scope "host" always counts per host, in
+files every worker of the host shares. A worker that dies mid-request never gives its slots
+back: each lease expires after ``lease_seconds`` (dropped on the next claim), and per host the
+leases of a worker that is gone are dropped as soon as a claim finds every slot taken. Set
+``lease_seconds`` above the longest request the route serves (its timeouts and retries, or
+how long a websocket stays open): a request still running when its lease expires no longer
+counts.
+
+Over the limit: ``status`` (503) with Retry-After. When Redis cannot answer: "allow" lets the
+request through, "deny" refuses it, "local" (default) counts per host instead.
+"""
+import hashlib
+
+from ..core.context import Reply
+from ..core.schema import Field, Invalid, Schema, integer, number, one_of, show, status_code
+from ..errors import StoreError
+
+NAME = "limit_conn"
+PRIORITY = 790          # after rate_limit (800): a request refused by a rate never takes a slot
+
+
+def key_kind(value):
+    if value in ("ip", "route", "consumer"):
+        return value
+    if isinstance(value, str) and value.partition(":")[0] == "header" and value.partition(":")[2]:
+        return value
+    raise Invalid(f'must be "ip", "route", "consumer" or "header:NAME", got {show(value)}')
+
+
+SCHEMA = Schema(
+    Field("limit", integer(1), doc="requests in progress at once, per key"),
+    Field("key", key_kind, "ip", "what is limited: ip, route, consumer or header:NAME"),
+    Field("scope", one_of("cluster", "host"), "cluster",
+          "cluster: Redis when [redis] is set, else per host; host: per host always"),
+    Field("lease_seconds", number(0, exclusive=True), 300.0,
+          "a slot a worker never gave back (it died) is free again after this long"),
+    Field("status", status_code, 503, "status of a refusal"),
+    Field("retry_after", integer(0), 1, "Retry-After seconds sent with a refusal"),
+    Field("on_store_error", one_of("allow", "deny", "local"), "local",
+          "when Redis cannot answer: let through, refuse, or count per host"),
+)
+
+
+def prepare(conf):
+    kind, _, name = conf["key"].partition(":")
+    return {**conf, "kind": kind, "name": name.lower().encode("latin-1")}
+
+
+def _key(conf, ctx):
+    kind = conf["kind"]
+    if kind == "ip":
+        value = ctx.client_ip
+    elif kind == "route":
+        value = ""
+    elif kind == "consumer":
+        consumer = ctx.var("consumer")
+        value = "-" if consumer is None else consumer.id
+    else:
+        raw = ctx.header_map.get(conf["name"])
+        value = raw.decode("latin-1") if raw is not None else "-"
+    if len(value) > 64:         # a client-chosen header never makes a long key
+        value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+    return f"{ctx.route.id}:{kind}:{value}"
+
+
+def access(conf, ctx):
+    key = _key(conf, ctx)
+    services = ctx.services
+    store = services.local_store if conf["scope"] == "host" else services.limit_store
+    try:
+        claim = store.conn_claim(key, conf["limit"], conf["lease_seconds"])
+    except StoreError:
+        mode = conf["on_store_error"]
+        if mode == "allow":
+            _count(ctx, "store_error_allowed")
+            return None
+        if mode == "deny":
+            _count(ctx, "store_error_denied")
+            return _refusal(conf, "limit_conn_unavailable",
+                            "the connection-limit store cannot answer")
+        store = services.local_store
+        claim = store.conn_claim(key, conf["limit"], conf["lease_seconds"])
+    if claim.lease is None:
+        _count(ctx, "conn_limited")
+        return _refusal(conf, "too_many_connections",
+                        f"more than {conf['limit']} requests in progress for this "
+                        f"{conf['kind']}")
+    ctx.vars["limit_conn"] = (store, key, claim.lease)
+    return None
+
+
+def finish(conf, ctx, status):
+    held = ctx.var("limit_conn")
+    if held is None:
+        return
+    store, key, lease = held
+    try:
+        store.conn_release(key, conf["limit"], conf["lease_seconds"], lease)
+    except StoreError:
+        pass                # the lease expires on its own
+
+
+def _refusal(conf, error, message):
+    return Reply.json(conf["status"], {"error": error, "message": message},
+                      [("Retry-After", str(conf["retry_after"]))])
+
+
+def _count(ctx, outcome):
+    if ctx.services.metrics is not None:
+        ctx.services.metrics.count_limit(ctx.route.id, outcome)

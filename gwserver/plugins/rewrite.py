@@ -1,0 +1,221 @@
+"""``rewrite``: change the path, Host and headers the upstream gets, and the headers and status
+the client gets back (APISIX's proxy-rewrite and response-rewrite, Kong's request- and
+response-transformer).
+
+    plugins.rewrite = {path = {match = "^/api/v1/(.*)$", replace = "/v2/$1"},
+                       host = "orders.internal",
+                       request_headers = {set = {"X-Client" = "$client_ip"}, remove = ["Cookie"]},
+                       response_headers = {add = {"X-Served-By" = "gw"}},
+                       response_status = {"404" = 410}}
+
+The path: the first match of ``match`` (a Python regular expression, searched in the canonical
+path) is replaced by ``replace``, where ``$1``..``$9`` are its groups and ``$variables`` work;
+anchor it with ``^...$`` to replace the whole path. The result must itself be canonical
+(core.target's rules at their strictest: no ``//``, no dot segments, no encoded slash or
+backslash, no ``;``, starting with ``/``): a replacement whose fixed text is not is a config
+error, and a request whose captures would make one (``/a/$1`` with ``$1`` = ``..``, or empty)
+is refused with 500 and a log line naming the route and both paths, so a rewrite cannot
+re-open what docs/security.md closes. Order: the access phase sets ``ctx.path``; the proxy then
+builds the upstream's path from it (``upstream_path``), removing the route's ``strip_prefix``
+if the rewritten path starts with it; the query is kept as it came.
+
+``host`` sets the Host sent upstream when the upstream has ``pass_host = "pass"`` (the
+default); it does not change which route matched, nor ``$host``.
+
+Headers: ``remove``, then ``set`` (replace every copy), then ``add`` (one more copy). Values
+take ``$variables``; a ``set`` whose value comes out empty removes the header (a client's own
+copy never survives a value the gateway could not fill), an ``add`` adds nothing. A value that
+would hold CR, LF or NUL is refused with 400. Headers the gateway writes itself (Host,
+Content-Length, X-Forwarded-*, hop-by-hop ones) cannot be edited here.
+
+``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
+framing differs). Rewriting response bodies is not supported: the request path has no body
+hook yet.
+"""
+import logging
+import re
+
+from ..core.context import Reply
+from ..core.headers import NOT_FORWARDED, RESPONSE_SPECIAL
+from ..core.schema import (Field, Schema, header_name, header_value, list_of, map_of,
+                           show, status_code, string)
+from ..core.target import normalise_path
+from ..errors import BadRequest
+from .variables import compile_template, header_safe
+
+log = logging.getLogger("gwserver.plugins")
+
+NAME = "rewrite"
+PRIORITY = 710          # after auth (its $consumer), limits and split (720); before breaker (700)
+
+HOST_PORT = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?"
+
+_PATH = Schema(
+    Field("match", string(what="a regular expression"), doc="regular expression searched in "
+          "the path"),
+    Field("replace", header_value, doc="what replaces the first match ($1..$9, $variables)"),
+)
+_EDITS = Schema(
+    Field("set", map_of(header_value, header_name), dict, "header name -> value ($variables) "
+          "replacing every copy"),
+    Field("add", map_of(header_value, header_name), dict, "header name -> value ($variables) "
+          "added as one more copy"),
+    Field("remove", list_of(header_name), list, "header names to drop"),
+)
+
+
+SCHEMA = Schema(
+    Field("path", _PATH, None, "regex path rewrite"),
+    Field("host", string(HOST_PORT, "a lower-case host[:port]"), None,
+          "Host sent upstream (upstreams with pass_host = \"pass\")"),
+    Field("request_headers", _EDITS, dict, "edits to the request before it goes upstream"),
+    Field("response_headers", _EDITS, dict, "edits to the upstream's answer"),
+    Field("response_status", map_of(status_code), dict, "upstream status (as a string key) -> "
+          "the status the client gets"),
+)
+
+BODILESS = frozenset([204, 304])
+
+
+def prepare(conf):
+    path = conf["path"]
+    if path is not None:
+        try:
+            regex = re.compile(path["match"])
+        except re.error as exc:
+            raise ValueError(f"path.match is not a regular expression: {exc}") from None
+        replace = compile_template(path["replace"], captures=True)
+        for part in replace.parts:
+            if isinstance(part, int) and part > regex.groups:
+                raise ValueError(f"path.replace uses ${part} but path.match has "
+                                 f"{regex.groups} group(s)")
+        _check_fixed_text(replace)
+        path = (regex, replace)
+    statuses = {}
+    for key, to in conf["response_status"].items():
+        if not key.isdigit() or not 100 <= int(key) <= 599:
+            raise ValueError(f"response_status: {show(key)} is not a status")
+        for status in (int(key), to):
+            if status < 200 or status in BODILESS:
+                raise ValueError(f"response_status: {status} cannot be rewritten from or to "
+                                 f"(1xx, 204 and 304 are framed differently)")
+        statuses[int(key)] = to
+    return {"path": path, "host": conf["host"].encode("latin-1") if conf["host"] else None,
+            "request": _edits(conf["request_headers"], NOT_FORWARDED, "request_headers"),
+            "response": _edits(conf["response_headers"], RESPONSE_SPECIAL | {b"x-request-id"},
+                               "response_headers"),
+            "status": statuses}
+
+
+def _check_fixed_text(replace):
+    """Refuse at compile time a replacement that is not canonical whatever the captures:
+    each capture and variable stands for one plain segment character."""
+    sample = "".join(p if isinstance(p, str) else "x" for p in replace.parts)
+    if "?" in sample or "#" in sample:
+        raise ValueError("path.replace cannot hold ? or # (the query is kept as it came)")
+    if not _canonical(sample):
+        raise ValueError(f"path.replace {replace.source!r} does not make a canonical path "
+                         f"(starts with /, no //, no . or .. segments, no encoded / or \\, "
+                         f"no ;): docs/security.md")
+
+
+def _canonical(path):
+    if not path.startswith("/"):
+        return False
+    try:
+        raw = path.encode("latin-1")
+        return normalise_path(raw) == raw
+    except (BadRequest, UnicodeEncodeError):
+        return False
+
+
+def _edits(part, reserved, where):
+    part = {"set": {}, "add": {}, "remove": [], **part}     # an absent table is not filled
+    for name in list(part["remove"]) + list(part["set"]) + list(part["add"]):
+        if name.lower().encode("latin-1") in reserved:
+            raise ValueError(f"{where}: {name} is written by the gateway itself and cannot "
+                             f"be edited here")
+    for name, value in list(part["set"].items()) + list(part["add"].items()):
+        try:
+            compile_template(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {name}: {exc}") from None
+    return ([name.encode("latin-1") for name in part["remove"]],
+            [(name.encode("latin-1"), compile_template(v)) for name, v in part["set"].items()],
+            [(name.encode("latin-1"), compile_template(v)) for name, v in part["add"].items()])
+
+
+def access(conf, ctx):
+    if conf["path"] is not None:
+        reply = _rewrite_path(conf["path"], ctx)
+        if reply is not None:
+            return reply
+    if conf["host"] is not None:
+        ctx.host_header = conf["host"]
+    remove, to_set, to_add = conf["request"]
+    for name in remove:
+        ctx.remove_header(name)
+    for name, template in to_set:
+        value = template.expand(ctx)
+        if not header_safe(value):
+            return _bad_value(ctx, name)
+        if value:
+            ctx.set_header(name, value)
+        else:
+            ctx.remove_header(name)
+    for name, template in to_add:
+        value = template.expand(ctx)
+        if not header_safe(value):
+            return _bad_value(ctx, name)
+        if value:
+            raw = value.encode("latin-1")
+            ctx.headers.append((name, raw))
+            ctx.header_map[name.lower()] = raw
+    return None
+
+
+def _rewrite_path(path_conf, ctx):
+    regex, replace = path_conf
+    m = regex.search(ctx.path)
+    if m is None:
+        return None
+    pieces = []
+    for part in replace.parts:
+        if isinstance(part, str):
+            pieces.append(part)
+        elif isinstance(part, int):
+            pieces.append(m.group(part) or "")
+        else:
+            pieces.append(part(ctx))
+    new = ctx.path[:m.start()] + "".join(pieces) + ctx.path[m.end():]
+    if not _canonical(new) or "?" in new or "#" in new:
+        log.error("route %s: rewrite made %r from %r, which is not a canonical path; refused "
+                  "(500)", ctx.route.id if ctx.route else None, new[:200], ctx.path[:200])
+        return Reply.json(500, {"error": "rewrite_failed",
+                                "message": "the rewritten path is not canonical"})
+    ctx.path = new
+    return None
+
+
+def _bad_value(ctx, name):
+    return Reply.json(400, {"error": "invalid_header_value",
+                            "message": f"{name.decode('latin-1')} would hold CR, LF or NUL"})
+
+
+def response(conf, ctx, head):
+    remove, to_set, to_add = conf["response"]
+    for name in remove:
+        head.remove_header(name)
+    for name, template in to_set:
+        value = template.expand(ctx)
+        if value and header_safe(value):
+            head.set_header(name, value)
+        else:
+            head.remove_header(name)
+    for name, template in to_add:
+        value = template.expand(ctx)
+        if value and header_safe(value):
+            head.headers.append((name, value.encode("latin-1")))
+    status = conf["status"].get(head.status)
+    if status is not None:
+        head.status = status
