@@ -387,6 +387,7 @@ class LocalStore:
         self.on_transition = None       # callable(key, state), set by the worker for metrics
         self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
         self.lease_numbers = itertools.count()
+        self.lease_tag = os.urandom(4).hex()   # two stores in one process never share ids
 
     # -- breakers and adaptive limits ----------------------------------------------------------
 
@@ -463,9 +464,9 @@ class LocalStore:
 
     def conn_claim(self, key, limit, lease_seconds):
         """limit_conn per host: take one of ``limit`` slots of ``key`` -> ConnClaim. Leases
-        are ``PID.N``: expired ones are dropped on every claim, and when every slot is taken
+        are ``PID.TAG.N``: expired ones are dropped on every claim, and when every slot is taken
         the leases of workers that are gone (killed mid-request) are dropped at once."""
-        lease = f"{os.getpid()}.{next(self.lease_numbers)}"
+        lease = f"{os.getpid()}.{self.lease_tag}.{next(self.lease_numbers)}"
 
         def update(table, now):
             held = table.get(key, {})
@@ -554,7 +555,7 @@ class LocalStore:
 
 
 def _lease_alive(lease):
-    """Is the worker that holds a per-host lease (``PID.N``) still running?"""
+    """Is the worker that holds a per-host lease (``PID.TAG.N``) still running?"""
     try:
         os.kill(int(lease.partition(".")[0]), 0)
     except ProcessLookupError:

@@ -1,0 +1,198 @@
+"""redirect, rewrite and limit_conn without sockets: what their configs refuse at compile time,
+the Locations and paths they build, and the per-host lease store (real files, real pids)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gwserver.core.chain import build_chain
+from gwserver.core.context import RequestContext, ResponseHead
+from gwserver.edge.store import LocalStore
+from gwserver.errors import ConfigError
+from gwserver.plugins import load_registry
+from gwserver.plugins.variables import compile_template, uri_escape
+
+
+class _Route:
+    id = "r"
+    strip_prefix = None
+
+
+def ctx_for(path="/a", query="", host="api.example.com", scheme="http", params=None,
+            headers=()):
+    ctx = RequestContext("203.0.113.7", scheme)
+    ctx.method, ctx.path, ctx.query, ctx.host = "GET", path, query, host
+    ctx.host_header = host.encode()
+    ctx.request_id, ctx.route, ctx.params = "rid-1", _Route(), params or {}
+    for name, value in headers:
+        ctx.set_header(name, value)
+    return ctx
+
+
+def step(plugins):
+    (plugin, conf), = build_chain("route r", plugins, None, load_registry()).steps
+    return plugin, conf
+
+
+@pytest.mark.parametrize("plugins, problem", [
+    ({"redirect": {}}, "exactly one of"),
+    ({"redirect": {"http_to_https": True, "uri": "/x"}}, "exactly one of"),
+    ({"redirect": {"uri": "//evil.example/x"}}, "scheme-relative"),
+    ({"redirect": {"uri": "/\\evil.example"}}, "scheme-relative"),
+    ({"redirect": {"uri": "evil.example/x"}}, "must start with"),
+    ({"redirect": {"uri": "javascript:alert(1)"}}, "must start with"),
+    ({"redirect": {"uri": "$query"}}, "must start with"),
+    ({"redirect": {"uri": "https://a.example$param_x"}}, "$param_x stands where"),
+    ({"redirect": {"uri": "https://$param_x/"}}, "$param_x stands where"),
+    ({"redirect": {"uri": "https://$host.evil.example/"}}, "host part"),
+    ({"redirect": {"uri": "https://a.example@evil.example/"}}, "host part"),
+    ({"redirect": {"uri": "https://$host/\r\nX: y"}}, "CR, LF"),
+    ({"redirect": {"uri": "/x/$nope"}}, "unknown variable $nope"),
+    ({"redirect": {"uri": "/x/$1"}}, "captures exist only"),
+    ({"redirect": {"http_to_https": True, "status": 200}}, "must be one of"),
+    ({"rewrite": {"path": {"match": "(", "replace": "/x"}}}, "not a regular expression"),
+    ({"rewrite": {"path": {"match": "^/a/(.*)$", "replace": "/b/$2"}}}, "has 1 group"),
+    ({"rewrite": {"path": {"match": "^/a", "replace": "/b/../c"}}}, "canonical"),
+    ({"rewrite": {"path": {"match": "^/a(.*)", "replace": "/b//$1"}}}, "canonical"),
+    ({"rewrite": {"path": {"match": "^/a", "replace": "b"}}}, "canonical"),
+    ({"rewrite": {"path": {"match": "^/a", "replace": "/b/%2e%2e/c"}}}, "canonical"),
+    ({"rewrite": {"path": {"match": "^/a", "replace": "/b%2Fc"}}}, "canonical"),
+    ({"rewrite": {"path": {"match": "^/a", "replace": "/b;x"}}}, "canonical"),
+    ({"rewrite": {"path": {"match": "^/a", "replace": "/b?x=1"}}}, "cannot hold ?"),
+    ({"rewrite": {"request_headers": {"set": {"Host": "x"}}}}, "written by the gateway"),
+    ({"rewrite": {"request_headers": {"remove": ["X-Forwarded-For"]}}}, "written by the gateway"),
+    ({"rewrite": {"response_headers": {"set": {"Content-Length": "1"}}}}, "written by the gateway"),
+    ({"rewrite": {"request_headers": {"add": {"X-A": "$cookie"}}}}, "unknown variable"),
+    ({"rewrite": {"response_status": {"200": 204}}}, "framed differently"),
+    ({"rewrite": {"response_status": {"abc": 500}}}, "is not a status"),
+    ({"limit_conn": {}}, "limit: is required"),
+    ({"limit_conn": {"limit": 0}}, "limit: must be"),
+    ({"limit_conn": {"limit": 1, "key": "claim:sub"}}, "header:NAME"),
+])
+def test_configs_that_could_be_steered_or_are_not_canonical_are_refused(plugins, problem):
+    with pytest.raises(ConfigError) as exc:
+        build_chain("route r", plugins, None, load_registry())
+    assert problem in str(exc.value)
+
+
+@pytest.mark.parametrize("conf, ctx, location", [
+    ({"http_to_https": True}, ctx_for("/a/b", "x=1"), "https://api.example.com/a/b?x=1"),
+    ({"http_to_https": True, "https_port": 8443}, ctx_for("/a"), "https://api.example.com:8443/a"),
+    ({"http_to_https": True, "host": "fixed.example"}, ctx_for("/a", host="evil.example"),
+     "https://fixed.example/a"),
+    ({"http_to_https": True}, ctx_for("/a%0D%0Ab", "q=\r\n"), "https://api.example.com/a%0D%0Ab?q=%0D%0A"),
+    ({"uri": "/n/$param_rest"}, ctx_for(params={"rest": "//evil.example/x"}), "/n///evil.example/x"),
+    ({"uri": "/$param_rest"}, ctx_for(params={"rest": "//evil.example/x"}), "/evil.example/x"),
+    ({"uri": "/$param_rest"}, ctx_for(params={"rest": "\\evil.example"}), "/%5Cevil.example"),
+    ({"uri": "$path"}, ctx_for("//evil.example"), "/evil.example"),
+    ({"uri": "https://$host:8443$path", "append_query": True}, ctx_for("/p", "a=1"),
+     "https://api.example.com:8443/p?a=1"),
+    ({"uri": "/x?from=$client_ip", "append_query": True}, ctx_for("/p", "a=1"),
+     "/x?from=203.0.113.7&a=1"),
+])
+def test_locations(conf, ctx, location):
+    plugin, prepared = step({"redirect": conf})
+    reply = plugin.access(prepared, ctx)
+    assert dict(reply.headers)["Location"] == location
+
+
+def test_https_requests_and_trusted_proxies_saying_https_are_not_redirected():
+    plugin, conf = step({"redirect": {"http_to_https": True}})
+    assert plugin.access(conf, ctx_for(scheme="https")) is None
+    forwarded = ctx_for(headers=[("X-Forwarded-Proto", "https")])
+    assert plugin.access(conf, forwarded).status == 301         # not from a trusted proxy
+    forwarded.peer_ip = "10.0.0.1"
+    assert plugin.access(conf, forwarded) is None
+
+
+def test_an_http10_request_without_host_gets_400_not_a_hostless_location():
+    plugin, conf = step({"redirect": {"http_to_https": True}})
+    assert plugin.access(conf, ctx_for(host="")).status == 400
+
+
+@pytest.mark.parametrize("path, new", [
+    ("/api/v1/orders", "/v2/orders"),
+    ("/api/v1/", "/v2/"),
+    ("/other", "/other"),                       # no match: unchanged
+])
+def test_path_rewrites(path, new):
+    plugin, conf = step({"rewrite": {"path": {"match": "^/api/v1/(.*)$", "replace": "/v2/$1"}}})
+    ctx = ctx_for(path)
+    assert plugin.access(conf, ctx) is None and ctx.path == new
+
+
+@pytest.mark.parametrize("path", ["/d/", "/d/-"])
+def test_captures_that_make_a_path_that_is_not_canonical_get_500(path):
+    plugin, conf = step({"rewrite": {"path": {"match": "^/d/([a-z]*)-?([a-z]*)$",
+                                              "replace": "/x/.$1$2./y/$1/z"}}})
+    ctx = ctx_for(path)
+    assert plugin.access(conf, ctx).status == 500 and ctx.path == path
+
+
+def test_header_edits_with_variables_and_an_empty_set_removes_the_clients_copy():
+    plugin, conf = step({"rewrite": {"request_headers": {
+        "set": {"X-Consumer": "$consumer", "X-Who": "$client_ip/$param_id/$request_id"},
+        "add": {"X-Tag": "a$$b", "X-Empty": "$consumer"}, "remove": ["Cookie"]}}})
+    ctx = ctx_for(params={"id": "42"}, headers=[("X-Consumer", "admin"), ("Cookie", "s=1")])
+    assert plugin.access(conf, ctx) is None
+    assert ctx.header("X-Consumer") is None and ctx.header("Cookie") is None
+    assert ctx.header("X-Who") == "203.0.113.7/42/rid-1"
+    assert ctx.header("X-Tag") == "a$b" and ctx.header("X-Empty") is None
+
+
+def test_a_variable_holding_cr_or_lf_is_refused_not_written_into_a_header():
+    plugin, conf = step({"rewrite": {"request_headers": {"set": {"X-Id": "$request_id"}}}})
+    ctx = ctx_for()
+    ctx.request_id = "x\r\nX-Admin: 1"
+    assert plugin.access(conf, ctx).status == 400
+    assert ctx.header("X-Id") is None and ctx.header("X-Admin") is None
+
+
+def test_response_edits_and_status_map():
+    plugin, conf = step({"rewrite": {"response_headers": {"set": {"X-R": "$request_id"},
+                                                          "remove": ["Server"]},
+                                     "response_status": {"404": 410}}})
+    head = ResponseHead(404, [(b"Server", b"x"), (b"Content-Type", b"text/plain")])
+    plugin.response(conf, ctx_for(), head)
+    assert head.status == 410
+    assert head.headers == [(b"Content-Type", b"text/plain"), (b"X-R", b"rid-1")]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("plain", "plain"), ("$$5", "$5"), ("${host}x", "api.example.comx"),
+    ("$path?$query", "/a?b=1"), ("$param_missing", ""),
+])
+def test_templates(text, value):
+    assert compile_template(text).expand(ctx_for("/a", "b=1")) == value
+
+
+def test_uri_escape_keeps_escapes_and_encodes_what_could_split_or_redirect():
+    assert uri_escape("/a%2Fb c\r\n\\\"<>\xe9") == "/a%2Fb%20c%0D%0A%5C%22%3C%3E%E9"
+
+
+# -- per-host leases -------------------------------------------------------------------------
+
+def test_per_host_leases_are_shared_released_and_expire(tmp_path):
+    one, two = LocalStore(str(tmp_path)), LocalStore(str(tmp_path))      # two workers
+    first = one.conn_claim("k", 2, 60)
+    second = two.conn_claim("k", 2, 60)
+    assert first.lease and second.lease and second.held == 2
+    assert one.conn_claim("k", 2, 60).lease is None
+    assert one.conn_claim("other", 2, 60).lease is not None            # keys are apart
+    two.conn_release("k", 2, 60, second.lease)
+    assert one.conn_claim("k", 2, 60).lease is not None
+    short = one.conn_claim("e", 1, 0.05)
+    assert short.lease and one.conn_claim("e", 1, 0.05).lease is None
+    import time
+    time.sleep(0.1)
+    assert one.conn_claim("e", 1, 0.05).lease is not None              # expired, dropped
+
+
+def test_a_lease_of_a_process_that_is_gone_is_dropped_when_the_slots_are_full(tmp_path):
+    code = ("import sys; from gwserver.edge.store import LocalStore; "
+            "print(LocalStore(sys.argv[1]).conn_claim('k', 1, 300).lease)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True, cwd=os.getcwd())
+    assert out.stdout.strip()                                          # it held the slot
+    assert LocalStore(str(tmp_path)).conn_claim("k", 1, 300).lease is not None
