@@ -275,8 +275,9 @@ TLS = Schema(
           "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
           "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
           "TLS 1.2 suites (TLS 1.3 suites are OpenSSL's)"),
-    Field("alpn", list_of(string(r"[!-~]+", "a protocol id")), lambda: ["http/1.1"],
-          "protocols offered by ALPN, preferred first"),
+    Field("alpn", list_of(string(r"[!-~]+", "a protocol id")), lambda: ["h2", "http/1.1"],
+          "protocols offered by ALPN, preferred first: h2 (HTTP/2) and http/1.1; leave h2 "
+          "out to serve HTTP/1.1 only"),
     Field("strict", boolean, False,
           "refuse an expired or not-yet-valid certificate (default: start, and warn)"),
     Field("handshake_timeout", number(0, exclusive=True), 10.0, "seconds for a TLS handshake"),
@@ -291,8 +292,42 @@ TLS = Schema(
     doc="TLS on the listener (pyOpenSSL): SNI, resumption across workers, OCSP stapling.",
 )
 
+def h2c_listeners(value):
+    """``[http2] h2c``: false (off), true (every server.bind address) or a list of them."""
+    if isinstance(value, bool):
+        return value
+    return list_of(bind_address, what="true, false or a list of server.bind addresses")(value)
+
+
+HTTP2 = Schema(
+    Field("h2c", h2c_listeners, False,
+          "HTTP/2 with prior knowledge (h2c, RFC 9113 3.3) on plain listeners: false, true "
+          "(every server.bind address) or a list of server.bind addresses; HTTP/1.1 is still "
+          "served there (the first bytes tell). TLS listeners offer h2 by tls.alpn"),
+    Field("max_concurrent_streams", integer(1, 2 ** 31 - 1), 100,
+          "streams a client may have open on one connection (nginx: 128, h2o: 100); streams "
+          "still being served after a client reset count too"),
+    Field("initial_window_size", integer(1024, 2 ** 31 - 1), 262144,
+          "bytes of request body a stream may send ahead of the gateway (per stream)"),
+    Field("connection_window_size", integer(65535, 2 ** 31 - 1), 1048576,
+          "bytes of request bodies all streams of a connection may send ahead: the most a "
+          "client connection makes the worker hold"),
+    Field("max_frame_size", integer(16384, 16777215), 16384,
+          "largest frame the gateway accepts (RFC 9113 default 16384)"),
+    Field("send_timeout", number(0, exclusive=True), 60.0,
+          "seconds a stream waits for the client to open its flow-control window before it "
+          "is reset (CANCEL); nginx's send_timeout"),
+    Field("max_resets_per_second", integer(1), 100,
+          "client RST_STREAMs on streams still being served, per second, before the "
+          "connection is closed (GOAWAY ENHANCE_YOUR_CALM; rapid reset, CVE-2023-44487)"),
+    Field("max_control_frames_per_second", integer(1), 500,
+          "PING, SETTINGS and PRIORITY frames per second before the connection is closed "
+          "(GOAWAY ENHANCE_YOUR_CALM)"),
+    doc="HTTP/2 from clients: h2 on TLS listeners (ALPN), h2c where enabled (docs/http2.md).",
+)
+
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
-            "admin": ADMIN, "tracing": TRACING}
+            "admin": ADMIN, "tracing": TRACING, "http2": HTTP2}
 OPTIONAL_SECTIONS = {"etcd": ETCD, "redis": REDIS, "tls": TLS}
 
 CONF = Schema(
@@ -325,6 +360,7 @@ class Conf:
     tls_server: object = None                # edge.tls.ServerTLS, built before workers fork
     static_consumers: MappingProxyType = None    # consumer specs, for the live (etcd) table
     consumers: object = None                 # core.consumers.Directory of the conf's consumers
+    http2: MappingProxyType = None           # [http2]: client-side HTTP/2 (edge.h2server)
 
 
 def _fill(schema, value):
@@ -429,6 +465,10 @@ def parse_conf(data, path="<conf>"):
     if admin_bind and admin_bind in sections["server"]["bind"]:
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "
                         f"listener its own address")
+    h2c = sections["http2"]["h2c"]
+    if isinstance(h2c, list):
+        problems.extend(f"http2.h2c: {bind} is not in server.bind" for bind in h2c
+                        if bind not in sections["server"]["bind"])
     if parts["etcd"] is None:
         for upstream_id, spec in parts["upstreams"].items():
             if isinstance(spec, dict) and spec.get("service"):

@@ -208,11 +208,14 @@ class GatewayWorker(GeventWorker):
         servers = []
         admin_address = self.admin_address()
         tls_addresses = self.tls_addresses()
+        from .h2server import h2c_addresses
+        h2c = h2c_addresses(self.conf)
         for listener in self.sockets:
             listener.setblocking(1)
             address = tuple(listener.getsockname()[:2])
             handle = self.handle_admin if address == admin_address else \
-                self.handle_tls_client if address in tls_addresses else self.handle_client
+                self.handle_tls_client if address in tls_addresses else \
+                self.handle_h2c_client if address in h2c else self.handle_client
             server = StreamServer(listener, spawn=Pool(self.worker_connections), handle=handle)
             if self.cfg.workers > 1:
                 server.max_accept = 1   # spread accepts over workers, as gunicorn does
@@ -320,7 +323,20 @@ class GatewayWorker(GeventWorker):
             sock.close()
             return
         try:
-            ClientConnection(self, tls, addr, scheme="https").serve()
+            if tls.alpn == b"h2":
+                from .h2server import H2ServerConnection
+                H2ServerConnection(self, tls, addr, scheme="https").serve()
+            else:
+                ClientConnection(self, tls, addr, scheme="https").serve()
+        except Exception:   # a bug in one connection must never take the worker down
+            log.exception("unhandled error serving %s", addr)
+            sock.close()
+
+    def handle_h2c_client(self, sock, addr):
+        """A plain listener with h2c on: the HTTP/2 preface or HTTP/1.1 (edge.h2server)."""
+        from .h2server import serve_h2c_or_http1
+        try:
+            serve_h2c_or_http1(self, sock, addr)
         except Exception:   # a bug in one connection must never take the worker down
             log.exception("unhandled error serving %s", addr)
             sock.close()
@@ -382,6 +398,8 @@ class GatewayWorker(GeventWorker):
             consumer = req.var("consumer")
             if consumer is not None:
                 extra += f',"consumer":{_escape(consumer.id)}'
+            if req.var("protocol"):                 # "HTTP/2"; HTTP/1.x lines say nothing
+                extra += f',"protocol":"{req.var("protocol")}"'
             line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
                     f'{_escape(request_id) if request_id else "null"},'
                     f'"client":"{req.client_ip}","method":"{req.method}","path":{_escape(path)},'
@@ -393,8 +411,9 @@ class GatewayWorker(GeventWorker):
                     f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}'
                     f'{extra}}}\n')
         else:
-            line = (f'{req.client_ip} - - [{clock} +0000] "{req.method} {path} HTTP/'
-                    f'{req.version}" {status} {sent} "{route_id or "-"}" '
+            line = (f'{req.client_ip} - - [{clock} +0000] "{req.method} {path} '
+                    f'{req.var("protocol") or "HTTP/" + req.version}" {status} {sent} '
+                    f'"{route_id or "-"}" '
                     f'{request_id or "-"} {elapsed_ms:.3f} {trace_id or "-"}\n')
         lines = self._access_lines
         lines.append(line)

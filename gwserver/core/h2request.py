@@ -1,0 +1,108 @@
+"""An HTTP/2 request head checked as RFC 9113 says, before it becomes a RequestContext; and the
+gRPC answers the gateway makes itself.
+
+Rules (RFC 9113 8.2, 8.3; what is not here is left to the HTTP/1.1 rules every request goes
+through: limits, underscores, forwarded headers, path and Host made canonical):
+
+- Field names are lower case tokens; values hold no NUL, CR or LF and no leading or trailing
+  space or tab (8.2.1).
+- Pseudo-header fields come first, each once, and only ``:method``, ``:scheme``, ``:path`` and
+  ``:authority`` (``:protocol``, extended CONNECT, is not offered: no SETTINGS for it).
+- ``:method``, ``:scheme`` and ``:path`` are present (CONNECT, which has none of the last two,
+  is not served); ``:path`` starts with ``/`` (or is ``*`` for OPTIONS).
+- Connection-specific fields (``Connection``, ``Keep-Alive``, ``Proxy-Connection``,
+  ``Transfer-Encoding``, ``Upgrade``) and a ``TE`` other than ``trailers`` make it malformed.
+- ``Host`` and ``:authority``, when both are sent, name the same thing (8.3.1).
+
+A malformed request is a stream error of type PROTOCOL_ERROR (8.1.1): ``Malformed``.
+Pure: no sockets, no h2 types.
+"""
+from ..errors import UpstreamTimeout
+
+CONNECTION_SPECIFIC = frozenset([b"connection", b"keep-alive", b"proxy-connection",
+                                 b"transfer-encoding", b"upgrade"])
+REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":path", b":authority"])
+_BAD_NAME = frozenset(range(0x00, 0x21)) | frozenset(range(0x41, 0x5B)) | \
+    frozenset(range(0x7F, 0x100)) | {ord(":")}
+_BAD_VALUE = (b"\x00", b"\r", b"\n")
+
+
+class Malformed(Exception):
+    """The request breaks RFC 9113 8.x: reset the stream with PROTOCOL_ERROR."""
+
+
+def split_request(headers):
+    """``headers``: the decoded (name, value) bytes pairs of a HEADERS block ->
+    (pseudo dict, regular list). Raises Malformed."""
+    pseudo, regular = {}, []
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular:
+                raise Malformed(f"pseudo-header {name!r} after a regular field")
+            if name not in REQUEST_PSEUDO:
+                raise Malformed(f"unknown request pseudo-header {name!r}")
+            if name in pseudo:
+                raise Malformed(f"pseudo-header {name!r} sent twice")
+            pseudo[name] = value
+            continue
+        if not name or not _BAD_NAME.isdisjoint(name):
+            raise Malformed(f"invalid field name {name[:40]!r} (RFC 9113 8.2.1)")
+        if name in CONNECTION_SPECIFIC:
+            raise Malformed(f"connection-specific field {name.decode('latin-1')!r}")
+        if name == b"te" and value.strip().lower() != b"trailers":
+            raise Malformed("TE other than \"trailers\"")
+        regular.append((name, value))
+    for name, value in list(pseudo.items()) + regular:
+        if any(c in value for c in _BAD_VALUE) or value[:1] in b" \t" and value or \
+                value[-1:] in (b" ", b"\t"):
+            raise Malformed(f"invalid value of {name[:40]!r} (RFC 9113 8.2.1)")
+    method = pseudo.get(b":method")
+    if method is None:
+        raise Malformed("no :method")
+    if method == b"CONNECT":
+        raise Malformed("CONNECT is not served")
+    path = pseudo.get(b":path")
+    if pseudo.get(b":scheme") is None or not path:
+        raise Malformed("no :scheme or :path")
+    if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+        raise Malformed(":path must start with /")
+    authority = pseudo.get(b":authority")
+    hosts = [value for name, value in regular if name == b"host"]
+    if authority is not None and any(host != authority for host in hosts):
+        raise Malformed(":authority and Host disagree (RFC 9113 8.3.1)")
+    return pseudo, regular
+
+
+# HTTP status of an answer the gateway made -> gRPC status code (grpc/doc/http-grpc-status-
+# mapping.md, with 429 as RESOURCE_EXHAUSTED: it is a limit, and clients back off on it).
+GRPC_CODES = {400: 13, 401: 16, 403: 7, 404: 12, 405: 12, 408: 4, 413: 8, 429: 8, 431: 8,
+              500: 13, 501: 12, 502: 14, 503: 14, 504: 14}
+DEADLINE_EXCEEDED = 4
+GRPC_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_code(status, error=None, deadline_hit=False):
+    """The gRPC status of a gateway-made answer with HTTP ``status``."""
+    if deadline_hit and isinstance(error, UpstreamTimeout):
+        return DEADLINE_EXCEEDED
+    return GRPC_CODES.get(status, 2)        # 2: UNKNOWN
+
+
+def grpc_timeout(value):
+    """``grpc-timeout`` (e.g. ``200m``, at most 8 digits and a unit) -> seconds, or None."""
+    if not value or len(value) > 9 or value[-1:] not in GRPC_TIMEOUT_UNITS or \
+            not value[:-1].isdigit():
+        return None
+    return int(value[:-1]) * GRPC_TIMEOUT_UNITS[value[-1:]]
+
+
+def grpc_message(text):
+    """``grpc-message`` percent-encoding (gRPC over HTTP2: %-encode outside 0x20-0x7E, and %)."""
+    return "".join(c if " " <= c <= "~" and c != "%" else
+                   "".join(f"%{b:02X}" for b in c.encode()) for c in text).encode("ascii")
+
+
+def is_grpc(content_type):
+    """A native gRPC request (application/grpc, +proto, ...; not gRPC-Web)."""
+    return content_type is not None and content_type[:16].lower() == b"application/grpc" and \
+        content_type[16:17] in (b"", b"+", b";")

@@ -1,0 +1,656 @@
+"""The client side of HTTP/2: h2 on TLS listeners (ALPN) and h2c with prior knowledge.
+
+One ``H2ServerConnection`` per client connection reads frames in its own greenlet and feeds
+them to ``h2`` (sans-I/O framing, HPACK, stream states, windows). Each request stream becomes an
+``H2Stream``: a ``ClientConnection`` for one request, so it goes through the very same
+``handle()`` as HTTP/1.1 (router, plugin chain, limits, proxy step, access log, metrics). Its
+``write(bytes)`` takes the HTTP/1.1 response the proxy or the gateway writes and turns it into
+HEADERS and DATA frames (chunked trailers become a trailing HEADERS frame); its ``read_body()``
+waits for the stream's DATA.
+
+Rules this file keeps:
+- Request heads are checked as RFC 9113 8.2/8.3 says (core.h2request); a malformed one is
+  reset with PROTOCOL_ERROR. Then the HTTP/1.1 rules apply unchanged (ClientConnection's
+  on_header and check_target): limits, underscores, forwarded headers, canonical path and Host.
+- Flow control both ways: received DATA is acknowledged only when the request path asks for
+  more body (read_body), so a stream holds at most its window; response DATA waits for the
+  client's windows, up to http2.send_timeout, then the stream is reset (CANCEL).
+- Streams counted for max_concurrent_streams are those still being served, reset or not:
+  a client that opens and resets streams (rapid reset) gets REFUSED_STREAM once at the limit,
+  and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second. PING, SETTINGS and PRIORITY
+  floods: GOAWAY ENHANCE_YOUR_CALM past max_control_frames_per_second. A header list over
+  64 KiB (an HPACK bomb) is a connection error from h2 (ENHANCE_YOUR_CALM); one within it but
+  over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION floods end
+  at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout.
+- Idle connections close after server.keepalive (header_timeout before the first request).
+- Draining (SIGTERM/SIGHUP): GOAWAY NO_ERROR naming the last stream taken; streams in flight
+  finish; newer ones are refused; the connection closes when none is left.
+"""
+import collections
+import logging
+import socket
+import time
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.socket
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import httptools
+from hyperframe.frame import GoAwayFrame
+
+from ..core.context import RequestContext
+from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
+from ..errors import HTTPError, RequestTimeout
+from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
+from .sockets import PlainSocket, send_all
+
+log = logging.getLogger("gwserver.h2")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+RECV_SIZE = 65536
+# Response fields that belong to the HTTP/1.1 hop the proxy wrote (RFC 9113 8.2.2).
+HOP_FIELDS = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"upgrade", b"te"])
+E = h2.errors.ErrorCodes
+
+
+def wants_h2(sock, timeout):
+    """h2c listener: do the first bytes spell the HTTP/2 preface? Peeked, never consumed, so
+    an HTTP/1.1 client is served from its first byte. False on timeout or EOF."""
+    deadline = time.monotonic() + timeout
+    raw = getattr(sock, "_sock", sock)
+    while True:
+        try:
+            data = raw.recv(len(PREFACE), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            return False
+        if data is not None:
+            if not data or not PREFACE.startswith(data):
+                return False
+            if len(data) == len(PREFACE):
+                return True
+        if time.monotonic() > deadline:
+            return False
+        if data is None:
+            try:
+                gevent.socket.wait_read(sock.fileno(), timeout=deadline - time.monotonic())
+            except (OSError, gevent.socket.timeout):
+                return False
+        else:
+            gevent.sleep(0.01)      # part of the preface is in: the rest is on its way
+
+
+class ResponseFramer:
+    """The HTTP/1.1 response written for one stream, parsed (httptools) into what HTTP/2
+    sends: ``feed(bytes)`` -> [("headers", pairs, end) | ("data", bytes, end)]."""
+
+    def __init__(self, head_only):
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.fields, self.trailers = [], []
+        self.head = None            # (status, fields) not sent yet: it may end the stream
+        self.in_body = self.done = False
+        self.out = []
+
+    def feed(self, data):
+        if self.done:
+            return []
+        self.parser.feed_data(data)
+        out, self.out = self.out, []
+        return out
+
+    def on_message_begin(self):
+        self.fields, self.trailers, self.in_body = [], [], False
+
+    def on_header(self, name, value):
+        (self.trailers if self.in_body else self.fields).append((name.lower(), value))
+
+    def on_headers_complete(self):
+        status = self.parser.get_status_code()
+        named = set()
+        for name, value in self.fields:
+            if name == b"connection":
+                named.update(t.strip().lower() for t in value.split(b","))
+        fields = [(b":status", b"%d" % status)] + [
+            (k, v) for k, v in self.fields if k not in HOP_FIELDS and k not in named]
+        self.in_body = True
+        if status < 200:
+            self.out.append(("headers", fields, False))
+        elif self.head_only:
+            self.out.append(("headers", fields, True))
+            self.done = True
+        else:
+            self.head = fields
+
+    def on_body(self, body):
+        if self.head is not None:
+            self.out.append(("headers", self.head, False))
+            self.head = None
+        self.out.append(("data", bytes(body), False))
+
+    def on_message_complete(self):
+        if self.done:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            return
+        self.done = True
+        trailers = [(k, v) for k, v in self.trailers if k not in HOP_FIELDS]
+        if self.head is not None:
+            # Nothing in the body: the head ends the stream (gRPC's trailers-only answer when
+            # it carries grpc-status), unless trailers follow.
+            self.out.append(("headers", self.head, not trailers))
+            self.head = None
+        elif not trailers:
+            self.out.append(("data", b"", True))
+        if trailers:
+            self.out.append(("headers", trailers, True))
+
+
+class H2Stream(ClientConnection):
+    """One request stream, served by ClientConnection.handle like an HTTP/1.1 request."""
+
+    def __init__(self, conn, stream_id):
+        # Not ClientConnection.__init__: what it computes per connection is taken from ours.
+        self.conn = conn
+        self.stream_id = stream_id
+        self.worker, self.settings, self.sock = conn.worker, conn.settings, conn.sock
+        self.client_ip, self.scheme = conn.client_ip, conn.scheme
+        self.limits, self.underscores, self.path_rules = conn.limits, conn.underscores, \
+            conn.path_rules
+        self.trusted_peer, self.body_timeout = conn.trusted_peer, conn.body_timeout
+        self.queue = collections.deque()
+        self.head_size = self.head_fields = self.requests = 0
+        self.upgraded = self.timed_out = self.answer_timeout = False
+        self.keepalive_enabled = True
+        self.last_host = self.last_host_parts = None
+        self.req = None
+        self.framer = None
+        self.fresh = False          # body data or its end arrived since the last read_body
+        self.unacked = 0            # flow-controlled bytes received, not yet acknowledged
+        self.reset_code = None      # set when the client reset the stream
+        self.wake = gevent.event.Event()        # data, end, reset
+        self.window = gevent.event.Event()      # the client's window may have opened
+        self.greenlet = None
+        self.ended = False          # END_STREAM sent
+
+    # -- building the request ------------------------------------------------------------------
+
+    def open(self, headers, ended):
+        """The request from a HEADERS block; raises Malformed or an HTTPError (answered)."""
+        req = self.req = RequestContext(self.client_ip, self.scheme, self.worker.services)
+        self.queue.append(req)
+        self.framer = ResponseFramer(False)     # an early error is answered through it
+        req.request_id = None
+        req.version, req.keep_alive = "1.1", True      # HTTP/1.1 semantics for the proxy step
+        req.vars["protocol"] = "HTTP/2"
+        req.complete = ended
+        pseudo, regular = split_request(headers)
+        req.method = pseudo[b":method"].decode("latin-1")
+        req.url = pseudo[b":path"]
+        self.framer.head_only = req.method == "HEAD"
+        if len(req.url) > self.limits[0]:
+            from ..errors import HeadersTooLarge
+            raise HeadersTooLarge(f":path longer than {self.limits[0]} bytes")
+        authority = pseudo.get(b":authority")
+        cookies = []
+        for name, value in regular:
+            if name == b"cookie":         # RFC 9113 8.2.3: one field for HTTP/1.1
+                cookies.append(value)
+                continue
+            self.on_header(name, value)
+        if cookies:
+            self.on_header(b"cookie", b"; ".join(cookies))
+        hmap = req.header_map
+        if authority is not None and b"host" not in hmap:
+            hmap[b"host"] = authority
+            req.host_count = 1
+        if b"host" not in hmap:
+            from ..errors import BadRequest
+            raise BadRequest("no :authority or Host")
+        cl = hmap.get(b"content-length")
+        if cl is not None:
+            if not cl.isdigit():
+                raise Malformed("invalid content-length")
+            req.content_length = int(cl)
+        req.chunked = cl is None and not ended     # a streamed body of unknown length
+        req.head_done = True
+        self.check_target(req, hmap)
+        return req
+
+    # -- events from the connection's reader --------------------------------------------------
+
+    def on_data(self, data, flow_length, ended):
+        req = self.req
+        if data:
+            req.body.append(data)
+            req.body_size += len(data)
+        self.unacked += flow_length
+        if ended:
+            req.complete = True
+        if req.content_length is not None and (req.body_size > req.content_length or
+                                               ended and req.body_size != req.content_length):
+            raise Malformed("DATA does not add up to content-length (RFC 9113 8.1.1)")
+        self.fresh = True
+        self.wake.set()
+
+    def on_reset(self, code):
+        self.reset_code = code
+        self.wake.set()
+        self.window.set()
+
+    # -- what ClientConnection.handle and the proxy call --------------------------------------
+
+    def write(self, data):
+        if self.reset_code is not None:
+            raise ClientGone("the client reset the stream")
+        try:
+            actions = self.framer.feed(data)
+        except httptools.HttpParserError as exc:
+            raise ClientGone(f"unframeable response for HTTP/2: {exc}") from None
+        for kind, payload, end in actions:
+            if kind == "headers":
+                self.conn.send_headers(self, payload, end)
+            else:
+                self.conn.send_data(self, payload, end)
+            if end:
+                self.ended = True
+
+    def read_body(self):
+        if self.unacked:
+            self.conn.acknowledge(self.stream_id, self.unacked)
+            self.unacked = 0
+        if not self.fresh and self.reset_code is None:
+            self.wake.clear()
+            if not self.wake.wait(self.body_timeout) and not self.fresh:
+                raise RequestTimeout("client sent no body data in time")
+        if self.reset_code is not None:
+            raise ClientGone("the client reset the stream")
+        self.fresh = False
+
+    def send_continue(self, req):
+        if not req.complete and req.header_map.pop(b"expect", b"").lower() == b"100-continue":
+            self.conn.send_headers(self, [(b":status", b"100")], False)
+
+    def answer(self, req, reply, keep_alive):
+        """A gateway-made answer; to a native gRPC call, a gRPC status (trailers-only)."""
+        if not is_grpc(req.header_map.get(b"content-type")):
+            return super().answer(req, reply, keep_alive)
+        route = req.route
+        reply.with_error_shape(req.request_id)
+        if route is not None and route.chain.reply_steps:
+            route.chain.run_reply(req, reply)
+        if 200 <= reply.status < 300:
+            return super().answer(req, reply, keep_alive)
+        message = (reply.payload or {}).get("message") or reply.body.decode("utf-8", "replace")
+        code = grpc_code(reply.status, req.error, req.var("grpc_deadline_hit"))
+        self.conn.send_headers(self, [
+            (b":status", b"200"), (b"content-type", b"application/grpc"),
+            (b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(str(message)))] +
+            ([(b"x-request-id", req.request_id.encode("latin-1"))] if req.request_id else []),
+            True)
+        self.ended = True
+        return reply.status, 0
+
+    # -- the stream's greenlet -----------------------------------------------------------------
+
+    def run(self, early_error=None):
+        try:
+            if early_error is not None:
+                self.worker.log_rejected(self.client_ip, early_error)
+                self.req.error = early_error
+                self.answer(self.req, error_reply(early_error, None), False)
+            else:
+                self.handle(self.req)
+        except ClientGone:
+            pass
+        except Exception:
+            log.exception("unhandled error on HTTP/2 stream %d", self.stream_id)
+        finally:
+            self.conn.stream_done(self)
+
+
+class H2ServerConnection:
+    """One client connection speaking HTTP/2 (see the module doc)."""
+
+    def __init__(self, worker, sock, addr, scheme="http"):
+        self.worker = worker
+        self.settings = server = worker.conf.server
+        self.conf = conf = worker.conf.http2
+        self.sock = sock
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client_ip = addr[0] if isinstance(addr, tuple) else "unix"
+        self.scheme = scheme
+        self.limits = (server["limit_request_line"], server["limit_request_fields"],
+                       server["limit_request_field_size"])
+        self.underscores = server["headers_with_underscores"]
+        self.path_rules = (server["escaped_slashes"], server["merge_slashes"],
+                           server["path_parameters"])
+        self.trusted_peer = bool(worker.trusted_proxies) and \
+            worker.trusted_proxies.trusts(self.client_ip)
+        self.body_timeout = server["client_body_timeout"]
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False,
+            normalize_inbound_headers=False))
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: conf["max_concurrent_streams"],
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: conf["initial_window_size"],
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: conf["max_frame_size"],
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD_BYTES,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        self.lock = gevent.lock.Semaphore()
+        self.streams = {}               # stream id -> H2Stream still being served
+        self.timed_out = self.closed = False
+        self.draining = False           # GOAWAY sent: no new streams
+        self.last_stream_id = 0
+        self.requests = 0
+        self.resets = self.control_frames = 0
+        self.counted_since = time.monotonic()
+
+    # -- output (any greenlet, under the lock) ------------------------------------------------
+
+    def _flush(self):
+        data = self.h2.data_to_send()
+        if data:
+            try:
+                send_all(self.sock, data, self.worker.deadlines, self,
+                         self.worker.send_timeout)
+            except OSError as exc:
+                self.closed = True
+                raise ClientGone(str(exc)) from None
+
+    def send_headers(self, stream, fields, end):
+        with self.lock:
+            if stream.reset_code is not None or self.closed:
+                raise ClientGone("stream reset or connection closed")
+            try:
+                self.h2.send_headers(stream.stream_id, fields, end_stream=end)
+            except h2.exceptions.StreamClosedError:
+                raise ClientGone("stream closed") from None
+            self._flush()
+
+    def send_data(self, stream, data, end):
+        view = memoryview(data)
+        sid = stream.stream_id
+        while True:
+            with self.lock:
+                if stream.reset_code is not None or self.closed:
+                    raise ClientGone("stream reset or connection closed")
+                try:
+                    window = min(self.h2.local_flow_control_window(sid),
+                                 self.h2.max_outbound_frame_size)
+                    if window > 0 or not view:
+                        chunk, view = view[:window], view[window:]
+                        self.h2.send_data(sid, bytes(chunk), end_stream=end and not view)
+                        self._flush()
+                        if not view:
+                            return
+                        continue
+                except h2.exceptions.StreamClosedError:
+                    raise ClientGone("stream closed") from None
+                stream.window.clear()
+            if not stream.window.wait(self.conf["send_timeout"]):
+                log.info("HTTP/2 stream %d of %s: window shut for %ss; reset", sid,
+                         self.client_ip, self.conf["send_timeout"])
+                self.reset(sid, E.CANCEL)
+                stream.on_reset(E.CANCEL)
+                raise ClientGone("the client's window stayed shut")
+
+    def acknowledge(self, stream_id, size):
+        with self.lock:
+            try:
+                self.h2.acknowledge_received_data(size, stream_id)
+                self._flush()
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                pass
+
+    def reset(self, stream_id, code):
+        with self.lock:
+            try:
+                self.h2.reset_stream(stream_id, code)
+                self._flush()
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass
+            except ClientGone:
+                pass
+
+    def goaway(self, code, reason=""):
+        """GOAWAY naming the last stream taken; h2's state machine is left open so the
+        streams in flight can finish (h2 would refuse to send once it sent GOAWAY itself)."""
+        if self.draining and code == E.NO_ERROR:
+            return
+        self.draining = True
+        frame = GoAwayFrame(0)
+        frame.last_stream_id, frame.error_code = self.last_stream_id, code
+        frame.additional_data = reason.encode()[:100]
+        with self.lock:
+            try:
+                self._flush()
+                send_all(self.sock, frame.serialize(), self.worker.deadlines, self,
+                         self.worker.send_timeout)
+            except (OSError, ClientGone):
+                self.closed = True
+
+    def expire(self):
+        """A deadline passed (idle, a head too slow, a stalled send): close, so waits end."""
+        self.timed_out = True
+        if type(self.sock) is PlainSocket and not self.streams:
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = self.last_stream_id
+            try:
+                self.sock._sock.send(frame.serialize(), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        self.sock.close()
+
+    # -- the reader ------------------------------------------------------------------------------
+
+    def serve(self):
+        worker = self.worker
+        worker.client_opened()
+        stopping = worker.stopping
+        stopping.rawlink(self._on_stop)
+        try:
+            with self.lock:
+                self.h2.initiate_connection()
+                self.h2.increment_flow_control_window(
+                    max(self.conf["connection_window_size"] - 65535, 0))
+                self._flush()
+            if not worker.alive:
+                self.goaway(E.NO_ERROR)
+            self.read_loop()
+        except ClientGone:
+            pass
+        finally:
+            stopping.unlink(self._on_stop)
+            worker.deadlines.disarm(self)
+            self.closed = True
+            for stream in list(self.streams.values()):
+                stream.on_reset(E.CANCEL)
+                if stream.greenlet is not None:
+                    stream.greenlet.kill(ClientGone("connection closed"), block=False)
+            worker.client_closed()
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def _on_stop(self, _event):
+        gevent.spawn(self.goaway, E.NO_ERROR)
+
+    def read_loop(self):
+        deadlines, server = self.worker.deadlines, self.settings
+        while not (self.closed or self.draining and not self.streams):
+            if not self.streams:
+                deadlines.arm(self, server["keepalive"] if self.requests
+                              else server["header_timeout"])
+            elif self.h2.incoming_buffer._headers_buffer:    # CONTINUATIONs still to come
+                deadlines.arm(self, server["header_timeout"])
+            else:
+                deadlines.disarm(self)
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                with self.lock:
+                    events = self.h2.receive_data(data)
+                    self._flush()
+            except h2.exceptions.ProtocolError as exc:
+                log.info("HTTP/2 connection from %s: %s", self.client_ip, exc)
+                with self.lock:
+                    try:
+                        self._flush()           # h2's GOAWAY with the error code
+                    except ClientGone:
+                        pass
+                return
+            for event in events:
+                self.dispatch(event)
+
+    def dispatch(self, event):
+        kind = type(event)
+        if kind is h2.events.RequestReceived:
+            self.on_request(event)
+        elif kind is h2.events.DataReceived:
+            stream = self.streams.get(event.stream_id)
+            if stream is None:          # answered already: the window must not leak
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+                return
+            try:
+                stream.on_data(event.data, event.flow_controlled_length,
+                               event.stream_ended is not None)
+            except Malformed as exc:
+                self.refuse(stream, E.PROTOCOL_ERROR, exc)
+        elif kind is h2.events.StreamEnded:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and not stream.req.complete:
+                try:
+                    stream.on_data(b"", 0, True)
+                except Malformed as exc:
+                    self.refuse(stream, E.PROTOCOL_ERROR, exc)
+        elif kind is h2.events.StreamReset:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_reset(event.error_code)
+                if stream.greenlet is not None:
+                    stream.greenlet.kill(ClientGone("reset by the client"), block=False)
+                self.count_flood("resets", self.conf["max_resets_per_second"],
+                                 "rapid reset")
+        elif kind is h2.events.WindowUpdated:
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.window.set()
+            else:
+                for stream in self.streams.values():
+                    stream.window.set()
+        elif kind is h2.events.TrailersReceived:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and len(event.headers) > self.limits[1]:
+                self.refuse(stream, E.PROTOCOL_ERROR, "too many trailer fields")
+        elif kind in (h2.events.PingReceived, h2.events.RemoteSettingsChanged,
+                      h2.events.PriorityUpdated):
+            self.count_flood("control_frames", self.conf["max_control_frames_per_second"],
+                             "control frame flood")
+            if kind is h2.events.RemoteSettingsChanged:
+                for stream in self.streams.values():     # the initial window may have grown
+                    stream.window.set()
+        elif kind is h2.events.ConnectionTerminated:
+            self.draining = True
+
+    def count_flood(self, counter, limit, what):
+        now = time.monotonic()
+        if now - self.counted_since >= 1.0:
+            self.counted_since, self.resets, self.control_frames = now, 0, 0
+        count = getattr(self, counter) + 1
+        setattr(self, counter, count)
+        if count > limit:
+            log.warning("HTTP/2 connection from %s: %s (more than %d a second): GOAWAY",
+                        self.client_ip, what, limit)
+            self.goaway(E.ENHANCE_YOUR_CALM, what)
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def on_request(self, event):
+        sid = event.stream_id
+        self.last_stream_id = max(self.last_stream_id, sid) if not self.draining else \
+            self.last_stream_id
+        if self.draining or len(self.streams) >= self.conf["max_concurrent_streams"]:
+            # Streams still served after a reset count: rapid reset cannot pile up work.
+            self.reset(sid, E.REFUSED_STREAM)
+            return
+        self.requests += 1
+        stream = H2Stream(self, sid)
+        early_error = None
+        try:
+            stream.open(event.headers, event.stream_ended is not None)
+        except Malformed as exc:
+            self.worker.log_rejected(self.client_ip, _Rejected(str(exc)))
+            self.reset(sid, E.PROTOCOL_ERROR)
+            return
+        except HTTPError as exc:
+            early_error = exc
+        self.streams[sid] = stream
+        stream.greenlet = gevent.spawn(stream.run, early_error)
+
+    def refuse(self, stream, code, reason):
+        log.info("HTTP/2 stream %d of %s: %s", stream.stream_id, self.client_ip, reason)
+        self.reset(stream.stream_id, code)
+        stream.on_reset(code)
+        if stream.greenlet is not None:
+            stream.greenlet.kill(ClientGone("malformed"), block=False)
+
+    def stream_done(self, stream):
+        self.streams.pop(stream.stream_id, None)
+        if stream.reset_code is None and not self.closed:
+            if not stream.ended:
+                self.reset(stream.stream_id, E.INTERNAL_ERROR)      # an answer cut short
+            elif not stream.req.complete:
+                self.reset(stream.stream_id, E.NO_ERROR)    # answered early (RFC 9113 8.1)
+        if stream.unacked:
+            self.acknowledge(stream.stream_id, stream.unacked)
+            stream.unacked = 0
+        if self.draining and not self.streams:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader
+            except OSError:
+                pass
+
+
+class _Rejected(HTTPError):
+    status, error = 400, "malformed_http2_request"
+
+
+def serve_h2c_or_http1(worker, sock, addr):
+    """A plain listener with h2c on: the preface picks HTTP/2, anything else is HTTP/1.1."""
+    if wants_h2(sock, worker.conf.server["header_timeout"]):
+        H2ServerConnection(worker, sock, addr).serve()
+    else:
+        ClientConnection(worker, sock, addr).serve()
+
+
+def h2c_addresses(conf):
+    """(host, port) pairs of the plain listeners where h2c is on."""
+    h2c = conf.http2["h2c"] if conf.http2 is not None else False
+    binds = conf.server["bind"] if h2c is True else h2c or ()
+    out = set()
+    for bind in binds:
+        if bind.startswith("unix:"):
+            continue
+        host, _, port = bind.rpartition(":")
+        out.add((host.strip("[]"), int(port)))
+    return out
