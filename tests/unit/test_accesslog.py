@@ -100,3 +100,10 @@ def test_the_setting_accepts_known_fields_and_names_an_unknown_one():
 
 def test_every_field_has_a_doc_line():
     assert all(spec.doc for spec in FIELDS.values())
+
+
+def test_operations_md_names_every_field():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert all(f"`{name}`" in text for name in FIELDS), \
+        [name for name in FIELDS if f"`{name}`" not in text]
