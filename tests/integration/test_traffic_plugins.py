@@ -286,3 +286,18 @@ def test_redis_unreachable_falls_back_per_on_store_error(launcher, up):
     assert get(gw, "/local/echo")[0].status == 503      # counted per host instead
     thread.join()
     assert results == [200]
+
+
+def test_redis_slots_are_shared_by_two_gateways(launcher, up):
+    redis = launcher.redis()
+    conf = gateway_conf([route("lc", ["/lc/*rest"], up.url, strip_prefix="/lc",
+                               plugins={"limit_conn": {"limit": 1, "key": "route"}})],
+                        redis={"url": redis.url})
+    first, second = launcher.gateway(conf), launcher.gateway(conf)
+    results = []
+    thread = hold(first, "/lc", seconds=2, results=results)
+    time.sleep(0.7)
+    assert get(second, "/lc/echo")[0].status == 503     # the other host's request holds it
+    thread.join()
+    assert results == [200]
+    assert get(second, "/lc/echo")[0].status == 200
