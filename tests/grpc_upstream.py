@@ -3,7 +3,10 @@ grpcio-tools from tests/grpc/echo.proto into a temp dir.
 
     python tests/grpc_upstream.py PORT
 Unary: echoes text; text "fail" -> INVALID_ARGUMENT "asked to fail"; sleep_ms delays the
-answer (deadline tests). Stream: `count` replies. Prints "ready" when serving.
+answer (deadline tests); text "trailers" adds trailing metadata (x-note, x-blob-bin). Stream:
+`count` replies. Collect (client streaming): one reply, the texts joined, index = how many
+messages and bytes (index = bytes when text "bytes"). Chat (bidi): one reply per message, at
+once. Prints "ready" when serving.
 """
 import os
 import sys
@@ -38,13 +41,30 @@ def main():
                 time.sleep(request.sleep_ms / 1000)
             if request.text == "fail":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "asked to fail")
+            if request.text == "trailers":
+                context.set_trailing_metadata([("x-note", "kept"),
+                                               ("x-blob-bin", b"\x00\xffbin")])
             return pb.EchoReply(text=request.text, index=0)
+
+        def Collect(self, requests, context):
+            texts, size = [], 0
+            for request in requests:
+                texts.append(request.text)
+                size += len(request.text)
+            if texts and texts[0] == "bytes":
+                return pb.EchoReply(text="bytes", index=size)
+            return pb.EchoReply(text="".join(texts), index=len(texts))
+
+        def Chat(self, requests, context):
+            for i, request in enumerate(requests):
+                yield pb.EchoReply(text=request.text.upper(), index=i)
 
         def Stream(self, request, context):
             for i in range(request.count):
                 yield pb.EchoReply(text=request.text, index=i)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[
+        ("grpc.max_receive_message_length", 64 << 20)])
     pb_grpc.add_EchoServicer_to_server(Echo(), server)
     server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
     server.start()

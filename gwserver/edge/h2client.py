@@ -13,6 +13,7 @@ streams on it end with UpstreamError.
 import logging
 import socket
 import ssl
+import time
 
 import gevent
 import gevent.event
@@ -137,34 +138,41 @@ class H2Connection:
 
     # -- one exchange ----------------------------------------------------------------------------
 
-    def request(self, headers, body, timeout):
-        """Send a request; return a StreamResponse to read the answer from."""
+    def request(self, headers, body, timeout, more=False, deadline=None):
+        """Send a request head and ``body``; with ``more``, the body goes on through
+        ``send_body`` (streamed as the client sends it). Return a StreamResponse."""
         if self.closed:
             raise self.error or UpstreamError("HTTP/2 connection closed")
         stream = _Stream()
         with self.lock:
             stream_id = self.conn.get_next_available_stream_id()
             self.streams[stream_id] = stream
-            self.conn.send_headers(stream_id, headers, end_stream=not body)
+            self.conn.send_headers(stream_id, headers, end_stream=not body and not more)
             self._flush()
         if body:
-            self._send_body(stream_id, stream, body, timeout)
-        return StreamResponse(self, stream_id, stream, timeout)
+            self.send_body(stream_id, stream, body, timeout, end=not more)
+        return StreamResponse(self, stream_id, stream, timeout, deadline)
 
-    def _send_body(self, stream_id, stream, body, timeout):
+    def send_body(self, stream_id, stream, body, timeout, end=True):
+        """Send ``body`` as the peer's windows allow (waiting for WINDOW_UPDATE); ``end``
+        ends the stream, with an empty DATA frame if ``body`` is empty."""
         view = memoryview(body)
-        while view:
+        while view or end:
             with self.lock:
+                if self.closed:
+                    raise self.error
+                if stream_id not in self.streams:
+                    raise UpstreamError(f"{self.target.url}: the stream ended while sending")
                 window = min(self.conn.local_flow_control_window(stream_id),
                              self.conn.max_outbound_frame_size)
-                if window > 0:
-                    chunk, view = view[:window], view[window:]
-                    self.conn.send_data(stream_id, bytes(chunk), end_stream=not view)
+                if window > 0 or not view:
+                    chunk, view = view[:max(window, 0)], view[max(window, 0):]
+                    self.conn.send_data(stream_id, bytes(chunk), end_stream=end and not view)
                     self._flush()
+                    if not view:
+                        return
                     continue
                 stream.window_open.clear()
-            if self.closed:
-                raise self.error
             if not stream.window_open.wait(timeout):
                 raise UpstreamTimeout(f"{self.target.url} did not open its HTTP/2 window in "
                                       f"{timeout:g}s")
@@ -193,17 +201,32 @@ class StreamResponse:
     """The answer on one stream: ``head()`` -> (status, headers); then ``chunks()`` yields
     body bytes; ``trailers`` holds the trailing headers once the stream ended."""
 
-    def __init__(self, connection, stream_id, stream, timeout):
+    def __init__(self, connection, stream_id, stream, timeout, deadline=None):
         self.connection, self.stream_id, self.stream = connection, stream_id, stream
         self.timeout = timeout
+        self.deadline = deadline        # time.monotonic() when the call's grpc-timeout ends
         self.trailers = []
         self.ended = False
         self._pending = []
 
+    def fail(self, exc):
+        """The request side failed (the client's body): whoever reads the answer raises it."""
+        self.stream.events.put(exc)
+
     def _next(self):
+        timeout, by_deadline = self.timeout, False
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left < timeout:
+                timeout, by_deadline = max(left, 0), True
         try:
-            event = self.stream.events.get(timeout=self.timeout)
+            event = self.stream.events.get(timeout=timeout)
         except gevent.queue.Empty:
+            if by_deadline:
+                exc = UpstreamTimeout(f"{self.connection.target.url}: the call's grpc-timeout "
+                                      f"ran out")
+                exc.deadline_hit = True
+                raise exc from None
             raise UpstreamTimeout(f"{self.connection.target.url} did not answer within "
                                   f"{self.timeout:g}s") from None
         if isinstance(event, Exception):

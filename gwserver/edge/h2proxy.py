@@ -1,13 +1,21 @@
 """The proxy step for upstreams with ``protocol = "h2"``: HTTP/1.1 in, HTTP/2 out, and gRPC-Web
 translated to gRPC and back (core.grpcweb) when the grpc_web plugin marked the request.
 
-The request body is read whole before it goes upstream (bounded by the route's body limit):
-gRPC-Web calls from browsers carry one message; the answer streams back as it arrives, which
-is what server streaming needs.
+Request bodies stream upstream as the client sends them, in a greenlet of their own beside
+the one relaying the answer (bidirectional gRPC needs both at once), each piece sent as the
+upstream's windows allow and the client's window opened only when it is sent on: memory stays
+bounded whatever the body's size. gRPC-Web calls (one message from a browser, maybe base64)
+are read whole, within the route's body limit. Answers stream back as they arrive; the
+upstream's trailers reach a client that asked for them (``TE: trailers``: native gRPC) as
+HTTP/1.1 chunked trailers, which the HTTP/2 client side turns back into a trailers frame.
+``grpc-timeout`` bounds the whole call (gRPC status 4 when it runs out).
 """
 import time
 
+import gevent
+
 from ..core import grpcweb
+from ..core.h2request import grpc_timeout, is_grpc
 from ..core.context import ResponseHead
 from ..core.headers import NOT_FORWARDED, via_chain
 from ..core.tracing import REPLACED_HEADERS
@@ -15,6 +23,9 @@ from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamC
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools
 from .proxy import forwarded_values, proxied_head, trace_headers, upstream_host, upstream_path
+
+
+DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
 
 
 class H2Forwarder:
@@ -48,6 +59,8 @@ class H2Forwarder:
         if grpc:
             headers += [(b"content-type",
                          grpcweb.upstream_content_type(grpc[1]).encode()), (b"te", b"trailers")]
+        elif is_grpc(req.header_map.get(b"content-type")):
+            headers.append((b"te", b"trailers"))        # gRPC servers insist on it
         xff, proto, fhost = forwarded_values(req, authority)
         headers += [(b"x-forwarded-for", xff), (b"x-forwarded-proto", proto),
                     (b"x-forwarded-host", fhost),
@@ -64,7 +77,8 @@ class H2Forwarder:
             raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
                                      f"{upstream.service}")
         grpc = req.var("grpc_web")
-        body = self.read_body(client, req, route)
+        streamed = not req.complete and not grpc
+        body = b"".join(req.take_body()) if streamed else self.read_body(client, req, route)
         if grpc and grpc[0] == "text":
             try:
                 body = grpcweb.decode_text_body(body)
@@ -87,24 +101,58 @@ class H2Forwarder:
                                        "connect" in policy.events, exc.reason, now):
                     raise
                 attempts_left -= 1
+        call_timeout = grpc_timeout(req.header_map.get(b"grpc-timeout"))
+        # A little grace: an upstream that keeps the deadline itself answers with its own
+        # status (and trailers) first; the gateway's bound is for those that do not.
+        deadline = started + call_timeout + DEADLINE_GRACE if call_timeout is not None \
+            else None
+        sender = None
         try:
             stream = connection.request(self.request_headers(req, target, upstream, grpc),
-                                        body, route.read_timeout)
+                                        body, route.read_timeout, streamed, deadline)
             try:
+                if streamed:
+                    sender = gevent.spawn(self.send_body, client, req, route, connection,
+                                          stream)
                 status, headers = stream.head()
                 req.upstream_seconds = time.monotonic() - started
                 answer = self.relay(client, req, stream, status, headers, grpc, keep_alive,
                                     target)
             finally:
+                if sender is not None:
+                    sender.kill(block=False)
                 stream.close()
-        except (UpstreamError, UpstreamTimeout):
-            if passive is not None:         # resets, timeouts, broken streams: a failure
+        except (UpstreamError, UpstreamTimeout) as exc:
+            if getattr(exc, "deadline_hit", False):
+                req.vars["grpc_deadline_hit"] = True
+            elif passive is not None:       # resets, timeouts, broken streams: a failure
                 self.proxy.worker.passive.observe(upstream, target, False)
             raise
         if passive is not None:
             self.proxy.worker.passive.observe(upstream, target,
                                               status not in passive["statuses"])
         return answer
+
+    def send_body(self, client, req, route, connection, stream):
+        """The sender greenlet: the client's body, piece by piece, as it arrives. A failure
+        (the client stalls, resets, goes over the limit) reaches whoever reads the answer."""
+        limit = route.max_body_size
+        try:
+            client.send_continue(req)
+            while True:
+                chunks = req.take_body()
+                if limit and req.body_size > limit:
+                    raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
+                if chunks or req.complete:
+                    connection.send_body(stream.stream_id, stream.stream, b"".join(chunks),
+                                         route.read_timeout, end=req.complete)
+                if req.complete:
+                    return
+                client.read_body()
+        except gevent.GreenletExit:
+            raise
+        except Exception as exc:        # noqa: BLE001 -- handed on, not swallowed
+            stream.fail(exc)
 
     def relay(self, client, req, stream, status, headers, grpc, keep_alive, target):
         keep_alive = keep_alive and self.proxy.worker.alive
@@ -149,8 +197,8 @@ class H2Forwarder:
         try:
             for chunk in stream.chunks():
                 write(chunk)
-        except UpstreamError as exc:
-            exc.response_started = True
+        except Exception as exc:
+            exc.response_started = True     # the head is out: the answer can only be cut
             raise
         if grpc:
             write(grpcweb.trailer_frame(stream.trailers or trailers_only))
@@ -160,6 +208,9 @@ class H2Forwarder:
                     sent += len(tail)
                     client.write(b"%x\r\n%s\r\n" % (len(tail), tail) if chunked else tail)
         if chunked:
-            client.write(b"0\r\n\r\n")
+            trailers = stream.trailers if not grpc and b"trailers" in \
+                req.header_map.get(b"te", b"").lower() else ()
+            client.write(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair
+                                                   for pair in trailers))
         return status, sent, target.url, keep_alive
 

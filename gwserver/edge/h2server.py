@@ -276,6 +276,12 @@ class H2Stream(ClientConnection):
             raise ClientGone("the client reset the stream")
         self.fresh = False
 
+    def buffer_body(self, req, max_body_size):
+        """As on HTTP/1.1, except for gRPC calls: a streaming call's messages must reach the
+        upstream as they come (bidi: the client waits for an answer before it sends more)."""
+        if not is_grpc(req.header_map.get(b"content-type")):
+            super().buffer_body(req, max_body_size)
+
     def send_continue(self, req):
         if not req.complete and req.header_map.pop(b"expect", b"").lower() == b"100-continue":
             self.conn.send_headers(self, [(b":status", b"100")], False)
