@@ -551,8 +551,9 @@ class H2ServerConnection:
                 stream.on_reset(event.error_code)
                 if stream.greenlet is not None:
                     stream.greenlet.kill(ClientGone("reset by the client"), block=False)
-                self.count_flood("resets", self.conf["max_resets_per_second"],
-                                 "rapid reset")
+            # Every reset counts, refused streams' too: work is bounded by the streams being
+            # served, the rate of new ones by this.
+            self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset")
         elif kind is h2.events.WindowUpdated:
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -630,6 +631,8 @@ class H2ServerConnection:
         if stream.unacked:
             self.acknowledge(stream.stream_id, stream.unacked)
             stream.unacked = 0
+        if not self.streams and not self.closed:        # idle from now: keepalive runs
+            self.worker.deadlines.arm(self, self.settings["keepalive"])
         if self.draining and not self.streams:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader

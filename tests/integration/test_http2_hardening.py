@@ -1,0 +1,157 @@
+"""The known HTTP/2 attacks against a real gateway with one worker, each from a hand-driven h2
+client (real clients cannot misbehave): each ends the offending stream or connection with the
+right error code, and another client of the same worker is served meanwhile (its worst latency
+during the attack is measured)."""
+import http.client
+import threading
+import time
+
+import h2.errors
+import h2.settings
+import pytest
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+
+from ..conftest import gateway_conf, route
+from ..h2client import RawH2
+
+E = h2.errors.ErrorCodes
+
+
+@pytest.fixture
+def gw(launcher, upstream):
+    return launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True, "max_concurrent_streams": 5, "send_timeout": 1.0,
+        "max_resets_per_second": 50, "max_control_frames_per_second": 200},
+        server={"keepalive": 1.0, "header_timeout": 1.0}))
+
+
+class Bystander:
+    """Another client's HTTP/1.1 requests, in a thread, while an attack runs: worst latency."""
+
+    def __init__(self, port):
+        self.port, self.worst, self.failures, self.count = port, 0.0, 0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/echo")
+                assert conn.getresponse().status == 200
+                conn.close()
+            except Exception:
+                self.failures += 1
+            self.worst = max(self.worst, time.monotonic() - started)
+            self.count += 1
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.1)
+        self.stop.set()
+        self.thread.join(10)
+        assert self.failures == 0 and self.count > 0
+        assert self.worst < 1.0, f"another client waited {self.worst:.3f}s during the attack"
+
+
+def test_rapid_reset(gw):
+    with Bystander(gw.port):
+        client = RawH2(gw.port)
+        for _ in range(300):
+            sid = client.request("/slow/2")
+            client.conn.reset_stream(sid)
+        client.flush()
+        client.pump(lambda c: c.goaway() is not None, timeout=5)
+        assert client.goaway().error_code == E.ENHANCE_YOUR_CALM
+
+
+def test_continuation_flood(gw):
+    with Bystander(gw.port):
+        client = RawH2(gw.port)
+        block = client.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                            (b":path", b"/echo"), (b":authority", b"a")])
+        headers = HeadersFrame(1, block)        # no END_HEADERS: CONTINUATIONs follow
+        client.send_raw(headers.serialize())
+        for _ in range(200):
+            client.send_raw(ContinuationFrame(1, b"x" * 1000).serialize())
+            if client.closed:
+                break
+        client.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
+        assert client.goaway() is not None or client.closed
+        if client.goaway() is not None:
+            assert client.goaway().error_code in (E.PROTOCOL_ERROR, E.ENHANCE_YOUR_CALM)
+
+
+def test_hpack_bomb(gw):
+    """A header list that expands past 64 KiB from a few bytes (each repeat is one index)."""
+    with Bystander(gw.port):
+        client = RawH2(gw.port)
+        big = (b"x-bomb", b"b" * 4000)
+        client.request("/echo", headers=[big] * 40)         # 160 KB decoded
+        client.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
+        assert client.goaway() is not None and \
+            client.goaway().error_code in (E.ENHANCE_YOUR_CALM, E.PROTOCOL_ERROR)
+
+
+@pytest.mark.parametrize("frame", [lambda i: PingFrame(0, i.to_bytes(8, "big")),
+                                   lambda i: SettingsFrame(0, {4: 65535 + i})],
+                         ids=["ping", "settings"])
+def test_control_frame_floods(gw, frame):
+    with Bystander(gw.port):
+        client = RawH2(gw.port)
+        client.send_raw(b"".join(frame(i).serialize() for i in range(2000)))
+        client.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
+        assert client.goaway() is not None
+        assert client.goaway().error_code == E.ENHANCE_YOUR_CALM
+
+
+def test_zero_window_that_never_opens(gw):
+    """The client never opens its window: only its stream is reset (CANCEL), after
+    http2.send_timeout; another stream on the same connection is served."""
+    with Bystander(gw.port):
+        client = RawH2(gw.port, settings={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        stuck = client.request("/bytes/100000")
+        served = client.request("/bytes/100000")
+        client.conn.increment_flow_control_window(1 << 20, stream_id=served)
+        client.conn.increment_flow_control_window(1 << 20)
+        client.flush()
+        status, _, body, _ = client.response(served)
+        assert status == 200 and len(body) == 100000
+        client.pump(lambda c: c.reset_code(stuck) is not None, timeout=5)
+        assert client.reset_code(stuck) == E.CANCEL
+
+
+def test_max_concurrent_streams(gw):
+    """Announced; a client that opens more before reading it is a connection error."""
+    client = RawH2(gw.port)
+    client.pump(lambda c: c.conn.remote_settings.max_concurrent_streams == 5, timeout=5)
+    assert client.conn.remote_settings.max_concurrent_streams == 5
+    raw = RawH2(gw.port)
+    for i in range(8):          # h2 would refuse to: the frames are built by hand
+        block = raw.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                         (b":path", b"/slow/1"), (b":authority", b"a")])
+        raw.send_raw(HeadersFrame(1 + 2 * i, block, flags=["END_HEADERS", "END_STREAM"])
+                     .serialize())
+    raw.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
+    refused = [raw.reset_code(1 + 2 * i) for i in range(8)]
+    assert (raw.goaway() is not None and raw.goaway().error_code == E.PROTOCOL_ERROR) or \
+        E.REFUSED_STREAM in refused
+
+
+def test_idle_and_header_timeouts(gw):
+    client = RawH2(gw.port)
+    sid = client.request("/echo")
+    assert client.response(sid)[0] == 200
+    started = time.monotonic()
+    client.pump(lambda c: c.closed, timeout=5)             # keepalive = 1 s
+    assert client.closed and 0.8 < time.monotonic() - started < 3
+    silent = RawH2(gw.port)                                # a preface, then nothing
+    started = time.monotonic()
+    silent.pump(lambda c: c.closed, timeout=5)             # header_timeout = 1 s
+    assert silent.closed and time.monotonic() - started < 3
