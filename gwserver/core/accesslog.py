@@ -94,12 +94,14 @@ FIELDS = {
     "attempts": Spec("tries, when the request was retried",
                      lambda req, *_: req.attempts if req.attempts > 1 else None, optional=True),
     "consumer": Spec("id of the identified consumer", _consumer, optional=True),
+    "protocol": Spec("the client's protocol when it is not HTTP/1.x (HTTP/2)",
+                     lambda req, *_: req.var("protocol"), optional=True),
 }
 
 # the line gwserver wrote before the list was configurable
 DEFAULT_FIELDS = ("time", "request_id", "client", "method", "path", "route", "upstream",
                   "status", "bytes", "duration_ms", "upstream_ms", "trace_id", "ended_by",
-                  "fault", "attempts", "consumer")
+                  "fault", "attempts", "consumer", "protocol")
 # what the Common Log Format head already holds
 COMMON_HEAD = frozenset(["time", "client", "method", "path", "query", "version", "status",
                          "bytes"])
@@ -139,6 +141,9 @@ class AccessFields:
         listed = self.names if fmt == "json" else \
             tuple(name for name in self.names if name not in COMMON_HEAD)
         self._parts = [(name, FIELDS[name]) for name in listed]
+        # The shipped line is written on every request: one f-string, not a loop over
+        # fields (a test holds the two to the same output).
+        self.fast = fmt == "json" and self.names == DEFAULT_FIELDS
 
     def values(self, req, status, sent, upstream, elapsed_ms, time_text):
         """(name, value, optional) for each listed field."""
@@ -156,6 +161,8 @@ class AccessFields:
     def line(self, req, status, sent, upstream, elapsed_ms, time_text):
         """One line, newline included. ``time_text``: RFC 3339 for json
         (``2024-05-01T12:00:00.123Z``), ``01/May/2024:12:00:00 +0000`` for common."""
+        if self.fast:
+            return default_json_line(req, status, sent, upstream, elapsed_ms, time_text)
         values = self.values(req, status, sent, upstream, elapsed_ms, time_text)
         if self.format == "json":
             body = ",".join(f'"{name}":{_json_value(value)}' for name, value, optional in values
@@ -165,6 +172,39 @@ class AccessFields:
         head = (f'{req.client_ip} - - [{time_text}] "{req.method} {target} HTTP/'
                 f'{getattr(req, "version", "1.1")}" {status} {sent}')
         return " ".join([head, *(_common_value(value) for _, value, _ in values)]) + "\n"
+
+
+def default_json_line(req, status, sent, upstream, elapsed_ms, time_text):
+    """DEFAULT_FIELDS as json, written out (~3x cheaper than the generic loop)."""
+    route = req.route
+    request_id = getattr(req, "request_id", None)
+    trace = req.trace
+    vars_ = req._vars
+    extra = ""
+    if vars_:
+        fault, consumer, protocol = vars_.get("fault"), vars_.get("consumer"), \
+            vars_.get("protocol")
+        if fault:
+            extra = f',"fault":{_escape(fault)}'
+        if req.attempts > 1:
+            extra += f',"attempts":{req.attempts}'
+        if consumer is not None:
+            extra += f',"consumer":{_escape(consumer.id)}'
+        if protocol:
+            extra += f',"protocol":{_escape(protocol)}'
+    elif req.attempts > 1:
+        extra = f',"attempts":{req.attempts}'
+    seconds = req.upstream_seconds
+    return (f'{{"time":"{time_text}","request_id":'
+            f'{_escape(request_id) if request_id else "null"},'
+            f'"client":{_escape(req.client_ip)},"method":{_escape(req.method)},'
+            f'"path":{_escape(req.url.partition(b"?")[0].decode("latin-1"))},'
+            f'"route":{_escape(route.id) if route is not None else "null"},'
+            f'"upstream":{_escape(upstream) if upstream else "null"},'
+            f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
+            f'"upstream_ms":{"null" if seconds is None else f"{seconds * 1000.0:.3f}"},'
+            f'"trace_id":{_escape(trace.trace_id) if trace is not None else "null"},'
+            f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}{extra}}}\n')
 
 
 def compile_fields(names, fmt="json"):

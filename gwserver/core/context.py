@@ -88,7 +88,8 @@ class RequestContext:
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
                  "connection_tokens", "upstream_seconds",
                  "attempts",    # tries that reached an upstream (more than 1: retried)
-                 "started")     # time.monotonic() when the head was read
+                 "started",     # time.monotonic() when the head was read
+                 "upstream_host_header")    # Host for the upstream set by a plugin (rewrite)
 
     def __init__(self, client_ip, scheme, services=NO_SERVICES):
         self.services = services
@@ -108,7 +109,7 @@ class RequestContext:
         self.error = self.trace = self.upstream = None
         self.upgrade_tail = b""
         self.attempts = 0
-        self.started = None
+        self.started = self.upstream_host_header = None
 
     @property
     def vars(self):

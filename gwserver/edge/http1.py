@@ -28,7 +28,7 @@ from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.headers import NOT_FORWARDED, PROXY_SET
 from ..core.target import normalise_host, normalise_path
-from ..core.tracing import extract as extract_trace
+from ..core.tracing import extract as extract_trace, response_line
 from .sockets import PlainSocket, recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented)
@@ -499,7 +499,8 @@ class ClientConnection:
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
         head_only = req.method == "HEAD"
-        self.write(render_reply(reply, keep_alive, req.request_id, head_only))
+        self.write(render_reply(reply, keep_alive, req.request_id, head_only,
+                                response_line(req.trace, self.worker.trace_response_header)))
         return reply.status, 0 if head_only else len(reply.body)
 
 
@@ -508,8 +509,8 @@ def new_trace_ids():
     return randbytes(24).hex()
 
 
-def render_reply(reply, keep_alive, request_id, head_only=False):
-    """Bytes of a reply the gateway writes itself."""
+def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):
+    """Bytes of a reply the gateway writes itself (``extra``: whole header lines to add)."""
     lines = [b"HTTP/1.1 %d %s" % (reply.status, REASONS.get(reply.status, b"Unknown"))]
     for name, value in reply.headers:
         lines.append(b"%s: %s" % (name.encode("latin-1") if isinstance(name, str) else name,
@@ -518,7 +519,7 @@ def render_reply(reply, keep_alive, request_id, head_only=False):
         lines.append(b"X-Request-ID: " + request_id.encode("latin-1"))
     lines.append(b"Content-Length: %d" % len(reply.body))
     lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
-    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    head = b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
     return head if head_only else head + reply.body
 
 

@@ -38,7 +38,7 @@ from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead
 from ..core.headers import RESPONSE_SPECIAL, via_chain
-from ..core.tracing import REPLACED_HEADERS
+from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from .http1 import RECV_SIZE, REASONS
@@ -453,7 +453,7 @@ class Proxy:
             finally:
                 outstanding[target] -= 1
             self.release(pool, ex, upstream_keep and upstream.keepalive)
-            self.book_outcome(upstream, target, status)
+            self.book_outcome(upstream, target, ex.status)      # what the upstream said
             return status, sent, target.url, client_keep
 
     def book_failure(self, upstream, target, refused=None):
@@ -678,8 +678,12 @@ class Proxy:
                 return
 
     def response_head(self, req, ex, keep_alive):
-        """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body)."""
+        """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body,
+        the status the client gets). Framing follows the upstream's status; a response
+        plugin may change the status the client sees (rewrite refuses changes that would
+        change the framing: to or from 1xx, 204, 304)."""
         status = ex.status
+        reason = ex.reason
         block = ex.block
         # Draining: this answer is the last. An early answer (the body not all read): the
         # rest of the body is still coming, so the connection cannot carry another request.
@@ -689,6 +693,8 @@ class Proxy:
             head = ResponseHead(status, ex.header_pairs())
             chain.run_response(req, head)
             block = b"".join(b"%s: %s\r\n" % pair for pair in head.headers)
+            if head.status != status:
+                reason = None           # the standard phrase of the new status
         no_body = req.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
         chunked_out = False
         if ex.content_length is not None or no_body:
@@ -699,20 +705,22 @@ class Proxy:
         else:
             framing = b""
             keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
-        head = proxied_head(status, ex.reason, block, framing, req.request_id, ex.via,
+        block += response_line(req.trace, self.worker.trace_response_header)
+        client_status = head.status if chain.response_steps else status
+        head = proxied_head(client_status, reason, block, framing, req.request_id, ex.via,
                             b"Upgrade" if status == 101 else b"keep-alive" if keep_alive
                             else b"close")
-        return head, chunked_out, keep_alive, no_body
+        return head, chunked_out, keep_alive, no_body, client_status
 
     def relay_response(self, client, req, ex, route, keep_alive):
-        head, chunked_out, keep_alive, no_body = self.response_head(req, ex, keep_alive)
+        head, chunked_out, keep_alive, no_body, status = self.response_head(req, ex, keep_alive)
         if no_body:
             client.write(head)
             # The parser still expects the body a HEAD response announced: drop the connection
             # unless the message really ended. After a 204 or 304 it is never reused: their
             # end is implied, and an upstream that writes a body anyway (a common bug) would
             # have it read as the next client's answer if the bytes come late.
-            return ex.status, 0, keep_alive, ex.keep_alive and ex.complete and \
+            return status, 0, keep_alive, ex.keep_alive and ex.complete and \
                 req.complete and ex.status not in NO_BODY_STATUSES
         if ex.complete:                 # the common case: all of it came in one read
             body = ex.chunks
@@ -720,7 +728,7 @@ class Proxy:
             if chunked_out:
                 body = encode_chunks(body, True, True)
             client.write(b"".join([head, *body]))
-            return ex.status, size, keep_alive, ex.keep_alive and req.complete
+            return status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
         started = False
         close_delimited = ex.content_length is None and not ex.chunked
@@ -740,7 +748,7 @@ class Proxy:
                     if close_delimited:
                         if chunked_out:
                             client.write(b"0\r\n\r\n")
-                        return ex.status, sent, keep_alive, False
+                        return status, sent, keep_alive, False
                     raise UpstreamError("upstream closed the connection mid-body")
         except (HTTPError, _StaleConnection) as exc:
             if not isinstance(exc, HTTPError):
@@ -748,11 +756,11 @@ class Proxy:
             if started:
                 exc.response_started = True
             raise exc from None
-        return ex.status, sent, keep_alive, ex.keep_alive and req.complete
+        return status, sent, keep_alive, ex.keep_alive and req.complete
 
     def tunnel(self, client, req, ex):
         """101 Switching Protocols: relay raw bytes both ways until either side closes."""
-        head, _, _, _ = self.response_head(req, ex, False)
+        head = self.response_head(req, ex, False)[0]
         client.write(b"".join([head, *ex.chunks]))
         upstream_sock, client_sock = ex.sock, client.sock
 
@@ -794,8 +802,11 @@ def upstream_path(req):
 
 
 def upstream_host(req, target, upstream):
-    """Host (HTTP/1.1) or :authority (HTTP/2) sent upstream, per the upstream's pass_host
-    (an HTTP/1.0 request without Host gets the target's own name)."""
+    """Host (HTTP/1.1) or :authority (HTTP/2) sent upstream: a plugin's choice (rewrite),
+    else per the upstream's pass_host (an HTTP/1.0 request without Host gets the target's
+    own name)."""
+    if req.upstream_host_header is not None:
+        return req.upstream_host_header
     if upstream.pass_host == "pass" and req.host_header is not None:
         return req.host_header
     if upstream.pass_host != "rewrite":

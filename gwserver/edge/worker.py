@@ -95,8 +95,11 @@ class GatewayWorker(GeventWorker):
         logconf = self.conf.log
         self.access_enabled = logconf["access_log"]
         self.access_json = logconf["access_format"] == "json"
+        from ..core.accesslog import compile_fields
+        self.access_fields = compile_fields(logconf["access_fields"], logconf["access_format"])
         self.tracing = self.conf.tracing["enabled"]
         self.emit_b3 = self.conf.tracing["b3"]
+        self.trace_response_header = self.conf.tracing["response_header"].encode("latin-1")
         self.span_exporter = None
         if self.tracing and self.conf.tracing["otlp_endpoint"]:
             from .otel import SpanExporter
@@ -381,40 +384,13 @@ class GatewayWorker(GeventWorker):
         return now, self._clock_text
 
     def log_access(self, conn, req, status, sent, upstream, start):
+        """One access line ([log] access_fields, core.accesslog), buffered: written at most
+        50 ms or ACCESS_FLUSH_LINES lines late."""
         elapsed_ms = (time.monotonic() - start) * 1000.0
-        upstream_ms = "null" if req.upstream_seconds is None else \
-            f"{req.upstream_seconds * 1000.0:.3f}"
         now, clock = self.clock_text()
-        route_id = req.route.id if req.route is not None else None
-        path = req.url.partition(b"?")[0].decode("latin-1")     # as sent, not normalised
-        request_id = getattr(req, "request_id", None)
-        trace_id = req.trace.trace_id if req.trace is not None else None
-        if self.access_json:
-            trace_json = f'"{trace_id}"' if trace_id else "null"      # hex: nothing to escape
-            fault = req.var("fault")                  # "delay", "abort", both
-            extra = f',"fault":"{fault}"' if fault else ""
-            if req.attempts > 1:                    # retried: how many tries it took
-                extra += f',"attempts":{req.attempts}'
-            consumer = req.var("consumer")
-            if consumer is not None:
-                extra += f',"consumer":{_escape(consumer.id)}'
-            if req.var("protocol"):                 # "HTTP/2"; HTTP/1.x lines say nothing
-                extra += f',"protocol":"{req.var("protocol")}"'
-            line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","request_id":'
-                    f'{_escape(request_id) if request_id else "null"},'
-                    f'"client":"{req.client_ip}","method":"{req.method}","path":{_escape(path)},'
-                    f'"route":{_escape(route_id) if route_id else "null"},'
-                    f'"upstream":{_escape(upstream) if upstream else "null"},'
-                    f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
-                    f'"upstream_ms":{upstream_ms},'
-                    f'"trace_id":{trace_json},'
-                    f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}'
-                    f'{extra}}}\n')
-        else:
-            line = (f'{req.client_ip} - - [{clock} +0000] "{req.method} {path} '
-                    f'{req.var("protocol") or "HTTP/" + req.version}" {status} {sent} '
-                    f'"{route_id or "-"}" '
-                    f'{request_id or "-"} {elapsed_ms:.3f} {trace_id or "-"}\n')
+        time_text = f"{clock}.{int((now % 1) * 1000):03d}Z" if self.access_json else \
+            f"{clock} +0000"
+        line = self.access_fields.line(req, status, sent, upstream, elapsed_ms, time_text)
         lines = self._access_lines
         lines.append(line)
         if len(lines) >= ACCESS_FLUSH_LINES:

@@ -19,8 +19,8 @@ re-open what docs/security.md closes. Order: the access phase sets ``ctx.path``;
 builds the upstream's path from it (``upstream_path``), removing the route's ``strip_prefix``
 if the rewritten path starts with it; the query is kept as it came.
 
-``host`` sets the Host sent upstream when the upstream has ``pass_host = "pass"`` (the
-default); it does not change which route matched, nor ``$host``.
+``host`` sets the Host sent upstream, whatever the upstream's ``pass_host``; it does not
+change which route matched, ``$host`` or X-Forwarded-Host (the client's Host).
 
 Headers: ``remove``, then ``set`` (replace every copy), then ``add`` (one more copy). Values
 take ``$variables``; a ``set`` whose value comes out empty removes the header (a client's own
@@ -67,7 +67,7 @@ _EDITS = Schema(
 SCHEMA = Schema(
     Field("path", _PATH, None, "regex path rewrite"),
     Field("host", string(HOST_PORT, "a lower-case host[:port]"), None,
-          "Host sent upstream (upstreams with pass_host = \"pass\")"),
+          "Host sent upstream, whatever the upstream's pass_host"),
     Field("request_headers", _EDITS, dict, "edits to the request before it goes upstream"),
     Field("response_headers", _EDITS, dict, "edits to the upstream's answer"),
     Field("response_status", map_of(status_code), dict, "upstream status (as a string key) -> "
@@ -151,7 +151,7 @@ def access(conf, ctx):
         if reply is not None:
             return reply
     if conf["host"] is not None:
-        ctx.host_header = conf["host"]
+        ctx.upstream_host_header = conf["host"]
     remove, to_set, to_add = conf["request"]
     for name in remove:
         ctx.remove_header(name)

@@ -45,9 +45,6 @@ def response_headers(gw, path, headers):
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}
 
 
-@pytest.mark.xfail(strict=True, reason="needs tracing.response_line() called in proxy.py's "
-                                       "proxied_head and http1.py's render_reply (owned "
-                                       "elsewhere); remove this mark once they call it")
 @pytest.mark.parametrize("setting, name", [({}, "x-trace-id"),
                                            ({"response_header": "Trace-Id"}, "trace-id")])
 def test_the_trace_id_comes_back_to_the_client(launcher, upstream, setting, name):

@@ -34,7 +34,8 @@ def json_line(names, req, status=200, sent=5, upstream="http://127.0.0.1:9000"):
 
 def test_the_default_line_is_the_one_gwserver_always_wrote():
     line = json_line([], request())
-    assert list(line) == [n for n in DEFAULT_FIELDS if n not in ("fault", "attempts", "consumer")]
+    assert list(line) == [n for n in DEFAULT_FIELDS
+                          if n not in ("fault", "attempts", "consumer", "protocol")]
     assert line["path"] == "/u/1" and line["upstream_ms"] == 12.3 and line["duration_ms"] == 1.5
 
 
@@ -107,3 +108,27 @@ def test_operations_md_names_every_field():
     text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     assert all(f"`{name}`" in text for name in FIELDS), \
         [name for name in FIELDS if f"`{name}`" not in text]
+
+
+@pytest.mark.parametrize("vars_, attempts", [
+    (None, 0), (None, 3), ({"fault": "abort"}, 0),
+    ({"fault": "delay", "protocol": "HTTP/2"}, 2),
+])
+def test_the_shipped_line_written_out_equals_the_generic_renderer(vars_, attempts):
+    """The default json line is one f-string for speed; the generic loop over DEFAULT_FIELDS
+    is what it must equal, whatever optional fields are present."""
+    from types import SimpleNamespace
+    from gwserver.core.accesslog import DEFAULT_FIELDS, AccessFields, default_json_line
+    from gwserver.core.context import RequestContext
+    req = RequestContext("10.0.0.1", "http")
+    req.url, req.method, req.version = b'/a"b?q=1', "GET", "1.1"
+    req.request_id, req.upstream_seconds, req.attempts = "rid-1", 0.0123, attempts
+    req.route, req.trace = SimpleNamespace(id="r1"), SimpleNamespace(trace_id="ab" * 16)
+    if vars_:
+        req.vars.update(vars_)
+        req.vars["consumer"] = SimpleNamespace(id="bob")
+    generic = AccessFields(DEFAULT_FIELDS, "json")
+    generic.fast = False
+    args = (req, 200, 42, "http://u:1", 1.5, "2026-01-01T00:00:00.000Z")
+    assert default_json_line(*args) == generic.line(*args)
+    assert json.loads(default_json_line(*args))["path"] == '/a"b'
