@@ -176,11 +176,28 @@ class RequestContext:
 class ResponseHead:
     """The upstream's status and headers, editable by plugins before the client sees them."""
 
-    __slots__ = ("status", "headers")
+    __slots__ = ("status", "headers", "body_filters")
 
     def __init__(self, status, headers):
         self.status = status
         self.headers = headers
+        self.body_filters = None
+
+    def filter_body(self, transform):
+        """Run the answer's body through ``transform(data, last) -> bytes`` (gzip). The
+        gateway then drops Content-Length and frames the body itself (chunked, or to the
+        close for HTTP/1.0); the body streams through it piece by piece, never whole."""
+        if self.body_filters is None:
+            self.body_filters = []
+        self.body_filters.append(transform)
+
+    def header(self, name):
+        """The value of ``name`` (the last copy), or None."""
+        lower = _enc(name).lower()
+        for key, value in reversed(self.headers):
+            if _enc(key).lower() == lower:
+                return value.decode("latin-1") if isinstance(value, bytes) else value
+        return None
 
     def set_header(self, name, value):
         set_header(self.headers, name, value)

@@ -679,25 +679,31 @@ class Proxy:
 
     def response_head(self, req, ex, keep_alive):
         """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body,
-        the status the client gets). Framing follows the upstream's status; a response
-        plugin may change the status the client sees (rewrite refuses changes that would
-        change the framing: to or from 1xx, 204, 304)."""
-        status = ex.status
+        the status the client gets, body filters or None). Framing follows the upstream's
+        status; a response plugin may change the status the client sees (rewrite refuses
+        changes that would change the framing: to or from 1xx, 204, 304) and may filter the
+        body (gzip), which makes the gateway frame it itself."""
+        status = client_status = ex.status
         reason = ex.reason
         block = ex.block
+        filters = None
         # Draining: this answer is the last. An early answer (the body not all read): the
         # rest of the body is still coming, so the connection cannot carry another request.
         keep_alive = keep_alive and self.worker.alive and req.complete
         chain = req.route.chain
+        no_body = req.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
         if chain.response_steps:
             head = ResponseHead(status, ex.header_pairs())
             chain.run_response(req, head)
+            if not no_body:
+                filters = head.body_filters
+            if filters:
+                head.remove_header(b"content-length")
             block = b"".join(b"%s: %s\r\n" % pair for pair in head.headers)
             if head.status != status:
-                reason = None           # the standard phrase of the new status
-        no_body = req.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
+                client_status, reason = head.status, None   # the new status's own phrase
         chunked_out = False
-        if ex.content_length is not None or no_body:
+        if (ex.content_length is not None and not filters) or no_body:
             framing = b""       # Content-Length passes through in the block
         elif req.version == "1.1":
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -706,14 +712,14 @@ class Proxy:
             framing = b""
             keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
         block += response_line(req.trace, self.worker.trace_response_header)
-        client_status = head.status if chain.response_steps else status
         head = proxied_head(client_status, reason, block, framing, req.request_id, ex.via,
                             b"Upgrade" if status == 101 else b"keep-alive" if keep_alive
                             else b"close")
-        return head, chunked_out, keep_alive, no_body, client_status
+        return head, chunked_out, keep_alive, no_body, client_status, filters
 
     def relay_response(self, client, req, ex, route, keep_alive):
-        head, chunked_out, keep_alive, no_body, status = self.response_head(req, ex, keep_alive)
+        head, chunked_out, keep_alive, no_body, status, filters = self.response_head(
+            req, ex, keep_alive)
         if no_body:
             client.write(head)
             # The parser still expects the body a HEAD response announced: drop the connection
@@ -724,6 +730,8 @@ class Proxy:
                 req.complete and ex.status not in NO_BODY_STATUSES
         if ex.complete:                 # the common case: all of it came in one read
             body = ex.chunks
+            if filters:
+                body = [filtered(filters, body, True)]
             size = sum(map(len, body)) if len(body) != 1 else len(body[0])
             if chunked_out:
                 body = encode_chunks(body, True, True)
@@ -737,6 +745,8 @@ class Proxy:
                 if turn % YIELD_EVERY == 0:
                     gevent.sleep(0)     # a fast download must not hold the worker
                 chunks, ex.chunks = ex.chunks, []
+                if filters:
+                    chunks = [filtered(filters, chunks, ex.complete)]
                 size = sum(map(len, chunks))
                 body = encode_chunks(chunks, chunked_out, last=ex.complete)
                 client.write(b"".join([head, *body]) if not started else b"".join(body))
@@ -746,9 +756,12 @@ class Proxy:
                     break
                 if not self.recv_feed(ex, route.read_timeout):
                     if close_delimited:
+                        tail = filtered(filters, [], True) if filters else b""
                         if chunked_out:
-                            client.write(b"0\r\n\r\n")
-                        return status, sent, keep_alive, False
+                            client.write(b"".join(encode_chunks([tail], True, True)))
+                        elif tail:
+                            client.write(tail)
+                        return status, sent + len(tail), keep_alive, False
                     raise UpstreamError("upstream closed the connection mid-body")
         except (HTTPError, _StaleConnection) as exc:
             if not isinstance(exc, HTTPError):
@@ -875,6 +888,14 @@ def forwarded_values(req, host):
     xff = hmap.get(b"x-forwarded-for")
     return (xff + b", " + peer if xff else peer, hmap.get(b"x-forwarded-proto") or proto,
             hmap.get(b"x-forwarded-host") or fhost)
+
+
+def filtered(filters, chunks, last):
+    """Body pieces through the response's body filters, as one piece."""
+    data = b"".join(chunks)
+    for transform in filters:
+        data = transform(data, last)
+    return data
 
 
 def encode_chunks(chunks, chunked, last):

@@ -11,7 +11,8 @@ BUILTIN = ("gwserver.plugins.grpc_web", "gwserver.plugins.headers", "gwserver.pl
            "gwserver.plugins.fault", "gwserver.plugins.split", "gwserver.plugins.breaker",
            "gwserver.plugins.key_auth", "gwserver.plugins.basic_auth", "gwserver.plugins.acl",
            "gwserver.plugins.ip_restriction", "gwserver.plugins.cors",
-           "gwserver.plugins.redirect", "gwserver.plugins.rewrite", "gwserver.plugins.limit_conn")
+           "gwserver.plugins.redirect", "gwserver.plugins.rewrite", "gwserver.plugins.limit_conn",
+           "gwserver.plugins.gzip")
 ENTRY_POINT_GROUP = "gwserver.plugins"
 _registry = None
 

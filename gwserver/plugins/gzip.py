@@ -1,0 +1,95 @@
+"""``gzip``: compress answers for clients that accept it (nginx's gzip module, APISIX's gzip).
+
+    plugins.gzip = {types = ["application/json", "text/*"], min_length = 1024, level = 5}
+
+An answer is compressed when the request's ``Accept-Encoding`` takes gzip (q > 0), its type
+is listed (``text/*`` matches every text type), it is not already encoded, it is at least
+``min_length`` bytes when its length is known, it is not a 206 or an answer without a body,
+and it does not say ``Cache-Control: no-transform``. The body streams through zlib piece by
+piece (the gateway reframes it as chunked): a large answer is never held whole, and a client
+that does not read stalls the upstream read instead of filling memory. ``Vary:
+Accept-Encoding`` is added to every answer of a listed type, compressed or not, so caches keep
+the two apart; a strong ``ETag`` becomes weak, as the bytes differ.
+"""
+import zlib
+
+from ..core.schema import Field, Schema, boolean, integer, list_of, string
+
+NAME = "gzip"
+PRIORITY = 600          # last among response phases that edit headers: it sees their result
+
+SCHEMA = Schema(
+    Field("types", list_of(string(r"[a-z0-9.+-]+/([a-z0-9.+-]+|\*)", "a media type or type/*"),
+                           min_items=1),
+          lambda: ["text/html", "text/plain", "text/css", "text/xml", "application/json",
+                   "application/javascript", "application/xml", "image/svg+xml"],
+          "media types compressed (type/* for all subtypes)"),
+    Field("min_length", integer(0), 1024,
+          "answers with a Content-Length below this are sent as they are"),
+    Field("level", integer(1, 9, "an integer from 1 to 9"), 5, "zlib compression level"),
+    Field("vary", boolean, True, "add Vary: Accept-Encoding to answers of a listed type"),
+    doc="Compress answers with gzip for clients that accept it.",
+)
+
+NO_BODY = frozenset([204, 206, 304])
+
+
+def prepare(conf):
+    types = conf["types"]
+    return {**conf, "exact": frozenset(t for t in types if not t.endswith("/*")),
+            "families": tuple(t[:-1] for t in types if t.endswith("/*"))}
+
+
+def accepts_gzip(value):
+    """Does an Accept-Encoding value take gzip (RFC 9110 12.5.3: gzip or *, q > 0)?"""
+    star = None
+    for item in value.split(","):
+        coding, _, params = item.strip().partition(";")
+        coding = coding.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            name, _, number = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(number)
+                except ValueError:
+                    q = 0.0
+        if coding in ("gzip", "x-gzip"):
+            return q > 0
+        if coding == "*":
+            star = q > 0
+    return bool(star)
+
+
+def response(conf, ctx, head):
+    if ctx.method == "HEAD" or head.status in NO_BODY or head.status < 200:
+        return
+    media = (head.header("content-type") or "").partition(";")[0].strip().lower()
+    if not (media in conf["exact"] or media.startswith(conf["families"])):
+        return
+    if conf["vary"]:
+        vary = head.header("vary")
+        if vary is None:
+            head.set_header("Vary", "Accept-Encoding")
+        elif "accept-encoding" not in vary.lower() and vary.strip() != "*":
+            head.set_header("Vary", f"{vary}, Accept-Encoding")
+    accept = ctx.header("accept-encoding")
+    if accept is None or not accepts_gzip(accept):
+        return
+    if head.header("content-encoding") is not None or \
+            "no-transform" in (head.header("cache-control") or "").lower():
+        return
+    length = head.header("content-length")
+    if length is not None and length.isdigit() and int(length) < conf["min_length"]:
+        return
+    etag = head.header("etag")
+    if etag is not None and not etag.startswith("W/"):
+        head.set_header("ETag", "W/" + etag)
+    head.set_header("Content-Encoding", "gzip")
+    compressor = zlib.compressobj(conf["level"], zlib.DEFLATED, 31)     # 31: gzip framing
+
+    def compress(data, last):
+        out = compressor.compress(data) if data else b""
+        return out + compressor.flush() if last else out
+
+    head.filter_body(compress)

@@ -1,0 +1,134 @@
+"""gzip against real processes: what is compressed and what is not, streaming, and a client
+that asks for a huge compressible answer and never reads it."""
+import gzip as gzlib
+import json
+import socket
+import time
+
+import pytest
+
+from ..conftest import gateway_conf, route
+
+DOC = json.dumps({"items": [{"id": i, "name": f"item {i}"} for i in range(70)]})
+NGINX_DOC = DOC.replace("{", "{{").replace("}", "}}")      # launcher.nginx() runs .format
+
+
+@pytest.fixture(scope="module")
+def gw(module_launcher):
+    nginx = module_launcher.nginx("gz", (
+        "listen 127.0.0.1:{port}; default_type application/json; "
+        f"location /json {{{{ return 200 '{NGINX_DOC}'; }}}} "
+        "location /small {{ return 200 '{{\"a\":1}}'; }} "
+        f"location /encoded {{{{ add_header Content-Encoding br; return 200 '{NGINX_DOC}'; }}}} "
+        f"location /nt {{{{ add_header Cache-Control no-transform; return 200 '{NGINX_DOC}'; }}}} "
+        f"location /etag {{{{ add_header ETag '\"v1\"'; return 200 '{NGINX_DOC}'; }}}} "
+        f"location /text {{{{ default_type text/csv; return 200 '{NGINX_DOC}'; }}}}"))
+    up = module_launcher.upstream("bytes")
+    plugin = {"gzip": {"types": ["application/json", "application/octet-stream"]}}
+    gateway = module_launcher.gateway(gateway_conf([
+        route("gz", ["/gz/*rest"], f"http://127.0.0.1:{nginx}", strip_prefix="/gz",
+              plugins=plugin),
+        route("big", ["/big/*rest"], up.url, strip_prefix="/big", plugins=plugin)]))
+    return gateway
+
+
+def fetch(gw, path, headers=None, version=b"1.1"):
+    head = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in (headers or {}).items())
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=20) as sock:
+        sock.sendall(b"GET %s HTTP/%s\r\nHost: gw\r\n%sConnection: close\r\n\r\n"
+                     % (path.encode(), version, head))
+        data = b""
+        while True:
+            piece = sock.recv(1 << 20)
+            if not piece:
+                break
+            data += piece
+    raw_head, _, body = data.partition(b"\r\n\r\n")
+    lines = raw_head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), value.strip())
+    if headers.get("transfer-encoding") == "chunked":
+        body = dechunk(body)
+    return int(lines[0].split()[1]), headers, body
+
+
+def dechunk(data):
+    out = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, data = out + data[:size], data[size + 2:]
+
+
+GZ = {"Accept-Encoding": "br;q=1.0, gzip;q=0.8"}
+
+
+def test_a_listed_type_is_compressed_for_a_client_that_accepts_gzip(gw):
+    status, headers, body = fetch(gw, "/gz/json", GZ)
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
+    assert "Accept-Encoding" in headers["vary"]
+    assert gzlib.decompress(body).decode() == DOC and len(body) < len(DOC) / 3
+
+
+@pytest.mark.parametrize("path, headers, why", [
+    ("/gz/json", {}, "no Accept-Encoding"),
+    ("/gz/json", {"Accept-Encoding": "gzip;q=0, br"}, "gzip refused"),
+    ("/gz/json", {"Accept-Encoding": "identity"}, "identity only"),
+    ("/gz/small", GZ, "under min_length"),
+    ("/gz/encoded", GZ, "already encoded"),
+    ("/gz/nt", GZ, "Cache-Control: no-transform"),
+    ("/gz/text", GZ, "type not listed"),
+])
+def test_what_is_left_as_it_is(gw, path, headers, why):
+    status, got, body = fetch(gw, path, headers)
+    assert status == 200 and got.get("content-encoding") in (None, "br"), why
+    assert body.startswith(b"{"), why
+
+
+def test_vary_even_when_not_compressed_and_a_strong_etag_weakened(gw):
+    _, plain, _ = fetch(gw, "/gz/json")
+    assert "Accept-Encoding" in plain["vary"]
+    _, zipped, _ = fetch(gw, "/gz/etag", GZ)
+    assert zipped["etag"] == 'W/"v1"'
+
+
+def test_http10_client_gets_a_close_delimited_gzip_body(gw):
+    status, headers, body = fetch(gw, "/gz/json", GZ, version=b"1.0")
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert "transfer-encoding" not in headers
+    assert gzlib.decompress(body).decode() == DOC
+
+
+def test_a_large_answer_streams_through(gw):
+    status, headers, body = fetch(gw, "/big/bytes/5000000?chunked=1", GZ)
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzlib.decompress(body) == b"x" * 5_000_000
+
+
+def test_a_client_that_never_reads_a_huge_compressible_answer_holds_no_memory(gw):
+    """200 MB of compressible bytes asked for with gzip and never read: the gateway's send
+    stalls, so the upstream read stalls; the worker's memory stays put and others are served."""
+    pid = gw.worker_pids()[0]
+
+    def rss_mib():
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(l for l in f if l.startswith("VmRSS")).split()[1]) / 1024
+
+    before = rss_mib()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.sendall(b"GET /big/bytes/200000000 HTTP/1.1\r\nHost: gw\r\n"
+                     b"Accept-Encoding: gzip\r\n\r\n")
+        time.sleep(3.0)
+        started = time.monotonic()
+        assert fetch(gw, "/gz/small")[0] == 200
+        assert time.monotonic() - started < 0.5
+        assert rss_mib() - before < 60
+    finally:
+        sock.close()
