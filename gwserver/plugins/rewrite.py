@@ -29,8 +29,9 @@ would hold CR, LF or NUL is refused with 400. Headers the gateway writes itself 
 Content-Length, X-Forwarded-*, hop-by-hop ones) cannot be edited here.
 
 ``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
-framing differs). Rewriting response bodies is not supported: the request path has no body
-hook yet.
+framing differs). ``response_body`` replaces the body of the upstream's answer (of every
+status, or those in ``response_body_statuses``) with a fixed text with ``$variables``; the
+upstream's body is read and dropped as it streams, never held.
 """
 import logging
 import re
@@ -72,6 +73,10 @@ SCHEMA = Schema(
     Field("response_headers", _EDITS, dict, "edits to the upstream's answer"),
     Field("response_status", map_of(status_code), dict, "upstream status (as a string key) -> "
           "the status the client gets"),
+    Field("response_body", string(what="a body text", allow_empty=True), None,
+          "replaces the upstream answer's body ($variables)"),
+    Field("response_body_statuses", list_of(status_code), list,
+          "upstream statuses whose body is replaced; empty: every status"),
 )
 
 BODILESS = frozenset([204, 304])
@@ -104,7 +109,10 @@ def prepare(conf):
             "request": _edits(conf["request_headers"], NOT_FORWARDED, "request_headers"),
             "response": _edits(conf["response_headers"], RESPONSE_SPECIAL | {b"x-request-id"},
                                "response_headers"),
-            "status": statuses}
+            "status": statuses,
+            "body": None if conf["response_body"] is None else
+            compile_template(conf["response_body"]),
+            "body_statuses": frozenset(conf["response_body_statuses"])}
 
 
 def _check_fixed_text(replace):
@@ -216,6 +224,11 @@ def response(conf, ctx, head):
         value = template.expand(ctx)
         if value and header_safe(value):
             head.headers.append((name, value.encode("latin-1")))
+    body = conf["body"]
+    if body is not None and head.status not in BODILESS and ctx.method != "HEAD" and \
+            (not conf["body_statuses"] or head.status in conf["body_statuses"]):
+        text = body.expand(ctx).encode("utf-8")
+        head.filter_body(lambda data, last: text if last else b"")
     status = conf["status"].get(head.status)
     if status is not None:
         head.status = status

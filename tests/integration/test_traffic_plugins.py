@@ -55,7 +55,8 @@ def gw(module_launcher, up):
         route("rw-prefix", ["/api/*rest"], up.url, strip_prefix="/api", plugins={"rewrite": {
             "path": {"match": "^/api/v1/", "replace": "/api/v2/"}}}),
         route("rw-status", ["/st/*rest"], up.url, strip_prefix="/st", plugins={"rewrite": {
-            "response_status": {"404": 410}}}),
+            "response_status": {"404": 410}, "response_body": "gone ($request_id)\n",
+            "response_body_statuses": [404]}}),
         route("lc-ip", ["/lc/*rest"], up.url, strip_prefix="/lc",
               plugins={"limit_conn": {"limit": 2, "scope": "host", "retry_after": 2}}),
         route("lc-tenant", ["/tenant/*rest"], up.url, strip_prefix="/tenant",
@@ -166,8 +167,12 @@ def test_rewrite_runs_before_strip_prefix(gw):
     assert echoed(body)[1] == "/v2/echo"
 
 
-def test_response_status_is_rewritten(gw):
-    assert get(gw, "/st/status/404")[0].status == 410
+def test_response_status_and_body_are_rewritten(gw):
+    resp, body = get(gw, "/st/status/404", {"X-Request-ID": "rid-9"})
+    assert resp.status == 410 and body == b"gone (rid-9)\n"
+    assert resp.getheader("Content-Length") is None           # reframed by the gateway
+    resp, body = get(gw, "/st/echo")
+    assert resp.status == 200 and body.startswith(b"{")          # other statuses untouched
 
 
 # -- limit_conn ------------------------------------------------------------------------------
