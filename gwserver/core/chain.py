@@ -101,11 +101,6 @@ class Chain:
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
         self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
         self.identifies = any(getattr(p, "IDENTIFIES_CONSUMER", False) for p, _ in steps)
-        if self.identifies:
-            # The request path runs these phases only when the route has steps for them; an
-            # identified consumer's plugins may bring some (rate_limit's headers).
-            self.response_steps = self.response_steps or ((_ConsumerSteps, None),)
-            self.finish_steps = self.finish_steps or ((_ConsumerSteps, None),)
 
     def claims_of(self, ctx, route_id):
         """Verified claims for a ``claims`` route, from the plugin that provides them."""
@@ -160,6 +155,14 @@ class Chain:
         joined = ctx.var("chain") if self.identifies else None
         return self if joined is None else joined
 
+    def response_steps_of(self, ctx):
+        """The response steps this request runs: the route's, or the route's joined with
+        an identified consumer's plugins (which may bring some the route has not)."""
+        return self._for(ctx).response_steps
+
+    def finish_steps_of(self, ctx):
+        return self._for(ctx).finish_steps
+
     def run_response(self, ctx, head):
         for plugin, conf in self._for(ctx).response_steps:
             plugin.response(conf, ctx, head)
@@ -182,19 +185,6 @@ class Chain:
                 plugin.finish(conf, ctx, status)
             except Exception:
                 log.exception("route %s: plugin %s failed in finish", ctx.route.id, plugin.NAME)
-
-
-class _ConsumerSteps:
-    """Stands for the response and finish steps an identified consumer may bring."""
-    NAME = "consumer"
-
-    @staticmethod
-    def response(conf, ctx, head):
-        pass
-
-    @staticmethod
-    def finish(conf, ctx, status):
-        pass
 
 
 def route_claims(ctx, route):

@@ -170,7 +170,7 @@ class H2Forwarder:
         upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
         headers = [(k, v) for k, v in headers if k != b"via"]
         chain = req.route.chain
-        if chain.response_steps:
+        if chain.response_steps_of(req):
             head = ResponseHead(status, headers)
             chain.run_response(req, head)
             headers = head.headers

@@ -470,7 +470,7 @@ class ClientConnection:
                 status, sent = self.answer(req, error_reply(exc, req.request_id), keep_alive)
         finally:
             worker.in_flight -= 1
-            if req.route is not None and req.route.chain.finish_steps:
+            if req.route is not None and req.route.chain.finish_steps_of(req):
                 req.route.chain.run_finish(req, status)
             if worker.access_enabled:
                 worker.log_access(self, req, status, sent, upstream, start)

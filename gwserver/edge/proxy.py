@@ -692,7 +692,7 @@ class Proxy:
         keep_alive = keep_alive and self.worker.alive and req.complete
         chain = req.route.chain
         no_body = req.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
-        if chain.response_steps:
+        if chain.response_steps_of(req):
             head = ResponseHead(status, ex.header_pairs())
             chain.run_response(req, head)
             if not no_body:

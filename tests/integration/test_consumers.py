@@ -314,4 +314,4 @@ def test_the_consumer_is_in_the_access_log_and_a_metric(gw):
         status, body = gw.admin_get("/metrics")
         return status == 200 and re.search(
             rb'gwserver_consumer_requests_total\{code="2xx",consumer="bob"\} [1-9]', body)
-    assert wait_until(counted, timeout=5)
+    assert wait_until(counted, timeout=10)
