@@ -6,11 +6,8 @@ import json
 import os
 import signal
 import subprocess
-import threading
-import time
 
 import h2.errors
-import pytest
 
 from ..conftest import gateway_conf, route, wait_until
 from ..h2client import RawH2
@@ -61,7 +58,7 @@ def test_goaway_on_sigterm_lets_streams_in_flight_finish(launcher, upstream):
                                        http2={"h2c": True}))
     client = RawH2(gw.port)
     slow = client.request("/slow/1")
-    time.sleep(0.3)
+    wait_until(lambda: upstream.stats()["requests"] >= 1)     # in flight at the upstream
     worker = gw.worker_pids()[0]
     os.kill(worker, signal.SIGTERM)                 # what a reload does to the old workers
     client.pump(lambda c: c.goaway() is not None, timeout=5)
