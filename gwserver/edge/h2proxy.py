@@ -15,10 +15,10 @@ import time
 import gevent
 
 from ..core import grpcweb
-from ..core.h2request import grpc_timeout, is_grpc
 from ..core.context import ResponseHead
+from ..core.h2request import grpc_timeout, is_grpc
 from ..core.headers import NOT_FORWARDED, via_chain
-from ..core.tracing import REPLACED_HEADERS
+from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools
@@ -177,7 +177,8 @@ class H2Forwarder:
         chunked = req.version == "1.1"
         if not chunked:
             keep_alive = False
-        block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers)
+        block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers) + \
+            response_line(req.trace, self.proxy.worker.trace_response_header)
         client.write(proxied_head(status, None, block,
                                   b"Transfer-Encoding: chunked\r\n" if chunked else b"",
                                   req.request_id, upstream_via,

@@ -45,6 +45,7 @@ LINGER_BYTES = 16 * 1024 * 1024
 # Every registered status (206, 307, 409, 422, ... too), with RFC 9110's newer phrases.
 REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 REASONS.update({413: b"Content Too Large", 422: b"Unprocessable Content"})
+PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}      # the metric label of each version
 
 
 class ClientGone(Exception):
@@ -478,7 +479,9 @@ class ClientConnection:
                 worker.export_span(req, status, upstream, start)
             if worker.metrics is not None:
                 worker.metrics.observe(req.route.id if req.route else None, req.method, status,
-                                       time.monotonic() - start, req.upstream_seconds)
+                                       time.monotonic() - start, req.upstream_seconds,
+                                       req.var("protocol") or PROTOCOLS.get(req.version,
+                                                                            "HTTP/1.1"))
                 consumer = req.var("consumer")
                 if consumer is not None:
                     worker.metrics.count_consumer(consumer.id, status)

@@ -94,8 +94,9 @@ class WorkerMetrics:
 
     def __init__(self):
         from prometheus_client import Counter, Gauge, Histogram
-        self.requests = Counter("gwserver_requests", "Requests answered, by route, method and "
-                                "status class", ["route", "method", "status"])
+        self.requests = Counter("gwserver_requests", "Requests answered, by route, method, "
+                                "status class and the client's protocol (HTTP/1.1, HTTP/1.0, "
+                                "HTTP/2)", ["route", "method", "status", "protocol"])
         self.duration = Histogram("gwserver_request_duration_seconds", "Time from a complete "
                                   "request head to the end of the answer", ["route"],
                                   buckets=LATENCY_BUCKETS)
@@ -190,14 +191,14 @@ class WorkerMetrics:
     def count_ejection(self, upstream_id, target):
         self.ejections.labels(upstream_id, target).inc()
 
-    def observe(self, route_id, method, status, seconds, upstream_seconds):
-        key = (route_id, method, status // 100)
+    def observe(self, route_id, method, status, seconds, upstream_seconds, protocol="HTTP/1.1"):
+        key = (route_id, method, status // 100, protocol)
         series = self._series.get(key)
         if series is None:
             route = route_id or "none"
             series = self._series[key] = _Series((
                 self.requests.labels(route, method if method in METHODS else "OTHER",
-                                     f"{status // 100}xx"),
+                                     f"{status // 100}xx", protocol),
                 self.duration.labels(route), self.upstream_duration.labels(route)))
         series.count += 1
         series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1

@@ -2,12 +2,13 @@
 through the one request path; real clients (curl) first, a hand-driven h2 client for what curl
 will not send."""
 import json
+import re
 import subprocess
 
 import h2.errors
 import pytest
 
-from ..conftest import free_port, gateway_conf, route
+from ..conftest import free_port, gateway_conf, route, wait_until
 from ..h2client import RawH2
 from ..pki import CA
 
@@ -110,3 +111,19 @@ def test_limits_are_the_http1_limits(launcher, upstream):
     big = client.request("/echo", headers=[("x-big", "v" * 400)])
     assert client.response(many)[0] == 431 and client.response(big)[0] == 431
     client.close()
+
+
+def test_the_protocol_is_a_metric_label(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)],
+                                       http2={"h2c": True}))
+    out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+                          "%{http_version}", f"{gw.url}/echo"], capture_output=True, text=True)
+    assert out.stdout == "2"
+    assert gw.request("GET", "/echo")[0].status == 200
+
+    def counted():
+        status, body = gw.admin_get("/metrics")
+        return status == 200 and all(re.search(
+            rb'gwserver_requests_total\{[^}]*protocol="%s"[^}]*\} [1-9]' % p, body)
+            for p in (b"HTTP/2", b"HTTP/1.1"))
+    assert wait_until(counted, timeout=10)
