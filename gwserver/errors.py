@@ -120,3 +120,28 @@ class UpstreamTimeout(HTTPError):
 class UpstreamConnectTimeout(UpstreamTimeout, UpstreamConnectError):
     """Connecting timed out; nothing was sent, so any request may be retried."""
     status, error = 504, "gateway_timeout"
+
+
+def describe(exc):
+    """An exception in words an operator reads in a log line ("connection refused", "timed
+    out"), not a library's class name (ConnectionError, ReadTimeout)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:      # the root cause speaks plainest
+        seen.add(id(exc))
+        for kind, words in _PLAIN:
+            if isinstance(exc, kind):
+                return words
+        inner = exc.__cause__ or exc.__context__ or \
+            (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        if inner is None:
+            break
+        exc = inner
+    text = str(exc).strip() if exc is not None else ""
+    return text[:200] if text else "failed"
+
+
+_PLAIN = ((ConnectionRefusedError, "connection refused"),
+          (ConnectionResetError, "connection reset"),
+          (BrokenPipeError, "connection closed"),
+          (TimeoutError, "timed out"),
+          (EOFError, "connection closed"))

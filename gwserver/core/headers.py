@@ -11,7 +11,9 @@ HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te"
 # Request headers the gateway writes itself: kept in header_map for plugins, not forwarded
 # as the client sent them.
 GATEWAY_SET = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
-                         b"x-forwarded-host", b"x-request-id", b"via", b"expect"])
+                         b"x-forwarded-host", b"x-request-id", b"via", b"expect",
+                         # only an auth plugin says who the consumer is, on any route
+                         b"x-consumer-id", b"x-consumer-groups"])
 NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET
 
 # Headers that say who the client is or what it asked for, as a proxy in front would: from

@@ -17,6 +17,8 @@ import time
 
 import requests
 
+from ..errors import describe
+
 log = logging.getLogger("gwserver.etcd")
 
 
@@ -88,7 +90,7 @@ class EtcdClient:
                                          timeout=(self.timeout, timeout or self.timeout),
                                          headers=self._auth_header(endpoint))
             except requests.RequestException as exc:
-                errors.append(f"{endpoint}: {exc.__class__.__name__}")
+                errors.append(f"{endpoint}: {describe(exc)}")
                 continue
             if resp.status_code == 401 and self.username:
                 self._token = None              # expired token: authenticate again next call
@@ -236,7 +238,7 @@ class EtcdClient:
             if time.monotonic() - last_message >= idle_timeout * 0.9:
                 log.info("etcd watch silent for %.0fs; resuming it", idle_timeout)
                 return
-            raise WatchLost(f"watch stream broke: {exc.__class__.__name__}") from None
+            raise WatchLost(f"watch stream broke: {describe(exc)}") from None
         finally:
             resp.close()
         raise WatchLost("etcd closed the watch stream")

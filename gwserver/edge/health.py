@@ -23,6 +23,7 @@ import ssl
 import time
 
 from ..core import health as core
+from ..errors import describe
 from .shm import atomic_write, file_stamp, read_json
 
 log = logging.getLogger("gwserver.health")
@@ -182,10 +183,10 @@ def probe(target, conf, tls=None):
         return True, ""
     except http.client.RemoteDisconnected:
         return False, "closed without an answer"
-    except (http.client.BadStatusLine, http.client.LineTooLong) as exc:
-        return False, f"not an HTTP answer ({exc.__class__.__name__})"
+    except (http.client.BadStatusLine, http.client.LineTooLong):
+        return False, "not an HTTP answer"
     except (OSError, http.client.HTTPException) as exc:
-        return False, f"{exc.__class__.__name__}: {exc}"
+        return False, describe(exc)
     finally:
         sock.close()
 

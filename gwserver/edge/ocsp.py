@@ -15,6 +15,8 @@ import os
 import signal
 import time
 
+from ..errors import describe
+
 log = logging.getLogger("gwserver.ocsp")
 
 
@@ -58,7 +60,7 @@ def fetch(cert_path, timeout=5.0):
                              headers={"Content-Type": "application/ocsp-request"},
                              timeout=timeout)
     except requests.RequestException as exc:
-        raise OcspError(f"responder {url} unreachable: {exc.__class__.__name__}") from None
+        raise OcspError(f"responder {url} unreachable: {describe(exc)}") from None
     if resp.status_code != 200:
         raise OcspError(f"responder {url} answered HTTP {resp.status_code}")
     try:

@@ -24,6 +24,7 @@ import signal
 import time
 
 from ..core import rollout as core
+from ..errors import describe
 from .shm import atomic_write, file_stamp, read_json
 
 log = logging.getLogger("gwserver.rollouts")
@@ -310,7 +311,7 @@ def run(conf_path):
         try:
             controller.tick()
         except Exception as exc:        # etcd or Redis away: try again next tick
-            log.warning("rollouts: %s: %s", exc.__class__.__name__, exc)
+            log.warning("rollouts: %s", describe(exc))
         time.sleep(TICK)
 
 

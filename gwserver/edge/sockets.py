@@ -2,8 +2,8 @@
 
 gevent sockets keep the OS-level non-blocking socket as ``_sock`` (gevent's own code relies on
 it). Trying that first costs one syscall; only when the kernel buffer is full do we arm a
-deadline and let gevent's ``send`` wait for writability (PERF_NOTES: gevent's ``sendall`` calls
-getsockopt and time() and builds a memoryview on every call).
+deadline and let gevent's ``send`` wait for writability (docs/benchmarks.md: gevent's
+``sendall`` calls getsockopt and time() and builds a memoryview on every call).
 
 Only for plain sockets: a TLS socket's ``_sock`` is the TCP socket under the encryption, and
 its reads may be served from bytes already decrypted while the descriptor is not readable. TLS

@@ -34,7 +34,7 @@ import gevent
 import gevent.event
 
 from ..core import breaker, ratelimit
-from ..errors import StoreError
+from ..errors import StoreError, describe
 from ..settings import parse_multi_host_url
 from .lua import ADAPTIVE_LUA, BREAKER_LUA, LIMIT_CONN_LUA, SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA
 
@@ -350,9 +350,9 @@ class RedisStore:
         if self.healthy:
             log.error("redis unreachable (%s); rate limits and breakers fall back to "
                       "on_store_error for %.1fs at a time until it answers",
-                      exc.__class__.__name__, self.pause)
+                      describe(exc), self.pause)
             self.healthy = False
-        error = StoreError(f"redis: {exc.__class__.__name__}")
+        error = StoreError(f"redis: {describe(exc)}")
         for _, _, waiter, _ in batch:
             if waiter is not None:
                 waiter.set_exception(error)

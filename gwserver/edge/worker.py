@@ -2,7 +2,7 @@
 
 gunicorn's ``GeventWorker`` gives us the master protocol (heartbeat, signals, parent watch,
 graceful exit); its WSGI handling is replaced by ``ClientConnection`` (httptools parsing, direct
-proxying), which PERF_NOTES measured at several times the stock worker's throughput. Everything
+proxying), measured at several times the stock worker's throughput (docs/benchmarks.md). Everything
 with I/O (pools, buffers, the deadline ticker) is created in ``run()``, after fork.
 """
 import gc

@@ -222,8 +222,8 @@ class Verifier:
             raise TokenRejected("the token's signature does not verify") from None
         except pyjwt.InvalidAlgorithmError:
             raise TokenRejected("the token's algorithm is not accepted") from None
-        except pyjwt.PyJWTError as exc:
-            raise TokenRejected(f"malformed token ({exc.__class__.__name__})") from None
+        except pyjwt.PyJWTError:
+            raise TokenRejected("malformed token") from None
         if self.cache_seconds:
             if len(self.cache) >= self.cache_size:
                 for stale in [t for t, (_, until) in self.cache.items() if until <= now]:

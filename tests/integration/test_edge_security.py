@@ -465,7 +465,8 @@ def test_h2c_upgrade_is_not_forwarded(launcher, upstream):
 SPOOFED = (b"X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n"
            b"X-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-Forwarded-Proto: https\r\n"
            b"X-HTTP-Method-Override: DELETE\r\nX-Forwarded-Prefix: /admin\r\n"
-           b"True-Client-IP: 6.6.6.6\r\nX-Forwarded-Port: 1\r\n")
+           b"True-Client-IP: 6.6.6.6\r\nX-Forwarded-Port: 1\r\n"
+           b"X-Consumer-ID: admin\r\nX-Consumer-Groups: admins\r\n")
 
 
 def seen_headers(answer):
@@ -481,7 +482,7 @@ def test_an_untrusted_peer_cannot_say_who_the_client_is(launcher, upstream):
     assert headers["x-forwarded-proto"] == "http"
     assert not {"x-real-ip", "forwarded", "x-original-url", "x-rewrite-url",
                 "x-http-method-override", "x-forwarded-prefix", "true-client-ip",
-                "x-forwarded-port"} & set(headers)
+                "x-forwarded-port", "x-consumer-id", "x-consumer-groups"} & set(headers)
     assert wait_until(gw.access_lines)[-1]["client"] == "127.0.0.1"
 
 

@@ -88,9 +88,10 @@ def test_put_update_delete_reach_every_worker(launcher, etcd, upstream, tmp_path
     revision = client.revision()
     wait_until(lambda: all_workers_at(gw, revision))
     assert serves(gw, "/uno") == 404
-    # with etcd the health checker always runs: any upstream may ask for checks later
+    # with etcd the health checker and the rollouts helper always run: any upstream may ask
+    # for checks, any route for a rollout, later
     assert cmdline_roles(gw) == {"gwserver: config-sync": 1, "gwserver: health": 1,
-                                 "gwserver: worker": 3}
+                                 "gwserver: rollouts": 1, "gwserver: worker": 3}
 
 
 def cmdline_roles(gw):

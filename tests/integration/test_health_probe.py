@@ -31,7 +31,7 @@ def test_http_statuses_decide(launcher, path, statuses, ok, error):
 
 
 @pytest.mark.parametrize("path, error", [
-    ("/junk", "not an HTTP answer (BadStatusLine)"),
+    ("/junk", "not an HTTP answer"),
     ("/no-answer", "closed without an answer"),
 ])
 def test_a_server_that_is_not_http_is_unhealthy(launcher, path, error):
@@ -62,7 +62,7 @@ def test_https_uses_the_upstreams_ca_sni_and_verify(launcher, tmp_path):
     ca_file = str(ca.cert_path)
     assert probe(https, check(), (True, ca_file, "api.internal", None, None)) == (True, "")
     ok, text = probe(https, check(), (True, ca_file, None, None, None))     # name: 127.0.0.1
-    assert not ok and "SSLCertVerificationError" in text, text
+    assert not ok and "certificate verify failed" in text, text
     ok, text = probe(https, check())                                        # system store
-    assert not ok and "SSLCertVerificationError" in text, text
+    assert not ok and "certificate verify failed" in text, text
     assert probe(https, check(), (False, None, None, None, None)) == (True, "")

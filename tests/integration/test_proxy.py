@@ -301,3 +301,17 @@ def test_https_upstream_over_pooled_tls_connections(launcher, tmp_path):
         assert resp.status == 200 and body["path"] == f"/echo/{i}"
         assert body["body_size"] == 5000
     assert upstream.stats()["connections"] <= 2
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/nowhere", 404),
+                                                  ("POST", "/only-get", 405)])
+def test_the_gateways_own_answers_have_one_shape_and_their_bytes_are_logged(
+        gw, method, path, status):
+    resp, body = gw.request(method, path, body=b"" if method == "POST" else None)
+    payload = json.loads(body)
+    assert resp.status == status
+    assert list(payload)[:4] == ["error", "status", "message", "request_id"]
+    assert payload["request_id"] == resp.getheader("X-Request-ID")
+    line = wait_until(lambda: [l for l in gw.access_lines()
+                               if l.get("request_id") == payload["request_id"]])[-1]
+    assert line["status"] == status and line["bytes"] == len(body)

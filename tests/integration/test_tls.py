@@ -233,6 +233,9 @@ def test_upstream_tls_verification_sni_and_mtls(launcher, ca, tmp_path):
         {**route("wrongname", ["/wrongname/*r"], plain_tls.url, strip_prefix="/wrongname"),
          "upstream": {"targets": [{"url": plain_tls.url}],
                       "tls": {"ca_file": str(ca.cert_path)}}},
+        {**route("wrongsni", ["/wrongsni/*r"], plain_tls.url, strip_prefix="/wrongsni"),
+         "upstream": {"targets": [{"url": plain_tls.url}],
+                      "tls": {"ca_file": str(ca.cert_path), "server_name": "wrong.internal"}}},
         {**route("noverify", ["/noverify/*r"], plain_tls.url, strip_prefix="/noverify"),
          "upstream": {"targets": [{"url": plain_tls.url}], "tls": {"verify": False}}},
         {**route("nocert", ["/nocert/*r"], mutual.url, strip_prefix="/nocert"),
@@ -242,8 +245,11 @@ def test_upstream_tls_verification_sni_and_mtls(launcher, ca, tmp_path):
              **verify, "cert_file": str(client[0]), "key_file": str(client[1])}}}])
     gw = launcher.gateway(gw_conf)
     statuses = {name: gw.request("GET", f"/{name}/echo")[0].status
-                for name in ("system", "ca", "wrongname", "noverify", "nocert", "mtls")}
+                for name in ("system", "ca", "wrongname", "wrongsni", "noverify", "nocert",
+                             "mtls")}
     assert statuses == {"system": 502,       # the test CA is not in the system store
                         "ca": 200, "wrongname": 502,        # 127.0.0.1 is not in the cert
+                        "wrongsni": 502,     # a name the cert lacks: a 502, never a 500
                         "noverify": 200, "nocert": 502, "mtls": 200}
+    assert "internal_error" not in gw.log()
     assert "CERTIFICATE_VERIFY_FAILED" in gw.log() or "certificate verify failed" in gw.log()

@@ -219,11 +219,6 @@ def test_cli_examples_run(command):
         assert tomllib.loads(run.stdout)
 
 
-# Files other engineers own that still cite PERF_NOTES (their figures are in docs/benchmarks.md,
-# "Design measurements the code cites"); allowed, never required: delete an entry once fixed.
-NOT_OURS_YET = {"gwserver/edge/sync.py", "gwserver/edge/worker.py", "gwserver/edge/sockets.py"}
-
-
 def test_no_doc_or_code_cites_files_the_repository_does_not_hold():
     cited = []
     for path in [*DOCS, *ROOT.glob("gwserver/**/*.py"), *ROOT.glob("scripts/*"),
@@ -232,6 +227,5 @@ def test_no_doc_or_code_cites_files_the_repository_does_not_hold():
             continue
         relative = str(path.relative_to(ROOT))
         text = path.read_text(errors="replace")
-        cited += [f"{relative}: {m}" for m in re.findall(r"PERF_NOTES|\.\./shared", text)
-                  if not (m == "PERF_NOTES" and relative in NOT_OURS_YET)]
+        cited += [f"{relative}: {m}" for m in re.findall(r"PERF_NOTES|\.\./shared", text)]
     assert cited == []
