@@ -27,6 +27,7 @@ import h2.settings
 
 from ..errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
+from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
 
@@ -278,23 +279,6 @@ class H2Pools:
     def __init__(self):
         self.connections = {}
         self._connecting = {}
-        self._contexts = {}
-
-    def tls_context(self, tls):
-        """An ssl context for an upstream's ``tls`` settings (None: verify with the system
-        store), offering h2 by ALPN; the same rules as the HTTP/1.1 pools."""
-        context = self._contexts.get(tls)
-        if context is None:
-            verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
-            context = ssl.create_default_context(cafile=ca_file)
-            if not verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if cert_file:
-                context.load_cert_chain(cert_file, key_file)
-            context.set_alpn_protocols(["h2"])
-            self._contexts[tls] = context
-        return context
 
     def get(self, target, connect_timeout, tls=None):
         key = (target.key, tls)
@@ -309,7 +293,7 @@ class H2Pools:
             if connection is None or not connection.usable:
                 if connection is not None:
                     connection.close()
-                context = self.tls_context(tls) if target.scheme == "https" else None
+                context = client_context(tls, ["h2"]) if target.scheme == "https" else None
                 connection = H2Connection(target, connect_timeout, context,
                                           tls[2] if tls else None)
                 self.connections[key] = connection

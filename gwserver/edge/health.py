@@ -19,11 +19,11 @@ import os
 import random
 import signal
 import socket
-import ssl
 import time
 
 from ..core import health as core
 from ..errors import describe
+from .clienttls import client_context
 from .shm import atomic_write, file_stamp, read_json
 
 log = logging.getLogger("gwserver.health")
@@ -171,7 +171,7 @@ def probe(target, conf, tls=None):
         sock.settimeout(conf["timeout"])
         if target.scheme == "https":
             server_name = tls[2] if tls is not None and tls[2] else target.host
-            sock = _tls_context(tls).wrap_socket(sock, server_hostname=server_name)
+            sock = client_context(tls).wrap_socket(sock, server_hostname=server_name)
         conn = http.client.HTTPConnection(target.host, target.port, timeout=conf["timeout"])
         conn.sock = sock                # http.client uses a socket it is handed as it is
         conn.request(conf["method"], conf["path"], headers={
@@ -189,25 +189,6 @@ def probe(target, conf, tls=None):
         return False, describe(exc)
     finally:
         sock.close()
-
-
-_TLS_CONTEXTS = {}
-
-
-def _tls_context(tls):
-    """An ssl context for an upstream's ``tls`` (None: verify with the system store), one per
-    distinct setting; the same rules as the proxy's pools (proxy.tls_options)."""
-    context = _TLS_CONTEXTS.get(tls)
-    if context is None:
-        verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
-        context = ssl.create_default_context(cafile=ca_file)
-        if not verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if cert_file:
-            context.load_cert_chain(cert_file, key_file)
-        _TLS_CONTEXTS[tls] = context
-    return context
 
 
 class _CheckCounts:

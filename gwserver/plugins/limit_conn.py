@@ -22,11 +22,11 @@ counts.
 Over the limit: ``status`` (503) with Retry-After. When Redis cannot answer: "allow" lets the
 request through, "deny" refuses it, "local" (default) counts per host instead.
 """
-import hashlib
 
 from ..core.context import Reply
 from ..core.schema import Field, Invalid, Schema, integer, number, one_of, show, status_code
 from ..errors import StoreError
+from .rate_limit import limit_key
 
 NAME = "limit_conn"
 PRIORITY = 790          # after rate_limit (800): a request refused by a rate never takes a slot
@@ -59,25 +59,8 @@ def prepare(conf):
     return {**conf, "kind": kind, "name": name.lower().encode("latin-1")}
 
 
-def _key(conf, ctx):
-    kind = conf["kind"]
-    if kind == "ip":
-        value = ctx.client_ip
-    elif kind == "route":
-        value = ""
-    elif kind == "consumer":
-        consumer = ctx.var("consumer")
-        value = "-" if consumer is None else consumer.id
-    else:
-        raw = ctx.header_map.get(conf["name"])
-        value = raw.decode("latin-1") if raw is not None else "-"
-    if len(value) > 64:         # a client-chosen header never makes a long key
-        value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
-    return f"{ctx.route.id}:{kind}:{value}"
-
-
 def access(conf, ctx):
-    key = _key(conf, ctx)
+    key = limit_key(conf, ctx)
     services = ctx.services
     store = services.local_store if conf["scope"] == "host" else services.limit_store
     try:

@@ -90,7 +90,9 @@ def prepare(conf):
             "name": name.lower().encode("latin-1") if kind == "header" else name}
 
 
-def _key(conf, ctx):
+def limit_key(conf, ctx):
+    """The state key a limit counts under: route, then what ``key`` names (ip, route,
+    consumer, header:NAME, claim:NAME); limit_conn keys its slots the same way."""
     kind = conf["kind"]
     if kind == "ip":
         value = ctx.client_ip
@@ -105,13 +107,13 @@ def _key(conf, ctx):
     else:
         claims = ctx.var("claims") or {}
         value = str(claims.get(conf["name"], "-"))
-    if len(value) > 64:
+    if len(value) > 64:         # a client-chosen header never makes a long key
         value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
     return f"{ctx.route.id}:{kind}:{value}"
 
 
 def access(conf, ctx):
-    key = _key(conf, ctx)
+    key = limit_key(conf, ctx)
     store = ctx.services.limit_store
     rate = conf["rate"] if conf["adaptive"] is None else \
         store.adaptive_rate(ctx.route.id, conf)
