@@ -40,7 +40,16 @@ def gw(launcher, grpc_server):
             "targets": [{"url": f"http://127.0.0.1:{grpc_server.port}"}], "protocol": "h2"},
          "plugins": {"key_auth": {}}},
         {"id": "down", "paths": ["/gwtest.Down/*m"], "upstream": {
-            "targets": [{"url": f"http://127.0.0.1:{free_port()}"}], "protocol": "h2"}}],
+            "targets": [{"url": f"http://127.0.0.1:{free_port()}"}], "protocol": "h2"}},
+        {"id": "denied", "paths": ["/gwtest.Denied/*m"], "upstream": {
+            "targets": [{"url": f"http://127.0.0.1:{grpc_server.port}"}], "protocol": "h2"},
+         "plugins": {"ip_restriction": {"deny": ["127.0.0.0/8"]}}},
+        {"id": "limited", "paths": ["/gwtest.Limited/*m"], "upstream": {
+            "targets": [{"url": f"http://127.0.0.1:{grpc_server.port}"}], "protocol": "h2"},
+         "plugins": {"rate_limit": {"algorithm": "sliding_window", "rate": 1, "per": 60}}},
+        {"id": "tripped", "paths": ["/gwtest.Tripped/*m"], "upstream": {
+            "targets": [{"url": f"http://127.0.0.1:{free_port()}"}], "protocol": "h2"},
+         "plugins": {"breaker": {"min_requests": 1, "error_rate": 0.5, "open_for": 30}}}],
         http2={"h2c": True}))
 
 
@@ -117,10 +126,31 @@ def test_deadline_bounds_the_upstream_call(gw):
     ("gwtest.Nowhere", grpc.StatusCode.UNIMPLEMENTED),        # no route
     ("gwtest.Locked", grpc.StatusCode.UNAUTHENTICATED),       # 401 from key_auth
     ("gwtest.Down", grpc.StatusCode.UNAVAILABLE),             # 502: nothing listens
+    ("gwtest.Denied", grpc.StatusCode.PERMISSION_DENIED),     # 403 from ip_restriction
 ])
 def test_gateway_errors_are_grpc_statuses(gw, service, code):
     call, channel = stub(gw.port, service)
     with pytest.raises(grpc.RpcError) as err:
         call(pb.EchoRequest(text="x"), timeout=10)
     assert err.value.code() == code and err.value.details()
+    channel.close()
+
+
+def test_a_limit_and_an_open_breaker_are_grpc_statuses(gw):
+    limited, channel = stub(gw.port, "gwtest.Limited")
+    codes = []
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            limited(pb.EchoRequest(text="x"), timeout=10)
+        codes.append(err.value.code())
+    # the first call passes the limit (and the upstream has no such service); the second is 429
+    assert codes == [grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    tripped, _ = stub(gw.port, "gwtest.Tripped")
+    details = []
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            tripped(pb.EchoRequest(text="x"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE     # 502, then open: 503
+        details.append(err.value.details())
+    assert "circuit" in details[1].lower() or "breaker" in details[1].lower(), details
     channel.close()
