@@ -26,6 +26,7 @@ class TrustedProxies:
                 ip = ipaddress.ip_address(address)
             except ValueError:
                 return False
+            ip = getattr(ip, "ipv4_mapped", None) or ip     # ::ffff:10.0.0.5 on a [::] listener
             if len(self._cache) > 4096:
                 self._cache.clear()
             known = self._cache[address] = any(ip in net for net in self.networks)
@@ -66,6 +67,7 @@ def _bare_address(hop):
     elif hop.count(":") == 1:
         hop = hop.partition(":")[0]
     try:
-        return str(ipaddress.ip_address(hop))
+        ip = ipaddress.ip_address(hop)
     except ValueError:
         return None
+    return str(getattr(ip, "ipv4_mapped", None) or ip)

@@ -11,9 +11,12 @@ expecting socket errors, which is safer than throwing an exception into an arbit
 Deadlines are therefore enforced to within ``interval`` (50 ms in workers), fine for timeouts that
 are seconds long. ``now`` is a cached monotonic clock that the hot path may read for free.
 """
+import logging
 import time
 
 import gevent
+
+log = logging.getLogger("gwserver.worker")
 
 
 class Deadlines:
@@ -53,4 +56,7 @@ class Deadlines:
                 except Exception:  # an owner's cleanup must never stop the ticker
                     pass
         if self._on_tick is not None:
-            self._on_tick()
+            try:
+                self._on_tick()
+            except Exception:      # a bad state file must never stop every deadline
+                log.exception("worker tick failed")

@@ -34,7 +34,10 @@ class HostShare:
         if counts is not None:
             self.counts = counts
         self.refused = {url: until for url, until in self.refused.items() if until > now}
-        data = json.dumps({"at": now, "counts": self.counts, "refused": self.refused})
+        # "wall": staleness is judged by the wall clock, which survives a reboot; "refused"
+        # holds monotonic times, comparable between the processes of one boot only.
+        data = json.dumps({"wall": time.time(), "counts": self.counts,
+                           "refused": self.refused})
         tmp = f"{self.path}.tmp"
         try:
             with open(tmp, "w") as f:
@@ -45,9 +48,13 @@ class HostShare:
         self.published_at = now
 
     def refuse(self, url, until, now):
-        """This worker could not connect to ``url``: the others skip it until ``until``."""
+        """This worker could not connect to ``url``: the others skip it until ``until``
+        (published at once, unless that only moves a published skip by under half of it:
+        a single-target upstream that is down refuses every request)."""
+        published = self.refused.get(url, 0.0)
         self.refused[url] = until
-        self.publish(now)
+        if until - published >= (until - now) / 2:
+            self.publish(now)
 
     def claim_probe(self, url, until, period):
         """When the host's skip of ``url`` (ending at ``until``) runs out, every worker would
@@ -98,9 +105,9 @@ class HostShare:
                 except (OSError, ValueError):
                     continue
             data = known[1]
-            if now - data.get("at", 0) > STALE:
+            if time.time() - data.get("wall", 0) > STALE:
                 if time.time() - stat.st_mtime > STALE:
-                    _remove(entry.path)
+                    _remove(entry.path)     # a worker that is gone, or from a former boot
                 continue
             for upstream_id, (requests, retries) in data.get("counts", {}).items():
                 total = counts.setdefault(upstream_id, [0, 0])

@@ -43,7 +43,8 @@ from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamCo
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from .http1 import RECV_SIZE, REASONS
 from .hostshare import PUBLISH_EVERY, HostShare
-from .sockets import OPEN, UNREAD, idle_state, recv_when_readable, send_all
+from .sockets import (OPEN, UNREAD, PlainSocket, idle_state, recv_when_readable, send_all,
+                      tls_idle_state)
 
 log = logging.getLogger("gwserver.proxy")
 
@@ -76,7 +77,8 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
 
     @property
     def is_connected(self):
-        state = idle_state(self.sock)
+        state = idle_state(self.sock) if type(self.sock) is PlainSocket else \
+            tls_idle_state(self.sock)
         if state is UNREAD:
             log.warning("upstream %s:%s sent bytes on an idle keep-alive connection: closed "
                         "unread", self.host, self.port)
@@ -172,11 +174,12 @@ class Exchange:
 
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "block",
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
-                 "chunked", "got_bytes", "via", "head_raw", "informational")
+                 "chunked", "got_bytes", "via", "head_raw", "informational", "plain")
 
     def __init__(self, conn):
         self.conn = conn
         self.sock = conn.sock
+        self.plain = type(conn.sock) is PlainSocket     # TLS records are no answer to peek at
         self.parser = httptools.HttpResponseParser(self)
         self.timed_out = False
         self.begin()
@@ -323,9 +326,11 @@ class Proxy:
     def checkout(self, pool, target, fresh=False):
         """Return (exchange, reused) on an open connection; raise an HTTPError if impossible."""
         try:
-            conn = pool._new_conn() if fresh else pool._get_conn(timeout=self.pool_timeout)
+            conn = pool._get_conn(timeout=self.pool_timeout)
         except EmptyPoolError:
             raise ServiceUnavailable(f"connection pool for {target.url} is exhausted") from None
+        if fresh and conn.sock is not None:
+            conn.close()        # the pool may hold more dead ones: a new connection, same slot
         if conn.sock is not None:
             ex = getattr(conn, "gw_exchange", None)
             if ex is not None and ex.sock is conn.sock:
@@ -382,18 +387,22 @@ class Proxy:
         if req.complete:
             body_held, req.body = req.body, []
         replayable = body_held is not None and not req.upgrade and req.method in policy.methods
-        attempts_left, tried, fresh = policy.attempts, [], False
+        attempts_left, tried = policy.attempts, []
+        fresh = stale_retried = False
         now = time.monotonic()
         budget = self.budget(upstream)
         budget.request(now)
         outstanding = self.outstanding
         while True:
+            if tried:
+                now = time.monotonic()      # a try, a timeout or a backoff took time
             target = self.choose(upstream, tried, req, now)
             pool = self.pools.get(target, upstream)
             outstanding[target] = outstanding.get(target, 0) + 1
             try:
                 try:
                     ex, reused = self.checkout(pool, target, fresh)
+                    fresh = False
                     if target.url in self.refused:
                         del self.refused[target.url]    # a probe got through: it is back
                 except UpstreamConnectError as exc:
@@ -407,8 +416,8 @@ class Proxy:
                     self.attempt(client, req, ex, target, body_held, policy)
                 except _StaleConnection:
                     self.release(pool, ex, False)
-                    if reused and replayable and not fresh:
-                        fresh = True        # the pool may hold more dead ones: open a new one
+                    if reused and replayable and not stale_retried:
+                        fresh = stale_retried = True    # the pool may hold more dead ones
                         continue
                     self.book_failure(upstream, target)
                     reason = f"{target.url}: connection failed before an answer"
@@ -604,7 +613,7 @@ class Proxy:
             chunks = req.take_body()
             if limit and req.body_size > limit:
                 raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
-            if idle_state(ex.sock) is not OPEN:
+            if ex.plain and idle_state(ex.sock) is not OPEN:
                 return                  # the upstream answered (or closed) early
             if chunks or req.complete:
                 data = b"".join(encode_chunks(chunks, req.chunked, last=req.complete))
@@ -641,8 +650,10 @@ class Proxy:
             ex.head_raw += data
         try:
             ex.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass        # 101: what follows belongs to the tunnel
+        except httptools.HttpParserUpgrade as exc:
+            # 101: what follows belongs to the tunnel, and goes to the client after the head
+            if exc.args and isinstance(exc.args[0], int) and exc.args[0] < len(data):
+                ex.chunks.append(bytes(data[exc.args[0]:]))
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _StrayBytes):
                 raise
@@ -848,12 +859,12 @@ def check_websocket_accept(req, ex):
 def response_chunked(value):
     """A response's Transfer-Encoding: chunked (True) or read to the close (False, RFC 9112
     6.3). Any other coding would reach the client undecoded and unlabelled: a 502."""
-    codings = [c for c in (c.strip().lower() for c in value.split(b",")) if c not in
-               (b"", b"identity")]
+    listed = [c for c in (c.strip().lower() for c in value.split(b",")) if c]
+    codings = [c for c in listed if c != b"identity"]
     if not codings:
         return False
-    if codings == [b"chunked"]:
-        return True
+    if codings == [b"chunked"] and listed[-1] == b"chunked":
+        return True         # chunked must come last (RFC 9112 6.1), as llhttp frames it
     raise UpstreamError(f"upstream used transfer coding {value[:60]!r}, which the gateway "
                         f"does not decode")
 

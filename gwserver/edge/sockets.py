@@ -11,6 +11,7 @@ sockets go through their own methods.
 """
 import errno
 import socket
+import ssl
 
 from gevent.exceptions import ConcurrentObjectUseError
 from gevent.socket import socket as PlainSocket
@@ -56,6 +57,26 @@ def idle_state(sock):
     except BlockingIOError:
         return OPEN
     except OSError:
+        return CLOSED
+    return UNREAD if data else CLOSED
+
+
+def tls_idle_state(sock):
+    """``idle_state`` for a TLS connection. The TCP bytes under it may be TLS records that
+    carry no data (TLS 1.3 sends session tickets after the handshake, or a key update), so
+    when some arrived, ask the TLS layer, without waiting, whether they decrypt to data."""
+    if sock is None:
+        return CLOSED
+    if sock.pending():
+        return UNREAD
+    state = idle_state(sock)            # the TCP socket under the TLS layer
+    if state is not UNREAD:
+        return state
+    try:
+        data = sock._sslobj.read(1)
+    except ssl.SSLWantReadError:
+        return OPEN                     # records, no data: tickets and the like
+    except (ssl.SSLError, OSError, AttributeError):
         return CLOSED
     return UNREAD if data else CLOSED
 

@@ -86,3 +86,41 @@ def test_client_address_walked_from_the_right(header, value, client):
     proxies = TrustedProxies(["10.0.0.0/8"], header)
     assert proxies.trusts("10.0.0.1") and not proxies.trusts("11.0.0.1")
     assert proxies.client_of("10.0.0.1", value) == client
+
+
+def test_an_ipv4_mapped_peer_is_its_ipv4_address():
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    assert proxies.trusts("::ffff:10.0.0.1")
+    assert proxies.client_of("::ffff:10.0.0.1", b"::ffff:6.6.6.6, ::ffff:10.0.0.2") == "6.6.6.6"
+
+
+@pytest.mark.parametrize("value, chunked", [
+    (b"chunked", True), (b"identity", False), (b"identity, chunked", True), (b"", False),
+    (b"chunked, identity", None),       # chunked not last: llhttp reads to the close
+    (b"gzip, chunked", None),
+])
+def test_a_response_transfer_coding_is_chunked_close_delimited_or_refused(value, chunked):
+    from gwserver.edge.proxy import response_chunked
+    from gwserver.errors import UpstreamError
+    if chunked is None:
+        with pytest.raises(UpstreamError):
+            response_chunked(value)
+    else:
+        assert response_chunked(value) is chunked
+
+
+def test_a_peer_file_from_a_former_boot_is_ignored_and_removed(tmp_path):
+    import json
+    import os
+    import time
+    from gwserver.edge.hostshare import HostShare
+    share = HostShare(str(tmp_path))
+    old = tmp_path / "1.json"
+    old.write_text(json.dumps({"wall": time.time() - 3600, "counts": {"u": [50, 50]},
+                               "refused": {"http://t:1": 10 ** 9}}))
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    live = tmp_path / "2.json"
+    live.write_text(json.dumps({"wall": time.time(), "counts": {"u": [5, 1]}, "refused": {}}))
+    counts, refused = share.peers(time.monotonic())
+    assert counts == {"u": [5, 1]} and refused == {}
+    assert not old.exists() and live.exists()
