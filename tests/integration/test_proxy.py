@@ -189,14 +189,34 @@ def test_chunked_body_over_limit_is_cut_off_with_413(gw):
     assert gw.raw(raw, timeout=10).startswith(b"HTTP/1.1 413")
 
 
+class SharedReader:
+    """What http.client.HTTPResponse takes as a socket: one file for every answer, which
+    HTTPResponse's close leaves open."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def makefile(self, mode):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def close(self):
+        pass
+
+
 def test_pipelined_requests_are_answered_in_order(gw):
     raw = b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(3))
     raw += b"POST /echo/last HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         sock.sendall(raw)                     # all four requests in one write
+        # One buffered reader for all four answers: they may arrive in one segment, and a
+        # reader per answer would swallow the next one's bytes.
+        shared = SharedReader(sock.makefile("rb"))
         paths = []
         for _ in range(4):
-            resp = http.client.HTTPResponse(sock)
+            resp = http.client.HTTPResponse(shared)
             resp.begin()
             paths.append(json.loads(resp.read())["path"])
     assert paths == ["/echo/0", "/echo/1", "/echo/2", "/echo/last"]
