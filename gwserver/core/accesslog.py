@@ -108,19 +108,11 @@ COMMON_HEAD = frozenset(["time", "client", "method", "path", "query", "version",
 DEFAULT_COMMON_FIELDS = ("route", "request_id", "duration_ms", "trace_id")
 
 
-def _json_value(value):
+def _value(value, none):
+    """A field's value in a line: strings quoted and escaped, floats to the microsecond,
+    ``none`` for a missing value (json: null, common: -)."""
     if value is None:
-        return "null"
-    if isinstance(value, str):
-        return _escape(value)
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def _common_value(value):
-    if value is None:
-        return "-"
+        return none
     if isinstance(value, str):
         return _escape(value)
     if isinstance(value, float):
@@ -165,13 +157,13 @@ class AccessFields:
             return default_json_line(req, status, sent, upstream, elapsed_ms, time_text)
         values = self.values(req, status, sent, upstream, elapsed_ms, time_text)
         if self.format == "json":
-            body = ",".join(f'"{name}":{_json_value(value)}' for name, value, optional in values
+            body = ",".join(f'"{name}":{_value(value, "null")}' for name, value, optional in values
                             if not (optional and value is None))
             return "{" + body + "}\n"
         target = req.url.decode("latin-1")
         head = (f'{req.client_ip} - - [{time_text}] "{req.method} {target} HTTP/'
                 f'{getattr(req, "version", "1.1")}" {status} {sent}')
-        return " ".join([head, *(_common_value(value) for _, value, _ in values)]) + "\n"
+        return " ".join([head, *(_value(value, "-") for _, value, _ in values)]) + "\n"
 
 
 def default_json_line(req, status, sent, upstream, elapsed_ms, time_text):

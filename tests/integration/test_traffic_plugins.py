@@ -12,14 +12,7 @@ import time
 import pytest
 
 from ..conftest import gateway_conf, route, wait_until
-
-
-def echoed(body):
-    data = json.loads(body)
-    headers = {}
-    for name, value in data["headers"]:
-        headers.setdefault(name.lower(), []).append(value)
-    return headers, data["path"]
+from .test_consumers import echoed
 
 
 @pytest.fixture(scope="module")
