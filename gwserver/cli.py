@@ -9,13 +9,13 @@ from .errors import ConfigError
 def cmd_run(args):
     import shutil
     import tempfile
-    from .edge.app import GatewayApplication
+    from .server.app import GatewayApplication
     from .settings import load_conf
     try:
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
-    from .edge.instance import InstanceLock, InstanceLocked, lock_paths
+    from .server.instance import InstanceLock, InstanceLocked, lock_paths
     instance_lock = InstanceLock()      # held for the master's life (see instance.py)
     try:
         instance_lock.retarget(lock_paths(conf))
@@ -31,7 +31,7 @@ def cmd_run(args):
     os.environ["GWSERVER_LOCAL_STATE"] = conf.server["state_dir"]
     private_metrics_dir = None
     if conf.admin["metrics"]:
-        from .edge import metrics
+        from .server import metrics
         metrics_dir = conf.admin["metrics_dir"]
         if not metrics_dir:
             metrics_dir = private_metrics_dir = tempfile.mkdtemp(prefix="gwserver-metrics-")
@@ -69,7 +69,7 @@ def cmd_check(args):
           f"listening on {', '.join(conf.server['bind'])}{tls})")
     for warning in conf.tls_server.warnings if conf.tls_server else ():
         print(f"{args.conf}: warning: {warning}")
-    from .edge.sync import snapshot_warnings
+    from .sync.watcher import snapshot_warnings
     for warning in snapshot_warnings(conf):
         print(f"{args.conf}: warning: {warning}")
     return 0
@@ -88,13 +88,13 @@ def cmd_demo_upstream(args):
 
 
 def cmd_ocsp(args):
-    from .edge.ocsp import run
+    from .helpers.ocsp import run
     run(args.conf)
     return 0
 
 
 def cmd_tls_new_ticket_key(args):
-    from .edge.tickets import write_key_file
+    from .client.tickets import write_key_file
     try:
         write_key_file(args.file)
     except OSError as exc:
@@ -104,13 +104,13 @@ def cmd_tls_new_ticket_key(args):
 
 
 def cmd_health(args):
-    from .edge.health import run
+    from .helpers.health import run
     run(args.conf)
     return 0
 
 
 def cmd_sync(args):
-    from .edge.sync import run
+    from .sync.watcher import run
     run(args.conf)
     return 0
 

@@ -1,7 +1,7 @@
 """``gwserver rollouts list | status ROUTE | pause | resume | promote | abort ROUTE``.
 
 Reads and changes the shared rollout state where the gateways keep it (etcd, else Redis, else
-this host's state directory: edge/rollout_store.py), by compare-and-swap, so a command and the
+this host's state directory: state/rollout_store.py), by compare-and-swap, so a command and the
 controller never overwrite each other. Gate values come from this host's rollouts helper
 (its status file), as /admin/rollouts shows them. Exit status: 0 done, 1 the rollout does not
 allow it (e.g. resume a running rollout) or there is no such rollout, 2 a bad conf file.
@@ -31,7 +31,7 @@ def add_parsers(sub):
 def main(args):
     from .settings import load_conf
     if args.action == "controller":
-        from .edge.rollouts import run
+        from .helpers.rollouts import run
         run(args.conf)
         return 0
     try:
@@ -42,8 +42,8 @@ def main(args):
     if args.action != "list" and not args.route:
         print(f"gwserver rollouts {args.action}: name the route", file=sys.stderr)
         return 2
-    from .edge.rollout_store import for_conf
-    from .edge.rollouts import read_status
+    from .state.rollout_store import for_conf
+    from .helpers.rollouts import read_status
     state_store, _ = for_conf(conf)
     local = read_status(conf.server["state_dir"])["routes"]
     if args.action == "list":

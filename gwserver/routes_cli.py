@@ -19,7 +19,7 @@ WAITING = "starts working when it arrives"
 
 
 def client_for(conf):
-    from .edge.etcd import EtcdClient
+    from .sync.etcd import EtcdClient
     etcd = conf.etcd
     return EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"], etcd["password"],
                       etcd["ca_file"], etcd["cert_file"], etcd["key_file"])
@@ -76,7 +76,7 @@ def current_table(conf, client, prefix, keep_rejected=False):
     """A LiveTable holding what etcd has now (its own rejections are not ours to report,
     unless ``keep_rejected``: ``routes list`` marks them)."""
     from .core.table import LiveTable
-    from .edge.etcd import EtcdError
+    from .sync.etcd import EtcdError
     from .plugins import load_registry
     table = LiveTable.for_conf(conf, load_registry())
     note = None
@@ -112,7 +112,7 @@ def check(kind, items, table):
 
 
 def main(kind, args):
-    from .edge.etcd import EtcdError
+    from .sync.etcd import EtcdError
     from .settings import load_conf
     try:
         conf = load_conf(args.conf)
@@ -236,7 +236,7 @@ def status(conf):
     the state is stale (no sync process of this gateway wrote it, or not lately), etcd is
     unreachable or items are rejected, 2 if there is no state at all."""
     import os
-    from .edge.shm import STATUS, read_json, worker_board
+    from .sync.shm import STATUS, read_json, worker_board
     runtime_dir = conf.etcd["runtime_dir"]
     path = f"{runtime_dir}/{STATUS}"
     state = read_json(path)
@@ -345,7 +345,7 @@ def cmd_register(args):
     import signal
     import socket
     from .core.routes import TARGET
-    from .edge.etcd import EtcdError
+    from .sync.etcd import EtcdError
     from .settings import load_conf
     conf = load_conf(args.conf)
     if conf.etcd is None:

@@ -6,7 +6,7 @@
     local_store   the per-host store (the embedded default and the on_store_error=local fallback)
     metrics       the worker's WorkerMetrics, or None with metrics off
     consumers     core.consumers.Directory: the consumers this worker's table holds
-    rollouts      edge.rollouts.RolloutView: current rollout steps, and the answers counted
+    rollouts      helpers.rollouts.RolloutView: current rollout steps, and the answers counted
 """
 
 

@@ -357,10 +357,10 @@ class Conf:
     static_routes: tuple = ()                # validated specs, for the live (etcd) table
     static_upstreams: MappingProxyType = None
     tls: MappingProxyType | None = None      # None: no TLS listener
-    tls_server: object = None                # edge.tls.ServerTLS, built before workers fork
+    tls_server: object = None                # client.tls.ServerTLS, built before workers fork
     static_consumers: MappingProxyType = None    # consumer specs, for the live (etcd) table
     consumers: object = None                 # core.consumers.Directory of the conf's consumers
-    http2: MappingProxyType = None           # [http2]: client-side HTTP/2 (edge.h2server)
+    http2: MappingProxyType = None           # [http2]: client-side HTTP/2 (client.h2server)
 
 
 def _fill(schema, value):
@@ -488,7 +488,7 @@ def parse_conf(data, path="<conf>"):
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
         else:       # certificate and key files are checked with everything else
-            from .edge.tls import ServerTLS     # pyOpenSSL: only when TLS is configured
+            from .client.tls import ServerTLS     # pyOpenSSL: only when TLS is configured
             try:
                 tls_server = ServerTLS(tls, os.environ.get("GWSERVER_LOCAL_STATE"))
             except ConfigError as exc:

@@ -118,11 +118,11 @@ class Etcd:
         self.url = f"http://127.0.0.1:{client_port}"
 
     def client(self):
-        from gwserver.edge.etcd import EtcdClient
+        from gwserver.sync.etcd import EtcdClient
         return EtcdClient([self.url], timeout=2.0)
 
     def wait_ready(self, timeout=20):
-        from gwserver.edge.etcd import EtcdError
+        from gwserver.sync.etcd import EtcdError
         wait_for_port(self.client_port, timeout, self.proc)
         wait_until(lambda: _answers(self.client(), EtcdError), timeout)
 

@@ -12,7 +12,7 @@ epoch never report (their worker died), a new set is granted after ``probe_timeo
 
 ``step()`` takes the state, the outcomes to record and the number of requests asking to pass,
 and returns the new state, how many may pass and the transitions. The per-host store runs it
-in Python; ``edge.store.BREAKER_LUA`` is the same function for Redis (tests hold both to the
+in Python; ``state.store.BREAKER_LUA`` is the same function for Redis (tests hold both to the
 same tables).
 """
 import math

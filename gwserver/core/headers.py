@@ -1,6 +1,11 @@
 """Which headers belong to one hop and which the gateway writes itself: one list for both
 directions and both upstream protocols (HTTP/1.1 and HTTP/2), so they cannot drift.
 """
+from http import HTTPStatus
+
+# Every registered status (206, 307, 409, 422, ... too), with RFC 9110's newer phrases.
+REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+REASONS.update({413: b"Content Too Large", 422: b"Unprocessable Content"})
 
 # RFC 9110 7.6.1, plus the proxy-* pair that belongs to this hop too. Those a Connection header
 # names are dropped as well (wherever a message is read).

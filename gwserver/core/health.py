@@ -1,7 +1,7 @@
 """Target health, pure: the active checker's state machine with backoff, passive ejection, and
 which targets a request may use (with panic mode). The clock and randomness are injected.
 
-Active (one checker process per host, edge/health.py):
+Active (one checker process per host, helpers/health.py):
     healthy --(unhealthy_threshold failures in a row)--> unhealthy
     unhealthy --(healthy_threshold successes in a row)--> healthy
 A healthy target is probed every ``interval``. An unhealthy one is probed with exponential

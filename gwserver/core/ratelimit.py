@@ -1,6 +1,6 @@
 """Rate-limit arithmetic, pure: state in, decision and new state out, the clock injected.
 
-The same two algorithms run in Redis as Lua (edge/lua.py, called by edge/store.py) on Redis'
+The same two algorithms run in Redis as Lua (state/lua.py, called by state/store.py) on Redis'
 clock, and here for the per-host store shared by a host's workers.
 
 token bucket    capacity = max(burst, 1) tokens, refilled at rate/per tokens a second; a request

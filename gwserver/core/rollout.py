@@ -1,6 +1,6 @@
 """Progressive delivery: the steps, gates and transitions of a rollout on a split (issue 16).
 
-Pure: no I/O, no clock of its own. The controller (edge/rollouts.py) passes the time, the
+Pure: no I/O, no clock of its own. The controller (helpers/rollouts.py) passes the time, the
 stored ``State`` and the ``Window`` of each group measured since the step began, and stores
 what ``decide`` returns. Rules this module keeps:
 

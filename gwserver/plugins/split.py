@@ -288,7 +288,7 @@ ADMIN_VIEW = "rollouts"
 def admin_view(uses, services):
     """Plugin hook for /admin/rollouts: every rollout as this host's rollouts helper last saw
     it (step, weights, each gate's value and verdict, history)."""
-    from ..edge.rollouts import read_status
+    from ..helpers.rollouts import read_status
     status = read_status(getattr(services.local_store, "directory", None))
     rollouts = {}
     for route, conf in uses:

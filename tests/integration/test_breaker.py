@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gwserver.edge.store import LocalStore, RedisStore
+from gwserver.state.store import LocalStore, RedisStore
 
 from ..conftest import gateway_conf, route, wait_until
 

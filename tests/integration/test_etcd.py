@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gwserver.edge.shm import read_json, worker_board
+from gwserver.sync.shm import read_json, worker_board
 
 from ..conftest import TcpRelay, gateway_conf, route, wait_until
 
@@ -315,7 +315,7 @@ def test_etcd_with_authentication(launcher, etcd, upstream, tmp_path):
     env = {**os.environ, "ETCDCTL_API": "3"}
     for args in (["user", "add", "root:s3cret"], ["auth", "enable"]):
         subprocess.run(ctl + args, env=env, check=True, capture_output=True)
-    from gwserver.edge.etcd import EtcdClient
+    from gwserver.sync.etcd import EtcdClient
     client = EtcdClient([etcd.url], username="root", password="s3cret")
     put(client, "upstreams", "up", UP(upstream))
     gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], username="root", password="s3cret"))

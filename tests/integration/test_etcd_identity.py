@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from gwserver.edge.shm import read_json
+from gwserver.sync.shm import read_json
 
 from ..conftest import TcpRelay, stop_process, to_toml, wait_until
 from .test_etcd import PREFIX, UP, all_workers_at, etcd_conf, put, status_of

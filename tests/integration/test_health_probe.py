@@ -3,7 +3,7 @@ what it calls healthy, and the reason it gives when it does not."""
 import pytest
 
 from gwserver.core.routes import HEALTH_CHECK, _health_check, make_target
-from gwserver.edge.health import probe
+from gwserver.helpers.health import probe
 
 from ..conftest import free_port
 from ..pki import CA

@@ -7,7 +7,7 @@ import pytest
 
 
 def test_urllib3_pool_slots_get_put_new_conn():
-    """edge/proxy.py checkout()/release(): _get_conn(timeout=), _new_conn(), _put_conn(conn or
+    """upstream/proxy.py checkout()/release(): _get_conn(timeout=), _new_conn(), _put_conn(conn or
     None) on a pool whose queue holds None for a free slot; EmptyPoolError when exhausted."""
     from urllib3 import HTTPConnectionPool
     from urllib3.exceptions import EmptyPoolError
@@ -33,7 +33,7 @@ def test_urllib3_connection_error_order():
 
 
 def test_prometheus_histogram_buckets_and_sum():
-    """edge/metrics.py _push_histogram: per-bucket (not cumulative) values in ``_buckets``,
+    """server/metrics.py _push_histogram: per-bucket (not cumulative) values in ``_buckets``,
     one per bound plus +Inf, and the sum in ``_sum``, each with inc(); the collector makes the
     buckets cumulative."""
     from prometheus_client import CollectorRegistry, Histogram
@@ -54,7 +54,7 @@ def test_prometheus_histogram_buckets_and_sum():
 
 
 def test_prometheus_mmaped_dict(tmp_path):
-    """edge/metrics.py retire(): MmapedDict(path), read_value -> (value, timestamp),
+    """server/metrics.py retire(): MmapedDict(path), read_value -> (value, timestamp),
     write_value(key, value, timestamp), close(), and read_all_values_from_file(path) yielding
     (key, value, timestamp, position); multiprocess.mark_process_dead(pid, directory)."""
     from prometheus_client import multiprocess

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from gwserver.edge.shm import CHANGES, TablePublisher, TableReader
+from gwserver.sync.shm import CHANGES, TablePublisher, TableReader
 
 UP = {"targets": [{"url": "http://127.0.0.1:9"}]}
 
@@ -72,7 +72,7 @@ def test_a_new_publisher_continues_the_numbering(tmp_path, publisher):
 def test_health_checker_follows_the_table_and_stops_re_reading_it(tmp_path, publisher, table):
     """Checker.follow applied updates but never advanced its reader: every 0.2 s after the
     first change it parsed the whole published table again."""
-    from gwserver.edge.health import Checker
+    from gwserver.helpers.health import Checker
     from gwserver.settings import parse_conf
     conf = parse_conf({"etcd": {"endpoints": ["http://127.0.0.1:2379"],
                                 "runtime_dir": str(tmp_path)}})
@@ -91,7 +91,7 @@ def test_health_checker_follows_the_table_and_stops_re_reading_it(tmp_path, publ
 def test_health_metrics_are_written_by_prometheus_client_with_labels_escaped(tmp_path):
     """health.prom was written by hand, label values unescaped."""
     from prometheus_client.parser import text_string_to_metric_families
-    from gwserver.edge.health import METRICS_FILE, Checker
+    from gwserver.helpers.health import METRICS_FILE, Checker
     checker = Checker.__new__(Checker)          # only the counts and the state dir matter here
     checker.state_dir = str(tmp_path)
     odd = 'http://h:80/a"b\\c\nd'

@@ -100,7 +100,7 @@ def test_an_ipv4_mapped_peer_is_its_ipv4_address():
     (b"gzip, chunked", None),
 ])
 def test_a_response_transfer_coding_is_chunked_close_delimited_or_refused(value, chunked):
-    from gwserver.edge.proxy import response_chunked
+    from gwserver.upstream.proxy import response_chunked
     from gwserver.errors import UpstreamError
     if chunked is None:
         with pytest.raises(UpstreamError):
@@ -113,7 +113,7 @@ def test_a_peer_file_from_a_former_boot_is_ignored_and_removed(tmp_path):
     import json
     import os
     import time
-    from gwserver.edge.hostshare import HostShare
+    from gwserver.state.hostshare import HostShare
     share = HostShare(str(tmp_path))
     old = tmp_path / "1.json"
     old.write_text(json.dumps({"wall": time.time() - 3600, "counts": {"u": [50, 50]},

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gwserver.edge.tickets import parse_key, read_key_files
+from gwserver.client.tickets import parse_key, read_key_files
 from gwserver.errors import ConfigError
 from gwserver.settings import parse_conf
 

@@ -8,7 +8,7 @@ import pytest
 
 from gwserver.core.chain import build_chain
 from gwserver.core.context import RequestContext, ResponseHead
-from gwserver.edge.store import LocalStore
+from gwserver.state.store import LocalStore
 from gwserver.errors import ConfigError
 from gwserver.plugins import load_registry
 from gwserver.plugins.variables import compile_template, uri_escape
@@ -190,7 +190,7 @@ def test_per_host_leases_are_shared_released_and_expire(tmp_path):
 
 
 def test_a_lease_of_a_process_that_is_gone_is_dropped_when_the_slots_are_full(tmp_path):
-    code = ("import sys; from gwserver.edge.store import LocalStore; "
+    code = ("import sys; from gwserver.state.store import LocalStore; "
             "print(LocalStore(sys.argv[1]).conn_claim('k', 1, 300).lease)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, check=True, cwd=os.getcwd())

@@ -48,12 +48,11 @@ from ..core.context import RequestContext
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
-from .sockets import PlainSocket, send_all
+from ..net.sockets import RECV_SIZE, PlainSocket, send_all
 
 log = logging.getLogger("gwserver.h2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-RECV_SIZE = 65536
 # Response fields that belong to the HTTP/1.1 hop the proxy wrote (RFC 9113 8.2.2).
 HOP_FIELDS = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade", b"te"])

@@ -27,8 +27,8 @@ import gevent
 from ..core.context import Reply
 from ..redact import redact
 from .app import rfc3339
-from .http1 import ClientConnection, render_reply
-from .shm import STATUS, read_json
+from ..client.http1 import ClientConnection, render_reply
+from ..sync.shm import STATUS, read_json
 
 PROBES = ("/-/healthz", "/-/ready")
 # Wrong tokens: each costs the client a pause, and past a few a minute its address is refused
@@ -118,7 +118,7 @@ def metrics_view(worker):
     if worker.metrics is None:
         return Reply.json(404, {"error": "metrics are off ([admin] metrics = false)"})
     worker.update_gauges()
-    from .health import METRICS_FILE
+    from ..helpers.health import METRICS_FILE
     # the health process, the master (reload status: app.ReloadStatus), the rollouts helper
     extra = [os.path.join(worker.health.state_dir, name) for name in (METRICS_FILE,
                                                                        "master.prom",

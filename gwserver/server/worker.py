@@ -21,8 +21,9 @@ from gevent.server import StreamServer
 from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
-from .deadlines import Deadlines
-from .http1 import RECV_SIZE, ClientConnection
+from ..net.deadlines import Deadlines
+from ..client.http1 import ClientConnection
+from ..net.sockets import RECV_SIZE
 
 log = logging.getLogger("gwserver.worker")
 _escape = json.encoder.encode_basestring      # the C encoder: ~0.2 us a string
@@ -86,7 +87,7 @@ class GatewayWorker(GeventWorker):
         self.client_view = memoryview(self.client_buf)
         self.upstream_buf = bytearray(RECV_SIZE)
         self.upstream_view = memoryview(self.upstream_buf)
-        from .proxy import Proxy    # urllib3 imports ssl: only after gevent patched it
+        from ..upstream.proxy import Proxy    # urllib3 imports ssl: only after gevent patched it
         self.proxy = Proxy(self)
         self.handled = 0
         self.max_requests = self.conf.server["max_requests"] or 0
@@ -119,11 +120,11 @@ class GatewayWorker(GeventWorker):
     def setup_services(self):
         """Stores and metrics that plugins use (ctx.services), built after fork."""
         from ..services import Services
-        from .store import LocalStore, RedisStore
+        from ..state.store import LocalStore, RedisStore
         path = self.conf.server["state_dir"]       # [server] state_dir; the master made it
         local = LocalStore(path)
         redis = self.conf.redis
-        from .rollouts import RolloutView
+        from ..helpers.rollouts import RolloutView
         self.services = services = Services(local if redis is None else RedisStore(
             redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"]), local,
             self.metrics, self.table.consumers if self.table is not None else
@@ -131,7 +132,7 @@ class GatewayWorker(GeventWorker):
         if self.metrics is not None:
             for store in {services.local_store, services.limit_store}:
                 store.on_transition = self.metrics.breaker_transition
-        from .health import HealthView, PassiveTracker
+        from ..helpers.health import HealthView, PassiveTracker
         if self.conf.tls_server is not None:
             self.conf.tls_server.state_dir = path       # OCSP staples from the ocsp helper
         self.health = HealthView(path)
@@ -143,7 +144,7 @@ class GatewayWorker(GeventWorker):
         """etcd mode: the table is what the config-sync process publishes (issue 3)."""
         from ..core.table import LiveTable
         from ..plugins import load_registry
-        from .shm import TableReader
+        from ..sync.shm import TableReader
         conf = self.conf
         self.table = LiveTable.for_conf(conf, load_registry())
         self.router = self.table.router       # changed in place from now on
@@ -211,7 +212,7 @@ class GatewayWorker(GeventWorker):
         servers = []
         admin_address = self.admin_address()
         tls_addresses = self.tls_addresses()
-        from .h2server import h2c_addresses
+        from ..client.h2server import h2c_addresses
         h2c = h2c_addresses(self.conf)
         for listener in self.sockets:
             listener.setblocking(1)
@@ -294,7 +295,7 @@ class GatewayWorker(GeventWorker):
             metrics.redis_up.set(1 if store.healthy else 0)
 
     def update_target_gauges(self, metrics):
-        from .health import target_key
+        from ..helpers.health import target_key
         watched = {route.upstream.id: route.upstream for route in self.router.routes.values()
                    if route.upstream.health_check or route.upstream.passive}
         down = self.health.down
@@ -327,7 +328,7 @@ class GatewayWorker(GeventWorker):
             return
         try:
             if tls.alpn == b"h2":
-                from .h2server import H2ServerConnection
+                from ..client.h2server import H2ServerConnection
                 H2ServerConnection(self, tls, addr, scheme="https").serve()
             else:
                 ClientConnection(self, tls, addr, scheme="https").serve()
@@ -336,8 +337,8 @@ class GatewayWorker(GeventWorker):
             sock.close()
 
     def handle_h2c_client(self, sock, addr):
-        """A plain listener with h2c on: the HTTP/2 preface or HTTP/1.1 (edge.h2server)."""
-        from .h2server import serve_h2c_or_http1
+        """A plain listener with h2c on: the HTTP/2 preface or HTTP/1.1 (client.h2server)."""
+        from ..client.h2server import serve_h2c_or_http1
         try:
             serve_h2c_or_http1(self, sock, addr)
         except Exception:   # a bug in one connection must never take the worker down

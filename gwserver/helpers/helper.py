@@ -1,6 +1,6 @@
 """What every helper process (config-sync, health, ocsp) does first.
 
-The master starts helpers with its own environment (``edge/app.py``, ``Helper``); each one
+The master starts helpers with its own environment (``server/app.py``, ``Helper``); each one
 leaves prometheus' multiprocess directory to the workers (its gauges go to a text file of its
 own, and must not be summed into the workers' files), dies with the master, reads the conf
 file, titles itself ``gwserver: ROLE`` and logs like the master.
@@ -22,7 +22,7 @@ def start_helper(conf_path, role, state_dir_needed=False):
     """-> (conf, host state directory or None)."""
     from .. import proctitle
     from ..settings import load_conf
-    from .app import configure_logging
+    from ..server.app import configure_logging
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     die_with_parent()
     conf = load_conf(conf_path)

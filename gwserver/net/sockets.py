@@ -16,6 +16,7 @@ import ssl
 from gevent.exceptions import ConcurrentObjectUseError
 from gevent.socket import socket as PlainSocket
 
+RECV_SIZE = 64 * 1024          # one read; also the most body a worker holds per request
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # an IntFlag `|` costs ~1 us a call
 
 

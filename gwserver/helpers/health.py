@@ -23,8 +23,8 @@ import time
 
 from ..core import health as core
 from ..errors import describe
-from .clienttls import client_context
-from .shm import atomic_write, file_stamp, read_json
+from ..upstream.clienttls import client_context
+from ..sync.shm import atomic_write, file_stamp, read_json
 
 log = logging.getLogger("gwserver.health")
 
@@ -220,7 +220,7 @@ class Checker:
     def load(self, conf):
         from ..core.table import LiveTable
         from ..plugins import load_registry
-        from .shm import TableReader
+        from ..sync.shm import TableReader
         self.conf = conf
         self.table = LiveTable.for_conf(conf, load_registry())
         self.reader = TableReader(conf.etcd["runtime_dir"]) if conf.etcd else None

@@ -37,13 +37,12 @@ from urllib3.util.ssl_match_hostname import CertificateError
 from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead
-from ..core.headers import RESPONSE_SPECIAL, via_chain
+from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
-from .http1 import RECV_SIZE, REASONS
-from .hostshare import PUBLISH_EVERY, HostShare
-from .sockets import (OPEN, UNREAD, PlainSocket, idle_state, recv_when_readable, send_all,
+from ..state.hostshare import PUBLISH_EVERY, HostShare
+from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, idle_state, recv_when_readable, send_all,
                       tls_idle_state)
 
 log = logging.getLogger("gwserver.proxy")

@@ -21,7 +21,7 @@ import fcntl
 import json
 import os
 
-from .etcd import _b64
+from ..sync.etcd import _b64
 
 CAS_LUA = """
 local cur = redis.call('GET', KEYS[1])

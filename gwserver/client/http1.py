@@ -18,7 +18,6 @@ import collections
 import logging
 import socket
 import time
-from http import HTTPStatus
 from functools import partial
 from random import randbytes
 
@@ -26,25 +25,21 @@ import httptools
 
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
-from ..core.headers import NOT_FORWARDED, PROXY_SET
+from ..core.headers import NOT_FORWARDED, PROXY_SET, REASONS
 from ..core.target import normalise_host, normalise_path
 from ..core.tracing import extract as extract_trace, response_line
-from .sockets import PlainSocket, recv_when_readable, send_all
+from ..net.sockets import PlainSocket, recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented)
 
 log = logging.getLogger("gwserver.http")
 
-RECV_SIZE = 64 * 1024          # one read; also the most body a worker holds per request
 MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
 LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
 LINGER_BYTES = 16 * 1024 * 1024
 
 
 
-# Every registered status (206, 307, 409, 422, ... too), with RFC 9110's newer phrases.
-REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
-REASONS.update({413: b"Content Too Large", 422: b"Unprocessable Content"})
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}      # the metric label of each version
 
 

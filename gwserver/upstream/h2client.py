@@ -27,12 +27,12 @@ import h2.settings
 
 from ..errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
+from ..net.sockets import RECV_SIZE
 from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
 
 MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew before the end
-RECV_SIZE = 65536
 
 
 class _Stream:

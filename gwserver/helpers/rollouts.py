@@ -25,7 +25,7 @@ import time
 
 from ..core import rollout as core
 from ..errors import describe
-from .shm import atomic_write, file_stamp, read_json
+from ..sync.shm import atomic_write, file_stamp, read_json
 
 log = logging.getLogger("gwserver.rollouts")
 
@@ -155,7 +155,7 @@ def rollouts_in(router):
 
 class Controller:
     def __init__(self, conf, state_dir, backends=None):
-        from . import rollout_store
+        from ..state import rollout_store
         self.state_dir = state_dir
         self.host = host_id(state_dir)
         self.state, self.measurements = backends or rollout_store.for_conf(conf)
@@ -167,7 +167,7 @@ class Controller:
     def load(self, conf):
         from ..core.table import LiveTable
         from ..plugins import load_registry
-        from .shm import TableReader
+        from ..sync.shm import TableReader
         self.conf = conf
         self.table = LiveTable.for_conf(conf, load_registry())
         self.reader = TableReader(conf.etcd["runtime_dir"]) if conf.etcd else None
@@ -317,7 +317,7 @@ def run(conf_path):
 
 def read_status(state_dir):
     """rollouts-status.json, with RFC 3339 times (what /admin/rollouts and the CLI show)."""
-    from .app import rfc3339
+    from ..server.app import rfc3339
     status = (read_json(os.path.join(state_dir, STATUS_FILE)) if state_dir else None) or {}
     status.setdefault("routes", {})
     if status.get("updated"):

@@ -344,7 +344,7 @@ def snapshot_warnings(conf):
 
 
 def run(conf_path):
-    from .helper import start_helper
+    from ..helpers.helper import start_helper
     conf, _ = start_helper(conf_path, "config-sync")
     sync = ConfigSync(conf)
 

@@ -31,7 +31,7 @@ import time
 from OpenSSL import SSL
 
 from ..errors import ConfigError
-from .shm import file_stamp
+from ..sync.shm import file_stamp
 from .tickets import process_key, read_key_files, ticket_api
 
 log = logging.getLogger("gwserver.tls")
@@ -86,7 +86,7 @@ def check_certificate(entry, strict, now=None):
 def ocsp_warnings(cert_path, leaf):
     """What makes the ocsp helper fail for this certificate on every round (no responder in
     the certificate, no issuer after the leaf): said once by `check` and at start."""
-    from .ocsp import OcspError, load_chain, responder_url
+    from ..helpers.ocsp import OcspError, load_chain, responder_url
     try:
         load_chain(cert_path)
         responder_url(leaf)

@@ -75,7 +75,7 @@ class GatewayApplication(BaseApplication):
             "backlog": server["backlog"],
             "max_requests": server["max_requests"],
             "proc_name": server["proc_name"],
-            "worker_class": "gwserver.edge.worker.GatewayWorker",
+            "worker_class": "gwserver.server.worker.GatewayWorker",
             "loglevel": self.conf.log["level"],
             "errorlog": "-",
             "accesslog": None,
@@ -201,7 +201,7 @@ class ReloadStatus:
             self.success_time = now
             self.routes = len(conf.router)
             if conf.etcd is not None:       # the live table: the sync process counts it
-                from .shm import STATUS, read_json
+                from ..sync.shm import STATUS, read_json
                 status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
                 self.routes += status.get("routes", 0)
         try:
@@ -215,7 +215,7 @@ class ReloadStatus:
         # workers' /metrics as a stray process.
         from prometheus_client import CollectorRegistry, write_to_textfile
         from prometheus_client.core import GaugeMetricFamily
-        from .shm import atomic_write
+        from ..sync.shm import atomic_write
         import json
         values = (
             ("gwserver_config_last_reload_successful",
@@ -271,7 +271,7 @@ def helpers_for(app):
         helpers["health"] = Helper("health", [
             sys.executable, "-m", "gwserver", "health", "-c", conf_path])
     # Rollouts (docs/rollouts.md): one controller per host, like the health checker.
-    from .rollouts import rollouts_in
+    from ..helpers.rollouts import rollouts_in
     if conf.etcd is not None or rollouts_in(conf.router):
         helpers["rollouts"] = Helper("rollouts", [
             sys.executable, "-m", "gwserver", "rollouts", "controller", "-c", conf_path])

@@ -107,8 +107,8 @@ def next_refresh(this_update, next_update, now, refresh_cap):
 def run(conf_path):
     from ..settings import load_conf
     from .helper import start_helper
-    from .shm import atomic_write
-    from .tls import OCSP_DIR, cert_id
+    from ..sync.shm import atomic_write
+    from ..client.tls import OCSP_DIR, cert_id
     conf, state_dir = start_helper(conf_path, "ocsp", state_dir_needed=True)
     directory = os.path.join(state_dir, OCSP_DIR)
     os.makedirs(directory, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Helper processes the master keeps alive across reloads: active health checks, rollouts, OCSP stapling."""

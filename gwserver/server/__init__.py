@@ -1,0 +1,1 @@
+"""The processes: the gunicorn app and master hooks, the worker, listeners, the admin API, metrics and trace export."""

@@ -1,0 +1,1 @@
+"""Config sync: the etcd client, the one-per-host watcher, and the shared-memory table workers read."""
