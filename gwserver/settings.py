@@ -299,11 +299,7 @@ def h2c_listeners(value):
     return list_of(bind_address, what="true, false or a list of server.bind addresses")(value)
 
 
-HTTP2 = Schema(
-    Field("h2c", h2c_listeners, False,
-          "HTTP/2 with prior knowledge (h2c, RFC 9113 3.3) on plain listeners: false, true "
-          "(every server.bind address) or a list of server.bind addresses; HTTP/1.1 is still "
-          "served there (the first bytes tell). TLS listeners offer h2 by tls.alpn"),
+HTTP2_CONNECTION = (
     Field("max_concurrent_streams", integer(1, 2 ** 31 - 1), 100,
           "streams a client may have open on one connection (nginx: 128, h2o: 100); streams "
           "still being served after a client reset count too"),
@@ -323,8 +319,42 @@ HTTP2 = Schema(
     Field("max_control_frames_per_second", integer(1), 500,
           "PING, SETTINGS and PRIORITY frames per second before the connection is closed "
           "(GOAWAY ENHANCE_YOUR_CALM)"),
+)
+
+# One HTTP/2 listener's own values (Envoy: http2_protocol_options per listener; nginx: per
+# server): what is not set there is [http2]'s.
+HTTP2_LISTENER = Schema(*(Field(f.name, f.check, None, f.doc) for f in HTTP2_CONNECTION))
+
+HTTP2 = Schema(
+    Field("h2c", h2c_listeners, False,
+          "HTTP/2 with prior knowledge (h2c, RFC 9113 3.3) on plain listeners: false, true "
+          "(every server.bind address) or a list of server.bind addresses; HTTP/1.1 is still "
+          "served there (the first bytes tell). TLS listeners offer h2 by tls.alpn"),
+    *HTTP2_CONNECTION,
+    Field("listeners", map_of(HTTP2_LISTENER, bind_address), dict,
+          "per HTTP/2 listener (a tls.bind address offering h2, or an h2c address): "
+          "[http2.listeners.\"host:port\"] with any of the settings above; unset ones are "
+          "these"),
     doc="HTTP/2 from clients: h2 on TLS listeners (ALPN), h2c where enabled (docs/http2.md).",
 )
+
+
+def http2_listener_problems(http2, server_bind, tls):
+    """Each [http2.listeners] entry must name an HTTP/2 listener; ``tls`` is the [tls] table
+    as written (None: no TLS listener)."""
+    h2c = http2["h2c"]
+    h2c_binds = set(server_bind) if h2c is True else set(h2c or ())
+    tls = {**TLS.defaults(), **tls} if tls is not None else {"bind": (), "alpn": ()}
+    problems = []
+    for bind in http2["listeners"]:
+        if bind in h2c_binds or bind in tls["bind"] and "h2" in tls["alpn"]:
+            continue
+        why = "tls.alpn does not offer h2" if bind in tls["bind"] else \
+            "h2c is not on there (http2.h2c)" if bind in server_bind else \
+            "it is in neither server.bind nor tls.bind"
+        problems.append(f'http2.listeners."{bind}": not an HTTP/2 listener: {why}')
+    return problems
+
 
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
             "admin": ADMIN, "tracing": TRACING, "http2": HTTP2}
@@ -469,6 +499,8 @@ def parse_conf(data, path="<conf>"):
     if isinstance(h2c, list):
         problems.extend(f"http2.h2c: {bind} is not in server.bind" for bind in h2c
                         if bind not in sections["server"]["bind"])
+    problems.extend(http2_listener_problems(sections["http2"], sections["server"]["bind"],
+                                            parts["tls"]))
     if parts["etcd"] is None:
         for upstream_id, spec in parts["upstreams"].items():
             if isinstance(spec, dict) and spec.get("service"):

@@ -1,6 +1,7 @@
 """A hand-driven HTTP/2 client (the h2 library over a socket) for tests where real clients
 cannot misbehave: it sends what it is told, frames included, and reports every event."""
 import socket
+import ssl
 import time
 
 import h2.config
@@ -9,8 +10,14 @@ import h2.events
 
 
 class RawH2:
-    def __init__(self, port, settings=None, timeout=5.0, validate=True):
+    def __init__(self, port, settings=None, timeout=5.0, validate=True, tls=False):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:                 # h2 by ALPN; the certificate is not what these tests check
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            context.set_alpn_protocols(["h2"])
+            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
+            assert self.sock.selected_alpn_protocol() == "h2"
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_outbound_headers=validate,
             normalize_outbound_headers=validate))

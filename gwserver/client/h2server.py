@@ -23,13 +23,17 @@ Rules this file keeps:
   over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION floods end
   at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout.
 - Idle connections close after server.keepalive (header_timeout before the first request).
+- The per-connection settings are those of the listener that accepted the connection
+  ([http2.listeners."host:port"], found by the socket's local address), else [http2]'s.
 - Draining (SIGTERM/SIGHUP): GOAWAY NO_ERROR naming the last stream taken; streams in flight
   finish; newer ones are refused; the connection closes when none is left.
 """
 import collections
+import ipaddress
 import logging
 import socket
 import time
+from types import MappingProxyType
 
 import gevent
 import gevent.event
@@ -48,7 +52,7 @@ from ..core.context import RequestContext
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
-from ..net.sockets import RECV_SIZE, PlainSocket, send_all
+from ..net.sockets import RECV_SIZE, PlainSocket, raw_socket, send_all
 
 log = logging.getLogger("gwserver.h2")
 
@@ -329,7 +333,7 @@ class H2ServerConnection:
     def __init__(self, worker, sock, addr, scheme="http"):
         self.worker = worker
         self.settings = server = worker.conf.server
-        self.conf = conf = worker.conf.http2
+        self.conf = conf = listener_settings(worker.conf.http2, sock)
         self.sock = sock
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -352,6 +356,10 @@ class H2ServerConnection:
             h2.settings.SettingCodes.MAX_FRAME_SIZE: conf["max_frame_size"],
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD_BYTES,
             h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        # What h2 derived from its default settings in __init__ (it would apply ours only
+        # once acknowledged, and a client need not wait for that).
+        self.h2.max_inbound_frame_size = conf["max_frame_size"]
+        self.h2.decoder.max_header_list_size = MAX_HEAD_BYTES
         self.lock = gevent.lock.Semaphore()
         self.streams = {}               # stream id -> H2Stream still being served
         self.timed_out = self.closed = False
@@ -649,6 +657,51 @@ def serve_h2c_or_http1(worker, sock, addr):
         H2ServerConnection(worker, sock, addr).serve()
     else:
         ClientConnection(worker, sock, addr).serve()
+
+
+def listener_table(http2):
+    """[http2] and its per-listener entries -> ({(host, port): settings}, the defaults).
+    Host names in a bind are resolved (once per worker), as the listener was bound."""
+    defaults = MappingProxyType({k: v for k, v in http2.items() if k != "listeners"})
+    table = {}
+    for bind, own in http2["listeners"].items():
+        settings = MappingProxyType({**defaults, **{k: v for k, v in own.items()
+                                                    if v is not None}})
+        host, _, port = bind.rpartition(":")
+        host, port = host.strip("[]"), int(port)
+        try:
+            ipaddress.ip_address(host)
+            hosts = [host]
+        except ValueError:
+            hosts = {info[4][0] for info in socket.getaddrinfo(host, port,
+                                                               type=socket.SOCK_STREAM)}
+        for address in hosts:
+            table[(address, port)] = settings
+    return table, defaults
+
+
+_tables = {}        # id of an [http2] mapping -> (mapping, its listener_table)
+
+
+def listener_settings(http2, sock):
+    """The HTTP/2 settings of the listener that accepted ``sock``: its own entry in
+    [http2.listeners] (by local address, or the wildcard address it was bound to), else
+    [http2]'s."""
+    held = _tables.get(id(http2))
+    if held is None or held[0] is not http2:
+        held = _tables[id(http2)] = (http2, listener_table(http2))
+    table, defaults = held[1]
+    if not table:
+        return defaults
+    try:
+        host, port = raw_socket(sock).getsockname()[:2]
+    except (OSError, TypeError, ValueError):           # a unix socket has no port
+        return defaults
+    for key in ((host, port), ("0.0.0.0", port), ("::", port),
+                (host.removeprefix("::ffff:"), port)):
+        if key in table:
+            return table[key]
+    return defaults
 
 
 def h2c_addresses(conf):
