@@ -49,6 +49,7 @@ import httptools
 from hyperframe.frame import GoAwayFrame
 
 from ..core.context import RequestContext
+from ..core.h2fields import FieldEncoder
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
@@ -93,7 +94,9 @@ def wants_h2(sock, timeout):
 
 class ResponseFramer:
     """The HTTP/1.1 response written for one stream, parsed (httptools) into what HTTP/2
-    sends: ``feed(bytes)`` -> [("headers", pairs, end) | ("data", bytes, end)]."""
+    sends: ``feed(bytes)`` -> [("headers", pairs, end) | ("data", bytes, end)]. The body
+    parsed from one write is one DATA action, and the end of the answer rides on the last
+    action (no empty DATA frame just to say END_STREAM)."""
 
     def __init__(self, head_only):
         self.parser = httptools.HttpResponseParser(self)
@@ -102,13 +105,21 @@ class ResponseFramer:
         self.head = None            # (status, fields) not sent yet: it may end the stream
         self.in_body = self.done = False
         self.out = []
+        self.body = []              # body pieces of this feed
 
     def feed(self, data):
         if self.done:
             return []
         self.parser.feed_data(data)
+        if self.body:
+            self._take_body(False)
         out, self.out = self.out, []
         return out
+
+    def _take_body(self, end):
+        body = self.body
+        self.out.append(("data", body[0] if len(body) == 1 else b"".join(body), end))
+        self.body = []
 
     def on_message_begin(self):
         self.fields, self.trailers, self.in_body = [], [], False
@@ -137,7 +148,7 @@ class ResponseFramer:
         if self.head is not None:
             self.out.append(("headers", self.head, False))
             self.head = None
-        self.out.append(("data", bytes(body), False))
+        self.body.append(body)
 
     def on_message_complete(self):
         if self.done:
@@ -152,8 +163,8 @@ class ResponseFramer:
             # it carries grpc-status), unless trailers follow.
             self.out.append(("headers", self.head, not trailers))
             self.head = None
-        elif not trailers:
-            self.out.append(("data", b"", True))
+        elif self.body or not trailers:
+            self._take_body(not trailers)
         if trailers:
             self.out.append(("headers", trailers, True))
 
@@ -259,12 +270,9 @@ class H2Stream(ClientConnection):
             actions = self.framer.feed(data)
         except httptools.HttpParserError as exc:
             raise ClientGone(f"unframeable response for HTTP/2: {exc}") from None
-        for kind, payload, end in actions:
-            if kind == "headers":
-                self.conn.send_headers(self, payload, end)
-            else:
-                self.conn.send_data(self, payload, end)
-            if end:
+        if actions:
+            self.conn.send(self, actions)
+            if actions[-1][2]:
                 self.ended = True
 
     def read_body(self):
@@ -349,7 +357,10 @@ class H2ServerConnection:
         self.body_timeout = server["client_body_timeout"]
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,
-            normalize_inbound_headers=False))
+            normalize_inbound_headers=False,
+            # Response fields are made here: lower-case names, hop-by-hop ones dropped
+            # (ResponseFramer), so h2's per-field checks and rewrites only cost CPU.
+            validate_outbound_headers=False, normalize_outbound_headers=False))
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: conf["max_concurrent_streams"],
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: conf["initial_window_size"],
@@ -359,6 +370,7 @@ class H2ServerConnection:
         # What h2 derived from its default settings in __init__ (it would apply ours only
         # once acknowledged, and a client need not wait for that).
         self.h2.max_inbound_frame_size = conf["max_frame_size"]
+        self.h2.encoder = FieldEncoder()        # static table and literals: see core.h2fields
         self.h2.decoder.max_header_list_size = MAX_HEAD_BYTES
         self.lock = gevent.lock.Semaphore()
         self.streams = {}               # stream id -> H2Stream still being served
@@ -380,6 +392,34 @@ class H2ServerConnection:
             except OSError as exc:
                 self.closed = True
                 raise ClientGone(str(exc)) from None
+
+    def send(self, stream, actions):
+        """A stream's frames from one write, flushed with one send while the client's windows
+        take them; what does not fit waits for its window in send_data."""
+        sid = stream.stream_id
+        with self.lock:
+            if stream.reset_code is not None or self.closed:
+                raise ClientGone("stream reset or connection closed")
+            h2conn = self.h2
+            try:
+                for i, (kind, payload, end) in enumerate(actions):
+                    if kind == "headers":
+                        h2conn.send_headers(sid, payload, end_stream=end)
+                    elif len(payload) <= min(h2conn.local_flow_control_window(sid),
+                                             h2conn.max_outbound_frame_size):
+                        h2conn.send_data(sid, payload, end_stream=end)
+                    else:
+                        break
+                else:
+                    i = len(actions)
+            except h2.exceptions.StreamClosedError:
+                raise ClientGone("stream closed") from None
+            self._flush()
+        for kind, payload, end in actions[i:]:
+            if kind == "headers":
+                self.send_headers(stream, payload, end)
+            else:
+                self.send_data(stream, payload, end)
 
     def send_headers(self, stream, fields, end):
         with self.lock:

@@ -1,0 +1,84 @@
+"""HPACK for the header blocks the gateway sends to HTTP/2 clients (RFC 7541), cheap in CPU.
+
+The h2 library's encoder (hpack) searches its dynamic table linearly for every field and
+Huffman-codes every literal in Python: about 70% of h2's CPU per answer here. This one sends a
+field that is in the static table by its index, and every other field as a literal *without*
+indexing (name by static index when it has one), raw octets, no Huffman: a dict look-up and a
+few byte joins per field. nginx's HTTP/2 module does not use the dynamic table for responses
+either; the cost is some bytes per answer, never CPU.
+
+Rules kept:
+- Never inserting means no dynamic-table state to get wrong, and any table size the client
+  sets is fine; a change of SETTINGS_HEADER_TABLE_SIZE is still acknowledged by a dynamic table
+  size update at the start of the next block (RFC 7541 4.2; nghttp2 insists on it).
+- Fields arrive as (name, value) bytes pairs with lower-case names (the caller's rule).
+"""
+from hpack.table import HeaderTable
+
+
+def integer(value, prefix_bits, first=0):
+    """RFC 7541 5.1: ``value`` with an N-bit prefix; ``first`` holds the pattern bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+STATIC_FIELDS = {}      # (name, value) -> the indexed field's bytes
+STATIC_NAMES = {}       # name -> literal-without-indexing prefix by name index
+for index, (name, value) in enumerate(HeaderTable.STATIC_TABLE, 1):
+    STATIC_FIELDS.setdefault((name, value), integer(index, 7, 0x80))
+    STATIC_NAMES.setdefault(name, integer(index, 4))
+CACHE_LIMIT = 1024      # encoded fields kept (server, via, content-type...); then cleared
+
+
+class FieldEncoder:
+    """Stands in for ``hpack.Encoder`` on an ``h2`` connection: ``encode(headers)`` and the
+    ``header_table_size`` h2 sets from the client's SETTINGS."""
+
+    def __init__(self):
+        self.cache = {}
+        self.size_updates = []
+        self.table_size = 4096
+
+    @property
+    def header_table_size(self):
+        return self.table_size
+
+    @header_table_size.setter
+    def header_table_size(self, value):
+        if value != self.table_size:
+            self.table_size = value
+            self.size_updates.append(value)
+
+    def encode(self, headers, huffman=False):
+        cache = self.cache
+        parts = []
+        if self.size_updates:
+            parts = [integer(size, 5, 0x20) for size in self.size_updates]
+            self.size_updates = []
+        for field in headers:
+            encoded = cache.get(field)
+            if encoded is None:
+                encoded = self.field(field[0], field[1])
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[(field[0], field[1])] = encoded
+            parts.append(encoded)
+        return b"".join(parts)
+
+    @staticmethod
+    def field(name, value):
+        indexed = STATIC_FIELDS.get((name, value))
+        if indexed is not None:
+            return indexed
+        prefix = STATIC_NAMES.get(name)
+        if prefix is None:
+            prefix = b"\x00" + integer(len(name), 7) + name
+        return b"".join((prefix, integer(len(value), 7), value))

@@ -1,0 +1,40 @@
+"""The gateway's HPACK encoder: what it sends decodes (hpack's decoder, as a client's would) to
+exactly the fields given, static-table hits are one byte, and table size changes are
+acknowledged."""
+import pytest
+from hpack import Decoder
+
+from gwserver.core.h2fields import FieldEncoder, integer
+
+FIELDS = [(b":status", b"200"), (b":status", b"201"), (b"content-type", b"application/json"),
+          (b"x-trace-id", b"08bee38885522409e8213801369534d9"), (b"set-cookie", b"a=1"),
+          (b"set-cookie", b"b=2"), (b"x-long", b"v" * 300), (b"x-" + b"n" * 200, b""),
+          (b"grpc-message", b"%E2%9C%93")]
+
+
+def test_a_block_decodes_to_the_fields():
+    encoder, decoder = FieldEncoder(), Decoder()
+    for _ in range(3):                  # the cached encodings too
+        assert decoder.decode(encoder.encode(FIELDS), raw=True) == FIELDS
+    assert len(decoder.header_table.dynamic_entries) == 0      # nothing is ever indexed
+
+
+def test_static_fields_are_indexed():
+    assert FieldEncoder().encode([(b":status", b"200"), (b":status", b"404")]) == b"\x88\x8d"
+
+
+def test_a_table_size_change_starts_the_next_block():
+    encoder, decoder = FieldEncoder(), Decoder()
+    encoder.header_table_size = 0
+    block = encoder.encode([(b":status", b"200")])
+    assert block == b"\x20\x88"
+    decoder.header_table_size = 0
+    assert decoder.decode(block, raw=True) == [(b":status", b"200")]
+    assert encoder.encode([(b":status", b"200")]) == b"\x88"
+
+
+@pytest.mark.parametrize("value, bits, expected", [
+    (10, 5, b"\x0a"), (1337, 5, b"\x1f\x9a\x0a"), (42, 8, b"\x2a"), (127, 7, b"\x7f\x00"),
+])
+def test_integers_as_rfc_7541_c1(value, bits, expected):
+    assert integer(value, bits) == expected
