@@ -49,7 +49,7 @@ import httptools
 from hyperframe.frame import GoAwayFrame
 
 from ..core.context import RequestContext
-from ..core.h2fields import FieldEncoder
+from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
@@ -371,6 +371,7 @@ class H2ServerConnection:
         # once acknowledged, and a client need not wait for that).
         self.h2.max_inbound_frame_size = conf["max_frame_size"]
         self.h2.encoder = FieldEncoder()        # static table and literals: see core.h2fields
+        self.h2.decoder = CachingDecoder()
         self.h2.decoder.max_header_list_size = MAX_HEAD_BYTES
         self.lock = gevent.lock.Semaphore()
         self.streams = {}               # stream id -> H2Stream still being served

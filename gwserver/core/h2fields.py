@@ -1,4 +1,5 @@
-"""HPACK for the header blocks the gateway sends to HTTP/2 clients (RFC 7541), cheap in CPU.
+"""HPACK (RFC 7541) for the gateway's HTTP/2 clients, cheap in CPU: the blocks it sends, and
+the request blocks a client repeats.
 
 The h2 library's encoder (hpack) searches its dynamic table linearly for every field and
 Huffman-codes every literal in Python: about 70% of h2's CPU per answer here. This one sends a
@@ -7,12 +8,19 @@ indexing (name by static index when it has one), raw octets, no Huffman: a dict 
 few byte joins per field. nginx's HTTP/2 module does not use the dynamic table for responses
 either; the cost is some bytes per answer, never CPU.
 
+A client repeating a request sends, once its fields are in the dynamic table, the same block of
+one-byte indexed fields each time (h2load, browsers polling, gRPC stubs). Such a block reads
+the table without changing it, so while the table stays as it was, its decoding is the last
+one's: ``CachingDecoder`` keeps those, and forgets them all when a block may have changed the
+table (any other block) or its size changes.
+
 Rules kept:
 - Never inserting means no dynamic-table state to get wrong, and any table size the client
   sets is fine; a change of SETTINGS_HEADER_TABLE_SIZE is still acknowledged by a dynamic table
   size update at the start of the next block (RFC 7541 4.2; nghttp2 insists on it).
 - Fields arrive as (name, value) bytes pairs with lower-case names (the caller's rule).
 """
+from hpack import Decoder
 from hpack.table import HeaderTable
 
 
@@ -82,3 +90,35 @@ class FieldEncoder:
         if prefix is None:
             prefix = b"\x00" + integer(len(name), 7) + name
         return b"".join((prefix, integer(len(value), 7), value))
+
+
+HIGH_BYTES = bytes(range(0x80, 0x100))
+DECODED_LIMIT = 256     # repeated blocks kept; then cleared
+
+
+class CachingDecoder(Decoder):
+    """``hpack.Decoder`` that answers a block of one-byte indexed fields it has decoded since
+    the dynamic table last changed from what it decoded then (see the module doc)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoded = {}
+
+    @Decoder.header_table_size.setter
+    def header_table_size(self, value):
+        self.decoded.clear()
+        Decoder.header_table_size.fset(self, value)
+
+    def decode(self, data, raw=False):
+        data = bytes(data)
+        hit = self.decoded.get((data, raw))
+        if hit is not None:
+            return list(hit)
+        headers = super().decode(data, raw)
+        if data.translate(None, HIGH_BYTES):       # a literal or a size update: may change it
+            self.decoded.clear()
+        else:                                       # indexed fields only: read, not changed
+            if len(self.decoded) >= DECODED_LIMIT:
+                self.decoded.clear()
+            self.decoded[(data, raw)] = tuple(headers)
+        return headers

@@ -38,3 +38,23 @@ def test_a_table_size_change_starts_the_next_block():
 ])
 def test_integers_as_rfc_7541_c1(value, bits, expected):
     assert integer(value, bits) == expected
+
+
+def test_repeated_indexed_blocks_decode_as_hpack_does():
+    """A client's requests through a table that changes between them: the caching decoder
+    agrees with hpack's own decoder block by block."""
+    from hpack import Encoder
+    from gwserver.core.h2fields import CachingDecoder
+    client, plain, caching = Encoder(), Decoder(), CachingDecoder()
+    a = [(b":method", b"GET"), (b":path", b"/a"), (b"user-agent", b"t/1")]
+    b = [(b":method", b"GET"), (b":path", b"/b"), (b"user-agent", b"t/1")]
+    requests = [a] * 4 + [b] * 4 + [a] * 3
+    hits = 0
+    for i, fields in enumerate(requests):
+        if i == 5:
+            client.header_table_size = 64       # evicts: indices move
+            caching.header_table_size = plain.header_table_size = 64
+        block = client.encode(fields)
+        hits += bool(caching.decoded.get((block, True)))
+        assert caching.decode(block, raw=True) == plain.decode(block, raw=True) == fields
+    assert hits >= 2
