@@ -51,6 +51,7 @@ class Consumer:
     chain: object               # core.chain.Chain of its own plugins
     version: int = 0
     groups_header: bytes = b""
+    id_header: bytes = b""
     joined: dict = field(default_factory=dict)   # route chain -> chain with ours joined
 
     def joined_with(self, chain):
@@ -111,7 +112,7 @@ def compile_consumer(consumer_id, spec, registry, version=0):
         raise ConfigError(problems)
     groups = tuple(dict.fromkeys(spec["groups"]))
     return Consumer(consumer_id, frozenset(groups), credentials, chain, version,
-                    ",".join(groups).encode("latin-1"))
+                    ",".join(groups).encode("latin-1"), consumer_id.encode("latin-1"))
 
 
 class Directory:
@@ -124,6 +125,10 @@ class Directory:
         self.registry = registry
         self.consumers = {}         # id -> Consumer
         self.indexes = {}           # plugin name -> {lookup: Consumer}
+        # Bumped on every change: what a plugin remembers of the table (key_auth's unknown
+        # keys) is good for one generation only.
+        self.generation = 0
+        self._scans = {}            # plugin name -> credentials(), made once per generation
 
     def __len__(self):
         return len(self.consumers)
@@ -137,8 +142,16 @@ class Directory:
         return None if index is None else index.get(lookup)
 
     def credentials(self, plugin_name):
-        """[(lookup, Consumer)] for plugins that must compare against each credential."""
-        return list(self.indexes.get(plugin_name, {}).items())
+        """((lookup, Consumer), ...) for plugins that must compare against each credential;
+        built once per generation, not per request."""
+        scan = self._scans.get(plugin_name)
+        if scan is None:
+            scan = self._scans[plugin_name] = tuple(self.indexes.get(plugin_name, {}).items())
+        return scan
+
+    def _changed(self):
+        self.generation += 1
+        self._scans = {}
 
     def _lookups(self, consumer):
         out = {}
@@ -159,11 +172,13 @@ class Directory:
         self.consumers[consumer.id] = consumer
         for name, key in lookups.items():
             self.indexes.setdefault(name, {})[key] = consumer
+        self._changed()
 
     def remove(self, consumer_id):
         old = self.consumers.pop(consumer_id, None)
         if old is None:
             return
+        self._changed()
         for name, key in self._lookups(old).items():
             index = self.indexes.get(name, {})
             if index.get(key) is old:
@@ -197,11 +212,22 @@ def strip_client_copies(ctx):
 def identify(ctx, consumer):
     """``consumer`` made this request: later plugins see it, and so does the upstream."""
     ctx.vars["consumer"] = consumer
-    ctx.set_header(HEADER_ID, consumer.id.encode("latin-1"))
+    _put_header(ctx, HEADER_ID, consumer.id_header)
     if consumer.groups_header:
-        ctx.set_header(HEADER_GROUPS, consumer.groups_header)
-    else:
+        _put_header(ctx, HEADER_GROUPS, consumer.groups_header)
+    elif HEADER_GROUPS in ctx.header_map:
         ctx.remove_header(HEADER_GROUPS)
+
+
+def _put_header(ctx, name, value):
+    """set_header, without its scan of every header when there is no copy to replace
+    (header_map holds every name the request has: strip_client_copies just removed the
+    client's, so this is the common case)."""
+    if name in ctx.header_map:
+        ctx.set_header(name, value)
+    else:
+        ctx.headers.append((name, value))
+        ctx.header_map[name] = value
 
 
 def consumer_id(ctx):

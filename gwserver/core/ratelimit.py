@@ -10,13 +10,14 @@ sliding window  at most ``rate`` requests in any ``per`` seconds, estimated from
                 overlaps the sliding window), as Cloudflare describes it.
 """
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 EPSILON = 1e-9      # 0.1 s x 10/s is 0.9999999999999999 tokens in floating point
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """One answer of a limiter (immutable; a NamedTuple, not a frozen dataclass: one is made
+    per limited request, and the tuple is built in a third of the time)."""
     allowed: bool
     limit: int          # RateLimit-Limit: requests per window
     remaining: int      # RateLimit-Remaining
@@ -37,9 +38,8 @@ def token_bucket(state, rate, per, burst, now):
 
 
 def bucket_decision(allowed, tokens, rate, capacity, refill):
-    return Decision(allowed=allowed, limit=int(rate), remaining=int(tokens),
-                    reset=(capacity - tokens) / refill,
-                    retry_after=0.0 if allowed else max(0.0, 1.0 - tokens) / refill)
+    return Decision(allowed, int(rate), int(tokens), (capacity - tokens) / refill,
+                    0.0 if allowed else max(0.0, 1.0 - tokens) / refill)
 
 
 def sliding_window(state, rate, per, now):

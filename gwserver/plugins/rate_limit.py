@@ -147,11 +147,23 @@ def access(conf, ctx):
                       _headers(decision))
 
 
+_OURS = (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset")
+
+
 def response(conf, ctx, head):
     decision = ctx.var("rate_limit")
-    if decision is not None:
-        for name, value in _headers(decision):
-            head.set_header(name, value)
+    if decision is None:
+        return
+    # One pass over the upstream's headers (three set_header calls were three), and a copy
+    # of the list only when the upstream sent RateLimit-* of its own: ours replace them.
+    headers = head.headers
+    for name, _ in headers:
+        if name[:10].lower() == b"ratelimit-":
+            headers[:] = [(k, v) for k, v in headers if k.lower() not in _OURS]
+            break
+    headers += ((b"RateLimit-Limit", b"%d" % decision.limit),
+                (b"RateLimit-Remaining", b"%d" % decision.remaining),
+                (b"RateLimit-Reset", b"%d" % max(0, math.ceil(decision.reset))))
 
 
 def finish(conf, ctx, status):

@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import mmap
 import os
 import socket
@@ -380,6 +381,7 @@ class LocalStore:
             os.ftruncate(fd, size)
         self.fd = fd
         self.mm = mmap.mmap(fd, size)
+        self.memo = {}          # rate-limit key -> [digest, slot last found in]
         self.state_dir = os.path.join(directory, "states")      # breakers, adaptive limits
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.state_fds = {}
@@ -520,24 +522,59 @@ class LocalStore:
 
     # -- rate limits ----------------------------------------------------------------------------
 
+    DIGESTS = 4096      # key -> digest and slot remembered per worker (a client-chosen key
+                        # part is one of many: the memo is dropped whole when full)
+
     def decide(self, algorithm, key, rate, per, burst):
-        digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-        digest = digest or 1
+        memo = self.memo.get(key)
+        if memo is None:
+            digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(),
+                                    "little") or 1
+            if len(self.memo) >= self.DIGESTS:
+                self.memo.clear()
+            memo = self.memo[key] = [digest, -1]
+        digest, hint = memo
+        mm, size = self.mm, self.SLOT.size
         now = time.time()
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
-            slot, state = self._find(digest)
+            # The slot this worker found the key in last time, if the key is still there
+            # (another key may have taken it since: then the probe run is searched again).
+            found = self.SLOT.unpack_from(mm, hint * size) if hint >= 0 else None
+            if found is not None and found[0] == digest:
+                slot, state = hint, found[1:4] if found[1] or found[2] or found[3] else None
+            else:
+                slot, state = self._find(digest)
+                memo[1] = slot
             if algorithm == "token_bucket":
                 decision, new = ratelimit.token_bucket(state and state[:2], rate, per, burst,
                                                        now)
-                values = (new[0], new[1], 0.0)
+                self.SLOT.pack_into(mm, slot * size, digest, new[0], new[1], 0.0, now)
             else:
                 decision, new = ratelimit.sliding_window(state, rate, per, now)
-                values = (float(new[0]), float(new[1]), float(new[2]))
-            self.SLOT.pack_into(self.mm, slot * self.SLOT.size, digest, *values, now)
+                self.SLOT.pack_into(mm, slot * size, digest, float(new[0]), float(new[1]),
+                                    float(new[2]), now)
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         return decision
+
+    def give_back(self, key, per):
+        """Undo one admission of a ``sliding_window`` limit on ``key`` in this window or the
+        one before (basic_auth counts password checks that fail: it takes one before bcrypt
+        runs and gives it back when the check succeeded)."""
+        memo = self.memo.get(key)
+        digest = memo[0] if memo is not None else int.from_bytes(
+            hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+        index = math.floor(time.time() / per)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            slot, state = self._find(digest)
+            if state is not None and state[0] in (index, index - 1) and state[1] >= 1:
+                _, _, _, _, used = self.SLOT.unpack_from(self.mm, slot * self.SLOT.size)
+                self.SLOT.pack_into(self.mm, slot * self.SLOT.size, digest, state[0],
+                                    state[1] - 1, state[2], used)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def _find(self, digest):
         start = digest % self.SLOTS
