@@ -191,8 +191,9 @@ class H2Stream(ClientConnection):
         self.fresh = False          # body data or its end arrived since the last read_body
         self.unacked = 0            # flow-controlled bytes received, not yet acknowledged
         self.reset_code = None      # set when the client reset the stream
-        self.wake = gevent.event.Event()        # data, end, reset
-        self.window = gevent.event.Event()      # the client's window may have opened
+        # Made when first waited on (most streams never wait): data, end or reset; the
+        # client's window may have opened.
+        self.wake = self.window = None
         self.greenlet = None
         self.ended = False          # END_STREAM sent
 
@@ -254,12 +255,18 @@ class H2Stream(ClientConnection):
                                                ended and req.body_size != req.content_length):
             raise Malformed("DATA does not add up to content-length (RFC 9113 8.1.1)")
         self.fresh = True
-        self.wake.set()
+        if self.wake is not None:
+            self.wake.set()
 
     def on_reset(self, code):
         self.reset_code = code
-        self.wake.set()
-        self.window.set()
+        self.window_opened()
+        if self.wake is not None:
+            self.wake.set()
+
+    def window_opened(self):
+        if self.window is not None:
+            self.window.set()
 
     # -- what ClientConnection.handle and the proxy call --------------------------------------
 
@@ -280,6 +287,8 @@ class H2Stream(ClientConnection):
             self.conn.acknowledge(self.stream_id, self.unacked)
             self.unacked = 0
         if not self.fresh and self.reset_code is None:
+            if self.wake is None:
+                self.wake = gevent.event.Event()
             self.wake.clear()
             if not self.wake.wait(self.body_timeout) and not self.fresh:
                 raise RequestTimeout("client sent no body data in time")
@@ -451,6 +460,8 @@ class H2ServerConnection:
                         continue
                 except h2.exceptions.StreamClosedError:
                     raise ClientGone("stream closed") from None
+                if stream.window is None:
+                    stream.window = gevent.event.Event()
                 stream.window.clear()
             if not stream.window.wait(self.conf["send_timeout"]):
                 log.info("HTTP/2 stream %d of %s: window shut for %ss; reset", sid,
@@ -606,10 +617,10 @@ class H2ServerConnection:
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
-                    stream.window.set()
+                    stream.window_opened()
             else:
                 for stream in self.streams.values():
-                    stream.window.set()
+                    stream.window_opened()
         elif kind is h2.events.TrailersReceived:
             stream = self.streams.get(event.stream_id)
             if stream is not None and len(event.headers) > self.limits[1]:
@@ -620,7 +631,7 @@ class H2ServerConnection:
                              "control frame flood")
             if kind is h2.events.RemoteSettingsChanged:
                 for stream in self.streams.values():     # the initial window may have grown
-                    stream.window.set()
+                    stream.window_opened()
         elif kind is h2.events.ConnectionTerminated:
             self.draining = True
 
