@@ -1,10 +1,12 @@
 """What the auth plugins (key_auth, basic_auth, jwt) share: finding the consumer directory,
-the 401 answer, anonymous consumers, and a per-worker cache of credentials already checked.
+the 401 answer, anonymous consumers, a per-worker cache of credentials already checked, one
+of credentials found unknown, and per-host budgets of failed checks.
 
 A cache key is a keyed BLAKE2b of the presented secret (the key is random per process), so
 the cache never holds a secret a memory dump could replay elsewhere.
 """
 import hashlib
+import math
 import os
 import time
 
@@ -20,6 +22,11 @@ def fingerprint(*parts):
         h.update(len(part).to_bytes(4, "big"))
         h.update(part)
     return h.digest()
+
+
+def key_fingerprint(secret):
+    """fingerprint() of one part, in one call (key_auth's, on every request)."""
+    return hashlib.blake2b(secret, key=_PEPPER, digest_size=20).digest()
 
 
 class CheckedCache:
@@ -45,6 +52,60 @@ class CheckedCache:
             if len(items) >= self.size:
                 del items[next(iter(items))]
         items[key] = (value, time.monotonic() + self.seconds)
+
+
+class UnknownCache(CheckedCache):
+    """Credentials found to match no consumer, remembered for the consumer-table generation
+    they were checked against (Directory.generation): any change of the table forgets them
+    all, so a credential added a moment later works on its first request. Bounded in size
+    (oldest dropped first) and time (``seconds``) like CheckedCache."""
+
+    def __init__(self, seconds, size):
+        super().__init__(seconds, size)
+        self.generation = None
+
+    def _of(self, generation):
+        if generation != self.generation:
+            self.items.clear()
+            self.generation = generation
+
+    def known_unknown(self, key, generation):
+        self._of(generation)
+        return self.get(key) is not None
+
+    def remember(self, key, generation):
+        self._of(generation)
+        self.put(key, True)
+
+
+def take_budgets(store, budgets, window):
+    """Take one unit of each failed-check budget in ``budgets`` ([(store key, limit)]; a
+    limit of 0 is no budget) on the per-host ``store`` (a sliding window of ``window``
+    seconds per key, shared by every worker of the host). -> (keys taken, None), or
+    ([], seconds until one would be free) when one is spent: then none stays taken."""
+    taken = []
+    for key, limit in budgets:
+        if not limit:
+            continue
+        decision = store.decide("sliding_window", key, limit, window, 0)
+        if not decision.allowed:
+            give_back(store, taken, window)
+            return [], decision.retry_after
+        taken.append(key)
+    return taken, None
+
+
+def give_back(store, taken, window):
+    """The check succeeded: it was not a failure."""
+    for key in taken:
+        store.give_back(key, window)
+
+
+def too_many_failures(retry_after, message):
+    """429 for a client past a failed-check budget: refused before any check runs."""
+    seconds = max(1, math.ceil(min(retry_after, 86400.0)))
+    return Reply.json(429, {"error": "too_many_failures", "message": message,
+                            "retry_after": seconds}, [("Retry-After", str(seconds))])
 
 
 def directory(ctx):

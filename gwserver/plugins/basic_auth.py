@@ -13,13 +13,24 @@ once, not on every request. A changed or removed credential is not served from t
 An unknown user costs the same bcrypt check as a known one (no user enumeration by timing).
 401 answers carry ``WWW-Authenticate: Basic realm="..."``; the Authorization header is
 removed before proxying unless ``hide_credentials = false``.
+
+Failed checks are budgeted, so wrong passwords cannot keep a worker busy with bcrypt: at most
+``max_failures`` per client address and ``max_failures_per_user`` per user name (known or
+not) in any ``failure_window`` seconds, counted per host (the workers' shared store). Past
+either, the answer is 429 with ``Retry-After`` and bcrypt does not run. A check takes one
+unit of each budget before bcrypt runs and gives it back when it succeeded (so concurrent
+guesses cannot overshoot); credentials this worker has already found good (the cache) pass
+without touching the budgets, so a valid client keeps working while its address or name is
+being guessed at.
 """
 import base64
 import binascii
+import hashlib
 import re
 
 from ..core import consumers
 from ..core.consumers import CONSUMER_ID
+from ..core.context import Reply
 from ..core.schema import Field, Invalid, Schema, boolean, integer, number, string
 from . import authlib
 
@@ -36,6 +47,12 @@ SCHEMA = Schema(
           "consumer that requests without credentials are taken for (default: 401)"),
     Field("cache_seconds", number(0), 60.0, "how long a good check is remembered per worker"),
     Field("cache_size", integer(1), 10000, "checks remembered per worker"),
+    Field("max_failures", integer(0), 10, "failed password checks allowed per client address "
+          "per failure_window, counted per host; past it, 429 without a check (0: no limit)"),
+    Field("max_failures_per_user", integer(0), 20, "failed password checks allowed per user "
+          "name (known or not) per failure_window, counted per host (0: no limit)"),
+    Field("failure_window", number(0, exclusive=True), 60.0,
+          "seconds over which failed checks are counted"),
 )
 
 BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
@@ -104,22 +121,46 @@ def parse(value):
     return user, password
 
 
-def check(directory, user, password, cache):
-    """The consumer these credentials are good for, or None."""
+def check(directory, user, password, cache, budget=None):
+    """The consumer these credentials are good for, None, or a Reply (429) when a budget of
+    failed checks is spent. ``budget``: (store, [(store key, limit)], window), or None."""
     mark = authlib.fingerprint(user, password)
     name = user.decode("utf-8", "replace")
     consumer = directory.find(NAME, name) if directory is not None else None
     stored = consumer.credentials[NAME]["hash_b"] if consumer is not None else _DUMMY
     if cache.get(mark) == stored and consumer is not None:
         return consumer
+    taken = ()
+    if budget is not None:
+        store, budgets, window = budget
+        taken, wait = authlib.take_budgets(store, budgets, window)
+        if wait is not None:
+            return authlib.too_many_failures(wait, "too many failed password checks from this "
+                                             "address or for this user name; retry later")
     try:
         good = _bcrypt().checkpw(password, stored)
     except ValueError:          # bcrypt refuses passwords over 72 bytes
         good = False
     if not good or consumer is None:
         return None
+    if taken:
+        authlib.give_back(budget[0], taken, budget[2])
     cache.put(mark, stored)
     return consumer
+
+
+def budgets(conf, ctx, user):
+    """The failed-check budgets a check of ``user`` from this client takes from, per host
+    and across routes (keyed by the window, so that routes with different windows never
+    share a count)."""
+    store = ctx.services.local_store
+    if store is None or not (conf["max_failures"] or conf["max_failures_per_user"]):
+        return None         # no store: a context made outside a worker (unit tests)
+    window = conf["failure_window"]
+    user_key = hashlib.blake2b(user, digest_size=12).hexdigest()   # same in every worker
+    return store, [(f"basic_auth:{window:g}:ip:{ctx.client_ip}", conf["max_failures"]),
+                   (f"basic_auth:{window:g}:user:{user_key}", conf["max_failures_per_user"])], \
+        window
 
 
 def access(conf, ctx):
@@ -132,10 +173,13 @@ def access(conf, ctx):
     if parsed is None:
         return authlib.unauthorized(conf["challenge"], "the Authorization header is not "
                                     "Basic credentials", "invalid_credentials")
-    consumer = check(authlib.directory(ctx), *parsed, conf["cache"])
+    consumer = check(authlib.directory(ctx), *parsed, conf["cache"],
+                     budgets(conf, ctx, parsed[0]))
     if consumer is None:
         return authlib.unauthorized(conf["challenge"], "the user name or password is wrong",
                                     "invalid_credentials")
+    if isinstance(consumer, Reply):
+        return consumer         # 429: a budget of failed checks is spent
     if conf["hide_credentials"]:
         ctx.remove_header(b"authorization")
     consumers.identify(ctx, consumer)

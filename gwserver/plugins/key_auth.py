@@ -9,7 +9,13 @@ random and long, so a fast hash suffices (GitHub stores its tokens so); the conf
 never hold one in clear, and ``gwserver consumers put`` hashes a ``key`` it is given. A
 presented key is compared with ``hmac.compare_digest``. A key found once is remembered per
 worker (a keyed fingerprint, never the key) for ``cache_seconds``; an unknown key is compared
-with every stored hash (one SHA-256 each).
+with every stored hash (one SHA-256 each: the salts differ, so there is no shortcut), then
+remembered as unknown (``negative_cache_seconds``, at most ``negative_cache_size`` per route
+and worker, oldest dropped first) until the consumer table changes: a key added through etcd
+or a reload works on its first request after that. Full comparisons of keys that turn out
+unknown are budgeted per client address (``max_failures`` per ``failure_window``, per host):
+past it, 429 with ``Retry-After`` and no comparison, so a flood of random keys costs one
+dictionary look-up each; keys already found good pass without touching the budget.
 
 The key is looked for only where configured: with ``query = ""`` a key in the query string is
 not a key. It is removed before proxying (``hide_credentials = true``, the default), so the
@@ -22,6 +28,7 @@ from urllib.parse import unquote_plus
 
 from ..core import consumers
 from ..core.consumers import CONSUMER_ID
+from ..core.context import Reply
 from ..core.schema import Field, Invalid, Schema, boolean, header_name, integer, number, string
 from . import authlib
 
@@ -39,6 +46,15 @@ SCHEMA = Schema(
           "consumer that requests without a key are taken for (default: 401)"),
     Field("cache_seconds", number(0), 60.0, "how long a key found is remembered per worker"),
     Field("cache_size", integer(1), 10000, "keys remembered per worker"),
+    Field("negative_cache_seconds", number(0), 30.0,
+          "how long a key that matched no consumer is remembered as unknown per worker "
+          "(forgotten at once when the consumer table changes)"),
+    Field("negative_cache_size", integer(1), 1000, "unknown keys remembered per worker"),
+    Field("max_failures", integer(0), 100, "full look-ups of unknown keys allowed per client "
+          "address per failure_window, counted per host; past it, 429 without a look-up "
+          "(0: no limit)"),
+    Field("failure_window", number(0, exclusive=True), 60.0,
+          "seconds over which unknown keys are counted"),
 )
 
 HASH = re.compile(r"sha256\$([0-9a-f]{32,64})\$([0-9a-f]{64})")
@@ -82,7 +98,9 @@ def credential_lookup(cred):
 
 def prepare(conf):
     return {**conf, "header_b": conf["header"].lower().encode("latin-1"),
-            "cache": authlib.CheckedCache(conf["cache_seconds"], conf["cache_size"])}
+            "cache": authlib.CheckedCache(conf["cache_seconds"], conf["cache_size"]),
+            "unknown": authlib.UnknownCache(conf["negative_cache_seconds"],
+                                            conf["negative_cache_size"])}
 
 
 def _from_query(query, name):
@@ -99,20 +117,37 @@ def _from_query(query, name):
     return found, "&".join(kept)
 
 
-def find(directory, key, cache):
-    """The consumer whose stored hash ``key`` matches, or None."""
+def find(directory, key, conf, ctx=None):
+    """The consumer whose stored hash ``key`` matches, None, or a Reply (429) when the
+    client's budget of unknown keys is spent."""
     raw = key.encode("utf-8", "surrogateescape")
-    mark = authlib.fingerprint(raw)
-    known = cache.get(mark)
+    mark = authlib.key_fingerprint(raw)
+    known = conf["cache"].get(mark)
     if known is not None:
         consumer = directory.find(NAME, known)
         if consumer is not None:
             return consumer
+    generation = directory.generation
+    unknown = conf["unknown"]
+    if unknown.known_unknown(mark, generation):
+        return None
+    store = ctx.services.local_store if ctx is not None else None
+    taken = ()
+    if store is not None and conf["max_failures"]:
+        taken, wait = authlib.take_budgets(
+            store, [(f"key_auth:{conf['failure_window']:g}:ip:{ctx.client_ip}",
+                     conf["max_failures"])], conf["failure_window"])
+        if wait is not None:
+            return authlib.too_many_failures(wait, "too many unknown API keys from this "
+                                             "address; retry later")
     for stored, consumer in directory.credentials(NAME):
         cred = consumer.credentials[NAME]
         if hmac.compare_digest(hashlib.sha256(cred["salt"] + raw).digest(), cred["digest"]):
-            cache.put(mark, stored)
+            if taken:
+                authlib.give_back(store, taken, conf["failure_window"])
+            conf["cache"].put(mark, stored)
             return consumer
+    unknown.remember(mark, generation)
     return None
 
 
@@ -126,11 +161,13 @@ def access(conf, ctx):
         in_query = key is not None
     if not key:
         return authlib.anonymous_or(conf, ctx, _missing(conf))
-    directory = authlib.directory(ctx)
-    consumer = find(directory, key, conf["cache"]) \
+    directory = ctx.services.consumers
+    consumer = find(directory, key, conf, ctx) \
         if directory is not None and len(key) <= MAX_KEY else None
     if consumer is None:
         return authlib.unauthorized(_challenge(conf), "the API key is not valid", "invalid_key")
+    if isinstance(consumer, Reply):
+        return consumer         # 429: this client's budget of unknown keys is spent
     if conf["hide_credentials"]:
         if in_query:
             ctx.query = rest
