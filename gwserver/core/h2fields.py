@@ -39,10 +39,12 @@ def integer(value, prefix_bits, first=0):
 
 
 STATIC_FIELDS = {}      # (name, value) -> the indexed field's bytes
-STATIC_NAMES = {}       # name -> literal-without-indexing prefix by name index
+STATIC_INDEX = {}       # name -> its first index in the static table
 for index, (name, value) in enumerate(HeaderTable.STATIC_TABLE, 1):
     STATIC_FIELDS.setdefault((name, value), integer(index, 7, 0x80))
-    STATIC_NAMES.setdefault(name, integer(index, 4))
+    STATIC_INDEX.setdefault(name, index)
+STATIC_NAMES = {name: integer(index, 4) for name, index in STATIC_INDEX.items()}
+NEVER_INDEXED = 0x10
 CACHE_LIMIT = 1024      # encoded fields kept (server, via, content-type...); then cleared
 
 
@@ -72,6 +74,9 @@ class FieldEncoder:
             parts = [integer(size, 5, 0x20) for size in self.size_updates]
             self.size_updates = []
         for field in headers:
+            if not getattr(field, "indexable", True):     # hpack.NeverIndexedHeaderTuple
+                parts.append(self.field(field[0], field[1], NEVER_INDEXED))
+                continue                # and not kept: credentials stay out of the cache
             encoded = cache.get(field)
             if encoded is None:
                 encoded = self.field(field[0], field[1])
@@ -82,13 +87,19 @@ class FieldEncoder:
         return b"".join(parts)
 
     @staticmethod
-    def field(name, value):
-        indexed = STATIC_FIELDS.get((name, value))
-        if indexed is not None:
-            return indexed
-        prefix = STATIC_NAMES.get(name)
+    def field(name, value, pattern=0):
+        """Indexed when (name, value) is in the static table; else a literal without
+        indexing (pattern 0) or never indexed (0x10), RFC 7541 6.2.2 and 6.2.3."""
+        if not pattern:
+            indexed = STATIC_FIELDS.get((name, value))
+            if indexed is not None:
+                return indexed
+            prefix = STATIC_NAMES.get(name)
+        else:
+            prefix = STATIC_INDEX.get(name)
+            prefix = integer(prefix, 4, pattern) if prefix is not None else None
         if prefix is None:
-            prefix = b"\x00" + integer(len(name), 7) + name
+            prefix = bytes([pattern]) + integer(len(name), 7) + name
         return b"".join((prefix, integer(len(value), 7), value))
 
 

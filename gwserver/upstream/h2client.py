@@ -25,6 +25,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
 from ..net.sockets import RECV_SIZE
@@ -70,6 +71,11 @@ class H2Connection:
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+        # hpack's table search and Python Huffman coding cost more CPU than the rest of a
+        # gRPC call's framing (client.h2server uses the same two).
+        self.conn.encoder = FieldEncoder()
+        self.conn.decoder = CachingDecoder()
+        self.conn.decoder.max_header_list_size = self.conn.DEFAULT_MAX_HEADER_LIST_SIZE
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(1 << 24)     # connection-level receive window
         self.lock = gevent.lock.Semaphore()

@@ -58,3 +58,13 @@ def test_repeated_indexed_blocks_decode_as_hpack_does():
         hits += bool(caching.decoded.get((block, True)))
         assert caching.decode(block, raw=True) == plain.decode(block, raw=True) == fields
     assert hits >= 2
+
+
+def test_never_indexed_fields_stay_so_and_out_of_the_cache():
+    from hpack import NeverIndexedHeaderTuple
+    encoder, decoder = FieldEncoder(), Decoder()
+    fields = [NeverIndexedHeaderTuple(b"authorization", b"Bearer x"),
+              NeverIndexedHeaderTuple(b"x-secret", b"s")]
+    decoded = decoder.decode(encoder.encode(fields), raw=True)
+    assert decoded == fields and all(not field.indexable for field in decoded)
+    assert not encoder.cache
