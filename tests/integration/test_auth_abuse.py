@@ -17,6 +17,7 @@ from gwserver.plugins.basic_auth import hash_password
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route, to_toml, wait_until
+from .test_ratelimit import connections_to_workers
 
 PASSWORD = "correct horse battery staple"
 KEY = "ak_live_9c2e7f1a4b6d8e03"
@@ -37,6 +38,7 @@ def gw(module_launcher):
               plugins={"basic_auth": {**budget, "cache_seconds": 0}}),
         route("key", ["/key/*rest"], up.url, plugins={"key_auth": {
             "max_failures": 20, "failure_window": WINDOW, "negative_cache_size": 50}}),
+        route("free", ["/free"], up.url),
     ], workers=2, server={"trusted_proxies": ["127.0.0.1/32"]}, consumers={
         # cost 12: a check is ~0.3 s of a worker's CPU here, so one that ran is measurable
         "alice": {"credentials": {"basic_auth": {"username": "alice",
@@ -91,7 +93,12 @@ def assert_refused(status, headers, body):
 
 def test_wrong_passwords_past_the_address_budget_get_429_and_cost_no_bcrypt(gw):
     wrong = from_ip("10.0.0.1", Authorization=basic("alice", "guess"))
-    assert [ask(gw, "/basic/x", wrong)[0] for _ in range(3)] == [401] * 3
+    first, second = connections_to_workers(gw, 2)      # guesses alternate between workers
+    assert [ask(gw, "/basic/x", wrong, conn)[0] for conn in (first, second, first)] == \
+        [401] * 3
+    assert [ask(gw, "/basic/x", wrong, conn)[0] for conn in (second, first)] == [429] * 2
+    first.close()
+    second.close()
     used = cpu_seconds(gw)
     started = time.monotonic()
     for _ in range(20):

@@ -161,3 +161,50 @@ def test_sliding_window_retry_at_retry_after_is_admitted(launcher, upstream, sto
     assert gw.request("GET", "/lim")[0].status == 429        # refusals take nothing
     time.sleep(max(0.0, refused_at + retry_after - time.monotonic()))
     assert gw.request("GET", "/lim")[0].status == 200
+
+
+def connections_to_workers(gw, count, path="/free", tries=400):
+    """Keep-alive connections to ``count`` different workers, told apart by the prefix of
+    the X-Request-ID they answer with (a connection stays with the worker that accepted it).
+    New connections in a row mostly land on one idle worker, so without this a test "across
+    workers" may well be served by one."""
+    found = {}
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        worker = resp.getheader("X-Request-ID")[:-8]
+        if worker in found:
+            conn.close()
+        else:
+            found[worker] = conn
+            if len(found) == count:
+                return list(found.values())
+    raise AssertionError(f"only {len(found)} workers took connections in {tries} tries")
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
+def test_per_host_limit_is_exact_with_two_workers_deciding_at_once(launcher, upstream,
+                                                                   algorithm):
+    """Connections held on two different workers, three clients on each sending at once:
+    120 requests on a key of 40 an hour admit exactly 40. Each worker remembers where a
+    key's slot is; the count is still the host's."""
+    from concurrent.futures import ThreadPoolExecutor
+    gw = launcher.gateway(gateway_conf([
+        limited(upstream, algorithm=algorithm, rate=40, per=HOUR, burst=40, key="route"),
+        route("free", ["/free"], upstream.url)], workers=2))
+    conns = [conn for _ in range(3) for conn in connections_to_workers(gw, 2)]
+
+    def client(conn):
+        out = []
+        for _ in range(20):
+            conn.request("GET", "/lim")
+            resp = conn.getresponse()
+            resp.read()
+            out.append(resp.status)
+        conn.close()
+        return out
+    with ThreadPoolExecutor(len(conns)) as pool:
+        codes = [c for run in pool.map(client, conns) for c in run]
+    assert codes.count(200) == 40 and codes.count(429) == 80
