@@ -199,3 +199,22 @@ def test_a_key_remembered_as_unknown_works_as_soon_as_etcd_adds_it(launcher, ups
     wait_until(lambda: all(ask(gw, "/key/x", key)[0] == 200 for _ in range(6)), timeout=10)
     assert cli(conf_path, "consumers", "delete", "dana").returncode == 0
     wait_until(lambda: all(ask(gw, "/key/x", key)[0] == 401 for _ in range(6)), timeout=10)
+
+
+def test_an_untrusted_peer_cannot_spread_its_guesses_over_forged_addresses(launcher,
+                                                                           upstream):
+    """No trusted_proxies: X-Forwarded-For, X-Real-IP and Forwarded are the client's own
+    words, so every guess counts against the peer's address."""
+    gw = launcher.gateway(gateway_conf([
+        route("basic", ["/basic/*rest"], upstream.url, plugins={"basic_auth": {
+            "max_failures": 3, "max_failures_per_user": 0, "failure_window": WINDOW}}),
+        route("key", ["/key/*rest"], upstream.url, plugins={"key_auth": {
+            "max_failures": 3, "failure_window": WINDOW}})],
+        consumers={"frank": {"credentials": {"basic_auth": {
+            "username": "frank", "password_hash": hash_password(PASSWORD, 4)}}}}))
+    forged = [{"X-Forwarded-For": f"192.0.2.{i}", "X-Real-IP": f"198.51.100.{i}",
+               "Forwarded": f"for=203.0.113.{i}"} for i in range(6)]
+    assert [ask(gw, "/basic/x", {**h, "Authorization": basic("frank", f"guess{i}")})[0]
+            for i, h in enumerate(forged)] == [401] * 3 + [429] * 3
+    assert [ask(gw, "/key/x", {**h, "X-API-Key": secrets.token_hex(16)})[0]
+            for h in forged] == [401] * 3 + [429] * 3
