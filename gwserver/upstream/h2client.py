@@ -155,6 +155,12 @@ class H2Connection:
             stream_id = self.conn.get_next_available_stream_id()
             self.streams[stream_id] = stream
             self.conn.send_headers(stream_id, headers, end_stream=not body and not more)
+            if body and len(body) <= min(self.conn.local_flow_control_window(stream_id),
+                                         self.conn.max_outbound_frame_size):
+                # A body that fits the windows (a unary call's message) goes out with its
+                # head in one send.
+                self.conn.send_data(stream_id, body, end_stream=not more)
+                body = b""
             self._flush()
         if body:
             self.send_body(stream_id, stream, body, timeout, end=not more)
