@@ -222,6 +222,11 @@ class StreamResponse:
         self.ended = False
         self._pending = []
 
+    def ready(self):
+        """Is more of the answer (or its end) already here, so that reading it will not
+        wait?"""
+        return self.ended or not self.stream.events.empty()
+
     def fail(self, exc):
         """The request side failed (the client's body): whoever reads the answer raises it."""
         self.stream.events.put(exc)

@@ -26,6 +26,7 @@ from .proxy import forwarded_values, proxied_head, trace_headers, upstream_host,
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
+RELAY_BATCH = 65536        # most answer bytes held to join with what follows (one read's worth)
 
 
 class H2Forwarder:
@@ -68,7 +69,7 @@ class H2Forwarder:
                     (b"via", via_chain(req.header_map.get(b"via")))]
         if req.trace is not None:
             headers = [(k, v) for k, v in headers if k not in REPLACED_HEADERS] + [
-                (k.lower(), v) for k, v in trace_headers(req, self.proxy.worker.emit_b3)]
+                (k.lower(), v) for k, v in trace_headers(req, self.proxy.runtime.emit_b3)]
         return headers
 
     def forward(self, client, req, keep_alive, upstream):
@@ -126,10 +127,10 @@ class H2Forwarder:
             if getattr(exc, "deadline_hit", False):
                 req.vars["grpc_deadline_hit"] = True
             elif passive is not None:       # resets, timeouts, broken streams: a failure
-                self.proxy.worker.passive.observe(upstream, target, False)
+                self.proxy.runtime.passive.observe(upstream, target, False)
             raise
         if passive is not None:
-            self.proxy.worker.passive.observe(upstream, target,
+            self.proxy.runtime.passive.observe(upstream, target,
                                               status not in passive["statuses"])
         return answer
 
@@ -155,7 +156,7 @@ class H2Forwarder:
             stream.fail(exc)
 
     def relay(self, client, req, stream, status, headers, grpc, keep_alive, target):
-        keep_alive = keep_alive and self.proxy.worker.alive
+        keep_alive = keep_alive and self.proxy.runtime.alive
         trailers_only = []
         if grpc:
             upstream_type = dict(headers).get(b"content-type", b"application/grpc").decode()
@@ -178,12 +179,22 @@ class H2Forwarder:
         if not chunked:
             keep_alive = False
         block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers) + \
-            response_line(req.trace, self.proxy.worker.trace_response_header)
-        client.write(proxied_head(status, None, block,
-                                  b"Transfer-Encoding: chunked\r\n" if chunked else b"",
-                                  req.request_id, upstream_via,
-                                  b"keep-alive" if keep_alive else b"close"))
+            response_line(req.trace, self.proxy.runtime.trace_response_header)
+        # What is ready goes out in one write: the head, the messages and the trailers the
+        # upstream sent together (a unary call's whole answer) are one send to the client.
+        # Nothing waits for more than is already here.
+        out = [proxied_head(status, None, block,
+                            b"Transfer-Encoding: chunked\r\n" if chunked else b"",
+                            req.request_id, upstream_via,
+                            b"keep-alive" if keep_alive else b"close")]
+
+        def flush():
+            if out:
+                data = b"".join(out)
+                out.clear()
+                client.write(data)
         if req.method == "HEAD" or status in (204, 304):
+            flush()
             return status, 0, target.url, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
         sent = 0
@@ -194,12 +205,22 @@ class H2Forwarder:
                 data = encoder.feed(data)
             if data:
                 sent += len(data)
-                client.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                out.append(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        flushed_at = 0
         try:
+            if not stream.ready():
+                flush()
             for chunk in stream.chunks():
                 write(chunk)
+                if not stream.ready() or sent - flushed_at >= RELAY_BATCH:
+                    flushed_at = sent   # bounded: what is acknowledged upstream is sent on
+                    flush()
         except Exception as exc:
             exc.response_started = True     # the head is out: the answer can only be cut
+            try:
+                flush()
+            except Exception:           # noqa: BLE001 -- the first error is the one to tell
+                pass
             raise
         if grpc:
             write(grpcweb.trailer_frame(stream.trailers or trailers_only))
@@ -207,11 +228,12 @@ class H2Forwarder:
                 tail = encoder.finish()
                 if tail:
                     sent += len(tail)
-                    client.write(b"%x\r\n%s\r\n" % (len(tail), tail) if chunked else tail)
+                    out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if chunked else tail)
         if chunked:
             trailers = stream.trailers if not grpc and b"trailers" in \
                 req.header_map.get(b"te", b"").lower() else ()
-            client.write(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair
+            out.append(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair
                                                    for pair in trailers))
+        flush()
         return status, sent, target.url, keep_alive
 
