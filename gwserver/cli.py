@@ -39,7 +39,10 @@ def cmd_run(args):
         metrics.prepare(metrics_dir)
     master = os.getpid()
     try:
-        app = GatewayApplication(args.conf, conf)
+        try:
+            app = GatewayApplication(args.conf, conf)     # reads the TLS certificates
+        except ConfigError as exc:
+            return report(args.conf, exc)
         app.instance_lock = instance_lock
         app.run()
     finally:
@@ -52,9 +55,11 @@ def cmd_run(args):
 
 
 def cmd_check(args):
+    from .client.tls import server_tls
     from .settings import load_conf
     try:
         conf = load_conf(args.conf)
+        tls_server = server_tls(conf)
     except ConfigError as exc:
         return report(args.conf, exc)
     if args.dump:
@@ -67,7 +72,7 @@ def cmd_check(args):
     workers = f"{resolve_workers(workers)} workers" + (" (auto)" if workers == "auto" else "")
     print(f"{args.conf}: ok ({len(conf.router)} routes, {workers}, "
           f"listening on {', '.join(conf.server['bind'])}{tls})")
-    for warning in conf.tls_server.warnings if conf.tls_server else ():
+    for warning in tls_server.warnings if tls_server else ():
         print(f"{args.conf}: warning: {warning}")
     from .sync.watcher import snapshot_warnings
     for warning in snapshot_warnings(conf):

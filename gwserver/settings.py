@@ -387,7 +387,6 @@ class Conf:
     static_routes: tuple = ()                # validated specs, for the live (etcd) table
     static_upstreams: MappingProxyType = None
     tls: MappingProxyType | None = None      # None: no TLS listener
-    tls_server: object = None                # client.tls.ServerTLS, built before workers fork
     static_consumers: MappingProxyType = None    # consumer specs, for the live (etcd) table
     consumers: object = None                 # core.consumers.Directory of the conf's consumers
     http2: MappingProxyType = None           # [http2]: client-side HTTP/2 (client.h2server)
@@ -512,24 +511,21 @@ def parse_conf(data, path="<conf>"):
     problems.extend(route_problems)
     consumers, consumer_problems = compile_consumers(parts["consumers"], registry)
     problems.extend(consumer_problems)
-    tls = tls_server = None
+    tls = None
     if parts["tls"] is not None:
         tls = MappingProxyType({**TLS.defaults(), **parts["tls"]})
         clash = set(tls["bind"]) & (set(sections["server"]["bind"]) |
                                     {sections["admin"]["bind"]})
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
-        else:       # certificate and key files are checked with everything else
-            from .client.tls import ServerTLS     # pyOpenSSL: only when TLS is configured
-            try:
-                tls_server = ServerTLS(tls, os.environ.get("GWSERVER_LOCAL_STATE"))
-            except ConfigError as exc:
-                problems.extend(exc.problems)
+        else:       # certificate and key files are named with every other problem
+            from .client.tls import certificate_problems   # pyOpenSSL: only with [tls]
+            problems.extend(certificate_problems(tls))
     if problems:
         raise ConfigError(problems)
     etcd = parts["etcd"]
     return Conf(static_consumers=MappingProxyType(dict(parts["consumers"])), consumers=consumers,
-                tls=tls, tls_server=tls_server,path=path, plugins=MappingProxyType(global_plugins), router=router,
+                tls=tls, path=path, plugins=MappingProxyType(global_plugins), router=router,
                 etcd=MappingProxyType({**ETCD.defaults(), **etcd}) if etcd is not None else None,
                 redis=MappingProxyType({**REDIS.defaults(), **parts["redis"]})
                 if parts["redis"] is not None else None,

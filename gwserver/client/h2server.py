@@ -177,6 +177,7 @@ class H2Stream(ClientConnection):
         self.conn = conn
         self.stream_id = stream_id
         self.worker, self.settings, self.sock = conn.worker, conn.settings, conn.sock
+        self.runtime = conn.worker          # what ClientConnection's methods use
         self.client_ip, self.scheme = conn.client_ip, conn.scheme
         self.limits, self.underscores, self.path_rules = conn.limits, conn.underscores, \
             conn.path_rules
@@ -348,7 +349,7 @@ class H2ServerConnection:
     """One client connection speaking HTTP/2 (see the module doc)."""
 
     def __init__(self, worker, sock, addr, scheme="http"):
-        self.worker = worker
+        self.worker = self.runtime = worker     # the worker's Runtime (server/runtime.py)
         self.settings = server = worker.conf.server
         self.conf = conf = listener_settings(worker.conf.http2, sock)
         self.sock = sock

@@ -50,9 +50,9 @@ class ClientGone(Exception):
 class ClientConnection:
     """Serves one client socket until it closes, errs, or keep-alive ends."""
 
-    def __init__(self, worker, sock, addr, scheme="http"):
-        self.worker = worker
-        self.settings = worker.conf.server
+    def __init__(self, runtime, sock, addr, scheme="http"):
+        self.runtime = runtime
+        self.settings = runtime.conf.server
         self.sock = sock
         if sock.family != socket.AF_UNIX:
             # A streamed response is several writes; Nagle would hold the last one back for a
@@ -60,10 +60,8 @@ class ClientConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client_ip = addr[0] if isinstance(addr, tuple) else "unix"
         self.scheme = scheme
-        # One buffer per worker: every read is parsed before the greenlet can yield again,
-        # and the parser copies what it keeps, so idle connections hold no buffer.
-        self.buf = worker.client_buf
-        self.view = worker.client_view
+        self.buf = runtime.client_buf       # the worker's one client read buffer
+        self.view = runtime.client_view
         self.queue = collections.deque()
         self.parser = httptools.HttpRequestParser(self)
         self.head_size = self.head_fields = 0     # of the head being parsed (exact)
@@ -77,8 +75,8 @@ class ClientConnection:
         self.underscores = self.settings["headers_with_underscores"]
         self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"],
                            self.settings["path_parameters"])
-        self.trusted_peer = bool(worker.trusted_proxies) and \
-            worker.trusted_proxies.trusts(self.client_ip)
+        self.trusted_peer = bool(runtime.trusted_proxies) and \
+            runtime.trusted_proxies.trusts(self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
         self.last_host = self.last_host_parts = None
@@ -86,7 +84,7 @@ class ClientConnection:
     # -- parser callbacks (called inside feed_data) ------------------------------------------
 
     def on_message_begin(self):
-        self.queue.append(RequestContext(self.client_ip, self.scheme, self.worker.services))
+        self.queue.append(RequestContext(self.client_ip, self.scheme, self.runtime.services))
         self.head_size = self.head_fields = 0
 
     def on_url(self, url):
@@ -212,12 +210,11 @@ class ClientConnection:
         req.query = query.decode("latin-1")
         if self.trusted_peer:
             req.peer_ip = self.client_ip
-            req.client_ip = self.worker.trusted_proxies.client_of(
-                self.client_ip, hmap.get(self.worker.trusted_proxies.header))
+            req.client_ip = self.runtime.trusted_proxies.client_of(
+                self.client_ip, hmap.get(self.runtime.trusted_proxies.header))
         request_id = hmap.get(b"x-request-id")
         if request_id is None or len(request_id) > 200:
-            worker = self.worker        # unique per worker: a random prefix and a counter
-            req.request_id = f"{worker.request_id_prefix}{next(worker.request_ids):08x}"
+            req.request_id = self.runtime.next_request_id()
         else:
             req.request_id = request_id.decode("latin-1")
 
@@ -279,14 +276,14 @@ class ClientConnection:
     def write(self, data):
         """Send all of ``data``; a stalled client is cut off by the send deadline."""
         try:
-            send_all(self.sock, data, self.worker.deadlines, self, self.worker.send_timeout)
+            send_all(self.sock, data, self.runtime.deadlines, self, self.runtime.send_timeout)
         except OSError as exc:
             raise ClientGone(str(exc)) from None
 
     def read_body(self):
         """Read more of the current request's body within client_body_timeout; raise
         RequestTimeout when it stalls, ClientGone on EOF mid-body."""
-        deadlines = self.worker.deadlines
+        deadlines = self.runtime.deadlines
         deadlines.arm(self, self.body_timeout)
         self.answer_timeout = True
         try:
@@ -319,9 +316,9 @@ class ClientConnection:
     # -- the request loop ----------------------------------------------------------------------
 
     def serve(self):
-        self.worker.client_opened()
+        self.runtime.client_opened()
         try:
-            # Not `while worker.alive`: a connection whose last answer promised keep-alive must
+            # Not `while runtime.alive`: a connection whose last answer promised keep-alive must
             # read one more request (answered with Connection: close) or reach its keep-alive
             # timeout; closing it now would reset a client that is sending at this instant.
             while True:
@@ -334,8 +331,8 @@ class ClientConnection:
         except ClientGone:
             pass
         finally:
-            self.worker.deadlines.disarm(self)
-            self.worker.client_closed()
+            self.runtime.deadlines.disarm(self)
+            self.runtime.client_closed()
             self.close()
 
     def close(self):
@@ -347,7 +344,7 @@ class ClientConnection:
         """
         sock = self.sock
         if self.queue and not self.queue[0].complete and not self.timed_out:
-            deadlines = self.worker.deadlines
+            deadlines = self.runtime.deadlines
             deadlines.arm(self, LINGER_SECONDS)
             try:
                 sock.shutdown(socket.SHUT_WR)
@@ -371,8 +368,8 @@ class ClientConnection:
         reuses idle keep-alive connections the same way), so idle clients cannot lock others
         out. Once a head has begun it has header_timeout to complete, or gets a 408.
         """
-        deadlines, server = self.worker.deadlines, self.settings
-        idle = self.worker.idle_clients
+        deadlines, server = self.runtime.deadlines, self.settings
+        idle = self.runtime.idle_clients
         waiting_first_byte = True
         try:
             while not (self.queue and self.queue[0].head_done):
@@ -409,7 +406,7 @@ class ClientConnection:
 
     def reject(self, exc):
         """Answer a request we could not even parse, then the connection closes."""
-        self.worker.log_rejected(self.client_ip, exc)
+        self.runtime.log_rejected(self.client_ip, exc)
         if self.timed_out:
             return                          # closed already (expire() sent the 408)
         try:
@@ -419,20 +416,20 @@ class ClientConnection:
 
     def handle(self, req):
         """Serve one request; return True if the connection may carry another."""
-        worker = self.worker
+        runtime = self.runtime
         self.requests += 1
         req.started = start = time.monotonic()
         status, sent, upstream = 0, 0, None
-        worker.in_flight += 1
-        reader = worker.table_reader
+        runtime.in_flight += 1
+        reader = runtime.table_reader
         if reader is not None and reader.changed():     # 8 bytes compared; etcd mode only
-            worker.refresh_table()
-        keep_alive = req.keep_alive and self.keepalive_enabled     # and worker.alive, when
+            runtime.refresh_table()
+        keep_alive = req.keep_alive and self.keepalive_enabled     # and runtime.alive, when
                                                                    # the answer is written
-        if worker.tracing:
+        if runtime.tracing:
             req.trace = extract_trace(req.header_map, new_trace_ids)
         try:
-            router = worker.router
+            router = runtime.router
             req.route, req.params = route, _ = router.match(
                 req.method, req.host, req.path, req.header_map,
                 partial(route_claims, req) if router.claim_routes else None)
@@ -444,9 +441,9 @@ class ClientConnection:
             if reply is None and not req.complete:
                 self.buffer_body(req, route.max_body_size)
             if reply is None:
-                status, sent, upstream, keep_alive = worker.proxy.forward(self, req, keep_alive)
+                status, sent, upstream, keep_alive = runtime.proxy.forward(self, req, keep_alive)
             else:
-                keep_alive = keep_alive and req.complete and worker.alive
+                keep_alive = keep_alive and req.complete and runtime.alive
                 status, sent = self.answer(req, reply, keep_alive)
         except ClientGone:
             raise
@@ -459,34 +456,30 @@ class ClientConnection:
             if exc.status >= 500 and req.route is not None:
                 log.warning("route %s: %s: %s", req.route.id, exc.error, exc.reason)
             keep_alive = keep_alive and req.complete and exc.status < 500 and \
-                not self.timed_out and worker.alive
+                not self.timed_out and runtime.alive
             if getattr(exc, "response_started", False):
                 keep_alive = False          # the head is out; all we can do is cut the body
             elif not self.timed_out:
                 status, sent = self.answer(req, error_reply(exc, req.request_id), keep_alive)
         finally:
-            worker.in_flight -= 1
+            runtime.in_flight -= 1
             if req.route is not None and req.route.chain.finish_steps_of(req):
                 req.route.chain.run_finish(req, status)
-            if worker.access_enabled:
-                worker.log_access(self, req, status, sent, upstream, start)
-            if worker.span_exporter is not None and req.trace is not None:
-                worker.export_span(req, status, upstream, start)
-            if worker.metrics is not None:
-                worker.metrics.observe(req.route.id if req.route else None, req.method, status,
+            if runtime.access.enabled:
+                runtime.access.request(req, status, sent, upstream, start)
+            if runtime.span_exporter is not None and req.trace is not None:
+                runtime.export_span(req, status, upstream, start)
+            if runtime.metrics is not None:
+                runtime.metrics.observe(req.route.id if req.route else None, req.method, status,
                                        time.monotonic() - start, req.upstream_seconds,
                                        req.var("protocol") or PROTOCOLS.get(req.version,
                                                                             "HTTP/1.1"))
                 consumer = req.var("consumer")
                 if consumer is not None:
-                    worker.metrics.count_consumer(consumer.id, status)
+                    runtime.metrics.count_consumer(consumer.id, status)
         if self.upgraded:
             return False
-        worker.handled += 1
-        if worker.max_requests and worker.handled >= worker.max_requests:
-            worker.retire()
-            return False
-        return keep_alive
+        return runtime.request_done() and keep_alive
 
 
     def answer(self, req, reply, keep_alive):
@@ -498,7 +491,7 @@ class ClientConnection:
             route.chain.run_reply(req, reply)
         head_only = req.method == "HEAD"
         self.write(render_reply(reply, keep_alive, req.request_id, head_only,
-                                response_line(req.trace, self.worker.trace_response_header)))
+                                response_line(req.trace, self.runtime.trace_response_header)))
         return reply.status, 0 if head_only else len(reply.body)
 
 

@@ -98,6 +98,25 @@ def ocsp_warnings(cert_path, leaf):
     return []
 
 
+def certificate_problems(tls):
+    """What is wrong with the certificate, key and ticket-key files of a [tls] section, for
+    the conf check: the files are loaded the way the master will load them, and dropped."""
+    try:
+        ServerTLS(tls)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def server_tls(conf):
+    """The TLS listener's contexts for a validated conf, or None without [tls]. Reads the
+    certificate and key files: a ConfigError names each bad one. The master builds this
+    before forking (and before a reload, which a bad file refuses); `gwserver check` too."""
+    if conf.tls is None:
+        return None
+    return ServerTLS(conf.tls, os.environ.get("GWSERVER_LOCAL_STATE"))
+
+
 class ServerTLS:
     """The contexts of one configuration; built in the master (see the module doc)."""
 

@@ -41,8 +41,7 @@ FAILED_AUTH_WINDOW = 60.0
 class AdminConnection(ClientConnection):
 
     def handle(self, req):
-        worker = self.worker
-        keep_alive = req.keep_alive and worker.alive and req.complete
+        keep_alive = req.keep_alive and self.runtime.alive and req.complete
         try:
             reply = self.dispatch(req)
         except Exception as exc:        # an admin view must never take a worker down
@@ -53,17 +52,17 @@ class AdminConnection(ClientConnection):
     def dispatch(self, req):
         if req.method not in ("GET", "HEAD"):
             return Reply.json(405, {"error": "method_not_allowed"}, [("Allow", "GET, HEAD")])
-        token = self.worker.conf.admin["token"]
+        token = self.runtime.conf.admin["token"]
         if token and req.path not in PROBES:
             refused = self.check_token(req, token)
             if refused is not None:
                 return refused
         view = VIEWS.get(req.path)
         if view is not None:
-            return view(self.worker)
+            return view(self.runtime)
         kind, _, item_id = req.path.removeprefix("/admin/").partition("/")
         if kind in ITEM_VIEWS and item_id and "/" not in item_id:
-            return ITEM_VIEWS[kind](self.worker, item_id)
+            return ITEM_VIEWS[kind](self.runtime, item_id)
         return Reply.json(404, {"error": "not_found", "status": 404,
                                 "message": f"no admin view at {req.path}",
                                 "endpoints": sorted(VIEWS) + [f"/admin/{k}/ID"
@@ -73,7 +72,7 @@ class AdminConnection(ClientConnection):
         """None if ``Authorization: Bearer <token>`` (scheme in any case, RFC 9110 11.1);
         else the 401 or, after FAILED_AUTH_LIMIT wrong tokens a minute from one address, 429
         (a scraper that sends no token at all is not guessing, and locks nobody out)."""
-        failures = self.worker.admin_auth_failures
+        failures = self.runtime.admin_auth_failures
         peer = self.client_ip       # the socket's peer: a forwarded address is not counted
         now = time.monotonic()
         count, since = failures.get(peer, (0, now))
@@ -99,137 +98,137 @@ class AdminConnection(ClientConnection):
                           [("WWW-Authenticate", 'Bearer realm="gwserver admin"')])
 
 
-def healthz(worker):
+def healthz(runtime):
     return Reply.json(200, {"status": "ok", "pid": os.getpid()})
 
 
-def ready(worker):
-    if not worker.alive:
+def ready(runtime):
+    if not runtime.alive:
         return Reply.json(503, {"status": "draining", "pid": os.getpid()})
-    reader = worker.table_reader
+    reader = runtime.table_reader
     if reader is not None and reader.generation == 0:
         return Reply.json(503, {"status": "waiting for the first route table",
                                 "pid": os.getpid()})
-    return Reply.json(200, {"status": "ready", "routes": len(worker.router), "pid": os.getpid()})
+    return Reply.json(200, {"status": "ready", "routes": len(runtime.router), "pid": os.getpid()})
 
 
-def metrics_view(worker):
+def metrics_view(runtime):
     from . import metrics
-    if worker.metrics is None:
+    if runtime.metrics is None:
         return Reply.json(404, {"error": "metrics are off ([admin] metrics = false)"})
-    worker.update_gauges()
+    runtime.update_gauges()
     from ..helpers.health import METRICS_FILE
     # the health process, the master (reload status: app.ReloadStatus), the rollouts helper
-    extra = [os.path.join(worker.health.state_dir, name) for name in (METRICS_FILE,
+    extra = [os.path.join(runtime.health.state_dir, name) for name in (METRICS_FILE,
                                                                        "master.prom",
                                                                        "rollouts.prom")]
-    if worker.conf.etcd:
-        extra.append(os.path.join(worker.conf.etcd["runtime_dir"], "metrics.prom"))
+    if runtime.conf.etcd:
+        extra.append(os.path.join(runtime.conf.etcd["runtime_dir"], "metrics.prom"))
     return Reply(200, metrics.render(extra),
                  [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
 
-def routes_view(worker):
-    reader = worker.table_reader
-    static = worker.table.static_routes if worker.table else set(worker.router.routes)
+def routes_view(runtime):
+    reader = runtime.table_reader
+    static = runtime.table.static_routes if runtime.table else set(runtime.router.routes)
     routes = [{"id": r.id, "paths": list(r.paths), "prefix": r.prefix,
                "methods": sorted(r.methods) if r.methods else None,
                "hosts": sorted(r.hosts or []) + [f"*{s}" for s in r.host_suffixes] or None,
                "priority": r.priority, "upstream": r.upstream.id,
                "targets": [t.url for t in r.upstream.targets], "plugins": list(r.chain.names),
                "source": "conf" if r.id in static else "etcd"}
-              for r in sorted(worker.router.routes.values(), key=lambda r: r.id)]
+              for r in sorted(runtime.router.routes.values(), key=lambda r: r.id)]
     return Reply.json(200, {"generation": reader.generation if reader else 0,
                             "pid": os.getpid(), "count": len(routes), "routes": routes})
 
 
-def upstreams_view(worker):
+def upstreams_view(runtime):
     upstreams = {}
-    for route in worker.router.routes.values():
+    for route in runtime.router.routes.values():
         upstream = route.upstream
         entry = upstreams.setdefault(upstream.id, {
             "targets": [{"url": t.url, "weight": t.weight,
-                         **worker.health.describe(upstream.id, t.url)}
+                         **runtime.health.describe(upstream.id, t.url)}
                         for t in upstream.targets],
             "balance": upstream.balance, "service": upstream.service,
             "health_check": bool(upstream.health_check), "passive": bool(upstream.passive),
-            "panic": worker.health.avoid(upstream)[1] if upstream.targets else False,
+            "panic": runtime.health.avoid(upstream)[1] if upstream.targets else False,
             "pass_host": upstream.pass_host, "pool_size": upstream.pool_size,
             "block_when_full": upstream.block_when_full, "routes": []})
         entry["routes"].append(route.id)
-    from .worker import idle_connections
+    from .runtime import idle_connections
     pools = {f"{p.scheme}://{p.host}:{p.port}": {"idle": idle_connections(p),
                                                 "max": p.pool.maxsize if p.pool else 0}
-             for p in worker.proxy.pools.pools.values()}
+             for p in runtime.proxy.pools.pools.values()}
     return Reply.json(200, {"pid": os.getpid(), "upstreams": upstreams,
                             "pools_in_this_worker": pools})
 
 
-def config_view(worker):
+def config_view(runtime):
     """Where the table comes from, and the master's reload status (app.ReloadStatus).
     Timestamps are RFC 3339 (UTC)."""
-    conf = worker.conf
+    conf = runtime.conf
     master = read_json(os.path.join(conf.server["state_dir"], "master.json")) or {}
     reload = {key: master.get(key) for key in ("generation", "last_reload_successful",
                                                "last_reload_success", "last_reload_attempt")}
     if conf.etcd is None:
         return Reply.json(200, {"source": "conf file", "path": conf.path,
-                                "routes": len(worker.router), "reload": reload})
+                                "routes": len(runtime.router), "reload": reload})
     status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
     if status.get("last_sync"):
         status["last_sync"] = rfc3339(status["last_sync"])
     return Reply.json(200, {"source": "etcd", "path": conf.path,
                             "endpoints": list(conf.etcd["endpoints"]),
                             "prefix": conf.etcd["prefix"], "sync": status, "reload": reload,
-                            "worker_generation": worker.table_reader.generation})
+                            "worker_generation": runtime.table_reader.generation})
 
 
-def plugin_view(worker, plugin):
+def plugin_view(runtime, plugin):
     """/admin/<plugin's ADMIN_VIEW>: the plugin's own account of its state (its
     ``admin_view`` hook), given every route that uses it, with its config there."""
-    uses = [(route, conf) for route in sorted(worker.router.routes.values(), key=lambda r: r.id)
+    uses = [(route, conf) for route in sorted(runtime.router.routes.values(), key=lambda r: r.id)
             for step, conf in route.chain.steps if step is plugin]
-    return Reply.json(200, {"pid": os.getpid(), **plugin.admin_view(uses, worker.services)})
+    return Reply.json(200, {"pid": os.getpid(), **plugin.admin_view(uses, runtime.services)})
 
 
 # -- one route or upstream as compiled, and where it came from --------------------------------
 
-def route_view(worker, route_id):
-    route = worker.router.routes.get(route_id)
+def route_view(runtime, route_id):
+    route = runtime.router.routes.get(route_id)
     if route is None:
         return _not_found("route", route_id)
     spec = {k: v for k, v in route.spec.items() if k not in ("upstream", "plugins")}
     return Reply.json(200, redact({
-        "pid": os.getpid(), "id": route.id, "source": _source(worker, "routes", route.id),
+        "pid": os.getpid(), "id": route.id, "source": _source(runtime, "routes", route.id),
         "spec": spec, "methods": sorted(route.methods) if route.methods else None,
-        "upstream": _upstream(worker, route.upstream),
+        "upstream": _upstream(runtime, route.upstream),
         "plugins": [_plugin(plugin, conf) for plugin, conf in route.chain.steps],
         "connect_timeout": route.connect_timeout, "read_timeout": route.read_timeout,
         "max_body_size": route.max_body_size}))
 
 
-def upstream_view(worker, upstream_id):
+def upstream_view(runtime, upstream_id):
     upstream = None
-    if worker.table is not None:
-        upstream = worker.table.upstreams.get(upstream_id)
-    users = sorted(r.id for r in worker.router.routes.values()
+    if runtime.table is not None:
+        upstream = runtime.table.upstreams.get(upstream_id)
+    users = sorted(r.id for r in runtime.router.routes.values()
                    if r.upstream.id == upstream_id)
     if upstream is None and users:
-        upstream = worker.router.routes[users[0]].upstream
+        upstream = runtime.router.routes[users[0]].upstream
     if upstream is None:
         return _not_found("upstream", upstream_id)
-    return Reply.json(200, redact({"pid": os.getpid(), **_upstream(worker, upstream),
-                                   "source": _source(worker, "upstreams", upstream_id),
+    return Reply.json(200, redact({"pid": os.getpid(), **_upstream(runtime, upstream),
+                                   "source": _source(runtime, "upstreams", upstream_id),
                                    "routes": users}))
 
 
-def _upstream(worker, upstream):
+def _upstream(runtime, upstream):
     out = {}
     for field in dataclasses.fields(upstream):
         value = getattr(upstream, field.name)
         if field.name == "targets":
             value = [{"url": t.url, "weight": t.weight,
-                      **worker.health.describe(upstream.id, t.url)} for t in value]
+                      **runtime.health.describe(upstream.id, t.url)} for t in value]
         elif field.name == "plugin_steps":
             out["plugins"] = [_plugin(p, c) for p, c in value]
             continue
@@ -255,8 +254,8 @@ def _plugin(plugin, conf):
     return {"name": plugin.NAME, "priority": plugin.PRIORITY, "config": shown}
 
 
-def _source(worker, kind, item_id):
-    conf, table = worker.conf, worker.table
+def _source(runtime, kind, item_id):
+    conf, table = runtime.conf, runtime.table
     static = (table.static_routes if kind == "routes" else table.static_upstreams) \
         if table is not None else None
     dynamic = {} if table is None else (table.route_specs if kind == "routes"
@@ -264,7 +263,7 @@ def _source(worker, kind, item_id):
     if item_id in dynamic and (static is None or item_id not in static):
         return {"from": "etcd", "key": f"{conf.etcd['prefix'].rstrip('/')}/{kind}/{item_id}",
                 "revision": dynamic[item_id][0],
-                "table_generation": worker.table_reader.generation}
+                "table_generation": runtime.table_reader.generation}
     return {"from": "conf file", "path": conf.path}
 
 

@@ -21,6 +21,7 @@ from gunicorn.arbiter import Arbiter
 
 from .. import proctitle
 from ..errors import ConfigError
+from ..client.tls import server_tls
 from ..settings import load_conf, resolve_workers
 from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
@@ -54,7 +55,8 @@ class GatewayApplication(BaseApplication):
     def __init__(self, conf_path, conf=None):
         self.conf_path = conf_path
         self.conf = conf or load_conf(conf_path)
-        self.pending_conf = None
+        self.tls_server = server_tls(self.conf)      # built once, before workers fork
+        self.pending_conf = self.pending_tls = None
         super().__init__(prog="gwserver")
 
     def load_config(self):
@@ -62,7 +64,7 @@ class GatewayApplication(BaseApplication):
         configure_logging(self.conf.log["level"])
         admin_bind = self.conf.admin["bind"]
         tls_bind = list(self.conf.tls["bind"]) if self.conf.tls else []
-        for warning in self.conf.tls_server.warnings if self.conf.tls_server else ():
+        for warning in self.tls_server.warnings if self.tls_server else ():
             log.warning("tls: %s", warning)
         for key, value in {
             "bind": list(server["bind"]) + tls_bind + ([admin_bind] if admin_bind else []),
@@ -87,9 +89,18 @@ class GatewayApplication(BaseApplication):
         return None      # the worker class serves requests itself; there is no WSGI app
 
     def reload(self):
-        self.conf = self.pending_conf or load_conf(self.conf_path)
-        self.pending_conf = None
+        if self.pending_conf is None:
+            self.load_pending()
+        self.conf, self.tls_server = self.pending_conf, self.pending_tls
+        self.pending_conf = self.pending_tls = None
         self.do_load_config()
+
+    def load_pending(self):
+        """Read and check the conf file for a reload; raise ConfigError, changing nothing,
+        if it or a certificate it names is bad."""
+        conf = load_conf(self.conf_path)
+        self.pending_tls = server_tls(conf)
+        self.pending_conf = conf
 
     def run(self):
         proctitle.install()
@@ -391,7 +402,7 @@ class GatewayArbiter(Arbiter):
 
     def handle_hup(self):
         try:
-            self.app.pending_conf = load_conf(self.app.conf_path)
+            self.app.load_pending()
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
@@ -460,13 +471,13 @@ class GatewayArbiter(Arbiter):
         gunicorn settings are refused, or a new listener cannot be bound. The master then goes
         on with the configuration, listeners and workers it had.
         """
-        old_conf, old_cfg = self.app.conf, self.app.cfg
+        old_conf, old_tls, old_cfg = self.app.conf, self.app.tls_server, self.app.cfg
         try:
             self.app.reload()           # gunicorn's do_load_config sys.exits on a bad setting
             listeners, retired = rebind(self.LISTENERS, listener_roles(self.app.conf),
                                         self.app.cfg, self.log)
         except (SystemExit, ListenerError) as exc:
-            self.app.conf, self.app.cfg, self.app.pending_conf = old_conf, old_cfg, None
+            self.app.conf, self.app.tls_server, self.app.cfg = old_conf, old_tls, old_cfg
             configure_logging(old_conf.log["level"])
             reason = exc if isinstance(exc, ListenerError) else "gunicorn refused a setting"
             log.error("reload refused: %s; still serving the previous configuration and "

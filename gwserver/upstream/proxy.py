@@ -270,24 +270,30 @@ class Exchange:
 class Proxy:
     """Per-worker upstream side: balancers, pools, and ``forward()``."""
 
-    def __init__(self, worker):
-        self.worker = worker
-        defaults = worker.conf.upstream_defaults
+    def __init__(self, runtime):
+        self.runtime = runtime
+        defaults = runtime.conf.upstream_defaults
         self.pools = UpstreamPools()
         self.pool_timeout = defaults["pool_timeout"]
         self.max_head = defaults["max_response_head"]
-        self.deadlines = worker.deadlines
-        self.buf = worker.upstream_buf
-        self.view = worker.upstream_view
+        self.deadlines = runtime.deadlines
+        self.buf = runtime.upstream_buf
+        self.view = runtime.upstream_view
         self._balancers = {}
         self._budgets = {}
         self.outstanding = {}           # target -> requests in flight from this worker
         self.refused = {}               # target url -> until when this host's workers avoid it
-        self.share = HostShare(os.path.join(worker.conf.server["state_dir"], "share"))
+        self.share = HostShare(os.path.join(runtime.conf.server["state_dir"], "share"))
         from .h2proxy import H2Forwarder
         self.h2 = H2Forwarder(self)     # protocol = "h2" upstreams (gRPC, gRPC-Web)
         self.budget_percent = defaults["retry_budget_percent"]
         self.budget_min_per_second = defaults["retry_budget_min_per_second"]
+
+    def close(self):
+        """The worker is done: close every pool and the host-share file."""
+        self.pools.close()
+        self.share.close()
+        self.h2.pools.close()
 
     # -- choosing and connecting -------------------------------------------------------------
 
@@ -349,7 +355,7 @@ class Proxy:
             pool._put_conn(None)
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         conn.sock.settimeout(None)      # reads are bounded by the worker's deadlines instead
-        metrics = self.worker.metrics
+        metrics = self.runtime.metrics
         if metrics is not None:
             metrics.connections_opened.labels(target.url).inc()
         ex = conn.gw_exchange = Exchange(conn)
@@ -468,7 +474,7 @@ class Proxy:
         """A try failed without an answer: passive checks count it; a refused connect also
         makes this host's workers skip the target for REFUSED_AVOID seconds."""
         if upstream.passive is not None:
-            self.worker.passive.observe(upstream, target, False)
+            self.runtime.passive.observe(upstream, target, False)
         if refused is not None:
             self.refused[target.url] = refused + REFUSED_AVOID
             self.share.refuse(target.url, refused + REFUSED_AVOID, refused)
@@ -476,7 +482,7 @@ class Proxy:
     def book_outcome(self, upstream, target, status):
         passive = upstream.passive
         if passive is not None:
-            self.worker.passive.observe(upstream, target, status not in passive["statuses"])
+            self.runtime.passive.observe(upstream, target, status not in passive["statuses"])
 
     def may_retry(self, route, upstream, target, tried, attempts_left, budget, wanted, reason,
                   now, backoff=0.0):
@@ -506,7 +512,7 @@ class Proxy:
         targets = upstream.targets
         if len(targets) == 1:
             return targets[0]
-        health = self.worker.health
+        health = self.runtime.health
         avoid = health.avoid(upstream)[0] if health.down else frozenset()
         if tried:
             avoid = avoid | frozenset(tried)
@@ -531,7 +537,7 @@ class Proxy:
         return frozenset() if len(avoid) == len(targets) else avoid
 
     def _count_retry(self, upstream, outcome):
-        metrics = self.worker.metrics
+        metrics = self.runtime.metrics
         if metrics is not None:
             metrics.count_retry(upstream.id, outcome)
 
@@ -575,7 +581,7 @@ class Proxy:
             for name, value in req.headers:
                 lines.append(name + b": " + value)
         if trace is not None:
-            for name, value in trace_headers(req, self.worker.emit_b3):
+            for name, value in trace_headers(req, self.runtime.emit_b3):
                 lines.append(name + b": " + value)
         lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
                      b"X-Request-ID: %s\r\nVia: %s" % (*forwarded_values(req, host),
@@ -699,7 +705,7 @@ class Proxy:
         filters = None
         # Draining: this answer is the last. An early answer (the body not all read): the
         # rest of the body is still coming, so the connection cannot carry another request.
-        keep_alive = keep_alive and self.worker.alive and req.complete
+        keep_alive = keep_alive and self.runtime.alive and req.complete
         chain = req.route.chain
         no_body = req.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
         if chain.response_steps_of(req):
@@ -721,7 +727,7 @@ class Proxy:
         else:
             framing = b""
             keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
-        block += response_line(req.trace, self.worker.trace_response_header)
+        block += response_line(req.trace, self.runtime.trace_response_header)
         head = proxied_head(client_status, reason, block, framing, req.request_id, ex.via,
                             b"Upgrade" if status == 101 else b"keep-alive" if keep_alive
                             else b"close")

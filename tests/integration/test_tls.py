@@ -14,6 +14,7 @@ from cryptography.x509 import ocsp
 from OpenSSL import SSL
 
 from gwserver.errors import ConfigError
+from gwserver.client.tls import server_tls
 from gwserver.settings import parse_conf
 
 from ..conftest import free_port, gateway_conf, route, wait_until
@@ -137,10 +138,10 @@ def test_bad_certificates_are_named(ca, tmp_path):
     ]
     for entry, extra, problem in cases:
         with pytest.raises(ConfigError) as caught:
-            parse_conf(conf(entry, **extra))
+            server_tls(parse_conf(conf(entry, **extra)))
         assert problem in str(caught.value)
-    lenient = parse_conf(conf({"cert": str(expired[0]), "key": str(expired[1])}))
-    assert "expired on" in lenient.tls_server.warnings[0]        # starts, and warns
+    lenient = server_tls(parse_conf(conf({"cert": str(expired[0]), "key": str(expired[1])})))
+    assert "expired on" in lenient.warnings[0]        # starts, and warns
 
 
 def test_sighup_loads_new_certificates_without_dropping_connections(launcher, upstream, ca):

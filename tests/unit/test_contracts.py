@@ -20,7 +20,7 @@ def test_urllib3_pool_slots_get_put_new_conn():
     pool._put_conn(None)                            # a failed connection gives its slot back
     again = pool._get_conn(timeout=0.01)
     pool._put_conn(again)
-    assert list(pool.pool.queue) == [again]         # worker.idle_connections reads this
+    assert list(pool.pool.queue) == [again]         # runtime.idle_connections reads this
     fresh = pool._new_conn()
     assert fresh is not again and fresh.sock is None
     pool.close()

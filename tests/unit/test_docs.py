@@ -109,7 +109,10 @@ def check_conf(data):
         upstreams[missing] = {"targets": [{"url": "http://127.0.0.1:9"}]}
     if not upstreams:
         del data["upstreams"]
-    return parse_conf(data)
+    conf = parse_conf(data)
+    from gwserver.client.tls import server_tls
+    server_tls(conf)        # the certificate files an example names are checked too
+    return conf
 
 
 def test_every_block_is_marked_with_a_known_kind():
@@ -134,7 +137,8 @@ def test_the_ocsp_example_warns_with_a_certificate_that_names_no_responder(etc):
     the ones made here) the helper could never fetch anything: `check` says so."""
     body = next(p.values[1] for p in blocks("toml") if "ocsp_stapling = true" in p.values[1])
     conf = check_conf(as_conf("conf", localise(body, etc)))
-    assert [w for w in conf.tls_server.warnings
+    from gwserver.client.tls import server_tls
+    assert [w for w in server_tls(conf).warnings
             if w.startswith("tls.ocsp_stapling:") and "names no OCSP responder" in w]
 
 

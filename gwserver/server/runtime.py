@@ -1,0 +1,321 @@
+"""What a request needs in one worker, built once after fork and handed to every connection.
+
+``GatewayWorker`` speaks gunicorn (signals, heartbeat, listeners, drain); the ``Runtime`` holds
+the request path's state, and connections, the proxy and the admin views receive it explicitly:
+
+    conf, router, table        the conf file and the route table in use (etcd: a LiveTable that
+                               table_reader keeps at the published generation)
+    proxy                      the upstream side: pools, balancers, retries (upstream.proxy)
+    health, passive            active verdicts and passive ejections, read on the tick
+    services                   what plugins may use (ctx.services: stores, metrics, consumers,
+                               rollouts)
+    metrics                    WorkerMetrics, or None with metrics off
+    access                     the access log writer (buffered, flushed on the tick)
+    tracing                    trace headers in and out, and the span exporter
+    deadlines, buffers         the ticker, and the one read buffer per side
+    in_flight, handled, alive  the counts that drive draining and max_requests
+
+Nothing here is a module global: a test can build two runtimes in one process.
+"""
+import gc
+import itertools
+import json
+import logging
+import os
+import time
+
+import gevent.event
+
+from ..core.accesslog import compile_fields
+from ..core.realip import TrustedProxies
+from ..net.deadlines import Deadlines
+from ..net.sockets import RECV_SIZE
+
+log = logging.getLogger("gwserver.worker")
+_escape = json.encoder.encode_basestring      # the C encoder: ~0.2 us a string
+
+ACCESS_FLUSH_LINES = 256
+SEND_TIMEOUT = 60.0                            # nginx's send_timeout
+TICK_SECONDS = 0.05
+
+
+class AccessLog:
+    """Access lines ([log] access_fields, core.accesslog), buffered: written to stderr in one
+    syscall at most 50 ms (the tick) or ACCESS_FLUSH_LINES lines late."""
+
+    def __init__(self, logconf):
+        self.enabled = logconf["access_log"]
+        self.json = logconf["access_format"] == "json"
+        self.fields = compile_fields(logconf["access_fields"], logconf["access_format"])
+        self.lines = []
+        self._clock_second = None
+        self._clock_text = ""
+
+    def clock_text(self):
+        """Now, and the second's text in the log's format (formatted once a second)."""
+        now = time.time()
+        second = int(now)
+        if second != self._clock_second:
+            self._clock_second = second
+            fmt = "%Y-%m-%dT%H:%M:%S" if self.json else "%d/%b/%Y:%H:%M:%S"
+            self._clock_text = time.strftime(fmt, time.gmtime(second))
+        return now, self._clock_text
+
+    def request(self, req, status, sent, upstream, start):
+        elapsed_ms = (time.monotonic() - start) * 1000.0
+        now, clock = self.clock_text()
+        time_text = f"{clock}.{int((now % 1) * 1000):03d}Z" if self.json else f"{clock} +0000"
+        lines = self.lines
+        lines.append(self.fields.line(req, status, sent, upstream, elapsed_ms, time_text))
+        if len(lines) >= ACCESS_FLUSH_LINES:
+            self.flush()
+
+    def rejected(self, client_ip, exc):
+        """A request refused before it could be parsed: no route, method or path to log."""
+        if not self.enabled:
+            return
+        now, clock = self.clock_text()
+        if self.json:
+            line = (f'{{"time":"{clock}.{int((now % 1) * 1000):03d}Z","client":"{client_ip}",'
+                    f'"status":{exc.status},"rejected":{_escape(exc.reason)}}}\n')
+        else:
+            line = f'{client_ip} - - [{clock} +0000] "-" {exc.status} 0 "-" - 0\n'
+        self.lines.append(line)
+
+    def flush(self):
+        lines = self.lines
+        if lines:
+            self.lines = []
+            data = "".join(lines).encode("utf-8", "replace")
+            try:
+                while data:
+                    data = data[os.write(2, data):]
+            except OSError:
+                pass
+
+
+class Runtime:
+    """One worker's request path: see the module docstring for what it holds."""
+
+    def __init__(self, conf, worker_connections, tls_server=None):
+        self.conf = conf
+        self.tls_server = tls_server            # client.tls.ServerTLS, built in the master
+        self.settings = server = conf.server
+        self.worker_connections = worker_connections
+        self.router = conf.router
+        self.table = self.table_reader = None
+        self.pools_checked, self.pools_pruned_at = True, 0.0
+        if conf.etcd is not None:
+            self.follow_published_table()
+        self.alive = True
+        self.stopping = gevent.event.Event()
+        self.in_flight = self.handled = 0
+        self.max_requests = server["max_requests"] or 0
+        self.open_clients = 0
+        self.idle_clients = {}          # connection -> None, oldest first
+        self.admin_auth_failures = {}   # client address -> (wrong tokens, since when)
+        self.trusted_proxies = TrustedProxies(server["trusted_proxies"], server["real_ip_header"])
+        self.request_ids = itertools.count(1)
+        self.request_id_prefix = os.urandom(6).hex()    # unique per worker, with the counter
+        self.metrics = None
+        if conf.admin["metrics"] and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from .metrics import WorkerMetrics
+            self.metrics = WorkerMetrics()
+        self.setup_services()
+        self.access = AccessLog(conf.log)
+        tracing = conf.tracing
+        self.tracing = tracing["enabled"]
+        self.emit_b3 = tracing["b3"]
+        self.trace_response_header = tracing["response_header"].encode("latin-1")
+        self.span_exporter = None
+        if self.tracing and tracing["otlp_endpoint"]:
+            from .otel import SpanExporter
+            self.span_exporter = SpanExporter(tracing["otlp_endpoint"], tracing["service_name"])
+        self.send_timeout = SEND_TIMEOUT
+        self.deadlines = Deadlines(interval=TICK_SECONDS, on_tick=self.on_tick)
+        # One read buffer per side: every read is parsed before the greenlet can yield again,
+        # and the parsers copy what they keep, so an idle connection holds no buffer.
+        self.client_buf = bytearray(RECV_SIZE)
+        self.client_view = memoryview(self.client_buf)
+        self.upstream_buf = bytearray(RECV_SIZE)
+        self.upstream_view = memoryview(self.upstream_buf)
+        from ..upstream.proxy import Proxy    # urllib3 imports ssl: only after gevent patched it
+        self.proxy = Proxy(self)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        # Everything built so far lives as long as the worker: move it out of the collector's
+        # sight, and collect the young generation less often (each request allocates ~100
+        # short-lived objects; the default 700 made gen-0 runs ~4% of a worker's CPU).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
+
+    def setup_services(self):
+        """Stores and metrics that plugins use (ctx.services)."""
+        from ..helpers.health import HealthView, PassiveTracker
+        from ..helpers.rollouts import RolloutView
+        from ..services import Services
+        from ..state.store import LocalStore, RedisStore
+        conf = self.conf
+        path = conf.server["state_dir"]       # [server] state_dir; the master made it
+        local = LocalStore(path)
+        redis = conf.redis
+        limit_store = local if redis is None else RedisStore(
+            redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"])
+        consumers = self.table.consumers if self.table is not None else conf.consumers
+        self.services = services = Services(limit_store, local, self.metrics, consumers,
+                                            RolloutView(path))
+        if self.metrics is not None:
+            for store in {services.local_store, services.limit_store}:
+                store.on_transition = self.metrics.breaker_transition
+        if self.tls_server is not None:
+            self.tls_server.state_dir = path       # OCSP staples from the ocsp helper
+        self.health = HealthView(path)
+        self.health.refresh()
+        self.passive = PassiveTracker(self.health, self.metrics.count_ejection
+                                      if self.metrics is not None else None)
+
+    # -- the route table ---------------------------------------------------------------------
+
+    def follow_published_table(self):
+        """etcd mode: the table is what the config-sync process publishes."""
+        from ..core.table import LiveTable
+        from ..plugins import load_registry
+        from ..sync.shm import TableReader
+        conf = self.conf
+        self.table = LiveTable.for_conf(conf, load_registry())
+        self.router = self.table.router       # changed in place from now on
+        self.table_reader = TableReader(conf.etcd["runtime_dir"])
+        if self.table_reader.changed():
+            self.refresh_table()
+
+    def refresh_table(self):
+        """Apply new generations. Runs between requests and never yields: atomic for them."""
+        steps, generation = self.table_reader.updates()
+        if not steps:
+            return
+        started = time.monotonic()
+        self.table.apply_steps(steps)
+        revision = steps[-1][1]["revision"]
+        self.table_reader.record(generation, revision, len(self.router))
+        self.pools_checked = False      # targets may be gone: prune their pools (on_tick)
+        gc.freeze()         # a large table stays out of every later full collection
+        log.info("route table generation %d (etcd revision %s) applied in %.1f ms: %d routes",
+                 generation, revision, (time.monotonic() - started) * 1000, len(self.router))
+
+    def on_tick(self):
+        """Every 50 ms: flush the access log; an idle worker picks up a new table too; target
+        health (active verdicts, passive ejections, ejections expiring) is re-read."""
+        self.access.flush()
+        if self.table_reader is not None and self.table_reader.changed():
+            self.refresh_table()
+        self.health.refresh()
+        if self.tls_server is not None:
+            self.tls_server.refresh_staples()
+        now = time.monotonic()
+        self.proxy.share_tick(now)
+        if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
+            self.pools_checked, self.pools_pruned_at = True, now
+            self.prune_pools()
+
+    def prune_pools(self):
+        """Close the keep-alive pools of targets no upstream has any more. Idle connections
+        close now; one in use finishes its request, then closes (urllib3 closes what is put
+        back into a closed pool): removed targets are drained, not cut."""
+        live = {t.key for upstream in self.table.upstreams.values() for t in upstream.targets}
+        routes = self.router.routes.values()
+        live.update(t.key for route in routes for t in route.upstream.targets)
+        live.update(t.key for route in routes
+                    for upstream in route.chain.linked_upstreams() for t in upstream.targets)
+        closed = self.proxy.pools.prune(live)
+        if closed:
+            log.info("closed the pools of %d removed targets: %s", len(closed),
+                     ", ".join(sorted(closed)))
+
+    # -- connections and requests ------------------------------------------------------------
+
+    def client_opened(self):
+        """A client connection took a slot; if that was the last one, close the oldest idle
+        keep-alive connection so the next client is accepted (nginx reuses them too)."""
+        self.open_clients += 1
+        if self.open_clients >= self.worker_connections and self.idle_clients:
+            oldest = next(iter(self.idle_clients))
+            del self.idle_clients[oldest]
+            oldest.expire()
+
+    def client_closed(self):
+        self.open_clients -= 1
+
+    def next_request_id(self):
+        return f"{self.request_id_prefix}{next(self.request_ids):08x}"
+
+    def request_done(self):
+        """Count one answered request; False once max_requests is reached (the worker then
+        finishes what is in flight and exits, and the master replaces it)."""
+        self.handled += 1
+        if self.max_requests and self.handled >= self.max_requests:
+            log.info("max_requests (%d) reached: worker retiring", self.max_requests)
+            self.stop()
+            return False
+        return True
+
+    def stop(self):
+        """Stop taking new requests; the worker drains. Safe in a signal handler: Event.set()
+        only schedules the wake-up."""
+        self.alive = False
+        self.stopping.set()
+
+    def log_rejected(self, client_ip, exc):
+        self.access.rejected(client_ip, exc)
+
+    def export_span(self, req, status, upstream, start):
+        ended_ns = time.time_ns()
+        started_ns = ended_ns - int((time.monotonic() - start) * 1e9)
+        try:
+            self.span_exporter.export(req, status, upstream, started_ns, ended_ns)
+        except Exception:           # tracing must never fail a request or the worker
+            log.exception("span export failed")
+
+    # -- gauges ------------------------------------------------------------------------------
+
+    def update_gauges(self):
+        """Once a second (and before a scrape): gauges that would cost per request."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.flush()
+        metrics.in_flight.set(self.in_flight)
+        for pool in self.proxy.pools.pools.values():
+            metrics.pool_idle.labels(f"{pool.scheme}://{pool.host}:{pool.port}").set(
+                idle_connections(pool))
+        if self.table_reader is not None:
+            metrics.generation.set(self.table_reader.generation)
+        self.update_target_gauges(metrics)
+        store = self.services.limit_store
+        if store is not self.services.local_store:
+            metrics.redis_up.set(1 if store.healthy else 0)
+
+    def update_target_gauges(self, metrics):
+        from ..helpers.health import target_key
+        watched = {route.upstream.id: route.upstream for route in self.router.routes.values()
+                   if route.upstream.health_check or route.upstream.passive}
+        down = self.health.down
+        for upstream in watched.values():
+            for target in upstream.targets:
+                metrics.target_up.labels(upstream.id, target.url).set(
+                    0 if target_key(upstream.id, target.url) in down else 1)
+
+    def close(self):
+        """After the drain: the last access lines, spans and gauges; pools and files closed."""
+        self.access.flush()
+        if self.span_exporter is not None:
+            self.span_exporter.shutdown()   # send the spans still batched
+        self.update_gauges()            # the last counts, before the master archives them
+        self.deadlines.stop()
+        self.proxy.close()
+        if self.table_reader is not None:
+            self.table_reader.forget()
+
+
+def idle_connections(pool):
+    """Open connections waiting in a urllib3 pool (its queue is pre-filled with None slots)."""
+    return sum(1 for conn in list(pool.pool.queue) if conn is not None) if pool.pool else 0
