@@ -55,6 +55,8 @@ def routes_using(conf, client, prefix, upstream_id):
     """Ids of the routes in etcd and in the conf file that use upstream ``upstream_id``
     (directly or through a plugin such as split)."""
     from .core.routes import ROUTE, upstream_refs
+    from .plugins import load_registry
+    registry = load_registry()
     users = []
     specs = [(spec, "conf file") for spec in conf.static_routes]
     _, kvs = client.range_prefix(f"{prefix}routes/")
@@ -65,7 +67,7 @@ def routes_using(conf, client, prefix, upstream_id):
             continue
     for spec, _ in specs:
         try:
-            if upstream_id in upstream_refs(ROUTE.validate(spec)):
+            if upstream_id in upstream_refs(ROUTE.validate(spec), registry):
                 users.append(spec["id"])
         except ConfigError:
             continue

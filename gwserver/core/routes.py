@@ -293,16 +293,14 @@ def make_target(spec):
     return Target(spec["url"], parts.scheme, parts.hostname, port, spec["weight"])
 
 
-def make_upstream(upstream_id, spec, defaults, registry=None, owner=None):
+def make_upstream(upstream_id, spec, defaults, registry, owner=None):
     """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``.
-    ``owner`` names it in errors (default "upstream ID"; an inline one: "route R: upstream")."""
+    ``owner`` names it in errors (default "upstream ID"; an inline one: "route R: upstream").
+    ``registry``: the plugins by name (the caller loads them; the core imports none)."""
     owner = owner or f"upstream {upstream_id}"
     from .chain import upstream_plugins
     plugin_steps, problems = (), []      # every problem at once (gwserver check)
     if spec.get("plugins"):
-        if registry is None:
-            from ..plugins import load_registry
-            registry = load_registry()
         try:
             plugin_steps = upstream_plugins(owner, spec["plugins"], registry)
         except ConfigError as exc:
@@ -410,7 +408,8 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
         if upstream is not None:
             problems.extend(chain.check_upstream(owner, upstream))
         try:
-            chain = link_chain(owner, chain, upstreams, defaults, missing_hint, broken)
+            chain = link_chain(owner, chain, upstreams, defaults, registry, missing_hint,
+                               broken)
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(path_problems(spec))
@@ -419,7 +418,8 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
     return make_route(spec, upstream, server, chain)
 
 
-def link_chain(owner, chain, upstreams, defaults, missing_hint="", broken=frozenset()):
+def link_chain(owner, chain, upstreams, defaults, registry, missing_hint="",
+               broken=frozenset()):
     """Let plugins that name other upstreams (``link(conf, resolve)``) resolve them: ``resolve``
     turns an upstream id or inline upstream object into an Upstream, or raises ConfigError
     (with no problem of its own for an upstream in ``broken``: that one was reported)."""
@@ -436,16 +436,15 @@ def link_chain(owner, chain, upstreams, defaults, missing_hint="", broken=frozen
                                   + missing_hint)
             return upstreams[ref]
         name = f"{owner.partition(' ')[2]}.{where}"
-        return make_upstream(name, UPSTREAM.validate(ref, f"{owner}: {where}"), defaults)
+        return make_upstream(name, UPSTREAM.validate(ref, f"{owner}: {where}"), defaults,
+                             registry)
     return Chain([(plugin, plugin.link(conf, resolve) if hasattr(plugin, "link") else conf)
                   for plugin, conf in chain.steps])
 
 
-def upstream_refs(spec):
+def upstream_refs(spec, registry):
     """Ids of the named upstreams a validated route spec uses: its own and its plugins'."""
     refs = {spec["upstream"]} if isinstance(spec["upstream"], str) else set()
-    from ..plugins import load_registry
-    registry = load_registry()
     for name, conf in (spec.get("plugins") or {}).items():
         plugin = registry.get(name)
         if plugin is not None and hasattr(plugin, "upstream_refs") and isinstance(conf, dict):

@@ -311,13 +311,13 @@ class LiveTable:
 
     def _users_of(self, upstream_id):
         return {route_id for route_id, (_, spec) in self.route_specs.items()
-                if upstream_id in upstream_refs(spec)}
+                if upstream_id in upstream_refs(spec, self.registry)}
 
     def _recompile_users(self, upstream_id):
         """Routes that use, or wait for, this upstream pick up its new version."""
         for route_id, (version, raw) in list(self.wanted_routes.items()):
             served = self.route_specs.get(route_id)
-            uses = served is not None and upstream_id in upstream_refs(served[1])
+            uses = served is not None and upstream_id in upstream_refs(served[1], self.registry)
             waits = f"routes/{route_id}" in self.rejected
             if uses or waits:
                 self.put_route(route_id, raw, version)
