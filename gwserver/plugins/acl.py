@@ -24,19 +24,26 @@ SCHEMA = Schema(
 )
 
 
+VERDICTS = 4096         # consumers whose verdict a route remembers (dropped whole when full)
+
+
 def prepare(conf):
     if not any(conf.values()):
         raise ValueError("set at least one of allow_consumers, allow_groups, deny_consumers, "
                          "deny_groups")
     return {**{k: frozenset(v) for k, v in conf.items()},
-            "allow_any": not (conf["allow_consumers"] or conf["allow_groups"])}
+            "allow_any": not (conf["allow_consumers"] or conf["allow_groups"]),
+            # Consumer -> verdict. A changed consumer is a new Consumer object (compiled
+            # anew), so a verdict is never used for another version of it.
+            "verdicts": {}}
 
 
 def allowed(conf, consumer):
-    if consumer.id in conf["deny_consumers"] or consumer.groups & conf["deny_groups"]:
+    if consumer.id in conf["deny_consumers"] or \
+            not consumer.groups.isdisjoint(conf["deny_groups"]):
         return False
     return conf["allow_any"] or consumer.id in conf["allow_consumers"] or \
-        bool(consumer.groups & conf["allow_groups"])
+        not consumer.groups.isdisjoint(conf["allow_groups"])
 
 
 def access(conf, ctx):
@@ -44,7 +51,13 @@ def access(conf, ctx):
     if consumer is None:
         return Reply.json(401, {"error": "unauthorized",
                                 "message": "this route needs an identified consumer"})
-    if not allowed(conf, consumer):
+    verdicts = conf["verdicts"]
+    verdict = verdicts.get(consumer)
+    if verdict is None:
+        if len(verdicts) >= VERDICTS:
+            verdicts.clear()
+        verdict = verdicts[consumer] = allowed(conf, consumer)
+    if not verdict:
         return Reply.json(403, {"error": "forbidden",
                                 "message": f"consumer {consumer.id} may not use this route"})
     return None
