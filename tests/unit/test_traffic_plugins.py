@@ -196,3 +196,17 @@ def test_a_lease_of_a_process_that_is_gone_is_dropped_when_the_slots_are_full(tm
                          text=True, check=True, cwd=os.getcwd())
     assert out.stdout.strip()                                          # it held the slot
     assert LocalStore(str(tmp_path)).conn_claim("k", 1, 300).lease is not None
+
+
+def test_acl_remembers_a_verdict_per_consumer_version_never_across_versions():
+    """A consumer moved out of an allowed group is refused on its next request: the new
+    version is a new Consumer, and verdicts are remembered per object."""
+    from gwserver.core.consumers import compile_consumer
+    plugin, conf = step({"acl": {"allow_groups": ["partners"]}})
+    registry = load_registry()
+    ctx = ctx_for()
+    ctx.vars["consumer"] = compile_consumer("acme", {"groups": ["partners"]}, registry)
+    assert plugin.access(conf, ctx) is None
+    assert plugin.access(conf, ctx) is None             # remembered
+    ctx.vars["consumer"] = compile_consumer("acme", {"groups": ["former"]}, registry)
+    assert plugin.access(conf, ctx).status == 403
