@@ -196,6 +196,7 @@ class H2Stream(ClientConnection):
         # client's window may have opened.
         self.wake = self.window = None
         self.greenlet = None
+        self.running = False        # its greenlet has begun
         self.ended = False          # END_STREAM sent
 
     # -- building the request ------------------------------------------------------------------
@@ -330,6 +331,7 @@ class H2Stream(ClientConnection):
     # -- the stream's greenlet -----------------------------------------------------------------
 
     def run(self, early_error=None):
+        self.running = True
         try:
             if early_error is not None:
                 self.worker.log_rejected(self.client_ip, early_error)
@@ -543,7 +545,7 @@ class H2ServerConnection:
             for stream in list(self.streams.values()):
                 stream.on_reset(E.CANCEL)
                 if stream.greenlet is not None:
-                    stream.greenlet.kill(ClientGone("connection closed"), block=False)
+                    stream.greenlet.kill(StreamKilled("connection closed"), block=False)
             worker.client_closed()
             try:
                 self.sock.close()
@@ -609,8 +611,7 @@ class H2ServerConnection:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_reset(event.error_code)
-                if stream.greenlet is not None:
-                    stream.greenlet.kill(ClientGone("reset by the client"), block=False)
+                self.stop(stream, "reset by the client")
             # Every reset counts, refused streams' too: work is bounded by the streams being
             # served, the rate of new ones by this.
             self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset")
@@ -678,8 +679,16 @@ class H2ServerConnection:
         log.info("HTTP/2 stream %d of %s: %s", stream.stream_id, self.client_ip, reason)
         self.reset(stream.stream_id, code)
         stream.on_reset(code)
+        self.stop(stream, "malformed")
+
+    def stop(self, stream, why):
+        """End a stream's greenlet. One that has not begun (HEADERS and RST_STREAM in one
+        read: rapid reset) never will, so it is done with here, or it would count toward
+        max_concurrent_streams for the rest of the connection."""
         if stream.greenlet is not None:
-            stream.greenlet.kill(ClientGone("malformed"), block=False)
+            stream.greenlet.kill(StreamKilled(why), block=False)
+            if not stream.running:
+                self.stream_done(stream)
 
     def stream_done(self, stream):
         self.streams.pop(stream.stream_id, None)
@@ -698,6 +707,11 @@ class H2ServerConnection:
                 self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader
             except OSError:
                 pass
+
+
+class StreamKilled(ClientGone, gevent.GreenletExit):
+    """Ends a stream's greenlet: ClientGone to the request path, and to gevent an exit, not
+    a failure to print (a greenlet killed before it began cannot catch it)."""
 
 
 class _Rejected(HTTPError):

@@ -155,3 +155,21 @@ def test_idle_and_header_timeouts(gw):
     started = time.monotonic()
     silent.pump(lambda c: c.closed, timeout=5)             # header_timeout = 1 s
     assert silent.closed and time.monotonic() - started < 3
+
+
+def test_a_stream_reset_in_the_read_that_opened_it_is_forgotten(gw):
+    """HEADERS and RST_STREAM in one segment (rapid reset's shape): the stream never runs,
+    and it does not go on counting toward max_concurrent_streams (5 here) after."""
+    client = RawH2(gw.port)
+    client.pump(lambda c: c.conn.remote_settings.max_concurrent_streams == 5, timeout=5)
+    for _ in range(8):
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                                       (b":path", b"/slow/0.5"), (b":authority", b"a")],
+                                 end_stream=True)
+        client.conn.reset_stream(sid)
+        client.flush()                  # one sendall: HEADERS then RST_STREAM
+        time.sleep(0.02)
+    served = [client.request("/echo") for _ in range(3)]
+    assert [client.response(sid, timeout=10)[0] for sid in served] == [200] * 3
+    assert "failed with ClientGone" not in gw.log()
