@@ -111,6 +111,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(int(path.split("/")[2]), b"status body")
         if path == "/ws":
             return self.websocket_echo()
+        if path == "/own-ratelimit":     # an upstream that counts too: the gateway's replace it
+            return self.reply(200, b"counted", [("ratelimit-limit", "1000"),
+                                                ("RateLimit-Remaining", "999"),
+                                                ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
         if path == "/close-without-answer":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

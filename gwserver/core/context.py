@@ -173,15 +173,65 @@ class RequestContext:
         self.header_map.pop(_enc(name).lower(), None)
 
 
+def parse_block(block):
+    """(name, value) pairs of a header block (``Name: value\r\n`` lines, as read)."""
+    return [tuple(line.split(b": ", 1)) if b": " in line else
+            (line.partition(b":")[0], line.partition(b":")[2].strip())
+            for line in block.split(b"\r\n")[:-1]]
+
+
 class ResponseHead:
-    """The upstream's status and headers, editable by plugins before the client sees them."""
+    """The upstream's status and headers, editable by plugins before the client sees them.
 
-    __slots__ = ("status", "headers", "body_filters")
+    Built from the upstream's header block as read (HTTP/1.1) or from pairs (HTTP/2). The
+    block is split into pairs only when a plugin reads or edits ``headers``: a plugin that
+    only adds headers (``append_header``; rate_limit's RateLimit-*) leaves the upstream's
+    block as it came, which spares every answer a split and a rebuild.
+    """
 
-    def __init__(self, status, headers):
+    __slots__ = ("status", "_headers", "_block", "_appended", "body_filters")
+
+    def __init__(self, status, headers=None, block=None):
         self.status = status
-        self.headers = headers
+        self._headers = headers
+        self._block = block
+        self._appended = []
         self.body_filters = None
+
+    @property
+    def headers(self):
+        """The headers as a list of (name, value) pairs, edited in place by plugins."""
+        if self._headers is None:
+            self._headers = parse_block(self._block) + self._appended
+            self._block, self._appended = None, []
+        return self._headers
+
+    @headers.setter
+    def headers(self, pairs):
+        self._headers, self._block, self._appended = pairs, None, []
+
+    def append_header(self, name, value):
+        """Add a header after the upstream's (no scan, no copy)."""
+        pair = (_enc(name), _enc(value))
+        if self._headers is None:
+            self._appended.append(pair)
+        else:
+            self._headers.append(pair)
+
+    def has_header_prefix(self, prefix):
+        """Whether any header name starts with ``prefix`` (lower case bytes), cheaply: the
+        block is searched as it is, not split."""
+        if self._headers is not None:
+            return any(k[:len(prefix)].lower() == prefix for k, _ in self._headers)
+        block = self._block.lower()
+        return block.startswith(prefix) or b"\n" + prefix in block or \
+            any(k[:len(prefix)].lower() == prefix for k, _ in self._appended)
+
+    def block(self):
+        """The headers as ``Name: value\r\n`` lines, for the client's head."""
+        if self._headers is None:
+            return self._block + b"".join(b"%s: %s\r\n" % pair for pair in self._appended)
+        return b"".join(b"%s: %s\r\n" % pair for pair in self._headers)
 
     def filter_body(self, transform):
         """Run the answer's body through ``transform(data, last) -> bytes`` (gzip). The

@@ -154,16 +154,13 @@ def response(conf, ctx, head):
     decision = ctx.var("rate_limit")
     if decision is None:
         return
-    # One pass over the upstream's headers (three set_header calls were three), and a copy
-    # of the list only when the upstream sent RateLimit-* of its own: ours replace them.
-    headers = head.headers
-    for name, _ in headers:
-        if name[:10].lower() == b"ratelimit-":
-            headers[:] = [(k, v) for k, v in headers if k.lower() not in _OURS]
-            break
-    headers += ((b"RateLimit-Limit", b"%d" % decision.limit),
-                (b"RateLimit-Remaining", b"%d" % decision.remaining),
-                (b"RateLimit-Reset", b"%d" % max(0, math.ceil(decision.reset))))
+    # Ours replace any RateLimit-* the upstream sent; without those, the upstream's head is
+    # never split into pairs (append_header), only added to.
+    if head.has_header_prefix(b"ratelimit-"):
+        head.headers = [(k, v) for k, v in head.headers if k.lower() not in _OURS]
+    head.append_header(b"RateLimit-Limit", b"%d" % decision.limit)
+    head.append_header(b"RateLimit-Remaining", b"%d" % decision.remaining)
+    head.append_header(b"RateLimit-Reset", b"%d" % max(0, math.ceil(decision.reset)))
 
 
 def finish(conf, ctx, status):

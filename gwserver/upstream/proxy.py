@@ -36,7 +36,7 @@ from urllib3.util.ssl_match_hostname import CertificateError
 
 from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
-from ..core.context import ResponseHead
+from ..core.context import ResponseHead, parse_block
 from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
@@ -262,9 +262,7 @@ class Exchange:
         self.head_raw = b""
 
     def header_pairs(self):
-        return [tuple(line.split(b": ", 1)) if b": " in line else
-                (line.partition(b":")[0], line.partition(b":")[2].strip())
-                for line in self.block.split(b"\r\n")[:-1]]
+        return parse_block(self.block)
 
 
 class Proxy:
@@ -709,13 +707,13 @@ class Proxy:
         chain = req.route.chain
         no_body = req.method == "HEAD" or status in NO_BODY_STATUSES or status < 200
         if chain.response_steps_of(req):
-            head = ResponseHead(status, ex.header_pairs())
+            head = ResponseHead(status, block=block)
             chain.run_response(req, head)
             if not no_body:
                 filters = head.body_filters
             if filters:
                 head.remove_header(b"content-length")
-            block = b"".join(b"%s: %s\r\n" % pair for pair in head.headers)
+            block = head.block()
             if head.status != status:
                 client_status, reason = head.status, None   # the new status's own phrase
         chunked_out = False

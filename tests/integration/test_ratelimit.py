@@ -208,3 +208,23 @@ def test_per_host_limit_is_exact_with_two_workers_deciding_at_once(launcher, ups
     with ThreadPoolExecutor(len(conns)) as pool:
         codes = [c for run in pool.map(client, conns) for c in run]
     assert codes.count(200) == 40 and codes.count(429) == 80
+
+
+def test_the_gateways_ratelimit_headers_replace_the_upstreams_and_keep_the_rest(launcher,
+                                                                               upstream):
+    """rate_limit adds its RateLimit-* without splitting the upstream's head; when the
+    upstream sent RateLimit-* of its own (any case), ours replace them."""
+    conf = gateway_conf([route("own", ["/own-ratelimit"], upstream.url, plugins={
+        "rate_limit": {"rate": 5, "per": HOUR, "burst": 5, "key": "route"}}),
+        limited(upstream, rate=5, per=HOUR, burst=5, key="route")])
+    gw = launcher.gateway(conf)
+    resp, body = gw.request("GET", "/own-ratelimit")
+    assert resp.status == 200 and body == b"counted"
+    names = [name.lower() for name, _ in resp.getheaders()]
+    assert names.count("ratelimit-limit") == names.count("ratelimit-remaining") == 1
+    assert (resp.getheader("RateLimit-Limit"), resp.getheader("RateLimit-Remaining")) == \
+        ("5", "4")
+    assert resp.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
+    resp, _ = gw.request("GET", "/lim")         # an upstream without any: ours, added
+    assert resp.status == 200 and resp.getheader("RateLimit-Remaining") == "4"
+    assert resp.headers.get_all("Set-Cookie") == ["a=1", "b=2"] and resp.getheader("X-Upstream")

@@ -141,3 +141,23 @@ def test_the_builtin_plugins_keep_the_contract_and_core_names_none():
         text = path.read_text()
         for name in registry:
             assert f"plugins.{name}" not in text.replace("plugins.{", ""), (path, name)
+
+
+def test_a_response_head_is_split_only_when_a_plugin_reads_it():
+    from gwserver.core.context import ResponseHead, parse_block
+    block = b"Server: up\r\nRateLimit-Limit: 99\r\nX-A: 1\r\n"
+    head = ResponseHead(200, block=block)
+    head.append_header(b"X-Added", b"yes")
+    assert head._headers is None                            # appending splits nothing
+    assert head.block() == block + b"X-Added: yes\r\n"
+    assert head.has_header_prefix(b"ratelimit-") and head.has_header_prefix(b"server")
+    assert not head.has_header_prefix(b"x-b") and head._headers is None
+    assert not ResponseHead(200, block=b"X-Limit: ratelimit-1\r\n").has_header_prefix(
+        b"ratelimit-")                                      # a value is not a name
+    assert head.header("x-a") == "1"                        # reading splits, keeps the added
+    assert head.headers == parse_block(block) + [(b"X-Added", b"yes")]
+    head.remove_header("ratelimit-limit")
+    head.append_header("X-Last", "1")
+    assert head.block() == b"Server: up\r\nX-A: 1\r\nX-Added: yes\r\nX-Last: 1\r\n"
+    head.headers = [(b"Only", b"this")]
+    assert head.block() == b"Only: this\r\n" and head.has_header_prefix(b"only")
