@@ -176,8 +176,7 @@ class H2Stream(ClientConnection):
         # Not ClientConnection.__init__: what it computes per connection is taken from ours.
         self.conn = conn
         self.stream_id = stream_id
-        self.worker, self.settings, self.sock = conn.worker, conn.settings, conn.sock
-        self.runtime = conn.worker          # what ClientConnection's methods use
+        self.runtime, self.settings, self.sock = conn.runtime, conn.settings, conn.sock
         self.client_ip, self.scheme = conn.client_ip, conn.scheme
         self.limits, self.underscores, self.path_rules = conn.limits, conn.underscores, \
             conn.path_rules
@@ -203,7 +202,7 @@ class H2Stream(ClientConnection):
 
     def open(self, headers, ended):
         """The request from a HEADERS block; raises Malformed or an HTTPError (answered)."""
-        req = self.req = RequestContext(self.client_ip, self.scheme, self.worker.services)
+        req = self.req = RequestContext(self.client_ip, self.scheme, self.runtime.services)
         self.queue.append(req)
         self.framer = ResponseFramer(False)     # an early error is answered through it
         req.request_id = None
@@ -334,7 +333,7 @@ class H2Stream(ClientConnection):
         self.running = True
         try:
             if early_error is not None:
-                self.worker.log_rejected(self.client_ip, early_error)
+                self.runtime.log_rejected(self.client_ip, early_error)
                 self.req.error = early_error
                 self.answer(self.req, error_reply(early_error, None), False)
             else:
@@ -350,10 +349,10 @@ class H2Stream(ClientConnection):
 class H2ServerConnection:
     """One client connection speaking HTTP/2 (see the module doc)."""
 
-    def __init__(self, worker, sock, addr, scheme="http"):
-        self.worker = self.runtime = worker     # the worker's Runtime (server/runtime.py)
-        self.settings = server = worker.conf.server
-        self.conf = conf = listener_settings(worker.conf.http2, sock)
+    def __init__(self, runtime, sock, addr, scheme="http"):
+        self.runtime = runtime          # the worker's Runtime (server/runtime.py)
+        self.settings = server = runtime.conf.server
+        self.conf = conf = listener_settings(runtime.conf.http2, sock)
         self.sock = sock
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -364,8 +363,8 @@ class H2ServerConnection:
         self.underscores = server["headers_with_underscores"]
         self.path_rules = (server["escaped_slashes"], server["merge_slashes"],
                            server["path_parameters"])
-        self.trusted_peer = bool(worker.trusted_proxies) and \
-            worker.trusted_proxies.trusts(self.client_ip)
+        self.trusted_peer = bool(runtime.trusted_proxies) and \
+            runtime.trusted_proxies.trusts(self.client_ip)
         self.body_timeout = server["client_body_timeout"]
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,
@@ -400,8 +399,8 @@ class H2ServerConnection:
         data = self.h2.data_to_send()
         if data:
             try:
-                send_all(self.sock, data, self.worker.deadlines, self,
-                         self.worker.send_timeout)
+                send_all(self.sock, data, self.runtime.deadlines, self,
+                         self.runtime.send_timeout)
             except OSError as exc:
                 self.closed = True
                 raise ClientGone(str(exc)) from None
@@ -503,8 +502,8 @@ class H2ServerConnection:
         with self.lock:
             try:
                 self._flush()
-                send_all(self.sock, frame.serialize(), self.worker.deadlines, self,
-                         self.worker.send_timeout)
+                send_all(self.sock, frame.serialize(), self.runtime.deadlines, self,
+                         self.runtime.send_timeout)
             except (OSError, ClientGone):
                 self.closed = True
 
@@ -523,9 +522,9 @@ class H2ServerConnection:
     # -- the reader ------------------------------------------------------------------------------
 
     def serve(self):
-        worker = self.worker
-        worker.client_opened()
-        stopping = worker.stopping
+        runtime = self.runtime
+        runtime.client_opened()
+        stopping = runtime.stopping
         stopping.rawlink(self._on_stop)
         try:
             with self.lock:
@@ -533,20 +532,20 @@ class H2ServerConnection:
                 self.h2.increment_flow_control_window(
                     max(self.conf["connection_window_size"] - 65535, 0))
                 self._flush()
-            if not worker.alive:
+            if not runtime.alive:
                 self.goaway(E.NO_ERROR)
             self.read_loop()
         except ClientGone:
             pass
         finally:
             stopping.unlink(self._on_stop)
-            worker.deadlines.disarm(self)
+            runtime.deadlines.disarm(self)
             self.closed = True
             for stream in list(self.streams.values()):
                 stream.on_reset(E.CANCEL)
                 if stream.greenlet is not None:
                     stream.greenlet.kill(StreamKilled("connection closed"), block=False)
-            worker.client_closed()
+            runtime.client_closed()
             try:
                 self.sock.close()
             except OSError:
@@ -556,7 +555,7 @@ class H2ServerConnection:
         gevent.spawn(self.goaway, E.NO_ERROR)
 
     def read_loop(self):
-        deadlines, server = self.worker.deadlines, self.settings
+        deadlines, server = self.runtime.deadlines, self.settings
         while not (self.closed or self.draining and not self.streams):
             if not self.streams:
                 deadlines.arm(self, server["keepalive"] if self.requests
@@ -667,7 +666,7 @@ class H2ServerConnection:
         try:
             stream.open(event.headers, event.stream_ended is not None)
         except Malformed as exc:
-            self.worker.log_rejected(self.client_ip, _Rejected(str(exc)))
+            self.runtime.log_rejected(self.client_ip, _Rejected(str(exc)))
             self.reset(sid, E.PROTOCOL_ERROR)
             return
         except HTTPError as exc:
@@ -701,7 +700,7 @@ class H2ServerConnection:
             self.acknowledge(stream.stream_id, stream.unacked)
             stream.unacked = 0
         if not self.streams and not self.closed:        # idle from now: keepalive runs
-            self.worker.deadlines.arm(self, self.settings["keepalive"])
+            self.runtime.deadlines.arm(self, self.settings["keepalive"])
         if self.draining and not self.streams:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader
@@ -718,12 +717,12 @@ class _Rejected(HTTPError):
     status, error = 400, "malformed_http2_request"
 
 
-def serve_h2c_or_http1(worker, sock, addr):
+def serve_h2c_or_http1(runtime, sock, addr):
     """A plain listener with h2c on: the preface picks HTTP/2, anything else is HTTP/1.1."""
-    if wants_h2(sock, worker.conf.server["header_timeout"]):
-        H2ServerConnection(worker, sock, addr).serve()
+    if wants_h2(sock, runtime.conf.server["header_timeout"]):
+        H2ServerConnection(runtime, sock, addr).serve()
     else:
-        ClientConnection(worker, sock, addr).serve()
+        ClientConnection(runtime, sock, addr).serve()
 
 
 def listener_table(http2):
