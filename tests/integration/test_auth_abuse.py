@@ -17,6 +17,7 @@ from gwserver.plugins.basic_auth import hash_password
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route, to_toml, wait_until
+from .test_etcd import etcd_conf
 from .test_ratelimit import connections_to_workers
 
 PASSWORD = "correct horse battery staple"
@@ -180,11 +181,8 @@ def cli(conf_path, *args, stdin=None):
 def test_a_key_remembered_as_unknown_works_as_soon_as_etcd_adds_it(launcher, upstream,
                                                                    tmp_path):
     etcd = launcher.etcd()
-    conf = gateway_conf([route("key", ["/key/*rest"], upstream.url, plugins={
-        "key_auth": {"negative_cache_seconds": 3600}})], workers=1, etcd={
-        "endpoints": [etcd.url], "prefix": "/gw", "runtime_dir": str(tmp_path / "run"),
-        "snapshot_path": str(tmp_path / "state" / "snapshot.json"),
-        "watch_idle_timeout": 2.0, "backoff_max": 0.5, "timeout": 1.0})
+    conf = etcd_conf(tmp_path, [etcd.url], [route("key", ["/key/*rest"], upstream.url, plugins={
+        "key_auth": {"negative_cache_seconds": 3600}})], workers=1)
     gw = launcher.gateway(conf)
     conf_path = tmp_path / "cli.toml"
     conf_path.write_text(to_toml({k: v for k, v in conf.items() if k != "routes"}))

@@ -13,6 +13,7 @@ from gwserver.plugins.basic_auth import hash_password
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route, to_toml, wait_until
+from .test_etcd import etcd_conf
 
 KEYS = {"alice": "ak_7f3b0c9e2d41a8f6", "bob": "ak_19d4e6b8c0a2f375", "mallory": "ak_0000suspended"}
 PASSWORD = "correct horse battery staple"
@@ -266,12 +267,9 @@ def cli(conf_path, *args, stdin=None):
 def test_consumers_from_etcd_are_live_and_the_cli_never_stores_a_clear_key(launcher, upstream,
                                                                            tmp_path):
     etcd = launcher.etcd()
-    conf = gateway_conf([route("key", ["/key/*rest"], upstream.url, strip_prefix="/key",
-                               plugins={"key_auth": {}, "acl": {"allow_groups": ["partners"]}})],
-                        workers=2, etcd={
-        "endpoints": [etcd.url], "prefix": "/gw", "runtime_dir": str(tmp_path / "run"),
-        "snapshot_path": str(tmp_path / "state" / "snapshot.json"),
-        "watch_idle_timeout": 2.0, "backoff_max": 0.5, "timeout": 1.0})
+    conf = etcd_conf(tmp_path, [etcd.url], [route(
+        "key", ["/key/*rest"], upstream.url, strip_prefix="/key",
+        plugins={"key_auth": {}, "acl": {"allow_groups": ["partners"]}})], workers=2)
     gw = launcher.gateway(conf)
     conf_path = tmp_path / "cli.toml"
     conf_path.write_text(to_toml({k: v for k, v in conf.items() if k != "routes"}))
