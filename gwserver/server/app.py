@@ -21,7 +21,6 @@ from gunicorn.arbiter import Arbiter
 
 from .. import proctitle
 from ..errors import ConfigError
-from ..client.tls import server_tls
 from ..settings import load_conf, resolve_workers
 from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
@@ -55,6 +54,7 @@ class GatewayApplication(BaseApplication):
     def __init__(self, conf_path, conf=None):
         self.conf_path = conf_path
         self.conf = conf or load_conf(conf_path)
+        from ..client.tls import server_tls     # pyOpenSSL: loaded only with [tls]
         self.tls_server = server_tls(self.conf)      # built once, before workers fork
         self.pending_conf = self.pending_tls = None
         super().__init__(prog="gwserver")
@@ -98,6 +98,7 @@ class GatewayApplication(BaseApplication):
     def load_pending(self):
         """Read and check the conf file for a reload; raise ConfigError, changing nothing,
         if it or a certificate it names is bad."""
+        from ..client.tls import server_tls
         conf = load_conf(self.conf_path)
         self.pending_tls = server_tls(conf)
         self.pending_conf = conf
@@ -416,7 +417,7 @@ class GatewayArbiter(Arbiter):
             try:
                 lock.take(lock_paths(self.app.pending_conf))
             except InstanceLocked as exc:
-                self.app.pending_conf = None
+                self.app.pending_conf = self.app.pending_tls = None
                 log.error("reload refused: %s; still serving the previous configuration", exc)
                 self.notify("STATUS=reload refused: runtime directory in use; serving the "
                             "previous configuration")

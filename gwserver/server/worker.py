@@ -37,11 +37,26 @@ class GatewayWorker(GeventWorker):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGQUIT,
                                                     signal.SIGINT})
 
+    # Every stop signal tells the runtime too: answers from then on say Connection: close,
+    # /-/ready says draining and HTTP/2 clients get GOAWAY, whether the worker drains
+    # (SIGTERM) or exits at once (SIGQUIT, SIGINT, the master's abort).
+
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
+        self.stop_runtime()
+
+    def handle_quit(self, sig, frame):
+        self.stop_runtime()
+        super().handle_quit(sig, frame)
+
+    def handle_abort(self, sig, frame):
+        self.stop_runtime()
+        super().handle_abort(sig, frame)
+
+    def stop_runtime(self):
         runtime = getattr(self, "runtime", None)     # None before serve() built it
         if runtime is not None:
-            runtime.stop()
+            runtime.stop()      # Event.set() only schedules the wake-up: safe in a handler
 
     def load_wsgi(self):
         self.wsgi = None        # not a WSGI server: requests are handled by ClientConnection

@@ -10,6 +10,8 @@ import threading
 import time
 import tomllib
 
+import pytest
+
 from ..conftest import gateway_conf, route, to_toml, wait_until
 
 
@@ -254,3 +256,26 @@ def test_ttin_ttou_and_quit(start_gateway, upstream):
     os.kill(gw.pid, signal.SIGQUIT)
     gw.proc.wait(15)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGINT])
+def test_a_worker_told_to_quit_says_so_in_the_answers_it_still_gives(launcher, upstream, sig):
+    """SIGQUIT/SIGINT make a worker exit ~0.1 s later (gunicorn): answers it gives meanwhile
+    close their connection and /-/ready says draining, as after SIGTERM."""
+    from .test_reload_listeners import workers
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], workers=1))
+    admin = socket.create_connection(("127.0.0.1", gw.admin_port), timeout=5)
+    client = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    for sock, path in ((admin, b"/-/ready"), (client, b"/echo")):   # held keep-alive
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    (pid,) = workers(gw)
+    os.kill(pid, sig)
+    time.sleep(0.03)        # the handler has run; the exit comes 0.1 s after it
+    admin.sendall(b"GET /-/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    client.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    ready, echoed = admin.recv(65536), client.recv(65536)
+    assert ready.startswith(b"HTTP/1.1 503") and b"Connection: close" in ready
+    assert echoed.startswith(b"HTTP/1.1 200") and b"Connection: close" in echoed
+    admin.close()
+    client.close()
