@@ -109,8 +109,11 @@ class Processes:
         READY=1, received on a socket of our own); returns (base url, admin url)."""
         port, admin = free_port(), free_port()
         conf = self.directory / f"{name}.toml"
+        # Each gateway its own state directory: a second one on the same directory refuses to
+        # start (one instance per state dir), and benchmarks run several side by side.
+        state = self.directory / f"{name}-state"
         text = (f'[server]\nbind = ["127.0.0.1:{port}"]\nworkers = {workers}\n'
-                f'[admin]\nbind = "127.0.0.1:{admin}"\n[log]\naccess_log = false\n{extra}')
+                f'state_dir = "{state}"\n[admin]\nbind = "127.0.0.1:{admin}"\n[log]\naccess_log = false\n{extra}')
         if redis_url:
             text += f'[redis]\nurl = "{redis_url}"\ntimeout = 0.2\n'
         conf.write_text(text + routes)
@@ -120,7 +123,12 @@ class Processes:
             notify.settimeout(60)
             self.spawn([PYTHON, "-m", "gwserver", "run", "-c", str(conf)], core, name,
                        env={"NOTIFY_SOCKET": notify_path})
-            while b"READY=1" not in notify.recv(4096):
-                pass
+            try:
+                while b"READY=1" not in notify.recv(4096):
+                    pass
+            except TimeoutError:
+                log = (self.directory / f"{name}.log").read_text(errors="replace")
+                raise SystemExit(f"gateway {name} never got ready; its log ends:\n"
+                                 f"{log[-2000:]}") from None
         os.unlink(notify_path)
         return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
