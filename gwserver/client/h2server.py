@@ -52,7 +52,8 @@ from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
-from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
+from .http1 import (LINGER_BYTES, LINGER_SECONDS, MAX_HEAD_BYTES, ClientConnection, ClientGone,
+                    error_reply)
 from ..net.sockets import RECV_SIZE, PlainSocket, raw_socket, send_all
 
 log = logging.getLogger("gwserver.h2")
@@ -388,6 +389,7 @@ class H2ServerConnection:
         self.streams = {}               # stream id -> H2Stream still being served
         self.timed_out = self.closed = False
         self.draining = False           # GOAWAY sent: no new streams
+        self.lingering = False          # draining the client's input before the close
         self.last_stream_id = 0
         self.requests = 0
         self.resets = self.control_frames = 0
@@ -507,8 +509,33 @@ class H2ServerConnection:
             except (OSError, ClientGone):
                 self.closed = True
 
+    def linger(self):
+        """After a GOAWAY for an error, read and drop what the client is still sending, for a
+        moment, before closing: closing with unread input makes the kernel send RST, and the
+        client may then lose the GOAWAY that says what it did wrong (nginx's lingering close,
+        as ClientConnection.close does for HTTP/1.1)."""
+        self.lingering = True
+        deadlines = self.runtime.deadlines
+        deadlines.arm(self, LINGER_SECONDS)
+        try:
+            if type(self.sock) is PlainSocket:
+                self.sock.shutdown(socket.SHUT_WR)
+            drained = 0
+            while drained < LINGER_BYTES:
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    break
+                drained += len(data)
+        except OSError:
+            pass
+        finally:
+            deadlines.disarm(self)
+
     def expire(self):
         """A deadline passed (idle, a head too slow, a stalled send): close, so waits end."""
+        if self.lingering:
+            self.sock.close()
+            return
         self.timed_out = True
         if type(self.sock) is PlainSocket and not self.streams:
             frame = GoAwayFrame(0)
@@ -580,7 +607,8 @@ class H2ServerConnection:
                     try:
                         self._flush()           # h2's GOAWAY with the error code
                     except ClientGone:
-                        pass
+                        return
+                self.linger()
                 return
             for event in events:
                 self.dispatch(event)

@@ -116,3 +116,13 @@ def test_windows_and_frame_size_are_the_listeners(gw, sizes, tight):
     client = send_body(gw.roomy, sizes, by_hand=False)      # within its window and frames
     status, _, body, _ = client.response(1, timeout=10)
     assert status == 200 and b'"size": %d' % sum(sizes) in body
+
+
+def test_the_goaway_survives_a_client_that_keeps_sending(gw):
+    """A client far over its window gets GOAWAY FLOW_CONTROL_ERROR although much of what it
+    sent is still unread when the gateway gives up (it drains before closing: a close with
+    unread input sends RST, which can cost the client the GOAWAY; seen once under load, not
+    reproduced on demand)."""
+    client = send_body(gw.tight, [10000] * 40, by_hand=True)     # 400 KB into a 16 KiB window
+    client.pump(lambda c: c.goaway() is not None or c.closed, timeout=10)
+    assert client.goaway() is not None and client.goaway().error_code == E.FLOW_CONTROL_ERROR
