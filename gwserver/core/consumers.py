@@ -212,22 +212,11 @@ def strip_client_copies(ctx):
 def identify(ctx, consumer):
     """``consumer`` made this request: later plugins see it, and so does the upstream."""
     ctx.vars["consumer"] = consumer
-    _put_header(ctx, HEADER_ID, consumer.id_header)
+    ctx.set_header(HEADER_ID, consumer.id_header)
     if consumer.groups_header:
-        _put_header(ctx, HEADER_GROUPS, consumer.groups_header)
+        ctx.set_header(HEADER_GROUPS, consumer.groups_header)
     elif HEADER_GROUPS in ctx.header_map:
         ctx.remove_header(HEADER_GROUPS)
-
-
-def _put_header(ctx, name, value):
-    """set_header, without its scan of every header when there is no copy to replace
-    (header_map holds every name the request has: strip_client_copies just removed the
-    client's, so this is the common case)."""
-    if name in ctx.header_map:
-        ctx.set_header(name, value)
-    else:
-        ctx.headers.append((name, value))
-        ctx.header_map[name] = value
 
 
 def consumer_id(ctx):

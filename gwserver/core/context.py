@@ -165,8 +165,15 @@ class RequestContext:
         return None if value is None else value.decode("latin-1")
 
     def set_header(self, name, value):
-        set_header(self.headers, name, value)
-        self.header_map[_enc(name).lower()] = _enc(value)
+        """Replace every copy of ``name`` by one with ``value``. header_map holds every name
+        the request has, so a header it lacks is appended without a scan of the others."""
+        name, value = _enc(name), _enc(value)
+        lower = name.lower()
+        if lower in self.header_map:
+            set_header(self.headers, name, value)
+        else:
+            self.headers.append((name, value))
+        self.header_map[lower] = value
 
     def remove_header(self, name):
         remove_header(self.headers, name)
