@@ -161,7 +161,7 @@ def access(conf, ctx):
         in_query = key is not None
     if not key:
         return authlib.anonymous_or(conf, ctx, _missing(conf))
-    directory = ctx.services.consumers
+    directory = authlib.directory(ctx)
     consumer = find(directory, key, conf, ctx) \
         if directory is not None and len(key) <= MAX_KEY else None
     if consumer is None:

@@ -158,9 +158,8 @@ def response(conf, ctx, head):
     # never split into pairs (append_header), only added to.
     if head.has_header_prefix(b"ratelimit-"):
         head.headers = [(k, v) for k, v in head.headers if k.lower() not in _OURS]
-    head.append_header(b"RateLimit-Limit", b"%d" % decision.limit)
-    head.append_header(b"RateLimit-Remaining", b"%d" % decision.remaining)
-    head.append_header(b"RateLimit-Reset", b"%d" % max(0, math.ceil(decision.reset)))
+    for name, value in _headers(decision):
+        head.append_header(name, value)
 
 
 def finish(conf, ctx, status):

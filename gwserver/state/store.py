@@ -525,7 +525,8 @@ class LocalStore:
     DIGESTS = 4096      # key -> digest and slot remembered per worker (a client-chosen key
                         # part is one of many: the memo is dropped whole when full)
 
-    def decide(self, algorithm, key, rate, per, burst):
+    def _memo(self, key):
+        """[the key's slot digest, the slot this worker last found it in (-1: not yet)]."""
         memo = self.memo.get(key)
         if memo is None:
             digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(),
@@ -533,6 +534,10 @@ class LocalStore:
             if len(self.memo) >= self.DIGESTS:
                 self.memo.clear()
             memo = self.memo[key] = [digest, -1]
+        return memo
+
+    def decide(self, algorithm, key, rate, per, burst):
+        memo = self._memo(key)
         digest, hint = memo
         mm, size = self.mm, self.SLOT.size
         now = time.time()
@@ -562,9 +567,7 @@ class LocalStore:
         """Undo one admission of a ``sliding_window`` limit on ``key`` in this window or the
         one before (basic_auth counts password checks that fail: it takes one before bcrypt
         runs and gives it back when the check succeeded)."""
-        memo = self.memo.get(key)
-        digest = memo[0] if memo is not None else int.from_bytes(
-            hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+        digest = self._memo(key)[0]
         index = math.floor(time.time() / per)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
