@@ -52,9 +52,8 @@ from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
-from .http1 import (LINGER_BYTES, LINGER_SECONDS, MAX_HEAD_BYTES, ClientConnection, ClientGone,
-                    error_reply)
-from ..net.sockets import RECV_SIZE, PlainSocket, raw_socket, send_all
+from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
+from ..net.sockets import RECV_SIZE, PlainSocket, linger, raw_socket, send_all
 
 log = logging.getLogger("gwserver.h2")
 
@@ -389,7 +388,6 @@ class H2ServerConnection:
         self.streams = {}               # stream id -> H2Stream still being served
         self.timed_out = self.closed = False
         self.draining = False           # GOAWAY sent: no new streams
-        self.lingering = False          # draining the client's input before the close
         self.last_stream_id = 0
         self.requests = 0
         self.resets = self.control_frames = 0
@@ -509,33 +507,9 @@ class H2ServerConnection:
             except (OSError, ClientGone):
                 self.closed = True
 
-    def linger(self):
-        """After a GOAWAY for an error, read and drop what the client is still sending, for a
-        moment, before closing: closing with unread input makes the kernel send RST, and the
-        client may then lose the GOAWAY that says what it did wrong (nginx's lingering close,
-        as ClientConnection.close does for HTTP/1.1)."""
-        self.lingering = True
-        deadlines = self.runtime.deadlines
-        deadlines.arm(self, LINGER_SECONDS)
-        try:
-            if type(self.sock) is PlainSocket:
-                self.sock.shutdown(socket.SHUT_WR)
-            drained = 0
-            while drained < LINGER_BYTES:
-                data = self.sock.recv(RECV_SIZE)
-                if not data:
-                    break
-                drained += len(data)
-        except OSError:
-            pass
-        finally:
-            deadlines.disarm(self)
-
     def expire(self):
-        """A deadline passed (idle, a head too slow, a stalled send): close, so waits end."""
-        if self.lingering:
-            self.sock.close()
-            return
+        """A deadline passed (idle, a head too slow, a stalled send, the linger after an
+        error): close, so waits end."""
         self.timed_out = True
         if type(self.sock) is PlainSocket and not self.streams:
             frame = GoAwayFrame(0)
@@ -608,7 +582,8 @@ class H2ServerConnection:
                         self._flush()           # h2's GOAWAY with the error code
                     except ClientGone:
                         return
-                self.linger()
+                # The GOAWAY must not be lost to the RST of a close with unread input.
+                linger(self.sock, self.runtime.client_buf, self.runtime.deadlines, self)
                 return
             for event in events:
                 self.dispatch(event)

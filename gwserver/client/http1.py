@@ -28,15 +28,13 @@ from ..core.context import Reply, RequestContext
 from ..core.headers import NOT_FORWARDED, PROXY_SET, REASONS
 from ..core.target import normalise_host, normalise_path
 from ..core.tracing import extract as extract_trace, response_line
-from ..net.sockets import PlainSocket, recv_when_readable, send_all
+from ..net.sockets import PlainSocket, linger, recv_when_readable, send_all
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented)
 
 log = logging.getLogger("gwserver.http")
 
 MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
-LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
-LINGER_BYTES = 16 * 1024 * 1024
 
 
 
@@ -342,23 +340,9 @@ class ClientConnection:
         lose the response we just wrote (a 413 in the middle of an upload, say). Like nginx's
         lingering_close: shut our side, read and discard for a short while, then close.
         """
-        sock = self.sock
         if self.queue and not self.queue[0].complete and not self.timed_out:
-            deadlines = self.runtime.deadlines
-            deadlines.arm(self, LINGER_SECONDS)
-            try:
-                sock.shutdown(socket.SHUT_WR)
-                drained = 0
-                while drained < LINGER_BYTES:
-                    n = sock.recv_into(self.buf)
-                    if not n:
-                        break
-                    drained += n
-            except OSError:
-                pass
-            finally:
-                deadlines.disarm(self)
-        sock.close()
+            linger(self.sock, self.buf, self.runtime.deadlines, self)
+        self.sock.close()
 
     def read_head(self):
         """Return the next request whose head is complete, or None when the client is done.

@@ -17,6 +17,8 @@ from gevent.exceptions import ConcurrentObjectUseError
 from gevent.socket import socket as PlainSocket
 
 RECV_SIZE = 64 * 1024          # one read; also the most body a worker holds per request
+LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
+LINGER_BYTES = 16 * 1024 * 1024
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # an IntFlag `|` costs ~1 us a call
 
 
@@ -80,6 +82,26 @@ def tls_idle_state(sock):
     except (ssl.SSLError, OSError, AttributeError):
         return CLOSED
     return UNREAD if data else CLOSED
+
+
+def linger(sock, buf, deadlines, owner):
+    """Before closing a connection whose peer may still be sending: shut our side, read and
+    drop what comes for up to LINGER_SECONDS (``owner.expire()`` closes the socket then) or
+    LINGER_BYTES. Closing with unread input makes the kernel send RST, and the peer may then
+    lose the answer we just wrote (nginx's lingering_close). The caller closes the socket."""
+    deadlines.arm(owner, LINGER_SECONDS)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        drained = 0
+        while drained < LINGER_BYTES:
+            n = sock.recv_into(buf)
+            if not n:
+                break
+            drained += n
+    except OSError:
+        pass
+    finally:
+        deadlines.disarm(owner)
 
 
 def wait_readable(sock):
