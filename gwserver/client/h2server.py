@@ -352,7 +352,7 @@ class H2ServerConnection:
     def __init__(self, runtime, sock, addr, scheme="http"):
         self.runtime = runtime          # the worker's Runtime (server/runtime.py)
         self.settings = server = runtime.conf.server
-        self.conf = conf = listener_settings(runtime.conf.http2, sock)
+        self.conf = conf = runtime.http2_listeners.of(sock)
         self.sock = sock
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -749,28 +749,27 @@ def listener_table(http2):
     return table, defaults
 
 
-_tables = {}        # id of an [http2] mapping -> (mapping, its listener_table)
+class ListenerSettings:
+    """The HTTP/2 settings of each listener, resolved once per worker (the Runtime holds
+    them): ``of(sock)`` is the entry in [http2.listeners] of the listener that accepted
+    ``sock`` (by local address, or the wildcard address it was bound to), else [http2]'s."""
 
+    def __init__(self, http2):
+        self.table, self.defaults = listener_table(http2)
 
-def listener_settings(http2, sock):
-    """The HTTP/2 settings of the listener that accepted ``sock``: its own entry in
-    [http2.listeners] (by local address, or the wildcard address it was bound to), else
-    [http2]'s."""
-    held = _tables.get(id(http2))
-    if held is None or held[0] is not http2:
-        held = _tables[id(http2)] = (http2, listener_table(http2))
-    table, defaults = held[1]
-    if not table:
+    def of(self, sock):
+        table, defaults = self.table, self.defaults
+        if not table:
+            return defaults
+        try:
+            host, port = raw_socket(sock).getsockname()[:2]
+        except (OSError, TypeError, ValueError):           # a unix socket has no port
+            return defaults
+        for key in ((host, port), ("0.0.0.0", port), ("::", port),
+                    (host.removeprefix("::ffff:"), port)):
+            if key in table:
+                return table[key]
         return defaults
-    try:
-        host, port = raw_socket(sock).getsockname()[:2]
-    except (OSError, TypeError, ValueError):           # a unix socket has no port
-        return defaults
-    for key in ((host, port), ("0.0.0.0", port), ("::", port),
-                (host.removeprefix("::ffff:"), port)):
-        if key in table:
-            return table[key]
-    return defaults
 
 
 def h2c_addresses(conf):

@@ -12,6 +12,7 @@ the request path's state, and connections, the proxy and the admin views receive
     metrics                    WorkerMetrics, or None with metrics off
     access                     the access log writer (buffered, flushed on the tick)
     tracing                    trace headers in and out, and the span exporter
+    http2_listeners            each HTTP/2 listener's settings ([http2.listeners])
     deadlines, buffers         the ticker, and the one read buffer per side
     in_flight, handled, alive  the counts that drive draining and max_requests
 
@@ -131,6 +132,8 @@ class Runtime:
         if self.tracing and tracing["otlp_endpoint"]:
             from .otel import SpanExporter
             self.span_exporter = SpanExporter(tracing["otlp_endpoint"], tracing["service_name"])
+        from ..client.h2server import ListenerSettings
+        self.http2_listeners = ListenerSettings(conf.http2)    # host names resolved once
         self.send_timeout = SEND_TIMEOUT
         self.deadlines = Deadlines(interval=TICK_SECONDS, on_tick=self.on_tick)
         # One read buffer per side: every read is parsed before the greenlet can yield again,

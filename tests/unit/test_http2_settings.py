@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from gwserver.client.h2server import listener_settings
+from gwserver.client.h2server import ListenerSettings
 from gwserver.errors import ConfigError
 from gwserver.settings import parse_conf
 
@@ -67,7 +67,7 @@ def test_a_connection_gets_its_listeners_settings(local, expected):
                                      "127.0.0.1:8081": {"max_concurrent_streams": 7,
                                                         "max_frame_size": 65536},
                                      "0.0.0.0:9000": {"max_concurrent_streams": 3}}}})
-    got = listener_settings(conf.http2, FakeSocket(local))
+    got = ListenerSettings(conf.http2).of(FakeSocket(local))
     assert (got["max_concurrent_streams"], got["max_frame_size"],
             got["max_resets_per_second"]) == expected
     assert "listeners" not in got
@@ -77,4 +77,4 @@ def test_a_unix_listener_gets_the_defaults():
     conf = parse_conf({"http2": {"h2c": True, "listeners": {"127.0.0.1:8080": {
         "max_concurrent_streams": 7}}}})
     with socket.socket(socket.AF_UNIX) as sock:
-        assert listener_settings(conf.http2, sock)["max_concurrent_streams"] == 100
+        assert ListenerSettings(conf.http2).of(sock)["max_concurrent_streams"] == 100
