@@ -41,9 +41,9 @@ from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
+from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, idle_state,
+                           recv_when_readable, send_all, tls_idle_state)
 from ..state.hostshare import PUBLISH_EVERY, HostShare
-from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, idle_state, recv_when_readable, send_all,
-                      tls_idle_state)
 
 log = logging.getLogger("gwserver.proxy")
 
