@@ -1,1 +1,3 @@
-"""Helper processes the master keeps alive across reloads: active health checks, rollouts, OCSP stapling."""
+"""Helper processes the master keeps alive across reloads: active health checks, rollouts, OCSP
+stapling.
+"""

@@ -1,1 +1,3 @@
-"""The processes: the gunicorn app and master hooks, the worker, listeners, the admin API, metrics and trace export."""
+"""The processes: the gunicorn app and master hooks, the worker, listeners, the admin API, metrics
+and trace export.
+"""

@@ -1,1 +1,3 @@
-"""Shared state: rate-limit, breaker and connection stores (per host or in Redis), passive health shared between workers, rollout state."""
+"""Shared state: rate-limit, breaker and connection stores (per host or in Redis), passive health
+shared between workers, rollout state.
+"""

@@ -1,1 +1,3 @@
-"""Config sync: the etcd client, the one-per-host watcher, and the shared-memory table workers read."""
+"""Config sync: the etcd client, the one-per-host watcher, and the shared-memory table workers
+read.
+"""
