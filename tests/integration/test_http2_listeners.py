@@ -25,7 +25,11 @@ def gw(module_launcher):
     cert, key, _ = CA(module_launcher.tmp_dir).issue("site")
     tight, roomy = free_port(), free_port()
     gw = module_launcher.gateway(gateway_conf(
-        [route("r", ["/*rest"], upstream.url)],
+        [route("r", ["/*rest"], upstream.url),
+         # The body waits a second before it goes upstream, so nothing of it is acknowledged
+         # while a test's DATA frames arrive, however the TLS records split them.
+         route("held", ["/held/*rest"], upstream.url, strip_prefix="/held",
+               plugins={"fault": {"delay": {"seconds": 1}}})],
         tls={"bind": [f"127.0.0.1:{tight}", f"127.0.0.1:{roomy}"],
              "certificates": [{"cert": str(cert), "key": str(key)}]},
         http2={"h2c": True, "listeners": {f"127.0.0.1:{tight}": TIGHT,
@@ -87,18 +91,18 @@ def test_max_concurrent_streams_is_the_listeners(gw):
     assert [client.response(sid, timeout=10)[0] for sid in ids] == [200] * 4
 
 
-def send_body(port, sizes, by_hand):
+def send_body(port, sizes, by_hand, path="/upload"):
     """One POST whose DATA frames (of these sizes) go out before any is acknowledged; by
     hand: ignoring the advertised window and frame size."""
     client = RawH2(port, tls=True)
     if not by_hand:
         client.pump(lambda c: c.conn.remote_settings.max_frame_size != 16384, timeout=5)
-        sid = client.request("/upload", method="POST", end=False)
+        sid = client.request(path, method="POST", end=False)
         for i, size in enumerate(sizes):
             client.conn.send_data(sid, b"x" * size, end_stream=i == len(sizes) - 1)
         client.flush()
         return client
-    frames = [headers(1, False, "/upload", client=client)] + [
+    frames = [headers(1, False, path, client=client)] + [
         DataFrame(1, b"x" * size, flags=["END_STREAM"] if i == len(sizes) - 1 else [])
         for i, size in enumerate(sizes)]
     client.send_raw(b"".join(frame.serialize() for frame in frames))
@@ -110,7 +114,7 @@ def send_body(port, sizes, by_hand):
     ([40000], E.FRAME_SIZE_ERROR),               # a frame over tight's 16384
 ])
 def test_windows_and_frame_size_are_the_listeners(gw, sizes, tight):
-    client = send_body(gw.tight, sizes, by_hand=True)
+    client = send_body(gw.tight, sizes, by_hand=True, path="/held/upload")
     client.pump(lambda c: c.goaway() is not None or c.closed, timeout=10)
     assert client.goaway() is not None and client.goaway().error_code == tight
     client = send_body(gw.roomy, sizes, by_hand=False)      # within its window and frames
@@ -123,6 +127,6 @@ def test_the_goaway_survives_a_client_that_keeps_sending(gw):
     sent is still unread when the gateway gives up (it drains before closing: a close with
     unread input sends RST, which can cost the client the GOAWAY; seen once under load, not
     reproduced on demand)."""
-    client = send_body(gw.tight, [10000] * 40, by_hand=True)     # 400 KB into a 16 KiB window
+    client = send_body(gw.tight, [10000] * 40, by_hand=True, path="/held/upload")     # 400 KB into a 16 KiB window
     client.pump(lambda c: c.goaway() is not None or c.closed, timeout=10)
     assert client.goaway() is not None and client.goaway().error_code == E.FLOW_CONTROL_ERROR
