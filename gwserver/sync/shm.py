@@ -139,7 +139,12 @@ class TablePublisher:
             with self.lock:
                 table, source = self.full_table(), dict(self.source)
                 generation, revision = self.generation, self.revision
-            self._write_base(generation, revision, table, source)
+            try:
+                self._write_base(generation, revision, table, source)
+            except OSError as exc:     # a full disk, a removed runtime dir: try again, later
+                log.error("cannot write the table base in %s: %s", self.runtime_dir, exc)
+                time.sleep(self.MAX_STALE)
+                self.dirty.set()
 
     def flush(self):
         """Write a pending base now (on exit). Skipped if the table is being changed."""

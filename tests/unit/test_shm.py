@@ -103,3 +103,24 @@ def test_health_metrics_are_written_by_prometheus_client_with_labels_escaped(tmp
     assert samples == {("pool", odd, "failure"): 3, ("pool", "http://h:81", "success"): 7}
     assert 'gwserver_health_checks_total{result="success",target="http://h:81",upstream="pool"}' \
         ' 7.0' in text
+
+
+def test_the_base_writer_outlives_a_failed_write(tmp_path, publisher, table, caplog):
+    """A base that cannot be written (here: a directory in the way; on a host: a full disk) is
+    logged and written once it can be: the background writer does not die of it."""
+    import time
+    publisher.BASE_INTERVAL, publisher.MAX_STALE = 0.05, 0.2
+    publisher.publish(None, 1, full=True)
+    (tmp_path / "table.json").unlink()
+    (tmp_path / "table.json").mkdir()
+    table["upstreams"]["up"] = item(2, UP)
+    publisher.publish({"upstreams": {"up": item(2, UP)}}, 2)
+    deadline = time.monotonic() + 10
+    while "cannot write the table base" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "cannot write the table base" in caplog.text
+    (tmp_path / "table.json").rmdir()
+    while not (tmp_path / "table.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    base = json.loads((tmp_path / "table.json").read_text())
+    assert base["generation"] == 2 and base["table"]["upstreams"] == {"up": item(2, UP)}
