@@ -477,3 +477,24 @@ class TcpRelay:
     def close(self):
         self.cut()
         self.listener.close()
+
+
+def read_response(sock):
+    """One whole HTTP/1.1 response (Content-Length framed) from a socket: -> (head, body).
+    A response may come in several reads (head and body are often separate writes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _recv_some(sock, data)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += _recv_some(sock, head + body)
+    return head, body
+
+
+def _recv_some(sock, so_far):
+    piece = sock.recv(65536)
+    if not piece:
+        raise AssertionError(f"connection closed mid-response after {so_far[:300]!r}")
+    return piece

@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from ..conftest import gateway_conf, route, to_toml, wait_until
+from ..conftest import gateway_conf, read_response, route, to_toml, wait_until
 
 
 def cmdline(pid):
@@ -268,13 +268,13 @@ def test_a_worker_told_to_quit_says_so_in_the_answers_it_still_gives(launcher, u
     client = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
     for sock, path in ((admin, b"/-/ready"), (client, b"/echo")):   # held keep-alive
         sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(sock)[0].startswith(b"HTTP/1.1 200")
     (pid,) = workers(gw)
     os.kill(pid, sig)
     time.sleep(0.03)        # the handler has run; the exit comes 0.1 s after it
     admin.sendall(b"GET /-/ready HTTP/1.1\r\nHost: x\r\n\r\n")
     client.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-    ready, echoed = admin.recv(65536), client.recv(65536)
+    ready, echoed = read_response(admin)[0], read_response(client)[0]
     assert ready.startswith(b"HTTP/1.1 503") and b"Connection: close" in ready
     assert echoed.startswith(b"HTTP/1.1 200") and b"Connection: close" in echoed
     admin.close()

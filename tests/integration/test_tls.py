@@ -17,7 +17,7 @@ from gwserver.errors import ConfigError
 from gwserver.client.tls import server_tls
 from gwserver.settings import parse_conf
 
-from ..conftest import free_port, gateway_conf, route, wait_until
+from ..conftest import free_port, gateway_conf, read_response, route, wait_until
 from ..pki import CA
 
 
@@ -160,19 +160,6 @@ def test_sighup_loads_new_certificates_without_dropping_connections(launcher, up
     assert read_response(kept)[0].startswith(b"HTTP/1.1 200")    # served by an old worker
     kept.close()
     assert first.serial_number != second.serial_number
-
-
-def read_response(sock):
-    """One whole HTTP/1.1 response (Content-Length framed) from a socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")))
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head, body
 
 
 def ocsp_staple(port, ca):
