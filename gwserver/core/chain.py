@@ -90,7 +90,7 @@ def check_plugin(plugin):
 
 class Chain:
     __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
-                 "claims_steps", "reply_steps", "identifies")
+                 "claims_steps", "reply_steps", "identifies", "identifiers")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -100,7 +100,9 @@ class Chain:
         self.finish_steps = tuple((p, c) for p, c in steps if hasattr(p, "finish"))
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
         self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
-        self.identifies = any(getattr(p, "IDENTIFIES_CONSUMER", False) for p, _ in steps)
+        self.identifiers = frozenset(p for p, _ in steps if getattr(p, "IDENTIFIES_CONSUMER",
+                                                                   False))
+        self.identifies = bool(self.identifiers)
 
     def claims_of(self, ctx, route_id):
         """Verified claims for a ``claims`` route, from the plugin that provides them."""
@@ -142,7 +144,7 @@ class Chain:
             if reply is not None:
                 ctx.ended_by = plugin.NAME
                 return reply
-            if getattr(plugin, "IDENTIFIES_CONSUMER", False) and steps is self.access_steps:
+            if plugin in self.identifiers and steps is self.access_steps:
                 consumer = ctx.var("consumer")
                 if consumer is not None and consumer.chain.steps:
                     joined = consumer.joined_with(self)

@@ -225,6 +225,10 @@ class ResponseHead:
         else:
             self._headers.append(pair)
 
+    def append_headers(self, pairs):
+        """``append_header`` for several (bytes, bytes) pairs at once."""
+        (self._appended if self._headers is None else self._headers).extend(pairs)
+
     def has_header_prefix(self, prefix):
         """Whether any header name starts with ``prefix`` (lower case bytes), cheaply: the
         block is searched as it is, not split."""
@@ -232,13 +236,14 @@ class ResponseHead:
             return any(k[:len(prefix)].lower() == prefix for k, _ in self._headers)
         block = self._block.lower()
         return block.startswith(prefix) or b"\n" + prefix in block or \
-            any(k[:len(prefix)].lower() == prefix for k, _ in self._appended)
+            bool(self._appended) and any(k[:len(prefix)].lower() == prefix
+                                         for k, _ in self._appended)
 
     def block(self):
         """The headers as ``Name: value\r\n`` lines, for the client's head."""
         if self._headers is None:
-            return self._block + b"".join(b"%s: %s\r\n" % pair for pair in self._appended)
-        return b"".join(b"%s: %s\r\n" % pair for pair in self._headers)
+            return self._block + b"".join([b"%s: %s\r\n" % pair for pair in self._appended])
+        return b"".join([b"%s: %s\r\n" % pair for pair in self._headers])
 
     def filter_body(self, transform):
         """Run the answer's body through ``transform(data, last) -> bytes`` (gzip). The

@@ -158,8 +158,7 @@ def response(conf, ctx, head):
     # never split into pairs (append_header), only added to.
     if head.has_header_prefix(b"ratelimit-"):
         head.headers = [(k, v) for k, v in head.headers if k.lower() not in _OURS]
-    for name, value in _headers(decision):
-        head.append_header(name, value)
+    head.append_headers(_headers(decision))
 
 
 def finish(conf, ctx, status):
@@ -177,9 +176,11 @@ def finish(conf, ctx, status):
 
 
 def _headers(decision):
-    return [("RateLimit-Limit", str(decision.limit)),
-            ("RateLimit-Remaining", str(decision.remaining)),
-            ("RateLimit-Reset", str(max(0, math.ceil(decision.reset))))]
+    """RateLimit-* for the upstream's answer or our 429; as bytes, which both heads take as
+    they are (a header per answer of every limited route: no text to encode each time)."""
+    return [(b"RateLimit-Limit", b"%d" % decision.limit),
+            (b"RateLimit-Remaining", b"%d" % decision.remaining),
+            (b"RateLimit-Reset", b"%d" % max(0, math.ceil(decision.reset)))]
 
 
 def _count(ctx, outcome):
