@@ -56,6 +56,26 @@ def parse_wrk(out):
             "p50": lat(50), "p99": lat(99), "errors": errors.group(1) if errors else ""}
 
 
+def cpu_ticks(pids):
+    """CPU time (user + sys, in clock ticks) the processes have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def children(pid):
+    """A process's child pids (a gateway master's workers)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def wrk(url, seconds, connections, threads=1, core=None, extra=()):
     out = subprocess.run(wrk_command(url, seconds, connections, threads, core, extra),
                          capture_output=True, text=True).stdout
