@@ -192,42 +192,41 @@ class ResponseHead:
 
     Built from the upstream's header block as read (HTTP/1.1) or from pairs (HTTP/2). The
     block is split into pairs only when a plugin reads or edits ``headers``: a plugin that
-    only adds headers (``append_header``; rate_limit's RateLimit-*) leaves the upstream's
-    block as it came, which spares every answer a split and a rebuild.
+    only adds headers (``append_header``, ``append_lines``; rate_limit's RateLimit-*) adds
+    lines to the upstream's block as it came, which spares every answer a split and a
+    rebuild.
     """
 
-    __slots__ = ("status", "_headers", "_block", "_appended", "body_filters")
+    __slots__ = ("status", "_headers", "_block", "body_filters")
 
     def __init__(self, status, headers=None, block=None):
         self.status = status
         self._headers = headers
         self._block = block
-        self._appended = []
         self.body_filters = None
 
     @property
     def headers(self):
         """The headers as a list of (name, value) pairs, edited in place by plugins."""
         if self._headers is None:
-            self._headers = parse_block(self._block) + self._appended
-            self._block, self._appended = None, []
+            self._headers = parse_block(self._block)
+            self._block = None
         return self._headers
 
     @headers.setter
     def headers(self, pairs):
-        self._headers, self._block, self._appended = pairs, None, []
+        self._headers, self._block = pairs, None
 
     def append_header(self, name, value):
-        """Add a header after the upstream's (no scan, no copy)."""
-        pair = (_enc(name), _enc(value))
-        if self._headers is None:
-            self._appended.append(pair)
-        else:
-            self._headers.append(pair)
+        """Add a header after the upstream's (no scan, no split)."""
+        self.append_lines(b"%s: %s\r\n" % (_enc(name), _enc(value)))
 
-    def append_headers(self, pairs):
-        """``append_header`` for several (bytes, bytes) pairs at once."""
-        (self._appended if self._headers is None else self._headers).extend(pairs)
+    def append_lines(self, lines):
+        """Add whole ``Name: value\r\n`` lines (bytes) after the upstream's headers."""
+        if self._headers is None:
+            self._block += lines
+        else:
+            self._headers.extend(parse_block(lines))
 
     def has_header_prefix(self, prefix):
         """Whether any header name starts with ``prefix`` (lower case bytes), cheaply: the
@@ -235,14 +234,12 @@ class ResponseHead:
         if self._headers is not None:
             return any(k[:len(prefix)].lower() == prefix for k, _ in self._headers)
         block = self._block.lower()
-        return block.startswith(prefix) or b"\n" + prefix in block or \
-            bool(self._appended) and any(k[:len(prefix)].lower() == prefix
-                                         for k, _ in self._appended)
+        return block.startswith(prefix) or b"\n" + prefix in block
 
     def block(self):
         """The headers as ``Name: value\r\n`` lines, for the client's head."""
         if self._headers is None:
-            return self._block + b"".join([b"%s: %s\r\n" % pair for pair in self._appended])
+            return self._block
         return b"".join([b"%s: %s\r\n" % pair for pair in self._headers])
 
     def filter_body(self, transform):

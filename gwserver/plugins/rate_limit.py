@@ -24,7 +24,7 @@ one per route, shared like the limit itself (Redis, or per host).
 import hashlib
 import math
 
-from ..core.context import Reply
+from ..core.context import Reply, parse_block
 from ..core.schema import (Field, Invalid, Schema, fraction, integer, list_of, number, one_of,
                            show, status_code)
 from ..errors import StoreError
@@ -155,10 +155,10 @@ def response(conf, ctx, head):
     if decision is None:
         return
     # Ours replace any RateLimit-* the upstream sent; without those, the upstream's head is
-    # never split into pairs (append_header), only added to.
+    # never split into pairs (append_lines), only added to.
     if head.has_header_prefix(b"ratelimit-"):
         head.headers = [(k, v) for k, v in head.headers if k.lower() not in _OURS]
-    head.append_headers(_headers(decision))
+    head.append_lines(_lines(decision))
 
 
 def finish(conf, ctx, status):
@@ -175,12 +175,16 @@ def finish(conf, ctx, status):
         ctx.services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))
 
 
+def _lines(decision):
+    """RateLimit-* as header lines, in one formatting: added to every answer of a limited
+    route."""
+    return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+        decision.limit, decision.remaining, max(0, math.ceil(decision.reset)))
+
+
 def _headers(decision):
-    """RateLimit-* for the upstream's answer or our 429; as bytes, which both heads take as
-    they are (a header per answer of every limited route: no text to encode each time)."""
-    return [(b"RateLimit-Limit", b"%d" % decision.limit),
-            (b"RateLimit-Remaining", b"%d" % decision.remaining),
-            (b"RateLimit-Reset", b"%d" % max(0, math.ceil(decision.reset)))]
+    """The same RateLimit-* as pairs, for our 429."""
+    return parse_block(_lines(decision))
 
 
 def _count(ctx, outcome):

@@ -161,3 +161,9 @@ def test_a_response_head_is_split_only_when_a_plugin_reads_it():
     assert head.block() == b"Server: up\r\nX-A: 1\r\nX-Added: yes\r\nX-Last: 1\r\n"
     head.headers = [(b"Only", b"this")]
     assert head.block() == b"Only: this\r\n" and head.has_header_prefix(b"only")
+    head.append_lines(b"A: 1\r\nB: 2\r\n")                # split: added as pairs
+    assert head.headers[-2:] == [(b"A", b"1"), (b"B", b"2")]
+    fresh = ResponseHead(200, block=b"Server: up\r\n")
+    fresh.append_lines(b"RateLimit-Limit: 5\r\n")           # unsplit: added to the block
+    assert fresh._headers is None and fresh.has_header_prefix(b"ratelimit-")
+    assert fresh.block() == b"Server: up\r\nRateLimit-Limit: 5\r\n"
