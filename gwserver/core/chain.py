@@ -100,8 +100,9 @@ class Chain:
         self.finish_steps = tuple((p, c) for p, c in steps if hasattr(p, "finish"))
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
         self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
-        self.identifiers = frozenset(p for p, _ in steps if getattr(p, "IDENTIFIES_CONSUMER",
-                                                                   False))
+        # by id: a plugin may be any object, hashable or not; the chain keeps it alive
+        self.identifiers = frozenset(id(p) for p, _ in steps
+                                     if getattr(p, "IDENTIFIES_CONSUMER", False))
         self.identifies = bool(self.identifiers)
 
     def claims_of(self, ctx, route_id):
@@ -144,7 +145,7 @@ class Chain:
             if reply is not None:
                 ctx.ended_by = plugin.NAME
                 return reply
-            if plugin in self.identifiers and steps is self.access_steps:
+            if id(plugin) in self.identifiers and steps is self.access_steps:
                 consumer = ctx.var("consumer")
                 if consumer is not None and consumer.chain.steps:
                     joined = consumer.joined_with(self)

@@ -4,6 +4,7 @@ Headers travel as lists of ``(name, value)`` bytes pairs, exactly as the client 
 and order kept, repeats kept); ``header_map`` is a lower-case name -> last value view for lookups.
 """
 import json
+import re
 from urllib.parse import parse_qsl
 
 from ..errors import UpstreamError, UpstreamTimeout
@@ -53,6 +54,20 @@ def _json_body(payload):
 
 def _enc(text):
     return text.encode("latin-1") if isinstance(text, str) else text
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def _check_lines(lines):
+    """Refuse what would split or end the client's head: a line added by a plugin must be a
+    whole ``Name: value\r\n`` line with no other CR, LF or NUL, and no folded line."""
+    breaks = lines.count(b"\r\n")
+    if (not breaks or not lines.endswith(b"\r\n") or lines.count(b"\n") != breaks
+            or lines.count(b"\r") != breaks or lines.count(b":") < breaks or b"\0" in lines or b"\r\n\r\n" in lines
+            or lines[:1] in (b" ", b"\t", b":") or b"\r\n " in lines
+            or b"\r\n\t" in lines or b"\r\n:" in lines):
+        raise ValueError(f"header lines must be whole 'Name: value\\r\\n' lines: {lines!r}")
 
 
 def set_header(headers, name, value):
@@ -219,10 +234,17 @@ class ResponseHead:
 
     def append_header(self, name, value):
         """Add a header after the upstream's (no scan, no split)."""
-        self.append_lines(b"%s: %s\r\n" % (_enc(name), _enc(value)))
+        name, value = _enc(name), _enc(value)
+        if not _TOKEN.match(name):
+            raise ValueError(f"not a header name: {name!r}")
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise ValueError(f"a header value cannot hold CR, LF or NUL: {value!r}")
+        self.append_lines(b"%s: %s\r\n" % (name, value))
 
     def append_lines(self, lines):
-        """Add whole ``Name: value\r\n`` lines (bytes) after the upstream's headers."""
+        """Add whole ``Name: value\r\n`` lines (bytes) after the upstream's headers; anything
+        else (a bare CR or LF, a NUL, an empty line) raises ValueError."""
+        _check_lines(lines)
         if self._headers is None:
             self._block += lines
         else:

@@ -79,6 +79,15 @@ def test_headers_plugin_edits_request_and_response():
     assert head.headers == [(b"Content-Type", b"text/plain"), (b"Cache-Control", b"no-store")]
 
 
+def test_a_plugin_may_be_any_object_even_an_unhashable_one():
+    log = []
+    identifying = plugin("who", 10, log=log)       # a SimpleNamespace: it has no hash
+    identifying.IDENTIFIES_CONSUMER = True
+    chain = build_chain("route r", {"who": {}}, {}, {"who": identifying})
+    assert chain.identifies
+    assert chain.run_access(ctx()) is None and log == ["who"]
+
+
 def test_empty_chain_is_shared_and_inert():
     assert Chain().run_access(ctx()) is None
 
@@ -167,3 +176,31 @@ def test_a_response_head_is_split_only_when_a_plugin_reads_it():
     fresh.append_lines(b"RateLimit-Limit: 5\r\n")           # unsplit: added to the block
     assert fresh._headers is None and fresh.has_header_prefix(b"ratelimit-")
     assert fresh.block() == b"Server: up\r\nRateLimit-Limit: 5\r\n"
+
+
+@pytest.mark.parametrize("lines", [
+    b"", b"X-A: 1", b"X-A: 1\n", b"X-A: 1\r\n\r\n", b"X-A: 1\r\n\r\nbody",
+    b"X-A: 1\rX-B: 2\r\n", b"X-A: 1\nX-B: 2\r\n", b"X-A: 1\0\r\n", b" folded\r\n",
+    b"X-A: 1\r\n\tfolded\r\n", b": no name\r\n", b"no colon\r\n",
+    b"X-A: 1\r\nX-B: 2",
+])
+def test_a_plugin_cannot_split_or_end_the_clients_head(lines):
+    from gwserver.core.context import ResponseHead
+    for head in (ResponseHead(200, block=b"Server: up\r\n"),
+                 ResponseHead(200, headers=[(b"Server", b"up")])):
+        with pytest.raises(ValueError):
+            head.append_lines(lines)
+        assert head.block() == b"Server: up\r\n"          # nothing half-added
+
+
+@pytest.mark.parametrize("name,value", [
+    (b"X-A\r\nX-B", b"1"), (b"X-A: 1\r\nX-B", b"2"), (b"X A", b"1"), (b"", b"1"),
+    (b"X-A", b"1\r\nSet-Cookie: a=b"), (b"X-A", b"1\n"), (b"X-A", b"1\0"),
+    ("X-\u00e9", "1"),
+])
+def test_append_header_refuses_a_name_or_value_that_would_add_a_line(name, value):
+    from gwserver.core.context import ResponseHead
+    head = ResponseHead(200, block=b"Server: up\r\n")
+    with pytest.raises(ValueError):
+        head.append_header(name, value)
+    assert head.block() == b"Server: up\r\n"
