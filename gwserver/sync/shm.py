@@ -58,6 +58,7 @@ class TablePublisher:
 
     BASE_INTERVAL = 0.5
     MAX_STALE = 5.0
+    MAX_RETRY = 60.0     # the longest wait between tries at a base that cannot be written
     KEEP_CHANGES = 2000
 
     def __init__(self, runtime_dir, full_table, snapshot_path=None, source=None):
@@ -129,6 +130,7 @@ class TablePublisher:
     def _write_bases(self):
         """Rewrite the base once publications pause for BASE_INTERVAL (at most MAX_STALE late):
         serialising a large table holds the GIL, and would delay the next update."""
+        retry_in = self.MAX_STALE
         while True:
             self.dirty.wait()
             dirty_since = time.monotonic()
@@ -141,10 +143,13 @@ class TablePublisher:
                 generation, revision = self.generation, self.revision
             try:
                 self._write_base(generation, revision, table, source)
+                retry_in = self.MAX_STALE
             except OSError as exc:     # a full disk, a removed runtime dir: try again, later
-                log.error("cannot write the table base in %s: %s", self.runtime_dir, exc)
-                time.sleep(self.MAX_STALE)
-                self.dirty.set()
+                log.error("cannot write the table base in %s: %s (next try in %.0f s)",
+                          self.runtime_dir, exc, retry_in)
+                self.dirty.set()        # still pending: a flush on exit writes it
+                time.sleep(retry_in)
+                retry_in = min(retry_in * 2, self.MAX_RETRY)
 
     def flush(self):
         """Write a pending base now (on exit). Skipped if the table is being changed."""

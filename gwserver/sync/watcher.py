@@ -349,7 +349,10 @@ def run(conf_path):
     sync = ConfigSync(conf)
 
     def stop(*_):
-        sync.publisher.flush()          # the snapshot must hold the last change
+        try:
+            sync.publisher.flush()      # the snapshot must hold the last change
+        except OSError as exc:          # a full disk: the last base stands, the next start syncs
+            log.error("cannot write the table base on exit: %s", exc)
         os._exit(0)                     # every file is replaced atomically: nothing half-done
     signal.signal(signal.SIGTERM, stop)
     sync.run()

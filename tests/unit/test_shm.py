@@ -119,8 +119,11 @@ def test_the_base_writer_outlives_a_failed_write(tmp_path, publisher, table, cap
     while "cannot write the table base" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "cannot write the table base" in caplog.text
+    while not publisher.dirty.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert publisher.dirty.is_set()             # still pending, so an exit's flush writes it
     (tmp_path / "table.json").rmdir()
-    while not (tmp_path / "table.json").is_file() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    publisher.flush()
+    assert (tmp_path / "table.json").is_file()
     base = json.loads((tmp_path / "table.json").read_text())
     assert base["generation"] == 2 and base["table"]["upstreams"] == {"up": item(2, UP)}
