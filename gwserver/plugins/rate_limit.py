@@ -183,8 +183,8 @@ def _lines(decision):
 
 
 def _headers(decision):
-    """The same RateLimit-* as pairs, for our 429."""
-    return parse_block(_lines(decision))
+    """The same RateLimit-* as (str, str) pairs, like the rest of our 429's headers."""
+    return [(name.decode(), value.decode()) for name, value in parse_block(_lines(decision))]
 
 
 def _count(ctx, outcome):
