@@ -56,18 +56,32 @@ def parse_wrk(out):
             "p50": lat(50), "p99": lat(99), "errors": errors.group(1) if errors else ""}
 
 
+def _stat(pid):
+    """/proc/PID/stat's fields from the state on (field 3 is [0]), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
 def cpu_ticks(pids):
     """CPU time (user + sys, in clock ticks) the processes have used so far."""
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                text = f.read()
-        except FileNotFoundError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])
+        fields = _stat(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
     return total
+
+
+def workers_ticks(master):
+    """CPU time of a master's workers, those it has reaped included (its cutime + cstime): a
+    worker that dies during a run takes its time with it otherwise."""
+    fields = _stat(master)
+    reaped = int(fields[13]) + int(fields[14]) if fields is not None else 0
+    return cpu_ticks(children(master)) + reaped
 
 
 def children(pid):
@@ -77,9 +91,12 @@ def children(pid):
 
 
 def wrk(url, seconds, connections, threads=1, core=None, extra=()):
-    out = subprocess.run(wrk_command(url, seconds, connections, threads, core, extra),
-                         capture_output=True, text=True).stdout
-    return parse_wrk(out)
+    done = subprocess.run(wrk_command(url, seconds, connections, threads, core, extra),
+                          capture_output=True, text=True)
+    if "Requests/sec" not in done.stdout:
+        raise SystemExit(f"wrk {url}: no report (exit {done.returncode}): "
+                         f"{(done.stderr or done.stdout).strip()[:300]}")
+    return parse_wrk(done.stdout)
 
 
 class Processes:

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import UpstreamError, UpstreamTimeout
 from ..services import NONE as NO_SERVICES
+from .headers import FIELD_NAME, FIELD_VALUE, is_field_value
 
 
 class Reply:
@@ -56,11 +57,11 @@ def _enc(text):
     return text.encode("latin-1") if isinstance(text, str) else text
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TOKEN = re.compile(FIELD_NAME.encode())
 
-
-# Whole ``Name: value\r\n`` lines: a token name, no CR, LF or NUL in a value, no empty line.
-_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r\n)+")
+# Whole ``Name: value\r\n`` lines: a token name, a value of what a header may hold (no CR, LF,
+# NUL or other control character but tab), no empty line.
+_LINES = re.compile(f"(?:{FIELD_NAME}:{FIELD_VALUE}\r\n)+".encode("latin-1"))
 
 
 def _check_lines(lines):
@@ -234,10 +235,10 @@ class ResponseHead:
     def append_header(self, name, value):
         """Add a header after the upstream's (no scan, no split)."""
         name, value = _enc(name), _enc(value)
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             raise ValueError(f"not a header name: {name!r}")
-        if b"\r" in value or b"\n" in value or b"\0" in value:
-            raise ValueError(f"a header value cannot hold CR, LF or NUL: {value!r}")
+        if not is_field_value(value):
+            raise ValueError(f"not a header value (a control character?): {value!r}")
         self.append_lines(b"%s: %s\r\n" % (name, value))
 
     def append_lines(self, lines):

@@ -1,6 +1,7 @@
 """Which headers belong to one hop and which the gateway writes itself: one list for both
 directions and both upstream protocols (HTTP/1.1 and HTTP/2), so they cannot drift.
 """
+import re
 from http import HTTPStatus
 
 # Every registered status (206, 307, 409, 422, ... too), with RFC 9110's newer phrases.
@@ -37,6 +38,19 @@ PROXY_SET = frozenset([
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"content-length"}
 
 VIA = b"1.1 gwserver"
+
+# RFC 9110 5.5/5.6.2: a field name is a token; a value is visible characters, SP and HTAB
+# (obs-text allowed), never another control character: CR or LF would add a header, and
+# llhttp (our HTTP/2 response framer, most clients) refuses \x01-\x1f and \x7f outright.
+FIELD_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+FIELD_VALUE = r"[\t\x20-\x7e\x80-\xff]*"
+_VALUE = re.compile(FIELD_VALUE)
+_VALUE_BYTES = re.compile(FIELD_VALUE.encode("latin-1"))
+
+
+def is_field_value(value):
+    """Whether ``value`` (str or bytes) may be sent as a header's value."""
+    return (_VALUE_BYTES if isinstance(value, bytes) else _VALUE).fullmatch(value) is not None
 
 
 def via_chain(received):

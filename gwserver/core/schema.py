@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from .headers import FIELD_NAME, is_field_value
 
 REQUIRED = object()
 
@@ -249,11 +250,12 @@ def map_of(value_check, key_check=None):
     return check
 
 
-HEADER_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"   # RFC 9110 token
+HEADER_NAME = FIELD_NAME   # RFC 9110 token
 header_name = string(HEADER_NAME, "an HTTP header name")
 
 
 def header_value(value):
-    if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-        raise Invalid(f"must be a header value without CR, LF or NUL, got {show(value)}")
+    if not isinstance(value, str) or not is_field_value(value):
+        raise Invalid(f"must be a header value (latin-1 text without CR, LF, NUL or other "
+                      f"control characters but tab), got {show(value)}")
     return value

@@ -25,7 +25,7 @@ change which route matched, ``$host`` or X-Forwarded-Host (the client's Host).
 Headers: ``remove``, then ``set`` (replace every copy), then ``add`` (one more copy). Values
 take ``$variables``; a ``set`` whose value comes out empty removes the header (a client's own
 copy never survives a value the gateway could not fill), an ``add`` adds nothing. A value that
-would hold CR, LF or NUL is refused with 400. Headers the gateway writes itself (Host,
+would hold a control character (CR, LF, NUL, ...) or text outside latin-1 is refused with 400. Headers the gateway writes itself (Host,
 Content-Length, X-Forwarded-*, hop-by-hop ones) cannot be edited here.
 
 ``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
@@ -37,12 +37,12 @@ import logging
 import re
 
 from ..core.context import Reply
-from ..core.headers import NOT_FORWARDED, RESPONSE_SPECIAL
+from ..core.headers import NOT_FORWARDED, RESPONSE_SPECIAL, is_field_value
 from ..core.schema import (Field, Schema, header_name, header_value, list_of, map_of,
                            show, status_code, string)
 from ..core.target import normalise_path
 from ..errors import BadRequest
-from .variables import compile_template, header_safe
+from .variables import compile_template
 
 log = logging.getLogger("gwserver.plugins")
 
@@ -165,7 +165,7 @@ def access(conf, ctx):
         ctx.remove_header(name)
     for name, template in to_set:
         value = template.expand(ctx)
-        if not header_safe(value):
+        if not is_field_value(value):
             return _bad_value(ctx, name)
         if value:
             ctx.set_header(name, value)
@@ -173,7 +173,7 @@ def access(conf, ctx):
             ctx.remove_header(name)
     for name, template in to_add:
         value = template.expand(ctx)
-        if not header_safe(value):
+        if not is_field_value(value):
             return _bad_value(ctx, name)
         if value:
             raw = value.encode("latin-1")
@@ -207,7 +207,8 @@ def _rewrite_path(path_conf, ctx):
 
 def _bad_value(ctx, name):
     return Reply.json(400, {"error": "invalid_header_value",
-                            "message": f"{name.decode('latin-1')} would hold CR, LF or NUL"})
+                            "message": f"{name.decode('latin-1')} would hold a control character "
+                                       f"or text outside latin-1"})
 
 
 def response(conf, ctx, head):
@@ -216,13 +217,13 @@ def response(conf, ctx, head):
         head.remove_header(name)
     for name, template in to_set:
         value = template.expand(ctx)
-        if value and header_safe(value):
+        if value and is_field_value(value):
             head.set_header(name, value)
         else:
             head.remove_header(name)
     for name, template in to_add:
         value = template.expand(ctx)
-        if value and header_safe(value):
+        if value and is_field_value(value):
             head.headers.append((name, value.encode("latin-1")))
     body = conf["body"]
     if body is not None and head.status not in BODILESS and ctx.method != "HEAD" and \

@@ -134,7 +134,3 @@ def uri_escape(value):
         raw = value.encode()
     return quote(raw, safe=_URI_SAFE)
 
-
-def header_safe(value):
-    """True when ``value`` may be a header value (no CR, LF or NUL: RFC 9110 5.5)."""
-    return "\r" not in value and "\n" not in value and "\0" not in value

@@ -298,3 +298,13 @@ def test_redis_slots_are_shared_by_two_gateways(launcher, up):
     assert results == [200]
     # the release rides the next Redis round trip, never waited for: a moment, not a lease
     assert wait_until(lambda: get(second, "/lc/echo")[0].status == 200, timeout=2)
+
+
+@pytest.mark.parametrize("raw", ["%0B", "%7F", "%01", "%E2%82%AC"])
+def test_a_path_variable_stays_percent_encoded_in_a_header(gw, raw):
+    """$param_rest comes from the path as the client spelled it: a control character it
+    encodes is never decoded into a header (llhttp, which frames HTTP/2 answers and parses
+    most clients' heads, refuses them)."""
+    resp, body = get(gw, f"/rw/echo/a{raw}b")
+    assert resp.status == 200
+    assert echoed(body)[0]["x-rest"] == [f"echo/a{raw}b"]

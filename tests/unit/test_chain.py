@@ -176,13 +176,17 @@ def test_a_response_head_is_split_only_when_a_plugin_reads_it():
     fresh.append_lines(b"RateLimit-Limit: 5\r\n")           # unsplit: added to the block
     assert fresh._headers is None and fresh.has_header_prefix(b"ratelimit-")
     assert fresh.block() == b"Server: up\r\nRateLimit-Limit: 5\r\n"
+    fresh.append_header("X-Tab", b"a\tb \xe9\x85")          # tab, obs-text: allowed
+    fresh.append_header("X-Empty", "")
+    assert fresh.block().endswith(b"X-Tab: a\tb \xe9\x85\r\nX-Empty: \r\n")
 
 
 @pytest.mark.parametrize("lines", [
     b"", b"X-A: 1", b"X-A: 1\n", b"X-A: 1\r\n\r\n", b"X-A: 1\r\n\r\nbody",
     b"X-A: 1\rX-B: 2\r\n", b"X-A: 1\nX-B: 2\r\n", b"X-A: 1\0\r\n", b" folded\r\n",
     b"X-A: 1\r\n\tfolded\r\n", b": no name\r\n", b"no colon\r\n",
-    b"X-A: 1\r\nX-B: 2",
+    b"X-A: 1\r\nX-B: 2", b"X-A: 1\x0b\r\n", b"X-A: \x01\r\n", b"X-A: 1\x7f\r\n",
+    b"X-A: 1\x0c\r\n", b"X A: 1\r\n",
 ])
 def test_a_plugin_cannot_split_or_end_the_clients_head(lines):
     from gwserver.core.context import ResponseHead
@@ -196,9 +200,11 @@ def test_a_plugin_cannot_split_or_end_the_clients_head(lines):
 @pytest.mark.parametrize("name,value", [
     (b"X-A\r\nX-B", b"1"), (b"X-A: 1\r\nX-B", b"2"), (b"X A", b"1"), (b"", b"1"),
     (b"X-A", b"1\r\nSet-Cookie: a=b"), (b"X-A", b"1\n"), (b"X-A", b"1\0"),
-    ("X-\u00e9", "1"),
+    ("X-\u00e9", "1"), (b"X-A", b"1\x0b"), (b"X-A", b"\x1f"), (b"X-A", b"\x7f"),
+    ("X-A", "\u20ac"), (b"X-A:", b"1"),
 ])
 def test_append_header_refuses_a_name_or_value_that_would_add_a_line(name, value):
+    # (or that llhttp, the HTTP/2 framer and most clients, would refuse: controls, DEL)
     from gwserver.core.context import ResponseHead
     head = ResponseHead(200, block=b"Server: up\r\n")
     with pytest.raises(ValueError):

@@ -48,6 +48,8 @@ def step(plugins):
     ({"redirect": {"uri": "https://$host.evil.example/"}}, "host part"),
     ({"redirect": {"uri": "https://a.example@evil.example/"}}, "host part"),
     ({"redirect": {"uri": "https://$host/\r\nX: y"}}, "CR, LF"),
+    ({"rewrite": {"request_headers": {"set": {"X-A": "a\x0bb"}}}}, "control characters"),
+    ({"rewrite": {"response_headers": {"add": {"X-A": "\u20ac"}}}}, "latin-1"),
     ({"redirect": {"uri": "/x/$nope"}}, "unknown variable $nope"),
     ({"redirect": {"uri": "/x/$1"}}, "captures exist only"),
     ({"redirect": {"http_to_https": True, "status": 200}}, "must be one of"),
