@@ -48,6 +48,18 @@ _VALUE = re.compile(FIELD_VALUE)
 _VALUE_BYTES = re.compile(FIELD_VALUE.encode("latin-1"))
 
 
+_NAME_BYTES = re.compile(FIELD_NAME.encode())
+
+
+def first_bad_field(pairs):
+    """The first (name, value) bytes pair that is not a header field HTTP allows, or None:
+    what an HTTP/2 upstream sends is checked as llhttp checks an HTTP/1.1 upstream's head."""
+    for pair in pairs:
+        if _NAME_BYTES.fullmatch(pair[0]) is None or _VALUE_BYTES.fullmatch(pair[1]) is None:
+            return pair
+    return None
+
+
 def is_field_value(value):
     """Whether ``value`` (str or bytes) may be sent as a header's value."""
     return (_VALUE_BYTES if isinstance(value, bytes) else _VALUE).fullmatch(value) is not None

@@ -26,6 +26,7 @@ import h2.exceptions
 import h2.settings
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
+from ..core.headers import first_bad_field
 from ..errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
 from ..net.sockets import RECV_SIZE
@@ -264,7 +265,9 @@ class StreamResponse:
                     continue
                 if event.stream_ended:
                     self.ended = True
-                return status, [(k, v) for k, v in headers if not k.startswith(b":")]
+                fields = [(k, v) for k, v in headers if not k.startswith(b":")]
+                self._check(fields, "header")
+                return status, fields
             if isinstance(event, h2.events.StreamEnded):
                 raise UpstreamError("stream ended before a response head")
 
@@ -280,10 +283,20 @@ class StreamResponse:
                     self.ended = True
             elif isinstance(event, h2.events.TrailersReceived):
                 self.trailers = [(bytes(k), bytes(v)) for k, v in event.headers]
+                self._check(self.trailers, "trailer")
                 if event.stream_ended:
                     self.ended = True
             elif isinstance(event, h2.events.StreamEnded):
                 self.ended = True
+
+    def _check(self, fields, kind):
+        """h2 refuses NUL, CR and LF; a control character or a non-token name would still reach
+        the client (and llhttp, which frames HTTP/2 answers, refuses them): a broken answer."""
+        bad = first_bad_field(fields)
+        if bad is not None:
+            raise UpstreamError(f"{self.connection.target.url} sent a {kind} HTTP does not "
+                                f"allow (a control character or a bad name: "
+                                f"{bad[0][:40].decode('latin-1')!r})")
 
     def close(self):
         self.connection.finish(self.stream_id, reset=not self.ended)

@@ -3,6 +3,7 @@ through the one request path; real clients (curl) first, a hand-driven h2 client
 will not send."""
 import json
 import re
+import socket
 import subprocess
 
 import h2.errors
@@ -127,3 +128,16 @@ def test_the_protocol_is_a_metric_label(launcher, upstream):
             rb'gwserver_requests_total\{[^}]*protocol="%s"[^}]*\} [1-9]' % p, body)
             for p in (b"HTTP/2", b"HTTP/1.1"))
     assert wait_until(counted, timeout=10)
+
+
+@pytest.mark.parametrize("header", [b"X-A: a\x0bb", b"X-A: a\x7f", b"X(A): 1"])
+def test_a_field_http1_refuses_is_refused_on_h2c_too(h2c_gw, upstream, header):
+    """What llhttp refuses from an HTTP/1.1 client (a control character in a value, a name that
+    is not a token) is a malformed HTTP/2 request too: never forwarded on either protocol."""
+    with socket.create_connection(("127.0.0.1", h2c_gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: gw\r\n" + header +
+                     b"\r\nConnection: close\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+    out = curl("--http2-prior-knowledge", "-H", header.decode("latin-1"), f"{h2c_gw.url}/echo")
+    assert out.returncode != 0 and b"echo" not in out.stdout, out    # the stream is reset
+    assert b"HTTP/2 stream" in out.stderr or b"PROTOCOL_ERROR" in out.stderr, out

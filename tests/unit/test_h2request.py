@@ -18,6 +18,9 @@ BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/x"), (b":aut
     BASE + [(b"keep-alive", b"5")], BASE + [(b"transfer-encoding", b"chunked")],
     BASE + [(b"te", b"gzip")], BASE + [(b"X-Up", b"1")], BASE + [(b"x", b"a\r\nb")],
     BASE + [(b"x", b" lead")], BASE + [(b"host", b"b")],    # Host disagrees with :authority
+    # what llhttp refuses on HTTP/1.1 is refused here too: controls in a value, non-token names
+    BASE + [(b"x", b"a\x0bb")], BASE + [(b"x", b"a\x01")], BASE + [(b"x", b"\x7f")],
+    BASE + [(b"x(y", b"1")], BASE + [(b"x@y", b"1")], BASE + [(b"x/y", b"1")],
     [(b":method", b"CONNECT"), (b":authority", b"a:443")],
     [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"x")],
 ])
@@ -27,7 +30,8 @@ def test_malformed(headers):
 
 
 def test_well_formed():
-    pseudo, regular = split_request(BASE + [(b"host", b"a"), (b"te", b"trailers"), (b"x", b"")])
+    pseudo, regular = split_request(BASE + [(b"host", b"a"), (b"te", b"trailers"), (b"x", b""),
+                                            (b"x-tab", b"a\tb \xe9")])
     assert pseudo[b":path"] == b"/x" and regular[0] == (b"host", b"a")
 
 

@@ -1,0 +1,115 @@
+"""A broken HTTP/2 upstream's header and trailer fields: h2 itself refuses NUL, CR and LF; a
+control character or a non-token name must not reach the client either (an HTTP/1.1 upstream
+sending them gets a 502 from llhttp, and llhttp also frames our HTTP/2 answers)."""
+import socket
+import subprocess
+import threading
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from ..conftest import gateway_conf
+
+ANSWERS = {
+    b"/good": ([(b"x-a", b"a\tb \xe9")], [(b"x-t", b"fine")]),
+    b"/bad-value": ([(b"x-a", b"a\x0bb")], None),
+    b"/bad-del": ([(b"x-a", b"a\x7f")], None),
+    b"/bad-name": ([(b"x(a", b"1")], None),
+    b"/bad-trailer": ([], [(b"x-t", b"\x01")]),
+}
+
+
+class BrokenH2Upstream:
+    """h2c with prior knowledge; each path answers with the fields in ANSWERS, sent unchecked."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return                              # closed by the fixture's teardown
+            threading.Thread(target=self.connection, args=(sock,), daemon=True).start()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        conn.initiate_connection()
+        with sock:
+            sock.sendall(conn.data_to_send())
+            while data := sock.recv(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        path = dict(event.headers)[b":path"]
+                        fields, trailers = ANSWERS[path]
+                        conn.send_headers(event.stream_id, [(b":status", b"200")] + fields)
+                        conn.send_data(event.stream_id, b"hello", end_stream=trailers is None)
+                        if trailers is not None:
+                            conn.send_headers(event.stream_id, trailers, end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def gw(launcher):
+    upstream = BrokenH2Upstream()
+    try:
+        yield launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}], "protocol": "h2"}}],
+            http2={"h2c": True}))
+    finally:
+        upstream.close()
+
+
+def http1(port, path):
+    """The raw answer to a GET that asks for trailers, read to the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: gw\r\nTE: trailers\r\nConnection: close\r\n\r\n"
+                     % path)
+        answer = b""
+        try:
+            while piece := sock.recv(65536):
+                answer += piece
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def test_good_fields_pass_through(gw):
+    answer = http1(gw.port, b"/good")
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"\r\nx-a: a\tb \xe9\r\n" in answer                   # tab and obs-text are allowed
+    assert answer.endswith(b"\r\n0\r\nx-t: fine\r\n\r\n")
+
+
+@pytest.mark.parametrize("path", [b"/bad-value", b"/bad-del", b"/bad-name"])
+def test_a_bad_header_field_is_a_502_on_either_protocol(gw, path):
+    answer = http1(gw.port, path)
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:200]
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"x-a:" not in head and b"x(a:" not in head
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "--http2-prior-knowledge", "-o",
+                          "/dev/null", "-w", "%{http_code}",
+                          f"http://127.0.0.1:{gw.port}{path.decode()}"],
+                         capture_output=True, timeout=15)
+    assert out.stdout == b"502", out
+    assert "HTTP does not allow" in gw.log()
+
+
+def test_a_bad_trailer_ends_the_answer_unfinished(gw):
+    """The head has gone out: the answer is cut short (no last chunk), never finished with
+    the trailer, so the client sees a broken response, not a forged one."""
+    answer = http1(gw.port, b"/bad-trailer")
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"\x01" not in answer and not answer.endswith(b"\r\n0\r\n\r\n")
