@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import UpstreamError, UpstreamTimeout
 from ..services import NONE as NO_SERVICES
-from .headers import FIELD_NAME, FIELD_VALUE, is_field_value
+from .headers import FIELD_NAME, FIELD_VALUE, is_field_name, is_field_value
 
 
 class Reply:
@@ -56,8 +56,6 @@ def _json_body(payload):
 def _enc(text):
     return text.encode("latin-1") if isinstance(text, str) else text
 
-
-_TOKEN = re.compile(FIELD_NAME.encode())
 
 # Whole ``Name: value\r\n`` lines: a token name, a value of what a header may hold (no CR, LF,
 # NUL or other control character but tab), no empty line.
@@ -235,16 +233,19 @@ class ResponseHead:
     def append_header(self, name, value):
         """Add a header after the upstream's (no scan, no split)."""
         name, value = _enc(name), _enc(value)
-        if not _TOKEN.fullmatch(name):
+        if not is_field_name(name):
             raise ValueError(f"not a header name: {name!r}")
         if not is_field_value(value):
             raise ValueError(f"not a header value (a control character?): {value!r}")
-        self.append_lines(b"%s: %s\r\n" % (name, value))
+        self._add(b"%s: %s\r\n" % (name, value))
 
     def append_lines(self, lines):
         """Add whole ``Name: value\r\n`` lines (bytes) after the upstream's headers; anything
         else (a bare CR or LF, a NUL, an empty line) raises ValueError."""
         _check_lines(lines)
+        self._add(lines)
+
+    def _add(self, lines):
         if self._headers is None:
             self._block += lines
         else:

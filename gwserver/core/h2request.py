@@ -20,6 +20,7 @@ Pure: no sockets, no h2 types.
 import re
 
 from ..errors import UpstreamTimeout
+from .headers import TOKEN_LOWER_CHARS, VALUE_CHARS
 
 CONNECTION_SPECIFIC = frozenset([b"connection", b"keep-alive", b"proxy-connection",
                                  b"transfer-encoding", b"upgrade"])
@@ -28,8 +29,8 @@ REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":path", b":authority"])
 # with a control character but tab (RFC 9113 8.2.1 requires NUL, CR and LF; the rest are what
 # llhttp refuses on HTTP/1.1, so a request is not served on one protocol and refused on the
 # other) or white space at an end.
-_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]").search
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\A[ \t]|[ \t]\Z").search
+_BAD_NAME = re.compile(f"[^{TOKEN_LOWER_CHARS}]".encode()).search
+_BAD_VALUE = re.compile(f"[^{VALUE_CHARS}]|\\A[ \t]|[ \t]\\Z".encode("latin-1")).search
 
 
 class Malformed(Exception):

@@ -42,27 +42,34 @@ VIA = b"1.1 gwserver"
 # RFC 9110 5.5/5.6.2: a field name is a token; a value is visible characters, SP and HTAB
 # (obs-text allowed), never another control character: CR or LF would add a header, and
 # llhttp (our HTTP/2 response framer, most clients) refuses \x01-\x1f and \x7f outright.
-FIELD_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-FIELD_VALUE = r"[\t\x20-\x7e\x80-\xff]*"
+# The character sets are kept apart so HTTP/2's checks (lower-case names, one search for a
+# bad byte) are built from the same definition.
+TOKEN_LOWER_CHARS = r"!#$%&'*+\-.^_`|~0-9a-z"
+VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"
+FIELD_NAME = f"[{TOKEN_LOWER_CHARS}A-Z]+"
+FIELD_VALUE = f"[{VALUE_CHARS}]*"
+_NAME = re.compile(FIELD_NAME.encode())
 _VALUE = re.compile(FIELD_VALUE)
 _VALUE_BYTES = re.compile(FIELD_VALUE.encode("latin-1"))
 
 
-_NAME_BYTES = re.compile(FIELD_NAME.encode())
+def is_field_name(name):
+    """Whether ``name`` (bytes) is a token, as a header's name must be."""
+    return _NAME.fullmatch(name) is not None
+
+
+def is_field_value(value):
+    """Whether ``value`` (str or bytes) may be sent as a header's value."""
+    return (_VALUE_BYTES if isinstance(value, bytes) else _VALUE).fullmatch(value) is not None
 
 
 def first_bad_field(pairs):
     """The first (name, value) bytes pair that is not a header field HTTP allows, or None:
     what an HTTP/2 upstream sends is checked as llhttp checks an HTTP/1.1 upstream's head."""
     for pair in pairs:
-        if _NAME_BYTES.fullmatch(pair[0]) is None or _VALUE_BYTES.fullmatch(pair[1]) is None:
+        if not is_field_name(pair[0]) or not is_field_value(pair[1]):
             return pair
     return None
-
-
-def is_field_value(value):
-    """Whether ``value`` (str or bytes) may be sent as a header's value."""
-    return (_VALUE_BYTES if isinstance(value, bytes) else _VALUE).fullmatch(value) is not None
 
 
 def via_chain(received):

@@ -250,8 +250,7 @@ def map_of(value_check, key_check=None):
     return check
 
 
-HEADER_NAME = FIELD_NAME   # RFC 9110 token
-header_name = string(HEADER_NAME, "an HTTP header name")
+header_name = string(FIELD_NAME, "an HTTP header name")      # RFC 9110 token
 
 
 def header_value(value):

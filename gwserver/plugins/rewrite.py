@@ -25,8 +25,9 @@ change which route matched, ``$host`` or X-Forwarded-Host (the client's Host).
 Headers: ``remove``, then ``set`` (replace every copy), then ``add`` (one more copy). Values
 take ``$variables``; a ``set`` whose value comes out empty removes the header (a client's own
 copy never survives a value the gateway could not fill), an ``add`` adds nothing. A value that
-would hold a control character (CR, LF, NUL, ...) or text outside latin-1 is refused with 400. Headers the gateway writes itself (Host,
-Content-Length, X-Forwarded-*, hop-by-hop ones) cannot be edited here.
+would hold a control character (CR, LF, NUL, ...) or text outside latin-1 is refused with
+400. Headers the gateway writes itself (Host, Content-Length, X-Forwarded-*, hop-by-hop ones)
+cannot be edited here.
 
 ``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
 framing differs). ``response_body`` replaces the body of the upstream's answer (of every
