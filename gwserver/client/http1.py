@@ -458,7 +458,7 @@ class ClientConnection:
                                        time.monotonic() - start, req.upstream_seconds,
                                        req.var("protocol") or PROTOCOLS.get(req.version,
                                                                             "HTTP/1.1"))
-                consumer = req.var("consumer")
+                consumer = req.consumer
                 if consumer is not None:
                     runtime.metrics.count_consumer(consumer.id, status)
         if self.upgraded:

@@ -12,6 +12,10 @@ A plugin is a module (or object) with ``NAME``, ``PRIORITY`` (higher runs first,
 Optional hooks, each for one thing the core would otherwise have to know a plugin by name for:
 
     prepare(conf) -> conf                 precompute per-route state once, at compile time
+    phases(conf) -> {phase}               the phases this config needs, when fewer than the
+                                          plugin defines (headers without response edits
+                                          runs no response phase): the others are left out
+                                          of the route's chain, not called to do nothing
     needs(conf) -> [(plugin, setting)]    plugins this config only works beside
     claims(conf, ctx, route_id) -> dict | None
                                           verified claims, for routes that match on ``claims``
@@ -49,8 +53,8 @@ log = logging.getLogger("gwserver.plugins")
 PHASES = ("access", "response", "finish")
 
 
-HOOKS = ("prepare", "needs", "claims", "link", "upstream_refs", "upstreams", "admin_view",
-         "reply")
+HOOKS = ("prepare", "phases", "needs", "claims", "link", "upstream_refs", "upstreams",
+         "admin_view", "reply")
 PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
 
 
@@ -95,9 +99,9 @@ class Chain:
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
         self.names = tuple(plugin.NAME for plugin, _ in steps)
-        self.access_steps = tuple((p, c) for p, c in steps if hasattr(p, "access"))
-        self.response_steps = tuple((p, c) for p, c in steps if hasattr(p, "response"))
-        self.finish_steps = tuple((p, c) for p, c in steps if hasattr(p, "finish"))
+        self.access_steps = _running(steps, "access")
+        self.response_steps = _running(steps, "response")
+        self.finish_steps = _running(steps, "finish")
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
         self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
         # by id: a plugin may be any object, hashable or not; the chain keeps it alive
@@ -136,7 +140,7 @@ class Chain:
 
     def _run_access_joining(self, ctx):
         """run_access for a chain that may identify a consumer: once one is, the rest of the
-        request follows the route's chain joined with the consumer's plugins."""
+        request follows the route's chain joined with the consumer's plugins (``ctx.chain``)."""
         steps, i = self.access_steps, 0
         while i < len(steps):
             plugin, conf = steps[i]
@@ -146,35 +150,30 @@ class Chain:
                 ctx.ended_by = plugin.NAME
                 return reply
             if id(plugin) in self.identifiers and steps is self.access_steps:
-                consumer = ctx.var("consumer")
+                consumer = ctx.consumer
                 if consumer is not None and consumer.chain.steps:
-                    joined = consumer.joined_with(self)
-                    ctx.vars["chain"] = joined
+                    joined = ctx.chain = consumer.joined_with(self)
                     steps = joined.access_steps
                     i = next(n for n, step in enumerate(steps) if step[1] is conf) + 1
         return None
 
-    def _for(self, ctx):
-        joined = ctx.var("chain") if self.identifies else None
-        return self if joined is None else joined
-
     def response_steps_of(self, ctx):
         """The response steps this request runs: the route's, or the route's joined with
         an identified consumer's plugins (which may bring some the route has not)."""
-        return self._for(ctx).response_steps
+        return (ctx.chain or self).response_steps
 
     def finish_steps_of(self, ctx):
-        return self._for(ctx).finish_steps
+        return (ctx.chain or self).finish_steps
 
     def run_response(self, ctx, head):
-        for plugin, conf in self._for(ctx).response_steps:
+        for plugin, conf in (ctx.chain or self).response_steps:
             plugin.response(conf, ctx, head)
 
     def run_reply(self, ctx, reply):
         """Let plugins with a ``reply`` hook edit the head of an answer the gateway wrote
         itself (a plugin's Reply, a 404, a 502): cors adds its headers to a 401, so a browser
         can read why it was refused."""
-        steps = self._for(ctx).reply_steps
+        steps = (ctx.chain or self).reply_steps
         if steps:
             head = ResponseHead(reply.status, [(_enc(k), _enc(v)) for k, v in reply.headers])
             for plugin, conf in steps:
@@ -183,11 +182,17 @@ class Chain:
 
     def run_finish(self, ctx, status):
         # The answer is out: a failing plugin here is logged, never turned into a response.
-        for plugin, conf in self._for(ctx).finish_steps:
+        for plugin, conf in (ctx.chain or self).finish_steps:
             try:
                 plugin.finish(conf, ctx, status)
             except Exception:
                 log.exception("route %s: plugin %s failed in finish", ctx.route.id, plugin.NAME)
+
+
+def _running(steps, phase):
+    """The steps that run ``phase``: their plugin defines it, and their config needs it."""
+    return tuple((plugin, conf) for plugin, conf in steps if hasattr(plugin, phase) and
+                 (not hasattr(plugin, "phases") or phase in plugin.phases(conf)))
 
 
 def route_claims(ctx, route):
@@ -230,6 +235,11 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
         except ValueError as exc:
             # The config is echoed to logs and `check`: never with its secrets.
             problems.append(f"{owner}: plugins.{name}: {exc} (config {show(redact(conf))})")
+            continue
+        unknown = set(plugin.phases(conf)) - set(PHASES) if hasattr(plugin, "phases") else ()
+        if unknown:
+            problems.append(f"{owner}: plugins.{name}: the plugin's phases() names what is "
+                            f"not a phase: {', '.join(sorted(map(repr, unknown)))}")
             continue
         steps.append((plugin, conf))
     names = {plugin.NAME for plugin, _ in steps}

@@ -11,7 +11,7 @@ Auth plugins declare what a credential of theirs looks like (``CREDENTIAL``, a S
 how it is found (``credential_lookup(cred) -> hashable``, optional: plugins without it scan
 their credentials). A ``Directory`` holds the compiled consumers and one index per auth
 plugin; an auth plugin that recognises a client calls ``identify(ctx, consumer)``, after
-which ``ctx.var("consumer")`` is the Consumer for every later plugin, the upstream gets
+which ``ctx.consumer`` is the Consumer for every later plugin, the upstream gets
 ``X-Consumer-ID``/``X-Consumer-Groups``, and the consumer's own plugins join the rest of the
 route's chain (chain.py, ``IDENTIFIES_CONSUMER``).
 
@@ -50,8 +50,8 @@ class Consumer:
     credentials: dict           # plugin name -> prepared credential
     chain: object               # core.chain.Chain of its own plugins
     version: int = 0
-    groups_header: bytes = b""
-    id_header: bytes = b""
+    # X-Consumer-ID and X-Consumer-Groups (left out with no groups), as the upstream gets them
+    upstream_headers: tuple = ()
     joined: dict = field(default_factory=dict)   # route chain -> chain with ours joined
 
     def joined_with(self, chain):
@@ -111,8 +111,10 @@ def compile_consumer(consumer_id, spec, registry, version=0):
     if problems:
         raise ConfigError(problems)
     groups = tuple(dict.fromkeys(spec["groups"]))
+    upstream_headers = ((HEADER_ID, consumer_id.encode("latin-1")),) + \
+        (((HEADER_GROUPS, ",".join(groups).encode("latin-1")),) if groups else ())
     return Consumer(consumer_id, frozenset(groups), credentials, chain, version,
-                    ",".join(groups).encode("latin-1"), consumer_id.encode("latin-1"))
+                    upstream_headers)
 
 
 class Directory:
@@ -196,30 +198,28 @@ def compile_consumers(specs, registry):
     return directory, problems
 
 
-def directory_of(ctx):
-    """The consumers of the table serving this request (ctx.services.consumers)."""
-    return ctx.services.consumers
-
-
 def strip_client_copies(ctx):
     """Only the gateway says who the consumer is: a client's own copies never go upstream."""
-    if HEADER_ID in ctx.header_map:
+    header_map = ctx.header_map
+    if HEADER_ID in header_map or HEADER_GROUPS in header_map:
         ctx.remove_header(HEADER_ID)
-    if HEADER_GROUPS in ctx.header_map:
         ctx.remove_header(HEADER_GROUPS)
 
 
 def identify(ctx, consumer):
-    """``consumer`` made this request: later plugins see it, and so does the upstream."""
-    ctx.vars["consumer"] = consumer
-    ctx.set_header(HEADER_ID, consumer.id_header)
-    if consumer.groups_header:
-        ctx.set_header(HEADER_GROUPS, consumer.groups_header)
-    elif HEADER_GROUPS in ctx.header_map:
+    """``consumer`` made this request: later plugins see it (``ctx.consumer``), and so does
+    the upstream."""
+    ctx.consumer = consumer
+    header_map = ctx.header_map
+    if HEADER_ID in header_map or HEADER_GROUPS in header_map:
+        # a client's copies, or an earlier auth plugin's identification: replaced whole
+        ctx.remove_header(HEADER_ID)
         ctx.remove_header(HEADER_GROUPS)
+    ctx.headers += consumer.upstream_headers
+    header_map.update(consumer.upstream_headers)
 
 
 def consumer_id(ctx):
     """The identified consumer's id, or None (access log, metrics, rate_limit keys)."""
-    consumer = ctx.var("consumer")
+    consumer = ctx.consumer
     return None if consumer is None else consumer.id

@@ -62,12 +62,6 @@ def _enc(text):
 _LINES = re.compile(f"(?:{FIELD_NAME}:{FIELD_VALUE}\r\n)+".encode("latin-1"))
 
 
-def _check_lines(lines):
-    """Refuse what would split or end the client's head (a header a client's value adds)."""
-    if _LINES.fullmatch(lines) is None:
-        raise ValueError(f"header lines must be whole 'Name: value\\r\\n' lines: {lines!r}")
-
-
 def set_header(headers, name, value):
     """Replace every ``name`` header in a list of (bytes, bytes) pairs by one with ``value``."""
     remove_header(headers, name)
@@ -102,7 +96,9 @@ class RequestContext:
                  "connection_tokens", "upstream_seconds",
                  "attempts",    # tries that reached an upstream (more than 1: retried)
                  "started",     # time.monotonic() when the head was read
-                 "upstream_host_header")    # Host for the upstream set by a plugin (rewrite)
+                 "upstream_host_header",    # Host for the upstream set by a plugin (rewrite)
+                 "consumer",    # the Consumer an auth plugin identified (core.consumers)
+                 "chain")       # the route's chain joined with that consumer's plugins
 
     def __init__(self, client_ip, scheme, services=NO_SERVICES):
         self.services = services
@@ -122,7 +118,7 @@ class RequestContext:
         self.error = self.trace = self.upstream = None
         self.upgrade_tail = b""
         self.attempts = 0
-        self.started = self.upstream_host_header = None
+        self.started = self.upstream_host_header = self.consumer = self.chain = None
 
     @property
     def vars(self):
@@ -189,8 +185,10 @@ class RequestContext:
         self.header_map[lower] = value
 
     def remove_header(self, name):
-        remove_header(self.headers, name)
-        self.header_map.pop(_enc(name).lower(), None)
+        lower = _enc(name).lower()
+        # header_map holds every name the request has: one it lacks needs no scan
+        if self.header_map.pop(lower, None) is not None:
+            self.headers[:] = [(k, v) for k, v in self.headers if k.lower() != lower]
 
 
 def parse_block(block):
@@ -241,8 +239,10 @@ class ResponseHead:
 
     def append_lines(self, lines):
         """Add whole ``Name: value\r\n`` lines (bytes) after the upstream's headers; anything
-        else (a bare CR or LF, a NUL, an empty line) raises ValueError."""
-        _check_lines(lines)
+        else (a bare CR or LF, a NUL, an empty line) raises ValueError: what would split or
+        end the client's head (a header a client's value adds)."""
+        if _LINES.fullmatch(lines) is None:
+            raise ValueError(f"header lines must be whole 'Name: value\\r\\n' lines: {lines!r}")
         self._add(lines)
 
     def _add(self, lines):

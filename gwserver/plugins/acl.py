@@ -47,7 +47,7 @@ def allowed(conf, consumer):
 
 
 def access(conf, ctx):
-    consumer = ctx.var("consumer")
+    consumer = ctx.consumer
     if consumer is None:
         return Reply.json(401, {"error": "unauthorized",
                                 "message": "this route needs an identified consumer"})

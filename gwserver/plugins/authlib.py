@@ -108,10 +108,6 @@ def too_many_failures(retry_after, message):
                             "retry_after": seconds}, [("Retry-After", str(seconds))])
 
 
-def directory(ctx):
-    return consumers.directory_of(ctx)
-
-
 def unauthorized(challenge, message, error="unauthorized"):
     return Reply.json(401, {"error": error, "message": message},
                       [("WWW-Authenticate", challenge)] if challenge else [])
@@ -122,7 +118,7 @@ def anonymous_or(conf, ctx, reply):
     anonymous = conf.get("anonymous")
     if anonymous is None:
         return reply
-    found = directory(ctx)
+    found = ctx.services.consumers
     consumer = found.get(anonymous) if found is not None else None
     if consumer is None:
         return Reply.json(500, {"error": "anonymous_consumer_missing",

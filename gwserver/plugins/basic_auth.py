@@ -173,7 +173,7 @@ def access(conf, ctx):
     if parsed is None:
         return authlib.unauthorized(conf["challenge"], "the Authorization header is not "
                                     "Basic credentials", "invalid_credentials")
-    consumer = check(authlib.directory(ctx), *parsed, conf["cache"],
+    consumer = check(ctx.services.consumers, *parsed, conf["cache"],
                      budgets(conf, ctx, parsed[0]))
     if consumer is None:
         return authlib.unauthorized(conf["challenge"], "the user name or password is wrong",

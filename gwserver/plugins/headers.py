@@ -26,6 +26,12 @@ def prepare(conf):
     return {"request": edits(conf["request"]), "response": edits(conf["response"])}
 
 
+def phases(conf):
+    """Only the sides that have edits."""
+    return {phase for phase, side in (("access", "request"), ("response", "response"))
+            if conf[side] != ([], [])}
+
+
 def _apply(target, edits):
     to_set, to_remove = edits
     for name in to_remove:

@@ -342,7 +342,7 @@ def access(conf, ctx):
                                                 f'error="insufficient_scope", scope="{needed}"')])
     if conf["consumer_claim"] is not None:
         value = claims.get(conf["consumer_claim"])
-        directory = consumers.directory_of(ctx)
+        directory = ctx.services.consumers
         consumer = directory.find(NAME, str(value)) \
             if directory is not None and isinstance(value, (str, int)) else None
         if consumer is None:

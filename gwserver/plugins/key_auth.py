@@ -122,12 +122,16 @@ def find(directory, key, conf, ctx=None):
     client's budget of unknown keys is spent."""
     raw = key.encode("utf-8", "surrogateescape")
     mark = authlib.key_fingerprint(raw)
+    generation = directory.generation
     known = conf["cache"].get(mark)
     if known is not None:
-        consumer = directory.find(NAME, known)
+        stored, consumer, checked_in = known
+        if checked_in == generation:
+            return consumer         # the consumer table has not changed since
+        consumer = directory.find(NAME, stored)
         if consumer is not None:
+            conf["cache"].put(mark, (stored, consumer, generation))
             return consumer
-    generation = directory.generation
     unknown = conf["unknown"]
     if unknown.known_unknown(mark, generation):
         return None
@@ -145,7 +149,7 @@ def find(directory, key, conf, ctx=None):
         if hmac.compare_digest(hashlib.sha256(cred["salt"] + raw).digest(), cred["digest"]):
             if taken:
                 authlib.give_back(store, taken, conf["failure_window"])
-            conf["cache"].put(mark, stored)
+            conf["cache"].put(mark, (stored, consumer, generation))
             return consumer
     unknown.remember(mark, generation)
     return None
@@ -161,7 +165,7 @@ def access(conf, ctx):
         in_query = key is not None
     if not key:
         return authlib.anonymous_or(conf, ctx, _missing(conf))
-    directory = authlib.directory(ctx)
+    directory = ctx.services.consumers
     consumer = find(directory, key, conf, ctx) \
         if directory is not None and len(key) <= MAX_KEY else None
     if consumer is None:

@@ -90,6 +90,11 @@ def prepare(conf):
             "name": name.lower().encode("latin-1") if kind == "header" else name}
 
 
+def phases(conf):
+    """finish reports answers to an adaptive limit; a fixed one has no use for it."""
+    return {"access", "response"} | ({"finish"} if conf["adaptive"] is not None else set())
+
+
 def limit_key(conf, ctx):
     """The state key a limit counts under: route, then what ``key`` names (ip, route,
     consumer, header:NAME, claim:NAME); limit_conn keys its slots the same way."""
@@ -99,7 +104,7 @@ def limit_key(conf, ctx):
     elif kind == "route":
         value = ""
     elif kind == "consumer":
-        consumer = ctx.var("consumer")
+        consumer = ctx.consumer
         value = "-" if consumer is None else consumer.id
     elif kind == "header":
         raw = ctx.header_map.get(conf["name"])
@@ -138,7 +143,9 @@ def access(conf, ctx):
     ctx.vars["rate_limit"] = decision
     if conf["adaptive"] is not None:
         ctx.vars["rate_limit_store"] = store
-    _count(ctx, outcome + ("allowed" if decision.allowed else "limited"))
+    metrics = ctx.services.metrics
+    if metrics is not None:
+        metrics.count_limit(ctx.route.id, outcome + ("allowed" if decision.allowed else "limited"))
     if decision.allowed:
         return None
     return Reply.json(429, {"error": "too_many_requests", "limit": decision.limit,

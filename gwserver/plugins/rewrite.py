@@ -116,6 +116,12 @@ def prepare(conf):
             "body_statuses": frozenset(conf["response_body_statuses"])}
 
 
+def phases(conf):
+    """The response phase only when the answer has something to rewrite."""
+    edits_answer = any(conf["response"]) or conf["status"] or conf["body"] is not None
+    return {"access", "response"} if edits_answer else {"access"}
+
+
 def _check_fixed_text(replace):
     """Refuse at compile time a replacement that is not canonical whatever the captures:
     each capture and variable stands for one plain segment character."""

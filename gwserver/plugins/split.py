@@ -148,6 +148,11 @@ def prepare(conf):
             "env_header_b": conf["env_header"].lower().encode("latin-1")}
 
 
+def phases(conf):
+    """finish counts answers for a rollout's gates; a fixed split has no use for it."""
+    return {"access", "finish"} if conf["rollout"] is not None else {"access"}
+
+
 def _check_rollout(rollout, groups):
     if rollout["group"] not in groups:
         raise ValueError(f"rollout.group: {rollout['group']!r} is not a group "

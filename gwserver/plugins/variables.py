@@ -30,12 +30,12 @@ NAMES = ("host", "path", "query", "scheme", "method", "request_id", "client_ip",
 
 
 def _consumer(ctx):
-    consumer = ctx.var("consumer")
+    consumer = ctx.consumer
     return "" if consumer is None else consumer.id
 
 
 def _groups(ctx):
-    consumer = ctx.var("consumer")
+    consumer = ctx.consumer
     return "" if consumer is None else ",".join(consumer.groups)
 
 

@@ -537,7 +537,7 @@ class LocalStore:
         return memo
 
     def decide(self, algorithm, key, rate, per, burst):
-        memo = self._memo(key)
+        memo = self.memo.get(key) or self._memo(key)
         digest, hint = memo
         mm, size = self.mm, self.SLOT.size
         now = time.time()

@@ -126,7 +126,7 @@ def test_the_shipped_line_written_out_equals_the_generic_renderer(vars_, attempt
     req.route, req.trace = SimpleNamespace(id="r1"), SimpleNamespace(trace_id="ab" * 16)
     if vars_:
         req.vars.update(vars_)
-        req.vars["consumer"] = SimpleNamespace(id="bob")
+        req.consumer = SimpleNamespace(id="bob")
     generic = AccessFields(DEFAULT_FIELDS, "json")
     generic.fast = False
     args = (req, 200, 42, "http://u:1", 1.5, "2026-01-01T00:00:00.000Z")

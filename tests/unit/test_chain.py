@@ -92,6 +92,35 @@ def test_empty_chain_is_shared_and_inert():
     assert Chain().run_access(ctx()) is None
 
 
+def test_a_config_leaves_out_the_phases_it_does_not_need():
+    """phases(conf): a step is not called to do nothing, and a phase the config needs still
+    runs; a name that is not a phase is a config error, not a crash."""
+    registry = load_registry()
+    request_only = build_chain("r", {"headers": {"request": {"set": {"X-A": "1"}}}}, {}, registry)
+    assert request_only.names == ("headers",) and request_only.access_steps
+    assert request_only.response_steps == ()
+    both = build_chain("r", {"headers": {"request": {"set": {"X-A": "1"}},
+                                         "response": {"remove": ["Server"]}}}, {}, registry)
+    assert both.access_steps and both.response_steps
+    fixed = build_chain("r", {"rate_limit": {"rate": 5}}, {}, registry)
+    assert fixed.access_steps and fixed.response_steps and fixed.finish_steps == ()
+    adaptive = build_chain("r", {"rate_limit": {"rate": 5, "adaptive": {
+        "floor": 1, "ceiling": 10}}}, {}, registry)
+    assert adaptive.finish_steps
+    rewrite_path = build_chain("r", {"rewrite": {"host": "a.example"}}, {}, registry)
+    assert rewrite_path.access_steps and rewrite_path.response_steps == ()
+    assert build_chain("r", {"rewrite": {"response_status": {"404": 200}}}, {},
+                       registry).response_steps
+
+    log = []
+    odd = plugin("odd", 1, log=log)
+    odd.phases = lambda conf: {"access", "teardown"}
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"odd": {}}, {}, {"odd": odd})
+    assert info.value.problems == ["route r: plugins.odd: the plugin's phases() names what is "
+                                   "not a phase: 'teardown'"]
+
+
 class _Plugin:
     """A third-party plugin for contract checks: each test breaks one thing."""
     from gwserver.core.schema import Schema as _Schema
@@ -108,6 +137,7 @@ class _Plugin:
     ("SCHEMA", {"rate": 1}, "SCHEMA must be a gwserver.core.schema.Schema"),
     ("access", None, "defines no phase"),
     ("claims", "not a function", "claims must be a function"),
+    ("phases", {"access"}, "phases must be a function"),
     ("UPSTREAM_PLUGIN", "yes", "UPSTREAM_PLUGIN must be True or False"),
     ("UPSTREAM_PROTOCOL", "h3", "UPSTREAM_PROTOCOL must be one of"),
     ("link", lambda conf, resolve: conf, "link and upstream_refs go together"),

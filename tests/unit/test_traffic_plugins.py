@@ -207,8 +207,8 @@ def test_acl_remembers_a_verdict_per_consumer_version_never_across_versions():
     plugin, conf = step({"acl": {"allow_groups": ["partners"]}})
     registry = load_registry()
     ctx = ctx_for()
-    ctx.vars["consumer"] = compile_consumer("acme", {"groups": ["partners"]}, registry)
+    ctx.consumer = compile_consumer("acme", {"groups": ["partners"]}, registry)
     assert plugin.access(conf, ctx) is None
     assert plugin.access(conf, ctx) is None             # remembered
-    ctx.vars["consumer"] = compile_consumer("acme", {"groups": ["former"]}, registry)
+    ctx.consumer = compile_consumer("acme", {"groups": ["former"]}, registry)
     assert plugin.access(conf, ctx).status == 403
