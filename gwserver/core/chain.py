@@ -189,6 +189,26 @@ class Chain:
                 log.exception("route %s: plugin %s failed in finish", ctx.route.id, plugin.NAME)
 
 
+def _phases_problem(plugin, conf):
+    """What is wrong with a plugin's ``phases(conf)`` for this config, or None. Checked once
+    here, so the chains built from the step later (a consumer's joined chain) can rely on it;
+    a third-party hook that raises is a config error naming the route, not a crash."""
+    if not hasattr(plugin, "phases"):
+        return None
+    try:
+        phases = plugin.phases(conf)
+        unknown = set(phases) - set(PHASES) if isinstance(phases, (set, frozenset, list,
+                                                                    tuple)) else None
+    except Exception as exc:
+        return f"the plugin's phases() failed: {exc!r}"
+    if unknown is None:
+        return f"the plugin's phases() must return a set of phase names, got {phases!r}"
+    if unknown:
+        return f"the plugin's phases() names what is not a phase: " \
+               f"{', '.join(sorted(map(repr, unknown)))}"
+    return None
+
+
 def _running(steps, phase):
     """The steps that run ``phase``: their plugin defines it, and their config needs it."""
     return tuple((plugin, conf) for plugin, conf in steps if hasattr(plugin, phase) and
@@ -236,10 +256,9 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             # The config is echoed to logs and `check`: never with its secrets.
             problems.append(f"{owner}: plugins.{name}: {exc} (config {show(redact(conf))})")
             continue
-        unknown = set(plugin.phases(conf)) - set(PHASES) if hasattr(plugin, "phases") else ()
-        if unknown:
-            problems.append(f"{owner}: plugins.{name}: the plugin's phases() names what is "
-                            f"not a phase: {', '.join(sorted(map(repr, unknown)))}")
+        problem = _phases_problem(plugin, conf)
+        if problem:
+            problems.append(f"{owner}: plugins.{name}: {problem}")
             continue
         steps.append((plugin, conf))
     names = {plugin.NAME for plugin, _ in steps}

@@ -17,6 +17,7 @@ route's chain (chain.py, ``IDENTIFIES_CONSUMER``).
 
 A consumer's secrets never leave this module's values: ``public(spec)`` is what views show.
 """
+import itertools
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -40,6 +41,7 @@ CONSUMER = Schema(
     doc="Named clients: credentials per auth plugin, groups, and plugins of their own.",
 )
 
+_GENERATIONS = itertools.count()
 JOINED_CACHE = 256      # joined chains kept per consumer (one per route it calls, usually few)
 
 
@@ -127,9 +129,10 @@ class Directory:
         self.registry = registry
         self.consumers = {}         # id -> Consumer
         self.indexes = {}           # plugin name -> {lookup: Consumer}
-        # Bumped on every change: what a plugin remembers of the table (key_auth's unknown
-        # keys) is good for one generation only.
-        self.generation = 0
+        # New on every change, and never the same in two directories of one process: what
+        # a plugin remembers of a table (key_auth's known and unknown keys) is good for one
+        # generation of one directory only.
+        self.generation = next(_GENERATIONS)
         self._scans = {}            # plugin name -> credentials(), made once per generation
 
     def __len__(self):
@@ -152,7 +155,7 @@ class Directory:
         return scan
 
     def _changed(self):
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
         self._scans = {}
 
     def _lookups(self, consumer):

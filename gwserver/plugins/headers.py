@@ -1,8 +1,11 @@
-"""``headers``: set or remove request headers (before proxying) and response headers.
+"""``headers``: set or remove request headers (before proxying) and response headers, but
+not those the gateway writes itself (Host, Content-Length, hop-by-hop, X-Forwarded-*, Via,
+X-Request-ID, X-Consumer-*): a config that names one is refused.
 
     plugins.headers = {request = {set = {"X-Env" = "prod"}, remove = ["Cookie"]},
                        response = {set = {"Cache-Control" = "no-store"}, remove = ["Server"]}}
 """
+from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable
 from ..core.schema import Field, Schema, header_name, header_value, list_of, map_of
 
 NAME = "headers"
@@ -19,11 +22,15 @@ SCHEMA = Schema(
 
 
 def prepare(conf):
-    def edits(part):
+    def edits(part, reserved, where):
         part = {"set": {}, "remove": [], **part}
+        # Host, framing, hop-by-hop, the forwarded headers and the consumer's identity are
+        # the gateway's: a second Content-Length or Host upstream is a desync.
+        check_editable(list(part["set"]) + list(part["remove"]), reserved, where)
         return ([(k.encode("latin-1"), v.encode("latin-1")) for k, v in part["set"].items()],
                 [k.encode("latin-1") for k in part["remove"]])
-    return {"request": edits(conf["request"]), "response": edits(conf["response"])}
+    return {"request": edits(conf["request"], NOT_FORWARDED, "request"),
+            "response": edits(conf["response"], RESPONSE_RESERVED, "response")}
 
 
 def phases(conf):

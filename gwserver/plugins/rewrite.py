@@ -38,7 +38,7 @@ import logging
 import re
 
 from ..core.context import Reply
-from ..core.headers import NOT_FORWARDED, RESPONSE_SPECIAL, is_field_value
+from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable, is_field_value
 from ..core.schema import (Field, Schema, header_name, header_value, list_of, map_of,
                            show, status_code, string)
 from ..core.target import normalise_path
@@ -108,7 +108,7 @@ def prepare(conf):
         statuses[int(key)] = to
     return {"path": path, "host": conf["host"].encode("latin-1") if conf["host"] else None,
             "request": _edits(conf["request_headers"], NOT_FORWARDED, "request_headers"),
-            "response": _edits(conf["response_headers"], RESPONSE_SPECIAL | {b"x-request-id"},
+            "response": _edits(conf["response_headers"], RESPONSE_RESERVED,
                                "response_headers"),
             "status": statuses,
             "body": None if conf["response_body"] is None else
@@ -146,10 +146,7 @@ def _canonical(path):
 
 def _edits(part, reserved, where):
     part = {"set": {}, "add": {}, "remove": [], **part}     # an absent table is not filled
-    for name in list(part["remove"]) + list(part["set"]) + list(part["add"]):
-        if name.lower().encode("latin-1") in reserved:
-            raise ValueError(f"{where}: {name} is written by the gateway itself and cannot "
-                             f"be edited here")
+    check_editable(list(part["remove"]) + list(part["set"]) + list(part["add"]), reserved, where)
     for name, value in list(part["set"].items()) + list(part["add"].items()):
         try:
             compile_template(value)

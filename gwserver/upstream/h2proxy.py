@@ -17,7 +17,7 @@ import gevent
 from ..core import grpcweb
 from ..core.context import ResponseHead
 from ..core.h2request import grpc_timeout, is_grpc
-from ..core.headers import NOT_FORWARDED, via_chain
+from ..core.headers import WRITTEN_UPSTREAM, via_chain
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
@@ -52,7 +52,7 @@ class H2Forwarder:
         named = req.connection_tokens or ()
         for name, value in req.headers:
             lower = name.lower()
-            if lower in NOT_FORWARDED or lower in named:
+            if lower in WRITTEN_UPSTREAM or lower in named:
                 continue
             if grpc and lower in (b"content-type", b"x-grpc-web", b"accept"):
                 continue

@@ -2,33 +2,41 @@
 for the same request, and the client gets the same answer head from both."""
 import pytest
 
+from gwserver.plugins.key_auth import hash_key
+
 from ..conftest import gateway_conf
+
+KEY = "ak_equivalence_0123456789"
 
 ECHO = ('location / {{ add_header Via "1.1 origin"; return 200 "xff=$http_x_forwarded_for|'
         'xfh=$http_x_forwarded_host|xfp=$http_x_forwarded_proto|via=$http_via|'
         'rid=$http_x_request_id|tp=$http_traceparent|ts=$http_tracestate|host=$host|'
-        'conn=$http_connection|custom=$http_x_custom|uri=$request_uri"; }}')
+        'conn=$http_connection|custom=$http_x_custom|uri=$request_uri|'
+        'cid=$http_x_consumer_id|cgroups=$http_x_consumer_groups|key=$http_x_api_key"; }}')
 
 
 @pytest.fixture(scope="module")
 def both(module_launcher):
     h1 = module_launcher.nginx("echo-h1", "listen 127.0.0.1:{port}; " + ECHO)
     h2 = module_launcher.nginx("echo-h2", "listen 127.0.0.1:{port} http2; " + ECHO)
-    fault = {"fault": {"delay": {"seconds": 0.001}}}
+    plugins = {"fault": {"delay": {"seconds": 0.001}}, "key_auth": {}}
 
     def upstream(port, protocol):
         return {"targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": protocol}
 
     return module_launcher.gateway(gateway_conf([
         {"id": "h1", "paths": ["/h1/*rest"], "strip_prefix": "/h1",
-         "upstream": upstream(h1, "http1"), "plugins": fault},
+         "upstream": upstream(h1, "http1"), "plugins": plugins},
         {"id": "h2", "paths": ["/h2/*rest"], "strip_prefix": "/h2",
-         "upstream": upstream(h2, "h2"), "plugins": fault}]))
+         "upstream": upstream(h2, "h2"), "plugins": plugins}],
+        consumers={"billing": {"groups": ["internal", "partners"], "credentials": {
+            "key_auth": {"key_hash": hash_key(KEY)}}}}))
 
 
 def seen(gw, proto):
     headers = {"Via": "1.0 edge", "X-Custom": "kept", "X-Forwarded-For": "6.6.6.6",
-               "X-Request-ID": "req-42",
+               "X-Request-ID": "req-42", "X-API-Key": KEY,
+               "X-Consumer-ID": "admin", "X-Consumer-Groups": "admins",     # forged
                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     resp, body = gw.request("GET", f"/{proto}/a/b?q=1", headers=headers)
     assert resp.status == 200, body
@@ -47,5 +55,7 @@ def test_h1_and_h2_upstreams_receive_the_same_request_and_answer_the_same_head(b
     assert h1["xff"] == "127.0.0.1" and h1["xfh"] == f"127.0.0.1:{both.port}"
     assert "gwfault=delay" in h1["ts"]                     # the fault is told upstream
     assert h1["rid"] == "req-42" and h1["custom"] == "kept" and h1["uri"] == "/a/b?q=1"
+    # the consumer key_auth identified, never the client's forgery, and the key hidden
+    assert (h1["cid"], h1["cgroups"], h1["key"]) == ("billing", "internal,partners", "")
     assert h1_head == h2_head
     assert h1_head["via"] == "1.1 origin, 1.1 gwserver"

@@ -112,13 +112,40 @@ def test_a_config_leaves_out_the_phases_it_does_not_need():
     assert build_chain("r", {"rewrite": {"response_status": {"404": 200}}}, {},
                        registry).response_steps
 
-    log = []
-    odd = plugin("odd", 1, log=log)
-    odd.phases = lambda conf: {"access", "teardown"}
+
+@pytest.mark.parametrize("phases, problem", [
+    (lambda conf: {"access", "teardown"}, "the plugin's phases() names what is not a phase: "
+                                          "'teardown'"),
+    (lambda conf: conf["missing"], "the plugin's phases() failed: KeyError('missing')"),
+    (lambda conf: None, "the plugin's phases() must return a set of phase names, got None"),
+])
+def test_a_broken_phases_hook_is_a_config_error_naming_the_route(phases, problem):
+    """A third-party phases() that names no phase, raises or returns nonsense: the route is
+    refused with the reason (etcd sync keeps the good routes), nothing crashes."""
+    odd = plugin("odd", 1, log=[])
+    odd.phases = phases
     with pytest.raises(ConfigError) as info:
         build_chain("route r", {"odd": {}}, {}, {"odd": odd})
-    assert info.value.problems == ["route r: plugins.odd: the plugin's phases() names what is "
-                                   "not a phase: 'teardown'"]
+    assert info.value.problems == [f"route r: plugins.odd: {problem}"]
+
+
+@pytest.mark.parametrize("name, conf", [
+    ("headers", {"request": {"set": {"Content-Length": "5"}}}),
+    ("headers", {"request": {"set": {"transfer-encoding": "chunked"}}}),
+    ("headers", {"request": {"set": {"Host": "internal.example"}}}),
+    ("headers", {"request": {"remove": ["X-Forwarded-For"]}}),
+    ("headers", {"request": {"set": {"X-Consumer-ID": "admin"}}}),
+    ("headers", {"response": {"set": {"Content-Length": "0"}}}),
+    ("headers", {"response": {"remove": ["X-Request-ID"]}}),
+    ("rewrite", {"request_headers": {"add": {"Connection": "close"}}}),
+])
+def test_a_plugin_may_not_edit_what_the_gateway_writes(name, conf):
+    """A second Content-Length or Host upstream is a desync, a Transfer-Encoding a smuggled
+    request, an X-Consumer-ID a forged identity: refused when the route is compiled."""
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {name: conf}, {}, load_registry())
+    assert "is written by the gateway itself and cannot be edited here" in \
+        info.value.problems[0]
 
 
 class _Plugin:
