@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from .headers import FIELD_NAME, is_field_value
+from .headers import FIELD_NAME, NOT_FORWARDED, is_field_value
 
 REQUIRED = object()
 
@@ -251,6 +251,16 @@ def map_of(value_check, key_check=None):
 
 
 header_name = string(FIELD_NAME, "an HTTP header name")      # RFC 9110 token
+
+
+def request_header_name(value):
+    """A request header a plugin may set for the upstream: not one the gateway writes itself
+    (a second Host or Content-Length upstream is a desync, an X-Consumer-ID an identity)."""
+    name = header_name(value)
+    if name.lower().encode("latin-1") in NOT_FORWARDED:
+        raise Invalid(f"{name} is written by the gateway itself (Host, framing, hop-by-hop, "
+                      f"X-Forwarded-*, Via, X-Request-ID, X-Consumer-*) and cannot be set here")
+    return name
 
 
 def header_value(value):

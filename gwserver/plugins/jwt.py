@@ -32,7 +32,7 @@ import time
 from ..core import consumers
 from ..core.context import Reply
 from ..core.schema import (Field, Schema, boolean, integer, list_of, map_of, number, one_of,
-                           string, header_name)
+                           request_header_name, string)
 
 log = logging.getLogger("gwserver.plugins.jwt")
 
@@ -75,8 +75,10 @@ SCHEMA = Schema(
     Field("required_claims", list_of(string(what="a claim name")), list, "claims that must be"),
     Field("required_scopes", list_of(string(r"[!-~]+", "a scope")), list,
           "scopes that must all be granted (scope or scp claim)"),
-    Field("forward_claims", map_of(header_name, string(r"[A-Za-z0-9_.:-]+", "a claim name")),
-          dict, "claim -> request header set for the upstream"),
+    Field("forward_claims", map_of(request_header_name,
+                                   string(r"[A-Za-z0-9_.:-]+", "a claim name")),
+          dict, "claim -> request header set for the upstream (not one the gateway writes "
+          "itself: Host, Content-Length, X-Forwarded-*, X-Consumer-*, ...)"),
     Field("strip_token", boolean, False, "remove Authorization before proxying"),
     Field("cache_seconds", number(0), 30.0, "how long a verified token is remembered; 0: off"),
     Field("cache_size", integer(1), 10000, "verified tokens remembered per worker"),

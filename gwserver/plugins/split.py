@@ -35,8 +35,8 @@ import random
 import time
 
 from ..core import rollout as core_rollout
-from ..core.schema import (Field, Invalid, Schema, header_name, integer, list_of, map_of, number,
-                           one_of, request_key, show, status_code, string)
+from ..core.schema import (Field, Invalid, Schema, integer, list_of, map_of, number,
+                           one_of, request_header_name, request_key, show, status_code, string)
 
 NAME = "split"
 PRIORITY = 720          # after rate_limit (800); before breaker (700), which may key on it
@@ -112,8 +112,10 @@ SCHEMA = Schema(
     Field("upstreams", list_of(CHOICE, min_items=1), doc="the groups and their weights"),
     Field("rules", list_of(RULE), list, "evaluated in order before the weights"),
     Field("key", request_key, "header:X-Trace-ID", "what the sticky choice hashes"),
-    Field("group_header", header_name, "X-AB-Group", "header carrying the chosen group"),
-    Field("env_header", header_name, "X-Env", "environment header, kept or set"),
+    Field("group_header", request_header_name, "X-AB-Group",
+          "header carrying the chosen group (not one the gateway writes itself)"),
+    Field("env_header", request_header_name, "X-Env",
+          "environment header, kept or set (not one the gateway writes itself)"),
     Field("env", string(r"[!-~]+", "a value"), None, "X-Env value set when absent"),
     Field("rollout", ROLLOUT, None, "a progressive rollout of one group (docs/rollouts.md)"),
 )

@@ -137,6 +137,26 @@ def test_check_dump_fills_defaults_and_masks_secrets(tmp_path):
     assert gwserver("check", "-c", str(dumped)).returncode == 0
 
 
+def test_check_refuses_a_plugin_that_would_write_a_gateway_header(tmp_path):
+    """A second Content-Length or Host upstream is a desync, an X-Consumer-ID from a claim a
+    forged identity: `check` (and a reload, and etcd) refuse the route with the reason."""
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[[routes]]\nid = "r1"\npaths = ["/a"]\n'
+                    'upstream = { targets = [{ url = "http://127.0.0.1:9" }] }\n'
+                    'plugins.headers = { request = { set = { "Content-Length" = "0" } } }\n'
+                    '[[routes]]\nid = "r2"\npaths = ["/b"]\n'
+                    'upstream = { targets = [{ url = "http://127.0.0.1:9" }] }\n'
+                    f'plugins.jwt = {{ secret = "{JWT_SECRET}", '
+                    'forward_claims = { sub = "X-Consumer-ID" } }\n')
+    out = gwserver("check", "-c", str(conf))
+    assert out.returncode != 0
+    assert "route r1: plugins.headers: request: Content-Length is written by the gateway " \
+        "itself and cannot be edited here" in out.stderr
+    assert "route r2: plugins.jwt: forward_claims.sub: X-Consumer-ID is written by the " \
+        "gateway itself" in out.stderr
+    assert JWT_SECRET not in out.stderr
+
+
 def test_version():
     from gwserver import __version__
     out = gwserver("--version")

@@ -267,3 +267,32 @@ def test_append_header_refuses_a_name_or_value_that_would_add_a_line(name, value
     with pytest.raises(ValueError):
         head.append_header(name, value)
     assert head.block() == b"Server: up\r\n"
+
+
+@pytest.mark.parametrize("name, conf, where", [
+    ("jwt", {"secret": "s" * 32, "forward_claims": {"sub": "Content-Length"}},
+     "forward_claims.sub"),
+    ("jwt", {"secret": "s" * 32, "forward_claims": {"sub": "X-Consumer-ID"}},
+     "forward_claims.sub"),
+    ("split", {"upstreams": [{"upstream": "v1", "weight": 1}], "group_header": "Host"},
+     "group_header"),
+    ("split", {"upstreams": [{"upstream": "v1", "weight": 1}], "env_header": "Transfer-Encoding"},
+     "env_header"),
+])
+def test_a_header_a_plugin_sets_from_a_claim_or_a_choice_is_never_the_gateways(name, conf,
+                                                                               where):
+    """jwt's forward_claims and split's headers name request headers the plugin sets: a
+    claim's value (a client's e-mail, say) as Content-Length would desync the upstream."""
+    with pytest.raises(ConfigError) as info:
+        load_registry()[name].SCHEMA.validate(conf, f"route r: plugins.{name}")
+    assert info.value.problems == [
+        f"route r: plugins.{name}: {where}: {conf_name(conf, where)} is written by the gateway "
+        f"itself (Host, framing, hop-by-hop, X-Forwarded-*, Via, X-Request-ID, X-Consumer-*) "
+        f"and cannot be set here"]
+
+
+def conf_name(conf, where):
+    value = conf
+    for part in where.split("."):
+        value = value[part]
+    return value
