@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import UpstreamError, UpstreamTimeout
 from ..services import NONE as NO_SERVICES
-from .headers import FIELD_NAME, FIELD_VALUE, is_field_name, is_field_value
+from .headers import FIELD_NAME, FIELD_VALUE, NOT_FORWARDED, is_field_name, is_field_value
 
 
 class Reply:
@@ -175,9 +175,14 @@ class RequestContext:
 
     def set_header(self, name, value):
         """Replace every copy of ``name`` by one with ``value``. header_map holds every name
-        the request has, so a header it lacks is appended without a scan of the others."""
+        the request has, so a header it lacks is appended without a scan of the others.
+        ValueError for a header the gateway writes itself (Host, framing, hop-by-hop,
+        X-Forwarded-*, X-Consumer-*): the built-in plugins refuse such names in their
+        configs; this stops a third-party plugin from sending a second Content-Length."""
         name, value = _enc(name), _enc(value)
         lower = name.lower()
+        if lower in NOT_FORWARDED:
+            raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot set it")
         if lower in self.header_map:
             set_header(self.headers, name, value)
         else:

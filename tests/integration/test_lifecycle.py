@@ -132,6 +132,14 @@ class boom:
     @staticmethod
     def access(conf, ctx):
         raise RuntimeError("plugin bug")
+
+
+class smuggler:
+    NAME, PRIORITY, SCHEMA = "smuggler", 1, Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        ctx.set_header("Content-Length", "0")       # a second framing header upstream
 '''
 
 
@@ -172,6 +180,23 @@ def test_a_plugin_that_raises_gets_500_and_the_worker_lives(start_gateway, upstr
     assert gw.request("GET", "/echo")[0].status == 200
     assert gw.worker_pids() == workers
     assert "RuntimeError: plugin bug" in gw.log()
+
+
+def test_a_plugin_cannot_set_a_header_the_gateway_writes(start_gateway, upstream, tmp_path):
+    """A third-party plugin that sets Content-Length (a desync on a keep-alive upstream
+    connection) gets a ValueError: the request is answered 500, nothing reaches the
+    upstream, the worker lives."""
+    env = install_plugin_package(tmp_path, "smuggler = gwteapot:smuggler\n")
+    gw = start_gateway(gateway_conf([route("bad", ["/echo"], upstream.url,
+                                           plugins={"smuggler": {}}),
+                                     route("plain", ["/plain/*rest"], upstream.url,
+                                           strip_prefix="/plain")]), env=env)
+    before = upstream.stats()["requests"]
+    resp, data = gw.request("POST", "/echo", body=b"hello")
+    assert resp.status == 500 and json.loads(data)["error"] == "internal_error"
+    assert upstream.stats()["requests"] == before
+    assert "written by the gateway itself; a plugin cannot set it" in gw.log()
+    assert gw.request("GET", "/plain/echo")[0].status == 200
 
 
 def wrk(url, seconds, connections):

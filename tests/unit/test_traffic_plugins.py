@@ -25,8 +25,10 @@ def ctx_for(path="/a", query="", host="api.example.com", scheme="http", params=N
     ctx.method, ctx.path, ctx.query, ctx.host = "GET", path, query, host
     ctx.host_header = host.encode()
     ctx.request_id, ctx.route, ctx.params = "rid-1", _Route(), params or {}
-    for name, value in headers:
-        ctx.set_header(name, value)
+    for name, value in headers:         # as the request reader fills them
+        name, value = name.encode("latin-1"), value.encode("latin-1")
+        ctx.headers.append((name, value))
+        ctx.header_map[name.lower()] = value
     return ctx
 
 
