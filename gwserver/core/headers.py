@@ -14,27 +14,17 @@ HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"upgrade", b"proxy-authenticate",
                         b"proxy-authorization"])
 
-# Request headers the gateway writes itself: kept in header_map for plugins, not forwarded
-# as the client sent them.
 # Only an auth plugin says who the consumer is, on any route: a client's copies are dropped as
 # the request is read, and core.consumers.identify adds the gateway's.
 CONSUMER_SET = frozenset([b"x-consumer-id", b"x-consumer-groups"])
+# Request headers the gateway writes itself: kept in header_map for plugins, not forwarded
+# as the client sent them.
 GATEWAY_SET = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
                          b"x-forwarded-host", b"x-request-id", b"via", b"expect"]) | CONSUMER_SET
 NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET
 # What the upstream side writes itself (or never sends on): dropped from the request's headers
 # as it goes upstream, whatever put them there. The consumer's pairs are the gateway's own.
 WRITTEN_UPSTREAM = NOT_FORWARDED - CONSUMER_SET
-
-
-def check_editable(names, reserved, where):
-    """ValueError for the first of ``names`` (str) a plugin config may not set or remove:
-    one in ``reserved`` (lower-case bytes) is the gateway's to write (framing, Host, the
-    forwarded headers, the consumer's identity)."""
-    for name in names:
-        if name.lower().encode("latin-1") in reserved:
-            raise ValueError(f"{where}: {name} is written by the gateway itself and cannot "
-                             f"be edited here")
 
 # Headers that say who the client is or what it asked for, as a proxy in front would: from
 # anyone but a trusted proxy they are forgeries (an upstream trusting X-Original-URL routes on
@@ -52,6 +42,17 @@ PROXY_SET = frozenset([
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"content-length"}
 # ... and those a plugin may not edit in an answer: those, and the X-Request-ID the gateway adds.
 RESPONSE_RESERVED = RESPONSE_SPECIAL | {b"x-request-id"}
+
+
+def check_editable(names, reserved, where):
+    """ValueError for the first of ``names`` (str) a plugin config may not set or remove:
+    one in ``reserved`` (lower-case bytes) is the gateway's to write (framing, Host, the
+    forwarded headers, the consumer's identity)."""
+    for name in names:
+        if name.lower().encode("latin-1") in reserved:
+            raise ValueError(f"{where}: {name} is written by the gateway itself and cannot "
+                             f"be edited here")
+
 
 VIA = b"1.1 gwserver"
 

@@ -143,9 +143,7 @@ def access(conf, ctx):
     ctx.vars["rate_limit"] = decision
     if conf["adaptive"] is not None:
         ctx.vars["rate_limit_store"] = store
-    metrics = ctx.services.metrics
-    if metrics is not None:
-        metrics.count_limit(ctx.route.id, outcome + ("allowed" if decision.allowed else "limited"))
+    _count(ctx, outcome + ("allowed" if decision.allowed else "limited"))
     if decision.allowed:
         return None
     return Reply.json(429, {"error": "too_many_requests", "limit": decision.limit,

@@ -177,10 +177,7 @@ class WorkerMetrics:
         self.breaker_state(key, state)
 
     def count_limit(self, route_id, outcome):
-        entry = self._limits.get((route_id, outcome))     # _count, inlined: every request
-        if entry is None:                                   # of a limited route counts
-            entry = self._limits[route_id, outcome] = [0, 0]
-        entry[0] += 1
+        _count(self._limits, (route_id, outcome))
 
     def count_fault(self, route_id, kind):
         _count(self._faults, (route_id, kind))
