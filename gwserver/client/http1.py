@@ -19,7 +19,6 @@ import logging
 import socket
 import time
 from functools import partial
-from random import randbytes
 
 import httptools
 
@@ -411,7 +410,7 @@ class ClientConnection:
         keep_alive = req.keep_alive and self.keepalive_enabled     # and runtime.alive, when
                                                                    # the answer is written
         if runtime.tracing:
-            req.trace = extract_trace(req.header_map, new_trace_ids)
+            req.trace = extract_trace(req.header_map, runtime.trace_ids)
         try:
             router = runtime.router
             req.route, req.params = route, _ = router.match(
@@ -477,11 +476,6 @@ class ClientConnection:
         self.write(render_reply(reply, keep_alive, req.request_id, head_only,
                                 response_line(req.trace, self.runtime.trace_response_header)))
         return reply.status, 0 if head_only else len(reply.body)
-
-
-def new_trace_ids():
-    """48 random hex digits: a trace id and a span id (random is reseeded in each worker)."""
-    return randbytes(24).hex()
 
 
 def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):

@@ -150,50 +150,76 @@ class AccessFields:
             out.append((name, value, spec.optional))
         return out
 
-    def line(self, req, status, sent, upstream, elapsed_ms, time_text):
-        """One line, newline included. ``time_text``: RFC 3339 for json
-        (``2024-05-01T12:00:00.123Z``), ``01/May/2024:12:00:00 +0000`` for common."""
+    def capture(self, req, status, sent, upstream, elapsed_ms):
+        """What a line needs of a finished request, taken now; ``render`` writes the line
+        later (the worker renders its buffered lines in one batch, on the tick)."""
         if self.fast:
-            return default_json_line(req, status, sent, upstream, elapsed_ms, time_text)
-        values = self.values(req, status, sent, upstream, elapsed_ms, time_text)
+            return capture_default(req, status, sent, upstream, elapsed_ms)
+        head = None if self.format == "json" else (
+            req.client_ip, req.method, req.url, getattr(req, "version", "1.1"), status, sent)
+        return head, self.values(req, status, sent, upstream, elapsed_ms, None)
+
+    def render(self, captured, time_text):
+        """The line (newline included) of what ``capture`` took. ``time_text``: RFC 3339 for
+        json (``2024-05-01T12:00:00.123Z``), ``01/May/2024:12:00:00 +0000`` for common."""
+        if self.fast:
+            return render_default(captured, time_text)
+        head, values = captured
         if self.format == "json":
-            body = ",".join(f'"{name}":{_value(value, "null")}' for name, value, optional in values
+            body = ",".join(f'"{name}":{_value(time_text if name == "time" else value, "null")}'
+                            for name, value, optional in values
                             if not (optional and value is None))
             return "{" + body + "}\n"
-        target = req.url.decode("latin-1")
-        head = (f'{req.client_ip} - - [{time_text}] "{req.method} {target} HTTP/'
-                f'{getattr(req, "version", "1.1")}" {status} {sent}')
+        client_ip, method, url, version, status, sent = head
+        head = (f'{client_ip} - - [{time_text}] "{method} {url.decode("latin-1")} HTTP/'
+                f'{version}" {status} {sent}')
         return " ".join([head, *(_value(value, "-") for _, value, _ in values)]) + "\n"
 
+    def line(self, req, status, sent, upstream, elapsed_ms, time_text):
+        """One line, newline included: ``render(capture(...))``."""
+        return self.render(self.capture(req, status, sent, upstream, elapsed_ms), time_text)
 
-_NO_VARS = {}       # read only: what default_json_line reads of a request without vars
+
+_NO_VARS = {}       # read only: what capture_default reads of a request without vars
 
 
-def default_json_line(req, status, sent, upstream, elapsed_ms, time_text):
-    """DEFAULT_FIELDS as json, written out (~3x cheaper than the generic loop)."""
-    route = req.route
-    request_id = getattr(req, "request_id", None)
-    trace = req.trace
+def capture_default(req, status, sent, upstream, elapsed_ms):
+    """DEFAULT_FIELDS of a request as one tuple, ``render_default``'s input (time apart)."""
+    route, trace, consumer = req.route, req.trace, req.consumer
     vars_ = req._vars or _NO_VARS
-    fault, protocol, consumer = vars_.get("fault"), vars_.get("protocol"), req.consumer
+    return (getattr(req, "request_id", None), req.client_ip, req.method, req.url,
+            route.id if route is not None else None, upstream, status, sent, elapsed_ms,
+            req.upstream_seconds, trace.trace_id if trace is not None else None, req.ended_by,
+            vars_.get("fault"), req.attempts, consumer.id if consumer is not None else None,
+            vars_.get("protocol"))
+
+
+def render_default(captured, time_text):
+    """DEFAULT_FIELDS as json, written out (~3x cheaper than the generic loop)."""
+    (request_id, client_ip, method, url, route_id, upstream, status, sent, elapsed_ms, seconds,
+     trace_id, ended_by, fault, attempts, consumer_id, protocol) = captured
     extra = f',"fault":{_escape(fault)}' if fault else ""
-    if req.attempts > 1:
-        extra += f',"attempts":{req.attempts}'
-    if consumer is not None:
-        extra += f',"consumer":{_escape(consumer.id)}'
+    if attempts > 1:
+        extra += f',"attempts":{attempts}'
+    if consumer_id is not None:
+        extra += f',"consumer":{_escape(consumer_id)}'
     if protocol:
         extra += f',"protocol":{_escape(protocol)}'
-    seconds = req.upstream_seconds
     return (f'{{"time":"{time_text}","request_id":'
             f'{_escape(request_id) if request_id else "null"},'
-            f'"client":{_escape(req.client_ip)},"method":{_escape(req.method)},'
-            f'"path":{_escape(req.url.partition(b"?")[0].decode("latin-1"))},'
-            f'"route":{_escape(route.id) if route is not None else "null"},'
+            f'"client":{_escape(client_ip)},"method":{_escape(method)},'
+            f'"path":{_escape(url.partition(b"?")[0].decode("latin-1"))},'
+            f'"route":{_escape(route_id) if route_id is not None else "null"},'
             f'"upstream":{_escape(upstream) if upstream else "null"},'
             f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
             f'"upstream_ms":{"null" if seconds is None else f"{seconds * 1000.0:.3f}"},'
-            f'"trace_id":{_escape(trace.trace_id) if trace is not None else "null"},'
-            f'"ended_by":{_escape(req.ended_by) if req.ended_by else "null"}{extra}}}\n')
+            f'"trace_id":{_escape(trace_id) if trace_id is not None else "null"},'
+            f'"ended_by":{_escape(ended_by) if ended_by else "null"}{extra}}}\n')
+
+
+def default_json_line(req, status, sent, upstream, elapsed_ms, time_text):
+    """The shipped line of one request, at once (what the worker's batch writes)."""
+    return render_default(capture_default(req, status, sent, upstream, elapsed_ms), time_text)
 
 
 def compile_fields(names, fmt="json"):

@@ -50,7 +50,7 @@ class SmoothWeighted:
 
 
 class LeastOutstanding:
-    """``outstanding`` maps target -> requests in flight; the proxy keeps it.
+    """``outstanding`` maps a target's url -> requests in flight; the proxy keeps it.
 
     The load is in-flight / weight, compared exactly (cross-multiplied); targets tied on the
     least load take turns by weight (smooth weighted round robin among them), so an idle or
@@ -72,14 +72,14 @@ class LeastOutstanding:
         for target in self.targets:
             if target in avoid:
                 continue
-            n = outstanding.get(target, 0)
+            n = outstanding.get(target.url, 0)
             if least is None or n * least[1] < least[0] * target.weight:
                 least = (n, target.weight)
         if least is None:       # every target avoided: the plain choice among all of them
             return self.turns.pick()
         n, weight = least
         busier = {t for t in self.targets
-                  if t in avoid or outstanding.get(t, 0) * weight != n * t.weight}
+                  if t in avoid or outstanding.get(t.url, 0) * weight != n * t.weight}
         return self.turns.pick(busier)
 
 

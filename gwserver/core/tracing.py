@@ -30,6 +30,26 @@ REPLACED_HEADERS = frozenset([b"traceparent", b"tracestate", b"b3", b"x-b3-trace
                               b"x-b3-flags"])
 
 
+class TraceIds:
+    """48 random hex digits per call (a trace id and a span id), cut from a block drawn every
+    BLOCK calls: one ``randbytes`` call per block instead of one per request. Build it in the
+    process that uses it (a worker, after fork), or workers would hand out the same ids."""
+
+    BLOCK = 256
+
+    def __init__(self, randbytes):
+        self._randbytes = randbytes
+        self._block = ""
+        self._at = 0
+
+    def __call__(self):
+        at = self._at
+        if at >= len(self._block):
+            self._block, at = self._randbytes(24 * self.BLOCK).hex(), 0
+        self._at = at + 48
+        return self._block[at:at + 48]
+
+
 class TraceContext:
     """The trace a request belongs to and the gateway's span in it."""
 
@@ -51,6 +71,8 @@ class TraceContext:
         and B3 in the form that came in (or single when ``emit_b3`` and none came in)."""
         flags = "01" if self.sampled else "00"
         out = [(b"traceparent", f"00-{self.trace_id}-{self.span_id}-{flags}".encode())]
+        if self.started and not extra_state and not emit_b3:
+            return out          # a trace we started: no state or B3 came in to pass on
         state = self.tracestate
         if extra_state:
             entry = extra_state.encode()

@@ -14,12 +14,17 @@ import socket
 import ssl
 
 from gevent.exceptions import ConcurrentObjectUseError
+from gevent.monkey import get_original
 from gevent.socket import socket as PlainSocket
 
 RECV_SIZE = 64 * 1024          # one read; also the most body a worker holds per request
 LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
 LINGER_BYTES = 16 * 1024 * 1024
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # an IntFlag `|` costs ~1 us a call
+# The kernel's poll(2), not gevent's cooperative emulation (which waits on the hub: ~12 us):
+# with a zero timeout it never blocks. 0.4-0.6 us against 1.2 us for a MSG_PEEK that raises.
+_kernel_poll = get_original("select", "poll")
+_POLLIN = 1
 
 
 def raw_socket(sock):
@@ -50,13 +55,22 @@ OPEN, CLOSED, UNREAD = "open", "closed", "unread"
 
 
 def idle_state(sock):
-    """What a connection we are not reading from holds, in one non-blocking MSG_PEEK:
-    ``OPEN`` (nothing: EAGAIN), ``CLOSED`` (EOF or an error) or ``UNREAD`` (bytes nobody
-    asked for yet: on an idle keep-alive connection, a reason never to reuse it)."""
+    """What a connection we are not reading from holds: ``OPEN`` (nothing to read),
+    ``CLOSED`` (EOF or an error) or ``UNREAD`` (bytes nobody asked for yet: on an idle
+    keep-alive connection, a reason never to reuse it). One poll(2) without waiting; only a
+    readable socket costs a non-blocking MSG_PEEK more, to tell bytes from EOF."""
     if sock is None:
         return CLOSED
-    try:
-        data = raw_socket(sock).recv(1, PEEK_FLAGS)
+    raw = raw_socket(sock)
+    fd = raw.fileno()
+    if fd < 0:
+        return CLOSED
+    poller = _kernel_poll()
+    poller.register(fd, _POLLIN)
+    if not poller.poll(0):
+        return OPEN                 # the common case, without an exception raised
+    try:                            # bytes, EOF or an error: the peek tells which
+        data = raw.recv(1, PEEK_FLAGS)
     except BlockingIOError:
         return OPEN
     except OSError:

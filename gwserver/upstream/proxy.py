@@ -279,7 +279,8 @@ class Proxy:
         self.view = runtime.upstream_view
         self._balancers = {}
         self._budgets = {}
-        self.outstanding = {}           # target -> requests in flight from this worker
+        self.outstanding = {}           # target url -> requests in flight from this worker
+                                        # (a str key: its hash is cached, a Target's is a call)
         self.refused = {}               # target url -> until when this host's workers avoid it
         self.share = HostShare(os.path.join(runtime.conf.server["state_dir"], "share"))
         from .h2proxy import H2Forwarder
@@ -401,7 +402,7 @@ class Proxy:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
             target = self.choose(upstream, tried, req, now)
             pool = self.pools.get(target, upstream)
-            outstanding[target] = outstanding.get(target, 0) + 1
+            outstanding[target.url] = outstanding.get(target.url, 0) + 1
             try:
                 try:
                     ex, reused = self.checkout(pool, target, fresh)
@@ -463,7 +464,7 @@ class Proxy:
                         self.book_failure(upstream, target)
                     raise
             finally:
-                outstanding[target] -= 1
+                outstanding[target.url] -= 1
             self.release(pool, ex, upstream_keep and upstream.keepalive)
             self.book_outcome(upstream, target, ex.status)      # what the upstream said
             return status, sent, target.url, client_keep

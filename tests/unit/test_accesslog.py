@@ -132,3 +132,38 @@ def test_the_shipped_line_written_out_equals_the_generic_renderer(vars_, attempt
     args = (req, 200, 42, "http://u:1", 1.5, "2026-01-01T00:00:00.000Z")
     assert default_json_line(*args) == generic.line(*args)
     assert json.loads(default_json_line(*args))["path"] == '/a"b'
+
+
+@pytest.mark.parametrize("fmt, fields", [("json", []), ("json", ["time", "client", "status"]),
+                                         ("common", [])])
+def test_the_worker_buffers_fields_and_renders_lines_in_order_with_their_own_times(
+        fmt, fields, monkeypatch):
+    """A request leaves a tuple; the line is rendered at the flush, with the time the request
+    ended, not the time of the flush, and a rejected request's line keeps its place."""
+    import time
+    from gwserver.errors import BadRequest
+    from gwserver.server.runtime import AccessLog
+    log = AccessLog({"access_log": True, "access_format": fmt, "access_fields": fields})
+    clock = iter([1714564800.25, 1714564801.5, 1714564862.75])
+    monkeypatch.setattr(time, "time", lambda: next(clock))
+    first = request()
+    log.request(first, 200, 5, "http://127.0.0.1:9000", time.monotonic())
+    first.url, first.route = b"/changed-after", None     # the line holds what it was
+    log.rejected("10.0.0.7", BadRequest("bad head"))
+    log.request(request(url=b"/second"), 404, 0, None, time.monotonic())
+    lines = log.render().splitlines()
+    assert log.render() == "" and len(lines) == 3
+    if fmt == "common":
+        assert lines[0].startswith('10.0.0.9 - - [01/May/2024:12:00:00 +0000] "GET /u/1?page=2')
+        assert lines[1].startswith('10.0.0.7 - - [01/May/2024:12:00:01 +0000] "-" 400')
+        assert '[01/May/2024:12:01:02 +0000] "GET /second HTTP/1.1" 404 0' in lines[2]
+        return
+    parsed = [json.loads(line) for line in lines]
+    assert [p["time"] for p in parsed] == ["2024-05-01T12:00:00.250Z", "2024-05-01T12:00:01.500Z",
+                                           "2024-05-01T12:01:02.750Z"]
+    assert parsed[1] == {"time": "2024-05-01T12:00:01.500Z", "client": "10.0.0.7",
+                         "status": 400, "rejected": "bad head"}
+    assert parsed[0]["status"] == 200 and parsed[2]["status"] == 404
+    if not fields:
+        assert parsed[0]["path"] == "/u/1" and parsed[0]["route"] == "users"
+        assert parsed[2]["path"] == "/second"

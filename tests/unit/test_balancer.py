@@ -45,10 +45,10 @@ def test_an_avoided_target_banks_no_credit():
 def test_least_outstanding_prefers_the_least_loaded_relative_to_weight():
     from gwserver.core.balancer import LeastOutstanding
     a, b, c = targets(1, 1, 2)
-    outstanding = {a: 3, b: 1, c: 3}
+    outstanding = {a.url: 3, b.url: 1, c.url: 3}     # keyed by url, as the proxy keeps it
     balancer = LeastOutstanding([a, b, c], outstanding)
     assert balancer.pick() is b                     # loads: 4, 2, 2 -> b or c; c has weight 2
-    outstanding[b] = 2
+    outstanding[b.url] = 2
     assert balancer.pick() is c                     # 4, 3, 2
     assert balancer.pick(avoid={c}) is b
 
@@ -93,9 +93,9 @@ def _serve(balancer, ts, concurrency, n):
     for _ in range(n):
         if len(in_flight) == concurrency:
             done = in_flight.pop(0)
-            outstanding[done] -= 1
+            outstanding[done.url] -= 1
         target = balancer.pick()
-        outstanding[target] = outstanding.get(target, 0) + 1
+        outstanding[target.url] = outstanding.get(target.url, 0) + 1
         in_flight.append(target)
         seen[target.host] += 1
     return seen

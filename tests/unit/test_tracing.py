@@ -114,3 +114,28 @@ def test_the_response_line_carries_the_trace_id(name, line):
     ctx, _ = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01"})
     assert response_line(ctx, name) == line
     assert response_line(None, b"X-Trace-Id") == b""
+
+
+def test_trace_ids_are_cut_from_blocks_and_never_repeat():
+    import random
+    from gwserver.core.tracing import TraceIds
+    draws = []
+
+    def randbytes(n):
+        draws.append(n)
+        return random.randbytes(n)
+
+    ids = TraceIds(randbytes)
+    got = [ids() for _ in range(TraceIds.BLOCK * 2 + 1)]
+    assert all(len(i) == 48 and int(i, 16) >= 0 for i in got)
+    assert len(set(got)) == len(got)
+    assert draws == [24 * TraceIds.BLOCK] * 3       # one draw per block, the third begun
+
+
+def test_a_started_trace_sends_traceparent_alone_unless_asked_for_more():
+    from gwserver.core.tracing import extract
+    trace = extract({}, lambda: "a" * 32 + "b" * 16)
+    assert trace.upstream_headers() == [(b"traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16
+                                         + b"-01")]
+    names = [name for name, _ in trace.upstream_headers(emit_b3=True, extra_state="gwfault=abort")]
+    assert names == [b"traceparent", b"tracestate", b"b3"]
