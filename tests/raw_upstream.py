@@ -21,6 +21,8 @@ counts as JSON.
   /junk             bytes that are not HTTP
   /reset-mid-body   a head promising 100000 bytes, 1000 of them, then a close
   /no-answer        reads the request and closes without a byte
+  /conn-named       200 whose Connection names X-Hop (hop-by-hop), beside X-Kept
+  /conn-plain       200 with "Connection: Keep-Alive" (no other header named), beside X-Kept
 """
 import json
 import socket
@@ -105,6 +107,10 @@ def handle(conn, path):
         conn.sendall(response(b"INJECTED"))
     elif path == "/admin/secret":
         conn.sendall(response(b"SECRET"))
+    elif path in ("/conn-named", "/conn-plain"):
+        named = b"keep-alive, X-Hop" if path == "/conn-named" else b"Keep-Alive"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Hop: secret\r\nConnection: " + named +
+                     b"\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/early-hints":
         conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
         time.sleep(0.05)

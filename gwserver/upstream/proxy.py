@@ -162,6 +162,10 @@ _SPECIAL_LINE = re.compile(
     re.IGNORECASE | re.MULTILINE)
 
 
+# Connection values that name no other header (the usual "keep-alive" needs no token split)
+_PLAIN_CONNECTION = frozenset([b"close", b"keep-alive", b"upgrade"])
+
+
 class Exchange:
     """The upstream side of one pooled connection; also its response parser's protocol.
 
@@ -249,9 +253,9 @@ class Exchange:
             elif name == b"via":
                 value = match.group(2)
                 self.via = value if self.via is None else self.via + b", " + value
-            elif name == b"connection":
+            elif name == b"connection" and match.group(2).lower() not in _PLAIN_CONNECTION:
                 tokens = {t.strip().lower() for t in match.group(2).split(b",")}
-                named = (named or set()) | (tokens - {b"close", b"keep-alive", b"upgrade"})
+                named = (named or set()) | (tokens - _PLAIN_CONNECTION)
         if pos:
             pieces.append(block[pos:])
             block = b"".join(pieces)

@@ -184,6 +184,19 @@ def test_a_second_response_in_the_same_read_is_discarded(raw_gw):
     assert "sent more than one response" in raw_gw.log()
 
 
+def test_headers_an_upstream_names_in_connection_stop_at_the_gateway(raw_gw):
+    """RFC 9110 7.6.1 on the way back: what the upstream's Connection names is hop-by-hop;
+    a plain keep-alive (any case) names nothing, and the other headers pass."""
+    status, answer = get(raw_gw.port, b"/conn-named")
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert status == 200 and body_of(answer) == b"ok"
+    assert b"x-hop" not in head and b"x-kept: 1" in head
+    status, answer = get(raw_gw.port, b"/conn-plain")
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert status == 200 and b"x-hop: secret" in head and b"x-kept: 1" in head
+    assert head.count(b"connection:") == 1          # the gateway's own, never the upstream's
+
+
 def test_bytes_arriving_on_an_idle_pooled_connection_close_it(raw_gw):
     for _ in range(5):
         assert body_of(get(raw_gw.port, b"/stray-later")[1]) == b"first"
