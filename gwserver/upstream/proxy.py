@@ -67,8 +67,8 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
     """urllib3's connection with a cheaper dropped-connection check, asked on every reuse.
 
     urllib3 asks ``wait_for_read(sock, 0)``; under gevent that runs gevent's poll emulation with
-    a Timeout: 25% of a worker's CPU in a profile here, 65 us per pool get+put. A non-blocking
-    MSG_PEEK answers the same question in one syscall (~1 us, docs/benchmarks.md). An idle
+    a Timeout: 25% of a worker's CPU in a profile here, 65 us per pool get+put. The kernel's
+    poll(2) answers the same question in one syscall (``net.sockets.idle_state``). An idle
     connection that has bytes to read holds an answer to no request of ours (an upstream that
     took a request body for a second request, say): it is closed unread, never reused, or the
     next client would read someone else's response.
