@@ -50,7 +50,9 @@ class SmoothWeighted:
 
 
 class LeastOutstanding:
-    """``outstanding`` maps a target's url -> requests in flight; the proxy keeps it.
+    """``outstanding`` maps a target's url -> requests in flight from this worker (HTTP/1.1
+    and HTTP/2 exchanges alike); the proxy keeps it. Keyed by url: two upstreams that list
+    the same target share its count, which is the load that target really has.
 
     The load is in-flight / weight, compared exactly (cross-multiplied); targets tied on the
     least load take turns by weight (smooth weighted round robin among them), so an idle or

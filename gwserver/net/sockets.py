@@ -10,6 +10,7 @@ its reads may be served from bytes already decrypted while the descriptor is not
 sockets go through their own methods.
 """
 import errno
+import select
 import socket
 import ssl
 
@@ -22,9 +23,9 @@ LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
 LINGER_BYTES = 16 * 1024 * 1024
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # an IntFlag `|` costs ~1 us a call
 # The kernel's poll(2), not gevent's cooperative emulation (which waits on the hub: ~12 us):
-# with a zero timeout it never blocks. 0.4-0.6 us against 1.2 us for a MSG_PEEK that raises.
+# with a zero timeout it never blocks. idle_state costs 0.78 us so, against 1.4 us with a
+# MSG_PEEK that raises EAGAIN (docs/benchmarks.md).
 _kernel_poll = get_original("select", "poll")
-_POLLIN = 1
 
 
 def raw_socket(sock):
@@ -66,7 +67,7 @@ def idle_state(sock):
     if fd < 0:
         return CLOSED
     poller = _kernel_poll()
-    poller.register(fd, _POLLIN)
+    poller.register(fd, select.POLLIN)     # hang-ups and errors are reported anyway
     if not poller.poll(0):
         return OPEN                 # the common case, without an exception raised
     try:                            # bytes, EOF or an error: the peek tells which

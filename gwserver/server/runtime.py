@@ -37,7 +37,9 @@ from ..net.sockets import RECV_SIZE
 log = logging.getLogger("gwserver.worker")
 _escape = json.encoder.encode_basestring      # the C encoder: ~0.2 us a string
 
-ACCESS_FLUSH_LINES = 256
+# Lines rendered and written at once when the tick has not come: a batch keeps the formatting
+# code in cache, and a small one keeps the pause it costs one request short (~0.15 ms).
+ACCESS_FLUSH_LINES = 64
 SEND_TIMEOUT = 60.0                            # nginx's send_timeout
 TICK_SECONDS = 0.05
 
@@ -92,19 +94,27 @@ class AccessLog:
         self.pending.append(line)
 
     def render(self):
-        """The buffered lines, in order, as one text; the buffer is emptied."""
+        """The buffered lines, in order, as one text; the buffer is emptied. A line that
+        cannot be rendered (a bug: the fields are plain values) is left out and logged; the
+        others are written."""
         pending, self.pending = self.pending, []
         render, time_text = self.fields.render, self.time_text
-        return "".join([entry if type(entry) is str else render(entry[1], time_text(entry[0]))
-                        for entry in pending])
+        try:
+            return "".join([entry if type(entry) is str else
+                            render(entry[1], time_text(entry[0])) for entry in pending])
+        except Exception:
+            lines = []
+            for entry in pending:
+                try:
+                    lines.append(entry if type(entry) is str else
+                                 render(entry[1], time_text(entry[0])))
+                except Exception:   # a log must never fail a request or the tick
+                    log.exception("an access line could not be rendered: left out")
+            return "".join(lines)
 
     def flush(self):
         if self.pending:
-            try:
-                data = self.render().encode("utf-8", "replace")
-            except Exception:       # a log must never fail a request or the tick
-                log.exception("access lines could not be rendered; dropped")
-                return
+            data = self.render().encode("utf-8", "replace")
             try:
                 while data:
                     data = data[os.write(2, data):]

@@ -107,31 +107,36 @@ class H2Forwarder:
         # status (and trailers) first; the gateway's bound is for those that do not.
         deadline = started + call_timeout + DEADLINE_GRACE if call_timeout is not None \
             else None
-        sender = None
+        outstanding = proxy.outstanding     # least_outstanding weighs HTTP/2 exchanges too
+        outstanding[target.url] = outstanding.get(target.url, 0) + 1
         try:
-            stream = connection.request(self.request_headers(req, target, upstream, grpc),
-                                        body, route.read_timeout, streamed, deadline)
+            sender = None
             try:
-                if streamed:
-                    sender = gevent.spawn(self.send_body, client, req, route, connection,
-                                          stream)
-                status, headers = stream.head()
-                req.upstream_seconds = time.monotonic() - started
-                answer = self.relay(client, req, stream, status, headers, grpc, keep_alive,
-                                    target)
-            finally:
-                if sender is not None:
-                    sender.kill(block=False)
-                stream.close()
-        except (UpstreamError, UpstreamTimeout) as exc:
-            if getattr(exc, "deadline_hit", False):
-                req.vars["grpc_deadline_hit"] = True
-            elif passive is not None:       # resets, timeouts, broken streams: a failure
-                self.proxy.runtime.passive.observe(upstream, target, False)
-            raise
-        if passive is not None:
-            self.proxy.runtime.passive.observe(upstream, target,
-                                              status not in passive["statuses"])
+                stream = connection.request(self.request_headers(req, target, upstream, grpc),
+                                            body, route.read_timeout, streamed, deadline)
+                try:
+                    if streamed:
+                        sender = gevent.spawn(self.send_body, client, req, route, connection,
+                                              stream)
+                    status, headers = stream.head()
+                    req.upstream_seconds = time.monotonic() - started
+                    answer = self.relay(client, req, stream, status, headers, grpc, keep_alive,
+                                        target)
+                finally:
+                    if sender is not None:
+                        sender.kill(block=False)
+                    stream.close()
+            except (UpstreamError, UpstreamTimeout) as exc:
+                if getattr(exc, "deadline_hit", False):
+                    req.vars["grpc_deadline_hit"] = True
+                elif passive is not None:       # resets, timeouts, broken streams: a failure
+                    self.proxy.runtime.passive.observe(upstream, target, False)
+                raise
+            if passive is not None:
+                self.proxy.runtime.passive.observe(upstream, target,
+                                                  status not in passive["statuses"])
+        finally:
+            outstanding[target.url] -= 1
         return answer
 
     def send_body(self, client, req, route, connection, stream):

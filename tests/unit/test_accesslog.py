@@ -167,3 +167,28 @@ def test_the_worker_buffers_fields_and_renders_lines_in_order_with_their_own_tim
     if not fields:
         assert parsed[0]["path"] == "/u/1" and parsed[0]["route"] == "users"
         assert parsed[2]["path"] == "/second"
+
+
+def test_a_line_that_cannot_be_rendered_is_left_out_and_the_others_are_written(caplog):
+    import time
+    from gwserver.server.runtime import AccessLog
+    log = AccessLog({"access_log": True, "access_format": "json", "access_fields": []})
+    log.request(request(url=b"/one"), 200, 5, None, time.monotonic())
+    log.pending.append((time.time(), ("not", "the", "fields")))    # a bug's leftovers
+    log.request(request(url=b"/three"), 200, 5, None, time.monotonic())
+    paths = [json.loads(line)["path"] for line in log.render().splitlines()]
+    assert paths == ["/one", "/three"]
+    assert "an access line could not be rendered" in caplog.text
+
+
+def test_a_full_batch_is_written_by_the_request_that_fills_it(capfd):
+    import time
+    from gwserver.server.runtime import ACCESS_FLUSH_LINES, AccessLog
+    log = AccessLog({"access_log": True, "access_format": "json", "access_fields": []})
+    for i in range(ACCESS_FLUSH_LINES - 1):
+        log.request(request(url=b"/%d" % i), 200, 5, None, time.monotonic())
+    assert capfd.readouterr().err == ""             # waits for the tick or a full batch
+    log.request(request(url=b"/last"), 200, 5, None, time.monotonic())
+    written = capfd.readouterr().err.splitlines()
+    assert len(written) == ACCESS_FLUSH_LINES and log.pending == []
+    assert json.loads(written[-1])["path"] == "/last"

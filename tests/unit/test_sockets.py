@@ -46,3 +46,43 @@ def test_our_own_closed_socket_and_none_are_closed(pair):
     a.close()
     assert idle_state(a) is CLOSED
     assert idle_state(None) is CLOSED
+
+
+@pytest.fixture
+def gevent_pair():
+    """The sockets the worker holds are gevent's: the check reads the OS socket under them."""
+    from gevent import socket as gsocket
+    a, b = gsocket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_gevent_sockets_answer_the_same(gevent_pair):
+    a, b = gevent_pair
+    assert idle_state(a) is OPEN
+    b.send(b"stray")
+    assert idle_state(a) is UNREAD
+    assert a.recv(10) == b"stray"
+    b.close()
+    assert idle_state(a) is CLOSED
+    a.close()
+    assert idle_state(a) is CLOSED          # gevent's closed socket: fileno() is -1
+
+
+def test_a_reset_connection_is_closed():
+    import struct
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        accepted.close()                    # RST, not FIN
+        import time
+        time.sleep(0.05)
+        assert idle_state(client) is CLOSED
+    finally:
+        client.close()
+        server.close()
