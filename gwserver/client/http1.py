@@ -38,6 +38,8 @@ MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
 
 
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}      # the metric label of each version
+METHOD_NAMES = {name.encode(): name for name in (         # the usual ones, decoded once
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class ClientGone(Exception):
@@ -68,6 +70,7 @@ class ClientConnection:
         self.requests = 0
         self.limits = (self.settings["limit_request_line"], self.settings["limit_request_fields"],
                        self.settings["limit_request_field_size"])
+        _, self.fields_limit, self.field_limit = self.limits
         self.keepalive_enabled = self.settings["keepalive"] > 0
         self.underscores = self.settings["headers_with_underscores"]
         self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"],
@@ -93,16 +96,12 @@ class ClientConnection:
     def on_header(self, name, value):
         """One header field, or one trailer field after the body: both count against the
         limits (fields, field size, the whole head); trailers are never forwarded."""
-        limits = self.limits
         size = len(name) + len(value) + 2
-        if size > limits[2]:
-            raise HeadersTooLarge(f"header field {name[:40]!r} longer than {limits[2]} bytes")
         self.head_fields += 1
-        if self.head_fields > limits[1]:
-            raise HeadersTooLarge(f"more than {limits[1]} header fields (trailers included)")
         self.head_size += size + 2
-        if self.head_size > MAX_HEAD_BYTES:
-            raise HeadersTooLarge(f"request head over {MAX_HEAD_BYTES} bytes (trailers included)")
+        if size > self.field_limit or self.head_fields > self.fields_limit or \
+                self.head_size > MAX_HEAD_BYTES:
+            self.too_large(name, size)
         req = self.queue[-1]
         if req.head_done:
             return                      # a trailer
@@ -128,11 +127,22 @@ class ClientConnection:
         prior = hmap.get(lname)
         hmap[lname] = value if prior is None else prior + b", " + value
 
+    def too_large(self, name, size):
+        """Which limit a header field broke (checked all at once above, the common case)."""
+        if size > self.field_limit:
+            raise HeadersTooLarge(f"header field {name[:40]!r} longer than {self.field_limit} "
+                                  f"bytes")
+        if self.head_fields > self.fields_limit:
+            raise HeadersTooLarge(f"more than {self.fields_limit} header fields (trailers "
+                                  f"included)")
+        raise HeadersTooLarge(f"request head over {MAX_HEAD_BYTES} bytes (trailers included)")
+
     def on_headers_complete(self):
         req = self.queue[-1]
         parser = self.parser
         self.unparsed = 0
-        req.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        req.method = METHOD_NAMES.get(method) or method.decode("ascii")
         req.version = version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
         hmap = req.header_map

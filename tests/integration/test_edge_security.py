@@ -197,6 +197,17 @@ def test_headers_an_upstream_names_in_connection_stop_at_the_gateway(raw_gw):
     assert head.count(b"connection:") == 1          # the gateway's own, never the upstream's
 
 
+@pytest.mark.parametrize("extra, named", [
+    (b"X-Big: " + b"v" * 8200 + b"\r\n", b"longer than 8190 bytes"),
+    (b"".join(b"X-%d: 1\r\n" % i for i in range(101)), b"more than 100 header fields"),
+    (b"".join(b"X-%d: %s\r\n" % (i, b"v" * 8000) for i in range(9)), b"request head over 65536"),
+])
+def test_each_head_limit_answers_431_naming_itself(raw_gw, extra, named):
+    status, answer = get(raw_gw.port, b"/ok", extra=extra)
+    assert status == 431 and named in answer, answer[:300]
+    assert upstream_counts(raw_gw).get("/ok", 0) == 0          # never forwarded
+
+
 def test_bytes_arriving_on_an_idle_pooled_connection_close_it(raw_gw):
     for _ in range(5):
         assert body_of(get(raw_gw.port, b"/stray-later")[1]) == b"first"
