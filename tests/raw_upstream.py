@@ -23,6 +23,7 @@ counts as JSON.
   /no-answer        reads the request and closes without a byte
   /conn-named       200 whose Connection names X-Hop (hop-by-hop), beside X-Kept
   /conn-plain       200 with "Connection: Keep-Alive" (no other header named), beside X-Kept
+  /conn-length      200 whose Connection names Content-Length (its framing) and X-Hop
 """
 import json
 import socket
@@ -107,8 +108,9 @@ def handle(conn, path):
         conn.sendall(response(b"INJECTED"))
     elif path == "/admin/secret":
         conn.sendall(response(b"SECRET"))
-    elif path in ("/conn-named", "/conn-plain"):
-        named = b"keep-alive, X-Hop" if path == "/conn-named" else b"Keep-Alive"
+    elif path in ("/conn-named", "/conn-plain", "/conn-length"):
+        named = {"/conn-named": b"keep-alive, X-Hop", "/conn-plain": b"Keep-Alive",
+                 "/conn-length": b"Content-Length, X-Hop"}[path]
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Hop: secret\r\nConnection: " + named +
                      b"\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/early-hints":

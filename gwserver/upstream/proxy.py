@@ -166,6 +166,9 @@ _SPECIAL_LINE = re.compile(
 
 # Connection values that name no other header (the usual "keep-alive" needs no token split)
 _PLAIN_CONNECTION = frozenset([b"close", b"keep-alive", b"upgrade"])
+# Names a response's Connection may list that are never dropped for it: the answer's framing.
+# Dropping Content-Length would send a keep-alive answer with no length to the client.
+_NEVER_NAMED = _PLAIN_CONNECTION | {b"content-length"}
 
 
 class Exchange:
@@ -258,7 +261,7 @@ class Exchange:
                 self.via = value if self.via is None else self.via + b", " + value
             elif name == b"connection" and match.group(2).lower() not in _PLAIN_CONNECTION:
                 tokens = {t.strip().lower() for t in match.group(2).split(b",")}
-                named = (named or set()) | (tokens - _PLAIN_CONNECTION)
+                named = (named or set()) | (tokens - _NEVER_NAMED)
         if pos:
             pieces.append(block[pos:])
             block = b"".join(pieces)

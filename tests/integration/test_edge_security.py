@@ -197,6 +197,21 @@ def test_headers_an_upstream_names_in_connection_stop_at_the_gateway(raw_gw):
     assert head.count(b"connection:") == 1          # the gateway's own, never the upstream's
 
 
+def test_a_connection_header_naming_content_length_keeps_the_answer_framed(raw_gw):
+    """An upstream that lists Content-Length in Connection still framed its answer with it;
+    dropping it would hand the client a keep-alive answer with no length (its next answer
+    would read as this one's body)."""
+    with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /conn-length HTTP/1.1\r\nHost: gw\r\n\r\n"
+                     b"GET /ok HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        answers = b""
+        while piece := sock.recv(65536):
+            answers += piece
+    first, _, rest = answers.partition(b"\r\n\r\n")
+    assert b"content-length: 2" in first.lower() and b"x-hop" not in first.lower()
+    assert rest.startswith(b"okHTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nok"), rest
+
+
 @pytest.mark.parametrize("extra, named", [
     (b"X-Big: " + b"v" * 8200 + b"\r\n", b"longer than 8190 bytes"),
     (b"".join(b"X-%d: 1\r\n" % i for i in range(101)), b"more than 100 header fields"),
