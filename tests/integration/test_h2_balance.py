@@ -1,7 +1,6 @@
 """least_outstanding weighs HTTP/2 upstream exchanges as it weighs HTTP/1.1 ones: new
 requests go to the target that is not holding the slow ones (real h2c upstreams, loopback)."""
 import collections
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,25 +10,16 @@ import h2.events
 import pytest
 
 from ..conftest import gateway_conf
+from ..h2_upstreams import H2cUpstream
 
 
-class NamedH2Upstream:
+class NamedH2Upstream(H2cUpstream):
     """h2c with prior knowledge: every request is answered with the server's name, after
     ``delay`` seconds (each answer on its own timer, so streams overlap)."""
 
     def __init__(self, name, delay=0.0):
         self.name, self.delay = name.encode(), delay
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return                              # closed by the fixture's teardown
-            threading.Thread(target=self.connection, args=(sock,), daemon=True).start()
+        super().__init__()
 
     def connection(self, sock):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -58,9 +48,6 @@ class NamedH2Upstream:
                         timer = threading.Timer(self.delay, answer, (event.stream_id,))
                         timer.daemon = True
                         timer.start()
-
-    def close(self):
-        self.listener.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ control character or a non-token name must not reach the client either (an HTTP/
 sending them gets a 502 from llhttp, and llhttp also frames our HTTP/2 answers)."""
 import socket
 import subprocess
-import threading
 
 import h2.config
 import h2.connection
@@ -11,6 +10,7 @@ import h2.events
 import pytest
 
 from ..conftest import gateway_conf
+from ..h2_upstreams import H2cUpstream
 
 ANSWERS = {
     b"/good": ([(b"x-a", b"a\tb \xe9")], [(b"x-t", b"fine")]),
@@ -21,22 +21,8 @@ ANSWERS = {
 }
 
 
-class BrokenH2Upstream:
+class BrokenH2Upstream(H2cUpstream):
     """h2c with prior knowledge; each path answers with the fields in ANSWERS, sent unchecked."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return                              # closed by the fixture's teardown
-            threading.Thread(target=self.connection, args=(sock,), daemon=True).start()
 
     def connection(self, sock):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -55,9 +41,6 @@ class BrokenH2Upstream:
                         if trailers is not None:
                             conn.send_headers(event.stream_id, trailers, end_stream=True)
                 sock.sendall(conn.data_to_send())
-
-    def close(self):
-        self.listener.close()
 
 
 @pytest.fixture
