@@ -180,7 +180,6 @@ class H2Stream(ClientConnection):
         self.client_ip, self.scheme = conn.client_ip, conn.scheme
         self.limits, self.underscores, self.path_rules = conn.limits, conn.underscores, \
             conn.path_rules
-        _, self.fields_limit, self.field_limit = self.limits     # what on_header tests
         self.trusted_peer, self.body_timeout = conn.trusted_peer, conn.body_timeout
         self.queue = collections.deque()
         self.head_size = self.head_fields = self.requests = 0

@@ -70,7 +70,6 @@ class ClientConnection:
         self.requests = 0
         self.limits = (self.settings["limit_request_line"], self.settings["limit_request_fields"],
                        self.settings["limit_request_field_size"])
-        _, self.fields_limit, self.field_limit = self.limits
         self.keepalive_enabled = self.settings["keepalive"] > 0
         self.underscores = self.settings["headers_with_underscores"]
         self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"],
@@ -96,10 +95,11 @@ class ClientConnection:
     def on_header(self, name, value):
         """One header field, or one trailer field after the body: both count against the
         limits (fields, field size, the whole head); trailers are never forwarded."""
+        _, fields_limit, field_limit = self.limits
         size = len(name) + len(value) + 2
         self.head_fields += 1
         self.head_size += size + 2
-        if size > self.field_limit or self.head_fields > self.fields_limit or \
+        if size > field_limit or self.head_fields > fields_limit or \
                 self.head_size > MAX_HEAD_BYTES:
             self.too_large(name, size)
         req = self.queue[-1]
@@ -129,12 +129,11 @@ class ClientConnection:
 
     def too_large(self, name, size):
         """Which limit a header field broke (checked all at once above, the common case)."""
-        if size > self.field_limit:
-            raise HeadersTooLarge(f"header field {name[:40]!r} longer than {self.field_limit} "
-                                  f"bytes")
-        if self.head_fields > self.fields_limit:
-            raise HeadersTooLarge(f"more than {self.fields_limit} header fields (trailers "
-                                  f"included)")
+        _, fields_limit, field_limit = self.limits
+        if size > field_limit:
+            raise HeadersTooLarge(f"header field {name[:40]!r} longer than {field_limit} bytes")
+        if self.head_fields > fields_limit:
+            raise HeadersTooLarge(f"more than {fields_limit} header fields (trailers included)")
         raise HeadersTooLarge(f"request head over {MAX_HEAD_BYTES} bytes (trailers included)")
 
     def on_headers_complete(self):

@@ -137,12 +137,13 @@ class AccessFields:
         # fields (a test holds the two to the same output).
         self.fast = fmt == "json" and self.names == DEFAULT_FIELDS
 
-    def values(self, req, status, sent, upstream, elapsed_ms, time_text):
-        """(name, value, optional) for each listed field."""
+    def values(self, req, status, sent, upstream, elapsed_ms):
+        """(name, value, optional) for each listed field; ``time`` is None, filled in when
+        the line is rendered."""
         out = []
         for name, spec in self._parts:
             if name == "time":
-                value = time_text
+                value = None
             elif name == "duration_ms":
                 value = round(elapsed_ms, 3)
             else:
@@ -157,7 +158,7 @@ class AccessFields:
             return capture_default(req, status, sent, upstream, elapsed_ms)
         head = None if self.format == "json" else (
             req.client_ip, req.method, req.url, getattr(req, "version", "1.1"), status, sent)
-        return head, self.values(req, status, sent, upstream, elapsed_ms, None)
+        return head, self.values(req, status, sent, upstream, elapsed_ms)
 
     def render(self, captured, time_text):
         """The line (newline included) of what ``capture`` took. ``time_text``: RFC 3339 for
@@ -215,11 +216,6 @@ def render_default(captured, time_text):
             f'"upstream_ms":{"null" if seconds is None else f"{seconds * 1000.0:.3f}"},'
             f'"trace_id":{_escape(trace_id) if trace_id is not None else "null"},'
             f'"ended_by":{_escape(ended_by) if ended_by else "null"}{extra}}}\n')
-
-
-def default_json_line(req, status, sent, upstream, elapsed_ms, time_text):
-    """The shipped line of one request, at once (what the worker's batch writes)."""
-    return render_default(capture_default(req, status, sent, upstream, elapsed_ms), time_text)
 
 
 def compile_fields(names, fmt="json"):

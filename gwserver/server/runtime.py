@@ -99,18 +99,14 @@ class AccessLog:
         others are written."""
         pending, self.pending = self.pending, []
         render, time_text = self.fields.render, self.time_text
-        try:
-            return "".join([entry if type(entry) is str else
-                            render(entry[1], time_text(entry[0])) for entry in pending])
-        except Exception:
-            lines = []
-            for entry in pending:
-                try:
-                    lines.append(entry if type(entry) is str else
-                                 render(entry[1], time_text(entry[0])))
-                except Exception:   # a log must never fail a request or the tick
-                    log.exception("an access line could not be rendered: left out")
-            return "".join(lines)
+        lines = []
+        for entry in pending:
+            try:
+                lines.append(entry if type(entry) is str else
+                             render(entry[1], time_text(entry[0])))
+            except Exception:       # a log must never fail a request or the tick
+                log.exception("an access line could not be rendered: left out")
+        return "".join(lines)
 
     def flush(self):
         if self.pending:
