@@ -102,12 +102,13 @@ class RetryBudget:
     requests, plus ``min_per_second`` x window so that a quiet upstream can still retry. When
     a fleet fails, retries stop multiplying the load instead of tripling it."""
 
-    __slots__ = ("percent", "floor", "window", "buckets", "peers")
+    __slots__ = ("percent", "floor", "window", "buckets", "peers", "unbooked")
 
     def __init__(self, percent, min_per_second, window=10):
         self.percent, self.floor, self.window = percent, min_per_second * window, window
         self.buckets = {}           # whole second -> [requests, retries]
         self.peers = (0, 0)         # the host's other workers' (requests, retries), ~1 s old
+        self.unbooked = 0           # requests counted since the last totals()
 
     def _bucket(self, now):
         second = int(now)
@@ -118,12 +119,15 @@ class RetryBudget:
             bucket = self.buckets[second] = [0, 0]
         return bucket
 
-    def request(self, now):
-        self._bucket(now)[0] += 1
+    def request(self):
+        """Count one request. It is booked into a second's bucket by the next ``totals``
+        (each publish, once a second, and each retry asks): a request pays one addition."""
+        self.unbooked += 1
 
     def totals(self, now):
         """This worker's [requests, retries] within the window."""
-        self._bucket(now)
+        self._bucket(now)[0] += self.unbooked
+        self.unbooked = 0
         return [sum(b[0] for b in self.buckets.values()), sum(b[1] for b in self.buckets.values())]
 
     def try_retry(self, now):

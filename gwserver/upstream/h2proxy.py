@@ -88,7 +88,7 @@ class H2Forwarder:
         proxy, passive = self.proxy, upstream.passive
         now = started = time.monotonic()
         budget = proxy.budget(upstream)
-        budget.request(now)
+        budget.request()
         policy = route.retry if upstream is route.upstream else upstream.retry
         tried, attempts_left = [], policy.attempts
         while True:             # a failed connect sent nothing: another target may take it

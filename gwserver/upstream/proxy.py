@@ -405,7 +405,7 @@ class Proxy:
         fresh = stale_retried = False
         now = time.monotonic()
         budget = self.budget(upstream)
-        budget.request(now)
+        budget.request()
         outstanding = self.outstanding
         while True:
             if tried:

@@ -67,11 +67,11 @@ def test_usable_and_panic(down, threshold, avoid, panic):
 def test_retry_budget_is_a_share_of_recent_requests():
     budget = RetryBudget(percent=20, min_per_second=0, window=10)
     for _ in range(10):
-        budget.request(0.5)
+        budget.request()
     assert [budget.try_retry(0.5) for _ in range(3)] == [True, True, False]   # 20% of 10
     for _ in range(10):
-        budget.request(11.0)            # the first second left the window
+        budget.request()                # booked at 11.0: the first second left the window
     assert [budget.try_retry(11.0) for _ in range(3)] == [True, True, False]
     quiet = RetryBudget(percent=20, min_per_second=0.3, window=10)          # floor: 3
-    quiet.request(0)
+    quiet.request()
     assert [quiet.try_retry(0) for _ in range(5)] == [True, True, True, False, False]
