@@ -24,6 +24,14 @@ counts as JSON.
   /conn-named       200 whose Connection names X-Hop (hop-by-hop), beside X-Kept
   /conn-plain       200 with "Connection: Keep-Alive" (no other header named), beside X-Kept
   /conn-length      200 whose Connection names Content-Length (its framing) and X-Hop
+  /early-answer     200 "early" as soon as the head is in, then reads and drops the body its
+                    Content-Length announced, keeping the connection (nginx's `return` does
+                    so): another request on that connection counts as /early-answer:reused
+  /via-spaces       200 whose Via value holds 60,000 spaces
+  /lead-crlf        200 with two CRLFs before its status line (llhttp skips them)
+  /100-crlf         100 Continue, a CRLF, then 200
+  /bad-reason       200 whose reason phrase holds a control byte
+  /request-id       200 with an X-Request-ID of its own
 """
 import json
 import socket
@@ -57,17 +65,34 @@ def content_length(head):
     return 0
 
 
+def count(path):
+    with LOCK:
+        COUNTS[path] = COUNTS.get(path, 0) + 1
+
+
 def serve(conn):
     buf = b""
+    answered_early = False
     try:
         while True:
             head, buf = read_head(conn, buf)
             if head is None:
                 return
             path = head.split(b" ")[1].decode("latin-1") if b" " in head else ""
-            with LOCK:
-                COUNTS[path] = COUNTS.get(path, 0) + 1
+            count(path)
+            if answered_early:
+                count("/early-answer:reused")
             length = content_length(head)
+            if path == "/early-answer":
+                conn.sendall(response(b"early"))
+                answered_early = True
+                while len(buf) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                buf = buf[length:]
+                continue
             if path == "/no-body-read":
                 conn.sendall(response(b"posted"))
                 continue                        # the body stays in buf: the next "request"
@@ -113,6 +138,19 @@ def handle(conn, path):
                  "/conn-length": b"Content-Length, X-Hop"}[path]
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Hop: secret\r\nConnection: " + named +
                      b"\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok")
+    elif path == "/via-spaces":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nVia: 1.1 a" + b" " * 60000 + b"x\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+    elif path == "/lead-crlf":
+        conn.sendall(b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Kept: 1\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+    elif path == "/100-crlf":
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 200 OK\r\nX-Kept: 1\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+    elif path == "/bad-reason":
+        conn.sendall(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok")
+    elif path == "/request-id":
+        conn.sendall(response(b"ok", extra=b"X-Request-ID: upstream-own-id\r\n"))
     elif path == "/early-hints":
         conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
         time.sleep(0.05)

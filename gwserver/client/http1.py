@@ -142,6 +142,10 @@ class ClientConnection:
         self.unparsed = 0
         method = parser.get_method()
         req.method = METHOD_NAMES.get(method) or method.decode("ascii")
+        if method == b"CONNECT":
+            # llhttp ends a CONNECT at its head and hands the rest over as a tunnel: a body
+            # it announced would never be read, and the gateway is no forward proxy.
+            raise Unimplemented("CONNECT is not supported")
         req.version = version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
         hmap = req.header_map
@@ -168,16 +172,20 @@ class ClientConnection:
 
     def check_upgrade(self, req, hmap):
         """WebSocket is the one upgrade we relay: h2c (with HTTP2-Settings) and the rest are
-        hop-by-hop and dropped, so the request is served as plain HTTP/1.1."""
+        hop-by-hop and dropped, so the request is served as plain HTTP/1.1.
+
+        Any upgrade request with a body is refused: llhttp ends an upgrade request at its
+        head, so its body would never be read, and an upstream told Content-Length: N would
+        take the next N bytes on that connection (another client's request) as this body."""
         if not self.parser.should_upgrade():
             return
+        if req.chunked or req.content_length:
+            raise BadRequest("an upgrade request must not carry a body")
         if hmap[b"upgrade"].strip().lower() != b"websocket":
             req.connection_tokens = [t for t in req.connection_tokens or () if t != b"upgrade"]
             req.headers = [(k, v) for k, v in req.headers if k.lower() != b"http2-settings"]
             req.upgrade = req.keep_alive = False     # the parser is past this connection
             return
-        if req.chunked or req.content_length:
-            raise BadRequest("an upgrade request must not carry a body")
         if not hmap.get(b"sec-websocket-key"):
             raise BadRequest("a websocket upgrade needs Sec-WebSocket-Key (RFC 6455 4.1)")
         req.upgrade = True
@@ -225,6 +233,7 @@ class ClientConnection:
             req.request_id = request_id.decode("latin-1")
 
     def on_body(self, body):
+        self.unparsed = 0
         req = self.queue[-1]
         req.body.append(body)
         req.body_size += len(body)
@@ -260,12 +269,16 @@ class ClientConnection:
         return n
 
     def feed(self, n):
-        if not (self.queue and self.queue[-1].head_done):
-            # httptools holds a header until it is complete: bound what it may hold, from the
-            # first read of the connection on (the callbacks count the exact head).
-            self.unparsed += n
-            if self.unparsed > MAX_HEAD_BYTES + self.limits[0]:
+        # httptools holds a header (or a trailer) until it is complete: bound what it may
+        # hold, from the first read of the connection on (the callbacks count the exact head).
+        # ``unparsed`` is what was fed since the last head or body bytes came out of it.
+        self.unparsed += n
+        if self.unparsed > MAX_HEAD_BYTES + self.limits[0]:
+            if not (self.queue and self.queue[-1].head_done):
                 raise HeadersTooLarge("request head too large")
+            # After the head, only chunk framing and trailers come out as nothing: one
+            # unfinished trailer line would otherwise grow without end inside feed_data.
+            raise HeadersTooLarge("request trailers too large")
         try:
             self.parser.feed_data(self.view[:n])
         except httptools.HttpParserUpgrade as exc:

@@ -8,8 +8,9 @@ caller (the worker keeps a per-second clock text).
 json: one object per line, keys in the listed order; a field marked optional (``fault``,
 ``attempts``, ``consumer``) is left out when it has no value, the others are ``null``.
 common: the Common Log Format head ``client - - [time] "METHOD target HTTP/v" status bytes``
-(what log tools parse; target includes the query), then each listed field it does not hold,
-strings quoted (nginx's combined adds referer and user agent this way), ``-`` for none.
+(what log tools parse; target includes the query, less key_auth's key), then each listed
+field it does not hold, strings quoted (nginx's combined adds referer and user agent this
+way), ``-`` for none.
 
 Header values are logged as sent, at most 256 characters (nginx logs whole headers; a 32 KiB
 User-Agent should not make a 32 KiB log line).
@@ -69,9 +70,9 @@ FIELDS = {
     "method": Spec("request method", lambda req, *_: req.method),
     "path": Spec("path as sent, without the query",
                  lambda req, *_: req.url.partition(b"?")[0].decode("latin-1")),
-    "query": Spec("query string as sent, without the '?' (null: none)",
-                  lambda req, *_: req.url.partition(b"?")[2].decode("latin-1")
-                  if b"?" in req.url else None),
+    "query": Spec("query string without the '?', as sent less what a plugin took out "
+                  "(key_auth's key) (null: none)",
+                  lambda req, *_: getattr(req, "query", "") if b"?" in req.url else None),
     "version": Spec("HTTP version: 1.1, 1.0, 2", lambda req, *_: getattr(req, "version", None)),
     "host": Spec("Host header as sent", _header(b"host")),
     "user_agent": Spec("User-Agent header", _header(b"user-agent")),
@@ -157,7 +158,8 @@ class AccessFields:
         if self.fast:
             return capture_default(req, status, sent, upstream, elapsed_ms)
         head = None if self.format == "json" else (
-            req.client_ip, req.method, req.url, getattr(req, "version", "1.1"), status, sent)
+            req.client_ip, req.method, common_target(req), getattr(req, "version", "1.1"),
+            status, sent)
         return head, self.values(req, status, sent, upstream, elapsed_ms)
 
     def render(self, captured, time_text):
@@ -171,14 +173,25 @@ class AccessFields:
                             for name, value, optional in values
                             if not (optional and value is None))
             return "{" + body + "}\n"
-        client_ip, method, url, version, status, sent = head
-        head = (f'{client_ip} - - [{time_text}] "{method} {url.decode("latin-1")} HTTP/'
-                f'{version}" {status} {sent}')
+        client_ip, method, target, version, status, sent = head
+        head = (f'{client_ip} - - [{time_text}] "{method} {target} HTTP/{version}" {status} '
+                f'{sent}')
         return " ".join([head, *(_value(value, "-") for _, value, _ in values)]) + "\n"
 
     def line(self, req, status, sent, upstream, elapsed_ms, time_text):
         """One line, newline included: ``render(capture(...))``."""
         return self.render(self.capture(req, status, sent, upstream, elapsed_ms), time_text)
+
+
+def common_target(req):
+    """The request target of a Common Log Format line: the path as sent and the query as the
+    upstream got it (never key_auth's key), with a quote or backslash written as nginx does
+    (\\x22, \\x5C), so that a target cannot end the quoted field and forge the ones after it."""
+    target = req.url.partition(b"?")[0].decode("latin-1")
+    query = getattr(req, "query", None)
+    if query:
+        target += "?" + query
+    return target.replace("\\", "\\x5C").replace('"', "\\x22")
 
 
 _NO_VARS = {}       # read only: what capture_default reads of a request without vars

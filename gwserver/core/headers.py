@@ -37,11 +37,12 @@ PROXY_SET = frozenset([
     b"cf-connecting-ip", b"x-cluster-client-ip", b"x-http-method-override", b"x-http-method",
     b"x-method-override"])
 
-# Response headers the gateway looks at before relaying: hop-by-hop ones, Via (extended) and
-# Content-Length (framing); every other line passes through untouched.
-RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"content-length"}
-# ... and those a plugin may not edit in an answer: those, and the X-Request-ID the gateway adds.
-RESPONSE_RESERVED = RESPONSE_SPECIAL | {b"x-request-id"}
+# Response headers the gateway looks at before relaying: hop-by-hop ones, Via (extended),
+# Content-Length (framing) and X-Request-ID (the gateway writes its own: an upstream's would
+# reach the client as a second one); every other line passes through untouched.
+RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"content-length", b"x-request-id"}
+# ... and those a plugin may not edit in an answer: the same.
+RESPONSE_RESERVED = RESPONSE_SPECIAL
 
 
 def check_editable(names, reserved, where):

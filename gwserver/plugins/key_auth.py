@@ -19,7 +19,8 @@ dictionary look-up each; keys already found good pass without touching the budge
 
 The key is looked for only where configured: with ``query = ""`` a key in the query string is
 not a key. It is removed before proxying (``hide_credentials = true``, the default), so the
-upstream and its logs never see it; the access log never logs the query string.
+upstream and its logs never see it, and neither does the access log: its ``query`` field and
+the common format's target hold the query the upstream got.
 """
 import hashlib
 import hmac

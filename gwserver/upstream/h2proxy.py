@@ -174,7 +174,7 @@ class H2Forwarder:
         else:
             headers = [(k, v) for k, v in headers if k != b"content-length"]
         upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
-        headers = [(k, v) for k, v in headers if k != b"via"]
+        headers = [(k, v) for k, v in headers if k != b"via" and k != b"x-request-id"]
         chain = req.route.chain
         if chain.response_steps_of(req):
             head = ResponseHead(status, headers)

@@ -298,6 +298,56 @@ def test_a_close_delimited_identity_body_arrives_whole(raw_gw):
     assert body == b"1388\r\n" + b"i" * 5000 + b"\r\n0\r\n\r\n"
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+    b"Content-Length: 5\r\n\r\nhello",
+    b"POST /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello",
+])
+def test_an_upgrade_request_with_a_body_is_refused_and_never_forwarded(raw_gw, request_bytes):
+    """llhttp ends an upgrade request at its head, so its body is never read. Forwarded with
+    its Content-Length, the upstream would take the next N bytes on that connection (another
+    client's request head) as this body, and serve that request's body as a request."""
+    status, answer = raw_request(raw_gw.port, request_bytes)
+    assert status == 400 and b"must not carry a body" in answer, answer
+    assert upstream_counts(raw_gw).get("/upgrade-body", 0) == 0
+
+
+@pytest.mark.parametrize("target", [b"/upgrade-body", b"gw.test:443"])
+def test_connect_is_refused_and_never_forwarded(raw_gw, target):
+    status, answer = raw_request(raw_gw.port, b"CONNECT %s HTTP/1.1\r\nHost: gw\r\n"
+                                 b"Content-Length: 5\r\n\r\nhello" % target)
+    assert status == 501 and b"CONNECT is not supported" in answer, answer
+    assert upstream_counts(raw_gw).get("/upgrade-body", 0) == 0
+
+
+def test_a_connection_whose_request_was_cut_short_is_never_reused(raw_gw):
+    """An upstream that answers before the body is in (nginx's `return`) drops the rest of
+    it as it comes. The gateway stops sending when it sees that answer; if it then reused the
+    connection, the next request's head would become the rest of that body, and the next
+    request's body a request of its own (with nginx: past key_auth on another route)."""
+    size, late = 70_000, 100                # over request_buffer_size: streamed
+    with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /early-answer HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
+                     % size + b"x" * (size - late))
+        time.sleep(0.3)                     # the answer is back before the last bytes
+        sock.sendall(b"y" * late)
+        answer = b""
+        while not _complete(answer):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 200") and body_of(answer) == b"early", answer
+    for _ in range(3):
+        status, answer = get(raw_gw.port, b"/ok")
+        assert status == 200 and body_of(answer) == b"ok"
+    counts = upstream_counts(raw_gw)
+    assert counts["/early-answer"] == 1 and counts.get("/early-answer:reused", 0) == 0, counts
+
+
 def test_an_answer_that_is_not_http_is_a_502_and_never_resent(raw_gw):
     get(raw_gw.port, b"/ok")            # a pooled connection to reuse
     status, _ = get(raw_gw.port, b"/junk")
@@ -377,6 +427,83 @@ def test_a_trailer_flood_is_refused_and_stalls_nobody(raw_gw):
     assert results == [b"HTTP/1.1 431"]
     assert worst < 0.5, worst
     assert raw_gw.worker_pids() == pids
+
+
+def test_an_endless_trailer_line_is_refused_early_and_stalls_nobody(raw_gw):
+    """httptools holds a trailer field until its line ends: one that never ends must not
+    grow inside the parser (it copies the value on every read: quadratic) until the client
+    stops. The bytes fed after the last body bytes count against the head limit."""
+    pids = raw_gw.worker_pids()
+    results = []
+
+    def endless_trailer():
+        with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
+            sock.sendall(b"POST /ok HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+                         b"\r\n1\r\nx\r\n0\r\nX-Trailer: ")
+            try:
+                for _ in range(160):                # 10 MiB, no end of line
+                    sock.sendall(b"a" * 65536)
+            except OSError:
+                pass
+            results.append(sock.recv(65536))
+
+    worst = latency_while(raw_gw, endless_trailer)
+    assert results and results[0].startswith(b"HTTP/1.1 431"), results
+    assert b"trailers too large" in results[0]
+    assert worst < 0.5, worst
+    assert raw_gw.worker_pids() == pids
+
+
+def test_a_long_run_of_spaces_in_an_upstream_header_stalls_nobody(raw_gw):
+    """The response's special lines are found with one regex; a value ending in a long run
+    of spaces must not make it backtrack once per byte (60,000 spaces took seconds)."""
+    results = []
+    worst = latency_while(raw_gw, lambda: results.append(get(raw_gw.port, b"/via-spaces")))
+    assert results[0][0] == 200 and body_of(results[0][1]) == b"ok"
+    head = results[0][1].partition(b"\r\n\r\n")[0]
+    assert b"x, 1.1 gwserver" in head       # the upstream's Via, spaces included, then ours
+    assert worst < 0.5, worst
+
+
+@pytest.mark.parametrize("path", [b"/lead-crlf", b"/100-crlf"])
+def test_blank_lines_before_a_status_line_keep_the_answer_whole(raw_gw, path):
+    """llhttp skips CRLFs before a status line (after a 1xx, or a stray one after the last
+    answer); the head must be taken from where the status line really begins, or the status
+    line is relayed as a header and the headers after it are lost."""
+    status, answer = get(raw_gw.port, path)
+    head = answer.partition(b"\r\n\r\n")[0]
+    assert status == 200 and body_of(answer) == b"ok", answer
+    assert head.count(b"HTTP/1.1") == 1 and b"\r\nX-Kept: 1" in head, head
+    if path == b"/lead-crlf":
+        assert b"\r\nContent-Type: text/plain" in head
+
+
+def test_a_control_byte_in_a_reason_phrase_never_reaches_the_client(raw_gw):
+    status, answer = get(raw_gw.port, b"/bad-reason")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and body_of(answer) == b"ok", answer
+
+
+def test_the_client_gets_one_x_request_id_the_gateways(raw_gw):
+    _, answer = get(raw_gw.port, b"/request-id", extra=b"X-Request-ID: from-client-1\r\n")
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.count(b"x-request-id:") == 1 and b"x-request-id: from-client-1" in head, head
+
+
+def test_key_auths_query_key_never_reaches_the_access_log(launcher, upstream):
+    """The Common Log Format's request line holds the query: the one the upstream got."""
+    from gwserver.plugins.key_auth import hash_key
+    key = "ak_" + "5" * 16
+    gw = launcher.gateway(gateway_conf(
+        [route("key", ["/key/*rest"], upstream.url, plugins={"key_auth": {"query": "apikey"}})],
+        log={"access_format": "common"},
+        consumers={"alice": {"credentials": {"key_auth": {"key_hash": hash_key(key)}}}}))
+    assert get(gw.port, b"/key/x?apikey=%s&page=2" % key.encode())[0] == 200
+    assert get(gw.port, b'/key/a"b?apikey=%s' % key.encode())[0] == 200
+    lines = wait_until(lambda: [line for line in gw.log().splitlines()
+                                if '"GET /key/' in line][1:] and gw.log().splitlines())
+    assert key not in gw.log()
+    assert any('"GET /key/x?page=2 HTTP/1.1" 200' in line for line in lines)
+    assert any('"GET /key/a\\x22b HTTP/1.1" 200' in line for line in lines)
 
 
 # -- what clients may send ---------------------------------------------------------------------

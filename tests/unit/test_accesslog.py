@@ -18,6 +18,7 @@ class Route:
 def request(url=b"/u/1?page=2&q=a%20b", headers=(), **attrs):
     req = RequestContext("10.0.0.9", "http")
     req.method, req.url, req.version, req.request_id = "GET", url, "1.1", "rid-1"
+    req.query = url.partition(b"?")[2].decode("latin-1")       # as the reader sets it
     req.headers = [(k.encode(), v.encode()) for k, v in headers]
     req.header_map = {k.lower(): v for k, v in req.headers}
     req.route, req.upstream_seconds, req.body_size = Route(), 0.0123, 0
@@ -88,6 +89,29 @@ def test_common_keeps_the_clf_head_then_the_other_fields():
         '200 5 "curl/8" 200\n'
     default = compile_fields([], "common").line(req, 200, 5, None, 1.5, "T")
     assert default.endswith('200 5 "users" "rid-1" 1.500 -\n')
+
+
+def test_a_common_target_cannot_forge_the_fields_after_it():
+    """A quote in the target would end the quoted request field: a client could write its own
+    status, bytes and route into the line. nginx writes it as \\x22 (a backslash as \\x5C)."""
+    req = request(url=b'/x"_200_0_"-"_route=admin\\?a"b=1')
+    line = compile_fields(["route"], "common").line(req, 404, 0, None, 1.5, "T")
+    assert line == ('10.0.0.9 - - [T] "GET /x\\x22_200_0_\\x22-\\x22_route=admin\\x5C'
+                    '?a\\x22b=1 HTTP/1.1" 404 0 "users"\n')
+    assert line.count('"') == 4
+
+
+def test_the_logged_query_is_the_one_the_upstream_got():
+    """key_auth takes its key out of the query before proxying; the log must not keep it."""
+    req = request(url=b"/admin/x?apikey=SECRET&page=2")
+    req.query = "page=2"                        # what key_auth left
+    common = compile_fields([], "common").line(req, 200, 5, None, 1.5, "T")
+    assert '"GET /admin/x?page=2 HTTP/1.1"' in common and "SECRET" not in common
+    assert json_line(["query"], req) == {"query": "page=2"}
+    req.query = ""                              # the key was all of it
+    assert '"GET /admin/x HTTP/1.1"' in compile_fields([], "common").line(req, 200, 5, None,
+                                                                          1.5, "T")
+    assert json_line(["query"], req) == {"query": ""}
 
 
 def test_the_setting_accepts_known_fields_and_names_an_unknown_one():
