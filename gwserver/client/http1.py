@@ -429,8 +429,9 @@ class ClientConnection:
         reader = runtime.table_reader
         if reader is not None and reader.changed():     # 8 bytes compared; etcd mode only
             runtime.refresh_table()
-        keep_alive = req.keep_alive and self.keepalive_enabled     # and runtime.alive, when
-                                                                   # the answer is written
+        # and runtime.alive, when the answer is written. After an upgrade request the parser
+        # reads no more of this connection: an answer that is not a 101 ends it.
+        keep_alive = req.keep_alive and self.keepalive_enabled and not self.upgraded
         if runtime.tracing:
             req.trace = extract_trace(req.header_map, runtime.trace_ids)
         try:

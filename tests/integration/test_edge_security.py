@@ -315,6 +315,18 @@ def test_an_upgrade_request_with_a_body_is_refused_and_never_forwarded(raw_gw, r
     assert upstream_counts(raw_gw).get("/upgrade-body", 0) == 0
 
 
+def test_a_websocket_request_answered_without_a_101_closes_the_connection(raw_gw):
+    """The parser reads no more of a connection after an upgrade request: if the upstream
+    does not switch, the answer must say Connection: close, not promise another request."""
+    status, answer = raw_request(raw_gw.port, b"GET /ok HTTP/1.1\r\nHost: gw\r\n"
+                                 b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert status == 200 and body_of(answer) == b"ok"
+    assert b"\r\nconnection: close" in head and b"keep-alive" not in head, head
+
+
 @pytest.mark.parametrize("target", [b"/upgrade-body", b"gw.test:443"])
 def test_connect_is_refused_and_never_forwarded(raw_gw, target):
     status, answer = raw_request(raw_gw.port, b"CONNECT %s HTTP/1.1\r\nHost: gw\r\n"
