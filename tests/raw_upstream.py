@@ -65,6 +65,16 @@ def content_length(head):
     return 0
 
 
+def skip_body(conn, buf, length):
+    """Read past a body of ``length`` bytes; what follows it, or None at EOF."""
+    while len(buf) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    return buf[length:]
+
+
 def count(path):
     with LOCK:
         COUNTS[path] = COUNTS.get(path, 0) + 1
@@ -86,12 +96,9 @@ def serve(conn):
             if path == "/early-answer":
                 conn.sendall(response(b"early"))
                 answered_early = True
-                while len(buf) < length:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf[length:]
+                buf = skip_body(conn, buf, length)
+                if buf is None:
+                    return
                 continue
             if path == "/no-body-read":
                 conn.sendall(response(b"posted"))
@@ -102,13 +109,8 @@ def serve(conn):
                                           b"Connection: close\r\n"))
                     time.sleep(5)               # reads nothing more, then goes away
                     return
-            while len(buf) < length:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            buf = buf[length:]
-            if not handle(conn, path):
+            buf = skip_body(conn, buf, length)
+            if buf is None or not handle(conn, path):
                 return
     except OSError:
         pass

@@ -419,49 +419,31 @@ def test_a_huge_upstream_head_is_a_502_and_stalls_nobody(raw_gw):
     assert "response head over 65536 bytes" in raw_gw.log()
 
 
-def test_a_trailer_flood_is_refused_and_stalls_nobody(raw_gw):
+@pytest.mark.parametrize("trailer, piece, pieces, named", [
+    (b"", b"Via: " + b"v" * 200 + b"\r\n", 100_000, b"header fields"),   # ~20 MiB of lines
+    # httptools holds a trailer field until its line ends and copies it on every read: one
+    # that never ends must not grow inside the parser until the client stops.
+    (b"X-Trailer: ", b"a" * 65536, 160, b"trailers too large"),          # 10 MiB, one line
+])
+def test_a_trailer_flood_is_refused_early_and_stalls_nobody(raw_gw, trailer, piece, pieces,
+                                                            named):
     pids = raw_gw.worker_pids()
     results = []
 
     def flood():
         with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
-            sock.sendall(b"POST /ok HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"1\r\nx\r\n0\r\n")
-            line = b"Via: " + b"v" * 200 + b"\r\n"
-            try:
-                for _ in range(100_000):           # ~20 MiB of Via trailers
-                    sock.sendall(line * 10)
-            except OSError:
-                pass
-            results.append(sock.recv(65536)[:12])
-
-    worst = latency_while(raw_gw, flood)
-    assert results == [b"HTTP/1.1 431"]
-    assert worst < 0.5, worst
-    assert raw_gw.worker_pids() == pids
-
-
-def test_an_endless_trailer_line_is_refused_early_and_stalls_nobody(raw_gw):
-    """httptools holds a trailer field until its line ends: one that never ends must not
-    grow inside the parser (it copies the value on every read: quadratic) until the client
-    stops. The bytes fed after the last body bytes count against the head limit."""
-    pids = raw_gw.worker_pids()
-    results = []
-
-    def endless_trailer():
-        with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
             sock.sendall(b"POST /ok HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-                         b"\r\n1\r\nx\r\n0\r\nX-Trailer: ")
+                         b"\r\n1\r\nx\r\n0\r\n" + trailer)
             try:
-                for _ in range(160):                # 10 MiB, no end of line
-                    sock.sendall(b"a" * 65536)
+                for _ in range(pieces):
+                    sock.sendall(piece)
             except OSError:
                 pass
             results.append(sock.recv(65536))
 
-    worst = latency_while(raw_gw, endless_trailer)
+    worst = latency_while(raw_gw, flood)
     assert results and results[0].startswith(b"HTTP/1.1 431"), results
-    assert b"trailers too large" in results[0]
+    assert named in results[0], results[0][:300]
     assert worst < 0.5, worst
     assert raw_gw.worker_pids() == pids
 
