@@ -146,13 +146,14 @@ class H2Forwarder:
         try:
             client.send_continue(req)
             while True:
+                complete = req.complete         # before the pieces: see stream_request_body
                 chunks = req.take_body()
                 if limit and req.body_size > limit:
                     raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
-                if chunks or req.complete:
+                if chunks or complete:
                     connection.send_body(stream.stream_id, stream.stream, b"".join(chunks),
-                                         route.read_timeout, end=req.complete)
-                if req.complete:
+                                         route.read_timeout, end=complete)
+                if complete:
                     return
                 client.read_body()
         except gevent.GreenletExit:

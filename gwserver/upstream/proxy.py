@@ -648,17 +648,20 @@ class Proxy:
         limit = route.max_body_size
         client.send_continue(req)
         for turn in count(1):
+            # Read before taking the pieces, once: an HTTP/2 client's body arrives in another
+            # greenlet, which may add the last piece and mark the end while a send waits.
+            complete = req.complete
             chunks = req.take_body()
             if limit and req.body_size > limit:
                 raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
             if ex.plain and idle_state(ex.sock) is not OPEN:
                 ex.request_cut = True   # the upstream answered (or closed) early
                 return
-            if chunks or req.complete:
-                data = b"".join(encode_chunks(chunks, req.chunked, last=req.complete))
+            if chunks or complete:
+                data = b"".join(encode_chunks(chunks, req.chunked, last=complete))
                 if data:
                     self.send(ex, data, route.read_timeout)
-            if req.complete:
+            if complete:
                 return
             if turn % YIELD_EVERY == 0:
                 gevent.sleep(0)         # a fast uploader must not hold the worker
