@@ -30,6 +30,7 @@ REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":path", b":authority"])
 # llhttp refuses on HTTP/1.1, so a request is not served on one protocol and refused on the
 # other) or white space at an end.
 _BAD_NAME = re.compile(f"[^{TOKEN_LOWER_CHARS}]".encode()).search
+_TOKEN = re.compile(f"[{TOKEN_LOWER_CHARS}A-Z]+".encode()).fullmatch
 _BAD_VALUE = re.compile(f"[^{VALUE_CHARS}]|\\A[ \t]|[ \t]\\Z".encode("latin-1")).search
 
 
@@ -64,11 +65,18 @@ def split_request(headers):
     method = pseudo.get(b":method")
     if method is None:
         raise Malformed("no :method")
-    if method == b"CONNECT":
+    # The method and path become an HTTP/1.1 request line upstream: a space in either would
+    # let a client write a line of its own ("GET /admin /public"), which llhttp refuses on
+    # HTTP/1.1 (RFC 9110 9.1: a method is a token).
+    if not _TOKEN(method):
+        raise Malformed(f"invalid :method {method[:40]!r}")
+    if method.upper() == b"CONNECT":
         raise Malformed("CONNECT is not served")
     path = pseudo.get(b":path")
     if pseudo.get(b":scheme") is None or not path:
         raise Malformed("no :scheme or :path")
+    if b" " in path or b"\t" in path:
+        raise Malformed(":path with white space")
     if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
         raise Malformed(":path must start with /")
     authority = pseudo.get(b":authority")

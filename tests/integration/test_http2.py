@@ -104,6 +104,24 @@ def test_malformed_requests_are_reset_with_protocol_error(h2c_gw, headers, autho
     client.close()
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET /admin/secret", "/echo"),          # would reach the upstream as "GET /admin/secret
+    ("GET\t/admin/secret", "/echo"),         #   /echo HTTP/1.1", routed by the gateway as /echo
+    ("GET", "/echo /admin/secret"),
+    ("connect", "/echo"),
+])
+def test_a_method_or_path_that_would_rewrite_the_request_line_is_reset(h2c_gw, method, path):
+    """The method and path of an HTTP/2 request become an HTTP/1.1 request line upstream."""
+    client = RawH2(h2c_gw.port, validate=False)
+    sid = client.request(path, method=method)
+    assert client.response(sid) is None
+    assert client.reset_code(sid) == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    ok = client.request("/echo")
+    status, _, body = client.response(ok)[:3]
+    assert status == 200 and json.loads(body)["path"] == "/echo"
+    client.close()
+
+
 def test_limits_are_the_http1_limits(launcher, upstream):
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
         "h2c": True}, server={"limit_request_fields": 20, "limit_request_field_size": 200}))

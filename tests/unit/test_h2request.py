@@ -22,6 +22,13 @@ BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/x"), (b":aut
     BASE + [(b"x", b"a\x0bb")], BASE + [(b"x", b"a\x01")], BASE + [(b"x", b"\x7f")],
     BASE + [(b"x(y", b"1")], BASE + [(b"x@y", b"1")], BASE + [(b"x/y", b"1")],
     [(b":method", b"CONNECT"), (b":authority", b"a:443")],
+    [(b":method", b"connect"), (b":scheme", b"http"), (b":path", b"/x")],
+    # method and path become an HTTP/1.1 request line: no room for a line of the client's own
+    [(b":method", b"GET /admin/secret"), (b":scheme", b"http"), (b":path", b"/public")],
+    [(b":method", b"GET\t/admin"), (b":scheme", b"http"), (b":path", b"/public")],
+    [(b":method", b""), (b":scheme", b"http"), (b":path", b"/public")],
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/public /admin")],
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/public\t/admin")],
     [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"x")],
 ])
 def test_malformed(headers):
