@@ -32,6 +32,8 @@ counts as JSON.
   /100-crlf         100 Continue, a CRLF, then 200
   /bad-reason       200 whose reason phrase holds a control byte
   /request-id       200 with an X-Request-ID of its own
+  /hint-upload      103 Early Hints as soon as the head is in, then reads the whole body and
+                    answers 200 "got N"
 """
 import json
 import socket
@@ -99,6 +101,13 @@ def serve(conn):
                 buf = skip_body(conn, buf, length)
                 if buf is None:
                     return
+                continue
+            if path == "/hint-upload":
+                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                buf = skip_body(conn, buf, length)
+                if buf is None:
+                    return
+                conn.sendall(response(b"got %d" % length))
                 continue
             if path == "/no-body-read":
                 conn.sendall(response(b"posted"))

@@ -654,7 +654,7 @@ class Proxy:
             chunks = req.take_body()
             if limit and req.body_size > limit:
                 raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
-            if ex.plain and idle_state(ex.sock) is not OPEN:
+            if ex.plain and idle_state(ex.sock) is not OPEN and self.answered(ex, route):
                 ex.request_cut = True   # the upstream answered (or closed) early
                 return
             if chunks or complete:
@@ -666,6 +666,12 @@ class Proxy:
             if turn % YIELD_EVERY == 0:
                 gevent.sleep(0)         # a fast uploader must not hold the worker
             client.read_body()
+
+    def answered(self, ex, route):
+        """The upstream said something while the body was going out: read it. True if that
+        is (the start of) its answer or a close; an interim 1xx alone (103 Early Hints, an
+        unasked 100 Continue) is dropped as read_head drops it, and the body goes on."""
+        return not self.recv_feed(ex, route.read_timeout) or ex.final
 
     def recv_feed(self, ex, timeout, wait_first=False):
         """Read once from the upstream and parse it; return False on EOF."""
@@ -718,17 +724,16 @@ class Proxy:
 
     def read_head(self, ex, timeout):
         wait_first = True       # the request was just sent: nothing can be here yet
-        while True:
+        # After 100 Continue or 103 Early Hints (dropped: the client asked for neither) the
+        # real answer follows on the same parser, however the bytes are split. An early
+        # answer may be here already (read while the body was being sent).
+        while not ex.final:
             if not self.recv_feed(ex, timeout, wait_first):
                 if not ex.got_bytes:
                     raise _StaleConnection()
                 raise UpstreamError("upstream closed the connection mid-response")
             wait_first = False
-            # After 100 Continue or 103 Early Hints (dropped: the client asked for neither)
-            # the real answer follows on the same parser, however the bytes are split.
-            if ex.final:
-                ex.split_head(self.max_head)
-                return
+        ex.split_head(self.max_head)
 
     def response_head(self, req, ex, keep_alive):
         """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body,

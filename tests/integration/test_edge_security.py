@@ -360,6 +360,21 @@ def test_a_connection_whose_request_was_cut_short_is_never_reused(raw_gw):
     assert counts["/early-answer"] == 1 and counts.get("/early-answer:reused", 0) == 0, counts
 
 
+def test_an_interim_answer_during_an_upload_does_not_cut_the_upload(raw_gw):
+    """A 103 Early Hints (or an unasked 100 Continue) while the body goes out is not the
+    answer: the gateway drops it and sends the rest, and the upstream's real answer comes."""
+    size, late = 200_000, 100_000           # over request_buffer_size: streamed
+    with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /hint-upload HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % size + b"x" * (size - late))
+        time.sleep(0.3)                     # the 103 is back before the rest of the body
+        sock.sendall(b"y" * late)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 200") and body_of(answer) == b"got 200000", answer
+
+
 def test_an_answer_that_is_not_http_is_a_502_and_never_resent(raw_gw):
     get(raw_gw.port, b"/ok")            # a pooled connection to reuse
     status, _ = get(raw_gw.port, b"/junk")
