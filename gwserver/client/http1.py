@@ -78,6 +78,7 @@ class ClientConnection:
             runtime.trusted_proxies.trusts(self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
+        self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade)
         self.last_host = self.last_host_parts = None
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
@@ -174,18 +175,24 @@ class ClientConnection:
         """WebSocket is the one upgrade we relay: h2c (with HTTP2-Settings) and the rest are
         hop-by-hop and dropped, so the request is served as plain HTTP/1.1.
 
-        Any upgrade request with a body is refused: llhttp ends an upgrade request at its
-        head, so its body would never be read, and an upstream told Content-Length: N would
-        take the next N bytes on that connection (another client's request) as this body."""
+        llhttp ends an upgrade request at its head: a body is not parsed. An h2c request
+        with a Content-Length body (``curl --http2 -d`` on an http:// URL) has its body read
+        raw (``take_raw_body``), exactly that many bytes, and the connection ends after it.
+        Any other upgrade request with a body is refused: forwarded without it, an upstream
+        told Content-Length: N would take the next N bytes on its connection (another
+        client's request) as this body."""
         if not self.parser.should_upgrade():
             return
-        if req.chunked or req.content_length:
-            raise BadRequest("an upgrade request must not carry a body")
         if hmap[b"upgrade"].strip().lower() != b"websocket":
+            if req.chunked:
+                raise BadRequest("an upgrade request must not carry a chunked body")
             req.connection_tokens = [t for t in req.connection_tokens or () if t != b"upgrade"]
             req.headers = [(k, v) for k, v in req.headers if k.lower() != b"http2-settings"]
             req.upgrade = req.keep_alive = False     # the parser is past this connection
+            self.raw_body_left = req.content_length or 0
             return
+        if req.chunked or req.content_length:
+            raise BadRequest("an upgrade request must not carry a body")
         if not hmap.get(b"sec-websocket-key"):
             raise BadRequest("a websocket upgrade needs Sec-WebSocket-Key (RFC 6455 4.1)")
         req.upgrade = True
@@ -239,7 +246,7 @@ class ClientConnection:
         req.body_size += len(body)
 
     def on_message_complete(self):
-        self.queue[-1].complete = True
+        self.queue[-1].complete = not self.raw_body_left
 
     # -- socket I/O -------------------------------------------------------------------------
 
@@ -266,7 +273,19 @@ class ClientConnection:
             raise ClientGone(str(exc)) from None
         if n and not self.upgraded:
             self.feed(n)
+        elif n and self.raw_body_left:
+            self.take_raw_body(self.view[:n])
         return n
+
+    def take_raw_body(self, data):
+        """Body bytes of an h2c request that the parser left unread (check_upgrade): up to
+        its Content-Length; what follows is dropped, as the connection ends after it."""
+        piece = bytes(data[:self.raw_body_left])
+        self.raw_body_left -= len(piece)
+        if piece:
+            self.on_body(piece)
+        if not self.raw_body_left:
+            self.queue[-1].complete = True
 
     def feed(self, n):
         # httptools holds a header (or a trailer) until it is complete: bound what it may
@@ -283,7 +302,10 @@ class ClientConnection:
             self.parser.feed_data(self.view[:n])
         except httptools.HttpParserUpgrade as exc:
             self.upgraded = True
-            self.queue[-1].upgrade_tail = bytes(self.view[exc.args[0]:n])
+            if self.raw_body_left:
+                self.take_raw_body(self.view[exc.args[0]:n])
+            else:
+                self.queue[-1].upgrade_tail = bytes(self.view[exc.args[0]:n])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HTTPError):

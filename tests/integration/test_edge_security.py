@@ -4,6 +4,7 @@ The gateway must authorise exactly what the upstream serves: a path or Host spel
 reaches the route the upstream will treat it as, or is refused. An upstream's stray bytes never
 reach another client. Whatever a client or upstream sends is bounded.
 """
+import hashlib
 import json
 import socket
 import threading
@@ -298,21 +299,52 @@ def test_a_close_delimited_identity_body_arrives_whole(raw_gw):
     assert body == b"1388\r\n" + b"i" * 5000 + b"\r\n0\r\n\r\n"
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"POST /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
-    b"Content-Length: 5\r\n\r\nhello",
-    b"POST /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    b"GET /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello",
+@pytest.mark.parametrize("request_bytes, named", [
+    (b"POST /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"chunked body"),
+    (b"GET /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello",
+     b"must not carry a body"),
 ])
-def test_an_upgrade_request_with_a_body_is_refused_and_never_forwarded(raw_gw, request_bytes):
-    """llhttp ends an upgrade request at its head, so its body is never read. Forwarded with
-    its Content-Length, the upstream would take the next N bytes on that connection (another
-    client's request head) as this body, and serve that request's body as a request."""
+def test_an_upgrade_request_with_a_body_it_cannot_frame_is_refused(raw_gw, request_bytes, named):
+    """llhttp ends an upgrade request at its head, so its body is never parsed. Forwarded
+    without it, an upstream told Content-Length: N would take the next N bytes on that
+    connection (another client's request head) as this body, and serve that request's body
+    as a request."""
     status, answer = raw_request(raw_gw.port, request_bytes)
-    assert status == 400 and b"must not carry a body" in answer, answer
+    assert status == 400 and named in answer, answer
     assert upstream_counts(raw_gw).get("/upgrade-body", 0) == 0
+
+
+@pytest.mark.parametrize("split", [None, 3])
+def test_an_h2c_upgrade_with_a_body_is_served_as_http1_with_its_whole_body(
+        launcher, upstream, split):
+    """What ``curl --http2 -d`` sends to an http:// URL: the upgrade is dropped, the body
+    (which the parser leaves unread) is read by its Content-Length, whole, however the bytes
+    are split; bytes after it are not a request; the connection ends with the answer."""
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)]))
+    head = (b"POST /echo HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+            b"Content-Length: 11\r\n\r\n")
+    smuggled = b"GET /echo/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        if split:
+            sock.sendall(head + b"hel")
+            time.sleep(0.2)
+            sock.sendall(b"lo world" + smuggled)
+        else:
+            sock.sendall(head + b"hello world" + smuggled)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    head_out = answer.partition(b"\r\n\r\n")[0].lower()
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in head_out, answer
+    seen = json.loads(body_of(answer))
+    assert seen["method"] == "POST" and seen["body_size"] == 11
+    assert seen["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
+    names = {name.lower() for name, _ in seen["headers"]}
+    assert not names & {"upgrade", "http2-settings", "connection"}
+    assert upstream.stats()["requests"] == 1            # the bytes after it were no request
 
 
 def test_a_websocket_request_answered_without_a_101_closes_the_connection(raw_gw):
