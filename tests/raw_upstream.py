@@ -34,6 +34,7 @@ counts as JSON.
   /request-id       200 with an X-Request-ID of its own
   /hint-upload      103 Early Hints as soon as the head is in, then reads the whole body and
                     answers 200 "got N"
+  /split-413        as /early-413, with its head in two writes 0.3 s apart
 """
 import json
 import socket
@@ -112,10 +113,15 @@ def serve(conn):
             if path == "/no-body-read":
                 conn.sendall(response(b"posted"))
                 continue                        # the body stays in buf: the next "request"
-            if path == "/early-413":
+            if path in ("/early-413", "/split-413"):
                 if length > 1 << 20:
-                    conn.sendall(response(b"too large", b"413 Content Too Large",
-                                          b"Connection: close\r\n"))
+                    answer = response(b"too large", b"413 Content Too Large",
+                                      b"Connection: close\r\n")
+                    if path == "/split-413":
+                        conn.sendall(answer[:30])
+                        time.sleep(0.3)
+                        answer = answer[30:]
+                    conn.sendall(answer)
                     time.sleep(5)               # reads nothing more, then goes away
                     return
             buf = skip_body(conn, buf, length)

@@ -126,6 +126,11 @@ class H2Connection:
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.events.put(event)
+            if isinstance(event, h2.events.StreamReset):
+                # Gone (its events are queued for the reader): a sender waiting for window
+                # must stop; h2 reports a reset stream's window as 0, not as an error.
+                del self.streams[stream_id]
+                stream.window_open.set()
 
     def _fail(self, error, keep_up_to=None):
         self.closed = True
@@ -177,11 +182,19 @@ class H2Connection:
                     raise self.error
                 if stream_id not in self.streams:
                     raise UpstreamError(f"{self.target.url}: the stream ended while sending")
-                window = min(self.conn.local_flow_control_window(stream_id),
-                             self.conn.max_outbound_frame_size)
+                try:
+                    window = min(self.conn.local_flow_control_window(stream_id),
+                                 self.conn.max_outbound_frame_size)
+                    if window > 0 or not view:
+                        chunk, view = view[:max(window, 0)], view[max(window, 0):]
+                        self.conn.send_data(stream_id, bytes(chunk),
+                                            end_stream=end and not view)
+                except h2.exceptions.StreamClosedError:
+                    # The upstream answered and reset the stream before it had the body
+                    # (RFC 9113 8.1 allows it): whoever reads the answer relays it.
+                    raise UpstreamError(f"{self.target.url}: the stream ended while "
+                                        f"sending") from None
                 if window > 0 or not view:
-                    chunk, view = view[:max(window, 0)], view[max(window, 0):]
-                    self.conn.send_data(stream_id, bytes(chunk), end_stream=end and not view)
                     self._flush()
                     if not view:
                         return

@@ -124,7 +124,9 @@ class H2Forwarder:
                                         target)
                 finally:
                     if sender is not None:
-                        sender.kill(block=False)
+                        # Waited for: a sender parked in the client's socket must be gone
+                        # before the connection reads or lingers on that socket again.
+                        sender.kill(block=True)
                     stream.close()
             except (UpstreamError, UpstreamTimeout) as exc:
                 if getattr(exc, "deadline_hit", False):
@@ -162,7 +164,9 @@ class H2Forwarder:
             stream.fail(exc)
 
     def relay(self, client, req, stream, status, headers, grpc, keep_alive, target):
-        keep_alive = keep_alive and self.proxy.runtime.alive
+        # An answer before the whole body (an early 403): the rest of it is still coming
+        # from the client, so the connection cannot carry another request.
+        keep_alive = keep_alive and self.proxy.runtime.alive and req.complete
         trailers_only = []
         if grpc:
             upstream_type = dict(headers).get(b"content-type", b"application/grpc").decode()

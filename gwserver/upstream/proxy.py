@@ -668,10 +668,13 @@ class Proxy:
             client.read_body()
 
     def answered(self, ex, route):
-        """The upstream said something while the body was going out: read it. True if that
-        is (the start of) its answer or a close; an interim 1xx alone (103 Early Hints, an
-        unasked 100 Continue) is dropped as read_head drops it, and the body goes on."""
-        return not self.recv_feed(ex, route.read_timeout) or ex.final
+        """The upstream said something while the body was going out: read it. True unless
+        all it said is whole interim heads (103 Early Hints, an unasked 100 Continue), which
+        are dropped as read_head drops them while the body goes on: the start of an answer
+        stops the upload, however few of its bytes are in."""
+        if not self.recv_feed(ex, route.read_timeout):
+            return True                     # closed
+        return not (ex.head_done and not ex.final)
 
     def recv_feed(self, ex, timeout, wait_first=False):
         """Read once from the upstream and parse it; return False on EOF."""
