@@ -35,6 +35,9 @@ counts as JSON.
   /hint-upload      103 Early Hints as soon as the head is in, then reads the whole body and
                     answers 200 "got N"
   /split-413        as /early-413, with its head in two writes 0.3 s apart
+  /late-413         as /early-413, 0.3 s after the head (the gateway is sending the body)
+  /hint-late-413    as /late-413, with a 103 Early Hints at once
+  /no-read          reads the head, then neither reads nor answers for 10 s
 """
 import json
 import socket
@@ -103,6 +106,9 @@ def serve(conn):
                 if buf is None:
                     return
                 continue
+            if path == "/no-read":
+                time.sleep(10)
+                return
             if path == "/hint-upload":
                 conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
                 buf = skip_body(conn, buf, length)
@@ -113,14 +119,17 @@ def serve(conn):
             if path == "/no-body-read":
                 conn.sendall(response(b"posted"))
                 continue                        # the body stays in buf: the next "request"
-            if path in ("/early-413", "/split-413"):
+            if path in ("/early-413", "/split-413", "/late-413", "/hint-late-413"):
                 if length > 1 << 20:
                     answer = response(b"too large", b"413 Content Too Large",
                                       b"Connection: close\r\n")
                     if path == "/split-413":
                         conn.sendall(answer[:30])
-                        time.sleep(0.3)
                         answer = answer[30:]
+                    elif path == "/hint-late-413":
+                        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                    if path != "/early-413":
+                        time.sleep(0.3)
                     conn.sendall(answer)
                     time.sleep(5)               # reads nothing more, then goes away
                     return

@@ -43,7 +43,8 @@ from ..errors import (BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
 from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, idle_state,
-                           recv_when_readable, send_all, tls_idle_state)
+                           recv_when_readable, send_all, send_unless_answered,
+                           tls_idle_state)
 from ..state.hostshare import PUBLISH_EVERY, HostShare
 
 log = logging.getLogger("gwserver.proxy")
@@ -639,6 +640,28 @@ class Proxy:
                 raise _StaleConnection() from None
             raise UpstreamError(f"upstream connection failed while sending: {exc}") from None
 
+    def send_piece(self, ex, data, route):
+        """One piece of a streamed body; False if the upstream answered instead of taking it
+        (one that answered early and stopped reading would hold the send until
+        read_timeout: a 504 in place of its 413)."""
+        if not ex.plain:
+            self.send(ex, data, route.read_timeout)
+            return True
+        timed_out = UpstreamTimeout("upstream did not accept the request in time")
+
+        def answered():
+            if ex.timed_out:                    # the deadline closed it: that woke the wait
+                raise timed_out
+            return self.answered(ex, route)
+
+        try:
+            return send_unless_answered(ex.sock, data, self.deadlines, ex, route.read_timeout,
+                                        answered)
+        except (OSError, ValueError) as exc:    # ValueError: select on a closed socket
+            if ex.timed_out:
+                raise timed_out from None
+            raise UpstreamError(f"upstream connection failed while sending: {exc}") from None
+
     def stream_request_body(self, client, req, ex, route):
         """Forward the body as it arrives: one client read in memory at a time.
 
@@ -659,8 +682,9 @@ class Proxy:
                 return
             if chunks or complete:
                 data = b"".join(encode_chunks(chunks, req.chunked, last=complete))
-                if data:
-                    self.send(ex, data, route.read_timeout)
+                if data and not self.send_piece(ex, data, route):
+                    ex.request_cut = True   # it answered while the send waited
+                    return
             if complete:
                 return
             if turn % YIELD_EVERY == 0:

@@ -414,31 +414,57 @@ def test_an_answer_that_is_not_http_is_a_502_and_never_resent(raw_gw):
     assert upstream_counts(raw_gw)["/junk"] == 1
 
 
-@pytest.mark.parametrize("path", [b"/early-413", b"/split-413"])
+def upload_in_background(sock, size):
+    """Send ``size`` body bytes as fast as the gateway takes them, from a thread, while the
+    test reads the answer; stops when the gateway answers and closes."""
+    def upload():
+        piece = b"u" * 65536
+        try:
+            for _ in range(size // len(piece)):
+                sock.sendall(piece)
+        except OSError:
+            pass
+
+    threading.Thread(target=upload, daemon=True).start()
+
+
+@pytest.mark.parametrize("path", [b"/early-413", b"/split-413", b"/late-413", b"/hint-late-413"])
 def test_an_early_413_reaches_the_client_during_a_large_upload(raw_gw, path):
-    """However its head is split: the start of an answer stops the upload (only whole
-    interim 1xx heads let it go on). The body is sent as fast as the gateway takes it, so
-    that its sends to the upstream (which reads no more) fill the buffers and wait."""
+    """However its head is split, and while the gateway waits to send more: the start of an
+    answer stops the upload (only whole interim 1xx heads let it go on). The body is sent as
+    fast as the gateway takes it, so that its sends to the upstream (which reads no more) fill
+    the buffers and wait."""
     size = 64 << 20
     with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
         sock.sendall(b"POST %s HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
                      % (path, size))
-
-        def upload():
-            piece = b"u" * 65536
-            try:
-                for _ in range(size // len(piece)):
-                    sock.sendall(piece)
-            except OSError:
-                pass                        # the gateway answered and closed
-
-        threading.Thread(target=upload, daemon=True).start()
+        upload_in_background(sock, size)
         started = time.monotonic()
         answer = b""
         while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
             answer += piece
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert time.monotonic() - started < 5
+
+
+def test_an_upstream_that_neither_reads_nor_answers_an_upload_times_out(launcher):
+    """While a send waits for room it also watches for an answer; the route's read_timeout
+    still ends the wait (the deadline closes the socket, the wait's next slice sees it)."""
+    raw = launcher.raw_upstream()
+    gw = launcher.gateway(gateway_conf([route("raw", ["/*rest"], f"http://127.0.0.1:{raw.port}",
+                                              timeouts={"read": 1})]))
+    size = 64 << 20
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /no-read HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
+                     % size)
+        upload_in_background(sock, size)
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 504") and b"did not accept the request" in answer, \
+        answer[:300]
+    assert 0.9 < time.monotonic() - started < 4
 
 
 def latency_while(gw, attack):

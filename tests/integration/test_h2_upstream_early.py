@@ -4,8 +4,6 @@ pass: the gateway's body sender was still parked in the client's socket when the
 lingered on it (an unhandled ConcurrentObjectUseError), a chunked body hit the closed stream
 (an unhandled StreamClosedError, a 500), and the answer promised keep-alive with the body
 half read."""
-import socket
-
 import h2.config
 import h2.connection
 import h2.errors
@@ -15,6 +13,7 @@ import pytest
 
 from ..conftest import gateway_conf
 from ..h2_upstreams import H2cUpstream
+from .test_h2_upstream_fields import answer_to
 
 
 class EarlyH2Upstream(H2cUpstream):
@@ -53,20 +52,11 @@ def gw(launcher):
 
 def post(port, framing, body_bytes):
     """A POST whose body is longer than request_buffer_size (so it streams); the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        if framing == "length":
-            sock.sendall(b"POST /up HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
+    if framing == "length":
+        return answer_to(port, b"POST /up HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
                          % (body_bytes * 2) + b"x" * body_bytes)
-        else:
-            sock.sendall(b"POST /up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         + b"%x\r\n%s\r\n" % (body_bytes, b"x" * body_bytes))
-        answer = b""
-        try:
-            while piece := sock.recv(65536):
-                answer += piece
-        except ConnectionResetError:
-            pass
-    return answer
+    return answer_to(port, b"POST /up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+                     b"\r\n%x\r\n%s\r\n" % (body_bytes, b"x" * body_bytes))
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])

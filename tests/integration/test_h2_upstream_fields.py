@@ -57,9 +57,14 @@ def gw(launcher):
 
 def http1(port, path):
     """The raw answer to a GET that asks for trailers, read to the close."""
+    return answer_to(port, b"GET %s HTTP/1.1\r\nHost: gw\r\nTE: trailers\r\n"
+                     b"Connection: close\r\n\r\n" % path)
+
+
+def answer_to(port, request_bytes):
+    """Send raw request bytes; the answer, read to the close (or a reset)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET %s HTTP/1.1\r\nHost: gw\r\nTE: trailers\r\nConnection: close\r\n\r\n"
-                     % path)
+        sock.sendall(request_bytes)
         answer = b""
         try:
             while piece := sock.recv(65536):
