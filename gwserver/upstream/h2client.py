@@ -189,16 +189,15 @@ class H2Connection:
                         chunk, view = view[:max(window, 0)], view[max(window, 0):]
                         self.conn.send_data(stream_id, bytes(chunk),
                                             end_stream=end and not view)
+                        self._flush()
+                        if not view:
+                            return
+                        continue
                 except h2.exceptions.StreamClosedError:
                     # The upstream answered and reset the stream before it had the body
                     # (RFC 9113 8.1 allows it): whoever reads the answer relays it.
                     raise UpstreamError(f"{self.target.url}: the stream ended while "
                                         f"sending") from None
-                if window > 0 or not view:
-                    self._flush()
-                    if not view:
-                        return
-                    continue
                 stream.window_open.clear()
             if not stream.window_open.wait(timeout):
                 raise UpstreamTimeout(f"{self.target.url} did not open its HTTP/2 window in "

@@ -17,6 +17,7 @@ a complete response, or on an idle pooled connection, close that connection unre
 never takes bytes of a second one; the head, 1xx heads included, is capped (max_response_head).
 """
 import base64
+import errno
 import hashlib
 import hmac
 import logging
@@ -634,11 +635,7 @@ class Proxy:
         try:
             send_all(ex.sock, data, self.deadlines, ex, timeout)
         except OSError as exc:
-            if ex.timed_out:
-                raise UpstreamTimeout("upstream did not accept the request in time") from None
-            if stale_ok:
-                raise _StaleConnection() from None
-            raise UpstreamError(f"upstream connection failed while sending: {exc}") from None
+            raise send_failed(ex, exc, stale_ok) from None
 
     def send_piece(self, ex, data, route):
         """One piece of a streamed body; False if the upstream answered instead of taking it
@@ -647,20 +644,17 @@ class Proxy:
         if not ex.plain:
             self.send(ex, data, route.read_timeout)
             return True
-        timed_out = UpstreamTimeout("upstream did not accept the request in time")
 
         def answered():
-            if ex.timed_out:                    # the deadline closed it: that woke the wait
-                raise timed_out
+            if ex.timed_out:        # the deadline closed the socket: that is what woke the wait
+                raise OSError(errno.EBADF, "closed by its deadline")
             return self.answered(ex, route)
 
         try:
             return send_unless_answered(ex.sock, data, self.deadlines, ex, route.read_timeout,
                                         answered)
         except (OSError, ValueError) as exc:    # ValueError: select on a closed socket
-            if ex.timed_out:
-                raise timed_out from None
-            raise UpstreamError(f"upstream connection failed while sending: {exc}") from None
+            raise send_failed(ex, exc) from None
 
     def stream_request_body(self, client, req, ex, route):
         """Forward the body as it arrives: one client read in memory at a time.
@@ -885,6 +879,17 @@ class Proxy:
         pump(client_sock, upstream_sock)
         down.join()
         return 101, 0, False, False
+
+
+def send_failed(ex, exc, stale_ok=False):
+    """What a send to the upstream that raised ``exc`` becomes: a timeout when its deadline
+    closed the socket; with ``stale_ok``, a reused connection found dead (retried); else a
+    broken connection."""
+    if ex.timed_out:
+        return UpstreamTimeout("upstream did not accept the request in time")
+    if stale_ok:
+        return _StaleConnection()
+    return UpstreamError(f"upstream connection failed while sending: {exc}")
 
 
 def upstream_path(req):
