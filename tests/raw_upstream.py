@@ -81,6 +81,16 @@ def skip_body(conn, buf, length):
     return buf[length:]
 
 
+FAKE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Fake: 1\r\n\r\n"
+INTERIM_WITH_BODY = {
+    "/1xx-length": b"HTTP/1.1 150 X\r\nContent-Length: %d\r\n\r\n%s" % (len(FAKE_HEAD), FAKE_HEAD),
+    "/1xx-chunked": b"HTTP/1.1 150 X\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                    % (len(FAKE_HEAD), FAKE_HEAD),
+    "/1xx-last-chunk": b"HTTP/1.1 150 X\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+                       b"X-Fake: 1\r\n\r\n",
+}
+
+
 def count(path):
     with LOCK:
         COUNTS[path] = COUNTS.get(path, 0) + 1
@@ -109,8 +119,13 @@ def serve(conn):
             if path == "/no-read":
                 time.sleep(10)
                 return
-            if path == "/hint-upload":
-                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            if path in ("/hint-upload", "/split-100-upload"):
+                if path == "/hint-upload":
+                    conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                else:                       # an unasked 100 Continue, in two writes
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n")
+                    time.sleep(0.5)             # the gateway sees half a head first
+                    conn.sendall(b"\r\n")
                 buf = skip_body(conn, buf, length)
                 if buf is None:
                     return
@@ -173,6 +188,10 @@ def handle(conn, path):
     elif path == "/100-crlf":
         conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 200 OK\r\nX-Kept: 1\r\n"
                      b"Content-Length: 2\r\n\r\nok")
+    elif path in INTERIM_WITH_BODY:
+        # A 1xx framed as if it had a body (it has none: RFC 9110 15.2), holding a head that
+        # says Content-Length: 0; the final answer's body is a whole response of its own.
+        conn.sendall(INTERIM_WITH_BODY[path] + response(response(b"INJECTED")))
     elif path == "/bad-reason":
         conn.sendall(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/request-id":

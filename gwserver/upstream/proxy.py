@@ -197,7 +197,7 @@ class Exchange:
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "block",
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
-                 "request_cut")
+                 "request_cut", "started")
 
     def __init__(self, conn):
         self.conn = conn
@@ -217,6 +217,7 @@ class Exchange:
     def reset(self):
         self.status = 0
         self.keep_alive = self.head_done = self.final = self.complete = self.chunked = False
+        self.started = False        # a head has begun (not just blank lines before one)
         self.chunks = []
         self.content_length = self.via = None
 
@@ -232,6 +233,7 @@ class Exchange:
                 self.reset()
             else:
                 raise _StrayBytes()         # a second response: stop parsing, keep the first
+        self.started = True
 
     def on_headers_complete(self):
         # llhttp answers should_keep_alive() = False once the message completed: read it here.
@@ -242,6 +244,11 @@ class Exchange:
         self.final = status >= 200 or status == 101
 
     def on_body(self, body):
+        if not self.final:
+            # llhttp frames a 1xx other than 100-103 by its Content-Length or chunked coding;
+            # RFC 9110 15.2 gives a 1xx no body. Taken as framed, the body could hold a head
+            # the relay would take for the final one.
+            raise UpstreamError(f"upstream sent a body with an interim {self.status} answer")
         self.chunks.append(body)
 
     def on_message_complete(self):
@@ -253,6 +260,10 @@ class Exchange:
         start = 0 if raw[0] == 72 else status_line_at(raw, 0)      # 72: "H"
         for _ in range(self.informational):
             start = status_line_at(raw, raw.index(b"\r\n\r\n", start) + 4)
+            if not raw.startswith(b"HTTP/", start):
+                # Bytes between an interim head and the next: a chunked 1xx's last chunk
+                # (no on_body call). The next head must start where the interim one ended.
+                raise UpstreamError("upstream sent a body with an interim (1xx) answer")
         end = raw.index(b"\r\n\r\n", start) + 2
         line_end = raw.index(b"\r\n", start)
         reason = raw[start + 13:line_end]           # after "HTTP/1.1 200 "
@@ -686,13 +697,17 @@ class Proxy:
             client.read_body()
 
     def answered(self, ex, route):
-        """The upstream said something while the body was going out: read it. True unless
-        all it said is whole interim heads (103 Early Hints, an unasked 100 Continue), which
-        are dropped as read_head drops them while the body goes on: the start of an answer
-        stops the upload, however few of its bytes are in."""
+        """The upstream said something while the body was going out: read it. True if it
+        closed or its head is a final answer; False for whole interim heads (103 Early
+        Hints, an unasked 100 Continue), which are dropped as read_head drops them while the
+        body goes on. A head that has begun is read to its end before deciding (within
+        read_timeout): a 100 Continue split across writes is not an answer."""
         if not self.recv_feed(ex, route.read_timeout):
             return True                     # closed
-        return not (ex.head_done and not ex.final)
+        while ex.started and not ex.head_done:
+            if not self.recv_feed(ex, route.read_timeout, wait_first=True):
+                return True
+        return ex.final
 
     def recv_feed(self, ex, timeout, wait_first=False):
         """Read once from the upstream and parse it; return False on EOF."""
@@ -724,7 +739,10 @@ class Proxy:
             if exc.args and isinstance(exc.args[0], int) and exc.args[0] < len(data):
                 ex.chunks.append(bytes(data[exc.args[0]:]))
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _StrayBytes):
+            cause = exc.__context__
+            if isinstance(cause, UpstreamError):
+                raise cause from None
+            if not isinstance(cause, _StrayBytes):
                 raise
             log.warning("upstream %s sent more than one response: the extra bytes are "
                         "discarded and the connection closed", ex.conn.host)

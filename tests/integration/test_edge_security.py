@@ -270,6 +270,18 @@ def test_1xx_heads_split_across_segments_are_dropped_not_a_500(raw_gw, path):
     assert b"103" not in answer.partition(b"\r\n")[0]
 
 
+@pytest.mark.parametrize("path", [b"/1xx-length", b"/1xx-chunked", b"/1xx-last-chunk"])
+def test_an_interim_answer_framed_with_a_body_is_a_502(raw_gw, path):
+    """A 1xx has no body; one framed with a body (llhttp reads it for a 1xx past 103) would
+    put a head from inside it in front of the final answer's body: another response, which
+    the client would take for the answer to its next request."""
+    status, answer = get(raw_gw.port, path)
+    assert status == 502 and b"INJECTED" not in answer and b"X-Fake" not in answer, answer
+    for _ in range(3):                  # and the connection it came on is not reused
+        status, answer = get(raw_gw.port, b"/ok")
+        assert status == 200 and body_of(answer) == b"ok", answer
+
+
 def test_an_unasked_101_is_a_502(raw_gw):
     status, answer = get(raw_gw.port, b"/switch")
     assert status == 502 and b"raw bytes" not in answer
@@ -392,13 +404,15 @@ def test_a_connection_whose_request_was_cut_short_is_never_reused(raw_gw):
     assert counts["/early-answer"] == 1 and counts.get("/early-answer:reused", 0) == 0, counts
 
 
-def test_an_interim_answer_during_an_upload_does_not_cut_the_upload(raw_gw):
-    """A 103 Early Hints (or an unasked 100 Continue) while the body goes out is not the
-    answer: the gateway drops it and sends the rest, and the upstream's real answer comes."""
+@pytest.mark.parametrize("path", [b"/hint-upload", b"/split-100-upload"])
+def test_an_interim_answer_during_an_upload_does_not_cut_the_upload(raw_gw, path):
+    """A 103 Early Hints (or an unasked 100 Continue, even in two writes) while the body goes
+    out is not the answer: the gateway drops it and sends the rest, and the upstream's real
+    answer comes."""
     size, late = 200_000, 100_000           # over request_buffer_size: streamed
     with socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10) as sock:
-        sock.sendall(b"POST /hint-upload HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n" % size + b"x" * (size - late))
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % (path, size) + b"x" * (size - late))
         time.sleep(0.3)                     # the 103 is back before the rest of the body
         sock.sendall(b"y" * late)
         answer = b""
