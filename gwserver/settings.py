@@ -319,6 +319,10 @@ HTTP2_CONNECTION = (
     Field("max_control_frames_per_second", integer(1), 500,
           "PING, SETTINGS and PRIORITY frames per second before the connection is closed "
           "(GOAWAY ENHANCE_YOUR_CALM)"),
+    Field("max_empty_frames_per_second", integer(1), 10000,
+          "frames that carry nothing to serve (WINDOW_UPDATE, DATA with no payload that does "
+          "not end its stream, unknown types) per second before the connection is closed "
+          "(GOAWAY ENHANCE_YOUR_CALM): each costs CPU and none ever blocks the reader"),
 )
 
 # One HTTP/2 listener's own values (Envoy: http2_protocol_options per listener; nginx: per

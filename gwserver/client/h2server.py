@@ -18,7 +18,8 @@ Rules this file keeps:
 - Streams counted for max_concurrent_streams are those still being served, reset or not:
   a client that opens and resets streams (rapid reset) gets REFUSED_STREAM once at the limit,
   and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second. PING, SETTINGS and PRIORITY
-  floods: GOAWAY ENHANCE_YOUR_CALM past max_control_frames_per_second. A header list over
+  floods: GOAWAY ENHANCE_YOUR_CALM past max_control_frames_per_second; WINDOW_UPDATE, empty
+  DATA and unknown frame floods past max_empty_frames_per_second. A header list over
   64 KiB (an HPACK bomb) is a connection error from h2 (ENHANCE_YOUR_CALM); one within it but
   over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION floods end
   at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout.
@@ -390,7 +391,7 @@ class H2ServerConnection:
         self.draining = False           # GOAWAY sent: no new streams
         self.last_stream_id = 0
         self.requests = 0
-        self.resets = self.control_frames = 0
+        self.resets = self.control_frames = self.empty_frames = 0
         self.counted_since = time.monotonic()
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
@@ -586,13 +587,20 @@ class H2ServerConnection:
                 linger(self.sock, self.runtime.client_buf, self.runtime.deadlines, self)
                 return
             for event in events:
+                if self.closed:         # a flood guard closed it: the rest is not served
+                    return
                 self.dispatch(event)
+            # A client that keeps the socket full never makes recv wait: let the worker's
+            # other connections run between reads.
+            gevent.sleep(0)
 
     def dispatch(self, event):
         kind = type(event)
         if kind is h2.events.RequestReceived:
             self.on_request(event)
         elif kind is h2.events.DataReceived:
+            if not event.flow_controlled_length and event.stream_ended is None:
+                self.count_empty_frame()
             stream = self.streams.get(event.stream_id)
             if stream is None:          # answered already: the window must not leak
                 self.acknowledge(event.stream_id, event.flow_controlled_length)
@@ -618,6 +626,7 @@ class H2ServerConnection:
             # served, the rate of new ones by this.
             self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset")
         elif kind is h2.events.WindowUpdated:
+            self.count_empty_frame()
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
@@ -638,11 +647,20 @@ class H2ServerConnection:
                     stream.window_opened()
         elif kind is h2.events.ConnectionTerminated:
             self.draining = True
+        elif kind is h2.events.UnknownFrameReceived:
+            self.count_empty_frame()
+
+    def count_empty_frame(self):
+        self.count_flood("empty_frames", self.conf["max_empty_frames_per_second"],
+                         "empty frame flood")
 
     def count_flood(self, counter, limit, what):
+        if self.closed:
+            return
         now = time.monotonic()
         if now - self.counted_since >= 1.0:
-            self.counted_since, self.resets, self.control_frames = now, 0, 0
+            self.counted_since = now
+            self.resets = self.control_frames = self.empty_frames = 0
         count = getattr(self, counter) + 1
         setattr(self, counter, count)
         if count > limit:

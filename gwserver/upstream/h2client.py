@@ -27,8 +27,8 @@ import h2.settings
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
-from ..errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
-                      UpstreamTimeout)
+from ..errors import (ServiceUnavailable, UpstreamConnectError, UpstreamConnectTimeout,
+                      UpstreamError, UpstreamTimeout)
 from ..net.sockets import RECV_SIZE
 from .clienttls import client_context
 
@@ -80,6 +80,7 @@ class H2Connection:
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(1 << 24)     # connection-level receive window
         self.lock = gevent.lock.Semaphore()
+        self.stream_freed = gevent.event.Event()    # for requests waiting for a stream slot
         self.streams = {}
         self.closed = False
         self.error = None
@@ -107,6 +108,7 @@ class H2Connection:
                     self._flush()
                 for event in events:
                     self._dispatch(event)
+                self.stream_freed.set()     # streams ended, or the limit changed
         except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
@@ -148,26 +150,43 @@ class H2Connection:
     def close(self):
         self._fail(UpstreamError("connection closed"))
         self.reader.kill(block=False)
+        self.stream_freed.set()
 
     # -- one exchange ----------------------------------------------------------------------------
 
-    def request(self, headers, body, timeout, more=False, deadline=None):
+    def request(self, headers, body, timeout, more=False, deadline=None, slot_timeout=5.0):
         """Send a request head and ``body``; with ``more``, the body goes on through
-        ``send_body`` (streamed as the client sends it). Return a StreamResponse."""
-        if self.closed:
-            raise self.error or UpstreamError("HTTP/2 connection closed")
+        ``send_body`` (streamed as the client sends it). Return a StreamResponse.
+
+        The upstream's SETTINGS_MAX_CONCURRENT_STREAMS holds: past it a request waits up to
+        ``slot_timeout`` for a stream to end (as a full pool does), then is a 503."""
         stream = _Stream()
-        with self.lock:
-            stream_id = self.conn.get_next_available_stream_id()
-            self.streams[stream_id] = stream
-            self.conn.send_headers(stream_id, headers, end_stream=not body and not more)
-            if body and len(body) <= min(self.conn.local_flow_control_window(stream_id),
-                                         self.conn.max_outbound_frame_size):
-                # A body that fits the windows (a unary call's message) goes out with its
-                # head in one send.
-                self.conn.send_data(stream_id, body, end_stream=not more)
-                body = b""
-            self._flush()
+        waited_until = None
+        while True:
+            self.stream_freed.clear()
+            if self.closed:
+                raise self.error or UpstreamError("HTTP/2 connection closed")
+            with self.lock:
+                limit = self.conn.remote_settings.max_concurrent_streams
+                if self.conn.open_outbound_streams < limit:
+                    stream_id = self.conn.get_next_available_stream_id()
+                    self.streams[stream_id] = stream
+                    self.conn.send_headers(stream_id, headers,
+                                           end_stream=not body and not more)
+                    if body and len(body) <= min(
+                            self.conn.local_flow_control_window(stream_id),
+                            self.conn.max_outbound_frame_size):
+                        # A body that fits the windows (a unary call's message) goes out
+                        # with its head in one send.
+                        self.conn.send_data(stream_id, body, end_stream=not more)
+                        body = b""
+                    self._flush()
+                    break
+            now = time.monotonic()
+            waited_until = waited_until or now + slot_timeout
+            if now >= waited_until or not self.stream_freed.wait(waited_until - now):
+                raise ServiceUnavailable(f"{self.target.url} has no free HTTP/2 stream (it "
+                                         f"allows {limit} at once)")
         if body:
             self.send_body(stream_id, stream, body, timeout, end=not more)
         return StreamResponse(self, stream_id, stream, timeout, deadline)
@@ -211,16 +230,22 @@ class H2Connection:
             except (h2.exceptions.StreamClosedError, KeyError):
                 pass
 
-    def finish(self, stream_id, reset=False):
+    def finish(self, stream_id):
+        """The exchange is over: reset the stream if either side is still open (an answer
+        before the whole body, without the upstream's own reset, leaves the request side
+        open: it would hold one of the upstream's concurrent streams for ever)."""
         self.streams.pop(stream_id, None)
-        if reset and not self.closed:
+        if not self.closed:
             with self.lock:
-                try:
-                    self.conn.reset_stream(stream_id)
-                    self._flush()
-                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
-                        OSError):
-                    pass
+                state = self.conn.streams.get(stream_id)
+                if state is not None and not state.closed:
+                    try:
+                        self.conn.reset_stream(stream_id)
+                        self._flush()
+                    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
+                            OSError):
+                        pass
+        self.stream_freed.set()
 
 
 class StreamResponse:
@@ -272,7 +297,12 @@ class StreamResponse:
             event = self._next()
             if isinstance(event, h2.events.ResponseReceived):
                 headers = [(bytes(k), bytes(v)) for k, v in event.headers]
-                status = int(dict(headers)[b":status"])
+                code = dict(headers).get(b":status", b"")
+                if len(code) != 3 or not code.isdigit() or not b"1" <= code[:1] <= b"5" or \
+                        code == b"101":         # RFC 9113 8.6: no 101 in HTTP/2
+                    raise UpstreamError(f"{self.connection.target.url} sent :status "
+                                        f"{code[:20]!r}: not a status code")
+                status = int(code)
                 if 100 <= status < 200:
                     continue
                 if event.stream_ended:
@@ -311,7 +341,7 @@ class StreamResponse:
                                 f"{bad[0][:40].decode('latin-1')!r})")
 
     def close(self):
-        self.connection.finish(self.stream_id, reset=not self.ended)
+        self.connection.finish(self.stream_id)
 
 
 class H2Pools:

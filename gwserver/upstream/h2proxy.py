@@ -113,7 +113,8 @@ class H2Forwarder:
             sender = None
             try:
                 stream = connection.request(self.request_headers(req, target, upstream, grpc),
-                                            body, route.read_timeout, streamed, deadline)
+                                            body, route.read_timeout, streamed, deadline,
+                                            proxy.pool_timeout)
                 try:
                     if streamed:
                         sender = gevent.spawn(self.send_body, client, req, route, connection,

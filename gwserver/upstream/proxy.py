@@ -393,6 +393,12 @@ class Proxy:
         except ConnectTimeoutError:
             pool._put_conn(None)
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
+        except BaseException:
+            # Killed while connecting (an HTTP/2 client reset its stream; the worker stops):
+            # the slot goes back, or a block_when_full pool would lose it for good.
+            conn.close()
+            pool._put_conn(None)
+            raise
         conn.sock.settimeout(None)      # reads are bounded by the worker's deadlines instead
         metrics = self.runtime.metrics
         if metrics is not None:

@@ -3,16 +3,20 @@ client (real clients cannot misbehave): each ends the offending stream or connec
 right error code, and another client of the same worker is served meanwhile (its worst latency
 during the attack is measured)."""
 import http.client
+import socket
+import ssl
 import threading
 import time
 
 import h2.errors
 import h2.settings
 import pytest
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import (ContinuationFrame, DataFrame, HeadersFrame, PingFrame,
+                              SettingsFrame, WindowUpdateFrame)
 
 from ..conftest import gateway_conf, route
 from ..h2client import RawH2
+from ..pki import CA
 
 E = h2.errors.ErrorCodes
 
@@ -110,6 +114,29 @@ def test_control_frame_floods(gw, frame):
         assert client.goaway().error_code == E.ENHANCE_YOUR_CALM
 
 
+UNKNOWN_FRAME = b"\x00\x00\x00\xfa\x00\x00\x00\x00\x00"   # empty, type 0xfa, stream 0
+
+
+@pytest.mark.parametrize("kind", ["window_update", "unknown", "empty_data"])
+def test_empty_frame_floods(gw, kind):
+    """Frames that carry nothing to serve cost the worker CPU and never make its reader wait:
+    past max_empty_frames_per_second (10,000 by default), GOAWAY; meanwhile another client
+    is served."""
+    with Bystander(gw.port):
+        client = RawH2(gw.port)
+        if kind == "empty_data":
+            sid = client.request("/echo", method="POST", end=False)
+            frame = DataFrame(sid, b"").serialize()
+        else:
+            frame = WindowUpdateFrame(0, 1).serialize() if kind == "window_update" else \
+                UNKNOWN_FRAME
+        client.send_raw(frame * 30000)
+        client.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
+        assert client.goaway() is not None
+        assert client.goaway().error_code == E.ENHANCE_YOUR_CALM
+    assert gw.log().count("empty frame flood") == 1     # one line, not one per frame
+
+
 def test_zero_window_that_never_opens(gw):
     """The client never opens its window: only its stream is reset (CANCEL), after
     http2.send_timeout; another stream on the same connection is served."""
@@ -173,3 +200,68 @@ def test_a_stream_reset_in_the_read_that_opened_it_is_forgotten(gw):
     served = [client.request("/echo") for _ in range(3)]
     assert [client.response(sid, timeout=10)[0] for sid in served] == [200] * 3
     assert "failed with ClientGone" not in gw.log()
+
+
+def test_a_stream_reset_while_the_gateway_connects_upstream_gives_its_slot_back(
+        launcher, tmp_path):
+    """The reset lands in the upstream connect (a slow TLS handshake here): the pool slot the
+    request took must go back, or a block_when_full pool of 2 is empty after two resets."""
+    cert, key, _ = CA(tmp_path).issue("upstream")
+    upstream = SlowTlsUpstream(cert, key, delay=0.4)
+    try:
+        gw = launcher.gateway(gateway_conf([{
+            "id": "tls", "paths": ["/*rest"], "upstream": {
+                "targets": [{"url": f"https://127.0.0.1:{upstream.port}"}],
+                "tls": {"verify": False}, "pool_size": 2, "block_when_full": True}}],
+            http2={"h2c": True}, upstream_defaults={"pool_timeout": 1.0}))
+        for _ in range(3):
+            client = RawH2(gw.port)
+            sid = client.request("/reset-me")
+            time.sleep(0.15)            # the gateway is in the handshake now
+            client.conn.reset_stream(sid)
+            client.flush()
+            time.sleep(0.6)
+            client.close()
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+            conn.request("GET", "/after")
+            assert conn.getresponse().status == 200
+            conn.close()
+    finally:
+        upstream.close()
+
+
+class SlowTlsUpstream:
+    """HTTPS on loopback that waits ``delay`` before each handshake, then answers one request
+    with 200 and closes."""
+
+    def __init__(self, cert, key, delay):
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(sock,), daemon=True).start()
+
+    def answer(self, sock):
+        time.sleep(self.delay)
+        try:
+            with self.context.wrap_socket(sock, server_side=True) as tls:
+                head = b""
+                while b"\r\n\r\n" not in head and (piece := tls.recv(65536)):
+                    head += piece
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                            b"Connection: close\r\n\r\nok")
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self):
+        self.listener.close()

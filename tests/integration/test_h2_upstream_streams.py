@@ -1,0 +1,135 @@
+"""An HTTP/2 upstream's stream limit and status codes, against real h2c upstreams. Found by the
+fourth attack pass: an upstream that answered an upload early without resetting the stream
+left it open on the gateway's side for ever, so after SETTINGS_MAX_CONCURRENT_STREAMS such
+uploads every request to it was a 500; requests past that limit were 500s too; a :status
+that is not a status code was a 500 or reached the client as a status line."""
+import socket
+import threading
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import pytest
+
+from ..conftest import gateway_conf
+from ..h2_upstreams import H2cUpstream
+from .test_h2_upstream_fields import answer_to
+
+
+class LimitedH2Upstream(H2cUpstream):
+    """h2c with prior knowledge that allows ``max_streams`` streams at once.
+    - A request whose body is still coming is answered at once (200 "early", END_STREAM) and
+      never reset: RFC 9113 8.1 makes the reset a MAY. The rest of its body is read (and
+      acknowledged).
+    - GET /slow is answered after ``delay`` seconds; GET /<digits or junk> with that
+      :status, sent unchecked; anything else 200 "ok"."""
+
+    def __init__(self, max_streams, delay=0.5):
+        self.max_streams, self.delay = max_streams, delay
+        self.most_open = 0
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        conn.initiate_connection()
+        lock = threading.Lock()
+
+        def answer(stream_id, status=b"200", body=b"ok"):
+            with lock:
+                try:
+                    conn.send_headers(stream_id, [(b":status", status),
+                                                  (b"content-length", b"%d" % len(body))])
+                    conn.send_data(stream_id, body, end_stream=True)
+                    sock.sendall(conn.data_to_send())
+                except (h2.exceptions.ProtocolError, OSError):
+                    pass
+
+        with sock:
+            sock.sendall(conn.data_to_send())
+            try:
+                while data := sock.recv(65536):
+                    with lock:
+                        events = conn.receive_data(data)
+                        self.most_open = max(self.most_open, conn.open_inbound_streams)
+                    for event in events:
+                        if isinstance(event, h2.events.DataReceived):
+                            with lock:      # read and acknowledged, as a real server does
+                                conn.acknowledge_received_data(event.flow_controlled_length,
+                                                               event.stream_id)
+                        if not isinstance(event, h2.events.RequestReceived):
+                            continue
+                        path = dict(event.headers)[b":path"]
+                        if event.stream_ended is None:
+                            answer(event.stream_id, body=b"early")
+                        elif path == b"/slow":
+                            threading.Timer(self.delay, answer, (event.stream_id,)).start()
+                        elif path.startswith(b"/status/"):
+                            answer(event.stream_id, status=path[8:])
+                        else:
+                            answer(event.stream_id)
+                    with lock:
+                        sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+def gateway_to(launcher, upstream):
+    return launcher.gateway(gateway_conf([
+        {"id": "h2", "paths": ["/*rest"], "upstream": {
+            "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}], "protocol": "h2"}}]))
+
+
+@pytest.fixture
+def limited(launcher):
+    upstream = LimitedH2Upstream(max_streams=3)
+    try:
+        yield gateway_to(launcher, upstream), upstream
+    finally:
+        upstream.close()
+
+
+def test_an_early_answer_without_a_reset_frees_its_stream(limited):
+    gw, _ = limited
+    for _ in range(6):                  # twice the upstream's limit
+        answer = answer_to(gw.port, b"POST /up HTTP/1.1\r\nHost: gw\r\nContent-Length: 400000"
+                           b"\r\n\r\n" + b"x" * 200_000)
+        assert answer.startswith(b"HTTP/1.1 200") and b"\r\nearly\r\n" in answer, answer[:300]
+    answer = answer_to(gw.port, b"GET /after HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\nok\r\n" in answer, answer[:300]
+    assert "unhandled error" not in gw.log()
+
+
+def test_requests_past_the_upstreams_stream_limit_wait_for_a_stream(limited):
+    gw, upstream = limited
+    answers = [None] * 8
+
+    def get(i):
+        answers[i] = answer_to(gw.port, b"GET /slow HTTP/1.1\r\nHost: gw\r\n"
+                               b"Connection: close\r\n\r\n")
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(len(answers))]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert all(a is not None and a.startswith(b"HTTP/1.1 200") for a in answers), answers
+    assert upstream.most_open <= 3
+    # three at a time, 0.5 s each: at least three rounds
+    assert time.monotonic() - started >= 1.0
+    assert "unhandled error" not in gw.log()
+
+
+@pytest.mark.parametrize("status", [b"abc", b"2000", b"-1", b"099", b"600", b"101"])
+def test_a_status_that_is_not_a_status_code_is_a_502(limited, status):
+    gw, _ = limited
+    answer = answer_to(gw.port, b"GET /status/%s HTTP/1.1\r\nHost: gw\r\n"
+                       b"Connection: close\r\n\r\n" % status)
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:300]
+    assert "unhandled error" not in gw.log()
