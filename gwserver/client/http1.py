@@ -79,6 +79,7 @@ class ClientConnection:
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
         self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade)
+        self.raw_chunked = None         # or, for a chunked one, what decodes them
         self.last_host = self.last_host_parts = None
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
@@ -175,21 +176,21 @@ class ClientConnection:
         """WebSocket is the one upgrade we relay: h2c (with HTTP2-Settings) and the rest are
         hop-by-hop and dropped, so the request is served as plain HTTP/1.1.
 
-        llhttp ends an upgrade request at its head: a body is not parsed. An h2c request
-        with a Content-Length body (``curl --http2 -d`` on an http:// URL) has its body read
-        raw (``take_raw_body``), exactly that many bytes, and the connection ends after it.
-        Any other upgrade request with a body is refused: forwarded without it, an upstream
-        told Content-Length: N would take the next N bytes on its connection (another
-        client's request) as this body."""
+        llhttp ends an upgrade request at its head: a body is not parsed. An h2c request's
+        body (``curl --http2 -d`` or ``-T -`` on an http:// URL) is read raw
+        (``take_raw_body``): exactly Content-Length bytes, or decoded by a second parser when
+        chunked; the connection ends after it. A websocket request with a body is refused:
+        forwarded without it, an upstream told Content-Length: N would take the next N bytes
+        on its connection (another client's request) as this body."""
         if not self.parser.should_upgrade():
             return
         if hmap[b"upgrade"].strip().lower() != b"websocket":
             if req.chunked:
-                raise BadRequest("an upgrade request must not carry a chunked body")
+                self.raw_chunked = RawChunkedBody(self)
             req.connection_tokens = [t for t in req.connection_tokens or () if t != b"upgrade"]
             req.headers = [(k, v) for k, v in req.headers if k.lower() != b"http2-settings"]
             req.upgrade = req.keep_alive = False     # the parser is past this connection
-            self.raw_body_left = req.content_length or 0
+            self.raw_body_left = -1 if req.chunked else req.content_length or 0
             return
         if req.chunked or req.content_length:
             raise BadRequest("an upgrade request must not carry a body")
@@ -279,7 +280,13 @@ class ClientConnection:
 
     def take_raw_body(self, data):
         """Body bytes of an h2c request that the parser left unread (check_upgrade): up to
-        its Content-Length; what follows is dropped, as the connection ends after it."""
+        its Content-Length, or to its last chunk; what follows is dropped, as the connection
+        ends after it."""
+        if self.raw_chunked is not None:
+            if self.raw_chunked.feed(data):
+                self.raw_body_left = 0
+                self.queue[-1].complete = True
+            return
         piece = bytes(data[:self.raw_body_left])
         self.raw_body_left -= len(piece)
         if piece:
@@ -521,6 +528,50 @@ class ClientConnection:
         self.write(render_reply(reply, keep_alive, req.request_id, head_only,
                                 response_line(req.trace, self.runtime.trace_response_header)))
         return reply.status, 0 if head_only else len(reply.body)
+
+
+class RawChunkedBody:
+    """Decodes the chunked body of an h2c upgrade request, which the connection's parser
+    leaves unread: a second llhttp parser, told the head it needs, decodes it as strictly as
+    the first would have; trailer bytes count against the head limits, as on_header counts
+    them."""
+
+    HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.done = self.head_fed = False
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(self.HEAD)
+        self.head_fed = True
+
+    def on_header(self, name, value):
+        if self.head_fed and not self.done:
+            self.connection.on_header(name, value)      # a trailer: counted, not kept
+
+    def on_body(self, body):
+        if not self.done:
+            self.connection.on_body(body)
+
+    def on_message_complete(self):
+        self.done = True
+
+    def feed(self, data):
+        """Decode ``data``; True once the last chunk is in (what follows it is dropped)."""
+        connection = self.connection
+        connection.unparsed += len(data)
+        if connection.unparsed > MAX_HEAD_BYTES + connection.limits[0]:
+            raise HeadersTooLarge("request trailers too large")
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, HTTPError):
+                raise exc.__context__ from None
+            raise BadRequest(f"malformed chunked body: {exc}") from None
+        except httptools.HttpParserError as exc:
+            if not self.done:           # bytes after the body are not read as anything
+                raise BadRequest(f"malformed chunked body: {exc}") from None
+        return self.done
 
 
 def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):

@@ -312,11 +312,11 @@ def test_a_close_delimited_identity_body_arrives_whole(raw_gw):
 
 
 @pytest.mark.parametrize("request_bytes, named", [
-    (b"POST /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"chunked body"),
     (b"GET /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello",
      b"must not carry a body"),
+    (b"POST /upgrade-body HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", b"malformed chunked body"),
 ])
 def test_an_upgrade_request_with_a_body_it_cannot_frame_is_refused(raw_gw, request_bytes, named):
     """llhttp ends an upgrade request at its head, so its body is never parsed. Forwarded
@@ -328,24 +328,34 @@ def test_an_upgrade_request_with_a_body_it_cannot_frame_is_refused(raw_gw, reque
     assert upstream_counts(raw_gw).get("/upgrade-body", 0) == 0
 
 
-@pytest.mark.parametrize("split", [None, 3])
+H2C_BODIES = {
+    "length": (b"Content-Length: 11", b"hello world"),
+    "chunked": (b"Transfer-Encoding: chunked", b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n"
+                b"X-Trailer: t\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("split", [None, 3, 17])
 def test_an_h2c_upgrade_with_a_body_is_served_as_http1_with_its_whole_body(
-        launcher, upstream, split):
-    """What ``curl --http2 -d`` sends to an http:// URL: the upgrade is dropped, the body
-    (which the parser leaves unread) is read by its Content-Length, whole, however the bytes
-    are split; bytes after it are not a request; the connection ends with the answer."""
+        launcher, upstream, split, framing):
+    """What ``curl --http2 -d`` (or ``-T -``, chunked) sends to an http:// URL: the upgrade is
+    dropped, the body (which the parser leaves unread) is read by its Content-Length or its
+    chunks, whole, however the bytes are split; bytes after it are not a request; the
+    connection ends with the answer."""
     gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)]))
+    framing_line, body = H2C_BODIES[framing]
     head = (b"POST /echo HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\n"
             b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
-            b"Content-Length: 11\r\n\r\n")
+            b"%s\r\n\r\n" % framing_line)
     smuggled = b"GET /echo/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
         if split:
-            sock.sendall(head + b"hel")
+            sock.sendall(head + body[:split])
             time.sleep(0.2)
-            sock.sendall(b"lo world" + smuggled)
+            sock.sendall(body[split:] + smuggled)
         else:
-            sock.sendall(head + b"hello world" + smuggled)
+            sock.sendall(head + body + smuggled)
         answer = b""
         while piece := sock.recv(65536):
             answer += piece
