@@ -321,8 +321,9 @@ HTTP2_CONNECTION = (
           "(GOAWAY ENHANCE_YOUR_CALM)"),
     Field("max_empty_frames_per_second", integer(1), 10000,
           "frames that carry nothing to serve (WINDOW_UPDATE, DATA with no payload that does "
-          "not end its stream, unknown types) per second before the connection is closed "
-          "(GOAWAY ENHANCE_YOUR_CALM): each costs CPU and none ever blocks the reader"),
+          "not end its stream, unknown types, frames on a finished stream) per second before "
+          "the connection is closed (GOAWAY ENHANCE_YOUR_CALM); each DATA frame the gateway "
+          "sends adds two, for the WINDOW_UPDATEs a downloading client sends back"),
 )
 
 # One HTTP/2 listener's own values (Envoy: http2_protocol_options per listener; nginx: per

@@ -9,6 +9,7 @@ import threading
 import time
 
 import h2.errors
+import h2.events
 import h2.settings
 import pytest
 from hyperframe.frame import (ContinuationFrame, DataFrame, HeadersFrame, PingFrame,
@@ -117,24 +118,67 @@ def test_control_frame_floods(gw, frame):
 UNKNOWN_FRAME = b"\x00\x00\x00\xfa\x00\x00\x00\x00\x00"   # empty, type 0xfa, stream 0
 
 
-@pytest.mark.parametrize("kind", ["window_update", "unknown", "empty_data"])
+def empty_frames(client, kind):
+    """One frame of ``kind`` that carries nothing to serve."""
+    if kind in ("empty_data", "padding_only"):
+        sid = client.request("/echo", method="POST", end=False)
+        frame = DataFrame(sid, b"")
+        if kind == "padding_only":
+            frame.flags.add("PADDED")
+            frame.pad_length = 0
+        return frame.serialize()
+    if kind.startswith("closed_stream_"):
+        sid = client.request("/echo")
+        assert client.response(sid)[0] == 200      # the stream is over
+        if kind == "closed_stream_data":
+            return DataFrame(sid, b"").serialize()
+        return WindowUpdateFrame(sid, 1).serialize()
+    return WindowUpdateFrame(0, 1).serialize() if kind == "window_update" else UNKNOWN_FRAME
+
+
+@pytest.mark.parametrize("kind", ["window_update", "unknown", "empty_data", "padding_only",
+                                  "closed_stream_window_update", "closed_stream_data"])
 def test_empty_frame_floods(gw, kind):
-    """Frames that carry nothing to serve cost the worker CPU and never make its reader wait:
-    past max_empty_frames_per_second (10,000 by default), GOAWAY; meanwhile another client
-    is served."""
+    """Frames that carry nothing to serve cost the worker CPU and never make its reader wait,
+    and h2 raises no event for one on a closed stream: past max_empty_frames_per_second
+    (10,000 by default), GOAWAY; meanwhile another client is served."""
     with Bystander(gw.port):
         client = RawH2(gw.port)
-        if kind == "empty_data":
-            sid = client.request("/echo", method="POST", end=False)
-            frame = DataFrame(sid, b"").serialize()
-        else:
-            frame = WindowUpdateFrame(0, 1).serialize() if kind == "window_update" else \
-                UNKNOWN_FRAME
-        client.send_raw(frame * 30000)
+        client.send_raw(empty_frames(client, kind) * 30000)
         client.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
         assert client.goaway() is not None
         assert client.goaway().error_code == E.ENHANCE_YOUR_CALM
     assert gw.log().count("empty frame flood") == 1     # one line, not one per frame
+
+
+def test_a_download_whose_client_opens_windows_per_frame_is_no_flood(launcher, upstream):
+    """A client with the default 64 KiB windows sends a WINDOW_UPDATE for the stream and one
+    for the connection per DATA frame it reads (node, nghttp2): many a second on a fast
+    link. Each DATA frame sent earns those two, so a download is never taken for a flood
+    (here past a limit of 100 a second: 640 frames of 16 KiB, 1,280 updates)."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True, "max_empty_frames_per_second": 100}))
+    client = RawH2(gw.port)
+    size = 10 << 20
+    sid = client.request(f"/bytes/{size}")
+    received = 0
+    deadline = time.monotonic() + 30
+    while not client.ended(sid) and not client.closed and time.monotonic() < deadline:
+        client.sock.settimeout(1.0)
+        data = client.sock.recv(65536)
+        if not data:
+            break
+        for event in client.conn.receive_data(data):
+            client.events.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                received += len(event.data)
+                client.events.pop()     # the body is counted, not kept
+                if event.stream_ended is None:
+                    client.conn.increment_flow_control_window(event.flow_controlled_length,
+                                                              sid)
+                client.conn.increment_flow_control_window(event.flow_controlled_length)
+        client.flush()
+    assert client.goaway() is None and received == size
 
 
 def test_zero_window_that_never_opens(gw):
