@@ -305,6 +305,12 @@ class Exchange:
         return parse_block(self.block)
 
 
+def back_off(base, retries_made):
+    """Wait before a retry: ``base`` doubled per retry already made, jittered."""
+    if base:
+        gevent.sleep(base * 2 ** retries_made * (0.5 + random()))
+
+
 class Proxy:
     """Per-worker upstream side: balancers, pools, and ``forward()``."""
 
@@ -497,11 +503,14 @@ class Proxy:
                     raise
                 if ex.status in policy.statuses and replayable and self.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
-                        f"{target.url} answered {ex.status}", now, policy.backoff):
+                        f"{target.url} answered {ex.status}", now):
                     # Nothing of this answer has reached the client: drop it and try again.
                     self.release(pool, ex, ex.complete and ex.keep_alive and upstream.keepalive)
                     self.book_outcome(upstream, target, ex.status)
                     attempts_left -= 1
+                    # After the release: killed in the wait (a client reset its HTTP/2
+                    # stream), the request must hold no pool slot.
+                    back_off(policy.backoff, len(tried) - 1)
                     continue
                 try:
                     status, sent, client_keep, upstream_keep = self.respond(client, req, ex,
@@ -549,8 +558,7 @@ class Proxy:
         self._count_retry(upstream, "retried")
         log.warning("route %s: %s; retrying%s", route.id, reason,
                     " on another target" if len(tried) < len(upstream.targets) else "")
-        if backoff:
-            gevent.sleep(backoff * 2 ** retries_made * (0.5 + random()))
+        back_off(backoff, retries_made)
         return True
 
     def choose(self, upstream, tried, req, now):

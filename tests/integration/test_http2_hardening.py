@@ -309,3 +309,28 @@ class SlowTlsUpstream:
 
     def close(self):
         self.listener.close()
+
+
+def test_a_stream_reset_during_a_retry_backoff_gives_its_slot_back(launcher, upstream):
+    """A 503 the route retries after a backoff: a client reset in that wait must not keep
+    the connection the 503 came on (a block_when_full pool of 2 would be empty after two)."""
+    gw = launcher.gateway(gateway_conf([{
+        "id": "r", "paths": ["/*rest"],
+        "retry": {"on": ["503"], "attempts": 1, "backoff": 1.0},
+        "upstream": {"targets": [{"url": upstream.url}], "pool_size": 2,
+                     "block_when_full": True}}],
+        http2={"h2c": True}, upstream_defaults={"pool_timeout": 1.0}))
+    for _ in range(3):
+        client = RawH2(gw.port)
+        sid = client.request("/status/503")
+        time.sleep(0.25)                # the first try's 503 is in; the backoff waits
+        client.conn.reset_stream(sid)
+        client.flush()
+        time.sleep(0.3)
+        client.close()
+    time.sleep(1.5)
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+        conn.request("GET", "/after")
+        assert conn.getresponse().status == 200
+        conn.close()
