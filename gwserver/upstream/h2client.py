@@ -35,6 +35,7 @@ from .clienttls import client_context
 log = logging.getLogger("gwserver.h2")
 
 MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew before the end
+MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
 
 
 class _Stream:
@@ -46,7 +47,15 @@ class _Stream:
 
 
 class H2Connection:
-    def __init__(self, target, connect_timeout, tls_context=None, server_name=None):
+    """One multiplexed connection. Frames of every stream share its socket, so one greenlet
+    writes it: a request greenlet that is killed (its client reset, its deadline ran out)
+    while a write waited would leave half a frame on the wire, and the next stream's frames
+    would land inside it (another client's headers in this one's body). ``_flush`` only
+    queues what h2 produced; the writer sends it, within ``write_timeout``, and a write that
+    fails or stalls fails the whole connection. No lock is held across socket I/O."""
+
+    def __init__(self, target, connect_timeout, tls_context=None, server_name=None,
+                 write_timeout=30.0):
         self.target = target
         try:
             sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
@@ -82,9 +91,13 @@ class H2Connection:
         self.lock = gevent.lock.Semaphore()
         self.stream_freed = gevent.event.Event()    # for requests waiting for a stream slot
         self.streams = {}
-        self.closed = False
+        self.closed = self.shut = False     # shut: the socket is closed too
         self.error = None
+        self.write_timeout = write_timeout
+        self.outbox = []
+        self.wake_writer = gevent.event.Event()
         self._flush()
+        self.writer = gevent.spawn(self._write_loop)
         self.reader = gevent.spawn(self._read_loop)
 
     @property
@@ -93,9 +106,33 @@ class H2Connection:
             MAX_STREAMS_PER_CONNECTION
 
     def _flush(self):
+        """Queue what h2 has to send for the writer (under the lock; never blocks)."""
         data = self.conn.data_to_send()
         if data:
-            self.sock.sendall(data)
+            self.outbox.append(data)
+            self.wake_writer.set()
+
+    def _write_loop(self):
+        try:
+            while True:
+                self.wake_writer.wait()
+                self.wake_writer.clear()
+                if self.shut:
+                    return
+                while self.outbox:
+                    data = b"".join(self.outbox)
+                    self.outbox.clear()
+                    sent = False
+                    with gevent.Timeout(self.write_timeout, False):
+                        self.sock.sendall(data)
+                        sent = True
+                    if not sent:
+                        raise UpstreamTimeout(f"{self.target.url} took no HTTP/2 frames for "
+                                              f"{self.write_timeout:g}s")
+        except (OSError, UpstreamTimeout) as exc:
+            if not self.shut:
+                self._fail(UpstreamError(f"HTTP/2 connection to {self.target.url} failed: "
+                                         f"{exc}"))
 
     def _read_loop(self):
         try:
@@ -109,6 +146,9 @@ class H2Connection:
                 for event in events:
                     self._dispatch(event)
                 self.stream_freed.set()     # streams ended, or the limit changed
+                # An upstream that keeps the socket full never makes recv wait: the
+                # worker's other connections run between reads.
+                gevent.sleep(0)
         except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
@@ -135,6 +175,8 @@ class H2Connection:
                 stream.window_open.set()
 
     def _fail(self, error, keep_up_to=None):
+        if self.shut:
+            return                      # failed already: the first error is the one to tell
         self.closed = True
         self.error = error
         for stream_id, stream in list(self.streams.items()):
@@ -142,6 +184,8 @@ class H2Connection:
                 stream.events.put(error)
                 stream.window_open.set()
         if keep_up_to is None:
+            self.shut = True
+            self.wake_writer.set()      # it ends; what is queued is not sent
             try:
                 self.sock.close()
             except OSError:
@@ -150,6 +194,7 @@ class H2Connection:
     def close(self):
         self._fail(UpstreamError("connection closed"))
         self.reader.kill(block=False)
+        self.writer.kill(block=False)
         self.stream_freed.set()
 
     # -- one exchange ----------------------------------------------------------------------------
@@ -293,6 +338,7 @@ class StreamResponse:
         return event
 
     def head(self):
+        interim = 0
         while True:
             event = self._next()
             if isinstance(event, h2.events.ResponseReceived):
@@ -303,14 +349,17 @@ class StreamResponse:
                     raise UpstreamError(f"{self.connection.target.url} sent :status "
                                         f"{code[:20]!r}: not a status code")
                 status = int(code)
-                if 100 <= status < 200:
-                    continue
                 if event.stream_ended:
                     self.ended = True
                 fields = [(k, v) for k, v in headers if not k.startswith(b":")]
                 self._check(fields, "header")
                 return status, fields
-            if isinstance(event, h2.events.StreamEnded):
+            if isinstance(event, h2.events.InformationalResponseReceived):
+                interim += 1            # dropped, as 1xx from HTTP/1.1 upstreams are
+                if interim > MAX_INTERIM_HEADS:
+                    raise UpstreamError(f"{self.connection.target.url} sent more than "
+                                        f"{MAX_INTERIM_HEADS} interim (1xx) heads")
+            elif isinstance(event, h2.events.StreamEnded):
                 raise UpstreamError("stream ended before a response head")
 
     def chunks(self):
@@ -352,7 +401,7 @@ class H2Pools:
         self.connections = {}
         self._connecting = {}
 
-    def get(self, target, connect_timeout, tls=None):
+    def get(self, target, connect_timeout, tls=None, write_timeout=30.0):
         key = (target.key, tls)
         connection = self.connections.get(key)
         if connection is not None and connection.usable:
@@ -367,7 +416,7 @@ class H2Pools:
                     connection.close()
                 context = client_context(tls, ["h2"]) if target.scheme == "https" else None
                 connection = H2Connection(target, connect_timeout, context,
-                                          tls[2] if tls else None)
+                                          tls[2] if tls else None, write_timeout)
                 self.connections[key] = connection
         return connection
 

@@ -94,7 +94,8 @@ class H2Forwarder:
         while True:             # a failed connect sent nothing: another target may take it
             target = proxy.choose(upstream, tried, req, now)
             try:
-                connection = self.pools.get(target, route.connect_timeout, upstream.tls)
+                connection = self.pools.get(target, route.connect_timeout, upstream.tls,
+                                            route.read_timeout)
                 break
             except UpstreamConnectError as exc:
                 proxy.book_failure(upstream, target, refused=now)

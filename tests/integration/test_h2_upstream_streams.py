@@ -13,6 +13,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
+from hyperframe.frame import PingFrame
 
 from ..conftest import gateway_conf
 from ..h2_upstreams import H2cUpstream
@@ -24,8 +25,8 @@ class LimitedH2Upstream(H2cUpstream):
     - A request whose body is still coming is answered at once (200 "early", END_STREAM) and
       never reset: RFC 9113 8.1 makes the reset a MAY. The rest of its body is read (and
       acknowledged).
-    - GET /slow is answered after ``delay`` seconds; GET /<digits or junk> with that
-      :status, sent unchecked; anything else 200 "ok"."""
+    - GET /slow is answered after ``delay`` seconds; GET /status/<digits or junk> with that
+      :status, sent unchecked; GET /many-interim after twenty 103s; anything else 200 "ok"."""
 
     def __init__(self, max_streams, delay=0.5):
         self.max_streams, self.delay = max_streams, delay
@@ -72,6 +73,11 @@ class LimitedH2Upstream(H2cUpstream):
                             threading.Timer(self.delay, answer, (event.stream_id,)).start()
                         elif path.startswith(b"/status/"):
                             answer(event.stream_id, status=path[8:])
+                        elif path == b"/many-interim":
+                            with lock:
+                                for _ in range(20):
+                                    conn.send_headers(event.stream_id, [(b":status", b"103")])
+                            answer(event.stream_id)
                         else:
                             answer(event.stream_id)
                     with lock:
@@ -133,3 +139,66 @@ def test_a_status_that_is_not_a_status_code_is_a_502(limited, status):
                        b"Connection: close\r\n\r\n" % status)
     assert answer.startswith(b"HTTP/1.1 502 "), answer[:300]
     assert "unhandled error" not in gw.log()
+
+
+def test_endless_interim_heads_are_a_502(limited):
+    gw, _ = limited
+    answer = answer_to(gw.port, b"GET /many-interim HTTP/1.1\r\nHost: gw\r\n"
+                       b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502 ") and b"interim" in answer, answer[:300]
+
+
+class DeafH2Upstream(H2cUpstream):
+    """Takes the first request's head, then never reads again and floods PINGs (for at most
+    ``seconds``): the gateway's acknowledgements fill the socket buffers."""
+
+    def __init__(self, seconds=8.0):
+        self.seconds = seconds
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                requested = False
+                while not requested and (data := sock.recv(65536)):
+                    requested = any(isinstance(e, h2.events.RequestReceived)
+                                    for e in conn.receive_data(data))
+                    sock.sendall(conn.data_to_send())
+                sock.settimeout(1.0)
+                pings = b"".join(PingFrame(0, i.to_bytes(8, "big")).serialize()
+                                 for i in range(4096))
+                until = time.monotonic() + self.seconds
+                while time.monotonic() < until:
+                    try:
+                        sock.sendall(pings)
+                    except socket.timeout:
+                        pass            # the gateway reads no more either: hold on
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+def test_an_upstream_that_stops_reading_is_a_timely_error_not_a_hang(launcher):
+    """Its unread acknowledgements fill the socket buffers, and a write to it waits: that
+    write must hold no lock other requests need, and must end (the connection with it)."""
+    upstream = DeafH2Upstream()
+    try:
+        gw = launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": 2.0}, "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                "protocol": "h2"}}]))
+        request = b"GET /a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        first = []
+        thread = threading.Thread(target=lambda: first.append(answer_to(gw.port, request)))
+        thread.start()
+        time.sleep(3)                   # the buffers are full by now
+        started = time.monotonic()
+        answer = answer_to(gw.port, request)
+        assert answer.startswith((b"HTTP/1.1 502 ", b"HTTP/1.1 504 ")), answer[:300]
+        assert time.monotonic() - started < 6
+        thread.join(10)
+        assert first and first[0].startswith((b"HTTP/1.1 502 ", b"HTTP/1.1 504 ")), first
+    finally:
+        upstream.close()
