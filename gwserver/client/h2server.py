@@ -614,9 +614,10 @@ class H2ServerConnection:
                 if self.closed:         # a flood guard closed it: the rest is not served
                     return
                 self.dispatch(event)
-            # A client that keeps the socket full never makes recv wait: let the worker's
-            # other connections run between reads.
-            gevent.sleep(0)
+            if len(data) == RECV_SIZE:
+                # A client that keeps the socket full never makes recv wait: let the
+                # worker's other connections run between its reads.
+                gevent.sleep(0)
 
     def dispatch(self, event):
         kind = type(event)

@@ -29,7 +29,7 @@ from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
 from ..errors import (ServiceUnavailable, UpstreamConnectError, UpstreamConnectTimeout,
                       UpstreamError, UpstreamTimeout)
-from ..net.sockets import RECV_SIZE
+from ..net.sockets import RECV_SIZE, PlainSocket
 from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
@@ -95,7 +95,10 @@ class H2Connection:
         self.error = None
         self.write_timeout = write_timeout
         self.outbox = []
+        self.writing = False
         self.wake_writer = gevent.event.Event()
+        # TLS records cannot be written in part by a non-blocking send: the writer does them.
+        self.raw = sock._sock if type(sock) is PlainSocket else None
         self._flush()
         self.writer = gevent.spawn(self._write_loop)
         self.reader = gevent.spawn(self._read_loop)
@@ -106,11 +109,21 @@ class H2Connection:
             MAX_STREAMS_PER_CONNECTION
 
     def _flush(self):
-        """Queue what h2 has to send for the writer (under the lock; never blocks)."""
+        """Send what h2 produced without waiting, or queue it for the writer (under the lock;
+        never blocks, so never leaves a frame half written)."""
         data = self.conn.data_to_send()
-        if data:
-            self.outbox.append(data)
-            self.wake_writer.set()
+        if not data:
+            return
+        if self.raw is not None and not self.outbox and not self.writing:
+            try:            # what the kernel takes at once: no switch, no greenlet hop
+                sent = self.raw.send(data, socket.MSG_DONTWAIT)
+            except OSError:     # full (EAGAIN), or broken: the writer finds out which
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.outbox.append(data)
+        self.wake_writer.set()
 
     def _write_loop(self):
         try:
@@ -123,9 +136,11 @@ class H2Connection:
                     data = b"".join(self.outbox)
                     self.outbox.clear()
                     sent = False
+                    self.writing = True     # what _flush adds meanwhile queues behind
                     with gevent.Timeout(self.write_timeout, False):
                         self.sock.sendall(data)
                         sent = True
+                    self.writing = False
                     if not sent:
                         raise UpstreamTimeout(f"{self.target.url} took no HTTP/2 frames for "
                                               f"{self.write_timeout:g}s")
@@ -146,9 +161,10 @@ class H2Connection:
                 for event in events:
                     self._dispatch(event)
                 self.stream_freed.set()     # streams ended, or the limit changed
-                # An upstream that keeps the socket full never makes recv wait: the
-                # worker's other connections run between reads.
-                gevent.sleep(0)
+                if len(data) == RECV_SIZE:
+                    # An upstream that keeps the socket full never makes recv wait: the
+                    # worker's other connections run between its reads.
+                    gevent.sleep(0)
         except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
@@ -213,7 +229,9 @@ class H2Connection:
                 raise self.error or UpstreamError("HTTP/2 connection closed")
             with self.lock:
                 limit = self.conn.remote_settings.max_concurrent_streams
-                if self.conn.open_outbound_streams < limit:
+                # Ours not finished bound h2's open ones (finish resets what is still open);
+                # h2's count walks every stream, so it is asked only near the limit.
+                if len(self.streams) < limit or self.conn.open_outbound_streams < limit:
                     stream_id = self.conn.get_next_available_stream_id()
                     self.streams[stream_id] = stream
                     self.conn.send_headers(stream_id, headers,
