@@ -21,9 +21,11 @@ import gevent.lock
 import gevent.queue
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
@@ -36,6 +38,32 @@ log = logging.getLogger("gwserver.h2")
 
 MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew before the end
 MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
+
+
+class StreamNotOpened(UpstreamError):
+    """The connection ended (or began to drain) before this request's stream was opened:
+    nothing was sent, so another connection may take it."""
+
+
+class _DrainingH2(h2.connection.H2Connection):
+    """h2 closes its state machine on any GOAWAY, so the streams a graceful one lets finish
+    (nginx after keepalive_requests, gRPC's MAX_CONNECTION_AGE, a reload) could not receive
+    their answers. Here a GOAWAY is only reported (ConnectionTerminated); H2Connection stops
+    opening streams, fails those past last_stream_id and lets the others finish. Overrides
+    h2's ``_receive_frame`` (private since h2 2.0, the same through 4.x; the GOAWAY tests in
+    test_h2_upstream_streams.py fail if it changes)."""
+
+    def _receive_frame(self, frame):
+        if not isinstance(frame, GoAwayFrame):
+            return super()._receive_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [event]
 
 
 class _Stream:
@@ -76,7 +104,7 @@ class H2Connection:
                 raise UpstreamConnectError(f"{target.url} does not speak h2 (ALPN)")
         sock.settimeout(None)
         self.sock = sock
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        self.conn = _DrainingH2(h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_inbound_headers=True))
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
@@ -92,6 +120,7 @@ class H2Connection:
         self.stream_freed = gevent.event.Event()    # for requests waiting for a stream slot
         self.streams = {}
         self.closed = self.shut = False     # shut: the socket is closed too
+        self.draining = False       # a GOAWAY came: no new streams; the rest finish
         self.error = None
         self.write_timeout = write_timeout
         self.outbox = []
@@ -105,8 +134,8 @@ class H2Connection:
 
     @property
     def usable(self):
-        return not self.closed and self.conn.highest_outbound_stream_id < \
-            MAX_STREAMS_PER_CONNECTION
+        return not self.closed and not self.draining and \
+            self.conn.highest_outbound_stream_id < MAX_STREAMS_PER_CONNECTION
 
     def _flush(self):
         """Send what h2 produced without waiting, or queue it for the writer (under the lock;
@@ -177,8 +206,7 @@ class H2Connection:
                 stream.window_open.set()
             return
         if isinstance(event, h2.events.ConnectionTerminated):
-            self._fail(UpstreamError(f"{self.target.url} ended the HTTP/2 connection "
-                                     f"(GOAWAY {event.error_code!r})"), event.last_stream_id)
+            self.drain(event)
             return
         stream_id = getattr(event, "stream_id", None)
         stream = self.streams.get(stream_id)
@@ -189,6 +217,22 @@ class H2Connection:
                 # must stop; h2 reports a reset stream's window as 0, not as an error.
                 del self.streams[stream_id]
                 stream.window_open.set()
+
+    def drain(self, goaway):
+        """GOAWAY: streams past its last_stream_id were not processed and fail (a 502 for a
+        request already sent); the others go on, unless it reports an error. The connection
+        closes when the last of them ends; requests waiting for a stream go elsewhere."""
+        self.draining = True
+        reason = UpstreamError(f"{self.target.url} ended the HTTP/2 connection (GOAWAY "
+                               f"{goaway.error_code!r})")
+        if goaway.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            self._fail(reason, goaway.last_stream_id)
+        else:
+            for stream_id in [i for i in self.streams if i > goaway.last_stream_id]:
+                self.streams.pop(stream_id).events.put(reason)
+        self.stream_freed.set()
+        if not self.streams:
+            self.close()
 
     def _fail(self, error, keep_up_to=None):
         if self.shut:
@@ -225,8 +269,8 @@ class H2Connection:
         waited_until = None
         while True:
             self.stream_freed.clear()
-            if self.closed:
-                raise self.error or UpstreamError("HTTP/2 connection closed")
+            if self.closed or self.draining:
+                raise StreamNotOpened(f"{self.target.url}: the HTTP/2 connection ended")
             with self.lock:
                 limit = self.conn.remote_settings.max_concurrent_streams
                 # Ours not finished bound h2's open ones (finish resets what is still open);
@@ -298,7 +342,9 @@ class H2Connection:
         before the whole body, without the upstream's own reset, leaves the request side
         open: it would hold one of the upstream's concurrent streams for ever)."""
         self.streams.pop(stream_id, None)
-        if not self.closed:
+        if self.draining and not self.streams and not self.shut:
+            self.close()        # the GOAWAY's last stream is done
+        elif not self.closed:
             with self.lock:
                 state = self.conn.streams.get(stream_id)
                 if state is not None and not state.closed:
@@ -430,8 +476,8 @@ class H2Pools:
         with lock:
             connection = self.connections.get(key)
             if connection is None or not connection.usable:
-                if connection is not None:
-                    connection.close()
+                if connection is not None and not connection.draining:
+                    connection.close()  # a draining one closes when its streams end
                 context = client_context(tls, ["h2"]) if target.scheme == "https" else None
                 connection = H2Connection(target, connect_timeout, context,
                                           tls[2] if tls else None, write_timeout)

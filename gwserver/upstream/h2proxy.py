@@ -21,7 +21,7 @@ from ..core.headers import WRITTEN_UPSTREAM, via_chain
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
-from .h2client import H2Pools
+from .h2client import H2Pools, StreamNotOpened
 from .proxy import forwarded_values, proxied_head, trace_headers, upstream_host, upstream_path
 
 
@@ -113,9 +113,15 @@ class H2Forwarder:
         try:
             sender = None
             try:
-                stream = connection.request(self.request_headers(req, target, upstream, grpc),
-                                            body, route.read_timeout, streamed, deadline,
-                                            proxy.pool_timeout)
+                headers = self.request_headers(req, target, upstream, grpc)
+                try:
+                    stream = connection.request(headers, body, route.read_timeout, streamed,
+                                                deadline, proxy.pool_timeout)
+                except StreamNotOpened:     # nothing sent: a new connection takes it
+                    connection = self.pools.get(target, route.connect_timeout, upstream.tls,
+                                                route.read_timeout)
+                    stream = connection.request(headers, body, route.read_timeout, streamed,
+                                                deadline, proxy.pool_timeout)
                 try:
                     if streamed:
                         sender = gevent.spawn(self.send_body, client, req, route, connection,

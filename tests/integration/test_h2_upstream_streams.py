@@ -13,7 +13,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
-from hyperframe.frame import PingFrame
+from hyperframe.frame import GoAwayFrame, PingFrame
 
 from ..conftest import gateway_conf
 from ..h2_upstreams import H2cUpstream
@@ -26,11 +26,12 @@ class LimitedH2Upstream(H2cUpstream):
       never reset: RFC 9113 8.1 makes the reset a MAY. The rest of its body is read (and
       acknowledged).
     - GET /slow is answered after ``delay`` seconds; GET /status/<digits or junk> with that
-      :status, sent unchecked; GET /many-interim after twenty 103s; anything else 200 "ok"."""
+      :status, sent unchecked; GET /many-interim after twenty 103s; GET /goaway is answered,
+      then a graceful GOAWAY follows; anything else 200 "ok"."""
 
     def __init__(self, max_streams, delay=0.5):
         self.max_streams, self.delay = max_streams, delay
-        self.most_open = 0
+        self.most_open = self.goaways = self.connections = 0
         super().__init__()
 
     def connection(self, sock):
@@ -41,6 +42,7 @@ class LimitedH2Upstream(H2cUpstream):
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         conn.initiate_connection()
         lock = threading.Lock()
+        self.connections += 1
 
         def answer(stream_id, status=b"200", body=b"ok"):
             with lock:
@@ -73,6 +75,14 @@ class LimitedH2Upstream(H2cUpstream):
                             threading.Timer(self.delay, answer, (event.stream_id,)).start()
                         elif path.startswith(b"/status/"):
                             answer(event.stream_id, status=path[8:])
+                        elif path == b"/goaway":
+                            # answered, then a graceful GOAWAY naming the last stream taken
+                            # (nginx after keepalive_requests): streams up to it finish
+                            answer(event.stream_id)
+                            with lock:
+                                self.goaways += 1
+                                sock.sendall(GoAwayFrame(0, last_stream_id=event.stream_id,
+                                                         error_code=0).serialize())
                         elif path == b"/many-interim":
                             with lock:
                                 for _ in range(20):
@@ -202,3 +212,25 @@ def test_an_upstream_that_stops_reading_is_a_timely_error_not_a_hang(launcher):
         assert first and first[0].startswith((b"HTTP/1.1 502 ", b"HTTP/1.1 504 ")), first
     finally:
         upstream.close()
+
+
+def test_a_graceful_goaway_lets_the_streams_it_took_finish(limited):
+    """nginx sends GOAWAY(NO_ERROR) after keepalive_requests, gRPC servers at
+    MAX_CONNECTION_AGE: the streams it names as taken are answered on that connection, and
+    the next requests go to a new one."""
+    gw, upstream = limited
+    slow = []
+    thread = threading.Thread(target=lambda: slow.append(answer_to(
+        gw.port, b"GET /slow HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")))
+    thread.start()
+    time.sleep(0.1)                     # /slow is in flight when the GOAWAY comes
+    answer = answer_to(gw.port, b"GET /goaway HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    thread.join(10)
+    assert slow and slow[0].startswith(b"HTTP/1.1 200") and b"\r\nok\r\n" in slow[0], slow
+    for _ in range(3):
+        answer = answer_to(gw.port, b"GET /after HTTP/1.1\r\nHost: gw\r\n"
+                           b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert upstream.goaways == 1 and upstream.connections == 2
+    assert "unhandled error" not in gw.log()
