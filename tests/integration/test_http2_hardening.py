@@ -17,6 +17,7 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, HeadersFrame, PingFr
                               SettingsFrame, WindowUpdateFrame)
 
 from ..conftest import gateway_conf, route
+from ..h2_upstreams import H2cUpstream
 from ..h2client import RawH2
 from ..pki import CA
 
@@ -279,25 +280,19 @@ def test_a_stream_reset_while_the_gateway_connects_upstream_gives_its_slot_back(
         upstream.close()
 
 
-class SlowTlsUpstream:
-    """HTTPS on loopback that waits ``delay`` before each handshake, then answers one request
-    with 200 and closes."""
+class SlowTlsUpstream(H2cUpstream):
+    """HTTPS on loopback (the shared listener of the h2c test upstreams, a thread per
+    connection) that waits ``delay`` before each handshake, then answers one request with
+    200 and closes."""
 
     def __init__(self, cert, key, delay):
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
         self.delay = delay
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
+        super().__init__()
 
-    def serve(self):
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.answer, args=(sock,), daemon=True).start()
+    def connection(self, sock):
+        self.answer(sock)
 
     def answer(self, sock):
         time.sleep(self.delay)
