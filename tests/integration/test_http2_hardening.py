@@ -292,9 +292,6 @@ class SlowTlsUpstream(H2cUpstream):
         super().__init__()
 
     def connection(self, sock):
-        self.answer(sock)
-
-    def answer(self, sock):
         time.sleep(self.delay)
         try:
             with self.context.wrap_socket(sock, server_side=True) as tls:
