@@ -37,6 +37,8 @@ from .clienttls import client_context
 log = logging.getLogger("gwserver.h2")
 
 MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew before the end
+HIGH_WATER, LOW_WATER = 1 << 20, 256 << 10   # bytes queued for the writer: senders wait above
+WRITE_PIECE = 256 << 10     # the writer's deadline is per piece: progress, not the whole queue
 MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
 
 
@@ -124,6 +126,8 @@ class H2Connection:
         self.error = None
         self.write_timeout = write_timeout
         self.outbox = []
+        self.queued = 0             # bytes in the outbox
+        self.drained = gevent.event.Event()     # the outbox went under LOW_WATER
         self.writing = False
         self.wake_writer = gevent.event.Event()
         # TLS records cannot be written in part by a non-blocking send: the writer does them.
@@ -152,7 +156,18 @@ class H2Connection:
                 return
             data = data[sent:]
         self.outbox.append(data)
+        self.queued += len(data)
         self.wake_writer.set()
+
+    def wait_for_room(self, timeout):
+        """A body's sender waits while the writer holds more than HIGH_WATER bytes: h2
+        debits its windows when DATA is queued, not sent, so windows alone would let an
+        upload pile up in memory (and other streams' frames queue behind it)."""
+        while self.queued > HIGH_WATER and not self.shut:
+            self.drained.clear()
+            if not self.drained.wait(timeout):
+                raise UpstreamTimeout(f"{self.target.url} took no HTTP/2 frames for "
+                                      f"{timeout:g}s")
 
     def _write_loop(self):
         try:
@@ -162,17 +177,22 @@ class H2Connection:
                 if self.shut:
                     return
                 while self.outbox:
-                    data = b"".join(self.outbox)
-                    self.outbox.clear()
-                    sent = False
+                    data = self.outbox.pop(0)
                     self.writing = True     # what _flush adds meanwhile queues behind
-                    with gevent.Timeout(self.write_timeout, False):
-                        self.sock.sendall(data)
-                        sent = True
-                    self.writing = False
-                    if not sent:
-                        raise UpstreamTimeout(f"{self.target.url} took no HTTP/2 frames for "
-                                              f"{self.write_timeout:g}s")
+                    for start in range(0, len(data), WRITE_PIECE):
+                        # The deadline is for progress: an upstream that keeps reading a
+                        # large upload is never cut.
+                        sent = False
+                        with gevent.Timeout(self.write_timeout, False):
+                            self.sock.sendall(data[start:start + WRITE_PIECE])
+                            sent = True
+                        if not sent:
+                            raise UpstreamTimeout(f"{self.target.url} took no HTTP/2 frames "
+                                                  f"for {self.write_timeout:g}s")
+                    self.queued -= len(data)
+                    if self.queued <= LOW_WATER:
+                        self.drained.set()
+                self.writing = False
         except (OSError, UpstreamTimeout) as exc:
             if not self.shut:
                 self._fail(UpstreamError(f"HTTP/2 connection to {self.target.url} failed: "
@@ -295,7 +315,13 @@ class H2Connection:
                 raise ServiceUnavailable(f"{self.target.url} has no free HTTP/2 stream (it "
                                          f"allows {limit} at once)")
         if body:
-            self.send_body(stream_id, stream, body, timeout, end=not more)
+            try:
+                self.send_body(stream_id, stream, body, timeout, end=not more)
+            except BaseException:
+                # No StreamResponse reaches the caller to close it: the stream would hold
+                # one of the upstream's concurrent streams for ever.
+                self.finish(stream_id)
+                raise
         return StreamResponse(self, stream_id, stream, timeout, deadline)
 
     def send_body(self, stream_id, stream, body, timeout, end=True):
@@ -303,6 +329,7 @@ class H2Connection:
         ends the stream, with an empty DATA frame if ``body`` is empty."""
         view = memoryview(body)
         while view or end:
+            self.wait_for_room(timeout)
             with self.lock:
                 if self.closed:
                     raise self.error
@@ -311,21 +338,22 @@ class H2Connection:
                 try:
                     window = min(self.conn.local_flow_control_window(stream_id),
                                  self.conn.max_outbound_frame_size)
-                    if window > 0 or not view:
+                    sent = window > 0 or not view
+                    if sent:
                         chunk, view = view[:max(window, 0)], view[max(window, 0):]
                         self.conn.send_data(stream_id, bytes(chunk),
                                             end_stream=end and not view)
                         self._flush()
                         if not view:
                             return
-                        continue
+                    else:
+                        stream.window_open.clear()
                 except h2.exceptions.StreamClosedError:
                     # The upstream answered and reset the stream before it had the body
                     # (RFC 9113 8.1 allows it): whoever reads the answer relays it.
                     raise UpstreamError(f"{self.target.url}: the stream ended while "
                                         f"sending") from None
-                stream.window_open.clear()
-            if not stream.window_open.wait(timeout):
+            if not sent and not stream.window_open.wait(timeout):
                 raise UpstreamTimeout(f"{self.target.url} did not open its HTTP/2 window in "
                                       f"{timeout:g}s")
 

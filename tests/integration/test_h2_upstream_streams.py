@@ -234,3 +234,106 @@ def test_a_graceful_goaway_lets_the_streams_it_took_finish(limited):
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert upstream.goaways == 1 and upstream.connections == 2
     assert "unhandled error" not in gw.log()
+
+
+class SlowSinkH2Upstream(H2cUpstream):
+    """Allows ``max_streams`` streams. POST /noack: never acknowledges the body (its window,
+    the default 64 KiB, stays shut) and never answers. POST /sink: reads the body at
+    ``rate`` bytes a second, acknowledging what it read, then answers; with ``huge_windows``
+    its windows are the largest HTTP/2 allows. GET: 200."""
+
+    def __init__(self, max_streams=3, huge_windows=False, rate=4 << 20):
+        self.max_streams, self.huge_windows, self.rate = max_streams, huge_windows, rate
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams}
+        if self.huge_windows:
+            settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = 2 ** 31 - 1
+        conn.local_settings = h2.settings.Settings(client=False, initial_values=settings)
+        conn.initiate_connection()
+        if self.huge_windows:
+            conn.increment_flow_control_window(2 ** 31 - 1 - 65535)
+        paths, deadline = {}, time.monotonic() + 30
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while time.monotonic() < deadline and (data := sock.recv(16384)):
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.RequestReceived):
+                            paths[event.stream_id] = dict(event.headers)[b":path"]
+                            if event.stream_ended:
+                                conn.send_headers(event.stream_id, [(b":status", b"200")],
+                                                  end_stream=True)
+                        elif isinstance(event, h2.events.DataReceived) and \
+                                paths.get(event.stream_id) == b"/sink":
+                            conn.acknowledge_received_data(event.flow_controlled_length,
+                                                           event.stream_id)
+                            if event.stream_ended:
+                                conn.send_headers(event.stream_id, [(b":status", b"200")],
+                                                  end_stream=True)
+                    sock.sendall(conn.data_to_send())
+                    time.sleep(len(data) / self.rate)
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+@pytest.fixture(params=[False, True], ids=["small-windows", "huge-windows"])
+def sink(launcher, request):
+    """The gateway in front of a SlowSinkH2Upstream; read timeout 1 s, or 10 s for tests
+    marked slow_reads (an upload's answer waits for the whole body)."""
+    upstream = SlowSinkH2Upstream(huge_windows=request.param)
+    read = 10.0 if request.node.get_closest_marker("slow_reads") else 1.0
+    try:
+        yield launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": read}, "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                "protocol": "h2"}}], upstream_defaults={"pool_timeout": 1.0}))
+    finally:
+        upstream.close()
+
+
+def test_a_request_that_fails_while_its_body_waits_for_a_window_frees_its_stream(sink):
+    """The body came whole with the head (so the gateway sends it itself), the upstream's
+    window stays shut: a 504, and the stream is reset, not kept for ever (after three, with
+    a limit of three, every request was a 503)."""
+    for _ in range(4):
+        answer = answer_to(sink.port, b"POST /noack HTTP/1.1\r\nHost: gw\r\n"
+                           b"Content-Length: 100000\r\nConnection: close\r\n\r\n" +
+                           b"x" * 100000)
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
+    answer = answer_to(sink.port, b"GET /after HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
+@pytest.mark.slow_reads
+def test_an_upload_to_a_slow_reader_is_held_to_a_bounded_buffer(sink):
+    """h2 debits its windows when DATA is queued, not when it is sent: an upstream with
+    large windows that reads slowly must not make the worker hold the whole upload (RSS),
+    and an upstream that keeps reading is not cut by the write deadline."""
+    worker = sink.worker_pids()[0]
+
+    def rss_mb():
+        with open(f"/proc/{worker}/status") as status:
+            return next(int(line.split()[1]) for line in status
+                        if line.startswith("VmRSS")) / 1024
+
+    before = rss_mb()
+    size = 60 << 20
+    with socket.create_connection(("127.0.0.1", sink.port), timeout=10) as sock:
+        sock.sendall(b"POST /sink HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % size)
+        piece = b"u" * (1 << 20)
+        sock.settimeout(0.5)
+        peak, sent, until = before, 0, time.monotonic() + 3
+        while time.monotonic() < until:
+            try:
+                if sent < size:
+                    sent += sock.send(piece)
+                else:
+                    time.sleep(0.1)
+            except socket.timeout:
+                pass
+            peak = max(peak, rss_mb())
+    assert peak - before < 40, f"worker RSS grew {peak - before:.0f} MB during the upload"
