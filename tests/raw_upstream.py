@@ -38,6 +38,10 @@ counts as JSON.
   /late-413         as /early-413, 0.3 s after the head (the gateway is sending the body)
   /hint-late-413    as /late-413, with a 103 Early Hints at once
   /no-read          reads the head, then neither reads nor answers for 10 s
+  /split-100-upload as /hint-upload, with an unasked 100 Continue in two writes 0.5 s apart
+  /1xx-length, /1xx-chunked, /1xx-last-chunk
+                    a 150 framed with a body (a head saying Content-Length: 0, or a
+                    trailer), then a 200 whose body is a whole response of its own
 """
 import json
 import socket

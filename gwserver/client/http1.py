@@ -78,8 +78,8 @@ class ClientConnection:
             runtime.trusted_proxies.trusts(self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
-        self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade)
-        self.raw_chunked = None         # or, for a chunked one, what decodes them
+        self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade);
+        self.raw_chunked = None         # -1 and this decoder for a chunked one
         self.last_host = self.last_host_parts = None
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
@@ -295,16 +295,7 @@ class ClientConnection:
             self.queue[-1].complete = True
 
     def feed(self, n):
-        # httptools holds a header (or a trailer) until it is complete: bound what it may
-        # hold, from the first read of the connection on (the callbacks count the exact head).
-        # ``unparsed`` is what was fed since the last head or body bytes came out of it.
-        self.unparsed += n
-        if self.unparsed > MAX_HEAD_BYTES + self.limits[0]:
-            if not (self.queue and self.queue[-1].head_done):
-                raise HeadersTooLarge("request head too large")
-            # After the head, only chunk framing and trailers come out as nothing: one
-            # unfinished trailer line would otherwise grow without end inside feed_data.
-            raise HeadersTooLarge("request trailers too large")
+        self.count_unparsed(n)
         try:
             self.parser.feed_data(self.view[:n])
         except httptools.HttpParserUpgrade as exc:
@@ -320,6 +311,18 @@ class ClientConnection:
             raise BadRequest(f"malformed request: {exc}") from None
         except httptools.HttpParserError as exc:
             raise BadRequest(f"malformed request: {exc}") from None
+
+    def count_unparsed(self, n):
+        """httptools holds a header (or a trailer) until it is complete: bound what it may
+        hold, from the first read of the connection on (the callbacks count the exact head).
+        ``unparsed`` is what was fed since the last head or body bytes came out of it."""
+        self.unparsed += n
+        if self.unparsed > MAX_HEAD_BYTES + self.limits[0]:
+            if not (self.queue and self.queue[-1].head_done):
+                raise HeadersTooLarge("request head too large")
+            # After the head, only chunk framing and trailers come out as nothing: one
+            # unfinished trailer line would otherwise grow without end inside feed_data.
+            raise HeadersTooLarge("request trailers too large")
 
     def write(self, data):
         """Send all of ``data``; a stalled client is cut off by the send deadline."""
@@ -558,10 +561,7 @@ class RawChunkedBody:
 
     def feed(self, data):
         """Decode ``data``; True once the last chunk is in (what follows it is dropped)."""
-        connection = self.connection
-        connection.unparsed += len(data)
-        if connection.unparsed > MAX_HEAD_BYTES + connection.limits[0]:
-            raise HeadersTooLarge("request trailers too large")
+        self.connection.count_unparsed(len(data))
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
