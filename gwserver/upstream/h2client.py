@@ -84,8 +84,7 @@ class H2Connection:
     queues what h2 produced; the writer sends it, within ``write_timeout``, and a write that
     fails or stalls fails the whole connection. No lock is held across socket I/O."""
 
-    def __init__(self, target, connect_timeout, tls_context=None, server_name=None,
-                 write_timeout=30.0):
+    def __init__(self, target, connect_timeout, tls_context, server_name, write_timeout):
         self.target = target
         try:
             sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
@@ -247,9 +246,9 @@ class H2Connection:
                                f"{goaway.error_code!r})")
         if goaway.error_code != h2.errors.ErrorCodes.NO_ERROR:
             self._fail(reason, goaway.last_stream_id)
-        else:
-            for stream_id in [i for i in self.streams if i > goaway.last_stream_id]:
-                self.streams.pop(stream_id).events.put(reason)
+        else:   # and forgotten: a sender of one finds its stream gone
+            for stream_id in self._end_streams(reason, goaway.last_stream_id):
+                del self.streams[stream_id]
         self.stream_freed.set()
         if not self.streams:
             self.close()
@@ -259,10 +258,7 @@ class H2Connection:
             return                      # failed already: the first error is the one to tell
         self.closed = True
         self.error = error
-        for stream_id, stream in list(self.streams.items()):
-            if keep_up_to is None or stream_id > keep_up_to:
-                stream.events.put(error)
-                stream.window_open.set()
+        self._end_streams(error, keep_up_to or 0)
         if keep_up_to is None:
             self.shut = True
             self.wake_writer.set()      # it ends; what is queued is not sent
@@ -270,6 +266,16 @@ class H2Connection:
                 self.sock.close()
             except OSError:
                 pass
+
+    def _end_streams(self, error, above):
+        """Streams past ``above`` end with ``error``: their readers raise it, and a sender
+        waiting for a window wakes. Returns their ids."""
+        ended = [stream_id for stream_id in self.streams if stream_id > above]
+        for stream_id in ended:
+            stream = self.streams[stream_id]
+            stream.events.put(error)
+            stream.window_open.set()
+        return ended
 
     def close(self):
         self._fail(UpstreamError("connection closed"))
@@ -279,7 +285,7 @@ class H2Connection:
 
     # -- one exchange ----------------------------------------------------------------------------
 
-    def request(self, headers, body, timeout, more=False, deadline=None, slot_timeout=5.0):
+    def request(self, headers, body, timeout, more, deadline, slot_timeout):
         """Send a request head and ``body``; with ``more``, the body goes on through
         ``send_body`` (streamed as the client sends it). Return a StreamResponse.
 
@@ -493,7 +499,7 @@ class H2Pools:
         self.connections = {}
         self._connecting = {}
 
-    def get(self, target, connect_timeout, tls=None, write_timeout=30.0):
+    def get(self, target, connect_timeout, tls, write_timeout):
         key = (target.key, tls)
         connection = self.connections.get(key)
         if connection is not None and connection.usable:
