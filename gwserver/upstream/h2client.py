@@ -40,6 +40,16 @@ MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew 
 HIGH_WATER, LOW_WATER = 1 << 20, 256 << 10   # bytes queued for the writer: senders wait above
 WRITE_PIECE = 256 << 10     # the writer's deadline is per piece: progress, not the whole queue
 MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
+# Frames with nothing to relay (WINDOW_UPDATE, PING, SETTINGS, empty DATA, unknown types, frames
+# on finished streams) an upstream may send in a second, plus two per DATA frame sent to it (the
+# WINDOW_UPDATEs an upload earns). Past it the connection is a flood that takes the worker's CPU
+# from every other request: it ends (GOAWAY ENHANCE_YOUR_CALM). The client side's budget is the
+# setting http2.max_empty_frames_per_second, of the same default.
+MAX_EMPTY_FRAMES_PER_SECOND = 10_000
+_NOTHING_TO_RELAY = frozenset((
+    h2.events.WindowUpdated, h2.events.PingReceived, h2.events.PingAckReceived,
+    h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowledged,
+    h2.events.UnknownFrameReceived, h2.events.PriorityUpdated))
 
 
 class StreamNotOpened(UpstreamError):
@@ -47,17 +57,39 @@ class StreamNotOpened(UpstreamError):
     nothing was sent, so another connection may take it."""
 
 
-class _DrainingH2(h2.connection.H2Connection):
-    """h2 closes its state machine on any GOAWAY, so the streams a graceful one lets finish
-    (nginx after keepalive_requests, gRPC's MAX_CONNECTION_AGE, a reload) could not receive
-    their answers. Here a GOAWAY is only reported (ConnectionTerminated); H2Connection stops
-    opening streams, fails those past last_stream_id and lets the others finish. Overrides
-    h2's ``_receive_frame`` (private since h2 2.0, the same through 4.x; the GOAWAY tests in
-    test_h2_upstream_streams.py fail if it changes)."""
+class StreamRefused(StreamNotOpened):
+    """The upstream did not process this stream (RFC 9113 8.7): a REFUSED_STREAM reset, or a
+    stream past a GOAWAY's last_stream_id. A request whose body the gateway still holds may
+    go to another connection, whatever its method."""
+
+
+class _UpstreamH2(h2.connection.H2Connection):
+    """h2, with two changes an upstream connection needs; both override h2's
+    ``_receive_frame`` (private since h2 2.0, the same through 4.x; the GOAWAY and flood tests
+    in test_h2_upstream_streams.py fail if it changes).
+    - h2 closes its state machine on any GOAWAY, so the streams a graceful one lets finish
+      (nginx after keepalive_requests, gRPC's MAX_CONNECTION_AGE, a reload) could not receive
+      their answers. Here a GOAWAY is only reported (ConnectionTerminated); H2Connection stops
+      opening streams, fails those past last_stream_id and lets the others finish.
+    - Frames with nothing to relay are counted (``empty_frames``), and DATA frames sent
+      (``data_frames_sent``), for the flood budget (MAX_EMPTY_FRAMES_PER_SECOND)."""
+
+    empty_frames = data_frames_sent = 0
+
+    def send_data(self, *args, **kwargs):
+        self.data_frames_sent += 1
+        return super().send_data(*args, **kwargs)
 
     def _receive_frame(self, frame):
         if not isinstance(frame, GoAwayFrame):
-            return super()._receive_frame(frame)
+            events = super()._receive_frame(frame)
+            for event in events:
+                kind = type(event)
+                if kind not in _NOTHING_TO_RELAY and (kind is not h2.events.DataReceived or
+                                                      event.data):
+                    return events
+            self.empty_frames += 1      # none of its events (if any) carries anything
+            return events
         event = h2.events.ConnectionTerminated()
         try:
             event.error_code = h2.errors.ErrorCodes(frame.error_code)
@@ -69,11 +101,13 @@ class _DrainingH2(h2.connection.H2Connection):
 
 
 class _Stream:
-    __slots__ = ("events", "window_open")
+    __slots__ = ("events", "window_open", "ended_by", "sent_at")
 
     def __init__(self):
         self.events = gevent.queue.Queue()
         self.window_open = gevent.event.Event()
+        self.ended_by = None        # the error its end put on events, for a sender to raise
+        self.sent_at = 0.0          # time.monotonic() of the last piece of body sent
 
 
 class H2Connection:
@@ -105,7 +139,7 @@ class H2Connection:
                 raise UpstreamConnectError(f"{target.url} does not speak h2 (ALPN)")
         sock.settimeout(None)
         self.sock = sock
-        self.conn = _DrainingH2(h2.config.H2Configuration(
+        self.conn = _UpstreamH2(h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_inbound_headers=True))
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
@@ -131,6 +165,7 @@ class H2Connection:
         self.wake_writer = gevent.event.Event()
         # TLS records cannot be written in part by a non-blocking send: the writer does them.
         self.raw = sock._sock if type(sock) is PlainSocket else None
+        self.counted_since = time.monotonic()   # the flood budget's second
         self._flush()
         self.writer = gevent.spawn(self._write_loop)
         self.reader = gevent.spawn(self._read_loop)
@@ -206,6 +241,7 @@ class H2Connection:
                 with self.lock:
                     events = self.conn.receive_data(data)
                     self._flush()
+                    self._check_flood()
                 for event in events:
                     self._dispatch(event)
                 self.stream_freed.set()     # streams ended, or the limit changed
@@ -216,6 +252,25 @@ class H2Connection:
         except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
+
+    def _check_flood(self):
+        """Under the lock, after frames were read: past the budget the connection ends with
+        GOAWAY(ENHANCE_YOUR_CALM), and its streams with a 502."""
+        conn, now = self.conn, time.monotonic()
+        limit = MAX_EMPTY_FRAMES_PER_SECOND + 2 * conn.data_frames_sent
+        if conn.empty_frames > limit:
+            log.warning("HTTP/2 upstream %s sent more than %d frames with nothing to relay "
+                        "in a second (a flood): connection closed", self.target.url, limit)
+            try:
+                conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                self._flush()
+            except h2.exceptions.ProtocolError:
+                pass
+            raise UpstreamError(f"{self.target.url} flooded the HTTP/2 connection with "
+                                f"frames carrying nothing (more than {limit} a second)")
+        if now - self.counted_since >= 1.0:
+            self.counted_since = now
+            conn.empty_frames = conn.data_frames_sent = 0
 
     def _dispatch(self, event):
         if isinstance(event, h2.events.WindowUpdated):
@@ -235,6 +290,8 @@ class H2Connection:
                 # Gone (its events are queued for the reader): a sender waiting for window
                 # must stop; h2 reports a reset stream's window as 0, not as an error.
                 del self.streams[stream_id]
+                if event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                    stream.ended_by = StreamRefused(f"{self.target.url} refused the stream")
                 stream.window_open.set()
 
     def drain(self, goaway):
@@ -242,13 +299,13 @@ class H2Connection:
         request already sent); the others go on, unless it reports an error. The connection
         closes when the last of them ends; requests waiting for a stream go elsewhere."""
         self.draining = True
-        reason = UpstreamError(f"{self.target.url} ended the HTTP/2 connection (GOAWAY "
-                               f"{goaway.error_code!r})")
+        what = f"{self.target.url} ended the HTTP/2 connection (GOAWAY {goaway.error_code!r})"
+        refused = StreamRefused(f"{what} before it processed the stream")
+        # and forgotten: a sender of one finds its stream gone
+        for stream_id in self._end_streams(refused, goaway.last_stream_id):
+            del self.streams[stream_id]
         if goaway.error_code != h2.errors.ErrorCodes.NO_ERROR:
-            self._fail(reason, goaway.last_stream_id)
-        else:   # and forgotten: a sender of one finds its stream gone
-            for stream_id in self._end_streams(reason, goaway.last_stream_id):
-                del self.streams[stream_id]
+            self._fail(UpstreamError(what), goaway.last_stream_id)
         self.stream_freed.set()
         if not self.streams:
             self.close()
@@ -273,6 +330,7 @@ class H2Connection:
         ended = [stream_id for stream_id in self.streams if stream_id > above]
         for stream_id in ended:
             stream = self.streams[stream_id]
+            stream.ended_by = error
             stream.events.put(error)
             stream.window_open.set()
         return ended
@@ -340,7 +398,8 @@ class H2Connection:
                 if self.closed:
                     raise self.error
                 if stream_id not in self.streams:
-                    raise UpstreamError(f"{self.target.url}: the stream ended while sending")
+                    raise stream.ended_by or UpstreamError(f"{self.target.url}: the stream "
+                                                           f"ended while sending")
                 try:
                     window = min(self.conn.local_flow_control_window(stream_id),
                                  self.conn.max_outbound_frame_size)
@@ -350,6 +409,7 @@ class H2Connection:
                         self.conn.send_data(stream_id, bytes(chunk),
                                             end_stream=end and not view)
                         self._flush()
+                        stream.sent_at = time.monotonic()
                         if not view:
                             return
                     else:
@@ -413,24 +473,33 @@ class StreamResponse:
         self.stream.events.put(exc)
 
     def _next(self):
-        timeout, by_deadline = self.timeout, False
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left < timeout:
-                timeout, by_deadline = max(left, 0), True
-        try:
-            event = self.stream.events.get(timeout=timeout)
-        except gevent.queue.Empty:
+        stream, waited_from = self.stream, time.monotonic()
+        while True:
+            # The read timeout runs from this wait's start or the last piece of request body
+            # sent, whichever is later: an upload that keeps moving is not cut, as it is not
+            # on HTTP/1.1 upstreams (where the answer is read once the body is sent).
+            now = time.monotonic()
+            timeout = max(waited_from, stream.sent_at) + self.timeout - now
+            by_deadline = self.deadline is not None and self.deadline - now < timeout
             if by_deadline:
-                exc = UpstreamTimeout(f"{self.connection.target.url}: the call's grpc-timeout "
-                                      f"ran out")
-                exc.deadline_hit = True
-                raise exc from None
-            raise UpstreamTimeout(f"{self.connection.target.url} did not answer within "
-                                  f"{self.timeout:g}s") from None
+                timeout = self.deadline - now
+            try:
+                event = stream.events.get(timeout=max(timeout, 0))
+                break
+            except gevent.queue.Empty:
+                if by_deadline:
+                    exc = UpstreamTimeout(f"{self.connection.target.url}: the call's "
+                                          f"grpc-timeout ran out")
+                    exc.deadline_hit = True
+                    raise exc from None
+                if stream.sent_at + self.timeout <= time.monotonic():
+                    raise UpstreamTimeout(f"{self.connection.target.url} did not answer "
+                                          f"within {self.timeout:g}s") from None
         if isinstance(event, Exception):
             raise event
         if isinstance(event, h2.events.StreamReset):
+            if event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                raise StreamRefused(f"{self.connection.target.url} refused the stream")
             raise UpstreamError(f"{self.connection.target.url} reset the stream "
                                 f"({event.error_code!r})")
         return event

@@ -21,12 +21,36 @@ from ..core.headers import WRITTEN_UPSTREAM, via_chain
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
-from .h2client import H2Pools, StreamNotOpened
+from .h2client import H2Pools, StreamNotOpened, StreamRefused
 from .proxy import forwarded_values, proxied_head, trace_headers, upstream_host, upstream_path
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
 RELAY_BATCH = 65536        # most answer bytes held to join with what follows (one read's worth)
+
+
+# Body bytes a streamed request's sender keeps until the answer's head: a stream the upstream
+# refused (REFUSED_STREAM, or past a GOAWAY's last_stream_id) is sent again with them. An
+# upstream that refuses at once has taken at most its initial window (64 KiB by default).
+REPLAY_LIMIT = 256 << 10
+
+
+class TakenBody:
+    """What a streamed body's sender has taken from the client so far, after ``first`` (what
+    came with the head): ``pieces``, None once over REPLAY_LIMIT or answered; and whether that
+    was all of it (``ended``)."""
+    __slots__ = ("pieces", "size", "ended")
+
+    def __init__(self, first):
+        self.pieces, self.size, self.ended = [first], len(first), False
+
+    def keep(self, piece, ended):
+        self.size += len(piece)
+        self.ended = ended
+        if self.pieces is not None:
+            self.pieces.append(piece)
+            if self.size > REPLAY_LIMIT:
+                self.pieces = None
 
 
 class H2Forwarder:
@@ -114,21 +138,51 @@ class H2Forwarder:
             sender = None
             try:
                 headers = self.request_headers(req, target, upstream, grpc)
+                taken = TakenBody(body) if streamed else None
+                reopened = False
+                while True:
+                    try:
+                        stream = connection.request(headers, body, route.read_timeout,
+                                                    streamed, deadline, proxy.pool_timeout)
+                        break
+                    except StreamNotOpened:
+                        # Not processed (never sent, or refused: RFC 9113 8.7): a new
+                        # connection takes it, once.
+                        if reopened:
+                            raise
+                        reopened = True
+                        connection = self.pools.get(target, route.connect_timeout,
+                                                    upstream.tls, route.read_timeout)
                 try:
-                    stream = connection.request(headers, body, route.read_timeout, streamed,
-                                                deadline, proxy.pool_timeout)
-                except StreamNotOpened:     # nothing sent: a new connection takes it
-                    connection = self.pools.get(target, route.connect_timeout, upstream.tls,
-                                                route.read_timeout)
-                    stream = connection.request(headers, body, route.read_timeout, streamed,
-                                                deadline, proxy.pool_timeout)
-                try:
-                    if streamed:
-                        sender = gevent.spawn(self.send_body, client, req, route, connection,
-                                              stream)
-                    status, headers = stream.head()
+                    while True:
+                        if taken is not None and not taken.ended:
+                            sender = gevent.spawn(self.send_body, client, req, route,
+                                                  connection, stream, taken)
+                        try:
+                            status, fields = stream.head()
+                            break
+                        except StreamRefused:
+                            if reopened or taken is not None and taken.size > REPLAY_LIMIT:
+                                raise
+                        # Refused: the same request again on a new connection, with the
+                        # body so far (what the sender took is kept for this), once.
+                        reopened = True
+                        if sender is not None:
+                            sender.kill(block=True)
+                            sender = None
+                        stream.close()
+                        if taken is not None:
+                            body = b"".join(taken.pieces)
+                        connection = self.pools.get(target, route.connect_timeout,
+                                                    upstream.tls, route.read_timeout)
+                        stream = connection.request(
+                            headers, body, route.read_timeout,
+                            taken is not None and not taken.ended, deadline,
+                            proxy.pool_timeout)
+                    if taken is not None:
+                        taken.pieces = None     # answered: nothing more is kept
                     req.upstream_seconds = time.monotonic() - started
-                    answer = self.relay(client, req, stream, status, headers, grpc, keep_alive,
+                    answer = self.relay(client, req, stream, status, fields, grpc, keep_alive,
                                         target)
                 finally:
                     if sender is not None:
@@ -149,9 +203,10 @@ class H2Forwarder:
             outstanding[target.url] -= 1
         return answer
 
-    def send_body(self, client, req, route, connection, stream):
-        """The sender greenlet: the client's body, piece by piece, as it arrives. A failure
-        (the client stalls, resets, goes over the limit) reaches whoever reads the answer."""
+    def send_body(self, client, req, route, connection, stream, taken):
+        """The sender greenlet: the client's body, piece by piece, as it arrives, kept in
+        ``taken`` too until the answer's head. A failure (the client stalls, resets, goes
+        over the limit) reaches whoever reads the answer."""
         limit = route.max_body_size
         try:
             client.send_continue(req)
@@ -161,7 +216,9 @@ class H2Forwarder:
                 if limit and req.body_size > limit:
                     raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
                 if chunks or complete:
-                    connection.send_body(stream.stream_id, stream.stream, b"".join(chunks),
+                    piece = b"".join(chunks)
+                    taken.keep(piece, complete)
+                    connection.send_body(stream.stream_id, stream.stream, piece,
                                          route.read_timeout, end=complete)
                 if complete:
                     return

@@ -13,7 +13,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
-from hyperframe.frame import GoAwayFrame, PingFrame
+from hyperframe.frame import GoAwayFrame, PingFrame, WindowUpdateFrame
 
 from ..conftest import gateway_conf
 from ..h2_upstreams import H2cUpstream
@@ -337,3 +337,210 @@ def test_an_upload_to_a_slow_reader_is_held_to_a_bounded_buffer(sink):
                 pass
             peak = max(peak, rss_mb())
     assert peak - before < 40, f"worker RSS grew {peak - before:.0f} MB during the upload"
+
+
+class RefusingH2Upstream(H2cUpstream):
+    """Echoes each request's body (200) once it ended, but refuses the first request on a
+    path beginning /refuse (RST_STREAM REFUSED_STREAM) or /goaway-before (GOAWAY NO_ERROR
+    whose last_stream_id is below the stream: RFC 9113 says it was not processed; then the
+    connection ends). ``processed`` lists the bodies of the requests it answered."""
+
+    def __init__(self):
+        self.refused, self.processed, self.connections = set(), [], 0
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        self.connections += 1
+        bodies, paths = {}, {}
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while data := sock.recv(65536):
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.RequestReceived):
+                            path = paths[event.stream_id] = dict(event.headers)[b":path"]
+                            bodies[event.stream_id] = b""
+                            if path not in self.refused and path.startswith(b"/refuse"):
+                                self.refused.add(path)
+                                conn.reset_stream(event.stream_id, 7)   # REFUSED_STREAM
+                                paths[event.stream_id] = None
+                            elif path not in self.refused and path.startswith(b"/goaway-b"):
+                                self.refused.add(path)
+                                sock.sendall(conn.data_to_send() + GoAwayFrame(
+                                    0, last_stream_id=max(event.stream_id - 2, 0),
+                                    error_code=0).serialize())
+                                time.sleep(0.2)     # the gateway reads it, then: the end
+                                return
+                        elif isinstance(event, h2.events.DataReceived):
+                            conn.acknowledge_received_data(event.flow_controlled_length,
+                                                           event.stream_id)
+                            bodies[event.stream_id] = bodies.get(event.stream_id, b"") + \
+                                event.data
+                        elif isinstance(event, h2.events.StreamEnded) and \
+                                paths.get(event.stream_id):
+                            body = bodies.pop(event.stream_id)
+                            self.processed.append(body)
+                            conn.send_headers(event.stream_id, [
+                                (b":status", b"200"), (b"content-length", b"%d" % len(body))])
+                            for at in range(0, len(body), 16384):   # the frame size
+                                conn.send_data(event.stream_id, body[at:at + 16384])
+                            conn.end_stream(event.stream_id)
+                    sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+def dechunked(data):
+    body = b""
+    while True:
+        size, _, data = data.partition(b"\r\n")
+        size = int(size, 16)
+        if not size:
+            return body
+        body, data = body + data[:size], data[size + 2:]
+
+
+@pytest.fixture
+def refusing(launcher):
+    upstream = RefusingH2Upstream()
+    try:
+        yield gateway_to(launcher, upstream), upstream
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("path", [b"/refuse", b"/goaway-before"])
+@pytest.mark.parametrize("body", [b"", b"b" * 10, b"B" * 200_000], ids=["get", "post", "large"])
+def test_a_stream_the_upstream_did_not_process_is_sent_again(refusing, path, body):
+    """RFC 9113 8.7: a REFUSED_STREAM reset, or a stream above a GOAWAY's last_stream_id, was
+    not processed, so any request (a POST too) may go to a new connection; it was a 502. The
+    body is sent whole, once (the upstream answers each body it processed)."""
+    gw, upstream = refusing
+    method = b"POST" if body else b"GET"
+    answer = answer_to(gw.port, b"%s %s HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
+                       b"Connection: close\r\n\r\n%s" % (method, path, len(body), body))
+    assert answer.startswith(b"HTTP/1.1 200"), (answer[:300], gw.log()[-3000:])
+    head, _, content = answer.partition(b"\r\n\r\n")
+    if b"\r\ntransfer-encoding: chunked" in head.lower():
+        content = dechunked(content)
+    assert content == body, (head, len(content))
+    assert upstream.processed == [body]
+    assert upstream.connections == (2 if path == b"/goaway-before" else 1)
+    assert "unhandled error" not in gw.log()
+
+
+class FloodingH2Upstream(H2cUpstream):
+    """Takes a request and never answers it: floods ``kind`` frames (WINDOW_UPDATE, PING or
+    an unknown type) for at most ``seconds``, then closes. ``cut_after`` is how long its
+    flood lasted before the gateway closed the connection (None: never)."""
+
+    def __init__(self, kind, seconds=6.0):
+        self.kind, self.seconds, self.cut_after = kind, seconds, None
+        super().__init__()
+
+    def frames(self):
+        if self.kind == "window-update":
+            one = WindowUpdateFrame(0, window_increment=1).serialize()
+        elif self.kind == "ping":
+            one = PingFrame(0, b"12345678").serialize()
+        else:
+            one = b"\x00\x00\x00\x20\x00\x00\x00\x00\x00"     # type 0x20, empty
+        return one * 4096
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                requested = False
+                while not requested and (data := sock.recv(65536)):
+                    requested = any(isinstance(e, h2.events.RequestReceived)
+                                    for e in conn.receive_data(data))
+                    sock.sendall(conn.data_to_send())
+                sock.settimeout(1.0)
+                frames, started = self.frames(), time.monotonic()
+                while time.monotonic() < started + self.seconds:
+                    try:
+                        sock.sendall(frames)
+                    except socket.timeout:
+                        pass
+            except (h2.exceptions.ProtocolError, OSError):
+                self.cut_after = time.monotonic() - started
+
+
+@pytest.mark.parametrize("kind", ["window-update", "ping", "unknown"])
+def test_an_upstream_flooding_empty_frames_is_cut_off(launcher, kind):
+    """An HTTP/2 upstream that sends frames with nothing to relay as fast as it can took the
+    worker's CPU for as long as it liked: requests the gateway answers itself waited
+    seconds. Past the budget the connection ends, and the request on it is a 502."""
+    upstream = FloodingH2Upstream(kind)
+    try:
+        gw = launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/flood"], "timeouts": {"read": 20.0}, "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                "protocol": "h2"}}]))
+        flooded = []
+        started = time.monotonic()
+        thread = threading.Thread(target=lambda: flooded.append(answer_to(
+            gw.port, b"GET /flood HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")))
+        thread.start()
+        time.sleep(0.3)
+        probe = time.monotonic()        # no route: the worker answers a 404 itself
+        answer = answer_to(gw.port, b"GET /other HTTP/1.1\r\nHost: gw\r\n"
+                           b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:300]
+        assert time.monotonic() - probe < 1.0
+        thread.join(15)
+        assert flooded and flooded[0].startswith(b"HTTP/1.1 502 "), flooded
+        assert time.monotonic() - started < 3.0
+        assert upstream.cut_after is not None and upstream.cut_after < 3.0
+        assert "flood" in gw.log()
+    finally:
+        upstream.close()
+
+
+def test_an_upload_earns_the_upstream_its_window_updates(launcher):
+    """Each DATA frame sent lets the upstream send two WINDOW_UPDATEs (its stream's and the
+    connection's): a large upload through small windows is no flood."""
+    upstream = SlowSinkH2Upstream(rate=1 << 30)
+    try:
+        gw = launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": 20.0}, "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                "protocol": "h2"}}]))
+        size = 64 << 20
+        answer = answer_to(gw.port, b"POST /sink HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
+                           b"Connection: close\r\n\r\n" % size + b"u" * size)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert "flood" not in gw.log()
+    finally:
+        upstream.close()
+
+
+def test_an_upload_longer_than_the_read_timeout_is_not_cut_while_it_moves(launcher):
+    """The read timeout is for the answer, as on HTTP/1.1 upstreams: it runs from the last
+    piece of the body sent, not from the request's start. An upload that took longer than
+    it (a client-streaming gRPC call, a large POST) was a 504 while the upstream still read."""
+    upstream = SlowSinkH2Upstream(rate=4 << 20)
+    try:
+        gw = launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": 1.0}, "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                "protocol": "h2"}}]))
+        size = 10 << 20                 # ~2.5 s at the upstream's 4 MiB/s
+        started = time.monotonic()
+        answer = answer_to(gw.port, b"POST /sink HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
+                           b"Connection: close\r\n\r\n" % size + b"u" * size)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert time.monotonic() - started > 1.5      # longer than the read timeout indeed
+        # and a stalled answer is still a 504 within the read timeout after the body
+        started = time.monotonic()
+        answer = answer_to(gw.port, b"POST /noack HTTP/1.1\r\nHost: gw\r\nContent-Length: 10"
+                           b"\r\nConnection: close\r\n\r\n0123456789")
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
+        assert time.monotonic() - started < 3.0
+    finally:
+        upstream.close()

@@ -7,7 +7,7 @@ an upstream connection that answered early went back to the pool still owed thos
 from types import SimpleNamespace
 
 from gwserver.core.context import RequestContext
-from gwserver.upstream.h2proxy import H2Forwarder
+from gwserver.upstream.h2proxy import H2Forwarder, TakenBody
 from gwserver.upstream.proxy import Proxy
 
 ROUTE = SimpleNamespace(max_body_size=0, read_timeout=5.0)
@@ -63,5 +63,9 @@ def test_http2_upstream_gets_the_piece_and_the_end_that_came_during_a_send():
                 the_end_arrives(req)
 
     stream = SimpleNamespace(stream_id=1, stream=None, fail=lambda exc: sent.append(exc))
-    H2Forwarder.__new__(H2Forwarder).send_body(Client(), req, ROUTE, Connection(), stream)
+    taken = TakenBody(b"head's")
+    H2Forwarder.__new__(H2Forwarder).send_body(Client(), req, ROUTE, Connection(), stream,
+                                               taken)
     assert sent == [(b"first", False), (b"last", True)]
+    # kept for a refused stream's second try: all of it, in order, and that it ended
+    assert taken.pieces == [b"head's", b"first", b"last"] and taken.ended
