@@ -1,7 +1,15 @@
 """Plain h2c upstreams for tests: a listener on loopback, one thread per connection.
 Subclasses say what a connection does (``connection(sock)``); the fixture closes the listener."""
+import select
 import socket
 import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 
 
 class H2cUpstream:
@@ -23,3 +31,90 @@ class H2cUpstream:
 
     def close(self):
         self.listener.close()
+
+
+class StreamingH2Upstream(H2cUpstream):
+    """A well-behaved h2c upstream (honours flow control and RST_STREAM):
+    - GET /stream[?n=BYTES&f=FRAME]: 200, then BYTES (default 4 MiB) of body in DATA frames
+      of FRAME bytes (default 100: a server-streaming gRPC call of small messages, an SSE
+      feed), as fast as the windows allow; stops when the gateway resets the stream.
+    - GET /slow: 200 "slow-ok" after 3 s.
+    - anything else: 200 "ok".
+    ``resets`` counts the RST_STREAMs it received, ``connections`` the connections."""
+    def __init__(self):
+        self.resets = self.connections = 0
+        super().__init__()
+
+    def connection(self, sock):
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        pending = {}        # stream id -> [bytes left, frame size]
+        timers = []         # (when, stream id)
+        sock.setblocking(False)
+        out = bytearray(conn.data_to_send())
+        try:
+            while True:
+                wantw = bool(out)
+                r, w, _ = select.select([sock], [sock] if wantw else [], [], 0.01)
+                if r:
+                    try:
+                        data = sock.recv(65536)
+                    except BlockingIOError:
+                        data = None
+                    if data == b"":
+                        return
+                    if data:
+                        for ev in conn.receive_data(data):
+                            if isinstance(ev, h2.events.RequestReceived):
+                                url = urlsplit(dict(ev.headers)[b":path"].decode())
+                                if url.path.endswith("/stream"):
+                                    q = parse_qs(url.query)
+                                    conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                                    pending[ev.stream_id] = [int(q.get("n", [4 << 20])[0]),
+                                                             int(q.get("f", [100])[0])]
+                                elif url.path.endswith("/slow"):
+                                    timers.append((time.monotonic() + 3, ev.stream_id))
+                                else:
+                                    conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                                    conn.send_data(ev.stream_id, b"ok", end_stream=True)
+                            elif isinstance(ev, h2.events.StreamReset):
+                                self.resets += 1
+                                pending.pop(ev.stream_id, None)
+                            elif isinstance(ev, h2.events.DataReceived):
+                                conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                               ev.stream_id)
+                now = time.monotonic()
+                for when, sid in [t for t in timers if t[0] <= now]:
+                    timers.remove((when, sid))
+                    try:
+                        conn.send_headers(sid, [(b":status", b"200")])
+                        conn.send_data(sid, b"slow-ok", end_stream=True)
+                    except h2.exceptions.ProtocolError:
+                        pass
+                # fill the windows, at most ~256 KiB of frames per turn
+                budget = 256 << 10
+                for sid in list(pending):
+                    left, size = pending[sid]
+                    while left and budget > 0:
+                        n = min(size, left, conn.local_flow_control_window(sid))
+                        if n <= 0:
+                            break
+                        left -= n
+                        budget -= n + 9
+                        conn.send_data(sid, b"m" * n, end_stream=not left)
+                    if left:
+                        pending[sid][0] = left
+                    else:
+                        del pending[sid]
+                out += conn.data_to_send()
+                if out:
+                    try:
+                        sent = sock.send(out)
+                        del out[:sent]
+                    except BlockingIOError:
+                        pass
+        except (OSError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            sock.close()

@@ -25,7 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
@@ -40,16 +40,18 @@ MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew 
 HIGH_WATER, LOW_WATER = 1 << 20, 256 << 10   # bytes queued for the writer: senders wait above
 WRITE_PIECE = 256 << 10     # the writer's deadline is per piece: progress, not the whole queue
 MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
-# Frames with nothing to relay (WINDOW_UPDATE, PING, SETTINGS, empty DATA, unknown types, frames
-# on finished streams) an upstream may send in a second, plus two per DATA frame sent to it (the
-# WINDOW_UPDATEs an upload earns). Past it the connection is a flood that takes the worker's CPU
-# from every other request: it ends (GOAWAY ENHANCE_YOUR_CALM). The client side's budget is the
-# setting http2.max_empty_frames_per_second, of the same default.
+# Frames with nothing to relay (WINDOW_UPDATE, PING, SETTINGS, GOAWAY, ALTSVC, empty DATA,
+# unknown types, HEADERS or RST_STREAM on finished streams) an upstream may send in a second, each
+# weighing one more per KiB of payload, plus two per DATA frame sent to it (the WINDOW_UPDATEs an
+# upload earns). Past it the connection is a flood that takes the worker's CPU from every other
+# request: it ends (GOAWAY ENHANCE_YOUR_CALM). DATA that uses flow-control window is not counted:
+# the windows bound it (and a client that hangs up on a stream of small messages leaves up to a
+# window of them in flight, which is no flood). The client side's budget is the setting
+# http2.max_empty_frames_per_second, of the same default.
 MAX_EMPTY_FRAMES_PER_SECOND = 10_000
-_NOTHING_TO_RELAY = frozenset((
-    h2.events.WindowUpdated, h2.events.PingReceived, h2.events.PingAckReceived,
-    h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowledged,
-    h2.events.UnknownFrameReceived, h2.events.PriorityUpdated))
+_RELAYED = frozenset((
+    h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
+    h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
 
 
 class StreamNotOpened(UpstreamError):
@@ -71,8 +73,8 @@ class _UpstreamH2(h2.connection.H2Connection):
       (nginx after keepalive_requests, gRPC's MAX_CONNECTION_AGE, a reload) could not receive
       their answers. Here a GOAWAY is only reported (ConnectionTerminated); H2Connection stops
       opening streams, fails those past last_stream_id and lets the others finish.
-    - Frames with nothing to relay are counted (``empty_frames``), and DATA frames sent
-      (``data_frames_sent``), for the flood budget (MAX_EMPTY_FRAMES_PER_SECOND)."""
+    - Frames with nothing to relay are weighed (``empty_frames``), and DATA frames sent
+      counted (``data_frames_sent``), for the flood budget (MAX_EMPTY_FRAMES_PER_SECOND)."""
 
     empty_frames = data_frames_sent = 0
 
@@ -81,15 +83,20 @@ class _UpstreamH2(h2.connection.H2Connection):
         return super().send_data(*args, **kwargs)
 
     def _receive_frame(self, frame):
-        if not isinstance(frame, GoAwayFrame):
-            events = super()._receive_frame(frame)
-            for event in events:
-                kind = type(event)
-                if kind not in _NOTHING_TO_RELAY and (kind is not h2.events.DataReceived or
-                                                      event.data):
-                    return events
-            self.empty_frames += 1      # none of its events (if any) carries anything
-            return events
+        if isinstance(frame, DataFrame) and frame.flow_controlled_length:
+            return super()._receive_frame(frame)    # bounded by the windows (see above)
+        events = self._goaway(frame) if isinstance(frame, GoAwayFrame) else \
+            super()._receive_frame(frame)
+        for event in events:
+            if type(event) in _RELAYED:
+                return events
+        # Nothing to relay: one, and one more per KiB (a SETTINGS frame of 2,700 entries,
+        # a GOAWAY's debug data, cost their parse).
+        self.empty_frames += 1 + (getattr(frame, "body_len", 0) >> 10)
+        return events
+
+    @staticmethod
+    def _goaway(frame):
         event = h2.events.ConnectionTerminated()
         try:
             event.error_code = h2.errors.ErrorCodes(frame.error_code)
@@ -156,6 +163,9 @@ class H2Connection:
         self.streams = {}
         self.closed = self.shut = False     # shut: the socket is closed too
         self.draining = False       # a GOAWAY came: no new streams; the rest finish
+        # Until the upstream's first SETTINGS, its stream limit is unknown: one stream at a
+        # time (a burst of requests on a new connection would pass a limit of, say, 3).
+        self.settled = False
         self.error = None
         self.write_timeout = write_timeout
         self.outbox = []
@@ -245,10 +255,10 @@ class H2Connection:
                 for event in events:
                     self._dispatch(event)
                 self.stream_freed.set()     # streams ended, or the limit changed
-                if len(data) == RECV_SIZE:
-                    # An upstream that keeps the socket full never makes recv wait: the
-                    # worker's other connections run between its reads.
-                    gevent.sleep(0)
+                # An upstream that keeps sending never makes recv wait (a read takes what
+                # is there, however little): the worker's other connections run between its
+                # reads, whatever their size.
+                gevent.sleep(0)
         except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
@@ -282,9 +292,18 @@ class H2Connection:
         if isinstance(event, h2.events.ConnectionTerminated):
             self.drain(event)
             return
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settled = True     # waiting requests wake on stream_freed (the reader's)
+            for stream in self.streams.values():     # the initial window may have grown
+                stream.window_open.set()
+            return
         stream_id = getattr(event, "stream_id", None)
         stream = self.streams.get(stream_id)
-        if stream is not None:
+        if stream is None:
+            if type(event) is h2.events.DataReceived and event.flow_controlled_length:
+                # Its reader is gone (finished, reset): the connection's window must not leak.
+                self.acknowledge(stream_id, event.flow_controlled_length)
+        else:
             stream.events.put(event)
             if isinstance(event, h2.events.StreamReset):
                 # Gone (its events are queued for the reader): a sender waiting for window
@@ -356,7 +375,7 @@ class H2Connection:
             if self.closed or self.draining:
                 raise StreamNotOpened(f"{self.target.url}: the HTTP/2 connection ended")
             with self.lock:
-                limit = self.conn.remote_settings.max_concurrent_streams
+                limit = self.conn.remote_settings.max_concurrent_streams if self.settled else 1
                 # Ours not finished bound h2's open ones (finish resets what is still open);
                 # h2's count walks every stream, so it is asked only near the limit.
                 if len(self.streams) < limit or self.conn.open_outbound_streams < limit:
@@ -384,7 +403,7 @@ class H2Connection:
             except BaseException:
                 # No StreamResponse reaches the caller to close it: the stream would hold
                 # one of the upstream's concurrent streams for ever.
-                self.finish(stream_id)
+                self.finish(stream_id, stream)
                 raise
         return StreamResponse(self, stream_id, stream, timeout, deadline)
 
@@ -395,6 +414,8 @@ class H2Connection:
         while view or end:
             self.wait_for_room(timeout)
             with self.lock:
+                if stream.ended_by is not None:     # refused (a GOAWAY): may go elsewhere
+                    raise stream.ended_by
                 if self.closed:
                     raise self.error
                 if stream_id not in self.streams:
@@ -431,23 +452,31 @@ class H2Connection:
             except (h2.exceptions.StreamClosedError, KeyError):
                 pass
 
-    def finish(self, stream_id):
+    def finish(self, stream_id, stream):
         """The exchange is over: reset the stream if either side is still open (an answer
         before the whole body, without the upstream's own reset, leaves the request side
-        open: it would hold one of the upstream's concurrent streams for ever)."""
+        open: it would hold one of the upstream's concurrent streams for ever), and give
+        back the connection window of DATA received but not read."""
         self.streams.pop(stream_id, None)
         if self.draining and not self.streams and not self.shut:
             self.close()        # the GOAWAY's last stream is done
         elif not self.closed:
+            unread = 0
+            while not stream.events.empty():
+                event = stream.events.get_nowait()
+                if type(event) is h2.events.DataReceived:
+                    unread += event.flow_controlled_length
             with self.lock:
-                state = self.conn.streams.get(stream_id)
-                if state is not None and not state.closed:
-                    try:
+                try:
+                    if unread:      # h2 forgets a reset stream's share, not the connection's
+                        self.conn.acknowledge_received_data(unread, stream_id)
+                    state = self.conn.streams.get(stream_id)
+                    if state is not None and not state.closed:
                         self.conn.reset_stream(stream_id)
-                        self._flush()
-                    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
-                            OSError):
-                        pass
+                    self._flush()
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
+                        OSError):
+                    pass
         self.stream_freed.set()
 
 
@@ -557,7 +586,7 @@ class StreamResponse:
                                 f"{bad[0][:40].decode('latin-1')!r})")
 
     def close(self):
-        self.connection.finish(self.stream_id)
+        self.connection.finish(self.stream_id, self.stream)
 
 
 class H2Pools:

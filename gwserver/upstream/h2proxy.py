@@ -31,8 +31,9 @@ RELAY_BATCH = 65536        # most answer bytes held to join with what follows (o
 
 # Body bytes a streamed request's sender keeps until the answer's head: a stream the upstream
 # refused (REFUSED_STREAM, or past a GOAWAY's last_stream_id) is sent again with them. An
-# upstream that refuses at once has taken at most its initial window (64 KiB by default).
-REPLAY_LIMIT = 256 << 10
+# upstream that refuses at once has taken at most its initial window (64 KiB by default); a
+# client-streaming gRPC call may wait for its head to the end, so this is held per call.
+REPLAY_LIMIT = 64 << 10
 
 
 class TakenBody:

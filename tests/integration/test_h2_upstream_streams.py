@@ -4,6 +4,7 @@ left it open on the gateway's side for ever, so after SETTINGS_MAX_CONCURRENT_ST
 uploads every request to it was a 500; requests past that limit were 500s too; a :status
 that is not a status code was a 500 or reached the client as a status line."""
 import socket
+import struct
 import threading
 import time
 
@@ -16,7 +17,7 @@ import pytest
 from hyperframe.frame import GoAwayFrame, PingFrame, WindowUpdateFrame
 
 from ..conftest import gateway_conf
-from ..h2_upstreams import H2cUpstream
+from ..h2_upstreams import H2cUpstream, StreamingH2Upstream
 from .test_h2_upstream_fields import answer_to
 
 
@@ -378,6 +379,16 @@ class RefusingH2Upstream(H2cUpstream):
                                                            event.stream_id)
                             bodies[event.stream_id] = bodies.get(event.stream_id, b"") + \
                                 event.data
+                            path = paths.get(event.stream_id)
+                            if path and path.startswith(b"/goaway-late") and \
+                                    path not in self.refused and \
+                                    len(bodies[event.stream_id]) >= 20000:
+                                self.refused.add(path)
+                                sock.sendall(conn.data_to_send() + GoAwayFrame(
+                                    0, last_stream_id=max(event.stream_id - 2, 0),
+                                    error_code=0).serialize())
+                                time.sleep(0.2)
+                                return
                         elif isinstance(event, h2.events.StreamEnded) and \
                                 paths.get(event.stream_id):
                             body = bodies.pop(event.stream_id)
@@ -411,8 +422,33 @@ def refusing(launcher):
         upstream.close()
 
 
+def test_a_goaway_that_comes_while_the_body_is_sent_refuses_it_too(refusing):
+    """The GOAWAY names the stream unprocessed after the first 20,000 bytes of the body, while
+    the gateway still sends it: the body goes again, whole."""
+    gw, upstream = refusing
+    body = b"L" * 60_000
+    for attempt in range(3):
+        answer = answer_to(gw.port, b"POST /goaway-late/%d HTTP/1.1\r\nHost: gw\r\n"
+                           b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                           % (attempt, len(body), body))
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert upstream.processed == [body] * 3
+
+
+def test_a_refused_stream_whose_body_was_over_the_replay_limit_is_a_502(refusing):
+    """What a sender passed on is kept up to 64 KiB (REPLAY_LIMIT) to send again; past it a
+    refused stream cannot be, and is a 502 that says so."""
+    gw, upstream = refusing
+    body = b"O" * 300_000
+    answer = answer_to(gw.port, b"POST /refuse-big HTTP/1.1\r\nHost: gw\r\n"
+                       b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:300]
+    assert b"refused the stream" in answer
+    assert upstream.processed == []
+
+
 @pytest.mark.parametrize("path", [b"/refuse", b"/goaway-before"])
-@pytest.mark.parametrize("body", [b"", b"b" * 10, b"B" * 200_000], ids=["get", "post", "large"])
+@pytest.mark.parametrize("body", [b"", b"b" * 10, b"B" * 60_000], ids=["get", "post", "large"])
 def test_a_stream_the_upstream_did_not_process_is_sent_again(refusing, path, body):
     """RFC 9113 8.7: a REFUSED_STREAM reset, or a stream above a GOAWAY's last_stream_id, was
     not processed, so any request (a POST too) may go to a new connection; it was a 502. The
@@ -431,6 +467,11 @@ def test_a_stream_the_upstream_did_not_process_is_sent_again(refusing, path, bod
     assert "unhandled error" not in gw.log()
 
 
+def raw_frame(kind, stream_id, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, 0]) + \
+        struct.pack(">I", stream_id) + payload
+
+
 class FloodingH2Upstream(H2cUpstream):
     """Takes a request and never answers it: floods ``kind`` frames (WINDOW_UPDATE, PING or
     an unknown type) for at most ``seconds``, then closes. ``cut_after`` is how long its
@@ -445,9 +486,19 @@ class FloodingH2Upstream(H2cUpstream):
             one = WindowUpdateFrame(0, window_increment=1).serialize()
         elif self.kind == "ping":
             one = PingFrame(0, b"12345678").serialize()
+        elif self.kind == "goaway":     # again and again, naming the stream it keeps
+            one = GoAwayFrame(0, last_stream_id=1, error_code=0).serialize()
+        elif self.kind == "goaway-debug":
+            one = GoAwayFrame(0, last_stream_id=1, error_code=0,
+                              additional_data=b"d" * 16000).serialize()
+        elif self.kind == "altsvc":
+            one = raw_frame(0x0A, 0, b"\x00\x01a" + b'h2=":1"')
+        elif self.kind == "settings-big":   # 2,730 entries of an unknown setting: 16 KiB
+            one = raw_frame(0x04, 0, b"".join(struct.pack(">HI", 0x77, i)
+                                              for i in range(2730)))
         else:
-            one = b"\x00\x00\x00\x20\x00\x00\x00\x00\x00"     # type 0x20, empty
-        return one * 4096
+            one = raw_frame(0x20, 0, b"")     # an unknown type, empty
+        return one * max(1, 65536 // len(one))
 
     def connection(self, sock):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -471,7 +522,8 @@ class FloodingH2Upstream(H2cUpstream):
                 self.cut_after = time.monotonic() - started
 
 
-@pytest.mark.parametrize("kind", ["window-update", "ping", "unknown"])
+@pytest.mark.parametrize("kind", ["window-update", "ping", "unknown", "goaway", "goaway-debug",
+                                  "altsvc", "settings-big"])
 def test_an_upstream_flooding_empty_frames_is_cut_off(launcher, kind):
     """An HTTP/2 upstream that sends frames with nothing to relay as fast as it can took the
     worker's CPU for as long as it liked: requests the gateway answers itself waited
@@ -544,3 +596,77 @@ def test_an_upload_longer_than_the_read_timeout_is_not_cut_while_it_moves(launch
         assert time.monotonic() - started < 3.0
     finally:
         upstream.close()
+
+
+@pytest.fixture
+def streaming(launcher):
+    upstream = StreamingH2Upstream()
+    try:
+        yield launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": 5.0}, "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                "protocol": "h2"}}])), upstream
+    finally:
+        upstream.close()
+
+
+def hang_up(sock):
+    """Close with unread data: the kernel answers the gateway's next write with a reset."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_clients_hanging_up_on_streams_of_small_frames_are_no_upstream_flood(streaming):
+    """A client that hangs up on a stream of small DATA frames leaves up to a window of them
+    in flight to a stream the gateway reset: counted as frames with nothing to relay, thirty
+    such clients made the gateway end a healthy upstream connection, and every other request
+    on it was a 502 (the seventh attack pass). DATA within the windows is not counted."""
+    gw, upstream = streaming
+    get = b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    assert answer_to(gw.port, get).startswith(b"HTTP/1.1 200")
+    victims = []
+
+    def victim():
+        victims.append(answer_to(gw.port, b"GET /slow HTTP/1.1\r\nHost: gw\r\n"
+                                 b"Connection: close\r\n\r\n"))
+    threads = [threading.Thread(target=victim) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"GET /stream?f=256 HTTP/1.1\r\nHost: gw\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += sock.recv(4096)
+            hang_up(sock)
+    for thread in threads:
+        thread.join(15)
+    assert [v[:12] for v in victims] == [b"HTTP/1.1 200"] * 3, victims
+    assert "nothing to relay" not in gw.log()
+    assert upstream.connections == 1
+
+
+def test_answers_left_unread_give_the_connection_window_back(streaming):
+    """DATA queued for an exchange that ended before reading it (the client went away) was
+    never acknowledged: each such download kept up to its stream's window (1 MiB) of the
+    connection's, and after ~16 of them every answer from that upstream was a 504."""
+    gw, upstream = streaming
+    clients = []
+    for _ in range(24):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(b"GET /stream?f=16384&n=8000000 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        clients.append(sock)
+    time.sleep(1.5)                 # each stream's window filled, its relay stuck
+    for sock in clients:
+        hang_up(sock)
+    time.sleep(0.5)
+    for _ in range(3):
+        answer = answer_to(gw.port, b"GET /stream?f=16384&n=3000000 HTTP/1.1\r\nHost: gw\r\n"
+                           b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        head, _, content = answer.partition(b"\r\n\r\n")
+        assert len(dechunked(content)) == 3000000
+    assert upstream.connections == 1
