@@ -24,7 +24,7 @@ import httptools
 
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
-from ..core.headers import NOT_FORWARDED, PROXY_SET, REASONS
+from ..core.headers import CONSUMER_SET, NOT_FORWARDED, PROXY_SET, REASONS, UNTRUSTED_UNSEEN
 from ..core.target import normalise_host, normalise_path
 from ..core.tracing import extract as extract_trace, response_line
 from ..net.sockets import PlainSocket, linger, recv_when_readable, send_all
@@ -121,6 +121,9 @@ class ClientConnection:
             elif lname == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 req.connection_tokens = (req.connection_tokens or []) + tokens
+            elif lname in CONSUMER_SET or (lname in UNTRUSTED_UNSEEN and
+                                           not self.trusted_peer):
+                return      # only an auth plugin (or a trusted proxy) says these
         elif lname in PROXY_SET and not self.trusted_peer:
             return                      # only a trusted proxy may say these
         else:

@@ -152,9 +152,15 @@ class Chain:
             if id(plugin) in self.identifiers and steps is self.access_steps:
                 consumer = ctx.consumer
                 if consumer is not None and consumer.chain.steps:
+                    ran = {id(step[1]) for step in steps[:i]}
                     joined = ctx.chain = consumer.joined_with(self)
                     steps = joined.access_steps
                     i = next(n for n, step in enumerate(steps) if step[1] is conf) + 1
+                    # The consumer's own steps that rank above the plugin that identified it
+                    # (its ip_restriction, say) run now: before, nobody knew whose they were.
+                    late = [step for step in steps[:i] if id(step[1]) not in ran]
+                    if late:
+                        steps, i = (*late, *steps[i:]), 0
         return None
 
     def response_steps_of(self, ctx):

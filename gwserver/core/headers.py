@@ -22,6 +22,10 @@ CONSUMER_SET = frozenset([b"x-consumer-id", b"x-consumer-groups"])
 GATEWAY_SET = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
                          b"x-forwarded-host", b"x-request-id", b"via", b"expect"]) | CONSUMER_SET
 NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET
+# Of those, what only the gateway or a trusted proxy in front may say: from anyone else they
+# are not even kept for plugins and route conditions (a forged X-Consumer-Groups would match a
+# route's header condition; a forged X-Forwarded-For would pick a rate limit's bucket).
+UNTRUSTED_UNSEEN = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
 # What the upstream side writes itself (or never sends on): dropped from the request's headers
 # as it goes upstream, whatever put them there. The consumer's pairs are the gateway's own.
 WRITTEN_UPSTREAM = NOT_FORWARDED - CONSUMER_SET

@@ -207,6 +207,12 @@ class Router:
                 bound = dict(params) if params else {}
                 bound[node.catchall_name] = "/".join(segments[i:])
                 return route, bound
+        if node.exact and not segment and i == len(segments) - 1:
+            # /admin/ is /admin to most frameworks and to nginx: an exact route covers its
+            # path with a trailing slash, or /admin/ would be a hole to a broader route.
+            route = _pick(node.exact, method, host, conditions, allowed)
+            if route is not None:
+                return route, dict(params) if params else {}
         if node.prefix:
             route = _pick(node.prefix, method, host, conditions, allowed)
             if route is not None:

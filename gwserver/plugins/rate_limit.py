@@ -108,12 +108,14 @@ def limit_key(conf, ctx):
         value = "-" if consumer is None else consumer.id
     elif kind == "header":
         raw = ctx.header_map.get(conf["name"])
-        value = raw.decode("latin-1") if raw is not None else "-"
+        # Always hashed: a header may carry a secret (an API key), which must not sit in
+        # Redis key names or state files; hashed, a long value never makes a long key either.
+        value = "-" if raw is None else hashlib.blake2b(raw, digest_size=12).hexdigest()
     else:
         claims = ctx.var("claims") or {}
         value = str(claims.get(conf["name"], "-"))
-    if len(value) > 64:         # a client-chosen header never makes a long key
-        value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+        if len(value) > 64:     # a token's claim never makes a long key
+            value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
     return f"{ctx.route.id}:{kind}:{value}"
 
 

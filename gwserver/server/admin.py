@@ -71,7 +71,14 @@ class AdminConnection(ClientConnection):
     def check_token(self, req, token):
         """None if ``Authorization: Bearer <token>`` (scheme in any case, RFC 9110 11.1);
         else the 401 or, after FAILED_AUTH_LIMIT wrong tokens a minute from one address, 429
-        (a scraper that sends no token at all is not guessing, and locks nobody out)."""
+        (a scraper that sends no token at all is not guessing, and locks nobody out). The
+        right token always passes: every local process shares 127.0.0.1, so a lockout that
+        held it too would let any of them keep the metrics scraper out."""
+        authorization = req.header("authorization")
+        scheme, _, sent = (authorization or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(),
+                                                             token.encode()):
+            return None
         failures = self.runtime.admin_auth_failures
         peer = self.client_ip       # the socket's peer: a forwarded address is not counted
         now = time.monotonic()
@@ -83,11 +90,6 @@ class AdminConnection(ClientConnection):
             return Reply.json(429, {"error": "too_many_requests", "status": 429,
                                     "message": "too many wrong admin tokens; wait"},
                               [("Retry-After", str(wait))])
-        authorization = req.header("authorization")
-        scheme, _, sent = (authorization or "").strip().partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(),
-                                                             token.encode()):
-            return None
         if authorization is not None:      # a guess; no header at all guesses nothing
             if len(failures) > 10_000:
                 failures.clear()

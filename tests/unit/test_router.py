@@ -42,6 +42,7 @@ def router():
     ("GET", "x", "/api/orders/1", {}, "api-prefix", {}),                  # prefix catches the rest
     ("POST", "x", "/api/users/42", {}, "api-prefix", {}),                 # backtracks past 405
     ("GET", "x", "/exact", {}, "exact", {}),
+    ("GET", "x", "/exact/", {}, "exact", {}),     # frameworks serve it as /exact: no hole
     ("GET", "a.example.com", "/h", {}, "host-a", {}),                     # exact host first
     ("GET", "b.example.com", "/h", {}, "host-wild", {}),
     ("GET", "c.b.example.com", "/h", {}, "host-wild", {}),

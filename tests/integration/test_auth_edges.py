@@ -1,0 +1,100 @@
+"""Who the gateway lets through, against real gateways and upstreams: found by the eighth
+attack pass (helper-27, on 6231b68). Each test failed on that commit."""
+import http.client
+import json
+
+import redis as redis_client
+
+from gwserver.plugins.key_auth import hash_key
+
+from ..conftest import gateway_conf, route
+
+PARTNER_KEY, FRIEND_KEY = "ak_partner_only_from_10_net_1234", "ak_friend_from_anywhere_5678"
+ADMIN_TOKEN = "s3cret-admin-token"
+
+
+def get(port, path, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, body
+
+
+def upstream_saw(body):
+    """The lower-case headers the test upstream echoed."""
+    return {name.lower(): value for name, value in json.loads(body)["headers"]}
+
+
+def test_a_consumers_own_plugins_that_rank_above_its_auth_plugin_run(launcher, upstream):
+    """A consumer's ip_restriction (1200), headers (1000), cors... sort before key_auth
+    (950): the chain went on after key_auth, so they never ran. Partner's key "only from
+    10.0.0.0/8" was good from anywhere."""
+    gw = launcher.gateway(gateway_conf(
+        [route("api", ["/api/*rest"], upstream.url, plugins={"key_auth": {}})],
+        consumers={
+            "partner": {"credentials": {"key_auth": {"key_hash": hash_key(PARTNER_KEY)}},
+                        "plugins": {"ip_restriction": {"allow": ["10.0.0.0/8"]}}},
+            "friend": {"credentials": {"key_auth": {"key_hash": hash_key(FRIEND_KEY)}},
+                       "plugins": {"headers": {"request": {"set": {"X-Friend": "yes"}}}}}}))
+    status, body = get(gw.port, "/api/echo", {"X-API-Key": PARTNER_KEY})
+    assert status == 403, body
+    status, body = get(gw.port, "/api/echo", {"X-API-Key": FRIEND_KEY})
+    assert status == 200
+    seen = upstream_saw(body)
+    assert seen["x-friend"] == "yes" and seen["x-consumer-id"] == "friend"
+
+
+def test_an_exact_protected_route_covers_its_path_with_a_trailing_slash(launcher, upstream):
+    """/admin (key_auth) beside a public /*rest: nginx and most frameworks serve /admin/ as
+    /admin, and it went to the public route."""
+    gw = launcher.gateway(gateway_conf([
+        route("admin", ["/admin"], upstream.url, plugins={"key_auth": {}}),
+        route("public", ["/*rest"], upstream.url)]))
+    for path in ("/admin", "/admin/", "/admin/?x=1", "/admin//"):
+        assert get(gw.port, path)[0] == 401, path
+    assert get(gw.port, "/admin/more")[0] == 200        # a path below it is not the path
+
+
+def test_client_copies_of_gateway_headers_steer_no_route_and_no_limit(launcher, upstream):
+    """X-Consumer-* and (from an untrusted peer) X-Forwarded-* were dropped from what goes
+    upstream but kept for route conditions and limit keys: a forged X-Consumer-Groups
+    matched a route meant for a group, a new X-Forwarded-For escaped a limit keyed on it."""
+    gw = launcher.gateway(gateway_conf([
+        route("xff", ["/xff/*rest"], upstream.url, plugins={"rate_limit": {
+            "rate": 2, "per": 3600, "burst": 2, "key": "header:X-Forwarded-For"}}),
+        route("internal", ["/svc/*rest"], upstream.url, priority=10,
+              headers={"X-Consumer-Groups": "internal"}),
+        route("public", ["/svc/*rest"], upstream.url, plugins={"key_auth": {}})]))
+    codes = [get(gw.port, "/xff/echo", {"X-Forwarded-For": f"10.{i}.0.1"})[0]
+             for i in range(5)]
+    assert codes == [200, 200, 429, 429, 429]
+    assert get(gw.port, "/svc/echo", {"X-Consumer-Groups": "internal"})[0] == 401
+    assert get(gw.port, "/svc/echo", {"X-Consumer-ID": "x", "X-Consumer-Groups": "internal"})[0] \
+        == 401
+
+
+def test_wrong_admin_tokens_never_lock_the_right_one_out(launcher, upstream):
+    """Five wrong tokens a minute from an address made the right token a 429 too: any local
+    process (they all share 127.0.0.1) could keep the metrics scraper out."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)],
+                                       admin={"token": ADMIN_TOKEN}))
+    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert get(gw.admin_port, "/metrics", right)[0] == 200
+    wrong = [get(gw.admin_port, "/admin/routes", {"Authorization": f"Bearer guess{i}"})[0]
+             for i in range(7)]
+    assert wrong[:5] == [401] * 5 and wrong[5:] == [429, 429]     # guessing is still slowed
+    assert get(gw.admin_port, "/metrics", right)[0] == 200
+
+
+def test_a_header_limit_key_keeps_no_secret_in_redis(launcher, upstream):
+    """header:NAME keys were stored as sent when 64 characters or fewer: an API key sat in
+    Redis key names."""
+    redis = launcher.redis()
+    gw = launcher.gateway(gateway_conf([route("lim", ["/lim"], upstream.url, plugins={
+        "rate_limit": {"rate": 5, "per": 3600, "burst": 5, "key": "header:X-Token"}})],
+        redis={"url": redis.url}))
+    assert get(gw.port, "/lim", {"X-Token": "tok-secret-123"})[0] == 200
+    keys = [key.decode() for key in redis_client.Redis.from_url(redis.url).keys("*")]
+    assert keys and not any("tok-secret-123" in key for key in keys), keys
