@@ -59,6 +59,11 @@ class BadRequest(HTTPError):
     status, error = 400, "bad_request"
 
 
+class Unauthorized(HTTPError):
+    """Credentials that cannot stand together (two that name different consumers)."""
+    status, error = 401, "unauthorized"
+
+
 class RouteNotFound(HTTPError):
     """No route matches the request's path, host and headers."""
     status, error = 404, "route_not_found"

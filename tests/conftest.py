@@ -234,10 +234,11 @@ class Launcher:
         wait_for_port(port, proc=proc)
         return port
 
-    def gateway(self, conf, env=None, wait=True):
+    def gateway(self, conf, env=None, wait=True, extra_binds=()):
+        """A gateway on 127.0.0.1:<a free port> (``.port``), and on ``extra_binds`` too."""
         port = free_port()
         conf = json.loads(json.dumps(conf))
-        conf.setdefault("server", {})["bind"] = [f"127.0.0.1:{port}"]
+        conf.setdefault("server", {})["bind"] = [f"127.0.0.1:{port}", *extra_binds]
         # Each gateway its own host state (the default, /run/gwserver/state, is one per host).
         conf["server"].setdefault("state_dir", str(self.tmp_dir / f"state-{port}"))
         conf.setdefault("admin", {}).setdefault("bind", f"127.0.0.1:{free_port()}")

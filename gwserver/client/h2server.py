@@ -55,7 +55,8 @@ from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
-from ..net.sockets import RECV_SIZE, PlainSocket, linger, raw_socket, send_all
+from ..net.sockets import (RECV_SIZE, PlainSocket, linger, peer_address, raw_socket,
+                           send_all)
 
 log = logging.getLogger("gwserver.h2")
 
@@ -183,6 +184,7 @@ class H2Stream(ClientConnection):
         self.limits, self.underscores, self.path_rules = conn.limits, conn.underscores, \
             conn.path_rules
         self.trusted_peer, self.body_timeout = conn.trusted_peer, conn.body_timeout
+        self.trusted_x_forwarded = conn.trusted_x_forwarded
         self.queue = collections.deque()
         self.head_size = self.head_fields = self.requests = 0
         self.upgraded = self.timed_out = self.answer_timeout = False
@@ -378,7 +380,7 @@ class H2ServerConnection:
         self.sock = sock
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client_ip = addr[0] if isinstance(addr, tuple) else "unix"
+        self.client_ip = peer_address(addr)
         self.scheme = scheme
         self.limits = (server["limit_request_line"], server["limit_request_fields"],
                        server["limit_request_field_size"])
@@ -387,6 +389,10 @@ class H2ServerConnection:
                            server["path_parameters"])
         self.trusted_peer = bool(runtime.trusted_proxies) and \
             runtime.trusted_proxies.trusts(self.client_ip)
+        # X-Forwarded-* are a trusted proxy's words only where it speaks them (not where it
+        # writes Forwarded, and may pass a client's X-Forwarded-* through unread).
+        self.trusted_x_forwarded = self.trusted_peer and \
+            runtime.trusted_proxies.header != b"forwarded"
         self.body_timeout = server["client_body_timeout"]
         self.h2 = _CountingH2(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,

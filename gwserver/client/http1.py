@@ -27,7 +27,8 @@ from ..core.context import Reply, RequestContext
 from ..core.headers import CONSUMER_SET, NOT_FORWARDED, PROXY_SET, REASONS, UNTRUSTED_UNSEEN
 from ..core.target import normalise_host, normalise_path
 from ..core.tracing import extract as extract_trace, response_line
-from ..net.sockets import PlainSocket, linger, recv_when_readable, send_all
+from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address,
+                           recv_when_readable, send_all)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented)
 
@@ -57,7 +58,7 @@ class ClientConnection:
             # A streamed response is several writes; Nagle would hold the last one back for a
             # delayed ACK (40 ms). nginx sets tcp_nodelay on keep-alive connections too.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client_ip = addr[0] if isinstance(addr, tuple) else "unix"
+        self.client_ip = peer_address(addr)
         self.scheme = scheme
         self.buf = runtime.client_buf       # the worker's one client read buffer
         self.view = runtime.client_view
@@ -76,6 +77,10 @@ class ClientConnection:
                            self.settings["path_parameters"])
         self.trusted_peer = bool(runtime.trusted_proxies) and \
             runtime.trusted_proxies.trusts(self.client_ip)
+        # X-Forwarded-* are a trusted proxy's words only where it speaks them (not where it
+        # writes Forwarded, and may pass a client's X-Forwarded-* through unread).
+        self.trusted_x_forwarded = self.trusted_peer and \
+            runtime.trusted_proxies.header != b"forwarded"
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
         self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade);
@@ -122,7 +127,7 @@ class ClientConnection:
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 req.connection_tokens = (req.connection_tokens or []) + tokens
             elif lname in CONSUMER_SET or (lname in UNTRUSTED_UNSEEN and
-                                           not self.trusted_peer):
+                                           not self.trusted_x_forwarded):
                 return      # only an auth plugin (or a trusted proxy) says these
         elif lname in PROXY_SET and not self.trusted_peer:
             return                      # only a trusted proxy may say these
@@ -234,9 +239,18 @@ class ClientConnection:
         req.path = normalise_path(path, *self.path_rules).decode("latin-1")
         req.query = query.decode("latin-1")
         if self.trusted_peer:
+            proxies = self.runtime.trusted_proxies
             req.peer_ip = self.client_ip
-            req.client_ip = self.runtime.trusted_proxies.client_of(
-                self.client_ip, hmap.get(self.runtime.trusted_proxies.header))
+            named = hmap.get(proxies.header)
+            req.client_ip = proxies.client_of(self.client_ip, named)
+            if named and proxies.header == b"forwarded":
+                # What X-Forwarded-* would say, from the proxy's own Forwarded (a client's
+                # X-Forwarded-* were not kept: see on_header).
+                proto, host = proxies.forwarded_scheme_and_host(named)
+                if proto:
+                    hmap[b"x-forwarded-proto"] = proto
+                if host:
+                    hmap[b"x-forwarded-host"] = host
         request_id = hmap.get(b"x-request-id")
         if request_id is None or len(request_id) > 200:
             req.request_id = self.runtime.next_request_id()
@@ -313,6 +327,12 @@ class ClientConnection:
                 raise cause from None
             raise BadRequest(f"malformed request: {exc}") from None
         except httptools.HttpParserError as exc:
+            last = self.queue[-1] if self.queue else None
+            if last is not None and last.complete and not last.keep_alive:
+                # Bytes after a request that closes the connection: llhttp refuses them, but
+                # that request stands (RFC 9112 9.6: the client must not send more); the
+                # rest is never read as a request.
+                return
             raise BadRequest(f"malformed request: {exc}") from None
 
     def count_unparsed(self, n):
@@ -396,7 +416,10 @@ class ClientConnection:
         lose the response we just wrote (a 413 in the middle of an upload, say). Like nginx's
         lingering_close: shut our side, read and discard for a short while, then close.
         """
-        if self.queue and not self.queue[0].complete and not self.timed_out:
+        if not self.timed_out and (self.queue and not self.queue[0].complete or
+                                   has_unread_input(self.sock)):
+            # an answer before the whole body, or bytes after the last request we serve
+            # (pipelined after a Connection: close, or after an h2c upgrade's body)
             linger(self.sock, self.buf, self.runtime.deadlines, self)
         self.sock.close()
 

@@ -140,27 +140,25 @@ class Chain:
 
     def _run_access_joining(self, ctx):
         """run_access for a chain that may identify a consumer: once one is, the rest of the
-        request follows the route's chain joined with the consumer's plugins (``ctx.chain``)."""
-        steps, i = self.access_steps, 0
+        request follows the route's chain joined with the consumer's plugins (``ctx.chain``).
+        The consumer's steps that rank above the plugin that identified it run right after
+        it (until then nobody knew whose they were); a later plugin that identifies another
+        consumer (one with a token after an anonymous key_auth) joins that one's instead."""
+        steps, i, ran, joined_for = self.access_steps, 0, set(), None
         while i < len(steps):
             plugin, conf = steps[i]
             i += 1
+            ran.add(id(conf))
             reply = plugin.access(conf, ctx)
             if reply is not None:
                 ctx.ended_by = plugin.NAME
                 return reply
-            if id(plugin) in self.identifiers and steps is self.access_steps:
-                consumer = ctx.consumer
-                if consumer is not None and consumer.chain.steps:
-                    ran = {id(step[1]) for step in steps[:i]}
-                    joined = ctx.chain = consumer.joined_with(self)
-                    steps = joined.access_steps
-                    i = next(n for n, step in enumerate(steps) if step[1] is conf) + 1
-                    # The consumer's own steps that rank above the plugin that identified it
-                    # (its ip_restriction, say) run now: before, nobody knew whose they were.
-                    late = [step for step in steps[:i] if id(step[1]) not in ran]
-                    if late:
-                        steps, i = (*late, *steps[i:]), 0
+            consumer = ctx.consumer
+            if consumer is not joined_for and id(plugin) in self.identifiers:
+                joined_for = consumer
+                chain = consumer.joined_with(self) if consumer.chain.steps else self
+                ctx.chain = None if chain is self else chain
+                steps, i = [step for step in chain.access_steps if id(step[1]) not in ran], 0
         return None
 
     def response_steps_of(self, ctx):

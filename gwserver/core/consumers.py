@@ -20,7 +20,7 @@ A consumer's secrets never leave this module's values: ``public(spec)`` is what 
 import itertools
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Unauthorized
 from .schema import Field, Schema, list_of, map_of, show, string
 
 CONSUMER_ID = r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}"
@@ -209,9 +209,18 @@ def strip_client_copies(ctx):
         ctx.remove_header(HEADER_GROUPS)
 
 
-def identify(ctx, consumer):
+def identify(ctx, consumer, anonymous=False):
     """``consumer`` made this request: later plugins see it (``ctx.consumer``), and so does
-    the upstream."""
+    the upstream. An ``anonymous`` one (no credential came) gives way to a consumer a later
+    auth plugin identifies; two credentials that name different consumers are a 401, never
+    one consumer's identity with the other's plugins."""
+    prior = ctx.consumer
+    if prior is not None and prior is not consumer:
+        if not ctx.var("anonymous"):
+            raise Unauthorized("the request's credentials name different consumers")
+        ctx.vars["anonymous"] = False
+    if anonymous:
+        ctx.vars["anonymous"] = True
     ctx.consumer = consumer
     header_map = ctx.header_map
     if HEADER_ID in header_map or HEADER_GROUPS in header_map:

@@ -49,15 +49,41 @@ class TrustedProxies:
         return client
 
 
-def _forwarded_for(value):
-    """RFC 7239: the ``for=`` parameter of each element, in order."""
+    def forwarded_scheme_and_host(self, value):
+        """RFC 7239 ``proto=`` and ``host=`` of the last element of a Forwarded header (the
+        one the trusted peer wrote), as bytes for X-Forwarded-Proto and -Host; None where
+        it says none or nothing usable."""
+        element = _elements(value)[-1] if value else {}
+        proto = element.get("proto", "").lower()
+        host = element.get("host", "")
+        return (proto.encode() if proto in ("http", "https") else None,
+                host.encode("latin-1") if host and _HOST_CHARS.issuperset(host) else None)
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]")
+
+
+def _elements(value):
+    """RFC 7239: each element's parameters, {lower name: value unquoted}, in order. A name
+    given twice in one element makes it {} (as an element without ``for=``): garbage."""
     out = []
     for element in value.decode("latin-1").split(","):
+        params = {}
         for pair in element.split(";"):
             name, _, param = pair.strip().partition("=")
-            if name.lower() == "for":
-                out.append(param.strip('"'))
+            name = name.lower()
+            if name in params:
+                params = {}
+                break
+            params[name] = param.strip('"')
+        out.append(params)
     return out
+
+
+def _forwarded_for(value):
+    """The ``for=`` of each element, in order; "" for an element without one, which ends
+    the walk (it was skipped, so a client could slip one in before a proxy's element)."""
+    return [element.get("for", "") for element in _elements(value)]
 
 
 def _bare_address(hop):

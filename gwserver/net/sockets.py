@@ -177,3 +177,26 @@ def recv_when_readable(sock, buf):
         return sock._sock.recv_into(buf)
     except BlockingIOError:         # a spurious wake-up: let gevent wait properly
         return sock.recv_into(buf)
+
+
+def has_unread_input(sock):
+    """Has the peer sent bytes nobody read? Closing over them sends RST (see ``linger``).
+    Plain sockets only: what a TLS socket holds cannot be asked for cheaply."""
+    if type(sock) is not PlainSocket:
+        return False
+    try:
+        return bool(sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+
+
+def peer_address(addr):
+    """The client's address as text from accept()'s ``addr``: an IPv4 client of a dual-stack
+    [::] listener (``::ffff:10.0.0.5``) is 10.0.0.5, as on an IPv4 listener, so limits,
+    allow-lists and X-Forwarded-For see one address, not two spellings of it."""
+    if not isinstance(addr, tuple):
+        return "unix"
+    address = addr[0]
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address

@@ -123,5 +123,5 @@ def anonymous_or(conf, ctx, reply):
     if consumer is None:
         return Reply.json(500, {"error": "anonymous_consumer_missing",
                                 "message": f"consumer {anonymous} is not configured"})
-    consumers.identify(ctx, consumer)
+    consumers.identify(ctx, consumer, anonymous=True)
     return None

@@ -1000,7 +1000,8 @@ def forwarded_values(req, host):
 
     From a trusted proxy (req.peer_ip set) its chain is extended and what it said of the
     scheme and host is kept; from anyone else such headers were forgeries and are replaced:
-    the chain starts at the client the gateway saw."""
+    the chain starts at the client the gateway saw. A proxy that writes Forwarded instead
+    (real_ip_header) named the client there: the chain starts at that client."""
     hmap = req.header_map
     proto = b"https" if req.scheme == "https" else b"http"
     fhost = req.host_header or host
@@ -1008,6 +1009,8 @@ def forwarded_values(req, host):
         return req.client_ip.encode("latin-1"), proto, fhost
     peer = req.peer_ip.encode("latin-1")
     xff = hmap.get(b"x-forwarded-for")
+    if xff is None and req.client_ip != req.peer_ip:
+        xff = req.client_ip.encode("latin-1")
     return (xff + b", " + peer if xff else peer, hmap.get(b"x-forwarded-proto") or proto,
             hmap.get(b"x-forwarded-host") or fhost)
 

@@ -2,12 +2,13 @@
 attack pass (helper-27, on 6231b68). Each test failed on that commit."""
 import http.client
 import json
+import time
 
 import redis as redis_client
 
 from gwserver.plugins.key_auth import hash_key
 
-from ..conftest import gateway_conf, route
+from ..conftest import free_port, gateway_conf, route
 
 PARTNER_KEY, FRIEND_KEY = "ak_partner_only_from_10_net_1234", "ak_friend_from_anywhere_5678"
 ADMIN_TOKEN = "s3cret-admin-token"
@@ -98,3 +99,87 @@ def test_a_header_limit_key_keeps_no_secret_in_redis(launcher, upstream):
     assert get(gw.port, "/lim", {"X-Token": "tok-secret-123"})[0] == 200
     keys = [key.decode() for key in redis_client.Redis.from_url(redis.url).keys("*")]
     assert keys and not any("tok-secret-123" in key for key in keys), keys
+
+
+# -- the ninth attack pass (helper-28, on 9986e82) ---------------------------------------------
+
+JWT_SECRET = "s3cret-hs256-for-two-identifiers-0123456789"
+ALICE_KEY, CAROL_KEY = "ak_alice_own_key_000000000000001", "ak_carol_no_plugins_0000000001"
+
+
+def token(sub):
+    import jwt as pyjwt
+    return pyjwt.encode({"sub": sub, "exp": int(time.time()) + 600}, JWT_SECRET, "HS256")
+
+
+def test_two_credentials_never_give_one_consumers_identity_with_anothers_plugins(
+        launcher, upstream):
+    """key_auth then jwt on a route: alice's key and bob's token made the request bob's (the
+    upstream saw X-Consumer-ID: bob) with alice's plugins, so bob's ip_restriction never ran.
+    With an anonymous key_auth, bob's token alone skipped them."""
+    jwt_conf = {"algorithms": ["HS256"], "secret": JWT_SECRET, "consumer_claim": "sub"}
+    gw = launcher.gateway(gateway_conf([
+        route("api", ["/api/*rest"], upstream.url, plugins={"key_auth": {}, "jwt": jwt_conf}),
+        route("anon", ["/anon/*rest"], upstream.url, plugins={
+            "key_auth": {"anonymous": "anon"}, "jwt": jwt_conf})], consumers={
+        "anon": {"plugins": {"headers": {"response": {"set": {"X-Plugins-Of": "anon"}}}}},
+        "carol": {"credentials": {"key_auth": {"key_hash": hash_key(CAROL_KEY)}}},
+        "alice": {"credentials": {"key_auth": {"key_hash": hash_key(ALICE_KEY)}},
+                  "plugins": {"headers": {"response": {"set": {"X-Plugins-Of": "alice"}}}}},
+        "bob": {"credentials": {"jwt": {"key": "bob"}},
+                "plugins": {"ip_restriction": {"allow": ["10.0.0.0/8"]}}},
+        "dave": {"credentials": {"jwt": {"key": "dave"}},
+                 "plugins": {"headers": {"request": {"set": {"X-Dave": "ran"}}}}}}))
+    bob = {"Authorization": f"Bearer {token('bob')}"}
+    for key in (ALICE_KEY, CAROL_KEY):
+        assert get(gw.port, "/api/echo", {"X-API-Key": key, **bob})[0] == 401
+    assert get(gw.port, "/anon/echo", bob)[0] == 403       # bob's plugins, not anon's
+    status, body = get(gw.port, "/anon/echo", {"Authorization": f"Bearer {token('dave')}"})
+    assert status == 200
+    seen = upstream_saw(body)
+    assert seen["x-consumer-id"] == "dave" and seen["x-dave"] == "ran"
+    assert get(gw.port, "/anon/echo")[0] == 401     # jwt, which names no anonymous, wants one
+
+
+def test_behind_a_proxy_that_writes_forwarded_a_clients_x_forwarded_headers_are_not_its(
+        launcher, upstream):
+    """real_ip_header = "Forwarded": the trusted proxy writes Forwarded and may pass the
+    client's X-Forwarded-* through unread. They were believed: the upstream got a forged
+    chain, scheme and host, a redirect to https was skipped and a route conditioned on
+    X-Forwarded-Host matched. The scheme and host now come from the proxy's Forwarded."""
+    gw = launcher.gateway(gateway_conf([
+        route("web", ["/web/*rest"], upstream.url, plugins={"redirect": {"http_to_https": True}}),
+        route("internal", ["/internal/*rest"], upstream.url, priority=10,
+              headers={"X-Forwarded-Host": "admin.internal"}),
+        route("any", ["/*rest"], upstream.url)],
+        server={"trusted_proxies": ["127.0.0.1/32"], "real_ip_header": "Forwarded"}))
+    forged = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https",
+              "X-Forwarded-Host": "admin.internal", "Forwarded": "for=203.0.113.7;proto=http"}
+    status, body = get(gw.port, "/echo", forged)
+    seen = upstream_saw(body)
+    assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http" and seen["x-forwarded-host"] != "admin.internal"
+    assert get(gw.port, "/web/x", forged)[0] == 301          # not skipped: the proxy said http
+    status, body = get(gw.port, "/internal/x", forged)
+    assert status == 200 and json.loads(body)["path"] == "/internal/x"
+    assert upstream_saw(body)["x-forwarded-host"] != "admin.internal"
+    # what the proxy says in Forwarded is taken: https, and its host
+    status, body = get(gw.port, "/echo", {"Forwarded": 'for=203.0.113.7;proto=https;'
+                                                       'host="shop.example.com"'})
+    seen = upstream_saw(body)
+    assert seen["x-forwarded-proto"] == "https" and seen["x-forwarded-host"] == "shop.example.com"
+    assert get(gw.port, "/web/x", {"Forwarded": "for=203.0.113.7;proto=https"})[0] == 200
+
+
+def test_an_ipv4_client_of_a_dual_stack_listener_is_one_address(launcher, upstream):
+    """On a [::] listener an IPv4 client's address is ::ffff:a.b.c.d: per-address limits
+    counted it apart from the same client on an IPv4 listener, and the upstream got
+    X-Forwarded-For: ::ffff:127.0.0.1, which IPv4 allow-lists do not match."""
+    dual = free_port()
+    gw = launcher.gateway(gateway_conf([route("lim", ["/lim/*rest"], upstream.url, plugins={
+        "rate_limit": {"rate": 1, "per": 3600, "burst": 1, "key": "ip"}}),
+        route("any", ["/*rest"], upstream.url)]), extra_binds=[f"[::]:{dual}"])
+    status, body = get(dual, "/echo")
+    assert status == 200 and upstream_saw(body)["x-forwarded-for"] == "127.0.0.1"
+    assert get(gw.port, "/lim/x")[0] == 200
+    assert get(dual, "/lim/x")[0] == 429                    # the same client, the same bucket

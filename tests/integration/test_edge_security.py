@@ -790,3 +790,22 @@ def test_admin_token_scheme_is_case_insensitive_and_guessing_is_throttled(launch
     # and the right token still passes: all local processes share the address, so a lockout
     # that held it too would let any of them keep the scraper out (the eighth attack pass)
     assert admin(b"Bearer t0ken") == 200
+
+
+def test_bytes_after_the_last_request_never_cost_the_client_its_answer(launcher):
+    """A client that pipelines past a Connection: close (or sends on after an h2c upgrade's
+    body) left bytes the gateway never read; closing over them sends RST, and the client
+    lost the answer it was about to read (ECONNRESET). The gateway lingers, as after an
+    early answer."""
+    slow = launcher.upstream("slow", delay=0.3)
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], slow.url)]))
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            time.sleep(0.1)             # being proxied: nothing reads this socket now
+            sock.sendall(b"GET /b HTTP/1.1\r\nHost: gw\r\n\r\n")
+            time.sleep(0.6)             # the answer is here, and the close has happened
+            answer = b""
+            while piece := sock.recv(65536):
+                answer += piece
+        assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()

@@ -2,6 +2,7 @@
 import pytest
 
 from gwserver.core.realip import TrustedProxies
+from gwserver.net.sockets import peer_address
 from gwserver.core.target import normalise_host, normalise_path
 from gwserver.errors import BadRequest
 
@@ -81,11 +82,34 @@ def test_normalise_host_refuses(raw):
     ("X-Forwarded-For", b"", "10.0.0.1"),
     ("Forwarded", b'for=6.6.6.6;proto=https, for="[2001:db8::1]:443"', "2001:db8::1"),
     ("Forwarded", b"for=6.6.6.6, for=10.0.0.3", "6.6.6.6"),
+    # an element without for= (a client's, slipped in before the proxy's) ends the walk
+    ("Forwarded", b"for=6.6.6.6, proto=https", "10.0.0.1"),
+    ("Forwarded", b"for=6.6.6.6, by=10.0.0.9, for=10.0.0.3", "10.0.0.3"),
+    ("Forwarded", b"for=6.6.6.6;for=10.0.0.3", "10.0.0.1"),     # for= twice: garbage
 ])
 def test_client_address_walked_from_the_right(header, value, client):
     proxies = TrustedProxies(["10.0.0.0/8"], header)
     assert proxies.trusts("10.0.0.1") and not proxies.trusts("11.0.0.1")
     assert proxies.client_of("10.0.0.1", value) == client
+
+
+@pytest.mark.parametrize("value, proto, host", [
+    (b"for=1.2.3.4;proto=https;host=shop.example.com", b"https", b"shop.example.com"),
+    (b'for=6.6.6.6;proto=http, for=1.2.3.4;proto=HTTPS;host="a.b:8443"', b"https", b"a.b:8443"),
+    (b"for=1.2.3.4;proto=gopher;host=a b", None, None),           # nothing usable
+    (b"for=1.2.3.4", None, None),
+])
+def test_forwarded_scheme_and_host_are_the_last_elements(value, proto, host):
+    assert TrustedProxies(["10.0.0.0/8"], "Forwarded").forwarded_scheme_and_host(value) == \
+        (proto, host)
+
+
+@pytest.mark.parametrize("addr, address", [
+    (("::ffff:10.0.0.5", 80, 0, 0), "10.0.0.5"), (("10.0.0.5", 80), "10.0.0.5"),
+    (("::1", 80, 0, 0), "::1"), (("2001:db8::ffff:1", 80, 0, 0), "2001:db8::ffff:1"),
+    ("", "unix")])
+def test_a_dual_stack_listeners_ipv4_client_is_its_ipv4_address(addr, address):
+    assert peer_address(addr) == address
 
 
 def test_an_ipv4_mapped_peer_is_its_ipv4_address():
