@@ -406,8 +406,10 @@ class ClientConnection:
             pass
         finally:
             self.runtime.deadlines.disarm(self)
-            self.runtime.client_closed()
-            self.close()
+            try:
+                self.close()        # may linger: the connection holds its slot until closed
+            finally:
+                self.runtime.client_closed()
 
     def close(self):
         """Close; after an early answer, drain what the client is still sending first.

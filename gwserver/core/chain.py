@@ -142,24 +142,35 @@ class Chain:
         """run_access for a chain that may identify a consumer: once one is, the rest of the
         request follows the route's chain joined with the consumer's plugins (``ctx.chain``).
         The consumer's steps that rank above the plugin that identified it run right after
-        it (until then nobody knew whose they were); a later plugin that identifies another
-        consumer (one with a token after an anonymous key_auth) joins that one's instead."""
+        it (until then nobody knew whose they were). A later plugin that identifies another
+        consumer joins that one's instead; an anonymous consumer is joined only after the
+        last auth plugin, as one of them may still name the real consumer (whose request
+        must not carry what the anonymous one's plugins did: a cors that allows any origin)."""
         steps, i, ran, joined_for = self.access_steps, 0, set(), None
-        while i < len(steps):
-            plugin, conf = steps[i]
-            i += 1
-            ran.add(id(conf))
-            reply = plugin.access(conf, ctx)
-            if reply is not None:
-                ctx.ended_by = plugin.NAME
-                return reply
-            consumer = ctx.consumer
-            if consumer is not joined_for and id(plugin) in self.identifiers:
-                joined_for = consumer
-                chain = consumer.joined_with(self) if consumer.chain.steps else self
-                ctx.chain = None if chain is self else chain
-                steps, i = [step for step in chain.access_steps if id(step[1]) not in ran], 0
-        return None
+        while True:
+            while i < len(steps):
+                plugin, conf = steps[i]
+                i += 1
+                ran.add(id(conf))
+                reply = plugin.access(conf, ctx)
+                if reply is not None:
+                    ctx.ended_by = plugin.NAME
+                    return reply
+                if ctx.consumer is not joined_for and id(plugin) in self.identifiers:
+                    if ctx.var("anonymous") and any(id(later) in self.identifiers
+                                                    for later, _ in steps[i:]):
+                        continue
+                    joined_for, steps, i = self._join(ctx, ran)
+            if ctx.consumer is None or ctx.consumer is joined_for:
+                return None
+            joined_for, steps, i = self._join(ctx, ran)     # the anonymous one, at the end
+
+    def _join(self, ctx, ran):
+        """Follow ctx.consumer's joined chain from here: (consumer, its steps not run, 0)."""
+        consumer = ctx.consumer
+        chain = consumer.joined_with(self) if consumer.chain.steps else self
+        ctx.chain = None if chain is self else chain
+        return consumer, [step for step in chain.access_steps if id(step[1]) not in ran], 0
 
     def response_steps_of(self, ctx):
         """The response steps this request runs: the route's, or the route's joined with

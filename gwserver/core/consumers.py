@@ -202,7 +202,11 @@ def compile_consumers(specs, registry):
 
 
 def strip_client_copies(ctx):
-    """Only the gateway says who the consumer is: a client's own copies never go upstream."""
+    """Only the gateway says who the consumer is: a client's own copies never go upstream.
+    (The readers keep none now; this stays for requests built elsewhere.) Once an auth plugin
+    identified a consumer, the pair is the gateway's own and stays."""
+    if ctx.consumer is not None:
+        return
     header_map = ctx.header_map
     if HEADER_ID in header_map or HEADER_GROUPS in header_map:
         ctx.remove_header(HEADER_ID)

@@ -7,6 +7,7 @@ trusted proxies; the first one that is not is the client. A client can prepend a
 likes to the list, which is why the walk starts at the end the proxies wrote.
 """
 import ipaddress
+import re
 
 
 class TrustedProxies:
@@ -63,20 +64,34 @@ class TrustedProxies:
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]")
 
 
+# RFC 7239 4: forwarded-pair = token "=" ( token / quoted-string ), pairs joined by ";",
+# elements by ",", optional white space around both.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PAIR = re.compile(r'[ \t]*(%s)=(%s|"(?:[^"\\]|\\.)*")[ \t]*([;,]|$)' % (_TOKEN, _TOKEN))
+
+
 def _elements(value):
     """RFC 7239: each element's parameters, {lower name: value unquoted}, in order. A name
-    given twice in one element makes it {} (as an element without ``for=``): garbage."""
-    out = []
-    for element in value.decode("latin-1").split(","):
-        params = {}
-        for pair in element.split(";"):
-            name, _, param = pair.strip().partition("=")
-            name = name.lower()
-            if name in params:
-                params = {}
-                break
-            params[name] = param.strip('"')
-        out.append(params)
+    given twice in one element makes it {} (as an element without ``for=``): garbage. A
+    header that does not parse (a quote left open, a stray character) is one garbage
+    element: quoted strings may hold "," and ";" (a quoted host=), so no element of it can
+    be told from the next, and the client is the proxy itself."""
+    text, at, out, params, spoiled = value.decode("latin-1"), 0, [], {}, False
+    while at < len(text):
+        pair = _PAIR.match(text, at)
+        if pair is None:
+            return [{}]
+        name, param, separator = pair.group(1).lower(), pair.group(2), pair.group(3)
+        if param.startswith('"'):
+            param = re.sub(r"\\(.)", r"\1", param[1:-1])
+        spoiled = spoiled or name in params
+        params[name] = param
+        at = pair.end()
+        if separator != ";":
+            out.append({} if spoiled else params)
+            params, spoiled = {}, False
+    if params or not out:
+        out.append({} if spoiled else params)
     return out
 
 
@@ -92,6 +107,8 @@ def _bare_address(hop):
         hop = hop[1:hop.find("]")] if "]" in hop else ""
     elif hop.count(":") == 1:
         hop = hop.partition(":")[0]
+    if "%" in hop:
+        return None         # a scope id (fe80::1%eth0) names no client beyond this host
     try:
         ip = ipaddress.ip_address(hop)
     except ValueError:

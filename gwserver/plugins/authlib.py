@@ -114,10 +114,14 @@ def unauthorized(challenge, message, error="unauthorized"):
 
 
 def anonymous_or(conf, ctx, reply):
-    """Requests without a credential: the configured anonymous consumer, else ``reply``."""
+    """Requests without a credential: the configured anonymous consumer, else ``reply``. With
+    an anonymous consumer, one an earlier auth plugin identified stands (Kong's "either
+    credential": key_auth and basic_auth, each with ``anonymous``)."""
     anonymous = conf.get("anonymous")
     if anonymous is None:
         return reply
+    if ctx.consumer is not None:
+        return None
     found = ctx.services.consumers
     consumer = found.get(anonymous) if found is not None else None
     if consumer is None:

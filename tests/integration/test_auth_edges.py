@@ -1,5 +1,6 @@
 """Who the gateway lets through, against real gateways and upstreams: found by the eighth
 attack pass (helper-27, on 6231b68). Each test failed on that commit."""
+import base64
 import http.client
 import json
 import time
@@ -183,3 +184,77 @@ def test_an_ipv4_client_of_a_dual_stack_listener_is_one_address(launcher, upstre
     assert status == 200 and upstream_saw(body)["x-forwarded-for"] == "127.0.0.1"
     assert get(gw.port, "/lim/x")[0] == 200
     assert get(dual, "/lim/x")[0] == 429                    # the same client, the same bucket
+
+
+# -- the tenth attack pass (helper-29, on 32efc9c) ---------------------------------------------
+
+def test_an_anonymous_consumers_plugins_leave_nothing_on_the_real_consumers_request(
+        launcher, upstream):
+    """cors (app.example, with credentials) + key_auth{anonymous} + basic_auth: the anonymous
+    consumer (cors for any origin) was joined at key_auth, its cors ran and stayed, and
+    bob's authenticated answer allowed evil.example with credentials."""
+    from gwserver.plugins.basic_auth import hash_password
+    basic = "Basic " + base64.b64encode(b"bob:pw-bob").decode()
+    gw = launcher.gateway(gateway_conf([route("r", ["/r/*rest"], upstream.url, plugins={
+        "cors": {"allow_origins": ["https://app.example"], "allow_credentials": True},
+        "key_auth": {"anonymous": "anon"}, "basic_auth": {"anonymous": "anon"}})], consumers={
+        "anon": {"plugins": {"cors": {"allow_origins": ["*"]},
+                             "headers": {"request": {"set": {"X-Anon": "yes"}}}}},
+        "bob": {"credentials": {"basic_auth": {"username": "bob",
+                                               "password_hash": hash_password("pw-bob", 4)}}}}))
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("GET", "/r/echo", headers={"Origin": "https://evil.example",
+                                            "Authorization": basic})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 200
+    seen = upstream_saw(body)
+    assert seen["x-consumer-id"] == "bob" and "x-anon" not in seen
+    assert resp.getheader("Access-Control-Allow-Origin") != "https://evil.example"
+    assert resp.getheader("Access-Control-Allow-Credentials") is None
+    status, body = get(gw.port, "/r/echo")              # no credential: the anonymous one
+    assert status == 200 and upstream_saw(body)["x-anon"] == "yes"
+
+
+def test_either_credential_routes_take_the_first_one(launcher, upstream):
+    """key_auth and basic_auth, each with the anonymous consumer (Kong's "either credential"):
+    alice's key alone was a 401 ("credentials name different consumers"), as basic_auth then
+    named the anonymous one. Both required (no anonymous) still wants both."""
+    from gwserver.plugins.basic_auth import hash_password
+    gw = launcher.gateway(gateway_conf([
+        route("either", ["/either/*rest"], upstream.url, plugins={
+            "key_auth": {"anonymous": "anon"}, "basic_auth": {"anonymous": "anon"}}),
+        route("both", ["/both/*rest"], upstream.url, plugins={
+            "key_auth": {}, "basic_auth": {}})], consumers={
+        "anon": {},
+        "alice": {"credentials": {
+            "key_auth": {"key_hash": hash_key(ALICE_KEY)},
+            "basic_auth": {"username": "alice", "password_hash": hash_password("pw-a", 4)}}}}))
+    status, body = get(gw.port, "/either/echo", {"X-API-Key": ALICE_KEY})
+    assert status == 200 and upstream_saw(body).get("x-consumer-id") == "alice", body
+    status, body = get(gw.port, "/either/echo")
+    assert status == 200 and upstream_saw(body)["x-consumer-id"] == "anon"
+    assert get(gw.port, "/both/echo", {"X-API-Key": ALICE_KEY})[0] == 401
+
+
+def test_a_quoted_forwarded_host_cannot_carry_elements_of_its_own(launcher, upstream):
+    """A proxy writes Forwarded: for=..;proto=..;host="$http_host" (RFC 7239 quotes it). The
+    parser split inside the quotes, so a client's Host of 'good.example,for=10.1.2.3;
+    proto=https;host=admin.internal' chose its address, scheme and host."""
+    gw = launcher.gateway(gateway_conf([
+        route("web", ["/web/*rest"], upstream.url, plugins={"redirect": {"http_to_https": True}}),
+        route("ten", ["/ten/*rest"], upstream.url,
+              plugins={"ip_restriction": {"allow": ["10.0.0.0/8"]}}),
+        route("any", ["/*rest"], upstream.url)],
+        server={"trusted_proxies": ["127.0.0.1/32"], "real_ip_header": "Forwarded"}))
+    evil = {"Forwarded": 'for=203.0.113.7;proto=http;host="good.example,for=10.1.2.3;'
+                         'proto=https;host=admin.internal"'}
+    status, body = get(gw.port, "/echo", evil)
+    seen = upstream_saw(body)
+    assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http" and seen["x-forwarded-host"] != "admin.internal"
+    assert get(gw.port, "/web/x", evil)[0] == 301
+    assert get(gw.port, "/ten/x", evil)[0] == 403
+    scoped = {"Forwarded": 'for="[fe80::1%0x]"'}        # a scope id names no client
+    assert upstream_saw(get(gw.port, "/echo", scoped)[1])["x-forwarded-for"] == "127.0.0.1"

@@ -86,6 +86,10 @@ def test_normalise_host_refuses(raw):
     ("Forwarded", b"for=6.6.6.6, proto=https", "10.0.0.1"),
     ("Forwarded", b"for=6.6.6.6, by=10.0.0.9, for=10.0.0.3", "10.0.0.3"),
     ("Forwarded", b"for=6.6.6.6;for=10.0.0.3", "10.0.0.1"),     # for= twice: garbage
+    # a quoted host may hold "," and ";": they are not elements or pairs of their own
+    ("Forwarded", b'for=10.0.0.3;host="a,for=6.6.6.6;proto=https"', "10.0.0.3"),
+    ("Forwarded", b'for="unterminated, for=10.0.0.3', "10.0.0.1"),    # unparsable: the peer
+    ("Forwarded", b'for="[fe80::1%eth0]"', "10.0.0.1"),               # a scope id: none
 ])
 def test_client_address_walked_from_the_right(header, value, client):
     proxies = TrustedProxies(["10.0.0.0/8"], header)
@@ -98,6 +102,7 @@ def test_client_address_walked_from_the_right(header, value, client):
     (b'for=6.6.6.6;proto=http, for=1.2.3.4;proto=HTTPS;host="a.b:8443"', b"https", b"a.b:8443"),
     (b"for=1.2.3.4;proto=gopher;host=a b", None, None),           # nothing usable
     (b"for=1.2.3.4", None, None),
+    (b'for=1.2.3.4;proto=http;host="good.example,for=10.1.2.3;proto=https;host=x"', b"http", None),
 ])
 def test_forwarded_scheme_and_host_are_the_last_elements(value, proto, host):
     assert TrustedProxies(["10.0.0.0/8"], "Forwarded").forwarded_scheme_and_host(value) == \
