@@ -97,10 +97,13 @@ class LimitedH2Upstream(H2cUpstream):
                 pass
 
 
-def gateway_to(launcher, upstream):
-    return launcher.gateway(gateway_conf([
-        {"id": "h2", "paths": ["/*rest"], "upstream": {
-            "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}], "protocol": "h2"}}]))
+def gateway_to(launcher, upstream, read=None, paths=("/*rest",)):
+    """A gateway with one route to ``upstream`` over HTTP/2; ``read``: its read timeout."""
+    route = {"id": "h2", "paths": list(paths), "upstream": {
+        "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}], "protocol": "h2"}}
+    if read is not None:
+        route["timeouts"] = {"read": read}
+    return launcher.gateway(gateway_conf([route]))
 
 
 @pytest.fixture
@@ -164,12 +167,18 @@ class DeafH2Upstream(H2cUpstream):
     ``seconds``): the gateway's acknowledgements fill the socket buffers."""
 
     def __init__(self, seconds=8.0):
-        self.seconds = seconds
+        self.seconds, self.cut_after = seconds, None
         super().__init__()
 
+    def frames(self):
+        return b"".join(PingFrame(0, i.to_bytes(8, "big")).serialize() for i in range(4096))
+
     def connection(self, sock):
+        """``cut_after``: how long the frames went on before the gateway closed (None:
+        never)."""
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
+        started = time.monotonic()
         with sock:
             try:
                 sock.sendall(conn.data_to_send())
@@ -179,16 +188,14 @@ class DeafH2Upstream(H2cUpstream):
                                     for e in conn.receive_data(data))
                     sock.sendall(conn.data_to_send())
                 sock.settimeout(1.0)
-                pings = b"".join(PingFrame(0, i.to_bytes(8, "big")).serialize()
-                                 for i in range(4096))
-                until = time.monotonic() + self.seconds
-                while time.monotonic() < until:
+                frames, started = self.frames(), time.monotonic()
+                while time.monotonic() < started + self.seconds:
                     try:
-                        sock.sendall(pings)
+                        sock.sendall(frames)
                     except socket.timeout:
                         pass            # the gateway reads no more either: hold on
             except (h2.exceptions.ProtocolError, OSError):
-                pass
+                self.cut_after = time.monotonic() - started
 
 
 def test_an_upstream_that_stops_reading_is_a_timely_error_not_a_hang(launcher):
@@ -196,10 +203,7 @@ def test_an_upstream_that_stops_reading_is_a_timely_error_not_a_hang(launcher):
     write must hold no lock other requests need, and must end (the connection with it)."""
     upstream = DeafH2Upstream()
     try:
-        gw = launcher.gateway(gateway_conf([
-            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": 2.0}, "upstream": {
-                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
-                "protocol": "h2"}}]))
+        gw = gateway_to(launcher, upstream, read=2.0)
         request = b"GET /a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
         first = []
         thread = threading.Thread(target=lambda: first.append(answer_to(gw.port, request)))
@@ -472,14 +476,13 @@ def raw_frame(kind, stream_id, payload):
         struct.pack(">I", stream_id) + payload
 
 
-class FloodingH2Upstream(H2cUpstream):
-    """Takes a request and never answers it: floods ``kind`` frames (WINDOW_UPDATE, PING or
-    an unknown type) for at most ``seconds``, then closes. ``cut_after`` is how long its
-    flood lasted before the gateway closed the connection (None: never)."""
+class FloodingH2Upstream(DeafH2Upstream):
+    """Takes a request and never answers it: floods ``kind`` frames (WINDOW_UPDATE, PING,
+    GOAWAY, ALTSVC, a large SETTINGS or an unknown type) for at most ``seconds``."""
 
     def __init__(self, kind, seconds=6.0):
-        self.kind, self.seconds, self.cut_after = kind, seconds, None
-        super().__init__()
+        self.kind = kind
+        super().__init__(seconds)
 
     def frames(self):
         if self.kind == "window-update":
@@ -500,27 +503,6 @@ class FloodingH2Upstream(H2cUpstream):
             one = raw_frame(0x20, 0, b"")     # an unknown type, empty
         return one * max(1, 65536 // len(one))
 
-    def connection(self, sock):
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        conn.initiate_connection()
-        with sock:
-            try:
-                sock.sendall(conn.data_to_send())
-                requested = False
-                while not requested and (data := sock.recv(65536)):
-                    requested = any(isinstance(e, h2.events.RequestReceived)
-                                    for e in conn.receive_data(data))
-                    sock.sendall(conn.data_to_send())
-                sock.settimeout(1.0)
-                frames, started = self.frames(), time.monotonic()
-                while time.monotonic() < started + self.seconds:
-                    try:
-                        sock.sendall(frames)
-                    except socket.timeout:
-                        pass
-            except (h2.exceptions.ProtocolError, OSError):
-                self.cut_after = time.monotonic() - started
-
 
 @pytest.mark.parametrize("kind", ["window-update", "ping", "unknown", "goaway", "goaway-debug",
                                   "altsvc", "settings-big"])
@@ -530,10 +512,7 @@ def test_an_upstream_flooding_empty_frames_is_cut_off(launcher, kind):
     seconds. Past the budget the connection ends, and the request on it is a 502."""
     upstream = FloodingH2Upstream(kind)
     try:
-        gw = launcher.gateway(gateway_conf([
-            {"id": "h2", "paths": ["/flood"], "timeouts": {"read": 20.0}, "upstream": {
-                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
-                "protocol": "h2"}}]))
+        gw = gateway_to(launcher, upstream, read=20.0, paths=["/flood"])
         flooded = []
         started = time.monotonic()
         thread = threading.Thread(target=lambda: flooded.append(answer_to(
@@ -559,10 +538,7 @@ def test_an_upload_earns_the_upstream_its_window_updates(launcher):
     connection's): a large upload through small windows is no flood."""
     upstream = SlowSinkH2Upstream(rate=1 << 30)
     try:
-        gw = launcher.gateway(gateway_conf([
-            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": 20.0}, "upstream": {
-                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
-                "protocol": "h2"}}]))
+        gw = gateway_to(launcher, upstream, read=20.0)
         size = 64 << 20
         answer = answer_to(gw.port, b"POST /sink HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
                            b"Connection: close\r\n\r\n" % size + b"u" * size)
@@ -578,10 +554,7 @@ def test_an_upload_longer_than_the_read_timeout_is_not_cut_while_it_moves(launch
     it (a client-streaming gRPC call, a large POST) was a 504 while the upstream still read."""
     upstream = SlowSinkH2Upstream(rate=4 << 20)
     try:
-        gw = launcher.gateway(gateway_conf([
-            {"id": "h2", "paths": ["/*rest"], "timeouts": {"read": 1.0}, "upstream": {
-                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
-                "protocol": "h2"}}]))
+        gw = gateway_to(launcher, upstream, read=1.0)
         size = 10 << 20                 # ~2.5 s at the upstream's 4 MiB/s
         started = time.monotonic()
         answer = answer_to(gw.port, b"POST /sink HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
