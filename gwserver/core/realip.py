@@ -9,6 +9,8 @@ likes to the list, which is why the walk starts at the end the proxies wrote.
 import ipaddress
 import re
 
+from ..errors import BadRequest
+
 
 class TrustedProxies:
     def __init__(self, cidrs, header="X-Forwarded-For"):
@@ -37,8 +39,15 @@ class TrustedProxies:
         """The client's address given the trusted ``peer`` and the header's bytes (or None)."""
         if not value:
             return peer
-        hops = _forwarded_for(value) if self.header == b"forwarded" else \
-            [hop.strip().decode("latin-1") for hop in value.split(b",")]
+        if self.header == b"forwarded":
+            try:
+                hops = _forwarded_for(value)
+            except ValueError as exc:
+                # Not the peer instead: a client that spoils the header its proxy appends to
+                # would be taken for the proxy, which internal allow-lists name.
+                raise BadRequest(f"{exc} (from a trusted proxy)") from None
+        else:
+            hops = [hop.strip().decode("latin-1") for hop in value.split(b",")]
         client = peer
         for hop in reversed(hops):
             hop = _bare_address(hop)
@@ -67,30 +76,34 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 # RFC 7239 4: forwarded-pair = token "=" ( token / quoted-string ), pairs joined by ";",
 # elements by ",", optional white space around both.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PAIR = re.compile(r'[ \t]*(%s)=(%s|"(?:[^"\\]|\\.)*")[ \t]*([;,]|$)' % (_TOKEN, _TOKEN))
+_PAIR = re.compile(r'(%s)=(%s|"(?:[^"\\]|\\.)*")[ \t]*(?=[;,]|$)' % (_TOKEN, _TOKEN))
 
 
 def _elements(value):
-    """RFC 7239: each element's parameters, {lower name: value unquoted}, in order. A name
-    given twice in one element makes it {} (as an element without ``for=``): garbage. A
-    header that does not parse (a quote left open, a stray character) is one garbage
-    element: quoted strings may hold "," and ";" (a quoted host=), so no element of it can
-    be told from the next, and the client is the proxy itself."""
+    """RFC 7239: each element's parameters, {lower name: value unquoted}, in order. Empty
+    pairs and elements (``;;``, ``,,``: RFC 9110 5.6.1 lets a list have them) are skipped. A
+    name given twice in one element makes it {} (as an element without ``for=``): garbage.
+    ValueError for a header that does not parse (a quote left open): quoted strings may hold
+    "," and ";" (a quoted host=), so no element of it can be told from the next."""
     text, at, out, params, spoiled = value.decode("latin-1"), 0, [], {}, False
-    while at < len(text):
+    while True:
+        while at < len(text) and text[at] in " \t;,":
+            if text[at] == "," and (params or spoiled):
+                out.append({} if spoiled else params)
+                params, spoiled = {}, False
+            at += 1
+        if at == len(text):
+            break
         pair = _PAIR.match(text, at)
         if pair is None:
-            return [{}]
-        name, param, separator = pair.group(1).lower(), pair.group(2), pair.group(3)
+            raise ValueError(f"unparsable Forwarded header at byte {at}")
+        name, param = pair.group(1).lower(), pair.group(2)
         if param.startswith('"'):
             param = re.sub(r"\\(.)", r"\1", param[1:-1])
         spoiled = spoiled or name in params
         params[name] = param
-        at = pair.end()
-        if separator != ";":
-            out.append({} if spoiled else params)
-            params, spoiled = {}, False
-    if params or not out:
+        at = pair.end(2)
+    if params or spoiled or not out:
         out.append({} if spoiled else params)
     return out
 

@@ -122,6 +122,9 @@ def access(conf, ctx):
         return preflight(conf, ctx, origin)
     if allowed(conf, origin):
         ctx.vars["cors_origin"] = origin
+    elif ctx.var("cors_origin") is not None:
+        # A consumer's cors replacing the route's: the route's yes must not outlive this no.
+        del ctx.vars["cors_origin"]
     return None
 
 

@@ -258,3 +258,46 @@ def test_a_quoted_forwarded_host_cannot_carry_elements_of_its_own(launcher, upst
     assert get(gw.port, "/ten/x", evil)[0] == 403
     scoped = {"Forwarded": 'for="[fe80::1%0x]"'}        # a scope id names no client
     assert upstream_saw(get(gw.port, "/echo", scoped)[1])["x-forwarded-for"] == "127.0.0.1"
+
+
+# -- the eleventh attack pass (helper-30, on a0ae235) ------------------------------------------
+
+def test_a_client_cannot_spoil_forwarded_into_being_taken_for_the_proxy(launcher, upstream):
+    """An unparsable Forwarded made the client the trusted proxy itself, which allow-lists
+    of the internal network name. Empty pairs and elements are valid (and were refused);
+    a header that does not parse is a 400."""
+    gw = launcher.gateway(gateway_conf([
+        route("internal", ["/internal/*rest"], upstream.url,
+              plugins={"ip_restriction": {"allow": ["127.0.0.1/32"]}}),
+        route("any", ["/*rest"], upstream.url)],
+        server={"trusted_proxies": ["127.0.0.1/32"], "real_ip_header": "Forwarded"}))
+    for value in ("for=1.2.3.4;;by=x, for=203.0.113.7", ",for=1.2.3.4,, for=203.0.113.7"):
+        assert get(gw.port, "/internal/x", {"Forwarded": value})[0] == 403, value
+        assert upstream_saw(get(gw.port, "/echo", {"Forwarded": value})[1])[
+            "x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    for value in ('for="x, for=203.0.113.7', 'for=203.0.113.7;host="a"b"'):
+        status, body = get(gw.port, "/internal/x", {"Forwarded": value})
+        assert status == 400 and b"Forwarded" in body, (value, body)
+
+
+def test_a_consumers_cors_that_refuses_an_origin_outweighs_the_routes(launcher, upstream):
+    """The route's cors allows any origin; bob's own allows only his portal, with credentials.
+    The route's yes (set before bob was known) outlived bob's no, and bob's authenticated
+    answer allowed evil.example with credentials."""
+    from gwserver.plugins.basic_auth import hash_password
+    gw = launcher.gateway(gateway_conf([route("r", ["/r/*rest"], upstream.url, plugins={
+        "cors": {"allow_origins": ["*"]}, "basic_auth": {}})], consumers={
+        "bob": {"credentials": {"basic_auth": {"username": "bob",
+                                               "password_hash": hash_password("pw-bob", 4)}},
+                "plugins": {"cors": {"allow_origins": ["https://portal.example"],
+                                     "allow_credentials": True}}}}))
+    basic = "Basic " + base64.b64encode(b"bob:pw-bob").decode()
+    for origin, allowed in (("https://evil.example", None),
+                            ("https://portal.example", "https://portal.example")):
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        conn.request("GET", "/r/echo", headers={"Origin": origin, "Authorization": basic})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 200
+        assert resp.getheader("Access-Control-Allow-Origin") == allowed, origin

@@ -75,6 +75,15 @@ def test_normalise_host_refuses(raw):
         normalise_host(raw)
 
 
+@pytest.mark.parametrize("value", [b'for="unterminated, for=10.0.0.3', b"garbage",
+                                   b'for=1.2.3.4;host="a"b"', b"for=a b"])
+def test_an_unparsable_forwarded_header_is_refused_not_taken_for_the_proxy(value):
+    """Taken for the trusted proxy itself, a client that spoils the header its proxy appends
+    to would pass the allow-lists that name the proxy's own (internal) address."""
+    with pytest.raises(BadRequest):
+        TrustedProxies(["10.0.0.0/8"], "Forwarded").client_of("10.0.0.1", value)
+
+
 @pytest.mark.parametrize("header, value, client", [
     ("X-Forwarded-For", b"6.6.6.6, 10.0.0.2", "6.6.6.6"),       # 10/8 is trusted: walk on
     ("X-Forwarded-For", b"6.6.6.6, 7.7.7.7", "7.7.7.7"),        # stop at the first untrusted
@@ -88,7 +97,9 @@ def test_normalise_host_refuses(raw):
     ("Forwarded", b"for=6.6.6.6;for=10.0.0.3", "10.0.0.1"),     # for= twice: garbage
     # a quoted host may hold "," and ";": they are not elements or pairs of their own
     ("Forwarded", b'for=10.0.0.3;host="a,for=6.6.6.6;proto=https"', "10.0.0.3"),
-    ("Forwarded", b'for="unterminated, for=10.0.0.3', "10.0.0.1"),    # unparsable: the peer
+    # empty pairs and elements are allowed (RFC 9110 5.6.1), not garbage
+    ("Forwarded", b"for=6.6.6.6;;by=x, for=7.7.7.7", "7.7.7.7"),
+    ("Forwarded", b",for=6.6.6.6,, for=10.0.0.3,", "6.6.6.6"),
     ("Forwarded", b'for="[fe80::1%eth0]"', "10.0.0.1"),               # a scope id: none
 ])
 def test_client_address_walked_from_the_right(header, value, client):
@@ -100,7 +111,7 @@ def test_client_address_walked_from_the_right(header, value, client):
 @pytest.mark.parametrize("value, proto, host", [
     (b"for=1.2.3.4;proto=https;host=shop.example.com", b"https", b"shop.example.com"),
     (b'for=6.6.6.6;proto=http, for=1.2.3.4;proto=HTTPS;host="a.b:8443"', b"https", b"a.b:8443"),
-    (b"for=1.2.3.4;proto=gopher;host=a b", None, None),           # nothing usable
+    (b"for=1.2.3.4;proto=gopher;host=\"a b\"", None, None),       # nothing usable
     (b"for=1.2.3.4", None, None),
     (b'for=1.2.3.4;proto=http;host="good.example,for=10.1.2.3;proto=https;host=x"', b"http", None),
 ])
