@@ -171,8 +171,14 @@ def access(conf, ctx):
             conf["challenge"], "a user name and password are required"))
     parsed = parse(value)
     if parsed is None:
-        return authlib.unauthorized(conf["challenge"], "the Authorization header is not "
-                                    "Basic credentials", "invalid_credentials")
+        refused = authlib.unauthorized(conf["challenge"], "the Authorization header is not "
+                                       "Basic credentials", "invalid_credentials")
+        scheme = value.split(None, 1)[0].lower() if value.strip() else b""
+        if scheme != b"basic":
+            # Another scheme (a Bearer token for the route's jwt) is no Basic credential:
+            # with an anonymous consumer, that one, and a later auth plugin may name another.
+            return authlib.anonymous_or(conf, ctx, refused)
+        return refused
     consumer = check(ctx.services.consumers, *parsed, conf["cache"],
                      budgets(conf, ctx, parsed[0]))
     if consumer is None:

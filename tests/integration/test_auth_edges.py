@@ -301,3 +301,21 @@ def test_a_consumers_cors_that_refuses_an_origin_outweighs_the_routes(launcher, 
         conn.close()
         assert resp.status == 200
         assert resp.getheader("Access-Control-Allow-Origin") == allowed, origin
+
+
+def test_basic_auth_with_an_anonymous_consumer_lets_a_bearer_token_reach_jwt(launcher,
+                                                                              upstream):
+    """basic_auth{anonymous} then jwt: any Authorization that was not Basic was a 401 from
+    basic_auth, so a Bearer token never reached jwt. Another scheme is no Basic credential;
+    without anonymous it is still a 401."""
+    jwt_conf = {"algorithms": ["HS256"], "secret": JWT_SECRET, "consumer_claim": "sub"}
+    gw = launcher.gateway(gateway_conf([
+        route("either", ["/either/*rest"], upstream.url, plugins={
+            "basic_auth": {"anonymous": "anon"}, "jwt": jwt_conf}),
+        route("basic", ["/basic/*rest"], upstream.url, plugins={"basic_auth": {}})],
+        consumers={"anon": {}, "bob": {"credentials": {"jwt": {"key": "bob"}}}}))
+    bearer = {"Authorization": f"Bearer {token('bob')}"}
+    status, body = get(gw.port, "/either/echo", bearer)
+    assert status == 200 and upstream_saw(body)["x-consumer-id"] == "bob"
+    assert get(gw.port, "/basic/echo", bearer)[0] == 401
+    assert get(gw.port, "/basic/echo", {"Authorization": "Basic !!!"})[0] == 401
