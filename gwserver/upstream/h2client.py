@@ -419,8 +419,7 @@ class H2Connection:
                 if self.closed:
                     raise self.error
                 if stream_id not in self.streams:
-                    raise stream.ended_by or UpstreamError(f"{self.target.url}: the stream "
-                                                           f"ended while sending")
+                    raise UpstreamError(f"{self.target.url}: the stream ended while sending")
                 try:
                     window = min(self.conn.local_flow_control_window(stream_id),
                                  self.conn.max_outbound_frame_size)
@@ -527,10 +526,9 @@ class StreamResponse:
         if isinstance(event, Exception):
             raise event
         if isinstance(event, h2.events.StreamReset):
-            if event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
-                raise StreamRefused(f"{self.connection.target.url} refused the stream")
-            raise UpstreamError(f"{self.connection.target.url} reset the stream "
-                                f"({event.error_code!r})")
+            # ended_by: the StreamRefused the reader set for a REFUSED_STREAM
+            raise stream.ended_by or UpstreamError(f"{self.connection.target.url} reset the "
+                                                   f"stream ({event.error_code!r})")
         return event
 
     def head(self):

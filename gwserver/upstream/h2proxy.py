@@ -140,46 +140,35 @@ class H2Forwarder:
             try:
                 headers = self.request_headers(req, target, upstream, grpc)
                 taken = TakenBody(body) if streamed else None
-                reopened = False
-                while True:
-                    try:
-                        stream = connection.request(headers, body, route.read_timeout,
-                                                    streamed, deadline, proxy.pool_timeout)
-                        break
-                    except StreamNotOpened:
-                        # Not processed (never sent, or refused: RFC 9113 8.7): a new
-                        # connection takes it, once.
-                        if reopened:
-                            raise
-                        reopened = True
-                        connection = self.pools.get(target, route.connect_timeout,
-                                                    upstream.tls, route.read_timeout)
+                more, reopened, stream = streamed, False, None
                 try:
                     while True:
-                        if taken is not None and not taken.ended:
-                            sender = gevent.spawn(self.send_body, client, req, route,
-                                                  connection, stream, taken)
                         try:
+                            stream = connection.request(headers, body, route.read_timeout,
+                                                        more, deadline, proxy.pool_timeout)
+                            if more:
+                                sender = gevent.spawn(self.send_body, client, req, route,
+                                                      connection, stream, taken)
                             status, fields = stream.head()
                             break
-                        except StreamRefused:
-                            if reopened or taken is not None and taken.size > REPLAY_LIMIT:
+                        except StreamNotOpened:
+                            # Not processed (never sent, or refused: RFC 9113 8.7): a new
+                            # connection takes it, once, with the body so far (what the
+                            # sender took is kept for this, up to REPLAY_LIMIT).
+                            if reopened or stream is not None and taken is not None and \
+                                    taken.size > REPLAY_LIMIT:
                                 raise
-                        # Refused: the same request again on a new connection, with the
-                        # body so far (what the sender took is kept for this), once.
-                        reopened = True
-                        if sender is not None:
-                            sender.kill(block=True)
-                            sender = None
-                        stream.close()
-                        if taken is not None:
-                            body = b"".join(taken.pieces)
-                        connection = self.pools.get(target, route.connect_timeout,
-                                                    upstream.tls, route.read_timeout)
-                        stream = connection.request(
-                            headers, body, route.read_timeout,
-                            taken is not None and not taken.ended, deadline,
-                            proxy.pool_timeout)
+                            reopened = True
+                            if sender is not None:
+                                sender.kill(block=True)
+                                sender = None
+                            if stream is not None:
+                                stream.close()
+                                stream = None
+                            if taken is not None:
+                                body, more = b"".join(taken.pieces), not taken.ended
+                            connection = self.pools.get(target, route.connect_timeout,
+                                                        upstream.tls, route.read_timeout)
                     if taken is not None:
                         taken.pieces = None     # answered: nothing more is kept
                     req.upstream_seconds = time.monotonic() - started
@@ -190,7 +179,8 @@ class H2Forwarder:
                         # Waited for: a sender parked in the client's socket must be gone
                         # before the connection reads or lingers on that socket again.
                         sender.kill(block=True)
-                    stream.close()
+                    if stream is not None:
+                        stream.close()
             except (UpstreamError, UpstreamTimeout) as exc:
                 if getattr(exc, "deadline_hit", False):
                     req.vars["grpc_deadline_hit"] = True
