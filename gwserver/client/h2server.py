@@ -389,10 +389,8 @@ class H2ServerConnection:
                            server["path_parameters"])
         self.trusted_peer = bool(runtime.trusted_proxies) and \
             runtime.trusted_proxies.trusts(self.client_ip)
-        # X-Forwarded-* are a trusted proxy's words only where it speaks them (not where it
-        # writes Forwarded, and may pass a client's X-Forwarded-* through unread).
         self.trusted_x_forwarded = self.trusted_peer and \
-            runtime.trusted_proxies.header != b"forwarded"
+            runtime.trusted_proxies.speak_x_forwarded
         self.body_timeout = server["client_body_timeout"]
         self.h2 = _CountingH2(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,

@@ -77,10 +77,8 @@ class ClientConnection:
                            self.settings["path_parameters"])
         self.trusted_peer = bool(runtime.trusted_proxies) and \
             runtime.trusted_proxies.trusts(self.client_ip)
-        # X-Forwarded-* are a trusted proxy's words only where it speaks them (not where it
-        # writes Forwarded, and may pass a client's X-Forwarded-* through unread).
         self.trusted_x_forwarded = self.trusted_peer and \
-            runtime.trusted_proxies.header != b"forwarded"
+            runtime.trusted_proxies.speak_x_forwarded
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
         self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade);
@@ -243,7 +241,7 @@ class ClientConnection:
             req.peer_ip = self.client_ip
             named = hmap.get(proxies.header)
             req.client_ip = proxies.client_of(self.client_ip, named)
-            if named and proxies.header == b"forwarded":
+            if named and not proxies.speak_x_forwarded:
                 # What X-Forwarded-* would say, from the proxy's own Forwarded (a client's
                 # X-Forwarded-* were not kept: see on_header).
                 proto, host = proxies.forwarded_scheme_and_host(named)

@@ -21,6 +21,12 @@ class TrustedProxies:
     def __bool__(self):
         return bool(self.networks)
 
+    @property
+    def speak_x_forwarded(self):
+        """Are a trusted peer's X-Forwarded-* its own words? Not where it writes Forwarded:
+        such a proxy may pass a client's X-Forwarded-* through unread."""
+        return self.header != b"forwarded"
+
     def trusts(self, address):
         """Is ``address`` (text) a trusted proxy? Cached: a worker sees few distinct peers."""
         known = self._cache.get(address)
@@ -77,6 +83,7 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 # elements by ",", optional white space around both.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PAIR = re.compile(r'(%s)=(%s|"(?:[^"\\]|\\.)*")[ \t]*(?=[;,]|$)' % (_TOKEN, _TOKEN))
+_ESCAPED = re.compile(r"\\(.)")         # a quoted-pair, in a quoted-string
 
 
 def _elements(value):
@@ -99,7 +106,7 @@ def _elements(value):
             raise ValueError(f"unparsable Forwarded header at byte {at}")
         name, param = pair.group(1).lower(), pair.group(2)
         if param.startswith('"'):
-            param = re.sub(r"\\(.)", r"\1", param[1:-1])
+            param = _ESCAPED.sub(r"\1", param[1:-1])
         spoiled = spoiled or name in params
         params[name] = param
         at = pair.end(2)
