@@ -3,7 +3,7 @@
     plugins.rate_limit = {algorithm = "token_bucket", rate = 100, per = 1, burst = 20,
                           key = "ip", on_store_error = "local"}
 
-key: "ip" (client address), "route" (one limit for the route), "consumer" (the consumer an
+key: "ip" (client address; an IPv6 client by its /64, ``ipv6_prefix``), "route" (one limit for the route), "consumer" (the consumer an
 auth plugin identified; docs/consumers.md), "header:NAME", "claim:NAME" (a verified JWT claim,
 once the jwt plugin has run; requests without the header, claim or consumer share one
 bucket). Set in a consumer's own ``plugins``, the limit is that consumer's. With [redis] the state is in Redis (one atomic script per decision, coalesced per
@@ -21,7 +21,9 @@ answers is computed, and the rate goes up by ``step_up`` when at least ``raise_a
 succeeded, down by ``step_down`` below ``lower_below``, within floor..ceiling. The rate is
 one per route, shared like the limit itself (Redis, or per host).
 """
+import functools
 import hashlib
+import ipaddress
 import math
 
 from ..core.context import Reply, parse_block
@@ -63,6 +65,8 @@ SCHEMA = Schema(
     Field("burst", integer(0), 0, "token bucket: extra requests allowed at once (0 = none)"),
     Field("key", key_kind, "ip", "what is limited: ip, route, consumer, header:NAME or "
           "claim:NAME"),
+    Field("ipv6_prefix", integer(1, 128), 64, "key ip: an IPv6 client counts by its network "
+          "of this many bits (128: each address alone)"),
     Field("on_store_error", one_of("allow", "deny", "local"), "local",
           "when Redis cannot answer: let through, refuse (503), or limit per host"),
     Field("adaptive", ADAPTIVE, None, "move the rate with the upstream's success rate"),
@@ -101,6 +105,8 @@ def limit_key(conf, ctx):
     kind = conf["kind"]
     if kind == "ip":
         value = ctx.client_ip
+        if ":" in value and conf["ipv6_prefix"] < 128:
+            value = ipv6_network(value, conf["ipv6_prefix"])
     elif kind == "route":
         value = ""
     elif kind == "consumer":
@@ -117,6 +123,13 @@ def limit_key(conf, ctx):
         if len(value) > 64:     # a token's claim never makes a long key
             value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
     return f"{ctx.route.id}:{kind}:{value}"
+
+
+@functools.lru_cache(maxsize=4096)
+def ipv6_network(address, prefix):
+    """``2001:db8:1:2::/64`` for any address of that /64: whoever holds a /64 (one LAN, one
+    VPS) has 2**64 addresses to rotate through, each a fresh bucket if keyed alone."""
+    return ipaddress.ip_network(f"{address}/{prefix}", strict=False).with_prefixlen
 
 
 def access(conf, ctx):

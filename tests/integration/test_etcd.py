@@ -36,9 +36,11 @@ def runtime_of(gw):
 def all_workers_at(gw, revision):
     """True once every live worker has applied a table of at least this etcd revision."""
     board = worker_board(runtime_of(gw))
-    pids = gw.worker_pids()
-    return pids and all(pid in board and (board[pid]["revision"] or 0) >= revision
-                        for pid in pids if _is_worker(pid))
+    # Children not titled "worker" yet (just forked) are not known to be workers: with none
+    # known, "all of them are at the revision" would hold of nothing.
+    workers = [pid for pid in gw.worker_pids() if _is_worker(pid)]
+    return bool(workers) and all(pid in board and (board[pid]["revision"] or 0) >= revision
+                                 for pid in workers)
 
 
 def _is_worker(pid):

@@ -228,3 +228,22 @@ def test_the_gateways_ratelimit_headers_replace_the_upstreams_and_keep_the_rest(
     resp, _ = gw.request("GET", "/lim")         # an upstream without any: ours, added
     assert resp.status == 200 and resp.getheader("RateLimit-Remaining") == "4"
     assert resp.headers.get_all("Set-Cookie") == ["a=1", "b=2"] and resp.getheader("X-Upstream")
+
+
+@pytest.mark.parametrize("prefix, expected", [
+    (64, [200, 429, 429, 200]),     # the default: one bucket per /64
+    (128, [200, 200, 200, 200]),    # each address alone
+])
+def test_ipv6_clients_are_limited_by_their_network(launcher, upstream, prefix, expected):
+    """Whoever holds a /64 has 2**64 addresses: keyed alone, each would be a fresh bucket.
+    The clients are named by a trusted proxy (X-Forwarded-For), as behind a load balancer."""
+    gw = launcher.gateway(gateway_conf(
+        [limited(upstream, rate=1, per=HOUR, burst=1, key="ip", ipv6_prefix=prefix)],
+        server={"trusted_proxies": ["127.0.0.1/32"]}))
+    clients = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "[2001:db8:1:2::3]:5000",
+               "2001:db8:1:3::1"]
+    codes = [statuses(gw, 1, headers={"X-Forwarded-For": client})[0] for client in clients]
+    assert codes == expected
+    # IPv4 clients still count by address
+    assert statuses(gw, 1, headers={"X-Forwarded-For": "192.0.2.1"}) == [200]
+    assert statuses(gw, 1, headers={"X-Forwarded-For": "192.0.2.2"}) == [200]

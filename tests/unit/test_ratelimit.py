@@ -173,3 +173,24 @@ def test_sliding_window_below_one_per_window_is_a_config_error():
     with pytest.raises(ConfigError, match="write rate = 1, per = 20"):
         build_chain("route r", {"rate_limit": {"algorithm": "sliding_window", "rate": 0.5,
                                                "per": 10}}, None, load_registry())
+
+
+@pytest.mark.parametrize("plugin", ["rate_limit", "limit_conn"])
+@pytest.mark.parametrize("client, prefix, key", [
+    ("2001:db8:1:2:3:4:5:6", None, "r:ip:2001:db8:1:2::/64"),      # the default prefix
+    ("2001:db8:1:2:3:4:5:6", 48, "r:ip:2001:db8:1::/48"),
+    ("2001:db8:1:2:3:4:5:6", 128, "r:ip:2001:db8:1:2:3:4:5:6"),
+    ("192.0.2.7", None, "r:ip:192.0.2.7"),                          # IPv4: the address
+])
+def test_limit_keys_count_an_ipv6_client_by_its_network(plugin, client, prefix, key):
+    import importlib
+    from types import SimpleNamespace
+    from gwserver.plugins.rate_limit import limit_key
+    module = importlib.import_module(f"gwserver.plugins.{plugin}")
+    conf = {"key": "ip", "rate": 1, "limit": 1}
+    if prefix is not None:
+        conf["ipv6_prefix"] = prefix
+    conf = module.prepare(module.SCHEMA.validate(
+        {k: v for k, v in conf.items() if k in module.SCHEMA.fields}))
+    ctx = SimpleNamespace(client_ip=client, route=SimpleNamespace(id="r"))
+    assert limit_key(conf, ctx) == key
