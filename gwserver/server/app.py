@@ -358,15 +358,26 @@ class GatewayArbiter(Arbiter):
         return pid
 
     def manage_workers(self):
-        if len(self.WORKERS) > self.num_workers:
+        live = sum(not getattr(w, "stopping", False) for w in self.WORKERS.values())
+        if live > self.num_workers:
             self.wait_for_replacements()
-        super().manage_workers()
+        # Workers told to stop (draining after a reload) do not count: one of the new workers
+        # that dies meanwhile is replaced now, not once the old ones have drained.
+        for _ in range(self.num_workers - live):
+            self.spawn_worker()
+        super().manage_workers()        # stops the oldest beyond num_workers
         if getattr(self, "helpers", None) is not None:
             self.manage_helpers()
         if not getattr(self, "ready_sent", True) and self.workers_serving():
             self.ready_sent = True
             self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers")
             log.info("ready: %d workers serving", len(self.WORKERS))
+
+    def kill_worker(self, pid, sig):
+        worker = self.WORKERS.get(pid)
+        if worker is not None and sig == signal.SIGTERM:
+            worker.stopping = True
+        super().kill_worker(pid, sig)
 
     @staticmethod
     def serving(worker):
@@ -459,11 +470,11 @@ class GatewayArbiter(Arbiter):
         self.helper_conf = etcd
         if lock is not None:
             lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
-        # gunicorn's reload returns once the old workers are gone; ours started serving first.
+        # The new workers serve; the old ones are draining.
         self.reloads.record(True, self.app.conf)
         log.info("reload complete: generation %d, %d workers, %d routes",
-                 self.reloads.generation, len(self.WORKERS), self.reloads.routes)
-        self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers (reloaded)")
+                 self.reloads.generation, self.num_workers, self.reloads.routes)
+        self.notify(f"READY=1\nSTATUS=serving with {self.num_workers} workers (reloaded)")
 
     def reload(self):
         """gunicorn's ``Arbiter.reload``, with listeners changed in place (listeners.py).
@@ -505,14 +516,10 @@ class GatewayArbiter(Arbiter):
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         util._setproctitle("master [%s]" % self.proc_name)
-        last_worker_age = self.worker_age
         for _ in range(self.cfg.workers):
             self.spawn_worker()
-        self.manage_workers()           # stops the old workers once the new ones serve
-        deadline = time.monotonic() + self.cfg.graceful_timeout
-        while self.WORKERS and time.monotonic() < deadline:
-            if min(w.age for w in self.WORKERS.values()) > last_worker_age:
-                break
-            self.reap_workers()
-            time.sleep(0.1)
+        # Stops the old workers once the new ones serve, and returns: the old ones drain
+        # (up to graceful_timeout) while the main loop goes on replacing dead workers,
+        # restarting helpers and taking signals.
+        self.manage_workers()
         return True

@@ -270,6 +270,32 @@ def test_websocket_and_long_download_on_old_workers_survive_a_reload(start_gatew
     wait_until(lambda: not old_workers & set(gw.worker_pids()), timeout=25)
 
 
+def test_the_master_keeps_supervising_while_old_workers_drain(start_gateway, upstream):
+    """A reload returns once the new workers serve: while an old worker drains a long
+    download, a new worker that dies is replaced and requests keep being answered (the
+    master used to wait out the drain, up to graceful_timeout, doing nothing else)."""
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url),
+                                     route("bytes", ["/bytes/:n"], upstream.url)],
+                                    workers=1, server={"graceful_timeout": 20.0}))
+    old = set(gw.worker_pids())
+    download = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    download.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                     % (200 << 20))
+    download.recv(1 << 16)                            # started, then not read: it drains
+    try:
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_until(lambda: "reload complete" in gw.log())
+        new = set(gw.worker_pids()) - old
+        assert len(new) == 1 and old & set(gw.worker_pids())      # the old one drains
+        os.kill(new.pop(), signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: gw.request("GET", "/echo")[0].status == 200, timeout=10)
+        assert time.monotonic() - killed < 8          # not after the 20 s drain
+        assert old & set(gw.worker_pids())            # still draining the download
+    finally:
+        download.close()
+
+
 def test_ttin_ttou_and_quit(start_gateway, upstream):
     gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
     os.kill(gw.pid, signal.SIGTTIN)
