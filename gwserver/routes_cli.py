@@ -258,7 +258,11 @@ def status(conf):
     print(f"{state['routes']} routes, {state['upstreams']} upstreams from etcd")
     for pid, entry in sorted(board.items()):
         behind = "" if entry["generation"] == state["generation"] else "  (behind)"
-        print(f"worker {pid}: generation {entry['generation']}, {entry['routes']} routes{behind}")
+        refused = entry.get("refused") or 0
+        print(f"worker {pid}: generation {entry['generation']}, {entry['routes']} routes{behind}"
+              + (f", {refused} published item(s) not applied (see its log)" if refused else ""))
+        if refused:
+            problems.append(f"worker {pid} serves {refused} item(s) fewer than published")
     rejected = state.get("rejected", {})
     refused = [k for k, reason in rejected.items() if WAITING not in reason]
     print(f"{len(refused)} rejected item(s)"

@@ -32,11 +32,17 @@ def bind_address(value):
     return value
 
 
+MAX_WORKERS = 1024     # a typo's fork storm is refused, not started
+
+
 def worker_count(value):
     if value == "auto":
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise Invalid(f"must be a positive integer or \"auto\", got {show(value)}")
+    if value > MAX_WORKERS:
+        raise Invalid(f"must be at most {MAX_WORKERS} (one per core is the rule), "
+                      f"got {show(value)}")
     return value
 
 
@@ -546,7 +552,23 @@ def load_conf(path):
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_conf(data, path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (TOML files are): byte {exc.start} is "
+                          f"{exc.object[exc.start:exc.start + 1]!r}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deep to read") from None
+    if not data:
+        # Every setting has a default, but a file with none is far likelier truncated by an
+        # editor or a deploy than meant: a reload would move the listeners to the defaults.
+        raise ConfigError(f"{path}: no settings at all (an empty or truncated file?); a conf "
+                          f"file names at least its [server] bind or its routes")
+    try:
+        return parse_conf(data, path)
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        # A value no check foresaw: refused with its name, never a crash of the master that
+        # reloads it.
+        raise ConfigError(f"{path}: a value could not be checked: {type(exc).__name__}: "
+                          f"{exc}") from None
 
 
 def _toml_value(value):

@@ -25,7 +25,10 @@ SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]*")
 def target_url(value):
     if not isinstance(value, str):
         raise Invalid(f"must be a URL string, got {show(value)}")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:          # "http://[::1:8080": an unclosed IPv6 bracket
+        raise Invalid(f"is not a URL ({exc}), got {show(value)}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"must be an http:// or https:// URL with a host, got {show(value)}")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:

@@ -7,6 +7,7 @@ defaults filled, or raises ``ConfigError`` listing *every* problem as ``full.pat
 A check is a callable ``value -> normalised value`` that raises ``Invalid`` with a reason.
 """
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,7 +37,10 @@ def show(value):
     try:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):
-        text = repr(value)
+        try:
+            text = repr(value)
+        except ValueError:      # an int past Python's 4300-digit limit for text
+            text = f"<{type(value).__name__} too large to show>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -135,6 +139,9 @@ class Schema:
 
 # -- checks ---------------------------------------------------------------------------------
 
+MAX_INTEGER = 2 ** 62
+
+
 def integer(minimum=None, maximum=None, what=None):
     what = what or ("a positive integer" if minimum == 1 else
                     "a non-negative integer" if minimum == 0 else "an integer")
@@ -145,6 +152,8 @@ def integer(minimum=None, maximum=None, what=None):
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             bounds = f" between {minimum} and {maximum}" if maximum is not None else ""
             raise Invalid(f"must be {what}{bounds}, got {show(value)}")
+        if abs(value) > MAX_INTEGER:        # no count, size or time of ours comes near it
+            raise Invalid(f"must be {what} of a sensible size, got {show(value)}")
         return value
     return check
 
@@ -155,11 +164,17 @@ def number(minimum=0.0, exclusive=False, maximum=None):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Invalid(f"must be {what}, got {show(value)}")
+        try:
+            value = float(value)
+        except OverflowError:
+            raise Invalid(f"must be {what} of a sensible size, got {show(value)}") from None
+        if not math.isfinite(value):        # nan passes every comparison; inf is no timeout
+            raise Invalid(f"must be a finite number, got {show(value)}")
         if value < minimum or (exclusive and value == minimum) or \
                 (maximum is not None and value > maximum):
             raise Invalid(f"must be {what}" + (f" and <= {maximum}" if maximum else "")
                           + f", got {show(value)}")
-        return float(value)
+        return value
     return check
 
 

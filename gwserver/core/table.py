@@ -5,6 +5,8 @@ Rules (issue 3, and what an operator expects of a gateway):
 - Items are validated one by one. A bad value (invalid JSON, schema error, path conflict, unknown
   plugin) is rejected alone, with its key and reason in ``rejected``; every good item keeps
   serving. A bad *update* keeps the last good version of that item serving.
+- A route refused because another route holds its path is tried again whenever a route moves
+  or goes: a path can move from one route to another in one change, in either order.
 - A route whose upstream id is not known yet is held (rejected, "waiting") and starts working as
   soon as the upstream arrives. Routes are recompiled when their upstream changes.
 - A deleted upstream that routes still use is kept for them (and named in ``rejected``) until
@@ -32,7 +34,20 @@ def _decode(raw):
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise ConfigError("invalid JSON: arrays or objects nested too deep") from None
     return raw
+
+
+# What a check that did not foresee a value may raise. Caught per item: one value in etcd
+# must never stop the sync process (it would crash-loop on it, and no later change apply).
+UNFORESEEN = (ValueError, TypeError, ArithmeticError, RecursionError, KeyError, AttributeError,
+              IndexError)
+
+
+def _as_config_error(exc):
+    return exc if isinstance(exc, ConfigError) else \
+        ConfigError(f"could not be checked: {type(exc).__name__}: {exc}")
 
 
 class LiveTable:
@@ -54,6 +69,8 @@ class LiveTable:
         self.instances = {}         # service -> {instance: target spec}
         self.service_revision = {}  # service -> etcd revision of its last change
         self._kept_upstreams = set()    # deleted at the source, still used by routes
+        self._conflicted = set()    # route ids refused only for a path another route held
+        self._retrying = False
         self.consumers = Directory(registry)    # static and dynamic, compiled
         self.consumer_specs = {}    # dynamic consumer id -> (version, validated spec) served
         self.wanted_consumers = {}
@@ -135,9 +152,9 @@ class LiveTable:
             if isinstance(value, str):
                 value = {"url": value}
             spec = TARGET.validate(value, f"service {service} instance {instance}")
-        except ConfigError as exc:
+        except (ConfigError, *UNFORESEEN) as exc:
             self.instances.get(service, {}).pop(instance, None)
-            self._reject(key, exc, False)
+            self._reject(key, _as_config_error(exc), False)
             return
         self.instances.setdefault(service, {})[instance] = spec
         self.rejected.pop(key, None)
@@ -220,26 +237,31 @@ class LiveTable:
             old = self.router.remove(route_id)
             try:
                 self.router.add(route)
-            except ConfigError:
+            except (ConfigError, *UNFORESEEN):
                 if old is not None:
                     self.router.add(old)
+                self._conflicted.add(route_id)
                 raise
-        except ConfigError as exc:
-            return self._reject(key, exc, route_id in self.route_specs)
+        except (ConfigError, *UNFORESEEN) as exc:
+            return self._reject(key, _as_config_error(exc), route_id in self.route_specs)
         self.route_specs[route_id] = (version, spec)
         self.rejected.pop(key, None)
+        self._conflicted.discard(route_id)
         if self._kept_upstreams:
             self._release_unused_upstreams()
+        self._retry_conflicted()
         return True
 
     def delete_route(self, route_id):
         self.wanted_routes.pop(route_id, None)
         self.rejected.pop(f"routes/{route_id}", None)
+        self._conflicted.discard(route_id)
         if route_id in self.route_specs:
             del self.route_specs[route_id]
             self.router.remove(route_id)
         if self._kept_upstreams:
             self._release_unused_upstreams()
+        self._retry_conflicted()
 
     def put_upstream(self, upstream_id, raw, version=0):
         key = f"upstreams/{upstream_id}"
@@ -252,8 +274,8 @@ class LiveTable:
             spec, served_version = self._expand(spec, version)
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
                                                        self.registry)
-        except ConfigError as exc:
-            return self._reject(key, exc, upstream_id in self.upstream_specs)
+        except (ConfigError, *UNFORESEEN) as exc:
+            return self._reject(key, _as_config_error(exc), upstream_id in self.upstream_specs)
         self.upstream_specs[upstream_id] = (served_version, spec)
         self.rejected.pop(key, None)
         self._kept_upstreams.discard(upstream_id)
@@ -284,8 +306,8 @@ class LiveTable:
                                   f"the conf file")
             consumer = compile_consumer(consumer_id, _decode(raw), self.registry, version)
             self.consumers.add(consumer)
-        except ConfigError as exc:
-            return self._reject(key, exc, consumer_id in self.consumer_specs)
+        except (ConfigError, *UNFORESEEN) as exc:
+            return self._reject(key, _as_config_error(exc), consumer_id in self.consumer_specs)
         spec = _decode(raw)
         self.consumer_specs[consumer_id] = (version, spec)
         self.rejected.pop(key, None)
@@ -308,6 +330,23 @@ class LiveTable:
         return compile_route(spec, self.upstreams, self.defaults, self.server,
                              self.global_plugins, self.registry,
                              " (the route starts working when it arrives)")
+
+    def _retry_conflicted(self):
+        """A route refused for a path another route held is tried again whenever a route
+        moves or goes: one change can move a path from one route to another (z leaves /p, c
+        takes it), and whichever side arrives first would otherwise keep c out for good."""
+        if self._retrying or not self._conflicted:
+            return
+        self._retrying = True
+        try:
+            progress = True
+            while progress and self._conflicted:
+                progress = False
+                for route_id in list(self._conflicted):
+                    version, raw = self.wanted_routes[route_id]
+                    progress = self.put_route(route_id, raw, version) or progress
+        finally:
+            self._retrying = False
 
     def _users_of(self, upstream_id):
         return {route_id for route_id, (_, spec) in self.route_specs.items()

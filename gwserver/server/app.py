@@ -415,7 +415,11 @@ class GatewayArbiter(Arbiter):
     def handle_hup(self):
         try:
             self.app.load_pending()
-        except ConfigError as exc:
+        except Exception as exc:        # noqa: BLE001 - the master must outlive any conf file
+            if not isinstance(exc, ConfigError):
+                log.exception("reading %s failed", self.app.conf_path)
+                exc = ConfigError(f"{type(exc).__name__}: {exc}")
+            self.app.pending_conf = self.app.pending_tls = None
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
             log.error("reload refused: %s is invalid; still serving the previous configuration",

@@ -223,7 +223,12 @@ class Runtime:
         started = time.monotonic()
         self.table.apply_steps(steps)
         revision = steps[-1][1]["revision"]
-        self.table_reader.record(generation, revision, len(self.router))
+        refused = self.table.rejected
+        if refused:
+            log.error("route table generation %d: %d published item(s) not applied in this "
+                      "worker: %s", generation, len(refused),
+                      "; ".join(f"{k}: {v}" for k, v in sorted(refused.items())[:5]))
+        self.table_reader.record(generation, revision, len(self.router), len(refused))
         self.pools_checked = False      # targets may be gone: prune their pools (on_tick)
         gc.freeze()         # a large table stays out of every later full collection
         log.info("route table generation %d (etcd revision %s) applied in %.1f ms: %d routes",

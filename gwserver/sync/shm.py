@@ -209,11 +209,14 @@ class TableReader:
             generation = base["generation"]
         return steps, generation
 
-    def record(self, generation, revision, routes):
+    def record(self, generation, revision, routes, refused=0):
+        """Say on the worker board what this worker serves; ``refused``: published items it
+        could not apply (the sync process checked them: a worker that differs is a bug)."""
         self.generation = generation
         try:
             atomic_write(self.board, json.dumps({"generation": generation, "revision": revision,
-                                                 "routes": routes}).encode())
+                                                 "routes": routes,
+                                                 "refused": refused}).encode())
         except OSError:
             pass
 

@@ -135,6 +135,58 @@ def test_bad_values_are_rejected_alone_and_shown_in_status(launcher, etcd, upstr
     assert "gwserver_config_rejections_total 4.0" in metrics
 
 
+def test_values_no_check_foresaw_neither_stop_the_sync_nor_later_changes(launcher, etcd,
+                                                                          upstream, tmp_path):
+    """Nesting past the JSON parser's recursion, an unclosed IPv6 bracket, an integer too
+    large for a float: each crashed the sync process, which crash-looped on it, so no later
+    change applied and the status blamed etcd."""
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    first = wait_until(lambda: (status_of(gw) or {}).get("pid"))
+    put(client, "routes", "deep", b"[" * 100000 + b"]" * 100000)
+    put(client, "upstreams", "bracket", {"targets": [{"url": "http://[::1:8080"}]})
+    put(client, "routes", "huge", {"paths": ["/h"], "upstream": "up",
+                                   "plugins": {"rate_limit": {"rate": 10 ** 400}}})
+    revision = put(client, "routes", "good", {"paths": ["/good"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/good") == 200
+    rejected = status_of(gw)["rejected"]
+    assert "nested too deep" in rejected["routes/deep"]
+    assert "is not a URL" in rejected["upstreams/bracket"]
+    assert "of a sensible size" in rejected["routes/huge"]
+    assert sync_pid(gw) == first and "restarting it" not in gw.log()
+
+
+def test_a_path_moved_between_routes_in_one_transaction_is_served_by_every_worker(
+        launcher, etcd, upstream, tmp_path):
+    """z leaves /p/:id and c takes /p/:name in one transaction. The workers applied the
+    published change in another order than etcd's, met their own old z, and kept the old c
+    for good without a word; a transaction in the other order left c refused forever."""
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=2))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    put(client, "routes", "c", {"paths": ["/c/:name"], "upstream": "up"})
+    revision = put(client, "routes", "z", {"paths": ["/p/:id"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    def move(*routes):
+        revision = client.txn_put([
+            (f"{PREFIX}/routes/{route_id}",
+             json.dumps({"paths": [path], "upstream": "up"}).encode())
+            for route_id, path in routes])
+        wait_until(lambda: all_workers_at(gw, revision))
+
+    def answers(*paths):
+        return [{serves(gw, path) for _ in range(8)} for path in paths]
+
+    move(("z", "/q/:id"), ("c", "/p/:name"))          # the one leaving goes first
+    assert answers("/p/x", "/q/x", "/c/x") == [{200}, {200}, {404}]
+    assert status_of(gw)["rejected"] == {}
+    move(("z", "/p/:id"), ("c", "/c/:name"))          # the one taking goes first
+    assert answers("/p/x", "/q/x", "/c/x") == [{200}, {404}, {200}]
+    assert status_of(gw)["rejected"] == {}
+
+
 def test_a_route_waits_for_an_upstream_defined_later(launcher, etcd, upstream, tmp_path):
     gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
     client = etcd.client()

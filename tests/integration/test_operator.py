@@ -198,3 +198,30 @@ def test_routes_status_list_delete_and_transactional_put(launcher, upstream, tmp
     gw.proc.wait(30)
     stale = gwserver("routes", "-c", conf, "status")
     assert stale.returncode == 1 and "STALE: written by pid" in stale.stderr, stale
+
+
+def test_reloads_with_files_no_check_foresaw_are_refused_and_the_master_lives(launcher,
+                                                                                upstream):
+    """Each of these killed the master on SIGHUP (exit 255, the gateway gone): bytes that are
+    not UTF-8, nesting past the parser's recursion, an unclosed IPv6 bracket in a target URL,
+    an integer too large for a float. An empty file moved the listeners to the defaults."""
+    gw = launcher.gateway(gateway_conf([route("e", ["/echo"], upstream.url)]))
+    good = gw.conf_path.read_bytes()
+    bad_files = [
+        (good + b"\n# caf\xe9\n", "not UTF-8"),
+        (good + b"\n[x]\ny = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deep"),
+        (good.replace(upstream.url.encode(), b"http://[::1:8080"), "is not a URL"),
+        (good + b"\n[upstream_defaults]\npool_size = 64\nconnect_timeout = "
+         + b"9" * 400 + b"\n", "of a sensible size"),
+        (good + b"\n[upstream_defaults]\nconnect_timeout = nan\n", "finite number"),
+        (b"\n# nothing\n", "no settings at all"),
+    ]
+    for number, (text, reason) in enumerate(bad_files, 1):
+        gw.conf_path.write_bytes(text)
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_until(lambda: gw.log().count("still serving the previous configuration") >= number)
+        refusals = [line for line in gw.log().splitlines() if "reload refused" in line]
+        assert any(reason in line for line in refusals), (reason, refusals[-2:])
+        assert gw.proc.poll() is None
+        assert gw.request("GET", "/echo")[0].status == 200
+    assert "Traceback" not in gw.log()

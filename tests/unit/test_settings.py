@@ -36,6 +36,14 @@ def test_defaults_fill_an_empty_file():
     ({"server": {"bind": []}}, "server.bind: must have at least 1 item"),
     ({"server": {"keepalive": -1}}, "server.keepalive: must be a number >= 0"),
     ({"server": {"wrokers": 2}}, "server.wrokers: unknown key"),
+    ({"server": {"workers": 10 ** 20}}, "server.workers: must be at most 1024"),
+    ({"server": {"graceful_timeout": float("inf")}},
+     "server.graceful_timeout: must be a finite number, got Infinity"),
+    ({"server": {"keepalive": float("nan")}}, "server.keepalive: must be a finite number"),
+    ({"server": {"keepalive": 10 ** 400}}, "server.keepalive: must be a number >= 0 of a "
+                                           "sensible size"),
+    ({"server": {"backlog": 10 ** 5000}}, "server.backlog: must be a positive integer of a "
+                                          "sensible size, got <int too large to show>"),
     ({"upstream_defaults": {"block_when_full": "yes"}},
      'upstream_defaults.block_when_full: must be true or false, got "yes"'),
     ({"upstream_defaults": {"connect_timeout": 0}},

@@ -144,3 +144,64 @@ def test_updates_touch_only_the_changed_route(n):
     t.put_route("r7", route("r7", "/moved/:id"), n + 10)
     changed = [k for k, v in t.router.routes.items() if before[k] is not v]
     assert changed == ["r7"]
+
+
+@pytest.mark.parametrize("order", ["mover first", "taker first"])
+def test_a_path_moving_between_routes_lands_in_either_order(order):
+    """z leaves /p/:id for /q/:id and c takes /p/:name, in one change: whichever is applied
+    first, both end up served (the worker applied them in another order than etcd did, and
+    kept the old c for good, silently)."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("c", route("c", "/c/:name"), 2)
+    t.put_route("z", route("z", "/p/:id"), 3)
+    moves = [("z", route("z", "/q/:id"), 4), ("c", route("c", "/p/:name"), 5)]
+    if order == "taker first":
+        moves.reverse()
+    for route_id, raw, version in moves:
+        t.put_route(route_id, raw, version)
+    assert served(t, "/p/x") == "c" and served(t, "/q/x") == "z" and served(t, "/c/x") is None
+    assert t.rejected == {}
+    assert t.route_specs["c"][0] == 5
+
+
+def test_a_route_refused_for_a_conflict_serves_once_the_conflict_is_deleted():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("z", route("z", "/p/:id"), 2)
+    assert not t.put_route("c", route("c", "/p/:name"), 3)
+    assert "routes/c" in t.rejected
+    t.delete_route("z")
+    assert served(t, "/p/x") == "c" and t.rejected == {}
+
+
+def test_a_published_table_with_moved_paths_applies_in_any_dict_order():
+    sync = table()
+    sync.put_upstream("u1", json.dumps(UP), 1)
+    sync.put_route("c", route("c", "/c/:name"), 2)
+    sync.put_route("z", route("z", "/p/:id"), 3)
+    worker = table()
+    worker.apply_published(sync.published())
+    sync.put_route("z", route("z", "/q/:id"), 4)
+    sync.put_route("c", route("c", "/p/:name"), 5)
+    published = sync.published()
+    # c before z: the order a dict built from route_specs gives the worker
+    published["routes"] = {k: published["routes"][k] for k in ("c", "z")}
+    worker.apply_published(published)
+    assert served(worker, "/p/x") == "c" and served(worker, "/q/x") == "z"
+    assert worker.rejected == {}
+
+
+@pytest.mark.parametrize("raw", [
+    "[" * 100000 + "]" * 100000,
+    json.dumps({"paths": ["/a"], "upstream": {"targets": [{"url": "http://[::1"}]}}),
+    json.dumps({"paths": ["/a"], "upstream": "u1",
+                "plugins": {"rate_limit": {"rate": 10 ** 400}}}),
+])
+def test_values_no_check_foresaw_are_rejected_alone(raw):
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    assert t.put_route("bad", raw, 2) is False
+    assert t.put_upstream("badup", raw, 3) is False
+    assert t.put_consumer("badc", raw, 4) is False
+    assert {"routes/bad", "upstreams/badup", "consumers/badc"} <= set(t.rejected)
