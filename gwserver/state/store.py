@@ -125,6 +125,9 @@ def decisions_from(algorithm, reply, rate, per, burst):
     return out
 
 
+MAX_OWED_RELEASES = 100_000      # limit_conn slots a worker remembers to give back
+
+
 class RedisStore:
     """Rate-limit decisions and breaker steps in Redis, coalesced per worker (see above)."""
 
@@ -151,6 +154,9 @@ class RedisStore:
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
         self.queue = []
+        # limit_conn slots to give back once Redis answers: releases it could not take, and
+        # claims that may have landed with nobody left to release them (lease -> spec)
+        self.owed_releases = {}
         self.wake = gevent.event.Event()
         self.down_until = 0.0
         self.healthy = True
@@ -196,17 +202,37 @@ class RedisStore:
         -> ConnClaim; raises StoreError if Redis cannot answer."""
         lease = f"{self.lease_prefix}{next(self.lease_numbers)}"
         spec = ("lc", self.conn_prefix + key, limit, int(lease_seconds * 1000))
-        admitted, held = self._ask(spec, ("claim", lease))
+        try:
+            admitted, held = self._ask(spec, ("claim", lease))
+        except StoreError:
+            raise           # not sent (paused), or the batch failed: _failed owes its release
+        except BaseException:
+            # Killed while Redis decides (an HTTP/2 stream reset, the worker stopping): the
+            # slot may be granted with nobody left to give it back for lease_seconds. A claim
+            # still queued is simply never sent.
+            claim = ("claim", lease)
+            queued = [item for item in self.queue if item[1] == claim]
+            if queued:
+                self.queue.remove(queued[0])
+            else:
+                self._owe_release(spec, lease)
+            raise
         return ConnClaim(lease if admitted else None, held)
 
     def conn_release(self, key, limit, lease_seconds, lease):
         """Give a slot back; sent with the next round trip, never waited for. While Redis is
-        paused it is not sent: the lease expires on its own."""
-        if time.monotonic() < self.down_until:
-            return
+        paused it is owed, and sent once Redis answers again."""
         spec = ("lc", self.conn_prefix + key, limit, int(lease_seconds * 1000))
+        if time.monotonic() < self.down_until:
+            self._owe_release(spec, lease)
+            return
         self.queue.append((spec, ("release", lease), None, 0.0))
         self.wake.set()
+
+    def _owe_release(self, spec, lease):
+        # Bounded: past it, the slots expire after lease_seconds, as before.
+        if len(self.owed_releases) < MAX_OWED_RELEASES:
+            self.owed_releases[lease] = spec
 
     def _ask(self, spec, payload):
         if time.monotonic() < self.down_until:
@@ -222,15 +248,23 @@ class RedisStore:
 
     def _run(self):
         while True:
-            self.wake.wait()
+            # Owed releases are retried after each pause even when no request comes.
+            self.wake.wait(self.pause if self.owed_releases else None)
             self.wake.clear()
             batch, self.queue = self.queue, []
+            if self.owed_releases and time.monotonic() >= self.down_until:
+                # Releasing a lease Redis never granted is a no-op (ZREM): safe to repeat.
+                batch += [(spec, ("release", lease), None, 0.0)
+                          for lease, spec in self.owed_releases.items()]
+                self.owed_releases = {}
             if batch:
                 try:
                     self._round_trip(batch)
                 except Exception as exc:        # never leave a waiter hanging
                     log.exception("redis batch failed")
-                    for _, _, waiter, _ in batch:
+                    for spec, payload, waiter, _ in batch:
+                        if spec[0] == "lc" and (waiter is None or not waiter.ready()):
+                            self._owe_release(spec, payload[1])
                         if waiter is not None and not waiter.ready():
                             waiter.set_exception(StoreError(str(exc)))
 
@@ -354,7 +388,11 @@ class RedisStore:
                       describe(exc), self.pause)
             self.healthy = False
         error = StoreError(f"redis: {describe(exc)}")
-        for _, _, waiter, _ in batch:
+        for spec, payload, waiter, _ in batch:
+            if spec[0] == "lc":
+                # A claim may have run in Redis though its answer was lost (a timeout): its
+                # caller falls back and never releases it there. A release did not happen.
+                self._owe_release(spec, payload[1])
             if waiter is not None:
                 waiter.set_exception(error)
 
