@@ -497,9 +497,12 @@ class ClientConnection:
             req.route, req.params = route, _ = router.match(
                 req.method, req.host, req.path, req.header_map,
                 partial(route_claims, req) if router.claim_routes else None)
-            if route.max_body_size and (req.content_length or 0) > route.max_body_size:
-                raise PayloadTooLarge(f"body of {req.content_length} bytes is over the route's "
-                                      f"limit of {route.max_body_size}")
+            limit = route.max_body_size
+            if limit and max(req.content_length or 0, req.body_size) > limit:
+                # body_size: a chunked body that came whole with its head is never read
+                # again (buffer_body, the streamed send), so this is its one check
+                raise PayloadTooLarge(f"body of {max(req.content_length or 0, req.body_size)} "
+                                      f"bytes or more is over the route's limit of {limit}")
             chain = route.chain
             reply = chain.run_access(req) if chain.access_steps else None
             if reply is None and not req.complete:

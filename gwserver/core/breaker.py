@@ -5,6 +5,10 @@
     half_open ──(half_open_probes probes succeeded)──> closed
     half_open ──(a probe failed)──> open, for longer (open_for x 2^(trips-1), <= max_open_for)
 
+A request the upstream never answered or failed (the gateway answered it itself, or its
+client left) is no verdict: its admission is given back, so a half-open breaker's probe goes to
+another request instead of waiting out ``probe_timeout``.
+
 Every state change starts a new *epoch*. A request remembers the epoch it was admitted in and
 its outcome counts only in that epoch: answers of requests let through before the breaker
 opened do not decide the half-open verdict, and only probes do. If the probes of a half-open
@@ -36,7 +40,9 @@ def probe_timeout(conf):
 
 
 def step(state, conf, now, outcomes=(), admissions=0):
-    """Record ``outcomes`` [(epoch, ok, failed), ...], then admit up to ``admissions``.
+    """Record ``outcomes`` [(epoch, ok, failed[, unused]), ...], then admit up to
+    ``admissions``. ``unused``: admissions that say nothing of the upstream (the gateway
+    answered itself, the client left): a half-open epoch grants those probes again at once.
 
     Returns (state, admitted, transitions); ``state`` is a new dict, transitions are the
     states entered, in order.
@@ -59,9 +65,11 @@ def step(state, conf, now, outcomes=(), admissions=0):
     width = conf["window"] / BUCKETS
     current = math.floor(now / width)
     state["buckets"] = [b for b in state["buckets"] if b[0] > current - BUCKETS]
-    for epoch, ok, failed in outcomes:
+    for epoch, ok, failed, *unused in outcomes:
         if epoch != state["epoch"]:
             continue                        # an answer from before the last state change
+        if unused and state["state"] == HALF_OPEN:
+            state["probes"] = max(0, state["probes"] - unused[0])
         if state["state"] == CLOSED:
             if state["buckets"] and state["buckets"][-1][0] == current:
                 state["buckets"][-1][1] += ok

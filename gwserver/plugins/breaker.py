@@ -23,7 +23,7 @@ import time
 
 from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
-from ..errors import StoreError
+from ..errors import StoreError, UpstreamError, UpstreamTimeout
 
 NAME = "breaker"
 PRIORITY = 700          # after rate_limit: a request refused by a limit never counts
@@ -87,11 +87,18 @@ def access(conf, ctx):
 
 def finish(conf, ctx, status):
     admitted = ctx.var("breaker")
-    if admitted is None or status == 0:     # not let through, or the client left: no verdict
-        return
-    if ctx.ended_by is not None:            # a later plugin answered: the upstream never did
+    if admitted is None:
         return
     store, key, epoch = admitted
+    failed = isinstance(ctx.error, (UpstreamError, UpstreamTimeout))
+    answered = ctx.upstream_seconds is not None
+    if status == 0 or ctx.ended_by is not None or not (answered or failed):
+        # No verdict on the upstream: the client left, a later plugin answered, or the
+        # gateway refused the request itself (a body over max_body_size, a stalled upload).
+        # Counted, any client could close a half-open breaker on a dead upstream with a 413.
+        # The admission is given back: a half-open probe goes to the next request.
+        store.breaker_record(key, conf, epoch, None)
+        return
     store.breaker_record(key, conf, epoch,
                          not ctx.upstream_failed(status, conf["failure_statuses"]))
 

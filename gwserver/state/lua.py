@@ -81,7 +81,7 @@ return {flags, info}
 
 # The breaker's state machine (core/breaker.py, line for line) on one JSON value per breaker.
 # ARGV: error_rate, window, min_requests, open_for, max_open_for, half_open_probes,
-# admissions, then (epoch, ok, failed) triples. Returns state, epoch, admitted, seconds until
+# admissions, then (epoch, ok, failed, unused) quadruples. Returns state, epoch, admitted, seconds until
 # an open breaker probes again, and the states entered.
 BREAKER_LUA = """
 local t = redis.call('TIME')
@@ -114,9 +114,13 @@ for _, b in ipairs(s.buckets or {}) do
   if b[1] > current - 10 then buckets[#buckets + 1] = b end
 end
 local i = 8
-while i + 2 <= #ARGV do
+while i + 3 <= #ARGV do
   local epoch, ok, failed = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
+  local unused = tonumber(ARGV[i + 3])
+  i = i + 4
+  if epoch == s.epoch and unused > 0 and s.state == 'half_open' then
+    s.probes = math.max(0, s.probes - unused)
+  end
   if epoch == s.epoch then
     if s.state == 'closed' then
       local last = buckets[#buckets]

@@ -174,7 +174,8 @@ class RedisStore:
         return self._ask(("br", self.breaker_prefix + key, breaker_args(conf)), "admit")
 
     def breaker_record(self, key, conf, epoch, ok):
-        """Count one outcome; sent with the next round trip, never waited for."""
+        """Count one outcome (``ok`` None: an admission that says nothing of the upstream,
+        given back); sent with the next round trip, never waited for."""
         if time.monotonic() < self.down_until:
             return
         self.queue.append((("br", self.breaker_prefix + key, breaker_args(conf)), (epoch, ok),
@@ -338,9 +339,9 @@ class RedisStore:
                     if payload == "admit":
                         admissions += 1
                     else:
-                        counts = outcomes.setdefault(payload[0], [0, 0])
-                        counts[0 if payload[1] else 1] += 1
-                flat = [n for epoch, (ok, failed) in outcomes.items() for n in (epoch, ok, failed)]
+                        counts = outcomes.setdefault(payload[0], [0, 0, 0])
+                        counts[2 if payload[1] is None else 0 if payload[1] else 1] += 1
+                flat = [n for epoch, counts in outcomes.items() for n in (epoch, *counts)]
                 calls.append(("breaker", key, (*conf_args, admissions, *flat)))
 
         replies = self._pipeline(calls)
@@ -437,7 +438,8 @@ class LocalStore:
                               breaker.retry_after(state, now))
 
     def breaker_record(self, key, conf, epoch, ok):
-        self._breaker_step(key, conf, [(epoch, int(ok), int(not ok))], 0)
+        outcome = (epoch, 0, 0, 1) if ok is None else (epoch, int(ok), int(not ok), 0)
+        self._breaker_step(key, conf, [outcome], 0)
 
     def breaker_state(self, key):
         raw = self._read("br:" + key)

@@ -23,8 +23,8 @@ def check_store_follows_the_state_machine(store):
         verdicts = [store.breaker_admit(key, conf) for _ in range(n)]
         return sum(v.admitted for v in verdicts), verdicts[-1].state, verdicts[-1].epoch
 
-    def record(epoch, ok=0, failed=0):
-        for outcome in [True] * ok + [False] * failed:
+    def record(epoch, ok=0, failed=0, unused=0):
+        for outcome in [True] * ok + [False] * failed + [None] * unused:
             store.breaker_record(key, conf, epoch, outcome)
 
     admitted, state, epoch = admit(1)
@@ -45,7 +45,9 @@ def check_store_follows_the_state_machine(store):
     time.sleep(0.4)
     admitted, state, probe_epoch = admit(2)
     assert (admitted, state) == (2, "half_open")
-    record(probe_epoch, ok=2)
+    record(probe_epoch, unused=1)                        # no verdict: the probe is given back
+    assert admit(3)[:2] == (1, "half_open")              # ...and granted again at once
+    record(probe_epoch, ok=2, unused=3)                  # more given back than granted: none
     assert admit(5)[:2] == (5, "closed")
     saved = store.breaker_state(key)
     assert (saved["state"], saved["trips"]) == ("closed", 0)
@@ -115,6 +117,46 @@ def test_open_breaker_fails_fast_then_probes_and_closes(launcher, upstream):
     time.sleep(0.45)
     assert get(gw, "/br/echo")[0] == 200                # the probe
     assert [get(gw, "/br/echo")[0] for _ in range(5)] == [200] * 5
+
+
+@pytest.mark.parametrize("store", ["redis", "per host"])
+def test_only_the_upstream_decides_a_half_open_breaker(launcher, upstream, store):
+    """A 413 the gateway made itself (a chunked body over max_body_size, read after the
+    breaker admitted the request) closed a half-open breaker on a dead upstream; a probe
+    whose client hung up kept the breaker half-open, refusing everyone, for probe_timeout."""
+    import socket
+    redis = {"redis": {"url": launcher.redis().url}} if store == "redis" else {}
+    dead = route("dead", ["/dead"], "http://127.0.0.1:9", max_body_size=10,
+                 plugins={"breaker": {**FAST, "half_open_probes": 1}})
+    gw = launcher.gateway(gateway_conf([dead, guarded(upstream, half_open_probes=1)],
+                                       **redis))
+
+    def refused(path):
+        status, _, body = get(gw, path)
+        return status == 503 and b"circuit_open" in body
+
+    assert [get(gw, "/dead")[0] for _ in range(4)] == [502] * 4
+    assert refused("/dead")
+    time.sleep(0.45)                                    # half-open: one probe
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /dead HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        time.sleep(0.2)             # admitted as the probe; the body comes later, too large
+        sock.sendall(b"40\r\n" + b"x" * 64 + b"\r\n0\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    time.sleep(0.05)
+    assert get(gw, "/dead")[0] == 502                   # the real probe: still dead
+    assert refused("/dead")                             # open again, not closed by a 413
+
+    for _ in range(4):
+        get(gw, "/br/status/502")
+    assert refused("/br/echo")
+    time.sleep(0.45)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /br/slow/1 HTTP/1.1\r\nHost: h\r\n\r\n")     # takes the probe
+        time.sleep(0.3)
+    time.sleep(1.0)                                     # the upstream answers; nobody reads
+    assert get(gw, "/br/echo")[0] == 200                # the probe was given back
+    assert [get(gw, "/br/echo")[0] for _ in range(3)] == [200] * 3
 
 
 def test_connect_errors_and_timeouts_always_count(launcher, upstream):

@@ -18,6 +18,7 @@ def gw(module_launcher):
         route("api", ["/api/:thing"], upstream.url, strip_prefix="/api"),
         route("bytes", ["/bytes/:n"], upstream.url),
         route("upload", ["/upload"], upstream.url, max_body_size=1 << 20),
+        route("small-upload", ["/upload-small"], upstream.url, max_body_size=16),
         route("big-upload", ["/upload-big"], upstream.url, strip_prefix="/upload-big",
               max_body_size=0),
         route("slow", ["/slow/:s"], upstream.url, timeouts={"read": 1.0}),
@@ -180,6 +181,20 @@ def test_declared_body_over_limit_is_413_before_forwarding(gw, raw, status):
     before = gw.upstream.stats()["requests"]
     assert gw.raw(raw).startswith(b"HTTP/1.1 %d" % status)
     assert gw.upstream.stats()["requests"] == before
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_chunked_body_over_limit_that_came_with_its_head_is_413(gw, pipelined):
+    """A chunked body read whole with its head (one packet, or pipelined behind another
+    request) was never measured: it went upstream however far over max_body_size."""
+    before = gw.upstream.stats()["requests"]
+    body = b"40\r\n" + b"x" * 64 + b"\r\n0\r\n\r\n"
+    raw = b"POST /upload-small HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    if pipelined:
+        raw = b"GET /upload-small HTTP/1.1\r\nHost: h\r\n\r\n" + raw
+    answers = gw.raw(raw, timeout=10)
+    assert answers.count(b"HTTP/1.1 413") == 1 and answers.count(b"HTTP/1.1 ") == 1 + pipelined
+    assert gw.upstream.stats()["requests"] == before + pipelined
 
 
 def test_chunked_body_over_limit_is_cut_off_with_413(gw):
