@@ -420,6 +420,9 @@ class LocalStore:
             os.ftruncate(fd, size)
         self.fd = fd
         self.mm = mmap.mmap(fd, size)
+        # Slots are chosen by a keyed hash: with a public one, a client could compute keys
+        # (header values) that land in the probe run of another limit and evict its state.
+        self.hash_key = host_secret(os.path.join(directory, "limits.key"))
         self.memo = {}          # rate-limit key -> [digest, slot last found in]
         self.state_dir = os.path.join(directory, "states")      # breakers, adaptive limits
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -569,8 +572,8 @@ class LocalStore:
         """[the key's slot digest, the slot this worker last found it in (-1: not yet)]."""
         memo = self.memo.get(key)
         if memo is None:
-            digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(),
-                                    "little") or 1
+            digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8,
+                                                    key=self.hash_key).digest(), "little") or 1
             if len(self.memo) >= self.DIGESTS:
                 self.memo.clear()
             memo = self.memo[key] = [digest, -1]
@@ -632,6 +635,32 @@ class LocalStore:
             if used < oldest_use:
                 oldest, oldest_use = slot, used
         return oldest, None
+
+
+def host_secret(path, size=16):
+    """Random bytes every worker of the host reads from ``path``; the first to come writes
+    them (whole, by a link: a reader never sees a half-written file)."""
+    try:
+        with open(path, "rb") as f:
+            secret = f.read()
+        if len(secret) == size:
+            return secret
+    except FileNotFoundError:
+        pass
+    temp = f"{path}.{os.getpid()}"
+    with open(temp, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
+        f.write(os.urandom(size))
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass                    # another worker was first, or a damaged file: theirs wins
+    finally:
+        os.unlink(temp)
+    with open(path, "rb") as f:
+        secret = f.read()
+    if len(secret) != size:
+        raise OSError(f"{path}: damaged ({len(secret)} bytes, not {size}); remove it")
+    return secret
 
 
 def _lease_alive(lease):

@@ -247,3 +247,33 @@ def test_ipv6_clients_are_limited_by_their_network(launcher, upstream, prefix, e
     # IPv4 clients still count by address
     assert statuses(gw, 1, headers={"X-Forwarded-For": "192.0.2.1"}) == [200]
     assert statuses(gw, 1, headers={"X-Forwarded-For": "192.0.2.2"}) == [200]
+
+
+def test_a_client_cannot_evict_another_limits_per_host_state(launcher, upstream):
+    """The per-host table's slot was an unkeyed hash of the limit key: a client could compute
+    header values whose slot is another limit's, and reset a global limit at will."""
+    import hashlib
+    import itertools
+    slots, probes = 65536, 8
+
+    def public_slot(key):       # what an attacker can compute without the host's secret
+        return (int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(),
+                               "little") or 1) % slots
+
+    target, values = public_slot("api:route:"), []
+    for i in itertools.count():
+        value = f"k{i}"
+        hashed = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+        if public_slot(f"other:header:{hashed}") == target:
+            values.append(value)
+            if len(values) == probes:
+                break
+    gw = launcher.gateway(gateway_conf([
+        route("api", ["/api/*rest"], upstream.url, strip_prefix="/api",
+              plugins={"rate_limit": {"rate": 2, "per": HOUR, "burst": 2, "key": "route"}}),
+        route("other", ["/other/*rest"], upstream.url, strip_prefix="/other",
+              plugins={"rate_limit": {"rate": 100, "per": 1, "key": "header:X-Key"}})]))
+    assert statuses(gw, 3, "/api/echo") == [200, 200, 429]
+    for value in values:
+        assert statuses(gw, 1, "/other/echo", headers={"X-Key": value}) == [200]
+    assert statuses(gw, 2, "/api/echo") == [429, 429]
