@@ -4,7 +4,7 @@ status`` and ``gwserver consumers hash-key|hash-password``.
 They talk to the etcd endpoints of the conf file. ``validate`` loads the current table from
 etcd into the same ``LiveTable`` the gateway runs, adds the given items, and prints every
 problem; ``put`` refuses whatever ``validate`` refuses. A route whose upstream is not in etcd
-yet is accepted with a note: it starts working when the upstream arrives.
+yet is accepted with a note: it answers 503 until the upstream arrives.
 """
 import json
 import sys
@@ -15,7 +15,7 @@ from .errors import ConfigError
 # Everything else is imported when a command runs: `gwserver run` parses the same command line,
 # and importing requests (urllib3, ssl) in the master would defeat the workers' gevent patching.
 
-WAITING = "starts working when it arrives"
+from .core.table import WAITING     # a waiting route's note says it  # noqa: E402
 
 
 def client_for(conf):
@@ -163,7 +163,7 @@ def main(kind, args):
                 users = routes_using(conf, client, prefix, args.id)
                 if users:
                     return _fail([f"{key(args.id)}: still used by route(s) "
-                                  f"{', '.join(users)}; they would answer 502 until it is "
+                                  f"{', '.join(users)}; they would answer 503 until it is "
                                   f"back. Change them first, or delete with --force"])
             deleted = client.delete(key(args.id))
             if not deleted:

@@ -296,6 +296,22 @@ def make_target(spec):
     return Target(spec["url"], parts.scheme, parts.hostname, port, spec["weight"])
 
 
+def no_target_reason(upstream):
+    """Why a request to an upstream without targets is answered 503."""
+    if upstream.service is None:
+        return f"upstream {upstream.id} is not defined (yet)"
+    return f"upstream {upstream.id}: no live instance of service {upstream.service}"
+
+
+def undefined_upstream(upstream_id, defaults):
+    """The stand-in for an upstream id a live route names before it is defined (or after it
+    was deleted): no targets and no service, so a request that gets past the route's plugins
+    is answered 503, and the route's paths never fall through to a broader route."""
+    return Upstream(id=upstream_id, targets=(), pool_size=defaults["pool_size"],
+                    connect_timeout=defaults["connect_timeout"],
+                    read_timeout=defaults["read_timeout"])
+
+
 def make_upstream(upstream_id, spec, defaults, registry, owner=None):
     """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``.
     ``owner`` names it in errors (default "upstream ID"; an inline one: "route R: upstream").
@@ -375,21 +391,24 @@ def _passive(conf):
 
 
 def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
-                  missing_hint="", broken=frozenset()):
+                  broken=frozenset(), absent=None):
     """A validated route spec -> Route: its upstream (an id in ``upstreams``, or inline) and
     its plugin chain. The conf file and the live (etcd) table both compile routes here.
 
     Raises ConfigError naming every problem of the route. ``broken``: ids of upstreams that
     exist but are invalid; their own problems are reported where they are checked, so a route
-    that uses one is not told it is unknown."""
+    that uses one is not told it is unknown. ``absent(id)``: a stand-in for an upstream id
+    not defined yet (the live table's), instead of a problem."""
     from .chain import build_chain
     owner = f"route {spec['id']}"
     problems = []
     upstream = spec["upstream"]
     if isinstance(upstream, str):
         if upstream not in upstreams and upstream not in broken:
-            problems.append(f"{owner}: upstream: unknown upstream id {show(upstream)}"
-                            + missing_hint)
+            if absent is not None:
+                upstreams = {**upstreams, upstream: absent(upstream)}
+            else:
+                problems.append(f"{owner}: upstream: unknown upstream id {show(upstream)}")
         upstream = upstreams.get(upstream)
     else:
         try:
@@ -411,8 +430,7 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
         if upstream is not None:
             problems.extend(chain.check_upstream(owner, upstream))
         try:
-            chain = link_chain(owner, chain, upstreams, defaults, registry, missing_hint,
-                               broken)
+            chain = link_chain(owner, chain, upstreams, defaults, registry, broken, absent)
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(path_problems(spec))
@@ -421,8 +439,8 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
     return make_route(spec, upstream, server, chain)
 
 
-def link_chain(owner, chain, upstreams, defaults, registry, missing_hint="",
-               broken=frozenset()):
+def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),
+               absent=None):
     """Let plugins that name other upstreams (``link(conf, resolve)``) resolve them: ``resolve``
     turns an upstream id or inline upstream object into an Upstream, or raises ConfigError
     (with no problem of its own for an upstream in ``broken``: that one was reported)."""
@@ -435,8 +453,9 @@ def link_chain(owner, chain, upstreams, defaults, registry, missing_hint="",
             if ref in broken:
                 raise ConfigError([])
             if ref not in upstreams:
-                raise ConfigError(f"{owner}: {where}: unknown upstream id {show(ref)}"
-                                  + missing_hint)
+                if absent is not None:
+                    return absent(ref)
+                raise ConfigError(f"{owner}: {where}: unknown upstream id {show(ref)}")
             return upstreams[ref]
         name = f"{owner.partition(' ')[2]}.{where}"
         return make_upstream(name, UPSTREAM.validate(ref, f"{owner}: {where}"), defaults,

@@ -7,10 +7,11 @@ Rules (issue 3, and what an operator expects of a gateway):
   serving. A bad *update* keeps the last good version of that item serving.
 - A route refused because another route holds its path is tried again whenever a route moves
   or goes: a path can move from one route to another in one change, in either order.
-- A route whose upstream id is not known yet is held (rejected, "waiting") and starts working as
-  soon as the upstream arrives. Routes are recompiled when their upstream changes.
-- A deleted upstream that routes still use is kept for them (and named in ``rejected``) until
-  they change: a delete never takes a good route down.
+- A route whose upstream id is not known yet (or was deleted) is served with a stand-in that
+  answers 503 after the route's own plugins, and noted as waiting: its paths never fall through
+  to a broader route (whose plugins may be nothing like its own: a public catch-all in front
+  of a route with key_auth). It starts working as soon as the upstream arrives. Routes are
+  recompiled when their upstream changes.
 - Static routes and upstreams from the conf file are always there; a dynamic item with the same
   id is rejected.
 - Changes are applied to the router in place, route by route: cost follows the change, not the
@@ -24,7 +25,8 @@ import json
 from ..errors import ConfigError
 from .consumers import Directory, compile_consumer
 from .router import Router
-from .routes import ROUTE, TARGET, UPSTREAM, compile_route, make_upstream, upstream_refs
+from .routes import (ROUTE, TARGET, UPSTREAM, compile_route, make_upstream,
+                     undefined_upstream, upstream_refs)
 from .schema import show
 
 
@@ -38,6 +40,8 @@ def _decode(raw):
             raise ConfigError("invalid JSON: arrays or objects nested too deep") from None
     return raw
 
+
+WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
 
 # What a check that did not foresee a value may raise. Caught per item: one value in etcd
 # must never stop the sync process (it would crash-loop on it, and no later change apply).
@@ -68,7 +72,7 @@ class LiveTable:
         self.expand_services = False    # the sync process turns it on when it sees services
         self.instances = {}         # service -> {instance: target spec}
         self.service_revision = {}  # service -> etcd revision of its last change
-        self._kept_upstreams = set()    # deleted at the source, still used by routes
+        self.waiting = set()        # "routes/ID" served with a stand-in for a missing upstream
         self._conflicted = set()    # route ids refused only for a path another route held
         self._retrying = False
         self.consumers = Directory(registry)    # static and dynamic, compiled
@@ -84,7 +88,7 @@ class LiveTable:
                 registry)
             self.static_upstreams.add(upstream_id)
         for spec in static_routes:
-            route = self._compile_route(ROUTE.validate(spec, f"route {spec.get('id')}"))
+            route, _ = self._compile_route(ROUTE.validate(spec, f"route {spec.get('id')}"))
             self.router.add(route)
             self.static_routes.add(route.id)
 
@@ -233,7 +237,7 @@ class LiveTable:
                     raise ConfigError(f"route {route_id}: id {show(spec['id'])} in the value "
                                       f"does not match the key")
             spec = ROUTE.validate(spec, f"route {route_id}")
-            route = self._compile_route(spec)
+            route, missing = self._compile_route(spec)
             old = self.router.remove(route_id)
             try:
                 self.router.add(route)
@@ -245,22 +249,26 @@ class LiveTable:
         except (ConfigError, *UNFORESEEN) as exc:
             return self._reject(key, _as_config_error(exc), route_id in self.route_specs)
         self.route_specs[route_id] = (version, spec)
-        self.rejected.pop(key, None)
         self._conflicted.discard(route_id)
-        if self._kept_upstreams:
-            self._release_unused_upstreams()
+        if missing:
+            self.waiting.add(key)
+            self.rejected[key] = (f"route {route_id}: upstream: unknown upstream id "
+                                  f"{', '.join(map(show, missing))} (the route {WAITING}; "
+                                  f"until then it answers 503)")
+        else:
+            self.waiting.discard(key)
+            self.rejected.pop(key, None)
         self._retry_conflicted()
         return True
 
     def delete_route(self, route_id):
         self.wanted_routes.pop(route_id, None)
         self.rejected.pop(f"routes/{route_id}", None)
+        self.waiting.discard(f"routes/{route_id}")
         self._conflicted.discard(route_id)
         if route_id in self.route_specs:
             del self.route_specs[route_id]
             self.router.remove(route_id)
-        if self._kept_upstreams:
-            self._release_unused_upstreams()
         self._retry_conflicted()
 
     def put_upstream(self, upstream_id, raw, version=0):
@@ -278,7 +286,6 @@ class LiveTable:
             return self._reject(key, _as_config_error(exc), upstream_id in self.upstream_specs)
         self.upstream_specs[upstream_id] = (served_version, spec)
         self.rejected.pop(key, None)
-        self._kept_upstreams.discard(upstream_id)
         self._recompile_users(upstream_id)
         return True
 
@@ -287,15 +294,11 @@ class LiveTable:
         self.rejected.pop(f"upstreams/{upstream_id}", None)
         if upstream_id not in self.upstream_specs:
             return
-        users = self._users_of(upstream_id)
-        if users:
-            self._kept_upstreams.add(upstream_id)
-            self.rejected[f"upstreams/{upstream_id}"] = (
-                f"upstream {upstream_id}: deleted, but routes {', '.join(sorted(users))} still "
-                f"use it; it is kept for them until they change")
-            return
+        # Routes that use it answer 503 until it is back (a stand-in), as on a host that
+        # starts now: every host serves what etcd holds, whatever it saw before.
         del self.upstream_specs[upstream_id]
         del self.upstreams[upstream_id]
+        self._recompile_users(upstream_id)
 
     def put_consumer(self, consumer_id, raw, version=0):
         key = f"consumers/{consumer_id}"
@@ -327,9 +330,19 @@ class LiveTable:
         return False
 
     def _compile_route(self, spec):
-        return compile_route(spec, self.upstreams, self.defaults, self.server,
-                             self.global_plugins, self.registry,
-                             " (the route starts working when it arrives)")
+        """-> (route, ids of the upstreams it names that are not defined: stand-ins)."""
+        missing = []
+
+        def stand_in(upstream_id):
+            missing.append(upstream_id)
+            return undefined_upstream(upstream_id, self.defaults)
+        route = compile_route(spec, self.upstreams, self.defaults, self.server,
+                              self.global_plugins, self.registry, absent=stand_in)
+        return route, missing
+
+    def refused(self):
+        """Rejected items, less the routes served with a stand-in while they wait."""
+        return {k: v for k, v in self.rejected.items() if k not in self.waiting}
 
     def _retry_conflicted(self):
         """A route refused for a path another route held is tried again whenever a route
@@ -348,10 +361,6 @@ class LiveTable:
         finally:
             self._retrying = False
 
-    def _users_of(self, upstream_id):
-        return {route_id for route_id, (_, spec) in self.route_specs.items()
-                if upstream_id in upstream_refs(spec, self.registry)}
-
     def _recompile_users(self, upstream_id):
         """Routes that use, or wait for, this upstream pick up its new version."""
         for route_id, (version, raw) in list(self.wanted_routes.items()):
@@ -360,12 +369,3 @@ class LiveTable:
             waits = f"routes/{route_id}" in self.rejected
             if uses or waits:
                 self.put_route(route_id, raw, version)
-
-    def _release_unused_upstreams(self):
-        """Drop upstreams deleted at the source once no route uses them any more."""
-        for upstream_id in list(self._kept_upstreams):
-            if not self._users_of(upstream_id):
-                self._kept_upstreams.discard(upstream_id)
-                del self.upstream_specs[upstream_id]
-                del self.upstreams[upstream_id]
-                self.rejected.pop(f"upstreams/{upstream_id}", None)

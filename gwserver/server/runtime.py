@@ -223,7 +223,7 @@ class Runtime:
         started = time.monotonic()
         self.table.apply_steps(steps)
         revision = steps[-1][1]["revision"]
-        refused = self.table.rejected
+        refused = self.table.refused()
         if refused:
             log.error("route table generation %d: %d published item(s) not applied in this "
                       "worker: %s", generation, len(refused),

@@ -18,6 +18,7 @@ from ..core import grpcweb
 from ..core.context import ResponseHead
 from ..core.h2request import grpc_timeout, is_grpc
 from ..core.headers import WRITTEN_UPSTREAM, via_chain
+from ..core.routes import no_target_reason
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
@@ -100,8 +101,7 @@ class H2Forwarder:
     def forward(self, client, req, keep_alive, upstream):
         route = req.route
         if not upstream.targets:
-            raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
-                                     f"{upstream.service}")
+            raise ServiceUnavailable(no_target_reason(upstream))
         grpc = req.var("grpc_web")
         streamed = not req.complete and not grpc
         body = b"".join(req.take_body()) if streamed else self.read_body(client, req, route)

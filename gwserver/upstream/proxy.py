@@ -39,6 +39,7 @@ from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
 from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
+from ..core.routes import no_target_reason
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
@@ -438,8 +439,7 @@ class Proxy:
         if upstream.protocol == "h2":
             return self.h2.forward(client, req, keep_alive, upstream)
         if not upstream.targets:
-            raise ServiceUnavailable(f"upstream {upstream.id}: no live instance of service "
-                                     f"{upstream.service}")
+            raise ServiceUnavailable(no_target_reason(upstream))
         policy = route.retry if upstream is route.upstream else upstream.retry
         body_held = None
         if req.complete:

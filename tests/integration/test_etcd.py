@@ -188,15 +188,30 @@ def test_a_path_moved_between_routes_in_one_transaction_is_served_by_every_worke
 
 
 def test_a_route_waits_for_an_upstream_defined_later(launcher, etcd, upstream, tmp_path):
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    """Waiting, a route holds its paths (503 after its own plugins): they used to fall
+    through to a broader route, so a public catch-all served a route that has key_auth."""
+    from gwserver.plugins.key_auth import hash_key
+    conf = etcd_conf(tmp_path, [etcd.url], [route("public", ["/*rest"], upstream.url)])
+    conf["consumers"] = {"ann": {"credentials": {"key_auth": {"key_hash": hash_key("ann-key")}}}}
+    gw = launcher.gateway(conf)
     client = etcd.client()
-    revision = put(client, "routes", "early", {"paths": ["/early"], "upstream": "late"})
+    revision = put(client, "routes", "early", {"paths": ["/private/*rest"], "upstream": "late",
+                                               "plugins": {"key_auth": {}}})
     wait_until(lambda: all_workers_at(gw, revision))
-    assert serves(gw, "/early") == 404
+    assert serves(gw, "/private/data") == 401               # not the catch-all's 200
+    resp, body = gw.request("GET", "/private/data", headers={"X-API-Key": "ann-key"})
+    assert resp.status == 503 and b"upstream late is not defined" in body
+    assert "starts working when it arrives" in status_of(gw)["rejected"]["routes/early"]
     revision = put(client, "upstreams", "late", UP(upstream))
     wait_until(lambda: all_workers_at(gw, revision))
-    assert serves(gw, "/early") == 200
+    assert gw.request("GET", "/private/data", headers={"X-API-Key": "ann-key"})[0].status == 200
+    assert serves(gw, "/private/data") == 401
     assert status_of(gw)["rejected"] == {}
+    client.delete(f"{PREFIX}/upstreams/late")               # every host: 503 until it is back
+    revision = client.revision()
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert gw.request("GET", "/private/data", headers={"X-API-Key": "ann-key"})[0].status == 503
+    assert serves(gw, "/private/data") == 401
 
 
 def test_etcd_down_keeps_the_table_and_a_restart_resumes(launcher, upstream, tmp_path):

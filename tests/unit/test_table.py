@@ -53,13 +53,19 @@ def test_a_bad_update_keeps_the_last_good_version():
     assert "routes/r" not in t.rejected
 
 
-def test_route_waits_for_its_upstream():
+def test_route_waits_for_its_upstream_holding_its_paths():
+    """Until its upstream arrives a route is served with a stand-in that has no targets (503
+    after its own plugins): its paths never fall through to a broader route."""
     t = table()
-    assert not t.put_route("r", route("r", "/late", upstream="later"), 1)
-    assert "starts working when it arrives" in t.rejected["routes/r"]
-    assert served(t, "/late") is None
-    t.put_upstream("later", json.dumps(UP), 2)
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    assert t.put_route("r", route("r", "/late", upstream="later"), 3)
+    assert "starts working when it arrives" in t.rejected["routes/r"] and not t.refused()
+    assert served(t, "/late") == "r" and t.router.routes["r"].upstream.targets == ()
+    assert "r" in t.published()["routes"]           # workers hold its paths too
+    t.put_upstream("later", json.dumps(UP), 4)
     assert served(t, "/late") == "r" and t.rejected == {}
+    assert t.router.routes["r"].upstream.targets[0].port == 9001
 
 
 def test_upstream_change_recompiles_its_routes():
@@ -70,14 +76,24 @@ def test_upstream_change_recompiles_its_routes():
     assert t.router.routes["r"].upstream.targets[0].port == 9002
 
 
-def test_deleting_a_used_upstream_keeps_it_until_its_routes_go():
+def test_deleting_a_used_upstream_leaves_its_routes_waiting_as_on_a_new_host():
+    """Every host serves what etcd holds: the routes of a deleted upstream answer 503 until
+    it is back, as they do on a host that starts after the delete (one that had kept the
+    upstream served on while new hosts did not)."""
     t = table()
     t.put_upstream("u1", json.dumps(UP), 1)
     t.put_route("r", route("r", "/r"), 2)
     t.delete_upstream("u1")
-    assert served(t, "/r") == "r" and "still use it" in t.rejected["upstreams/u1"]
+    assert "u1" not in t.upstreams and "u1" not in t.published()["upstreams"]
+    assert served(t, "/r") == "r" and t.router.routes["r"].upstream.targets == ()
+    assert "starts working when it arrives" in t.rejected["routes/r"]
+    fresh = table()
+    fresh.apply_published(t.published())
+    assert served(fresh, "/r") == "r" and fresh.router.routes["r"].upstream.targets == ()
+    t.put_upstream("u1", json.dumps(UP), 3)
+    assert t.router.routes["r"].upstream.targets and t.rejected == {}
     t.delete_route("r")
-    assert "u1" not in t.upstreams and t.rejected == {}
+    assert t.rejected == {}
 
 
 def test_static_ids_cannot_be_taken():
