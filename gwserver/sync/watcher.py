@@ -263,9 +263,10 @@ class ConfigSync:
         self.publish(full=True)
 
     def run(self):
+        # Without a snapshot nothing is published until etcd answers: workers serve the conf
+        # file's static routes, and /-/ready answers 503 (no first table), so a load balancer
+        # sends no traffic to a gateway that lacks every etcd route.
         self.load_snapshot()
-        if self.served is None:
-            self.publish(full=True)     # static routes only, until etcd answers
         while True:
             try:
                 self.sync_once()
@@ -274,7 +275,11 @@ class ConfigSync:
                             self.revision, exc)
                 self.revision = None
             except EtcdError as exc:
-                if self.connected:
+                if self.served is None and not self.lost:       # once, not every retry
+                    log.error("etcd unreachable: %s; no snapshot either: serving the conf "
+                              "file's static routes only, and /-/ready answers 503 until etcd "
+                              "answers", exc)
+                elif self.connected:
                     log.error("etcd unreachable: %s; serving the last good table", exc)
                 self.connected, self.lost = False, True
                 self.write_status()

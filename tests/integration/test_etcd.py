@@ -10,7 +10,7 @@ import pytest
 
 from gwserver.sync.shm import read_json, worker_board
 
-from ..conftest import TcpRelay, gateway_conf, route, wait_until
+from ..conftest import TcpRelay, free_port, gateway_conf, route, wait_until
 
 PREFIX = "/gw"
 
@@ -297,6 +297,25 @@ def test_three_member_cluster_survives_losing_the_connected_member(launcher, ups
     wait_until(lambda: all_workers_at(gw, revision), timeout=25)
     assert serves(gw, "/a") == 200 and serves(gw, "/b") == 200
     assert status_of(gw)["endpoint"] != connected
+
+
+def test_no_etcd_and_no_snapshot_at_start_is_not_ready_and_says_so(launcher, upstream,
+                                                                      tmp_path):
+    """It answered /-/ready 200 with the static routes alone, and logged nothing: a load
+    balancer sent it traffic for routes it did not have."""
+    ports = (free_port(), free_port())
+    gw = launcher.gateway(etcd_conf(tmp_path, [f"http://127.0.0.1:{ports[0]}"],
+                                    [route("static", ["/static"], upstream.url)]))
+    assert serves(gw, "/static") == 200
+    wait_until(lambda: "no snapshot either" in gw.log())
+    assert gw.admin_get("/-/ready")[0] == 503
+    etcd = launcher.etcd(ports=ports)                   # etcd comes up: the first table
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision), timeout=20)
+    assert serves(gw, "/r") == 200
+    wait_until(lambda: gw.admin_get("/-/ready")[0] == 200)
 
 
 def test_cold_start_from_snapshot_with_etcd_down(launcher, upstream, tmp_path):
