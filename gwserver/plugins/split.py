@@ -37,6 +37,7 @@ import time
 from ..core import rollout as core_rollout
 from ..core.schema import (Field, Invalid, Schema, integer, list_of, map_of, number,
                            one_of, request_header_name, request_key, show, status_code, string)
+from ..errors import UpstreamError, UpstreamTimeout
 
 NAME = "split"
 PRIORITY = 720          # after rate_limit (800); before breaker (700), which may key on it
@@ -262,14 +263,17 @@ def access(conf, ctx):
             if rule["upstream"] != shut and _rule_holds(rule, ctx):
                 group = rule["upstream"]
                 break
-    if group is None:
+    weighed = group is None
+    if weighed:
         key = ctx.value_of(conf["key_kind"], conf["key_name"])
         point = hash_point(key, total) if key else random.randrange(total)
         group, ctx.upstream = pick(choices, total, point)
     else:
         ctx.upstream = conf["by_group"][group]
     ctx.vars["split_group"] = group
-    if step is not None:
+    if step is not None and weighed:
+        # Only traffic the weights placed judges a step: a group chosen by X-AB-Group or a
+        # rule is the client's choice, and a client could steer the gates with it.
         ctx.vars["rollout"] = step["window"]
     ctx.set_header(conf["group_header"], group)
     if conf["env"] and conf["env_header_b"] not in ctx.header_map:
@@ -278,15 +282,21 @@ def access(conf, ctx):
 
 
 def finish(conf, ctx, status):
-    """Count the answer for the rollout's gates: its group, failed or not, how long it took
-    (from the request's head to the end of the answer)."""
+    """Count the answer for the rollout's gates: its group, failed or not, and how long the
+    upstream took to answer (request sent to answer head: a slow client's upload or download
+    is no latency of the canary's). Only the upstream decides: an answer the gateway made
+    itself, or one whose client left, is not counted."""
     window = ctx.var("rollout")
-    if window is None:
+    if window is None or status == 0 or ctx.ended_by is not None:
         return
-    started = ctx.started if ctx.started is not None else time.monotonic()
-    failed = ctx.upstream_failed(status, conf["rollout_failures"])
+    failed = isinstance(ctx.error, (UpstreamError, UpstreamTimeout))
+    if ctx.upstream_seconds is None and not failed:
+        return          # never reached the upstream (a 413, a 408): says nothing of it
+    failed = failed or status in conf["rollout_failures"]
+    seconds = ctx.upstream_seconds if ctx.upstream_seconds is not None else \
+        time.monotonic() - (ctx.started or time.monotonic())     # a connect error: its wait
     ctx.services.rollouts.record(ctx.route.id, window, ctx.vars["split_group"], failed,
-                                 time.monotonic() - started)
+                                 seconds)
 
 
 ADMIN_VIEW = "rollouts"

@@ -187,6 +187,44 @@ def test_slow_canary_fails_the_latency_gate_with_redis_only(launcher, tmp_path):
     assert gate["ok"] is False and gate["value"] > 0.25
 
 
+def test_clients_cannot_steer_the_gates(launcher, tmp_path):
+    """Slow uploads forced onto the canary (X-AB-Group), or placed there by the weights,
+    counted their client's time as the canary's latency: 30 of them rolled a healthy canary
+    back. Latency is now the upstream's; forced requests and client resets do not count."""
+    import socket
+    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
+    gw = launcher.gateway(rollout_conf(tmp_path, v1, v2, workers=1, interval=30,
+                                       min_requests=10))
+
+    def slow_post(headers):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"POST /shop/echo HTTP/1.1\r\nHost: a\r\n" + headers +
+                         b"Content-Length: 4\r\n\r\n")
+            for _ in range(4):
+                time.sleep(0.15)
+                sock.sendall(b"x")
+            return sock.recv(200).split(b"\r\n", 1)[0]
+
+    load = Load([gw], clients=50, pause=0.01)
+    try:
+        wait_until(lambda: rollout_of(gw).get("step") is not None, timeout=20)
+        for round_ in range(2):
+            threads = [threading.Thread(target=slow_post, args=(header,))
+                       for header in [b"X-AB-Group: canary\r\n"] * 8 +
+                       [b"X-User: %s\r\n" % uuid.uuid4().hex.encode() for _ in range(8)]]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        time.sleep(2.0)             # counts reach the helper, which judges the window
+        entry = rollout_of(gw)
+    finally:
+        load.stop()
+    assert entry["status"] != "rolled_back", entry.get("history")
+    gate = next(g for g in entry["gates"] if g["gate"] == "latency_p90")
+    assert gate["value"] is None or gate["value"] < 0.25, gate
+
+
 def test_restart_mid_rollout_resumes_and_the_cli_steers(launcher, pair):
     make, v1, v2 = pair
     first = launcher.gateway(make(interval=1.0))
