@@ -18,7 +18,8 @@
         └── UpstreamTimeout           504
             └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
 
-The worker renders ``exc.status`` and ``exc.reason`` in one place; nothing upstream of it builds
+The worker renders ``exc.status`` and ``exc.message`` (``reason``, or ``public`` where the reason
+names the inside: the log gets it) in one place; nothing upstream of it builds
 error pages by hand.
 """
 
@@ -47,11 +48,18 @@ class HTTPError(GatewayError):
 
     status = 500
     error = "internal_error"
+    public = None       # what the client is told instead of ``reason``, when that is internal
 
     def __init__(self, reason="", headers=()):
         super().__init__(reason or self.error)
         self.reason = reason or self.error.replace("_", " ")
         self.headers = list(headers)
+
+    @property
+    def message(self):
+        """The client's words: ``reason``, unless it names the inside (upstream addresses,
+        library errors), which only the gateway's log gets, with the request id."""
+        return self.public or self.reason
 
 
 class BadRequest(HTTPError):
@@ -96,6 +104,7 @@ class HeadersTooLarge(HTTPError):
 class UpstreamError(HTTPError):
     """The upstream refused, reset or sent something that is not HTTP."""
     status, error = 502, "bad_gateway"
+    public = "the upstream failed; the gateway's log has the details under this request id"
 
 
 class UpstreamConnectError(UpstreamError):
@@ -120,6 +129,7 @@ class ServiceUnavailable(HTTPError):
 class UpstreamTimeout(HTTPError):
     """The upstream did not answer within the route's read timeout."""
     status, error = 504, "gateway_timeout"
+    public = "the upstream did not answer in time"
 
 
 class UpstreamConnectTimeout(UpstreamTimeout, UpstreamConnectError):

@@ -521,7 +521,8 @@ class ClientConnection:
             req.error = exc
             status = exc.status
             if exc.status >= 500 and req.route is not None:
-                log.warning("route %s: %s: %s", req.route.id, exc.error, exc.reason)
+                log.warning("route %s: request %s: %s: %s", req.route.id, req.request_id,
+                            exc.error, exc.reason)
             keep_alive = keep_alive and req.complete and exc.status < 500 and \
                 not self.timed_out and runtime.alive
             if getattr(exc, "response_started", False):
@@ -620,7 +621,7 @@ def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):
 def error_reply(exc, request_id):
     """The one JSON shape of every error the gateway answers: error, status, message and
     request_id (when the request got that far)."""
-    payload = {"error": exc.error, "status": exc.status, "message": exc.reason}
+    payload = {"error": exc.error, "status": exc.status, "message": exc.message}
     if request_id:
         payload["request_id"] = request_id
     return Reply.json(exc.status, payload, exc.headers)

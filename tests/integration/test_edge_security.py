@@ -486,9 +486,9 @@ def test_an_upstream_that_neither_reads_nor_answers_an_upload_times_out(launcher
         answer = b""
         while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
             answer += piece
-    assert answer.startswith(b"HTTP/1.1 504") and b"did not accept the request" in answer, \
-        answer[:300]
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
     assert 0.9 < time.monotonic() - started < 4
+    wait_until(lambda: "did not accept the request" in gw.log())     # the client: no details
 
 
 def latency_while(gw, attack):

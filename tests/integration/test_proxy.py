@@ -350,3 +350,16 @@ def test_the_gateways_own_answers_have_one_shape_and_their_bytes_are_logged(
     line = wait_until(lambda: [l for l in gw.access_lines()
                                if l.get("request_id") == payload["request_id"]])[-1]
     assert line["status"] == status and line["bytes"] == len(body)
+
+
+def test_an_upstream_failure_tells_the_client_nothing_of_the_inside(gw):
+    """The 502 body carried the target's address and a Python class name
+    (CheapCheckHTTPConnection(host=..., port=...)); the log line had no request id to find
+    it by. Now the client gets the request id, and the log the details under it."""
+    resp, body = gw.request("GET", "/dead")
+    answer = json.loads(body)
+    assert resp.status == 502 and answer["request_id"]
+    assert "127.0.0.1" not in body.decode() and "Connection" not in body.decode()
+    assert "log has the details" in answer["message"]
+    wait_until(lambda: f"request {answer['request_id']}: bad_gateway: cannot connect to "
+               in gw.log())
