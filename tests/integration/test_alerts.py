@@ -76,3 +76,15 @@ def test_redis_alert_fires_when_redis_is_down(launcher, upstream, tmp_path):
     text = gw.admin_get("/metrics")[1].decode()
     assert "gwserver_redis_up 0.0" in text
     assert firing(tmp_path, text)
+
+
+def test_reload_alert_fires_on_a_refused_reload_and_not_before(launcher, upstream, tmp_path):
+    import os
+    import signal
+    gw = launcher.gateway(gateway_conf([route("r", ["/*p"], upstream.url)]))
+    assert not firing(tmp_path, gw.admin_get("/metrics")[1].decode(), "GwserverReloadRefused")
+    gw.conf_path.write_text(gw.conf_path.read_text() + "\n[log]\nlevel = \"loud\"\n")
+    os.kill(gw.pid, signal.SIGHUP)
+    text = wait_until(lambda: (t := gw.admin_get("/metrics")[1].decode())
+                      and "gwserver_config_last_reload_successful 0.0" in t and t)
+    assert firing(tmp_path, text, "GwserverReloadRefused")
