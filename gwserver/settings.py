@@ -139,7 +139,8 @@ UPSTREAM_DEFAULTS = Schema(
     Field("connect_timeout", number(0, exclusive=True), 5.0,
           "seconds to open an upstream connection"),
     Field("read_timeout", number(0, exclusive=True), 60.0,
-          "seconds to wait for each read from an upstream"),
+          "seconds to wait for each read from an upstream; a websocket tunnel idle this "
+          "long both ways is closed"),
     Field("max_response_head", integer(1024), 65536,
           "largest upstream response head in bytes (1xx heads included); larger: 502"),
     Field("retries", integer(0, 5, "an integer from 0 to 5"), 1,

@@ -44,7 +44,8 @@ def target_url(value):
 TIMEOUTS = Schema(
     Field("connect", number(0, exclusive=True), None, "seconds to open an upstream connection"),
     Field("read", number(0, exclusive=True), None,
-          "seconds to wait for each read from the upstream"),
+          "seconds to wait for each read from the upstream; a websocket tunnel idle this "
+          "long both ways is closed"),
 )
 
 IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")     # RFC 9110 9.2.2

@@ -883,10 +883,14 @@ class Proxy:
         return status, sent, keep_alive, ex.keep_alive and req.complete
 
     def tunnel(self, client, req, ex):
-        """101 Switching Protocols: relay raw bytes both ways until either side closes."""
+        """101 Switching Protocols: relay raw bytes both ways until either side closes, or
+        nothing moves either way for the route's read timeout (nginx's proxy_read_timeout on a
+        websocket): an idle tunnel would hold a connection slot for good."""
         head = self.response_head(req, ex, False)[0]
         client.write(b"".join([head, *ex.chunks]))
         upstream_sock, client_sock = ex.sock, client.sock
+        deadlines, idle = self.runtime.deadlines, req.route.read_timeout
+        tunnel = IdleTunnel((upstream_sock, client_sock))
 
         def pump(src, dst):
             buf = bytearray(RECV_SIZE)
@@ -895,7 +899,9 @@ class Proxy:
                     n = src.recv_into(buf)
                     if not n:
                         break
+                    deadlines.arm(tunnel, idle)
                     dst.sendall(memoryview(buf)[:n])
+                    deadlines.arm(tunnel, idle)
             except OSError:
                 pass
             finally:
@@ -905,12 +911,28 @@ class Proxy:
                     except OSError:
                         pass
 
-        if req.upgrade_tail:
-            upstream_sock.sendall(req.upgrade_tail)
-        down = gevent.spawn(pump, upstream_sock, client_sock)
-        pump(client_sock, upstream_sock)
-        down.join()
+        deadlines.arm(tunnel, idle)
+        try:
+            if req.upgrade_tail:
+                upstream_sock.sendall(req.upgrade_tail)
+            down = gevent.spawn(pump, upstream_sock, client_sock)
+            pump(client_sock, upstream_sock)
+            down.join()
+        finally:
+            deadlines.disarm(tunnel)
         return 101, 0, False, False
+
+
+class IdleTunnel:
+    """The deadline owner of a websocket tunnel: idle too long, both sockets are closed,
+    which ends both pumps (a send blocked on a peer that stopped reading included)."""
+
+    def __init__(self, socks):
+        self.socks = socks
+
+    def expire(self):
+        for sock in self.socks:
+            sock.close()
 
 
 def send_failed(ex, exc, stale_ok=False):

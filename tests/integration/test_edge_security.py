@@ -809,3 +809,33 @@ def test_bytes_after_the_last_request_never_cost_the_client_its_answer(launcher)
             while piece := sock.recv(65536):
                 answer += piece
         assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+
+
+def test_an_idle_websocket_tunnel_is_closed_after_the_read_timeout(launcher, upstream):
+    """A tunnel had no deadline: idle ones held connection slots for good (20 of them locked
+    a worker with worker_connections = 20 out). Idle for the route's read timeout both ways,
+    it is closed; one that moves stays open."""
+    gw = launcher.gateway(gateway_conf([route("ws", ["/ws"], upstream.url,
+                                              timeouts={"read": 1.0})]))
+
+    def open_tunnel():
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                     b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101")
+        return sock
+
+    idle, busy = open_tunnel(), open_tunnel()
+    started = time.monotonic()
+    for _ in range(5):                                  # 2.5 s of traffic every 0.5 s
+        busy.sendall(b"ping")
+        assert busy.recv(16) == b"ping"
+        time.sleep(0.5)
+    busy.close()
+    assert idle.recv(16) == b""                         # closed by the gateway...
+    assert time.monotonic() - started < 4               # ...after ~1 s idle, not never
+    idle.close()
