@@ -1,7 +1,7 @@
 """Secrets out of what the gateway shows: ``gwserver check --dump`` and the admin views.
 
 A value is masked when its key names a secret (the admin token, jwt secrets, the etcd
-password, ...), and a URL keeps everything but the password of its user part (a Redis URL's
+password, ...) or a header that carries one (Authorization, X-Api-Key, Cookie), and a URL keeps everything but the password of its user part (a Redis URL's
 ``redis://:pw@host`` shows as ``redis://:***@host``), as nginx -T does not but Kong's admin API
 and APISIX's do for their credentials.
 """
@@ -10,6 +10,10 @@ import re
 MASK = "***"
 SECRET_KEYS = frozenset(["token", "password", "secret", "client_secret", "private_key",
                          "api_key"])
+# Header names whose values are credentials (a headers plugin that sets Authorization for
+# the upstream, a route matching on X-Api-Key): masked by name, as keys above are.
+SECRET_HEADER = re.compile(r"authorization|token|secret|passw|api[-_]?key|cookie|credential|"
+                           r"session", re.I)
 URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*(?P<tail>@)", re.I)
 
 
@@ -18,10 +22,14 @@ def redact(value, key=None):
     not plain data (compiled patterns, keys, sets) becomes a list or its ``str``."""
     if isinstance(value, dict):
         return {str(k): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and value and all(_is_pair(item) for item in value):
+        # (name, value) header pairs, as compiled configs hold them
+        return [[redact(name), redact(v, redact(name))] for name, v in value]
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
         return [redact(v, key) for v in items]
-    if key in SECRET_KEYS and value not in (None, ""):
+    if value not in (None, "") and (key in SECRET_KEYS or isinstance(value, (str, bytes)) and
+                                    key is not None and SECRET_HEADER.search(key)):
         return MASK
     if isinstance(value, str):
         return URL_PASSWORD.sub(rf"\g<head>{MASK}\g<tail>", value)
@@ -30,3 +38,8 @@ def redact(value, key=None):
     if isinstance(value, bytes):
         return value.decode("latin-1")
     return str(value)
+
+
+def _is_pair(item):
+    return isinstance(item, (list, tuple)) and len(item) == 2 and \
+        all(isinstance(part, (str, bytes)) for part in item)

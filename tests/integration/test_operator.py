@@ -225,3 +225,21 @@ def test_reloads_with_files_no_check_foresaw_are_refused_and_the_master_lives(la
         assert gw.proc.poll() is None
         assert gw.request("GET", "/echo")[0].status == 200
     assert "Traceback" not in gw.log()
+
+
+def test_admin_views_mask_credentials_a_route_sends_or_matches(launcher, upstream):
+    """/admin/routes/ID showed a headers plugin's Authorization and a route's match on
+    X-Api-Key in clear; only key names such as `secret` were masked."""
+    conf = gateway_conf([route("api", ["/api"], upstream.url, headers={"X-Api-Key": "k-123"},
+                               plugins={"headers": {"request": {"set": {
+                                   "Authorization": "Bearer upstream-secret-1",
+                                   "X-Env": "prod"}}}})],
+                        admin={"token": TOKEN})
+    gw = launcher.gateway(conf)
+    status, view = admin(gw, "/admin/routes/api")
+    text = json.dumps(view)
+    assert status == 200 and "upstream-secret-1" not in text and "k-123" not in text
+    assert "prod" in text and "***" in text
+    dump = subprocess.run([sys.executable, "-m", "gwserver", "check", "--dump", "-c",
+                           str(gw.conf_path)], capture_output=True, text=True)
+    assert dump.returncode == 0 and "upstream-secret-1" not in dump.stdout
