@@ -263,6 +263,12 @@ def status(conf):
               + (f", {refused} published item(s) not applied (see its log)" if refused else ""))
         if refused:
             problems.append(f"worker {pid} serves {refused} item(s) fewer than published")
+        if behind and not stale:
+            late = published_age(runtime_dir, state["generation"])
+            if late is not None and late > BEHIND_GRACE:
+                problems.append(f"worker {pid} is at generation {entry['generation']}, "
+                                f"{late:.0f}s after generation {state['generation']} was "
+                                f"published (workers apply one within a second)")
     rejected = state.get("rejected", {})
     refused = [k for k, reason in rejected.items() if WAITING not in reason]
     print(f"{len(refused)} rejected item(s)"
@@ -275,6 +281,21 @@ def status(conf):
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+BEHIND_GRACE = 5.0       # seconds a worker may take to apply a published generation
+
+
+def published_age(runtime_dir, generation):
+    """Seconds since ``generation`` was published (its change file, or the whole table)."""
+    import os
+    from .sync.shm import CHANGES, TABLE
+    for path in (f"{runtime_dir}/{CHANGES}/{generation}.json", f"{runtime_dir}/{TABLE}"):
+        try:
+            return time.time() - os.stat(path).st_mtime
+        except OSError:
+            continue
+    return None
 
 
 def stale_reason(pid, age, etcd):

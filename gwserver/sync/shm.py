@@ -38,12 +38,27 @@ def _open_counter(runtime_dir, create):
     path = os.path.join(runtime_dir, GENERATION)
     if create and not os.path.exists(path):
         atomic_write(path, _COUNTER.pack(0))
+    elif create and os.path.getsize(path) != _COUNTER.size:
+        # Truncated or overwritten by something else (an mmap past the end of a file is
+        # SIGBUS): a new file, at the newest generation the published files show, so
+        # workers never see the numbering go back.
+        log.error("%s was damaged (%d bytes); rewriting it", path, os.path.getsize(path))
+        atomic_write(path, _COUNTER.pack(_newest_generation(runtime_dir)))
     fd = os.open(path, os.O_RDWR if create else os.O_RDONLY)
     try:
         return mmap.mmap(fd, _COUNTER.size, access=mmap.ACCESS_WRITE if create else
                          mmap.ACCESS_READ)
     finally:
         os.close(fd)
+
+
+def _newest_generation(runtime_dir):
+    base = read_json(os.path.join(runtime_dir, TABLE)) or {}
+    changes = [int(name.partition(".")[0]) for name in
+               os.listdir(os.path.join(runtime_dir, CHANGES))
+               if name.partition(".")[0].isdigit()] \
+        if os.path.isdir(os.path.join(runtime_dir, CHANGES)) else []
+    return max([base.get("generation") or 0, *changes])
 
 
 class TablePublisher:

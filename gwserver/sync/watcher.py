@@ -27,7 +27,7 @@ import time
 from ..core.table import LiveTable
 from ..plugins import load_registry
 from .etcd import Compacted, EtcdClient, EtcdError
-from .shm import TablePublisher, read_json
+from .shm import TablePublisher, TableReader, read_json
 
 log = logging.getLogger("gwserver.sync")
 
@@ -262,11 +262,32 @@ class ConfigSync:
         self.revision = None            # a snapshot is a start, not a position in etcd
         self.publish(full=True)
 
+    def load_served(self):
+        """A sync process that restarts (the last one died; the master started this one)
+        takes up what the workers serve now, from runtime_dir: the snapshot lags it by up to
+        TablePublisher.MAX_STALE, and publishing that would roll the workers back. -> bool"""
+        reader = TableReader(self.publisher.runtime_dir)
+        if not reader.changed():
+            return False                # nothing published here: a first start
+        steps, _ = reader.updates()
+        if not steps or steps[0][0] != "full" or steps[0][1].get("prefix") != self.prefix:
+            return False
+        base = steps[0][1]
+        with self.publisher.lock:
+            self.table.apply_steps(steps)
+            self.publisher.source = {"cluster_id": base.get("cluster_id"),
+                                     "prefix": self.prefix}
+        self.served = self.versions()   # what the workers have: nothing to publish
+        log.info("taking up the table the workers serve (generation %d, etcd revision %s) "
+                 "until etcd answers", self.publisher.generation, steps[-1][1].get("revision"))
+        return True
+
     def run(self):
         # Without a snapshot nothing is published until etcd answers: workers serve the conf
         # file's static routes, and /-/ready answers 503 (no first table), so a load balancer
         # sends no traffic to a gateway that lacks every etcd route.
-        self.load_snapshot()
+        if not self.load_served():
+            self.load_snapshot()
         while True:
             try:
                 self.sync_once()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gwserver.sync.shm import read_json, worker_board
+from gwserver.sync.shm import TablePublisher, read_json, worker_board
 
 from ..conftest import TcpRelay, free_port, gateway_conf, route, wait_until
 
@@ -353,6 +353,30 @@ def test_sync_helper_is_restarted_and_kept_across_sighup(launcher, etcd, upstrea
     revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
     wait_until(lambda: all_workers_at(gw, revision))
     assert serves(gw, "/r2") == 200
+
+
+def test_a_restarted_sync_takes_up_what_the_workers_serve_not_an_older_snapshot(
+        launcher, etcd, upstream, tmp_path):
+    """Killed right after a change (before the snapshot caught up) with etcd hung, the sync
+    process came back with the older snapshot and published it: workers lost the change
+    until etcd answered again."""
+    client = etcd.client()
+    gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r1", "/r1")
+    time.sleep(TablePublisher.MAX_STALE + 1)            # the snapshot holds r1 now
+    first = sync_pid(gw)
+    revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision), interval=0.01)
+    etcd.proc.send_signal(signal.SIGSTOP)               # etcd hangs from here on
+    try:
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: (status_of(gw) or {}).get("pid") not in (None, first), timeout=20)
+        time.sleep(1.0)
+        assert [serves(gw, "/r2") for _ in range(6)] == [200] * 6
+        assert "taking up the table the workers serve" in gw.log()
+    finally:
+        etcd.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: (status_of(gw) or {}).get("connected"), timeout=30)
+    assert serves(gw, "/r2") == 200 and serves(gw, "/r1") == 200
 
 
 def test_static_routes_serve_beside_etcd_routes(launcher, etcd, upstream, tmp_path):
