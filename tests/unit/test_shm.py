@@ -69,6 +69,20 @@ def test_a_new_publisher_continues_the_numbering(tmp_path, publisher):
     assert again.publish({}, 3) == 3
 
 
+@pytest.mark.parametrize("damage", [b"", b"\x00" * 3, b"\x00" * 64])
+def test_a_damaged_generation_file_is_rewritten_at_the_newest_generation(tmp_path, publisher,
+                                                                          damage):
+    """Truncated by another process, it crash-looped a new sync process (mmap past the end
+    of the file) for as long as it stayed so."""
+    publisher.publish(None, 1, full=True)
+    publisher.publish({}, 2)
+    publisher.publish({}, 3)
+    (tmp_path / "generation").write_bytes(damage)
+    again = TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}})
+    assert again.generation == 3                # workers never see the numbering go back
+    assert again.publish({}, 4) == 4
+
+
 def test_health_checker_follows_the_table_and_stops_re_reading_it(tmp_path, publisher, table):
     """Checker.follow applied updates but never advanced its reader: every 0.2 s after the
     first change it parsed the whole published table again."""
