@@ -15,7 +15,11 @@ from .schema import (Field, Invalid, Schema, boolean, fraction, header_name, hea
                      string)
 
 ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
-METHOD = r"[A-Z][A-Z0-9_-]{0,19}"
+# The methods a route may list: HTTP's (RFC 9110, PATCH, QUERY), WebDAV's and PURGE. A closed
+# list, as APISIX's: "PSOT" would otherwise be accepted, and POST fall to a broader route.
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "QUERY",
+           "PURGE", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK",
+           "REPORT", "SEARCH")
 HOST = r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
 PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Characters a path segment pattern may hold (RFC 3986 pchar, with %-escapes taken as-is).
@@ -87,7 +91,7 @@ HEALTH_CHECK = Schema(
     Field("type", one_of("http", "tcp"), "http", "http: a request must get an expected status; "
           "tcp: a connection must open"),
     Field("path", string(r"/[!-~]*", "a path starting with /"), "/", "http: path to request"),
-    Field("method", string(METHOD, "an upper-case method"), "GET", "http: method"),
+    Field("method", one_of(*METHODS), "GET", "http: method"),
     Field("host", string(HOST, "a host name"), None, "http: Host header (default: the target's)"),
     Field("expected_statuses", list_of(status_code, min_items=1), None,
           "http: statuses that mean healthy (default: 200-399)"),
@@ -160,8 +164,9 @@ ROUTE = Schema(
           doc="/exact, /users/:id (parameter), /static/*rest (catch-all)"),
     Field("prefix", boolean, False,
           "a path without a catch-all also matches below itself (by segment)"),
-    Field("methods", list_of(string(METHOD, "an upper-case method"), min_items=1), None,
-          "allowed methods (HEAD is allowed with GET); absent: all"),
+    Field("methods", list_of(one_of(*METHODS), min_items=1), None,
+          "allowed methods (HEAD is allowed with GET), of HTTP's, WebDAV's and PURGE; "
+          "absent: all"),
     Field("hosts", list_of(string(HOST, "a lower-case host or *.domain"), min_items=1), None,
           "Host values: exact or *.example.com; absent: any"),
     Field("headers", map_of(header_value, header_name), None, "headers that must equal values"),

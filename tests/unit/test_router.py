@@ -94,7 +94,7 @@ def test_405_lists_every_allowed_method():
     ({"id": "a", "paths": ["/a/../b"]}, "dot segment"),
     ({"id": "a", "paths": ["/a b"]}, "characters not allowed"),
     ({"id": "a", "paths": ["/a"], "bogus": 1}, "route a: bogus: unknown key"),
-    ({"id": "a", "paths": ["/a"], "methods": ["get"]}, "methods[0]: must be an upper-case method"),
+    ({"id": "a", "paths": ["/a"], "methods": ["get"]}, "methods[0]: must be one of \"GET\""),
     ({"id": "a", "paths": ["/a"], "hosts": ["Bad Host"]}, "hosts[0]"),
     ({"id": "a", "paths": ["/a"], "strip_prefix": "/b"}, "is not a prefix of paths[0]"),
     ({"id": "a", "paths": ["/a/*r"], "prefix": True}, "prefix=true with a catch-all"),

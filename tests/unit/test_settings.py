@@ -102,7 +102,7 @@ def test_alert_rules_pass_promtool():
     run = subprocess.run(["promtool", "check", "rules", str(ROOT / "conf" / "alerts.yml")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 8 rules found" in run.stdout
+    assert "SUCCESS: 9 rules found" in run.stdout
 
 
 def test_grafana_dashboard_queries_metrics_we_export():
@@ -128,3 +128,9 @@ def test_otlp_endpoint_without_the_otel_extra_is_named(monkeypatch):
                         real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install 'gwserver\[otel\]'"):
         parse_conf({"tracing": {"otlp_endpoint": "http://127.0.0.1:4318"}})
+
+
+def test_a_misspelt_method_is_refused_not_left_to_a_broader_route():
+    problems = problems_of({"routes": [{"id": "r", "paths": ["/r"], "methods": ["GET", "PSOT"],
+                                        "upstream": {"targets": [{"url": "http://h:1"}]}}]})
+    assert any("methods[1]: must be one of" in p and '"PSOT"' in p for p in problems), problems
