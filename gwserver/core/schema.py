@@ -143,6 +143,7 @@ MAX_INTEGER = 2 ** 62
 
 
 def integer(minimum=None, maximum=None, what=None):
+    said = what is not None and f"{minimum}" in what and f"{maximum}" in what  # its bounds
     what = what or ("a positive integer" if minimum == 1 else
                     "a non-negative integer" if minimum == 0 else "an integer")
 
@@ -150,7 +151,8 @@ def integer(minimum=None, maximum=None, what=None):
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"must be {what}, got {show(value)}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = f" between {minimum} and {maximum}" if maximum is not None else ""
+            bounds = f" between {minimum} and {maximum}" if maximum is not None and \
+                not said else ""
             raise Invalid(f"must be {what}{bounds}, got {show(value)}")
         if abs(value) > MAX_INTEGER:        # no count, size or time of ours comes near it
             raise Invalid(f"must be {what} of a sensible size, got {show(value)}")
