@@ -249,10 +249,14 @@ class RedisStore:
 
     def _run(self):
         while True:
-            # Owed releases are retried after each pause even when no request comes.
-            self.wake.wait(self.pause if self.owed_releases else None)
+            # Owed releases are retried, and a Redis that failed is asked again, after each
+            # pause even when no request comes (gwserver_redis_up would otherwise stay 0 in
+            # a worker that serves no limited route until one comes).
+            self.wake.wait(self.pause if self.owed_releases or not self.healthy else None)
             self.wake.clear()
             batch, self.queue = self.queue, []
+            if not batch and not self.healthy and time.monotonic() >= self.down_until:
+                self._probe()
             if self.owed_releases and time.monotonic() >= self.down_until:
                 # Releasing a lease Redis never granted is a no-op (ZREM): safe to repeat.
                 batch += [(spec, ("release", lease), None, 0.0)
@@ -268,6 +272,16 @@ class RedisStore:
                             self._owe_release(spec, payload[1])
                         if waiter is not None and not waiter.ready():
                             waiter.set_exception(StoreError(str(exc)))
+
+    def _probe(self):
+        try:
+            for client in self._nodes():
+                client.ping()
+        except self.redis_errors as exc:
+            self._failed([], exc)
+            return
+        log.warning("redis is answering again")
+        self.healthy = True
 
     def _round_trip(self, batch):
         # Calls on one key with the same limits -> one script call deciding all of them

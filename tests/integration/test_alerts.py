@@ -78,6 +78,25 @@ def test_redis_alert_fires_when_redis_is_down(launcher, upstream, tmp_path):
     assert firing(tmp_path, text)
 
 
+def test_redis_up_comes_back_without_a_request(launcher, upstream):
+    """After an outage, gwserver_redis_up stayed 0 until a rate-limited request came (per
+    worker), which kept the alert firing over a quiet route."""
+    import os
+    import signal
+    redis = launcher.redis()
+    gw = launcher.gateway(gateway_conf([route("r", ["/*p"], upstream.url, plugins=LIMITED)],
+                                       redis={"url": redis.url, "timeout": 0.1, "pause": 0.5}))
+    assert gw.request("GET", "/echo")[0].status == 200
+    wait_until(lambda: b"gwserver_redis_up 1.0" in gw.admin_get("/metrics")[1], timeout=5)
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        gw.request("GET", "/echo")
+        wait_until(lambda: b"gwserver_redis_up 0.0" in gw.admin_get("/metrics")[1], timeout=5)
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    wait_until(lambda: b"gwserver_redis_up 1.0" in gw.admin_get("/metrics")[1], timeout=5)
+
+
 def test_reload_alert_fires_on_a_refused_reload_and_not_before(launcher, upstream, tmp_path):
     import os
     import signal
