@@ -43,6 +43,10 @@ class StoreError(GatewayError):
     error: plugins turn it into their on_store_error behaviour."""
 
 
+class StoreTimeout(StoreError):
+    """The store did not decide within its timeout (the round trip may still end later)."""
+
+
 class HTTPError(GatewayError):
     """An error that ends a request with ``status``; ``reason`` goes into the JSON body."""
 

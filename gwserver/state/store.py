@@ -35,7 +35,7 @@ import gevent
 import gevent.event
 
 from ..core import breaker, ratelimit
-from ..errors import StoreError, describe
+from ..errors import StoreError, StoreTimeout, describe
 from ..settings import parse_multi_host_url
 from .lua import ADAPTIVE_LUA, BREAKER_LUA, LIMIT_CONN_LUA, SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA
 
@@ -138,6 +138,7 @@ class RedisStore:
                              OSError)
         self.noscript = redis.exceptions.NoScriptError
         self.client = connect(url, timeout)
+        self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
         self.pause = pause
         self.key_prefix = key_prefix + "rl:"
@@ -205,20 +206,27 @@ class RedisStore:
         spec = ("lc", self.conn_prefix + key, limit, int(lease_seconds * 1000))
         try:
             admitted, held = self._ask(spec, ("claim", lease))
+        except StoreTimeout:
+            self._forget_claim(spec, lease)     # it may land after the caller fell back
+            raise
         except StoreError:
             raise           # not sent (paused), or the batch failed: _failed owes its release
         except BaseException:
             # Killed while Redis decides (an HTTP/2 stream reset, the worker stopping): the
-            # slot may be granted with nobody left to give it back for lease_seconds. A claim
-            # still queued is simply never sent.
-            claim = ("claim", lease)
-            queued = [item for item in self.queue if item[1] == claim]
-            if queued:
-                self.queue.remove(queued[0])
-            else:
-                self._owe_release(spec, lease)
+            # slot may be granted with nobody left to give it back for lease_seconds.
+            self._forget_claim(spec, lease)
             raise
         return ConnClaim(lease if admitted else None, held)
+
+    def _forget_claim(self, spec, lease):
+        """A claim nobody waits for any more: never sent if still queued, else released
+        once Redis answers."""
+        claim = ("claim", lease)
+        queued = [item for item in self.queue if item[1] == claim]
+        if queued:
+            self.queue.remove(queued[0])
+        else:
+            self._owe_release(spec, lease)
 
     def conn_release(self, key, limit, lease_seconds, lease):
         """Give a slot back; sent with the next round trip, never waited for. While Redis is
@@ -241,9 +249,17 @@ class RedisStore:
         waiter = gevent.event.AsyncResult()
         self.queue.append((spec, payload, waiter, time.monotonic()))
         self.wake.set()
-        # No timeout of our own: the Redis socket timeout bounds the round trip, and the batcher
-        # answers every waiter, with a result or a StoreError.
-        return waiter.get()
+        # The socket timeout bounds each read of a round trip, not the round trip: a Redis
+        # that answers a byte at a time would hold every decision for seconds.
+        try:
+            return waiter.get(timeout=self.timeout)
+        except gevent.Timeout:
+            if self.healthy:
+                log.error("redis did not answer a decision within %.3fs; rate limits and "
+                          "breakers fall back to on_store_error for %.1fs at a time until it "
+                          "answers", self.timeout, self.pause)
+            self.down_until, self.healthy = time.monotonic() + self.pause, False
+            raise StoreTimeout(f"redis did not answer within {self.timeout}s") from None
 
     # -- the batcher ----------------------------------------------------------------------------
 

@@ -40,3 +40,75 @@ def test_ratelimit_headers_with_redis_stopped(launcher, upstream, mode, down):
     stop_process(redis)
     assert answers(gw, 4) == down
     assert "redis unreachable" in gw.log()
+
+
+class TricklingRelay:
+    """Loopback relay to Redis whose replies, once ``slow`` is set, go one byte every 20 ms:
+    each read is within a 50 ms socket timeout, the whole reply is not."""
+
+    def __init__(self, port):
+        import socket
+        import threading
+        self.port, self.slow, self.socks = port, threading.Event(), []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            self.socks += [client, upstream]
+            threading.Thread(target=self.pump, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def pump(self, src, dst, slow):
+        import time
+        try:
+            while data := src.recv(65536):
+                if slow and self.slow.is_set():
+                    for i in range(len(data)):
+                        time.sleep(0.02)
+                        dst.sendall(data[i:i + 1])
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        for sock in [self.listener, *self.socks]:
+            sock.close()
+
+
+def test_a_decision_waits_at_most_the_timeout_for_a_trickling_redis(launcher, upstream):
+    """The timeout bounded each socket read, not the decision: replies in pieces under 50 ms
+    apart held every limited request for 0.5-2.7 s."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    relay = TricklingRelay(launcher.redis().port)
+    try:
+        gw = launcher.gateway(gateway_conf([route("lim", ["/lim"], upstream.url, plugins={
+            "rate_limit": {"rate": 1000, "burst": 100, "on_store_error": "allow"}})],
+            redis={"url": relay.url, "timeout": 0.05}))
+        assert answers(gw, 2)[0][0] == 200
+        relay.slow.set()
+
+        def timed(_):
+            started = time.monotonic()
+            status = answers(gw, 1)[0][0]
+            return status, time.monotonic() - started
+        with ThreadPoolExecutor(5) as pool:
+            results = list(pool.map(timed, range(5)))
+        assert [status for status, _ in results] == [200] * 5
+        assert max(seconds for _, seconds in results) < 0.4, results
+    finally:
+        relay.close()
