@@ -49,6 +49,12 @@ UNFORESEEN = (ValueError, TypeError, ArithmeticError, RecursionError, KeyError, 
               IndexError)
 
 
+def _match_of(route):
+    """What a route's place in the router depends on (a change may free a path)."""
+    return (route.paths, route.prefix, route.methods, route.hosts, route.host_suffixes,
+            route.headers, route.claims, route.priority)
+
+
 def _as_config_error(exc):
     return exc if isinstance(exc, ConfigError) else \
         ConfigError(f"could not be checked: {type(exc).__name__}: {exc}")
@@ -258,7 +264,8 @@ class LiveTable:
         else:
             self.waiting.discard(key)
             self.rejected.pop(key, None)
-        self._retry_conflicted()
+        if old is not None and _match_of(old) != _match_of(route):
+            self._retry_conflicted()        # it may have left a path another route wants
         return True
 
     def delete_route(self, route_id):
