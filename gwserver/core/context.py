@@ -95,6 +95,7 @@ class RequestContext:
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
                  "connection_tokens", "upstream_seconds",
                  "attempts",    # tries that reached an upstream (more than 1: retried)
+                 "sent",        # a try went out to an upstream (answered or not)
                  "started",     # time.monotonic() when the head was read
                  "upstream_host_header",    # Host for the upstream set by a plugin (rewrite)
                  "consumer",    # the Consumer an auth plugin identified (core.consumers)
@@ -118,6 +119,7 @@ class RequestContext:
         self.error = self.trace = self.upstream = None
         self.upgrade_tail = b""
         self.attempts = 0
+        self.sent = False
         self.started = self.upstream_host_header = self.consumer = self.chain = None
 
     @property

@@ -91,13 +91,17 @@ def finish(conf, ctx, status):
         return
     store, key, epoch = admitted
     failed = isinstance(ctx.error, (UpstreamError, UpstreamTimeout))
-    answered = ctx.upstream_seconds is not None
-    if status == 0 or ctx.ended_by is not None or not (answered or failed):
-        # No verdict on the upstream: the client left, a later plugin answered, or the
-        # gateway refused the request itself (a body over max_body_size, a stalled upload).
+    if ctx.ended_by is not None or not (ctx.sent or failed):
+        # Nothing went upstream: a later plugin answered, or the gateway refused the request
+        # itself (a body over max_body_size, a stalled upload) or the client left first.
         # Counted, any client could close a half-open breaker on a dead upstream with a 413.
         # The admission is given back: a half-open probe goes to the next request.
         store.breaker_record(key, conf, epoch, None)
+        return
+    if status == 0 or not (ctx.upstream_seconds is not None or failed):
+        # Sent, but the client left before the upstream decided: no verdict, and the probe
+        # is not given back either (the upstream may still be working on it; given back,
+        # a client resetting its streams could send any number of probes at once).
         return
     store.breaker_record(key, conf, epoch,
                          not ctx.upstream_failed(status, conf["failure_statuses"]))

@@ -141,6 +141,7 @@ class H2Forwarder:
                 headers = self.request_headers(req, target, upstream, grpc)
                 taken = TakenBody(body) if streamed else None
                 more, reopened, stream = streamed, False, None
+                req.sent = True
                 try:
                     while True:
                         try:

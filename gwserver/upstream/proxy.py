@@ -601,6 +601,7 @@ class Proxy:
         the head of the answer, within the policy's per-try timeout."""
         route = req.route
         started = time.monotonic()
+        req.sent = True
         head = self.request_head(req, target)
         if req.content_length is not None and req.complete and \
                 req.body_size != req.content_length:

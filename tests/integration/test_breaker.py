@@ -152,11 +152,33 @@ def test_only_the_upstream_decides_a_half_open_breaker(launcher, upstream, store
     assert refused("/br/echo")
     time.sleep(0.45)
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
-        sock.sendall(b"GET /br/slow/1 HTTP/1.1\r\nHost: h\r\n\r\n")     # takes the probe
-        time.sleep(0.3)
-    time.sleep(1.0)                                     # the upstream answers; nobody reads
+        sock.sendall(b"POST /br/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+        time.sleep(0.3)             # takes the probe, then leaves before its body is sent
+    time.sleep(0.2)
     assert get(gw, "/br/echo")[0] == 200                # the probe was given back
     assert [get(gw, "/br/echo")[0] for _ in range(3)] == [200] * 3
+
+
+def test_http2_streams_reset_while_probing_do_not_multiply_the_probes(launcher, upstream):
+    """A probe whose stream was reset after it went upstream was given back while the
+    upstream still worked on it: a client resetting its streams sent any number of probes
+    through a half-open breaker at once (12 where half_open_probes = 1)."""
+    from ..h2client import RawH2
+    gw = launcher.gateway(gateway_conf([guarded(upstream, half_open_probes=1)],
+                                       http2={"h2c": True}))
+    for _ in range(4):
+        get(gw, "/br/status/502")
+    time.sleep(0.45)                                    # half-open: one probe
+    before = upstream.stats()["requests"]
+    client = RawH2(gw.port)
+    for _ in range(8):
+        stream = client.request("/br/slow/3")
+        time.sleep(0.2)                                 # forwarded by now, if admitted
+        client.conn.reset_stream(stream, 8)
+        client.flush()
+    client.sock.close()
+    time.sleep(0.3)
+    assert upstream.stats()["requests"] - before == 1
 
 
 def test_connect_errors_and_timeouts_always_count(launcher, upstream):
