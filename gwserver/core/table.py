@@ -43,10 +43,10 @@ def _decode(raw):
 
 WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
 
-# What a check that did not foresee a value may raise. Caught per item: one value in etcd
-# must never stop the sync process (it would crash-loop on it, and no later change apply).
-UNFORESEEN = (ValueError, TypeError, ArithmeticError, RecursionError, KeyError, AttributeError,
-              IndexError)
+# Whatever a check that did not foresee a value raises (a library's own exception for a key
+# it cannot use, say) is caught per item: one value in etcd must never stop the sync process
+# (it would crash-loop on it, and no later change apply).
+UNFORESEEN = (Exception,)
 
 
 def _match_of(route):

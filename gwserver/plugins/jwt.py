@@ -27,6 +27,7 @@ token is not verified again on every request.
 import json
 import logging
 import os
+import stat
 import time
 
 from ..core import consumers
@@ -102,12 +103,23 @@ class TokenRejected(Exception):
         self.description = description
 
 
+MAX_KEY_FILE = 1 << 20      # a key, a secret or a JWKS: far less than this
+
+
 def _read(path, what):
+    """A key file's bytes. Only a regular file, and at most MAX_KEY_FILE: a config (from etcd
+    too) naming /dev/zero or a FIFO would otherwise read without end, or block, the process
+    that checks it."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        if not stat.S_ISREG(os.stat(path).st_mode):     # before open: a FIFO's blocks
+            raise ValueError(f"cannot read {what} {path}: not a regular file")
+        with open(path, "rb", buffering=0) as f:
+            data = f.read(MAX_KEY_FILE + 1)
     except OSError as exc:
         raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise ValueError(f"{what} {path} is over {MAX_KEY_FILE} bytes: not a key")
+    return data
 
 
 class Verifier:
@@ -158,10 +170,11 @@ class Verifier:
     @staticmethod
     def _load_pem(pem):
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
+        from cryptography.exceptions import UnsupportedAlgorithm
         try:
             return load_pem_public_key(pem)
-        except ValueError as exc:
-            raise ValueError(f"public key is not a PEM public key: {exc}") from None
+        except (ValueError, UnsupportedAlgorithm) as exc:     # a curve it has no code for
+            raise ValueError(f"public key is not a PEM public key it can use: {exc}") from None
 
     def _load_jwks(self, initial=False):
         if initial:     # at compile time (in the master): check the file's shape only

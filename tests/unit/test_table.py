@@ -221,3 +221,22 @@ def test_values_no_check_foresaw_are_rejected_alone(raw):
     assert t.put_upstream("badup", raw, 3) is False
     assert t.put_consumer("badc", raw, 4) is False
     assert {"routes/bad", "upstreams/badup", "consumers/badc"} <= set(t.rejected)
+
+
+UNUSABLE_CURVE = ("-----BEGIN PUBLIC KEY-----\n"          # secp112r1: cryptography has no code
+                  "MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEq0kXVENeHqkTP9f7YbC3I9b3EMHCiL18\n"
+                  "AAcZug==\n-----END PUBLIC KEY-----\n")
+
+
+@pytest.mark.parametrize("jwt, reason", [
+    ({"algorithms": ["ES256"], "public_key": UNUSABLE_CURVE}, "it can use"),
+    ({"algorithms": ["HS256"], "secret_file": "/dev/zero"}, "not a regular file"),
+])
+def test_a_key_no_check_foresaw_is_rejected_alone(jwt, reason):
+    """A key on a curve cryptography cannot use raised its own exception out of put_route,
+    and /dev/zero was read until MemoryError: either crash-looped the sync process."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    assert t.put_route("r", json.dumps({"paths": ["/r"], "upstream": "u1",
+                                        "plugins": {"jwt": jwt}}), 2) is False
+    assert reason in t.rejected["routes/r"]
