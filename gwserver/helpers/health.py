@@ -220,10 +220,10 @@ class Checker:
     def load(self, conf):
         from ..core.table import LiveTable
         from ..plugins import load_registry
-        from ..sync.shm import TableReader
+        from ..sync.shm import TableReader, etcd_prefix
         self.conf = conf
         self.table = LiveTable.for_conf(conf, load_registry())
-        self.reader = TableReader(conf.etcd["runtime_dir"]) if conf.etcd else None
+        self.reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) if conf.etcd else None
         self.follow()
 
     def follow(self):

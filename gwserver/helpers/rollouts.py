@@ -167,10 +167,10 @@ class Controller:
     def load(self, conf):
         from ..core.table import LiveTable
         from ..plugins import load_registry
-        from ..sync.shm import TableReader
+        from ..sync.shm import TableReader, etcd_prefix
         self.conf = conf
         self.table = LiveTable.for_conf(conf, load_registry())
-        self.reader = TableReader(conf.etcd["runtime_dir"]) if conf.etcd else None
+        self.reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) if conf.etcd else None
 
     def follow(self):
         if self.reader is not None and self.reader.changed():

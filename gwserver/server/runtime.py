@@ -207,11 +207,11 @@ class Runtime:
         """etcd mode: the table is what the config-sync process publishes."""
         from ..core.table import LiveTable
         from ..plugins import load_registry
-        from ..sync.shm import TableReader
+        from ..sync.shm import TableReader, etcd_prefix
         conf = self.conf
         self.table = LiveTable.for_conf(conf, load_registry())
         self.router = self.table.router       # changed in place from now on
-        self.table_reader = TableReader(conf.etcd["runtime_dir"])
+        self.table_reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf))
         if self.table_reader.changed():
             self.refresh_table()
 

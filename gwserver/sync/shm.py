@@ -27,6 +27,11 @@ STATUS = "status.json"
 _COUNTER = struct.Struct("<Q")
 
 
+def etcd_prefix(conf):
+    """The prefix a published table names as its source (``[etcd] prefix``, one "/" ended)."""
+    return conf.etcd["prefix"].rstrip("/") + "/"
+
+
 def atomic_write(path, data):
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
@@ -43,7 +48,14 @@ def _open_counter(runtime_dir, create):
         # SIGBUS): a new file, at the newest generation the published files show, so
         # workers never see the numbering go back.
         log.error("%s was damaged (%d bytes); rewriting it", path, os.path.getsize(path))
-        atomic_write(path, _COUNTER.pack(_newest_generation(runtime_dir)))
+        # In place, not by rename: running workers have this very file mapped, and never
+        # open it again.
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, _COUNTER.size)
+            os.pwrite(fd, _COUNTER.pack(_newest_generation(runtime_dir)), 0)
+        finally:
+            os.close(fd)
     fd = os.open(path, os.O_RDWR if create else os.O_RDONLY)
     try:
         return mmap.mmap(fd, _COUNTER.size, access=mmap.ACCESS_WRITE if create else
@@ -183,8 +195,9 @@ class TablePublisher:
 class TableReader:
     """Worker side. ``changed()`` is the per-request check; ``updates()`` says what to apply."""
 
-    def __init__(self, runtime_dir):
+    def __init__(self, runtime_dir, prefix=None):
         self.runtime_dir = runtime_dir
+        self.prefix = prefix        # a table of another etcd prefix is not ours to serve
         self.counter = None
         self.generation = 0
         self.board = os.path.join(runtime_dir, WORKERS, str(os.getpid()))
@@ -214,6 +227,11 @@ class TableReader:
                 generation += 1
                 continue
             base = read_json(os.path.join(self.runtime_dir, TABLE))
+            if base is not None and self.prefix is not None and \
+                    base.get("prefix") not in (None, self.prefix):
+                # Left by a gateway of another prefix (its conf changed while etcd was down):
+                # nothing here is ours until our sync process publishes a table of its own.
+                return [], self.generation
             if base is None or base["generation"] <= generation:
                 if change is not None:          # first start before any base: deltas only
                     steps.append(("delta", change))

@@ -27,7 +27,7 @@ import time
 from ..core.table import LiveTable
 from ..plugins import load_registry
 from .etcd import Compacted, EtcdClient, EtcdError
-from .shm import TablePublisher, TableReader, read_json
+from .shm import TablePublisher, TableReader, etcd_prefix, read_json
 
 log = logging.getLogger("gwserver.sync")
 
@@ -51,7 +51,7 @@ class ConfigSync:
     def __init__(self, conf):
         etcd = conf.etcd
         self.conf = conf
-        self.prefix = etcd["prefix"].rstrip("/") + "/"
+        self.prefix = etcd_prefix(conf)
         self.client = EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"],
                                  etcd["password"], etcd["ca_file"], etcd["cert_file"],
                                  etcd["key_file"])
@@ -266,7 +266,7 @@ class ConfigSync:
         """A sync process that restarts (the last one died; the master started this one)
         takes up what the workers serve now, from runtime_dir: the snapshot lags it by up to
         TablePublisher.MAX_STALE, and publishing that would roll the workers back. -> bool"""
-        reader = TableReader(self.publisher.runtime_dir)
+        reader = TableReader(self.publisher.runtime_dir, self.prefix)
         if not reader.changed():
             return False                # nothing published here: a first start
         steps, _ = reader.updates()

@@ -318,6 +318,30 @@ def test_no_etcd_and_no_snapshot_at_start_is_not_ready_and_says_so(launcher, ups
     wait_until(lambda: gw.admin_get("/-/ready")[0] == 200)
 
 
+def test_a_table_of_another_prefix_left_in_runtime_dir_is_not_served(launcher, etcd,
+                                                                       upstream, tmp_path):
+    """A gateway restarted onto another prefix (same runtime_dir) while etcd was down served
+    the other prefix's routes from runtime_dir, and said it was ready."""
+    runtime = tmp_path / "run"
+
+    def conf(prefix, endpoint):
+        return gateway_conf([], workers=1, etcd={
+            "endpoints": [endpoint], "prefix": prefix, "runtime_dir": str(runtime),
+            "snapshot_path": str(tmp_path / f"snap{prefix.replace('/', '_')}.json"),
+            "watch_idle_timeout": 2.0, "backoff_max": 0.5, "timeout": 1.0})
+    client = etcd.client()
+    client.put("/tenant-a/upstreams/up", json.dumps(UP(upstream)).encode())
+    client.put("/tenant-a/routes/a", json.dumps({"paths": ["/a-only"], "upstream": "up"}).encode())
+    first = launcher.gateway(conf("/tenant-a", etcd.url))
+    wait_until(lambda: serves(first, "/a-only") == 200)
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(15)
+    second = launcher.gateway(conf("/tenant-b", f"http://127.0.0.1:{free_port()}"))
+    wait_until(lambda: "no snapshot either" in second.log())
+    assert serves(second, "/a-only") == 404
+    assert second.admin_get("/-/ready")[0] == 503
+
+
 def test_cold_start_from_snapshot_with_etcd_down(launcher, upstream, tmp_path):
     member = launcher.etcd()
     conf = etcd_conf(tmp_path, [member.url])

@@ -77,10 +77,13 @@ def test_a_damaged_generation_file_is_rewritten_at_the_newest_generation(tmp_pat
     publisher.publish(None, 1, full=True)
     publisher.publish({}, 2)
     publisher.publish({}, 3)
+    inode = (tmp_path / "generation").stat().st_ino
     (tmp_path / "generation").write_bytes(damage)
     again = TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}})
     assert again.generation == 3                # workers never see the numbering go back
     assert again.publish({}, 4) == 4
+    # rewritten in place: running workers map this file and never open it again
+    assert (tmp_path / "generation").stat().st_ino == inode
 
 
 def test_health_checker_follows_the_table_and_stops_re_reading_it(tmp_path, publisher, table):
