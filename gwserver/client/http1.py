@@ -506,8 +506,12 @@ class ClientConnection:
             chain = route.chain
             reply = chain.run_access(req) if chain.access_steps else None
             if reply is None and not req.complete:
-                self.buffer_body(req, route.max_body_size)
+                self.buffer_body(req, limit)
             if reply is None:
+                if limit and req.body_size > limit:
+                    # It came while a plugin waited (an HTTP/2 connection reads its streams'
+                    # bodies in its own greenlet), whole: nothing else would measure it.
+                    raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
                 status, sent, upstream, keep_alive = runtime.proxy.forward(self, req, keep_alive)
             else:
                 keep_alive = keep_alive and req.complete and runtime.alive

@@ -330,3 +330,28 @@ def test_a_stream_reset_during_a_retry_backoff_gives_its_slot_back(launcher, ups
         conn.request("GET", "/after")
         assert conn.getresponse().status == 200
         conn.close()
+
+
+def test_a_body_that_arrives_while_a_plugin_waits_is_held_to_max_body_size(launcher,
+                                                                           upstream):
+    """HEADERS first, then DATA while the stream's handler waits in a plugin (a fault delay
+    here; a Redis round trip does the same): the body was complete by the time the handler
+    came back, so nothing measured it, and 60,000 bytes went upstream past a 1,000 limit."""
+    gw = launcher.gateway(gateway_conf(
+        [route("r", ["/upload"], upstream.url, max_body_size=1000,
+               plugins={"fault": {"delay": {"seconds": 0.5}}})], http2={"h2c": True}))
+    before = upstream.stats()["requests"]
+    client = RawH2(gw.port)
+    client.pump(lambda c: any(isinstance(e, h2.events.RemoteSettingsChanged)
+                              for e in c.events), 2)
+    stream = client.request("/upload", method="POST", end=False,
+                            headers=[("content-type", "application/octet-stream")])
+    time.sleep(0.15)                                    # the handler waits in the delay
+    body = b"x" * 60_000
+    for at in range(0, len(body), 16384):
+        client.conn.send_data(stream, body[at:at + 16384], end_stream=at + 16384 >= len(body))
+    client.flush()
+    answer = client.response(stream, 10)
+    client.sock.close()
+    assert answer is not None and answer[0] == 413
+    assert upstream.stats()["requests"] == before
