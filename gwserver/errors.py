@@ -14,7 +14,8 @@
         │   └── UpstreamConnectError  502  could not connect (safe to retry anywhere)
         ├── InternalError             500  a bug (a plugin raised, say); logged with traceback
         ├── Unimplemented             501  a transfer coding the gateway does not do
-        ├── ServiceUnavailable        503  no target, pool exhausted
+        ├── ServiceUnavailable        503  no target
+        │   └── UpstreamBusy          503  pool exhausted, no free HTTP/2 stream
         └── UpstreamTimeout           504
             └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
 
@@ -128,6 +129,11 @@ class Unimplemented(HTTPError):
 class ServiceUnavailable(HTTPError):
     """No upstream capacity: no targets, or the pool is full and blocking timed out."""
     status, error = 503, "service_unavailable"
+
+
+class UpstreamBusy(ServiceUnavailable):
+    """No connection (or HTTP/2 stream) to the upstream is free within the pool's wait."""
+    public = "no connection to the upstream is free; try again shortly"
 
 
 class UpstreamTimeout(HTTPError):

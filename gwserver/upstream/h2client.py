@@ -29,7 +29,7 @@ from hyperframe.frame import DataFrame, GoAwayFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
-from ..errors import (ServiceUnavailable, UpstreamConnectError, UpstreamConnectTimeout,
+from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
                       UpstreamError, UpstreamTimeout)
 from ..net.sockets import RECV_SIZE, PlainSocket
 from .clienttls import client_context
@@ -395,7 +395,7 @@ class H2Connection:
             now = time.monotonic()
             waited_until = waited_until or now + slot_timeout
             if now >= waited_until or not self.stream_freed.wait(waited_until - now):
-                raise ServiceUnavailable(f"{self.target.url} has no free HTTP/2 stream (it "
+                raise UpstreamBusy(f"{self.target.url} has no free HTTP/2 stream (it "
                                          f"allows {limit} at once)")
         if body:
             try:

@@ -41,7 +41,7 @@ from ..core.context import ResponseHead, parse_block
 from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
 from ..core.routes import no_target_reason
 from ..core.tracing import REPLACED_HEADERS, response_line
-from ..errors import (BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable,
+from ..errors import (BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
 from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, idle_state,
@@ -379,7 +379,7 @@ class Proxy:
         try:
             conn = pool._get_conn(timeout=self.pool_timeout)
         except EmptyPoolError:
-            raise ServiceUnavailable(f"connection pool for {target.url} is exhausted") from None
+            raise UpstreamBusy(f"connection pool for {target.url} is exhausted") from None
         if fresh and conn.sock is not None:
             conn.close()        # the pool may hold more dead ones: a new connection, same slot
         if conn.sock is not None:

@@ -363,3 +363,19 @@ def test_an_upstream_failure_tells_the_client_nothing_of_the_inside(gw):
     assert "log has the details" in answer["message"]
     wait_until(lambda: f"request {answer['request_id']}: bad_gateway: cannot connect to "
                in gw.log())
+
+
+def test_an_exhausted_pool_tells_the_client_nothing_of_the_inside(launcher, upstream):
+    import threading
+    gw = launcher.gateway(gateway_conf([{
+        "id": "r", "paths": ["/*rest"],
+        "upstream": {"targets": [{"url": upstream.url}], "pool_size": 1,
+                     "block_when_full": True}}], upstream_defaults={"pool_timeout": 0.2}))
+    slow = threading.Thread(target=gw.request, args=("GET", "/slow/1.5"))
+    slow.start()
+    time.sleep(0.3)
+    resp, body = gw.request("GET", "/echo")
+    slow.join()
+    assert resp.status == 503 and "127.0.0.1" not in body.decode()
+    assert json.loads(body)["message"].startswith("no connection to the upstream is free")
+    wait_until(lambda: f"{upstream.url} is exhausted" in gw.log())
