@@ -127,28 +127,38 @@ def report(path, exc):
     return 2
 
 
+CONF = "/etc/gwserver/gwserver.toml"
+
+
+def conf_option(parser, default=CONF):
+    """-c/--conf on a command (``default`` SUPPRESS: an action's own, so that ``routes put
+    -c FILE`` works as well as ``routes -c FILE put``)."""
+    parser.add_argument("-c", "--conf", default=default,
+                        help=f"the conf file (default {CONF})")
+
+
 def main(argv=None):
     from . import __version__
     parser = argparse.ArgumentParser(prog="gwserver", description="An API gateway.")
     parser.add_argument("--version", action="version", version=f"gwserver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the master and its workers (foreground)")
-    run.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    conf_option(run)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a conf file; exit 0 if it is good")
-    check.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    conf_option(check)
     check.add_argument("--dump", action="store_true", help="print the effective configuration "
                        "(TOML, defaults filled, secrets masked) instead of a summary")
     check.set_defaults(func=cmd_check)
     sync = sub.add_parser("sync", help="the config-sync process (the master starts it)")
-    sync.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    conf_option(sync)
     sync.set_defaults(func=cmd_sync)
     health = sub.add_parser("health", help="the active health-check process (the master "
                             "starts it)")
-    health.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    conf_option(health)
     health.set_defaults(func=cmd_health)
     ocsp = sub.add_parser("ocsp", help="the OCSP-fetching process (the master starts it)")
-    ocsp.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    conf_option(ocsp)
     ocsp.set_defaults(func=cmd_ocsp)
     tls = sub.add_parser("tls", help="TLS housekeeping").add_subparsers(dest="tls_command",
                                                                        required=True)

@@ -22,7 +22,8 @@ def add_parsers(sub):
     parser.add_argument("action", choices=ACTIONS + ("controller",),
                         help="controller: the helper process the master starts")
     parser.add_argument("route", nargs="?")
-    parser.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    from .cli import conf_option
+    conf_option(parser)
     parser.add_argument("--reason", default="", help="recorded in the rollout's history")
     parser.add_argument("--json", action="store_true", help="status as JSON")
     parser.set_defaults(func=main)

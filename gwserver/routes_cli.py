@@ -323,31 +323,38 @@ def _fail(problems):
 
 
 def add_parsers(sub):
+    import argparse
+    from .cli import conf_option
     for kind in ("routes", "upstreams", "consumers"):
         parser = sub.add_parser(kind, help=f"{kind} in etcd")
-        parser.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+        conf_option(parser)
         actions = parser.add_subparsers(dest="action", required=True)
-        for action in ("put", "validate"):
-            p = actions.add_parser(action, help=f"{action} {kind} from a JSON file (- = stdin)")
-            p.add_argument("source")
-        actions.add_parser("get").add_argument("id")
-        delete = actions.add_parser("delete")
+
+        def action(name, **kw):
+            p = actions.add_parser(name, **kw)
+            conf_option(p, default=argparse.SUPPRESS)
+            return p
+        for name in ("put", "validate"):
+            action(name, help=f"{name} {kind} from a JSON file (- = stdin)").add_argument(
+                "source")
+        action("get").add_argument("id")
+        delete = action("delete")
         delete.add_argument("id")
         if kind == "upstreams":
             delete.add_argument("--force", action="store_true",
                                 help="delete even if routes still use it")
-        actions.add_parser("list")
+        action("list")
         if kind == "routes":
-            actions.add_parser("status", help="sync state, worker generations, rejected items")
+            action("status", help="sync state, worker generations, rejected items")
         if kind == "consumers":
-            actions.add_parser("hash-key", help="print the key_hash of a key read on stdin")
-            actions.add_parser("hash-password", help="print the bcrypt hash of a password "
-                               "read on stdin").add_argument("--rounds", type=int, default=12)
+            action("hash-key", help="print the key_hash of a key read on stdin")
+            action("hash-password", help="print the bcrypt hash of a password read on "
+                   "stdin").add_argument("--rounds", type=int, default=12)
         parser.set_defaults(func=lambda args, kind=kind: cmd_hash(args) if
                             args.action.startswith("hash-") else main(kind, args))
     register = sub.add_parser("register", help="register a service instance in etcd with a "
                               "lease and keep it alive (until SIGTERM)")
-    register.add_argument("-c", "--conf", default="/etc/gwserver/gwserver.toml")
+    conf_option(register)
     register.add_argument("--service", required=True, help="service name")
     register.add_argument("--url", required=True, help="http://host:port of this instance")
     register.add_argument("--instance", help="instance id (default: hostname-port)")

@@ -134,3 +134,15 @@ def test_a_misspelt_method_is_refused_not_left_to_a_broader_route():
     problems = problems_of({"routes": [{"id": "r", "paths": ["/r"], "methods": ["GET", "PSOT"],
                                         "upstream": {"targets": [{"url": "http://h:1"}]}}]})
     assert any("methods[1]: must be one of" in p and '"PSOT"' in p for p in problems), problems
+
+
+@pytest.mark.parametrize("argv", [["routes", "status", "-c", "CONF"],
+                                  ["routes", "-c", "CONF", "status"],
+                                  ["upstreams", "list", "-c", "CONF"],
+                                  ["rollouts", "list", "-c", "CONF"]])
+def test_the_conf_option_goes_before_or_after_the_action(tmp_path, argv):
+    missing = str(tmp_path / "nowhere.toml")
+    out = subprocess.run([sys.executable, "-m", "gwserver",
+                          *[missing if a == "CONF" else a for a in argv]],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and f"{missing}: cannot read" in out.stderr, out.stderr
