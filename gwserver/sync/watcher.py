@@ -288,6 +288,7 @@ class ConfigSync:
         # sends no traffic to a gateway that lacks every etcd route.
         if not self.load_served():
             self.load_snapshot()
+        self.write_status()             # routes status works from the start, etcd or not
         while True:
             try:
                 self.sync_once()
