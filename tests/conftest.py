@@ -397,6 +397,23 @@ def gateway_conf(routes, workers=1, **sections):
     return conf
 
 
+WEBSOCKET_HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def open_websocket(port, first_bytes=b"", timeout=10):
+    """A websocket handshake for /ws (then ``first_bytes``); -> (socket, the answer's head,
+    the bytes that came after it)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(WEBSOCKET_HANDSHAKE + first_bytes)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    head, _, rest = head.partition(b"\r\n\r\n")
+    return sock, head, rest
+
+
 def wait_until(predicate, timeout=15.0, interval=0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

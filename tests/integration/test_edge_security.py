@@ -13,7 +13,7 @@ import time
 import jwt as pyjwt
 import pytest
 
-from ..conftest import gateway_conf, route, wait_until
+from ..conftest import gateway_conf, open_websocket, route, wait_until
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -819,13 +819,7 @@ def test_an_idle_websocket_tunnel_is_closed_after_the_read_timeout(launcher, ups
                                               timeouts={"read": 1.0})]))
 
     def open_tunnel():
-        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade"
-                     b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     b"Sec-WebSocket-Version: 13\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
+        sock, head, _ = open_websocket(gw.port)
         assert head.startswith(b"HTTP/1.1 101")
         return sock
 

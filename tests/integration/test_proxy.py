@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ..conftest import free_port, gateway_conf, route, wait_until
+from ..conftest import free_port, gateway_conf, open_websocket, route, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -259,14 +259,8 @@ def test_keepalive_pools_reuse_upstream_connections(gw):
 
 
 def test_websocket_upgrade_is_tunnelled(gw):
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     b"Sec-WebSocket-Version: 13\r\n\r\nfirst-bytes")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        head, _, rest = head.partition(b"\r\n\r\n")
+    sock, head, rest = open_websocket(gw.port, b"first-bytes", timeout=5)
+    with sock:
         assert head.startswith(b"HTTP/1.1 101")
         assert b"Upgrade: websocket" in head and b"Connection: Upgrade" in head
         received = rest
