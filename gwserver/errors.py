@@ -38,6 +38,15 @@ class ConfigError(GatewayError):
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
 
+    @classmethod
+    def of(cls, exc, where=""):
+        """``exc`` as a ConfigError: itself, or whatever a check that did not foresee a value
+        raised, named by its type. A bad value is refused; it never crashes the master that
+        reloads a conf file, nor the sync process that checks an etcd item."""
+        if isinstance(exc, cls):
+            return exc
+        return cls(f"{where}could not be checked: {type(exc).__name__}: {exc}")
+
 
 class StoreError(GatewayError):
     """The rate-limit store could not decide (unreachable, slow, failing); never a client's

@@ -565,11 +565,8 @@ def load_conf(path):
                           f"file names at least its [server] bind or its routes")
     try:
         return parse_conf(data, path)
-    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
-        # A value no check foresaw: refused with its name, never a crash of the master that
-        # reloads it.
-        raise ConfigError(f"{path}: a value could not be checked: {type(exc).__name__}: "
-                          f"{exc}") from None
+    except Exception as exc:        # noqa: BLE001 - ConfigError.of: a value no check foresaw
+        raise ConfigError.of(exc, f"{path}: a value ") from None
 
 
 def _toml_value(value):

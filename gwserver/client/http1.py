@@ -498,11 +498,11 @@ class ClientConnection:
                 req.method, req.host, req.path, req.header_map,
                 partial(route_claims, req) if router.claim_routes else None)
             limit = route.max_body_size
-            if limit and max(req.content_length or 0, req.body_size) > limit:
+            if limit and (size := max(req.content_length or 0, req.body_size)) > limit:
                 # body_size: a chunked body that came whole with its head is never read
                 # again (buffer_body, the streamed send), so this is its one check
-                raise PayloadTooLarge(f"body of {max(req.content_length or 0, req.body_size)} "
-                                      f"bytes or more is over the route's limit of {limit}")
+                raise PayloadTooLarge(f"body of {size} bytes or more is over the route's "
+                                      f"limit of {limit}")
             chain = route.chain
             reply = chain.run_access(req) if chain.access_steps else None
             if reply is None and not req.complete:

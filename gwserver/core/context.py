@@ -134,11 +134,15 @@ class RequestContext:
         has none (most requests)."""
         return default if self._vars is None else self._vars.get(name, default)
 
+    def upstream_erred(self):
+        """Did the request end in a connect error, a timeout or a broken upstream connection
+        (an upstream failure with no answer to judge)?"""
+        return isinstance(self.error, (UpstreamError, UpstreamTimeout))
+
     def upstream_failed(self, status, failure_statuses):
         """Did the upstream fail this request? A connect error, a timeout or a broken
         connection always counts; an answer counts if its status is in ``failure_statuses``."""
-        return isinstance(self.error, (UpstreamError, UpstreamTimeout)) or \
-            status in failure_statuses
+        return self.upstream_erred() or status in failure_statuses
 
     def value_of(self, kind, name):
         """A request value by kind: "header" (``name`` lower-case bytes or str), "cookie",

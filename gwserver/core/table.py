@@ -43,21 +43,10 @@ def _decode(raw):
 
 WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
 
-# Whatever a check that did not foresee a value raises (a library's own exception for a key
-# it cannot use, say) is caught per item: one value in etcd must never stop the sync process
-# (it would crash-loop on it, and no later change apply).
-UNFORESEEN = (Exception,)
-
-
 def _match_of(route):
     """What a route's place in the router depends on (a change may free a path)."""
     return (route.paths, route.prefix, route.methods, route.hosts, route.host_suffixes,
             route.headers, route.claims, route.priority)
-
-
-def _as_config_error(exc):
-    return exc if isinstance(exc, ConfigError) else \
-        ConfigError(f"could not be checked: {type(exc).__name__}: {exc}")
 
 
 class LiveTable:
@@ -162,9 +151,9 @@ class LiveTable:
             if isinstance(value, str):
                 value = {"url": value}
             spec = TARGET.validate(value, f"service {service} instance {instance}")
-        except (ConfigError, *UNFORESEEN) as exc:
+        except Exception as exc:        # noqa: BLE001 - see _reject
             self.instances.get(service, {}).pop(instance, None)
-            self._reject(key, _as_config_error(exc), False)
+            self._reject(key, exc, False)
             return
         self.instances.setdefault(service, {})[instance] = spec
         self.rejected.pop(key, None)
@@ -247,13 +236,13 @@ class LiveTable:
             old = self.router.remove(route_id)
             try:
                 self.router.add(route)
-            except (ConfigError, *UNFORESEEN):
+            except Exception:       # noqa: BLE001 - see _reject
                 if old is not None:
                     self.router.add(old)
                 self._conflicted.add(route_id)
                 raise
-        except (ConfigError, *UNFORESEEN) as exc:
-            return self._reject(key, _as_config_error(exc), route_id in self.route_specs)
+        except Exception as exc:        # noqa: BLE001 - see _reject
+            return self._reject(key, exc, route_id in self.route_specs)
         self.route_specs[route_id] = (version, spec)
         self._conflicted.discard(route_id)
         if missing:
@@ -289,8 +278,8 @@ class LiveTable:
             spec, served_version = self._expand(spec, version)
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
                                                        self.registry)
-        except (ConfigError, *UNFORESEEN) as exc:
-            return self._reject(key, _as_config_error(exc), upstream_id in self.upstream_specs)
+        except Exception as exc:        # noqa: BLE001 - see _reject
+            return self._reject(key, exc, upstream_id in self.upstream_specs)
         self.upstream_specs[upstream_id] = (served_version, spec)
         self.rejected.pop(key, None)
         self._recompile_users(upstream_id)
@@ -316,8 +305,8 @@ class LiveTable:
                                   f"the conf file")
             consumer = compile_consumer(consumer_id, _decode(raw), self.registry, version)
             self.consumers.add(consumer)
-        except (ConfigError, *UNFORESEEN) as exc:
-            return self._reject(key, _as_config_error(exc), consumer_id in self.consumer_specs)
+        except Exception as exc:        # noqa: BLE001 - see _reject
+            return self._reject(key, exc, consumer_id in self.consumer_specs)
         spec = _decode(raw)
         self.consumer_specs[consumer_id] = (version, spec)
         self.rejected.pop(key, None)
@@ -332,8 +321,12 @@ class LiveTable:
     # -- helpers -------------------------------------------------------------------------------
 
     def _reject(self, key, exc, still_served):
+        """Reject one item for ``exc``: a ConfigError, or whatever a check that did not
+        foresee its value raised (a library's own exception for a key it cannot use, say).
+        Either way the item alone: one value in etcd must never stop the sync process (it
+        would crash-loop on it, and no later change apply)."""
         kept = " (the previous version keeps serving)" if still_served else ""
-        self.rejected[key] = "; ".join(exc.problems) + kept
+        self.rejected[key] = "; ".join(ConfigError.of(exc).problems) + kept
         return False
 
     def _compile_route(self, spec):

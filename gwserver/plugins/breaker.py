@@ -23,7 +23,7 @@ import time
 
 from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
-from ..errors import StoreError, UpstreamError, UpstreamTimeout
+from ..errors import StoreError
 
 NAME = "breaker"
 PRIORITY = 700          # after rate_limit: a request refused by a limit never counts
@@ -90,15 +90,15 @@ def finish(conf, ctx, status):
     if admitted is None:
         return
     store, key, epoch = admitted
-    failed = isinstance(ctx.error, (UpstreamError, UpstreamTimeout))
-    if ctx.ended_by is not None or not (ctx.sent or failed):
+    erred = ctx.upstream_erred()
+    if ctx.ended_by is not None or not (ctx.sent or erred):
         # Nothing went upstream: a later plugin answered, or the gateway refused the request
         # itself (a body over max_body_size, a stalled upload) or the client left first.
         # Counted, any client could close a half-open breaker on a dead upstream with a 413.
         # The admission is given back: a half-open probe goes to the next request.
         store.breaker_record(key, conf, epoch, None)
         return
-    if status == 0 or not (ctx.upstream_seconds is not None or failed):
+    if status == 0 or not (ctx.upstream_seconds is not None or erred):
         # Sent, but the client left before the upstream decided: no verdict, and the probe
         # is not given back either (the upstream may still be working on it; given back,
         # a client resetting its streams could send any number of probes at once).

@@ -37,7 +37,6 @@ import time
 from ..core import rollout as core_rollout
 from ..core.schema import (Field, Invalid, Schema, integer, list_of, map_of, number,
                            one_of, request_header_name, request_key, show, status_code, string)
-from ..errors import UpstreamError, UpstreamTimeout
 
 NAME = "split"
 PRIORITY = 720          # after rate_limit (800); before breaker (700), which may key on it
@@ -289,14 +288,12 @@ def finish(conf, ctx, status):
     window = ctx.var("rollout")
     if window is None or status == 0 or ctx.ended_by is not None:
         return
-    failed = isinstance(ctx.error, (UpstreamError, UpstreamTimeout))
-    if ctx.upstream_seconds is None and not failed:
+    if ctx.upstream_seconds is None and not ctx.upstream_erred():
         return          # never reached the upstream (a 413, a 408): says nothing of it
-    failed = failed or status in conf["rollout_failures"]
     seconds = ctx.upstream_seconds if ctx.upstream_seconds is not None else \
         time.monotonic() - (ctx.started or time.monotonic())     # a connect error: its wait
-    ctx.services.rollouts.record(ctx.route.id, window, ctx.vars["split_group"], failed,
-                                 seconds)
+    ctx.services.rollouts.record(ctx.route.id, window, ctx.vars["split_group"],
+                                 ctx.upstream_failed(status, conf["rollout_failures"]), seconds)
 
 
 ADMIN_VIEW = "rollouts"

@@ -418,7 +418,7 @@ class GatewayArbiter(Arbiter):
         except Exception as exc:        # noqa: BLE001 - the master must outlive any conf file
             if not isinstance(exc, ConfigError):
                 log.exception("reading %s failed", self.app.conf_path)
-                exc = ConfigError(f"{type(exc).__name__}: {exc}")
+                exc = ConfigError.of(exc)
             self.app.pending_conf = self.app.pending_tls = None
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)

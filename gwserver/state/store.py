@@ -283,11 +283,9 @@ class RedisStore:
                     self._round_trip(batch)
                 except Exception as exc:        # never leave a waiter hanging
                     log.exception("redis batch failed")
-                    for spec, payload, waiter, _ in batch:
-                        if spec[0] == "lc" and (waiter is None or not waiter.ready()):
-                            self._owe_release(spec, payload[1])
-                        if waiter is not None and not waiter.ready():
-                            waiter.set_exception(StoreError(str(exc)))
+                    self._abandon([item for item in batch
+                                   if item[2] is None or not item[2].ready()],
+                                  StoreError(str(exc)))
 
     def _probe(self):
         try:
@@ -418,11 +416,14 @@ class RedisStore:
                       "on_store_error for %.1fs at a time until it answers",
                       describe(exc), self.pause)
             self.healthy = False
-        error = StoreError(f"redis: {describe(exc)}")
+        self._abandon(batch, StoreError(f"redis: {describe(exc)}"))
+
+    def _abandon(self, batch, error):
+        """Calls of a round trip that failed: their waiters get ``error``. A limit_conn claim
+        may have run in Redis though its answer was lost (a timeout), and its caller falls back
+        and never releases it there; a release did not happen: both are owed."""
         for spec, payload, waiter, _ in batch:
             if spec[0] == "lc":
-                # A claim may have run in Redis though its answer was lost (a timeout): its
-                # caller falls back and never releases it there. A release did not happen.
                 self._owe_release(spec, payload[1])
             if waiter is not None:
                 waiter.set_exception(error)
