@@ -462,14 +462,14 @@ class TcpRelay:
                 continue
             with self.lock:
                 self.conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, to_client in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, to_client),
+                                 daemon=True).start()
 
-    @staticmethod
-    def _pump(src, dst):
+    def _pump(self, src, dst, to_client):
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                self.forward(data, dst, to_client)
         except OSError:
             pass
         finally:
@@ -478,6 +478,10 @@ class TcpRelay:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def forward(self, data, dst, to_client):
+        """Pass ``data`` on (a subclass may delay or split it)."""
+        dst.sendall(data)
 
     def cut(self):
         self.open = False

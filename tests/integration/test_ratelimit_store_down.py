@@ -5,7 +5,7 @@ import http.client
 
 import pytest
 
-from ..conftest import gateway_conf, route, stop_process
+from ..conftest import TcpRelay, gateway_conf, route, stop_process
 
 HOUR = 3600.0
 NAMES = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
@@ -42,51 +42,23 @@ def test_ratelimit_headers_with_redis_stopped(launcher, upstream, mode, down):
     assert "redis unreachable" in gw.log()
 
 
-class TricklingRelay:
-    """Loopback relay to Redis whose replies, once ``slow`` is set, go one byte every 20 ms:
-    each read is within a 50 ms socket timeout, the whole reply is not."""
+class TricklingRelay(TcpRelay):
+    """A relay to Redis whose replies, once ``slow`` is set, go one byte every 20 ms: each
+    read is within a 50 ms socket timeout, the whole reply is not."""
 
     def __init__(self, port):
-        import socket
         import threading
-        self.port, self.slow, self.socks = port, threading.Event(), []
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
-        threading.Thread(target=self.accept, daemon=True).start()
+        self.slow = threading.Event()
+        super().__init__(port)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
-    def accept(self):
-        import socket
-        import threading
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.port))
-            self.socks += [client, upstream]
-            threading.Thread(target=self.pump, args=(client, upstream, False),
-                             daemon=True).start()
-            threading.Thread(target=self.pump, args=(upstream, client, True),
-                             daemon=True).start()
-
-    def pump(self, src, dst, slow):
+    def forward(self, data, dst, to_client):
         import time
-        try:
-            while data := src.recv(65536):
-                if slow and self.slow.is_set():
-                    for i in range(len(data)):
-                        time.sleep(0.02)
-                        dst.sendall(data[i:i + 1])
-                else:
-                    dst.sendall(data)
-        except OSError:
-            pass
-
-    def close(self):
-        for sock in [self.listener, *self.socks]:
-            sock.close()
+        if not (to_client and self.slow.is_set()):
+            return dst.sendall(data)
+        for i in range(len(data)):
+            time.sleep(0.02)
+            dst.sendall(data[i:i + 1])
 
 
 def test_a_decision_waits_at_most_the_timeout_for_a_trickling_redis(launcher, upstream):
