@@ -19,17 +19,29 @@ ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = ROOT / "tests" / "upstream.py"
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, and not one this run handed out before: the kernel
+    may give the same free port twice in a row (a gateway's bind and admin bind, say)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
-def wait_for_port(port, timeout=15.0, proc=None):
+def wait_for_port(port, timeout=15.0, proc=None, log_path=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+            said = ""
+            if log_path is not None and os.path.exists(log_path):
+                said = ": " + Path(log_path).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"process exited with {proc.returncode} before listening{said}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -258,7 +270,7 @@ class Launcher:
         gw = Gateway(proc, port, conf_path, log_path)
         gw.admin_port = int(conf["admin"]["bind"].rpartition(":")[2])
         if wait:
-            wait_for_port(port, proc=proc)
+            wait_for_port(port, proc=proc, log_path=log_path)
             wait_until(lambda: len(gw.worker_pids()) >= conf["server"].get("workers", 1))
         return gw
 
