@@ -267,6 +267,7 @@ class Upstream:
     tls: tuple = None                       # (verify, ca_file, server_name, cert, key)
     protocol: str = "http1"
     retry: RetryPolicy = RetryPolicy()
+    refused_route: str = None               # the fence of a refused route (core.table)
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,8 @@ def make_target(spec):
 
 def no_target_reason(upstream):
     """Why a request to an upstream without targets is answered 503."""
+    if upstream.refused_route:
+        return f"route {upstream.refused_route} is not available: its configuration was refused"
     if upstream.service is None:
         return f"upstream {upstream.id} is not defined (yet)"
     return f"upstream {upstream.id}: no live instance of service {upstream.service}"
@@ -316,6 +319,14 @@ def undefined_upstream(upstream_id, defaults):
     return Upstream(id=upstream_id, targets=(), pool_size=defaults["pool_size"],
                     connect_timeout=defaults["connect_timeout"],
                     read_timeout=defaults["read_timeout"])
+
+
+def refused_route_upstream(route_id, defaults):
+    """The fence's upstream for a route whose configuration was refused: no targets, so
+    whatever gets past the global plugins is answered 503 (core.table)."""
+    return Upstream(id=route_id, targets=(), pool_size=defaults["pool_size"],
+                    connect_timeout=defaults["connect_timeout"],
+                    read_timeout=defaults["read_timeout"], refused_route=route_id)
 
 
 def make_upstream(upstream_id, spec, defaults, registry, owner=None):

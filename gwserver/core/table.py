@@ -12,6 +12,10 @@ Rules (issue 3, and what an operator expects of a gateway):
   to a broader route (whose plugins may be nothing like its own: a public catch-all in front
   of a route with key_auth). It starts working as soon as the upstream arrives. Routes are
   recompiled when their upstream changes.
+- A *new* route whose value is refused (a schema error, a plugin config its plugin refuses)
+  is fenced, when its paths can be read: they answer 503 (the global plugins still run) until
+  a good version arrives, instead of falling through to a broader route. An invalid update of
+  a served route keeps the last good version serving, as above.
 - Static routes and upstreams from the conf file are always there; a dynamic item with the same
   id is rejected.
 - Changes are applied to the router in place, route by route: cost follows the change, not the
@@ -26,7 +30,7 @@ from ..errors import ConfigError
 from .consumers import Directory, compile_consumer
 from .router import Router
 from .routes import (ROUTE, TARGET, UPSTREAM, compile_route, make_upstream,
-                     undefined_upstream, upstream_refs)
+                     refused_route_upstream, undefined_upstream, upstream_refs)
 from .schema import show
 
 
@@ -42,6 +46,12 @@ def _decode(raw):
 
 
 WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
+FENCED = "its paths answer 503 until a valid version arrives"
+
+# What a refused route's fence matches on: the requests the route would have taken, ranked
+# as it would be. A route that matches on claims is not fenced: requests without them fall
+# through to a broader route by design, and a fence without the claims would take them all.
+FENCE_FIELDS = ("id", "paths", "prefix", "methods", "hosts", "headers", "priority")
 
 def _match_of(route):
     """What a route's place in the router depends on (a change may free a path)."""
@@ -68,6 +78,7 @@ class LiveTable:
         self.instances = {}         # service -> {instance: target spec}
         self.service_revision = {}  # service -> etcd revision of its last change
         self.waiting = set()        # "routes/ID" served with a stand-in for a missing upstream
+        self.fence_specs = {}       # refused new route id -> (version, fence spec) (_fence)
         self._conflicted = set()    # route ids refused only for a path another route held
         self._retrying = False
         self.consumers = Directory(registry)    # static and dynamic, compiled
@@ -96,8 +107,9 @@ class LiveTable:
 
     # -- whole-table operations ----------------------------------------------------------------
 
-    def replace_all(self, routes, upstreams, consumers=None):
-        """Make the dynamic part equal to ``routes``/``upstreams`` ({id: (version, raw)}).
+    def replace_all(self, routes, upstreams, consumers=None, fences=None):
+        """Make the dynamic part equal to ``routes``/``upstreams`` ({id: (version, raw)}), and
+        the fences to ``fences`` (a published table's; None: what the routes leave).
 
         Compared by value, not by version alone: versions are etcd revisions, which restart
         in another cluster, after a restore or a wipe (an item at an equal revision may hold
@@ -111,9 +123,16 @@ class LiveTable:
         for route_id in list(self.wanted_routes):
             if route_id not in routes:
                 self.delete_route(route_id)
+        if fences is None:      # etcd's view: a fence taken up (load_served) of a route gone
+            fences = {k: v for k, v in self.fence_specs.items() if k in routes}
+        for route_id in [k for k in self.fence_specs if self.fence_specs[k] != fences.get(k)]:
+            self.delete_fence(route_id)
         for route_id, (version, raw) in routes.items():
             if self.wanted_routes.get(route_id) != (version, raw):
                 self.put_route(route_id, raw, version)
+        for route_id, (version, spec) in fences.items():    # after the routes, as in a delta
+            if route_id not in self.fence_specs:
+                self.put_fence(route_id, spec, version)
         consumers = consumers or {}
         for consumer_id in list(self.wanted_consumers):
             if consumer_id not in consumers:
@@ -180,7 +199,8 @@ class LiveTable:
         """The good dynamic items, as workers rebuild them: {kind: {id: [version, spec]}}."""
         return {"routes": {k: list(v) for k, v in self.route_specs.items()},
                 "upstreams": {k: list(v) for k, v in self.upstream_specs.items()},
-                "consumers": {k: list(v) for k, v in self.consumer_specs.items()}}
+                "consumers": {k: list(v) for k, v in self.consumer_specs.items()},
+                "fences": {k: list(v) for k, v in self.fence_specs.items()}}
 
     def apply_delta(self, delta):
         """Worker side: one published generation's changes ({kind: {id: [version, spec] or
@@ -201,6 +221,14 @@ class LiveTable:
                 self.delete_consumer(consumer_id)
             else:
                 self.put_consumer(consumer_id, item[1], item[0])
+        # Fences after routes (a route that becomes good takes its fence's place), and every
+        # old fence out before a new one goes in: two may swap paths in one change.
+        fences = delta.get("fences", {})
+        for route_id in fences:
+            self.delete_fence(route_id)
+        for route_id, item in fences.items():
+            if item is not None:
+                self.put_fence(route_id, item[1], item[0])
 
     def apply_steps(self, steps):
         """Follow what a table reader returned: ("full", document) or ("delta", document)."""
@@ -214,13 +242,15 @@ class LiveTable:
         """Worker side: follow a table published by the sync process (all items are good)."""
         self.replace_all({k: tuple(v) for k, v in table["routes"].items()},
                          {k: tuple(v) for k, v in table["upstreams"].items()},
-                         {k: tuple(v) for k, v in table.get("consumers", {}).items()})
+                         {k: tuple(v) for k, v in table.get("consumers", {}).items()},
+                         {k: tuple(v) for k, v in table.get("fences", {}).items()})
 
     # -- single items --------------------------------------------------------------------------
 
     def put_route(self, route_id, raw, version=0):
         key = f"routes/{route_id}"
         self.wanted_routes[route_id] = (version, raw)
+        spec = None
         try:
             if route_id in self.static_routes:
                 raise ConfigError(f"route {route_id}: the id is taken by a static route in the "
@@ -242,8 +272,15 @@ class LiveTable:
                 self._conflicted.add(route_id)
                 raise
         except Exception as exc:        # noqa: BLE001 - see _reject
-            return self._reject(key, exc, route_id in self.route_specs)
+            served = route_id in self.route_specs
+            fenced = not served and route_id not in self.static_routes and \
+                self._fence(route_id, spec, version)
+            self._reject(key, exc, served)
+            if fenced:
+                self.rejected[key] += f" ({FENCED})"
+            return False
         self.route_specs[route_id] = (version, spec)
+        self.fence_specs.pop(route_id, None)        # its place in the router is the route's
         self._conflicted.discard(route_id)
         if missing:
             self.waiting.add(key)
@@ -262,8 +299,9 @@ class LiveTable:
         self.rejected.pop(f"routes/{route_id}", None)
         self.waiting.discard(f"routes/{route_id}")
         self._conflicted.discard(route_id)
-        if route_id in self.route_specs:
-            del self.route_specs[route_id]
+        if route_id in self.route_specs or route_id in self.fence_specs:
+            self.route_specs.pop(route_id, None)
+            self.fence_specs.pop(route_id, None)
             self.router.remove(route_id)
         self._retry_conflicted()
 
@@ -339,6 +377,35 @@ class LiveTable:
         route = compile_route(spec, self.upstreams, self.defaults, self.server,
                               self.global_plugins, self.registry, absent=stand_in)
         return route, missing
+
+    def _fence(self, route_id, spec, version):
+        """Hold a refused new route's paths with a route that answers 503 after the global
+        plugins: the paths of a route that failed its checks (its key_auth misspelt, say)
+        must not fall through to a broader route, a public catch-all perhaps. -> whether the
+        fence stands (its paths may be unreadable, or held by another route)."""
+        self.delete_fence(route_id)             # the fence of an earlier refused version
+        if not isinstance(spec, dict) or spec.get("claims"):
+            return False
+        fence = {**{k: spec[k] for k in FENCE_FIELDS if k in spec}, "id": route_id}
+        return self.put_fence(route_id, fence, version)
+
+    def put_fence(self, route_id, fence, version=0):
+        """Fence ``fence`` (a route's match fields); workers receive fences published."""
+        try:
+            spec = ROUTE.validate({**fence, "upstream": route_id}, f"route {route_id}")
+            stand_in = refused_route_upstream(route_id, self.defaults)
+            route = compile_route(spec, {route_id: stand_in}, self.defaults, self.server,
+                                  self.global_plugins, self.registry)
+            self.router.add(route)
+        except Exception:       # noqa: BLE001 - no fence: the route is refused all the same
+            return False
+        self.fence_specs[route_id] = (version, fence)
+        return True
+
+    def delete_fence(self, route_id):
+        if self.fence_specs.pop(route_id, None) is not None:
+            self.router.remove(route_id)
+            self._retry_conflicted()        # a route may want the paths it held
 
     def refused(self):
         """Rejected items, less the routes served with a stand-in while they wait."""

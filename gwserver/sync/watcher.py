@@ -78,7 +78,8 @@ class ConfigSync:
     def versions(self):
         return {"routes": {k: v[0] for k, v in self.table.route_specs.items()},
                 "upstreams": {k: v[0] for k, v in self.table.upstream_specs.items()},
-                "consumers": {k: v[0] for k, v in self.table.consumer_specs.items()}}
+                "consumers": {k: v[0] for k, v in self.table.consumer_specs.items()},
+                "fences": {k: v[0] for k, v in self.table.fence_specs.items()}}
 
     def publish(self, full=False):
         """Publish what changed since the last generation (everything when ``full``)."""
@@ -89,8 +90,9 @@ class ConfigSync:
                 served = self.served or {"routes": {}, "upstreams": {}}
                 specs = {"routes": self.table.route_specs,
                          "upstreams": self.table.upstream_specs,
-                         "consumers": self.table.consumer_specs}
-                for kind in ("routes", "upstreams", "consumers"):
+                         "consumers": self.table.consumer_specs,
+                         "fences": self.table.fence_specs}
+                for kind in specs:
                     now, before = versions[kind], served.get(kind, {})
                     delta[kind] = {k: list(specs[kind][k]) for k, v in now.items()
                                    if before.get(k) != v}

@@ -214,6 +214,47 @@ def test_a_route_waits_for_an_upstream_defined_later(launcher, etcd, upstream, t
     assert serves(gw, "/private/data") == 401
 
 
+def test_a_refused_new_route_holds_its_paths_on_every_worker(launcher, etcd, upstream,
+                                                             tmp_path):
+    """A new route refused for a misspelt key_auth option used to be left out: its paths
+    fell through to the public catch-all, which answered 200 with no key at all."""
+    from gwserver.plugins.key_auth import hash_key
+    conf = etcd_conf(tmp_path, [etcd.url], [route("public", ["/*rest"], upstream.url)])
+    conf["consumers"] = {"ann": {"credentials": {"key_auth": {"key_hash": hash_key("ann-key")}}}}
+    gw = launcher.gateway(conf)
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "private", {"paths": ["/private/*rest"], "upstream": "up",
+                                                 "plugins": {"key_auth": {"hedaer": "X-Key"}}})
+    wait_until(lambda: all_workers_at(gw, revision))
+    answers = [gw.request("GET", "/private/data") for _ in range(20)]
+    assert {resp.status for resp, _ in answers} == {503}                # not the catch-all's 200
+    assert b"route private is not available" in answers[0][1]
+    assert serves(gw, "/elsewhere") == 200
+    reason = status_of(gw)["rejected"]["routes/private"]
+    assert "hedaer: unknown key" in reason and "answer 503 until a valid version" in reason
+    # A worker started now (a full table, not a change) holds the fence too.
+    workers = [pid for pid in gw.worker_pids() if _is_worker(pid)]
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: workers[0] not in gw.worker_pids() and all_workers_at(gw, revision)
+               and len([pid for pid in gw.worker_pids() if _is_worker(pid)]) == 2)
+    assert {serves(gw, "/private/data") for _ in range(20)} == {503}
+    # Fixed: the route itself; then deleted: the catch-all has the paths again.
+    revision = put(client, "routes", "private", {"paths": ["/private/*rest"], "upstream": "up",
+                                                 "plugins": {"key_auth": {}}})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {serves(gw, "/private/data") for _ in range(10)} == {401}
+    assert gw.request("GET", "/private/data",
+                      headers={"X-API-Key": "ann-key"})[0].status == 200
+    assert status_of(gw)["rejected"] == {}
+    put(client, "routes", "private", {"paths": ["/private/*rest"], "upstream": "up",
+                                      "plugins": {"key_auth": {"hedaer": "X-Key"}}})
+    client.delete(f"{PREFIX}/routes/private")
+    revision = client.revision()
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {serves(gw, "/private/data") for _ in range(10)} == {200}
+
+
 def test_etcd_down_keeps_the_table_and_a_restart_resumes(launcher, upstream, tmp_path):
     member = launcher.etcd()
     gw = serving(launcher, tmp_path, member.url, member.client(), upstream, "r", "/r")

@@ -240,3 +240,92 @@ def test_a_key_no_check_foresaw_is_rejected_alone(jwt, reason):
     assert t.put_route("r", json.dumps({"paths": ["/r"], "upstream": "u1",
                                         "plugins": {"jwt": jwt}}), 2) is False
     assert reason in t.rejected["routes/r"]
+
+
+MISSPELT = {"paths": ["/private/*rest"], "upstream": "u1", "plugins": {"key_auth": {"hedaer": 1}}}
+
+
+def test_a_refused_new_route_is_fenced_and_workers_fence_it_too():
+    """Its paths answer 503 (a stand-in with no targets) instead of falling through to the
+    public catch-all; the fence is published, so a worker holds the same paths."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    assert t.put_route("private", json.dumps(MISSPELT), 3) is False
+    assert served(t, "/private/x") == "private"
+    assert t.router.routes["private"].upstream.targets == ()
+    assert "until a valid version arrives" in t.refused()["routes/private"]
+    worker = table()
+    worker.apply_published(json.loads(json.dumps(t.published())))
+    assert served(worker, "/private/x") == "private" and worker.rejected == {}
+    fixed = json.dumps({**MISSPELT, "plugins": {"key_auth": {}}})
+    assert t.put_route("private", fixed, 4)
+    assert t.fence_specs == {} and t.router.routes["private"].upstream.id == "u1"
+    worker.apply_published(json.loads(json.dumps(t.published())))
+    assert worker.fence_specs == {} and worker.router.routes["private"].upstream.id == "u1"
+
+
+def test_unreadable_paths_a_conflict_claims_or_a_served_version_are_not_fenced():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("held", route("held", "/a/:x"), 2)
+    assert not t.put_route("r1", json.dumps({**MISSPELT, "paths": "/x"}), 3)
+    assert not t.put_route("r2", json.dumps({**MISSPELT, "paths": ["/a/:y/b"]}), 4)
+    assert not t.put_route("r3", json.dumps({**MISSPELT, "claims": {"role": "admin"}}), 5)
+    t.put_route("r4", route("r4", "/v1"), 6)
+    assert not t.put_route("r4", json.dumps({**MISSPELT, "paths": ["/v2"]}), 7)
+    assert t.fence_specs == {} and served(t, "/v1") == "r4" and served(t, "/v2") is None
+    assert served(t, "/a/1") == "held" and served(t, "/private/x") is None
+
+
+def test_a_fence_takes_the_requests_its_route_would_have_taken():
+    """Ranked as the route would be: on the same path, a route it would lose to keeps its
+    requests, one it would win over loses them (to a 503, not to the route's absence)."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("m", route("m", "/p"), 2)
+    assert not t.put_route("a", json.dumps({**MISSPELT, "paths": ["/p"]}), 3)
+    assert not t.put_route("z", json.dumps({**MISSPELT, "paths": ["/p"],
+                                            "headers": {"x-v": "2"}}), 4)
+    assert served(t, "/p") == "a"                       # "a" sorts before "m", as a route
+    assert t.router.match("GET", "h", "/p", {b"x-v": b"2"})[0].id == "z"    # more specific
+
+
+def test_deleting_a_fenced_route_frees_its_paths_for_a_route_refused_for_them():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    assert not t.put_route("bad", json.dumps(MISSPELT), 2)
+    assert not t.put_route("good", route("good", "/private/*other"), 3)    # *rest is held
+    assert served(t, "/private/x") == "bad"
+    t.delete_route("bad")
+    assert served(t, "/private/x") == "good" and t.rejected == {}
+
+
+@pytest.mark.parametrize("order", ["a first", "b first"])
+def test_fences_that_swap_paths_in_one_change_land_in_any_order(order):
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("a", json.dumps({**MISSPELT, "paths": ["/p"]}), 2)
+    t.put_route("b", json.dumps({**MISSPELT, "paths": ["/q"]}), 3)
+    worker = table()
+    worker.apply_published(json.loads(json.dumps(t.published())))
+    t.delete_route("a"), t.delete_route("b")
+    t.put_route("a", json.dumps({**MISSPELT, "paths": ["/q"]}), 4)
+    t.put_route("b", json.dumps({**MISSPELT, "paths": ["/p"]}), 5)
+    fences = t.published()["fences"]
+    delta = {"fences": {k: fences[k] for k in (("a", "b") if order == "a first" else ("b", "a"))}}
+    worker.apply_delta(json.loads(json.dumps(delta)))
+    assert served(worker, "/p") == "b" and served(worker, "/q") == "a"
+
+
+def test_a_fence_taken_up_from_the_workers_goes_when_etcd_no_longer_has_the_route():
+    """A restarted sync process takes up the published table, fences included (load_served);
+    a full load of etcd without that route must not leave its fence behind."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("bad", json.dumps(MISSPELT), 2)
+    restarted = table()
+    restarted.apply_published(json.loads(json.dumps(t.published())))
+    assert served(restarted, "/private/x") == "bad"
+    restarted.replace_all({}, {"u1": (1, json.dumps(UP))})
+    assert served(restarted, "/private/x") is None and restarted.fence_specs == {}
