@@ -535,6 +535,7 @@ class ClientConnection:
                 status, sent = self.answer(req, error_reply(exc, req.request_id), keep_alive)
         finally:
             runtime.in_flight -= 1
+            upstream = upstream or req.target       # a failed try names its target too
             if req.route is not None and req.route.chain.finish_steps_of(req):
                 req.route.chain.run_finish(req, status)
             if runtime.access.enabled:
@@ -549,6 +550,9 @@ class ClientConnection:
                 consumer = req.consumer
                 if consumer is not None:
                     runtime.metrics.count_consumer(consumer.id, status)
+                if req.error is not None or req.ended_by is not None:
+                    runtime.metrics.count_answer(req.route.id if req.route else None, status,
+                                                 req.ended_by or "gateway")
         if self.upgraded:
             return False
         return runtime.request_done() and keep_alive

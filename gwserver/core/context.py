@@ -96,6 +96,7 @@ class RequestContext:
                  "connection_tokens", "upstream_seconds",
                  "attempts",    # tries that reached an upstream (more than 1: retried)
                  "sent",        # a try went out to an upstream (answered or not)
+                 "target",      # the url of the target last chosen (None: none was)
                  "started",     # time.monotonic() when the head was read
                  "upstream_host_header",    # Host for the upstream set by a plugin (rewrite)
                  "consumer",    # the Consumer an auth plugin identified (core.consumers)
@@ -120,6 +121,7 @@ class RequestContext:
         self.upgrade_tail = b""
         self.attempts = 0
         self.sent = False
+        self.target = None
         self.started = self.upstream_host_header = self.consumer = self.chain = None
 
     @property

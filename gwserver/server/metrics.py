@@ -126,7 +126,12 @@ class WorkerMetrics:
             "gwserver_consumer_requests", "Requests by the consumer an auth plugin identified "
             "and status class (series bounded by the number of consumers)",
             ["consumer", "code"])
+        self.gateway_answers = Counter(
+            "gwserver_gateway_answers", "Answers the gateway made itself, not the upstream: by "
+            "route, exact status, and source (the plugin that answered, or gateway for the "
+            "gateway's own errors: 404, 413, 502, 503, 504...)", ["route", "status", "source"])
         self._series = {}
+        self._answers = {}          # (route, status, source) -> [counted, pushed]
         self._consumers = {}        # (consumer, code class) -> [counted, pushed]
         self._limits = {}           # (route, outcome) -> [counted, pushed]
         self._faults = {}           # (route, kind) -> [counted, pushed]
@@ -182,6 +187,11 @@ class WorkerMetrics:
     def count_fault(self, route_id, kind):
         _count(self._faults, (route_id, kind))
 
+    def count_answer(self, route_id, status, source):
+        """An answer the gateway made itself (an error, or a plugin's reply such as a 429):
+        the series that tells a 503 of the breaker from an upstream's own 503."""
+        _count(self._answers, (route_id or "none", str(status), source))
+
     def count_consumer(self, consumer_id, status):
         _count(self._consumers, (consumer_id, f"{status // 100}xx"))
 
@@ -218,7 +228,8 @@ class WorkerMetrics:
                 self.breaker.labels(key).set(STATE_CODES[entry[0]])
                 entry[1] = entry[0]
         for counter, counts in ((self.limits, self._limits), (self.faults, self._faults),
-                                (self.consumer_requests, self._consumers)):
+                                (self.consumer_requests, self._consumers),
+                                (self.gateway_answers, self._answers)):
             for labels, entry in counts.items():
                 if entry[0] != entry[1]:
                     counter.labels(*labels).inc(entry[0] - entry[1])

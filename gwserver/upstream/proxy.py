@@ -455,6 +455,7 @@ class Proxy:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
             target = self.choose(upstream, tried, req, now)
+            req.target = target.url             # the access log's upstream, failed or not
             pool = self.pools.get(target, upstream)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             try:

@@ -98,3 +98,38 @@ def test_reloads_keep_counters_and_do_not_pile_up_files(admin_gw):
     # live workers' files only (2 workers x a few kinds), plus one archive per kind
     assert len(per_pid) <= 2 * 4, files
     assert "counter_archive.db" in files
+
+
+def test_the_gateways_own_answers_are_counted_apart_from_the_upstreams(launcher, upstream,
+                                                                        tmp_path):
+    """gwserver_requests_total has status classes: a 5xx ratio alert could not tell a 502
+    (the upstream failed) from a 504 (it was slow) or the upstream's own 503. The gateway's
+    own answers are counted by exact status and by who answered; the access log names the
+    target of a failed try (its upstream field was null)."""
+    port, dead = free_port(), free_port()
+    hour = 3600
+    gw = launcher.gateway(gateway_conf([
+        route("own", ["/status/:code"], upstream.url),
+        route("dead", ["/dead"], f"http://127.0.0.1:{dead}"),
+        route("slow", ["/slow/:s"], upstream.url, timeouts={"read": 0.3}),
+        route("lim", ["/lim"], upstream.url, plugins={"rate_limit": {
+            "rate": 1, "per": hour, "burst": 1, "key": "route"}})],
+        admin={"bind": f"127.0.0.1:{port}", "token": TOKEN}))
+    gw.admin_port = port
+    assert gw.request("GET", "/status/503")[0].status == 503       # the upstream's own
+    assert gw.request("GET", "/dead")[0].status == 502
+    assert gw.request("GET", "/slow/2")[0].status == 504
+    assert [gw.request("GET", "/lim")[0].status for _ in range(2)] == [200, 429]
+    assert gw.request("GET", "/nowhere")[0].status == 404
+    want = {("dead", "502", "gateway"): 1, ("slow", "504", "gateway"): 1,
+            ("lim", "429", "rate_limit"): 1, ("none", "404", "gateway"): 1}
+    text = wait_until(lambda: (t := scrape(gw)) and all(
+        sample(t, "gwserver_gateway_answers_total", route=r, status=s, source=src) == n
+        for (r, s, src), n in want.items()) and t)
+    assert sample(text, "gwserver_gateway_answers_total", route="own") is None
+    assert sample(text, "gwserver_requests_total", route="own", status="5xx") == 1
+    lines = wait_until(lambda: len(gw.access_lines()) >= 6 and gw.access_lines())
+    upstreams = [(line["route"], line["status"], line["upstream"]) for line in lines]
+    assert upstreams == [("own", 503, upstream.url), ("dead", 502, f"http://127.0.0.1:{dead}"),
+                         ("slow", 504, upstream.url), ("lim", 200, upstream.url),
+                         ("lim", 429, None), (None, 404, None)]
