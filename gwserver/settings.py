@@ -7,6 +7,7 @@ reference that conf/gwserver.toml carries.
 """
 import ipaddress
 import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -180,6 +181,9 @@ ETCD = Schema(
     Field("backoff_max", number(0.1), 10.0, "cap of the reconnect backoff, seconds"),
     Field("username", string(what="a user name"), None, "etcd user (auth enabled)"),
     Field("password", string(what="a password", allow_empty=True), None, "etcd password"),
+    Field("password_file", string(r"/.*", "an absolute path"), None,
+          "file holding the etcd password instead (systemd LoadCredential=); read at start "
+          "and on each reload"),
     Field("ca_file", string(what="a file path"), None, "CA bundle for https endpoints"),
     Field("cert_file", string(what="a file path"), None, "client certificate (mTLS)"),
     Field("key_file", string(what="a file path"), None, "client key (mTLS)"),
@@ -197,6 +201,9 @@ ADMIN = Schema(
           "admin listener (/metrics, /-/healthz, /-/ready, /admin/...); keep it off the internet"),
     Field("token", string(r"[!-~]*", "printable ASCII without spaces", allow_empty=True), "",
           "bearer token required for everything but the health probes; empty: none"),
+    Field("token_file", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
+          "file holding the token instead (systemd LoadCredential=), read at start and on "
+          "each reload; empty: none"),
     Field("metrics", boolean, True, "collect Prometheus metrics (served on /metrics)"),
     Field("metrics_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
           "prometheus multiprocess files; empty: a private temp dir (wiped at start)"),
@@ -239,6 +246,9 @@ REDIS = Schema(
           "redis://127.0.0.1:6379/0",
           "redis://host:port/db; redis+sentinel://host:port,host:port/master_name[/db]; "
           "redis+cluster://host:port,host:port"),
+    Field("password_file", string(r"/.*", "an absolute path"), None,
+          "file holding the Redis password (AUTH), kept out of url (systemd "
+          "LoadCredential=); read at start and on each reload"),
     Field("timeout", number(0, exclusive=True), 0.05,
           "seconds a decision may wait for Redis before on_store_error applies"),
     Field("pause", number(0), 1.0, "after a Redis error, seconds before asking it again"),
@@ -470,6 +480,68 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
     return router, problems
 
 
+# Secrets an operator keeps out of the conf file (a systemd credential, a mounted secret):
+# (section, the setting the secret is, the setting naming a file that holds it instead).
+SECRET_FILES = (("admin", "token", "token_file"), ("etcd", "password", "password_file"),
+                ("redis", "password", "password_file"))
+MAX_SECRET_FILE = 4096
+
+
+def read_secret_file(path):
+    """The secret a file holds, less one trailing newline (``echo`` and editors add one).
+    Raises Invalid naming the problem: a FIFO or device is refused, not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Invalid(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Invalid(f"{path} is not a regular file")
+        data = os.read(fd, MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise Invalid(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_FILE:
+        raise Invalid(f"{path} holds over {MAX_SECRET_FILE} bytes: not a secret")
+    try:
+        secret = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise Invalid(f"{path} is not UTF-8 text") from None
+    if not secret:
+        raise Invalid(f"{path} is empty")
+    return secret
+
+
+def secrets_from_files(name, section, problems):
+    """``section`` with its secrets read from their files (SECRET_FILES); problems named."""
+    for section_name, key, file_key in SECRET_FILES:
+        if section_name != name or not section.get(file_key):
+            continue
+        if section.get(key):
+            problems.append(f"{name}.{file_key}: {name}.{key} is set too; set one of them")
+            continue
+        authority = section.get("url", "").partition("://")[2].partition("/")[0]
+        if name == "redis" and authority.rpartition("@")[0].partition(":")[2]:
+            problems.append(f"{name}.{file_key}: redis.url holds a password too; set one of "
+                            f"them")
+            continue
+        try:
+            secret = read_secret_file(section[file_key])
+            field = (OPTIONAL_SECTIONS.get(name) or SECTIONS[name]).fields.get(key)
+            if field is not None:           # the token's own rule (printable, no spaces)
+                try:
+                    secret = field.check(secret)
+                except Invalid:             # its message would quote the secret: not in logs
+                    raise Invalid(f"{section[file_key]} holds what {name}.{key} cannot be "
+                                  f"(`gwserver settings` says what it can)") from None
+        except Invalid as exc:
+            problems.append(f"{name}.{file_key}: {exc}")
+            continue
+        section = {**section, key: secret}
+    return section
+
+
 def parse_conf(data, path="<conf>"):
     """Validate a parsed TOML document; raise ConfigError listing every problem at once."""
     from .plugins import load_registry
@@ -488,6 +560,9 @@ def parse_conf(data, path="<conf>"):
             parts[name] = field.default_value() if value is None else value
     if not parts["server"].get("state_dir"):
         parts["server"] = {**parts["server"], "state_dir": default_state_dir()}
+    for name in ("admin", "etcd", "redis"):
+        if parts[name] is not None:
+            parts[name] = secrets_from_files(name, parts[name], problems)
     sections = {name: _fill(schema, parts[name]) for name, schema in SECTIONS.items()}
     registry = load_registry()
     # Global plugin configs are checked once here so that their errors name `plugins.X`.

@@ -187,7 +187,8 @@ class Runtime:
         local = LocalStore(path)
         redis = conf.redis
         limit_store = local if redis is None else RedisStore(
-            redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"])
+            redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"],
+            redis.get("password"))
         consumers = self.table.consumers if self.table is not None else conf.consumers
         self.services = services = Services(limit_store, local, self.metrics, consumers,
                                             RolloutView(path))

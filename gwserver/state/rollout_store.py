@@ -199,7 +199,8 @@ def for_conf(conf):
         etcd_state = EtcdState(etcd_client, conf.etcd["prefix"])
     if conf.redis is not None:
         from .store import connect
-        redis_client = connect(conf.redis["url"], max(conf.redis["timeout"], 1.0))
+        redis_client = connect(conf.redis["url"], max(conf.redis["timeout"], 1.0),
+                               conf.redis.get("password"))
     state = etcd_state or (RedisState(redis_client, conf.redis["key_prefix"]) if redis_client
                            else LocalState(conf.server["state_dir"]))
     if redis_client is not None:

@@ -75,7 +75,7 @@ def load_breaker_state(raw):
     return state
 
 
-def connect(url, timeout):
+def connect(url, timeout, password=None):
     """A redis-py client for a plain, Sentinel or Cluster URL, with fail-fast settings.
 
         redis://[:password@]host:port/db, rediss://..., unix:///path.sock
@@ -91,9 +91,12 @@ def connect(url, timeout):
     fast = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=None,
                 health_check_interval=0)
     scheme = url.partition("://")[0]
+    if password is not None:                # [redis] password_file (the url holds none)
+        fast["password"] = password
     if scheme not in ("redis+sentinel", "redis+cluster"):
         return redis.Redis.from_url(url, retry_on_timeout=False, max_connections=4, **fast)
-    password, nodes, path = parse_multi_host_url(url)
+    url_password, nodes, path = parse_multi_host_url(url)
+    password = fast.pop("password", url_password)
     if scheme == "redis+cluster":
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
                             password=password, cluster_error_retry_attempts=1,
@@ -131,13 +134,13 @@ MAX_OWED_RELEASES = 100_000      # limit_conn slots a worker remembers to give b
 class RedisStore:
     """Rate-limit decisions and breaker steps in Redis, coalesced per worker (see above)."""
 
-    def __init__(self, url, timeout=0.05, pause=1.0, key_prefix="gw:"):
+    def __init__(self, url, timeout=0.05, pause=1.0, key_prefix="gw:", password=None):
         import redis
         self.redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                              redis.exceptions.ResponseError, redis.exceptions.RedisClusterException,
                              OSError)
         self.noscript = redis.exceptions.NoScriptError
-        self.client = connect(url, timeout)
+        self.client = connect(url, timeout, password)
         self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
         self.pause = pause

@@ -133,3 +133,25 @@ def test_the_gateways_own_answers_are_counted_apart_from_the_upstreams(launcher,
     assert upstreams == [("own", 503, upstream.url), ("dead", 502, f"http://127.0.0.1:{dead}"),
                          ("slow", 504, upstream.url), ("lim", 200, upstream.url),
                          ("lim", 429, None), (None, 404, None)]
+
+
+def test_the_token_can_come_from_a_file_and_a_reload_rotates_it(launcher, upstream, tmp_path):
+    """[admin] token_file (systemd LoadCredential=): the token stays out of the conf file,
+    and a SIGHUP reads the file again, so rotating it needs no restart."""
+    port, token_file = free_port(), tmp_path / "admin-token"
+    token_file.write_text("first-token\n")
+    gw = launcher.gateway(gateway_conf([route("echo", ["/echo"], upstream.url)], admin={
+        "bind": f"127.0.0.1:{port}", "token_file": str(token_file)}))
+    assert admin_get(port, "/admin/routes")[0].status == 401
+    assert admin_get(port, "/admin/routes", "first-token")[0].status == 200
+    token_file.write_text("second-token\n")
+    before = set(gw.worker_pids())
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: not before & set(gw.worker_pids()) and
+               admin_get(port, "/admin/routes", "second-token")[0].status == 200)
+    assert admin_get(port, "/admin/routes", "first-token")[0].status == 401
+    token_file.write_text("")                               # refused: the second one stays
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "admin.token_file" in gw.log() and "is empty" in gw.log())
+    assert admin_get(port, "/admin/routes", "second-token")[0].status == 200
+    assert "second-token" not in gw.log() and "first-token" not in gw.log()

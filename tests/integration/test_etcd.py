@@ -487,7 +487,9 @@ def test_cli_validate_put_get_list_delete(launcher, etcd, upstream, tmp_path):
     wait_until(lambda: serves(gw, "/c/1") == 404)
 
 
-def test_etcd_with_authentication(launcher, etcd, upstream, tmp_path):
+@pytest.mark.parametrize("password_in", ["conf", "file"])
+def test_etcd_with_authentication(launcher, etcd, upstream, tmp_path, password_in):
+    """The password in the conf file, or in a file of its own (a systemd credential)."""
     ctl = ["etcdctl", "--endpoints", etcd.url]
     env = {**os.environ, "ETCDCTL_API": "3"}
     for args in (["user", "add", "root:s3cret"], ["auth", "enable"]):
@@ -495,7 +497,11 @@ def test_etcd_with_authentication(launcher, etcd, upstream, tmp_path):
     from gwserver.sync.etcd import EtcdClient
     client = EtcdClient([etcd.url], username="root", password="s3cret")
     put(client, "upstreams", "up", UP(upstream))
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], username="root", password="s3cret"))
+    secret = tmp_path / "etcd-password"
+    secret.write_text("s3cret\n")
+    password = {"password": "s3cret"} if password_in == "conf" else \
+        {"password_file": str(secret)}
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], username="root", **password))
     revision = put(client, "routes", "secured", {"paths": ["/secured"], "upstream": "up"})
     wait_until(lambda: all_workers_at(gw, revision))
     assert serves(gw, "/secured") == 200

@@ -67,3 +67,23 @@ def test_sentinel_failover_keeps_serving_and_limits_resume_on_the_new_master(lau
     wait_until(lambda: get(gw, "/lim") == 200 and (stored_tokens(replica.port) or 990) < 980,
                timeout=10)
     assert "redis is answering again" in gw.log()
+
+
+def test_a_password_from_a_file_authenticates_to_redis(launcher, upstream, tmp_path):
+    """[redis] password_file (a systemd credential) keeps the password out of the url."""
+    from ..conftest import free_port
+    port = free_port()
+    directory = tmp_path / "redis-auth"
+    directory.mkdir()
+    launcher._redis_server(port, directory, "--requirepass", "r3dis-pw")
+    secret = tmp_path / "redis-password"
+    secret.write_text("r3dis-pw\n")
+    gw = launcher.gateway(gateway_conf([
+        route("lim", ["/lim"], upstream.url, plugins={"rate_limit": {
+            "rate": 3, "per": 3600, "burst": 3, "key": "route", "on_store_error": "deny"}})],
+        workers=2, redis={"url": f"redis://127.0.0.1:{port}/0", "password_file": str(secret)}))
+    assert [get(gw, "/lim") for _ in range(5)] == [200] * 3 + [429] * 2
+    size = subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning", "-a", "r3dis-pw",
+                           "dbsize"], capture_output=True, text=True).stdout
+    assert int(size) == 1                       # the limit's key: the decisions were Redis's
+    assert "r3dis-pw" not in gw.log()

@@ -69,6 +69,8 @@ def etc(tmp_path_factory):
                                     client=stem.endswith("client"))
             target.with_suffix(".pem").write_bytes(cert.read_bytes())
             target.with_suffix(".key").write_bytes(key.read_bytes())
+        elif target.parent.name == "secrets":       # token_file, password_file
+            target.write_text("example-secret\n")
         else:
             target.write_text("")
         return target
@@ -79,7 +81,8 @@ def localise(text, etc):
     """Rewrite /etc/gwserver/... paths (other than the conf file) into made files."""
     def swap(m):
         return str(etc(m[1]))
-    return re.sub(r"/etc/gwserver/([\w./-]+\.(?:pem|key|json|crt))", swap, text)
+    return re.sub(r"/etc/gwserver/([\w./-]+\.(?:pem|key|json|crt)|secrets/[\w.-]+)", swap,
+                  text)
 
 
 def upstream_ids(data):

@@ -1,4 +1,5 @@
 """The conf file: every setting declared once, every problem named by its full path."""
+import os
 import subprocess
 import sys
 import tomllib
@@ -146,3 +147,33 @@ def test_the_conf_option_goes_before_or_after_the_action(tmp_path, argv):
                           *[missing if a == "CONF" else a for a in argv]],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and f"{missing}: cannot read" in out.stderr, out.stderr
+
+
+def test_secret_files_are_read_and_their_problems_named_without_the_secret(tmp_path):
+    from gwserver.errors import ConfigError
+    from gwserver.settings import parse_conf
+
+    def made(name, data):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return str(path)
+    conf = parse_conf({"admin": {"token_file": made("tok", b"t0ken\n")},
+                       "etcd": {"password_file": made("etcd", b"pass word\r\n")},
+                       "redis": {"url": "redis://127.0.0.1:6379/0",
+                                 "password_file": made("redis", b"pw")}})
+    assert (conf.admin["token"], conf.etcd["password"], conf.redis["password"]) == \
+        ("t0ken", "pass word", "pw")
+    os.mkfifo(tmp_path / "fifo")
+    for section, problem in [
+            ({"admin": {"token_file": made("spaced", b"not a token")}}, "cannot be"),
+            ({"admin": {"token": "x", "token_file": made("t2", b"y")}}, "is set too"),
+            ({"admin": {"token_file": str(tmp_path / "fifo")}}, "not a regular file"),
+            ({"admin": {"token_file": str(tmp_path / "absent")}}, "No such file"),
+            ({"admin": {"token_file": made("empty", b"\n")}}, "is empty"),
+            ({"admin": {"token_file": made("big", b"a" * 5000)}}, "over 4096 bytes"),
+            ({"admin": {"token_file": made("latin", b"\xe9t\xe9")}}, "not UTF-8"),
+            ({"redis": {"url": "redis://:inurl@127.0.0.1:6379/0",
+                        "password_file": made("r2", b"pw")}}, "url holds a password")]:
+        with pytest.raises(ConfigError) as caught:
+            parse_conf(section)
+        assert problem in str(caught.value) and "not a token" not in str(caught.value)
