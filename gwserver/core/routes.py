@@ -324,7 +324,7 @@ def undefined_upstream(upstream_id, defaults):
 def refused_route_upstream(route_id, defaults):
     """The fence's upstream for a route whose configuration was refused: no targets, so
     whatever gets past the global plugins is answered 503 (core.table)."""
-    return Upstream(id=route_id, targets=(), pool_size=defaults["pool_size"],
+    return Upstream(id=f"{route_id} (refused)", targets=(), pool_size=defaults["pool_size"],
                     connect_timeout=defaults["connect_timeout"],
                     read_timeout=defaults["read_timeout"], refused_route=route_id)
 

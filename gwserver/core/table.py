@@ -29,9 +29,9 @@ import json
 from ..errors import ConfigError
 from .consumers import Directory, compile_consumer
 from .router import Router
-from .routes import (ROUTE, TARGET, UPSTREAM, compile_route, make_upstream,
+from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_upstream,
                      refused_route_upstream, undefined_upstream, upstream_refs)
-from .schema import show
+from .schema import Invalid, show
 
 
 def _decode(raw):
@@ -48,10 +48,64 @@ def _decode(raw):
 WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
 FENCED = "its paths answer 503 until a valid version arrives"
 
-# What a refused route's fence matches on: the requests the route would have taken, ranked
-# as it would be. A route that matches on claims is not fenced: requests without them fall
-# through to a broader route by design, and a fence without the claims would take them all.
-FENCE_FIELDS = ("id", "paths", "prefix", "methods", "hosts", "headers", "priority")
+
+def fence_of(route_id, spec):
+    """The match fields of a refused route's value, as far as they can be read, or None when
+    none of its paths can: the requests the route would have taken, ranked as it would be.
+
+    It fails closed: a slip in a match field (``"get"``, ``"API.example.com"``, ``"10"``)
+    is read the way it was surely meant, or the field is left out, which makes the fence
+    broader, never narrower. A route that matches on claims is not fenced: requests without
+    them fall through to a broader route by design, and a fence cannot check them."""
+    if not isinstance(spec, dict) or spec.get("claims"):
+        return None
+    fields = ROUTE.fields
+
+    def readable(name, value):
+        try:
+            fields[name].check(value)
+            return True
+        except Invalid:
+            return False
+
+    def items(value, normalise):
+        return [normalise(v) for v in value if isinstance(v, str)] \
+            if isinstance(value, list) else []
+    paths = [p for p in items(spec.get("paths"), str) if _path_readable(p)]
+    if not paths:
+        return None
+    fence = {"id": route_id, "paths": paths}
+    methods = [m for m in items(spec.get("methods"), str.upper) if readable("methods", [m])]
+    hosts = [h for h in items(spec.get("hosts"), str.lower) if readable("hosts", [h])]
+    if methods:
+        fence["methods"] = methods
+    if hosts:
+        fence["hosts"] = hosts
+    headers = spec.get("headers")
+    if isinstance(headers, dict):
+        headers = {k: v for k, v in headers.items() if readable("headers", {k: v})}
+        if headers:
+            fence["headers"] = headers
+    priority = spec.get("priority")
+    if isinstance(priority, str) and priority.strip().lstrip("-").isdigit():
+        priority = int(priority)
+    if readable("priority", priority) and priority is not None:
+        fence["priority"] = priority
+    prefix = spec.get("prefix")
+    prefix = {"true": True, "false": False}.get(prefix, prefix) if isinstance(prefix, str) \
+        else prefix
+    if prefix is True and not any(p.rpartition("/")[2].startswith("*") for p in paths):
+        fence["prefix"] = True
+    return fence
+
+
+def _path_readable(pattern):
+    try:
+        check_path(pattern)
+        return True
+    except Invalid:
+        return False
+
 
 def _match_of(route):
     """What a route's place in the router depends on (a change may free a path)."""
@@ -381,22 +435,42 @@ class LiveTable:
     def _fence(self, route_id, spec, version):
         """Hold a refused new route's paths with a route that answers 503 after the global
         plugins: the paths of a route that failed its checks (its key_auth misspelt, say)
-        must not fall through to a broader route, a public catch-all perhaps. -> whether the
-        fence stands (its paths may be unreadable, or held by another route)."""
-        self.delete_fence(route_id)             # the fence of an earlier refused version
-        if not isinstance(spec, dict) or spec.get("claims"):
+        must not fall through to a broader route, a public catch-all perhaps. -> whether a
+        fence stands. The old fence is swapped for the new one in one step: a route refused
+        for the old one's paths must not slip in between (and then keep the new one out)."""
+        fence, old = fence_of(route_id, spec), self.fence_specs.get(route_id)
+        if fence is None or (old is not None and old[1] == fence):
+            return old is not None      # unreadable paths keep the fence they had
+        if old is not None:
+            old_route = self.router.remove(route_id)
+        # Paths another route holds (a parameter named otherwise) are left to it; the rest
+        # are fenced, so which route etcd lists first decides no more than it does for routes.
+        fence["paths"] = [path for path in fence["paths"]
+                          if self._placeable(route_id, {**fence, "paths": [path]})]
+        if not fence["paths"] or not self.put_fence(route_id, fence, version):
+            if old is not None:
+                self.router.add(old_route)  # its paths stay held
+            return old is not None
+        self._retry_conflicted()            # the old fence may have left a path
+        return True
+
+    def _fence_route(self, route_id, fence):
+        spec = ROUTE.validate({**fence, "upstream": route_id}, f"route {route_id}")
+        stand_in = refused_route_upstream(route_id, self.defaults)
+        return compile_route(spec, {route_id: stand_in}, self.defaults, self.server,
+                             self.global_plugins, self.registry)
+
+    def _placeable(self, route_id, fence):
+        try:
+            self.router.check(self._fence_route(route_id, fence))
+            return True
+        except Exception:       # noqa: BLE001 - not placeable, whatever the reason
             return False
-        fence = {**{k: spec[k] for k in FENCE_FIELDS if k in spec}, "id": route_id}
-        return self.put_fence(route_id, fence, version)
 
     def put_fence(self, route_id, fence, version=0):
         """Fence ``fence`` (a route's match fields); workers receive fences published."""
         try:
-            spec = ROUTE.validate({**fence, "upstream": route_id}, f"route {route_id}")
-            stand_in = refused_route_upstream(route_id, self.defaults)
-            route = compile_route(spec, {route_id: stand_in}, self.defaults, self.server,
-                                  self.global_plugins, self.registry)
-            self.router.add(route)
+            self.router.add(self._fence_route(route_id, fence))
         except Exception:       # noqa: BLE001 - no fence: the route is refused all the same
             return False
         self.fence_specs[route_id] = (version, fence)

@@ -238,7 +238,8 @@ class Checker:
     def wanted(self):
         """Targets to probe: of named upstreams and of upstreams written inline in routes."""
         upstreams = {u.id: u for u in self.table.upstreams.values()}
-        upstreams.update((r.upstream.id, r.upstream) for r in self.table.router.routes.values())
+        for route in self.table.router.routes.values():     # never in place of a named one
+            upstreams.setdefault(route.upstream.id, route.upstream)
         out = {}
         for upstream in upstreams.values():
             if upstream.health_check is None:

@@ -255,6 +255,31 @@ def test_a_refused_new_route_holds_its_paths_on_every_worker(launcher, etcd, ups
     assert {serves(gw, "/private/data") for _ in range(10)} == {200}
 
 
+def test_a_fence_outlives_unrelated_changes_and_a_sync_restart(launcher, etcd, upstream,
+                                                               tmp_path):
+    """An unrelated upstream put, or a restarted sync process reading etcd in key order, used
+    to drop a fence that a refused route conflicted with: /secret answered 200 again."""
+    conf = etcd_conf(tmp_path, [etcd.url], [route("public", ["/*rest"], upstream.url)])
+    gw = launcher.gateway(conf)
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    put(client, "routes", "private", {"paths": ["/a/:x", "/secret/*rest"], "upstream": "up",
+                                      "plugins": {"key_auth": {"hedaer": "X-Key"}}})
+    revision = put(client, "routes", "api", {"paths": ["/a/:y"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {serves(gw, "/secret/k") for _ in range(10)} == {503}
+    revision = put(client, "upstreams", "other", UP(upstream))
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {serves(gw, "/secret/k") for _ in range(10)} == {503}
+    first = sync_pid(gw)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: (status_of(gw) or {}).get("pid") not in (None, first) and
+               status_of(gw).get("connected"))
+    revision = put(client, "upstreams", "third", UP(upstream))
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert {serves(gw, "/secret/k") for _ in range(10)} == {503}
+
+
 def test_etcd_down_keeps_the_table_and_a_restart_resumes(launcher, upstream, tmp_path):
     member = launcher.etcd()
     gw = serving(launcher, tmp_path, member.url, member.client(), upstream, "r", "/r")

@@ -329,3 +329,58 @@ def test_a_fence_taken_up_from_the_workers_goes_when_etcd_no_longer_has_the_rout
     assert served(restarted, "/private/x") == "bad"
     restarted.replace_all({}, {"u1": (1, json.dumps(UP))})
     assert served(restarted, "/private/x") is None and restarted.fence_specs == {}
+
+
+def bad(paths, **extra):
+    return json.dumps({**MISSPELT, "paths": paths, **extra})
+
+
+def test_a_fence_is_not_lost_when_a_route_refused_for_its_paths_is_tried_again():
+    """Every upstream change re-puts refused routes. The fence used to be taken out, routes
+    refused for its paths retried (one got in), and the new fence then conflicted: gone
+    whole, and /secret fell through to the catch-all again. A restarted sync process, taking
+    up the workers' table then reading etcd in key order, did the same."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    assert not t.put_route("private", bad(["/a/:x", "/secret/*rest"]), 3)
+    assert not t.put_route("api", route("api", "/a/:y"), 4)         # :y against the fence's :x
+    t.put_upstream("u9", json.dumps(UP), 5)                         # unrelated
+    assert served(t, "/secret/k") == "private" and served(t, "/a/1") == "private"
+    restarted = table()
+    restarted.apply_published(json.loads(json.dumps(t.published())))
+    restarted.replace_all({"api": (4, route("api", "/a/:y")),
+                           "private": (3, bad(["/a/:x", "/secret/*rest"]))},
+                          {"u1": (1, json.dumps(UP))})
+    assert served(restarted, "/secret/k") == "private" and served(restarted, "/a/1") == "private"
+
+
+@pytest.mark.parametrize("slip", [
+    {"methods": ["get"]}, {"hosts": ["H"]}, {"priority": "10"}, {"prefix": "true"},
+    {"paths": ["/secret/*rest", "no-slash"]}, {"headers": {"x-a": 1}}])
+def test_a_slip_in_a_match_field_still_fences_failing_closed(slip):
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    assert not t.put_route("private", bad(**{"paths": ["/secret/*rest"], **slip}), 3)
+    assert served(t, "/secret/k") == "private"
+
+
+def test_a_fenced_route_whose_next_value_has_no_readable_paths_keeps_its_fence():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    t.put_route("private", bad(["/secret/*rest"]), 3)
+    assert not t.put_route("private", bad("/secret/*rest"), 4)
+    assert served(t, "/secret/k") == "private" and "until a valid" in t.rejected["routes/private"]
+
+
+def test_a_fence_named_like_an_upstream_leaves_its_health_checks_alone():
+    from gwserver.helpers.health import Checker
+    t = table()
+    t.put_upstream("api", json.dumps({**UP, "health_check": {"path": "/healthz"}}), 1)
+    t.put_route("api-v1", route("api-v1", "/v1/*rest", upstream="api"), 2)
+    t.put_route("api", bad(["/v2/*rest"], upstream="api"), 3)
+    checker = Checker.__new__(Checker)
+    checker.table = t
+    assert len(checker.wanted()) == 1
