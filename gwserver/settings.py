@@ -123,6 +123,10 @@ SERVER = Schema(
           "peers (CIDRs) whose real_ip_header names the client; empty: the peer is the client"),
     Field("real_ip_header", one_of("X-Forwarded-For", "Forwarded"), "X-Forwarded-For",
           "where a trusted proxy puts the client address (walked from the right)"),
+    Field("proxy_protocol", list_of(bind_address), list,
+          "listeners (of bind or tls.bind) whose connections start with a PROXY protocol "
+          "header (v1 or v2) from a TCP load balancer: its address is the client's. Only "
+          "peers in trusted_proxies may connect there"),
     Field("proc_name", string(r"[A-Za-z0-9_.-]+", "a short name"), "gwserver",
           "prefix of process titles"),
     Field("state_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
@@ -156,7 +160,10 @@ UPSTREAM_DEFAULTS = Schema(
 LOG = Schema(
     Field("level", one_of("debug", "info", "warning", "error", "critical"), "info",
           "error log level"),
-    Field("access_log", boolean, True, "write one access-log line per request to stderr"),
+    Field("access_log", boolean, True, "write one access-log line per request"),
+    Field("access_log_path", string(r"(/.*)?", "an absolute path or empty", allow_empty=True),
+          "", "file the access lines are appended to (SIGUSR1 to the master reopens it, for "
+          "logrotate); empty: stderr (journald)"),
     Field("access_format", one_of("json", "common"), "json", "access-log line format"),
     Field("access_fields", list_of(field_name), list,
           "access-log fields in order; empty: the format's default (docs/operations.md "
@@ -359,6 +366,20 @@ HTTP2 = Schema(
           "these"),
     doc="HTTP/2 from clients: h2 on TLS listeners (ALPN), h2c where enabled (docs/http2.md).",
 )
+
+
+def proxy_protocol_problems(server, tls):
+    """PROXY listeners must be listeners, on IP, with someone trusted to speak it."""
+    binds = set(server["bind"]) | set((tls or {}).get("bind") or ())
+    problems = [f'server.proxy_protocol: "{bind}" is in neither server.bind nor tls.bind'
+                if bind not in binds else
+                f'server.proxy_protocol: "{bind}" is a unix socket: its peers have no address '
+                f'to trust' for bind in server["proxy_protocol"]
+                if bind not in binds or bind.startswith("unix:")]
+    if server["proxy_protocol"] and not server["trusted_proxies"]:
+        problems.append("server.proxy_protocol: needs server.trusted_proxies, the load "
+                        "balancers that may name a client (anyone else could name any address)")
+    return problems
 
 
 def http2_listener_problems(http2, server_bind, tls):
@@ -577,6 +598,11 @@ def parse_conf(data, path="<conf>"):
         if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
             problems.append("tracing.otlp_endpoint: span export needs the OpenTelemetry SDK: "
                             "pip install 'gwserver[otel]'")
+    problems.extend(proxy_protocol_problems(sections["server"], parts["tls"]))
+    access_path = sections["log"]["access_log_path"]
+    if access_path and not os.path.isdir(os.path.dirname(access_path)):
+        problems.append(f"log.access_log_path: the directory {os.path.dirname(access_path)} "
+                        f"does not exist")
     admin_bind = sections["admin"]["bind"]
     if admin_bind and admin_bind in sections["server"]["bind"]:
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "

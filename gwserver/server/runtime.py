@@ -45,8 +45,11 @@ TICK_SECONDS = 0.05
 
 
 class AccessLog:
-    """Access lines ([log] access_fields, core.accesslog), buffered: written to stderr in one
-    syscall at most 50 ms (the tick) or ACCESS_FLUSH_LINES lines late.
+    """Access lines ([log] access_fields, core.accesslog), buffered: written to stderr or
+    ``[log] access_log_path`` in one syscall at most 50 ms (the tick) or ACCESS_FLUSH_LINES
+    lines late. The file is opened for append by each worker (O_APPEND: lines of several
+    workers never interleave within a write) and reopened at the first flush after a SIGUSR1
+    (``reopen``), as nginx does for logrotate.
 
     A request leaves only a tuple of its fields (``AccessFields.capture``); the lines are
     rendered when the buffer is flushed, all in one loop. The same formatting costs about half
@@ -60,6 +63,26 @@ class AccessLog:
         self.pending = []           # (time.time(), captured fields), or a line already written
         self._clock_second = None
         self._clock_text = ""
+        self.path = logconf["access_log_path"]
+        self.fd = 2
+        self.reopen_wanted = False
+        if self.enabled and self.path:
+            self.reopen()
+
+    def reopen(self):
+        """Open ``path`` afresh (logrotate moved it); on failure keep writing where we were:
+        a log that cannot be opened never stops the requests."""
+        self.reopen_wanted = False
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o640)
+        except OSError as exc:
+            log.error("cannot open the access log %s: %s; access lines go to %s", self.path,
+                      exc.strerror, "stderr" if self.fd == 2 else "the file opened before")
+            return
+        old, self.fd = self.fd, fd
+        if old != 2:
+            os.close(old)
 
     def time_text(self, now):
         """``now`` (time.time()) as the log's format writes it; the second's text is
@@ -109,11 +132,13 @@ class AccessLog:
         return "".join(lines)
 
     def flush(self):
+        if self.reopen_wanted:
+            self.reopen()
         if self.pending:
             data = self.render().encode("utf-8", "replace")
             try:
                 while data:
-                    data = data[os.write(2, data):]
+                    data = data[os.write(self.fd, data):]
             except OSError:
                 pass
 

@@ -20,6 +20,8 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
 from ..client.http1 import ClientConnection
+from ..net.proxy_protocol import ProxyHeaderError, read_proxy_header
+from ..net.sockets import peer_address
 from .runtime import Runtime
 
 log = logging.getLogger("gwserver.worker")
@@ -53,6 +55,14 @@ class GatewayWorker(GeventWorker):
         self.stop_runtime()
         super().handle_abort(sig, frame)
 
+    def handle_usr1(self, sig, frame):
+        """The master passes SIGUSR1 on (logrotate's postrotate): the access log is reopened
+        at its next flush, outside the signal handler."""
+        super().handle_usr1(sig, frame)
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None:
+            runtime.access.reopen_wanted = True
+
     def stop_runtime(self):
         runtime = getattr(self, "runtime", None)     # None before serve() built it
         if runtime is not None:
@@ -80,7 +90,8 @@ class GatewayWorker(GeventWorker):
         runtime.deadlines.start()
         servers = []
         admin_address = self.admin_address()
-        tls_addresses = self.tls_addresses()
+        tls_addresses = listener_addresses(self.conf.tls["bind"] if self.conf.tls else ())
+        proxied = listener_addresses(self.conf.server["proxy_protocol"])
         from ..client.h2server import h2c_addresses
         h2c = h2c_addresses(self.conf)
         for listener in self.sockets:
@@ -89,6 +100,8 @@ class GatewayWorker(GeventWorker):
             handle = self.handle_admin if address == admin_address else \
                 self.handle_tls_client if address in tls_addresses else \
                 self.handle_h2c_client if address in h2c else self.handle_client
+            if address in proxied:
+                handle = self.after_proxy_header(handle)
             server = StreamServer(listener, spawn=Pool(self.worker_connections), handle=handle)
             if self.cfg.workers > 1:
                 server.max_accept = 1   # spread accepts over workers, as gunicorn does
@@ -138,15 +151,26 @@ class GatewayWorker(GeventWorker):
             log.exception("unhandled error on the admin listener")
             sock.close()
 
-    def tls_addresses(self):
-        out = set()
-        for bind in self.conf.tls["bind"] if self.conf.tls else ():
-            host, _, port = bind.rpartition(":")
-            host = host.strip("[]")
-            out.add((host, int(port)))
-            if host in ("0.0.0.0", "::", ""):
-                out.add(("0.0.0.0" if host != "::" else "::", int(port)))
-        return out
+    def after_proxy_header(self, handle):
+        """A PROXY protocol listener: from a trusted balancer, the header (within
+        header_timeout) names the client ``handle`` then serves; anything else is closed."""
+        trusted = self.runtime.trusted_proxies
+        timeout = self.conf.server["header_timeout"]
+
+        def handle_proxied(sock, addr):
+            peer = peer_address(addr)
+            try:
+                if not trusted.trusts(peer):
+                    raise ProxyHeaderError(f"{peer} is not in server.trusted_proxies")
+                with gevent.Timeout(timeout, ProxyHeaderError("no header within "
+                                                              "server.header_timeout")):
+                    client = read_proxy_header(sock)
+            except (ProxyHeaderError, OSError) as exc:
+                log.info("PROXY protocol connection from %s refused: %s", peer, exc)
+                sock.close()
+                return
+            handle(sock, client or addr)
+        return handle_proxied
 
     def handle_tls_client(self, sock, addr):
         """TLS listener: handshake (bounded by handshake_timeout), then HTTP/1.1 as usual."""
@@ -188,3 +212,17 @@ class GatewayWorker(GeventWorker):
                 sock.close()
             except OSError:
                 pass
+
+
+def listener_addresses(binds):
+    """(host, port) of each "host:port" bind, as a listener's getsockname() says it."""
+    out = set()
+    for bind in binds:
+        if bind.startswith("unix:"):
+            continue
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        out.add((host, int(port)))
+        if host in ("0.0.0.0", "::", ""):
+            out.add(("0.0.0.0" if host != "::" else "::", int(port)))
+    return out

@@ -243,3 +243,38 @@ def test_admin_views_mask_credentials_a_route_sends_or_matches(launcher, upstrea
     dump = subprocess.run([sys.executable, "-m", "gwserver", "check", "--dump", "-c",
                            str(gw.conf_path)], capture_output=True, text=True)
     assert dump.returncode == 0 and "upstream-secret-1" not in dump.stdout
+
+
+def test_the_access_log_goes_to_a_file_that_sigusr1_reopens_after_rotation(launcher, upstream,
+                                                                           tmp_path):
+    """[log] access_log_path: lines of both workers in the file, none on stderr; after a
+    logrotate-style rename, SIGUSR1 to the master makes the workers write a new file, and
+    no line is lost or split between the two."""
+    path = tmp_path / "logs" / "access.log"
+    path.parent.mkdir()
+    gw = launcher.gateway(gateway_conf([route("echo", ["/echo"], upstream.url)], workers=2,
+                                       log={"access_log_path": str(path)}))
+    for _ in range(30):
+        assert gw.request("GET", "/echo")[0].status == 200
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 30)
+    os.rename(path, path.with_suffix(".log.1"))
+    os.kill(gw.pid, signal.SIGUSR1)
+    time.sleep(0.5)         # the workers reopen at their next tick
+    for _ in range(20):
+        assert gw.request("GET", "/echo")[0].status == 200
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 20)
+    rotated = path.with_suffix(".log.1").read_text().splitlines()
+    assert len(rotated) == 30
+    assert all(json.loads(line)["route"] == "echo" for line in rotated + path.read_text()
+               .splitlines())
+    assert gw.access_lines() == []                      # none went to stderr
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+
+
+def test_an_access_log_path_in_a_missing_directory_is_refused_by_name(tmp_path):
+    conf = tmp_path / "gw.toml"
+    conf.write_text(f'[server]\nbind = ["127.0.0.1:{free_port()}"]\n'
+                    f'[log]\naccess_log_path = "{tmp_path}/nowhere/access.log"\n')
+    run = gwserver("check", "-c", str(conf))
+    assert run.returncode == 2
+    assert f"log.access_log_path: the directory {tmp_path}/nowhere does not exist" in run.stderr

@@ -177,3 +177,15 @@ def test_secret_files_are_read_and_their_problems_named_without_the_secret(tmp_p
         with pytest.raises(ConfigError) as caught:
             parse_conf(section)
         assert problem in str(caught.value) and "not a token" not in str(caught.value)
+
+
+@pytest.mark.parametrize("server, problem", [
+    ({"proxy_protocol": ["127.0.0.1:8080"]}, "needs server.trusted_proxies"),
+    ({"proxy_protocol": ["127.0.0.1:9999"], "trusted_proxies": ["10.0.0.0/8"]},
+     '"127.0.0.1:9999" is in neither server.bind nor tls.bind'),
+    ({"bind": ["unix:/run/gw.sock"], "proxy_protocol": ["unix:/run/gw.sock"],
+      "trusted_proxies": ["10.0.0.0/8"]}, "is a unix socket"),
+])
+def test_proxy_protocol_listeners_are_listeners_with_a_trusted_balancer(server, problem):
+    with pytest.raises(ConfigError, match=problem):
+        parse_conf({"server": {"bind": ["127.0.0.1:8080"], **server}})

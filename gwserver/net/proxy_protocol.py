@@ -1,0 +1,100 @@
+"""The PROXY protocol (HAProxy's; v1 text and v2 binary): a TCP load balancer in front of the
+gateway (HAProxy in TCP mode, AWS NLB, ...) names the client's address in a header before the
+connection's first byte, as nginx's ``listen ... proxy_protocol`` reads it.
+
+Exactly the header is consumed, never a byte past it: what follows is a TLS ClientHello, an
+HTTP/2 preface or a request, read by whoever serves the connection next. A v1 line is found
+with MSG_PEEK, so its end is seen before it is taken. Only peers in ``trusted_proxies`` may
+speak it (the worker checks): anyone else could name any address.
+
+    PROXY TCP4 203.0.113.7 192.0.2.1 56324 443\\r\\n             (v1, at most 107 bytes)
+    \\r\\n\\r\\n\\0\\r\\nQUIT\\n + version/command, family, length, addresses, TLVs    (v2)
+"""
+import ipaddress
+import socket
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V1_MAX = 107                # the longest v1 line, CRLF included (the spec's figure)
+V2_COMMANDS = {0x20: "LOCAL", 0x21: "PROXY"}
+V2_ADDRESSES = {0x11: (4, 12), 0x21: (16, 36)}     # TCP over IPv4 / IPv6: (address size, bytes)
+
+
+class ProxyHeaderError(Exception):
+    """A connection on a PROXY listener that does not start with a valid header."""
+
+
+def parse_v1(line):
+    """b"PROXY TCP4 src dst sport dport\\r\\n" -> (src, sport); None for ``PROXY UNKNOWN``
+    (the balancer's own connection, a health check: the peer is the client)."""
+    if not line.endswith(b"\r\n") or line.find(b"\r\n") != len(line) - 2:
+        raise ProxyHeaderError("a v1 header is one line ending in CRLF")
+    parts = line[:-2].decode("ascii", "replace").split(" ")
+    if len(parts) >= 2 and parts[1] == "UNKNOWN":
+        return None
+    if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
+        raise ProxyHeaderError(f"not a v1 header: {line[:60]!r}")
+    version = 4 if parts[1] == "TCP4" else 6
+    try:
+        source, dest = ipaddress.ip_address(parts[2]), ipaddress.ip_address(parts[3])
+    except ValueError:
+        raise ProxyHeaderError(f"v1 addresses are not IP addresses: {line[:60]!r}") from None
+    if source.version != version or dest.version != version:
+        raise ProxyHeaderError(f"v1 addresses are not {parts[1]}: {line[:60]!r}")
+    ports = parts[4:6]
+    if not all(p.isdigit() and len(p) <= 5 and int(p) < 65536 and
+               (p == "0" or not p.startswith("0")) for p in ports):
+        raise ProxyHeaderError(f"v1 ports are not ports: {line[:60]!r}")
+    return str(source), int(ports[0])
+
+
+def parse_v2(head, body):
+    """The 4 bytes after the signature and the ``length`` bytes after them -> (src, sport);
+    None for a LOCAL command or an address family other than TCP over IP."""
+    command = V2_COMMANDS.get(head[0])
+    if command is None:
+        raise ProxyHeaderError(f"v2 version/command byte {head[0]:#04x} is not 0x20 or 0x21")
+    if command == "LOCAL":
+        return None
+    family = head[1]
+    if family not in V2_ADDRESSES:
+        if family >> 4 in (0, 3) and family & 0x0F in (0, 1):   # UNSPEC, or a unix socket
+            return None
+        raise ProxyHeaderError(f"v2 family/protocol byte {family:#04x} is not TCP")
+    size, needed = V2_ADDRESSES[family]
+    if len(body) < needed:
+        raise ProxyHeaderError(f"v2 addresses need {needed} bytes, the header holds "
+                               f"{len(body)}")
+    source = ipaddress.ip_address(body[:size])
+    port = int.from_bytes(body[2 * size:2 * size + 2], "big")
+    return str(getattr(source, "ipv4_mapped", None) or source), port
+
+
+def read_exactly(sock, size):
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ProxyHeaderError("the connection closed inside the PROXY header")
+        data += chunk
+    return data
+
+
+def read_proxy_header(sock):
+    """Take the PROXY header off ``sock`` -> (client ip, port), or None when the balancer
+    names no client (LOCAL, UNKNOWN). Raises ProxyHeaderError; the caller bounds the time."""
+    start = read_exactly(sock, 12)      # the v2 signature; the shortest v1 line is 15 bytes
+    if start == V2_SIGNATURE:
+        head = read_exactly(sock, 4)
+        return parse_v2(head, read_exactly(sock, int.from_bytes(head[2:4], "big")))
+    if not start.startswith(b"PROXY "):
+        raise ProxyHeaderError("the connection does not start with a PROXY protocol header")
+    line = start
+    while not line.endswith(b"\r\n"):
+        if b"\r\n" in line or len(line) >= V1_MAX:
+            raise ProxyHeaderError(f"not a v1 header: {line[:60]!r}")
+        peeked = sock.recv(V1_MAX - len(line), socket.MSG_PEEK)
+        if not peeked:
+            raise ProxyHeaderError("the connection closed inside the PROXY header")
+        end = (line[-1:] + peeked).find(b"\r\n")     # a CR may end what was taken
+        line += read_exactly(sock, end + 1 if end >= 0 else len(peeked))
+    return parse_v1(line)
