@@ -33,6 +33,11 @@ class _Node:
         self.prefix = []
 
 
+def _empty(node):
+    return not (node.static or node.param or node.catchall or node.catchall_name or
+                node.exact or node.prefix)
+
+
 def claims_match(wanted, claims):
     """Do verified ``claims`` satisfy a route's ((name, value), ...)? A list claim matches if
     it holds the value; ``scope``/``scp`` strings are space-separated sets (OAuth 2)."""
@@ -135,21 +140,30 @@ class Router:
             node.param_users -= 1
             if node.param_users == 0:
                 node.param = node.param_name = node.param_owner = None
-        self._free_catchall_names(route)
+        self._tidy(route)
         return route
 
-    def _free_catchall_names(self, route):
+    def _tidy(self, route):
+        """Free catch-all names nobody uses, and drop static nodes left empty: a table that
+        churns through paths (etcd) must not grow a tree of dead branches."""
         for pattern in route.paths:
-            node = self._root
+            node, trail = self._root, []
             for kind, text in check_path(pattern):
                 if node is None:
                     break
                 if kind == "static":
+                    trail.append((node, text))
                     node = node.static.get(text)
                 elif kind == "param":
+                    trail = []          # a parameter's subtree goes with its last user
                     node = node.param
                 elif not node.catchall:
                     node.catchall_name = None
+            for parent, text in reversed(trail):
+                child = parent.static.get(text)
+                if child is None or not _empty(child):
+                    break
+                del parent.static[text]
 
     def __len__(self):
         return len(self.routes)

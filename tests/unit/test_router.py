@@ -147,3 +147,20 @@ def test_lookup_cost_does_not_grow_with_table_size():
     small_t = best_match_time(small, ["/svc3/items/42", "/svc7/items/1"])
     large_t = best_match_time(large, ["/svc3/items/42", "/svc9997/items/1"])
     assert large_t < 3 * small_t, (small_t, large_t)
+
+
+def test_removed_routes_leave_no_dead_branches():
+    """A table that churns through unique paths (routes put and deleted in etcd) used to keep
+    every static node it ever had."""
+    def size(node):
+        return 1 + sum(size(child) for child in node.static.values()) + \
+            (size(node.param) if node.param is not None else 0)
+    router = router_for([{"id": "keep", "paths": ["/api/v1/users/:id"]}])
+    before = size(router._root)
+    for i in range(200):
+        churn = router_for([{"id": f"r{i}", "paths": [
+            f"/api/v1/x{i}/deep/path", f"/api/v2/y{i}/*rest", f"/api/v1/users/:id/z{i}"]}])
+        router.add(churn.routes[f"r{i}"])
+        router.remove(f"r{i}")
+    assert size(router._root) == before
+    assert router.match("GET", "h", "/api/v1/users/7", None)[0].id == "keep"
