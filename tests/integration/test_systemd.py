@@ -95,6 +95,19 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     verify = subprocess.run(["systemd-analyze", "verify", str(verify_copy)],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The template of further instances: its own conf file and directories, nothing else.
+    template = (unitdir / "gwserver@.service").read_text()
+    assert f"ExecStart={prefix}/bin/gwserver run -c {confdir}/%i.toml" in template
+    for directory in ("RuntimeDirectory", "StateDirectory", "LogsDirectory"):
+        assert f"\n{directory}=gwserver-%i\n" in template
+    changed = [line for line in template.splitlines() if line not in text.splitlines()]
+    assert len(changed) == 7, changed
+    instance = tmp_path / "gwserver@b.service"
+    instance.write_text(template.replace("User=gwserver", "User=root")
+                        .replace("Group=gwserver", "Group=root"))
+    verify = subprocess.run(["systemd-analyze", "verify", str(instance)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
     check = subprocess.run([str(prefix / "bin" / "gwserver"), "check", "-c",
                             str(confdir / "gwserver.toml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
