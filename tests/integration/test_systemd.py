@@ -72,6 +72,16 @@ def test_bad_reload_only_updates_status(launcher, upstream, notify_socket):
     assert not any("RELOADING=1" in x for x in got)
 
 
+def verify_unit(text, path):
+    """systemd-analyze verify on a copy of a unit at ``path``. The unit runs as its own
+    user; verify needs one that exists here."""
+    path.write_text(text.replace("User=gwserver", "User=root")
+                    .replace("Group=gwserver", "Group=root"))
+    verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     """scripts/install into temp paths, twice; systemd-analyze verify on the unit it wrote."""
     prefix, confdir, unitdir = tmp_path / "opt", tmp_path / "etc", tmp_path / "units"
@@ -88,13 +98,7 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     text = unit.read_text()
     assert f"ExecStart={prefix}/bin/gwserver run -c {confdir}/gwserver.toml" in text
     assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
-    # The unit runs as its own user; verify needs one that exists here.
-    verify_copy = tmp_path / "gwserver.service"
-    verify_copy.write_text(text.replace("User=gwserver", "User=root")
-                           .replace("Group=gwserver", "Group=root"))
-    verify = subprocess.run(["systemd-analyze", "verify", str(verify_copy)],
-                            capture_output=True, text=True)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    verify_unit(text, tmp_path / "gwserver.service")
     # The template of further instances: its own conf file and directories, nothing else.
     template = (unitdir / "gwserver@.service").read_text()
     assert f"ExecStart={prefix}/bin/gwserver run -c {confdir}/%i.toml" in template
@@ -102,12 +106,7 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
         assert f"\n{directory}=gwserver-%i\n" in template
     changed = [line for line in template.splitlines() if line not in text.splitlines()]
     assert len(changed) == 7, changed
-    instance = tmp_path / "gwserver@b.service"
-    instance.write_text(template.replace("User=gwserver", "User=root")
-                        .replace("Group=gwserver", "Group=root"))
-    verify = subprocess.run(["systemd-analyze", "verify", str(instance)],
-                            capture_output=True, text=True)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    verify_unit(template, tmp_path / "gwserver@b.service")
     check = subprocess.run([str(prefix / "bin" / "gwserver"), "check", "-c",
                             str(confdir / "gwserver.toml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
