@@ -603,6 +603,8 @@ def parse_conf(data, path="<conf>"):
     if access_path and not os.path.isdir(os.path.dirname(access_path)):
         problems.append(f"log.access_log_path: the directory {os.path.dirname(access_path)} "
                         f"does not exist")
+    elif access_path and os.path.exists(access_path) and not os.path.isfile(access_path):
+        problems.append(f"log.access_log_path: {access_path} is not a regular file")
     admin_bind = sections["admin"]["bind"]
     if admin_bind and admin_bind in sections["server"]["bind"]:
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "

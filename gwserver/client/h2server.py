@@ -31,7 +31,6 @@ Rules this file keeps:
   finish; newer ones are refused; the connection closes when none is left.
 """
 import collections
-import ipaddress
 import logging
 import socket
 import time
@@ -55,8 +54,8 @@ from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
-from ..net.sockets import (RECV_SIZE, PlainSocket, linger, peer_address, raw_socket,
-                           send_all)
+from ..net.sockets import (RECV_SIZE, PlainSocket, linger, listener_addresses, peer_address,
+                           raw_socket, send_all)
 
 log = logging.getLogger("gwserver.h2")
 
@@ -387,10 +386,8 @@ class H2ServerConnection:
         self.underscores = server["headers_with_underscores"]
         self.path_rules = (server["escaped_slashes"], server["merge_slashes"],
                            server["path_parameters"])
-        self.trusted_peer = bool(runtime.trusted_proxies) and \
-            runtime.trusted_proxies.trusts(self.client_ip)
-        self.trusted_x_forwarded = self.trusted_peer and \
-            runtime.trusted_proxies.speak_x_forwarded
+        self.trusted_peer, self.trusted_x_forwarded = \
+            runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
         self.body_timeout = server["client_body_timeout"]
         self.h2 = _CountingH2(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,
@@ -786,16 +783,8 @@ def listener_table(http2):
     for bind, own in http2["listeners"].items():
         settings = MappingProxyType({**defaults, **{k: v for k, v in own.items()
                                                     if v is not None}})
-        host, _, port = bind.rpartition(":")
-        host, port = host.strip("[]"), int(port)
-        try:
-            ipaddress.ip_address(host)
-            hosts = [host]
-        except ValueError:
-            hosts = {info[4][0] for info in socket.getaddrinfo(host, port,
-                                                               type=socket.SOCK_STREAM)}
-        for address in hosts:
-            table[(address, port)] = settings
+        for address in listener_addresses([bind]):
+            table[address] = settings
     return table, defaults
 
 
@@ -825,11 +814,4 @@ class ListenerSettings:
 def h2c_addresses(conf):
     """(host, port) pairs of the plain listeners where h2c is on."""
     h2c = conf.http2["h2c"] if conf.http2 is not None else False
-    binds = conf.server["bind"] if h2c is True else h2c or ()
-    out = set()
-    for bind in binds:
-        if bind.startswith("unix:"):
-            continue
-        host, _, port = bind.rpartition(":")
-        out.add((host.strip("[]"), int(port)))
-    return out
+    return listener_addresses(conf.server["bind"] if h2c is True else h2c or ())

@@ -75,10 +75,8 @@ class ClientConnection:
         self.underscores = self.settings["headers_with_underscores"]
         self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"],
                            self.settings["path_parameters"])
-        self.trusted_peer = bool(runtime.trusted_proxies) and \
-            runtime.trusted_proxies.trusts(self.client_ip)
-        self.trusted_x_forwarded = self.trusted_peer and \
-            runtime.trusted_proxies.speak_x_forwarded
+        self.trusted_peer, self.trusted_x_forwarded = \
+            runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
         self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade);

@@ -12,6 +12,13 @@ import re
 from ..errors import BadRequest
 
 
+class ProxiedAddress(tuple):
+    """The (ip, port) of a connection a PROXY protocol header came on: the client it named,
+    or the balancer's own when it named none (UNKNOWN, LOCAL). Never a trusted HTTP proxy,
+    whatever ``trusted_proxies`` says: a TCP balancer passes the client's own
+    X-Forwarded-For through untouched."""
+
+
 class TrustedProxies:
     def __init__(self, cidrs, header="X-Forwarded-For"):
         self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
@@ -40,6 +47,13 @@ class TrustedProxies:
                 self._cache.clear()
             known = self._cache[address] = any(ip in net for net in self.networks)
         return known
+
+    def trusts_peer(self, addr, address):
+        """Does the connection from ``addr`` (accept()'s, or a ProxiedAddress), whose text is
+        ``address``, speak for its clients? -> (names the client, its X-Forwarded-* too)."""
+        trusted = bool(self.networks) and type(addr) is not ProxiedAddress and \
+            self.trusts(address)
+        return trusted, trusted and self.speak_x_forwarded
 
     def client_of(self, peer, value):
         """The client's address given the trusted ``peer`` and the header's bytes (or None)."""

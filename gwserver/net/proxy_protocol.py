@@ -13,6 +13,8 @@ speak it (the worker checks): anyone else could name any address.
 import ipaddress
 import socket
 
+from ..core.realip import ProxiedAddress
+
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107                # the longest v1 line, CRLF included (the spec's figure)
 V2_COMMANDS = {0x20: "LOCAL", 0x21: "PROXY"}
@@ -21,6 +23,10 @@ V2_ADDRESSES = {0x11: (4, 12), 0x21: (16, 36)}     # TCP over IPv4 / IPv6: (addr
 
 class ProxyHeaderError(Exception):
     """A connection on a PROXY listener that does not start with a valid header."""
+
+
+class ProxyHeaderNotStarted(ProxyHeaderError):
+    """Closed before its first byte: a balancer's TCP health check, most likely."""
 
 
 def parse_v1(line):
@@ -35,11 +41,14 @@ def parse_v1(line):
         raise ProxyHeaderError(f"not a v1 header: {line[:60]!r}")
     version = 4 if parts[1] == "TCP4" else 6
     try:
+        if "%" in parts[2] + parts[3]:      # a scope id: text nobody should log or forward
+            raise ValueError
         source, dest = ipaddress.ip_address(parts[2]), ipaddress.ip_address(parts[3])
     except ValueError:
         raise ProxyHeaderError(f"v1 addresses are not IP addresses: {line[:60]!r}") from None
     if source.version != version or dest.version != version:
         raise ProxyHeaderError(f"v1 addresses are not {parts[1]}: {line[:60]!r}")
+    source = getattr(source, "ipv4_mapped", None) or source     # one spelling per client
     ports = parts[4:6]
     if not all(p.isdigit() and len(p) <= 5 and int(p) < 65536 and
                (p == "0" or not p.startswith("0")) for p in ports):
@@ -79,10 +88,19 @@ def read_exactly(sock, size):
     return data
 
 
-def read_proxy_header(sock):
-    """Take the PROXY header off ``sock`` -> (client ip, port), or None when the balancer
-    names no client (LOCAL, UNKNOWN). Raises ProxyHeaderError; the caller bounds the time."""
-    start = read_exactly(sock, 12)      # the v2 signature; the shortest v1 line is 15 bytes
+def read_proxy_header(sock, peer):
+    """Take the PROXY header off ``sock`` -> a ProxiedAddress: the client it names, else the
+    balancer's ``peer`` (LOCAL, UNKNOWN). Raises ProxyHeaderError; the caller bounds the
+    time."""
+    client = _read_header(sock)
+    return ProxiedAddress(client if client is not None else peer[:2])
+
+
+def _read_header(sock):
+    first = sock.recv(12)       # the v2 signature; the shortest v1 line is 15 bytes
+    if not first:
+        raise ProxyHeaderNotStarted("the connection closed before its first byte")
+    start = first + read_exactly(sock, 12 - len(first))
     if start == V2_SIGNATURE:
         head = read_exactly(sock, 4)
         return parse_v2(head, read_exactly(sock, int.from_bytes(head[2:4], "big")))

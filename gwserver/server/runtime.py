@@ -18,12 +18,14 @@ the request path's state, and connections, the proxy and the admin views receive
 
 Nothing here is a module global: a test can build two runtimes in one process.
 """
+import errno
 import gc
 import itertools
 import json
 import logging
 import os
 import random
+import stat
 import time
 
 import gevent.event
@@ -74,8 +76,13 @@ class AccessLog:
         a log that cannot be opened never stops the requests."""
         self.reopen_wanted = False
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o640)
+            # O_NONBLOCK: opening a FIFO nobody reads would wait for a reader, forever.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                         os.O_NONBLOCK, 0o640)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.set_blocking(fd, True)
         except OSError as exc:
             log.error("cannot open the access log %s: %s; access lines go to %s", self.path,
                       exc.strerror, "stderr" if self.fd == 2 else "the file opened before")
@@ -132,7 +139,7 @@ class AccessLog:
         return "".join(lines)
 
     def flush(self):
-        if self.reopen_wanted:
+        if self.reopen_wanted and self.enabled and self.path:
             self.reopen()
         if self.pending:
             data = self.render().encode("utf-8", "replace")

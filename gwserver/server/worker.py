@@ -20,8 +20,9 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
 from ..client.http1 import ClientConnection
-from ..net.proxy_protocol import ProxyHeaderError, read_proxy_header
-from ..net.sockets import peer_address
+from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
+                                  read_proxy_header)
+from ..net.sockets import listener_addresses, peer_address
 from .runtime import Runtime
 
 log = logging.getLogger("gwserver.worker")
@@ -94,6 +95,13 @@ class GatewayWorker(GeventWorker):
         proxied = listener_addresses(self.conf.server["proxy_protocol"])
         from ..client.h2server import h2c_addresses
         h2c = h2c_addresses(self.conf)
+        addresses = {tuple(listener.getsockname()[:2]) for listener in self.sockets
+                     if listener.family != socket.AF_UNIX}
+        for bind in self.conf.server["proxy_protocol"]:
+            if not listener_addresses([bind]) & addresses:
+                # It would serve plain HTTP to anyone, naming clients by their own headers.
+                raise RuntimeError(f"server.proxy_protocol: no listener is {bind}; "
+                                   f"refusing to serve")
         for listener in self.sockets:
             listener.setblocking(1)
             address = tuple(listener.getsockname()[:2])
@@ -164,12 +172,15 @@ class GatewayWorker(GeventWorker):
                     raise ProxyHeaderError(f"{peer} is not in server.trusted_proxies")
                 with gevent.Timeout(timeout, ProxyHeaderError("no header within "
                                                               "server.header_timeout")):
-                    client = read_proxy_header(sock)
+                    client = read_proxy_header(sock, addr)
             except (ProxyHeaderError, OSError) as exc:
-                log.info("PROXY protocol connection from %s refused: %s", peer, exc)
+                # A balancer's plain TCP health check connects and closes: not worth a line.
+                quiet = isinstance(exc, ProxyHeaderNotStarted)
+                log.log(logging.DEBUG if quiet else logging.INFO,
+                        "PROXY protocol connection from %s refused: %s", peer, exc)
                 sock.close()
                 return
-            handle(sock, client or addr)
+            handle(sock, client)
         return handle_proxied
 
     def handle_tls_client(self, sock, addr):
@@ -212,17 +223,3 @@ class GatewayWorker(GeventWorker):
                 sock.close()
             except OSError:
                 pass
-
-
-def listener_addresses(binds):
-    """(host, port) of each "host:port" bind, as a listener's getsockname() says it."""
-    out = set()
-    for bind in binds:
-        if bind.startswith("unix:"):
-            continue
-        host, _, port = bind.rpartition(":")
-        host = host.strip("[]")
-        out.add((host, int(port)))
-        if host in ("0.0.0.0", "::", ""):
-            out.add(("0.0.0.0" if host != "::" else "::", int(port)))
-    return out

@@ -278,3 +278,31 @@ def test_an_access_log_path_in_a_missing_directory_is_refused_by_name(tmp_path):
     run = gwserver("check", "-c", str(conf))
     assert run.returncode == 2
     assert f"log.access_log_path: the directory {tmp_path}/nowhere does not exist" in run.stderr
+
+
+def test_a_fifo_in_place_of_the_access_log_never_stops_a_worker(launcher, upstream, tmp_path):
+    """Opened without O_NONBLOCK, a FIFO nobody reads held the worker in open() for good;
+    now check refuses one, and a reopen onto one is logged and skipped. SIGUSR1 without a
+    file logs nothing."""
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    conf = tmp_path / "fifo.toml"
+    conf.write_text(f'[server]\nbind = ["127.0.0.1:{free_port()}"]\n'
+                    f'[log]\naccess_log_path = "{fifo}"\n')
+    run = gwserver("check", "-c", str(conf))
+    assert run.returncode == 2 and f"{fifo} is not a regular file" in run.stderr
+    path = tmp_path / "access.log"
+    gw = launcher.gateway(gateway_conf([route("echo", ["/echo"], upstream.url)],
+                                       log={"access_log_path": str(path)}))
+    assert gw.request("GET", "/echo")[0].status == 200
+    path.unlink()
+    os.mkfifo(path)
+    os.kill(gw.pid, signal.SIGUSR1)
+    wait_until(lambda: "cannot open the access log" in gw.log())
+    started = time.monotonic()
+    assert gw.request("GET", "/echo")[0].status == 200 and time.monotonic() - started < 2
+    plain = launcher.gateway(gateway_conf([route("echo", ["/echo"], upstream.url)]))
+    os.kill(plain.pid, signal.SIGUSR1)
+    time.sleep(0.5)
+    assert plain.request("GET", "/echo")[0].status == 200
+    assert "cannot open the access log" not in plain.log()

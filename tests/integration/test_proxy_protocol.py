@@ -125,3 +125,32 @@ def test_the_header_comes_before_the_tls_handshake(launcher, upstream, tmp_path)
             status, body = exchange(sock)
     assert status == 200 and forwarded_for(body) == "203.0.113.9"
     assert gw.proc.poll() is None
+
+
+def test_a_header_that_names_no_client_leaves_the_balancer_untrusted(proxied):
+    """PROXY UNKNOWN (or v2 LOCAL) keeps the balancer's address as the client's; that
+    address is in trusted_proxies, and the client's own X-Forwarded-For, passed through by
+    a TCP balancer, used to name the client: a fresh limit bucket per forged address."""
+    def ask(path, forged):
+        with socket.create_connection(("127.0.0.1", proxied.behind)) as sock:
+            sock.sendall(b"PROXY UNKNOWN\r\n")
+            return exchange(sock, path, headers=f"X-Forwarded-For: {forged}\r\n")
+    assert [ask("/lim", f"6.6.6.{i}")[0] for i in range(3)] == [200, 429, 429]
+    assert forwarded_for(ask("/echo", "6.6.6.9")[1]) == "127.0.0.1"
+
+
+def test_a_proxy_listener_named_by_host_name_is_one(launcher, upstream):
+    """"localhost:P" was compared as text with the listener's 127.0.0.1: the listener then
+    served plain HTTP to anyone, naming clients by their own X-Forwarded-For."""
+    behind = free_port()
+    gw = launcher.gateway(gateway_conf(
+        [route("echo", ["/echo"], upstream.url)],
+        server={"trusted_proxies": ["127.0.0.1/32"], "proxy_protocol": [f"localhost:{behind}"]}),
+        extra_binds=[f"localhost:{behind}"])
+    with socket.create_connection(("127.0.0.1", behind)) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+        assert closed_without_answer(sock)
+    with socket.create_connection(("127.0.0.1", behind)) as sock:
+        sock.sendall(v1("203.0.113.5"))
+        assert forwarded_for(exchange(sock)[1]) == "203.0.113.5"
+    assert gw.proc.poll() is None

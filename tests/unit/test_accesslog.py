@@ -7,6 +7,7 @@ from gwserver.core.accesslog import DEFAULT_FIELDS, FIELDS, compile_fields
 from gwserver.core.context import RequestContext
 from gwserver.core.tracing import extract
 from gwserver.settings import LOG
+from gwserver.settings import LOG
 
 TIME = "2024-05-01T12:00:00.123Z"
 
@@ -168,7 +169,7 @@ def test_the_worker_buffers_fields_and_renders_lines_in_order_with_their_own_tim
     import time
     from gwserver.errors import BadRequest
     from gwserver.server.runtime import AccessLog
-    log = AccessLog({"access_log": True, "access_format": fmt, "access_fields": fields})
+    log = AccessLog({**LOG.defaults(), "access_format": fmt, "access_fields": fields})
     clock = iter([1714564800.25, 1714564801.5, 1714564862.75])
     monkeypatch.setattr(time, "time", lambda: next(clock))
     first = request()
@@ -197,7 +198,7 @@ def test_the_worker_buffers_fields_and_renders_lines_in_order_with_their_own_tim
 def test_a_line_that_cannot_be_rendered_is_left_out_and_the_others_are_written(caplog):
     import time
     from gwserver.server.runtime import AccessLog
-    log = AccessLog({"access_log": True, "access_format": "json", "access_fields": []})
+    log = AccessLog({**LOG.defaults(), "access_fields": []})
     log.request(request(url=b"/one"), 200, 5, None, time.monotonic())
     log.pending.append((time.time(), ("not", "the", "fields")))    # a bug's leftovers
     log.request(request(url=b"/three"), 200, 5, None, time.monotonic())
@@ -209,7 +210,7 @@ def test_a_line_that_cannot_be_rendered_is_left_out_and_the_others_are_written(c
 def test_a_full_batch_is_written_by_the_request_that_fills_it(capfd):
     import time
     from gwserver.server.runtime import ACCESS_FLUSH_LINES, AccessLog
-    log = AccessLog({"access_log": True, "access_format": "json", "access_fields": []})
+    log = AccessLog({**LOG.defaults(), "access_fields": []})
     for i in range(ACCESS_FLUSH_LINES - 1):
         log.request(request(url=b"/%d" % i), 200, 5, None, time.monotonic())
     assert capfd.readouterr().err == ""             # waits for the tick or a full batch

@@ -4,6 +4,7 @@ import struct
 
 import pytest
 
+from gwserver.core.realip import ProxiedAddress
 from gwserver.net.proxy_protocol import (V2_SIGNATURE, ProxyHeaderError, parse_v1,
                                          read_proxy_header)
 
@@ -19,6 +20,9 @@ V6 = socket.inet_pton(socket.AF_INET6, "2001:db8::7") + socket.inet_pton(
     socket.AF_INET6, "2001:db8::1") + struct.pack("!HH", 4000, 443)
 
 
+PEER = ("192.0.2.9", 40000, 0, 0)       # the balancer, as accept() gave it
+
+
 def taken(data, pieces=1):
     """read_proxy_header over a real socket pair, the bytes sent in ``pieces`` writes ->
     (its answer, what is left on the socket)."""
@@ -29,7 +33,7 @@ def taken(data, pieces=1):
             a.sendall(data[i:i + step])
         a.shutdown(socket.SHUT_WR)
         try:
-            answer = read_proxy_header(b)
+            answer = read_proxy_header(b, PEER)
         except ProxyHeaderError as exc:
             answer = exc
         rest = b""
@@ -42,16 +46,17 @@ def taken(data, pieces=1):
 @pytest.mark.parametrize("header, client", [
     (b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 443\r\n", ("203.0.113.7", 56324)),
     (b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 443\r\n", ("2001:db8::7", 4000)),
-    (b"PROXY UNKNOWN\r\n", None),
-    (b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", None),
+    (b"PROXY UNKNOWN\r\n", PEER[:2]),
+    (b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", PEER[:2]),
     (v2(addresses=V4), ("203.0.113.7", 56324)),
     (v2(family=0x21, addresses=V6, tlvs=b"\x04\x00\x01x"), ("2001:db8::7", 4000)),
-    (v2(command=0x20, family=0x00), None),               # LOCAL: the balancer's health check
-    (v2(family=0x00), None),
+    (v2(command=0x20, family=0x00), PEER[:2]),               # LOCAL: the balancer's health check
+    (v2(family=0x00), PEER[:2]),
 ])
 def test_a_header_is_taken_to_its_last_byte_and_no_further(header, client, pieces):
     answer, rest = taken(header + b"GET / HTTP/1.1\r\n\r\n", pieces)
     assert answer == client and rest == b"GET / HTTP/1.1\r\n\r\n"
+    assert type(answer) is ProxiedAddress          # never a trusted HTTP proxy
 
 
 @pytest.mark.parametrize("header", [
@@ -65,6 +70,8 @@ def test_a_header_is_taken_to_its_last_byte_and_no_further(header, client, piece
     b"PROXY TCP4 203.0.113.7\r\n192.0.2.1 1 2\r\n",         # CRLF inside
     b"PROXY TCP4 " + b"1" * 200 + b"\r\n",                  # over 107 bytes
     b"PROXY TCP4 203.0.113.7 192.0.2.1 1 2",                # closed before its end
+    b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",                # a scope id
+    b"",                                                    # closed at once
     v2(command=0x22, addresses=V4),                         # an unknown command
     v2(command=0x11, addresses=V4),                         # version 1 in a v2 header
     v2(family=0x12, addresses=V4),                          # UDP
@@ -76,10 +83,11 @@ def test_anything_else_is_refused(header):
     assert isinstance(answer, ProxyHeaderError)
 
 
-def test_an_ipv4_mapped_v2_address_is_the_ipv4_client():
+def test_an_ipv4_mapped_address_is_the_ipv4_client():
     mapped = socket.inet_pton(socket.AF_INET6, "::ffff:203.0.113.7") + bytes(16) + \
         struct.pack("!HH", 1, 2)
     assert taken(v2(family=0x21, addresses=mapped))[0] == ("203.0.113.7", 1)
+    assert taken(b"PROXY TCP6 ::ffff:203.0.113.7 ::1 1 2\r\n")[0] == ("203.0.113.7", 1)
 
 
 def test_parse_v1_wants_exactly_one_line():
