@@ -72,28 +72,53 @@ class Router:
         self._placed = {}           # route id -> (buckets it sits in, param nodes it uses)
 
     def check(self, route):
-        """Raise ConfigError if ``route`` conflicts with the table; change nothing."""
+        """Raise ConfigError if ``route`` conflicts with the table, or its paths with each
+        other; change nothing."""
         if route.id in self.routes:
             raise ConfigError(f"route {route.id}: duplicate route id")
+        own = {}        # position (the segments before it) -> the name this route's paths gave
         for pattern in route.paths:
-            node = self._root
+            node, position = self._root, ()
             for kind, text in check_path(pattern):
+                if kind != "static":
+                    named = own.setdefault((kind, position), text)
+                    if named != text:
+                        mark = ":" if kind == "param" else "*"
+                        raise ConfigError(
+                            f"route {route.id}: {mark}{text} in {pattern!r} conflicts with "
+                            f"{mark}{named} of another of its paths at the same position")
+                position += ((kind, text if kind == "static" else ""),)
+                if node is None:
+                    continue            # new territory: only the route's own paths can clash
                 if kind == "static":
                     node = node.static.get(text)
-                    if node is None:
-                        break           # new territory: nothing below can conflict
                 elif kind == "param":
                     if node.param is not None and node.param_name != text:
                         raise ConfigError(
                             f"route {route.id}: parameter :{text} in {pattern!r} conflicts with "
                             f":{node.param_name} of route {node.param_owner} at the same position")
                     node = node.param
-                    if node is None:
-                        break
                 elif node.catchall_name not in (None, text):
                     raise ConfigError(
                         f"route {route.id}: catch-all *{text} in {pattern!r} conflicts with "
                         f"*{node.catchall_name} at the same position")
+
+    def conforming(self, pattern):
+        """``pattern`` with its parameter and catch-all names those the tree already has at
+        the same positions: for a fence, whose parameters are never read (core.table)."""
+        node, parts = self._root, []
+        for kind, text in check_path(pattern):
+            if kind == "static":
+                parts.append(text)
+                node = node.static.get(text) if node is not None else None
+            elif kind == "param":
+                name = node.param_name if node is not None and node.param is not None else text
+                parts.append(":" + name)
+                node = node.param if node is not None else None
+            else:
+                name = node.catchall_name if node is not None and node.catchall_name else text
+                parts.append("*" + name)
+        return "/" + "/".join(parts)
 
     def add(self, route):
         """Insert a route; raise ConfigError naming the route if it conflicts."""
@@ -155,7 +180,6 @@ class Router:
                     trail.append((node, text))
                     node = node.static.get(text)
                 elif kind == "param":
-                    trail = []          # a parameter's subtree goes with its last user
                     node = node.param
                 elif not node.catchall:
                     node.catchall_name = None

@@ -87,9 +87,12 @@ def fence_of(route_id, spec):
         if headers:
             fence["headers"] = headers
     priority = spec.get("priority")
-    if isinstance(priority, str) and priority.strip().lstrip("-").isdigit():
-        priority = int(priority)
-    if readable("priority", priority) and priority is not None:
+    if isinstance(priority, str):
+        try:
+            priority = int(priority.strip())
+        except ValueError:              # "--5", "²", 5,000 digits: left out
+            priority = None
+    if priority is not None and readable("priority", priority):
         fence["priority"] = priority
     prefix = spec.get("prefix")
     prefix = {"true": True, "false": False}.get(prefix, prefix) if isinstance(prefix, str) \
@@ -262,10 +265,11 @@ class LiveTable:
         for upstream_id, item in delta.get("upstreams", {}).items():
             if item is not None:
                 self.put_upstream(upstream_id, item[1], item[0])
-        for route_id, item in delta.get("routes", {}).items():
-            if item is None:
-                self.delete_route(route_id)
-            else:
+        routes = delta.get("routes", {})
+        for route_id in routes:     # all out first: two may trade paths or names in one change
+            self.delete_route(route_id)
+        for route_id, item in routes.items():
+            if item is not None:
                 self.put_route(route_id, item[1], item[0])
         for upstream_id, item in delta.get("upstreams", {}).items():
             if item is None:
@@ -293,7 +297,11 @@ class LiveTable:
                 self.apply_delta(document)
 
     def apply_published(self, table):
-        """Worker side: follow a table published by the sync process (all items are good)."""
+        """Worker side: follow a table published by the sync process (all items are good).
+        Routes that change go out before any comes in, as in apply_delta."""
+        for route_id in [k for k, v in self.wanted_routes.items()
+                         if tuple(table["routes"].get(k, ())) != v]:
+            self.delete_route(route_id)
         self.replace_all({k: tuple(v) for k, v in table["routes"].items()},
                          {k: tuple(v) for k, v in table["upstreams"].items()},
                          {k: tuple(v) for k, v in table.get("consumers", {}).items()},
@@ -319,16 +327,24 @@ class LiveTable:
             route, missing = self._compile_route(spec)
             old = self.router.remove(route_id)
             try:
-                self.router.add(route)
+                fences_moved = self._add_past_fences(route) if self.fence_specs else \
+                    self.router.add(route)
             except Exception:       # noqa: BLE001 - see _reject
                 if old is not None:
-                    self.router.add(old)
+                    try:
+                        self.router.add(old)    # it held these positions a moment ago
+                    except Exception:           # noqa: BLE001 - then it is not served
+                        self.route_specs.pop(route_id, None)
+                        self.fence_specs.pop(route_id, None)
                 self._conflicted.add(route_id)
                 raise
         except Exception as exc:        # noqa: BLE001 - see _reject
             served = route_id in self.route_specs
-            fenced = not served and route_id not in self.static_routes and \
-                self._fence(route_id, spec, version)
+            try:
+                fenced = not served and route_id not in self.static_routes and \
+                    self._fence(route_id, spec, version)
+            except Exception:       # noqa: BLE001 - a fence must never fail a put (see _reject)
+                fenced = route_id in self.fence_specs
             self._reject(key, exc, served)
             if fenced:
                 self.rejected[key] += f" ({FENCED})"
@@ -344,7 +360,7 @@ class LiveTable:
         else:
             self.waiting.discard(key)
             self.rejected.pop(key, None)
-        if old is not None and _match_of(old) != _match_of(route):
+        if fences_moved or old is not None and _match_of(old) != _match_of(route):
             self._retry_conflicted()        # it may have left a path another route wants
         return True
 
@@ -443,16 +459,44 @@ class LiveTable:
             return old is not None      # unreadable paths keep the fence they had
         if old is not None:
             old_route = self.router.remove(route_id)
-        # Paths another route holds (a parameter named otherwise) are left to it; the rest
-        # are fenced, so which route etcd lists first decides no more than it does for routes.
-        fence["paths"] = [path for path in fence["paths"]
+        # A fence's parameters are never read: it takes the names the tree has, and holds a
+        # path whatever another route called them. A path it still cannot hold is left to
+        # its holder and tried again whenever a route moves or goes (_conflicted).
+        wanted = [self.router.conforming(path) for path in fence["paths"]]
+        fence["paths"] = [path for path in wanted
                           if self._placeable(route_id, {**fence, "paths": [path]})]
+        if len(fence["paths"]) < len(wanted):
+            self._conflicted.add(route_id)
         if not fence["paths"] or not self.put_fence(route_id, fence, version):
             if old is not None:
                 self.router.add(old_route)  # its paths stay held
             return old is not None
         self._retry_conflicted()            # the old fence may have left a path
         return True
+
+    def _add_past_fences(self, route):
+        """Add a good route that fences may be in the way of, by parameter names only (a
+        fence took whatever names the tree had): the fences step aside, the route goes in,
+        and they come back under its names. Raises as Router.add if it still conflicts."""
+        try:
+            self.router.add(route)
+            return False
+        except Exception:       # noqa: BLE001 - maybe only a fence's names
+            fences = {k: self.router.remove(k) for k in self.fence_specs if k != route.id}
+            try:
+                self.router.add(route)
+            except Exception:
+                for fence_route in fences.values():
+                    self.router.add(fence_route)
+                raise
+        retrying, self._retrying = self._retrying, True     # no retries half way through
+        try:
+            for route_id in fences:
+                version, fence = self.fence_specs.pop(route_id)
+                self._fence(route_id, fence, version)
+        finally:
+            self._retrying = retrying
+        return True             # fences moved: the caller retries what waits for paths
 
     def _fence_route(self, route_id, fence):
         spec = ROUTE.validate({**fence, "upstream": route_id}, f"route {route_id}")
@@ -468,9 +512,11 @@ class LiveTable:
             return False
 
     def put_fence(self, route_id, fence, version=0):
-        """Fence ``fence`` (a route's match fields); workers receive fences published."""
+        """Fence ``fence`` (a route's match fields); workers receive fences published, and
+        rename its parameters to their tree's, as the sync process did to its own."""
         try:
-            self.router.add(self._fence_route(route_id, fence))
+            conformed = {**fence, "paths": [self.router.conforming(p) for p in fence["paths"]]}
+            self.router.add(self._fence_route(route_id, conformed))
         except Exception:       # noqa: BLE001 - no fence: the route is refused all the same
             return False
         self.fence_specs[route_id] = (version, fence)

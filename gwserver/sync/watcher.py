@@ -18,6 +18,7 @@ the snapshot are rewritten in the background at most twice a second. ``status.js
 (generation, revision, connection state, rejected items) is what ``gwserver routes status``
 reads.
 """
+import json
 import logging
 import os
 import random
@@ -79,7 +80,9 @@ class ConfigSync:
         return {"routes": {k: v[0] for k, v in self.table.route_specs.items()},
                 "upstreams": {k: v[0] for k, v in self.table.upstream_specs.items()},
                 "consumers": {k: v[0] for k, v in self.table.consumer_specs.items()},
-                "fences": {k: v[0] for k, v in self.table.fence_specs.items()}}
+                # A fence follows the table around its route, at the route's version.
+                "fences": {k: (v[0], json.dumps(v[1], sort_keys=True))
+                           for k, v in self.table.fence_specs.items()}}
 
     def publish(self, full=False):
         """Publish what changed since the last generation (everything when ``full``)."""

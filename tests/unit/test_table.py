@@ -265,17 +265,40 @@ def test_a_refused_new_route_is_fenced_and_workers_fence_it_too():
     assert worker.fence_specs == {} and worker.router.routes["private"].upstream.id == "u1"
 
 
-def test_unreadable_paths_a_conflict_claims_or_a_served_version_are_not_fenced():
+def test_unreadable_paths_claims_or_a_served_version_are_not_fenced():
     t = table()
     t.put_upstream("u1", json.dumps(UP), 1)
     t.put_route("held", route("held", "/a/:x"), 2)
     assert not t.put_route("r1", json.dumps({**MISSPELT, "paths": "/x"}), 3)
-    assert not t.put_route("r2", json.dumps({**MISSPELT, "paths": ["/a/:y/b"]}), 4)
     assert not t.put_route("r3", json.dumps({**MISSPELT, "claims": {"role": "admin"}}), 5)
     t.put_route("r4", route("r4", "/v1"), 6)
     assert not t.put_route("r4", json.dumps({**MISSPELT, "paths": ["/v2"]}), 7)
     assert t.fence_specs == {} and served(t, "/v1") == "r4" and served(t, "/v2") is None
     assert served(t, "/a/1") == "held" and served(t, "/private/x") is None
+
+
+def test_a_fence_takes_the_parameter_names_the_tree_has():
+    """Its parameters are never read: named otherwise than the tree's, a path used to be
+    left unfenced (and fell through to a broader route)."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    t.put_route("held", route("held", "/a/:x"), 3)
+    assert not t.put_route("r2", json.dumps({**MISSPELT, "paths": ["/a/:y/b"]}), 4)
+    assert t.fence_specs["r2"][1]["paths"] == ["/a/:x/b"] and served(t, "/a/1/b") == "r2"
+
+
+def test_a_good_route_is_not_kept_out_by_a_fences_parameter_names():
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    assert not t.put_route("bad", json.dumps({**MISSPELT, "paths": ["/a/:x/b", "/s"]}), 3)
+    assert t.put_route("api", route("api", "/a/:y"), 4)
+    assert served(t, "/a/1") == "api" and served(t, "/a/1/b") == "bad"
+    assert t.fence_specs["bad"][1]["paths"] == ["/a/:y/b", "/s"]
+    worker = table()
+    worker.apply_published(json.loads(json.dumps(t.published())))
+    assert served(worker, "/a/1") == "api" and served(worker, "/a/1/b") == "bad"
 
 
 def test_a_fence_takes_the_requests_its_route_would_have_taken():
@@ -295,8 +318,8 @@ def test_deleting_a_fenced_route_frees_its_paths_for_a_route_refused_for_them():
     t = table()
     t.put_upstream("u1", json.dumps(UP), 1)
     assert not t.put_route("bad", json.dumps(MISSPELT), 2)
-    assert not t.put_route("good", route("good", "/private/*other"), 3)    # *rest is held
-    assert served(t, "/private/x") == "bad"
+    assert t.put_route("good", route("good", "/private/*other"), 3)   # the fence steps aside
+    assert served(t, "/private/x") == "bad"                             # and ranks first
     t.delete_route("bad")
     assert served(t, "/private/x") == "good" and t.rejected == {}
 
@@ -344,15 +367,15 @@ def test_a_fence_is_not_lost_when_a_route_refused_for_its_paths_is_tried_again()
     t.put_upstream("u1", json.dumps(UP), 1)
     t.put_route("public", route("public", "/*rest"), 2)
     assert not t.put_route("private", bad(["/a/:x", "/secret/*rest"]), 3)
-    assert not t.put_route("api", route("api", "/a/:y"), 4)         # :y against the fence's :x
+    assert t.put_route("api", route("api", "/a/:y"), 4)             # the fence steps aside
     t.put_upstream("u9", json.dumps(UP), 5)                         # unrelated
-    assert served(t, "/secret/k") == "private" and served(t, "/a/1") == "private"
+    assert served(t, "/secret/k") == "private" and served(t, "/a/1") == "api"   # id order
     restarted = table()
     restarted.apply_published(json.loads(json.dumps(t.published())))
     restarted.replace_all({"api": (4, route("api", "/a/:y")),
                            "private": (3, bad(["/a/:x", "/secret/*rest"]))},
                           {"u1": (1, json.dumps(UP))})
-    assert served(restarted, "/secret/k") == "private" and served(restarted, "/a/1") == "private"
+    assert served(restarted, "/secret/k") == "private" and served(restarted, "/a/1") == "api"
 
 
 @pytest.mark.parametrize("slip", [
@@ -384,3 +407,69 @@ def test_a_fence_named_like_an_upstream_leaves_its_health_checks_alone():
     checker = Checker.__new__(Checker)
     checker.table = t
     assert len(checker.wanted()) == 1
+
+
+@pytest.mark.parametrize("priority", ["--5", "\u00b2", "9" * 5000])
+def test_a_priority_no_int_reads_leaves_the_fence_default_and_the_sync_alive(priority):
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    assert t.put_route("p", bad(["/p"], priority=priority), 2) is False
+    assert served(t, "/p") == "p" and "priority" not in t.fence_specs["p"][1]
+
+
+def test_a_path_freed_by_its_holder_is_fenced_then():
+    """Left to a route that held it, a path was never fenced after that route went: it fell
+    through to the catch-all."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    t.put_route("held", route("held", "/a/*x"), 3)
+    assert not t.put_route("private", bad(["/a/*y", "/secret"]), 4)     # *y: held as *x
+    t.delete_route("held")
+    assert served(t, "/a/k") == "private" and served(t, "/secret") == "private"
+
+
+def test_a_fence_that_changes_at_the_same_version_is_published_again():
+    """A fence follows the table around its route (a path freed, names adopted) at its
+    route's version: the sync process compared versions only, so workers fed changes kept
+    the old fence."""
+    from gwserver.sync.watcher import ConfigSync
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("private", bad(["/a/*y", "/secret"]), 3)
+    sync = ConfigSync.__new__(ConfigSync)
+    sync.table = t
+    before = sync.versions()["fences"]
+    t.put_route("api", route("api", "/a/*z"), 4)        # the fence steps aside, takes *z
+    assert t.fence_specs["private"] == (3, {"id": "private", "paths": ["/a/*z", "/secret"],
+                                            "priority": 0})
+    assert sync.versions()["fences"] != before
+
+
+def test_a_route_whose_own_paths_name_one_position_twice_is_refused():
+    """{/a/:x/b, /a/:y/c} went in (the tree was checked, not the route against itself); a
+    later recompile then could not put it back, and a served route vanished."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    assert not t.put_route("r0", json.dumps({"paths": ["/a/:x/b", "/a/:y/c"],
+                                             "upstream": "u1"}), 2)
+    assert "conflicts with :x of another of its paths" in t.rejected["routes/r0"]
+
+
+def test_a_worker_follows_two_routes_that_rename_a_parameter_in_one_change():
+    sync, worker = table(), table()
+    sync.put_upstream("u1", json.dumps(UP), 1)
+    sync.put_route("r1", route("r1", "/a/:x/b"), 2)
+    sync.put_route("r2", route("r2", "/a/:x"), 3)
+    worker.apply_published(json.loads(json.dumps(sync.published())))
+    sync.put_route("r1", route("r1", "/a"), 4)
+    sync.put_route("r2", route("r2", "/a/:y"), 5)
+    sync.put_route("r1", route("r1", "/a/:y/b"), 6)
+    published = json.loads(json.dumps(sync.published()))
+    delta = {"routes": {k: published["routes"][k] for k in ("r1", "r2")}}
+    fed = table()
+    fed.apply_published(json.loads(json.dumps(worker.published())))
+    fed.apply_delta(delta)
+    worker.apply_published(published)
+    for t in (fed, worker):
+        assert served(t, "/a/1/b") == "r1" and served(t, "/a/1") == "r2" and t.rejected == {}
