@@ -259,7 +259,18 @@ def test_the_access_log_goes_to_a_file_that_sigusr1_reopens_after_rotation(launc
     wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 30)
     os.rename(path, path.with_suffix(".log.1"))
     os.kill(gw.pid, signal.SIGUSR1)
-    time.sleep(0.5)         # the workers reopen at their next tick
+
+    def files_open(pid):
+        try:
+            return {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            return set()
+    # Each worker reopens at its next tick: it then holds the new file, not the rotated one.
+    rotated = str(path.with_suffix(".log.1"))
+    writers = [pid for pid in gw.worker_pids() if rotated in files_open(pid)]
+    assert len(writers) == 2
+    wait_until(lambda: all(files_open(pid) & {str(path), rotated} == {str(path)}
+                           for pid in writers))
     for _ in range(20):
         assert gw.request("GET", "/echo")[0].status == 200
     wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 20)
