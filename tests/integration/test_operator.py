@@ -267,7 +267,7 @@ def test_the_access_log_goes_to_a_file_that_sigusr1_reopens_after_rotation(launc
             return set()
     # Each worker reopens at its next tick: it then holds the new file, not the rotated one.
     rotated = str(path.with_suffix(".log.1"))
-    writers = [pid for pid in gw.worker_pids() if rotated in files_open(pid)]
+    writers = [pid for pid in gw.worker_pids() if files_open(pid) & {str(path), rotated}]
     assert len(writers) == 2
     wait_until(lambda: all(files_open(pid) & {str(path), rotated} == {str(path)}
                            for pid in writers))
