@@ -72,7 +72,8 @@ def cmd_check(args):
     workers = f"{resolve_workers(workers)} workers" + (" (auto)" if workers == "auto" else "")
     print(f"{args.conf}: ok ({len(conf.router)} routes, {workers}, "
           f"listening on {', '.join(conf.server['bind'])}{tls})")
-    for warning in tls_server.warnings if tls_server else ():
+    from .settings import conf_warnings
+    for warning in [*(tls_server.warnings if tls_server else ()), *conf_warnings(conf)]:
         print(f"{args.conf}: warning: {warning}")
     from .sync.watcher import snapshot_warnings
     for warning in snapshot_warnings(conf):

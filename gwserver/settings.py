@@ -382,6 +382,17 @@ def proxy_protocol_problems(server, tls):
     return problems
 
 
+def conf_warnings(conf):
+    """What `gwserver check` should say of a valid conf that is likely not what was meant."""
+    server, warnings = conf.server, []
+    everyone = [c for c in server["trusted_proxies"]
+                if ipaddress.ip_network(c, strict=False).prefixlen == 0]
+    if everyone and server["proxy_protocol"]:
+        warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
+                        f"reach a proxy_protocol listener may name any client address")
+    return warnings
+
+
 def http2_listener_problems(http2, server_bind, tls):
     """Each [http2.listeners] entry must name an HTTP/2 listener; ``tls`` is the [tls] table
     as written (None: no TLS listener)."""

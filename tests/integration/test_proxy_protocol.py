@@ -154,3 +154,15 @@ def test_a_proxy_listener_named_by_host_name_is_one(launcher, upstream):
         sock.sendall(v1("203.0.113.5"))
         assert forwarded_for(exchange(sock)[1]) == "203.0.113.5"
     assert gw.proc.poll() is None
+
+
+def test_check_warns_when_anyone_may_name_a_client(tmp_path):
+    import subprocess
+    import sys
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[server]\nbind = ["127.0.0.1:8081"]\nproxy_protocol = ["127.0.0.1:8081"]\n'
+                    'trusted_proxies = ["10.0.0.0/8", "0.0.0.0/0"]\n')
+    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0
+    assert "warning: server.trusted_proxies holds 0.0.0.0/0: anyone who can reach" in run.stdout
