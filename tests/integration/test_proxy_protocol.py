@@ -97,12 +97,17 @@ def test_a_connection_without_a_valid_header_is_closed_and_other_listeners_need_
                                            "refused") >= 3)
 
 
-def test_only_trusted_peers_may_speak_it(launcher, upstream):
+def behind_balancer(launcher, upstream, trusted, host="127.0.0.1"):
+    """A gateway with one PROXY listener on ``host``:<port> -> (gateway, port)."""
     behind = free_port()
-    gw = launcher.gateway(gateway_conf(
+    return launcher.gateway(gateway_conf(
         [route("echo", ["/echo"], upstream.url)],
-        server={"trusted_proxies": ["10.0.0.0/8"], "proxy_protocol": [f"127.0.0.1:{behind}"]}),
-        extra_binds=[f"127.0.0.1:{behind}"])
+        server={"trusted_proxies": [trusted], "proxy_protocol": [f"{host}:{behind}"]}),
+        extra_binds=[f"{host}:{behind}"]), behind
+
+
+def test_only_trusted_peers_may_speak_it(launcher, upstream):
+    gw, behind = behind_balancer(launcher, upstream, "10.0.0.0/8")
     with socket.create_connection(("127.0.0.1", behind)) as sock:
         sock.sendall(v1("203.0.113.7") + b"GET /echo HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert closed_without_answer(sock)
@@ -142,11 +147,7 @@ def test_a_header_that_names_no_client_leaves_the_balancer_untrusted(proxied):
 def test_a_proxy_listener_named_by_host_name_is_one(launcher, upstream):
     """"localhost:P" was compared as text with the listener's 127.0.0.1: the listener then
     served plain HTTP to anyone, naming clients by their own X-Forwarded-For."""
-    behind = free_port()
-    gw = launcher.gateway(gateway_conf(
-        [route("echo", ["/echo"], upstream.url)],
-        server={"trusted_proxies": ["127.0.0.1/32"], "proxy_protocol": [f"localhost:{behind}"]}),
-        extra_binds=[f"localhost:{behind}"])
+    gw, behind = behind_balancer(launcher, upstream, "127.0.0.1/32", host="localhost")
     with socket.create_connection(("127.0.0.1", behind)) as sock:
         sock.sendall(b"GET /echo HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
         assert closed_without_answer(sock)
