@@ -12,10 +12,12 @@ Rules (issue 3, and what an operator expects of a gateway):
   to a broader route (whose plugins may be nothing like its own: a public catch-all in front
   of a route with key_auth). It starts working as soon as the upstream arrives. Routes are
   recompiled when their upstream changes.
-- A *new* route whose value is refused (a schema error, a plugin config its plugin refuses)
-  is fenced, when its paths can be read: they answer 503 (the global plugins still run) until
-  a good version arrives, instead of falling through to a broader route. An invalid update of
-  a served route keeps the last good version serving, as above.
+- A *new* route that is refused (a schema error, a plugin config its plugin refuses, a path
+  another route holds) is fenced, when its paths can be read: they answer 503 (the global
+  plugins still run) until a good version arrives, instead of falling through to a broader
+  route. A fence is published to workers like an item (at its route's version, compared by
+  value: it follows the table around it). An invalid update of a served route keeps the last
+  good version serving, as above.
 - Static routes and upstreams from the conf file are always there; a dynamic item with the same
   id is rejected.
 - Changes are applied to the router in place, route by route: cost follows the change, not the
