@@ -7,7 +7,6 @@ reference that conf/gwserver.toml carries.
 """
 import ipaddress
 import os
-import stat
 import tomllib
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -20,6 +19,7 @@ from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
                           map_of, number, one_of, show, string)
 from .errors import ConfigError
+from .files import read_regular
 
 
 def bind_address(value):
@@ -523,17 +523,9 @@ def read_secret_file(path):
     """The secret a file holds, less one trailing newline (``echo`` and editors add one).
     Raises Invalid naming the problem: a FIFO or device is refused, not waited on."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_regular(path, MAX_SECRET_FILE)
     except OSError as exc:
         raise Invalid(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Invalid(f"{path} is not a regular file")
-        data = os.read(fd, MAX_SECRET_FILE + 1)
-    except OSError as exc:
-        raise Invalid(f"cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
     if len(data) > MAX_SECRET_FILE:
         raise Invalid(f"{path} holds over {MAX_SECRET_FILE} bytes: not a secret")
     try:

@@ -27,13 +27,13 @@ token is not verified again on every request.
 import json
 import logging
 import os
-import stat
 import time
 
 from ..core import consumers
 from ..core.context import Reply
 from ..core.schema import (Field, Schema, boolean, integer, list_of, map_of, number, one_of,
                            request_header_name, string)
+from ..files import read_regular
 
 log = logging.getLogger("gwserver.plugins.jwt")
 
@@ -111,10 +111,7 @@ def _read(path, what):
     too) naming /dev/zero or a FIFO would otherwise read without end, or block, the process
     that checks it."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):     # before open: a FIFO's blocks
-            raise ValueError(f"cannot read {what} {path}: not a regular file")
-        with open(path, "rb", buffering=0) as f:
-            data = f.read(MAX_KEY_FILE + 1)
+        data = read_regular(path, MAX_KEY_FILE)
     except OSError as exc:
         raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(data) > MAX_KEY_FILE:

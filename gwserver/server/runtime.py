@@ -18,14 +18,12 @@ the request path's state, and connections, the proxy and the admin views receive
 
 Nothing here is a module global: a test can build two runtimes in one process.
 """
-import errno
 import gc
 import itertools
 import json
 import logging
 import os
 import random
-import stat
 import time
 
 import gevent.event
@@ -33,6 +31,7 @@ import gevent.event
 from ..core.accesslog import compile_fields
 from ..core.realip import TrustedProxies
 from ..core.tracing import TraceIds
+from ..files import open_regular
 from ..net.deadlines import Deadlines
 from ..net.sockets import RECV_SIZE
 
@@ -75,14 +74,8 @@ class AccessLog:
         """Open ``path`` afresh (logrotate moved it); on failure keep writing where we were:
         a log that cannot be opened never stops the requests."""
         self.reopen_wanted = False
-        try:
-            # O_NONBLOCK: opening a FIFO nobody reads would wait for a reader, forever.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
-                         os.O_NONBLOCK, 0o640)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(errno.EINVAL, "not a regular file")
-            os.set_blocking(fd, True)
+        try:        # a FIFO nobody reads would hold open() forever
+            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except OSError as exc:
             log.error("cannot open the access log %s: %s; access lines go to %s", self.path,
                       exc.strerror, "stderr" if self.fd == 2 else "the file opened before")

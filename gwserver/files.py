@@ -1,0 +1,37 @@
+"""Files an operator names (key, secret and log files): regular files only.
+
+A path from a conf file or etcd may name a FIFO, which blocks an open until someone writes
+(or reads) the other end, or a device such as /dev/zero, which reads without end. Either
+would hang or exhaust the process that checks it. So a file is opened with O_NONBLOCK,
+refused unless fstat says it is regular, and only then made blocking again.
+"""
+import errno
+import os
+import stat
+
+
+def open_regular(path, flags, mode=0o640):
+    """``os.open(path, flags)`` of a regular file only -> a descriptor. Raises OSError, with
+    strerror "not a regular file" for anything else."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path, limit):
+    """At most ``limit + 1`` bytes of a regular file: more than ``limit`` tells the caller
+    the file is not what it should be. Raises OSError as open_regular."""
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        data = b""
+        while len(data) <= limit and (piece := os.read(fd, limit + 1 - len(data))):
+            data += piece
+        return data
+    finally:
+        os.close(fd)
