@@ -312,21 +312,15 @@ def no_target_reason(upstream):
     return f"upstream {upstream.id}: no live instance of service {upstream.service}"
 
 
-def undefined_upstream(upstream_id, defaults):
-    """The stand-in for an upstream id a live route names before it is defined (or after it
-    was deleted): no targets and no service, so a request that gets past the route's plugins
-    is answered 503, and the route's paths never fall through to a broader route."""
+def undefined_upstream(upstream_id, defaults, refused_route=None):
+    """A stand-in upstream with no targets and no service, so a request that gets past the
+    route's plugins is answered 503 and the route's paths never fall through to a broader
+    route: for an upstream id a live route names before it is defined (or after it was
+    deleted), or, with ``refused_route``, the fence of a route whose configuration was
+    refused (core.table)."""
     return Upstream(id=upstream_id, targets=(), pool_size=defaults["pool_size"],
                     connect_timeout=defaults["connect_timeout"],
-                    read_timeout=defaults["read_timeout"])
-
-
-def refused_route_upstream(route_id, defaults):
-    """The fence's upstream for a route whose configuration was refused: no targets, so
-    whatever gets past the global plugins is answered 503 (core.table)."""
-    return Upstream(id=f"{route_id} (refused)", targets=(), pool_size=defaults["pool_size"],
-                    connect_timeout=defaults["connect_timeout"],
-                    read_timeout=defaults["read_timeout"], refused_route=route_id)
+                    read_timeout=defaults["read_timeout"], refused_route=refused_route)
 
 
 def make_upstream(upstream_id, spec, defaults, registry, owner=None):

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from .consumers import Directory, compile_consumer
 from .router import Router
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_upstream,
-                     refused_route_upstream, undefined_upstream, upstream_refs)
+                     undefined_upstream, upstream_refs)
 from .schema import Invalid, show
 
 
@@ -64,16 +64,12 @@ def fence_of(route_id, spec):
     fields = ROUTE.fields
 
     def readable(name, value):
-        try:
-            fields[name].check(value)
-            return True
-        except Invalid:
-            return False
+        return _passes(fields[name].check, value)
 
     def items(value, normalise):
         return [normalise(v) for v in value if isinstance(v, str)] \
             if isinstance(value, list) else []
-    paths = [p for p in items(spec.get("paths"), str) if _path_readable(p)]
+    paths = [p for p in items(spec.get("paths"), str) if _passes(check_path, p)]
     if not paths:
         return None
     fence = {"id": route_id, "paths": paths}
@@ -104,9 +100,9 @@ def fence_of(route_id, spec):
     return fence
 
 
-def _path_readable(pattern):
+def _passes(check, value):
     try:
-        check_path(pattern)
+        check(value)
         return True
     except Invalid:
         return False
@@ -502,7 +498,8 @@ class LiveTable:
 
     def _fence_route(self, route_id, fence):
         spec = ROUTE.validate({**fence, "upstream": route_id}, f"route {route_id}")
-        stand_in = refused_route_upstream(route_id, self.defaults)
+        # Its id has a space: no real upstream's (the health checker keys upstreams by id).
+        stand_in = undefined_upstream(f"{route_id} (refused)", self.defaults, route_id)
         return compile_route(spec, {route_id: stand_in}, self.defaults, self.server,
                              self.global_plugins, self.registry)
 
