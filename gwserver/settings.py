@@ -371,11 +371,14 @@ HTTP2 = Schema(
 def proxy_protocol_problems(server, tls):
     """PROXY listeners must be listeners, on IP, with someone trusted to speak it."""
     binds = set(server["bind"]) | set((tls or {}).get("bind") or ())
-    problems = [f'server.proxy_protocol: "{bind}" is in neither server.bind nor tls.bind'
-                if bind not in binds else
-                f'server.proxy_protocol: "{bind}" is a unix socket: its peers have no address '
-                f'to trust' for bind in server["proxy_protocol"]
-                if bind not in binds or bind.startswith("unix:")]
+    problems = []
+    for bind in server["proxy_protocol"]:
+        if bind not in binds:
+            problems.append(f'server.proxy_protocol: "{bind}" is in neither server.bind nor '
+                            f'tls.bind')
+        elif bind.startswith("unix:"):
+            problems.append(f'server.proxy_protocol: "{bind}" is a unix socket: its peers have '
+                            f'no address to trust')
     if server["proxy_protocol"] and not server["trusted_proxies"]:
         problems.append("server.proxy_protocol: needs server.trusted_proxies, the load "
                         "balancers that may name a client (anyone else could name any address)")

@@ -92,16 +92,18 @@ class GatewayWorker(GeventWorker):
         servers = []
         admin_address = self.admin_address()
         tls_addresses = listener_addresses(self.conf.tls["bind"] if self.conf.tls else ())
-        proxied = listener_addresses(self.conf.server["proxy_protocol"])
         from ..client.h2server import h2c_addresses
         h2c = h2c_addresses(self.conf)
         addresses = {tuple(listener.getsockname()[:2]) for listener in self.sockets
                      if listener.family != socket.AF_UNIX}
+        proxied = set()
         for bind in self.conf.server["proxy_protocol"]:
-            if not listener_addresses([bind]) & addresses:
+            resolved = listener_addresses([bind])
+            if not resolved & addresses:
                 # It would serve plain HTTP to anyone, naming clients by their own headers.
                 raise RuntimeError(f"server.proxy_protocol: no listener is {bind}; "
                                    f"refusing to serve")
+            proxied |= resolved
         for listener in self.sockets:
             listener.setblocking(1)
             address = tuple(listener.getsockname()[:2])

@@ -118,7 +118,6 @@ class H2Forwarder:
         tried, attempts_left = [], policy.attempts
         while True:             # a failed connect sent nothing: another target may take it
             target = proxy.choose(upstream, tried, req, now)
-            req.target = target.url
             try:
                 connection = self.pools.get(target, route.connect_timeout, upstream.tls,
                                             route.read_timeout)

@@ -455,7 +455,6 @@ class Proxy:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
             target = self.choose(upstream, tried, req, now)
-            req.target = target.url             # the access log's upstream, failed or not
             pool = self.pools.get(target, upstream)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             try:
@@ -564,17 +563,21 @@ class Proxy:
 
     def choose(self, upstream, tried, req, now):
         """The target for the next attempt: not tried yet, not down (unless panicking), not
-        refusing connections to this worker lately, then as the upstream's balancer says."""
+        refusing connections to this worker lately, then as the upstream's balancer says.
+        The request keeps its url (``req.target``): the access log's upstream, failed or not."""
         targets = upstream.targets
         if len(targets) == 1:
-            return targets[0]
-        health = self.runtime.health
-        avoid = health.avoid(upstream)[0] if health.down else frozenset()
-        if tried:
-            avoid = avoid | frozenset(tried)
-        if self.refused:
-            avoid = avoid | self.recently_refused(targets, now)
-        return self.pick(upstream, avoid, req)
+            target = targets[0]
+        else:
+            health = self.runtime.health
+            avoid = health.avoid(upstream)[0] if health.down else frozenset()
+            if tried:
+                avoid = avoid | frozenset(tried)
+            if self.refused:
+                avoid = avoid | self.recently_refused(targets, now)
+            target = self.pick(upstream, avoid, req)
+        req.target = target.url
+        return target
 
     def recently_refused(self, targets, now):
         """Targets this host's workers failed to connect to in the last REFUSED_AVOID
