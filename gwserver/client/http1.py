@@ -480,7 +480,7 @@ class ClientConnection:
         runtime = self.runtime
         self.requests += 1
         req.started = start = time.monotonic()
-        status, sent, upstream = 0, 0, None
+        status, sent = 0, 0
         runtime.in_flight += 1
         reader = runtime.table_reader
         if reader is not None and reader.changed():     # 8 bytes compared; etcd mode only
@@ -510,7 +510,7 @@ class ClientConnection:
                     # It came while a plugin waited (an HTTP/2 connection reads its streams'
                     # bodies in its own greenlet), whole: nothing else would measure it.
                     raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
-                status, sent, upstream, keep_alive = runtime.proxy.forward(self, req, keep_alive)
+                status, sent, keep_alive = runtime.proxy.forward(self, req, keep_alive)
             else:
                 keep_alive = keep_alive and req.complete and runtime.alive
                 status, sent = self.answer(req, reply, keep_alive)
@@ -533,7 +533,7 @@ class ClientConnection:
                 status, sent = self.answer(req, error_reply(exc, req.request_id), keep_alive)
         finally:
             runtime.in_flight -= 1
-            upstream = upstream or req.target       # a failed try names its target too
+            upstream = req.target       # the target last tried, answered or failed
             if req.route is not None and req.route.chain.finish_steps_of(req):
                 req.route.chain.run_finish(req, status)
             if runtime.access.enabled:

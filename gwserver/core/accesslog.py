@@ -79,7 +79,8 @@ FIELDS = {
     "referer": Spec("Referer header", _header(b"referer")),
     "route": Spec("id of the matched route (null: none)",
                   lambda req, *_: req.route.id if req.route is not None else None),
-    "upstream": Spec("the target that answered", lambda req, status, sent, upstream: upstream),
+    "upstream": Spec("the target last tried, answered or failed",
+                     lambda req, status, sent, upstream: upstream),
     "status": Spec("status sent to the client", lambda req, status, *_: status),
     "upstream_status": Spec("status the upstream answered, when the client got that answer "
                             "(null: the gateway answered itself)", _upstream_status),

@@ -262,7 +262,7 @@ class H2Forwarder:
                 client.write(data)
         if req.method == "HEAD" or status in (204, 304):
             flush()
-            return status, 0, target.url, keep_alive
+            return status, 0, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
         sent = 0
 
@@ -302,5 +302,5 @@ class H2Forwarder:
             out.append(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair
                                                    for pair in trailers))
         flush()
-        return status, sent, target.url, keep_alive
+        return status, sent, keep_alive
 

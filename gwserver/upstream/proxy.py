@@ -428,7 +428,8 @@ class Proxy:
     # -- the exchange ---------------------------------------------------------------------------
 
     def forward(self, client, req, keep_alive):
-        """Proxy ``req``; return (status, body bytes sent, target url, client keep-alive).
+        """Proxy ``req``; return (status, body bytes sent, client keep-alive). The target
+        last tried is ``req.target`` (choose).
 
         Each try goes to a target not tried yet when one is left. A failed connect sent
         nothing, so it is retried for any method; after the request went out, a try is
@@ -524,7 +525,7 @@ class Proxy:
                 outstanding[target.url] -= 1
             self.release(pool, ex, upstream_keep and upstream.keepalive)
             self.book_outcome(upstream, target, ex.status)      # what the upstream said
-            return status, sent, target.url, client_keep
+            return status, sent, client_keep
 
     def book_failure(self, upstream, target, refused=None):
         """A try failed without an answer: passive checks count it; a refused connect also
