@@ -91,6 +91,10 @@ SERVER = Schema(
           "most concurrent client connections per worker"),
     Field("graceful_timeout", number(0, exclusive=True), 30.0,
           "seconds in-flight requests get to finish on reload or stop"),
+    Field("max_draining_generations", integer(1), 4,
+          "generations of old workers that may drain at once; a reload beyond that stops "
+          "the oldest draining generation at once, cutting its connections (HAProxy's "
+          "mworker-max-reloads): a reload loop cannot pile up processes"),
     Field("keepalive", number(0), 5.0,
           "seconds an idle client keep-alive connection is kept; 0 disables keep-alive"),
     Field("timeout", integer(1), 30,

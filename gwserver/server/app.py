@@ -325,6 +325,7 @@ class GatewayArbiter(Arbiter):
             role = next((r for a, r in roles.items() if a == listener.cfg_addr), None)
             if role is not None and not hasattr(listener, "role"):
                 name_listener(listener, role)
+        self.worker_generation = 1      # of the workers spawned from now on (+1 per reload)
         self.reloads = ReloadStatus(self.app.conf.server["state_dir"])
         self.reloads.record(True, self.app.conf)
         self.ready_sent = False
@@ -352,6 +353,7 @@ class GatewayArbiter(Arbiter):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_STOP_SIGNALS)
         worker = self.WORKERS.get(pid)
         if worker is not None:
+            worker.generation = getattr(self, "worker_generation", 1)
             # A worker's first heartbeat comes once its listeners are serving (it rewrites the
             # tmp file's mtime); until then the file keeps the mtime it was created with.
             worker.born_mtime = worker.tmp.last_update()
@@ -366,12 +368,35 @@ class GatewayArbiter(Arbiter):
         for _ in range(self.num_workers - live):
             self.spawn_worker()
         super().manage_workers()        # stops the oldest beyond num_workers
+        self.limit_draining()
         if getattr(self, "helpers", None) is not None:
             self.manage_helpers()
         if not getattr(self, "ready_sent", True) and self.workers_serving():
             self.ready_sent = True
             self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers")
             log.info("ready: %d workers serving", len(self.WORKERS))
+
+    def limit_draining(self):
+        """At most ``max_draining_generations`` generations of old workers drain at once.
+
+        Each reload leaves the previous workers draining for up to graceful_timeout (a long
+        download or a websocket keeps one for all of it); reloads faster than that would pile
+        up processes until memory runs out. Past the limit the oldest draining generation is
+        stopped at once (SIGQUIT): its connections are cut, which the log says."""
+        draining = {}
+        for pid, worker in self.WORKERS.items():
+            if getattr(worker, "stopping", False) and not getattr(worker, "quitting", False):
+                draining.setdefault(getattr(worker, "generation", 1), []).append(pid)
+        limit = self.app.conf.server["max_draining_generations"]
+        for generation in sorted(draining)[:max(0, len(draining) - limit)]:
+            pids = draining[generation]
+            log.warning("%d generations of workers are draining (server.max_draining_"
+                        "generations = %d): stopping generation %d (%d workers, pids %s) "
+                        "now; their open connections are cut", len(draining), limit,
+                        generation, len(pids), " ".join(map(str, sorted(pids))))
+            for pid in pids:
+                self.WORKERS[pid].quitting = True
+                self.kill_worker(pid, signal.SIGQUIT)
 
     def kill_worker(self, pid, sig):
         worker = self.WORKERS.get(pid)
@@ -520,6 +545,7 @@ class GatewayArbiter(Arbiter):
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         util._setproctitle("master [%s]" % self.proc_name)
+        self.worker_generation += 1
         for _ in range(self.cfg.workers):
             self.spawn_worker()
         # Stops the old workers once the new ones serve, and returns: the old ones drain

@@ -296,6 +296,59 @@ def test_the_master_keeps_supervising_while_old_workers_drain(start_gateway, ups
         download.close()
 
 
+def _start_download(gw):
+    download = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    download.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                     % (200 << 20))
+    assert download.recv(1 << 16).startswith(b"HTTP/1.1 200")     # then not read: it drains
+    return download
+
+
+def _read_to_end(sock, limit):
+    """Bytes read until EOF, reset or ``limit``."""
+    received, buf = 0, bytearray(1 << 20)
+    try:
+        while received < limit and (n := sock.recv_into(buf)):
+            received += n
+    except OSError:
+        pass
+    return received
+
+
+def test_reloads_past_max_draining_generations_stop_the_oldest(start_gateway, upstream):
+    """Reloads faster than old workers drain must not pile up processes: past
+    max_draining_generations the oldest draining generation stops at once (its download is
+    cut) while the next one keeps draining its own."""
+    gw = start_gateway(gateway_conf([route("bytes", ["/bytes/:n"], upstream.url)], workers=1,
+                                    server={"graceful_timeout": 30.0,
+                                            "max_draining_generations": 1}))
+    (first,) = gw.worker_pids()
+    first_download = _start_download(gw)
+    second_download = None
+    try:
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_until(lambda: gw.log().count("reload complete") == 1)
+        time.sleep(0.5)
+        (second,) = set(gw.worker_pids()) - {first}
+        assert first in gw.worker_pids()                  # one generation drains: allowed
+        second_download = _start_download(gw)             # served by the second generation
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_until(lambda: gw.log().count("reload complete") == 2)
+        wait_until(lambda: first not in gw.worker_pids(), timeout=10)
+        assert second in gw.worker_pids()                 # still draining its download
+        assert re.search(r"2 generations of workers are draining \(server\.max_draining_"
+                         r"generations = 1\): stopping generation 1 \(1 workers, pids "
+                         rf"{first}\) now", gw.log())
+        assert _read_to_end(first_download, 200 << 20) < 200 << 20      # cut short
+        second_download.settimeout(2)
+        assert len(second_download.recv(1 << 16)) > 0   # the younger drain goes on
+        assert second in gw.worker_pids() and gw.proc.poll() is None
+    finally:
+        first_download.close()
+        if second_download is not None:
+            second_download.close()
+
+
 def test_ttin_ttou_and_quit(start_gateway, upstream):
     gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
     os.kill(gw.pid, signal.SIGTTIN)
