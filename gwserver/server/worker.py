@@ -23,9 +23,11 @@ from ..client.http1 import ClientConnection
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
 from ..net.sockets import listener_addresses, peer_address
+from ..core.throttledlog import ThrottledLog
 from .runtime import Runtime
 
 log = logging.getLogger("gwserver.worker")
+client_log = ThrottledLog(log)      # lines any client can cause: one a second per kind
 
 
 class GatewayWorker(GeventWorker):
@@ -178,8 +180,8 @@ class GatewayWorker(GeventWorker):
             except (ProxyHeaderError, OSError) as exc:
                 # A balancer's plain TCP health check connects and closes: not worth a line.
                 quiet = isinstance(exc, ProxyHeaderNotStarted)
-                log.log(logging.DEBUG if quiet else logging.INFO,
-                        "PROXY protocol connection from %s refused: %s", peer, exc)
+                client_log.log(logging.DEBUG if quiet else logging.INFO, "proxy-refused",
+                               "PROXY protocol connection from %s refused: %s", peer, exc)
                 sock.close()
                 return
             handle(sock, client)
@@ -193,8 +195,8 @@ class GatewayWorker(GeventWorker):
             with gevent.Timeout(self.conf.tls["handshake_timeout"]):
                 tls.do_handshake()
         except (OSError, gevent.Timeout) as exc:
-            log.info("TLS handshake with %s failed: %s", addr[0] if addr else "?", exc or
-                     "timed out")
+            client_log.log(logging.INFO, "tls-handshake", "TLS handshake with %s failed: %s",
+                           addr[0] if addr else "?", exc or "timed out")
             sock.close()
             return
         try:
