@@ -35,3 +35,19 @@ def read_regular(path, limit):
         return data
     finally:
         os.close(fd)
+
+
+class FileRefused(ValueError):
+    """A file an operator named cannot be used; the message names it and says why."""
+
+
+def read_bounded(path, limit, name):
+    """The bytes of the regular file ``path``, at most ``limit`` of them, or FileRefused
+    whose message starts with ``name`` (what the file is, e.g. "public_key_file /k.pem")."""
+    try:
+        data = read_regular(path, limit)
+    except OSError as exc:
+        raise FileRefused(f"cannot read {name}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise FileRefused(f"{name} is over {limit} bytes")
+    return data

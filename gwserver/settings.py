@@ -19,7 +19,7 @@ from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
                           map_of, number, one_of, show, string)
 from .errors import ConfigError
-from .files import read_regular
+from .files import FileRefused, read_bounded
 
 
 def bind_address(value):
@@ -530,11 +530,9 @@ def read_secret_file(path):
     """The secret a file holds, less one trailing newline (``echo`` and editors add one).
     Raises Invalid naming the problem: a FIFO or device is refused, not waited on."""
     try:
-        data = read_regular(path, MAX_SECRET_FILE)
-    except OSError as exc:
-        raise Invalid(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_SECRET_FILE:
-        raise Invalid(f"{path} holds over {MAX_SECRET_FILE} bytes: not a secret")
+        data = read_bounded(path, MAX_SECRET_FILE, path)
+    except FileRefused as exc:
+        raise Invalid(str(exc)) from None
     try:
         secret = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
     except UnicodeDecodeError:

@@ -33,7 +33,7 @@ from ..core import consumers
 from ..core.context import Reply
 from ..core.schema import (Field, Schema, boolean, integer, list_of, map_of, number, one_of,
                            request_header_name, string)
-from ..files import read_regular
+from ..files import read_bounded
 
 log = logging.getLogger("gwserver.plugins.jwt")
 
@@ -107,16 +107,10 @@ MAX_KEY_FILE = 1 << 20      # a key, a secret or a JWKS: far less than this
 
 
 def _read(path, what):
-    """A key file's bytes. Only a regular file, and at most MAX_KEY_FILE: a config (from etcd
-    too) naming /dev/zero or a FIFO would otherwise read without end, or block, the process
-    that checks it."""
-    try:
-        data = read_regular(path, MAX_KEY_FILE)
-    except OSError as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise ValueError(f"{what} {path} is over {MAX_KEY_FILE} bytes: not a key")
-    return data
+    """A key file's bytes: a regular file of at most MAX_KEY_FILE (a config, from etcd too,
+    naming /dev/zero or a FIFO would otherwise read without end, or block, the process that
+    checks it). FileRefused is a ValueError: a config error naming the file."""
+    return read_bounded(path, MAX_KEY_FILE, f"{what} {path}")
 
 
 class Verifier:
