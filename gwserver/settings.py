@@ -131,6 +131,10 @@ SERVER = Schema(
           "listeners (of bind or tls.bind) whose connections start with a PROXY protocol "
           "header (v1 or v2) from a TCP load balancer: its address is the client's. Only "
           "peers in trusted_proxies may connect there"),
+    Field("via", string(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", "a token (RFC 9110: letters, digits, "
+                                                          "!#$%&'*+-.^_`|~)"), "gwserver",
+          "the name the gateway gives itself in the Via header of what it relays (RFC 9110 "
+          "7.6.3 allows a pseudonym: hide the product, or name the host)"),
     Field("proc_name", string(r"[A-Za-z0-9_.-]+", "a short name"), "gwserver",
           "prefix of process titles"),
     Field("state_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",

@@ -59,7 +59,6 @@ def check_editable(names, reserved, where):
                              f"be edited here")
 
 
-VIA = b"1.1 gwserver"
 
 # RFC 9110 5.5/5.6.2: a field name is a token; a value is visible characters, SP and HTAB
 # (obs-text allowed), never another control character: CR or LF would add a header, and
@@ -94,6 +93,7 @@ def first_bad_field(pairs):
     return None
 
 
-def via_chain(received):
-    """The Via value for the next hop: what came in, then this gateway."""
-    return received + b", " + VIA if received else VIA
+def via_chain(received, own):
+    """The Via value for the next hop: what came in, then this gateway (``own``: b"1.1 " and
+    ``server.via``, the name it gives itself)."""
+    return received + b", " + own if received else own

@@ -177,6 +177,7 @@ class Runtime:
         self.emit_b3 = tracing["b3"]
         self.trace_ids = TraceIds(random.randbytes)     # random is reseeded in each worker
         self.trace_response_header = tracing["response_header"].encode("latin-1")
+        self.via = b"1.1 " + conf.server["via"].encode("ascii")
         self.span_exporter = None
         if self.tracing and tracing["otlp_endpoint"]:
             from .otel import SpanExporter

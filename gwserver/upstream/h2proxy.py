@@ -92,7 +92,7 @@ class H2Forwarder:
         headers += [(b"x-forwarded-for", xff), (b"x-forwarded-proto", proto),
                     (b"x-forwarded-host", fhost),
                     (b"x-request-id", req.request_id.encode("latin-1")),
-                    (b"via", via_chain(req.header_map.get(b"via")))]
+                    (b"via", via_chain(req.header_map.get(b"via"), self.proxy.runtime.via))]
         if req.trace is not None:
             headers = [(k, v) for k, v in headers if k not in REPLACED_HEADERS] + [
                 (k.lower(), v) for k, v in trace_headers(req, self.proxy.runtime.emit_b3)]
@@ -252,7 +252,7 @@ class H2Forwarder:
         # Nothing waits for more than is already here.
         out = [proxied_head(status, None, block,
                             b"Transfer-Encoding: chunked\r\n" if chunked else b"",
-                            req.request_id, upstream_via,
+                            req.request_id, via_chain(upstream_via, self.proxy.runtime.via),
                             b"keep-alive" if keep_alive else b"close")]
 
         def flush():

@@ -652,7 +652,8 @@ class Proxy:
         lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
                      b"X-Request-ID: %s\r\nVia: %s" % (*forwarded_values(req, host),
                                                         req.request_id.encode("latin-1"),
-                                                        via_chain(hmap.get(b"via"))))
+                                                        via_chain(hmap.get(b"via"),
+                                                                  self.runtime.via)))
         if req.chunked:
             lines.append(b"Transfer-Encoding: chunked")
         elif req.content_length is not None:
@@ -829,7 +830,8 @@ class Proxy:
             framing = b""
             keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
         block += response_line(req.trace, self.runtime.trace_response_header)
-        head = proxied_head(client_status, reason, block, framing, req.request_id, ex.via,
+        head = proxied_head(client_status, reason, block, framing, req.request_id,
+                            via_chain(ex.via, self.runtime.via),
                             b"Upgrade" if status == 101 else b"keep-alive" if keep_alive
                             else b"close")
         return head, chunked_out, keep_alive, no_body, client_status, filters
@@ -1008,12 +1010,12 @@ def response_chunked(value):
                         f"does not decode")
 
 
-def proxied_head(status, reason, block, framing, request_id, upstream_via, connection):
+def proxied_head(status, reason, block, framing, request_id, via, connection):
     """The head of a relayed answer, whichever protocol the upstream spoke: its status and
     header block, the gateway's framing, X-Request-ID, the Via chain and Connection."""
     return b"HTTP/1.1 %d %s\r\n%s%sX-Request-ID: %s\r\nVia: %s\r\nConnection: %s\r\n\r\n" % (
         status, reason or REASONS.get(status, b"Unknown"), block, framing,
-        request_id.encode("latin-1"), via_chain(upstream_via), connection)
+        request_id.encode("latin-1"), via, connection)
 
 
 def trace_headers(req, emit_b3):

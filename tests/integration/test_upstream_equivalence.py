@@ -30,7 +30,8 @@ def both(module_launcher):
         {"id": "h2", "paths": ["/h2/*rest"], "strip_prefix": "/h2",
          "upstream": upstream(h2, "h2"), "plugins": plugins}],
         consumers={"billing": {"groups": ["internal", "partners"], "credentials": {
-            "key_auth": {"key_hash": hash_key(KEY)}}}}))
+            "key_auth": {"key_hash": hash_key(KEY)}}}},
+        server={"via": "edge-7"}))        # a pseudonym (test_proxy sees the default name)
 
 
 def seen(gw, proto):
@@ -51,11 +52,11 @@ def test_h1_and_h2_upstreams_receive_the_same_request_and_answer_the_same_head(b
     h2, h2_head = seen(both, "h2")
     assert h1.pop("tp")[:36] == h2.pop("tp")[:36]     # same trace id; the span id is per request
     assert h1 == h2
-    assert h1["via"] == "1.0 edge, 1.1 gwserver"          # the client's Via chain, extended
+    assert h1["via"] == "1.0 edge, 1.1 edge-7"            # the client's Via chain, extended
     assert h1["xff"] == "127.0.0.1" and h1["xfh"] == f"127.0.0.1:{both.port}"
     assert "gwfault=delay" in h1["ts"]                     # the fault is told upstream
     assert h1["rid"] == "req-42" and h1["custom"] == "kept" and h1["uri"] == "/a/b?q=1"
     # the consumer key_auth identified, never the client's forgery, and the key hidden
     assert (h1["cid"], h1["cgroups"], h1["key"]) == ("billing", "internal,partners", "")
     assert h1_head == h2_head
-    assert h1_head["via"] == "1.1 origin, 1.1 gwserver"
+    assert h1_head["via"] == "1.1 origin, 1.1 edge-7"

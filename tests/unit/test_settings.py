@@ -37,6 +37,11 @@ def test_defaults_fill_an_empty_file():
     ({"server": {"bind": []}}, "server.bind: must have at least 1 item"),
     ({"server": {"keepalive": -1}}, "server.keepalive: must be a number >= 0"),
     ({"server": {"wrokers": 2}}, "server.wrokers: unknown key"),
+    # a Via name is one token: a comma would forge another hop, CR LF another header
+    ({"server": {"via": "gw, 1.1 trusted"}}, "server.via: must be a token"),
+    ({"server": {"via": "gw\r\nX-Admin: 1"}}, "server.via: must be a token"),
+    ({"server": {"via": ""}}, "server.via: must be a token"),
+    ({"server": {"max_draining_generations": 0}}, "server.max_draining_generations: must be"),
     ({"server": {"workers": 10 ** 20}}, "server.workers: must be at most 1024"),
     ({"server": {"graceful_timeout": float("inf")}},
      "server.graceful_timeout: must be a finite number, got Infinity"),
