@@ -1,5 +1,6 @@
 """systemd integration: sd_notify states as a real notify socket receives them, the unit file."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -83,16 +84,54 @@ def verify_unit(text, path):
 
 
 def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
-    """scripts/install into temp paths, twice; systemd-analyze verify on the unit it wrote."""
+    """scripts/install into temp paths, twice, the first time over a venv of the old layout
+    (the venv was the prefix itself); systemd-analyze verify on the unit it wrote. Each run
+    is a release of its own; old ones go unless a process runs from them."""
     prefix, confdir, unitdir = tmp_path / "opt", tmp_path / "etc", tmp_path / "units"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(prefix)], check=True)
     args = [str(ROOT / "scripts" / "install"), "--prefix", str(prefix), "--confdir",
             str(confdir), "--unitdir", str(unitdir), "--no-user", "--no-systemctl"]
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert (prefix / "bin.before-releases" / "python").exists()      # the old venv, aside
+    (first_release,) = os.listdir(prefix / "releases")
     (confdir / "gwserver.toml").write_text((confdir / "gwserver.toml").read_text() +
                                            "\n# operator's edit\n")
-    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    # Older releases: the one a process still has a file of mapped is kept, as are the
+    # three newest; the rest go.
+    releases = prefix / "releases"
+    for age, name in enumerate(["0.0.9-a", "0.0.9-b", "0.0.9-c", "0.0.9-d"], start=1):
+        (releases / name).mkdir()
+        (releases / name / "lib.so").write_bytes(b"\0" * 4096)
+        os.utime(releases / name, (time.time() - 3600 * age,) * 2)
+    holder = subprocess.Popen(["python3", "-c", (
+        "import mmap, sys, time; f = open(sys.argv[1], 'rb'); "
+        "m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ); print(1, flush=True); "
+        "time.sleep(120)"), str(releases / "0.0.9-c" / "lib.so")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"1\n"
+        second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    finally:
+        holder.kill()
+        holder.wait()
     assert second.returncode == 0, second.stdout + second.stderr
+    assert "kept release 0.0.9-c: a process still runs from it" in second.stdout
+    kept = set(os.listdir(releases))
+    (second_release,) = kept - {first_release, "0.0.9-a", "0.0.9-c"}
+    assert os.readlink(prefix / "current") == f"releases/{second_release}"
+    assert os.readlink(prefix / "bin") == "current/bin"
+    # Going back, as docs/operations.md ("Upgrade") says, less sudo and the restart.
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    rollback = re.search(r"```sh\n(ls -t /opt/gwserver/releases.*?)```", ops, re.S).group(1)
+    rollback = re.sub(r"releases/0\.1\.0-\S+", f"releases/{first_release}", rollback.replace(
+        "sudo ", "").replace(" && systemctl restart gwserver", "").replace("/opt/gwserver",
+                                                                           str(prefix)))
+    subprocess.run(["bash", "-euc", rollback], check=True, capture_output=True)
+    assert os.readlink(prefix / "current") == f"releases/{first_release}"
+    version = subprocess.run([str(prefix / "bin" / "gwserver"), "--version"],
+                             capture_output=True, text=True)
+    assert version.returncode == 0 and first_release in os.path.realpath(
+        prefix / "bin" / "gwserver")
     assert "# operator's edit" in (confdir / "gwserver.toml").read_text()   # never overwritten
     unit = unitdir / "gwserver.service"
     text = unit.read_text()
