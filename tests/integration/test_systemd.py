@@ -1,6 +1,7 @@
 """systemd integration: sd_notify states as a real notify socket receives them, the unit file."""
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,7 +88,11 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     """scripts/install into temp paths, twice, the first time over a venv of the old layout
     (the venv was the prefix itself); systemd-analyze verify on the unit it wrote. Each run
     is a release of its own; old ones go unless a process runs from them."""
-    prefix, confdir, unitdir = tmp_path / "opt", tmp_path / "etc", tmp_path / "units"
+    # The prefix is reached through a symlink (as when /opt is one): /proc/PID/maps names
+    # the real path, and a release in use must still be seen as such.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    prefix, confdir, unitdir = tmp_path / "link" / "opt", tmp_path / "etc", tmp_path / "units"
     subprocess.run(["python3", "-m", "venv", "--without-pip", str(prefix)], check=True)
     args = [str(ROOT / "scripts" / "install"), "--prefix", str(prefix), "--confdir",
             str(confdir), "--unitdir", str(unitdir), "--no-user", "--no-systemctl"]
@@ -98,11 +103,15 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     (confdir / "gwserver.toml").write_text((confdir / "gwserver.toml").read_text() +
                                            "\n# operator's edit\n")
     # Older releases: the one a process still has a file of mapped is kept, as are the
-    # three newest; the rest go.
+    # three newest complete ones; the rest go, and a failed one (no .installed) counts for
+    # nothing.
     releases = prefix / "releases"
-    for age, name in enumerate(["0.0.9-a", "0.0.9-b", "0.0.9-c", "0.0.9-d"], start=1):
+    for age, name in [(1, "0.0.9-a"), (2, "0.0.9-b"), (3, "0.0.9-c"), (4, "0.0.9-d"),
+                      (0.5, "0.0.9-failed")]:
         (releases / name).mkdir()
         (releases / name / "lib.so").write_bytes(b"\0" * 4096)
+        if name != "0.0.9-failed":
+            (releases / name / ".installed").touch()
         os.utime(releases / name, (time.time() - 3600 * age,) * 2)
     holder = subprocess.Popen(["python3", "-c", (
         "import mmap, sys, time; f = open(sys.argv[1], 'rb'); "
@@ -135,12 +144,13 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     assert "# operator's edit" in (confdir / "gwserver.toml").read_text()   # never overwritten
     unit = unitdir / "gwserver.service"
     text = unit.read_text()
-    assert f"ExecStart={prefix}/bin/gwserver run -c {confdir}/gwserver.toml" in text
+    real_prefix = os.path.realpath(prefix)
+    assert f"ExecStart={real_prefix}/bin/gwserver run -c {confdir}/gwserver.toml" in text
     assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
     verify_unit(text, tmp_path / "gwserver.service")
     # The template of further instances: its own conf file and directories, nothing else.
     template = (unitdir / "gwserver@.service").read_text()
-    assert f"ExecStart={prefix}/bin/gwserver run -c {confdir}/%i.toml" in template
+    assert f"ExecStart={real_prefix}/bin/gwserver run -c {confdir}/%i.toml" in template
     for directory in ("RuntimeDirectory", "StateDirectory", "LogsDirectory"):
         assert f"\n{directory}=gwserver-%i\n" in template
     changed = [line for line in template.splitlines() if line not in text.splitlines()]
@@ -149,3 +159,17 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     check = subprocess.run([str(prefix / "bin" / "gwserver"), "check", "-c",
                             str(confdir / "gwserver.toml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+    # An install that fails (here: a requirement pip cannot find) leaves no release behind
+    # and current where it was.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info",
+                                                                 "build", "__pycache__"))
+    setup = source / "setup.cfg"
+    setup.write_text(setup.read_text().replace("    bcrypt>=4.1\n", "    bcrypt>=4.1\n"
+                                                "    gwserver-no-such-requirement>=1\n"))
+    before = set(os.listdir(releases))
+    failed = subprocess.run([str(source / "scripts" / "install"), *args[1:]],
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode != 0 and "pip could not install" in failed.stderr, failed.stderr
+    assert set(os.listdir(releases)) == before
+    assert os.readlink(prefix / "current") == f"releases/{first_release}"
