@@ -360,14 +360,21 @@ class GatewayArbiter(Arbiter):
         return pid
 
     def manage_workers(self):
-        live = sum(not getattr(w, "stopping", False) for w in self.WORKERS.values())
-        if live > self.num_workers:
-            self.wait_for_replacements()
-        # Workers told to stop (draining after a reload) do not count: one of the new workers
-        # that dies meanwhile is replaced now, not once the old ones have drained.
-        for _ in range(self.num_workers - live):
+        generation = getattr(self, "worker_generation", 1)
+        serving = [pid for pid, w in self.WORKERS.items() if not getattr(w, "stopping", False)]
+        current = [pid for pid in serving
+                   if getattr(self.WORKERS[pid], "generation", 1) == generation]
+        # Only the current generation counts: a new worker that dies (on boot, or while old
+        # ones drain) is replaced now, and an old-configuration worker never stands in for it.
+        for _ in range(self.num_workers - len(current)):
             self.spawn_worker()
-        super().manage_workers()        # stops the oldest beyond num_workers
+        older = [pid for pid in serving
+                 if getattr(self.WORKERS.get(pid), "generation", 1) != generation]
+        if older:
+            self.wait_for_replacements()
+            for pid in older:
+                self.kill_worker(pid, signal.SIGTERM)   # drains
+        super().manage_workers()        # TTOU: stops the oldest beyond num_workers
         self.limit_draining()
         if getattr(self, "helpers", None) is not None:
             self.manage_helpers()
@@ -383,10 +390,13 @@ class GatewayArbiter(Arbiter):
         download or a websocket keeps one for all of it); reloads faster than that would pile
         up processes until memory runs out. Past the limit the oldest draining generation is
         stopped at once (SIGQUIT): its connections are cut, which the log says."""
-        draining = {}
+        draining, current = {}, getattr(self, "worker_generation", 1)
         for pid, worker in self.WORKERS.items():
-            if getattr(worker, "stopping", False) and not getattr(worker, "quitting", False):
-                draining.setdefault(getattr(worker, "generation", 1), []).append(pid)
+            generation = getattr(worker, "generation", 1)
+            # The current generation's own stopping workers (TTOU) are no reload's leftovers.
+            if getattr(worker, "stopping", False) and not getattr(worker, "quitting", False) \
+                    and generation != current:
+                draining.setdefault(generation, []).append(pid)
         limit = self.app.conf.server["max_draining_generations"]
         for generation in sorted(draining)[:max(0, len(draining) - limit)]:
             pids = draining[generation]

@@ -349,6 +349,46 @@ def test_reloads_past_max_draining_generations_stop_the_oldest(start_gateway, up
             second_download.close()
 
 
+def test_ttou_is_no_reload_and_cuts_no_draining_generation(start_gateway, upstream):
+    """A worker TTOU stops belongs to the current generation: it drains, and is not counted
+    against max_draining_generations (which would cut an older generation's download)."""
+    gw = start_gateway(gateway_conf([route("bytes", ["/bytes/:n"], upstream.url)], workers=2,
+                                    server={"graceful_timeout": 30.0,
+                                            "max_draining_generations": 1}))
+    first = set(gw.worker_pids())
+    download = _start_download(gw)
+    try:
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_until(lambda: gw.log().count("reload complete") == 1)
+        time.sleep(1.0)
+        assert first & set(gw.worker_pids())              # draining the download
+        os.kill(gw.pid, signal.SIGTTOU)
+        wait_until(lambda: "Handling signal: ttou" in gw.log())
+        time.sleep(2.0)
+        assert "generations of workers are draining" not in gw.log()
+        assert first & set(gw.worker_pids())
+        download.settimeout(2)
+        assert len(download.recv(1 << 16)) > 0
+    finally:
+        download.close()
+
+
+def test_a_replacement_that_dies_on_boot_leaves_no_old_worker_serving(start_gateway,
+                                                                      upstream):
+    """A reload's new worker killed before it serves: another takes its place, and every
+    worker of the old configuration stops (one used to stay, serving the old routes)."""
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2,
+                                    server={"graceful_timeout": 2.0}))
+    first = set(gw.worker_pids())
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: len(set(gw.worker_pids()) - first) >= 1, interval=0.005)
+    os.kill(min(set(gw.worker_pids()) - first), signal.SIGKILL)
+    wait_until(lambda: "reload complete" in gw.log())
+    wait_until(lambda: not first & set(gw.worker_pids()), timeout=10)
+    wait_until(lambda: len(gw.worker_pids()) == 2)
+    assert gw.request("GET", "/echo")[0].status == 200
+
+
 def test_ttin_ttou_and_quit(start_gateway, upstream):
     gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
     os.kill(gw.pid, signal.SIGTTIN)
