@@ -52,14 +52,13 @@ from hyperframe.frame import GoAwayFrame
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
-from ..core.throttledlog import ThrottledLog
+from ..core.throttledlog import throttled_log
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
 from ..net.sockets import (RECV_SIZE, PlainSocket, linger, listener_addresses, peer_address,
                            raw_socket, send_all)
 
 log = logging.getLogger("gwserver.h2")
-client_log = ThrottledLog(log)      # lines any client can cause: one a second per kind
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Response fields that belong to the HTTP/1.1 hop the proxy wrote (RFC 9113 8.2.2).
@@ -491,9 +490,9 @@ class H2ServerConnection:
                     stream.window = gevent.event.Event()
                 stream.window.clear()
             if not stream.window.wait(self.conf["send_timeout"]):
-                client_log.log(logging.INFO, "h2-window-shut",
-                               "HTTP/2 stream %d of %s: window shut for %ss; reset", sid,
-                               self.client_ip, self.conf["send_timeout"])
+                throttled_log.log(log, logging.INFO, "h2 window shut",
+                                  "HTTP/2 stream %d of %s: window shut for %ss; reset", sid,
+                                  self.client_ip, self.conf["send_timeout"])
                 self.reset(sid, E.CANCEL)
                 stream.on_reset(E.CANCEL)
                 raise ClientGone("the client's window stayed shut")
@@ -605,8 +604,8 @@ class H2ServerConnection:
                 if silent:
                     self.count_empty_frames(silent)
             except h2.exceptions.ProtocolError as exc:
-                client_log.log(logging.INFO, "h2-protocol-error",
-                               "HTTP/2 connection from %s: %s", self.client_ip, exc)
+                throttled_log.log(log, logging.INFO, "h2 protocol error",
+                                  "HTTP/2 connection from %s: %s", self.client_ip, exc)
                 with self.lock:
                     try:
                         self._flush()           # h2's GOAWAY with the error code
@@ -697,9 +696,9 @@ class H2ServerConnection:
         count = getattr(self, counter) + frames
         setattr(self, counter, count)
         if count > limit:
-            client_log.log(logging.WARNING, "h2-flood",
-                           "HTTP/2 connection from %s: %s (more than %d a second): GOAWAY",
-                           self.client_ip, what, limit)
+            throttled_log.log(log, logging.WARNING, ("h2 flood", what),
+                              "HTTP/2 connection from %s: %s (more than %d a second): GOAWAY",
+                              self.client_ip, what, limit)
             self.goaway(E.ENHANCE_YOUR_CALM, what)
             self.closed = True
             try:
@@ -730,8 +729,8 @@ class H2ServerConnection:
         stream.greenlet = gevent.spawn(stream.run, early_error)
 
     def refuse(self, stream, code, reason):
-        client_log.log(logging.INFO, "h2-stream-refused", "HTTP/2 stream %d of %s: %s",
-                       stream.stream_id, self.client_ip, reason)
+        throttled_log.log(log, logging.INFO, "h2 stream refused", "HTTP/2 stream %d of %s: %s",
+                          stream.stream_id, self.client_ip, reason)
         self.reset(stream.stream_id, code)
         stream.on_reset(code)
         self.stop(stream, "malformed")

@@ -26,6 +26,7 @@ from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.headers import CONSUMER_SET, NOT_FORWARDED, PROXY_SET, REASONS, UNTRUSTED_UNSEEN
 from ..core.target import normalise_host, normalise_path
+from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
 from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address,
                            recv_when_readable, send_all)
@@ -518,13 +519,16 @@ class ClientConnection:
             raise
         except Exception as exc:
             if not isinstance(exc, HTTPError):
-                log.exception("route %s: unhandled error", req.route.id if req.route else None)
+                route_id = req.route.id if req.route else None
+                throttled_log.log(log, logging.ERROR, ("unhandled", route_id),
+                                  "route %s: unhandled error", route_id, exc_info=exc)
                 exc = InternalError("internal error; see the gateway's log")
             req.error = exc
             status = exc.status
             if exc.status >= 500 and req.route is not None:
-                log.warning("route %s: request %s: %s: %s", req.route.id, req.request_id,
-                            exc.error, exc.reason)
+                throttled_log.log(log, logging.WARNING, ("answer", req.route.id, exc.error),
+                                  "route %s: request %s: %s: %s", req.route.id,
+                                  req.request_id, exc.error, exc.reason)
             keep_alive = keep_alive and req.complete and exc.status < 500 and \
                 not self.timed_out and runtime.alive
             if getattr(exc, "response_started", False):

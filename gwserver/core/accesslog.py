@@ -91,6 +91,10 @@ FIELDS = {
                         lambda req, *_: _ms(req.upstream_seconds)),
     "trace_id": Spec("trace id (docs/operations.md, tracing)", _trace_id),
     "ended_by": Spec("the plugin that answered, if one did", lambda req, *_: req.ended_by),
+    "error": Spec("why the gateway answered with an error itself, as its log says it (a 502's "
+                  "upstream address and cause, which the client is not told)",
+                  lambda req, *_: req.error.reason if req.error is not None else None,
+                  optional=True),
     "fault": Spec("fault injected: delay, abort or both", lambda req, *_: req.var("fault"),
                   optional=True),
     "attempts": Spec("tries, when the request was retried",
@@ -103,7 +107,7 @@ FIELDS = {
 # the line gwserver wrote before the list was configurable
 DEFAULT_FIELDS = ("time", "request_id", "client", "method", "path", "route", "upstream",
                   "status", "bytes", "duration_ms", "upstream_ms", "trace_id", "ended_by",
-                  "fault", "attempts", "consumer", "protocol")
+                  "error", "fault", "attempts", "consumer", "protocol")
 # what the Common Log Format head already holds
 COMMON_HEAD = frozenset(["time", "client", "method", "path", "query", "version", "status",
                          "bytes"])
@@ -205,15 +209,17 @@ def capture_default(req, status, sent, upstream, elapsed_ms):
     return (getattr(req, "request_id", None), req.client_ip, req.method, req.url,
             route.id if route is not None else None, upstream, status, sent, elapsed_ms,
             req.upstream_seconds, trace.trace_id if trace is not None else None, req.ended_by,
-            vars_.get("fault"), req.attempts, consumer.id if consumer is not None else None,
-            vars_.get("protocol"))
+            req.error, vars_.get("fault"), req.attempts,
+            consumer.id if consumer is not None else None, vars_.get("protocol"))
 
 
 def render_default(captured, time_text):
     """DEFAULT_FIELDS as json, written out (~3x cheaper than the generic loop)."""
     (request_id, client_ip, method, url, route_id, upstream, status, sent, elapsed_ms, seconds,
-     trace_id, ended_by, fault, attempts, consumer_id, protocol) = captured
-    extra = f',"fault":{_escape(fault)}' if fault else ""
+     trace_id, ended_by, error, fault, attempts, consumer_id, protocol) = captured
+    extra = f',"error":{_escape(error.reason)}' if error is not None else ""
+    if fault:
+        extra += f',"fault":{_escape(fault)}'
     if attempts > 1:
         extra += f',"attempts":{attempts}'
     if consumer_id is not None:

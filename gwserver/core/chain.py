@@ -47,6 +47,7 @@ from ..errors import ConfigError
 from ..redact import redact
 from .context import ResponseHead, _enc
 from .schema import show
+from .throttledlog import throttled_log
 
 log = logging.getLogger("gwserver.plugins")
 
@@ -200,8 +201,10 @@ class Chain:
         for plugin, conf in (ctx.chain or self).finish_steps:
             try:
                 plugin.finish(conf, ctx, status)
-            except Exception:
-                log.exception("route %s: plugin %s failed in finish", ctx.route.id, plugin.NAME)
+            except Exception as exc:
+                throttled_log.log(log, logging.ERROR, ("finish", ctx.route.id, plugin.NAME),
+                                  "route %s: plugin %s failed in finish", ctx.route.id,
+                                  plugin.NAME, exc_info=exc)
 
 
 def _phases_problem(plugin, conf):

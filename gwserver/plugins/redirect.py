@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from ..core.context import Reply
 from ..core.schema import Field, Schema, boolean, header_value, integer, one_of, string
+from ..core.throttledlog import throttled_log
 from .variables import compile_template, uri_escape
 
 log = logging.getLogger("gwserver.plugins")
@@ -128,8 +129,10 @@ def access(conf, ctx):
     else:
         expected = authority.replace("$host", ctx.host or "")
         if not ctx.host and "$host" in authority or urlsplit(location).netloc != expected:
-            log.error("route %s: redirect uri %r made %r, whose host is not %r; refused",
-                      ctx.route.id if ctx.route else None, conf["uri"], location, expected)
+            route_id = ctx.route.id if ctx.route else None
+            throttled_log.log(log, logging.ERROR, ("redirect refused", route_id),
+                              "route %s: redirect uri %r made %r, whose host is not %r; "
+                              "refused", route_id, conf["uri"], location[:200], expected)
             return Reply.json(500, {"error": "redirect_failed",
                                     "message": "the redirect target could not be built"})
     return _redirect(conf, location)

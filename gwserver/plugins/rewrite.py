@@ -42,6 +42,7 @@ from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable, is_
 from ..core.schema import (Field, Schema, header_name, header_value, list_of, map_of,
                            show, status_code, string)
 from ..core.target import normalise_path
+from ..core.throttledlog import throttled_log
 from ..errors import BadRequest
 from .variables import compile_template
 
@@ -201,8 +202,10 @@ def _rewrite_path(path_conf, ctx):
             pieces.append(part(ctx))
     new = ctx.path[:m.start()] + "".join(pieces) + ctx.path[m.end():]
     if not _canonical(new) or "?" in new or "#" in new:
-        log.error("route %s: rewrite made %r from %r, which is not a canonical path; refused "
-                  "(500)", ctx.route.id if ctx.route else None, new[:200], ctx.path[:200])
+        route_id = ctx.route.id if ctx.route else None
+        throttled_log.log(log, logging.ERROR, ("rewrite refused", route_id),
+                          "route %s: rewrite made %r from %r, which is not a canonical path; "
+                          "refused (500)", route_id, new[:200], ctx.path[:200])
         return Reply.json(500, {"error": "rewrite_failed",
                                 "message": "the rewritten path is not canonical"})
     ctx.path = new

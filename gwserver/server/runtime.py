@@ -30,6 +30,7 @@ import gevent.event
 
 from ..core.accesslog import compile_fields
 from ..core.realip import TrustedProxies
+from ..core.throttledlog import throttled_log
 from ..core.tracing import TraceIds
 from ..files import open_regular
 from ..net.deadlines import Deadlines
@@ -265,6 +266,7 @@ class Runtime:
         """Every 50 ms: flush the access log; an idle worker picks up a new table too; target
         health (active verdicts, passive ejections, ejections expiring) is re-read."""
         self.access.flush()
+        throttled_log.flush()       # what a burst of throttled lines left out
         if self.table_reader is not None and self.table_reader.changed():
             self.refresh_table()
         self.health.refresh()
@@ -366,6 +368,7 @@ class Runtime:
     def close(self):
         """After the drain: the last access lines, spans and gauges; pools and files closed."""
         self.access.flush()
+        throttled_log.flush(everything=True)
         if self.span_exporter is not None:
             self.span_exporter.shutdown()   # send the spans still batched
         self.update_gauges()            # the last counts, before the master archives them

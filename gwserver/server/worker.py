@@ -23,11 +23,10 @@ from ..client.http1 import ClientConnection
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
 from ..net.sockets import listener_addresses, peer_address
-from ..core.throttledlog import ThrottledLog
+from ..core.throttledlog import throttled_log
 from .runtime import Runtime
 
 log = logging.getLogger("gwserver.worker")
-client_log = ThrottledLog(log)      # lines any client can cause: one a second per kind
 
 
 class GatewayWorker(GeventWorker):
@@ -171,17 +170,19 @@ class GatewayWorker(GeventWorker):
 
         def handle_proxied(sock, addr):
             peer = peer_address(addr)
+            kind = "proxy-protocol untrusted"
             try:
                 if not trusted.trusts(peer):
                     raise ProxyHeaderError(f"{peer} is not in server.trusted_proxies")
+                kind = "proxy-protocol header"
                 with gevent.Timeout(timeout, ProxyHeaderError("no header within "
                                                               "server.header_timeout")):
                     client = read_proxy_header(sock, addr)
             except (ProxyHeaderError, OSError) as exc:
                 # A balancer's plain TCP health check connects and closes: not worth a line.
                 quiet = isinstance(exc, ProxyHeaderNotStarted)
-                client_log.log(logging.DEBUG if quiet else logging.INFO, "proxy-refused",
-                               "PROXY protocol connection from %s refused: %s", peer, exc)
+                throttled_log.log(log, logging.DEBUG if quiet else logging.INFO, kind,
+                                  "PROXY protocol connection from %s refused: %s", peer, exc)
                 sock.close()
                 return
             handle(sock, client)
@@ -195,8 +196,9 @@ class GatewayWorker(GeventWorker):
             with gevent.Timeout(self.conf.tls["handshake_timeout"]):
                 tls.do_handshake()
         except (OSError, gevent.Timeout) as exc:
-            client_log.log(logging.INFO, "tls-handshake", "TLS handshake with %s failed: %s",
-                           addr[0] if addr else "?", exc or "timed out")
+            throttled_log.log(log, logging.INFO, "tls handshake",
+                              "TLS handshake with %s failed: %s", addr[0] if addr else "?",
+                              exc or "timed out")
             sock.close()
             return
         try:
@@ -205,8 +207,9 @@ class GatewayWorker(GeventWorker):
                 H2ServerConnection(self.runtime, tls, addr, scheme="https").serve()
             else:
                 ClientConnection(self.runtime, tls, addr, scheme="https").serve()
-        except Exception:   # a bug in one connection must never take the worker down
-            log.exception("unhandled error serving %s", addr)
+        except Exception as exc:    # a bug in one connection must never take the worker down
+            throttled_log.log(log, logging.ERROR, "unhandled connection error",
+                              "unhandled error serving %s", addr, exc_info=exc)
             sock.close()
 
     def handle_h2c_client(self, sock, addr):
@@ -214,15 +217,17 @@ class GatewayWorker(GeventWorker):
         from ..client.h2server import serve_h2c_or_http1
         try:
             serve_h2c_or_http1(self.runtime, sock, addr)
-        except Exception:   # a bug in one connection must never take the worker down
-            log.exception("unhandled error serving %s", addr)
+        except Exception as exc:    # a bug in one connection must never take the worker down
+            throttled_log.log(log, logging.ERROR, "unhandled connection error",
+                              "unhandled error serving %s", addr, exc_info=exc)
             sock.close()
 
     def handle_client(self, sock, addr):
         try:
             ClientConnection(self.runtime, sock, addr).serve()
-        except Exception:   # a bug in one connection must never take the worker down
-            log.exception("unhandled error serving %s", addr)
+        except Exception as exc:    # a bug in one connection must never take the worker down
+            throttled_log.log(log, logging.ERROR, "unhandled connection error",
+                              "unhandled error serving %s", addr, exc_info=exc)
             try:
                 sock.close()
             except OSError:

@@ -29,6 +29,7 @@ from hyperframe.frame import DataFrame, GoAwayFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
+from ..core.throttledlog import throttled_log
 from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
                       UpstreamError, UpstreamTimeout)
 from ..net.sockets import RECV_SIZE, PlainSocket
@@ -269,8 +270,10 @@ class H2Connection:
         conn, now = self.conn, time.monotonic()
         limit = MAX_EMPTY_FRAMES_PER_SECOND + 2 * conn.data_frames_sent
         if conn.empty_frames > limit:
-            log.warning("HTTP/2 upstream %s sent more than %d frames with nothing to relay "
-                        "in a second (a flood): connection closed", self.target.url, limit)
+            throttled_log.log(log, logging.WARNING, ("h2 upstream flood", self.target.url),
+                              "HTTP/2 upstream %s sent more than %d frames with nothing to "
+                              "relay in a second (a flood): connection closed",
+                              self.target.url, limit)
             try:
                 conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
                 self._flush()

@@ -40,6 +40,7 @@ from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
 from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
 from ..core.routes import no_target_reason
+from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
@@ -83,8 +84,9 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
         state = idle_state(self.sock) if type(self.sock) is PlainSocket else \
             tls_idle_state(self.sock)
         if state is UNREAD:
-            log.warning("upstream %s:%s sent bytes on an idle keep-alive connection: closed "
-                        "unread", self.host, self.port)
+            throttled_log.log(log, logging.WARNING, ("bytes on idle", self.host, self.port),
+                              "upstream %s:%s sent bytes on an idle keep-alive connection: "
+                              "closed unread", self.host, self.port)
         return state is OPEN
 
 
@@ -553,12 +555,14 @@ class Proxy:
             return False
         if not budget.try_retry(now):
             self._count_retry(upstream, "budget_exhausted")
-            log.warning("route %s: %s; not retried: the retry budget of upstream %s is spent",
-                        route.id, reason, upstream.id)
+            throttled_log.log(log, logging.WARNING, ("retry budget spent", route.id),
+                              "route %s: %s; not retried: the retry budget of upstream %s "
+                              "is spent", route.id, reason, upstream.id)
             return False
         self._count_retry(upstream, "retried")
-        log.warning("route %s: %s; retrying%s", route.id, reason,
-                    " on another target" if len(tried) < len(upstream.targets) else "")
+        throttled_log.log(log, logging.WARNING, ("retrying", route.id),
+                          "route %s: %s; retrying%s", route.id, reason,
+                          " on another target" if len(tried) < len(upstream.targets) else "")
         back_off(backoff, retries_made)
         return True
 
@@ -765,14 +769,17 @@ class Proxy:
                 raise cause from None
             if not isinstance(cause, _StrayBytes):
                 raise
-            log.warning("upstream %s sent more than one response: the extra bytes are "
-                        "discarded and the connection closed", ex.conn.host)
+            throttled_log.log(log, logging.WARNING, ("extra response", ex.conn.host),
+                              "upstream %s sent more than one response: the extra bytes are "
+                              "discarded and the connection closed", ex.conn.host)
             ex.keep_alive = False
         except httptools.HttpParserError as exc:
             if ex.complete:
                 # Junk after a complete response (a body after 204, say): serve the response,
                 # never reuse the connection.
-                log.warning("upstream sent bytes after a complete response: %s", exc)
+                throttled_log.log(log, logging.WARNING, ("bytes after response", ex.conn.host),
+                                  "upstream %s sent bytes after a complete response: %s",
+                                  ex.conn.host, exc)
                 ex.keep_alive = False
                 return True
             # Not HTTP: a 502. Never a retry, even before the head: the upstream read the

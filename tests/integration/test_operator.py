@@ -317,3 +317,24 @@ def test_a_fifo_in_place_of_the_access_log_never_stops_a_worker(launcher, upstre
     time.sleep(0.5)
     assert plain.request("GET", "/echo")[0].status == 200
     assert "cannot open the access log" not in plain.log()
+
+
+def test_an_upstream_down_does_not_write_a_line_per_request(start_gateway):
+    """Every request to a dead upstream is a 502 and a warning: at a client's rate, 2,000
+    lines a second from one worker, on top of the access log. One line a second per route
+    and error, and the lines account for every request (the tick tells what a burst left
+    out once it stops)."""
+    import re
+    dead = free_port()                                   # nothing listens there
+    gw = start_gateway(gateway_conf([route("dead", ["/dead"], f"http://127.0.0.1:{dead}")]))
+    for _ in range(200):
+        assert gw.request("GET", "/dead")[0].status == 502
+    pattern = r"route dead: request \S+: bad_gateway: .*"
+
+    def told():
+        found = re.findall(pattern, gw.log())
+        return len(found), len(found) + sum(int(n) for line in found
+                                            for n in re.findall(r"and (\d+) more like it", line))
+    wait_until(lambda: told()[1] == 200, timeout=5)
+    lines, _ = told()
+    assert 2 <= lines <= 10, lines

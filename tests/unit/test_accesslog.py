@@ -37,7 +37,7 @@ def json_line(names, req, status=200, sent=5, upstream="http://127.0.0.1:9000"):
 def test_the_default_line_is_the_one_gwserver_always_wrote():
     line = json_line([], request())
     assert list(line) == [n for n in DEFAULT_FIELDS
-                          if n not in ("fault", "attempts", "consumer", "protocol")]
+                          if n not in ("error", "fault", "attempts", "consumer", "protocol")]
     assert line["path"] == "/u/1" and line["upstream_ms"] == 12.3 and line["duration_ms"] == 1.5
 
 
@@ -152,6 +152,8 @@ def test_the_shipped_line_written_out_equals_the_generic_renderer(vars_, attempt
     if vars_:
         req.vars.update(vars_)
         req.consumer = SimpleNamespace(id="bob")
+        from gwserver.errors import UpstreamError
+        req.error = UpstreamError('cannot connect to http://10.0.0.9:80: "refused"')
     shipped, generic = AccessFields(DEFAULT_FIELDS, "json"), AccessFields(DEFAULT_FIELDS, "json")
     generic.fast = False
     assert shipped.fast
