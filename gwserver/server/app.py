@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -360,6 +361,11 @@ class GatewayArbiter(Arbiter):
         return pid
 
     def manage_workers(self):
+        for pid, worker in self.WORKERS.items():
+            if not getattr(worker, "stopping", False) and self.draining_on_its_own(worker):
+                worker.stopping = True
+                log.info("worker %s is draining on its own (max_requests): its replacement "
+                         "starts now", pid)
         generation = getattr(self, "worker_generation", 1)
         serving = [pid for pid, w in self.WORKERS.items() if not getattr(w, "stopping", False)]
         current = [pid for pid in serving
@@ -382,6 +388,14 @@ class GatewayArbiter(Arbiter):
             self.ready_sent = True
             self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers")
             log.info("ready: %d workers serving", len(self.WORKERS))
+
+    @staticmethod
+    def draining_on_its_own(worker):
+        """A worker stopping by itself marks its heartbeat file (worker.tell_master_draining)."""
+        try:
+            return not os.fstat(worker.tmp.fileno()).st_mode & stat.S_IWUSR
+        except (OSError, ValueError):
+            return False
 
     def limit_draining(self):
         """At most ``max_draining_generations`` generations of old workers drain at once.

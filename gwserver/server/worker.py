@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import time
 
 import gevent
@@ -27,6 +28,7 @@ from ..core.throttledlog import throttled_log
 from .runtime import Runtime
 
 log = logging.getLogger("gwserver.worker")
+DRAINING_MODE = stat.S_IRUSR     # of the heartbeat file, once the worker drains
 
 
 class GatewayWorker(GeventWorker):
@@ -123,7 +125,19 @@ class GatewayWorker(GeventWorker):
             runtime.update_gauges()
             runtime.stopping.wait(1.0)
         runtime.alive = False           # answers from now on say Connection: close
+        self.tell_master_draining()
         self.drain(servers)
+
+    def tell_master_draining(self):
+        """Mark the heartbeat file read-only: a worker that stops on its own (max_requests)
+        is replaced at once, not once it has drained (a long download can take all of
+        graceful_timeout, with one worker less meanwhile). The master reads the mode with
+        the mtime it already reads (GatewayArbiter.draining_on_its_own); gunicorn itself
+        once beat its heartbeat with fchmod."""
+        try:
+            os.fchmod(self.tmp.fileno(), DRAINING_MODE)
+        except OSError:
+            pass
 
     def drain(self, servers):
         """Stop accepting and let every connection finish, within graceful_timeout.

@@ -389,6 +389,28 @@ def test_a_replacement_that_dies_on_boot_leaves_no_old_worker_serving(start_gate
     assert gw.request("GET", "/echo")[0].status == 200
 
 
+def test_a_worker_retiring_on_max_requests_is_replaced_while_it_drains(start_gateway,
+                                                                       upstream):
+    """max_requests: the worker drains what it holds (a download here) for up to
+    graceful_timeout. Its replacement must not wait for that: with one worker, nothing was
+    served for all of it (21 s)."""
+    gw = start_gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], workers=1,
+                                    server={"graceful_timeout": 20.0, "max_requests": 3}))
+    (first,) = gw.worker_pids()
+    download = _start_download(gw)          # held, not read: not done, not counted yet
+    try:
+        for _ in range(3):
+            assert gw.request("GET", "/echo")[0].status == 200
+        wait_until(lambda: "worker retiring" in gw.log(), timeout=5)
+        started = time.monotonic()
+        assert gw.request("GET", "/echo", timeout=25)[0].status == 200
+        assert time.monotonic() - started < 3
+        assert "is draining on its own (max_requests): its replacement starts now" in gw.log()
+        assert first in gw.worker_pids()    # still draining the download
+    finally:
+        download.close()
+
+
 def test_ttin_ttou_and_quit(start_gateway, upstream):
     gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
     os.kill(gw.pid, signal.SIGTTIN)
