@@ -94,6 +94,7 @@ def first_bad_field(pairs):
 
 
 def via_chain(received, own):
-    """The Via value for the next hop: what came in, then this gateway (``own``: b"1.1 " and
-    ``server.via``, the name it gives itself)."""
+    """The Via value for the next hop: what came in, then this gateway (``own``: the version
+    of the protocol the message came in, and ``server.via``, the name it gives itself:
+    b"1.1 gwserver", b"2 gwserver")."""
     return received + b", " + own if received else own

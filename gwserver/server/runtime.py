@@ -178,7 +178,9 @@ class Runtime:
         self.emit_b3 = tracing["b3"]
         self.trace_ids = TraceIds(random.randbytes)     # random is reseeded in each worker
         self.trace_response_header = tracing["response_header"].encode("latin-1")
-        self.via = b"1.1 " + conf.server["via"].encode("ascii")
+        # Via's entry for this hop by the protocol received (RFC 9110 7.6.3): "1.1 name"
+        name = conf.server["via"].encode("ascii")
+        self.via = {version: version.encode() + b" " + name for version in ("1.0", "1.1", "2")}
         self.span_exporter = None
         if self.tracing and tracing["otlp_endpoint"]:
             from .otel import SpanExporter

@@ -23,7 +23,8 @@ from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools, StreamNotOpened, StreamRefused
-from .proxy import forwarded_values, proxied_head, trace_headers, upstream_host, upstream_path
+from .proxy import (client_protocol, forwarded_values, proxied_head, trace_headers,
+                    upstream_host, upstream_path)
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
@@ -92,7 +93,8 @@ class H2Forwarder:
         headers += [(b"x-forwarded-for", xff), (b"x-forwarded-proto", proto),
                     (b"x-forwarded-host", fhost),
                     (b"x-request-id", req.request_id.encode("latin-1")),
-                    (b"via", via_chain(req.header_map.get(b"via"), self.proxy.runtime.via))]
+                    (b"via", via_chain(req.header_map.get(b"via"),
+                                       self.proxy.runtime.via[client_protocol(req)]))]
         if req.trace is not None:
             headers = [(k, v) for k, v in headers if k not in REPLACED_HEADERS] + [
                 (k.lower(), v) for k, v in trace_headers(req, self.proxy.runtime.emit_b3)]
@@ -252,7 +254,8 @@ class H2Forwarder:
         # Nothing waits for more than is already here.
         out = [proxied_head(status, None, block,
                             b"Transfer-Encoding: chunked\r\n" if chunked else b"",
-                            req.request_id, via_chain(upstream_via, self.proxy.runtime.via),
+                            req.request_id, via_chain(upstream_via,
+                                                      self.proxy.runtime.via["2"]),
                             b"keep-alive" if keep_alive else b"close")]
 
         def flush():

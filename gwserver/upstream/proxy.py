@@ -200,7 +200,7 @@ class Exchange:
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "block",
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
-                 "request_cut", "started")
+                 "request_cut", "started", "version")
 
     def __init__(self, conn):
         self.conn = conn
@@ -269,6 +269,7 @@ class Exchange:
                 raise UpstreamError("upstream sent a body with an interim (1xx) answer")
         end = raw.index(b"\r\n\r\n", start) + 2
         line_end = raw.index(b"\r\n", start)
+        self.version = "1.0" if raw.startswith(b"HTTP/1.0", start) else "1.1"    # for Via
         reason = raw[start + 13:line_end]           # after "HTTP/1.1 200 "
         # llhttp lets control bytes through in a reason phrase: the status's own phrase then
         self.reason = reason if _BAD_REASON.search(reason) is None else b""
@@ -657,7 +658,8 @@ class Proxy:
                      b"X-Request-ID: %s\r\nVia: %s" % (*forwarded_values(req, host),
                                                         req.request_id.encode("latin-1"),
                                                         via_chain(hmap.get(b"via"),
-                                                                  self.runtime.via)))
+                                                                  self.runtime.via[
+                                                                      client_protocol(req)])))
         if req.chunked:
             lines.append(b"Transfer-Encoding: chunked")
         elif req.content_length is not None:
@@ -838,7 +840,7 @@ class Proxy:
             keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
         block += response_line(req.trace, self.runtime.trace_response_header)
         head = proxied_head(client_status, reason, block, framing, req.request_id,
-                            via_chain(ex.via, self.runtime.via),
+                            via_chain(ex.via, self.runtime.via[ex.version]),
                             b"Upgrade" if status == 101 else b"keep-alive" if keep_alive
                             else b"close")
         return head, chunked_out, keep_alive, no_body, client_status, filters
@@ -1015,6 +1017,11 @@ def response_chunked(value):
         return True         # chunked must come last (RFC 9112 6.1), as llhttp frames it
     raise UpstreamError(f"upstream used transfer coding {value[:60]!r}, which the gateway "
                         f"does not decode")
+
+
+def client_protocol(req):
+    """The version of the protocol the client spoke, as Via writes it: "1.0", "1.1" or "2"."""
+    return "2" if req.var("protocol") == "HTTP/2" else req.version
 
 
 def proxied_head(status, reason, block, framing, request_id, via, connection):

@@ -36,7 +36,7 @@ def test_h2c_prior_knowledge_through_the_one_path(h2c_gw, tmp_path):
     assert echo["path"] == "/echo?x=1" and echo["version"] == "HTTP/1.1"     # merged slashes
     assert headers["x-forwarded-for"] == "127.0.0.1" and "x-real-ip" not in headers
     assert headers["host"] == f"127.0.0.1:{h2c_gw.port}" and headers["cookie"] == "a=1; b=2"
-    assert headers["via"] == "1.1 gwserver"
+    assert headers["via"] == "2 gwserver"       # the protocol this hop received (RFC 9110)
     (tmp_path / "body").write_bytes(b"x" * 300_000)
     out = curl("--http2-prior-knowledge", "--data-binary", f"@{tmp_path / 'body'}",
                f"{h2c_gw.url}/upload")

@@ -346,6 +346,19 @@ def test_the_gateways_own_answers_have_one_shape_and_their_bytes_are_logged(
     assert line["status"] == status and line["bytes"] == len(body)
 
 
+def test_via_names_the_protocol_each_hop_received(gw):
+    """RFC 9110 7.6.3: an HTTP/1.0 request is forwarded with "1.0 gwserver" (the h2c test
+    sees "2 gwserver"); the answer, which came over HTTP/1.1, carries "1.1 gwserver"."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /echo/v HTTP/1.0\r\nHost: x\r\nVia: 1.1 edge\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"\r\nVia: 1.1 gwserver\r\n" in head
+    assert dict(json.loads(body)["headers"])["Via"] == "1.1 edge, 1.0 gwserver"
+
+
 def test_an_upstream_failure_tells_the_client_nothing_of_the_inside(gw):
     """The 502 body carried the target's address and a Python class name
     (CheapCheckHTTPConnection(host=..., port=...)); the log line had no request id to find
