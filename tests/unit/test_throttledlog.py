@@ -1,6 +1,8 @@
 import logging
 import re
 
+import pytest
+
 from gwserver.core.throttledlog import FORGET_AFTER, ThrottledLog
 
 
@@ -25,9 +27,17 @@ def told(messages):
 LOG = logging.getLogger("t.throttle")
 
 
-def test_one_line_a_second_per_kind_and_the_next_counts_the_rest(caplog):
-    clock = Clock()
-    throttled = ThrottledLog(clock=clock)
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def throttled(clock):
+    return ThrottledLog(clock=clock)
+
+
+def test_one_line_a_second_per_kind_and_the_next_counts_the_rest(caplog, clock, throttled):
     with caplog.at_level(logging.INFO, logger="t.throttle"):
         for n in range(5):
             throttled.log(LOG, logging.INFO, "refused", "refused %d", n)
@@ -44,11 +54,9 @@ def test_one_line_a_second_per_kind_and_the_next_counts_the_rest(caplog):
         "refused quiet"]
 
 
-def test_a_burst_that_stops_is_told_by_the_next_flush(caplog):
+def test_a_burst_that_stops_is_told_by_the_next_flush(caplog, clock, throttled):
     """Nothing may be lost when no later line of the kind comes: the tick's flush writes
     the last line left out with the count of the others."""
-    clock = Clock()
-    throttled = ThrottledLog(clock=clock)
     with caplog.at_level(logging.INFO, logger="t.throttle"):
         for n in range(300):
             throttled.log(LOG, logging.INFO, ("refused", "r1"), "refused %d", n)
@@ -62,9 +70,7 @@ def test_a_burst_that_stops_is_told_by_the_next_flush(caplog):
     assert told(lines(caplog)) == 300
 
 
-def test_flush_everything_tells_what_a_worker_about_to_exit_left_out(caplog):
-    clock = Clock()
-    throttled = ThrottledLog(clock=clock)
+def test_flush_everything_tells_what_a_worker_about_to_exit_left_out(caplog, clock, throttled):
     with caplog.at_level(logging.INFO, logger="t.throttle"):
         for n in range(3):
             throttled.log(LOG, logging.WARNING, "k", "line %d", n)
@@ -72,9 +78,7 @@ def test_flush_everything_tells_what_a_worker_about_to_exit_left_out(caplog):
     assert told(lines(caplog)) == 3 and lines(caplog)[-1].startswith("line 2 (and 1 more")
 
 
-def test_quiet_kinds_are_forgotten(caplog):
-    clock = Clock()
-    throttled = ThrottledLog(clock=clock)
+def test_quiet_kinds_are_forgotten(caplog, clock, throttled):
     for n in range(1000):                       # kinds that come and go (route ids)
         throttled.log(LOG, logging.WARNING, ("route", n), "route %d", n)
     clock.now += FORGET_AFTER + 1
@@ -82,9 +86,7 @@ def test_quiet_kinds_are_forgotten(caplog):
     assert throttled._kinds == {}
 
 
-def test_the_traceback_of_a_line_left_out_is_kept_for_the_flush(caplog):
-    clock = Clock()
-    throttled = ThrottledLog(clock=clock)
+def test_the_traceback_of_a_line_left_out_is_kept_for_the_flush(caplog, clock, throttled):
     with caplog.at_level(logging.INFO, logger="t.throttle"):
         for n in range(2):
             try:
@@ -96,9 +98,7 @@ def test_the_traceback_of_a_line_left_out_is_kept_for_the_flush(caplog):
     assert [str(r.exc_info[1]) for r in caplog.records] == ["bug 0", "bug 1"]
 
 
-def test_a_level_that_is_off_neither_writes_nor_counts(caplog):
-    clock = Clock()
-    throttled = ThrottledLog(clock=clock)
+def test_a_level_that_is_off_neither_writes_nor_counts(caplog, clock, throttled):
     with caplog.at_level(logging.WARNING, logger="t.throttle"):
         for _ in range(3):
             throttled.log(LOG, logging.DEBUG, "quiet", "not wanted")
