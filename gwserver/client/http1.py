@@ -521,7 +521,8 @@ class ClientConnection:
             if not isinstance(exc, HTTPError):
                 route_id = req.route.id if req.route else None
                 throttled_log.log(log, logging.ERROR, ("unhandled", route_id),
-                                  "route %s: unhandled error", route_id, exc_info=exc)
+                                  "route %s: request %s: unhandled error", route_id,
+                                  req.request_id, exc_info=exc)
                 exc = InternalError("internal error; see the gateway's log")
             req.error = exc
             status = exc.status
@@ -557,7 +558,11 @@ class ClientConnection:
                                                  req.ended_by or "gateway")
         if self.upgraded:
             return False
-        return runtime.request_done() and keep_alive
+        # At max_requests the worker starts draining. This answer went out promising
+        # keep-alive: the connection gets one more request (answered Connection: close) or its
+        # keep-alive timeout, as serve() says, rather than a close under the client's feet.
+        runtime.request_done()
+        return keep_alive
 
 
     def answer(self, req, reply, keep_alive):

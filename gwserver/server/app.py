@@ -361,26 +361,33 @@ class GatewayArbiter(Arbiter):
         return pid
 
     def manage_workers(self):
+        """gunicorn's, by generation: keep ``workers`` serving from the current conf, stop
+        the others once those serve, and bound what drains (limit_draining).
+
+        Only the current generation counts: a new worker that dies (on boot, or while old
+        ones drain) is replaced now, and an old-configuration worker never stands in for it.
+        Workers already told to stop never count (gunicorn's count held them: a worker
+        retiring on max_requests had the older serving ones stopped with it)."""
         for pid, worker in self.WORKERS.items():
             if not getattr(worker, "stopping", False) and self.draining_on_its_own(worker):
-                worker.stopping = True
+                worker.stopping = worker.retiring = True
                 log.info("worker %s is draining on its own (max_requests): its replacement "
                          "starts now", pid)
         generation = getattr(self, "worker_generation", 1)
-        serving = [pid for pid, w in self.WORKERS.items() if not getattr(w, "stopping", False)]
+        serving = sorted((pid for pid, w in self.WORKERS.items()
+                          if not getattr(w, "stopping", False)),
+                         key=lambda pid: self.WORKERS[pid].age)
         current = [pid for pid in serving
                    if getattr(self.WORKERS[pid], "generation", 1) == generation]
-        # Only the current generation counts: a new worker that dies (on boot, or while old
-        # ones drain) is replaced now, and an old-configuration worker never stands in for it.
         for _ in range(self.num_workers - len(current)):
             self.spawn_worker()
-        older = [pid for pid in serving
-                 if getattr(self.WORKERS.get(pid), "generation", 1) != generation]
+        older = [pid for pid in serving if pid not in current]
         if older:
             self.wait_for_replacements()
             for pid in older:
                 self.kill_worker(pid, signal.SIGTERM)   # drains
-        super().manage_workers()        # TTOU: stops the oldest beyond num_workers
+        for pid in current[:max(0, len(current) - self.num_workers)]:
+            self.kill_worker(pid, signal.SIGTERM)       # TTOU: the oldest beyond the count
         self.limit_draining()
         if getattr(self, "helpers", None) is not None:
             self.manage_helpers()
@@ -421,6 +428,19 @@ class GatewayArbiter(Arbiter):
             for pid in pids:
                 self.WORKERS[pid].quitting = True
                 self.kill_worker(pid, signal.SIGQUIT)
+        # Workers retiring on max_requests: replaced at once, so a client that holds a
+        # connection on each (a download, a websocket) while it spends max_requests could
+        # pile them up. At most ``workers`` of them drain at once; past that, the oldest
+        # stops now.
+        retiring = sorted((pid for pid, w in self.WORKERS.items()
+                           if getattr(w, "retiring", False) and not getattr(w, "quitting", False)),
+                          key=lambda pid: self.WORKERS[pid].age)
+        for pid in retiring[:max(0, len(retiring) - self.num_workers)]:
+            log.warning("%d workers are draining after max_requests (at most server.workers "
+                        "= %d at once): stopping worker %s now; its open connections are cut",
+                        len(retiring), self.num_workers, pid)
+            self.WORKERS[pid].quitting = True
+            self.kill_worker(pid, signal.SIGQUIT)
 
     def kill_worker(self, pid, sig):
         worker = self.WORKERS.get(pid)

@@ -313,7 +313,7 @@ class Runtime:
 
     def request_done(self):
         """Count one answered request; False once max_requests is reached (the worker then
-        finishes what is in flight and exits, and the master replaces it)."""
+        drains what it holds and exits; the master replaces it at once)."""
         self.handled += 1
         if self.max_requests and self.handled >= self.max_requests:
             log.info("max_requests (%d) reached: worker retiring", self.max_requests)
@@ -367,10 +367,15 @@ class Runtime:
                 metrics.target_up.labels(upstream.id, target.url).set(
                     0 if target_key(upstream.id, target.url) in down else 1)
 
-    def close(self):
-        """After the drain: the last access lines, spans and gauges; pools and files closed."""
+    def flush_logs(self):
+        """Before the process ends: the access lines buffered, and what the log throttle
+        left out untold."""
         self.access.flush()
         throttled_log.flush(everything=True)
+
+    def close(self):
+        """After the drain: the last access lines, spans and gauges; pools and files closed."""
+        self.flush_logs()
         if self.span_exporter is not None:
             self.span_exporter.shutdown()   # send the spans still batched
         self.update_gauges()            # the last counts, before the master archives them

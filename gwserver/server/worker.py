@@ -17,6 +17,7 @@ import time
 import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
+from gunicorn.workers.base import Worker
 from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
@@ -53,7 +54,16 @@ class GatewayWorker(GeventWorker):
 
     def handle_quit(self, sig, frame):
         self.stop_runtime()
-        super().handle_quit(sig, frame)
+        # gunicorn's gevent worker exits in a greenlet (out of the signal handler, where
+        # logging's locks could deadlock); the logs are flushed there first, or the access
+        # lines of the last 50 ms and what the log throttle left out would be lost.
+        gevent.spawn(self.quit, sig, frame)
+
+    def quit(self, sig, frame):
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None:
+            runtime.flush_logs()
+        Worker.handle_quit(self, sig, frame)
 
     def handle_abort(self, sig, frame):
         self.stop_runtime()

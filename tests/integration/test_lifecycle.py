@@ -1,4 +1,5 @@
 """The master and its workers: titles, SIGTERM, SIGHUP reloads, respawn, entry-point plugins."""
+import http.client
 import json
 import os
 import re
@@ -409,6 +410,69 @@ def test_a_worker_retiring_on_max_requests_is_replaced_while_it_drains(start_gat
         assert first in gw.worker_pids()    # still draining the download
     finally:
         download.close()
+
+
+def _keepalive_requests(gw, n):
+    """Up to ``n`` requests on one connection (one worker), until it says close."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    answers = []
+    try:
+        for _ in range(n):
+            conn.request("GET", "/echo")
+            resp = conn.getresponse()
+            resp.read()
+            answers.append((resp.status, resp.getheader("Connection", "").lower()))
+            if answers[-1][1] == "close":
+                break
+    finally:
+        conn.close()
+    return answers
+
+
+def test_one_worker_retiring_on_max_requests_stops_no_other_worker(start_gateway, upstream):
+    """Only the retiring worker is replaced: gunicorn's count (every worker, draining ones
+    too) had the serving workers older than it stopped with it."""
+    gw = start_gateway(gateway_conf([route("e", ["/*rest"], upstream.url)], workers=3,
+                                    server={"graceful_timeout": 5.0, "max_requests": 20}))
+    wait_until(lambda: gw.log().count("Booting worker") == 3)
+    for _ in range(4):
+        _keepalive_requests(gw, 20)
+        time.sleep(2.0)
+    log = gw.log()
+    retired = len(set(re.findall(r"\[(\d+)\] \[INFO\] gwserver.worker: max_requests", log)))
+    assert retired >= 1
+    assert log.count("Booting worker") - 3 == retired, log[-3000:]
+
+
+def test_retiring_workers_that_hold_connections_do_not_pile_up(start_gateway, upstream):
+    """A client holding a download on each worker while it spends max_requests: at most
+    `workers` retirees drain at once (each replaced at once), the oldest past that stops."""
+    gw = start_gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], workers=2,
+                                    server={"graceful_timeout": 30.0, "max_requests": 4}))
+    held, most = [], 0
+    try:
+        for _ in range(10):
+            held.append(_start_download(gw))
+            for _ in range(4):
+                gw.request("GET", "/echo", timeout=10)
+            time.sleep(0.3)
+            most = max(most, len(gw.worker_pids()))
+        assert most <= 2 * 2 + 1, most        # serving, retirees, one being replaced
+        assert "workers are draining after max_requests" in gw.log()
+        assert gw.request("GET", "/echo")[0].status == 200
+    finally:
+        for download in held:
+            download.close()
+
+
+def test_the_answer_that_reaches_max_requests_keeps_its_keep_alive_promise(start_gateway,
+                                                                           upstream):
+    """It went out saying keep-alive: the connection takes one more request (answered
+    Connection: close), instead of closing under the client."""
+    gw = start_gateway(gateway_conf([route("e", ["/*rest"], upstream.url)], workers=1,
+                                    server={"graceful_timeout": 5.0, "max_requests": 3}))
+    answers = _keepalive_requests(gw, 5)
+    assert answers == [(200, "keep-alive")] * 3 + [(200, "close")], answers
 
 
 def test_ttin_ttou_and_quit(start_gateway, upstream):
