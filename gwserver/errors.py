@@ -118,7 +118,7 @@ class HeadersTooLarge(HTTPError):
 class UpstreamError(HTTPError):
     """The upstream refused, reset or sent something that is not HTTP."""
     status, error = 502, "bad_gateway"
-    public = "the upstream failed; the gateway's access log has the details under this request id"
+    public = "the upstream failed; the gateway's operators can find why under this request id"
 
 
 class UpstreamConnectError(UpstreamError):

@@ -111,7 +111,7 @@ DEFAULT_FIELDS = ("time", "request_id", "client", "method", "path", "route", "up
 # what the Common Log Format head already holds
 COMMON_HEAD = frozenset(["time", "client", "method", "path", "query", "version", "status",
                          "bytes"])
-DEFAULT_COMMON_FIELDS = ("route", "request_id", "duration_ms", "trace_id")
+DEFAULT_COMMON_FIELDS = ("route", "request_id", "duration_ms", "trace_id", "error")
 
 
 def _value(value, none):

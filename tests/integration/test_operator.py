@@ -3,6 +3,7 @@ reload status, check --dump), listeners are named, the state directory is the co
 the demo upstream answers on demand, and `routes status` tells live from stale."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -324,17 +325,38 @@ def test_an_upstream_down_does_not_write_a_line_per_request(start_gateway):
     lines a second from one worker, on top of the access log. One line a second per route
     and error, and the lines account for every request (the tick tells what a burst left
     out once it stops)."""
-    import re
     dead = free_port()                                   # nothing listens there
     gw = start_gateway(gateway_conf([route("dead", ["/dead"], f"http://127.0.0.1:{dead}")]))
     for _ in range(200):
         assert gw.request("GET", "/dead")[0].status == 502
-    pattern = r"route dead: request \S+: bad_gateway: .*"
-
-    def told():
-        found = re.findall(pattern, gw.log())
-        return len(found), len(found) + sum(int(n) for line in found
-                                            for n in re.findall(r"and (\d+) more like it", line))
-    wait_until(lambda: told()[1] == 200, timeout=5)
-    lines, _ = told()
+    wait_until(lambda: bad_gateway_lines_told(gw.log())[1] == 200, timeout=5)
+    lines, _ = bad_gateway_lines_told(gw.log())
     assert 2 <= lines <= 10, lines
+
+
+def bad_gateway_lines_told(log):
+    """(lines, 502s they account for) of route "dead" in a gateway's log."""
+    found = re.findall(r"route dead: request \S+: bad_gateway: .*", log)
+    return len(found), len(found) + sum(int(n) for line in found
+                                        for n in re.findall(r"and (\d+) more like it", line))
+
+
+def test_a_worker_told_to_quit_first_tells_what_its_log_throttle_left_out(start_gateway,
+                                                                          upstream):
+    """SIGQUIT (a quick stop, or the drain limit) ends a worker without its drain: it still
+    writes its buffered access lines and the count of the warnings it left out."""
+    dead = free_port()
+    gw = start_gateway(gateway_conf([route("dead", ["/dead"], f"http://127.0.0.1:{dead}"),
+                                     route("slow", ["/slow/:s"], upstream.url)]))
+    (worker,) = gw.worker_pids()
+    held = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    try:
+        held.sendall(b"GET /slow/5 HTTP/1.1\r\nHost: h\r\n\r\n")     # in flight at the quit
+        for _ in range(100):
+            assert gw.request("GET", "/dead")[0].status == 502
+        os.kill(worker, signal.SIGQUIT)
+        wait_until(lambda: worker not in gw.worker_pids(), timeout=10)
+        wait_until(lambda: bad_gateway_lines_told(gw.log())[1] == 100, timeout=5)
+        assert len([line for line in gw.access_lines() if line.get("route") == "dead"]) == 100
+    finally:
+        held.close()

@@ -367,7 +367,7 @@ def test_an_upstream_failure_tells_the_client_nothing_of_the_inside(gw):
     answer = json.loads(body)
     assert resp.status == 502 and answer["request_id"]
     assert "127.0.0.1" not in body.decode() and "Connection" not in body.decode()
-    assert "access log has the details" in answer["message"]
+    assert "can find why under this request id" in answer["message"]
     # The access log's line of that request says why, whatever the error log's throttle
     # kept (one warning a second per route and error).
     line = wait_until(lambda: [l for l in gw.access_lines()

@@ -173,3 +173,13 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     assert failed.returncode != 0 and "pip could not install" in failed.stderr, failed.stderr
     assert set(os.listdir(releases)) == before
     assert os.readlink(prefix / "current") == f"releases/{first_release}"
+    # A conf directory that cannot be made (a file is in the way): the same, and the paths
+    # given are the caller's (relative to its directory, not to the source tree).
+    (tmp_path / "blocked").write_text("")
+    relative = [str(ROOT / "scripts" / "install"), "--prefix", os.path.relpath(prefix, tmp_path),
+                "--confdir", "blocked", "--unitdir", "units", "--no-user", "--no-systemctl"]
+    failed = subprocess.run(relative, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert failed.returncode != 0
+    assert set(os.listdir(releases)) == before
+    assert os.readlink(prefix / "current") == f"releases/{first_release}"
+    assert not (ROOT / "blocked").exists() and not (ROOT / "link").exists()

@@ -89,7 +89,7 @@ def test_common_keeps_the_clf_head_then_the_other_fields():
         '10.0.0.9 - - [01/May/2024:12:00:00 +0000] "GET /u/1?page=2&q=a%20b HTTP/1.1" ' \
         '200 5 "curl/8" 200\n'
     default = compile_fields([], "common").line(req, 200, 5, None, 1.5, "T")
-    assert default.endswith('200 5 "users" "rid-1" 1.500 -\n')
+    assert default.endswith('200 5 "users" "rid-1" 1.500 - -\n')       # trace_id, error
 
 
 def test_a_common_target_cannot_forge_the_fields_after_it():
