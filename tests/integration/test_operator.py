@@ -360,3 +360,49 @@ def test_a_worker_told_to_quit_first_tells_what_its_log_throttle_left_out(start_
         assert len([line for line in gw.access_lines() if line.get("route") == "dead"]) == 100
     finally:
         held.close()
+
+
+def test_the_readme_demo_command_serves_from_a_runtime_only_venv(tmp_path):
+    """README's first command, `scripts/demo`, in a copy of the tree: its own venv with the
+    runtime dependencies only (no test extras to bring a missing one along; gunicorn's
+    gevent worker once needed `packaging` that only pytest brought, and every worker of a
+    fresh demo failed to boot). Its fixed ports are moved to free ones in the copy."""
+    import shutil
+    import urllib.request
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    source = tmp_path / "src"
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "*.egg-info", "build", "__pycache__", ".pytest_cache"))
+    port, admin, demo = free_port(), free_port(), free_port()
+    for name in ("conf/gwserver.toml", "scripts/demo"):
+        path = source / name
+        path.write_text(path.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+                        .replace("127.0.0.1:9180", f"127.0.0.1:{admin}")
+                        .replace("9001", str(demo)))
+    (tmp_path / "run").mkdir()
+    proc = subprocess.Popen([str(source / "scripts" / "demo")], cwd=source,
+                            env={**os.environ, "RUNTIME_DIRECTORY": str(tmp_path / "run")},
+                            stdout=open(tmp_path / "demo.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        def hello():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello", timeout=2) as r:
+                    return r.status
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
+                return None
+        assert wait_until(hello, timeout=300, interval=0.5) == 200
+        wait_until(lambda: "ready: 2 workers serving" in (tmp_path / "demo.log").read_text())
+        assert "ModuleNotFoundError" not in (tmp_path / "demo.log").read_text()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
