@@ -20,6 +20,7 @@ from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_o
                           map_of, number, one_of, show, string)
 from .errors import ConfigError
 from .files import FileRefused, read_bounded
+from .net.addresses import listener_addresses
 
 
 def bind_address(value):
@@ -377,16 +378,29 @@ HTTP2 = Schema(
 
 
 def proxy_protocol_problems(server, tls):
-    """PROXY listeners must be listeners, on IP, with someone trusted to speak it."""
-    binds = set(server["bind"]) | set((tls or {}).get("bind") or ())
+    """PROXY listeners must be listeners, on IP, with someone trusted to speak it. An entry
+    names a listener by the rule the worker applies (net.addresses: "[0:0::1]:8443" is
+    "[::1]:8443", a host name is resolved as gunicorn resolved it to bind)."""
+    listeners = set()
+    for bind in set(server["bind"]) | set((tls or {}).get("bind") or ()):
+        try:
+            listeners |= listener_addresses([bind])
+        except OSError:
+            pass        # a listener that cannot be resolved fails to bind, by its own name
     problems = []
     for bind in server["proxy_protocol"]:
-        if bind not in binds:
-            problems.append(f'server.proxy_protocol: "{bind}" is in neither server.bind nor '
-                            f'tls.bind')
-        elif bind.startswith("unix:"):
+        if bind.startswith("unix:"):
             problems.append(f'server.proxy_protocol: "{bind}" is a unix socket: its peers have '
                             f'no address to trust')
+            continue
+        try:
+            named = listener_addresses([bind])
+        except OSError as exc:
+            problems.append(f'server.proxy_protocol: "{bind}" cannot be resolved: {exc}')
+            continue
+        if not named & listeners:
+            problems.append(f'server.proxy_protocol: "{bind}" is in neither server.bind nor '
+                            f'tls.bind')
     if server["proxy_protocol"] and not server["trusted_proxies"]:
         problems.append("server.proxy_protocol: needs server.trusted_proxies, the load "
                         "balancers that may name a client (anyone else could name any address)")

@@ -55,7 +55,8 @@ from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_
 from ..core.throttledlog import throttled_log
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
-from ..net.sockets import (RECV_SIZE, PlainSocket, linger, listener_addresses, peer_address,
+from ..net.addresses import listener_addresses
+from ..net.sockets import (RECV_SIZE, PlainSocket, linger, peer_address,
                            raw_socket, send_all)
 
 log = logging.getLogger("gwserver.h2")

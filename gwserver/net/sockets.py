@@ -10,7 +10,6 @@ its reads may be served from bytes already decrypted while the descriptor is not
 sockets go through their own methods.
 """
 import errno
-import ipaddress
 import select
 import socket
 import ssl
@@ -201,22 +200,3 @@ def peer_address(addr):
     if address.startswith("::ffff:") and "." in address:
         return address[7:]
     return address
-
-
-def listener_addresses(binds):
-    """(ip, port) of each "host:port" bind as its listener's getsockname() says it: an IP in
-    its one spelling ("[0:0::1]" is "::1"), a host name resolved, as gunicorn resolved it to
-    bind. Compared as text, "localhost:8443" would match no listener, and a TLS or PROXY
-    listener would quietly speak plain HTTP."""
-    out = set()
-    for bind in binds:
-        if bind.startswith("unix:"):
-            continue
-        host, _, port = bind.rpartition(":")
-        host, port = host.strip("[]") or "0.0.0.0", int(port)
-        try:
-            out.add((str(ipaddress.ip_address(host)), port))
-        except ValueError:
-            out.update((info[4][0], port) for info in socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM))
-    return out

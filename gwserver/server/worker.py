@@ -24,7 +24,8 @@ from .. import proctitle
 from ..client.http1 import ClientConnection
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
-from ..net.sockets import listener_addresses, peer_address
+from ..net.addresses import listener_addresses
+from ..net.sockets import peer_address
 from ..core.throttledlog import throttled_log
 from .runtime import Runtime
 

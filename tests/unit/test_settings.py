@@ -194,3 +194,18 @@ def test_secret_files_are_read_and_their_problems_named_without_the_secret(tmp_p
 def test_proxy_protocol_listeners_are_listeners_with_a_trusted_balancer(server, problem):
     with pytest.raises(ConfigError, match=problem):
         parse_conf({"server": {"bind": ["127.0.0.1:8080"], **server}})
+
+
+@pytest.mark.parametrize("bind, entry", [
+    ("[::1]:8443", "[0:0::1]:8443"),            # one address, two spellings
+    ("127.0.0.1:8443", "localhost:8443"),       # a name, resolved as gunicorn binds it
+    ("localhost:8443", "127.0.0.1:8443"),
+])
+def test_proxy_protocol_names_a_listener_by_the_workers_rule(bind, entry):
+    """check compared the text and refused what the worker serves (or the reverse): both
+    now apply net.addresses.listener_addresses."""
+    from gwserver.net.addresses import listener_addresses
+    assert listener_addresses([entry]) & listener_addresses([bind])      # the worker's rule
+    conf = parse_conf({"server": {"bind": [bind], "proxy_protocol": [entry],
+                                  "trusted_proxies": ["10.0.0.0/8"]}})
+    assert conf.server["proxy_protocol"] == [entry]
