@@ -425,9 +425,7 @@ class GatewayArbiter(Arbiter):
                         "generations = %d): stopping generation %d (%d workers, pids %s) "
                         "now; their open connections are cut", len(draining), limit,
                         generation, len(pids), " ".join(map(str, sorted(pids))))
-            for pid in pids:
-                self.WORKERS[pid].quitting = True
-                self.kill_worker(pid, signal.SIGQUIT)
+            self.quit_workers(pids)
         # Workers retiring on max_requests: replaced at once, so a client that holds a
         # connection on each (a download, a websocket) while it spends max_requests could
         # pile them up. At most ``workers`` of them drain at once; past that, the oldest
@@ -439,6 +437,12 @@ class GatewayArbiter(Arbiter):
             log.warning("%d workers are draining after max_requests (at most server.workers "
                         "= %d at once): stopping worker %s now; its open connections are cut",
                         len(retiring), self.num_workers, pid)
+            self.quit_workers([pid])
+
+    def quit_workers(self, pids):
+        """Stop these draining workers at once (QUIT: their connections are cut); never
+        counted against a drain limit again."""
+        for pid in pids:
             self.WORKERS[pid].quitting = True
             self.kill_worker(pid, signal.SIGQUIT)
 
