@@ -457,7 +457,11 @@ def test_retiring_workers_that_hold_connections_do_not_pile_up(start_gateway, up
                 gw.request("GET", "/echo", timeout=10)
             time.sleep(0.3)
             most = max(most, len(gw.worker_pids()))
-        assert most <= 2 * 2 + 1, most        # serving, retirees, one being replaced
+            # Both workers can retire in one burst: for a moment the two oldest retirees
+            # (told to quit) have not exited yet. Then no more than serving + retirees are
+            # left, however many downloads are held (12 processes for 2 workers before).
+            wait_until(lambda: len(gw.worker_pids()) <= 2 * 2, timeout=5.0)
+        assert most <= 3 * 2, most
         assert "workers are draining after max_requests" in gw.log()
         assert gw.request("GET", "/echo")[0].status == 200
     finally:
