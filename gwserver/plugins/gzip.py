@@ -6,8 +6,10 @@ An answer is compressed when the request's ``Accept-Encoding`` takes gzip (q > 0
 is listed (``text/*`` matches every text type), it is not already encoded, it is at least
 ``min_length`` bytes when its length is known, it is not a 206 or an answer without a body,
 and it does not say ``Cache-Control: no-transform``. The body streams through zlib piece by
-piece (the gateway reframes it as chunked): a large answer is never held whole, and a client
-that does not read stalls the upstream read instead of filling memory. ``Vary:
+piece (the gateway reframes it as chunked): a large answer is never held whole, a client that
+does not read stalls the upstream read instead of filling memory, and each piece goes out
+compressed as it arrives (a sync flush), so an event stream is not held back. A compressed
+answer loses ``Accept-Ranges``: ranges of the upstream's bytes are not ranges of gzip's. ``Vary:
 Accept-Encoding`` is added to every answer of a listed type, compressed or not, so caches keep
 the two apart; a strong ``ETag`` becomes weak, as the bytes differ.
 """
@@ -86,10 +88,19 @@ def response(conf, ctx, head):
     if etag is not None and not etag.startswith("W/"):
         head.set_header("ETag", "W/" + etag)
     head.set_header("Content-Encoding", "gzip")
+    # Byte ranges of the upstream's bytes are not ranges of these: a client resuming this
+    # download with Range would splice raw bytes into gzip (nginx clears it too).
+    head.remove_header("Accept-Ranges")
     compressor = zlib.compressobj(conf["level"], zlib.DEFLATED, 31)     # 31: gzip framing
 
     def compress(data, last):
-        out = compressor.compress(data) if data else b""
-        return out + compressor.flush() if last else out
+        if last:
+            return compressor.compress(data) + compressor.flush()
+        if not data:
+            return b""
+        # The gateway sends each piece as it comes (an event stream, a long poll's lines):
+        # zlib would hold a small one until kilobytes follow. A sync flush costs a few
+        # bytes a piece, and a piece is at most what one read brought.
+        return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
     head.filter_body(compress)

@@ -23,7 +23,7 @@ from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools, StreamNotOpened, StreamRefused
-from .proxy import (client_protocol, forwarded_values, proxied_head, trace_headers,
+from .proxy import (client_protocol, filtered, forwarded_values, proxied_head, trace_headers,
                     upstream_host, upstream_path)
 
 
@@ -240,10 +240,13 @@ class H2Forwarder:
         upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
         headers = [(k, v) for k, v in headers if k != b"via" and k != b"x-request-id"]
         chain = req.route.chain
+        filters = None
         if chain.response_steps_of(req):
             head = ResponseHead(status, headers)
             chain.run_response(req, head)
-            headers = head.headers
+            # what the client gets: rewrite may map the status (never to or from one that
+            # frames differently), gzip and rewrite may filter the body
+            headers, status, filters = head.headers, head.status, head.body_filters
         chunked = req.version == "1.1"
         if not chunked:
             keep_alive = False
@@ -258,32 +261,40 @@ class H2Forwarder:
                                                       self.proxy.runtime.via["2"]),
                             b"keep-alive" if keep_alive else b"close")]
 
-        def flush():
+        if req.method == "HEAD" or status in (204, 304):
+            client.write(out[0])
+            return status, 0, keep_alive
+        encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
+        body = []       # the client's body bytes since the last send
+        sent = 0
+
+        def flush(last=False, end=b""):
+            """Send what is here in one write: the head if still held, then the body since
+            the last send as one piece (a body filter, gzip, sees it whole and passes it on
+            at once), then ``end``."""
+            nonlocal sent
+            data = b"".join(body)
+            body.clear()
+            if filters:
+                data = filtered(filters, [data], last)
+            if data:
+                sent += len(data)
+                out.extend((b"%x\r\n" % len(data), data, b"\r\n") if chunked else (data,))
+            if end:
+                out.append(end)
             if out:
                 data = b"".join(out)
                 out.clear()
                 client.write(data)
-        if req.method == "HEAD" or status in (204, 304):
-            flush()
-            return status, 0, keep_alive
-        encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
-        sent = 0
-
-        def write(data):
-            nonlocal sent
-            if encoder is not None:
-                data = encoder.feed(data)
-            if data:
-                sent += len(data)
-                out.append(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
-        flushed_at = 0
+        held = 0
         try:
             if not stream.ready():
                 flush()
             for chunk in stream.chunks():
-                write(chunk)
-                if not stream.ready() or sent - flushed_at >= RELAY_BATCH:
-                    flushed_at = sent   # bounded: what is acknowledged upstream is sent on
+                body.append(chunk if encoder is None else encoder.feed(chunk))
+                held += len(chunk)
+                if not stream.ready() or held >= RELAY_BATCH:
+                    held = 0            # bounded: what is acknowledged upstream is sent on
                     flush()
         except Exception as exc:
             exc.response_started = True     # the head is out: the answer can only be cut
@@ -293,17 +304,13 @@ class H2Forwarder:
                 pass
             raise
         if grpc:
-            write(grpcweb.trailer_frame(stream.trailers or trailers_only))
-            if encoder is not None:
-                tail = encoder.finish()
-                if tail:
-                    sent += len(tail)
-                    out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if chunked else tail)
+            frame = grpcweb.trailer_frame(stream.trailers or trailers_only)
+            body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
+        end = b""
         if chunked:
             trailers = stream.trailers if not grpc and b"trailers" in \
                 req.header_map.get(b"te", b"").lower() else ()
-            out.append(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair
-                                                   for pair in trailers))
-        flush()
+            end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
+        flush(last=True, end=end)
         return status, sent, keep_alive
 

@@ -1,10 +1,16 @@
 """gzip against real processes: what is compressed and what is not, streaming, and a client
 that asks for a huge compressible answer and never reads it."""
 import gzip as gzlib
+import http.client
 import json
 import socket
+import threading
 import time
+import zlib
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from ..conftest import gateway_conf, route
@@ -132,3 +138,118 @@ def test_a_client_that_never_reads_a_huge_compressible_answer_holds_no_memory(gw
         assert rss_mib() - before < 60
     finally:
         sock.close()
+
+
+# -- both upstream protocols (issue 13: one upstream path) ------------------------------------
+
+@pytest.fixture(scope="module")
+def both(module_launcher):
+    """nginx over HTTP/1.1 and over h2c, the same answers: gzip on each route."""
+    answers = ('default_type application/json; '
+               f"location /json {{{{ add_header Accept-Ranges bytes; return 200 '{NGINX_DOC}'; }}}}")
+    h1 = module_launcher.nginx("gz-h1", "listen 127.0.0.1:{port}; " + answers)
+    h2 = module_launcher.nginx("gz-h2", "listen 127.0.0.1:{port} http2; " + answers)
+    return module_launcher.gateway(gateway_conf([
+        {"id": proto, "paths": [f"/{proto}/*rest"], "strip_prefix": f"/{proto}",
+         "upstream": {"targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": protocol},
+         "plugins": {"gzip": {}}}
+        for proto, port, protocol in (("h1", h1, "http1"), ("h2", h2, "h2"))]))
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+def test_an_answer_is_compressed_whichever_protocol_the_upstream_speaks(both, proto):
+    """An HTTP/2 upstream's answer went out saying Content-Encoding: gzip over the plain
+    bytes: no client could read it."""
+    status, headers, body = fetch(both, f"/{proto}/json", GZ)
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzlib.decompress(body).decode() == DOC
+    # A Range on the upstream's bytes would splice them into gzip's: no ranges offered.
+    assert "accept-ranges" not in headers
+    _, plain, body = fetch(both, f"/{proto}/json")
+    assert plain["accept-ranges"] == "bytes" and body.decode() == DOC
+
+
+class EventStream:
+    """An upstream that sends one event, then a second only when ``release`` is set (or
+    after 10 s), over HTTP/1.1 (chunked) or h2c."""
+
+    def __init__(self, protocol):
+        self.protocol, self.release = protocol, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        with sock:
+            try:
+                (self.h2 if self.protocol == "h2" else self.http1)(sock)
+            except OSError:
+                pass
+
+    def http1(self, sock):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
+        self.release.wait(10)
+        sock.sendall(b"9\r\ndata: 2\n\n\r\n0\r\n\r\n")
+
+    def h2(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        stream_id = None
+        while stream_id is None:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.RequestReceived):
+                    stream_id = event.stream_id
+            sock.sendall(conn.data_to_send())
+        conn.send_headers(stream_id, [(b":status", b"200"),
+                                      (b"content-type", b"text/event-stream")])
+        conn.send_data(stream_id, b"data: 1\n\n")
+        sock.sendall(conn.data_to_send())
+        self.release.wait(10)
+        conn.send_data(stream_id, b"data: 2\n\n", end_stream=True)
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(2.0)
+        try:
+            while sock.recv(65536):     # until the gateway is done with the connection
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        self.release.set()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("protocol", ["http1", "h2"])
+def test_a_compressed_event_stream_goes_out_as_it_comes(launcher, protocol):
+    """zlib holds small input until kilobytes follow: each event waited in the gateway for
+    the ones after it (for good, on a quiet feed). Each piece now goes out as it comes."""
+    upstream = EventStream(protocol)
+    try:
+        gw = launcher.gateway(gateway_conf([{
+            "id": "events", "paths": ["/events"], "plugins": {"gzip": {
+                "types": ["text/event-stream"], "min_length": 0}},
+            "upstream": {"targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                         "protocol": protocol}}]))
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+        conn.request("GET", "/events", headers={"Accept-Encoding": "gzip"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Encoding") == "gzip"
+        inflate, got = zlib.decompressobj(31), b""
+        while b"data: 1\n\n" not in got:        # the socket's timeout bounds the wait
+            got += inflate.decompress(resp.read1(65536))
+        assert got == b"data: 1\n\n" and not upstream.release.is_set()
+        upstream.release.set()
+        got += inflate.decompress(resp.read()) + inflate.flush()
+        assert got == b"data: 1\n\ndata: 2\n\n" and inflate.eof
+        conn.close()
+    finally:
+        upstream.close()

@@ -63,3 +63,27 @@ def test_h1_and_h2_upstreams_receive_the_same_request_and_answer_the_same_head(b
     assert h1_head.pop("via") == "1.1 origin, 1.1 edge-7"
     assert h2_head.pop("via") == "1.1 origin, 2 edge-7"
     assert h1_head == h2_head
+
+
+@pytest.fixture(scope="module")
+def rewritten(module_launcher):
+    """A route of each protocol whose rewrite maps the upstream's 404 to 410 with a body."""
+    gone = 'default_type text/plain; location / {{ return 404 "upstream body"; }}'
+    h1 = module_launcher.nginx("gone-h1", "listen 127.0.0.1:{port}; " + gone)
+    h2 = module_launcher.nginx("gone-h2", "listen 127.0.0.1:{port} http2; " + gone)
+    rewrite = {"response_status": {"404": 410}, "response_body": "no more at $path",
+               "response_headers": {"set": {"X-Rewritten": "yes"}}}
+    return module_launcher.gateway(gateway_conf([
+        {"id": proto, "paths": [f"/{proto}/*rest"], "strip_prefix": f"/{proto}",
+         "upstream": {"targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": protocol},
+         "plugins": {"rewrite": rewrite}}
+        for proto, port, protocol in (("h1", h1, "http1"), ("h2", h2, "h2"))]))
+
+
+def test_a_response_rewrite_holds_whichever_protocol_the_upstream_speaks(rewritten):
+    """An HTTP/2 upstream's answer kept its own status and body: the response phase's status
+    and body filters were dropped on that path."""
+    for proto in ("h1", "h2"):
+        resp, body = rewritten.request("GET", f"/{proto}/old")
+        assert (resp.status, body, resp.getheader("X-Rewritten")) == \
+            (410, f"no more at /{proto}/old".encode(), "yes"), proto
