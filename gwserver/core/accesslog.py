@@ -37,7 +37,7 @@ def _upstream_status(req, status, sent, upstream):
     # neither a plugin nor an error made the gateway write the status itself
     if req.upstream_seconds is None or req.ended_by is not None or req.error is not None:
         return None
-    return status
+    return req.var("upstream_status", status)       # set when a plugin changed the status
 
 
 def _trace_id(req, status, sent, upstream):

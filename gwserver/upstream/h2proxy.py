@@ -246,6 +246,8 @@ class H2Forwarder:
             chain.run_response(req, head)
             # what the client gets: rewrite may map the status (never to or from one that
             # frames differently), gzip and rewrite may filter the body
+            if head.status != status:
+                req.vars["upstream_status"] = status        # for the access log
             headers, status, filters = head.headers, head.status, head.body_filters
         chunked = req.version == "1.1"
         if not chunked:

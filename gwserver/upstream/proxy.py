@@ -829,6 +829,7 @@ class Proxy:
             block = head.block()
             if head.status != status:
                 client_status, reason = head.status, None   # the new status's own phrase
+                req.vars["upstream_status"] = status        # for the access log
         chunked_out = False
         if (ex.content_length is not None and not filters) or no_body:
             framing = b""       # Content-Length passes through in the block

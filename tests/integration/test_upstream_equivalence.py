@@ -4,7 +4,7 @@ import pytest
 
 from gwserver.plugins.key_auth import hash_key
 
-from ..conftest import gateway_conf
+from ..conftest import gateway_conf, wait_until
 
 KEY = "ak_equivalence_0123456789"
 
@@ -77,7 +77,8 @@ def rewritten(module_launcher):
         {"id": proto, "paths": [f"/{proto}/*rest"], "strip_prefix": f"/{proto}",
          "upstream": {"targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": protocol},
          "plugins": {"rewrite": rewrite}}
-        for proto, port, protocol in (("h1", h1, "http1"), ("h2", h2, "h2"))]))
+        for proto, port, protocol in (("h1", h1, "http1"), ("h2", h2, "h2"))],
+        log={"access_fields": ["time", "route", "status", "upstream_status"]}))
 
 
 def test_a_response_rewrite_holds_whichever_protocol_the_upstream_speaks(rewritten):
@@ -87,3 +88,7 @@ def test_a_response_rewrite_holds_whichever_protocol_the_upstream_speaks(rewritt
         resp, body = rewritten.request("GET", f"/{proto}/old")
         assert (resp.status, body, resp.getheader("X-Rewritten")) == \
             (410, f"no more at /{proto}/old".encode(), "yes"), proto
+    # The access log tells both: what the client got, and what the upstream said.
+    lines = wait_until(lambda: len(rewritten.access_lines()) >= 2 and rewritten.access_lines())
+    assert sorted((l["route"], l["status"], l["upstream_status"]) for l in lines) == \
+        [("h1", 410, 404), ("h2", 410, 404)]
