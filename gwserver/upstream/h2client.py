@@ -66,6 +66,12 @@ class StreamRefused(StreamNotOpened):
     go to another connection, whatever its method."""
 
 
+class StreamBroken(UpstreamError):
+    """The stream was reset, or its connection failed, before the answer's head: the
+    ``reset`` event of a route's retry policy, as a connection closed before an answer is
+    on HTTP/1.1 upstreams."""
+
+
 class _UpstreamH2(h2.connection.H2Connection):
     """h2, with two changes an upstream connection needs; both override h2's
     ``_receive_frame`` (private since h2 2.0, the same through 4.x; the GOAWAY and flood tests
@@ -537,7 +543,12 @@ class StreamResponse:
     def head(self):
         interim = 0
         while True:
-            event = self._next()
+            try:
+                event = self._next()
+            except StreamNotOpened:
+                raise
+            except UpstreamError as exc:        # reset, or the connection failed
+                raise StreamBroken(exc.reason) from None
             if isinstance(event, h2.events.ResponseReceived):
                 headers = [(bytes(k), bytes(v)) for k, v in event.headers]
                 code = dict(headers).get(b":status", b"")

@@ -22,9 +22,9 @@ from ..core.routes import no_target_reason
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
-from .h2client import H2Pools, StreamNotOpened, StreamRefused
-from .proxy import (client_protocol, filtered, forwarded_values, proxied_head, trace_headers,
-                    upstream_host, upstream_path)
+from .h2client import H2Pools, StreamBroken, StreamNotOpened
+from .proxy import (back_off, client_protocol, filtered, forwarded_values, proxied_head,
+                    trace_headers, upstream_host, upstream_path)
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
@@ -36,6 +36,25 @@ RELAY_BATCH = 65536        # most answer bytes held to join with what follows (o
 # upstream that refuses at once has taken at most its initial window (64 KiB by default); a
 # client-streaming gRPC call may wait for its head to the end, so this is held per call.
 REPLAY_LIMIT = 64 << 10
+
+
+class Exchange:
+    """One try's open parts: the stream, the sender greenlet of a streamed body, and the
+    answer's head once read."""
+    __slots__ = ("stream", "sender", "status", "fields")
+
+    def __init__(self, stream, sender, status=None, fields=None):
+        self.stream, self.sender, self.status, self.fields = stream, sender, status, fields
+
+    def close(self):
+        if self.sender is not None:
+            # Waited for: a sender parked in the client's socket must be gone before the
+            # connection reads or lingers on that socket again.
+            self.sender.kill(block=True)
+            self.sender = None
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
 
 class TakenBody:
@@ -101,6 +120,12 @@ class H2Forwarder:
         return headers
 
     def forward(self, client, req, keep_alive, upstream):
+        """Proxy ``req`` to an HTTP/2 upstream; return (status, body bytes sent, client
+        keep-alive). Tries follow the route's retry policy as on HTTP/1.1 upstreams
+        (Proxy.forward): a failed connect for any method; a reset, a timeout or an answer's
+        status only with the body held whole and a method the policy names; never once a
+        byte reached the client. A stream the upstream did not process is another matter
+        (``attempt``)."""
         route = req.route
         if not upstream.targets:
             raise ServiceUnavailable(no_target_reason(upstream))
@@ -112,90 +137,133 @@ class H2Forwarder:
                 body = grpcweb.decode_text_body(body)
             except ValueError:
                 raise BadRequest("the grpc-web-text body is not base64") from None
-        proxy, passive = self.proxy, upstream.passive
+        proxy = self.proxy
         now = started = time.monotonic()
         budget = proxy.budget(upstream)
         budget.request()
         policy = route.retry if upstream is route.upstream else upstream.retry
-        tried, attempts_left = [], policy.attempts
-        while True:             # a failed connect sent nothing: another target may take it
-            target = proxy.choose(upstream, tried, req, now)
-            try:
-                connection = self.pools.get(target, route.connect_timeout, upstream.tls,
-                                            route.read_timeout)
-                break
-            except UpstreamConnectError as exc:
-                proxy.book_failure(upstream, target, refused=now)
-                if not proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
-                                       "connect" in policy.events, exc.reason, now):
-                    raise
-                attempts_left -= 1
+        replayable = not streamed and req.method in policy.methods
+        head_timeout = policy.per_try_timeout or route.read_timeout
         call_timeout = grpc_timeout(req.header_map.get(b"grpc-timeout"))
         # A little grace: an upstream that keeps the deadline itself answers with its own
         # status (and trailers) first; the gateway's bound is for those that do not.
         deadline = started + call_timeout + DEADLINE_GRACE if call_timeout is not None \
             else None
         outstanding = proxy.outstanding     # least_outstanding weighs HTTP/2 exchanges too
-        outstanding[target.url] = outstanding.get(target.url, 0) + 1
-        try:
-            sender = None
+        tried, attempts_left = [], policy.attempts
+        while True:
+            if tried:
+                now = time.monotonic()      # a try, a timeout or a backoff took time
+            target = proxy.choose(upstream, tried, req, now)
             try:
-                headers = self.request_headers(req, target, upstream, grpc)
-                taken = TakenBody(body) if streamed else None
-                more, reopened, stream = streamed, False, None
-                req.sent = True
-                try:
-                    while True:
-                        try:
-                            stream = connection.request(headers, body, route.read_timeout,
-                                                        more, deadline, proxy.pool_timeout)
-                            if more:
-                                sender = gevent.spawn(self.send_body, client, req, route,
-                                                      connection, stream, taken)
-                            status, fields = stream.head()
-                            break
-                        except StreamNotOpened:
-                            # Not processed (never sent, or refused: RFC 9113 8.7): a new
-                            # connection takes it, once, with the body so far (what the
-                            # sender took is kept for this, up to REPLAY_LIMIT).
-                            if reopened or stream is not None and taken is not None and \
-                                    taken.size > REPLAY_LIMIT:
-                                raise
-                            reopened = True
-                            if sender is not None:
-                                sender.kill(block=True)
-                                sender = None
-                            if stream is not None:
-                                stream.close()
-                                stream = None
-                            if taken is not None:
-                                body, more = b"".join(taken.pieces), not taken.ended
-                            connection = self.pools.get(target, route.connect_timeout,
-                                                        upstream.tls, route.read_timeout)
-                    if taken is not None:
-                        taken.pieces = None     # answered: nothing more is kept
-                    req.upstream_seconds = time.monotonic() - started
-                    answer = self.relay(client, req, stream, status, fields, grpc, keep_alive,
-                                        target)
-                finally:
-                    if sender is not None:
-                        # Waited for: a sender parked in the client's socket must be gone
-                        # before the connection reads or lingers on that socket again.
-                        sender.kill(block=True)
-                    if stream is not None:
-                        stream.close()
-            except (UpstreamError, UpstreamTimeout) as exc:
-                if getattr(exc, "deadline_hit", False):
-                    req.vars["grpc_deadline_hit"] = True
-                elif passive is not None:       # resets, timeouts, broken streams: a failure
-                    self.proxy.runtime.passive.observe(upstream, target, False)
+                connection = self.pools.get(target, route.connect_timeout, upstream.tls,
+                                            route.read_timeout)
+            except UpstreamConnectError as exc:
+                proxy.book_failure(upstream, target, refused=now)
+                if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
+                                   "connect" in policy.events, exc.reason, now):
+                    attempts_left -= 1
+                    continue
                 raise
-            if passive is not None:
-                self.proxy.runtime.passive.observe(upstream, target,
-                                                  status not in passive["statuses"])
-        finally:
-            outstanding[target.url] -= 1
-        return answer
+            outstanding[target.url] = outstanding.get(target.url, 0) + 1
+            exchange = None
+            try:
+                try:
+                    exchange = self.attempt(client, req, connection, target, upstream, grpc,
+                                            body, streamed, deadline, head_timeout)
+                except (UpstreamTimeout, StreamBroken) as exc:
+                    if getattr(exc, "deadline_hit", False):
+                        req.vars["grpc_deadline_hit"] = True    # the call's own bound
+                        raise
+                    proxy.book_failure(upstream, target)
+                    event = "timeout" if isinstance(exc, UpstreamTimeout) else "reset"
+                    if replayable and proxy.may_retry(route, upstream, target, tried,
+                                                      attempts_left, budget,
+                                                      event in policy.events, exc.reason,
+                                                      now, policy.backoff):
+                        attempts_left -= 1
+                        continue
+                    raise
+                except UpstreamError:
+                    proxy.book_failure(upstream, target)
+                    raise
+                status = exchange.status
+                if status in policy.statuses and replayable and proxy.may_retry(
+                        route, upstream, target, tried, attempts_left, budget, True,
+                        f"{target.url} answered {status}", now):
+                    # Nothing of this answer has reached the client: drop it and try again,
+                    # its stream closed first (a wait must hold none of the upstream's).
+                    exchange.close()
+                    exchange = None
+                    proxy.book_outcome(upstream, target, status)
+                    attempts_left -= 1
+                    back_off(policy.backoff, len(tried) - 1)
+                    continue
+                try:
+                    answer = self.relay(client, req, exchange.stream, status, exchange.fields,
+                                        grpc, keep_alive, target)
+                except (UpstreamError, UpstreamTimeout) as exc:
+                    if getattr(exc, "deadline_hit", False):
+                        req.vars["grpc_deadline_hit"] = True
+                    else:
+                        proxy.book_failure(upstream, target)
+                    raise
+            finally:
+                outstanding[target.url] -= 1
+                if exchange is not None:
+                    exchange.close()
+            proxy.book_outcome(upstream, target, status)
+            return answer
+
+    def attempt(self, client, req, connection, target, upstream, grpc, body, streamed,
+                deadline, head_timeout):
+        """One try: open a stream, send the request (the body held, or the client's as it
+        arrives, through a sender greenlet) and read the answer's head within
+        ``head_timeout``. A stream the upstream did not process (RFC 9113 8.7) goes to a
+        new connection once, whatever the method, with the body so far: that is no retry of
+        a failure and takes nothing from the budget. On failure nothing of the try is left
+        open."""
+        route = req.route
+        started = time.monotonic()
+        headers = self.request_headers(req, target, upstream, grpc)
+        taken = TakenBody(body) if streamed else None
+        more, reopened, stream, sender = streamed, False, None, None
+        req.sent = True
+        try:
+            while True:
+                try:
+                    stream = connection.request(headers, body, route.read_timeout, more,
+                                                deadline, self.proxy.pool_timeout)
+                    if more:
+                        sender = gevent.spawn(self.send_body, client, req, route,
+                                              connection, stream, taken)
+                    stream.timeout = head_timeout
+                    status, fields = stream.head()
+                    stream.timeout = route.read_timeout
+                    break
+                except StreamNotOpened:
+                    # Not processed (never sent, or refused): a new connection takes it,
+                    # once, with the body so far (what the sender took is kept for this,
+                    # up to REPLAY_LIMIT).
+                    if reopened or stream is not None and taken is not None and \
+                            taken.size > REPLAY_LIMIT:
+                        raise
+                    reopened = True
+                    Exchange(stream, sender).close()
+                    stream = sender = None
+                    if taken is not None:
+                        body, more = b"".join(taken.pieces), not taken.ended
+                    connection = self.pools.get(target, route.connect_timeout,
+                                                upstream.tls, route.read_timeout)
+        except BaseException:
+            Exchange(stream, sender).close()
+            raise
+        if taken is not None:
+            taken.pieces = None     # answered: nothing more is kept
+        req.upstream_seconds = time.monotonic() - started
+        req.attempts += 1
+        return Exchange(stream, sender, status, fields)
+
 
     def send_body(self, client, req, route, connection, stream, taken):
         """The sender greenlet: the client's body, piece by piece, as it arrives, kept in
