@@ -108,6 +108,9 @@ class H2Forwarder:
                          grpcweb.upstream_content_type(grpc[1]).encode()), (b"te", b"trailers")]
         elif is_grpc(req.header_map.get(b"content-type")):
             headers.append((b"te", b"trailers"))        # gRPC servers insist on it
+        if req.content_length is not None and not grpc:
+            # as an HTTP/1.1 upstream is told (a gRPC-Web body is translated: its own length)
+            headers.append((b"content-length", b"%d" % req.content_length))
         xff, proto, fhost = forwarded_values(req, authority)
         headers += [(b"x-forwarded-for", xff), (b"x-forwarded-proto", proto),
                     (b"x-forwarded-host", fhost),
@@ -303,8 +306,6 @@ class H2Forwarder:
                        not k.startswith(b"grpc-")]
             headers.append((b"content-type",
                             grpcweb.client_content_type(grpc[0], grpc[1], upstream_type).encode()))
-        else:
-            headers = [(k, v) for k, v in headers if k != b"content-length"]
         upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
         headers = [(k, v) for k, v in headers if k != b"via" and k != b"x-request-id"]
         chain = req.route.chain
@@ -317,9 +318,21 @@ class H2Forwarder:
             if head.status != status:
                 req.vars["upstream_status"] = status        # for the access log
             headers, status, filters = head.headers, head.status, head.body_filters
-        chunked = req.version == "1.1"
-        if not chunked:
-            keep_alive = False
+        no_body = req.method == "HEAD" or status in (204, 304)
+        # The upstream's Content-Length (h2 holds its DATA to it) frames the answer as it
+        # does an HTTP/1.1 upstream's, and a HEAD, 204 or 304 keeps it as it came; chunked
+        # only when a body filter changes the body or trailers may follow.
+        lengths = [v for k, v in headers if k.lower() == b"content-length"]
+        length = None
+        if lengths and not no_body:
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            if not filters and b"trailers" not in req.header_map.get(b"te", b"").lower() and \
+                    lengths.count(lengths[0]) == len(lengths) and lengths[0].isdigit():
+                length = lengths[0]
+                headers.append((b"content-length", length))
+        chunked = req.version == "1.1" and length is None and not no_body
+        if not chunked and length is None and not no_body:
+            keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream
         block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers) + \
             response_line(req.trace, self.proxy.runtime.trace_response_header)
         # What is ready goes out in one write: the head, the messages and the trailers the
@@ -331,7 +344,7 @@ class H2Forwarder:
                                                       self.proxy.runtime.via["2"]),
                             b"keep-alive" if keep_alive else b"close")]
 
-        if req.method == "HEAD" or status in (204, 304):
+        if no_body:
             client.write(out[0])
             return status, 0, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
@@ -382,5 +395,12 @@ class H2Forwarder:
                 req.header_map.get(b"te", b"").lower() else ()
             end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
         flush(last=True, end=end)
+        if length is not None and sent != int(length):
+            # h2 holds DATA to content-length; should that ever miss, the client's framing
+            # must not: the connection is cut, not reused
+            exc = UpstreamError(f"{target.url} sent {sent} body bytes, its content-length "
+                                f"said {int(length)}")
+            exc.response_started = True
+            raise exc
         return status, sent, keep_alive
 

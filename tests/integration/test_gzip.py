@@ -146,7 +146,8 @@ def test_a_client_that_never_reads_a_huge_compressible_answer_holds_no_memory(gw
 def both(module_launcher):
     """nginx over HTTP/1.1 and over h2c, the same answers: gzip on each route."""
     answers = ('default_type application/json; '
-               f"location /json {{{{ add_header Accept-Ranges bytes; return 200 '{NGINX_DOC}'; }}}}")
+               f"location /json {{{{ add_header Accept-Ranges bytes; return 200 '{NGINX_DOC}'; }}}} "
+               "location /small {{ return 200 '{{\"a\":1}}'; }}")
     h1 = module_launcher.nginx("gz-h1", "listen 127.0.0.1:{port}; " + answers)
     h2 = module_launcher.nginx("gz-h2", "listen 127.0.0.1:{port} http2; " + answers)
     return module_launcher.gateway(gateway_conf([
@@ -253,3 +254,10 @@ def test_a_compressed_event_stream_goes_out_as_it_comes(launcher, protocol):
         conn.close()
     finally:
         upstream.close()
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+def test_min_length_holds_whichever_protocol_the_upstream_speaks(both, proto):
+    """gzip never saw an HTTP/2 upstream's Content-Length: a 7-byte answer was compressed."""
+    status, headers, body = fetch(both, f"/{proto}/small", GZ)
+    assert status == 200 and "content-encoding" not in headers and body == b'{"a":1}'

@@ -13,7 +13,7 @@ import pytest
 
 from ..conftest import gateway_conf
 from ..h2_upstreams import H2cUpstream
-from .test_h2_upstream_fields import answer_to
+from .test_h2_upstream_fields import answer_to, body_of
 
 
 class EarlyH2Upstream(H2cUpstream):
@@ -64,7 +64,7 @@ def test_an_early_answer_and_reset_is_relayed_and_ends_the_connection(gw, framin
     answer = post(gw.port, framing, 200_000)
     head = answer.partition(b"\r\n\r\n")[0].lower()
     if framing == "length":
-        assert answer.startswith(b"HTTP/1.1 403") and b"\r\nnope\r\n" in answer, answer[:300]
+        assert answer.startswith(b"HTTP/1.1 403") and body_of(answer) == b"nope", answer[:300]
     else:   # the stream was gone before the first piece went out: no answer to relay yet
         assert answer.startswith((b"HTTP/1.1 403", b"HTTP/1.1 502")), answer[:300]
     assert b"connection: close" in head and b"keep-alive" not in head

@@ -74,6 +74,21 @@ def answer_to(port, request_bytes):
     return answer
 
 
+def body_of(answer):
+    """The body of a raw HTTP/1.1 answer, whatever its framing (chunked or not)."""
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    if b"\r\ntransfer-encoding: chunked" not in head.lower():
+        return rest
+    body = b""
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        body, rest = body + rest[:size], rest[size + 2:]
+    return body
+
+
 def test_good_fields_pass_through(gw):
     answer = http1(gw.port, b"/good")
     assert answer.startswith(b"HTTP/1.1 200")

@@ -12,7 +12,9 @@ ECHO = ('location / {{ add_header Via "1.1 origin"; return 200 "xff=$http_x_forw
         'xfh=$http_x_forwarded_host|xfp=$http_x_forwarded_proto|via=$http_via|'
         'rid=$http_x_request_id|tp=$http_traceparent|ts=$http_tracestate|host=$host|'
         'conn=$http_connection|custom=$http_x_custom|uri=$request_uri|'
-        'cid=$http_x_consumer_id|cgroups=$http_x_consumer_groups|key=$http_x_api_key"; }}')
+        'cid=$http_x_consumer_id|cgroups=$http_x_consumer_groups|key=$http_x_api_key|'
+        'cl=$http_content_length"; }} location /s204 {{ return 204; }} '
+        'location /s304 {{ return 304; }}')
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,36 @@ def test_h1_and_h2_upstreams_receive_the_same_request_and_answer_the_same_head(b
     assert h1_head.pop("via") == "1.1 origin, 1.1 edge-7"
     assert h2_head.pop("via") == "1.1 origin, 2 edge-7"
     assert h1_head == h2_head
+
+
+def test_a_request_body_is_announced_alike(both):
+    """An HTTP/2 upstream was never told the body's length (an HTTP/1.1 upstream was)."""
+    for proto in ("h1", "h2"):
+        resp, body = both.request("POST", f"/{proto}/a", body=b"x" * 17,
+                                  headers={"X-API-Key": KEY})
+        values = dict(part.split("=", 1) for part in body.decode().split("|"))
+        assert (resp.status, values["cl"]) == (200, "17"), proto
+
+
+def test_an_answer_is_framed_alike(both):
+    """An HTTP/2 upstream's answers lost their Content-Length (a HEAD could not tell the
+    size), and its 204, 304 and HEAD answers went out with Transfer-Encoding: chunked (RFC
+    9112 6.1: never on a 204)."""
+    framing = {}
+    for proto in ("h1", "h2"):
+        for method, path in (("GET", "/a"), ("HEAD", "/a"), ("GET", "/s204"),
+                             ("GET", "/s304")):
+            resp, body = both.request(method, f"/{proto}{path}", headers={"X-API-Key": KEY})
+            length = resp.getheader("Content-Length")
+            framing[proto, method, path] = (resp.status, resp.getheader("Transfer-Encoding"),
+                                            length is not None)
+            if method == "GET" and path == "/a":
+                assert length == str(len(body)), proto
+    for method, path in (("GET", "/a"), ("HEAD", "/a"), ("GET", "/s204"), ("GET", "/s304")):
+        assert framing["h1", method, path] == framing["h2", method, path], (method, path)
+    assert framing["h2", "GET", "/a"] == (200, None, True)
+    assert framing["h2", "HEAD", "/a"] == (200, None, True)
+    assert framing["h2", "GET", "/s204"][:2] == (204, None)
 
 
 @pytest.fixture(scope="module")
