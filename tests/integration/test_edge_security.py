@@ -185,6 +185,15 @@ def test_a_second_response_in_the_same_read_is_discarded(raw_gw):
     assert "sent more than one response" in raw_gw.log()
 
 
+def test_an_http1_upstreams_trailers_are_dropped(raw_gw):
+    """docs/http2.md: as nginx and Envoy do by default; the body arrives whole, its framing
+    the gateway's own."""
+    status, answer = raw_request(raw_gw.port, b"GET /trailers HTTP/1.1\r\nHost: gw\r\n"
+                                              b"TE: trailers\r\nConnection: close\r\n\r\n")
+    assert status == 200 and b"x-trailer" not in answer.lower().partition(b"\r\n\r\n")[2]
+    assert answer.endswith(b"5\r\nhello\r\n0\r\n\r\n"), answer
+
+
 def test_headers_an_upstream_names_in_connection_stop_at_the_gateway(raw_gw):
     """RFC 9110 7.6.1 on the way back: what the upstream's Connection names is hop-by-hop;
     a plain keep-alive (any case) names nothing, and the other headers pass."""
