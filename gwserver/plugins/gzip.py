@@ -9,7 +9,8 @@ and it does not say ``Cache-Control: no-transform``. The body streams through zl
 piece (the gateway reframes it as chunked): a large answer is never held whole, a client that
 does not read stalls the upstream read instead of filling memory, and each piece goes out
 compressed as it arrives (a sync flush), so an event stream is not held back. A compressed
-answer loses ``Accept-Ranges``: ranges of the upstream's bytes are not ranges of gzip's. ``Vary:
+answer loses ``Accept-Ranges``: ranges of the upstream's bytes are not ranges of gzip's. A
+HEAD gets the head the GET would (Content-Encoding, the weak ETag), without a length. ``Vary:
 Accept-Encoding`` is added to every answer of a listed type, compressed or not, so caches keep
 the two apart; a strong ``ETag`` becomes weak, as the bytes differ.
 """
@@ -64,7 +65,7 @@ def accepts_gzip(value):
 
 
 def response(conf, ctx, head):
-    if ctx.method == "HEAD" or head.status in NO_BODY or head.status < 200:
+    if head.status in NO_BODY or head.status < 200:
         return
     media = (head.header("content-type") or "").partition(";")[0].strip().lower()
     if not (media in conf["exact"] or media.startswith(conf["families"])):
@@ -91,6 +92,11 @@ def response(conf, ctx, head):
     # Byte ranges of the upstream's bytes are not ranges of these: a client resuming this
     # download with Range would splice raw bytes into gzip (nginx clears it too).
     head.remove_header("Accept-Ranges")
+    if ctx.method == "HEAD":
+        # the head a GET would get (its ETag, its encoding), and no length: that of the
+        # compressed body is not known before it is compressed
+        head.remove_header("Content-Length")
+        return
     compressor = zlib.compressobj(conf["level"], zlib.DEFLATED, 31)     # 31: gzip framing
 
     def compress(data, last):

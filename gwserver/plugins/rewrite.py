@@ -32,7 +32,8 @@ cannot be edited here.
 ``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
 framing differs). ``response_body`` replaces the body of the upstream's answer (of every
 status, or those in ``response_body_statuses``) with a fixed text with ``$variables``; the
-upstream's body is read and dropped as it streams, never held.
+upstream's body is read and dropped as it streams, never held. A HEAD gets the status and
+headers without the upstream's Content-Length (the GET's body is the text, not that one).
 """
 import logging
 import re
@@ -233,10 +234,13 @@ def response(conf, ctx, head):
         if value and is_field_value(value):
             head.headers.append((name, value.encode("latin-1")))
     body = conf["body"]
-    if body is not None and head.status not in BODILESS and ctx.method != "HEAD" and \
+    if body is not None and head.status not in BODILESS and \
             (not conf["body_statuses"] or head.status in conf["body_statuses"]):
-        text = body.expand(ctx).encode("utf-8")
-        head.filter_body(lambda data, last: text if last else b"")
+        if ctx.method == "HEAD":
+            head.remove_header("Content-Length")    # the upstream's body's, not the text's
+        else:
+            text = body.expand(ctx).encode("utf-8")
+            head.filter_body(lambda data, last: text if last else b"")
     status = conf["status"].get(head.status)
     if status is not None:
         head.status = status

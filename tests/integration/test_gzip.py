@@ -261,3 +261,19 @@ def test_min_length_holds_whichever_protocol_the_upstream_speaks(both, proto):
     """gzip never saw an HTTP/2 upstream's Content-Length: a 7-byte answer was compressed."""
     status, headers, body = fetch(both, f"/{proto}/small", GZ)
     assert status == 200 and "content-encoding" not in headers and body == b'{"a":1}'
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+def test_a_head_gets_the_head_a_get_would(both, proto):
+    """HEAD went out unencoded with the upstream's length while GET was gzip: a client
+    sizing the download, or a cache comparing validators, was told another story."""
+    with socket.create_connection(("127.0.0.1", both.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /%s/json HTTP/1.1\r\nHost: gw\r\nAccept-Encoding: gzip\r\n"
+                     b"Connection: close\r\n\r\n" % proto.encode())
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    head = answer.lower()
+    assert head.startswith(b"http/1.1 200") and b"\r\ncontent-encoding: gzip\r\n" in head
+    assert b"content-length" not in head and b"accept-ranges" not in head
+    assert b"vary: accept-encoding" in head and answer.endswith(b"\r\n\r\n")

@@ -122,5 +122,9 @@ def test_a_response_rewrite_holds_whichever_protocol_the_upstream_speaks(rewritt
             (410, f"no more at /{proto}/old".encode(), "yes"), proto
     # The access log tells both: what the client got, and what the upstream said.
     lines = wait_until(lambda: len(rewritten.access_lines()) >= 2 and rewritten.access_lines())
+    # A HEAD is told the status, not the length of the upstream's body the GET does not get.
+    for proto in ("h1", "h2"):
+        resp, body = rewritten.request("HEAD", f"/{proto}/old")
+        assert (resp.status, resp.getheader("Content-Length"), body) == (410, None, b""), proto
     assert sorted((l["route"], l["status"], l["upstream_status"]) for l in lines) == \
         [("h1", 410, 404), ("h2", 410, 404)]
