@@ -8,8 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 
 
 class H2cUpstream:
@@ -118,3 +120,110 @@ class StreamingH2Upstream(H2cUpstream):
             pass
         finally:
             sock.close()
+
+
+class ScriptedH2Upstream(H2cUpstream):
+    """h2c that treats every request alike; ``behaviour``:
+    - "ok": 200, the body "<name> got <request body bytes>", with content-length
+    - "500": the same with :status 500
+    - "reset": RST_STREAM INTERNAL_ERROR once the request is in, instead of an answer
+    - "slow": "ok" after ``delay`` seconds
+    - "204-length": 204 with content-length: 7 (RFC 9110 8.6 forbids it)
+    - at the request's head, before its body: "refuse" (RST_STREAM REFUSED_STREAM),
+      "reset-at-head" (RST_STREAM INTERNAL_ERROR 0.2 s later), "early-413" (413 "too big!",
+      then RST_STREAM NO_ERROR, as RFC 9113 8.1 allows)
+    ``window``: the INITIAL_WINDOW_SIZE it grants; ``ack``: whether it opens the windows of
+    the body it reads again. ``requests`` counts the requests it acted on."""
+    AT_HEAD = ("refuse", "reset-at-head", "early-413")
+
+    def __init__(self, name, behaviour, delay=3.0, window=None, ack=True):
+        self.name, self.behaviour, self.delay = name, behaviour, delay
+        self.window, self.ack = window, ack
+        self.requests = 0
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, validate_outbound_headers=False))
+        conn.initiate_connection()
+        if self.window is not None:
+            conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.window})
+        lock = threading.Lock()
+        sizes = {}
+
+        def send():
+            sock.sendall(conn.data_to_send())
+
+        def answer(stream_id, status, body=None, reset=None):
+            body = body if body is not None else \
+                b"%s got %d" % (self.name.encode(), sizes.pop(stream_id, 0))
+            with lock:
+                try:
+                    conn.send_headers(stream_id, [(b":status", status),
+                                                  (b"content-length", b"%d" % len(body))],
+                                      end_stream=not body)
+                    if body:
+                        conn.send_data(stream_id, body, end_stream=True)
+                    if reset is not None and conn.streams.get(stream_id) is not None and \
+                            not conn.streams[stream_id].closed:
+                        conn.reset_stream(stream_id, reset)     # the request is still open
+                    send()
+                except (h2.exceptions.ProtocolError, OSError):
+                    pass
+
+        def reset(stream_id, code):
+            with lock:
+                try:
+                    conn.reset_stream(stream_id, code)
+                    send()
+                except (h2.exceptions.ProtocolError, OSError):
+                    pass
+
+        def act(stream_id):
+            self.requests += 1
+            behaviour = self.behaviour
+            if behaviour == "500":
+                answer(stream_id, b"500")
+            elif behaviour == "reset":
+                reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            elif behaviour == "refuse":
+                reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            elif behaviour == "reset-at-head":
+                threading.Timer(0.2, reset, (stream_id,
+                                             h2.errors.ErrorCodes.INTERNAL_ERROR)).start()
+            elif behaviour == "early-413":
+                answer(stream_id, b"413", b"too big!", reset=h2.errors.ErrorCodes.NO_ERROR)
+            elif behaviour == "204-length":
+                with lock:
+                    conn.send_headers(stream_id, [(b":status", b"204"),
+                                                  (b"content-length", b"7")], end_stream=True)
+                    send()
+            elif behaviour == "slow":
+                threading.Timer(self.delay, answer, (stream_id, b"200")).start()
+            else:
+                answer(stream_id, b"200")
+
+        with sock:
+            with lock:
+                send()
+            try:
+                while data := sock.recv(65536):
+                    with lock:
+                        events = conn.receive_data(data)
+                        send()
+                    for event in events:
+                        if isinstance(event, h2.events.DataReceived):
+                            sizes[event.stream_id] = sizes.get(event.stream_id, 0) + \
+                                len(event.data)
+                            if self.ack:
+                                with lock:
+                                    conn.acknowledge_received_data(
+                                        event.flow_controlled_length, event.stream_id)
+                                    send()
+                        if isinstance(event, h2.events.RequestReceived) and \
+                                self.behaviour in self.AT_HEAD or \
+                                isinstance(event, h2.events.StreamEnded) and \
+                                self.behaviour not in self.AT_HEAD:
+                            act(event.stream_id)
+            except (h2.exceptions.ProtocolError, OSError):
+                pass

@@ -29,6 +29,7 @@ counts as JSON.
                     so): another request on that connection counts as /early-answer:reused
   /via-spaces       200 whose Via value holds 60,000 spaces
   /trailers         200 chunked "hello" with a trailer field X-Trailer: t1
+  /204-length       204 with Content-Length: 7 (RFC 9110 8.6 forbids it)
   /lead-crlf        200 with two CRLFs before its status line (llhttp skips them)
   /100-crlf         100 Continue, a CRLF, then 200
   /bad-reason       200 whose reason phrase holds a control byte
@@ -179,6 +180,8 @@ def handle(conn, path):
         conn.sendall(response(b"INJECTED"))
     elif path == "/admin/secret":
         conn.sendall(response(b"SECRET"))
+    elif path == "/204-length":
+        conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n")
     elif path == "/trailers":
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer\r\n"
                      b"\r\n5\r\nhello\r\n0\r\nX-Trailer: t1\r\n\r\n")

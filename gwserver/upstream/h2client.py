@@ -409,6 +409,16 @@ class H2Connection:
         if body:
             try:
                 self.send_body(stream_id, stream, body, timeout, end=not more)
+            except StreamNotOpened:
+                self.finish(stream_id, stream)
+                raise
+            except UpstreamError as exc:
+                # The stream ended while its body went out: reset, answered early (RFC 9113
+                # 8.1 lets an upstream answer and reset), or the connection failed. What
+                # came is queued ahead of this: head() reads it (an early answer is relayed,
+                # a reset is StreamBroken: the policy's "reset").
+                stream.events.put(exc)
+                return StreamResponse(self, stream_id, stream, timeout, deadline)
             except BaseException:
                 # No StreamResponse reaches the caller to close it: the stream would hold
                 # one of the upstream's concurrent streams for ever.

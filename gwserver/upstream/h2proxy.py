@@ -187,6 +187,23 @@ class H2Forwarder:
                         attempts_left -= 1
                         continue
                     raise
+                except StreamNotOpened as exc:
+                    # Refused twice: nothing was processed, so another target may take it,
+                    # whatever the method, as after a failed connect.
+                    proxy.book_failure(upstream, target)
+                    if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
+                                       "connect" in policy.events or
+                                       "reset" in policy.events, exc.reason, now):
+                        attempts_left -= 1
+                        continue
+                    raise
+                except UpstreamConnectError as exc:     # the refused stream's new connection
+                    proxy.book_failure(upstream, target, refused=now)
+                    if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
+                                       "connect" in policy.events, exc.reason, now):
+                        attempts_left -= 1
+                        continue
+                    raise
                 except UpstreamError:
                     proxy.book_failure(upstream, target)
                     raise
@@ -240,7 +257,9 @@ class H2Forwarder:
                     if more:
                         sender = gevent.spawn(self.send_body, client, req, route,
                                               connection, stream, taken)
-                    stream.timeout = head_timeout
+                    # A streamed body is never retried, and the upstream may answer only
+                    # once it has all of it: per_try_timeout does not bound an upload.
+                    stream.timeout = route.read_timeout if more else head_timeout
                     status, fields = stream.head()
                     stream.timeout = route.read_timeout
                     break
@@ -319,6 +338,8 @@ class H2Forwarder:
                 req.vars["upstream_status"] = status        # for the access log
             headers, status, filters = head.headers, head.status, head.body_filters
         no_body = req.method == "HEAD" or status in (204, 304)
+        if status == 204:       # RFC 9110 8.6: never on a 204 (HTTP/2 clients refuse it)
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         # The upstream's Content-Length (h2 holds its DATA to it) frames the answer as it
         # does an HTTP/1.1 upstream's, and a HEAD, 204 or 304 keeps it as it came; chunked
         # only when a body filter changes the body or trailers may follow.

@@ -282,7 +282,9 @@ class Exchange:
             name = match.group(1).lower()
             if name == b"content-length":
                 self.content_length = match.group(2).rstrip(b" \t")
-                continue
+                if self.status != 204:
+                    continue        # kept: it frames the answer
+                # RFC 9110 8.6: never on a 204 (HTTP/2 clients refuse it): cut below
             if name == b"upgrade" and self.status == 101:
                 continue
             pieces.append(block[pos:match.start() - base])     # up to this line

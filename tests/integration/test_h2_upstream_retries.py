@@ -1,83 +1,14 @@
 """A route's retry policy on HTTP/2 upstreams (issue 13: one upstream path). Only connect
 failures were retried there: an answer in the policy's statuses, a reset stream and a try
 past per_try_timeout reached the client, where an HTTP/1.1 upstream's were retried."""
-import threading
+import socket
 import time
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
 import pytest
 
 from ..conftest import gateway_conf, wait_until
-from ..h2_upstreams import H2cUpstream
-
-
-class ScriptedH2Upstream(H2cUpstream):
-    """h2c that treats every request the same way: ``behaviour`` is "ok" (200, the body
-    names the upstream and the size of the request body it got), "500", "reset"
-    (RST_STREAM INTERNAL_ERROR instead of an answer) or "slow" (200 after ``delay``)."""
-
-    def __init__(self, name, behaviour, delay=3.0):
-        self.name, self.behaviour, self.delay = name, behaviour, delay
-        self.requests = 0
-        super().__init__()
-
-    def connection(self, sock):
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        conn.initiate_connection()
-        lock = threading.Lock()
-        sizes = {}
-
-        def send():
-            sock.sendall(conn.data_to_send())
-
-        def answer(stream_id, status):
-            body = b"%s got %d" % (self.name.encode(), sizes.pop(stream_id, 0))
-            with lock:
-                try:
-                    conn.send_headers(stream_id, [(b":status", status),
-                                                  (b"content-length", b"%d" % len(body))])
-                    conn.send_data(stream_id, body, end_stream=True)
-                    send()
-                except (h2.exceptions.ProtocolError, OSError):
-                    pass
-
-        with sock:
-            with lock:
-                send()
-            try:
-                while data := sock.recv(65536):
-                    with lock:
-                        events = conn.receive_data(data)
-                        send()
-                    for event in events:
-                        if isinstance(event, h2.events.DataReceived):
-                            sizes[event.stream_id] = sizes.get(event.stream_id, 0) + \
-                                len(event.data)
-                            with lock:
-                                conn.acknowledge_received_data(event.flow_controlled_length,
-                                                               event.stream_id)
-                                send()
-                        if not isinstance(event, h2.events.StreamEnded):
-                            continue        # act once the whole request is in
-                        self.requests += 1
-                        if self.behaviour == "500":
-                            answer(event.stream_id, b"500")
-                        elif self.behaviour == "reset":
-                            with lock:
-                                conn.reset_stream(event.stream_id,
-                                                  h2.errors.ErrorCodes.INTERNAL_ERROR)
-                                send()
-                        elif self.behaviour == "slow":
-                            threading.Timer(self.delay, answer,
-                                            (event.stream_id, b"200")).start()
-                        else:
-                            answer(event.stream_id, b"200")
-            except (h2.exceptions.ProtocolError, OSError):
-                pass
+from ..h2_upstreams import ScriptedH2Upstream
+from ..h2client import RawH2
 
 
 @pytest.fixture
@@ -93,13 +24,13 @@ def upstreams():
         upstream.close()
 
 
-def gateway(launcher, targets, retry=None):
+def gateway(launcher, targets, retry=None, **sections):
     route = {"id": "r", "paths": ["/*rest"], "upstream": {
         "targets": [{"url": f"http://127.0.0.1:{t.port}"} for t in targets], "protocol": "h2"}}
     if retry is not None:
         route["retry"] = retry
     return launcher.gateway(gateway_conf([route], log={
-        "access_fields": ["time", "status", "upstream", "attempts"]}))
+        "access_fields": ["time", "status", "upstream", "attempts"]}, **sections))
 
 
 def answers(gw, n, method="GET", body=None):
@@ -149,3 +80,71 @@ def test_per_try_timeout_bounds_each_try_and_the_next_goes_elsewhere(launcher, u
     assert slow.requests >= 2
     plain = gateway(launcher, [slow, good], {"per_try_timeout": 0.3})
     assert 504 in [status for status, _ in answers(plain, 6)]
+
+
+def test_a_stream_refused_twice_goes_to_another_target(launcher, upstreams):
+    """Refused twice on the same connection was a 502 though another target was healthy;
+    a refused stream was never processed: any method goes elsewhere, as after a failed
+    connect (the default policy)."""
+    refusing, good = upstreams("refusing", "refuse"), upstreams("good", "ok")
+    gw = gateway(launcher, [refusing, good])
+    assert answers(gw, 6, "POST", b"x" * 100) == [(200, b"good got 100")] * 6
+    assert refusing.requests >= 3
+
+
+def test_a_reset_while_a_held_body_is_sent_is_retried(launcher, upstreams):
+    """A body that does not fit the upstream's window is still going out when the reset
+    comes: that was a 502 the policy's reset did not cover."""
+    broken = upstreams("broken", "reset-at-head", window=1000, ack=False)
+    good = upstreams("good", "ok")
+    gw = gateway(launcher, [broken, good], {"on": ["reset"], "methods": ["POST"]})
+    answers(gw, 4)                          # connections open, their SETTINGS known
+    assert answers(gw, 6, "POST", b"x" * 5000) == [(200, b"good got 5000")] * 6
+    assert broken.requests >= 3
+
+
+def test_an_early_answer_to_a_held_body_reaches_the_client(launcher, upstreams):
+    """RFC 9113 8.1: an answer, then a reset, before the body was all sent. The answer was
+    thrown away for a 502."""
+    gw = gateway(launcher, [upstreams("early", "early-413", window=1000, ack=False)])
+    answers(gw, 2)
+    assert answers(gw, 3, "POST", b"x" * 5000) == [(413, b"too big!")] * 3
+
+
+def test_per_try_timeout_does_not_cut_a_streamed_upload(launcher, upstreams):
+    """A streamed body is never retried: a client pausing longer than per_try_timeout got a
+    504 mid-upload (an HTTP/1.1 upstream's head wait starts once the body is sent)."""
+    gw = gateway(launcher, [upstreams("good", "ok")], {"per_try_timeout": 0.5})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        first = b"a" * 70000                # over request_buffer_size: streamed
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n%x\r\n%s\r\n" % (len(first), first))
+        time.sleep(1.5)
+        sock.sendall(b"5\r\nhello\r\n0\r\n\r\n")
+        got = b""
+        while piece := sock.recv(65536):
+            got += piece
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"good got 70005"), got[:300]
+
+
+def test_a_204_never_carries_a_content_length(launcher, upstreams):
+    """RFC 9110 8.6: an upstream's content-length on a 204 went on to HTTP/2 clients, which
+    refuse the stream (PROTOCOL_ERROR), from HTTP/1.1 and HTTP/2 upstreams alike."""
+    raw = launcher.raw_upstream()
+    h2 = upstreams("h2", "204-length")
+    gw = launcher.gateway(gateway_conf([
+        {"id": "h1", "paths": ["/h1/*rest"], "strip_prefix": "/h1",
+         "upstream": {"targets": [{"url": f"http://127.0.0.1:{raw.port}"}]}},
+        {"id": "h2", "paths": ["/h2/*rest"], "strip_prefix": "/h2",
+         "upstream": {"targets": [{"url": f"http://127.0.0.1:{h2.port}"}], "protocol": "h2"}}],
+        http2={"h2c": True}))
+    client = RawH2(gw.port)
+    try:
+        for path in ("/h1/204-length", "/h2/none"):
+            status, headers, body, _ = client.response(client.request(path))
+            assert (status, "content-length" in headers, body) == (204, False, b""), path
+    finally:
+        client.close()
+    for path in ("/h1/204-length", "/h2/none"):
+        resp, body = gw.request("GET", path)
+        assert (resp.status, resp.getheader("Content-Length"), body) == (204, None, b"")
