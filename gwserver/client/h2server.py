@@ -702,6 +702,9 @@ class H2ServerConnection:
                               self.client_ip, what, limit)
             self.goaway(E.ENHANCE_YOUR_CALM, what)
             self.closed = True
+            # The rest of the flood is unread: a plain close is a RST, which can overtake the
+            # GOAWAY at the client and take its reason with it (as in read_loop's error path).
+            linger(self.sock, self.runtime.client_buf, self.runtime.deadlines, self)
             try:
                 self.sock.close()
             except OSError:

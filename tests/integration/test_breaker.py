@@ -244,14 +244,19 @@ def test_redis_down_falls_back_to_per_host_breaker(launcher, upstream):
 
 def test_admin_view_and_metrics_show_breakers(launcher, upstream):
     redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf([guarded(upstream)], workers=2,
+    # open_for long enough that a loaded host's admin request still finds it open
+    gw = launcher.gateway(gateway_conf([guarded(upstream, open_for=5.0, max_open_for=10.0)],
+                                       workers=2,
                                        redis={"url": redis.url}))
-    for _ in range(4):
+    for _ in range(3):
         get(gw, "/br/status/500")
+    tripping = time.monotonic()         # the fourth failure trips it
+    get(gw, "/br/status/500")
     view = json.loads(gw.admin_get("/admin/breakers")[1])
     entry = view["breakers"]["route:br"]
     assert entry["state"] == "open" and entry["routes"] == ["br"] and entry["trips"] == 1
-    assert entry["config"]["min_requests"] == 4 and 0 < entry["half_open_in"] <= 0.4
+    assert entry["config"]["min_requests"] == 4
+    assert 5.0 - (time.monotonic() - tripping) - 0.001 <= entry["half_open_in"] <= 5.0
 
     def scraped():
         text = gw.admin_get("/metrics")[1].decode()

@@ -327,11 +327,13 @@ def test_an_upstream_down_does_not_write_a_line_per_request(start_gateway):
     out once it stops)."""
     dead = free_port()                                   # nothing listens there
     gw = start_gateway(gateway_conf([route("dead", ["/dead"], f"http://127.0.0.1:{dead}")]))
+    started = time.monotonic()
     for _ in range(200):
         assert gw.request("GET", "/dead")[0].status == 502
     wait_until(lambda: bad_gateway_lines_told(gw.log())[1] == 200, timeout=5)
     lines, _ = bad_gateway_lines_told(gw.log())
-    assert 2 <= lines <= 10, lines
+    # at most one a second (a loaded host makes the burst longer), and the last count
+    assert 2 <= lines <= time.monotonic() - started + 2, lines
 
 
 def bad_gateway_lines_told(log):

@@ -114,6 +114,7 @@ def test_a_flood_of_refused_connections_writes_a_line_a_second(launcher, upstrea
         server={"trusted_proxies": ["127.0.0.1/32"], "proxy_protocol": [f"127.0.0.1:{behind}"]}),
         extra_binds=[f"127.0.0.1:{behind}"])
     proxied.behind = behind
+    started = time.monotonic()
     for _ in range(300):
         with socket.create_connection(("127.0.0.1", proxied.behind)) as sock:
             sock.sendall(b"GET /echo HTTP/1.1\r\nHost: gw\r\n\r\n")
@@ -121,7 +122,8 @@ def test_a_flood_of_refused_connections_writes_a_line_a_second(launcher, upstrea
     # Every refusal is told, also when none follows the burst (the tick flushes the count).
     wait_until(lambda: refusals_told(proxied.log()) == 300, timeout=5)
     lines = proxied.log().count("PROXY protocol connection from 127.0.0.1 refused")
-    assert 2 <= lines <= 10, lines
+    # at most one a second (a loaded host makes the burst longer), and the last count
+    assert 2 <= lines <= time.monotonic() - started + 2, lines
 
 
 def behind_balancer(launcher, upstream, trusted, host="127.0.0.1"):
