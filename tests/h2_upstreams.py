@@ -133,13 +133,14 @@ class ScriptedH2Upstream(H2cUpstream):
       "reset-at-head" (RST_STREAM INTERNAL_ERROR 0.2 s later), "early-413" (413 "too big!",
       then RST_STREAM NO_ERROR, as RFC 9113 8.1 allows)
     ``window``: the INITIAL_WINDOW_SIZE it grants; ``ack``: whether it opens the windows of
-    the body it reads again. ``requests`` counts the requests it acted on."""
+    the body it reads again. ``requests`` counts the requests it acted on; ``heads`` holds
+    each request's header fields (a dict)."""
     AT_HEAD = ("refuse", "reset-at-head", "early-413")
 
     def __init__(self, name, behaviour, delay=3.0, window=None, ack=True):
         self.name, self.behaviour, self.delay = name, behaviour, delay
         self.window, self.ack = window, ack
-        self.requests = 0
+        self.requests, self.heads = 0, []
         super().__init__()
 
     def connection(self, sock):
@@ -212,6 +213,8 @@ class ScriptedH2Upstream(H2cUpstream):
                         events = conn.receive_data(data)
                         send()
                     for event in events:
+                        if isinstance(event, h2.events.RequestReceived):
+                            self.heads.append(dict(event.headers))
                         if isinstance(event, h2.events.DataReceived):
                             sizes[event.stream_id] = sizes.get(event.stream_id, 0) + \
                                 len(event.data)

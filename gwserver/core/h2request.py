@@ -109,6 +109,11 @@ def grpc_timeout(value):
     return int(value[:-1]) * GRPC_TIMEOUT_UNITS[value[-1:]]
 
 
+def grpc_timeout_value(seconds):
+    """Seconds -> a ``grpc-timeout`` value in milliseconds (at least 1, at most 8 digits)."""
+    return b"%dm" % min(99_999_999, max(1, int(seconds * 1000)))
+
+
 def grpc_message(text):
     """``grpc-message`` percent-encoding (gRPC over HTTP2: %-encode outside 0x20-0x7E, and %)."""
     return "".join(c if " " <= c <= "~" and c != "%" else

@@ -16,7 +16,7 @@ import gevent
 
 from ..core import grpcweb
 from ..core.context import ResponseHead
-from ..core.h2request import grpc_timeout, is_grpc
+from ..core.h2request import grpc_timeout, grpc_timeout_value, is_grpc
 from ..core.headers import WRITTEN_UPSTREAM, via_chain
 from ..core.routes import no_target_reason
 from ..core.tracing import REPLACED_HEADERS, response_line
@@ -173,7 +173,8 @@ class H2Forwarder:
             try:
                 try:
                     exchange = self.attempt(client, req, connection, target, upstream, grpc,
-                                            body, streamed, deadline, head_timeout)
+                                            body, streamed, deadline, head_timeout,
+                                            retried=bool(tried))
                 except (UpstreamTimeout, StreamBroken) as exc:
                     if getattr(exc, "deadline_hit", False):
                         req.vars["grpc_deadline_hit"] = True    # the call's own bound
@@ -236,16 +237,19 @@ class H2Forwarder:
             return answer
 
     def attempt(self, client, req, connection, target, upstream, grpc, body, streamed,
-                deadline, head_timeout):
+                deadline, head_timeout, retried=False):
         """One try: open a stream, send the request (the body held, or the client's as it
         arrives, through a sender greenlet) and read the answer's head within
         ``head_timeout``. A stream the upstream did not process (RFC 9113 8.7) goes to a
         new connection once, whatever the method, with the body so far: that is no retry of
         a failure and takes nothing from the budget. On failure nothing of the try is left
-        open."""
+        open. A retry of a call with a ``grpc-timeout`` tells the upstream the time left."""
         route = req.route
         started = time.monotonic()
         headers = self.request_headers(req, target, upstream, grpc)
+        if retried and deadline is not None:
+            left = grpc_timeout_value(deadline - DEADLINE_GRACE - started)
+            headers = [(k, left if k == b"grpc-timeout" else v) for k, v in headers]
         taken = TakenBody(body) if streamed else None
         more, reopened, stream, sender = streamed, False, None, None
         req.sent = True

@@ -148,3 +148,22 @@ def test_a_204_never_carries_a_content_length(launcher, upstreams):
     for path in ("/h1/204-length", "/h2/none"):
         resp, body = gw.request("GET", path)
         assert (resp.status, resp.getheader("Content-Length"), body) == (204, None, b"")
+
+
+def test_a_retried_call_tells_the_upstream_the_time_left(launcher, upstreams):
+    """The retry re-sent the client's whole grpc-timeout: the second upstream worked to a
+    deadline the client had already partly spent."""
+    slow_fail = upstreams("bad", "500")
+    good = upstreams("good", "ok")
+    gw = gateway(launcher, [slow_fail, good],
+                 {"on": ["500"], "methods": ["POST"], "backoff": 0.5})
+    for _ in range(4):
+        resp, body = gw.request("POST", "/call", body=b"m", headers={"grpc-timeout": "5S"})
+        assert (resp.status, body) == (200, b"good got 1")
+    first = [h[b"grpc-timeout"] for h in slow_fail.heads]
+    retried = [h[b"grpc-timeout"] for h in good.heads]
+    assert first and set(first) == {b"5S"}            # a first try passes it on as it came
+    # a retry after a 500 and a backoff of at least 0.25 s: what is left, in milliseconds
+    assert len(retried) == 4 and all(v.endswith(b"m") and 1 <= int(v[:-1]) <= 4750
+                                     for v in retried if v != b"5S"), retried
+    assert any(v != b"5S" for v in retried)

@@ -2,7 +2,7 @@
 import pytest
 
 from gwserver.core.h2request import Malformed, grpc_code, grpc_message, grpc_timeout, \
-    split_request
+    grpc_timeout_value, split_request
 from gwserver.errors import UpstreamTimeout
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/x"), (b":authority", b"a")]
@@ -52,4 +52,7 @@ def test_deadline_and_message():
     assert grpc_code(504, UpstreamTimeout("x"), deadline_hit=True) == 4
     assert grpc_timeout(b"200m") == 0.2 and grpc_timeout(b"1S") == 1.0
     assert grpc_timeout(b"123456789S") is None and grpc_timeout(b"5x") is None
+    # the time left, told upstream on a retry: milliseconds, at least 1, at most 8 digits
+    assert grpc_timeout_value(4.2505) == b"4250m" and grpc_timeout(b"4250m") == 4.25
+    assert grpc_timeout_value(-3) == b"1m" and grpc_timeout_value(10 ** 9) == b"99999999m"
     assert grpc_message("ok 100% é") == b"ok 100%25 %C3%A9"
