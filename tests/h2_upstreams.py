@@ -15,8 +15,8 @@ import h2.settings
 
 
 class H2cUpstream:
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port=0):
+        self.listener = socket.create_server(("127.0.0.1", port))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self.serve, daemon=True).start()
 
@@ -137,11 +137,11 @@ class ScriptedH2Upstream(H2cUpstream):
     each request's header fields (a dict)."""
     AT_HEAD = ("refuse", "reset-at-head", "early-413")
 
-    def __init__(self, name, behaviour, delay=3.0, window=None, ack=True):
+    def __init__(self, name, behaviour, delay=3.0, window=None, ack=True, port=0):
         self.name, self.behaviour, self.delay = name, behaviour, delay
         self.window, self.ack = window, ack
         self.requests, self.heads = 0, []
-        super().__init__()
+        super().__init__(port)
 
     def connection(self, sock):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(

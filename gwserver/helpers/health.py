@@ -21,6 +21,11 @@ import signal
 import socket
 import time
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
 from ..core import health as core
 from ..errors import describe
 from ..upstream.clienttls import client_context
@@ -154,13 +159,15 @@ class PassiveTracker:
 
 # -- the checker process ------------------------------------------------------------------------
 
-def probe(target, conf, tls=None):
+def probe(target, conf, tls=None, protocol="http1"):
     """One active check; returns (ok, error text). Runs in a greenlet (gevent-patched I/O).
 
     The connection is opened here (``timeout`` bounds the connect and each read) and, for
     https targets, wrapped with the upstream's own ``tls`` settings (verify, CA, SNI, client
-    certificate), the rules the proxy's pools follow; http.client writes the request and
-    reads the status line and headers. The body is never read: the status decides."""
+    certificate), the rules the proxy's pools follow. The check speaks what the proxy speaks
+    to the upstream: HTTP/1.1 (http.client writes the request and reads the status line and
+    headers) or, for ``protocol = "h2"``, HTTP/2 (``probe_h2``). The body is never read: the
+    status decides."""
     try:
         sock = socket.create_connection((target.host, target.port), timeout=conf["timeout"])
     except OSError as exc:
@@ -171,7 +178,13 @@ def probe(target, conf, tls=None):
         sock.settimeout(conf["timeout"])
         if target.scheme == "https":
             server_name = tls[2] if tls is not None and tls[2] else target.host
-            sock = client_context(tls).wrap_socket(sock, server_hostname=server_name)
+            sock = client_context(tls, ["h2"] if protocol == "h2" else ()).wrap_socket(
+                sock, server_hostname=server_name)
+        if protocol == "h2":
+            status = probe_h2(sock, target, conf)
+            if status not in conf["expected"]:
+                return False, f"status {status}"
+            return True, ""
         conn = http.client.HTTPConnection(target.host, target.port, timeout=conf["timeout"])
         conn.sock = sock                # http.client uses a socket it is handed as it is
         conn.request(conf["method"], conf["path"], headers={
@@ -185,10 +198,42 @@ def probe(target, conf, tls=None):
         return False, "closed without an answer"
     except (http.client.BadStatusLine, http.client.LineTooLong):
         return False, "not an HTTP answer"
+    except h2.exceptions.ProtocolError:
+        return False, "not an HTTP/2 answer"
     except (OSError, http.client.HTTPException) as exc:
         return False, describe(exc)
     finally:
         sock.close()
+
+
+def probe_h2(sock, target, conf):
+    """One request on a new HTTP/2 connection (h2c prior knowledge, or h2 by ALPN) -> the
+    answer's status. ``timeout`` bounds the whole exchange: a server that keeps sending
+    frames without answering does not hold the check."""
+    deadline = time.monotonic() + conf["timeout"]
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                header_encoding=None))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(stream_id, [
+        (b":method", conf["method"].encode()), (b":scheme", target.scheme.encode()),
+        (b":path", conf["path"].encode("latin-1")),
+        (b":authority", (conf["host"] or target.authority).encode("latin-1")),
+        (b"user-agent", b"gwserver-health")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    while time.monotonic() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            raise http.client.RemoteDisconnected("closed")
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
+                return int(dict(event.headers)[b":status"])
+            if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                raise http.client.RemoteDisconnected("reset before an answer")
+        pending = conn.data_to_send()
+        if pending:
+            sock.sendall(pending)
+    raise socket.timeout("no HTTP/2 answer in time")
 
 
 class _CheckCounts:
@@ -246,7 +291,7 @@ class Checker:
                 continue
             for target in upstream.targets:
                 out[target_key(upstream.id, target.url)] = \
-                    (target, upstream.health_check, upstream.tls)
+                    (target, upstream.health_check, upstream.tls, upstream.protocol)
         return out
 
     def reconcile(self):
@@ -261,21 +306,21 @@ class Checker:
                 if key not in wanted:
                     self.states.pop(key, None)
                     changed = True
-        for key, (target, hc, tls) in wanted.items():
+        for key, (target, hc, tls, protocol) in wanted.items():
             if key not in self.greenlets:
                 self.states.setdefault(key, core.ActiveState(since=time.time()))
-                self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc, tls),
-                                       target, hc, tls)
+                self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc, tls,
+                                                    protocol), target, hc, tls, protocol)
                 changed = True
         if changed:
             self.publish()
 
-    def watch(self, key, target, hc, tls=None):
+    def watch(self, key, target, hc, tls=None, protocol="http1"):
         import gevent
         state = self.states[key]
         gevent.sleep(random.uniform(0, min(hc["interval"], 1.0)))     # spread the first probes
         while True:
-            ok, error = probe(target, hc, tls)
+            ok, error = probe(target, hc, tls, protocol)
             now = time.time()
             factor = random.uniform(1 - hc["jitter"], 1 + hc["jitter"])
             self.counts[(key, "success" if ok else "failure")] = \

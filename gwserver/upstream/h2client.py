@@ -615,9 +615,10 @@ class H2Pools:
     """One H2Connection per target (and TLS settings) in this worker, opened on demand,
     replaced when broken."""
 
-    def __init__(self):
+    def __init__(self, on_open=None):
         self.connections = {}
         self._connecting = {}
+        self.on_open = on_open      # called with the target's url for each new connection
 
     def get(self, target, connect_timeout, tls, write_timeout):
         key = (target.key, tls)
@@ -636,6 +637,8 @@ class H2Pools:
                 connection = H2Connection(target, connect_timeout, context,
                                           tls[2] if tls else None, write_timeout)
                 self.connections[key] = connection
+                if self.on_open is not None:
+                    self.on_open(target.url)
         return connection
 
     def close(self):

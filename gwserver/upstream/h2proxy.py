@@ -78,7 +78,12 @@ class TakenBody:
 class H2Forwarder:
     def __init__(self, proxy):
         self.proxy = proxy
-        self.pools = H2Pools()
+        self.pools = H2Pools(on_open=self.opened)
+
+    def opened(self, url):
+        metrics = self.proxy.runtime.metrics     # as Proxy.checkout counts HTTP/1.1's
+        if metrics is not None:
+            metrics.connections_opened.labels(url).inc()
 
     def read_body(self, client, req, route):
         limit = route.max_body_size
@@ -168,6 +173,8 @@ class H2Forwarder:
                     attempts_left -= 1
                     continue
                 raise
+            if target.url in proxy.refused:
+                del proxy.refused[target.url]   # a probe got through: it is back
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             exchange = None
             try:

@@ -582,14 +582,22 @@ class Proxy:
             if tried:
                 avoid = avoid | frozenset(tried)
             if self.refused:
-                avoid = avoid | self.recently_refused(targets, now)
+                refused, probe = self.recently_refused(targets, now)
+                if probe is not None and probe not in avoid:
+                    # This request is the host's one try of a target that refused lately:
+                    # it goes there (a balancer's pick could miss it, and the skip would be
+                    # re-armed without a try).
+                    req.target = probe.url
+                    return probe
+                avoid = avoid | refused
             target = self.pick(upstream, avoid, req)
         req.target = target.url
         return target
 
     def recently_refused(self, targets, now):
-        """Targets this host's workers failed to connect to in the last REFUSED_AVOID
-        seconds (if every target is in it, none: a request must go somewhere)."""
+        """(targets this host's workers failed to connect to in the last REFUSED_AVOID
+        seconds, the one this request is to try again or None). If every target is in the
+        first, none is: a request must go somewhere."""
         refused = self.refused
         probe = None
         for target in targets:
@@ -601,7 +609,8 @@ class Proxy:
                 if probe is None and self.share.claim_probe(target.url, until, REFUSED_AVOID):
                     probe = target.url
         avoid = frozenset(t for t in targets if t.url in refused and t.url != probe)
-        return frozenset() if len(avoid) == len(targets) else avoid
+        probe = next((t for t in targets if t.url == probe), None)
+        return (frozenset() if len(avoid) == len(targets) else avoid), probe
 
     def _count_retry(self, upstream, outcome):
         metrics = self.runtime.metrics

@@ -3,10 +3,11 @@ failures were retried there: an answer in the policy's statuses, a reset stream 
 past per_try_timeout reached the client, where an HTTP/1.1 upstream's were retried."""
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from ..conftest import gateway_conf, wait_until
+from ..conftest import free_port, gateway_conf, wait_until
 from ..h2_upstreams import ScriptedH2Upstream
 from ..h2client import RawH2
 
@@ -167,3 +168,21 @@ def test_a_retried_call_tells_the_upstream_the_time_left(launcher, upstreams):
     assert len(retried) == 4 and all(v.endswith(b"m") and 1 <= int(v[:-1]) <= 4750
                                      for v in retried if v != b"5S"), retried
     assert any(v != b"5S" for v in retried)
+
+
+def test_a_target_that_refused_is_back_once_a_connect_gets_through(launcher, upstreams):
+    """The host's workers skip a target that refused a connection for a second, then one
+    request probes it. On HTTP/2 upstreams a probe that got through never ended the skip:
+    a restarted target got one request a second, for good."""
+    good, port = upstreams("good", "ok"), free_port()
+    gw = gateway(launcher, [good, SimpleNamespace(port=port)])      # nothing listens there
+    assert answers(gw, 4) == [(200, b"good got 0")] * 4                 # refused, retried
+    back = upstreams("back", "ok", port=port)
+    time.sleep(1.5)                                     # past the skip: the next one probes
+    got = answers(gw, 40)
+    assert {status for status, _ in got} == {200} and back.requests >= 10, back.requests
+    # its connections are counted as an HTTP/1.1 target's are
+    metrics = gw.admin_get("/metrics")[1].decode()
+    for target in (good, back):
+        assert f'gwserver_upstream_connections_opened_total{{target="http://127.0.0.1:' \
+               f'{target.port}"}}' in metrics

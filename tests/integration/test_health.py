@@ -10,6 +10,7 @@ import sys
 import time
 
 from ..conftest import gateway_conf, stop_process, wait_until
+from ..h2_upstreams import ScriptedH2Upstream
 from .test_etcd import all_workers_at, etcd_conf, put
 
 FAST_CHECK = {"interval": 0.2, "timeout": 0.3, "healthy_threshold": 2,
@@ -62,6 +63,25 @@ def test_active_checks_take_a_killed_target_out_and_bring_it_back(launcher):
     text = gw.admin_get("/metrics")[1].decode()
     assert f'gwserver_health_checks_total{{result="failure",target="{b.url}",upstream="pool"}}' \
         in text
+
+
+def test_active_checks_speak_http2_to_an_h2_upstream(launcher):
+    """The check spoke HTTP/1.1 to every target: an h2c-only target (a gRPC server) was "not
+    an HTTP answer", so every target of such an upstream was unhealthy and the upstream in
+    panic, sending traffic to the failing ones too."""
+    up, down = ScriptedH2Upstream("up", "ok"), ScriptedH2Upstream("down", "500")
+    try:
+        urls = [f"http://127.0.0.1:{up.port}", f"http://127.0.0.1:{down.port}"]
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "r", "paths": ["/r/*rest"], "upstream": "pool"}],
+            upstreams={"pool": {"targets": [{"url": url} for url in urls], "protocol": "h2",
+                                "health_check": {**FAST_CHECK, "path": "/"}}}))
+        wait_until(lambda: target_health(gw) == {urls[0]: "healthy", urls[1]: "unhealthy"},
+                   timeout=10)
+        assert [gw.request("GET", "/r/x")[0].status for _ in range(10)] == [200] * 10
+    finally:
+        up.close()
+        down.close()
 
 
 def test_a_target_that_accepts_but_never_answers_is_taken_out(launcher):

@@ -125,3 +125,16 @@ def test_a_refusing_target_is_skipped_per_host_not_per_worker(launcher, upstream
     connects = len(re.findall(rf"cannot connect to {re.escape(dead)}", gw.log()))
     assert failed == []
     assert 3 <= connects <= 6 + 4 + 2, connects     # ~1/s per host, not ~4/s
+
+
+def test_a_target_back_from_refusing_gets_its_share_at_once(launcher, upstream):
+    """Once its skip runs out, one request a second probes a target that refused: the
+    balancer could pick another target for that request, so a target back on its feet got
+    its first request only when a probe happened to land on it. The probe now goes to it."""
+    port = free_port()
+    gw = launcher.gateway(gateway_conf([retry_route([upstream.url, f"http://127.0.0.1:{port}"])]))
+    assert statuses(gw, 4) == [200] * 4               # refused, retried on the other
+    back = launcher.upstream("back", port=port)
+    time.sleep(1.5)                                   # past the skip
+    assert statuses(gw, 20) == [200] * 20
+    assert back.stats()["requests"] >= 5, back.stats()
