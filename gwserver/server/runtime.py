@@ -312,14 +312,12 @@ class Runtime:
         return f"{self.request_id_prefix}{next(self.request_ids):08x}"
 
     def request_done(self):
-        """Count one answered request; False once max_requests is reached (the worker then
-        drains what it holds and exits; the master replaces it at once)."""
+        """Count one answered request; at max_requests the worker stops taking new ones,
+        drains what it holds and exits (the master replaces it at once)."""
         self.handled += 1
         if self.max_requests and self.handled >= self.max_requests:
             log.info("max_requests (%d) reached: worker retiring", self.max_requests)
             self.stop()
-            return False
-        return True
 
     def stop(self):
         """Stop taking new requests; the worker drains. Safe in a signal handler: Event.set()

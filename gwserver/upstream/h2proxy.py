@@ -163,25 +163,26 @@ class H2Forwarder:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
             target = proxy.choose(upstream, tried, req, now)
-            try:
-                connection = self.pools.get(target, route.connect_timeout, upstream.tls,
-                                            route.read_timeout)
-            except UpstreamConnectError as exc:
-                proxy.book_failure(upstream, target, refused=now)
-                if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
-                                   "connect" in policy.events, exc.reason, now):
-                    attempts_left -= 1
-                    continue
-                raise
-            if target.url in proxy.refused:
-                del proxy.refused[target.url]   # a probe got through: it is back
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             exchange = None
             try:
                 try:
+                    connection = self.pools.get(target, route.connect_timeout, upstream.tls,
+                                                route.read_timeout)
+                    if target.url in proxy.refused:
+                        del proxy.refused[target.url]   # a probe got through: it is back
                     exchange = self.attempt(client, req, connection, target, upstream, grpc,
                                             body, streamed, deadline, head_timeout,
                                             retried=bool(tried))
+                except UpstreamConnectError as exc:
+                    # No connection (the target's, or a new one for a refused stream's second
+                    # try; a connect timeout too): nothing was sent on it, any method goes on.
+                    proxy.book_failure(upstream, target, refused=now)
+                    if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
+                                       "connect" in policy.events, exc.reason, now):
+                        attempts_left -= 1
+                        continue
+                    raise
                 except (UpstreamTimeout, StreamBroken) as exc:
                     if getattr(exc, "deadline_hit", False):
                         req.vars["grpc_deadline_hit"] = True    # the call's own bound
@@ -202,13 +203,6 @@ class H2Forwarder:
                     if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
                                        "connect" in policy.events or
                                        "reset" in policy.events, exc.reason, now):
-                        attempts_left -= 1
-                        continue
-                    raise
-                except UpstreamConnectError as exc:     # the refused stream's new connection
-                    proxy.book_failure(upstream, target, refused=now)
-                    if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
-                                       "connect" in policy.events, exc.reason, now):
                         attempts_left -= 1
                         continue
                     raise
@@ -296,7 +290,6 @@ class H2Forwarder:
         req.upstream_seconds = time.monotonic() - started
         req.attempts += 1
         return Exchange(stream, sender, status, fields)
-
 
     def send_body(self, client, req, route, connection, stream, taken):
         """The sender greenlet: the client's body, piece by piece, as it arrives, kept in

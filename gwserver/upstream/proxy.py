@@ -607,9 +607,8 @@ class Proxy:
                 # again (the claim); everyone else keeps skipping it until that try tells.
                 refused[target.url] = now + REFUSED_AVOID
                 if probe is None and self.share.claim_probe(target.url, until, REFUSED_AVOID):
-                    probe = target.url
-        avoid = frozenset(t for t in targets if t.url in refused and t.url != probe)
-        probe = next((t for t in targets if t.url == probe), None)
+                    probe = target
+        avoid = frozenset(t for t in targets if t.url in refused and t is not probe)
         return (frozenset() if len(avoid) == len(targets) else avoid), probe
 
     def _count_retry(self, upstream, outcome):
