@@ -175,11 +175,10 @@ class H2Forwarder:
                                             body, streamed, deadline, head_timeout,
                                             retried=bool(tried))
                 except UpstreamConnectError as exc:
-                    # No connection (the target's, or a new one for a refused stream's second
-                    # try; a connect timeout too): nothing was sent on it, any method goes on.
-                    proxy.book_failure(upstream, target, refused=now)
-                    if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
-                                       "connect" in policy.events, exc.reason, now):
+                    # no connection: the target's, or a new one for a refused stream's second
+                    # try (a connect timeout too)
+                    if proxy.connect_failed(route, upstream, target, tried, attempts_left,
+                                            budget, policy, exc, now):
                         attempts_left -= 1
                         continue
                     raise

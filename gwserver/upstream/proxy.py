@@ -470,9 +470,8 @@ class Proxy:
                     if target.url in self.refused:
                         del self.refused[target.url]    # a probe got through: it is back
                 except UpstreamConnectError as exc:
-                    self.book_failure(upstream, target, refused=now)
-                    if self.may_retry(route, upstream, target, tried, attempts_left, budget,
-                                      "connect" in policy.events, exc.reason, now):
+                    if self.connect_failed(route, upstream, target, tried, attempts_left,
+                                           budget, policy, exc, now):
                         attempts_left -= 1
                         continue
                     raise
@@ -540,6 +539,15 @@ class Proxy:
         if refused is not None:
             self.refused[target.url] = refused + REFUSED_AVOID
             self.share.refuse(target.url, refused + REFUSED_AVOID, refused)
+
+    def connect_failed(self, route, upstream, target, tried, attempts_left, budget, policy,
+                       exc, now):
+        """A connect failed: book it (this host's workers skip the target for a while) and
+        say whether the request goes on to another try (for any method: nothing was sent),
+        as the policy and the budget allow. Both protocols' loops ask this."""
+        self.book_failure(upstream, target, refused=now)
+        return self.may_retry(route, upstream, target, tried, attempts_left, budget,
+                              "connect" in policy.events, exc.reason, now)
 
     def book_outcome(self, upstream, target, status):
         passive = upstream.passive
