@@ -129,6 +129,7 @@ class ScriptedH2Upstream(H2cUpstream):
     - "reset": RST_STREAM INTERNAL_ERROR once the request is in, instead of an answer
     - "slow": "ok" after ``delay`` seconds
     - "204-length": 204 with content-length: 7 (RFC 9110 8.6 forbids it)
+    - "cut": 200 with content-length: 100000, 1000 bytes of it, then RST_STREAM INTERNAL_ERROR
     - at the request's head, before its body: "refuse" (RST_STREAM REFUSED_STREAM),
       "reset-at-head" (RST_STREAM INTERNAL_ERROR 0.2 s later), "early-413" (413 "too big!",
       then RST_STREAM NO_ERROR, as RFC 9113 8.1 allows)
@@ -199,6 +200,14 @@ class ScriptedH2Upstream(H2cUpstream):
                     conn.send_headers(stream_id, [(b":status", b"204"),
                                                   (b"content-length", b"7")], end_stream=True)
                     send()
+            elif behaviour == "cut":
+                with lock:
+                    conn.send_headers(stream_id, [(b":status", b"200"),
+                                                  (b"content-length", b"100000")])
+                    conn.send_data(stream_id, b"c" * 1000)
+                    send()
+                threading.Timer(0.1, reset, (stream_id,
+                                             h2.errors.ErrorCodes.INTERNAL_ERROR)).start()
             elif behaviour == "slow":
                 threading.Timer(self.delay, answer, (stream_id, b"200")).start()
             else:

@@ -518,12 +518,14 @@ class ClientConnection:
         except ClientGone:
             raise
         except Exception as exc:
+            started = getattr(exc, "response_started", None)
             if not isinstance(exc, HTTPError):
                 route_id = req.route.id if req.route else None
                 throttled_log.log(log, logging.ERROR, ("unhandled", route_id),
                                   "route %s: request %s: unhandled error", route_id,
                                   req.request_id, exc_info=exc)
                 exc = InternalError("internal error; see the gateway's log")
+                exc.response_started = started
             req.error = exc
             status = exc.status
             if exc.status >= 500 and req.route is not None:
@@ -532,8 +534,11 @@ class ClientConnection:
                                   req.request_id, exc.error, exc.reason)
             keep_alive = keep_alive and req.complete and exc.status < 500 and \
                 not self.timed_out and runtime.alive
-            if getattr(exc, "response_started", False):
-                keep_alive = False          # the head is out; all we can do is cut the body
+            if started:
+                # The head is out: all we can do is cut the body. The log and metrics say
+                # what the client got (that status, those bytes); `error` says why it ended.
+                status, sent = started
+                keep_alive = False
             elif not self.timed_out:
                 status, sent = self.answer(req, error_reply(exc, req.request_id), keep_alive)
         finally:
@@ -553,7 +558,11 @@ class ClientConnection:
                 consumer = req.consumer
                 if consumer is not None:
                     runtime.metrics.count_consumer(consumer.id, status)
-                if req.error is not None or req.ended_by is not None:
+                error = req.error
+                if error is not None and error.response_started:
+                    runtime.metrics.count_answer(req.route.id if req.route else None,
+                                                 error.status, "cut")
+                elif error is not None or req.ended_by is not None:
                     runtime.metrics.count_answer(req.route.id if req.route else None, status,
                                                  req.ended_by or "gateway")
         if self.upgraded:

@@ -34,8 +34,11 @@ def _header(name):
 
 def _upstream_status(req, status, sent, upstream):
     # the upstream's answer reached the client: its head was read (upstream_seconds) and
-    # neither a plugin nor an error made the gateway write the status itself
-    if req.upstream_seconds is None or req.ended_by is not None or req.error is not None:
+    # neither a plugin nor an error made the gateway write the status itself (an error that
+    # cut the answer's body came after its head)
+    error = req.error
+    if req.upstream_seconds is None or req.ended_by is not None or \
+            error is not None and not getattr(error, "response_started", None):
         return None
     return req.var("upstream_status", status)       # set when a plugin changed the status
 
@@ -92,7 +95,8 @@ FIELDS = {
     "trace_id": Spec("trace id (docs/operations.md, tracing)", _trace_id),
     "ended_by": Spec("the plugin that answered, if one did", lambda req, *_: req.ended_by),
     "error": Spec("why the gateway answered with an error itself, as its log says it (a 502's "
-                  "upstream address and cause, which the client is not told)",
+                  "upstream address and cause, which the client is not told), or why an "
+                  "answer was cut after its head went out",
                   lambda req, *_: req.error.reason if req.error is not None else None,
                   optional=True),
     "fault": Spec("fault injected: delay, abort or both", lambda req, *_: req.var("fault"),

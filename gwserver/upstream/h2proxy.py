@@ -404,11 +404,11 @@ class H2Forwarder:
                     held = 0            # bounded: what is acknowledged upstream is sent on
                     flush()
         except Exception as exc:
-            exc.response_started = True     # the head is out: the answer can only be cut
             try:
-                flush()
+                flush()                 # what came before the failure still goes out
             except Exception:           # noqa: BLE001 -- the first error is the one to tell
                 pass
+            exc.response_started = (status, sent)   # the head is out: it can only be cut
             raise
         if grpc:
             frame = grpcweb.trailer_frame(stream.trailers or trailers_only)
@@ -424,7 +424,7 @@ class H2Forwarder:
             # must not: the connection is cut, not reused
             exc = UpstreamError(f"{target.url} sent {sent} body bytes, its content-length "
                                 f"said {int(length)}")
-            exc.response_started = True
+            exc.response_started = (status, sent)
             raise exc
         return status, sent, keep_alive
 

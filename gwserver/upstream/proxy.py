@@ -910,12 +910,14 @@ class Proxy:
                             client.write(tail)
                         return status, sent + len(tail), keep_alive, False
                     raise UpstreamError("upstream closed the connection mid-body")
-        except (HTTPError, _StaleConnection) as exc:
-            if not isinstance(exc, HTTPError):
-                exc = UpstreamError("upstream connection failed mid-body")
-            if started:
-                exc.response_started = True
+        except _StaleConnection:
+            exc = UpstreamError("upstream connection failed mid-body")
+            exc.response_started = (status, sent) if started else None
             raise exc from None
+        except Exception as exc:
+            if started:             # a body filter's bug too: the head is out either way
+                exc.response_started = (status, sent)
+            raise
         return status, sent, keep_alive, ex.keep_alive and req.complete
 
     def tunnel(self, client, req, ex):
