@@ -42,6 +42,10 @@ MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}      # the metric label of each version
 METHOD_NAMES = {name.encode(): name for name in (         # the usual ones, decoded once
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+# Single bytes looked for on every header and path by value: `b"_" in name` makes CPython 3.11
+# try the needle as an integer first, raise and clear a TypeError, and only then search
+# (~240 ns against ~20 ns for `UNDERSCORE in name`).
+UNDERSCORE, HASH = ord("_"), ord("#")
 
 
 class ClientGone(Exception):
@@ -110,7 +114,7 @@ class ClientConnection:
         if req.head_done:
             return                      # a trailer
         lname = name.lower()
-        if b"_" in lname and self.underscores != "allow":
+        if UNDERSCORE in lname and self.underscores != "allow":
             # X_User_Id reaches a CGI/WSGI upstream as HTTP_X_USER_ID, the same variable as
             # X-User-Id, past every rule that strips the dashed spelling (nginx and Envoy
             # drop such headers by default too).
@@ -231,7 +235,7 @@ class ClientConnection:
                 name.decode("latin-1"), name + b":" + port if port else name
             self.last_host = host
         path, _, query = url.partition(b"?")
-        if b"#" in path:
+        if HASH in path:
             path = path.partition(b"#")[0]
         req.path = normalise_path(path, *self.path_rules).decode("latin-1")
         req.query = query.decode("latin-1")
