@@ -51,9 +51,16 @@ UNDERSCORE, HASH = ord("_"), ord("#")
 class ClientGone(Exception):
     """The client closed or reset its connection; there is nobody left to answer."""
 
+    response_started = None     # (status, body bytes) it had when it left mid-body
+
 
 class ClientConnection:
     """Serves one client socket until it closes, errs, or keep-alive ends."""
+
+    # The status of the head written for the current request, 0 before one: once a head is
+    # out, nothing but its body may follow (no error page, no 408), whatever goes wrong.
+    # The relays set it as they write the head.
+    head_status = 0
 
     def __init__(self, runtime, sock, addr, scheme="http"):
         self.runtime = runtime
@@ -274,7 +281,7 @@ class ClientConnection:
         end. A client that is in the middle of sending a head or body is told 408 first, as
         far as the socket takes it without waiting (the ticker must never block)."""
         self.timed_out = True
-        if self.answer_timeout and type(self.sock) is PlainSocket:
+        if self.answer_timeout and not self.head_status and type(self.sock) is PlainSocket:
             try:
                 self.sock._sock.send(TIMEOUT_ANSWER, socket.MSG_DONTWAIT)
             except OSError:
@@ -484,6 +491,7 @@ class ClientConnection:
         """Serve one request; return True if the connection may carry another."""
         runtime = self.runtime
         self.requests += 1
+        self.head_status = 0
         req.started = start = time.monotonic()
         status, sent = 0, 0
         runtime.in_flight += 1
@@ -519,17 +527,22 @@ class ClientConnection:
             else:
                 keep_alive = keep_alive and req.complete and runtime.alive
                 status, sent = self.answer(req, reply, keep_alive)
-        except ClientGone:
+        except ClientGone as exc:
+            if exc.response_started:        # the client left mid-body: what it got
+                status, sent = exc.response_started
             raise
         except Exception as exc:
             started = getattr(exc, "response_started", None)
+            if started is None and self.head_status:
+                # an exception no relay expected, after the head: still only a cut
+                started = (self.head_status, 0)
             if not isinstance(exc, HTTPError):
                 route_id = req.route.id if req.route else None
                 throttled_log.log(log, logging.ERROR, ("unhandled", route_id),
                                   "route %s: request %s: unhandled error", route_id,
                                   req.request_id, exc_info=exc)
                 exc = InternalError("internal error; see the gateway's log")
-                exc.response_started = started
+            exc.response_started = started
             req.error = exc
             status = exc.status
             if exc.status >= 500 and req.route is not None:

@@ -369,6 +369,7 @@ class H2Forwarder:
                             b"keep-alive" if keep_alive else b"close")]
 
         if no_body:
+            client.head_status = status
             client.write(out[0])
             return status, 0, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
@@ -392,6 +393,7 @@ class H2Forwarder:
             if out:
                 data = b"".join(out)
                 out.clear()
+                client.head_status = status
                 client.write(data)
         held = 0
         try:
@@ -403,22 +405,25 @@ class H2Forwarder:
                 if not stream.ready() or held >= RELAY_BATCH:
                     held = 0            # bounded: what is acknowledged upstream is sent on
                     flush()
+            if grpc:
+                frame = grpcweb.trailer_frame(stream.trailers or trailers_only)
+                body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
+            end = b""
+            if chunked:
+                trailers = stream.trailers if not grpc and b"trailers" in \
+                    req.header_map.get(b"te", b"").lower() else ()
+                end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
+            flush(last=True, end=end)
         except Exception as exc:
-            try:
-                flush()                 # what came before the failure still goes out
-            except Exception:           # noqa: BLE001 -- the first error is the one to tell
-                pass
+            if not client.head_status:
+                raise       # nothing went out yet: the client still gets a whole error answer
+            if body:        # the upstream's bytes from before its failure still go out
+                try:
+                    flush()
+                except Exception:       # noqa: BLE001 -- the first error is the one to tell
+                    pass
             exc.response_started = (status, sent)   # the head is out: it can only be cut
             raise
-        if grpc:
-            frame = grpcweb.trailer_frame(stream.trailers or trailers_only)
-            body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
-        end = b""
-        if chunked:
-            trailers = stream.trailers if not grpc and b"trailers" in \
-                req.header_map.get(b"te", b"").lower() else ()
-            end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
-        flush(last=True, end=end)
         if length is not None and sent != int(length):
             # h2 holds DATA to content-length; should that ever miss, the client's framing
             # must not: the connection is cut, not reused

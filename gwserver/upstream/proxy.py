@@ -868,6 +868,7 @@ class Proxy:
         head, chunked_out, keep_alive, no_body, status, filters = self.response_head(
             req, ex, keep_alive)
         if no_body:
+            client.head_status = status
             client.write(head)
             # The parser still expects the body a HEAD response announced: drop the connection
             # unless the message really ended. After a 204 or 304 it is never reused: their
@@ -882,6 +883,7 @@ class Proxy:
             size = sum(map(len, body)) if len(body) != 1 else len(body[0])
             if chunked_out:
                 body = encode_chunks(body, True, True)
+            client.head_status = status
             client.write(b"".join([head, *body]))
             return status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
@@ -896,8 +898,12 @@ class Proxy:
                     chunks = [filtered(filters, chunks, ex.complete)]
                 size = sum(map(len, chunks))
                 body = encode_chunks(chunks, chunked_out, last=ex.complete)
-                client.write(b"".join([head, *body]) if not started else b"".join(body))
-                started = True
+                if started:
+                    client.write(b"".join(body))
+                else:
+                    client.head_status = status
+                    client.write(b"".join([head, *body]))
+                    started = True
                 sent += size
                 if ex.complete:
                     break
@@ -925,6 +931,7 @@ class Proxy:
         nothing moves either way for the route's read timeout (nginx's proxy_read_timeout on a
         websocket): an idle tunnel would hold a connection slot for good."""
         head = self.response_head(req, ex, False)[0]
+        client.head_status = 101
         client.write(b"".join([head, *ex.chunks]))
         upstream_sock, client_sock = ex.sock, client.sock
         deadlines, idle = self.runtime.deadlines, req.route.read_timeout
@@ -952,7 +959,10 @@ class Proxy:
         deadlines.arm(tunnel, idle)
         try:
             if req.upgrade_tail:
-                upstream_sock.sendall(req.upgrade_tail)
+                try:
+                    upstream_sock.sendall(req.upgrade_tail)
+                except OSError:
+                    return 101, 0, False, False     # the upstream left at once: tunnel over
             down = gevent.spawn(pump, upstream_sock, client_sock)
             pump(client_sock, upstream_sock)
             down.join()
