@@ -114,6 +114,10 @@ SERVER = Schema(
           "(a slow client holds no upstream connection); larger ones stream"),
     Field("client_body_timeout", number(0, exclusive=True), 10.0,
           "seconds allowed between two reads of a request body (nginx: client_body_timeout)"),
+    Field("send_timeout", number(0, exclusive=True), 60.0,
+          "seconds a write to a client may wait for it to read before the connection is "
+          "closed (nginx: send_timeout); an HTTP/2 stream waiting for the client's window "
+          "has http2.send_timeout"),
     Field("escaped_slashes", one_of("reject", "decode", "keep"), "reject",
           "%2F, %5C and \\ in a path: answer 400, decode to /, or forward encoded "
           "(keep only for upstreams that never decode them)"),

@@ -56,6 +56,7 @@ from ..core.throttledlog import throttled_log
 from ..errors import HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
 from ..net.addresses import listener_addresses
+from ..net.deadlines import WriteDeadline
 from ..net.sockets import (RECV_SIZE, PlainSocket, linger, peer_address,
                            raw_socket, send_all)
 
@@ -391,6 +392,7 @@ class H2ServerConnection:
         self.trusted_peer, self.trusted_x_forwarded = \
             runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
         self.body_timeout = server["client_body_timeout"]
+        self.writing = WriteDeadline(self.expire)     # streams write while the reader reads
         self.h2 = _CountingH2(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,
             normalize_inbound_headers=False,
@@ -424,7 +426,7 @@ class H2ServerConnection:
         data = self.h2.data_to_send()
         if data:
             try:
-                send_all(self.sock, data, self.runtime.deadlines, self,
+                send_all(self.sock, data, self.runtime.deadlines, self.writing,
                          self.runtime.send_timeout)
             except OSError as exc:
                 self.closed = True
@@ -528,7 +530,7 @@ class H2ServerConnection:
         with self.lock:
             try:
                 self._flush()
-                send_all(self.sock, frame.serialize(), self.runtime.deadlines, self,
+                send_all(self.sock, frame.serialize(), self.runtime.deadlines, self.writing,
                          self.runtime.send_timeout)
             except (OSError, ClientGone):
                 self.closed = True

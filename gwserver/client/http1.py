@@ -28,6 +28,7 @@ from ..core.headers import CONSUMER_SET, NOT_FORWARDED, PROXY_SET, REASONS, UNTR
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
+from ..net.deadlines import WriteDeadline
 from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address,
                            recv_when_readable, send_all)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
@@ -94,6 +95,7 @@ class ClientConnection:
         self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade);
         self.raw_chunked = None         # -1 and this decoder for a chunked one
         self.last_host = self.last_host_parts = None
+        self.writing = WriteDeadline(self.expire)
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
 
@@ -358,7 +360,8 @@ class ClientConnection:
     def write(self, data):
         """Send all of ``data``; a stalled client is cut off by the send deadline."""
         try:
-            send_all(self.sock, data, self.runtime.deadlines, self, self.runtime.send_timeout)
+            send_all(self.sock, data, self.runtime.deadlines, self.writing,
+                     self.runtime.send_timeout)
         except OSError as exc:
             raise ClientGone(str(exc)) from None
 

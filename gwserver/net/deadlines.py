@@ -19,6 +19,18 @@ import gevent
 log = logging.getLogger("gwserver.worker")
 
 
+class WriteDeadline:
+    """A connection's deadline owner for its writes. A write waiting in one greenlet and a
+    read in another (a relay sending an early answer while the upload is still read) need a
+    deadline each: with one owner, either's disarm cancels the other's, and a client that
+    never reads would hold the writer forever. Expiring closes the connection all the same."""
+
+    __slots__ = ("expire",)
+
+    def __init__(self, expire):
+        self.expire = expire
+
+
 class Deadlines:
     def __init__(self, interval=0.1, on_tick=None):
         self.interval = interval

@@ -42,7 +42,6 @@ _escape = json.encoder.encode_basestring      # the C encoder: ~0.2 us a string
 # Lines rendered and written at once when the tick has not come: a batch keeps the formatting
 # code in cache, and a small one keeps the pause it costs one request short (~0.15 ms).
 ACCESS_FLUSH_LINES = 64
-SEND_TIMEOUT = 60.0                            # nginx's send_timeout
 TICK_SECONDS = 0.05
 
 
@@ -187,7 +186,7 @@ class Runtime:
             self.span_exporter = SpanExporter(tracing["otlp_endpoint"], tracing["service_name"])
         from ..client.h2server import ListenerSettings
         self.http2_listeners = ListenerSettings(conf.http2)    # host names resolved once
-        self.send_timeout = SEND_TIMEOUT
+        self.send_timeout = server["send_timeout"]
         self.deadlines = Deadlines(interval=TICK_SECONDS, on_tick=self.on_tick)
         # One read buffer per side: every read is parsed before the greenlet can yield again,
         # and the parsers copy what they keep, so an idle connection holds no buffer.

@@ -396,3 +396,36 @@ def test_cut_answers_give_their_pooled_connection_back(launcher, cutting_h2, pro
     lines = wait_until(lambda: len(gw.access_lines()) >= 12 and gw.access_lines())
     assert [(line["status"], line["bytes"]) for line in lines[-12:]] == [(200, 1000)] * 12
     assert gw.worker_pids() == workers
+
+
+def test_a_client_that_stops_reading_an_early_answer_is_cut_by_send_timeout(launcher):
+    """An HTTP/2 upstream answers while the client's upload streams; the client sends its
+    whole body and never reads the answer. The relay's send deadline and the upload's read
+    deadline shared one owner: the upload's last read disarmed the send's, and the relay
+    waited on the client for good (a connection slot and an upstream stream held forever)."""
+    up = StreamingH2Upstream()
+    try:
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "early", "paths": ["/*rest"],
+              "upstream": {"targets": [{"url": f"http://127.0.0.1:{up.port}"}],
+                           "protocol": "h2"}}],
+            log={"access_fields": FIELDS},
+            server={"request_buffer_size": 1024, "send_timeout": 1.0,
+                    "client_body_timeout": 10.0}))
+        answer = 64 << 20
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        with sock:
+            sock.sendall(b"POST /stream?n=%d&f=16384 HTTP/1.1\r\nHost: h\r\n"
+                         b"Content-Length: 200000\r\n\r\n" % answer)
+            for _ in range(20):         # the body in pieces while the answer piles up unread
+                sock.sendall(b"b" * 10000)
+                time.sleep(0.05)
+            # Not reading: the gateway must give up on us after send_timeout and say so.
+            line = wait_until(lambda: gw.access_lines() and gw.access_lines()[-1], timeout=6)
+            got = read_to_close(sock, 5)
+        assert line["status"] == 200 and 0 < line["bytes"] < answer
+        assert got.startswith(b"HTTP/1.1 200") and len(got) < answer
+    finally:
+        up.close()
