@@ -63,9 +63,6 @@ class HTTPError(GatewayError):
     status = 500
     error = "internal_error"
     public = None       # what the client is told instead of ``reason``, when that is internal
-    # (status, body bytes) the client already has when this error cut an answer whose head
-    # was out: the log and metrics then say that status, and the connection is cut
-    response_started = None
 
     def __init__(self, reason="", headers=()):
         super().__init__(reason or self.error)

@@ -310,7 +310,8 @@ class H2Stream(ClientConnection):
             super().buffer_body(req, max_body_size)
 
     def send_continue(self, req):
-        if not req.complete and req.header_map.pop(b"expect", b"").lower() == b"100-continue":
+        if not req.complete and not self.head_status and \
+                req.header_map.pop(b"expect", b"").lower() == b"100-continue":
             self.conn.send_headers(self, [(b":status", b"100")], False)
 
     def answer(self, req, reply, keep_alive):

@@ -52,16 +52,15 @@ UNDERSCORE, HASH = ord("_"), ord("#")
 class ClientGone(Exception):
     """The client closed or reset its connection; there is nobody left to answer."""
 
-    response_started = None     # (status, body bytes) it had when it left mid-body
-
 
 class ClientConnection:
     """Serves one client socket until it closes, errs, or keep-alive ends."""
 
-    # The status of the head written for the current request, 0 before one: once a head is
-    # out, nothing but its body may follow (no error page, no 408), whatever goes wrong.
-    # The relays set it as they write the head.
-    head_status = 0
+    # What the current request's answer put on the wire, set by the relays as they write:
+    # the status of its head (0: none yet) and the body bytes after it. Once a head is out,
+    # nothing but its body may follow (no error page, no 100 Continue, no 408), whatever
+    # goes wrong; a failure can only cut the answer, and the log says what the client got.
+    head_status = body_sent = 0
 
     def __init__(self, runtime, sock, addr, scheme="http"):
         self.runtime = runtime
@@ -394,7 +393,7 @@ class ClientConnection:
 
     def send_continue(self, req):
         """Answer ``Expect: 100-continue`` once, when the body is first wanted."""
-        if req.version == "1.1" and not req.complete and \
+        if req.version == "1.1" and not req.complete and not self.head_status and \
                 req.header_map.pop(b"expect", b"").lower() == b"100-continue":
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -494,7 +493,7 @@ class ClientConnection:
         """Serve one request; return True if the connection may carry another."""
         runtime = self.runtime
         self.requests += 1
-        self.head_status = 0
+        self.head_status = self.body_sent = 0
         req.started = start = time.monotonic()
         status, sent = 0, 0
         runtime.in_flight += 1
@@ -530,23 +529,19 @@ class ClientConnection:
             else:
                 keep_alive = keep_alive and req.complete and runtime.alive
                 status, sent = self.answer(req, reply, keep_alive)
-        except ClientGone as exc:
-            if exc.response_started:        # the client left mid-body: what it got
-                status, sent = exc.response_started
+        except ClientGone:
+            if self.head_status:            # it left mid-body: logged with what it got
+                status, sent = self.head_status, self.body_sent
             raise
         except Exception as exc:
-            started = getattr(exc, "response_started", None)
-            if started is None and self.head_status:
-                # an exception no relay expected, after the head: still only a cut
-                started = (self.head_status, 0)
             if not isinstance(exc, HTTPError):
                 route_id = req.route.id if req.route else None
                 throttled_log.log(log, logging.ERROR, ("unhandled", route_id),
                                   "route %s: request %s: unhandled error", route_id,
                                   req.request_id, exc_info=exc)
                 exc = InternalError("internal error; see the gateway's log")
-            exc.response_started = started
             req.error = exc
+            req.cut = self.head_status != 0
             status = exc.status
             if exc.status >= 500 and req.route is not None:
                 throttled_log.log(log, logging.WARNING, ("answer", req.route.id, exc.error),
@@ -554,10 +549,10 @@ class ClientConnection:
                                   req.request_id, exc.error, exc.reason)
             keep_alive = keep_alive and req.complete and exc.status < 500 and \
                 not self.timed_out and runtime.alive
-            if started:
+            if req.cut:
                 # The head is out: all we can do is cut the body. The log and metrics say
                 # what the client got (that status, those bytes); `error` says why it ended.
-                status, sent = started
+                status, sent = self.head_status, self.body_sent
                 keep_alive = False
             elif not self.timed_out:
                 status, sent = self.answer(req, error_reply(exc, req.request_id), keep_alive)
@@ -579,12 +574,13 @@ class ClientConnection:
                 if consumer is not None:
                     runtime.metrics.count_consumer(consumer.id, status)
                 error = req.error
-                if error is not None and error.response_started:
+                if req.cut:
                     runtime.metrics.count_answer(req.route.id if req.route else None,
                                                  error.status, "cut")
                 elif error is not None or req.ended_by is not None:
                     runtime.metrics.count_answer(req.route.id if req.route else None, status,
                                                  req.ended_by or "gateway")
+        self.head_status = 0            # the next head's wait may answer 408 again
         if self.upgraded:
             return False
         # At max_requests the worker starts draining. This answer went out promising

@@ -88,6 +88,7 @@ class RequestContext:
                  "peer_ip",     # the socket's peer, set when it is a trusted proxy
                  "scheme", "request_id", "route", "params", "_vars", "ended_by",
                  "error",       # the HTTPError that ended the request, if one did
+                 "cut",         # its answer was cut after the head went out (error says why)
                  "trace",       # core.tracing.TraceContext, or None with tracing off
                  "upstream",    # an Upstream chosen by a plugin (split) instead of the route's
                  # filled by the reader, used by the proxy step
@@ -118,6 +119,7 @@ class RequestContext:
         self.content_length = None
         self.route = self.params = self._vars = self.ended_by = self.upstream_seconds = None
         self.error = self.trace = self.upstream = None
+        self.cut = False
         self.upgrade_tail = b""
         self.attempts = 0
         self.sent = False

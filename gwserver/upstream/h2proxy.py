@@ -385,9 +385,9 @@ class H2Forwarder:
             body.clear()
             if filters:
                 data = filtered(filters, [data], last)
+            size = len(data)
             if data:
-                sent += len(data)
-                out.extend((b"%x\r\n" % len(data), data, b"\r\n") if chunked else (data,))
+                out.extend((b"%x\r\n" % size, data, b"\r\n") if chunked else (data,))
             if end:
                 out.append(end)
             if out:
@@ -395,6 +395,7 @@ class H2Forwarder:
                 out.clear()
                 client.head_status = status
                 client.write(data)
+                sent += size
         held = 0
         try:
             if not stream.ready():
@@ -414,7 +415,7 @@ class H2Forwarder:
                     req.header_map.get(b"te", b"").lower() else ()
                 end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
             flush(last=True, end=end)
-        except Exception as exc:
+        except Exception:
             if not client.head_status:
                 raise       # nothing went out yet: the client still gets a whole error answer
             if body:        # the upstream's bytes from before its failure still go out
@@ -422,14 +423,13 @@ class H2Forwarder:
                     flush()
                 except Exception:       # noqa: BLE001 -- the first error is the one to tell
                     pass
-            exc.response_started = (status, sent)   # the head is out: it can only be cut
+            client.body_sent = sent     # the head is out: the answer can only be cut
             raise
         if length is not None and sent != int(length):
             # h2 holds DATA to content-length; should that ever miss, the client's framing
             # must not: the connection is cut, not reused
-            exc = UpstreamError(f"{target.url} sent {sent} body bytes, its content-length "
+            client.body_sent = sent
+            raise UpstreamError(f"{target.url} sent {sent} body bytes, its content-length "
                                 f"said {int(length)}")
-            exc.response_started = (status, sent)
-            raise exc
         return status, sent, keep_alive
 

@@ -917,12 +917,10 @@ class Proxy:
                         return status, sent + len(tail), keep_alive, False
                     raise UpstreamError("upstream closed the connection mid-body")
         except _StaleConnection:
-            exc = UpstreamError("upstream connection failed mid-body")
-            exc.response_started = (status, sent) if started else None
-            raise exc from None
-        except Exception as exc:
-            if started:             # a body filter's bug too: the head is out either way
-                exc.response_started = (status, sent)
+            client.body_sent = sent
+            raise UpstreamError("upstream connection failed mid-body") from None
+        except Exception:
+            client.body_sent = sent     # what went out before the failure (or the client left)
             raise
         return status, sent, keep_alive, ex.keep_alive and req.complete
 

@@ -67,6 +67,17 @@ def cut_over_http2(gw, path):
         client.close()
 
 
+def read_to_close(sock, timeout=8):
+    sock.settimeout(timeout)
+    got = b""
+    try:
+        while data := sock.recv(65536):
+            got += data
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return got
+
+
 def logged_and_counted(gw, received):
     line = wait_until(lambda: gw.access_lines() and gw.access_lines()[-1])
     assert line["status"] == 200 and line["upstream_status"] == 200
@@ -145,10 +156,7 @@ def test_a_body_filter_that_raises_mid_body_cuts_the_answer_and_writes_no_error_
     if client == "http1":
         with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
             sock.sendall(b"GET /bytes/2000000 HTTP/1.1\r\nHost: x\r\n\r\n")
-            got = b""
-            while data := sock.recv(65536):
-                got += data
-        head, _, body = got.partition(b"\r\n\r\n")
+            head, _, body = read_to_close(sock).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
         assert not body.endswith(b"0\r\n\r\n")      # cut: no last chunk
     else:
@@ -187,17 +195,6 @@ def response(conf, ctx, head):
 '''
 
 
-def read_to_close(sock, timeout=8):
-    sock.settimeout(timeout)
-    got = b""
-    try:
-        while data := sock.recv(65536):
-            got += data
-    except (socket.timeout, ConnectionResetError):
-        pass
-    return got
-
-
 @pytest.mark.parametrize("protocol", ["http1", "h2"])
 def test_a_body_filter_that_fails_on_the_last_piece_cuts_the_answer(
         launcher, upstream, tmp_path, protocol):
@@ -225,37 +222,26 @@ def test_a_body_filter_that_fails_on_the_last_piece_cuts_the_answer(
             h2_upstream.close()
 
 
-class OneShotUpstream:
-    """A raw HTTP/1.1 upstream in a thread: ``handler(conn, head)`` per connection."""
+class OneShotUpstream(H2cUpstream):
+    """A raw HTTP/1.1 upstream in a thread (H2cUpstream's accept loop): reads a request head,
+    then ``handler(conn, head)`` does what it likes with the connection."""
 
     def __init__(self, handler):
         self.handler = handler
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
+        super().__init__()
 
-    def serve(self):
-        while True:
+    def connection(self, sock):
+        with sock:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = sock.recv(65536)
+                if not piece:
+                    return
+                data += piece
             try:
-                conn, _ = self.listener.accept()
+                self.handler(sock, data.partition(b"\r\n\r\n")[0])
             except OSError:
-                return
-            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
-
-    def one(self, conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            piece = conn.recv(65536)
-            if not piece:
-                return
-            data += piece
-        try:
-            self.handler(conn, data.partition(b"\r\n\r\n")[0])
-        except OSError:
-            pass
-
-    def close(self):
-        self.listener.close()
+                pass
 
 
 def reset(conn):
@@ -429,3 +415,37 @@ def test_a_client_that_stops_reading_an_early_answer_is_cut_by_send_timeout(laun
         assert got.startswith(b"HTTP/1.1 200") and len(got) < answer
     finally:
         up.close()
+
+
+def test_a_head_that_stalls_after_a_relayed_answer_still_gets_its_408(launcher, upstream):
+    """The head status of the previous answer on a keep-alive connection must not make the
+    next request's slow head look answered: it gets its 408, as any slow head does."""
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "ok", "paths": ["/*rest"], "upstream": {"targets": [{"url": upstream.url}]}}],
+        server={"header_timeout": 1.0}))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=8) as sock:
+        sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = b""
+        while not (b"\r\n\r\n" in first and len(first.partition(b"\r\n\r\n")[2]) >= 10):
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200") and b"content-length: 10\r\n" in first.lower()
+        sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: h\r\n")        # ... and no more
+        second = read_to_close(sock, 5)
+    assert second.startswith(b"HTTP/1.1 408"), second[:80]
+
+
+def test_cut_answers_trip_the_routes_breaker(launcher):
+    """A cut is logged with the 200 the client got, but it is the upstream's failure:
+    ctx.error is set, so the breaker counts it (upstream_failed) and opens."""
+    raw = launcher.raw_upstream()
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "cut", "paths": ["/*rest"],
+          "upstream": {"targets": [{"url": f"http://127.0.0.1:{raw.port}"}]},
+          "plugins": {"breaker": {"error_rate": 0.5, "window": 5.0, "min_requests": 4,
+                                  "open_for": 30.0}}}],
+        log={"access_fields": FIELDS}))
+    for _ in range(4):
+        assert cut_over_http1(gw, "/reset-mid-body") == 1000
+    time.sleep(0.3)         # the verdicts are recorded after each answer
+    resp, body = gw.request("GET", "/reset-mid-body")
+    assert resp.status == 503 and b"circuit_open" in body
