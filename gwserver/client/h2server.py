@@ -192,6 +192,7 @@ class H2Stream(ClientConnection):
         self.upgraded = self.timed_out = self.answer_timeout = False
         self.keepalive_enabled = True
         self.last_host = self.last_host_parts = None
+        self.head_status = self.body_sent = 0      # see ClientConnection.__init__
         self.req = None
         self.framer = None
         self.fresh = False          # body data or its end arrived since the last read_body

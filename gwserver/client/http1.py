@@ -56,12 +56,6 @@ class ClientGone(Exception):
 class ClientConnection:
     """Serves one client socket until it closes, errs, or keep-alive ends."""
 
-    # What the current request's answer put on the wire, set by the relays as they write:
-    # the status of its head (0: none yet) and the body bytes after it. Once a head is out,
-    # nothing but its body may follow (no error page, no 100 Continue, no 408), whatever
-    # goes wrong; a failure can only cut the answer, and the log says what the client got.
-    head_status = body_sent = 0
-
     def __init__(self, runtime, sock, addr, scheme="http"):
         self.runtime = runtime
         self.settings = runtime.conf.server
@@ -95,6 +89,12 @@ class ClientConnection:
         self.raw_chunked = None         # -1 and this decoder for a chunked one
         self.last_host = self.last_host_parts = None
         self.writing = WriteDeadline(self.expire)
+        # What the current request's answer put on the wire, set by the relays as they
+        # write: the status of its head (0: none yet) and the body bytes after it. Once a
+        # head is out, nothing but its body may follow (no error page, no 100 Continue, no
+        # 408), whatever goes wrong; a failure can only cut the answer, and the log says
+        # what the client got.
+        self.head_status = self.body_sent = 0
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
 
