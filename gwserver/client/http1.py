@@ -493,7 +493,6 @@ class ClientConnection:
         """Serve one request; return True if the connection may carry another."""
         runtime = self.runtime
         self.requests += 1
-        self.head_status = self.body_sent = 0
         req.started = start = time.monotonic()
         status, sent = 0, 0
         runtime.in_flight += 1
@@ -580,7 +579,9 @@ class ClientConnection:
                 elif error is not None or req.ended_by is not None:
                     runtime.metrics.count_answer(req.route.id if req.route else None, status,
                                                  req.ended_by or "gateway")
-        self.head_status = 0            # the next head's wait may answer 408 again
+        # Cleared after the answer, not before the next: the next head's wait (read_head)
+        # may answer 408 again.
+        self.head_status = self.body_sent = 0
         if self.upgraded:
             return False
         # At max_requests the worker starts draining. This answer went out promising

@@ -32,13 +32,17 @@ def cutting_h2():
     upstream.close()
 
 
-def gateway(launcher, url, protocol="http1"):
+def gateway(launcher, url, protocol="http1", plugins=None, env=None, **sections):
+    """A gateway with one route "cut" to ``url``, the access fields above, metrics on an
+    admin port of its own and h2c; ``sections`` add conf sections (server, ...)."""
     admin = free_port()
+    route = {"id": "cut", "paths": ["/*rest"],
+             "upstream": {"targets": [{"url": url}], "protocol": protocol}}
+    if plugins:
+        route["plugins"] = plugins
     gw = launcher.gateway(gateway_conf(
-        [{"id": "cut", "paths": ["/*rest"],
-          "upstream": {"targets": [{"url": url}], "protocol": protocol}}],
-        log={"access_fields": FIELDS}, admin={"bind": f"127.0.0.1:{admin}"},
-        http2={"h2c": True}))
+        [route], log={"access_fields": FIELDS}, admin={"bind": f"127.0.0.1:{admin}"},
+        http2={"h2c": True}, **sections), env=env)
     gw.admin_port = admin
     return gw
 
@@ -205,11 +209,8 @@ def test_a_body_filter_that_fails_on_the_last_piece_cuts_the_answer(
         url, path = (f"http://127.0.0.1:{h2_upstream.port}", b"/stream?n=300000&f=1000") \
             if h2_upstream else (upstream.url, b"/bytes/2000000")
         site = spoiler_site(tmp_path, LAST_PIECE_SPOILER)
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "cut", "paths": ["/*rest"],
-              "upstream": {"targets": [{"url": url}], "protocol": protocol},
-              "plugins": {"spoiler": {}}}], log={"access_fields": FIELDS}),
-            env={"PYTHONPATH": str(site)})
+        gw = gateway(launcher, url, protocol, plugins={"spoiler": {}},
+                     env={"PYTHONPATH": str(site)})
         with socket.create_connection(("127.0.0.1", gw.port), timeout=8) as sock:
             sock.sendall(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
             head, _, body = read_to_close(sock).partition(b"\r\n\r\n")
@@ -301,12 +302,8 @@ def test_a_client_upload_that_stalls_after_the_answer_began_gets_no_408_in_the_b
     then stalled, the body deadline wrote a 408 page after the relayed 200's bytes."""
     up = EarlyAnswerUpstream()
     try:
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "cut", "paths": ["/*rest"],
-              "upstream": {"targets": [{"url": f"http://127.0.0.1:{up.port}"}],
-                           "protocol": "h2"}}],
-            log={"access_fields": FIELDS},
-            server={"request_buffer_size": 1024, "client_body_timeout": 1.0}))
+        gw = gateway(launcher, f"http://127.0.0.1:{up.port}", "h2",
+                     server={"request_buffer_size": 1024, "client_body_timeout": 1.0})
         with socket.create_connection(("127.0.0.1", gw.port), timeout=8) as sock:
             sock.sendall(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" +
                          b"b" * 5000)
@@ -365,11 +362,9 @@ def test_cut_answers_give_their_pooled_connection_back(launcher, cutting_h2, pro
     else:
         raw = launcher.raw_upstream()
         url, path = f"http://127.0.0.1:{raw.port}", "/reset-mid-body"
-    gw = launcher.gateway(gateway_conf(
-        [{"id": "cut", "paths": ["/*rest"],
-          "upstream": {"targets": [{"url": url}], "protocol": protocol}}],
-        log={"access_fields": FIELDS},
-        upstream_defaults={"pool_size": 1, "block_when_full": True, "pool_timeout": 1.0}))
+    gw = gateway(launcher, url, protocol,
+                 upstream_defaults={"pool_size": 1, "block_when_full": True,
+                                    "pool_timeout": 1.0})
     workers = gw.worker_pids()
     for _ in range(12):
         conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
@@ -391,13 +386,9 @@ def test_a_client_that_stops_reading_an_early_answer_is_cut_by_send_timeout(laun
     waited on the client for good (a connection slot and an upstream stream held forever)."""
     up = StreamingH2Upstream()
     try:
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "early", "paths": ["/*rest"],
-              "upstream": {"targets": [{"url": f"http://127.0.0.1:{up.port}"}],
-                           "protocol": "h2"}}],
-            log={"access_fields": FIELDS},
-            server={"request_buffer_size": 1024, "send_timeout": 1.0,
-                    "client_body_timeout": 10.0}))
+        gw = gateway(launcher, f"http://127.0.0.1:{up.port}", "h2",
+                     server={"request_buffer_size": 1024, "send_timeout": 1.0,
+                             "client_body_timeout": 10.0})
         answer = 64 << 20
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -420,9 +411,7 @@ def test_a_client_that_stops_reading_an_early_answer_is_cut_by_send_timeout(laun
 def test_a_head_that_stalls_after_a_relayed_answer_still_gets_its_408(launcher, upstream):
     """The head status of the previous answer on a keep-alive connection must not make the
     next request's slow head look answered: it gets its 408, as any slow head does."""
-    gw = launcher.gateway(gateway_conf(
-        [{"id": "ok", "paths": ["/*rest"], "upstream": {"targets": [{"url": upstream.url}]}}],
-        server={"header_timeout": 1.0}))
+    gw = gateway(launcher, upstream.url, server={"header_timeout": 1.0})
     with socket.create_connection(("127.0.0.1", gw.port), timeout=8) as sock:
         sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: h\r\n\r\n")
         first = b""
@@ -438,12 +427,8 @@ def test_cut_answers_trip_the_routes_breaker(launcher):
     """A cut is logged with the 200 the client got, but it is the upstream's failure:
     ctx.error is set, so the breaker counts it (upstream_failed) and opens."""
     raw = launcher.raw_upstream()
-    gw = launcher.gateway(gateway_conf(
-        [{"id": "cut", "paths": ["/*rest"],
-          "upstream": {"targets": [{"url": f"http://127.0.0.1:{raw.port}"}]},
-          "plugins": {"breaker": {"error_rate": 0.5, "window": 5.0, "min_requests": 4,
-                                  "open_for": 30.0}}}],
-        log={"access_fields": FIELDS}))
+    gw = gateway(launcher, f"http://127.0.0.1:{raw.port}", plugins={
+        "breaker": {"error_rate": 0.5, "window": 5.0, "min_requests": 4, "open_for": 30.0}})
     for _ in range(4):
         assert cut_over_http1(gw, "/reset-mid-body") == 1000
     time.sleep(0.3)         # the verdicts are recorded after each answer
