@@ -93,6 +93,9 @@ class Load:
         self.running = False
         self.thread.join(10)
 
+    def keys_seen_since(self, since):
+        return {key for t, key, _, _ in list(self.seen) if t >= since}
+
     def failed_since(self, since):
         return sum(1 for t, _, status, _ in self.seen if t >= since and status != 200)
 
@@ -111,11 +114,13 @@ def test_healthy_canary_walks_every_step_once_and_clients_stay_on_it(launcher, p
     load = Load(gateways)
     try:
         wait_until(lambda: rollout_of(gateways[0]).get("status") == "done", timeout=40)
-        time.sleep(2.0)         # every client calls again at 100 %
+        entry = wait_until(lambda: (lambda e: e.get("status") == "done" and e)(
+            rollout_of(gateways[1])), timeout=5)
+        # every client calls again at 100 % (a round of 200 takes seconds on a loaded host)
+        done_at = time.monotonic()
+        wait_until(lambda: load.keys_seen_since(done_at) == set(load.keys), timeout=30)
     finally:
         load.stop()
-    entry = wait_until(lambda: (lambda e: e.get("status") == "done" and e)(
-        rollout_of(gateways[1])), timeout=5)
     assert entry["weights"] == {"v1": 0.0, "canary": 100.0}
     history = [(h["event"], h["step"], h["weight"]) for h in entry["history"]]
     # two gateways decide, yet every step is entered once, in order
@@ -147,6 +152,7 @@ def test_canary_failing_at_step_two_is_rolled_back_within_a_window(launcher, pai
         control(v2, fail=0.5)
         wait_until(lambda: rollout_of(gateways[0]).get("status") == "rolled_back", timeout=10)
         detected = time.monotonic() - broke
+        wait_until(lambda: rollout_of(gateways[1]).get("status") == "rolled_back", timeout=5)
         time.sleep(1.0)         # every worker has read the rollback by now
         settled = time.monotonic()
         time.sleep(1.0)
