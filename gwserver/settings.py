@@ -354,8 +354,9 @@ HTTP2_CONNECTION = (
           "client RST_STREAMs on streams still being served, per second, before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM; rapid reset, CVE-2023-44487)"),
     Field("max_control_frames_per_second", integer(1), 500,
-          "PING, SETTINGS and PRIORITY frames per second before the connection is closed "
-          "(GOAWAY ENHANCE_YOUR_CALM)"),
+          "PING, SETTINGS and PRIORITY frames per second, ACKs included, before the "
+          "connection is closed (GOAWAY ENHANCE_YOUR_CALM); a SETTINGS frame counts one more "
+          "per 64 entries"),
     Field("max_empty_frames_per_second", integer(1), 10000,
           "frames that carry nothing to serve (WINDOW_UPDATE, DATA with no payload that does "
           "not end its stream, unknown types, frames on a finished stream) per second before "

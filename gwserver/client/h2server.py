@@ -18,7 +18,8 @@ Rules this file keeps:
 - Streams counted for max_concurrent_streams are those still being served, reset or not:
   a client that opens and resets streams (rapid reset) gets REFUSED_STREAM once at the limit,
   and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second. PING, SETTINGS and PRIORITY
-  floods: GOAWAY ENHANCE_YOUR_CALM past max_control_frames_per_second; WINDOW_UPDATE, empty
+  floods (ACKs too; a SETTINGS frame weighs one more per 64 entries): GOAWAY
+  ENHANCE_YOUR_CALM past max_control_frames_per_second; WINDOW_UPDATE, empty
   DATA, unknown and finished-stream frame floods past max_empty_frames_per_second (plus two
   per DATA frame sent: a download's WINDOW_UPDATEs). A header list over
   64 KiB (an HPACK bomb) is a connection error from h2 (ENHANCE_YOUR_CALM); one within it but
@@ -47,7 +48,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import httptools
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, PingFrame, PriorityFrame, SettingsFrame
 
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
@@ -354,16 +355,24 @@ class H2Stream(ClientConnection):
             self.conn.stream_done(self)
 
 
+_CONTROL_FRAMES = (PingFrame, SettingsFrame, PriorityFrame)     # ACKs too
+
+
 class _CountingH2(h2.connection.H2Connection):
     """h2, counting what the flood guards need. A frame on a closed stream raises no event
     (h2 drops it, at most queueing a RST_STREAM) yet costs its parse: such frames count as
-    empty. DATA frames sent are counted for the WINDOW_UPDATEs they earn. ``_receive_frame``
-    is h2's own (private since h2 2.0, the same through 4.x); the flood tests in
-    test_http2_hardening.py fail if it changes."""
+    empty. Control frames are counted by frame, not by event, so that ACKs nobody asked for
+    count too, and a SETTINGS frame by its size. DATA frames sent are counted for the
+    WINDOW_UPDATEs they earn. ``_receive_frame`` is h2's own (private since h2 2.0, the same
+    through 4.x); the flood tests in test_http2_hardening.py fail if it changes."""
 
-    silent_frames = data_frames_sent = 0
+    silent_frames = control_frames = data_frames_sent = 0
 
     def _receive_frame(self, frame):
+        if isinstance(frame, _CONTROL_FRAMES):
+            # One, and one more per 64 entries of a SETTINGS frame: 2,730 entries (16 KiB)
+            # cost the parse of 40 small ones.
+            self.control_frames += 1 + frame.body_len // 384
         events = super()._receive_frame(frame)
         if not events:
             self.silent_frames += 1
@@ -608,6 +617,11 @@ class H2ServerConnection:
                 silent, self.h2.silent_frames = self.h2.silent_frames, 0
                 if silent:
                     self.count_empty_frames(silent)
+                control, self.h2.control_frames = self.h2.control_frames, 0
+                if control:
+                    self.count_flood("control_frames",
+                                     self.conf["max_control_frames_per_second"],
+                                     "control frame flood", control)
             except h2.exceptions.ProtocolError as exc:
                 throttled_log.log(log, logging.INFO, "h2 protocol error",
                                   "HTTP/2 connection from %s: %s", self.client_ip, exc)
@@ -672,17 +686,13 @@ class H2ServerConnection:
             stream = self.streams.get(event.stream_id)
             if stream is not None and len(event.headers) > self.limits[1]:
                 self.refuse(stream, E.PROTOCOL_ERROR, "too many trailer fields")
-        elif kind in (h2.events.PingReceived, h2.events.RemoteSettingsChanged,
-                      h2.events.PriorityUpdated):
-            self.count_flood("control_frames", self.conf["max_control_frames_per_second"],
-                             "control frame flood")
-            if kind is h2.events.RemoteSettingsChanged:
-                for stream in self.streams.values():     # the initial window may have grown
-                    stream.window_opened()
+        elif kind is h2.events.RemoteSettingsChanged:   # (counted as it was read)
+            for stream in self.streams.values():     # the initial window may have grown
+                stream.window_opened()
         elif kind is h2.events.ConnectionTerminated:
             self.draining = True
-        elif kind is h2.events.UnknownFrameReceived:
-            self.count_empty_frames()
+        elif kind is h2.events.UnknownFrameReceived:     # one more per KiB: its parse
+            self.count_empty_frames(1 + (event.frame.body_len >> 10))
 
     def count_empty_frames(self, frames=1):
         """Frames that carry nothing to serve. Each DATA frame sent lets a client send a

@@ -25,7 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, SettingsFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
@@ -43,9 +43,9 @@ WRITE_PIECE = 256 << 10     # the writer's deadline is per piece: progress, not 
 MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
 # Frames with nothing to relay (WINDOW_UPDATE, PING, SETTINGS, GOAWAY, ALTSVC, empty DATA,
 # unknown types, HEADERS or RST_STREAM on finished streams) an upstream may send in a second, each
-# weighing one more per KiB of payload, plus two per DATA frame sent to it (the WINDOW_UPDATEs an
-# upload earns). Past it the connection is a flood that takes the worker's CPU from every other
-# request: it ends (GOAWAY ENHANCE_YOUR_CALM). DATA that uses flow-control window is not counted:
+# weighing one more per KiB of payload (a SETTINGS frame: per 16 entries), plus two per DATA
+# frame sent to it (the WINDOW_UPDATEs an upload earns). Past it the connection is a flood that
+# takes the worker's CPU from every other request: it ends (GOAWAY ENHANCE_YOUR_CALM). DATA that uses flow-control window is not counted:
 # the windows bound it (and a client that hangs up on a stream of small messages leaves up to a
 # window of them in flight, which is no flood). The client side's budget is the setting
 # http2.max_empty_frames_per_second, of the same default.
@@ -97,9 +97,13 @@ class _UpstreamH2(h2.connection.H2Connection):
         for event in events:
             if type(event) in _RELAYED:
                 return events
-        # Nothing to relay: one, and one more per KiB (a SETTINGS frame of 2,700 entries,
-        # a GOAWAY's debug data, cost their parse).
-        self.empty_frames += 1 + (getattr(frame, "body_len", 0) >> 10)
+        # Nothing to relay: one (a WINDOW_UPDATE's parse, 15 us here), and one more per KiB
+        # of payload (a GOAWAY's debug data). A SETTINGS frame costs three, and one more per
+        # 16 entries: 2,730 of them (16 KiB) take 1.6 ms to parse and answer.
+        if isinstance(frame, SettingsFrame):
+            self.empty_frames += 3 + frame.body_len // 96
+        else:
+            self.empty_frames += 1 + (getattr(frame, "body_len", 0) >> 10)
         return events
 
     @staticmethod

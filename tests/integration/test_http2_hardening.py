@@ -105,13 +105,29 @@ def test_hpack_bomb(gw):
             client.goaway().error_code in (E.ENHANCE_YOUR_CALM, E.PROTOCOL_ERROR)
 
 
-@pytest.mark.parametrize("frame", [lambda i: PingFrame(0, i.to_bytes(8, "big")),
-                                   lambda i: SettingsFrame(0, {4: 65535 + i})],
-                         ids=["ping", "settings"])
-def test_control_frame_floods(gw, frame):
+def big_settings(i):
+    """A SETTINGS frame of 2,730 entries of an unknown setting: 16 KiB, each entry parsed."""
+    return b"\x00\x3f\xfc\x04\x00\x00\x00\x00\x00" + \
+        b"".join(b"\x00\x77" + (i * 2730 + n).to_bytes(4, "big") for n in range(2730))
+
+
+def ack(frame):
+    frame.flags.add("ACK")
+    return frame
+
+
+@pytest.mark.parametrize("frame, count", [
+    (lambda i: PingFrame(0, i.to_bytes(8, "big")).serialize(), 2000),
+    (lambda i: SettingsFrame(0, {4: 65535 + i}).serialize(), 2000),
+    # ACKs nobody asked for raise an event h2 does not answer: they were not counted at all
+    (lambda i: ack(PingFrame(0, i.to_bytes(8, "big"))).serialize(), 2000),
+    (lambda i: ack(SettingsFrame(0)).serialize(), 2000),
+    # 60 frames cost the worker 100 ms of parse: they were 60 of the 200 a second allowed
+    (big_settings, 60)], ids=["ping", "settings", "ping-ack", "settings-ack", "settings-big"])
+def test_control_frame_floods(gw, frame, count):
     with Bystander(gw.port):
         client = RawH2(gw.port)
-        client.send_raw(b"".join(frame(i).serialize() for i in range(2000)))
+        client.send_raw(b"".join(frame(i) for i in range(count)))
         client.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
         assert client.goaway() is not None
         assert client.goaway().error_code == E.ENHANCE_YOUR_CALM
@@ -135,21 +151,25 @@ def empty_frames(client, kind):
         if kind == "closed_stream_data":
             return DataFrame(sid, b"").serialize()
         return WindowUpdateFrame(sid, 1).serialize()
+    if kind == "unknown_16k":
+        return b"\x00\x3e\x80\xfa\x00\x00\x00\x00\x00" + b"u" * 16000
     return WindowUpdateFrame(0, 1).serialize() if kind == "window_update" else UNKNOWN_FRAME
 
 
 @pytest.mark.parametrize("kind", ["window_update", "unknown", "empty_data", "padding_only",
-                                  "closed_stream_window_update", "closed_stream_data"])
+                                  "closed_stream_window_update", "closed_stream_data",
+                                  "unknown_16k"])
 def test_empty_frame_floods(launcher, upstream, kind):
     """Frames that carry nothing to serve cost the worker CPU and never make its reader wait,
     and h2 raises no event for one on a closed stream: past max_empty_frames_per_second
     (10,000 by default; 1,000 here, so that a loaded CI host that reads fewer than 10,000 a
-    second still sees a flood), GOAWAY; meanwhile another client is served."""
+    second still sees a flood), GOAWAY; meanwhile another client is served. An unknown frame
+    weighs one more per KiB: 300 of 16 KB cost the parse of 5,000 small ones."""
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
         "h2c": True, "max_empty_frames_per_second": 1000}))
     with Bystander(gw.port):
         client = RawH2(gw.port)
-        client.send_raw(empty_frames(client, kind) * 30000)
+        client.send_raw(empty_frames(client, kind) * (300 if kind == "unknown_16k" else 30000))
         client.pump(lambda c: c.goaway() is not None or c.closed, timeout=5)
         assert client.goaway() is not None
         assert client.goaway().error_code == E.ENHANCE_YOUR_CALM
