@@ -20,6 +20,7 @@ counts as JSON.
   /early-413        413 at once when the body is over 1 MiB, then stops reading (closes later)
   /junk             bytes that are not HTTP
   /reset-mid-body   a head promising 100000 bytes, 1000 of them, then a close
+  /head-then-close  a head promising 1000 bytes, then a close before any of them
   /no-answer        reads the request and closes without a byte
   /conn-named       200 whose Connection names X-Hop (hop-by-hop), beside X-Kept
   /conn-plain       200 with "Connection: Keep-Alive" (no other header named), beside X-Kept
@@ -232,6 +233,10 @@ def handle(conn, path):
         return False
     elif path == "/reset-mid-body":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"r" * 1000)
+        time.sleep(0.05)
+        return False
+    elif path == "/head-then-close":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
         time.sleep(0.05)
         return False
     elif path == "/no-answer":

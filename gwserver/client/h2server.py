@@ -311,6 +311,15 @@ class H2Stream(ClientConnection):
         if not is_grpc(req.header_map.get(b"content-type")):
             super().buffer_body(req, max_body_size)
 
+    def take_back_head(self):
+        """HTTP/2 sends a head with the first piece of its body (or its end): while the
+        framer still holds it, the client has nothing and can get a whole error answer."""
+        if self.framer.head is None:
+            return False
+        self.framer = ResponseFramer(self.framer.head_only)
+        self.head_status = self.body_sent = 0
+        return True
+
     def send_continue(self, req):
         if not req.complete and not self.head_status and \
                 req.header_map.pop(b"expect", b"").lower() == b"100-continue":

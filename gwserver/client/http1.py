@@ -540,7 +540,7 @@ class ClientConnection:
                                   req.request_id, exc_info=exc)
                 exc = InternalError("internal error; see the gateway's log")
             req.error = exc
-            req.cut = self.head_status != 0
+            req.cut = self.head_status != 0 and not self.take_back_head()
             status = exc.status
             if exc.status >= 500 and req.route is not None:
                 throttled_log.log(log, logging.WARNING, ("answer", req.route.id, exc.error),
@@ -590,6 +590,10 @@ class ClientConnection:
         runtime.request_done()
         return keep_alive
 
+    def take_back_head(self):
+        """After a failure that followed the head: can the head be taken back, because the
+        client has none of it yet? HTTP/1.1 writes a head as it is given: never."""
+        return False
 
     def answer(self, req, reply, keep_alive):
         """Write a reply the gateway made itself (a plugin's, or an error), after the route's

@@ -113,6 +113,33 @@ def test_an_http2_upstream_that_resets_mid_body_is_logged_as_the_client_got_it(
     logged_and_counted(gw, received)
 
 
+def test_an_upstream_that_fails_before_any_body_is_a_502_to_an_http2_client(launcher):
+    """HTTP/2 sends a head with the first piece of its body: when the upstream fails after
+    its head and before any body, the head is still held and the client has nothing, so it
+    gets a whole 502 (it used to get a bare RST_STREAM, as if the head had gone out). An
+    HTTP/1.1 client has the head by then: its answer is cut."""
+    raw = launcher.raw_upstream()
+    gw = gateway(launcher, f"http://127.0.0.1:{raw.port}")
+    client = RawH2(gw.port)
+    try:
+        sid = client.request("/head-then-close")
+        client.pump(lambda c: c.reset_code(sid) is not None or c.ended(sid), timeout=10)
+        assert client.reset_code(sid) is None
+        status, _, body, _ = client.response(sid)
+        assert status == 502 and b"bad_gateway" in body, (status, body)
+    finally:
+        client.close()
+    line = wait_until(lambda: gw.access_lines() and gw.access_lines()[-1])
+    # upstream_status is null: the client got the gateway's answer, not the upstream's
+    assert line["status"] == 502 and line["upstream_status"] is None
+    assert "mid-body" in line["error"], line
+    metrics = wait_until(lambda: (text := gw.admin_get("/metrics")[1].decode()) and
+                         sample(text, "gwserver_gateway_answers_total", route="cut",
+                                source="gateway") == 1 and text)
+    assert sample(metrics, "gwserver_gateway_answers_total", route="cut", source="cut") is None
+    assert cut_over_http1(gw, "/head-then-close") == 0
+
+
 def spoiler_site(tmp_path, source):
     """A third-party plugin package `spoiler` (a gwserver.plugins entry point) on a path."""
     site = tmp_path / "site"
