@@ -89,11 +89,11 @@ class ClientConnection:
         self.raw_chunked = None         # -1 and this decoder for a chunked one
         self.last_host = self.last_host_parts = None
         self.writing = WriteDeadline(self.expire)
-        # What the current request's answer put on the wire, set by the relays as they
-        # write: the status of its head (0: none yet) and the body bytes after it. Once a
-        # head is out, nothing but its body may follow (no error page, no 100 Continue, no
-        # 408), whatever goes wrong; a failure can only cut the answer, and the log says
-        # what the client got.
+        # What the current request's answer put on the wire, set as the relays write
+        # (write_head, then body_sent): the status of its head (0: none yet) and the body
+        # bytes after it. Once a head is out, nothing but its body may follow (no error page,
+        # no 100 Continue, no 408), whatever goes wrong; a failure can only cut the answer,
+        # and the log says what the client got.
         self.head_status = self.body_sent = 0
 
     # -- parser callbacks (called inside feed_data) ------------------------------------------
@@ -363,6 +363,12 @@ class ClientConnection:
                      self.runtime.send_timeout)
         except OSError as exc:
             raise ClientGone(str(exc)) from None
+
+    def write_head(self, status, data):
+        """Write an answer's head, with what of its body is ready: from here on a failure can
+        only cut the answer (handle() writes no error page after it)."""
+        self.head_status = status
+        self.write(data)
 
     def read_body(self):
         """Read more of the current request's body within client_body_timeout; raise

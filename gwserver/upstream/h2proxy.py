@@ -369,8 +369,7 @@ class H2Forwarder:
                             b"keep-alive" if keep_alive else b"close")]
 
         if no_body:
-            client.head_status = status
-            client.write(out[0])
+            client.write_head(status, out[0])
             return status, 0, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
         body = []       # the client's body bytes since the last send
@@ -393,8 +392,10 @@ class H2Forwarder:
             if out:
                 data = b"".join(out)
                 out.clear()
-                client.head_status = status
-                client.write(data)
+                if client.head_status:
+                    client.write(data)
+                else:
+                    client.write_head(status, data)
                 sent += size
         held = 0
         try:

@@ -868,8 +868,7 @@ class Proxy:
         head, chunked_out, keep_alive, no_body, status, filters = self.response_head(
             req, ex, keep_alive)
         if no_body:
-            client.head_status = status
-            client.write(head)
+            client.write_head(status, head)
             # The parser still expects the body a HEAD response announced: drop the connection
             # unless the message really ended. After a 204 or 304 it is never reused: their
             # end is implied, and an upstream that writes a body anyway (a common bug) would
@@ -883,8 +882,7 @@ class Proxy:
             size = sum(map(len, body)) if len(body) != 1 else len(body[0])
             if chunked_out:
                 body = encode_chunks(body, True, True)
-            client.head_status = status
-            client.write(b"".join([head, *body]))
+            client.write_head(status, b"".join([head, *body]))
             return status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
         started = False
@@ -901,8 +899,7 @@ class Proxy:
                 if started:
                     client.write(b"".join(body))
                 else:
-                    client.head_status = status
-                    client.write(b"".join([head, *body]))
+                    client.write_head(status, b"".join([head, *body]))
                     started = True
                 sent += size
                 if ex.complete:
@@ -929,8 +926,7 @@ class Proxy:
         nothing moves either way for the route's read timeout (nginx's proxy_read_timeout on a
         websocket): an idle tunnel would hold a connection slot for good."""
         head = self.response_head(req, ex, False)[0]
-        client.head_status = 101
-        client.write(b"".join([head, *ex.chunks]))
+        client.write_head(101, b"".join([head, *ex.chunks]))
         upstream_sock, client_sock = ex.sock, client.sock
         deadlines, idle = self.runtime.deadlines, req.route.read_timeout
         tunnel = IdleTunnel((upstream_sock, client_sock))
