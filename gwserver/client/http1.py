@@ -535,7 +535,9 @@ class ClientConnection:
                 keep_alive = keep_alive and req.complete and runtime.alive
                 status, sent = self.answer(req, reply, keep_alive)
         except ClientGone:
-            if self.head_status:            # it left mid-body: logged with what it got
+            # It left mid-body: logged with what it got (HTTP/2: nothing, if the head was
+            # still held)
+            if self.head_status and not self.take_back_head():
                 status, sent = self.head_status, self.body_sent
             raise
         except Exception as exc:

@@ -35,8 +35,8 @@ def _header(name):
 def _upstream_status(req, status, sent, upstream):
     # the upstream's answer reached the client: its head was read (upstream_seconds) and
     # neither a plugin nor an error made the gateway write the status itself (an error that
-    # cut the answer's body came after its head)
-    if req.upstream_seconds is None or req.ended_by is not None or \
+    # cut the answer's body came after its head; status 0: the client left before any)
+    if req.upstream_seconds is None or req.ended_by is not None or not status or \
             req.error is not None and not req.cut:
         return None
     return req.var("upstream_status", status)       # set when a plugin changed the status

@@ -14,6 +14,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 
@@ -356,6 +357,38 @@ def test_a_client_that_leaves_mid_body_is_logged_with_the_status_and_bytes_it_go
     line = wait_until(lambda: gw.access_lines() and gw.access_lines()[-1])
     assert line["status"] == 200 and line["upstream_status"] == 200
     assert 0 < line["bytes"] < 50_000_000 and line.get("error") is None
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_an_http2_client_that_leaves_while_the_head_is_held_got_no_status(launcher, how):
+    """The upstream sent its head and stalls: HTTP/2 holds the head until body comes, so a
+    client that resets its stream (or closes) now got nothing. It was logged and counted as
+    a 200 (and the breaker heard a success); it is logged as one that left before any
+    answer: status 0, upstream_status null."""
+    def handler(conn, head):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        time.sleep(3)
+    stalling = OneShotUpstream(handler)
+    try:
+        gw = gateway(launcher, f"http://127.0.0.1:{stalling.port}")
+        client = RawH2(gw.port)
+        try:
+            sid = client.request("/stall")
+            client.pump(lambda c: False, timeout=1.0)     # the 200 head is held by now
+            if how == "reset":
+                client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                client.flush()
+                client.pump(lambda c: False, timeout=0.3)
+            assert not any(getattr(e, "stream_id", None) == sid and
+                           isinstance(e, h2.events.ResponseReceived) for e in client.events)
+        finally:
+            client.close()
+        line = wait_until(lambda: gw.access_lines() and gw.access_lines()[-1])
+        assert (line["status"], line["upstream_status"], line["bytes"]) == (0, None, 0), line
+        metrics = gw.admin_get("/metrics")[1].decode()
+        assert sample(metrics, "gwserver_requests_total", route="cut", status="2xx") is None
+    finally:
+        stalling.close()
 
 
 def test_a_request_pipelined_behind_a_cut_answer_is_never_answered(launcher):
