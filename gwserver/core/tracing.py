@@ -30,40 +30,31 @@ REPLACED_HEADERS = frozenset([b"traceparent", b"tracestate", b"b3", b"x-b3-trace
                               b"x-b3-flags"])
 
 
-class TraceIds:
-    """48 random hex digits per call (a trace id and a span id), cut from a block drawn every
-    BLOCK calls: one ``randbytes`` call per block instead of one per request. Build it in the
-    process that uses it (a worker, after fork), or workers would hand out the same ids."""
-
-    BLOCK = 256
-
-    def __init__(self, randbytes):
-        self._randbytes = randbytes
-        self._block = ""
-        self._at = 0
-
-    def __call__(self):
-        at = self._at
-        if at >= len(self._block):
-            self._block, at = self._randbytes(24 * self.BLOCK).hex(), 0
-        self._at = at + 48
-        return self._block[at:at + 48]
+def trace_ids(randbytes, block=256):
+    """-> a function that returns a new (trace id, span id) per call, 32 and 16 random hex
+    digits cut from a block drawn every ``block`` calls: one ``randbytes`` call per block
+    instead of one per request. Make it in the process that uses it (a worker, after fork),
+    or workers would hand out the same ids."""
+    def ids():
+        while True:
+            hexed = randbytes(24 * block).hex()
+            for at in range(0, 48 * block, 48):
+                yield hexed[at:at + 32], hexed[at + 32:at + 48]
+    return ids().__next__
 
 
 class TraceContext:
     """The trace a request belongs to and the gateway's span in it."""
 
-    __slots__ = ("trace_id", "parent_id", "span_id", "sampled", "tracestate", "b3", "started")
+    __slots__ = ("trace_id", "parent_id", "span_id", "sampled", "tracestate", "b3")
 
-    def __init__(self, trace_id, parent_id, span_id, sampled, tracestate=None, b3=None,
-                 started=False):
+    def __init__(self, trace_id, parent_id, span_id, sampled, tracestate=None, b3=None):
         self.trace_id = trace_id        # 32 hex, as str
-        self.parent_id = parent_id      # the caller's span id, or None when we started it
+        self.parent_id = parent_id      # the caller's span id, or None: the gateway started it
         self.span_id = span_id          # the gateway's span, the upstream's parent
         self.sampled = sampled
         self.tracestate = tracestate    # bytes, passed on
         self.b3 = b3                    # None, "single" or "multi": the B3 form that came in
-        self.started = started
 
     def upstream_headers(self, emit_b3=False, extra_state=None):
         """[(name, value)] for the upstream: traceparent always, tracestate if any (with
@@ -71,7 +62,7 @@ class TraceContext:
         and B3 in the form that came in (or single when ``emit_b3`` and none came in)."""
         flags = "01" if self.sampled else "00"
         out = [(b"traceparent", f"00-{self.trace_id}-{self.span_id}-{flags}".encode())]
-        if self.started and not extra_state and not emit_b3:
+        if self.parent_id is None and not extra_state and not emit_b3:
             return out          # a trace we started: no state or B3 came in to pass on
         state = self.tracestate
         if extra_state:
@@ -98,16 +89,15 @@ class TraceContext:
         return out
 
 
-def extract(headers, random_hex):
-    """headers: lower-case bytes name -> bytes value. ``random_hex()`` -> 48 random hex
-    digits (a new trace id and the gateway's span id; ``random.randbytes(24).hex()``)."""
-    ids = random_hex()
-    span_id = ids[32:48]
+def extract(headers, new_ids):
+    """headers: lower-case bytes name -> bytes value. ``new_ids()`` -> (a new trace id, the
+    gateway's span id), random hex (``trace_ids``)."""
+    trace_id, span_id = new_ids()
     if not (b"traceparent" in headers or b"b3" in headers or b"x-b3-traceid" in headers):
-        return TraceContext(ids[:32], None, span_id, True, started=True)
+        return TraceContext(trace_id, None, span_id, True)
     found = _from_traceparent(headers) or _from_b3_single(headers) or _from_b3_multi(headers)
     if found is None:
-        return TraceContext(ids[:32], None, span_id, True, started=True)
+        return TraceContext(trace_id, None, span_id, True)
     trace_id, parent_id, sampled, b3 = found
     state = None
     if b3 is None:                      # W3C won: its tracestate, and B3 if that came too

@@ -31,7 +31,7 @@ import gevent.event
 from ..core.accesslog import compile_fields
 from ..core.realip import TrustedProxies
 from ..core.throttledlog import throttled_log
-from ..core.tracing import TraceIds
+from ..core.tracing import trace_ids
 from ..files import open_regular
 from ..net.deadlines import Deadlines
 from ..net.sockets import RECV_SIZE
@@ -175,7 +175,7 @@ class Runtime:
         tracing = conf.tracing
         self.tracing = tracing["enabled"]
         self.emit_b3 = tracing["b3"]
-        self.trace_ids = TraceIds(random.randbytes)     # random is reseeded in each worker
+        self.trace_ids = trace_ids(random.randbytes)    # random is reseeded in each worker
         self.trace_response_header = tracing["response_header"].encode("latin-1")
         # Via's entry for this hop by the protocol received (RFC 9110 7.6.3): "1.1 name"
         name = conf.server["via"].encode("ascii")

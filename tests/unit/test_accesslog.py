@@ -76,7 +76,7 @@ def test_request_bytes_and_optional_fields():
 
 def test_trace_id():
     trace = extract({b"traceparent": b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"},
-                    lambda: "c" * 48)
+                    lambda: ("c" * 32, "c" * 16))
     assert json_line(["trace_id"], request(trace=trace)) == {"trace_id": "a" * 32}
     assert json_line(["trace_id"], request()) == {"trace_id": None}
 

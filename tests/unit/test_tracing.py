@@ -11,7 +11,7 @@ PARENT = "00f067aa0ba902b7"
 
 def fixed_ids():
     counter = itertools.count(0xabc)
-    return lambda: f"{next(counter):048x}"
+    return lambda: (lambda ids: (ids[:32], ids[32:]))(f"{next(counter):048x}")
 
 
 def upstream(headers, emit_b3=False, extra=None):
@@ -22,7 +22,7 @@ def upstream(headers, emit_b3=False, extra=None):
 
 def test_w3c_is_continued_with_the_gateway_span_as_parent():
     ctx, out = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "a=1,b=2"})
-    assert (ctx.trace_id, ctx.parent_id, ctx.sampled, ctx.started) == (TRACE, PARENT, True, False)
+    assert (ctx.trace_id, ctx.parent_id, ctx.sampled) == (TRACE, PARENT, True)
     assert out == {"traceparent": f"00-{TRACE}-{ctx.span_id}-01", "tracestate": "a=1,b=2"}
     assert ctx.span_id == "0000000000000abc" != PARENT
 
@@ -38,7 +38,7 @@ def test_w3c_is_continued_with_the_gateway_span_as_parent():
 ])
 def test_malformed_traceparent_starts_a_new_trace(value):
     ctx, out = upstream({"traceparent": value})
-    assert ctx.started and ctx.parent_id is None and ctx.trace_id != TRACE
+    assert ctx.parent_id is None and ctx.trace_id != TRACE      # the gateway started it
     assert out["traceparent"] == f"00-{ctx.trace_id}-{ctx.span_id}-01"
 
 
@@ -49,7 +49,7 @@ def test_unsampled_is_kept_unsampled():
 
 def test_future_version_is_read_by_its_first_four_fields():
     ctx, _ = upstream({"traceparent": f"01-{TRACE}-{PARENT}-01-whatever"})
-    assert ctx.trace_id == TRACE and not ctx.started
+    assert ctx.trace_id == TRACE and ctx.parent_id == PARENT
 
 
 @pytest.mark.parametrize("b3, trace, sampled", [
@@ -75,7 +75,7 @@ def test_b3_multi_is_continued_in_b3_multi():
 @pytest.mark.parametrize("headers", [{"b3": "0"}, {"b3": "xyz-abc"},
                                      {"X-B3-TraceId": TRACE}, {"X-B3-SpanId": PARENT}])
 def test_incomplete_b3_starts_a_new_trace(headers):
-    assert upstream(headers)[0].started
+    assert upstream(headers)[0].parent_id is None       # a new trace, the gateway's
 
 
 def test_a_started_trace_may_emit_b3():
@@ -118,23 +118,24 @@ def test_the_response_line_carries_the_trace_id(name, line):
 
 def test_trace_ids_are_cut_from_blocks_and_never_repeat():
     import random
-    from gwserver.core.tracing import TraceIds
+    from gwserver.core.tracing import trace_ids
     draws = []
 
     def randbytes(n):
         draws.append(n)
         return random.randbytes(n)
 
-    ids = TraceIds(randbytes)
-    got = [ids() for _ in range(TraceIds.BLOCK * 2 + 1)]
-    assert all(len(i) == 48 and set(i) <= set("0123456789abcdef") for i in got)
-    assert len(set(got)) == len(got)
-    assert draws == [24 * TraceIds.BLOCK] * 3       # one draw per block, the third begun
+    ids = trace_ids(randbytes, block=256)
+    got = [ids() for _ in range(256 * 2 + 1)]
+    assert all(len(trace) == 32 and len(span) == 16 and
+               set(trace + span) <= set("0123456789abcdef") for trace, span in got)
+    assert len({trace for trace, _ in got}) == len({span for _, span in got}) == len(got)
+    assert draws == [24 * 256] * 3       # one draw per block, the third begun
 
 
 def test_a_started_trace_sends_traceparent_alone_unless_asked_for_more():
     from gwserver.core.tracing import extract
-    trace = extract({}, lambda: "a" * 32 + "b" * 16)
+    trace = extract({}, lambda: ("a" * 32, "b" * 16))
     assert trace.upstream_headers() == [(b"traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16
                                          + b"-01")]
     names = [name for name, _ in trace.upstream_headers(emit_b3=True, extra_state="gwfault=abort")]
