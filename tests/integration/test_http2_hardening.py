@@ -3,6 +3,7 @@ client (real clients cannot misbehave): each ends the offending stream or connec
 right error code, and another client of the same worker is served meanwhile (its worst latency
 during the attack is measured)."""
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -13,8 +14,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
-from hyperframe.frame import (ContinuationFrame, DataFrame, HeadersFrame, PingFrame,
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame,
                               SettingsFrame, WindowUpdateFrame)
+
+from gwserver.core.h2fields import integer
 
 from ..conftest import gateway_conf, route
 from ..h2_upstreams import H2cUpstream
@@ -378,3 +383,133 @@ def test_a_body_that_arrives_while_a_plugin_waits_is_held_to_max_body_size(launc
     client.sock.close()
     assert answer is not None and answer[0] == 413
     assert upstream.stats()["requests"] == before
+
+
+# -- CPU a client takes while it stays under the budgets (an attack pass, 2026-12-02) -----------
+
+def worker_cpu(gw):
+    """Seconds of CPU the gateway's (only) worker has used."""
+    with open(f"/proc/{gw.worker_pids()[0]}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def discard(client):
+    """Drop what the gateway sent, unparsed; False once it closed the connection."""
+    client.sock.setblocking(False)
+    try:
+        while client.sock.recv(1 << 20):
+            pass
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        client.sock.settimeout(5)
+
+
+def h2c_gateway(launcher, upstream):
+    return launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)],
+                                         http2={"h2c": True}))
+
+
+HUFFMAN_LF = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"\n" * 8)  # 30 bits each
+
+
+@pytest.mark.parametrize("codes", [7500, 2000], ids=["225KB-block", "60KB-blocks"])
+def test_heads_of_slow_huffman_codes_are_bounded(launcher, upstream, codes):
+    """One field of 30-bit Huffman codes (a newline's): hpack decodes them at ~1.5 us a
+    character. 225 KB blocks decode to 60,000 octets, under the 64 KiB list limit, so each
+    was a 400 on its stream after ~90 ms of decoding, and nothing counted heads: the worker
+    spent 99% of a core and another client waited 4 s. A block over MAX_HEAD_BYTES is now a
+    connection error before it is decoded, and a connection's header blocks are bounded to
+    1 MiB a second (60 KB blocks: 17 of them)."""
+    gw = h2c_gateway(launcher, upstream)
+    client = RawH2(gw.port)
+    value = HUFFMAN_LF * codes
+    with Bystander(gw.port):
+        used, end = worker_cpu(gw), time.monotonic() + 5
+        for sid in range(1, 401, 2):
+            if time.monotonic() > end:
+                break
+            block = client.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                                (b":path", b"/echo"), (b":authority", b"a")]) \
+                + b"\x00\x03x-h" + integer(len(value), 7, 0x80) + value
+            pieces = [block[at:at + 16384] for at in range(0, len(block), 16384)]
+            frames = [HeadersFrame(sid, pieces[0], flags=["END_STREAM"])] + \
+                [ContinuationFrame(sid, piece) for piece in pieces[1:]]
+            frames[-1].flags.add("END_HEADERS")
+            client.send_raw(b"".join(f.serialize() for f in frames))
+            if client.closed or not discard(client):
+                break
+        used = worker_cpu(gw) - used
+    assert client.closed or not discard(client), f"still open after {used:.1f}s of CPU"
+    assert used < 1.5, f"the worker spent {used:.1f}s of CPU in 5 s"
+
+
+def test_a_body_in_one_byte_data_frames_is_a_flood(launcher, upstream):
+    """DATA within the windows was never counted, and a 1-byte frame costs ~19 us to parse:
+    one stream window (256 KiB) of them took the worker for 5 s and another client timed
+    out. DATA under 1 KiB that does not end its stream now weighs one empty frame."""
+    gw = h2c_gateway(launcher, upstream)
+    client = RawH2(gw.port)
+    sid = client.request("/upload", method="POST", end=False)
+    frame = DataFrame(sid, b"x").serialize()
+    with Bystander(gw.port):
+        used, end = worker_cpu(gw), time.monotonic() + 5
+        while time.monotonic() < end and not client.closed:
+            n = min(client.conn.local_flow_control_window(sid), 6000)
+            if n:       # h2's windows kept, the frames built by hand (h2 is slow at 1 byte)
+                client.conn._get_stream_by_id(sid).outbound_flow_control_window -= n
+                client.conn.outbound_flow_control_window -= n
+                client.send_raw(frame * n)
+            client.pump(lambda c: c.goaway() is not None or
+                        c.conn.local_flow_control_window(sid) > 0, timeout=0.5)
+        used = worker_cpu(gw) - used
+    assert client.goaway() is not None and client.goaway().error_code == E.ENHANCE_YOUR_CALM
+    assert used < 1.5, f"{used:.1f}s of CPU in 5 s"
+
+
+def test_settings_that_move_the_initial_window_are_weighed_by_the_streams(launcher, upstream):
+    """100 downloads wait with INITIAL_WINDOW_SIZE 0; SETTINGS toggling it 0/1, 350 a second
+    (under the 500 allowed): h2 walks every stream and the gateway woke them all on each,
+    ~2 ms a frame, 75% of a core. Streams now wake only when the window grew, and a SETTINGS
+    frame weighs one more per 16 open streams."""
+    gw = h2c_gateway(launcher, upstream)
+    client = RawH2(gw.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    for _ in range(100):
+        client.request("/bytes/10000000")
+    time.sleep(1.0)             # every stream waits for its window now
+    discard(client)
+    toggles = [SettingsFrame(0, {4: 1}).serialize(), SettingsFrame(0, {4: 0}).serialize()]
+    used, end, sent = worker_cpu(gw), time.monotonic() + 5, 0
+    while time.monotonic() < end and not client.closed:
+        client.send_raw(toggles[sent % 2])
+        sent += 1
+        time.sleep(1 / 350)
+        if sent % 50 == 0 and not discard(client):
+            break
+    used = worker_cpu(gw) - used
+    assert client.closed or not discard(client), f"{sent} SETTINGS: {used:.1f}s, still open"
+    assert used < 1.5, f"{sent} SETTINGS took {used:.1f}s of CPU in 5 s"
+
+
+def test_a_goaway_flood_from_a_client_is_a_control_frame_flood(launcher, upstream):
+    """Each GOAWAY raised an event no budget counted, and while one of its streams was still
+    served the reader went on reading them: 544,000 in 5 s, the worker's whole core, another
+    client timed out. GOAWAY now counts with PING and SETTINGS."""
+    gw = h2c_gateway(launcher, upstream)
+    client = RawH2(gw.port)
+    client.request("/slow/10")
+    flood = GoAwayFrame(0, last_stream_id=0).serialize() * 4000
+    with Bystander(gw.port):
+        used, end, sent = worker_cpu(gw), time.monotonic() + 5, 0
+        while time.monotonic() < end and not client.closed:
+            client.send_raw(flood)
+            sent += 4000
+            if not discard(client):
+                break
+        used = worker_cpu(gw) - used
+    assert client.closed or not discard(client), f"{sent} GOAWAYs: {used:.1f}s, still open"
+    assert used < 1.5, f"{sent} GOAWAYs took {used:.1f}s of CPU in 5 s"
