@@ -45,11 +45,14 @@ MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounde
 # unknown types, HEADERS or RST_STREAM on finished streams) an upstream may send in a second, each
 # weighing one more per KiB of payload (a SETTINGS frame: per 16 entries), plus two per DATA
 # frame sent to it (the WINDOW_UPDATEs an upload earns). Past it the connection is a flood that
-# takes the worker's CPU from every other request: it ends (GOAWAY ENHANCE_YOUR_CALM). DATA that uses flow-control window is not counted:
-# the windows bound it (and a client that hangs up on a stream of small messages leaves up to a
-# window of them in flight, which is no flood). The client side's budget is the setting
-# http2.max_empty_frames_per_second, of the same default.
+# takes the worker's CPU from every other request: it ends (GOAWAY ENHANCE_YOUR_CALM). DATA of
+# SMALL_DATA bytes or more is not counted: the windows bound it. Smaller DATA that does not end
+# its stream weighs one (an answer sent a byte per frame costs ~20 us a byte, 350 times what
+# 16 KiB frames cost), unless its stream is over: a client that hangs up on a stream of small
+# messages leaves up to a window of them in flight, which is no flood. The client side's budget
+# is the setting http2.max_empty_frames_per_second, of the same default.
 MAX_EMPTY_FRAMES_PER_SECOND = 10_000
+SMALL_DATA = 1024           # as on the client side (client/h2server.py)
 _RELAYED = frozenset((
     h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
     h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
@@ -91,7 +94,10 @@ class _UpstreamH2(h2.connection.H2Connection):
 
     def _receive_frame(self, frame):
         if isinstance(frame, DataFrame) and frame.flow_controlled_length:
-            return super()._receive_frame(frame)    # bounded by the windows (see above)
+            events = super()._receive_frame(frame)      # bounded by the windows (see above)
+            if events and len(frame.data) < SMALL_DATA and "END_STREAM" not in frame.flags:
+                self.empty_frames += 1      # small, to a stream still open: see above
+            return events
         events = self._goaway(frame) if isinstance(frame, GoAwayFrame) else \
             super()._receive_frame(frame)
         for event in events:
@@ -281,8 +287,9 @@ class H2Connection:
         limit = MAX_EMPTY_FRAMES_PER_SECOND + 2 * conn.data_frames_sent
         if conn.empty_frames > limit:
             throttled_log.log(log, logging.WARNING, ("h2 upstream flood", self.target.url),
-                              "HTTP/2 upstream %s sent more than %d frames with nothing to "
-                              "relay in a second (a flood): connection closed",
+                              "HTTP/2 upstream %s sent more than %d frames with nothing (or "
+                              "next to nothing) to relay in a second (a flood): connection "
+                              "closed",
                               self.target.url, limit)
             try:
                 conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
@@ -290,7 +297,8 @@ class H2Connection:
             except h2.exceptions.ProtocolError:
                 pass
             raise UpstreamError(f"{self.target.url} flooded the HTTP/2 connection with "
-                                f"frames carrying nothing (more than {limit} a second)")
+                                f"frames carrying nothing or next to nothing (more than "
+                                f"{limit} a second)")
         if now - self.counted_since >= 1.0:
             self.counted_since = now
             conn.empty_frames = conn.data_frames_sent = 0

@@ -14,11 +14,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
-from hyperframe.frame import GoAwayFrame, PingFrame, WindowUpdateFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, WindowUpdateFrame
 
-from ..conftest import gateway_conf, wait_until
+from ..conftest import gateway_conf, route, wait_until
 from ..h2_upstreams import H2cUpstream, StreamingH2Upstream
 from .test_h2_upstream_fields import answer_to, body_of
+from .test_http2_hardening import Bystander, worker_cpu
 
 
 class LimitedH2Upstream(H2cUpstream):
@@ -535,6 +536,60 @@ def test_an_upstream_flooding_empty_frames_is_cut_off(launcher, kind):
         assert "flood" in gw.log()
     finally:
         upstream.close()
+
+
+class OneByteDataUpstream(H2cUpstream):
+    """An h2 upstream: 200, then the body in 1-byte DATA frames within the stream window the
+    gateway gives (1 MiB), for at most 6 s."""
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                sid = None
+                while sid is None and (data := sock.recv(65536)):
+                    sid = next((e.stream_id for e in conn.receive_data(data)
+                                if isinstance(e, h2.events.RequestReceived)), None)
+                    sock.sendall(conn.data_to_send())
+                conn.send_headers(sid, [(":status", "200")])
+                sock.sendall(conn.data_to_send())
+                batch = DataFrame(sid, b"d").serialize() * 6000
+                sock.settimeout(1.0)
+                end = time.monotonic() + 6
+                for _ in range((1 << 20) // 6000):
+                    if time.monotonic() > end:
+                        break
+                    sock.sendall(batch)
+                time.sleep(max(0.0, end - time.monotonic()))
+            except OSError:
+                pass
+
+
+def test_an_upstream_answer_in_one_byte_data_frames_is_a_flood(launcher, upstream):
+    """DATA within the windows was never counted, and a 1-byte frame costs ~20 us: an
+    upstream that answered a byte per frame took the worker for 5 s and another client
+    timed out. DATA under 1 KiB to a stream still open now weighs one empty frame."""
+    dribbling = OneByteDataUpstream()
+    try:
+        gw = launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/dribble"], "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{dribbling.port}"}], "protocol": "h2"}},
+            route("r", ["/*rest"], upstream.url)]))
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        sock.sendall(b"GET /dribble HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        threading.Thread(target=lambda: [None for _ in iter(lambda: sock.recv(1 << 20), b"")],
+                         daemon=True).start()
+        with Bystander(gw.port):
+            used = worker_cpu(gw)
+            time.sleep(5)
+            used = worker_cpu(gw) - used
+        sock.close()
+        assert used < 1.5, f"{used:.1f}s of CPU in 5 s"
+        assert "flood" in gw.log()
+    finally:
+        dribbling.close()
 
 
 def test_an_upload_earns_the_upstream_its_window_updates(launcher):
