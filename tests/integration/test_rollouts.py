@@ -116,9 +116,10 @@ def test_healthy_canary_walks_every_step_once_and_clients_stay_on_it(launcher, p
         wait_until(lambda: rollout_of(gateways[0]).get("status") == "done", timeout=40)
         entry = wait_until(lambda: (lambda e: e.get("status") == "done" and e)(
             rollout_of(gateways[1])), timeout=5)
-        # every client calls again at 100 % (a round of 200 takes seconds on a loaded host)
-        done_at = time.monotonic()
-        wait_until(lambda: load.keys_seen_since(done_at) == set(load.keys), timeout=30)
+        # Every client calls again at 100 %, once every worker has read it (as the rollback
+        # test allows, a second), however long a round of 200 takes on a loaded host.
+        settled = time.monotonic() + 1.5
+        wait_until(lambda: load.keys_seen_since(settled) == set(load.keys), timeout=40)
     finally:
         load.stop()
     assert entry["weights"] == {"v1": 0.0, "canary": 100.0}
