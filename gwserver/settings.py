@@ -358,10 +358,12 @@ HTTP2_CONNECTION = (
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM); a SETTINGS frame counts one more "
           "per 64 entries"),
     Field("max_empty_frames_per_second", integer(1), 10000,
-          "frames that carry nothing to serve (WINDOW_UPDATE, DATA of less than 1 KiB that "
-          "does not end its stream, unknown types, frames on a finished stream) per second before "
-          "the connection is closed (GOAWAY ENHANCE_YOUR_CALM); each DATA frame the gateway "
-          "sends adds two, for the WINDOW_UPDATEs a downloading client sends back"),
+          "frames that carry nothing to serve (WINDOW_UPDATE, empty DATA that does not end "
+          "its stream, unknown types, frames on a finished stream) per second before the "
+          "connection is closed (GOAWAY ENHANCE_YOUR_CALM); each DATA frame the gateway sends "
+          "adds two, for the WINDOW_UPDATEs a downloading client sends back. DATA frames under "
+          "1 KiB past this many in a second are paced: the connection is read again when the "
+          "second is over"),
 )
 
 # One HTTP/2 listener's own values (Envoy: http2_protocol_options per listener; nginx: per

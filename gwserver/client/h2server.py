@@ -366,41 +366,47 @@ class H2Stream(ClientConnection):
 
 
 _CONTROL_FRAMES = (PingFrame, SettingsFrame, PriorityFrame, GoAwayFrame)     # ACKs too
-# A DATA frame under this many bytes that does not end its stream weighs one empty frame: a
-# body sent a byte per frame costs ~19 us a byte to parse, 350 times what 16 KiB frames cost.
+# DATA frames with less than this many bytes that do not end their stream are paced: a body
+# sent a byte per frame costs ~19 us a byte to parse, 350 times what 16 KiB frames cost, yet a
+# gRPC stream of small messages sends one frame per message. Past max_empty_frames_per_second
+# of them in a second, the connection is not read until the second is over.
 SMALL_DATA = 1024
-# Bytes of header blocks (HPACK, as sent) a connection may send in a second. hpack's Huffman
-# decoder takes ~0.4 us an encoded byte (a block of 30-bit codes decodes at 1.5 us a
-# character), so this bounds one connection's heads to ~40% of a core; indexed fields, which
-# a client sends once it has sent them once, cost a few bytes each.
-MAX_HEADER_BYTES_PER_SECOND = 1 << 20
+# Bytes of header blocks (HPACK, as sent) a connection's reads take in a second before they
+# are paced the same way. hpack's Huffman decoder takes ~0.35 us an encoded byte (a block of
+# 30-bit codes decodes at 1.5 us a character), so this bounds one connection's heads to ~20%
+# of a core; fields a client sends again are indexed, a few bytes each.
+MAX_HEADER_BYTES_PER_SECOND = 512 << 10
 
 
 class _CountingH2(h2.connection.H2Connection):
     """h2, weighing each frame as it is parsed for the flood guards (read_loop takes the
     counts after each read):
     - ``empty_frames``: frames that carry nothing to serve, each one (a WINDOW_UPDATE's parse,
-      15 us here): WINDOW_UPDATE, DATA with less than SMALL_DATA bytes that does not end its
-      stream (empty and padding-only ones too), unknown types (one more per KiB), and any
-      frame that raises no event (on a closed stream h2 drops it, at most queueing a
-      RST_STREAM);
+      15 us here): WINDOW_UPDATE, DATA with no data (empty or padding only) that does not
+      end its stream, unknown types (one more per KiB), and any frame that raises no event
+      (on a closed stream h2 drops it, at most queueing a RST_STREAM);
+    - ``small_data``: DATA with less than SMALL_DATA bytes that does not end its stream
+      (paced, not cut: see SMALL_DATA);
     - ``control_frames``: PING, SETTINGS, PRIORITY and GOAWAY, ACKs included, one more per 64
       entries (384 bytes) of payload, and a SETTINGS frame one more per 16 open streams
       (h2 walks them all when the initial window changes);
-    - ``header_bytes``: header blocks as sent. A block larger than MAX_HEAD_BYTES is refused
-      before it is decoded (ENHANCE_YOUR_CALM): its decoded list could not be within the
-      limit anyway unless it is made of codes that are slow to decode.
+    - ``header_bytes``: header blocks as sent (paced). A block larger than MAX_HEAD_BYTES is
+      refused before it is decoded (ENHANCE_YOUR_CALM): its decoded list could not be within
+      the limit anyway unless it is made of codes that are slow to decode.
     DATA frames sent are counted for the WINDOW_UPDATEs they earn.
     ``_receive_frame`` is h2's own (private since h2 2.0, the same through 4.x); the flood
     tests in test_http2_hardening.py fail if it changes."""
 
-    empty_frames = control_frames = header_bytes = data_frames_sent = 0
+    empty_frames = small_data = control_frames = header_bytes = data_frames_sent = 0
 
     def _receive_frame(self, frame):
         kind = type(frame)
         if kind is DataFrame:
             if len(frame.data) < SMALL_DATA and "END_STREAM" not in frame.flags:
-                self.empty_frames += 1
+                if frame.data:
+                    self.small_data += 1
+                else:
+                    self.empty_frames += 1
         elif kind is HeadersFrame:
             size = len(frame.data)      # the whole block: h2 joined its CONTINUATIONs
             if size > MAX_HEAD_BYTES:
@@ -469,7 +475,8 @@ class H2ServerConnection:
         self.draining = False           # GOAWAY sent: no new streams
         self.last_stream_id = 0
         self.requests = 0
-        self.resets = self.control_frames = self.empty_frames = self.header_bytes = 0
+        self.resets = self.control_frames = self.empty_frames = 0
+        self.small_data = self.header_bytes = 0
         self.counted_since = time.monotonic()
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
@@ -728,7 +735,8 @@ class H2ServerConnection:
     def count_frames_read(self):
         """What _CountingH2 weighed in the last read, against each budget. Each DATA frame
         sent lets a client send a WINDOW_UPDATE for its stream and one for the connection: a
-        download is no flood."""
+        download is no flood. Small DATA and header bytes past their share of the second
+        are paced: the connection is not read again until the second is over."""
         counted = self.h2
         if counted.empty_frames:
             self.count_flood("empty_frames", self.conf["max_empty_frames_per_second"] +
@@ -739,19 +747,34 @@ class H2ServerConnection:
             self.count_flood("control_frames", self.conf["max_control_frames_per_second"],
                              "control frame flood", counted.control_frames)
             counted.control_frames = 0
-        if counted.header_bytes:
-            self.count_flood("header_bytes", MAX_HEADER_BYTES_PER_SECOND,
-                             "header block flood (bytes)", counted.header_bytes)
-            counted.header_bytes = 0
+        if counted.small_data or counted.header_bytes:
+            self.start_second_if_due()
+            self.small_data += counted.small_data
+            self.header_bytes += counted.header_bytes
+            counted.small_data = counted.header_bytes = 0
+            if not self.closed and (
+                    self.small_data > self.conf["max_empty_frames_per_second"] or
+                    self.header_bytes > MAX_HEADER_BYTES_PER_SECOND):
+                throttled_log.log(log, logging.INFO, ("h2 paced", self.client_ip),
+                                  "HTTP/2 connection from %s: %d DATA frames under %d bytes "
+                                  "and %d bytes of header blocks this second: paced (read "
+                                  "again when the second is over)", self.client_ip,
+                                  self.small_data, SMALL_DATA, self.header_bytes)
+                gevent.sleep(max(0.0, self.counted_since + 1.0 - time.monotonic()))
+
+    def start_second_if_due(self):
+        """The budgets count per second: a new one starts at the first count after one."""
+        now = time.monotonic()
+        if now - self.counted_since >= 1.0:
+            self.counted_since = now
+            self.resets = self.control_frames = self.empty_frames = 0
+            self.small_data = self.header_bytes = 0
+            self.h2.data_frames_sent = 0
 
     def count_flood(self, counter, limit, what, frames=1):
         if self.closed:
             return
-        now = time.monotonic()
-        if now - self.counted_since >= 1.0:
-            self.counted_since = now
-            self.resets = self.control_frames = self.empty_frames = self.header_bytes = 0
-            self.h2.data_frames_sent = 0
+        self.start_second_if_due()
         count = getattr(self, counter) + frames
         setattr(self, counter, count)
         if count > limit:

@@ -25,7 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, GoAwayFrame, SettingsFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
@@ -45,14 +45,20 @@ MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounde
 # unknown types, HEADERS or RST_STREAM on finished streams) an upstream may send in a second, each
 # weighing one more per KiB of payload (a SETTINGS frame: per 16 entries), plus two per DATA
 # frame sent to it (the WINDOW_UPDATEs an upload earns). Past it the connection is a flood that
-# takes the worker's CPU from every other request: it ends (GOAWAY ENHANCE_YOUR_CALM). DATA of
-# SMALL_DATA bytes or more is not counted: the windows bound it. Smaller DATA that does not end
-# its stream weighs one (an answer sent a byte per frame costs ~20 us a byte, 350 times what
-# 16 KiB frames cost), unless its stream is over: a client that hangs up on a stream of small
-# messages leaves up to a window of them in flight, which is no flood. The client side's budget
-# is the setting http2.max_empty_frames_per_second, of the same default.
+# takes the worker's CPU from every other request: it ends (GOAWAY ENHANCE_YOUR_CALM). DATA is
+# bounded by the windows, but one under SMALL_DATA bytes that does not end its stream costs
+# about what an empty frame does (an answer sent a byte per frame took a worker's whole core):
+# past the same number of those in a second, the connection is not read until the second is
+# over. Paced, not cut: a gRPC server streaming small messages sends one frame per message.
+# DATA for a stream the gateway reset is not counted (a client that hangs up on a stream of
+# small messages leaves up to a window of them in flight). The client side's budget is the
+# setting http2.max_empty_frames_per_second, of the same default.
 MAX_EMPTY_FRAMES_PER_SECOND = 10_000
 SMALL_DATA = 1024           # as on the client side (client/h2server.py)
+# hpack refuses a decoded field list over 64 KiB; a block larger than that as sent (HEADERS
+# and its CONTINUATIONs, up to 1 MiB) is refused before it is decoded: a block of the longest
+# Huffman codes decodes at ~1.5 us a character, half a second for 1 MiB.
+MAX_HEADER_BLOCK = 64 << 10
 _RELAYED = frozenset((
     h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
     h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
@@ -86,7 +92,7 @@ class _UpstreamH2(h2.connection.H2Connection):
     - Frames with nothing to relay are weighed (``empty_frames``), and DATA frames sent
       counted (``data_frames_sent``), for the flood budget (MAX_EMPTY_FRAMES_PER_SECOND)."""
 
-    empty_frames = data_frames_sent = 0
+    empty_frames = small_data = data_frames_sent = 0
 
     def send_data(self, *args, **kwargs):
         self.data_frames_sent += 1
@@ -96,8 +102,11 @@ class _UpstreamH2(h2.connection.H2Connection):
         if isinstance(frame, DataFrame) and frame.flow_controlled_length:
             events = super()._receive_frame(frame)      # bounded by the windows (see above)
             if events and len(frame.data) < SMALL_DATA and "END_STREAM" not in frame.flags:
-                self.empty_frames += 1      # small, to a stream still open: see above
+                self.small_data += 1        # to a stream still open: paced (see above)
             return events
+        if isinstance(frame, HeadersFrame) and len(frame.data) > MAX_HEADER_BLOCK:
+            raise h2.exceptions.DenialOfServiceError(
+                f"header block of {len(frame.data)} bytes, over {MAX_HEADER_BLOCK}")
         events = self._goaway(frame) if isinstance(frame, GoAwayFrame) else \
             super()._receive_frame(frame)
         for event in events:
@@ -268,21 +277,23 @@ class H2Connection:
                 with self.lock:
                     events = self.conn.receive_data(data)
                     self._flush()
-                    self._check_flood()
+                    pause = self._check_flood()
                 for event in events:
                     self._dispatch(event)
                 self.stream_freed.set()     # streams ended, or the limit changed
                 # An upstream that keeps sending never makes recv wait (a read takes what
                 # is there, however little): the worker's other connections run between its
-                # reads, whatever their size.
-                gevent.sleep(0)
+                # reads, whatever their size. Past its share of small DATA, it waits for the
+                # next second.
+                gevent.sleep(pause)
         except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
 
     def _check_flood(self):
         """Under the lock, after frames were read: past the budget the connection ends with
-        GOAWAY(ENHANCE_YOUR_CALM), and its streams with a 502."""
+        GOAWAY(ENHANCE_YOUR_CALM), and its streams with a 502. Returns the seconds to wait
+        before the next read: past the small DATA frames' share, the rest of the second."""
         conn, now = self.conn, time.monotonic()
         limit = MAX_EMPTY_FRAMES_PER_SECOND + 2 * conn.data_frames_sent
         if conn.empty_frames > limit:
@@ -301,7 +312,14 @@ class H2Connection:
                                 f"{limit} a second)")
         if now - self.counted_since >= 1.0:
             self.counted_since = now
-            conn.empty_frames = conn.data_frames_sent = 0
+            conn.empty_frames = conn.small_data = conn.data_frames_sent = 0
+        elif conn.small_data > MAX_EMPTY_FRAMES_PER_SECOND:
+            throttled_log.log(log, logging.INFO, ("h2 upstream paced", self.target.url),
+                              "HTTP/2 upstream %s sent more than %d DATA frames under %d "
+                              "bytes in a second: paced (read again when the second is over)",
+                              self.target.url, MAX_EMPTY_FRAMES_PER_SECOND, SMALL_DATA)
+            return self.counted_since + 1.0 - now
+        return 0
 
     def _dispatch(self, event):
         if isinstance(event, h2.events.WindowUpdated):

@@ -3,6 +3,7 @@ fourth attack pass: an upstream that answered an upload early without resetting 
 left it open on the gateway's side for ever, so after SETTINGS_MAX_CONCURRENT_STREAMS such
 uploads every request to it was a 500; requests past that limit were 500s too; a :status
 that is not a status code was a 500 or reached the client as a status line."""
+import http.client
 import socket
 import struct
 import threading
@@ -567,10 +568,12 @@ class OneByteDataUpstream(H2cUpstream):
                 pass
 
 
-def test_an_upstream_answer_in_one_byte_data_frames_is_a_flood(launcher, upstream):
+def test_an_upstream_answer_in_one_byte_data_frames_is_paced(launcher, upstream):
     """DATA within the windows was never counted, and a 1-byte frame costs ~20 us: an
     upstream that answered a byte per frame took the worker for 5 s and another client
-    timed out. DATA under 1 KiB to a stream still open now weighs one empty frame."""
+    timed out. Past 10,000 DATA frames under 1 KiB in a second, the connection is now not
+    read until the second is over: ~3.1 s of the worker's CPU in 5 s with the relay and the
+    other client's requests (it was all of it, and the other client waited 5 s)."""
     dribbling = OneByteDataUpstream()
     try:
         gw = launcher.gateway(gateway_conf([
@@ -579,17 +582,91 @@ def test_an_upstream_answer_in_one_byte_data_frames_is_a_flood(launcher, upstrea
             route("r", ["/*rest"], upstream.url)]))
         sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
         sock.sendall(b"GET /dribble HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-        threading.Thread(target=lambda: [None for _ in iter(lambda: sock.recv(1 << 20), b"")],
-                         daemon=True).start()
+
+        def read_all():
+            try:
+                while sock.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
         with Bystander(gw.port):
             used = worker_cpu(gw)
             time.sleep(5)
             used = worker_cpu(gw) - used
+        sock.shutdown(socket.SHUT_RDWR)
+        reader.join(5)
         sock.close()
-        assert used < 1.5, f"{used:.1f}s of CPU in 5 s"
-        assert "flood" in gw.log()
+        assert used < 3.75, f"{used:.1f}s of CPU in 5 s"
+        assert "paced" in gw.log()
     finally:
         dribbling.close()
+
+
+def test_a_server_stream_of_small_messages_is_relayed_whole(streaming):
+    """40,000 messages of 100 bytes, one DATA frame each (a gRPC server streaming rows): cut
+    as a flood, with every other stream on the connection, when small DATA counted as empty
+    frames. Paced, they all arrive."""
+    gw, upstream = streaming
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    conn.request("GET", "/stream?n=4000000&f=100")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert len(resp.read()) == 4_000_000
+    conn.close()
+    assert "nothing to relay" not in gw.log() and upstream.connections == 1
+
+
+class SlowHeadUpstream(H2cUpstream):
+    """An h2 upstream that answers every request with one header field of 30-bit Huffman
+    codes (a newline's): a 1 MiB block (HEADERS and 63 CONTINUATIONs, within h2's backlog)."""
+
+    def connection(self, sock):
+        from hpack.huffman import HuffmanEncoder
+        from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+        from hyperframe.frame import ContinuationFrame, HeadersFrame
+        from gwserver.core.h2fields import integer
+        value = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"\n" * 8) * 34000
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while data := sock.recv(65536):
+                    for event in conn.receive_data(data):
+                        if not isinstance(event, h2.events.RequestReceived):
+                            continue
+                        block = conn.encoder.encode([(b":status", b"200")]) + \
+                            b"\x00\x03x-h" + integer(len(value), 7, 0x80) + value
+                        pieces = [block[at:at + 16384] for at in range(0, len(block), 16384)]
+                        frames = [HeadersFrame(event.stream_id, pieces[0],
+                                               flags=["END_STREAM"])] + \
+                            [ContinuationFrame(event.stream_id, piece) for piece in pieces[1:]]
+                        frames[-1].flags.add("END_HEADERS")
+                        sock.sendall(b"".join(frame.serialize() for frame in frames))
+                    sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+def test_an_upstream_head_too_large_to_decode_cheaply_is_refused_before_it_is(launcher):
+    """A 1 MiB header block of the slowest Huffman codes took ~0.5 s of the worker's CPU to
+    decode before hpack's 64 KiB list limit refused it. A block over 64 KiB as sent is now a
+    connection error at once: each request is a 502 in milliseconds."""
+    upstream = SlowHeadUpstream()
+    try:
+        gw = gateway_to(launcher, upstream)
+        used = worker_cpu(gw)
+        for attempt in range(5):
+            answer = answer_to(gw.port, b"GET /%d HTTP/1.1\r\nHost: gw\r\n"
+                               b"Connection: close\r\n\r\n" % attempt)
+            assert answer.startswith(b"HTTP/1.1 502"), answer[:200]
+        used = worker_cpu(gw) - used
+        assert used < 1.0, f"five answers took {used:.2f}s of the worker's CPU"
+        assert "header block of" in gw.log()
+    finally:
+        upstream.close()
 
 
 def test_an_upload_earns_the_upstream_its_window_updates(launcher):

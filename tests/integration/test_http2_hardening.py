@@ -423,8 +423,9 @@ def test_heads_of_slow_huffman_codes_are_bounded(launcher, upstream, codes):
     character. 225 KB blocks decode to 60,000 octets, under the 64 KiB list limit, so each
     was a 400 on its stream after ~90 ms of decoding, and nothing counted heads: the worker
     spent 99% of a core and another client waited 4 s. A block over MAX_HEAD_BYTES is now a
-    connection error before it is decoded, and a connection's header blocks are bounded to
-    1 MiB a second (60 KB blocks: 17 of them)."""
+    connection error before it is decoded, and a connection's header blocks are paced to
+    512 KiB a second (60 KB blocks: 8 of them). The bound below counts the other client's
+    requests too (~15% of the worker here)."""
     gw = h2c_gateway(launcher, upstream)
     client = RawH2(gw.port)
     value = HUFFMAN_LF * codes
@@ -444,14 +445,19 @@ def test_heads_of_slow_huffman_codes_are_bounded(launcher, upstream, codes):
             if client.closed or not discard(client):
                 break
         used = worker_cpu(gw) - used
-    assert client.closed or not discard(client), f"still open after {used:.1f}s of CPU"
-    assert used < 1.5, f"the worker spent {used:.1f}s of CPU in 5 s"
+    if codes == 7500:
+        assert client.closed or not discard(client), f"still open after {used:.1f}s of CPU"
+    else:
+        assert "paced" in gw.log()
+    assert used < (1.5 if codes == 7500 else 3.0), f"the worker spent {used:.1f}s of CPU in 5 s"
 
 
-def test_a_body_in_one_byte_data_frames_is_a_flood(launcher, upstream):
+def test_a_body_in_one_byte_data_frames_is_paced(launcher, upstream):
     """DATA within the windows was never counted, and a 1-byte frame costs ~19 us to parse:
     one stream window (256 KiB) of them took the worker for 5 s and another client timed
-    out. DATA under 1 KiB that does not end its stream now weighs one empty frame."""
+    out. Past max_empty_frames_per_second DATA frames under 1 KiB in a second, the
+    connection is now not read until the second is over: ~2.3 s of the worker's CPU in 5 s
+    with the other client's requests (it was all of it, 4.9 s)."""
     gw = h2c_gateway(launcher, upstream)
     client = RawH2(gw.port)
     sid = client.request("/upload", method="POST", end=False)
@@ -467,8 +473,8 @@ def test_a_body_in_one_byte_data_frames_is_a_flood(launcher, upstream):
             client.pump(lambda c: c.goaway() is not None or
                         c.conn.local_flow_control_window(sid) > 0, timeout=0.5)
         used = worker_cpu(gw) - used
-    assert client.goaway() is not None and client.goaway().error_code == E.ENHANCE_YOUR_CALM
-    assert used < 1.5, f"{used:.1f}s of CPU in 5 s"
+    assert used < 3.0, f"{used:.1f}s of CPU in 5 s"
+    assert "paced" in gw.log()
 
 
 def test_settings_that_move_the_initial_window_are_weighed_by_the_streams(launcher, upstream):
@@ -513,3 +519,29 @@ def test_a_goaway_flood_from_a_client_is_a_control_frame_flood(launcher, upstrea
         used = worker_cpu(gw) - used
     assert client.closed or not discard(client), f"{sent} GOAWAYs: {used:.1f}s, still open"
     assert used < 1.5, f"{sent} GOAWAYs took {used:.1f}s of CPU in 5 s"
+
+
+def test_a_client_stream_of_12000_small_messages_a_second_is_served(launcher, upstream):
+    """100-byte DATA frames, 12,000 a second for 3 s (a gRPC client stream of small
+    messages, one frame each, as grpc-go sends them; a tenth of what a worker serves): they
+    were cut as a flood when small DATA counted as empty frames. Paced, the whole body
+    arrives, a little later."""
+    gw = h2c_gateway(launcher, upstream)
+    client = RawH2(gw.port)
+    sid = client.request("/upload", method="POST", end=False)
+    frame = DataFrame(sid, b"m" * 100).serialize()
+    rate, sent, start = 12000, 0, time.monotonic()
+    while time.monotonic() - start < 3 and client.goaway() is None and not client.closed:
+        n = min(int((time.monotonic() - start) * rate) - sent,
+                client.conn.local_flow_control_window(sid) // 100)
+        if n > 0:       # h2's windows kept, the frames built by hand
+            client.conn._get_stream_by_id(sid).outbound_flow_control_window -= n * 100
+            client.conn.outbound_flow_control_window -= n * 100
+            client.send_raw(frame * n)
+            sent += n
+        client.pump(lambda c: False, timeout=0.002)
+    assert client.goaway() is None, f"GOAWAY {client.goaway().error_code!r} after {sent}"
+    client.conn.send_data(sid, b"", end_stream=True)
+    client.flush()
+    status, _, body, _ = client.response(sid, timeout=10)
+    assert status == 200 and b'"size": %d' % (sent * 100) in body, body[:100]
