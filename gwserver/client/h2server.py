@@ -17,12 +17,14 @@ Rules this file keeps:
   client's windows, up to http2.send_timeout, then the stream is reset (CANCEL).
 - Streams counted for max_concurrent_streams are those still being served, reset or not:
   a client that opens and resets streams (rapid reset) gets REFUSED_STREAM once at the limit,
-  and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second. PING, SETTINGS and PRIORITY
-  floods (ACKs too; a SETTINGS frame weighs one more per 64 entries): GOAWAY
+  and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second. PING, SETTINGS, PRIORITY
+  and GOAWAY floods (ACKs too; a SETTINGS frame weighs one more per 64 entries): GOAWAY
   ENHANCE_YOUR_CALM past max_control_frames_per_second; WINDOW_UPDATE, empty
   DATA, unknown and finished-stream frame floods past max_empty_frames_per_second (plus two
-  per DATA frame sent: a download's WINDOW_UPDATEs). A header list over
-  64 KiB (an HPACK bomb) is a connection error from h2 (ENHANCE_YOUR_CALM); one within it but
+  per DATA frame sent: a download's WINDOW_UPDATEs). DATA under 1 KiB and header blocks are
+  paced past their share of a second (the connection is read again when it is over). A
+  header list over 64 KiB (an HPACK bomb), or a block over 64 KiB as sent, is a connection
+  error from h2 (ENHANCE_YOUR_CALM); one within it but
   over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION floods end
   at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout.
 - Idle connections close after server.keepalive (header_timeout before the first request).
@@ -390,9 +392,8 @@ class _CountingH2(h2.connection.H2Connection):
     - ``control_frames``: PING, SETTINGS, PRIORITY and GOAWAY, ACKs included, one more per 64
       entries (384 bytes) of payload, and a SETTINGS frame one more per 16 open streams
       (h2 walks them all when the initial window changes);
-    - ``header_bytes``: header blocks as sent (paced). A block larger than MAX_HEAD_BYTES is
-      refused before it is decoded (ENHANCE_YOUR_CALM): its decoded list could not be within
-      the limit anyway unless it is made of codes that are slow to decode.
+    - ``header_bytes``: header blocks as sent (paced; one larger than the decoded list may
+      be is refused before it is decoded: core.h2fields.CachingDecoder).
     DATA frames sent are counted for the WINDOW_UPDATEs they earn.
     ``_receive_frame`` is h2's own (private since h2 2.0, the same through 4.x); the flood
     tests in test_http2_hardening.py fail if it changes."""
@@ -408,11 +409,7 @@ class _CountingH2(h2.connection.H2Connection):
                 else:
                     self.empty_frames += 1
         elif kind is HeadersFrame:
-            size = len(frame.data)      # the whole block: h2 joined its CONTINUATIONs
-            if size > MAX_HEAD_BYTES:
-                raise h2.exceptions.DenialOfServiceError(
-                    f"header block of {size} bytes, over {MAX_HEAD_BYTES}")
-            self.header_bytes += size
+            self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
         elif kind is WindowUpdateFrame:
             self.empty_frames += 1
         elif kind in _CONTROL_FRAMES:

@@ -14,6 +14,13 @@ the table without changing it, so while the table stays as it was, its decoding 
 one's: ``CachingDecoder`` keeps those, and forgets them all when a block may have changed the
 table (any other block) or its size changes.
 
+``CachingDecoder`` also refuses, before decoding it, a block larger as sent than the decoded
+field list may be (``max_header_list_size``): hpack's Huffman decoder takes ~0.35 us an
+encoded byte, and a block of its longest codes (30 bits) decodes at 1.5 us a character, so a
+1 MiB block (HEADERS and 63 CONTINUATIONs) that decodes under the limit took half a second of
+a worker. A real block is never larger as sent than decoded (HPACK counts 32 bytes a field on
+top of name and value; a literal's own overhead is a few bytes).
+
 Rules kept:
 - Never inserting means no dynamic-table state to get wrong, and any table size the client
   sets is fine; a change of SETTINGS_HEADER_TABLE_SIZE is still acknowledged by a dynamic table
@@ -21,6 +28,7 @@ Rules kept:
 - Fields arrive as (name, value) bytes pairs with lower-case names (the caller's rule).
 """
 from hpack import Decoder
+from hpack.exceptions import OversizedHeaderListError
 from hpack.table import HeaderTable
 
 
@@ -125,6 +133,10 @@ class CachingDecoder(Decoder):
         hit = self.decoded.get((data, raw))
         if hit is not None:
             return list(hit)
+        if len(data) > self.max_header_list_size:
+            # h2 answers it as an HPACK bomb: ENHANCE_YOUR_CALM (see the module doc)
+            raise OversizedHeaderListError(f"header block of {len(data)} bytes as sent, over "
+                                           f"{self.max_header_list_size}")
         headers = super().decode(data, raw)
         if data.translate(None, HIGH_BYTES):       # a literal or a size update: may change it
             self.decoded.clear()

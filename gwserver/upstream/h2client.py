@@ -25,7 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, SettingsFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import first_bad_field
@@ -55,10 +55,6 @@ MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounde
 # setting http2.max_empty_frames_per_second, of the same default.
 MAX_EMPTY_FRAMES_PER_SECOND = 10_000
 SMALL_DATA = 1024           # as on the client side (client/h2server.py)
-# hpack refuses a decoded field list over 64 KiB; a block larger than that as sent (HEADERS
-# and its CONTINUATIONs, up to 1 MiB) is refused before it is decoded: a block of the longest
-# Huffman codes decodes at ~1.5 us a character, half a second for 1 MiB.
-MAX_HEADER_BLOCK = 64 << 10
 _RELAYED = frozenset((
     h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
     h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
@@ -104,9 +100,6 @@ class _UpstreamH2(h2.connection.H2Connection):
             if events and len(frame.data) < SMALL_DATA and "END_STREAM" not in frame.flags:
                 self.small_data += 1        # to a stream still open: paced (see above)
             return events
-        if isinstance(frame, HeadersFrame) and len(frame.data) > MAX_HEADER_BLOCK:
-            raise h2.exceptions.DenialOfServiceError(
-                f"header block of {len(frame.data)} bytes, over {MAX_HEADER_BLOCK}")
         events = self._goaway(frame) if isinstance(frame, GoAwayFrame) else \
             super()._receive_frame(frame)
         for event in events:

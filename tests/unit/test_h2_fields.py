@@ -68,3 +68,20 @@ def test_never_indexed_fields_stay_so_and_out_of_the_cache():
     decoded = decoder.decode(encoder.encode(fields), raw=True)
     assert decoded == fields and all(not field.indexable for field in decoded)
     assert not encoder.cache
+
+
+def test_a_block_larger_as_sent_than_the_list_may_be_is_refused_before_decoding():
+    """A block of the slowest Huffman codes decodes under the list limit at 1.5 us a
+    character; one larger as sent than the limit is refused without being decoded."""
+    from hpack.exceptions import OversizedHeaderListError
+    from hpack.huffman import HuffmanEncoder
+    from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+    from gwserver.core.h2fields import CachingDecoder
+    decoder = CachingDecoder()
+    decoder.max_header_list_size = 1000
+    value = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"\n" * 8) * 40
+    block = b"\x00\x01x" + integer(len(value), 7, 0x80) + value      # 1,200 bytes, 320 decoded
+    with pytest.raises(OversizedHeaderListError, match="as sent"):
+        decoder.decode(block, raw=True)
+    assert decoder.decode(block[:3] + integer(120, 7, 0x80) + value[:120], raw=True) == \
+        [(b"x", b"\n" * 32)]
