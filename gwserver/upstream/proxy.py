@@ -885,7 +885,6 @@ class Proxy:
             client.write_head(status, b"".join([head, *body]))
             return status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
-        started = False
         close_delimited = ex.content_length is None and not ex.chunked
         try:
             for turn in count(1):
@@ -896,11 +895,10 @@ class Proxy:
                     chunks = [filtered(filters, chunks, ex.complete)]
                 size = sum(map(len, chunks))
                 body = encode_chunks(chunks, chunked_out, last=ex.complete)
-                if started:
+                if client.head_status:
                     client.write(b"".join(body))
                 else:
                     client.write_head(status, b"".join([head, *body]))
-                    started = True
                 sent += size
                 if ex.complete:
                     break
