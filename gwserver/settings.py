@@ -356,7 +356,8 @@ HTTP2_CONNECTION = (
     Field("max_control_frames_per_second", integer(1), 500,
           "PING, SETTINGS and PRIORITY frames per second, ACKs included, before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM); a SETTINGS frame counts one more "
-          "per 64 entries"),
+          "per 64 entries; a PING after DATA or HEADERS the gateway sent is free (gRPC's "
+          "bandwidth probes)"),
     Field("max_empty_frames_per_second", integer(1), 10000,
           "frames that carry nothing to serve (WINDOW_UPDATE, empty DATA that does not end "
           "its stream, unknown types, frames on a finished stream) per second before the "

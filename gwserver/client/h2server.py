@@ -208,6 +208,7 @@ class H2Stream(ClientConnection):
         self.greenlet = None
         self.running = False        # its greenlet has begun
         self.ended = False          # END_STREAM sent
+        self.pending = 0            # bytes to send while waiting for the connection's window
 
     # -- building the request ------------------------------------------------------------------
 
@@ -389,8 +390,9 @@ class _CountingH2(h2.connection.H2Connection):
       (on a closed stream h2 drops it, at most queueing a RST_STREAM);
     - ``small_data``: DATA with less than SMALL_DATA bytes that does not end its stream
       (paced, not cut: see SMALL_DATA);
-    - ``control_frames``: PING, SETTINGS, PRIORITY and GOAWAY, ACKs included, one more per 64
-      entries (384 bytes) of payload, and a SETTINGS frame one more per 16 open streams
+    - ``control_frames``: PING, SETTINGS, PRIORITY and GOAWAY, ACKs included (but not a PING
+      after DATA or HEADERS sent: see sent_since_ping), one more per 64 entries (384 bytes)
+      of payload, and a SETTINGS frame one more per 16 open streams
       (h2 walks them all when the initial window changes);
     - ``header_bytes``: header blocks as sent (paced; one larger than the decoded list may
       be is refused before it is decoded: core.h2fields.CachingDecoder).
@@ -399,6 +401,11 @@ class _CountingH2(h2.connection.H2Connection):
     tests in test_http2_hardening.py fail if it changes."""
 
     empty_frames = small_data = control_frames = header_bytes = data_frames_sent = 0
+    # A PING after the gateway sent DATA or HEADERS is not counted (one each time): gRPC
+    # clients probe the bandwidth with a PING per round trip while a stream's DATA arrives
+    # (grpc-go's BDP estimator), which on a fast stream is thousands a second. grpc-go's
+    # server forgives such PINGs the same way (its ping strikes reset when it sends).
+    sent_since_ping = False
 
     def _receive_frame(self, frame):
         kind = type(frame)
@@ -412,6 +419,8 @@ class _CountingH2(h2.connection.H2Connection):
             self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
         elif kind is WindowUpdateFrame:
             self.empty_frames += 1
+        elif kind is PingFrame and self.sent_since_ping and "ACK" not in frame.flags:
+            self.sent_since_ping = False    # free: see sent_since_ping
         elif kind in _CONTROL_FRAMES:
             self.control_frames += 1 + frame.body_len // 384 + (
                 len(self.streams) // 16 if kind is SettingsFrame else 0)
@@ -424,7 +433,12 @@ class _CountingH2(h2.connection.H2Connection):
 
     def send_data(self, *args, **kwargs):
         self.data_frames_sent += 1
+        self.sent_since_ping = True
         return super().send_data(*args, **kwargs)
+
+    def send_headers(self, *args, **kwargs):
+        self.sent_since_ping = True
+        return super().send_headers(*args, **kwargs)
 
 
 class H2ServerConnection:
@@ -468,6 +482,8 @@ class H2ServerConnection:
         self.h2.decoder.max_header_list_size = MAX_HEAD_BYTES
         self.lock = gevent.lock.Semaphore()
         self.streams = {}               # stream id -> H2Stream still being served
+        self.starved = {}               # stream id -> H2Stream waiting for the connection's
+        #                                 window only, in the order they began to wait
         self.timed_out = self.closed = False
         self.draining = False           # GOAWAY sent: no new streams
         self.last_stream_id = 0
@@ -529,32 +545,63 @@ class H2ServerConnection:
     def send_data(self, stream, data, end):
         view = memoryview(data)
         sid = stream.stream_id
-        while True:
-            with self.lock:
-                if stream.reset_code is not None or self.closed:
-                    raise ClientGone("stream reset or connection closed")
-                try:
-                    window = min(self.h2.local_flow_control_window(sid),
-                                 self.h2.max_outbound_frame_size)
-                    if window > 0 or not view:
-                        chunk, view = view[:window], view[window:]
-                        self.h2.send_data(sid, bytes(chunk), end_stream=end and not view)
-                        self._flush()
-                        if not view:
-                            return
-                        continue
-                except h2.exceptions.StreamClosedError:
-                    raise ClientGone("stream closed") from None
-                if stream.window is None:
-                    stream.window = gevent.event.Event()
-                stream.window.clear()
-            if not stream.window.wait(self.conf["send_timeout"]):
-                throttled_log.log(log, logging.INFO, "h2 window shut",
-                                  "HTTP/2 stream %d of %s: window shut for %ss; reset", sid,
-                                  self.client_ip, self.conf["send_timeout"])
-                self.reset(sid, E.CANCEL)
-                stream.on_reset(E.CANCEL)
-                raise ClientGone("the client's window stayed shut")
+        waited = False
+        try:
+            while True:
+                with self.lock:
+                    if stream.reset_code is not None or self.closed:
+                        raise ClientGone("stream reset or connection closed")
+                    try:
+                        window = min(self.h2.local_flow_control_window(sid),
+                                     self.h2.max_outbound_frame_size)
+                        if window > 0 or not view:
+                            chunk, view = view[:window], view[window:]
+                            self.h2.send_data(sid, bytes(chunk), end_stream=end and not view)
+                            self._flush()
+                            if not view:
+                                return
+                            continue
+                        own_window = self.h2.streams[sid].outbound_flow_control_window
+                    except (h2.exceptions.StreamClosedError, KeyError):
+                        raise ClientGone("stream closed") from None
+                    if stream.window is None:
+                        stream.window = gevent.event.Event()
+                    stream.window.clear()
+                    if own_window > 0:      # only the connection's window is shut
+                        stream.pending = len(view)
+                        self.starved[sid] = stream
+                    if waited:
+                        self.feed_starved()
+                waited = True
+                if not stream.window.wait(self.conf["send_timeout"]):
+                    throttled_log.log(log, logging.INFO, "h2 window shut",
+                                      "HTTP/2 stream %d of %s: window shut for %ss; reset",
+                                      sid, self.client_ip, self.conf["send_timeout"])
+                    self.reset(sid, E.CANCEL)
+                    stream.on_reset(E.CANCEL)
+                    raise ClientGone("the client's window stayed shut")
+                self.starved.pop(sid, None)
+        finally:
+            if waited:
+                self.starved.pop(sid, None)
+                # Woken with a share of the connection's window: what this stream did not
+                # take (it ended, was reset, or its own window shrank) goes to the next.
+                with self.lock:
+                    self.feed_starved()
+
+    def feed_starved(self):
+        """Under the lock, when the connection's window opened: wake the streams waiting for
+        it, oldest first, only as many as the window can feed (each takes what it holds, up
+        to its own window). Waking every stream on each WINDOW_UPDATE let a client that
+        opens the window a byte at a time make the worker wake all of them for each byte."""
+        budget = self.h2.outbound_flow_control_window
+        while budget > 0 and self.starved:
+            sid = next(iter(self.starved))
+            stream = self.starved.pop(sid)
+            state = self.h2.streams.get(sid)
+            if state is not None:
+                budget -= max(0, min(state.outbound_flow_control_window, stream.pending))
+            stream.window_opened()
 
     def acknowledge(self, stream_id, size):
         with self.lock:
@@ -715,8 +762,8 @@ class H2ServerConnection:
                 if stream is not None:
                     stream.window_opened()
             else:
-                for stream in self.streams.values():
-                    stream.window_opened()
+                with self.lock:
+                    self.feed_starved()
         elif kind is h2.events.TrailersReceived:
             stream = self.streams.get(event.stream_id)
             if stream is not None and len(event.headers) > self.limits[1]:

@@ -53,8 +53,10 @@ def test_h2c_prior_knowledge_through_the_one_path(h2c_gw, tmp_path):
     # HTTP/1.1 is still served on an h2c listener.
     out = curl("-w", "\n%{http_version}", f"{h2c_gw.url}/echo")
     assert out.stdout.endswith(b"\n1.1")
-    lines = [line for line in h2c_gw.access_lines() if line.get("path") == "//echo"]
-    assert lines and lines[0]["protocol"] == "HTTP/2" and lines[0]["status"] == 200
+    # (a stream's line is written once its answer is out: curl may have it first)
+    lines = wait_until(lambda: [line for line in h2c_gw.access_lines()
+                                if line.get("path") == "//echo"], timeout=5)
+    assert lines[0]["protocol"] == "HTTP/2" and lines[0]["status"] == 200
 
 
 def test_h2c_is_off_by_default(launcher, upstream):

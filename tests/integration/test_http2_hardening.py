@@ -545,3 +545,110 @@ def test_a_client_stream_of_12000_small_messages_a_second_is_served(launcher, up
     client.flush()
     status, _, body, _ = client.response(sid, timeout=10)
     assert status == 200 and b'"size": %d' % (sent * 100) in body, body[:100]
+
+
+def test_bandwidth_probing_pings_during_a_download_are_no_flood(launcher, upstream):
+    """gRPC clients probe the bandwidth with a PING whenever DATA arrives and no PING is
+    unanswered (grpc-go's BDP estimator): one per round trip, hundreds to thousands a
+    second on a fast download. They were counted as control frames and the connection was
+    cut; a PING after DATA or HEADERS the gateway sent is now free (one each time), as
+    grpc-go's own server forgives them. Here past a limit of 100 a second."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True, "max_control_frames_per_second": 100}))
+    client = RawH2(gw.port)
+    size = 40 << 20
+    sid = client.request(f"/bytes/{size}")
+    received = pings = 0
+    waiting_ack = False
+    started = time.monotonic()
+    while not client.ended(sid) and not client.closed and client.goaway() is None \
+            and time.monotonic() - started < 30:
+        client.sock.settimeout(1.0)
+        data = client.sock.recv(65536)
+        if not data:
+            break
+        for event in client.conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                received += len(event.data)
+                client.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                if not waiting_ack:
+                    client.conn.ping(b"bdp-ping")
+                    waiting_ack, pings = True, pings + 1
+            elif isinstance(event, h2.events.PingAckReceived):
+                waiting_ack = False
+            else:
+                client.events.append(event)
+        client.flush()
+    elapsed = time.monotonic() - started
+    assert client.goaway() is None and received == size, (received, pings)
+    # More PINGs than the budget allows in each second the download took (else this proves
+    # nothing): a counted PING flood is cut, as test_control_frame_floods checks.
+    assert pings > 100 * (int(elapsed) + 2), f"{pings} PINGs in {elapsed:.2f}s"
+
+
+def test_a_connection_window_opened_a_byte_at_a_time_wakes_one_stream_per_byte(launcher,
+                                                                               upstream):
+    """100 downloads wait for the connection's window (their own are wide open); the client
+    opens it one byte a millisecond. Each WINDOW_UPDATE woke all 100 streams for one of them
+    to send the byte: ~0.85 ms a frame, 90% of a core. Only as many streams as the window
+    can feed wake now, oldest first, and whatever a woken stream does not take goes to the
+    next: once the window opens wide, every download finishes (none is stranded)."""
+    gw = h2c_gateway(launcher, upstream)
+    client = RawH2(gw.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    size = 100_000
+    sids = [client.request(f"/bytes/{size}") for _ in range(100)]
+    got = {sid: 0 for sid in sids}
+
+    def read_what_came():
+        client.sock.setblocking(False)
+        try:
+            while True:
+                data = client.sock.recv(1 << 20)
+                if not data:
+                    client.closed = True
+                    return
+                for event in client.conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        got[event.stream_id] += len(event.data)
+                    else:
+                        client.events.append(event)
+        except BlockingIOError:
+            pass
+        finally:
+            client.sock.settimeout(5)
+
+    end = time.monotonic() + 10     # (read, never acknowledged: the window stays shut)
+    while sum(got.values()) < 65535 and time.monotonic() < end and not client.closed:
+        time.sleep(0.05)
+        read_what_came()
+    def heads():
+        return sum(isinstance(e, h2.events.ResponseReceived) for e in client.events)
+    while heads() < 100 and time.monotonic() < end and not client.closed:
+        time.sleep(0.05)
+        read_what_came()
+    time.sleep(0.2)                 # every stream has its head out, and waits
+    read_what_came()
+    assert sum(got.values()) == 65535 and heads() == 100
+    used, end, sent = worker_cpu(gw), time.monotonic() + 5, 0
+    while time.monotonic() < end and not client.closed:
+        client.conn.increment_flow_control_window(1)
+        client.flush()
+        sent += 1
+        time.sleep(0.001)
+        read_what_came()
+    used = worker_cpu(gw) - used
+    assert client.goaway() is None and not client.closed, gw.log()[-3000:]
+    trickled = sum(got.values()) - 65535
+    assert trickled >= sent - 100, f"{sent} bytes of window, {trickled} sent"
+    assert used < 1.5, f"{sent} one-byte WINDOW_UPDATEs took {used:.1f}s of CPU in 5 s"
+    assert sum(1 for n in got.values() if n) > 50, got     # in turns, not one stream
+    client.conn.increment_flow_control_window(1 << 30)
+    client.flush()
+    end = time.monotonic() + 30
+    while not all(client.ended(sid) for sid in sids) and time.monotonic() < end \
+            and not client.closed:
+        read_what_came()
+        client.flush()
+        time.sleep(0.01)
+    assert all(n == size for n in got.values()), \
+        f"{sum(n != size for n in got.values())} streams stranded short of {size} bytes"
