@@ -127,13 +127,14 @@ class _UpstreamH2(h2.connection.H2Connection):
 
 
 class _Stream:
-    __slots__ = ("events", "window_open", "ended_by", "sent_at")
+    __slots__ = ("events", "window_open", "ended_by", "sent_at", "pending")
 
     def __init__(self):
         self.events = gevent.queue.Queue()
         self.window_open = gevent.event.Event()
         self.ended_by = None        # the error its end put on events, for a sender to raise
         self.sent_at = 0.0          # time.monotonic() of the last piece of body sent
+        self.pending = 0            # body bytes to send while waiting for the connection's window
 
 
 class H2Connection:
@@ -180,6 +181,8 @@ class H2Connection:
         self.lock = gevent.lock.Semaphore()
         self.stream_freed = gevent.event.Event()    # for requests waiting for a stream slot
         self.streams = {}
+        self.starved = {}           # stream id -> _Stream whose body waits for the connection's
+        #                             window only, in the order they began to wait
         self.closed = self.shut = False     # shut: the socket is closed too
         self.draining = False       # a GOAWAY came: no new streams; the rest finish
         # Until the upstream's first SETTINGS, its stream limit is unknown: one stream at a
@@ -316,10 +319,11 @@ class H2Connection:
 
     def _dispatch(self, event):
         if isinstance(event, h2.events.WindowUpdated):
-            streams = self.streams.values() if not event.stream_id else \
-                [self.streams[event.stream_id]] if event.stream_id in self.streams else []
-            for stream in streams:
-                stream.window_open.set()
+            if not event.stream_id:
+                with self.lock:
+                    self._feed_starved()
+            elif event.stream_id in self.streams:
+                self.streams[event.stream_id].window_open.set()
             return
         if isinstance(event, h2.events.ConnectionTerminated):
             self.drain(event)
@@ -453,37 +457,66 @@ class H2Connection:
         """Send ``body`` as the peer's windows allow (waiting for WINDOW_UPDATE); ``end``
         ends the stream, with an empty DATA frame if ``body`` is empty."""
         view = memoryview(body)
-        while view or end:
-            self.wait_for_room(timeout)
-            with self.lock:
-                if stream.ended_by is not None:     # refused (a GOAWAY): may go elsewhere
-                    raise stream.ended_by
-                if self.closed:
-                    raise self.error
-                if stream_id not in self.streams:
-                    raise UpstreamError(f"{self.target.url}: the stream ended while sending")
-                try:
-                    window = min(self.conn.local_flow_control_window(stream_id),
-                                 self.conn.max_outbound_frame_size)
-                    sent = window > 0 or not view
-                    if sent:
-                        chunk, view = view[:max(window, 0)], view[max(window, 0):]
-                        self.conn.send_data(stream_id, bytes(chunk),
-                                            end_stream=end and not view)
-                        self._flush()
-                        stream.sent_at = time.monotonic()
-                        if not view:
-                            return
-                    else:
-                        stream.window_open.clear()
-                except h2.exceptions.StreamClosedError:
-                    # The upstream answered and reset the stream before it had the body
-                    # (RFC 9113 8.1 allows it): whoever reads the answer relays it.
-                    raise UpstreamError(f"{self.target.url}: the stream ended while "
-                                        f"sending") from None
-            if not sent and not stream.window_open.wait(timeout):
-                raise UpstreamTimeout(f"{self.target.url} did not open its HTTP/2 window in "
-                                      f"{timeout:g}s")
+        waited = False
+        try:
+            while view or end:
+                self.wait_for_room(timeout)
+                with self.lock:
+                    if stream.ended_by is not None:     # refused (a GOAWAY): may go elsewhere
+                        raise stream.ended_by
+                    if self.closed:
+                        raise self.error
+                    if stream_id not in self.streams:
+                        raise UpstreamError(f"{self.target.url}: the stream ended while "
+                                            f"sending")
+                    try:
+                        window = min(self.conn.local_flow_control_window(stream_id),
+                                     self.conn.max_outbound_frame_size)
+                        sent = window > 0 or not view
+                        if sent:
+                            chunk, view = view[:max(window, 0)], view[max(window, 0):]
+                            self.conn.send_data(stream_id, bytes(chunk),
+                                                end_stream=end and not view)
+                            self._flush()
+                            stream.sent_at = time.monotonic()
+                            if not view:
+                                return
+                        else:
+                            stream.window_open.clear()
+                            if self.conn.streams[stream_id].outbound_flow_control_window > 0:
+                                stream.pending = len(view)  # only the connection's is shut
+                                self.starved[stream_id] = stream
+                            if waited:
+                                self._feed_starved()
+                    except (h2.exceptions.StreamClosedError, KeyError):
+                        # The upstream answered and reset the stream before it had the body
+                        # (RFC 9113 8.1 allows it): whoever reads the answer relays it.
+                        raise UpstreamError(f"{self.target.url}: the stream ended while "
+                                            f"sending") from None
+                if not sent:
+                    waited = True
+                    if not stream.window_open.wait(timeout):
+                        raise UpstreamTimeout(f"{self.target.url} did not open its HTTP/2 "
+                                              f"window in {timeout:g}s")
+                    self.starved.pop(stream_id, None)
+        finally:
+            if waited:
+                self.starved.pop(stream_id, None)
+                with self.lock:     # what this stream was woken for and did not take
+                    self._feed_starved()
+
+    def _feed_starved(self):
+        """Under the lock, when the connection's window opened: wake the bodies waiting for
+        it, oldest first, only as many as it can feed (as client.h2server does: an upstream
+        opening it a byte at a time made every waiting upload wake for each byte)."""
+        budget = self.conn.outbound_flow_control_window
+        while budget > 0 and self.starved:
+            stream_id = next(iter(self.starved))
+            stream = self.starved.pop(stream_id)
+            state = self.conn.streams.get(stream_id)
+            if state is not None:
+                budget -= max(0, min(state.outbound_flow_control_window, stream.pending))
+            stream.window_open.set()
 
     def acknowledge(self, stream_id, size):
         with self.lock:

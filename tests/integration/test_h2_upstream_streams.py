@@ -779,3 +779,88 @@ def test_answers_left_unread_give_the_connection_window_back(streaming):
         head, _, content = answer.partition(b"\r\n\r\n")
         assert len(dechunked(content)) == 3000000
     assert upstream.connections == 1
+
+
+class TricklingWindowUpstream(H2cUpstream):
+    """Takes uploads without opening its connection window again, until ``trickle`` seconds
+    after the first request: meanwhile it opens it one byte a millisecond. Then it opens it
+    wide and answers each upload with 200 "got <bytes>"."""
+
+    def __init__(self, trickle):
+        self.trickle, self.bytes_trickled = trickle, 0
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        sizes, started, wide, next_byte = {}, None, False, 0.0
+        sock.settimeout(0.001)
+        end = time.monotonic() + 60
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while time.monotonic() < end:
+                    try:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                    except socket.timeout:
+                        data = b""
+                    for event in conn.receive_data(data) if data else ():
+                        if isinstance(event, h2.events.RequestReceived):
+                            started = started or time.monotonic()
+                        elif isinstance(event, h2.events.DataReceived):
+                            sizes[event.stream_id] = sizes.get(event.stream_id, 0) + \
+                                len(event.data)
+                            if wide:
+                                conn.acknowledge_received_data(event.flow_controlled_length,
+                                                               event.stream_id)
+                        if isinstance(event, h2.events.StreamEnded):
+                            conn.send_headers(event.stream_id, [(b":status", b"200")])
+                            conn.send_data(event.stream_id, b"got %d" % sizes.get(
+                                event.stream_id, 0), end_stream=True)
+                    if started and not wide:
+                        now = time.monotonic()
+                        if now - started < self.trickle:
+                            if now >= next_byte:
+                                conn.increment_flow_control_window(1)
+                                self.bytes_trickled += 1
+                                next_byte = now + 0.001
+                        else:
+                            wide = True
+                            conn.increment_flow_control_window(1 << 30)
+                    sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+def test_an_upstream_opening_its_window_a_byte_at_a_time_wakes_one_upload_per_byte(launcher):
+    """50 uploads wait for the upstream's connection window, which it opens one byte a
+    millisecond: each WINDOW_UPDATE woke every waiting upload for one of them to send the
+    byte. Only as many as the window can feed wake now, oldest first; once it opens wide,
+    every upload arrives whole."""
+    upstream = TricklingWindowUpstream(trickle=5.0)
+    try:
+        gw = gateway_to(launcher, upstream, read=30)
+        answers = []
+
+        def upload():
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=40)
+            conn.request("POST", "/up", body=b"u" * 20_000)
+            response = conn.getresponse()
+            answers.append((response.status, response.read()))
+            conn.close()
+        uploads = [threading.Thread(target=upload, daemon=True) for _ in range(50)]
+        for thread in uploads:
+            thread.start()
+        wait_until(lambda: upstream.bytes_trickled > 0, timeout=10)
+        time.sleep(0.5)             # the connection window is spent: every upload waits
+        used = worker_cpu(gw)
+        time.sleep(4)
+        used = worker_cpu(gw) - used
+        for thread in uploads:
+            thread.join(40)
+        assert answers == [(200, b"got 20000")] * 50, answers[:3]
+        assert used < 0.8, f"{upstream.bytes_trickled} one-byte updates: {used:.2f}s of CPU in 4 s"
+    finally:
+        upstream.close()
