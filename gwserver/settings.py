@@ -161,6 +161,12 @@ UPSTREAM_DEFAULTS = Schema(
           "long both ways is closed"),
     Field("max_response_head", integer(1024), 65536,
           "largest upstream response head in bytes (1xx heads included); larger: 502"),
+    Field("h2_max_empty_frames_per_second", integer(1), 10000,
+          "HTTP/2 upstreams, per connection and worker: frames with nothing to relay per "
+          "second (WINDOW_UPDATE, PING, SETTINGS, empty DATA...; two more per DATA frame "
+          "sent) before the connection is closed as a flood; DATA frames under 1 KiB that "
+          "do not end their stream past this many a second are paced (not read until the "
+          "second is over): raise it for gRPC servers streaming more small messages"),
     Field("retries", integer(0, 5, "an integer from 0 to 5"), 1,
           "retries on another target after a connect failure (idempotent-safe only)"),
     Field("retry_budget_percent", number(0), 20.0,

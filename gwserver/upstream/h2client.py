@@ -52,8 +52,8 @@ MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounde
 # over. Paced, not cut: a gRPC server streaming small messages sends one frame per message.
 # DATA for a stream the gateway reset is not counted (a client that hangs up on a stream of
 # small messages leaves up to a window of them in flight). The client side's budget is the
-# setting http2.max_empty_frames_per_second, of the same default.
-MAX_EMPTY_FRAMES_PER_SECOND = 10_000
+# setting http2.max_empty_frames_per_second; this one is upstream_defaults'
+# h2_max_empty_frames_per_second (max_empty_frames below).
 SMALL_DATA = 1024           # as on the client side (client/h2server.py)
 _RELAYED = frozenset((
     h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
@@ -86,7 +86,7 @@ class _UpstreamH2(h2.connection.H2Connection):
       their answers. Here a GOAWAY is only reported (ConnectionTerminated); H2Connection stops
       opening streams, fails those past last_stream_id and lets the others finish.
     - Frames with nothing to relay are weighed (``empty_frames``), and DATA frames sent
-      counted (``data_frames_sent``), for the flood budget (MAX_EMPTY_FRAMES_PER_SECOND)."""
+      counted (``data_frames_sent``), for the flood budget (see SMALL_DATA)."""
 
     empty_frames = small_data = data_frames_sent = 0
 
@@ -145,8 +145,10 @@ class H2Connection:
     queues what h2 produced; the writer sends it, within ``write_timeout``, and a write that
     fails or stalls fails the whole connection. No lock is held across socket I/O."""
 
-    def __init__(self, target, connect_timeout, tls_context, server_name, write_timeout):
+    def __init__(self, target, connect_timeout, tls_context, server_name, write_timeout,
+                 max_empty_frames=10_000):
         self.target = target
+        self.max_empty_frames = max_empty_frames    # a second's budget: see SMALL_DATA
         try:
             sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
         except socket.timeout:
@@ -271,6 +273,7 @@ class H2Connection:
                 if not data:
                     raise UpstreamError(f"{self.target.url} closed the HTTP/2 connection")
                 with self.lock:
+                    self._start_second_if_due()
                     events = self.conn.receive_data(data)
                     self._flush()
                     pause = self._check_flood()
@@ -286,12 +289,20 @@ class H2Connection:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
 
+    def _start_second_if_due(self):
+        """Before frames are read: the budgets count per second, this read's in the new one."""
+        now = time.monotonic()
+        if now - self.counted_since >= 1.0:
+            self.counted_since = now
+            conn = self.conn
+            conn.empty_frames = conn.small_data = conn.data_frames_sent = 0
+
     def _check_flood(self):
         """Under the lock, after frames were read: past the budget the connection ends with
         GOAWAY(ENHANCE_YOUR_CALM), and its streams with a 502. Returns the seconds to wait
         before the next read: past the small DATA frames' share, the rest of the second."""
         conn, now = self.conn, time.monotonic()
-        limit = MAX_EMPTY_FRAMES_PER_SECOND + 2 * conn.data_frames_sent
+        limit = self.max_empty_frames + 2 * conn.data_frames_sent
         if conn.empty_frames > limit:
             throttled_log.log(log, logging.WARNING, ("h2 upstream flood", self.target.url),
                               "HTTP/2 upstream %s sent more than %d frames with nothing (or "
@@ -306,14 +317,11 @@ class H2Connection:
             raise UpstreamError(f"{self.target.url} flooded the HTTP/2 connection with "
                                 f"frames carrying nothing or next to nothing (more than "
                                 f"{limit} a second)")
-        if now - self.counted_since >= 1.0:
-            self.counted_since = now
-            conn.empty_frames = conn.small_data = conn.data_frames_sent = 0
-        elif conn.small_data > MAX_EMPTY_FRAMES_PER_SECOND:
+        if conn.small_data > self.max_empty_frames:
             throttled_log.log(log, logging.INFO, ("h2 upstream paced", self.target.url),
                               "HTTP/2 upstream %s sent more than %d DATA frames under %d "
                               "bytes in a second: paced (read again when the second is over)",
-                              self.target.url, MAX_EMPTY_FRAMES_PER_SECOND, SMALL_DATA)
+                              self.target.url, self.max_empty_frames, SMALL_DATA)
             return self.counted_since + 1.0 - now
         return 0
 
@@ -671,7 +679,8 @@ class H2Pools:
     """One H2Connection per target (and TLS settings) in this worker, opened on demand,
     replaced when broken."""
 
-    def __init__(self, on_open=None):
+    def __init__(self, on_open=None, max_empty_frames=10_000):
+        self.max_empty_frames = max_empty_frames
         self.connections = {}
         self._connecting = {}
         self.on_open = on_open      # called with the target's url for each new connection
@@ -691,7 +700,8 @@ class H2Pools:
                     connection.close()  # a draining one closes when its streams end
                 context = client_context(tls, ["h2"]) if target.scheme == "https" else None
                 connection = H2Connection(target, connect_timeout, context,
-                                          tls[2] if tls else None, write_timeout)
+                                          tls[2] if tls else None, write_timeout,
+                                          self.max_empty_frames)
                 self.connections[key] = connection
                 if self.on_open is not None:
                     self.on_open(target.url)

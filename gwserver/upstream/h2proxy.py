@@ -78,7 +78,8 @@ class TakenBody:
 class H2Forwarder:
     def __init__(self, proxy):
         self.proxy = proxy
-        self.pools = H2Pools(on_open=self.opened)
+        self.pools = H2Pools(on_open=self.opened, max_empty_frames=proxy.runtime.conf
+                             .upstream_defaults["h2_max_empty_frames_per_second"])
 
     def opened(self, url):
         metrics = self.proxy.runtime.metrics     # as Proxy.checkout counts HTTP/1.1's

@@ -864,3 +864,30 @@ def test_an_upstream_opening_its_window_a_byte_at_a_time_wakes_one_upload_per_by
         assert used < 0.8, f"{upstream.bytes_trickled} one-byte updates: {used:.2f}s of CPU in 4 s"
     finally:
         upstream.close()
+
+
+@pytest.mark.parametrize("per_second", [None, 1000], ids=["default", "1000"])
+def test_the_pace_of_small_upstream_frames_is_a_setting(launcher, per_second):
+    """upstream_defaults.h2_max_empty_frames_per_second: 4,000 messages of 100 bytes pass
+    the default 10,000 a second unpaced; at 1,000 a second they are paced over 2 s or more,
+    and still arrive whole."""
+    upstream = StreamingH2Upstream()
+    try:
+        gw = launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}], "protocol": "h2"}}],
+            upstream_defaults={"h2_max_empty_frames_per_second": per_second}
+            if per_second else {}))
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+        conn.request("GET", "/stream?n=400000&f=100")
+        started = time.monotonic()
+        resp = conn.getresponse()
+        assert resp.status == 200 and len(resp.read()) == 400_000
+        took = time.monotonic() - started
+        conn.close()
+        if per_second:
+            assert took >= 2.0 and "paced" in gw.log(), took
+        else:
+            assert "paced" not in gw.log()
+    finally:
+        upstream.close()
