@@ -35,6 +35,9 @@ counts as JSON.
   /100-crlf         100 Continue, a CRLF, then 200
   /bad-reason       200 whose reason phrase holds a control byte
   /request-id       200 with an X-Request-ID of its own
+  /ows              200 whose Content-Length and X-A values end in white space (HTTP/1.1
+                    allows it; HTTP/2 does not)
+  /status-999       a status outside 100-599
   /hint-upload      103 Early Hints as soon as the head is in, then reads the whole body and
                     answers 200 "got N"
   /split-413        as /early-413, with its head in two writes 0.3 s apart
@@ -208,6 +211,10 @@ def handle(conn, path):
         conn.sendall(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/request-id":
         conn.sendall(response(b"ok", extra=b"X-Request-ID: upstream-own-id\r\n"))
+    elif path == "/ows":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\nX-A: b \t \r\n\r\nok")
+    elif path == "/status-999":
+        conn.sendall(b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/early-hints":
         conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
         time.sleep(0.05)

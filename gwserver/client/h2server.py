@@ -55,9 +55,11 @@ from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFra
 
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2request import Malformed, grpc_code, grpc_message, is_grpc, split_request
+from ..core.h2request import (Malformed, check_method_and_path, grpc_code, grpc_message, is_grpc,
+                              split_request)
+from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.throttledlog import throttled_log
-from ..errors import HTTPError, RequestTimeout
+from ..errors import BadRequest, HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
@@ -134,7 +136,10 @@ class ResponseFramer:
         self.fields, self.trailers, self.in_body = [], [], False
 
     def on_header(self, name, value):
-        (self.trailers if self.in_body else self.fields).append((name.lower(), value))
+        # llhttp strips white space before a value, not after it (HTTP/1.1 allows both);
+        # RFC 9113 8.2.1 forbids both, and HTTP/2 clients refuse the stream.
+        (self.trailers if self.in_body else self.fields).append(
+            (name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self):
         status = self.parser.get_status_code()
@@ -225,6 +230,7 @@ class H2Stream(ClientConnection):
         req.method = pseudo[b":method"].decode("latin-1")
         req.url = pseudo[b":path"]
         self.framer.head_only = req.method == "HEAD"
+        check_method_and_path(pseudo[b":method"], req.url)
         if len(req.url) > self.limits[0]:
             from ..errors import HeadersTooLarge
             raise HeadersTooLarge(f":path longer than {self.limits[0]} bytes")
@@ -242,12 +248,13 @@ class H2Stream(ClientConnection):
             hmap[b"host"] = authority
             req.host_count = 1
         if b"host" not in hmap:
-            from ..errors import BadRequest
             raise BadRequest("no :authority or Host")
         cl = hmap.get(b"content-length")
         if cl is not None:
             if not cl.isdigit():
                 raise Malformed("invalid content-length")
+            if len(cl) > 19 or int(cl) > MAX_CONTENT_LENGTH:
+                raise BadRequest("Content-Length over 2^63 - 1")
             req.content_length = int(cl)
         req.chunked = cl is None and not ended     # a streamed body of unknown length
         req.head_done = True

@@ -24,7 +24,8 @@ import httptools
 
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
-from ..core.headers import CONSUMER_SET, NOT_FORWARDED, PROXY_SET, REASONS, UNTRUSTED_UNSEEN
+from ..core.headers import (CONSUMER_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED, PROXY_SET, REASONS,
+                            UNTRUSTED_UNSEEN)
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
@@ -171,9 +172,15 @@ class ClientConnection:
         cl = hmap.get(b"content-length")
         if cl is not None:
             req.content_length = int(cl)        # llhttp already rejected a bad one
+            if req.content_length > MAX_CONTENT_LENGTH:
+                raise BadRequest("Content-Length over 2^63 - 1")
         te = hmap.get(b"transfer-encoding")
         req.chunked = te is not None
         if te is not None:
+            if version == "1.0":
+                # RFC 9112 6.1: faulty framing (an HTTP/1.0 hop in front would not have
+                # decoded it); nginx answers 400 too.
+                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
             if te.strip().lower() != b"chunked":
                 # llhttp frames "gzip, chunked" as chunked; forwarding it as chunked alone
                 # would lose the gzip coding (RFC 9112 6.1: 501 for codings we do not do).

@@ -19,7 +19,7 @@ Pure: no sockets, no h2 types.
 """
 import re
 
-from ..errors import UpstreamTimeout
+from ..errors import BadRequest, UpstreamTimeout
 from .headers import TOKEN_LOWER_CHARS, VALUE_CHARS
 
 CONNECTION_SPECIFIC = frozenset([b"connection", b"keep-alive", b"proxy-connection",
@@ -32,6 +32,15 @@ REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":path", b":authority"])
 _BAD_NAME = re.compile(f"[^{TOKEN_LOWER_CHARS}]".encode()).search
 _TOKEN = re.compile(f"[{TOKEN_LOWER_CHARS}A-Z]+".encode()).fullmatch
 _BAD_VALUE = re.compile(f"[^{VALUE_CHARS}]|\\A[ \t]|[ \t]\\Z".encode("latin-1")).search
+# What llhttp parses on HTTP/1.1 (case-sensitive; its RTSP and PRI methods aside): other
+# methods and path bytes are a 400 there, so they are here (tests/unit/test_h2request.py holds
+# the two to the same answers). A raw byte over 0x7f in a path would skip the UTF-8 checks of
+# core.target (they look at escapes) and reach an upstream that may decode it leniently.
+HTTP_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split())
+_BAD_PATH_BYTE = re.compile(b"[^\x21-\x7e]").search
 
 
 class Malformed(Exception):
@@ -72,6 +81,7 @@ def split_request(headers):
         raise Malformed(f"invalid :method {method[:40]!r}")
     if method.upper() == b"CONNECT":
         raise Malformed("CONNECT is not served")
+
     path = pseudo.get(b":path")
     if pseudo.get(b":scheme") is None or not path:
         raise Malformed("no :scheme or :path")
@@ -79,11 +89,21 @@ def split_request(headers):
         raise Malformed(":path with white space")
     if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
         raise Malformed(":path must start with /")
+
     authority = pseudo.get(b":authority")
     hosts = [value for name, value in regular if name == b"host"]
     if authority is not None and any(host != authority for host in hosts):
         raise Malformed(":authority and Host disagree (RFC 9113 8.3.1)")
     return pseudo, regular
+
+
+def check_method_and_path(method, path):
+    """BadRequest for a method or a path byte that HTTP/1.1 answers with a 400 (the request
+    is well-formed HTTP/2, so it is answered, not reset)."""
+    if method not in HTTP_METHODS:
+        raise BadRequest(f"unknown method {method[:40].decode('latin-1')!r}")
+    if _BAD_PATH_BYTE(path):
+        raise BadRequest("a control, space or non-ASCII byte in the path (percent-encode it)")
 
 
 # HTTP status of an answer the gateway made -> gRPC status code (grpc/doc/http-grpc-status-

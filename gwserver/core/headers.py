@@ -22,6 +22,10 @@ CONSUMER_SET = frozenset([b"x-consumer-id", b"x-consumer-groups"])
 GATEWAY_SET = frozenset([b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
                          b"x-forwarded-host", b"x-request-id", b"via", b"expect"]) | CONSUMER_SET
 NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET
+# The largest Content-Length taken (nginx, Go and Tomcat stop at the same): llhttp takes up
+# to 2^64 - 1, and an upstream whose parser wraps or saturates at 63 bits would frame the
+# body differently from the gateway, reading its bytes as requests no plugin saw.
+MAX_CONTENT_LENGTH = 2 ** 63 - 1
 # Of those, what only the gateway or a trusted proxy in front may say: from anyone else they
 # are not even kept for plugins and route conditions (a forged X-Consumer-Groups would match a
 # route's header condition; a forged X-Forwarded-For would pick a rate limit's bucket).
@@ -39,7 +43,14 @@ PROXY_SET = frozenset([
     b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
     b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
     b"cf-connecting-ip", b"x-cluster-client-ip", b"x-http-method-override", b"x-http-method",
-    b"x-method-override"])
+    b"x-method-override",
+    # the fault plugin's tag: a forged one would make a real failure look injected
+    b"x-fault-injected"])
+
+# Fields a trailer section may not carry (RFC 9110 6.5.1): framing, routing and this hop's.
+# An HTTP/2 upstream's are dropped; llhttp refuses them from HTTP/1.1 upstreams (a 502 or a
+# cut answer), and an HTTP/2 client's stream could not carry a Content-Length in its trailers.
+TRAILER_FORBIDDEN = HOP_BY_HOP | {b"content-length", b"host", b"trailer"}
 
 # Response headers the gateway looks at before relaying: hop-by-hop ones, Via (extended),
 # Content-Length (framing) and X-Request-ID (the gateway writes its own: an upstream's would

@@ -104,6 +104,11 @@ def extract(headers, new_ids):
         state = headers.get(b"tracestate")
         if state is not None and len(state) > 512:
             state = None                # W3C: a vendor may drop an oversized tracestate
+        elif state is not None and b"gwfault=" in state:
+            # The fault plugin's key, which only this gateway writes: a client's would make
+            # a real failure look injected.
+            state = b",".join(m.strip() for m in state.split(b",")
+                              if m.strip().partition(b"=")[0] != b"gwfault") or None
         b3 = "single" if b"b3" in headers else "multi" if b"x-b3-traceid" in headers else None
     return TraceContext(trace_id, parent_id, span_id, sampled, state, b3)
 

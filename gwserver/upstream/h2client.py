@@ -28,7 +28,7 @@ import h2.settings
 from hyperframe.frame import DataFrame, GoAwayFrame, SettingsFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.headers import first_bad_field
+from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
 from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
                       UpstreamError, UpstreamTimeout)
@@ -655,7 +655,9 @@ class StreamResponse:
                 if event.stream_ended:
                     self.ended = True
             elif isinstance(event, h2.events.TrailersReceived):
-                self.trailers = [(bytes(k), bytes(v)) for k, v in event.headers]
+                self.trailers = [(k, v) for k, v in ((bytes(k), bytes(v))
+                                                     for k, v in event.headers)
+                                 if k.lower() not in TRAILER_FORBIDDEN]
                 self._check(self.trailers, "trailer")
                 if event.stream_ended:
                     self.ended = True

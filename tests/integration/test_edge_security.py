@@ -14,6 +14,7 @@ import jwt as pyjwt
 import pytest
 
 from ..conftest import gateway_conf, open_websocket, route, wait_until
+from ..h2client import RawH2
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -842,3 +843,86 @@ def test_an_idle_websocket_tunnel_is_closed_after_the_read_timeout(launcher, ups
     assert idle.recv(16) == b""                         # closed by the gateway...
     assert time.monotonic() - started < 4               # ...after ~1 s idle, not never
     idle.close()
+
+
+# -- an attack pass on 2026-12-02: what one protocol refused and the other served ---------------
+
+@pytest.fixture
+def h2c_echo(launcher, upstream):
+    return launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)],
+                                         http2={"h2c": True}))
+
+
+@pytest.mark.parametrize("method, path", [
+    (b"GET", b"/x/\xc0\xae\xc0\xae/admin/x"),      # a raw overlong "..", past the UTF-8 check
+    (b"GET", b"/x/\xed\xa0\x80"),                   # a surrogate
+    (b"GET", b"/x\x7f"),
+    (b"get", b"/echo"), (b"head", b"/echo"), (b"FOO", b"/echo")])
+def test_what_http1_answers_400_is_a_400_over_http2_too(h2c_echo, upstream, method, path):
+    before = upstream.stats()["requests"]
+    request = method + b" " + path + b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    assert raw_request(h2c_echo.port, request)[0] == 400
+    client = RawH2(h2c_echo.port, validate=False)
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, [(b":method", method), (b":scheme", b"http"),
+                                   (b":path", path), (b":authority", b"gw")], end_stream=True)
+    client.flush()
+    answer = client.response(sid)       # a control byte in a field value: reset (malformed)
+    assert answer[0] == 400 if answer else client.reset_code(sid) == 1
+    assert upstream.stats()["requests"] == before       # neither reached the upstream
+
+
+@pytest.mark.parametrize("length", [b"9223372036854775808", b"18446744073709551615"])
+def test_a_content_length_over_2_63_is_refused(h2c_echo, upstream, length):
+    """llhttp takes up to 2^64 - 1; nginx, Go and Tomcat refuse past 2^63 - 1, and an
+    upstream that wraps would read the body as requests no plugin saw."""
+    answer = raw_request(h2c_echo.port, b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: "
+                         + length + b"\r\n\r\nGET /admin HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert answer[0] == 400 and answer[1].count(b"HTTP/1.1") == 1
+    client = RawH2(h2c_echo.port)
+    sid = client.request("/upload", method="POST", end=False,
+                         headers=[("content-length", "1" + "0" * 60)])
+    assert client.response(sid)[0] == 400
+
+
+def test_transfer_encoding_in_an_http10_request_is_refused(h2c_echo, upstream):
+    """RFC 9112 6.1: faulty framing; it was decoded as chunked, the connection kept, and the
+    pipelined request after it forwarded too."""
+    before = upstream.stats()["requests"]
+    status, answer = raw_request(
+        h2c_echo.port, b"POST /upload HTTP/1.0\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: keep-alive\r\n\r\n1\r\nx\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert status == 400 and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert upstream.stats()["requests"] == before
+
+
+def test_a_clients_fault_tags_do_not_reach_the_upstream(h2c_echo):
+    """X-Fault-Injected and tracestate's gwfault= say the gateway injected a fault: a
+    client's would make a real failure look injected."""
+    status, answer = raw_request(
+        h2c_echo.port, b"GET /echo HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        b"X-Fault-Injected: delay\r\ntracestate: gwfault=abort,vendor=1\r\n"
+        b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n")
+    headers = {k.lower(): v for k, v in json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]}
+    assert status == 200 and "x-fault-injected" not in headers
+    assert headers["tracestate"] == "vendor=1"
+
+
+@pytest.fixture
+def raw_h2c(launcher):
+    raw = launcher.raw_upstream()
+    return launcher.gateway(gateway_conf(
+        [route("raw", ["/*rest"], f"http://127.0.0.1:{raw.port}")], http2={"h2c": True}))
+
+
+def test_white_space_after_an_upstreams_values_is_not_sent_to_http2_clients(raw_h2c):
+    """HTTP/1.1 allows it after a value, HTTP/2 does not: curl and h2 refused the stream."""
+    client = RawH2(raw_h2c.port)           # h2 validates what it receives
+    status, headers, body, _ = client.response(client.request("/ows"))
+    assert (status, headers["x-a"], headers["content-length"], body) == (200, "b", "2", b"ok")
+    assert client.goaway() is None
+
+
+def test_a_status_outside_100_to_599_is_a_502(raw_h2c):
+    assert raw_request(raw_h2c.port, b"GET /status-999 HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Connection: close\r\n\r\n")[0] == 502

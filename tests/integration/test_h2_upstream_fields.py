@@ -18,6 +18,9 @@ ANSWERS = {
     b"/bad-del": ([(b"x-a", b"a\x7f")], None),
     b"/bad-name": ([(b"x(a", b"1")], None),
     b"/bad-trailer": ([], [(b"x-t", b"\x01")]),
+    # fields a trailer may not carry (RFC 9110 6.5.1), beside a good one
+    b"/framing-trailers": ([], [(b"content-length", b"4"), (b"host", b"evil"),
+                                (b"trailer", b"x"), (b"grpc-status", b"0")]),
 }
 
 
@@ -118,3 +121,17 @@ def test_a_bad_trailer_ends_the_answer_unfinished(gw):
     answer = http1(gw.port, b"/bad-trailer")
     assert answer.startswith(b"HTTP/1.1 502") and answer.count(b"HTTP/1.1") == 1
     assert b"\x01" not in answer and b"hello" not in answer
+
+
+def test_framing_and_routing_fields_in_trailers_are_dropped(gw):
+    """A content-length in an HTTP/2 upstream's trailers made an HTTP/2 client's stream end
+    in INTERNAL_ERROR (the HTTP/1.1 framing between the two sides refused it), logged as a
+    200; host and the rest passed to HTTP/1.1 clients. They are dropped; the others pass."""
+    answer = http1(gw.port, b"/framing-trailers")
+    assert answer.startswith(b"HTTP/1.1 200") and body_of(answer) == b"hello"
+    assert answer.endswith(b"\r\n0\r\ngrpc-status: 0\r\n\r\n"), answer[-120:]
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "--http2-prior-knowledge",
+                          "-H", "TE: trailers", "-w", "\n%{http_code}",
+                          f"http://127.0.0.1:{gw.port}/framing-trailers"],
+                         capture_output=True, timeout=15)
+    assert out.returncode == 0 and out.stdout == b"hello\n200", out

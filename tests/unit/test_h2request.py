@@ -1,9 +1,10 @@
 """RFC 9113 8.2/8.3 checks of an HTTP/2 request head, and the gRPC answers the gateway makes."""
+import httptools
 import pytest
 
-from gwserver.core.h2request import Malformed, grpc_code, grpc_message, grpc_timeout, \
-    grpc_timeout_value, split_request
-from gwserver.errors import UpstreamTimeout
+from gwserver.core.h2request import HTTP_METHODS, Malformed, check_method_and_path, \
+    grpc_code, grpc_message, grpc_timeout, grpc_timeout_value, split_request
+from gwserver.errors import BadRequest, UpstreamTimeout
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/x"), (b":authority", b"a")]
 
@@ -34,6 +35,54 @@ BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/x"), (b":aut
 def test_malformed(headers):
     with pytest.raises(Malformed):
         split_request(headers)
+
+
+def http1_parses(request_line):
+    """Whether llhttp (as the HTTP/1.1 side runs it) takes the request line."""
+    parser = httptools.HttpRequestParser(object())
+    try:
+        parser.feed_data(request_line + b"\r\nHost: a\r\n\r\n")
+    except httptools.HttpParserUpgrade:
+        return True                 # CONNECT: parsed, then refused by the gateway on both
+    except httptools.HttpParserError:
+        return False
+    return True
+
+
+def h2_takes(method, path):
+    try:
+        split_request([(b":method", method), (b":scheme", b"http"), (b":path", path),
+                       (b":authority", b"a")])
+        check_method_and_path(method, path)
+    except BadRequest:
+        return False
+    except Malformed:
+        return False
+    return True
+
+
+# llhttp's methods, its RTSP ones, HTTP/2's preface, other spellings (found by an attack pass:
+# "get", "head" and "FOO" were forwarded over HTTP/2, a 400 over HTTP/1.1)
+CANDIDATES = sorted(HTTP_METHODS) + [b"PRI", b"DESCRIBE", b"ANNOUNCE", b"SETUP", b"PLAY",
+                                     b"PAUSE", b"TEARDOWN", b"GET_PARAMETER", b"RECORD",
+                                     b"FLUSH", b"FOO", b"get", b"head", b"Get", b"GETX", b"M"]
+
+
+@pytest.mark.parametrize("method", CANDIDATES, ids=lambda m: m.decode())
+def test_a_method_is_taken_on_http2_exactly_when_on_http1(method):
+    if method == b"CONNECT":
+        assert http1_parses(b"CONNECT a:443 HTTP/1.1")     # and refused by both (not a proxy)
+        assert not h2_takes(method, b"/x")
+        return
+    assert h2_takes(method, b"/x") == http1_parses(method + b" /x HTTP/1.1")
+
+
+def test_a_path_byte_is_taken_on_http2_exactly_when_on_http1():
+    """Every byte value inside a path; raw bytes over 0x7f (an overlong "..", \xc0\xae) were
+    forwarded over HTTP/2 past the UTF-8 checks, a 400 over HTTP/1.1."""
+    for byte in range(256):
+        path = b"/a" + bytes([byte]) + b"b"
+        assert h2_takes(b"GET", path) == http1_parses(b"GET " + path + b" HTTP/1.1"), hex(byte)
 
 
 def test_well_formed():

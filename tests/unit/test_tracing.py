@@ -89,6 +89,16 @@ def test_extra_tracestate_entry_goes_first_and_replaces_its_key():
     assert out["tracestate"] == "gwfault=abort,a=1"
 
 
+@pytest.mark.parametrize("state, passed", [("gwfault=abort, a=1", "a=1"),
+                                           ("a=1,gwfault=delay ,b=2", "a=1,b=2"),
+                                           ("gwfault=abort", None), ("xgwfault=1", "xgwfault=1")])
+def test_a_clients_gwfault_entry_is_dropped(state, passed):
+    """Only the fault plugin writes gwfault=: a client's would make a real failure look
+    injected (an attack pass found it passed through)."""
+    _, out = upstream({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": state})
+    assert out.get("tracestate") == passed
+
+
 OTHER = "1" * 32
 
 
