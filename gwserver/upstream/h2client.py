@@ -25,7 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, GoAwayFrame, SettingsFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
@@ -60,6 +60,14 @@ _RELAYED = frozenset((
     h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
 
 
+class StreamMalformed:
+    """The event ``_UpstreamH2`` makes of an answer h2 refused (RFC 9113 8.1.1: a malformed
+    message is a stream error): the stream is reset, its request gets ``error``."""
+
+    def __init__(self, stream_id, error):
+        self.stream_id, self.error = stream_id, error
+
+
 class StreamNotOpened(UpstreamError):
     """The connection ended (or began to drain) before this request's stream was opened:
     nothing was sent, so another connection may take it."""
@@ -86,7 +94,13 @@ class _UpstreamH2(h2.connection.H2Connection):
       their answers. Here a GOAWAY is only reported (ConnectionTerminated); H2Connection stops
       opening streams, fails those past last_stream_id and lets the others finish.
     - Frames with nothing to relay are weighed (``empty_frames``), and DATA frames sent
-      counted (``data_frames_sent``), for the flood budget (see SMALL_DATA)."""
+      counted (``data_frames_sent``), for the flood budget (see SMALL_DATA).
+    - A malformed answer (fields h2 refuses once the block is decoded, a body longer or
+      shorter than its content-length) ends its stream, not the connection: h2 raises a
+      ProtocolError for either, which failed every other request on the connection
+      (RFC 9113 8.1.1 makes it a stream error). ``StreamMalformed`` tells the stream's
+      reader; a block HPACK could not decode still ends the connection (the dynamic table
+      would be out of step)."""
 
     empty_frames = small_data = data_frames_sent = 0
 
@@ -96,12 +110,29 @@ class _UpstreamH2(h2.connection.H2Connection):
 
     def _receive_frame(self, frame):
         if isinstance(frame, DataFrame) and frame.flow_controlled_length:
-            events = super()._receive_frame(frame)      # bounded by the windows (see above)
+            try:
+                events = super()._receive_frame(frame)  # bounded by the windows (see above)
+            except h2.exceptions.InvalidBodyLengthError as exc:
+                # Counted against the connection's window before the stream refused it.
+                increment = self._inbound_flow_control_window_manager.process_bytes(
+                    frame.flow_controlled_length)
+                if increment:
+                    self.increment_flow_control_window(increment)
+                return self._malformed(frame.stream_id, exc)
             if events and len(frame.data) < SMALL_DATA and "END_STREAM" not in frame.flags:
                 self.small_data += 1        # to a stream still open: paced (see above)
             return events
-        events = self._goaway(frame) if isinstance(frame, GoAwayFrame) else \
-            super()._receive_frame(frame)
+        if isinstance(frame, HeadersFrame) and frame.stream_id in self.streams:
+            decoded = self.decoder.blocks
+            try:
+                events = super()._receive_frame(frame)
+            except h2.exceptions.ProtocolError as exc:
+                if self.decoder.blocks == decoded:
+                    raise               # HPACK failed: a connection error
+                return self._malformed(frame.stream_id, exc)
+        else:
+            events = self._goaway(frame) if isinstance(frame, GoAwayFrame) else \
+                super()._receive_frame(frame)
         for event in events:
             if type(event) in _RELAYED:
                 return events
@@ -113,6 +144,13 @@ class _UpstreamH2(h2.connection.H2Connection):
         else:
             self.empty_frames += 1 + (getattr(frame, "body_len", 0) >> 10)
         return events
+
+    def _malformed(self, stream_id, exc):
+        try:
+            self.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        except h2.exceptions.ProtocolError:
+            pass                        # closed already: nothing to reset
+        return [StreamMalformed(stream_id, exc)]
 
     @staticmethod
     def _goaway(frame):
@@ -326,6 +364,19 @@ class H2Connection:
         return 0
 
     def _dispatch(self, event):
+        if type(event) is StreamMalformed:
+            stream = self.streams.pop(event.stream_id, None)
+            throttled_log.log(log, logging.WARNING, ("h2 upstream malformed", self.target.url),
+                              "HTTP/2 upstream %s sent a malformed answer on stream %d (%s): "
+                              "the stream was reset", self.target.url, event.stream_id,
+                              event.error)
+            if stream is not None:
+                error = UpstreamError(f"{self.target.url} sent a malformed answer: "
+                                      f"{event.error}")
+                stream.ended_by = error
+                stream.events.put(error)
+                stream.window_open.set()
+            return
         if isinstance(event, h2.events.WindowUpdated):
             if not event.stream_id:
                 with self.lock:

@@ -3,6 +3,8 @@ control character or a non-token name must not reach the client either (an HTTP/
 sending them gets a 502 from llhttp, and llhttp also frames our HTTP/2 answers)."""
 import socket
 import subprocess
+import threading
+import time
 
 import h2.config
 import h2.connection
@@ -135,3 +137,90 @@ def test_framing_and_routing_fields_in_trailers_are_dropped(gw):
                           f"http://127.0.0.1:{gw.port}/framing-trailers"],
                          capture_output=True, timeout=15)
     assert out.returncode == 0 and out.stdout == b"hello\n200", out
+
+
+class MalformingH2Upstream(H2cUpstream):
+    """h2c. GET /slow: 200, then a byte every 0.2 s, ten of them. GET /pseudo-late: a head
+    with :status after a regular field; /cl-more: content-length 2 and 7 bytes of body;
+    /cl-less: content-length 7 and 2 bytes (each malformed, RFC 9113 8.1.1). ``connections``
+    counts the connections it took."""
+
+    def __init__(self):
+        self.connections = 0
+        super().__init__()
+
+    def connection(self, sock):
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        conn.initiate_connection()
+        lock = threading.Lock()
+
+        def send():
+            sock.sendall(conn.data_to_send())
+
+        def slow(sid):
+            with lock:
+                conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"10")])
+                send()
+            for i in range(10):
+                time.sleep(0.2)
+                with lock:
+                    conn.send_data(sid, b"%d" % i, end_stream=i == 9)
+                    send()
+
+        with sock:
+            with lock:
+                send()
+            try:
+                while data := sock.recv(65536):
+                    with lock:
+                        events = conn.receive_data(data)
+                        for event in events:
+                            if not isinstance(event, h2.events.RequestReceived):
+                                continue
+                            sid, path = event.stream_id, dict(event.headers)[b":path"]
+                            if path == b"/slow":
+                                threading.Thread(target=slow, args=(sid,), daemon=True).start()
+                            elif path == b"/pseudo-late":
+                                conn.send_headers(sid, [(b"x-a", b"1"), (b":status", b"200")],
+                                                  end_stream=True)
+                            elif path in (b"/cl-more", b"/cl-less"):
+                                more = path == b"/cl-more"
+                                conn.send_headers(sid, [(b":status", b"200"), (
+                                    b"content-length", b"2" if more else b"7")])
+                                conn.send_data(sid, b"x" * (7 if more else 2), end_stream=True)
+                        send()
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+@pytest.mark.parametrize("path", [b"/pseudo-late", b"/cl-more", b"/cl-less"])
+def test_a_malformed_answer_ends_its_stream_not_the_connection(launcher, path):
+    """RFC 9113 8.1.1: a malformed message is a stream error. h2 raises a ProtocolError for
+    it, which failed the whole upstream connection: another client's answer on it was cut
+    (an attack pass). The malformed one is a 502; the other arrives whole, on the same
+    connection."""
+    upstream = MalformingH2Upstream()
+    try:
+        gw = launcher.gateway(gateway_conf([
+            {"id": "h2", "paths": ["/*rest"], "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}], "protocol": "h2"}}]))
+        victim = {}
+
+        def read_slow():
+            victim["answer"] = answer_to(gw.port, b"GET /slow HTTP/1.1\r\nHost: gw\r\n"
+                                                  b"Connection: close\r\n\r\n")
+        reader = threading.Thread(target=read_slow)
+        reader.start()
+        time.sleep(0.5)                 # its head is in, its body on the way
+        answer = answer_to(gw.port, b"GET %s HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+                           % path)
+        reader.join(10)
+        assert answer.startswith(b"HTTP/1.1 502"), answer[:100]
+        assert victim["answer"].startswith(b"HTTP/1.1 200")
+        assert body_of(victim["answer"]) == b"0123456789"
+        assert upstream.connections == 1 and "malformed answer" in gw.log()
+    finally:
+        upstream.close()
