@@ -114,6 +114,11 @@ SERVER = Schema(
           "(a slow client holds no upstream connection); larger ones stream"),
     Field("client_body_timeout", number(0, exclusive=True), 10.0,
           "seconds allowed between two reads of a request body (nginx: client_body_timeout)"),
+    Field("min_body_rate", integer(0), 1024,
+          "bytes a second: when worker_connections is reached and no idle connection is left "
+          "to close, the HTTP/1.1 connection sending its request body slowest, below this "
+          "rate over the time the gateway waited for it (after 5 s), is answered 408 and "
+          "closed for the next client; 0 = never"),
     Field("send_timeout", number(0, exclusive=True), 60.0,
           "seconds a write to a client may wait for it to read before the connection is "
           "closed (nginx: send_timeout); an HTTP/2 stream waiting for the client's window "

@@ -38,6 +38,7 @@ from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, Pay
 log = logging.getLogger("gwserver.http")
 
 MAX_HEAD_BYTES = 64 * 1024     # whole head; nginx allows 4 x 8 KiB by default
+SLOW_BODY_GRACE = 5.0          # seconds of waiting for a body before its rate counts
 
 
 
@@ -86,6 +87,10 @@ class ClientConnection:
             runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
+        self.timeout_reason = "client sent nothing in time"
+        # The current request's body as the client sends it: bytes read, and seconds the
+        # gateway waited for them (not for the upstream), since read_body began to wait.
+        self.body_read, self.body_waited, self.wait_started = 0, 0.0, 0.0
         self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade);
         self.raw_chunked = None         # -1 and this decoder for a chunked one
         self.last_host = self.last_host_parts = None
@@ -303,7 +308,7 @@ class ClientConnection:
                 self.sock.recv_into(self.buf)
         except OSError as exc:
             if self.timed_out:
-                raise RequestTimeout("client sent nothing in time") from None
+                raise RequestTimeout(self.timeout_reason) from None
             raise ClientGone(str(exc)) from None
         if n and not self.upgraded:
             self.feed(n)
@@ -380,16 +385,31 @@ class ClientConnection:
     def read_body(self):
         """Read more of the current request's body within client_body_timeout; raise
         RequestTimeout when it stalls, ClientGone on EOF mid-body."""
-        deadlines = self.runtime.deadlines
-        deadlines.arm(self, self.body_timeout)
+        runtime = self.runtime
+        runtime.deadlines.arm(self, self.body_timeout)
         self.answer_timeout = True
+        # While it waits, the connection may be closed for a new client if it is the slowest
+        # (server.min_body_rate): a body trickled in a byte at a time never trips the
+        # timeout between reads, and enough of them held every slot.
+        runtime.body_readers[self] = None
+        self.wait_started = started = time.monotonic()
+        n = 0
         try:
             n = self.recv()
         finally:
-            deadlines.disarm(self)
+            runtime.deadlines.disarm(self)
+            runtime.body_readers.pop(self, None)   # (or closed as the slowest)
             self.answer_timeout = False
+            self.body_waited += time.monotonic() - started
+            self.body_read += n
         if n == 0:
             raise ClientGone("client closed mid-body")
+
+    def body_rate(self, now):
+        """Bytes a second of the current body while the gateway waited for it (read_body),
+        or None before 5 s of waiting (a slow start is not yet a slow client)."""
+        waited = self.body_waited + (now - self.wait_started)
+        return self.body_read / waited if waited >= SLOW_BODY_GRACE else None
 
     def buffer_body(self, req, max_body_size):
         """Read a small body whole before the upstream is contacted (nginx's
@@ -506,6 +526,7 @@ class ClientConnection:
         """Serve one request; return True if the connection may carry another."""
         runtime = self.runtime
         self.requests += 1
+        self.body_read, self.body_waited = 0, 0.0
         req.started = start = time.monotonic()
         status, sent = 0, 0
         runtime.in_flight += 1

@@ -162,6 +162,8 @@ class Runtime:
         self.max_requests = server["max_requests"] or 0
         self.open_clients = 0
         self.idle_clients = {}          # connection -> None, oldest first
+        self.body_readers = {}          # HTTP/1.1 connection -> None, waiting for body bytes
+        self.min_body_rate = server["min_body_rate"]
         self.admin_auth_failures = {}   # client address -> (wrong tokens, since when)
         self.trusted_proxies = TrustedProxies(server["trusted_proxies"], server["real_ip_header"])
         self.request_ids = itertools.count(1)
@@ -274,6 +276,9 @@ class Runtime:
         if self.tls_server is not None:
             self.tls_server.refresh_staples()
         now = time.monotonic()
+        if self.open_clients >= self.worker_connections and not self.idle_clients and \
+                self.body_readers and self.min_body_rate:
+            self.close_slowest_body(now)
         self.proxy.share_tick(now)
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
@@ -306,6 +311,28 @@ class Runtime:
 
     def client_closed(self):
         self.open_clients -= 1
+
+    def close_slowest_body(self, now):
+        """Every slot is taken and none is idle: the connection sending its request body
+        slowest, if under min_body_rate, is answered 408 and closed; the listener takes the
+        next client in its place. Only under that pressure: a slow upload (a log stream
+        over chunked POST) is never cut while there is room."""
+        slowest, slowest_rate = None, self.min_body_rate
+        for conn in self.body_readers:
+            rate = conn.body_rate(now)
+            if rate is not None and rate < slowest_rate:
+                slowest, slowest_rate = conn, rate
+        if slowest is None:
+            return
+        throttled_log.log(log, logging.WARNING, "slow body closed",
+                          "worker_connections (%d) reached: closed the connection of %s, "
+                          "sending its request body at %.0f bytes a second (min_body_rate "
+                          "%d)", self.worker_connections, slowest.client_ip, slowest_rate,
+                          self.min_body_rate)
+        del self.body_readers[slowest]
+        slowest.timeout_reason = (f"request body at {slowest_rate:.0f} bytes a second, under "
+                                  f"min_body_rate, while every connection slot was taken")
+        slowest.expire()
 
     def next_request_id(self):
         return f"{self.request_id_prefix}{next(self.request_ids):08x}"

@@ -6,6 +6,7 @@ reach another client. Whatever a client or upstream sends is bounded.
 """
 import hashlib
 import json
+import select
 import socket
 import threading
 import time
@@ -926,3 +927,81 @@ def test_white_space_after_an_upstreams_values_is_not_sent_to_http2_clients(raw_
 def test_a_status_outside_100_to_599_is_a_502(raw_h2c):
     assert raw_request(raw_h2c.port, b"GET /status-999 HTTP/1.1\r\nHost: gw\r\n"
                                      b"Connection: close\r\n\r\n")[0] == 502
+
+
+class Trickler:
+    """``count`` POSTs with a 60,000-byte Content-Length, each sending one byte a second from
+    a thread, until it ends or the gateway answers; ``answers`` holds what each got."""
+
+    def __init__(self, port, count):
+        self.answers, self.stop = [], threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(port,), daemon=True)
+                        for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 60000\r\n\r\n")
+                while not self.stop.wait(1.0):
+                    sock.sendall(b"x")
+                    if select.select([sock], [], [], 0)[0]:
+                        self.answers.append(sock.recv(4096))
+                        return
+        except OSError as exc:
+            self.answers.append(repr(exc).encode())
+
+    def close(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(5)
+
+
+def probe(port):
+    try:
+        return raw_request(port, b"GET /echo HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+                           timeout=1.0)[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("min_body_rate", [0, 1024])
+def test_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, upstream,
+                                                                 min_body_rate):
+    """12 bodies at a byte a second against worker_connections = 10: the timeout between
+    reads (4 s) never trips, and every slot stayed taken while /-/healthz said healthy (an
+    attack pass). With min_body_rate (the default, 1024), once slots run out the slowest
+    body under the rate (after 5 s of waiting for it) gets a 408 and its slot goes to the
+    next client; with 0, nobody else is served."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], server={
+        "worker_connections": 10, "client_body_timeout": 4.0,
+        "min_body_rate": min_body_rate}))
+    slow = Trickler(gw.port, 12)
+    try:
+        time.sleep(1.0)
+        served, end = None, time.monotonic() + 10
+        while served is None and time.monotonic() < end:
+            if probe(gw.port) == 200:
+                served = time.monotonic() - (end - 10)
+        if min_body_rate:
+            assert served is not None and served < 9, "no client served while slots were full"
+            wait_until(lambda: any(a.startswith(b"HTTP/1.1 408") for a in slow.answers), 3)
+            assert "sending its request body at" in gw.log()
+        else:
+            assert served is None, f"served after {served:.1f}s with every slot taken"
+    finally:
+        slow.close()
+
+
+def test_a_slow_body_keeps_its_slot_while_there_is_room(launcher, upstream):
+    """min_body_rate only acts when every slot is taken: 3 bodies at a byte a second with 7
+    slots free are not cut (a log shipped over a chunked POST is slow and legitimate)."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], server={
+        "worker_connections": 10, "client_body_timeout": 4.0}))
+    slow = Trickler(gw.port, 3)
+    try:
+        time.sleep(8)
+        assert slow.answers == [] and probe(gw.port) == 200
+    finally:
+        slow.close()
