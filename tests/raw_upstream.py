@@ -38,6 +38,7 @@ counts as JSON.
   /ows              200 whose Content-Length and X-A values end in white space (HTTP/1.1
                     allows it; HTTP/2 does not)
   /status-999       a status outside 100-599
+  /drip-head        200 "ok" whose head comes a byte every 0.1 s (~3 s in all)
   /hint-upload      103 Early Hints as soon as the head is in, then reads the whole body and
                     answers 200 "got N"
   /split-413        as /early-413, with its head in two writes 0.3 s apart
@@ -213,6 +214,11 @@ def handle(conn, path):
         conn.sendall(response(b"ok", extra=b"X-Request-ID: upstream-own-id\r\n"))
     elif path == "/ows":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\nX-A: b \t \r\n\r\nok")
+    elif path == "/drip-head":
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"s" * 12:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.1)
+        conn.sendall(b"\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/status-999":
         conn.sendall(b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/early-hints":

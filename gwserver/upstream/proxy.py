@@ -647,7 +647,7 @@ class Proxy:
         else:
             self.send(ex, head, route.read_timeout, stale_ok=True)
             self.stream_request_body(client, req, ex, route)
-        self.read_head(ex, policy.per_try_timeout or route.read_timeout)
+        self.read_head(ex, route.read_timeout, policy.per_try_timeout)
         req.upstream_seconds = time.monotonic() - started
         req.attempts += 1
 
@@ -813,16 +813,31 @@ class Proxy:
             raise UpstreamError(f"upstream response head over {self.max_head} bytes")
         return True
 
-    def read_head(self, ex, timeout):
+    def read_head(self, ex, read_timeout, per_try_timeout=None):
+        """Read the answer's head: each read within ``read_timeout``, and with a retry
+        policy's ``per_try_timeout`` the whole head within it (a head dripped a byte at a
+        time, or interim heads one after another, would restart a per-read deadline)."""
         wait_first = True       # the request was just sent: nothing can be here yet
+        deadline = time.monotonic() + per_try_timeout if per_try_timeout else None
+        timeout = per_try_timeout or read_timeout
         # After 100 Continue or 103 Early Hints (dropped: the client asked for neither) the
         # real answer follows on the same parser, however the bytes are split. An early
         # answer may be here already (read while the body was being sent).
         while not ex.final:
-            if not self.recv_feed(ex, timeout, wait_first):
-                if not ex.got_bytes:
-                    raise _StaleConnection()
-                raise UpstreamError("upstream closed the connection mid-response")
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s")
+            try:
+                if not self.recv_feed(ex, timeout, wait_first):
+                    if not ex.got_bytes:
+                        raise _StaleConnection()
+                    raise UpstreamError("upstream closed the connection mid-response")
+            except UpstreamTimeout:
+                if deadline is None:
+                    raise
+                raise UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s "
+                                      f"(per_try_timeout)") from None
             wait_first = False
         ex.split_head(self.max_head)
 

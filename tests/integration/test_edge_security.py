@@ -892,7 +892,8 @@ def test_transfer_encoding_in_an_http10_request_is_refused(h2c_echo, upstream):
     before = upstream.stats()["requests"]
     status, answer = raw_request(
         h2c_echo.port, b"POST /upload HTTP/1.0\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-        b"Connection: keep-alive\r\n\r\n1\r\nx\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: gw\r\n\r\n")
+        b"Connection: keep-alive\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+        b"GET /second HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert status == 400 and answer.count(b"HTTP/1.1 ") == 1, answer
     assert upstream.stats()["requests"] == before
 
@@ -1005,3 +1006,24 @@ def test_a_slow_body_keeps_its_slot_while_there_is_room(launcher, upstream):
         assert slow.answers == [] and probe(gw.port) == 200
     finally:
         slow.close()
+
+
+def test_per_try_timeout_bounds_a_head_that_drips_in(launcher):
+    """docs/routes.md: the seconds each try may wait for the head of the answer. It bounded
+    each read instead, so a head sent a byte every 0.1 s took 3 s past a limit of 1 s with
+    no retry (an attack pass). The whole head now has it: a 504 after ~1 s."""
+    raw = launcher.raw_upstream()
+    gw = launcher.gateway(gateway_conf([route(
+        "raw", ["/*rest"], f"http://127.0.0.1:{raw.port}",
+        retry={"on": ["timeout"], "per_try_timeout": 1.0})]))
+    started = time.monotonic()
+    status, _ = raw_request(gw.port, b"GET /drip-head HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Connection: close\r\n\r\n")
+    took = time.monotonic() - started
+    assert status == 504 and took < 2.5, (status, took)
+    assert "per_try_timeout" in gw.log()
+    # without a per_try_timeout each read has the read timeout, and the head arrives
+    plain = launcher.gateway(gateway_conf([route("raw", ["/*rest"],
+                                                 f"http://127.0.0.1:{raw.port}")]))
+    assert raw_request(plain.port, b"GET /drip-head HTTP/1.1\r\nHost: gw\r\n"
+                                   b"Connection: close\r\n\r\n")[0] == 200
