@@ -57,6 +57,7 @@ from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import (Malformed, check_method_and_path, grpc_code, grpc_message, is_grpc,
                               split_request)
+from ..core.h2limits import SMALL_DATA, WindowPacer, silly
 from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
@@ -376,11 +377,9 @@ class H2Stream(ClientConnection):
 
 
 _CONTROL_FRAMES = (PingFrame, SettingsFrame, PriorityFrame, GoAwayFrame)     # ACKs too
-# DATA frames with less than this many bytes that do not end their stream are paced: a body
-# sent a byte per frame costs ~19 us a byte to parse, 350 times what 16 KiB frames cost, yet a
-# gRPC stream of small messages sends one frame per message. Past max_empty_frames_per_second
-# of them in a second, the connection is not read until the second is over.
-SMALL_DATA = 1024
+# DATA frames with less than SMALL_DATA bytes that do not end their stream are paced (see
+# core.h2limits): past max_empty_frames_per_second of them in a second, the connection is not
+# read until the second is over.
 # Bytes of header blocks (HPACK, as sent) a connection's reads take in a second before they
 # are paced the same way. hpack's Huffman decoder takes ~0.35 us an encoded byte (a block of
 # 30-bit codes decodes at 1.5 us a character), so this bounds one connection's heads to ~20%
@@ -489,6 +488,7 @@ class H2ServerConnection:
         self.h2.decoder.max_header_list_size = MAX_HEAD_BYTES
         self.lock = gevent.lock.Semaphore()
         self.streams = {}               # stream id -> H2Stream still being served
+        self.pacer = WindowPacer()
         self.starved = {}               # stream id -> H2Stream waiting for the connection's
         #                                 window only, in the order they began to wait
         self.timed_out = self.closed = False
@@ -555,13 +555,16 @@ class H2ServerConnection:
         waited = False
         try:
             while True:
+                pause = 0.0
                 with self.lock:
                     if stream.reset_code is not None or self.closed:
                         raise ClientGone("stream reset or connection closed")
                     try:
                         window = min(self.h2.local_flow_control_window(sid),
                                      self.h2.max_outbound_frame_size)
-                        if window > 0 or not view:
+                        if silly(window, len(view)):
+                            pause = self.pacer.pause(time.monotonic())
+                        if (window > 0 or not view) and not pause:
                             chunk, view = view[:window], view[window:]
                             self.h2.send_data(sid, bytes(chunk), end_stream=end and not view)
                             self._flush()
@@ -571,14 +574,18 @@ class H2ServerConnection:
                         own_window = self.h2.streams[sid].outbound_flow_control_window
                     except (h2.exceptions.StreamClosedError, KeyError):
                         raise ClientGone("stream closed") from None
-                    if stream.window is None:
-                        stream.window = gevent.event.Event()
-                    stream.window.clear()
-                    if own_window > 0:      # only the connection's window is shut
-                        stream.pending = len(view)
-                        self.starved[sid] = stream
+                    if not pause:
+                        if stream.window is None:
+                            stream.window = gevent.event.Event()
+                        stream.window.clear()
+                        if own_window > 0:      # only the connection's window is shut
+                            stream.pending = len(view)
+                            self.starved[sid] = stream
                     if waited:
                         self.feed_starved()
+                if pause:       # a window opened a few bytes at a time: see core.h2limits
+                    gevent.sleep(pause)
+                    continue
                 waited = True
                 if not stream.window.wait(self.conf["send_timeout"]):
                     throttled_log.log(log, logging.INFO, "h2 window shut",

@@ -28,6 +28,7 @@ import h2.settings
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
+from ..core.h2limits import SMALL_DATA, WindowPacer, silly
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
 from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
@@ -54,7 +55,6 @@ MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounde
 # small messages leaves up to a window of them in flight). The client side's budget is the
 # setting http2.max_empty_frames_per_second; this one is upstream_defaults'
 # h2_max_empty_frames_per_second (max_empty_frames below).
-SMALL_DATA = 1024           # as on the client side (client/h2server.py)
 _RELAYED = frozenset((
     h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
     h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
@@ -221,6 +221,7 @@ class H2Connection:
         self.lock = gevent.lock.Semaphore()
         self.stream_freed = gevent.event.Event()    # for requests waiting for a stream slot
         self.streams = {}
+        self.pacer = WindowPacer()
         self.starved = {}           # stream id -> _Stream whose body waits for the connection's
         #                             window only, in the order they began to wait
         self.closed = self.shut = False     # shut: the socket is closed too
@@ -520,6 +521,7 @@ class H2Connection:
         try:
             while view or end:
                 self.wait_for_room(timeout)
+                pause = 0.0
                 with self.lock:
                     if stream.ended_by is not None:     # refused (a GOAWAY): may go elsewhere
                         raise stream.ended_by
@@ -531,7 +533,9 @@ class H2Connection:
                     try:
                         window = min(self.conn.local_flow_control_window(stream_id),
                                      self.conn.max_outbound_frame_size)
-                        sent = window > 0 or not view
+                        if silly(window, len(view)):    # see core.h2limits
+                            pause = self.pacer.pause(time.monotonic())
+                        sent = (window > 0 or not view) and not pause
                         if sent:
                             chunk, view = view[:max(window, 0)], view[max(window, 0):]
                             self.conn.send_data(stream_id, bytes(chunk),
@@ -540,7 +544,7 @@ class H2Connection:
                             stream.sent_at = time.monotonic()
                             if not view:
                                 return
-                        else:
+                        elif not pause:
                             stream.window_open.clear()
                             if self.conn.streams[stream_id].outbound_flow_control_window > 0:
                                 stream.pending = len(view)  # only the connection's is shut
@@ -552,7 +556,9 @@ class H2Connection:
                         # (RFC 9113 8.1 allows it): whoever reads the answer relays it.
                         raise UpstreamError(f"{self.target.url}: the stream ended while "
                                             f"sending") from None
-                if not sent:
+                if pause:
+                    gevent.sleep(pause)
+                elif not sent:
                     waited = True
                     if not stream.window_open.wait(timeout):
                         raise UpstreamTimeout(f"{self.target.url} did not open its HTTP/2 "
