@@ -34,7 +34,7 @@ counts as JSON.
   /lead-crlf        200 with two CRLFs before its status line (llhttp skips them)
   /100-crlf         100 Continue, a CRLF, then 200
   /bad-reason       200 whose reason phrase holds a control byte
-  /request-id       200 with an X-Request-ID of its own
+  /request-id       200 with an X-Request-ID and an X-Trace-Id of its own
   /ows              200 whose Content-Length and X-A values end in white space (HTTP/1.1
                     allows it; HTTP/2 does not)
   /status-999       a status outside 100-599
@@ -211,7 +211,8 @@ def handle(conn, path):
     elif path == "/bad-reason":
         conn.sendall(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/request-id":
-        conn.sendall(response(b"ok", extra=b"X-Request-ID: upstream-own-id\r\n"))
+        conn.sendall(response(b"ok", extra=b"X-Request-ID: upstream-own-id\r\n"
+                                       b"x-trace-id: upstream-chosen\r\n"))
     elif path == "/ows":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\nX-A: b \t \r\n\r\nok")
     elif path == "/drip-head":

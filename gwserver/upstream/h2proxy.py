@@ -78,8 +78,14 @@ class TakenBody:
 class H2Forwarder:
     def __init__(self, proxy):
         self.proxy = proxy
-        self.pools = H2Pools(on_open=self.opened, max_empty_frames=proxy.runtime.conf
-                             .upstream_defaults["h2_max_empty_frames_per_second"])
+        conf = proxy.runtime.conf
+        self.pools = H2Pools(on_open=self.opened, max_empty_frames=conf.upstream_defaults[
+            "h2_max_empty_frames_per_second"])
+        # An answer's fields the gateway writes itself (as proxy.special_lines)
+        tracing = conf.tracing
+        self.dropped = frozenset([b"via", b"x-request-id"] + (
+            [tracing["response_header"].lower().encode("latin-1")]
+            if tracing["enabled"] and tracing["response_header"] else []))
 
     def opened(self, url):
         metrics = self.proxy.runtime.metrics     # as Proxy.checkout counts HTTP/1.1's
@@ -330,7 +336,8 @@ class H2Forwarder:
             headers.append((b"content-type",
                             grpcweb.client_content_type(grpc[0], grpc[1], upstream_type).encode()))
         upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
-        headers = [(k, v) for k, v in headers if k != b"via" and k != b"x-request-id"]
+        dropped = self.dropped
+        headers = [(k, v) for k, v in headers if k not in dropped]
         chain = req.route.chain
         filters = None
         if chain.response_steps_of(req):

@@ -167,9 +167,15 @@ def tls_options(tls):
 # LF lets the regex engine jump from line to line instead of trying every byte. The value is
 # taken greedily and its trailing whitespace stripped by the caller: a lazy value followed by
 # [ \t]* backtracks over a long run of spaces once per byte (quadratic: 32 KB took 1.8 s).
-_SPECIAL_LINE = re.compile(
-    rb"\n(" + b"|".join(sorted(RESPONSE_SPECIAL)) + rb"):[ \t]*([^\r]*)\r(?=\n)",
-    re.IGNORECASE)
+def special_lines(also=()):
+    """The regex of the lines above, and of the names in ``also`` (dropped: the gateway writes
+    its own, as the trace id's response header)."""
+    names = sorted(RESPONSE_SPECIAL | {name.lower() for name in also})
+    return re.compile(rb"\n(" + b"|".join(re.escape(name) for name in names) +
+                      rb"):[ \t]*([^\r]*)\r(?=\n)", re.IGNORECASE)
+
+
+_SPECIAL_LINE = special_lines()
 
 
 # Connection values that name no other header (the usual "keep-alive" needs no token split)
@@ -261,7 +267,7 @@ class Exchange:
     def on_message_complete(self):
         self.complete = True
 
-    def split_head(self, max_head):
+    def split_head(self, max_head, special_line=_SPECIAL_LINE):
         """Take reason, framing, Via and the forwardable header block from the raw head."""
         raw = self.head_raw
         start = 0 if raw[0] == 72 else status_line_at(raw, 0)      # 72: "H"
@@ -282,7 +288,7 @@ class Exchange:
             raise UpstreamError(f"upstream response head over {max_head} bytes")
         pieces, pos, named = [], 0, None
         base = line_end + 1         # the LF before the block: block[i] is raw[base + 1 + i]
-        for match in _SPECIAL_LINE.finditer(raw, base, end):
+        for match in special_line.finditer(raw, base, end):
             name = match.group(1).lower()
             if name == b"content-length":
                 self.content_length = match.group(2).rstrip(b" \t")
@@ -330,6 +336,12 @@ class Proxy:
         self.pools = UpstreamPools()
         self.pool_timeout = defaults["pool_timeout"]
         self.max_head = defaults["max_response_head"]
+        # With tracing on, the gateway writes the trace id's response header: an upstream's
+        # own would reach the client first, naming a trace the upstream chose.
+        tracing = runtime.conf.tracing
+        self.special_line = special_lines(
+            [tracing["response_header"].encode("latin-1")]
+            if tracing["enabled"] and tracing["response_header"] else ())
         self.deadlines = runtime.deadlines
         self.buf = runtime.upstream_buf
         self.view = runtime.upstream_view
@@ -839,7 +851,7 @@ class Proxy:
                 raise UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s "
                                       f"(per_try_timeout)") from None
             wait_first = False
-        ex.split_head(self.max_head)
+        ex.split_head(self.max_head, self.special_line)
 
     def response_head(self, req, ex, keep_alive):
         """Build the client's response head; return (bytes, chunked_out, keep_alive, no_body,

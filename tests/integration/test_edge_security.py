@@ -589,6 +589,16 @@ def test_the_client_gets_one_x_request_id_the_gateways(raw_gw):
     _, answer = get(raw_gw.port, b"/request-id", extra=b"X-Request-ID: from-client-1\r\n")
     head = answer.partition(b"\r\n\r\n")[0].lower()
     assert head.count(b"x-request-id:") == 1 and b"x-request-id: from-client-1" in head, head
+    # and one X-Trace-Id, the gateway's (the upstream's came first, naming its own trace)
+    assert head.count(b"x-trace-id:") == 1 and b"upstream-chosen" not in head, head
+
+
+def test_an_upstreams_trace_id_header_passes_when_the_gateway_writes_none(launcher):
+    raw = launcher.raw_upstream()
+    gw = launcher.gateway(gateway_conf([route("raw", ["/*rest"], f"http://127.0.0.1:{raw.port}")],
+                                       tracing={"enabled": False}))
+    head = get(gw.port, b"/request-id")[1].partition(b"\r\n\r\n")[0].lower()
+    assert b"x-trace-id: upstream-chosen" in head, head
 
 
 def test_key_auths_query_key_never_reaches_the_access_log(launcher, upstream):

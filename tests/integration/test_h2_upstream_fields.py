@@ -20,6 +20,7 @@ ANSWERS = {
     b"/bad-del": ([(b"x-a", b"a\x7f")], None),
     b"/bad-name": ([(b"x(a", b"1")], None),
     b"/bad-trailer": ([], [(b"x-t", b"\x01")]),
+    b"/own-trace-id": ([(b"x-trace-id", b"upstream-chosen")], None),
     # fields a trailer may not carry (RFC 9110 6.5.1), beside a good one
     b"/framing-trailers": ([], [(b"content-length", b"4"), (b"host", b"evil"),
                                 (b"trailer", b"x"), (b"grpc-status", b"0")]),
@@ -224,3 +225,8 @@ def test_a_malformed_answer_ends_its_stream_not_the_connection(launcher, path):
         assert upstream.connections == 1 and "malformed answer" in gw.log()
     finally:
         upstream.close()
+
+
+def test_the_client_gets_the_gateways_trace_id_header_not_the_upstreams(gw):
+    head = http1(gw.port, b"/own-trace-id").partition(b"\r\n\r\n")[0].lower()
+    assert head.count(b"x-trace-id:") == 1 and b"upstream-chosen" not in head, head
