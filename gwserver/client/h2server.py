@@ -57,7 +57,7 @@ from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import (Malformed, check_method_and_path, grpc_code, grpc_message, is_grpc,
                               split_request)
-from ..core.h2limits import SMALL_DATA, WindowPacer, silly
+from ..core.h2limits import SMALL_DATA, WindowPacer, silly, tiny_update
 from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
@@ -407,6 +407,7 @@ class _CountingH2(h2.connection.H2Connection):
     tests in test_http2_hardening.py fail if it changes."""
 
     empty_frames = small_data = control_frames = header_bytes = data_frames_sent = 0
+    last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)
     # A PING after the gateway sent DATA or HEADERS is not counted (one each time): gRPC
     # clients probe the bandwidth with a PING per round trip while a stream's DATA arrives
     # (grpc-go's BDP estimator), which on a fast stream is thousands a second. grpc-go's
@@ -425,6 +426,8 @@ class _CountingH2(h2.connection.H2Connection):
             self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
         elif kind is WindowUpdateFrame:
             self.empty_frames += 1
+            self.last_update_tiny = tiny_update(frame.window_increment,
+                                                self.remote_settings.initial_window_size)
         elif kind is PingFrame and self.sent_since_ping and "ACK" not in frame.flags:
             self.sent_since_ping = False    # free: see sent_since_ping
         elif kind in _CONTROL_FRAMES:
@@ -562,7 +565,7 @@ class H2ServerConnection:
                     try:
                         window = min(self.h2.local_flow_control_window(sid),
                                      self.h2.max_outbound_frame_size)
-                        if silly(window, len(view)):
+                        if silly(window, len(view), self.h2.last_update_tiny):
                             pause = self.pacer.pause(time.monotonic())
                         if (window > 0 or not view) and not pause:
                             chunk, view = view[:window], view[window:]

@@ -5,24 +5,33 @@ the upstream side (upstream.h2client). Pure: the caller passes the time.
   about what an empty frame does to parse (~19 us here for one byte, 350 times what 16 KiB
   frames cost a byte), yet a gRPC stream of small messages sends one frame per message: the
   readers pace such frames past their budget rather than cut the connection.
-- ``WindowPacer``: the sending side of the same cost. A peer that opens its window a byte at
-  a time, and again once it has the byte (a WINDOW_UPDATE ping-pong), makes the gateway send
-  one 1-byte DATA frame per update: ~65 us each, 40% of a worker's core from one upstream in
-  an attack pass, while every frame sent raised the peer's flood budget. That is TCP's silly
-  window syndrome (RFC 1122 4.2.3.4); a frame smaller than SMALL_DATA made only because the
-  window is that small while more data waits is counted, and past ``SILLY_SENDS_PER_SECOND``
-  in a second the sender waits for the second to end. Streams of small messages are not
-  counted (their frames are small because the messages are).
+- A peer that opens its window a byte at a time, and again once it has the byte (a
+  WINDOW_UPDATE ping-pong), made the gateway send one 1-byte DATA frame per update as fast as
+  the two could go: a client took 53% of a core, an upstream 63% (an attack pass), and each
+  frame sent raised its flood budget. That is TCP's silly window syndrome (RFC 1122
+  4.2.3.4). A send is ``silly`` when the window, not the data, makes the frame smaller than
+  SMALL_DATA, and the update that opened the window was ``tiny`` for the peer's own windows;
+  past ``SILLY_SENDS_PER_SECOND`` in a second (``WindowPacer``) the sender waits for the
+  second to end. Both conditions matter: the small remainder of a window opened in big steps
+  is common (a quarter of the frames of an nghttp2 download), and a client whose windows are
+  1 KiB (``nghttp -w 10``) opens them half a window at a time; neither is slowed (a first
+  version that counted every window-limited small frame held both to 100 frames a second).
 """
 
 SMALL_DATA = 1024
 SILLY_SENDS_PER_SECOND = 100
 
 
-def silly(window, waiting):
-    """Would sending ``window`` of the ``waiting`` bytes make a frame under SMALL_DATA only
-    because the window is that small?"""
-    return 0 < window < SMALL_DATA and window < waiting
+def tiny_update(increment, initial_window):
+    """Is a WINDOW_UPDATE of ``increment`` tiny for a peer whose SETTINGS_INITIAL_WINDOW_SIZE
+    is ``initial_window``? Under a quarter of that window (peers open theirs half a window at
+    a time), under SMALL_DATA, and in any case under 16 bytes."""
+    return increment < max(16, min(SMALL_DATA, initial_window >> 2))
+
+
+def silly(window, waiting, opened_by_tiny_update):
+    """Would sending ``window`` of the ``waiting`` bytes be a silly-window send?"""
+    return opened_by_tiny_update and 0 < window < SMALL_DATA and window < waiting
 
 
 class WindowPacer:

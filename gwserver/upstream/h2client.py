@@ -25,10 +25,11 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame,
+                              WindowUpdateFrame)
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2limits import SMALL_DATA, WindowPacer, silly
+from ..core.h2limits import SMALL_DATA, WindowPacer, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
 from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
@@ -103,6 +104,7 @@ class _UpstreamH2(h2.connection.H2Connection):
       would be out of step)."""
 
     empty_frames = small_data = data_frames_sent = 0
+    last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)
 
     def send_data(self, *args, **kwargs):
         self.data_frames_sent += 1
@@ -122,10 +124,15 @@ class _UpstreamH2(h2.connection.H2Connection):
             if events and len(frame.data) < SMALL_DATA and "END_STREAM" not in frame.flags:
                 self.small_data += 1        # to a stream still open: paced (see above)
             return events
+        if type(frame) is WindowUpdateFrame:
+            self.last_update_tiny = tiny_update(frame.window_increment,
+                                                self.remote_settings.initial_window_size)
         if isinstance(frame, HeadersFrame) and frame.stream_id in self.streams:
             decoded = self.decoder.blocks
             try:
                 events = super()._receive_frame(frame)
+            except h2.exceptions.StreamClosedError:
+                raise       # HEADERS on a stream that ended: a connection error (RFC 9113 5.1)
             except h2.exceptions.ProtocolError as exc:
                 if self.decoder.blocks == decoded:
                     raise               # HPACK failed: a connection error
@@ -146,6 +153,7 @@ class _UpstreamH2(h2.connection.H2Connection):
         return events
 
     def _malformed(self, stream_id, exc):
+        self.empty_frames += 1          # nothing relayed: a flood of them is a flood
         try:
             self.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
         except h2.exceptions.ProtocolError:
@@ -533,7 +541,7 @@ class H2Connection:
                     try:
                         window = min(self.conn.local_flow_control_window(stream_id),
                                      self.conn.max_outbound_frame_size)
-                        if silly(window, len(view)):    # see core.h2limits
+                        if silly(window, len(view), self.conn.last_update_tiny):
                             pause = self.pacer.pause(time.monotonic())
                         sent = (window > 0 or not view) and not pause
                         if sent:

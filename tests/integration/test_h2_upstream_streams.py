@@ -899,10 +899,10 @@ def test_the_pace_of_small_upstream_frames_is_a_setting(launcher, per_second):
 def test_an_upstream_opening_its_window_a_byte_per_byte_received_is_paced(launcher):
     """The upstream opens its connection window by one byte each time it gets one: the
     gateway sent a 1-byte DATA frame per WINDOW_UPDATE, as fast as the two could go (26,800
-    in 3 s, 1.9 s of the worker's CPU), and each frame sent raised the flood budget. A frame
-    made small only by the window is counted (core.h2limits): past 100 a second the upload
-    waits for the second to end (~400 in 3 s, 0.04 s of CPU). It still arrives whole once
-    the window opens."""
+    in 3 s, 1.9 s of the worker's CPU), and each frame sent raised the flood budget.
+    A frame a tiny update made small is a silly-window send (core.h2limits): past 100 a
+    second the upload waits for the second to end (~400 in 3 s, 0.04 s of CPU). It still
+    arrives whole once the window opens."""
     upstream = TricklingWindowUpstream(trickle=4.0, pingpong=True)
     try:
         gw = gateway_to(launcher, upstream, read=30)

@@ -6,6 +6,7 @@ import http.client
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
@@ -660,9 +661,9 @@ def test_a_client_opening_its_window_a_byte_per_byte_received_is_paced(launcher,
     """The client opens the connection's window by one byte each time one arrives: the
     gateway sent a 1-byte DATA frame per WINDOW_UPDATE as fast as the two could go (20,000
     in 3 s, 53% of a core here), and each frame sent raised the client's flood budget.
-    Frames made small only by the window are counted (core.h2limits): past 100 a second the
-    stream waits for the second to end (~300 in 3 s, 0.04 s of CPU). The download finishes
-    once the window opens."""
+    A frame a tiny update made small is a silly-window send (core.h2limits): past 100 a
+    second the stream waits for the second to end (~300 in 3 s, 0.04 s of CPU). The
+    download finishes once the window opens."""
     gw = h2c_gateway(launcher, upstream)
     client = RawH2(gw.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
     size = 200_000
@@ -708,3 +709,21 @@ def test_a_client_opening_its_window_a_byte_per_byte_received_is_paced(launcher,
     while got < size and time.monotonic() < end and not client.closed:
         read_some(0.5)
     assert got == size and client.ended(sid)
+
+
+@pytest.mark.parametrize("bits, size", [(10, 1 << 20), (16, 128 << 20)])
+def test_a_client_with_small_windows_downloads_at_full_speed(launcher, upstream, bits, size):
+    """nghttp with 1 KiB windows (-w 10 -W 10, opened half a window at a time), and with
+    its default 64 KiB ones (a quarter of the frames are the small remainder of a window).
+    A first version of the ping-pong pacing (above) counted every frame a window made small
+    and held both to 100 of them a second: 1 MB took 10 s (0.15 s before), 128 MiB 2-11 s
+    (0.6 s before) (a false-positive pass and a review pass). A send is paced only when a
+    tiny update, judged against the peer's own windows, made its window small."""
+    gw = h2c_gateway(launcher, upstream)
+    started = time.monotonic()
+    out = subprocess.run(["nghttp", "-n", "-s", "-w", str(bits), "-W", str(bits),
+                          f"http://127.0.0.1:{gw.port}/bytes/{size}"],
+                         capture_output=True, text=True, timeout=30)
+    took = time.monotonic() - started
+    assert out.returncode == 0 and "GOAWAY" not in out.stdout, out
+    assert took < 4.0, f"{size} bytes with {2 ** bits - 1}-byte windows took {took:.1f}s"
