@@ -14,6 +14,16 @@ import h2.exceptions
 import h2.settings
 
 
+def first_request(conn, sock):
+    """Read until the first request's head has come; its stream id (None if the peer left)."""
+    sid = None
+    while sid is None and (data := sock.recv(65536)):
+        sid = next((e.stream_id for e in conn.receive_data(data)
+                    if isinstance(e, h2.events.RequestReceived)), None)
+        sock.sendall(conn.data_to_send())
+    return sid
+
+
 class H2cUpstream:
     def __init__(self, port=0):
         self.listener = socket.create_server(("127.0.0.1", port))

@@ -57,7 +57,7 @@ from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2request import (Malformed, check_method_and_path, grpc_code, grpc_message, is_grpc,
                               split_request)
-from ..core.h2limits import SMALL_DATA, WindowPacer, silly, tiny_update
+from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
@@ -608,16 +608,8 @@ class H2ServerConnection:
 
     def feed_starved(self):
         """Under the lock, when the connection's window opened: wake the streams waiting for
-        it, oldest first, only as many as the window can feed (each takes what it holds, up
-        to its own window). Waking every stream on each WINDOW_UPDATE let a client that
-        opens the window a byte at a time make the worker wake all of them for each byte."""
-        budget = self.h2.outbound_flow_control_window
-        while budget > 0 and self.starved:
-            sid = next(iter(self.starved))
-            stream = self.starved.pop(sid)
-            state = self.h2.streams.get(sid)
-            if state is not None:
-                budget -= max(0, min(state.outbound_flow_control_window, stream.pending))
+        it that it can feed (core.h2limits.fed_from_window)."""
+        for stream in fed_from_window(self.h2, self.starved):
             stream.window_opened()
 
     def acknowledge(self, stream_id, size):

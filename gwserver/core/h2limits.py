@@ -48,3 +48,21 @@ class WindowPacer:
             self.since, self.count = now, 0
         self.count += 1
         return 0.0 if self.count <= SILLY_SENDS_PER_SECOND else self.since + 1.0 - now
+
+
+def fed_from_window(conn, starved):
+    """When a connection's send window opened: pop and return, oldest first, the waiters in
+    ``starved`` (stream id -> a waiter with ``pending`` bytes to send) that the window can
+    feed, each taking what it holds up to its stream's own window. ``conn`` is h2's
+    H2Connection. Waking every waiter on each WINDOW_UPDATE let a peer that opens the window
+    a byte at a time wake all of them for each byte (90% of a core with 100 waiting)."""
+    budget = conn.outbound_flow_control_window
+    fed = []
+    while budget > 0 and starved:
+        stream_id = next(iter(starved))
+        waiter = starved.pop(stream_id)
+        state = conn.streams.get(stream_id)
+        if state is not None:
+            budget -= max(0, min(state.outbound_flow_control_window, waiter.pending))
+        fed.append(waiter)
+    return fed

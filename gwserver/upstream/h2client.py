@@ -29,7 +29,7 @@ from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, SettingsFram
                               WindowUpdateFrame)
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2limits import SMALL_DATA, WindowPacer, silly, tiny_update
+from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
 from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
@@ -580,15 +580,8 @@ class H2Connection:
 
     def _feed_starved(self):
         """Under the lock, when the connection's window opened: wake the bodies waiting for
-        it, oldest first, only as many as it can feed (as client.h2server does: an upstream
-        opening it a byte at a time made every waiting upload wake for each byte)."""
-        budget = self.conn.outbound_flow_control_window
-        while budget > 0 and self.starved:
-            stream_id = next(iter(self.starved))
-            stream = self.starved.pop(stream_id)
-            state = self.conn.streams.get(stream_id)
-            if state is not None:
-                budget -= max(0, min(state.outbound_flow_control_window, stream.pending))
+        it that it can feed (core.h2limits.fed_from_window)."""
+        for stream in fed_from_window(self.conn, self.starved):
             stream.window_open.set()
 
     def acknowledge(self, stream_id, size):

@@ -14,7 +14,7 @@ import pytest
 from hyperframe.frame import HeadersFrame
 
 from ..conftest import gateway_conf
-from ..h2_upstreams import H2cUpstream
+from ..h2_upstreams import H2cUpstream, first_request
 
 ANSWERS = {
     b"/good": ([(b"x-a", b"a\tb \xe9")], [(b"x-t", b"fine")]),
@@ -244,11 +244,7 @@ class ClosedStreamHeadersUpstream(H2cUpstream):
         with sock:
             try:
                 sock.sendall(conn.data_to_send())
-                sid = None
-                while sid is None and (data := sock.recv(65536)):
-                    sid = next((e.stream_id for e in conn.receive_data(data)
-                                if isinstance(e, h2.events.RequestReceived)), None)
-                    sock.sendall(conn.data_to_send())
+                sid = first_request(conn, sock)
                 conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"2")])
                 conn.send_data(sid, b"ok", end_stream=True)
                 sock.sendall(conn.data_to_send())

@@ -18,7 +18,7 @@ import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, WindowUpdateFrame
 
 from ..conftest import gateway_conf, route, wait_until
-from ..h2_upstreams import H2cUpstream, StreamingH2Upstream
+from ..h2_upstreams import H2cUpstream, StreamingH2Upstream, first_request
 from .test_h2_upstream_fields import answer_to, body_of
 from .test_http2_hardening import Bystander, worker_cpu
 
@@ -549,11 +549,7 @@ class OneByteDataUpstream(H2cUpstream):
         with sock:
             try:
                 sock.sendall(conn.data_to_send())
-                sid = None
-                while sid is None and (data := sock.recv(65536)):
-                    sid = next((e.stream_id for e in conn.receive_data(data)
-                                if isinstance(e, h2.events.RequestReceived)), None)
-                    sock.sendall(conn.data_to_send())
+                sid = first_request(conn, sock)
                 conn.send_headers(sid, [(":status", "200")])
                 sock.sendall(conn.data_to_send())
                 batch = DataFrame(sid, b"d").serialize() * 6000
@@ -781,6 +777,19 @@ def test_answers_left_unread_give_the_connection_window_back(streaming):
     assert upstream.connections == 1
 
 
+def uploading(port, size, answers):
+    """A thread POSTing ``size`` bytes to /up, started; (status, body) goes to ``answers``."""
+    def upload():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=40)
+        conn.request("POST", "/up", body=b"u" * size)
+        response = conn.getresponse()
+        answers.append((response.status, response.read()))
+        conn.close()
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    return thread
+
+
 class TricklingWindowUpstream(H2cUpstream):
     """Takes uploads without opening its connection window again, until ``trickle`` seconds
     after the first request: meanwhile it opens it one byte a millisecond (``pingpong``: one
@@ -846,16 +855,7 @@ def test_an_upstream_opening_its_window_a_byte_at_a_time_wakes_one_upload_per_by
     try:
         gw = gateway_to(launcher, upstream, read=30)
         answers = []
-
-        def upload():
-            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=40)
-            conn.request("POST", "/up", body=b"u" * 20_000)
-            response = conn.getresponse()
-            answers.append((response.status, response.read()))
-            conn.close()
-        uploads = [threading.Thread(target=upload, daemon=True) for _ in range(50)]
-        for thread in uploads:
-            thread.start()
+        uploads = [uploading(gw.port, 20_000, answers) for _ in range(50)]
         wait_until(lambda: upstream.bytes_trickled > 0, timeout=10)
         time.sleep(0.5)             # the connection window is spent: every upload waits
         used = worker_cpu(gw)
@@ -907,15 +907,7 @@ def test_an_upstream_opening_its_window_a_byte_per_byte_received_is_paced(launch
     try:
         gw = gateway_to(launcher, upstream, read=30)
         answers = []
-
-        def upload():
-            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=40)
-            conn.request("POST", "/up", body=b"u" * 200_000)
-            response = conn.getresponse()
-            answers.append((response.status, response.read()))
-            conn.close()
-        thread = threading.Thread(target=upload, daemon=True)
-        thread.start()
+        thread = uploading(gw.port, 200_000, answers)
         wait_until(lambda: upstream.bytes_trickled > 0, timeout=10)
         used = worker_cpu(gw)
         time.sleep(3)
