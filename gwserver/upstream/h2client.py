@@ -182,6 +182,13 @@ class _Stream:
         self.sent_at = 0.0          # time.monotonic() of the last piece of body sent
         self.pending = 0            # body bytes to send while waiting for the connection's window
 
+    def end(self, error):
+        """The stream ends with ``error``: its reader raises it, a sender waiting for a window
+        wakes (and raises it too)."""
+        self.ended_by = error
+        self.events.put(error)
+        self.window_open.set()
+
 
 class H2Connection:
     """One multiplexed connection. Frames of every stream share its socket, so one greenlet
@@ -380,11 +387,8 @@ class H2Connection:
                               "the stream was reset", self.target.url, event.stream_id,
                               event.error)
             if stream is not None:
-                error = UpstreamError(f"{self.target.url} sent a malformed answer: "
-                                      f"{event.error}")
-                stream.ended_by = error
-                stream.events.put(error)
-                stream.window_open.set()
+                stream.end(UpstreamError(f"{self.target.url} sent a malformed answer: "
+                                         f"{event.error}"))
             return
         if isinstance(event, h2.events.WindowUpdated):
             if not event.stream_id:
@@ -452,10 +456,7 @@ class H2Connection:
         waiting for a window wakes. Returns their ids."""
         ended = [stream_id for stream_id in self.streams if stream_id > above]
         for stream_id in ended:
-            stream = self.streams[stream_id]
-            stream.ended_by = error
-            stream.events.put(error)
-            stream.window_open.set()
+            self.streams[stream_id].end(error)
         return ended
 
     def close(self):
