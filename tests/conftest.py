@@ -50,6 +50,29 @@ def wait_for_port(port, timeout=15.0, proc=None, log_path=None):
     raise RuntimeError(f"nothing listening on {port} after {timeout}s")
 
 
+def listens_on(pid, port):
+    """Whether process ``pid`` holds the socket listening on loopback ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(fields[9])
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:         # closed since the listing (the listing's own fd, say)
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
 def stop_process(proc, timeout=15.0, sig=signal.SIGTERM):
     """Stop a process we started, and its group; return its exit code."""
     if proc.poll() is None:
@@ -247,7 +270,26 @@ class Launcher:
         return port
 
     def gateway(self, conf, env=None, wait=True, extra_binds=()):
-        """A gateway on 127.0.0.1:<a free port> (``.port``), and on ``extra_binds`` too."""
+        """A gateway on 127.0.0.1:<a free port> (``.port``), and on ``extra_binds`` too.
+
+        A free port can be taken by another process between our probe and the gateway's
+        bind (a second test run on the host); the gateway then answers nothing and the test
+        talks to a stranger. So the port must be held by this gateway's master, or a new
+        gateway is started on another port."""
+        for attempt in range(3):
+            gw = self._start_gateway(conf, env, extra_binds)
+            if not wait:
+                return gw
+            wait_for_port(gw.port, proc=gw.proc, log_path=gw.log_path)
+            held = wait_until(lambda: ("ours" if listens_on(gw.pid, gw.port) else
+                                       "taken" if "Address already in use" in gw.log() else None))
+            if held == "ours":
+                wait_until(lambda: len(gw.worker_pids()) >= gw.conf["server"].get("workers", 1))
+                return gw
+            stop_process(gw.proc)
+        raise RuntimeError(f"three gateways in a row found their port taken: {gw.log()[-2000:]}")
+
+    def _start_gateway(self, conf, env, extra_binds):
         port = free_port()
         conf = json.loads(json.dumps(conf))
         conf.setdefault("server", {})["bind"] = [f"127.0.0.1:{port}", *extra_binds]
@@ -268,10 +310,8 @@ class Launcher:
                 env={**os.environ, **(env or {})}, start_new_session=True)
         self.started.append(proc)
         gw = Gateway(proc, port, conf_path, log_path)
+        gw.conf = conf
         gw.admin_port = int(conf["admin"]["bind"].rpartition(":")[2])
-        if wait:
-            wait_for_port(port, proc=proc, log_path=log_path)
-            wait_until(lambda: len(gw.worker_pids()) >= conf["server"].get("workers", 1))
         return gw
 
     def etcd(self, name="e0", cluster=None, data_dir=None, ports=None):
