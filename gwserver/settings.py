@@ -116,9 +116,9 @@ SERVER = Schema(
           "seconds allowed between two reads of a request body (nginx: client_body_timeout)"),
     Field("min_body_rate", integer(0), 1024,
           "bytes a second: when worker_connections is reached and no idle connection is left "
-          "to close, the HTTP/1.1 connection sending its request body slowest, below this "
-          "rate over the time the gateway waited for it (after 5 s), is answered 408 and "
-          "closed for the next client; 0 = never"),
+          "to close, the connection sending request body slowest, below this rate over the "
+          "time the gateway waited for it (after 5 s; HTTP/2: all its streams' bodies "
+          "together), is closed for the next client (HTTP/1.1: with a 408); 0 = never"),
     Field("send_timeout", number(0, exclusive=True), 60.0,
           "seconds a write to a client may wait for it to read before the connection is "
           "closed (nginx: send_timeout); an HTTP/2 stream waiting for the client's window "

@@ -61,7 +61,7 @@ from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tin
 from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
-from .http1 import MAX_HEAD_BYTES, ClientConnection, ClientGone, error_reply
+from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (RECV_SIZE, PlainSocket, linger, peer_address,
@@ -311,7 +311,13 @@ class H2Stream(ClientConnection):
             if self.wake is None:
                 self.wake = gevent.event.Event()
             self.wake.clear()
-            if not self.wake.wait(self.body_timeout) and not self.fresh:
+            conn = self.conn
+            conn.body_wait_began()
+            try:
+                came = self.wake.wait(self.body_timeout)
+            finally:
+                conn.body_wait_ended()
+            if not came and not self.fresh:
                 raise RequestTimeout("client sent no body data in time")
         if self.reset_code is not None:
             raise ClientGone("the client reset the stream")
@@ -501,6 +507,11 @@ class H2ServerConnection:
         self.resets = self.control_frames = self.empty_frames = 0
         self.small_data = self.header_bytes = 0
         self.counted_since = time.monotonic()
+        # server.min_body_rate, for the connection as a whole (it holds one slot): the DATA
+        # bytes it sent while one of its streams waited for body, over the time some did
+        self.bodies_waiting = self.body_read = 0
+        self.body_waited = self.wait_started = 0.0
+        self.timeout_reason = None
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
 
@@ -651,7 +662,8 @@ class H2ServerConnection:
         """A deadline passed (idle, a head too slow, a stalled send, the linger after an
         error): close, so waits end."""
         self.timed_out = True
-        if type(self.sock) is PlainSocket and not self.streams:
+        # (not while a frame is half written: the lock's holder waits for the socket)
+        if type(self.sock) is PlainSocket and not self.streams and not self.lock.locked():
             frame = GoAwayFrame(0)
             frame.last_stream_id = self.last_stream_id
             try:
@@ -681,6 +693,7 @@ class H2ServerConnection:
         finally:
             stopping.unlink(self._on_stop)
             runtime.deadlines.disarm(self)
+            runtime.idle_clients.pop(self, None)
             self.closed = True
             for stream in list(self.streams.values()):
                 stream.on_reset(E.CANCEL)
@@ -697,6 +710,7 @@ class H2ServerConnection:
 
     def read_loop(self):
         deadlines, server = self.runtime.deadlines, self.settings
+        idle_clients = self.runtime.idle_clients
         while not (self.closed or self.draining and not self.streams):
             if not self.streams:
                 deadlines.arm(self, server["keepalive"] if self.requests
@@ -705,6 +719,8 @@ class H2ServerConnection:
                 deadlines.arm(self, server["header_timeout"])
             else:
                 deadlines.disarm(self)
+            if not self.streams:
+                idle_clients[self] = None       # (see stream_done)
             try:
                 data = self.sock.recv(RECV_SIZE)
             except OSError:
@@ -745,11 +761,15 @@ class H2ServerConnection:
             if stream is None:          # answered already: the window must not leak
                 self.acknowledge(event.stream_id, event.flow_controlled_length)
                 return
+            self.body_read += len(event.data)
             try:
                 stream.on_data(event.data, event.flow_controlled_length,
                                event.stream_ended is not None)
             except Malformed as exc:
                 self.refuse(stream, E.PROTOCOL_ERROR, exc)
+            else:
+                if event.stream_ended is not None:
+                    self.body_ended()
         elif kind is h2.events.StreamEnded:
             stream = self.streams.get(event.stream_id)
             if stream is not None and not stream.req.complete:
@@ -757,6 +777,8 @@ class H2ServerConnection:
                     stream.on_data(b"", 0, True)
                 except Malformed as exc:
                     self.refuse(stream, E.PROTOCOL_ERROR, exc)
+                else:
+                    self.body_ended()
         elif kind is h2.events.StreamReset:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -784,6 +806,31 @@ class H2ServerConnection:
                     stream.window_opened()
         elif kind is h2.events.ConnectionTerminated:
             self.draining = True
+
+    # -- server.min_body_rate (Runtime.close_slowest_body) -----------------------------------
+
+    def body_wait_began(self):
+        if not self.bodies_waiting:
+            self.wait_started = time.monotonic()
+            self.runtime.body_readers[self] = None
+        self.bodies_waiting += 1
+
+    def body_wait_ended(self):
+        self.bodies_waiting -= 1
+        if not self.bodies_waiting:
+            self.body_waited += time.monotonic() - self.wait_started
+            self.runtime.body_readers.pop(self, None)      # (or closed as the slowest)
+
+    def body_ended(self):
+        """A body is whole: with no other stream waiting for one, the rate starts over (a
+        large upload sent earlier does not cover a trickle that comes later)."""
+        if not self.bodies_waiting:
+            self.body_read, self.body_waited = 0, 0.0
+
+    def body_rate(self, now):
+        """As ClientConnection.body_rate, over all the connection's streams."""
+        waited = self.body_waited + (now - self.wait_started if self.bodies_waiting else 0.0)
+        return self.body_read / waited if waited >= SLOW_BODY_GRACE else None
 
     def count_frames_read(self):
         """What _CountingH2 weighed in the last read, against each budget. Each DATA frame
@@ -864,6 +911,7 @@ class H2ServerConnection:
         except HTTPError as exc:
             early_error = exc
         self.streams[sid] = stream
+        self.runtime.idle_clients.pop(self, None)
         stream.greenlet = gevent.spawn(stream.run, early_error)
 
     def refuse(self, stream, code, reason):
@@ -894,6 +942,9 @@ class H2ServerConnection:
             stream.unacked = 0
         if not self.streams and not self.closed:        # idle from now: keepalive runs
             self.runtime.deadlines.arm(self, self.settings["keepalive"])
+            # and when the worker runs out of slots the oldest idle connection is closed
+            # first (expire: GOAWAY), as an idle HTTP/1.1 one is
+            self.runtime.idle_clients[self] = None
         if self.draining and not self.streams:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader

@@ -727,3 +727,100 @@ def test_a_client_with_small_windows_downloads_at_full_speed(launcher, upstream,
     took = time.monotonic() - started
     assert out.returncode == 0 and "GOAWAY" not in out.stdout, out
     assert took < 4.0, f"{size} bytes with {2 ** bits - 1}-byte windows took {took:.1f}s"
+
+
+class H2Trickler:
+    """``count`` h2c connections, each with one POST stream announcing 60,000 bytes and
+    sending one byte a second, until the gateway answers or closes; ``ends`` holds how each
+    connection ended (a GOAWAY, a reset, an answer's status, or "closed")."""
+
+    def __init__(self, port, count):
+        self.ends, self.stop = [], threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(port,), daemon=True)
+                        for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, port):
+        try:
+            client = RawH2(port, timeout=1)
+            sid = client.request("/upload", "POST", [("content-length", "60000")], end=False)
+            while not self.stop.wait(1.0):
+                client.conn.send_data(sid, b"x")
+                client.flush()
+                client.pump(lambda c: c.closed, timeout=0.05)
+                if client.closed or client.goaway() or client.reset_code(sid) is not None:
+                    self.ends.append("closed" if client.closed else "ended")
+                    return
+        except (OSError, h2.exceptions.ProtocolError) as exc:
+            self.ends.append(repr(exc))
+
+    def close(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(5)
+
+
+def first_served(port, within):
+    """Seconds until a new HTTP/1.1 client was served, trying for ``within`` s; or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/echo")
+            if conn.getresponse().status == 200:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        finally:
+            conn.close()
+    return None
+
+
+@pytest.mark.parametrize("min_body_rate", [0, 1024])
+def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, upstream,
+                                                                   min_body_rate):
+    """server.min_body_rate held only HTTP/1.1 bodies: 12 h2c connections, each trickling
+    one stream's body at a byte a second, held all 10 slots of a worker for as long as they
+    liked (the timeout between reads never trips). Now the slowest connection gives way,
+    as an HTTP/1.1 one does; with 0, nobody else is served."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 10, "client_body_timeout": 4.0,
+                              "min_body_rate": min_body_rate}))
+    slow = H2Trickler(gw.port, 12)
+    try:
+        time.sleep(1.0)
+        served = first_served(gw.port, 10)
+        if min_body_rate:
+            assert served is not None and served < 9, "no client served while slots were full"
+            assert "sending its request body at" in gw.log()
+            assert slow.ends, "no trickling connection was closed"
+        else:
+            assert served is None, f"served after {served:.1f}s with every slot taken"
+    finally:
+        slow.close()
+
+
+def test_idle_h2_connections_give_their_slots_to_new_clients(launcher, upstream):
+    """An HTTP/2 connection with no stream open is idle, as a keep-alive HTTP/1.1 one is:
+    when every slot is taken the oldest idle one is closed (GOAWAY) for a new client. They
+    were never counted idle: 10 h2c connections that each made one request held a 10-slot
+    worker until their keepalive ran out."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 10, "keepalive": 30.0}))
+    clients = []
+    try:
+        for _ in range(10):
+            client = RawH2(gw.port)
+            assert client.response(client.request("/echo"))[0] == 200
+            clients.append(client)
+        served = first_served(gw.port, 5)
+        assert served is not None and served < 2, served
+        oldest = clients[0]
+        oldest.pump(lambda c: c.closed or c.goaway(), timeout=3)
+        assert oldest.goaway() is not None and oldest.goaway().error_code == E.NO_ERROR
+        newest = clients[-1]        # the others are untouched
+        assert newest.response(newest.request("/echo"))[0] == 200
+    finally:
+        for client in clients:
+            client.close()
