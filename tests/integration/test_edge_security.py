@@ -6,7 +6,6 @@ reach another client. Whatever a client or upstream sends is bounded.
 """
 import hashlib
 import json
-import select
 import socket
 import threading
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from ..conftest import gateway_conf, open_websocket, route, wait_until
 from ..h2client import RawH2
+from ..tricklers import Trickler
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -938,35 +938,6 @@ def test_white_space_after_an_upstreams_values_is_not_sent_to_http2_clients(raw_
 def test_a_status_outside_100_to_599_is_a_502(raw_h2c):
     assert raw_request(raw_h2c.port, b"GET /status-999 HTTP/1.1\r\nHost: gw\r\n"
                                      b"Connection: close\r\n\r\n")[0] == 502
-
-
-class Trickler:
-    """``count`` POSTs with a 60,000-byte Content-Length, each sending one byte a second from
-    a thread, until it ends or the gateway answers; ``answers`` holds what each got."""
-
-    def __init__(self, port, count):
-        self.answers, self.stop = [], threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(port,), daemon=True)
-                        for _ in range(count)]
-        for thread in self.threads:
-            thread.start()
-
-    def run(self, port):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 60000\r\n\r\n")
-                while not self.stop.wait(1.0):
-                    sock.sendall(b"x")
-                    if select.select([sock], [], [], 0)[0]:
-                        self.answers.append(sock.recv(4096))
-                        return
-        except OSError as exc:
-            self.answers.append(repr(exc).encode())
-
-    def close(self):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(5)
 
 
 def probe(port):

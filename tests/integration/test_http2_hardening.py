@@ -26,6 +26,7 @@ from ..conftest import gateway_conf, route
 from ..h2_upstreams import H2cUpstream
 from ..h2client import RawH2
 from ..pki import CA
+from ..tricklers import H2Trickler
 
 E = h2.errors.ErrorCodes
 
@@ -729,38 +730,6 @@ def test_a_client_with_small_windows_downloads_at_full_speed(launcher, upstream,
     assert took < 4.0, f"{size} bytes with {2 ** bits - 1}-byte windows took {took:.1f}s"
 
 
-class H2Trickler:
-    """``count`` h2c connections, each with one POST stream announcing 60,000 bytes and
-    sending one byte a second, until the gateway answers or closes; ``ends`` holds how each
-    connection ended (a GOAWAY, a reset, an answer's status, or "closed")."""
-
-    def __init__(self, port, count):
-        self.ends, self.stop = [], threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(port,), daemon=True)
-                        for _ in range(count)]
-        for thread in self.threads:
-            thread.start()
-
-    def run(self, port):
-        try:
-            client = RawH2(port, timeout=1)
-            sid = client.request("/upload", "POST", [("content-length", "60000")], end=False)
-            while not self.stop.wait(1.0):
-                client.conn.send_data(sid, b"x")
-                client.flush()
-                client.pump(lambda c: c.closed, timeout=0.05)
-                if client.closed or client.goaway() or client.reset_code(sid) is not None:
-                    self.ends.append("closed" if client.closed else "ended")
-                    return
-        except (OSError, h2.exceptions.ProtocolError) as exc:
-            self.ends.append(repr(exc))
-
-    def close(self):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(5)
-
-
 def first_served(port, within):
     """Seconds until a new HTTP/1.1 client was served, trying for ``within`` s; or None."""
     started = time.monotonic()
@@ -794,7 +763,7 @@ def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, up
         if min_body_rate:
             assert served is not None and served < 9, "no client served while slots were full"
             assert "sending its request body at" in gw.log()
-            assert slow.ends, "no trickling connection was closed"
+            assert slow.answers, "no trickling connection was closed"
         else:
             assert served is None, f"served after {served:.1f}s with every slot taken"
     finally:

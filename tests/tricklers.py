@@ -1,0 +1,57 @@
+"""Clients that send a request body a byte a second, each from its own thread, to hold a
+gateway's connection slots (server.min_body_rate's tests). ``answers`` holds how each ended."""
+import select
+import socket
+import threading
+
+import h2.exceptions
+
+from .h2client import RawH2
+
+
+class Trickler:
+    """``count`` HTTP/1.1 POSTs with a 60,000-byte Content-Length, until each ends or the
+    gateway answers; an answer is kept as the bytes that came."""
+
+    def __init__(self, port, count):
+        self.answers, self.stop = [], threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(port,), daemon=True)
+                        for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 60000\r\n\r\n")
+                while not self.stop.wait(1.0):
+                    sock.sendall(b"x")
+                    if select.select([sock], [], [], 0)[0]:
+                        self.answers.append(sock.recv(4096))
+                        return
+        except OSError as exc:
+            self.answers.append(repr(exc).encode())
+
+    def close(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(5)
+
+
+class H2Trickler(Trickler):
+    """The same over h2c connections, one POST stream each: an answer is "closed" (the
+    connection) or "ended" (a GOAWAY or the stream reset)."""
+
+    def run(self, port):
+        try:
+            client = RawH2(port, timeout=1)
+            sid = client.request("/upload", "POST", [("content-length", "60000")], end=False)
+            while not self.stop.wait(1.0):
+                client.conn.send_data(sid, b"x")
+                client.flush()
+                client.pump(lambda c: c.closed, timeout=0.05)
+                if client.closed or client.goaway() or client.reset_code(sid) is not None:
+                    self.answers.append("closed" if client.closed else "ended")
+                    return
+        except (OSError, h2.exceptions.ProtocolError) as exc:
+            self.answers.append(repr(exc))
