@@ -550,6 +550,10 @@ class TcpRelay:
 
     def close(self):
         self.cut()
+        try:        # wakes the thread in accept(): close() alone leaves the port listening
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
 

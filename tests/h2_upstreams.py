@@ -2,6 +2,7 @@
 Subclasses say what a connection does (``connection(sock)``); the fixture closes the listener."""
 import select
 import socket
+import sys
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -28,20 +29,37 @@ class H2cUpstream:
     def __init__(self, port=0):
         self.listener = socket.create_server(("127.0.0.1", port))
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.closing = False
+        self.acceptor = threading.Thread(target=self.serve, daemon=True)
+        self.acceptor.start()
 
     def serve(self):
         while True:
             try:
                 sock, _ = self.listener.accept()
             except OSError:
-                return                              # closed by the fixture's teardown
+                return                              # shut down by close()
+            if self.closing:
+                sock.close()
+                return
+            if sock.getsockname()[1] != self.port:     # (shown with a failing test's output)
+                print(f"{type(self).__name__} of port {self.port} accepted a connection to "
+                      f"port {sock.getsockname()[1]}", file=sys.stderr)
             threading.Thread(target=self.connection, args=(sock,), daemon=True).start()
 
     def connection(self, sock):
         raise NotImplementedError
 
     def close(self):
+        """Stop listening for good. close() alone does not wake a thread blocked in accept():
+        the port kept listening for the rest of the run, and CI saw later tests' requests
+        answered by earlier tests' upstreams. shutdown() wakes it; then the fd goes."""
+        self.closing = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.acceptor.join(5)
         self.listener.close()
 
 

@@ -86,9 +86,11 @@ class RawH2:
         return True
 
     def response(self, sid, timeout=5.0):
-        """-> (status, headers dict, body, trailers dict) or None if the stream was reset."""
+        """-> (status, headers dict, body, trailers dict) or None if the stream was reset
+        before its answer ended (a reset after it, as the gateway sends when it answered
+        before the request's body was in, often comes in the same read)."""
         self.pump(lambda c: c.ended(sid) or c.reset_code(sid) is not None, timeout)
-        if self.reset_code(sid) is not None:
+        if self.reset_code(sid) is not None and not self.ended(sid):
             return None
         status, headers, body, trailers = None, {}, b"", {}
         for e in self.events:

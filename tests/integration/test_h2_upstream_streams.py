@@ -29,8 +29,8 @@ class LimitedH2Upstream(H2cUpstream):
       never reset: RFC 9113 8.1 makes the reset a MAY. The rest of its body is read (and
       acknowledged).
     - GET /slow is answered after ``delay`` seconds; GET /status/<digits or junk> with that
-      :status, sent unchecked; GET /many-interim after twenty 103s; GET /goaway is answered,
-      then a graceful GOAWAY follows; anything else 200 "ok"."""
+      :status, sent unchecked; GET /many-interim after twenty 103s; GET /goaway gets a graceful
+      GOAWAY naming its stream, then its answer; anything else 200 "ok"."""
 
     def __init__(self, max_streams, delay=0.5):
         self.max_streams, self.delay = max_streams, delay
@@ -79,13 +79,15 @@ class LimitedH2Upstream(H2cUpstream):
                         elif path.startswith(b"/status/"):
                             answer(event.stream_id, status=path[8:])
                         elif path == b"/goaway":
-                            # answered, then a graceful GOAWAY naming the last stream taken
-                            # (nginx after keepalive_requests): streams up to it finish
-                            answer(event.stream_id)
+                            # a graceful GOAWAY naming the last stream taken (nginx after
+                            # keepalive_requests), then the answer: streams up to it finish.
+                            # In this order: with the answer first, the client could send
+                            # its next request before the GOAWAY came, on this connection.
                             with lock:
                                 self.goaways += 1
-                                sock.sendall(GoAwayFrame(0, last_stream_id=event.stream_id,
-                                                         error_code=0).serialize())
+                                sock.sendall(conn.data_to_send() + GoAwayFrame(
+                                    0, last_stream_id=event.stream_id, error_code=0).serialize())
+                            answer(event.stream_id)
                         elif path == b"/many-interim":
                             with lock:
                                 for _ in range(20):

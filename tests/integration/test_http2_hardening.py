@@ -333,9 +333,6 @@ class SlowTlsUpstream(H2cUpstream):
         except (OSError, ssl.SSLError):
             pass
 
-    def close(self):
-        self.listener.close()
-
 
 def test_a_stream_reset_during_a_retry_backoff_gives_its_slot_back(launcher, upstream):
     """A 503 the route retries after a backoff: a client reset in that wait must not keep
