@@ -97,7 +97,8 @@ SERVER = Schema(
           "the oldest draining generation at once, cutting its connections (HAProxy's "
           "mworker-max-reloads): a reload loop cannot pile up processes"),
     Field("keepalive", number(0), 5.0,
-          "seconds an idle client keep-alive connection is kept; 0 disables keep-alive"),
+          "seconds an idle client keep-alive connection is kept (HTTP/2: with no stream "
+          "open; its PINGs do not extend it); 0 disables keep-alive"),
     Field("timeout", integer(1), 30,
           "seconds a silent worker is given before the master restarts it"),
     Field("backlog", integer(1), 2048, "listen queue length"),
@@ -117,8 +118,9 @@ SERVER = Schema(
     Field("min_body_rate", integer(0), 1024,
           "bytes a second: when worker_connections is reached and no idle connection is left "
           "to close, the connection sending request body slowest, below this rate over the "
-          "time the gateway waited for it (after 5 s; HTTP/2: all its streams' bodies "
-          "together), is closed for the next client (HTTP/1.1: with a 408); 0 = never"),
+          "time the gateway waited for it (after 5 s; HTTP/2: only when each open stream "
+          "waits for its body and none has begun its answer, their bytes together), is "
+          "closed for the next client (HTTP/1.1: with a 408); 0 = never"),
     Field("send_timeout", number(0, exclusive=True), 60.0,
           "seconds a write to a client may wait for it to read before the connection is "
           "closed (nginx: send_timeout); an HTTP/2 stream waiting for the client's window "

@@ -65,7 +65,7 @@ from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (RECV_SIZE, PlainSocket, linger, peer_address,
-                           raw_socket, send_all)
+                           raw_socket, send_all, unsent_bytes)
 
 log = logging.getLogger("gwserver.h2")
 
@@ -215,6 +215,10 @@ class H2Stream(ClientConnection):
         self.running = False        # its greenlet has begun
         self.ended = False          # END_STREAM sent
         self.pending = 0            # bytes to send while waiting for the connection's window
+        # server.min_body_rate: seconds this stream waited for its body (its bytes are
+        # req.body_size), and since when it waits now
+        self.body_waited = self.wait_started = 0.0
+        self.waiting = False
 
     # -- building the request ------------------------------------------------------------------
 
@@ -312,10 +316,13 @@ class H2Stream(ClientConnection):
                 self.wake = gevent.event.Event()
             self.wake.clear()
             conn = self.conn
+            self.waiting, self.wait_started = True, time.monotonic()
             conn.body_wait_began()
             try:
                 came = self.wake.wait(self.body_timeout)
             finally:
+                self.waiting = False
+                self.body_waited += time.monotonic() - self.wait_started
                 conn.body_wait_ended()
             if not came and not self.fresh:
                 raise RequestTimeout("client sent no body data in time")
@@ -507,10 +514,8 @@ class H2ServerConnection:
         self.resets = self.control_frames = self.empty_frames = 0
         self.small_data = self.header_bytes = 0
         self.counted_since = time.monotonic()
-        # server.min_body_rate, for the connection as a whole (it holds one slot): the DATA
-        # bytes it sent while one of its streams waited for body, over the time some did
-        self.bodies_waiting = self.body_read = 0
-        self.body_waited = self.wait_started = 0.0
+        self.bodies_waiting = 0         # streams waiting for body data (body_rate)
+        self.wait_state = None          # what the reader waits for: see _wait_for
         self.timeout_reason = None
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
@@ -662,6 +667,11 @@ class H2ServerConnection:
         """A deadline passed (idle, a head too slow, a stalled send, the linger after an
         error): close, so waits end."""
         self.timed_out = True
+        if type(self.sock) is not PlainSocket and not self.streams:
+            # TLS: a record is written whole or not at all, so by a greenlet that may wait
+            # (briefly: the connection is done with) rather than by the ticker
+            gevent.spawn(self._goaway_and_close)
+            return
         # (not while a frame is half written: the lock's holder waits for the socket)
         if type(self.sock) is PlainSocket and not self.streams and not self.lock.locked():
             frame = GoAwayFrame(0)
@@ -670,6 +680,11 @@ class H2ServerConnection:
                 self.sock._sock.send(frame.serialize(), socket.MSG_DONTWAIT)
             except OSError:
                 pass
+        self.sock.close()
+
+    def _goaway_and_close(self):
+        with gevent.Timeout(1.0, False):
+            self.goaway(E.NO_ERROR)
         self.sock.close()
 
     # -- the reader ------------------------------------------------------------------------------
@@ -708,19 +723,34 @@ class H2ServerConnection:
     def _on_stop(self, _event):
         gevent.spawn(self.goaway, E.NO_ERROR)
 
+    def _wait_for(self):
+        """Arm the deadline of what the reader waits for, when that changed: "idle" (no
+        stream open, nothing of a frame read: keepalive, or header_timeout before the first
+        request; in runtime.idle_clients), "head" (a header block or any frame begun:
+        header_timeout) or "streams" (the streams' own deadlines). PINGs and other control
+        frames of an idle connection do not restart its keepalive, as they would not end an
+        HTTP/1.1 connection's idleness either."""
+        buffered = self.h2.incoming_buffer
+        state = "head" if buffered._headers_buffer or (buffered._data and not self.streams) \
+            else "streams" if self.streams else "idle"
+        if state == self.wait_state:
+            return
+        self.wait_state = state
+        runtime, server = self.runtime, self.settings
+        if state == "idle":
+            runtime.idle_clients[self] = None
+            runtime.deadlines.arm(self, server["keepalive"] if self.requests
+                                  else server["header_timeout"])
+            return
+        runtime.idle_clients.pop(self, None)
+        if state == "head":
+            runtime.deadlines.arm(self, server["header_timeout"])
+        else:
+            runtime.deadlines.disarm(self)
+
     def read_loop(self):
-        deadlines, server = self.runtime.deadlines, self.settings
-        idle_clients = self.runtime.idle_clients
         while not (self.closed or self.draining and not self.streams):
-            if not self.streams:
-                deadlines.arm(self, server["keepalive"] if self.requests
-                              else server["header_timeout"])
-            elif self.h2.incoming_buffer._headers_buffer:    # CONTINUATIONs still to come
-                deadlines.arm(self, server["header_timeout"])
-            else:
-                deadlines.disarm(self)
-            if not self.streams:
-                idle_clients[self] = None       # (see stream_done)
+            self._wait_for()
             try:
                 data = self.sock.recv(RECV_SIZE)
             except OSError:
@@ -761,15 +791,11 @@ class H2ServerConnection:
             if stream is None:          # answered already: the window must not leak
                 self.acknowledge(event.stream_id, event.flow_controlled_length)
                 return
-            self.body_read += len(event.data)
             try:
                 stream.on_data(event.data, event.flow_controlled_length,
                                event.stream_ended is not None)
             except Malformed as exc:
                 self.refuse(stream, E.PROTOCOL_ERROR, exc)
-            else:
-                if event.stream_ended is not None:
-                    self.body_ended()
         elif kind is h2.events.StreamEnded:
             stream = self.streams.get(event.stream_id)
             if stream is not None and not stream.req.complete:
@@ -777,8 +803,6 @@ class H2ServerConnection:
                     stream.on_data(b"", 0, True)
                 except Malformed as exc:
                     self.refuse(stream, E.PROTOCOL_ERROR, exc)
-                else:
-                    self.body_ended()
         elif kind is h2.events.StreamReset:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -811,26 +835,37 @@ class H2ServerConnection:
 
     def body_wait_began(self):
         if not self.bodies_waiting:
-            self.wait_started = time.monotonic()
             self.runtime.body_readers[self] = None
         self.bodies_waiting += 1
 
     def body_wait_ended(self):
         self.bodies_waiting -= 1
         if not self.bodies_waiting:
-            self.body_waited += time.monotonic() - self.wait_started
             self.runtime.body_readers.pop(self, None)      # (or closed as the slowest)
 
-    def body_ended(self):
-        """A body is whole: with no other stream waiting for one, the rate starts over (a
-        large upload sent earlier does not cover a trickle that comes later)."""
-        if not self.bodies_waiting:
-            self.body_read, self.body_waited = 0, 0.0
-
     def body_rate(self, now):
-        """As ClientConnection.body_rate, over all the connection's streams."""
-        waited = self.body_waited + (now - self.wait_started if self.bodies_waiting else 0.0)
-        return self.body_read / waited if waited >= SLOW_BODY_GRACE else None
+        """As ClientConnection.body_rate, for the connection's open streams together: their
+        body bytes over the longest any of them waited. None (not judged) unless every open
+        stream waits for its body and none has begun its answer: a connection that is being
+        served (a bidi gRPC call whose answers flow, a request whose body is in) is not a
+        slow client. A stream that ended takes its bytes and time with it."""
+        streams = self.streams
+        if self.bodies_waiting < len(streams):
+            return None
+        read, waited = 0, 0.0
+        for stream in streams.values():
+            if stream.head_status:
+                return None
+            read += stream.req.body_size
+            waited = max(waited, stream.body_waited +
+                         (now - stream.wait_started if stream.waiting else 0.0))
+        return read / waited if waited >= SLOW_BODY_GRACE else None
+
+    def may_close_idle(self):
+        """Runtime.close_oldest_idle: not while the last answer is still in the kernel's
+        queue (the client's window updates would meet a closed socket, and the reset throws
+        the rest away)."""
+        return not unsent_bytes(self.sock)
 
     def count_frames_read(self):
         """What _CountingH2 weighed in the last read, against each budget. Each DATA frame
@@ -911,7 +946,7 @@ class H2ServerConnection:
         except HTTPError as exc:
             early_error = exc
         self.streams[sid] = stream
-        self.runtime.idle_clients.pop(self, None)
+        self._wait_for()
         stream.greenlet = gevent.spawn(stream.run, early_error)
 
     def refuse(self, stream, code, reason):
@@ -940,11 +975,8 @@ class H2ServerConnection:
         if stream.unacked:
             self.acknowledge(stream.stream_id, stream.unacked)
             stream.unacked = 0
-        if not self.streams and not self.closed:        # idle from now: keepalive runs
-            self.runtime.deadlines.arm(self, self.settings["keepalive"])
-            # and when the worker runs out of slots the oldest idle connection is closed
-            # first (expire: GOAWAY), as an idle HTTP/1.1 one is
-            self.runtime.idle_clients[self] = None
+        if not self.streams and not self.closed:
+            self._wait_for()        # idle from now, unless a frame has begun
         if self.draining and not self.streams:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader

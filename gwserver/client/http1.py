@@ -405,6 +405,11 @@ class ClientConnection:
         if n == 0:
             raise ClientGone("client closed mid-body")
 
+    def may_close_idle(self):
+        """Runtime.close_oldest_idle: an idle HTTP/1.1 client sends nothing, so what is still
+        queued for it goes out before the FIN."""
+        return True
+
     def body_rate(self, now):
         """Bytes a second of the current body while the gateway waited for it (read_body),
         or None before 5 s of waiting (a slow start is not yet a slow client)."""

@@ -276,8 +276,11 @@ class Runtime:
         if self.tls_server is not None:
             self.tls_server.refresh_staples()
         now = time.monotonic()
-        if self.open_clients >= self.worker_connections and not self.idle_clients and \
+        if self.open_clients >= self.worker_connections and \
+                not (self.idle_clients and self.close_oldest_idle()) and \
                 self.body_readers and self.min_body_rate:
+            # (an idle one first, as client_opened does: a connection that went idle
+            # after the slots ran out would otherwise turn the body check off)
             self.close_slowest_body(now)
         self.proxy.share_tick(now)
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
@@ -305,9 +308,19 @@ class Runtime:
         keep-alive connection so the next client is accepted (nginx reuses them too)."""
         self.open_clients += 1
         if self.open_clients >= self.worker_connections and self.idle_clients:
-            oldest = next(iter(self.idle_clients))
-            del self.idle_clients[oldest]
-            oldest.expire()
+            self.close_oldest_idle()
+
+    def close_oldest_idle(self):
+        """Close the oldest idle connection that can go without losing bytes (an HTTP/2 one
+        whose last answer is still in the kernel's queue cannot: its client's window updates
+        would meet a closed socket, and the reset throws the rest away); -> whether one
+        was."""
+        for conn in self.idle_clients:
+            if conn.may_close_idle():
+                del self.idle_clients[conn]
+                conn.expire()
+                return True
+        return False
 
     def client_closed(self):
         self.open_clients -= 1

@@ -10,6 +10,8 @@ import subprocess
 import threading
 import time
 
+import h2.config
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -22,11 +24,11 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, Headers
 
 from gwserver.core.h2fields import integer
 
-from ..conftest import gateway_conf, route
+from ..conftest import free_port, gateway_conf, route, wait_until
 from ..h2_upstreams import H2cUpstream
 from ..h2client import RawH2
 from ..pki import CA
-from ..tricklers import H2Trickler
+from ..tricklers import H2Trickler, Trickler
 
 E = h2.errors.ErrorCodes
 
@@ -760,7 +762,7 @@ def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, up
         if min_body_rate:
             assert served is not None and served < 9, "no client served while slots were full"
             assert "sending its request body at" in gw.log()
-            assert slow.answers, "no trickling connection was closed"
+            wait_until(lambda: slow.answers, 5)     # a trickler looks once a second
         else:
             assert served is None, f"served after {served:.1f}s with every slot taken"
     finally:
@@ -790,3 +792,168 @@ def test_idle_h2_connections_give_their_slots_to_new_clients(launcher, upstream)
     finally:
         for client in clients:
             client.close()
+
+
+def test_an_idle_h2_connection_that_pings_does_not_turn_the_body_check_off(launcher, upstream):
+    """An attack pass: the tick left min_body_rate alone while any connection was idle, and
+    an idle h2 connection only closes when a new client is accepted (never, with every slot
+    taken) or at its keepalive, which each PING restarted. One such connection next to nine
+    trickled HTTP/1.1 bodies locked every other client out. PINGs no longer restart an idle
+    connection's keepalive, and the tick closes an idle connection when slots are full."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 10, "keepalive": 30.0,
+                              "client_body_timeout": 4.0}))
+    slow = Trickler(gw.port, 9)
+    pinger = RawH2(gw.port)
+    stop = threading.Event()
+
+    def ping():
+        while not stop.wait(0.5) and not pinger.closed and not pinger.goaway():
+            pinger.conn.ping(b"12345678")
+            pinger.flush()
+            pinger.pump(lambda c: c.closed, timeout=0.05)
+    try:
+        assert pinger.response(pinger.request("/slow/1"), timeout=5)[0] == 200
+        threading.Thread(target=ping, daemon=True).start()
+        time.sleep(1.0)
+        served = first_served(gw.port, 12)
+        assert served is not None and served < 10, "no client served while slots were full"
+    finally:
+        stop.set()
+        slow.close()
+        pinger.close()
+
+
+def test_a_download_still_on_its_way_is_not_cut_by_an_idle_close(launcher, upstream):
+    """An attack pass: a stream is done once its last DATA is in the kernel's queue, so its
+    connection went idle with megabytes still on the way; closed for a new client, the
+    window updates the client sent while reading met a closed socket and the reset threw the
+    rest away (3.2 of 6 MB, logged as 200). Not while the kernel still holds bytes for it."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 2}))
+    size = 6_000_000
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", gw.port))
+    client = RawH2.__new__(RawH2)       # RawH2 over our small-buffered socket
+    client.sock, client.events, client.closed = sock, [], False
+    client.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    client.conn.initiate_connection()
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 8 << 20})
+    client.conn.increment_flow_control_window(8 << 20)
+    client.flush()
+    sid = client.request(f"/bytes/{size}")
+    stop = threading.Event()
+
+    def newcomers():        # take the second slot again and again
+        while not stop.is_set():
+            first_served(gw.port, 1)
+    thread = threading.Thread(target=newcomers, daemon=True)
+    try:
+        got = 0
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not client.ended(sid) and not client.closed and time.monotonic() < deadline:
+            time.sleep(0.03)            # ~2 MB/s through a 64 KiB buffer
+            client.pump(lambda c: True, timeout=0.01)
+            client.pump(lambda c: c.closed, timeout=0.01)
+        got = sum(len(e.data) for e in client.events
+                  if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+        assert got == size, f"{got} of {size} bytes"
+    finally:
+        stop.set()
+        thread.join(5)
+        client.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
+    """An attack pass: with no stream open a connection counted idle even with half a header
+    block in (HTTP/1.1 stops being idle at a request's first byte), so a new client's arrival
+    closed it under the request; over TLS without even a GOAWAY. The block now has
+    header_timeout, and an idle TLS connection gets its GOAWAY too."""
+    extra, port = {}, None
+    if tls:
+        cert, key, _ = CA(tmp_path).issue("localhost")
+        port = free_port()
+        extra = {"tls": {"bind": [f"127.0.0.1:{port}"],
+                         "certificates": [{"cert": str(cert), "key": str(key)}]}}
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 2, "keepalive": 30.0}, **extra))
+    port = port or gw.port
+    client = RawH2(port, tls=tls)
+    client.pump(lambda c: any(isinstance(e, h2.events.RemoteSettingsChanged)
+                              for e in c.events), timeout=3)
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https" if tls else
+                                                         b"http"), (b":path", b"/echo"),
+                                   (b":authority", b"localhost"),
+                                   *[(b"x-pad-%d" % i, b"v" * 200) for i in range(50)]],
+                             end_stream=True)
+    block = client.conn.data_to_send()
+    client.send_raw(block[:5000])
+    time.sleep(0.3)
+    if tls:
+        idle = RawH2(port, tls=True)            # idle: it is the one to go
+        idle.pump(lambda c: any(isinstance(e, h2.events.RemoteSettingsChanged)
+                                for e in c.events), timeout=3)
+        served = first_served_tls(port, 3)
+    else:
+        served = first_served(port, 3)
+    client.send_raw(block[5000:])
+    answer = client.response(sid)
+    assert answer is not None and answer[0] == 200, (answer, client.goaway(), served)
+    if tls:
+        idle.pump(lambda c: c.closed or c.goaway(), timeout=3)
+        assert idle.goaway() is not None and idle.goaway().error_code == E.NO_ERROR
+        idle.close()
+    client.close()
+
+
+def first_served_tls(port, within):
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        try:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1, context=context)
+            conn.request("GET", "/echo")
+            if conn.getresponse().status == 200:
+                return time.monotonic() - started
+        except OSError:
+            pass
+    return None
+
+
+def test_a_reset_upload_leaves_no_waiting_time_behind(launcher, upstream):
+    """An attack pass: the connection's body accounting started over only when a body ended
+    whole, so an upload reset after 6 s of waiting left its time behind, and the next upload
+    on that connection was closed as slow within half a second of pausing. Each stream's
+    bytes and time now leave with it."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 3, "client_body_timeout": 10.0}))
+    client = RawH2(gw.port)
+    first = client.request("/upload", "POST", [("content-length", "1000")], end=False)
+    time.sleep(6)
+    client.conn.reset_stream(first)
+    client.flush()
+    second = client.request("/upload", "POST", [("content-length", "100000")], end=False)
+    others = Trickler(gw.port, 2)           # every slot is taken meanwhile
+    try:
+        time.sleep(1.5)                     # the pause: under 5 s of waiting, not judged
+        left = 100000
+        while left and not client.closed:
+            room = min(left, 16384, client.conn.local_flow_control_window(second))
+            if room:
+                client.conn.send_data(second, b"x" * room, end_stream=room == left)
+                client.flush()
+                left -= room
+            else:
+                client.pump(lambda c: c.conn.local_flow_control_window(second) > 0 or
+                            c.closed, 3)
+        answer = client.response(second, timeout=5)
+        assert answer is not None and answer[0] == 200, (answer, gw.log()[-1500:])
+    finally:
+        others.close()
+        client.close()
