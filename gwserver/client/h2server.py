@@ -463,6 +463,9 @@ class _CountingH2(h2.connection.H2Connection):
         return super().send_headers(*args, **kwargs)
 
 
+REQUEST_FRAME_TYPES = (0x1, 0x9)       # HEADERS, CONTINUATION: a request's head coming
+
+
 class H2ServerConnection:
     """One client connection speaking HTTP/2 (see the module doc)."""
 
@@ -516,6 +519,7 @@ class H2ServerConnection:
         self.counted_since = time.monotonic()
         self.bodies_waiting = 0         # streams waiting for body data (body_rate)
         self.wait_state = None          # what the reader waits for: see _wait_for
+        self.unsent_since = None        # idle, its last answer still queued (expire)
         self.timeout_reason = None
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
@@ -652,6 +656,9 @@ class H2ServerConnection:
         if self.draining and code == E.NO_ERROR:
             return
         self.draining = True
+        self._send_goaway(code, reason)
+
+    def _send_goaway(self, code, reason=""):
         frame = GoAwayFrame(0)
         frame.last_stream_id, frame.error_code = self.last_stream_id, code
         frame.additional_data = reason.encode()[:100]
@@ -666,10 +673,25 @@ class H2ServerConnection:
     def expire(self):
         """A deadline passed (idle, a head too slow, a stalled send, the linger after an
         error): close, so waits end."""
+        idle = not self.streams
+        if idle and self.wait_state == "idle" and unsent_bytes(self.sock):
+            # Its keepalive ran out with the last answer still queued for a slow reader:
+            # closed now, the window updates it sends while reading would meet a closed
+            # socket, and the reset throws the rest away. It gets as long as a stalled
+            # send would.
+            now = time.monotonic()
+            if self.unsent_since is None:
+                self.unsent_since = now
+            if now - self.unsent_since < self.runtime.send_timeout:
+                self.runtime.deadlines.arm(self, 1.0)
+                return
         self.timed_out = True
-        if type(self.sock) is not PlainSocket and not self.streams:
+        if idle and type(self.sock) is not PlainSocket:
             # TLS: a record is written whole or not at all, so by a greenlet that may wait
-            # (briefly: the connection is done with) rather than by the ticker
+            # (briefly: the connection is done with) rather than by the ticker. Draining
+            # from now: a request read meanwhile is refused (safe to retry), never taken
+            # and then lost with the connection.
+            self.draining = True
             gevent.spawn(self._goaway_and_close)
             return
         # (not while a frame is half written: the lock's holder waits for the socket)
@@ -684,7 +706,7 @@ class H2ServerConnection:
 
     def _goaway_and_close(self):
         with gevent.Timeout(1.0, False):
-            self.goaway(E.NO_ERROR)
+            self._send_goaway(E.NO_ERROR)
         self.sock.close()
 
     # -- the reader ------------------------------------------------------------------------------
@@ -725,17 +747,20 @@ class H2ServerConnection:
 
     def _wait_for(self):
         """Arm the deadline of what the reader waits for, when that changed: "idle" (no
-        stream open, nothing of a frame read: keepalive, or header_timeout before the first
-        request; in runtime.idle_clients), "head" (a header block or any frame begun:
+        stream open: keepalive, or header_timeout before the first request; in
+        runtime.idle_clients), "head" (a header block begun, or a HEADERS frame half read:
         header_timeout) or "streams" (the streams' own deadlines). PINGs and other control
-        frames of an idle connection do not restart its keepalive, as they would not end an
-        HTTP/1.1 connection's idleness either."""
+        frames of an idle connection, whole or in pieces, do not restart its keepalive, as
+        they would not end an HTTP/1.1 connection's idleness either."""
         buffered = self.h2.incoming_buffer
-        state = "head" if buffered._headers_buffer or (buffered._data and not self.streams) \
+        begun = buffered._data
+        state = "head" if buffered._headers_buffer or (
+            not self.streams and len(begun) > 3 and begun[3] in REQUEST_FRAME_TYPES) \
             else "streams" if self.streams else "idle"
         if state == self.wait_state:
             return
         self.wait_state = state
+        self.unsent_since = None
         runtime, server = self.runtime, self.settings
         if state == "idle":
             runtime.idle_clients[self] = None
