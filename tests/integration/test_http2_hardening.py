@@ -910,6 +910,43 @@ def test_a_slow_download_outlives_the_keepalive(launcher, upstream):
         client.close()
 
 
+def test_half_pings_do_not_keep_an_idle_connection(launcher, upstream):
+    """A second attack pass: half a PING counted as a request begun (header_timeout, not
+    idle), and its completion made the connection idle again with a fresh keepalive, so
+    clients that end one PING and begin the next a moment later (idle for a fraction of a
+    millisecond each time) held every slot for as long as they liked. A frame half read
+    is a request begun only if it is HEADERS."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 3, "header_timeout": 5.0,
+                              "keepalive": 30.0}))
+    ping = PingFrame(0, opaque_data=b"12345678").serialize()
+    holders = []
+    try:
+        for _ in range(3):
+            client = RawH2(gw.port)
+            client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assert client.response(client.request("/echo"))[0] == 200
+            client.send_raw(ping[:5])
+            holders.append(client)
+            time.sleep(0.2)
+        stop = threading.Event()
+
+        def cycle():
+            while not stop.wait(1.0):
+                for client in holders:
+                    client.send_raw(ping[5:])       # two segments: the PING ends, and
+                    client.send_raw(ping[:5])       # the next begins
+        thread = threading.Thread(target=cycle, daemon=True)
+        thread.start()
+        served = first_served(gw.port, 4)       # under header_timeout: no other way out
+        stop.set()
+        thread.join(5)
+        assert served is not None, "no client served while half PINGs held every slot"
+    finally:
+        for client in holders:
+            client.close()
+
+
 @pytest.mark.parametrize("tls", [False, True])
 def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
     """An attack pass: with no stream open a connection counted idle even with half a header
