@@ -520,7 +520,6 @@ class H2ServerConnection:
         self.bodies_waiting = 0         # streams waiting for body data (body_rate)
         self.wait_state = None          # what the reader waits for: see _wait_for
         self.unsent_since = None        # idle, its last answer still queued (expire)
-        self.timeout_reason = None
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
 
@@ -658,15 +657,18 @@ class H2ServerConnection:
         self.draining = True
         self._send_goaway(code, reason)
 
-    def _send_goaway(self, code, reason=""):
+    def _goaway_frame(self, code, reason=""):
         frame = GoAwayFrame(0)
         frame.last_stream_id, frame.error_code = self.last_stream_id, code
         frame.additional_data = reason.encode()[:100]
+        return frame.serialize()
+
+    def _send_goaway(self, code, reason=""):
         with self.lock:
             try:
                 self._flush()
-                send_all(self.sock, frame.serialize(), self.runtime.deadlines, self.writing,
-                         self.runtime.send_timeout)
+                send_all(self.sock, self._goaway_frame(code, reason), self.runtime.deadlines,
+                         self.writing, self.runtime.send_timeout)
             except (OSError, ClientGone):
                 self.closed = True
 
@@ -695,11 +697,9 @@ class H2ServerConnection:
             gevent.spawn(self._goaway_and_close)
             return
         # (not while a frame is half written: the lock's holder waits for the socket)
-        if type(self.sock) is PlainSocket and not self.streams and not self.lock.locked():
-            frame = GoAwayFrame(0)
-            frame.last_stream_id = self.last_stream_id
+        if idle and not self.lock.locked():
             try:
-                self.sock._sock.send(frame.serialize(), socket.MSG_DONTWAIT)
+                self.sock._sock.send(self._goaway_frame(E.NO_ERROR), socket.MSG_DONTWAIT)
             except OSError:
                 pass
         self.sock.close()
