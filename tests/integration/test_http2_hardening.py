@@ -729,12 +729,17 @@ def test_a_client_with_small_windows_downloads_at_full_speed(launcher, upstream,
     assert took < 4.0, f"{size} bytes with {2 ** bits - 1}-byte windows took {took:.1f}s"
 
 
-def first_served(port, within):
-    """Seconds until a new HTTP/1.1 client was served, trying for ``within`` s; or None."""
+def first_served(port, within, tls=False):
+    """Seconds until a new HTTP/1.1 client (over TLS: the certificate unchecked) was served,
+    trying for ``within`` s; or None."""
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     started = time.monotonic()
     while time.monotonic() - started < within:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1, context=context) \
+            if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", "/echo")
             if conn.getresponse().status == 200:
                 return time.monotonic() - started
@@ -978,9 +983,7 @@ def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
         idle = RawH2(port, tls=True)            # idle: it is the one to go
         idle.pump(lambda c: any(isinstance(e, h2.events.RemoteSettingsChanged)
                                 for e in c.events), timeout=3)
-        served = first_served_tls(port, 3)
-    else:
-        served = first_served(port, 3)
+    served = first_served(port, 3, tls=tls)
     client.send_raw(block[5000:])
     answer = client.response(sid)
     assert answer is not None and answer[0] == 200, (answer, client.goaway(), served)
@@ -989,21 +992,6 @@ def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
         assert idle.goaway() is not None and idle.goaway().error_code == E.NO_ERROR
         idle.close()
     client.close()
-
-
-def first_served_tls(port, within):
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        try:
-            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1, context=context)
-            conn.request("GET", "/echo")
-            if conn.getresponse().status == 200:
-                return time.monotonic() - started
-        except OSError:
-            pass
-    return None
 
 
 def test_a_reset_upload_leaves_no_waiting_time_behind(launcher, upstream):
