@@ -9,6 +9,7 @@ messages and bytes (index = bytes when text "bytes"). Chat (bidi): one reply per
 once. Prints "ready" when serving.
 """
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,8 +28,14 @@ def generated_modules():
     if code:
         raise SystemExit(f"protoc failed ({code})")
     sys.path.insert(0, out)
-    import echo_pb2
-    import echo_pb2_grpc
+    try:
+        import echo_pb2
+        import echo_pb2_grpc
+    finally:
+        # Imported modules live on in memory: the generated files are not needed again, and
+        # a run starts this server often enough to fill /tmp with them.
+        sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)
     return echo_pb2, echo_pb2_grpc
 
 
