@@ -171,8 +171,8 @@ def special_lines(also=()):
     """The regex of the lines above, and of the names in ``also`` (dropped: the gateway writes
     its own, as the trace id's response header)."""
     names = sorted(RESPONSE_SPECIAL | {name.lower() for name in also})
-    return re.compile(rb"\n(" + b"|".join(re.escape(name) for name in names) +
-                      rb"):[ \t]*([^\r]*)\r(?=\n)", re.IGNORECASE)
+    return re.compile(rb"(\n(" + b"|".join(re.escape(name) for name in names) +
+                      rb"):[ \t]*([^\r]*)\r)(?=\n)", re.IGNORECASE)
 
 
 _SPECIAL_LINE = special_lines()
@@ -184,6 +184,7 @@ _PLAIN_CONNECTION = frozenset([b"close", b"keep-alive", b"upgrade"])
 # Dropping Content-Length would send a keep-alive answer with no length to the client.
 _NEVER_NAMED = _PLAIN_CONNECTION | {b"content-length"}
 _BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")    # control bytes but tab
+_KNOWN_REASONS = frozenset(REASONS.values())     # most answers': no need to search them
 
 
 def status_line_at(raw, at):
@@ -271,46 +272,52 @@ class Exchange:
         """Take reason, framing, Via and the forwardable header block from the raw head."""
         raw = self.head_raw
         start = 0 if raw[0] == 72 else status_line_at(raw, 0)      # 72: "H"
-        for _ in range(self.informational):
-            start = status_line_at(raw, raw.index(b"\r\n\r\n", start) + 4)
-            if not raw.startswith(b"HTTP/", start):
-                # Bytes between an interim head and the next: a chunked 1xx's last chunk
-                # (no on_body call). The next head must start where the interim one ended.
-                raise UpstreamError("upstream sent a body with an interim (1xx) answer")
+        if self.informational:
+            for _ in range(self.informational):
+                start = status_line_at(raw, raw.index(b"\r\n\r\n", start) + 4)
+                if not raw.startswith(b"HTTP/", start):
+                    # Bytes between an interim head and the next: a chunked 1xx's last chunk
+                    # (no on_body call). The next head must start where the interim one ended.
+                    raise UpstreamError("upstream sent a body with an interim (1xx) answer")
         end = raw.index(b"\r\n\r\n", start) + 2
+        if end > max_head:
+            raise UpstreamError(f"upstream response head over {max_head} bytes")
         line_end = raw.index(b"\r\n", start)
         self.version = "1.0" if raw.startswith(b"HTTP/1.0", start) else "1.1"    # for Via
         reason = raw[start + 13:line_end]           # after "HTTP/1.1 200 "
         # llhttp lets control bytes through in a reason phrase: the status's own phrase then
-        self.reason = reason if _BAD_REASON.search(reason) is None else b""
-        block = raw[line_end + 2:end]
-        if end > max_head:
-            raise UpstreamError(f"upstream response head over {max_head} bytes")
-        pieces, pos, named = [], 0, None
-        base = line_end + 1         # the LF before the block: block[i] is raw[base + 1 + i]
-        for match in special_line.finditer(raw, base, end):
-            name = match.group(1).lower()
+        self.reason = reason if reason in _KNOWN_REASONS or _BAD_REASON.search(reason) is None \
+            else b""
+        # From the LF that ends the status line: [text, line, name, value, text, ...], each
+        # text from an LF to a CR, so the texts alone join into whole CRLF-ended lines.
+        parts = special_line.split(raw[line_end + 1:end])
+        if len(parts) == 1:
+            self.block = raw[line_end + 2:end]
+            self.head_raw = b""
+            return
+        kept, named = [parts[0]], None
+        for at in range(1, len(parts), 4):
+            name = parts[at + 1].lower()
             if name == b"content-length":
-                self.content_length = match.group(2).rstrip(b" \t")
+                self.content_length = parts[at + 2].rstrip(b" \t")
+                # Kept: it frames the answer. RFC 9110 8.6: never on a 204 (HTTP/2 clients
+                # refuse it).
                 if self.status != 204:
-                    continue        # kept: it frames the answer
-                # RFC 9110 8.6: never on a 204 (HTTP/2 clients refuse it): cut below
-            if name == b"upgrade" and self.status == 101:
-                continue
-            pieces.append(block[pos:match.start() - base])     # up to this line
-            pos = match.end() - base                            # past its CR LF
-            if name == b"transfer-encoding":
-                self.chunked = response_chunked(match.group(2))
+                    kept.append(parts[at])
+            elif name == b"transfer-encoding":
+                self.chunked = response_chunked(parts[at + 2])
             elif name == b"via":
-                value = match.group(2).rstrip(b" \t")
+                value = parts[at + 2].rstrip(b" \t")
                 self.via = value if self.via is None else self.via + b", " + value
-            elif name == b"connection" and \
-                    match.group(2).rstrip(b" \t").lower() not in _PLAIN_CONNECTION:
-                tokens = {t.strip().lower() for t in match.group(2).split(b",")}
-                named = (named or set()) | (tokens - _NEVER_NAMED)
-        if pos:
-            pieces.append(block[pos:])
-            block = b"".join(pieces)
+            elif name == b"connection":
+                value = parts[at + 2].rstrip(b" \t").lower()
+                if value not in _PLAIN_CONNECTION:
+                    tokens = {t.strip() for t in value.split(b",")}
+                    named = (named or set()) | (tokens - _NEVER_NAMED)
+            elif name == b"upgrade" and self.status == 101:
+                kept.append(parts[at])
+            kept.append(parts[at + 3])
+        block = b"".join(kept)[1:]
         if named:      # RFC 9110 7.6.1: drop the headers Connection names (rare in responses)
             block = b"".join(line + b"\r\n" for line in block.split(b"\r\n")[:-1]
                              if line.partition(b":")[0].lower() not in named)
