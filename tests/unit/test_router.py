@@ -30,7 +30,7 @@ def router():
     return router_for([dict(r) for r in ROUTES])
 
 
-@pytest.mark.parametrize("method, host, path, headers, expected_id, params", [
+MATCH_CASES = [
     ("GET", "x", "/api/users/me", {}, "users-me", {}),                    # static beats param
     ("GET", "x", "/api/users/42", {}, "user", {"id": "42"}),
     ("HEAD", "x", "/api/users/42", {}, "user", {"id": "42"}),             # HEAD rides on GET
@@ -51,7 +51,10 @@ def router():
     ("GET", "x", "/v", {b"x-version": b"stable"}, "hdr-none", {}),
     ("GET", "x", "/p", {}, "prio-high", {}),
     ("GET", "x", "/", {}, "root", {}),
-])
+]
+
+
+@pytest.mark.parametrize("method, host, path, headers, expected_id, params", MATCH_CASES)
 def test_match(router, method, host, path, headers, expected_id, params):
     route, bound = router.match(method, host, path, headers)
     assert (route.id, bound) == (expected_id, params)
@@ -131,6 +134,7 @@ def best_match_time(router, paths, rounds=5, repeat=2000):
         start = time.perf_counter()
         for _ in range(repeat):
             for path in paths:
+                router._matches.clear()     # the walk's cost, not the remembered match's
                 router.match("GET", "x", path, None)
         best = min(best, (time.perf_counter() - start) / (repeat * len(paths)))
     return best
@@ -164,3 +168,62 @@ def test_removed_routes_leave_no_dead_branches():
         router.remove(f"r{i}")
     assert size(router._root) == before
     assert router.match("GET", "h", "/api/v1/users/7", None)[0].id == "keep"
+
+
+UNCONDITIONAL = [r for r in ROUTES if "headers" not in r]
+
+
+@pytest.mark.parametrize("method, host, path, headers, expected_id, params", [
+    case for case in MATCH_CASES if not case[2].startswith("/v")])
+def test_a_remembered_match_is_the_walk_s_answer(method, host, path, headers, expected_id,
+                                                 params):
+    """Without header or claim routes a match is remembered: the second lookup of the same
+    (method, host, path) answers from memory, and answers the same; the params it hands out
+    are the caller's own (a plugin that changes them changes no other request's)."""
+    router = router_for([dict(r) for r in UNCONDITIONAL])
+    first, bound = router.match(method, host, path, headers)
+    bound["injected"] = "x"
+    assert (method, host, path) in router._matches
+    route, again = router.match(method, host, path, headers)
+    assert (route.id, again) == (expected_id, params)
+    assert route is first
+
+
+def test_remembered_matches_follow_the_table():
+    """A route added or removed takes effect on the next request, remembered or not."""
+    router = router_for([{"id": "broad", "paths": ["/api"], "prefix": True}])
+    assert router.match("GET", "h", "/api/orders", None)[0].id == "broad"
+    narrow = router_for([{"id": "orders", "paths": ["/api/orders"]}]).routes["orders"]
+    router.add(narrow)
+    assert router.match("GET", "h", "/api/orders", None)[0].id == "orders"
+    router.remove("orders")
+    assert router.match("GET", "h", "/api/orders", None)[0].id == "broad"
+    router.remove("broad")
+    with pytest.raises(RouteNotFound):
+        router.match("GET", "h", "/api/orders", None)
+
+
+def test_no_match_is_remembered_while_a_route_matches_on_headers():
+    """With a header route in the table the answer depends on more than the path: nothing is
+    remembered, and each request is walked with its own headers."""
+    router = router_for([{"id": "beta", "paths": ["/v"], "headers": {"X-Version": "beta"}},
+                         {"id": "stable", "paths": ["/v"]}])
+    assert router.match("GET", "h", "/v", {b"x-version": b"beta"})[0].id == "beta"
+    assert router.match("GET", "h", "/v", {})[0].id == "stable"
+    assert router._matches == {}
+    router.remove("beta")
+    assert router.match("GET", "h", "/v", {})[0].id == "stable"
+    assert ("GET", "h", "/v") in router._matches       # no header route left
+
+
+def test_the_match_memory_is_bounded():
+    """Endless distinct paths (a scan) start the memory over; long paths are never kept."""
+    from gwserver.core.router import MATCH_CACHE_PATH, MATCH_CACHE_SIZE
+    router = router_for([{"id": "all", "paths": ["/*rest"]}])
+    for i in range(MATCH_CACHE_SIZE * 3):
+        assert router.match("GET", "h", f"/scan/{i}", None)[0].id == "all"
+        assert len(router._matches) <= MATCH_CACHE_SIZE
+    router._matches.clear()
+    long_path = "/" + "a" * MATCH_CACHE_PATH
+    assert router.match("GET", "h", long_path, None)[1] == {"rest": long_path[1:]}
+    assert router._matches == {}
