@@ -308,7 +308,8 @@ class Exchange:
                 self.chunked = response_chunked(parts[at + 2])
             elif name == b"via":
                 value = parts[at + 2].rstrip(b" \t")
-                self.via = value if self.via is None else self.via + b", " + value
+                if value:   # an empty Via line would add an empty member: "Via: , 1.1 gw"
+                    self.via = value if self.via is None else self.via + b", " + value
             elif name == b"connection":
                 value = parts[at + 2].rstrip(b" \t").lower()
                 if value not in _PLAIN_CONNECTION:

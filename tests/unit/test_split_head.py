@@ -35,7 +35,7 @@ def read_by_lines(raw, status, informational):
         if lower == b"content-length":
             length = value
             kept.append(line)
-        elif lower == b"via":
+        elif lower == b"via" and value:     # an empty Via line adds no member
             via = value if via is None else via + b", " + value
         elif lower == b"transfer-encoding":
             chunked = [c.strip().lower() for c in value.split(b",")][-1] == b"chunked"
