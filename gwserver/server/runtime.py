@@ -62,8 +62,8 @@ class AccessLog:
         self.json = logconf["access_format"] == "json"
         self.fields = compile_fields(logconf["access_fields"], logconf["access_format"])
         self.pending = []           # (time.time(), captured fields), or a line already written
-        self._clock_second = None
-        self._clock_text = ""
+        self._clock_second = self._clock_tick = None
+        self._clock_text = self._tick_text = ""
         self.path = logconf["access_log_path"]
         self.fd = 2
         self.reopen_wanted = False
@@ -85,16 +85,21 @@ class AccessLog:
             os.close(old)
 
     def time_text(self, now):
-        """``now`` (time.time()) as the log's format writes it; the second's text is
-        formatted once per second."""
-        second = int(now)
+        """``now`` (time.time()) as the log's format writes it. The text changes once a
+        millisecond (JSON) or once a second (Common Log Format): under load most lines share
+        the one before's, and the date is formatted once a second."""
+        tick = int(now * 1000) if self.json else int(now)
+        if tick == self._clock_tick:
+            return self._tick_text
+        self._clock_tick = tick
+        second = tick // 1000 if self.json else tick
         if second != self._clock_second:
             self._clock_second = second
             fmt = "%Y-%m-%dT%H:%M:%S" if self.json else "%d/%b/%Y:%H:%M:%S"
             self._clock_text = time.strftime(fmt, time.gmtime(second))
-        if self.json:
-            return f"{self._clock_text}.{int((now % 1) * 1000):03d}Z"
-        return f"{self._clock_text} +0000"
+        self._tick_text = f"{self._clock_text}.{tick % 1000:03d}Z" if self.json else \
+            f"{self._clock_text} +0000"
+        return self._tick_text
 
     def request(self, req, status, sent, upstream, start):
         elapsed_ms = (time.monotonic() - start) * 1000.0
