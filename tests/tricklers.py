@@ -40,7 +40,12 @@ class Trickler:
 
 class H2Trickler(Trickler):
     """The same over h2c connections, one POST stream each: an answer is "closed" (the
-    connection) or "ended" (a GOAWAY or the stream reset)."""
+    connection) or "ended" (a GOAWAY or the stream reset); ``goaways`` holds the GOAWAYs
+    (h2's ConnectionTerminated events) that came."""
+
+    def __init__(self, port, count):
+        self.goaways = []
+        super().__init__(port, count)
 
     def run(self, port):
         try:
@@ -52,6 +57,8 @@ class H2Trickler(Trickler):
                 client.pump(lambda c: c.closed, timeout=0.05)
                 if client.closed or client.goaway() or client.reset_code(sid) is not None:
                     self.answers.append("closed" if client.closed else "ended")
+                    if client.goaway() is not None:
+                        self.goaways.append(client.goaway())
                     return
         except (OSError, h2.exceptions.ProtocolError) as exc:
             self.answers.append(repr(exc))

@@ -520,6 +520,7 @@ class H2ServerConnection:
         self.bodies_waiting = 0         # streams waiting for body data (body_rate)
         self.wait_state = None          # what the reader waits for: see _wait_for
         self.unsent_since = None        # idle, its last answer still queued (expire)
+        self.timeout_reason = None      # why Runtime.close_slowest_body closed it
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
 
@@ -697,11 +698,19 @@ class H2ServerConnection:
             gevent.spawn(self._goaway_and_close)
             return
         # (not while a frame is half written: the lock's holder waits for the socket)
-        if idle and not self.lock.locked():
-            try:
-                self.sock._sock.send(self._goaway_frame(E.NO_ERROR), socket.MSG_DONTWAIT)
-            except OSError:
-                pass
+        if not self.lock.locked() and type(self.sock) is PlainSocket:
+            frame = None
+            if idle:
+                frame = self._goaway_frame(E.NO_ERROR)
+            elif self.timeout_reason and not unsent_bytes(self.sock):
+                # Streams open, closed for a body under min_body_rate: the client is told
+                # why, as an HTTP/1.1 one gets its 408 (nothing is queued ahead of it).
+                frame = self._goaway_frame(E.NO_ERROR, self.timeout_reason)
+            if frame is not None:
+                try:
+                    self.sock._sock.send(frame, socket.MSG_DONTWAIT)
+                except OSError:
+                    pass
         self.sock.close()
 
     def _goaway_and_close(self):

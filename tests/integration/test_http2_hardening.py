@@ -756,7 +756,7 @@ def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, up
     """server.min_body_rate held only HTTP/1.1 bodies: 12 h2c connections, each trickling
     one stream's body at a byte a second, held all 10 slots of a worker for as long as they
     liked (the timeout between reads never trips). Now the slowest connection gives way,
-    as an HTTP/1.1 one does; with 0, nobody else is served."""
+    as an HTTP/1.1 one does, with a GOAWAY that says why; with 0, nobody else is served."""
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
         "h2c": True}, server={"worker_connections": 10, "client_body_timeout": 4.0,
                               "min_body_rate": min_body_rate}))
@@ -768,6 +768,9 @@ def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, up
             assert served is not None and served < 9, "no client served while slots were full"
             assert "sending its request body at" in gw.log()
             wait_until(lambda: slow.answers, 5)     # a trickler looks once a second
+            # It is told why, as an HTTP/1.1 client gets a 408 (it got a bare FIN)
+            wait_until(lambda: slow.goaways, 5)
+            assert b"under min_body_rate" in slow.goaways[0].additional_data, slow.goaways
         else:
             assert served is None, f"served after {served:.1f}s with every slot taken"
     finally:
