@@ -87,15 +87,10 @@ class GatewayWorker(GeventWorker):
         self.wsgi = None        # not a WSGI server: requests are handled by ClientConnection
 
     def run(self):
-        profile_dir = os.environ.get("GWSERVER_PROFILE")
-        if not profile_dir:
-            return self.serve()
-        import cProfile     # opt-in: the benchmark's "where does the time go" (scripts/bench)
-        profiler = cProfile.Profile()
-        try:
-            profiler.runcall(self.serve)
-        finally:
-            profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
+        if "GWSERVER_PROFILE" in os.environ or "GWSERVER_COUNT_BYTECODES" in os.environ:
+            from .profiling import run_measured     # opt-in: the benchmarks' "where"
+            return run_measured(self.serve)
+        return self.serve()
 
     def serve(self):
         self.conf = self.app.conf
