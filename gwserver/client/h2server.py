@@ -195,6 +195,7 @@ class H2Stream(ClientConnection):
         self.client_ip, self.scheme = conn.client_ip, conn.scheme
         self.limits, self.underscores, self.path_rules = conn.limits, conn.underscores, \
             conn.path_rules
+        _, self.fields_limit, self.field_limit = conn.limits
         self.trusted_peer, self.body_timeout = conn.trusted_peer, conn.body_timeout
         self.trusted_x_forwarded = conn.trusted_x_forwarded
         self.queue = collections.deque()
@@ -224,7 +225,8 @@ class H2Stream(ClientConnection):
 
     def open(self, headers, ended):
         """The request from a HEADERS block; raises Malformed or an HTTPError (answered)."""
-        req = self.req = RequestContext(self.client_ip, self.scheme, self.runtime.services)
+        req = self.req = self.current = RequestContext(self.client_ip, self.scheme,
+                                                       self.runtime.services)
         self.queue.append(req)
         self.framer = ResponseFramer(False)     # an early error is answered through it
         req.request_id = None
