@@ -706,8 +706,9 @@ class H2ServerConnection:
                 frame = self._goaway_frame(E.NO_ERROR)
             elif self.timeout_reason and not unsent_bytes(self.sock):
                 # Streams open, closed for a body under min_body_rate: the client is told
-                # why, as an HTTP/1.1 one gets its 408 (nothing is queued ahead of it).
-                frame = self._goaway_frame(E.NO_ERROR, self.timeout_reason)
+                # why, as an HTTP/1.1 one gets its 408 (nothing is queued ahead of it). Not
+                # a graceful close: ENHANCE_YOUR_CALM, as for the floods (RFC 9113 7).
+                frame = self._goaway_frame(E.ENHANCE_YOUR_CALM, self.timeout_reason)
             if frame is not None:
                 try:
                     self.sock._sock.send(frame, socket.MSG_DONTWAIT)

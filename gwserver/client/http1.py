@@ -461,6 +461,8 @@ class ClientConnection:
                 if not self.handle(req):
                     return
                 self.queue.popleft()
+                if not self.queue:
+                    self.current = None     # an idle connection holds no request (its body)
         except ClientGone:
             pass
         finally:

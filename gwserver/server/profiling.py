@@ -8,6 +8,8 @@
   price, but the count is exact and the host's noise cannot move it: it shows where a
   request's Python work is, function by function (scripts/bench-bytecodes). Every frame is
   traced, so the worker runs ~20x slower meanwhile.
+
+One at a time: with both set, the worker runs under cProfile only.
 """
 import cProfile
 import json

@@ -771,6 +771,7 @@ def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, up
             # It is told why, as an HTTP/1.1 client gets a 408 (it got a bare FIN)
             wait_until(lambda: slow.goaways, 5)
             assert b"under min_body_rate" in slow.goaways[0].additional_data, slow.goaways
+            assert slow.goaways[0].error_code == E.ENHANCE_YOUR_CALM
         else:
             assert served is None, f"served after {served:.1f}s with every slot taken"
     finally:

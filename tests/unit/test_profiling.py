@@ -1,9 +1,13 @@
 """The benchmarks' bytecode counter (server/profiling.py): exact, and only between its two
 signals. Run in a child process: it traces every frame of the process it is installed in."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
@@ -27,7 +31,8 @@ CHILD = textwrap.dedent("""
 def counted(tmp_path, turns):
     out = tmp_path / str(turns)
     out.mkdir()
-    subprocess.run([sys.executable, "-c", CHILD, str(out), str(turns)], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", CHILD, str(out), str(turns)], check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     [written] = out.glob("bytecodes-*.json")
     counts = json.loads(written.read_text())
     return sum(count for key, count in counts.items() if key.endswith(":work"))

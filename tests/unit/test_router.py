@@ -181,12 +181,15 @@ def test_a_remembered_match_is_the_walk_s_answer(method, host, path, headers, ex
     (method, host, path) answers from memory, and answers the same; the params it hands out
     are the caller's own (a plugin that changes them changes no other request's)."""
     router = router_for([dict(r) for r in UNCONDITIONAL])
-    first, bound = router.match(method, host, path, headers)
+    first, bound = router.match(method, host, path, headers)     # walked
     bound["injected"] = "x"
     assert (method, host, path) in router._matches
-    route, again = router.match(method, host, path, headers)
+    route, again = router.match(method, host, path, headers)     # remembered
     assert (route.id, again) == (expected_id, params)
     assert route is first
+    again["injected"] = "y"
+    route, third = router.match(method, host, path, headers)     # remembered, unchanged
+    assert (route.id, third) == (expected_id, params)
 
 
 def test_remembered_matches_follow_the_table():
@@ -217,13 +220,15 @@ def test_no_match_is_remembered_while_a_route_matches_on_headers():
 
 
 def test_the_match_memory_is_bounded():
-    """Endless distinct paths (a scan) start the memory over; long paths are never kept."""
-    from gwserver.core.router import MATCH_CACHE_PATH, MATCH_CACHE_SIZE
+    """Endless distinct paths or hosts (a scan) start the memory over; a long path or host is
+    never kept."""
+    from gwserver.core.router import MATCH_CACHE_KEY, MATCH_CACHE_SIZE
     router = router_for([{"id": "all", "paths": ["/*rest"]}])
     for i in range(MATCH_CACHE_SIZE * 3):
-        assert router.match("GET", "h", f"/scan/{i}", None)[0].id == "all"
+        assert router.match("GET", f"h{i % 7}", f"/scan/{i}", None)[0].id == "all"
         assert len(router._matches) <= MATCH_CACHE_SIZE
     router._matches.clear()
-    long_path = "/" + "a" * MATCH_CACHE_PATH
+    long_path = "/" + "a" * MATCH_CACHE_KEY
     assert router.match("GET", "h", long_path, None)[1] == {"rest": long_path[1:]}
+    assert router.match("GET", "h" * MATCH_CACHE_KEY, "/a", None)[1] == {"rest": "a"}
     assert router._matches == {}
