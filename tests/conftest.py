@@ -16,6 +16,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every process a test starts (gateways run from a temp dir, the CLI) imports the gwserver of
+# this checkout: the venv's editable install names one checkout, and a test run in a second
+# worktree would otherwise test the first one's code.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
+                                                         os.environ.get("PYTHONPATH")]))
 UPSTREAM_SCRIPT = ROOT / "tests" / "upstream.py"
 
 

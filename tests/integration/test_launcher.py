@@ -19,3 +19,14 @@ def test_a_gateway_whose_port_is_taken_is_started_again_on_another(launcher, mon
         assert not conftest.listens_on(gw.pid, taken)
     finally:
         stranger.close()
+
+
+def test_processes_the_tests_start_run_this_checkout(tmp_path):
+    """The venv's editable install names one checkout; a test run in another worktree once
+    started gateways with that checkout's code. Every process a test starts imports the
+    gwserver of the tree the tests are in, from any working directory."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import gwserver; print(gwserver.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(conftest.ROOT / "gwserver" / "__init__.py")
