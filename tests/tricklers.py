@@ -43,13 +43,13 @@ class H2Trickler(Trickler):
     connection) or "ended" (a GOAWAY or the stream reset); ``goaways`` holds the GOAWAYs
     (h2's ConnectionTerminated events) that came."""
 
-    def __init__(self, port, count):
-        self.goaways = []
+    def __init__(self, port, count, tls=False):
+        self.goaways, self.tls = [], tls
         super().__init__(port, count)
 
     def run(self, port):
         try:
-            client = RawH2(port, timeout=1)
+            client = RawH2(port, timeout=1, tls=self.tls)
             sid = client.request("/upload", "POST", [("content-length", "60000")], end=False)
             while not self.stop.wait(1.0):
                 client.conn.send_data(sid, b"x")

@@ -699,22 +699,30 @@ class H2ServerConnection:
             self.draining = True
             gevent.spawn(self._goaway_and_close)
             return
-        # (not while a frame is half written: the lock's holder waits for the socket)
-        if not self.lock.locked() and type(self.sock) is PlainSocket:
-            frame = None
-            if idle:
-                frame = self._goaway_frame(E.NO_ERROR)
-            elif self.timeout_reason and not unsent_bytes(self.sock):
-                # Streams open, closed for a body under min_body_rate: the client is told
-                # why, as an HTTP/1.1 one gets its 408 (nothing is queued ahead of it). Not
-                # a graceful close: ENHANCE_YOUR_CALM, as for the floods (RFC 9113 7).
-                frame = self._goaway_frame(E.ENHANCE_YOUR_CALM, self.timeout_reason)
-            if frame is not None:
-                try:
-                    self.sock._sock.send(frame, socket.MSG_DONTWAIT)
-                except OSError:
-                    pass
-        self.sock.close()
+        try:
+            # (not while a frame is half written: the lock's holder waits for the socket)
+            if not self.lock.locked():
+                if idle:
+                    self._send_now(self._goaway_frame(E.NO_ERROR))  # plain: TLS went above
+                elif self.timeout_reason and not unsent_bytes(self.sock):
+                    # Streams open, closed for a body under min_body_rate: the client is
+                    # told why, as an HTTP/1.1 one gets its 408 (nothing is queued ahead of
+                    # it). Not a graceful close: ENHANCE_YOUR_CALM, as for the floods.
+                    self._send_now(self._goaway_frame(E.ENHANCE_YOUR_CALM,
+                                                      self.timeout_reason))
+        finally:
+            self.sock.close()
+
+    def _send_now(self, frame):
+        """Write a small frame without waiting (the ticker must not), or drop it. Over TLS it
+        is one record (TLSSocket.send_now), which a socket with nothing queued takes whole."""
+        try:
+            if type(self.sock) is PlainSocket:
+                self.sock._sock.send(frame, socket.MSG_DONTWAIT)
+            else:
+                self.sock.send_now(frame)
+        except (OSError, ValueError):
+            pass
 
     def _goaway_and_close(self):
         with gevent.Timeout(1.0, False):

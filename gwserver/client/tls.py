@@ -306,6 +306,15 @@ class TLSSocket:
     def send(self, data):
         return self._io(self.conn.send, bytes(data) if isinstance(data, memoryview) else data)
 
+    def send_now(self, data):
+        """Write ``data`` as one record without waiting (for the worker's timer, which must
+        not), or raise OSError. A record the socket cannot take whole is left to the close
+        that follows: the connection is being cut anyway."""
+        try:
+            return self.conn.send(data)
+        except SSL.Error as exc:
+            raise OSError(errno.EAGAIN, f"TLS: {_reason(exc)}") from None
+
     def sendall(self, data):
         view = memoryview(data)
         sent = 0

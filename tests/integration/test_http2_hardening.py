@@ -778,6 +778,28 @@ def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, up
         slow.close()
 
 
+def test_an_h2_connection_over_tls_closed_for_a_slow_body_is_told_why(launcher, upstream,
+                                                                      tmp_path):
+    """The GOAWAY of the test above, over TLS: a record the timer writes without waiting
+    (the send queue is empty), where the connection used to get a bare close."""
+    cert, key, _ = CA(tmp_path).issue("localhost")
+    port = free_port()
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], server={
+        "worker_connections": 10, "client_body_timeout": 4.0, "min_body_rate": 1024},
+        tls={"bind": [f"127.0.0.1:{port}"],
+             "certificates": [{"cert": str(cert), "key": str(key)}]}))
+    slow = H2Trickler(port, 12, tls=True)
+    try:
+        time.sleep(1.0)
+        served = first_served(gw.port, 10)
+        assert served is not None and served < 9, "no client served while slots were full"
+        wait_until(lambda: slow.goaways, 6)
+        assert b"under min_body_rate" in slow.goaways[0].additional_data, slow.goaways
+        assert slow.goaways[0].error_code == E.ENHANCE_YOUR_CALM
+    finally:
+        slow.close()
+
+
 def test_idle_h2_connections_give_their_slots_to_new_clients(launcher, upstream):
     """An HTTP/2 connection with no stream open is idle, as a keep-alive HTTP/1.1 one is:
     when every slot is taken the oldest idle one is closed (GOAWAY) for a new client. They
