@@ -6,8 +6,8 @@
   executes, between two SIGUSR2 (the first starts the count, the second writes
   ``bytecodes-<pid>.json``: {"file:line:function": count}). Bytecodes are not all the same
   price, but the count is exact and the host's noise cannot move it: it shows where a
-  request's Python work is, function by function (scripts/bench-bytecodes). Every frame is
-  traced, so the worker runs ~20x slower meanwhile.
+  request's Python work is, function by function (scripts/bench-instructions --bytecodes).
+  Every frame is traced, so the worker runs many times slower meanwhile.
 
 One at a time: with both set, the worker runs under cProfile only.
 """
