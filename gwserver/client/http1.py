@@ -462,7 +462,9 @@ class ClientConnection:
                     return
                 self.queue.popleft()
                 if not self.queue:
-                    self.current = None     # an idle connection holds no request (its body)
+                    # An idle connection holds no request (its headers, a body a plugin
+                    # answered): neither its parser's nor this loop's (read_head waits).
+                    self.current = req = None
         except ClientGone:
             pass
         finally:

@@ -1,5 +1,10 @@
 """What the HTTP/1.1 reader keeps of each request header (ClientConnection.on_header), without
-sockets: forwarded as sent, kept for plugins only, or dropped."""
+sockets: forwarded as sent, kept for plugins only, or dropped. And what an idle keep-alive
+connection keeps of its last request (nothing), with real sockets in a child process."""
+import json
+import subprocess
+import sys
+import textwrap
 from collections import deque
 
 import pytest
@@ -85,3 +90,60 @@ def test_trailers_count_against_the_limits_and_are_never_kept():
 def test_a_field_over_its_size_limit_is_named():
     with pytest.raises(HeadersTooLarge, match="X-Big"):
         read(reader(field_size=20), (b"X-Big", b"x" * 20))
+
+
+IDLE_CHILD = textwrap.dedent("""
+    import gc, json, sys
+    from gevent import monkey
+    monkey.patch_all()                  # as in a worker
+    import gevent
+    from gevent import socket
+    from gwserver.client.http1 import ClientConnection
+    from gwserver.core.context import RequestContext
+    from gwserver.server.runtime import Runtime
+    from gwserver.settings import parse_conf
+
+    conf = parse_conf({"server": {"state_dir": sys.argv[1], "keepalive": 30.0}, "routes": [{
+        "id": "r", "paths": ["/*rest"], "plugins": {"redirect": {"uri": "/elsewhere"}},
+        # never asked: the plugin answers before the request would be sent on
+        "upstream": {"targets": [{"url": "http://127.0.0.1:9"}]}}]})
+    runtime = Runtime(conf, 10)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    sock, addr = listener.accept()
+    conn = ClientConnection(runtime, sock, addr)
+    gevent.spawn(conn.serve)
+    body = b"x" * 40000
+    client.sendall(b"POST /upload HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: %d\\r\\n\\r\\n"
+                   % len(body) + body)
+    answer = b""
+    while b"\\r\\n\\r\\n" not in answer:
+        answer += client.recv(65536)
+    for _ in range(500):                # back in read_head, waiting for the next request
+        if conn in runtime.idle_clients:
+            break
+        gevent.sleep(0.01)
+    gc.collect()
+    held = [(r.method, r.path, r.body_size) for r in gc.get_objects()
+            if isinstance(r, RequestContext)]
+    print(json.dumps({"answer": answer.split(b"\\r\\n\\r\\n")[0].decode(),
+                      "idle": conn in runtime.idle_clients, "held": held}))
+""")
+
+
+def test_an_idle_keep_alive_connection_holds_no_request(tmp_path):
+    """A review found that ClientConnection.current kept the last request (its headers, and a
+    body a plugin answered before it was sent on) for as long as a keep-alive connection sat
+    idle, and serve()'s own ``req`` kept it too while read_head waited. A real connection (a
+    worker's Runtime, loopback sockets, gevent as in a worker: in a child process) answered by
+    a plugin, then idle: no request of it is alive."""
+    out = subprocess.run([sys.executable, "-c", IDLE_CHILD, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["answer"].startswith("HTTP/1.1 301") and \
+        "Connection: keep-alive" in seen["answer"], seen
+    assert seen["idle"], seen
+    assert seen["held"] == [], f"an idle connection still holds {seen['held']}"
