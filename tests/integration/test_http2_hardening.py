@@ -3,10 +3,13 @@ client (real clients cannot misbehave): each ends the offending stream or connec
 right error code, and another client of the same worker is served meanwhile (its worst latency
 during the attack is measured)."""
 import http.client
+import json
 import os
 import socket
 import ssl
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -1018,6 +1021,94 @@ def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
         assert idle.goaway() is not None and idle.goaway().error_code == E.NO_ERROR
         idle.close()
     client.close()
+
+
+RACE_CHILD = textwrap.dedent("""
+    import json, sys
+    from gevent import monkey
+    monkey.patch_all()                  # as in a worker
+    import gevent
+    from gevent import socket
+    from gwserver.client.h2server import H2ServerConnection
+    from gwserver.client.tls import ServerTLS
+    from gwserver.net.sockets import OPEN, idle_state
+    from gwserver.server.runtime import Runtime
+    from gwserver.settings import parse_conf
+    from tests.h2client import RawH2
+
+    hold = monkey.get_original("time", "sleep")     # the whole worker waits: no greenlet runs
+    state, cert, key = sys.argv[1:]
+    KEEPALIVE = 1.0
+    conf = parse_conf({
+        "server": {"state_dir": state, "keepalive": KEEPALIVE},
+        "tls": {"certificates": [{"cert": cert, "key": key}]},
+        "routes": [{"id": "r", "paths": ["/*rest"], "plugins": {"redirect": {"uri": "/x"}},
+                    # never asked: the plugin answers
+                    "upstream": {"targets": [{"url": "http://127.0.0.1:9"}]}}]})
+    runtime = Runtime(conf, 10, ServerTLS(conf.tls))
+    runtime.deadlines.start()           # the ticker that runs keepalives out
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    served = []
+
+    def serve():
+        sock, addr = listener.accept()
+        tls = runtime.tls_server.wrap(sock)
+        tls.do_handshake()
+        served.append(H2ServerConnection(runtime, tls, addr, scheme="https"))
+        served[0].serve()
+
+    gevent.spawn(serve)
+    client = RawH2(listener.getsockname()[1], tls=True)
+    first = client.response(client.request("/first"))
+    client.flush()
+    conn = served[0]
+    for _ in range(300):                # idle, all the client sent read: the HEADERS will be
+        gevent.sleep(0.01)              # the first record the reader takes
+        idle = conn.wait_state == "idle" and idle_state(conn.sock._sock) is OPEN
+        if idle:
+            break
+    idle = idle and not conn.timed_out
+    hold(KEEPALIVE + 0.3)               # the keepalive runs out: the ticker is due...
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                                   (b":path", b"/second"), (b":authority", b"localhost")],
+                             end_stream=True)
+    client.flush()                      # ...and the reader: both in the loop's next turn
+    hold(0.05)
+    one_turn = not conn.timed_out       # (neither ran before both were due)
+    client.pump(lambda c: c.closed or c.ended(sid), timeout=3)
+    goaway = client.goaway()
+    print(json.dumps({
+        "first": first and first[0], "idle": idle, "one_turn": one_turn, "sid": sid,
+        "expired": conn.timed_out, "taken": conn.last_stream_id,
+        "answered": client.ended(sid), "reset": client.reset_code(sid),
+        "goaway": goaway and [goaway.error_code, goaway.last_stream_id]}))
+""")
+
+
+def test_a_request_read_as_a_tls_keepalive_runs_out_is_refused_not_lost(tmp_path):
+    """A second attack pass: on TLS an idle connection's GOAWAY goes out from a greenlet, and
+    a request read before that greenlet ran was taken, named in the GOAWAY as taken and lost
+    with the socket (1 in 93 tries against a gateway). The connection drains from the expiry
+    on: the request is refused (REFUSED_STREAM, safe to send again) or answered, never lost.
+
+    Made certain rather than tried: a worker (Runtime, the TLS stack, H2ServerConnection,
+    its ticker) and its client in a child process, whose loop is held until the keepalive has
+    run out and the HEADERS are in, so the ticker and the reader wake in the same turn of it
+    (the ticker first: gevent's libev loop runs the timers due before the sockets ready), as
+    in the race in a real worker."""
+    cert, key, _ = CA(tmp_path).issue("localhost")
+    out = subprocess.run([sys.executable, "-c", RACE_CHILD, str(tmp_path), str(cert),
+                          str(key)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["first"] == 301 and seen["idle"], seen
+    assert seen["one_turn"] and seen["expired"], f"the race was not set up: {seen}"
+    goaway, sid = seen["goaway"], seen["sid"]
+    assert seen["answered"] or seen["reset"] == E.REFUSED_STREAM or \
+        (goaway is not None and goaway[1] < sid), f"stream {sid} lost: {seen}"
 
 
 def test_a_reset_upload_leaves_no_waiting_time_behind(launcher, upstream):
