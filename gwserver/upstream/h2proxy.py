@@ -107,10 +107,11 @@ class H2Forwarder:
         authority = upstream_host(req, target, upstream)
         headers = [(b":method", req.method.encode()), (b":scheme", target.scheme.encode()),
                    (b":path", upstream_path(req).encode("latin-1")), (b":authority", authority)]
-        named = req.connection_tokens or ()
+        # (what the client's Connection header named left req.headers as it was read:
+        # never what a plugin added afterwards)
         for name, value in req.headers:
             lower = name.lower()
-            if lower in WRITTEN_UPSTREAM or lower in named:
+            if lower in WRITTEN_UPSTREAM:
                 continue
             if grpc and lower in (b"content-type", b"x-grpc-web", b"accept"):
                 continue
