@@ -27,6 +27,7 @@ token is not verified again on every request.
 import json
 import logging
 import os
+import re
 import time
 
 from ..core import consumers
@@ -201,7 +202,9 @@ class Verifier:
         for key in self.jwks.keys:
             if kid is None or key.key_id == kid:
                 return key
-        raise TokenRejected(f"no key with kid {kid!r} in the JWKS")
+        # the kid is the client's, unverified: bounded here, made a quoted-string's
+        # characters in _unauthorized
+        raise TokenRejected(f"no key with kid {str(kid)[:64]!r} in the JWKS")
 
     def verify(self, token):
         """-> claims; raises TokenRejected with a description a client may read."""
@@ -318,10 +321,17 @@ def granted_scopes(claims):
     return set()
 
 
+# RFC 6750 3: error_description holds %x20-21 / %x23-5B / %x5D-7E, nothing else: a quote
+# would end the parameter (a client's kid adding its own error= or scope=), and a character
+# outside latin-1 could not be written in a header at all
+_NOT_IN_DESCRIPTION = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
 def _unauthorized(description=None):
     challenge = 'Bearer realm="gwserver"'
     if description:
-        challenge += f', error="invalid_token", error_description="{description}"'
+        challenge += (', error="invalid_token", error_description="'
+                      f'{_NOT_IN_DESCRIPTION.sub("?", description)}"')
     return Reply.json(401, {"error": "unauthorized",
                             "message": description or "a bearer token is required"},
                       [("WWW-Authenticate", challenge)])
