@@ -181,7 +181,8 @@ ROUTE = Schema(
           string(ROUTE_ID, "an upstream object or the id of one")(value),
           doc="inline upstream object, or the id of a named upstream"),
     Field("strip_prefix", string(r"/[^?#]*", "a path starting with /"), None,
-          "removed from the start of the path before proxying; must prefix every path"),
+          "removed from the start of the path before proxying (\"/api/\" takes \"/api\" "
+          "too); must prefix every path"),
     Field("timeouts", TIMEOUTS, None, "overrides of the upstream's timeouts"),
     Field("retry", RETRY, None, "overrides of the upstream's retry policy, field by field"),
     Field("max_body_size", integer(0), None,

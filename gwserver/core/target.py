@@ -85,6 +85,23 @@ def normalise_path(path, escaped_slashes="reject", merge_slashes=True, path_para
     return bytes(out)
 
 
+def strip_path_prefix(path, prefix):
+    """``path`` (canonical, str) less a route's ``strip_prefix``: absolute, never empty, or
+    None when the cut would leave a dot segment first ("/svc../x" less "/svc"; a rewrite can
+    make such a path, whose whole form is canonical). A prefix ending in "/" also takes the
+    bare prefix ("/api" less "/api/" is "/"), as ``/api/*rest`` matches ``/api``."""
+    if path.startswith(prefix):
+        rest = path[len(prefix):]
+        if rest[:1] == "/":
+            return rest
+        if rest.partition("/")[0] in (".", ".."):
+            return None
+        return "/" + rest
+    if prefix[-1:] == "/" and path == prefix[:-1]:
+        return "/"
+    return path
+
+
 def _slash(byte, action, kept):
     if action == "decode":
         return b"/"

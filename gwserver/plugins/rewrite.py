@@ -14,8 +14,11 @@ anchor it with ``^...$`` to replace the whole path. The result must itself be ca
 (core.target's rules at their strictest: no ``//``, no dot segments, no encoded slash or
 backslash, no ``;``, starting with ``/``): a replacement whose fixed text is not is a config
 error, and a request whose captures would make one (``/a/$1`` with ``$1`` = ``..``, or empty)
-is refused with 500 and a log line naming the route and both paths, so a rewrite cannot
-re-open what docs/security.md closes. Order: the access phase sets ``ctx.path``; the proxy then
+or a path the route's ``strip_prefix`` would cut into a dot segment, is refused with 500 and
+a log line naming the route and both paths, so a rewrite cannot re-open what docs/security.md
+closes. A ``$variable``'s value is percent-encoded where a path cannot hold it raw
+(``variables.path_escape``): a client's X-Request-ID never writes spaces into the upstream's
+request line. Order: the access phase sets ``ctx.path``; the proxy then
 builds the upstream's path from it (``upstream_path``), removing the route's ``strip_prefix``
 if the rewritten path starts with it; the query is kept as it came.
 
@@ -42,10 +45,10 @@ from ..core.context import Reply
 from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable, is_field_value
 from ..core.schema import (Field, Schema, header_name, header_value, list_of, map_of,
                            show, status_code, string)
-from ..core.target import normalise_path
+from ..core.target import normalise_path, strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest
-from .variables import compile_template
+from .variables import compile_template, path_escape
 
 log = logging.getLogger("gwserver.plugins")
 
@@ -200,9 +203,11 @@ def _rewrite_path(path_conf, ctx):
         elif isinstance(part, int):
             pieces.append(m.group(part) or "")
         else:
-            pieces.append(part(ctx))
+            pieces.append(path_escape(part(ctx)))
     new = ctx.path[:m.start()] + "".join(pieces) + ctx.path[m.end():]
-    if not _canonical(new) or "?" in new or "#" in new:
+    strip = ctx.route.strip_prefix if ctx.route else None
+    if not _canonical(new) or "?" in new or "#" in new or \
+            strip and strip_path_prefix(new, strip) is None:
         route_id = ctx.route.id if ctx.route else None
         throttled_log.log(log, logging.ERROR, ("rewrite refused", route_id),
                           "route %s: rewrite made %r from %r, which is not a canonical path; "

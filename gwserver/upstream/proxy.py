@@ -40,11 +40,12 @@ from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
 from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
 from ..core.routes import no_target_reason
+from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
-from ..errors import (BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
-                      UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
-                      UpstreamTimeout)
+from ..errors import (BadRequest, HTTPError, InternalError, PayloadTooLarge,
+                      ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
+                      UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, idle_state,
                            recv_when_readable, send_all, send_unless_answered,
                            tls_idle_state)
@@ -1030,10 +1031,11 @@ def upstream_path(req):
     empty, always absolute), and the query."""
     path = req.path
     strip = req.route.strip_prefix
-    if strip and path.startswith(strip):
-        path = path[len(strip):] or "/"
-        if path[0] != "/":
-            path = "/" + path
+    if strip:
+        path = strip_path_prefix(path, strip)
+        if path is None:        # a rewrite's path the prefix cuts into a dot segment
+            raise InternalError(f"strip_prefix {strip!r} cuts {req.path[:200]!r} into a "
+                                f"dot segment")
     return path + "?" + req.query if req.query else path
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from gwserver.core.realip import TrustedProxies
 from gwserver.net.sockets import peer_address
-from gwserver.core.target import normalise_host, normalise_path
+from gwserver.core.target import normalise_host, normalise_path, strip_path_prefix
 from gwserver.errors import BadRequest
 
 
@@ -164,3 +164,20 @@ def test_a_peer_file_from_a_former_boot_is_ignored_and_removed(tmp_path):
     counts, refused = share.peers(time.monotonic())
     assert counts == {"u": [5, 1]} and refused == {}
     assert not old.exists() and live.exists()
+
+
+@pytest.mark.parametrize("path, prefix, stripped", [
+    ("/api/users", "/api", "/users"),
+    ("/api", "/api", "/"),
+    ("/api/", "/api", "/"),
+    ("/api/users", "/api/", "/users"),
+    ("/api", "/api/", "/"),             # the bare prefix, as /api/*rest matches /api
+    ("/apix/y", "/api", "/x/y"),        # a cut inside a segment (string prefix, as before)
+    ("/other", "/api", "/other"),       # not under the prefix: as it is
+    ("/svc../admin", "/svc", None),     # a rewrite's canonical path cut into "/../admin"
+    ("/svc./admin", "/svc", None),
+    ("/svc..", "/svc", None),
+    ("/svc...x/y", "/svc", "/...x/y"),  # "...x" is no dot segment
+])
+def test_strip_path_prefix(path, prefix, stripped):
+    assert strip_path_prefix(path, prefix) == stripped

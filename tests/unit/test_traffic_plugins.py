@@ -11,7 +11,7 @@ from gwserver.core.context import RequestContext, ResponseHead
 from gwserver.state.store import LocalStore
 from gwserver.errors import ConfigError
 from gwserver.plugins import load_registry
-from gwserver.plugins.variables import compile_template, uri_escape
+from gwserver.plugins.variables import compile_template, path_escape, uri_escape
 
 
 class _Route:
@@ -134,6 +134,28 @@ def test_captures_that_make_a_path_that_is_not_canonical_get_500(path):
     assert plugin.access(conf, ctx).status == 500 and ctx.path == path
 
 
+@pytest.mark.parametrize("request_id, path", [
+    ("a /admin", "/t/a%20/admin/x"),        # no four-word request line upstream
+    ("a\tb?c#d", "/t/a%09b%3Fc%23d/x"),
+    ("\xc3\xa9", "/t/%C3%A9/x"),            # UTF-8 read as latin-1: its bytes, encoded
+])
+def test_variables_in_a_rewritten_path_are_percent_encoded(request_id, path):
+    plugin, conf = step({"rewrite": {"path": {"match": "^/rid/(.*)$",
+                                              "replace": "/t/$request_id/$1"}}})
+    ctx = ctx_for("/rid/x")
+    ctx.request_id = request_id
+    assert plugin.access(conf, ctx) is None and ctx.path == path
+
+
+@pytest.mark.parametrize("request_id", ["..", "a/../b", "\xe9"])     # "\xe9": not UTF-8
+def test_variables_that_make_a_path_that_is_not_canonical_get_500(request_id):
+    plugin, conf = step({"rewrite": {"path": {"match": "^/rid/(.*)$",
+                                              "replace": "/t/$request_id/$1"}}})
+    ctx = ctx_for("/rid/x")
+    ctx.request_id = request_id
+    assert plugin.access(conf, ctx).status == 500 and ctx.path == "/rid/x"
+
+
 def test_header_edits_with_variables_and_an_empty_set_removes_the_clients_copy():
     plugin, conf = step({"rewrite": {"request_headers": {
         "set": {"X-Consumer": "$consumer", "X-Who": "$client_ip/$param_id/$request_id"},
@@ -214,3 +236,8 @@ def test_acl_remembers_a_verdict_per_consumer_version_never_across_versions():
     assert plugin.access(conf, ctx) is None             # remembered
     ctx.consumer = compile_consumer("acme", {"groups": ["former"]}, registry)
     assert plugin.access(conf, ctx).status == 403
+
+
+def test_path_escape_keeps_separators_and_escapes_and_encodes_the_rest():
+    assert path_escape("/a%2Fb c?d#e\r\n\\\"<>\xe9;=@") == \
+        "/a%2Fb%20c%3Fd%23e%0D%0A%5C%22%3C%3E%E9;=@"
