@@ -18,9 +18,12 @@ past it, 429 with ``Retry-After`` and no comparison, so a flood of random keys c
 dictionary look-up each; keys already found good pass without touching the budget.
 
 The key is looked for only where configured: with ``query = ""`` a key in the query string is
-not a key. It is removed before proxying (``hide_credentials = true``, the default), so the
-upstream and its logs never see it, and neither does the access log: its ``query`` field and
-the common format's target hold the query the upstream got.
+not a key. It is removed before proxying (``hide_credentials = true``, the default: from the
+header and the query both), so the upstream and its logs never see it, and neither does the
+access log: its ``query`` field and the common format's target hold the query the upstream got.
+A request carrying two different keys (header and parameter, or the parameter twice) is a 401
+``ambiguous_key``: the gateway would check one and an upstream that reads keys might take the
+other.
 """
 import hashlib
 import hmac
@@ -105,14 +108,14 @@ def prepare(conf):
 
 
 def _from_query(query, name):
-    """(key, query without it) for parameter ``name``, or (None, query)."""
+    """(the keys parameter ``name`` holds, query without them) for parameter ``name``."""
     if not query or name not in query:
-        return None, query
-    found, kept = None, []
+        return [], query
+    found, kept = [], []
     for part in query.split("&"):
         key, _, value = part.partition("=")
         if unquote_plus(key) == name:
-            found = unquote_plus(value) if found is None else found
+            found.append(unquote_plus(value))
         else:
             kept.append(part)
     return found, "&".join(kept)
@@ -160,10 +163,16 @@ def access(conf, ctx):
     consumers.strip_client_copies(ctx)
     key = ctx.header_map.get(conf["header_b"])
     key = key.decode("latin-1") if key is not None else None
-    in_query = False
-    if key is None and conf["query"]:
-        key, rest = _from_query(ctx.query, conf["query"])
-        in_query = key is not None
+    in_query, rest = [], None
+    if conf["query"]:
+        in_query, rest = _from_query(ctx.query, conf["query"])
+        if len(set(in_query) | ({key} if key is not None else set())) > 1:
+            # The gateway would check one and an upstream that reads keys too might take
+            # another (the header's, the last parameter's): two consumers for one request.
+            return authlib.unauthorized(_challenge(conf), "the request carries more than one "
+                                        "API key", "ambiguous_key")
+        if key is None and in_query:
+            key = in_query[0]
     if not key:
         return authlib.anonymous_or(conf, ctx, _missing(conf))
     directory = ctx.services.consumers
@@ -176,8 +185,7 @@ def access(conf, ctx):
     if conf["hide_credentials"]:
         if in_query:
             ctx.query = rest
-        else:
-            ctx.remove_header(conf["header_b"])
+        ctx.remove_header(conf["header_b"])
     consumers.identify(ctx, consumer)
     return None
 
