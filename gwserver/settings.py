@@ -14,7 +14,8 @@ from types import MappingProxyType
 from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
-from .core.routes import ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream
+from .core.routes import (ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream,
+                          unreachable_paths)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
                           map_of, number, one_of, show, string)
@@ -436,6 +437,7 @@ def conf_warnings(conf):
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
+    warnings += unreachable_paths(conf.static_routes)
     return warnings
 
 

@@ -517,6 +517,29 @@ def check_path(pattern):
     return segments
 
 
+def unreachable_paths(specs):
+    """Warnings for paths of validated route specs that no request can reach: another route
+    has the same pattern, ``prefix`` and conditions (hosts, methods, headers, claims) and wins
+    the tie the router breaks (higher priority, then the lower id): a copied route block, say.
+    Not an error: the table works, one route in it never serves that path."""
+    sharing = {}
+    for spec in specs:
+        conditions = tuple(frozenset(spec.get(key) or ()) for key in ("hosts", "methods")) + \
+            tuple(frozenset((spec.get(key) or {}).items()) for key in ("headers", "claims"))
+        for pattern in spec["paths"]:
+            sharing.setdefault((pattern, bool(spec.get("prefix")), conditions), []).append(spec)
+    warnings = []
+    for (pattern, _, _), specs_here in sharing.items():
+        winner, *losers = sorted(specs_here, key=lambda s: (-s.get("priority", 0), s["id"]))
+        for loser in losers:
+            why = "a higher priority" if winner.get("priority", 0) > loser.get("priority", 0) \
+                else "the same priority and the lower id"
+            warnings.append(f"route {loser['id']}: paths {show(pattern)} is never served by "
+                            f"it: route {winner['id']} has the same path and conditions and "
+                            f"wins ({why})")
+    return warnings
+
+
 def path_problems(spec):
     """What is wrong with a validated route spec's paths and strip_prefix, as a list."""
     problems = []

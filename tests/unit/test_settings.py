@@ -209,3 +209,26 @@ def test_proxy_protocol_names_a_listener_by_the_workers_rule(bind, entry):
     conf = parse_conf({"server": {"bind": [bind], "proxy_protocol": [entry],
                                   "trusted_proxies": ["10.0.0.0/8"]}})
     assert conf.server["proxy_protocol"] == [entry]
+
+
+def _route(rid, paths, **extra):
+    return {"id": rid, "paths": paths, "upstream": {"targets": [{"url": "http://10.0.0.1"}]},
+            **extra}
+
+
+def test_a_route_path_no_request_can_reach_is_warned_about():
+    """A copied route block: the same path and conditions as another route that wins the
+    router's tie (priority, then id) leaves the copy dead on that path; check says so."""
+    from gwserver.settings import conf_warnings
+    conf = parse_conf({"routes": [
+        _route("orders-v1", ["/orders"]), _route("orders-v2", ["/orders", "/x"]),
+        _route("x-first", ["/x"], priority=5),
+        _route("by-host", ["/orders"], hosts=["a.example"]),        # a condition apart
+        _route("by-method", ["/orders"], methods=["POST"]),
+        _route("below", ["/orders"], prefix=True),                   # prefix is another match
+    ]})
+    assert conf_warnings(conf) == [
+        'route orders-v2: paths "/orders" is never served by it: route orders-v1 has the same '
+        'path and conditions and wins (the same priority and the lower id)',
+        'route orders-v2: paths "/x" is never served by it: route x-first has the same path '
+        'and conditions and wins (a higher priority)']
