@@ -85,7 +85,8 @@ def cidr(value):
 
 SERVER = Schema(
     Field("bind", list_of(bind_address, min_items=1), lambda: ["127.0.0.1:8080"],
-          "addresses to listen on, as \"host:port\" (\"[::]:8080\" for IPv6)"),
+          "addresses to listen on, as \"host:port\" (\"[::]:8080\" for IPv6: IPv6-only "
+          "beside an IPv4 address on its port, as nginx's listen [::]:80, else dual-stack)"),
     Field("workers", worker_count, "auto",
           "worker processes: a positive integer, or \"auto\" for one per core (nginx's "
           "worker_processes auto)"),

@@ -16,8 +16,10 @@ Workers tell listeners apart by address (``GatewayWorker.serve``), so a socket k
 role changes (say, the admin port becomes a server port) is served in its new role by the
 workers of the new configuration.
 """
+import socket
+
 from gunicorn import sock
-from gunicorn.util import parse_address
+from gunicorn.util import is_ipv6, parse_address
 
 ROLES = ("server", "tls", "admin")
 
@@ -92,6 +94,41 @@ def bind_all(roles, cfg, log, attempts=5):
             time.sleep(1)
 
 
+class V6OnlySocket(sock.TCP6Socket):
+    """``[::]:P`` beside an IPv4 address on port P (nginx's ``listen 80; listen [::]:80;``):
+    IPv6 only, as nginx's ``ipv6only=on`` default does, or its dual-stack bind would take
+    the IPv4 port too and the IPv4 listener could not be bound."""
+
+    def set_options(self, sock_, bound=False):
+        if not bound:
+            sock_.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return super().set_options(sock_, bound)
+
+
+def socket_type(address, addresses):
+    """gunicorn's socket class for ``address``; V6OnlySocket for the IPv6 wildcard when
+    ``addresses`` (every address to listen on) holds an IPv4 one on the same port."""
+    cls = sock._sock_type(address)
+    if cls is sock.TCP6Socket and address[0] in ("::", "::0") and any(
+            isinstance(other, tuple) and other[1] == address[1] and not is_ipv6(other[0])
+            for other in addresses):
+        return V6OnlySocket
+    return cls
+
+
+def _holds_ipv4_port(listener, address):
+    """Is ``listener`` a dual-stack IPv6 wildcard on ``address``'s port, an IPv4 address?"""
+    if not isinstance(address, tuple) or is_ipv6(address[0]) or listener.sock is None or \
+            listener.sock.family != socket.AF_INET6:
+        return False
+    try:
+        host, port = listener.sock.getsockname()[:2]
+        return port == address[1] and host == "::" and not listener.sock.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    except OSError:
+        return False
+
+
 def rebind(current, roles, cfg, log):
     """(listeners for ``roles`` in their order, listeners to retire); see the module doc."""
     remaining = list(current)
@@ -100,14 +137,22 @@ def rebind(current, roles, cfg, log):
         kept = next((lnr for lnr in remaining if _matches(lnr, address)), None)
         if kept is not None:
             remaining.remove(kept)
+            if kept.sock is not None:
+                # server.backlog: listen() again on a listening socket sets the new limit
+                # (Linux), the queue and its connections untouched
+                kept.sock.listen(cfg.backlog)
             wanted.append(name_listener(kept, role))
             continue
         try:
-            listener = sock._sock_type(address)(address, cfg, log)
+            listener = socket_type(address, roles)(address, cfg, log)
         except (OSError, ValueError) as exc:
             for lnr in fresh:
                 lnr.close()
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            dual = next((lnr for lnr in current if _holds_ipv4_port(lnr, address)), None)
+            if dual is not None:
+                reason += (f" (the listener on {describe(dual.cfg_addr)}, bound dual-stack, "
+                           f"holds IPv4 port {address[1]} too: restart to listen on both)")
             raise ListenerError(f"cannot listen on the {role} address {describe(address)}: "
                                 f"{reason}") from exc
         fresh.append(listener)

@@ -5,13 +5,15 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import tomllib
 
 import pytest
 
-from ..conftest import free_port, gateway_conf, route, to_toml, wait_until
+from ..conftest import free_port, gateway_conf, listens_on, route, to_toml, wait_until
 from ..pki import CA
 
 
@@ -207,3 +209,78 @@ def test_a_reload_onto_a_taken_port_is_refused_and_the_gateway_serves_on(
     if role == "admin":
         wait_until(lambda: refused(gw.admin_port), timeout=10)
     assert "Connection in use" not in gw.log()
+
+
+def has_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def answers_on_ipv6(port):
+    conn = http.client.HTTPConnection("::1", port, timeout=5)
+    try:
+        conn.request("GET", "/echo")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_an_ipv4_and_the_ipv6_wildcard_on_one_port_both_listen(launcher, upstream, tmp_path):
+    """nginx's `listen 8080; listen [::]:8080;`: `[::]` beside an IPv4 address on its port
+    is bound IPv6-only. It was bound dual-stack, took the IPv4 port too, and the gateway
+    could not start (Address already in use, five tries, exit 1: a restart loop under
+    systemd)."""
+    port = free_port()
+    conf = gateway_conf([route("e", ["/echo"], upstream.url)],
+                        server={"bind": [f"127.0.0.1:{port}", f"[::]:{port}"],
+                                "state_dir": str(tmp_path / "state")},
+                        admin={"bind": f"127.0.0.1:{free_port()}"})
+    path = tmp_path / "dual.toml"
+    path.write_text(to_toml(conf))
+    with open(tmp_path / "dual.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gwserver", "run", "-c", str(path)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                start_new_session=True)
+    launcher.started.append(proc)           # stopped by the launcher, whatever happens
+    wait_until(lambda: proc.poll() is not None or listens_on(proc.pid, port), timeout=20)
+    assert proc.poll() is None, (tmp_path / "dual.log").read_text()[-800:]
+    wait_until(lambda: answers(port) == 200, timeout=20)
+    assert answers_on_ipv6(port) == 200
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_adding_ipv4_beside_a_dual_stack_listener_is_refused_naming_why(start_gateway,
+                                                                       upstream):
+    """`[::]:P` alone is dual-stack (IPv4 clients too); a reload adding 127.0.0.1:P cannot
+    bind beside it, and the refusal says which listener holds the port and what to do."""
+    other = free_port()
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)]),
+                       extra_binds=[f"[::]:{other}"])
+    assert answers(other) == 200 and answers_on_ipv6(other) == 200
+    refused_reload(gw, lambda conf: conf["server"]["bind"].append(f"127.0.0.1:{other}"),
+                   f"the listener on [::]:{other}, bound dual-stack, holds IPv4 port {other} "
+                   f"too: restart to listen on both")
+    assert answers(other) == 200 and answers_on_ipv6(other) == 200
+
+
+def listen_backlog(port):
+    """The accept-queue limit of the listener on 127.0.0.1:port (ss's Send-Q)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return next(int(line.split()[2]) for line in out.splitlines()
+                if line.split()[3] == f"127.0.0.1:{port}")
+
+
+def test_a_reload_applies_a_new_backlog_to_the_kept_listener(start_gateway, upstream):
+    """A kept listener kept its backlog while the log said "reload complete" (an operator's
+    pass: 2048 -> 16, ss still showed 2048): listen() again on it sets the new one."""
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)],
+                                    server={"backlog": 64}))
+    assert listen_backlog(gw.port) == 64
+    reload(gw, lambda conf: conf["server"].update(backlog=16))
+    assert listen_backlog(gw.port) == 16 and answers(gw.port) == 200
