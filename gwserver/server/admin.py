@@ -25,6 +25,7 @@ import time
 import gevent
 
 from ..core.context import Reply
+from ..errors import ConfigError
 from ..redact import redact
 from .app import rfc3339
 from ..client.http1 import ClientConnection, render_reply
@@ -174,12 +175,12 @@ def config_view(runtime):
     reload = {key: master.get(key) for key in ("generation", "last_reload_successful",
                                                "last_reload_success", "last_reload_attempt")}
     if conf.etcd is None:
-        return Reply.json(200, {"source": "conf file", "path": conf.path,
+        return Reply.json(200, {"source": "conf file", "path": os.path.abspath(conf.path),
                                 "routes": len(runtime.router), "reload": reload})
     status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
     if status.get("last_sync"):
         status["last_sync"] = rfc3339(status["last_sync"])
-    return Reply.json(200, {"source": "etcd", "path": conf.path,
+    return Reply.json(200, {"source": "etcd", "path": os.path.abspath(conf.path),
                             "endpoints": list(conf.etcd["endpoints"]),
                             "prefix": conf.etcd["prefix"], "sync": status, "reload": reload,
                             "worker_generation": runtime.table_reader.generation})
@@ -200,13 +201,16 @@ def route_view(runtime, route_id):
     if route is None:
         return _not_found("route", route_id)
     spec = {k: v for k, v in route.spec.items() if k not in ("upstream", "plugins")}
+    configured = {**(runtime.conf.plugins or {}),
+                  **(_upstream_spec(runtime, route.upstream, route).get("plugins") or {}),
+                  **(route.spec.get("plugins") or {})}
     return Reply.json(200, redact({
         "pid": os.getpid(), "id": route.id, "source": _source(runtime, "routes", route.id),
         "spec": spec, "methods": sorted(route.methods) if route.methods else None,
-        "upstream": _upstream(runtime, route.upstream),
-        "plugins": [_plugin(plugin, conf) for plugin, conf in route.chain.steps],
+        "upstream": _upstream(runtime, route.upstream, route),
+        "plugins": [_plugin(plugin, conf, configured) for plugin, conf in route.chain.steps],
         "connect_timeout": route.connect_timeout, "read_timeout": route.read_timeout,
-        "max_body_size": route.max_body_size}))
+        "max_body_size": route.max_body_size, "retry": _retry(route.retry)}))
 
 
 def upstream_view(runtime, upstream_id):
@@ -219,12 +223,34 @@ def upstream_view(runtime, upstream_id):
         upstream = runtime.router.routes[users[0]].upstream
     if upstream is None:
         return _not_found("upstream", upstream_id)
-    return Reply.json(200, redact({"pid": os.getpid(), **_upstream(runtime, upstream),
+    route = runtime.router.routes[users[0]] if users else None
+    return Reply.json(200, redact({"pid": os.getpid(), **_upstream(runtime, upstream, route),
                                    "source": _source(runtime, "upstreams", upstream_id),
                                    "routes": users}))
 
 
-def _upstream(runtime, upstream):
+def _upstream_spec(runtime, upstream, route=None):
+    """The upstream as written: etcd's, the conf file's [upstreams.ID], or inline in
+    ``route``; {} when none is found."""
+    table = runtime.table
+    if table is not None and upstream.id in table.upstream_specs:
+        return table.upstream_specs[upstream.id][1] or {}
+    named = runtime.conf.static_upstreams or {}
+    if upstream.id in named:
+        return named[upstream.id] or {}
+    inline = (route.spec or {}).get("upstream") if route is not None else None
+    return inline if isinstance(inline, dict) else {}
+
+
+def _retry(policy):
+    """A RetryPolicy in the shape of its config (``retry`` in docs/routes.md)."""
+    return {"on": sorted(policy.events) + [str(s) for s in sorted(policy.statuses)],
+            "attempts": policy.attempts, "per_try_timeout": policy.per_try_timeout,
+            "backoff": policy.backoff, "methods": sorted(policy.methods)}
+
+
+def _upstream(runtime, upstream, route=None):
+    configured = _upstream_spec(runtime, upstream, route).get("plugins") or {}
     out = {}
     for field in dataclasses.fields(upstream):
         value = getattr(upstream, field.name)
@@ -232,8 +258,10 @@ def _upstream(runtime, upstream):
             value = [{"url": t.url, "weight": t.weight,
                       **runtime.health.describe(upstream.id, t.url)} for t in value]
         elif field.name == "plugin_steps":
-            out["plugins"] = [_plugin(p, c) for p, c in value]
+            out["plugins"] = [_plugin(p, c, configured) for p, c in value]
             continue
+        elif field.name == "retry":
+            value = _retry(value)
         elif field.name == "hash_key":
             kind, name = value
             value = f"{kind}:{name.decode('latin-1') if isinstance(name, bytes) else name}" \
@@ -245,10 +273,19 @@ def _upstream(runtime, upstream):
     return out
 
 
-def _plugin(plugin, conf):
-    """A plugin step as configured: the fields of its schema (what it compiled from its
-    config, such as a jwt verifier, is not shown)."""
-    fields = getattr(getattr(plugin, "SCHEMA", None), "fields", None)
+def _plugin(plugin, conf, configured=None):
+    """A plugin step as configured: its config as written (``configured``: name -> config)
+    validated by its schema, so defaults are filled; what the plugin compiled from it (a
+    jwt verifier, the headers plugin's tuples) is not shown."""
+    schema = getattr(plugin, "SCHEMA", None)
+    written = (configured or {}).get(plugin.NAME)
+    if schema is not None and isinstance(written, (dict, bool)):
+        try:
+            shown = schema.validate({} if written is True else written, plugin.NAME)
+            return {"name": plugin.NAME, "priority": plugin.PRIORITY, "config": shown}
+        except ConfigError:
+            pass            # (it compiled from this very config: not expected)
+    fields = getattr(schema, "fields", None)
     shown = {k: v for k, v in conf.items() if fields is None or k in fields}
     for k, v in shown.items():
         if dataclasses.is_dataclass(v):
@@ -266,7 +303,7 @@ def _source(runtime, kind, item_id):
         return {"from": "etcd", "key": f"{conf.etcd['prefix'].rstrip('/')}/{kind}/{item_id}",
                 "revision": dynamic[item_id][0],
                 "table_generation": runtime.table_reader.generation}
-    return {"from": "conf file", "path": conf.path}
+    return {"from": "conf file", "path": os.path.abspath(conf.path)}
 
 
 def _not_found(kind, item_id):

@@ -52,6 +52,32 @@ def test_route_and_upstream_views(admin_gw, upstream):
     assert view["upstreams"]["echo.upstream"]["routes"] == ["echo"]
 
 
+def test_a_route_view_shows_plugin_configs_and_retry_as_configured(launcher, upstream,
+                                                                   tmp_path):
+    """docs/operations.md promises plugin configs "defaults filled, secrets ***"; the view
+    showed what plugins compiled ({"response": [[["X-A", "1"]], []]} for headers) and the
+    retry policy as a Python repr string. Route, upstream and global plugins alike."""
+    conf = gateway_conf([route("a", ["/a"], upstream.url, plugins={
+        "headers": {"response": {"set": {"X-A": "1"}}}})], upstreams={"named": {
+            "targets": [{"url": upstream.url}], "retry": {"on": ["connect", "503"]},
+            "plugins": {"breaker": {"min_requests": 3}}}},
+        plugins={"cors": {"allow_origins": ["https://app.example"]}})
+    conf["routes"].append({"id": "b", "paths": ["/b"], "upstream": "named"})
+    gw = launcher.gateway(conf)
+    view = json.loads(gw.admin_get("/admin/routes/a")[1])
+    plugins = {p["name"]: p["config"] for p in view["plugins"]}
+    assert plugins["headers"]["response"]["set"] == {"X-A": "1"}, plugins
+    assert plugins["headers"]["response"]["remove"] == []
+    assert plugins["cors"]["allow_origins"] == ["https://app.example"], plugins   # global
+    assert view["retry"] == {"on": ["connect"], "attempts": 1, "per_try_timeout": None,
+                             "backoff": 0.025, "methods": ["DELETE", "GET", "HEAD", "OPTIONS",
+                                                          "PUT", "TRACE"]}, view["retry"]
+    named = json.loads(gw.admin_get("/admin/upstreams/named")[1])
+    assert named["retry"]["on"] == ["connect", "503"], named["retry"]
+    assert {p["name"]: p["config"] for p in named["plugins"]}["breaker"]["min_requests"] == 3
+    assert json.loads(gw.admin_get("/admin/config")[1])["path"] == str(gw.conf_path)
+
+
 def scrape(gw):
     resp, body = admin_get(gw.admin_port, "/metrics", TOKEN)
     assert resp.status == 200
