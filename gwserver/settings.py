@@ -83,6 +83,12 @@ def cidr(value):
     return value
 
 
+# gunicorn reads 0 as "no limit" for limit_request_line and limit_request_field_size; the
+# gateway's own parser (client/http1.py, client/h2server.py) always bounds a request head.
+NO_LIMIT = {0: "gunicorn's 0, no limit, is not taken: the gateway always bounds a request "
+               "head"}
+
+
 SERVER = Schema(
     Field("bind", list_of(bind_address, min_items=1), lambda: ["127.0.0.1:8080"],
           "addresses to listen on, as \"host:port\" (\"[::]:8080\" for IPv6: IPv6-only "
@@ -107,9 +113,11 @@ SERVER = Schema(
     Field("max_requests", integer(0), 0, "restart a worker after this many requests; 0 = never"),
     Field("header_timeout", number(0, exclusive=True), 10.0,
           "seconds a client has to send a complete request head (slowloris guard)"),
-    Field("limit_request_line", integer(64), 8190, "longest request line in bytes"),
+    Field("limit_request_line", integer(64, refuse=NO_LIMIT), 8190,
+          "longest request line in bytes, 64 or more (gunicorn's 0, no limit, is refused)"),
     Field("limit_request_fields", integer(1), 100, "most header fields in a request"),
-    Field("limit_request_field_size", integer(64), 8190, "longest header field in bytes"),
+    Field("limit_request_field_size", integer(64, refuse=NO_LIMIT), 8190,
+          "longest header field in bytes, 64 or more (gunicorn's 0, no limit, is refused)"),
     Field("max_body_size", integer(0), 0,
           "request body limit in bytes for routes that set none; 0 = no limit"),
     Field("request_buffer_size", integer(0), 65536,

@@ -142,18 +142,26 @@ class Schema:
 MAX_INTEGER = 2 ** 62
 
 
-def integer(minimum=None, maximum=None, what=None):
+def integer(minimum=None, maximum=None, what=None, refuse=None):
+    """A check of integers from ``minimum`` to ``maximum`` (None: unbounded). Its message names
+    the bounds unless ``what`` does: "must be an integer >= 64, got 0", not "an integer".
+    ``refuse`` maps a value to why it is refused (a meaning another tool gives it, say)."""
     said = what is not None and f"{minimum}" in what and f"{maximum}" in what  # its bounds
     what = what or ("a positive integer" if minimum == 1 else
                     "a non-negative integer" if minimum == 0 else "an integer")
+    if not said and maximum is not None:
+        what += f" between {minimum} and {maximum}"
+    elif not said and minimum not in (None, 0, 1):      # 0 and 1: "non-negative", "positive"
+        what += f" >= {minimum}"
+    refuse = refuse or {}
 
     def check(value):
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"must be {what}, got {show(value)}")
+        if value in refuse:
+            raise Invalid(f"must be {what}, got {show(value)} ({refuse[value]})")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = f" between {minimum} and {maximum}" if maximum is not None and \
-                not said else ""
-            raise Invalid(f"must be {what}{bounds}, got {show(value)}")
+            raise Invalid(f"must be {what}, got {show(value)}")
         if abs(value) > MAX_INTEGER:        # no count, size or time of ours comes near it
             raise Invalid(f"must be {what} of a sensible size, got {show(value)}")
         return value

@@ -50,6 +50,18 @@ def test_defaults_fill_an_empty_file():
                                            "sensible size"),
     ({"server": {"backlog": 10 ** 5000}}, "server.backlog: must be a positive integer of a "
                                           "sensible size, got <int too large to show>"),
+    # a bounded integer's message names its bound, and gunicorn's 0 ("no limit") is explained
+    ({"server": {"limit_request_line": 0}},
+     "server.limit_request_line: must be an integer >= 64, got 0 (gunicorn's 0, no limit, "
+     "is not taken"),
+    ({"server": {"limit_request_field_size": 0}},
+     "server.limit_request_field_size: must be an integer >= 64, got 0 (gunicorn's 0"),
+    ({"server": {"limit_request_line": 63}},
+     "server.limit_request_line: must be an integer >= 64, got 63"),
+    ({"upstream_defaults": {"max_response_head": 0}},
+     "upstream_defaults.max_response_head: must be an integer >= 1024, got 0"),
+    ({"upstream_defaults": {"max_response_head": "big"}},
+     'upstream_defaults.max_response_head: must be an integer >= 1024, got "big"'),
     ({"upstream_defaults": {"block_when_full": "yes"}},
      'upstream_defaults.block_when_full: must be true or false, got "yes"'),
     ({"upstream_defaults": {"connect_timeout": 0}},
