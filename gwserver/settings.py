@@ -20,7 +20,7 @@ from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
                           map_of, number, one_of, show, string)
 from .errors import ConfigError
-from .files import FileRefused, read_bounded
+from .files import FileRefused, open_regular, read_bounded
 from .net.addresses import listener_addresses
 
 
@@ -450,6 +450,32 @@ def conf_warnings(conf):
     return warnings
 
 
+def tls_file_problems(tls):
+    """What keeps the master from reading a certificate or key file of [tls], named by its
+    setting: missing, a directory, or not readable by the user checking (the service's user
+    under systemd). The PEM contents are client.tls's to check, once these can be read."""
+    problems = []
+    for i, entry in enumerate(tls["certificates"]):
+        for what in ("cert", "key"):
+            path, name = entry[what], f"tls.certificates[{i}].{what}"
+            try:
+                os.close(open_regular(path, os.O_RDONLY))
+            except FileNotFoundError:
+                problems.append(f"{name}: {path} does not exist")
+            except PermissionError:
+                problems.append(f"{name}: {path} is not readable by this user (uid "
+                                f"{os.geteuid()}): the service's user needs read access to "
+                                f"it and search access to its directories")
+            except IsADirectoryError:
+                problems.append(f"{name}: {path} is a directory, not a PEM file")
+            except OSError as exc:
+                if os.path.isdir(path):     # open_regular's O_RDONLY opens a directory
+                    problems.append(f"{name}: {path} is a directory, not a PEM file")
+                else:
+                    problems.append(f"{name}: {path}: cannot read: {exc.strerror}")
+    return problems
+
+
 def http2_listener_problems(http2, server_bind, tls):
     """Each [http2.listeners] entry must name an HTTP/2 listener; ``tls`` is the [tls] table
     as written (None: no TLS listener)."""
@@ -691,9 +717,12 @@ def parse_conf(data, path="<conf>"):
                                     {sections["admin"]["bind"]})
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
-        else:       # certificate and key files are named with every other problem
+        elif not (file_problems := tls_file_problems(tls)):
+            # certificate and key files are named with every other problem
             from .client.tls import certificate_problems   # pyOpenSSL: only with [tls]
             problems.extend(certificate_problems(tls))
+        else:
+            problems.extend(file_problems)
     if problems:
         raise ConfigError(problems)
     etcd = parts["etcd"]

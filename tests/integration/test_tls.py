@@ -131,7 +131,10 @@ def test_bad_certificates_are_named(ca, tmp_path):
     def conf(entry, **tls):
         return {"tls": {"certificates": [entry], **tls}, "routes": []}
     cases = [
-        ({"cert": str(tmp_path / "nope.pem"), "key": str(key)}, {}, "cert file"),
+        ({"cert": str(tmp_path / "nope.pem"), "key": str(key)}, {},
+         f"tls.certificates[0].cert: {tmp_path}/nope.pem does not exist"),
+        ({"cert": str(tmp_path), "key": str(key)}, {},
+         f"tls.certificates[0].cert: {tmp_path} is a directory"),
         ({"cert": str(cert), "key": str(other_key)}, {}, "does not match the certificate"),
         ({"cert": str(expired[0]), "key": str(expired[1])}, {"strict": True}, "expired on"),
         ({"cert": str(key), "key": str(key)}, {}, "is not a PEM certificate"),

@@ -45,7 +45,7 @@ upstream = "demo"
 claims = { role = "admin" }                         # 20 claims without jwt
 [tls]
 bind = ["127.0.0.1:8443"]
-certificates = [{ cert = "/nonexistent/site.pem", key = "/nonexistent/site.key" }]   # 21
+certificates = [{ cert = "/nonexistent/site.pem", key = "/nonexistent/site.key" }]   # 21, 22
 '''
 
 EXPECTED = [
@@ -59,7 +59,8 @@ EXPECTED = [
     'route a: upstream: unknown upstream id "missing"',
     "route c: paths[0] has a catch-all that is not the last segment",
     "route c: methods", "route d: claims: matching on claims needs",
-    "tls.certificates",
+    "tls.certificates[0].cert: /nonexistent/site.pem does not exist",
+    "tls.certificates[0].key: /nonexistent/site.key does not exist",
 ]
 
 

@@ -244,3 +244,24 @@ def test_a_route_path_no_request_can_reach_is_warned_about():
         'path and conditions and wins (the same priority and the lower id)',
         'route orders-v2: paths "/x" is never served by it: route x-first has the same path '
         'and conditions and wins (a higher priority)']
+
+
+def test_unreadable_or_directory_tls_files_are_named_by_their_setting(tmp_path, monkeypatch):
+    """A key the service user cannot read was `a value could not be checked: PermissionError`
+    with no setting named, and a directory was "does not exist"."""
+    from tests.pki import CA
+    cert, key, _ = CA(tmp_path).issue("site")
+    tls = {"certificates": [{"cert": str(cert), "key": str(key)},
+                            {"cert": str(tmp_path), "key": str(key)}]}
+    real_open = os.open
+
+    def open_as_another_user(path, flags, *args, **kwargs):   # root reads any file: fake it
+        if str(path) == str(key):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", open_as_another_user)
+    problems = problems_of({"tls": tls})
+    assert f"tls.certificates[0].key: {key} is not readable by this user (uid " \
+           f"{os.geteuid()})" in "\n".join(problems), problems
+    assert f"tls.certificates[1].cert: {tmp_path} is a directory, not a PEM file" in problems
+    assert not any("could not be checked" in p or "does not exist" in p for p in problems)
