@@ -84,6 +84,23 @@ def verify_unit(text, path):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def reload_lines(unit):
+    return [line.partition("=")[2] for line in unit.splitlines()
+            if line.startswith("ExecReload=")]
+
+
+def test_a_refused_conf_fails_the_reload():
+    """`systemctl reload` ran only `kill -HUP`: it succeeded on a conf the master refuses.
+    The unit checks the conf it starts with, then signals; systemd runs ExecReload= lines in
+    order and stops at the first that fails."""
+    unit = (ROOT / "systemd" / "gwserver.service").read_text()
+    start = [line.partition("=")[2] for line in unit.splitlines()
+             if line.startswith("ExecStart=")]
+    conf = start[0].split(" -c ", 1)[1]
+    assert reload_lines(unit) == [f"/opt/gwserver/bin/gwserver check -c {conf}",
+                                  "/bin/kill -HUP $MAINPID"]
+
+
 def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     """scripts/install into temp paths, twice, the first time over a venv of the old layout
     (the venv was the prefix itself); systemd-analyze verify on the unit it wrote. Each run
@@ -146,7 +163,9 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     text = unit.read_text()
     real_prefix = os.path.realpath(prefix)
     assert f"ExecStart={real_prefix}/bin/gwserver run -c {confdir}/gwserver.toml" in text
-    assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+    assert "Type=notify" in text
+    assert reload_lines(text) == [f"{real_prefix}/bin/gwserver check -c {confdir}/gwserver.toml",
+                                  "/bin/kill -HUP $MAINPID"]
     verify_unit(text, tmp_path / "gwserver.service")
     # The template of further instances: its own conf file and directories, nothing else.
     template = (unitdir / "gwserver@.service").read_text()
@@ -154,7 +173,8 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     for directory in ("RuntimeDirectory", "StateDirectory", "LogsDirectory"):
         assert f"\n{directory}=gwserver-%i\n" in template
     changed = [line for line in template.splitlines() if line not in text.splitlines()]
-    assert len(changed) == 7, changed
+    assert len(changed) == 8, changed
+    assert reload_lines(template)[0] == f"{real_prefix}/bin/gwserver check -c {confdir}/%i.toml"
     verify_unit(template, tmp_path / "gwserver@b.service")
     check = subprocess.run([str(prefix / "bin" / "gwserver"), "check", "-c",
                             str(confdir / "gwserver.toml")], capture_output=True, text=True)
