@@ -225,8 +225,8 @@ ETCD = Schema(
     Field("username", string(what="a user name"), None, "etcd user (auth enabled)"),
     Field("password", string(what="a password", allow_empty=True), None, "etcd password"),
     Field("password_file", string(r"/.*", "an absolute path"), None,
-          "file holding the etcd password instead (systemd LoadCredential=); read at start "
-          "and on each reload"),
+          "file holding the etcd password instead; read at start and on each reload (a "
+          "systemd LoadCredential= copy is not refreshed by a reload: docs/operations.md)"),
     Field("ca_file", string(what="a file path"), None, "CA bundle for https endpoints"),
     Field("cert_file", string(what="a file path"), None, "client certificate (mTLS)"),
     Field("key_file", string(what="a file path"), None, "client key (mTLS)"),
@@ -245,8 +245,8 @@ ADMIN = Schema(
     Field("token", string(r"[!-~]*", "printable ASCII without spaces", allow_empty=True), "",
           "bearer token required for everything but the health probes; empty: none"),
     Field("token_file", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
-          "file holding the token instead (systemd LoadCredential=), read at start and on "
-          "each reload; empty: none"),
+          "file holding the token instead, read at start and on each reload (a systemd "
+          "LoadCredential= copy is not refreshed by a reload: docs/operations.md); empty: none"),
     Field("metrics", boolean, True, "collect Prometheus metrics (served on /metrics)"),
     Field("metrics_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
           "prometheus multiprocess files; empty: a private temp dir (wiped at start)"),
@@ -290,8 +290,8 @@ REDIS = Schema(
           "redis://host:port/db; redis+sentinel://host:port,host:port/master_name[/db]; "
           "redis+cluster://host:port,host:port"),
     Field("password_file", string(r"/.*", "an absolute path"), None,
-          "file holding the Redis password (AUTH), kept out of url (systemd "
-          "LoadCredential=); read at start and on each reload"),
+          "file holding the Redis password (AUTH), kept out of url; read at start and on "
+          "each reload (a systemd LoadCredential= copy is not refreshed by a reload)"),
     Field("timeout", number(0, exclusive=True), 0.05,
           "seconds a decision may wait for Redis before on_store_error applies"),
     Field("pause", number(0), 1.0, "after a Redis error, seconds before asking it again"),
