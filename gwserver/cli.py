@@ -33,8 +33,10 @@ def cmd_run(args):
     if conf.admin["metrics"]:
         from .server import metrics
         metrics_dir = conf.admin["metrics_dir"]
-        if not metrics_dir:
-            metrics_dir = private_metrics_dir = tempfile.mkdtemp(prefix="gwserver-metrics-")
+        if not metrics_dir:     # in memory: the files are rewritten with every request
+            from .settings import tmpfs_dir
+            metrics_dir = private_metrics_dir = tempfile.mkdtemp(
+                prefix="gwserver-metrics-", dir=tmpfs_dir(runtime_first=True))
         # Before anything imports prometheus_client: it reads the directory at import.
         metrics.prepare(metrics_dir)
     master = os.getpid()

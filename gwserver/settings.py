@@ -73,6 +73,19 @@ def default_state_dir():
     return os.path.join(user, "state")
 
 
+def tmpfs_dir(runtime_first=False):
+    """A directory in memory for files written often and kept by no one: the workers'
+    heartbeat files and the metrics files. /dev/shm when there is one (gunicorn's docs advise
+    it: the heartbeat's fchmod can block a worker on a disk-backed /tmp, which Debian's /tmp
+    and systemd's PrivateTmp= are), or systemd's runtime directory (tmpfs under /run, removed
+    when the unit stops: ``runtime_first`` for what a killed master would leave behind);
+    else None: tempfile's own default."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) \
+        else None
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None   # systemd's
+    return (runtime or shm) if runtime_first else (shm or runtime)
+
+
 def cidr(value):
     if not isinstance(value, str):
         raise Invalid(f"must be an address or CIDR string like \"10.0.0.0/8\", got {show(value)}")
@@ -162,6 +175,10 @@ SERVER = Schema(
     Field("state_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
           "host state of workers and helpers (health, ejections, per-host limits, OCSP); "
           "one instance each. Empty: /run/gwserver/state, else a per-user runtime dir"),
+    Field("worker_tmp_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True),
+          "", "directory of the workers' heartbeat files (gunicorn's worker_tmp_dir; keep it "
+          "on tmpfs: on a disk-backed one the heartbeat can block a worker). Empty: /dev/shm, "
+          "else systemd's runtime directory"),
     doc="The listener and the worker processes (gunicorn's names and meanings).",
 )
 
@@ -249,7 +266,9 @@ ADMIN = Schema(
           "LoadCredential= copy is not refreshed by a reload: docs/operations.md); empty: none"),
     Field("metrics", boolean, True, "collect Prometheus metrics (served on /metrics)"),
     Field("metrics_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
-          "prometheus multiprocess files; empty: a private temp dir (wiped at start)"),
+          "prometheus multiprocess files, rewritten all the time: keep it on tmpfs. Empty: "
+          "a private dir in systemd's runtime directory, else in /dev/shm (made at start, "
+          "removed at exit)"),
     doc="The admin listener, served by the workers like any other listener.",
 )
 
@@ -689,6 +708,9 @@ def parse_conf(data, path="<conf>"):
                         f"does not exist")
     elif access_path and os.path.exists(access_path) and not os.path.isfile(access_path):
         problems.append(f"log.access_log_path: {access_path} is not a regular file")
+    tmp_dir = sections["server"]["worker_tmp_dir"]
+    if tmp_dir and not os.path.isdir(tmp_dir):     # gunicorn would fail each worker's start
+        problems.append(f"server.worker_tmp_dir: {tmp_dir} is not a directory")
     admin_bind = sections["admin"]["bind"]
     if admin_bind and admin_bind in sections["server"]["bind"]:
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "

@@ -22,7 +22,7 @@ from gunicorn.arbiter import Arbiter
 
 from .. import proctitle
 from ..errors import ConfigError
-from ..settings import load_conf, resolve_workers
+from ..settings import load_conf, resolve_workers, tmpfs_dir
 from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
 
@@ -78,6 +78,9 @@ class GatewayApplication(BaseApplication):
             "backlog": server["backlog"],
             "max_requests": server["max_requests"],
             "proc_name": server["proc_name"],
+            # Heartbeat files on tmpfs (settings.tmpfs_dir): gunicorn's default is tempfile's
+            # (/tmp), where the fchmod of each beat can block a worker on a busy disk.
+            "worker_tmp_dir": server["worker_tmp_dir"] or tmpfs_dir(),
             "worker_class": "gwserver.server.worker.GatewayWorker",
             "loglevel": self.conf.log["level"],
             "errorlog": "-",

@@ -408,3 +408,43 @@ def test_the_readme_demo_command_serves_from_a_runtime_only_venv(tmp_path):
         except ProcessLookupError:
             pass
         proc.wait(10)
+
+
+def open_files(pid):
+    """Where the descriptors of process ``pid`` lead (" (deleted)" kept)."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass        # closed meanwhile
+    return out
+
+
+def test_heartbeat_and_metrics_files_are_on_tmpfs_not_tmp(launcher, upstream, tmp_path):
+    """gunicorn puts a worker's heartbeat file in tempfile's dir (/tmp: on disk on Debian 12,
+    and with PrivateTmp=), where its fchmod can block the worker; the private metrics dir
+    was made there too. With /dev/shm they are there; server.worker_tmp_dir overrides."""
+    if not os.path.isdir("/dev/shm"):
+        import pytest
+        pytest.skip("no /dev/shm here")
+    gw = launcher.gateway(gateway_conf([route("e", ["/echo"], upstream.url)], workers=2))
+    assert gw.request("GET", "/echo")[0].status == 200      # a request: metrics files exist
+
+    def files_of_workers():
+        files = [f for pid in gw.worker_pids() for f in open_files(pid)]
+        return files if any("wgunicorn-" in f for f in files) and \
+            any(f.endswith(".db") for f in files) else None
+    files = wait_until(files_of_workers)
+    heartbeats = [f for f in files if "wgunicorn-" in f]
+    assert heartbeats and all(f.startswith("/dev/shm/wgunicorn-") for f in heartbeats), files
+    metrics = [f for f in files if f.endswith(".db")]
+    assert metrics and all(f.startswith("/dev/shm/gwserver-metrics-") for f in metrics), files
+    # The override: gunicorn's worker_tmp_dir, as named.
+    own = tmp_path / "beats"
+    own.mkdir()
+    gw = launcher.gateway(gateway_conf([route("e", ["/echo"], upstream.url)],
+                                       server={"worker_tmp_dir": str(own)}))
+    files = wait_until(lambda: [f for pid in gw.worker_pids() for f in open_files(pid)
+                                if "wgunicorn-" in f])
+    assert all(f.startswith(f"{own}/wgunicorn-") for f in files), files
