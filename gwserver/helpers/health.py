@@ -244,8 +244,9 @@ class _CheckCounts:
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily
-        family = CounterMetricFamily("gwserver_health_checks", "Active health checks by "
-                                     "target and result", labels=["result", "target", "upstream"])
+        from ..server.metrics import HEALTH_CHECKS
+        family = CounterMetricFamily(HEALTH_CHECKS.name, HEALTH_CHECKS.help,
+                                     labels=[name for name, _ in HEALTH_CHECKS.labels])
         for (key, result), n in sorted(self.counts.items()):
             upstream, _, url = key.partition("|")
             family.add_metric([result, url, upstream], n)

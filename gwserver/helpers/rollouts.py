@@ -264,15 +264,13 @@ class _Gauges:
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
-        step = GaugeMetricFamily("gwserver_rollout_step", "Step of each route's rollout "
-                                 "(1 = first); 0 while rolled back or aborted", labels=["route"])
-        weight = GaugeMetricFamily("gwserver_rollout_canary_weight_percent", "Share of the "
-                                   "route's traffic the canary group gets now", labels=["route"])
-        gate = GaugeMetricFamily("gwserver_rollout_gate_ok", "1 when the gate holds on this "
-                                 "step's window, 0 when it fails, -1 before min_requests",
-                                 labels=["route", "gate"])
-        rolled = GaugeMetricFamily("gwserver_rollout_rolled_back", "1 while the route's "
-                                   "rollout is rolled back by a failed gate", labels=["route"])
+        from ..server import metrics
+
+        def family(metric):
+            return GaugeMetricFamily(metric.name, metric.help,
+                                     labels=[name for name, _ in metric.labels])
+        step, weight = family(metrics.ROLLOUT_STEP), family(metrics.ROLLOUT_WEIGHT)
+        gate, rolled = family(metrics.ROLLOUT_GATE), family(metrics.ROLLOUT_ROLLED_BACK)
         for route, entry in sorted(self.status.items()):
             off = entry["status"] in (core.ROLLED_BACK, core.ABORTED)
             step.add_metric([route], 0 if off else entry["step"] + 1)

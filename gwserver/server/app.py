@@ -233,20 +233,15 @@ class ReloadStatus:
         from prometheus_client.core import GaugeMetricFamily
         from ..sync.shm import atomic_write
         import json
-        values = (
-            ("gwserver_config_last_reload_successful",
-             "1 if the last configuration reload (or the start) was applied, 0 if refused",
-             1 if self.successful else 0),
-            ("gwserver_config_last_reload_success_timestamp_seconds",
-             "Unix time of the last applied reload (or of the start)", self.success_time or 0),
-            ("gwserver_config_master_generation",
-             "Configuration generation of the master: 1 at start, +1 per applied reload",
-             self.generation))
+        from .metrics import MASTER_GENERATION, RELOAD_SUCCESS_TIME, RELOAD_SUCCESSFUL
+        values = ((RELOAD_SUCCESSFUL, 1 if self.successful else 0),
+                  (RELOAD_SUCCESS_TIME, self.success_time or 0),
+                  (MASTER_GENERATION, self.generation))
 
         class Collector:
             def collect(self):
-                for name, doc, value in values:
-                    yield GaugeMetricFamily(name, doc, value=value)
+                for metric, value in values:
+                    yield GaugeMetricFamily(metric.name, metric.help, value=value)
         registry = CollectorRegistry()
         registry.register(Collector())
         write_to_textfile(os.path.join(self.state_dir, "master.prom"), registry)

@@ -12,9 +12,14 @@
 Labels are bounded: route ids (never raw paths), a fixed set of methods, status classes, and
 configured targets.
 """
+import argparse
 import os
+import re
 import shutil
+import sys
 from bisect import bisect_left
+from pathlib import Path
+from typing import NamedTuple
 
 from ..core.breaker import STATE_CODES
 
@@ -22,6 +27,176 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
+
+
+class Metric(NamedTuple):
+    """One metric as exported: the definitions below make it, and the table in
+    docs/operations.md is generated from them (``python -m gwserver.server.metrics --write``;
+    tests/unit/test_docs.py fails when the two drift)."""
+    name: str                   # as declared: a counter's samples add _total
+    kind: str                   # counter, gauge, histogram
+    help: str
+    labels: tuple = ()          # (label, what its values are, or "")
+    mode: str = ""              # a workers' gauge: prometheus-client's multiprocess_mode
+    source: str = ""            # not the workers: the process that exports it
+
+    @property
+    def exported(self):
+        return self.name + "_total" if self.kind == "counter" else self.name
+
+
+ROUTE = ("route", "route id, `none` for no match")
+ROUTE_ID = ("route", "route id")
+TARGET = ("target", "target URL")
+UPSTREAM = ("upstream", "upstream id")
+MASTER, SYNC = "the master (`master.prom`)", "the config-sync process (etcd mode)"
+HEALTH, ROLLOUTS = "the health process", "the rollouts process"
+
+REQUESTS = Metric("gwserver_requests", "counter", "Requests answered, by route, method, "
+                  "status class and the client's protocol (HTTP/1.1, HTTP/1.0, HTTP/2)",
+                  (ROUTE, ("method", "7 + `OTHER`"), ("status", "`2xx`..."),
+                   ("protocol", "`HTTP/1.1`, `HTTP/1.0`, `HTTP/2`")))
+GATEWAY_ANSWERS = Metric(
+    "gwserver_gateway_answers", "counter", "Answers the gateway made itself, not the upstream: "
+    "by route, exact status, and source (the plugin that answered, or gateway for the "
+    "gateway's own errors: 404, 413, 502, 503, 504...)",
+    (ROUTE, ("status", "exact: `502`, `503`, `504`, `429`..."),
+     ("source", "the plugin that answered, `gateway` for its own errors, or `cut` for an "
+                "answer cut after its head went out: `status` is then the error that cut it, "
+                "while `requests_total` counts the status the client got")))
+DURATION = Metric("gwserver_request_duration_seconds", "histogram", "Time from a complete "
+                  "request head to the end of the answer", (ROUTE,))
+UPSTREAM_DURATION = Metric("gwserver_upstream_duration_seconds", "histogram", "Time from "
+                           "sending to an upstream to its response head", (ROUTE,))
+IN_FLIGHT = Metric("gwserver_requests_in_flight", "gauge", "Requests being served",
+                   mode="livesum")
+CONNECTIONS_OPENED = Metric("gwserver_upstream_connections_opened", "counter", "New upstream "
+                            "connections (keep-alive pools missed)", (TARGET,))
+POOL_IDLE = Metric("gwserver_upstream_pool_idle_connections", "gauge", "Idle keep-alive "
+                   "connections held, by target", (TARGET,), mode="livesum")
+GENERATION = Metric("gwserver_route_table_generation", "gauge", "Route table generation "
+                    "each worker serves", mode="liveall")
+LIMITS = Metric("gwserver_rate_limit_decisions", "counter", "Rate-limit decisions by route "
+                "and outcome", (ROUTE, ("outcome", "")))
+RATES = Metric("gwserver_rate_limit_effective_rate", "gauge", "Adaptive limits: the rate in "
+               "force, as this host last heard it", (ROUTE,), mode="mostrecent")
+BREAKER = Metric("gwserver_breaker_state", "gauge", "Circuit breaker state as this host last "
+                 "saw it: 0 closed, 1 open, 2 half-open", (("breaker", ""),), mode="mostrecent")
+BREAKER_TRANSITIONS = Metric("gwserver_breaker_transitions", "counter", "Breaker state "
+                             "changes, by breaker and state entered",
+                             (("breaker", ""), ("state", "the state entered")))
+FAULTS = Metric("gwserver_faults_injected", "counter", "Faults injected by the fault plugin, "
+                "by route and kind (delay, abort)", (ROUTE, ("kind", "`delay`, `abort`")))
+CONSUMER_REQUESTS = Metric("gwserver_consumer_requests", "counter", "Requests by the consumer "
+                           "an auth plugin identified and status class (series bounded by "
+                           "the number of consumers)",
+                           (("consumer", "consumer id"), ("code", "`2xx`...")))
+RETRIES = Metric("gwserver_upstream_retries", "counter", "Retries on another target, by "
+                 "upstream and outcome (retried, budget_exhausted)",
+                 (UPSTREAM, ("outcome", "`retried`, `budget_exhausted`")))
+EJECTIONS = Metric("gwserver_upstream_ejections", "counter", "Targets ejected by passive "
+                   "checks in this worker", (UPSTREAM, TARGET))
+TARGET_UP = Metric("gwserver_upstream_target_up", "gauge", "1 when a checked or ejectable "
+                   "target may take traffic, 0 when it is down (active or passive)",
+                   (UPSTREAM, TARGET), mode="mostrecent")
+REDIS_UP = Metric("gwserver_redis_up", "gauge", "1 when Redis answered this worker's last "
+                  "round trip, 0 while limits and breakers fall back (on_store_error); absent "
+                  "without [redis]", mode="livemin")
+RELOAD_SUCCESSFUL = Metric("gwserver_config_last_reload_successful", "gauge", "1 if the last "
+                           "configuration reload (or the start) was applied, 0 if refused",
+                           source=MASTER)
+RELOAD_SUCCESS_TIME = Metric("gwserver_config_last_reload_success_timestamp_seconds", "gauge",
+                             "Unix time of the last applied reload (or of the start)",
+                             source=MASTER)
+MASTER_GENERATION = Metric("gwserver_config_master_generation", "gauge", "Configuration "
+                           "generation of the master: 1 at start, +1 per applied reload",
+                           source=MASTER)
+SYNC_METRICS = (
+    Metric("gwserver_config_generation", "gauge", "Route table generation published to "
+           "workers", source=SYNC),
+    Metric("gwserver_config_etcd_revision", "gauge", "etcd revision of the published table",
+           source=SYNC),
+    Metric("gwserver_config_etcd_connected", "gauge", "1 while the sync process has a live "
+           "etcd watch", source=SYNC),
+    Metric("gwserver_config_last_sync_timestamp_seconds", "gauge", "Unix time of the last "
+           "successful etcd read or watch event", source=SYNC),
+    Metric("gwserver_config_routes", "gauge", "Routes from etcd being served", source=SYNC),
+    Metric("gwserver_config_upstreams", "gauge", "Upstreams from etcd being served",
+           source=SYNC),
+)
+SYNC_REJECTED = Metric("gwserver_config_rejected_items", "gauge", "etcd items rejected, by "
+                       "kind", (("kind", "`routes`, `upstreams`, `consumers`"),), source=SYNC)
+SYNC_REJECTIONS = Metric("gwserver_config_rejections", "counter", "Rejections logged since "
+                         "the sync process started", source=SYNC)
+HEALTH_CHECKS = Metric("gwserver_health_checks", "counter", "Active health checks by target "
+                       "and result", (("result", ""), TARGET, UPSTREAM), source=HEALTH)
+ROLLOUT_STEP = Metric("gwserver_rollout_step", "gauge", "Step of each route's rollout (1 = "
+                      "first); 0 while rolled back or aborted", (ROUTE_ID,), source=ROLLOUTS)
+ROLLOUT_WEIGHT = Metric("gwserver_rollout_canary_weight_percent", "gauge", "Share of the "
+                        "route's traffic the canary group gets now", (ROUTE_ID,), source=ROLLOUTS)
+ROLLOUT_GATE = Metric("gwserver_rollout_gate_ok", "gauge", "1 when the gate holds on this "
+                      "step's window, 0 when it fails, -1 before min_requests",
+                      (ROUTE_ID, ("gate", "")), source=ROLLOUTS)
+ROLLOUT_ROLLED_BACK = Metric("gwserver_rollout_rolled_back", "gauge", "1 while the route's "
+                             "rollout is rolled back by a failed gate", (ROUTE_ID,),
+                             source=ROLLOUTS)
+
+CATALOG = (REQUESTS, GATEWAY_ANSWERS, DURATION, UPSTREAM_DURATION, IN_FLIGHT,
+           CONNECTIONS_OPENED, POOL_IDLE, GENERATION, LIMITS, RATES, BREAKER,
+           BREAKER_TRANSITIONS, REDIS_UP, TARGET_UP, EJECTIONS, RETRIES, FAULTS,
+           CONSUMER_REQUESTS, RELOAD_SUCCESSFUL, RELOAD_SUCCESS_TIME, MASTER_GENERATION,
+           *SYNC_METRICS, SYNC_REJECTED, SYNC_REJECTIONS, HEALTH_CHECKS, ROLLOUT_STEP,
+           ROLLOUT_WEIGHT, ROLLOUT_GATE, ROLLOUT_ROLLED_BACK)
+
+MODES = {"livesum": "sum of live workers", "livemin": "min over live workers",
+         "liveall": "one per worker, label `pid`", "mostrecent": "most recent of any worker"}
+
+
+def make(metric, **kwargs):
+    """The prometheus-client object of a workers' metric of CATALOG."""
+    import prometheus_client
+    cls = {"counter": prometheus_client.Counter, "gauge": prometheus_client.Gauge,
+           "histogram": prometheus_client.Histogram}[metric.kind]
+    if metric.mode:
+        kwargs["multiprocess_mode"] = metric.mode
+    return cls(metric.name, metric.help, [name for name, _ in metric.labels], **kwargs)
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+COMMAND = "python -m gwserver.server.metrics --write"
+BEGIN = f"<!-- metrics: generated by `{COMMAND}`; do not edit -->"
+END = "<!-- end of metrics -->"
+
+
+def render_table():
+    """The metrics table of docs/operations.md, markers included."""
+    lines = [BEGIN, "| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for m in CATALOG:
+        kind = m.kind + (f" ({MODES[m.mode]})" if m.mode else "") + \
+            (f", from {m.source}" if m.source else "")
+        labels = ", ".join(f"`{name}`" + (f" ({note})" if note else "")
+                           for name, note in m.labels)
+        lines.append(f"| `{m.exported}` | {kind} | {labels} | {m.help} |")
+    return "\n".join([*lines, END])
+
+
+def write_table(text):
+    """``text`` (docs/operations.md) with its metrics table regenerated."""
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{DOC}: no metrics markers")
+    return pattern.sub(lambda _: render_table(), text, count=1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"rewrite the table in {DOC}")
+    args = parser.parse_args(argv)
+    if args.write:
+        DOC.write_text(write_table(DOC.read_text()))
+    else:
+        sys.stdout.write(render_table() + "\n")
+    return 0
 
 
 def prepare(directory):
@@ -93,59 +268,28 @@ class WorkerMetrics:
     """
 
     def __init__(self):
-        from prometheus_client import Counter, Gauge, Histogram
-        self.requests = Counter("gwserver_requests", "Requests answered, by route, method, "
-                                "status class and the client's protocol (HTTP/1.1, HTTP/1.0, "
-                                "HTTP/2)", ["route", "method", "status", "protocol"])
-        self.duration = Histogram("gwserver_request_duration_seconds", "Time from a complete "
-                                  "request head to the end of the answer", ["route"],
-                                  buckets=LATENCY_BUCKETS)
-        self.upstream_duration = Histogram("gwserver_upstream_duration_seconds", "Time from "
-                                           "sending to an upstream to its response head",
-                                           ["route"], buckets=LATENCY_BUCKETS)
-        self.in_flight = Gauge("gwserver_requests_in_flight", "Requests being served",
-                               multiprocess_mode="livesum")
-        self.connections_opened = Counter("gwserver_upstream_connections_opened", "New upstream "
-                                          "connections (keep-alive pools missed)", ["target"])
-        self.pool_idle = Gauge("gwserver_upstream_pool_idle_connections", "Idle keep-alive "
-                               "connections held, by target", ["target"],
-                               multiprocess_mode="livesum")
-        self.generation = Gauge("gwserver_route_table_generation", "Route table generation "
-                                "each worker serves", multiprocess_mode="liveall")
-        self.limits = Counter("gwserver_rate_limit_decisions", "Rate-limit decisions by route "
-                              "and outcome", ["route", "outcome"])
-        self.breaker = Gauge("gwserver_breaker_state", "Circuit breaker state as this host last "
-                             "saw it: 0 closed, 1 open, 2 half-open", ["breaker"],
-                             multiprocess_mode="mostrecent")
-        self.breaker_transitions = Counter("gwserver_breaker_transitions", "Breaker state "
-                                           "changes, by breaker and state entered",
-                                           ["breaker", "state"])
-        self.faults = Counter("gwserver_faults_injected", "Faults injected by the fault plugin, "
-                              "by route and kind (delay, abort)", ["route", "kind"])
-        self.consumer_requests = Counter(
-            "gwserver_consumer_requests", "Requests by the consumer an auth plugin identified "
-            "and status class (series bounded by the number of consumers)",
-            ["consumer", "code"])
-        self.gateway_answers = Counter(
-            "gwserver_gateway_answers", "Answers the gateway made itself, not the upstream: by "
-            "route, exact status, and source (the plugin that answered, or gateway for the "
-            "gateway's own errors: 404, 413, 502, 503, 504...)", ["route", "status", "source"])
+        self.requests = make(REQUESTS)
+        self.duration = make(DURATION, buckets=LATENCY_BUCKETS)
+        self.upstream_duration = make(UPSTREAM_DURATION, buckets=LATENCY_BUCKETS)
+        self.in_flight = make(IN_FLIGHT)
+        self.connections_opened = make(CONNECTIONS_OPENED)
+        self.pool_idle = make(POOL_IDLE)
+        self.generation = make(GENERATION)
+        self.limits = make(LIMITS)
+        self.breaker = make(BREAKER)
+        self.breaker_transitions = make(BREAKER_TRANSITIONS)
+        self.faults = make(FAULTS)
+        self.consumer_requests = make(CONSUMER_REQUESTS)
+        self.gateway_answers = make(GATEWAY_ANSWERS)
         self._series = {}
         self._answers = {}          # (route, status, source) -> [counted, pushed]
         self._consumers = {}        # (consumer, code class) -> [counted, pushed]
         self._limits = {}           # (route, outcome) -> [counted, pushed]
         self._faults = {}           # (route, kind) -> [counted, pushed]
-        self.retries = Counter("gwserver_upstream_retries", "Retries on another target, by "
-                               "upstream and outcome (retried, budget_exhausted)",
-                               ["upstream", "outcome"])
-        self.ejections = Counter("gwserver_upstream_ejections", "Targets ejected by passive "
-                                 "checks in this worker", ["upstream", "target"])
-        self.target_up = Gauge("gwserver_upstream_target_up", "1 when a checked or ejectable "
-                               "target may take traffic, 0 when it is down (active or "
-                               "passive)", ["upstream", "target"], multiprocess_mode="mostrecent")
-        self.rates = Gauge("gwserver_rate_limit_effective_rate", "Adaptive limits: the rate "
-                           "in force, as this host last heard it", ["route"],
-                           multiprocess_mode="mostrecent")
+        self.retries = make(RETRIES)
+        self.ejections = make(EJECTIONS)
+        self.target_up = make(TARGET_UP)
+        self.rates = make(RATES)
         self._breakers = {}         # breaker key -> [state seen, state pushed]
         self._rates = {}            # route -> [rate seen, rate pushed]
         self._redis_up = None
@@ -156,11 +300,7 @@ class WorkerMetrics:
         a gateway without [redis] must not export it at all (its HELP and the
         GwserverRedisUnreachable alert in conf/alerts.yml count on that)."""
         if self._redis_up is None:
-            from prometheus_client import Gauge
-            self._redis_up = Gauge("gwserver_redis_up", "1 when Redis answered this worker's "
-                                   "last round trip, 0 while limits and breakers fall back "
-                                   "(on_store_error); absent without [redis]",
-                                   multiprocess_mode="livemin")
+            self._redis_up = make(REDIS_UP)
         return self._redis_up
 
     def effective_rate(self, route_id, rate):
@@ -261,3 +401,7 @@ def _push_histogram(child, now, before, added_sum):
             child._buckets[i].inc(a - b)
     if added_sum:
         child._sum.inc(added_sum)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -116,29 +116,18 @@ class ConfigSync:
                                        disable_created_metrics, write_to_textfile)
         disable_created_metrics()
         registry = CollectorRegistry()
-        values = [
-            ("gwserver_config_generation", "Route table generation published to workers",
-             self.publisher.generation),
-            ("gwserver_config_etcd_revision", "etcd revision of the published table",
-             self.revision or 0),
-            ("gwserver_config_etcd_connected", "1 while the sync process has a live etcd watch",
-             1 if self.connected else 0),
-            ("gwserver_config_last_sync_timestamp_seconds",
-             "Unix time of the last successful etcd read or watch event", self.last_sync or 0),
-            ("gwserver_config_routes", "Routes from etcd being served",
-             len(self.table.route_specs)),
-            ("gwserver_config_upstreams", "Upstreams from etcd being served",
-             len(self.table.upstream_specs)),
-        ]
-        for name, doc, value in values:
-            Gauge(name, doc, registry=registry).set(value)
-        rejected = Gauge("gwserver_config_rejected_items", "etcd items rejected, by kind",
-                         ["kind"], registry=registry)
+        from ..server.metrics import SYNC_METRICS, SYNC_REJECTED, SYNC_REJECTIONS
+        values = (self.publisher.generation, self.revision or 0, 1 if self.connected else 0,
+                  self.last_sync or 0, len(self.table.route_specs),
+                  len(self.table.upstream_specs))
+        for metric, value in zip(SYNC_METRICS, values, strict=True):   # in the catalog's order
+            Gauge(metric.name, metric.help, registry=registry).set(value)
+        rejected = Gauge(SYNC_REJECTED.name, SYNC_REJECTED.help, ["kind"], registry=registry)
         for kind in ("routes", "upstreams", "consumers"):
             rejected.labels(kind).set(sum(1 for key in self.table.rejected
                                           if key.startswith(kind + "/")))
-        Counter("gwserver_config_rejections", "Rejections logged since the sync process "
-                "started", registry=registry).inc(self.rejections_total)
+        Counter(SYNC_REJECTIONS.name, SYNC_REJECTIONS.help,
+                registry=registry).inc(self.rejections_total)
         try:
             write_to_textfile(f"{self.publisher.runtime_dir}/metrics.prom", registry)
         except OSError as exc:

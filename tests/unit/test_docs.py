@@ -19,6 +19,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -236,3 +237,50 @@ def test_no_doc_or_code_cites_files_the_repository_does_not_hold():
         text = path.read_text(errors="replace")
         cited += [f"{relative}: {m}" for m in re.findall(r"PERF_NOTES|\.\./shared", text)]
     assert cited == []
+
+
+def test_the_metrics_table_is_generated_from_the_definitions():
+    """docs/operations.md's metrics table was hand-written and drifted (no `protocol` label,
+    no gwserver_config_master_generation): it is now server/metrics.py's CATALOG."""
+    from gwserver.server import metrics
+    text = metrics.DOC.read_text()
+    assert metrics.render_table() in text, \
+        f"docs/operations.md's metrics table is stale: run `{metrics.COMMAND}`"
+    # Every metric is declared there: no other module names one of its own.
+    stray = []
+    for path in ROOT.glob("gwserver/**/*.py"):
+        if path.name != "metrics.py" or path.parent.name != "server":
+            stray += [f"{path.relative_to(ROOT)}: {m}" for m in
+                      re.findall(r"""["']gwserver_[a-z_]+["']""", path.read_text())]
+    assert stray == []
+
+
+def test_the_workers_export_what_the_metrics_table_says(tmp_path):
+    """The workers' metrics as a scrape shows them: names, types and labels of the table."""
+    script = (
+        "import json, os, sys\n"
+        "os.environ['PROMETHEUS_MULTIPROC_DIR'] = sys.argv[1]\n"
+        "from gwserver.server import metrics\n"
+        "from prometheus_client.parser import text_string_to_metric_families\n"
+        "w = metrics.WorkerMetrics()\n"
+        "w.redis_up.set(1); w.in_flight.set(0); w.generation.set(1)\n"
+        "w.observe('r', 'GET', 200, 0.01, 0.005)\n"
+        "w.count_answer('r', 502, 'gateway'); w.count_consumer('c', 200)\n"
+        "w.count_limit('r', 'allowed'); w.count_fault('r', 'delay')\n"
+        "w.effective_rate('r', 5.0); w.breaker_transition('b', 'open')\n"
+        "w.count_retry('u', 'retried'); w.count_ejection('u', 't')\n"
+        "w.connections_opened.labels('t').inc(); w.pool_idle.labels('t').set(1)\n"
+        "w.target_up.labels('u', 't').set(1); w.flush()\n"
+        "out = {}\n"
+        "for f in text_string_to_metric_families(metrics.render().decode()):\n"
+        "    for s in f.samples:\n"
+        "        if s.name in (f.name, f.name + '_total', f.name + '_bucket'):\n"
+        "            out[f.name] = [f.type, sorted(set(s.labels) - {'le', 'pid'})]\n"
+        "print(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    from gwserver.server import metrics
+    expected = {m.name: [m.kind, sorted(name for name, _ in m.labels)]
+                for m in metrics.CATALOG if not m.source}
+    assert json.loads(run.stdout) == expected
