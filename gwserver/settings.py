@@ -20,7 +20,7 @@ from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
                           map_of, number, one_of, show, string)
 from .errors import ConfigError
-from .files import FileRefused, open_regular, read_bounded
+from .files import FileRefused, open_regular, read_bounded, read_regular
 from .net.addresses import listener_addresses
 
 
@@ -457,8 +457,14 @@ def proxy_protocol_problems(server, tls):
     return problems
 
 
+MIN_ADMIN_TOKEN = 16
+# RFC 7518 3.2: a key of the same size as the hash output (or larger) for HS256/384/512.
+HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
 def conf_warnings(conf):
-    """What `gwserver check` should say of a valid conf that is likely not what was meant."""
+    """What `gwserver check` should say of a valid conf that is likely not what was meant;
+    the master logs the same at start and on each reload. Secrets are never quoted."""
     server, warnings = conf.server, []
     everyone = [c for c in server["trusted_proxies"]
                 if ipaddress.ip_network(c, strict=False).prefixlen == 0]
@@ -466,7 +472,70 @@ def conf_warnings(conf):
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
     warnings += unreachable_paths(conf.static_routes)
+    admin, token = conf.admin, conf.admin["token"]
+    if admin["bind"] and not token and not _loopback_only(admin["bind"]):
+        warnings.append(f"admin.bind {admin['bind']} is not a loopback address and admin has "
+                        f"no token: anyone who can reach it reads /metrics and the /admin/ "
+                        f"views (the configuration's source and reload status, every route "
+                        f"and upstream with its target addresses, plugin configs with secrets "
+                        f"masked, breakers, rollouts); they are read-only. Set admin.token or "
+                        f"token_file, or bind it to 127.0.0.1")
+    if token and len(token) < MIN_ADMIN_TOKEN:
+        where = "admin.token_file's token" if admin["token_file"] else "admin.token"
+        warnings.append(f"{where} has {len(token)} characters: use at least "
+                        f"{MIN_ADMIN_TOKEN} random ones (`openssl rand -hex 32`)")
+    warnings += [w for where, plugins in _static_plugin_confs(conf)
+                 for w in _jwt_key_warnings(where, plugins.get("jwt"))]
     return warnings
+
+
+def _loopback_only(bind):
+    """Whether the admin listener ``bind`` takes connections from this host alone."""
+    if bind.startswith("unix:"):
+        return True
+    try:
+        addresses = listener_addresses([bind])
+    except OSError:
+        return True         # it cannot be bound either: that is said at start
+    return bool(addresses) and all(ipaddress.ip_address(ip.partition("%")[0]).is_loopback
+                                   for ip, _ in addresses)
+
+
+def _static_plugin_confs(conf):
+    """(where, plugins table) of the conf file: global, each upstream's and each route's."""
+    yield "plugins", dict(conf.plugins or {})
+    for upstream_id, spec in (conf.static_upstreams or {}).items():
+        if isinstance(spec, dict):
+            yield f"upstreams.{upstream_id}.plugins", spec.get("plugins") or {}
+    for spec in conf.static_routes or ():
+        if isinstance(spec, dict):
+            yield f"route {spec.get('id')}: plugins", spec.get("plugins") or {}
+
+
+def _jwt_key_warnings(where, jwt):
+    """A jwt plugin's HMAC secret shorter than RFC 7518 3.2 asks for its algorithms (an HS*
+    key that short can be brute-forced offline from any one token)."""
+    if not isinstance(jwt, dict):
+        return []
+    wanted = max((HMAC_KEY_BYTES.get(a, 0) for a in jwt.get("algorithms") or ()), default=0)
+    if not wanted:
+        return []
+    if jwt.get("secret"):
+        key, name = jwt["secret"].encode(), "secret"
+    elif jwt.get("secret_file"):
+        try:        # as the plugin reads it (plugins/jwt.py: the file's bytes, stripped)
+            key, name = read_regular(jwt["secret_file"], MAX_SECRET_FILE).strip(), \
+                "secret_file's secret"
+        except OSError:
+            return []       # the plugin refused the conf already
+    else:
+        return []
+    if len(key) >= wanted:
+        return []
+    algorithms = ", ".join(a for a in jwt["algorithms"] if a in HMAC_KEY_BYTES)
+    return [f"{where}.jwt.{name} is {len(key)} bytes: {algorithms} needs a key of at least "
+            f"{wanted} bytes (RFC 7518 3.2); a shorter one can be guessed offline from any "
+            f"token it signed (`openssl rand -base64 {wanted}`)"]
 
 
 def tls_file_problems(tls):

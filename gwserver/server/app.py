@@ -22,7 +22,7 @@ from gunicorn.arbiter import Arbiter
 
 from .. import proctitle
 from ..errors import ConfigError
-from ..settings import load_conf, resolve_workers, tmpfs_dir
+from ..settings import conf_warnings, load_conf, resolve_workers, tmpfs_dir
 from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
 
@@ -67,6 +67,8 @@ class GatewayApplication(BaseApplication):
         tls_bind = list(self.conf.tls["bind"]) if self.conf.tls else []
         for warning in self.tls_server.warnings if self.tls_server else ():
             log.warning("tls: %s", warning)
+        for warning in conf_warnings(self.conf):      # what `gwserver check` warns of too
+            log.warning("%s: %s", self.conf_path, warning)
         for key, value in {
             "bind": list(server["bind"]) + tls_bind + ([admin_bind] if admin_bind else []),
             "child_exit": child_exit,

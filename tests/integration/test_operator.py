@@ -448,3 +448,21 @@ def test_heartbeat_and_metrics_files_are_on_tmpfs_not_tmp(launcher, upstream, tm
     files = wait_until(lambda: [f for pid in gw.worker_pids() for f in open_files(pid)
                                 if "wgunicorn-" in f])
     assert all(f.startswith(f"{own}/wgunicorn-") for f in files), files
+
+
+def test_the_master_logs_checks_warnings_at_start_and_on_reload(launcher, upstream):
+    """`gwserver check` warned (trusted_proxies) and the running gateway said nothing: the
+    master now logs conf_warnings at start and after each reload, as check prints them."""
+    from ..conftest import to_toml
+    conf = gateway_conf([route("e", ["/echo"], upstream.url)], admin={"token": "t0k3n"})
+    gw = launcher.gateway(conf)
+    assert "admin.token has 5 characters: use at least 16" in gw.log()
+    conf = json.loads(json.dumps(gw.conf))
+    conf["admin"]["token"] = "a-token-of-enough-characters"
+    conf["routes"][0]["plugins"] = {"jwt": {"algorithms": ["HS256"], "secret": "s" * 20}}
+    gw.conf_path.write_text(to_toml(conf))
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "reload complete" in gw.log(), timeout=30)
+    assert "route e: plugins.jwt.secret is 20 bytes: HS256 needs a key of at least 32 bytes" \
+        in gw.log()
+    assert "s" * 20 not in gw.log() and "t0k3n" not in gw.log()

@@ -265,3 +265,51 @@ def test_unreadable_or_directory_tls_files_are_named_by_their_setting(tmp_path, 
            f"{os.geteuid()})" in "\n".join(problems), problems
     assert f"tls.certificates[1].cert: {tmp_path} is a directory, not a PEM file" in problems
     assert not any("could not be checked" in p or "does not exist" in p for p in problems)
+
+
+JWT_ROUTE = {"id": "r", "paths": ["/x"], "upstream": {"targets": [{"url": "http://h:1"}]}}
+
+
+@pytest.mark.parametrize("doc, warning", [
+    ({"admin": {"bind": "0.0.0.0:9180"}},
+     "admin.bind 0.0.0.0:9180 is not a loopback address and admin has no token: anyone who can "
+     "reach it reads /metrics and the /admin/ views"),
+    ({"admin": {"bind": "[::]:9180"}}, "admin.bind [::]:9180 is not a loopback address"),
+    ({"admin": {"token": "t0k3n"}},
+     "admin.token has 5 characters: use at least 16 random ones"),
+    ({"routes": [{**JWT_ROUTE, "plugins": {"jwt": {"algorithms": ["HS256"],
+                                                   "secret": "x" * 31}}}]},
+     "route r: plugins.jwt.secret is 31 bytes: HS256 needs a key of at least 32 bytes "
+     "(RFC 7518 3.2)"),
+    ({"plugins": {"jwt": {"algorithms": ["HS512"], "secret": "x" * 32}}},
+     "plugins.jwt.secret is 32 bytes: HS512 needs a key of at least 64 bytes"),
+])
+def test_check_warns_of_an_open_admin_listener_and_short_secrets(doc, warning):
+    from gwserver.settings import conf_warnings
+    warnings = conf_warnings(parse_conf(doc))
+    assert any(w.startswith(warning) for w in warnings), warnings
+    assert not any("xxxxxxxx" in w or "t0k3n" in w for w in warnings)     # secrets unquoted
+
+
+@pytest.mark.parametrize("doc", [
+    {},                                                     # loopback, no token: fine
+    {"admin": {"bind": "0.0.0.0:9180", "token": "t" * 16}},
+    {"admin": {"bind": "127.0.0.2:9180"}},
+    {"admin": {"bind": "localhost:9180"}},
+    {"routes": [{**JWT_ROUTE, "plugins": {"jwt": {"algorithms": ["HS256"],
+                                                  "secret": "x" * 32}}}]},
+])
+def test_no_warning_for_what_is_fine(doc):
+    from gwserver.settings import conf_warnings
+    assert conf_warnings(parse_conf(doc)) == []
+
+
+def test_a_short_jwt_secret_file_is_warned_of_without_its_content(tmp_path):
+    from gwserver.settings import conf_warnings
+    secret = tmp_path / "jwt-secret"
+    secret.write_text("tiny-secret\n")
+    conf = parse_conf({"routes": [{**JWT_ROUTE, "plugins": {"jwt": {
+        "algorithms": ["HS256"], "secret_file": str(secret)}}}]})
+    (warning,) = conf_warnings(conf)
+    assert warning.startswith("route r: plugins.jwt.secret_file's secret is 11 bytes")
+    assert "tiny" not in warning
