@@ -215,3 +215,17 @@ def peer_address(addr):
     if address.startswith("::ffff:") and "." in address:
         return address[7:]
     return address
+
+
+def failure_reason(exc):
+    """Why a connect failed, in a log line's words: the OS's reason ("connection refused",
+    "name or service not known") under urllib3's wrappers, whose own text names its
+    connection class (``CheapCheckHTTPConnection(host=..., port=...): Failed to establish a
+    new connection: [Errno 111] ...``); anything else as it says itself."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror[:1].lower() + seen.strerror[1:]
+        seen = seen.__cause__ or seen.__context__
+    return str(getattr(exc, "reason", None) or exc)
+

@@ -34,7 +34,7 @@ from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
 from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
                       UpstreamError, UpstreamTimeout)
-from ..net.sockets import RECV_SIZE, PlainSocket
+from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason
 from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
@@ -207,7 +207,8 @@ class H2Connection:
         except socket.timeout:
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         except OSError as exc:
-            raise UpstreamConnectError(f"cannot connect to {target.url}: {exc}") from None
+            raise UpstreamConnectError(f"cannot connect to {target.url}: "
+                                       f"{failure_reason(exc)}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if target.scheme == "https":
             try:

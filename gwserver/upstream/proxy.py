@@ -46,7 +46,7 @@ from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, HTTPError, InternalError, PayloadTooLarge,
                       ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
-from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, idle_state,
+from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, failure_reason, idle_state,
                            recv_when_readable, send_all, send_unless_answered,
                            tls_idle_state)
 from ..state.hostshare import PUBLISH_EVERY, HostShare
@@ -425,8 +425,8 @@ class Proxy:
                 CertificateError) as exc:
             # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
             pool._put_conn(None)
-            reason = getattr(exc, "reason", None) or exc
-            raise UpstreamConnectError(f"cannot connect to {target.url}: {reason}") from None
+            raise UpstreamConnectError(f"cannot connect to {target.url}: "
+                                       f"{failure_reason(exc)}") from None
         except ConnectTimeoutError:
             pool._put_conn(None)
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None

@@ -70,3 +70,28 @@ def test_a_reset_connection_is_closed():
     finally:
         client.close()
         server.close()
+
+
+def test_a_connect_failure_is_told_in_the_systems_words():
+    """urllib3 wraps the OSError in a NewConnectionError whose text names its connection class
+    (what the error log and the access log's `error` field showed); the OS's reason is what
+    an operator reads."""
+    import errno
+    import socket
+
+    from urllib3.connection import HTTPConnection
+    from urllib3.exceptions import NewConnectionError
+
+    from gwserver.net.sockets import failure_reason
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    try:
+        try:
+            raise refused
+        except OSError as exc:
+            raise NewConnectionError(HTTPConnection("h", 1), f"Failed to establish: {exc}") \
+                from exc
+    except NewConnectionError as wrapped:
+        assert failure_reason(wrapped) == "connection refused"
+    assert failure_reason(socket.gaierror(-2, "Name or service not known")) == \
+        "name or service not known"
+    assert failure_reason(ValueError("bad port")) == "bad port"
