@@ -133,9 +133,10 @@ SERVER = Schema(
           "longest header field in bytes, 64 or more (gunicorn's 0, no limit, is refused)"),
     Field("max_body_size", integer(0), 0,
           "request body limit in bytes for routes that set none; 0 = no limit"),
-    Field("request_buffer_size", integer(0), 65536,
+    Field("request_buffer_size", integer(0, 64 << 20), 65536,
           "bodies up to this many bytes are read whole before the upstream is contacted "
-          "(a slow client holds no upstream connection); larger ones stream"),
+          "(a slow client holds no upstream connection); larger ones stream. Held in memory "
+          "per request: at most 64 MiB"),
     Field("client_body_timeout", number(0, exclusive=True), 10.0,
           "seconds allowed between two reads of a request body (nginx: client_body_timeout)"),
     Field("min_body_rate", integer(0), 1024,

@@ -313,3 +313,11 @@ def test_a_short_jwt_secret_file_is_warned_of_without_its_content(tmp_path):
     (warning,) = conf_warnings(conf)
     assert warning.startswith("route r: plugins.jwt.secret_file's secret is 11 bytes")
     assert "tiny" not in warning
+
+
+def test_request_buffer_size_is_bounded():
+    """Bodies up to request_buffer_size are held in memory per request: a typo such as
+    100000000000 was taken, and a few clients could then fill the host's memory."""
+    assert any(p.startswith("server.request_buffer_size: must be a non-negative integer "
+                            "between 0 and 67108864, got 100000000000")
+               for p in problems_of({"server": {"request_buffer_size": 100_000_000_000}}))
