@@ -64,7 +64,7 @@ from ..errors import BadRequest, HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
-from ..net.sockets import (RECV_SIZE, PlainSocket, linger, peer_address,
+from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, linger, peer_address,
                            raw_socket, send_all, unsent_bytes)
 
 log = logging.getLogger("gwserver.h2")
@@ -522,6 +522,7 @@ class H2ServerConnection:
         self.bodies_waiting = 0         # streams waiting for body data (body_rate)
         self.wait_state = None          # what the reader waits for: see _wait_for
         self.unsent_since = None        # idle, its last answer still queued (expire)
+        self.idle_closing = False       # idle and timed out: GOAWAY sent, lingering (expire)
         self.timeout_reason = None      # why Runtime.close_slowest_body closed it
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
@@ -677,7 +678,10 @@ class H2ServerConnection:
 
     def expire(self):
         """A deadline passed (idle, a head too slow, a stalled send, the linger after an
-        error): close, so waits end."""
+        error): close, so waits end. An idle connection closes gracefully (``idle_close``)."""
+        if self.idle_closing:
+            self.sock.close()           # its linger ran out, or the slots are wanted now
+            return
         idle = not self.streams
         if idle and self.wait_state == "idle" and unsent_bytes(self.sock):
             # Its keepalive ran out with the last answer still queued for a slow reader:
@@ -691,20 +695,13 @@ class H2ServerConnection:
                 self.runtime.deadlines.arm(self, 1.0)
                 return
         self.timed_out = True
-        if idle and type(self.sock) is not PlainSocket:
-            # TLS: a record is written whole or not at all, so by a greenlet that may wait
-            # (briefly: the connection is done with) rather than by the ticker. Draining
-            # from now: a request read meanwhile is refused (safe to retry), never taken
-            # and then lost with the connection.
-            self.draining = True
-            gevent.spawn(self._goaway_and_close)
+        if idle:
+            self.idle_close()
             return
         try:
             # (not while a frame is half written: the lock's holder waits for the socket)
             if not self.lock.locked():
-                if idle:
-                    self._send_now(self._goaway_frame(E.NO_ERROR))  # plain: TLS went above
-                elif self.timeout_reason and not unsent_bytes(self.sock):
+                if self.timeout_reason and not unsent_bytes(self.sock):
                     # Streams open, closed for a body under min_body_rate: the client is
                     # told why, as an HTTP/1.1 one gets its 408 (nothing is queued ahead of
                     # it). Not a graceful close: ENHANCE_YOUR_CALM, as for the floods.
@@ -724,10 +721,47 @@ class H2ServerConnection:
         except (OSError, ValueError):
             pass
 
+    def reclaim(self):
+        """Runtime.close_oldest_idle: every slot is taken and this idle connection's is
+        wanted now, so no linger (its GOAWAY still goes first; HTTP/1.1's idle ones are
+        closed as plainly)."""
+        self.timed_out = self.draining = self.idle_closing = True
+        self.runtime.deadlines.disarm(self)
+        if type(self.sock) is PlainSocket:
+            try:
+                if not self.lock.locked():      # (not into a frame half written)
+                    self._send_now(self._goaway_frame(E.NO_ERROR))
+            finally:
+                self.sock.close()
+            return
+        # TLS: a record is written whole or not at all, by a greenlet that may wait
+        # (briefly) rather than by the ticker
+        gevent.spawn(self._goaway_and_close)
+
     def _goaway_and_close(self):
         with gevent.Timeout(1.0, False):
             self._send_goaway(E.NO_ERROR)
         self.sock.close()
+
+    def idle_close(self):
+        """Close an idle connection (keepalive over, or its slot wanted) as nginx's lingering
+        close does: draining from now, GOAWAY(NO_ERROR), and the reader reads on, refusing
+        any new stream (REFUSED_STREAM: safe to send again), until the client closes or
+        LINGER_SECONDS pass (expire again). Closed at once, a request the client sent
+        meanwhile would sit unread, and the reset such a close sends can take the GOAWAY
+        with it: a request lost without a word. The GOAWAY goes out from a greenlet: the
+        ticker must not wait, and a TLS record is written whole or not at all."""
+        self.draining = self.idle_closing = True
+        self.runtime.deadlines.arm(self, LINGER_SECONDS)
+        gevent.spawn(self._goaway_or_close)
+
+    def _goaway_or_close(self):
+        sent = False
+        with gevent.Timeout(1.0, False):
+            self._send_goaway(E.NO_ERROR)
+            sent = not self.closed
+        if not sent:
+            self.sock.close()           # the client is not reading: no reason to linger
 
     # -- the reader ------------------------------------------------------------------------------
 
@@ -772,6 +806,8 @@ class H2ServerConnection:
         header_timeout) or "streams" (the streams' own deadlines). PINGs and other control
         frames of an idle connection, whole or in pieces, do not restart its keepalive, as
         they would not end an HTTP/1.1 connection's idleness either."""
+        if self.idle_closing:
+            return                      # lingering: its deadline is idle_close's
         buffered = self.h2.incoming_buffer
         begun = buffered._data
         state = "head" if buffered._headers_buffer or (
@@ -794,7 +830,8 @@ class H2ServerConnection:
             runtime.deadlines.disarm(self)
 
     def read_loop(self):
-        while not (self.closed or self.draining and not self.streams):
+        while not (self.closed or self.draining and not self.streams and
+                   not self.idle_closing):
             self._wait_for()
             try:
                 data = self.sock.recv(RECV_SIZE)

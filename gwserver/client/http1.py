@@ -421,6 +421,10 @@ class ClientConnection:
         queued for it goes out before the FIN."""
         return True
 
+    def reclaim(self):
+        """Runtime.close_oldest_idle: this idle connection's slot is wanted now."""
+        self.expire()
+
     def body_rate(self, now):
         """Bytes a second of the current body while the gateway waited for it (read_body),
         or None before 5 s of waiting (a slow start is not yet a slow client)."""

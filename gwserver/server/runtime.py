@@ -323,7 +323,7 @@ class Runtime:
         for conn in self.idle_clients:
             if conn.may_close_idle():
                 del self.idle_clients[conn]
-                conn.expire()
+                conn.reclaim()
                 return True
         return False
 

@@ -260,12 +260,16 @@ def test_idle_and_header_timeouts(gw):
     sid = client.request("/echo")
     assert client.response(sid)[0] == 200
     started = time.monotonic()
-    client.pump(lambda c: c.closed, timeout=5)             # keepalive = 1 s
-    assert client.closed and 0.8 < time.monotonic() - started < 3
+    client.pump(lambda c: c.goaway() is not None, timeout=5)   # keepalive = 1 s
+    assert client.goaway().error_code == E.NO_ERROR and 0.8 < time.monotonic() - started < 3
+    # A client that does not close on the GOAWAY is closed after the linger (2 s) in which
+    # a request it sent meanwhile is refused rather than reset with the connection.
+    client.pump(lambda c: c.closed, timeout=6)
+    assert client.closed and time.monotonic() - started < 5.5
     silent = RawH2(gw.port)                                # a preface, then nothing
     started = time.monotonic()
-    silent.pump(lambda c: c.closed, timeout=5)             # header_timeout = 1 s
-    assert silent.closed and time.monotonic() - started < 3
+    silent.pump(lambda c: c.closed, timeout=6)             # header_timeout = 1 s (+ linger)
+    assert silent.closed and silent.goaway() is not None and time.monotonic() - started < 5
 
 
 def test_a_stream_reset_in_the_read_that_opened_it_is_forgotten(gw):
@@ -1037,7 +1041,7 @@ RACE_CHILD = textwrap.dedent("""
     from tests.h2client import RawH2
 
     hold = monkey.get_original("time", "sleep")     # the whole worker waits: no greenlet runs
-    state, cert, key = sys.argv[1:]
+    state, cert, key, ping_first = sys.argv[1:]
     KEEPALIVE = 1.0
     conf = parse_conf({
         "server": {"state_dir": state, "keepalive": KEEPALIVE},
@@ -1071,6 +1075,9 @@ RACE_CHILD = textwrap.dedent("""
             break
     idle = idle and not conn.timed_out
     hold(KEEPALIVE + 0.3)               # the keepalive runs out: the ticker is due...
+    if ping_first == "ping":            # a PING in a TLS record of its own, first: the
+        client.conn.ping(b"12345678")   # reader takes it alone, and then it was draining
+        client.flush()
     sid = client.conn.get_next_available_stream_id()
     client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
                                    (b":path", b"/second"), (b":authority", b"localhost")],
@@ -1088,7 +1095,8 @@ RACE_CHILD = textwrap.dedent("""
 """)
 
 
-def test_a_request_read_as_a_tls_keepalive_runs_out_is_refused_not_lost(tmp_path):
+@pytest.mark.parametrize("before", ["", "ping"])
+def test_a_request_read_as_a_tls_keepalive_runs_out_is_refused_not_lost(tmp_path, before):
     """A second attack pass: on TLS an idle connection's GOAWAY goes out from a greenlet, and
     a request read before that greenlet ran was taken, named in the GOAWAY as taken and lost
     with the socket (1 in 93 tries against a gateway). The connection drains from the expiry
@@ -1098,10 +1106,16 @@ def test_a_request_read_as_a_tls_keepalive_runs_out_is_refused_not_lost(tmp_path
     its ticker) and its client in a child process, whose loop is held until the keepalive has
     run out and the HEADERS are in, so the ticker and the reader wake in the same turn of it
     (the ticker first: gevent's libev loop runs the timers due before the sockets ready), as
-    in the race in a real worker."""
+    in the race in a real worker.
+
+    With a PING in a record of its own just before the HEADERS (a gRPC keepalive, say), the
+    reader read the PING alone, left its loop (draining, no stream) and closed the socket
+    before the GOAWAY went out: the unread HEADERS made the close a reset, and the client got
+    no answer, no RST_STREAM and no GOAWAY. An idle connection now lingers after its GOAWAY,
+    reading and refusing, until the client closes or LINGER_SECONDS pass."""
     cert, key, _ = CA(tmp_path).issue("localhost")
     out = subprocess.run([sys.executable, "-c", RACE_CHILD, str(tmp_path), str(cert),
-                          str(key)], capture_output=True, text=True, timeout=60)
+                          str(key), before], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.splitlines()[-1])
     assert seen["first"] == 301 and seen["idle"], seen
