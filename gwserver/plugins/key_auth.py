@@ -44,8 +44,12 @@ MAX_KEY = 512           # bytes; longer is not a key we issued
 SCHEMA = Schema(
     Field("header", header_name, "X-API-Key", "request header carrying the key"),
     Field("query", string(r"[A-Za-z0-9_.~-]+", "a query parameter name", allow_empty=True),
-          "", "query parameter carrying the key; empty: the header only"),
-    Field("hide_credentials", boolean, True, "remove the key before proxying"),
+          "", "query parameter carrying the key; empty: the header only. Every spelling an "
+          "upstream may read as it counts (any case, percent-encoded, PHP's . for _, after a ;): "
+          "two different keys in one request (header and query, or the query twice) are a 401 "
+          "ambiguous_key"),
+    Field("hide_credentials", boolean, True, "remove the key before proxying (the header, and "
+          "every copy in the query)"),
     Field("anonymous", string(CONSUMER_ID, "a consumer id"), None,
           "consumer that requests without a key are taken for (default: 401)"),
     Field("cache_seconds", number(0), 60.0, "how long a key found is remembered per worker"),
@@ -107,15 +111,26 @@ def prepare(conf):
                                             conf["negative_cache_size"])}
 
 
+def _param_name(name):
+    """A query parameter's name as the frameworks behind a gateway may read it: decoded
+    (``api%6Bey``), any case, and PHP's ``.`` and space as ``_``."""
+    return unquote_plus(name).lower().replace(".", "_").replace(" ", "_")
+
+
 def _from_query(query, name):
-    """(the keys parameter ``name`` holds, query without them) for parameter ``name``."""
-    if not query or name not in query:
+    """(the keys the query holds for parameter ``name``, the query without them). Every
+    spelling an upstream may take for ``name`` counts (_param_name), and so does a
+    parameter after a ``;`` (Rack and old CGI libraries split on it too): a key the gateway
+    did not see could otherwise reach an upstream that reads one."""
+    if not query:
         return [], query
+    wanted = _param_name(name)
     found, kept = [], []
     for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if unquote_plus(key) == name:
-            found.append(unquote_plus(value))
+        keys = [value for key, _, value in (piece.partition("=") for piece in part.split(";"))
+                if _param_name(key) == wanted]
+        if keys:
+            found += [unquote_plus(key) for key in keys]
         else:
             kept.append(part)
     return found, "&".join(kept)

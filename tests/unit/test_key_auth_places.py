@@ -38,6 +38,10 @@ def request(header=None, query=""):
     ("ka", "apikey=kb"),                    # alice in the header, bob in the query
     (None, "apikey=ka&apikey=kb"),          # the parameter twice
     ("ka", "x=1&apikey=ka&apikey=kb"),
+    ("ka", "api%6Bey=kb"),                  # the name percent-encoded: decoded upstream
+    ("ka", "x=1&%61pikey=kb"),
+    ("ka", "APIKEY=kb"),                    # ASP.NET reads names in any case
+    ("ka", "x=1;apikey=kb"),                # Rack splits on ; too
 ])
 def test_two_different_keys_are_refused(header, query):
     plugin, conf = key_auth()
@@ -45,9 +49,16 @@ def test_two_different_keys_are_refused(header, query):
     assert reply.status == 401 and b"ambiguous_key" in reply.body
 
 
+def test_php_reads_a_dot_in_a_name_as_an_underscore():
+    plugin, conf = key_auth(query="api_key")
+    reply = plugin.access(conf, request(None, "api_key=ka&api.key=kb"))
+    assert reply.status == 401 and b"ambiguous_key" in reply.body
+
+
 @pytest.mark.parametrize("header, query, consumer", [
     ("ka", "x=1&apikey=ka", "alice"),       # the same key twice is one key
     (None, "apikey=kb&x=1", "bob"),
+    (None, "Api%4Bey=kb&x=1", "bob"),       # one key, however spelt: found and taken out
     ("ka", "x=1", "alice"),
 ])
 def test_hide_credentials_clears_the_header_and_the_query(header, query, consumer):
