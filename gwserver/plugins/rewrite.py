@@ -16,9 +16,11 @@ backslash, no ``;``, starting with ``/``): a replacement whose fixed text is not
 error, and a request whose captures would make one (``/a/$1`` with ``$1`` = ``..``, or empty)
 or a path the route's ``strip_prefix`` would cut into a dot segment, is refused with 500 and
 a log line naming the route and both paths, so a rewrite cannot re-open what docs/security.md
-closes. A ``$variable``'s value is percent-encoded where a path cannot hold it raw
-(``variables.path_escape``): a client's X-Request-ID never writes spaces into the upstream's
-request line. Order: the access phase sets ``ctx.path``; the proxy then
+closes. A ``$variable``'s value is literal text, percent-encoded where a path cannot hold it
+raw and its ``%`` too (``variables.path_escape``; ``$path`` and ``$param_NAME`` are path text
+already): a client's X-Request-ID never writes spaces into the upstream's request line. When
+only the request's values make the path bad (an X-Request-ID of ``..``), the answer is 400,
+the client's error, not a 500 counted against the route. Order: the access phase sets ``ctx.path``; the proxy then
 builds the upstream's path from it (``upstream_path``), removing the route's ``strip_prefix``
 if the rewritten path starts with it; the query is kept as it came.
 
@@ -101,7 +103,14 @@ def prepare(conf):
                 raise ValueError(f"path.replace uses ${part} but path.match has "
                                  f"{regex.groups} group(s)")
         _check_fixed_text(replace)
-        path = (regex, replace)
+        # $path and $param_NAME are path text already; the other variables' values are
+        # literal text, escaped as such (variables.path_escape)
+        names = iter(replace.names)
+        escaped = tuple(None if isinstance(part, str) else
+                        False if isinstance(part, int) or (name := next(names)) == "path" or
+                        name.startswith("param_") else True
+                        for part in replace.parts)
+        path = (regex, replace, escaped)
     statuses = {}
     for key, to in conf["response_status"].items():
         if not key.isdigit() or not 100 <= int(key) <= 599:
@@ -192,30 +201,52 @@ def access(conf, ctx):
 
 
 def _rewrite_path(path_conf, ctx):
-    regex, replace = path_conf
+    regex, replace, escaped = path_conf
     m = regex.search(ctx.path)
     if m is None:
         return None
+    new = _expand(replace, escaped, m, ctx)
+    strip = ctx.route.strip_prefix if ctx.route else None
+    if _sendable(new, strip):
+        ctx.path = new
+        return None
+    route_id = ctx.route.id if ctx.route else None
+    if _sendable(_expand(replace, escaped, m, ctx, values="x"), strip):
+        # The template and the captures make a good path; this request's values ($query,
+        # $request_id ...: the client's) do not: its error, not the gateway's.
+        throttled_log.log(log, logging.INFO, ("rewrite values", route_id),
+                          "route %s: the request's values make %r, which is not a canonical "
+                          "path; refused (400)", route_id, new[:200])
+        return Reply.json(400, {"error": "bad_request", "message": "the request's values "
+                                "make a path that is not canonical"})
+    throttled_log.log(log, logging.ERROR, ("rewrite refused", route_id),
+                      "route %s: rewrite made %r from %r, which is not a canonical path; "
+                      "refused (500)", route_id, new[:200], ctx.path[:200])
+    return Reply.json(500, {"error": "rewrite_failed",
+                            "message": "the rewritten path is not canonical"})
+
+
+def _sendable(path, strip):
+    """Canonical, no query or fragment, and canonical once ``strip`` (the route's
+    strip_prefix) is taken off."""
+    return _canonical(path) and not ("?" in path or "#" in path) and \
+        not (strip and strip_path_prefix(path, strip) is None)
+
+
+def _expand(replace, escaped, m, ctx, values=None):
+    """The replacement for match ``m``; ``values``: what every escaped variable stands for
+    instead of its value (to tell whose fault a bad path is)."""
     pieces = []
-    for part in replace.parts:
-        if isinstance(part, str):
+    for part, escape in zip(replace.parts, escaped):
+        if escape is None:
             pieces.append(part)
         elif isinstance(part, int):
             pieces.append(m.group(part) or "")
+        elif escape:
+            pieces.append(values if values is not None else path_escape(part(ctx)))
         else:
-            pieces.append(path_escape(part(ctx)))
-    new = ctx.path[:m.start()] + "".join(pieces) + ctx.path[m.end():]
-    strip = ctx.route.strip_prefix if ctx.route else None
-    if not _canonical(new) or "?" in new or "#" in new or \
-            strip and strip_path_prefix(new, strip) is None:
-        route_id = ctx.route.id if ctx.route else None
-        throttled_log.log(log, logging.ERROR, ("rewrite refused", route_id),
-                          "route %s: rewrite made %r from %r, which is not a canonical path; "
-                          "refused (500)", route_id, new[:200], ctx.path[:200])
-        return Reply.json(500, {"error": "rewrite_failed",
-                                "message": "the rewritten path is not canonical"})
-    ctx.path = new
-    return None
+            pieces.append(part(ctx))
+    return m.string[:m.start()] + "".join(pieces) + m.string[m.end():]
 
 
 def _bad_value(ctx, name):

@@ -135,17 +135,18 @@ def uri_escape(value):
     return quote(raw, safe=_URI_SAFE)
 
 
-# A path's characters (RFC 3986 pchar, "/" and "%"): "?" and "#" would end the path, and the
-# rest (space, controls, '"', '<', '\\', non-ASCII ...) cannot stand raw in a request line.
-_PATH_SAFE = "!$&'()*+,/:;=@-._~%"
+# A path's characters (RFC 3986 pchar and "/"): "?" and "#" would end the path, "%" would
+# make the text an escape, and the rest (space, controls, '"', '<', '\\', non-ASCII ...) cannot
+# stand raw in a request line.
+_PATH_SAFE = "!$&'()*+,/:;=@-._~"
 
 
 def path_escape(value):
-    """A value as text of a path (rewrite's path.replace): what a path cannot hold raw is
-    percent-encoded; "/" stays a separator, and the result is still checked as a path."""
+    """A value as literal text of a path (rewrite's path.replace): what a path cannot hold
+    raw, and "%", is percent-encoded; "/" stays a separator, and the result is still checked
+    as a path. Text already in a path's form ($path, $param_NAME) is not a value."""
     try:
         raw = value.encode("latin-1")
     except UnicodeEncodeError:
         raw = value.encode()
     return quote(raw, safe=_PATH_SAFE)
-

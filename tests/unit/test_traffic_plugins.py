@@ -138,6 +138,7 @@ def test_captures_that_make_a_path_that_is_not_canonical_get_500(path):
     ("a /admin", "/t/a%20/admin/x"),        # no four-word request line upstream
     ("a\tb?c#d", "/t/a%09b%3Fc%23d/x"),
     ("\xc3\xa9", "/t/%C3%A9/x"),            # UTF-8 read as latin-1: its bytes, encoded
+    ("%41%2F", "/t/%2541%252F/x"),           # literal text: its % is not an escape
 ])
 def test_variables_in_a_rewritten_path_are_percent_encoded(request_id, path):
     plugin, conf = step({"rewrite": {"path": {"match": "^/rid/(.*)$",
@@ -147,13 +148,21 @@ def test_variables_in_a_rewritten_path_are_percent_encoded(request_id, path):
     assert plugin.access(conf, ctx) is None and ctx.path == path
 
 
-@pytest.mark.parametrize("request_id", ["..", "a/../b", "\xe9"])     # "\xe9": not UTF-8
-def test_variables_that_make_a_path_that_is_not_canonical_get_500(request_id):
+@pytest.mark.parametrize("request_id", ["..", "a/../b", "\xe9", ""])  # "\xe9": not UTF-8
+def test_request_values_that_make_a_path_that_is_not_canonical_get_400(request_id):
+    """The client's values at fault (an empty one makes //): its error, not the gateway's."""
     plugin, conf = step({"rewrite": {"path": {"match": "^/rid/(.*)$",
                                               "replace": "/t/$request_id/$1"}}})
     ctx = ctx_for("/rid/x")
     ctx.request_id = request_id
-    assert plugin.access(conf, ctx).status == 500 and ctx.path == "/rid/x"
+    assert plugin.access(conf, ctx).status == 400 and ctx.path == "/rid/x"
+
+
+def test_path_variables_are_path_text_not_values():
+    plugin, conf = step({"rewrite": {"path": {"match": "^/p/(.*)$",
+                                              "replace": "/v2$path/$param_id"}}})
+    ctx = ctx_for("/p/a%20b", params={"id": "c%3Ad"})
+    assert plugin.access(conf, ctx) is None and ctx.path == "/v2/p/a%20b/c%3Ad"
 
 
 def test_header_edits_with_variables_and_an_empty_set_removes_the_clients_copy():
@@ -238,6 +247,6 @@ def test_acl_remembers_a_verdict_per_consumer_version_never_across_versions():
     assert plugin.access(conf, ctx).status == 403
 
 
-def test_path_escape_keeps_separators_and_escapes_and_encodes_the_rest():
+def test_path_escape_keeps_separators_and_encodes_the_rest():
     assert path_escape("/a%2Fb c?d#e\r\n\\\"<>\xe9;=@") == \
-        "/a%2Fb%20c%3Fd%23e%0D%0A%5C%22%3C%3E%E9;=@"
+        "/a%252Fb%20c%3Fd%23e%0D%0A%5C%22%3C%3E%E9;=@"
