@@ -116,31 +116,52 @@ def socket_type(address, addresses):
     return cls
 
 
-def _holds_ipv4_port(listener, address):
-    """Is ``listener`` a dual-stack IPv6 wildcard on ``address``'s port, an IPv4 address?"""
-    if not isinstance(address, tuple) or is_ipv6(address[0]) or listener.sock is None or \
-            listener.sock.family != socket.AF_INET6:
-        return False
+def _v6_only(listener):
+    """For a kept IPv6 wildcard listener: is it bound IPv6-only? None for any other."""
+    sock_ = listener.sock
+    if sock_ is None or sock_.family != socket.AF_INET6:
+        return None
     try:
-        host, port = listener.sock.getsockname()[:2]
-        return port == address[1] and host == "::" and not listener.sock.getsockopt(
-            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        if sock_.getsockname()[0] != "::":
+            return None
+        return bool(sock_.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
     except OSError:
-        return False
+        return None
+
+
+def _split_changed(kept, address, roles):
+    """Why ``kept`` (the IPv6 wildcard on ``address``) cannot serve the new configuration:
+    bound dual-stack where an IPv4 address now shares its port, or IPv6-only where none does
+    any more (IPv4 clients would be refused). None when it can. Only a restart re-binds it:
+    re-bound in place, it would refuse connections meanwhile."""
+    v6_only = _v6_only(kept)
+    if v6_only is None:
+        return None
+    wanted = socket_type(address, roles) is V6OnlySocket
+    if v6_only == wanted:
+        return None
+    if wanted:
+        return (f"the listener on {describe(address)}, bound dual-stack, holds IPv4 port "
+                f"{address[1]} too: restart to listen on both")
+    return (f"the listener on {describe(address)} is bound IPv6-only (an IPv4 address shared "
+            f"its port): alone it would refuse IPv4 clients; restart to bind it dual-stack")
 
 
 def rebind(current, roles, cfg, log):
     """(listeners for ``roles`` in their order, listeners to retire); see the module doc."""
     remaining = list(current)
-    wanted, fresh = [], []
+    wanted, fresh, kept_ones = [], [], []
     for address, role in roles.items():
         kept = next((lnr for lnr in remaining if _matches(lnr, address)), None)
         if kept is not None:
+            problem = _split_changed(kept, address, roles)
+            if problem is not None:
+                for lnr in fresh:
+                    lnr.close()
+                raise ListenerError(f"cannot keep the {role} address {describe(address)}: "
+                                    f"{problem}")
             remaining.remove(kept)
-            if kept.sock is not None:
-                # server.backlog: listen() again on a listening socket sets the new limit
-                # (Linux), the queue and its connections untouched
-                kept.sock.listen(cfg.backlog)
+            kept_ones.append(kept)
             wanted.append(name_listener(kept, role))
             continue
         try:
@@ -149,12 +170,17 @@ def rebind(current, roles, cfg, log):
             for lnr in fresh:
                 lnr.close()
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            dual = next((lnr for lnr in current if _holds_ipv4_port(lnr, address)), None)
-            if dual is not None:
-                reason += (f" (the listener on {describe(dual.cfg_addr)}, bound dual-stack, "
-                           f"holds IPv4 port {address[1]} too: restart to listen on both)")
             raise ListenerError(f"cannot listen on the {role} address {describe(address)}: "
                                 f"{reason}") from exc
         fresh.append(listener)
         wanted.append(name_listener(listener, role))
+    for kept in kept_ones:
+        # server.backlog: listen() again on a listening socket sets the new limit (Linux),
+        # its queue and connections untouched; only once every bind succeeded (a refused
+        # reload changes nothing). Where it is denied (SELinux on an inherited socket, as
+        # gunicorn's sock.py warns), the old limit stays.
+        try:
+            kept.sock.listen(cfg.backlog)
+        except (OSError, AttributeError) as exc:
+            log.warning("%s keeps its backlog: listen(%d) failed: %s", kept, cfg.backlog, exc)
     return wanted, remaining

@@ -263,9 +263,24 @@ def test_adding_ipv4_beside_a_dual_stack_listener_is_refused_naming_why(start_ga
                        extra_binds=[f"[::]:{other}"])
     assert answers(other) == 200 and answers_on_ipv6(other) == 200
     refused_reload(gw, lambda conf: conf["server"]["bind"].append(f"127.0.0.1:{other}"),
-                   f"the listener on [::]:{other}, bound dual-stack, holds IPv4 port {other} "
-                   f"too: restart to listen on both")
+                   f"reload refused: cannot keep the server address [::]:{other}: the listener "
+                   f"on [::]:{other}, bound dual-stack, holds IPv4 port {other} too: restart "
+                   f"to listen on both")
     assert answers(other) == 200 and answers_on_ipv6(other) == 200
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_removing_the_ipv4_sibling_of_an_ipv6_only_listener_is_refused(start_gateway, upstream):
+    """A review: [::]:P bound IPv6-only beside 127.0.0.1:P was kept as it was when the IPv4
+    address went away, and IPv4 clients were refused on P, the reload said complete."""
+    port = free_port()
+    gw = start_gateway(gateway_conf([route("e", ["/echo"], upstream.url)]),
+                       extra_binds=[f"127.0.0.1:{port}", f"[::]:{port}"])
+    assert answers(port) == 200 and answers_on_ipv6(port) == 200
+    refused_reload(gw, lambda conf: conf["server"]["bind"].remove(f"127.0.0.1:{port}"),
+                   f"reload refused: cannot keep the server address [::]:{port}: the listener "
+                   f"on [::]:{port} is bound IPv6-only")
+    assert answers(port) == 200 and answers_on_ipv6(port) == 200
 
 
 def listen_backlog(port):
