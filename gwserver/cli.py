@@ -1,4 +1,4 @@
-"""``gwserver run | check | settings | demo-upstream``."""
+"""``gwserver run | check | reload | settings | demo-upstream``."""
 import argparse
 import os
 import sys
@@ -8,7 +8,6 @@ from .errors import ConfigError
 
 def cmd_run(args):
     import shutil
-    import tempfile
     from .server.app import GatewayApplication
     from .settings import load_conf
     try:
@@ -35,8 +34,8 @@ def cmd_run(args):
         metrics_dir = conf.admin["metrics_dir"]
         if not metrics_dir:     # in memory: the files are rewritten with every request
             from .settings import tmpfs_dir
-            metrics_dir = private_metrics_dir = tempfile.mkdtemp(
-                prefix="gwserver-metrics-", dir=tmpfs_dir(runtime_first=True))
+            metrics_dir = private_metrics_dir = metrics.private_dir(
+                tmpfs_dir(runtime_first=True))
         # Before anything imports prometheus_client: it reads the directory at import.
         metrics.prepare(metrics_dir)
     master = os.getpid()
@@ -169,6 +168,8 @@ def main(argv=None):
                                 "(80 random bytes, mode 0600, replaced atomically)")
     ticket_key.add_argument("file")
     ticket_key.set_defaults(func=cmd_tls_new_ticket_key)
+    from .reload_cli import add_parser as add_reload_parser
+    add_reload_parser(sub, conf_option)
     settings = sub.add_parser("settings", help="print every setting with its default and doc")
     settings.set_defaults(func=cmd_settings)
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to proxy to (demo, tests)")

@@ -207,13 +207,18 @@ class ReloadStatus:
         self.state_dir = state_dir
         self.generation = previous.generation if previous else 0
         self.successful, self.success_time = True, None
+        self.attempts, self.error = 0, None     # reloads tried (the start is 0); why refused
         if previous is not None:
             self.successful, self.success_time = previous.successful, previous.success_time
+            self.attempts, self.error = previous.attempts, previous.error
         self.routes = 0
 
-    def record(self, successful, conf):
+    def record(self, successful, conf, error=None, start=False):
+        """A reload applied (``successful``) or refused (``error`` says why), or the start."""
         now = time.time()
-        self.successful = successful
+        self.successful, self.error = successful, None if successful else error
+        if not start:
+            self.attempts += 1      # what `gwserver reload` waits to see move
         if successful:
             self.generation += 1
             self.success_time = now
@@ -249,6 +254,7 @@ class ReloadStatus:
         write_to_textfile(os.path.join(self.state_dir, "master.prom"), registry)
         atomic_write(os.path.join(self.state_dir, "master.json"), json.dumps({
             "pid": os.getpid(), "generation": self.generation, "conf": conf.path,
+            "reload_attempts": self.attempts, "last_reload_error": self.error,
             "last_reload_successful": self.successful,
             "last_reload_success": rfc3339(self.success_time),
             "last_reload_attempt": rfc3339(now)}).encode())
@@ -328,7 +334,7 @@ class GatewayArbiter(Arbiter):
                 name_listener(listener, role)
         self.worker_generation = 1      # of the workers spawned from now on (+1 per reload)
         self.reloads = ReloadStatus(self.app.conf.server["state_dir"])
-        self.reloads.record(True, self.app.conf)
+        self.reloads.record(True, self.app.conf, start=True)
         self.ready_sent = False
         self.helpers = helpers_for(self.app)
         self.helper_conf = dict(self.app.conf.etcd or {})
@@ -498,7 +504,10 @@ class GatewayArbiter(Arbiter):
             log.error("reload refused: %s is invalid; still serving the previous configuration",
                       self.app.conf_path)
             self.notify("STATUS=reload refused: invalid configuration; serving the previous one")
-            self.reloads.record(False, self.app.conf)
+            self.reloads.record(False, self.app.conf, "invalid configuration: " +
+                                "; ".join(exc.problems[:10]) +
+                                (f" (and {len(exc.problems) - 10} more)"
+                                 if len(exc.problems) > 10 else ""))
             return
         lock = getattr(self.app, "instance_lock", None)
         if lock is not None:
@@ -509,7 +518,7 @@ class GatewayArbiter(Arbiter):
                 log.error("reload refused: %s; still serving the previous configuration", exc)
                 self.notify("STATUS=reload refused: runtime directory in use; serving the "
                             "previous configuration")
-                self.reloads.record(False, self.app.conf)
+                self.reloads.record(False, self.app.conf, str(exc))
                 return
         log.info("reloading with %s (%d routes)", self.app.conf_path,
                  len(self.app.pending_conf.router))
@@ -521,7 +530,7 @@ class GatewayArbiter(Arbiter):
         if not reloaded:
             self.notify(f"READY=1\nSTATUS=reload refused; serving with {len(self.WORKERS)} "
                         f"workers and the previous configuration")
-            self.reloads.record(False, self.app.conf)
+            self.reloads.record(False, self.app.conf, self.refused_because)
             return
         # Helpers survive reloads: the health checker re-reads its targets on SIGHUP; a changed
         # [etcd] section gets a sync process that reads it; helpers the new conf asks for (or
@@ -561,6 +570,7 @@ class GatewayArbiter(Arbiter):
         on with the configuration, listeners and workers it had.
         """
         old_conf, old_tls, old_cfg = self.app.conf, self.app.tls_server, self.app.cfg
+        self.refused_because = None
         try:
             self.app.reload()           # gunicorn's do_load_config sys.exits on a bad setting
             listeners, retired = rebind(self.LISTENERS, listener_roles(self.app.conf),
@@ -571,6 +581,7 @@ class GatewayArbiter(Arbiter):
             reason = exc if isinstance(exc, ListenerError) else "gunicorn refused a setting"
             log.error("reload refused: %s; still serving the previous configuration and "
                       "listeners", reason)
+            self.refused_because = str(reason)
             return False
         self._stats["reloads"] += 1
         self.setup(self.app)

@@ -5,6 +5,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,16 +90,47 @@ def reload_lines(unit):
             if line.startswith("ExecReload=")]
 
 
-def test_a_refused_conf_fails_the_reload():
+def test_the_unit_reloads_through_the_masters_verdict():
     """`systemctl reload` ran only `kill -HUP`: it succeeded on a conf the master refuses.
-    The unit checks the conf it starts with, then signals; systemd runs ExecReload= lines in
-    order and stops at the first that fails."""
+    ExecReload= is `gwserver reload`, which waits for the master's verdict; the conf path is
+    one Environment= variable that every Exec line uses (a drop-in changes it once)."""
     unit = (ROOT / "systemd" / "gwserver.service").read_text()
-    start = [line.partition("=")[2] for line in unit.splitlines()
-             if line.startswith("ExecStart=")]
-    conf = start[0].split(" -c ", 1)[1]
-    assert reload_lines(unit) == [f"/opt/gwserver/bin/gwserver check -c {conf}",
-                                  "/bin/kill -HUP $MAINPID"]
+    assert "Environment=GWSERVER_CONF=/etc/gwserver/gwserver.toml" in unit.splitlines()
+    execs = [line for line in unit.splitlines() if line.startswith("Exec")]
+    assert execs == [
+        "ExecStartPre=/opt/gwserver/bin/gwserver check -c ${GWSERVER_CONF}",
+        "ExecStart=/opt/gwserver/bin/gwserver run -c ${GWSERVER_CONF}",
+        "ExecReload=/opt/gwserver/bin/gwserver reload -c ${GWSERVER_CONF} --pid $MAINPID"]
+
+
+def test_gwserver_reload_says_the_masters_verdict(launcher, upstream):
+    """What ExecReload= runs, against a real master: a refused conf exits 1 and says why,
+    an applied one exits 0 with its generation; without --pid it finds the master through
+    master.json."""
+    gw = launcher.gateway(gateway_conf([route("e", ["/echo"], upstream.url)]))
+    good = gw.conf_path.read_text()
+
+    def reload(*extra):
+        return subprocess.run([sys.executable, "-m", "gwserver", "reload", "-c",
+                               str(gw.conf_path), *extra], capture_output=True, text=True,
+                              timeout=90)
+    gw.conf_path.write_text(good.replace('"workers" = 1', '"workers" = "two"'))
+    assert '"two"' in gw.conf_path.read_text()
+    refused = reload("--pid", str(gw.pid))
+    assert refused.returncode == 1, refused
+    assert 'reload refused: invalid configuration: server.workers: must be a positive ' \
+           'integer or "auto", got "two"' in refused.stderr, refused.stderr
+    gw.conf_path.write_text(good)
+    applied = reload("--pid", str(gw.pid))
+    assert applied.returncode == 0 and "reload complete: generation 2" in applied.stdout, \
+        applied
+    again = reload()                                    # the master found by master.json
+    assert again.returncode == 0 and "reload complete: generation 3" in again.stdout, again
+    assert gw.proc.poll() is None
+    missing = subprocess.run([sys.executable, "-m", "gwserver", "reload", "-c",
+                              str(gw.conf_path), "--pid", "999999999"], capture_output=True,
+                             text=True, timeout=30)
+    assert missing.returncode == 1 and "no process 999999999" in missing.stderr
 
 
 def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
@@ -162,19 +194,19 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     unit = unitdir / "gwserver.service"
     text = unit.read_text()
     real_prefix = os.path.realpath(prefix)
-    assert f"ExecStart={real_prefix}/bin/gwserver run -c {confdir}/gwserver.toml" in text
+    assert f"Environment=GWSERVER_CONF={confdir}/gwserver.toml" in text
+    assert f"ExecStart={real_prefix}/bin/gwserver run -c ${{GWSERVER_CONF}}" in text
     assert "Type=notify" in text
-    assert reload_lines(text) == [f"{real_prefix}/bin/gwserver check -c {confdir}/gwserver.toml",
-                                  "/bin/kill -HUP $MAINPID"]
+    assert reload_lines(text) == [f"{real_prefix}/bin/gwserver reload -c ${{GWSERVER_CONF}} "
+                                  f"--pid $MAINPID"]
     verify_unit(text, tmp_path / "gwserver.service")
     # The template of further instances: its own conf file and directories, nothing else.
     template = (unitdir / "gwserver@.service").read_text()
-    assert f"ExecStart={real_prefix}/bin/gwserver run -c {confdir}/%i.toml" in template
+    assert f"Environment=GWSERVER_CONF={confdir}/%i.toml" in template
     for directory in ("RuntimeDirectory", "StateDirectory", "LogsDirectory"):
         assert f"\n{directory}=gwserver-%i\n" in template
     changed = [line for line in template.splitlines() if line not in text.splitlines()]
-    assert len(changed) == 8, changed
-    assert reload_lines(template)[0] == f"{real_prefix}/bin/gwserver check -c {confdir}/%i.toml"
+    assert len(changed) == 6, changed
     verify_unit(template, tmp_path / "gwserver@b.service")
     check = subprocess.run([str(prefix / "bin" / "gwserver"), "check", "-c",
                             str(confdir / "gwserver.toml")], capture_output=True, text=True)
