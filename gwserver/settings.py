@@ -133,10 +133,10 @@ SERVER = Schema(
           "longest header field in bytes, 64 or more (gunicorn's 0, no limit, is refused)"),
     Field("max_body_size", integer(0), 0,
           "request body limit in bytes for routes that set none; 0 = no limit"),
-    Field("request_buffer_size", integer(0, 64 << 20), 65536,
+    Field("request_buffer_size", integer(0, 1 << 30), 65536,
           "bodies up to this many bytes are read whole before the upstream is contacted "
           "(a slow client holds no upstream connection); larger ones stream. Held in memory "
-          "per request: at most 64 MiB"),
+          "per request, so at most 1 GiB (check warns above 64 MiB)"),
     Field("client_body_timeout", number(0, exclusive=True), 10.0,
           "seconds allowed between two reads of a request body (nginx: client_body_timeout)"),
     Field("min_body_rate", integer(0), 1024,
@@ -463,6 +463,9 @@ MIN_ADMIN_TOKEN = 16
 HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
+BUFFER_WARNING = 64 << 20      # request_buffer_size above which check says what it may cost
+
+
 def conf_warnings(conf):
     """What `gwserver check` should say of a valid conf that is likely not what was meant;
     the master logs the same at start and on each reload. Secrets are never quoted."""
@@ -472,6 +475,12 @@ def conf_warnings(conf):
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
+    buffered = server["request_buffer_size"]
+    if buffered > BUFFER_WARNING:
+        warnings.append(f"server.request_buffer_size is {buffered} bytes: each request body up "
+                        f"to that is held in memory, so {server['worker_connections']} "
+                        f"connections per worker may hold "
+                        f"{buffered * server['worker_connections'] >> 30} GiB")
     warnings += unreachable_paths(conf.static_routes)
     admin, token = conf.admin, conf.admin["token"]
     if admin["bind"] and not token and not _loopback_only(admin["bind"]):

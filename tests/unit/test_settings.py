@@ -317,7 +317,16 @@ def test_a_short_jwt_secret_file_is_warned_of_without_its_content(tmp_path):
 
 def test_request_buffer_size_is_bounded():
     """Bodies up to request_buffer_size are held in memory per request: a typo such as
-    100000000000 was taken, and a few clients could then fill the host's memory."""
+    100000000000 was taken, and a few clients could then fill the host's memory. Up to 1 GiB
+    is taken (a conf that buffered 128 MiB to retry large uploads still loads), with a
+    warning above 64 MiB."""
+    from gwserver.settings import conf_warnings
     assert any(p.startswith("server.request_buffer_size: must be a non-negative integer "
-                            "between 0 and 67108864, got 100000000000")
+                            "between 0 and 1073741824, got 100000000000")
                for p in problems_of({"server": {"request_buffer_size": 100_000_000_000}}))
+    conf = parse_conf({"server": {"request_buffer_size": 128 << 20,
+                                  "worker_connections": 1000}})
+    assert "server.request_buffer_size is 134217728 bytes: each request body up to that is " \
+           "held in memory, so 1000 connections per worker may hold 125 GiB" in \
+           conf_warnings(conf)
+    assert not any("request_buffer_size" in w for w in conf_warnings(parse_conf({})))
