@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from bisect import bisect_left
 from pathlib import Path
 from typing import NamedTuple
@@ -197,6 +198,34 @@ def main(argv=None):
     else:
         sys.stdout.write(render_table() + "\n")
     return 0
+
+
+PRIVATE_PREFIX = "gwserver-metrics-"
+
+
+def private_dir(base):
+    """Master: a fresh metrics directory of its own in ``base`` (None: tempfile's default),
+    named by its pid, after removing those of masters no longer running: a killed master
+    cannot remove its own, and a runtime directory kept across restarts
+    (RuntimeDirectoryPreserve=restart) would pile them up in memory, one per crash."""
+    parent = base or tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        names = []
+    for name in names:
+        pid = name[len(PRIVATE_PREFIX):].partition("-")[0]
+        if not name.startswith(PRIVATE_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                    # its master runs (or the pid was taken again)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue                    # another user's process
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=base)
 
 
 def prepare(directory):
