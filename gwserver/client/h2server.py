@@ -744,8 +744,8 @@ class H2ServerConnection:
         self.sock.close()
 
     def idle_close(self):
-        """Close an idle connection (keepalive over, or its slot wanted) as nginx's lingering
-        close does: draining from now, GOAWAY(NO_ERROR), and the reader reads on, refusing
+        """Close an idle connection whose keepalive or header_timeout ran out as nginx's
+        lingering close does (one whose slot is wanted now goes at once: ``reclaim``): draining from now, GOAWAY(NO_ERROR), and the reader reads on, refusing
         any new stream (REFUSED_STREAM: safe to send again), until the client closes or
         LINGER_SECONDS pass (expire again). Closed at once, a request the client sent
         meanwhile would sit unread, and the reset such a close sends can take the GOAWAY
