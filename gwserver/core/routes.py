@@ -13,6 +13,7 @@ from .balancer import POLICIES
 from .schema import (Field, Invalid, Schema, boolean, fraction, header_name, header_value,
                      integer, list_of, map_of, number, one_of, request_key, show, status_code,
                      string)
+from .target import strip_path_prefix
 
 ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
 # The methods a route may list: HTTP's (RFC 9110, PATCH, QUERY), WebDAV's and PURGE. A closed
@@ -552,6 +553,9 @@ def path_problems(spec):
         if spec["strip_prefix"] and not pattern.startswith(spec["strip_prefix"]):
             problems.append(f"route {spec['id']}: strip_prefix {show(spec['strip_prefix'])} is not "
                             f"a prefix of paths[{i}] {show(pattern)}")
+        elif spec["strip_prefix"] and strip_path_prefix(pattern, spec["strip_prefix"]) is None:
+            problems.append(f"route {spec['id']}: strip_prefix {show(spec['strip_prefix'])} cuts "
+                            f"paths[{i}] {show(pattern)} into a dot segment (. or ..)")
         if spec["prefix"] and segments[-1][0] == "catchall":
             problems.append(f"route {spec['id']}: prefix=true with a catch-all in paths[{i}]; "
                             f"use one or the other")

@@ -330,3 +330,11 @@ def test_request_buffer_size_is_bounded():
            "held in memory, so 1000 connections per worker may hold 125 GiB" in \
            conf_warnings(conf)
     assert not any("request_buffer_size" in w for w in conf_warnings(parse_conf({})))
+
+
+def test_a_strip_prefix_that_cuts_a_path_into_a_dot_segment_is_refused():
+    """Every request on such a route would be a 500 (upstream_path will not send it)."""
+    problems = problems_of({"routes": [_route("a", ["/svc../x"], strip_prefix="/svc")]})
+    assert 'route a: strip_prefix "/svc" cuts paths[0] "/svc../x" into a dot segment ' \
+           '(. or ..)' in problems
+
