@@ -134,6 +134,13 @@ def main(kind, args):
             problems, notes = check(kind, items, table)
             for line in ([note] if note else []) + notes:
                 print(f"note: {line}")
+            if kind in ("routes", "upstreams"):
+                from .settings import plugin_warnings
+                for item_id, item in items:
+                    where = f"{kind[:-1]} {item_id}: plugins"
+                    for line in plugin_warnings(where, isinstance(item, dict) and
+                                                item.get("plugins")):
+                        print(f"warning: {line}")
             if problems:
                 return _fail(problems)
             if args.action == "validate":

@@ -459,8 +459,6 @@ def proxy_protocol_problems(server, tls):
 
 
 MIN_ADMIN_TOKEN = 16
-# RFC 7518 3.2: a key of the same size as the hash output (or larger) for HS256/384/512.
-HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
 BUFFER_WARNING = 64 << 20      # request_buffer_size above which check says what it may cost
@@ -495,7 +493,7 @@ def conf_warnings(conf):
         warnings.append(f"{where} has {len(token)} characters: use at least "
                         f"{MIN_ADMIN_TOKEN} random ones (`openssl rand -hex 32`)")
     warnings += [w for where, plugins in _static_plugin_confs(conf)
-                 for w in _jwt_key_warnings(where, plugins.get("jwt"))]
+                 for w in plugin_warnings(where, plugins)]
     return warnings
 
 
@@ -522,30 +520,24 @@ def _static_plugin_confs(conf):
             yield f"route {spec.get('id')}: plugins", spec.get("plugins") or {}
 
 
-def _jwt_key_warnings(where, jwt):
-    """A jwt plugin's HMAC secret shorter than RFC 7518 3.2 asks for its algorithms (an HS*
-    key that short can be brute-forced offline from any one token)."""
-    if not isinstance(jwt, dict):
-        return []
-    wanted = max((HMAC_KEY_BYTES.get(a, 0) for a in jwt.get("algorithms") or ()), default=0)
-    if not wanted:
-        return []
-    if jwt.get("secret"):
-        key, name = jwt["secret"].encode(), "secret"
-    elif jwt.get("secret_file"):
-        try:        # as the plugin reads it (plugins/jwt.py: the file's bytes, stripped)
-            key, name = read_regular(jwt["secret_file"], MAX_SECRET_FILE).strip(), \
-                "secret_file's secret"
-        except OSError:
-            return []       # the plugin refused the conf already
-    else:
-        return []
-    if len(key) >= wanted:
-        return []
-    algorithms = ", ".join(a for a in jwt["algorithms"] if a in HMAC_KEY_BYTES)
-    return [f"{where}.jwt.{name} is {len(key)} bytes: {algorithms} needs a key of at least "
-            f"{wanted} bytes (RFC 7518 3.2); a shorter one can be guessed offline from any "
-            f"token it signed (`openssl rand -base64 {wanted}`)"]
+def plugin_warnings(where, plugins, registry=None):
+    """What the plugins of one table (``where``: "plugins", "route ID: plugins" ...) say of
+    their configs through their ``warnings`` hook (docs/plugins.md): a valid config that is
+    likely not what was meant."""
+    if registry is None:
+        from .plugins import load_registry
+        registry = load_registry()
+    found = []
+    for name, raw in (plugins or {}).items():
+        plugin = registry.get(name)
+        if plugin is None or not hasattr(plugin, "warnings") or not isinstance(raw, dict):
+            continue
+        try:
+            conf = plugin.SCHEMA.validate(raw, f"{where}.{name}")
+        except ConfigError:
+            continue            # refused already, with its reasons
+        found += [f"{where}.{name}: {warning}" for warning in plugin.warnings(conf)]
+    return found
 
 
 def tls_file_problems(tls):

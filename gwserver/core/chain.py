@@ -55,7 +55,7 @@ PHASES = ("access", "response", "finish")
 
 
 HOOKS = ("prepare", "phases", "needs", "claims", "link", "upstream_refs", "upstreams",
-         "admin_view", "reply")
+         "admin_view", "reply", "warnings")
 PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
 
 

@@ -114,6 +114,32 @@ def _read(path, what):
     return read_bounded(path, MAX_KEY_FILE, f"{what} {path}")
 
 
+# RFC 7518 3.2: a key of the same size as the hash output (or larger) for HS256/384/512.
+HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
+def warnings(conf):
+    """(the plugin hook) An HMAC secret shorter than RFC 7518 3.2 asks for its algorithms:
+    an HS* key that short can be brute-forced offline from any one token it signed."""
+    wanted = max((HMAC_KEY_BYTES.get(a, 0) for a in conf["algorithms"]), default=0)
+    if not wanted or not (conf["secret"] or conf["secret_file"]):
+        return []
+    if conf["secret"]:
+        key, name = conf["secret"].encode(), "secret"
+    else:
+        try:        # as the Verifier reads it: the file's bytes, stripped
+            key, name = _read(conf["secret_file"], "secret_file").strip(), \
+                "secret_file's secret"
+        except (OSError, ValueError):
+            return []       # a config error already, named by prepare
+    if len(key) >= wanted:
+        return []
+    algorithms = ", ".join(a for a in conf["algorithms"] if a in HMAC_KEY_BYTES)
+    return [f"{name} is {len(key)} bytes: {algorithms} needs a key of at least {wanted} "
+            f"bytes (RFC 7518 3.2); a shorter one can be guessed offline from any token it "
+            f"signed (`openssl rand -base64 {wanted}`)"]
+
+
 class Verifier:
     """One route's verification: keys, options and this worker's cache of verified tokens."""
 

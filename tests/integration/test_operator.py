@@ -463,6 +463,6 @@ def test_the_master_logs_checks_warnings_at_start_and_on_reload(launcher, upstre
     gw.conf_path.write_text(to_toml(conf))
     os.kill(gw.pid, signal.SIGHUP)
     wait_until(lambda: "reload complete" in gw.log(), timeout=30)
-    assert "route e: plugins.jwt.secret is 20 bytes: HS256 needs a key of at least 32 bytes" \
+    assert "route e: plugins.jwt: secret is 20 bytes: HS256 needs a key of at least 32 bytes" \
         in gw.log()
     assert "s" * 20 not in gw.log() and "t0k3n" not in gw.log()

@@ -72,3 +72,15 @@ def test_get_of_a_stored_value_that_is_not_json(conf_path, kind):
     conf_path.etcd.client().put(f"{PREFIX}/{kind}/good", json.dumps({"paths": ["/g"]}))
     run = cli(conf_path, kind, "get", "good")
     assert run.returncode == 0 and json.loads(run.stdout) == {"paths": ["/g"]}
+
+
+def test_put_warns_of_what_plugins_find_likely_not_meant(conf_path):
+    """A plugin's `warnings` hook (a jwt HS256 secret of 20 bytes) is said at `routes put`
+    and `validate` as at `gwserver check`: routes put into etcd were never warned about."""
+    route = {"id": "j", "paths": ["/j"], "upstream": {"targets": [{"url": "http://h:1"}]},
+             "plugins": {"jwt": {"algorithms": ["HS256"], "secret": "s" * 20}}}
+    for action in ("validate", "put"):
+        run = cli(conf_path, "routes", action, "-", stdin=json.dumps(route))
+        assert run.returncode == 0, run
+        assert "warning: route j: plugins.jwt: secret is 20 bytes: HS256 needs a key of at " \
+               "least 32 bytes" in run.stdout, run.stdout

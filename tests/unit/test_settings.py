@@ -279,10 +279,10 @@ JWT_ROUTE = {"id": "r", "paths": ["/x"], "upstream": {"targets": [{"url": "http:
      "admin.token has 5 characters: use at least 16 random ones"),
     ({"routes": [{**JWT_ROUTE, "plugins": {"jwt": {"algorithms": ["HS256"],
                                                    "secret": "x" * 31}}}]},
-     "route r: plugins.jwt.secret is 31 bytes: HS256 needs a key of at least 32 bytes "
+     "route r: plugins.jwt: secret is 31 bytes: HS256 needs a key of at least 32 bytes "
      "(RFC 7518 3.2)"),
     ({"plugins": {"jwt": {"algorithms": ["HS512"], "secret": "x" * 32}}},
-     "plugins.jwt.secret is 32 bytes: HS512 needs a key of at least 64 bytes"),
+     "plugins.jwt: secret is 32 bytes: HS512 needs a key of at least 64 bytes"),
 ])
 def test_check_warns_of_an_open_admin_listener_and_short_secrets(doc, warning):
     from gwserver.settings import conf_warnings
@@ -311,7 +311,7 @@ def test_a_short_jwt_secret_file_is_warned_of_without_its_content(tmp_path):
     conf = parse_conf({"routes": [{**JWT_ROUTE, "plugins": {"jwt": {
         "algorithms": ["HS256"], "secret_file": str(secret)}}}]})
     (warning,) = conf_warnings(conf)
-    assert warning.startswith("route r: plugins.jwt.secret_file's secret is 11 bytes")
+    assert warning.startswith("route r: plugins.jwt: secret_file's secret is 11 bytes")
     assert "tiny" not in warning
 
 
