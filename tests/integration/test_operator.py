@@ -439,7 +439,10 @@ def test_heartbeat_and_metrics_files_are_on_tmpfs_not_tmp(launcher, upstream, tm
     heartbeats = [f for f in files if "wgunicorn-" in f]
     assert heartbeats and all(f.startswith("/dev/shm/wgunicorn-") for f in heartbeats), files
     metrics = [f for f in files if f.endswith(".db")]
-    assert metrics and all(f.startswith("/dev/shm/gwserver-metrics-") for f in metrics), files
+    # (systemd's runtime directory first, when the tests themselves run under a unit)
+    from gwserver.settings import tmpfs_dir
+    expected = os.path.join(tmpfs_dir(runtime_first=True), "gwserver-metrics-")
+    assert metrics and all(f.startswith(expected) for f in metrics), files
     # The override: gunicorn's worker_tmp_dir, as named.
     own = tmp_path / "beats"
     own.mkdir()
