@@ -113,8 +113,14 @@ def prepare(conf):
 
 def _param_name(name):
     """A query parameter's name as the frameworks behind a gateway may read it: decoded
-    (``api%6Bey``), any case, and PHP's ``.`` and space as ``_``."""
-    return unquote_plus(name).lower().replace(".", "_").replace(" ", "_")
+    (``api%6Bey``), in any case (ASP.NET), and as PHP registers it (php_variables.c): leading
+    spaces skipped, cut at a NUL, ``name[...]`` an array of ``name``, a ``[`` never closed and
+    every ``.`` and space an ``_``."""
+    name = unquote_plus(name).lstrip(" ").partition("\x00")[0]
+    base, bracket, rest = name.partition("[")
+    if bracket:
+        name = base if "]" in rest else base + "_" + rest
+    return name.lower().replace(".", "_").replace(" ", "_")
 
 
 def _from_query(query, name):
