@@ -10,19 +10,21 @@ response-transformer).
 
 The path: the first match of ``match`` (a Python regular expression, searched in the canonical
 path) is replaced by ``replace``, where ``$1``..``$9`` are its groups and ``$variables`` work;
-anchor it with ``^...$`` to replace the whole path. The result must itself be canonical
-(core.target's rules at their strictest: no ``//``, no dot segments, no encoded slash or
-backslash, no ``;``, starting with ``/``): a replacement whose fixed text is not is a config
-error, and a request whose captures would make one (``/a/$1`` with ``$1`` = ``..``, or empty)
-or a path the route's ``strip_prefix`` would cut into a dot segment, is refused with 500 and
-a log line naming the route and both paths, so a rewrite cannot re-open what docs/security.md
-closes. A ``$variable``'s value is literal text, percent-encoded where a path cannot hold it
-raw and its ``%`` too (``variables.path_escape``; ``$path`` and ``$param_NAME`` are path text
-already): a client's X-Request-ID never writes spaces into the upstream's request line. When
-only the request's values make the path bad (an X-Request-ID of ``..``), the answer is 400,
-the client's error, not a 500 counted against the route. Order: the access phase sets ``ctx.path``; the proxy then
-builds the upstream's path from it (``upstream_path``), removing the route's ``strip_prefix``
-if the rewritten path starts with it; the query is kept as it came.
+anchor it with ``^...$`` to replace the whole path. The result must itself be canonical,
+by the server's path rules (``escaped_slashes``, ``merge_slashes``, ``path_parameters``: what
+the gateway would take from a client), and start with ``/``: a replacement whose own text is
+not (by the strictest rules) is a config error; a request whose captures or values would
+make one (``/a/$1`` with ``$1`` = ``..``, or empty), or one the route's ``strip_prefix``
+would cut into a dot segment, is refused with 400 (the request made it: never a 500 an
+anonymous client could ask for) and an info line naming the route and both paths, so a
+rewrite cannot re-open what docs/security.md closes. A ``$variable``'s value is literal
+text, percent-encoded where a path cannot hold it raw and its ``%`` too
+(``variables.path_escape``; ``$path`` and ``$param_NAME`` are path text already): a
+client's X-Request-ID never writes spaces into the upstream's request line.
+
+Order: the access phase sets ``ctx.path``; the proxy then builds the upstream's path from it
+(``upstream_path``), removing the route's ``strip_prefix`` if the rewritten path starts with
+it; the query is kept as it came.
 
 ``host`` sets the Host sent upstream, whatever the upstream's ``pass_host``; it does not
 change which route matched, ``$host`` or X-Forwarded-Host (the client's Host).
@@ -50,6 +52,7 @@ from ..core.schema import (Field, Schema, header_name, header_value, list_of, ma
 from ..core.target import normalise_path, strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest
+from ..services import STRICT_PATHS
 from .variables import compile_template, path_escape
 
 log = logging.getLogger("gwserver.plugins")
@@ -148,12 +151,14 @@ def _check_fixed_text(replace):
                          f"no ;): docs/security.md")
 
 
-def _canonical(path):
+def _canonical(path, rules=STRICT_PATHS):
+    """Is ``path`` canonical under ``rules`` ([server]'s path rules; the strictest for the
+    replacement's own text)? What the gateway would take from a client, unchanged."""
     if not path.startswith("/"):
         return False
     try:
         raw = path.encode("latin-1")
-        return normalise_path(raw) == raw
+        return normalise_path(raw, *rules) == raw
     except (BadRequest, UnicodeEncodeError):
         return False
 
@@ -207,35 +212,23 @@ def _rewrite_path(path_conf, ctx):
         return None
     new = _expand(replace, escaped, m, ctx)
     strip = ctx.route.strip_prefix if ctx.route else None
-    if _sendable(new, strip):
+    if _canonical(new, ctx.services.path_rules) and not ("?" in new or "#" in new) and \
+            not (strip and strip_path_prefix(new, strip) is None):
         ctx.path = new
         return None
+    # The template's own text makes a canonical path (prepare checked it): what spoils this
+    # one came with the request (its path's captures, $path, a header's value), so the
+    # answer is the client's error, never a 500 an anonymous client could ask for.
     route_id = ctx.route.id if ctx.route else None
-    if _sendable(_expand(replace, escaped, m, ctx, values="x"), strip):
-        # The template and the captures make a good path; this request's values ($query,
-        # $request_id ...: the client's) do not: its error, not the gateway's.
-        throttled_log.log(log, logging.INFO, ("rewrite values", route_id),
-                          "route %s: the request's values make %r, which is not a canonical "
-                          "path; refused (400)", route_id, new[:200])
-        return Reply.json(400, {"error": "bad_request", "message": "the request's values "
-                                "make a path that is not canonical"})
-    throttled_log.log(log, logging.ERROR, ("rewrite refused", route_id),
+    throttled_log.log(log, logging.INFO, ("rewrite refused", route_id),
                       "route %s: rewrite made %r from %r, which is not a canonical path; "
-                      "refused (500)", route_id, new[:200], ctx.path[:200])
-    return Reply.json(500, {"error": "rewrite_failed",
-                            "message": "the rewritten path is not canonical"})
+                      "refused (400)", route_id, new[:200], ctx.path[:200])
+    return Reply.json(400, {"error": "bad_request",
+                            "message": "this request's path cannot be rewritten to a "
+                                       "canonical one"})
 
 
-def _sendable(path, strip):
-    """Canonical, no query or fragment, and canonical once ``strip`` (the route's
-    strip_prefix) is taken off."""
-    return _canonical(path) and not ("?" in path or "#" in path) and \
-        not (strip and strip_path_prefix(path, strip) is None)
-
-
-def _expand(replace, escaped, m, ctx, values=None):
-    """The replacement for match ``m``; ``values``: what every escaped variable stands for
-    instead of its value (to tell whose fault a bad path is)."""
+def _expand(replace, escaped, m, ctx):
     pieces = []
     for part, escape in zip(replace.parts, escaped):
         if escape is None:
@@ -243,7 +236,7 @@ def _expand(replace, escaped, m, ctx, values=None):
         elif isinstance(part, int):
             pieces.append(m.group(part) or "")
         elif escape:
-            pieces.append(values if values is not None else path_escape(part(ctx)))
+            pieces.append(path_escape(part(ctx)))
         else:
             pieces.append(part(ctx))
     return m.string[:m.start()] + "".join(pieces) + m.string[m.end():]

@@ -225,8 +225,10 @@ class Runtime:
             redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"],
             redis.get("password"))
         consumers = self.table.consumers if self.table is not None else conf.consumers
-        self.services = services = Services(limit_store, local, self.metrics, consumers,
-                                            RolloutView(path))
+        server = conf.server
+        self.services = services = Services(
+            limit_store, local, self.metrics, consumers, RolloutView(path),
+            (server["escaped_slashes"], server["merge_slashes"], server["path_parameters"]))
         if self.metrics is not None:
             for store in {services.local_store, services.limit_store}:
                 store.on_transition = self.metrics.breaker_transition

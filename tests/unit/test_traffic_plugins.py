@@ -127,11 +127,30 @@ def test_path_rewrites(path, new):
 
 
 @pytest.mark.parametrize("path", ["/d/", "/d/-"])
-def test_captures_that_make_a_path_that_is_not_canonical_get_500(path):
+def test_captures_that_make_a_path_that_is_not_canonical_get_400(path):
+    """The request's path made it (the replacement's own text is checked at compile time):
+    the client's error, not a 500 any anonymous client could ask for."""
     plugin, conf = step({"rewrite": {"path": {"match": "^/d/([a-z]*)-?([a-z]*)$",
                                               "replace": "/x/.$1$2./y/$1/z"}}})
     ctx = ctx_for(path)
-    assert plugin.access(conf, ctx).status == 500 and ctx.path == path
+    assert plugin.access(conf, ctx).status == 400 and ctx.path == path
+
+
+@pytest.mark.parametrize("rules, path", [
+    (("keep", True, "reject"), "/p/a%2Fb"),     # escaped_slashes = "keep"
+    (("reject", False, "reject"), "/p/a//b"),   # merge_slashes = false
+    (("reject", True, "keep"), "/p/a;v=1/b"),   # path_parameters = "keep"
+])
+def test_a_path_the_server_takes_is_rewritten_by_its_rules(rules, path):
+    """A rewrite judged its result by the strictest rules: with escaped_slashes = "keep"
+    (say) a path the gateway forwards as it is became a 500 once rewritten."""
+    from gwserver.services import Services
+    plugin, conf = step({"rewrite": {"path": {"match": "^/p/(.*)$", "replace": "/v2/$1"}}})
+    ctx = ctx_for(path)
+    ctx.services = Services(path_rules=rules)
+    assert plugin.access(conf, ctx) is None and ctx.path == "/v2/" + path[3:]
+    ctx = ctx_for(path)                 # the strictest rules (the default): refused, 400
+    assert plugin.access(conf, ctx).status == 400
 
 
 @pytest.mark.parametrize("request_id, path", [
