@@ -16,18 +16,34 @@ credentials systemd gives the service but not always its ExecReload.
 import json
 import os
 import signal
+import stat
 import sys
 import time
 import tomllib
 
 STATUS_FILE = "master.json"
+LOCK_FILE = "gwserver.lock"       # server.instance: the master holds it in its state dir
 
 
-def state_dirs(conf_path):
-    """Where the master's verdicts may be: the conf's [server] state_dir (read as TOML
-    alone, so a conf the master will refuse still names it) and the default one."""
+def state_dirs(conf_path, pid=None):
+    """Where the master's verdicts may be: the state directory it holds its instance lock in
+    (found through /proc/PID/fd: a conf that no longer parses, or that names another
+    state_dir, still leads there), the conf's [server] state_dir (read as TOML alone, so a
+    conf the master will refuse still names it: a reload that moves state_dir writes its
+    verdict in the new one) and the default one."""
     from .settings import default_state_dir
     found = []
+    if pid is not None:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if os.path.basename(target) == LOCK_FILE:
+                    found.append(os.path.dirname(target))
+        except OSError:
+            pass                        # not ours to read, or gone: the other places
     try:
         with open(conf_path, "rb") as f:
             state_dir = tomllib.load(f).get("server", {}).get("state_dir")
@@ -40,49 +56,57 @@ def state_dirs(conf_path):
 
 
 def read_status(directory):
+    path = os.path.join(directory, STATUS_FILE)
     try:
-        with open(os.path.join(directory, STATUS_FILE), "rb") as f:
-            status = json.load(f)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None                 # (a FIFO would block the open)
+        with open(path, "rb") as f:
+            status = json.loads(f.read(1 << 16))
         return status if isinstance(status, dict) else None
     except (OSError, ValueError):
         return None
 
 
+def attempt(status):
+    """Which attempt a status tells of, comparable: the master's count of reloads tried, then
+    the time (RFC 3339 UTC text; a master of a release before reload_attempts has that alone)."""
+    count = status.get("reload_attempts")
+    return (count if isinstance(count, int) else 0, str(status.get("last_reload_attempt") or ""))
+
+
 def master_status(directories, pid):
-    """(directory, status) of ``pid``'s master.json, or of the first found when ``pid`` is
-    None; (None, None) when there is none."""
-    for directory in directories:
-        status = read_status(directory)
-        if status is not None and (pid is None or status.get("pid") == pid):
-            return directory, status
-    return None, None
+    """The newest master.json of master ``pid`` (of any master when None) in
+    ``directories``, or None."""
+    statuses = [status for status in map(read_status, directories)
+                if status is not None and (pid is None or status.get("pid") == pid)]
+    return max(statuses, key=attempt, default=None)
 
 
 def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
-    directories = state_dirs(conf_path)
-    directory, before = master_status(directories, pid)
+    directories = state_dirs(conf_path, pid)
+    before = master_status(directories, pid)
     if pid is None:
-        if before is None:
+        if before is None or not isinstance(before.get("pid"), int):
             print(f"no running master found: no {STATUS_FILE} in {', '.join(directories)} "
                   f"(give --pid)", file=err)
             return 1
         pid = before["pid"]
+        directories = state_dirs(conf_path, pid)
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
         print(f"no process {pid}", file=err)
         return 1
-    if before is None or "reload_attempts" not in before:
-        # (a master of a release that wrote no attempt count, or a state dir not found)
-        print(f"sent SIGHUP to {pid}; no verdict to wait for in {', '.join(directories)}: "
-              f"see the master's log", file=err)
-        return 0
+    if before is None:
+        print(f"sent SIGHUP to {pid}, but found no {STATUS_FILE} of it in "
+              f"{', '.join(directories)} to learn the verdict from: see the master's log",
+              file=err)
+        return 1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        # a reload that moves state_dir writes its verdict in the new one
-        _, now = master_status(directories, pid)
-        if now is not None and now.get("reload_attempts", 0) > before["reload_attempts"]:
+        now = master_status(directories, pid)
+        if now is not None and attempt(now) > attempt(before):
             if now.get("last_reload_successful"):
                 print(f"reload complete: generation {now.get('generation')}", file=out)
                 return 0
