@@ -14,6 +14,12 @@ def cmd_run(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
+    from .files import foreign_dir
+    os.makedirs(conf.server["state_dir"], mode=0o700, exist_ok=True)
+    problem = foreign_dir(conf.server["state_dir"])
+    if problem is not None:
+        print(f"{args.conf}: cannot start: [server] state_dir: {problem}", file=sys.stderr)
+        return 2
     from .server.instance import InstanceLock, InstanceLocked, lock_paths
     instance_lock = InstanceLock()      # held for the master's life (see instance.py)
     try:
@@ -26,7 +32,6 @@ def cmd_run(args):
     # Host state (health, ejections, per-host limits and breakers): files the workers map and
     # the helpers write, in [server] state_dir, kept across restarts (the instance lock above
     # keeps it to one instance). Helpers learn it from the environment.
-    os.makedirs(conf.server["state_dir"], mode=0o700, exist_ok=True)
     os.environ["GWSERVER_LOCAL_STATE"] = conf.server["state_dir"]
     private_metrics_dir = None
     if conf.admin["metrics"]:

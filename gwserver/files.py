@@ -51,3 +51,22 @@ def read_bounded(path, limit, name):
     if len(data) > limit:
         raise FileRefused(f"{name} is over {limit} bytes")
     return data
+
+
+def foreign_dir(path):
+    """Why the directory ``path`` (or the one holding it) is not this process's to trust, or
+    None: owned by another user than this one or root, or writable by others without the
+    sticky bit. A state directory under /tmp (the default of an unprivileged run with no
+    runtime directory) could be made first by another local user, who could then change
+    the host state (ejections, limits) and the reload verdicts the gateway reads there."""
+    me = os.geteuid()
+    for directory in (path, os.path.dirname(os.path.normpath(path))):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            continue
+        if st.st_uid not in (me, 0):
+            return f"{directory} belongs to uid {st.st_uid}, not this user ({me}) or root"
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            return f"{directory} is writable by every user"
+    return None
