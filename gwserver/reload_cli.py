@@ -76,10 +76,22 @@ def attempt(status):
 
 def master_status(directories, pid):
     """The newest master.json of master ``pid`` (of any master when None) in
-    ``directories``, or None."""
-    statuses = [status for status in map(read_status, directories)
+    ``directories`` that another user could not have written (files.foreign_dir), or None."""
+    from .files import foreign_dir
+    statuses = [status for status in (read_status(d) for d in directories
+                                      if foreign_dir(d) is None)
                 if status is not None and (pid is None or status.get("pid") == pid)]
     return max(statuses, key=attempt, default=None)
+
+
+def is_master(pid):
+    """Does ``pid`` run gwserver (its title, or its command line, says so)? A master.json
+    left by a master that has gone may name a pid some other process has now."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"gwserver" in f.read(4096)
+    except OSError:
+        return False
 
 
 def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
@@ -91,6 +103,10 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
                   f"(give --pid)", file=err)
             return 1
         pid = before["pid"]
+        if not is_master(pid):
+            print(f"process {pid}, which {STATUS_FILE} names, is no gwserver master (give "
+                  f"--pid)", file=err)
+            return 1
         directories = state_dirs(conf_path, pid)
     try:
         os.kill(pid, signal.SIGHUP)

@@ -1,4 +1,5 @@
 """systemd integration: sd_notify states as a real notify socket receives them, the unit file."""
+import json
 import os
 import re
 import shutil
@@ -235,3 +236,27 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     assert set(os.listdir(releases)) == before
     assert os.readlink(prefix / "current") == f"releases/{first_release}"
     assert not (ROOT / "blocked").exists() and not (ROOT / "link").exists()
+
+
+def test_gwserver_reload_signals_no_process_a_stale_master_json_names(tmp_path):
+    """A master.json left by a master that has gone (or written by someone else) may name a
+    pid another process has now: a SIGHUP would kill most processes. Without --pid the
+    named process must run gwserver."""
+    state = tmp_path / "state"
+    state.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (state / "master.json").write_text(json.dumps({
+            "pid": bystander.pid, "generation": 1, "reload_attempts": 0,
+            "last_reload_attempt": "2026-01-01T00:00:00.000Z",
+            "last_reload_successful": True}))
+        conf = tmp_path / "gw.toml"
+        conf.write_text(f'[server]\nstate_dir = "{state}"\n')
+        run = subprocess.run([sys.executable, "-m", "gwserver", "reload", "-c", str(conf)],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 1 and "is no gwserver master" in run.stderr, run
+        time.sleep(0.2)
+        assert bystander.poll() is None             # not signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
