@@ -753,6 +753,9 @@ class H2ServerConnection:
         ticker must not wait, and a TLS record is written whole or not at all."""
         self.draining = self.idle_closing = True
         self.runtime.deadlines.arm(self, LINGER_SECONDS)
+        # Reclaimable while it lingers (a header_timeout's, with half a HEADERS read, was not
+        # in idle_clients): a new client need not wait for the linger to end.
+        self.runtime.idle_clients[self] = None
         gevent.spawn(self._goaway_or_close)
 
     def _goaway_or_close(self):

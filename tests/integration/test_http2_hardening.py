@@ -1156,3 +1156,32 @@ def test_a_reset_upload_leaves_no_waiting_time_behind(launcher, upstream):
     finally:
         others.close()
         client.close()
+
+
+def test_connections_lingering_after_a_header_timeout_give_their_slots_away(launcher,
+                                                                         upstream):
+    """A connection whose header_timeout ran out with half a HEADERS read lingers after its
+    GOAWAY (2 s) as an idle one does; it was not among the idle connections a new client may
+    take a slot from, so with every slot held by such ones a new client waited the linger
+    out."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True}, server={"worker_connections": 4, "header_timeout": 1.0}))
+    clients = []
+    try:
+        for _ in range(4):
+            client = RawH2(gw.port)
+            assert client.response(client.request("/echo"))[0] == 200
+            client.conn.send_headers(client.conn.get_next_available_stream_id(), [
+                (":method", "GET"), (":scheme", "http"), (":path", "/half"),
+                (":authority", "h")], end_stream=True)
+            data = client.conn.data_to_send()
+            client.send_raw(data[:len(data) // 2])      # half a HEADERS: a head coming
+            clients.append(client)
+        for client in clients:                           # header_timeout: GOAWAY, linger
+            assert client.pump(lambda c: c.goaway() is not None, timeout=5)
+        started = time.monotonic()
+        served = first_served(gw.port, 3)
+        assert served is not None and time.monotonic() - started < 1.0, served
+    finally:
+        for client in clients:
+            client.close()
