@@ -76,10 +76,13 @@ def attempt(status):
 
 def master_status(directories, pid):
     """The newest master.json of master ``pid`` (of any master when None) in
-    ``directories`` that another user could not have written (files.foreign_dir), or None."""
+    ``directories``, or None; one under /tmp that another user could have written
+    (files.foreign_dir: the default's last resort) is not read."""
     from .files import foreign_dir
-    statuses = [status for status in (read_status(d) for d in directories
-                                      if foreign_dir(d) is None)
+    from .settings import shared_tmp_base
+    trusted = [d for d in directories if not d.startswith(shared_tmp_base() + os.sep) or
+               foreign_dir(d) is None]
+    statuses = [status for status in map(read_status, trusted)
                 if status is not None and (pid is None or status.get("pid") == pid)]
     return max(statuses, key=attempt, default=None)
 

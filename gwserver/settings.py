@@ -69,8 +69,14 @@ def default_state_dir():
     if os.access(base if os.path.isdir(base) else "/run", os.W_OK):
         return os.path.join(base, "state")
     user = os.environ.get("XDG_RUNTIME_DIR")
-    user = os.path.join(user, "gwserver") if user else f"/tmp/gwserver-{os.getuid()}"
+    user = os.path.join(user, "gwserver") if user else shared_tmp_base()
     return os.path.join(user, "state")
+
+
+def shared_tmp_base():
+    """The last resort of default_state_dir: under /tmp, where another local user could
+    make the directory first (cli.cmd_run refuses one that is not this user's)."""
+    return f"/tmp/gwserver-{os.getuid()}"
 
 
 def tmpfs_dir(runtime_first=False):

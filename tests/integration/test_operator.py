@@ -469,3 +469,19 @@ def test_the_master_logs_checks_warnings_at_start_and_on_reload(launcher, upstre
     assert "route e: plugins.jwt: secret is 20 bytes: HS256 needs a key of at least 32 bytes" \
         in gw.log()
     assert "s" * 20 not in gw.log() and "t0k3n" not in gw.log()
+
+
+def test_a_state_dir_the_conf_names_may_sit_in_another_users_directory(launcher, upstream,
+                                                                      tmp_path):
+    """02ea224's ownership check first applied to every state_dir, and refused one inside a
+    directory nginx had given to its worker user (the benchmark's temp dir): a deliberate
+    layout when the conf names it. Only the default's last resort under /tmp is checked."""
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("only root can give a directory to another user")
+    owned = tmp_path / "theirs"
+    owned.mkdir()
+    os.chown(owned, 65534, 65534)
+    gw = launcher.gateway(gateway_conf([route("e", ["/echo"], upstream.url)],
+                                       server={"state_dir": str(owned / "state")}))
+    assert gw.request("GET", "/echo")[0].status == 200
