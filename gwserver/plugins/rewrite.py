@@ -106,14 +106,7 @@ def prepare(conf):
                 raise ValueError(f"path.replace uses ${part} but path.match has "
                                  f"{regex.groups} group(s)")
         _check_fixed_text(replace)
-        # $path and $param_NAME are path text already; the other variables' values are
-        # literal text, escaped as such (variables.path_escape)
-        names = iter(replace.names)
-        escaped = tuple(None if isinstance(part, str) else
-                        False if isinstance(part, int) or (name := next(names)) == "path" or
-                        name.startswith("param_") else True
-                        for part in replace.parts)
-        path = (regex, replace, escaped)
+        path = (regex, replace, _escapes(replace))
     statuses = {}
     for key, to in conf["response_status"].items():
         if not key.isdigit() or not 100 <= int(key) <= 599:
@@ -137,6 +130,23 @@ def phases(conf):
     """The response phase only when the answer has something to rewrite."""
     edits_answer = any(conf["response"]) or conf["status"] or conf["body"] is not None
     return {"access", "response"} if edits_answer else {"access"}
+
+
+def _escapes(replace):
+    """For each part of ``replace``: None for its own text, False for what goes in as path
+    text (a capture, $path, $param_NAME), True for a value, literal text that
+    variables.path_escape encodes. ``replace.names`` names every part that is not text, a
+    capture's included, in order."""
+    names = iter(replace.names)
+    flags = []
+    for part in replace.parts:
+        if isinstance(part, str):
+            flags.append(None)
+            continue
+        name = next(names)
+        flags.append(not (isinstance(part, int) or name == "path" or
+                          name.startswith("param_")))
+    return tuple(flags)
 
 
 def _check_fixed_text(replace):
