@@ -736,17 +736,13 @@ class H2ServerConnection:
             return
         # TLS: a record is written whole or not at all, by a greenlet that may wait
         # (briefly) rather than by the ticker
-        gevent.spawn(self._goaway_and_close)
-
-    def _goaway_and_close(self):
-        with gevent.Timeout(1.0, False):
-            self._send_goaway(E.NO_ERROR)
-        self.sock.close()
+        gevent.spawn(self._goaway_then_close, True)
 
     def idle_close(self):
         """Close an idle connection whose keepalive or header_timeout ran out as nginx's
-        lingering close does (one whose slot is wanted now goes at once: ``reclaim``): draining from now, GOAWAY(NO_ERROR), and the reader reads on, refusing
-        any new stream (REFUSED_STREAM: safe to send again), until the client closes or
+        lingering close does (one whose slot is wanted now goes at once: ``reclaim``):
+        draining from now, GOAWAY(NO_ERROR), and the reader reads on, refusing any new
+        stream (REFUSED_STREAM: safe to send again), until the client closes or
         LINGER_SECONDS pass (expire again). Closed at once, a request the client sent
         meanwhile would sit unread, and the reset such a close sends can take the GOAWAY
         with it: a request lost without a word. The GOAWAY goes out from a greenlet: the
@@ -756,15 +752,18 @@ class H2ServerConnection:
         # Reclaimable while it lingers (a header_timeout's, with half a HEADERS read, was not
         # in idle_clients): a new client need not wait for the linger to end.
         self.runtime.idle_clients[self] = None
-        gevent.spawn(self._goaway_or_close)
+        gevent.spawn(self._goaway_then_close, False)
 
-    def _goaway_or_close(self):
+    def _goaway_then_close(self, always):
+        """GOAWAY(NO_ERROR) from a greenlet, within a second; then close, ``always``
+        (reclaim) or only when it could not go out (idle_close: the client is not reading,
+        so there is no reason to linger)."""
         sent = False
         with gevent.Timeout(1.0, False):
             self._send_goaway(E.NO_ERROR)
             sent = not self.closed
-        if not sent:
-            self.sock.close()           # the client is not reading: no reason to linger
+        if always or not sent:
+            self.sock.close()
 
     # -- the reader ------------------------------------------------------------------------------
 

@@ -228,4 +228,3 @@ def failure_reason(exc):
             return seen.strerror[:1].lower() + seen.strerror[1:]
         seen = seen.__cause__ or seen.__context__
     return str(getattr(exc, "reason", None) or exc)
-
