@@ -8,7 +8,8 @@
     consumers     core.consumers.Directory: the consumers this worker's table holds
     rollouts      helpers.rollouts.RolloutView: current rollout steps, and the answers counted
     path_rules    [server]'s (escaped_slashes, merge_slashes, path_parameters): what makes a
-                  canonical path here, for plugins that make one (rewrite)
+                  canonical path here, for the connections that read paths and the plugins
+                  that make one (rewrite)
 """
 
 

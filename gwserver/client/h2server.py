@@ -483,8 +483,7 @@ class H2ServerConnection:
         self.limits = (server["limit_request_line"], server["limit_request_fields"],
                        server["limit_request_field_size"])
         self.underscores = server["headers_with_underscores"]
-        self.path_rules = (server["escaped_slashes"], server["merge_slashes"],
-                           server["path_parameters"])
+        self.path_rules = runtime.services.path_rules
         self.trusted_peer, self.trusted_x_forwarded = \
             runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
         self.body_timeout = server["client_body_timeout"]

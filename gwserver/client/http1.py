@@ -87,8 +87,7 @@ class ClientConnection:
         self.current = None             # the request being parsed: the last in queue
         self.keepalive_enabled = self.settings["keepalive"] > 0
         self.underscores = self.settings["headers_with_underscores"]
-        self.path_rules = (self.settings["escaped_slashes"], self.settings["merge_slashes"],
-                           self.settings["path_parameters"])
+        self.path_rules = runtime.services.path_rules
         self.trusted_peer, self.trusted_x_forwarded = \
             runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
         self.body_timeout = self.settings["client_body_timeout"]
