@@ -243,14 +243,12 @@ class _CheckCounts:
         self.counts = counts            # (target key, result) -> n
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily
-        from ..server.metrics import HEALTH_CHECKS
-        family = CounterMetricFamily(HEALTH_CHECKS.name, HEALTH_CHECKS.help,
-                                     labels=[name for name, _ in HEALTH_CHECKS.labels])
+        from ..server.metrics import HEALTH_CHECKS, family
+        checks = family(HEALTH_CHECKS)
         for (key, result), n in sorted(self.counts.items()):
             upstream, _, url = key.partition("|")
-            family.add_metric([result, url, upstream], n)
-        yield family
+            checks.add_metric([result, url, upstream], n)
+        yield checks
 
 
 class Checker:

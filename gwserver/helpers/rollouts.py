@@ -263,14 +263,11 @@ class _Gauges:
         self.status = status
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
         from ..server import metrics
-
-        def family(metric):
-            return GaugeMetricFamily(metric.name, metric.help,
-                                     labels=[name for name, _ in metric.labels])
-        step, weight = family(metrics.ROLLOUT_STEP), family(metrics.ROLLOUT_WEIGHT)
-        gate, rolled = family(metrics.ROLLOUT_GATE), family(metrics.ROLLOUT_ROLLED_BACK)
+        step, weight = (metrics.family(metrics.ROLLOUT_STEP),
+                        metrics.family(metrics.ROLLOUT_WEIGHT))
+        gate, rolled = (metrics.family(metrics.ROLLOUT_GATE),
+                        metrics.family(metrics.ROLLOUT_ROLLED_BACK))
         for route, entry in sorted(self.status.items()):
             off = entry["status"] in (core.ROLLED_BACK, core.ABORTED)
             step.add_metric([route], 0 if off else entry["step"] + 1)

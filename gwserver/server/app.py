@@ -237,10 +237,9 @@ class ReloadStatus:
         # Gauge would be backed by a file of the multiprocess directory and summed into the
         # workers' /metrics as a stray process.
         from prometheus_client import CollectorRegistry, write_to_textfile
-        from prometheus_client.core import GaugeMetricFamily
         from ..sync.shm import atomic_write
         import json
-        from .metrics import MASTER_GENERATION, RELOAD_SUCCESS_TIME, RELOAD_SUCCESSFUL
+        from .metrics import MASTER_GENERATION, RELOAD_SUCCESS_TIME, RELOAD_SUCCESSFUL, family
         values = ((RELOAD_SUCCESSFUL, 1 if self.successful else 0),
                   (RELOAD_SUCCESS_TIME, self.success_time or 0),
                   (MASTER_GENERATION, self.generation))
@@ -248,7 +247,7 @@ class ReloadStatus:
         class Collector:
             def collect(self):
                 for metric, value in values:
-                    yield GaugeMetricFamily(metric.name, metric.help, value=value)
+                    yield family(metric, value=value)
         registry = CollectorRegistry()
         registry.register(Collector())
         write_to_textfile(os.path.join(self.state_dir, "master.prom"), registry)

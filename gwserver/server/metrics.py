@@ -154,13 +154,25 @@ MODES = {"livesum": "sum of live workers", "livemin": "min over live workers",
 
 
 def make(metric, **kwargs):
-    """The prometheus-client object of a workers' metric of CATALOG."""
+    """The prometheus-client object of a metric of CATALOG (a worker's, or one in the sync
+    process's own registry: ``registry=``)."""
     import prometheus_client
     cls = {"counter": prometheus_client.Counter, "gauge": prometheus_client.Gauge,
            "histogram": prometheus_client.Histogram}[metric.kind]
     if metric.mode:
         kwargs["multiprocess_mode"] = metric.mode
     return cls(metric.name, metric.help, [name for name, _ in metric.labels], **kwargs)
+
+
+def family(metric, **kwargs):
+    """A metric of CATALOG as a prometheus-client metric family, for the collectors of the
+    processes that are not workers (the master, the health and rollouts helpers): its
+    labels from the catalog, or one ``value=`` for a metric without any."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}[metric.kind]
+    if metric.labels:
+        kwargs["labels"] = [name for name, _ in metric.labels]
+    return cls(metric.name, metric.help, **kwargs)
 
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"

@@ -112,22 +112,21 @@ class ConfigSync:
     def write_metrics(self):
         """Prometheus text format in runtime_dir/metrics.prom (node_exporter's textfile
         collector reads it; the admin listener of issue 5 will serve it)."""
-        from prometheus_client import (CollectorRegistry, Counter, Gauge,
-                                       disable_created_metrics, write_to_textfile)
+        from prometheus_client import (CollectorRegistry, disable_created_metrics,
+                                       write_to_textfile)
         disable_created_metrics()
         registry = CollectorRegistry()
-        from ..server.metrics import SYNC_METRICS, SYNC_REJECTED, SYNC_REJECTIONS
+        from ..server.metrics import SYNC_METRICS, SYNC_REJECTED, SYNC_REJECTIONS, make
         values = (self.publisher.generation, self.revision or 0, 1 if self.connected else 0,
                   self.last_sync or 0, len(self.table.route_specs),
                   len(self.table.upstream_specs))
         for metric, value in zip(SYNC_METRICS, values, strict=True):   # in the catalog's order
-            Gauge(metric.name, metric.help, registry=registry).set(value)
-        rejected = Gauge(SYNC_REJECTED.name, SYNC_REJECTED.help, ["kind"], registry=registry)
+            make(metric, registry=registry).set(value)
+        rejected = make(SYNC_REJECTED, registry=registry)
         for kind in ("routes", "upstreams", "consumers"):
             rejected.labels(kind).set(sum(1 for key in self.table.rejected
                                           if key.startswith(kind + "/")))
-        Counter(SYNC_REJECTIONS.name, SYNC_REJECTIONS.help,
-                registry=registry).inc(self.rejections_total)
+        make(SYNC_REJECTIONS, registry=registry).inc(self.rejections_total)
         try:
             write_to_textfile(f"{self.publisher.runtime_dir}/metrics.prom", registry)
         except OSError as exc:
