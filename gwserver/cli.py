@@ -14,15 +14,9 @@ def cmd_run(args):
         conf = load_conf(args.conf)
     except ConfigError as exc:
         return report(args.conf, exc)
-    from .files import foreign_dir
-    from .settings import shared_tmp_base
-    state_dir = conf.server["state_dir"]
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    # The default's last resort is under /tmp, where another local user could have made it
-    # first. (A state_dir the conf names is the operator's choice, as nginx's paths are: one
-    # in a directory a service account owns is a common, deliberate layout.)
-    problem = foreign_dir(state_dir) \
-        if state_dir.startswith(shared_tmp_base() + os.sep) else None
+    from .settings import state_dir_problem
+    os.makedirs(conf.server["state_dir"], mode=0o700, exist_ok=True)
+    problem = state_dir_problem(conf.server["state_dir"])
     if problem is not None:
         print(f"{args.conf}: cannot start: [server] state_dir: {problem}", file=sys.stderr)
         return 2

@@ -21,8 +21,9 @@ import sys
 import time
 import tomllib
 
+from .server.instance import LOCK_FILE
+
 STATUS_FILE = "master.json"
-LOCK_FILE = "gwserver.lock"       # server.instance: the master holds it in its state dir
 
 
 def state_dirs(conf_path, pid=None):
@@ -40,7 +41,7 @@ def state_dirs(conf_path, pid=None):
                     target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 except OSError:
                     continue
-                if os.path.basename(target) == LOCK_FILE:
+                if os.path.basename(target) == LOCK_FILE:     # in its state dir
                     found.append(os.path.dirname(target))
         except OSError:
             pass                        # not ours to read, or gone: the other places
@@ -77,11 +78,9 @@ def attempt(status):
 def master_status(directories, pid):
     """The newest master.json of master ``pid`` (of any master when None) in
     ``directories``, or None; one under /tmp that another user could have written
-    (files.foreign_dir: the default's last resort) is not read."""
-    from .files import foreign_dir
-    from .settings import shared_tmp_base
-    trusted = [d for d in directories if not d.startswith(shared_tmp_base() + os.sep) or
-               foreign_dir(d) is None]
+    (settings.state_dir_problem: the default's last resort) is not read."""
+    from .settings import state_dir_problem
+    trusted = [d for d in directories if state_dir_problem(d) is None]
     statuses = [status for status in map(read_status, trusted)
                 if status is not None and (pid is None or status.get("pid") == pid)]
     return max(statuses, key=attempt, default=None)

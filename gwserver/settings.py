@@ -62,7 +62,7 @@ def resolve_workers(value):
 def default_state_dir():
     """Where host state lives when ``server.state_dir`` is empty: the runtime directory, as
     nginx keeps its pid and locks under /run; a per-user one for an unprivileged demo run."""
-    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]    # systemd's, if set
+    runtime = systemd_runtime_dir()
     if runtime:
         return os.path.join(runtime, "state")
     base = "/run/gwserver"
@@ -75,8 +75,19 @@ def default_state_dir():
 
 def shared_tmp_base():
     """The last resort of default_state_dir: under /tmp, where another local user could
-    make the directory first (cli.cmd_run refuses one that is not this user's)."""
+    make the directory first (state_dir_problem)."""
     return f"/tmp/gwserver-{os.getuid()}"
+
+
+def state_dir_problem(path):
+    """Why the state directory ``path`` is not to be trusted, or None. Only the default's
+    last resort under /tmp is judged (files.foreign_dir): a state_dir the conf names is the
+    operator's choice, as nginx's paths are, and one in a directory a service account owns
+    is a common, deliberate layout."""
+    if not path.startswith(shared_tmp_base() + os.sep):
+        return None
+    from .files import foreign_dir
+    return foreign_dir(path)
 
 
 def tmpfs_dir(runtime_first=False):
@@ -88,8 +99,13 @@ def tmpfs_dir(runtime_first=False):
     else None: tempfile's own default."""
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) \
         else None
-    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None   # systemd's
+    runtime = systemd_runtime_dir()
     return (runtime or shm) if runtime_first else (shm or runtime)
+
+
+def systemd_runtime_dir():
+    """The unit's first RuntimeDirectory= (systemd sets $RUNTIME_DIRECTORY), or None."""
+    return os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
 
 
 def cidr(value):

@@ -16,13 +16,16 @@ class InstanceLocked(Exception):
     """Another gwserver holds the runtime directory or the snapshot."""
 
 
+LOCK_FILE = "gwserver.lock"
+
+
 def lock_paths(conf):
     """{lock file: the setting that names it}: the host state directory, and with etcd the
     runtime directory and the snapshot."""
-    paths = {os.path.join(conf.server["state_dir"], "gwserver.lock"): "[server] state_dir"}
+    paths = {os.path.join(conf.server["state_dir"], LOCK_FILE): "[server] state_dir"}
     if conf.etcd is not None:
         paths.update({
-            os.path.join(conf.etcd["runtime_dir"], "gwserver.lock"): "[etcd] runtime_dir",
+            os.path.join(conf.etcd["runtime_dir"], LOCK_FILE): "[etcd] runtime_dir",
             conf.etcd["snapshot_path"] + ".lock": "[etcd] snapshot_path"})
     return paths
 
