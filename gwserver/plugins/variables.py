@@ -127,12 +127,16 @@ _URI_SAFE = "!#$&'()*+,/:;=?@[]-._~%"
 
 
 def uri_escape(value):
+    return _quote(value, _URI_SAFE)
+
+
+def _quote(value, safe):
     # request values are bytes read as latin-1: escape those bytes, not their UTF-8 re-coding
     try:
         raw = value.encode("latin-1")
     except UnicodeEncodeError:
         raw = value.encode()
-    return quote(raw, safe=_URI_SAFE)
+    return quote(raw, safe=safe)
 
 
 # A path's characters (RFC 3986 pchar and "/"): "?" and "#" would end the path, "%" would
@@ -145,8 +149,4 @@ def path_escape(value):
     """A value as literal text of a path (rewrite's path.replace): what a path cannot hold
     raw, and "%", is percent-encoded; "/" stays a separator, and the result is still checked
     as a path. Text already in a path's form ($path, $param_NAME) is not a value."""
-    try:
-        raw = value.encode("latin-1")
-    except UnicodeEncodeError:
-        raw = value.encode()
-    return quote(raw, safe=_PATH_SAFE)
+    return _quote(value, _PATH_SAFE)
