@@ -41,6 +41,7 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
 breaks it is refused with the reason, not discovered in the middle of a request. The proxy step
 is not a plugin: it always runs last, after every access phase let the request on.
 """
+import inspect
 import logging
 
 from ..errors import ConfigError
@@ -56,6 +57,15 @@ PHASES = ("access", "response", "finish")
 
 HOOKS = ("prepare", "phases", "needs", "claims", "link", "upstream_refs", "upstreams",
          "admin_view", "reply", "warnings")
+# What the core passes each phase and hook: one that cannot take it is refused at load, not
+# found out as a TypeError on every request that runs it.
+ARGUMENTS = {"access": ("conf", "ctx"), "response": ("conf", "ctx", "head"),
+             "finish": ("conf", "ctx", "status"), "prepare": ("conf",), "phases": ("conf",),
+             "needs": ("conf",), "claims": ("conf", "ctx", "route_id"),
+             "link": ("conf", "resolve"), "upstream_refs": ("conf",), "upstreams": ("conf",),
+             "admin_view": ("uses", "services"), "reply": ("conf", "ctx", "head"),
+             "warnings": ("conf",), "prepare_credential": ("cred",),
+             "credential_lookup": ("cred",)}
 PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
 
 
@@ -74,9 +84,14 @@ def check_plugin(plugin):
         raise TypeError(f"plugin {name}: SCHEMA must be a gwserver.core.schema.Schema")
     if not any(callable(getattr(plugin, phase, None)) for phase in PHASES):
         raise TypeError(f"plugin {name} defines no phase ({', '.join(PHASES)})")
-    for hook in PHASES + HOOKS:
+    for hook, arguments in ARGUMENTS.items():
         if hasattr(plugin, hook) and not callable(getattr(plugin, hook)):
             raise TypeError(f"plugin {name}: {hook} must be a function")
+        if hasattr(plugin, hook) and not _takes(getattr(plugin, hook), len(arguments)):
+            count = f"{len(arguments)} argument" + ("s" if len(arguments) > 1 else "")
+            raise TypeError(f"plugin {name}: {hook} must take {count} "
+                            f"({', '.join(arguments)}), it takes "
+                            f"({', '.join(inspect.signature(getattr(plugin, hook)).parameters)})")
     if not isinstance(getattr(plugin, "UPSTREAM_PLUGIN", False), bool):
         raise TypeError(f"plugin {name}: UPSTREAM_PLUGIN must be True or False")
     if not isinstance(getattr(plugin, "IDENTIFIES_CONSUMER", False), bool):
@@ -91,6 +106,17 @@ def check_plugin(plugin):
     if hasattr(plugin, "link") != hasattr(plugin, "upstream_refs"):
         raise TypeError(f"plugin {name}: link and upstream_refs go together (etcd must know "
                         f"the upstreams a config names to follow their changes)")
+
+
+def _takes(function, count):
+    """Whether ``function`` can be called with ``count`` positional arguments."""
+    try:
+        inspect.signature(function).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:      # no signature to read (a builtin): it is called and seen then
+        return True
+    return True
 
 
 class Chain:

@@ -1,4 +1,5 @@
 """The plugin contract: schemas fill defaults, order follows PRIORITY, a reply ends the chain."""
+import re
 import types
 
 import pytest
@@ -296,3 +297,39 @@ def conf_name(conf, where):
     for part in where.split("."):
         value = value[part]
     return value
+
+
+def _third_party(**attrs):
+    """A third-party plugin module as an author writes one: functions defined in it."""
+    module = types.ModuleType("third_party_plugin")
+    module.NAME, module.PRIORITY, module.SCHEMA = "third_party", 10, Schema()
+    for name, value in attrs.items():
+        if callable(value):
+            value.__module__ = module.__name__
+        setattr(module, name, value)
+    return module
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"access": lambda ctx: None},
+     "plugin third_party: access must take 2 arguments (conf, ctx), it takes (ctx)"),
+    ({"access": lambda conf, ctx, extra: None},
+     "plugin third_party: access must take 2 arguments (conf, ctx), it takes "
+     "(conf, ctx, extra)"),
+    ({"finish": lambda conf, ctx: None},
+     "plugin third_party: finish must take 3 arguments (conf, ctx, status), it takes "
+     "(conf, ctx)"),
+    ({"access": lambda conf, ctx: None, "prepare": lambda: {}},
+     "plugin third_party: prepare must take 1 argument (conf), it takes ()"),
+])
+def test_a_phase_or_hook_with_the_wrong_signature_is_refused_at_load(attrs, message):
+    """A phase that cannot take what the chain passes would be a TypeError on every request
+    that runs it: refused when the plugin is loaded instead, naming the phase."""
+    with pytest.raises(TypeError, match=re.escape(message)):
+        check_plugin(_third_party(**attrs))
+
+
+def test_defaults_optional_and_star_args_fit_a_phase():
+    check_plugin(_third_party(access=lambda conf, ctx, extra=None: None,
+                              finish=lambda *args: None, response=lambda conf, *rest: None))
+
