@@ -41,6 +41,7 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
 breaks it is refused with the reason, not discovered in the middle of a request. The proxy step
 is not a plugin: it always runs last, after every access phase let the request on.
 """
+import difflib
 import inspect
 import logging
 
@@ -82,6 +83,9 @@ def check_plugin(plugin):
         raise TypeError(f"plugin {name}: PRIORITY must be an integer, got {plugin.PRIORITY!r}")
     if not isinstance(plugin.SCHEMA, Schema):
         raise TypeError(f"plugin {name}: SCHEMA must be a gwserver.core.schema.Schema")
+    for helper, hook in _misspelt(plugin):
+        raise TypeError(f"plugin {name}: {helper} is not a phase or hook; did you mean {hook}? "
+                        f"(a helper of that name: start it with _)")
     if not any(callable(getattr(plugin, phase, None)) for phase in PHASES):
         raise TypeError(f"plugin {name} defines no phase ({', '.join(PHASES)})")
     for hook, arguments in ARGUMENTS.items():
@@ -106,6 +110,22 @@ def check_plugin(plugin):
     if hasattr(plugin, "link") != hasattr(plugin, "upstream_refs"):
         raise TypeError(f"plugin {name}: link and upstream_refs go together (etcd must know "
                         f"the upstreams a config names to follow their changes)")
+
+
+def _misspelt(plugin):
+    """(function, hook) for each public function the plugin defines whose name is close to a
+    phase or hook it lacks: an `acess` beside a real `finish` is never called, and nothing
+    else would say so (an allow-list that lets everyone through)."""
+    home = getattr(plugin, "__name__", None) if inspect.ismodule(plugin) else \
+        getattr(plugin, "__module__", None)
+    for attr in dir(plugin):
+        value = getattr(plugin, attr, None)
+        if attr.startswith("_") or attr in ARGUMENTS or not inspect.isfunction(value) or \
+                value.__module__ != home:      # imported helpers are not the author's names
+            continue
+        for hook in difflib.get_close_matches(attr, ARGUMENTS, n=1, cutoff=0.8):
+            if not hasattr(plugin, hook):
+                yield attr, hook
 
 
 def _takes(function, count):

@@ -333,3 +333,20 @@ def test_defaults_optional_and_star_args_fit_a_phase():
     check_plugin(_third_party(access=lambda conf, ctx, extra=None: None,
                               finish=lambda *args: None, response=lambda conf, *rest: None))
 
+
+def test_a_misspelt_phase_or_hook_is_refused_at_load():
+    """`acess` beside a real `finish` was left unused without a word: an allow-list plugin
+    with it misspelt lets everyone through."""
+    def acess(conf, ctx):
+        return Reply(403)
+    with pytest.raises(TypeError, match=re.escape(
+            "plugin third_party: acess is not a phase or hook; did you mean access? (a helper "
+            "of that name: start it with _)")):
+        check_plugin(_third_party(acess=acess, finish=lambda conf, ctx, status: None))
+    with pytest.raises(TypeError, match="did you mean access"):     # not "defines no phase"
+        check_plugin(_third_party(acess=acess))
+    # a helper whose name is near a hook the plugin also defines is a helper (split's
+    # upstream_ref beside upstream_refs), and a leading _ marks any helper as one
+    check_plugin(_third_party(access=lambda conf, ctx: None, acces=lambda: None,
+                              _finsh=lambda: None))
+
