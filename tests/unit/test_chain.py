@@ -350,3 +350,19 @@ def test_a_misspelt_phase_or_hook_is_refused_at_load():
     check_plugin(_third_party(access=lambda conf, ctx: None, acces=lambda: None,
                               _finsh=lambda: None))
 
+
+@pytest.mark.parametrize("field, message", [
+    (Field("status", integer(100, 599, "a status"), 42, "status"),
+     "plugin third_party: SCHEMA: the default of status fails its own check: must be a "
+     "status between 100 and 599, got 42"),
+    (Field("inner", Schema(Field("n", integer(1), 0, "n")), dict, "nested"),
+     "plugin third_party: SCHEMA: the default of inner.n fails its own check: must be a "
+     "positive integer, got 0"),
+])
+def test_a_schema_default_that_fails_its_own_check_is_refused_at_load(field, message):
+    """A default the schema itself refuses reached the plugin unchecked, on every route that
+    leaves the setting out (a status of 42 in a Reply)."""
+    plugin = _third_party(access=lambda conf, ctx: None)
+    plugin.SCHEMA = Schema(field)
+    with pytest.raises(TypeError, match=re.escape(message)):
+        check_plugin(plugin)
