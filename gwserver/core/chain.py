@@ -330,9 +330,11 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             continue            # a route may switch off a global plugin with `name = false`
         if conf is True:
             conf = {}
+        step = "SCHEMA check"
         try:
             conf = plugin.SCHEMA.validate(conf, f"{owner}: plugins.{name}")
             if hasattr(plugin, "prepare"):
+                step = "prepare()"
                 conf = plugin.prepare(conf)
         except ConfigError as exc:
             problems.extend(exc.problems)
@@ -340,6 +342,11 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
         except ValueError as exc:
             # The config is echoed to logs and `check`: never with its secrets.
             problems.append(f"{owner}: plugins.{name}: {exc} (config {show(redact(conf))})")
+            continue
+        except Exception as exc:
+            # A third-party bug, not a bad value: named here, where the route and plugin are
+            # known (ConfigError.of, further out, names neither).
+            problems.append(f"{owner}: plugins.{name}: the plugin's {step} failed: {exc!r}")
             continue
         problem = _phases_problem(plugin, conf)
         if problem:

@@ -366,3 +366,21 @@ def test_a_schema_default_that_fails_its_own_check_is_refused_at_load(field, mes
     plugin.SCHEMA = Schema(field)
     with pytest.raises(TypeError, match=re.escape(message)):
         check_plugin(plugin)
+
+
+def test_a_prepare_or_check_that_raises_is_a_config_error_naming_the_route_and_plugin():
+    """A third-party prepare() with a bug (a KeyError) came out of `gwserver check` as
+    "gw.toml: a value could not be checked: KeyError: 'secrett'", naming neither the route
+    nor the plugin; the same for a field check that raises what is not Invalid."""
+    buggy = _third_party(access=lambda conf, ctx: None, prepare=lambda conf: conf["secrett"])
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"third_party": {}}, {}, {"third_party": buggy})
+    assert info.value.problems == ["route r: plugins.third_party: the plugin's prepare() "
+                                   "failed: KeyError('secrett')"]
+    buggy = _third_party(access=lambda conf, ctx: None)
+    buggy.SCHEMA = Schema(Field("n", lambda value: value + 1, 0, "a number"))
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"third_party": {"n": "x"}}, {}, {"third_party": buggy})
+    assert info.value.problems == ["route r: plugins.third_party: the plugin's SCHEMA check "
+                                   "failed: TypeError('can only concatenate str (not \"int\") "
+                                   "to str')"]
