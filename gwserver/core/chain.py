@@ -323,8 +323,10 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
     for name, conf in merged.items():
         plugin = registry.get(name)
         if plugin is None:
-            problems.append(f"{owner}: plugins.{name}: unknown plugin "
-                            f"(available: {', '.join(sorted(registry)) or 'none'})")
+            refused = getattr(registry, "refused", {}).get(name)
+            problems.append(f"{owner}: plugins.{name}: unknown plugin " + (
+                f"(installed, but its {refused})" if refused else
+                f"(available: {', '.join(sorted(registry)) or 'none'})"))
             continue
         if conf is None or conf is False:
             continue            # a route may switch off a global plugin with `name = false`

@@ -17,12 +17,21 @@ ENTRY_POINT_GROUP = "gwserver.plugins"
 _registry = None
 
 
+class Registry(dict):
+    """{name: plugin}, and ``refused``: {name: why} for installed plugins that were left out,
+    so a route naming one says why (the log line may be far away), not just "unknown"."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused = {}
+
+
 def load_registry(reload=False):
     """Return {name: plugin}. A third-party plugin that fails to load is logged and left out."""
     global _registry
     if _registry is not None and not reload:
         return _registry
-    registry = {}
+    registry = Registry()
     for module_name in BUILTIN:
         plugin = importlib.import_module(module_name)
         check_plugin(plugin)
@@ -33,6 +42,7 @@ def load_registry(reload=False):
             check_plugin(plugin)
         except Exception as exc:  # a broken add-on must not stop the gateway
             log.error("plugin entry point %s (%s) not loaded: %s", ep.name, ep.value, exc)
+            registry.refused[ep.name] = f"entry point {ep.name} ({ep.value}) not loaded: {exc}"
             continue
         if plugin.NAME in registry:
             log.error("plugin %s from %s ignored: the name is taken", plugin.NAME, ep.value)

@@ -1,0 +1,46 @@
+"""Third-party plugins by entry point: one that is refused is named, with why, where it is used."""
+import types
+
+import pytest
+
+from gwserver import plugins
+from gwserver.core.chain import build_chain
+from gwserver.core.schema import Schema
+from gwserver.errors import ConfigError
+
+
+class _EntryPoint:
+    def __init__(self, name, value, load):
+        self.name, self.value, self.load = name, value, load
+
+
+def _broken():
+    raise ModuleNotFoundError("No module named 'teapot_deps'")
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    good = types.SimpleNamespace(NAME="good", PRIORITY=1, SCHEMA=Schema(),
+                                 access=lambda conf, ctx: None)
+    found = [_EntryPoint("teapot", "mypackage.teapot", _broken),
+             _EntryPoint("good", "mypackage.good", lambda: good)]
+    monkeypatch.setattr(plugins, "entry_points", lambda group: found)
+    yield plugins.load_registry(reload=True)
+    monkeypatch.undo()
+    plugins.load_registry(reload=True)      # the next test gets the installed ones again
+
+
+def test_a_route_naming_a_plugin_that_failed_to_load_says_why(registry):
+    """The route's error said only "unknown plugin (available: ...)" for a plugin that is
+    installed: the reason was in a log line the operator may never see beside it."""
+    assert "good" in registry and "teapot" not in registry
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"teapot": {}}, {}, registry)
+    assert info.value.problems == [
+        "route r: plugins.teapot: unknown plugin (installed, but its entry point teapot "
+        "(mypackage.teapot) not loaded: No module named 'teapot_deps')"]
+
+
+def test_a_name_nobody_installed_still_lists_the_available_ones(registry):
+    with pytest.raises(ConfigError, match=r"plugins.nope: unknown plugin \(available: .*good"):
+        build_chain("route r", {"nope": {}}, {}, registry)
