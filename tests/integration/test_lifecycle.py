@@ -153,7 +153,8 @@ def install_plugin_package(tmp_path, entry_points):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwteapot\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[gwserver.plugins]\n" + entry_points)
-    return {"PYTHONPATH": str(site)}
+    # after this checkout (conftest's PYTHONPATH): the venv's editable install may name another
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
 
 def test_third_party_plugin_from_an_entry_point(start_gateway, upstream, tmp_path):
