@@ -47,7 +47,7 @@ import logging
 
 from ..errors import ConfigError
 from ..redact import redact
-from .context import ResponseHead, _enc
+from .context import Reply, ResponseHead, _enc
 from .schema import show
 from .throttledlog import throttled_log
 
@@ -203,7 +203,7 @@ class Chain:
             reply = plugin.access(conf, ctx)
             if reply is not None:
                 ctx.ended_by = plugin.NAME
-                return reply
+                return _checked(plugin, reply)
         return None
 
     def _run_access_joining(self, ctx):
@@ -223,7 +223,7 @@ class Chain:
                 reply = plugin.access(conf, ctx)
                 if reply is not None:
                     ctx.ended_by = plugin.NAME
-                    return reply
+                    return _checked(plugin, reply)
                 if ctx.consumer is not joined_for and id(plugin) in self.identifiers:
                     if ctx.var("anonymous") and any(id(later) in self.identifiers
                                                     for later, _ in steps[i:]):
@@ -272,6 +272,15 @@ class Chain:
                 throttled_log.log(log, logging.ERROR, ("finish", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in finish", ctx.route.id,
                                   plugin.NAME, exc_info=exc)
+
+
+def _checked(plugin, reply):
+    """``reply``, if it is one: anything else is the plugin's bug, named here rather than as an
+    AttributeError in whatever code writes the answer (a 500 either way)."""
+    if not isinstance(reply, Reply):
+        raise TypeError(f"plugin {plugin.NAME}: access must return a Reply or None, "
+                        f"got {type(reply).__name__}")
+    return reply
 
 
 def _phases_problem(plugin, conf):

@@ -135,6 +135,14 @@ class boom:
         raise RuntimeError("plugin bug")
 
 
+class wrong_reply:
+    NAME, PRIORITY, SCHEMA = "wrong_reply", 1, Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        return {"status": 403, "error": "no"}       # meant Reply.json(403, {...})
+
+
 class smuggler:
     NAME, PRIORITY, SCHEMA = "smuggler", 1, Schema()
 
@@ -182,6 +190,24 @@ def test_a_plugin_that_raises_gets_500_and_the_worker_lives(start_gateway, upstr
     assert gw.request("GET", "/echo")[0].status == 200
     assert gw.worker_pids() == workers
     assert "RuntimeError: plugin bug" in gw.log()
+
+
+def test_a_plugin_that_returns_what_is_not_a_reply_is_named_in_the_log(start_gateway,
+                                                                        upstream, tmp_path):
+    """An access phase returning a dict ended the request with a 500 whose only log line was
+    "AttributeError: 'dict' object has no attribute 'with_error_shape'" in http1.answer:
+    neither the plugin nor the rule it broke. The client learns nothing of either."""
+    env = install_plugin_package(tmp_path, "wrong_reply = gwteapot:wrong_reply\n")
+    gw = start_gateway(gateway_conf([route("odd", ["/odd"], upstream.url,
+                                           plugins={"wrong_reply": {}}),
+                                     route("plain", ["/echo"], upstream.url)]), env=env)
+    workers = gw.worker_pids()
+    resp, data = gw.request("GET", "/odd")
+    assert resp.status == 500 and json.loads(data)["error"] == "internal_error"
+    assert b"wrong_reply" not in data and b"Traceback" not in data
+    assert "plugin wrong_reply: access must return a Reply or None, got dict" in gw.log()
+    assert "with_error_shape" not in gw.log()
+    assert gw.request("GET", "/echo")[0].status == 200 and gw.worker_pids() == workers
 
 
 def test_a_plugin_cannot_set_a_header_the_gateway_writes(start_gateway, upstream, tmp_path):
