@@ -366,7 +366,13 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
         steps.append((plugin, conf))
     names = {plugin.NAME for plugin, _ in steps}
     for plugin, conf in steps:
-        for name, what in plugin.needs(conf) if hasattr(plugin, "needs") else ():
+        try:
+            needed = list(plugin.needs(conf)) if hasattr(plugin, "needs") else ()
+        except Exception as exc:        # a third-party bug: named as prepare()'s are
+            problems.append(f"{owner}: plugins.{plugin.NAME}: the plugin's needs() failed: "
+                            f"{exc!r}")
+            continue
+        for name, what in needed:
             if name not in names:
                 problems.append(f"{owner}: plugins.{plugin.NAME}.{what} needs the {name} "
                                 f"plugin on the route or in [plugins]; without it, it never "

@@ -384,3 +384,11 @@ def test_a_prepare_or_check_that_raises_is_a_config_error_naming_the_route_and_p
     assert info.value.problems == ["route r: plugins.third_party: the plugin's SCHEMA check "
                                    "failed: TypeError('can only concatenate str (not \"int\") "
                                    "to str')"]
+
+
+def test_a_needs_hook_that_raises_is_a_config_error_naming_the_route_and_plugin():
+    buggy = _third_party(access=lambda conf, ctx: None, needs=lambda conf: conf["nope"])
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"third_party": {}}, {}, {"third_party": buggy})
+    assert info.value.problems == ["route r: plugins.third_party: the plugin's needs() "
+                                   "failed: KeyError('nope')"]
