@@ -556,9 +556,12 @@ def plugin_warnings(where, plugins, registry=None):
             continue
         try:
             conf = plugin.SCHEMA.validate(raw, f"{where}.{name}")
-        except ConfigError:
-            continue            # refused already, with its reasons
-        found += [f"{where}.{name}: {warning}" for warning in plugin.warnings(conf)]
+        except Exception:
+            continue            # refused already, with its reasons (build_chain)
+        try:
+            found += [f"{where}.{name}: {warning}" for warning in plugin.warnings(conf)]
+        except Exception as exc:    # a third-party bug must not stop check, start or reload
+            found.append(f"{where}.{name}: the plugin's warnings() failed: {exc!r}")
     return found
 
 

@@ -392,3 +392,13 @@ def test_a_needs_hook_that_raises_is_a_config_error_naming_the_route_and_plugin(
         build_chain("route r", {"third_party": {}}, {}, {"third_party": buggy})
     assert info.value.problems == ["route r: plugins.third_party: the plugin's needs() "
                                    "failed: KeyError('nope')"]
+
+
+def test_a_warnings_hook_that_raises_is_a_warning_naming_the_plugin_not_a_crash():
+    """A third-party warnings() with a bug crashed `gwserver check` (and the master's start
+    and reload, which ask the same) with a traceback. The config itself is valid: the bug is
+    said as a warning, naming where the config is and the plugin."""
+    from gwserver.settings import plugin_warnings
+    buggy = _third_party(access=lambda conf, ctx: None, warnings=lambda conf: conf["nope"])
+    assert plugin_warnings("route r: plugins", {"third_party": {}}, {"third_party": buggy}) == \
+        ["route r: plugins.third_party: the plugin's warnings() failed: KeyError('nope')"]
