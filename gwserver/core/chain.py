@@ -45,7 +45,7 @@ import difflib
 import inspect
 import logging
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HTTPError
 from ..redact import redact
 from .context import Reply, ResponseHead, _enc
 from .schema import show
@@ -200,7 +200,11 @@ class Chain:
         if self.identifies:
             return self._run_access_joining(ctx)
         for plugin, conf in self.access_steps:
-            reply = plugin.access(conf, ctx)
+            try:
+                reply = plugin.access(conf, ctx)
+            except Exception as exc:
+                _blame(exc, plugin, "access")
+                raise
             if reply is not None:
                 ctx.ended_by = plugin.NAME
                 return _checked(plugin, reply)
@@ -220,7 +224,11 @@ class Chain:
                 plugin, conf = steps[i]
                 i += 1
                 ran.add(id(conf))
-                reply = plugin.access(conf, ctx)
+                try:
+                    reply = plugin.access(conf, ctx)
+                except Exception as exc:
+                    _blame(exc, plugin, "access")
+                    raise
                 if reply is not None:
                     ctx.ended_by = plugin.NAME
                     return _checked(plugin, reply)
@@ -250,7 +258,11 @@ class Chain:
 
     def run_response(self, ctx, head):
         for plugin, conf in (ctx.chain or self).response_steps:
-            plugin.response(conf, ctx, head)
+            try:
+                plugin.response(conf, ctx, head)
+            except Exception as exc:
+                _blame(exc, plugin, "response")
+                raise
 
     def run_reply(self, ctx, reply):
         """Let plugins with a ``reply`` hook edit the head of an answer the gateway wrote
@@ -272,6 +284,15 @@ class Chain:
                 throttled_log.log(log, logging.ERROR, ("finish", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in finish", ctx.route.id,
                                   plugin.NAME, exc_info=exc)
+
+
+def _blame(exc, plugin, phase):
+    """Name the plugin in the traceback the worker logs: its frames are the core's up to the
+    plugin's own file, and the route may run several. (A try costs nothing until raised.)
+    An HTTPError is an answer, not a bug; an instance raised again keeps one note."""
+    note = f"raised by plugin {plugin.NAME} in its {phase} phase"
+    if not isinstance(exc, HTTPError) and note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
 
 
 def _checked(plugin, reply):
