@@ -75,7 +75,11 @@ def check_plugin(plugin):
     from .schema import Schema
     missing = [attr for attr in ("NAME", "PRIORITY", "SCHEMA") if not hasattr(plugin, attr)]
     if missing:
-        raise TypeError(f"plugin {plugin!r} lacks {', '.join(missing)}")
+        # the NAME a route uses, if it has one, and where it comes from
+        home = getattr(plugin, "__name__", None) or type(plugin).__name__
+        label = f"{plugin.NAME} ({home})" if isinstance(getattr(plugin, "NAME", None), str) \
+            else home
+        raise TypeError(f"plugin {label} lacks {', '.join(missing)}")
     name = plugin.NAME
     if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name != name.lower():
         raise TypeError(f"plugin NAME must be lower-case letters, digits and _, got {name!r}")

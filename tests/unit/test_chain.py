@@ -402,3 +402,17 @@ def test_a_warnings_hook_that_raises_is_a_warning_naming_the_plugin_not_a_crash(
     buggy = _third_party(access=lambda conf, ctx: None, warnings=lambda conf: conf["nope"])
     assert plugin_warnings("route r: plugins", {"third_party": {}}, {"third_party": buggy}) == \
         ["route r: plugins.third_party: the plugin's warnings() failed: KeyError('nope')"]
+
+
+def test_a_plugin_that_lacks_part_of_the_contract_is_named_by_its_name_and_module():
+    """"plugin <module 'x.plug' from '/long/path/x/plug.py'> lacks SCHEMA": the NAME routes
+    use was left out though the plugin had one."""
+    plugin = _third_party(access=lambda conf, ctx: None)
+    del plugin.SCHEMA
+    with pytest.raises(TypeError, match=re.escape(
+            "plugin third_party (third_party_plugin) lacks SCHEMA")):
+        check_plugin(plugin)
+    del plugin.NAME
+    with pytest.raises(TypeError, match=re.escape(
+            "plugin third_party_plugin lacks NAME, SCHEMA")):
+        check_plugin(plugin)
