@@ -36,6 +36,7 @@ def load_registry(reload=False):
         plugin = importlib.import_module(module_name)
         check_plugin(plugin)
         registry[plugin.NAME] = plugin
+    builtin = set(registry)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             plugin = ep.load()
@@ -45,7 +46,10 @@ def load_registry(reload=False):
             registry.refused[ep.name] = f"entry point {ep.name} ({ep.value}) not loaded: {exc}"
             continue
         if plugin.NAME in registry:
-            log.error("plugin %s from %s ignored: the name is taken", plugin.NAME, ep.value)
+            owner = "a built-in plugin" if plugin.NAME in builtin else "another plugin"
+            log.error("plugin %s from %s (entry point %s) ignored: %s is named %s, and a route's "
+                      "plugins.%s runs that one; give yours another NAME", plugin.NAME,
+                      ep.value, ep.name, owner, plugin.NAME, plugin.NAME)
             continue
         registry[plugin.NAME] = plugin
     _registry = registry

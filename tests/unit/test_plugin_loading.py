@@ -44,3 +44,24 @@ def test_a_route_naming_a_plugin_that_failed_to_load_says_why(registry):
 def test_a_name_nobody_installed_still_lists_the_available_ones(registry):
     with pytest.raises(ConfigError, match=r"plugins.nope: unknown plugin \(available: .*good"):
         build_chain("route r", {"nope": {}}, {}, registry)
+
+
+def test_a_plugin_named_as_a_builtin_is_left_out_saying_which_one_routes_get(monkeypatch,
+                                                                             caplog):
+    """"plugin headers from mypackage.headers ignored: the name is taken" did not say by
+    what, nor that a route's plugins.headers runs the built-in (whose schema then refuses
+    the third-party settings as unknown keys)."""
+    mine = types.SimpleNamespace(NAME="headers", PRIORITY=1, SCHEMA=Schema(),
+                                 access=lambda conf, ctx: None)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [
+        _EntryPoint("myheaders", "mypackage.headers", lambda: mine)])
+    try:
+        with caplog.at_level("ERROR", logger="gwserver.plugins"):
+            registry = plugins.load_registry(reload=True)
+    finally:
+        monkeypatch.undo()
+        plugins.load_registry(reload=True)
+    assert registry["headers"] is not mine
+    assert ("plugin headers from mypackage.headers (entry point myheaders) ignored: a built-in "
+            "plugin is named headers, and a route's plugins.headers runs that one; give yours "
+            "another NAME") in caplog.text
