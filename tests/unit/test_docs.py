@@ -11,6 +11,9 @@ there: a whole conf file):
     <!-- example: toml -->      TOML that is not a gwserver conf (e.g. a pyproject.toml):
                                 parsed only
 
+A ```python block that defines a plugin (`NAME = `) is loaded as a module and must keep the
+plugin contract (chain.check_plugin) and compile on a route with its required settings given.
+
 Upstream ids an example uses without defining are added as one-target upstreams. Files under
 /etc/gwserver/ that an example names are made in a temp dir (real PEM keys and certificates
 from tests/pki.py) and the paths rewritten, so `cannot read` is a real error, not noise.
@@ -29,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- example: (?P<kind>[a-z]+) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```",
                    re.S)
-KINDS = ("conf", "route", "toml")
+KINDS = ("conf", "route", "toml", "plugin")
 
 
 def blocks(lang):
@@ -125,6 +128,26 @@ def test_every_block_is_marked_with_a_known_kind():
     assert marks, "the convention is used"
     for kind, after in marks:
         assert kind in KINDS and after.startswith("```"), (kind, after)
+
+
+def plugin_examples():
+    return [param for param in blocks("python") if "\nNAME = " in "\n" + param.values[1]]
+
+
+def test_plugin_examples_are_found():
+    assert len(plugin_examples()) >= 2
+
+
+@pytest.mark.parametrize("kind, body", plugin_examples())
+def test_plugin_examples_keep_the_contract_and_compile(kind, body):
+    import types
+    from gwserver.core.chain import build_chain, check_plugin
+    plugin = types.ModuleType("docs_example")
+    exec(compile(body, "docs_example", "exec"), plugin.__dict__)
+    check_plugin(plugin)
+    conf = {name: "example" for name, field in plugin.SCHEMA.fields.items() if field.required}
+    chain = build_chain("route example", {plugin.NAME: conf}, {}, {plugin.NAME: plugin})
+    assert chain.names == (plugin.NAME,)
 
 
 @pytest.mark.parametrize("kind, body", blocks("toml"))
