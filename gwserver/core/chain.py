@@ -305,6 +305,14 @@ def _checked(plugin, reply):
     if not isinstance(reply, Reply):
         raise TypeError(f"plugin {plugin.NAME}: access must return a Reply or None, "
                         f"got {type(reply).__name__}")
+    status = reply.status
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        # written as it is, "HTTP/1.1 42 Unknown" is no answer a client can read
+        raise TypeError(f"plugin {plugin.NAME}: its Reply's status must be an integer from 100 "
+                        f"to 599, got {status!r}")
+    if not isinstance(reply.body, (bytes, bytearray)):
+        raise TypeError(f"plugin {plugin.NAME}: its Reply's body must be bytes, got "
+                        f"{type(reply.body).__name__}")
     return reply
 
 

@@ -151,6 +151,16 @@ class wrong_reply:
         return {"status": 403, "error": "no"}       # meant Reply.json(403, {...})
 
 
+class odd_reply:
+    NAME, PRIORITY, SCHEMA = "odd_reply", 1, Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        if ctx.path == "/odd/status":
+            return Reply.json(42, {"error": "no"})
+        return Reply(403, "a str, not bytes")
+
+
 class smuggler:
     NAME, PRIORITY, SCHEMA = "smuggler", 1, Schema()
 
@@ -238,6 +248,24 @@ def test_a_plugin_that_returns_what_is_not_a_reply_is_named_in_the_log(start_gat
     assert "plugin wrong_reply: access must return a Reply or None, got dict" in gw.log()
     assert "with_error_shape" not in gw.log()
     assert gw.request("GET", "/echo")[0].status == 200 and gw.worker_pids() == workers
+
+
+def test_a_reply_with_an_impossible_status_or_a_text_body_is_a_500(start_gateway, upstream,
+                                                                    tmp_path):
+    """Reply.json(42, ...) went out as "HTTP/1.1 42 Unknown" (no client reads that as an
+    answer) and reset the stream on HTTP/2; Reply(403, "text") failed in http1 with "can't
+    concat str to bytes", naming no plugin. Both are the plugin's bug: a 500, named."""
+    env = install_plugin_package(tmp_path, "odd_reply = gwteapot:odd_reply\n")
+    gw = start_gateway(gateway_conf([      # two routes: the log of each is throttled apart
+        route("status", ["/odd/status"], upstream.url, plugins={"odd_reply": {}}),
+        route("body", ["/odd/body"], upstream.url, plugins={"odd_reply": {}})]), env=env)
+    for path in ("/odd/status", "/odd/body"):
+        resp, data = gw.request("GET", path)
+        assert resp.status == 500 and json.loads(data)["error"] == "internal_error"
+    log = gw.log()
+    assert "plugin odd_reply: its Reply's status must be an integer from 100 to 599, got 42" \
+        in log
+    assert "plugin odd_reply: its Reply's body must be bytes, got str" in log
 
 
 def test_a_plugin_cannot_set_a_header_the_gateway_writes(start_gateway, upstream, tmp_path):
