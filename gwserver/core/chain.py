@@ -276,7 +276,17 @@ class Chain:
         if steps:
             head = ResponseHead(reply.status, [(_enc(k), _enc(v)) for k, v in reply.headers])
             for plugin, conf in steps:
-                plugin.reply(conf, ctx, head)
+                try:
+                    plugin.reply(conf, ctx, head)
+                except Exception as exc:
+                    # The answer is decided and may be the 500 of an error: raising would
+                    # make the error path run this again and send nothing. It goes out as
+                    # the gateway wrote it, with none of the hooks' edits.
+                    route_id = ctx.route.id if ctx.route else None
+                    throttled_log.log(log, logging.ERROR, ("reply", route_id, plugin.NAME),
+                                      "route %s: plugin %s failed in reply", route_id,
+                                      plugin.NAME, exc_info=exc)
+                    return
             reply.headers = head.headers
 
     def run_finish(self, ctx, status):

@@ -161,6 +161,19 @@ class odd_reply:
         return Reply(403, "a str, not bytes")
 
 
+class reply_boom:
+    NAME, PRIORITY, SCHEMA = "reply_boom", 1, Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        return Reply.json(403, {"error": "denied"}) if ctx.path == "/rb/deny" else None
+
+    @staticmethod
+    def reply(conf, ctx, head):
+        head.set_header("X-Half", "edited")
+        raise RuntimeError("reply hook bug")
+
+
 class smuggler:
     NAME, PRIORITY, SCHEMA = "smuggler", 1, Schema()
 
@@ -266,6 +279,23 @@ def test_a_reply_with_an_impossible_status_or_a_text_body_is_a_500(start_gateway
     assert "plugin odd_reply: its Reply's status must be an integer from 100 to 599, got 42" \
         in log
     assert "plugin odd_reply: its Reply's body must be bytes, got str" in log
+
+
+def test_a_reply_hook_that_raises_still_lets_the_answer_out(start_gateway, upstream,
+                                                             tmp_path):
+    """A reply hook runs as the gateway writes its own answer; one that raised made the error
+    path run it again for the 500, which raised again: the client got no answer at all (the
+    connection closed, the access log said 500 of 0 bytes). The answer now goes out as the
+    gateway wrote it, without the hooks' edits, and the log names the plugin."""
+    env = install_plugin_package(tmp_path, "reply_boom = gwteapot:reply_boom\n")
+    gw = start_gateway(gateway_conf([route("rb", ["/rb/*rest"], upstream.url,
+                                           plugins={"reply_boom": {}})]), env=env)
+    workers = gw.worker_pids()
+    resp, data = gw.request("GET", "/rb/deny")
+    assert resp.status == 403 and json.loads(data)["error"] == "denied"
+    assert resp.getheader("X-Half") is None
+    assert "route rb: plugin reply_boom failed in reply" in gw.log()
+    assert gw.request("GET", "/rb/pass")[0].status == 200 and gw.worker_pids() == workers
 
 
 def test_a_plugin_cannot_set_a_header_the_gateway_writes(start_gateway, upstream, tmp_path):
