@@ -184,7 +184,11 @@ class Chain:
     def claims_of(self, ctx, route_id):
         """Verified claims for a ``claims`` route, from the plugin that provides them."""
         for plugin, conf in self.claims_steps:
-            return plugin.claims(conf, ctx, route_id)
+            try:
+                return plugin.claims(conf, ctx, route_id)
+            except Exception as exc:
+                _blame(exc, plugin, "claims hook")
+                raise
         return None
 
     def linked_upstreams(self):
@@ -207,7 +211,7 @@ class Chain:
             try:
                 reply = plugin.access(conf, ctx)
             except Exception as exc:
-                _blame(exc, plugin, "access")
+                _blame(exc, plugin, "access phase")
                 raise
             if reply is not None:
                 ctx.ended_by = plugin.NAME
@@ -231,7 +235,7 @@ class Chain:
                 try:
                     reply = plugin.access(conf, ctx)
                 except Exception as exc:
-                    _blame(exc, plugin, "access")
+                    _blame(exc, plugin, "access phase")
                     raise
                 if reply is not None:
                     ctx.ended_by = plugin.NAME
@@ -265,7 +269,7 @@ class Chain:
             try:
                 plugin.response(conf, ctx, head)
             except Exception as exc:
-                _blame(exc, plugin, "response")
+                _blame(exc, plugin, "response phase")
                 raise
 
     def run_reply(self, ctx, reply):
@@ -300,11 +304,11 @@ class Chain:
                                   plugin.NAME, exc_info=exc)
 
 
-def _blame(exc, plugin, phase):
+def _blame(exc, plugin, where):
     """Name the plugin in the traceback the worker logs: its frames are the core's up to the
     plugin's own file, and the route may run several. (A try costs nothing until raised.)
     An HTTPError is an answer, not a bug; an instance raised again keeps one note."""
-    note = f"raised by plugin {plugin.NAME} in its {phase} phase"
+    note = f"raised by plugin {plugin.NAME} in its {where}"
     if not isinstance(exc, HTTPError) and note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
 

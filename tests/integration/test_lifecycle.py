@@ -161,6 +161,18 @@ class odd_reply:
         return Reply(403, "a str, not bytes")
 
 
+class claims_boom:
+    NAME, PRIORITY, SCHEMA = "claims_boom", 1, Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        return None
+
+    @staticmethod
+    def claims(conf, ctx, route_id):
+        raise RuntimeError("claims bug")
+
+
 class reply_boom:
     NAME, PRIORITY, SCHEMA = "reply_boom", 1, Schema()
 
@@ -243,6 +255,18 @@ def test_the_log_of_a_plugin_that_raises_names_the_plugin_and_phase(start_gatewa
     assert "raised by plugin boom in its access phase" in log
     assert "raised by plugin boom_late in its response phase" in log
     assert gw.worker_pids() == workers
+
+
+def test_the_log_of_a_claims_hook_that_raises_names_the_plugin(start_gateway, upstream,
+                                                               tmp_path):
+    """A claims hook runs while routing, before the route is known: the log said "route
+    None: ... unhandled error", and only the last frame's file told whose hook it was."""
+    env = install_plugin_package(tmp_path, "claims_boom = gwteapot:claims_boom\n")
+    gw = start_gateway(gateway_conf([route("cl", ["/cl"], upstream.url, claims={"sub": "x"},
+                                           plugins={"claims_boom": {}})]), env=env)
+    resp, data = gw.request("GET", "/cl")
+    assert resp.status == 500 and b"claims bug" not in data
+    assert "raised by plugin claims_boom in its claims hook" in gw.log()
 
 
 def test_a_plugin_that_returns_what_is_not_a_reply_is_named_in_the_log(start_gateway,
