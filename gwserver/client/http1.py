@@ -132,6 +132,10 @@ class ClientConnection:
         req = self.current
         if req.head_done:
             return                      # a trailer
+        # llhttp keeps white space after a value; RFC 9110 5.5 says it is no part of it, and
+        # upstreams strip it: kept, "KEY " would be another value than "KEY" to every plugin
+        # (a limit keyed on the header counted each spelling in a bucket of its own).
+        value = value.rstrip(b" \t")
         lname = name.lower()
         if lname in _LOOKED_AT:         # (none of these names holds an underscore)
             if lname in NOT_FORWARDED:

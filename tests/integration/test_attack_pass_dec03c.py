@@ -1,0 +1,67 @@
+"""Attack pass 3 (Dec 03) on the shared-state plugins and identity: defects shown by tests that
+failed on c8937ea and pass with the fixes that followed.
+
+Every test starts real processes (a gateway from the launcher fixture, a real redis-server
+where the limit is shared) and talks to them over loopback; the upstream is an in-process
+socket server on 127.0.0.1 that records the request heads it got
+(tests/integration/test_attack_pass_dec03.RecordingHttp1), closed in teardown.
+
+1. A limit keyed on ``header:NAME`` counts every spelling of one value apart: HTTP/1.1 field
+   values kept their trailing white space (llhttp passes it on), which RFC 9110 5.5 says is
+   no part of the value and every upstream strips, so ``X-Api-Key: KEY``, ``KEY `` and
+   ``KEY\\t`` were three buckets for one key: a client with one key got a fresh bucket per
+   request, as many as the field's size allows.
+"""
+import pytest
+
+from ..conftest import gateway_conf, route
+from .test_attack_pass_dec03 import RecordingHttp1, raw_request
+
+KEY = b"ak_attack_pass_c_0123456789"
+
+
+@pytest.fixture
+def h1_up():
+    up = RecordingHttp1()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def limited_gw(launcher, h1_up):
+    redis = launcher.redis()
+    return launcher.gateway(gateway_conf([
+        route("k", ["/k"], h1_up.url, plugins={"rate_limit": {
+            "rate": 1, "per": 3600, "burst": 1, "key": "header:X-Api-Key"}}),
+    ], redis={"url": redis.url}))
+
+
+def _status(gw, fields):
+    answer = raw_request(gw.port, b"GET /k HTTP/1.1\r\nHost: api.test\r\n%s"
+                         b"Connection: close\r\n\r\n" % fields)
+    return int(answer.split(b" ", 2)[1])
+
+
+# -- 1. trailing white space: one key, many buckets -------------------------------------------
+
+def test_trailing_white_space_is_no_new_bucket(limited_gw, h1_up):
+    """The bucket of KEY holds one request an hour; its spellings with white space after the
+    value (which the upstream reads as KEY) are that bucket's too: 429, never forwarded."""
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b"\r\n") == 200
+    spellings = [b" ", b"  ", b"\t", b" \t ", b" " * 200]
+    answers = [_status(limited_gw, b"X-Api-Key: " + KEY + tail + b"\r\n") for tail in spellings]
+    assert answers == [429] * len(spellings)
+    assert len(h1_up.heads) == 1
+
+
+def test_held_leading_white_space_is_no_new_bucket(limited_gw, h1_up):
+    """Held: white space before the value was always taken off (llhttp does)."""
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b"\r\n") == 200
+    assert _status(limited_gw, b"X-Api-Key: \t  " + KEY + b"\r\n") == 429
+    assert len(h1_up.heads) == 1
+
+
+def test_the_upstream_gets_the_value_without_trailing_white_space(limited_gw, h1_up):
+    """What was counted is what is forwarded: the value, not its padding."""
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b" \t \r\n") == 200
+    assert b"X-Api-Key: " + KEY + b"\r\n" in h1_up.heads[-1] + b"\r\n"
