@@ -5,7 +5,8 @@ nginx's limit_conn), per host or across the cluster.
 
 key: "ip" (the client address through trusted_proxies: an X-Forwarded-For from anyone else
 changes nothing), "route", "consumer" (the consumer an auth plugin identified), "header:NAME"
-(requests without the header or consumer share one key). A slot is claimed in the access
+(requests without the header or consumer share one key; one with the header twice is a 400,
+as with rate_limit). A slot is claimed in the access
 phase and given back in finish, when the answer is out (a streamed body holds its slot to the
 end, a websocket for as long as it is open).
 

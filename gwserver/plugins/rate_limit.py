@@ -6,7 +6,7 @@
 key: "ip" (client address; an IPv6 client by its /64, ``ipv6_prefix``), "route" (one limit for the route), "consumer" (the consumer an
 auth plugin identified; docs/consumers.md), "header:NAME", "claim:NAME" (a verified JWT claim,
 once the jwt plugin has run; requests without the header, claim or consumer share one
-bucket). Set in a consumer's own ``plugins``, the limit is that consumer's. With [redis] the state is in Redis (one atomic script per decision, coalesced per
+bucket; one with the header twice is a 400, since an upstream reads only one copy of it). Set in a consumer's own ``plugins``, the limit is that consumer's. With [redis] the state is in Redis (one atomic script per decision, coalesced per
 worker); without it, per host. When Redis cannot answer: "allow" lets the request through,
 "deny" answers 503, "local" (default) decides with the per-host limiter instead.
 
@@ -29,7 +29,7 @@ import math
 from ..core.context import Reply, parse_block
 from ..core.schema import (Field, Invalid, Schema, fraction, integer, list_of, number, one_of,
                            show, status_code)
-from ..errors import StoreError
+from ..errors import BadRequest, StoreError
 
 NAME = "rate_limit"
 PRIORITY = 800          # after authentication (jwt keys limits by claim), before the proxy
@@ -113,7 +113,7 @@ def limit_key(conf, ctx):
         consumer = ctx.consumer
         value = "-" if consumer is None else consumer.id
     elif kind == "header":
-        raw = ctx.header_map.get(conf["name"])
+        raw = _one_copy(ctx, conf["name"])
         # Always hashed: a header may carry a secret (an API key), which must not sit in
         # Redis key names or state files; hashed, a long value never makes a long key either.
         value = "-" if raw is None else hashlib.blake2b(raw, digest_size=12).hexdigest()
@@ -123,6 +123,19 @@ def limit_key(conf, ctx):
         if len(value) > 64:     # a token's claim never makes a long key
             value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
     return f"{ctx.route.id}:{kind}:{value}"
+
+
+def _one_copy(ctx, name):
+    """The value of header ``name`` (lower-case bytes), or None; BadRequest when it came more
+    than once. header_map joins copies with ", ", so "KEY" then anything would count in a
+    bucket of its own while an upstream reads one copy as KEY (Go and nginx the first, PHP
+    the last): no copy can be chosen that every upstream agrees with."""
+    raw = ctx.header_map.get(name)
+    if raw is not None and b", " in raw and \
+            sum(1 for field, _ in ctx.headers if field.lower() == name) > 1:
+        raise BadRequest(f"the {name.decode('latin-1')} header comes more than once; a limit "
+                         f"keyed on it needs one")
+    return raw
 
 
 @functools.lru_cache(maxsize=4096)

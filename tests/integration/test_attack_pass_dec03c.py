@@ -11,6 +11,9 @@ socket server on 127.0.0.1 that records the request heads it got
    no part of the value and every upstream strips, so ``X-Api-Key: KEY``, ``KEY `` and
    ``KEY\\t`` were three buckets for one key: a client with one key got a fresh bucket per
    request, as many as the field's size allows.
+2. The same limit with the header sent twice (``KEY`` then anything) counted the joined
+   ``KEY, junk``: a new bucket per second copy, while an upstream that reads the first copy
+   (Go's Header.Get, Java's getHeader, nginx's $http_) served it as ``KEY``.
 """
 import pytest
 
@@ -33,12 +36,14 @@ def limited_gw(launcher, h1_up):
     return launcher.gateway(gateway_conf([
         route("k", ["/k"], h1_up.url, plugins={"rate_limit": {
             "rate": 1, "per": 3600, "burst": 1, "key": "header:X-Api-Key"}}),
+        route("c", ["/c"], h1_up.url, plugins={"limit_conn": {
+            "limit": 1, "key": "header:X-Api-Key"}}),
     ], redis={"url": redis.url}))
 
 
-def _status(gw, fields):
-    answer = raw_request(gw.port, b"GET /k HTTP/1.1\r\nHost: api.test\r\n%s"
-                         b"Connection: close\r\n\r\n" % fields)
+def _status(gw, fields, path=b"/k"):
+    answer = raw_request(gw.port, b"GET %s HTTP/1.1\r\nHost: api.test\r\n%s"
+                         b"Connection: close\r\n\r\n" % (path, fields))
     return int(answer.split(b" ", 2)[1])
 
 
@@ -65,3 +70,36 @@ def test_the_upstream_gets_the_value_without_trailing_white_space(limited_gw, h1
     """What was counted is what is forwarded: the value, not its padding."""
     assert _status(limited_gw, b"X-Api-Key: " + KEY + b" \t \r\n") == 200
     assert b"X-Api-Key: " + KEY + b"\r\n" in h1_up.heads[-1] + b"\r\n"
+
+
+# -- 2. the key header twice: a new bucket per second copy ------------------------------------
+
+@pytest.mark.parametrize("copies", [
+    [KEY, b"junk-1"],           # an upstream that reads the first copy serves KEY
+    [b"junk-2", KEY],           # one that reads the last (PHP) serves KEY
+    [KEY, KEY],                 # either serves KEY; joined, "KEY, KEY" was a bucket of its own
+])
+def test_the_key_header_twice_is_refused_not_a_new_bucket(limited_gw, h1_up, copies):
+    """KEY's bucket is spent; a request carrying the header twice is refused (400) and never
+    reaches the upstream, whatever the copies say."""
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b"\r\n") == 200
+    fields = b"".join(b"X-Api-Key: %s\r\n" % copy for copy in copies)
+    answer = raw_request(limited_gw.port, b"GET /k HTTP/1.1\r\nHost: api.test\r\n%s"
+                         b"Connection: close\r\n\r\n" % fields)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"more than once" in answer, answer[:300]
+    assert len(h1_up.heads) == 1
+
+
+def test_the_key_header_twice_is_refused_by_limit_conn_too(limited_gw, h1_up):
+    """limit_conn keys its slots as rate_limit keys its buckets: the same 400."""
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b"\r\n", b"/c") == 200
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b"\r\nX-Api-Key: x\r\n", b"/c") == 400
+    assert len(h1_up.heads) == 1
+
+
+def test_held_one_copy_with_a_comma_is_one_value(limited_gw, h1_up):
+    """Held: a single field whose value holds a comma is one value, its own bucket (an
+    upstream reads it whole too, and no key of ours holds one)."""
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b"\r\n") == 200
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b", x\r\n") == 200
+    assert _status(limited_gw, b"X-Api-Key: " + KEY + b", x\r\n") == 429
