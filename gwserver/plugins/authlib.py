@@ -12,6 +12,7 @@ import time
 
 from ..core import consumers
 from ..core.context import Reply
+from .rate_limit import ipv6_network
 
 _PEPPER = os.urandom(32)
 
@@ -76,6 +77,14 @@ class UnknownCache(CheckedCache):
     def remember(self, key, generation):
         self._of(generation)
         self.put(key, True)
+
+
+def client_of(ctx):
+    """The client a failure budget counts: its address, an IPv6 one by its /64 as
+    rate_limit's ``ipv6_prefix`` counts it. Whoever holds a /64 (any VPS) has 2**64
+    addresses: keyed alone, each guess could come from a fresh budget."""
+    address = ctx.client_ip
+    return ipv6_network(address, 64) if ":" in address else address
 
 
 def take_budgets(store, budgets, window):

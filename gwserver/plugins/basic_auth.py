@@ -15,9 +15,10 @@ An unknown user costs the same bcrypt check as a known one (no user enumeration 
 removed before proxying unless ``hide_credentials = false``.
 
 Failed checks are budgeted, so wrong passwords cannot keep a worker busy with bcrypt: at most
-``max_failures`` per client address and ``max_failures_per_user`` per user name (known or
-not) in any ``failure_window`` seconds, counted per host (the workers' shared store). Past
-either, the answer is 429 with ``Retry-After`` and bcrypt does not run. A check takes one
+``max_failures`` per client address (an IPv6 one by its /64) and ``max_failures_per_user``
+per user name (known or not) in any ``failure_window`` seconds, counted per host (the
+workers' shared store). Past either, the answer is 429 with ``Retry-After`` and bcrypt does
+not run. A check takes one
 unit of each budget before bcrypt runs and gives it back when it succeeded (so concurrent
 guesses cannot overshoot); credentials this worker has already found good (the cache) pass
 without touching the budgets, so a valid client keeps working while its address or name is
@@ -158,7 +159,8 @@ def budgets(conf, ctx, user):
         return None         # no store: a context made outside a worker (unit tests)
     window = conf["failure_window"]
     user_key = hashlib.blake2b(user, digest_size=12).hexdigest()   # same in every worker
-    return store, [(f"basic_auth:{window:g}:ip:{ctx.client_ip}", conf["max_failures"]),
+    client = authlib.client_of(ctx)
+    return store, [(f"basic_auth:{window:g}:ip:{client}", conf["max_failures"]),
                    (f"basic_auth:{window:g}:user:{user_key}", conf["max_failures_per_user"])], \
         window
 

@@ -13,9 +13,10 @@ with every stored hash (one SHA-256 each: the salts differ, so there is no short
 remembered as unknown (``negative_cache_seconds``, at most ``negative_cache_size`` per route
 and worker, oldest dropped first) until the consumer table changes: a key added through etcd
 or a reload works on its first request after that. Full comparisons of keys that turn out
-unknown are budgeted per client address (``max_failures`` per ``failure_window``, per host):
-past it, 429 with ``Retry-After`` and no comparison, so a flood of random keys costs one
-dictionary look-up each; keys already found good pass without touching the budget.
+unknown are budgeted per client address (an IPv6 one by its /64; ``max_failures`` per
+``failure_window``, per host): past it, 429 with ``Retry-After`` and no comparison, so a
+flood of random keys costs one dictionary look-up each; keys already found good pass without
+touching the budget.
 
 The key is looked for only where configured: with ``query = ""`` a key in the query string is
 not a key. It is removed before proxying (``hide_credentials = true``, the default: from the
@@ -164,7 +165,7 @@ def find(directory, key, conf, ctx=None):
     taken = ()
     if store is not None and conf["max_failures"]:
         taken, wait = authlib.take_budgets(
-            store, [(f"key_auth:{conf['failure_window']:g}:ip:{ctx.client_ip}",
+            store, [(f"key_auth:{conf['failure_window']:g}:ip:{authlib.client_of(ctx)}",
                      conf["max_failures"])], conf["failure_window"])
         if wait is not None:
             return authlib.too_many_failures(wait, "too many unknown API keys from this "

@@ -13,9 +13,19 @@ socket server on 127.0.0.1 that records the request heads it got
    request, as many as the field's size allows.
 2. The same limit with the header sent twice (``KEY`` then anything) counted the joined
    ``KEY, junk``: a new bucket per second copy, while an upstream that reads the first copy
-   (Go's Header.Get, Java's getHeader, nginx's $http_) served it as ``KEY``.
+   (Go's Header.Get, Java's getHeader, nginx's $http_) served it as ``KEY``; limit_conn, which
+   keys its slots the same way, gave a new slot per second copy.
+3. key_auth's and basic_auth's failure budgets (``max_failures`` per client address) keyed an
+   IPv6 client by its full address: a client holding a /64 (any VPS) took a fresh budget for
+   each guess, so the bound on bcrypt checks and full key look-ups did not hold for it
+   (rate_limit counts such a client by its /64 for this very reason).
 """
+import base64
+
 import pytest
+
+from gwserver.plugins.basic_auth import hash_password
+from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route
 from .test_attack_pass_dec03 import RecordingHttp1, raw_request
@@ -103,3 +113,45 @@ def test_held_one_copy_with_a_comma_is_one_value(limited_gw, h1_up):
     assert _status(limited_gw, b"X-Api-Key: " + KEY + b"\r\n") == 200
     assert _status(limited_gw, b"X-Api-Key: " + KEY + b", x\r\n") == 200
     assert _status(limited_gw, b"X-Api-Key: " + KEY + b", x\r\n") == 429
+
+
+# -- 3. failure budgets: an IPv6 client spreads its guesses over its /64 ----------------------
+
+@pytest.fixture
+def auth_gw(launcher, h1_up):
+    # The gateway trusts 127.0.0.1 to name the client, as a load balancer in front would:
+    # X-Forwarded-For says which IPv6 address of one /64 each guess came from.
+    return launcher.gateway(gateway_conf([
+        route("b", ["/b"], h1_up.url, plugins={"basic_auth": {
+            "max_failures": 2, "max_failures_per_user": 0}}),
+        route("k", ["/k"], h1_up.url, plugins={"key_auth": {"max_failures": 2}}),
+    ], server={"trusted_proxies": ["127.0.0.1/32"]}, consumers={
+        "ops": {"credentials": {
+            "basic_auth": {"username": "ops", "password_hash": hash_password("right", 4)},
+            "key_auth": {"key_hash": hash_key(KEY.decode())}}}}))
+
+
+def _from(gw, address, path, field):
+    answer = raw_request(gw.port, b"GET %s HTTP/1.1\r\nHost: api.test\r\nX-Forwarded-For: %s"
+                         b"\r\n%s\r\nConnection: close\r\n\r\n" % (path, address, field))
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("path, guess", [
+    (b"/b", lambda i: b"Authorization: Basic " + base64.b64encode(b"user%d:wrong" % i)),
+    (b"/k", lambda i: b"X-API-Key: ak_guess_%d" % i),
+])
+def test_failure_budgets_count_an_ipv6_client_by_its_network(auth_gw, path, guess):
+    """max_failures = 2 per address: a client holding 2001:db8:1:2::/64 (any VPS does) that
+    takes a new address of it for each guess is still one client, as rate_limit counts it
+    (ipv6_prefix 64): its third guess is refused without a bcrypt check or a look-up."""
+    answers = [_from(auth_gw, b"2001:db8:1:2::%x" % (i + 1), path, guess(i)) for i in range(6)]
+    assert answers == [401, 401, 429, 429, 429, 429]
+
+
+def test_held_other_networks_have_budgets_of_their_own(auth_gw):
+    """Held: another /64, and an IPv4 client, are other clients."""
+    bad = b"Authorization: Basic " + base64.b64encode(b"user:wrong")
+    assert [_from(auth_gw, b"2001:db8:1:2::1", b"/b", bad) for _ in range(3)] == [401, 401, 429]
+    assert _from(auth_gw, b"2001:db8:1:3::1", b"/b", bad) == 401
+    assert _from(auth_gw, b"192.0.2.7", b"/b", bad) == 401
