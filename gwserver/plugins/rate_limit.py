@@ -202,6 +202,10 @@ def finish(conf, ctx, status):
     store = ctx.var("rate_limit_store")
     if store is None:
         return
+    if ctx.upstream_seconds is None and not ctx.upstream_erred():
+        # The gateway answered itself (a stalled upload's 408): the upstream said nothing.
+        # Counted as a success, a client's stalls could hold the rate up while it fails.
+        return
     store.adaptive_record(ctx.route.id, conf,
                           not ctx.upstream_failed(status, adaptive["failure_statuses"]))
     if ctx.services.metrics is not None:

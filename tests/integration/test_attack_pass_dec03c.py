@@ -19,8 +19,14 @@ socket server on 127.0.0.1 that records the request heads it got
    IPv6 client by its full address: a client holding a /64 (any VPS) took a fresh budget for
    each guess, so the bound on bcrypt checks and full key look-ups did not hold for it
    (rate_limit counts such a client by its /64 for this very reason).
+4. An adaptive rate_limit counted answers the gateway made itself as the upstream's
+   successes: a client whose uploads stall (408 after client_body_timeout, nothing reached
+   the upstream) held the route's effective rate up, and raised it to its ceiling, while the
+   upstream failed every request.
 """
 import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -155,3 +161,38 @@ def test_held_other_networks_have_budgets_of_their_own(auth_gw):
     assert [_from(auth_gw, b"2001:db8:1:2::1", b"/b", bad) for _ in range(3)] == [401, 401, 429]
     assert _from(auth_gw, b"2001:db8:1:3::1", b"/b", bad) == 401
     assert _from(auth_gw, b"192.0.2.7", b"/b", bad) == 401
+
+
+# -- 4. adaptive limits: answers the gateway made itself count as the upstream's ---------------
+
+def _limit_of(answer):
+    for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"ratelimit-limit:"):
+            return int(line.partition(b":")[2])
+    return None
+
+
+def test_stalled_uploads_do_not_hold_up_an_adaptive_limit(launcher):
+    """The upstream fails every request; a client sends, each window, 60 uploads that stall
+    (the gateway answers 408 after client_body_timeout, nothing reached the upstream) beside
+    3 requests the upstream fails. Only the upstream's answers move the effective rate
+    (docs/ratelimit.md): it goes down from 100, never up."""
+    up = launcher.upstream()
+    limit = {"rate": 100, "per": 1, "burst": 100, "key": "route",
+             "adaptive": {"floor": 5, "ceiling": 400, "window": 1}}
+    gw = launcher.gateway(gateway_conf([route("a", ["/*rest"], up.url,
+                                              plugins={"rate_limit": limit})],
+                                       server={"client_body_timeout": 0.5}))
+    stalled = (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n"
+               b"Connection: close\r\n\r\nxxxxx")
+    failing = b"GET /status/500 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    seen = []
+    with ThreadPoolExecutor(60) as pool:
+        for _ in range(4):
+            started = time.monotonic()
+            stalls = list(pool.map(lambda _: raw_request(gw.port, stalled), range(60)))
+            assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in stalls)
+            seen += [_limit_of(raw_request(gw.port, failing)) for _ in range(3)]
+            time.sleep(max(0.0, 1.1 - (time.monotonic() - started)))
+    seen.append(_limit_of(raw_request(gw.port, failing)))
+    assert seen[-1] < 100 and max(seen) == 100, seen
