@@ -52,6 +52,13 @@ def _unb64(text):
     return base64.b64decode(text) if text else b""
 
 
+def _key(text):
+    """A key as text. etcd keys are bytes: one that is not UTF-8 (etcdctl takes any) keeps
+    its bad bytes as \\xNN, so it is rejected by name like any bad id, never a crash of the
+    sync process at each full load."""
+    return _unb64(text).decode(errors="backslashreplace")
+
+
 def prefix_end(prefix):
     """etcd's range_end for "every key starting with prefix"."""
     data = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)
@@ -128,7 +135,7 @@ class EtcdClient:
         data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end":
                                            _b64(prefix_end(prefix))})
         revision = int(data["header"]["revision"])
-        items = [(_unb64(kv["key"]).decode(), _unb64(kv.get("value")), int(kv["mod_revision"]))
+        items = [(_key(kv["key"]), _unb64(kv.get("value")), int(kv["mod_revision"]))
                  for kv in data.get("kvs", [])]
         return revision, items
 
@@ -230,7 +237,7 @@ class EtcdClient:
                 self.cluster_id = header.get("cluster_id", self.cluster_id)
                 revision = int(header.get("revision", 0))
                 events = [("delete" if event.get("type") == "DELETE" else "put",
-                           _unb64(event["kv"]["key"]).decode(), _unb64(event["kv"].get("value")),
+                           _key(event["kv"]["key"]), _unb64(event["kv"].get("value")),
                            int(event["kv"].get("mod_revision", revision)))
                           for event in result.get("events", [])]
                 yield revision, events

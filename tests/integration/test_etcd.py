@@ -158,6 +158,31 @@ def test_values_no_check_foresaw_neither_stop_the_sync_nor_later_changes(launche
     assert sync_pid(gw) == first and "restarting it" not in gw.log()
 
 
+def test_a_key_that_is_not_utf8_is_rejected_alone(launcher, etcd, upstream, tmp_path):
+    """etcd keys are bytes: one under the prefix that is not UTF-8 (etcdctl put $'...\\xff')
+    killed the sync process at every full load, so the master restarted it into the same
+    crash and no later change applied; `routes list` died on it too."""
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url]))
+    client = etcd.client()
+    put(client, "upstreams", "up", UP(upstream))
+    first = wait_until(lambda: (status_of(gw) or {}).get("pid"))
+    client.put(f"{PREFIX}/routes/bad-\xff".encode("latin-1"),
+               json.dumps({"paths": ["/bad"], "upstream": "up"}).encode())
+    revision = put(client, "routes", "good", {"paths": ["/good"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/good") == 200
+    os.kill(sync_pid(gw), signal.SIGTERM)       # a restart reloads all: the key is read again
+    wait_until(lambda: (status_of(gw) or {}).get("pid") not in (None, first))
+    revision = put(client, "routes", "later", {"paths": ["/later"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    assert serves(gw, "/later") == 200 and serves(gw, "/good") == 200
+    rejected = status_of(gw)["rejected"]
+    assert list(rejected) == ["routes/bad-\\xff"], rejected
+    assert "bad-\\xff" in rejected["routes/bad-\\xff"]
+    listed = cli(gw, "routes", "list")
+    assert listed.returncode == 0 and "bad-\\xff\trevision" in listed.stdout, listed.stderr
+
+
 def test_a_path_moved_between_routes_in_one_transaction_is_served_by_every_worker(
         launcher, etcd, upstream, tmp_path):
     """z leaves /p/:id and c takes /p/:name in one transaction. The workers applied the
