@@ -34,7 +34,8 @@ def pattern(value):
     value = string(what="a regular expression")(value)
     try:
         re.compile(value)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:    # a repeat past 2**32, deep
+        # groups: named with the field, not left to "could not be checked"
         raise Invalid(f"must be a regular expression ({exc}), got {show(value)}") from None
     return value
 

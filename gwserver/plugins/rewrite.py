@@ -98,7 +98,8 @@ def prepare(conf):
     if path is not None:
         try:
             regex = re.compile(path["match"])
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:     # a repeat past 2**32,
+            # groups nested past the recursion limit: refused, not "could not be checked"
             raise ValueError(f"path.match is not a regular expression: {exc}") from None
         replace = compile_template(path["replace"], captures=True)
         for part in replace.parts:
