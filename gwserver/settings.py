@@ -17,8 +17,9 @@ from .core.consumers import CONSUMER_ID, compile_consumers
 from .core.routes import (ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream,
                           unreachable_paths)
 from .core.router import Router
-from .core.schema import (Field, Invalid, Schema, boolean, integer, join, list_of,
-                          map_of, number, one_of, show, string)
+from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
+                          boolean, file_path, integer, join, list_of, map_of, number, one_of,
+                          show, string)
 from .errors import ConfigError
 from .files import FileRefused, open_regular, read_bounded, read_regular
 from .net.addresses import listener_addresses
@@ -195,10 +196,10 @@ SERVER = Schema(
           "7.6.3 allows a pseudonym: hide the product, or name the host)"),
     Field("proc_name", string(r"[A-Za-z0-9_.-]+", "a short name"), "gwserver",
           "prefix of process titles"),
-    Field("state_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
+    Field("state_dir", absolute_path_or_empty, "",
           "host state of workers and helpers (health, ejections, per-host limits, OCSP); "
           "one instance each. Empty: /run/gwserver/state, else a per-user runtime dir"),
-    Field("worker_tmp_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True),
+    Field("worker_tmp_dir", absolute_path_or_empty,
           "", "directory of the workers' heartbeat files (gunicorn's worker_tmp_dir; keep it "
           "on tmpfs: on a disk-backed one the heartbeat can block a worker). Empty: /dev/shm, "
           "else systemd's runtime directory"),
@@ -237,7 +238,7 @@ LOG = Schema(
     Field("level", one_of("debug", "info", "warning", "error", "critical"), "info",
           "error log level"),
     Field("access_log", boolean, True, "write one access-log line per request"),
-    Field("access_log_path", string(r"(/.*)?", "an absolute path or empty", allow_empty=True),
+    Field("access_log_path", absolute_path_or_empty,
           "", "file the access lines are appended to (SIGUSR1 to the master reopens it, for "
           "logrotate); empty: stderr (journald)"),
     Field("access_format", one_of("json", "common"), "json", "access-log line format"),
@@ -264,15 +265,15 @@ ETCD = Schema(
     Field("backoff_max", number(0.1), 10.0, "cap of the reconnect backoff, seconds"),
     Field("username", string(what="a user name"), None, "etcd user (auth enabled)"),
     Field("password", string(what="a password", allow_empty=True), None, "etcd password"),
-    Field("password_file", string(r"/.*", "an absolute path"), None,
+    Field("password_file", absolute_path, None,
           "file holding the etcd password instead; read at start and on each reload (a "
           "systemd LoadCredential= copy is not refreshed by a reload: docs/operations.md)"),
-    Field("ca_file", string(what="a file path"), None, "CA bundle for https endpoints"),
-    Field("cert_file", string(what="a file path"), None, "client certificate (mTLS)"),
-    Field("key_file", string(what="a file path"), None, "client key (mTLS)"),
-    Field("runtime_dir", string(r"/.*", "an absolute path"), "/run/gwserver",
+    Field("ca_file", file_path, None, "CA bundle for https endpoints"),
+    Field("cert_file", file_path, None, "client certificate (mTLS)"),
+    Field("key_file", file_path, None, "client key (mTLS)"),
+    Field("runtime_dir", absolute_path, "/run/gwserver",
           "where the sync process publishes the table to workers (tmpfs)"),
-    Field("snapshot_path", string(r"/.*", "an absolute path"),
+    Field("snapshot_path", absolute_path,
           "/var/lib/gwserver/routes-snapshot.json",
           "last good table, served at start while etcd is unreachable"),
     doc="Routes and upstreams from etcd. Without this section the static routes are the table.",
@@ -284,11 +285,11 @@ ADMIN = Schema(
           "admin listener (/metrics, /-/healthz, /-/ready, /admin/...); keep it off the internet"),
     Field("token", string(r"[!-~]*", "printable ASCII without spaces", allow_empty=True), "",
           "bearer token required for everything but the health probes; empty: none"),
-    Field("token_file", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
+    Field("token_file", absolute_path_or_empty, "",
           "file holding the token instead, read at start and on each reload (a systemd "
           "LoadCredential= copy is not refreshed by a reload: docs/operations.md); empty: none"),
     Field("metrics", boolean, True, "collect Prometheus metrics (served on /metrics)"),
-    Field("metrics_dir", string(r"(/.*)?", "an absolute path or empty", allow_empty=True), "",
+    Field("metrics_dir", absolute_path_or_empty, "",
           "prometheus multiprocess files, rewritten all the time: keep it on tmpfs. Empty: "
           "a private dir in systemd's runtime directory, else in /dev/shm (made at start, "
           "removed at exit)"),
@@ -331,7 +332,7 @@ REDIS = Schema(
           "redis://127.0.0.1:6379/0",
           "redis://host:port/db; redis+sentinel://host:port,host:port/master_name[/db]; "
           "redis+cluster://host:port,host:port"),
-    Field("password_file", string(r"/.*", "an absolute path"), None,
+    Field("password_file", absolute_path, None,
           "file holding the Redis password (AUTH), kept out of url; read at start and on "
           "each reload (a systemd LoadCredential= copy is not refreshed by a reload)"),
     Field("timeout", number(0, exclusive=True), 0.05,
@@ -359,8 +360,8 @@ TRACING = Schema(
 )
 
 CERTIFICATE = Schema(
-    Field("cert", string(r"/.*", "an absolute path"), doc="PEM chain: the leaf, then its issuers"),
-    Field("key", string(r"/.*", "an absolute path"), doc="PEM private key of the leaf"),
+    Field("cert", absolute_path, doc="PEM chain: the leaf, then its issuers"),
+    Field("key", absolute_path, doc="PEM private key of the leaf"),
     Field("hosts", list_of(string(r"(\*\.)?[a-z0-9.-]+", "a host name or *.domain"),
                            min_items=1), None,
           "SNI names served with it (default: the certificate's DNS names)"),
@@ -387,7 +388,7 @@ TLS = Schema(
           "staple OCSP responses fetched from the certificates' responders"),
     Field("ocsp_refresh", number(5), 3600.0, "refetch at least this often (seconds)"),
     Field("ocsp_timeout", number(0, exclusive=True), 5.0, "seconds for one OCSP request"),
-    Field("ticket_key_files", list_of(string(r"/.*", "an absolute path")), list,
+    Field("ticket_key_files", list_of(absolute_path), list,
           "session-ticket keys, 48 or 80 bytes each (nginx's format): the first seals new "
           "tickets, all open them; re-read on reload (default: one random key for the "
           "master's life, kept across reloads)"),

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .balancer import POLICIES
-from .schema import (Field, Invalid, Schema, boolean, fraction, header_name, header_value,
-                     integer, list_of, map_of, number, one_of, request_key, show, status_code,
-                     string)
+from .schema import (Field, Invalid, Schema, absolute_path, boolean, fraction, header_name,
+                     header_value, integer, list_of, map_of, number, one_of, request_key, show,
+                     status_code, string)
 from .target import strip_path_prefix
 
 ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
@@ -119,12 +119,12 @@ PASSIVE = Schema(
 
 UPSTREAM_TLS = Schema(
     Field("verify", boolean, True, "verify the target's certificate (https:// targets)"),
-    Field("ca_file", string(r"/.*", "an absolute path"), None,
+    Field("ca_file", absolute_path, None,
           "CA bundle to verify with (default: the system store)"),
     Field("server_name", string(HOST, "a host name"), None,
           "SNI and the name verified (default: the target's host)"),
-    Field("cert_file", string(r"/.*", "an absolute path"), None, "client certificate (mTLS)"),
-    Field("key_file", string(r"/.*", "an absolute path"), None, "client certificate's key"),
+    Field("cert_file", absolute_path, None, "client certificate (mTLS)"),
+    Field("key_file", absolute_path, None, "client certificate's key"),
 )
 
 UPSTREAM = Schema(

@@ -293,3 +293,11 @@ def header_value(value):
         raise Invalid(f"must be a header value (latin-1 text without CR, LF, NUL or other "
                       f"control characters but tab), got {show(value)}")
     return value
+
+
+# A file or directory path: absolute, on one line, and without NUL, which no system call
+# takes (TOML's "\u0000" is valid; os.open would raise "embedded null byte": no setting).
+absolute_path = string(r"/[^\x00\n]*", "an absolute path")
+absolute_path_or_empty = string(r"(/[^\x00\n]*)?", "an absolute path or empty",
+                                allow_empty=True)
+file_path = string(r"[^\x00]+", "a file path")        # relative too

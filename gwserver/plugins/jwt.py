@@ -32,8 +32,8 @@ import time
 
 from ..core import consumers
 from ..core.context import Reply
-from ..core.schema import (Field, Schema, boolean, integer, list_of, map_of, number, one_of,
-                           request_header_name, string)
+from ..core.schema import (Field, Schema, absolute_path, boolean, integer, list_of, map_of,
+                           number, one_of, request_header_name, string)
 from ..files import read_bounded
 
 log = logging.getLogger("gwserver.plugins.jwt")
@@ -65,10 +65,10 @@ SCHEMA = Schema(
     Field("algorithms", list_of(one_of(*SYMMETRIC, *ASYMMETRIC), min_items=1),
           lambda: ["RS256"], "accepted signing algorithms"),
     Field("secret", string(what="a secret"), None, "HS* shared secret"),
-    Field("secret_file", string(r"/.*", "an absolute path"), None, "file holding the secret"),
+    Field("secret_file", absolute_path, None, "file holding the secret"),
     Field("public_key", string(what="a PEM public key"), None, "RS/PS/ES public key, PEM"),
-    Field("public_key_file", string(r"/.*", "an absolute path"), None, "PEM file"),
-    Field("jwks_file", string(r"/.*", "an absolute path"), None,
+    Field("public_key_file", absolute_path, None, "PEM file"),
+    Field("jwks_file", absolute_path, None,
           "JWKS file (keys by kid), reloaded when it changes"),
     Field("issuer", string(what="an issuer"), None, "required iss"),
     Field("audience", string(what="an audience"), None, "required aud"),

@@ -196,6 +196,32 @@ def test_secret_files_are_read_and_their_problems_named_without_the_secret(tmp_p
         assert problem in str(caught.value) and "not a token" not in str(caught.value)
 
 
+@pytest.mark.parametrize("section, key", [
+    ("admin", "token_file"), ("admin", "metrics_dir"), ("etcd", "password_file"),
+    ("etcd", "runtime_dir"), ("etcd", "snapshot_path"), ("etcd", "ca_file"),
+    ("redis", "password_file"), ("log", "access_log_path"), ("server", "state_dir"),
+    ("server", "worker_tmp_dir"), ("tls", "ticket_key_files"), ("tls", "certificates")])
+def test_a_path_with_a_nul_byte_is_named_by_its_setting(tmp_path, section, key):
+    """TOML's "\\u0000" puts a NUL in a string, and no system call takes one (ValueError:
+    embedded null byte): secret and certificate files made `check` say only "a value could
+    not be checked", without the setting or any other problem; the other paths were taken,
+    for the gateway to fail on at start."""
+    path = "/tmp/x\\u0000y"
+    value = f'["{path}"]' if key == "ticket_key_files" else \
+        f'[{{cert = "{path}", key = "{path}"}}]' if key == "certificates" else f'"{path}"'
+    need = {"etcd": 'endpoints = ["http://127.0.0.1:2379"]\n',
+            "redis": 'url = "redis://127.0.0.1:6379/0"\n',
+            "tls": 'bind = ["127.0.0.1:8443"]\n' + (
+                "" if key == "certificates" else
+                'certificates = [{cert = "/tmp/c.pem", key = "/tmp/k.pem"}]\n')}
+    conf = tmp_path / "gw.toml"
+    conf.write_text(f"[{section}]\n{need.get(section, '')}{key} = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_conf(str(conf))
+    assert f"{section}.{key}" in str(caught.value) and "could not be checked" not in \
+        str(caught.value), caught.value.problems
+
+
 @pytest.mark.parametrize("server, problem", [
     ({"proxy_protocol": ["127.0.0.1:8080"]}, "needs server.trusted_proxies"),
     ({"proxy_protocol": ["127.0.0.1:9999"], "trusted_proxies": ["10.0.0.0/8"]},
