@@ -39,6 +39,9 @@ def read_items(source, kind):
     except ValueError as exc:
         raise ConfigError(f"{'stdin' if source == '-' else source}: invalid JSON: {exc}") \
             from None
+    except RecursionError:      # as the table's _decode says it of an etcd value
+        raise ConfigError(f"{'stdin' if source == '-' else source}: invalid JSON: arrays or "
+                          f"objects nested too deep") from None
     items = data if isinstance(data, list) else [data]
     out = []
     for i, item in enumerate(items):

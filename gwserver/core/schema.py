@@ -41,6 +41,8 @@ def show(value):
             text = repr(value)
         except ValueError:      # an int past Python's 4300-digit limit for text
             text = f"<{type(value).__name__} too large to show>"
+    except RecursionError:      # arrays in arrays past the recursion limit (json took them)
+        text = f"<{type(value).__name__} nested too deep to show>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -223,6 +223,32 @@ def test_values_no_check_foresaw_are_rejected_alone(raw):
     assert {"routes/bad", "upstreams/badup", "consumers/badc"} <= set(t.rejected)
 
 
+def nested(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_nested_too_deep_to_quote_is_still_rejected_by_its_field(tmp_path):
+    """A value the JSON parser took, nested deeper than json.dumps could quote from inside
+    the checks (show): the message was "could not be checked: RecursionError" with no
+    field; and `gwserver routes validate` died with a traceback on one the parser refused."""
+    from gwserver.errors import ConfigError
+    from gwserver.routes_cli import read_items
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    deep = {"paths": ["/a"], "upstream": "u1", "plugins": {"cors": nested(5000)}}
+    assert t.put_route("r", deep, 2) is False
+    reason = t.rejected["routes/r"]
+    assert "route r: plugins.cors: must be a table/object, got <list nested too deep" \
+        in reason and "could not be checked" not in reason
+    source = tmp_path / "route.json"
+    source.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ConfigError, match="invalid JSON: arrays or objects nested too deep"):
+        read_items(str(source), "routes")
+
+
 UNUSABLE_CURVE = ("-----BEGIN PUBLIC KEY-----\n"          # secp112r1: cryptography has no code
                   "MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEq0kXVENeHqkTP9f7YbC3I9b3EMHCiL18\n"
                   "AAcZug==\n-----END PUBLIC KEY-----\n")
