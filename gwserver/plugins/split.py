@@ -35,7 +35,7 @@ import random
 import time
 
 from ..core import rollout as core_rollout
-from ..core.schema import (Field, Invalid, Schema, integer, list_of, map_of, number,
+from ..core.schema import (MAX_INTEGER, Field, Invalid, Schema, integer, list_of, map_of, number,
                            one_of, request_header_name, request_key, show, status_code, string)
 
 NAME = "split"
@@ -74,7 +74,9 @@ def duration(value):
     if isinstance(value, str) and value[:-1].replace(".", "", 1).isdigit() and \
             value[-1:] in "smh":
         value = float(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # NaN fails every comparison, inf holds a step for ever, 10**400 is no float: all refused
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0 < value <= MAX_INTEGER:
         raise Invalid(f'must be seconds (a positive number, or "30s", "5m", "1h"), '
                       f"got {show(value)}")
     return float(value)

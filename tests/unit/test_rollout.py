@@ -46,6 +46,13 @@ def test_schema_fills_defaults_and_reads_durations():
     ({"gates": [{"kind": "latency"}]}, "a latency gate needs max"),
     ({"gates": [{"kind": "success_rate"}]}, "a success_rate gate needs min"),
     ({"interval": "soon"}, "must be seconds"),
+    # NaN passed "<= 0" (every comparison is false of it) and held no step at all; inf and
+    # "1e400 s" written out held a step for ever; 10**400 raised OverflowError: "could not be
+    # checked", no field named
+    ({"interval": float("nan")}, "plugins.split: rollout.interval: must be seconds"),
+    ({"interval": float("inf")}, "plugins.split: rollout.interval: must be seconds"),
+    ({"interval": "9" * 400 + "s"}, "plugins.split: rollout.interval: must be seconds"),
+    ({"interval": 10 ** 400}, "plugins.split: rollout.interval: must be seconds"),
 ])
 def test_bad_rollouts_are_named(extra, problem):
     from gwserver.core.chain import build_chain
