@@ -202,11 +202,22 @@ def status_code(value):
     raise Invalid(f"must be an HTTP status from 100 to 599, got {show(value)}")
 
 
+def header_in_key(value):
+    """Refuse a "header:NAME" key whose NAME is no header name: no request sends it, so every
+    request would key alike (one target, one group, one limit); outside latin-1 it could not
+    even be encoded. Any other value is left to the caller's own check."""
+    kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if kind == "header" and name and not re.fullmatch(FIELD_NAME, name):
+        raise Invalid(f"must name an HTTP header (a token: letters, digits, "
+                      f"!#$%&'*+-.^_`|~), got {show(value)}")
+
+
 def request_key(value):
     """What a sticky choice hashes: "ip", or "header:", "cookie:", "claim:", "query:" NAME
     (read with RequestContext.value_of)."""
     if value == "ip":
         return value
+    header_in_key(value)
     kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
     if kind in ("header", "cookie", "claim", "query") and name:
         return value

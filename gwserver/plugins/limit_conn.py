@@ -25,7 +25,8 @@ request through, "deny" refuses it, "local" (default) counts per host instead.
 """
 
 from ..core.context import Reply
-from ..core.schema import Field, Invalid, Schema, integer, number, one_of, show, status_code
+from ..core.schema import (Field, Invalid, Schema, header_in_key, integer, number, one_of, show,
+                           status_code)
 from ..errors import StoreError
 from .rate_limit import limit_key
 
@@ -36,6 +37,7 @@ PRIORITY = 790          # after rate_limit (800): a request refused by a rate ne
 def key_kind(value):
     if value in ("ip", "route", "consumer"):
         return value
+    header_in_key(value)
     if isinstance(value, str) and value.partition(":")[0] == "header" and value.partition(":")[2]:
         return value
     raise Invalid(f'must be "ip", "route", "consumer" or "header:NAME", got {show(value)}')

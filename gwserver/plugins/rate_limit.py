@@ -27,8 +27,8 @@ import ipaddress
 import math
 
 from ..core.context import Reply, parse_block
-from ..core.schema import (Field, Invalid, Schema, fraction, integer, list_of, number, one_of,
-                           show, status_code)
+from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
+                           number, one_of, show, status_code)
 from ..errors import BadRequest, StoreError
 
 NAME = "rate_limit"
@@ -38,6 +38,7 @@ PRIORITY = 800          # after authentication (jwt keys limits by claim), befor
 def key_kind(value):
     if value in ("ip", "route", "consumer"):
         return value
+    header_in_key(value)
     if isinstance(value, str) and value.partition(":")[0] in ("header", "claim") and \
             value.partition(":")[2]:
         return value

@@ -222,6 +222,33 @@ def test_a_path_with_a_nul_byte_is_named_by_its_setting(tmp_path, section, key):
         str(caught.value), caught.value.problems
 
 
+@pytest.mark.parametrize("key", ["header:\u65e5\u672c", "header:X User", "header:X-A\u00e9"])
+def test_a_header_to_hash_that_is_no_header_name_is_refused_by_its_setting(tmp_path, key):
+    """"header:NAME" took any NAME: one outside latin-1 raised UnicodeEncodeError when the
+    upstream was built ("a value could not be checked", no setting, every other problem of
+    the file hidden) or the plugin prepared (a codec's words, no field); one with a space or
+    an e-acute, never a request header, was taken, and every request then keyed alike (one
+    target, one group, one limit for all)."""
+    conf = tmp_path / "gw.toml"
+    conf.write_text(f'[upstreams.u]\ntargets = [{{url = "http://127.0.0.1:9"}}]\n'
+                    f'balance = "consistent_hash"\nhash_key = "{key}"\n'
+                    f'[[routes]]\nid = "r"\npaths = "/r"\nupstream = "u"\n'
+                    f'[[routes]]\nid = "s"\npaths = ["/s"]\nupstream = "u"\n'
+                    f'plugins.split = {{upstreams = [{{upstream = "u", weight = 1}}], '
+                    f'key = "{key}"}}\n'
+                    f'[[routes]]\nid = "t"\npaths = ["/t"]\nupstream = "u"\n'
+                    f'plugins.rate_limit = {{rate = 1, key = "{key}"}}\n'
+                    f'plugins.limit_conn = {{limit = 1, key = "{key}"}}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_conf(str(conf))
+    problems = "\n".join(caught.value.problems)
+    assert "upstream u: hash_key: must name an HTTP header" in problems, problems
+    assert "route s: plugins.split: key: must name an HTTP header" in problems, problems
+    assert "route r: paths: must be a list" in problems, problems
+    for plugin in ("rate_limit", "limit_conn"):
+        assert f"route t: plugins.{plugin}: key: must name an HTTP header" in problems, problems
+
+
 @pytest.mark.parametrize("server, problem", [
     ({"proxy_protocol": ["127.0.0.1:8080"]}, "needs server.trusted_proxies"),
     ({"proxy_protocol": ["127.0.0.1:9999"], "trusted_proxies": ["10.0.0.0/8"]},
