@@ -309,8 +309,9 @@ def header_value(value):
 
 
 # A file or directory path: absolute, on one line, and without NUL, which no system call
-# takes (TOML's "\u0000" is valid; os.open would raise "embedded null byte": no setting).
-absolute_path = string(r"/[^\x00\n]*", "an absolute path")
-absolute_path_or_empty = string(r"(/[^\x00\n]*)?", "an absolute path or empty",
+# takes (TOML's "\u0000" is valid; os.open would raise "embedded null byte": no setting), or
+# a lone surrogate (JSON's "\ud800"), which no file name encodes to.
+absolute_path = string(r"/[^\x00\n\ud800-\udfff]*", "an absolute path")
+absolute_path_or_empty = string(r"(/[^\x00\n\ud800-\udfff]*)?", "an absolute path or empty",
                                 allow_empty=True)
-file_path = string(r"[^\x00]+", "a file path")        # relative too
+file_path = string(r"[^\x00\ud800-\udfff]+", "a file path")        # relative too

@@ -249,6 +249,19 @@ def test_a_value_nested_too_deep_to_quote_is_still_rejected_by_its_field(tmp_pat
         read_items(str(source), "routes")
 
 
+def test_a_file_path_no_file_can_have_is_refused_by_its_field():
+    """JSON's "\\ud800" is a lone surrogate, which no file name encodes to: a jwt key file
+    named with one was refused in a codec's words ("'utf-8' codec can't encode"), with no
+    field named."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    raw = json.dumps({"paths": ["/r"], "upstream": "u1",
+                      "plugins": {"jwt": {"public_key_file": "/etc/gwserver/jwt.pem\ud800"}}})
+    assert t.put_route("r", raw, 2) is False
+    reason = t.rejected["routes/r"]
+    assert "plugins.jwt: public_key_file: must be an absolute path" in reason, reason
+
+
 UNUSABLE_CURVE = ("-----BEGIN PUBLIC KEY-----\n"          # secp112r1: cryptography has no code
                   "MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEq0kXVENeHqkTP9f7YbC3I9b3EMHCiL18\n"
                   "AAcZug==\n-----END PUBLIC KEY-----\n")
