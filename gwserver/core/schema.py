@@ -315,3 +315,34 @@ absolute_path = string(r"/[^\x00\n\ud800-\udfff]*", "an absolute path")
 absolute_path_or_empty = string(r"(/[^\x00\n\ud800-\udfff]*)?", "an absolute path or empty",
                                 allow_empty=True)
 file_path = string(r"[^\x00\ud800-\udfff]+", "a file path")        # relative too
+
+
+def backtracks(pattern):
+    """Whether ``pattern`` repeats a part whose own length varies (``(a+)+``, ``(\\w+\\s?)*``,
+    ``(.*,){9}``): on a near miss ``re`` tries every way of splitting the text among the
+    repeats, exponentially many, and a worker that matches a client's path or Origin header
+    against it serves nobody else meanwhile (34 characters took a worker past its timeout).
+    Possessive repeats (``++``) and atomic groups (``(?>...)``) never backtrack. A heuristic
+    ("star height" over 1), as re2 and linters use: safe nestings such as ``(?:/[^/]+)+``
+    are named too; ``(?:/[^/]+)++`` says the same without the risk."""
+    from re import _constants as c, _parser         # the parse tree re.compile uses
+
+    def walk(items, repeated):
+        for op, av in items:
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+                low, high, body = av
+                if repeated and low != high or walk(body, repeated or high > 1):
+                    return True
+            elif op is c.SUBPATTERN and walk(av[-1], repeated):
+                return True
+            elif op is c.BRANCH and any(walk(branch, repeated) for branch in av[1]):
+                return True
+            elif op in (c.ASSERT, c.ASSERT_NOT) and walk(av[1], repeated):
+                return True
+            elif op is c.GROUPREF_EXISTS and any(walk(b, repeated) for b in av[1:] if b):
+                return True
+        return False
+    try:
+        return walk(_parser.parse(pattern), False)
+    except (re.error, OverflowError, RecursionError):
+        return False                # refused by the pattern's own check

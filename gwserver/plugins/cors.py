@@ -20,8 +20,8 @@ answer depends on the origin gets ``Vary: Origin`` so that caches keep them apar
 import re
 
 from ..core.context import Reply
-from ..core.schema import (Field, Invalid, Schema, boolean, header_name, integer, list_of,
-                           show, string)
+from ..core.schema import (Field, Invalid, Schema, backtracks, boolean, header_name, integer,
+                           list_of, show, string)
 
 NAME = "cors"
 PRIORITY = 1120         # before grpc_web (1100) and every auth plugin: preflights carry none
@@ -54,6 +54,14 @@ SCHEMA = Schema(
     Field("allow_credentials", boolean, False, "allow cookies and Authorization (never with *)"),
     Field("max_age", integer(0), 600, "seconds a browser may cache a preflight's answer"),
 )
+
+
+def warnings(conf):
+    """(the plugin hook) An origin pattern that can backtrack exponentially on an Origin."""
+    return [f"allow_origin_patterns[{i}] {show(p)} repeats a part of varying length: a "
+            f"client's near-miss Origin can hold a worker for seconds to minutes (make the "
+            f"repeat possessive, ++ *+, or the part fixed)"
+            for i, p in enumerate(conf["allow_origin_patterns"]) if backtracks(p)]
 
 
 def prepare(conf):

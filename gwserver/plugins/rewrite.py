@@ -47,8 +47,8 @@ import re
 
 from ..core.context import Reply
 from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable, is_field_value
-from ..core.schema import (Field, Schema, header_name, header_value, list_of, map_of,
-                           show, status_code, string)
+from ..core.schema import (Field, Schema, backtracks, header_name, header_value, list_of,
+                           map_of, show, status_code, string)
 from ..core.target import normalise_path, strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest
@@ -125,6 +125,15 @@ def prepare(conf):
             "body": None if conf["response_body"] is None else
             compile_template(conf["response_body"]),
             "body_statuses": frozenset(conf["response_body_statuses"])}
+
+
+def warnings(conf):
+    """(the plugin hook) A path.match that can backtrack exponentially on a client's path."""
+    if conf["path"] is not None and backtracks(conf["path"]["match"]):
+        return [f"path.match {show(conf['path']['match'])} repeats a part of varying length: a "
+                f"client's near-miss path can hold a worker for seconds to minutes (make the "
+                f"repeat possessive, ++ *+, or the part fixed)"]
+    return []
 
 
 def phases(conf):

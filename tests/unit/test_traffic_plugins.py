@@ -100,6 +100,30 @@ def test_regexes_that_re_cannot_compile_are_config_errors_naming_the_field(plugi
     assert where in str(exc.value)
 
 
+@pytest.mark.parametrize("plugins, warned", [
+    ({"rewrite": {"path": {"match": "^/r/(a+)+$", "replace": "/x"}}},
+     ["route r: plugins.rewrite: path.match \"^/r/(a+)+$\" repeats a part of varying length"]),
+    ({"rewrite": {"path": {"match": "^/r/(\\w+-?)*$", "replace": "/x"}}},
+     ["route r: plugins.rewrite: path.match"]),
+    ({"cors": {"allow_origin_patterns": ["https://x\\.example", "https://(\\w+\\.?)+\\.com"]}},
+     ["route r: plugins.cors: allow_origin_patterns[1]"]),
+    ({"rewrite": {"path": {"match": "^/api/v1/(.*)$", "replace": "/v2/$1"}}}, []),
+    ({"rewrite": {"path": {"match": "^/r((?:/[^/]+)++)$", "replace": "/x$1"}}}, []),
+    ({"cors": {"allow_origin_patterns": ["https://.*\\.example\\.com"]}}, []),
+])
+def test_a_regex_that_backtracks_exponentially_is_warned_of(plugins, warned):
+    """A rewrite's path.match is searched in the client's path, a cors pattern matched
+    against its Origin: with a repeat of a varying part, 34 characters held a worker past
+    server.timeout (the master killed it, and every request it was serving). Valid, so a
+    warning from `gwserver check`, `routes put` and at start, naming where it is."""
+    from gwserver.settings import plugin_warnings
+    build_chain("route r", plugins, None, load_registry())      # valid
+    found = plugin_warnings("route r: plugins", plugins)
+    assert len(found) == len(warned), found
+    for line, start in zip(found, warned):
+        assert line.startswith(start) and "possessive" in line, line
+
+
 @pytest.mark.parametrize("conf, ctx, location", [
     ({"http_to_https": True}, ctx_for("/a/b", "x=1"), "https://api.example.com/a/b?x=1"),
     ({"http_to_https": True, "https_port": 8443}, ctx_for("/a"), "https://api.example.com:8443/a"),
