@@ -249,6 +249,19 @@ def test_a_header_to_hash_that_is_no_header_name_is_refused_by_its_setting(tmp_p
         assert f"route t: plugins.{plugin}: key: must name an HTTP header" in problems, problems
 
 
+def test_the_dump_of_text_with_control_characters_is_toml_that_reads_back():
+    """`check --dump` wrote a string as it was between quotes: a rewrite response_body of two
+    lines (or a tab, a NUL) made TOML that tomllib refuses, so the effective configuration
+    could not be kept as a conf file."""
+    from gwserver.settings import dump_toml
+    body = "line one\nline two\ttabbed \\ \"quoted\" \x00\x7f\u00e9"
+    conf = parse_conf({"upstreams": {"u": {"targets": [{"url": "http://127.0.0.1:9"}]}},
+                       "routes": [{"id": "r", "paths": ["/r"], "upstream": "u",
+                                   "plugins": {"rewrite": {"response_body": body}}}]})
+    dumped = tomllib.loads(dump_toml(conf))
+    assert dumped["routes"][0]["plugins"]["rewrite"]["response_body"] == body
+
+
 @pytest.mark.parametrize("server, problem", [
     ({"proxy_protocol": ["127.0.0.1:8080"]}, "needs server.trusted_proxies"),
     ({"proxy_protocol": ["127.0.0.1:9999"], "trusted_proxies": ["10.0.0.0/8"]},
