@@ -132,7 +132,7 @@ def main(kind, args):
         if args.action in ("validate", "put"):
             items = read_items(args.source, kind)
             if kind == "consumers":
-                items = [(item_id, seal(item)) for item_id, item in items]
+                items = [(item_id, seal(item, item_id)) for item_id, item in items]
             table, note = current_table(conf, client, prefix)
             problems, notes = check(kind, items, table)
             for line in ([note] if note else []) + notes:
@@ -203,9 +203,10 @@ def main(kind, args):
     return 2
 
 
-def seal(item):
+def seal(item, consumer_id="?"):
     """A consumer as stored: credentials given in clear (key_auth's ``key``, basic_auth's
-    ``password``) hashed by their plugin's ``seal_credential``, so etcd never holds them."""
+    ``password``) hashed by their plugin's ``seal_credential``, so etcd never holds them.
+    A clear credential that cannot be hashed is a ConfigError that never quotes it."""
     from .plugins import load_registry
     registry = load_registry()
     credentials = item.get("credentials") if isinstance(item, dict) else None
@@ -214,7 +215,14 @@ def seal(item):
     sealed = {}
     for name, cred in credentials.items():
         sealer = getattr(registry.get(name), "seal_credential", None)
-        sealed[name] = sealer(cred) if sealer else cred
+        try:
+            sealed[name] = sealer(cred) if sealer else cred
+        except UnicodeEncodeError:      # JSON's "\ud800": text that has no UTF-8
+            raise ConfigError(f"consumer {consumer_id}: credentials.{name}: holds a lone "
+                              f"surrogate (\\ud800-\\udfff), which no UTF-8 text does") \
+                from None
+        except ValueError as exc:       # bcrypt's: a password longer than 72 bytes
+            raise ConfigError(f"consumer {consumer_id}: credentials.{name}: {exc}") from None
     return {**item, "credentials": sealed}
 
 
@@ -239,7 +247,10 @@ def cmd_hash(args):
         print(hash_key(secret))
     else:
         from .plugins.basic_auth import hash_password
-        print(hash_password(secret, args.rounds))
+        try:
+            print(hash_password(secret, args.rounds))
+        except ValueError as exc:       # over bcrypt's 72 bytes
+            return _fail([str(exc)])
     return 0
 
 

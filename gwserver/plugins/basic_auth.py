@@ -82,8 +82,16 @@ def _bcrypt():
     return bcrypt
 
 
+MAX_PASSWORD = 72       # bytes bcrypt reads; it refuses a longer one, to hash or to check
+
+
 def hash_password(password, rounds=12):
-    return _bcrypt().hashpw(password.encode(), _bcrypt().gensalt(rounds)).decode()
+    """Raises ValueError for a password bcrypt cannot take (never quoting it)."""
+    data = password.encode()
+    if len(data) > MAX_PASSWORD:
+        raise ValueError(f"a password longer than {MAX_PASSWORD} bytes (UTF-8) cannot be "
+                         f"hashed or checked by bcrypt: use a shorter one")
+    return _bcrypt().hashpw(data, _bcrypt().gensalt(rounds)).decode()
 
 
 def seal_credential(cred):
