@@ -63,11 +63,14 @@ def routes_using(conf, client, prefix, upstream_id):
     users = []
     specs = [(spec, "conf file") for spec in conf.static_routes]
     _, kvs = client.range_prefix(f"{prefix}routes/")
-    for _, value, _ in kvs:
+    for key, value, _ in kvs:
         try:
-            specs.append((json.loads(value), "etcd"))
-        except ValueError:
+            spec = json.loads(value)
+        except (ValueError, RecursionError):      # rejected by the gateway too: no user
             continue
+        if isinstance(spec, dict):      # "id" may be left out: the key gives it (docs/etcd.md)
+            spec.setdefault("id", key[len(f"{prefix}routes/"):])
+        specs.append((spec, "etcd"))
     for spec, _ in specs:
         try:
             if upstream_id in upstream_refs(ROUTE.validate(spec), registry):
