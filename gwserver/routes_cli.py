@@ -165,10 +165,11 @@ def main(kind, args):
                 return _fail([f"{key(args.id)}: not found"])
             try:
                 print(json.dumps(json.loads(value), indent=2, sort_keys=True))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 # a value put by hand (etcdctl): the gateway rejects it too; show it as stored
+                why = "nested too deep" if isinstance(exc, RecursionError) else exc
                 raw = value.decode(errors="replace")
-                return _fail([f"{key(args.id)}: stored value is not valid JSON ({exc}): "
+                return _fail([f"{key(args.id)}: stored value is not valid JSON ({why}): "
                               f"{raw[:200]!r}"])
             return 0
         if args.action == "delete":
@@ -236,7 +237,7 @@ def public_view(raw):
         return json.dumps({"groups": spec.get("groups", []),
                            "credentials": sorted(spec.get("credentials", {})),
                            "plugins": sorted(spec.get("plugins", {}))}, sort_keys=True)
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return "(not a JSON object)"
 
 

@@ -33,3 +33,23 @@ def test_routes_written_without_their_id_are_users_too():
         "deep": b"[" * 100000 + b"]" * 100000,
         "notjson": b"{nope"})
     assert routes_cli.routes_using(conf, etcd, PREFIX, "x") == ["bysplit", "noid", "withid"]
+
+
+def test_get_and_list_show_a_value_nested_too_deep_instead_of_dying(tmp_path, monkeypatch,
+                                                                   capsys):
+    """`routes get` and `consumers list` parse what etcd holds: a value nested past the JSON
+    parser's limit (etcdctl takes it; the gateway rejects it) killed them with a
+    RecursionError, where invalid JSON is shown as stored."""
+    import argparse
+    deep = b"[" * 100000 + b"]" * 100000
+
+    class Client(Etcd):
+        def get(self, key):
+            return deep
+    monkeypatch.setattr(routes_cli, "client_for", lambda conf: Client({}))
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[etcd]\nendpoints = ["http://127.0.0.1:2379"]\n')
+    args = argparse.Namespace(conf=str(conf), action="get", id="deep")
+    assert routes_cli.main("routes", args) == 2
+    assert "stored value is not valid JSON (nested too deep)" in capsys.readouterr().err
+    assert routes_cli.public_view(deep) == "(not a JSON object)"
