@@ -36,7 +36,8 @@ def pattern(value):
         re.compile(value)
     except (re.error, OverflowError, RecursionError) as exc:    # a repeat past 2**32, deep
         # groups: named with the field, not left to "could not be checked"
-        raise Invalid(f"must be a regular expression ({exc}), got {show(value)}") from None
+        why = "groups nested too deep" if isinstance(exc, RecursionError) else exc
+        raise Invalid(f"must be a regular expression ({why}), got {show(value)}") from None
     return value
 
 

@@ -100,7 +100,8 @@ def prepare(conf):
             regex = re.compile(path["match"])
         except (re.error, OverflowError, RecursionError) as exc:     # a repeat past 2**32,
             # groups nested past the recursion limit: refused, not "could not be checked"
-            raise ValueError(f"path.match is not a regular expression: {exc}") from None
+            why = "groups nested too deep" if isinstance(exc, RecursionError) else exc
+            raise ValueError(f"path.match is not a regular expression: {why}") from None
         replace = compile_template(path["replace"], captures=True)
         for part in replace.parts:
             if isinstance(part, int) and part > regex.groups:
