@@ -250,9 +250,10 @@ class Exchange:
         # llhttp answers should_keep_alive() = False once the message completed: read it here.
         parser = self.parser
         self.status = status = parser.get_status_code()
-        if status > 599:
+        if not 100 <= status <= 599:
             # RFC 9110 15: three digits, 1xx-5xx. HTTP/2 upstreams' are refused by h2, and an
-            # HTTP/2 client's stack refuses one too.
+            # HTTP/2 client's stack refuses one too. One under 100 (000, 099) is no interim
+            # answer: dropped as one, the response after it would be relayed.
             raise UpstreamError(f"upstream answered status {status}, outside 100-599")
         self.keep_alive = parser.should_keep_alive()
         self.head_done = True

@@ -1,0 +1,149 @@
+"""Attack pass (Dec 03, upstream side): a buggy or hostile upstream, against real processes.
+Each defect below is shown by a test that failed on c8937ea and passes with its fix.
+
+The upstreams are small in-process socket servers on 127.0.0.1 that write what a test tells
+them (HTTP/1.1: raw bytes; HTTP/2: the h2 library with validation off), and count what they
+got; closed in teardown.
+
+1. An HTTP/1.1 status under 100 (``000``, ``099``) was taken for an interim answer and dropped:
+   the response after it reached the client (docs/security.md: outside 100-599 is a 502).
+
+Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
+upstream closes unanswered is never sent again, an idempotent one is, once.
+"""
+import socket
+import threading
+
+import pytest
+
+from ..conftest import gateway_conf, route
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class ScriptedHttp1:
+    """A loopback HTTP/1.1 upstream: reads each request (its body by Content-Length), records
+    its request line (``lines``), and writes ``script[path]`` (a function of the connection's
+    request count, 1 for the first, returning bytes or None to close unanswered), else OK."""
+
+    def __init__(self, script):
+        self.script = script
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.lines, self.conns = [], []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.conns.append(conn)
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        buf, count = b"", 0
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                line = head.split(b"\r\n")[0]
+                self.lines.append(line)
+                length = 0
+                for field in head.split(b"\r\n")[1:]:
+                    name, _, value = field.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buf) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                buf = buf[length:]
+                count += 1
+                answer = self.script.get(line.split(b" ")[1], lambda n: OK)(count)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in self.conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+def exchange(port, data, timeout=5):
+    """Send raw bytes; everything the gateway sent back until it closed (or went quiet)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while piece := sock.recv(65536):
+                out += piece
+        except socket.timeout:
+            pass
+        return out
+
+
+def served_after(gw):
+    """The worker is alive and answers the next request."""
+    return exchange(gw.port, b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n") \
+        .endswith(b"\r\n\r\nok")
+
+
+# -- 1. a status under 100 is no interim answer ----------------------------------------------
+
+@pytest.mark.parametrize("status", [b"000", b"099"])
+def test_a_status_under_100_is_a_502_not_an_interim_answer(launcher, status):
+    """The upstream's 0xx head says Content-Length: 0 and a second response follows it; the
+    gateway dropped the first as a 1xx and relayed the second (status 200, INJECTED)."""
+    up = ScriptedHttp1({b"/odd": lambda n: b"HTTP/1.1 %s X\r\nContent-Length: 0\r\n\r\n"
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED" % status})
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
+        answer = exchange(gw.port, b"GET /odd HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+        assert b"INJECTED" not in answer
+        assert "outside 100-599" in gw.log()
+        assert served_after(gw)
+    finally:
+        up.close()
+
+
+# -- held --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, sent", [("POST", 1), ("PATCH", 1), ("PUT", 2), ("GET", 2)])
+def test_held_a_reused_connection_closed_unanswered_retries_only_idempotent_requests(
+        launcher, method, sent):
+    """The keep-alive race: the upstream takes the second request on a connection and closes
+    without a byte (it timed the connection out as the request came)."""
+    up = ScriptedHttp1({b"/x": lambda n: None if n == 2 else OK})
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
+        assert exchange(gw.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n") \
+            .endswith(b"ok")
+        del up.lines[:]
+        answer = exchange(gw.port, b"%s /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+                          b"Connection: close\r\n\r\ndata" % method.encode())
+        assert answer.startswith(b"HTTP/1.1 502 " if sent == 1 else b"HTTP/1.1 200 "), answer
+        assert up.lines == [b"%s /x HTTP/1.1" % method.encode()] * sent
+    finally:
+        up.close()
