@@ -284,6 +284,10 @@ class Exchange:
         end = raw.index(b"\r\n\r\n", start) + 2
         if end > max_head:
             raise UpstreamError(f"upstream response head over {max_head} bytes")
+        if self.status == 101:
+            # What came with the head is the tunnel's: llhttp hands it over (an upgrade) only
+            # when the 101 says Connection: Upgrade, and stops with an error without it.
+            self.chunks = [raw[end + 2:]]
         line_end = raw.index(b"\r\n", start)
         self.version = "1.0" if raw.startswith(b"HTTP/1.0", start) else "1.1"    # for Via
         reason = raw[start + 13:line_end]           # after "HTTP/1.1 200 "
@@ -805,10 +809,8 @@ class Proxy:
             ex.head_raw += data
         try:
             ex.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # 101: what follows belongs to the tunnel, and goes to the client after the head
-            if exc.args and isinstance(exc.args[0], int) and exc.args[0] < len(data):
-                ex.chunks.append(bytes(data[exc.args[0]:]))
+        except httptools.HttpParserUpgrade:
+            pass    # 101: what follows belongs to the tunnel (split_head takes it)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, UpstreamError):
@@ -822,10 +824,13 @@ class Proxy:
         except httptools.HttpParserError as exc:
             if ex.complete:
                 # Junk after a complete response (a body after 204, say): serve the response,
-                # never reuse the connection.
-                throttled_log.log(log, logging.WARNING, ("bytes after response", ex.conn.host),
-                                  "upstream %s sent bytes after a complete response: %s",
-                                  ex.conn.host, exc)
+                # never reuse the connection. (A 101 without Connection: Upgrade ends here too:
+                # what follows it is the tunnel's, no junk.)
+                if ex.status != 101:
+                    throttled_log.log(log, logging.WARNING,
+                                      ("bytes after response", ex.conn.host),
+                                      "upstream %s sent bytes after a complete response: %s",
+                                      ex.conn.host, exc)
                 ex.keep_alive = False
                 return True
             # Not HTTP: a 502. Never a retry, even before the head: the upstream read the

@@ -7,16 +7,21 @@ got; closed in teardown.
 
 1. An HTTP/1.1 status under 100 (``000``, ``099``) was taken for an interim answer and dropped:
    the response after it reached the client (docs/security.md: outside 100-599 is a 502).
+2. A 101 without ``Connection: Upgrade`` (llhttp then stops with an error instead of handing
+   the rest over): the tunnel's first bytes, read with the head, were dropped, and the client's
+   websocket stream began in the middle of nowhere.
 
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
 """
+import base64
+import hashlib
 import socket
 import threading
 
 import pytest
 
-from ..conftest import gateway_conf, route
+from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -123,6 +128,36 @@ def test_a_status_under_100_is_a_502_not_an_interim_answer(launcher, status):
         assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
         assert b"INJECTED" not in answer
         assert "outside 100-599" in gw.log()
+        assert served_after(gw)
+    finally:
+        up.close()
+
+
+# -- 2. a 101 without Connection: Upgrade keeps the tunnel's first bytes ----------------------
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+ACCEPT = base64.b64encode(hashlib.sha1(KEY + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+FRAME = b"\x81\x05hello"        # a websocket text frame, "hello", sent with the 101's head
+
+
+@pytest.mark.parametrize("connection", [b"", b"Connection: Upgrade\r\n"])
+def test_the_bytes_that_came_with_a_101_head_reach_the_client(launcher, connection):
+    up = ScriptedHttp1({b"/ws": lambda n: b"HTTP/1.1 101 Switching Protocols\r\n"
+                        b"Upgrade: websocket\r\n%sSec-WebSocket-Accept: %s\r\n\r\n%s"
+                        % (connection, ACCEPT, FRAME)})
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+            sock.sendall(WEBSOCKET_HANDSHAKE)
+            got = b""
+            try:
+                while not got.endswith(FRAME) and (piece := sock.recv(65536)):
+                    got += piece
+            except socket.timeout:
+                pass
+        head, _, tunnel = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ") and b"Connection: Upgrade" in head, got
+        assert tunnel == FRAME, got
         assert served_after(gw)
     finally:
         up.close()
