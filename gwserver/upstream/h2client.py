@@ -679,8 +679,13 @@ class StreamResponse:
         while True:
             try:
                 event = self._next()
-            except StreamNotOpened:
-                raise
+            except StreamNotOpened as exc:
+                if not interim:
+                    raise
+                # Refused after an interim answer: the upstream had begun on the request, so
+                # it is a reset, not a stream it did not process (RFC 9113 8.7), and the
+                # request may be sent again only as a retry policy's "reset" allows.
+                raise StreamBroken(exc.reason) from None
             except UpstreamError as exc:        # reset, or the connection failed
                 raise StreamBroken(exc.reason) from None
             if isinstance(event, h2.events.ResponseReceived):

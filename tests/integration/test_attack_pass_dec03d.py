@@ -10,6 +10,9 @@ got; closed in teardown.
 2. A 101 without ``Connection: Upgrade`` (llhttp then stops with an error instead of handing
    the rest over): the tunnel's first bytes, read with the head, were dropped, and the client's
    websocket stream began in the middle of nowhere.
+3. An HTTP/2 upstream that sent an interim answer (103, 100) and then refused the stream
+   (RST_STREAM REFUSED_STREAM, or a GOAWAY whose last_stream_id leaves it out) had a POST sent
+   four times: a refusal says "not processed", which an answer on the stream already denied.
 
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
@@ -19,9 +22,16 @@ import hashlib
 import socket
 import threading
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
 import pytest
+from hyperframe.frame import GoAwayFrame
 
 from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route
+from ..h2_upstreams import H2cUpstream
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -159,6 +169,114 @@ def test_the_bytes_that_came_with_a_101_head_reach_the_client(launcher, connecti
         assert head.startswith(b"HTTP/1.1 101 ") and b"Connection: Upgrade" in head, got
         assert tunnel == FRAME, got
         assert served_after(gw)
+    finally:
+        up.close()
+
+
+# -- 3. an HTTP/2 stream that had an interim answer was processed -----------------------------
+
+class InterimThenRefusing(H2cUpstream):
+    """h2c: answers each request with an interim head (``/103-*``: 103 Early Hints,
+    ``/100-*``: 100 Continue), then refuses it: ``*-refuse`` with RST_STREAM REFUSED_STREAM,
+    ``*-goaway`` with GOAWAY(last_stream_id=0). ``requests`` holds (method, path) of each
+    request it got; anything else is 200 "ok"."""
+
+    def __init__(self):
+        self.requests = []
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while data := sock.recv(65536):
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.DataReceived):
+                            conn.acknowledge_received_data(event.flow_controlled_length,
+                                                           event.stream_id)
+                        if not isinstance(event, h2.events.RequestReceived):
+                            continue
+                        sid, fields = event.stream_id, dict(event.headers)
+                        path = fields[b":path"]
+                        self.requests.append((fields[b":method"], path))
+                        if path[:5] not in (b"/103-", b"/100-"):
+                            conn.send_headers(sid, [(b":status", b"200"),
+                                                    (b"content-length", b"2")])
+                            conn.send_data(sid, b"ok", end_stream=True)
+                            continue
+                        conn.send_headers(sid, [(b":status", path[1:4])])
+                        sock.sendall(conn.data_to_send())
+                        if path.endswith(b"-refuse"):
+                            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                        else:
+                            sock.sendall(GoAwayFrame(0, last_stream_id=0).serialize())
+                    sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+@pytest.mark.parametrize("path", ["/103-refuse", "/100-refuse", "/103-goaway"])
+def test_a_stream_refused_after_an_interim_answer_is_not_sent_again(launcher, path):
+    """The upstream had begun on the POST (its 1xx says so) when it refused the stream: the
+    gateway took the refusal at its word and sent the POST again, on a new connection and
+    then as a retry: four times in all. It is a reset: a 502, sent once."""
+    up = InterimThenRefusing()
+    try:
+        gw = launcher.gateway(gateway_conf([{
+            "id": "r", "paths": ["/*rest"],
+            "upstream": {"targets": [{"url": f"http://127.0.0.1:{up.port}"}],
+                         "protocol": "h2"}}]))
+        answer = exchange(gw.port, b"POST %s HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+                          b"Connection: close\r\n\r\ndata" % path.encode())
+        assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+        assert up.requests == [(b"POST", path.encode())], up.requests
+        assert served_after(gw)
+    finally:
+        up.close()
+
+
+def test_held_a_stream_refused_before_any_answer_is_still_sent_again(launcher):
+    """RFC 9113 8.7: a refused stream was not processed; a request may go again, whatever its
+    method (the control of the test above)."""
+    refused = []
+
+    class RefuseFirst(InterimThenRefusing):
+        def connection(self, sock):
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(
+                client_side=False, header_encoding=None))
+            conn.initiate_connection()
+            with sock:
+                try:
+                    sock.sendall(conn.data_to_send())
+                    while data := sock.recv(65536):
+                        for event in conn.receive_data(data):
+                            if isinstance(event, h2.events.RequestReceived):
+                                self.requests.append(event.stream_id)
+                                if not refused:
+                                    refused.append(event.stream_id)
+                                    conn.reset_stream(event.stream_id,
+                                                      h2.errors.ErrorCodes.REFUSED_STREAM)
+                                else:
+                                    conn.send_headers(event.stream_id, [
+                                        (b":status", b"200"), (b"content-length", b"2")])
+                                    conn.send_data(event.stream_id, b"ok", end_stream=True)
+                        sock.sendall(conn.data_to_send())
+                except (h2.exceptions.ProtocolError, OSError):
+                    pass
+
+    up = RefuseFirst()
+    try:
+        gw = launcher.gateway(gateway_conf([{
+            "id": "r", "paths": ["/*rest"],
+            "upstream": {"targets": [{"url": f"http://127.0.0.1:{up.port}"}],
+                         "protocol": "h2"}}]))
+        answer = exchange(gw.port, b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+                          b"Connection: close\r\n\r\ndata")
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok"), answer[:300]
+        assert len(up.requests) == 2
     finally:
         up.close()
 
