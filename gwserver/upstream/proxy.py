@@ -1083,8 +1083,11 @@ def response_chunked(value):
     codings = [c for c in listed if c != b"identity"]
     if not codings:
         return False
-    if codings == [b"chunked"] and listed[-1] == b"chunked":
-        return True         # chunked must come last (RFC 9112 6.1), as llhttp frames it
+    # Chunked must come last (RFC 9112 6.1), and as llhttp reads it: a trailing comma or tab
+    # ("chunked,") makes it read the body to the close, chunk framing and all.
+    if codings == [b"chunked"] and \
+            value.rstrip(b" ").rpartition(b",")[2].lstrip(b" \t").lower() == b"chunked":
+        return True
     raise UpstreamError(f"upstream used transfer coding {value[:60]!r}, which the gateway "
                         f"does not decode")
 

@@ -13,6 +13,9 @@ got; closed in teardown.
 3. An HTTP/2 upstream that sent an interim answer (103, 100) and then refused the stream
    (RST_STREAM REFUSED_STREAM, or a GOAWAY whose last_stream_id leaves it out) had a POST sent
    four times: a refusal says "not processed", which an answer on the stream already denied.
+4. ``Transfer-Encoding: chunked,`` is read to the close by llhttp but was taken as chunked by
+   the gateway: the upstream's chunk framing reached the client as body, then the answer was
+   cut at the close as if the upstream had failed mid-body.
 
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
@@ -277,6 +280,23 @@ def test_held_a_stream_refused_before_any_answer_is_still_sent_again(launcher):
                           b"Connection: close\r\n\r\ndata")
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok"), answer[:300]
         assert len(up.requests) == 2
+    finally:
+        up.close()
+
+
+# -- 4. Transfer-Encoding as llhttp frames it -------------------------------------------------
+
+def test_a_transfer_coding_list_ending_in_an_empty_member_is_a_502(launcher):
+    """llhttp reads ``chunked,`` to the close (not chunked); the gateway took it for chunked:
+    the client got the upstream's chunk framing as its body, then a cut answer."""
+    up = ScriptedHttp1({b"/te": lambda n: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n"
+                        b"\r\n5\r\nhello\r\n0\r\n\r\n"})
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
+        answer = exchange(gw.port, b"GET /te HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                          timeout=3)
+        assert answer.startswith(b"HTTP/1.1 502 "), answer[:300]
+        assert served_after(gw)
     finally:
         up.close()
 

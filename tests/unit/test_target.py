@@ -138,6 +138,8 @@ def test_an_ipv4_mapped_peer_is_its_ipv4_address():
     (b"chunked", True), (b"identity", False), (b"identity, chunked", True), (b"", False),
     (b"chunked, identity", None),       # chunked not last: llhttp reads to the close
     (b"gzip, chunked", None),
+    (b", chunked", True), (b"chunked  ", True),
+    (b"chunked,", None), (b"chunked\t", None),     # llhttp reads these to the close too
 ])
 def test_a_response_transfer_coding_is_chunked_close_delimited_or_refused(value, chunked):
     from gwserver.upstream.proxy import response_chunked
@@ -147,6 +149,34 @@ def test_a_response_transfer_coding_is_chunked_close_delimited_or_refused(value,
             response_chunked(value)
     else:
         assert response_chunked(value) is chunked
+
+
+@pytest.mark.parametrize("value", [
+    b"chunked", b"CHUNKED", b"chunked ", b"chunked,", b"chunked, ", b"chunked ,", b",chunked",
+    b"chunked,,", b"chunked\t", b"\tchunked", b"chunked \t", b"identity ,chunked",
+    b"identity\t, chunked", b"identity", b"identity,", b"chunked;q=1", b"chunked, identity"])
+def test_a_response_is_taken_as_chunked_exactly_when_llhttp_decodes_it_so(value):
+    """The relay ends a body as the gateway read its Transfer-Encoding, llhttp decodes it as
+    it reads it: where they differ (``chunked,``), the client got the chunk framing as body
+    and then a cut answer."""
+    import httptools
+    from gwserver.upstream.proxy import response_chunked
+    from gwserver.errors import UpstreamError
+
+    class Ends:
+        complete = False
+
+        def on_message_complete(self):
+            self.complete = True
+
+    ends = Ends()
+    httptools.HttpResponseParser(ends).feed_data(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + value + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    try:
+        chunked = response_chunked(value)
+    except UpstreamError:
+        return                          # refused: a 502, whatever llhttp makes of it
+    assert chunked is ends.complete
 
 
 def test_a_peer_file_from_a_former_boot_is_ignored_and_removed(tmp_path):
