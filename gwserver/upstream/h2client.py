@@ -137,6 +137,13 @@ class _UpstreamH2(h2.connection.H2Connection):
                 if self.decoder.blocks == decoded:
                     raise               # HPACK failed: a connection error
                 return self._malformed(frame.stream_id, exc)
+        elif isinstance(frame, DataFrame):
+            # An empty one (weighed below): its END_STREAM may end an answer short of its
+            # content-length, malformed as above, which h2 raises as a connection's error.
+            try:
+                events = super()._receive_frame(frame)
+            except h2.exceptions.InvalidBodyLengthError as exc:
+                return self._malformed(frame.stream_id, exc)
         else:
             events = self._goaway(frame) if isinstance(frame, GoAwayFrame) else \
                 super()._receive_frame(frame)

@@ -16,6 +16,10 @@ got; closed in teardown.
 4. ``Transfer-Encoding: chunked,`` is read to the close by llhttp but was taken as chunked by
    the gateway: the upstream's chunk framing reached the client as body, then the answer was
    cut at the close as if the upstream had failed mid-body.
+5. An HTTP/2 upstream's answer shorter than its content-length whose end came in an empty DATA
+   frame (END_STREAM, no payload) failed the whole upstream connection (h2 raises for it
+   outside the path that makes a malformed answer a stream error): other clients' answers
+   on that connection were cut.
 
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
@@ -24,6 +28,7 @@ import base64
 import hashlib
 import socket
 import threading
+import time
 
 import h2.config
 import h2.connection
@@ -297,6 +302,87 @@ def test_a_transfer_coding_list_ending_in_an_empty_member_is_a_502(launcher):
                           timeout=3)
         assert answer.startswith(b"HTTP/1.1 502 "), answer[:300]
         assert served_after(gw)
+    finally:
+        up.close()
+
+
+# -- 5. an empty DATA frame that ends an answer short -------------------------------------
+
+class EmptyEndH2(H2cUpstream):
+    """h2c. /slow: 200 with content-length 10, a byte every 0.2 s. /short: 200 with
+    content-length 5, then an empty DATA frame with END_STREAM. /304: 304 with
+    content-length 5 (the representation's), then an empty DATA frame with END_STREAM.
+    ``connections`` counts the connections it took."""
+
+    def __init__(self):
+        self.connections = 0
+        super().__init__()
+
+    def connection(self, sock):
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        lock = threading.Lock()
+
+        def send():
+            sock.sendall(conn.data_to_send())
+
+        def slow(sid):
+            for i in range(10):
+                time.sleep(0.2)
+                with lock:
+                    conn.send_data(sid, b"%d" % i, end_stream=i == 9)
+                    send()
+
+        with sock:
+            try:
+                with lock:
+                    send()
+                while data := sock.recv(65536):
+                    with lock:
+                        for event in conn.receive_data(data):
+                            if not isinstance(event, h2.events.RequestReceived):
+                                continue
+                            sid, path = event.stream_id, dict(event.headers)[b":path"]
+                            status = b"304" if path == b"/304" else b"200"
+                            conn.send_headers(sid, [(b":status", status), (
+                                b"content-length", b"10" if path == b"/slow" else b"5")])
+                            if path == b"/slow":
+                                threading.Thread(target=slow, args=(sid,), daemon=True).start()
+                            else:
+                                conn.send_data(sid, b"", end_stream=True)
+                        send()
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+def h2_gateway(launcher, port):
+    return launcher.gateway(gateway_conf([{
+        "id": "r", "paths": ["/*rest"],
+        "upstream": {"targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": "h2"}}]))
+
+
+def test_an_answer_cut_short_by_an_empty_data_frame_ends_its_stream_not_the_connection(
+        launcher):
+    up = EmptyEndH2()
+    try:
+        gw = h2_gateway(launcher, up.port)
+        victim = {}
+
+        def read_slow():
+            victim["answer"] = exchange(gw.port, b"GET /slow HTTP/1.1\r\nHost: h\r\n"
+                                                 b"Connection: close\r\n\r\n", timeout=10)
+        reader = threading.Thread(target=read_slow)
+        reader.start()
+        time.sleep(0.5)                 # its head is in, its body on the way
+        answer = exchange(gw.port, b"GET /short HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                   b"\r\n")
+        reader.join(10)
+        assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+        assert victim["answer"].startswith(b"HTTP/1.1 200 "), victim["answer"][:300]
+        assert victim["answer"].endswith(b"\r\n\r\n0123456789"), victim["answer"][-300:]
+        assert up.connections == 1 and "malformed answer" in gw.log()
     finally:
         up.close()
 
