@@ -19,7 +19,9 @@ got; closed in teardown.
 5. An HTTP/2 upstream's answer shorter than its content-length whose end came in an empty DATA
    frame (END_STREAM, no payload) failed the whole upstream connection (h2 raises for it
    outside the path that makes a malformed answer a stream error): other clients' answers
-   on that connection were cut.
+   on that connection were cut. A 304 whose content-length is the representation's (RFC 9113
+   8.1.1 allows it) ended with an empty DATA frame was a 502 the same way (h2 holds DATA to a
+   content-length for every answer but HEAD's).
 
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
@@ -312,7 +314,7 @@ class EmptyEndH2(H2cUpstream):
     """h2c. /slow: 200 with content-length 10, a byte every 0.2 s. /short: 200 with
     content-length 5, then an empty DATA frame with END_STREAM. /304: 304 with
     content-length 5 (the representation's), then an empty DATA frame with END_STREAM.
-    ``connections`` counts the connections it took."""
+    Anything else: 200 "ok". ``connections`` counts the connections it took."""
 
     def __init__(self):
         self.connections = 0
@@ -346,12 +348,15 @@ class EmptyEndH2(H2cUpstream):
                                 continue
                             sid, path = event.stream_id, dict(event.headers)[b":path"]
                             status = b"304" if path == b"/304" else b"200"
-                            conn.send_headers(sid, [(b":status", status), (
-                                b"content-length", b"10" if path == b"/slow" else b"5")])
+                            length = {b"/slow": b"10", b"/short": b"5", b"/304": b"5"}.get(
+                                path, b"2")
+                            conn.send_headers(sid, [(b":status", status),
+                                                    (b"content-length", length)])
                             if path == b"/slow":
                                 threading.Thread(target=slow, args=(sid,), daemon=True).start()
                             else:
-                                conn.send_data(sid, b"", end_stream=True)
+                                conn.send_data(sid, b"ok" if length == b"2" else b"",
+                                               end_stream=True)
                         send()
             except (h2.exceptions.ProtocolError, OSError):
                 pass
@@ -383,6 +388,20 @@ def test_an_answer_cut_short_by_an_empty_data_frame_ends_its_stream_not_the_conn
         assert victim["answer"].startswith(b"HTTP/1.1 200 "), victim["answer"][:300]
         assert victim["answer"].endswith(b"\r\n\r\n0123456789"), victim["answer"][-300:]
         assert up.connections == 1 and "malformed answer" in gw.log()
+    finally:
+        up.close()
+
+
+def test_a_304_with_the_representations_content_length_is_relayed(launcher):
+    up = EmptyEndH2()
+    try:
+        gw = h2_gateway(launcher, up.port)
+        answer = exchange(gw.port, b"GET /304 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                   b"\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 304 ") and body == b"", answer[:300]
+        assert b"content-length: 5" in head.lower()
+        assert served_after(gw) and up.connections == 1
     finally:
         up.close()
 
