@@ -363,6 +363,11 @@ class H2Forwarder:
                     lengths.count(lengths[0]) == len(lengths) and lengths[0].isdigit():
                 length = lengths[0]
                 headers.append((b"content-length", length))
+        elif len(lengths) > 1:
+            # h2 lets a repeated one through when the values are equal numbers ("5", "05"):
+            # to HTTP/1.1 parsers (the HTTP/2 client side's framer too) two are an error.
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers.append((b"content-length", b"%d" % int(lengths[0])))
         chunked = req.version == "1.1" and length is None and not no_body
         if not chunked and length is None and not no_body:
             keep_alive = False      # HTTP/1.0: the end of the body is the end of the stream

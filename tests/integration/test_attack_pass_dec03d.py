@@ -23,6 +23,11 @@ got; closed in teardown.
    8.1.1 allows it) ended with an empty DATA frame was a 502 the same way (h2 holds DATA to a
    content-length for every answer but HEAD's).
 
+6. An HTTP/2 upstream's HEAD or 304 answer that repeats its content-length (``5`` and ``05``,
+   which h2 lets through as equal numbers) was relayed with both: an HTTP/1.1 client got two
+   Content-Length fields, an HTTP/2 client a reset stream (the gateway's own HTTP/1.1 framer
+   refuses the duplicate).
+
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
 """
@@ -42,6 +47,7 @@ from hyperframe.frame import GoAwayFrame
 
 from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route
 from ..h2_upstreams import H2cUpstream
+from ..h2client import RawH2
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -402,6 +408,60 @@ def test_a_304_with_the_representations_content_length_is_relayed(launcher):
         assert head.startswith(b"HTTP/1.1 304 ") and body == b"", answer[:300]
         assert b"content-length: 5" in head.lower()
         assert served_after(gw) and up.connections == 1
+    finally:
+        up.close()
+
+
+# -- 6. one content-length for an answer with no body --------------------------------------
+
+class RepeatedLengthH2(H2cUpstream):
+    """h2c: every answer says content-length 5 twice (``5`` and ``05``); a 304 for /304, else
+    200 with "hello" (none for HEAD)."""
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while data := sock.recv(65536):
+                    for event in conn.receive_data(data):
+                        if not isinstance(event, h2.events.RequestReceived):
+                            continue
+                        fields = dict(event.headers)
+                        bodiless = fields[b":path"] == b"/304" or fields[b":method"] == b"HEAD"
+                        conn.send_headers(event.stream_id, [
+                            (b":status", b"304" if fields[b":path"] == b"/304" else b"200"),
+                            (b"content-length", b"5"), (b"content-length", b"05")],
+                            end_stream=bodiless)
+                        if not bodiless:
+                            conn.send_data(event.stream_id, b"hello", end_stream=True)
+                    sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+@pytest.mark.parametrize("method, path", [("HEAD", "/x"), ("GET", "/304")])
+def test_an_answer_without_a_body_carries_one_content_length(launcher, method, path):
+    up = RepeatedLengthH2()
+    try:
+        gw = launcher.gateway(gateway_conf([{
+            "id": "r", "paths": ["/*rest"],
+            "upstream": {"targets": [{"url": f"http://127.0.0.1:{up.port}"}],
+                         "protocol": "h2"}}], http2={"h2c": True}))
+        head = exchange(gw.port, b"%s %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                        % (method.encode(), path.encode())).partition(b"\r\n\r\n")[0]
+        lengths = [line for line in head.lower().split(b"\r\n")
+                   if line.startswith(b"content-length:")]
+        assert lengths == [b"content-length: 5"], head
+        client = RawH2(gw.port)
+        try:
+            answer = client.response(client.request(path, method))
+        finally:
+            client.close()
+        assert answer is not None and answer[0] == (304 if path == "/304" else 200), answer
+        assert answer[1]["content-length"] == "5"
     finally:
         up.close()
 
