@@ -312,6 +312,9 @@ class Exchange:
                     kept.append(parts[at])
             elif name == b"transfer-encoding":
                 self.chunked = response_chunked(parts[at + 2])
+                if self.version == "1.0":
+                    # RFC 9112 6.1: faulty framing in HTTP/1.0; the connection ends after it
+                    self.keep_alive = False
             elif name == b"via":
                 value = parts[at + 2].rstrip(b" \t")
                 if value:   # an empty Via line would add an empty member: "Via: , 1.1 gw"

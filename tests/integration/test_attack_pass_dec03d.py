@@ -28,6 +28,11 @@ got; closed in teardown.
    Content-Length fields, an HTTP/2 client a reset stream (the gateway's own HTTP/1.1 framer
    refuses the duplicate).
 
+7. An HTTP/1.0 answer with Transfer-Encoding (and Connection: keep-alive) had its connection
+   reused: RFC 9112 6.1 says its framing is faulty and the connection must close after it
+   (an HTTP/1.0 server that passes an application's Transfer-Encoding on ends the body at
+   the close, and the rest of it would answer the next request).
+
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
 """
@@ -462,6 +467,23 @@ def test_an_answer_without_a_body_carries_one_content_length(launcher, method, p
             client.close()
         assert answer is not None and answer[0] == (304 if path == "/304" else 200), answer
         assert answer[1]["content-length"] == "5"
+    finally:
+        up.close()
+
+
+# -- 7. an HTTP/1.0 answer with Transfer-Encoding ends its connection ------------------------
+
+def test_an_http10_answer_with_transfer_encoding_is_never_followed_on_its_connection(
+        launcher):
+    up = ScriptedHttp1({b"/te10": lambda n: b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"})
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
+        answer = exchange(gw.port, b"GET /te10 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                   b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\n\r\n5\r\nhello\r\n" in answer
+        assert served_after(gw)
+        assert len(up.conns) == 2, "the HTTP/1.0 answer's connection was used again"
     finally:
         up.close()
 
