@@ -25,8 +25,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame,
-                              WindowUpdateFrame)
+from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, PriorityFrame,
+                              SettingsFrame, WindowUpdateFrame)
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
@@ -99,7 +99,8 @@ class _UpstreamH2(h2.connection.H2Connection):
     - A malformed answer (fields h2 refuses once the block is decoded, a body longer or
       shorter than its content-length) ends its stream, not the connection: h2 raises a
       ProtocolError for either, which failed every other request on the connection
-      (RFC 9113 8.1.1 makes it a stream error). ``StreamMalformed`` tells the stream's
+      (RFC 9113 8.1.1 makes it a stream error; so does 5.3.1 a PRIORITY frame that makes a
+      stream depend on itself, which h2 raises too). ``StreamMalformed`` tells the stream's
       reader; a block HPACK could not decode still ends the connection (the dynamic table
       would be out of step)."""
 
@@ -137,6 +138,10 @@ class _UpstreamH2(h2.connection.H2Connection):
                 if self.decoder.blocks == decoded:
                     raise               # HPACK failed: a connection error
                 return self._malformed(frame.stream_id, exc)
+        elif isinstance(frame, PriorityFrame) and frame.depends_on == frame.stream_id:
+            # RFC 9113 5.3.1: a stream error, which h2 raises as the connection's
+            return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
+                f"stream {frame.stream_id} depends on itself"))
         elif isinstance(frame, DataFrame):
             # An empty one (weighed below): its END_STREAM may end an answer short of its
             # content-length, malformed as above, which h2 raises as a connection's error.

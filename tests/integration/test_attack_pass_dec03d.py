@@ -33,6 +33,9 @@ got; closed in teardown.
    (an HTTP/1.0 server that passes an application's Transfer-Encoding on ends the body at
    the close, and the rest of it would answer the next request).
 
+8. A PRIORITY frame that makes a stream depend on itself (RFC 9113 5.3.1: a stream error) failed
+   the whole upstream connection, as in 5: other clients' answers on it were cut.
+
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
 """
@@ -48,7 +51,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import pytest
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, PriorityFrame
 
 from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route
 from ..h2_upstreams import H2cUpstream
@@ -325,7 +328,9 @@ class EmptyEndH2(H2cUpstream):
     """h2c. /slow: 200 with content-length 10, a byte every 0.2 s. /short: 200 with
     content-length 5, then an empty DATA frame with END_STREAM. /304: 304 with
     content-length 5 (the representation's), then an empty DATA frame with END_STREAM.
-    Anything else: 200 "ok". ``connections`` counts the connections it took."""
+    /self-priority: 200 "ok", with a PRIORITY frame that makes its stream depend on itself
+    between head and body. Anything else: 200 "ok". ``connections`` counts the connections it
+    took."""
 
     def __init__(self):
         self.connections = 0
@@ -365,6 +370,10 @@ class EmptyEndH2(H2cUpstream):
                                                     (b"content-length", length)])
                             if path == b"/slow":
                                 threading.Thread(target=slow, args=(sid,), daemon=True).start()
+                            elif path == b"/self-priority":
+                                send()
+                                sock.sendall(PriorityFrame(sid, depends_on=sid).serialize())
+                                conn.send_data(sid, b"ok", end_stream=True)
                             else:
                                 conn.send_data(sid, b"ok" if length == b"2" else b"",
                                                end_stream=True)
@@ -379,8 +388,9 @@ def h2_gateway(launcher, port):
         "upstream": {"targets": [{"url": f"http://127.0.0.1:{port}"}], "protocol": "h2"}}]))
 
 
-def test_an_answer_cut_short_by_an_empty_data_frame_ends_its_stream_not_the_connection(
-        launcher):
+@pytest.mark.parametrize("path", [b"/short", b"/self-priority"])
+def test_a_stream_error_of_one_answer_is_not_the_connections(launcher, path):
+    """/short: 5 (an answer ended short by an empty DATA frame); /self-priority: 8."""
     up = EmptyEndH2()
     try:
         gw = h2_gateway(launcher, up.port)
@@ -392,10 +402,11 @@ def test_an_answer_cut_short_by_an_empty_data_frame_ends_its_stream_not_the_conn
         reader = threading.Thread(target=read_slow)
         reader.start()
         time.sleep(0.5)                 # its head is in, its body on the way
-        answer = exchange(gw.port, b"GET /short HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
-                                   b"\r\n")
+        answer = exchange(gw.port, b"GET %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                   b"\r\n" % path)
         reader.join(10)
-        assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+        assert not answer.endswith(b"ok") if path == b"/self-priority" else \
+            answer.startswith(b"HTTP/1.1 502 "), answer[:200]
         assert victim["answer"].startswith(b"HTTP/1.1 200 "), victim["answer"][:300]
         assert victim["answer"].endswith(b"\r\n\r\n0123456789"), victim["answer"][-300:]
         assert up.connections == 1 and "malformed answer" in gw.log()
