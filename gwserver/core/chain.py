@@ -48,6 +48,7 @@ import logging
 from ..errors import ConfigError, HTTPError
 from ..redact import redact
 from .context import Reply, ResponseHead, _enc
+from .headers import RESPONSE_RESERVED, is_field_name, is_field_value
 from .schema import show
 from .throttledlog import throttled_log
 
@@ -327,7 +328,24 @@ def _checked(plugin, reply):
     if not isinstance(reply.body, (bytes, bytearray)):
         raise TypeError(f"plugin {plugin.NAME}: its Reply's body must be bytes, got "
                         f"{type(reply.body).__name__}")
+    for name, value in reply.headers:
+        if not _is_field(name, value):
+            # a value a client chose, with CR LF in it, would add headers of its own
+            raise TypeError(f"plugin {plugin.NAME}: its Reply's header {name!r} is no field HTTP "
+                            f"allows (a token name; a value without CR, LF or other controls)")
+        if _enc(name).lower() in RESPONSE_RESERVED:
+            # a second Content-Length or Connection beside the gateway's: two framings
+            raise TypeError(f"plugin {plugin.NAME}: its Reply sets {name}, which the gateway "
+                            f"writes itself")
     return reply
+
+
+def _is_field(name, value):
+    try:
+        return is_field_name(name.encode("latin-1") if isinstance(name, str) else name) and \
+            is_field_value(value)
+    except (AttributeError, TypeError, UnicodeEncodeError):     # not text at all
+        return False
 
 
 def _phases_problem(plugin, conf):

@@ -158,6 +158,10 @@ class odd_reply:
     def access(conf, ctx):
         if ctx.path == "/odd/status":
             return Reply.json(42, {"error": "no"})
+        if ctx.path == "/odd/header":     # a value taken from the client, unchecked
+            return Reply(302, b"", [("Location", "/x\\r\\nSet-Cookie: owned=1")])
+        if ctx.path == "/odd/framing":    # beside the gateway's own: two framings
+            return Reply(200, b"ok", [("Content-Length", "0")])
         return Reply(403, "a str, not bytes")
 
 
@@ -291,18 +295,24 @@ def test_a_reply_with_an_impossible_status_or_a_text_body_is_a_500(start_gateway
                                                                     tmp_path):
     """Reply.json(42, ...) went out as "HTTP/1.1 42 Unknown" (no client reads that as an
     answer) and reset the stream on HTTP/2; Reply(403, "text") failed in http1 with "can't
-    concat str to bytes", naming no plugin. Both are the plugin's bug: a 500, named."""
+    concat str to bytes", naming no plugin; a header value with CR LF split the answer. Each is
+    the plugin's bug: a 500, named."""
     env = install_plugin_package(tmp_path, "odd_reply = gwteapot:odd_reply\n")
     gw = start_gateway(gateway_conf([      # two routes: the log of each is throttled apart
         route("status", ["/odd/status"], upstream.url, plugins={"odd_reply": {}}),
-        route("body", ["/odd/body"], upstream.url, plugins={"odd_reply": {}})]), env=env)
-    for path in ("/odd/status", "/odd/body"):
+        route("body", ["/odd/body"], upstream.url, plugins={"odd_reply": {}}),
+        route("header", ["/odd/header"], upstream.url, plugins={"odd_reply": {}}),
+        route("framing", ["/odd/framing"], upstream.url, plugins={"odd_reply": {}})]), env=env)
+    for path in ("/odd/status", "/odd/body", "/odd/header", "/odd/framing"):
         resp, data = gw.request("GET", path)
         assert resp.status == 500 and json.loads(data)["error"] == "internal_error"
     log = gw.log()
     assert "plugin odd_reply: its Reply's status must be an integer from 100 to 599, got 42" \
         in log
     assert "plugin odd_reply: its Reply's body must be bytes, got str" in log
+    # written as given, the CR LF would have split the answer: a Set-Cookie of the client's
+    assert "plugin odd_reply: its Reply's header 'Location' is no field HTTP allows" in log
+    assert "plugin odd_reply: its Reply sets Content-Length, which the gateway writes" in log
 
 
 def test_a_reply_hook_that_raises_still_lets_the_answer_out(start_gateway, upstream,
