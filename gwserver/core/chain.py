@@ -140,8 +140,10 @@ def _check_defaults(name, attr, schema, prefix=""):
 
 def _misspelt(plugin):
     """(function, hook) for each public function the plugin defines whose name is close to a
-    phase or hook it lacks: an `acess` beside a real `finish` is never called, and nothing
-    else would say so (an allow-list that lets everyone through)."""
+    phase or hook it lacks and that takes that hook's arguments: an `acess(conf, ctx)` beside
+    a real `finish` is never called, and nothing else would say so (an allow-list that lets
+    everyone through). Names alone are no proof: `respond(status, body)` is within difflib's
+    0.8 of `response`, `warning(message)` of `warnings`, and such helpers are common."""
     home = getattr(plugin, "__name__", None) if inspect.ismodule(plugin) else \
         getattr(plugin, "__module__", None)
     for attr in dir(plugin):
@@ -150,8 +152,16 @@ def _misspelt(plugin):
                 value.__module__ != home:      # imported helpers are not the author's names
             continue
         for hook in difflib.get_close_matches(attr, ARGUMENTS, n=1, cutoff=0.8):
-            if not hasattr(plugin, hook):
+            if not hasattr(plugin, hook) and _parameters(value) == ARGUMENTS[hook]:
                 yield attr, hook
+
+
+def _parameters(function):
+    """The names of ``function``'s parameters, or None when it has no signature to read."""
+    try:
+        return tuple(inspect.signature(function).parameters)
+    except ValueError:
+        return None
 
 
 def _takes(function, count):

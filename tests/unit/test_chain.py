@@ -351,6 +351,25 @@ def test_a_misspelt_phase_or_hook_is_refused_at_load():
                               _finsh=lambda: None))
 
 
+def test_a_helper_named_near_a_hook_it_does_not_take_the_arguments_of_loads():
+    """difflib finds `respond` (a Reply-building helper) within 0.8 of `response`, `warning`
+    of `warnings` and `replay` of `reply`: a plugin with such helpers was refused at load and
+    every route naming it failed its config check. A misspelt hook is written to take the
+    hook's arguments; these take others."""
+    def respond(status, body):
+        return Reply(status, body=body)
+
+    def warning(message):
+        return message
+
+    def replay(ctx):
+        return ctx
+
+    plugin = _third_party(access=lambda conf, ctx: respond(403, b"no"), respond=respond,
+                          warning=warning, replay=replay)
+    check_plugin(plugin)
+
+
 @pytest.mark.parametrize("field, message", [
     (Field("status", integer(100, 599, "a status"), 42, "status"),
      "plugin third_party: SCHEMA: the default of status fails its own check: must be a "
