@@ -6,7 +6,7 @@ import pytest
 
 from gwserver.core.chain import Chain, build_chain, check_plugin
 from gwserver.core.context import Reply, RequestContext, ResponseHead
-from gwserver.core.schema import Field, Schema, integer
+from gwserver.core.schema import Field, Schema, integer, list_of, one_of
 from gwserver.errors import ConfigError
 from gwserver.plugins import headers, load_registry
 
@@ -385,6 +385,22 @@ def test_a_schema_default_that_fails_its_own_check_is_refused_at_load(field, mes
     plugin.SCHEMA = Schema(field)
     with pytest.raises(TypeError, match=re.escape(message)):
         check_plugin(plugin)
+
+
+def test_a_default_given_in_the_form_its_check_returns_loads():
+    """The default goes to the plugin as written, unchecked, so an author writes it in the form
+    the plugin uses, which is what the check returns ("a check returns the value, normalised"):
+    bytes for a header name, a frozenset for methods. f6bea5e ran the check on it and refused
+    such plugins at load (Invalid, or AttributeError from the check), and with them every route
+    naming them. A route could never have written such a value; only one it could is checked."""
+    plugin = _third_party(access=lambda conf, ctx: None)
+    plugin.SCHEMA = Schema(
+        Field("header", lambda value: value.lower().encode("latin-1"), b"x-signature", "h"),
+        Field("methods", lambda value: frozenset(list_of(one_of("GET", "POST"))(value)),
+              frozenset({"GET"}), "m"))
+    check_plugin(plugin)
+    assert build_chain("route r", {"third_party": {}}, {}, {"third_party": plugin}).steps[0][1] \
+        == {"header": b"x-signature", "methods": frozenset({"GET"})}
 
 
 def test_a_prepare_or_check_that_raises_is_a_config_error_naming_the_route_and_plugin():
