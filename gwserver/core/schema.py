@@ -323,15 +323,17 @@ def backtracks(pattern):
     repeats, exponentially many, and a worker that matches a client's path or Origin header
     against it serves nobody else meanwhile (34 characters took a worker past its timeout).
     Possessive repeats (``++``) and atomic groups (``(?>...)``) never backtrack. A heuristic
-    ("star height" over 1), as re2 and linters use: safe nestings such as ``(?:/[^/]+)+``
-    are named too; ``(?:/[^/]+)++`` says the same without the risk."""
+    ("star height" over 1), as re2 and linters use; a repeated part that is one character and
+    a run of what cannot be that character (``([a-z0-9-]+\\.)*``, ``(?:/[^/]+)+``, the usual
+    subdomains and path segments) splits one way, and is not named."""
     from re import _constants as c, _parser         # the parse tree re.compile uses
 
     def walk(items, repeated):
         for op, av in items:
             if op in (c.MAX_REPEAT, c.MIN_REPEAT):
                 low, high, body = av
-                if repeated and low != high or walk(body, repeated or high > 1):
+                if repeated and low != high or \
+                        walk(body, repeated or high > 1 and not _delimited(body, c)):
                     return True
             elif op is c.SUBPATTERN and walk(av[-1], repeated):
                 return True
@@ -346,3 +348,48 @@ def backtracks(pattern):
         return walk(_parser.parse(pattern), False)
     except (re.error, OverflowError, RecursionError):
         return False                # refused by the pattern's own check
+
+
+_CATEGORIES = {"CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
+               "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W"}
+
+
+def _delimited(body, c):
+    """Whether a repeated ``body`` is a character D and a run (before or after it) of one
+    character class without D: each repeat then ends (or starts) at a D, one way only. D is
+    no letter, which IGNORECASE would let the class match in its other case."""
+    items = list(body)
+    if len(items) == 1 and items[0][0] is c.SUBPATTERN:
+        items = list(items[0][1][-1])
+    if len(items) != 2:
+        return False
+    for (op, d), (run_op, run) in (items, items[::-1]):
+        if op is c.LITERAL and chr(d).lower() == chr(d).upper() and \
+                run_op in (c.MAX_REPEAT, c.MIN_REPEAT) and len(run[2]) == 1 and \
+                not _may_match(run[2][0], d, c):
+            return True
+    return False
+
+
+def _may_match(item, d, c):
+    """Whether the one-character ``item`` of a parse tree may match character ``d``."""
+    op, av = item
+    if op is c.LITERAL:
+        return av == d
+    if op is c.NOT_LITERAL:
+        return av != d
+    if op is not c.IN:
+        return True                 # ANY, or what is no one character: assume it may
+    negate, found = False, False
+    for op, av in av:
+        if op is c.NEGATE:
+            negate = True
+        elif op is c.LITERAL:
+            found = found or av == d
+        elif op is c.RANGE:
+            found = found or av[0] <= d <= av[1]
+        elif op is c.CATEGORY and str(av) in _CATEGORIES:
+            found = found or re.fullmatch(_CATEGORIES[str(av)], chr(d)) is not None
+        else:
+            return True
+    return found != negate

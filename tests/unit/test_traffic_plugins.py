@@ -110,6 +110,16 @@ def test_regexes_that_re_cannot_compile_are_config_errors_naming_the_field(plugi
     ({"rewrite": {"path": {"match": "^/api/v1/(.*)$", "replace": "/v2/$1"}}}, []),
     ({"rewrite": {"path": {"match": "^/r((?:/[^/]+)++)$", "replace": "/x$1"}}}, []),
     ({"cors": {"allow_origin_patterns": ["https://.*\\.example\\.com"]}}, []),
+    # a part ended (or begun) by a character its repeat cannot match splits one way: the
+    # usual any-subdomain pattern and a run of path segments were warned of, falsely
+    ({"cors": {"allow_origin_patterns": ["^https://([a-z0-9-]+\\.)*example\\.com$"]}}, []),
+    ({"rewrite": {"path": {"match": "^/r((?:/[^/]+)+)$", "replace": "/x$1"}}}, []),
+    ({"rewrite": {"path": {"match": "^/(?:\\w+/)*index$", "replace": "/x"}}}, []),
+    # ... but not when the repeat can match that character too
+    ({"cors": {"allow_origin_patterns": ["^https://([\\w.-]+\\.)*example\\.com$"]}},
+     ["route r: plugins.cors: allow_origin_patterns[0]"]),
+    ({"rewrite": {"path": {"match": "^/r((?:/.+)+)$", "replace": "/x$1"}}},
+     ["route r: plugins.rewrite: path.match"]),
 ])
 def test_a_regex_that_backtracks_exponentially_is_warned_of(plugins, warned):
     """A rewrite's path.match is searched in the client's path, a cors pattern matched
