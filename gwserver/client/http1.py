@@ -209,7 +209,14 @@ class ClientConnection:
         if req.connection_tokens:               # RFC 9110 7.6.1: drop what Connection names
             named = set(req.connection_tokens) - {b"close", b"keep-alive", b"upgrade"}
             if named:
-                req.headers = [(k, v) for k, v in req.headers if k.lower() not in named]
+                kept = [(k, v) for k, v in req.headers if k.lower() not in named]
+                if len(kept) != len(req.headers):
+                    # What goes no further is no value of the request to plugins either: a
+                    # limit keyed on it counted a bucket of the client's choosing while the
+                    # upstream served the request as one without it.
+                    for name in named & {k.lower() for k, _ in req.headers}:
+                        del hmap[name]
+                    req.headers = kept
         req.head_done = True
         if version != "1.1" and version != "1.0":
             raise BadRequest(f"unsupported HTTP version {version}")
