@@ -63,6 +63,28 @@ class H2cUpstream:
         self.listener.close()
 
 
+class EventH2cUpstream(H2cUpstream):
+    """An h2c upstream that hands each event of a connection to ``on_event`` and sends what
+    that queued after each read; a protocol error or a closed socket ends the connection."""
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while data := sock.recv(65536):
+                    for event in conn.receive_data(data):
+                        self.on_event(conn, sock, event)
+                    sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+    def on_event(self, conn, sock, event):
+        raise NotImplementedError
+
+
 class StreamingH2Upstream(H2cUpstream):
     """A well-behaved h2c upstream (honours flow control and RST_STREAM):
     - GET /stream[?n=BYTES&f=FRAME]: 200, then BYTES (default 4 MiB) of body in DATA frames

@@ -28,8 +28,6 @@ import re
 import socket
 import threading
 
-import h2.config
-import h2.connection
 import h2.events
 import pytest
 
@@ -37,7 +35,7 @@ from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route, wait_until
 from ..h2client import RawH2
-from ..h2_upstreams import H2cUpstream
+from ..h2_upstreams import EventH2cUpstream
 
 
 class RecordingHttp1:
@@ -109,34 +107,21 @@ class RecordingHttp1:
                 pass
 
 
-class RecordingH2(H2cUpstream):
+class RecordingH2(EventH2cUpstream):
     """An h2c upstream: records each request's fields (``requests``), answers 200 "ok"."""
 
     def __init__(self):
         self.requests = []
         super().__init__()
 
-    def connection(self, sock):
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None))
-        conn.initiate_connection()
-        with sock:
-            try:
-                sock.sendall(conn.data_to_send())
-                while data := sock.recv(65536):
-                    for event in conn.receive_data(data):
-                        if isinstance(event, h2.events.RequestReceived):
-                            self.requests.append([(bytes(k).decode(), bytes(v).decode("latin-1"))
-                                                  for k, v in event.headers])
-                            conn.send_headers(event.stream_id, [(b":status", b"200"),
-                                                                (b"content-length", b"2")])
-                            conn.send_data(event.stream_id, b"ok", end_stream=True)
-                        elif isinstance(event, h2.events.DataReceived):
-                            conn.acknowledge_received_data(event.flow_controlled_length,
-                                                           event.stream_id)
-                    sock.sendall(conn.data_to_send())
-            except OSError:
-                pass
+    def on_event(self, conn, sock, event):
+        if isinstance(event, h2.events.RequestReceived):
+            self.requests.append([(bytes(k).decode(), bytes(v).decode("latin-1"))
+                                  for k, v in event.headers])
+            conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-length", b"2")])
+            conn.send_data(event.stream_id, b"ok", end_stream=True)
+        elif isinstance(event, h2.events.DataReceived):
+            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
 
 @pytest.fixture

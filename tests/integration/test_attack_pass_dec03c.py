@@ -23,6 +23,10 @@ socket server on 127.0.0.1 that records the request heads it got
    successes: a client whose uploads stall (408 after client_body_timeout, nothing reached
    the upstream) held the route's effective rate up, and raised it to its ceiling, while the
    upstream failed every request.
+5. (A review of the fixes, on e4ea61d.) A limit keyed on ``header:NAME`` counted a header the
+   client named in ``Connection``: the gateway drops such a header on the way upstream (RFC
+   9110 7.6.1), so the upstream served a request without it (the one bucket of such
+   requests), while the limit counted it in a bucket of the client's choosing.
 """
 import base64
 import time
@@ -196,3 +200,24 @@ def test_stalled_uploads_do_not_hold_up_an_adaptive_limit(launcher):
             time.sleep(max(0.0, 1.1 - (time.monotonic() - started)))
     seen.append(_limit_of(raw_request(gw.port, failing)))
     assert seen[-1] < 100 and max(seen) == 100, seen
+
+
+# -- 5. a key header the client names in Connection ------------------------------------------
+
+def test_a_key_header_named_in_connection_is_no_bucket_of_its_own(limited_gw, h1_up):
+    """The bucket of requests without X-Api-Key holds one an hour. One whose X-Api-Key the
+    client names in Connection reaches the upstream without it, as a request without the
+    header: it is that bucket's (429), not a bucket per value."""
+    assert _status(limited_gw, b"") == 200
+    answers = [_status(limited_gw, b"X-Api-Key: fresh-%d\r\nConnection: X-Api-Key\r\n" % i)
+               for i in range(3)]
+    assert answers == [429, 429, 429]
+    assert len(h1_up.heads) == 1
+
+
+def test_held_a_key_header_not_named_in_connection_is_its_own_bucket(limited_gw, h1_up):
+    """Held: naming another header in Connection changes nothing for the key."""
+    assert _status(limited_gw, b"") == 200
+    assert _status(limited_gw, b"X-Api-Key: k1\r\nConnection: X-Other\r\n") == 200
+    assert _status(limited_gw, b"X-Api-Key: k1\r\n") == 429
+    assert b"x-api-key: k1" in h1_up.heads[-1].lower()

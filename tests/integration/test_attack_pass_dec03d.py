@@ -54,7 +54,7 @@ import pytest
 from hyperframe.frame import GoAwayFrame, PriorityFrame
 
 from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route
-from ..h2_upstreams import H2cUpstream
+from ..h2_upstreams import EventH2cUpstream, H2cUpstream
 from ..h2client import RawH2
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -199,7 +199,7 @@ def test_the_bytes_that_came_with_a_101_head_reach_the_client(launcher, connecti
 
 # -- 3. an HTTP/2 stream that had an interim answer was processed -----------------------------
 
-class InterimThenRefusing(H2cUpstream):
+class InterimThenRefusing(EventH2cUpstream):
     """h2c: answers each request with an interim head (``/103-*``: 103 Early Hints,
     ``/100-*``: 100 Continue), then refuses it: ``*-refuse`` with RST_STREAM REFUSED_STREAM,
     ``*-goaway`` with GOAWAY(last_stream_id=0). ``requests`` holds (method, path) of each
@@ -209,37 +209,24 @@ class InterimThenRefusing(H2cUpstream):
         self.requests = []
         super().__init__()
 
-    def connection(self, sock):
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None))
-        conn.initiate_connection()
-        with sock:
-            try:
-                sock.sendall(conn.data_to_send())
-                while data := sock.recv(65536):
-                    for event in conn.receive_data(data):
-                        if isinstance(event, h2.events.DataReceived):
-                            conn.acknowledge_received_data(event.flow_controlled_length,
-                                                           event.stream_id)
-                        if not isinstance(event, h2.events.RequestReceived):
-                            continue
-                        sid, fields = event.stream_id, dict(event.headers)
-                        path = fields[b":path"]
-                        self.requests.append((fields[b":method"], path))
-                        if path[:5] not in (b"/103-", b"/100-"):
-                            conn.send_headers(sid, [(b":status", b"200"),
-                                                    (b"content-length", b"2")])
-                            conn.send_data(sid, b"ok", end_stream=True)
-                            continue
-                        conn.send_headers(sid, [(b":status", path[1:4])])
-                        sock.sendall(conn.data_to_send())
-                        if path.endswith(b"-refuse"):
-                            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-                        else:
-                            sock.sendall(GoAwayFrame(0, last_stream_id=0).serialize())
-                    sock.sendall(conn.data_to_send())
-            except (h2.exceptions.ProtocolError, OSError):
-                pass
+    def on_event(self, conn, sock, event):
+        if isinstance(event, h2.events.DataReceived):
+            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        if not isinstance(event, h2.events.RequestReceived):
+            return
+        sid, fields = event.stream_id, dict(event.headers)
+        path = fields[b":path"]
+        self.requests.append((fields[b":method"], path))
+        if path[:5] not in (b"/103-", b"/100-"):
+            conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"2")])
+            conn.send_data(sid, b"ok", end_stream=True)
+            return
+        conn.send_headers(sid, [(b":status", path[1:4])])
+        sock.sendall(conn.data_to_send())
+        if path.endswith(b"-refuse"):
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        else:
+            sock.sendall(GoAwayFrame(0, last_stream_id=0).serialize())
 
 
 @pytest.mark.parametrize("path", ["/103-refuse", "/100-refuse", "/103-goaway"])
@@ -268,28 +255,16 @@ def test_held_a_stream_refused_before_any_answer_is_still_sent_again(launcher):
     refused = []
 
     class RefuseFirst(InterimThenRefusing):
-        def connection(self, sock):
-            conn = h2.connection.H2Connection(h2.config.H2Configuration(
-                client_side=False, header_encoding=None))
-            conn.initiate_connection()
-            with sock:
-                try:
-                    sock.sendall(conn.data_to_send())
-                    while data := sock.recv(65536):
-                        for event in conn.receive_data(data):
-                            if isinstance(event, h2.events.RequestReceived):
-                                self.requests.append(event.stream_id)
-                                if not refused:
-                                    refused.append(event.stream_id)
-                                    conn.reset_stream(event.stream_id,
-                                                      h2.errors.ErrorCodes.REFUSED_STREAM)
-                                else:
-                                    conn.send_headers(event.stream_id, [
-                                        (b":status", b"200"), (b"content-length", b"2")])
-                                    conn.send_data(event.stream_id, b"ok", end_stream=True)
-                        sock.sendall(conn.data_to_send())
-                except (h2.exceptions.ProtocolError, OSError):
-                    pass
+        def on_event(self, conn, sock, event):
+            if isinstance(event, h2.events.RequestReceived):
+                self.requests.append(event.stream_id)
+                if not refused:
+                    refused.append(event.stream_id)
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                else:
+                    conn.send_headers(event.stream_id, [
+                        (b":status", b"200"), (b"content-length", b"2")])
+                    conn.send_data(event.stream_id, b"ok", end_stream=True)
 
     up = RefuseFirst()
     try:
@@ -430,32 +405,20 @@ def test_a_304_with_the_representations_content_length_is_relayed(launcher):
 
 # -- 6. one content-length for an answer with no body --------------------------------------
 
-class RepeatedLengthH2(H2cUpstream):
+class RepeatedLengthH2(EventH2cUpstream):
     """h2c: every answer says content-length 5 twice (``5`` and ``05``); a 304 for /304, else
     200 with "hello" (none for HEAD)."""
 
-    def connection(self, sock):
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None))
-        conn.initiate_connection()
-        with sock:
-            try:
-                sock.sendall(conn.data_to_send())
-                while data := sock.recv(65536):
-                    for event in conn.receive_data(data):
-                        if not isinstance(event, h2.events.RequestReceived):
-                            continue
-                        fields = dict(event.headers)
-                        bodiless = fields[b":path"] == b"/304" or fields[b":method"] == b"HEAD"
-                        conn.send_headers(event.stream_id, [
-                            (b":status", b"304" if fields[b":path"] == b"/304" else b"200"),
-                            (b"content-length", b"5"), (b"content-length", b"05")],
-                            end_stream=bodiless)
-                        if not bodiless:
-                            conn.send_data(event.stream_id, b"hello", end_stream=True)
-                    sock.sendall(conn.data_to_send())
-            except (h2.exceptions.ProtocolError, OSError):
-                pass
+    def on_event(self, conn, sock, event):
+        if not isinstance(event, h2.events.RequestReceived):
+            return
+        fields = dict(event.headers)
+        bodiless = fields[b":path"] == b"/304" or fields[b":method"] == b"HEAD"
+        conn.send_headers(event.stream_id, [
+            (b":status", b"304" if fields[b":path"] == b"/304" else b"200"),
+            (b"content-length", b"5"), (b"content-length", b"05")], end_stream=bodiless)
+        if not bodiless:
+            conn.send_data(event.stream_id, b"hello", end_stream=True)
 
 
 @pytest.mark.parametrize("method, path", [("HEAD", "/x"), ("GET", "/304")])
