@@ -55,10 +55,6 @@ from .throttledlog import throttled_log
 log = logging.getLogger("gwserver.plugins")
 
 PHASES = ("access", "response", "finish")
-
-
-HOOKS = ("prepare", "phases", "needs", "claims", "link", "upstream_refs", "upstreams",
-         "admin_view", "reply", "warnings")
 # What the core passes each phase and hook: one that cannot take it is refused at load, not
 # found out as a TypeError on every request that runs it.
 ARGUMENTS = {"access": ("conf", "ctx"), "response": ("conf", "ctx", "head"),
