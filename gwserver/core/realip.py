@@ -6,6 +6,7 @@ Only a peer in ``trusted_proxies`` may name the client. Its ``X-Forwarded-For`` 
 trusted proxies; the first one that is not is the client. A client can prepend anything it
 likes to the list, which is why the walk starts at the end the proxies wrote.
 """
+import functools
 import ipaddress
 import re
 
@@ -148,3 +149,11 @@ def _bare_address(hop):
     except ValueError:
         return None
     return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def ipv6_network(address, prefix):
+    """``2001:db8:1:2::/64`` for any address of that /64: whoever holds a /64 (one LAN, one
+    VPS) has 2**64 addresses to rotate through, each a fresh bucket (rate_limit) or failure
+    budget (authlib) if keyed alone."""
+    return ipaddress.ip_network(f"{address}/{prefix}", strict=False).with_prefixlen

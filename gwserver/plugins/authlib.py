@@ -12,7 +12,7 @@ import time
 
 from ..core import consumers
 from ..core.context import Reply
-from .rate_limit import ipv6_network
+from ..core.realip import ipv6_network
 
 _PEPPER = os.urandom(32)
 

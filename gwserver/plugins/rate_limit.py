@@ -21,12 +21,11 @@ answers is computed, and the rate goes up by ``step_up`` when at least ``raise_a
 succeeded, down by ``step_down`` below ``lower_below``, within floor..ceiling. The rate is
 one per route, shared like the limit itself (Redis, or per host).
 """
-import functools
 import hashlib
-import ipaddress
 import math
 
 from ..core.context import Reply, parse_block
+from ..core.realip import ipv6_network
 from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
                            number, one_of, show, status_code)
 from ..errors import BadRequest, StoreError
@@ -137,13 +136,6 @@ def _one_copy(ctx, name):
         raise BadRequest(f"the {name.decode('latin-1')} header comes more than once; a limit "
                          f"keyed on it needs one")
     return raw
-
-
-@functools.lru_cache(maxsize=4096)
-def ipv6_network(address, prefix):
-    """``2001:db8:1:2::/64`` for any address of that /64: whoever holds a /64 (one LAN, one
-    VPS) has 2**64 addresses to rotate through, each a fresh bucket if keyed alone."""
-    return ipaddress.ip_network(f"{address}/{prefix}", strict=False).with_prefixlen
 
 
 def access(conf, ctx):
