@@ -317,6 +317,26 @@ absolute_path_or_empty = string(r"(/[^\x00\n\ud800-\udfff]*)?", "an absolute pat
 file_path = string(r"[^\x00\ud800-\udfff]+", "a file path")        # relative too
 
 
+def compile_pattern(text):
+    """``text`` compiled by re, or ValueError with the reason: a repeat past 2**32
+    (OverflowError) or groups nested past the recursion limit are no pattern either, and must
+    be refused by their field, not left to "a value could not be checked"."""
+    try:
+        return re.compile(text)
+    except (re.error, OverflowError) as exc:
+        raise ValueError(str(exc)) from None
+    except RecursionError:
+        raise ValueError("groups nested too deep") from None
+
+
+def backtrack_warnings(patterns, what):
+    """The warnings (a plugin's ``warnings`` hook) for those of ``patterns``, (where,
+    pattern) pairs, that can backtrack exponentially on a client's near-miss ``what``."""
+    return [f"{where} {show(pattern)} repeats a part of varying length: a client's near-miss "
+            f"{what} can hold a worker for seconds to minutes (make the repeat possessive, "
+            f"++ *+, or the part fixed)" for where, pattern in patterns if backtracks(pattern)]
+
+
 def backtracks(pattern):
     """Whether ``pattern`` repeats a part whose own length varies (``(a+)+``, ``(\\w+\\s?)*``,
     ``(.*,){9}``): on a near miss ``re`` tries every way of splitting the text among the

@@ -43,12 +43,11 @@ upstream's body is read and dropped as it streams, never held. A HEAD gets the s
 headers without the upstream's Content-Length (the GET's body is the text, not that one).
 """
 import logging
-import re
 
 from ..core.context import Reply
 from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable, is_field_value
-from ..core.schema import (Field, Schema, backtracks, header_name, header_value, list_of,
-                           map_of, show, status_code, string)
+from ..core.schema import (Field, Schema, backtrack_warnings, compile_pattern, header_name,
+                           header_value, list_of, map_of, show, status_code, string)
 from ..core.target import normalise_path, strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest
@@ -97,11 +96,9 @@ def prepare(conf):
     path = conf["path"]
     if path is not None:
         try:
-            regex = re.compile(path["match"])
-        except (re.error, OverflowError, RecursionError) as exc:     # a repeat past 2**32,
-            # groups nested past the recursion limit: refused, not "could not be checked"
-            why = "groups nested too deep" if isinstance(exc, RecursionError) else exc
-            raise ValueError(f"path.match is not a regular expression: {why}") from None
+            regex = compile_pattern(path["match"])
+        except ValueError as exc:
+            raise ValueError(f"path.match is not a regular expression: {exc}") from None
         replace = compile_template(path["replace"], captures=True)
         for part in replace.parts:
             if isinstance(part, int) and part > regex.groups:
@@ -130,11 +127,9 @@ def prepare(conf):
 
 def warnings(conf):
     """(the plugin hook) A path.match that can backtrack exponentially on a client's path."""
-    if conf["path"] is not None and backtracks(conf["path"]["match"]):
-        return [f"path.match {show(conf['path']['match'])} repeats a part of varying length: a "
-                f"client's near-miss path can hold a worker for seconds to minutes (make the "
-                f"repeat possessive, ++ *+, or the part fixed)"]
-    return []
+    if conf["path"] is None:
+        return []
+    return backtrack_warnings([("path.match", conf["path"]["match"])], "path")
 
 
 def phases(conf):
