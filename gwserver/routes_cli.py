@@ -15,7 +15,8 @@ from .errors import ConfigError
 # Everything else is imported when a command runs: `gwserver run` parses the same command line,
 # and importing requests (urllib3, ssl) in the master would defeat the workers' gevent patching.
 
-from .core.table import WAITING     # a waiting route's note says it  # noqa: E402
+# WAITING: a waiting route's note says it; decode_json: files are read as etcd values are
+from .core.table import WAITING, decode_json  # noqa: E402
 
 
 def client_for(conf):
@@ -35,13 +36,9 @@ def read_items(source, kind):
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read: {exc}") from None
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"{'stdin' if source == '-' else source}: invalid JSON: {exc}") \
-            from None
-    except RecursionError:      # as the table's _decode says it of an etcd value
-        raise ConfigError(f"{'stdin' if source == '-' else source}: invalid JSON: arrays or "
-                          f"objects nested too deep") from None
+        data = decode_json(text)        # as the sync process reads an etcd value
+    except ConfigError as exc:
+        raise ConfigError(f"{'stdin' if source == '-' else source}: {exc}") from None
     items = data if isinstance(data, list) else [data]
     out = []
     for i, item in enumerate(items):

@@ -36,7 +36,9 @@ from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_up
 from .schema import Invalid, show
 
 
-def _decode(raw):
+def decode_json(raw):
+    """An etcd value or a file's text as JSON, or ConfigError saying why it is none (a
+    document nested past the recursion limit too); anything else is returned as it is."""
     if isinstance(raw, (bytes, str)):
         try:
             return json.loads(raw)
@@ -221,7 +223,7 @@ class LiveTable:
     def _take_instance(self, service, instance, raw):
         key = f"services/{service}/{instance}"
         try:
-            value = _decode(raw)
+            value = decode_json(raw)
             if isinstance(value, str):
                 value = {"url": value}
             spec = TARGET.validate(value, f"service {service} instance {instance}")
@@ -315,7 +317,7 @@ class LiveTable:
             if route_id in self.static_routes:
                 raise ConfigError(f"route {route_id}: the id is taken by a static route in the "
                                   f"conf file")
-            spec = _decode(raw)
+            spec = decode_json(raw)
             if isinstance(spec, dict):
                 spec.setdefault("id", route_id)
                 if spec["id"] != route_id:
@@ -380,7 +382,7 @@ class LiveTable:
             if upstream_id in self.static_upstreams:
                 raise ConfigError(f"upstream {upstream_id}: the id is taken by a static upstream "
                                   f"in the conf file")
-            spec = UPSTREAM.validate(_decode(raw), f"upstream {upstream_id}")
+            spec = UPSTREAM.validate(decode_json(raw), f"upstream {upstream_id}")
             spec, served_version = self._expand(spec, version)
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
                                                        self.registry)
@@ -409,11 +411,11 @@ class LiveTable:
             if consumer_id in self.static_consumers:
                 raise ConfigError(f"consumer {consumer_id}: the id is taken by a consumer in "
                                   f"the conf file")
-            consumer = compile_consumer(consumer_id, _decode(raw), self.registry, version)
+            consumer = compile_consumer(consumer_id, decode_json(raw), self.registry, version)
             self.consumers.add(consumer)
         except Exception as exc:        # noqa: BLE001 - see _reject
             return self._reject(key, exc, consumer_id in self.consumer_specs)
-        spec = _decode(raw)
+        spec = decode_json(raw)
         self.consumer_specs[consumer_id] = (version, spec)
         self.rejected.pop(key, None)
         return True
