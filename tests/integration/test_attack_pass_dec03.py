@@ -39,8 +39,9 @@ from ..h2_upstreams import EventH2cUpstream
 
 
 class RecordingHttp1:
-    """A loopback HTTP/1.1 upstream in this process: records each request head as it came
-    (``heads``), answers 200 with the request line as JSON."""
+    """A loopback HTTP/1.1 upstream in this process: reads each request (its body by
+    Content-Length), records its head as it came (``heads``), and writes ``answer``: 200 with
+    the request line as JSON."""
 
     def __init__(self):
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -55,11 +56,12 @@ class RecordingHttp1:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.conns.append(conn)
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def serve(self, conn):
-        buf = b""
+        buf, count = b"", 0
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
@@ -80,13 +82,23 @@ class RecordingHttp1:
                         return
                     buf += data
                 buf = buf[length:]
-                body = json.dumps({"line": head.split(b"\r\n")[0].decode("latin-1")}).encode()
-                # (a HEAD is answered with the body too: an upstream bug the gateway must
-                # not let reach the next request on the connection)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
+                count += 1
+                answer = self.answer(head, count)
+                if answer is None:
+                    return
+                conn.sendall(answer)
         except OSError:
             pass
+        finally:
+            conn.close()
+
+    def answer(self, head, count):
+        """The bytes written for the ``count``-th request of its connection (1 for the first),
+        or None to close the connection unanswered."""
+        body = json.dumps({"line": head.split(b"\r\n")[0].decode("latin-1")}).encode()
+        # (a HEAD is answered with the body too: an upstream bug the gateway must not let
+        # reach the next request on the connection)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
     def header(self, index, name):
         """Values of ``name`` in the ``index``-th request head recorded."""

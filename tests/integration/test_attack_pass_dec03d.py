@@ -56,90 +56,30 @@ from hyperframe.frame import GoAwayFrame, PriorityFrame
 from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route
 from ..h2_upstreams import EventH2cUpstream, H2cUpstream
 from ..h2client import RawH2
+from .test_attack_pass_dec03 import RecordingHttp1, raw_request
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class ScriptedHttp1:
+class ScriptedHttp1(RecordingHttp1):
     """A loopback HTTP/1.1 upstream: reads each request (its body by Content-Length), records
     its request line (``lines``), and writes ``script[path]`` (a function of the connection's
     request count, 1 for the first, returning bytes or None to close unanswered), else OK."""
 
     def __init__(self, script):
         self.script = script
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lines, self.conns = [], []
-        threading.Thread(target=self.accept, daemon=True).start()
+        self.lines = []
+        super().__init__()
 
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
-        buf, count = b"", 0
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                line = head.split(b"\r\n")[0]
-                self.lines.append(line)
-                length = 0
-                for field in head.split(b"\r\n")[1:]:
-                    name, _, value = field.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(buf) < length:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf[length:]
-                count += 1
-                answer = self.script.get(line.split(b" ")[1], lambda n: OK)(count)
-                if answer is None:
-                    return
-                conn.sendall(answer)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        for conn in self.conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
+    def answer(self, head, count):
+        line = head.split(b"\r\n")[0]
+        self.lines.append(line)
+        return self.script.get(line.split(b" ")[1], lambda n: OK)(count)
 
 
 def exchange(port, data, timeout=5):
     """Send raw bytes; everything the gateway sent back until it closed (or went quiet)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        out = b""
-        try:
-            while piece := sock.recv(65536):
-                out += piece
-        except socket.timeout:
-            pass
-        return out
+    return raw_request(port, data, timeout)
 
 
 def served_after(gw):
