@@ -289,7 +289,15 @@ class Exchange:
             # when the 101 says Connection: Upgrade, and stops with an error without it.
             self.chunks = [raw[end + 2:]]
         line_end = raw.index(b"\r\n", start)
-        self.version = "1.0" if raw.startswith(b"HTTP/1.0", start) else "1.1"    # for Via
+        if raw.startswith(b"HTTP/1.1", start):
+            self.version = "1.1"                    # for Via
+        elif raw.startswith(b"HTTP/1.0", start):
+            self.version = "1.0"
+        else:
+            # llhttp takes HTTP/2.0 and HTTP/0.9 status lines too: no HTTP/1.x framing or
+            # keep-alive rules hold for them, so no answer of theirs is relayed as one.
+            raise UpstreamError("upstream answered in %s, not HTTP/1.x"
+                                % raw[start:start + 8].decode("latin-1"))
         reason = raw[start + 13:line_end]           # after "HTTP/1.1 200 "
         # llhttp lets control bytes through in a reason phrase: the status's own phrase then
         self.reason = reason if reason in _KNOWN_REASONS or _BAD_REASON.search(reason) is None \

@@ -36,6 +36,9 @@ got; closed in teardown.
 8. A PRIORITY frame that makes a stream depend on itself (RFC 9113 5.3.1: a stream error) failed
    the whole upstream connection, as in 5: other clients' answers on it were cut.
 
+9. A status line in HTTP/2.0 or HTTP/0.9, which llhttp accepts, was relayed as an HTTP/1.1
+   answer (with ``Via: 1.1``), though no HTTP/1.x framing rule holds for it.
+
 Held (kept: nothing else covers them): a non-idempotent request on a reused connection the
 upstream closes unanswered is never sent again, an idempotent one is, once.
 """
@@ -102,6 +105,21 @@ def test_a_status_under_100_is_a_502_not_an_interim_answer(launcher, status):
         assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
         assert b"INJECTED" not in answer
         assert "outside 100-599" in gw.log()
+        assert served_after(gw)
+    finally:
+        up.close()
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
+def test_a_status_line_not_in_http1_is_a_502(launcher, version):
+    up = ScriptedHttp1({b"/odd": lambda n: b"%s 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+                        % version})
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
+        answer = exchange(gw.port, b"GET /odd HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+        assert b"INJECTED" not in answer
+        assert f"upstream answered in {version.decode()}, not HTTP/1.x" in gw.log()
         assert served_after(gw)
     finally:
         up.close()
