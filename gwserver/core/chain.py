@@ -417,6 +417,10 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
                 f"(installed, but its {refused})" if refused else
                 f"(available: {', '.join(sorted(registry)) or 'none'})"))
             continue
+        contested = getattr(registry, "contested", None)
+        if contested and name in contested:
+            problems.append(f"{owner}: plugins.{name}: ambiguous: {contested[name]}")
+            continue
         if conf is None or conf is False:
             continue            # a route may switch off a global plugin with `name = false`
         if conf is True:

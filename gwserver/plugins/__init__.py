@@ -19,11 +19,14 @@ _registry = None
 
 class Registry(dict):
     """{name: plugin}, and ``refused``: {name: why} for installed plugins that were left out,
-    so a route naming one says why (the log line may be far away), not just "unknown"."""
+    so a route naming one says why (the log line may be far away), not just "unknown";
+    ``contested``: {name: why} for names two plugins claim, which no route may use: it could
+    not say which of the two it meant (an allow-list could be run by another plugin's code)."""
 
     def __init__(self):
         super().__init__()
         self.refused = {}
+        self.contested = {}
 
 
 def load_registry(reload=False):
@@ -36,7 +39,7 @@ def load_registry(reload=False):
         plugin = importlib.import_module(module_name)
         check_plugin(plugin)
         registry[plugin.NAME] = plugin
-    builtin = set(registry)
+    builtin, source = set(registry), {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             plugin = ep.load()
@@ -46,11 +49,18 @@ def load_registry(reload=False):
             registry.refused[ep.name] = f"entry point {ep.name} ({ep.value}) not loaded: {exc}"
             continue
         if plugin.NAME in registry:
-            owner = "a built-in plugin" if plugin.NAME in builtin else "another plugin"
-            log.error("plugin %s from %s (entry point %s) ignored: %s is named %s, and a route's "
-                      "plugins.%s runs that one; give yours another NAME", plugin.NAME,
-                      ep.value, ep.name, owner, plugin.NAME, plugin.NAME)
+            owner = "a built-in plugin" if plugin.NAME in builtin else \
+                f"the plugin from {source[plugin.NAME]}"
+            log.error("plugin %s from %s (entry point %s) ignored: %s is named %s too, and a "
+                      "route naming plugins.%s is refused until one of them is renamed; give "
+                      "yours another NAME", plugin.NAME, ep.value, ep.name, owner, plugin.NAME,
+                      plugin.NAME)
+            registry.contested[plugin.NAME] = (
+                f"{owner} and {ep.value} (entry point {ep.name}) are both named {plugin.NAME}: "
+                + ("give the installed one another NAME" if plugin.NAME in builtin else
+                   "give one of them another NAME"))
             continue
         registry[plugin.NAME] = plugin
+        source[plugin.NAME] = ep.value
     _registry = registry
     return registry

@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -190,6 +191,15 @@ class reply_boom:
         raise RuntimeError("reply hook bug")
 
 
+class clash:
+    NAME, PRIORITY = "acl", 1
+    SCHEMA = Schema(Field("allow_groups", lambda v: v, None, "any"))
+
+    @staticmethod
+    def access(conf, ctx):
+        return None
+
+
 class smuggler:
     NAME, PRIORITY, SCHEMA = "smuggler", 1, Schema()
 
@@ -224,6 +234,26 @@ def test_third_party_plugin_from_an_entry_point(start_gateway, upstream, tmp_pat
     assert gw.request("GET", "/echo")[0].status == 200
     line = wait_until(lambda: [l for l in gw.access_lines() if l.get("path") == "/tea"])[0]
     assert line["ended_by"] == "teapot" and line["status"] == 418
+
+
+def test_a_route_naming_a_plugin_name_two_plugins_claim_is_refused(upstream, tmp_path):
+    """An installed plugin named ``acl`` was left out with a log line, and ``check`` passed a
+    route whose ``plugins.acl`` then ran the built-in with the settings meant for the other
+    (the same keys could mean another rule); the route is refused now, naming both."""
+    env = install_plugin_package(tmp_path, "myacl = gwteapot:clash\n")
+    routes = [route("guarded", ["/g"], upstream.url,
+                    plugins={"acl": {"allow_groups": ["staff"]}}),
+              route("plain", ["/echo"], upstream.url)]
+    conf = tmp_path / "gw.toml"
+    conf.write_text(to_toml(gateway_conf(routes)))
+    out = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **env})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert ("route guarded: plugins.acl: ambiguous: a built-in plugin and gwteapot:clash "
+            "(entry point myacl) are both named acl: give the installed one another NAME") \
+        in out.stdout + out.stderr
+    assert "route plain" not in out.stdout + out.stderr
 
 
 def test_a_plugin_that_raises_gets_500_and_the_worker_lives(start_gateway, upstream, tmp_path):

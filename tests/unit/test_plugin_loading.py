@@ -46,8 +46,8 @@ def test_a_name_nobody_installed_still_lists_the_available_ones(registry):
         build_chain("route r", {"nope": {}}, {}, registry)
 
 
-def test_a_plugin_named_as_a_builtin_is_left_out_saying_which_one_routes_get(monkeypatch,
-                                                                             caplog):
+def test_a_plugin_named_as_a_builtin_is_left_out_and_routes_naming_it_refused(monkeypatch,
+                                                                               caplog):
     """"plugin headers from mypackage.headers ignored: the name is taken" did not say by
     what, nor that a route's plugins.headers runs the built-in (whose schema then refuses
     the third-party settings as unknown keys)."""
@@ -63,5 +63,10 @@ def test_a_plugin_named_as_a_builtin_is_left_out_saying_which_one_routes_get(mon
         plugins.load_registry(reload=True)
     assert registry["headers"] is not mine
     assert ("plugin headers from mypackage.headers (entry point myheaders) ignored: a built-in "
-            "plugin is named headers, and a route's plugins.headers runs that one; give yours "
-            "another NAME") in caplog.text
+            "plugin is named headers too, and a route naming plugins.headers is refused until "
+            "one of them is renamed; give yours another NAME") in caplog.text
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"headers": {}}, {}, registry)
+    assert info.value.problems == [
+        "route r: plugins.headers: ambiguous: a built-in plugin and mypackage.headers (entry "
+        "point myheaders) are both named headers: give the installed one another NAME"]
