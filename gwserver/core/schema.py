@@ -6,6 +6,7 @@ defaults filled, or raises ``ConfigError`` listing *every* problem as ``full.pat
 
 A check is a callable ``value -> normalised value`` that raises ``Invalid`` with a reason.
 """
+import copy
 import json
 import math
 import re
@@ -66,8 +67,13 @@ class Field:
         return self.default is REQUIRED
 
     def default_value(self):
-        """The default; a callable default (list, dict) makes a fresh one each time."""
-        return self.default() if callable(self.default) else self.default
+        """The default; a callable default (list, dict) makes a fresh one each time, and so
+        does a literal ``[]`` or ``{}``: one value shared by every route would let a plugin
+        that appends to its conf change every other route's."""
+        default = self.default
+        if callable(default):
+            return default()
+        return copy.deepcopy(default) if isinstance(default, (list, dict, set)) else default
 
 
 class Schema:

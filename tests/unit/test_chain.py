@@ -451,3 +451,21 @@ def test_a_plugin_that_lacks_part_of_the_contract_is_named_by_its_name_and_modul
     with pytest.raises(TypeError, match=re.escape(
             "plugin third_party_plugin lacks NAME, SCHEMA")):
         check_plugin(plugin)
+
+
+def test_a_literal_list_default_is_a_fresh_copy_for_each_route():
+    """A ``[]`` default was one list for every route: a plugin that appended to its conf in
+    ``prepare`` (the docs' pattern for per-route state) added to every other route's."""
+    def prepare(conf):
+        conf["seen"].append("x")
+        return conf
+    grower = types.SimpleNamespace(NAME="grower", PRIORITY=1, access=lambda conf, ctx: None,
+                                   prepare=prepare,
+                                   SCHEMA=Schema(Field("seen", list_of(str), [], "list"),
+                                                 Field("tags", lambda v: v, {"a": [1]}, "map")))
+    registry = {"grower": grower}
+    confs = [build_chain(f"route {n}", {"grower": {}}, {}, registry).steps[0][1]
+             for n in "abc"]
+    assert [conf["seen"] for conf in confs] == [["x"], ["x"], ["x"]]
+    assert confs[0]["tags"] is not confs[1]["tags"]
+    assert confs[0]["tags"]["a"] is not confs[1]["tags"]["a"]
