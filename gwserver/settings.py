@@ -569,11 +569,13 @@ def plugin_warnings(where, plugins, registry=None):
 def tls_file_problems(tls):
     """What keeps the master from reading a certificate or key file of [tls], named by its
     setting: missing, a directory, or not readable by the user checking (the service's user
-    under systemd). The PEM contents are client.tls's to check, once these can be read."""
-    problems = []
+    under systemd). The PEM contents are client.tls's to check, once these can be read.
+    Returns (problems, the indexes of the entries with such a file)."""
+    problems, unreadable = [], set()
     for i, entry in enumerate(tls["certificates"]):
         for what in ("cert", "key"):
             path, name = entry[what], f"tls.certificates[{i}].{what}"
+            before = len(problems)
             try:
                 os.close(open_regular(path, os.O_RDONLY))
             except FileNotFoundError:
@@ -589,7 +591,9 @@ def tls_file_problems(tls):
                     problems.append(f"{name}: {path} is a directory, not a PEM file")
                 else:
                     problems.append(f"{name}: {path}: cannot read: {exc.strerror}")
-    return problems
+            if len(problems) > before:
+                unreadable.add(i)
+    return problems, unreadable
 
 
 def http2_listener_problems(http2, server_bind, tls):
@@ -836,12 +840,12 @@ def parse_conf(data, path="<conf>"):
                                     {sections["admin"]["bind"]})
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
-        elif not (file_problems := tls_file_problems(tls)):
+        else:
             # certificate and key files are named with every other problem
             from .client.tls import certificate_problems   # pyOpenSSL: only with [tls]
-            problems.extend(certificate_problems(tls))
-        else:
+            file_problems, unreadable = tls_file_problems(tls)
             problems.extend(file_problems)
+            problems.extend(certificate_problems(tls, unreadable))
     if problems:
         raise ConfigError(problems)
     etcd = parts["etcd"]

@@ -98,14 +98,21 @@ def ocsp_warnings(cert_path, leaf):
     return []
 
 
-def certificate_problems(tls):
+def certificate_problems(tls, unreadable=()):
     """What is wrong with the certificate, key and ticket-key files of a [tls] section, for
-    the conf check: the files are loaded the way the master will load them, and dropped."""
-    try:
-        ServerTLS(tls)
-    except ConfigError as exc:
-        return exc.problems
-    return []
+    the conf check: the files are loaded the way the master will load them, and dropped.
+    Each entry is loaded on its own, so that one bad pair does not hide the next; the
+    entries at the indexes in ``unreadable`` (files the checker cannot open) are left out."""
+    problems = []
+    for i, entry in enumerate(tls["certificates"]):
+        if i in unreadable:
+            continue
+        try:
+            ServerTLS({**tls, "certificates": [entry]}, first_index=i)
+        except ConfigError as exc:
+            # a problem of the whole section (ciphers, ticket keys) once, not per entry
+            problems.extend(p for p in exc.problems if p not in problems)
+    return problems
 
 
 def server_tls(conf):
@@ -120,14 +127,14 @@ def server_tls(conf):
 class ServerTLS:
     """The contexts of one configuration; built in the master (see the module doc)."""
 
-    def __init__(self, conf, state_dir=None):
+    def __init__(self, conf, state_dir=None, first_index=0):
         self.conf = conf
         self.state_dir = state_dir
         self.contexts = []          # (host patterns, context, cert id)
         self.staples = {}           # cert id -> DER OCSP response
         self._staple_stamps = {}
         self.warnings = []
-        for i, entry in enumerate(conf["certificates"]):
+        for i, entry in enumerate(conf["certificates"], first_index):
             leaf, warnings = check_certificate(entry, conf["strict"])
             self.warnings += warnings
             if conf["ocsp_stapling"]:

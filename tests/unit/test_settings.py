@@ -333,6 +333,29 @@ def test_unreadable_or_directory_tls_files_are_named_by_their_setting(tmp_path, 
     assert not any("could not be checked" in p or "does not exist" in p for p in problems)
 
 
+def test_every_bad_certificate_entry_is_named_in_one_check(tmp_path):
+    """Past a file check could not open, it named no other entry's problem (a file that is not
+    PEM, a key of another certificate), and past the first bad PEM entry none after it: the
+    operator fixed them one `check` at a time."""
+    from tests.pki import CA
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("site")
+    other_cert, other_key, _ = ca.issue("other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    tls = {"certificates": [{"cert": str(tmp_path), "key": str(key)},
+                            {"cert": str(garbage), "key": str(key)},
+                            {"cert": str(cert), "key": str(other_key)},
+                            {"cert": str(other_cert), "key": str(other_key)}]}
+    problems = problems_of({"tls": tls})
+    assert f"tls.certificates[0].cert: {tmp_path} is a directory, not a PEM file" in problems
+    assert any(p.startswith(f"tls.certificates: {garbage} is not a PEM certificate (")
+               for p in problems), problems
+    assert any(p.startswith(f"tls.certificates[2].key: {other_key}: does not match the "
+                            f"certificate {cert}") for p in problems), problems
+    assert len(problems) == 3, problems
+
+
 JWT_ROUTE = {"id": "r", "paths": ["/x"], "upstream": {"targets": [{"url": "http://h:1"}]}}
 
 
