@@ -25,6 +25,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.frame_buffer import FrameBuffer
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, PriorityFrame,
                               SettingsFrame, WindowUpdateFrame)
 
@@ -86,6 +88,29 @@ class StreamBroken(UpstreamError):
     on HTTP/1.1 upstreams."""
 
 
+class _ZeroIncrement(WindowUpdateFrame):
+    """A stream's WINDOW_UPDATE of 0, which hyperframe refuses as it parses (RFC 9113 6.9: a
+    stream error, which h2 would raise as the connection's)."""
+
+
+class _UpstreamFrames(FrameBuffer):
+    """h2's frame reader, less one connection error that RFC 9113 makes a stream's: a
+    stream's WINDOW_UPDATE of 0 comes out as a ``_ZeroIncrement`` (the connection's own, on
+    stream 0, still ends the connection)."""
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except h2.exceptions.ProtocolError as exc:
+            data = self._data       # the refused frame is still at the front
+            stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+            if not (isinstance(exc.__cause__, InvalidDataError) and data[3] == 0x8 and
+                    stream_id and data[:3] == b"\0\0\4"):
+                raise
+            del data[:13]
+            return _ZeroIncrement(stream_id)
+
+
 class _UpstreamH2(h2.connection.H2Connection):
     """h2, with two changes an upstream connection needs; both override h2's
     ``_receive_frame`` (private since h2 2.0, the same through 4.x; the GOAWAY and flood tests
@@ -100,12 +125,16 @@ class _UpstreamH2(h2.connection.H2Connection):
       shorter than its content-length) ends its stream, not the connection: h2 raises a
       ProtocolError for either, which failed every other request on the connection
       (RFC 9113 8.1.1 makes it a stream error; so does 5.3.1 a PRIORITY frame that makes a
-      stream depend on itself, which h2 raises too). ``StreamMalformed`` tells the stream's
+      stream depend on itself, and 6.9 a stream's WINDOW_UPDATE of 0, which h2 raises too). ``StreamMalformed`` tells the stream's
       reader; a block HPACK could not decode still ends the connection (the dynamic table
       would be out of step)."""
 
     empty_frames = small_data = data_frames_sent = 0
     last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.incoming_buffer = _UpstreamFrames()
 
     def send_data(self, *args, **kwargs):
         self.data_frames_sent += 1
@@ -138,6 +167,9 @@ class _UpstreamH2(h2.connection.H2Connection):
                 if self.decoder.blocks == decoded:
                     raise               # HPACK failed: a connection error
                 return self._malformed(frame.stream_id, exc)
+        elif type(frame) is _ZeroIncrement:
+            return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
+                f"stream {frame.stream_id}: WINDOW_UPDATE of 0"))
         elif isinstance(frame, PriorityFrame) and frame.depends_on == frame.stream_id:
             # RFC 9113 5.3.1: a stream error, which h2 raises as the connection's
             return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
