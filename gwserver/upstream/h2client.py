@@ -125,9 +125,9 @@ class _UpstreamH2(h2.connection.H2Connection):
       shorter than its content-length) ends its stream, not the connection: h2 raises a
       ProtocolError for either, which failed every other request on the connection
       (RFC 9113 8.1.1 makes it a stream error; so does 5.3.1 a PRIORITY frame that makes a
-      stream depend on itself, and 6.9 a stream's WINDOW_UPDATE of 0, which h2 raises too). ``StreamMalformed`` tells the stream's
-      reader; a block HPACK could not decode still ends the connection (the dynamic table
-      would be out of step)."""
+      stream depend on itself, and 6.9 a stream's WINDOW_UPDATE of 0, which h2 raises too).
+      ``StreamMalformed`` tells the stream's reader; a block HPACK could not decode still
+      ends the connection (the dynamic table would be out of step)."""
 
     empty_frames = small_data = data_frames_sent = 0
     last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)

@@ -265,8 +265,8 @@ class EmptyEndH2(H2cUpstream):
     content-length 5, then an empty DATA frame with END_STREAM. /304: 304 with
     content-length 5 (the representation's), then an empty DATA frame with END_STREAM.
     /self-priority: 200 "ok", with a PRIORITY frame that makes its stream depend on itself
-    between head and body. /zero-window: the same with a WINDOW_UPDATE of 0 on the stream. Anything else: 200 "ok". ``connections`` counts the connections it
-    took."""
+    between head and body. /zero-window: the same with a WINDOW_UPDATE of 0 on the stream.
+    Anything else: 200 "ok". ``connections`` counts the connections it took."""
 
     def __init__(self):
         self.connections = 0
