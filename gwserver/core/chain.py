@@ -182,7 +182,7 @@ def _takes(function, count):
 
 class Chain:
     __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
-                 "claims_steps", "reply_steps", "identifies", "identifiers")
+                 "claims_steps", "reply_steps", "identifies", "identifiers", "third_party")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -196,6 +196,9 @@ class Chain:
         self.identifiers = frozenset(id(p) for p, _ in steps
                                      if getattr(p, "IDENTIFIES_CONSUMER", False))
         self.identifies = bool(self.identifiers)
+        # the response steps whose edits are checked (the built-ins' are known good)
+        self.third_party = frozenset(id(p) for p, _ in self.response_steps
+                                     if not _shipped(p))
 
     def claims_of(self, ctx, route_id):
         """Verified claims for a ``claims`` route, from the plugin that provides them."""
@@ -281,9 +284,14 @@ class Chain:
         return (ctx.chain or self).finish_steps
 
     def run_response(self, ctx, head):
-        for plugin, conf in (ctx.chain or self).response_steps:
+        chain = ctx.chain or self
+        for plugin, conf in chain.response_steps:
+            checked = chain.third_party and id(plugin) in chain.third_party
+            length = _content_length(head) if checked else None
             try:
                 plugin.response(conf, ctx, head)
+                if checked:
+                    _check_head(plugin, head, length)
             except Exception as exc:
                 _blame(exc, plugin, "response phase")
                 raise
@@ -353,6 +361,33 @@ def _checked(plugin, reply):
             raise TypeError(f"plugin {plugin.NAME}: its Reply sets {name}, which the gateway "
                             f"writes itself")
     return reply
+
+
+def _shipped(plugin):
+    return getattr(plugin, "__name__", "").startswith("gwserver.plugins.")
+
+
+def _content_length(head):
+    return [value for name, value in head.headers if name.lower() == b"content-length"]
+
+
+def _check_head(plugin, head, length):
+    """A third-party plugin's edits of an answer's head: ``head.headers`` is a list it may edit
+    in place, past ``set_header``'s reach. A value with CR LF (a client's, say) would add
+    headers of its own; a hop-by-hop field or a changed Content-Length would frame the body
+    apart from what the gateway sends (a filter, as gzip's, makes the gateway frame it)."""
+    for name, value in head.headers:
+        if type(name) is not bytes or type(value) is not bytes or not _is_field(name, value):
+            raise TypeError(f"plugin {plugin.NAME}: a response header it set, {name!r}, is no "
+                            f"field HTTP allows (bytes: a token name; a value without CR, LF "
+                            f"or other controls)")
+        lower = name.lower()
+        if lower in RESPONSE_RESERVED and lower != b"content-length":
+            raise TypeError(f"plugin {plugin.NAME}: it set the response header {name!r}, "
+                            f"which the gateway writes itself")
+    if head.body_filters is None and _content_length(head) != length:
+        raise TypeError(f"plugin {plugin.NAME}: it changed the answer's Content-Length, which "
+                        f"frames the body the gateway relays as the upstream sent it")
 
 
 def _is_field(name, value):

@@ -200,6 +200,28 @@ class clash:
         return None
 
 
+class head_editor:
+    """Edits the answer's head in place, past set_header: /he/split puts the query, decoded,
+    in a Location (a client's CR LF adds a header); /he/te adds a Transfer-Encoding;
+    /he/length changes the Content-Length; /he/fine adds a good header."""
+    NAME, PRIORITY, SCHEMA = "head_editor", 1, Schema()
+
+    @staticmethod
+    def response(conf, ctx, head):
+        import urllib.parse
+        what = ctx.path.rsplit("/", 1)[-1]
+        if what == "split":
+            location = urllib.parse.unquote(ctx.query).encode("latin-1")
+            head.headers.append((b"Location", location))
+        elif what == "te":
+            head.headers.append((b"Transfer-Encoding", b"chunked"))
+        elif what == "length":
+            head.headers[:] = [(k, v) for k, v in head.headers
+                               if k.lower() != b"content-length"] + [(b"Content-Length", b"1")]
+        else:
+            head.headers.append((b"X-Edited", b"yes"))
+
+
 class smuggler:
     NAME, PRIORITY, SCHEMA = "smuggler", 1, Schema()
 
@@ -377,6 +399,34 @@ def test_a_plugin_cannot_set_a_header_the_gateway_writes(start_gateway, upstream
     assert upstream.stats()["requests"] == before
     assert "written by the gateway itself; a plugin cannot set it" in gw.log()
     assert gw.request("GET", "/plain/echo")[0].status == 200
+
+
+@pytest.mark.parametrize("what, reason", [
+    ("split", "is no field HTTP allows"),
+    ("te", "which the gateway writes itself"),
+    ("length", "it changed the answer's Content-Length")])
+def test_a_plugin_editing_the_answers_head_in_place_is_held_to_its_rules(
+        start_gateway, upstream, tmp_path, what, reason):
+    """``head.headers`` is a list a response hook may edit in place, where set_header's checks
+    do not reach: a Location taken from the query with CR LF in it set the client's cookie,
+    a Transfer-Encoding beside the gateway's framing or a changed Content-Length framed the
+    body apart from what was sent. Such an answer is now a 500 naming the plugin."""
+    env = install_plugin_package(tmp_path, "head_editor = gwteapot:head_editor\n")
+    gw = start_gateway(gateway_conf([route("he", ["/he/*rest"], upstream.url,
+                                           strip_prefix="/he",
+                                           plugins={"head_editor": {}})]), env=env)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /he/%s?%%0d%%0aSet-Cookie:%%20session=attacker HTTP/1.1\r\n"
+                     b"Host: h\r\nConnection: close\r\n\r\n" % what.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 500 "), answer[:300]
+    assert b"session=attacker" not in answer and b"Transfer-Encoding: chunked\r\nTrans" \
+        not in answer
+    assert "plugin head_editor: " in gw.log() and reason in gw.log()
+    resp, _ = gw.request("GET", "/he/fine")
+    assert resp.status == 200 and resp.getheader("X-Edited") == "yes"
 
 
 def wrk(url, seconds, connections):
