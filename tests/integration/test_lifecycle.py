@@ -15,6 +15,7 @@ import tomllib
 import pytest
 
 from ..conftest import gateway_conf, read_response, route, to_toml, wait_until
+from .test_attack_pass_dec03 import raw_request
 
 
 def cmdline(pid):
@@ -415,12 +416,9 @@ def test_a_plugin_editing_the_answers_head_in_place_is_held_to_its_rules(
     gw = start_gateway(gateway_conf([route("he", ["/he/*rest"], upstream.url,
                                            strip_prefix="/he",
                                            plugins={"head_editor": {}})]), env=env)
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
-        sock.sendall(b"GET /he/%s?%%0d%%0aSet-Cookie:%%20session=attacker HTTP/1.1\r\n"
-                     b"Host: h\r\nConnection: close\r\n\r\n" % what.encode())
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = raw_request(gw.port, b"GET /he/%s?%%0d%%0aSet-Cookie:%%20session=attacker "
+                                  b"HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                                  % what.encode())
     assert answer.startswith(b"HTTP/1.1 500 "), answer[:300]
     assert b"session=attacker" not in answer and b"Transfer-Encoding: chunked\r\nTrans" \
         not in answer
