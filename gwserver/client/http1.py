@@ -162,9 +162,25 @@ class ClientConnection:
             req.headers.append((name, value))
         hmap = req.header_map
         if lname in hmap:
-            hmap[lname] += b", " + value
+            if lname == b"cookie":
+                self.join_cookie(req, value)
+            else:
+                hmap[lname] += b", " + value
         else:
             hmap[lname] = value
+
+    @staticmethod
+    def join_cookie(req, value):
+        """A second Cookie field (RFC 6265 5.4: a client sends one) joins the first with "; ",
+        as HTTP/2's cookie crumbs are joined (RFC 9113 8.2.3): the upstream gets one field
+        either way, and plugins and limits see what it gets. Joined with ", " the value split
+        into cookies as "a=1, b=2", and kept as two fields a limit on it was a 400 over
+        HTTP/1.1 for what HTTP/2 served."""
+        joined = req.header_map[b"cookie"] + b"; " + value
+        req.header_map[b"cookie"] = joined
+        req.headers.pop()                       # this copy: on_header just appended it
+        req.headers = [(k, joined) if k.lower() == b"cookie" else (k, v)
+                       for k, v in req.headers]
 
     def too_large(self, name, size):
         """Which limit a header field broke (checked all at once above, the common case)."""

@@ -1,0 +1,145 @@
+"""Attack pass (Dec 03, HTTP/1.1 against HTTP/2 clients): the same request sent over either
+protocol must be routed, authorised, keyed and forwarded alike, and what the gateway checks
+must be what the upstream gets. Each defect is shown by a test that failed on 9af5f3a and
+passes with its fix.
+
+Every test starts real processes (a gateway from the launcher fixture with h2c on, a real
+redis-server holding the limits) and talks to them over loopback, HTTP/1.1 as raw bytes and
+HTTP/2 with tests/h2client.RawH2; the upstreams are in-process socket servers on 127.0.0.1
+that record what they got (tests/integration/test_attack_pass_dec03.RecordingHttp1), closed
+in teardown.
+
+1. Cookie fields: HTTP/2 joins a client's cookie crumbs with "; " (RFC 9113 8.2.3) while
+   HTTP/1.1 kept two Cookie fields apart, joined with ", " for plugins. The same cookies were
+   served over HTTP/2 and a 400 over HTTP/1.1 on a route whose limit keys on ``header:Cookie``
+   (the "header more than once" rule), and went to different split groups by a ``cookie``
+   rule (HTTP/1.1: "a=1, beta=yes" holds no cookie ``beta``). A second Cookie field is now
+   joined with "; " into the first, as HTTP/2's crumbs: one field upstream either way.
+
+Held (test_held_*; nothing else covers them across both protocols): a duplicated
+X-Api-Key is a 400 for such a limit over HTTP/2 as over HTTP/1.1; ``:authority`` and a
+``host`` field that differ (case, trailing dot, port) reset the stream; a client's
+X-Consumer-ID, X-Forwarded-For and Via never reach the upstream as sent, over either protocol.
+"""
+import pytest
+
+from ..conftest import gateway_conf, route
+from ..h2client import RawH2
+from .test_attack_pass_dec03 import RecordingHttp1, raw_request
+
+ONE_AN_HOUR = {"rate": 1, "per": 3600, "burst": 1}
+
+
+@pytest.fixture
+def h1_up():
+    up = RecordingHttp1()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def canary_up():
+    up = RecordingHttp1()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def gw(launcher, h1_up, canary_up):
+    redis = launcher.redis()
+    split = {"upstreams": [{"upstream": "v1", "weight": 100},
+                           {"upstream": "v2", "weight": 0, "group": "canary"}],
+             "rules": [{"cookie": {"beta": "yes"}, "upstream": "canary"}]}
+    return launcher.gateway(gateway_conf([
+        route("ck", ["/ck"], h1_up.url,
+              plugins={"rate_limit": {**ONE_AN_HOUR, "key": "header:Cookie"}}),
+        route("hk", ["/hk"], h1_up.url,
+              plugins={"rate_limit": {**ONE_AN_HOUR, "key": "header:Host"}}),
+        route("kk", ["/kk"], h1_up.url,
+              plugins={"rate_limit": {**ONE_AN_HOUR, "key": "header:X-Api-Key"}}),
+        {"id": "sp", "paths": ["/sp"], "upstream": "v1", "plugins": {"split": split}},
+        route("any", ["/*rest"], h1_up.url),
+    ], redis={"url": redis.url}, http2={"h2c": True},
+        upstreams={"v1": {"targets": [{"url": h1_up.url}]},
+                   "v2": {"targets": [{"url": canary_up.url}]}}))
+
+
+def h1(gw, path, fields, host=b"api.test", target=None):
+    """Status of one HTTP/1.1 request with these header lines (bytes, CRLF each)."""
+    answer = raw_request(gw.port, b"GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n"
+                         % (target or path, host, fields))
+    return int(answer.split(b" ", 2)[1])
+
+
+def h2(gw, path, fields=(), authority="api.test"):
+    """Status of one HTTP/2 request (h2c) with these fields; None if its stream was reset."""
+    client = RawH2(gw.port, validate=False)
+    try:
+        answer = client.response(client.request(path, headers=fields, authority=authority))
+        return None if answer is None else answer[0]
+    finally:
+        client.close()
+
+
+# -- 1. Cookie: one field upstream, one value to plugins, over both protocols ----------------
+
+def test_two_cookie_fields_are_one_cookie_list_over_http1_as_over_http2(gw, h1_up):
+    """The cookie list sid=abc; theme=dark spends its one request an hour whichever way it
+    comes: two HTTP/1.1 Cookie fields (was a 400: the header "more than once"), then HTTP/2
+    crumbs and one HTTP/1.1 field, both 429. The upstream got one Cookie field."""
+    assert h1(gw, b"/ck", b"Cookie: sid=abc\r\nCookie: theme=dark\r\n") == 200
+    assert h1_up.header(-1, "Cookie") == ["sid=abc; theme=dark"]
+    assert h2(gw, "/ck", [("cookie", "sid=abc"), ("cookie", "theme=dark")]) == 429
+    assert h1(gw, b"/ck", b"Cookie: sid=abc; theme=dark\r\n") == 429
+    assert len(h1_up.heads) == 1
+
+
+def test_http2_crumbs_reach_the_upstream_as_http1_fields_do(gw, h1_up):
+    """What the upstream gets of the same cookies is the same bytes from either client."""
+    assert h2(gw, "/any", [("cookie", "a=1"), ("cookie", "b=2")]) == 200
+    assert h1(gw, b"/any", b"Cookie: a=1\r\nCookie: b=2\r\n") == 200
+    assert h1_up.header(0, "Cookie") == h1_up.header(1, "Cookie") == ["a=1; b=2"]
+
+
+def test_a_cookie_rule_routes_http1_fields_as_http2_crumbs(gw, h1_up, canary_up):
+    """split's cookie rule beta=yes: HTTP/2 crumbs went to the canary, the same cookies in
+    two HTTP/1.1 fields to v1 (their joined "a=1, beta=yes" held no cookie beta)."""
+    assert h2(gw, "/sp", [("cookie", "a=1"), ("cookie", "beta=yes")]) == 200
+    assert h1(gw, b"/sp", b"Cookie: a=1\r\nCookie: beta=yes\r\n") == 200
+    assert len(canary_up.heads) == 2 and not h1_up.heads
+    assert [canary_up.header(i, "X-AB-Group") for i in (0, 1)] == [["canary"]] * 2
+
+
+# -- held ---------------------------------------------------------------------------------------
+
+def test_held_a_duplicated_key_header_is_a_400_over_http2_too(gw, h1_up):
+    """Held: two x-api-key fields are refused over HTTP/2 as over HTTP/1.1, never a bucket
+    of their own ("KEY, junk")."""
+    assert h2(gw, "/kk", [("x-api-key", "K1")]) == 200
+    assert h2(gw, "/kk", [("x-api-key", "K1"), ("x-api-key", "junk")]) == 400
+    assert h1(gw, b"/kk", b"X-Api-Key: K1\r\nX-Api-Key: junk\r\n") == 400
+    assert len(h1_up.heads) == 1
+
+
+@pytest.mark.parametrize("host", ["API.test", "api.test.", "api.test:80", "other.test"])
+def test_held_authority_and_a_differing_host_field_reset_the_stream(gw, h1_up, host):
+    """Held: RFC 9113 8.3.1; which of the two names the upstream would read is never
+    guessed."""
+    assert h2(gw, "/any", [("host", host)], authority="api.test") is None
+    assert h2(gw, "/any", [("host", "api.test")], authority="api.test") == 200
+    assert len(h1_up.heads) == 1
+
+
+def test_held_forged_gateway_headers_never_reach_the_upstream(gw, h1_up):
+    """Held: X-Consumer-ID, X-Forwarded-For/-Host and Via a client wrote are the gateway's
+    own by the time the upstream sees them, over HTTP/2 as over HTTP/1.1."""
+    forged = [("x-consumer-id", "admin"), ("x-forwarded-for", "10.0.0.1"),
+              ("x-forwarded-host", "admin.internal"), ("via", "1.1 trusted")]
+    assert h2(gw, "/any", forged) == 200
+    lines = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in forged)
+    assert h1(gw, b"/any", lines) == 200
+    for index, version in ((0, "2"), (1, "1.1")):
+        assert h1_up.header(index, "X-Consumer-ID") == []
+        assert h1_up.header(index, "X-Forwarded-For") == ["127.0.0.1"]
+        assert h1_up.header(index, "X-Forwarded-Host") == ["api.test"]
+        assert h1_up.header(index, "Via") == [f"1.1 trusted, {version} gwserver"]
