@@ -15,6 +15,10 @@ in teardown.
    (the "header more than once" rule), and went to different split groups by a ``cookie``
    rule (HTTP/1.1: "a=1, beta=yes" holds no cookie ``beta``). A second Cookie field is now
    joined with "; " into the first, as HTTP/2's crumbs: one field upstream either way.
+2. The same limit counted each spelling of one cookie list in a bucket of its own: crumbs in
+   another order, ``a=1;b=2`` against ``a=1; b=2``, an empty crumb. An upstream reads them
+   all as the same cookies; a client got a fresh bucket per request. The key is now the
+   cookies as an upstream reads them (split at ";", trimmed, no empty ones, sorted).
 
 Held (test_held_*; nothing else covers them across both protocols): a duplicated
 X-Api-Key is a 400 for such a limit over HTTP/2 as over HTTP/1.1; ``:authority`` and a
@@ -108,6 +112,29 @@ def test_a_cookie_rule_routes_http1_fields_as_http2_crumbs(gw, h1_up, canary_up)
     assert h1(gw, b"/sp", b"Cookie: a=1\r\nCookie: beta=yes\r\n") == 200
     assert len(canary_up.heads) == 2 and not h1_up.heads
     assert [canary_up.header(i, "X-AB-Group") for i in (0, 1)] == [["canary"]] * 2
+
+
+# -- 2. spellings of one cookie list ----------------------------------------------------------
+
+def test_spellings_of_one_cookie_list_are_one_bucket(gw, h1_up):
+    """Once sid=abc; theme=dark has spent its request, no spelling of the same cookies is a
+    fresh bucket: order, white space and empty crumbs, over HTTP/1.1 and HTTP/2."""
+    assert h1(gw, b"/ck", b"Cookie: sid=abc; theme=dark\r\n") == 200
+    h1_spellings = [b"sid=abc;theme=dark", b"theme=dark; sid=abc", b"sid=abc; ; theme=dark",
+                    b"sid=abc;  theme=dark;", b";sid=abc; theme=dark"]
+    assert [h1(gw, b"/ck", b"Cookie: %s\r\n" % s) for s in h1_spellings] == [429] * 5
+    h2_spellings = [[("cookie", "theme=dark"), ("cookie", "sid=abc")],
+                    [("cookie", "sid=abc"), ("cookie", ""), ("cookie", "theme=dark")],
+                    [("cookie", "sid=abc;theme=dark")]]
+    assert [h2(gw, "/ck", s) for s in h2_spellings] == [429] * 3
+    assert len(h1_up.heads) == 1
+
+
+def test_held_other_cookies_are_another_bucket(gw, h1_up):
+    """Held: another session's cookies are counted apart (the key is no coarser than that)."""
+    assert h1(gw, b"/ck", b"Cookie: sid=abc\r\n") == 200
+    assert h2(gw, "/ck", [("cookie", "sid=xyz")]) == 200
+    assert h1(gw, b"/ck", b"Cookie: sid=xyz\r\n") == 429
 
 
 # -- held ---------------------------------------------------------------------------------------
