@@ -115,7 +115,7 @@ def limit_key(conf, ctx):
     elif kind == "header":
         name = conf["name"]
         raw = _one_copy(ctx, name)
-        if raw is not None and name in _AS_READ:
+        if name in _AS_READ:
             raw = _AS_READ[name](ctx, raw)
         # Always hashed: a header may carry a secret (an API key), which must not sit in
         # Redis key names or state files; hashed, a long value never makes a long key either.
@@ -132,11 +132,21 @@ def _cookie_list(ctx, raw):
     """Cookies as an upstream reads them: pairs split at ";", without the white space
     around them or empty crumbs, in any order. "a=1;b=2", "b=2; a=1", HTTP/2 crumbs in
     either order and "a=1; ; b=2" are one client's one session to the upstream."""
+    if raw is None:
+        return None
     return b"; ".join(sorted(filter(None, (c.strip(b" \t") for c in raw.split(b";")))))
 
 
-# Headers with many spellings of one value, counted as the request is served.
-_AS_READ = {b"cookie": _cookie_list}
+def _routed_host(ctx, raw):
+    """The host the request is routed by and served as (an HTTP/1.0 absolute-form target
+    without Host has one too); None without any."""
+    return ctx.host.encode("latin-1") if ctx.host else None
+
+
+# Headers with many spellings of one value, counted as the request is served: a limit on
+# Host counts the name it was routed by (lower case, no trailing dot, no port, the
+# absolute-form target's own), not "API.Example.", ":8080" or a Host the target overrode.
+_AS_READ = {b"cookie": _cookie_list, b"host": _routed_host}
 
 
 def _one_copy(ctx, name):

@@ -19,6 +19,11 @@ in teardown.
    another order, ``a=1;b=2`` against ``a=1; b=2``, an empty crumb. An upstream reads them
    all as the same cookies; a client got a fresh bucket per request. The key is now the
    cookies as an upstream reads them (split at ";", trimmed, no empty ones, sorted).
+3. A limit keyed on ``header:Host`` counted the Host as sent: ``T1.Example.com``,
+   ``t1.example.com.``, ``:8080`` and an HTTP/2 ``:authority`` in capitals were fresh buckets
+   for the host the request was routed by and served as, and an absolute-form request
+   (``GET http://t1.example.com/...`` with ``Host: other``), served as t1, counted as
+   ``other``. It now counts the host the request is routed by.
 
 Held (test_held_*; nothing else covers them across both protocols): a duplicated
 X-Api-Key is a 400 for such a limit over HTTP/2 as over HTTP/1.1; ``:authority`` and a
@@ -135,6 +140,34 @@ def test_held_other_cookies_are_another_bucket(gw, h1_up):
     assert h1(gw, b"/ck", b"Cookie: sid=abc\r\n") == 200
     assert h2(gw, "/ck", [("cookie", "sid=xyz")]) == 200
     assert h1(gw, b"/ck", b"Cookie: sid=xyz\r\n") == 429
+
+
+# -- 3. Host: the name routed by, not its spelling --------------------------------------------
+
+def test_spellings_of_one_host_are_one_bucket(gw, h1_up):
+    """The host t1.example.com has spent its request; its spellings, which the gateway routes
+    and forwards as t1.example.com (the port as given), are that bucket's too."""
+    assert h1(gw, b"/hk", b"", host=b"t1.example.com") == 200
+    spellings = [b"T1.Example.COM", b"t1.example.com.", b"t1.example.com:8080",
+                 b"T1.EXAMPLE.COM.:443"]
+    assert [h1(gw, b"/hk", b"", host=s) for s in spellings] == [429] * 4
+    assert h2(gw, "/hk", authority="T1.EXAMPLE.com.") == 429
+    assert len(h1_up.heads) == 1
+
+
+def test_an_absolute_form_target_counts_as_the_host_it_is_served_as(gw, h1_up):
+    """RFC 9112 3.2.2: the target's host wins over Host; the upstream gets Host:
+    t1.example.com, so the request is t1's, whatever Host says."""
+    assert h1(gw, b"/hk", b"", host=b"t1.example.com") == 200
+    assert h1(gw, b"/hk", b"", host=b"other.example.com",
+              target=b"http://t1.example.com/hk") == 429
+    assert len(h1_up.heads) == 1
+
+
+def test_held_another_host_is_another_bucket(gw, h1_up):
+    assert h1(gw, b"/hk", b"", host=b"t1.example.com") == 200
+    assert h2(gw, "/hk", authority="t2.example.com") == 200
+    assert h1(gw, b"/hk", b"", host=b"t2.example.com") == 429
 
 
 # -- held ---------------------------------------------------------------------------------------
