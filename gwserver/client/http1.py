@@ -169,14 +169,16 @@ class ClientConnection:
         else:
             hmap[lname] = value
 
-    @staticmethod
-    def join_cookie(req, value):
+    def join_cookie(self, req, value):
         """A second Cookie field (RFC 6265 5.4: a client sends one) joins the first with "; ",
         as HTTP/2's cookie crumbs are joined (RFC 9113 8.2.3): the upstream gets one field
         either way, and plugins and limits see what it gets. Joined with ", " the value split
         into cookies as "a=1, b=2", and kept as two fields a limit on it was a 400 over
-        HTTP/1.1 for what HTTP/2 served."""
+        HTTP/1.1 for what HTTP/2 served. The joined field is held to the field size limit,
+        as HTTP/2's is: it is one line upstream."""
         joined = req.header_map[b"cookie"] + b"; " + value
+        if len(joined) + 8 > self.field_limit:
+            self.too_large(b"Cookie", len(joined) + 8)
         req.header_map[b"cookie"] = joined
         req.headers.pop()                       # this copy: on_header just appended it
         req.headers = [(k, joined) if k.lower() == b"cookie" else (k, v)

@@ -14,7 +14,9 @@ in teardown.
    served over HTTP/2 and a 400 over HTTP/1.1 on a route whose limit keys on ``header:Cookie``
    (the "header more than once" rule), and went to different split groups by a ``cookie``
    rule (HTTP/1.1: "a=1, beta=yes" holds no cookie ``beta``). A second Cookie field is now
-   joined with "; " into the first, as HTTP/2's crumbs: one field upstream either way.
+   joined with "; " into the first, as HTTP/2's crumbs: one field upstream either way, held
+   to limit_request_field_size as the joined crumbs are (a review of the fix found it
+   forwarding a joined line of any size, which HTTP/2 answers with 431).
 2. The same limit counted each spelling of one cookie list in a bucket of its own: crumbs in
    another order, ``a=1;b=2`` against ``a=1; b=2``, an empty crumb. An upstream reads them
    all as the same cookies; a client got a fresh bucket per request. The key is now the
@@ -117,6 +119,16 @@ def test_a_cookie_rule_routes_http1_fields_as_http2_crumbs(gw, h1_up, canary_up)
     assert h1(gw, b"/sp", b"Cookie: a=1\r\nCookie: beta=yes\r\n") == 200
     assert len(canary_up.heads) == 2 and not h1_up.heads
     assert [canary_up.header(i, "X-AB-Group") for i in (0, 1)] == [["canary"]] * 2
+
+
+def test_joined_cookie_fields_are_held_to_the_field_size_limit_as_http2_crumbs_are(gw, h1_up):
+    """Two Cookie fields of 4,500 bytes are one 9 KB field upstream, over the 8,190-byte
+    limit_request_field_size: 431 over HTTP/1.1 as over HTTP/2 (was forwarded whole)."""
+    crumbs = ["a=" + "x" * 4500, "b=" + "y" * 4500]
+    assert h2(gw, "/any", [("cookie", c) for c in crumbs]) == 431
+    assert h1(gw, b"/any", b"".join(b"Cookie: %s\r\n" % c.encode() for c in crumbs)) == 431
+    assert h1(gw, b"/any", b"Cookie: %s\r\n" % crumbs[0].encode()) == 200
+    assert len(h1_up.heads) == 1
 
 
 # -- 2. spellings of one cookie list ----------------------------------------------------------
