@@ -263,6 +263,11 @@ class H2Stream(ClientConnection):
             if len(cl) > 19 or int(cl) > MAX_CONTENT_LENGTH:
                 raise BadRequest("Content-Length over 2^63 - 1")
             req.content_length = int(cl)
+            if ended and req.content_length:
+                # RFC 9113 8.1.1: a body that cannot come is malformed, never forwarded. An
+                # HTTP/2 upstream was sent it as declared; the HTTP/1.1 path found it short
+                # only after the plugins had run (a limit counted it).
+                raise Malformed("content-length with END_STREAM on the headers")
         req.chunked = cl is None and not ended     # a streamed body of unknown length
         req.head_done = True
         self.check_target(req, hmap)

@@ -26,6 +26,11 @@ in teardown.
    for the host the request was routed by and served as, and an absolute-form request
    (``GET http://t1.example.com/...`` with ``Host: other``), served as t1, counted as
    ``other``. It now counts the host the request is routed by.
+4. An HTTP/2 request whose HEADERS carry END_STREAM and a non-zero content-length (RFC 9113
+   8.1.1: malformed; an intermediary must not forward it) was sent to an HTTP/2 upstream as
+   declared, a body announced that never came; towards an HTTP/1.1 upstream the proxy step
+   refused it (400) only after the plugins had run, a limit counting it. It is now reset
+   with PROTOCOL_ERROR before anything runs, as a request whose DATA fall short is.
 
 Held (test_held_*; nothing else covers them across both protocols): a duplicated
 X-Api-Key is a 400 for such a limit over HTTP/2 as over HTTP/1.1; ``:authority`` and a
@@ -36,7 +41,7 @@ import pytest
 
 from ..conftest import gateway_conf, route
 from ..h2client import RawH2
-from .test_attack_pass_dec03 import RecordingHttp1, raw_request
+from .test_attack_pass_dec03 import RecordingH2, RecordingHttp1, raw_request
 
 ONE_AN_HOUR = {"rate": 1, "per": 3600, "burst": 1}
 
@@ -51,6 +56,13 @@ def h1_up():
 @pytest.fixture
 def canary_up():
     up = RecordingHttp1()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def h2_up():
+    up = RecordingH2()
     yield up
     up.close()
 
@@ -180,6 +192,46 @@ def test_held_another_host_is_another_bucket(gw, h1_up):
     assert h1(gw, b"/hk", b"", host=b"t1.example.com") == 200
     assert h2(gw, "/hk", authority="t2.example.com") == 200
     assert h1(gw, b"/hk", b"", host=b"t2.example.com") == 429
+
+
+# -- 4. a content-length that the (absent) body never adds up to ------------------------------
+
+@pytest.fixture
+def cl_gw(launcher, h1_up, h2_up):
+    limit = {"rate_limit": {"rate": 1, "per": 3600, "burst": 1, "key": "route"}}
+    return launcher.gateway(gateway_conf([
+        route("to-h1", ["/h1"], h1_up.url, plugins=limit),
+        {"id": "to-h2", "paths": ["/h2"], "plugins": limit,
+         "upstream": {"targets": [{"url": f"http://127.0.0.1:{h2_up.port}"}],
+                      "protocol": "h2"}},
+    ], http2={"h2c": True}))
+
+
+@pytest.mark.parametrize("path", ["/h1", "/h2"])
+def test_a_content_length_without_its_body_is_malformed_before_any_plugin(cl_gw, h1_up,
+                                                                         h2_up, path):
+    """HEADERS with END_STREAM and content-length: 5: RFC 9113 8.1.1 makes the request
+    malformed, and an intermediary must not forward it. The HTTP/2 upstream was sent it (a
+    declared body that never came), the HTTP/1.1 upstream's path refused it with a 400 only
+    after the plugins ran (the route's one request an hour was spent on it). Now the stream
+    is reset (PROTOCOL_ERROR) and the limit is still there for a real request."""
+    client = RawH2(cl_gw.port, validate=False)
+    try:
+        sid = client.request(path, method="POST", headers=[("content-length", "5")])
+        assert client.response(sid) is None
+        assert client.reset_code(sid) == 1              # PROTOCOL_ERROR
+        ok = client.request(path, method="POST", headers=[("content-length", "5")],
+                            body=b"hello")
+        assert client.response(ok)[0] == 200
+    finally:
+        client.close()
+    assert len(h1_up.heads) + len(h2_up.requests) == 1
+
+
+def test_held_content_length_zero_with_end_stream_is_served(cl_gw, h1_up, h2_up):
+    """Held: content-length: 0 and no DATA add up."""
+    assert h2(cl_gw, "/h2", [("content-length", "0")]) == 200
+    assert h2_up.requests and ("content-length", "0") in h2_up.requests[0]
 
 
 # -- held ---------------------------------------------------------------------------------------
