@@ -143,10 +143,18 @@ def _routed_host(ctx, raw):
     return ctx.host.encode("latin-1") if ctx.host else None
 
 
+def _credentials(ctx, raw):
+    """RFC 9110 11.1, 11.4: the scheme is case-insensitive and any run of spaces parts it
+    from its credentials; jwt and basic_auth read "bearer   T" as "Bearer T", and so do
+    upstreams."""
+    scheme, space, rest = (raw or b"").partition(b" ")
+    return scheme.lower() + b" " + rest.strip(b" \t") if space else raw
+
+
 # Headers with many spellings of one value, counted as the request is served: a limit on
 # Host counts the name it was routed by (lower case, no trailing dot, no port, the
 # absolute-form target's own), not "API.Example.", ":8080" or a Host the target overrode.
-_AS_READ = {b"cookie": _cookie_list, b"host": _routed_host}
+_AS_READ = {b"cookie": _cookie_list, b"host": _routed_host, b"authorization": _credentials}
 
 
 def _one_copy(ctx, name):

@@ -31,12 +31,19 @@ in teardown.
    declared, a body announced that never came; towards an HTTP/1.1 upstream the proxy step
    refused it (400) only after the plugins had run, a limit counting it. It is now reset
    with PROTOCOL_ERROR before anything runs, as a request whose DATA fall short is.
+5. A limit keyed on ``header:Authorization`` beside jwt counted each spelling of one token
+   apart: the scheme's case (``bearer``, ``BEARER``) and the spaces after it, which jwt (and
+   basic_auth, and RFC 9110 11.1/11.4) read as the same credentials. One token got a fresh
+   bucket per request. The key is now the scheme in lower case and the trimmed credentials.
 
 Held (test_held_*; nothing else covers them across both protocols): a duplicated
 X-Api-Key is a 400 for such a limit over HTTP/2 as over HTTP/1.1; ``:authority`` and a
 ``host`` field that differ (case, trailing dot, port) reset the stream; a client's
 X-Consumer-ID, X-Forwarded-For and Via never reach the upstream as sent, over either protocol.
 """
+import time
+
+import jwt as pyjwt
 import pytest
 
 from ..conftest import gateway_conf, route
@@ -232,6 +239,41 @@ def test_held_content_length_zero_with_end_stream_is_served(cl_gw, h1_up, h2_up)
     """Held: content-length: 0 and no DATA add up."""
     assert h2(cl_gw, "/h2", [("content-length", "0")]) == 200
     assert h2_up.requests and ("content-length", "0") in h2_up.requests[0]
+
+
+# -- 5. the Authorization scheme's case and the spaces after it -------------------------------
+
+SECRET = "attack-pass-f-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def token_gw(launcher, h1_up):
+    redis = launcher.redis()
+    return launcher.gateway(gateway_conf([
+        route("t", ["/t"], h1_up.url, plugins={
+            "jwt": {"algorithms": ["HS256"], "secret": SECRET},
+            "rate_limit": {**ONE_AN_HOUR, "key": "header:Authorization"}}),
+    ], redis={"url": redis.url}, http2={"h2c": True}))
+
+
+def test_spellings_of_one_token_are_one_bucket(token_gw, h1_up):
+    """The jwt plugin (as RFC 9110 11.1 and 11.4 say) reads "bearer T" and "Bearer   T" as
+    "Bearer T": each spelling of the scheme's case and of the spaces after it was a fresh
+    bucket of a limit keyed on Authorization for the one token it accepts."""
+    token = pyjwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, SECRET, "HS256")
+    auth = b"Authorization: %s\r\n"
+    assert h1(token_gw, b"/t", auth % (b"Bearer " + token.encode())) == 200
+    spellings = [b"bearer ", b"BEARER ", b"Bearer   ", b"Bearer \t ", b"bEaReR  "]
+    assert [h1(token_gw, b"/t", auth % (s + token.encode())) for s in spellings] == [429] * 5
+    assert h2(token_gw, "/t", [("authorization", "bearer    " + token)]) == 429
+    assert len(h1_up.heads) == 1
+
+
+def test_held_another_token_is_another_bucket(token_gw, h1_up):
+    tokens = [pyjwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, "HS256")
+              for sub in ("alice", "bob")]
+    assert h1(token_gw, b"/t", b"Authorization: Bearer %s\r\n" % tokens[0].encode()) == 200
+    assert h2(token_gw, "/t", [("authorization", "Bearer " + tokens[1])]) == 200
 
 
 # -- held ---------------------------------------------------------------------------------------
