@@ -3,13 +3,16 @@
     plugins.rate_limit = {algorithm = "token_bucket", rate = 100, per = 1, burst = 20,
                           key = "ip", on_store_error = "local"}
 
-key: "ip" (client address; an IPv6 client by its /64, ``ipv6_prefix``), "route" (one limit for the route), "consumer" (the consumer an
-auth plugin identified; docs/consumers.md), "header:NAME", "claim:NAME" (a verified JWT claim,
-once the jwt plugin has run; requests without the header, claim or consumer share one
-bucket; one with the header twice is a 400, since an upstream reads only one copy of it;
-Cookie, Host and Authorization count as they are read, not as spelt: docs/ratelimit.md). Set in a consumer's own ``plugins``, the limit is that consumer's. With [redis] the state is in Redis (one atomic script per decision, coalesced per
-worker); without it, per host. When Redis cannot answer: "allow" lets the request through,
-"deny" answers 503, "local" (default) decides with the per-host limiter instead.
+key: "ip" (client address; an IPv6 client by its /64, ``ipv6_prefix``), "route" (one limit
+for the route), "consumer" (the consumer an auth plugin identified; docs/consumers.md),
+"header:NAME", "claim:NAME" (a verified JWT claim, once the jwt plugin has run; requests
+without the header, claim or consumer share one bucket; one with the header twice is a 400,
+since an upstream reads only one copy of it; Cookie, Host and Authorization count as they
+are read, not as spelt: docs/ratelimit.md). Set in a consumer's own ``plugins``, the limit
+is that consumer's. With [redis] the state is in Redis (one atomic script per decision,
+coalesced per worker); without it, per host. When Redis cannot answer: "allow" lets the
+request through, "deny" answers 503, "local" (default) decides with the per-host limiter
+instead.
 
 Rejected requests get 429 with Retry-After; every answer a limiter counted carries
 RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (IETF httpapi ratelimit-headers draft):
