@@ -36,7 +36,9 @@ in teardown.
    basic_auth, and RFC 9110 11.1/11.4) read as the same credentials. One token got a fresh
    bucket per request. The key is now the scheme in lower case and the trimmed credentials.
 
-Held (test_held_*; nothing else covers them across both protocols): a duplicated
+Held (test_held_*; nothing else covers them across both protocols): spellings of a
+protected path (escapes, ``//``, dot segments, ``;`` parameters, the bare prefix) get the
+same answer over both protocols, and the upstream gets the canonical path; a duplicated
 X-Api-Key is a 400 for such a limit over HTTP/2 as over HTTP/1.1; ``:authority`` and a
 ``host`` field that differ (case, trailing dot, port) reset the stream; a client's
 X-Consumer-ID, X-Forwarded-For and Via never reach the upstream as sent, over either protocol.
@@ -88,6 +90,7 @@ def gw(launcher, h1_up, canary_up):
         route("kk", ["/kk"], h1_up.url,
               plugins={"rate_limit": {**ONE_AN_HOUR, "key": "header:X-Api-Key"}}),
         {"id": "sp", "paths": ["/sp"], "upstream": "v1", "plugins": {"split": split}},
+        route("admin", ["/admin/*rest"], h1_up.url, plugins={"key_auth": {}}),
         route("any", ["/*rest"], h1_up.url),
     ], redis={"url": redis.url}, http2={"h2c": True},
         upstreams={"v1": {"targets": [{"url": h1_up.url}]},
@@ -309,3 +312,20 @@ def test_held_forged_gateway_headers_never_reach_the_upstream(gw, h1_up):
         assert h1_up.header(index, "X-Forwarded-For") == ["127.0.0.1"]
         assert h1_up.header(index, "X-Forwarded-Host") == ["api.test"]
         assert h1_up.header(index, "Via") == [f"1.1 trusted, {version} gwserver"]
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/%61dmin/x", 401), ("//admin//x", 401), ("/admin", 401), ("/admin/", 401),
+    ("/%2561dmin/x", 200), ("/ADMIN/x", 200),          # other paths, as docs/security.md says
+    ("/admin;x/y", 400), ("/./admin/x", 400), ("/a/%2e%2e/admin/x", 400), ("/admin%2Fx", 400),
+])
+def test_held_path_spellings_reach_the_same_route_over_both_protocols(gw, h1_up, path,
+                                                                      status):
+    """Held: the protected /admin/*rest (key_auth, no key: 401) and the open /*rest answer
+    each spelling alike over HTTP/1.1 and HTTP/2; what an open route forwards is the
+    canonical path, the same bytes from either client."""
+    assert h1(gw, path.encode(), b"") == status
+    assert h2(gw, path) == status
+    if status == 200:
+        lines = [head.split(b"\r\n")[0] for head in h1_up.heads]
+        assert len(lines) == 2 and lines[0] == lines[1], lines
