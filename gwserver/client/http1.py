@@ -175,8 +175,8 @@ class ClientConnection:
         either way, and plugins and limits see what it gets. Joined with ", " the value split
         into cookies as "a=1, b=2", and kept as two fields a limit on it was a 400 over
         HTTP/1.1 for what HTTP/2 served. The joined field is held to the field size limit,
-        as HTTP/2's is: it is one line upstream."""
-        joined = req.header_map[b"cookie"] + b"; " + value
+        and trimmed (an empty field left "a=1; "), as HTTP/2's is: it is one line upstream."""
+        joined = (req.header_map[b"cookie"] + b"; " + value).rstrip(b" ")
         if len(joined) + 8 > self.field_limit:
             self.too_large(b"Cookie", len(joined) + 8)
         req.header_map[b"cookie"] = joined
