@@ -42,7 +42,9 @@ protected path (escapes, ``//``, dot segments, ``;`` parameters, the bare prefix
 same answer over both protocols, and the upstream gets the canonical path; a duplicated
 X-Api-Key is a 400 for such a limit over HTTP/2 as over HTTP/1.1; ``:authority`` and a
 ``host`` field that differ (case, trailing dot, port) reset the stream; a client's
-X-Consumer-ID, X-Forwarded-For and Via never reach the upstream as sent, over either protocol.
+X-Consumer-ID and X-Forwarded-For/-Host never reach the upstream (the gateway's own do) and
+its Via is extended, over either protocol; content-length: 0 on HEADERS that end the stream
+is served; the new keys are no coarser than one session, host or token each.
 """
 import time
 
