@@ -56,6 +56,19 @@ def state_dirs(conf_path, pid=None):
     return list(dict.fromkeys(found))
 
 
+def unreadable(conf_path):
+    """Why ``conf_path`` names no state_dir for ``state_dirs`` (it cannot be read, or is not
+    TOML), or None."""
+    try:
+        with open(conf_path, "rb") as f:
+            tomllib.load(f)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return f"not valid TOML: {exc}"
+    return None
+
+
 def read_status(directory):
     path = os.path.join(directory, STATUS_FILE)
     try:
@@ -101,6 +114,14 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
     before = master_status(directories, pid)
     if pid is None:
         if before is None or not isinstance(before.get("pid"), int):
+            problem = unreadable(conf_path)
+            if problem is not None:
+                # Not "no running master": the master may be serving; its state_dir (where
+                # master.json is) is what this file could not tell.
+                print(f"{conf_path}: {problem}; so its [server] state_dir, where the "
+                      f"master's {STATUS_FILE} is, is unknown: nothing was signalled. Fix the "
+                      f"file (gwserver check -c {conf_path}) or give --pid", file=err)
+                return 1
             print(f"no running master found: no {STATUS_FILE} in {', '.join(directories)} "
                   f"(give --pid)", file=err)
             return 1

@@ -1,0 +1,61 @@
+"""Incident drills: what an operator meets when things break, against real processes.
+
+Defects found (each test below failed before its fix):
+
+1. ``gwserver reload -c CONF`` (no --pid) on a conf with a TOML syntax error said
+   ``no running master found`` while the master served on: the conf could not name its
+   state_dir, so master.json was looked for in the default one. It now says the file is
+   not TOML, that nothing was signalled, and to fix it or give --pid.
+2. ``gwserver run`` with a ``[server] state_dir`` that cannot be created (a file in its
+   place, a parent that is not there) died with a Python traceback; it now names the
+   setting and the reason and exits 2, as a reload onto such a state_dir already did.
+3. The access log on a full disk: lines were dropped silently (no log line, no metric).
+   The first failed write is logged once, the lines lost are counted in
+   ``gwserver_access_log_lines_lost_total``, and the recovery is logged with the count.
+
+What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
+with a request id and no address, one throttled log line per second naming route, request
+and target, ``gateway_answers_total{status="502",source="gateway"}``; one slow or 503
+target of three: 504 for the slow one's requests until health checks or passive ejection
+took it out (``upstream_target_up`` 0, ``/admin/upstreams`` says why); Redis down at start
+and mid-traffic: ``redis unreachable`` once per worker, ``redis is answering again``,
+``gwserver_redis_up`` 0/1, ``local_*`` decisions; an invalid route put in etcd: rejected
+alone, fenced 503, ``routes status`` exit 1 naming it; a conf refused on reload (with
+--pid): exit 1 with the reason, ``gwserver_config_last_reload_successful 0``; a port in
+use at start: 5 tries, then ``cannot listen on the server address ...``, exit 1; a worker
+that stops heartbeating: killed after ``server.timeout`` and replaced.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import gateway_conf, route, wait_until
+
+
+def gwserver(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "gwserver", *args], capture_output=True,
+                          text=True, timeout=90, **kwargs)
+
+
+def error_lines(gw):
+    return [line for line in gw.log().splitlines() if not line.startswith('{"time"')]
+
+
+# -- 1. reload without --pid on a conf that is not TOML -------------------------------------
+
+def test_reload_of_a_conf_that_is_not_toml_does_not_say_no_master_runs(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("r", ["/echo"], upstream.url)]))
+    good = gw.conf_path.read_text()
+    gw.conf_path.write_text(good + "\n[server\n")
+    run = gwserver("reload", "-c", str(gw.conf_path))
+    assert run.returncode == 1, run
+    assert "no running master" not in run.stderr, run.stderr
+    assert "not valid TOML" in run.stderr and "nothing was signalled" in run.stderr, run.stderr
+    assert "Handling signal: hup" not in gw.log()
+    gw.conf_path.write_text(good)                  # fixed: found through master.json again
+    run = gwserver("reload", "-c", str(gw.conf_path))
+    assert run.returncode == 0 and "reload complete: generation 2" in run.stdout, run
