@@ -15,7 +15,12 @@ def cmd_run(args):
     except ConfigError as exc:
         return report(args.conf, exc)
     from .settings import state_dir_problem
-    os.makedirs(conf.server["state_dir"], mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(conf.server["state_dir"], mode=0o700, exist_ok=True)
+    except OSError as exc:      # a file in its place, a read-only or missing parent
+        print(f"{args.conf}: cannot start: [server] state_dir {conf.server['state_dir']}: "
+              f"cannot create it: {exc.strerror}", file=sys.stderr)
+        return 2
     problem = state_dir_problem(conf.server["state_dir"])
     if problem is not None:
         print(f"{args.conf}: cannot start: [server] state_dir: {problem}", file=sys.stderr)

@@ -59,3 +59,19 @@ def test_reload_of_a_conf_that_is_not_toml_does_not_say_no_master_runs(launcher,
     gw.conf_path.write_text(good)                  # fixed: found through master.json again
     run = gwserver("reload", "-c", str(gw.conf_path))
     assert run.returncode == 0 and "reload complete: generation 2" in run.stdout, run
+
+
+# -- 2. a state_dir that cannot be created -------------------------------------------------
+
+@pytest.mark.parametrize("where", ["file", "missing-parent"])
+def test_a_state_dir_that_cannot_be_created_is_named_without_a_traceback(launcher, upstream,
+                                                                         tmp_path, where):
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    state_dir = in_the_way if where == "file" else in_the_way / "state"
+    gw = launcher.gateway(gateway_conf([route("r", ["/echo"], upstream.url)],
+                                       server={"state_dir": str(state_dir)}), wait=False)
+    assert gw.proc.wait(30) == 2
+    log = gw.log()
+    assert "Traceback" not in log, log
+    assert f"cannot start: [server] state_dir {state_dir}: cannot create it:" in log, log
