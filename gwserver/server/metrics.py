@@ -142,10 +142,12 @@ ROLLOUT_ROLLED_BACK = Metric("gwserver_rollout_rolled_back", "gauge", "1 while t
                              "rollout is rolled back by a failed gate", (ROUTE_ID,),
                              source=ROLLOUTS)
 
+ACCESS_LOG_LOST = Metric("gwserver_access_log_lines_lost", "counter", "Access lines a worker "
+                         "could not write (a full disk, an I/O error) and dropped")
 CATALOG = (REQUESTS, GATEWAY_ANSWERS, DURATION, UPSTREAM_DURATION, IN_FLIGHT,
            CONNECTIONS_OPENED, POOL_IDLE, GENERATION, LIMITS, RATES, BREAKER,
            BREAKER_TRANSITIONS, REDIS_UP, TARGET_UP, EJECTIONS, RETRIES, FAULTS,
-           CONSUMER_REQUESTS, RELOAD_SUCCESSFUL, RELOAD_SUCCESS_TIME, MASTER_GENERATION,
+           CONSUMER_REQUESTS, ACCESS_LOG_LOST, RELOAD_SUCCESSFUL, RELOAD_SUCCESS_TIME, MASTER_GENERATION,
            *SYNC_METRICS, SYNC_REJECTED, SYNC_REJECTIONS, HEALTH_CHECKS, ROLLOUT_STEP,
            ROLLOUT_WEIGHT, ROLLOUT_GATE, ROLLOUT_ROLLED_BACK)
 
@@ -322,6 +324,7 @@ class WorkerMetrics:
         self.faults = make(FAULTS)
         self.consumer_requests = make(CONSUMER_REQUESTS)
         self.gateway_answers = make(GATEWAY_ANSWERS)
+        self.access_log_lost = make(ACCESS_LOG_LOST)
         self._series = {}
         self._answers = {}          # (route, status, source) -> [counted, pushed]
         self._consumers = {}        # (consumer, code class) -> [counted, pushed]

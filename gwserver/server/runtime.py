@@ -67,6 +67,9 @@ class AccessLog:
         self.path = logconf["access_log_path"]
         self.fd = 2
         self.reopen_wanted = False
+        self.failing = False        # writes fail (a full disk): said once, not every flush
+        self.lost = 0               # lines dropped since they began to fail
+        self.count_lost = None      # WorkerMetrics' counter of lines dropped, with metrics on
         if self.enabled and self.path:
             self.reopen()
 
@@ -144,8 +147,29 @@ class AccessLog:
             try:
                 while data:
                     data = data[os.write(self.fd, data):]
-            except OSError:
-                pass
+            except OSError as exc:
+                self.dropped(data.count(b"\n") or 1, exc)
+            else:
+                if self.failing:
+                    log.warning("the access log %s is written again; %d lines were lost",
+                                self.where(), self.lost)
+                    self.failing, self.lost = False, 0
+
+    def where(self):
+        return self.path if self.fd != 2 else "stderr"
+
+    def dropped(self, lines, exc):
+        """A write failed: its lines are lost (a log never stops requests), counted, and the
+        first failure in a row is logged, not one a tick."""
+        self.lost += lines
+        if self.count_lost is not None:
+            self.count_lost(lines)
+        if not self.failing:
+            self.failing = True
+            log.error("cannot write the access log %s: %s; access lines are dropped (counted "
+                      "in gwserver_access_log_lines_lost_total) until it can be written "
+                      "again: free space there; requests are not affected", self.where(),
+                      exc.strerror)
 
 
 class Runtime:
@@ -179,6 +203,8 @@ class Runtime:
             self.metrics = WorkerMetrics()
         self.setup_services()
         self.access = AccessLog(conf.log)
+        if self.metrics is not None:
+            self.access.count_lost = self.metrics.access_log_lost.inc
         tracing = conf.tracing
         self.tracing = tracing["enabled"]
         self.emit_b3 = tracing["b3"]

@@ -75,3 +75,42 @@ def test_a_state_dir_that_cannot_be_created_is_named_without_a_traceback(launche
     log = gw.log()
     assert "Traceback" not in log, log
     assert f"cannot start: [server] state_dir {state_dir}: cannot create it:" in log, log
+
+
+# -- 3. the access log on a full disk ------------------------------------------------------
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def lost_lines(gw):
+    text = gw.admin_get("/metrics")[1].decode()
+    found = re.search(r"^gwserver_access_log_lines_lost_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def test_a_full_disk_for_the_access_log_is_logged_once_and_counted(launcher, upstream,
+                                                                    small_tmpfs):
+    path = small_tmpfs / "access.log"
+    gw = launcher.gateway(gateway_conf([route("r", ["/echo"], upstream.url)],
+                                       log={"access_log_path": str(path)}))
+    for _ in range(500):                            # ~500 bytes a line: well past 64 KiB
+        assert gw.request("GET", "/echo")[0].status == 200      # requests are not affected
+    wait_until(lambda: (lost_lines(gw) or 0) > 0, timeout=5)
+    failures = [line for line in error_lines(gw) if "cannot write the access log" in line]
+    assert len(failures) == 1, failures
+    assert f"cannot write the access log {path}: No space left on device" in failures[0]
+    path.write_bytes(b"")                            # space again (O_APPEND: at the end)
+    assert gw.request("GET", "/echo")[0].status == 200
+    wait_until(lambda: "is written again" in gw.log(), timeout=5)
+    assert re.search(rf"the access log {re.escape(str(path))} is written again; \d+ lines "
+                     r"were lost", gw.log())
+    wait_until(lambda: b'"path":"/echo"' in path.read_bytes(), timeout=5)
