@@ -272,11 +272,18 @@ def status(conf):
         problems.append(f"STALE: {stale}; what follows is the last state written, not now")
     board = worker_board(runtime_dir)
     age = time.time() - state["last_sync"] if state.get("last_sync") else None
-    print(f"generation {state['generation']}  etcd revision {state['revision']}  "
+    revision = state["revision"] if state.get("revision") is not None else "-"
+    print(f"generation {state['generation']}  etcd revision {revision}  "
           f"{'connected to ' + state['endpoint'] if state['connected'] else 'NOT CONNECTED'}"
           + (f"  last sync {age:.1f}s ago" if age is not None else ""))
     if not state["connected"] and not stale:
-        problems.append("etcd is unreachable from the gateway: it serves its last good table")
+        # Generation 0: nothing was ever published (no snapshot, etcd never answered), so
+        # there is no last good table; the workers serve the conf file's routes alone.
+        problems.append("etcd is unreachable from the gateway: it serves its last good table"
+                        if state["generation"] else
+                        "etcd has not answered since the gateway started and there was no "
+                        "snapshot: it serves the conf file's static routes only, and /-/ready "
+                        "answers 503 until etcd answers")
     print(f"{state['routes']} routes, {state['upstreams']} upstreams from etcd")
     for pid, entry in sorted(board.items()):
         behind = "" if entry["generation"] == state["generation"] else "  (behind)"

@@ -59,6 +59,14 @@ def _key(text):
     return _unb64(text).decode(errors="backslashreplace")
 
 
+def error_text(error):
+    """An error etcd's JSON gateway sent (``{"grpc_code", "http_code", "message",
+    "http_status"}``) as a log line says it: its message and code, not a Python dict."""
+    if isinstance(error, dict) and error.get("message"):
+        return f"{error['message']} (gRPC code {error.get('grpc_code', '?')})"
+    return str(error)
+
+
 def prefix_end(prefix):
     """etcd's range_end for "every key starting with prefix"."""
     data = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)
@@ -227,7 +235,8 @@ class EtcdClient:
                 last_message = time.monotonic()
                 message = json.loads(line)
                 if "error" in message:
-                    raise EtcdError(f"watch failed: {message['error']}")
+                    raise EtcdError(f"watch at {self.endpoints[self._current]} failed: "
+                                    f"{error_text(message['error'])}")
                 result = message.get("result", {})
                 if result.get("compact_revision") and result.get("canceled"):
                     raise Compacted(int(result["compact_revision"]))

@@ -12,6 +12,11 @@ Defects found (each test below failed before its fix):
 3. The access log on a full disk: lines were dropped silently (no log line, no metric).
    The first failed write is logged once, the lines lost are counted in
    ``gwserver_access_log_lines_lost_total``, and the recovery is logged with the count.
+4. etcd going down mid-traffic was logged as ``watch failed: {'grpc_code': 14, ...}``, a
+   Python dict; it now says the endpoint, etcd's message and its code.
+5. ``gwserver routes status`` with etcd down since the start and no snapshot printed
+   ``etcd revision None`` and "it serves its last good table": there is none, the workers
+   serve the conf file's routes only and /-/ready is 503. It now says that.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -114,3 +119,37 @@ def test_a_full_disk_for_the_access_log_is_logged_once_and_counted(launcher, ups
     assert re.search(rf"the access log {re.escape(str(path))} is written again; \d+ lines "
                      r"were lost", gw.log())
     wait_until(lambda: b'"path":"/echo"' in path.read_bytes(), timeout=5)
+
+
+# -- 4, 5. etcd down at start, then going down mid-traffic ---------------------------------
+
+def test_etcd_down_at_start_then_mid_traffic_is_said_plainly(launcher, upstream, tmp_path):
+    from ..conftest import free_port
+    ports = (free_port(), free_port())
+    conf = gateway_conf([route("static", ["/static"], upstream.url)], etcd={
+        "endpoints": [f"http://127.0.0.1:{ports[0]}"], "prefix": "/drill",
+        "runtime_dir": str(tmp_path / "run"), "snapshot_path": str(tmp_path / "snap.json"),
+        "timeout": 1.0, "backoff_max": 1.0})
+    gw = launcher.gateway(conf)
+    wait_until(lambda: "no snapshot either" in gw.log())
+    assert gw.request("GET", "/static")[0].status == 200
+    assert gw.admin_get("/-/ready")[0] == 503
+    run = gwserver("routes", "-c", str(gw.conf_path), "status")
+    assert run.returncode == 1, run
+    assert "etcd revision -" in run.stdout and "None" not in run.stdout, run.stdout
+    assert "last good table" not in run.stderr, run.stderr        # there is none
+    assert "it serves the conf file's static routes only, and /-/ready answers 503" \
+        in run.stderr, run.stderr
+
+    etcd = launcher.etcd(ports=ports)
+    wait_until(lambda: gw.admin_get("/-/ready")[0] == 200, timeout=20)
+    assert gwserver("routes", "-c", str(gw.conf_path), "status").returncode == 0
+    etcd.stop()
+    wait_until(lambda: "serving the last good table" in gw.log(), timeout=20)
+    assert gw.request("GET", "/static")[0].status == 200
+    time.sleep(3)                                   # a few retries (backoff_max 1 s)
+    lost = [line for line in error_lines(gw) if "etcd unreachable" in line]
+    assert len(lost) == 2, lost                    # once at start, once now: not per retry
+    assert "{'" not in lost[1] and "grpc_code" not in lost[1], lost[1]
+    run = gwserver("routes", "-c", str(gw.conf_path), "status")
+    assert run.returncode == 1 and "it serves its last good table" in run.stderr, run
