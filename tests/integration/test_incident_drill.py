@@ -17,6 +17,8 @@ Defects found (each test below failed before its fix):
 5. ``gwserver routes status`` with etcd down since the start and no snapshot printed
    ``etcd revision None`` and "it serves its last good table": there is none, the workers
    serve the conf file's routes only and /-/ready is 503. It now says that.
+6. conf/alerts.yml's GwserverReloadRefused told the operator that `systemctl reload` cannot
+   fail; it runs `gwserver reload`, which exits 1 with the reason (doc fix).
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -153,3 +155,22 @@ def test_etcd_down_at_start_then_mid_traffic_is_said_plainly(launcher, upstream,
     assert "{'" not in lost[1] and "grpc_code" not in lost[1], lost[1]
     run = gwserver("routes", "-c", str(gw.conf_path), "status")
     assert run.returncode == 1 and "it serves its last good table" in run.stderr, run
+
+
+# -- 6. a conf refused on reload: what the alert tells the operator ------------------------
+
+def test_the_reload_alert_says_what_systemctl_reload_did(launcher, upstream):
+    """conf/alerts.yml told whoever got GwserverReloadRefused that `systemctl reload` cannot
+    fail; it runs `gwserver reload` (ExecReload=), which exits 1 on a refused conf."""
+    from ..conftest import ROOT
+    gw = launcher.gateway(gateway_conf([route("r", ["/echo"], upstream.url)]))
+    gw.conf_path.write_text(gw.conf_path.read_text().replace('"workers" = 1',
+                                                             '"workers" = "two"'))
+    run = gwserver("reload", "-c", str(gw.conf_path), "--pid", str(gw.pid))
+    assert run.returncode == 1 and "reload refused: invalid configuration" in run.stderr, run
+    assert "ExecReload=/opt/gwserver/bin/gwserver reload" in \
+        (ROOT / "systemd" / "gwserver.service").read_text()
+    rules = (ROOT / "conf" / "alerts.yml").read_text()
+    text = rules.split("alert: GwserverReloadRefused", 1)[1].split("- alert:", 1)[0]
+    assert "cannot fail" not in text, text
+    assert "`systemctl reload` (gwserver reload) failed" in text, text
