@@ -631,9 +631,14 @@ class ClientConnection:
             req.cut = self.head_status != 0 and not self.take_back_head()
             status = exc.status
             if exc.status >= 500 and req.route is not None:
+                reason = exc.reason
+                if req.target and req.target not in reason:
+                    # "did not answer within 1s": of which target? One slow target of three
+                    # is found by this, as a refused one is by its "cannot connect to".
+                    reason = f"{reason} (target {req.target})"
                 throttled_log.log(log, logging.WARNING, ("answer", req.route.id, exc.error),
                                   "route %s: request %s: %s: %s", req.route.id,
-                                  req.request_id, exc.error, exc.reason)
+                                  req.request_id, exc.error, reason)
             keep_alive = keep_alive and req.complete and exc.status < 500 and \
                 not self.timed_out and runtime.alive
             if req.cut:

@@ -19,6 +19,9 @@ Defects found (each test below failed before its fix):
    serve the conf file's routes only and /-/ready is 503. It now says that.
 6. conf/alerts.yml's GwserverReloadRefused told the operator that `systemctl reload` cannot
    fail; it runs `gwserver reload`, which exits 1 with the reason (doc fix).
+7. One slow target of three: its 504s were logged as ``upstream did not answer within
+   0.5s``, naming no target (a refused one's 502 names it). The line now ends with
+   ``(target URL)``; the client's body still names none.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -174,3 +177,23 @@ def test_the_reload_alert_says_what_systemctl_reload_did(launcher, upstream):
     text = rules.split("alert: GwserverReloadRefused", 1)[1].split("- alert:", 1)[0]
     assert "cannot fail" not in text, text
     assert "`systemctl reload` (gwserver reload) failed" in text, text
+
+
+# -- 7. one slow target of three -----------------------------------------------------------
+
+def test_a_timeout_names_the_slow_target_in_the_log_not_to_the_client(launcher):
+    fast = [launcher.upstream("a"), launcher.upstream("b")]
+    slow = launcher.upstream("slow", delay=2)
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "three", "paths": ["/echo"], "upstream": "pool", "timeouts": {"read": 0.5}}],
+        upstreams={"pool": {"targets": [{"url": u.url} for u in (*fast, slow)]}}))
+    statuses = []
+    for _ in range(3):                              # round robin: one of them is the slow one
+        resp, body = gw.request("GET", "/echo")
+        statuses.append(resp.status)
+        if resp.status == 504:
+            assert str(slow.port) not in body.decode() and b"gateway_timeout" in body, body
+    assert sorted(statuses) == [200, 200, 504], statuses
+    lines = [line for line in error_lines(gw) if "gateway_timeout" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f"upstream did not answer within 0.5s (target {slow.url})"), lines
