@@ -212,10 +212,24 @@ class ReloadStatus:
             self.successful, self.success_time = previous.successful, previous.success_time
             self.attempts, self.error = previous.attempts, previous.error
         self.routes = 0
+        self.attempt_time = previous.attempt_time if previous else None
+        self.worker_timeouts = previous.worker_timeouts if previous else 0
+        self.conf = None
+
+    def worker_timed_out(self):
+        """A worker stopped for its silence: counted in master.prom (what gwserver reload
+        waits for in master.json does not move)."""
+        self.worker_timeouts += 1
+        if self.conf is not None:
+            try:
+                self._write(self.conf)
+            except OSError as exc:
+                log.warning("cannot write the reload status to %s: %s", self.state_dir, exc)
 
     def record(self, successful, conf, error=None, start=False):
         """A reload applied (``successful``) or refused (``error`` says why), or the start."""
-        now = time.time()
+        now = self.attempt_time = time.time()
+        self.conf = conf
         self.successful, self.error = successful, None if successful else error
         if not start:
             self.attempts += 1      # what `gwserver reload` waits to see move
@@ -228,21 +242,23 @@ class ReloadStatus:
                 status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
                 self.routes += status.get("routes", 0)
         try:
-            self._write(now, conf)
+            self._write(conf)
         except OSError as exc:
             log.warning("cannot write the reload status to %s: %s", self.state_dir, exc)
 
-    def _write(self, now, conf):
+    def _write(self, conf):
         # A collector, not Gauge objects: in the master (PROMETHEUS_MULTIPROC_DIR is set) a
         # Gauge would be backed by a file of the multiprocess directory and summed into the
         # workers' /metrics as a stray process.
         from prometheus_client import CollectorRegistry, write_to_textfile
         from ..sync.shm import atomic_write
         import json
-        from .metrics import MASTER_GENERATION, RELOAD_SUCCESS_TIME, RELOAD_SUCCESSFUL, family
+        from .metrics import (MASTER_GENERATION, RELOAD_SUCCESS_TIME, RELOAD_SUCCESSFUL,
+                              WORKER_TIMEOUTS, family)
         values = ((RELOAD_SUCCESSFUL, 1 if self.successful else 0),
                   (RELOAD_SUCCESS_TIME, self.success_time or 0),
-                  (MASTER_GENERATION, self.generation))
+                  (MASTER_GENERATION, self.generation),
+                  (WORKER_TIMEOUTS, self.worker_timeouts))
 
         class Collector:
             def collect(self):
@@ -256,7 +272,7 @@ class ReloadStatus:
             "reload_attempts": self.attempts, "last_reload_error": self.error,
             "last_reload_successful": self.successful,
             "last_reload_success": rfc3339(self.success_time),
-            "last_reload_attempt": rfc3339(now)}).encode())
+            "last_reload_attempt": rfc3339(self.attempt_time)}).encode())
 
 
 def rfc3339(timestamp):
@@ -296,6 +312,22 @@ def helpers_for(app):
     return helpers
 
 
+class TimeoutKills(logging.Filter):
+    """gunicorn logs a worker reaped after a SIGKILL as "Perhaps out of memory?"; for one it
+    killed itself after its timeout (murder_workers) that sends the operator after the wrong
+    cause."""
+
+    def __init__(self, arbiter):
+        super().__init__()
+        self.arbiter = arbiter
+
+    def filter(self, record):
+        if str(record.msg).endswith("Perhaps out of memory?") and record.args \
+                and record.args[0] in self.arbiter.timed_out:
+            record.msg = "Worker (pid:%s) was sent %s after its WORKER TIMEOUT (see above)"
+        return True
+
+
 class GatewayArbiter(Arbiter):
     """gunicorn's master, plus: helpers it supervises, validated reloads, readiness-aware
     worker replacement and honest systemd notifications.
@@ -332,6 +364,7 @@ class GatewayArbiter(Arbiter):
             if role is not None and not hasattr(listener, "role"):
                 name_listener(listener, role)
         self.worker_generation = 1      # of the workers spawned from now on (+1 per reload)
+        self.log.error_log.addFilter(TimeoutKills(self))
         self.reloads = ReloadStatus(self.app.conf.server["state_dir"])
         self.reloads.record(True, self.app.conf, start=True)
         self.ready_sent = False
@@ -344,6 +377,24 @@ class GatewayArbiter(Arbiter):
         for helper in getattr(self, "helpers", {}).values():
             helper.collect()
         super().reap_workers()
+        self.timed_out &= set(self.WORKERS)
+
+    timed_out = frozenset()     # pids stopped by murder_workers, until reaped
+
+    def murder_workers(self):
+        """gunicorn's, which logs only "WORKER TIMEOUT (pid:N)", then for its SIGKILL a
+        second later "Perhaps out of memory?": one line more says what it is and what to do,
+        and gwserver_worker_timeouts_total counts it."""
+        told = {pid for pid, worker in self.WORKERS.items() if worker.aborted}
+        super().murder_workers()
+        for pid, worker in self.WORKERS.items():
+            if worker.aborted and pid not in told:
+                self.timed_out = self.timed_out | {pid}
+                self.reloads.worker_timed_out()
+                log.error("worker %s sent no heartbeat for %ss (server.timeout): something "
+                          "blocked it (a plugin or a call that does not yield to gevent, a "
+                          "stalled disk under worker_tmp_dir); it is stopped and replaced, "
+                          "and the requests it held are cut", pid, self.timeout)
 
     def manage_helpers(self):
         now = time.monotonic()
@@ -361,7 +412,11 @@ class GatewayArbiter(Arbiter):
         if worker is not None:
             worker.generation = getattr(self, "worker_generation", 1)
             # A worker's first heartbeat comes once its listeners are serving (it rewrites the
-            # tmp file's mtime); until then the file keeps the mtime it was created with.
+            # tmp file's mtime); until then the file keeps the mtime set here. gunicorn beats
+            # in time.monotonic() but leaves the file's creation time, the wall clock's, years
+            # ahead of it: a worker hung before its first beat was never found silent.
+            now = time.monotonic()
+            os.utime(worker.tmp.fileno(), (now, now))
             worker.born_mtime = worker.tmp.last_update()
         return pid
 

@@ -112,6 +112,9 @@ RELOAD_SUCCESS_TIME = Metric("gwserver_config_last_reload_success_timestamp_seco
 MASTER_GENERATION = Metric("gwserver_config_master_generation", "gauge", "Configuration "
                            "generation of the master: 1 at start, +1 per applied reload",
                            source=MASTER)
+WORKER_TIMEOUTS = Metric("gwserver_worker_timeouts", "counter", "Workers the master stopped "
+                         "because they sent no heartbeat for server.timeout seconds (blocked)",
+                         source=MASTER)
 SYNC_METRICS = (
     Metric("gwserver_config_generation", "gauge", "Route table generation published to "
            "workers", source=SYNC),
@@ -147,7 +150,8 @@ ACCESS_LOG_LOST = Metric("gwserver_access_log_lines_lost", "counter", "Access li
 CATALOG = (REQUESTS, GATEWAY_ANSWERS, DURATION, UPSTREAM_DURATION, IN_FLIGHT,
            CONNECTIONS_OPENED, POOL_IDLE, GENERATION, LIMITS, RATES, BREAKER,
            BREAKER_TRANSITIONS, REDIS_UP, TARGET_UP, EJECTIONS, RETRIES, FAULTS,
-           CONSUMER_REQUESTS, ACCESS_LOG_LOST, RELOAD_SUCCESSFUL, RELOAD_SUCCESS_TIME, MASTER_GENERATION,
+           CONSUMER_REQUESTS, ACCESS_LOG_LOST, RELOAD_SUCCESSFUL, RELOAD_SUCCESS_TIME,
+           MASTER_GENERATION, WORKER_TIMEOUTS,
            *SYNC_METRICS, SYNC_REJECTED, SYNC_REJECTIONS, HEALTH_CHECKS, ROLLOUT_STEP,
            ROLLOUT_WEIGHT, ROLLOUT_GATE, ROLLOUT_ROLLED_BACK)
 

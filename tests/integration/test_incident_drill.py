@@ -22,6 +22,12 @@ Defects found (each test below failed before its fix):
 7. One slow target of three: its 504s were logged as ``upstream did not answer within
    0.5s``, naming no target (a refused one's 502 names it). The line now ends with
    ``(target URL)``; the client's body still names none.
+8. A worker hitting its timeout: gunicorn's ``WORKER TIMEOUT (pid:N)`` was followed by
+   ``was sent SIGKILL! Perhaps out of memory?`` (the master's own kill, not memory), with
+   no line saying what to do and no metric. Worse, a worker hung before its first
+   heartbeat was never stopped at all: gunicorn compares its monotonic clock with the
+   heartbeat file's creation mtime (wall clock). Now the master starts each worker's clock
+   at fork, says what a timeout means, and counts ``gwserver_worker_timeouts_total``.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -197,3 +203,32 @@ def test_a_timeout_names_the_slow_target_in_the_log_not_to_the_client(launcher):
     lines = [line for line in error_lines(gw) if "gateway_timeout" in line]
     assert len(lines) == 1, lines
     assert lines[0].endswith(f"upstream did not answer within 0.5s (target {slow.url})"), lines
+
+
+# -- 8. a worker hitting its timeout -------------------------------------------------------
+
+def test_a_worker_that_hangs_is_said_to_have_timed_out_and_counted(launcher, upstream):
+    import signal
+    gw = launcher.gateway(gateway_conf([route("r", ["/*p"], upstream.url)],
+                                       server={"timeout": 2}))
+    wait_until(lambda: "ready: 1 workers serving" in gw.log())
+    hung = gw.worker_pids()[0]
+    os.kill(hung, signal.SIGSTOP)            # stuck mid-life: no heartbeat, SIGABRT pending
+    wait_until(lambda: f"was sent SIGKILL after its WORKER TIMEOUT" in gw.log(), timeout=15)
+    log = gw.log()
+    assert f"WORKER TIMEOUT (pid:{hung})" in log
+    assert f"worker {hung} sent no heartbeat for 2s (server.timeout): something blocked it" \
+        in log, log
+    assert "Perhaps out of memory" not in log, log          # the master killed it, not OOM
+
+    # A replacement that hangs before its first heartbeat is found silent too: gunicorn
+    # compared its monotonic clock with the file's wall-clock mtime, and never stopped it.
+    replacement = wait_until(lambda: [p for p in gw.worker_pids() if p != hung],
+                             interval=0.005)[0]
+    os.kill(replacement, signal.SIGSTOP)
+    wait_until(lambda: f"WORKER TIMEOUT (pid:{replacement})" in gw.log(), timeout=15)
+    wait_until(lambda: [p for p in gw.worker_pids() if p not in (hung, replacement)],
+               timeout=15)
+    assert gw.request("GET", "/echo")[0].status == 200
+    wait_until(lambda: b"gwserver_worker_timeouts_total 2.0" in gw.admin_get("/metrics")[1],
+               timeout=5)
