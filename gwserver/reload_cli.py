@@ -111,17 +111,22 @@ def is_master(pid):
 
 def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
     directories = state_dirs(conf_path, pid)
+    if pid is None:
+        problem = unreadable(conf_path)
+        if problem is not None:
+            # Not "no running master": the master may be serving; its state_dir (where
+            # master.json is) is what this file could not tell.
+            print(f"{conf_path}: {problem}; so its [server] state_dir, where the master's "
+                  f"{STATUS_FILE} is, is unknown: nothing was signalled. Fix the file "
+                  f"(gwserver check -c {conf_path}) or give --pid", file=err)
+            return 1
+        # The master is whoever wrote master.json in the conf's own state_dir, or in the
+        # default one when it names none: never both, since the default one may be another
+        # instance's (a newer verdict there signalled that master).
+        directories = directories[:1]
     before = master_status(directories, pid)
     if pid is None:
         if before is None or not isinstance(before.get("pid"), int):
-            problem = unreadable(conf_path)
-            if problem is not None:
-                # Not "no running master": the master may be serving; its state_dir (where
-                # master.json is) is what this file could not tell.
-                print(f"{conf_path}: {problem}; so its [server] state_dir, where the "
-                      f"master's {STATUS_FILE} is, is unknown: nothing was signalled. Fix the "
-                      f"file (gwserver check -c {conf_path}) or give --pid", file=err)
-                return 1
             print(f"no running master found: no {STATUS_FILE} in {', '.join(directories)} "
                   f"(give --pid)", file=err)
             return 1

@@ -28,6 +28,11 @@ Defects found (each test below failed before its fix):
    heartbeat was never stopped at all: gunicorn compares its monotonic clock with the
    heartbeat file's creation mtime (wall clock). Now the master starts each worker's clock
    at fork, says what a timeout means, and counts ``gwserver_worker_timeouts_total``.
+9. ``gwserver reload -c A.conf`` (no --pid) read master.json in A's state_dir and in the
+   default one, and signalled whichever master had more reload attempts: with instance B
+   in the default state_dir, it reloaded B and printed B's "reload complete". It now reads
+   the conf's own state_dir only (the default one when the conf names none); with a conf
+   that is not TOML it signals nothing and says why (see 1).
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -232,3 +237,23 @@ def test_a_worker_that_hangs_is_said_to_have_timed_out_and_counted(launcher, ups
     assert gw.request("GET", "/echo")[0].status == 200
     wait_until(lambda: b"gwserver_worker_timeouts_total 2.0" in gw.admin_get("/metrics")[1],
                timeout=5)
+
+
+# -- 9. reload without --pid, two instances on the host ------------------------------------
+
+def test_reload_signals_the_master_of_its_conf_not_the_default_state_dirs(launcher, upstream,
+                                                                          tmp_path):
+    """Instance B keeps its state in the default state_dir (here $RUNTIME_DIRECTORY/state),
+    instance A names its own. `gwserver reload -c A.conf` read both master.json files and
+    took the one with more reload attempts: B's, whose master it signalled."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime)}
+    b = launcher.gateway(gateway_conf([route("b", ["/b"], upstream.url)],
+                                      server={"state_dir": str(runtime / "state")}))
+    a = launcher.gateway(gateway_conf([route("a", ["/a"], upstream.url)]))
+    assert gwserver("reload", "-c", str(b.conf_path), env=env).returncode == 0   # B: 1 attempt
+    run = gwserver("reload", "-c", str(a.conf_path), env=env)
+    assert run.returncode == 0 and "reload complete: generation 2" in run.stdout, run
+    assert "reload complete: generation 2" in a.log()
+    assert "reload complete: generation 3" not in b.log()
