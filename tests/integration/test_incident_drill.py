@@ -33,6 +33,9 @@ Defects found (each test below failed before its fix):
    in the default state_dir, it reloaded B and printed B's "reload complete". It now reads
    the conf's own state_dir only (the default one when the conf names none); with a conf
    that is not TOML it signals nothing and says why (see 1).
+10. The runbook's upstream outage said "Idempotent requests that fail to connect are
+    retried once on another target": any method is (nothing was sent), and the host then
+    skips the target for 1 s. Doc fix.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -257,3 +260,24 @@ def test_reload_signals_the_master_of_its_conf_not_the_default_state_dirs(launch
     assert run.returncode == 0 and "reload complete: generation 2" in run.stdout, run
     assert "reload complete: generation 2" in a.log()
     assert "reload complete: generation 3" not in b.log()
+
+
+# -- 10. one target of two refuses: what the runbook says of retries -----------------------
+
+def test_a_refused_connection_is_retried_elsewhere_whatever_the_method(launcher, upstream):
+    """The runbook said "Idempotent requests that fail to connect are retried": a POST is
+    too (nothing was sent), which an operator weighing duplicate writes needs to know."""
+    from ..conftest import ROOT, free_port
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "two", "paths": ["/echo"], "upstream": "pool"}],
+        upstreams={"pool": {"targets": [{"url": dead}, {"url": upstream.url}]}}))
+    for _ in range(2):                              # round robin: the first tries the dead one
+        resp, body = gw.request("POST", "/echo", body=b"once")
+        assert resp.status == 200 and b'"method": "POST"' in body, body
+    assert upstream.stats()["requests"] == 2        # each POST reached it once
+    wait_until(lambda: b'gwserver_upstream_retries_total{outcome="retried",upstream="pool"} 1.0'
+               in gw.admin_get("/metrics")[1], timeout=5)
+    runbook = (ROOT / "docs" / "operations.md").read_text().split("## Runbook", 1)[1]
+    assert "Idempotent requests that fail to connect" not in runbook
+    assert "retried once on another target,\nwhatever its method" in runbook
