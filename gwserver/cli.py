@@ -87,9 +87,22 @@ def cmd_check(args):
     for warning in [*(tls_server.warnings if tls_server else ()), *conf_warnings(conf)]:
         print(f"{args.conf}: warning: {warning}")
     from .sync.watcher import snapshot_warnings
-    for warning in snapshot_warnings(conf):
+    for warning in [*snapshot_warnings(conf), *state_dir_warnings(conf.server["state_dir"])]:
         print(f"{args.conf}: warning: {warning}")
     return 0
+
+
+def state_dir_warnings(path):
+    """What would stop ``gwserver run`` creating [server] state_dir on this host (a file in
+    the way): check said "ok" to a conf that run then refused. A warning, not an error: it
+    is the host's state, not the file's."""
+    ancestor = os.path.abspath(path)
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if os.path.isdir(ancestor):
+        return []
+    return [f"[server] state_dir {path}: cannot be created on this host: {ancestor} is not "
+            f"a directory; gwserver run refuses to start"]
 
 
 def cmd_settings(args):

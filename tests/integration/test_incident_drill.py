@@ -8,7 +8,8 @@ Defects found (each test below failed before its fix):
    not TOML, that nothing was signalled, and to fix it or give --pid.
 2. ``gwserver run`` with a ``[server] state_dir`` that cannot be created (a file in its
    place, a parent that is not there) died with a Python traceback; it now names the
-   setting and the reason and exits 2, as a reload onto such a state_dir already did.
+   setting and the reason and exits 2, as a reload onto such a state_dir already did;
+   ``gwserver check`` (the unit's ExecStartPre=) said only "ok" and now warns of it.
 3. The access log on a full disk: lines were dropped silently (no log line, no metric).
    The first failed write is logged once, the lines lost are counted in
    ``gwserver_access_log_lines_lost_total``, and the recovery is logged with the count.
@@ -99,6 +100,9 @@ def test_a_state_dir_that_cannot_be_created_is_named_without_a_traceback(launche
     log = gw.log()
     assert "Traceback" not in log, log
     assert f"cannot start: [server] state_dir {state_dir}: cannot create it:" in log, log
+    check = gwserver("check", "-c", str(gw.conf_path))      # ExecStartPre= said nothing
+    assert f"warning: [server] state_dir {state_dir}: cannot be created on this host: " \
+        f"{in_the_way} is not a directory; gwserver run refuses to start" in check.stdout, check
 
 
 # -- 3. the access log on a full disk ------------------------------------------------------
