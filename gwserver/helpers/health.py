@@ -27,6 +27,7 @@ import h2.events
 import h2.exceptions
 
 from ..core import health as core
+from ..core.throttledlog import throttled_log
 from ..errors import describe
 from ..upstream.clienttls import client_context
 from ..sync.shm import atomic_write, file_stamp, read_json
@@ -126,16 +127,37 @@ class PassiveTracker:
         self._eject(upstream, key, conf)
 
     def _eject(self, upstream, key, conf):
+        now = time.time()
+        try:
+            seconds = self._write_ejection(upstream, key, conf, now)
+        except OSError as exc:
+            # A full or read-only state_dir must not turn the request's 502 into a 500: the
+            # target stays in rotation (a refused connect still skips it for 1 s).
+            throttled_log.log(log, logging.ERROR, ("ejections", upstream.id),
+                              "upstream %s: cannot eject %s: %s: %s; it stays in rotation",
+                              upstream.id, key.partition("|")[2], EJECTIONS_FILE,
+                              exc.strerror)
+            return
+        if not seconds:
+            return
+        log.warning("upstream %s: ejected %s for %.0fs after %d failures in a row",
+                    upstream.id, key.partition("|")[2], seconds, conf["consecutive_failures"])
+        if self.on_eject is not None:
+            self.on_eject(upstream.id, key.partition("|")[2])
+        self.view.refresh(now)
+
+    def _write_ejection(self, upstream, key, conf, now):
+        """Eject ``key`` in ejections.json; -> its seconds, or None (another worker was
+        first, or max_ejected_percent holds it back)."""
         # Writers serialise on a lock file and replace ejections.json whole (atomic rename):
         # workers read it without the lock, so they must never see it half written.
         path = os.path.join(self.view.state_dir, EJECTIONS_FILE)
-        now = time.time()
         with open(os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600), "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 ejections = core.Ejections(read_json(path) or {})
                 if ejections.ejected(key, now):
-                    return                  # another worker was first
+                    return None             # another worker was first
                 keys = {target_key(upstream.id, t.url) for t in upstream.targets}
                 out = sum(1 for k in keys if ejections.ejected(k, now) or k in self.view.down)
                 seconds = ejections.eject(key, conf, now, out, len(keys))
@@ -143,18 +165,14 @@ class PassiveTracker:
                     log.warning("upstream %s: not ejecting %s: max_ejected_percent (%d%%) "
                                 "reached", upstream.id, key.partition("|")[2],
                                 conf["max_ejected_percent"])
-                    return
+                    return None
                 for stale in [k for k, v in ejections.entries.items()
                               if v[0] < now - 2 * conf["max_eject_for"]]:
                     del ejections.entries[stale]
                 atomic_write(path, json.dumps(ejections.entries).encode())
+                return seconds
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        log.warning("upstream %s: ejected %s for %.0fs after %d failures in a row",
-                    upstream.id, key.partition("|")[2], seconds, conf["consecutive_failures"])
-        if self.on_eject is not None:
-            self.on_eject(upstream.id, key.partition("|")[2])
-        self.view.refresh(now)
 
 
 # -- the checker process ------------------------------------------------------------------------
@@ -331,11 +349,27 @@ class Checker:
                 self.publish()
             gevent.sleep(max(0.0, state.next_at - time.time()))
 
+    publish_failing = False     # health.json cannot be written: said once, not per verdict
+    metrics_failing = False     # health.prom, the same
+
     def publish(self):
         targets = {key: {"healthy": s.healthy, "since": round(s.since, 3), "checks": s.checks,
                          "last_error": s.last_error} for key, s in self.states.items()}
-        atomic_write(os.path.join(self.state_dir, HEALTH_FILE),
-                     json.dumps({"pid": os.getpid(), "targets": targets}).encode())
+        try:
+            atomic_write(os.path.join(self.state_dir, HEALTH_FILE),
+                         json.dumps({"pid": os.getpid(), "targets": targets}).encode())
+        except OSError as exc:
+            # A full state_dir: dying here was a restart loop with a traceback each time.
+            # The workers keep the verdicts they read last; the checks go on.
+            if not self.publish_failing:
+                self.publish_failing = True
+                log.error("cannot write %s in %s: %s; workers keep the verdicts they read "
+                          "last until it can be written: free space there", HEALTH_FILE,
+                          self.state_dir, exc.strerror)
+            return
+        if self.publish_failing:
+            self.publish_failing = False
+            log.warning("%s is written again", HEALTH_FILE)
 
     def write_metrics(self):
         """health.prom, which /metrics appends, by prometheus_client's textfile writer (label
@@ -345,7 +379,15 @@ class Checker:
         from prometheus_client import CollectorRegistry, write_to_textfile
         registry = CollectorRegistry()
         registry.register(_CheckCounts(dict(self.counts)))
-        write_to_textfile(os.path.join(self.state_dir, METRICS_FILE), registry)
+        try:
+            write_to_textfile(os.path.join(self.state_dir, METRICS_FILE), registry)
+        except OSError as exc:      # a full state_dir: said once, as publish() says it
+            if not self.metrics_failing:
+                self.metrics_failing = True
+                log.error("cannot write %s in %s: %s", METRICS_FILE, self.state_dir,
+                          exc.strerror)
+            return
+        self.metrics_failing = False
 
     def run(self):
         import gevent

@@ -29,6 +29,7 @@ class HostShare:
         self.refused = {}           # target url -> until (monotonic: one clock per host)
         self.published_at = 0.0
         self._peers = {}            # file name -> (stamp, data)
+        self.failing = False        # publishing fails (a full disk): said once, not a second
 
     def publish(self, now, counts=None):
         if counts is not None:
@@ -44,7 +45,16 @@ class HostShare:
                 f.write(data)
             os.replace(tmp, self.path)
         except OSError as exc:      # a full disk must not fail requests: sharing just stops
-            log.warning("cannot publish to %s: %s", self.directory, exc)
+            if not self.failing:
+                self.failing = True
+                log.warning("cannot publish to %s: %s; the host's workers no longer share "
+                            "retry budgets and refused targets until it can: free space there",
+                            self.directory, exc.strerror)
+            self.published_at = now
+            return
+        if self.failing:
+            self.failing = False
+            log.warning("publishing to %s again", self.directory)
         self.published_at = now
 
     def refuse(self, url, until, now):

@@ -37,6 +37,12 @@ Defects found (each test below failed before its fix):
 10. The runbook's upstream outage said "Idempotent requests that fail to connect are
     retried once on another target": any method is (nothing was sent), and the host then
     skips the target for 1 s. Doc fix.
+11. The state dir full under traffic (a small tmpfs filled): a passive ejection that could
+    not be written turned the request's 502 (or its retry's 200) into a 500 with a
+    traceback; the health checker died on writing health.json and was restarted in a
+    loop, a traceback each time; every worker logged ``cannot publish`` once a second.
+    Now the target stays in rotation (said, throttled), the checker keeps checking and
+    says it once, and the share says it once per worker and when it recovers.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -285,3 +291,45 @@ def test_a_refused_connection_is_retried_elsewhere_whatever_the_method(launcher,
     runbook = (ROOT / "docs" / "operations.md").read_text().split("## Runbook", 1)[1]
     assert "Idempotent requests that fail to connect" not in runbook
     assert "retried once on another target,\nwhatever its method" in runbook
+
+
+# -- 11. the state dir fills up under traffic ----------------------------------------------
+
+def test_a_full_state_dir_fails_no_request_and_floods_no_log(launcher, tmp_path):
+    from ..conftest import free_port, stop_process
+    mount = tmp_path / "state-disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        live, checked = launcher.upstream("live"), launcher.upstream("checked")
+        dead = f"http://127.0.0.1:{free_port()}"
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "p", "paths": ["/echo"], "upstream": "passive"},
+             {"id": "h", "paths": ["/h"], "upstream": "checked"}], workers=2,
+            server={"state_dir": str(mount / "state")},
+            upstreams={"passive": {"targets": [{"url": dead}, {"url": live.url}],
+                                   "passive": {"consecutive_failures": 1}},
+                       "checked": {"targets": [{"url": checked.url}], "health_check": {
+                           "interval": 0.3, "timeout": 0.3, "unhealthy_threshold": 1}}}))
+        wait_until(lambda: "ready: 2 workers serving" in gw.log())
+        wait_until(lambda: (mount / "state" / "health.json").exists())
+        subprocess.run(["dd", "if=/dev/zero", f"of={mount}/fill", "bs=64k", "count=100"],
+                       capture_output=True)
+        assert os.statvfs(mount).f_bavail == 0
+        before = len(gw.log())
+        stop_process(checked.proc)                  # a verdict the checker must write
+        statuses = [gw.request("GET", "/echo")[0].status for _ in range(20)]
+        assert 500 not in statuses and set(statuses) <= {200, 502}, statuses
+        wait_until(lambda: "is now UNHEALTHY" in gw.log()[before:])
+        time.sleep(3)
+        after = gw.log()[before:]
+        assert "Traceback" not in after, after
+        assert not re.search(r"health \(pid \d+\) exited", after), after
+        assert after.count("cannot write health.json") == 1, after
+        assert after.count("cannot publish to") <= 2, after         # once per worker
+        assert "cannot eject" in after and "it stays in rotation" in after, after
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
