@@ -25,6 +25,14 @@ def cmd_run(args):
     if problem is not None:
         print(f"{args.conf}: cannot start: [server] state_dir: {problem}", file=sys.stderr)
         return 2
+    from .state.store import LocalStore
+    try:
+        LocalStore.prepare(conf.server["state_dir"])
+    except OSError as exc:      # a full disk: else every worker dies at boot, in a loop
+        print(f"{args.conf}: cannot start: [server] state_dir {conf.server['state_dir']}: "
+              f"cannot make the per-host limit table there: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     from .server.instance import InstanceLock, InstanceLocked, lock_paths
     instance_lock = InstanceLock()      # held for the master's life (see instance.py)
     try:

@@ -449,10 +449,7 @@ class LocalStore:
     def __init__(self, directory):
         self.directory = directory
         size = self.SLOTS * self.SLOT.size
-        fd = os.open(os.path.join(directory, "limits"), os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)
-        self.fd = fd
+        self.fd = fd = self.open_table(directory)
         self.mm = mmap.mmap(fd, size)
         # Slots are chosen by a keyed hash: with a public one, a client could compute keys
         # (header values) that land in the probe run of another limit and evict its state.
@@ -466,6 +463,30 @@ class LocalStore:
         self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
         self.lease_numbers = itertools.count()
         self.lease_tag = os.urandom(4).hex()   # two stores in one process never share ids
+
+    @classmethod
+    def open_table(cls, directory):
+        """The table's file, its blocks allocated: a sparse file on a full tmpfs (/run) got
+        its pages on first write, and a worker writing a new key's slot then died of SIGBUS,
+        request after request. The master makes it at start (``prepare``), so a state_dir
+        without room is refused there, by name. -> fd"""
+        size = cls.SLOTS * cls.SLOT.size
+        fd = os.open(os.path.join(directory, "limits"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    @classmethod
+    def prepare(cls, directory):
+        """Make the host's per-host files before any worker needs them (OSError if the
+        state_dir cannot take them)."""
+        os.close(cls.open_table(directory))
+        host_secret(os.path.join(directory, "limits.key"))
 
     # -- breakers and adaptive limits ----------------------------------------------------------
 

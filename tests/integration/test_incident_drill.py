@@ -43,6 +43,11 @@ Defects found (each test below failed before its fix):
     loop, a traceback each time; every worker logged ``cannot publish`` once a second.
     Now the target stays in rotation (said, throttled), the checker keeps checking and
     says it once, and the share says it once per worker and when it recovers.
+12. Per-host rate limits with the state dir full: the table was a sparse file, so the
+    first write to a new key's page was a SIGBUS: every request with a new key dropped
+    its connection and killed its worker. And with no room for the table at start, every
+    worker died at boot in a loop (a traceback each) while the master never exited. The
+    master now allocates the table whole at start, and refuses a state_dir without room.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -333,3 +338,54 @@ def test_a_full_state_dir_fails_no_request_and_floods_no_log(launcher, tmp_path)
         assert "cannot eject" in after and "it stays in rotation" in after, after
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# -- 12. per-host rate limits on a full state dir ------------------------------------------
+
+@pytest.fixture
+def state_tmpfs(tmp_path):
+    mounts = []
+
+    def mount(size):
+        path = tmp_path / f"state-{size}"
+        path.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(path)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+        mounts.append(path)
+        return path
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_per_host_limits_on_a_full_state_dir_kill_no_worker(launcher, upstream, state_tmpfs):
+    """The table was a sparse file: on a full tmpfs, the first write to a new key's page
+    was a SIGBUS, every request with a new key a dead worker and a dropped connection."""
+    disk = state_tmpfs("4m")
+    gw = launcher.gateway(gateway_conf(
+        [route("r", ["/echo"], upstream.url, plugins={"rate_limit": {
+            "rate": 100, "burst": 10, "key": "header:X-Key"}})],
+        server={"state_dir": str(disk / "state")}))
+    wait_until(lambda: "ready: 1 workers serving" in gw.log())
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk}/fill", "bs=64k", "count=100"],
+                   capture_output=True)
+    assert os.statvfs(disk).f_bavail == 0
+    workers = gw.worker_pids()
+    for i in range(100):                            # 100 keys: slots on many pages
+        assert gw.request("GET", "/echo", headers={"X-Key": f"client-{i}"})[0].status == 200
+    assert gw.worker_pids() == workers
+    assert "SIGBUS" not in gw.log()
+
+
+def test_a_state_dir_without_room_for_the_limit_table_refuses_the_start(launcher, upstream,
+                                                                        state_tmpfs):
+    disk = state_tmpfs("1m")                        # the table is 2.5 MiB
+    gw = launcher.gateway(gateway_conf([route("r", ["/echo"], upstream.url)],
+                                       server={"state_dir": str(disk / "state")}), wait=False)
+    assert gw.proc.wait(30) == 2
+    log = gw.log()
+    assert f"cannot start: [server] state_dir {disk / 'state'}: cannot make the per-host " \
+        "limit table there: No space left on device" in log, log
+    assert "Traceback" not in log
