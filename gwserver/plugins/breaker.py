@@ -18,12 +18,16 @@ in Redis with [redis], else per host; when Redis cannot answer, ``on_store_error
 
 The state machine is ``core.breaker``; the state lives in the store (``ctx.services``).
 """
+import logging
 import math
 import time
 
 from ..core.context import Reply
+from ..core.throttledlog import throttled_log
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
 from ..errors import StoreError
+
+log = logging.getLogger("gwserver.breaker")
 
 NAME = "breaker"
 PRIORITY = 700          # after rate_limit: a request refused by a limit never counts
@@ -66,12 +70,16 @@ def access(conf, ctx):
     key = breaker_key(conf, ctx.route, ctx.upstream)
     store = ctx.services.limit_store
     try:
-        verdict = store.breaker_admit(key, conf)
-    except StoreError:
-        if conf["on_store_error"] == "allow":
-            return None
-        store = ctx.services.local_store
-        verdict = store.breaker_admit(key, conf)
+        try:
+            verdict = store.breaker_admit(key, conf)
+        except StoreError:
+            if conf["on_store_error"] == "allow":
+                return None
+            store = ctx.services.local_store
+            verdict = store.breaker_admit(key, conf)
+    except OSError as exc:
+        unguarded(key, exc)
+        return None
     if ctx.services.metrics is not None:
         ctx.services.metrics.breaker_state(key, verdict.state)
     if verdict.admitted:
@@ -89,7 +97,23 @@ def finish(conf, ctx, status):
     admitted = ctx.var("breaker")
     if admitted is None:
         return
-    store, key, epoch = admitted
+    try:
+        record(conf, ctx, status, *admitted)
+    except OSError as exc:
+        unguarded(admitted[1], exc)
+
+
+def unguarded(key, exc):
+    """The per-host state (a file in state_dir) cannot be written, a full disk: the request
+    goes through unguarded, as on_store_error = "allow" would; a 500 for a breaker that
+    only guards the upstream would fail requests the upstream might serve."""
+    throttled_log.log(log, logging.ERROR, ("unguarded", key),
+                      "breaker %s: its per-host state cannot be written (%s): requests pass "
+                      "unguarded until it can; free space in [server] state_dir", key,
+                      exc.strerror or exc)
+
+
+def record(conf, ctx, status, store, key, epoch):
     erred = ctx.upstream_erred()
     if ctx.ended_by is not None or not (ctx.sent or erred):
         # Nothing went upstream: a later plugin answered, or the gateway refused the request

@@ -48,6 +48,9 @@ Defects found (each test below failed before its fix):
     its connection and killed its worker. And with no room for the table at start, every
     worker died at boot in a loop (a traceback each) while the master never exited. The
     master now allocates the table whole at start, and refuses a state_dir without room.
+13. A per-host breaker (no Redis) whose state file could not be written (state dir full)
+    failed every request on its route with a 500 and a traceback; it now lets them
+    through unguarded, as on_store_error = "allow" does, and says so once a second.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -389,3 +392,22 @@ def test_a_state_dir_without_room_for_the_limit_table_refuses_the_start(launcher
     assert f"cannot start: [server] state_dir {disk / 'state'}: cannot make the per-host " \
         "limit table there: No space left on device" in log, log
     assert "Traceback" not in log
+
+
+def test_a_per_host_breaker_on_a_full_state_dir_lets_requests_through(launcher, upstream,
+                                                                       state_tmpfs):
+    """Its state file could not be written: every request on the route was a 500 with a
+    traceback, though the upstream was fine."""
+    disk = state_tmpfs("4m")
+    gw = launcher.gateway(gateway_conf(
+        [route("guarded", ["/echo"], upstream.url, plugins={"breaker": {}})],
+        server={"state_dir": str(disk / "state")}))
+    wait_until(lambda: "ready: 1 workers serving" in gw.log())
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk}/fill", "bs=64k", "count=100"],
+                   capture_output=True)
+    assert os.statvfs(disk).f_bavail == 0
+    assert [gw.request("GET", "/echo")[0].status for _ in range(10)] == [200] * 10
+    log = gw.log()
+    assert "Traceback" not in log, log
+    assert log.count("breaker route:guarded: its per-host state cannot be written (No space "
+                     "left on device): requests pass unguarded") == 1, log
