@@ -23,12 +23,16 @@ counts.
 Over the limit: ``status`` (503) with Retry-After. When Redis cannot answer: "allow" lets the
 request through, "deny" refuses it, "local" (default) counts per host instead.
 """
+import logging
 
 from ..core.context import Reply
 from ..core.schema import (Field, Invalid, Schema, header_in_key, integer, number, one_of, show,
                            status_code)
+from ..core.throttledlog import throttled_log
 from ..errors import StoreError
 from .rate_limit import limit_key
+
+log = logging.getLogger("gwserver.limit_conn")
 
 NAME = "limit_conn"
 PRIORITY = 790          # after rate_limit (800): a request refused by a rate never takes a slot
@@ -69,18 +73,28 @@ def access(conf, ctx):
     services = ctx.services
     store = services.local_store if conf["scope"] == "host" else services.limit_store
     try:
-        claim = store.conn_claim(key, conf["limit"], conf["lease_seconds"])
-    except StoreError:
-        mode = conf["on_store_error"]
-        if mode == "allow":
-            _count(ctx, "store_error_allowed")
-            return None
-        if mode == "deny":
-            _count(ctx, "store_error_denied")
-            return _refusal(conf, "limit_conn_unavailable",
-                            "the connection-limit store cannot answer")
-        store = services.local_store
-        claim = store.conn_claim(key, conf["limit"], conf["lease_seconds"])
+        try:
+            claim = store.conn_claim(key, conf["limit"], conf["lease_seconds"])
+        except StoreError:
+            mode = conf["on_store_error"]
+            if mode == "allow":
+                _count(ctx, "store_error_allowed")
+                return None
+            if mode == "deny":
+                return _unavailable(conf, ctx)
+            store = services.local_store
+            claim = store.conn_claim(key, conf["limit"], conf["lease_seconds"])
+    except OSError as exc:
+        # The per-host lease file cannot be written (a full state_dir): a 500 here failed
+        # every request on the route. on_store_error decides, "local" (what failed) as allow.
+        throttled_log.log(log, logging.ERROR, ("unwritable", ctx.route.id),
+                          "route %s: limit_conn's per-host state cannot be written (%s); "
+                          "on_store_error decides until it can: free space in [server] "
+                          "state_dir", ctx.route.id, exc.strerror or exc)
+        if conf["on_store_error"] == "deny":
+            return _unavailable(conf, ctx)
+        _count(ctx, "store_error_allowed")
+        return None
     if claim.lease is None:
         _count(ctx, "conn_limited")
         return _refusal(conf, "too_many_connections",
@@ -97,8 +111,13 @@ def finish(conf, ctx, status):
     store, key, lease = held
     try:
         store.conn_release(key, conf["limit"], conf["lease_seconds"], lease)
-    except StoreError:
+    except (StoreError, OSError):
         pass                # the lease expires on its own
+
+
+def _unavailable(conf, ctx):
+    _count(ctx, "store_error_denied")
+    return _refusal(conf, "limit_conn_unavailable", "the connection-limit store cannot answer")
 
 
 def _refusal(conf, error, message):

@@ -26,13 +26,17 @@ succeeded, down by ``step_down`` below ``lower_below``, within floor..ceiling. T
 one per route, shared like the limit itself (Redis, or per host).
 """
 import hashlib
+import logging
 import math
 
 from ..core.context import Reply, parse_block
 from ..core.realip import ipv6_network
+from ..core.throttledlog import throttled_log
 from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
                            number, one_of, show, status_code)
 from ..errors import BadRequest, StoreError
+
+log = logging.getLogger("gwserver.rate_limit")
 
 NAME = "rate_limit"
 PRIORITY = 800          # after authentication (jwt keys limits by claim), before the proxy
@@ -235,8 +239,15 @@ def finish(conf, ctx, status):
         # The gateway answered itself (a stalled upload's 408): the upstream said nothing.
         # Counted as a success, a client's stalls could hold the rate up while it fails.
         return
-    store.adaptive_record(ctx.route.id, conf,
-                          not ctx.upstream_failed(status, adaptive["failure_statuses"]))
+    try:
+        store.adaptive_record(ctx.route.id, conf,
+                              not ctx.upstream_failed(status, adaptive["failure_statuses"]))
+    except OSError as exc:      # the per-host state in a full state_dir: the rate stands still
+        throttled_log.log(log, logging.ERROR, ("adaptive unwritable", ctx.route.id),
+                          "route %s: the adaptive rate cannot be recorded (%s); it stays "
+                          "where it is until it can: free space in [server] state_dir",
+                          ctx.route.id, exc.strerror or exc)
+        return
     if ctx.services.metrics is not None:
         ctx.services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))
 

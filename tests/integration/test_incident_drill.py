@@ -51,6 +51,10 @@ Defects found (each test below failed before its fix):
 13. A per-host breaker (no Redis) whose state file could not be written (state dir full)
     failed every request on its route with a 500 and a traceback; it now lets them
     through unguarded, as on_store_error = "allow" does, and says so once a second.
+14. The same for limit_conn per host (every request a 500) and adaptive per-host rates
+    (a traceback a second from the finish phase): limit_conn now follows on_store_error
+    ("local", which is what failed, as "allow"), the adaptive rate stands still, each
+    said once a second at most.
 
 What held (drilled by hand, no change needed): every target of a route refused: 502 JSON
 with a request id and no address, one throttled log line per second naming route, request
@@ -411,3 +415,30 @@ def test_a_per_host_breaker_on_a_full_state_dir_lets_requests_through(launcher, 
     assert "Traceback" not in log, log
     assert log.count("breaker route:guarded: its per-host state cannot be written (No space "
                      "left on device): requests pass unguarded") == 1, log
+
+
+def test_per_host_conn_limits_and_adaptive_rates_on_a_full_state_dir(launcher, upstream,
+                                                                      state_tmpfs):
+    """limit_conn's lease file could not be written: every request on its route was a 500;
+    an adaptive limit logged a traceback each second for the rate it could not record."""
+    disk = state_tmpfs("4m")
+    gw = launcher.gateway(gateway_conf(
+        [route("conns", ["/conns"], upstream.url, plugins={"limit_conn": {"limit": 5}}),
+         route("adapt", ["/adapt"], upstream.url, plugins={"rate_limit": {
+             "rate": 100, "burst": 50, "key": "route",
+             "adaptive": {"floor": 10, "ceiling": 200, "window": 0.5}}})],
+        server={"state_dir": str(disk / "state")}))
+    wait_until(lambda: "ready: 1 workers serving" in gw.log())
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk}/fill", "bs=64k", "count=100"],
+                   capture_output=True)
+    assert os.statvfs(disk).f_bavail == 0
+    for path in ("/conns", "/adapt"):
+        assert [gw.request("GET", path)[0].status for _ in range(10)] == [200] * 10
+    time.sleep(1.2)                                  # the throttled log's second is over
+    log = gw.log()
+    assert "Traceback" not in log, log
+    assert "route conns: limit_conn's per-host state cannot be written (No space left on " \
+        "device)" in log, log
+    assert "route adapt: the adaptive rate cannot be recorded (No space left on device)" \
+        in log, log
+    assert b'outcome="store_error_allowed",route="conns"' in gw.admin_get("/metrics")[1]
