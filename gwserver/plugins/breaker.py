@@ -23,8 +23,8 @@ import math
 import time
 
 from ..core.context import Reply
-from ..core.throttledlog import throttled_log
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
+from ..core.throttledlog import throttled_log
 from ..errors import StoreError
 
 log = logging.getLogger("gwserver.breaker")

@@ -31,9 +31,9 @@ import math
 
 from ..core.context import Reply, parse_block
 from ..core.realip import ipv6_network
-from ..core.throttledlog import throttled_log
 from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
                            number, one_of, show, status_code)
+from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, StoreError
 
 log = logging.getLogger("gwserver.rate_limit")
