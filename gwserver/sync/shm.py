@@ -1,10 +1,12 @@
 """Publishing the route table from the sync process to the workers of one host.
 
 Each generation is a JSON file written by atomic rename (readers see an old file or a new one,
-never a mix); next to them an 8-byte generation counter in an mmap'd file, bumped after the
-file is in place. A worker compares those 8 bytes with its own generation on every request
-(~100 ns) and reads files only when they differ. ``multiprocessing.shared_memory`` is not
-used: on 3.11 an unrelated process attaching by name unlinks the segment when it exits.
+never a mix); next to them an 8-byte generation counter file, bumped after the file is in
+place. A worker reads those 8 bytes (one ``pread``, ~0.5 us) on every request and reads files
+only when they differ from its own generation. Not an mmap: a counter file truncated under a
+mapping (by hand, by a cleanup script) is SIGBUS on the next read, which killed every worker
+mid-request and the sync process with them. ``multiprocessing.shared_memory`` is not used
+either: on 3.11 an unrelated process attaching by name unlinks the segment when it exits.
 
 Each worker also records what it applied in ``workers/PID`` (generation and etcd revision), so
 ``gwserver routes status`` and the benchmark can tell when every worker serves a change.
@@ -40,28 +42,28 @@ def atomic_write(path, data):
 
 
 def _open_counter(runtime_dir, create):
+    """-> a descriptor of the counter file (read and written with pread/pwrite)."""
     path = os.path.join(runtime_dir, GENERATION)
     if create and not os.path.exists(path):
         atomic_write(path, _COUNTER.pack(0))
     elif create and os.path.getsize(path) != _COUNTER.size:
-        # Truncated or overwritten by something else (an mmap past the end of a file is
-        # SIGBUS): a new file, at the newest generation the published files show, so
-        # workers never see the numbering go back.
+        # Truncated or overwritten by something else: the newest generation the published
+        # files show, so workers never see the numbering go back.
         log.error("%s was damaged (%d bytes); rewriting it", path, os.path.getsize(path))
-        # In place, not by rename: running workers have this very file mapped, and never
-        # open it again.
+        # In place, not by rename: running workers hold this very file open.
         fd = os.open(path, os.O_RDWR)
         try:
             os.ftruncate(fd, _COUNTER.size)
             os.pwrite(fd, _COUNTER.pack(_newest_generation(runtime_dir)), 0)
         finally:
             os.close(fd)
-    fd = os.open(path, os.O_RDWR if create else os.O_RDONLY)
-    try:
-        return mmap.mmap(fd, _COUNTER.size, access=mmap.ACCESS_WRITE if create else
-                         mmap.ACCESS_READ)
-    finally:
-        os.close(fd)
+    return os.open(path, os.O_RDWR if create else os.O_RDONLY)
+
+
+def _read_counter(fd):
+    """The published generation, or None if the file is short (truncated under us)."""
+    raw = os.pread(fd, _COUNTER.size, 0)
+    return _COUNTER.unpack(raw)[0] if len(raw) == _COUNTER.size else None
 
 
 def _newest_generation(runtime_dir):
@@ -99,7 +101,7 @@ class TablePublisher:
         os.makedirs(os.path.join(runtime_dir, CHANGES), exist_ok=True)
         self.counter = _open_counter(runtime_dir, create=True)
         # Continue the numbering of a previous sync process: workers only ever see it grow.
-        self.generation = _COUNTER.unpack_from(self.counter, 0)[0]
+        self.generation = _read_counter(self.counter) or 0
         self.revision = None
         self.lock = threading.Lock()           # held while the table is read or changed
         self.base_lock = threading.Lock()
@@ -125,7 +127,8 @@ class TablePublisher:
             document = {"generation": self.generation, "revision": revision, **delta}
             atomic_write(self._change_path(self.generation), json.dumps(document).encode())
             self.dirty.set()
-        _COUNTER.pack_into(self.counter, 0, self.generation)
+        # pwrite, in place: also puts back a counter someone truncated meanwhile.
+        os.pwrite(self.counter, _COUNTER.pack(self.generation), 0)
         try:
             os.unlink(self._change_path(self.generation - self.KEEP_CHANGES))
         except FileNotFoundError:
@@ -198,8 +201,10 @@ class TableReader:
     def __init__(self, runtime_dir, prefix=None):
         self.runtime_dir = runtime_dir
         self.prefix = prefix        # a table of another etcd prefix is not ours to serve
-        self.counter = None
+        self.counter = None             # a descriptor of the counter file
         self.generation = 0
+        self.published = 0              # the counter as last read
+        self.damaged = False            # the counter was short when last read
         self.board = os.path.join(runtime_dir, WORKERS, str(os.getpid()))
 
     def changed(self):
@@ -207,9 +212,22 @@ class TableReader:
         if counter is None:
             try:
                 self.counter = counter = _open_counter(self.runtime_dir, create=False)
-            except (OSError, ValueError):
+            except OSError:
                 return False            # nothing published yet
-        return _COUNTER.unpack_from(counter, 0)[0] != self.generation
+        published = _read_counter(counter)
+        if published is None:
+            # Truncated: keep what we serve (the sync process writes the counter again at its
+            # next publication); a worker with nothing yet takes the newest published files.
+            if not self.damaged:
+                self.damaged = True
+                log.error("%s is damaged (not 8 bytes): serving generation %d until the sync "
+                          "process publishes again", os.path.join(self.runtime_dir, GENERATION),
+                          self.generation or _newest_generation(self.runtime_dir))
+                if self.generation == 0:
+                    self.published = _newest_generation(self.runtime_dir)
+            return self.published != self.generation
+        self.damaged, self.published = False, published
+        return published != self.generation
 
     def updates(self):
         """[("full", document) | ("delta", document), ...] up to the published generation.
@@ -218,7 +236,7 @@ class TableReader:
         table (first start, or fallen further behind than the kept change files), then the
         changes after it.
         """
-        target = _COUNTER.unpack_from(self.counter, 0)[0]
+        target = self.published
         steps, generation = [], self.generation
         while generation < target:
             change = read_json(os.path.join(self.runtime_dir, CHANGES, f"{generation + 1}.json"))
