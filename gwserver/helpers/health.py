@@ -277,7 +277,27 @@ class Checker:
         self.states = {}            # key -> ActiveState
         self.greenlets = {}         # key -> (greenlet, target, health conf)
         self.counts = {}            # (key, result) -> n
+        self.previous = self.previous_verdicts()
         self.load(conf)
+
+    def previous_verdicts(self):
+        """{key: since} of the targets the checker before us, under the same master, judged
+        down: a checker the master restarts (it was killed, it crashed) takes them up. Every
+        target starting healthy sent traffic to dead ones until they failed their checks
+        again (unhealthy_threshold probes). A new master starts afresh: its file may be old."""
+        written = read_json(os.path.join(self.state_dir, HEALTH_FILE)) or {}
+        if written.get("master") != os.getppid():
+            return {}
+        targets = written.get("targets")
+        down = {}
+        for key, state in targets.items() if isinstance(targets, dict) else ():
+            if isinstance(state, dict) and state.get("healthy") is False:
+                since = state.get("since")
+                down[key] = since if isinstance(since, (int, float)) else time.time()
+        if down:
+            log.info("taking up %d target(s) the previous checker judged down until they "
+                     "pass their checks: %s", len(down), ", ".join(sorted(down)))
+        return down
 
     def load(self, conf):
         from ..core.table import LiveTable
@@ -325,7 +345,9 @@ class Checker:
                     changed = True
         for key, (target, hc, tls, protocol) in wanted.items():
             if key not in self.greenlets:
-                self.states.setdefault(key, core.ActiveState(since=time.time()))
+                since = self.previous.pop(key, None)
+                self.states.setdefault(key, core.ActiveState(since=time.time()) if since is None
+                                       else core.ActiveState(healthy=False, since=since))
                 self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc, tls,
                                                     protocol), target, hc, tls, protocol)
                 changed = True
@@ -357,7 +379,8 @@ class Checker:
                          "last_error": s.last_error} for key, s in self.states.items()}
         try:
             atomic_write(os.path.join(self.state_dir, HEALTH_FILE),
-                         json.dumps({"pid": os.getpid(), "targets": targets}).encode())
+                         json.dumps({"pid": os.getpid(), "master": os.getppid(),
+                                     "targets": targets}).encode())
         except OSError as exc:
             # A full state_dir: dying here was a restart loop with a traceback each time.
             # The workers keep the verdicts they read last; the checks go on.

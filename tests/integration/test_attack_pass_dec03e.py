@@ -6,12 +6,17 @@ Each defect below is shown by a test that failed on 9af5f3a and passes with its 
    on its next request (the request cut unanswered), the sync process too at its next
    publication, and the workers started in their place could not map it and served the
    conf file's routes alone (404 for every etcd route) until the sync process came back.
+2. The health checker killed (-9, a crash, the OOM killer) and restarted by the master began
+   with every target healthy: a target it had judged down took traffic again until it failed
+   unhealthy_threshold more checks (15 s with the defaults).
 """
 import os
 import signal
+import time
 
-from ..conftest import wait_until
+from ..conftest import free_port, gateway_conf, wait_until
 from .test_etcd import _is_worker, all_workers_at, put, runtime_of, serves, serving
+from .test_health import health_pid, target_health
 
 
 def worker_pids(gw):
@@ -40,3 +45,29 @@ def test_a_truncated_generation_counter_kills_no_worker_and_drops_no_route(
     assert serves(gw, "/r2") == 200 and os.path.getsize(counter) == 8
     assert all(p in gw.worker_pids() for p in sync)    # the helpers lived through it too
     assert "is damaged (not 8 bytes)" in gw.log() and "signal 7" not in gw.log()
+
+
+# -- 2. health verdicts across a restart of the health helper ---------------------------------
+
+SLOW_TO_JUDGE = {"interval": 0.5, "timeout": 0.3, "healthy_threshold": 2,
+                 "unhealthy_threshold": 3, "max_interval": 1.0, "path": "/echo"}
+
+
+def test_a_restarted_health_checker_does_not_bring_a_dead_target_back(launcher):
+    a = launcher.upstream("a")
+    dead = f"http://127.0.0.1:{free_port()}"            # nothing listens there
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "pool"}],
+        upstreams={"pool": {"targets": [{"url": a.url}, {"url": dead}],
+                            "health_check": SLOW_TO_JUDGE}}))
+    wait_until(lambda: target_health(gw) == {a.url: "healthy", dead: "unhealthy"}, timeout=10)
+    first = health_pid(gw)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: health_pid(gw) not in (None, first), timeout=10)
+    seen = set()
+    until = time.monotonic() + 2.0      # longer than three failed probes take
+    while time.monotonic() < until:
+        seen.add(target_health(gw)[dead])
+        time.sleep(0.02)
+    assert seen == {"unhealthy"}
+    assert "health (pid %d) was killed by signal 9; restarting it" % first in gw.log()
