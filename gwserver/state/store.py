@@ -438,7 +438,9 @@ class LocalStore:
     Rate limits: ``limits``, a fixed open-addressing table mmap'd by every worker: each slot
     holds a key hash and three doubles (token bucket: tokens, last; sliding window: index,
     current, previous). 65,536 slots, 2 MiB; when the probe run is full the least recently
-    used slot of the run is reused. Breakers and adaptive limits: ``states/``, one small JSON
+    used slot of the run is reused. Its size is checked under the lock before each use
+    (``_locked``): the file truncated under the mapping (by hand, a cleanup script) was
+    SIGBUS for every worker at its next limited request. Breakers and adaptive limits: ``states/``, one small JSON
     file per key, read and rewritten under the file's lock (their state has no fixed size).
     """
 
@@ -450,6 +452,7 @@ class LocalStore:
         self.directory = directory
         size = self.SLOTS * self.SLOT.size
         self.fd = fd = self.open_table(directory)
+        self.size = size
         self.mm = mmap.mmap(fd, size)
         # Slots are chosen by a keyed hash: with a public one, a client could compute keys
         # (header values) that land in the probe run of another limit and evict its state.
@@ -639,7 +642,7 @@ class LocalStore:
         digest, hint = memo
         mm, size = self.mm, self.SLOT.size
         now = time.time()
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self._locked()
         try:
             # The slot this worker found the key in last time, if the key is still there
             # (another key may have taken it since: then the probe run is searched again).
@@ -667,7 +670,7 @@ class LocalStore:
         runs and gives it back when the check succeeded)."""
         digest = self._memo(key)[0]
         index = math.floor(time.time() / per)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self._locked()
         try:
             slot, state = self._find(digest)
             if state is not None and state[0] in (index, index - 1) and state[1] >= 1:
@@ -676,6 +679,20 @@ class LocalStore:
                                     state[1] - 1, state[2], used)
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def _locked(self):
+        """Take the table's lock, and give the file back its size if something cut it short
+        (the mapping past its end is SIGBUS): the cut slots read as empty, forgotten keys."""
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(self.fd).st_size < self.size:
+                log.error("%s was cut short: the rate limits on this host it held start over",
+                          os.path.join(self.directory, "limits"))
+                os.ftruncate(self.fd, self.size)
+                os.posix_fallocate(self.fd, 0, self.size)   # not sparse: see open_table
+        except BaseException:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            raise
 
     def _find(self, digest):
         start = digest % self.SLOTS

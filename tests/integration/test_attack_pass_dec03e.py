@@ -9,12 +9,14 @@ Each defect below is shown by a test that failed on 9af5f3a and passes with its 
 2. The health checker killed (-9, a crash, the OOM killer) and restarted by the master began
    with every target healthy: a target it had judged down took traffic again until it failed
    unhealthy_threshold more checks (15 s with the defaults).
+3. The per-host rate-limit table (``state_dir/limits``, mmap'd by every worker) truncated
+   while the gateway runs: every worker died of SIGBUS at its next limited request.
 """
 import os
 import signal
 import time
 
-from ..conftest import free_port, gateway_conf, wait_until
+from ..conftest import free_port, gateway_conf, route, wait_until
 from .test_etcd import _is_worker, all_workers_at, put, runtime_of, serves, serving
 from .test_health import health_pid, target_health
 
@@ -71,3 +73,18 @@ def test_a_restarted_health_checker_does_not_bring_a_dead_target_back(launcher):
         time.sleep(0.02)
     assert seen == {"unhealthy"}
     assert "health (pid %d) was killed by signal 9; restarting it" % first in gw.log()
+
+
+
+# -- 3. a truncated per-host rate-limit table ----------------------------------------------------
+
+def test_a_truncated_per_host_limit_table_kills_no_worker(launcher, upstream):
+    gw = launcher.gateway(gateway_conf([route("lim", ["/lim"], upstream.url, plugins={
+        "rate_limit": {"rate": 3, "per": 3600, "burst": 3, "key": "route"}})]))
+    assert [serves(gw, "/lim") for _ in range(2)] == [200, 200]
+    workers = worker_pids(gw)
+    os.truncate(os.path.join(gw.conf["server"]["state_dir"], "limits"), 0)
+    # the table's keys start over (the cut part held them): three more, then the limit
+    assert [serves(gw, "/lim") for _ in range(4)] == [200, 200, 200, 429]
+    assert worker_pids(gw) == workers
+    assert "was cut short" in gw.log()
