@@ -10,12 +10,20 @@ import os
 import signal
 
 
+MASTER_PID = "GWSERVER_MASTER_PID"      # set by the master for the helpers it starts
+
+
 def die_with_parent():
-    """Ask the kernel to SIGTERM us if the master dies (PR_SET_PDEATHSIG)."""
+    """Ask the kernel to SIGTERM us if the master dies (PR_SET_PDEATHSIG), and go now if it
+    died before we asked: a master killed while a helper it had just started was still
+    importing left that helper running for good, beside the next master's own."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
     except OSError:
         pass
+    master = os.environ.get(MASTER_PID)
+    if master and os.getppid() != int(master):
+        raise SystemExit(f"gwserver helper: its master (pid {master}) is gone; exiting")
 
 
 def start_helper(conf_path, role, state_dir_needed=False):

@@ -138,7 +138,9 @@ class Helper:
         self.exit_status = None     # set by collect() when it has exited
 
     def start(self):
-        proc = subprocess.Popen(self.argv, close_fds=True)
+        from ..helpers.helper import MASTER_PID
+        proc = subprocess.Popen(self.argv, close_fds=True,
+                                env={**os.environ, MASTER_PID: str(os.getpid())})
         proc.returncode = 0         # we reap it ourselves: keep Popen from warning about it
         self.pid, self.started_at = proc.pid, time.monotonic()
         log.info("started %s (pid %d)", self.name, self.pid)

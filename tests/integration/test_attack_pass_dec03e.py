@@ -11,6 +11,9 @@ Each defect below is shown by a test that failed on 9af5f3a and passes with its 
    unhealthy_threshold more checks (15 s with the defaults).
 3. The per-host rate-limit table (``state_dir/limits``, mmap'd by every worker) truncated
    while the gateway runs: every worker died of SIGBUS at its next limited request.
+4. A helper the master had just started (a restart of a killed one) when the master was
+   killed -9 outlived it for good: PR_SET_PDEATHSIG came after its imports, too late. A
+   leaked checker or sync process then wrote the host state beside the next master's own.
 """
 import os
 import signal
@@ -88,3 +91,35 @@ def test_a_truncated_per_host_limit_table_kills_no_worker(launcher, upstream):
     assert [serves(gw, "/lim") for _ in range(4)] == [200, 200, 200, 429]
     assert worker_pids(gw) == workers
     assert "was cut short" in gw.log()
+
+
+# -- 4. a helper started just before the master is killed ------------------------------------
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_helper_started_as_the_master_is_killed_does_not_outlive_it(launcher, upstream):
+    """The master restarts a killed health checker and is killed -9 itself while the new one
+    is still importing (before its PR_SET_PDEATHSIG): that helper ran on for good."""
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "r", "paths": ["/r"], "upstream": "pool"}],
+        upstreams={"pool": {"targets": [{"url": upstream.url}], "health_check": SLOW_TO_JUDGE}}))
+    wait_until(lambda: health_pid(gw) is not None)
+    first = health_pid(gw)
+    os.kill(first, signal.SIGKILL)
+    killed = f"health (pid {first}) was killed"
+    wait_until(lambda: "started health (pid" in gw.log().partition(killed)[2], interval=0.002)
+    os.kill(gw.pid, signal.SIGKILL)                     # while the new one is starting up
+    second = int(gw.log().rsplit("started health (pid ", 1)[1].split(")")[0])
+    gw.proc.wait(10)
+    try:
+        wait_until(lambda: not _alive(second), timeout=10)
+        assert f"its master (pid {gw.pid}) is gone" in gw.log()
+    finally:
+        if _alive(second):
+            os.kill(second, signal.SIGKILL)
