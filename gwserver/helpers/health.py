@@ -428,7 +428,7 @@ def run(conf_path):
     monkey.patch_all()
     from ..errors import ConfigError
     from ..settings import load_conf
-    from .helper import start_helper
+    from .helper import handlers_in_place, start_helper
     conf, state_dir = start_helper(conf_path, "health", state_dir_needed=True)
     checker = Checker(conf, state_dir)
     import gevent
@@ -441,4 +441,5 @@ def run(conf_path):
             log.error("health: keeping the previous targets: %s", exc)
     signal.signal(signal.SIGHUP, lambda *_: gevent.spawn(reload))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    handlers_in_place()
     checker.run()

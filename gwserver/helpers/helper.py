@@ -11,6 +11,14 @@ import signal
 
 
 MASTER_PID = "GWSERVER_MASTER_PID"      # set by the master for the helpers it starts
+# Blocked by the master across a helper's start, so a reload's SIGHUP that comes before the
+# helper's handler is held, not fatal (SIGHUP's default action); see handlers_in_place().
+HELD_SIGNALS = {signal.SIGHUP}
+
+
+def handlers_in_place():
+    """The helper's signal handlers are set: let through what the master held for it."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 def die_with_parent():

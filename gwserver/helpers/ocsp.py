@@ -106,7 +106,7 @@ def next_refresh(this_update, next_update, now, refresh_cap):
 
 def run(conf_path):
     from ..settings import load_conf
-    from .helper import start_helper
+    from .helper import handlers_in_place, start_helper
     from ..sync.shm import atomic_write
     from ..client.tls import OCSP_DIR, cert_id
     conf, state_dir = start_helper(conf_path, "ocsp", state_dir_needed=True)
@@ -116,6 +116,7 @@ def run(conf_path):
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGHUP, lambda *_: state.update(conf=load_conf(conf_path),
                                                          reload=True))
+    handlers_in_place()
     due, backoff = {}, {}
     while True:
         tls = state["conf"].tls

@@ -289,12 +289,13 @@ def write_metrics(state_dir, status):
 def run(conf_path):
     from ..errors import ConfigError
     from ..settings import load_conf
-    from .helper import start_helper
+    from .helper import handlers_in_place, start_helper
     conf, state_dir = start_helper(conf_path, "rollouts", state_dir_needed=True)
     controller = Controller(conf, state_dir)
     flags = set()
     signal.signal(signal.SIGHUP, lambda *_: flags.add("reload"))
     signal.signal(signal.SIGTERM, lambda *_: flags.add("stop"))
+    handlers_in_place()
     while "stop" not in flags:
         if "reload" in flags:
             flags.discard("reload")

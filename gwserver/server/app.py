@@ -138,9 +138,16 @@ class Helper:
         self.exit_status = None     # set by collect() when it has exited
 
     def start(self):
-        from ..helpers.helper import MASTER_PID
-        proc = subprocess.Popen(self.argv, close_fds=True,
-                                env={**os.environ, MASTER_PID: str(os.getpid())})
+        from ..helpers.helper import HELD_SIGNALS, MASTER_PID
+        # A reload forwards SIGHUP to health, ocsp and rollouts: one that came before the
+        # helper's handler killed it. Blocked here, inherited through exec, let through by
+        # the helper once its handlers are set (helper.handlers_in_place).
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        try:
+            proc = subprocess.Popen(self.argv, close_fds=True,
+                                    env={**os.environ, MASTER_PID: str(os.getpid())})
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         proc.returncode = 0         # we reap it ourselves: keep Popen from warning about it
         self.pid, self.started_at = proc.pid, time.monotonic()
         log.info("started %s (pid %d)", self.name, self.pid)

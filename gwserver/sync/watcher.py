@@ -364,7 +364,7 @@ def snapshot_warnings(conf):
 
 
 def run(conf_path):
-    from ..helpers.helper import start_helper
+    from ..helpers.helper import handlers_in_place, start_helper
     conf, _ = start_helper(conf_path, "config-sync")
     sync = ConfigSync(conf)
 
@@ -375,4 +375,5 @@ def run(conf_path):
             log.error("cannot write the table base on exit: %s", exc)
         os._exit(0)                     # every file is replaced atomically: nothing half-done
     signal.signal(signal.SIGTERM, stop)
+    handlers_in_place()             # (it has no SIGHUP handler: the master sends it none)
     sync.run()

@@ -14,6 +14,9 @@ Each defect below is shown by a test that failed on 9af5f3a and passes with its 
 4. A helper the master had just started (a restart of a killed one) when the master was
    killed -9 outlived it for good: PR_SET_PDEATHSIG came after its imports, too late. A
    leaked checker or sync process then wrote the host state beside the next master's own.
+5. A reload while the health checker (or ocsp, rollouts) was still starting: the master
+   forwards SIGHUP to it, and before its handler was set SIGHUP's default action killed it;
+   it came back only after the restart back-off.
 """
 import os
 import signal
@@ -123,3 +126,30 @@ def test_a_helper_started_as_the_master_is_killed_does_not_outlive_it(launcher, 
     finally:
         if _alive(second):
             os.kill(second, signal.SIGKILL)
+
+
+# -- 5. a reload while a helper is still starting ---------------------------------------------
+
+def test_a_reload_while_a_helper_starts_does_not_kill_it(launcher, upstream):
+    """The master forwards SIGHUP to the health checker on every reload; a checker it had
+    just started, held before its handler was in place (SIGSTOP here, a slow start on a
+    busy host), died of it (SIGHUP's default action) and was restarted only after a back-off,
+    its verdicts forgotten."""
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "r", "paths": ["/r"], "upstream": "pool"}],
+        upstreams={"pool": {"targets": [{"url": upstream.url}], "health_check": SLOW_TO_JUDGE}}))
+    wait_until(lambda: health_pid(gw) is not None)
+    first = health_pid(gw)
+    os.kill(first, signal.SIGKILL)
+    killed = f"health (pid {first}) was killed"
+    wait_until(lambda: "started health (pid" in gw.log().partition(killed)[2], interval=0.002)
+    second = int(gw.log().rsplit("started health (pid ", 1)[1].split(")")[0])
+    os.kill(second, signal.SIGSTOP)
+    try:
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_until(lambda: "reload complete" in gw.log())
+    finally:
+        os.kill(second, signal.SIGCONT)
+    wait_until(lambda: "health: targets re-read" in gw.log(), timeout=10)
+    assert health_pid(gw) == second and _alive(second)
+    assert f"health (pid {second}) was killed" not in gw.log()
