@@ -104,6 +104,19 @@ def tmpfs_dir(runtime_first=False):
     return (runtime or shm) if runtime_first else (shm or runtime)
 
 
+def worker_tmp_problems(directory):
+    """The master creates each worker's heartbeat file there before it forks: a directory it
+    cannot create files in (not the service user's, /proc) raised in the master's main loop
+    on a reload, and the master exited. Tried by creating one, as the master would."""
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix="gwserver-check-"):
+            return []
+    except OSError as exc:
+        return [f"server.worker_tmp_dir: cannot create the workers' heartbeat files in "
+                f"{directory}: {exc.strerror}"]
+
+
 def systemd_runtime_dir():
     """The unit's first RuntimeDirectory= (systemd sets $RUNTIME_DIRECTORY), or None."""
     return os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
@@ -812,6 +825,8 @@ def parse_conf(data, path="<conf>"):
     tmp_dir = sections["server"]["worker_tmp_dir"]
     if tmp_dir and not os.path.isdir(tmp_dir):     # gunicorn would fail each worker's start
         problems.append(f"server.worker_tmp_dir: {tmp_dir} is not a directory")
+    elif tmp_dir:
+        problems.extend(worker_tmp_problems(tmp_dir))
     admin_bind = sections["admin"]["bind"]
     if admin_bind and admin_bind in sections["server"]["bind"]:
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "

@@ -17,14 +17,20 @@ Each defect below is shown by a test that failed on 9af5f3a and passes with its 
 5. A reload while the health checker (or ocsp, rollouts) was still starting: the master
    forwards SIGHUP to it, and before its handler was set SIGHUP's default action killed it;
    it came back only after the restart back-off.
+6. A reload onto a ``worker_tmp_dir`` the master cannot create files in (not the service
+   user's; /proc here) passed the check (it is a directory), then gunicorn's spawn raised in
+   the master's main loop and the master exited 255: every listener gone.
 """
+import json
 import os
 import signal
+import threading
 import time
 
-from ..conftest import free_port, gateway_conf, route, wait_until
+from ..conftest import free_port, gateway_conf, route, to_toml, wait_until
 from .test_etcd import _is_worker, all_workers_at, put, runtime_of, serves, serving
 from .test_health import health_pid, target_health
+from .test_lifecycle import wrk
 
 
 def worker_pids(gw):
@@ -153,3 +159,51 @@ def test_a_reload_while_a_helper_starts_does_not_kill_it(launcher, upstream):
     wait_until(lambda: "health: targets re-read" in gw.log(), timeout=10)
     assert health_pid(gw) == second and _alive(second)
     assert f"health (pid {second}) was killed" not in gw.log()
+
+
+# -- held ----------------------------------------------------------------------------------------
+
+def test_held_a_sighup_storm_under_load_drops_nothing_and_leaks_nothing(launcher, upstream):
+    """Ten SIGHUPs within a second while wrk keeps 20 keep-alive connections busy: no failed
+    request; the master applies what gunicorn queued (it keeps at most 5 signals), ends with
+    one generation of workers and one health checker (the same one), and says so."""
+    gw = launcher.gateway(gateway_conf(
+        [route("e", ["/echo"], upstream.url, prefix=True)], workers=2, server={"keepalive": 2.0},
+        upstreams={"pool": {"targets": [{"url": upstream.url}], "health_check": SLOW_TO_JUDGE}}))
+    checker = health_pid(gw)
+
+    def storm():
+        time.sleep(1.0)
+        for _ in range(10):
+            os.kill(gw.pid, signal.SIGHUP)
+            time.sleep(0.1)
+    thread = threading.Thread(target=storm)
+    thread.start()
+    requests, failures, out = wrk(f"{gw.url}/echo/load", seconds=8, connections=20)
+    thread.join()
+    assert requests > 500 and failures == 0, out
+    wait_until(lambda: len(worker_pids(gw)) == 2, timeout=20)
+    applied = gw.log().count("reload complete")
+    assert 1 <= applied <= 10 and "reload refused" not in gw.log()
+    assert f"generation {applied + 1}," in gw.log()
+    assert health_pid(gw) == checker and "was killed" not in gw.log()
+    assert len(gw.worker_pids()) == 3                   # two workers and the checker
+
+
+# -- 6. a reload onto a worker_tmp_dir the master cannot create files in ---------------------
+
+def test_a_reload_onto_an_unwritable_worker_tmp_dir_is_refused_not_fatal(launcher, upstream):
+    """worker_tmp_dir names a directory where no file can be created (/proc here; under
+    systemd's User=gwserver, any directory that user cannot write): it passed the check (a
+    directory), gunicorn's spawn raised in the master's main loop, and the master exited 255,
+    taking every listener with it. Expected: the reload refused, the old workers serving."""
+    gw = launcher.gateway(gateway_conf([route("e", ["/e"], upstream.url)]))
+    conf = json.loads(json.dumps(gw.conf))
+    conf["server"]["worker_tmp_dir"] = "/proc"
+    gw.conf_path.write_text(to_toml(conf))
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "reload refused" in gw.log() or gw.proc.poll() is not None)
+    assert gw.proc.poll() is None
+    assert "server.worker_tmp_dir: cannot create the workers' heartbeat files in /proc" \
+        in gw.log()
+    assert serves(gw, "/e") == 200
