@@ -625,6 +625,22 @@ class GatewayArbiter(Arbiter):
                  self.reloads.generation, self.num_workers, self.reloads.routes)
         self.notify(f"READY=1\nSTATUS=serving with {self.num_workers} workers (reloaded)")
 
+    def replace_sync(self):
+        """A changed [etcd] section gets its sync process before the new workers start: they
+        listen once it has published (worker.wait_for_table). Started after them, it left
+        workers of a moved runtime_dir without a table while the old ones were let go."""
+        etcd = dict(self.app.conf.etcd or {})
+        if etcd == self.helper_conf:
+            return
+        old = self.helpers.pop("config-sync", None)
+        if old is not None:
+            old.stop()
+        new = helpers_for(self.app).get("config-sync")
+        if new is not None:
+            self.helpers["config-sync"] = new
+            new.start()
+        self.helper_conf = etcd
+
     def reload(self):
         """gunicorn's ``Arbiter.reload``, with listeners changed in place (listeners.py).
 
@@ -667,6 +683,7 @@ class GatewayArbiter(Arbiter):
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         util._setproctitle("master [%s]" % self.proc_name)
+        self.replace_sync()
         self.worker_generation += 1
         for _ in range(self.cfg.workers):
             self.spawn_worker()

@@ -33,6 +33,23 @@ log = logging.getLogger("gwserver.worker")
 DRAINING_MODE = stat.S_IRUSR     # of the heartbeat file, once the worker drains
 
 
+def nothing_to_publish(status_path):
+    """Does the live sync process of this runtime_dir say etcd failed it with no table to
+    publish (no snapshot either)? A status.json of a process that has gone says nothing."""
+    from ..sync.shm import read_json
+    status = read_json(status_path) or {}
+    pid = status.get("pid")
+    if not status.get("lost") or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass                    # alive, another user's
+    return True
+
+
 class GatewayWorker(GeventWorker):
 
     def init_signals(self):
@@ -97,6 +114,8 @@ class GatewayWorker(GeventWorker):
         self.runtime = runtime = Runtime(self.conf, self.worker_connections,
                                               self.app.tls_server)
         proctitle.set_title(self.conf.server["proc_name"], "worker")
+        if runtime.table_reader is not None:
+            self.wait_for_table(runtime)
         runtime.deadlines.start()
         servers = []
         admin_address = self.admin_address()
@@ -133,6 +152,30 @@ class GatewayWorker(GeventWorker):
         runtime.alive = False           # answers from now on say Connection: close
         self.tell_master_draining()
         self.drain(servers)
+
+    TABLE_WAIT = 5.0        # seconds a worker waits for the sync process's first table
+
+    def wait_for_table(self, runtime):
+        """etcd mode: listen once the sync process has published a table, or has said it has
+        none (etcd down, no snapshot: its status.json says "lost"), within TABLE_WAIT. The master
+        lets the old workers go once the new ones heartbeat, which they do once they listen:
+        after a reload that moved [etcd] runtime_dir or prefix, the new workers served the
+        conf file's routes alone (404 for every etcd route) until the new sync process
+        published. No heartbeat meanwhile, so the old ones serve on; half gunicorn's timeout
+        (self.timeout) at most, so the master does not take the silence for a hang."""
+        from ..sync.shm import STATUS
+        reader = runtime.table_reader
+        status = os.path.join(reader.runtime_dir, STATUS)
+        wait = min(self.TABLE_WAIT, self.timeout)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if reader.changed():
+                runtime.refresh_table()
+            if reader.generation or nothing_to_publish(status):
+                return
+            time.sleep(0.05)
+        log.warning("no route table from the sync process in %s after %.1f s: serving the "
+                    "conf file's routes until one comes", reader.runtime_dir, wait)
 
     def tell_master_draining(self):
         """Mark the heartbeat file read-only: a worker that stops on its own (max_requests)

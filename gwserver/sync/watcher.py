@@ -140,7 +140,8 @@ class ConfigSync:
             "last_sync": self.last_sync, "prefix": self.prefix, "cluster_id": self.cluster_id,
             "routes": len(self.table.route_specs), "upstreams": len(self.table.upstream_specs),
             "consumers": len(self.table.consumer_specs),
-            "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid()})
+            "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid(),
+            "lost": self.lost})     # etcd failed us since the last full load (workers ask)
 
     # -- etcd ----------------------------------------------------------------------------------
 
