@@ -68,9 +68,9 @@ def _read_counter(fd):
 
 def _newest_generation(runtime_dir):
     base = read_json(os.path.join(runtime_dir, TABLE)) or {}
-    changes = [int(name.partition(".")[0]) for name in
-               os.listdir(os.path.join(runtime_dir, CHANGES))
-               if name.partition(".")[0].isdigit()] \
+    # "N.json" only: a sync process killed mid-write leaves "N.json.PID.tmp", no generation
+    changes = [int(name[:-5]) for name in os.listdir(os.path.join(runtime_dir, CHANGES))
+               if name.endswith(".json") and name[:-5].isdigit()] \
         if os.path.isdir(os.path.join(runtime_dir, CHANGES)) else []
     return max([base.get("generation") or 0, *changes])
 

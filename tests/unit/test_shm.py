@@ -86,6 +86,34 @@ def test_a_damaged_generation_file_is_rewritten_at_the_newest_generation(tmp_pat
     assert (tmp_path / "generation").stat().st_ino == inode
 
 
+def test_a_change_file_left_half_written_is_no_generation(tmp_path, publisher):
+    """A sync process killed mid-write leaves changes/N.json.PID.tmp: taken for generation N,
+    a damaged counter was rewritten past every published file, and workers re-read the
+    files on every request until the next publication."""
+    publisher.publish(None, 1, full=True)
+    publisher.publish({}, 2)
+    (tmp_path / CHANGES / "9.json.4242.tmp").write_bytes(b'{"generation": 9')
+    (tmp_path / "generation").write_bytes(b"")
+    again = TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}})
+    assert again.generation == 2
+
+
+def test_a_reader_takes_the_newest_files_while_the_counter_is_cut_short(tmp_path, publisher,
+                                                                        table):
+    table["upstreams"]["up"] = item(1, UP)
+    publisher.publish(None, 1, full=True)
+    publisher.publish({"upstreams": {"up": item(2, UP)}}, 2)
+    (tmp_path / "generation").write_bytes(b"")
+    reader = TableReader(str(tmp_path))
+    assert reader.changed()                     # a reader with nothing yet
+    steps, generation = reader.updates()
+    assert [kind for kind, _ in steps] == ["full", "delta"] and generation == 2
+    reader.generation = generation
+    assert not reader.changed()
+    assert publisher.publish({}, 3) == 3        # the publication writes it whole again
+    assert reader.changed() and reader.updates()[1] == 3
+
+
 def test_health_checker_follows_the_table_and_stops_re_reading_it(tmp_path, publisher, table):
     """Checker.follow applied updates but never advanced its reader: every 0.2 s after the
     first change it parsed the whole published table again."""
