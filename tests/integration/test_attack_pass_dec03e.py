@@ -23,6 +23,9 @@ Each defect below is shown by a test that failed on 9af5f3a and passes with its 
 7. A reload that moves ``[etcd] runtime_dir``: the new workers listened at once, with no
    table yet (the new sync process had not published there), and the old ones were let go:
    about a second of 404 for every etcd route.
+8. A sync process killed mid-write leaves ``changes/N.json.PID.tmp``, read as generation N
+   when a damaged counter is rewritten (file-level: tests/unit/test_shm.py,
+   test_a_change_file_left_half_written_is_no_generation).
 
 Held (kept: nothing else covers them): ten SIGHUPs in a second under wrk load (no failed
 request, one generation and the same health checker after); a chunked upload trickled across
