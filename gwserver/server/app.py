@@ -146,6 +146,10 @@ class Helper:
         try:
             proc = subprocess.Popen(self.argv, close_fds=True,
                                     env={**os.environ, MASTER_PID: str(os.getpid())})
+        except OSError as exc:      # no fork (TasksMax, memory): the master must live on
+            log.error("cannot start %s: %s; trying again in 5 s", self.name, exc)
+            self.next_start = time.monotonic() + 5.0
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         proc.returncode = 0         # we reap it ourselves: keep Popen from warning about it
@@ -415,6 +419,13 @@ class GatewayArbiter(Arbiter):
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
         try:
             pid = super().spawn_worker()
+        except OSError as exc:
+            # fork() refused (systemd's TasksMax, memory): gunicorn's main loop exits the
+            # master on any exception, taking every worker with it. The workers there serve
+            # on; manage_workers tries again on its next turn (about a second).
+            log.error("cannot start a worker: %s; the workers there serve on, trying again "
+                      "in a second", exc)
+            return None
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_STOP_SIGNALS)
         worker = self.WORKERS.get(pid)
@@ -449,9 +460,12 @@ class GatewayArbiter(Arbiter):
         current = [pid for pid in serving
                    if getattr(self.WORKERS[pid], "generation", 1) == generation]
         for _ in range(self.num_workers - len(current)):
-            self.spawn_worker()
+            pid = self.spawn_worker()
+            if pid is not None:
+                current.append(pid)
         older = [pid for pid in serving if pid not in current]
-        if older:
+        # Replacements that could not be started (spawn_worker): the old ones serve on.
+        if older and len(current) >= self.num_workers:
             self.wait_for_replacements()
             for pid in older:
                 self.kill_worker(pid, signal.SIGTERM)   # drains

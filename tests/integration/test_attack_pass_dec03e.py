@@ -26,6 +26,8 @@ Each defect below is shown by a test that failed on 9af5f3a and passes with its 
 8. A sync process killed mid-write leaves ``changes/N.json.PID.tmp``, read as generation N
    when a damaged counter is rewritten (file-level: tests/unit/test_shm.py,
    test_a_change_file_left_half_written_is_no_generation).
+9. fork() refused on a reload (systemd's TasksMax reached; a pids cgroup here): gunicorn's
+   main loop exits the master on any exception, so the master exited 255 with every worker.
 
 Held (kept: nothing else covers them): ten SIGHUPs in a second under wrk load (no failed
 request, one generation and the same health checker after); a chunked upload trickled across
@@ -38,6 +40,8 @@ import os
 import signal
 import threading
 import time
+
+import pytest
 
 from gwserver.sync.shm import worker_board
 
@@ -308,3 +312,60 @@ def test_a_reload_that_moves_the_runtime_dir_serves_the_etcd_routes_throughout(
         thread.join()
     assert set(seen) == {200}, seen
     assert sum(seen.values()) > 100
+
+
+# -- 9. fork() refused (systemd's TasksMax) on a reload ---------------------------------------
+
+PIDS_CGROUP = "/sys/fs/cgroup/pids"
+
+
+@pytest.fixture
+def pids_cgroup():
+    """A pids cgroup (v1, as on this host) to cap the tasks of a gateway; emptied and removed
+    whatever happens."""
+    if not os.access(PIDS_CGROUP, os.W_OK):
+        pytest.skip("needs a writable cgroup v1 pids hierarchy (root)")
+    group = os.path.join(PIDS_CGROUP, f"gwtest-{os.getpid()}-{time.monotonic_ns()}")
+    os.mkdir(group)
+    try:
+        yield group
+    finally:
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write("max")
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            pids = f.read().split()
+        for pid in pids:
+            try:
+                with open(os.path.join(PIDS_CGROUP, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except OSError:
+                pass                # gone meanwhile
+        os.rmdir(group)
+
+
+def test_a_reload_that_cannot_fork_keeps_the_master_and_its_workers(launcher, upstream,
+                                                                     pids_cgroup):
+    """The gateway's tasks capped at what it runs (systemd's TasksMax reached): on SIGHUP
+    gunicorn's fork() raised EAGAIN in the master's main loop, which exits the master on any
+    exception: exit 255, every worker stopped, the listeners gone. Expected: the master says
+    so and serves on with the workers it has; once the cap is lifted the reload completes."""
+    gw = launcher.gateway(gateway_conf([route("e", ["/e"], upstream.url)]))
+    old = worker_pids(gw)
+    assert [serves(gw, "/e") for _ in range(5)] == [200] * 5     # its threads started
+    for pid in [gw.pid] + gw.worker_pids():
+        with open(os.path.join(pids_cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    with open(os.path.join(pids_cgroup, "pids.current")) as f:
+        current = f.read().strip()
+    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
+        f.write(current)
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "cannot start a worker" in gw.log() or gw.proc.poll() is not None)
+    time.sleep(1.5)                                     # a few more tries meanwhile
+    assert gw.proc.poll() is None
+    assert [serves(gw, "/e") for _ in range(5)] == [200] * 5
+    assert worker_pids(gw) == old                       # the old worker serves on
+    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
+        f.write("max")
+    wait_until(lambda: worker_pids(gw) and not set(old) & set(worker_pids(gw)), timeout=20)
+    assert serves(gw, "/e") == 200
