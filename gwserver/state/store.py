@@ -440,8 +440,9 @@ class LocalStore:
     current, previous). 65,536 slots, 2 MiB; when the probe run is full the least recently
     used slot of the run is reused. Its size is checked under the lock before each use
     (``_locked``): the file truncated under the mapping (by hand, a cleanup script) was
-    SIGBUS for every worker at its next limited request. Breakers and adaptive limits: ``states/``, one small JSON
-    file per key, read and rewritten under the file's lock (their state has no fixed size).
+    SIGBUS for every worker at its next limited request. Breakers and adaptive limits:
+    ``states/``, one small JSON file per key, read and rewritten under the file's lock (their
+    state has no fixed size).
     """
 
     SLOTS = 65536
