@@ -583,7 +583,7 @@ class ClientConnection:
         status, sent = 0, 0
         runtime.in_flight += 1
         reader = runtime.table_reader
-        if reader is not None and reader.changed():     # 8 bytes compared; etcd mode only
+        if reader is not None and reader.due(start):    # etcd mode only
             runtime.refresh_table()
         # and runtime.alive, when the answer is written. After an upgrade request the parser
         # reads no more of this connection: an answer that is not a 101 ends it.
