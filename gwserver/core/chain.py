@@ -287,11 +287,11 @@ class Chain:
         chain = ctx.chain or self
         for plugin, conf in chain.response_steps:
             checked = chain.third_party and id(plugin) in chain.third_party
-            length = _content_length(head) if checked else None
+            before = (head.status, _content_length(head)) if checked else None
             try:
                 plugin.response(conf, ctx, head)
                 if checked:
-                    _check_head(plugin, head, length)
+                    _check_head(plugin, head, before)
             except Exception as exc:
                 _blame(exc, plugin, "response phase")
                 raise
@@ -304,8 +304,12 @@ class Chain:
         if steps:
             head = ResponseHead(reply.status, [(_enc(k), _enc(v)) for k, v in reply.headers])
             for plugin, conf in steps:
+                # a third-party hook's head is checked as its response hook's would be
+                before = None if _shipped(plugin) else (head.status, _content_length(head))
                 try:
                     plugin.reply(conf, ctx, head)
+                    if before:
+                        _check_head(plugin, head, before)
                 except Exception as exc:
                     # The answer is decided and may be the 500 of an error: raising would
                     # make the error path run this again and send nothing. It goes out as
@@ -371,11 +375,18 @@ def _content_length(head):
     return [value for name, value in head.headers if name.lower() == b"content-length"]
 
 
-def _check_head(plugin, head, length):
+def _check_head(plugin, head, before):
     """A third-party plugin's edits of an answer's head: ``head.headers`` is a list it may edit
     in place, past ``set_header``'s reach. A value with CR LF (a client's, say) would add
     headers of its own; a hop-by-hop field or a changed Content-Length would frame the body
-    apart from what the gateway sends (a filter, as gzip's, makes the gateway frame it)."""
+    apart from what the gateway sends (a filter, as gzip's, makes the gateway frame it), and
+    so would a status that has no body where the upstream's has one, or the reverse (the
+    gateway frames the body by the upstream's status; rewrite refuses such changes too).
+    ``before``: the status and Content-Length fields the hook was given."""
+    status, length = before
+    if head.status != status and _status_problem(status, head.status):
+        raise TypeError(f"plugin {plugin.NAME}: it changed the answer's status from {status} "
+                        f"to {head.status!r}: {_status_problem(status, head.status)}")
     for name, value in head.headers:
         if type(name) is not bytes or type(value) is not bytes or not _is_field(name, value):
             raise TypeError(f"plugin {plugin.NAME}: a response header it set, {name!r}, is no "
@@ -388,6 +399,15 @@ def _check_head(plugin, head, length):
     if head.body_filters is None and _content_length(head) != length:
         raise TypeError(f"plugin {plugin.NAME}: it changed the answer's Content-Length, which "
                         f"frames the body the gateway relays as the upstream sent it")
+
+
+def _status_problem(old, new):
+    """Why ``new`` may not replace the status ``old`` of an answer, or None."""
+    if type(new) is not int or not 100 <= new <= 599:
+        return "a status is an integer from 100 to 599"
+    if min(old, new) < 200 or {old, new} & {204, 304}:
+        return "the body is framed by the upstream's status (1xx, 204 and 304 have none)"
+    return None
 
 
 def _is_field(name, value):

@@ -1,0 +1,108 @@
+"""Review of the Dec 03 commits (9af5f3a..5c5464f), second pass: what a third-party plugin can
+still get past the head check of 235c277. Each defect is shown by a test that failed on
+5c5464f and passes with its fix.
+
+The tests start real processes (a gateway from the launcher fixture, with a plugin package
+installed on its PYTHONPATH as an entry point, and the tests/upstream.py echo upstream) and
+talk to them over loopback with raw bytes; the fixtures stop what they start.
+
+1. ``head.status``: a third-party response hook could set any status. One that changes the
+   framing the gateway derived from the upstream's status (200 -> 204, 304 or a 1xx) sent
+   the upstream's body after a head that says there is none: a client (or a proxy in front
+   sharing the connection) reads that body as the next answer. It is now a 500 naming the
+   plugin, as built-in rewrite refuses such a change; 200 -> 201 still passes.
+2. The ``reply`` hook (docs/plugins.md: it edits the head of an answer the gateway writes
+   itself "as ``response`` does") was not checked at all: a value from the query with CR LF
+   in it set the client's cookie, a Content-Length beside the gateway's framed the body
+   twice. A third-party reply hook whose head breaks the rules now counts as one that
+   raised: logged naming the plugin, and the answer goes out without the hooks' edits.
+
+Held: a good header a reply hook adds still reaches the client (the check refuses only what
+breaks the rules).
+"""
+import textwrap
+
+import pytest
+
+from ..conftest import gateway_conf, route
+from .test_attack_pass_dec03 import raw_request
+
+PLUGIN = '''
+import urllib.parse
+
+from gwserver.core.context import Reply
+from gwserver.core.schema import Schema
+
+
+class status_editor:
+    """/se/nobody: 204; /se/interim: 100; /se/unchanged: 304; /se/created: 201.
+    /se/deny is refused, and the reply hook then adds X-Why from the decoded query."""
+    NAME, PRIORITY, SCHEMA = "status_editor", 1, Schema()
+
+    @staticmethod
+    def access(conf, ctx):
+        return Reply.json(403, {"error": "no"}) if ctx.path.endswith("/deny") else None
+
+    @staticmethod
+    def response(conf, ctx, head):
+        statuses = {"nobody": 204, "interim": 100, "unchanged": 304, "created": 201}
+        head.status = statuses.get(ctx.path.rsplit("/", 1)[-1], head.status)
+
+    @staticmethod
+    def reply(conf, ctx, head):
+        why = urllib.parse.unquote(ctx.query or "fine").encode("latin-1")
+        if why == b"length":
+            head.headers.append((b"Content-Length", b"0"))
+        else:
+            head.headers.append((b"X-Why", why))
+'''
+
+
+def install_plugin(tmp_path):
+    site = tmp_path / "site"
+    (site / "gwreview").mkdir(parents=True)
+    (site / "gwreview" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    dist = site / "gwreview-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwreview\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[gwserver.plugins]\nstatus_editor = gwreview:status_editor\n")
+    import os
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture
+def se_gw(start_gateway, upstream, tmp_path):
+    return start_gateway(gateway_conf([route("se", ["/se/*rest"], upstream.url,
+                                             strip_prefix="/se",
+                                             plugins={"status_editor": {}})]),
+                         env=install_plugin(tmp_path))
+
+
+def get(gw, target):
+    return raw_request(gw.port, b"GET %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                       % target)
+
+
+@pytest.mark.parametrize("what", [b"nobody", b"interim", b"unchanged"])
+def test_a_status_that_changes_the_framing_is_a_500(se_gw, what):
+    answer = get(se_gw, b"/se/" + what)
+    assert answer.startswith(b"HTTP/1.1 500 "), answer[:300]
+    assert "plugin status_editor: " in se_gw.log()
+    assert get(se_gw, b"/se/created").startswith(b"HTTP/1.1 201 ")
+
+
+@pytest.mark.parametrize("query", [b"%0d%0aSet-Cookie:%20session=attacker", b"length"])
+def test_a_reply_hook_is_held_to_the_rules_of_a_response_hook(se_gw, query):
+    answer = get(se_gw, b"/se/deny?" + query)
+    head = answer.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 403 "), answer[:300]
+    assert b"session=attacker" not in head and head.lower().count(b"content-length") == 1
+    assert b"X-Why" not in head
+    assert "plugin status_editor failed in reply" in se_gw.log()
+
+
+def test_held_a_good_header_from_a_reply_hook_reaches_the_client(se_gw):
+    answer = get(se_gw, b"/se/deny")
+    assert answer.startswith(b"HTTP/1.1 403 ") and b"\r\nX-Why: fine\r\n" in answer
