@@ -96,7 +96,8 @@ class _ZeroIncrement(WindowUpdateFrame):
 class _UpstreamFrames(FrameBuffer):
     """h2's frame reader, less one connection error that RFC 9113 makes a stream's: a
     stream's WINDOW_UPDATE of 0 comes out as a ``_ZeroIncrement`` (the connection's own, on
-    stream 0, still ends the connection)."""
+    stream 0, still ends the connection, and so does one inside a header block, 6.10, or one
+    hyperframe refused for its reserved bit: that is no increment of 0)."""
 
     def __next__(self):
         try:
@@ -105,7 +106,8 @@ class _UpstreamFrames(FrameBuffer):
             data = self._data       # the refused frame is still at the front
             stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
             if not (isinstance(exc.__cause__, InvalidDataError) and data[3] == 0x8 and
-                    stream_id and data[:3] == b"\0\0\4"):
+                    stream_id and data[:3] == b"\0\0\4" and not self._headers_buffer and
+                    int.from_bytes(data[9:13], "big") & 0x7FFFFFFF == 0):
                 raise
             del data[:13]
             return _ZeroIncrement(stream_id)
