@@ -196,9 +196,8 @@ class Chain:
         self.identifiers = frozenset(id(p) for p, _ in steps
                                      if getattr(p, "IDENTIFIES_CONSUMER", False))
         self.identifies = bool(self.identifiers)
-        # the response steps whose edits are checked (the built-ins' are known good)
-        self.third_party = frozenset(id(p) for p, _ in self.response_steps
-                                     if not _shipped(p))
+        # the plugins whose head edits are checked (the built-ins' are known good)
+        self.third_party = frozenset(id(p) for p, _ in steps if not _shipped(p))
 
     def claims_of(self, ctx, route_id):
         """Verified claims for a ``claims`` route, from the plugin that provides them."""
@@ -300,12 +299,14 @@ class Chain:
         """Let plugins with a ``reply`` hook edit the head of an answer the gateway wrote
         itself (a plugin's Reply, a 404, a 502): cors adds its headers to a 401, so a browser
         can read why it was refused."""
-        steps = (ctx.chain or self).reply_steps
+        chain = ctx.chain or self
+        steps = chain.reply_steps
         if steps:
             head = ResponseHead(reply.status, [(_enc(k), _enc(v)) for k, v in reply.headers])
             for plugin, conf in steps:
                 # a third-party hook's head is checked as its response hook's would be
-                before = None if _shipped(plugin) else (head.status, _content_length(head))
+                before = (head.status, _content_length(head)) \
+                    if id(plugin) in chain.third_party else None
                 try:
                     plugin.reply(conf, ctx, head)
                     if before:
@@ -367,8 +368,18 @@ def _checked(plugin, reply):
     return reply
 
 
+_SHIPPED = set()        # id() of each built-in plugin module (kept alive by sys.modules)
+
+
+def mark_shipped(plugin):
+    """For the plugin loader: ``plugin`` is a built-in, whose head edits are known good. Its
+    name is no proof: any object may call itself "gwserver.plugins.x", and a package may put
+    a module there."""
+    _SHIPPED.add(id(plugin))
+
+
 def _shipped(plugin):
-    return getattr(plugin, "__name__", "").startswith("gwserver.plugins.")
+    return id(plugin) in _SHIPPED
 
 
 def _content_length(head):

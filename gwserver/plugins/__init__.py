@@ -3,7 +3,7 @@ import importlib
 import logging
 from importlib.metadata import entry_points
 
-from ..core.chain import check_plugin
+from ..core.chain import check_plugin, mark_shipped
 
 log = logging.getLogger("gwserver.plugins")
 
@@ -38,6 +38,7 @@ def load_registry(reload=False):
     for module_name in BUILTIN:
         plugin = importlib.import_module(module_name)
         check_plugin(plugin)
+        mark_shipped(plugin)
         registry[plugin.NAME] = plugin
     builtin, source = set(registry), {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):

@@ -469,3 +469,17 @@ def test_a_literal_list_default_is_a_fresh_copy_for_each_route():
     assert [conf["seen"] for conf in confs] == [["x"], ["x"], ["x"]]
     assert confs[0]["tags"] is not confs[1]["tags"]
     assert confs[0]["tags"]["a"] is not confs[1]["tags"]["a"]
+
+
+@pytest.mark.parametrize("home", ["gwserver.plugins.gzip", "gwserver.plugins.acme"])
+def test_a_plugin_named_like_a_built_in_module_is_still_checked(home):
+    """Review of 235c277: a plugin was taken for a built-in (its head edits unchecked) when its
+    ``__name__`` began with "gwserver.plugins.": any object may say so, and a package may
+    put a module there. Only the very modules BUILTIN names are built-ins."""
+    def response(conf, ctx, head):
+        head.headers.append((b"Location", b"/x\r\nSet-Cookie: session=attacker"))
+    plugin = types.SimpleNamespace(__name__=home, NAME="posing", PRIORITY=1, SCHEMA=Schema(),
+                                   response=response)
+    with pytest.raises(TypeError, match="plugin posing: a response header it set"):
+        Chain([(plugin, {})]).run_response(types.SimpleNamespace(chain=None),
+                                           ResponseHead(200, [(b"Server", b"up")]))
