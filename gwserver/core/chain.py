@@ -47,7 +47,7 @@ import logging
 
 from ..errors import ConfigError, HTTPError
 from ..redact import redact
-from .context import Reply, ResponseHead, _enc
+from .context import Reply, ResponseHead, _enc, parse_block
 from .headers import RESPONSE_RESERVED, is_field_name, is_field_value
 from .schema import show
 from .throttledlog import throttled_log
@@ -286,7 +286,7 @@ class Chain:
         chain = ctx.chain or self
         for plugin, conf in chain.response_steps:
             checked = chain.third_party and id(plugin) in chain.third_party
-            before = (head.status, _content_length(head)) if checked else None
+            before = _before(head) if checked else None
             try:
                 plugin.response(conf, ctx, head)
                 if checked:
@@ -305,8 +305,7 @@ class Chain:
             head = ResponseHead(reply.status, [(_enc(k), _enc(v)) for k, v in reply.headers])
             for plugin, conf in steps:
                 # a third-party hook's head is checked as its response hook's would be
-                before = (head.status, _content_length(head)) \
-                    if id(plugin) in chain.third_party else None
+                before = _before(head) if id(plugin) in chain.third_party else None
                 try:
                     plugin.reply(conf, ctx, head)
                     if before:
@@ -382,8 +381,16 @@ def _shipped(plugin):
     return id(plugin) in _SHIPPED
 
 
-def _content_length(head):
-    return [value for name, value in head.headers if name.lower() == b"content-length"]
+def _before(head):
+    """What ``_check_head`` compares a hook's edits with: the status, and the block as read
+    (kept, not split: a hook that only appends splits nothing) or, once split, the
+    Content-Length fields."""
+    block = head.block_as_read()
+    return head.status, block if block is not None else _content_length(head.headers)
+
+
+def _content_length(pairs):
+    return [value for name, value in pairs if name.lower() == b"content-length"]
 
 
 def _check_head(plugin, head, before):
@@ -393,12 +400,20 @@ def _check_head(plugin, head, before):
     apart from what the gateway sends (a filter, as gzip's, makes the gateway frame it), and
     so would a status that has no body where the upstream's has one, or the reverse (the
     gateway frames the body by the upstream's status; rewrite refuses such changes too).
-    ``before``: the status and Content-Length fields the hook was given."""
+    ``before``: what ``_before`` took of the head the hook was given."""
     status, length = before
     if head.status != status and _status_problem(status, head.status):
         raise TypeError(f"plugin {plugin.NAME}: it changed the answer's status from {status} "
                         f"to {head.status!r}: {_status_problem(status, head.status)}")
-    for name, value in head.headers:
+    block = head.block_as_read()
+    if type(length) is bytes and block is not None and block.startswith(length):
+        # only appended to: the lines it added, against none of them a Content-Length
+        fields, length = parse_block(block[len(length):]), []
+    else:
+        fields = head.headers
+        if type(length) is bytes:
+            length = _content_length(parse_block(length))
+    for name, value in fields:
         if type(name) is not bytes or type(value) is not bytes or not _is_field(name, value):
             raise TypeError(f"plugin {plugin.NAME}: a response header it set, {name!r}, is no "
                             f"field HTTP allows (bytes: a token name; a value without CR, LF "
@@ -407,7 +422,7 @@ def _check_head(plugin, head, before):
         if lower in RESPONSE_RESERVED and lower != b"content-length":
             raise TypeError(f"plugin {plugin.NAME}: it set the response header {name!r}, "
                             f"which the gateway writes itself")
-    if head.body_filters is None and _content_length(head) != length:
+    if head.body_filters is None and _content_length(fields) != length:
         raise TypeError(f"plugin {plugin.NAME}: it changed the answer's Content-Length, which "
                         f"frames the body the gateway relays as the upstream sent it")
 

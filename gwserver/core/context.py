@@ -266,6 +266,11 @@ class ResponseHead:
         else:
             self._headers.extend(parse_block(lines))
 
+    def block_as_read(self):
+        """The header block while nobody has split it (bytes, which appending only extends),
+        else None: what a check of a plugin's edits compares with, at no cost."""
+        return self._block if self._headers is None else None
+
     def has_header_prefix(self, prefix):
         """Whether any header name starts with ``prefix`` (lower case bytes), cheaply: the
         block is searched as it is, not split."""

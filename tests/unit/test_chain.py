@@ -483,3 +483,32 @@ def test_a_plugin_named_like_a_built_in_module_is_still_checked(home):
     with pytest.raises(TypeError, match="plugin posing: a response header it set"):
         Chain([(plugin, {})]).run_response(types.SimpleNamespace(chain=None),
                                            ResponseHead(200, [(b"Server", b"up")]))
+
+
+def test_a_third_party_plugin_that_only_appends_splits_no_head():
+    """Review of 235c277: checking a third-party response hook split the upstream's block on
+    every answer (to read its Content-Length first, then every field), which append_header
+    and append_lines are documented to spare. Only the lines it added are checked now; one
+    that adds a field the gateway writes is still refused, split or not."""
+    def response(conf, ctx, head):
+        head.append_header("X-Added", ctx.value)
+    plugin = types.SimpleNamespace(NAME="appender", PRIORITY=1, SCHEMA=Schema(),
+                                   response=response)
+    block = b"Server: up\r\nContent-Length: 5\r\n"
+    head = ResponseHead(200, block=block)
+    Chain([(plugin, {})]).run_response(types.SimpleNamespace(chain=None, value="1"), head)
+    assert head._headers is None and head.block() == block + b"X-Added: 1\r\n"
+    for value in ("a\r\nX: b", "b"):        # refused by append_header, and by the check
+        def response(conf, ctx, head, value=value):
+            head.append_lines(b"Transfer-Encoding: chunked\r\n") if value == "b" else \
+                head.append_header("X-Added", value)
+        plugin.response = response
+        with pytest.raises((TypeError, ValueError)):
+            Chain([(plugin, {})]).run_response(types.SimpleNamespace(chain=None),
+                                               ResponseHead(200, block=block))
+    def response(conf, ctx, head):
+        head.append_lines(b"Content-Length: 7\r\n")
+    plugin.response = response
+    with pytest.raises(TypeError, match="changed the answer's Content-Length"):
+        Chain([(plugin, {})]).run_response(types.SimpleNamespace(chain=None),
+                                           ResponseHead(200, block=block))
