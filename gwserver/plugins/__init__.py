@@ -49,6 +49,8 @@ def load_registry(reload=False):
             log.error("plugin entry point %s (%s) not loaded: %s", ep.name, ep.value, exc)
             registry.refused[ep.name] = f"entry point {ep.name} ({ep.value}) not loaded: {exc}"
             continue
+        if registry.get(plugin.NAME) is plugin:
+            continue            # one plugin under two entry point names: nothing to choose
         if plugin.NAME in registry:
             owner = "a built-in plugin" if plugin.NAME in builtin else \
                 f"the plugin from {source[plugin.NAME]}"

@@ -70,3 +70,25 @@ def test_a_plugin_named_as_a_builtin_is_left_out_and_routes_naming_it_refused(mo
     assert info.value.problems == [
         "route r: plugins.headers: ambiguous: a built-in plugin and mypackage.headers (entry "
         "point myheaders) are both named headers: give the installed one another NAME"]
+
+
+def test_one_plugin_under_two_entry_point_names_is_no_ambiguity(monkeypatch):
+    """Review of 513aedf: a package that keeps an old entry point name beside a new one for
+    the same plugin (or names a built-in module as its own) had every route naming it
+    refused as "ambiguous" between the plugin and itself; before, the copy was ignored.
+    There is nothing to choose between: the route runs it."""
+    tea = types.SimpleNamespace(NAME="teapot", PRIORITY=1, SCHEMA=Schema(),
+                                access=lambda conf, ctx: None)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [
+        _EntryPoint("teapot", "mypackage:teapot", lambda: tea),
+        _EntryPoint("tea", "mypackage:teapot", lambda: tea),
+        _EntryPoint("mycors", "gwserver.plugins.cors", lambda: plugins.load_registry()["cors"])])
+    try:
+        registry = plugins.load_registry(reload=True)
+    finally:
+        monkeypatch.undo()
+        plugins.load_registry(reload=True)
+    assert registry["teapot"] is tea and not registry.contested
+    chain = build_chain("route r", {"teapot": {}, "cors": {"allow_origins": ["https://a.test"]}},
+                        {}, registry)
+    assert set(chain.names) == {"teapot", "cors"}
