@@ -18,14 +18,18 @@ talk to them over loopback with raw bytes; the fixtures stop what they start.
    raised: logged naming the plugin, and the answer goes out without the hooks' edits.
 
 Held: a good header a reply hook adds still reaches the client (the check refuses only what
-breaks the rules).
+breaks the rules). The joined Cookie field of d2bfa7f (with a real redis-server holding a
+``header:Cookie`` limit and an in-process recording upstream): two Cookie fields named in
+``Connection`` reach neither the upstream nor the limit (they count as absent); an HTTP/1.0
+client's two fields are one joined field upstream, in the first one's place among the
+others; a second Cookie field still counts against ``limit_request_fields`` (431).
 """
 import textwrap
 
 import pytest
 
 from ..conftest import gateway_conf, route
-from .test_attack_pass_dec03 import raw_request
+from .test_attack_pass_dec03 import RecordingHttp1, raw_request
 
 PLUGIN = '''
 import urllib.parse
@@ -106,3 +110,50 @@ def test_a_reply_hook_is_held_to_the_rules_of_a_response_hook(se_gw, query):
 def test_held_a_good_header_from_a_reply_hook_reaches_the_client(se_gw):
     answer = get(se_gw, b"/se/deny")
     assert answer.startswith(b"HTTP/1.1 403 ") and b"\r\nX-Why: fine\r\n" in answer
+
+
+@pytest.fixture
+def h1_up():
+    up = RecordingHttp1()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def cookie_gw(launcher, h1_up):
+    redis = launcher.redis()
+    limit = {"rate": 1, "per": 3600, "burst": 1, "key": "header:Cookie"}
+    return launcher.gateway(gateway_conf(
+        [route("ck", ["/ck/*rest"], h1_up.url, plugins={"rate_limit": limit})],
+        redis={"url": redis.url}, server={"limit_request_fields": 10}))
+
+
+def status_of(gw, head):
+    return int(raw_request(gw.port, head).split(b" ", 2)[1])
+
+
+def test_held_cookie_fields_named_in_connection_count_as_absent(cookie_gw, h1_up):
+    assert status_of(cookie_gw, b"GET /ck/1 HTTP/1.1\r\nHost: h\r\nCookie: a=1\r\n"
+                                b"Cookie: b=2\r\nConnection: close, Cookie\r\n\r\n") == 200
+    assert h1_up.header(-1, "Cookie") == []
+    # the bucket of requests without a cookie is spent: a request with none is the same one
+    assert status_of(cookie_gw, b"GET /ck/2 HTTP/1.1\r\nHost: h\r\n"
+                                b"Connection: close\r\n\r\n") == 429
+
+
+def test_held_an_http10_clients_two_cookie_fields_are_one_in_the_first_ones_place(
+        cookie_gw, h1_up):
+    assert status_of(cookie_gw, b"GET /ck/3 HTTP/1.0\r\nHost: h\r\nCookie: a=1\r\n"
+                                b"X-Between: yes\r\nCookie: b=2\r\n\r\n") == 200
+    lines = h1_up.heads[-1].split(b"\r\n")
+    assert [l for l in lines if l.lower().startswith(b"cookie")] == [b"Cookie: a=1; b=2"]
+    assert lines.index(b"Cookie: a=1; b=2") < lines.index(b"X-Between: yes")
+    assert status_of(cookie_gw, b"GET /ck/4 HTTP/1.1\r\nHost: h\r\nCookie: b=2; a=1\r\n"
+                                b"Connection: close\r\n\r\n") == 429
+
+
+def test_held_each_cookie_field_counts_against_the_field_count(cookie_gw, h1_up):
+    fields = b"".join(b"Cookie: c%d=1\r\n" % i for i in range(10))
+    assert status_of(cookie_gw, b"GET /ck/5 HTTP/1.1\r\nHost: h\r\n%s"
+                                b"Connection: close\r\n\r\n" % fields) == 431
+    assert not h1_up.heads
