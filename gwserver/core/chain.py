@@ -422,7 +422,7 @@ def _check_head(plugin, head, before):
         if lower in RESPONSE_RESERVED and lower != b"content-length":
             raise TypeError(f"plugin {plugin.NAME}: it set the response header {name!r}, "
                             f"which the gateway writes itself")
-    if head.body_filters is None and _content_length(fields) != length:
+    if not head.body_filters and _content_length(fields) != length:    # [] filters nothing
         raise TypeError(f"plugin {plugin.NAME}: it changed the answer's Content-Length, which "
                         f"frames the body the gateway relays as the upstream sent it")
 

@@ -17,6 +17,11 @@ talk to them over loopback with raw bytes; the fixtures stop what they start.
    twice. A third-party reply hook whose head breaks the rules now counts as one that
    raised: logged naming the plugin, and the answer goes out without the hooks' edits.
 
+3. ``head.body_filters``: the Content-Length check of 235c277 was skipped whenever the list
+   was not None, so a hook that set it to ``[]`` (no filter: the gateway then relays the
+   upstream's framing) could send any Content-Length: Content-Length: 1 before a body of
+   hundreds of bytes, the rest read as the next answer. An empty list is no filter now.
+
 Held: a good header a reply hook adds still reaches the client (the check refuses only what
 breaks the rules). The joined Cookie field of d2bfa7f (with a real redis-server holding a
 ``header:Cookie`` limit and an in-process recording upstream): two Cookie fields named in
@@ -39,7 +44,8 @@ from gwserver.core.schema import Schema
 
 
 class status_editor:
-    """/se/nobody: 204; /se/interim: 100; /se/unchanged: 304; /se/created: 201.
+    """/se/nobody: 204; /se/interim: 100; /se/unchanged: 304; /se/created: 201;
+    /se/nofilter: an empty list of body filters, and Content-Length: 1.
     /se/deny is refused, and the reply hook then adds X-Why from the decoded query."""
     NAME, PRIORITY, SCHEMA = "status_editor", 1, Schema()
 
@@ -50,7 +56,12 @@ class status_editor:
     @staticmethod
     def response(conf, ctx, head):
         statuses = {"nobody": 204, "interim": 100, "unchanged": 304, "created": 201}
-        head.status = statuses.get(ctx.path.rsplit("/", 1)[-1], head.status)
+        what = ctx.path.rsplit("/", 1)[-1]
+        head.status = statuses.get(what, head.status)
+        if what == "nofilter":      # "a filter" that filters nothing, and a new length
+            head.body_filters = []
+            head.headers[:] = [(k, v) for k, v in head.headers
+                               if k.lower() != b"content-length"] + [(b"Content-Length", b"1")]
 
     @staticmethod
     def reply(conf, ctx, head):
@@ -157,3 +168,9 @@ def test_held_each_cookie_field_counts_against_the_field_count(cookie_gw, h1_up)
     assert status_of(cookie_gw, b"GET /ck/5 HTTP/1.1\r\nHost: h\r\n%s"
                                 b"Connection: close\r\n\r\n" % fields) == 431
     assert not h1_up.heads
+
+
+def test_an_empty_list_of_body_filters_is_no_licence_to_change_the_length(se_gw):
+    answer = get(se_gw, b"/se/nofilter")
+    assert answer.startswith(b"HTTP/1.1 500 "), answer[:300]
+    assert "it changed the answer's Content-Length" in se_gw.log()
