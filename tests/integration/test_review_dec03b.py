@@ -22,6 +22,13 @@ talk to them over loopback with raw bytes; the fixtures stop what they start.
    upstream's framing) could send any Content-Length: Content-Length: 1 before a body of
    hundreds of bytes, the rest read as the next answer. An empty list is no filter now.
 
+Shown by unit tests (pure logic): a plugin that only says it is built in (``__name__``
+"gwserver.plugins.x") was exempt from the check (tests/unit/test_chain.py); the check split
+every answer's head that a hook only appended to (test_chain.py); one plugin under two entry
+point names was refused as "ambiguous" (test_plugin_loading.py); a WINDOW_UPDATE inside a
+header block, or with its reserved bit set, was taken for a stream's increment of 0
+(test_h2_upstream_frames.py).
+
 Held: a good header a reply hook adds still reaches the client (the check refuses only what
 breaks the rules). The joined Cookie field of d2bfa7f (with a real redis-server holding a
 ``header:Cookie`` limit and an in-process recording upstream): two Cookie fields named in
