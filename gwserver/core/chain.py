@@ -402,9 +402,10 @@ def _check_head(plugin, head, before):
     gateway frames the body by the upstream's status; rewrite refuses such changes too).
     ``before``: what ``_before`` took of the head the hook was given."""
     status, length = before
-    if head.status != status and _status_problem(status, head.status):
+    problem = head.status != status and _status_problem(status, head.status)
+    if problem:
         raise TypeError(f"plugin {plugin.NAME}: it changed the answer's status from {status} "
-                        f"to {head.status!r}: {_status_problem(status, head.status)}")
+                        f"to {head.status!r}: {problem}")
     block = head.block_as_read()
     if type(length) is bytes and block is not None and block.startswith(length):
         # only appended to: the lines it added, against none of them a Content-Length
