@@ -451,10 +451,9 @@ class LocalStore:
 
     def __init__(self, directory):
         self.directory = directory
-        size = self.SLOTS * self.SLOT.size
         self.fd = fd = self.open_table(directory)
-        self.size = size
-        self.mm = mmap.mmap(fd, size)
+        self.size = self.table_bytes()     # checked before each use (_locked)
+        self.mm = mmap.mmap(fd, self.size)
         # Slots are chosen by a keyed hash: with a public one, a client could compute keys
         # (header values) that land in the probe run of another limit and evict its state.
         self.hash_key = host_secret(os.path.join(directory, "limits.key"))
@@ -474,16 +473,25 @@ class LocalStore:
         its pages on first write, and a worker writing a new key's slot then died of SIGBUS,
         request after request. The master makes it at start (``prepare``), so a state_dir
         without room is refused there, by name. -> fd"""
-        size = cls.SLOTS * cls.SLOT.size
         fd = os.open(os.path.join(directory, "limits"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            os.posix_fallocate(fd, 0, size)
+            cls._allocate(fd)
         except OSError:
             os.close(fd)
             raise
         return fd
+
+    @classmethod
+    def table_bytes(cls):
+        return cls.SLOTS * cls.SLOT.size       # 2 MiB
+
+    @classmethod
+    def _allocate(cls, fd):
+        """The table file at its full size, every block allocated (not sparse)."""
+        size = cls.table_bytes()
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)
 
     @classmethod
     def prepare(cls, directory):
@@ -689,8 +697,7 @@ class LocalStore:
             if os.fstat(self.fd).st_size < self.size:
                 log.error("%s was cut short: the rate limits on this host it held start over",
                           os.path.join(self.directory, "limits"))
-                os.ftruncate(self.fd, self.size)
-                os.posix_fallocate(self.fd, 0, self.size)   # not sparse: see open_table
+                self._allocate(self.fd)
         except BaseException:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             raise
