@@ -136,20 +136,6 @@ class RecordingH2(EventH2cUpstream):
             conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
 
-@pytest.fixture
-def h1_up():
-    up = RecordingHttp1()
-    yield up
-    up.close()
-
-
-@pytest.fixture
-def h2_up():
-    up = RecordingH2()
-    yield up
-    up.close()
-
-
 def raw_request(port, data, timeout=10):
     """Send raw bytes; everything the gateway sent back until it closed."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

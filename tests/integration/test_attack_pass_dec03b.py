@@ -36,14 +36,7 @@ import pytest
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route, wait_until
-from .test_attack_pass_dec03 import RecordingHttp1, raw_request
-
-
-@pytest.fixture
-def h1_up():
-    up = RecordingHttp1()
-    yield up
-    up.close()
+from .test_attack_pass_dec03 import raw_request
 
 
 def request_line(up, index=-1):

@@ -38,16 +38,9 @@ from gwserver.plugins.basic_auth import hash_password
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route
-from .test_attack_pass_dec03 import RecordingHttp1, raw_request
+from .test_attack_pass_dec03 import raw_request
 
 KEY = b"ak_attack_pass_c_0123456789"
-
-
-@pytest.fixture
-def h1_up():
-    up = RecordingHttp1()
-    yield up
-    up.close()
 
 
 @pytest.fixture

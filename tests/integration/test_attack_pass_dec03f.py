@@ -53,28 +53,14 @@ import pytest
 
 from ..conftest import gateway_conf, route
 from ..h2client import RawH2
-from .test_attack_pass_dec03 import RecordingH2, RecordingHttp1, raw_request
+from .test_attack_pass_dec03 import RecordingHttp1, raw_request
 
 ONE_AN_HOUR = {"rate": 1, "per": 3600, "burst": 1}
 
 
 @pytest.fixture
-def h1_up():
-    up = RecordingHttp1()
-    yield up
-    up.close()
-
-
-@pytest.fixture
 def canary_up():
     up = RecordingHttp1()
-    yield up
-    up.close()
-
-
-@pytest.fixture
-def h2_up():
-    up = RecordingH2()
     yield up
     up.close()
 

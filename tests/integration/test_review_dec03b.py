@@ -41,7 +41,7 @@ import textwrap
 import pytest
 
 from ..conftest import gateway_conf, route
-from .test_attack_pass_dec03 import RecordingHttp1, raw_request
+from .test_attack_pass_dec03 import raw_request
 
 PLUGIN = '''
 import urllib.parse
@@ -128,13 +128,6 @@ def test_a_reply_hook_is_held_to_the_rules_of_a_response_hook(se_gw, query):
 def test_held_a_good_header_from_a_reply_hook_reaches_the_client(se_gw):
     answer = get(se_gw, b"/se/deny")
     assert answer.startswith(b"HTTP/1.1 403 ") and b"\r\nX-Why: fine\r\n" in answer
-
-
-@pytest.fixture
-def h1_up():
-    up = RecordingHttp1()
-    yield up
-    up.close()
 
 
 @pytest.fixture
