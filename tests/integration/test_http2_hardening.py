@@ -725,15 +725,24 @@ def test_a_client_with_small_windows_downloads_at_full_speed(launcher, upstream,
     A first version of the ping-pong pacing (above) counted every frame a window made small
     and held both to 100 of them a second: 1 MB took 10 s (0.15 s before), 128 MiB 2-11 s
     (0.6 s before) (a false-positive pass and a review pass). A send is paced only when a
-    tiny update, judged against the peer's own windows, made its window small."""
+    tiny update, judged against the peer's own windows, made its window small.
+    The bound is relative to the same download with 1 GiB windows, each the best of two runs
+    in this test: a fixed 4 s bound failed on a busy CI host (9 s for 128 MiB). Small windows
+    cost time of their own: on a loaded host 0.53 s against 0.04 s for 1 MB, 2.8 s against
+    0.8 s for 128 MiB; the pacing bug took 10 s for 1 MB."""
     gw = h2c_gateway(launcher, upstream)
-    started = time.monotonic()
-    out = subprocess.run(["nghttp", "-n", "-s", "-w", str(bits), "-W", str(bits),
-                          f"http://127.0.0.1:{gw.port}/bytes/{size}"],
-                         capture_output=True, text=True, timeout=30)
-    took = time.monotonic() - started
-    assert out.returncode == 0 and "GOAWAY" not in out.stdout, out
-    assert took < 4.0, f"{size} bytes with {2 ** bits - 1}-byte windows took {took:.1f}s"
+
+    def download(window_bits):
+        started = time.monotonic()
+        out = subprocess.run(["nghttp", "-n", "-s", "-w", str(window_bits),
+                              "-W", str(window_bits), f"http://127.0.0.1:{gw.port}/bytes/{size}"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "GOAWAY" not in out.stdout, out
+        return time.monotonic() - started
+    took = min(download(bits), download(bits))
+    wide = min(download(30), download(30))
+    assert took < 4 * wide + 1.0, \
+        f"{size} bytes: {took:.2f}s with {2 ** bits - 1}-byte windows, {wide:.2f}s with 1 GiB"
 
 
 def first_served(port, within, tls=False):
