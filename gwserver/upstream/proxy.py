@@ -270,12 +270,26 @@ class Exchange:
     def on_message_complete(self):
         self.complete = True
 
+    @staticmethod
+    def check_version(raw, start):
+        """"1.1" or "1.0", from the status line at ``start``; else UpstreamError."""
+        if raw.startswith(b"HTTP/1.1", start):
+            return "1.1"
+        if raw.startswith(b"HTTP/1.0", start):
+            return "1.0"
+        # llhttp takes HTTP/2.0 and HTTP/0.9 status lines too: no HTTP/1.x framing or
+        # keep-alive rules hold for them, so no answer of theirs is relayed as one.
+        raise UpstreamError("upstream answered in %s, not HTTP/1.x"
+                            % raw[start:start + 8].decode("latin-1"))
+
     def split_head(self, max_head, special_line=_SPECIAL_LINE):
         """Take reason, framing, Via and the forwardable header block from the raw head."""
         raw = self.head_raw
         start = 0 if raw[0] == 72 else status_line_at(raw, 0)      # 72: "H"
         if self.informational:
             for _ in range(self.informational):
+                # An interim head is dropped, but one in another protocol is a broken peer.
+                self.check_version(raw, start)
                 start = status_line_at(raw, raw.index(b"\r\n\r\n", start) + 4)
                 if not raw.startswith(b"HTTP/", start):
                     # Bytes between an interim head and the next: a chunked 1xx's last chunk
@@ -289,15 +303,7 @@ class Exchange:
             # when the 101 says Connection: Upgrade, and stops with an error without it.
             self.chunks = [raw[end + 2:]]
         line_end = raw.index(b"\r\n", start)
-        if raw.startswith(b"HTTP/1.1", start):
-            self.version = "1.1"                    # for Via
-        elif raw.startswith(b"HTTP/1.0", start):
-            self.version = "1.0"
-        else:
-            # llhttp takes HTTP/2.0 and HTTP/0.9 status lines too: no HTTP/1.x framing or
-            # keep-alive rules hold for them, so no answer of theirs is relayed as one.
-            raise UpstreamError("upstream answered in %s, not HTTP/1.x"
-                                % raw[start:start + 8].decode("latin-1"))
+        self.version = self.check_version(raw, start)       # for Via
         reason = raw[start + 13:line_end]           # after "HTTP/1.1 200 "
         # llhttp lets control bytes through in a reason phrase: the status's own phrase then
         self.reason = reason if reason in _KNOWN_REASONS or _BAD_REASON.search(reason) is None \
@@ -833,6 +839,12 @@ class Proxy:
                               "discarded and the connection closed", ex.conn.host)
             ex.keep_alive = False
         except httptools.HttpParserError as exc:
+            if ex.complete and not ex.final:
+                # llhttp ended the connection after an interim head it took as not kept
+                # alive (HTTP/1.0's rules; HTTP/2.0's too): no answer can follow it.
+                ex.check_version(ex.head_raw, status_line_at(ex.head_raw, 0))
+                raise UpstreamError(f"upstream sent more after an interim {ex.status} "
+                                    f"answer on a connection it did not keep alive: {exc}")
             if ex.complete:
                 # Junk after a complete response (a body after 204, say): serve the response,
                 # never reuse the connection. (A 101 without Connection: Upgrade ends here too:

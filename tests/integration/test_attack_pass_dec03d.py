@@ -113,16 +113,41 @@ def test_a_status_under_100_is_a_502_not_an_interim_answer(launcher, status):
         up.close()
 
 
-@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
-def test_a_status_line_not_in_http1_is_a_502(launcher, version):
-    up = ScriptedHttp1({b"/odd": lambda n: b"%s 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
-                        % version})
+@pytest.mark.parametrize("version, interim", [(b"HTTP/2.0", b""), (b"HTTP/0.9", b""),
+                                              (b"HTTP/2.0", b"103")])
+def test_a_status_line_not_in_http1_is_a_502(launcher, version, interim):
+    """The answer's status line, or (103) an interim head's before an HTTP/1.1 answer."""
+    head = b"%s 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED" % version
+    if interim:
+        head = b"%s %s Early Hints\r\nLink: </a>\r\n\r\n" % (version, interim) + \
+            head.replace(version, b"HTTP/1.1", 1)
+    up = ScriptedHttp1({b"/odd": lambda n: head})
     try:
         gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
         answer = exchange(gw.port, b"GET /odd HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
         assert b"INJECTED" not in answer
         assert f"upstream answered in {version.decode()}, not HTTP/1.x" in gw.log()
+        assert served_after(gw)
+    finally:
+        up.close()
+
+
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.0 103 Early Hints\r\nLink: </a>\r\n\r\n",
+    b"HTTP/1.0 100 Continue\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\n\r\n"])
+def test_an_interim_head_that_ends_the_connection_is_a_502_at_once(launcher, interim):
+    """llhttp takes a 1xx head without keep-alive (HTTP/1.0's, or one saying Connection:
+    close) as the end of the connection and refuses what follows. The gateway read on,
+    waiting for a final head that could not come: a 504 after read_timeout (60 s)."""
+    up = ScriptedHttp1({b"/odd": lambda n: interim +
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"})
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
+        answer = exchange(gw.port, b"GET /odd HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+        assert "upstream sent more after an interim 1" in gw.log()
         assert served_after(gw)
     finally:
         up.close()
