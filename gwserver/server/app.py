@@ -440,6 +440,18 @@ class GatewayArbiter(Arbiter):
             worker.born_mtime = worker.tmp.last_update()
         return pid
 
+    def serving_workers(self):
+        """Workers not told to stop, oldest first."""
+        return sorted((pid for pid, w in self.WORKERS.items()
+                       if not getattr(w, "stopping", False)),
+                      key=lambda pid: self.WORKERS[pid].age)
+
+    def current_workers(self):
+        """Serving workers of the current configuration's generation, oldest first."""
+        generation = getattr(self, "worker_generation", 1)
+        return [pid for pid in self.serving_workers()
+                if getattr(self.WORKERS[pid], "generation", 1) == generation]
+
     def manage_workers(self):
         """gunicorn's, by generation: keep ``workers`` serving from the current conf, stop
         the others once those serve, and bound what drains (limit_draining).
@@ -453,16 +465,18 @@ class GatewayArbiter(Arbiter):
                 worker.stopping = worker.retiring = True
                 log.info("worker %s is draining on its own (max_requests): its replacement "
                          "starts now", pid)
-        generation = getattr(self, "worker_generation", 1)
-        serving = sorted((pid for pid, w in self.WORKERS.items()
-                          if not getattr(w, "stopping", False)),
-                         key=lambda pid: self.WORKERS[pid].age)
-        current = [pid for pid in serving
-                   if getattr(self.WORKERS[pid], "generation", 1) == generation]
+        serving = self.serving_workers()
+        current = self.current_workers()
         for _ in range(self.num_workers - len(current)):
             pid = self.spawn_worker()
             if pid is not None:
                 current.append(pid)
+        if getattr(self, "workers_missing", 0) and len(current) >= self.num_workers:
+            self.workers_missing = 0
+            log.info("reload complete: generation %d, %d workers, %d routes (its workers "
+                     "could start only now)", self.reloads.generation, self.num_workers,
+                     self.reloads.routes)
+            self.notify(f"STATUS=serving with {self.num_workers} workers (reloaded)")
         older = [pid for pid in serving if pid not in current]
         # Replacements that could not be started (spawn_worker): the old ones serve on.
         if older and len(current) >= self.num_workers:
@@ -633,8 +647,19 @@ class GatewayArbiter(Arbiter):
         self.helper_conf = etcd
         if lock is not None:
             lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
-        # The new workers serve; the old ones are draining.
         self.reloads.record(True, self.app.conf)
+        missing = self.num_workers - len(self.current_workers())
+        if missing:
+            # fork() refused (TasksMax, memory): the configuration is taken, but the old
+            # workers serve the old one until manage_workers gets the new ones started.
+            self.workers_missing = missing
+            log.warning("reload applied as generation %d, but %d of %d new workers could not "
+                        "start: the previous workers serve the previous configuration until "
+                        "they do", self.reloads.generation, missing, self.num_workers)
+            self.notify(f"READY=1\nSTATUS=reload applied; {missing} of {self.num_workers} new "
+                        f"workers not started yet")
+            return
+        # The new workers serve; the old ones are draining.
         log.info("reload complete: generation %d, %d workers, %d routes",
                  self.reloads.generation, self.num_workers, self.reloads.routes)
         self.notify(f"READY=1\nSTATUS=serving with {self.num_workers} workers (reloaded)")

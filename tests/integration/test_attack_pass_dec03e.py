@@ -373,7 +373,12 @@ def test_a_reload_that_cannot_fork_keeps_the_master_and_its_workers(launcher, up
     assert gw.proc.poll() is None
     assert [serves(gw, "/e") for _ in range(5)] == [200] * 5
     assert worker_pids(gw) == old                       # the old worker serves on
+    # Not "reload complete" while the old configuration is what serves (it was said).
+    assert "reload complete" not in gw.log()
+    assert "reload applied as generation 2, but 1 of 1 new workers could not start" in gw.log()
     with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
         f.write("max")
     wait_until(lambda: worker_pids(gw) and not set(old) & set(worker_pids(gw)), timeout=20)
     assert serves(gw, "/e") == 200
+    assert "reload complete: generation 2, 1 workers, 1 routes (its workers could start " \
+        "only now)" in gw.log()
