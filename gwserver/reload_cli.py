@@ -151,6 +151,13 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
         time.sleep(0.1)
         now = master_status(directories, pid)
         if now is not None and attempt(now) > attempt(before):
+            missing = now.get("workers_not_started")
+            if now.get("last_reload_successful") and missing:
+                print(f"reload applied as generation {now.get('generation')}, but {missing} "
+                      f"new workers could not start (fork refused: see the master's log); "
+                      f"the previous workers serve the previous configuration until they do",
+                      file=err)
+                return 1
             if now.get("last_reload_successful"):
                 print(f"reload complete: generation {now.get('generation')}", file=out)
                 return 0
@@ -167,7 +174,7 @@ def cmd_reload(args):
 
 def add_parser(sub, conf_option):
     parser = sub.add_parser("reload", help="SIGHUP to the master; wait for its verdict (exit "
-                            "0: applied, 1: refused, with why)")
+                            "0: applied, 1: refused or its workers not started, with why)")
     conf_option(parser)
     parser.add_argument("--pid", type=int, default=None,
                         help="the master's pid (default: the one master.json names)")

@@ -228,21 +228,33 @@ class ReloadStatus:
         self.attempt_time = previous.attempt_time if previous else None
         self.worker_timeouts = previous.worker_timeouts if previous else 0
         self.conf = None
+        self.workers_missing = previous.workers_missing if previous else 0
 
     def worker_timed_out(self):
         """A worker stopped for its silence: counted in master.prom (what gwserver reload
         waits for in master.json does not move)."""
         self.worker_timeouts += 1
+        self._rewrite()
+
+    def workers_started(self):
+        """The workers an applied reload could not start (fork refused) are started."""
+        self.workers_missing = 0
+        self._rewrite()
+
+    def _rewrite(self):
         if self.conf is not None:
             try:
                 self._write(self.conf)
             except OSError as exc:
                 log.warning("cannot write the reload status to %s: %s", self.state_dir, exc)
 
-    def record(self, successful, conf, error=None, start=False):
-        """A reload applied (``successful``) or refused (``error`` says why), or the start."""
+    def record(self, successful, conf, error=None, start=False, workers_missing=0):
+        """A reload applied (``successful``) or refused (``error`` says why), or the start;
+        ``workers_missing``: new workers an applied reload could not start yet."""
         now = self.attempt_time = time.time()
         self.conf = conf
+        if successful:      # a refused one leaves the workers an applied one is waiting for
+            self.workers_missing = workers_missing
         self.successful, self.error = successful, None if successful else error
         if not start:
             self.attempts += 1      # what `gwserver reload` waits to see move
@@ -284,6 +296,7 @@ class ReloadStatus:
             "pid": os.getpid(), "generation": self.generation, "conf": conf.path,
             "reload_attempts": self.attempts, "last_reload_error": self.error,
             "last_reload_successful": self.successful,
+            "workers_not_started": self.workers_missing,
             "last_reload_success": rfc3339(self.success_time),
             "last_reload_attempt": rfc3339(self.attempt_time)}).encode())
 
@@ -471,8 +484,8 @@ class GatewayArbiter(Arbiter):
             pid = self.spawn_worker()
             if pid is not None:
                 current.append(pid)
-        if getattr(self, "workers_missing", 0) and len(current) >= self.num_workers:
-            self.workers_missing = 0
+        if self.reloads.workers_missing and len(current) >= self.num_workers:
+            self.reloads.workers_started()
             log.info("reload complete: generation %d, %d workers, %d routes (its workers "
                      "could start only now)", self.reloads.generation, self.num_workers,
                      self.reloads.routes)
@@ -647,12 +660,11 @@ class GatewayArbiter(Arbiter):
         self.helper_conf = etcd
         if lock is not None:
             lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
-        self.reloads.record(True, self.app.conf)
         missing = self.num_workers - len(self.current_workers())
+        self.reloads.record(True, self.app.conf, workers_missing=missing)
         if missing:
             # fork() refused (TasksMax, memory): the configuration is taken, but the old
             # workers serve the old one until manage_workers gets the new ones started.
-            self.workers_missing = missing
             log.warning("reload applied as generation %d, but %d of %d new workers could not "
                         "start: the previous workers serve the previous configuration until "
                         "they do", self.reloads.generation, missing, self.num_workers)

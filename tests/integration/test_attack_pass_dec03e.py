@@ -38,6 +38,8 @@ import collections
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -367,18 +369,24 @@ def test_a_reload_that_cannot_fork_keeps_the_master_and_its_workers(launcher, up
         current = f.read().strip()
     with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
         f.write(current)
-    os.kill(gw.pid, signal.SIGHUP)
+    # gwserver reload (not in the cgroup) sends the SIGHUP and reads the verdict.
+    cli = subprocess.run([sys.executable, "-m", "gwserver", "reload", "-c", str(gw.conf_path),
+                          "--timeout", "20"], capture_output=True, text=True, timeout=40)
     wait_until(lambda: "cannot start a worker" in gw.log() or gw.proc.poll() is not None)
     time.sleep(1.5)                                     # a few more tries meanwhile
     assert gw.proc.poll() is None
     assert [serves(gw, "/e") for _ in range(5)] == [200] * 5
     assert worker_pids(gw) == old                       # the old worker serves on
-    # Not "reload complete" while the old configuration is what serves (it was said).
+    # Not "reload complete" while the old configuration is what serves (both said it).
     assert "reload complete" not in gw.log()
     assert "reload applied as generation 2, but 1 of 1 new workers could not start" in gw.log()
+    assert cli.returncode == 1 and "reload complete" not in cli.stdout, cli
+    assert "reload applied as generation 2, but 1 new workers could not start" in cli.stderr
     with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
         f.write("max")
     wait_until(lambda: worker_pids(gw) and not set(old) & set(worker_pids(gw)), timeout=20)
     assert serves(gw, "/e") == 200
     assert "reload complete: generation 2, 1 workers, 1 routes (its workers could start " \
         "only now)" in gw.log()
+    status = json.loads((gw.conf_path.parent / f"state-{gw.port}" / "master.json").read_text())
+    assert status["workers_not_started"] == 0 and status["generation"] == 2
