@@ -28,11 +28,23 @@ def as_series(exposition):
     return series
 
 
-def firing(tmp_path, exposition, alertname="GwserverRedisUnreachable"):
-    """Whether ``alertname`` fires at 10m on the scrape. promtool is told to expect no alert;
-    when it disagrees, its report must name the alert (any other failure is an error here)."""
+def as_changing_series(before, after):
+    """Two scrapes -> input_series: ``before``'s values for 5 minutes, then ``after``'s (a
+    series absent before, a counter that was born meanwhile, starts at 0)."""
+    first = {s["series"]: s["values"].partition("x")[0] for s in as_series(before)}
+    return [{"series": s["series"],
+             "values": f"{first.get(s['series'], '0.0')}x4 {s['values'].partition('x')[0]}x10"}
+            for s in as_series(after)]
+
+
+def firing(tmp_path, exposition, alertname="GwserverRedisUnreachable", before=None):
+    """Whether ``alertname`` fires at 10m on the scrape (after ``before``'s values for the
+    first 5 minutes, when given). promtool is told to expect no alert; when it disagrees,
+    its report must name the alert (any other failure is an error here)."""
+    series = as_changing_series(before, exposition) if before is not None else \
+        as_series(exposition)
     test = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m",
-            "tests": [{"interval": "1m", "input_series": as_series(exposition),
+            "tests": [{"interval": "1m", "input_series": series,
                        "alert_rule_test": [{"eval_time": "10m", "alertname": alertname,
                                             "exp_alerts": []}]}]}
     path = tmp_path / "alert-test.yml"

@@ -77,6 +77,7 @@ import time
 import pytest
 
 from ..conftest import gateway_conf, route, wait_until
+from .test_alerts import firing
 
 
 def gwserver(*args, **kwargs):
@@ -144,13 +145,18 @@ def lost_lines(gw):
 
 
 def test_a_full_disk_for_the_access_log_is_logged_once_and_counted(launcher, upstream,
-                                                                    small_tmpfs):
+                                                                    small_tmpfs, tmp_path):
     path = small_tmpfs / "access.log"
     gw = launcher.gateway(gateway_conf([route("r", ["/echo"], upstream.url)],
                                        log={"access_log_path": str(path)}))
+    assert gw.request("GET", "/echo")[0].status == 200
+    before = gw.admin_get("/metrics")[1].decode()
+    assert not firing(tmp_path, before, "GwserverAccessLogLinesLost", before=before)
     for _ in range(500):                            # ~500 bytes a line: well past 64 KiB
         assert gw.request("GET", "/echo")[0].status == 200      # requests are not affected
     wait_until(lambda: (lost_lines(gw) or 0) > 0, timeout=5)
+    assert firing(tmp_path, gw.admin_get("/metrics")[1].decode(), "GwserverAccessLogLinesLost",
+                  before=before)
     failures = [line for line in error_lines(gw) if "cannot write the access log" in line]
     assert len(failures) == 1, failures
     assert f"cannot write the access log {path}: No space left on device" in failures[0]
@@ -237,11 +243,14 @@ def test_a_timeout_names_the_slow_target_in_the_log_not_to_the_client(launcher):
 
 # -- 8. a worker hitting its timeout -------------------------------------------------------
 
-def test_a_worker_that_hangs_is_said_to_have_timed_out_and_counted(launcher, upstream):
+def test_a_worker_that_hangs_is_said_to_have_timed_out_and_counted(launcher, upstream,
+                                                                   tmp_path):
     import signal
     gw = launcher.gateway(gateway_conf([route("r", ["/*p"], upstream.url)],
                                        server={"timeout": 2}))
     wait_until(lambda: "ready: 1 workers serving" in gw.log())
+    before = gw.admin_get("/metrics")[1].decode()
+    assert not firing(tmp_path, before, "GwserverWorkerTimedOut", before=before)
     hung = gw.worker_pids()[0]
     os.kill(hung, signal.SIGSTOP)            # stuck mid-life: no heartbeat, SIGABRT pending
     wait_until(lambda: f"was sent SIGKILL after its WORKER TIMEOUT" in gw.log(), timeout=15)
@@ -262,6 +271,8 @@ def test_a_worker_that_hangs_is_said_to_have_timed_out_and_counted(launcher, ups
     assert gw.request("GET", "/echo")[0].status == 200
     wait_until(lambda: b"gwserver_worker_timeouts_total 2.0" in gw.admin_get("/metrics")[1],
                timeout=5)
+    assert firing(tmp_path, gw.admin_get("/metrics")[1].decode(), "GwserverWorkerTimedOut",
+                  before=before)
 
 
 # -- 9. reload without --pid, two instances on the host ------------------------------------

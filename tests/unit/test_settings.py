@@ -120,7 +120,7 @@ def test_alert_rules_pass_promtool():
     run = subprocess.run(["promtool", "check", "rules", str(ROOT / "conf" / "alerts.yml")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 9 rules found" in run.stdout
+    assert "SUCCESS: 11 rules found" in run.stdout
 
 
 def test_grafana_dashboard_queries_metrics_we_export():
