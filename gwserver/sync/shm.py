@@ -15,6 +15,7 @@ Each worker also records what it applied in ``workers/PID`` (generation and etcd
 import json
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -39,6 +40,37 @@ def atomic_write(path, data):
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+_TMP_OF_PID = re.compile(r"\.(\d+)\.tmp$")
+
+
+def remove_stale_tmp(directory, prefix=""):
+    """Remove what atomic_write left there (``NAME.PID.tmp``, ``NAME`` starting with
+    ``prefix``) when a process was killed mid-write: nothing else ever removes them. A file
+    of a process still alive is its write in progress, and stays."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        found = _TMP_OF_PID.search(name)
+        if found is None or not name.startswith(prefix) or _alive(int(found.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True         # someone else's (EPERM): alive
+    return True
 
 
 def _open_counter(runtime_dir, create):
@@ -99,6 +131,13 @@ class TablePublisher:
         self.source = dict(source or {})
         os.makedirs(os.path.join(runtime_dir, WORKERS), exist_ok=True)
         os.makedirs(os.path.join(runtime_dir, CHANGES), exist_ok=True)
+        # One sync process per runtime_dir (the instance lock): what a killed one was writing
+        # is garbage now.
+        for directory in (runtime_dir, os.path.join(runtime_dir, CHANGES)):
+            remove_stale_tmp(directory)
+        if snapshot_path:
+            remove_stale_tmp(os.path.dirname(snapshot_path) or ".",
+                             os.path.basename(snapshot_path) + ".")
         self.counter = _open_counter(runtime_dir, create=True)
         # Continue the numbering of a previous sync process: workers only ever see it grow.
         self.generation = _read_counter(self.counter) or 0

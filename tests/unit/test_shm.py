@@ -2,6 +2,7 @@
 files in a temp dir, and the health helper following them: no sockets, no etcd."""
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -96,6 +97,26 @@ def test_a_change_file_left_half_written_is_no_generation(tmp_path, publisher):
     (tmp_path / "generation").write_bytes(b"")
     again = TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}})
     assert again.generation == 2
+
+
+def test_what_a_killed_sync_process_was_writing_is_removed_at_the_next_start(tmp_path,
+                                                                            publisher):
+    """Its NAME.PID.tmp files stayed forever (nothing else removes them); a live process's
+    write in progress, and files of other names, are left alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    snapshot_dir = tmp_path / "var"
+    snapshot_dir.mkdir()
+    stale = [tmp_path / CHANGES / f"9.json.{dead.pid}.tmp", tmp_path / f"table.json.{dead.pid}.tmp",
+             snapshot_dir / f"snapshot.json.{dead.pid}.tmp"]
+    kept = [tmp_path / CHANGES / f"9.json.{os.getpid()}.tmp",
+            snapshot_dir / f"other.json.{dead.pid}.tmp", snapshot_dir / "notes.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b'{"generation": 9')
+    TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}},
+                   snapshot_path=str(snapshot_dir / "snapshot.json"))
+    assert [p.exists() for p in stale] == [False] * 3
+    assert [p.exists() for p in kept] == [True] * 3
 
 
 def test_a_reader_takes_the_newest_files_while_the_counter_is_cut_short(tmp_path, publisher,
