@@ -1009,9 +1009,13 @@ def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
         "h2c": True}, server={"worker_connections": 2, "keepalive": 30.0}, **extra))
     port = port or gw.port
+    # Each connection waits for the ack of its SETTINGS: the gateway has read its preface,
+    # so it counts as open (idle) before the next arrives. The server's own SETTINGS come
+    # before that: a busy CI host served a newcomer before the "idle" one was counted.
+    def acked(c):
+        return any(isinstance(e, h2.events.SettingsAcknowledged) for e in c.events)
     client = RawH2(port, tls=tls)
-    client.pump(lambda c: any(isinstance(e, h2.events.RemoteSettingsChanged)
-                              for e in c.events), timeout=3)
+    assert client.pump(acked, timeout=5)
     sid = client.conn.get_next_available_stream_id()
     client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https" if tls else
                                                          b"http"), (b":path", b"/echo"),
@@ -1023,8 +1027,7 @@ def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
     time.sleep(0.3)
     if tls:
         idle = RawH2(port, tls=True)            # idle: it is the one to go
-        idle.pump(lambda c: any(isinstance(e, h2.events.RemoteSettingsChanged)
-                                for e in c.events), timeout=3)
+        assert idle.pump(acked, timeout=5)
     served = first_served(port, 3, tls=tls)
     client.send_raw(block[5000:])
     answer = client.response(sid)
