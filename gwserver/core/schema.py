@@ -209,12 +209,14 @@ def status_code(value):
 
 
 def header_in_key(value):
-    """Refuse a "header:NAME" key whose NAME is no header name: no request sends it, so every
-    request would key alike (one target, one group, one limit); outside latin-1 it could not
-    even be encoded. Any other value is left to the caller's own check."""
+    """Refuse a "header:NAME" or "cookie:NAME" key whose NAME is no header (cookie) name: no
+    request sends it, so every request would key alike (one target, one group, one limit);
+    outside latin-1 it could not even be encoded. Any other value is left to the caller's
+    own check."""
     kind, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
-    if kind == "header" and name and not re.fullmatch(FIELD_NAME, name):
-        raise Invalid(f"must name an HTTP header (a token: letters, digits, "
+    if kind in ("header", "cookie") and name and not re.fullmatch(FIELD_NAME, name):
+        what = "an HTTP header" if kind == "header" else "a cookie"
+        raise Invalid(f"must name {what} (a token: letters, digits, "
                       f"!#$%&'*+-.^_`|~), got {show(value)}")
 
 

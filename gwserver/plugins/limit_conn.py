@@ -4,11 +4,11 @@ nginx's limit_conn), per host or across the cluster.
     plugins.limit_conn = {limit = 20, key = "ip", scope = "cluster", lease_seconds = 300}
 
 key: "ip" (the client address through trusted_proxies: an X-Forwarded-For from anyone else
-changes nothing), "route", "consumer" (the consumer an auth plugin identified), "header:NAME"
-(requests without the header or consumer share one key; one with the header twice is a 400,
-as with rate_limit). A slot is claimed in the access
-phase and given back in finish, when the answer is out (a streamed body holds its slot to the
-end, a websocket for as long as it is open).
+changes nothing), "route", "consumer" (the consumer an auth plugin identified), "header:NAME",
+"cookie:NAME" (requests without the header, cookie or consumer share one key; one with the
+header twice, or the cookie twice with two values, is a 400, as with rate_limit). A slot is
+claimed in the access phase and given back in finish, when the answer is out (a streamed body
+holds its slot to the end, a websocket for as long as it is open).
 
 scope "cluster" keeps the slots where rate_limit keeps its state: in Redis with [redis] (one
 sorted set per key of lease ids scored by expiry, a Lua script per claim, coalesced per
@@ -30,7 +30,7 @@ from ..core.schema import (Field, Invalid, Schema, header_in_key, integer, numbe
                            status_code)
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError
-from .rate_limit import limit_key
+from .rate_limit import key_name, limit_key
 
 log = logging.getLogger("gwserver.limit_conn")
 
@@ -42,14 +42,17 @@ def key_kind(value):
     if value in ("ip", "route", "consumer"):
         return value
     header_in_key(value)
-    if isinstance(value, str) and value.partition(":")[0] == "header" and value.partition(":")[2]:
+    if isinstance(value, str) and value.partition(":")[0] in ("header", "cookie") and \
+            value.partition(":")[2]:
         return value
-    raise Invalid(f'must be "ip", "route", "consumer" or "header:NAME", got {show(value)}')
+    raise Invalid(f'must be "ip", "route", "consumer", "header:NAME" or "cookie:NAME", got '
+                  f'{show(value)}')
 
 
 SCHEMA = Schema(
     Field("limit", integer(1), doc="requests in progress at once, per key"),
-    Field("key", key_kind, "ip", "what is limited: ip, route, consumer or header:NAME"),
+    Field("key", key_kind, "ip", "what is limited: ip, route, consumer, header:NAME or "
+          "cookie:NAME"),
     Field("ipv6_prefix", integer(1, 128), 64, "key ip: an IPv6 client counts by its network "
           "of this many bits (128: each address alone)"),
     Field("scope", one_of("cluster", "host"), "cluster",
@@ -65,7 +68,7 @@ SCHEMA = Schema(
 
 def prepare(conf):
     kind, _, name = conf["key"].partition(":")
-    return {**conf, "kind": kind, "name": name.lower().encode("latin-1")}
+    return {**conf, "kind": kind, "name": key_name(kind, name)}
 
 
 def access(conf, ctx):

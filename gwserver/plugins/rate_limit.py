@@ -3,16 +3,17 @@
     plugins.rate_limit = {algorithm = "token_bucket", rate = 100, per = 1, burst = 20,
                           key = "ip", on_store_error = "local"}
 
-key: "ip" (client address; an IPv6 client by its /64, ``ipv6_prefix``), "route" (one limit
-for the route), "consumer" (the consumer an auth plugin identified; docs/consumers.md),
-"header:NAME", "claim:NAME" (a verified JWT claim, once the jwt plugin has run; requests
-without the header, claim or consumer share one bucket; one with the header twice is a 400,
-since an upstream reads only one copy of it; Cookie, Host and Authorization count as they
-are read, not as spelt: docs/ratelimit.md). Set in a consumer's own ``plugins``, the limit
-is that consumer's. With [redis] the state is in Redis (one atomic script per decision,
-coalesced per worker); without it, per host. When Redis cannot answer: "allow" lets the
-request through, "deny" answers 503, "local" (default) decides with the per-host limiter
-instead.
+key: "ip" (client address; an IPv6 client by its /64, ``ipv6_prefix``), "route" (one limit for
+the route), "consumer" (the consumer an auth plugin identified; docs/consumers.md),
+"header:NAME", "cookie:NAME" (one cookie, as upstreams read it: other cookies beside it change
+nothing), "claim:NAME" (a verified JWT claim, once the jwt plugin has run; requests without the
+header, cookie, claim or consumer share one bucket; one with the header twice, or the cookie
+twice with two values, is a 400, since an upstream reads only one copy of it; Cookie, Host and
+Authorization count as they are read, not as spelt: docs/ratelimit.md). Set in a consumer's own
+``plugins``, the limit is that consumer's. With [redis] the state is in Redis (one atomic script
+per decision, coalesced per worker); without it, per host. When Redis cannot answer: "allow"
+lets the request through, "deny" answers 503, "local" (default) decides with the per-host
+limiter instead.
 
 Rejected requests get 429 with Retry-After; every answer a limiter counted carries
 RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (IETF httpapi ratelimit-headers draft):
@@ -46,11 +47,19 @@ def key_kind(value):
     if value in ("ip", "route", "consumer"):
         return value
     header_in_key(value)
-    if isinstance(value, str) and value.partition(":")[0] in ("header", "claim") and \
-            value.partition(":")[2]:
+    if isinstance(value, str) and value.partition(":")[0] in ("header", "cookie", "claim") \
+            and value.partition(":")[2]:
         return value
-    raise Invalid(f'must be "ip", "route", "consumer", "header:NAME" or "claim:NAME", '
-                  f'got {show(value)}')
+    raise Invalid(f'must be "ip", "route", "consumer", "header:NAME", "cookie:NAME" or '
+                  f'"claim:NAME", got {show(value)}')
+
+
+def key_name(kind, name):
+    """The NAME of a key as limit_key looks it up: a header's lower-case bytes, a cookie's
+    bytes (cookie names are case-sensitive), a claim's str."""
+    if kind == "header":
+        return name.lower().encode("latin-1")
+    return name.encode("latin-1") if kind == "cookie" else name
 
 
 ADAPTIVE = Schema(
@@ -71,8 +80,8 @@ SCHEMA = Schema(
     Field("rate", number(0, exclusive=True), doc="requests allowed per `per` seconds"),
     Field("per", number(0, exclusive=True), 1.0, "the window, in seconds"),
     Field("burst", integer(0), 0, "token bucket: extra requests allowed at once (0 = none)"),
-    Field("key", key_kind, "ip", "what is limited: ip, route, consumer, header:NAME or "
-          "claim:NAME"),
+    Field("key", key_kind, "ip", "what is limited: ip, route, consumer, header:NAME, "
+          "cookie:NAME or claim:NAME"),
     Field("ipv6_prefix", integer(1, 128), 64, "key ip: an IPv6 client counts by its network "
           "of this many bits (128: each address alone)"),
     Field("on_store_error", one_of("allow", "deny", "local"), "local",
@@ -98,8 +107,7 @@ def prepare(conf):
             raise ValueError(f"adaptive.lower_below ({adaptive['lower_below']:g}) is above "
                              f"adaptive.raise_above ({adaptive['raise_above']:g})")
         adaptive = {**adaptive, "failure_statuses": frozenset(adaptive["failure_statuses"])}
-    return {**conf, "kind": kind, "adaptive": adaptive,
-            "name": name.lower().encode("latin-1") if kind == "header" else name}
+    return {**conf, "kind": kind, "adaptive": adaptive, "name": key_name(kind, name)}
 
 
 def phases(conf):
@@ -109,7 +117,8 @@ def phases(conf):
 
 def limit_key(conf, ctx):
     """The state key a limit counts under: route, then what ``key`` names (ip, route,
-    consumer, header:NAME, claim:NAME); limit_conn keys its slots the same way."""
+    consumer, header:NAME, cookie:NAME, claim:NAME); limit_conn keys its slots the same
+    way."""
     kind = conf["kind"]
     if kind == "ip":
         value = ctx.client_ip
@@ -120,13 +129,17 @@ def limit_key(conf, ctx):
     elif kind == "consumer":
         consumer = ctx.consumer
         value = "-" if consumer is None else consumer.id
-    elif kind == "header":
+    elif kind == "header" or kind == "cookie":
         name = conf["name"]
-        raw = _one_copy(ctx, name)
-        if name in _AS_READ:
-            raw = _AS_READ[name](ctx, raw)
-        # Always hashed: a header may carry a secret (an API key), which must not sit in
-        # Redis key names or state files; hashed, a long value never makes a long key either.
+        if kind == "cookie":
+            raw = _one_cookie(ctx, name)
+        else:
+            raw = _one_copy(ctx, name)
+            if name in _AS_READ:
+                raw = _AS_READ[name](ctx, raw)
+        # Always hashed: a header or cookie may carry a secret (an API key, a session), which
+        # must not sit in Redis key names or state files; hashed, a long value never makes a
+        # long key either.
         value = "-" if raw is None else hashlib.blake2b(raw, digest_size=12).hexdigest()
     else:
         claims = ctx.var("claims") or {}
@@ -143,6 +156,31 @@ def _cookie_list(ctx, raw):
     if raw is None:
         return None
     return b"; ".join(sorted(filter(None, (c.strip(b" \t") for c in raw.split(b";")))))
+
+
+def _one_cookie(ctx, name):
+    """Cookie ``name``'s value as upstreams read it (white space around the pair and its
+    parts, and the double quotes of a quoted value, dropped), or None. Other cookies do not
+    change it: junk cookies added to the header are no new bucket. BadRequest when it comes
+    twice with different values: upstreams differ on which one they read (Go and PHP the
+    first, Python's SimpleCookie the last), so no copy can be counted that every upstream
+    agrees with; a copy repeated alike (a browser's, for two cookie paths) is one value."""
+    raw = ctx.header_map.get(b"cookie")
+    if raw is None:
+        return None
+    found = None
+    for pair in raw.split(b";"):
+        key, equals, value = pair.partition(b"=")
+        if not equals or key.strip(b" \t") != name:
+            continue
+        value = value.strip(b" \t")
+        if len(value) >= 2 and value[0] == 34 and value[-1] == 34:     # 34: '"'
+            value = value[1:-1]
+        if found is not None and value != found:
+            raise BadRequest(f"the cookie {name.decode('latin-1')} comes more than once; a "
+                             f"limit keyed on it needs one value")
+        found = value
+    return found
 
 
 def _routed_host(ctx, raw):

@@ -76,6 +76,8 @@ def gw(launcher, h1_up, canary_up):
               plugins={"rate_limit": {**ONE_AN_HOUR, "key": "header:Cookie"}}),
         route("hk", ["/hk"], h1_up.url,
               plugins={"rate_limit": {**ONE_AN_HOUR, "key": "header:Host"}}),
+        route("sk", ["/sk"], h1_up.url,
+              plugins={"rate_limit": {**ONE_AN_HOUR, "key": "cookie:session"}}),
         route("kk", ["/kk"], h1_up.url,
               plugins={"rate_limit": {**ONE_AN_HOUR, "key": "header:X-Api-Key"}}),
         {"id": "sp", "paths": ["/sp"], "upstream": "v1", "plugins": {"split": split}},
@@ -331,3 +333,15 @@ def test_held_path_spellings_reach_the_same_route_over_both_protocols(gw, h1_up,
     if status == 200:
         lines = [head.split(b"\r\n")[0] for head in h1_up.heads]
         assert len(lines) == 2 and lines[0] == lines[1], lines
+
+
+def test_a_cookie_key_is_not_escaped_by_junk_cookies_or_spellings(gw):
+    """``header:Cookie`` counts every cookie, so a junk one added was a fresh bucket (the
+    upstream ignores it); ``cookie:NAME`` counts that cookie alone, over both protocols."""
+    assert h1(gw, b"/sk", b"Cookie: session=abc\r\n") == 200
+    for fields in [b"Cookie: junk=1; session=abc\r\n", b'Cookie: session="abc"; x=2\r\n',
+                   b"Cookie: a=1\r\nCookie: session=abc\r\n"]:
+        assert h1(gw, b"/sk", fields) == 429, fields
+    assert h2(gw, "/sk", [("cookie", "junk=3"), ("cookie", "session=abc")]) == 429
+    assert h1(gw, b"/sk", b"Cookie: session=abc; session=junk\r\n") == 400
+    assert h1(gw, b"/sk", b"Cookie: session=other\r\n") == 200

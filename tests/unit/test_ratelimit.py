@@ -194,3 +194,48 @@ def test_limit_keys_count_an_ipv6_client_by_its_network(plugin, client, prefix, 
         {k: v for k, v in conf.items() if k in module.SCHEMA.fields}))
     ctx = SimpleNamespace(client_ip=client, route=SimpleNamespace(id="r"))
     assert limit_key(conf, ctx) == key
+
+
+def cookie_key(plugin, cookie_header, name="session"):
+    """limit_key of a ``cookie:NAME`` limit for a request with that Cookie header."""
+    import importlib
+    from types import SimpleNamespace
+    from gwserver.plugins.rate_limit import limit_key
+    module = importlib.import_module(f"gwserver.plugins.{plugin}")
+    conf = module.prepare(module.SCHEMA.validate({"key": f"cookie:{name}", **(
+        {"rate": 1} if plugin == "rate_limit" else {"limit": 1})}))
+    headers = {} if cookie_header is None else {b"cookie": cookie_header}
+    return limit_key(conf, SimpleNamespace(header_map=headers, route=SimpleNamespace(id="r")))
+
+
+@pytest.mark.parametrize("plugin", ["rate_limit", "limit_conn"])
+def test_a_cookie_key_counts_that_cookie_as_upstreams_read_it(plugin):
+    """Junk cookies beside it, other orders, white space, quotes and a copy repeated alike
+    (a browser's, one per cookie path) are one bucket; another value is another."""
+    one = cookie_key(plugin, b"session=abc")
+    assert one.startswith("r:cookie:") and "abc" not in one         # hashed: a session
+    for spelling in [b"junk=1; session=abc", b"session=abc; junk=2", b" session = abc ;x=",
+                     b'session="abc"', b"a=1;;session=abc;b", b"session=abc; session=abc"]:
+        assert cookie_key(plugin, spelling) == one, spelling
+    assert cookie_key(plugin, b"session=abd") != one
+    assert cookie_key(plugin, b"Session=abc") == cookie_key(plugin, None)     # names: exact
+    assert cookie_key(plugin, b"sessionx=abc; xsession=abc") == cookie_key(plugin, None)
+
+
+@pytest.mark.parametrize("plugin", ["rate_limit", "limit_conn"])
+def test_a_cookie_key_refuses_the_cookie_twice_with_two_values(plugin):
+    from gwserver.errors import BadRequest
+    with pytest.raises(BadRequest, match="the cookie session comes more than once"):
+        cookie_key(plugin, b"session=abc; session=junk")
+
+
+@pytest.mark.parametrize("plugin", ["rate_limit", "limit_conn"])
+@pytest.mark.parametrize("key", ["cookie:", "cookie:a b", "cookie:a;b", "cookie:a=b",
+                                 "cookie:caf\u00e9"])
+def test_a_cookie_key_must_name_a_cookie(plugin, key):
+    import importlib
+    from gwserver.errors import ConfigError
+    module = importlib.import_module(f"gwserver.plugins.{plugin}")
+    with pytest.raises(ConfigError, match=r"^key: must (name a cookie|be )"):
+        module.SCHEMA.validate({"key": key, "rate": 1} if plugin == "rate_limit"
+                               else {"key": key, "limit": 1})
