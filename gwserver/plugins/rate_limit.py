@@ -31,6 +31,7 @@ import logging
 import math
 
 from ..core.context import Reply, parse_block
+from ..core.cookies import one_cookie
 from ..core.realip import ipv6_network
 from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
                            number, one_of, show, status_code)
@@ -159,28 +160,9 @@ def _cookie_list(ctx, raw):
 
 
 def _one_cookie(ctx, name):
-    """Cookie ``name``'s value as upstreams read it (white space around the pair and its
-    parts, and the double quotes of a quoted value, dropped), or None. Other cookies do not
-    change it: junk cookies added to the header are no new bucket. BadRequest when it comes
-    twice with different values: upstreams differ on which one they read (Go and PHP the
-    first, Python's SimpleCookie the last), so no copy can be counted that every upstream
-    agrees with; a copy repeated alike (a browser's, for two cookie paths) is one value."""
-    raw = ctx.header_map.get(b"cookie")
-    if raw is None:
-        return None
-    found = None
-    for pair in raw.split(b";"):
-        key, equals, value = pair.partition(b"=")
-        if not equals or key.strip(b" \t") != name:
-            continue
-        value = value.strip(b" \t")
-        if len(value) >= 2 and value[0] == 34 and value[-1] == 34:     # 34: '"'
-            value = value[1:-1]
-        if found is not None and value != found:
-            raise BadRequest(f"the cookie {name.decode('latin-1')} comes more than once; a "
-                             f"limit keyed on it needs one value")
-        found = value
-    return found
+    """Cookie ``name``'s value as upstreams read it (gwserver.core.cookies), or None. Other
+    cookies do not change it: junk cookies added to the header are no new bucket."""
+    return one_cookie(ctx.header_map.get(b"cookie"), name)
 
 
 def _routed_host(ctx, raw):

@@ -239,3 +239,26 @@ def test_a_cookie_key_must_name_a_cookie(plugin, key):
     with pytest.raises(ConfigError, match=r"^key: must (name a cookie|be )"):
         module.SCHEMA.validate({"key": key, "rate": 1} if plugin == "rate_limit"
                                else {"key": key, "limit": 1})
+
+
+@pytest.mark.parametrize("header, value", [
+    (b"session=%61bc", b"abc"), (b'session="\\141bc"', b"abc"), (b'session="a\\bc"', b"abc"),
+    (b"session=a+b", b"a b"), (b"session=a%2Bb", b"a b"), (b"session=%zz", b"%zz"),
+    (b"\xa0session=abc\xa0", b"abc"), (b'x="a b"; session=abc', b"abc"), (b"session=", b""),
+])
+def test_a_cookie_key_reads_the_value_as_the_most_decoding_upstream_does(header, value):
+    """PHP, Node and Rack percent-decode (Rack "+" too), Python unescapes quoted values."""
+    from gwserver.core.cookies import one_cookie
+    assert one_cookie(header, b"session") == value
+
+
+@pytest.mark.parametrize("header", [
+    b"s%65ssion=abc; session=x", b"session%00junk=abc; session=x",     # PHP's names
+    b"session=x; y=1 session=abc", b"session=x session=abc", b"session=x; $y session=abc",
+    b'session=abc "x', b"session=abc,x=1", b"x=1,session=abc", b'session="abc',
+])
+def test_a_cookie_key_refuses_a_header_upstreams_read_two_ways(header):
+    from gwserver.core.cookies import one_cookie
+    from gwserver.errors import BadRequest
+    with pytest.raises(BadRequest, match="the cookie session "):
+        one_cookie(header, b"session")
