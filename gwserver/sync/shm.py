@@ -132,9 +132,12 @@ class TablePublisher:
         os.makedirs(os.path.join(runtime_dir, WORKERS), exist_ok=True)
         os.makedirs(os.path.join(runtime_dir, CHANGES), exist_ok=True)
         # One sync process per runtime_dir (the instance lock): what a killed one was writing
-        # is garbage now.
-        for directory in (runtime_dir, os.path.join(runtime_dir, CHANGES)):
-            remove_stale_tmp(directory)
+        # is garbage now. In runtime_dir itself only our own names: the directory may be
+        # shared (/dev/shm, /run), and a file of a pid not alive here may be a live writer's
+        # in another pid namespace.
+        remove_stale_tmp(os.path.join(runtime_dir, CHANGES))
+        for name in (GENERATION, TABLE, STATUS):
+            remove_stale_tmp(runtime_dir, name + ".")
         if snapshot_path:
             remove_stale_tmp(os.path.dirname(snapshot_path) or ".",
                              os.path.basename(snapshot_path) + ".")

@@ -193,3 +193,18 @@ def test_the_base_writer_outlives_a_failed_write(tmp_path, publisher, table, cap
     assert (tmp_path / "table.json").is_file()
     base = json.loads((tmp_path / "table.json").read_text())
     assert base["generation"] == 2 and base["table"]["upstreams"] == {"up": item(2, UP)}
+
+
+def test_a_killed_sync_process_s_leftovers_are_only_its_own_names_in_runtime_dir(tmp_path):
+    """runtime_dir may be shared (/dev/shm, /run): a NAME.PID.tmp of another program there,
+    whose pid is not alive here (another pid namespace's live writer), is not ours to remove."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ours = [tmp_path / f"{name}.{dead.pid}.tmp" for name in ("table.json", "status.json",
+                                                             "generation")]
+    theirs = [tmp_path / f"app-cache.json.{dead.pid}.tmp", tmp_path / f"x.{dead.pid}.tmp"]
+    for path in ours + theirs:
+        path.write_bytes(b"{}")
+    TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}})
+    assert [p.exists() for p in ours] == [False] * 3
+    assert [p.exists() for p in theirs] == [True] * 2
