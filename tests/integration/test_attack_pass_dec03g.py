@@ -1,6 +1,7 @@
 """Attack pass (Dec 03, g): the ``cookie:NAME`` limit key (fca2a1b), upstream 1xx heads
 (1bbe816), remove_stale_tmp (9162942) and reload verdicts (705b796, 668e27e). Each defect is
-shown by a test that failed on fca2a1b and passes with its fix.
+shown by a test that failed on fca2a1b and passes with its fix; held cases are
+test_held_*.
 
 Every test starts real processes (a gateway from the launcher fixture with h2c on) and talks
 to it over loopback; the upstream is the in-process recording server of the attack modules.
@@ -14,14 +15,28 @@ to it over loopback; the upstream is the in-process recording server of the atta
    was a fresh bucket per request for one session. The value is now read as the most
    decoding of them reads it, and a header where they would read different values is a 400.
 
+2. remove_stale_tmp swept every NAME.PID.tmp in runtime_dir whose pid was not alive here:
+   in a shared runtime_dir (/dev/shm, /run) another program's file, or a live writer's in
+   another pid namespace. Only the sync process's own names are swept there now
+   (tests/unit/test_shm.py, pure).
+
 Held: white space, tabs and quotes around the value, a ``$Version`` pair, junk cookies
 beside it, two Cookie lines over HTTP/1.1 and HTTP/2 crumbs (one bucket each); the cookie
 twice alike; an empty value; ``=`` inside the value; non-ASCII bytes; a Cookie line over
-limit_request_field_size (431, no worker error).
+limit_request_field_size (431, no worker error); refused spellings are 400s for limit_conn
+too. Interim heads (1bbe816): with Connection: close or in HTTP/1.0 and an answer in a later
+read, junk or a close after a 100, a 100 or 150 with a body, an HTTP/2.0 answer after a 103,
+a 101 to a request that asked for no upgrade: a 502 at once, nothing of the later bytes
+relayed; interim heads split mid-line across reads, then an answer: the answer.
 """
+import socket
+import threading
+import time
+
 import pytest
 
 from ..conftest import gateway_conf, route
+from .test_attack_pass_dec03 import raw_request
 from .test_attack_pass_dec03f import h1, h2
 
 ONE_AN_HOUR = {"rate": 1, "per": 3600, "burst": 1}
@@ -75,3 +90,79 @@ def test_a_hostile_cookie_is_a_clean_400_for_limit_conn_too(gw):
     assert h1(gw, b"/lc", b"Cookie: session=abc\r\n") == 200
     assert h1(gw, b"/lc", b"Cookie: session=x3 session=abc\r\n") == 400
     assert h2(gw, "/lc", [("cookie", "session=x"), ("cookie", "y=1 session=abc")]) == 400
+
+
+# -- 2. interim heads from a broken upstream -----------------------------------------------
+
+class DrippingHttp1:
+    """A loopback upstream that answers each request with ``pieces``, one write each, 0.3 s
+    apart (each its own read at the gateway), then holds the connection open."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        try:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536) or b"\r\n\r\n"
+            for piece in self.pieces:
+                time.sleep(0.3)
+                if piece is None:
+                    conn.close()
+                    return
+                conn.sendall(piece)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+INJECTED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+FINE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.mark.parametrize("pieces, status", [
+    ([b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n", INJECTED], 502),
+    ([b"HTTP/1.0 103 Early Hints\r\n\r\n", INJECTED], 502),
+    ([b"HTTP/1.1 100 Continue\r\n\r\n", b"junk\r\n\r\n"], 502),
+    ([b"HTTP/1.1 100 Continue\r\n\r\n", None], 502),
+    ([b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\nHELLO", INJECTED], 502),
+    ([b"HTTP/1.1 150 Odd\r\nContent-Length: 8\r\n\r\n", INJECTED], 502),
+    ([b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/2.0 200 OK\r\n\r\n"], 502),
+    ([b"HTTP/1.1 101 Switching Protocols\r\n\r\n", b"RAW"], 502),
+    ([b"HTTP/1.1 103 Early Hints\r\n", b"Link: </a>\r\n\r\nHTTP/1.1 1", b"03 E\r\n\r\n",
+      FINE], 200),
+])
+def test_held_a_broken_upstream_s_interim_heads_get_a_prompt_answer(launcher, pieces, status):
+    """Interim heads in other versions, with Connection: close, with a body, followed by
+    junk or a close, split across reads: a 502 well before read_timeout (10 s), nothing of
+    a later head relayed; whole interim heads then an answer: the answer."""
+    up = DrippingHttp1(pieces)
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url,
+                                                  timeouts={"read": 10.0})]))
+        began = time.monotonic()
+        answer = raw_request(gw.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close"
+                             b"\r\n\r\n", timeout=15)
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+        assert b"INJECTED" not in answer and b"RAW" not in answer
+        assert time.monotonic() - began < 5, answer[:300]
+    finally:
+        up.close()
