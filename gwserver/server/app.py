@@ -484,7 +484,10 @@ class GatewayArbiter(Arbiter):
             pid = self.spawn_worker()
             if pid is not None:
                 current.append(pid)
-        if self.reloads.workers_missing and len(current) >= self.num_workers:
+        # Only the generation that lacked them: a reload in progress (reload) starts the
+        # next one's, and says itself whether they started.
+        if self.reloads.workers_missing and len(current) >= self.num_workers and \
+                getattr(self, "worker_generation", 1) == getattr(self, "missing_generation", 0):
             self.reloads.workers_started()
             log.info("reload complete: generation %d, %d workers, %d routes (its workers "
                      "could start only now)", self.reloads.generation, self.num_workers,
@@ -665,6 +668,7 @@ class GatewayArbiter(Arbiter):
         if missing:
             # fork() refused (TasksMax, memory): the configuration is taken, but the old
             # workers serve the old one until manage_workers gets the new ones started.
+            self.missing_generation = self.worker_generation
             log.warning("reload applied as generation %d, but %d of %d new workers could not "
                         "start: the previous workers serve the previous configuration until "
                         "they do", self.reloads.generation, missing, self.num_workers)

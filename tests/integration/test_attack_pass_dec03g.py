@@ -19,6 +19,11 @@ to it over loopback; the upstream is the in-process recording server of the atta
    in a shared runtime_dir (/dev/shm, /run) another program's file, or a live writer's in
    another pid namespace. Only the sync process's own names are swept there now
    (tests/unit/test_shm.py, pure).
+3. A reload applied while fork() was refused (generation 2, its workers missing), then a
+   second reload once forks worked again: the second's workers, started inside the reload,
+   made manage_workers log "reload complete: generation 2 ... (its workers could start only
+   now)" before the reload logged generation 3. Generation 2's workers never served. Only the
+   generation that lacked workers is now said complete by manage_workers.
 
 Held: white space, tabs and quotes around the value, a ``$Version`` pair, junk cookies
 beside it, two Cookie lines over HTTP/1.1 and HTTP/2 crumbs (one bucket each); the cookie
@@ -29,14 +34,17 @@ read, junk or a close after a 100, a 100 or 150 with a body, an HTTP/2.0 answer 
 a 101 to a request that asked for no upgrade: a 502 at once, nothing of the later bytes
 relayed; interim heads split mid-line across reads, then an answer: the answer.
 """
+import os
+import signal
 import socket
 import threading
 import time
 
 import pytest
 
-from ..conftest import gateway_conf, route
+from ..conftest import gateway_conf, route, wait_until
 from .test_attack_pass_dec03 import raw_request
+from .test_attack_pass_dec03e import pids_cgroup, worker_pids  # noqa: F401 - a fixture
 from .test_attack_pass_dec03f import h1, h2
 
 ONE_AN_HOUR = {"rate": 1, "per": 3600, "burst": 1}
@@ -166,3 +174,30 @@ def test_held_a_broken_upstream_s_interim_heads_get_a_prompt_answer(launcher, pi
         assert time.monotonic() - began < 5, answer[:300]
     finally:
         up.close()
+
+
+# -- 3. a reload after one whose workers could not start ------------------------------------
+
+def test_a_reload_after_one_whose_workers_could_not_start_claims_only_its_own(
+        launcher, h1_up, pids_cgroup):
+    """Reload 1 is applied as generation 2 but fork() is refused (TasksMax); the cap is
+    lifted and reload 2 starts its workers at once. The master logged "reload complete:
+    generation 2 ... (its workers could start only now)" for reload 2's workers: generation
+    2's never served. Only generation 3 completes."""
+    gw = launcher.gateway(gateway_conf([route("e", ["/e"], h1_up.url)]))
+    assert [gw.request("GET", "/e")[0].status for _ in range(5)] == [200] * 5
+    for pid in [gw.pid] + gw.worker_pids():
+        with open(os.path.join(pids_cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    with open(os.path.join(pids_cgroup, "pids.current")) as f:
+        current = f.read().strip()
+    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
+        f.write(current)
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "reload applied as generation 2, but 1 of 1" in gw.log(), timeout=20)
+    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
+        f.write("max")
+    os.kill(gw.pid, signal.SIGHUP)          # before the master's next try (about a second)
+    wait_until(lambda: "reload complete: generation 3" in gw.log(), timeout=20)
+    assert "reload complete: generation 2" not in gw.log(), gw.log()[-3000:]
+    assert gw.request("GET", "/e")[0].status == 200
