@@ -31,8 +31,9 @@ twice alike; an empty value; ``=`` inside the value; non-ASCII bytes; a Cookie l
 limit_request_field_size (431, no worker error); refused spellings are 400s for limit_conn
 too. Interim heads (1bbe816): with Connection: close or in HTTP/1.0 and an answer in a later
 read, junk or a close after a 100, a 100 or 150 with a body, an HTTP/2.0 answer after a 103,
-a 101 to a request that asked for no upgrade: a 502 at once, nothing of the later bytes
-relayed; interim heads split mid-line across reads, then an answer: the answer.
+a 101 to a request that asked for no upgrade, interim heads past the head limit: a 502 at
+once, nothing of the later bytes relayed; interim heads split mid-line across reads, or 100
+of them, then an answer: the answer.
 """
 import os
 import signal
@@ -157,6 +158,8 @@ FINE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     ([b"HTTP/1.1 101 Switching Protocols\r\n\r\n", b"RAW"], 502),
     ([b"HTTP/1.1 103 Early Hints\r\n", b"Link: </a>\r\n\r\nHTTP/1.1 1", b"03 E\r\n\r\n",
       FINE], 200),
+    ([b"HTTP/1.1 103 Early Hints\r\n\r\n" * 100, FINE], 200),
+    ([b"HTTP/1.1 100 Continue\r\n\r\n" * 5000, FINE], 502),      # past the head limit
 ])
 def test_held_a_broken_upstream_s_interim_heads_get_a_prompt_answer(launcher, pieces, status):
     """Interim heads in other versions, with Connection: close, with a body, followed by
