@@ -45,17 +45,18 @@ def atomic_write(path, data):
 _TMP_OF_PID = re.compile(r"\.(\d+)\.tmp$")
 
 
-def remove_stale_tmp(directory, prefix=""):
-    """Remove what atomic_write left there (``NAME.PID.tmp``, ``NAME`` starting with
-    ``prefix``) when a process was killed mid-write: nothing else ever removes them. A file
-    of a process still alive is its write in progress, and stays."""
+def remove_stale_tmp(directory, of=None):
+    """Remove what atomic_write left there (``NAME.PID.tmp``; with ``of``, only ``of.PID.tmp``)
+    when a process was killed mid-write: nothing else ever removes them. A file of a process
+    still alive is its write in progress, and stays."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
         found = _TMP_OF_PID.search(name)
-        if found is None or not name.startswith(prefix) or _alive(int(found.group(1))):
+        if found is None or (of is not None and name[:found.start()] != of) or \
+                _alive(int(found.group(1))):
             continue
         try:
             os.unlink(os.path.join(directory, name))
@@ -137,10 +138,12 @@ class TablePublisher:
         # in another pid namespace.
         remove_stale_tmp(os.path.join(runtime_dir, CHANGES))
         for name in (GENERATION, TABLE, STATUS):
-            remove_stale_tmp(runtime_dir, name + ".")
+            remove_stale_tmp(runtime_dir, name)
         if snapshot_path:
+            # Exactly its own name: another instance's snapshot beside it ("snap.b") is no
+            # "snap" to sweep, and its writer may be alive in another pid namespace.
             remove_stale_tmp(os.path.dirname(snapshot_path) or ".",
-                             os.path.basename(snapshot_path) + ".")
+                             os.path.basename(snapshot_path))
         self.counter = _open_counter(runtime_dir, create=True)
         # Continue the numbering of a previous sync process: workers only ever see it grow.
         self.generation = _read_counter(self.counter) or 0

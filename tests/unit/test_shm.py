@@ -208,3 +208,18 @@ def test_a_killed_sync_process_s_leftovers_are_only_its_own_names_in_runtime_dir
     TablePublisher(str(tmp_path), lambda: {"routes": {}, "upstreams": {}})
     assert [p.exists() for p in ours] == [False] * 3
     assert [p.exists() for p in theirs] == [True] * 2
+
+
+def test_only_the_snapshot_s_own_leftovers_are_removed_beside_it(tmp_path):
+    """The snapshot's directory may hold another instance's snapshot ("snap.b", its writer
+    perhaps alive in another pid namespace): its NAME.PID.tmp is not the snapshot's."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    runtime, var = tmp_path / "run", tmp_path / "var"
+    var.mkdir()
+    ours, theirs = var / f"snap.{dead.pid}.tmp", var / f"snap.b.{dead.pid}.tmp"
+    for path in (ours, theirs):
+        path.write_bytes(b"{}")
+    TablePublisher(str(runtime), lambda: {"routes": {}, "upstreams": {}},
+                   snapshot_path=str(var / "snap"))
+    assert (ours.exists(), theirs.exists()) == (False, True)
