@@ -17,7 +17,8 @@ to it over loopback; the upstream is the in-process recording server of the atta
 
 2. remove_stale_tmp swept every NAME.PID.tmp in runtime_dir whose pid was not alive here:
    in a shared runtime_dir (/dev/shm, /run) another program's file, or a live writer's in
-   another pid namespace. Only the sync process's own names are swept there now
+   another pid namespace; beside the snapshot, another instance's ``snap.b.PID.tmp`` (a
+   prefix match of ``snap``). Only the exact names the sync process writes are swept now
    (tests/unit/test_shm.py, pure).
 3. A reload applied while fork() was refused (generation 2, its workers missing), then a
    second reload once forks worked again: the second's workers, started inside the reload,
