@@ -16,6 +16,7 @@ request (``%61bc``, ``"\\141bc"``, ``x=1 sid=abc`` after a junk sid) for a fresh
 value is read as the most decoding of them reads it (merging spellings only ever shares a
 bucket), and a header where they would read different values of the cookie is refused.
 """
+import functools
 import re
 
 from ..errors import BadRequest
@@ -52,6 +53,13 @@ def _value(name, raw):
     return _decoded(raw)
 
 
+@functools.lru_cache(maxsize=256)
+def _patterns(name):
+    """Per cookie name, once: where another pair hides it, and the name as PHP reads it."""
+    return (re.compile(rb"[" + re.escape(_SPACE) + rb",]" + re.escape(name) + rb"[ \t]*="),
+            _php_name(name))
+
+
 def one_cookie(header, name):
     """Cookie ``name``'s value in the Cookie ``header`` (bytes) as upstreams read it, or None.
     BadRequest where upstreams would read different values: two copies that differ (Go and
@@ -59,8 +67,7 @@ def one_cookie(header, name):
     RFC 2965 parser finds it, a value that is no token or quoted string."""
     if header is None:
         return None
-    hidden = re.compile(rb"[" + re.escape(_SPACE) + rb",]" + re.escape(name) + rb"[ \t]*=")
-    php = _php_name(name)
+    hidden, php = _patterns(name)
     found = None
     for pair in header.split(b";"):
         key, equals, value = pair.partition(b"=")
