@@ -353,6 +353,23 @@ def pids_cgroup():
         os.rmdir(group)
 
 
+def cap_tasks(gw, group):
+    """The gateway's processes into pids cgroup ``group``, capped at what they run now: no
+    process of theirs can fork (systemd's TasksMax reached). ``uncap_tasks`` lifts it."""
+    for pid in [gw.pid] + gw.worker_pids():
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    with open(os.path.join(group, "pids.current")) as f:
+        current = f.read().strip()
+    with open(os.path.join(group, "pids.max"), "w") as f:
+        f.write(current)
+
+
+def uncap_tasks(group):
+    with open(os.path.join(group, "pids.max"), "w") as f:
+        f.write("max")
+
+
 def test_a_reload_that_cannot_fork_keeps_the_master_and_its_workers(launcher, upstream,
                                                                      pids_cgroup):
     """The gateway's tasks capped at what it runs (systemd's TasksMax reached): on SIGHUP
@@ -362,13 +379,7 @@ def test_a_reload_that_cannot_fork_keeps_the_master_and_its_workers(launcher, up
     gw = launcher.gateway(gateway_conf([route("e", ["/e"], upstream.url)]))
     old = worker_pids(gw)
     assert [serves(gw, "/e") for _ in range(5)] == [200] * 5     # its threads started
-    for pid in [gw.pid] + gw.worker_pids():
-        with open(os.path.join(pids_cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(pid))
-    with open(os.path.join(pids_cgroup, "pids.current")) as f:
-        current = f.read().strip()
-    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
-        f.write(current)
+    cap_tasks(gw, pids_cgroup)
     # gwserver reload (not in the cgroup) sends the SIGHUP and reads the verdict.
     cli = subprocess.run([sys.executable, "-m", "gwserver", "reload", "-c", str(gw.conf_path),
                           "--timeout", "20"], capture_output=True, text=True, timeout=40)
@@ -382,8 +393,7 @@ def test_a_reload_that_cannot_fork_keeps_the_master_and_its_workers(launcher, up
     assert "reload applied as generation 2, but 1 of 1 new workers could not start" in gw.log()
     assert cli.returncode == 1 and "reload complete" not in cli.stdout, cli
     assert "reload applied as generation 2, but 1 new workers could not start" in cli.stderr
-    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
-        f.write("max")
+    uncap_tasks(pids_cgroup)
     wait_until(lambda: worker_pids(gw) and not set(old) & set(worker_pids(gw)), timeout=20)
     assert serves(gw, "/e") == 200
     assert "reload complete: generation 2, 1 workers, 1 routes (its workers could start " \

@@ -46,7 +46,7 @@ import pytest
 
 from ..conftest import gateway_conf, route, wait_until
 from .test_attack_pass_dec03 import raw_request
-from .test_attack_pass_dec03e import pids_cgroup, worker_pids  # noqa: F401 - a fixture
+from .test_attack_pass_dec03e import cap_tasks, pids_cgroup, uncap_tasks  # noqa: F401
 from .test_attack_pass_dec03f import h1, h2
 
 ONE_AN_HOUR = {"rate": 1, "per": 3600, "burst": 1}
@@ -190,17 +190,10 @@ def test_a_reload_after_one_whose_workers_could_not_start_claims_only_its_own(
     2's never served. Only generation 3 completes."""
     gw = launcher.gateway(gateway_conf([route("e", ["/e"], h1_up.url)]))
     assert [gw.request("GET", "/e")[0].status for _ in range(5)] == [200] * 5
-    for pid in [gw.pid] + gw.worker_pids():
-        with open(os.path.join(pids_cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(pid))
-    with open(os.path.join(pids_cgroup, "pids.current")) as f:
-        current = f.read().strip()
-    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
-        f.write(current)
+    cap_tasks(gw, pids_cgroup)
     os.kill(gw.pid, signal.SIGHUP)
     wait_until(lambda: "reload applied as generation 2, but 1 of 1" in gw.log(), timeout=20)
-    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
-        f.write("max")
+    uncap_tasks(pids_cgroup)
     os.kill(gw.pid, signal.SIGHUP)          # before the master's next try (about a second)
     wait_until(lambda: "reload complete: generation 3" in gw.log(), timeout=20)
     assert "reload complete: generation 2" not in gw.log(), gw.log()[-3000:]
