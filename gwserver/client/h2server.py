@@ -64,8 +64,8 @@ from ..errors import BadRequest, HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
-from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, linger, peer_address,
-                           raw_socket, send_all, unsent_bytes)
+from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, bytes_waiting, linger,
+                           peer_address, raw_socket, send_all, unsent_bytes)
 
 log = logging.getLogger("gwserver.h2")
 
@@ -952,8 +952,9 @@ class H2ServerConnection:
     def may_close_idle(self):
         """Runtime.close_oldest_idle: not while the last answer is still in the kernel's
         queue (the client's window updates would meet a closed socket, and the reset throws
-        the rest away)."""
-        return not unsent_bytes(self.sock)
+        the rest away), nor while the client's next bytes wait unread (a CI run closed a
+        connection with half a header block in so)."""
+        return not unsent_bytes(self.sock) and not bytes_waiting(self.sock)
 
     def count_frames_read(self):
         """What _CountingH2 weighed in the last read, against each budget. Each DATA frame

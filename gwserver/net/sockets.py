@@ -192,6 +192,19 @@ def has_unread_input(sock):
         return False
 
 
+def bytes_waiting(sock):
+    """Has the client sent anything the worker has not read yet (for TLS: TCP bytes under it,
+    or data the TLS layer holds)? Such a connection is no idle one to close for a newcomer:
+    on a busy host a request can sit there unread while the accept runs."""
+    if type(sock) is not PlainSocket:
+        try:
+            if sock.pending():
+                return True
+        except (OSError, ValueError, AttributeError):
+            return False
+    return idle_state(sock) is UNREAD
+
+
 SIOCOUTQNSD = 0x894B         # linux/sockios.h: bytes queued and not yet sent
 
 
