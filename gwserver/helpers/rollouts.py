@@ -25,6 +25,7 @@ import time
 
 from ..core import rollout as core
 from ..errors import describe
+from ..processes import pid_alive
 from ..sync.shm import atomic_write, file_stamp, read_json
 
 log = logging.getLogger("gwserver.rollouts")
@@ -123,12 +124,9 @@ def host_totals(state_dir):
 
 def _alive(pid):
     try:
-        os.kill(int(pid), 0)
-        return True
-    except (ValueError, ProcessLookupError):
+        return pid_alive(int(pid))
+    except ValueError:
         return False
-    except PermissionError:
-        return True
 
 
 def host_id(state_dir):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..core.breaker import STATE_CODES
+from ..processes import pid_alive
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
@@ -235,13 +236,8 @@ def private_dir(base):
         pid = name[len(PRIVATE_PREFIX):].partition("-")[0]
         if not name.startswith(PRIVATE_PREFIX) or not pid.isdigit():
             continue
-        try:
-            os.kill(int(pid), 0)
+        if pid_alive(int(pid)):
             continue                    # its master runs (or the pid was taken again)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue                    # another user's process
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=base)
 

@@ -26,6 +26,7 @@ from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
 from ..net.addresses import listener_addresses
 from ..net.sockets import peer_address
+from ..processes import pid_alive
 from ..core.throttledlog import throttled_log
 from .runtime import Runtime
 
@@ -41,13 +42,7 @@ def nothing_to_publish(status_path):
     pid = status.get("pid")
     if not status.get("lost") or not isinstance(pid, int):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass                    # alive, another user's
-    return True
+    return pid_alive(pid)
 
 
 class GatewayWorker(GeventWorker):

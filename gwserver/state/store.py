@@ -36,6 +36,7 @@ import gevent.event
 
 from ..core import breaker, ratelimit
 from ..errors import StoreError, StoreTimeout, describe
+from ..processes import pid_alive
 from ..settings import parse_multi_host_url
 from .lua import ADAPTIVE_LUA, BREAKER_LUA, LIMIT_CONN_LUA, SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA
 
@@ -746,9 +747,6 @@ def host_secret(path, size=16):
 def _lease_alive(lease):
     """Is the worker that holds a per-host lease (``PID.TAG.N``) still running?"""
     try:
-        os.kill(int(lease.partition(".")[0]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
+        return pid_alive(int(lease.partition(".")[0]))
+    except ValueError:
         return True
-    return True

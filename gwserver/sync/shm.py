@@ -20,6 +20,8 @@ import struct
 import threading
 import time
 
+from ..processes import pid_alive
+
 log = logging.getLogger("gwserver.shm")
 
 GENERATION = "generation"
@@ -56,22 +58,12 @@ def remove_stale_tmp(directory, of=None):
     for name in names:
         found = _TMP_OF_PID.search(name)
         if found is None or (of is not None and name[:found.start()] != of) or \
-                _alive(int(found.group(1))):
+                pid_alive(int(found.group(1))):
             continue
         try:
             os.unlink(os.path.join(directory, name))
         except OSError:
             pass
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True         # someone else's (EPERM): alive
-    return True
 
 
 def _open_counter(runtime_dir, create):
