@@ -459,10 +459,11 @@ class GatewayArbiter(Arbiter):
                        if not getattr(w, "stopping", False)),
                       key=lambda pid: self.WORKERS[pid].age)
 
-    def current_workers(self):
-        """Serving workers of the current configuration's generation, oldest first."""
+    def current_workers(self, serving=None):
+        """Serving workers (``serving``, if the caller has them) of the current
+        configuration's generation, oldest first."""
         generation = getattr(self, "worker_generation", 1)
-        return [pid for pid in self.serving_workers()
+        return [pid for pid in (self.serving_workers() if serving is None else serving)
                 if getattr(self.WORKERS[pid], "generation", 1) == generation]
 
     def manage_workers(self):
@@ -479,7 +480,7 @@ class GatewayArbiter(Arbiter):
                 log.info("worker %s is draining on its own (max_requests): its replacement "
                          "starts now", pid)
         serving = self.serving_workers()
-        current = self.current_workers()
+        current = self.current_workers(serving)
         for _ in range(self.num_workers - len(current)):
             pid = self.spawn_worker()
             if pid is not None:
