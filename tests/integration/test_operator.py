@@ -267,8 +267,12 @@ def test_the_access_log_goes_to_a_file_that_sigusr1_reopens_after_rotation(launc
         except OSError:
             return set()
     # Each worker reopens at its next tick: it then holds the new file, not the rotated one.
+    # A worker between closing the rotated file and opening the new one holds neither (a CI
+    # run read the list at that instant): both must hold one of them within the wait.
     rotated = str(path.with_suffix(".log.1"))
-    writers = [pid for pid in gw.worker_pids() if files_open(pid) & {str(path), rotated}]
+    writers = wait_until(lambda: len(found := [pid for pid in gw.worker_pids()
+                                               if files_open(pid) & {str(path), rotated}]) == 2
+                         and found)
     assert len(writers) == 2
     wait_until(lambda: all(files_open(pid) & {str(path), rotated} == {str(path)}
                            for pid in writers))
