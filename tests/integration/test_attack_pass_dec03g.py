@@ -38,14 +38,12 @@ of them, then an answer: the answer.
 """
 import os
 import signal
-import socket
-import threading
 import time
 
 import pytest
 
 from ..conftest import gateway_conf, route, wait_until
-from .test_attack_pass_dec03 import raw_request
+from .test_attack_pass_dec03 import RecordingHttp1, raw_request
 from .test_attack_pass_dec03e import cap_tasks, pids_cgroup, uncap_tasks  # noqa: F401
 from .test_attack_pass_dec03f import h1, h2
 
@@ -104,25 +102,13 @@ def test_a_hostile_cookie_is_a_clean_400_for_limit_conn_too(gw):
 
 # -- 2. interim heads from a broken upstream -----------------------------------------------
 
-class DrippingHttp1:
+class DrippingHttp1(RecordingHttp1):
     """A loopback upstream that answers each request with ``pieces``, one write each, 0.3 s
     apart (each its own read at the gateway), then holds the connection open."""
 
     def __init__(self, pieces):
-        self.pieces = pieces
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.conns = []
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+        self.pieces = pieces            # before the accept thread starts
+        super().__init__()
 
     def serve(self, conn):
         try:
@@ -137,11 +123,6 @@ class DrippingHttp1:
                 conn.sendall(piece)
         except OSError:
             pass
-
-    def close(self):
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 INJECTED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
