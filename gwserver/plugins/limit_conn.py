@@ -26,11 +26,10 @@ request through, "deny" refuses it, "local" (default) counts per host instead.
 import logging
 
 from ..core.context import Reply
-from ..core.schema import (Field, Invalid, Schema, header_in_key, integer, number, one_of, show,
-                           status_code)
+from ..core.schema import Field, Schema, integer, number, one_of, status_code
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError
-from .rate_limit import key_name, limit_key
+from .rate_limit import key_kinds, key_name, limit_key
 
 log = logging.getLogger("gwserver.limit_conn")
 
@@ -38,15 +37,7 @@ NAME = "limit_conn"
 PRIORITY = 790          # after rate_limit (800): a request refused by a rate never takes a slot
 
 
-def key_kind(value):
-    if value in ("ip", "route", "consumer"):
-        return value
-    header_in_key(value)
-    if isinstance(value, str) and value.partition(":")[0] in ("header", "cookie") and \
-            value.partition(":")[2]:
-        return value
-    raise Invalid(f'must be "ip", "route", "consumer", "header:NAME" or "cookie:NAME", got '
-                  f'{show(value)}')
+key_kind = key_kinds("header", "cookie")
 
 
 SCHEMA = Schema(

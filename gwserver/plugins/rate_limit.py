@@ -44,15 +44,24 @@ NAME = "rate_limit"
 PRIORITY = 800          # after authentication (jwt keys limits by claim), before the proxy
 
 
-def key_kind(value):
-    if value in ("ip", "route", "consumer"):
-        return value
-    header_in_key(value)
-    if isinstance(value, str) and value.partition(":")[0] in ("header", "cookie", "claim") \
-            and value.partition(":")[2]:
-        return value
-    raise Invalid(f'must be "ip", "route", "consumer", "header:NAME", "cookie:NAME" or '
-                  f'"claim:NAME", got {show(value)}')
+def key_kinds(*named):
+    """The ``key`` validator of a limit: "ip", "route", "consumer", or KIND:NAME for a KIND
+    in ``named`` (limit_conn has no claims)."""
+    choices = ["ip", "route", "consumer"] + [f"{kind}:NAME" for kind in named]
+    allowed = ", ".join(f'"{c}"' for c in choices[:-1]) + f' or "{choices[-1]}"'
+
+    def key_kind(value):
+        if value in ("ip", "route", "consumer"):
+            return value
+        header_in_key(value)
+        if isinstance(value, str) and value.partition(":")[0] in named and \
+                value.partition(":")[2]:
+            return value
+        raise Invalid(f"must be {allowed}, got {show(value)}")
+    return key_kind
+
+
+key_kind = key_kinds("header", "cookie", "claim")
 
 
 def key_name(kind, name):
