@@ -285,9 +285,15 @@ class Launcher:
             gw = self._start_gateway(conf, env, extra_binds)
             if not wait:
                 return gw
-            wait_for_port(gw.port, proc=gw.proc, log_path=gw.log_path)
-            held = wait_until(lambda: ("ours" if listens_on(gw.pid, gw.port) else
-                                       "taken" if "Address already in use" in gw.log() else None))
+            # Watched in /proc, not by connecting: a probe's connection waits in the backlog
+            # until the worker accepts it, after a test's first client perhaps, and takes a
+            # connection slot then (a worker_connections test saw its idle client closed so).
+            held = wait_until(lambda: "ours" if listens_on(gw.pid, gw.port) else
+                              "taken" if "Address already in use" in gw.log() else
+                              "exited" if gw.proc.poll() is not None else None)
+            if held == "exited":
+                raise RuntimeError(f"gateway exited with {gw.proc.returncode} before listening"
+                                   f": {gw.log()[-2000:]}")
             if held == "ours":
                 wait_until(lambda: len(gw.worker_pids()) >= gw.conf["server"].get("workers", 1))
                 return gw
