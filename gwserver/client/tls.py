@@ -53,32 +53,34 @@ def cert_id(cert_pem_path):
     return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()[:32]
 
 
-def check_certificate(entry, strict, now=None):
-    """Load one certificate entry; raise ConfigError naming the file and the problem; return
-    (leaf x509, warnings)."""
+def check_certificate(entry, strict, now=None, index=0):
+    """Load one certificate entry (``tls.certificates[index]``); raise ConfigError naming the
+    entry, the file and the problem; return (leaf x509, warnings)."""
     from cryptography import x509
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cert_path, key_path = entry["cert"], entry["key"]
+    where = f"tls.certificates[{index}]"
     for path, what in ((cert_path, "cert"), (key_path, "key")):
         if not os.path.isfile(path):
-            raise ConfigError(f"tls.certificates: {what} file {path} does not exist")
+            raise ConfigError(f"{where}.{what}: file {path} does not exist")
     try:
         with open(cert_path, "rb") as f:
             leaf = x509.load_pem_x509_certificate(f.read())
     except ValueError as exc:
-        raise ConfigError(f"tls.certificates: {cert_path} is not a PEM certificate ({exc})") \
+        raise ConfigError(f"{where}.cert: {cert_path} is not a PEM certificate ({exc})") \
             from None
     warnings = []
     if leaf.not_valid_after_utc < now:
-        problem = f"certificate {cert_path} expired on {leaf.not_valid_after_utc:%Y-%m-%d}"
+        problem = f"{where}.cert: certificate {cert_path} expired on " \
+                  f"{leaf.not_valid_after_utc:%Y-%m-%d}"
         if strict:
-            raise ConfigError(f"tls.certificates: {problem} (tls.strict = true)")
+            raise ConfigError(f"{problem} (tls.strict = true)")
         warnings.append(problem)
     elif leaf.not_valid_before_utc > now:
-        problem = f"certificate {cert_path} is not valid before " \
+        problem = f"{where}.cert: certificate {cert_path} is not valid before " \
                   f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M}"
         if strict:
-            raise ConfigError(f"tls.certificates: {problem} (tls.strict = true)")
+            raise ConfigError(f"{problem} (tls.strict = true)")
         warnings.append(problem)
     return leaf, warnings
 
@@ -135,7 +137,7 @@ class ServerTLS:
         self._staple_stamps = {}
         self.warnings = []
         for i, entry in enumerate(conf["certificates"], first_index):
-            leaf, warnings = check_certificate(entry, conf["strict"])
+            leaf, warnings = check_certificate(entry, conf["strict"], index=i)
             self.warnings += warnings
             if conf["ocsp_stapling"]:
                 self.warnings += ocsp_warnings(entry["cert"], leaf)

@@ -145,6 +145,17 @@ def test_bad_certificates_are_named(ca, tmp_path):
         assert problem in str(caught.value)
     lenient = server_tls(parse_conf(conf({"cert": str(expired[0]), "key": str(expired[1])})))
     assert "expired on" in lenient.warnings[0]        # starts, and warns
+    # ... naming the entry, as every certificate message does (the second one here)
+    good = {"cert": str(cert), "key": str(key)}
+    lenient = server_tls(parse_conf({"tls": {"certificates": [
+        good, {"cert": str(expired[0]), "key": str(expired[1])}]}, "routes": []}))
+    assert lenient.warnings[0].startswith(f"tls.certificates[1].cert: certificate "
+                                          f"{expired[0]} expired on "), lenient.warnings
+    with pytest.raises(ConfigError) as caught:
+        server_tls(parse_conf({"tls": {"certificates": [good, {"cert": str(key), "key": str(
+            key)}]}, "routes": []}))
+    assert str(caught.value).startswith(f"tls.certificates[1].cert: {key} is not a PEM "
+                                        f"certificate ("), caught.value
 
 
 def test_sighup_loads_new_certificates_without_dropping_connections(launcher, upstream, ca):

@@ -349,7 +349,7 @@ def test_every_bad_certificate_entry_is_named_in_one_check(tmp_path):
                             {"cert": str(other_cert), "key": str(other_key)}]}
     problems = problems_of({"tls": tls})
     assert f"tls.certificates[0].cert: {tmp_path} is a directory, not a PEM file" in problems
-    assert any(p.startswith(f"tls.certificates: {garbage} is not a PEM certificate (")
+    assert any(p.startswith(f"tls.certificates[1].cert: {garbage} is not a PEM certificate (")
                for p in problems), problems
     assert any(p.startswith(f"tls.certificates[2].key: {other_key}: does not match the "
                             f"certificate {cert}") for p in problems), problems
