@@ -7,8 +7,9 @@ import json
 import re
 from urllib.parse import parse_qsl
 
-from ..errors import UpstreamError, UpstreamTimeout
+from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from ..services import NONE as NO_SERVICES
+from .cookies import one_cookie
 from .headers import FIELD_NAME, FIELD_VALUE, NOT_FORWARDED, is_field_name, is_field_value
 
 
@@ -157,14 +158,15 @@ class RequestContext:
                                       else name.lower().encode("latin-1"))
             return raw.decode("latin-1") if raw is not None else None
         if kind == "cookie":
-            raw = self.header_map.get(b"cookie")
-            if raw is None:
+            # As upstreams read it (core.cookies): "%61bc" and '"abc"' are one sticky key
+            # and match one rule, as they are one session upstream. A cookie upstreams would
+            # read differently is no value: its request is weighed at random, matches no
+            # rule (a limit, which must count it, refuses it instead).
+            try:
+                value = one_cookie(self.header_map.get(b"cookie"), name.encode("latin-1"))
+            except BadRequest:
                 return None
-            for part in raw.decode("latin-1").split(";"):
-                key, sep, value = part.strip().partition("=")
-                if sep and key == name:
-                    return value.strip('"')
-            return None
+            return None if value is None else value.decode("latin-1")
         if kind == "query":
             for key, value in parse_qsl(self.query, keep_blank_values=True):
                 if key == name:

@@ -197,8 +197,8 @@ def split_gws(launcher):
     return launcher.gateway(conf), launcher.gateway(conf)
 
 
-def side(gw, headers=None):
-    resp, body = gw.request("GET", "/shop/echo", headers=headers)
+def side(gw, headers=None, path="/shop/echo"):
+    resp, body = gw.request("GET", path, headers=headers)
     assert resp.status == 200
     answer = json.loads(body)
     return answer["server"], {k.lower(): v for k, v in answer["headers"]}
@@ -226,6 +226,46 @@ def test_split_weights_stickiness_rules_and_colouring(split_gws):
     assert server == "v2" and headers["x-ab-group"] == "canary"
     no_key = [side(second)[0] for _ in range(400)]                # no key: random by weight
     assert 0.04 <= no_key.count("v2") / 400 <= 0.17
+
+
+@pytest.fixture
+def cookie_split_gw(launcher):
+    """split keyed on cookie:sid (50/50, a cookie rule for the canary), and a
+    consistent_hash upstream keyed on cookie:sid with two targets."""
+    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
+    split = {"upstreams": [{"upstream": "v1", "weight": 50},
+                           {"upstream": "v2", "weight": 50, "group": "canary"}],
+             "rules": [{"cookie": {"beta": "1"}, "upstream": "canary"}], "key": "cookie:sid"}
+    return launcher.gateway(gateway_conf(
+        [{"id": "shop", "paths": ["/shop/*rest"], "strip_prefix": "/shop", "upstream": "v1",
+          "plugins": {"split": split}},
+         {"id": "pin", "paths": ["/pin/*rest"], "strip_prefix": "/pin", "upstream": "both"}],
+        upstreams={"v1": {"targets": [{"url": v1.url}]}, "v2": {"targets": [{"url": v2.url}]},
+                   "both": {"targets": [{"url": v1.url}, {"url": v2.url}],
+                            "balance": "consistent_hash", "hash_key": "cookie:sid"}}))
+
+
+def test_a_cookie_key_is_read_as_upstreams_read_it(cookie_split_gw):
+    """A sticky cookie spelt another way ("%61bc", a quoted value, junk cookies beside it) is
+    one session to every upstream, so it is one key: the same split group and the same
+    consistent_hash target. Read as spelt, each spelling was hashed on its own (about half
+    landed elsewhere), and ``beta=%31`` missed the rule for beta=1."""
+    gw = cookie_split_gw
+    ids = random.Random(2026)
+
+    def sides(path, sid):
+        spellings = [f"sid={sid}", f"sid=%{ord(sid[0]):02X}{sid[1:]}", f'sid="{sid}"',
+                     f"junk=1; sid={sid}; other=2"]
+        return {spelling: side(gw, {"Cookie": spelling}, path)[0] for spelling in spellings}
+    for path in ("/shop/echo", "/pin/echo"):
+        seen = [sides(path, "s%016x" % ids.getrandbits(64)) for _ in range(20)]
+        assert all(len(set(one.values())) == 1 for one in seen), (path, seen)
+        assert {next(iter(one.values())) for one in seen} == {"v1", "v2"}    # both are used
+    assert {side(gw, {"Cookie": "beta=%31; sid=x"}, "/shop/echo")[0]
+            for _ in range(12)} == {"v2"}
+    # Two copies that upstreams read differently are no key: weighed at random, served.
+    assert {side(gw, {"Cookie": "sid=a; sid=b"}, "/shop/echo")[0]
+            for _ in range(40)} == {"v1", "v2"}
 
 
 def test_split_weights_change_through_etcd(launcher, tmp_path):
