@@ -158,6 +158,9 @@ SERVER = Schema(
           "open; its PINGs do not extend it); 0 disables keep-alive"),
     Field("timeout", integer(1), 30,
           "seconds a silent worker is given before the master restarts it"),
+    Field("helper_timeout", number(1.0), 30.0,
+          "seconds a helper (config-sync, health, ocsp, rollouts) may stay silent past the "
+          "sign of life it promised before the master kills and restarts it"),
     Field("backlog", integer(1), 2048, "listen queue length"),
     Field("max_requests", integer(0), 0, "restart a worker after this many requests; 0 = never"),
     Field("header_timeout", number(0, exclusive=True), 10.0,

@@ -414,8 +414,11 @@ class Checker:
 
     def run(self):
         import gevent
+        from .helper import heartbeat
         last_metrics = 0.0
+        beat = heartbeat("health").beat
         while True:
+            beat(5.0)       # a turn: 0.2 s, and the files it reads and writes
             self.follow()
             if time.monotonic() - last_metrics >= 1.0:
                 self.write_metrics()

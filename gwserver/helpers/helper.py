@@ -8,12 +8,50 @@ file, titles itself ``gwserver: ROLE`` and logs like the master.
 import ctypes
 import os
 import signal
+import time
 
 
 MASTER_PID = "GWSERVER_MASTER_PID"      # set by the master for the helpers it starts
 # Blocked by the master across a helper's start, so a reload's SIGHUP that comes before the
 # helper's handler is held, not fatal (SIGHUP's default action); see handlers_in_place().
 HELD_SIGNALS = {signal.SIGHUP}
+
+
+def beat_path(state_dir, role, pid):
+    """The empty file whose mtime is helper ``role`` (``pid``)'s promised next sign of life
+    (``Heartbeat``): an mtime needs no free space, so a full state_dir stops no beat."""
+    return os.path.join(state_dir, f"helper-{role}.{pid}.beat")
+
+
+class Heartbeat:
+    """A helper's sign of life for the master, which kills and restarts a helper that stays
+    silent ``[server] helper_timeout`` seconds past its promise (``Helper.check_progress``):
+    a helper stuck in a call that never returns would otherwise keep its pid, and its
+    routes, health or staples, stale for good. The helper's main loop beats, saying how long
+    its next turn may take; a promise covers a second more, so a loop that beats several
+    times a second touches the file about once a second."""
+
+    def __init__(self, state_dir, role):
+        self.path = beat_path(state_dir, role, os.getpid()) if state_dir else None
+        self.promised = 0.0
+
+    def beat(self, within):
+        """Alive now; the next beat comes within ``within`` seconds."""
+        if self.path is None:
+            return                          # run by hand, without a master watching
+        now = time.time()
+        if now + within <= self.promised:
+            return                          # the promise made still covers it
+        promised = now + within + 1.0
+        try:
+            try:
+                os.utime(self.path, (promised, promised))
+            except FileNotFoundError:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644))
+                os.utime(self.path, (promised, promised))
+        except OSError:
+            return      # the master judges by the last promise it can read
+        self.promised = promised
 
 
 def handlers_in_place():
@@ -49,3 +87,8 @@ def start_helper(conf_path, role, state_dir_needed=False):
         raise SystemExit(f"gwserver {role}: GWSERVER_LOCAL_STATE is not set (the master "
                          f"sets it)")
     return conf, state_dir
+
+
+def heartbeat(role):
+    """The Heartbeat of helper ``role`` (GWSERVER_LOCAL_STATE, set by the master)."""
+    return Heartbeat(os.environ.get("GWSERVER_LOCAL_STATE"), role)

@@ -106,7 +106,7 @@ def next_refresh(this_update, next_update, now, refresh_cap):
 
 def run(conf_path):
     from ..settings import load_conf
-    from .helper import handlers_in_place, start_helper
+    from .helper import handlers_in_place, heartbeat, start_helper
     from ..sync.shm import atomic_write
     from ..client.tls import OCSP_DIR, cert_id
     conf, state_dir = start_helper(conf_path, "ocsp", state_dir_needed=True)
@@ -118,6 +118,7 @@ def run(conf_path):
                                                          reload=True))
     handlers_in_place()
     due, backoff = {}, {}
+    beat = heartbeat("ocsp").beat
     while True:
         tls = state["conf"].tls
         if state.pop("reload", False):
@@ -125,6 +126,8 @@ def run(conf_path):
         certificates = [c["cert"] for c in tls["certificates"]] \
             if tls and tls["ocsp_stapling"] else []
         now = time.time()
+        # a turn: one fetch (ocsp_timeout) per certificate at most, then half a second
+        beat(0.5 + len(certificates) * tls["ocsp_timeout"] + 5.0 if certificates else 5.0)
         for path in certificates:
             if due.get(path, 0) > now:
                 continue

@@ -287,14 +287,16 @@ def write_metrics(state_dir, status):
 def run(conf_path):
     from ..errors import ConfigError
     from ..settings import load_conf
-    from .helper import handlers_in_place, start_helper
+    from .helper import handlers_in_place, heartbeat, start_helper
     conf, state_dir = start_helper(conf_path, "rollouts", state_dir_needed=True)
+    beat = heartbeat("rollouts").beat
     controller = Controller(conf, state_dir)
     flags = set()
     signal.signal(signal.SIGHUP, lambda *_: flags.add("reload"))
     signal.signal(signal.SIGTERM, lambda *_: flags.add("stop"))
     handlers_in_place()
     while "stop" not in flags:
+        beat(TICK + 30.0)   # a tick: etcd and Redis calls, each with its own timeout
         if "reload" in flags:
             flags.discard("reload")
             try:

@@ -7,6 +7,7 @@ first, and a bad one is logged and ignored, so the old workers and settings keep
 changed in place (listeners.py) instead of closed and re-created, so a reload that adds, moves
 or removes a listener applies it, and one whose bind fails is refused, never fatal.
 """
+import glob
 import logging
 import math
 import os
@@ -121,6 +122,10 @@ class GatewayApplication(BaseApplication):
 WORKER_STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT}
 
 
+# What a helper may take to start (imports, reading the conf) before its first sign of life.
+STARTUP_SECONDS = 30.0
+
+
 class Helper:
     """A process the master owns besides its workers (config sync; later health checks).
 
@@ -136,9 +141,14 @@ class Helper:
         self.failures = 0
         self.next_start = 0.0
         self.exit_status = None     # set by collect() when it has exited
+        self.state_dir = None       # where it beats (its GWSERVER_LOCAL_STATE)
+        self.started_wall = 0.0
+        self.killed_silent = False
 
     def start(self):
         from ..helpers.helper import HELD_SIGNALS, MASTER_PID
+        self.state_dir = os.environ.get("GWSERVER_LOCAL_STATE")
+        self.forget_beats()         # of an earlier process of this role: dead or not ours
         # A reload forwards SIGHUP to health, ocsp and rollouts: one that came before the
         # helper's handler killed it. Blocked here, inherited through exec, let through by
         # the helper once its handlers are set (helper.handlers_in_place).
@@ -154,7 +164,40 @@ class Helper:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         proc.returncode = 0         # we reap it ourselves: keep Popen from warning about it
         self.pid, self.started_at = proc.pid, time.monotonic()
+        self.started_wall, self.killed_silent = time.time(), False
         log.info("started %s (pid %d)", self.name, self.pid)
+
+    def forget_beats(self):
+        if self.state_dir:
+            for path in glob.glob(os.path.join(glob.escape(self.state_dir),
+                                               f"helper-{self.name}.*.beat")):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def check_progress(self, timeout):
+        """Kill a helper that is stuck: ``timeout`` s past the sign of life it promised
+        (helpers.helper.Heartbeat), or past STARTUP_SECONDS + ``timeout`` from its start
+        before its first one. A stuck call (a hung NFS read, a lock never released, a
+        blocking call under gevent) keeps the pid alive, and its work (the route table,
+        target health, staples, canary steps) stale, with no exit to notice. alive() then
+        sees it die and restarts it, as after a crash."""
+        if self.pid is None or self.killed_silent or not self.state_dir:
+            return
+        from ..helpers.helper import beat_path
+        try:
+            promised = os.stat(beat_path(self.state_dir, self.name, self.pid)).st_mtime
+        except OSError:
+            promised = self.started_wall + STARTUP_SECONDS
+        silent = time.time() - promised
+        if silent <= timeout:
+            return
+        log.error("%s (pid %d) is stuck: no sign of life for %.0f s past the one it promised "
+                  "(server.helper_timeout %g s); killing it, to restart it", self.name,
+                  self.pid, silent, timeout)
+        self.killed_silent = True
+        self.signal(signal.SIGKILL)
 
     def collect(self):
         """Reap it if it exited (before gunicorn's waitpid(-1) does and loses the status)."""
@@ -179,6 +222,7 @@ class Helper:
             f"exited with {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else \
             f"was killed by signal {os.WTERMSIG(status)}"
         log.error("%s (pid %d) %s; restarting it", self.name, self.pid, how)
+        self.forget_beats()
         # Quick deaths back off (1, 2, 4 ... 30 s) so a crash loop does not spin the master.
         self.failures = self.failures + 1 if time.monotonic() - self.started_at < 10 else 0
         self.next_start = time.monotonic() + min(30.0, 2 ** self.failures / 2)
@@ -205,6 +249,7 @@ class Helper:
                 os.kill(self.pid, signal.SIGKILL)
         except (ProcessLookupError, ChildProcessError):
             pass
+        self.forget_beats()
         self.pid = None
 
 
@@ -424,8 +469,11 @@ class GatewayArbiter(Arbiter):
 
     def manage_helpers(self):
         now = time.monotonic()
+        timeout = self.app.conf.server["helper_timeout"]
         for helper in self.helpers.values():
-            if not helper.alive() and now >= helper.next_start:
+            if helper.alive():
+                helper.check_progress(timeout)
+            elif now >= helper.next_start:
                 helper.start()
 
     def spawn_worker(self):

@@ -26,6 +26,7 @@ import signal
 import time
 
 from ..core.table import LiveTable
+from ..helpers.helper import Heartbeat
 from ..plugins import load_registry
 from .etcd import Compacted, EtcdClient, EtcdError
 from .shm import TablePublisher, TableReader, etcd_prefix, read_json
@@ -73,6 +74,11 @@ class ConfigSync:
         self.connected = False
         self.last_sync = None
         self.started = time.time()
+        # The master's watch on this process (helpers.helper.Heartbeat): one turn of the
+        # loop is a watch that may stay quiet idle_timeout, or a full load, a few etcd calls
+        # on every endpoint in turn, and the table's compiling.
+        self.heartbeat = Heartbeat(None, "config-sync")
+        self.turn = self.idle_timeout + 4 * etcd["timeout"] * len(etcd["endpoints"]) + 10.0
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -284,6 +290,7 @@ class ConfigSync:
             self.load_snapshot()
         self.write_status()             # routes status works from the start, etcd or not
         while True:
+            self.heartbeat.beat(self.turn)
             try:
                 self.sync_once()
             except Compacted as exc:
@@ -299,7 +306,9 @@ class ConfigSync:
                     log.error("etcd unreachable: %s; serving the last good table", exc)
                 self.connected, self.lost = False, True
                 self.write_status()
-                time.sleep(self.backoff.next())
+                pause = self.backoff.next()
+                self.heartbeat.beat(pause + self.turn)
+                time.sleep(pause)
 
     def sync_once(self):
         if self.revision is not None:
@@ -314,6 +323,7 @@ class ConfigSync:
         for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1,
                                                           self.idle_timeout):
             self.revision = max(self.revision, revision)
+            self.heartbeat.beat(self.turn)
             self.mark_synced()
             if events:
                 # Published even when only rejections changed: a worker at revision R has
@@ -365,9 +375,10 @@ def snapshot_warnings(conf):
 
 
 def run(conf_path):
-    from ..helpers.helper import handlers_in_place, start_helper
+    from ..helpers.helper import handlers_in_place, heartbeat, start_helper
     conf, _ = start_helper(conf_path, "config-sync")
     sync = ConfigSync(conf)
+    sync.heartbeat = heartbeat("config-sync")
 
     def stop(*_):
         try:

@@ -452,6 +452,36 @@ def test_cold_start_from_snapshot_with_etcd_down(launcher, upstream, tmp_path):
     wait_until(lambda: "serving snapshot" in second.log())
 
 
+def test_a_stuck_sync_helper_is_killed_and_restarted(launcher, etcd, upstream, tmp_path):
+    """A helper stuck in a call that never returns keeps its pid: the master noticed only an
+    exit, so the route table stayed stale for good. Stopped (SIGSTOP: a hung call, as the
+    master sees it), config-sync is killed once it is server.helper_timeout past the sign of
+    life it promised (its turn here: a 2 s watch, 4 etcd calls of 1 s, 10 s to compile, 1 s
+    more), and restarted; what etcd got meanwhile reaches the workers. The helpers that beat
+    are left alone all along."""
+    client = etcd.client()
+    conf = etcd_conf(tmp_path, [etcd.url])
+    conf["server"]["helper_timeout"] = 1.0
+    gw = launcher.gateway(conf)
+    put(client, "upstreams", "up", UP(upstream))
+    revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    first = sync_pid(gw)
+    os.kill(first, signal.SIGSTOP)
+    stopped = time.monotonic()
+    revision = put(client, "routes", "late", {"paths": ["/late"], "upstream": "up"})
+    time.sleep(3)
+    assert serves(gw, "/late") == 404           # stuck: nothing new is published
+    wait_until(lambda: f"config-sync (pid {first}) is stuck" in gw.log(), timeout=40)
+    noticed = time.monotonic() - stopped
+    wait_until(lambda: all_workers_at(gw, revision), timeout=20)
+    assert serves(gw, "/late") == 200 and sync_pid(gw) != first
+    log = gw.log()
+    assert f"config-sync (pid {first}) was killed by signal 9; restarting it" in log
+    assert log.count("is stuck") == 1, log      # health beat all along: left alone
+    assert noticed < 2 + 4 + 10 + 1 + 1 + 5, noticed       # the promise, the timeout, slack
+
+
 def test_sync_helper_is_restarted_and_kept_across_sighup(launcher, etcd, upstream, tmp_path):
     client = etcd.client()
     gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
