@@ -418,7 +418,7 @@ class Checker:
         last_metrics = 0.0
         beat = heartbeat("health").beat
         while True:
-            beat(5.0)       # a turn: 0.2 s, and the files it reads and writes
+            beat(30.0)      # a turn: 0.2 s, or a new table compiled (a reload, follow())
             self.follow()
             if time.monotonic() - last_metrics >= 1.0:
                 self.write_metrics()

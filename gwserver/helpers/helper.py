@@ -18,8 +18,9 @@ HELD_SIGNALS = {signal.SIGHUP}
 
 
 def beat_path(state_dir, role, pid):
-    """The empty file whose mtime is helper ``role`` (``pid``)'s promised next sign of life
-    (``Heartbeat``): an mtime needs no free space, so a full state_dir stops no beat."""
+    """The empty file whose mtime is helper ``role`` (``pid``)'s promised next sign of life,
+    a CLOCK_MONOTONIC time (``Heartbeat``). The master makes it when it starts the helper:
+    an mtime needs no free space, so a full state_dir stops no beat."""
     return os.path.join(state_dir, f"helper-{role}.{pid}.beat")
 
 
@@ -39,18 +40,14 @@ class Heartbeat:
         """Alive now; the next beat comes within ``within`` seconds."""
         if self.path is None:
             return                          # run by hand, without a master watching
-        now = time.time()
+        now = time.monotonic()
         if now + within <= self.promised:
             return                          # the promise made still covers it
         promised = now + within + 1.0
         try:
-            try:
-                os.utime(self.path, (promised, promised))
-            except FileNotFoundError:
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644))
-                os.utime(self.path, (promised, promised))
+            os.utime(self.path, (promised, promised))
         except OSError:
-            return      # the master judges by the last promise it can read
+            return      # no file: the master could not make one, and does not watch us
         self.promised = promised
 
 

@@ -126,11 +126,12 @@ def run(conf_path):
         certificates = [c["cert"] for c in tls["certificates"]] \
             if tls and tls["ocsp_stapling"] else []
         now = time.time()
-        # a turn: one fetch (ocsp_timeout) per certificate at most, then half a second
-        beat(0.5 + len(certificates) * tls["ocsp_timeout"] + 5.0 if certificates else 5.0)
+        beat(10.0)          # a turn: half a second, and each due certificate's fetch
         for path in certificates:
             if due.get(path, 0) > now:
                 continue
+            # a connect and a read timeout on each of the responder's addresses, and DNS
+            beat(4 * tls["ocsp_timeout"] + 10.0)
             try:
                 der, this_update, next_update = fetch(path, tls["ocsp_timeout"])
             except (OcspError, OSError, ValueError) as exc:

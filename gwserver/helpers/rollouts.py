@@ -152,6 +152,8 @@ def rollouts_in(router):
 
 
 class Controller:
+    beat = staticmethod(lambda within: None)    # the helper's Heartbeat.beat, when run by one
+
     def __init__(self, conf, state_dir, backends=None):
         from ..state import rollout_store
         self.state_dir = state_dir
@@ -184,6 +186,7 @@ class Controller:
         self.leader = bool(rollouts) and self.state.lead(self.host)
         steps, status = {}, {}
         for route_id, conf in sorted(rollouts.items()):
+            self.beat(30.0)             # a route's step: etcd and Redis calls, each timed
             state = self.step(route_id, conf, totals, now, status)
             if state is not None:
                 steps[route_id] = {"id": state.id, "window": state.window_key,
@@ -289,14 +292,14 @@ def run(conf_path):
     from ..settings import load_conf
     from .helper import handlers_in_place, heartbeat, start_helper
     conf, state_dir = start_helper(conf_path, "rollouts", state_dir_needed=True)
-    beat = heartbeat("rollouts").beat
     controller = Controller(conf, state_dir)
+    beat = controller.beat = heartbeat("rollouts").beat
     flags = set()
     signal.signal(signal.SIGHUP, lambda *_: flags.add("reload"))
     signal.signal(signal.SIGTERM, lambda *_: flags.add("stop"))
     handlers_in_place()
     while "stop" not in flags:
-        beat(TICK + 30.0)   # a tick: etcd and Redis calls, each with its own timeout
+        beat(TICK + 30.0)   # a tick: its routes beat too (Controller.beat)
         if "reload" in flags:
             flags.discard("reload")
             try:

@@ -124,6 +124,8 @@ WORKER_STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT}
 
 # What a helper may take to start (imports, reading the conf) before its first sign of life.
 STARTUP_SECONDS = 30.0
+# The arbiter checks its helpers about once a second; a longer gap means it did not run.
+HELPER_CHECK_GAP = 5.0
 
 
 class Helper:
@@ -142,8 +144,8 @@ class Helper:
         self.next_start = 0.0
         self.exit_status = None     # set by collect() when it has exited
         self.state_dir = None       # where it beats (its GWSERVER_LOCAL_STATE)
-        self.started_wall = 0.0
-        self.killed_silent = False
+        self.watched = False        # its beat file is there (made at its start)
+        self.killed_at = None       # killed for its silence, not reaped yet
 
     def start(self):
         from ..helpers.helper import HELD_SIGNALS, MASTER_PID
@@ -164,8 +166,28 @@ class Helper:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         proc.returncode = 0         # we reap it ourselves: keep Popen from warning about it
         self.pid, self.started_at = proc.pid, time.monotonic()
-        self.started_wall, self.killed_silent = time.time(), False
+        self.killed_at = None
+        self.watched = self.make_beat_file()
         log.info("started %s (pid %d)", self.name, self.pid)
+
+    def make_beat_file(self):
+        """The helper's beat file, promising its first sign of life STARTUP_SECONDS from
+        now (helpers.helper.Heartbeat). Made here, so that a helper can beat where it could
+        not make a file (a state_dir out of inodes, or removed by a reload that moved it);
+        without one the helper is not watched, and the log says so once."""
+        if not self.state_dir:
+            return False
+        from ..helpers.helper import beat_path
+        path = beat_path(self.state_dir, self.name, self.pid)
+        promised = time.monotonic() + STARTUP_SECONDS
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            os.utime(path, (promised, promised))
+        except OSError as exc:
+            log.warning("cannot watch %s (pid %d) for a stuck loop: %s: %s; it is restarted "
+                        "only when it exits", self.name, self.pid, path, exc.strerror)
+            return False
+        return True
 
     def forget_beats(self):
         if self.state_dir:
@@ -176,27 +198,37 @@ class Helper:
                 except OSError:
                     pass
 
-    def check_progress(self, timeout):
+    def check_progress(self, timeout, watching_since):
         """Kill a helper that is stuck: ``timeout`` s past the sign of life it promised
-        (helpers.helper.Heartbeat), or past STARTUP_SECONDS + ``timeout`` from its start
-        before its first one. A stuck call (a hung NFS read, a lock never released, a
-        blocking call under gevent) keeps the pid alive, and its work (the route table,
-        target health, staples, canary steps) stale, with no exit to notice. alive() then
-        sees it die and restarts it, as after a crash."""
-        if self.pid is None or self.killed_silent or not self.state_dir:
+        (helpers.helper.Heartbeat; its first is due STARTUP_SECONDS after its start). A
+        stuck call (a lock never released, a blocking call under gevent) keeps the pid
+        alive, and its work (the route table, target health, staples, canary steps) stale,
+        with no exit to notice; alive() then sees it die and restarts it, as after a crash.
+        Promises are CLOCK_MONOTONIC times (as gunicorn's worker heartbeat), so a step of
+        the wall clock moves none; ``watching_since``: when the master's own checks last
+        resumed after a gap (a frozen cgroup, a paused VM), before which no silence counts."""
+        if self.pid is None or not self.watched:
+            return
+        now = time.monotonic()
+        if self.killed_at is not None:
+            if now - self.killed_at >= 60.0:        # SIGKILL waits out an uninterruptible
+                self.killed_at = now                # sleep (D state): say so, every minute
+                log.error("%s (pid %d) is still there after SIGKILL, in an uninterruptible "
+                          "wait (a hung disk or NFS mount?); it is restarted when it exits",
+                          self.name, self.pid)
             return
         from ..helpers.helper import beat_path
         try:
             promised = os.stat(beat_path(self.state_dir, self.name, self.pid)).st_mtime
         except OSError:
-            promised = self.started_wall + STARTUP_SECONDS
-        silent = time.time() - promised
+            return      # removed under us: judged by nothing rather than killed for it
+        silent = now - max(promised, watching_since)
         if silent <= timeout:
             return
         log.error("%s (pid %d) is stuck: no sign of life for %.0f s past the one it promised "
                   "(server.helper_timeout %g s); killing it, to restart it", self.name,
                   self.pid, silent, timeout)
-        self.killed_silent = True
+        self.killed_at = now
         self.signal(signal.SIGKILL)
 
     def collect(self):
@@ -467,12 +499,19 @@ class GatewayArbiter(Arbiter):
                           "stalled disk under worker_tmp_dir); it is stopped and replaced, "
                           "and the requests it held are cut", pid, self.timeout)
 
+    helpers_checked = watching_since = 0.0
+
     def manage_helpers(self):
         now = time.monotonic()
+        if now - self.helpers_checked > HELPER_CHECK_GAP:
+            # The master itself did not run for a while (a frozen cgroup, a paused VM, a
+            # long reload): the helpers' silence meanwhile says nothing of them.
+            self.watching_since = now
+        self.helpers_checked = now
         timeout = self.app.conf.server["helper_timeout"]
         for helper in self.helpers.values():
             if helper.alive():
-                helper.check_progress(timeout)
+                helper.check_progress(timeout, self.watching_since)
             elif now >= helper.next_start:
                 helper.start()
 
