@@ -431,8 +431,9 @@ def run(conf_path):
     monkey.patch_all()
     from ..errors import ConfigError
     from ..settings import load_conf
-    from .helper import handlers_in_place, start_helper
+    from .helper import handlers_in_place, heartbeat, start_helper
     conf, state_dir = start_helper(conf_path, "health", state_dir_needed=True)
+    heartbeat("health").beat(60.0)      # the targets read, then run() beats
     checker = Checker(conf, state_dir)
     import gevent
 

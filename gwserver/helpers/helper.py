@@ -40,10 +40,10 @@ class Heartbeat:
         """Alive now; the next beat comes within ``within`` seconds."""
         if self.path is None:
             return                          # run by hand, without a master watching
-        now = time.monotonic()
-        if now + within <= self.promised:
-            return                          # the promise made still covers it
-        promised = now + within + 1.0
+        due = time.monotonic() + within
+        if self.promised - 1.0 <= due <= self.promised:
+            return      # the promise made covers it, and is no more than a second later
+        promised = due + 1.0
         try:
             os.utime(self.path, (promised, promised))
         except OSError:

@@ -175,14 +175,24 @@ class Helper:
         now (helpers.helper.Heartbeat). Made here, so that a helper can beat where it could
         not make a file (a state_dir out of inodes, or removed by a reload that moved it);
         without one the helper is not watched, and the log says so once."""
+        return self._promise_file(STARTUP_SECONDS)
+
+    def _promise_file(self, seconds):
+        """Make the beat file, promising a beat ``seconds`` from now: made under another
+        name and renamed, so a beat the helper makes meanwhile is not overwritten."""
         if not self.state_dir:
             return False
         from ..helpers.helper import beat_path
         path = beat_path(self.state_dir, self.name, self.pid)
-        promised = time.monotonic() + STARTUP_SECONDS
+        promised = time.monotonic() + seconds
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
-            os.utime(path, (promised, promised))
+            fd = os.open(f"{path}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.close(fd)
+            os.utime(f"{path}.new", (promised, promised))
+            if not os.path.exists(path):
+                os.rename(f"{path}.new", path)
+            else:
+                os.unlink(f"{path}.new")
         except OSError as exc:
             log.warning("cannot watch %s (pid %d) for a stuck loop: %s: %s; it is restarted "
                         "only when it exits", self.name, self.pid, path, exc.strerror)
@@ -198,15 +208,15 @@ class Helper:
                 except OSError:
                     pass
 
-    def check_progress(self, timeout, watching_since):
+    def check_progress(self, timeout, excused=lambda since: 0.0):
         """Kill a helper that is stuck: ``timeout`` s past the sign of life it promised
         (helpers.helper.Heartbeat; its first is due STARTUP_SECONDS after its start). A
         stuck call (a lock never released, a blocking call under gevent) keeps the pid
         alive, and its work (the route table, target health, staples, canary steps) stale,
         with no exit to notice; alive() then sees it die and restarts it, as after a crash.
         Promises are CLOCK_MONOTONIC times (as gunicorn's worker heartbeat), so a step of
-        the wall clock moves none; ``watching_since``: when the master's own checks last
-        resumed after a gap (a frozen cgroup, a paused VM), before which no silence counts."""
+        the wall clock moves none. ``excused(since)``: the seconds since then that the
+        master itself did not run (a frozen cgroup, a paused VM), which count for no one."""
         if self.pid is None or not self.watched:
             return
         now = time.monotonic()
@@ -221,8 +231,13 @@ class Helper:
         try:
             promised = os.stat(beat_path(self.state_dir, self.name, self.pid)).st_mtime
         except OSError:
-            return      # removed under us: judged by nothing rather than killed for it
-        silent = now - max(promised, watching_since)
+            # Removed under us (a tmp cleaner, a hand): made again, with a fresh promise,
+            # rather than the helper killed for it or left unwatched.
+            log.warning("the beat file of %s (pid %d) was gone; made again", self.name,
+                        self.pid)
+            self.watched = self._promise_file(timeout)
+            return
+        silent = now - promised - excused(promised)
         if silent <= timeout:
             return
         log.error("%s (pid %d) is stuck: no sign of life for %.0f s past the one it promised "
@@ -499,21 +514,29 @@ class GatewayArbiter(Arbiter):
                           "stalled disk under worker_tmp_dir); it is stopped and replaced, "
                           "and the requests it held are cut", pid, self.timeout)
 
-    helpers_checked = watching_since = 0.0
+    helpers_checked = 0.0
+    master_gaps = ()            # (end, seconds) of the recent gaps in the master's own runs
 
     def manage_helpers(self):
         now = time.monotonic()
-        if now - self.helpers_checked > HELPER_CHECK_GAP:
+        gap = now - self.helpers_checked
+        if self.helpers_checked and gap > HELPER_CHECK_GAP:
             # The master itself did not run for a while (a frozen cgroup, a paused VM, a
-            # long reload): the helpers' silence meanwhile says nothing of them.
-            self.watching_since = now
+            # long reload): the helpers' silence meanwhile says nothing of them. Only the
+            # gap is excused: what came before it still counts.
+            self.master_gaps = (*self.master_gaps[-15:], (now, gap))
         self.helpers_checked = now
         timeout = self.app.conf.server["helper_timeout"]
         for helper in self.helpers.values():
             if helper.alive():
-                helper.check_progress(timeout, self.watching_since)
+                helper.check_progress(timeout, self.excused)
             elif now >= helper.next_start:
                 helper.start()
+
+    def excused(self, since):
+        """Seconds of the master's gaps after ``since`` (a helper's promise)."""
+        return sum(min(seconds, end - since) for end, seconds in self.master_gaps
+                   if end > since)
 
     def spawn_worker(self):
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)

@@ -287,6 +287,7 @@ class ConfigSync:
         # Without a snapshot nothing is published until etcd answers: workers serve the conf
         # file's static routes, and /-/ready answers 503 (no first table), so a load balancer
         # sends no traffic to a gateway that lacks every etcd route.
+        self.heartbeat.beat(self.turn)          # the served table or snapshot compiled
         if not self.load_served():
             self.load_snapshot()
         self.write_status()             # routes status works from the start, etcd or not
@@ -378,8 +379,10 @@ def snapshot_warnings(conf):
 def run(conf_path):
     from ..helpers.helper import handlers_in_place, heartbeat, start_helper
     conf, _ = start_helper(conf_path, "config-sync")
+    beat = heartbeat("config-sync")
+    beat.beat(60.0)                 # the static table compiled, then run() beats
     sync = ConfigSync(conf)
-    sync.heartbeat = heartbeat("config-sync")
+    sync.heartbeat = beat
 
     def stop(*_):
         try:

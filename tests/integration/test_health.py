@@ -224,8 +224,8 @@ def test_a_stuck_health_process_is_killed_and_restarted(launcher):
     time.sleep(10)
     assert "is stuck" not in gw.log()           # silent, but within its promise
     wait_until(lambda: f"health (pid {first}) is stuck" in gw.log(), timeout=40)
-    assert time.monotonic() - stopped < 30 + 1 + 1 + 5      # the promise, the timeout, slack
-    wait_until(lambda: target_health(gw).get(b.url) == "unhealthy", timeout=10)
+    assert time.monotonic() - stopped < 30 + 1 + 1 + 10     # the promise, the timeout, slack
+    wait_until(lambda: target_health(gw).get(b.url) == "unhealthy", timeout=30)
     assert health_pid(gw) not in (None, first)
     assert f"health (pid {first}) was killed by signal 9; restarting it" in gw.log()
 
