@@ -952,8 +952,8 @@ class H2ServerConnection:
     def may_close_idle(self):
         """Runtime.close_oldest_idle: not while the last answer is still in the kernel's
         queue (the client's window updates would meet a closed socket, and the reset throws
-        the rest away), nor while the client's next bytes wait unread (a CI run closed a
-        connection with half a header block in so)."""
+        the rest away), nor while the client's next bytes wait unread (net.sockets.
+        bytes_waiting: over TLS this is not looked at)."""
         return not unsent_bytes(self.sock) and not bytes_waiting(self.sock)
 
     def count_frames_read(self):

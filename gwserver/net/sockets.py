@@ -193,15 +193,13 @@ def has_unread_input(sock):
 
 
 def bytes_waiting(sock):
-    """Has the client sent anything the worker has not read yet (for TLS: TCP bytes under it,
-    or data the TLS layer holds)? Such a connection is no idle one to close for a newcomer:
-    on a busy host a request can sit there unread while the accept runs."""
+    """Has the client sent bytes the worker has not read yet? Such a connection is no idle
+    one to close for a newcomer: closed, its unread bytes make the kernel reset it, and the
+    GOAWAY can go with them. Plain sockets only: a client TLS socket (client.tls.TLSSocket)
+    is not looked into, and answers False; its TCP bytes may be records the TLS layer takes
+    for itself, which tls_idle_state tells apart for Python's ssl sockets, not for it."""
     if type(sock) is not PlainSocket:
-        try:
-            if sock.pending():
-                return True
-        except (OSError, ValueError, AttributeError):
-            return False
+        return False
     return idle_state(sock) is UNREAD
 
 
