@@ -29,6 +29,7 @@ import h2.exceptions
 from ..core import health as core
 from ..core.throttledlog import throttled_log
 from ..errors import describe
+from .helper import no_beat
 from ..upstream.clienttls import client_context
 from ..sync.shm import atomic_write, file_stamp, read_json
 
@@ -270,6 +271,8 @@ class _CheckCounts:
 
 
 class Checker:
+    beat = staticmethod(no_beat)        # the helper's Heartbeat.beat, set by run()
+
     def __init__(self, conf, state_dir):
         self.conf = conf
         self.state_dir = state_dir
@@ -414,11 +417,9 @@ class Checker:
 
     def run(self):
         import gevent
-        from .helper import heartbeat
         last_metrics = 0.0
-        beat = heartbeat("health").beat
         while True:
-            beat(30.0)      # a turn: 0.2 s, or a new table compiled (a reload, follow())
+            self.beat(30.0)     # a turn: 0.2 s, or a new table compiled (a reload, follow())
             self.follow()
             if time.monotonic() - last_metrics >= 1.0:
                 self.write_metrics()
@@ -433,8 +434,10 @@ def run(conf_path):
     from ..settings import load_conf
     from .helper import handlers_in_place, heartbeat, start_helper
     conf, state_dir = start_helper(conf_path, "health", state_dir_needed=True)
-    heartbeat("health").beat(60.0)      # the targets read, then run() beats
+    beat = heartbeat("health").beat
+    beat(60.0)                          # the targets read, then run() beats
     checker = Checker(conf, state_dir)
+    checker.beat = beat
     import gevent
 
     def reload():

@@ -89,3 +89,7 @@ def start_helper(conf_path, role, state_dir_needed=False):
 def heartbeat(role):
     """The Heartbeat of helper ``role`` (GWSERVER_LOCAL_STATE, set by the master)."""
     return Heartbeat(os.environ.get("GWSERVER_LOCAL_STATE"), role)
+
+
+def no_beat(within):
+    """The ``beat`` of a helper's loop object run without a master (tests, by hand)."""

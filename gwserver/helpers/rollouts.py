@@ -25,6 +25,7 @@ import time
 
 from ..core import rollout as core
 from ..errors import describe
+from .helper import no_beat
 from ..processes import pid_alive
 from ..sync.shm import atomic_write, file_stamp, read_json
 
@@ -152,7 +153,7 @@ def rollouts_in(router):
 
 
 class Controller:
-    beat = staticmethod(lambda within: None)    # the helper's Heartbeat.beat, when run by one
+    beat = staticmethod(no_beat)        # the helper's Heartbeat.beat, set by run()
 
     def __init__(self, conf, state_dir, backends=None):
         from ..state import rollout_store

@@ -167,32 +167,25 @@ class Helper:
         proc.returncode = 0         # we reap it ourselves: keep Popen from warning about it
         self.pid, self.started_at = proc.pid, time.monotonic()
         self.killed_at = None
-        self.watched = self.make_beat_file()
+        self.watched = self.make_beat_file(STARTUP_SECONDS)
         log.info("started %s (pid %d)", self.name, self.pid)
 
-    def make_beat_file(self):
-        """The helper's beat file, promising its first sign of life STARTUP_SECONDS from
-        now (helpers.helper.Heartbeat). Made here, so that a helper can beat where it could
-        not make a file (a state_dir out of inodes, or removed by a reload that moved it);
-        without one the helper is not watched, and the log says so once."""
-        return self._promise_file(STARTUP_SECONDS)
-
-    def _promise_file(self, seconds):
-        """Make the beat file, promising a beat ``seconds`` from now: made under another
-        name and renamed, so a beat the helper makes meanwhile is not overwritten."""
+    def make_beat_file(self, seconds):
+        """The helper's beat file, promising a sign of life ``seconds`` from now
+        (helpers.helper.Heartbeat): at its start (STARTUP_SECONDS), and again if it was
+        removed. Made by the master, so that a helper can beat where it could not make a
+        file (a state_dir out of inodes, or removed by a reload that moved it), and under
+        another name, then renamed, so no beat of the helper's is overwritten. Without one
+        the helper is not watched, and the log says so."""
         if not self.state_dir:
             return False
         from ..helpers.helper import beat_path
         path = beat_path(self.state_dir, self.name, self.pid)
         promised = time.monotonic() + seconds
         try:
-            fd = os.open(f"{path}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.close(fd)
+            os.close(os.open(f"{path}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             os.utime(f"{path}.new", (promised, promised))
-            if not os.path.exists(path):
-                os.rename(f"{path}.new", path)
-            else:
-                os.unlink(f"{path}.new")
+            os.rename(f"{path}.new", path)
         except OSError as exc:
             log.warning("cannot watch %s (pid %d) for a stuck loop: %s: %s; it is restarted "
                         "only when it exits", self.name, self.pid, path, exc.strerror)
@@ -235,7 +228,7 @@ class Helper:
             # rather than the helper killed for it or left unwatched.
             log.warning("the beat file of %s (pid %d) was gone; made again", self.name,
                         self.pid)
-            self.watched = self._promise_file(timeout)
+            self.watched = self.make_beat_file(timeout)
             return
         silent = now - promised - excused(promised)
         if silent <= timeout:

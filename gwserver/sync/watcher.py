@@ -26,7 +26,7 @@ import signal
 import time
 
 from ..core.table import LiveTable
-from ..helpers.helper import Heartbeat
+from ..helpers.helper import no_beat
 from ..plugins import load_registry
 from .etcd import Compacted, EtcdClient, EtcdError
 from .shm import TablePublisher, TableReader, etcd_prefix, read_json
@@ -74,11 +74,12 @@ class ConfigSync:
         self.connected = False
         self.last_sync = None
         self.started = time.time()
-        # The master's watch on this process (helpers.helper.Heartbeat): one turn of the
+        # The master's watch on this process (helpers.helper.Heartbeat.beat, set by run()):
+        # one turn of the
         # loop is a watch that may stay quiet idle_timeout, or a full load: a few etcd calls
         # (and an authentication), each a connect and a read on every endpoint in turn, and
         # the table's compiling (~6 s of CPU for 60,000 routes).
-        self.heartbeat = Heartbeat(None, "config-sync")
+        self.beat = no_beat
         self.turn = self.idle_timeout + 8 * etcd["timeout"] * len(etcd["endpoints"]) + 30.0
 
     # -- publishing ----------------------------------------------------------------------------
@@ -287,12 +288,12 @@ class ConfigSync:
         # Without a snapshot nothing is published until etcd answers: workers serve the conf
         # file's static routes, and /-/ready answers 503 (no first table), so a load balancer
         # sends no traffic to a gateway that lacks every etcd route.
-        self.heartbeat.beat(self.turn)          # the served table or snapshot compiled
+        self.beat(self.turn)            # the served table or snapshot compiled
         if not self.load_served():
             self.load_snapshot()
         self.write_status()             # routes status works from the start, etcd or not
         while True:
-            self.heartbeat.beat(self.turn)
+            self.beat(self.turn)
             try:
                 self.sync_once()
             except Compacted as exc:
@@ -309,7 +310,7 @@ class ConfigSync:
                 self.connected, self.lost = False, True
                 self.write_status()
                 pause = self.backoff.next()
-                self.heartbeat.beat(pause + self.turn)
+                self.beat(pause + self.turn)
                 time.sleep(pause)
 
     def sync_once(self):
@@ -325,7 +326,7 @@ class ConfigSync:
         for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1,
                                                           self.idle_timeout):
             self.revision = max(self.revision, revision)
-            self.heartbeat.beat(self.turn)
+            self.beat(self.turn)
             self.mark_synced()
             if events:
                 # Published even when only rejections changed: a worker at revision R has
@@ -379,10 +380,10 @@ def snapshot_warnings(conf):
 def run(conf_path):
     from ..helpers.helper import handlers_in_place, heartbeat, start_helper
     conf, _ = start_helper(conf_path, "config-sync")
-    beat = heartbeat("config-sync")
-    beat.beat(60.0)                 # the static table compiled, then run() beats
+    beat = heartbeat("config-sync").beat
+    beat(60.0)                      # the static table compiled, then run() beats
     sync = ConfigSync(conf)
-    sync.heartbeat = beat
+    sync.beat = beat
 
     def stop(*_):
         try:
