@@ -64,7 +64,7 @@ from ..errors import BadRequest, HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
-from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, bytes_waiting, linger,
+from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, has_unread_input, linger,
                            peer_address, raw_socket, send_all, unsent_bytes)
 
 log = logging.getLogger("gwserver.h2")
@@ -952,9 +952,9 @@ class H2ServerConnection:
     def may_close_idle(self):
         """Runtime.close_oldest_idle: not while the last answer is still in the kernel's
         queue (the client's window updates would meet a closed socket, and the reset throws
-        the rest away), nor while the client's next bytes wait unread (net.sockets.
-        bytes_waiting: over TLS this is not looked at)."""
-        return not unsent_bytes(self.sock) and not bytes_waiting(self.sock)
+        the rest away), nor while the client's next bytes wait unread (a TLS client's
+        preface among them: the close would reset the connection, and its GOAWAY with it)."""
+        return not unsent_bytes(self.sock) and not has_unread_input(self.sock)
 
     def count_frames_read(self):
         """What _CountingH2 weighed in the last read, against each budget. Each DATA frame

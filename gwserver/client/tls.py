@@ -31,6 +31,7 @@ import time
 from OpenSSL import SSL
 
 from ..errors import ConfigError
+from ..net.sockets import UNREAD, idle_state
 from ..sync.shm import file_stamp
 from .tickets import process_key, read_key_files, ticket_api
 
@@ -314,6 +315,13 @@ class TLSSocket:
 
     def send(self, data):
         return self._io(self.conn.send, bytes(data) if isinstance(data, memoryview) else data)
+
+    def has_unread_input(self):
+        """Bytes the client sent that nobody read: decrypted ones the TLS layer holds, or any
+        in the kernel. Records there are not decrypted to tell data from a key update or a
+        close_notify (that would take the reader's place): all count, as a close over them
+        resets the connection just the same."""
+        return self.conn.pending() > 0 or idle_state(self._sock) is UNREAD
 
     def send_now(self, data):
         """Write ``data`` as one record without waiting (for the worker's timer, which must

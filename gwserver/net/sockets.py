@@ -182,25 +182,13 @@ def recv_when_readable(sock, buf):
 
 
 def has_unread_input(sock):
-    """Has the peer sent bytes nobody read? Closing over them sends RST (see ``linger``).
-    Plain sockets only: what a TLS socket holds cannot be asked for cheaply."""
-    if type(sock) is not PlainSocket:
-        return False
-    try:
-        return bool(sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:
-        return False
-
-
-def bytes_waiting(sock):
-    """Has the client sent bytes the worker has not read yet? Such a connection is no idle
-    one to close for a newcomer: closed, its unread bytes make the kernel reset it, and the
-    GOAWAY can go with them. Plain sockets only: a client TLS socket (client.tls.TLSSocket)
-    is not looked into, and answers False; its TCP bytes may be records the TLS layer takes
-    for itself, which tls_idle_state tells apart for Python's ssl sockets, not for it."""
-    if type(sock) is not PlainSocket:
-        return False
-    return idle_state(sock) is UNREAD
+    """Has the client sent bytes nobody read? Closing over them makes the kernel send RST,
+    and the client may lose what was written last (see ``linger``); an idle connection
+    holding them is no idle one to close for a newcomer (its GOAWAY went the same way). A
+    client TLS socket answers for itself (client.tls.TLSSocket.has_unread_input)."""
+    if type(sock) is PlainSocket:
+        return idle_state(sock) is UNREAD
+    return sock.has_unread_input()
 
 
 SIOCOUTQNSD = 0x894B         # linux/sockios.h: bytes queued and not yet sent

@@ -255,3 +255,31 @@ def test_upstream_tls_verification_sni_and_mtls(launcher, ca, tmp_path):
                         "noverify": 200, "nocert": 502, "mtls": 200}
     assert "internal_error" not in gw.log()
     assert "CERTIFICATE_VERIFY_FAILED" in gw.log() or "certificate verify failed" in gw.log()
+
+
+def test_an_answer_before_a_close_over_unread_bytes_arrives_whole(launcher, upstream, ca):
+    """A request with Connection: close and another sent behind it, over TLS: the gateway
+    closed at once over the unread second one (it lingered only on plain sockets, not
+    looking into TLS ones), the kernel reset the connection, and the end of the first
+    answer, still in the send queue, was thrown away. It lingers over TLS too now."""
+    gw = tls_gateway(launcher, upstream, [(*ca.issue("localhost")[:2], {})], workers=1)
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    size = 32_000_000                   # more than the kernel's buffers hold: the gateway
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: localhost\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            time.sleep(0.3)             # is still sending when the next request comes, a
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")  # record
+            time.sleep(0.3)             # it never reads
+            head, received, error = b"", 0, None
+            try:
+                while chunk := sock.recv(1 << 20):
+                    if len(head) < 1000:
+                        head += chunk[:1000]
+                    received += len(chunk)
+            except OSError as exc:      # the reset
+                error = exc
+    header_bytes = head.index(b"\r\n\r\n") + 4
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert received - header_bytes == size, (received - header_bytes, error)
