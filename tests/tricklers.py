@@ -3,7 +3,9 @@ gateway's connection slots (server.min_body_rate's tests). ``answers`` holds how
 import select
 import socket
 import threading
+import time
 
+import h2.errors
 import h2.exceptions
 
 from .h2client import RawH2
@@ -15,6 +17,7 @@ class Trickler:
 
     def __init__(self, port, count):
         self.answers, self.stop = [], threading.Event()
+        self.sending = []               # one entry per client whose request is out
         self.threads = [threading.Thread(target=self.run, args=(port,), daemon=True)
                         for _ in range(count)]
         for thread in self.threads:
@@ -24,6 +27,7 @@ class Trickler:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 60000\r\n\r\n")
+                self.sending.append(True)
                 while not self.stop.wait(1.0):
                     sock.sendall(b"x")
                     if select.select([sock], [], [], 0)[0]:
@@ -31,6 +35,16 @@ class Trickler:
                         return
         except OSError as exc:
             self.answers.append(repr(exc).encode())
+
+    def wait_sending(self, count, timeout=10.0):
+        """Wait until ``count`` clients have sent their request (a loaded host can take
+        over a second to start a dozen threads and TLS handshakes): a test that meant to
+        fill every slot first must not find room left."""
+        deadline = time.monotonic() + timeout
+        while len(self.sending) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.sending)} of {count} tricklers sending")
+            time.sleep(0.05)
 
     def close(self):
         self.stop.set()
@@ -47,10 +61,17 @@ class H2Trickler(Trickler):
         self.goaways, self.tls = [], tls
         super().__init__(port, count)
 
+    def calmed(self):
+        """The GOAWAYs that closed a connection as a slow client (ENHANCE_YOUR_CALM): a
+        trickler whose request was not in yet when a newcomer took its slot was closed as
+        idle (NO_ERROR), rightly."""
+        return [g for g in self.goaways if g.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+
     def run(self, port):
         try:
             client = RawH2(port, timeout=1, tls=self.tls)
             sid = client.request("/upload", "POST", [("content-length", "60000")], end=False)
+            self.sending.append(True)
             while not self.stop.wait(1.0):
                 client.conn.send_data(sid, b"x")
                 client.flush()

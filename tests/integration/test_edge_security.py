@@ -961,7 +961,7 @@ def test_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, upstr
         "min_body_rate": min_body_rate}))
     slow = Trickler(gw.port, 12)
     try:
-        time.sleep(1.0)
+        slow.wait_sending(12)
         served, end = None, time.monotonic() + 10
         while served is None and time.monotonic() < end:
             if probe(gw.port) == 200:

@@ -778,16 +778,15 @@ def test_h2_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, up
                               "min_body_rate": min_body_rate}))
     slow = H2Trickler(gw.port, 12)
     try:
-        time.sleep(1.0)
+        slow.wait_sending(10)
         served = first_served(gw.port, 10)
         if min_body_rate:
             assert served is not None and served < 9, "no client served while slots were full"
             assert "sending its request body at" in gw.log()
             wait_until(lambda: slow.answers, 5)     # a trickler looks once a second
             # It is told why, as an HTTP/1.1 client gets a 408 (it got a bare FIN)
-            wait_until(lambda: slow.goaways, 5)
-            assert b"under min_body_rate" in slow.goaways[0].additional_data, slow.goaways
-            assert slow.goaways[0].error_code == E.ENHANCE_YOUR_CALM
+            calm = wait_until(lambda: slow.calmed(), 5)
+            assert b"under min_body_rate" in calm[0].additional_data, slow.goaways
         else:
             assert served is None, f"served after {served:.1f}s with every slot taken"
     finally:
@@ -806,12 +805,11 @@ def test_an_h2_connection_over_tls_closed_for_a_slow_body_is_told_why(launcher, 
              "certificates": [{"cert": str(cert), "key": str(key)}]}))
     slow = H2Trickler(port, 12, tls=True)
     try:
-        time.sleep(1.0)
+        slow.wait_sending(10)       # (the 11th and 12th wait for a slot to shake hands)
         served = first_served(gw.port, 10)
         assert served is not None and served < 9, "no client served while slots were full"
-        wait_until(lambda: slow.goaways, 6)
-        assert b"under min_body_rate" in slow.goaways[0].additional_data, slow.goaways
-        assert slow.goaways[0].error_code == E.ENHANCE_YOUR_CALM
+        calm = wait_until(lambda: slow.calmed(), 6)
+        assert b"under min_body_rate" in calm[0].additional_data, slow.goaways
     finally:
         slow.close()
 
@@ -862,7 +860,7 @@ def test_an_idle_h2_connection_that_pings_does_not_turn_the_body_check_off(launc
     try:
         assert pinger.response(pinger.request("/slow/1"), timeout=5)[0] == 200
         threading.Thread(target=ping, daemon=True).start()
-        time.sleep(1.0)
+        slow.wait_sending(9)
         served = first_served(gw.port, 12)
         assert served is not None and served < 10, "no client served while slots were full"
     finally:
