@@ -8,12 +8,12 @@ import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from ..errors import BadRequest, ConfigError
 from .balancer import POLICIES
 from .schema import (Field, Invalid, Schema, absolute_path, boolean, fraction, header_name,
                      header_value, integer, list_of, map_of, number, one_of, request_key, show,
                      status_code, string)
-from .target import strip_path_prefix
+from .target import normalise_path, strip_path_prefix
 
 ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
 # The methods a route may list: HTTP's (RFC 9110, PATCH, QUERY), WebDAV's and PURGE. A closed
@@ -23,8 +23,31 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", 
            "REPORT", "SEARCH")
 HOST = r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
 PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Characters a path segment pattern may hold (RFC 3986 pchar, with %-escapes taken as-is).
+# Characters a path segment pattern may hold (RFC 3986 pchar; %-escapes made canonical by
+# path_text first).
 SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]*")
+
+
+def path_text(pattern=None, what="a path pattern"):
+    """A string check for a path pattern or a strip_prefix that returns it with its escapes
+    as a request path's are once made canonical (core.target.normalise_path): unreserved
+    characters decoded, the rest upper-case. Written otherwise, "/caf%c3%a9/*rest" or
+    "/%7euser" matched no request (those came as "/caf%C3%A9/..." and "/~user"), and a
+    broader route took what the upstream serves as /café and /~user: an auth route bypassed
+    by its own spelling. An escape no request path can hold (malformed, %00, not UTF-8, a dot
+    segment) is refused, naming it."""
+    base = string(pattern, what)
+
+    def check(value):
+        value = base(value)
+        if "%" not in value or "\\" in value:
+            return value                # (a backslash is refused where segments are read)
+        try:
+            return normalise_path(value.encode(), escaped_slashes="keep", merge_slashes=False,
+                                  path_parameters="keep").decode()
+        except BadRequest as exc:
+            raise Invalid(f"{str(exc).removeprefix('path ')} in {show(value)}") from None
+    return check
 
 
 def target_url(value):
@@ -162,7 +185,7 @@ UPSTREAM = Schema(
 ROUTE = Schema(
     Field("id", string(ROUTE_ID, "an id of letters, digits and _.:- (max 128)"),
           doc="unique id of letters, digits and _.:- (max 128); named in logs and errors"),
-    Field("paths", list_of(string(what="a path pattern"), min_items=1),
+    Field("paths", list_of(path_text(), min_items=1),
           doc="/exact, /users/:id (parameter), /static/*rest (catch-all)"),
     Field("prefix", boolean, False,
           "a path without a catch-all also matches below itself (by segment)"),
@@ -181,7 +204,7 @@ ROUTE = Schema(
     Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else
           string(ROUTE_ID, "an upstream object or the id of one")(value),
           doc="inline upstream object, or the id of a named upstream"),
-    Field("strip_prefix", string(r"/[^?#]*", "a path starting with /"), None,
+    Field("strip_prefix", path_text(r"/[^?#]*", "a path starting with /"), None,
           "removed from the start of the path before proxying (\"/api/\" takes \"/api\" "
           "too); must prefix every path"),
     Field("timeouts", TIMEOUTS, None, "overrides of the upstream's timeouts"),

@@ -71,7 +71,14 @@ def fence_of(route_id, spec):
     def items(value, normalise):
         return [normalise(v) for v in value if isinstance(v, str)] \
             if isinstance(value, list) else []
-    paths = [p for p in items(spec.get("paths"), str) if _passes(check_path, p)]
+    paths = []
+    for path in items(spec.get("paths"), str):
+        try:
+            path = fields["paths"].check([path])[0]     # its escapes as requests have them
+            check_path(path)
+        except Invalid:
+            continue
+        paths.append(path)
     if not paths:
         return None
     fence = {"id": route_id, "paths": paths}

@@ -70,6 +70,8 @@ def admin_site(module_launcher):
     jwt = {"jwt": {"secret": SECRET, "algorithms": ["HS256"]}}
     return module_launcher.gateway(gateway_conf([
         route("admin", ["/admin/*rest"], site, plugins=jwt),
+        # escapes written otherwise than requests have them once canonical
+        route("spelt", ["/caf%c3%a9/*rest", "/%7eops/*rest"], site, plugins=jwt),
         route("public", ["/*rest"], site),
         route("vhost-admin", ["/*rest"], f"http://127.0.0.1:{admin_vhost}",
               hosts=["admin.example"], plugins=jwt, priority=1),
@@ -101,6 +103,12 @@ def token():
     (b"/%zz/admin", 400),                   # not an escape
     (b"http://gw.test//admin/x", 401),      # absolute-form reduced the same way
     (b"http://gw.test/%61dmin", 401),
+    # A route written "/caf%c3%a9/*rest" or "/%7eops/*rest" matched no request (they come
+    # as %C3%A9 and ~), and the public catch-all served what nginx reads as /café and /~ops.
+    (b"/caf%C3%A9/x", 401),
+    (b"/caf%c3%a9/x", 401),
+    (b"/~ops/x", 401),
+    (b"/%7Eops/x", 401),
 ])
 def test_path_spellings_of_a_protected_prefix_never_reach_it_without_a_token(
         admin_site, target, expected):

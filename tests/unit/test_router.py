@@ -3,6 +3,8 @@ import time
 
 import pytest
 
+from gwserver.core.routes import ROUTE, unreachable_paths
+from gwserver.core.target import normalise_path
 from gwserver.errors import MethodNotAllowed, RouteNotFound
 from .helpers import compile_routes, router_for
 
@@ -96,6 +98,11 @@ def test_405_lists_every_allowed_method():
     ({"id": "a", "paths": ["/a/:"]}, "bad parameter name"),
     ({"id": "a", "paths": ["/a/../b"]}, "dot segment"),
     ({"id": "a", "paths": ["/a b"]}, "characters not allowed"),
+    ({"id": "a", "paths": ["/a%zz"]}, "paths[0]: has a malformed percent-escape in \"/a%zz\""),
+    ({"id": "a", "paths": ["/a%00"]}, "paths[0]: holds a NUL byte"),
+    ({"id": "a", "paths": ["/a/%c0%ae"]}, "paths[0]: is not UTF-8 once decoded"),
+    ({"id": "a", "paths": ["/a/%2e%2E/b"]}, "paths[0]: has a dot segment"),
+    ({"id": "a", "paths": ["/a\\b"]}, "characters not allowed"),
     ({"id": "a", "paths": ["/a"], "bogus": 1}, "route a: bogus: unknown key"),
     ({"id": "a", "paths": ["/a"], "methods": ["get"]}, "methods[0]: must be one of \"GET\""),
     ({"id": "a", "paths": ["/a"], "hosts": ["Bad Host"]}, "hosts[0]"),
@@ -112,6 +119,38 @@ def test_compiler_rejects_bad_routes_naming_route_and_field(spec, message):
     router, problems = compile_routes([spec])
     assert len(router) == 0
     assert any(message in p and ("route a" in p) for p in problems), problems
+
+
+@pytest.mark.parametrize("pattern, request_path", [
+    ("/caf%c3%a9/*rest", "/caf%C3%A9/x"),
+    ("/caf%C3%A9/*rest", "/caf%c3%a9/x"),
+    ("/%7euser", "/~user"),
+    ("/%7Euser", "/%7euser"),
+    ("/y%41/:id", "/yA/1"),
+    ("/a%2fb", "/a%2Fb"),              # (a request like it: server.escaped_slashes = "keep")
+])
+def test_a_pattern_matches_every_spelling_of_its_path(pattern, request_path):
+    """A pattern's escapes are made canonical as a request path's are: written otherwise
+    ("%c3%a9", "%7e"), the route matched nothing and a broader one took its requests, so an
+    auth route was bypassed by its own spelling."""
+    router = router_for([{"id": "guarded", "paths": [pattern]},
+                         {"id": "public", "paths": ["/*rest"], "priority": -1}])
+    path = normalise_path(request_path.encode(), escaped_slashes="keep").decode()
+    assert router.match("GET", "x", path, {})[0].id == "guarded"
+
+
+def test_strip_prefix_and_sameness_read_escapes_as_requests_do():
+    """strip_prefix cuts the canonical path, so it is made canonical too; and two spellings
+    of one path are one path (a copied route block is seen whatever its escapes)."""
+    router, problems = compile_routes([{"id": "a", "paths": ["/%7eu/*rest"],
+                                        "strip_prefix": "/~u"}])
+    assert problems == [] and router.routes["a"].strip_prefix == "/~u"
+    assert router.routes["a"].paths == ("/~u/*rest",)
+    specs = [ROUTE.validate({"id": i, "paths": [p], "upstream": "u"})
+             for i, p in (("a", "/x%c3%a9"), ("b", "/x%C3%A9"))]
+    assert unreachable_paths(specs) == [
+        'route b: paths "/x%C3%A9" is never served by it: route a has the same path and '
+        'conditions and wins (the same priority and the lower id)']
 
 
 def test_conflicting_parameter_names_are_rejected_and_good_routes_kept():

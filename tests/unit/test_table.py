@@ -304,6 +304,19 @@ def test_a_refused_new_route_is_fenced_and_workers_fence_it_too():
     assert worker.fence_specs == {} and worker.router.routes["private"].upstream.id == "u1"
 
 
+def test_a_fence_holds_its_paths_in_every_spelling():
+    """A refused route's fence reads its escapes as requests have them: written
+    "/priv%c3%a9/*rest", it used to fence a path no request had, and the catch-all took
+    "/priv%C3%A9/x"; a malformed one is no path at all, and is left out."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    spelt = {**MISSPELT, "paths": ["/priv%c3%a9/*rest", "/%7eadmin", "/bad%zz"]}
+    assert t.put_route("private", json.dumps(spelt), 3) is False
+    assert served(t, "/priv%C3%A9/x") == "private" and served(t, "/~admin") == "private"
+    assert t.fence_specs["private"][1]["paths"] == ["/priv%C3%A9/*rest", "/~admin"]
+
+
 def test_unreadable_paths_claims_or_a_served_version_are_not_fenced():
     t = table()
     t.put_upstream("u1", json.dumps(UP), 1)
