@@ -28,25 +28,42 @@ PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]*")
 
 
-def path_text(pattern=None, what="a path pattern"):
-    """A string check for a path pattern or a strip_prefix that returns it with its escapes
-    as a request path's are once made canonical (core.target.normalise_path): unreserved
-    characters decoded, the rest upper-case. Written otherwise, "/caf%c3%a9/*rest" or
-    "/%7euser" matched no request (those came as "/caf%C3%A9/..." and "/~user"), and a
-    broader route took what the upstream serves as /café and /~user: an auth route bypassed
-    by its own spelling. An escape no request path can hold (malformed, %00, not UTF-8, a dot
-    segment) is refused, naming it."""
+def path_text(pattern=None, what="a path pattern", markers=True):
+    """A string check for a path pattern (or, ``markers`` off, a strip_prefix) that returns
+    it with the escapes of its static segments as a request path's are once made canonical
+    (core.target.normalise_path): "/caf%c3%a9/*rest" is "/caf%C3%A9/*rest", "/%7eops" is
+    "/~ops". Written otherwise, such a pattern matched no request, and a broader route took
+    what the upstream serves as /café and /~ops: an auth route bypassed by its own spelling.
+
+    Refused, naming it: an escape no request path can hold (malformed, %00, not UTF-8, a dot
+    segment); a static segment that begins with ":" or "*" once decoded ("%3Aid"), which
+    would read as a parameter; in a strip_prefix, a parameter (it is cut from the path as
+    sent, where ":tenant" is never written)."""
     base = string(pattern, what)
 
     def check(value):
         value = base(value)
-        if "%" not in value or "\\" in value:
+        if "\\" in value:
             return value                # (a backslash is refused where segments are read)
-        try:
-            return normalise_path(value.encode(), escaped_slashes="keep", merge_slashes=False,
-                                  path_parameters="keep").decode()
-        except BadRequest as exc:
-            raise Invalid(f"{str(exc).removeprefix('path ')} in {show(value)}") from None
+        segments = []
+        for segment in value.split("/"):
+            if segment[:1] in (":", "*"):
+                if not markers:
+                    raise Invalid(f"holds {show(segment)}, a parameter: a prefix to strip is "
+                                  f"a path, cut as written, in {show(value)}")
+                segments.append(segment)
+                continue
+            try:
+                segment = normalise_path(b"/" + segment.encode(), escaped_slashes="keep",
+                                         merge_slashes=False,
+                                         path_parameters="keep").decode()[1:]
+            except BadRequest as exc:
+                raise Invalid(f"{str(exc).removeprefix('path ')} in {show(value)}") from None
+            if markers and segment[:1] in (":", "*"):
+                raise Invalid(f"has a segment that begins with {segment[0]} once decoded, "
+                              f"which would read as a parameter, in {show(value)}")
+            segments.append(segment)
+        return "/".join(segments)
     return check
 
 
@@ -204,7 +221,7 @@ ROUTE = Schema(
     Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else
           string(ROUTE_ID, "an upstream object or the id of one")(value),
           doc="inline upstream object, or the id of a named upstream"),
-    Field("strip_prefix", path_text(r"/[^?#]*", "a path starting with /"), None,
+    Field("strip_prefix", path_text(r"/[^?#]*", "a path starting with /", markers=False), None,
           "removed from the start of the path before proxying (\"/api/\" takes \"/api\" "
           "too); must prefix every path"),
     Field("timeouts", TIMEOUTS, None, "overrides of the upstream's timeouts"),
@@ -470,7 +487,7 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
             chain = link_chain(owner, chain, upstreams, defaults, registry, broken, absent)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    problems.extend(path_problems(spec))
+    problems.extend(path_problems(spec, server))
     if problems or upstream is None or chain is None:
         raise ConfigError(problems)
     return make_route(spec, upstream, server, chain)
@@ -564,14 +581,19 @@ def unreachable_paths(specs):
     return warnings
 
 
-def path_problems(spec):
-    """What is wrong with a validated route spec's paths and strip_prefix, as a list."""
+def path_problems(spec, server):
+    """What is wrong with a validated route spec's paths and strip_prefix, as a list.
+    ``server``: [server]'s path rules, under which some patterns match no request."""
     problems = []
     for i, pattern in enumerate(spec["paths"]):
         try:
             segments = check_path(pattern)
         except Invalid as exc:
             problems.append(f"route {spec['id']}: paths[{i}] {exc}")
+            continue
+        dead = dead_pattern(pattern, segments, spec["prefix"], server)
+        if dead:
+            problems.append(f"route {spec['id']}: paths[{i}] {show(pattern)} {dead}")
             continue
         if spec["strip_prefix"] and not pattern.startswith(spec["strip_prefix"]):
             problems.append(f"route {spec['id']}: strip_prefix {show(spec['strip_prefix'])} is not "
@@ -585,9 +607,33 @@ def path_problems(spec):
     return problems
 
 
+def dead_pattern(pattern, segments, prefix, server):
+    """Why no request path can match ``pattern`` under [server]'s path rules, or None. A
+    dead route is no harmless one: a broader route takes the requests it was written for
+    (an auth route on "/admin/" with prefix took nothing below it; the catch-all did)."""
+    if pattern == "/" and prefix:
+        return 'with prefix = true: write "/*rest" for every path'
+    if pattern.endswith("/") and pattern != "/":
+        bare = pattern.rstrip("/")
+        return (f"ends in /: write {show(bare)} (which matches {show(bare + '/')} too, and "
+                f"with prefix = true every path below it) or {show(bare + '/*rest')}")
+    statics = [text for kind, text in segments if kind == "static"]
+    if server.get("merge_slashes", True) and "" in statics[:-1]:
+        return "has an empty segment (//), and server.merge_slashes merges them in requests"
+    if server.get("escaped_slashes", "reject") != "keep" and \
+            any("%2F" in text or "%5C" in text for text in statics):
+        action = server.get("escaped_slashes", "reject")
+        return (f"holds an encoded / or \\, which server.escaped_slashes = {show(action)} "
+                + ("answers 400" if action == "reject" else "decodes to / in every request"))
+    if server.get("path_parameters", "reject") == "reject" and \
+            any(";" in text or "%3B" in text for text in statics):
+        return 'holds a ;, which server.path_parameters = "reject" answers 400'
+    return None
+
+
 def make_route(spec, upstream, settings, chain=None):
     """Build a Route from a validated spec and its resolved Upstream."""
-    problems = path_problems(spec)
+    problems = path_problems(spec, settings)
     if problems:
         raise ConfigError(problems)
     hosts = spec["hosts"] or []

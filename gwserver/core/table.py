@@ -71,6 +71,9 @@ def fence_of(route_id, spec):
     def items(value, normalise):
         return [normalise(v) for v in value if isinstance(v, str)] \
             if isinstance(value, list) else []
+    # prefix: whatever is not plainly false ("True", 1, "yes") is read as true (broader)
+    prefix = spec.get("prefix") not in (None, False, 0, "") and \
+        str(spec.get("prefix")).strip().lower() not in ("false", "0", "no", "off")
     paths = []
     for path in items(spec.get("paths"), str):
         try:
@@ -78,6 +81,10 @@ def fence_of(route_id, spec):
             check_path(path)
         except Invalid:
             continue
+        if path == "/" and prefix:
+            path = "/*rest"             # (what "/" with prefix could only have meant)
+        elif path.endswith("/") and path != "/":
+            path = path.rstrip("/")     # broader: it takes the / too, and below with prefix
         paths.append(path)
     if not paths:
         return None
@@ -101,10 +108,7 @@ def fence_of(route_id, spec):
             priority = None
     if priority is not None and readable("priority", priority):
         fence["priority"] = priority
-    prefix = spec.get("prefix")
-    prefix = {"true": True, "false": False}.get(prefix, prefix) if isinstance(prefix, str) \
-        else prefix
-    if prefix is True and not any(p.rpartition("/")[2].startswith("*") for p in paths):
+    if prefix and not any(p.rpartition("/")[2].startswith("*") for p in paths):
         fence["prefix"] = True
     return fence
 

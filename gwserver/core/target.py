@@ -5,8 +5,13 @@ RFC 3986 6.2.2; nginx's ``merge_slashes`` and its Host rules).
 
 Path rules, in order:
 
-1. ``%XX`` must be two hex digits. Unreserved characters (``A-Z a-z 0-9 - . _ ~``) are decoded;
-   every other escape keeps its encoding with upper-case hex (``%2f`` -> ``%2F``).
+1. ``%XX`` must be two hex digits. Unreserved characters (``A-Z a-z 0-9 - . _ ~``) are decoded,
+   and so are the other characters a path segment may hold as they are (``: @ ! $ & ' ( ) *
+   + , =``): nginx, Go, werkzeug and Spring decode them before routing, so
+   ``/v1/things%3AbatchDelete`` is ``/v1/things:batchDelete`` to them, and must be to the
+   router too, or a route on either spelling is bypassed by the other (RFC 3986 2.2 leaves
+   that to the scheme; HTTP servers treat them alike). Every other escape keeps its encoding
+   with upper-case hex (``%2f`` -> ``%2F``, ``%3F``, ``%23``, ``%25``, ``%3B``).
 2. Once decoded, the bytes must be UTF-8 (overlong forms such as ``%C0%AE`` are not) and hold
    no NUL.
 3. ``/`` and ``\\`` in any spelling (``%2F``, ``%5C``, a raw ``\\``): the ``escaped_slashes``
@@ -18,6 +23,8 @@ Path rules, in order:
 6. ``;`` path parameters (``/admin;x/y``): ``path_parameters`` action. Tomcat, Jetty and Spring
    strip them before routing, so ``/admin;x/y`` is ``/admin/y`` to them and a catch-all to us:
    ``reject`` (default) answers 400, ``keep`` forwards them (for upstreams that do not strip).
+   ``reject`` refuses an encoded one (``%3B``) too, as Spring's firewall does: a container
+   that decodes before it strips reads it as a parameter.
 
 Host rules: lower case, the port taken off, one trailing dot removed (``admin.example.`` is
 ``admin.example``, as nginx and DNS say), labels of letters, digits, ``-`` and ``_``, or an IP
@@ -32,6 +39,9 @@ from ..errors import BadRequest
 
 _HEX = b"0123456789ABCDEFabcdef"
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Decoded wherever they are escaped (rule 1): unreserved, and the path characters that
+# delimit nothing in a segment. Not ";" (rule 6), "/" or "\" (rule 3), "%", "?" or "#".
+_DECODED = _UNRESERVED | frozenset(b":@!$&'()*+,=")
 _SLASHES = frozenset(b"/\\")
 _HOST_NAME = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _IPV6 = frozenset(b"0123456789abcdef:.")
@@ -58,10 +68,13 @@ def normalise_path(path, escaped_slashes="reject", merge_slashes=True, path_para
             value = int(pair, 16)
             decoded.append(value)
             i += 3
-            if value in _UNRESERVED:
+            if value in _DECODED:
                 out.append(value)
             elif value in _SLASHES:
                 out += _slash(value, escaped_slashes, b"%" + pair.upper())
+            elif value == 0x3B and path_parameters == "reject":                # ";"
+                raise BadRequest("path has an encoded ; (%3B) (server.path_parameters = "
+                                 "\"reject\")")
             else:
                 out += b"%" + pair.upper()
             continue

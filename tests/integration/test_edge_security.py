@@ -71,7 +71,8 @@ def admin_site(module_launcher):
     return module_launcher.gateway(gateway_conf([
         route("admin", ["/admin/*rest"], site, plugins=jwt),
         # escapes written otherwise than requests have them once canonical
-        route("spelt", ["/caf%c3%a9/*rest", "/%7eops/*rest"], site, plugins=jwt),
+        route("spelt", ["/caf%c3%a9/*rest", "/%7eops/*rest", "/v1/things:batchDelete",
+                        "/%40admin/*rest"], site, plugins=jwt),
         route("public", ["/*rest"], site),
         route("vhost-admin", ["/*rest"], f"http://127.0.0.1:{admin_vhost}",
               hosts=["admin.example"], plugins=jwt, priority=1),
@@ -109,6 +110,14 @@ def token():
     (b"/caf%c3%a9/x", 401),
     (b"/~ops/x", 401),
     (b"/%7Eops/x", 401),
+    # ":", "@" and the other characters a segment holds as they are: nginx decodes their
+    # escapes, the router did not, so either spelling went round a route on the other
+    (b"/v1/things%3AbatchDelete", 401),
+    (b"/v1/things%3abatchDelete", 401),
+    (b"/v1/things:batchDelete", 401),
+    (b"/@admin/x", 401),
+    (b"/%40admin/x", 401),
+    (b"/admin%3Bx/y", 400),                 # an encoded ; as a raw one (Spring does too)
 ])
 def test_path_spellings_of_a_protected_prefix_never_reach_it_without_a_token(
         admin_site, target, expected):
@@ -119,7 +128,8 @@ def test_path_spellings_of_a_protected_prefix_never_reach_it_without_a_token(
 
 @pytest.mark.parametrize("target, forwarded", [
     (b"//public//x", b"/public/x"),
-    (b"/%7Euser/%61%2a", b"/~user/a%2A"),   # unreserved decoded, the rest upper-case hex
+    (b"/%7Euser/%61%2a%3a", b"/~user/a*:"),  # unreserved and sub-delims decoded...
+    (b"/q%3f%23%20", b"/q%3F%23%20"),         # ...the rest upper-case hex
     (b"/%2561dmin/x", b"/%2561dmin/x"),     # "%25" is "%": never decoded twice
 ])
 def test_the_upstream_receives_the_path_the_gateway_routed_on(admin_site, target, forwarded):

@@ -103,6 +103,19 @@ def test_405_lists_every_allowed_method():
     ({"id": "a", "paths": ["/a/%c0%ae"]}, "paths[0]: is not UTF-8 once decoded"),
     ({"id": "a", "paths": ["/a/%2e%2E/b"]}, "paths[0]: has a dot segment"),
     ({"id": "a", "paths": ["/a\\b"]}, "characters not allowed"),
+    ({"id": "a", "paths": ["/a/%3Aid"]}, "begins with : once decoded"),
+    ({"id": "a", "paths": ["/a/%2aall"]}, "begins with * once decoded"),
+    ({"id": "a", "paths": ["/a/:%69d"]}, "bad parameter name"),
+    ({"id": "a", "paths": ["/q/..;x"]}, "dot segment"),
+    ({"id": "a", "paths": ["/admin/"], "prefix": True}, 'ends in /: write "/admin"'),
+    ({"id": "a", "paths": ["/panel/"]}, "ends in /"),
+    ({"id": "a", "paths": ["/"], "prefix": True}, 'write "/*rest"'),
+    ({"id": "a", "paths": ["/a//b"]}, "empty segment (//)"),
+    ({"id": "a", "paths": ["/a%2fb/*rest"]}, 'escaped_slashes = "reject" answers 400'),
+    ({"id": "a", "paths": ["/a;v=1"]}, 'path_parameters = "reject" answers 400'),
+    ({"id": "a", "paths": ["/a%3bv"]}, 'path_parameters = "reject" answers 400'),
+    ({"id": "a", "paths": ["/t/:tenant/*rest"], "strip_prefix": "/t/:tenant"},
+     "strip_prefix: holds \":tenant\", a parameter"),
     ({"id": "a", "paths": ["/a"], "bogus": 1}, "route a: bogus: unknown key"),
     ({"id": "a", "paths": ["/a"], "methods": ["get"]}, "methods[0]: must be one of \"GET\""),
     ({"id": "a", "paths": ["/a"], "hosts": ["Bad Host"]}, "hosts[0]"),
@@ -127,14 +140,20 @@ def test_compiler_rejects_bad_routes_naming_route_and_field(spec, message):
     ("/%7euser", "/~user"),
     ("/%7Euser", "/%7euser"),
     ("/y%41/:id", "/yA/1"),
-    ("/a%2fb", "/a%2Fb"),              # (a request like it: server.escaped_slashes = "keep")
+    ("/a%2fb", "/a%2Fb"),              # (server.escaped_slashes = "keep")
+    ("/v1/things:batchDelete", "/v1/things%3abatchDelete"),
+    ("/v1/things%3AbatchDelete", "/v1/things:batchDelete"),
+    ("/%40admin/*rest", "/@admin/x"),
+    ("/a/b%2b%21", "/a/b+!"),
 ])
 def test_a_pattern_matches_every_spelling_of_its_path(pattern, request_path):
     """A pattern's escapes are made canonical as a request path's are: written otherwise
-    ("%c3%a9", "%7e"), the route matched nothing and a broader one took its requests, so an
-    auth route was bypassed by its own spelling."""
+    ("%c3%a9", "%7e", "%3A"), the route matched nothing and a broader one took its
+    requests, so an auth route was bypassed by its own spelling; so were ":" and "@" routes
+    by "%3A" and "%40", which upstreams decode."""
     router = router_for([{"id": "guarded", "paths": [pattern]},
-                         {"id": "public", "paths": ["/*rest"], "priority": -1}])
+                         {"id": "public", "paths": ["/*rest"], "priority": -1}],
+                        escaped_slashes="keep")
     path = normalise_path(request_path.encode(), escaped_slashes="keep").decode()
     assert router.match("GET", "x", path, {})[0].id == "guarded"
 
@@ -151,6 +170,17 @@ def test_strip_prefix_and_sameness_read_escapes_as_requests_do():
     assert unreachable_paths(specs) == [
         'route b: paths "/x%C3%A9" is never served by it: route a has the same path and '
         'conditions and wins (the same priority and the lower id)']
+
+
+def test_patterns_dead_under_one_path_rule_live_under_another():
+    """What the [server] path rules make of requests decides which patterns can match."""
+    assert compile_routes([{"id": "a", "paths": ["/a%2fb"]}], escaped_slashes="decode")[1] == [
+        'route a: paths[0] "/a%2Fb" holds an encoded / or \\, which server.escaped_slashes = '
+        '"decode" decodes to / in every request']
+    assert compile_routes([{"id": "a", "paths": ["/a%2fb"]}], escaped_slashes="keep")[1] == []
+    assert compile_routes([{"id": "a", "paths": ["/a;v=1"]}], path_parameters="keep")[1] == []
+    assert compile_routes([{"id": "a", "paths": ["/a//b"]}], merge_slashes=False)[1] == []
+    assert compile_routes([{"id": "a", "paths": ["/"]}])[1] == []
 
 
 def test_conflicting_parameter_names_are_rejected_and_good_routes_kept():

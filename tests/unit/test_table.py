@@ -441,6 +441,21 @@ def test_a_slip_in_a_match_field_still_fences_failing_closed(slip):
     assert served(t, "/secret/k") == "private"
 
 
+@pytest.mark.parametrize("paths, prefix", [
+    (["/secret"], "True"), (["/secret"], 1), (["/secret"], "yes"), (["/secret/"], True),
+    (["/secret/"], "TRUE"), (["/"], True)])
+def test_a_prefix_or_a_trailing_slash_slip_fences_everything_below(paths, prefix):
+    """An attack pass: only True and "true" were read as a prefix, so "True", 1 or "yes"
+    fenced /secret alone and the catch-all took /secret/k; "/secret/" with prefix fenced
+    "/secret/" alone. Not plainly false is true, and "/secret/" is "/secret" (both refused
+    in a valid route, docs/routes.md)."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    assert not t.put_route("private", bad(**{"paths": paths, "prefix": prefix}), 3)
+    assert served(t, "/secret/k") == "private" and served(t, "/secret") == "private"
+
+
 def test_a_fenced_route_whose_next_value_has_no_readable_paths_keeps_its_fence():
     t = table()
     t.put_upstream("u1", json.dumps(UP), 1)

@@ -11,7 +11,10 @@ from gwserver.errors import BadRequest
     (b"/api/users/42", b"/api/users/42"),           # the common path: untouched
     (b"//admin//x/", b"/admin/x/"),
     (b"/%61dmin/%7Euser", b"/admin/~user"),         # unreserved decoded
-    (b"/a%2a%3f%c3%a9", b"/a%2A%3F%C3%A9"),         # the rest: upper-case hex
+    # the path characters that delimit nothing in a segment: decoded, as upstreams do
+    (b"/v1/things%3AbatchDelete", b"/v1/things:batchDelete"),
+    (b"/%40me/%21%24%26%27%28%29%2a%2B%2c%3d", b"/@me/!$&'()*+,="),
+    (b"/a%3f%23%c3%a9%20", b"/a%3F%23%C3%A9%20"),   # the rest: upper-case hex
     (b"/%2561", b"/%2561"),                         # %25 stays: never decoded twice
     (b"/.well-known/acme", b"/.well-known/acme"),
     (b"/a..b/c.", b"/a..b/c."),                     # dots inside names are fine
@@ -46,6 +49,9 @@ def test_path_parameters():
     with pytest.raises(BadRequest, match="path_parameters"):
         normalise_path(b"/admin;x/y")
     assert normalise_path(b"/a;jsessionid=1/b", path_parameters="keep") == b"/a;jsessionid=1/b"
+    with pytest.raises(BadRequest, match="encoded ;"):      # a container may decode, then
+        normalise_path(b"/admin%3bx/y")                     # strip: Spring refuses it too
+    assert normalise_path(b"/a%3bx", path_parameters="keep") == b"/a%3Bx"
     for probe in (b"/..;/admin", b"/x/.;x/y"):         # dot segments whatever the action
         with pytest.raises(BadRequest, match="dot segment"):
             normalise_path(probe, path_parameters="keep")
