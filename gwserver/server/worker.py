@@ -46,6 +46,7 @@ def nothing_to_publish(status_path):
 
 
 class GatewayWorker(GeventWorker):
+    reopen_wanted = False       # a SIGUSR1 came (handle_usr1)
 
     def init_signals(self):
         super().init_signals()
@@ -86,6 +87,7 @@ class GatewayWorker(GeventWorker):
         """The master passes SIGUSR1 on (logrotate's postrotate): the access log is reopened
         at its next flush, outside the signal handler."""
         super().handle_usr1(sig, frame)
+        self.reopen_wanted = True       # (before serve() built the runtime, serve() looks)
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             runtime.access.reopen_wanted = True
@@ -108,6 +110,10 @@ class GatewayWorker(GeventWorker):
         self.conf = self.app.conf
         self.runtime = runtime = Runtime(self.conf, self.worker_connections,
                                               self.app.tls_server)
+        if self.reopen_wanted:
+            # A SIGUSR1 while the runtime was built (its access log opened first) found no
+            # runtime: the file it opened may be the one logrotate just moved.
+            runtime.access.reopen_wanted = True
         proctitle.set_title(self.conf.server["proc_name"], "worker")
         if runtime.table_reader is not None:
             self.wait_for_table(runtime)
