@@ -98,6 +98,13 @@ def normalise_path(path, escaped_slashes="reject", merge_slashes=True, path_para
     return bytes(out)
 
 
+def canonical_escape(escape):
+    """One ``%XX`` as a canonical path holds it: the character, for one rule 1 decodes, else
+    upper-case hex (an escaped ``/`` or ``\\`` too: ``escaped_slashes`` decides its fate)."""
+    value = int(escape[1:], 16)
+    return chr(value) if value in _DECODED else escape.upper()
+
+
 def strip_path_prefix(path, prefix):
     """``path`` (canonical, str) less a route's ``strip_prefix``: absolute, never empty, or
     None when the cut would leave a dot segment first ("/svc../x" less "/svc"; a rewrite can

@@ -43,12 +43,13 @@ upstream's body is read and dropped as it streams, never held. A HEAD gets the s
 headers without the upstream's Content-Length (the GET's body is the text, not that one).
 """
 import logging
+import re
 
 from ..core.context import Reply
 from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable, is_field_value
 from ..core.schema import (Field, Schema, backtrack_warnings, compile_pattern, header_name,
                            header_value, list_of, map_of, show, status_code, string)
-from ..core.target import normalise_path, strip_path_prefix
+from ..core.target import canonical_escape, normalise_path, strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest
 from ..services import STRICT_PATHS
@@ -99,6 +100,13 @@ def prepare(conf):
             regex = compile_pattern(path["match"])
         except ValueError as exc:
             raise ValueError(f"path.match is not a regular expression: {exc}") from None
+        for escape in re.findall(r"%[0-9A-Fa-f]{2}", path["match"]):
+            if canonical_escape(escape) != escape:
+                # searched in the canonical path, it would never match, and the rewrite
+                # would be left undone without a word
+                raise ValueError(f"path.match holds {escape}, which the canonical path it is "
+                                 f"searched in never does: write {show(canonical_escape(escape))}"
+                                 f" (docs/security.md)")
         replace = compile_template(path["replace"], captures=True)
         for part in replace.parts:
             if isinstance(part, int) and part > regex.groups:

@@ -57,6 +57,12 @@ def step(plugins):
     ({"redirect": {"http_to_https": True, "status": 200}}, "must be one of"),
     ({"rewrite": {"path": {"match": "(", "replace": "/x"}}}, "not a regular expression"),
     ({"rewrite": {"path": {"match": "^/a/(.*)$", "replace": "/b/$2"}}}, "has 1 group"),
+    # searched in the canonical path, which never holds these escapes (an attack pass: the
+    # rewrite was left undone without a word)
+    ({"rewrite": {"path": {"match": "^/rw/%7eops/(.*)$", "replace": "/x/$1"}}},
+     'path.match holds %7e, which the canonical path it is searched in never does: write "~"'),
+    ({"rewrite": {"path": {"match": "^/v1/x%3Abatch", "replace": "/x"}}}, 'write ":"'),
+    ({"rewrite": {"path": {"match": "^/caf%c3%a9", "replace": "/x"}}}, 'write "%C3"'),
     ({"rewrite": {"path": {"match": "^/a", "replace": "/b/../c"}}}, "canonical"),
     ({"rewrite": {"path": {"match": "^/a(.*)", "replace": "/b//$1"}}}, "canonical"),
     ({"rewrite": {"path": {"match": "^/a", "replace": "b"}}}, "canonical"),
