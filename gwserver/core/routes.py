@@ -59,7 +59,9 @@ def path_text(pattern=None, what="a path pattern", markers=True):
                                          path_parameters="keep").decode()[1:]
             except BadRequest as exc:
                 raise Invalid(f"{str(exc).removeprefix('path ')} in {show(value)}") from None
-            if markers and segment[:1] in (":", "*"):
+            except UnicodeEncodeError:      # a lone surrogate, from JSON's \udc80
+                raise Invalid(f"is not text a path can hold: {show(value)}") from None
+            if segment[:1] in (":", "*"):
                 raise Invalid(f"has a segment that begins with {segment[0]} once decoded, "
                               f"which would read as a parameter, in {show(value)}")
             segments.append(segment)
@@ -595,7 +597,9 @@ def path_problems(spec, server):
         if dead:
             problems.append(f"route {spec['id']}: paths[{i}] {show(pattern)} {dead}")
             continue
-        if spec["strip_prefix"] and not pattern.startswith(spec["strip_prefix"]):
+        strip = spec["strip_prefix"]      # ("/api/" takes "/api" too)
+        if strip and not (pattern.startswith(strip) or
+                          strip[-1:] == "/" and pattern == strip[:-1]):
             problems.append(f"route {spec['id']}: strip_prefix {show(spec['strip_prefix'])} is not "
                             f"a prefix of paths[{i}] {show(pattern)}")
         elif spec["strip_prefix"] and strip_path_prefix(pattern, spec["strip_prefix"]) is None:
@@ -608,9 +612,12 @@ def path_problems(spec, server):
 
 
 def dead_pattern(pattern, segments, prefix, server):
-    """Why no request path can match ``pattern`` under [server]'s path rules, or None. A
-    dead route is no harmless one: a broader route takes the requests it was written for
-    (an auth route on "/admin/" with prefix took nothing below it; the catch-all did)."""
+    """Why no request path can match ``pattern`` under [server]'s path rules, or why it
+    would leave a hole, or None. A dead route is no harmless one: a broader route takes the
+    requests it was written for (an auth route on "/admin/" with prefix took nothing below
+    it; the catch-all did). One ending in "/" is refused, though it takes that one path: it
+    would leave the path without the "/", which nginx and frameworks serve alike, to a
+    broader route."""
     if pattern == "/" and prefix:
         return 'with prefix = true: write "/*rest" for every path'
     if pattern.endswith("/") and pattern != "/":
@@ -618,7 +625,7 @@ def dead_pattern(pattern, segments, prefix, server):
         return (f"ends in /: write {show(bare)} (which matches {show(bare + '/')} too, and "
                 f"with prefix = true every path below it) or {show(bare + '/*rest')}")
     statics = [text for kind, text in segments if kind == "static"]
-    if server.get("merge_slashes", True) and "" in statics[:-1]:
+    if server.get("merge_slashes", True) and ("static", "") in segments[:-1]:
         return "has an empty segment (//), and server.merge_slashes merges them in requests"
     if server.get("escaped_slashes", "reject") != "keep" and \
             any("%2F" in text or "%5C" in text for text in statics):

@@ -79,7 +79,7 @@ def fence_of(route_id, spec):
         try:
             path = fields["paths"].check([path])[0]     # its escapes as requests have them
             check_path(path)
-        except Invalid:
+        except (Invalid, ValueError):
             continue
         if path == "/" and prefix:
             path = "/*rest"             # (what "/" with prefix could only have meant)

@@ -7,11 +7,13 @@ Path rules, in order:
 
 1. ``%XX`` must be two hex digits. Unreserved characters (``A-Z a-z 0-9 - . _ ~``) are decoded,
    and so are the other characters a path segment may hold as they are (``: @ ! $ & ' ( ) *
-   + , =``): nginx, Go, werkzeug and Spring decode them before routing, so
+   , =``): nginx, Go, werkzeug and Spring decode them before routing, so
    ``/v1/things%3AbatchDelete`` is ``/v1/things:batchDelete`` to them, and must be to the
    router too, or a route on either spelling is bypassed by the other (RFC 3986 2.2 leaves
-   that to the scheme; HTTP servers treat them alike). Every other escape keeps its encoding
-   with upper-case hex (``%2f`` -> ``%2F``, ``%3F``, ``%23``, ``%25``, ``%3B``).
+   that to the scheme; HTTP servers treat them alike). Not ``%2B``: S3 and PHP's urldecode
+   read a ``+`` in a path as a space, so a key holding ``+`` must reach them escaped. Every
+   other escape keeps its encoding with upper-case hex (``%2f`` -> ``%2F``, ``%2B``, ``%3F``,
+   ``%23``, ``%25``, ``%3B``).
 2. Once decoded, the bytes must be UTF-8 (overlong forms such as ``%C0%AE`` are not) and hold
    no NUL.
 3. ``/`` and ``\\`` in any spelling (``%2F``, ``%5C``, a raw ``\\``): the ``escaped_slashes``
@@ -40,8 +42,9 @@ from ..errors import BadRequest
 _HEX = b"0123456789ABCDEFabcdef"
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Decoded wherever they are escaped (rule 1): unreserved, and the path characters that
-# delimit nothing in a segment. Not ";" (rule 6), "/" or "\" (rule 3), "%", "?" or "#".
-_DECODED = _UNRESERVED | frozenset(b":@!$&'()*+,=")
+# delimit nothing in a segment. Not ";" (rule 6), "/" or "\" (rule 3), "+" (a space to
+# some), "%", "?" or "#".
+_DECODED = _UNRESERVED | frozenset(b":@!$&'()*,=")
 _SLASHES = frozenset(b"/\\")
 _HOST_NAME = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _IPV6 = frozenset(b"0123456789abcdef:.")

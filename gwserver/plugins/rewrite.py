@@ -100,14 +100,9 @@ def prepare(conf):
             regex = compile_pattern(path["match"])
         except ValueError as exc:
             raise ValueError(f"path.match is not a regular expression: {exc}") from None
-        for escape in re.findall(r"%[0-9A-Fa-f]{2}", path["match"]):
-            if canonical_escape(escape) != escape:
-                # searched in the canonical path, it would never match, and the rewrite
-                # would be left undone without a word
-                raise ValueError(f"path.match holds {escape}, which the canonical path it is "
-                                 f"searched in never does: write {show(canonical_escape(escape))}"
-                                 f" (docs/security.md)")
+        _check_match_escapes(path["match"], regex)
         replace = compile_template(path["replace"], captures=True)
+        _check_replace_escapes(replace)
         for part in replace.parts:
             if isinstance(part, int) and part > regex.groups:
                 raise ValueError(f"path.replace uses ${part} but path.match has "
@@ -161,6 +156,29 @@ def _escapes(replace):
         flags.append(not (isinstance(part, int) or name == "path" or
                           name.startswith("param_")))
     return tuple(flags)
+
+
+def _check_match_escapes(match, regex):
+    """path.match is searched in the canonical path: an escape that path never holds would
+    never match, and the rewrite would be left undone without a word."""
+    for escape in re.findall(r"%[0-9A-Fa-f]{2}", match):
+        canonical = canonical_escape(escape)
+        if canonical != escape and not (regex.flags & re.IGNORECASE and
+                                        canonical == escape.upper()):
+            raise ValueError(f"path.match holds {escape}, which the canonical path it is "
+                             f"searched in never does: write {show(re.escape(canonical))} "
+                             f"(docs/security.md)")
+
+
+def _check_replace_escapes(replace):
+    """The replacement's own text must be canonical (_check_fixed_text): an escape written
+    otherwise than a canonical path spells it is named, with the spelling to write."""
+    for part in replace.parts:
+        for escape in re.findall(r"%[0-9A-Fa-f]{2}", part) if isinstance(part, str) else ():
+            canonical = canonical_escape(escape)
+            if canonical != escape:
+                raise ValueError(f"path.replace holds {escape}, which a canonical path spells "
+                                 f"{show(canonical)} (docs/security.md)")
 
 
 def _check_fixed_text(replace):

@@ -441,6 +441,17 @@ def test_a_slip_in_a_match_field_still_fences_failing_closed(slip):
     assert served(t, "/secret/k") == "private"
 
 
+def test_a_path_no_request_can_hold_does_not_cost_the_others_their_fence():
+    """A review pass: a lone surrogate (JSON's "\\udc80") among a refused route's paths
+    raised out of fence_of, and the route got no fence at all: the catch-all took
+    /admin/x."""
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    assert not t.put_route("private", bad(["/admin/*rest", "/\udc80", "/a//*rest"]), 3)
+    assert served(t, "/admin/x") == "private"
+
+
 @pytest.mark.parametrize("paths, prefix", [
     (["/secret"], "True"), (["/secret"], 1), (["/secret"], "yes"), (["/secret/"], True),
     (["/secret/"], "TRUE"), (["/"], True)])

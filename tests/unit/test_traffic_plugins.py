@@ -60,7 +60,11 @@ def step(plugins):
     # searched in the canonical path, which never holds these escapes (an attack pass: the
     # rewrite was left undone without a word)
     ({"rewrite": {"path": {"match": "^/rw/%7eops/(.*)$", "replace": "/x/$1"}}},
-     'path.match holds %7e, which the canonical path it is searched in never does: write "~"'),
+     'path.match holds %7e, which the canonical path it is searched in never does: '
+     'write "\\\\~"'),
+    ({"rewrite": {"path": {"match": "^/a%28b", "replace": "/x"}}}, 'write "\\\\("'),  # a group
+    ({"rewrite": {"path": {"match": "^/a", "replace": "/v1/x%3abatch"}}},
+     'path.replace holds %3a, which a canonical path spells ":"'),
     ({"rewrite": {"path": {"match": "^/v1/x%3Abatch", "replace": "/x"}}}, 'write ":"'),
     ({"rewrite": {"path": {"match": "^/caf%c3%a9", "replace": "/x"}}}, 'write "%C3"'),
     ({"rewrite": {"path": {"match": "^/a", "replace": "/b/../c"}}}, "canonical"),
