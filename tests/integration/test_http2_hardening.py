@@ -1038,43 +1038,56 @@ def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
     client.close()
 
 
-RACE_CHILD = textwrap.dedent("""
-    import json, sys
+# A worker in a child process: its Runtime, TLS stack and one H2ServerConnection served
+# from a greenlet, and ``hold``, which stops the whole loop (no greenlet runs), so a test can
+# make two events land in one turn of it. A script appends its client and what it saw.
+TLS_WORKER_CHILD = textwrap.dedent("""
+    import json, ssl, sys
     from gevent import monkey
     monkey.patch_all()                  # as in a worker
     import gevent
     from gevent import socket
     from gwserver.client.h2server import H2ServerConnection
     from gwserver.client.tls import ServerTLS
-    from gwserver.net.sockets import OPEN, idle_state
     from gwserver.server.runtime import Runtime
     from gwserver.settings import parse_conf
+
+    hold = monkey.get_original("time", "sleep")
+    state, cert, key = sys.argv[1:4]
+
+    def tls_worker(**server):
+        conf = parse_conf({
+            "server": {"state_dir": state, **server},
+            "tls": {"certificates": [{"cert": cert, "key": key}]},
+            "routes": [{"id": "r", "paths": ["/*rest"], "plugins": {"redirect": {"uri": "/x"}},
+                        # never asked: the plugin answers
+                        "upstream": {"targets": [{"url": "http://127.0.0.1:9"}]}}]})
+        runtime = Runtime(conf, 10, ServerTLS(conf.tls))
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        served = []
+
+        def serve():
+            sock, addr = listener.accept()
+            tls = runtime.tls_server.wrap(sock)
+            tls.do_handshake()
+            served.append(H2ServerConnection(runtime, tls, addr, scheme="https"))
+            served[0].serve()
+
+        gevent.spawn(serve)
+        return runtime, listener, served
+""")
+
+
+RACE_CHILD = TLS_WORKER_CHILD + textwrap.dedent("""
+    from gwserver.net.sockets import OPEN, idle_state
     from tests.h2client import RawH2
 
-    hold = monkey.get_original("time", "sleep")     # the whole worker waits: no greenlet runs
-    state, cert, key, ping_first = sys.argv[1:]
+    ping_first = sys.argv[4]
     KEEPALIVE = 1.0
-    conf = parse_conf({
-        "server": {"state_dir": state, "keepalive": KEEPALIVE},
-        "tls": {"certificates": [{"cert": cert, "key": key}]},
-        "routes": [{"id": "r", "paths": ["/*rest"], "plugins": {"redirect": {"uri": "/x"}},
-                    # never asked: the plugin answers
-                    "upstream": {"targets": [{"url": "http://127.0.0.1:9"}]}}]})
-    runtime = Runtime(conf, 10, ServerTLS(conf.tls))
+    runtime, listener, served = tls_worker(keepalive=KEEPALIVE)
     runtime.deadlines.start()           # the ticker that runs keepalives out
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    served = []
-
-    def serve():
-        sock, addr = listener.accept()
-        tls = runtime.tls_server.wrap(sock)
-        tls.do_handshake()
-        served.append(H2ServerConnection(runtime, tls, addr, scheme="https"))
-        served[0].serve()
-
-    gevent.spawn(serve)
     client = RawH2(listener.getsockname()[1], tls=True)
     first = client.response(client.request("/first"))
     client.flush()
@@ -1136,39 +1149,10 @@ def test_a_request_read_as_a_tls_keepalive_runs_out_is_refused_not_lost(tmp_path
         (goaway is not None and goaway[1] < sid), f"stream {sid} lost: {seen}"
 
 
-RECLAIM_CHILD = textwrap.dedent("""
-    import json, ssl, sys
-    from gevent import monkey
-    monkey.patch_all()                  # as in a worker
-    import gevent
-    from gevent import socket
+RECLAIM_CHILD = TLS_WORKER_CHILD + textwrap.dedent("""
     import h2.config, h2.connection, h2.events
-    from gwserver.client.h2server import H2ServerConnection
-    from gwserver.client.tls import ServerTLS
-    from gwserver.server.runtime import Runtime
-    from gwserver.settings import parse_conf
 
-    hold = monkey.get_original("time", "sleep")     # the whole worker waits: no greenlet runs
-    state, cert, key = sys.argv[1:]
-    conf = parse_conf({
-        "server": {"state_dir": state},
-        "tls": {"certificates": [{"cert": cert, "key": key}]},
-        "routes": [{"id": "r", "paths": ["/*rest"], "plugins": {"redirect": {"uri": "/x"}},
-                    "upstream": {"targets": [{"url": "http://127.0.0.1:9"}]}}]})
-    runtime = Runtime(conf, 10, ServerTLS(conf.tls))
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    served = []
-
-    def serve():
-        sock, addr = listener.accept()
-        tls = runtime.tls_server.wrap(sock)
-        tls.do_handshake()
-        served.append(H2ServerConnection(runtime, tls, addr, scheme="https"))
-        served[0].serve()
-
-    gevent.spawn(serve)
+    runtime, listener, served = tls_worker()
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
