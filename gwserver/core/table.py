@@ -110,6 +110,9 @@ def fence_of(route_id, spec):
         fence["priority"] = priority
     if prefix and not any(p.rpartition("/")[2].startswith("*") for p in paths):
         fence["prefix"] = True
+    elif prefix:        # prefix beside a catch-all (refused): each path covers what is below
+        fence["paths"] = [p if p.rpartition("/")[2].startswith("*") else
+                          p.rstrip("/") + "/*rest" for p in paths]
     return fence
 
 

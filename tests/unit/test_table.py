@@ -454,12 +454,14 @@ def test_a_path_no_request_can_hold_does_not_cost_the_others_their_fence():
 
 @pytest.mark.parametrize("paths, prefix", [
     (["/secret"], "True"), (["/secret"], 1), (["/secret"], "yes"), (["/secret/"], True),
-    (["/secret/"], "TRUE"), (["/"], True)])
+    (["/secret/"], "TRUE"), (["/"], True), (["/secret", "/x/*rest"], True)])
 def test_a_prefix_or_a_trailing_slash_slip_fences_everything_below(paths, prefix):
     """An attack pass: only True and "true" were read as a prefix, so "True", 1 or "yes"
     fenced /secret alone and the catch-all took /secret/k; "/secret/" with prefix fenced
-    "/secret/" alone. Not plainly false is true, and "/secret/" is "/secret" (both refused
-    in a valid route, docs/routes.md)."""
+    "/secret/" alone, and so did "/secret" beside a catch-all path (prefix with a catch-all
+    is refused, and the fence left prefix out). Not plainly false is true, "/secret/" is
+    "/secret" (both refused in a valid route, docs/routes.md), and beside a catch-all
+    "/secret" is fenced as "/secret/*rest"."""
     t = table()
     t.put_upstream("u1", json.dumps(UP), 1)
     t.put_route("public", route("public", "/*rest"), 2)
