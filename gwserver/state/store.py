@@ -246,6 +246,10 @@ class RedisStore:
         # Bounded: past it, the slots expire after lease_seconds, as before.
         if len(self.owed_releases) < MAX_OWED_RELEASES:
             self.owed_releases[lease] = spec
+            # The batcher may be waiting with no timeout (nothing was owed when it began):
+            # a claim killed after its answer came would otherwise be released only when the
+            # next request wakes it, or never (its lease then holds for lease_seconds).
+            self.wake.set()
 
     def _ask(self, spec, payload):
         if time.monotonic() < self.down_until:
