@@ -600,10 +600,10 @@ def path_problems(spec, server):
         strip = spec["strip_prefix"]      # ("/api/" takes "/api" too)
         if strip and not (pattern.startswith(strip) or
                           strip[-1:] == "/" and pattern == strip[:-1]):
-            problems.append(f"route {spec['id']}: strip_prefix {show(spec['strip_prefix'])} is not "
+            problems.append(f"route {spec['id']}: strip_prefix {show(strip)} is not "
                             f"a prefix of paths[{i}] {show(pattern)}")
-        elif spec["strip_prefix"] and strip_path_prefix(pattern, spec["strip_prefix"]) is None:
-            problems.append(f"route {spec['id']}: strip_prefix {show(spec['strip_prefix'])} cuts "
+        elif strip and strip_path_prefix(pattern, strip) is None:
+            problems.append(f"route {spec['id']}: strip_prefix {show(strip)} cuts "
                             f"paths[{i}] {show(pattern)} into a dot segment (. or ..)")
         if spec["prefix"] and segments[-1][0] == "catchall":
             problems.append(f"route {spec['id']}: prefix=true with a catch-all in paths[{i}]; "
@@ -625,24 +625,21 @@ def dead_pattern(pattern, segments, prefix, server):
         return (f"ends in /: write {show(bare)} (which matches {show(bare + '/')} too, and "
                 f"with prefix = true every path below it) or {show(bare + '/*rest')}")
     statics = [text for kind, text in segments if kind == "static"]
-    if server.get("merge_slashes", True) and ("static", "") in segments[:-1]:
+    if server["merge_slashes"] and ("static", "") in segments[:-1]:
         return "has an empty segment (//), and server.merge_slashes merges them in requests"
-    if server.get("escaped_slashes", "reject") != "keep" and \
-            any("%2F" in text or "%5C" in text for text in statics):
-        action = server.get("escaped_slashes", "reject")
+    action = server["escaped_slashes"]
+    if action != "keep" and any("%2F" in text or "%5C" in text for text in statics):
         return (f"holds an encoded / or \\, which server.escaped_slashes = {show(action)} "
                 + ("answers 400" if action == "reject" else "decodes to / in every request"))
-    if server.get("path_parameters", "reject") == "reject" and \
+    if server["path_parameters"] == "reject" and \
             any(";" in text or "%3B" in text for text in statics):
         return 'holds a ;, which server.path_parameters = "reject" answers 400'
     return None
 
 
 def make_route(spec, upstream, settings, chain=None):
-    """Build a Route from a validated spec and its resolved Upstream."""
-    problems = path_problems(spec, settings)
-    if problems:
-        raise ConfigError(problems)
+    """Build a Route from a validated spec whose paths compile_route has checked
+    (path_problems), and its resolved Upstream."""
     hosts = spec["hosts"] or []
     timeouts = spec["timeouts"] or {}
     methods = frozenset(spec["methods"]) if spec["methods"] else None

@@ -108,11 +108,11 @@ def fence_of(route_id, spec):
             priority = None
     if priority is not None and readable("priority", priority):
         fence["priority"] = priority
-    if prefix and not any(p.rpartition("/")[2].startswith("*") for p in paths):
+    catchalls = [p.rpartition("/")[2].startswith("*") for p in paths]
+    if prefix and not any(catchalls):
         fence["prefix"] = True
     elif prefix:        # prefix beside a catch-all (refused): each path covers what is below
-        fence["paths"] = [p if p.rpartition("/")[2].startswith("*") else
-                          p.rstrip("/") + "/*rest" for p in paths]
+        fence["paths"] = [p if catchall else p + "/*rest" for p, catchall in zip(paths, catchalls)]
     return fence
 
 

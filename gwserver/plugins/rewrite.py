@@ -158,27 +158,30 @@ def _escapes(replace):
     return tuple(flags)
 
 
+def _misspelt_escapes(text, ignore_case=False):
+    """(escape, how a canonical path spells it) for each %XX of ``text`` spelt otherwise."""
+    for escape in re.findall(r"%[0-9A-Fa-f]{2}", text):
+        canonical = canonical_escape(escape)
+        if canonical != escape and not (ignore_case and canonical == escape.upper()):
+            yield escape, canonical
+
+
 def _check_match_escapes(match, regex):
     """path.match is searched in the canonical path: an escape that path never holds would
     never match, and the rewrite would be left undone without a word."""
-    for escape in re.findall(r"%[0-9A-Fa-f]{2}", match):
-        canonical = canonical_escape(escape)
-        if canonical != escape and not (regex.flags & re.IGNORECASE and
-                                        canonical == escape.upper()):
-            raise ValueError(f"path.match holds {escape}, which the canonical path it is "
-                             f"searched in never does: write {show(re.escape(canonical))} "
-                             f"(docs/security.md)")
+    for escape, canonical in _misspelt_escapes(match, regex.flags & re.IGNORECASE):
+        raise ValueError(f"path.match holds {escape}, which the canonical path it is "
+                         f"searched in never does: write {show(re.escape(canonical))} "
+                         f"(docs/security.md)")
 
 
 def _check_replace_escapes(replace):
     """The replacement's own text must be canonical (_check_fixed_text): an escape written
     otherwise than a canonical path spells it is named, with the spelling to write."""
     for part in replace.parts:
-        for escape in re.findall(r"%[0-9A-Fa-f]{2}", part) if isinstance(part, str) else ():
-            canonical = canonical_escape(escape)
-            if canonical != escape:
-                raise ValueError(f"path.replace holds {escape}, which a canonical path spells "
-                                 f"{show(canonical)} (docs/security.md)")
+        for escape, canonical in _misspelt_escapes(part) if isinstance(part, str) else ():
+            raise ValueError(f"path.replace holds {escape}, which a canonical path spells "
+                             f"{show(canonical)} (docs/security.md)")
 
 
 def _check_fixed_text(replace):
