@@ -66,9 +66,13 @@ def reload(gw, change, count=None):
 def refused_reload(gw, change, message):
     """Rewrite the conf, SIGHUP, wait for ``message`` in the log; the workers must not move."""
     conf = tomllib.loads(gw.conf_path.read_text())
+    # the gateway answers once one worker is up: wait for the whole generation, or a late
+    # sibling's boot would look like a wrongly started worker
+    count = conf["server"].get("workers", 1)
+    before = wait_until(lambda: (now := workers(gw)) and len(now) == count and now, timeout=30)
     change(conf)
     gw.conf_path.write_text(to_toml(conf))
-    before, seen = workers(gw), gw.log().count(message)
+    seen = gw.log().count(message)
     os.kill(gw.pid, signal.SIGHUP)
     wait_until(lambda: gw.log().count(message) > seen, timeout=20)
     time.sleep(0.5)                     # a wrongly started new generation would show by now
