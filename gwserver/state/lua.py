@@ -5,8 +5,9 @@ lets its key expire. Each mirrors a pure Python function the per-host store runs
 hold both to: core.ratelimit.token_bucket / sliding_window / adapt, core.breaker.step.
 """
 
-# Both scripts decide N requests for one key in one call. ARGV after the limits: the age in
-# microseconds of each request (oldest first), measured by the worker since it queued it; each
+# Both scripts decide N requests for one key in one call. The ARGV after the limits holds the
+# age in microseconds of each request (oldest first, space-separated: one argument, not N for
+# redis-py to encode one by one), measured by the worker since it queued it; each
 # is decided at Redis' now - age, one after the other, exactly as N calls at their arrival
 # times would (a burst-0 bucket caps its one token between arrivals, so deciding a batch at
 # one instant lost 25% of the rate in scripts/bench-ratelimit). Numbers go back formatted with
@@ -20,8 +21,8 @@ local state = redis.call('HMGET', KEYS[1], 't', 'ts')
 local tokens = tonumber(state[1]) or capacity
 local last = tonumber(state[2]) or 0
 local flags, left = {}, {}
-for i = 4, #ARGV do
-  local at = now - tonumber(ARGV[i]) / 1000000
+for age in string.gmatch(ARGV[4], '%d+') do
+  local at = now - tonumber(age) / 1000000
   if last == 0 then last = at end
   if at > last then
     tokens = math.min(capacity, tokens + (at - last) * refill)
@@ -54,8 +55,8 @@ local function count(index)
 end
 local flags, info = {}, {}
 local added, top = {}, 0
-for i = 3, #ARGV do
-  local at = now - tonumber(ARGV[i]) / 1000000
+for age in string.gmatch(ARGV[3], '%d+') do
+  local at = now - tonumber(age) / 1000000
   local index = math.floor(at / per)
   if index > top then top = index end
   local into = at - index * per

@@ -159,6 +159,8 @@ class RedisStore:
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
         self.queue = []
+        self.in_flight = []             # the batch of the round trip under way
+        self.deadline_timer = None      # the one timer of every waiting decision (_expire)
         # limit_conn slots to give back once Redis answers: releases it could not take, and
         # claims that may have landed with nobody left to release them (lease -> spec)
         self.owed_releases = {}
@@ -252,22 +254,51 @@ class RedisStore:
             self.wake.set()
 
     def _ask(self, spec, payload):
-        if time.monotonic() < self.down_until:
+        now = time.monotonic()
+        if now < self.down_until:
             raise StoreError("redis paused after an error")
         waiter = gevent.event.AsyncResult()
-        self.queue.append((spec, payload, waiter, time.monotonic()))
+        self.queue.append((spec, payload, waiter, now))
         self.wake.set()
-        # The socket timeout bounds each read of a round trip, not the round trip: a Redis
-        # that answers a byte at a time would hold every decision for seconds.
-        try:
-            return waiter.get(timeout=self.timeout)
-        except gevent.Timeout:
+        if self.deadline_timer is None:
+            self._watch(now + self.timeout)
+        return waiter.get()
+
+    # -- deadlines ------------------------------------------------------------------------------
+
+    # The socket timeout bounds each read of a round trip, not the round trip: a Redis that
+    # answers a byte at a time would hold every decision for seconds. Each decision is failed
+    # ``timeout`` after it was asked by one timer that watches them all, set for the oldest
+    # waiting one: a gevent Timeout per decision cost a limited request ~150 bytecodes.
+
+    def _watch(self, at):
+        self.deadline_timer = timer = gevent.get_hub().loop.timer(max(0.0, at - time.monotonic()))
+        timer.start(self._expire)
+
+    def _expire(self):
+        """Fail the decisions asked ``timeout`` ago or more with StoreTimeout; watch on for
+        the oldest of the rest."""
+        self.deadline_timer.close()
+        self.deadline_timer = None
+        now, oldest, expired = time.monotonic(), None, False
+        for batch in (self.in_flight, self.queue):
+            for _, _, waiter, asked_at in batch:
+                if waiter is None or waiter.ready():
+                    continue
+                if now - asked_at >= self.timeout:
+                    waiter.set_exception(
+                        StoreTimeout(f"redis did not answer within {self.timeout}s"))
+                    expired = True
+                elif oldest is None or asked_at < oldest:
+                    oldest = asked_at
+        if expired:
             if self.healthy:
                 log.error("redis did not answer a decision within %.3fs; rate limits and "
                           "breakers fall back to on_store_error for %.1fs at a time until it "
                           "answers", self.timeout, self.pause)
-            self.down_until, self.healthy = time.monotonic() + self.pause, False
-            raise StoreTimeout(f"redis did not answer within {self.timeout}s") from None
+            self.down_until, self.healthy = now + self.pause, False
+        if oldest is not None:
+            self._watch(oldest + self.timeout)
 
     # -- the batcher ----------------------------------------------------------------------------
 
@@ -287,6 +318,7 @@ class RedisStore:
                           for lease, spec in self.owed_releases.items()]
                 self.owed_releases = {}
             if batch:
+                self.in_flight = batch
                 try:
                     self._round_trip(batch)
                 except Exception as exc:        # never leave a waiter hanging
@@ -294,6 +326,8 @@ class RedisStore:
                     self._abandon([item for item in batch
                                    if item[2] is None or not item[2].ready()],
                                   StoreError(str(exc)))
+                finally:
+                    self.in_flight = []
 
     def _probe(self):
         try:
@@ -357,8 +391,9 @@ class RedisStore:
             if spec[0] == "rl":
                 _, algorithm, key, rate, per, burst = spec
                 args = (rate, per, max(burst, 1)) if algorithm == "token_bucket" else (rate, per)
-                ages = [int((sent_at - queued_at) * 1e6) for _, _, queued_at in items]
-                calls.append((algorithm, key, (*args, *ages)))
+                ages = b" ".join([b"%d" % ((sent_at - queued_at) * 1e6)
+                                  for _, _, queued_at in items])
+                calls.append((algorithm, key, (*args, ages)))
             elif spec[0] == "ad":
                 ok = sum(1 for payload, _, _ in items if payload)
                 calls.append(("adaptive", self.adaptive_prefix + spec[1],
