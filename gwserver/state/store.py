@@ -136,11 +136,15 @@ class RedisStore:
     """Rate-limit decisions and breaker steps in Redis, coalesced per worker (see above)."""
 
     def __init__(self, url, timeout=0.05, pause=1.0, key_prefix="gw:", password=None):
+        import hiredis
         import redis
+        self.pack_command = hiredis.pack_command    # C; redis-py's packer encodes in Python
         self.redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                              redis.exceptions.ResponseError, redis.exceptions.RedisClusterException,
                              OSError)
         self.noscript = redis.exceptions.NoScriptError
+        self.reply_error = redis.exceptions.ResponseError
+        self.connection_lost = redis.exceptions.ConnectionError
         self.client = connect(url, timeout, password)
         self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
@@ -158,6 +162,7 @@ class RedisStore:
         self.adaptive_rates = {}        # limit key -> the effective rate Redis last answered
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
+        self.conn, self.conn_used_at = None, 0.0     # the batcher's own connection (_pipeline)
         self.queue = []
         self.in_flight = []             # the batch of the round trip under way
         self.deadline_timer = None      # the one timer of every waiting decision (_expire)
@@ -262,7 +267,16 @@ class RedisStore:
         self.wake.set()
         if self.deadline_timer is None:
             self._watch(now + self.timeout)
-        return waiter.get()
+        try:
+            return waiter.get()
+        except StoreError:
+            raise
+        except BaseException:
+            # Killed while waiting (an HTTP/2 stream reset): nobody waits for this decision
+            # any more, so its deadline must not fail it, log, and pause the store.
+            if not waiter.ready():
+                waiter.set(None)
+            raise
 
     # -- deadlines ------------------------------------------------------------------------------
 
@@ -321,11 +335,14 @@ class RedisStore:
                 self.in_flight = batch
                 try:
                     self._round_trip(batch)
-                except Exception as exc:        # never leave a waiter hanging
-                    log.exception("redis batch failed")
+                except BaseException as exc:    # never leave a waiter hanging
+                    if isinstance(exc, Exception):
+                        log.exception("redis batch failed")
                     self._abandon([item for item in batch
                                    if item[2] is None or not item[2].ready()],
-                                  StoreError(str(exc)))
+                                  StoreError(describe(exc)))
+                    if not isinstance(exc, Exception):
+                        raise           # the batcher itself was killed (the worker stops)
                 finally:
                     self.in_flight = []
 
@@ -417,18 +434,25 @@ class RedisStore:
 
         replies = self._pipeline(calls)
         if any(isinstance(r, self.noscript) for r in replies):
-            for client in self._nodes():            # Redis restarted or flushed its scripts
-                for body in self.scripts.values():
-                    client.script_load(body)
+            self._load_scripts()                    # Redis restarted or flushed its scripts
             replies = self._pipeline(calls)
         return replies
 
+    def _load_scripts(self):
+        if self.cluster:
+            for client in self._nodes():
+                for body in self.scripts.values():
+                    client.script_load(body)
+            return
+        for reply in self._send_and_read([("SCRIPT", "LOAD", body)
+                                          for body in self.scripts.values()]):
+            if isinstance(reply, Exception):
+                raise reply
+
     def _pipeline(self, calls):
         if not self.cluster:
-            pipe = self.client.pipeline(transaction=False)
-            for script, key, args in calls:
-                pipe.evalsha(self.shas[script], 1, key, *args)
-            return pipe.execute(raise_on_error=False)
+            return self._send_and_read([("EVALSHA", self.shas[script], 1, key, *args)
+                                        for script, key, args in calls])
         # redis-py refuses EVALSHA in cluster pipelines: one plain pipeline per master that
         # owns some of the keys (every call touches one key, so one slot).
         by_node = {}
@@ -446,6 +470,51 @@ class RedisStore:
         if any(isinstance(r, Exception) and str(r).startswith(("MOVED", "ASK")) for r in replies):
             self.client.nodes_manager.initialize()  # slots moved: learn the new layout
         return replies
+
+    def _send_and_read(self, commands):
+        """One pipeline on the batcher's own connection, packed by hiredis and sent and read
+        with redis-py's connection calls: a Pipeline object, its pool checkout, the
+        checkout's staleness poll and redis-py's packer cost a round trip ~2,700 bytecodes
+        (docs/benchmarks.md, nineteenth pass). An error reply stands in the list in its
+        place, as Pipeline.execute(raise_on_error=False) returns it."""
+        packed = b"".join(map(self.pack_command, commands))
+        while True:
+            conn, held = self._connection()
+            try:
+                conn.send_packed_command([packed], check_health=False)
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except self.reply_error as exc:
+                        replies.append(exc)
+                return replies
+            except BaseException as exc:
+                # Whatever came between (a timeout, a reset, a kill) left the replies out of
+                # step: the connection goes.
+                self.conn = None
+                conn.disconnect()
+                self.client.connection_pool.release(conn)
+                # A held connection that Redis closed since the last batch (a restart, its
+                # idle timeout) ran nothing of this one: once more on a new connection, as
+                # the pool's checkout would have found it closed and reconnected.
+                if held and isinstance(exc, self.connection_lost):
+                    continue
+                raise
+
+    def _connection(self):
+        """(the batcher's connection, whether it was held from an earlier batch): held while
+        batches follow each other; given back to the pool after a second without one, whose
+        checkout checks that Redis has not closed it meanwhile."""
+        now = time.monotonic()
+        if self.conn is not None and now - self.conn_used_at > 1.0:
+            self.client.connection_pool.release(self.conn)
+            self.conn = None
+        held = self.conn is not None
+        if not held:
+            self.conn = self.client.connection_pool.get_connection()
+        self.conn_used_at = now
+        return self.conn, held
 
     def _nodes(self):
         if not self.cluster:

@@ -112,6 +112,25 @@ def test_redis_restarted_is_used_again(launcher, upstream):
     assert statuses(gw, 3, headers={"X-Key": "fresh"}) == [200, 200, 429]
 
 
+def test_a_redis_restarted_between_two_batches_answers_the_next_one(launcher, upstream):
+    """The batcher holds its connection while batches follow each other: one that Redis
+    closed since the last batch (a restart) is taken again at once, as the pool's checkout
+    did, not counted as Redis failing (which pauses the store and denies here)."""
+    redis = launcher.redis()
+    port = redis.port
+    gw = launcher.gateway(gateway_conf(
+        [limited(upstream, rate=5, per=HOUR, burst=5, key="route", on_store_error="deny")],
+        redis={"url": redis.url, "timeout": 0.5, "pause": 30}))
+    assert statuses(gw, 2) == [200, 200]
+    started = time.monotonic()
+    stop_process(redis)
+    launcher.redis(port=port)              # empty: the count and the scripts are gone
+    assert time.monotonic() - started < 0.9, "the restart outlasted the held connection"
+    resp, _ = gw.request("GET", "/lim")
+    assert (resp.status, resp.getheader("RateLimit-Remaining")) == (200, "4")
+    assert "redis unreachable" not in gw.log()
+
+
 @pytest.mark.parametrize("store", ["redis", "per host"])
 def test_adaptive_limit_follows_the_upstream_in_every_worker(launcher, upstream, store):
     # a generous Redis timeout: this test is about adapting, not about failing fast on a

@@ -87,3 +87,37 @@ def test_a_decision_waits_at_most_the_timeout_for_a_trickling_redis(launcher, up
         assert max(seconds for _, seconds in results) < 0.4, results
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("plugins", [
+    {"rate_limit": {"rate": 1000, "burst": 100, "key": "route", "on_store_error": "deny"}},
+    {"limit_conn": {"limit": 1000, "key": "route", "on_store_error": "deny"}},
+])
+def test_a_decision_nobody_waits_for_does_not_pause_the_store(launcher, upstream, plugins):
+    """An HTTP/2 stream reset kills its greenlet while its decision is in flight. The store's
+    one deadline timer then failed that decision, though nobody waited for it, logged "redis
+    did not answer" and paused the store: every limited request of the worker got
+    on_store_error ("deny": 503) for [redis] pause, though Redis had answered."""
+    import time
+    from ..h2client import RawH2
+    relay = TricklingRelay(launcher.redis().port)
+    try:
+        gw = launcher.gateway(gateway_conf(
+            [route("lim", ["/lim"], upstream.url, plugins=plugins)],
+            redis={"url": relay.url, "timeout": 0.05, "pause": 5.0}, http2={"h2c": True}))
+        assert [status for status, _ in answers(gw, 2)] == [200, 200], gw.log()[-3000:]
+        relay.slow.set()
+        client = RawH2(gw.port)
+        stream = client.request("/lim")
+        client.flush()
+        time.sleep(0.01)                 # the decision is on its way to Redis
+        client.conn.reset_stream(stream, 8)
+        client.flush()
+        time.sleep(0.1)
+        relay.slow.clear()               # the reply under way still trickles (~1 s)
+        time.sleep(2.0)                  # it has come; Redis answers at once again
+        client.sock.close()
+        assert answers(gw, 1)[0][0] == 200, gw.log()[-1500:]
+        assert "redis did not answer" not in gw.log()
+    finally:
+        relay.close()
