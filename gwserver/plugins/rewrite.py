@@ -166,10 +166,34 @@ def _misspelt_escapes(text, ignore_case=False):
             yield escape, canonical
 
 
+def _outside_classes(pattern):
+    """``pattern`` with each character class ([...]) left out: the "%2f" of "[^%2f]" is three
+    characters a path may hold or not, not an escape."""
+    out, i, end = [], 0, len(pattern)
+    while i < end:
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+        elif char != "[":
+            out.append(char)
+            i += 1
+        else:
+            i += 1
+            i += pattern.startswith("^", i)
+            i += pattern.startswith("]", i)         # a ] first in a class is one of its members
+            while i < end and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+            i += 1
+            out.append(" ")
+    return "".join(out)
+
+
 def _check_match_escapes(match, regex):
     """path.match is searched in the canonical path: an escape that path never holds would
     never match, and the rewrite would be left undone without a word."""
-    for escape, canonical in _misspelt_escapes(match, regex.flags & re.IGNORECASE):
+    for escape, canonical in _misspelt_escapes(_outside_classes(match),
+                                               regex.flags & re.IGNORECASE):
         raise ValueError(f"path.match holds {escape}, which the canonical path it is "
                          f"searched in never does: write {show(re.escape(canonical))} "
                          f"(docs/security.md)")

@@ -63,6 +63,9 @@ def step(plugins):
      'path.match holds %7e, which the canonical path it is searched in never does: '
      'write "\\\\~"'),
     ({"rewrite": {"path": {"match": "^/a%28b", "replace": "/x"}}}, 'write "\\\\("'),  # a group
+    # outside a character class an escape is one, whatever comes before the class
+    ({"rewrite": {"path": {"match": "^/[a-z]+/%7e", "replace": "/x"}}}, 'write "\\\\~"'),
+    ({"rewrite": {"path": {"match": "^/a\\[%7e", "replace": "/x"}}}, 'write "\\\\~"'),
     ({"rewrite": {"path": {"match": "^/a", "replace": "/v1/x%3abatch"}}},
      'path.replace holds %3a, which a canonical path spells ":"'),
     ({"rewrite": {"path": {"match": "^/v1/x%3Abatch", "replace": "/x"}}}, 'write ":"'),
@@ -88,6 +91,15 @@ def test_configs_that_could_be_steered_or_are_not_canonical_are_refused(plugins,
     with pytest.raises(ConfigError) as exc:
         build_chain("route r", plugins, None, load_registry())
     assert problem in str(exc.value)
+
+
+@pytest.mark.parametrize("match", ["^/a/([^%2f]+)$", "^/a/[]%2f]+$", "^/a/[\\]%7e]$",
+                                   "^/a/[%]+$"])
+def test_a_character_class_holding_percent_and_hex_is_no_escape(match):
+    """[^%2f] is "none of %, 2, f": no spelling of an escape the canonical path lacks."""
+    chain = build_chain("route r", {"rewrite": {"path": {"match": match, "replace": "/x"}}},
+                        None, load_registry())
+    assert chain.steps[0][0].NAME == "rewrite"
 
 
 @pytest.mark.parametrize("plugins, where", [
