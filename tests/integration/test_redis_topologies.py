@@ -87,3 +87,46 @@ def test_a_password_from_a_file_authenticates_to_redis(launcher, upstream, tmp_p
                            "dbsize"], capture_output=True, text=True).stdout
     assert int(size) == 1                       # the limit's key: the decisions were Redis's
     assert "r3dis-pw" not in gw.log()
+
+
+def test_limits_on_a_redis_unix_socket_are_exact(launcher, upstream, tmp_path):
+    """unix:// (docs/ratelimit.md): the store's own connection works over a Unix socket as
+    over TCP; the decisions are Redis's (its key is there), none fell back."""
+    from ..conftest import free_port
+    port = free_port()
+    directory = tmp_path / "redis-unix"
+    directory.mkdir()
+    sock = directory / "redis.sock"
+    launcher._redis_server(port, directory, "--unixsocket", str(sock), "--unixsocketperm", "700")
+    gw = launcher.gateway(gateway_conf([
+        route("lim", ["/lim"], upstream.url, plugins={"rate_limit": {
+            "rate": 3, "per": 3600, "burst": 3, "key": "route", "on_store_error": "deny"}})],
+        workers=2, redis={"url": f"unix://{sock}?db=0", "timeout": 0.5}))
+    assert [get(gw, "/lim") for _ in range(5)] == [200] * 3 + [429] * 2
+    size = subprocess.run(["redis-cli", "-s", str(sock), "dbsize"], capture_output=True,
+                          text=True).stdout
+    assert int(size) == 1
+
+
+def test_limits_on_a_redis_over_tls_are_exact(launcher, upstream, tmp_path):
+    """rediss:// with the CA named in the url (docs/ratelimit.md): the store's own connection
+    is redis-py's TLS connection; the decisions are Redis's, none fell back."""
+    from ..conftest import free_port
+    from ..pki import CA
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("redis")
+    port, tls_port = free_port(), free_port()
+    directory = tmp_path / "redis-tls"
+    directory.mkdir()
+    launcher._redis_server(port, directory, "--tls-port", str(tls_port), "--tls-cert-file",
+                           str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+                           str(ca.cert_path), "--tls-auth-clients", "no")
+    gw = launcher.gateway(gateway_conf([
+        route("lim", ["/lim"], upstream.url, plugins={"rate_limit": {
+            "rate": 3, "per": 3600, "burst": 3, "key": "route", "on_store_error": "deny"}})],
+        workers=2, redis={"url": f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca.cert_path}",
+                          "timeout": 0.5}))
+    assert [get(gw, "/lim") for _ in range(5)] == [200] * 3 + [429] * 2
+    size = subprocess.run(["redis-cli", "-p", str(port), "dbsize"], capture_output=True,
+                          text=True).stdout
+    assert int(size) == 1
