@@ -34,6 +34,12 @@ def wait_port(port, timeout=20):
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def redis_server_command(port):
+    """A redis-server on loopback ``port`` that keeps nothing on disk."""
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no"]
+
+
 def pinned(cmd, core):
     return cmd if core is None else ["taskset", "-c", str(core)] + list(cmd)
 
@@ -136,8 +142,7 @@ class Processes:
 
     def redis(self, core=None):
         port = free_port()
-        self.spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no"], core, f"redis-{port}")
+        self.spawn(redis_server_command(port), core, f"redis-{port}")
         wait_port(port)
         return f"redis://127.0.0.1:{port}/0"
 
