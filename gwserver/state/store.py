@@ -130,6 +130,7 @@ def decisions_from(algorithm, reply, rate, per, burst):
 
 
 MAX_OWED_RELEASES = 100_000      # limit_conn slots a worker remembers to give back
+HOLD_IDLE_SECONDS = 1.0          # the batcher's connection goes back to the pool after this
 
 
 class RedisStore:
@@ -504,10 +505,10 @@ class RedisStore:
 
     def _connection(self):
         """(the batcher's connection, whether it was held from an earlier batch): held while
-        batches follow each other; given back to the pool after a second without one, whose
-        checkout checks that Redis has not closed it meanwhile."""
+        batches follow each other; given back to the pool after HOLD_IDLE_SECONDS without
+        one, whose checkout checks that Redis has not closed it meanwhile."""
         now = time.monotonic()
-        if self.conn is not None and now - self.conn_used_at > 1.0:
+        if self.conn is not None and now - self.conn_used_at > HOLD_IDLE_SECONDS:
             self.client.connection_pool.release(self.conn)
             self.conn = None
         held = self.conn is not None
