@@ -179,6 +179,7 @@ class ScriptedH2Upstream(H2cUpstream):
     - "reset": RST_STREAM INTERNAL_ERROR once the request is in, instead of an answer
     - "slow": "ok" after ``delay`` seconds
     - "204-length": 204 with content-length: 7 (RFC 9110 8.6 forbids it)
+    - "bad-status": :status "abc", which the h2 library passes on as it came
     - "cut": 200 with content-length: 100000, 1000 bytes of it, then RST_STREAM INTERNAL_ERROR
     - at the request's head, before its body: "refuse" (RST_STREAM REFUSED_STREAM),
       "reset-at-head" (RST_STREAM INTERNAL_ERROR 0.2 s later), "early-413" (413 "too big!",
@@ -238,6 +239,8 @@ class ScriptedH2Upstream(H2cUpstream):
                 answer(stream_id, b"500")
             elif behaviour == "reset":
                 reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            elif behaviour == "bad-status":
+                answer(stream_id, b"abc")
             elif behaviour == "refuse":
                 reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             elif behaviour == "reset-at-head":

@@ -178,6 +178,10 @@ class PassiveTracker:
 
 # -- the checker process ------------------------------------------------------------------------
 
+class NotAStatus(Exception):
+    """An HTTP/2 answer whose :status is no three-digit code."""
+
+
 def probe(target, conf, tls=None, protocol="http1"):
     """One active check; returns (ok, error text). Runs in a greenlet (gevent-patched I/O).
 
@@ -219,6 +223,8 @@ def probe(target, conf, tls=None, protocol="http1"):
         return False, "not an HTTP answer"
     except h2.exceptions.ProtocolError:
         return False, "not an HTTP/2 answer"
+    except NotAStatus as exc:
+        return False, str(exc)
     except (OSError, http.client.HTTPException) as exc:
         return False, describe(exc)
     finally:
@@ -246,7 +252,11 @@ def probe_h2(sock, target, conf):
             raise http.client.RemoteDisconnected("closed")
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
-                return int(dict(event.headers)[b":status"])
+                # h2 takes any :status text; int() of "abc" killed the target's check
+                code = dict(event.headers).get(b":status", b"")
+                if len(code) != 3 or not code.isdigit():
+                    raise NotAStatus(f":status {code[:20]!r}: not a status code")
+                return int(code)
             if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
                 raise http.client.RemoteDisconnected("reset before an answer")
         pending = conn.data_to_send()
@@ -280,6 +290,7 @@ class Checker:
         self.states = {}            # key -> ActiveState
         self.greenlets = {}         # key -> (greenlet, target, health conf)
         self.counts = {}            # (key, result) -> n
+        self.broken_probes = set()  # keys whose probe raised: its traceback logged once
         self.previous = self.previous_verdicts()
         self.load(conf)
 
@@ -340,7 +351,12 @@ class Checker:
         changed = False
         for key in list(self.greenlets):
             greenlet, *probed = self.greenlets[key]
-            if key not in wanted or wanted[key] != tuple(probed):
+            if greenlet.dead and key in wanted:
+                # A dead check froze its target's last verdict: healthy for good, however
+                # the target fared. Said, and started again below (its state is kept).
+                log.error("the check of target %s stopped (%r); started again",
+                          key, greenlet.exception)
+            if greenlet.dead or key not in wanted or wanted[key] != tuple(probed):
                 greenlet.kill(block=False)
                 del self.greenlets[key]
                 if key not in wanted:
@@ -362,7 +378,13 @@ class Checker:
         state = self.states[key]
         gevent.sleep(random.uniform(0, min(hc["interval"], 1.0)))     # spread the first probes
         while True:
-            ok, error = probe(target, hc, tls, protocol)
+            try:
+                ok, error = probe(target, hc, tls, protocol)
+            except Exception as exc:        # what the target sent broke the probe: a failure
+                if key not in self.broken_probes:
+                    self.broken_probes.add(key)
+                    log.exception("the check of target %s failed on its answer", key)
+                ok, error = False, f"check failed: {type(exc).__name__}: {exc}"[:200]
             now = time.time()
             factor = random.uniform(1 - hc["jitter"], 1 + hc["jitter"])
             self.counts[(key, "success" if ok else "failure")] = \

@@ -84,6 +84,31 @@ def test_active_checks_speak_http2_to_an_h2_upstream(launcher):
         down.close()
 
 
+def test_a_target_whose_answer_breaks_its_check_is_taken_out(launcher):
+    """An h2 target that went from a good answer to a :status of "abc" stayed healthy: the
+    probe raised, its greenlet died, and the target's last verdict stood for good."""
+    up, broken = ScriptedH2Upstream("up", "ok"), ScriptedH2Upstream("broken", "ok")
+    try:
+        urls = [f"http://127.0.0.1:{up.port}", f"http://127.0.0.1:{broken.port}"]
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "r", "paths": ["/r/*rest"], "upstream": "pool"}],
+            upstreams={"pool": {"targets": [{"url": url} for url in urls], "protocol": "h2",
+                                "health_check": {**FAST_CHECK, "path": "/"}}}))
+        wait_until(lambda: set(target_health(gw).values()) == {"healthy"}, timeout=10)
+        broken.behaviour = "bad-status"
+        wait_until(lambda: target_health(gw)[urls[1]] == "unhealthy", timeout=10)
+        view = json.loads(gw.admin_get("/admin/upstreams")[1])
+        error = [t for t in view["upstreams"]["pool"]["targets"] if t["url"] == urls[1]][0]
+        assert "not a status code" in error["last_error"]
+        assert target_health(gw)[urls[0]] == "healthy"
+        assert [gw.request("GET", "/r/x")[0].status for _ in range(10)] == [200] * 10
+        broken.behaviour = "ok"                 # and it is still checked: it comes back
+        wait_until(lambda: target_health(gw)[urls[1]] == "healthy", timeout=10)
+    finally:
+        up.close()
+        broken.close()
+
+
 def test_a_target_that_accepts_but_never_answers_is_taken_out(launcher):
     a = launcher.upstream("a")
     hung = socket.socket()

@@ -6,6 +6,7 @@ from gwserver.core.routes import HEALTH_CHECK, _health_check, make_target
 from gwserver.helpers.health import probe
 
 from ..conftest import free_port
+from ..h2_upstreams import ScriptedH2Upstream
 from ..pki import CA
 
 
@@ -66,3 +67,19 @@ def test_https_uses_the_upstreams_ca_sni_and_verify(launcher, tmp_path):
     ok, text = probe(https, check())                                        # system store
     assert not ok and "certificate verify failed" in text, text
     assert probe(https, check(), (False, None, None, None, None)) == (True, "")
+
+
+@pytest.mark.parametrize("behaviour, ok, error", [
+    ("ok", True, ""),
+    ("500", False, "status 500"),
+    ("bad-status", False, ":status b'abc': not a status code"),
+])
+def test_http2_statuses_decide(behaviour, ok, error):
+    """h2 hands on any :status text; int() of "abc" raised out of the probe, which killed
+    the target's check and froze its last verdict (healthy) for good."""
+    up = ScriptedH2Upstream("up", behaviour)
+    try:
+        assert probe(target(f"http://127.0.0.1:{up.port}"), check(), protocol="h2") == \
+            (ok, error)
+    finally:
+        up.close()

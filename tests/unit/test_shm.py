@@ -223,3 +223,34 @@ def test_only_the_snapshot_s_own_leftovers_are_removed_beside_it(tmp_path):
     TablePublisher(str(runtime), lambda: {"routes": {}, "upstreams": {}},
                    snapshot_path=str(var / "snap"))
     assert (ours.exists(), theirs.exists()) == (False, True)
+
+
+def test_a_health_check_that_died_is_started_again(tmp_path, monkeypatch, caplog):
+    """A target's check greenlet that died (an exception outside the probe) froze the
+    target's last verdict for good: the checker's next turn starts it again, and says so."""
+    import gevent
+    from gwserver.helpers.health import Checker, target_key
+    from gwserver.settings import parse_conf
+    runs = []
+
+    def watch(self, key, *args):
+        runs.append(key)
+        if len(runs) == 1:
+            raise RuntimeError("a check that broke")
+        gevent.sleep(60)
+    monkeypatch.setattr(Checker, "watch", watch)
+    conf = parse_conf({"upstreams": {"u": {"targets": [{"url": "http://127.0.0.1:9"}],
+                                           "health_check": {"path": "/"}}}})
+    checker = Checker(conf, str(tmp_path))
+    key = target_key("u", "http://127.0.0.1:9")
+    try:
+        gevent.sleep(0.01)
+        assert runs == [key] and checker.greenlets[key][0].dead
+        checker.follow()
+        gevent.sleep(0.01)
+        assert runs == [key, key] and not checker.greenlets[key][0].dead
+        assert "the check of target u|http://127.0.0.1:9 stopped (RuntimeError(" in caplog.text
+        assert key in checker.states
+    finally:
+        for greenlet, *_ in checker.greenlets.values():
+            greenlet.kill()
