@@ -145,7 +145,8 @@ class TablePublisher:
         self.base_generation = 0
         self.last_publish = 0.0
         self.dirty = threading.Event()
-        threading.Thread(target=self._write_bases, name="base-writer", daemon=True).start()
+        self.writer = threading.Thread(target=self._write_bases, name="base-writer", daemon=True)
+        self.writer.start()
 
     def publish(self, delta, revision, full=False):
         """Publish one generation: the whole table (``full``) or ``delta``.
@@ -205,15 +206,22 @@ class TablePublisher:
                     time.monotonic() - dirty_since < self.MAX_STALE:
                 time.sleep(self.BASE_INTERVAL / 5)
             self.dirty.clear()
-            with self.lock:
-                table, source = self.full_table(), dict(self.source)
-                generation, revision = self.generation, self.revision
             try:
+                with self.lock:
+                    table, source = self.full_table(), dict(self.source)
+                    generation, revision = self.generation, self.revision
                 self._write_base(generation, revision, table, source)
                 retry_in = self.MAX_STALE
-            except OSError as exc:     # a full disk, a removed runtime dir: try again, later
-                log.error("cannot write the table base in %s: %s (next try in %.0f s)",
-                          self.runtime_dir, exc, retry_in)
+            except Exception as exc:
+                # A full disk, a removed runtime dir: tried again, later. Anything else is a
+                # bug, said with its traceback: this thread is no part of the loop the master
+                # watches, and its death left table.json and the snapshot stale unseen.
+                if isinstance(exc, OSError):
+                    log.error("cannot write the table base in %s: %s (next try in %.0f s)",
+                              self.runtime_dir, exc, retry_in)
+                else:
+                    log.exception("writing the table base in %s failed (next try in %.0f s)",
+                                  self.runtime_dir, retry_in)
                 self.dirty.set()        # still pending: a flush on exit writes it
                 time.sleep(retry_in)
                 retry_in = min(retry_in * 2, self.MAX_RETRY)

@@ -195,6 +195,33 @@ def test_the_base_writer_outlives_a_failed_write(tmp_path, publisher, table, cap
     assert base["generation"] == 2 and base["table"]["upstreams"] == {"up": item(2, UP)}
 
 
+def test_the_base_writer_outlives_a_bug_and_writes_the_base_on_its_next_try(tmp_path, caplog):
+    """Only an OSError was caught: anything else (a bug in building the table) ended the
+    thread, and table.json and the snapshot went stale for good while the sync process beat
+    on. It is logged with its traceback and tried again."""
+    import time
+
+    class Quick(TablePublisher):
+        BASE_INTERVAL, MAX_STALE = 0.05, 0.2
+    table, calls = {"routes": {}, "upstreams": {}}, []
+
+    def full_table():
+        calls.append(1)
+        if len(calls) == 2:                 # the first background write
+            raise RuntimeError("a bug")
+        return table
+    publisher = Quick(str(tmp_path), full_table)
+    publisher.publish(None, 1, full=True)
+    table["upstreams"]["up"] = item(2, UP)
+    publisher.publish({"upstreams": {"up": item(2, UP)}}, 2)
+    deadline = time.monotonic() + 10
+    while json.loads((tmp_path / "table.json").read_text())["generation"] != 2:
+        assert time.monotonic() < deadline, "the base was never written again"
+        time.sleep(0.05)
+    assert "writing the table base" in caplog.text and "RuntimeError: a bug" in caplog.text
+    assert publisher.writer.is_alive() and len(calls) == 3
+
+
 def test_a_killed_sync_process_s_leftovers_are_only_its_own_names_in_runtime_dir(tmp_path):
     """runtime_dir may be shared (/dev/shm, /run): a NAME.PID.tmp of another program there,
     whose pid is not alive here (another pid namespace's live writer), is not ours to remove."""
