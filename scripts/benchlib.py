@@ -90,6 +90,18 @@ def workers_ticks(master):
     return cpu_ticks(children(master)) + reaped
 
 
+def costed_wrk(ticks, url, seconds, connections, **kw):
+    """``wrk``, its result with ``cpu_us``: how much the CPU time ``ticks()`` reads (clock
+    ticks, as ``cpu_ticks`` and ``workers_ticks`` give them) grew over the run, in
+    microseconds per request wrk counted."""
+    before = ticks()
+    result = wrk(url, seconds, connections, **kw)
+    used = ticks() - before
+    result["cpu_us"] = used / os.sysconf("SC_CLK_TCK") * 1e6 / result["total"] \
+        if result["total"] else float("nan")
+    return result
+
+
 def children(pid):
     """A process's child pids (a gateway master's workers)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
