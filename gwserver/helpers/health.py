@@ -182,15 +182,33 @@ class NotAStatus(Exception):
     """An HTTP/2 answer whose :status is no three-digit code."""
 
 
+class NoAnswerInTime(Exception):
+    """The whole check outlasted its ``timeout`` (no OSError: _probe must not take it for a
+    failed read)."""
+
+
 def probe(target, conf, tls=None, protocol="http1"):
     """One active check; returns (ok, error text). Runs in a greenlet (gevent-patched I/O).
 
-    The connection is opened here (``timeout`` bounds the connect and each read) and, for
-    https targets, wrapped with the upstream's own ``tls`` settings (verify, CA, SNI, client
-    certificate), the rules the proxy's pools follow. The check speaks what the proxy speaks
-    to the upstream: HTTP/1.1 (http.client writes the request and reads the status line and
-    headers) or, for ``protocol = "h2"``, HTTP/2 (``probe_h2``). The body is never read: the
-    status decides."""
+    The connection is opened here and, for https targets, wrapped with the upstream's own
+    ``tls`` settings (verify, CA, SNI, client certificate), the rules the proxy's pools
+    follow. The check speaks what the proxy speaks to the upstream: HTTP/1.1 (http.client
+    writes the request and reads the status line and headers) or, for ``protocol = "h2"``,
+    HTTP/2 (``probe_h2``). The body is never read: the status decides.
+
+    ``timeout`` bounds the connect and each read, and, in the checker's greenlets, the whole
+    check: a target that drips its answer a byte at a time, each within the timeout, held
+    the check (and its last verdict) for as long as it liked."""
+    import gevent
+    whole = conf["timeout"]
+    try:
+        with gevent.Timeout(whole, NoAnswerInTime(f"timed out: no whole answer in {whole} s")):
+            return _probe(target, conf, tls, protocol)
+    except NoAnswerInTime as exc:
+        return False, str(exc)
+
+
+def _probe(target, conf, tls, protocol):
     try:
         sock = socket.create_connection((target.host, target.port), timeout=conf["timeout"])
     except OSError as exc:

@@ -109,6 +109,19 @@ def test_a_target_whose_answer_breaks_its_check_is_taken_out(launcher):
         broken.close()
 
 
+def test_a_target_that_drips_its_answer_is_taken_out(launcher):
+    """Each read of the check waited up to its timeout, and nothing bounded the whole: a
+    target that sends its answer's head a byte every 0.1 s (3 s in all) passed a check
+    whose timeout is 0.3 s, and a head that never ends would hold the check for good."""
+    a, raw = launcher.upstream("a"), launcher.raw_upstream()
+    gw = launcher.gateway(pool_conf([a, raw], health_check={**FAST_CHECK,
+                                                            "path": "/drip-head"}))
+    wait_until(lambda: target_health(gw)[raw.url] == "unhealthy", timeout=10)
+    view = json.loads(gw.admin_get("/admin/upstreams")[1])
+    error = [t for t in view["upstreams"]["pool"]["targets"] if t["url"] == raw.url][0]
+    assert error["last_error"] == "timed out: no whole answer in 0.3 s"
+
+
 def test_a_target_that_accepts_but_never_answers_is_taken_out(launcher):
     a = launcher.upstream("a")
     hung = socket.socket()
