@@ -47,24 +47,39 @@ def responder_url(leaf):
     raise OcspError("the certificate names no OCSP responder")
 
 
+# An OCSP answer is a few KiB (a delegated responder's certificate included): what a broken
+# responder, or one on the plain-HTTP path between, sends beyond this is not read into memory.
+MAX_ANSWER_BYTES = 256 * 1024
+
+
 def fetch(cert_path, timeout=5.0):
-    """-> (DER response, next_update unix time or None). Raises OcspError."""
+    """-> (DER response, next_update unix time or None). Raises OcspError.
+
+    ``timeout`` bounds the whole request (gevent.Timeout: the helper runs gevent-patched):
+    requests' own timeout bounds the connect and each read, and a responder that drips its
+    answer held the helper until the master killed it for its silence, again and again."""
+    import gevent
     import requests
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509 import ocsp
     leaf, issuer = load_chain(cert_path)
     url = responder_url(leaf)
     request = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, hashes.SHA1()).build()
+    late = OcspError(f"responder {url} sent no whole answer in {timeout:g} s")
     try:
-        resp = requests.post(url, data=request.public_bytes(serialization.Encoding.DER),
-                             headers={"Content-Type": "application/ocsp-request"},
-                             timeout=timeout)
+        with gevent.Timeout(timeout, late), \
+                requests.post(url, data=request.public_bytes(serialization.Encoding.DER),
+                              headers={"Content-Type": "application/ocsp-request"},
+                              timeout=timeout, stream=True) as resp:
+            if resp.status_code != 200:
+                raise OcspError(f"responder {url} answered HTTP {resp.status_code}")
+            body = resp.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
     except requests.RequestException as exc:
         raise OcspError(f"responder {url} unreachable: {describe(exc)}") from None
-    if resp.status_code != 200:
-        raise OcspError(f"responder {url} answered HTTP {resp.status_code}")
+    if len(body) > MAX_ANSWER_BYTES:
+        raise OcspError(f"responder {url} sent an answer over {MAX_ANSWER_BYTES} bytes")
     try:
-        answer = ocsp.load_der_ocsp_response(resp.content)
+        answer = ocsp.load_der_ocsp_response(body)
     except ValueError as exc:
         raise OcspError(f"responder {url} sent no OCSP response ({exc})") from None
     if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
@@ -75,7 +90,7 @@ def fetch(cert_path, timeout=5.0):
     if answer.certificate_status == ocsp.OCSPCertStatus.REVOKED:
         log.error("certificate %s is REVOKED (per %s); stapling the revocation", cert_path, url)
     next_update = answer.next_update_utc.timestamp() if answer.next_update_utc else None
-    return resp.content, answer.this_update_utc.timestamp(), next_update
+    return body, answer.this_update_utc.timestamp(), next_update
 
 
 def _check_signature(answer, issuer):
@@ -105,6 +120,8 @@ def next_refresh(this_update, next_update, now, refresh_cap):
 
 
 def run(conf_path):
+    from gevent import monkey
+    monkey.patch_all()                  # fetch's deadline is a gevent.Timeout
     from ..settings import load_conf
     from .helper import handlers_in_place, heartbeat, start_helper
     from ..sync.shm import atomic_write

@@ -6,6 +6,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
@@ -217,6 +218,87 @@ def test_ocsp_staple_from_a_real_responder_survives_the_responder(launcher, upst
     ocsp_pid = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? ocsp"],
                               capture_output=True, text=True).stdout.split()
     assert ocsp_pid
+
+
+class BrokenResponder:
+    """An OCSP responder on loopback that answers every POST 200 and then ``drip`` (a byte
+    every 0.1 s, for at most 30 s) or ``flood`` (zeros as fast as they are read, at most 100
+    MiB); ``posts`` counts the requests. A thread per connection; close() stops them."""
+
+    def __init__(self, behaviour):
+        self.behaviour, self.posts, self.closing = behaviour, 0, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while not self.closing.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(sock,), daemon=True).start()
+
+    def answer(self, sock):
+        with sock:
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                self.posts += 1
+                if self.behaviour == "drip":
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response"
+                                 b"\r\nContent-Length: 300\r\n\r\n")
+                    for _ in range(300):
+                        if self.closing.wait(0.1):
+                            return
+                        sock.sendall(b"0")
+                else:
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response"
+                                 b"\r\nContent-Length: %d\r\n\r\n" % (100 << 20))
+                    piece = bytes(65536)
+                    for _ in range(1600):
+                        if self.closing.is_set():
+                            return
+                        sock.sendall(piece)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closing.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+
+
+@pytest.mark.parametrize("behaviour, error", [
+    ("drip", "sent no whole answer in 1 s"),
+    ("flood", "sent an answer over 262144 bytes"),
+])
+def test_a_broken_ocsp_responder_is_given_up_on_in_time(launcher, upstream, ca, behaviour,
+                                                       error):
+    """requests' timeout bounds each read, not the answer: a responder dripping a byte every
+    0.1 s held the OCSP helper until the master killed it for its silence (and the next one,
+    and the next); one sending an endless body had it read into memory."""
+    responder = BrokenResponder(behaviour)
+    try:
+        cert, key, _ = ca.issue("site", ocsp_url=f"http://127.0.0.1:{responder.port}")
+        gw = tls_gateway(launcher, upstream, [(cert, key, {})], ocsp_stapling=True,
+                         ocsp_timeout=1)
+        wait_until(lambda: error in gw.log(), timeout=15)
+        line = next(line for line in gw.log().splitlines() if error in line)
+        assert "keeping the last response" in line
+        helper = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? ocsp"],
+                                capture_output=True, text=True).stdout.split()
+        assert len(helper) == 1 and "sent no heartbeat" not in gw.log()
+        assert responder.posts == 1             # and it backs off before the next try
+    finally:
+        responder.close()
 
 
 # -- TLS to upstreams -----------------------------------------------------------------------------
