@@ -21,8 +21,7 @@ import signal
 import socket
 import time
 
-import h2.config
-import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 
@@ -46,6 +45,16 @@ def target_key(upstream_id, url):
 
 # -- worker side ------------------------------------------------------------------------------
 
+def _ejection_entries(data):
+    """ejections.json's entries that are [until, count, last_change]; anything else made every
+    worker tick (and every ejection) raise."""
+    if not isinstance(data, dict):
+        return {}
+    return {key: entry for key, entry in data.items()
+            if isinstance(entry, list) and len(entry) == 3 and
+            all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in entry)}
+
+
 class HealthView:
     """A worker's view of which targets are down: active verdicts plus passive ejections."""
 
@@ -65,11 +74,19 @@ class HealthView:
             stamp = file_stamp(os.path.join(self.state_dir, name))
             if stamp != self._stamps[i]:
                 self._stamps[i] = stamp
-                data = read_json(os.path.join(self.state_dir, name)) or {}
+                data = read_json(os.path.join(self.state_dir, name))
+                data = data if isinstance(data, dict) else {}
                 if i == 0:
-                    self.active = data.get("targets", {})
+                    # only what the checker writes: {key: {"healthy": bool, ...}}. Anything
+                    # else made every later tick raise (a traceback each 50 ms, and the rest
+                    # of the tick skipped: staples, the slow-body check, pool pruning)
+                    targets = data.get("targets")
+                    self.active = {key: state for key, state in targets.items()
+                                   if isinstance(state, dict) and
+                                   isinstance(state.get("healthy", True), bool)} \
+                        if isinstance(targets, dict) else {}
                 else:
-                    self.ejections = core.Ejections(data)
+                    self.ejections = core.Ejections(_ejection_entries(data))
         down = {key for key, state in self.active.items() if not state.get("healthy", True)}
         down.update(key for key in self.ejections.entries if self.ejections.ejected(key, now))
         if down != self.down:
@@ -101,7 +118,7 @@ class HealthView:
         state = self.active.get(key)
         if state is None:
             return {"health": "not checked" if entry is None else "healthy (passive)"}
-        return {"health": "healthy" if state["healthy"] else "unhealthy",
+        return {"health": "healthy" if state.get("healthy", True) else "unhealthy",
                 "since": state.get("since"), "last_error": state.get("last_error") or None}
 
 
@@ -156,7 +173,7 @@ class PassiveTracker:
         with open(os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600), "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                ejections = core.Ejections(read_json(path) or {})
+                ejections = core.Ejections(_ejection_entries(read_json(path)))
                 if ejections.ejected(key, now):
                     return None             # another worker was first
                 keys = {target_key(upstream.id, t.url) for t in upstream.targets}
@@ -226,12 +243,11 @@ def _probe(target, conf, tls, protocol):
             if status not in conf["expected"]:
                 return False, f"status {status}"
             return True, ""
-        conn = http.client.HTTPConnection(target.host, target.port, timeout=conf["timeout"])
-        conn.sock = sock                # http.client uses a socket it is handed as it is
-        conn.request(conf["method"], conf["path"], headers={
-            "Host": conf["host"] or target.authority, "User-Agent": "gwserver-health",
-            "Connection": "close"})
-        status = conn.getresponse().status
+        host = conf["host"] or target.authority
+        sock.sendall(f"{conf['method']} {conf['path']} HTTP/1.1\r\nHost: {host}\r\n"
+                     f"User-Agent: gwserver-health\r\nConnection: close\r\n\r\n"
+                     .encode("latin-1"))
+        status = read_status(sock)
         if status not in conf["expected"]:
             return False, f"status {status}"
         return True, ""
@@ -249,13 +265,53 @@ def _probe(target, conf, tls, protocol):
         sock.close()
 
 
+MAX_HEAD = 65536        # the proxy's default max_response_head, 1xx heads included
+MAX_INTERIM_HEADS = 16  # as the h2 client's (upstream/h2client.py)
+
+
+def read_status(sock):
+    """The status of an HTTP/1.1 answer, read as the proxy reads one: CRLFs before a status
+    line skipped (llhttp does), 1xx heads other than 101 dropped (103 Early Hints, 102),
+    the head (1xx heads included) capped at MAX_HEAD; the body never read. http.client
+    skipped 100 only and refused the leading CRLFs: a target the proxy served was "status
+    103" or "not an HTTP answer", and taken out."""
+    buf, taken, interim = b"", 0, 0
+    while True:
+        buf = buf.lstrip(b"\r\n")
+        while b"\r\n\r\n" not in buf:
+            if taken + len(buf) > MAX_HEAD:
+                raise http.client.LineTooLong("answer head")
+            data = sock.recv(16384)
+            if not data:
+                if taken or buf:
+                    raise http.client.BadStatusLine("closed mid head")
+                raise http.client.RemoteDisconnected("closed")
+            buf = (buf + data).lstrip(b"\r\n")
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        taken += len(head) + 4
+        parts = head.split(b"\r\n", 1)[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or \
+                not parts[1].isdigit():
+            raise http.client.BadStatusLine(repr(head[:40]))
+        status = int(parts[1])
+        if 100 <= status < 200 and status != 101:
+            interim += 1
+            if interim > MAX_INTERIM_HEADS:
+                raise http.client.BadStatusLine("too many interim (1xx) heads")
+            continue
+        return status
+
+
 def probe_h2(sock, target, conf):
     """One request on a new HTTP/2 connection (h2c prior knowledge, or h2 by ALPN) -> the
     answer's status. ``timeout`` bounds the whole exchange: a server that keeps sending
     frames without answering does not hold the check."""
     deadline = time.monotonic() + conf["timeout"]
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
-                                                                header_encoding=None))
+    from ..upstream.h2client import StreamMalformed, upstream_h2_state
+    # The proxy's own state machine: h2's closes on any GOAWAY, so a stream a graceful one
+    # lets finish (nginx at keepalive_requests) could not get its answer, and the target
+    # the proxy served was "closed without an answer".
+    conn = upstream_h2_state()
     conn.initiate_connection()
     stream_id = conn.get_next_available_stream_id()
     conn.send_headers(stream_id, [
@@ -275,7 +331,12 @@ def probe_h2(sock, target, conf):
                 if len(code) != 3 or not code.isdigit():
                     raise NotAStatus(f":status {code[:20]!r}: not a status code")
                 return int(code)
-            if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+            if isinstance(event, h2.events.ConnectionTerminated):
+                if (event.last_stream_id or 0) < stream_id or \
+                        event.error_code != h2.errors.ErrorCodes.NO_ERROR:
+                    raise http.client.RemoteDisconnected("GOAWAY before the answer")
+                continue        # a graceful one that took our stream: its answer comes
+            if isinstance(event, (h2.events.StreamReset, StreamMalformed)):
                 raise http.client.RemoteDisconnected("reset before an answer")
         pending = conn.data_to_send()
         if pending:
@@ -317,8 +378,8 @@ class Checker:
         down: a checker the master restarts (it was killed, it crashed) takes them up. Every
         target starting healthy sent traffic to dead ones until they failed their checks
         again (unhealthy_threshold probes). A new master starts afresh: its file may be old."""
-        written = read_json(os.path.join(self.state_dir, HEALTH_FILE)) or {}
-        if written.get("master") != os.getppid():
+        written = read_json(os.path.join(self.state_dir, HEALTH_FILE))
+        if not isinstance(written, dict) or written.get("master") != os.getppid():
             return {}
         targets = written.get("targets")
         down = {}
@@ -379,6 +440,11 @@ class Checker:
                 del self.greenlets[key]
                 if key not in wanted:
                     self.states.pop(key, None)
+                    # and its counts: health.prom kept a removed target's series (and this
+                    # dict its keys) for the checker's life, however many targets came and went
+                    for result in ("success", "failure"):
+                        self.counts.pop((key, result), None)
+                    self.broken_probes.discard(key)
                     changed = True
         for key, (target, hc, tls, protocol) in wanted.items():
             if key not in self.greenlets:

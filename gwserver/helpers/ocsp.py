@@ -10,6 +10,7 @@ Refresh: half-way between thisUpdate and nextUpdate (at most every ``ocsp_refres
 A responder that is down or answers garbage: retry with backoff (5 s doubling to 5 min), keep
 the last good file; workers stop stapling it once its nextUpdate passes.
 """
+import datetime
 import logging
 import os
 import signal
@@ -60,6 +61,7 @@ def fetch(cert_path, timeout=5.0):
     answer held the helper until the master killed it for its silence, again and again."""
     import gevent
     import requests
+    import urllib3
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509 import ocsp
     leaf, issuer = load_chain(cert_path)
@@ -74,7 +76,8 @@ def fetch(cert_path, timeout=5.0):
             if resp.status_code != 200:
                 raise OcspError(f"responder {url} answered HTTP {resp.status_code}")
             body = resp.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        # (urllib3's own: the body is read from resp.raw, which requests does not wrap)
         raise OcspError(f"responder {url} unreachable: {describe(exc)}") from None
     if len(body) > MAX_ANSWER_BYTES:
         raise OcspError(f"responder {url} sent an answer over {MAX_ANSWER_BYTES} bytes")
@@ -93,23 +96,51 @@ def fetch(cert_path, timeout=5.0):
     return body, answer.this_update_utc.timestamp(), next_update
 
 
+def _verify(key, signature, data, hash_algorithm):
+    """Raises InvalidSignature, or TypeError/ValueError/UnsupportedAlgorithm for a signature
+    the key's type cannot have made."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, data, ec.ECDSA(hash_algorithm))
+    elif isinstance(key, rsa.RSAPublicKey):
+        key.verify(signature, data, padding.PKCS1v15(), hash_algorithm)
+    elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        key.verify(signature, data)
+    else:
+        raise TypeError(f"a {type(key).__name__} key")
+
+
 def _check_signature(answer, issuer):
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric import ec, padding
-    signer = issuer
-    for candidate in answer.certificates:     # a delegated responder signed by the issuer
-        if candidate.issuer == issuer.subject:
-            signer = candidate
-    key = signer.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(answer.signature, answer.tbs_response_bytes,
-                       ec.ECDSA(answer.signature_hash_algorithm))
-        else:
-            key.verify(answer.signature, answer.tbs_response_bytes, padding.PKCS1v15(),
-                       answer.signature_hash_algorithm)
-    except InvalidSignature:
-        raise OcspError("the OCSP response's signature does not verify") from None
+    """The issuer signed the answer, or a responder the issuer delegated to (RFC 6960 4.2.2.2:
+    a certificate the issuer *signed*, valid now, with the OCSPSigning EKU). Taking any certificate
+    that only named the issuer made anyone who can answer the (plain http) request a
+    responder."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    signers, now = [issuer], datetime.datetime.now(datetime.timezone.utc)
+    for candidate in answer.certificates:
+        if candidate.issuer != issuer.subject or \
+                not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
+            continue
+        try:
+            _verify(issuer.public_key(), candidate.signature, candidate.tbs_certificate_bytes,
+                    candidate.signature_hash_algorithm)
+            eku = candidate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (InvalidSignature, UnsupportedAlgorithm, TypeError, ValueError,
+                x509.ExtensionNotFound):
+            continue
+        if ExtendedKeyUsageOID.OCSP_SIGNING in eku:
+            signers.append(candidate)
+    for signer in signers:
+        try:
+            _verify(signer.public_key(), answer.signature, answer.tbs_response_bytes,
+                    answer.signature_hash_algorithm)
+            return
+        except (InvalidSignature, UnsupportedAlgorithm, TypeError, ValueError):
+            continue
+    raise OcspError("the OCSP response's signature does not verify (by the issuer or a "
+                    "responder it authorised)")
 
 
 def next_refresh(this_update, next_update, now, refresh_cap):
@@ -151,7 +182,9 @@ def run(conf_path):
             beat(4 * tls["ocsp_timeout"] + 10.0)
             try:
                 der, this_update, next_update = fetch(path, tls["ocsp_timeout"])
-            except (OcspError, OSError, ValueError) as exc:
+            except Exception as exc:    # whatever the answer was, the helper goes on
+                if not isinstance(exc, (OcspError, OSError, ValueError)):
+                    log.exception("OCSP for %s: the answer broke its check", path)
                 delay = backoff[path] = min(300.0, backoff.get(path, 2.5) * 2)
                 due[path] = now + delay
                 log.error("OCSP for %s: %s; keeping the last response, retrying in %.0fs",

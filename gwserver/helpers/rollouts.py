@@ -299,6 +299,7 @@ def run(conf_path):
     signal.signal(signal.SIGHUP, lambda *_: flags.add("reload"))
     signal.signal(signal.SIGTERM, lambda *_: flags.add("stop"))
     handlers_in_place()
+    failing = None          # what the last tick failed of: said once, and when it is over
     while "stop" not in flags:
         beat(TICK + 30.0)   # a tick: its routes beat too (Controller.beat)
         if "reload" in flags:
@@ -311,7 +312,14 @@ def run(conf_path):
         try:
             controller.tick()
         except Exception as exc:        # etcd or Redis away: try again next tick
-            log.warning("rollouts: %s", describe(exc))
+            # once per cause, not every tick: a Redis outage was a line each 0.5 s
+            if describe(exc) != failing:
+                failing = describe(exc)
+                log.warning("rollouts: %s; trying again every %gs (said once)", failing, TICK)
+        else:
+            if failing is not None:
+                log.warning("rollouts: working again (%s is over)", failing)
+                failing = None
         time.sleep(TICK)
 
 

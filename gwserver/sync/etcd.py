@@ -96,6 +96,8 @@ class EtcdClient:
     # -- transport -------------------------------------------------------------------------------
 
     def _post(self, path, body, stream=False, timeout=None):
+        """The answer of the first endpoint that gives one, starting from the one that answered
+        last: its JSON object, or with ``stream`` (a watch) the response itself."""
         errors = []
         for attempt in range(len(self.endpoints)):
             index = (self._current + attempt) % len(self.endpoints)
@@ -113,6 +115,19 @@ class EtcdClient:
                 errors.append(f"{endpoint}: HTTP {resp.status_code} {resp.text[:200]}")
                 resp.close()
                 continue
+            if resp.status_code == 200 and not stream:
+                try:
+                    data = resp.json()
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    # A 200 that is no etcd answer (a load balancer's page, a misrouted port)
+                    # is that endpoint failing: requests' JSONDecodeError ended the sync
+                    # process at every start, and the next endpoint was never asked.
+                    errors.append(f"{endpoint}: not an etcd answer: {resp.text[:80]!r}")
+                    continue
+                self._current = index
+                return data
             self._current = index
             if resp.status_code != 200:
                 raise EtcdError(f"{endpoint}{path}: HTTP {resp.status_code} {resp.text[:200]}")
@@ -132,8 +147,10 @@ class EtcdClient:
         return {"Authorization": self._token}
 
     def _call(self, path, body):
-        data = self._post(path, body).json()
-        self.cluster_id = data.get("header", {}).get("cluster_id", self.cluster_id)
+        data = self._post(path, body)
+        header = data.get("header")
+        if isinstance(header, dict):
+            self.cluster_id = header.get("cluster_id", self.cluster_id)
         return data
 
     # -- KV ----------------------------------------------------------------------------------------

@@ -113,6 +113,22 @@ class _UpstreamFrames(FrameBuffer):
             return _ZeroIncrement(stream_id)
 
 
+def upstream_h2_state():
+    """The h2 state machine of a connection to an upstream, before its preface (the health
+    check's probe speaks through one too: it must read an answer as the proxy reads it)."""
+    conn = _UpstreamH2(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_inbound_headers=True))
+    conn.local_settings = h2.settings.Settings(client=True, initial_values={
+        h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    # hpack's table search and Python Huffman coding cost more CPU than the rest of a gRPC
+    # call's framing (client.h2server uses the same two).
+    conn.encoder = FieldEncoder()
+    conn.decoder = CachingDecoder()
+    conn.decoder.max_header_list_size = conn.DEFAULT_MAX_HEADER_LIST_SIZE
+    return conn
+
+
 class _UpstreamH2(h2.connection.H2Connection):
     """h2, with two changes an upstream connection needs; both override h2's
     ``_receive_frame`` (private since h2 2.0, the same through 4.x; the GOAWAY and flood tests
@@ -268,16 +284,7 @@ class H2Connection:
                 raise UpstreamConnectError(f"{target.url} does not speak h2 (ALPN)")
         sock.settimeout(None)
         self.sock = sock
-        self.conn = _UpstreamH2(h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=True))
-        self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
-        # hpack's table search and Python Huffman coding cost more CPU than the rest of a
-        # gRPC call's framing (client.h2server uses the same two).
-        self.conn.encoder = FieldEncoder()
-        self.conn.decoder = CachingDecoder()
-        self.conn.decoder.max_header_list_size = self.conn.DEFAULT_MAX_HEADER_LIST_SIZE
+        self.conn = upstream_h2_state()
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(1 << 24)     # connection-level receive window
         self.lock = gevent.lock.Semaphore()
