@@ -195,13 +195,13 @@ class PassiveTracker:
 
 # -- the checker process ------------------------------------------------------------------------
 
-class NotAStatus(Exception):
-    """An HTTP/2 answer whose :status is no three-digit code."""
+class UnreadableAnswer(Exception):
+    """An answer the check cannot read as the proxy would; its text is the check's error."""
 
 
 class NoAnswerInTime(Exception):
-    """The whole check outlasted its ``timeout`` (no OSError: _probe must not take it for a
-    failed read)."""
+    """The exchange after the connect outlasted ``timeout`` (no OSError: the probe must not
+    take it for a failed read)."""
 
 
 def probe(target, conf, tls=None, protocol="http1"):
@@ -209,57 +209,50 @@ def probe(target, conf, tls=None, protocol="http1"):
 
     The connection is opened here and, for https targets, wrapped with the upstream's own
     ``tls`` settings (verify, CA, SNI, client certificate), the rules the proxy's pools
-    follow. The check speaks what the proxy speaks to the upstream: HTTP/1.1 (http.client
-    writes the request and reads the status line and headers) or, for ``protocol = "h2"``,
-    HTTP/2 (``probe_h2``). The body is never read: the status decides.
+    follow. The check speaks what the proxy speaks to the upstream and reads the answer as
+    the proxy reads it: HTTP/1.1 (``read_status``) or, for ``protocol = "h2"``, HTTP/2
+    (``probe_h2``). The body is never read: the status decides.
 
-    ``timeout`` bounds the connect and each read, and, in the checker's greenlets, the whole
-    check: a target that drips its answer a byte at a time, each within the timeout, held
-    the check (and its last verdict) for as long as it liked."""
+    ``timeout`` bounds the connect, and then the rest as a whole (TLS, the request, the
+    answer's head; in the checker's greenlets, where gevent.Timeout can interrupt a read):
+    bounded read by read, a target that dripped its answer a byte at a time held the check,
+    and its last verdict, for as long as it liked."""
     import gevent
-    whole = conf["timeout"]
-    try:
-        with gevent.Timeout(whole, NoAnswerInTime(f"timed out: no whole answer in {whole} s")):
-            return _probe(target, conf, tls, protocol)
-    except NoAnswerInTime as exc:
-        return False, str(exc)
-
-
-def _probe(target, conf, tls, protocol):
     try:
         sock = socket.create_connection((target.host, target.port), timeout=conf["timeout"])
     except OSError as exc:
         return False, f"connect: {exc.strerror or exc}"
+    if conf["type"] == "tcp":
+        sock.close()
+        return True, ""
+    late = NoAnswerInTime(f"timed out: no whole answer in {conf['timeout']} s")
     try:
-        if conf["type"] == "tcp":
-            return True, ""
-        sock.settimeout(conf["timeout"])
-        if target.scheme == "https":
-            server_name = tls[2] if tls is not None and tls[2] else target.host
-            sock = client_context(tls, ["h2"] if protocol == "h2" else ()).wrap_socket(
-                sock, server_hostname=server_name)
-        if protocol == "h2":
-            status = probe_h2(sock, target, conf)
-            if status not in conf["expected"]:
-                return False, f"status {status}"
-            return True, ""
-        host = conf["host"] or target.authority
-        sock.sendall(f"{conf['method']} {conf['path']} HTTP/1.1\r\nHost: {host}\r\n"
-                     f"User-Agent: gwserver-health\r\nConnection: close\r\n\r\n"
-                     .encode("latin-1"))
-        status = read_status(sock)
+        with gevent.Timeout(conf["timeout"], late):
+            sock.settimeout(conf["timeout"])
+            if target.scheme == "https":
+                server_name = tls[2] if tls is not None and tls[2] else target.host
+                sock = client_context(tls, ["h2"] if protocol == "h2" else ()).wrap_socket(
+                    sock, server_hostname=server_name)
+            if protocol == "h2":
+                status = probe_h2(sock, target, conf)
+            else:
+                host = conf["host"] or target.authority
+                sock.sendall(f"{conf['method']} {conf['path']} HTTP/1.1\r\nHost: {host}\r\n"
+                             f"User-Agent: gwserver-health\r\nConnection: close\r\n\r\n"
+                             .encode("latin-1"))
+                status = read_status(sock)
         if status not in conf["expected"]:
             return False, f"status {status}"
         return True, ""
     except http.client.RemoteDisconnected:
         return False, "closed without an answer"
-    except (http.client.BadStatusLine, http.client.LineTooLong):
+    except http.client.BadStatusLine:
         return False, "not an HTTP answer"
     except h2.exceptions.ProtocolError:
         return False, "not an HTTP/2 answer"
-    except NotAStatus as exc:
+    except (UnreadableAnswer, NoAnswerInTime) as exc:
         return False, str(exc)
-    except (OSError, http.client.HTTPException) as exc:
+    except OSError as exc:
         return False, describe(exc)
     finally:
         sock.close()
@@ -271,42 +264,48 @@ MAX_INTERIM_HEADS = 16  # as the h2 client's (upstream/h2client.py)
 
 def read_status(sock):
     """The status of an HTTP/1.1 answer, read as the proxy reads one: CRLFs before a status
-    line skipped (llhttp does), 1xx heads other than 101 dropped (103 Early Hints, 102),
-    the head (1xx heads included) capped at MAX_HEAD; the body never read. http.client
-    skipped 100 only and refused the leading CRLFs: a target the proxy served was "status
-    103" or "not an HTTP answer", and taken out."""
+    line skipped (llhttp does), HTTP/1.0 or 1.1 only, 1xx heads other than 101 passed over
+    (103 Early Hints, 102), the head (CRLFs and 1xx heads included) at most MAX_HEAD bytes,
+    a line ending in a bare LF refused (as llhttp does); the body never read. http.client
+    passed over 100 only and refused the leading CRLFs: a target the proxy served was
+    "status 103" or "not an HTTP answer", and taken out."""
     buf, taken, interim = b"", 0, 0
     while True:
-        buf = buf.lstrip(b"\r\n")
-        while b"\r\n\r\n" not in buf:
+        while True:
+            stripped = buf.lstrip(b"\r\n")
+            taken += len(buf) - len(stripped)
+            buf = stripped
+            if b"\r\n\r\n" in buf:
+                break
             if taken + len(buf) > MAX_HEAD:
-                raise http.client.LineTooLong("answer head")
+                raise UnreadableAnswer(f"answer head over {MAX_HEAD} bytes")
             data = sock.recv(16384)
             if not data:
                 if taken or buf:
                     raise http.client.BadStatusLine("closed mid head")
                 raise http.client.RemoteDisconnected("closed")
-            buf = (buf + data).lstrip(b"\r\n")
+            buf += data
         head, _, buf = buf.partition(b"\r\n\r\n")
         taken += len(head) + 4
+        if taken > MAX_HEAD:
+            raise UnreadableAnswer(f"answer head over {MAX_HEAD} bytes")
         parts = head.split(b"\r\n", 1)[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or \
-                not parts[1].isdigit():
+        if len(parts) < 2 or parts[0] not in (b"HTTP/1.0", b"HTTP/1.1") or \
+                len(parts[1]) != 3 or not parts[1].isdigit():
             raise http.client.BadStatusLine(repr(head[:40]))
         status = int(parts[1])
         if 100 <= status < 200 and status != 101:
             interim += 1
             if interim > MAX_INTERIM_HEADS:
-                raise http.client.BadStatusLine("too many interim (1xx) heads")
+                raise UnreadableAnswer(f"more than {MAX_INTERIM_HEADS} interim (1xx) heads")
             continue
         return status
 
 
 def probe_h2(sock, target, conf):
     """One request on a new HTTP/2 connection (h2c prior knowledge, or h2 by ALPN) -> the
-    answer's status. ``timeout`` bounds the whole exchange: a server that keeps sending
-    frames without answering does not hold the check."""
-    deadline = time.monotonic() + conf["timeout"]
+    answer's status (``probe``'s timeout bounds the exchange: a server that keeps sending
+    frames without answering does not hold the check)."""
     from ..upstream.h2client import StreamMalformed, upstream_h2_state
     # The proxy's own state machine: h2's closes on any GOAWAY, so a stream a graceful one
     # lets finish (nginx at keepalive_requests) could not get its answer, and the target
@@ -320,7 +319,7 @@ def probe_h2(sock, target, conf):
         (b":authority", (conf["host"] or target.authority).encode("latin-1")),
         (b"user-agent", b"gwserver-health")], end_stream=True)
     sock.sendall(conn.data_to_send())
-    while time.monotonic() < deadline:
+    while True:
         data = sock.recv(65536)
         if not data:
             raise http.client.RemoteDisconnected("closed")
@@ -329,7 +328,7 @@ def probe_h2(sock, target, conf):
                 # h2 takes any :status text; int() of "abc" killed the target's check
                 code = dict(event.headers).get(b":status", b"")
                 if len(code) != 3 or not code.isdigit():
-                    raise NotAStatus(f":status {code[:20]!r}: not a status code")
+                    raise UnreadableAnswer(f":status {code[:20]!r}: not a status code")
                 return int(code)
             if isinstance(event, h2.events.ConnectionTerminated):
                 if (event.last_stream_id or 0) < stream_id or \
@@ -341,7 +340,6 @@ def probe_h2(sock, target, conf):
         pending = conn.data_to_send()
         if pending:
             sock.sendall(pending)
-    raise socket.timeout("no HTTP/2 answer in time")
 
 
 class _CheckCounts:
@@ -432,9 +430,11 @@ class Checker:
             greenlet, *probed = self.greenlets[key]
             if greenlet.dead and key in wanted:
                 # A dead check froze its target's last verdict: healthy for good, however
-                # the target fared. Said, and started again below (its state is kept).
-                log.error("the check of target %s stopped (%r); started again",
-                          key, greenlet.exception)
+                # the target fared. Said (once a second at most: one that dies at once would
+                # say it every turn), and started again below (its state is kept).
+                throttled_log.log(log, logging.ERROR, ("check stopped", key),
+                                  "the check of target %s stopped (%r); started again", key,
+                                  greenlet.exception)
             if greenlet.dead or key not in wanted or wanted[key] != tuple(probed):
                 greenlet.kill(block=False)
                 del self.greenlets[key]

@@ -71,11 +71,13 @@ def fetch(cert_path, timeout=5.0):
     try:
         with gevent.Timeout(timeout, late), \
                 requests.post(url, data=request.public_bytes(serialization.Encoding.DER),
-                              headers={"Content-Type": "application/ocsp-request"},
+                              headers={"Content-Type": "application/ocsp-request",
+                                       # no compression: nothing to inflate past the cap
+                                       "Accept-Encoding": "identity"},
                               timeout=timeout, stream=True) as resp:
             if resp.status_code != 200:
                 raise OcspError(f"responder {url} answered HTTP {resp.status_code}")
-            body = resp.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+            body = resp.raw.read(MAX_ANSWER_BYTES + 1, decode_content=False)
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         # (urllib3's own: the body is read from resp.raw, which requests does not wrap)
         raise OcspError(f"responder {url} unreachable: {describe(exc)}") from None
@@ -96,14 +98,29 @@ def fetch(cert_path, timeout=5.0):
     return body, answer.this_update_utc.timestamp(), next_update
 
 
-def _verify(key, signature, data, hash_algorithm):
+def _verify_answer(key, answer):
     """Raises InvalidSignature, or TypeError/ValueError/UnsupportedAlgorithm for a signature
-    the key's type cannot have made."""
+    ``key``'s type cannot have made. RSASSA-PSS (``openssl ocsp -rsigopt
+    rsa_padding_mode:pss``): cryptography gives no hash of an OCSP answer's PSS parameters,
+    so SHA-256, -384 and -512 are tried, with the salt length the signature says."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+    from cryptography.x509.oid import SignatureAlgorithmOID
+    signature, data = answer.signature, answer.tbs_response_bytes
+    if isinstance(key, rsa.RSAPublicKey) and \
+            answer.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+        for digest in (hashes.SHA256(), hashes.SHA384(), hashes.SHA512()):
+            try:
+                return key.verify(signature, data, padding.PSS(padding.MGF1(digest),
+                                                               padding.PSS.AUTO), digest)
+            except InvalidSignature:
+                continue
+        raise InvalidSignature()
     if isinstance(key, ec.EllipticCurvePublicKey):
-        key.verify(signature, data, ec.ECDSA(hash_algorithm))
+        key.verify(signature, data, ec.ECDSA(answer.signature_hash_algorithm))
     elif isinstance(key, rsa.RSAPublicKey):
-        key.verify(signature, data, padding.PKCS1v15(), hash_algorithm)
+        key.verify(signature, data, padding.PKCS1v15(), answer.signature_hash_algorithm)
     elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
         key.verify(signature, data)
     else:
@@ -111,21 +128,19 @@ def _verify(key, signature, data, hash_algorithm):
 
 
 def _check_signature(answer, issuer):
-    """The issuer signed the answer, or a responder the issuer delegated to (RFC 6960 4.2.2.2:
-    a certificate the issuer *signed*, valid now, with the OCSPSigning EKU). Taking any certificate
-    that only named the issuer made anyone who can answer the (plain http) request a
-    responder."""
+    """The issuer signed the answer, or a responder the issuer delegated to (RFC 6960
+    4.2.2.2: a certificate the issuer *signed*, valid now, with the OCSPSigning EKU). Taking
+    any certificate that only named the issuer made anyone who can answer the (plain http)
+    request a responder."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.x509.oid import ExtendedKeyUsageOID
     signers, now = [issuer], datetime.datetime.now(datetime.timezone.utc)
     for candidate in answer.certificates:
-        if candidate.issuer != issuer.subject or \
-                not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
+        if not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
             continue
         try:
-            _verify(issuer.public_key(), candidate.signature, candidate.tbs_certificate_bytes,
-                    candidate.signature_hash_algorithm)
+            candidate.verify_directly_issued_by(issuer)     # its issuer's name, and signature
             eku = candidate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except (InvalidSignature, UnsupportedAlgorithm, TypeError, ValueError,
                 x509.ExtensionNotFound):
@@ -134,9 +149,7 @@ def _check_signature(answer, issuer):
             signers.append(candidate)
     for signer in signers:
         try:
-            _verify(signer.public_key(), answer.signature, answer.tbs_response_bytes,
-                    answer.signature_hash_algorithm)
-            return
+            return _verify_answer(signer.public_key(), answer)
         except (InvalidSignature, UnsupportedAlgorithm, TypeError, ValueError):
             continue
     raise OcspError("the OCSP response's signature does not verify (by the issuer or a "
@@ -153,6 +166,7 @@ def next_refresh(this_update, next_update, now, refresh_cap):
 def run(conf_path):
     from gevent import monkey
     monkey.patch_all()                  # fetch's deadline is a gevent.Timeout
+    from ..errors import ConfigError
     from ..settings import load_conf
     from .helper import handlers_in_place, heartbeat, start_helper
     from ..sync.shm import atomic_write
@@ -162,15 +176,20 @@ def run(conf_path):
     os.makedirs(directory, exist_ok=True)
     state = {"conf": conf}
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    signal.signal(signal.SIGHUP, lambda *_: state.update(conf=load_conf(conf_path),
-                                                         reload=True))
+    # A flag, read by the loop: patched by gevent, a handler runs in the event loop, where
+    # a blocking call raises and an exception lands wherever the loop was.
+    signal.signal(signal.SIGHUP, lambda *_: state.update(reload=True))
     handlers_in_place()
     due, backoff = {}, {}
     beat = heartbeat("ocsp").beat
     while True:
-        tls = state["conf"].tls
         if state.pop("reload", False):
-            due.clear()
+            try:
+                state["conf"] = load_conf(conf_path)
+                due.clear()
+            except ConfigError as exc:
+                log.error("ocsp: keeping the previous conf: %s", exc)
+        tls = state["conf"].tls
         certificates = [c["cert"] for c in tls["certificates"]] \
             if tls and tls["ocsp_stapling"] else []
         now = time.time()

@@ -11,6 +11,7 @@ Endpoints are tried in order starting from the last one that answered; ``EtcdUna
 none did. Keys and values are bytes on the wire (base64 in JSON).
 """
 import base64
+import functools
 import json
 import logging
 import time
@@ -77,6 +78,22 @@ def prefix_end(prefix):
     return b"\0"
 
 
+def answer_shaped(method):
+    """An answer of etcd's without the fields the method reads (or of other types) is that
+    call failing, an EtcdError the sync process retries with backoff, not a KeyError out of
+    its loop."""
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, EtcdError):
+                raise
+            raise EtcdError(f"etcd's answer to {method.__name__} is malformed: "
+                            f"{type(exc).__name__}: {exc}") from None
+    return call
+
+
 class EtcdClient:
     def __init__(self, endpoints, timeout=2.0, username=None, password=None, ca_file=None,
                  cert_file=None, key_file=None):
@@ -115,23 +132,29 @@ class EtcdClient:
                 errors.append(f"{endpoint}: HTTP {resp.status_code} {resp.text[:200]}")
                 resp.close()
                 continue
-            if resp.status_code == 200 and not stream:
-                try:
-                    data = resp.json()
-                except ValueError:
-                    data = None
-                if not isinstance(data, dict):
-                    # A 200 that is no etcd answer (a load balancer's page, a misrouted port)
-                    # is that endpoint failing: requests' JSONDecodeError ended the sync
-                    # process at every start, and the next endpoint was never asked.
-                    errors.append(f"{endpoint}: not an etcd answer: {resp.text[:80]!r}")
-                    continue
+            if stream and resp.status_code == 200:
                 self._current = index
-                return data
+                return resp
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
+            if not isinstance(data, dict) or resp.status_code == 200 and not \
+                    isinstance(data.get("header", data.get("result")), dict):
+                # No etcd answer, whatever its status (a load balancer's page, a web server on
+                # a misrouted port: 200 or 404 alike; etcd heads every answer with a header,
+                # or a stream's, lease keepalive's, with a result holding one):
+                # that endpoint failing, and the next is asked. Taken as etcd's, it ended the
+                # sync process at every start (200) or was asked first again and again (404),
+                # and the next endpoint never was.
+                errors.append(f"{endpoint}: not an etcd answer: HTTP {resp.status_code} "
+                              f"{resp.text[:80]!r}")
+                resp.close()
+                continue
             self._current = index
             if resp.status_code != 200:
                 raise EtcdError(f"{endpoint}{path}: HTTP {resp.status_code} {resp.text[:200]}")
-            return resp
+            return data
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
 
     def _auth_header(self, endpoint):
@@ -155,6 +178,7 @@ class EtcdClient:
 
     # -- KV ----------------------------------------------------------------------------------------
 
+    @answer_shaped
     def range_prefix(self, prefix):
         """Return (revision, [(key, value, mod_revision)]) for every key under ``prefix``."""
         data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end":
@@ -168,6 +192,7 @@ class EtcdClient:
         """The store's current revision (a range that returns nothing)."""
         return self.identity()[1]
 
+    @answer_shaped
     def identity(self):
         """(cluster_id, revision): which etcd history, and where it is now. etcd puts both in
         every response header; revisions alone restart in a new cluster or a restored one."""
@@ -186,11 +211,13 @@ class EtcdClient:
             return "compacted" in str(exc)
         return False
 
+    @answer_shaped
     def get(self, key):
         data = self._call("/v3/kv/range", {"key": _b64(key)})
         kvs = data.get("kvs", [])
         return _unb64(kvs[0].get("value")) if kvs else None
 
+    @answer_shaped
     def put(self, key, value, lease=None):
         """Store ``value`` (attached to ``lease`` if given); return the revision of the write."""
         body = {"key": _b64(key), "value": _b64(value)}
@@ -199,6 +226,7 @@ class EtcdClient:
         data = self._call("/v3/kv/put", body)
         return int(data["header"]["revision"])
 
+    @answer_shaped
     def txn_put(self, items):
         """Put every (key, value) of ``items`` in one transaction (all or none); return the
         revision of the write."""
@@ -209,10 +237,12 @@ class EtcdClient:
 
     # -- leases (service registration) -------------------------------------------------------------
 
+    @answer_shaped
     def lease_grant(self, ttl):
         """A new lease of ``ttl`` seconds; returns its id."""
         return int(self._call("/v3/lease/grant", {"TTL": str(int(ttl))})["ID"])
 
+    @answer_shaped
     def lease_keepalive(self, lease):
         """Renew ``lease``; returns the TTL granted, 0 if the lease is gone."""
         data = self._call("/v3/lease/keepalive", {"ID": str(lease)})
@@ -221,6 +251,7 @@ class EtcdClient:
     def lease_revoke(self, lease):
         self._call("/v3/lease/revoke", {"ID": str(lease)})
 
+    @answer_shaped
     def delete(self, key):
         data = self._call("/v3/kv/deleterange", {"key": _b64(key)})
         return int(data.get("deleted", 0))
@@ -267,7 +298,8 @@ class EtcdClient:
                            int(event["kv"].get("mod_revision", revision)))
                           for event in result.get("events", [])]
                 yield revision, events
-        except (requests.RequestException, ValueError) as exc:
+        except (requests.RequestException, ValueError, KeyError, TypeError,
+                AttributeError) as exc:     # (the last four: a message not shaped as etcd's)
             if time.monotonic() - last_message >= idle_timeout * 0.9:
                 log.info("etcd watch silent for %.0fs; resuming it", idle_timeout)
                 return

@@ -300,13 +300,7 @@ class ConfigSync:
                 log.warning("watch from revision %s: %s; reloading everything",
                             self.revision, exc)
                 self.revision = None
-            except (EtcdError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                # the last four: an answer of etcd's (or of what answers in its place) not
-                # shaped as etcd's; the sync process must not die of it, and start, and die
-                if not isinstance(exc, EtcdError):
-                    log.exception("etcd's answer broke the sync: %s: %s", type(exc).__name__,
-                                  exc)
-                    exc = EtcdError(f"a malformed answer ({type(exc).__name__})")
+            except EtcdError as exc:    # (an answer not shaped as etcd's is one: answer_shaped)
                 if self.served is None and not self.lost:       # once, not every retry
                     log.error("etcd unreachable: %s; no snapshot either: serving the conf "
                               "file's static routes only, and /-/ready answers 503 until etcd "

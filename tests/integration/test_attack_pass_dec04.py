@@ -360,13 +360,13 @@ def test_a_checker_restarted_over_a_malformed_health_file_comes_up(launcher):
     assert "AttributeError" not in gw.log()
 
 
-# -- 8. config-sync against an endpoint that answers 200 with something that is not etcd ----------
+# -- 8. config-sync against an endpoint that answers, but is not etcd ------------------------------
 
 class NotEtcd:
-    """An "etcd endpoint" that answers every POST 200 with an HTML page (a load balancer's
-    maintenance page, a captive proxy, a misrouted port)."""
+    """An "etcd endpoint" that answers every POST with ``status`` and ``body`` (a load
+    balancer's maintenance page, a web server on a misrouted port, a captive proxy)."""
 
-    def __init__(self):
+    def __init__(self, status=200, body=b"<html><body>down for maintenance</body></html>"):
         outer = self
         self.posts = 0
 
@@ -374,8 +374,7 @@ class NotEtcd:
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.posts += 1
-                body = b"<html><body>down for maintenance</body></html>"
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -394,15 +393,21 @@ class NotEtcd:
         self.server.server_close()
 
 
-def test_config_sync_survives_an_endpoint_that_is_not_etcd_and_uses_the_next(launcher, upstream,
-                                                                             tmp_path):
+@pytest.mark.parametrize("status, body", [
+    (200, b"<html><body>down for maintenance</body></html>"),
+    (404, b"<html><body>Not Found</body></html>"),         # (found by the review pass)
+    (200, b"{}"),                                          # JSON, but no etcd answer
+])
+def test_config_sync_survives_an_endpoint_that_is_not_etcd_and_uses_the_next(
+        launcher, upstream, tmp_path, status, body):
     """endpoints = [a port that answers 200 with HTML, a real etcd]: resp.json() raised
     requests' JSONDecodeError out of ConfigSync.run (it catches EtcdError only): the helper
     died, the master started it again, it asked the same endpoint first and died again; the
-    real etcd second in the list was never asked, and etcd's routes never served."""
+    real etcd second in the list was never asked, and etcd's routes never served. A 404
+    page was taken as etcd's error: that endpoint was asked first again and again."""
     from .test_etcd import all_workers_at, etcd_conf, put
     member = launcher.etcd()
-    broken = NotEtcd()
+    broken = NotEtcd(status, body)
     try:
         client = member.client()
         put(client, "upstreams", "up", {"targets": [{"url": upstream.url}]})

@@ -1,11 +1,15 @@
 """The active probe (http.client over the upstream's own TLS settings) against real servers:
 what it calls healthy, and the reason it gives when it does not."""
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from gwserver.core.routes import HEALTH_CHECK, _health_check, make_target
 from gwserver.helpers.health import probe
 
-from ..conftest import free_port
+from ..conftest import ROOT, free_port
 from ..h2_upstreams import ScriptedH2Upstream
 from ..pki import CA
 
@@ -83,3 +87,34 @@ def test_http2_statuses_decide(behaviour, ok, error):
             (ok, error)
     finally:
         up.close()
+
+
+def test_a_connect_that_times_out_says_connect():
+    """The whole-check timeout first began before the connect and ended with it: a target
+    whose SYNs are dropped (a firewall, a dead host: the commonest failure) read "timed out:
+    no whole answer", for tcp checks too, instead of "connect: timed out" (review pass).
+    Run gevent-patched, as the checker runs."""
+    code = textwrap.dedent("""
+        from gevent import monkey
+        monkey.patch_all()
+        import socket
+        from gwserver.core.routes import HEALTH_CHECK, _health_check, make_target
+        from gwserver.helpers.health import probe
+        srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(0)
+        port = srv.getsockname()[1]
+        fill = []
+        for _ in range(4):                  # a full accept queue: SYNs dropped
+            s = socket.socket(); s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fill.append(s)
+        for kind in ("tcp", "http"):
+            conf = _health_check(HEALTH_CHECK({"timeout": 0.5, "type": kind}))
+            print(probe(make_target({"url": f"http://127.0.0.1:{port}", "weight": 1}),
+                        conf)[1])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, cwd=ROOT).stdout.splitlines()
+    assert out == ["connect: timed out", "connect: timed out"], out

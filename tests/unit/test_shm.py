@@ -219,7 +219,7 @@ def test_the_base_writer_outlives_a_bug_and_writes_the_base_on_its_next_try(tmp_
         assert time.monotonic() < deadline, "the base was never written again"
         time.sleep(0.05)
     assert "writing the table base" in caplog.text and "RuntimeError: a bug" in caplog.text
-    assert publisher.writer.is_alive() and len(calls) == 3
+    assert publisher.writer.is_alive() and len(calls) >= 3     # (a slow host: one more)
 
 
 def test_a_killed_sync_process_s_leftovers_are_only_its_own_names_in_runtime_dir(tmp_path):
