@@ -50,7 +50,7 @@ from hyperframe.frame import GoAwayFrame
 from ..conftest import gateway_conf, to_toml, wait_until
 from ..h2_upstreams import ScriptedH2Upstream
 from ..pki import CA, NOW
-from .test_health import FAST_CHECK, target_health
+from .test_health import FAST_CHECK, h2_pool_gateway, target_health
 from .test_tls import ocsp_staple, tls_gateway
 
 
@@ -149,11 +149,7 @@ class GoawayFirstH2:
 def test_h2_check_passes_a_target_that_goes_away_gracefully_before_answering(launcher):
     up, polite = ScriptedH2Upstream("up", "ok"), GoawayFirstH2()
     try:
-        urls = [f"http://127.0.0.1:{up.port}", f"http://127.0.0.1:{polite.port}"]
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "r", "paths": ["/r/*rest"], "upstream": "pool"}],
-            upstreams={"pool": {"targets": [{"url": url} for url in urls], "protocol": "h2",
-                                "health_check": {**FAST_CHECK, "path": "/"}}}))
+        gw, urls = h2_pool_gateway(launcher, up, polite)
         # the proxy itself lets the stream finish: every request is answered
         assert [gw.request("GET", "/r/x")[0].status for _ in range(6)] == [200] * 6
         stays_healthy(gw, urls[1])
@@ -229,6 +225,17 @@ def ed25519_signed(ca, leaf):
             .sign(key, None).public_bytes(serialization.Encoding.DER))
 
 
+def stapling_gateway(launcher, upstream, ca, responder, answer_for):
+    """A TLS gateway stapling OCSP for a certificate whose responder is ``responder``, which
+    answers ``answer_for(ca, leaf)``; returned once the helper has asked it."""
+    cert, key, leaf = ca.issue("site", ocsp_url=f"http://127.0.0.1:{responder.port}")
+    responder.body = answer_for(ca, leaf)
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})], ocsp_stapling=True,
+                     ocsp_refresh=5)
+    wait_until(lambda: responder.posts >= 1, timeout=20)
+    return gw
+
+
 @pytest.fixture
 def ca(tmp_path):
     return CA(tmp_path)
@@ -242,11 +249,7 @@ def test_ocsp_refuses_a_response_from_a_responder_the_ca_never_vouched_for(launc
     takes the site down for clients that honour it; a forged GOOD hides a revocation)."""
     responder = Responder()
     try:
-        cert, key, leaf = ca.issue("site", ocsp_url=f"http://127.0.0.1:{responder.port}")
-        responder.body = forged_revocation(ca, leaf)
-        gw = tls_gateway(launcher, upstream, [(cert, key, {})], ocsp_stapling=True,
-                         ocsp_refresh=5)
-        wait_until(lambda: responder.posts >= 1, timeout=20)
+        gw = stapling_gateway(launcher, upstream, ca, responder, forged_revocation)
         wait_until(lambda: "OCSP" in gw.log(), timeout=10)
         time.sleep(1.0)                             # the helper wrote it; workers tick 50 ms
         staple = ocsp_staple(gw.tls_port, ca)
@@ -262,11 +265,7 @@ def test_ocsp_helper_survives_an_answer_signed_with_another_key_type(launcher, u
     the master starts it again, it fetches again and dies again."""
     responder = Responder()
     try:
-        cert, key, leaf = ca.issue("site", ocsp_url=f"http://127.0.0.1:{responder.port}")
-        responder.body = ed25519_signed(ca, leaf)
-        gw = tls_gateway(launcher, upstream, [(cert, key, {})], ocsp_stapling=True,
-                         ocsp_refresh=5)
-        wait_until(lambda: responder.posts >= 1, timeout=20)
+        gw = stapling_gateway(launcher, upstream, ca, responder, ed25519_signed)
         first = wait_until(lambda: helper_pid(gw, "ocsp"), timeout=10)
         time.sleep(4)
         assert "Traceback" not in gw.log(), gw.log()[-3000:]

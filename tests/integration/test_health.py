@@ -65,17 +65,24 @@ def test_active_checks_take_a_killed_target_out_and_bring_it_back(launcher):
         in text
 
 
+def h2_pool_gateway(launcher, *upstreams):
+    """A gateway whose route /r/* goes to an h2 upstream of ``upstreams`` (h2c servers on
+    loopback), checked every 0.2 s at /; -> (gateway, the targets' URLs)."""
+    urls = [f"http://127.0.0.1:{up.port}" for up in upstreams]
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "r", "paths": ["/r/*rest"], "upstream": "pool"}],
+        upstreams={"pool": {"targets": [{"url": url} for url in urls], "protocol": "h2",
+                            "health_check": {**FAST_CHECK, "path": "/"}}}))
+    return gw, urls
+
+
 def test_active_checks_speak_http2_to_an_h2_upstream(launcher):
     """The check spoke HTTP/1.1 to every target: an h2c-only target (a gRPC server) was "not
     an HTTP answer", so every target of such an upstream was unhealthy and the upstream in
     panic, sending traffic to the failing ones too."""
     up, down = ScriptedH2Upstream("up", "ok"), ScriptedH2Upstream("down", "500")
     try:
-        urls = [f"http://127.0.0.1:{up.port}", f"http://127.0.0.1:{down.port}"]
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "r", "paths": ["/r/*rest"], "upstream": "pool"}],
-            upstreams={"pool": {"targets": [{"url": url} for url in urls], "protocol": "h2",
-                                "health_check": {**FAST_CHECK, "path": "/"}}}))
+        gw, urls = h2_pool_gateway(launcher, up, down)
         wait_until(lambda: target_health(gw) == {urls[0]: "healthy", urls[1]: "unhealthy"},
                    timeout=10)
         assert [gw.request("GET", "/r/x")[0].status for _ in range(10)] == [200] * 10
@@ -89,11 +96,7 @@ def test_a_target_whose_answer_breaks_its_check_is_taken_out(launcher):
     probe raised, its greenlet died, and the target's last verdict stood for good."""
     up, broken = ScriptedH2Upstream("up", "ok"), ScriptedH2Upstream("broken", "ok")
     try:
-        urls = [f"http://127.0.0.1:{up.port}", f"http://127.0.0.1:{broken.port}"]
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "r", "paths": ["/r/*rest"], "upstream": "pool"}],
-            upstreams={"pool": {"targets": [{"url": url} for url in urls], "protocol": "h2",
-                                "health_check": {**FAST_CHECK, "path": "/"}}}))
+        gw, urls = h2_pool_gateway(launcher, up, broken)
         wait_until(lambda: set(target_health(gw).values()) == {"healthy"}, timeout=10)
         broken.behaviour = "bad-status"
         wait_until(lambda: target_health(gw)[urls[1]] == "unhealthy", timeout=10)

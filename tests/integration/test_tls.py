@@ -20,6 +20,7 @@ from gwserver.settings import parse_conf
 
 from ..conftest import free_port, gateway_conf, read_response, route, wait_until
 from ..pki import CA
+from ..raw_upstream import read_head
 
 
 @pytest.fixture
@@ -242,12 +243,8 @@ class BrokenResponder:
     def answer(self, sock):
         with sock:
             try:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    head += data
+                if read_head(sock, b"")[0] is None:
+                    return
                 self.posts += 1
                 if self.behaviour == "drip":
                     sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response"
