@@ -30,7 +30,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -48,7 +47,7 @@ from cryptography.x509.oid import NameOID
 from hyperframe.frame import GoAwayFrame
 
 from ..conftest import gateway_conf, to_toml, wait_until
-from ..h2_upstreams import ScriptedH2Upstream
+from ..h2_upstreams import H2cUpstream, ScriptedH2Upstream
 from ..pki import CA, NOW
 from .test_health import FAST_CHECK, h2_pool_gateway, target_health
 from .test_tls import ocsp_staple, tls_gateway
@@ -95,29 +94,12 @@ def test_http1_check_passes_what_the_proxy_serves(launcher, path):
 
 # -- 2. h2: a graceful GOAWAY before the answer ------------------------------------------------
 
-class GoawayFirstH2:
+class GoawayFirstH2(H2cUpstream):
     """h2c: to each request, GOAWAY(NO_ERROR, last_stream_id = the request's stream) and then
     the 200 answer on that stream (what nginx does on the request that reaches
     keepalive_requests / http2_max_requests)."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, sock):
+    def connection(self, sock):
         sock.settimeout(5)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
@@ -140,10 +122,6 @@ class GoawayFirstH2:
             pass
         finally:
             sock.close()
-
-    def close(self):
-        self.closed = True
-        self.sock.close()
 
 
 def test_h2_check_passes_a_target_that_goes_away_gracefully_before_answering(launcher):
