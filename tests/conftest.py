@@ -194,6 +194,18 @@ class Gateway:
         out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
+    def helper_pids(self, role):
+        """The pids of the master's helper processes titled ``gwserver: ROLE`` (health,
+        ocsp, config-sync, rollouts): one, while the master keeps it."""
+        out = subprocess.run(["pgrep", "-P", str(self.pid), "-f", f"gwserver:? {role}"],
+                             capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def helper_pid(self, role):
+        """The first of ``helper_pids(role)``, or None when there is none."""
+        pids = self.helper_pids(role)
+        return pids[0] if pids else None
+
     def admin_get(self, path, token=None):
         """GET on the admin listener -> (status, body bytes)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)

@@ -50,7 +50,7 @@ from gwserver.sync.shm import worker_board
 from ..conftest import free_port, gateway_conf, read_response, route, to_toml, wait_until
 from .test_etcd import (_is_worker, all_workers_at, put, runtime_of, serves, serving,
                         status_of)
-from .test_health import health_pid, target_health
+from .test_health import target_health
 from .test_lifecycle import wrk
 
 
@@ -96,9 +96,9 @@ def test_a_restarted_health_checker_does_not_bring_a_dead_target_back(launcher):
         upstreams={"pool": {"targets": [{"url": a.url}, {"url": dead}],
                             "health_check": SLOW_TO_JUDGE}}))
     wait_until(lambda: target_health(gw) == {a.url: "healthy", dead: "unhealthy"}, timeout=10)
-    first = health_pid(gw)
+    first = gw.helper_pid("health")
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: health_pid(gw) not in (None, first), timeout=10)
+    wait_until(lambda: gw.helper_pid("health") not in (None, first), timeout=10)
     seen = set()
     until = time.monotonic() + 2.0      # longer than three failed probes take
     while time.monotonic() < until:
@@ -139,8 +139,8 @@ def test_a_helper_started_as_the_master_is_killed_does_not_outlive_it(launcher, 
     gw = launcher.gateway(gateway_conf(
         [{"id": "r", "paths": ["/r"], "upstream": "pool"}],
         upstreams={"pool": {"targets": [{"url": upstream.url}], "health_check": SLOW_TO_JUDGE}}))
-    wait_until(lambda: health_pid(gw) is not None)
-    first = health_pid(gw)
+    wait_until(lambda: gw.helper_pid("health") is not None)
+    first = gw.helper_pid("health")
     os.kill(first, signal.SIGKILL)
     killed = f"health (pid {first}) was killed"
     wait_until(lambda: "started health (pid" in gw.log().partition(killed)[2], interval=0.002)
@@ -165,8 +165,8 @@ def test_a_reload_while_a_helper_starts_does_not_kill_it(launcher, upstream):
     gw = launcher.gateway(gateway_conf(
         [{"id": "r", "paths": ["/r"], "upstream": "pool"}],
         upstreams={"pool": {"targets": [{"url": upstream.url}], "health_check": SLOW_TO_JUDGE}}))
-    wait_until(lambda: health_pid(gw) is not None)
-    first = health_pid(gw)
+    wait_until(lambda: gw.helper_pid("health") is not None)
+    first = gw.helper_pid("health")
     os.kill(first, signal.SIGKILL)
     killed = f"health (pid {first}) was killed"
     wait_until(lambda: "started health (pid" in gw.log().partition(killed)[2], interval=0.002)
@@ -178,7 +178,7 @@ def test_a_reload_while_a_helper_starts_does_not_kill_it(launcher, upstream):
     finally:
         os.kill(second, signal.SIGCONT)
     wait_until(lambda: "health: targets re-read" in gw.log(), timeout=10)
-    assert health_pid(gw) == second and _alive(second)
+    assert gw.helper_pid("health") == second and _alive(second)
     assert f"health (pid {second}) was killed" not in gw.log()
 
 
@@ -191,7 +191,7 @@ def test_held_a_sighup_storm_under_load_drops_nothing_and_leaks_nothing(launcher
     gw = launcher.gateway(gateway_conf(
         [route("e", ["/echo"], upstream.url, prefix=True)], workers=2, server={"keepalive": 2.0},
         upstreams={"pool": {"targets": [{"url": upstream.url}], "health_check": SLOW_TO_JUDGE}}))
-    checker = health_pid(gw)
+    checker = gw.helper_pid("health")
 
     def storm():
         time.sleep(1.0)
@@ -216,7 +216,7 @@ def test_held_a_sighup_storm_under_load_drops_nothing_and_leaks_nothing(launcher
     applied = gw.log().count("reload complete")
     assert 1 <= applied <= 10 and "reload refused" not in gw.log()
     assert f"generation {applied + 1}," in gw.log()
-    assert health_pid(gw) == checker and "was killed" not in gw.log()
+    assert gw.helper_pid("health") == checker and "was killed" not in gw.log()
 
 
 # -- 6. a reload onto a worker_tmp_dir the master cannot create files in ---------------------

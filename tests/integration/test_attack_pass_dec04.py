@@ -30,7 +30,6 @@ import http.server
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -66,12 +65,6 @@ def stays_healthy(gw, url, seconds=3.0):
         assert entry["health"] != "unhealthy", entry
         time.sleep(0.2)
     assert target_view(gw, url)["health"] == "healthy"
-
-
-def helper_pid(gw, role):
-    out = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", f"gwserver:? {role}"],
-                         capture_output=True, text=True).stdout.split()
-    return int(out[0]) if out else None
 
 
 # -- 1. HTTP/1.1 interim answers and leading CRLFs ------------------------------------------------
@@ -244,10 +237,10 @@ def test_ocsp_helper_survives_an_answer_signed_with_another_key_type(launcher, u
     responder = Responder()
     try:
         gw = stapling_gateway(launcher, upstream, ca, responder, ed25519_signed)
-        first = wait_until(lambda: helper_pid(gw, "ocsp"), timeout=10)
+        first = wait_until(lambda: gw.helper_pid("ocsp"), timeout=10)
         time.sleep(4)
         assert "Traceback" not in gw.log(), gw.log()[-3000:]
-        assert helper_pid(gw, "ocsp") == first          # not died and restarted
+        assert gw.helper_pid("ocsp") == first          # not died and restarted
         assert "keeping the last response" in gw.log()
     finally:
         responder.close()
@@ -319,13 +312,13 @@ def test_a_checker_restarted_over_a_malformed_health_file_comes_up(launcher):
         [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "pool"}],
         upstreams={"pool": {"targets": [{"url": a.url}], "health_check": FAST_CHECK}}))
     path = os.path.join(gw.conf["server"]["state_dir"], "health.json")
-    first = wait_until(lambda: helper_pid(gw, "health"), timeout=10)
+    first = wait_until(lambda: gw.helper_pid("health"), timeout=10)
     wait_until(lambda: os.path.exists(path), timeout=10)
     with open(path + ".x", "w") as f:
         f.write("[0]")
     os.replace(path + ".x", path)
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: (helper_pid(gw, "health") or first) != first, timeout=10)
+    wait_until(lambda: (gw.helper_pid("health") or first) != first, timeout=10)
 
     def rewritten():
         try:
@@ -391,10 +384,10 @@ def test_config_sync_survives_an_endpoint_that_is_not_etcd_and_uses_the_next(
         revision = put(client, "routes", "r1", {"paths": ["/one"], "upstream": "up"})
         gw = launcher.gateway(etcd_conf(tmp_path, [broken.url, member.url], workers=1))
         wait_until(lambda: broken.posts >= 1, timeout=15)
-        first = wait_until(lambda: helper_pid(gw, "config-sync"), timeout=10)
+        first = wait_until(lambda: gw.helper_pid("config-sync"), timeout=10)
         time.sleep(3)
         assert "Traceback" not in gw.log(), gw.log()[-2500:]
-        assert helper_pid(gw, "config-sync") == first
+        assert gw.helper_pid("config-sync") == first
         wait_until(lambda: all_workers_at(gw, revision), timeout=10)
         assert gw.request("GET", "/one")[0].status == 200
     finally:

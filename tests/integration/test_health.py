@@ -36,12 +36,6 @@ def target_health(gw):
     return {t["url"]: t["health"] for t in view["upstreams"]["pool"]["targets"]}
 
 
-def health_pid(gw):
-    out = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? health"],
-                         capture_output=True, text=True).stdout.split()
-    return int(out[0]) if out else None
-
-
 def test_active_checks_take_a_killed_target_out_and_bring_it_back(launcher):
     a, b = launcher.upstream("a"), launcher.upstream("b")
     gw = launcher.gateway(pool_conf([a, b], health_check=FAST_CHECK))
@@ -235,15 +229,15 @@ def test_health_process_is_titled_restarted_and_kept_across_reload(launcher):
     a = launcher.upstream("a")
     gw = launcher.gateway(pool_conf([a], health_check=FAST_CHECK))
     def titled():
-        pid = health_pid(gw)
+        pid = gw.helper_pid("health")
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return pid if f.read().startswith(b"gwserver: health") else None
     pid = wait_until(titled, timeout=10)
     os.kill(gw.pid, signal.SIGHUP)
     time.sleep(2)
-    assert health_pid(gw) == pid                        # kept across the reload
+    assert gw.helper_pid("health") == pid                        # kept across the reload
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: health_pid(gw) not in (None, pid), timeout=10)
+    wait_until(lambda: gw.helper_pid("health") not in (None, pid), timeout=10)
     assert "health (pid" in gw.log() and "restarting it" in gw.log()
 
 
@@ -258,7 +252,7 @@ def test_a_stuck_health_process_is_killed_and_restarted(launcher):
     conf["server"]["helper_timeout"] = 1.0
     gw = launcher.gateway(conf)
     wait_until(lambda: set(target_health(gw).values()) == {"healthy"}, timeout=10)
-    first = health_pid(gw)
+    first = gw.helper_pid("health")
     os.kill(first, signal.SIGSTOP)
     stopped = time.monotonic()
     stop_process(b.proc)
@@ -267,7 +261,7 @@ def test_a_stuck_health_process_is_killed_and_restarted(launcher):
     wait_until(lambda: f"health (pid {first}) is stuck" in gw.log(), timeout=40)
     assert time.monotonic() - stopped < 30 + 1 + 1 + 10     # the promise, the timeout, slack
     wait_until(lambda: target_health(gw).get(b.url) == "unhealthy", timeout=30)
-    assert health_pid(gw) not in (None, first)
+    assert gw.helper_pid("health") not in (None, first)
     assert f"health (pid {first}) was killed by signal 9; restarting it" in gw.log()
 
 

@@ -216,9 +216,7 @@ def test_ocsp_staple_from_a_real_responder_survives_the_responder(launcher, upst
     time.sleep(6)                               # a refresh fails meanwhile
     assert ocsp_staple(gw.tls_port, ca) == staple               # still stapled
     wait_until(lambda: "keeping the last response" in gw.log(), timeout=15)
-    ocsp_pid = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? ocsp"],
-                              capture_output=True, text=True).stdout.split()
-    assert ocsp_pid
+    assert gw.helper_pids("ocsp")
 
 
 class BrokenResponder:
@@ -290,15 +288,10 @@ def test_a_broken_ocsp_responder_is_given_up_on_in_time(launcher, upstream, ca, 
         wait_until(lambda: error in gw.log(), timeout=15)
         line = next(line for line in gw.log().splitlines() if error in line)
         assert "keeping the last response" in line
-        assert len(ocsp_helper_pids(gw)) == 1 and "sent no heartbeat" not in gw.log()
+        assert len(gw.helper_pids("ocsp")) == 1 and "sent no heartbeat" not in gw.log()
         assert responder.posts == 1             # and it backs off before the next try
     finally:
         responder.close()
-
-
-def ocsp_helper_pids(gw):
-    return subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? ocsp"],
-                          capture_output=True, text=True).stdout.split()
 
 
 def test_the_ocsp_helper_keeps_its_conf_when_a_sighup_finds_a_bad_one(launcher, upstream, ca):
@@ -312,14 +305,14 @@ def test_the_ocsp_helper_keeps_its_conf_when_a_sighup_finds_a_bad_one(launcher, 
         gw = tls_gateway(launcher, upstream, [(cert, key, {})], ocsp_stapling=True,
                          ocsp_timeout=1)
         wait_until(lambda: "sent no whole answer" in gw.log(), timeout=15)
-        pids = ocsp_helper_pids(gw)
+        pids = gw.helper_pids("ocsp")
         assert len(pids) == 1
         good = gw.conf_path.read_text()
         gw.conf_path.write_text(good + "\n[server]\nworkers = 0\n")     # no valid conf
         os.kill(int(pids[0]), signal.SIGHUP)
         wait_until(lambda: "ocsp: keeping the previous conf" in gw.log(), timeout=10)
         time.sleep(1.0)
-        assert ocsp_helper_pids(gw) == pids
+        assert gw.helper_pids("ocsp") == pids
         gw.conf_path.write_text(good)
     finally:
         responder.close()
