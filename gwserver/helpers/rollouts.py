@@ -313,8 +313,9 @@ def run(conf_path):
             controller.tick()
         except Exception as exc:        # etcd or Redis away: try again next tick
             # once per cause, not every tick: a Redis outage was a line each 0.5 s
-            if describe(exc) != failing:
-                failing = describe(exc)
+            cause = describe(exc)
+            if cause != failing:
+                failing = cause
                 log.warning("rollouts: %s; trying again every %gs (said once)", failing, TICK)
         else:
             if failing is not None:

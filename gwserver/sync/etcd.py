@@ -87,8 +87,6 @@ def answer_shaped(method):
         try:
             return method(*args, **kwargs)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, EtcdError):
-                raise
             raise EtcdError(f"etcd's answer to {method.__name__} is malformed: "
                             f"{type(exc).__name__}: {exc}") from None
     return call
