@@ -48,13 +48,8 @@ from hyperframe.frame import GoAwayFrame
 from ..conftest import gateway_conf, to_toml, wait_until
 from ..h2_upstreams import H2cUpstream, ScriptedH2Upstream
 from ..pki import CA, NOW
-from .test_health import FAST_CHECK, h2_pool_gateway, target_health
+from .test_health import FAST_CHECK, h2_pool_gateway, target_health, target_view
 from .test_tls import ocsp_staple, tls_gateway
-
-
-def target_view(gw, url, upstream="pool"):
-    view = json.loads(gw.admin_get("/admin/upstreams")[1])
-    return [t for t in view["upstreams"][upstream]["targets"] if t["url"] == url][0]
 
 
 def stays_healthy(gw, url, seconds=3.0):

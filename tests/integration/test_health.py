@@ -36,6 +36,12 @@ def target_health(gw):
     return {t["url"]: t["health"] for t in view["upstreams"]["pool"]["targets"]}
 
 
+def target_view(gw, url, upstream="pool"):
+    """What /admin/upstreams says of one target."""
+    view = json.loads(gw.admin_get("/admin/upstreams")[1])
+    return [t for t in view["upstreams"][upstream]["targets"] if t["url"] == url][0]
+
+
 def test_active_checks_take_a_killed_target_out_and_bring_it_back(launcher):
     a, b = launcher.upstream("a"), launcher.upstream("b")
     gw = launcher.gateway(pool_conf([a, b], health_check=FAST_CHECK))
@@ -94,8 +100,7 @@ def test_a_target_whose_answer_breaks_its_check_is_taken_out(launcher):
         wait_until(lambda: set(target_health(gw).values()) == {"healthy"}, timeout=10)
         broken.behaviour = "bad-status"
         wait_until(lambda: target_health(gw)[urls[1]] == "unhealthy", timeout=10)
-        view = json.loads(gw.admin_get("/admin/upstreams")[1])
-        error = [t for t in view["upstreams"]["pool"]["targets"] if t["url"] == urls[1]][0]
+        error = target_view(gw, urls[1])
         assert "not a status code" in error["last_error"]
         assert target_health(gw)[urls[0]] == "healthy"
         assert [gw.request("GET", "/r/x")[0].status for _ in range(10)] == [200] * 10
@@ -114,8 +119,7 @@ def test_a_target_that_drips_its_answer_is_taken_out(launcher):
     gw = launcher.gateway(pool_conf([a, raw], health_check={**FAST_CHECK,
                                                             "path": "/drip-head"}))
     wait_until(lambda: target_health(gw)[raw.url] == "unhealthy", timeout=10)
-    view = json.loads(gw.admin_get("/admin/upstreams")[1])
-    error = [t for t in view["upstreams"]["pool"]["targets"] if t["url"] == raw.url][0]
+    error = target_view(gw, raw.url)
     assert error["last_error"] == "timed out: no whole answer in 0.3 s"
 
 
@@ -131,8 +135,7 @@ def test_a_target_that_accepts_but_never_answers_is_taken_out(launcher):
             upstreams={"pool": {"targets": [{"url": a.url}, {"url": hung_url}],
                                 "health_check": FAST_CHECK}}))
         wait_until(lambda: target_health(gw)[hung_url] == "unhealthy", timeout=10)
-        view = json.loads(gw.admin_get("/admin/upstreams")[1])
-        error = [t for t in view["upstreams"]["pool"]["targets"] if t["url"] == hung_url][0]
+        error = target_view(gw, hung_url)
         assert "timed out" in error["last_error"]
         assert served_by(gw, 20) == {"a": 20}
     finally:
