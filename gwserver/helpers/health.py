@@ -473,10 +473,15 @@ class Checker:
             factor = random.uniform(1 - hc["jitter"], 1 + hc["jitter"])
             self.counts[(key, "success" if ok else "failure")] = \
                 self.counts.get((key, "success" if ok else "failure"), 0) + 1
+            said = state.last_error
             if state.record(hc, ok, now, factor, error):
                 log.warning("target %s of upstream %s is now %s%s", target.url,
                             key.partition("|")[0], "healthy" if state.healthy else "UNHEALTHY",
                             f" ({error})" if error else "")
+                self.publish()
+            elif not state.healthy and error != said:
+                # Down for another reason now (or down since a checker before this one, which
+                # left no reason): /admin/upstreams says why, not the first reason or none.
                 self.publish()
             gevent.sleep(max(0.0, state.next_at - time.time()))
 

@@ -281,3 +281,38 @@ def test_a_health_check_that_died_is_started_again(tmp_path, monkeypatch, caplog
     finally:
         for greenlet, *_ in checker.greenlets.values():
             greenlet.kill()
+
+
+def test_a_target_taken_up_as_down_says_why_once_its_checks_fail(tmp_path, monkeypatch):
+    """A checker the master restarted takes up the targets its predecessor judged down,
+    without their reason; health.json was written again only when a verdict changed, so
+    /admin/upstreams said such a target was unhealthy, for no reason, for as long as it
+    stayed down. A failing probe's reason is written when it differs from the one written."""
+    import json
+
+    import gevent
+    from gwserver.helpers import health
+    from gwserver.helpers.health import HEALTH_FILE, Checker, target_key
+    from gwserver.settings import parse_conf
+    key = target_key("u", "http://127.0.0.1:9")
+    (tmp_path / HEALTH_FILE).write_text(json.dumps(
+        {"master": os.getppid(), "targets": {key: {"healthy": False, "since": 1.0}}}))
+    errors = iter(["connect: refused", "connect: refused", "status 503"])
+    monkeypatch.setattr(health, "probe", lambda *args: (False, next(errors, "status 503")))
+    monkeypatch.setattr(health.random, "uniform", lambda low, high: 0.0 if low == 0 else 1.0)
+    conf = parse_conf({"upstreams": {"u": {"targets": [{"url": "http://127.0.0.1:9"}],
+                                           "health_check": {"path": "/", "interval": 0.05,
+                                                            "max_interval": 0.05}}}})
+    checker = Checker(conf, str(tmp_path))
+
+    def written():
+        return json.loads((tmp_path / HEALTH_FILE).read_text())["targets"][key]
+    try:
+        assert written()["healthy"] is False and written()["last_error"] == ""
+        gevent.sleep(0.02)
+        assert written() == {**written(), "healthy": False, "last_error": "connect: refused"}
+        gevent.sleep(0.15)
+        assert written()["last_error"] == "status 503"
+    finally:
+        for greenlet, *_ in checker.greenlets.values():
+            greenlet.kill()
