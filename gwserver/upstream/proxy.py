@@ -172,7 +172,12 @@ def special_lines(also=()):
     """The regex of the lines above, and of the names in ``also`` (dropped: the gateway writes
     its own, as the trace id's response header)."""
     names = sorted(RESPONSE_SPECIAL | {name.lower() for name in also})
-    return re.compile(rb"(\n(" + b"|".join(re.escape(name) for name in names) +
+    # The lookahead on the names' first letters is redundant to the match, but lets a line
+    # whose name cannot be special fail at its first byte instead of in every alternative
+    # (a quarter of the split's time on a typical head).
+    firsts = b"".join(sorted({re.escape(name[:1]) for name in names}))
+    return re.compile(rb"(\n(?=[" + firsts + rb"])(" +
+                      b"|".join(re.escape(name) for name in names) +
                       rb"):[ \t]*([^\r]*)\r)(?=\n)", re.IGNORECASE)
 
 
