@@ -22,6 +22,13 @@ from ..errors import describe
 
 log = logging.getLogger("gwserver.etcd")
 
+# The longest watch message taken: one revision's events are at most etcd's
+# --max-request-bytes (1.5 MiB by default) base64-encoded, and a catch-up message batches
+# revisions. A longer line is a broken or hostile endpoint (a stream that never ends its
+# line held it all in memory); the watch is dropped and the table reloaded by value.
+MAX_WATCH_MESSAGE = 64 * 1024 * 1024
+WATCH_READ = 65536      # bytes read at a time: a chunk etcd declares huge is read in pieces
+
 
 class EtcdError(Exception):
     """etcd answered with an error."""
@@ -76,6 +83,23 @@ def prefix_end(prefix):
             data[i] += 1
             return bytes(data[:i + 1])
     return b"\0"
+
+
+def bounded_lines(chunks, limit):
+    """The LF-ended lines of a stream of byte chunks (without the LF; a last unended one at
+    the end); WatchLost when one grows past ``limit`` bytes before its end."""
+    pending = bytearray()
+    for chunk in chunks:
+        scan, start = len(pending), 0       # the bytes before ``scan`` hold no LF
+        pending += chunk
+        while (end := pending.find(b"\n", scan)) >= 0:
+            yield bytes(pending[start:end])
+            start = scan = end + 1
+        del pending[:start]
+        if len(pending) > limit:
+            raise WatchLost(f"a watch message went past {limit} bytes without its end")
+    if pending:
+        yield bytes(pending)
 
 
 def answer_shaped(method):
@@ -275,7 +299,7 @@ class EtcdClient:
         resp = self._post("/v3/watch", body, stream=True, timeout=idle_timeout)
         last_message = time.monotonic()
         try:
-            for line in resp.iter_lines(chunk_size=None):
+            for line in bounded_lines(resp.iter_content(WATCH_READ), MAX_WATCH_MESSAGE):
                 if not line:
                     continue
                 last_message = time.monotonic()

@@ -32,6 +32,8 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import h2.config
 import h2.connection
@@ -385,6 +387,91 @@ def test_config_sync_survives_an_endpoint_that_is_not_etcd_and_uses_the_next(
         assert gw.helper_pid("config-sync") == first
         wait_until(lambda: all_workers_at(gw, revision), timeout=10)
         assert gw.request("GET", "/one")[0].status == 200
+    finally:
+        broken.close()
+
+
+class EndlessWatch:
+    """An "etcd endpoint" in front of a real one: every call is passed on, but a watch is
+    answered with a message that never ends its line (``streamed`` bytes, then closed)."""
+
+    def __init__(self, etcd_url, streamed):
+        outer = self
+        self.watches = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/v3/watch":
+                    outer.watches += 1
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    piece = b'{"result":{"header":{},"events":[' + b" " * 65500
+                    for _ in range(streamed // len(piece)):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.close_connection = True
+                    return
+                request = urllib.request.Request(etcd_url + self.path, data=body,
+                                                 headers=dict(self.headers))
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as answer:
+                        status, data = answer.status, answer.read()
+                except urllib.error.HTTPError as exc:
+                    status, data = exc.code, exc.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def peak_memory_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def test_config_sync_drops_a_watch_message_that_never_ends(launcher, upstream, tmp_path):
+    """The watch stream was read by lines with no bound on a line: an endpoint (a broken
+    proxy in front of etcd, say) that never ended one filled the sync process's memory,
+    its concatenations slowing down as it grew, and the table was never updated again. A
+    line past 64 MiB now drops the watch; the table is reloaded by value, and served."""
+    from gwserver.sync.etcd import MAX_WATCH_MESSAGE
+    from .test_etcd import all_workers_at, etcd_conf, put
+    member = launcher.etcd()
+    broken = EndlessWatch(member.url, streamed=MAX_WATCH_MESSAGE + (16 << 20))
+    try:
+        client = member.client()
+        put(client, "upstreams", "up", {"targets": [{"url": upstream.url}]})
+        revision = put(client, "routes", "r1", {"paths": ["/one"], "upstream": "up"})
+        gw = launcher.gateway(etcd_conf(tmp_path, [broken.url], workers=1))
+        wait_until(lambda: all_workers_at(gw, revision), timeout=15)
+        sync = gw.helper_pid("config-sync")
+        wait_until(lambda: "a watch message went past 67108864 bytes without its end"
+                   in gw.log(), timeout=30)
+        wait_until(lambda: broken.watches >= 2, timeout=15)     # dropped, and watched again
+        assert gw.helper_pid("config-sync") == sync
+        assert peak_memory_mib(sync) < 200
+        assert gw.request("GET", "/one")[0].status == 200
+        assert "Traceback" not in gw.log(), gw.log()[-2500:]
     finally:
         broken.close()
 
