@@ -4,4 +4,4 @@ __version__ = "0.1.0"
 
 from . import compiled as _compiled      # noqa: E402  (before any compiled module is imported)
 
-_compiled.take_sources_where_stale()
+_compiled.decide()

@@ -1,14 +1,19 @@
-"""The compiled build of the request path: which modules run compiled, and the rule that a
-compiled module never runs older code than its source.
+"""The compiled build of the request path: whether it runs, and the rule that it runs whole
+and current, or not at all.
 
 The hot modules (each one with a ``.pxd`` beside it) are compiled by Cython when the package
 is installed (setup.py), into extension modules that Python imports before the ``.py`` of the
 same name. The ``.py`` stays the code: the ``.pxd`` only declares attribute slots and
-argument types. The build writes ``compiled.json``: each compiled module's name and the
-SHA-256 of the source it was built from. At import, a module whose source no longer has that
-digest (edited since the build, in a checkout) is imported from its ``.py``, and so is every
-one when ``GWSERVER_PURE=1`` is set: a stale build can never run. ``status()`` says which run
-compiled (``gwserver version``, the master's first log line).
+argument types. The build writes ``compiled.json``: each module it compiled, with the SHA-256
+of the ``.py`` and ``.pxd`` it compiled.
+
+The compiled modules read each other's classes as C structs (``cimport``): a compiled module
+next to one that runs from its ``.py`` (edited since the build, or left out of it) would read
+the wrong fields. So the build runs whole or not at all: only when every module it recorded is
+there, built, and unchanged, and ``GWSERVER_PURE`` is not set. Otherwise every extension
+module in the package, recorded or not (an older build's, a checkout of another commit), is
+imported from its ``.py``. ``describe()`` says which (``gwserver --version``, and the master's
+``ready`` log line).
 """
 import hashlib
 import importlib.machinery
@@ -40,11 +45,30 @@ def built():
             modules = json.load(record)
     except (OSError, ValueError):
         return {}
-    return modules if isinstance(modules, dict) else {}
+    return modules if isinstance(modules, dict) and \
+        all(isinstance(v, str) for v in modules.values()) else {}
 
 
 def source_path(name):
     return os.path.join(PACKAGE_DIR, *name.split(".")[1:]) + ".py"
+
+
+def extension_modules():
+    """Names of the package's modules that have an extension module file."""
+    names = set()
+    for folder, _, files in os.walk(PACKAGE_DIR):
+        package = ["gwserver", *os.path.relpath(folder, PACKAGE_DIR).split(os.sep)]
+        for file in files:
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:     # (the longest first)
+                if file.endswith(suffix):
+                    names.add(".".join([p for p in package if p != "."] +
+                                       [file[:-len(suffix)]]))
+                    break
+    return names
+
+
+def pure():
+    return os.environ.get("GWSERVER_PURE", "") not in ("", "0")
 
 
 class SourceFirst:
@@ -54,51 +78,38 @@ class SourceFirst:
         self.names = frozenset(names)
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.names:
+        if fullname not in self.names or not os.path.exists(source_path(fullname)):
             return None
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
 
 
-FROM_SOURCE = frozenset()       # built modules this process imports from their .py
+COMPILED = frozenset()          # the modules this process runs compiled
+WHY_NOT = ""                    # why it runs none, when it runs none
 
 
-def take_sources_where_stale():
-    """Install the finder for every compiled module that must not run compiled; the names."""
-    global FROM_SOURCE
-    names = [name for name, digest in built().items()
-             if pure() or source_digest(source_path(name)) != digest]
-    if names:
-        sys.meta_path.insert(0, SourceFirst(names))
-    FROM_SOURCE = frozenset(names)
-    return names
-
-
-def pure():
-    return os.environ.get("GWSERVER_PURE", "") not in ("", "0")
-
-
-def status():
-    """(modules that run compiled, modules built but run from their source), by name; from
-    the files, importing none (the master must not import what its workers patch first)."""
-    compiled, sources = [], []
-    for name in sorted(built()):
-        if name in FROM_SOURCE:
-            sources.append(name)
-        elif any(os.path.exists(source_path(name)[:-3] + suffix)
-                 for suffix in importlib.machinery.EXTENSION_SUFFIXES):
-            compiled.append(name)
-    return compiled, sources
+def decide():
+    """Run the build whole (it is complete and current) or not at all; install the finder
+    for every extension module that must not run. Returns the modules that run compiled."""
+    global COMPILED, WHY_NOT
+    record, extensions = built(), extension_modules()
+    if pure():
+        WHY_NOT = "GWSERVER_PURE is set"
+    elif not record:
+        WHY_NOT = "no compiled build"
+    elif not set(record) <= extensions:
+        WHY_NOT = "the build is incomplete"
+    elif any(source_digest(source_path(name)) != digest for name, digest in record.items()):
+        WHY_NOT = "the sources changed since the build"
+    else:
+        COMPILED = frozenset(record)
+    from_source = extensions - COMPILED
+    if from_source:
+        sys.meta_path.insert(0, SourceFirst(from_source))
+    return COMPILED
 
 
 def describe():
     """One line for the master's log and ``gwserver --version``."""
-    compiled, sources = status()
-    if not compiled:
-        if not sources:
-            return "pure Python: no compiled build"
-        return "pure Python: " + ("GWSERVER_PURE is set" if pure()
-                                  else "the sources changed since the build")
-    text = f"{len(compiled)} request-path modules compiled"
-    if sources:
-        text += f"; from their changed sources: {', '.join(sources)}"
-    return text
+    if COMPILED:
+        return f"{len(COMPILED)} request-path modules compiled"
+    return f"pure Python: {WHY_NOT}"

@@ -128,23 +128,20 @@ def test_h2_check_passes_a_target_that_goes_away_gracefully_before_answering(lau
 
 # -- 3-4. the ocsp helper against a hostile responder ----------------------------------------------
 
-class Responder:
-    """A plain-HTTP OCSP responder (OCSP runs over http: anyone on the path can be it) that
-    answers every POST with ``body`` (bytes); ``posts`` counts them."""
+class LoopbackHTTP:
+    """A threaded HTTP server on a free loopback port; a subclass's ``answer(handler)``
+    answers each POST (``handler``: its BaseHTTPRequestHandler)."""
 
-    def __init__(self, body=b""):
+    protocol = "HTTP/1.0"
+
+    def __init__(self):
         outer = self
-        self.body, self.posts = body, 0
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = self.protocol
+
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.posts += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/ocsp-response")
-                self.send_header("Content-Length", str(len(outer.body)))
-                self.end_headers()
-                self.wfile.write(outer.body)
+                outer.answer(self)
 
             def log_message(self, *args):
                 pass
@@ -152,11 +149,34 @@ class Responder:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def answer_with(handler, status, content_type, body):
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+class Responder(LoopbackHTTP):
+    """A plain-HTTP OCSP responder (OCSP runs over http: anyone on the path can be it) that
+    answers every POST with ``body`` (bytes); ``posts`` counts them."""
+
+    def __init__(self, body=b""):
+        self.body, self.posts = body, 0
+        super().__init__()
+
+    def answer(self, handler):
+        handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+        self.posts += 1
+        answer_with(handler, 200, "application/ocsp-response", self.body)
 
 
 def _self_made(name, key, issuer_name, signing_key, algorithm):
@@ -329,35 +349,18 @@ def test_a_checker_restarted_over_a_malformed_health_file_comes_up(launcher):
 
 # -- 8. config-sync against an endpoint that answers, but is not etcd ------------------------------
 
-class NotEtcd:
+class NotEtcd(LoopbackHTTP):
     """An "etcd endpoint" that answers every POST with ``status`` and ``body`` (a load
     balancer's maintenance page, a web server on a misrouted port, a captive proxy)."""
 
     def __init__(self, status=200, body=b"<html><body>down for maintenance</body></html>"):
-        outer = self
-        self.posts = 0
+        self.status, self.body, self.posts = status, body, 0
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.posts += 1
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, handler):
+        handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+        self.posts += 1
+        answer_with(handler, self.status, "text/html", self.body)
 
 
 @pytest.mark.parametrize("status, body", [
@@ -391,54 +394,37 @@ def test_config_sync_survives_an_endpoint_that_is_not_etcd_and_uses_the_next(
         broken.close()
 
 
-class EndlessWatch:
+class EndlessWatch(LoopbackHTTP):
     """An "etcd endpoint" in front of a real one: every call is passed on, but a watch is
     answered with a message that never ends its line (``streamed`` bytes, then closed)."""
 
+    protocol = "HTTP/1.1"
+
     def __init__(self, etcd_url, streamed):
-        outer = self
-        self.watches = 0
+        self.etcd_url, self.streamed, self.watches = etcd_url, streamed, 0
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path == "/v3/watch":
-                    outer.watches += 1
-                    self.send_response(200)
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    piece = b'{"result":{"header":{},"events":[' + b" " * 65500
-                    for _ in range(streamed // len(piece)):
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    self.close_connection = True
-                    return
-                request = urllib.request.Request(etcd_url + self.path, data=body,
-                                                 headers=dict(self.headers))
-                try:
-                    with urllib.request.urlopen(request, timeout=5) as answer:
-                        status, data = answer.status, answer.read()
-                except urllib.error.HTTPError as exc:
-                    status, data = exc.code, exc.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, handler):
+        body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+        if handler.path == "/v3/watch":
+            self.watches += 1
+            handler.send_response(200)
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            piece = b'{"result":{"header":{},"events":[' + b" " * 65500
+            for _ in range(self.streamed // len(piece)):
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            handler.close_connection = True
+            return
+        request = urllib.request.Request(self.etcd_url + handler.path, data=body,
+                                         headers=dict(handler.headers))
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                status, data = answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            status, data = exc.code, exc.read()
+        answer_with(handler, status, "application/json", data)
 
 
 def peak_memory_mib(pid):

@@ -5,9 +5,11 @@ import importlib.machinery
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -59,19 +61,13 @@ def test_every_attribute_the_code_assigns_is_declared(pxd):
         assert not missing, f"{pxd.name}: class {name} assigns {sorted(missing)} undeclared"
 
 
-def test_a_build_runs_compiled_while_its_sources_are_unchanged():
-    """What this checkout was built with (scripts/install-deps builds it): each module the
-    build recorded, with its source unchanged, is the extension module."""
-    built = compiled.built()
-    if os.environ.get("GWSERVER_PURE", "") not in ("", "0"):
-        assert compiled.status()[0] == []
-        return
-    fresh = [name for name, digest in built.items()
-             if compiled.source_digest(compiled.source_path(name)) == digest]
-    for name in fresh:
-        __import__(name)
-        assert isinstance(sys.modules[name].__loader__, importlib.machinery.ExtensionFileLoader)
-    assert compiled.status()[0] == sorted(fresh)
+def test_this_process_runs_the_build_whole_or_not_at_all():
+    """Every extension module of the package is loaded as one only while the build runs."""
+    for name in compiled.extension_modules():
+        module = __import__(name, fromlist=["_"])
+        is_extension = isinstance(module.__loader__, importlib.machinery.ExtensionFileLoader)
+        assert is_extension == (name in compiled.COMPILED), name
+    assert bool(compiled.COMPILED) == (compiled.describe().endswith("modules compiled"))
 
 
 def python(code, env):
@@ -81,38 +77,69 @@ def python(code, env):
                           env={**inherited, **env}, cwd="/")
 
 
-def run_python(code, env):
-    out = python(code, env)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
-def test_a_module_whose_source_changed_since_the_build_runs_its_source(tmp_path):
-    """A copy of the package with a fake build of core/target.py recorded: an .so file
-    that is not even loadable. Its digest matching, the extension would be imported (and
-    fail); with the source edited since, the source is."""
+@pytest.fixture
+def built_copy(tmp_path):
+    """A copy of this checkout's package as its install built it (compiled.json and the
+    extension modules; scripts/install-deps builds them), and how it runs."""
     copy = tmp_path / "gwserver"
-    subprocess.run(["cp", "-r", str(PACKAGE), str(copy)], check=True)
-    for stale in copy.rglob("*.so"):
-        stale.unlink()
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    (copy / "core" / f"target{suffix}").write_bytes(b"not an extension module")
-    (copy / "core" / "target.pxd").write_text("# declarations\n")
-    source = copy / "core" / "target.py"
-    code = ("import gwserver.core.target as t, gwserver.compiled as c; "
-            "print(type(t.__loader__).__name__, c.describe())")
-    env = {"PYTHONPATH": str(tmp_path)}
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert json.loads((copy / "compiled.json").read_text()), \
+        "this checkout has no compiled build: scripts/install-deps makes it (gcc, python3-dev)"
 
-    def record(digest):
-        (copy / "compiled.json").write_text(json.dumps({"gwserver.core.target": digest}))
-    record(compiled.source_digest(str(source)))
-    failed = python(code, env)
-    assert failed.returncode != 0 and "ImportError" in failed.stderr    # the "build" ran
-    assert run_python(code, {**env, "GWSERVER_PURE": "1"}) == \
-        "SourceFileLoader pure Python: GWSERVER_PURE is set"
-    source.write_text(source.read_text() + "\n# edited after the build\n")
-    assert run_python(code, env) == \
-        "SourceFileLoader pure Python: the sources changed since the build"
-    record(compiled.source_digest(str(source)))
-    (copy / "core" / "target.pxd").write_text("# declarations, edited after the build\n")
-    assert run_python(code, env).startswith("SourceFileLoader")
+    def runs(env=None):
+        """(the loader of client/http1, describe()) after importing the worker module."""
+        out = python("import gwserver.server.worker, gwserver.compiled as c, "
+                     "gwserver.client.http1 as h; "
+                     "print(type(h.__loader__).__name__, '|', c.describe())",
+                     {"PYTHONPATH": str(tmp_path), **(env or {})})
+        assert out.returncode == 0, out.stderr[-3000:]
+        return tuple(out.stdout.strip().split(" | "))
+    return SimpleNamespace(path=copy, runs=runs)
+
+
+def test_a_current_build_runs(built_copy):
+    assert built_copy.runs() == ("ExtensionFileLoader",
+                                 f"{len(DECLARED)} request-path modules compiled")
+
+
+@pytest.mark.parametrize("edited", ["net/deadlines.py", "core/context.py", "core/context.pxd",
+                                    "client/http1.py"])
+def test_a_build_whose_sources_changed_runs_none_of_its_modules(built_copy, edited):
+    """Per module, an edited deadlines.py (which the compiled sockets, runtime, proxy and
+    http1 read as a C struct) made them fail to import (\"Deadlines size changed\"), and an
+    edited context.py let them read a RequestContext's fields at the wrong offsets."""
+    path = built_copy.path / edited
+    path.write_text(path.read_text() + "\n# edited after the build\n")
+    assert built_copy.runs() == ("SourceFileLoader",
+                                 "pure Python: the sources changed since the build")
+
+
+def test_an_incomplete_build_runs_none_of_its_modules(built_copy):
+    next(built_copy.path.rglob("deadlines*.so")).unlink()
+    assert built_copy.runs() == ("SourceFileLoader", "pure Python: the build is incomplete")
+
+
+def test_extension_modules_no_build_recorded_never_run(built_copy):
+    """Left by an older build, by a build whose compile failed, or in a checkout of another
+    commit: with no record (or an empty one), no extension module is imported."""
+    (built_copy.path / "compiled.json").write_text("{}\n")
+    assert built_copy.runs() == ("SourceFileLoader", "pure Python: no compiled build")
+    (built_copy.path / "compiled.json").unlink()
+    assert built_copy.runs() == ("SourceFileLoader", "pure Python: no compiled build")
+
+
+def test_an_extension_module_the_build_did_not_record_never_runs(built_copy):
+    """A current build, and beside it a file that is no extension module at all, for a
+    module the build does not compile: imported, it would fail."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (built_copy.path / "core" / f"target{suffix}").write_bytes(b"not an extension module")
+    out = python("import gwserver.core.target as t, gwserver.compiled as c; "
+                 "print(type(t.__loader__).__name__, c.describe())",
+                 {"PYTHONPATH": str(built_copy.path.parent)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "SourceFileLoader"
+
+
+def test_gwserver_pure_runs_the_sources(built_copy):
+    assert built_copy.runs({"GWSERVER_PURE": "1"}) == ("SourceFileLoader",
+                                                       "pure Python: GWSERVER_PURE is set")
