@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -14,20 +15,38 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 RECORD = ROOT / "gwserver" / "compiled.json"
+SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
+# An editable install (pip install -e, as scripts/install-deps makes) runs from this tree,
+# whose record must then say what it holds; other builds leave the tree's record alone.
+IN_TREE = any(arg in ("editable_wheel", "develop", "--inplace", "-i") for arg in sys.argv)
 
 
-def source_digest(stem):
-    """As gwserver.compiled.source_digest (which this build cannot import): the .py and the
-    .pxd it was compiled from."""
+def source_digest(module):
+    """As gwserver.compiled.source_digest (which this build cannot import): SHA-256 over the
+    .py and .pxd of a module, each with its length first."""
     digest = hashlib.sha256()
     for suffix in (".py", ".pxd"):
-        digest.update(stem.with_suffix(suffix).read_bytes())
+        data = (ROOT / (module.replace(".", "/") + suffix)).read_bytes()
+        digest.update(b"%d:" % len(data) + data)
     return digest.hexdigest()
 
 
+def write_record(path, modules):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"suffix": SUFFIX, "modules": modules}, indent=1) + "\n")
+
+
+def module_names():
+    return [".".join(pxd.relative_to(ROOT).with_suffix("").parts)
+            for pxd in sorted((ROOT / "gwserver").rglob("*.pxd"))]
+
+
+SOURCES = {}        # module -> digest of the sources as the build found them
+
+
 def extensions():
-    """The extensions to build, or [] (and an empty record: a build left in a checkout by an
-    earlier install is then not run)."""
+    """The extensions to build, or [] (and, in the tree, an empty record: a build an earlier
+    install left there is then not run)."""
     why_not = "GWSERVER_PURE is set" if os.environ.get("GWSERVER_PURE", "") not in ("", "0") \
         else None
     if why_not is None:
@@ -37,12 +56,13 @@ def extensions():
             why_not = "Cython is not installed"
     if why_not is not None:
         print(f"gwserver: not compiling the request path: {why_not}", file=sys.stderr)
-        RECORD.write_text("{}\n")
+        if IN_TREE:
+            write_record(RECORD, {})
         return []
-    modules = [Extension(".".join(pxd.relative_to(ROOT).with_suffix("").parts),
-                         [str(pxd.with_suffix(".py").relative_to(ROOT))], optional=True)
-               for pxd in sorted((ROOT / "gwserver").rglob("*.pxd"))]
-    return cythonize(modules, quiet=True, compiler_directives={
+    SOURCES.update((name, source_digest(name)) for name in module_names())
+    modules = [Extension(name, [name.replace(".", "/") + ".py"], optional=True)
+               for name in SOURCES]
+    return cythonize(modules, quiet=True, force=True, compiler_directives={
         "language_level": 3,
         "infer_types": True,       # a local assigned from a typed attribute is typed too
         "binding": True,           # functions keep their signatures (the plugin loader reads them)
@@ -51,8 +71,10 @@ def extensions():
 
 class BuildAndRecord(build_ext):
     """Builds every extension anew, then writes gwserver/compiled.json: each module with the
-    digest of the source it was built from, or nothing unless every one of them was built
-    in this run (gwserver/compiled.py runs the build whole or not at all)."""
+    digest of the source it was built from, or none unless every one of them was built in
+    this run from the sources it started with (gwserver/compiled.py runs the build whole or
+    not at all). In the tree, the record is emptied before the build and written after it:
+    a process that starts meanwhile runs no compiled module."""
 
     def finalize_options(self):
         super().finalize_options()
@@ -68,20 +90,19 @@ class BuildAndRecord(build_ext):
         self.built_now.add(ext.name)
 
     def run(self):
+        in_tree = self.inplace or getattr(self, "editable_mode", False)
+        if in_tree:
+            write_record(RECORD, {})
         super().run()
-        names = {ext.name for ext in self.extensions}
-        record = {name: source_digest(ROOT / name.replace(".", "/")) for name in sorted(names)} \
-            if names and names <= self.built_now else {}
+        unchanged = all(source_digest(name) == digest for name, digest in SOURCES.items())
+        record = dict(SOURCES) if SOURCES and set(SOURCES) <= self.built_now and unchanged \
+            else {}
         if not record:
             print("gwserver: the request path did not compile: it runs as pure Python",
                   file=sys.stderr)
-        text = json.dumps(record, indent=1) + "\n"
-        targets = [Path(self.build_lib) / "gwserver" / "compiled.json"]
-        if self.inplace or getattr(self, "editable_mode", False):
-            targets.append(RECORD)
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+        for target in [Path(self.build_lib) / "gwserver" / "compiled.json"] + \
+                ([RECORD] if in_tree else []):
+            write_record(target, record)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildAndRecord})

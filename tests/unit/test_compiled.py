@@ -143,3 +143,43 @@ def test_an_extension_module_the_build_did_not_record_never_runs(built_copy):
 def test_gwserver_pure_runs_the_sources(built_copy):
     assert built_copy.runs({"GWSERVER_PURE": "1"}) == ("SourceFileLoader",
                                                        "pure Python: GWSERVER_PURE is set")
+
+
+def test_a_module_built_for_another_abi_is_not_the_build(built_copy):
+    """The record is of this interpreter's files: another suffix's file of the same module
+    (an older build's, garbage here) does not complete it."""
+    suffix = compiled.SUFFIX
+    built = next(built_copy.path.rglob(f"deadlines{suffix}"))
+    built.unlink()
+    built.with_name("deadlines.abi3.so").write_bytes(b"not an extension module")
+    assert built_copy.runs() == ("SourceFileLoader", "pure Python: the build is incomplete")
+
+
+def test_a_record_of_another_interpreter_is_not_this_ones_build(built_copy):
+    record = json.loads((built_copy.path / "compiled.json").read_text())
+    record["suffix"] = ".cpython-312-x86_64-linux-gnu.so"
+    (built_copy.path / "compiled.json").write_text(json.dumps(record))
+    assert built_copy.runs() == ("SourceFileLoader", "pure Python: no compiled build")
+
+
+def test_a_compiled_file_replaced_after_the_decision_is_refused(built_copy):
+    """A rebuild while a process runs: the worker imports most compiled modules after the
+    master decided; a file that changed since is refused, never mixed with the others."""
+    deadlines = next(built_copy.path.rglob(f"deadlines{compiled.SUFFIX}"))
+    out = python(f"import gwserver, os; os.utime({str(deadlines)!r}, ns=(1, 1)); "
+                 f"import gwserver.net.deadlines",
+                 {"PYTHONPATH": str(built_copy.path.parent)})
+    assert out.returncode != 0
+    assert "gwserver.net.deadlines: its compiled file changed after this process started " \
+           "(gwserver was rebuilt): restart the process" in out.stderr
+
+
+def test_extension_modules_in_a_symlinked_folder_are_seen(built_copy, tmp_path):
+    server = built_copy.path / "server"
+    moved = tmp_path / "elsewhere"
+    server.rename(moved)
+    server.symlink_to(moved)
+    assert built_copy.runs({"GWSERVER_PURE": "1"}) == ("SourceFileLoader",
+                                                       "pure Python: GWSERVER_PURE is set")
+    assert built_copy.runs() == ("ExtensionFileLoader",
+                                 f"{len(DECLARED)} request-path modules compiled")
