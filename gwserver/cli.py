@@ -171,10 +171,9 @@ def conf_option(parser, default=CONF):
 
 
 def main(argv=None):
-    from . import __version__, compiled
+    from . import __version__
     parser = argparse.ArgumentParser(prog="gwserver", description="An API gateway.")
-    parser.add_argument("--version", action="version",
-                        version=f"gwserver {__version__} ({compiled.describe()})")
+    parser.add_argument("--version", action="version", version=f"gwserver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the master and its workers (foreground)")
     conf_option(run)

@@ -21,7 +21,7 @@ from gunicorn import systemd, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from .. import compiled, proctitle
+from .. import proctitle
 from ..errors import ConfigError
 from ..settings import conf_warnings, load_conf, resolve_workers, tmpfs_dir
 from .instance import InstanceLocked, lock_paths
@@ -611,7 +611,7 @@ class GatewayArbiter(Arbiter):
         if not getattr(self, "ready_sent", True) and self.workers_serving():
             self.ready_sent = True
             self.notify(f"READY=1\nSTATUS=serving with {len(self.WORKERS)} workers")
-            log.info("ready: %d workers serving (%s)", len(self.WORKERS), compiled.describe())
+            log.info("ready: %d workers serving", len(self.WORKERS))
 
     @staticmethod
     def draining_on_its_own(worker):

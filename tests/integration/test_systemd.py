@@ -150,11 +150,6 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     assert (prefix / "bin.before-releases" / "python").exists()      # the old venv, aside
     (first_release,) = os.listdir(prefix / "releases")
-    # A release runs the compiled request path: its wheel carries the .pxd files beside the
-    # extension modules (without them every module ran from its .py, as if changed).
-    declared = len(list((ROOT / "gwserver").rglob("*.pxd")))
-    assert f"release {first_release}: gwserver " in first.stdout, first.stdout
-    assert f"({declared} request-path modules compiled)" in first.stdout, first.stdout
     (confdir / "gwserver.toml").write_text((confdir / "gwserver.toml").read_text() +
                                            "\n# operator's edit\n")
     # Older releases: the one a process still has a file of mapped is kept, as are the
@@ -171,10 +166,8 @@ def test_installer_is_idempotent_and_the_unit_verifies(tmp_path):
     holder = subprocess.Popen(["python3", "-c", (
         "import mmap, sys, time; f = open(sys.argv[1], 'rb'); "
         "m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ); print(1, flush=True); "
-        "time.sleep(900)"), str(releases / "0.0.9-c" / "lib.so")], stdout=subprocess.PIPE)
+        "time.sleep(120)"), str(releases / "0.0.9-c" / "lib.so")], stdout=subprocess.PIPE)
     try:
-        # (killed below: it holds the mapping for as long as the install takes; an install
-        # compiles the request path, two minutes and more on a busy host)
         assert holder.stdout.readline() == b"1\n"
         second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     finally:
