@@ -77,13 +77,18 @@ class RawH2:
             except Exception as exc:          # a frame our state machine dislikes
                 self.events.append(exc)
                 continue
-            for event in events:
-                self.events.append(event)
-                if isinstance(event, h2.events.DataReceived):
-                    self.conn.acknowledge_received_data(event.flow_controlled_length,
-                                                        event.stream_id)
+            self.keep(events)
             self.flush()
         return True
+
+    def keep(self, events):
+        """Record ``events``, giving back the flow-control credit of the DATA among them
+        (sent with the next flush)."""
+        for event in events:
+            self.events.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                    event.stream_id)
 
     def response(self, sid, timeout=5.0):
         """-> (status, headers dict, body, trailers dict) or None if the stream was reset

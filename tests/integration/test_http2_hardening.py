@@ -16,7 +16,6 @@ import time
 import h2.config
 import h2.connection
 import h2.errors
-import h2.exceptions
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -919,11 +918,7 @@ def read_slowly(client, sid, pause, ping_every=None, within=30, piece=32768):
                 if any(isinstance(e, h2.events.ConnectionTerminated) for e in client.events):
                     return received(client, sid)
                 raise
-            for event in events:
-                client.events.append(event)
-                if isinstance(event, h2.events.DataReceived):
-                    client.conn.acknowledge_received_data(event.flow_controlled_length,
-                                                          event.stream_id)
+            client.keep(events)
         client.flush()
     return received(client, sid)
 
