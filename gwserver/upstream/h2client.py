@@ -696,8 +696,10 @@ class StreamResponse:
         """The request side failed (the client's body): whoever reads the answer raises it."""
         self.stream.events.put(exc)
 
-    def _next(self):
-        stream, waited_from = self.stream, time.monotonic()
+    def _next(self, since=None):
+        """The stream's next event, waited for ``timeout`` from ``since`` (default: now)."""
+        stream = self.stream
+        waited_from = time.monotonic() if since is None else since
         while True:
             # The read timeout runs from this wait's start or the last piece of request body
             # sent, whichever is later: an upload that keeps moving is not cut, as it is not
@@ -718,7 +720,8 @@ class StreamResponse:
                     raise exc from None
                 if stream.sent_at + self.timeout <= time.monotonic():
                     raise UpstreamTimeout(f"{self.connection.target.url} did not answer "
-                                          f"within {self.timeout:g}s") from None
+                                          f"within {self.timeout:g}s"
+                                          f"{' (per_try_timeout)' if since else ''}") from None
         if isinstance(event, Exception):
             raise event
         if isinstance(event, h2.events.StreamReset):
@@ -727,11 +730,17 @@ class StreamResponse:
                                                    f"stream ({event.error_code!r})")
         return event
 
-    def head(self):
+    def head(self, whole=False):
+        """(status, fields) of the final head. ``whole`` (a retry policy's per_try_timeout):
+        ``timeout`` bounds the whole head, interim heads included, as on HTTP/1.1
+        upstreams (Proxy.read_head); otherwise each wait, so that 102 Processing can keep a
+        long request alive. Bounded per wait, a 1xx every few tenths of a second held a try
+        up to MAX_INTERIM_HEADS times its per_try_timeout, past its retry."""
         interim = 0
+        since = time.monotonic() if whole else None
         while True:
             try:
-                event = self._next()
+                event = self._next(since)
             except StreamNotOpened as exc:
                 if not interim:
                     raise

@@ -159,7 +159,6 @@ class H2Forwarder:
         budget.request()
         policy = route.retry if upstream is route.upstream else upstream.retry
         replayable = not streamed and req.method in policy.methods
-        head_timeout = policy.per_try_timeout or route.read_timeout
         call_timeout = grpc_timeout(req.header_map.get(b"grpc-timeout"))
         # A little grace: an upstream that keeps the deadline itself answers with its own
         # status (and trailers) first; the gateway's bound is for those that do not.
@@ -180,7 +179,8 @@ class H2Forwarder:
                     if target.url in proxy.refused:
                         del proxy.refused[target.url]   # a probe got through: it is back
                     exchange = self.attempt(client, req, connection, target, upstream, grpc,
-                                            body, streamed, deadline, head_timeout,
+                                            body, streamed, deadline,
+                                            policy.per_try_timeout,
                                             retried=bool(tried))
                 except UpstreamConnectError as exc:
                     # no connection: the target's, or a new one for a refused stream's second
@@ -245,11 +245,12 @@ class H2Forwarder:
             return answer
 
     def attempt(self, client, req, connection, target, upstream, grpc, body, streamed,
-                deadline, head_timeout, retried=False):
+                deadline, per_try_timeout, retried=False):
         """One try: open a stream, send the request (the body held, or the client's as it
-        arrives, through a sender greenlet) and read the answer's head within
-        ``head_timeout``. A stream the upstream did not process (RFC 9113 8.7) goes to a
-        new connection once, whatever the method, with the body so far: that is no retry of
+        arrives, through a sender greenlet) and read the answer's head: the whole head within
+        ``per_try_timeout`` if the policy sets one, else each wait within the route's read
+        timeout. A stream the upstream did not process (RFC 9113 8.7) goes to a new
+        connection once, whatever the method, with the body so far: that is no retry of
         a failure and takes nothing from the budget. On failure nothing of the try is left
         open. A retry of a call with a ``grpc-timeout`` tells the upstream the time left."""
         route = req.route
@@ -271,8 +272,9 @@ class H2Forwarder:
                                               connection, stream, taken)
                     # A streamed body is never retried, and the upstream may answer only
                     # once it has all of it: per_try_timeout does not bound an upload.
-                    stream.timeout = route.read_timeout if more else head_timeout
-                    status, fields = stream.head()
+                    per_try = bool(per_try_timeout) and not more
+                    stream.timeout = per_try_timeout if per_try else route.read_timeout
+                    status, fields = stream.head(whole=per_try)
                     stream.timeout = route.read_timeout
                     break
                 except StreamNotOpened:
