@@ -94,7 +94,8 @@ def normalise_path(path, escaped_slashes="reject", merge_slashes=True, path_para
         while b"//" in out:
             out = out.replace(b"//", b"/")
     for segment in bytes(out).split(b"/"):
-        if segment.partition(b";")[0] in (b".", b".."):
+        # "..%3B" too: an upstream that decodes before it strips parameters reads "..;"
+        if segment.partition(b";")[0].partition(b"%3B")[0] in (b".", b".."):
             raise BadRequest("path has a dot segment (. or ..)")
     if b";" in out and path_parameters == "reject":
         raise BadRequest("path has ; parameters (server.path_parameters = \"reject\")")
