@@ -62,6 +62,7 @@ from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
+from .waiting import serve_counted, wait_first_byte
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, has_unread_input, linger,
@@ -771,9 +772,11 @@ class H2ServerConnection:
 
     # -- the reader ------------------------------------------------------------------------------
 
-    def serve(self):
+    def serve(self, counted=False):
+        """As ClientConnection.serve (``counted`` too)."""
         runtime = self.runtime
-        runtime.client_opened()
+        if not counted:
+            runtime.client_opened()
         stopping = runtime.stopping
         stopping.rawlink(self._on_stop)
         try:
@@ -1083,11 +1086,17 @@ class _Rejected(HTTPError):
 
 
 def serve_h2c_or_http1(runtime, sock, addr):
-    """A plain listener with h2c on: the preface picks HTTP/2, anything else is HTTP/1.1."""
-    if wants_h2(sock, runtime.conf.server["header_timeout"]):
-        H2ServerConnection(runtime, sock, addr).serve()
-    else:
-        ClientConnection(runtime, sock, addr).serve()
+    """A plain listener with h2c on: the preface picks HTTP/2, anything else is HTTP/1.1.
+    Until its first byte the connection is an idle one (client.waiting)."""
+    timeout = runtime.conf.server["header_timeout"]
+    if not wait_first_byte(runtime, sock, timeout):
+        return
+    try:
+        h2 = wants_h2(sock, timeout)
+    except BaseException:
+        runtime.client_closed()
+        raise
+    serve_counted(H2ServerConnection if h2 else ClientConnection, runtime, sock, addr)
 
 
 def listener_table(http2):

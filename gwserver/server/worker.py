@@ -22,6 +22,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
 from ..client.http1 import ClientConnection
+from ..client.waiting import serve_counted, wait_first_byte
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
 from ..net.addresses import listener_addresses
@@ -255,22 +256,32 @@ class GatewayWorker(GeventWorker):
     def handle_tls_client(self, sock, addr):
         """TLS listener: handshake (bounded by handshake_timeout), then HTTP/1.1 as usual."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)    # before the handshake
-        tls = self.runtime.tls_server.wrap(sock)
+        timeout = self.conf.tls["handshake_timeout"]
+        started = time.monotonic()
+        # Until its ClientHello begins, the connection is an idle one (client.waiting).
+        if not wait_first_byte(self.runtime, sock, timeout):
+            sock.close()
+            return
         try:
-            with gevent.Timeout(self.conf.tls["handshake_timeout"]):
+            tls = self.runtime.tls_server.wrap(sock)
+            with gevent.Timeout(max(0.0, started + timeout - time.monotonic())):
                 tls.do_handshake()
         except (OSError, gevent.Timeout) as exc:
             throttled_log.log(log, logging.INFO, "tls handshake",
                               "TLS handshake with %s failed: %s", addr[0] if addr else "?",
                               exc or "timed out")
             sock.close()
+            self.runtime.client_closed()
             return
+        except BaseException:
+            self.runtime.client_closed()
+            raise
         try:
             if tls.alpn == b"h2":
                 from ..client.h2server import H2ServerConnection
-                H2ServerConnection(self.runtime, tls, addr, scheme="https").serve()
+                serve_counted(H2ServerConnection, self.runtime, tls, addr, scheme="https")
             else:
-                ClientConnection(self.runtime, tls, addr, scheme="https").serve()
+                serve_counted(ClientConnection, self.runtime, tls, addr, scheme="https")
         except Exception as exc:    # a bug in one connection must never take the worker down
             throttled_log.log(log, logging.ERROR, "unhandled connection error",
                               "unhandled error serving %s", addr, exc_info=exc)

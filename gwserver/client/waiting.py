@@ -1,0 +1,80 @@
+"""A new connection that has sent nothing yet, waited on as an idle one.
+
+A TLS listener waits for the ClientHello, and a plain listener with h2c on peeks for the
+HTTP/2 preface, before either knows which protocol serves the connection. Waited for outside
+the worker's count of open and idle connections, worker_connections of them that sent
+nothing held every slot for the handshake or header timeout, and did it again with each
+reconnect, while the same silence on a plain HTTP/1.1 listener gives way to a newcomer
+(Runtime.close_oldest_idle). Here the wait is an idle connection's: counted as open, and
+closed for a newcomer as the oldest idle ones are when the slots run out, until its first
+byte comes.
+"""
+import time
+
+from ..net.sockets import has_unread_input, wait_readable
+
+# A client's first bytes follow its connect at once (the ClientHello, a request): a
+# connection counts as idle only after this long without them. At once, a client between
+# its connect and its first send lost the race to a newcomer when every slot was taken.
+FIRST_BYTE_GRACE = 1.0
+
+
+class FirstByteWait:
+    """The deadline owner and idle entry of one connection's wait (Runtime.idle_clients)."""
+
+    __slots__ = ("sock", "since")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.since = time.monotonic()
+
+    def expire(self):
+        self.sock.close()           # the wait raises at once (net.deadlines)
+
+    def may_close_idle(self):
+        # Not within the grace, nor once its first bytes are here: its greenlet may not have
+        # run since they came, and closing over them would reset a client that did no wrong.
+        return time.monotonic() - self.since >= FIRST_BYTE_GRACE and \
+            not has_unread_input(self.sock)
+
+    def reclaim(self):
+        self.sock.close()
+
+
+def wait_first_byte(runtime, sock, timeout):
+    """Wait up to ``timeout`` seconds for ``sock`` (a plain socket just accepted) to be
+    readable, as an idle connection; -> whether it is. False: the time ran out, or the slot
+    was wanted for a newcomer (the socket is closed then). A client that closed without a
+    byte is readable too: the read that follows tells.
+
+    The connection takes its slot here (Runtime.client_opened: one per connection, or a
+    newcomer at the limit would close two idle ones). True hands the slot on: the caller
+    serves the connection with ``serve(counted=True)``, or gives the slot back itself
+    (Runtime.client_closed)."""
+    waiting = FirstByteWait(sock)
+    runtime.client_opened()
+    runtime.idle_clients[waiting] = None
+    runtime.deadlines.arm(waiting, timeout)
+    readable = False
+    try:
+        wait_readable(sock)
+        readable = True
+    except OSError:
+        pass
+    finally:
+        runtime.deadlines.disarm(waiting)
+        runtime.idle_clients.pop(waiting, None)
+        if not readable:
+            runtime.client_closed()
+    return readable
+
+
+def serve_counted(connection_class, runtime, sock, addr, **options):
+    """Build and serve a connection whose slot ``wait_first_byte`` took: its ``serve``
+    gives the slot back, or this does if the connection could not be built."""
+    try:
+        connection = connection_class(runtime, sock, addr, **options)
+    except BaseException:
+        runtime.client_closed()
+        raise
+    connection.serve(counted=True)
