@@ -28,6 +28,8 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
                                           (a plugin's Reply or an error), as ``response`` does
                                           for upstream answers
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
+    ROUTE_ONLY = True                     may not be a consumer's own plugin (it says what
+                                          the route lets through: acl)
     UPSTREAM_PROTOCOL = "h2"              works only with an upstream of that protocol
     IDENTIFIES_CONSUMER = True            its access phase may identify a consumer
                                           (core.consumers.identify); that consumer's own
@@ -102,6 +104,8 @@ def check_plugin(plugin):
         raise TypeError(f"plugin {name}: UPSTREAM_PLUGIN must be True or False")
     if not isinstance(getattr(plugin, "IDENTIFIES_CONSUMER", False), bool):
         raise TypeError(f"plugin {name}: IDENTIFIES_CONSUMER must be True or False")
+    if not isinstance(getattr(plugin, "ROUTE_ONLY", False), bool):
+        raise TypeError(f"plugin {name}: ROUTE_ONLY must be True or False")
     if hasattr(plugin, "CREDENTIAL") and not isinstance(plugin.CREDENTIAL, Schema):
         raise TypeError(f"plugin {name}: CREDENTIAL must be a gwserver.core.schema.Schema")
     if hasattr(plugin, "CREDENTIAL"):

@@ -103,6 +103,10 @@ def compile_consumer(consumer_id, spec, registry, version=0):
                                    getattr(plugin, "IDENTIFIES_CONSUMER", False)):
             problems.append(f"{owner}: plugins.{name}: an auth plugin cannot be a consumer's "
                             f"own plugin (it runs before the consumer is known)")
+        elif getattr(plugin, "ROUTE_ONLY", False):
+            problems.append(f"{owner}: plugins.{name}: only a route can set it (it says who "
+                            f"the route lets through; a consumer's own would replace the "
+                            f"route's for its requests)")
     chain = None
     try:
         chain = build_chain(owner, {k: v for k, v in spec["plugins"].items()

@@ -14,6 +14,9 @@ from ..core.schema import Field, Schema, list_of, string
 
 NAME = "acl"
 PRIORITY = 850          # after every auth plugin (key_auth 950 .. jwt 900), before limits
+# Who may call is the route's to say: a consumer's own acl would replace the route's for its
+# requests, and one carried over from another route lifted a deny_consumers naming it.
+ROUTE_ONLY = True
 
 _ID = string(CONSUMER_ID, "a consumer id")
 SCHEMA = Schema(

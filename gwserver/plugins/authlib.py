@@ -54,6 +54,14 @@ class CheckedCache:
                 del items[next(iter(items))]
         items[key] = (value, time.monotonic() + self.seconds)
 
+    def update(self, key, value):
+        """What ``key`` was checked against, checked again: its time is not extended, so a
+        full check still comes ``seconds`` after the last one (a change the quick re-check
+        cannot see, such as a second consumer with the same key, is found then)."""
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items[key] = (value, hit[1])
+
 
 class UnknownCache(CheckedCache):
     """Credentials found to match no consumer, remembered for the consumer-table generation

@@ -28,6 +28,7 @@ other.
 """
 import hashlib
 import hmac
+import logging
 import re
 from urllib.parse import unquote_plus
 
@@ -35,7 +36,10 @@ from ..core import consumers
 from ..core.consumers import CONSUMER_ID
 from ..core.context import Reply
 from ..core.schema import Field, Invalid, Schema, boolean, header_name, integer, number, string
+from ..core.throttledlog import throttled_log
 from . import authlib
+
+log = logging.getLogger("gwserver.plugins")
 
 NAME = "key_auth"
 PRIORITY = 950          # before jwt (900) and acl (850): who is calling comes first
@@ -156,7 +160,7 @@ def find(directory, key, conf, ctx=None):
             return consumer         # the consumer table has not changed since
         consumer = directory.find(NAME, stored)
         if consumer is not None:
-            conf["cache"].put(mark, (stored, consumer, generation))
+            conf["cache"].update(mark, (stored, consumer, generation))
             return consumer
     unknown = conf["unknown"]
     if unknown.known_unknown(mark, generation):
@@ -170,13 +174,26 @@ def find(directory, key, conf, ctx=None):
         if wait is not None:
             return authlib.too_many_failures(wait, "too many unknown API keys from this "
                                              "address; retry later")
+    found = None
     for stored, consumer in directory.credentials(NAME):
         cred = consumer.credentials[NAME]
         if hmac.compare_digest(hashlib.sha256(cred["salt"] + raw).digest(), cred["digest"]):
-            if taken:
-                authlib.give_back(store, taken, conf["failure_window"])
-            conf["cache"].put(mark, (stored, consumer, generation))
-            return consumer
+            if found is not None:
+                # Each hash has its own salt, so no index sees one key stored for two
+                # consumers: the whole scan does (once per key and table), and the key is
+                # no one's rather than the first one's (authorised, limited and billed as
+                # another).
+                throttled_log.log(log, logging.ERROR, ("shared key", found[1].id),
+                                  "consumers %s and %s have the same API key: it is refused "
+                                  "until one of them has another", found[1].id, consumer.id)
+                found = None
+                break
+            found = stored, consumer
+    if found is not None:
+        if taken:
+            authlib.give_back(store, taken, conf["failure_window"])
+        conf["cache"].put(mark, (*found, generation))
+        return found[1]
     unknown.remember(mark, generation)
     return None
 
