@@ -11,9 +11,11 @@ MASK = "***"
 SECRET_KEYS = frozenset(["token", "password", "secret", "client_secret", "private_key",
                          "api_key"])
 # Header names whose values are credentials (a headers plugin that sets Authorization for
-# the upstream, a route matching on X-Api-Key): masked by name, as keys above are.
-SECRET_HEADER = re.compile(r"authorization|token|secret|passw|api[-_]?key|cookie|credential|"
-                           r"session", re.I)
+# the upstream, a route matching on X-Api-Key): masked by name, as keys above are. "-key" at
+# the end and "auth" anywhere take the vendors' own (Cloudflare's X-Auth-Key, Azure's
+# Ocp-Apim-Subscription-Key and X-Functions-Key); config fields are spelled with "_".
+SECRET_HEADER = re.compile(r"auth|token|secret|passw|api[-_]?key|-key$|cookie|credential|"
+                           r"session|signature", re.I)
 URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*(?P<tail>@)", re.I)
 
 

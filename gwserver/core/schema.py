@@ -310,9 +310,16 @@ def request_header_name(value):
 
 
 def header_value(value):
-    if not isinstance(value, str) or not is_field_value(value):
+    if not isinstance(value, str):
+        raise Invalid(f"must be a header value (text), got {show(value)}")
+    if not is_field_value(value):
+        # Never quoted: a header value the config sets is often a credential for the
+        # upstream (read from a file, with its newline), and this message goes to
+        # `gwserver check`, the log and /admin/config.
+        at, char = next((i, c) for i, c in enumerate(value) if not is_field_value(c))
         raise Invalid(f"must be a header value (latin-1 text without CR, LF, NUL or other "
-                      f"control characters but tab), got {show(value)}")
+                      f"control characters but tab), got {len(value)} characters with "
+                      f"{ascii(char)} at offset {at}")
     return value
 
 

@@ -106,8 +106,12 @@ def compile_template(text, captures=False):
         elif name.startswith("param_") and len(name) > 6:
             parts.append(_param(name[6:]))
         else:
-            raise ValueError(f"unknown variable ${name} in {text!r} (known: "
-                             f"{', '.join('$' + n for n in NAMES)}, $param_NAME)")
+            # The text is not quoted: a header value may be a credential with a "$" in it.
+            # Nor is a name unlike a variable's (lower case), which may be a piece of one.
+            said = f"${name}" if re.fullmatch(r"[a-z_]{1,32}", name) else "a variable"
+            raise ValueError(f"unknown variable at offset {m.start()}: {said} (known: "
+                             f"{', '.join('$' + n for n in NAMES)}, $param_NAME; a literal "
+                             f"$ is written $$)")
         names.append(name)
     if pos < len(text):
         parts.append(text[pos:])

@@ -52,7 +52,7 @@ def step(plugins):
     ({"redirect": {"uri": "https://$host/\r\nX: y"}}, "CR, LF"),
     ({"rewrite": {"request_headers": {"set": {"X-A": "a\x0bb"}}}}, "control characters"),
     ({"rewrite": {"response_headers": {"add": {"X-A": "\u20ac"}}}}, "latin-1"),
-    ({"redirect": {"uri": "/x/$nope"}}, "unknown variable $nope"),
+    ({"redirect": {"uri": "/x/$nope"}}, "unknown variable at offset 3: $nope"),
     ({"redirect": {"uri": "/x/$1"}}, "captures exist only"),
     ({"redirect": {"http_to_https": True, "status": 200}}, "must be one of"),
     ({"rewrite": {"path": {"match": "(", "replace": "/x"}}}, "not a regular expression"),
@@ -91,6 +91,28 @@ def test_configs_that_could_be_steered_or_are_not_canonical_are_refused(plugins,
     with pytest.raises(ConfigError) as exc:
         build_chain("route r", plugins, None, load_registry())
     assert problem in str(exc.value)
+
+
+SECRET = "sk_live_TOPSECRET_8c1f"
+
+
+@pytest.mark.parametrize("plugins, problem", [
+    # a secret read from a file with its newline: a header value cannot hold it
+    ({"headers": {"request": {"set": {"Authorization": f"Bearer {SECRET}\n"}}}},
+     "'\\n' at offset 29"),
+    # a secret with a "$" in it, which rewrite reads as a variable
+    ({"rewrite": {"request_headers": {"set": {"Authorization": f"Bearer {SECRET}$x9"}}}},
+     "unknown variable at offset 29: a variable"),
+    ({"rewrite": {"request_headers": {"set": {"Authorization": f"Bearer $x9{SECRET}"}}}},
+     "unknown variable at offset 7: a variable"),
+])
+def test_a_refused_header_value_is_never_quoted(plugins, problem):
+    """The reason a config is refused goes to `gwserver check`, the log and /admin/config
+    (an etcd item's): a header value the config sets is often the upstream's credential."""
+    with pytest.raises(ConfigError) as exc:
+        build_chain("route r", plugins, None, load_registry())
+    assert problem in str(exc.value) and SECRET not in str(exc.value), str(exc.value)
+    assert "TOPSECRET" not in str(exc.value)
 
 
 @pytest.mark.parametrize("match", ["^/a/([^%2f]+)$", "^/a/[]%2f]+$", "^/a/[\\]%7e]$",
