@@ -128,6 +128,19 @@ STARTUP_SECONDS = 30.0
 HELPER_CHECK_GAP = 5.0
 
 
+def sync_inputs(conf):
+    """What the config-sync process takes from the conf file: its [etcd] section, and what it
+    compiles etcd's items beside (core.table.LiveTable.for_conf). A reload that changes any
+    of it starts the process again, to read the new conf."""
+    return (dict(conf.etcd or {}), conf.static_routes, dict(conf.static_upstreams),
+            dict(conf.static_consumers or {}), dict(conf.plugins),
+            dict(conf.upstream_defaults), {k: conf.server[k] for k in ROUTE_SERVER_SETTINGS})
+
+
+# The [server] settings a route is compiled with (core.routes: path rules, the body limit).
+ROUTE_SERVER_SETTINGS = ("max_body_size", "merge_slashes", "escaped_slashes", "path_parameters")
+
+
 class Helper:
     """A process the master owns besides its workers (config sync; later health checks).
 
@@ -319,14 +332,15 @@ class ReloadStatus:
         """A worker stopped for its silence: counted in master.prom (what gwserver reload
         waits for in master.json does not move)."""
         self.worker_timeouts += 1
-        self._rewrite()
+        self.rewrite()
 
     def workers_started(self):
         """The workers an applied reload could not start (fork refused) are started."""
         self.workers_missing = 0
-        self._rewrite()
+        self.rewrite()
 
-    def _rewrite(self):
+    def rewrite(self):
+        """master.json and master.prom again, as they were (their directory was made again)."""
         if self.conf is not None:
             try:
                 self._write(self.conf)
@@ -480,7 +494,7 @@ class GatewayArbiter(Arbiter):
         self.reloads.record(True, self.app.conf, start=True)
         self.ready_sent = False
         self.helpers = helpers_for(self.app)
-        self.helper_conf = dict(self.app.conf.etcd or {})
+        self.helper_conf = sync_inputs(self.app.conf)
         for helper in self.helpers.values():
             helper.start()
 
@@ -532,6 +546,7 @@ class GatewayArbiter(Arbiter):
                    if end > since)
 
     def spawn_worker(self):
+        self.ensure_state_dir()
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
         try:
             pid = super().spawn_worker()
@@ -569,6 +584,27 @@ class GatewayArbiter(Arbiter):
         return [pid for pid in (self.serving_workers() if serving is None else serving)
                 if getattr(self.WORKERS[pid], "generation", 1) == generation]
 
+    def ensure_state_dir(self):
+        """The host state directory, made again if it was removed under the running gateway
+        (a tmp cleaner, a hand): every worker started without it died at boot, again and
+        again, and the workers there were not replaced as they retired. What it held starts
+        over (per-host limits, breaker states); workers started before keep the removed
+        files until they stop."""
+        state_dir = self.app.conf.server["state_dir"]
+        if os.path.isdir(state_dir):
+            return
+        from ..state.store import LocalStore
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            LocalStore.prepare(state_dir)
+        except OSError as exc:
+            log.error("the state_dir %s was removed and cannot be made again: %s; new "
+                      "workers keep per-host state of their own", state_dir, exc.strerror)
+            return
+        log.warning("the state_dir %s was removed while the gateway ran: made again; "
+                    "per-host limits and breaker states start over", state_dir)
+        self.reloads.rewrite()          # `gwserver reload` learns its verdict there
+
     def manage_workers(self):
         """gunicorn's, by generation: keep ``workers`` serving from the current conf, stop
         the others once those serve, and bound what drains (limit_draining).
@@ -577,6 +613,7 @@ class GatewayArbiter(Arbiter):
         ones drain) is replaced now, and an old-configuration worker never stands in for it.
         Workers already told to stop never count (gunicorn's count held them: a worker
         retiring on max_requests had the older serving ones stopped with it)."""
+        self.ensure_state_dir()         # (a stat a turn, about once a second)
         for pid, worker in self.WORKERS.items():
             if not getattr(worker, "stopping", False) and self.draining_on_its_own(worker):
                 worker.stopping = worker.retiring = True
@@ -746,7 +783,7 @@ class GatewayArbiter(Arbiter):
         # Helpers survive reloads: the health checker re-reads its targets on SIGHUP; a changed
         # [etcd] section gets a sync process that reads it; helpers the new conf asks for (or
         # no longer needs) start (or stop).
-        etcd = dict(self.app.conf.etcd or {})
+        synced = sync_inputs(self.app.conf)
         wanted = helpers_for(self.app)
         state_dir = self.app.conf.server["state_dir"]
         moved = state_dir != os.environ.get("GWSERVER_LOCAL_STATE")
@@ -755,7 +792,7 @@ class GatewayArbiter(Arbiter):
             os.environ["GWSERVER_LOCAL_STATE"] = state_dir
             self.reloads = ReloadStatus(state_dir, self.reloads)
         for name in list(self.helpers):
-            if name not in wanted or (name == "config-sync" and etcd != self.helper_conf) or (
+            if name not in wanted or (name == "config-sync" and synced != self.helper_conf) or (
                     moved and name in ("health", "ocsp", "rollouts")):
                 self.helpers.pop(name).stop()
         for name, helper in wanted.items():
@@ -764,7 +801,7 @@ class GatewayArbiter(Arbiter):
                 helper.start()
             elif name in ("health", "ocsp", "rollouts"):
                 self.helpers[name].signal(signal.SIGHUP)      # re-read their targets
-        self.helper_conf = etcd
+        self.helper_conf = synced
         if lock is not None:
             lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
         missing = self.num_workers - len(self.current_workers())
@@ -785,11 +822,14 @@ class GatewayArbiter(Arbiter):
         self.notify(f"READY=1\nSTATUS=serving with {self.num_workers} workers (reloaded)")
 
     def replace_sync(self):
-        """A changed [etcd] section gets its sync process before the new workers start: they
-        listen once it has published (worker.wait_for_table). Started after them, it left
-        workers of a moved runtime_dir without a table while the old ones were let go."""
-        etcd = dict(self.app.conf.etcd or {})
-        if etcd == self.helper_conf:
+        """A changed [etcd] section, or static items beside which etcd's are compiled, gets
+        its sync process before the new workers start: they listen once it has published
+        (worker.wait_for_table). Started after them, it left workers of a moved runtime_dir
+        without a table while the old ones were let go; kept, it went on refusing etcd items
+        for the ids of static ones a reload had removed (an upstream moved into etcd: its
+        routes 503 until the process restarted)."""
+        synced = sync_inputs(self.app.conf)
+        if synced == self.helper_conf:
             return
         old = self.helpers.pop("config-sync", None)
         if old is not None:
@@ -798,7 +838,7 @@ class GatewayArbiter(Arbiter):
         if new is not None:
             self.helpers["config-sync"] = new
             new.start()
-        self.helper_conf = etcd
+        self.helper_conf = synced
 
     def reload(self):
         """gunicorn's ``Arbiter.reload``, with listeners changed in place (listeners.py).

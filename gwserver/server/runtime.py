@@ -245,7 +245,7 @@ class Runtime:
         from ..state.store import LocalStore, RedisStore
         conf = self.conf
         path = conf.server["state_dir"]       # [server] state_dir; the master made it
-        local = LocalStore(path)
+        local = open_local_store(path)
         redis = conf.redis
         limit_store = local if redis is None else RedisStore(
             redis["url"], redis["timeout"], redis["pause"], redis["key_prefix"],
@@ -303,8 +303,10 @@ class Runtime:
         health (active verdicts, passive ejections, ejections expiring) is re-read."""
         self.access.flush()
         throttled_log.flush()       # what a burst of throttled lines left out
-        if self.table_reader is not None and self.table_reader.changed():
-            self.refresh_table()
+        if self.table_reader is not None:
+            self.table_reader.reopen_if_replaced()
+            if self.table_reader.changed():
+                self.refresh_table()
         self.health.refresh()
         if self.tls_server is not None:
             self.tls_server.refresh_staples()
@@ -458,3 +460,24 @@ class Runtime:
 def idle_connections(pool):
     """Open connections waiting in a urllib3 pool (its queue is pre-filled with None slots)."""
     return sum(1 for conn in list(pool.pool.queue) if conn is not None) if pool.pool else 0
+
+
+def open_local_store(path):
+    """The host's per-host store in ``path`` (the state_dir), or, when it cannot be opened
+    there (made read-only, removed and not made again), one of this worker's own in a private
+    directory, removed when the worker exits: a worker that died at boot over it was
+    restarted over and over, and the workers there were not replaced as they retired.
+    Per-host limits then hold per worker, as the log says."""
+    from ..state.store import LocalStore
+    try:
+        return LocalStore(path)
+    except OSError as exc:
+        import atexit
+        import shutil
+        import tempfile
+        private = tempfile.mkdtemp(prefix="gwserver-worker-")
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        log.error("cannot open the per-host table in the state_dir %s (%s): this worker keeps "
+                  "its own until it stops; per-host limits and breaker states are per worker "
+                  "meanwhile", path, exc.strerror or exc)
+        return LocalStore(private)

@@ -153,7 +153,29 @@ class TablePublisher:
 
         Only the sync thread calls this, so the table does not change under it; ``lock``
         keeps the base writer thread from reading the table while the sync thread changes it.
+        A runtime_dir removed under the gateway (a tmp cleaner, a hand) is made again, and
+        the generation published whole (the change files went with it).
         """
+        try:
+            return self._publish(delta, revision, full)
+        except FileNotFoundError:
+            if os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
+                raise
+        log.warning("the runtime_dir %s was removed while the gateway ran: made again, and "
+                    "the whole table published in it", self.runtime_dir)
+        self.generation -= 1                # not published: numbered again below
+        os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
+        os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
+        os.close(self.counter)
+        # A new counter file, numbered on from ours (never back: workers re-open it, and
+        # hold what it says now until the next generation).
+        self.counter = _open_counter(self.runtime_dir, create=True)
+        os.pwrite(self.counter, _COUNTER.pack(self.generation), 0)
+        with self.base_lock:
+            self.base_generation = 0        # table.json went with it
+        return self._publish(None, revision, full=True)
+
+    def _publish(self, delta, revision, full):
         self.generation += 1
         self.revision = revision
         self.last_publish = time.monotonic()
@@ -263,6 +285,23 @@ class TableReader:
             return False
         self.read_after = now + self.READ_EVERY
         return self.changed()
+
+    def reopen_if_replaced(self):
+        """Re-open the counter file if the one at its path is another (the runtime_dir was
+        removed and made again): the descriptor held the removed file, whose generation no
+        longer moved, and the worker served its table for good. Asked on the worker's tick."""
+        if self.counter is None:
+            return
+        try:
+            same = os.path.samestat(os.fstat(self.counter),
+                                    os.stat(os.path.join(self.runtime_dir, GENERATION)))
+        except OSError:
+            return                  # not made again yet: keep what we serve
+        if not same:
+            os.close(self.counter)
+            self.counter = None     # changed() opens the new one
+            log.warning("the table's counter in %s was replaced: following the new one",
+                        self.runtime_dir)
 
     def changed(self):
         counter = self.counter
