@@ -40,11 +40,16 @@ def read_items(source, kind):
     except ConfigError as exc:
         raise ConfigError(f"{'stdin' if source == '-' else source}: {exc}") from None
     items = data if isinstance(data, list) else [data]
-    out = []
+    out, first = [], {}
     for i, item in enumerate(items):
         item_id = item.get("id") if isinstance(item, dict) else None
         if not isinstance(item_id, str) or not item_id:
             raise ConfigError(f"{source}: item {i}: needs an \"id\"")
+        if item_id in first:        # (etcd would refuse the transaction, naming no item)
+            raise ConfigError(f"{'stdin' if source == '-' else source}: item {i}: id "
+                              f"{json.dumps(item_id)} given twice (also item "
+                              f"{first[item_id]}): one value per key")
+        first[item_id] = i
         if kind in ("upstreams", "consumers"):
             item = {k: v for k, v in item.items() if k != "id"}
         out.append((item_id, item))
@@ -113,6 +118,15 @@ def check(kind, items, table):
         if not table.put_route(item_id, json.dumps(item), 1 << 60):
             reason = table.rejected[f"routes/{item_id}"]
             (notes if WAITING in reason else problems).append(reason)
+    if kind == "routes":
+        # What `gwserver check` warns of in a conf file: a route that takes a path another
+        # serves (or never gets it), here against what etcd and the conf file serve.
+        from .core.routes import unreachable_paths
+        ids = {f"route {item_id}:" for item_id, _ in items} | \
+            {f"route {item_id} has" for item_id, _ in items}
+        notes.extend(w for w in unreachable_paths([r.spec for r in
+                                                   table.router.routes.values()])
+                     if any(i in w for i in ids))
     return problems, notes
 
 
