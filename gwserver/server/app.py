@@ -461,6 +461,8 @@ class GatewayArbiter(Arbiter):
     ``Type=notify`` that would tell systemd (and whatever waits on it) we serve when we don't.
     """
 
+    state_dir_failure = None        # (path, errno) ensure_state_dir said last
+
     def notify(self, state):
         systemd.sd_notify(state, self.log)
 
@@ -592,15 +594,19 @@ class GatewayArbiter(Arbiter):
         files until they stop."""
         state_dir = self.app.conf.server["state_dir"]
         if os.path.isdir(state_dir):
+            self.state_dir_failure = None
             return
         from ..state.store import LocalStore
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             LocalStore.prepare(state_dir)
         except OSError as exc:
-            log.error("the state_dir %s was removed and cannot be made again: %s; new "
-                      "workers keep per-host state of their own", state_dir, exc.strerror)
+            if self.state_dir_failure != (state_dir, exc.errno):     # said once, not a turn
+                self.state_dir_failure = (state_dir, exc.errno)
+                log.error("the state_dir %s was removed and cannot be made again: %s; new "
+                          "workers keep per-host state of their own", state_dir, exc.strerror)
             return
+        self.state_dir_failure = None
         log.warning("the state_dir %s was removed while the gateway ran: made again; "
                     "per-host limits and breaker states start over", state_dir)
         self.reloads.rewrite()          # `gwserver reload` learns its verdict there

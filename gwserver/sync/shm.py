@@ -161,19 +161,24 @@ class TablePublisher:
         except FileNotFoundError:
             if os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
                 raise
+        self.generation -= 1                # not published: numbered again below
+        self._make_again()
+        return self._publish(None, revision, full=True)
+
+    def _make_again(self):
+        """The runtime_dir was removed under the gateway (a tmp cleaner, a hand): make it
+        again, with a counter file numbered on from ours (never back: workers re-open it and
+        hold what it says until the next generation), for a whole table to follow."""
         log.warning("the runtime_dir %s was removed while the gateway ran: made again, and "
                     "the whole table published in it", self.runtime_dir)
-        self.generation -= 1                # not published: numbered again below
         os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
         os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
-        os.close(self.counter)
-        # A new counter file, numbered on from ours (never back: workers re-open it, and
-        # hold what it says now until the next generation).
-        self.counter = _open_counter(self.runtime_dir, create=True)
-        os.pwrite(self.counter, _COUNTER.pack(self.generation), 0)
+        counter = _open_counter(self.runtime_dir, create=True)
+        os.pwrite(counter, _COUNTER.pack(self.generation), 0)
+        old, self.counter = self.counter, counter       # (never a closed descriptor held)
+        os.close(old)
         with self.base_lock:
             self.base_generation = 0        # table.json went with it
-        return self._publish(None, revision, full=True)
 
     def _publish(self, delta, revision, full):
         self.generation += 1
@@ -258,8 +263,19 @@ class TablePublisher:
             self._write_base(self.generation, self.revision, table, source)
 
     def write_status(self, status):
-        atomic_write(os.path.join(self.runtime_dir, STATUS),
-                     json.dumps(status, indent=2, sort_keys=True).encode())
+        path = os.path.join(self.runtime_dir, STATUS)
+        data = json.dumps(status, indent=2, sort_keys=True).encode()
+        try:
+            atomic_write(path, data)
+            return
+        except FileNotFoundError:
+            if os.path.isdir(self.runtime_dir):
+                raise
+        # Removed while etcd was quiet: made again now, not at the next change (a sync
+        # process that died of it came back numbering from 0 in a new counter).
+        self._make_again()
+        status = {**status, "generation": self._publish(None, self.revision, full=True)}
+        atomic_write(path, json.dumps(status, indent=2, sort_keys=True).encode())
 
 
 class TableReader:
@@ -334,6 +350,14 @@ class TableReader:
         """
         target = self.published
         steps, generation = [], self.generation
+        if target < generation:
+            # Numbered again from below: a sync process that made a removed runtime_dir
+            # again in a new counter. Only its whole table, never a delta onto ours.
+            base = read_json(os.path.join(self.runtime_dir, TABLE))
+            if base is not None and base["generation"] == target and \
+                    (self.prefix is None or base.get("prefix") in (None, self.prefix)):
+                return [("full", base)], target
+            return [], generation
         while generation < target:
             change = read_json(os.path.join(self.runtime_dir, CHANGES, f"{generation + 1}.json"))
             if change is not None and generation > 0:

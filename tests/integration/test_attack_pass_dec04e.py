@@ -174,6 +174,41 @@ def test_a_removed_runtime_dir_does_not_freeze_the_table(launcher, etcd, upstrea
     assert not crashed and "was removed while the gateway ran: made again" in gw.log()
 
 
+def test_a_runtime_dir_removed_while_etcd_is_quiet_is_made_again(launcher, etcd, upstream,
+                                                                   tmp_path):
+    """With no change to publish, the first write after the removal was the status, at the
+    watch's idle timeout: the sync process died of it and came back numbering from 0 in a
+    new counter. Now the status write makes the directory again, numbered on."""
+    client = etcd.client()
+    gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
+    pid = status_of(gw)["pid"]
+    shutil.rmtree(runtime_of(gw))
+    wait_until(lambda: os.path.exists(os.path.join(runtime_of(gw), "status.json")), 15)
+    assert status_of(gw)["pid"] == pid and "Traceback" not in gw.log()
+    put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
+    assert eventually(lambda: serves(gw, "/r2") == 200, timeout=15)
+    assert serves(gw, "/r") == 200
+
+
+def test_workers_follow_a_sync_process_that_numbers_from_1_again(launcher, etcd, upstream,
+                                                                 tmp_path):
+    """A sync process that starts on a removed runtime_dir (it died, or was restarted) makes
+    a new counter from 1, below what the workers serve: they took no delta below their own
+    generation and served their table for good (the status read "up to date" once the
+    numbering passed theirs). They take its whole table now."""
+    client = etcd.client()
+    gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
+    for i in range(5):                      # the workers' generation well above 1
+        put(client, "routes", f"x{i}", {"paths": [f"/x{i}"], "upstream": "up"})
+    assert eventually(lambda: serves(gw, "/x4") == 200, timeout=15)
+    pid = status_of(gw)["pid"]
+    shutil.rmtree(runtime_of(gw))
+    os.kill(pid, signal.SIGKILL)            # before it notices: its successor starts fresh
+    put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
+    assert eventually(lambda: serves(gw, "/r2") == 200, timeout=20), gw.log()[-2000:]
+    assert serves(gw, "/r") == 200 and serves(gw, "/x4") == 200
+
+
 def test_held_keys_outside_the_prefix_or_its_kinds_are_ignored(launcher, etcd, upstream,
                                                                tmp_path):
     """A sibling prefix ("/gwx"), the prefix itself, an empty id, a nested id: none is served
@@ -358,6 +393,21 @@ def test_held_an_invalid_etcd_section_on_reload_is_refused_and_etcd_routes_serve
     assert serves(gw, "/r2") == 200 and status_of(gw)["pid"] == sync
 
 
+def kill_a_worker_and_see_it_replaced(gw):
+    """One of two workers dies (the OOM killer, a bug): the others serve on, and its
+    replacement comes up, in a few boots at most (not a loop of deaths at boot)."""
+    victim = [p for p in gw.worker_pids() if _is_worker(p)][0]
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(2.0)
+    assert [serves(gw, "/e") for _ in range(6)] == [200] * 6
+    replaced = eventually(lambda: len([p for p in gw.worker_pids() if _is_worker(p)]) == 2 and
+                          all(serves(gw, "/e") == 200 for _ in range(4)), timeout=5)
+    boots = gw.log().count("Booting worker")
+    assert replaced and boots < 8, (
+        f"the worker that replaced a killed one never came up: {boots} worker boots so far; "
+        f"{[l for l in gw.log().splitlines() if 'Error' in l][-1:]}")
+
+
 def test_a_removed_state_dir_leaves_no_worker_unable_to_start(launcher, upstream):
     """The state dir (/run/gwserver/state: master.json, beat files, the per-host limit table)
     removed under a running gateway (an operator clearing "stale" state). A worker that
@@ -369,17 +419,8 @@ def test_a_removed_state_dir_leaves_no_worker_unable_to_start(launcher, upstream
                all(serves(gw, "/e") == 200 for _ in range(4)))
     state_dir = gw.conf["server"]["state_dir"]
     shutil.rmtree(state_dir)
-    # One worker dies (the OOM killer, a bug): its replacement starts with the state dir gone.
-    victim = [p for p in gw.worker_pids() if _is_worker(p)][0]
-    os.kill(victim, signal.SIGKILL)
-    time.sleep(2.0)
-    assert [serves(gw, "/e") for _ in range(6)] == [200] * 6
-    replaced = eventually(lambda: len([p for p in gw.worker_pids() if _is_worker(p)]) == 2 and
-                          all(serves(gw, "/e") == 200 for _ in range(4)), timeout=5)
-    boots = gw.log().count("Booting worker")
-    assert replaced and boots < 8, (
-        f"the worker that replaced a killed one never came up: {boots} worker boots so far; "
-        f"{[l for l in gw.log().splitlines() if 'Error' in l][-1:]}")
+    # One worker dies: its replacement starts with the state dir gone.
+    kill_a_worker_and_see_it_replaced(gw)
     out = subprocess.run([sys.executable, "-m", "gwserver", "reload", "-c", str(gw.conf_path),
                           "--pid", str(gw.pid), "--timeout", "20"],
                          capture_output=True, text=True, timeout=60)
@@ -498,13 +539,4 @@ def test_a_state_dir_made_read_only_leaves_no_worker_unable_to_start(launcher, u
         assert made.returncode == 0, made.stderr
     assert not os.access(state, os.W_OK) or subprocess.run(
         ["touch", f"{state}/probe"]).returncode != 0
-    victim = [p for p in gw.worker_pids() if _is_worker(p)][0]
-    os.kill(victim, signal.SIGKILL)
-    time.sleep(2.0)
-    assert [serves(gw, "/e") for _ in range(6)] == [200] * 6
-    replaced = eventually(lambda: len([p for p in gw.worker_pids() if _is_worker(p)]) == 2 and
-                          all(serves(gw, "/e") == 200 for _ in range(4)), timeout=5)
-    boots = gw.log().count("Booting worker")
-    assert replaced and boots < 8, (
-        f"the worker that replaced a killed one never came up: {boots} worker boots so far; "
-        f"{[l for l in gw.log().splitlines() if 'Error' in l][-1:]}")
+    kill_a_worker_and_see_it_replaced(gw)
