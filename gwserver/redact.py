@@ -19,19 +19,21 @@ SECRET_HEADER = re.compile(r"auth|token|secret|passw|api[-_]?key|-key$|cookie|cr
 URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*(?P<tail>@)", re.I)
 
 
-def redact(value, key=None):
+def redact(value, key=None, every_text=False):
     """A copy of ``value`` (dicts, lists, scalars) with secrets masked; anything else that is
-    not plain data (compiled patterns, keys, sets) becomes a list or its ``str``."""
+    not plain data (compiled patterns, keys, sets) becomes a list or its ``str``.
+    ``every_text``: every string masked (a refused config echoed in its error: a header value
+    under a name no rule knows may be a credential; the shape and numbers still show)."""
     if isinstance(value, dict):
-        return {str(k): redact(v, str(k)) for k, v in value.items()}
+        return {str(k): redact(v, str(k), every_text) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and value and all(_is_pair(item) for item in value):
         # (name, value) header pairs, as compiled configs hold them
-        return [[redact(name), redact(v, redact(name))] for name, v in value]
+        return [[redact(name), redact(v, redact(name), every_text)] for name, v in value]
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        return [redact(v, key) for v in items]
-    if value not in (None, "") and (key in SECRET_KEYS or isinstance(value, (str, bytes)) and
-                                    key is not None and SECRET_HEADER.search(key)):
+        return [redact(v, key, every_text) for v in items]
+    if value not in (None, "") and (key in SECRET_KEYS or isinstance(value, (str, bytes)) and (
+            every_text or key is not None and SECRET_HEADER.search(key))):
         return MASK
     if isinstance(value, str):
         return URL_PASSWORD.sub(rf"\g<head>{MASK}\g<tail>", value)

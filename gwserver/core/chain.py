@@ -521,8 +521,10 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             problems.extend(exc.problems)
             continue
         except ValueError as exc:
-            # The config is echoed to logs and `check`: never with its secrets.
-            problems.append(f"{owner}: plugins.{name}: {exc} (config {show(redact(conf))})")
+            # The config is echoed to logs and `check`: never with its secrets, so with no
+            # text at all (a header value under any name may be one).
+            problems.append(f"{owner}: plugins.{name}: {exc} "
+                            f"(config {show(redact(conf, every_text=True))})")
             continue
         except Exception as exc:
             # A third-party bug, not a bad value: named here, where the route and plugin are

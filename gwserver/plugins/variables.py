@@ -95,8 +95,8 @@ def compile_template(text, captures=False):
             continue
         if digit is not None:
             if not captures:
-                raise ValueError(f"${digit} in {text!r}: regex captures exist only in "
-                                 f"rewrite's path.replace")
+                raise ValueError(f"${digit} at offset {m.start()}: regex captures exist only "
+                                 f"in rewrite's path.replace (a literal $ is written $$)")
             parts.append(int(digit))
             names.append(m.group(0))
             continue

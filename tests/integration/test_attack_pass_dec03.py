@@ -83,14 +83,20 @@ class RecordingHttp1:
                     buf += data
                 buf = buf[length:]
                 count += 1
-                answer = self.answer(head, count)
-                if answer is None:
+                if not self.respond(conn, head, count):
                     return
-                conn.sendall(answer)
         except OSError:
             pass
         finally:
             conn.close()
+
+    def respond(self, conn, head, count):
+        """Answer a request (its body read): -> whether the connection takes another."""
+        answer = self.answer(head, count)
+        if answer is None:
+            return False
+        conn.sendall(answer)
+        return True
 
     def answer(self, head, count):
         """The bytes written for the ``count``-th request of its connection (1 for the first),
@@ -137,14 +143,15 @@ class RecordingH2(EventH2cUpstream):
 
 
 def raw_request(port, data, timeout=10):
-    """Send raw bytes; everything the gateway sent back until it closed."""
+    """Send raw bytes; everything the gateway sent back until it closed (reset it, or went
+    quiet for ``timeout``)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         out = b""
         try:
             while piece := sock.recv(65536):
                 out += piece
-        except socket.timeout:
+        except (socket.timeout, ConnectionResetError):
             pass
         return out
 

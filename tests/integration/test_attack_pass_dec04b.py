@@ -25,6 +25,7 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
 
 from ..conftest import gateway_conf, route
 from ..h2_upstreams import H2cUpstream
+from .test_attack_pass_dec03 import RecordingHttp1
 
 SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Smuggled: 1\r\n\r\nSMUGGLED"
 
@@ -99,77 +100,24 @@ def read_one(sock, head_only=False):
     return head, rest[:length]
 
 
-class ScriptedHttp1:
+class ScriptedHttp1(RecordingHttp1):
     """A loopback HTTP/1.1 upstream in this process. Each request (its body skipped by
     Content-Length) is answered by ``scripts[path](conn)``, which writes what it likes and
     returns True to keep the connection for another request. ``paths`` records every
-    request line's path in the order they came, with the connection's number: a path seen
-    on a connection that answered a poisoned request shows the connection was reused."""
+    request line's path in the order they came, with its connection: a path seen on a
+    connection that answered a poisoned request shows the connection was reused."""
 
     def __init__(self, scripts):
-        self.scripts = scripts
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.conns, self.paths = [], []
-        threading.Thread(target=self.accept, daemon=True).start()
+        self.scripts, self.paths = scripts, []
+        super().__init__()
 
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn, len(self.conns)),
-                             daemon=True).start()
-
-    def serve(self, conn, number):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                path = head.split(b" ")[1]
-                self.paths.append((number, path))
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(buf) < length:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf[length:]
-                script = self.scripts.get(path, ok)
-                if not script(conn):
-                    return
-        except OSError:
-            pass
-        finally:
-            conn.close()
+    def respond(self, conn, head, count):
+        path = head.split(b" ")[1]
+        self.paths.append((id(conn), path))
+        return self.scripts.get(path, ok)(conn)
 
     def connection_of(self, path):
-        return next(number for number, p in self.paths if p == path)
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        for conn in self.conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
+        return next(conn for conn, p in self.paths if p == path)
 
 
 def ok(conn):

@@ -7,34 +7,16 @@ listener (client.waiting), ``..%3B`` passed the dot-segment rule under
 ``path_parameters = "keep"`` (core.target), and a read of tiny pipelined requests became
 thousands of queued requests (MAX_PIPELINED in client.http1).
 """
-import http.client
-import json
 import socket
-import ssl
-import threading
 import time
 
-import h2.events
 import pytest
 
-from ..conftest import free_port, gateway_conf, route, wait_until
+from ..conftest import free_port, gateway_conf, route
 from ..h2client import RawH2
 from ..pki import CA
-
-
-def raw_request(port, data, timeout=5.0):
-    """Send bytes; everything the gateway sent back until it closed (or went quiet)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        out = b""
-        try:
-            while piece := sock.recv(65536):
-                out += piece
-        except socket.timeout:
-            pass
-        except ConnectionResetError:
-            pass
-        return out
+from .test_attack_pass_dec03 import raw_request
+from .test_http2_hardening import first_served
 
 
 def status_of(answer):
@@ -43,28 +25,6 @@ def status_of(answer):
 
 def body_of(answer):
     return answer.partition(b"\r\n\r\n")[2]
-
-
-def served_within(port, within, tls=False, path="/echo"):
-    """Seconds until a new HTTP/1.1 client was served a 200, trying for ``within`` s; None if
-    none was."""
-    context = None
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1, context=context) \
-            if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return time.monotonic() - started
-        except OSError:
-            pass
-        finally:
-            conn.close()
-    return None
 
 
 def open_silent(port, count):
@@ -86,7 +46,7 @@ def test_held_silent_connections_on_a_plain_http1_listener_give_way(launcher, up
     socks = open_silent(gw.port, 12)
     try:
         time.sleep(0.5)
-        served = served_within(gw.port, 5)
+        served = first_served(gw.port, 5)
         assert served is not None and served < 2, served
     finally:
         for sock in socks:
@@ -105,7 +65,7 @@ def test_silent_connections_on_an_h2c_listener_give_way(launcher, upstream):
     socks = open_silent(gw.port, 12)
     try:
         time.sleep(0.5)
-        served = served_within(gw.port, 5)
+        served = first_served(gw.port, 5)
         assert served is not None and served < 2, f"no client served for {served} s"
     finally:
         for sock in socks:
@@ -126,7 +86,7 @@ def test_silent_connections_on_a_tls_listener_give_way(launcher, upstream, tmp_p
     socks = open_silent(port, 12)
     try:
         time.sleep(0.5)
-        served = served_within(port, 5, tls=True)
+        served = first_served(port, 5, tls=True)
         assert served is not None and served < 2, f"no client served for {served} s"
     finally:
         for sock in socks:
@@ -265,7 +225,8 @@ def test_odd_chunk_sizes_are_refused_and_nothing_smuggled(guarded, h1_up, bad):
     b"Transfer-Encoding\t: chunked\r\n",
     b" Transfer-Encoding: chunked\r\n",
 ], ids=["cl-list", "cl-trailing-comma", "cl-hex", "cl-space", "cl-vt", "te-twice",
-        "te-identity-last", "te-identity", "te-vt", "te-and-cl", "te-space-colon", "te-tab-colon", "te-leading-space"])
+        "te-identity-last", "te-identity", "te-vt", "te-and-cl", "te-space-colon",
+        "te-tab-colon", "te-leading-space"])
 def test_ambiguous_framing_is_never_forwarded(guarded, h1_up, framing):
     """Framing a lenient upstream could read otherwise is refused (400/501) before anything
     reaches it, and the bytes after it are never a request."""

@@ -105,6 +105,12 @@ SECRET = "sk_live_TOPSECRET_8c1f"
      "unknown variable at offset 29: a variable"),
     ({"rewrite": {"request_headers": {"set": {"Authorization": f"Bearer $x9{SECRET}"}}}},
      "unknown variable at offset 7: a variable"),
+    # a "$" and a digit: a regex capture, which a header value cannot use
+    ({"rewrite": {"request_headers": {"set": {"X-Partner": f"ab$1{SECRET}"}}}},
+     "$1 at offset 2: regex captures"),
+    # under a name no rule takes for a credential's, in the echo of the config too
+    ({"rewrite": {"request_headers": {"set": {"X-Partner": f"{SECRET}$x9"}}}},
+     "unknown variable at offset 22: a variable"),
 ])
 def test_a_refused_header_value_is_never_quoted(plugins, problem):
     """The reason a config is refused goes to `gwserver check`, the log and /admin/config
