@@ -118,7 +118,8 @@ def strip_path_prefix(path, prefix):
         rest = path[len(prefix):]
         if rest[:1] == "/":
             return rest
-        if rest.partition("/")[0] in (".", ".."):
+        first = rest.partition("/")[0]
+        if first.partition(";")[0].partition("%3B")[0] in (".", ".."):   # as normalise_path
             return None
         return "/" + rest
     if prefix[-1:] == "/" and path == prefix[:-1]:

@@ -216,6 +216,9 @@ def test_a_peer_file_from_a_former_boot_is_ignored_and_removed(tmp_path):
     ("/svc./admin", "/svc", None),
     ("/svc..", "/svc", None),
     ("/svc...x/y", "/svc", "/...x/y"),  # "...x" is no dot segment
+    ("/svc..;x/admin", "/svc", None),   # path_parameters = "keep": "..;x" is ".." upstream
+    ("/svc..%3Bx/admin", "/svc", None),
+    ("/svc..x;y/a", "/svc", "/..x;y/a"),
 ])
 def test_strip_path_prefix(path, prefix, stripped):
     assert strip_path_prefix(path, prefix) == stripped
