@@ -93,13 +93,18 @@ def normalise_path(path, escaped_slashes="reject", merge_slashes=True, path_para
     if merge_slashes:
         while b"//" in out:
             out = out.replace(b"//", b"/")
-    for segment in bytes(out).split(b"/"):
-        # "..%3B" too: an upstream that decodes before it strips parameters reads "..;"
-        if segment.partition(b";")[0].partition(b"%3B")[0] in (b".", b".."):
-            raise BadRequest("path has a dot segment (. or ..)")
+    if any(is_dot_segment(segment) for segment in bytes(out).split(b"/")):
+        raise BadRequest("path has a dot segment (. or ..)")
     if b";" in out and path_parameters == "reject":
         raise BadRequest("path has ; parameters (server.path_parameters = \"reject\")")
     return bytes(out)
+
+
+def is_dot_segment(segment):
+    """Whether a canonical path segment (bytes) is "." or "..", with ;parameters after it in
+    either spelling: "..;x" is ".." to an upstream that strips parameters, and "..%3Bx" to one
+    that decodes first."""
+    return segment.partition(b";")[0].partition(b"%3B")[0] in (b".", b"..")
 
 
 def canonical_escape(escape):
@@ -118,8 +123,7 @@ def strip_path_prefix(path, prefix):
         rest = path[len(prefix):]
         if rest[:1] == "/":
             return rest
-        first = rest.partition("/")[0]
-        if first.partition(";")[0].partition("%3B")[0] in (".", ".."):   # as normalise_path
+        if is_dot_segment(rest.partition("/")[0].encode("latin-1", "replace")):
             return None
         return "/" + rest
     if prefix[-1:] == "/" and path == prefix[:-1]:
