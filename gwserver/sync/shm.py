@@ -156,31 +156,8 @@ class TablePublisher:
         A runtime_dir removed under the gateway (a tmp cleaner, a hand) is made again, and
         the generation published whole (the change files went with it).
         """
-        try:
-            return self._publish(delta, revision, full)
-        except FileNotFoundError:
-            if os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
-                raise
-        self.generation -= 1                # not published: numbered again below
-        self._make_again()
-        return self._publish(None, revision, full=True)
-
-    def _make_again(self):
-        """The runtime_dir was removed under the gateway (a tmp cleaner, a hand): make it
-        again, with a counter file numbered on from ours (never back: workers re-open it and
-        hold what it says until the next generation), for a whole table to follow."""
-        log.warning("the runtime_dir %s was removed while the gateway ran: made again, and "
-                    "the whole table published in it", self.runtime_dir)
-        os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
-        os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
-        counter = _open_counter(self.runtime_dir, create=True)
-        os.pwrite(counter, _COUNTER.pack(self.generation), 0)
-        old, self.counter = self.counter, counter       # (never a closed descriptor held)
-        os.close(old)
-        with self.base_lock:
-            self.base_generation = 0        # table.json went with it
-
-    def _publish(self, delta, revision, full):
+        if self._made_again():
+            delta, full = None, True
         self.generation += 1
         self.revision = revision
         self.last_publish = time.monotonic()
@@ -199,6 +176,25 @@ class TablePublisher:
         except FileNotFoundError:
             pass
         return self.generation
+
+    def _made_again(self):
+        """Whether the runtime_dir was removed under the gateway (a tmp cleaner, a hand) and
+        is made again now, with a counter file numbered on from ours (never back: workers
+        re-open it and hold what it says until the next generation): a whole table must
+        follow. A stat before each write the sync process makes there, never per request."""
+        if os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
+            return False
+        log.warning("the runtime_dir %s was removed while the gateway ran: made again, and "
+                    "the whole table published in it", self.runtime_dir)
+        os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
+        os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
+        counter = _open_counter(self.runtime_dir, create=True)
+        os.pwrite(counter, _COUNTER.pack(self.generation), 0)
+        old, self.counter = self.counter, counter       # (never a closed descriptor held)
+        os.close(old)
+        with self.base_lock:
+            self.base_generation = 0        # table.json went with it
+        return True
 
     def _change_path(self, generation):
         return os.path.join(self.runtime_dir, CHANGES, f"{generation}.json")
@@ -263,19 +259,12 @@ class TablePublisher:
             self._write_base(self.generation, self.revision, table, source)
 
     def write_status(self, status):
-        path = os.path.join(self.runtime_dir, STATUS)
-        data = json.dumps(status, indent=2, sort_keys=True).encode()
-        try:
-            atomic_write(path, data)
-            return
-        except FileNotFoundError:
-            if os.path.isdir(self.runtime_dir):
-                raise
-        # Removed while etcd was quiet: made again now, not at the next change (a sync
-        # process that died of it came back numbering from 0 in a new counter).
-        self._make_again()
-        status = {**status, "generation": self._publish(None, self.revision, full=True)}
-        atomic_write(path, json.dumps(status, indent=2, sort_keys=True).encode())
+        if self._made_again():
+            # Removed while etcd was quiet: made again now, not at the next change (a sync
+            # process that died of it came back numbering from 1 in a new counter).
+            status = {**status, "generation": self.publish(None, self.revision, full=True)}
+        atomic_write(os.path.join(self.runtime_dir, STATUS),
+                     json.dumps(status, indent=2, sort_keys=True).encode())
 
 
 class TableReader:
