@@ -122,11 +122,8 @@ def check(kind, items, table):
         # What `gwserver check` warns of in a conf file: a route that takes a path another
         # serves (or never gets it), here against what etcd and the conf file serve.
         from .core.routes import unreachable_paths
-        ids = {f"route {item_id}:" for item_id, _ in items} | \
-            {f"route {item_id} has" for item_id, _ in items}
-        notes.extend(w for w in unreachable_paths([r.spec for r in
-                                                   table.router.routes.values()])
-                     if any(i in w for i in ids))
+        notes.extend(unreachable_paths([r.spec for r in table.router.routes.values()],
+                                       involving={item_id for item_id, _ in items}))
     return problems, notes
 
 

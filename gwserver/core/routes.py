@@ -560,11 +560,12 @@ def check_path(pattern):
     return segments
 
 
-def unreachable_paths(specs):
+def unreachable_paths(specs, involving=None):
     """Warnings for paths of validated route specs that no request can reach: another route
     has the same pattern, ``prefix`` and conditions (hosts, methods, headers, claims) and wins
     the tie the router breaks (higher priority, then the lower id): a copied route block, say.
-    Not an error: the table works, one route in it never serves that path."""
+    Not an error: the table works, one route in it never serves that path. ``involving``: only
+    the warnings that name one of these route ids (the items a `routes put` brings)."""
     sharing = {}
     for spec in specs:
         conditions = tuple(frozenset(spec.get(key) or ()) for key in ("hosts", "methods")) + \
@@ -575,6 +576,9 @@ def unreachable_paths(specs):
     for (pattern, _, _), specs_here in sharing.items():
         winner, *losers = sorted(specs_here, key=lambda s: (-s.get("priority", 0), s["id"]))
         for loser in losers:
+            if involving is not None and loser["id"] not in involving and \
+                    winner["id"] not in involving:
+                continue
             why = "a higher priority" if winner.get("priority", 0) > loser.get("priority", 0) \
                 else "the same priority and the lower id"
             warnings.append(f"route {loser['id']}: paths {show(pattern)} is never served by "
