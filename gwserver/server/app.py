@@ -593,7 +593,9 @@ class GatewayArbiter(Arbiter):
         over (per-host limits, breaker states); workers started before keep the removed
         files until they stop."""
         state_dir = self.app.conf.server["state_dir"]
-        if os.path.isdir(state_dir):
+        # master.json too: a worker or helper writing there may have made the directory
+        # again first, and `gwserver reload` finds no verdict without it.
+        if os.path.exists(os.path.join(state_dir, "master.json")):
             self.state_dir_failure = None
             return
         from ..state.store import LocalStore
@@ -606,10 +608,11 @@ class GatewayArbiter(Arbiter):
                 log.error("the state_dir %s was removed and cannot be made again: %s; new "
                           "workers keep per-host state of their own", state_dir, exc.strerror)
             return
-        self.state_dir_failure = None
-        log.warning("the state_dir %s was removed while the gateway ran: made again; "
-                    "per-host limits and breaker states start over", state_dir)
         self.reloads.rewrite()          # `gwserver reload` learns its verdict there
+        if self.state_dir_failure != (state_dir, None):     # said once, not a turn
+            self.state_dir_failure = (state_dir, None)
+            log.warning("the state_dir %s was removed while the gateway ran: made again; "
+                        "per-host limits and breaker states start over", state_dir)
 
     def manage_workers(self):
         """gunicorn's, by generation: keep ``workers`` serving from the current conf, stop
