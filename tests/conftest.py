@@ -262,11 +262,12 @@ class Launcher:
             upstream.url = f"https://127.0.0.1:{port}"
         return upstream
 
-    def raw_upstream(self):
-        """tests/raw_upstream.py: an upstream that misbehaves on purpose, by path."""
+    def raw_upstream(self, script="raw_upstream.py", *args):
+        """tests/raw_upstream.py: an upstream that misbehaves on purpose, by path (or another
+        such ``script`` in tests/, given ``args`` after its port)."""
         port = free_port()
-        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "raw_upstream.py"),
-                                 str(port)], stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / script), str(port),
+                                 *map(str, args)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         self.started.append(proc)
         wait_for_port(port, proc=proc)

@@ -116,9 +116,13 @@ def idle_state(sock):
 
 
 def tls_idle_state(sock):
-    """``idle_state`` for a TLS connection. The TCP bytes under it may be TLS records that
-    carry no data (TLS 1.3 sends session tickets after the handshake, or a key update), so
-    when some arrived, ask the TLS layer, without waiting, whether they decrypt to data."""
+    """``idle_state`` for a TLS connection: any bytes under the TLS layer make it ``UNREAD``
+    (or ``CLOSED`` if they end it), even when they decrypt to no data yet. The TLS layer
+    cannot tell a whole record that carries none (a key update, a late session ticket: TLS
+    1.3's arrive before the first answer, whose read takes them) from the first part of a
+    record whose rest is still on its way, and that rest, a stray answer, would be read as
+    the next request's (tests/tls_raw_upstream.py, /stray-split). Reconnecting in the rare
+    first case is cheap beside that."""
     if sock is None:
         return CLOSED
     if sock.pending():
@@ -127,9 +131,9 @@ def tls_idle_state(sock):
     if state is not UNREAD:
         return state
     try:
-        data = sock._sslobj.read(1)
+        data = sock._sslobj.read(1)     # an alert (close_notify) says CLOSED, not UNREAD
     except ssl.SSLWantReadError:
-        return OPEN                     # records, no data: tickets and the like
+        return UNREAD                   # a record, or part of one: no data yet
     except (ssl.SSLError, OSError, AttributeError):
         return CLOSED
     return UNREAD if data else CLOSED

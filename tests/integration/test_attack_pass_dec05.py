@@ -1,0 +1,45 @@
+"""Items left open by the passes of 2026-12-04, closed on 2026-12-05, against real processes.
+
+1. A TLS upstream's stray answer whose record had only partly arrived when the gateway
+   checked the idle connection: the TLS layer said "no data yet", the connection was reused,
+   and the rest of the record was read as the next request's answer. Bytes on an idle TLS
+   connection that decrypt to no data now close it too (net/sockets.py, tls_idle_state)."""
+import time
+
+import pytest
+
+from ..conftest import gateway_conf
+from ..pki import CA
+from .test_edge_security import body_of, get
+
+
+@pytest.fixture
+def tls_raw_gw(launcher, tmp_path):
+    cert, key, _ = CA(tmp_path).issue("upstream")
+    raw = launcher.raw_upstream("tls_raw_upstream.py", cert, key)
+    return launcher.gateway(gateway_conf([{"id": "raw", "paths": ["/*rest"], "upstream": {
+        "targets": [{"url": f"https://127.0.0.1:{raw.port}"}], "tls": {"verify": False}}}]))
+
+
+@pytest.mark.parametrize("path", [b"/stray-later", b"/stray-split"])
+def test_a_stray_answer_on_an_idle_tls_connection_reaches_nobody(tls_raw_gw, path):
+    """/stray-later sends the stray answer's record whole; /stray-split sends its first 10
+    bytes while the connection is idle and the rest once the gateway writes to it again."""
+    for _ in range(3):
+        assert body_of(get(tls_raw_gw.port, path)[1]) == b"first"
+        time.sleep(0.3)             # the stray bytes land while the connection is idle
+        assert body_of(get(tls_raw_gw.port, b"/ok")[1]) == b"ok"
+    assert "sent bytes on an idle keep-alive connection" in tls_raw_gw.log()
+
+
+def test_an_idle_tls_connection_with_nothing_on_it_is_still_reused(tls_raw_gw):
+    """The other side of the rule above: TLS 1.3's session tickets come before the first
+    answer, whose read takes them, so a quiet connection is reused, not redialled."""
+    def accepted():     # connections the upstream took, the test's port probe included
+        return int(body_of(get(tls_raw_gw.port, b"/connections")[1]))
+    before = accepted()
+    for _ in range(20):
+        assert body_of(get(tls_raw_gw.port, b"/ok")[1]) == b"ok"
+        time.sleep(0.01)
+    assert accepted() == before
+    assert "idle keep-alive connection" not in tls_raw_gw.log()
