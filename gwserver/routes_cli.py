@@ -309,6 +309,16 @@ def status(conf):
                 problems.append(f"worker {pid} is at generation {entry['generation']}, "
                                 f"{late:.0f}s after generation {state['generation']} was "
                                 f"published (workers apply one within a second)")
+    if not board and state["generation"] and not stale:
+        # Every worker says on the board which table it serves once it applies one, at its
+        # start too: none there means no worker runs, or none can write there.
+        print("no worker has said which table it serves")
+        late = published_age(runtime_dir, state["generation"])
+        if late is not None and late > BEHIND_GRACE:
+            problems.append(f"no worker has said which table it serves, {late:.0f}s after "
+                            f"generation {state['generation']} was published: are the "
+                            f"workers running, and can they write in {runtime_dir}/workers? "
+                            f"(the gateway's log says)")
     rejected = state.get("rejected", {})
     refused = [k for k, reason in rejected.items() if WAITING not in reason]
     print(f"{len(refused)} rejected item(s)"

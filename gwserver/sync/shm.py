@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 
+from ..core.throttledlog import throttled_log
 from ..processes import pid_alive
 
 log = logging.getLogger("gwserver.shm")
@@ -377,8 +378,10 @@ class TableReader:
             atomic_write(self.board, json.dumps({"generation": generation, "revision": revision,
                                                  "routes": routes,
                                                  "refused": refused}).encode())
-        except OSError:
-            pass
+        except OSError as exc:      # it serves on; `routes status` misses it and says so
+            throttled_log.log(log, logging.ERROR, "worker board",
+                              "cannot say on the worker board which table this worker serves: "
+                              "%s: %s", self.board, exc.strerror)
 
     def forget(self):
         try:

@@ -3,14 +3,22 @@
 1. A TLS upstream's stray answer whose record had only partly arrived when the gateway
    checked the idle connection: the TLS layer said "no data yet", the connection was reused,
    and the rest of the record was read as the next request's answer. Bytes on an idle TLS
-   connection that decrypt to no data now close it too (net/sockets.py, tls_idle_state)."""
+   connection that decrypt to no data now close it too (net/sockets.py, tls_idle_state).
+2. `routes status` read healthy when no worker had said which table it served (workers not
+   running, or unable to write the board): it now says so, and a worker that cannot write
+   there logs why."""
+import glob
+import os
+import shutil
 import time
 
 import pytest
 
-from ..conftest import gateway_conf
+from ..conftest import gateway_conf, wait_until
 from ..pki import CA
+from .test_attack_pass_dec04e import gwcli
 from .test_edge_security import body_of, get
+from .test_etcd import put, runtime_of, serves, serving
 
 
 @pytest.fixture
@@ -43,3 +51,28 @@ def test_an_idle_tls_connection_with_nothing_on_it_is_still_reused(tls_raw_gw):
         time.sleep(0.01)
     assert accepted() == before
     assert "idle keep-alive connection" not in tls_raw_gw.log()
+
+
+def test_routes_status_says_when_no_worker_reports_the_table_it_serves(launcher, upstream,
+                                                                       tmp_path):
+    etcd = launcher.etcd()
+    client = etcd.client()
+    gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
+    assert gwcli(gw, "routes", "status").returncode == 0
+    runtime_dir = runtime_of(gw)
+    board = os.path.join(runtime_dir, "workers")
+    shutil.rmtree(board)
+    open(board, "w").close()            # a file where the board's folder was: none can write
+    put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
+    wait_until(lambda: serves(gw, "/r2") == 200)
+    wait_until(lambda: "cannot say on the worker board which table this worker serves" in
+               gw.log())
+    said = gwcli(gw, "routes", "status")
+    assert "no worker has said which table it serves" in said.stdout, said
+    assert said.returncode == 0, said   # just published: workers may not have applied it yet
+    long_ago = time.time() - 30
+    for path in glob.glob(f"{runtime_dir}/changes/*.json") + [f"{runtime_dir}/table.json"]:
+        os.utime(path, (long_ago, long_ago))
+    said = gwcli(gw, "routes", "status")
+    assert said.returncode == 1 and "problem: no worker has said which table it serves" in \
+        said.stderr and f"{runtime_dir}/workers" in said.stderr, said
