@@ -143,9 +143,12 @@ def main(kind, args):
         if args.action in ("validate", "put"):
             items = read_items(args.source, kind)
             if kind == "consumers":
+                given = items
                 items = [(item_id, seal(item, item_id)) for item_id, item in items]
             table, note = current_table(conf, client, prefix)
             problems, notes = check(kind, items, table)
+            if kind == "consumers":
+                problems += shared_secrets(given, table.consumers)
             for line in ([note] if note else []) + notes:
                 print(f"note: {line}")
             if kind in ("routes", "upstreams"):
@@ -236,6 +239,29 @@ def seal(item, consumer_id="?"):
         except ValueError as exc:       # bcrypt's: a password longer than 72 bytes
             raise ConfigError(f"consumer {consumer_id}: credentials.{name}: {exc}") from None
     return {**item, "credentials": sealed}
+
+
+def shared_secrets(given, directory):
+    """Problems for a secret given in clear (``given``: [(consumer id, item as given)]) that
+    another consumer holds too, in etcd, in the conf file or in this put: the gateway would
+    refuse it on use, as no one's (key_auth). ``directory`` holds the put's consumers already
+    (``check``), so one scan finds both kinds of clash."""
+    problems, seen = [], set()
+    for consumer_id, item in given:
+        credentials = item.get("credentials") if isinstance(item, dict) else None
+        for name, clear in (credentials or {}).items() if isinstance(credentials, dict) else ():
+            same = getattr(directory.registry.get(name), "same_secret", None)
+            if same is None or directory.get(consumer_id) is None:     # refused by check()
+                continue
+            for _, other in directory.credentials(name):
+                pair = (name, frozenset((consumer_id, other.id)))
+                if other.id != consumer_id and pair not in seen and \
+                        same(clear, other.credentials[name]):
+                    seen.add(pair)
+                    problems.append(f"consumer {consumer_id}: credentials.{name}: the same "
+                                    f"secret is consumer {other.id}'s (the gateway would "
+                                    f"refuse it for both)")
+    return problems
 
 
 def public_view(raw):

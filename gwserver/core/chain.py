@@ -38,6 +38,10 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
     CREDENTIAL = Schema(...)              what a consumer's credential for it looks like;
     prepare_credential(cred) -> cred      ... precomputed once per consumer
     credential_lookup(cred) -> hashable   ... and the key it is found under
+    seal_credential(cred) -> cred         ... as stored, from one given with a clear secret
+                                          (`consumers put` takes it so; etcd never holds it)
+    same_secret(clear, cred) -> bool      ... whether a clear one holds a stored one's secret,
+                                          where a salted hash hides a clash from the lookup
 
 ``check_plugin`` enforces this shape when a plugin is loaded, so a third-party plugin that
 breaks it is refused with the reason, not discovered in the middle of a request. The proxy step
@@ -65,7 +69,8 @@ ARGUMENTS = {"access": ("conf", "ctx"), "response": ("conf", "ctx", "head"),
              "link": ("conf", "resolve"), "upstream_refs": ("conf",), "upstreams": ("conf",),
              "admin_view": ("uses", "services"), "reply": ("conf", "ctx", "head"),
              "warnings": ("conf",), "prepare_credential": ("cred",),
-             "credential_lookup": ("cred",)}
+             "credential_lookup": ("cred",), "seal_credential": ("cred",),
+             "same_secret": ("clear", "cred")}
 PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
 
 

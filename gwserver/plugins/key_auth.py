@@ -109,6 +109,17 @@ def credential_lookup(cred):
     return cred["key_hash"]
 
 
+def same_secret(clear, cred):
+    """Whether ``clear`` (a credential as given to ``consumers put``) holds the key stored,
+    salted, in ``cred`` (a prepared one): a salt of its own per hash hides a key two consumers
+    share from ``credential_lookup``."""
+    key = clear.get("key") if isinstance(clear, dict) else None
+    if not isinstance(key, str) or not key:
+        return False
+    return hmac.compare_digest(hashlib.sha256(cred["salt"] + key.encode()).digest(),
+                               cred["digest"])
+
+
 def prepare(conf):
     return {**conf, "header_b": conf["header"].lower().encode("latin-1"),
             "cache": authlib.CheckedCache(conf["cache_seconds"], conf["cache_size"]),

@@ -6,19 +6,25 @@
    connection that decrypt to no data now close it too (net/sockets.py, tls_idle_state).
 2. `routes status` read healthy when no worker had said which table it served (workers not
    running, or unable to write the board): it now says so, and a worker that cannot write
-   there logs why."""
+   there logs why.
+3. `consumers put` stored an API key that another consumer already held: each hash has its
+   own salt, so only use found the clash, and then refused the key for both. A key given in
+   clear is now checked against every stored one (plugins' ``same_secret``)."""
 import glob
+import json
 import os
 import shutil
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from ..conftest import gateway_conf, wait_until
+from ..conftest import gateway_conf, to_toml, wait_until
+from gwserver.plugins.key_auth import hash_key
 from ..pki import CA
 from .test_attack_pass_dec04e import gwcli
 from .test_edge_security import body_of, get
-from .test_etcd import put, runtime_of, serves, serving
+from .test_etcd import etcd_conf, put, runtime_of, serves, serving
 
 
 @pytest.fixture
@@ -76,3 +82,29 @@ def test_routes_status_says_when_no_worker_reports_the_table_it_serves(launcher,
     said = gwcli(gw, "routes", "status")
     assert said.returncode == 1 and "problem: no worker has said which table it serves" in \
         said.stderr and f"{runtime_dir}/workers" in said.stderr, said
+
+
+def test_consumers_put_refuses_an_api_key_another_consumer_holds(launcher, tmp_path):
+    etcd = launcher.etcd()
+    conf = etcd_conf(tmp_path, [etcd.url])
+    conf["consumers"] = {"static": {"credentials": {"key_auth": {
+        "key_hash": hash_key("k-static")}}}}
+    cli = SimpleNamespace(conf_path=tmp_path / "cli.toml")     # what gwcli needs of a gateway
+    cli.conf_path.write_text(to_toml(conf))
+
+    def put_consumers(*consumers):
+        return gwcli(cli, "consumers", "put", "-", stdin=json.dumps([
+            {"id": cid, "credentials": {"key_auth": {"key": key}}} for cid, key in consumers]))
+
+    assert put_consumers(("a", "k1")).returncode == 0
+    said = put_consumers(("b", "k1"))
+    assert said.returncode == 2 and "consumer b: credentials.key_auth: the same secret is " \
+        "consumer a's" in said.stderr and "k1" not in said.stderr, said
+    assert etcd.client().get("/gw/consumers/b") is None
+    assert put_consumers(("a", "k1")).returncode == 0          # its own key, again
+    said = put_consumers(("c", "k2"), ("d", "k2"))             # two in one put
+    assert said.returncode == 2 and said.stderr.count("the same secret") == 1 and \
+        "consumer c: credentials.key_auth: the same secret is consumer d's" in said.stderr, said
+    said = put_consumers(("e", "k-static"))                    # the conf file's
+    assert said.returncode == 2 and "consumer static's" in said.stderr, said
+    assert put_consumers(("a", "k3"), ("b", "k1")).returncode == 0      # a gives k1 up
