@@ -20,6 +20,7 @@ is a config error at compile time, not an empty string at run time. Values are w
 sent, so each use decides what may reach its output: a header value refuses CR, LF and NUL; a
 Location percent-encodes anything outside RFC 3986 (``expand(..., escape=uri_escape)``).
 """
+import difflib
 import re
 from urllib.parse import quote
 
@@ -107,8 +108,10 @@ def compile_template(text, captures=False):
             parts.append(_param(name[6:]))
         else:
             # The text is not quoted: a header value may be a credential with a "$" in it.
-            # Nor is a name unlike a variable's (lower case), which may be a piece of one.
-            said = f"${name}" if re.fullmatch(r"[a-z_]{1,32}", name) else "a variable"
+            # Nor is the name, unless it is a known one misspelt: a piece of a credential
+            # is no near miss of "$remote_addr".
+            near = difflib.get_close_matches(name, NAMES, n=1, cutoff=0.8)
+            said = f"${name} (did you mean ${near[0]}?)" if near else "a variable"
             raise ValueError(f"unknown variable at offset {m.start()}: {said} (known: "
                              f"{', '.join('$' + n for n in NAMES)}, $param_NAME; a literal "
                              f"$ is written $$)")
