@@ -14,8 +14,10 @@ SECRET_KEYS = frozenset(["token", "password", "secret", "client_secret", "privat
 # the upstream, a route matching on X-Api-Key): masked by name, as keys above are. "-key" at
 # the end and "auth" anywhere take the vendors' own (Cloudflare's X-Auth-Key, Azure's
 # Ocp-Apim-Subscription-Key and X-Functions-Key); config fields are spelled with "_".
-SECRET_HEADER = re.compile(r"auth|token|secret|passw|api[-_]?key|-key$|cookie|credential|"
-                           r"session|signature", re.I)
+# "accesskey" and "assertion" take those spelt as one word (AccessKey) and signed tokens
+# passed on by name (Google IAP's X-Goog-Iap-Jwt-Assertion, OAuth's client assertion).
+SECRET_HEADER = re.compile(r"auth|token|secret|passw|api[-_]?key|access[-_]?key|-key$|cookie|"
+                           r"credential|session|signature|assertion|jwt", re.I)
 URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*(?P<tail>@)", re.I)
 
 
