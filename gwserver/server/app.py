@@ -461,7 +461,7 @@ class GatewayArbiter(Arbiter):
     ``Type=notify`` that would tell systemd (and whatever waits on it) we serve when we don't.
     """
 
-    state_dir_failure = None        # (path, errno) ensure_state_dir said last
+    state_dir_failure = None        # (path, problem) ensure_state_dir said last
 
     def notify(self, state):
         systemd.sd_notify(state, self.log)
@@ -598,15 +598,21 @@ class GatewayArbiter(Arbiter):
         if os.path.exists(os.path.join(state_dir, "master.json")):
             self.state_dir_failure = None
             return
+        from ..settings import state_dir_problem
         from ..state.store import LocalStore
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
-            LocalStore.prepare(state_dir)
+            # As at start (cli.run): under /tmp another user may have made it first.
+            problem = state_dir_problem(state_dir)
+            if problem is None:
+                LocalStore.prepare(state_dir)
         except OSError as exc:
-            if self.state_dir_failure != (state_dir, exc.errno):     # said once, not a turn
-                self.state_dir_failure = (state_dir, exc.errno)
+            problem = exc.strerror
+        if problem is not None:
+            if self.state_dir_failure != (state_dir, problem):     # said once, not a turn
+                self.state_dir_failure = (state_dir, problem)
                 log.error("the state_dir %s was removed and cannot be made again: %s; new "
-                          "workers keep per-host state of their own", state_dir, exc.strerror)
+                          "workers keep per-host state of their own", state_dir, problem)
             return
         self.reloads.rewrite()          # `gwserver reload` learns its verdict there
         if self.state_dir_failure != (state_dir, None):     # said once, not a turn

@@ -487,17 +487,23 @@ def open_local_store(path):
     directory, removed when the worker exits: a worker that died at boot over it was
     restarted over and over, and the workers there were not replaced as they retired.
     Per-host limits then hold per worker, as the log says."""
+    from ..settings import state_dir_problem
     from ..state.store import LocalStore
-    try:
-        return LocalStore(path)
-    except OSError as exc:
-        import atexit
-        import shutil
-        import tempfile
-        remove_dead_workers_stores(tempfile.gettempdir())
-        private = tempfile.mkdtemp(prefix=f"{PRIVATE_STORE}{os.getpid()}-")
-        atexit.register(shutil.rmtree, private, ignore_errors=True)
-        log.error("cannot open the per-host table in the state_dir %s (%s): this worker keeps "
-                  "its own until it stops; per-host limits and breaker states are per worker "
-                  "meanwhile", path, exc.strerror or exc)
-        return LocalStore(private)
+    # Judged again here: made again under /tmp by another user after a cleaner removed it,
+    # its table would be theirs to write (the master judges it too, in ensure_state_dir).
+    problem = state_dir_problem(path)
+    if problem is None:
+        try:
+            return LocalStore(path)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    import atexit
+    import shutil
+    import tempfile
+    remove_dead_workers_stores(tempfile.gettempdir())
+    private = tempfile.mkdtemp(prefix=f"{PRIVATE_STORE}{os.getpid()}-")
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    log.error("cannot open the per-host table in the state_dir %s (%s): this worker keeps "
+              "its own until it stops; per-host limits and breaker states are per worker "
+              "meanwhile", path, problem)
+    return LocalStore(private)

@@ -23,3 +23,42 @@ def test_a_private_store_is_made_and_dead_workers_stores_are_removed(tmp_path, m
     made = [p.name for p in tmp_path.iterdir() if p.name.startswith(mine)]
     assert len(made) == 1
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def foreign_state_dir(tmp_path, monkeypatch):
+    """The default state_dir's last resort under /tmp, made first by another user."""
+    from gwserver import settings
+    base = tmp_path / "gwserver-0"
+    monkeypatch.setattr(settings, "shared_tmp_base", lambda: str(base))
+    base.mkdir()
+    os.chown(base, 65534, 65534)        # nobody's (the tests run as root)
+    (base / "state").mkdir()
+    os.chown(base / "state", 65534, 65534)
+    return base / "state"
+
+
+def test_a_worker_keeps_out_of_a_state_dir_another_user_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    state_dir = foreign_state_dir(tmp_path, monkeypatch)
+    open_local_store(str(state_dir))
+    assert os.listdir(state_dir) == []                  # nothing of ours written there
+    assert [p.name[:len(PRIVATE_STORE)] for p in (tmp_path / "tmp").iterdir()] == \
+        [PRIVATE_STORE]
+
+
+def test_the_master_does_not_make_its_state_dir_again_in_another_users(tmp_path, monkeypatch,
+                                                                       caplog):
+    from types import SimpleNamespace
+    from gwserver.server.app import GatewayArbiter
+    state_dir = foreign_state_dir(tmp_path, monkeypatch)
+    written = []
+    master = SimpleNamespace(
+        app=SimpleNamespace(conf=SimpleNamespace(server={"state_dir": str(state_dir)})),
+        reloads=SimpleNamespace(rewrite=lambda: written.append("master.json")),
+        state_dir_failure=None)
+    GatewayArbiter.ensure_state_dir(master)
+    GatewayArbiter.ensure_state_dir(master)            # said once, not every turn
+    assert os.listdir(state_dir) == [] and written == []
+    said = [r.getMessage() for r in caplog.records if "state_dir" in r.getMessage()]
+    assert len(said) == 1 and "belongs to uid 65534" in said[0], said
