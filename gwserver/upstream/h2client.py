@@ -235,7 +235,7 @@ class _UpstreamH2(h2.connection.H2Connection):
 
 
 class _Stream:
-    __slots__ = ("events", "window_open", "ended_by", "sent_at", "pending")
+    __slots__ = ("events", "window_open", "ended_by", "sent_at", "pending", "awaiting_client")
 
     def __init__(self):
         self.events = gevent.queue.Queue()
@@ -243,6 +243,9 @@ class _Stream:
         self.ended_by = None        # the error its end put on events, for a sender to raise
         self.sent_at = 0.0          # time.monotonic() of the last piece of body sent
         self.pending = 0            # body bytes to send while waiting for the connection's window
+        # The sender waits for the client's next piece of body: the client's time, bounded
+        # by client_body_timeout, not the upstream's (StreamResponse._next)
+        self.awaiting_client = False
 
     def end(self, error):
         """The stream ends with ``error``: its reader raises it, a sender waiting for a window
@@ -703,9 +706,13 @@ class StreamResponse:
         while True:
             # The read timeout runs from this wait's start or the last piece of request body
             # sent, whichever is later: an upload that keeps moving is not cut, as it is not
-            # on HTTP/1.1 upstreams (where the answer is read once the body is sent).
+            # on HTTP/1.1 upstreams (where the answer is read once the body is sent). While
+            # the body waits for the client it does not run at all: a client that pauses
+            # is no upstream's timeout (passive checks and breakers count those); its own
+            # bound, client_body_timeout, ends the sender and this wait with it.
             now = time.monotonic()
-            timeout = max(waited_from, stream.sent_at) + self.timeout - now
+            timeout = self.timeout if stream.awaiting_client else \
+                max(waited_from, stream.sent_at) + self.timeout - now
             by_deadline = self.deadline is not None and self.deadline - now < timeout
             if by_deadline:
                 timeout = self.deadline - now
@@ -718,7 +725,8 @@ class StreamResponse:
                                           f"grpc-timeout ran out")
                     exc.deadline_hit = True
                     raise exc from None
-                if stream.sent_at + self.timeout <= time.monotonic():
+                if not stream.awaiting_client and \
+                        max(waited_from, stream.sent_at) + self.timeout <= time.monotonic():
                     raise UpstreamTimeout(f"{self.connection.target.url} did not answer "
                                           f"within {self.timeout:g}s"
                                           f"{' (per_try_timeout)' if since else ''}") from None

@@ -205,8 +205,14 @@ class H2Forwarder:
                     raise
                 except StreamNotOpened as exc:
                     # Refused twice: nothing was processed, so another target may take it,
-                    # whatever the method, as after a failed connect.
+                    # whatever the method, as after a failed connect; a streamed body with
+                    # what the sender took from the client so far, if it was kept.
                     proxy.book_failure(upstream, target)
+                    so_far = getattr(exc, "body_so_far", False)
+                    if so_far is None:
+                        raise       # past REPLAY_LIMIT: no target could have it whole now
+                    if so_far:
+                        body, streamed = so_far[0], not so_far[1]
                     if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
                                        "connect" in policy.events or
                                        "reset" in policy.events, exc.reason, now):
@@ -277,12 +283,15 @@ class H2Forwarder:
                     status, fields = stream.head(whole=per_try)
                     stream.timeout = route.read_timeout
                     break
-                except StreamNotOpened:
+                except StreamNotOpened as exc:
                     # Not processed (never sent, or refused): a new connection takes it,
                     # once, with the body so far (what the sender took is kept for this,
                     # up to REPLAY_LIMIT).
                     if reopened or stream is not None and taken is not None and \
                             taken.size > REPLAY_LIMIT:
+                        if taken is not None:   # what another target would need (forward)
+                            exc.body_so_far = None if taken.pieces is None else \
+                                (b"".join(taken.pieces), taken.ended)
                         raise
                     reopened = True
                     Exchange(stream, sender).close()
@@ -319,7 +328,11 @@ class H2Forwarder:
                                          route.read_timeout, end=complete)
                 if complete:
                     return
-                client.read_body()
+                stream.stream.awaiting_client = True
+                try:
+                    client.read_body()
+                finally:
+                    stream.stream.awaiting_client = False
         except gevent.GreenletExit:
             raise
         except Exception as exc:        # noqa: BLE001 -- handed on, not swallowed

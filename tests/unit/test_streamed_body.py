@@ -62,7 +62,8 @@ def test_http2_upstream_gets_the_piece_and_the_end_that_came_during_a_send():
             if len(sent) == 1:
                 the_end_arrives(req)
 
-    stream = SimpleNamespace(stream_id=1, stream=None, fail=lambda exc: sent.append(exc))
+    stream = SimpleNamespace(stream_id=1, stream=SimpleNamespace(awaiting_client=False),
+                             fail=lambda exc: sent.append(exc))
     taken = TakenBody(b"head's")
     H2Forwarder.__new__(H2Forwarder).send_body(Client(), req, ROUTE, Connection(), stream,
                                                taken)
