@@ -39,7 +39,7 @@ from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
 from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
-from ..core.routes import no_target_reason
+from ..core.routes import IDEMPOTENT, no_target_reason
 from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
@@ -55,6 +55,9 @@ log = logging.getLogger("gwserver.proxy")
 
 NO_BODY_STATUSES = frozenset([204, 304])
 YIELD_EVERY = 16    # body pieces (up to 64 KiB each) relayed before other greenlets get a turn
+# A held request (head and body) up to this size goes out in one send; the rest of a larger
+# one looks for an early answer while it waits (Proxy.attempt).
+ONE_SEND = 256 << 10
 # After a failed connect this worker skips the target for a second (nginx's fail_timeout with
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
 # per request, until health checks or ejection take it out.
@@ -503,6 +506,11 @@ class Proxy:
         if req.complete:
             body_held, req.body = req.body, []
         replayable = body_held is not None and not req.upgrade and req.method in policy.methods
+        # A reused connection found dead: retried once on a fresh one for an idempotent
+        # method whatever the policy, and never else for another (the upstream may have
+        # acted on it: only "reset" in the policy says it may go again).
+        stale_replayable = body_held is not None and not req.upgrade and \
+            req.method in IDEMPOTENT
         attempts_left, tried = policy.attempts, []
         fresh = stale_retried = False
         now = time.monotonic()
@@ -531,7 +539,7 @@ class Proxy:
                     self.attempt(client, req, ex, target, body_held, policy)
                 except _StaleConnection:
                     self.release(pool, ex, False)
-                    if reused and replayable and not stale_retried:
+                    if reused and stale_replayable and not stale_retried:
                         fresh = stale_retried = True    # the pool may hold more dead ones
                         continue
                     self.book_failure(upstream, target)
@@ -691,7 +699,15 @@ class Proxy:
         if body_held is not None:
             if body_held or req.chunked:
                 head = b"".join([head, *encode_chunks(body_held, req.chunked, last=True)])
-            self.send(ex, head, route.read_timeout, stale_ok=True)
+            if len(head) <= ONE_SEND:
+                self.send(ex, head, route.read_timeout, stale_ok=True)
+            else:
+                # A large held body (request_buffer_size raised) goes out as a streamed one
+                # does, looking for an early answer (a 413) while the send waits: an
+                # upstream that answered and stopped reading held the send to read_timeout.
+                self.send(ex, head[:ONE_SEND], route.read_timeout, stale_ok=True)
+                if not self.send_piece(ex, memoryview(head)[ONE_SEND:], route, stale_ok=True):
+                    ex.request_cut = True
         else:
             self.send(ex, head, route.read_timeout, stale_ok=True)
             self.stream_request_body(client, req, ex, route)
@@ -745,12 +761,12 @@ class Proxy:
         except OSError as exc:
             raise send_failed(ex, exc, stale_ok) from None
 
-    def send_piece(self, ex, data, route):
+    def send_piece(self, ex, data, route, stale_ok=False):
         """One piece of a streamed body; False if the upstream answered instead of taking it
         (one that answered early and stopped reading would hold the send until
-        read_timeout: a 504 in place of its 413)."""
+        read_timeout: a 504 in place of its 413). ``stale_ok``: as ``send``'s."""
         if not ex.plain:
-            self.send(ex, data, route.read_timeout)
+            self.send(ex, data, route.read_timeout, stale_ok)
             return True
 
         def answered():
@@ -762,7 +778,7 @@ class Proxy:
             return send_unless_answered(ex.sock, data, self.deadlines, ex, route.read_timeout,
                                         answered)
         except (OSError, ValueError) as exc:    # ValueError: select on a closed socket
-            raise send_failed(ex, exc) from None
+            raise send_failed(ex, exc, stale_ok) from None
 
     def stream_request_body(self, client, req, ex, route):
         """Forward the body as it arrives: one client read in memory at a time.
