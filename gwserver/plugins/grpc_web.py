@@ -20,7 +20,7 @@ UPSTREAM_PROTOCOL = "h2"        # gRPC is HTTP/2
 PRIORITY = 1100         # first: a preflight carries no token, so it is answered before auth
 
 ALLOWED_HEADERS = "content-type, x-grpc-web, x-user-agent, grpc-timeout, authorization"
-EXPOSED_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin"
+EXPOSED_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin, grpc-encoding"
 
 SCHEMA = Schema(
     Field("allow_origins", list_of(string(cors.ORIGIN, "an origin (scheme://host[:port]) or *")),
@@ -28,6 +28,10 @@ SCHEMA = Schema(
           "origins allowed to call (CORS); empty: same-origin only"),
     Field("allow_headers", list_of(header_name), list, "extra request headers allowed"),
     Field("max_age", integer(0), 600, "seconds a browser may cache a preflight"),
+    Field("max_body_size", integer(1), 4 << 20,
+          "bytes of a gRPC-Web request body, which is read whole to be translated (gRPC's "
+          "own default message limit is 4 MiB); over it: 413. The route's max_body_size "
+          "applies too when it is smaller"),
 )
 
 
@@ -55,7 +59,7 @@ def access(conf, ctx):
     content_type = ctx.header("content-type") or ""
     mode = grpcweb.mode_of(content_type)
     if mode is not None:
-        ctx.vars["grpc_web"] = (mode, content_type)
+        ctx.vars["grpc_web"] = (mode, content_type, conf["max_body_size"])
     if conf["cors"] is not None:
         return cors.access(conf["cors"], ctx)
     return None

@@ -36,6 +36,8 @@ RELAY_BATCH = 65536        # most answer bytes held to join with what follows (o
 # upstream that refuses at once has taken at most its initial window (64 KiB by default); a
 # client-streaming gRPC call may wait for its head to the end, so this is held per call.
 REPLAY_LIMIT = 64 << 10
+# A gRPC answer's own trailers (a trailers-only answer has them in its head)
+GRPC_STATUS_FIELDS = frozenset([b"grpc-status", b"grpc-message", b"grpc-status-details-bin"])
 
 
 class Exchange:
@@ -92,8 +94,12 @@ class H2Forwarder:
         if metrics is not None:
             metrics.connections_opened.labels(url).inc()
 
-    def read_body(self, client, req, route):
+    def read_body(self, client, req, route, grpc):
+        """The whole body (a gRPC-Web call's, to translate it, or a held one), within the
+        route's limit and a gRPC-Web call's own (the grpc_web plugin's max_body_size)."""
         limit = route.max_body_size
+        if grpc:
+            limit = min(limit, grpc[2]) if limit else grpc[2]
         chunks = []
         while True:
             chunks += req.take_body()
@@ -147,7 +153,8 @@ class H2Forwarder:
             raise ServiceUnavailable(no_target_reason(upstream))
         grpc = req.var("grpc_web")
         streamed = not req.complete and not grpc
-        body = b"".join(req.take_body()) if streamed else self.read_body(client, req, route)
+        body = b"".join(req.take_body()) if streamed else \
+            self.read_body(client, req, route, grpc)
         if grpc and grpc[0] == "text":
             try:
                 body = grpcweb.decode_text_body(body)
@@ -344,11 +351,16 @@ class H2Forwarder:
         keep_alive = keep_alive and self.proxy.runtime.alive and req.complete
         trailers_only = []
         if grpc:
-            upstream_type = dict(headers).get(b"content-type", b"application/grpc").decode()
-            trailers_only = [(k, v) for k, v in headers if k.startswith(b"grpc-")]
+            # (latin-1: a field value may hold any byte, and only "+proto" is looked for)
+            upstream_type = dict(headers).get(b"content-type", b"application/grpc") \
+                .decode("latin-1")
+            # The call's status goes in the trailer frame; the rest of the head (its
+            # grpc-encoding above all, without which a compressed message cannot be read)
+            # stays HTTP headers, as the gRPC-Web protocol has them.
+            trailers_only = [(k, v) for k, v in headers if k in GRPC_STATUS_FIELDS]
             headers = [(k, v) for k, v in headers
                        if k not in (b"content-type", b"content-length") and
-                       not k.startswith(b"grpc-")]
+                       k not in GRPC_STATUS_FIELDS]
             headers.append((b"content-type",
                             grpcweb.client_content_type(grpc[0], grpc[1], upstream_type).encode()))
         upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
