@@ -42,6 +42,11 @@ from .clienttls import client_context
 log = logging.getLogger("gwserver.h2")
 
 MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew before the end
+# A connection's receive window (16 MiB) is shared by its streams: under this much left, a
+# stream whose answer waited over STALLED_AFTER seconds for its client gives its share back
+# (H2Connection._give_back), so that one client's stalled downloads cannot stall the others'.
+SHORT_WINDOW = 4 << 20
+STALLED_AFTER = 1.0
 HIGH_WATER, LOW_WATER = 1 << 20, 256 << 10   # bytes queued for the writer: senders wait above
 WRITE_PIECE = 256 << 10     # the writer's deadline is per piece: progress, not the whole queue
 MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
@@ -235,7 +240,8 @@ class _UpstreamH2(h2.connection.H2Connection):
 
 
 class _Stream:
-    __slots__ = ("events", "window_open", "ended_by", "sent_at", "pending", "awaiting_client")
+    __slots__ = ("events", "window_open", "ended_by", "sent_at", "pending", "awaiting_client",
+                 "unread", "waiting_since")
 
     def __init__(self):
         self.events = gevent.queue.Queue()
@@ -246,6 +252,10 @@ class _Stream:
         # The sender waits for the client's next piece of body: the client's time, bounded
         # by client_body_timeout, not the upstream's (StreamResponse._next)
         self.awaiting_client = False
+        # Answer bytes received and not yet taken by the reader (relayed to the client), and
+        # since when the oldest of them waits: a stalled client's (H2Connection._give_back)
+        self.unread = 0
+        self.waiting_since = 0.0
 
     def end(self, error):
         """The stream ends with ``error``: its reader raises it, a sender waiting for a window
@@ -297,6 +307,7 @@ class H2Connection:
         self.starved = {}           # stream id -> _Stream whose body waits for the connection's
         #                             window only, in the order they began to wait
         self.closed = self.shut = False     # shut: the socket is closed too
+        self.give_back_due = False  # a later look at stalled streams is scheduled
         self.draining = False       # a GOAWAY came: no new streams; the rest finish
         # Until the upstream's first SETTINGS, its stream limit is unknown: one stream at a
         # time (a burst of requests on a new connection would pass a limit of, say, 3).
@@ -390,6 +401,8 @@ class H2Connection:
                     pause = self._check_flood()
                 for event in events:
                     self._dispatch(event)
+                if self.conn.inbound_flow_control_window < SHORT_WINDOW:
+                    self._give_back()
                 self.stream_freed.set()     # streams ended, or the limit changed
                 # An upstream that keeps sending never makes recv wait (a read takes what
                 # is there, however little): the worker's other connections run between its
@@ -399,6 +412,52 @@ class H2Connection:
         except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
+
+    def _give_back(self):
+        """The connection's receive window runs short: streams whose answers have waited
+        over STALLED_AFTER for their clients are reset and give their share back. Each answer
+        is acknowledged only as its client takes it, so a client that opened downloads and
+        never read them (its own windows shut) held the window shared with every other
+        request on this connection, and past 16 such streams all of them stalled. Streams
+        that stall less long are looked at again when they would be due."""
+        now = time.monotonic()
+        due = None
+        for stream_id, stream in list(self.streams.items()):
+            if not stream.unread:
+                continue
+            if now - stream.waiting_since < STALLED_AFTER:
+                due = min(due or now + STALLED_AFTER, stream.waiting_since + STALLED_AFTER)
+                continue
+            del self.streams[stream_id]
+            unread = 0
+            while not stream.events.empty():
+                event = stream.events.get_nowait()
+                if type(event) is h2.events.DataReceived:
+                    unread += event.flow_controlled_length
+            stream.end(UpstreamError(
+                f"its client took none of the answer for {STALLED_AFTER:g}s while the HTTP/2 "
+                f"connection to {self.target.url} ran short of window: the stream was reset, "
+                f"to let the others through"))
+            throttled_log.log(log, logging.WARNING, ("h2 stalled streams", self.target.url),
+                              "HTTP/2 upstream %s: answers waited over %gs for their clients "
+                              "while the connection ran short of window: those streams were "
+                              "reset", self.target.url, STALLED_AFTER)
+            with self.lock:
+                try:
+                    if unread:
+                        self.conn.acknowledge_received_data(unread, stream_id)
+                    self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                    self._flush()
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    pass
+        if due is not None and not self.give_back_due:
+            self.give_back_due = True
+            gevent.spawn_later(due - now, self._give_back_again)
+
+    def _give_back_again(self):
+        self.give_back_due = False
+        if not self.closed and self.conn.inbound_flow_control_window < SHORT_WINDOW:
+            self._give_back()
 
     def _start_second_if_due(self):
         """Before frames are read: the budgets count per second, this read's in the new one."""
@@ -469,6 +528,10 @@ class H2Connection:
                 # Its reader is gone (finished, reset): the connection's window must not leak.
                 self.acknowledge(stream_id, event.flow_controlled_length)
         else:
+            if type(event) is h2.events.DataReceived and event.flow_controlled_length:
+                if not stream.unread:
+                    stream.waiting_since = time.monotonic()
+                stream.unread += event.flow_controlled_length
             stream.events.put(event)
             if isinstance(event, h2.events.StreamReset):
                 # Gone (its events are queued for the reader): a sender waiting for window
@@ -643,6 +706,12 @@ class H2Connection:
             stream.window_open.set()
 
     def acknowledge(self, stream_id, size):
+        """``size`` bytes of a stream's answer were relayed (or dropped): the windows may
+        take as much more."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.unread -= size
+            stream.waiting_since = time.monotonic()
         with self.lock:
             try:
                 self.conn.acknowledge_received_data(size, stream_id)
