@@ -25,14 +25,7 @@ from ..conftest import gateway_conf
 from ..h2_upstreams import StreamingH2Upstream
 from ..h2client import RawH2
 from .test_attack_pass_dec04b import h2_gateway, h2_scripts  # noqa: F401 (fixture)
-
-
-def peak_rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+from .test_http2_streaming import peak_rss
 
 
 def grpc_web_gateway(launcher, up, **sections):

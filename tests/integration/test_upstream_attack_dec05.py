@@ -14,32 +14,21 @@ tried and held; each of the others showed a defect, fixed with it:
 """
 import json
 import socket
-import threading
 import time
 
-import pytest
-
-from ..conftest import gateway_conf, wait_until
 import h2.errors
 import h2.events
 import h2.settings
+import pytest
 
-from ..h2_upstreams import EventH2cUpstream, ScriptedH2Upstream
+from ..conftest import gateway_conf
+from ..h2_upstreams import EventH2cUpstream
 from .test_attack_pass_dec03d import OK, ScriptedHttp1 as CountingHttp1, exchange
+from .test_attack_pass_dec04b import read_all
+from .test_h2_upstream_retries import upstreams  # noqa: F401 (a fixture)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def read_all(sock, timeout=15.0):
-    sock.settimeout(timeout)
-    out = b""
-    try:
-        while piece := sock.recv(65536):
-            out += piece
-    except (ConnectionResetError, socket.timeout):
-        pass
-    return out
-
 
 def status_of(answer):
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
@@ -89,19 +78,6 @@ def blackhole():
     hole.close()
 
 
-@pytest.fixture
-def h2_upstreams():
-    started = []
-
-    def start(name, behaviour, **kwargs):
-        upstream = ScriptedH2Upstream(name, behaviour, **kwargs)
-        started.append(upstream)
-        return upstream
-    yield start
-    for upstream in started:
-        upstream.close()
-
-
 def one_route(targets, protocol="http1", **extra):
     upstream = {"targets": [{"url": url} for url in targets]}
     if protocol != "http1":
@@ -116,37 +92,21 @@ ACCESS = {"access_fields": ["time", "status", "upstream", "attempts", "error", "
 
 # -- connect timeouts: "no connection could be made" -----------------------------------------
 
+@pytest.mark.parametrize("protocol", ["http1", "h2"])
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_held_a_connect_that_times_out_is_retried_on_another_target(launcher, upstream, blackhole,
-                                                               method):
+def test_held_a_connect_that_times_out_is_retried_on_another_target(launcher, upstream, upstreams,
+                                                                    blackhole, protocol, method):
     """A target whose SYNs are dropped: the connect times out, nothing was sent, so the
     request may go to the other target (docs/routes.md: `connect`, no connection could be
-    made, retried for any method; the default policy). On HTTP/1.1 upstreams the 504 of the
-    connect timeout went to the client instead."""
+    made, retried for any method; the default policy), over HTTP/1.1 and HTTP/2 alike."""
+    good = upstream.url if protocol == "http1" else \
+        f"http://127.0.0.1:{upstreams('good', 'ok').port}"
     gw = launcher.gateway(gateway_conf(
-        [one_route([blackhole.url, upstream.url], timeouts={"connect": 0.3},
+        [one_route([blackhole.url, good], protocol=protocol, timeouts={"connect": 0.3},
                    retry={"on": ["connect"], "attempts": 1})],
         log=ACCESS, upstream_defaults={"retry_budget_min_per_second": 100}))
-    got = []
-    for _ in range(6):
-        resp, _ = gw.request(method, "/echo", body=b"payload" if method == "POST" else None)
-        got.append(resp.status)
-    assert got == [200] * 6, (got, gw.log()[-1500:])
-
-
-@pytest.mark.parametrize("method", ["GET", "POST"])
-def test_held_a_connect_that_times_out_is_retried_on_another_h2_target(launcher, h2_upstreams,
-                                                                  blackhole, method):
-    """The same over protocol = "h2": a connect timeout sent nothing."""
-    good = h2_upstreams("good", "ok")
-    gw = launcher.gateway(gateway_conf(
-        [one_route([blackhole.url, f"http://127.0.0.1:{good.port}"], protocol="h2",
-                   timeouts={"connect": 0.3}, retry={"on": ["connect"], "attempts": 1})],
-        log=ACCESS, upstream_defaults={"retry_budget_min_per_second": 100}))
-    got = []
-    for _ in range(6):
-        resp, _ = gw.request(method, "/echo", body=b"payload" if method == "POST" else None)
-        got.append(resp.status)
+    got = [gw.request(method, "/echo", body=b"payload" if method == "POST" else None)[0].status
+           for _ in range(6)]
     assert got == [200] * 6, (got, gw.log()[-1500:])
 
 
@@ -192,12 +152,12 @@ def test_held_a_client_pausing_its_upload_is_waited_for_by_an_http1_upstream(lau
     assert status_of(answer) == 200 and b'"size": 70005' in answer, answer[:400]
 
 
-def test_a_client_pausing_its_upload_is_no_upstream_timeout_on_h2(launcher, h2_upstreams):
+def test_a_client_pausing_its_upload_is_no_upstream_timeout_on_h2(launcher, upstreams):
     """The same upload to an HTTP/2 upstream got a 504 "did not answer within 1s": the
     upstream was waiting for the client's body, yet the gateway blamed it (a timeout, which
     passive checks and breakers count against the upstream). A slow client, within
     client_body_timeout, is served as over HTTP/1.1."""
-    good = h2_upstreams("good", "ok")
+    good = upstreams("good", "ok")
     gw = launcher.gateway(gateway_conf(
         [one_route([f"http://127.0.0.1:{good.port}"], protocol="h2", timeouts={"read": 1.0})],
         log=ACCESS))
@@ -207,11 +167,11 @@ def test_a_client_pausing_its_upload_is_no_upstream_timeout_on_h2(launcher, h2_u
 
 
 def test_a_slow_client_cannot_trip_the_breaker_of_a_healthy_h2_upstream(launcher,
-                                                                        h2_upstreams):
+                                                                        upstreams):
     """What the 504 above costs: the breaker counts it as the upstream's timeout. Two clients
     pausing their uploads (within client_body_timeout) open the route's breaker, and every
     other client gets 503 circuit_open from a healthy upstream."""
-    good = h2_upstreams("good", "ok")
+    good = upstreams("good", "ok")
     gw = launcher.gateway(gateway_conf(
         [one_route([f"http://127.0.0.1:{good.port}"], protocol="h2", timeouts={"read": 1.0},
                    plugins={"breaker": {"min_requests": 2, "error_rate": 0.5,
@@ -225,42 +185,31 @@ def test_a_slow_client_cannot_trip_the_breaker_of_a_healthy_h2_upstream(launcher
 
 # -- a pooled connection found dead after the request went out --------------------------------
 
-def test_a_post_is_not_replayed_on_a_dead_pooled_connection_unless_the_policy_says_reset(
-        launcher):
+GET_X = b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+POST_X = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndata"
+
+
+@pytest.mark.parametrize("request_bytes, sent, status", [(POST_X, 1, b"502"), (GET_X, 2, b"200")])
+def test_a_dead_pooled_connection_is_retried_for_idempotent_requests_only(launcher,
+                                                                          request_bytes, sent,
+                                                                          status):
     """The route lets POST be retried on a 503 only (methods = ["POST"], on = ["503"]). A
     reused keep-alive connection that the upstream closes without a byte once it took the
-    request (it crashed mid-work, or timed the connection out as the request came) is no
-    503: the upstream may have acted, and "reset" is not in the policy. The gateway sent the
-    POST again on a fresh connection: the upstream got it twice (docs/health.md: that retry
-    is "for idempotent requests")."""
+    request (it crashed mid-work, or timed the connection out as the request came):
+    - a POST went again on a fresh connection, so the upstream got it twice: it may have
+      acted, and "reset" is not in the policy; it is a 502 now;
+    - a GET got a 502 (the retry followed the policy's methods), where docs/health.md says
+      "retried once on a fresh connection for idempotent requests, whatever the policy"."""
     up = CountingHttp1({b"/x": lambda n: None if n == 2 else OK})
     try:
         gw = launcher.gateway(gateway_conf(
             [one_route([up.url], retry={"on": ["503"], "methods": ["POST"]})], log=ACCESS))
-        assert exchange(gw.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n") \
-            .endswith(b"ok")
+        assert exchange(gw.port, GET_X).endswith(b"ok")     # a pooled connection
         del up.lines[:]
-        answer = exchange(gw.port, b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
-                          b"Connection: close\r\n\r\ndata")
-        assert up.lines == [b"POST /x HTTP/1.1"], (up.lines, answer[:200])
-        assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
-    finally:
-        up.close()
-
-
-def test_a_get_on_a_dead_pooled_connection_is_retried_whatever_the_policy(launcher):
-    """docs/routes.md: "A reused keep-alive connection found dead before any answer is
-    retried once on a fresh connection for idempotent requests, whatever the policy." With
-    a policy whose methods name POST only, a GET that met a dead pooled connection got a
-    502 instead (the retry follows the policy's methods, not idempotence)."""
-    up = CountingHttp1({b"/x": lambda n: None if n == 2 else OK})
-    try:
-        gw = launcher.gateway(gateway_conf(
-            [one_route([up.url], retry={"on": ["503"], "methods": ["POST"]})], log=ACCESS))
-        assert exchange(gw.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n") \
-            .endswith(b"ok")
-        answer = exchange(gw.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        answer = exchange(gw.port, request_bytes)
+        assert up.lines == [request_bytes.partition(b"\r\n")[0]] * sent, \
+            (up.lines, answer[:200])
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
     finally:
         up.close()
 
@@ -327,11 +276,11 @@ def test_held_a_chunked_post_is_replayed_byte_exact_after_a_500(launcher, upstre
 
 
 def test_held_an_http1_only_target_in_an_h2_upstream_fails_cleanly(launcher, upstream,
-                                                                   h2_upstreams):
+                                                                   upstreams):
     """protocol = "h2" with one target that speaks HTTP/1.1 only, beside an h2 one: GETs are
     retried on the h2 target with reset in the policy; a POST is never sent twice; every
     answer is a 200 or a clean 502, the worker stays up."""
-    good = h2_upstreams("good", "ok")
+    good = upstreams("good", "ok")
     targets = [upstream.url, f"http://127.0.0.1:{good.port}"]
     gw = launcher.gateway(gateway_conf(
         [one_route(targets, protocol="h2", retry={"on": ["connect", "reset"]})],
@@ -384,7 +333,7 @@ class LateRefusingH2(EventH2cUpstream):
 
 @pytest.mark.parametrize("size", [200_000, 600_000])
 def test_a_streamed_body_refused_by_one_h2_target_reaches_the_next_whole_or_not_at_all(
-        launcher, h2_upstreams, size):
+        launcher, upstreams, size):
     """Target A refuses each stream once 100,000 bytes of its body came (REFUSED_STREAM:
     not processed, RFC 9113 8.7), target B is healthy. A chunked POST over
     request_buffer_size streams: the sender greenlet passes the client's pieces to A as they
@@ -394,7 +343,7 @@ def test_a_streamed_body_refused_by_one_h2_target_reaches_the_next_whole_or_not_
     answers 200: the client's upload is silently truncated. B must get every byte, or the
     client a 502 (as test_h2_upstream_streams says for a single target)."""
     refusing = LateRefusingH2(after=100_000)
-    good = h2_upstreams("good", "ok")
+    good = upstreams("good", "ok")
     try:
         gw = launcher.gateway(gateway_conf(
             [one_route([f"http://127.0.0.1:{refusing.port}",
