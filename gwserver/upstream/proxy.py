@@ -506,11 +506,6 @@ class Proxy:
         if req.complete:
             body_held, req.body = req.body, []
         replayable = body_held is not None and not req.upgrade and req.method in policy.methods
-        # A reused connection found dead: retried once on a fresh one for an idempotent
-        # method whatever the policy, and never else for another (the upstream may have
-        # acted on it: only "reset" in the policy says it may go again).
-        stale_replayable = body_held is not None and not req.upgrade and \
-            req.method in IDEMPOTENT
         attempts_left, tried = policy.attempts, []
         fresh = stale_retried = False
         now = time.monotonic()
@@ -539,7 +534,11 @@ class Proxy:
                     self.attempt(client, req, ex, target, body_held, policy)
                 except _StaleConnection:
                     self.release(pool, ex, False)
-                    if reused and stale_replayable and not stale_retried:
+                    # Retried once on a fresh connection for an idempotent method whatever
+                    # the policy, and for no other (the upstream may have acted on it: only
+                    # "reset" in the policy lets it go again, below).
+                    if reused and not stale_retried and body_held is not None and \
+                            not req.upgrade and req.method in IDEMPOTENT:
                         fresh = stale_retried = True    # the pool may hold more dead ones
                         continue
                     self.book_failure(upstream, target)
