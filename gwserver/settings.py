@@ -467,16 +467,22 @@ HTTP2 = Schema(
 )
 
 
+def _resolved(bind):
+    """The addresses a bind's listener has (net.addresses); none for one that cannot be
+    resolved: it fails to bind, by its own name."""
+    try:
+        return listener_addresses([bind])
+    except OSError:
+        return set()
+
+
 def proxy_protocol_problems(server, tls):
     """PROXY listeners must be listeners, on IP, with someone trusted to speak it. An entry
     names a listener by the rule the worker applies (net.addresses: "[0:0::1]:8443" is
     "[::1]:8443", a host name is resolved as gunicorn resolved it to bind)."""
     listeners = set()
     for bind in set(server["bind"]) | set((tls or {}).get("bind") or ()):
-        try:
-            listeners |= listener_addresses([bind])
-        except OSError:
-            pass        # a listener that cannot be resolved fails to bind, by its own name
+        listeners |= _resolved(bind)
     problems = []
     for bind in server["proxy_protocol"]:
         if bind.startswith("unix:"):
@@ -831,7 +837,9 @@ def parse_conf(data, path="<conf>"):
     elif tmp_dir:
         problems.extend(worker_tmp_problems(tmp_dir))
     admin_bind = sections["admin"]["bind"]
-    if admin_bind and admin_bind in sections["server"]["bind"]:
+    if admin_bind and (admin_bind in sections["server"]["bind"] or
+                       _resolved(admin_bind) & set().union(*map(_resolved,
+                                                                sections["server"]["bind"]))):
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "
                         f"listener its own address")
     h2c = sections["http2"]["h2c"]

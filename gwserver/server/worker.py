@@ -120,7 +120,9 @@ class GatewayWorker(GeventWorker):
             self.wait_for_table(runtime)
         runtime.deadlines.start()
         servers = []
-        admin_address = self.admin_address()
+        admin_bind = self.conf.admin["bind"]
+        admin_addresses = listener_addresses([admin_bind] if admin_bind else ())
+        admin_path = admin_bind[len("unix:"):] if admin_bind.startswith("unix:") else None
         tls_addresses = listener_addresses(self.conf.tls["bind"] if self.conf.tls else ())
         from ..client.h2server import h2c_addresses
         h2c = h2c_addresses(self.conf)
@@ -136,8 +138,16 @@ class GatewayWorker(GeventWorker):
             proxied |= resolved
         for listener in self.sockets:
             listener.setblocking(1)
-            address = tuple(listener.getsockname()[:2])
-            handle = self.handle_admin if address == admin_address else \
+            if listener.family == socket.AF_UNIX:
+                # (its name is its path; two characters of it made no address of any bind)
+                address = listener.getsockname()
+                is_admin = address == admin_path
+            else:
+                # Resolved as gunicorn bound it: "localhost:9901" compared as text matched
+                # no listener, and the admin port served traffic, the token sent upstream.
+                address = tuple(listener.getsockname()[:2])
+                is_admin = address in admin_addresses
+            handle = self.handle_admin if is_admin else \
                 self.handle_tls_client if address in tls_addresses else \
                 self.handle_h2c_client if address in h2c else self.handle_client
             if address in proxied:
@@ -211,13 +221,6 @@ class GatewayWorker(GeventWorker):
             for server in servers:
                 server.stop(timeout=1)
         self.runtime.close()
-
-    def admin_address(self):
-        bind = self.conf.admin["bind"]
-        if not bind:
-            return None
-        host, _, port = bind.rpartition(":")
-        return (host.strip("[]"), int(port))
 
     def handle_admin(self, sock, addr):
         from .admin import AdminConnection

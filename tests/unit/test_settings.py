@@ -70,6 +70,9 @@ def test_defaults_fill_an_empty_file():
     ({"nonsense": {}}, "nonsense: unknown key"),
     ({"plugins": {"headers": {"request": {"set": {"X": 1}}}}},
      "plugins.headers: request.set.X: must be a header value"),
+    # the same listener by another name: the worker compares them resolved, as bound
+    ({"server": {"bind": ["127.0.0.1:9301"]}, "admin": {"bind": "localhost:9301"}},
+     "admin.bind: localhost:9301 is also in server.bind"),
 ])
 def test_each_bad_key_is_named_with_its_reason(doc, expected):
     problems = problems_of(doc)
