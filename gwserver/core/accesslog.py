@@ -16,6 +16,7 @@ Header values are logged as sent, at most 256 characters (nginx logs whole heade
 User-Agent should not make a 32 KiB log line).
 """
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -184,7 +185,8 @@ class AccessFields:
         client_ip, method, target, version, status, sent = head
         head = (f'{client_ip} - - [{time_text}] "{method} {target} HTTP/{version}" {status} '
                 f'{sent}')
-        return " ".join([head, *(_value(value, "-") for _, value, _ in values)]) + "\n"
+        return " ".join([head, *(f'"{common_escape(value)}"' if isinstance(value, str) else
+                                 _value(value, "-") for _, value, _ in values)]) + "\n"
 
     def line(self, req, status, sent, upstream, elapsed_ms, time_text):
         """One line, newline included: ``render(capture(...))``."""
@@ -193,13 +195,24 @@ class AccessFields:
 
 def common_target(req):
     """The request target of a Common Log Format line: the path as sent and the query as the
-    upstream got it (never key_auth's key), with a quote or backslash written as nginx does
-    (\\x22, \\x5C), so that a target cannot end the quoted field and forge the ones after it."""
+    upstream got it (never key_auth's key), escaped as every quoted field of the line is
+    (``common_escape``)."""
     target = req.url.partition(b"?")[0].decode("latin-1")
     query = getattr(req, "query", None)
     if query:
         target += "?" + query
-    return target.replace("\\", "\\x5C").replace('"', "\\x22")
+    return common_escape(target)
+
+
+_COMMON_ESCAPED = re.compile(r'[\x00-\x1f"\\\x7f]')
+
+
+def common_escape(text):
+    """A quoted field of a Common Log Format line as nginx writes one: a quote, a backslash
+    and control bytes as \\xHH, so that no value (a target, a client's X-Request-ID or
+    User-Agent) can end its field and forge the ones after it. JSON's \\" is no escape to
+    a parser that reads quoted fields nginx's way."""
+    return _COMMON_ESCAPED.sub(lambda m: f"\\x{ord(m.group()):02X}", text)
 
 
 _NO_VARS = {}       # read only: what capture_default reads of a request without vars
