@@ -32,8 +32,10 @@ from ..client.http1 import ClientConnection, render_reply
 from ..sync.shm import STATUS, read_json
 
 PROBES = ("/-/healthz", "/-/ready")
-# Wrong tokens: each costs the client a pause, and past a few a minute its address is refused
-# outright until the minute is over (per worker: a guesser gets a handful of tries a minute).
+# Wrong tokens: each costs the client a pause, and past a few a minute from one address the
+# answer is a 429 until the minute is over (per worker). The right token still passes (see
+# check_token), so neither bounds a guesser that sends many at once: a token's length does
+# (`check` warns under MIN_ADMIN_TOKEN characters).
 FAILED_AUTH_PAUSE = 0.25
 FAILED_AUTH_LIMIT = 5
 FAILED_AUTH_WINDOW = 60.0
@@ -87,13 +89,19 @@ class AdminConnection(ClientConnection):
         if now - since > FAILED_AUTH_WINDOW:
             count, since = 0, now
         if count >= FAILED_AUTH_LIMIT:
-            wait = int(FAILED_AUTH_WINDOW - (now - since)) + 1
+            # paused as a 401 is: answered at once, a lockout made guessing faster
+            gevent.sleep(FAILED_AUTH_PAUSE)
+            wait = int(FAILED_AUTH_WINDOW - (time.monotonic() - since)) + 1
             return Reply.json(429, {"error": "too_many_requests", "status": 429,
                                     "message": "too many wrong admin tokens; wait"},
-                              [("Retry-After", str(wait))])
+                              [("Retry-After", str(max(wait, 1)))])
         if authorization is not None:      # a guess; no header at all guesses nothing
-            if len(failures) > 10_000:
-                failures.clear()
+            if len(failures) > 10_000:      # (addresses of a whole /64, say) expired first
+                for old_peer in [p for p, (_, t) in failures.items()
+                                 if now - t > FAILED_AUTH_WINDOW]:
+                    del failures[old_peer]
+                if len(failures) > 10_000:
+                    failures.clear()
             failures[peer] = (count + 1, since)
             gevent.sleep(FAILED_AUTH_PAUSE)
         return Reply.json(401, {"error": "unauthorized", "status": 401,
