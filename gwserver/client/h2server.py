@@ -982,7 +982,7 @@ class H2ServerConnection:
             if not self.closed and (
                     self.small_data > self.conf["max_empty_frames_per_second"] or
                     self.header_bytes > MAX_HEADER_BYTES_PER_SECOND):
-                throttled_log.log(log, logging.INFO, ("h2 paced", self.client_ip),
+                throttled_log.log(log, logging.INFO, "h2 paced",
                                   "HTTP/2 connection from %s: %d DATA frames under %d bytes "
                                   "and %d bytes of header blocks this second: paced (read "
                                   "again when the second is over)", self.client_ip,
