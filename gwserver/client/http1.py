@@ -16,6 +16,7 @@ Rules this file enforces (RFC 9112 and what gunicorn's parser rejects):
 """
 import collections
 import logging
+import re
 import socket
 import time
 from functools import partial
@@ -45,6 +46,9 @@ SLOW_BODY_GRACE = 5.0          # seconds of waiting for a body before its rate c
 # the connection closes after the last answer it holds (Connection: close; RFC 9112 9.3.2:
 # a pipelining client retries what was not answered).
 MAX_PIPELINED = 32
+# A client's X-Request-ID is kept when it is 1-200 visible ASCII characters but the quote and
+# the backslash (a UUID, hex, base64 all are); else, an empty one too, the gateway makes its own.
+CLIENT_REQUEST_ID = re.compile(rb'[!#-\[\]-~]{1,200}')
 
 
 
@@ -324,7 +328,7 @@ class ClientConnection:
                 if host:
                     hmap[b"x-forwarded-host"] = host
         request_id = hmap.get(b"x-request-id")
-        if request_id is None or len(request_id) > 200:
+        if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
             req.request_id = self.runtime.next_request_id()
         else:
             req.request_id = request_id.decode("latin-1")
