@@ -267,6 +267,11 @@ LOG = Schema(
 def endpoint_url(value):
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise Invalid(f"must be an http:// or https:// URL, got {show(value)}")
+    if "@" in value.partition("://")[2].partition("/")[0]:
+        # (never quoted: it holds a password) etcd takes no credentials from a URL, and an
+        # endpoint is shown in the log, `routes status` and /admin/config
+        raise Invalid("must not hold a user or password: use etcd.username and "
+                      "etcd.password_file")
     return value.rstrip("/")
 
 

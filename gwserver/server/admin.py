@@ -188,10 +188,13 @@ def config_view(runtime):
     status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
     if status.get("last_sync"):
         status["last_sync"] = rfc3339(status["last_sync"])
-    return Reply.json(200, {"source": "etcd", "path": os.path.abspath(conf.path),
-                            "endpoints": list(conf.etcd["endpoints"]),
-                            "prefix": conf.etcd["prefix"], "sync": status, "reload": reload,
-                            "worker_generation": runtime.table_reader.generation})
+    # (redacted as the other views are: check refuses a password in an endpoint, and the
+    # status file holds what the sync process wrote)
+    return Reply.json(200, redact({"source": "etcd", "path": os.path.abspath(conf.path),
+                                   "endpoints": list(conf.etcd["endpoints"]),
+                                   "prefix": conf.etcd["prefix"], "sync": status,
+                                   "reload": reload,
+                                   "worker_generation": runtime.table_reader.generation}))
 
 
 def plugin_view(runtime, plugin):

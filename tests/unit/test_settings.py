@@ -70,6 +70,8 @@ def test_defaults_fill_an_empty_file():
     ({"nonsense": {}}, "nonsense: unknown key"),
     ({"plugins": {"headers": {"request": {"set": {"X": 1}}}}},
      "plugins.headers: request.set.X: must be a header value"),
+    ({"etcd": {"endpoints": ["http://gw:hunter2@127.0.0.1:2379"]}},
+     "etcd.endpoints[0]: must not hold a user or password"),
     # the same listener by another name: the worker compares them resolved, as bound
     ({"server": {"bind": ["127.0.0.1:9301"]}, "admin": {"bind": "localhost:9301"}},
      "admin.bind: localhost:9301 is also in server.bind"),
