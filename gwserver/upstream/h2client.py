@@ -4,7 +4,8 @@
 module does its I/O with gevent: one reader greenlet per connection feeds received bytes to the
 state machine and routes the events to per-stream queues; writers take a lock, let ``h2``
 produce frames and send them. Request bodies respect the peer's flow-control windows (a writer
-waits for WINDOW_UPDATE), and received DATA is acknowledged as it is consumed.
+waits for WINDOW_UPDATE); received DATA gives the connection's window back as it arrives, and
+its stream's as the answer is relayed (UNRELAYED_BUDGET).
 
 Cleartext upstreams use prior knowledge (RFC 9113 3.3); https:// upstreams negotiate "h2" by
 ALPN. A connection that fails, or runs out of stream ids, is replaced for the next request;
@@ -42,11 +43,13 @@ from .clienttls import client_context
 log = logging.getLogger("gwserver.h2")
 
 MAX_STREAMS_PER_CONNECTION = 2 ** 30     # stream ids are 31-bit and odd: renew before the end
-# A connection's receive window (16 MiB) is shared by its streams: under this much left, a
-# stream whose answer waited over STALLED_AFTER seconds for its client gives its share back
-# (H2Connection._give_back), so that one client's stalled downloads cannot stall the others'.
-SHORT_WINDOW = 4 << 20
-STALLED_AFTER = 1.0
+# The connection's receive window is given back as DATA arrives, each stream's only as its
+# client takes the answer: an answer waiting for a slow client holds its stream's window
+# (1 MiB), never the connection's, which one client's stalled or trickled downloads held for
+# everyone's on that upstream. What waits so is bounded per connection: past UNRELAYED_BUDGET
+# the streams holding most are reset (H2Connection._shed; Envoy's overload manager resets its
+# largest streams the same way).
+UNRELAYED_BUDGET = 32 << 20
 HIGH_WATER, LOW_WATER = 1 << 20, 256 << 10   # bytes queued for the writer: senders wait above
 WRITE_PIECE = 256 << 10     # the writer's deadline is per piece: progress, not the whole queue
 MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounded by the head size)
@@ -163,6 +166,24 @@ class _UpstreamH2(h2.connection.H2Connection):
         self.data_frames_sent += 1
         return super().send_data(*args, **kwargs)
 
+    def refill_connection_window(self):
+        """After a read: the connection's receive window back to full, for every DATA frame
+        received, whoever reads it (UNRELAYED_BUDGET), once a sixteenth of it is used. h2's
+        own accounting (``process_bytes``) hands back half a window at a time, and held back
+        the rest of what a finished burst used: an upstream with nothing more to send on the
+        streams that used it could send nothing on a new one either."""
+        manager = self._inbound_flow_control_window_manager
+        gap = manager.max_window_size - manager.current_window_size
+        if gap >= manager.max_window_size // 16:
+            manager._bytes_processed = 0        # (all of it is in the gap)
+            self.increment_flow_control_window(gap)
+
+    def acknowledge_stream_data(self, size, stream_id):
+        """The stream's share of ``acknowledge_received_data``: its answer relayed."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.open:
+            self._prepare_for_sending(stream.acknowledge_received_data(size))
+
     def _receive_frame(self, frame):
         if isinstance(frame, DataFrame) and frame.flow_controlled_length:
             try:
@@ -241,7 +262,7 @@ class _UpstreamH2(h2.connection.H2Connection):
 
 class _Stream:
     __slots__ = ("events", "window_open", "ended_by", "sent_at", "pending", "awaiting_client",
-                 "unread", "waiting_since")
+                 "unread")
 
     def __init__(self):
         self.events = gevent.queue.Queue()
@@ -252,10 +273,9 @@ class _Stream:
         # The sender waits for the client's next piece of body: the client's time, bounded
         # by client_body_timeout, not the upstream's (StreamResponse._next)
         self.awaiting_client = False
-        # Answer bytes received and not yet taken by the reader (relayed to the client), and
-        # since when the oldest of them waits: a stalled client's (H2Connection._give_back)
+        # Answer bytes received and not yet taken by the reader, relayed to the client
+        # (H2Connection.unrelayed sums them)
         self.unread = 0
-        self.waiting_since = 0.0
 
     def end(self, error):
         """The stream ends with ``error``: its reader raises it, a sender waiting for a window
@@ -307,7 +327,7 @@ class H2Connection:
         self.starved = {}           # stream id -> _Stream whose body waits for the connection's
         #                             window only, in the order they began to wait
         self.closed = self.shut = False     # shut: the socket is closed too
-        self.give_back_due = False  # a later look at stalled streams is scheduled
+        self.unrelayed = 0          # answer bytes received, not yet relayed (UNRELAYED_BUDGET)
         self.draining = False       # a GOAWAY came: no new streams; the rest finish
         # Until the upstream's first SETTINGS, its stream limit is unknown: one stream at a
         # time (a burst of requests on a new connection would pass a limit of, say, 3).
@@ -401,8 +421,11 @@ class H2Connection:
                     pause = self._check_flood()
                 for event in events:
                     self._dispatch(event)
-                if self.conn.inbound_flow_control_window < SHORT_WINDOW:
-                    self._give_back()
+                with self.lock:
+                    self.conn.refill_connection_window()
+                    self._flush()
+                if self.unrelayed > UNRELAYED_BUDGET:
+                    self._shed()
                 self.stream_freed.set()     # streams ended, or the limit changed
                 # An upstream that keeps sending never makes recv wait (a read takes what
                 # is there, however little): the worker's other connections run between its
@@ -413,51 +436,37 @@ class H2Connection:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
 
-    def _give_back(self):
-        """The connection's receive window runs short: streams whose answers have waited
-        over STALLED_AFTER for their clients are reset and give their share back. Each answer
-        is acknowledged only as its client takes it, so a client that opened downloads and
-        never read them (its own windows shut) held the window shared with every other
-        request on this connection, and past 16 such streams all of them stalled. Streams
-        that stall less long are looked at again when they would be due."""
-        now = time.monotonic()
-        due = None
-        for stream_id, stream in list(self.streams.items()):
-            if not stream.unread:
-                continue
-            if now - stream.waiting_since < STALLED_AFTER:
-                due = min(due or now + STALLED_AFTER, stream.waiting_since + STALLED_AFTER)
-                continue
+    def _shed(self):
+        """Past UNRELAYED_BUDGET of answers waiting for their clients on this connection:
+        reset the streams holding most until a quarter of it is free again. Their clients
+        are slower than the upstream (or read nothing); the error says so, and is none of the
+        upstream's (``client_side``: no passive check or breaker counts it)."""
+        for stream_id, stream in sorted(self.streams.items(), key=lambda item: -item[1].unread):
+            if self.unrelayed <= UNRELAYED_BUDGET * 3 // 4 or not stream.unread:
+                break
             del self.streams[stream_id]
-            unread = 0
+            self.unrelayed -= stream.unread
+            stream.unread = 0
             while not stream.events.empty():
-                event = stream.events.get_nowait()
-                if type(event) is h2.events.DataReceived:
-                    unread += event.flow_controlled_length
-            stream.end(UpstreamError(
-                f"its client took none of the answer for {STALLED_AFTER:g}s while the HTTP/2 "
-                f"connection to {self.target.url} ran short of window: the stream was reset, "
-                f"to let the others through"))
-            throttled_log.log(log, logging.WARNING, ("h2 stalled streams", self.target.url),
-                              "HTTP/2 upstream %s: answers waited over %gs for their clients "
-                              "while the connection ran short of window: those streams were "
-                              "reset", self.target.url, STALLED_AFTER)
+                stream.events.get_nowait()
+            error = UpstreamError(
+                f"the gateway held over {UNRELAYED_BUDGET >> 20} MiB of answers from "
+                f"{self.target.url} for clients slower than it: this stream, among those "
+                f"holding most, was reset")
+            error.client_side = True
+            stream.end(error)
+            throttled_log.log(log, logging.WARNING, ("h2 shed", self.target.url),
+                              "HTTP/2 upstream %s: over %d MiB of answers waited for clients "
+                              "slower than it: the streams holding most were reset",
+                              self.target.url, UNRELAYED_BUDGET >> 20)
             with self.lock:
-                try:
-                    if unread:
-                        self.conn.acknowledge_received_data(unread, stream_id)
-                    self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                    self._flush()
-                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                    pass
-        if due is not None and not self.give_back_due:
-            self.give_back_due = True
-            gevent.spawn_later(due - now, self._give_back_again)
-
-    def _give_back_again(self):
-        self.give_back_due = False
-        if not self.closed and self.conn.inbound_flow_control_window < SHORT_WINDOW:
-            self._give_back()
+                state = self.conn.streams.get(stream_id)
+                if state is not None and not state.closed:
+                    try:
+                        self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                        pass
+                self._flush()
 
     def _start_second_if_due(self):
         """Before frames are read: the budgets count per second, this read's in the new one."""
@@ -523,15 +532,10 @@ class H2Connection:
             return
         stream_id = getattr(event, "stream_id", None)
         stream = self.streams.get(stream_id)
-        if stream is None:
-            if type(event) is h2.events.DataReceived and event.flow_controlled_length:
-                # Its reader is gone (finished, reset): the connection's window must not leak.
-                self.acknowledge(stream_id, event.flow_controlled_length)
-        else:
-            if type(event) is h2.events.DataReceived and event.flow_controlled_length:
-                if not stream.unread:
-                    stream.waiting_since = time.monotonic()
+        if stream is not None:     # (else its reader is gone: finished, reset, shed)
+            if type(event) is h2.events.DataReceived:
                 stream.unread += event.flow_controlled_length
+                self.unrelayed += event.flow_controlled_length
             stream.events.put(event)
             if isinstance(event, h2.events.StreamReset):
                 # Gone (its events are queued for the reader): a sender waiting for window
@@ -706,15 +710,15 @@ class H2Connection:
             stream.window_open.set()
 
     def acknowledge(self, stream_id, size):
-        """``size`` bytes of a stream's answer were relayed (or dropped): the windows may
-        take as much more."""
+        """``size`` bytes of a stream's answer were relayed: its window may take as much more
+        (the connection's took them back as they arrived)."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.unread -= size
-            stream.waiting_since = time.monotonic()
+            self.unrelayed -= size
         with self.lock:
             try:
-                self.conn.acknowledge_received_data(size, stream_id)
+                self.conn.acknowledge_stream_data(size, stream_id)
                 self._flush()
             except (h2.exceptions.StreamClosedError, KeyError):
                 pass
@@ -722,21 +726,17 @@ class H2Connection:
     def finish(self, stream_id, stream):
         """The exchange is over: reset the stream if either side is still open (an answer
         before the whole body, without the upstream's own reset, leaves the request side
-        open: it would hold one of the upstream's concurrent streams for ever), and give
-        back the connection window of DATA received but not read."""
+        open: it would hold one of the upstream's concurrent streams for ever), and forget
+        what of its answer was not read (the connection's window took it back as it
+        arrived)."""
         self.streams.pop(stream_id, None)
+        self.unrelayed -= stream.unread
+        stream.unread = 0
         if self.draining and not self.streams and not self.shut:
             self.close()        # the GOAWAY's last stream is done
         elif not self.closed:
-            unread = 0
-            while not stream.events.empty():
-                event = stream.events.get_nowait()
-                if type(event) is h2.events.DataReceived:
-                    unread += event.flow_controlled_length
             with self.lock:
                 try:
-                    if unread:      # h2 forgets a reset stream's share, not the connection's
-                        self.conn.acknowledge_received_data(unread, stream_id)
                     state = self.conn.streams.get(stream_id)
                     if state is not None and not state.closed:
                         self.conn.reset_stream(stream_id)

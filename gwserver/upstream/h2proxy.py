@@ -247,7 +247,7 @@ class H2Forwarder:
                 except (UpstreamError, UpstreamTimeout) as exc:
                     if getattr(exc, "deadline_hit", False):
                         req.vars["grpc_deadline_hit"] = True
-                    else:
+                    elif not getattr(exc, "client_side", False):   # (h2client._shed)
                         proxy.book_failure(upstream, target)
                     raise
             finally:
