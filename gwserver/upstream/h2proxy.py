@@ -100,6 +100,8 @@ class H2Forwarder:
         limit = route.max_body_size
         if grpc:
             limit = min(limit, grpc[2]) if limit else grpc[2]
+        if limit and req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
         chunks = []
         while True:
             chunks += req.take_body()

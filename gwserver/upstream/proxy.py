@@ -89,8 +89,9 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
             tls_idle_state(self.sock)
         if state is UNREAD:
             throttled_log.log(log, logging.WARNING, ("bytes on idle", self.host, self.port),
-                              "upstream %s:%s sent bytes on an idle keep-alive connection: "
-                              "closed unread", self.host, self.port)
+                              "upstream %s:%s sent bytes on an idle keep-alive connection "
+                              "(over TLS, a key update or a late ticket counts too): closed "
+                              "unread", self.host, self.port)
         return state is OPEN
 
 

@@ -187,3 +187,15 @@ def test_a_grpc_web_answer_keeps_the_message_encoding_of_its_compressed_messages
     trailer_block = body[5 + len(message) + 5:]
     assert resp.getheader("grpc-encoding") == "gzip" or b"grpc-encoding:gzip" in trailer_block, \
         (resp.getheaders(), trailer_block)
+
+
+def test_a_grpc_web_body_declared_over_the_limit_is_refused_before_it_is_read(launcher,
+                                                                             h2_scripts):
+    """A Content-Length over grpc_web.max_body_size is a 413 at once: the gateway need not
+    take (or wait for) 5 MiB it would refuse."""
+    gw = grpc_web_gateway(launcher, h2_scripts({}))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /pkg.Svc/M HTTP/1.1\r\nHost: gw\r\nContent-Type: "
+                     b"application/grpc-web\r\nContent-Length: %d\r\n\r\n" % (5 << 20))
+        answer = sock.recv(4096)         # nothing of the body sent: only a 413 can come
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
