@@ -23,6 +23,7 @@ import h2.settings
 from ..conftest import gateway_conf
 from ..h2_upstreams import StreamingH2Upstream
 from ..h2client import RawH2
+from .test_attack_pass_dec04b import read_all
 
 
 def h2_download_gateway(launcher, up, **sections):
@@ -154,13 +155,7 @@ def test_held_an_early_answer_to_a_large_held_body_with_an_ethernet_mss(launcher
         with socket.create_connection(("127.0.0.1", gw.port), timeout=20) as sock:
             sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
                          b"Connection: close\r\n\r\n" % len(body) + body)
-            sock.settimeout(15)
-            answer = b""
-            try:
-                while piece := sock.recv(65536):
-                    answer += piece
-            except (ConnectionResetError, socket.timeout):
-                pass
+            answer = read_all(sock, timeout=15)
         took = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 413 ") and took < 2.5, (answer[:200], took)
     finally:
