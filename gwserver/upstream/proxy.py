@@ -55,9 +55,10 @@ log = logging.getLogger("gwserver.proxy")
 
 NO_BODY_STATUSES = frozenset([204, 304])
 YIELD_EVERY = 16    # body pieces (up to 64 KiB each) relayed before other greenlets get a turn
-# A held request (head and body) up to this size goes out in one send; the rest of a larger
-# one looks for an early answer while it waits (Proxy.attempt).
-ONE_SEND = 256 << 10
+# A held request (head and body) up to this size goes out in one plain send; a larger one
+# looks for an early answer whenever its send must wait (Proxy.attempt). Small: off loopback
+# a socket may take no more than ~16 KiB before an upstream that stopped reading blocks it.
+ONE_SEND = 16 << 10
 # After a failed connect this worker skips the target for a second (nginx's fail_timeout with
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
 # per request, until health checks or ejection take it out.
@@ -701,13 +702,11 @@ class Proxy:
                 head = b"".join([head, *encode_chunks(body_held, req.chunked, last=True)])
             if len(head) <= ONE_SEND:
                 self.send(ex, head, route.read_timeout, stale_ok=True)
-            else:
-                # A large held body (request_buffer_size raised) goes out as a streamed one
-                # does, looking for an early answer (a 413) while the send waits: an
-                # upstream that answered and stopped reading held the send to read_timeout.
-                self.send(ex, head[:ONE_SEND], route.read_timeout, stale_ok=True)
-                if not self.send_piece(ex, memoryview(head)[ONE_SEND:], route, stale_ok=True):
-                    ex.request_cut = True
+            elif not self.send_piece(ex, head, route, stale_ok=True):
+                # It answered (a 413) while the send waited, as a streamed body's upstream
+                # may: one that answered and stopped reading held a plain send to
+                # read_timeout, a 504 in place of its answer.
+                ex.request_cut = True
         else:
             self.send(ex, head, route.read_timeout, stale_ok=True)
             self.stream_request_body(client, req, ex, route)
