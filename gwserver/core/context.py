@@ -142,7 +142,8 @@ class RequestContext:
     def upstream_erred(self):
         """Did the request end in a connect error, a timeout or a broken upstream connection
         (an upstream failure with no answer to judge)?"""
-        return isinstance(self.error, (UpstreamError, UpstreamTimeout))
+        return isinstance(self.error, (UpstreamError, UpstreamTimeout)) and \
+            not getattr(self.error, "client_side", False)
 
     def upstream_failed(self, status, failure_statuses):
         """Did the upstream fail this request? A connect error, a timeout or a broken

@@ -23,8 +23,9 @@ from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools, StreamBroken, StreamNotOpened
-from .proxy import (back_off, client_protocol, filtered, forwarded_values, proxied_head,
-                    trace_headers, upstream_host, upstream_path)
+from .proxy import (CLIENT_PAUSE, back_off, client_protocol, client_side, filtered,
+                    forwarded_values, proxied_head, trace_headers, upstream_host,
+                    upstream_path)
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
@@ -203,6 +204,8 @@ class H2Forwarder:
                     if getattr(exc, "deadline_hit", False):
                         req.vars["grpc_deadline_hit"] = True    # the call's own bound
                         raise
+                    if getattr(exc, "client_side", False):
+                        raise
                     proxy.book_failure(upstream, target)
                     event = "timeout" if isinstance(exc, UpstreamTimeout) else "reset"
                     if replayable and proxy.may_retry(route, upstream, target, tried,
@@ -228,8 +231,9 @@ class H2Forwarder:
                         attempts_left -= 1
                         continue
                     raise
-                except UpstreamError:
-                    proxy.book_failure(upstream, target)
+                except UpstreamError as exc:
+                    if not getattr(exc, "client_side", False):
+                        proxy.book_failure(upstream, target)
                     raise
                 status = exchange.status
                 if status in policy.statuses and replayable and proxy.may_retry(
@@ -277,6 +281,7 @@ class H2Forwarder:
         taken = TakenBody(body) if streamed else None
         more, reopened, stream, sender = streamed, False, None, None
         req.sent = True
+        waited = client.body_waited     # the client's time in this try (proxy.CLIENT_PAUSE)
         try:
             while True:
                 try:
@@ -309,12 +314,16 @@ class H2Forwarder:
                         body, more = b"".join(taken.pieces), not taken.ended
                     connection = self.pools.get(target, route.connect_timeout,
                                                 upstream.tls, route.read_timeout)
-        except BaseException:
+        except BaseException as exc:
             Exchange(stream, sender).close()
+            if isinstance(exc, UpstreamError) and \
+                    client.body_waited - waited >= CLIENT_PAUSE:
+                client_side(exc)    # an upstream that gave up on a paused upload
             raise
         if taken is not None:
             taken.pieces = None     # answered: nothing more is kept
-        req.upstream_seconds = time.monotonic() - started
+        # the upstream's time, not the client's: a slow upload is no latency of the upstream's
+        req.upstream_seconds = time.monotonic() - started - (client.body_waited - waited)
         req.attempts += 1
         return Exchange(stream, sender, status, fields)
 

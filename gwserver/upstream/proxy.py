@@ -59,6 +59,7 @@ YIELD_EVERY = 16    # body pieces (up to 64 KiB each) relayed before other green
 # looks for an early answer whenever its send must wait (Proxy.attempt). Small: off loopback
 # a socket may take no more than ~16 KiB before an upstream that stopped reading blocks it.
 ONE_SEND = 16 << 10
+CLIENT_PAUSE = 1.0      # seconds of a try spent waiting for the client's body (Exchange)
 # After a failed connect this worker skips the target for a second (nginx's fail_timeout with
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
 # per request, until health checks or ejection take it out.
@@ -218,7 +219,7 @@ class Exchange:
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "block",
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
-                 "request_cut", "started", "version")
+                 "request_cut", "started", "version", "client_paused")
 
     def __init__(self, conn):
         self.conn = conn
@@ -231,6 +232,9 @@ class Exchange:
     def begin(self):
         self.got_bytes = False
         self.request_cut = False    # the upstream answered before it had all of the request
+        # The client paused its upload over CLIENT_PAUSE in this try: a broken connection is
+        # then none of the upstream's to answer for (an upstream may time a slow body out)
+        self.client_paused = False
         self.head_raw = b""
         self.informational = 0
         self.reset()
@@ -536,6 +540,10 @@ class Proxy:
                     self.attempt(client, req, ex, target, body_held, policy)
                 except _StaleConnection:
                     self.release(pool, ex, False)
+                    if ex.client_paused:
+                        raise client_side(UpstreamError(
+                            f"{target.url}: connection failed before an answer, after the "
+                            f"client paused its upload")) from None
                     # Retried once on a fresh connection for an idempotent method whatever
                     # the policy, and for no other (the upstream may have acted on it: only
                     # "reset" in the policy lets it go again, below).
@@ -565,7 +573,10 @@ class Proxy:
                 except BaseException as exc:
                     self.release(pool, ex, False)
                     if isinstance(exc, UpstreamError):
-                        self.book_failure(upstream, target)
+                        if ex.client_paused:
+                            client_side(exc)
+                        else:
+                            self.book_failure(upstream, target)
                     raise
                 if ex.status in policy.statuses and replayable and self.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
@@ -709,7 +720,15 @@ class Proxy:
                 ex.request_cut = True
         else:
             self.send(ex, head, route.read_timeout, stale_ok=True)
-            self.stream_request_body(client, req, ex, route)
+            waited = client.body_waited
+            try:
+                self.stream_request_body(client, req, ex, route)
+            finally:
+                # The upstream's time is not the client's: a slow upload was no latency of
+                # the upstream's (a canary's gates, the metrics), nor its pause a failure.
+                waited = client.body_waited - waited
+                started += waited
+                ex.client_paused = waited >= CLIENT_PAUSE
         self.read_head(ex, route.read_timeout, policy.per_try_timeout)
         req.upstream_seconds = time.monotonic() - started
         req.attempts += 1
@@ -1062,6 +1081,13 @@ class IdleTunnel:
     def expire(self):
         for sock in self.socks:
             sock.close()
+
+
+def client_side(exc):
+    """Mark an upstream error as the client's doing (a paused upload the upstream gave up
+    on): no passive check, breaker or canary gate counts it. Returns it."""
+    exc.client_side = True
+    return exc
 
 
 def send_failed(ex, exc, stale_ok=False):
