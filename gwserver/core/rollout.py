@@ -10,8 +10,8 @@ what ``decide`` returns. Rules this module keeps:
   for the interval): ``on_failure`` = "rollback" sets the canary's weight to 0,
   "pause" holds it where it is.
 - Passing the last step makes the canary the whole route (weight 100, status "done").
-- Observations are per ``epoch``; every transition starts a new one, so a step is judged on
-  its own traffic only.
+- Observations are per ``epoch`` of a ``run``; every transition starts a new epoch, so a
+  step is judged on its own traffic only, and a rollout that begins again a new run.
 
 Transitions are a table (``TRANSITIONS``): an (status, event) pair not in it raises.
 """
@@ -150,6 +150,10 @@ class State:
     epoch: int              # +1 per transition: observations are kept per epoch
     since: float            # when this step (or status) began, Unix time
     history: tuple = ()     # ({"at", "epoch", "event", "step", "weight", "reason"}, ...)
+    # This run of the rollout (when it began, hex milliseconds): an id that comes back (steps
+    # changed and changed back, a state file removed) starts at epoch 1 again, and its
+    # windows must not be the earlier run's, whose counts the helper or Redis still hold.
+    run: str = ""
 
     @property
     def weight(self):
@@ -162,7 +166,7 @@ class State:
 
     @property
     def window_key(self):
-        return f"{self.id}:{self.epoch}"
+        return f"{self.id}:{self.run}:{self.epoch}" if self.run else f"{self.id}:{self.epoch}"
 
     def to_json(self):
         return json.dumps({**dataclasses.asdict(self), "weight": self.weight},
@@ -186,8 +190,10 @@ def rollout_id(rollout, canary_ref):
 
 
 def start(rollout, ident, now):
-    return _entered(State(ident, RUNNING, 0, tuple(rollout["steps"]), 0, now), "start", now,
-                    f"rollout begins at {rollout['steps'][0]:g}%", RUNNING, 0)
+    state = State(ident, RUNNING, 0, tuple(rollout["steps"]), 0, now,
+                  run=format(int(now * 1000), "x"))
+    return _entered(state, "start", now, f"rollout begins at {rollout['steps'][0]:g}%",
+                    RUNNING, 0)
 
 
 def _entered(state, event, now, reason, status, step, verdicts=()):
