@@ -24,6 +24,7 @@ import signal
 import time
 
 from ..core import rollout as core
+from ..core.throttledlog import throttled_log
 from ..errors import describe
 from .helper import no_beat
 from ..processes import pid_alive
@@ -93,15 +94,22 @@ class RolloutView:
                                in self.counts.items()]).encode()
             if data != written:
                 try:
-                    atomic_write(path, data)
+                    try:
+                        atomic_write(path, data)
+                    except FileNotFoundError:   # removed under us: the gates would be blind
+                        os.makedirs(self.obs_dir, exist_ok=True)
+                        atomic_write(path, data)
                     written = data
                 except OSError as exc:
-                    log.warning("cannot write %s: %s", path, exc)
+                    throttled_log.log(log, logging.WARNING, "rollout obs",
+                                      "cannot write %s: %s", path, exc)
 
 
-def host_totals(state_dir):
+def host_totals(state_dir, current=frozenset()):
     """The workers' counts summed: {(route, window): {group: Window}}. Files of workers that
-    are gone stay (their answers count) until their window is a minute stale."""
+    are gone stay (their answers count) while one of their windows is ``current``, and a
+    minute more: a reload's or recycle's replaced workers took their counts with them, and
+    the step forgot its failures."""
     directory = os.path.join(state_dir, OBS_DIR)
     totals = {}
     try:
@@ -113,7 +121,8 @@ def host_totals(state_dir):
         data = read_json(path) if name.endswith(".json") else None
         if data is None:
             continue
-        if not _alive(name[:-5]) and time.time() - os.path.getmtime(path) > 60:
+        if not _alive(name[:-5]) and time.time() - os.path.getmtime(path) > 60 and \
+                not any(window in current for _, window, _ in data):
             os.unlink(path)
             continue
         for route, window, groups in data:
@@ -162,6 +171,7 @@ class Controller:
         self.state, self.measurements = backends or rollout_store.for_conf(conf)
         self.pushed = {}        # (route, window) -> what this host last stored
         self.seen = {}          # route -> epoch last logged
+        self.windows = frozenset()      # the windows the last tick judged (host_totals)
         self.leader = False
         self.load(conf)
 
@@ -183,7 +193,7 @@ class Controller:
         now = time.time() if now is None else now
         self.follow()
         rollouts = rollouts_in(self.table.router)
-        totals = host_totals(self.state_dir)
+        totals = host_totals(self.state_dir, self.windows)
         self.leader = bool(rollouts) and self.state.lead(self.host)
         steps, status = {}, {}
         for route_id, conf in sorted(rollouts.items()):
@@ -192,6 +202,7 @@ class Controller:
             if state is not None:
                 steps[route_id] = {"id": state.id, "window": state.window_key,
                                    "weight": state.weight, "status": state.status}
+        self.windows = frozenset(entry["window"] for entry in steps.values())
         data = json.dumps({"routes": steps}, sort_keys=True).encode()
         if (read_json(os.path.join(self.state_dir, STEP_FILE)) or {}).get("routes") != steps:
             atomic_write(os.path.join(self.state_dir, STEP_FILE), data)
