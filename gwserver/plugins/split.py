@@ -107,7 +107,7 @@ ROLLOUT = Schema(
           "at the first failed gate: weight 0, or hold the weight and wait for an operator"),
     Field("id", string(r"[A-Za-z0-9_.:-]{1,64}", "a rollout id"), None,
           "names the rollout; a new id starts over (default: derived from the canary's "
-          "upstream and the steps)"),
+          "upstream, an inline one as written, and the steps)"),
 )
 
 SCHEMA = Schema(
@@ -203,9 +203,10 @@ def link(conf, resolve):
     rollout = conf["rollout"]
     if rollout is not None:
         index = conf["groups"].index(rollout["group"])
+        # A named upstream by its id; an inline one by what it says (its targets): by its
+        # place in the config, pointing it at a new version went on as the done rollout.
         ref = conf["upstreams"][index]["upstream"]
-        linked["rollout_id"] = core_rollout.rollout_id(rollout, ref if isinstance(ref, str)
-                                                       else linked["by_group"][rollout["group"]].id)
+        linked["rollout_id"] = core_rollout.rollout_id(rollout, ref)
         linked["rollout_choices"] = {}      # canary percent -> (choices, total), made on use
     return linked
 
