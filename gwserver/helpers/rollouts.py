@@ -67,16 +67,22 @@ class RolloutView:
         entry = self.entries.get(route_id)
         return entry if entry is not None and entry.get("id") == ident else None
 
-    def record(self, route_id, window, group, failed, seconds):
+    def record(self, route_id, window, group, failed, seconds, bounds=()):
+        """One answer of ``group``; ``bounds``: the rollout's latency gates' maxes, each
+        counted exactly (core.rollout.Window.slower)."""
         groups = self.counts.get((route_id, window))
         if groups is None:
             groups = self.counts[(route_id, window)] = {}
         counts = groups.get(group)
         if counts is None:
-            counts = groups[group] = [0, 0, [0] * (len(core.LATENCY_BOUNDS) + 1)]
+            counts = groups[group] = [0, 0, [0] * (len(core.LATENCY_BOUNDS) + 1),
+                                      [[bound, 0] for bound in bounds]]
         counts[0] += 1
         counts[1] += bool(failed)
         counts[2][core.bucket_of(seconds)] += 1
+        for pair in counts[3]:
+            if seconds > pair[0]:
+                pair[1] += 1
         if self.flusher is None:
             import gevent
             self.flusher = gevent.spawn(self._flush_loop)

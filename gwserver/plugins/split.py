@@ -141,12 +141,15 @@ def prepare(conf):
                              f"(groups: {', '.join(groups)})")
         if not any(rule[k] for k in ("header", "cookie", "claim", "query")):
             raise ValueError(f"rules[{i}]: a rule needs at least one condition")
-    failures = None
+    failures, bounds = None, ()
     if conf["rollout"] is not None:
         _check_rollout(conf["rollout"], groups)
         failures = frozenset(conf["rollout"]["failure_statuses"]) | {502, 504}
+        bounds = tuple(sorted({float(gate["max"]) for gate in conf["rollout"]["gates"]
+                               if gate["kind"] == "latency"}))
     kind, _, name = conf["key"].partition(":")
-    return {**conf, "groups": groups, "rollout_failures": failures, "key_kind": kind,
+    return {**conf, "groups": groups, "rollout_failures": failures,
+            "latency_bounds": bounds, "key_kind": kind,
             "key_name": name.lower().encode("latin-1") if kind == "header" else name,
             "group_header_b": conf["group_header"].lower().encode("latin-1"),
             "env_header_b": conf["env_header"].lower().encode("latin-1")}
@@ -296,7 +299,8 @@ def finish(conf, ctx, status):
     seconds = ctx.upstream_seconds if ctx.upstream_seconds is not None else \
         time.monotonic() - (ctx.started or time.monotonic())     # a connect error: its wait
     ctx.services.rollouts.record(ctx.route.id, window, ctx.vars["split_group"],
-                                 ctx.upstream_failed(status, conf["rollout_failures"]), seconds)
+                                 ctx.upstream_failed(status, conf["rollout_failures"]), seconds,
+                                 conf["latency_bounds"])
 
 
 ADMIN_VIEW = "rollouts"

@@ -3,11 +3,12 @@ split, the rollouts helper, the rollout state store, against real processes. Eac
 on 5c17399. Fixed since: a slow or paused upload counted as the canary's latency or failure
 (134ba3d); a rollout that begins again judged on an earlier run's counts (5514ee6); an inline
 canary pointed at new targets went on as the done rollout (5e11b82); replaced workers' counts
-dropped from a current window, a removed obs dir blinding the gates (e8a1a04).
+dropped from a current window, a removed obs dir blinding the gates (e8a1a04); the latency
+gate judging a percentile interpolated inside a histogram bucket (counted exactly now).
 
 Still open, marked xfail(strict=True) so that a fix flips them: a client that picks its own
 keys can dilute a broken canary's failures; with two baseline groups A/B arms move as the
-canary grows; the latency gate judges a percentile interpolated inside a histogram bucket."""
+canary grows."""
 import json
 import os
 import signal
@@ -398,9 +399,6 @@ def test_stalled_upload_is_not_the_canarys_failure(launcher, tmp_path):
 
 # -- 8. the latency gate's percentile is a bucket's guess, not the canary's --------------------
 
-@pytest.mark.xfail(strict=True,
-                   reason="open: the gate judges a percentile interpolated in "
-                          "its histogram bucket")
 def test_latency_gate_does_not_fail_a_canary_that_is_under_its_bound(launcher, tmp_path):
     """Window.percentile interpolates inside a histogram bucket. A bound between two bucket
     edges (0.25 s: the project's own tests use it; buckets 0.2 and 0.3) is judged on a

@@ -202,3 +202,28 @@ def test_rolled_back_canary_gets_nobody_even_by_rule():
         ctx.header_map[b"x-beta"] = b"1"
         assert split.access(conf, ctx) is None
         assert ctx.vars["split_group"] == expected
+
+
+def test_a_latency_gate_is_judged_on_the_answers_slower_than_its_bound():
+    """A bound between two histogram edges (0.25 between 0.2 and 0.3): interpolated in that
+    bucket, 40 answers of 0.21 s made a p90 of 0.29 s, and a canary under its bound failed.
+    Counted against the bound itself, it holds; and 5 of 40 over it (12.5%) fail p90."""
+    conf = rollout(gates=[{"kind": "latency", "percentile": 90, "max": 0.25}])
+    bounds = (0.25,)
+
+    def measured(times):
+        buckets = [0] * (len(core.LATENCY_BOUNDS) + 1)
+        for t in times:
+            buckets[core.bucket_of(t)] += 1
+        return core.Window(len(times), 0, tuple(buckets),
+                           tuple((b, sum(t > b for t in times)) for b in bounds))
+    fast = measured([0.21] * 40)
+    [verdict] = core.evaluate(conf, fast, HEALTHY)
+    assert verdict.ok is True and verdict.value > 0.25, verdict     # the estimate says over
+    [verdict] = core.evaluate(conf, measured([0.21] * 35 + [0.28] * 5), HEALTHY)
+    assert verdict.ok is False and "12.5% of answers slower" in verdict.reason, verdict
+    # summed over workers and hosts, and through the files and stores they travel in
+    assert core.Window.from_list((fast + fast).to_list()).share_slower(0.25) == 0.0
+    assert (fast + core.Window.from_list([1, 0, [0], [[0.25, 1]]])).slower == ((0.25, 1),)
+    # counts of a window from before the gate was counted: the estimate, as before
+    assert core.Window(40, 0, fast.buckets).share_slower(0.25) is None
