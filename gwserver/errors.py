@@ -119,6 +119,10 @@ class UpstreamError(HTTPError):
     """The upstream refused, reset or sent something that is not HTTP."""
     status, error = 502, "bad_gateway"
     public = "the upstream failed; the gateway's operators can find why under this request id"
+    # Set on one that was the client's doing (a paused upload the upstream gave up on, an
+    # answer shed for a client slower than the upstream): no passive check, breaker or
+    # canary gate counts it (proxy.client_side).
+    client_side = False
 
 
 class UpstreamConnectError(UpstreamError):
@@ -149,6 +153,7 @@ class UpstreamTimeout(HTTPError):
     """The upstream did not answer within the route's read timeout."""
     status, error = 504, "gateway_timeout"
     public = "the upstream did not answer in time"
+    client_side = False         # as UpstreamError's
 
 
 class UpstreamConnectTimeout(UpstreamTimeout, UpstreamConnectError):

@@ -143,7 +143,7 @@ class RequestContext:
         """Did the request end in a connect error, a timeout or a broken upstream connection
         (an upstream failure with no answer to judge)?"""
         return isinstance(self.error, (UpstreamError, UpstreamTimeout)) and \
-            not getattr(self.error, "client_side", False)
+            not self.error.client_side
 
     def upstream_failed(self, status, failure_statuses):
         """Did the upstream fail this request? A connect error, a timeout or a broken

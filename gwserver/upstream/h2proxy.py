@@ -204,7 +204,7 @@ class H2Forwarder:
                     if getattr(exc, "deadline_hit", False):
                         req.vars["grpc_deadline_hit"] = True    # the call's own bound
                         raise
-                    if getattr(exc, "client_side", False):
+                    if exc.client_side:
                         raise
                     proxy.book_failure(upstream, target)
                     event = "timeout" if isinstance(exc, UpstreamTimeout) else "reset"
@@ -232,7 +232,7 @@ class H2Forwarder:
                         continue
                     raise
                 except UpstreamError as exc:
-                    if not getattr(exc, "client_side", False):
+                    if not exc.client_side:
                         proxy.book_failure(upstream, target)
                     raise
                 status = exchange.status
@@ -253,7 +253,7 @@ class H2Forwarder:
                 except (UpstreamError, UpstreamTimeout) as exc:
                     if getattr(exc, "deadline_hit", False):
                         req.vars["grpc_deadline_hit"] = True
-                    elif not getattr(exc, "client_side", False):   # (h2client._shed)
+                    elif not exc.client_side:   # (h2client._shed)
                         proxy.book_failure(upstream, target)
                     raise
             finally:
