@@ -249,7 +249,9 @@ def shared_secrets(given, directory):
     problems, seen = [], set()
     for consumer_id, item in given:
         credentials = item.get("credentials") if isinstance(item, dict) else None
-        for name, clear in (credentials or {}).items() if isinstance(credentials, dict) else ():
+        if not isinstance(credentials, dict):
+            continue                        # check() refused it
+        for name, clear in credentials.items():
             same = getattr(directory.registry.get(name), "same_secret", None)
             if same is None or directory.get(consumer_id) is None:     # refused by check()
                 continue
