@@ -78,6 +78,15 @@ def test_a_grpc_web_body_is_not_buffered_whole_without_bound(launcher, h2_script
 
 # -- 2. Stalled downloads of one client hold the upstream connection's window for everyone ---
 
+def stalled_downloads(gw, count):
+    """A client that opens ``count`` downloads of 8 MiB with its windows shut, and takes
+    their heads for 3 s; -> (the client, its stream ids)."""
+    attacker = RawH2(gw.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    sids = [attacker.request("/stream?n=8388608&f=16384") for _ in range(count)]
+    attacker.pump(lambda c: False, timeout=3)
+    return attacker, sids
+
+
 def stalled_download_victim(launcher, stalled):
     """A gateway on an h2 upstream; a client opens ``stalled`` downloads with its windows
     shut and never opens them; -> (another client's body or None, seconds it took)."""
@@ -87,10 +96,7 @@ def stalled_download_victim(launcher, stalled):
             "id": "dl", "paths": ["/*rest"], "upstream": {
                 "targets": [{"url": f"http://127.0.0.1:{up.port}"}], "protocol": "h2"}}],
             http2={"h2c": True}))
-        attacker = RawH2(gw.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        for _ in range(stalled):
-            attacker.request("/stream?n=8388608&f=16384")
-        attacker.pump(lambda c: False, timeout=3)       # heads come; no window is opened
+        attacker, _ = stalled_downloads(gw, stalled)
         started = time.monotonic()
         conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
         try:

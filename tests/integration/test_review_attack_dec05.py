@@ -23,7 +23,9 @@ import h2.settings
 from ..conftest import gateway_conf
 from ..h2_upstreams import StreamingH2Upstream
 from ..h2client import RawH2
+from ..raw_upstream import read_head
 from .test_attack_pass_dec04b import read_all
+from .test_grpc_attack_dec05 import stalled_downloads
 
 
 def h2_download_gateway(launcher, up, **sections):
@@ -62,9 +64,7 @@ def test_a_stalled_client_does_not_get_a_healthy_h2_upstream_ejected(launcher):
     try:
         gw = h2_download_gateway(launcher, up, upstream_extra={"passive": {
             "consecutive_failures": 5, "eject_for": 30, "max_ejected_percent": 100}})
-        attacker = RawH2(gw.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        sids = [attacker.request("/stream?n=8388608&f=16384") for _ in range(20)]
-        attacker.pump(lambda c: False, timeout=3)
+        attacker, sids = stalled_downloads(gw, 20)
         # reads again: opens every stream's window wide
         attacker.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
         attacker.conn.increment_flow_control_window(1 << 30)
@@ -113,12 +113,8 @@ class Early413:
 
     def one(self, conn):
         try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                piece = conn.recv(65536)
-                if not piece:
-                    return
-                data += piece
+            if read_head(conn, b"")[0] is None:
+                return
             conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
                          b"Connection: close\r\n\r\ntoo large")
             time.sleep(10)
@@ -249,9 +245,7 @@ def test_answers_held_for_slow_clients_are_bounded_and_never_the_upstreams_failu
     try:
         gw = h2_download_gateway(launcher, up, upstream_extra={"passive": {
             "consecutive_failures": 2, "eject_for": 30, "max_ejected_percent": 100}})
-        attacker = RawH2(gw.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        sids = [attacker.request("/stream?n=8388608&f=16384") for _ in range(40)]
-        attacker.pump(lambda c: False, timeout=3)
+        attacker, sids = stalled_downloads(gw, 40)
         body, took = download(gw.port, "/stream?n=2000000&f=16384")
         # reads again: the streams that were reset say so, the others go on
         attacker.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})

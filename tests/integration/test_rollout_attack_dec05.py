@@ -38,6 +38,18 @@ def canary_keys(count, percent, scale=10_000):
     return keys
 
 
+def in_threads(target, keys):
+    """``target(key, out)`` for each key, each in a thread of its own; -> ``out`` once every
+    one has ended."""
+    out = []
+    threads = [threading.Thread(target=target, args=(key, out)) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return out
+
+
 def worker_pids(gw):
     out = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? worker"],
                          capture_output=True, text=True)
@@ -82,13 +94,7 @@ def test_slow_streamed_upload_is_not_the_canarys_latency(launcher, tmp_path):
                 sock.sendall(b"x" * (size // pieces))
             out.append(sock.recv(200).split(b"\r\n", 1)[0])
 
-    out = []
-    threads = [threading.Thread(target=slow_upload, args=(key, out))
-               for key in canary_keys(12, 10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    out = in_threads(slow_upload, canary_keys(12, 10))
     assert out == [b"HTTP/1.1 200 OK"] * 12, out      # the canary answered every one, at once
     time.sleep(2.0)     # counts reach the helper, which judges the window
     entry = rollout_of(gw)
@@ -382,13 +388,7 @@ def test_stalled_upload_is_not_the_canarys_failure(launcher, tmp_path):
                 except OSError as exc:
                     out.append(repr(exc))
 
-        out = []
-        threads = [threading.Thread(target=stalled_upload, args=(key, out))
-                   for key in canary_keys(12, 10)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        out = in_threads(stalled_upload, canary_keys(12, 10))
         time.sleep(2.0)
         entry = rollout_of(gw)
         assert entry["status"] == "running", (entry["history"][-1]["reason"], out[:3])
