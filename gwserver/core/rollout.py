@@ -286,9 +286,9 @@ SCALE = 10_000      # weights in hundredths of a percent: steps like 0.5% are ex
 
 
 def weights(groups, configured, canary, percent):
-    """Integer weights per group, canary last (see split.py: its hash range then only grows
-    as its share does): the canary gets ``percent``, the others share the rest in proportion
-    to their configured weights."""
+    """Integer weights per group, canary last, as the rollouts helper reports them: the canary
+    gets ``percent``, the others share the rest in proportion to their configured weights
+    (split.place_in_rollout places requests so)."""
     others = [(g, w) for g, w in zip(groups, configured) if g != canary]
     canary_w = round(SCALE * percent / 100.0)
     rest, total_others = SCALE - canary_w, sum(w for _, w in others)

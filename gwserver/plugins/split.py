@@ -26,8 +26,8 @@ for the whole cluster and writes to a host file; this plugin reads it (one ``sta
 0.25 s at most, never a network call) and, in ``finish``, counts each answer of each group
 (failed or not, and how long it took) for the rollout's gates. Under a rollout the canary's
 hash range is the top of the space and only grows with its weight: a client on the canary
-stays there while the rollout advances. A rolled-back or aborted canary gets nobody, not
-even through rules or X-AB-Group.
+stays there while the rollout advances, and a client off it keeps its baseline group. A
+rolled-back or aborted canary gets nobody, not even through rules or X-AB-Group.
 """
 import hashlib
 import random
@@ -42,6 +42,9 @@ NAME = "split"
 PRIORITY = 720          # after rate_limit (800); before breaker (700), which may key on it
 
 HASH_SPACE = 1 << 64
+# The second draw under a rollout (place_in_rollout) hashes the key with this salt: a point
+# independent of the first draw's
+ARM_SALT = b"gwserver-arm"
 
 
 def upstream_ref(value):
@@ -210,22 +213,35 @@ def link(conf, resolve):
         # place in the config, pointing it at a new version went on as the done rollout.
         ref = conf["upstreams"][index]["upstream"]
         linked["rollout_id"] = core_rollout.rollout_id(rollout, ref)
-        linked["rollout_choices"] = {}      # canary percent -> (choices, total), made on use
+        # The baseline groups by their configured weights (all equal if every one is 0): the
+        # second draw of place_in_rollout, which the canary's share does not move.
+        baseline = [(g, c["weight"]) for g, c in zip(conf["groups"], conf["upstreams"])
+                    if g != rollout["group"]]
+        even = not any(w for _, w in baseline)
+        arms, upper = [], 0
+        for group, weight in baseline:
+            upper += 1 if even else weight
+            arms.append((group, linked["by_group"][group], upper))
+        linked["baseline_arms"] = (tuple(arms), upper)
     return linked
 
 
-def rollout_choices(conf, percent):
-    """(choices, total) with the canary at ``percent``, canary last (core.rollout.weights)."""
-    cached = conf["rollout_choices"].get(percent)
-    if cached is None:
-        shares = core_rollout.weights(conf["groups"], [c["weight"] for c in conf["upstreams"]],
-                                      conf["rollout"]["group"], percent)
-        choices, upper = [], 0
-        for group, share in shares:
-            upper += share
-            choices.append((group, conf["by_group"][group], upper))
-        cached = conf["rollout_choices"][percent] = (tuple(choices), upper)
-    return cached
+def place_in_rollout(conf, percent, key):
+    """(group, upstream) for a request the weights place while the canary has ``percent``,
+    in two draws. First, the canary or not: the canary's range is the top of the key's hash
+    space and only grows with its share, so a key on the canary stays there while the rollout
+    advances. Then, off the canary, which baseline group, by a second hash of the key that the
+    canary's share does not move: an A/B test's arms keep every key they had as the canary
+    grows, and each gives the canary the same fraction of its keys (one range, shrunk from
+    the top as in core.rollout.weights, moved the boundary between two arms at every step)."""
+    point = hash_point(key, core_rollout.SCALE) if key else random.randrange(core_rollout.SCALE)
+    if point >= core_rollout.SCALE - round(core_rollout.SCALE * percent / 100.0):
+        group = conf["rollout"]["group"]
+        return group, conf["by_group"][group]
+    arms, total = conf["baseline_arms"]
+    if len(arms) == 1:
+        return arms[0][:2]
+    return pick(arms, total, hash_point(key, total, ARM_SALT) if key else random.randrange(total))
 
 
 def pick(choices, total, point):
@@ -236,8 +252,10 @@ def pick(choices, total, point):
     return choices[-1][:2]
 
 
-def hash_point(key, total):
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+def hash_point(key, total, salt=b""):
+    """Where ``key`` falls in [0, total): the same in every worker and on every host."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8,
+                             salt=salt).digest()
     return int.from_bytes(digest, "big") * total // HASH_SPACE
 
 
@@ -250,11 +268,10 @@ def _rule_holds(rule, ctx):
 
 
 def access(conf, ctx):
-    choices, total, shut, step = conf["choices"], conf["total"], None, None
+    shut = step = percent = None
     if conf["rollout"] is not None:
         step = ctx.services.rollouts.current(ctx.route.id if ctx.route else "", conf["rollout_id"])
         percent = step["weight"] if step else 0.0     # no word from the controller yet
-        choices, total = rollout_choices(conf, percent)
         if not percent:
             shut = conf["rollout"]["group"]
     group = None
@@ -271,8 +288,12 @@ def access(conf, ctx):
     weighed = group is None
     if weighed:
         key = ctx.value_of(conf["key_kind"], conf["key_name"])
-        point = hash_point(key, total) if key else random.randrange(total)
-        group, ctx.upstream = pick(choices, total, point)
+        if percent is not None:
+            group, ctx.upstream = place_in_rollout(conf, percent, key)
+        else:
+            total = conf["total"]
+            point = hash_point(key, total) if key else random.randrange(total)
+            group, ctx.upstream = pick(conf["choices"], total, point)
     else:
         ctx.upstream = conf["by_group"][group]
     ctx.vars["split_group"] = group

@@ -4,11 +4,11 @@ on 5c17399. Fixed since: a slow or paused upload counted as the canary's latency
 (134ba3d); a rollout that begins again judged on an earlier run's counts (5514ee6); an inline
 canary pointed at new targets went on as the done rollout (5e11b82); replaced workers' counts
 dropped from a current window, a removed obs dir blinding the gates (e8a1a04); the latency
-gate judging a percentile interpolated inside a histogram bucket (counted exactly now).
+gate judging a percentile interpolated inside a histogram bucket (counted exactly now); with
+two baseline groups, A/B arms moving as the canary grew (split.place_in_rollout).
 
-Still open, marked xfail(strict=True) so that a fix flips them: a client that picks its own
-keys can dilute a broken canary's failures; with two baseline groups A/B arms move as the
-canary grows."""
+Still open, marked xfail(strict=True) so that a fix flips it: a client that picks its own
+keys can dilute a broken canary's failures."""
 import json
 import os
 import signal
@@ -136,15 +136,11 @@ def test_inline_canary_pointed_at_new_targets_starts_a_new_rollout(launcher, tmp
 
 # -- 3. keys move between baseline groups while the canary grows -----------------------------
 
-@pytest.mark.xfail(strict=True,
-                   reason="open: core.rollout.weights moves the baseline groups' "
-                          "boundary too")
 def test_rollout_keeps_ab_groups_sticky_with_two_baseline_groups(launcher, tmp_path):
-    """core.rollout.weights puts the canary last and shares the rest by the configured
-    weights: as the canary grows from 10 % to 30 % the boundary between baseline groups a and
-    b moves down too, and every key in between goes from group a to group b (about 10 % of
-    clients flip A/B arms mid-experiment). Docs: keys move only from the baseline to the
-    canary; 'changing weights moves only the keys in the share that changed hands'."""
+    """As the canary grows from 10 % to 30 %, no client moves between baseline groups a and b.
+    Failed before the fix: one hash range, shrunk from the top, moved the boundary between a
+    and b down at each step, and every key in between went from a to b (about 10 % of clients
+    flipped A/B arms mid-experiment). Docs: keys move only from the baseline to the canary."""
     a, b, c = (launcher.upstream(n) for n in ("a", "b", "c"))
     split = {"upstreams": [{"upstream": "a", "weight": 1}, {"upstream": "b", "weight": 1},
                            {"upstream": "c", "weight": 1, "group": "canary"}],

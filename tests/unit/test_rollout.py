@@ -1,6 +1,7 @@
 """A rollout's steps, gates and transitions with a fake clock (core.rollout), and split under
 a rollout: the schema, weights, stickiness across steps."""
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -174,12 +175,29 @@ def test_sticky_clients_stay_on_the_canary_while_it_grows():
     keys = [str(uuid.uuid4()) for _ in range(3000)]
     before = set()
     for percent in (5, 25, 50, 100):
-        choices, total = split.rollout_choices(conf, percent)
-        on = {k for k in keys if split.pick(choices, total, split.hash_point(k, total))[0]
-              == "canary"}
+        on = {k for k in keys if split.place_in_rollout(conf, percent, k)[0] == "canary"}
         assert before <= on
         assert abs(len(on) / len(keys) - percent / 100) < 0.03
         before = on
+
+
+def test_ab_arms_keep_their_keys_while_the_canary_grows():
+    """Two baseline groups 2:1 beside a canary: a key moves only from its arm to the canary,
+    never between arms, and the arms share what is left 2:1 at every step."""
+    conf = split.link(split.prepare(split.SCHEMA.validate({
+        "upstreams": [{"upstream": "a", "weight": 2}, {"upstream": "b", "weight": 1},
+                      {"upstream": "c", "weight": 5, "group": "canary"}],
+        "rollout": {}})), lambda ref, where: Upstream(ref, ()))
+    keys = [str(uuid.uuid4()) for _ in range(6000)]
+    first = {k: split.place_in_rollout(conf, 0, k)[0] for k in keys}
+    assert set(first.values()) == {"a", "b"}
+    for percent in (10, 30, 60, 90):
+        now = {k: split.place_in_rollout(conf, percent, k)[0] for k in keys}
+        moved = {k for k in keys if now[k] != first[k]}
+        assert all(now[k] == "canary" for k in moved)
+        arms = Counter(now.values())
+        assert abs(arms["canary"] / len(keys) - percent / 100) < 0.03
+        assert abs(arms["a"] / (arms["a"] + arms["b"]) - 2 / 3) < 0.04
 
 
 def test_rolled_back_canary_gets_nobody_even_by_rule():
