@@ -315,6 +315,7 @@ class H2Forwarder:
                     connection = self.pools.get(target, route.connect_timeout,
                                                 upstream.tls, route.read_timeout)
         except BaseException as exc:
+            # (close() ends the sender: a wait for the client it was in is now counted)
             Exchange(stream, sender).close()
             if isinstance(exc, UpstreamError) and \
                     client.body_waited - waited >= CLIENT_PAUSE:

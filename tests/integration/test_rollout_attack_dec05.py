@@ -11,6 +11,7 @@ Still open, marked xfail(strict=True) so that a fix flips it: a client that pick
 keys can dilute a broken canary's failures."""
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -19,10 +20,17 @@ import time
 import tomllib
 import uuid
 from collections import Counter
+from types import SimpleNamespace
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
 import pytest
 
 from ..conftest import gateway_conf, to_toml, wait_until
+from ..h2_upstreams import H2cUpstream
 from .test_rollouts import Load, cli, rollout_conf, rollout_of
 
 
@@ -353,7 +361,6 @@ def test_stalled_upload_is_not_the_canarys_failure(launcher, tmp_path):
     canary's success rate is the client's doing, and it is rolled back."""
     import sys
     from ..conftest import free_port, stop_process, wait_for_port
-    from types import SimpleNamespace
     script = tmp_path / "timeout_upstream.py"
     script.write_text(TIMEOUT_UPSTREAM)
     procs, ups = [], []
@@ -391,6 +398,94 @@ def test_stalled_upload_is_not_the_canarys_failure(launcher, tmp_path):
     finally:
         for proc in procs:
             stop_process(proc)
+
+
+class BodyTimeoutH2Upstream(H2cUpstream):
+    """An h2c upstream with a body read timeout, as gRPC servers and Go's net/http have: a
+    request whose body stalls for 1.5 s (over proxy.CLIENT_PAUSE) gets RST_STREAM (CANCEL);
+    a whole one gets 200 and the upstream's name."""
+
+    def __init__(self, name):
+        self.name = name
+        super().__init__()
+
+    def connection(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        last_data = {}                          # open request stream -> when its body moved
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while True:
+                    if select.select([sock], [], [], 0.1)[0]:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        for event in conn.receive_data(data):
+                            sid = getattr(event, "stream_id", None)
+                            if isinstance(event, h2.events.RequestReceived):
+                                last_data[sid] = time.monotonic()
+                            elif isinstance(event, h2.events.DataReceived):
+                                conn.acknowledge_received_data(event.flow_controlled_length,
+                                                               sid)
+                                last_data[sid] = time.monotonic()
+                            elif isinstance(event, h2.events.StreamEnded) and \
+                                    last_data.pop(sid, None) is not None:
+                                out = json.dumps({"server": self.name}).encode()
+                                conn.send_headers(sid, [(b":status", b"200"),
+                                                        (b"content-length", b"%d" % len(out))])
+                                conn.send_data(sid, out, end_stream=True)
+                    now = time.monotonic()
+                    for sid, when in list(last_data.items()):
+                        if now - when > 1.5:
+                            del last_data[sid]
+                            conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                    sock.sendall(conn.data_to_send())
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
+
+
+def test_stalled_upload_to_an_http2_canary_is_not_its_failure(launcher, tmp_path):
+    """The HTTP/2 upstream half of test_stalled_upload_is_not_the_canarys_failure: canary and
+    baseline are h2c upstreams that reset a stream whose body stalls. A client that pauses its
+    streamed upload (on canary keys) past CLIENT_PAUSE gets the gateway's 502, but the reset
+    is the client's doing, not the canary's failure: the rollout is not rolled back. The
+    reset comes while the gateway still waits for the client: the wait counts because closing
+    the try ends the sender first. (The HTTP/2 half of 134ba3d, untested until now.)"""
+    ups = [BodyTimeoutH2Upstream(name) for name in ("v1", "v2")]
+    try:
+        conf = rollout_conf(tmp_path, *(SimpleNamespace(url=f"http://127.0.0.1:{u.port}")
+                                        for u in ups), workers=1, interval=30, min_requests=10)
+        conf["routes"][0]["plugins"]["split"]["rollout"]["gates"] = \
+            [{"kind": "success_rate", "min": 95}]
+        for name in ("v1", "v2"):
+            conf["upstreams"][name]["protocol"] = "h2"
+        gw = launcher.gateway(conf)
+        wait_until(lambda: rollout_of(gw).get("step") == 0, timeout=20)
+        assert server_of(gw, canary_keys(1, 10)[0]) == "v2"     # served over HTTP/2
+        size = 100_000
+
+        def stalled_upload(key, out):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+                sock.sendall(b"POST /shop/upload HTTP/1.1\r\nHost: a\r\nX-User: %s\r\n"
+                             b"Content-Length: %d\r\n\r\n" % (key.encode(), size))
+                sock.sendall(b"x" * 70_000)
+                time.sleep(2.5)
+                try:
+                    sock.sendall(b"x" * (size - 70_000))
+                    out.append(sock.recv(200).split(b"\r\n", 1)[0])
+                except OSError as exc:
+                    out.append(repr(exc))
+
+        out = in_threads(stalled_upload, canary_keys(12, 10))
+        assert out.count(b"HTTP/1.1 502 Bad Gateway") == 12, out
+        time.sleep(2.0)
+        entry = rollout_of(gw)
+        assert entry["status"] == "running", (entry["history"][-1]["reason"], out[:3])
+    finally:
+        for upstream in ups:
+            upstream.close()
 
 
 # -- 8. the latency gate's percentile is a bucket's guess, not the canary's --------------------
