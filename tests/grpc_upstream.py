@@ -3,7 +3,8 @@ grpcio-tools from tests/grpc/echo.proto into a temp dir.
 
     python tests/grpc_upstream.py PORT
 Unary: echoes text; text "fail" -> INVALID_ARGUMENT "asked to fail"; sleep_ms delays the
-answer (deadline tests); text "trailers" adds trailing metadata (x-note, x-blob-bin). Stream:
+answer (deadline tests); text "trailers" adds trailing metadata (x-note, x-blob-bin), text
+"metadata" initial metadata (x-cost, x-shard). Stream:
 `count` replies. Collect (client streaming): one reply, the texts joined, index = how many
 messages and bytes (index = bytes when text "bytes"). Chat (bidi): one reply per message, at
 once. Prints "ready" when serving.
@@ -48,6 +49,8 @@ def main():
                 time.sleep(request.sleep_ms / 1000)
             if request.text == "fail":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "asked to fail")
+            if request.text == "metadata":
+                context.send_initial_metadata([("x-cost", "7"), ("x-shard", "eu-1")])
             if request.text == "trailers":
                 context.set_trailing_metadata([("x-note", "kept"),
                                                ("x-blob-bin", b"\x00\xffbin")])

@@ -6,8 +6,9 @@ The route's upstream must speak HTTP/2 (``protocol = "h2"``). Requests with a gR
 Content-Type (``application/grpc-web``, ``+proto``, ``-text``) go upstream as native gRPC;
 answers, server streaming included, come back as gRPC-Web with the trailers (``grpc-status``,
 ``grpc-message``) as the last frame. A CORS preflight from an allowed origin is answered here
-(204), and answers to allowed origins expose the gRPC headers; other origins get no CORS
-headers (the browser refuses the answer), and their preflights get 403.
+(204), and answers to allowed origins expose the gRPC headers (and the custom metadata
+``expose_headers`` names); other origins get no CORS headers (the browser refuses the
+answer), and their preflights get 403.
 """
 from ..core import grpcweb
 from ..core.context import Reply
@@ -27,6 +28,9 @@ SCHEMA = Schema(
           list,
           "origins allowed to call (CORS); empty: same-origin only"),
     Field("allow_headers", list_of(header_name), list, "extra request headers allowed"),
+    Field("expose_headers", list_of(header_name), list,
+          "extra answer headers scripts may read: the service's custom initial metadata "
+          "(trailing metadata travels in the trailer frame, readable without this)"),
     Field("max_age", integer(0), 600, "seconds a browser may cache a preflight"),
     Field("max_body_size", integer(1), 4 << 20,
           "bytes of a gRPC-Web request body, which is read whole to be translated (gRPC's "
@@ -43,7 +47,8 @@ def prepare(conf):
         try:
             cors_conf = cors.prepare(cors.SCHEMA.validate({
                 "allow_origins": conf["allow_origins"], "allow_methods": ["POST"],
-                "allow_headers": headers, "expose_headers": EXPOSED_HEADERS.split(", "),
+                "allow_headers": headers,
+                "expose_headers": EXPOSED_HEADERS.split(", ") + conf["expose_headers"],
                 "max_age": conf["max_age"]}))
         except ConfigError as exc:
             raise ValueError("; ".join(p.partition(": ")[2] for p in exc.problems)) from None

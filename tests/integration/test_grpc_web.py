@@ -120,6 +120,23 @@ def test_unary_binary_and_text(grpc_gw):
         assert "grpc-status" in resp.getheader("Access-Control-Expose-Headers")
 
 
+def test_custom_initial_metadata_is_exposed_when_named(launcher, grpc_server):
+    """Custom initial metadata reaches a browser as answer headers, which its scripts may
+    read only when Access-Control-Expose-Headers names them: expose_headers adds them to the
+    gRPC headers exposed by default; a name not listed stays unreadable (not exposed)."""
+    gw = launcher.gateway(gateway_conf([{
+        "id": "grpc", "paths": ["/gwtest.Echo/*method"], "upstream": {
+            "targets": [{"url": f"http://127.0.0.1:{grpc_server.port}"}], "protocol": "h2"},
+        "plugins": {"grpc_web": {"allow_origins": [ORIGIN], "expose_headers": ["X-Cost"]}}}]))
+    resp, (messages, trailers) = call(gw, "Unary", field_string(1, "metadata"))
+    assert resp.status == 200 and trailers["grpc-status"] == "0"
+    assert resp.getheader("x-cost") == "7" and resp.getheader("x-shard") == "eu-1"
+    exposed = [h.strip().lower() for h in resp.getheader("Access-Control-Expose-Headers")
+               .split(",")]
+    assert "x-cost" in exposed and "grpc-status" in exposed and "grpc-message" in exposed
+    assert "x-shard" not in exposed
+
+
 def test_server_streaming(grpc_gw):
     resp, (messages, trailers) = call(grpc_gw, "Stream",
                                       field_string(1, "tick") + field_int(2, 25))
