@@ -11,6 +11,10 @@ Keep-alive HTTP/1.1 over TLS; bodies are not read (tests send GETs).
                  request, which then gets its own answer behind it) — a record cut in two by
                  the network, across the moment a client checks the idle connection
   /connections   200, the number of connections accepted so far
+  /early-413     413 at once, as soon as the head is in; then reads nothing more (a body's
+                 sender fills the buffers and waits) and closes 10 s later
+  /part-record   as /early-413, but only the first 10 bytes of the 413's TLS record are sent:
+                 the socket stays readable with no data the TLS layer can give
 """
 import socket
 import ssl
@@ -92,6 +96,16 @@ def serve(conn, context):
                 record = tls.outgoing.read()
                 conn.sendall(record[:10])
                 tls.held = record[10:]
+            elif path == b"/early-413":
+                tls.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
+                         b"Connection: close\r\n\r\ntoo large")
+                time.sleep(10)
+                return
+            elif path == b"/part-record":
+                tls.tls.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                conn.sendall(tls.outgoing.read()[:10])
+                time.sleep(10)
+                return
             elif path == b"/connections":
                 tls.send(response(b"%d" % ACCEPTED))
             else:

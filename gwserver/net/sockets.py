@@ -88,6 +88,50 @@ def send_unless_answered(sock, data, deadlines, owner, timeout, answered):
     return True
 
 
+def tls_send_unless_answered(sock, data, deadlines, owner, timeout, answered):
+    """``send_unless_answered`` for a TLS socket. The TLS layer takes all of ``data`` or, with
+    the TCP buffer full, raises SSLWantWriteError and must be given the same data again once
+    there is room (OpenSSL's rule; gevent's own send does so). A readable socket may hold a
+    record with no data in it (TLS 1.3 session tickets come after the handshake, and nobody
+    reads before the answer): ``answered()`` must read without waiting (``tls_read_now``),
+    and returns None when there was no data (the TLS layer took the bytes: the socket is no
+    longer readable), True to stop, False to go on."""
+    sslobj, raw = sock._sslobj, sock._sock
+    armed = False
+    try:
+        while True:
+            try:
+                sslobj.write(data)
+                return True
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+            if not armed:
+                deadlines.arm(owner, timeout)
+                armed = True
+            readable, _, _ = gevent_select([raw], [raw], [], WAIT_SLICE)
+            if readable or sock.pending():
+                said = answered()
+                if said:
+                    return False
+                if said is not None:
+                    armed = False       # reading an interim head disarmed the deadline
+    finally:
+        if armed:
+            deadlines.disarm(owner)
+
+
+def tls_read_now(sock, buf):
+    """Read what a TLS socket holds decrypted into ``buf`` without waiting: the byte count,
+    0 at the end of the stream (close_notify or the connection's end), or None when what
+    had arrived held no data yet (a session ticket, the first part of a record)."""
+    try:
+        return sock._sslobj.read(len(buf), buf)
+    except ssl.SSLWantReadError:
+        return None
+    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        return 0
+
+
 OPEN, CLOSED, UNREAD = "open", "closed", "unread"
 
 

@@ -48,7 +48,7 @@ from ..errors import (BadRequest, HTTPError, InternalError, PayloadTooLarge,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, failure_reason, idle_state,
                            recv_when_readable, send_all, send_unless_answered,
-                           tls_idle_state)
+                           tls_idle_state, tls_read_now, tls_send_unless_answered)
 from ..state.hostshare import PUBLISH_EVERY, HostShare
 
 log = logging.getLogger("gwserver.proxy")
@@ -783,18 +783,14 @@ class Proxy:
         """One piece of a streamed body; False if the upstream answered instead of taking it
         (one that answered early and stopped reading would hold the send until
         read_timeout: a 504 in place of its 413). ``stale_ok``: as ``send``'s."""
-        if not ex.plain:
-            self.send(ex, data, route.read_timeout, stale_ok)
-            return True
-
         def answered():
             if ex.timed_out:        # the deadline closed the socket: that is what woke the wait
                 raise OSError(errno.EBADF, "closed by its deadline")
-            return self.answered(ex, route)
+            return self.answered(ex, route) if ex.plain else self.tls_answered(ex, route)
 
+        send = send_unless_answered if ex.plain else tls_send_unless_answered
         try:
-            return send_unless_answered(ex.sock, data, self.deadlines, ex, route.read_timeout,
-                                        answered)
+            return send(ex.sock, data, self.deadlines, ex, route.read_timeout, answered)
         except (OSError, ValueError) as exc:    # ValueError: select on a closed socket
             raise send_failed(ex, exc, stale_ok) from None
 
@@ -813,7 +809,7 @@ class Proxy:
             chunks = req.take_body()
             if limit and req.body_size > limit:
                 raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
-            if ex.plain and idle_state(ex.sock) is not OPEN and self.answered(ex, route):
+            if self.answered_between(ex, route):
                 ex.request_cut = True   # the upstream answered (or closed) early
                 return
             if chunks or complete:
@@ -827,13 +823,32 @@ class Proxy:
                 gevent.sleep(0)         # a fast uploader must not hold the worker
             client.read_body()
 
-    def answered(self, ex, route):
-        """The upstream said something while the body was going out: read it. True if it
-        closed or its head is a final answer; False for whole interim heads (103 Early
-        Hints, an unasked 100 Continue), which are dropped as read_head drops them while the
-        body goes on. A head that has begun is read to its end before deciding (within
-        read_timeout): a 100 Continue split across writes is not an answer."""
-        if not self.recv_feed(ex, route.read_timeout):
+    def answered_between(self, ex, route):
+        """Between two pieces of a streamed body: has the upstream answered (or closed)?"""
+        if ex.plain:
+            return idle_state(ex.sock) is not OPEN and self.answered(ex, route)
+        if not ex.sock.pending() and idle_state(ex.sock) is OPEN:
+            return False
+        return bool(self.tls_answered(ex, route))
+
+    def tls_answered(self, ex, route):
+        """``answered`` for a TLS upstream whose socket is readable, without waiting for
+        data: None if what came held none (a TLS 1.3 session ticket; read, a record with
+        data would have waited for the answer the upstream gives only after the body)."""
+        try:
+            n = tls_read_now(ex.sock, self.buf)
+        except OSError as exc:
+            raise read_failed(ex, exc, route.read_timeout) from None
+        return None if n is None else self.answered(ex, route, n)
+
+    def answered(self, ex, route, took=None):
+        """The upstream said something while the body was going out: read it (or take the
+        ``took`` bytes already read into the buffer). True if it closed or its head is a
+        final answer; False for whole interim heads (103 Early Hints, an unasked 100
+        Continue), which are dropped as read_head drops them while the body goes on. A head
+        that has begun is read to its end before deciding (within read_timeout): a 100
+        Continue split across writes is not an answer."""
+        if not (self.recv_feed(ex, route.read_timeout) if took is None else self.feed(ex, took)):
             return True                     # closed
         while ex.started and not ex.head_done:
             if not self.recv_feed(ex, route.read_timeout, wait_first=True):
@@ -848,13 +863,13 @@ class Proxy:
             n = recv_when_readable(ex.sock, self.buf) if wait_first else \
                 ex.sock.recv_into(self.buf)
         except OSError as exc:
-            if ex.timed_out:
-                raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s") from None
-            if not ex.got_bytes:
-                raise _StaleConnection() from None
-            raise UpstreamError(f"upstream connection failed: {exc}") from None
+            raise read_failed(ex, exc, timeout) from None
         finally:
             deadlines.disarm(ex)
+        return self.feed(ex, n)
+
+    def feed(self, ex, n):
+        """Parse the ``n`` bytes just read into the buffer; False on EOF (``n`` is 0)."""
         if n == 0:
             return False
         ex.got_bytes = True
@@ -1088,6 +1103,17 @@ def client_side(exc):
     on): no passive check, breaker or canary gate counts it. Returns it."""
     exc.client_side = True
     return exc
+
+
+def read_failed(ex, exc, timeout):
+    """What a read from the upstream that raised ``exc`` becomes: a timeout when its deadline
+    closed the socket; before any byte of an answer, a reused connection found dead; else a
+    broken connection."""
+    if ex.timed_out:
+        return UpstreamTimeout(f"upstream did not answer within {timeout:g}s")
+    if not ex.got_bytes:
+        return _StaleConnection()
+    return UpstreamError(f"upstream connection failed: {exc}")
 
 
 def send_failed(ex, exc, stale_ok=False):

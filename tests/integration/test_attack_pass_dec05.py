@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import time
 from types import SimpleNamespace
 
@@ -57,6 +58,93 @@ def test_an_idle_tls_connection_with_nothing_on_it_is_still_reused(tls_raw_gw):
         time.sleep(0.01)
     assert accepted() == before
     assert "idle keep-alive connection" not in tls_raw_gw.log()
+
+
+def test_an_early_413_from_a_tls_upstream_reaches_the_client_during_a_large_upload(
+        launcher, tmp_path):
+    """As test_edge_security's test over plain TCP: an upstream that answers 413 as soon as
+    the head is in and reads no more. The gateway's sends of the body fill the buffers and
+    must wait; while they wait, the answer must reach the client (not a 504 at read_timeout:
+    the upstream said why long before)."""
+    from .test_edge_security import upload_in_background
+    cert, key, _ = CA(tmp_path).issue("upstream")
+    raw = launcher.raw_upstream("tls_raw_upstream.py", cert, key)
+    gw = launcher.gateway(gateway_conf([{"id": "raw", "paths": ["/*rest"], "upstream": {
+        "targets": [{"url": f"https://127.0.0.1:{raw.port}"}], "tls": {"verify": False}},
+        "timeouts": {"read": 6}}], server={"client_body_timeout": 2.0}))
+    size = 64 << 20
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        sock.sendall(b"POST /early-413 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
+                     % size)
+        upload_in_background(sock, size)
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
+            answer += piece
+    took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 413"), (answer[:200], took)
+    assert took < 4, took
+
+
+def test_a_tls_upstreams_cut_record_during_an_upload_is_a_timeout_not_a_spin(launcher,
+                                                                             tmp_path):
+    """A record's first bytes and no more, while the gateway waits to send the body: the
+    TLS layer has no data to give. The wait must end at read_timeout (504), without taking
+    the bytes for an answer, waiting on them past the deadline, or spinning the worker on
+    them meanwhile."""
+    from .test_auth_abuse import cpu_seconds
+    from .test_edge_security import upload_in_background
+    cert, key, _ = CA(tmp_path).issue("upstream")
+    raw = launcher.raw_upstream("tls_raw_upstream.py", cert, key)
+    gw = launcher.gateway(gateway_conf([{"id": "raw", "paths": ["/*rest"], "upstream": {
+        "targets": [{"url": f"https://127.0.0.1:{raw.port}"}], "tls": {"verify": False}},
+        "timeouts": {"read": 3}}], workers=1, server={"client_body_timeout": 5.0}))
+    size = 64 << 20
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        sock.sendall(b"POST /part-record HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
+                     % size)
+        upload_in_background(sock, size)
+        time.sleep(1.0)                 # the buffers are full: the gateway waits
+        before = cpu_seconds(gw)
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
+            answer += piece
+        spent, took = cpu_seconds(gw) - before, time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+    assert spent < 0.3 * took, (spent, took)        # a spinning wait takes a whole core
+
+
+def test_streamed_uploads_to_a_tls_upstream_are_whole_while_it_reads_them(launcher, tmp_path):
+    """The other side of the rule above: TLS 1.3 session tickets make the socket readable
+    while the body goes out, and must not be taken for an answer, nor wait for one (the
+    upstream answers only after the body). Uploads of 8 MiB, streamed (over
+    request_buffer_size), fast and in paced pieces, on one keep-alive connection: each
+    arrives whole."""
+    import hashlib
+    import http.client
+    cert, key, _ = CA(tmp_path).issue("upstream")
+    upstream = launcher.upstream("tls", tls=(str(cert), str(key)))
+    gw = launcher.gateway(gateway_conf([{"id": "up", "paths": ["/*rest"], "upstream": {
+        "targets": [{"url": upstream.url}], "tls": {"verify": False}},
+        "timeouts": {"read": 10}}]))
+    body = os.urandom(8 << 20)
+
+    def paced():
+        for at in range(0, len(body), 1 << 20):
+            yield body[at:at + (1 << 20)]
+            time.sleep(0.05)
+
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    for data in (body, paced(), body):
+        started = time.monotonic()
+        conn.request("POST", "/upload", body=data, headers={"Content-Length": str(len(body))})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 200, answer
+        assert answer == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        assert time.monotonic() - started < 8
+    conn.close()
 
 
 def test_routes_status_says_when_no_worker_reports_the_table_it_serves(launcher, upstream,
