@@ -39,14 +39,16 @@ def test_http1_upstream_gets_the_piece_and_the_end_that_came_during_a_send():
     req = streamed_request()
     sent = []
 
-    def send(ex, data, timeout, stale_ok=False):
+    def send_piece(ex, data, route, stale_ok=False):
         sent.append(data)
         if len(sent) == 1:
             the_end_arrives(req)
+        return True                         # taken, not answered
 
     proxy = Proxy.__new__(Proxy)
-    proxy.send = send
-    ex = SimpleNamespace(plain=False, request_cut=False)
+    proxy.send_piece = send_piece
+    proxy.answered_between = lambda ex, route: False
+    ex = SimpleNamespace(request_cut=False)
     proxy.stream_request_body(Client(), req, ex, ROUTE)
     assert b"".join(sent) == b"5\r\nfirst\r\n4\r\nlast\r\n0\r\n\r\n"
     assert not ex.request_cut
