@@ -216,6 +216,10 @@ def access(conf, ctx):
     in_query, rest = [], None
     if conf["query"]:
         in_query, rest = _from_query(ctx.query, conf["query"])
+        if in_query and conf["hide_credentials"]:
+            # Taken out at once, whatever the answer: a request refused here (two keys, a
+            # wrong one, a 429) goes nowhere, but its query is still the access log's
+            ctx.query = rest
         if len(set(in_query) | ({key} if key is not None else set())) > 1:
             # The gateway would check one and an upstream that reads keys too might take
             # another (the header's, the last parameter's): two consumers for one request.
@@ -233,8 +237,6 @@ def access(conf, ctx):
     if isinstance(consumer, Reply):
         return consumer         # 429: this client's budget of unknown keys is spent
     if conf["hide_credentials"]:
-        if in_query:
-            ctx.query = rest
         ctx.remove_header(conf["header_b"])
     consumers.identify(ctx, consumer)
     return None
