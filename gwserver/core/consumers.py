@@ -76,6 +76,10 @@ def compile_consumer(consumer_id, spec, registry, version=0):
     if isinstance(spec, dict):
         spec = {**spec}
         spec.setdefault("id", consumer_id)
+        _refuse_bare_secrets(owner, spec.get("credentials"))
+    else:       # never quoted either: a consumer written as its key
+        raise ConfigError(f"{owner}: must be a table/object (the value is not shown: it may "
+                          f"be a secret)")
     spec = CONSUMER.validate(spec, owner)
     problems = []
     if spec["id"] != consumer_id:
@@ -121,6 +125,23 @@ def compile_consumer(consumer_id, spec, registry, version=0):
         (((HEADER_GROUPS, ",".join(groups).encode("latin-1")),) if groups else ())
     return Consumer(consumer_id, frozenset(groups), credentials, chain, version,
                     upstream_headers)
+
+
+def _refuse_bare_secrets(owner, credentials):
+    """ConfigError for credentials written as a value and not a table: the value may be
+    the secret itself (``credentials.key_auth = "ak_live_..."``, ``basic_auth =
+    "user:password"``), and the schema's error would quote it into logs, `gwserver check`
+    and the sync's rejected items (/admin/config)."""
+    if credentials is None:
+        return
+    if not isinstance(credentials, dict):
+        raise ConfigError(f"{owner}: credentials: must be a table/object of auth plugin name "
+                          f"-> credential (the value is not shown: it may be a secret)")
+    bare = [f"{owner}: credentials.{name}: must be a table/object (the value is not shown: "
+            f"it may be a secret)" for name, cred in credentials.items()
+            if not isinstance(cred, dict)]
+    if bare:
+        raise ConfigError(bare)
 
 
 class Directory:
