@@ -211,19 +211,27 @@ class Verifier:
             jwks = pyjwt.PyJWKSet.from_json(_read(self.jwks_path, "jwks_file").decode())
             previous, self.jwks, self.jwks_mtime = self.jwks, jwks, mtime
             if previous is not None:
+                # what the previous keys verified is verified again under the new ones
+                self.cache.clear()
                 log.warning("reloaded JWKS %s (%d keys)", self.jwks_path, len(jwks.keys))
         except (OSError, ValueError, pyjwt.PyJWTError) as exc:
             if self.jwks is None:
                 raise TokenRejected(f"the JWKS file cannot be read ({exc})") from None
             log.error("JWKS %s not reloaded, keeping the previous keys: %s", self.jwks_path, exc)
 
+    def _refresh_jwks(self):
+        """Reload the JWKS file if it changed (a stat a second at most). Called before the
+        cache is read: a key taken out of the file (a compromised one) must vouch for no
+        token from then on, those it vouched for already included."""
+        now = time.monotonic()
+        if self.jwks is None or now - self.jwks_checked >= 1.0:
+            self.jwks_checked = now
+            self._load_jwks()
+
     def key_for(self, token):
         if self.jwks_path is None:
             return self.key
-        now = time.monotonic()
-        if self.jwks is None or now - self.jwks_checked >= 1.0:     # a stat a second at most
-            self.jwks_checked = now
-            self._load_jwks()
+        self._refresh_jwks()
         kid = pyjwt.get_unverified_header(token).get("kid")
         for key in self.jwks.keys:
             if kid is None or key.key_id == kid:
@@ -235,6 +243,8 @@ class Verifier:
     def verify(self, token):
         """-> claims; raises TokenRejected with a description a client may read."""
         now = time.time()
+        if self.jwks_path is not None:
+            self._refresh_jwks()
         hit = self.cache.get(token)
         if hit is not None and hit[1] > now:
             return hit[0]
@@ -259,6 +269,10 @@ class Verifier:
             raise TokenRejected("the token's algorithm is not accepted") from None
         except pyjwt.PyJWTError:
             raise TokenRejected("malformed token") from None
+        except (OverflowError, ValueError, TypeError):
+            # a date PyJWT cannot make an integer of (Infinity, which Python's JSON reads):
+            # the token's, never the gateway's error
+            raise TokenRejected("malformed token") from None
         if self.cache_seconds:
             if len(self.cache) >= self.cache_size:
                 for stale in [t for t, (_, until) in self.cache.items() if until <= now]:
@@ -267,7 +281,10 @@ class Verifier:
                     del self.cache[next(iter(self.cache))]      # the oldest entry
             until = now + self.cache_seconds
             if "exp" in claims:
-                until = min(until, float(claims["exp"]) + self.decode_args["leeway"])
+                try:
+                    until = min(until, float(claims["exp"]) + self.decode_args["leeway"])
+                except OverflowError:
+                    pass        # an exp past what a float holds (10**400): far enough away
             self.cache[token] = (claims, until)
         return claims
 
