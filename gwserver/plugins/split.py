@@ -151,7 +151,19 @@ def prepare(conf):
         bounds = tuple(sorted({float(gate["max"]) for gate in conf["rollout"]["gates"]
                                if gate["kind"] == "latency"}))
     kind, _, name = conf["key"].partition(":")
-    return {**conf, "groups": groups, "rollout_failures": failures,
+    # Groups only claim rules lead to (a staff-only backend: no weight, no rollout reaches
+    # it): a client's X-AB-Group names one only when its verified claims hold one of those
+    # rules, or the header would be a way past them. A group the weights reach is anyone's
+    # by the hash already, and a service down the chain keeps its group by the header.
+    weighed = {g for g, c in zip(groups, conf["upstreams"]) if c["weight"]}
+    if conf["rollout"] is not None:
+        weighed.add(conf["rollout"]["group"])
+    leading = {}
+    for rule in conf["rules"]:
+        leading.setdefault(rule["upstream"], []).append(rule)
+    claim_gated = {group: tuple(rules) for group, rules in leading.items()
+                   if group not in weighed and all(rule["claim"] for rule in rules)}
+    return {**conf, "groups": groups, "rollout_failures": failures, "claim_gated": claim_gated,
             "latency_bounds": bounds, "key_kind": kind,
             "key_name": name.lower().encode("latin-1") if kind == "header" else name,
             "group_header_b": conf["group_header"].lower().encode("latin-1"),
@@ -278,7 +290,9 @@ def access(conf, ctx):
     incoming = ctx.header_map.get(conf["group_header_b"])
     if incoming is not None:
         name = incoming.decode("latin-1")
-        if name in conf["by_group"] and name != shut:
+        gated = conf["claim_gated"].get(name)
+        if name in conf["by_group"] and name != shut and (
+                gated is None or any(_rule_holds(rule, ctx) for rule in gated)):
             group = name
     if group is None:
         for rule in conf["rules"]:

@@ -139,3 +139,20 @@ JWT = {"secret": "s3cret", "algorithms": ["HS256"]}
 ])
 def test_claims_in_split_with_jwt_or_without_claims_pass(route_plugins, global_plugins):
     assert len(conf_with(route_plugins, global_plugins).router) == 1
+
+
+def test_x_ab_group_names_a_group_only_claim_rules_reach_only_with_the_claim():
+    """A staff group no weight reaches, led to by a claim rule: the header alone is no way
+    in; with the claim it is. A group the weights reach keeps honouring the header (a
+    service down the chain stays in its group), claim rule or not."""
+    def conf(staff_weight):
+        return split.link(split.prepare(split.SCHEMA.validate({
+            "upstreams": [{"upstream": "main", "weight": 100},
+                          {"upstream": "staff", "weight": staff_weight}],
+            "rules": [{"claim": {"tier": "staff"}, "upstream": "staff"}]})),
+            lambda ref, where: Upstream(ref, ()))
+    gated, weighed = conf(0), conf(10)
+    header = [("X-AB-Group", "staff"), ("X-Trace-ID", "k")]
+    assert choose(gated, request(header))[0] == "main"
+    assert choose(gated, request(header, claims={"tier": "staff"}))[0] == "staff"
+    assert choose(weighed, request(header))[0] == "staff"
