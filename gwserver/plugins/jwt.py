@@ -19,7 +19,9 @@ those headers is always removed), ``strip_token`` removes the Authorization head
 
 Consumers (docs/consumers.md): with ``consumer_claim = "iss"`` (or ``"sub"``) the claim's value
 names the consumer whose ``credentials.jwt = {key = "..."}`` equals it; a token whose claim
-names no consumer gets 401. The consumer's groups and plugins then apply as with key_auth.
+names no consumer gets 401, and so does one whose consumer's ``credentials.jwt.kid`` names
+another JWKS key than the one that verified it (a partner signing for another). The
+consumer's groups and plugins then apply as with key_auth.
 
 Verified tokens are cached per worker for ``cache_seconds`` (never past their ``exp``), so a hot
 token is not verified again on every request.
@@ -91,6 +93,10 @@ SCHEMA = Schema(
 CREDENTIAL = Schema(
     Field("key", string(what="a claim value"), doc="the consumer_claim value naming this "
           "consumer"),
+    Field("kid", string(what="a JWKS key id"), None,
+          "the kid of the JWKS key that must have signed this consumer's tokens; unset: any "
+          "key the route trusts (with a JWKS of several parties' keys, set it: else each "
+          "key's holder can sign tokens naming any consumer)"),
 )
 
 
@@ -120,7 +126,27 @@ HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 def warnings(conf):
     """(the plugin hook) An HMAC secret shorter than RFC 7518 3.2 asks for its algorithms:
-    an HS* key that short can be brute-forced offline from any one token it signed."""
+    an HS* key that short can be brute-forced offline from any one token it signed. A
+    consumer_claim over a JWKS of several keys: unless each consumer's credential names its
+    key (``kid``), any key's holder can sign tokens naming any consumer."""
+    return _short_secret(conf) + _shared_jwks(conf)
+
+
+def _shared_jwks(conf):
+    if conf["consumer_claim"] is None or conf["jwks_file"] is None:
+        return []
+    try:
+        keys = json.loads(_read(conf["jwks_file"], "jwks_file"))["keys"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []       # a config error already, named by prepare
+    if not isinstance(keys, list) or len(keys) < 2:
+        return []
+    return [f"consumer_claim = {conf['consumer_claim']!r} with a JWKS of {len(keys)} keys: a "
+            f"token signed by any of them may name any consumer, unless each consumer's "
+            f"credentials.jwt.kid names the key that signs its tokens"]
+
+
+def _short_secret(conf):
     wanted = max((HMAC_KEY_BYTES.get(a, 0) for a in conf["algorithms"]), default=0)
     if not wanted or not (conf["secret"] or conf["secret_file"]):
         return []
@@ -242,14 +268,21 @@ class Verifier:
 
     def verify(self, token):
         """-> claims; raises TokenRejected with a description a client may read."""
+        return self.check(token)[0]
+
+    def check(self, token):
+        """-> (claims, the kid of the JWKS key that verified them, or None without a JWKS);
+        raises TokenRejected with a description a client may read."""
         now = time.time()
         if self.jwks_path is not None:
             self._refresh_jwks()
         hit = self.cache.get(token)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None and hit[2] > now:
+            return hit[0], hit[1]
         try:
-            claims = pyjwt.decode(token, self.key_for(token), **self.decode_args)
+            key = self.key_for(token)       # (a malformed token's header raises here)
+            signer = getattr(key, "key_id", None)      # a JWKS key's kid
+            claims = pyjwt.decode(token, key, **self.decode_args)
         except pyjwt.ExpiredSignatureError:
             raise TokenRejected("the token has expired") from None
         except pyjwt.ImmatureSignatureError:
@@ -275,7 +308,7 @@ class Verifier:
             raise TokenRejected("malformed token") from None
         if self.cache_seconds:
             if len(self.cache) >= self.cache_size:
-                for stale in [t for t, (_, until) in self.cache.items() if until <= now]:
+                for stale in [t for t, (_, _, until) in self.cache.items() if until <= now]:
                     del self.cache[stale]
                 if len(self.cache) >= self.cache_size:
                     del self.cache[next(iter(self.cache))]      # the oldest entry
@@ -285,8 +318,8 @@ class Verifier:
                     until = min(until, float(claims["exp"]) + self.decode_args["leeway"])
                 except OverflowError:
                     pass        # an exp past what a float holds (10**400): far enough away
-            self.cache[token] = (claims, until)
-        return claims
+            self.cache[token] = (claims, signer, until)
+        return claims, signer
 
 
 def prepare(conf):
@@ -389,7 +422,7 @@ def access(conf, ctx):
     if token is None:
         return _unauthorized()
     try:
-        claims = conf["verifier"].verify(token)
+        claims, signer = conf["verifier"].check(token)
     except TokenRejected as exc:
         return _unauthorized(exc.description)
     missing = [s for s in conf["required_scopes"] if s not in granted_scopes(claims)]
@@ -406,6 +439,11 @@ def access(conf, ctx):
             if directory is not None and isinstance(value, (str, int)) else None
         if consumer is None:
             return _unauthorized(f"the token's {conf['consumer_claim']} names no consumer")
+        bound = consumer.credentials[NAME]["kid"]
+        if bound is not None and bound != signer:
+            # Tied to its own key: another party's key of the JWKS verified this token
+            return _unauthorized(f"the token's {conf['consumer_claim']} names a consumer "
+                                 f"whose key did not sign it")
         consumers.identify(ctx, consumer)
     ctx.vars["claims"] = claims
     for claim, header in conf["forward"]:

@@ -17,6 +17,10 @@ pass of 2026-12-05, helper h1, on a736bbe). Each test failed on that commit.
    30 s by default): the reload did not forget what the old keys had vouched for.
 5. split: a client's X-AB-Group was taken before any rule, so a group that only a ``claim``
    rule leads to (a staff-only backend, weight 0) was anyone's for the asking.
+6. jwt with consumer_claim over a JWKS of several partners' keys: partner A signed, with its
+   own key, a token naming partner B, and was B to the gateway. Consumers can now be bound
+   to their key (credentials.jwt.kid); the test needs that setting, so the old code refuses
+   its config rather than serving the attack (which the pass saw: 200 as partner-b).
 """
 import base64
 import http.client
@@ -191,3 +195,47 @@ def test_x_ab_group_is_no_way_past_a_split_rule_on_claims(launcher):
     assert served_by("basic") == "main"
     assert served_by("basic", {"X-AB-Group": "staff"}) == "main"
     assert served_by("staff", {"X-AB-Group": "staff"}) == "staff"   # a service down the chain
+
+
+# -- 6. one partner's key of a shared JWKS signing for another partner -------------------------
+
+def test_a_consumer_bound_to_its_kid_is_named_by_no_other_partners_key(launcher, upstream,
+                                                                      tmp_path):
+    """consumer_claim = "iss" over a JWKS holding two partners' keys: partner A signed, with
+    its own key, a token saying iss = partner B, and was B to the gateway (200, X-Consumer-ID
+    partner-b, past an acl that allows only B). A consumer's credentials.jwt.kid binds it to
+    its key: such a token is a 401. A consumer without kid still takes any key (as before),
+    and `gwserver check` warns about it."""
+    keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            for kid in ("partner-a", "partner-b")}
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [
+        {**json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(private.public_key())),
+         "kid": kid, "use": "sig", "alg": "RS256"} for kid, private in keys.items()]}))
+    conf = gateway_conf([route("p", ["/p/*rest"], upstream.url, plugins={
+        "jwt": {"jwks_file": str(jwks), "consumer_claim": "iss"},
+        "acl": {"allow_consumers": ["partner-b"]}})], consumers={
+        "partner-a": {"credentials": {"jwt": {"key": "https://a.example", "kid": "partner-a"}}},
+        "partner-b": {"credentials": {"jwt": {"key": "https://b.example", "kid": "partner-b"}}},
+        "legacy": {"credentials": {"jwt": {"key": "https://legacy.example"}}}})
+    gw = launcher.gateway(conf)
+    exp = int(time.time()) + 600
+
+    def call(iss, signer):
+        token = pyjwt.encode({"iss": iss, "exp": exp}, keys[signer], "RS256",
+                             headers={"kid": signer})
+        return get(gw.port, "/p/echo", {"Authorization": f"Bearer {token}"})
+
+    status, body = call("https://b.example", "partner-b")
+    assert status == 200, body
+    status, body = call("https://b.example", "partner-a")      # A signing for B
+    assert status == 401 and b"whose key did not sign it" in body, (status, body)
+    status, body = call("https://legacy.example", "partner-a")
+    assert status == 403, body          # identified (any key), then the acl's refusal
+    conf_path = tmp_path / "check.toml"
+    conf_path.write_text(to_toml(conf))
+    checked = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(conf_path)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert "a token signed by any of them may name any consumer" in \
+        checked.stdout + checked.stderr, checked

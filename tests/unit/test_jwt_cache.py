@@ -42,8 +42,8 @@ def test_the_cache_never_outlives_exp_and_can_be_off(decodes):
     check = verifier(leeway=0.0)
     token = make(exp_in=1)
     check.verify(token)
-    assert check.cache[token][1] <= time.time() + 1
-    time.sleep(max(0.0, check.cache[token][1] - time.time()) + 0.05)
+    assert check.cache[token][2] <= time.time() + 1      # (claims, signer, until)
+    time.sleep(max(0.0, check.cache[token][2] - time.time()) + 0.05)
     with pytest.raises(jwt_plugin.TokenRejected, match="expired"):
         check.verify(token)                     # re-verified, and now refused
     assert len(decodes) == 2
