@@ -848,28 +848,28 @@ class Proxy:
         Continue), which are dropped as read_head drops them while the body goes on. A head
         that has begun is read to its end before deciding (within read_timeout): a 100
         Continue split across writes is not an answer."""
-        if not (self.recv_feed(ex, route.read_timeout) if took is None else self.feed(ex, took)):
+        if not self.recv_feed(ex, route.read_timeout, took=took):
             return True                     # closed
         while ex.started and not ex.head_done:
             if not self.recv_feed(ex, route.read_timeout, wait_first=True):
                 return True
         return ex.final
 
-    def recv_feed(self, ex, timeout, wait_first=False):
-        """Read once from the upstream and parse it; return False on EOF."""
-        deadlines = self.deadlines
-        deadlines.arm(ex, timeout)
-        try:
-            n = recv_when_readable(ex.sock, self.buf) if wait_first else \
-                ex.sock.recv_into(self.buf)
-        except OSError as exc:
-            raise read_failed(ex, exc, timeout) from None
-        finally:
-            deadlines.disarm(ex)
-        return self.feed(ex, n)
-
-    def feed(self, ex, n):
-        """Parse the ``n`` bytes just read into the buffer; False on EOF (``n`` is 0)."""
+    def recv_feed(self, ex, timeout, wait_first=False, took=None):
+        """Read once from the upstream and parse it; return False on EOF. ``took``: the
+        count of bytes a caller already read into the buffer (tls_answered), parsed alone."""
+        if took is None:
+            deadlines = self.deadlines
+            deadlines.arm(ex, timeout)
+            try:
+                n = recv_when_readable(ex.sock, self.buf) if wait_first else \
+                    ex.sock.recv_into(self.buf)
+            except OSError as exc:
+                raise read_failed(ex, exc, timeout) from None
+            finally:
+                deadlines.disarm(ex)
+        else:
+            n = took
         if n == 0:
             return False
         ex.got_bytes = True
