@@ -100,8 +100,18 @@ def window_retry(rate, per, current, previous, into):
 
 def adaptive_start(conf):
     """The first effective rate of an adaptive limit: ``rate``, kept within floor..ceiling."""
-    adaptive = conf["adaptive"]
-    return min(adaptive["ceiling"], max(adaptive["floor"], conf["rate"]))
+    return within(conf["adaptive"], conf["rate"])
+
+
+def within(adaptive, rate):
+    """``rate`` kept within an adaptive limit's floor..ceiling."""
+    return min(adaptive["ceiling"], max(adaptive["floor"], rate))
+
+
+def adaptive_rate(known, conf):
+    """The effective rate of an adaptive limit given the one a store last knew (None: none
+    yet), within floor..ceiling as they are now."""
+    return adaptive_start(conf) if not known else within(conf["adaptive"], known)
 
 
 def adapt(state, conf, now, ok, failed):
@@ -115,7 +125,9 @@ def adapt(state, conf, now, ok, failed):
     adaptive = conf["adaptive"]
     if state is None:
         state = {"rate": adaptive_start(conf), "since": now, "ok": 0, "failed": 0}
-    state = dict(state, ok=state["ok"] + ok, failed=state["failed"] + failed)
+    # within floor..ceiling as they are now: a reload may have moved them past the stored rate
+    state = dict(state, rate=within(adaptive, state["rate"]), ok=state["ok"] + ok,
+                 failed=state["failed"] + failed)
     if now - state["since"] >= adaptive["window"]:
         total = state["ok"] + state["failed"]
         if total:

@@ -427,7 +427,7 @@ class Runtime:
         self.update_target_gauges(metrics)
         store = self.services.limit_store
         if store is not self.services.local_store:
-            metrics.redis_up.set(1 if store.healthy else 0)
+            metrics.redis_up.set(1 if store.up else 0)
 
     def update_target_gauges(self, metrics):
         from ..helpers.health import target_key

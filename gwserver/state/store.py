@@ -33,12 +33,16 @@ from typing import NamedTuple
 
 import gevent
 import gevent.event
+from gevent.monkey import get_original
 
 from ..core import breaker, ratelimit
+from ..core.throttledlog import throttled_log
 from ..errors import StoreError, StoreTimeout, describe
 from ..processes import pid_alive
 from ..settings import parse_multi_host_url
 from .lua import ADAPTIVE_LUA, BREAKER_LUA, LIMIT_CONN_LUA, SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA
+
+_select = get_original("select", "select")     # a poll of one socket, never a wait
 
 log = logging.getLogger("gwserver.store")
 
@@ -70,7 +74,11 @@ def adaptive_args(conf):
 
 
 def load_breaker_state(raw):
-    state = {**breaker.initial_state(), **json.loads(raw)}
+    return breaker_state_of(json.loads(raw))
+
+
+def breaker_state_of(stored):
+    state = {**breaker.initial_state(), **stored}
     if not isinstance(state["buckets"], list):
         state["buckets"] = []       # cjson writes an empty array as {}
     return state
@@ -99,14 +107,35 @@ def connect(url, timeout, password=None):
     url_password, nodes, path = parse_multi_host_url(url)
     password = fast.pop("password", url_password)
     if scheme == "redis+cluster":
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
-                            password=password, cluster_error_retry_attempts=1,
-                            require_full_coverage=False, **fast)
+        return LazyCluster(lambda: RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password,
+            cluster_error_retry_attempts=1, require_full_coverage=False, **fast))
     service, _, db = path.partition("/")
     sentinel = Sentinel(nodes, sentinel_kwargs=dict(socket_timeout=timeout,
                                                     socket_connect_timeout=timeout),
                         password=password, db=int(db or 0), **fast)
     return sentinel.master_for(service, max_connections=4)
+
+
+class LazyCluster:
+    """A RedisCluster made when first used, and made again at each use until one is: its
+    constructor asks the nodes for the slot map, and with none reachable (the cluster down
+    as the gateway starts) it raised in the worker's boot, so every worker died and was
+    started again, and the gateway served nothing, not even routes without limits. Made
+    here, the failure is a store error like any other: on_store_error decides, and the store
+    asks again after ``pause``."""
+
+    def __init__(self, make):
+        self._make, self._client = make, None
+        try:
+            self._client = make()
+        except Exception:       # RedisClusterException and redis' errors: asked at first use
+            pass
+
+    def __getattr__(self, name):
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
 
 
 def decisions_from(algorithm, reply, rate, per, burst):
@@ -149,6 +178,7 @@ class RedisStore:
         self.client = connect(url, timeout, password)
         self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
+        self.slots_stale = False        # cluster: reload the slot map before the next call
         self.pause = pause
         self.key_prefix = key_prefix + "rl:"
         self.breaker_prefix = key_prefix + "br:"
@@ -166,6 +196,7 @@ class RedisStore:
         self.conn, self.conn_used_at = None, 0.0     # the batcher's own connection (_pipeline)
         self.queue = []
         self.in_flight = []             # the batch of the round trip under way
+        self.sent_at = 0.0              # when it went out
         self.deadline_timer = None      # the one timer of every waiting decision (_expire)
         # limit_conn slots to give back once Redis answers: releases it could not take, and
         # claims that may have landed with nobody left to release them (lease -> spec)
@@ -173,8 +204,16 @@ class RedisStore:
         self.wake = gevent.event.Event()
         self.down_until = 0.0
         self.healthy = True
+        # Redis answers, but with an error for every call of the last round trip (maxmemory
+        # with noeviction: OOM; a key of another type): decisions fall back all the same.
+        self.refusing = False
         self.on_transition = None       # callable(key, state), set by the worker for metrics
         self.batcher = gevent.spawn(self._run)
+
+    @property
+    def up(self):
+        """Does Redis take this worker's decisions (gwserver_redis_up)?"""
+        return self.healthy and not self.refusing
 
     # -- the calls plugins make -----------------------------------------------------------------
 
@@ -197,7 +236,7 @@ class RedisStore:
 
     def adaptive_rate(self, key, conf):
         """The effective rate of an adaptive limit as this worker last heard it."""
-        return self.adaptive_rates.get(key) or ratelimit.adaptive_start(conf)
+        return ratelimit.adaptive_rate(self.adaptive_rates.get(key), conf)
 
     def adaptive_record(self, key, conf, ok):
         """Count one upstream outcome of an adaptive limit; never waited for."""
@@ -306,14 +345,36 @@ class RedisStore:
                     expired = True
                 elif oldest is None or asked_at < oldest:
                     oldest = asked_at
-        if expired:
+        if expired and self._redis_slow(now):
             if self.healthy:
                 log.error("redis did not answer a decision within %.3fs; rate limits and "
                           "breakers fall back to on_store_error for %.1fs at a time until it "
                           "answers", self.timeout, self.pause)
             self.down_until, self.healthy = now + self.pause, False
+        elif expired:
+            throttled_log.log(log, logging.WARNING, ("queued past timeout",),
+                              "decisions waited over %.3fs in this worker before they could be "
+                              "sent to redis (the worker is busy; redis is not late): they "
+                              "fall back to on_store_error", self.timeout)
         if oldest is not None:
             self._watch(oldest + self.timeout)
+
+    def _redis_slow(self, now):
+        """Is Redis late: a round trip out for ``timeout`` or more, its answer not waiting on
+        the socket? Decisions that waited as long in the queue, never sent (a client's burst of
+        a few thousand requests kept the worker busy), say nothing of Redis: taken for a slow
+        Redis, they paused the store, and every limit of the worker fell back to
+        on_store_error ("deny": a 503 for every client) for ``pause``, while Redis was idle."""
+        if not self.in_flight or now - self.sent_at < self.timeout:
+            return False
+        sock = getattr(self.conn, "_sock", None) if not self.cluster else None
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = _select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return not readable     # the answer came: the loop has not run the batcher yet
 
     # -- the batcher ----------------------------------------------------------------------------
 
@@ -333,7 +394,7 @@ class RedisStore:
                           for lease, spec in self.owed_releases.items()]
                 self.owed_releases = {}
             if batch:
-                self.in_flight = batch
+                self.in_flight, self.sent_at = batch, time.monotonic()
                 try:
                     self._round_trip(batch)
                 except BaseException as exc:    # never leave a waiter hanging
@@ -371,6 +432,7 @@ class RedisStore:
         if not self.healthy:
             log.warning("redis is answering again")
             self.healthy = True
+        self._judge_replies(replies)
         for (spec, items), reply in zip(groups.items(), replies):
             waiters = [waiter for _, waiter, _ in items if waiter is not None]
             if isinstance(reply, Exception):
@@ -396,6 +458,24 @@ class RedisStore:
                 for i, waiter in enumerate(waiters):
                     waiter.set(BreakerVerdict(i < int(admitted), state, int(epoch),
                                               float(wait)))
+
+    def _judge_replies(self, replies):
+        """Say when Redis answers calls with errors: each such call falls back to
+        on_store_error (a full Redis, OOM, made every request of a "deny" limit a 503), and
+        nothing else would tell why."""
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if not errors:
+            if self.refusing:
+                self.refusing = False
+                throttled_log.log(log, logging.WARNING, ("redis refusing", False),
+                                  "redis takes decisions again")
+            return
+        if len(errors) == len(replies):
+            self.refusing = True
+        throttled_log.log(log, logging.ERROR, ("redis refusing", True),
+                          "redis answered %d of %d calls with an error (%s); rate limits and "
+                          "breakers fall back to on_store_error for those", len(errors),
+                          len(replies), f"{errors[0].__class__.__name__}: {errors[0]}")
 
     def _transition(self, key, state):
         log.warning("breaker %s is now %s", key[len(self.breaker_prefix):], state)
@@ -456,6 +536,7 @@ class RedisStore:
                                         for script, key, args in calls])
         # redis-py refuses EVALSHA in cluster pipelines: one plain pipeline per master that
         # owns some of the keys (every call touches one key, so one slot).
+        self._fresh_slots()
         by_node = {}
         for i, (script, key, args) in enumerate(calls):
             node = self.client.get_node_from_key(key)
@@ -466,7 +547,15 @@ class RedisStore:
             for i in indexes:
                 script, key, args = calls[i]
                 pipe.evalsha(self.shas[script], 1, key, *args)
-            for i, reply in zip(indexes, pipe.execute(raise_on_error=False)):
+            try:
+                executed = pipe.execute(raise_on_error=False)
+            except self.redis_errors:
+                # A master that cannot be reached may have been replaced (a failover): its
+                # replica, promoted, sends no MOVED to a client that only asks the dead one,
+                # and every batch with a key of its slots failed until the gateway restarted.
+                self.slots_stale = True
+                raise
+            for i, reply in zip(indexes, executed):
                 replies[i] = reply
         if any(isinstance(r, Exception) and str(r).startswith(("MOVED", "ASK")) for r in replies):
             self.client.nodes_manager.initialize()  # slots moved: learn the new layout
@@ -520,7 +609,15 @@ class RedisStore:
     def _nodes(self):
         if not self.cluster:
             return [self.client]
+        self._fresh_slots()
         return [node.redis_connection for node in self.client.get_primaries()]
+
+    def _fresh_slots(self):
+        """Cluster: ask the nodes for the slot map again after a master could not be reached
+        (raises a redis error, the map still stale, while none can answer)."""
+        if self.slots_stale:
+            self.client.nodes_manager.initialize()
+            self.slots_stale = False
 
     def _failed(self, batch, exc):
         self.down_until = time.monotonic() + self.pause
@@ -622,16 +719,16 @@ class LocalStore:
         self._breaker_step(key, conf, [outcome], 0)
 
     def breaker_state(self, key):
-        raw = self._read("br:" + key)
-        return load_breaker_state(raw) if raw else None
+        name = "br:" + key
+        stored = self._decode(name, self._read(name))
+        return None if stored is None else breaker_state_of(stored)
 
     def adaptive_rate(self, key, conf):
-        return self.adaptive_rates.get(key) or ratelimit.adaptive_start(conf)
+        return ratelimit.adaptive_rate(self.adaptive_rates.get(key), conf)
 
     def adaptive_record(self, key, conf, ok):
-        def update(raw, now):
-            state = ratelimit.adapt(json.loads(raw) if raw else None, conf, now, int(ok),
-                                    int(not ok))
+        def update(stored, now):
+            state = ratelimit.adapt(stored, conf, now, int(ok), int(not ok))
             return state, state
         self.adaptive_rates[key] = self._update("ad:" + key, update)["rate"]
 
@@ -655,22 +752,46 @@ class LocalStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _update(self, name, update):
-        """Run ``update(raw bytes, now) -> (state to save, result)`` under the file's lock."""
+        """Run ``update(stored state or None, now) -> (state to save, result)`` under the
+        file's lock.
+
+        A shorter state is written padded with spaces to the old one's length, and only then
+        is the file cut to it: a worker killed between the two (the OOM killer, the master's
+        SIGKILL) left the new state followed by the old one's tail, which no read could parse,
+        and every request through the breaker was a 500 from then on, across restarts."""
         fd = self._fd(name)
         now = time.time()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            state, result = update(os.pread(fd, 1 << 16, 0), now)
+            raw = os.pread(fd, 1 << 16, 0)
+            state, result = update(self._decode(name, raw), now)
             data = json.dumps(state, separators=(",", ":")).encode()
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
+            os.pwrite(fd, data.ljust(len(raw)), 0)
+            if len(raw) > len(data):
+                os.ftruncate(fd, len(data))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
         return result
 
+    def _decode(self, name, raw):
+        """A state file's JSON object, or None for none; one that does not parse (torn by a
+        crash of an older version, damaged by hand) starts over, and the log says so."""
+        if not raw.strip():
+            return None
+        try:
+            stored = json.loads(raw)
+        except ValueError:
+            stored = None
+        if isinstance(stored, dict):
+            return stored
+        throttled_log.log(log, logging.ERROR, ("damaged state", name),
+                          "the per-host state of %s in %s does not parse: it starts over", name,
+                          self.state_dir)
+        return None
+
     def _breaker_step(self, key, conf, outcomes, admissions):
-        def update(raw, now):
-            state = load_breaker_state(raw) if raw else breaker.initial_state()
+        def update(stored, now):
+            state = breaker.initial_state() if stored is None else breaker_state_of(stored)
             state, admitted, transitions = breaker.step(state, conf, now, outcomes, admissions)
             return state, (state, admitted, transitions, now)
         state, admitted, transitions, now = self._update("br:" + key, update)
