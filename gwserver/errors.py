@@ -16,8 +16,9 @@
         ├── Unimplemented             501  a transfer coding the gateway does not do
         ├── ServiceUnavailable        503  no target
         │   └── UpstreamBusy          503  pool exhausted, no free HTTP/2 stream
-        └── UpstreamTimeout           504
-            └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
+        ├── UpstreamTimeout           504
+        │   └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
+        └── LoopDetected              508  the request came back through this gateway (Via)
 
 The worker renders ``exc.status`` and ``exc.message`` (``reason``, or ``public`` where the reason
 names the inside: the log gets it) in one place; nothing upstream of it builds
@@ -159,6 +160,14 @@ class UpstreamTimeout(HTTPError):
 class UpstreamConnectTimeout(UpstreamTimeout, UpstreamConnectError):
     """Connecting timed out; nothing was sent, so any request may be retried."""
     status, error = 504, "gateway_timeout"
+
+
+class LoopDetected(HTTPError):
+    """The request already passed through this gateway (by its Via name) MAX_OWN_HOPS times:
+    an upstream target that leads back to the gateway. Never forwarded again."""
+    status, error = 508, "loop_detected"
+    public = "the request came back to the gateway it went through: an upstream leads back " \
+             "to the gateway"
 
 
 def describe(exc):

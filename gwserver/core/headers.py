@@ -109,3 +109,27 @@ def via_chain(received, own):
     of the protocol the message came in, and ``server.via``, the name it gives itself:
     b"1.1 gwserver", b"2 gwserver")."""
     return received + b", " + own if received else own
+
+
+# A request that has passed through a gateway of this name this many times already is in a
+# loop (an upstream target that is the gateway itself, by any address: a route or a service
+# instance in etcd pointing back at a listener, or two gateways pointing at each other). It is
+# answered 508 instead of being forwarded once more: every hop holds a connection and a
+# greenlet until the innermost one fails, so a loop used to fill worker_connections and stall
+# every route of the gateway until the read timeout. Chains of a few gateways of one name
+# (an edge gwserver in front of an internal one) stay well below it.
+MAX_OWN_HOPS = 8
+
+
+def own_hops(received, name):
+    """How many members of a received Via value (``received-protocol received-by``, RFC 9110
+    7.6.3) name ``name`` as the intermediary: the hops this request made through gateways
+    that call themselves so."""
+    if not received or name not in received:
+        return 0
+    count = 0
+    for member in received.split(b","):
+        parts = member.split()
+        if len(parts) >= 2 and parts[1] == name:
+            count += 1
+    return count

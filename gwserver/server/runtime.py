@@ -213,6 +213,7 @@ class Runtime:
         # Via's entry for this hop by the protocol received (RFC 9110 7.6.3): "1.1 name"
         name = conf.server["via"].encode("ascii")
         self.via = {version: version.encode() + b" " + name for version in ("1.0", "1.1", "2")}
+        self.via_name = name            # to count this gateway's hops in a received Via
         self.span_exporter = None
         if self.tracing and tracing["otlp_endpoint"]:
             from .otel import SpanExporter

@@ -38,12 +38,12 @@ from urllib3.util.ssl_match_hostname import CertificateError
 from ..core.balancer import make_balancer
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
-from ..core.headers import REASONS, RESPONSE_SPECIAL, via_chain
+from ..core.headers import MAX_OWN_HOPS, REASONS, RESPONSE_SPECIAL, own_hops, via_chain
 from ..core.routes import IDEMPOTENT, no_target_reason
 from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
-from ..errors import (BadRequest, HTTPError, InternalError, PayloadTooLarge,
+from ..errors import (BadRequest, HTTPError, InternalError, LoopDetected, PayloadTooLarge,
                       ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, failure_reason, idle_state,
@@ -503,6 +503,11 @@ class Proxy:
         for its methods, with the body held, and never once a byte reached the client."""
         route = req.route
         upstream = req.upstream or route.upstream
+        via = req.header_map.get(b"via")
+        if via is not None and own_hops(via, self.runtime.via_name) >= MAX_OWN_HOPS:
+            raise LoopDetected(f"the request passed through a gateway named "
+                               f"{self.runtime.via_name.decode()} {MAX_OWN_HOPS} times already "
+                               f"(Via): upstream {upstream.id} leads back to the gateway?")
         if upstream.protocol == "h2":
             return self.h2.forward(client, req, keep_alive, upstream)
         if not upstream.targets:
