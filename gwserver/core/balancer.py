@@ -13,13 +13,31 @@ least_outstanding  the target with the fewest requests in flight from this worke
                    LEAST_REQUEST does.
 consistent_hash    a ring of 160 points per unit of weight (ketama): a key always maps to the
                    same target while it is up, and adding or removing a target moves only the
-                   keys that target gains or loses (about 1/n of them).
+                   keys that target gains or loses (about 1/n of them). The ring holds at
+                   most MAX_RING_POINTS: beyond that the points are shared in proportion
+                   to the weights (a weight of 1,000,000 asked for 160 million points, minutes
+                   of a worker's CPU and gigabytes at its first request).
 """
 import bisect
 import hashlib
 
 POLICIES = ("round_robin", "least_outstanding", "consistent_hash")
 POINTS_PER_WEIGHT = 160
+# The ring's size cap: ~0.15 s to build in a worker (md5 and a sort), a few MB. Weights are
+# up to 1,000,000 and anyone who registers a service instance sets its own: 160 points per
+# unit of weight, uncapped, once stalled every worker for minutes at its first request to
+# the upstream (and again at each change of its targets) and could exhaust the host's memory.
+MAX_RING_POINTS = POINTS_PER_WEIGHT * 1024
+
+
+def ring_sizes(targets):
+    """Points on the ring per target: POINTS_PER_WEIGHT per unit of weight, or, when that
+    is more than MAX_RING_POINTS in all, the cap shared in proportion to the weights (each at
+    least one point)."""
+    total = POINTS_PER_WEIGHT * sum(t.weight for t in targets)
+    if total <= MAX_RING_POINTS:
+        return [POINTS_PER_WEIGHT * t.weight for t in targets]
+    return [max(1, POINTS_PER_WEIGHT * t.weight * MAX_RING_POINTS // total) for t in targets]
 
 
 class SmoothWeighted:
@@ -94,8 +112,9 @@ class ConsistentHash:
 
     def __init__(self, targets):
         self.targets = [t for t in targets if t.weight > 0]
-        ring = sorted((ring_point(f"{t.url}#{i}"), t) for t in self.targets
-                      for i in range(POINTS_PER_WEIGHT * t.weight))
+        ring = sorted((ring_point(f"{t.url}#{i}"), t)
+                      for t, size in zip(self.targets, ring_sizes(self.targets))
+                      for i in range(size))
         self.points = [point for point, _ in ring]
         self.owners = [target for _, target in ring]
         self.fallback = SmoothWeighted(self.targets)      # requests without a key

@@ -123,3 +123,13 @@ def test_least_outstanding_ties_in_order_not_in_bursts():
     from gwserver.core.balancer import LeastOutstanding
     balancer = LeastOutstanding(targets(2, 1), {})
     assert [balancer.pick().host for _ in range(6)] == ["h0", "h1", "h0"] * 2
+
+
+def test_a_ring_is_capped_and_shared_by_weight_past_the_cap():
+    """160 points a unit of weight up to MAX_RING_POINTS in all; past it (a registered
+    instance may set weight 1,000,000) the cap is shared in proportion, at least one each."""
+    from gwserver.core.balancer import MAX_RING_POINTS, POINTS_PER_WEIGHT, ring_sizes
+    assert ring_sizes(targets(1, 3)) == [POINTS_PER_WEIGHT, 3 * POINTS_PER_WEIGHT]
+    sizes = ring_sizes(targets(1_000_000, 1, 3_000_000))
+    assert sum(sizes) <= MAX_RING_POINTS and sizes[1] == 1
+    assert sizes[2] == pytest.approx(3 * sizes[0], rel=0.001)
