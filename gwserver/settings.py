@@ -14,7 +14,7 @@ from types import MappingProxyType
 from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
-from .core.routes import (ROUTE, ROUTE_ID, UPSTREAM, compile_route, make_upstream,
+from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream, upstream_id,
                           unreachable_paths)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
@@ -648,7 +648,7 @@ CONF = Schema(
     *(Field(name, schema, dict, schema.doc) for name, schema in SECTIONS.items()),
     *(Field(name, schema, None, schema.doc) for name, schema in OPTIONAL_SECTIONS.items()),
     Field("plugins", map_of(lambda c: c), dict, "plugins enabled on every route: name -> config"),
-    Field("upstreams", map_of(lambda u: u, string(ROUTE_ID, "an upstream id")), dict,
+    Field("upstreams", map_of(lambda u: u, upstream_id()), dict,
           "named upstreams that routes refer to by id"),
     Field("routes", list_of(lambda r: r), list, "static routes (the table when etcd is off)"),
     Field("consumers", map_of(lambda c: c, string(CONSUMER_ID, "a consumer id")), dict,

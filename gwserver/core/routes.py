@@ -23,6 +23,26 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", 
            "REPORT", "SEARCH")
 HOST = r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
 PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A route's inline upstream is named "ROUTE.upstream" (logs, metrics, admin views). Health
+# verdicts, passive ejections, the retry budget and the balancer are kept by upstream id, so
+# a named upstream may not take such an id: one named "orders.upstream" (in etcd, by another
+# team) shared them all with route orders' inline upstream, and its passive check ejected
+# that route's targets.
+INLINE_UPSTREAM = ".upstream"
+
+
+def upstream_id(what="an upstream id"):
+    """A string check for the id of a named upstream (or a reference to one)."""
+    base = string(ROUTE_ID, what)
+
+    def check(value):
+        value = base(value)
+        if value.endswith(INLINE_UPSTREAM):
+            raise Invalid(f"must not end in {INLINE_UPSTREAM}, which names the upstream route "
+                          f"{show(value[:-len(INLINE_UPSTREAM)])} writes inline, got "
+                          f"{show(value)}")
+        return value
+    return check
 # Characters a path segment pattern may hold (RFC 3986 pchar; %-escapes made canonical by
 # path_text first).
 SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]*")
@@ -221,7 +241,7 @@ ROUTE = Schema(
     Field("priority", integer(-1_000_000, 1_000_000, "an integer"), 0,
           "higher wins among routes on the same path node"),
     Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else
-          string(ROUTE_ID, "an upstream object or the id of one")(value),
+          upstream_id("an upstream object or the id of one")(value),
           doc="inline upstream object, or the id of a named upstream"),
     Field("strip_prefix", path_text(r"/[^?#]*", "a path starting with /", markers=False), None,
           "removed from the start of the path before proxying (\"/api/\" takes \"/api\" "

@@ -26,13 +26,15 @@ Rules (issue 3, and what an operator expects of a gateway):
 Each dynamic item carries a version (etcd's mod_revision), so a worker applying a published
 table compares integers, not specs.
 """
+import ipaddress
 import json
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .consumers import Directory, compile_consumer
 from .router import Router
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_upstream,
-                     undefined_upstream, upstream_refs)
+                     undefined_upstream, upstream_id, upstream_refs)
 from .schema import Invalid, show
 
 
@@ -47,6 +49,53 @@ def decode_json(raw):
         except RecursionError:
             raise ConfigError("invalid JSON: arrays or objects nested too deep") from None
     return raw
+
+
+upstream_id_check = upstream_id()
+
+
+def unreachable_from_etcd(spec, owner):
+    """Raise ConfigError for a target an etcd item may not name: a link-local address
+    (169.254.169.254, the cloud metadata service that hands out the gateway host's own
+    credentials; fe80::/10) or an unspecified one (0.0.0.0, ::, which connect to this host).
+    Whoever may register a service instance, or write one team's upstream, would otherwise
+    have the gateway fetch them for any client of the route. Literal addresses only: a name
+    is resolved when the gateway connects. The conf file's targets are the operator's own,
+    and are not checked."""
+    for target in spec.get("targets") or ():
+        if not isinstance(target, dict) or not isinstance(target.get("url"), str):
+            continue        # (a plugin's upstream before its own checks: they refuse it)
+        try:
+            host = urlsplit(target["url"]).hostname or ""
+        except ValueError:
+            continue
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            continue
+        address = getattr(address, "ipv4_mapped", None) or address
+        if address.is_link_local or address.is_unspecified:
+            kind = "a link-local" if address.is_link_local else "an unspecified"
+            raise ConfigError(f"{owner}: target {target['url']} is {kind} address, which an "
+                              f"item from etcd may not name (a cloud metadata service; this "
+                              f"host): write it in the conf file")
+
+
+def inline_upstreams(value, depth=16):
+    """The upstream objects written in a route's value, its plugins' included: every object
+    with a list of ``targets``, up to ``depth`` levels down (a plugin's config nested deeper
+    is refused by the plugin's own checks)."""
+    pending = [(value, 0)]
+    while pending:
+        value, level = pending.pop()
+        if level > depth:
+            continue
+        if isinstance(value, dict):
+            if isinstance(value.get("targets"), list):
+                yield value
+            pending.extend((item, level + 1) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((item, level + 1) for item in value)
 
 
 WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
@@ -241,6 +290,7 @@ class LiveTable:
             if isinstance(value, str):
                 value = {"url": value}
             spec = TARGET.validate(value, f"service {service} instance {instance}")
+            unreachable_from_etcd({"targets": [spec]}, f"service {service} instance {instance}")
         except Exception as exc:        # noqa: BLE001 - see _reject
             self.instances.get(service, {}).pop(instance, None)
             self._reject(key, exc, False)
@@ -338,6 +388,8 @@ class LiveTable:
                     raise ConfigError(f"route {route_id}: id {show(spec['id'])} in the value "
                                       f"does not match the key")
             spec = ROUTE.validate(spec, f"route {route_id}")
+            for inline in inline_upstreams(spec):      # its own, and its plugins' (split)
+                unreachable_from_etcd(inline, f"route {route_id}")
             route, missing = self._compile_route(spec)
             old = self.router.remove(route_id)
             try:
@@ -396,7 +448,12 @@ class LiveTable:
             if upstream_id in self.static_upstreams:
                 raise ConfigError(f"upstream {upstream_id}: the id is taken by a static upstream "
                                   f"in the conf file")
+            try:
+                upstream_id_check(upstream_id)
+            except Invalid as exc:
+                raise ConfigError(f"upstream {upstream_id}: the id {exc}") from None
             spec = UPSTREAM.validate(decode_json(raw), f"upstream {upstream_id}")
+            unreachable_from_etcd(spec, f"upstream {upstream_id}")
             spec, served_version = self._expand(spec, version)
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
                                                        self.registry)
