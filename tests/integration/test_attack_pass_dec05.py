@@ -66,22 +66,13 @@ def test_an_early_413_from_a_tls_upstream_reaches_the_client_during_a_large_uplo
     the head is in and reads no more. The gateway's sends of the body fill the buffers and
     must wait; while they wait, the answer must reach the client (not a 504 at read_timeout:
     the upstream said why long before)."""
-    from .test_edge_security import upload_in_background
+    from .test_edge_security import answer_to_upload
     cert, key, _ = CA(tmp_path).issue("upstream")
     raw = launcher.raw_upstream("tls_raw_upstream.py", cert, key)
     gw = launcher.gateway(gateway_conf([{"id": "raw", "paths": ["/*rest"], "upstream": {
         "targets": [{"url": f"https://127.0.0.1:{raw.port}"}], "tls": {"verify": False}},
         "timeouts": {"read": 6}}], server={"client_body_timeout": 2.0}))
-    size = 64 << 20
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
-        sock.sendall(b"POST /early-413 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
-                     % size)
-        upload_in_background(sock, size)
-        started = time.monotonic()
-        answer = b""
-        while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
-            answer += piece
-    took = time.monotonic() - started
+    answer, took = answer_to_upload(gw.port, b"/early-413", timeout=15)
     assert answer.startswith(b"HTTP/1.1 413"), (answer[:200], took)
     assert took < 4, took
 

@@ -22,8 +22,6 @@ pass of 2026-12-05, helper h1, on a736bbe). Each test failed on that commit.
    to their key (credentials.jwt.kid); the test needs that setting, so the old code refuses
    its config rather than serving the attack (which the pass saw: 200 as partner-b).
 """
-import base64
-import http.client
 import json
 import subprocess
 import sys
@@ -36,17 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import gateway_conf, route, to_toml, wait_until
+from .test_auth_edges import get
 
 KEY = "ak_live_alice_0d1e2f3a4b5c6d7e8f"
-
-
-def get(port, path, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp.status, body
 
 
 # -- 1. a key key_auth refused stays in the access log's target -------------------------------

@@ -29,13 +29,13 @@ import hashlib
 import http.client
 import json
 import os
-import signal
 import subprocess
 import time
 
 import pytest
 
-from ..conftest import free_port, gateway_conf, route, to_toml, wait_until
+from ..conftest import free_port, gateway_conf, route, wait_until
+from .test_attack_pass_dec04e import reload_with
 
 
 def status_of(gw, path, headers=None, timeout=10):
@@ -58,20 +58,6 @@ def settled(status):
 def cli(port, *args):
     return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
                           text=True, timeout=20).stdout.strip()
-
-
-def reload_with(gw, edit):
-    """Rewrite the gateway's conf through ``edit(conf)`` and SIGHUP it; wait for the verdict."""
-    conf = json.loads(json.dumps(gw.conf))
-    edit(conf)
-    gw.conf_path.write_text(to_toml(conf))
-    before = gw.log().count("reload complete") + gw.log().count("reload refused")
-    os.kill(gw.pid, signal.SIGHUP)
-    wait_until(lambda: gw.log().count("reload complete") + gw.log().count("reload refused")
-               > before, timeout=30)
-    gw.conf = conf
-    assert "reload refused" not in gw.log(), gw.log()[-2000:]
-    return conf
 
 
 # -- 1. a Redis Cluster down when the gateway starts --------------------------------------------

@@ -58,6 +58,24 @@ def in_threads(target, keys):
     return out
 
 
+def stalled_upload(gw, pause, size=100_000, first=70_000):
+    """-> ``target(key, out)`` for in_threads: a streamed upload (over request_buffer_size)
+    on /shop/upload with X-User ``key`` that pauses ``pause`` s after ``first`` bytes, then
+    sends the rest; ``out`` gets the answer's status line, or the error."""
+    def upload(key, out):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+            sock.sendall(b"POST /shop/upload HTTP/1.1\r\nHost: a\r\nX-User: %s\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (key.encode(), size))
+            sock.sendall(b"x" * first)
+            time.sleep(pause)
+            try:
+                sock.sendall(b"x" * (size - first))
+                out.append(sock.recv(200).split(b"\r\n", 1)[0])
+            except OSError as exc:
+                out.append(repr(exc))
+    return upload
+
+
 def worker_pids(gw):
     out = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "gwserver:? worker"],
                          capture_output=True, text=True)
@@ -377,21 +395,7 @@ def test_stalled_upload_is_not_the_canarys_failure(launcher, tmp_path):
             [{"kind": "success_rate", "min": 95}]
         gw = launcher.gateway(conf)
         wait_until(lambda: rollout_of(gw).get("step") == 0, timeout=20)
-        size = 100_000
-
-        def stalled_upload(key, out):
-            with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
-                sock.sendall(b"POST /shop/upload HTTP/1.1\r\nHost: a\r\nX-User: %s\r\n"
-                             b"Content-Length: %d\r\n\r\n" % (key.encode(), size))
-                sock.sendall(b"x" * 70_000)
-                time.sleep(1.2)
-                try:
-                    sock.sendall(b"x" * (size - 70_000))
-                    out.append(sock.recv(200).split(b"\r\n", 1)[0])
-                except OSError as exc:
-                    out.append(repr(exc))
-
-        out = in_threads(stalled_upload, canary_keys(12, 10))
+        out = in_threads(stalled_upload(gw, pause=1.2), canary_keys(12, 10))
         time.sleep(2.0)
         entry = rollout_of(gw)
         assert entry["status"] == "running", (entry["history"][-1]["reason"], out[:3])
@@ -464,21 +468,7 @@ def test_stalled_upload_to_an_http2_canary_is_not_its_failure(launcher, tmp_path
         gw = launcher.gateway(conf)
         wait_until(lambda: rollout_of(gw).get("step") == 0, timeout=20)
         assert server_of(gw, canary_keys(1, 10)[0]) == "v2"     # served over HTTP/2
-        size = 100_000
-
-        def stalled_upload(key, out):
-            with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
-                sock.sendall(b"POST /shop/upload HTTP/1.1\r\nHost: a\r\nX-User: %s\r\n"
-                             b"Content-Length: %d\r\n\r\n" % (key.encode(), size))
-                sock.sendall(b"x" * 70_000)
-                time.sleep(2.5)
-                try:
-                    sock.sendall(b"x" * (size - 70_000))
-                    out.append(sock.recv(200).split(b"\r\n", 1)[0])
-                except OSError as exc:
-                    out.append(repr(exc))
-
-        out = in_threads(stalled_upload, canary_keys(12, 10))
+        out = in_threads(stalled_upload(gw, pause=2.5), canary_keys(12, 10))
         assert out.count(b"HTTP/1.1 502 Bad Gateway") == 12, out
         time.sleep(2.0)
         entry = rollout_of(gw)
