@@ -103,18 +103,24 @@ def tls_send_unless_answered(sock, data, deadlines, owner, timeout, answered):
             try:
                 sslobj.write(data)
                 return True
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                pass
+            except ssl.SSLWantWriteError:
+                room = [raw]
+            except ssl.SSLWantReadError:
+                room = []       # a renegotiation: room to write would wake the wait at once
             if not armed:
                 deadlines.arm(owner, timeout)
                 armed = True
-            readable, _, _ = gevent_select([raw], [raw], [], WAIT_SLICE)
+            readable, _, _ = gevent_select([raw], room, [], WAIT_SLICE)
             if readable or sock.pending():
                 said = answered()
                 if said:
                     return False
                 if said is not None:
-                    armed = False       # reading an interim head disarmed the deadline
+                    # An interim head: the next wait has a read_timeout of its own. Its read
+                    # disarmed the deadline only if it went through recv_feed (a head in
+                    # pieces): one taken whole by tls_read_now left it armed.
+                    deadlines.disarm(owner)
+                    armed = False
     finally:
         if armed:
             deadlines.disarm(owner)
@@ -124,8 +130,11 @@ def tls_read_now(sock, buf):
     """Read what a TLS socket holds decrypted into ``buf`` without waiting: the byte count,
     0 at the end of the stream (close_notify or the connection's end), or None when what
     had arrived held no data yet (a session ticket, the first part of a record)."""
+    sslobj = sock._sslobj
+    if sslobj is None:          # closed (by a deadline): no AttributeError, a failed read
+        raise OSError(errno.EBADF, "socket closed")
     try:
-        return sock._sslobj.read(len(buf), buf)
+        return sslobj.read(len(buf), buf)
     except ssl.SSLWantReadError:
         return None
     except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
