@@ -28,6 +28,7 @@ table compares integers, not specs.
 """
 import ipaddress
 import json
+import socket
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
@@ -69,16 +70,40 @@ def unreachable_from_etcd(spec, owner):
             host = urlsplit(target["url"]).hostname or ""
         except ValueError:
             continue
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
+        address = literal_address(host)
+        if address is None:
             continue
-        address = getattr(address, "ipv4_mapped", None) or address
         if address.is_link_local or address.is_unspecified:
             kind = "a link-local" if address.is_link_local else "an unspecified"
             raise ConfigError(f"{owner}: target {target['url']} is {kind} address, which an "
                               f"item from etcd may not name (a cloud metadata service; this "
                               f"host): write it in the conf file")
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address the host may reach: IPv4-compatible
+# (::/96, deprecated) and NAT64's well-known prefix (RFC 6052); IPv4-mapped is ipv4_mapped
+_EMBEDDING = (ipaddress.ip_network("::/96"), ipaddress.ip_network("64:ff9b::/96"))
+
+
+def literal_address(host):
+    """The address a target's host names as a literal, as getaddrinfo reads it, or None for a
+    name. Beside ipaddress's spellings, getaddrinfo takes inet_aton's as IPv4 literals
+    ("2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.254.43518" are all
+    169.254.169.254; "0" is 0.0.0.0); an IPv6 address that embeds an IPv4 one is that."""
+    host = host.partition("%")[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host.rstrip(".")))
+        except (OSError, ValueError):
+            return None
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if int(address) > 1 and any(address in net for net in _EMBEDDING):    # not ::, ::1
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
 
 
 def inline_upstreams(value, depth=16):
