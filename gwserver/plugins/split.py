@@ -42,9 +42,10 @@ NAME = "split"
 PRIORITY = 720          # after rate_limit (800); before breaker (700), which may key on it
 
 HASH_SPACE = 1 << 64
-# The second draw under a rollout (place_in_rollout) hashes the key with this salt: a point
-# independent of the first draw's
-ARM_SALT = b"gwserver-arm"
+# The first draw under a rollout (place_in_rollout: the canary or not) hashes the key with
+# this salt, a point independent of the second's; the second (which baseline group) is the
+# unsalted hash the weights use without a rollout, so configuring one moves nobody's arm
+CANARY_SALT = b"gwserver-canary"
 
 
 def upstream_ref(value):
@@ -240,20 +241,22 @@ def link(conf, resolve):
 
 def place_in_rollout(conf, percent, key):
     """(group, upstream) for a request the weights place while the canary has ``percent``,
-    in two draws. First, the canary or not: the canary's range is the top of the key's hash
-    space and only grows with its share, so a key on the canary stays there while the rollout
-    advances. Then, off the canary, which baseline group, by a second hash of the key that the
-    canary's share does not move: an A/B test's arms keep every key they had as the canary
-    grows, and each gives the canary the same fraction of its keys (one range, shrunk from
-    the top as in core.rollout.weights, moved the boundary between two arms at every step)."""
-    point = hash_point(key, core_rollout.SCALE) if key else random.randrange(core_rollout.SCALE)
+    in two draws. First, the canary or not: the canary's range is the top of the key's salted
+    hash space and only grows with its share, so a key on the canary stays there while the
+    rollout advances. Then, off the canary, which baseline group, by the key's plain hash,
+    the one the weights use without a rollout, which the canary's share does not move: an
+    A/B test's arms keep every key they had before the rollout and as the canary grows, and
+    each gives the canary the same fraction of its keys (one range, shrunk from the top as
+    in core.rollout.weights, moved the boundary between two arms at every step)."""
+    point = hash_point(key, core_rollout.SCALE, CANARY_SALT) if key else \
+        random.randrange(core_rollout.SCALE)
     if point >= core_rollout.SCALE - round(core_rollout.SCALE * percent / 100.0):
         group = conf["rollout"]["group"]
         return group, conf["by_group"][group]
     arms, total = conf["baseline_arms"]
     if len(arms) == 1:
         return arms[0][:2]
-    return pick(arms, total, hash_point(key, total, ARM_SALT) if key else random.randrange(total))
+    return pick(arms, total, hash_point(key, total) if key else random.randrange(total))
 
 
 def pick(choices, total, point):

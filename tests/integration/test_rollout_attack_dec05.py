@@ -37,11 +37,11 @@ from .test_rollouts import Load, cli, rollout_conf, rollout_of
 def canary_keys(count, percent, scale=10_000):
     """X-User values the weights place on the canary (the top of the hash space) at
     ``percent``: what any client can compute, the hash and the scale being public."""
-    from gwserver.plugins.split import hash_point
+    from gwserver.plugins.split import CANARY_SALT, hash_point
     keys = []
     while len(keys) < count:
         key = uuid.uuid4().hex
-        if hash_point(key, scale) >= scale - round(scale * percent / 100):
+        if hash_point(key, scale, CANARY_SALT) >= scale - round(scale * percent / 100):
             keys.append(key)
     return keys
 
