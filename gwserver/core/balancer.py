@@ -32,12 +32,17 @@ MAX_RING_POINTS = POINTS_PER_WEIGHT * 1024
 
 def ring_sizes(targets):
     """Points on the ring per target: POINTS_PER_WEIGHT per unit of weight, or, when that
-    is more than MAX_RING_POINTS in all, the cap shared in proportion to the weights (each at
-    least one point)."""
-    total = POINTS_PER_WEIGHT * sum(t.weight for t in targets)
-    if total <= MAX_RING_POINTS:
-        return [POINTS_PER_WEIGHT * t.weight for t in targets]
-    return [max(1, POINTS_PER_WEIGHT * t.weight * MAX_RING_POINTS // total) for t in targets]
+    is more than MAX_RING_POINTS in all, each divided by the smallest power of two that
+    brings the whole within the cap (each at least one point): still in proportion to the
+    weights. A power of two, not total / cap: a factor that follows the total changed every
+    target's points whenever one target came, left or changed its weight, and keys moved
+    between targets that had not changed; this one changes only when the total doubles
+    or halves."""
+    sizes = [POINTS_PER_WEIGHT * t.weight for t in targets]
+    total, shift = sum(sizes), 0
+    while total >> shift > MAX_RING_POINTS:
+        shift += 1
+    return sizes if not shift else [max(1, size >> shift) for size in sizes]
 
 
 class SmoothWeighted:
