@@ -354,8 +354,8 @@ class RedisStore:
         elif expired:
             throttled_log.log(log, logging.WARNING, ("queued past timeout",),
                               "decisions waited over %.3fs in this worker before they could be "
-                              "sent to redis (the worker is busy; redis is not late): they "
-                              "fall back to on_store_error", self.timeout)
+                              "sent to redis (a busy worker, or the round trip ahead of them "
+                              "slow): they fall back to on_store_error", self.timeout)
         if oldest is not None:
             self._watch(oldest + self.timeout)
 
