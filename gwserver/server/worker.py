@@ -39,7 +39,9 @@ def nothing_to_publish(status_path):
     """Does the live sync process of this runtime_dir say etcd failed it with no table to
     publish (no snapshot either)? A status.json of a process that has gone says nothing."""
     from ..sync.shm import read_json
-    status = read_json(status_path) or {}
+    status = read_json(status_path)
+    if not isinstance(status, dict):
+        return False            # (JSON of another shape: not the sync process's word)
     pid = status.get("pid")
     if not status.get("lost") or not isinstance(pid, int):
         return False

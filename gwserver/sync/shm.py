@@ -93,7 +93,7 @@ def _read_counter(fd):
 
 
 def _newest_generation(runtime_dir):
-    base = read_json(os.path.join(runtime_dir, TABLE)) or {}
+    base = read_published(os.path.join(runtime_dir, TABLE), full=True) or {}
     # "N.json" only: a sync process killed mid-write leaves "N.json.PID.tmp", no generation
     changes = [int(name[:-5]) for name in os.listdir(os.path.join(runtime_dir, CHANGES))
                if name.endswith(".json") and name[:-5].isdigit()] \
@@ -140,10 +140,13 @@ class TablePublisher:
         self.counter = _open_counter(runtime_dir, create=True)
         # Continue the numbering of a previous sync process: workers only ever see it grow.
         self.generation = _read_counter(self.counter) or 0
+        self.counted = self.generation      # what the counter says (written last)
+        self.counter_lock = threading.Lock()    # the sync thread's writes, the writer's checks
         self.revision = None
         self.lock = threading.Lock()           # held while the table is read or changed
         self.base_lock = threading.Lock()
         self.base_generation = 0
+        self.base_stamp = None          # file_stamp of the table.json we last wrote or saw
         self.last_publish = 0.0
         self.dirty = threading.Event()
         self.writer = threading.Thread(target=self._write_bases, name="base-writer", daemon=True)
@@ -171,7 +174,9 @@ class TablePublisher:
             atomic_write(self._change_path(self.generation), json.dumps(document).encode())
             self.dirty.set()
         # pwrite, in place: also puts back a counter someone truncated meanwhile.
-        os.pwrite(self.counter, _COUNTER.pack(self.generation), 0)
+        with self.counter_lock:
+            os.pwrite(self.counter, _COUNTER.pack(self.generation), 0)
+            self.counted = self.generation
         try:
             os.unlink(self._change_path(self.generation - self.KEEP_CHANGES))
         except FileNotFoundError:
@@ -189,10 +194,12 @@ class TablePublisher:
                     "the whole table published in it", self.runtime_dir)
         os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
         os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
-        counter = _open_counter(self.runtime_dir, create=True)
-        os.pwrite(counter, _COUNTER.pack(self.generation), 0)
-        old, self.counter = self.counter, counter       # (never a closed descriptor held)
-        os.close(old)
+        with self.counter_lock:
+            counter = _open_counter(self.runtime_dir, create=True)
+            os.pwrite(counter, _COUNTER.pack(self.generation), 0)
+            old, self.counter = self.counter, counter       # (never a closed descriptor held)
+            self.counted = self.generation
+            os.close(old)
         with self.base_lock:
             self.base_generation = 0        # table.json went with it
         return True
@@ -212,6 +219,7 @@ class TablePublisher:
                 return
             atomic_write(os.path.join(self.runtime_dir, TABLE), data)
             self.base_generation = generation
+            self.base_stamp = file_stamp(os.path.join(self.runtime_dir, TABLE))
             if self.snapshot_path:
                 try:
                     os.makedirs(os.path.dirname(self.snapshot_path), exist_ok=True)
@@ -224,7 +232,14 @@ class TablePublisher:
         serialising a large table holds the GIL, and would delay the next update."""
         retry_in = self.MAX_STALE
         while True:
-            self.dirty.wait()
+            if not self.dirty.wait(self.BASE_CHECK):
+                try:
+                    self._check_counter()
+                    self._check_base()
+                except OSError as exc:      # (a full disk): the next look tries again
+                    log.error("cannot restore the published table in %s: %s",
+                              self.runtime_dir, exc)
+                continue
             dirty_since = time.monotonic()
             while time.monotonic() - self.last_publish < self.BASE_INTERVAL and \
                     time.monotonic() - dirty_since < self.MAX_STALE:
@@ -249,6 +264,63 @@ class TablePublisher:
                 self.dirty.set()        # still pending: a flush on exit writes it
                 time.sleep(retry_in)
                 retry_in = min(retry_in * 2, self.MAX_RETRY)
+
+    BASE_CHECK = 1.0        # seconds between looks at table.json while nothing is published
+
+    def _check_counter(self):
+        """The counter removed (or replaced) under us, its directory kept (a cleanup script,
+        a hand): running workers and we still shared the removed file, but every worker
+        started since (a reload's, a dead one's replacement) found none, took the table for
+        not published yet and served the conf file's routes alone, a 404 for every etcd
+        route, for good. Written again, with the generation it held; running workers follow
+        the new file (TableReader.reopen_if_replaced). One overwritten in place with zeros
+        did the same to them until the next etcd change: its number is put back too."""
+        if not os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
+            return      # runtime_dir removed: _made_again's case
+        path = os.path.join(self.runtime_dir, GENERATION)
+        with self.counter_lock:
+            try:
+                if os.path.samestat(os.fstat(self.counter), os.stat(path)):
+                    if _read_counter(self.counter) == self.counted:
+                        return
+                    # Overwritten in place (zeros, another number): workers started now
+                    # took it for their generation, or for one not published yet.
+                    log.warning("%s was overwritten under the gateway: writing generation "
+                                "%d again", path, self.counted)
+                    os.pwrite(self.counter, _COUNTER.pack(self.counted), 0)
+                    return
+                how = "replaced"
+            except FileNotFoundError:
+                how = "removed"
+            log.warning("%s was %s under the gateway: writing it again (generation %d)",
+                        path, how, self.counted)
+            counter = _open_counter(self.runtime_dir, create=True)
+            os.pwrite(counter, _COUNTER.pack(self.counted), 0)
+            old, self.counter = self.counter, counter
+            os.close(old)
+
+    def _check_base(self):
+        """table.json is what a starting worker reads (a reload's, a dead one's replacement):
+        one truncated, removed or replaced under us (a cleanup script, a hand) left each of
+        them with the conf file's routes alone, a 404 for every etcd route, until an etcd
+        change had the base written again. A stat a second; a base that is not the one we
+        wrote is written again, whole (one a previous sync process wrote, which we took up,
+        is written again once)."""
+        if not self.generation or not os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
+            return      # nothing published yet; or runtime_dir removed: _made_again's case
+        path = os.path.join(self.runtime_dir, TABLE)
+        with self.base_lock:            # (not while a base is being written)
+            try:
+                stamp = file_stamp(path)
+            except OSError:
+                return
+            if stamp is not None and stamp == self.base_stamp:
+                return
+            if self.base_stamp is not None:
+                log.warning("%s was %s under the gateway: writing it again", path,
+                            "removed" if stamp is None else "changed")
+            self.base_generation = 0    # whatever it holds now is not ours: write it whole
+        self.dirty.set()
 
     def flush(self):
         """Write a pending base now (on exit). Skipped if the table is being changed."""
@@ -343,18 +415,19 @@ class TableReader:
         if target < generation:
             # Numbered again from below: a sync process that made a removed runtime_dir
             # again in a new counter. Only its whole table, never a delta onto ours.
-            base = read_json(os.path.join(self.runtime_dir, TABLE))
+            base = read_published(os.path.join(self.runtime_dir, TABLE), full=True)
             if base is not None and base["generation"] == target and \
                     (self.prefix is None or base.get("prefix") in (None, self.prefix)):
                 return [("full", base)], target
             return [], generation
         while generation < target:
-            change = read_json(os.path.join(self.runtime_dir, CHANGES, f"{generation + 1}.json"))
+            change = read_published(os.path.join(self.runtime_dir, CHANGES,
+                                                 f"{generation + 1}.json"), full=False)
             if change is not None and generation > 0:
                 steps.append(("delta", change))
                 generation += 1
                 continue
-            base = read_json(os.path.join(self.runtime_dir, TABLE))
+            base = read_published(os.path.join(self.runtime_dir, TABLE), full=True)
             if base is not None and self.prefix is not None and \
                     base.get("prefix") not in (None, self.prefix):
                 # Left by a gateway of another prefix (its conf changed while etcd was down):
@@ -388,6 +461,33 @@ class TableReader:
             os.unlink(self.board)
         except OSError:
             pass
+
+
+KINDS = ("routes", "upstreams", "consumers", "fences")
+
+
+def read_published(path, full):
+    """A published document (``full``: table.json or a snapshot, else a change file), or
+    None when it is missing, not JSON, or JSON not of the shape the sync process writes (by
+    hand, another tool, another release): read as damaged, as a file that is not JSON is.
+    Taken as it was, ``{}`` in table.json killed every worker that started (KeyError
+    'generation': a reload's new ones died at boot, and the master let the old ones go) and
+    the sync process at each restart."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or type(doc.get("generation")) is not int or \
+            "revision" not in doc:
+        return None
+    items = doc.get("table") if full else doc
+    if not isinstance(items, dict) or (full and not all(
+            isinstance(items.get(kind), dict) for kind in ("routes", "upstreams"))):
+        return None
+    for kind in KINDS:
+        entries = items.get(kind, {})
+        if not isinstance(entries, dict) or not all(
+                (entry is None and not full) or (isinstance(entry, list) and len(entry) == 2)
+                for entry in entries.values()):
+            return None
+    return doc
 
 
 def file_stamp(path):

@@ -29,7 +29,7 @@ from ..core.table import LiveTable
 from ..helpers.helper import no_beat
 from ..plugins import load_registry
 from .etcd import Compacted, EtcdClient, EtcdError
-from .shm import TablePublisher, TableReader, etcd_prefix, read_json
+from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_published
 
 log = logging.getLogger("gwserver.sync")
 
@@ -247,8 +247,11 @@ class ConfigSync:
         self.logged = dict(self.table.rejected)
 
     def load_snapshot(self):
-        snapshot = read_json(self.snapshot_path)
+        snapshot = read_published(self.snapshot_path, full=True)
         if not snapshot:
+            if read_json(self.snapshot_path) is not None:
+                log.warning("snapshot %s is not a table the sync process wrote: not serving "
+                            "it", self.snapshot_path)
             return
         prefix = snapshot.get("prefix", self.prefix)
         if prefix != self.prefix:
@@ -351,8 +354,11 @@ def snapshot_warnings(conf):
     """What ``gwserver check`` says of the snapshot on disk: another prefix's, or another etcd
     cluster's (the gateway would serve it from start until etcd answers)."""
     etcd = conf.etcd
-    snapshot = read_json(etcd["snapshot_path"]) if etcd else None
+    snapshot = read_published(etcd["snapshot_path"], full=True) if etcd else None
     if not snapshot:
+        if etcd and read_json(etcd["snapshot_path"]) is not None:
+            return [f"snapshot {etcd['snapshot_path']} is not a table gwserver wrote: it will "
+                    f"not be served"]
         return []
     path, prefix = etcd["snapshot_path"], etcd["prefix"].rstrip("/") + "/"
     warnings = []
