@@ -4,8 +4,10 @@ A bare ``kill -HUP`` succeeds whatever the master then decides: a conf it refuse
 and serves on with the previous one) looked like a good reload to ``systemctl reload`` and to
 whatever automation ran it. The master writes each verdict to ``master.json`` in its state
 directory (server.app.ReloadStatus: ``reload_attempts``, ``last_reload_successful``,
-``last_reload_error``); this command waits for the attempt count to move and exits 0 for a
-reload applied, 1 for one refused (printing why) or for no verdict in time.
+``last_reload_error``); this command waits for the attempt count to move, in a reload the
+master began after its own SIGHUP (``last_reload_started_monotonic``: not one already under
+way, which read the file before), and exits 0 for a reload applied, 1 for one refused
+(printing why) or for no verdict in time.
 
 It asks the master, not a second validation of the file: a check run beside it would judge
 with this release's code what an older running master applies with its own, and without the
@@ -99,6 +101,16 @@ def master_status(directories, pid):
     return max(statuses, key=attempt, default=None)
 
 
+def begun_after(status, sent):
+    """Is the verdict in ``status`` that of a reload the master began after ``sent`` (our
+    SIGHUP, CLOCK_MONOTONIC)? One already under way when we signalled (another SIGHUP's:
+    a deploy script, a second operator) read the file before our edit, or another edit; its
+    verdict is not ours, and ours comes next. A master of a release that does not say when it
+    began (no last_reload_started_monotonic): any new verdict, as before."""
+    started = status.get("last_reload_started_monotonic")
+    return not isinstance(started, (int, float)) or started >= sent
+
+
 def is_master(pid):
     """Does ``pid`` run gwserver (its title, or its command line, says so)? A master.json
     left by a master that has gone may name a pid some other process has now."""
@@ -136,6 +148,7 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
                   f"--pid)", file=err)
             return 1
         directories = state_dirs(conf_path, pid)
+    sent = time.monotonic()     # CLOCK_MONOTONIC, as the master's last_reload_started_monotonic
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
@@ -150,7 +163,7 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
     while time.monotonic() < deadline:
         time.sleep(0.1)
         now = master_status(directories, pid)
-        if now is not None and attempt(now) > attempt(before):
+        if now is not None and attempt(now) > attempt(before) and begun_after(now, sent):
             missing = now.get("workers_not_started")
             if now.get("last_reload_successful") and missing:
                 print(f"reload applied as generation {now.get('generation')}, but {missing} "

@@ -8,7 +8,7 @@ reference that conf/gwserver.toml carries.
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from types import MappingProxyType
 
 from .core.accesslog import field_name
@@ -674,6 +674,8 @@ class Conf:
     static_consumers: MappingProxyType = None    # consumer specs, for the live (etcd) table
     consumers: object = None                 # core.consumers.Directory of the conf's consumers
     http2: MappingProxyType = None           # [http2]: client-side HTTP/2 (client.h2server)
+    # the file's bytes it was made of (load_conf); never shown: a conf may hold credentials
+    source: bytes = dataclass_field(default=None, repr=False, compare=False)
 
 
 def _fill(schema, value):
@@ -889,10 +891,15 @@ def parse_conf(data, path="<conf>"):
                 static_upstreams=MappingProxyType(dict(parts["upstreams"])), **sections)
 
 
-def load_conf(path):
+def load_conf(path, source=None):
+    """The conf file ``path``, checked; ``source``: its bytes as read before (the copy the
+    master applied, which its helpers read: helpers.helper.applied_conf). The Conf keeps the
+    bytes it was made of (``Conf.source``)."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        if source is None:
+            with open(path, "rb") as f:
+                source = f.read()
+        data = tomllib.loads(source.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -908,9 +915,11 @@ def load_conf(path):
         raise ConfigError(f"{path}: no settings at all (an empty or truncated file?); a conf "
                           f"file names at least its [server] bind or its routes")
     try:
-        return parse_conf(data, path)
+        conf = parse_conf(data, path)
     except Exception as exc:        # noqa: BLE001 - ConfigError.of: a value no check foresaw
         raise ConfigError.of(exc, f"{path}: a value ") from None
+    object.__setattr__(conf, "source", bytes(source))     # (a frozen dataclass)
+    return conf
 
 
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",

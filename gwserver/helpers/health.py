@@ -542,8 +542,7 @@ def run(conf_path):
     from gevent import monkey
     monkey.patch_all()
     from ..errors import ConfigError
-    from ..settings import load_conf
-    from .helper import handlers_in_place, heartbeat, start_helper
+    from .helper import applied_conf, handlers_in_place, heartbeat, start_helper
     conf, state_dir = start_helper(conf_path, "health", state_dir_needed=True)
     beat = heartbeat("health").beat
     beat(60.0)                          # the targets read, then run() beats
@@ -553,7 +552,7 @@ def run(conf_path):
 
     def reload():
         try:
-            checker.load(load_conf(conf_path))
+            checker.load(applied_conf(conf_path))
             log.info("health: targets re-read from %s", conf_path)
         except ConfigError as exc:
             log.error("health: keeping the previous targets: %s", exc)

@@ -12,6 +12,10 @@ import time
 
 
 MASTER_PID = "GWSERVER_MASTER_PID"      # set by the master for the helpers it starts
+# The copy of the conf file the master applied (server.app.GatewayArbiter.keep_applied_conf):
+# what a helper reads, at its start and on a reload's SIGHUP, rather than the file itself,
+# which may hold an edit the master refused or has not been asked to apply yet.
+APPLIED_CONF = "GWSERVER_APPLIED_CONF"
 # Blocked by the master across a helper's start, so a reload's SIGHUP that comes before the
 # helper's handler is held, not fatal (SIGHUP's default action); see handlers_in_place().
 HELD_SIGNALS = {signal.SIGHUP}
@@ -69,14 +73,32 @@ def die_with_parent():
         raise SystemExit(f"gwserver helper: its master (pid {master}) is gone; exiting")
 
 
+def applied_conf(conf_path):
+    """The configuration the master serves: the copy of ``conf_path`` it applied (named by
+    APPLIED_CONF), checked as ``conf_path``. A helper restarted after the file was edited
+    (a crash, a kill, a stuck loop between the edit and its reload) once ran the edit: one
+    the master refused killed it at every restart (config-sync: no etcd change applied
+    until the file was fixed), one not yet applied ran beside workers of the previous one.
+    Without a copy (started by hand, or the state_dir removed and its copy with it) the file
+    itself."""
+    from ..settings import load_conf
+    copy = os.environ.get(APPLIED_CONF)
+    if copy:
+        try:
+            with open(copy, "rb") as f:
+                return load_conf(conf_path, f.read())
+        except OSError:
+            pass
+    return load_conf(conf_path)
+
+
 def start_helper(conf_path, role, state_dir_needed=False):
     """-> (conf, host state directory or None)."""
     from .. import proctitle
-    from ..settings import load_conf
     from ..server.app import configure_logging
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     die_with_parent()
-    conf = load_conf(conf_path)
+    conf = applied_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], role)
     configure_logging(conf.log["level"])
     state_dir = os.environ.get("GWSERVER_LOCAL_STATE")

@@ -167,8 +167,7 @@ def run(conf_path):
     from gevent import monkey
     monkey.patch_all()                  # fetch's deadline is a gevent.Timeout
     from ..errors import ConfigError
-    from ..settings import load_conf
-    from .helper import handlers_in_place, heartbeat, start_helper
+    from .helper import applied_conf, handlers_in_place, heartbeat, start_helper
     from ..sync.shm import atomic_write
     from ..client.tls import OCSP_DIR, cert_id
     conf, state_dir = start_helper(conf_path, "ocsp", state_dir_needed=True)
@@ -185,7 +184,7 @@ def run(conf_path):
     while True:
         if state.pop("reload", False):
             try:
-                state["conf"] = load_conf(conf_path)
+                state["conf"] = applied_conf(conf_path)
                 due.clear()
             except ConfigError as exc:
                 log.error("ocsp: keeping the previous conf: %s", exc)

@@ -307,8 +307,7 @@ def write_metrics(state_dir, status):
 
 def run(conf_path):
     from ..errors import ConfigError
-    from ..settings import load_conf
-    from .helper import handlers_in_place, heartbeat, start_helper
+    from .helper import applied_conf, handlers_in_place, heartbeat, start_helper
     conf, state_dir = start_helper(conf_path, "rollouts", state_dir_needed=True)
     controller = Controller(conf, state_dir)
     beat = controller.beat = heartbeat("rollouts").beat
@@ -322,7 +321,7 @@ def run(conf_path):
         if "reload" in flags:
             flags.discard("reload")
             try:
-                controller.load(load_conf(conf_path))
+                controller.load(applied_conf(conf_path))
                 log.info("rollouts: routes re-read from %s", conf_path)
             except ConfigError as exc:
                 log.error("rollouts: keeping the previous routes: %s", exc)

@@ -327,6 +327,10 @@ class ReloadStatus:
         self.worker_timeouts = previous.worker_timeouts if previous else 0
         self.conf = None
         self.workers_missing = previous.workers_missing if previous else 0
+        # CLOCK_MONOTONIC (system-wide) when the master began the last reload, as it took
+        # the SIGHUP: `gwserver reload` takes only the verdict of a reload begun after its
+        # own signal, never that of one already under way when it sent it.
+        self.started = previous.started if previous else None
 
     def worker_timed_out(self):
         """A worker stopped for its silence: counted in master.prom (what gwserver reload
@@ -363,8 +367,12 @@ class ReloadStatus:
             self.routes = len(conf.router)
             if conf.etcd is not None:       # the live table: the sync process counts it
                 from ..sync.shm import STATUS, read_json
-                status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS)) or {}
-                self.routes += status.get("routes", 0)
+                status = read_json(os.path.join(conf.etcd["runtime_dir"], STATUS))
+                # Only a count: JSON of another shape there (a hand, a tool, another
+                # release) raised in the main loop, and the master exited with every worker.
+                routes = status.get("routes") if isinstance(status, dict) else None
+                if type(routes) is int:
+                    self.routes += routes
         try:
             self._write(conf)
         except OSError as exc:
@@ -395,6 +403,7 @@ class ReloadStatus:
             "pid": os.getpid(), "generation": self.generation, "conf": conf.path,
             "reload_attempts": self.attempts, "last_reload_error": self.error,
             "last_reload_successful": self.successful,
+            "last_reload_started_monotonic": self.started,
             "workers_not_started": self.workers_missing,
             "last_reload_success": rfc3339(self.success_time),
             "last_reload_attempt": rfc3339(self.attempt_time)}).encode())
@@ -407,6 +416,23 @@ def rfc3339(timestamp):
     from datetime import datetime, timezone
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(
         timespec="milliseconds").replace("+00:00", "Z")
+
+
+def forget_health(state_dir):
+    """Remove the health checker's verdicts (health.json) and counts (health.prom) from
+    ``state_dir``: written by a checker that is gone for good (a reload that leaves no
+    upstream with health_check stops it; a previous master's), they held for every worker,
+    the reload's new ones too, with no one to lift them: a target judged down stayed out of
+    rotation after it came back, and /admin/upstreams and /metrics said so for good.
+    Passive ejections (ejections.json) expire by themselves and are kept."""
+    from ..helpers.health import HEALTH_FILE, METRICS_FILE
+    if not state_dir:
+        return
+    for name in (HEALTH_FILE, METRICS_FILE):
+        try:
+            os.unlink(os.path.join(state_dir, name))
+        except OSError:
+            pass
 
 
 def helpers_for(app):
@@ -495,6 +521,11 @@ class GatewayArbiter(Arbiter):
         self.reloads = ReloadStatus(self.app.conf.server["state_dir"])
         self.reloads.record(True, self.app.conf, start=True)
         self.ready_sent = False
+        self.keep_applied_conf()
+        # A previous master's active verdicts are not ours (its checker's successor starts
+        # afresh: health.Checker.previous_verdicts), and with no checker now none would ever
+        # be lifted: workers read them until this master's checker writes its own, if any.
+        forget_health(self.app.conf.server["state_dir"])
         self.helpers = helpers_for(self.app)
         self.helper_conf = sync_inputs(self.app.conf)
         for helper in self.helpers.values():
@@ -615,6 +646,7 @@ class GatewayArbiter(Arbiter):
                           "workers keep per-host state of their own", state_dir, problem)
             return
         self.reloads.rewrite()          # `gwserver reload` learns its verdict there
+        self.keep_applied_conf()        # and helpers, the configuration they run
         if self.state_dir_failure != (state_dir, None):     # said once, not a turn
             self.state_dir_failure = (state_dir, None)
             log.warning("the state_dir %s was removed while the gateway ran: made again; "
@@ -735,6 +767,60 @@ class GatewayArbiter(Arbiter):
         super().stop(graceful)
         for helper in self.helpers.values():
             helper.stop()
+        from ..helpers.helper import APPLIED_CONF
+        copy = os.environ.get(APPLIED_CONF)
+        if copy:
+            try:
+                os.unlink(copy)
+            except OSError:
+                pass
+
+    APPLIED_CONF_FILE = "conf.applied.toml"
+
+    def keep_applied_conf(self):
+        """The bytes of the conf file the master applied, kept in its state directory (0600:
+        a conf may hold credentials) for its helpers (helpers.helper.applied_conf): a helper
+        (re)started, or re-reading its targets on a reload's SIGHUP, reads what the master
+        serves, never an edit of the file it refused or has not been asked to apply yet.
+        Written whole before any helper of this configuration starts or is signalled; if it
+        cannot be (a full disk), the helpers read the file itself, as they once did, and
+        the log says so."""
+        from ..helpers.helper import APPLIED_CONF
+        from ..sync.shm import remove_stale_tmp
+        source = getattr(self.app.conf, "source", None)
+        state_dir = self.app.conf.server["state_dir"]
+        path = os.path.join(state_dir, self.APPLIED_CONF_FILE)
+        before = os.environ.pop(APPLIED_CONF, None)
+        if before and before != path:       # a reload that moved state_dir
+            try:
+                os.unlink(before)
+            except OSError:
+                pass
+        if source is None:
+            return
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            remove_stale_tmp(state_dir, self.APPLIED_CONF_FILE)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(source)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            for stale in (tmp, path):       # never a copy of an earlier configuration
+                try:
+                    os.unlink(stale)
+                except OSError:
+                    pass
+            log.warning("cannot keep a copy of the applied configuration in %s: %s; helpers "
+                        "started from now on read %s itself", state_dir, exc.strerror or exc,
+                        self.app.conf_path)
+            return
+        os.environ[APPLIED_CONF] = path
 
     def wait_for_replacements(self):
         """Let old workers go only once the workers replacing them are serving.
@@ -755,6 +841,7 @@ class GatewayArbiter(Arbiter):
                     limit)
 
     def handle_hup(self):
+        self.reloads.started = time.monotonic()     # this reload read the file from now on
         try:
             self.app.load_pending()
         except Exception as exc:        # noqa: BLE001 - the master must outlive any conf file
@@ -809,7 +896,10 @@ class GatewayArbiter(Arbiter):
         for name in list(self.helpers):
             if name not in wanted or (name == "config-sync" and synced != self.helper_conf) or (
                     moved and name in ("health", "ocsp", "rollouts")):
-                self.helpers.pop(name).stop()
+                helper = self.helpers.pop(name)
+                helper.stop()
+                if name == "health" and name not in wanted:
+                    forget_health(helper.state_dir)     # no one checks: no verdict holds
         for name, helper in wanted.items():
             if name not in self.helpers:
                 self.helpers[name] = helper
@@ -897,6 +987,7 @@ class GatewayArbiter(Arbiter):
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         util._setproctitle("master [%s]" % self.proc_name)
+        self.keep_applied_conf()        # what helpers of this configuration read
         self.replace_sync()
         self.worker_generation += 1
         for _ in range(self.cfg.workers):

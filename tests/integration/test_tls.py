@@ -309,6 +309,11 @@ def test_the_ocsp_helper_keeps_its_conf_when_a_sighup_finds_a_bad_one(launcher, 
         assert len(pids) == 1
         good = gw.conf_path.read_text()
         gw.conf_path.write_text(good + "\n[server]\nworkers = 0\n")     # no valid conf
+        # Helpers read the copy of the conf the master applied (helper.applied_conf), which
+        # a master never writes bad: made bad here, as the file once reached them.
+        applied = os.path.join(gw.conf["server"]["state_dir"], "conf.applied.toml")
+        with open(applied, "a") as f:
+            f.write("\n[server]\nworkers = 0\n")
         os.kill(int(pids[0]), signal.SIGHUP)
         wait_until(lambda: "ocsp: keeping the previous conf" in gw.log(), timeout=10)
         time.sleep(1.0)
