@@ -841,6 +841,21 @@ class GatewayArbiter(Arbiter):
                     limit)
 
     def handle_hup(self):
+        """SIGHUP: reload. gunicorn's main loop ends the master, and every worker with it, on
+        any exception a handler raises: one no check foresaw (a state file of another shape
+        once did it) is logged and recorded as a failed reload, and the master serves on with
+        what it has."""
+        try:
+            self.reload_on_hup()
+        except Exception as exc:        # noqa: BLE001 - the master must outlive its reload
+            log.exception("reload failed: an unexpected error; still serving with what runs")
+            self.notify("READY=1\nSTATUS=reload failed (an unexpected error); serving on")
+            try:
+                self.reloads.record(False, self.app.conf, f"unexpected error: {exc!r}"[:500])
+            except Exception:           # noqa: BLE001 - the record is the CLI's, not ours
+                log.exception("the reload's verdict could not be recorded")
+
+    def reload_on_hup(self):
         self.reloads.started = time.monotonic()     # this reload read the file from now on
         try:
             self.app.load_pending()

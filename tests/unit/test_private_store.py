@@ -62,3 +62,22 @@ def test_the_master_does_not_make_its_state_dir_again_in_another_users(tmp_path,
     assert os.listdir(state_dir) == [] and written == []
     said = [r.getMessage() for r in caplog.records if "state_dir" in r.getMessage()]
     assert len(said) == 1 and "belongs to uid 65534" in said[0], said
+
+
+def test_an_unexpected_error_in_a_reload_is_a_failed_reload_not_a_dead_master(caplog):
+    """gunicorn's main loop ends the master on any exception of handle_hup: an error no check
+    foresaw is logged, told to systemd, and recorded as the reload's failed verdict."""
+    from types import SimpleNamespace
+    from gwserver.server.app import GatewayArbiter
+    recorded, told = [], []
+
+    def boom():
+        raise TypeError("string indices must be integers")
+    master = SimpleNamespace(
+        reload_on_hup=boom, notify=told.append, app=SimpleNamespace(conf="the running conf"),
+        reloads=SimpleNamespace(record=lambda *args: recorded.append(args)))
+    GatewayArbiter.handle_hup(master)
+    assert recorded == [(False, "the running conf",
+                         "unexpected error: TypeError('string indices must be integers')")]
+    assert told and "reload failed" in told[0]
+    assert any("reload failed: an unexpected error" in r.getMessage() for r in caplog.records)
