@@ -117,6 +117,11 @@ def connect(url, timeout, password=None):
     return sentinel.master_for(service, max_connections=4)
 
 
+class NodeUnreachable(StoreError):
+    """The reply of each call a Redis Cluster master could not take (down, or skipped for
+    ``pause`` after it failed): those calls fall back alone, the other masters' decide."""
+
+
 class LazyCluster:
     """A RedisCluster made when first used, and made again at each use until one is: its
     constructor asks the nodes for the slot map, and with none reachable (the cluster down
@@ -179,6 +184,7 @@ class RedisStore:
         self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
         self.slots_stale = False        # cluster: reload the slot map before the next call
+        self.nodes_down = {}            # cluster: master name -> until when it is not asked
         self.pause = pause
         self.key_prefix = key_prefix + "rl:"
         self.breaker_prefix = key_prefix + "br:"
@@ -436,6 +442,9 @@ class RedisStore:
         for (spec, items), reply in zip(groups.items(), replies):
             waiters = [waiter for _, waiter, _ in items if waiter is not None]
             if isinstance(reply, Exception):
+                if isinstance(reply, NodeUnreachable) and spec[0] == "lc":
+                    for payload, _, _ in items:     # as _abandon: may have run, or not at all
+                        self._owe_release(spec, payload[1])
                 for waiter in waiters:
                     waiter.set_exception(StoreError(str(reply)))
                 continue
@@ -514,16 +523,24 @@ class RedisStore:
                 calls.append(("breaker", key, (*conf_args, admissions, *flat)))
 
         replies = self._pipeline(calls)
-        if any(isinstance(r, self.noscript) for r in replies):
-            self._load_scripts()                    # Redis restarted or flushed its scripts
-            replies = self._pipeline(calls)
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, self.noscript)]
+        if again:
+            # Redis restarted or flushed its scripts (a cluster master after a failover: they
+            # are not replicated). Only those calls go again: the others ran, and sent twice
+            # they counted their hits twice.
+            self._load_scripts()
+            for i, reply in zip(again, self._pipeline([calls[i] for i in again])):
+                replies[i] = reply
         return replies
 
     def _load_scripts(self):
         if self.cluster:
             for client in self._nodes():
-                for body in self.scripts.values():
-                    client.script_load(body)
+                try:
+                    for body in self.scripts.values():
+                        client.script_load(body)
+                except self.redis_errors:
+                    continue        # a master down: its calls fail on their own (_pipeline)
             return
         for reply in self._send_and_read([("SCRIPT", "LOAD", body)
                                           for body in self.scripts.values()]):
@@ -542,21 +559,39 @@ class RedisStore:
             node = self.client.get_node_from_key(key)
             by_node.setdefault(node.name, (node, []))[1].append(i)
         replies = [None] * len(calls)
+        now, failed = time.monotonic(), None
         for node, indexes in by_node.values():
+            if self.nodes_down.get(node.name, 0.0) > now:
+                unreachable = NodeUnreachable(f"redis node {node.name} unreachable (asked again "
+                                              f"after pause)")
+                for i in indexes:
+                    replies[i] = unreachable
+                continue
             pipe = node.redis_connection.pipeline(transaction=False)
             for i in indexes:
                 script, key, args = calls[i]
                 pipe.evalsha(self.shas[script], 1, key, *args)
             try:
                 executed = pipe.execute(raise_on_error=False)
-            except self.redis_errors:
+            except self.redis_errors as exc:
                 # A master that cannot be reached may have been replaced (a failover): its
                 # replica, promoted, sends no MOVED to a client that only asks the dead one,
                 # and every batch with a key of its slots failed until the gateway restarted.
                 self.slots_stale = True
-                raise
+                # Its calls alone fall back, and it is not asked for ``pause``: the whole
+                # batch failing paused the store, and keys on every other master fell back
+                # too (a cluster without replicas, a master down for good).
+                self.nodes_down[node.name] = now + self.pause
+                failed = exc
+                unreachable = NodeUnreachable(f"redis node {node.name}: {describe(exc)}")
+                for i in indexes:
+                    replies[i] = unreachable
+                continue
+            self.nodes_down.pop(node.name, None)
             for i, reply in zip(indexes, executed):
                 replies[i] = reply
+        if failed is not None and all(isinstance(r, NodeUnreachable) for r in replies):
+            raise failed            # no master answered: the store is down, as one Redis is
         if any(isinstance(r, Exception) and str(r).startswith(("MOVED", "ASK")) for r in replies):
             self.client.nodes_manager.initialize()  # slots moved: learn the new layout
         return replies
@@ -613,10 +648,15 @@ class RedisStore:
         return [node.redis_connection for node in self.client.get_primaries()]
 
     def _fresh_slots(self):
-        """Cluster: ask the nodes for the slot map again after a master could not be reached
-        (raises a redis error, the map still stale, while none can answer)."""
+        """Cluster: ask the nodes for the slot map again after a master could not be reached.
+        While that fails (the nodes it asks first are the dead ones), the map it has serves,
+        and it is asked again next time: a failure here failed the whole batch, keys on
+        healthy masters with it."""
         if self.slots_stale:
-            self.client.nodes_manager.initialize()
+            try:
+                self.client.nodes_manager.initialize()
+            except self.redis_errors:
+                return
             self.slots_stale = False
 
     def _failed(self, batch, exc):

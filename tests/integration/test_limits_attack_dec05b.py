@@ -62,9 +62,9 @@ def cli(port, *args):
 
 # -- 1. a Redis Cluster down when the gateway starts --------------------------------------------
 
-def cluster_on(launcher, ports, replicas=0):
+def cluster_on(launcher, ports, replicas=0, *extra):
     """A Redis Cluster of cluster-enabled redis-servers on ``ports`` (``replicas`` per
-    master, in sync); -> {port: process}."""
+    master, in sync; ``extra``: more redis-server arguments); -> {port: process}."""
     procs = {}
     for port in ports:
         directory = launcher.tmp_dir / f"redis-cluster-{port}"
@@ -72,7 +72,7 @@ def cluster_on(launcher, ports, replicas=0):
         procs[port] = launcher._redis_server(port, directory, "--cluster-enabled", "yes",
                                              "--cluster-config-file", "nodes.conf",
                                              "--cluster-port", str(free_port()),
-                                             "--cluster-node-timeout", "1000")
+                                             "--cluster-node-timeout", "1000", *extra)
     subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
                     "--cluster-replicas", str(replicas), "--cluster-yes"], check=True,
                    capture_output=True, timeout=60)
@@ -120,6 +120,47 @@ def test_a_redis_cluster_failover_is_followed_without_a_restart(launcher, upstre
     wait_until(lambda: status_of(gw, "/lim") == 200, timeout=10)
     assert [status_of(gw, "/lim") for _ in range(3)] == [200] * 3
     assert "redis is answering again" in gw.log()
+
+
+def test_a_cluster_master_down_for_good_fails_only_its_own_keys(launcher, upstream):
+    """A cluster without replicas (cluster-require-full-coverage no: the other masters serve
+    on) loses a master. Each batch with a key on its slots failed whole, the store paused,
+    and keys on the healthy masters fell back to on_store_error too ("deny": 503s for every
+    client of the limit). Now only the dead master's keys fall back; the others keep exact
+    limits (3 per hour: 200, 200, 200, 429)."""
+    ports = [free_port() for _ in range(3)]
+    procs = cluster_on(launcher, ports, 0, "--cluster-require-full-coverage", "no")
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    gw = launcher.gateway(gateway_conf([route("lim", ["/lim"], upstream.url, plugins={
+        "rate_limit": {"rate": 3, "per": 3600, "burst": 3, "key": "header:X-Key",
+                       "on_store_error": "deny"}})],
+        workers=1, redis={"url": url, "timeout": 0.5, "pause": 1.0}))
+    values, home = [f"k{i}" for i in range(24)], {}
+    for value in values:        # each key made on its master, which the new key shows
+        counts = {port: int(cli(port, "dbsize")) for port in ports}
+        assert status_of(gw, "/lim", {"X-Key": value}) == 200
+        home[value] = next(p for p in ports if int(cli(p, "dbsize")) > counts[p])
+    dead = home[values[0]]
+    procs[dead].kill()
+    procs[dead].wait()
+    doomed = [v for v in values if home[v] == dead]
+    living = [v for v in values if home[v] != dead][:4]
+    assert doomed and len(living) == 4
+    time.sleep(1.5)                                 # the cluster marks the master failed
+    for value in living:
+        # each request in a batch with a key of the dead master's: both asked at once
+        got = []
+        for _ in range(3):
+            conns = [http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+                     for _ in range(2)]
+            for conn, key in zip(conns, (value, doomed[0])):
+                conn.request("GET", "/lim", headers={"X-Key": key})
+            got.append(conns[0].getresponse().status)
+            for conn in conns:
+                conn.close()
+        assert got == [200, 200, 429], (value, got)   # its 1st hit went before the kill
+    assert status_of(gw, "/lim", {"X-Key": doomed[0]}) == 503      # on_store_error: deny
+    assert "redis node 127.0.0.1:%d" % dead in gw.log()
 
 
 def test_a_redis_cluster_down_at_start_does_not_stop_the_workers(launcher, upstream):
