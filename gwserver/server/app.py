@@ -28,6 +28,8 @@ from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
 
 log = logging.getLogger("gwserver.master")
+# Signals that stop the master (gunicorn's: TERM graceful, INT and QUIT fast)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
@@ -822,6 +824,15 @@ class GatewayArbiter(Arbiter):
             return
         os.environ[APPLIED_CONF] = path
 
+    stop_asked = False          # a stop signal came (signal): a wait in a reload ends
+
+    def signal(self, sig, frame):
+        """gunicorn's handler queues the signal for the main loop (a queue it does not let
+        one look into); a stop is also noted, for waits that hold the main loop."""
+        if sig in STOP_SIGNALS:
+            self.stop_asked = True
+        super().signal(sig, frame)
+
     def wait_for_replacements(self):
         """Let old workers go only once the workers replacing them are serving.
 
@@ -834,6 +845,11 @@ class GatewayArbiter(Arbiter):
         while time.monotonic() < deadline:
             newest = sorted(self.WORKERS.values(), key=lambda w: w.age)[-self.num_workers:]
             if all(map(self.serving, newest)):
+                return
+            if self.stop_asked:
+                # A stop came meanwhile: the main loop handles it once this returns. Waited
+                # out, it came after up to `limit` more seconds, and with graceful_timeout and
+                # the helpers' stops past systemd's TimeoutStopSec: a SIGKILL mid-drain.
                 return
             self.reap_workers()         # a replacement that died on boot is not waited for
             time.sleep(0.02)

@@ -81,3 +81,28 @@ def test_an_unexpected_error_in_a_reload_is_a_failed_reload_not_a_dead_master(ca
                          "unexpected error: TypeError('string indices must be integers')")]
     assert told and "reload failed" in told[0]
     assert any("reload failed: an unexpected error" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_signal_ends_the_wait_for_replacement_workers():
+    """A SIGTERM that came while a reload waits for its new workers to serve (up to
+    max(10 s, timeout)) is handled once the wait ends: waited out, the stop came 10 s later,
+    and with graceful_timeout past systemd's TimeoutStopSec (a SIGKILL mid-drain)."""
+    import queue
+    import signal
+    import time
+    from types import SimpleNamespace
+    from gwserver.server.app import GatewayArbiter
+    master = SimpleNamespace(
+        cfg=SimpleNamespace(timeout=30), num_workers=1, stop_asked=False,
+        WORKERS={1: SimpleNamespace(age=1)}, serving=lambda worker: False,
+        reap_workers=lambda: None)
+    arbiter = GatewayArbiter.__new__(GatewayArbiter)
+    arbiter.SIG_QUEUE = queue.SimpleQueue()
+    arbiter.signal(signal.SIGHUP, None)
+    assert not arbiter.stop_asked
+    arbiter.signal(signal.SIGTERM, None)            # noted, and queued as gunicorn does
+    assert arbiter.stop_asked and arbiter.SIG_QUEUE.qsize() == 2
+    master.stop_asked = True
+    started = time.monotonic()
+    GatewayArbiter.wait_for_replacements(master)
+    assert time.monotonic() - started < 1.0
