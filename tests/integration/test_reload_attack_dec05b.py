@@ -50,6 +50,19 @@ def reload_cli(gw, timeout=30):
                           capture_output=True, text=True, timeout=timeout + 30)
 
 
+def published_twice(launcher, tmp_path, upstream):
+    """A gateway on a fresh etcd serving route r, then r2, applied by every worker and in
+    table.json: (gateway, etcd client, revision of r2, the table.json path)."""
+    member = launcher.etcd()
+    client = member.client()
+    gw = serving(launcher, tmp_path, member.url, client, upstream, "r", "/r")
+    revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    table = os.path.join(runtime_of(gw), "table.json")
+    wait_until(lambda: (json.load(open(table)) or {}).get("revision") == revision)
+    return gw, client, revision, table
+
+
 def wait_or_log(gw, predicate, timeout=15.0):
     """wait_until, and the gateway's log's tail in the failure."""
     try:
@@ -152,13 +165,7 @@ def test_workers_started_after_the_table_base_was_damaged_serve_the_whole_table(
     an etcd change made the sync process write the base again. Expected: the sync process
     writes back a base that is not what it wrote, and no new worker serves less than the
     published table."""
-    member = launcher.etcd()
-    client = member.client()
-    gw = serving(launcher, tmp_path, member.url, client, upstream, "r", "/r")
-    revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
-    wait_until(lambda: all_workers_at(gw, revision))
-    table = os.path.join(runtime_of(gw), "table.json")
-    wait_until(lambda: (json.load(open(table)) or {}).get("revision") == revision)
+    gw, client, revision, table = published_twice(launcher, tmp_path, upstream)
     if damage == "truncated":
         os.truncate(table, 0)
     elif damage == "removed":
@@ -334,9 +341,7 @@ def test_a_restart_without_health_checks_keeps_no_verdict_of_the_previous_run(la
 
 # -- a table base that is JSON, but not the sync process's -----------------------------------------
 
-def _damage_base(gw, revision):
-    table = os.path.join(runtime_of(gw), "table.json")
-    wait_until(lambda: (json.load(open(table)) or {}).get("revision") == revision)
+def _damage_base(table):
     with open(table, "w") as f:
         f.write("{}")           # JSON, not a table: another tool's, another release's
 
@@ -348,12 +353,8 @@ def test_a_sync_process_restarted_over_a_base_that_is_not_a_table_keeps_syncing(
     (KeyError 'generation' in TableReader.updates), at every restart, for good: no etcd
     change reached the workers. Expected: such a base is no table (as one that is not JSON
     is), the process starts, and changes are served."""
-    member = launcher.etcd()
-    client = member.client()
-    gw = serving(launcher, tmp_path, member.url, client, upstream, "r", "/r")
-    revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
-    wait_until(lambda: all_workers_at(gw, revision))
-    _damage_base(gw, revision)
+    gw, client, revision, table = published_twice(launcher, tmp_path, upstream)
+    _damage_base(table)
     first = status_of(gw)["pid"]
     os.kill(first, signal.SIGKILL)
     revision = put(client, "routes", "r3", {"paths": ["/r3"], "upstream": "up"})
@@ -370,17 +371,11 @@ def test_a_worker_started_over_a_base_that_is_not_a_table_does_not_die(launcher,
     same way: no worker served at all. Expected: a new worker that finds no usable base
     serves on (the conf file's routes, as with no base), and takes the whole table once it
     is written again."""
-    member = launcher.etcd()
-    client = member.client()
-    gw = serving(launcher, tmp_path, member.url, client, upstream, "r", "/r")
-    revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
-    wait_until(lambda: all_workers_at(gw, revision))
-    table = os.path.join(runtime_of(gw), "table.json")
-    wait_until(lambda: (json.load(open(table)) or {}).get("revision") == revision)
+    gw, client, revision, table = published_twice(launcher, tmp_path, upstream)
     sync = status_of(gw)["pid"]
     os.kill(sync, signal.SIGSTOP)
     try:
-        _damage_base(gw, revision)
+        _damage_base(table)
         old = worker_pids(gw)
         os.kill(gw.pid, signal.SIGHUP)
         wait_or_log(gw, lambda: "reload complete" in gw.log() and
