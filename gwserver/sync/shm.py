@@ -195,11 +195,7 @@ class TablePublisher:
         os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
         os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
         with self.counter_lock:
-            counter = _open_counter(self.runtime_dir, create=True)
-            os.pwrite(counter, _COUNTER.pack(self.generation), 0)
-            old, self.counter = self.counter, counter       # (never a closed descriptor held)
-            self.counted = self.generation
-            os.close(old)
+            self._new_counter(self.generation)
         with self.base_lock:
             self.base_generation = 0        # table.json went with it
         return True
@@ -294,10 +290,17 @@ class TablePublisher:
                 how = "removed"
             log.warning("%s was %s under the gateway: writing it again (generation %d)",
                         path, how, self.counted)
-            counter = _open_counter(self.runtime_dir, create=True)
-            os.pwrite(counter, _COUNTER.pack(self.counted), 0)
-            old, self.counter = self.counter, counter
-            os.close(old)
+            self._new_counter(self.counted)
+
+    def _new_counter(self, generation):
+        """(Under counter_lock.) A counter file made anew, holding ``generation``, in place of
+        ours: the file was removed, alone or with the runtime_dir. The old descriptor is
+        closed only once the new one is ours (never a closed descriptor held)."""
+        counter = _open_counter(self.runtime_dir, create=True)
+        os.pwrite(counter, _COUNTER.pack(generation), 0)
+        old, self.counter = self.counter, counter
+        self.counted = generation
+        os.close(old)
 
     def _check_base(self):
         """table.json is what a starting worker reads (a reload's, a dead one's replacement):
