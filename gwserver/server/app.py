@@ -788,7 +788,7 @@ class GatewayArbiter(Arbiter):
         cannot be (a full disk), the helpers read the file itself, as they once did, and
         the log says so."""
         from ..helpers.helper import APPLIED_CONF
-        from ..sync.shm import remove_stale_tmp
+        from ..sync.shm import atomic_write, remove_stale_tmp
         source = getattr(self.app.conf, "source", None)
         state_dir = self.app.conf.server["state_dir"]
         path = os.path.join(state_dir, self.APPLIED_CONF_FILE)
@@ -800,24 +800,15 @@ class GatewayArbiter(Arbiter):
                 pass
         if source is None:
             return
-        tmp = f"{path}.{os.getpid()}.tmp"
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             remove_stale_tmp(state_dir, self.APPLIED_CONF_FILE)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(source)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            atomic_write(path, source, mode=0o600)
         except OSError as exc:
-            for stale in (tmp, path):       # never a copy of an earlier configuration
-                try:
-                    os.unlink(stale)
-                except OSError:
-                    pass
+            try:
+                os.unlink(path)             # never a copy of an earlier configuration
+            except OSError:
+                pass
             log.warning("cannot keep a copy of the applied configuration in %s: %s; helpers "
                         "started from now on read %s itself", state_dir, exc.strerror or exc,
                         self.app.conf_path)

@@ -38,11 +38,21 @@ def etcd_prefix(conf):
     return conf.etcd["prefix"].rstrip("/") + "/"
 
 
-def atomic_write(path, data):
+def atomic_write(path, data, mode=0o666):
+    """``path`` holds ``data`` whole or keeps what it held: written to ``path.PID.tmp``
+    (made with ``mode``, less the umask), then renamed over it. A write that fails takes
+    its tmp file with it."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 _TMP_OF_PID = re.compile(r"\.(\d+)\.tmp$")

@@ -95,6 +95,9 @@ def test_a_sync_helper_restarted_after_a_refused_reload_runs_the_applied_conf(
     revision = put(client, "routes", "r2", {"paths": ["/r2"], "upstream": "up"})
     wait_or_log(gw, lambda: all_workers_at(gw, revision), timeout=20)
     assert serves(gw, "/r2") == 200 and serves(gw, "/r") == 200
+    copy = os.path.join(gw.conf["server"]["state_dir"], "conf.applied.toml")
+    assert os.stat(copy).st_mode & 0o777 == 0o600       # a conf may hold credentials
+    assert [n for n in os.listdir(os.path.dirname(copy)) if n.endswith(".tmp")] == []
 
 
 def test_a_sync_helper_restarted_before_a_reload_runs_the_applied_conf_not_the_edit(
