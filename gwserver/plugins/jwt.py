@@ -255,9 +255,9 @@ class Verifier:
             self._load_jwks()
 
     def key_for(self, token):
+        """The key to verify ``token`` with (a JWKS's as check() last refreshed it)."""
         if self.jwks_path is None:
             return self.key
-        self._refresh_jwks()
         kid = pyjwt.get_unverified_header(token).get("kid")
         for key in self.jwks.keys:
             if kid is None or key.key_id == kid:
