@@ -285,17 +285,23 @@ def command(state, name, now, reason=""):
 SCALE = 10_000      # weights in hundredths of a percent: steps like 0.5% are exact
 
 
+def baseline_weights(groups, configured, canary):
+    """(group, weight) of the groups beside the canary, by their configured weights, or 1
+    each when every one of them is 0: how they share what the canary leaves."""
+    others = [(g, w) for g, w in zip(groups, configured) if g != canary]
+    return others if any(w for _, w in others) else [(g, 1) for g, _ in others]
+
+
 def weights(groups, configured, canary, percent):
     """Integer weights per group, canary last, as the rollouts helper reports them: the canary
     gets ``percent``, the others share the rest in proportion to their configured weights
     (split.place_in_rollout places requests so)."""
-    others = [(g, w) for g, w in zip(groups, configured) if g != canary]
+    others = baseline_weights(groups, configured, canary)
     canary_w = round(SCALE * percent / 100.0)
     rest, total_others = SCALE - canary_w, sum(w for _, w in others)
     out, given = [], 0
     for i, (group, w) in enumerate(others):
-        share = rest - given if i == len(others) - 1 else \
-            (rest * w // total_others if total_others else rest // len(others))
+        share = rest - given if i == len(others) - 1 else rest * w // total_others
         out.append((group, share))
         given += share
     out.append((canary, canary_w))

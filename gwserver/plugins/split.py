@@ -226,14 +226,12 @@ def link(conf, resolve):
         # place in the config, pointing it at a new version went on as the done rollout.
         ref = conf["upstreams"][index]["upstream"]
         linked["rollout_id"] = core_rollout.rollout_id(rollout, ref)
-        # The baseline groups by their configured weights (all equal if every one is 0): the
-        # second draw of place_in_rollout, which the canary's share does not move.
-        baseline = [(g, c["weight"]) for g, c in zip(conf["groups"], conf["upstreams"])
-                    if g != rollout["group"]]
-        even = not any(w for _, w in baseline)
+        # The baseline groups by their weights (core.rollout.baseline_weights): the second
+        # draw of place_in_rollout, which the canary's share does not move.
         arms, upper = [], 0
-        for group, weight in baseline:
-            upper += 1 if even else weight
+        for group, weight in core_rollout.baseline_weights(
+                conf["groups"], [c["weight"] for c in conf["upstreams"]], rollout["group"]):
+            upper += weight
             arms.append((group, linked["by_group"][group], upper))
         linked["baseline_arms"] = (tuple(arms), upper)
     return linked

@@ -245,3 +245,17 @@ def test_a_latency_gate_is_judged_on_the_answers_slower_than_its_bound():
     assert (fast + core.Window.from_list([1, 0, [0], [[0.25, 1]]])).slower == ((0.25, 1),)
     # counts of a window from before the gate was counted: the estimate, as before
     assert core.Window(40, 0, fast.buckets).share_slower(0.25) is None
+
+
+def test_baseline_groups_all_of_weight_0_share_evenly_in_weights_and_placement():
+    """The rollouts helper's reported weights and split's placement read one rule: baseline
+    groups whose configured weights are all 0 share what the canary leaves evenly."""
+    assert core.weights(["a", "b", "c"], [0, 0, 5], "c", 10) == \
+        [("a", 4500), ("b", 4500), ("c", 1000)]
+    conf = split.link(split.prepare(split.SCHEMA.validate({
+        "upstreams": [{"upstream": "a", "weight": 0}, {"upstream": "b", "weight": 0},
+                      {"upstream": "c", "weight": 5, "group": "canary"}],
+        "rollout": {}})), lambda ref, where: Upstream(ref, ()))
+    placed = Counter(split.place_in_rollout(conf, 10, str(uuid.uuid4()))[0]
+                     for _ in range(4000))
+    assert abs(placed["a"] - placed["b"]) < 400 and abs(placed["canary"] / 4000 - 0.1) < 0.03
