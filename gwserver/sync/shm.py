@@ -159,6 +159,7 @@ class TablePublisher:
         self.base_stamp = None          # file_stamp of the table.json we last wrote or saw
         self.last_publish = 0.0
         self.dirty = threading.Event()
+        self.stopping = threading.Event()      # close(): the base writer ends
         self.writer = threading.Thread(target=self._write_bases, name="base-writer", daemon=True)
         self.writer.start()
 
@@ -237,7 +238,7 @@ class TablePublisher:
         """Rewrite the base once publications pause for BASE_INTERVAL (at most MAX_STALE late):
         serialising a large table holds the GIL, and would delay the next update."""
         retry_in = self.MAX_STALE
-        while True:
+        while not self.stopping.is_set():
             if not self.dirty.wait(self.BASE_CHECK):
                 try:
                     self._check_counter()
@@ -248,8 +249,11 @@ class TablePublisher:
                 continue
             dirty_since = time.monotonic()
             while time.monotonic() - self.last_publish < self.BASE_INTERVAL and \
-                    time.monotonic() - dirty_since < self.MAX_STALE:
-                time.sleep(self.BASE_INTERVAL / 5)
+                    time.monotonic() - dirty_since < self.MAX_STALE and \
+                    not self.stopping.wait(self.BASE_INTERVAL / 5):
+                pass
+            if self.stopping.is_set():
+                return                  # close(): a pending base is flush()'s to write
             self.dirty.clear()
             try:
                 with self.lock:
@@ -268,7 +272,7 @@ class TablePublisher:
                     log.exception("writing the table base in %s failed (next try in %.0f s)",
                                   self.runtime_dir, retry_in)
                 self.dirty.set()        # still pending: a flush on exit writes it
-                time.sleep(retry_in)
+                self.stopping.wait(retry_in)
                 retry_in = min(retry_in * 2, self.MAX_RETRY)
 
     BASE_CHECK = 1.0        # seconds between looks at table.json while nothing is published
@@ -334,6 +338,14 @@ class TablePublisher:
                             "removed" if stamp is None else "changed")
             self.base_generation = 0    # whatever it holds now is not ours: write it whole
         self.dirty.set()
+
+    def close(self):
+        """End the base writer thread (it sleeps in short steps: this waits at most about one
+        BASE_CHECK or BASE_INTERVAL). The sync process exits without it; tests and embedders call it so no
+        thread of a publisher they are done with writes into its runtime_dir later."""
+        self.stopping.set()
+        self.dirty.set()                # wake it; flush() still sees a pending base
+        self.writer.join(self.BASE_CHECK + self.BASE_INTERVAL + 1.0)
 
     def flush(self):
         """Write a pending base now (on exit). Skipped if the table is being changed."""

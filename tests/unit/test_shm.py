@@ -3,6 +3,7 @@ files in a temp dir, and the health helper following them: no sockets, no etcd."
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -13,6 +14,32 @@ UP = {"targets": [{"url": "http://127.0.0.1:9"}]}
 
 def item(version, spec):
     return [version, json.dumps(spec)]
+
+
+@pytest.fixture(autouse=True)
+def publishers_closed(monkeypatch):
+    """Every publisher a test makes is closed after it: its base writer thread otherwise
+    outlived the test, and wrote (and logged) into the test's removed temp dir later."""
+    made, init = [], TablePublisher.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+    monkeypatch.setattr(TablePublisher, "__init__", recording_init)
+    yield
+    for publisher in made:
+        publisher.close()
+
+
+def test_close_ends_the_base_writer_and_nothing_is_written_after_it(tmp_path, publisher):
+    publisher.publish(None, 1, full=True)
+    publisher.publish({}, 2)                    # a base pending for the writer thread
+    started = time.monotonic()
+    publisher.close()
+    assert not publisher.writer.is_alive() and time.monotonic() - started < 2.0
+    (tmp_path / "table.json").unlink()          # the writer's 1 s check would write it again
+    time.sleep(publisher.BASE_CHECK + 0.5)
+    assert not (tmp_path / "table.json").exists()
 
 
 @pytest.fixture
