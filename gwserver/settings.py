@@ -247,6 +247,10 @@ UPSTREAM_DEFAULTS = Schema(
           "retries per upstream may be at most this % of its requests in the last 10 s ..."),
     Field("retry_budget_min_per_second", number(0), 3.0,
           "... plus this many per second, so a quiet upstream can still retry"),
+    Field("health_probes_per_second", integer(1), 1000,
+          "host-wide: the most active health probes a second the health checker sends, over "
+          "all targets; when the upstreams' intervals ask for more, every interval is "
+          "stretched by one factor (logged). No upstream overrides it"),
     doc="How workers talk to upstreams unless an upstream or route says otherwise.",
 )
 

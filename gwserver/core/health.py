@@ -50,6 +50,20 @@ def probe_delay(conf, state):
     return min(conf["interval"] * 2 ** beyond, conf["max_interval"])
 
 
+def within_probe_budget(checks, budget):
+    """Health confs stretched so that, healthy, the targets' probes add up to at most
+    ``budget`` a second: ``checks`` is {key: health conf}. Every interval (and max_interval,
+    never under it) is multiplied by one factor, so each target keeps its share. Returns
+    (the confs, the factor; 1.0 when within budget and the confs unchanged)."""
+    demand = sum(1.0 / conf["interval"] for conf in checks.values())
+    if demand <= budget:
+        return checks, 1.0
+    stretch = demand / budget
+    return {key: {**conf, "interval": conf["interval"] * stretch,
+                  "max_interval": max(conf["max_interval"], conf["interval"] * stretch)}
+            for key, conf in checks.items()}, stretch
+
+
 def probes_while_dead(conf, seconds, jitter_factors=None):
     """How many probes a target that dies at t=0 and stays dead gets within ``seconds``
     (the schedule ActiveState follows; ``jitter_factors`` yields the factors used)."""

@@ -413,14 +413,35 @@ class Checker:
         upstreams = {u.id: u for u in self.table.upstreams.values()}
         for route in self.table.router.routes.values():     # never in place of a named one
             upstreams.setdefault(route.upstream.id, route.upstream)
-        out = {}
+        out, checks = {}, {}
         for upstream in upstreams.values():
             if upstream.health_check is None:
                 continue
             for target in upstream.targets:
-                out[target_key(upstream.id, target.url)] = \
-                    (target, upstream.health_check, upstream.tls, upstream.protocol)
-        return out
+                key = target_key(upstream.id, target.url)
+                out[key] = (target, upstream.tls, upstream.protocol)
+                checks[key] = upstream.health_check
+        checks, stretch = core.within_probe_budget(
+            checks, self.conf.upstream_defaults["health_probes_per_second"])
+        self.say_stretch(stretch, len(checks))
+        return {key: (target, checks[key], tls, protocol)
+                for key, (target, tls, protocol) in out.items()}
+
+    stretch = 1.0           # the factor the probe budget last put on every interval
+
+    def say_stretch(self, stretch, targets):
+        """Logged when the factor changes: an etcd writer's interval of 0.05 s on a thousand
+        targets asked this one process for 20,000 probes a second, and the targets too."""
+        if round(stretch, 1) == round(self.stretch, 1):
+            return
+        self.stretch = stretch
+        budget = self.conf.upstream_defaults["health_probes_per_second"]
+        if stretch > 1.0:
+            log.warning("health checks of %d targets ask for %.0f probes a second, over "
+                        "upstream_defaults.health_probes_per_second = %d: every interval is "
+                        "%.1f times as long", targets, stretch * budget, budget, stretch)
+        else:
+            log.info("health checks are within health_probes_per_second again")
 
     def reconcile(self):
         import gevent

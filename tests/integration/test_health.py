@@ -345,3 +345,31 @@ def test_health_checks_cover_upstreams_written_inline_in_routes(launcher):
         return [t["health"] for t in targets if t["url"] == b.url] == ["unhealthy"]
     wait_until(b_is_down, timeout=10)
     assert served_by(gw, 10) == {"a": 10}
+
+
+def test_the_checker_keeps_to_its_probe_budget_however_short_the_intervals(launcher):
+    """An interval of 0.05 s is valid for any number of targets: four asked the checker for
+    80 probes a second. With a budget of 8, every interval is stretched ten times, each
+    target keeps its share, and the journal says why (docs/health.md)."""
+    targets = [launcher.upstream(name) for name in "abcd"]
+    conf = pool_conf(targets, workers=1, health_check={**FAST_CHECK, "interval": 0.05})
+    conf["upstream_defaults"] = {"health_probes_per_second": 8}
+    gw = launcher.gateway(conf)
+    wait_until(lambda: "every interval is 10.0 times as long" in gw.log(), timeout=10)
+    assert "health checks of 4 targets ask for 80 probes a second, over " \
+           "upstream_defaults.health_probes_per_second = 8" in gw.log()
+    before = [stats(t)["requests"] for t in targets]
+    time.sleep(3.0)
+    probes = [stats(t)["requests"] - n for t, n in zip(targets, before)]
+    # 2 a second each, +-20% jitter (unbounded: 20 a second each, 240 in all)
+    assert 12 <= sum(probes) <= 40 and min(probes) >= 2, probes
+    assert set(target_health(gw).values()) == {"healthy"}
+
+
+def stats(upstream):
+    with socket.create_connection(("127.0.0.1", upstream.port), timeout=5) as sock:
+        sock.sendall(b"GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return json.loads(answer.partition(b"\r\n\r\n")[2])

@@ -6,7 +6,7 @@ import pytest
 from gwserver.core.table import LiveTable
 from gwserver.errors import RouteNotFound
 from gwserver.plugins import load_registry
-from gwserver.settings import SERVER, UPSTREAM_DEFAULTS
+from gwserver.settings import SERVER, UPSTREAM_DEFAULTS, parse_conf
 
 UP = {"targets": [{"url": "http://127.0.0.1:9001"}]}
 
@@ -485,7 +485,7 @@ def test_a_fence_named_like_an_upstream_leaves_its_health_checks_alone():
     t.put_route("api-v1", route("api-v1", "/v1/*rest", upstream="api"), 2)
     t.put_route("api", bad(["/v2/*rest"], upstream="api"), 3)
     checker = Checker.__new__(Checker)
-    checker.table = t
+    checker.table, checker.conf = t, parse_conf({})
     assert len(checker.wanted()) == 1
 
 
