@@ -298,15 +298,29 @@ class LiveTable:
                 self._take_instance(service, instance, raw)
             self._service_changed(service, revision)
 
+    def apply_instances(self, changes):
+        """One watch batch of instance events, [(service, instance, raw or None for a
+        delete, revision)]; each service's upstreams are rebuilt once, after all of them:
+        rebuilt per event, registering N instances of a service cost N^2 (each rebuild
+        lists every instance so far)."""
+        changed = {}
+        for service, instance, raw, revision in changes:
+            if raw is None:
+                self.rejected.pop(f"services/{service}/{instance}", None)
+                if self.instances.get(service, {}).pop(instance, None) is None:
+                    continue
+            else:
+                self.expand_services = True
+                self._take_instance(service, instance, raw)
+            changed[service] = max(changed.get(service, 0), revision)
+        for service, revision in changed.items():
+            self._service_changed(service, revision)
+
     def put_instance(self, service, instance, raw, revision):
-        self.expand_services = True
-        self._take_instance(service, instance, raw)
-        self._service_changed(service, revision)
+        self.apply_instances([(service, instance, raw, revision)])
 
     def delete_instance(self, service, instance, revision):
-        self.rejected.pop(f"services/{service}/{instance}", None)
-        if self.instances.get(service, {}).pop(instance, None) is not None:
-            self._service_changed(service, revision)
+        self.apply_instances([(service, instance, None, revision)])
 
     def _take_instance(self, service, instance, raw):
         key = f"services/{service}/{instance}"

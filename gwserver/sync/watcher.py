@@ -214,15 +214,14 @@ class ConfigSync:
         self.log_rejections()
 
     def _apply(self, events):
+        instances = []      # applied together, after the rest: one rebuild per service
         for kind_of_event, key, value, mod_revision in events:
             kind, item_id = self.split(key)
             if kind is None:
                 continue
             if kind == "services":
-                if kind_of_event == "delete":
-                    self.table.delete_instance(*item_id, mod_revision)
-                else:
-                    self.table.put_instance(*item_id, value, mod_revision)
+                instances.append((*item_id, None if kind_of_event == "delete" else value,
+                                  mod_revision))
                 continue
             if kind == "consumers":
                 if kind_of_event == "delete":
@@ -237,6 +236,8 @@ class ConfigSync:
                 self.table.put_route(item_id, value, mod_revision)
             else:
                 self.table.put_upstream(item_id, value, mod_revision)
+        if instances:
+            self.table.apply_instances(instances)
 
     def log_rejections(self):
         """Log each rejection once (and again only if its reason changes)."""
