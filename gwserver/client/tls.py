@@ -22,7 +22,6 @@ down costs nothing until then; the helper retries with backoff meanwhile.
 """
 import datetime
 import errno
-import fnmatch
 import hashlib
 import logging
 import os
@@ -135,6 +134,8 @@ class ServerTLS:
         self.state_dir = state_dir
         self.contexts = []          # (host patterns, context, cert id)
         self.staples = {}           # cert id -> DER OCSP response
+        self._exact = {}            # SNI name -> context of the first entry naming it
+        self._wildcards = []        # (".suffix", one label only, context), in order
         self._staple_stamps = {}
         self.warnings = []
         for i, entry in enumerate(conf["certificates"], first_index):
@@ -146,6 +147,7 @@ class ServerTLS:
             hosts = entry["hosts"] or _names_of(leaf)
             self.contexts.append((tuple(h.lower() for h in hosts), context,
                                   cert_id(entry["cert"])))
+            self._index_names(hosts, context, one_label=not entry["hosts"])
         self.default = self.contexts[0][1]
         # Only the first context gets the SNI callback: the handshake starts there and may
         # move to another; session tickets are issued and checked with the first context's
@@ -211,16 +213,37 @@ class ServerTLS:
             context.set_ocsp_server_callback(lambda conn, data: self.staples.get(ident, b""))
         return context
 
+    def _index_names(self, hosts, context, one_label):
+        """An entry's names for _pick_by_sni. A certificate's own ``*.example.com`` covers
+        one label, as every client checks it (RFC 6125 6.4.3): taken for a.b.example.com,
+        it was served there, refused by the client, while a later entry named that host.
+        A ``hosts`` wildcard covers any depth, as routes' hosts do; ``*`` (a certificate
+        without DNS names) anything."""
+        for host in hosts:
+            host = host.lower()
+            if host == "*":
+                self._wildcards.append(("", False, context))
+            elif host.startswith("*."):
+                self._wildcards.append((host[1:], one_label, context))
+            else:
+                self._exact.setdefault(host, context)
+
     def _pick_by_sni(self, conn):
+        """The entry naming the SNI host exactly, else the first whose wildcard covers it,
+        else the first entry. The name as the Host header is read: any case, one trailing
+        dot (``a.example.`` is a.example, which matched nothing and got the default)."""
         name = conn.get_servername()
         if not name:
             return
         name = name.decode("ascii", "replace").lower()
-        for hosts, context, _ in self.contexts:
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in hosts):
-                if context is not self.default:
-                    conn.set_context(context)
-                return
+        if name.endswith("."):
+            name = name[:-1]
+        context = self._exact.get(name)
+        if context is None:
+            context = next((ctx for suffix, one_label, ctx in self._wildcards
+                            if _covers(suffix, one_label, name)), self.default)
+        if context is not self.default:
+            conn.set_context(context)
 
     def refresh_staples(self):
         """Worker tick: pick up OCSP responses the helper wrote (file stamps compared: inode,
@@ -244,6 +267,13 @@ class ServerTLS:
 
     def wrap(self, sock):
         return TLSSocket(sock, self.default)
+
+
+def _covers(suffix, one_label, name):
+    """Does the wildcard ``*`` + ``suffix`` cover ``name`` (with at least one label more)?"""
+    if not name.endswith(suffix) or len(name) == len(suffix):
+        return False
+    return not one_label or "." not in name[:len(name) - len(suffix)]
 
 
 def _names_of(leaf):
@@ -273,6 +303,15 @@ def _reason(exc):
         return str(exc)
 
 
+# What OpenSSL says when the first "record" is the start of an HTTP/1.x request (GET, POST,
+# HEAD, PUT; CONNECT): a plain-HTTP client on the TLS port.
+PLAIN_HTTP_REASONS = frozenset(["http request", "https proxy request"])
+
+
+class PlainHTTPRequest(OSError):
+    """The handshake failed on a plain HTTP request (the worker answers it a 400 in clear)."""
+
+
 class TLSSocket:
     """A server-side TLS connection over an accepted gevent socket, cooperative."""
 
@@ -298,7 +337,10 @@ class TLSSocket:
                     return 0
                 raise OSError(exc.args[0] if exc.args else errno.EIO, str(exc)) from None
             except SSL.Error as exc:
-                raise OSError(errno.EPROTO, f"TLS: {_reason(exc)}") from None
+                reason = _reason(exc)
+                if reason in PLAIN_HTTP_REASONS:
+                    raise PlainHTTPRequest(errno.EPROTO, f"TLS: {reason}") from None
+                raise OSError(errno.EPROTO, f"TLS: {reason}") from None
             if event is None:
                 raise OSError(errno.EBADF, "socket closed")
             sock._wait(event)       # raises if the socket is closed meanwhile (a deadline)

@@ -3,8 +3,8 @@
 For each certificate with ``[tls] ocsp_stapling``: build a request (cryptography's
 ``OCSPRequestBuilder``) for the leaf and its issuer (the next certificate of the chain file),
 POST it to the responder named in the leaf's Authority Information Access, check the answer
-(successful, for this certificate, status good or revoked, signed by the issuer or a responder
-it delegated to), and write the DER to ``STATE/ocsp/ID.der`` where workers pick it up.
+(successful, for this certificate, status good or revoked, current, signed by the issuer or a
+responder it delegated to), and write the DER to ``STATE/ocsp/ID.der`` where workers pick it up.
 
 Refresh: half-way between thisUpdate and nextUpdate (at most every ``ocsp_refresh`` seconds).
 A responder that is down or answers garbage: retry with backoff (5 s doubling to 5 min), keep
@@ -54,7 +54,7 @@ MAX_ANSWER_BYTES = 256 * 1024
 
 
 def fetch(cert_path, timeout=5.0):
-    """-> (DER response, next_update unix time or None). Raises OcspError.
+    """-> (DER response, this_update, next_update unix time or None). Raises OcspError.
 
     ``timeout`` bounds the whole request (gevent.Timeout: the helper runs gevent-patched):
     requests' own timeout bounds the connect and each read, and a responder that drips its
@@ -92,10 +92,34 @@ def fetch(cert_path, timeout=5.0):
     if answer.serial_number != leaf.serial_number:
         raise OcspError(f"responder {url} answered for another certificate")
     _check_signature(answer, issuer)
+    _check_current(answer, url, time.time())
     if answer.certificate_status == ocsp.OCSPCertStatus.REVOKED:
         log.error("certificate %s is REVOKED (per %s); stapling the revocation", cert_path, url)
     next_update = answer.next_update_utc.timestamp() if answer.next_update_utc else None
     return body, answer.this_update_utc.timestamp(), next_update
+
+
+# How far a responder's clock may run ahead of ours (OpenSSL's OCSP_check_validity default).
+CLOCK_SKEW = 300.0
+
+
+def _check_current(answer, url, now):
+    """Only a response a client takes may replace the last good one (OcspError otherwise):
+    status good or revoked, thisUpdate not ahead of now, nextUpdate not passed. A stapled
+    ``unknown`` makes Firefox refuse the site; an expired answer (a responder's stale
+    cache, or one replayed on its plain-HTTP path) is never stapled by the workers, and a
+    not-yet-valid one is refused by clients: each stored over a current response, it
+    cost the site its staple, or its clients, until the next good one."""
+    from cryptography.x509 import ocsp
+    if answer.certificate_status == ocsp.OCSPCertStatus.UNKNOWN:
+        raise OcspError(f"responder {url} answered status unknown for the certificate")
+    this_update = answer.this_update_utc.timestamp()
+    if this_update > now + CLOCK_SKEW:
+        raise OcspError(f"responder {url} sent an answer not valid yet (thisUpdate "
+                        f"{answer.this_update_utc:%Y-%m-%d %H:%M:%S} UTC)")
+    if answer.next_update_utc is not None and answer.next_update_utc.timestamp() <= now:
+        raise OcspError(f"responder {url} sent an expired answer (nextUpdate "
+                        f"{answer.next_update_utc:%Y-%m-%d %H:%M:%S} UTC)")
 
 
 def _verify_answer(key, answer):

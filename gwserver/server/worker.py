@@ -21,18 +21,55 @@ from gunicorn.workers.base import Worker
 from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
-from ..client.http1 import ClientConnection
-from ..client.waiting import serve_counted, wait_first_byte
+from ..client.http1 import ClientConnection, render_error
+from ..client.waiting import FirstByteWait, serve_counted, wait_first_byte
+from ..errors import BadRequest
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
 from ..net.addresses import listener_addresses
-from ..net.sockets import peer_address
+from ..net.sockets import linger, peer_address
 from ..processes import pid_alive
 from ..core.throttledlog import throttled_log
 from .runtime import Runtime
 
 log = logging.getLogger("gwserver.worker")
 DRAINING_MODE = stat.S_IRUSR     # of the heartbeat file, once the worker drains
+PLAIN_HTTP_ANSWER = render_error(BadRequest("a plain HTTP request was sent to a TLS port: use "
+                                            "https://"), keep_alive=False, request_id=None)
+
+
+def answer_plain_http(runtime, sock):
+    """A plain HTTP request on a TLS listener gets a 400 in clear that says so (nginx's "The
+    plain HTTP request was sent to HTTPS port"): a bare close left the client (curl
+    http://host:443/) an empty reply or a reset to guess from. The rest of its request is
+    read and dropped meanwhile (net.sockets.linger), or the close would reset the answer
+    away. The answer fits any fresh socket's buffer: a send that cannot take it is given
+    up on, never waited for."""
+    try:
+        sock._sock.send(PLAIN_HTTP_ANSWER)
+    except OSError:
+        return
+    linger(sock, runtime.client_buf, runtime.deadlines, FirstByteWait(sock))
+
+
+def read_header_when_sent(runtime, sock, addr, timeout):
+    """The PROXY header of a trusted balancer's connection (read_proxy_header), within
+    ``timeout``; until its first byte the connection is an idle one (client.waiting). An AWS
+    NLB sends the header with the client's first bytes, not at its connect: a client that
+    connected through it and sent nothing held a pool slot here for header_timeout,
+    counted nowhere, and worker_connections of them locked every new client out, as
+    silence on a TLS listener once did. The slot is given back once the header is read:
+    the handler that serves the connection takes its own."""
+    started = time.monotonic()
+    if not wait_first_byte(runtime, sock, timeout):
+        raise ProxyHeaderError("sent nothing within server.header_timeout (or its slot went "
+                               "to a newcomer)")
+    try:
+        with gevent.Timeout(max(0.0, started + timeout - time.monotonic()),
+                            ProxyHeaderError("no header within server.header_timeout")):
+            return read_proxy_header(sock, addr)
+    finally:
+        runtime.client_closed()
 
 
 def nothing_to_publish(status_path):
@@ -235,7 +272,8 @@ class GatewayWorker(GeventWorker):
     def after_proxy_header(self, handle):
         """A PROXY protocol listener: from a trusted balancer, the header (within
         header_timeout) names the client ``handle`` then serves; anything else is closed."""
-        trusted = self.runtime.trusted_proxies
+        runtime = self.runtime
+        trusted = runtime.trusted_proxies
         timeout = self.conf.server["header_timeout"]
 
         def handle_proxied(sock, addr):
@@ -245,9 +283,7 @@ class GatewayWorker(GeventWorker):
                 if not trusted.trusts(peer):
                     raise ProxyHeaderError(f"{peer} is not in server.trusted_proxies")
                 kind = "proxy-protocol header"
-                with gevent.Timeout(timeout, ProxyHeaderError("no header within "
-                                                              "server.header_timeout")):
-                    client = read_proxy_header(sock, addr)
+                client = read_header_when_sent(runtime, sock, addr, timeout)
             except (ProxyHeaderError, OSError) as exc:
                 # A balancer's plain TCP health check connects and closes: not worth a line.
                 quiet = isinstance(exc, ProxyHeaderNotStarted)
@@ -275,6 +311,9 @@ class GatewayWorker(GeventWorker):
             throttled_log.log(log, logging.INFO, "tls handshake",
                               "TLS handshake with %s failed: %s", addr[0] if addr else "?",
                               exc or "timed out")
+            from ..client.tls import PlainHTTPRequest
+            if isinstance(exc, PlainHTTPRequest):
+                answer_plain_http(self.runtime, sock)
             sock.close()
             self.runtime.client_closed()
             return
