@@ -227,7 +227,7 @@ class H2Stream(ClientConnection):
     def open(self, headers, ended):
         """The request from a HEADERS block; raises Malformed or an HTTPError (answered)."""
         req = self.req = self.current = RequestContext(self.client_ip, self.scheme,
-                                                       self.runtime.services)
+                                                       self.runtime.services, self)
         self.queue.append(req)
         self.framer = ResponseFramer(False)     # an early error is answered through it
         req.request_id = None

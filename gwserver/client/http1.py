@@ -126,7 +126,8 @@ class ClientConnection:
     def on_message_begin(self):
         if len(self.queue) >= MAX_PIPELINED:
             raise PipelineFull()
-        self.current = RequestContext(self.client_ip, self.scheme, self.runtime.services)
+        self.current = RequestContext(self.client_ip, self.scheme, self.runtime.services,
+                                      self)
         self.queue.append(self.current)
         self.head_size = self.head_fields = 0
 

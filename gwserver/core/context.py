@@ -102,10 +102,12 @@ class RequestContext:
                  "started",     # time.monotonic() when the head was read
                  "upstream_host_header",    # Host for the upstream set by a plugin (rewrite)
                  "consumer",    # the Consumer an auth plugin identified (core.consumers)
-                 "chain")       # the route's chain joined with that consumer's plugins
+                 "chain",       # the route's chain joined with that consumer's plugins
+                 "reader")      # the client connection the body comes from (read_body)
 
-    def __init__(self, client_ip, scheme, services=NO_SERVICES):
+    def __init__(self, client_ip, scheme, services=NO_SERVICES, reader=None):
         self.services = services
+        self.reader = reader
         self.client_ip = client_ip
         self.peer_ip = None
         self.scheme = scheme
@@ -177,6 +179,15 @@ class RequestContext:
             value = ((self._vars or {}).get("claims") or {}).get(name)
             return None if value is None else str(value)
         return self.client_ip
+
+    def read_body(self):
+        """Read the request's body now, as the gateway does after the access phases: whole
+        up to server.request_buffer_size (a larger one still streams to the upstream; a gRPC
+        call's is never held). For a plugin whose decision must not wait on the client's
+        upload (breaker: a half-open probe). Raises the gateway's answer for a body too
+        slow (408) or too large (413); nothing to do once the body is in."""
+        if not self.complete and self.reader is not None:
+            self.reader.buffer_body(self, self.route.max_body_size if self.route else 0)
 
     def take_body(self):
         chunks, self.body = self.body, []

@@ -68,15 +68,20 @@ def breaker_key(conf, route, upstream=None):
 
 def access(conf, ctx):
     key = breaker_key(conf, ctx.route, ctx.upstream)
-    store = ctx.services.limit_store
     try:
-        try:
-            verdict = store.breaker_admit(key, conf)
-        except StoreError:
-            if conf["on_store_error"] == "allow":
+        store, verdict = admit(conf, ctx, key)
+        if store is None:
+            return None
+        if verdict.admitted and verdict.state == "half_open" and not ctx.complete:
+            # A probe must not wait on the client's upload: held until client_body_timeout
+            # (a 408, then given back), every other request got 503, and a client that kept
+            # one stalled upload going kept a recovered upstream's breaker half-open. Given
+            # back while the body comes (whole up to request_buffer_size), then asked again.
+            store.breaker_record(key, conf, verdict.epoch, None)
+            ctx.read_body()
+            store, verdict = admit(conf, ctx, key)
+            if store is None:
                 return None
-            store = ctx.services.local_store
-            verdict = store.breaker_admit(key, conf)
     except OSError as exc:
         unguarded(key, exc)
         return None
@@ -91,6 +96,19 @@ def access(conf, ctx):
                                        f"the upstream is not called",
                             "retry_after": wait},
                       [("Retry-After", str(wait))])
+
+
+def admit(conf, ctx, key):
+    """-> (the store that decided, its verdict); (None, None) when Redis cannot answer and
+    on_store_error = "allow" lets the request through. OSError: the per-host state."""
+    store = ctx.services.limit_store
+    try:
+        return store, store.breaker_admit(key, conf)
+    except StoreError:
+        if conf["on_store_error"] == "allow":
+            return None, None
+        store = ctx.services.local_store
+        return store, store.breaker_admit(key, conf)
 
 
 def finish(conf, ctx, status):

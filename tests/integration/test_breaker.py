@@ -1,6 +1,7 @@
 """Circuit breakers through real gateways and a real redis-server (and per host)."""
 import http.client
 import json
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -267,3 +268,64 @@ def test_admin_view_and_metrics_show_breakers(launcher, upstream):
     check = subprocess.run(["promtool", "check", "metrics"], capture_output=True, text=True,
                            input=gw.admin_get("/metrics")[1].decode())
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- a stalled upload holds no half-open probe ---------------------------------------------
+
+def test_a_stalled_upload_holds_no_half_open_probe(launcher):
+    """A half-open breaker grants half_open_probes requests; one that then waited for its
+    client's body held the probe until client_body_timeout (a 408, the probe handed back)
+    while every other request got 503, and a client that kept one stalled upload going held
+    a recovered upstream's breaker half-open for as long as it liked. A request's body
+    (up to request_buffer_size) is now read before the breaker admits it: the stalled
+    upload waits with no probe, and the next request takes it and closes the breaker."""
+    from .test_rollouts import control
+    upstream = launcher.upstream("u")
+    gw = launcher.gateway(gateway_conf([guarded(upstream, half_open_probes=1)],
+                                       server={"client_body_timeout": 4.0}))
+    control(upstream, fail=1.0)
+    statuses = [get(gw, "/br/echo")[0] for _ in range(6)]
+    assert statuses[-1] == 503 and 500 in statuses, statuses        # open
+    control(upstream, fail=0)
+    time.sleep(FAST["open_for"] + 0.2)                              # half-open now
+    stalled = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    try:
+        stalled.sendall(b"POST /br/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n"
+                        b"\r\n" + b"x" * 10)
+        time.sleep(0.3)                 # its head is in: it would have taken the probe
+        assert get(gw, "/br/echo")[0] == 200                        # the probe: closed
+        assert [get(gw, "/br/echo")[0] for _ in range(3)] == [200] * 3
+        stalled.sendall(b"x" * 990)     # its body came whole: served, as any other
+        answer = stalled.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    finally:
+        stalled.close()
+
+
+def test_a_stalled_http2_upload_holds_no_half_open_probe(launcher):
+    """The same over h2c: the stream's body is waited for before the probe is asked for."""
+    from ..h2client import RawH2
+    from .test_rollouts import control
+    upstream = launcher.upstream("u")
+    gw = launcher.gateway(gateway_conf([guarded(upstream, half_open_probes=1)],
+                                       http2={"h2c": True},
+                                       server={"client_body_timeout": 4.0}))
+    control(upstream, fail=1.0)
+    statuses = [get(gw, "/br/echo")[0] for _ in range(6)]
+    assert statuses[-1] == 503 and 500 in statuses, statuses
+    control(upstream, fail=0)
+    time.sleep(FAST["open_for"] + 0.2)
+    client = RawH2(gw.port)
+    try:
+        stream = client.request("/br/upload", "POST", [("content-length", "1000")], end=False)
+        client.conn.send_data(stream, b"x" * 10)
+        client.flush()
+        time.sleep(0.3)
+        assert get(gw, "/br/echo")[0] == 200
+        assert [get(gw, "/br/echo")[0] for _ in range(3)] == [200] * 3
+        client.conn.send_data(stream, b"x" * 990, end_stream=True)
+        client.flush()
+        answer = client.response(stream, timeout=5)
+        assert answer is not None and answer[0] == 200, answer
+    finally:
+        client.close()
