@@ -19,6 +19,9 @@ SECRET_KEYS = frozenset(["token", "password", "secret", "client_secret", "privat
 SECRET_HEADER = re.compile(r"auth|token|secret|passw|api[-_]?key|access[-_]?key|-key$|cookie|"
                            r"credential|session|signature|assertion|jwt", re.I)
 URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*(?P<tail>@)", re.I)
+# The whole user part of a URL anywhere in a text (an error quoting a value, a log line):
+# "https://token@collector" holds a secret without a colon.
+URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#@\"']*@", re.I)
 
 
 def redact(value, key=None, every_text=False):
@@ -49,3 +52,8 @@ def redact(value, key=None, every_text=False):
 def _is_pair(item):
     return isinstance(item, (list, tuple)) and len(item) == 2 and \
         all(isinstance(part, (str, bytes)) for part in item)
+
+
+def mask_userinfo(text):
+    """``text`` with the user part of every URL in it masked: ``https://***@host``."""
+    return URL_USERINFO.sub(rf"\1{MASK}@", text)

@@ -18,8 +18,8 @@ from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream, upstrea
                           unreachable_paths)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
-                          boolean, file_path, integer, join, list_of, map_of, number, one_of,
-                          show, string)
+                          boolean, file_path, integer, join, list_of, map_of, never_quoted,
+                          number, one_of, show, string)
 from .errors import ConfigError
 from .files import FileRefused, open_regular, read_bounded, read_regular
 from .net.addresses import listener_addresses
@@ -289,7 +289,8 @@ ETCD = Schema(
           "seconds of silence after which a watch is re-established (partition detection)"),
     Field("backoff_max", number(0.1), 10.0, "cap of the reconnect backoff, seconds"),
     Field("username", string(what="a user name"), None, "etcd user (auth enabled)"),
-    Field("password", string(what="a password", allow_empty=True), None, "etcd password"),
+    Field("password", never_quoted(string(what="a password", allow_empty=True)), None,
+          "etcd password"),
     Field("password_file", absolute_path, None,
           "file holding the etcd password instead; read at start and on each reload (a "
           "systemd LoadCredential= copy is not refreshed by a reload: docs/operations.md)"),
@@ -308,7 +309,8 @@ ADMIN = Schema(
     Field("bind", lambda value: value if value == "" else bind_address(value),
           "127.0.0.1:9180",
           "admin listener (/metrics, /-/healthz, /-/ready, /admin/...); keep it off the internet"),
-    Field("token", string(r"[!-~]*", "printable ASCII without spaces", allow_empty=True), "",
+    Field("token", never_quoted(string(r"[!-~]*", "printable ASCII without spaces",
+                                       allow_empty=True)), "",
           "bearer token required for everything but the health probes; empty: none"),
     Field("token_file", absolute_path_or_empty, "",
           "file holding the token instead, read at start and on each reload (a systemd "

@@ -26,7 +26,7 @@ import httptools
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.headers import (CONSUMER_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED, PROXY_SET, REASONS,
-                            UNTRUSTED_UNSEEN)
+                            UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
@@ -166,6 +166,12 @@ class ClientConnection:
                     return      # only an auth plugin (or a trusted proxy) says these
             elif not self.trusted_peer:
                 return                  # PROXY_SET: only a trusted proxy may say these
+            elif (lname == b"forwarded") if self.trusted_x_forwarded else \
+                    (lname in X_FORWARDED_MORE):
+                # A trusted proxy speaks X-Forwarded-* or Forwarded (real_ip_header), and may
+                # pass the other through unread: the client's words, which frameworks that
+                # read them (Spring, werkzeug's ProxyFix) would take over the proxy's.
+                return
             else:
                 req.headers.append((name, value))
         elif UNDERSCORE in lname and self.underscores != "allow":

@@ -22,7 +22,10 @@ from typing import Callable
 
 from .schema import Invalid, show
 
-_escape = json.encoder.encode_basestring      # the C encoder, as the worker uses
+# The C encoder, \u-escaping every character past 0x7e: a header's bytes 0x80-0x9f are C1
+# controls once written out as UTF-8 (0x9b: a terminal's CSI, 0x85: a line break to readers
+# that split on Unicode's), and JSON leaves them as they are.
+_escape = json.encoder.encode_basestring_ascii
 HEADER_CHARS = 256
 
 
@@ -204,14 +207,15 @@ def common_target(req):
     return common_escape(target)
 
 
-_COMMON_ESCAPED = re.compile(r'[\x00-\x1f"\\\x7f]')
+_COMMON_ESCAPED = re.compile(r'[\x00-\x1f"\\\x7f-\xff]')
 
 
 def common_escape(text):
-    """A quoted field of a Common Log Format line as nginx writes one: a quote, a backslash
-    and control bytes as \\xHH, so that no value (a target, a client's X-Request-ID or
-    User-Agent) can end its field and forge the ones after it. JSON's \\" is no escape to
-    a parser that reads quoted fields nginx's way."""
+    """A quoted field of a Common Log Format line as nginx writes one: a quote, a backslash,
+    control bytes and every byte over 0x7e as \\xHH, so that no value (a target, a client's
+    X-Request-ID or User-Agent) can end its field and forge the ones after it, nor write a
+    C1 control (0x9b, a terminal's CSI; 0x85, a line break to some readers) into the log.
+    JSON's \\" is no escape to a parser that reads quoted fields nginx's way."""
     return _COMMON_ESCAPED.sub(lambda m: f"\\x{ord(m.group()):02X}", text)
 
 

@@ -46,6 +46,10 @@ PROXY_SET = frozenset([
     b"x-method-override",
     # the fault plugin's tag: a forged one would make a real failure look injected
     b"x-fault-injected"])
+# Of those, the ones a proxy that speaks X-Forwarded-* writes (beside -For, -Proto and -Host):
+# behind a trusted proxy that writes Forwarded instead, a client's copies it passed through
+# unread. (Forwarded itself is the client's behind a proxy that writes X-Forwarded-For.)
+X_FORWARDED_MORE = frozenset(name for name in PROXY_SET if name.startswith(b"x-forwarded-"))
 
 # Fields a trailer section may not carry (RFC 9110 6.5.1): framing, routing and this hop's.
 # An HTTP/2 upstream's are dropped; llhttp refuses them from HTTP/1.1 upstreams (a 502 or a

@@ -89,16 +89,25 @@ def path_text(pattern=None, what="a path pattern", markers=True):
     return check
 
 
+_AUTHORITY_END = re.compile(r"[/?#]")
+
+
 def target_url(value):
     if not isinstance(value, str):
         raise Invalid(f"must be a URL string, got {show(value)}")
+    if "@" in _AUTHORITY_END.split(value.partition("://")[2] or value, 1)[0]:
+        # (never quoted: it may hold a password, and a target is shown in /admin/ views,
+        # metrics labels and the access log) "http://:pw@host" has an empty user name
+        raise Invalid("must not hold a user or password (user:password@): the gateway sends "
+                      "no credentials from a target URL; set Authorization with the headers "
+                      "plugin")
     try:
         parts = urlsplit(value)
     except ValueError as exc:          # "http://[::1:8080": an unclosed IPv6 bracket
         raise Invalid(f"is not a URL ({exc}), got {show(value)}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"must be an http:// or https:// URL with a host, got {show(value)}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise Invalid(f"must be scheme://host[:port] only (use strip_prefix to rewrite paths), "
                       f"got {show(value)}")
     try:
@@ -146,7 +155,7 @@ RETRY = Schema(
 )
 
 TARGET = Schema(
-    Field("url", target_url, doc="http://host:port or https://host:port"),
+    Field("url", target_url, doc="http://host:port or https://host:port (no user:password@)"),
     Field("weight", integer(0, 1_000_000, "an integer from 0 to 1000000"), 1,
           "share of traffic; 0 takes the target out of rotation"),
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..redact import mask_userinfo
 from .headers import FIELD_NAME, NOT_FORWARDED, is_field_value
 
 REQUIRED = object()
@@ -34,7 +35,7 @@ class Invalid(ValueError):
 
 
 def show(value):
-    """How a bad value is quoted in an error message."""
+    """How a bad value is quoted in an error message (a URL's user and password masked)."""
     try:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):
@@ -44,6 +45,10 @@ def show(value):
             text = f"<{type(value).__name__} too large to show>"
     except RecursionError:      # arrays in arrays past the recursion limit (json took them)
         text = f"<{type(value).__name__} nested too deep to show>"
+    if "@" in text:
+        # (``redis+sentinel://:pw@a,b/m``: an error reaches `check`, the log and
+        # /admin/config's rejected items)
+        text = mask_userinfo(text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -249,6 +254,24 @@ def string(pattern=None, what="a string", allow_empty=False):
             raise Invalid(f"must be {what}, got {show(value)}")
         return value
     return check
+
+
+def never_quoted(check):
+    """``check`` for a setting that is a secret (a token, a password): its errors never quote
+    the value, they name its type. They reach `check`, the log when a reload is refused and,
+    from etcd, /admin/config's rejected items."""
+    def checked(value):
+        try:
+            return check(value)
+        except Invalid as exc:
+            reason = str(exc).rpartition(", got ")[0] or str(exc)
+            kind = _KINDS.get(type(value), "value")
+            raise Invalid(f"{reason}, got a {kind} (not shown: a secret)") from None
+    return checked
+
+
+_KINDS = {str: "string", int: "number", float: "number", bool: "boolean", list: "list",
+          dict: "table"}
 
 
 def one_of(*choices):

@@ -35,7 +35,7 @@ import time
 from ..core import consumers
 from ..core.context import Reply
 from ..core.schema import (Field, Schema, absolute_path, boolean, integer, list_of, map_of,
-                           number, one_of, request_header_name, string)
+                           never_quoted, number, one_of, request_header_name, string)
 from ..files import read_bounded
 
 log = logging.getLogger("gwserver.plugins.jwt")
@@ -66,7 +66,7 @@ ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 SCHEMA = Schema(
     Field("algorithms", list_of(one_of(*SYMMETRIC, *ASYMMETRIC), min_items=1),
           lambda: ["RS256"], "accepted signing algorithms"),
-    Field("secret", string(what="a secret"), None, "HS* shared secret"),
+    Field("secret", never_quoted(string(what="a secret")), None, "HS* shared secret"),
     Field("secret_file", absolute_path, None, "file holding the secret"),
     Field("public_key", string(what="a PEM public key"), None, "RS/PS/ES public key, PEM"),
     Field("public_key_file", absolute_path, None, "PEM file"),

@@ -44,7 +44,11 @@ FAILED_AUTH_WINDOW = 60.0
 class AdminConnection(ClientConnection):
 
     def handle(self, req):
-        keep_alive = req.keep_alive and self.runtime.alive and req.complete
+        # An upgrade request (websocket) handed the connection to a tunnel that the admin
+        # listener never opens: its parser reads no more requests, so the connection ends
+        # with this answer (kept, it was held for as long as its client kept sending).
+        keep_alive = req.keep_alive and self.runtime.alive and req.complete and \
+            not self.upgraded
         try:
             reply = self.dispatch(req)
         except Exception as exc:        # an admin view must never take a worker down

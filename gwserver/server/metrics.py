@@ -47,6 +47,12 @@ class Metric(NamedTuple):
         return self.name + "_total" if self.kind == "counter" else self.name
 
 
+# Gauges of what a worker last saw (a breaker's state, a target up or down): the most recent
+# value of the live workers. Not "mostrecent": a dead worker's file, and so its values, stayed
+# for good (prometheus-client removes only live* gauges of a dead pid), so a target taken out
+# of the table while down was reported down until the master restarted, and every reload
+# left one file more per worker for each scrape to read.
+LAST_SEEN = "livemostrecent"
 ROUTE = ("route", "route id, `none` for no match")
 ROUTE_ID = ("route", "route id")
 TARGET = ("target", "target URL")
@@ -81,9 +87,9 @@ GENERATION = Metric("gwserver_route_table_generation", "gauge", "Route table gen
 LIMITS = Metric("gwserver_rate_limit_decisions", "counter", "Rate-limit decisions by route "
                 "and outcome", (ROUTE, ("outcome", "")))
 RATES = Metric("gwserver_rate_limit_effective_rate", "gauge", "Adaptive limits: the rate in "
-               "force, as this host last heard it", (ROUTE,), mode="mostrecent")
+               "force, as this host last heard it", (ROUTE,), mode=LAST_SEEN)
 BREAKER = Metric("gwserver_breaker_state", "gauge", "Circuit breaker state as this host last "
-                 "saw it: 0 closed, 1 open, 2 half-open", (("breaker", ""),), mode="mostrecent")
+                 "saw it: 0 closed, 1 open, 2 half-open", (("breaker", ""),), mode=LAST_SEEN)
 BREAKER_TRANSITIONS = Metric("gwserver_breaker_transitions", "counter", "Breaker state "
                              "changes, by breaker and state entered",
                              (("breaker", ""), ("state", "the state entered")))
@@ -100,7 +106,7 @@ EJECTIONS = Metric("gwserver_upstream_ejections", "counter", "Targets ejected by
                    "checks in this worker", (UPSTREAM, TARGET))
 TARGET_UP = Metric("gwserver_upstream_target_up", "gauge", "1 when a checked or ejectable "
                    "target may take traffic, 0 when it is down (active or passive)",
-                   (UPSTREAM, TARGET), mode="mostrecent")
+                   (UPSTREAM, TARGET), mode=LAST_SEEN)
 REDIS_UP = Metric("gwserver_redis_up", "gauge", "1 when Redis answered this worker's last "
                   "round trip, 0 while limits and breakers fall back (on_store_error); absent "
                   "without [redis]", mode="livemin")
@@ -157,7 +163,8 @@ CATALOG = (REQUESTS, GATEWAY_ANSWERS, DURATION, UPSTREAM_DURATION, IN_FLIGHT,
            ROLLOUT_WEIGHT, ROLLOUT_GATE, ROLLOUT_ROLLED_BACK)
 
 MODES = {"livesum": "sum of live workers", "livemin": "min over live workers",
-         "liveall": "one per worker, label `pid`", "mostrecent": "most recent of any worker"}
+         "liveall": "one per worker, label `pid`",
+         LAST_SEEN: "most recent of live workers"}
 
 
 def make(metric, **kwargs):

@@ -8,6 +8,8 @@ spans from a background greenlet; a dead collector costs dropped spans, never a 
 """
 import logging
 
+from ..redact import mask_userinfo
+
 log = logging.getLogger("gwserver.otel")
 
 
@@ -38,7 +40,8 @@ class SpanExporter:
         self.provider.add_span_processor(BatchSpanProcessor(
             OTLPSpanExporter(endpoint=endpoint, timeout=2), schedule_delay_millis=1000))
         self.tracer = self.provider.get_tracer("gwserver")
-        log.info("exporting spans to %s", endpoint)
+        # (the exporter sends a user:password@ of the URL as Basic auth: not for the log)
+        log.info("exporting spans to %s", mask_userinfo(endpoint))
 
     def export(self, req, status, upstream, started_ns, ended_ns):
         """One SERVER span for a finished request (called from the access-log step)."""

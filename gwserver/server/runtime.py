@@ -37,7 +37,7 @@ from ..net.deadlines import Deadlines
 from ..net.sockets import RECV_SIZE
 
 log = logging.getLogger("gwserver.worker")
-_escape = json.encoder.encode_basestring      # the C encoder: ~0.2 us a string
+_escape = json.encoder.encode_basestring_ascii    # the C encoder (as core.accesslog)
 
 # Lines rendered and written at once when the tick has not come: a batch keeps the formatting
 # code in cache, and a small one keeps the pause it costs one request short (~0.15 ms).
