@@ -15,7 +15,8 @@
         ├── InternalError             500  a bug (a plugin raised, say); logged with traceback
         ├── Unimplemented             501  a transfer coding the gateway does not do
         ├── ServiceUnavailable        503  no target
-        │   └── UpstreamBusy          503  pool exhausted, no free HTTP/2 stream
+        │   ├── UpstreamBusy          503  pool exhausted, no free HTTP/2 stream
+        │   └── OutOfFiles            503  the worker's file limit, no target's fault
         ├── UpstreamTimeout           504
         │   └── UpstreamConnectTimeout 504  connect timed out (safe to retry anywhere)
         └── LoopDetected              508  the request came back through this gateway (Via)
@@ -148,6 +149,17 @@ class ServiceUnavailable(HTTPError):
 class UpstreamBusy(ServiceUnavailable):
     """No connection (or HTTP/2 stream) to the upstream is free within the pool's wait."""
     public = "no connection to the upstream is free; try again shortly"
+
+
+class OutOfFiles(ServiceUnavailable):
+    """No file descriptor was left for an upstream connection (EMFILE, ENFILE): the worker's
+    limit, so no target is blamed (skipped, ejected, tripped) and none other is tried."""
+    public = "the gateway has no room for another connection; try again shortly"
+
+    @classmethod
+    def connecting_to(cls, url):
+        return cls(f"no file descriptor left for a connection to {url}: the worker is at its "
+                   f"open-file limit (LimitNOFILE; each proxied client holds two)")
 
 
 class UpstreamTimeout(HTTPError):

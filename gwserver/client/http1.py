@@ -245,8 +245,6 @@ class ClientConnection:
                 # llhttp frames "gzip, chunked" as chunked; forwarding it as chunked alone
                 # would lose the gzip coding (RFC 9112 6.1: 501 for codings we do not do).
                 raise Unimplemented(f"transfer coding {te[:40]!r} is not supported")
-        if b"upgrade" in hmap:
-            self.check_upgrade(req, hmap)
         if req.connection_tokens:               # RFC 9110 7.6.1: drop what Connection names
             named = set(req.connection_tokens) - {b"close", b"keep-alive", b"upgrade"}
             if named:
@@ -258,6 +256,10 @@ class ClientConnection:
                     for name in named & {k.lower() for k, _ in req.headers}:
                         del hmap[name]
                     req.headers = kept
+        if b"upgrade" in hmap:
+            # After the drop: a handshake whose Connection names Sec-WebSocket-Key has none
+            # left to send (a 101 to it was a KeyError, a 500, where this is a 400).
+            self.check_upgrade(req, hmap)
         req.head_done = True
         if version != "1.1" and version != "1.0":
             raise BadRequest(f"unsupported HTTP version {version}")

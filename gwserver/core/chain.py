@@ -68,6 +68,7 @@ ARGUMENTS = {"access": ("conf", "ctx"), "response": ("conf", "ctx", "head"),
              "needs": ("conf",), "claims": ("conf", "ctx", "route_id"),
              "link": ("conf", "resolve"), "upstream_refs": ("conf",), "upstreams": ("conf",),
              "admin_view": ("uses", "services"), "reply": ("conf", "ctx", "head"),
+             "upgraded": ("conf", "ctx"),
              "warnings": ("conf",), "prepare_credential": ("cred",),
              "credential_lookup": ("cred",), "seal_credential": ("cred",),
              "same_secret": ("clear", "cred")}
@@ -191,7 +192,8 @@ def _takes(function, count):
 
 class Chain:
     __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
-                 "claims_steps", "reply_steps", "identifies", "identifiers", "third_party")
+                 "claims_steps", "reply_steps", "upgraded_steps", "identifies", "identifiers",
+                 "third_party")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -201,6 +203,7 @@ class Chain:
         self.finish_steps = _running(steps, "finish")
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
         self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
+        self.upgraded_steps = tuple((p, c) for p, c in steps if hasattr(p, "upgraded"))
         # by id: a plugin may be any object, hashable or not; the chain keeps it alive
         self.identifiers = frozenset(id(p) for p, _ in steps
                                      if getattr(p, "IDENTIFIES_CONSUMER", False))
@@ -329,6 +332,18 @@ class Chain:
                                       plugin.NAME, exc_info=exc)
                     return
             reply.headers = head.headers
+
+    def run_upgraded(self, ctx):
+        """The upstream switched protocols (a websocket's checked 101): what the exchange
+        says of the upstream is known now, while finish comes when the tunnel closes, hours
+        later perhaps. Runs before the tunnel; one that raises is logged, as in finish."""
+        for plugin, conf in (ctx.chain or self).upgraded_steps:
+            try:
+                plugin.upgraded(conf, ctx)
+            except Exception as exc:
+                throttled_log.log(log, logging.ERROR, ("upgraded", ctx.route.id, plugin.NAME),
+                                  "route %s: plugin %s failed in upgraded", ctx.route.id,
+                                  plugin.NAME, exc_info=exc)
 
     def run_finish(self, ctx, status):
         # The answer is out: a failing plugin here is logged, never turned into a response.

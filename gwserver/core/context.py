@@ -315,6 +315,15 @@ class ResponseHead:
                 return value.decode("latin-1") if isinstance(value, bytes) else value
         return None
 
+    def header_list(self, name):
+        """Every copy of a list-valued ``name`` (Vary, Cache-Control) joined with ", ", as
+        RFC 9110 5.3 reads fields on several lines, or None. ``header`` gives the last copy
+        alone: "Vary: Cookie" then "Vary: Origin" is one list of two names."""
+        lower = _enc(name).lower()
+        found = [value.decode("latin-1") if isinstance(value, bytes) else value
+                 for key, value in self.headers if _enc(key).lower() == lower]
+        return ", ".join(found) if found else None
+
     def set_header(self, name, value):
         set_header(self.headers, name, value)
 

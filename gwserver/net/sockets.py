@@ -273,6 +273,17 @@ def peer_address(addr):
     return address
 
 
+def out_of_files(exc):
+    """Whether a connect failed for want of a file descriptor in this process (EMFILE) or on
+    the host (ENFILE), under urllib3's wrappers too: the gateway's limit, not the peer's."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def failure_reason(exc):
     """Why a connect failed, in a log line's words: the OS's reason ("connection refused",
     "name or service not known") under urllib3's wrappers, whose own text names its

@@ -9,7 +9,8 @@ JSON body naming the breaker, without touching the upstream. After ``open_for`` 
 (doubling with each trip in a row, up to ``max_open_for``) it is half-open: exactly
 ``half_open_probes`` requests go through, cluster-wide; if they all succeed it closes, if one
 fails it opens again. Failures are the ``failure_statuses`` an upstream answers with, and
-always a connect error, a timeout or a broken upstream connection.
+always a connect error, a timeout or a broken upstream connection. A websocket counts when its
+handshake is answered (``upgraded``), not when its tunnel closes.
 
 On a route, one breaker per route; with ``scope = "upstream"``, or set on an upstream object
 (``[upstreams.NAME.plugins.breaker]``), one breaker per upstream shared by its routes. State is
@@ -117,6 +118,19 @@ def finish(conf, ctx, status):
         return
     try:
         record(conf, ctx, status, *admitted)
+    except OSError as exc:
+        unguarded(admitted[1], exc)
+
+
+def upgraded(conf, ctx):
+    """A websocket's verdict is its handshake. Left to finish, which comes when the tunnel
+    closes, a half-open breaker's probe held its verdict, and every other handshake out (503
+    circuit_open), for as long as the probe's websocket stayed open."""
+    admitted = ctx.vars.pop("breaker", None)
+    if admitted is None:
+        return
+    try:
+        record(conf, ctx, 101, *admitted)
     except OSError as exc:
         unguarded(admitted[1], exc)
 

@@ -12,7 +12,9 @@ compressed as it arrives (a sync flush), so an event stream is not held back. A 
 answer loses ``Accept-Ranges``: ranges of the upstream's bytes are not ranges of gzip's. A
 HEAD gets the head the GET would (Content-Encoding, the weak ETag), without a length. ``Vary:
 Accept-Encoding`` is added to every answer of a listed type, compressed or not, so caches keep
-the two apart; a strong ``ETag`` becomes weak, as the bytes differ.
+the two apart; a strong ``ETag`` becomes weak, as the bytes differ, and so does the strong one
+of a 304 that answers ``If-None-Match`` with the weak one. ``Vary`` and ``Cache-Control`` are
+read from all their lines (a list may be split over several).
 """
 import zlib
 
@@ -64,23 +66,48 @@ def accepts_gzip(value):
     return bool(star)
 
 
+def add_vary(head):
+    """Vary: Accept-Encoding, with every name the upstream's Vary lines hold (a list may
+    come on several lines: the last alone dropped "Cookie" for a cache keyed on the rest)."""
+    vary = head.header_list("vary")
+    if vary is None:
+        head.set_header("Vary", "Accept-Encoding")
+        return
+    names = {name.strip().lower() for name in vary.split(",")}
+    if "accept-encoding" not in names and "*" not in names:
+        head.set_header("Vary", f"{vary}, Accept-Encoding")
+
+
+def revalidated(conf, ctx, head):
+    """A 304 says the ETag the 200 would have said (RFC 9110 15.4.5). A client revalidating
+    the weak tag this plugin made of the upstream's strong one gets the upstream's 304 with
+    the strong one: a cache refreshing its headers from it would hold gzip bytes under the
+    plain bytes' strong validator (and splice an If-Range's 206 of plain bytes into them)."""
+    etag = head.header("etag")
+    if etag is None or etag.startswith("W/"):
+        return
+    asked = ctx.header("if-none-match")
+    if asked is not None and "W/" + etag in asked:
+        head.set_header("ETag", "W/" + etag)
+        if conf["vary"]:
+            add_vary(head)
+
+
 def response(conf, ctx, head):
     if head.status in NO_BODY or head.status < 200:
+        if head.status == 304:
+            revalidated(conf, ctx, head)
         return
     media = (head.header("content-type") or "").partition(";")[0].strip().lower()
     if not (media in conf["exact"] or media.startswith(conf["families"])):
         return
     if conf["vary"]:
-        vary = head.header("vary")
-        if vary is None:
-            head.set_header("Vary", "Accept-Encoding")
-        elif "accept-encoding" not in vary.lower() and vary.strip() != "*":
-            head.set_header("Vary", f"{vary}, Accept-Encoding")
+        add_vary(head)
     accept = ctx.header("accept-encoding")
     if accept is None or not accepts_gzip(accept):
         return
     if head.header("content-encoding") is not None or \
-            "no-transform" in (head.header("cache-control") or "").lower():
+            "no-transform" in (head.header_list("cache-control") or "").lower():
         return
     length = head.header("content-length")
     if length is not None and length.isdigit() and int(length) < conf["min_length"]:

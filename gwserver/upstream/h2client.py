@@ -35,9 +35,9 @@ from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
-from ..errors import (ServiceUnavailable, UpstreamBusy, UpstreamConnectError, UpstreamConnectTimeout,
-                      UpstreamError, UpstreamTimeout)
-from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason
+from ..errors import (OutOfFiles, ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
+                      UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
+from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason, out_of_files
 from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
@@ -302,6 +302,8 @@ class H2Connection:
         except socket.timeout:
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         except OSError as exc:
+            if out_of_files(exc):
+                raise OutOfFiles.connecting_to(target.url) from None     # no target's fault
             raise UpstreamConnectError(f"cannot connect to {target.url}: "
                                        f"{failure_reason(exc)}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

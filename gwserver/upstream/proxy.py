@@ -43,10 +43,10 @@ from ..core.routes import IDEMPOTENT, no_target_reason
 from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
-from ..errors import (BadRequest, HTTPError, InternalError, LoopDetected, PayloadTooLarge,
-                      ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
+from ..errors import (BadRequest, HTTPError, InternalError, LoopDetected, OutOfFiles,
+                      PayloadTooLarge, ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
-from ..net.sockets import (OPEN, RECV_SIZE, UNREAD, PlainSocket, failure_reason, idle_state,
+from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, out_of_files,
                            recv_when_readable, send_all, send_unless_answered,
                            tls_idle_state, tls_read_now, tls_send_unless_answered)
 from ..state.hostshare import PUBLISH_EVERY, HostShare
@@ -461,6 +461,10 @@ class Proxy:
                 CertificateError) as exc:
             # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
             pool._put_conn(None)
+            if out_of_files(exc):
+                # the worker's own limit: taken for the target's, the host's workers skipped
+                # it for 1 s and passive checks counted it towards its ejection
+                raise OutOfFiles.connecting_to(target.url) from None
             raise UpstreamConnectError(f"cannot connect to {target.url}: "
                                        f"{failure_reason(exc)}") from None
         except ConnectTimeoutError:
@@ -551,9 +555,10 @@ class Proxy:
                             f"client paused its upload")) from None
                     # Retried once on a fresh connection for an idempotent method whatever
                     # the policy, and for no other (the upstream may have acted on it: only
-                    # "reset" in the policy lets it go again, below).
+                    # "reset" in the policy lets it go again, below). A websocket handshake
+                    # too: nothing of the tunnel (upgrade_tail) goes out before a 101.
                     if reused and not stale_retried and body_held is not None and \
-                            not req.upgrade and req.method in IDEMPOTENT:
+                            req.method in IDEMPOTENT:
                         fresh = stale_retried = True    # the pool may hold more dead ones
                         continue
                     self.book_failure(upstream, target)
@@ -742,6 +747,9 @@ class Proxy:
         """Relay the answer whose head ``attempt`` read (or open a websocket tunnel)."""
         if ex.status == 101:
             check_websocket_accept(req, ex)
+            chain = req.route.chain
+            if (req.chain or chain).upgraded_steps:
+                chain.run_upgraded(req)     # (a breaker's verdict: finish waits for the close)
             return self.tunnel(client, req, ex)
         return self.relay_response(client, req, ex, req.route, keep_alive)
 
@@ -1058,14 +1066,18 @@ class Proxy:
         tunnel = IdleTunnel((upstream_sock, client_sock))
 
         def pump(src, dst):
-            buf = bytearray(RECV_SIZE)
+            # Into the worker's one upstream buffer, copied out before the send can yield
+            # (what came is all that is held): a 64 KiB buffer of each pump's own made every
+            # idle tunnel 150 KiB, 150 MB a worker at worker_connections = 1000.
+            buf, view = self.buf, self.view
             try:
                 while True:
                     n = src.recv_into(buf)
                     if not n:
                         break
+                    data = view[:n].tobytes()
                     deadlines.arm(tunnel, idle)
-                    dst.sendall(memoryview(buf)[:n])
+                    dst.sendall(data)
                     deadlines.arm(tunnel, idle)
             except OSError:
                 pass
@@ -1167,9 +1179,13 @@ def check_websocket_accept(req, ex):
     answers 101 (the client's next bytes would reach it as an unchecked request)."""
     if not req.upgrade:
         raise UpstreamError("upstream switched protocols for a request that did not ask to")
+    key = req.header_map.get(b"sec-websocket-key")
+    if not key:
+        # A plugin took it off (headers: request.remove): no 101 can answer for this client
+        raise UpstreamError("upstream switched protocols for a websocket request that went "
+                            "without its Sec-WebSocket-Key")
     headers = {name.lower(): value.strip() for name, value in ex.header_pairs()}
-    expected = base64.b64encode(hashlib.sha1(
-        req.header_map[b"sec-websocket-key"].strip() + WEBSOCKET_GUID).digest())
+    expected = base64.b64encode(hashlib.sha1(key.strip() + WEBSOCKET_GUID).digest())
     if headers.get(b"upgrade", b"").lower() != b"websocket" or \
             not hmac.compare_digest(headers.get(b"sec-websocket-accept", b""), expected):
         raise UpstreamError("upstream answered 101 without completing the websocket "
