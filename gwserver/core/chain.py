@@ -31,6 +31,9 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
     ROUTE_ONLY = True                     may not be a consumer's own plugin (it says what
                                           the route lets through: acl)
     UPSTREAM_PROTOCOL = "h2"              works only with an upstream of that protocol
+    ANSWERS_PREFLIGHT = True              its access phase answers CORS preflights (cors):
+                                          the router hands it those whose announced method
+                                          the route takes, whatever its methods say of OPTIONS
     IDENTIFIES_CONSUMER = True            its access phase may identify a consumer
                                           (core.consumers.identify); that consumer's own
                                           plugins then replace the route's configs of the
@@ -112,6 +115,8 @@ def check_plugin(plugin):
         raise TypeError(f"plugin {name}: IDENTIFIES_CONSUMER must be True or False")
     if not isinstance(getattr(plugin, "ROUTE_ONLY", False), bool):
         raise TypeError(f"plugin {name}: ROUTE_ONLY must be True or False")
+    if not isinstance(getattr(plugin, "ANSWERS_PREFLIGHT", False), bool):
+        raise TypeError(f"plugin {name}: ANSWERS_PREFLIGHT must be True or False")
     if hasattr(plugin, "CREDENTIAL") and not isinstance(plugin.CREDENTIAL, Schema):
         raise TypeError(f"plugin {name}: CREDENTIAL must be a gwserver.core.schema.Schema")
     if hasattr(plugin, "CREDENTIAL"):
@@ -193,7 +198,7 @@ def _takes(function, count):
 class Chain:
     __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
                  "claims_steps", "reply_steps", "upgraded_steps", "identifies", "identifiers",
-                 "third_party")
+                 "third_party", "answers_preflight")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -208,6 +213,7 @@ class Chain:
         self.identifiers = frozenset(id(p) for p, _ in steps
                                      if getattr(p, "IDENTIFIES_CONSUMER", False))
         self.identifies = bool(self.identifiers)
+        self.answers_preflight = any(getattr(p, "ANSWERS_PREFLIGHT", False) for p, _ in steps)
         # the plugins whose head edits are checked (the built-ins' are known good)
         self.third_party = frozenset(id(p) for p, _ in steps if not _shipped(p))
 

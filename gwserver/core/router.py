@@ -223,12 +223,16 @@ class Router:
                 route, params = found
                 return route, dict(params) if params else {}    # the caller's to change
         segments = path[1:].split("/")
+        if method == "OPTIONS":         # never remembered (below): a preflight's header decides
+            found = self._preflight(segments, host, headers, claims_of)
+            if found is not None:
+                return found
         params = []
         allowed = set()
         found = self._walk(self._root, segments, 0, params, method, host,
                            (headers, claims_of), allowed)
         if found is not None:
-            if cacheable:
+            if cacheable and method != "OPTIONS":
                 matches = self._matches
                 if len(matches) >= MATCH_CACHE_SIZE:
                     matches.clear()
@@ -238,6 +242,21 @@ class Router:
         if allowed:
             raise MethodNotAllowed(allowed)
         raise RouteNotFound(f"no route for {path}")
+
+    def _preflight(self, segments, host, headers, claims_of):
+        """A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) goes to
+        the route the request it announces would take, when that route's chain answers
+        preflights (cors, grpc_web); else it is routed as any OPTIONS. A browser sends one
+        before a JSON POST or an Authorization header: routed as OPTIONS it was a 405 on a
+        route with ``methods``, or went to a broader route (a catch-all) without the cors."""
+        asked = headers.get(b"access-control-request-method") if headers else None
+        if asked is None or b"origin" not in headers:
+            return None
+        found = self._walk(self._root, segments, 0, [], asked.decode("latin-1"), host,
+                           (headers, claims_of), set())
+        if found is None or found[0].chain is None or not found[0].chain.answers_preflight:
+            return None
+        return found
 
     def _walk(self, node, segments, i, params, method, host, conditions, allowed):
         if i == len(segments):

@@ -12,10 +12,23 @@ or if a pattern matches it *whole* (``re.fullmatch``: a pattern cannot be satisf
 prefix), or ``"*"`` is listed. A preflight (OPTIONS with Origin and
 Access-Control-Request-Method) is answered here: 204 with the allowed methods and headers
 for an allowed origin and method, 403 otherwise; it never reaches the upstream or the auth
-plugins (a browser sends no credentials on a preflight). Other answers to an allowed origin
-get Access-Control-Allow-Origin (the origin itself, or ``*`` when every origin is allowed
+plugins (a browser sends no credentials on a preflight). A method is allowed when
+``allow_methods`` and the route's ``methods`` both take it; the router hands a preflight
+to the route its announced method would take, whatever that route's ``methods`` say of
+OPTIONS (docs/routes.md). Other answers to an allowed origin get
+Access-Control-Allow-Origin (the origin itself, or ``*`` when every origin is allowed
 without credentials), -Allow-Credentials and -Expose-Headers; every answer of a route whose
-answer depends on the origin gets ``Vary: Origin`` so that caches keep them apart.
+answer depends on the origin gets ``Vary: Origin`` so that caches keep them apart. When every
+origin is allowed without credentials, every answer gets ``Access-Control-Allow-Origin: *``,
+with or without an Origin: one answer for all, which a cache cannot hand to the wrong one.
+
+The route's cors speaks for its answers alone: an upstream's own ``Access-Control-*``
+headers are dropped (its ``-Allow-Credentials: true`` beside the gateway's
+``-Allow-Origin`` would grant what this config does not, and its ``-Allow-Origin`` would
+let in an origin this config refuses). The ``null`` origin (sandboxed frames, ``data:`` and
+``file:`` pages: any site can make one) is allowed only when ``allow_origins`` lists it, never
+by a pattern, and never with credentials; nor may a pattern with credentials match any
+origin at all (``.*``: every site could read the user's answers).
 """
 import re
 
@@ -25,6 +38,7 @@ from ..core.schema import (Field, Invalid, Schema, backtrack_warnings, boolean, 
 
 NAME = "cors"
 PRIORITY = 1120         # before grpc_web (1100) and every auth plugin: preflights carry none
+ANSWERS_PREFLIGHT = True    # the router hands us the preflights of our route's methods
 
 ORIGIN = r"\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|null"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -68,16 +82,40 @@ def prepare(conf):
                          "it (list the origins, or use allow_origin_patterns)")
     if not origins and not conf["allow_origin_patterns"]:
         raise ValueError("set allow_origins or allow_origin_patterns")
+    patterns = tuple(re.compile(p, re.I) for p in conf["allow_origin_patterns"])
+    if conf["allow_credentials"]:
+        _check_credentialed(origins, patterns)
     headers = [h.lower() for h in conf["allow_headers"]]
+    public = "*" in origins and not conf["allow_credentials"]
     return {**conf, "origins": origins, "any": "*" in origins,
-            "patterns": tuple(re.compile(p, re.I) for p in conf["allow_origin_patterns"]),
+            "patterns": patterns,
+            "public": public,        # one answer for every origin: "*" on all
             "methods": frozenset(conf["allow_methods"]) | {"OPTIONS"},
             "methods_text": ", ".join(conf["allow_methods"]),
             "reflect_headers": "*" in headers,
             "headers": frozenset(headers) - {"*"},
             "headers_text": ", ".join(h for h in headers if h != "*"),
             "expose_text": ", ".join(conf["expose_headers"]),
-            "vary": not ("*" in origins and not conf["allow_credentials"])}
+            "vary": not public}
+
+
+# Origins no site may be given (.invalid is reserved, RFC 2606): a credentialed pattern that
+# matches one would match the attacker's site too.
+NO_SITES = ("https://attacker.invalid", "http://attacker.invalid")
+
+
+def _check_credentialed(origins, patterns):
+    """With credentials, an origin that any site can send is a config error: ``null``, or a
+    pattern that matches every origin."""
+    if "null" in origins:
+        raise ValueError('allow_origins = ["null"] with allow_credentials = true: any site can '
+                         "send Origin: null (a sandboxed iframe) and read the user's answers")
+    for pattern in patterns:
+        site = next((o for o in NO_SITES if pattern.fullmatch(o)), None)
+        if site is not None:
+            raise ValueError(f"allow_origin_patterns: {pattern.pattern!r} with "
+                             f"allow_credentials = true matches any origin ({site} too): "
+                             f"every site could read the user's answers")
 
 
 def allowed(conf, origin):
@@ -85,7 +123,8 @@ def allowed(conf, origin):
         return False
     if conf["any"] or origin.lower() in conf["origins"]:
         return True
-    return any(p.fullmatch(origin) for p in conf["patterns"])
+    # "null" is anyone's (a sandboxed frame): allowed only by name, never by a pattern
+    return origin != "null" and any(p.fullmatch(origin) for p in conf["patterns"])
 
 
 def preflight(conf, ctx, origin):
@@ -93,13 +132,17 @@ def preflight(conf, ctx, origin):
     method = ctx.header("access-control-request-method")
     asked = [h.strip().lower() for h in (ctx.header("access-control-request-headers") or
                                          "").split(",") if h.strip()]
+    route_methods = ctx.route.methods if ctx.route is not None else None
     if not allowed(conf, origin) or method not in conf["methods"] or \
+            (route_methods is not None and method not in route_methods) or \
             (not conf["reflect_headers"] and not set(asked) <= conf["headers"]):
         return Reply.json(403, {"error": "cors_not_allowed",
                                 "message": "this origin, method or header is not allowed"},
                           [("Vary", "Origin")])
+    methods_text = conf["methods_text"] if route_methods is None else \
+        ", ".join(m for m in conf["allow_methods"] if m in route_methods)
     headers = [("Access-Control-Allow-Origin", _allow_origin(conf, origin)),
-               ("Access-Control-Allow-Methods", conf["methods_text"]),
+               ("Access-Control-Allow-Methods", methods_text),
                ("Access-Control-Max-Age", str(conf["max_age"]))]
     allow_headers = ", ".join(asked) if conf["reflect_headers"] else conf["headers_text"]
     if allow_headers:
@@ -135,7 +178,27 @@ def access(conf, ctx):
 
 
 def response(conf, ctx, head):
-    origin = ctx.var("cors_origin")
+    # This config is the route's CORS policy: an upstream's own headers would add to it
+    # (its -Allow-Credentials beside our -Allow-Origin) or stand where it says no.
+    if head.has_header_prefix(b"access-control-"):
+        _drop_cors_headers(head)
+    _add_headers(conf, head, ctx.var("cors_origin"))
+
+
+def reply(conf, ctx, head):
+    """An answer the gateway writes itself (a 401 from an auth plugin, a 429, a 502) needs
+    the same headers, or a browser cannot read why it was refused. The origin is judged
+    here, by the config in force: the request may have ended before access() ran (a
+    redirect, which a browser follows only with them; a 413), and a consumer's cors may
+    have replaced the route's since. A preflight's answer is whole as preflight() made it."""
+    if not is_preflight(ctx):
+        origin = ctx.header("origin")
+        _add_headers(conf, head, origin if allowed(conf, origin) else None)
+
+
+def _add_headers(conf, head, origin):
+    if conf["public"]:
+        origin = "*"
     if origin is not None:
         head.set_header("Access-Control-Allow-Origin", _allow_origin(conf, origin))
         if conf["allow_credentials"]:
@@ -146,9 +209,9 @@ def response(conf, ctx, head):
         add_vary(head, "Origin")
 
 
-# An answer the gateway writes itself (a 401 from an auth plugin, a 429, a 502) needs the
-# same headers, or a browser cannot read why it was refused.
-reply = response
+def _drop_cors_headers(head):
+    head.headers = [(k, v) for k, v in head.headers
+                    if not k.lower().startswith(b"access-control-")]
 
 
 def add_vary(head, name):

@@ -21,7 +21,9 @@ touching the budget.
 The key is looked for only where configured: with ``query = ""`` a key in the query string is
 not a key. It is removed before proxying (``hide_credentials = true``, the default: from the
 header and the query both), so the upstream and its logs never see it, and neither does the
-access log: its ``query`` field and the common format's target hold the query the upstream got.
+access log: its ``query`` field and the common format's target hold the query the upstream got
+(or would have: a request a plugin that runs first ended, an http_to_https redirect or an
+ip_restriction 403, is logged without the key too).
 A request carrying two different keys (header and parameter, or the parameter twice) is a 401
 ``ambiguous_key``: the gateway would check one and an upstream that reads keys might take the
 other.
@@ -216,6 +218,8 @@ def access(conf, ctx):
     in_query, rest = [], None
     if conf["query"]:
         in_query, rest = _from_query(ctx.query, conf["query"])
+        if conf["hide_credentials"]:
+            ctx.vars["key_auth_query"] = True       # finish() need not look again
         if in_query and conf["hide_credentials"]:
             # Taken out at once, whatever the answer: a request refused here (two keys, a
             # wrong one, a 429) goes nowhere, but its query is still the access log's
@@ -240,6 +244,19 @@ def access(conf, ctx):
         ctx.remove_header(conf["header_b"])
     consumers.identify(ctx, consumer)
     return None
+
+
+def phases(conf):
+    """finish only where a key may sit in the query."""
+    return {"access", "finish"} if conf["query"] and conf["hide_credentials"] else {"access"}
+
+
+def finish(conf, ctx, status):
+    """A request another plugin ended before this one ran (redirect, ip_restriction, cors:
+    all run first) or that the gateway refused first (a body over the route's limit) still
+    has its key in the query, and the access log, written next, would show it."""
+    if ctx.query and not ctx.var("key_auth_query"):
+        ctx.query = _from_query(ctx.query, conf["query"])[1]
 
 
 def _challenge(conf):

@@ -17,6 +17,9 @@ as in ``https://a.example$param_x`` with x = ``@evil.example``), and a relative 
 start with ``//`` (a scheme-relative URI: another host) is collapsed to one ``/``. ``$host``
 is the Host the route matched: on a route without ``hosts`` that is any name a client sends,
 so use ``hosts`` on the route, or ``host`` here.
+
+A CORS preflight on a route with ``cors`` goes on to it (a browser does not follow a
+redirect of a preflight); the request it announces is redirected, with cors' headers.
 """
 import logging
 import re
@@ -54,6 +57,10 @@ def prepare(conf):
     if conf["http_to_https"] == (conf["uri"] is not None):
         raise ValueError("set exactly one of http_to_https = true and uri")
     if conf["uri"] is None:
+        if conf["host"] and ":" in conf["host"] and conf["https_port"] != 443:
+            # "https://a.example:8443:8443/": no client could follow it
+            raise ValueError(f"host {conf['host']!r} names a port and https_port "
+                             f"{conf['https_port']} another: set one of them")
         return {**conf, "template": None, "authority": None}
     template = compile_template(conf["uri"])
     return {**conf, "template": template, "authority": _check_uri(template)}
@@ -105,6 +112,8 @@ def _check_uri(template):
 
 
 def access(conf, ctx):
+    if ctx.method == "OPTIONS" and _preflight_for_cors(ctx):
+        return None
     if conf["http_to_https"]:
         if ctx.scheme == "https" or (ctx.peer_ip is not None and
                                      ctx.header("x-forwarded-proto") == "https"):
@@ -136,6 +145,15 @@ def access(conf, ctx):
             return Reply.json(500, {"error": "redirect_failed",
                                     "message": "the redirect target could not be built"})
     return _redirect(conf, location)
+
+
+def _preflight_for_cors(ctx):
+    """A CORS preflight on a route whose cors answers it: a browser never follows a redirect
+    of one (the fetch fails), and it carries no credentials. The request it announces gets
+    the redirect, with cors' headers (its reply hook), which a browser then follows."""
+    return ctx.header("access-control-request-method") is not None and \
+        ctx.header("origin") is not None and ctx.route is not None and \
+        ctx.route.chain is not None and ctx.route.chain.answers_preflight
 
 
 def _redirect(conf, location):

@@ -39,8 +39,10 @@ cannot be edited here.
 ``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
 framing differs). ``response_body`` replaces the body of the upstream's answer (of every
 status, or those in ``response_body_statuses``) with a fixed text with ``$variables``; the
-upstream's body is read and dropped as it streams, never held. A HEAD gets the status and
-headers without the upstream's Content-Length (the GET's body is the text, not that one).
+upstream's body is read and dropped as it streams, never held, and what the upstream said
+of its body goes with it (Content-Encoding, ETag, digests: the text is sent as written). A
+HEAD gets the status and headers without the upstream's Content-Length (the GET's body is
+the text, not that one).
 """
 import logging
 import re
@@ -91,6 +93,11 @@ SCHEMA = Schema(
 )
 
 BODILESS = frozenset([204, 304])
+# What an upstream says of the body response_body replaces: the text is sent as it is
+# (a Content-Encoding: gzip left on it makes clients fail to decode the answer), and the
+# validators and digests of the upstream's bytes do not hold for it.
+OF_THE_BODY = frozenset([b"content-encoding", b"etag", b"content-md5", b"digest",
+                         b"content-digest", b"repr-digest"])
 
 
 def prepare(conf):
@@ -318,6 +325,11 @@ def _bad_value(ctx, name):
 
 
 def response(conf, ctx, head):
+    body = conf["body"]
+    replaced = body is not None and head.status not in BODILESS and \
+        (not conf["body_statuses"] or head.status in conf["body_statuses"])
+    if replaced:                # before the config's own edits, which may set one of these
+        head.headers = [(k, v) for k, v in head.headers if k.lower() not in OF_THE_BODY]
     remove, to_set, to_add = conf["response"]
     for name in remove:
         head.remove_header(name)
@@ -331,9 +343,7 @@ def response(conf, ctx, head):
         value = template.expand(ctx)
         if value and is_field_value(value):
             head.headers.append((name, value.encode("latin-1")))
-    body = conf["body"]
-    if body is not None and head.status not in BODILESS and \
-            (not conf["body_statuses"] or head.status in conf["body_statuses"]):
+    if replaced:
         if ctx.method == "HEAD":
             head.remove_header("Content-Length")    # the upstream's body's, not the text's
         else:

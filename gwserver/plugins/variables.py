@@ -12,7 +12,7 @@ once per route into a template and expanded per request (nginx's and APISIX's ``
     $request_id  the request id (X-Request-ID, or one the gateway made)
     $client_ip   the client address through trusted_proxies, never a header from anyone else
     $consumer    the id of the consumer an auth plugin identified ("" when none)
-    $consumer_groups   its groups, comma-separated
+    $consumer_groups   its groups, comma-separated, in its order (as X-Consumer-Groups)
     $param_NAME  the route parameter NAME (``/users/:id`` -> $param_id; "" when unbound)
 
 ``${name}`` separates a name from letters that follow it; ``$$`` is one ``$``. An unknown name
@@ -23,6 +23,8 @@ Location percent-encodes anything outside RFC 3986 (``expand(..., escape=uri_esc
 import difflib
 import re
 from urllib.parse import quote
+
+from ..core.consumers import HEADER_GROUPS
 
 _REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|(\d))")
 
@@ -36,8 +38,14 @@ def _consumer(ctx):
 
 
 def _groups(ctx):
+    # as X-Consumer-Groups says them, in the consumer's order: the frozenset's order is the
+    # process' string hashing's, another on every host and restart
     consumer = ctx.consumer
-    return "" if consumer is None else ",".join(consumer.groups)
+    if consumer is not None:
+        for name, value in consumer.upstream_headers:
+            if name == HEADER_GROUPS:
+                return value.decode("latin-1")
+    return ""
 
 
 _GETTERS = {
