@@ -1025,3 +1025,23 @@ def test_per_try_timeout_bounds_a_head_that_drips_in(launcher):
                                                  f"http://127.0.0.1:{raw.port}")]))
     assert raw_request(plain.port, b"GET /drip-head HTTP/1.1\r\nHost: gw\r\n"
                                    b"Connection: close\r\n\r\n")[0] == 200
+
+
+@pytest.mark.parametrize("target, sent, server", [
+    (b"/f/echo?beta=1#1", "/echo?beta=1", "v2"),
+    (b"/f/echo#x?beta=1", "/echo", "v1")])
+def test_a_fragment_is_dropped_from_the_path_and_the_query(launcher, target, sent, server):
+    """docs/security.md: kept in the query, "?beta=1#1" reached the upstream as sent (which
+    drops the fragment: beta=1) while split's rule on the query's beta read "1#1" and sent
+    the request to the baseline; "/a#x?beta=1" has no query at all, yet went with one."""
+    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "f", "paths": ["/f/*rest"], "strip_prefix": "/f", "upstream": "v1",
+          "plugins": {"split": {"upstreams": [{"upstream": "v1", "weight": 1},
+                                              {"upstream": "v2", "weight": 0}],
+                                "rules": [{"query": {"beta": "1"}, "upstream": "v2"}]}}}],
+        upstreams={"v1": {"targets": [{"url": v1.url}]}, "v2": {"targets": [{"url": v2.url}]}}))
+    status, answer = raw_request(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n"
+                                 b"Connection: close\r\n\r\n")
+    seen = json.loads(body_of(answer))
+    assert status == 200 and (seen["path"], seen["server"]) == (sent, server), answer[-300:]
