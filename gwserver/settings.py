@@ -535,6 +535,7 @@ def conf_warnings(conf):
                         f"to that is held in memory, so {server['worker_connections']} "
                         f"connections per worker may hold "
                         f"{buffered * server['worker_connections'] >> 30} GiB")
+    warnings += open_files_warnings(server["worker_connections"])
     warnings += unreachable_paths(conf.static_routes)
     admin, token = conf.admin, conf.admin["token"]
     if admin["bind"] and not token and not _loopback_only(admin["bind"]):
@@ -551,6 +552,30 @@ def conf_warnings(conf):
     warnings += [w for where, plugins in _static_plugin_confs(conf)
                  for w in plugin_warnings(where, plugins)]
     return warnings
+
+
+# Descriptors a worker holds beside its clients' and their upstream connections: listeners,
+# idle pooled connections, the heartbeat, state and metrics files, the access log.
+FILES_BESIDE_CLIENTS = 64
+
+
+def open_files_warnings(worker_connections, limit=None):
+    """A proxied client holds two descriptors (its own and the upstream's; a websocket for its
+    whole life): under an open-file limit below twice worker_connections, a busy worker runs
+    out, and each request past it gets a 503. ``limit``: this process's hard RLIMIT_NOFILE,
+    which the master raises its soft limit to (server.app); under systemd (ExecStartPre's
+    check, the master) it is the unit's LimitNOFILE."""
+    import resource
+    if limit is None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    needed = 2 * worker_connections + FILES_BESIDE_CLIENTS
+    if limit == resource.RLIM_INFINITY or limit >= needed:
+        return []
+    return [f"the open-file limit is {limit}, under the {needed} a worker needs with every one "
+            f"of server.worker_connections = {worker_connections} proxied (two each, and "
+            f"{FILES_BESIDE_CLIENTS} more): past it requests get 503 (no file descriptor "
+            f"left). Raise LimitNOFILE in the unit (systemd/gwserver.service: 65536) or lower "
+            f"worker_connections"]
 
 
 def _loopback_only(bind):

@@ -4,13 +4,14 @@ the demo upstream answers on demand, and `routes status` tells live from stale."
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
 
-from ..conftest import free_port, gateway_conf, route, wait_for_port, wait_until
+from ..conftest import free_port, gateway_conf, route, to_toml, wait_for_port, wait_until
 
 TOKEN = "admin-s3cret"
 JWT_SECRET = "jwt-s3cret-value"
@@ -489,3 +490,37 @@ def test_a_state_dir_the_conf_names_may_sit_in_another_users_directory(launcher,
     gw = launcher.gateway(gateway_conf([route("e", ["/echo"], upstream.url)],
                                        server={"state_dir": str(owned / "state")}))
     assert gw.request("GET", "/echo")[0].status == 200
+
+
+def open_files_limit(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(line for line in f if line.startswith("Max open files"))
+    return int(line.split()[3])         # the soft limit
+
+
+def test_the_master_raises_its_open_file_limit_and_check_warns_below_what_workers_need(
+        launcher, upstream, tmp_path):
+    """A proxied client holds two descriptors. A shell's soft limit of 1024 under a far
+    higher hard one ran the default 1000 worker_connections out (each request past it a 503,
+    once blamed on the upstream): the master raises its soft limit to the hard one, as Go
+    and nginx's worker_rlimit_nofile do, and `gwserver check` warns of a hard limit below
+    what the workers need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))     # the gateway inherits it
+    try:
+        gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)]))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert hard == resource.RLIM_INFINITY or hard > 512
+    assert [open_files_limit(pid) for pid in gw.worker_pids()] == [hard]
+    assert gw.request("GET", "/echo")[0].status == 200
+    path = tmp_path / "gw.toml"
+    path.write_text(to_toml(gateway_conf([route("r", ["/*rest"], upstream.url)],
+                                         server={"worker_connections": 1000})))
+    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                               (1024, 1024)))
+    assert run.returncode == 0, run.stderr
+    assert "the open-file limit is 1024, under the 2064 a worker needs with every one of " \
+           "server.worker_connections = 1000 proxied" in run.stdout + run.stderr
