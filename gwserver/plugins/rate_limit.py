@@ -281,6 +281,14 @@ def finish(conf, ctx, status):
         ctx.services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))
 
 
+def upgraded(conf, ctx):
+    """Adaptive limits: a websocket's answer is its handshake (a checked 101), not its
+    tunnel's close, hours later perhaps."""
+    finish(conf, ctx, 101)
+    if ctx.var("rate_limit_store") is not None:
+        del ctx.vars["rate_limit_store"]    # recorded: finish, at the close, does nothing
+
+
 def _lines(decision):
     """RateLimit-* as header lines, in one formatting: added to every answer of a limited
     route."""

@@ -339,6 +339,14 @@ def finish(conf, ctx, status):
                                  conf["latency_bounds"])
 
 
+def upgraded(conf, ctx):
+    """A websocket counts at its handshake (a checked 101): left to finish, it counted when
+    its tunnel closed, hours later perhaps, in whatever window was current then."""
+    finish(conf, ctx, 101)
+    if ctx.var("rollout") is not None:
+        del ctx.vars["rollout"]         # counted: finish, at the close, says nothing more
+
+
 ADMIN_VIEW = "rollouts"
 
 

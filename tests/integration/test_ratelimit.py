@@ -1,6 +1,7 @@
 """Rate limiting through real gateways, with state in a real redis-server or per host."""
 import http.client
 import json
+import socket
 import time
 
 import pytest
@@ -298,3 +299,22 @@ def test_a_client_cannot_evict_another_limits_per_host_state(launcher, upstream)
     for value in values:
         assert statuses(gw, 1, "/other/echo", headers={"X-Key": value}) == [200]
     assert statuses(gw, 2, "/api/echo") == [429, 429]
+
+
+def test_an_adaptive_limit_hears_a_websocket_at_its_handshake(launcher, upstream):
+    """The tunnel attack pass: an adaptive rate_limit recorded a websocket's answer when its
+    tunnel closed (finish), hours later perhaps; it is recorded at the checked 101 now (the
+    upgraded hook), as the rate it sets shows while the tunnel is still open."""
+    from ..conftest import WEBSOCKET_HANDSHAKE
+    gw = launcher.gateway(gateway_conf([route(
+        "ws", ["/ws"], upstream.url, plugins={"rate_limit": {
+            "rate": 10, "burst": 1000, "key": "route", "adaptive": {
+                "floor": 4, "ceiling": 15, "window": 0.3, "step_up": 0.2, "step_down": 0.5}}})]))
+    rate_line = 'gwserver_rate_limit_effective_rate{route="ws"}'
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    try:
+        sock.sendall(WEBSOCKET_HANDSHAKE)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+        wait_until(lambda: rate_line in gw.admin_get("/metrics")[1].decode(), timeout=5)
+    finally:
+        sock.close()

@@ -544,3 +544,26 @@ def test_removed_obs_directory_does_not_blind_the_gates(launcher, tmp_path):
     assert entry["status"] == "rolled_back", \
         (entry["status"], entry["canary"], f"{failed} client requests failed on the canary",
          f"{spam} 'cannot write' lines")
+
+
+# -- 8. a websocket counted only when its tunnel closed --------------------------------------
+
+def test_a_websocket_counts_for_the_rollout_at_its_handshake(launcher, tmp_path):
+    """The tunnel attack pass: split recorded a websocket's answer in finish, which comes
+    when the tunnel closes, in whatever window is current then (or none). It is counted at
+    its checked 101 now (the upgraded hook), once."""
+    from ..conftest import WEBSOCKET_HANDSHAKE
+    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
+    gw = launcher.gateway(rollout_conf(tmp_path, v1, v2, workers=1, interval=300,
+                                       min_requests=1000))
+    wait_until(lambda: rollout_of(gw).get("step") == 0, timeout=20)
+    total = lambda e: e["canary"]["requests"] + e["baseline"]["requests"]   # noqa
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    try:
+        sock.sendall(WEBSOCKET_HANDSHAKE.replace(b"GET /ws", b"GET /shop/ws"))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+        wait_until(lambda: total(rollout_of(gw)) == 1, timeout=10)      # the tunnel is open
+    finally:
+        sock.close()
+    time.sleep(1.5)
+    assert total(rollout_of(gw)) == 1                                   # not again at its close
