@@ -23,10 +23,10 @@ Rules this file keeps:
   DATA, unknown and finished-stream frame floods past max_empty_frames_per_second (plus two
   per DATA frame sent: a download's WINDOW_UPDATEs). DATA under 1 KiB and header blocks are
   paced past their share of a second (the connection is read again when it is over). A
-  header list over 64 KiB (an HPACK bomb), or a block over 64 KiB as sent, is a connection
-  error from h2 (ENHANCE_YOUR_CALM); one within it but
-  over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION floods end
-  at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout.
+  header list over 64 KiB (an HPACK bomb), or a block over 64 KiB as sent (counted as its
+  frames arrive, before END_HEADERS), is a connection error (ENHANCE_YOUR_CALM); one within
+  it but over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION
+  floods end there, at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout.
 - Idle connections close after server.keepalive (header_timeout before the first request).
 - The per-connection settings are those of the listener that accepted the connection
   ([http2.listeners."host:port"], found by the socket's local address), else [http2]'s.
@@ -48,6 +48,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import httptools
 from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFrame, PingFrame,
@@ -79,30 +80,51 @@ E = h2.errors.ErrorCodes
 
 def wants_h2(sock, timeout):
     """h2c listener: do the first bytes spell the HTTP/2 preface? Peeked, never consumed, so
-    an HTTP/1.1 client is served from its first byte. False on timeout or EOF."""
+    an HTTP/1.1 client is served from its first byte. False on timeout or EOF.
+
+    While only part of the preface is in, the socket is made readable only once more than
+    that is (SO_RCVLOWAT; the client's close wakes it too): the peeked bytes stay in its
+    buffer, so it reads as readable at once, and the wait for the rest was a poll every 10
+    ms. 400 connections that sent "P" and no more took 54% of a worker's core for their
+    header_timeout (400 HTTP/1.1 half heads: 1%). Now each costs a wake per byte, 23 at
+    most."""
     deadline = time.monotonic() + timeout
     raw = getattr(sock, "_sock", sock)
-    while True:
-        try:
-            data = raw.recv(len(PREFACE), socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            data = None
-        except OSError:
-            return False
-        if data is not None:
-            if not data or not PREFACE.startswith(data):
-                return False
-            if len(data) == len(PREFACE):
-                return True
-        if time.monotonic() > deadline:
-            return False
-        if data is None:
+    waited_for = 0                  # SO_RCVLOWAT set: woken with no more, the client closed
+    try:
+        while True:
             try:
-                gevent.socket.wait_read(sock.fileno(), timeout=deadline - time.monotonic())
+                data = raw.recv(len(PREFACE), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                return False
+            if data is not None:
+                if not data or not PREFACE.startswith(data):
+                    return False
+                if len(data) == len(PREFACE):
+                    return True
+                if len(data) < waited_for:
+                    return False
+                waited_for = len(data) + 1
+                set_low_water(raw, waited_for)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                gevent.socket.wait_read(sock.fileno(), timeout=left)
             except (OSError, gevent.socket.timeout):
                 return False
-        else:
-            gevent.sleep(0.01)      # part of the preface is in: the rest is on its way
+    finally:
+        if waited_for:
+            set_low_water(raw, 1)       # what every later read of the connection expects
+
+
+def set_low_water(raw, size):
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+    except OSError:
+        pass                            # closed meanwhile: nothing will read it
 
 
 class ResponseFramer:
@@ -406,6 +428,36 @@ _CONTROL_FRAMES = (PingFrame, SettingsFrame, PriorityFrame, GoAwayFrame)     # A
 # 30-bit codes decodes at 1.5 us a character), so this bounds one connection's heads to ~20%
 # of a core; fields a client sends again are indexed, a few bytes each.
 MAX_HEADER_BYTES_PER_SECOND = 512 << 10
+# What each decoded field weighs on top of its bytes as sent: hpack takes ~2.3 us a field
+# (what 7 bytes of Huffman take), and an indexed field is one byte as sent. Weighed by their
+# bytes alone, blocks of 1,400 one-byte indexed fields (the list limit holds ~1,500) went
+# through at 370 a second, 3.3 ms of decoding each: one connection took the worker's whole
+# core under the pacing. A request of 10 fields weighs 80 bytes more.
+FIELD_BYTES = 8
+
+
+class HeaderBlockTooLarge(h2.exceptions.DenialOfServiceError):
+    """A header block's frames, still without END_HEADERS, hold more than the decoded list
+    may (h2 answers it GOAWAY ENHANCE_YOUR_CALM, as it does an HPACK bomb)."""
+
+
+class _BoundedFrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, which holds a header block's HEADERS and CONTINUATION frames until
+    END_HEADERS, up to 64 frames whatever their size: 1 MiB a connection at the default
+    max_frame_size (1 GiB at the 16 MiB a listener may set), held for server.header_timeout.
+    60 connections that sent 63 CONTINUATIONs each grew a worker by 79 MiB; an HTTP/1.1
+    head is held to MAX_HEAD_BYTES. Here a block is held to that too, as sent (the decoder
+    refuses a larger one anyway: core.h2fields.CachingDecoder). ``_update_header_buffer``
+    is h2's own (private, the same through 4.x); test_h2client_attack_dec05c.py fails if it
+    changes."""
+
+    def _update_header_buffer(self, f):
+        frame = super()._update_header_buffer(f)
+        held = self._headers_buffer
+        if held and sum(len(part.data) for part in held) > MAX_HEAD_BYTES:
+            raise HeaderBlockTooLarge(f"header block over {MAX_HEAD_BYTES} bytes before "
+                                      f"its END_HEADERS ({len(held)} frames)")
+        return frame
 
 
 class _CountingH2(h2.connection.H2Connection):
@@ -421,8 +473,9 @@ class _CountingH2(h2.connection.H2Connection):
       after DATA or HEADERS sent: see sent_since_ping), one more per 64 entries (384 bytes)
       of payload, and a SETTINGS frame one more per 16 open streams
       (h2 walks them all when the initial window changes);
-    - ``header_bytes``: header blocks as sent (paced; one larger than the decoded list may
-      be is refused before it is decoded: core.h2fields.CachingDecoder).
+    - ``header_bytes``: header blocks as sent and FIELD_BYTES per field decoded (paced; one
+      larger than the decoded list may be is refused before it is decoded:
+      core.h2fields.CachingDecoder).
     DATA frames sent are counted for the WINDOW_UPDATEs they earn.
     ``_receive_frame`` is h2's own (private since h2 2.0, the same through 4.x); the flood
     tests in test_http2_hardening.py fail if it changes."""
@@ -434,6 +487,10 @@ class _CountingH2(h2.connection.H2Connection):
     # (grpc-go's BDP estimator), which on a fast stream is thousands a second. grpc-go's
     # server forgives such PINGs the same way (its ping strikes reset when it sends).
     sent_since_ping = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.incoming_buffer = _BoundedFrameBuffer(server=True)
 
     def _receive_frame(self, frame):
         kind = type(frame)
@@ -459,7 +516,29 @@ class _CountingH2(h2.connection.H2Connection):
         events = super()._receive_frame(frame)
         if not events:
             self.empty_frames += 1
+        elif kind is HeadersFrame:
+            fields = getattr(events[0], "headers", None)    # RequestReceived, Trailers...
+            if fields:
+                self.header_bytes += FIELD_BYTES * len(fields)
         return events
+
+    def _receive_goaway_frame(self, frame):
+        """A client's GOAWAY says it opens no more streams and will take none of the
+        gateway's (RFC 9113 6.8: its last_stream_id names streams the gateway opened, and
+        it opens none); the streams it opened go on. h2 closes its whole state machine on
+        it instead: the answers still coming could not be sent (an "unhandled error" and a
+        traceback each), and the client's next frame, a WINDOW_UPDATE for the download it
+        is reading (Go's ClientConn.Shutdown sends GOAWAY, then waits for its streams),
+        was a protocol error that cut every answer. Here it only makes the connection
+        drain (dispatch): no new stream, the rest served to their end."""
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = E(frame.error_code)
+        except ValueError:                  # a code RFC 9113 does not name
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def send_data(self, *args, **kwargs):
         self.data_frames_sent += 1
@@ -1034,6 +1113,7 @@ class H2ServerConnection:
         except Malformed as exc:
             self.runtime.log_rejected(self.client_ip, _Rejected(str(exc)))
             self.reset(sid, E.PROTOCOL_ERROR)
+            self.count_malformed()
             return
         except HTTPError as exc:
             early_error = exc
@@ -1047,6 +1127,15 @@ class H2ServerConnection:
         self.reset(stream.stream_id, code)
         stream.on_reset(code)
         self.stop(stream, "malformed")
+        self.count_malformed()
+
+    def count_malformed(self):
+        """A stream the gateway reset because the client broke the protocol counts as a
+        reset of the client's (CVE-2025-8671, "MadeYouReset"): uncounted, one connection
+        had 11,700 malformed requests a second reset (66% of a core, 1.5 MB a second of
+        access log), where a client's own resets end it past max_resets_per_second."""
+        self.count_flood("resets", self.conf["max_resets_per_second"],
+                         "malformed requests (streams reset)")
 
     def stop(self, stream, why):
         """End a stream's greenlet. One that has not begun (HEADERS and RST_STREAM in one

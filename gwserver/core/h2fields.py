@@ -24,7 +24,8 @@ top of name and value; a literal's own overhead is a few bytes).
 Rules kept:
 - Never inserting means no dynamic-table state to get wrong, and any table size the client
   sets is fine; a change of SETTINGS_HEADER_TABLE_SIZE is still acknowledged by a dynamic table
-  size update at the start of the next block (RFC 7541 4.2; nghttp2 insists on it).
+  size update at the start of the next block (RFC 7541 4.2; nghttp2 insists on it): the
+  smallest size since the last block and the last one, however many changes came between.
 - Fields arrive as (name, value) bytes pairs with lower-case names (the caller's rule).
 """
 from hpack import Decoder
@@ -56,13 +57,23 @@ NEVER_INDEXED = 0x10
 CACHE_LIMIT = 1024      # encoded fields kept (server, via, content-type...); then cleared
 
 
+def size_updates(pending, size):
+    """The dynamic table size updates the next block starts with, after a change to ``size``
+    (RFC 7541 4.2): the smallest size since the last block, then the last one if it is
+    larger. One per change, a peer that sent SETTINGS between two of our blocks (500 a
+    second pass the flood guard, for as long as a stream stays open) grew the list, and the
+    block that finally went out, without bound."""
+    smallest = min(pending[0], size) if pending else size
+    return [smallest] if smallest == size else [smallest, size]
+
+
 class FieldEncoder:
     """Stands in for ``hpack.Encoder`` on an ``h2`` connection: ``encode(headers)`` and the
     ``header_table_size`` h2 sets from the client's SETTINGS."""
 
     def __init__(self):
         self.cache = {}
-        self.size_updates = []
+        self.size_updates = []      # at most two: the smallest since the last block, the last
         self.table_size = 4096
 
     @property
@@ -73,7 +84,7 @@ class FieldEncoder:
     def header_table_size(self, value):
         if value != self.table_size:
             self.table_size = value
-            self.size_updates.append(value)
+            self.size_updates = size_updates(self.size_updates, value)
 
     def encode(self, headers, huffman=False):
         cache = self.cache
