@@ -18,10 +18,16 @@ SECRET_KEYS = frozenset(["token", "password", "secret", "client_secret", "privat
 # passed on by name (Google IAP's X-Goog-Iap-Jwt-Assertion, OAuth's client assertion).
 SECRET_HEADER = re.compile(r"auth|token|secret|passw|api[-_]?key|access[-_]?key|-key$|cookie|"
                            r"credential|session|signature|assertion|jwt", re.I)
-URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*(?P<tail>@)", re.I)
+# A URL's user part runs to the last "@" of its authority (before any "/", "?" or "#"), where
+# urlparse (redis-py) splits it: a password may hold "@", quotes or a space. Masked to the
+# first "@" only, "redis://:hunter@2@host" showed "2".
+URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/?#]*(?P<tail>@)", re.I)
+# The whole user part of a URL that is a value of its own, to that last "@".
+URL_VALUE_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", re.I)
 # The whole user part of a URL anywhere in a text (an error quoting a value, a log line):
-# "https://token@collector" holds a secret without a colon.
-URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#@\"']*@", re.I)
+# "https://token@collector" holds a secret without a colon; to the last "@" before white
+# space (a quoted value is masked before it is quoted: schema.show).
+URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.I)
 
 
 def redact(value, key=None, every_text=False):
@@ -57,3 +63,8 @@ def _is_pair(item):
 def mask_userinfo(text):
     """``text`` with the user part of every URL in it masked: ``https://***@host``."""
     return URL_USERINFO.sub(rf"\1{MASK}@", text)
+
+
+def mask_url(value):
+    """``value``, a URL, with its whole user part masked: ``https://***@host``."""
+    return URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, count=1)

@@ -218,9 +218,13 @@ class ServerTLS:
         one label, as every client checks it (RFC 6125 6.4.3): taken for a.b.example.com,
         it was served there, refused by the client, while a later entry named that host.
         A ``hosts`` wildcard covers any depth, as routes' hosts do; ``*`` (a certificate
-        without DNS names) anything."""
+        without DNS names) anything. A name is read as the SNI name is, one trailing dot off:
+        ``hosts = ["api.example.com."]`` (DNS's spelling, which the check takes) matched
+        nothing once the SNI name lost its dot, and its clients got the first entry."""
         for host in hosts:
             host = host.lower()
+            if host.endswith(".") and host != ".":
+                host = host[:-1]
             if host == "*":
                 self._wildcards.append(("", False, context))
             elif host.startswith("*."):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from ..redact import mask_userinfo
+from ..redact import mask_url, mask_userinfo
 from .headers import FIELD_NAME, NOT_FORWARDED, is_field_value
 
 REQUIRED = object()
@@ -36,6 +36,8 @@ class Invalid(ValueError):
 
 def show(value):
     """How a bad value is quoted in an error message (a URL's user and password masked)."""
+    if isinstance(value, str) and "@" in value:
+        value = mask_url(value)     # before quoting: a password's quote or space is its own
     try:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):
@@ -264,10 +266,18 @@ def never_quoted(check):
         try:
             return check(value)
         except Invalid as exc:
-            reason = str(exc).rpartition(", got ")[0] or str(exc)
             kind = _KINDS.get(type(value), "value")
-            raise Invalid(f"{reason}, got a {kind} (not shown: a secret)") from None
+            raise Invalid(f"{_unquoted(str(exc))}, got a {kind} (not shown: a secret)") \
+                from None
     return checked
+
+
+def _unquoted(message):
+    """What a check said of a value, without the value: its words before the first ", got "
+    (the value quoted after them may hold one too: cut at the last, "pass, got it" showed
+    "pass"), or none of them when the message has no such shape (it may quote the value)."""
+    reason, got, _ = message.partition(", got ")
+    return reason if got else "is not valid"
 
 
 _KINDS = {str: "string", int: "number", float: "number", bool: "boolean", list: "list",

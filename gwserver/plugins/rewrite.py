@@ -40,9 +40,10 @@ cannot be edited here.
 framing differs). ``response_body`` replaces the body of the upstream's answer (of every
 status, or those in ``response_body_statuses``) with a fixed text with ``$variables``; the
 upstream's body is read and dropped as it streams, never held, and what the upstream said
-of its body goes with it (Content-Encoding, ETag, digests: the text is sent as written). A
-HEAD gets the status and headers without the upstream's Content-Length (the GET's body is
-the text, not that one).
+of its body goes with it (Content-Encoding, ETag, digests, Content-Range and Accept-Ranges:
+the text is sent as written, whole: a 206 whose body is replaced is a 200, unless
+``response_status`` maps 206). A HEAD gets the status and headers without the upstream's
+Content-Length (the GET's body is the text, not that one).
 """
 import logging
 import re
@@ -95,9 +96,12 @@ SCHEMA = Schema(
 BODILESS = frozenset([204, 304])
 # What an upstream says of the body response_body replaces: the text is sent as it is
 # (a Content-Encoding: gzip left on it makes clients fail to decode the answer), and the
-# validators and digests of the upstream's bytes do not hold for it.
+# validators and digests of the upstream's bytes do not hold for it. Nor does a range: a 206's
+# "Content-Range: bytes 0-9/1000" on the text had a client or cache store it as those bytes
+# of the file, and Accept-Ranges asked for more such ranges (each one the text again).
 OF_THE_BODY = frozenset([b"content-encoding", b"etag", b"content-md5", b"digest",
-                         b"content-digest", b"repr-digest"])
+                         b"content-digest", b"repr-digest", b"content-range", b"accept-ranges"])
+PARTIAL = 206
 
 
 def prepare(conf):
@@ -352,3 +356,5 @@ def response(conf, ctx, head):
     status = conf["status"].get(head.status)
     if status is not None:
         head.status = status
+    elif replaced and head.status == PARTIAL:
+        head.status = 200               # the text is the whole answer, not a range of one

@@ -8,7 +8,7 @@ spans from a background greenlet; a dead collector costs dropped spans, never a 
 """
 import logging
 
-from ..redact import mask_userinfo
+from ..redact import mask_url
 
 log = logging.getLogger("gwserver.otel")
 
@@ -41,7 +41,7 @@ class SpanExporter:
             OTLPSpanExporter(endpoint=endpoint, timeout=2), schedule_delay_millis=1000))
         self.tracer = self.provider.get_tracer("gwserver")
         # (the exporter sends a user:password@ of the URL as Basic auth: not for the log)
-        log.info("exporting spans to %s", mask_userinfo(endpoint))
+        log.info("exporting spans to %s", mask_url(endpoint))
 
     def export(self, req, status, upstream, started_ns, ended_ns):
         """One SERVER span for a finished request (called from the access-log step)."""
