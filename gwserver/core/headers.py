@@ -38,7 +38,7 @@ WRITTEN_UPSTREAM = NOT_FORWARDED - CONSUMER_SET
 # anyone but a trusted proxy they are forgeries (an upstream trusting X-Original-URL routes on
 # it). Method overrides get past a route's `methods`; the rest steer frameworks' proxy
 # middleware (werkzeug's ProxyFix, Spring's ForwardedHeaderFilter) and IP allow-lists.
-PROXY_SET = frozenset([
+_PROXY_SAYS = frozenset([
     b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrite-url", b"x-forwarded-prefix",
     b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
     b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
@@ -46,10 +46,22 @@ PROXY_SET = frozenset([
     b"x-method-override",
     # the fault plugin's tag: a forged one would make a real failure look injected
     b"x-fault-injected"])
+# Who the user is, as an authenticating proxy in front says it and upstreams take it on trust:
+# oauth2-proxy's X-Forwarded-* and X-Auth-Request-* pairs, Envoy's client certificate
+# (XFCC, which Envoy itself sanitises from clients), Grafana's auth-proxy header, REMOTE_USER
+# spellings. From a client, X-Forwarded-User: admin was anyone's admin to such an upstream.
+IDENTITY_SET = frozenset([
+    b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-preferred-username",
+    b"x-forwarded-groups", b"x-forwarded-access-token", b"x-forwarded-client-cert",
+    b"x-auth-request-user", b"x-auth-request-email", b"x-auth-request-preferred-username",
+    b"x-auth-request-groups", b"x-auth-request-access-token", b"x-webauth-user",
+    b"x-remote-user", b"remote-user"])
+PROXY_SET = _PROXY_SAYS | IDENTITY_SET
 # Of those, the ones a proxy that speaks X-Forwarded-* writes (beside -For, -Proto and -Host):
 # behind a trusted proxy that writes Forwarded instead, a client's copies it passed through
-# unread. (Forwarded itself is the client's behind a proxy that writes X-Forwarded-For.)
-X_FORWARDED_MORE = frozenset(name for name in PROXY_SET if name.startswith(b"x-forwarded-"))
+# unread. (Forwarded itself is the client's behind a proxy that writes X-Forwarded-For.) Not
+# the identity ones: an authenticating proxy writes them whichever it speaks.
+X_FORWARDED_MORE = frozenset(name for name in _PROXY_SAYS if name.startswith(b"x-forwarded-"))
 
 # Fields a trailer section may not carry (RFC 9110 6.5.1): framing, routing and this hop's.
 # An HTTP/2 upstream's are dropped; llhttp refuses them from HTTP/1.1 upstreams (a 502 or a

@@ -1045,3 +1045,27 @@ def test_a_fragment_is_dropped_from_the_path_and_the_query(launcher, target, sen
                                  b"Connection: close\r\n\r\n")
     seen = json.loads(body_of(answer))
     assert status == 200 and (seen["path"], seen["server"]) == (sent, server), answer[-300:]
+
+
+IDENTITY = (b"X-Forwarded-User: admin\r\nX-Forwarded-Email: admin@corp.example\r\n"
+            b"X-Forwarded-Groups: admins\r\nX-Auth-Request-User: admin\r\n"
+            b"X-Forwarded-Client-Cert: By=spiffe://corp/admin;URI=spiffe://corp/admin\r\n"
+            b"X-WEBAUTH-USER: admin\r\nX-Remote-User: admin\r\nRemote-User: admin\r\n")
+IDENTITY_NAMES = {"x-forwarded-user", "x-forwarded-email", "x-forwarded-groups",
+                  "x-auth-request-user", "x-forwarded-client-cert", "x-webauth-user",
+                  "x-remote-user", "remote-user"}
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_who_the_user_is_is_said_by_a_trusted_proxy_alone(launcher, upstream, trusted):
+    """An authenticating proxy's headers (oauth2-proxy's X-Forwarded-User and
+    X-Auth-Request-*, Envoy's X-Forwarded-Client-Cert, Grafana's X-WEBAUTH-USER, REMOTE_USER
+    spellings) passed from any client: X-Forwarded-User: admin was admin to an upstream that
+    takes them on trust, as it does behind such a proxy. Now only a trusted proxy's pass
+    (docs/security.md)."""
+    gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)], server={
+        "trusted_proxies": ["127.0.0.1/32"] if trusted else []}))
+    status, answer = get(gw.port, b"/echo", extra=IDENTITY)
+    assert status == 200
+    seen = IDENTITY_NAMES & set(seen_headers(answer))
+    assert seen == (IDENTITY_NAMES if trusted else set()), seen
