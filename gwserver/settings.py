@@ -443,6 +443,11 @@ HTTP2_CONNECTION = (
     Field("send_timeout", number(0, exclusive=True), 60.0,
           "seconds a stream waits for the client to open its flow-control window before it "
           "is reset (CANCEL); nginx's send_timeout"),
+    Field("head_hold", number(0, maximum=10), 0.2,
+          "seconds an answer's head waits for its body's first byte to go out with it (an "
+          "upstream failure within them is a whole 502, not a cut stream); then it goes "
+          "alone, so an event stream's or a long poll's client has it before the first "
+          "event. 0: at once"),
     Field("max_resets_per_second", integer(1), 100,
           "client RST_STREAMs on streams still being served, and streams the gateway resets "
           "as malformed, per second, before the connection is closed (GOAWAY "

@@ -220,6 +220,7 @@ class H2Stream(ClientConnection):
             conn.path_rules
         _, self.fields_limit, self.field_limit = conn.limits
         self.trusted_peer, self.body_timeout = conn.trusted_peer, conn.body_timeout
+        self.head_hold = conn.conf["head_hold"]
         self.trusted_x_forwarded = conn.trusted_x_forwarded
         self.queue = collections.deque()
         self.head_size = self.head_fields = self.requests = 0
@@ -365,6 +366,17 @@ class H2Stream(ClientConnection):
         upstream as they come (bidi: the client waits for an answer before it sends more)."""
         if not is_grpc(req.header_map.get(b"content-type")):
             super().buffer_body(req, max_body_size)
+
+    @property
+    def holds_head(self):
+        return self.framer.head is not None
+
+    def release_head(self):
+        """Send a held head alone: its body is slow to come (an event stream, a long poll,
+        a gRPC server stream's initial metadata), and the client waits for it to begin."""
+        head, self.framer.head = self.framer.head, None
+        if head is not None and self.reset_code is None:
+            self.conn.send(self, [("headers", head, False)])
 
     def take_back_head(self):
         """HTTP/2 sends a head with the first piece of its body (or its end): while the

@@ -724,6 +724,9 @@ class ClientConnection:
         client has none of it yet? HTTP/1.1 writes a head as it is given: never."""
         return False
 
+    holds_head = False      # HTTP/2 holds a head for its body's first byte (h2server),
+    head_hold = 0.0         # ... for at most this many seconds (release_head)
+
     def answer(self, req, reply, keep_alive):
         """Write a reply the gateway made itself (a plugin's, or an error), after the route's
         plugins with a ``reply`` hook saw its head; return (status, body bytes)."""

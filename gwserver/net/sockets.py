@@ -227,6 +227,17 @@ def wait_readable(sock):
         raise OSError(errno.EBADF, "socket closed") from None
 
 
+def readable_within(sock, seconds):
+    """Has ``sock`` something to read (or closed) within ``seconds``? Nothing is read; a TLS
+    socket's bytes decrypted already count."""
+    if type(sock) is not PlainSocket and sock.pending():
+        return True
+    try:
+        return bool(gevent_select([sock], (), (), seconds)[0])
+    except (OSError, ValueError):       # closed meanwhile: the read after it says so
+        return True
+
+
 def recv_when_readable(sock, buf):
     """``wait_readable`` then one read from the OS socket (gevent's wrapper is not needed)."""
     if type(sock) is not PlainSocket:

@@ -47,7 +47,7 @@ from ..errors import (BadRequest, HTTPError, InternalError, LoopDetected, OutOfF
                       PayloadTooLarge, ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, out_of_files,
-                           recv_when_readable, send_all, send_unless_answered,
+                           readable_within, recv_when_readable, send_all, send_unless_answered,
                            tls_idle_state, tls_read_now, tls_send_unless_answered)
 from ..state.hostshare import PUBLISH_EVERY, HostShare
 
@@ -1038,6 +1038,12 @@ class Proxy:
                 sent += size
                 if ex.complete:
                     break
+                if turn == 1 and client.holds_head and \
+                        not readable_within(ex.sock, client.head_hold):
+                    # An HTTP/2 head waits for its body (a failure before it can still be a
+                    # whole 502) only http2.head_hold: an event stream's, held for its body,
+                    # came with the first event.
+                    client.release_head()
                 if not self.recv_feed(ex, route.read_timeout):
                     if close_delimited:
                         tail = filtered(filters, [], True) if filters else b""
