@@ -181,6 +181,7 @@ class ScriptedH2Upstream(H2cUpstream):
     - "204-length": 204 with content-length: 7 (RFC 9110 8.6 forbids it)
     - "bad-status": :status "abc", which the h2 library passes on as it came
     - "cut": 200 with content-length: 100000, 1000 bytes of it, then RST_STREAM INTERNAL_ERROR
+    - "head-then-wait": 200 at once, its body ("<name> later") ``delay`` seconds after
     - at the request's head, before its body: "refuse" (RST_STREAM REFUSED_STREAM),
       "reset-at-head" (RST_STREAM INTERNAL_ERROR 0.2 s later), "early-413" (413 "too big!",
       then RST_STREAM NO_ERROR, as RFC 9113 8.1 allows)
@@ -261,6 +262,20 @@ class ScriptedH2Upstream(H2cUpstream):
                     send()
                 threading.Timer(0.1, reset, (stream_id,
                                              h2.errors.ErrorCodes.INTERNAL_ERROR)).start()
+            elif behaviour == "head-then-wait":
+                with lock:
+                    conn.send_headers(stream_id, [(b":status", b"200")])
+                    send()
+
+                def later():
+                    with lock:
+                        try:
+                            conn.send_data(stream_id, b"%s later" % self.name.encode(),
+                                           end_stream=True)
+                            send()
+                        except (h2.exceptions.ProtocolError, OSError):
+                            pass
+                threading.Timer(self.delay, later).start()
             elif behaviour == "slow":
                 threading.Timer(self.delay, answer, (stream_id, b"200")).start()
             else:

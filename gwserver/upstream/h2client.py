@@ -766,6 +766,16 @@ class StreamResponse:
         wait?"""
         return self.ended or not self.stream.events.empty()
 
+    def ready_within(self, seconds):
+        """``ready``, waiting up to ``seconds`` for it (nothing is taken)."""
+        if self.ready():
+            return True
+        try:
+            self.stream.events.peek(timeout=seconds)
+        except gevent.queue.Empty:
+            return False
+        return True
+
     def fail(self, exc):
         """The request side failed (the client's body): whoever reads the answer raises it."""
         self.stream.events.put(exc)

@@ -454,6 +454,8 @@ class H2Forwarder:
         try:
             if not stream.ready():
                 flush()
+                if client.holds_head and not stream.ready_within(client.head_hold):
+                    client.release_head()       # as Proxy.relay_response: http2.head_hold
             for chunk in stream.chunks():
                 body.append(chunk if encoder is None else encoder.feed(chunk))
                 held += len(chunk)

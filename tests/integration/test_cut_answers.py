@@ -518,3 +518,25 @@ def test_an_http2_clients_head_goes_out_when_its_body_is_slow_to_come(launcher):
         assert head_at < 1.0, head_at       # the body came at 1.5 s
     finally:
         client.close()
+
+
+def test_an_http2_clients_head_goes_out_when_an_http2_upstreams_body_is_slow(launcher):
+    """The same from an HTTP/2 upstream, whose answer is relayed by another path."""
+    from ..h2_upstreams import ScriptedH2Upstream
+    upstream = ScriptedH2Upstream("h2", "head-then-wait", delay=1.5)
+    try:
+        gw = gateway(launcher, f"http://127.0.0.1:{upstream.port}", protocol="h2")
+        client = RawH2(gw.port)
+        try:
+            started = time.monotonic()
+            sid = client.request("/events")
+            client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
+                                      e.stream_id == sid for e in c.events), timeout=5)
+            head_at = time.monotonic() - started
+            status, _, body, _ = client.response(sid, timeout=5)
+            assert status == 200 and body == b"h2 later", (status, body)
+            assert head_at < 1.0, head_at
+        finally:
+            client.close()
+    finally:
+        upstream.close()
