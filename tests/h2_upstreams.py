@@ -91,6 +91,9 @@ class StreamingH2Upstream(H2cUpstream):
       of FRAME bytes (default 100: a server-streaming gRPC call of small messages, an SSE
       feed), as fast as the windows allow; stops when the gateway resets the stream.
     - GET /slow: 200 "slow-ok" after 3 s.
+    - any method /tick?n=N&every=S: 200 at once, then one DATA "tick" every S seconds, the
+      N-th ending the stream, whether or not the request has ended (a bidi call's server
+      that streams while its client listens).
     - anything else: 200 "ok".
     ``resets`` counts the RST_STREAMs it received, ``connections`` the connections."""
     def __init__(self):
@@ -103,6 +106,7 @@ class StreamingH2Upstream(H2cUpstream):
         conn.initiate_connection()
         pending = {}        # stream id -> [bytes left, frame size]
         timers = []         # (when, stream id)
+        ticks = {}          # stream id -> [ticks left, every, next at]
         sock.setblocking(False)
         out = bytearray(conn.data_to_send())
         try:
@@ -125,6 +129,12 @@ class StreamingH2Upstream(H2cUpstream):
                                     conn.send_headers(ev.stream_id, [(b":status", b"200")])
                                     pending[ev.stream_id] = [int(q.get("n", [4 << 20])[0]),
                                                              int(q.get("f", [100])[0])]
+                                elif url.path.endswith("/tick"):
+                                    q = parse_qs(url.query)
+                                    every = float(q.get("every", [1])[0])
+                                    conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                                    ticks[ev.stream_id] = [int(q.get("n", [3])[0]), every,
+                                                           time.monotonic() + every]
                                 elif url.path.endswith("/slow"):
                                     timers.append((time.monotonic() + 3, ev.stream_id))
                                 else:
@@ -133,10 +143,21 @@ class StreamingH2Upstream(H2cUpstream):
                             elif isinstance(ev, h2.events.StreamReset):
                                 self.resets += 1
                                 pending.pop(ev.stream_id, None)
+                                ticks.pop(ev.stream_id, None)
                             elif isinstance(ev, h2.events.DataReceived):
                                 conn.acknowledge_received_data(ev.flow_controlled_length,
                                                                ev.stream_id)
                 now = time.monotonic()
+                for sid, tick in list(ticks.items()):
+                    if tick[2] <= now:
+                        tick[0] -= 1
+                        tick[2] = now + tick[1]
+                        try:
+                            conn.send_data(sid, b"tick", end_stream=not tick[0])
+                        except h2.exceptions.ProtocolError:
+                            tick[0] = 0
+                        if not tick[0]:
+                            del ticks[sid]
                 for when, sid in [t for t in timers if t[0] <= now]:
                     timers.remove((when, sid))
                     try:

@@ -240,6 +240,7 @@ class H2Stream(ClientConnection):
         self.running = False        # its greenlet has begun
         self.ended = False          # END_STREAM sent
         self.pending = 0            # bytes to send while waiting for the connection's window
+        self.writes = 0             # pieces of the answer written (read_body: is it flowing?)
         # server.min_body_rate: seconds this stream waited for its body (its bytes are
         # req.body_size), and since when it waits now
         self.body_waited = self.wait_started = 0.0
@@ -334,6 +335,7 @@ class H2Stream(ClientConnection):
         except httptools.HttpParserError as exc:
             raise ClientGone(f"unframeable response for HTTP/2: {exc}") from None
         if actions:
+            self.writes += 1
             self.conn.send(self, actions)
             if actions[-1][2]:
                 self.ended = True
@@ -351,6 +353,8 @@ class H2Stream(ClientConnection):
             conn.body_wait_began()
             try:
                 came = self.wake.wait(self.body_timeout)
+                while not came and self.answer_flowing():
+                    came = self.wake.wait(self.body_timeout)
             finally:
                 self.waiting = False
                 self.body_waited += time.monotonic() - self.wait_started
@@ -360,6 +364,20 @@ class H2Stream(ClientConnection):
         if self.reset_code is not None:
             raise ClientGone("the client reset the stream")
         self.fresh = False
+
+    _writes_seen = 0
+
+    def answer_flowing(self):
+        """Has a gRPC call's answer gone on since the last look? Then its client's silence is
+        listening, not a stalled upload: a bidi call whose server streams while its client
+        says nothing (a subscription) was reset at client_body_timeout (INTERNAL_ERROR), its
+        answer cut. Its silence is then bounded by the answer's own pace (the upstream's
+        read_timeout, its deadline), as a websocket's is by traffic either way."""
+        if self.writes == self._writes_seen or self.req is None or \
+                not is_grpc(self.req.header_map.get(b"content-type")):
+            return False
+        self._writes_seen = self.writes
+        return True
 
     def buffer_body(self, req, max_body_size):
         """As on HTTP/1.1, except for gRPC calls: a streaming call's messages must reach the

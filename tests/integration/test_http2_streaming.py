@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import h2.errors
 
@@ -72,3 +73,60 @@ def test_goaway_on_sigterm_lets_streams_in_flight_finish(launcher, upstream):
     wait_until(lambda: any(line.get("path") == "/slow/1" for line in gw.access_lines()))
     line = [line for line in gw.access_lines() if line.get("path") == "/slow/1"][0]
     assert line["status"] == 200 and line["bytes"] > 0 and line["protocol"] == "HTTP/2"
+
+
+def test_a_bidi_call_whose_client_listens_is_not_cut_at_client_body_timeout(launcher):
+    """A bidi gRPC call whose server streams while its client says nothing (a subscription)
+    was reset at client_body_timeout (INTERNAL_ERROR), its answer cut: the client's silence
+    was taken for a stalled upload. While the call's answer goes on it is listening."""
+    from ..h2_upstreams import StreamingH2Upstream
+    from ..h2client import RawH2
+    upstream = StreamingH2Upstream()
+    try:
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "g", "paths": ["/*rest"],
+              "upstream": {"targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                           "protocol": "h2"}}],
+            http2={"h2c": True}, server={"client_body_timeout": 1.5}))
+        client = RawH2(gw.port)
+        try:
+            sid = client.request("/svc.Feed/Subscribe/tick?n=5&every=0.8", "POST",
+                                 [("content-type", "application/grpc"), ("te", "trailers")],
+                                 end=False)
+            client.conn.send_data(sid, b"\0\0\0\0\0")      # one empty message, then silence
+            client.flush()
+            answer = client.response(sid, timeout=10)
+            assert answer is not None and answer[0] == 200, answer
+            assert answer[2] == b"tick" * 5, answer
+        finally:
+            client.close()
+    finally:
+        upstream.close()
+
+
+def test_a_silent_grpc_upload_with_no_answer_flowing_is_still_cut(launcher):
+    """The other side of the test above: a call whose answer has not begun waits for its
+    client's body at most client_body_timeout, as before."""
+    from ..h2_upstreams import StreamingH2Upstream
+    from ..h2client import RawH2
+    upstream = StreamingH2Upstream()
+    try:
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "g", "paths": ["/*rest"],
+              "upstream": {"targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                           "protocol": "h2"}}],
+            http2={"h2c": True}, server={"client_body_timeout": 1.5}))
+        client = RawH2(gw.port)
+        try:
+            sid = client.request("/svc.Feed/Upload/slow", "POST",
+                                 [("content-type", "application/grpc"), ("te", "trailers")],
+                                 end=False)
+            client.conn.send_data(sid, b"\0\0\0\0\0")
+            client.flush()
+            started = time.monotonic()
+            client.pump(lambda c: c.reset_code(sid) is not None or c.ended(sid), timeout=8)
+            assert time.monotonic() - started < 4.0
+        finally:
+            client.close()
+    finally:
+        upstream.close()
