@@ -242,7 +242,9 @@ UPSTREAM_DEFAULTS = Schema(
           "do not end their stream past this many a second are paced (not read until the "
           "second is over): raise it for gRPC servers streaming more small messages"),
     Field("retries", integer(0, 5, "an integer from 0 to 5"), 1,
-          "retries on another target after a connect failure (idempotent-safe only)"),
+          "retries after the first try, on another target when one is left (the default "
+          "of a retry policy's attempts): a failed connect is retried for any method "
+          "(nothing was sent), the rest as the policy's on and methods say (docs/health.md)"),
     Field("retry_budget_percent", number(0), 20.0,
           "retries per upstream may be at most this % of its requests in the last 10 s ..."),
     Field("retry_budget_min_per_second", number(0), 3.0,

@@ -683,13 +683,13 @@ class LocalStore:
     """Per-host state in files every worker of the host maps, each guarded by flock.
 
     Rate limits: ``limits``, a fixed open-addressing table mmap'd by every worker: each slot
-    holds a key hash and three doubles (token bucket: tokens, last; sliding window: index,
-    current, previous). 65,536 slots, 2 MiB; when the probe run is full the least recently
-    used slot of the run is reused. Its size is checked under the lock before each use
-    (``_locked``): the file truncated under the mapping (by hand, a cleanup script) was
-    SIGBUS for every worker at its next limited request. Breakers and adaptive limits:
-    ``states/``, one small JSON file per key, read and rewritten under the file's lock (their
-    state has no fixed size).
+    holds a key hash, three doubles (token bucket: tokens, last; sliding window: index,
+    current, previous) and its last use: 65,536 slots of 40 bytes, 2.5 MiB. When the probe
+    run is full the least recently used slot of the run is reused. Its size is checked under
+    the lock before each use (``_locked``): the file truncated under the mapping (by hand, a
+    cleanup script) was SIGBUS for every worker at its next limited request. Breakers and
+    adaptive limits: ``states/``, one small JSON file per key, read and rewritten under the
+    file's lock (their state has no fixed size).
     """
 
     SLOTS = 65536
@@ -730,7 +730,7 @@ class LocalStore:
 
     @classmethod
     def table_bytes(cls):
-        return cls.SLOTS * cls.SLOT.size       # 2 MiB
+        return cls.SLOTS * cls.SLOT.size       # 2.5 MiB (40-byte slots)
 
     @classmethod
     def _allocate(cls, fd):

@@ -169,9 +169,10 @@ def test_the_ocsp_example_warns_with_a_certificate_that_names_no_responder(etc):
             if w.startswith("tls.ocsp_stapling:") and "names no OCSP responder" in w]
 
 
-# JSON bodies given to `gwserver routes|upstreams put -` (and service instances to etcdctl)
-PUT = re.compile(r"gwserver (routes|upstreams)\b[^\n|]*\bput -\s*<<<\s*'([^']*)'"
-                 r"|echo '([^']*)'\s*\|\s*gwserver (routes|upstreams)\b[^\n]*\bput -"
+# JSON bodies given to `gwserver routes|upstreams|consumers put -` (and service instances to
+# etcdctl)
+PUT = re.compile(r"gwserver (routes|upstreams|consumers)\b[^\n|]*\bput -\s*<<<\s*'([^']*)'"
+                 r"|echo '([^']*)'\s*\|\s*gwserver (routes|upstreams|consumers)\b[^\n]*\bput -"
                  r"|etcdctl put \S+/services/\S+ '([^']*)'")
 
 
@@ -188,14 +189,15 @@ def json_examples():
 
 
 def test_json_examples_are_found():
-    assert {p.values[0] for p in json_examples()} == {"routes", "upstreams", "services"}
+    assert {p.values[0] for p in json_examples()} == {"routes", "upstreams", "consumers",
+                                                      "services"}
 
 
 @pytest.mark.parametrize("kind, body", json_examples())
 def test_json_examples_pass_routes_put_checks(kind, body):
-    """What `gwserver routes|upstreams put` checks before writing, against an empty table
-    with [etcd] (a route whose upstream is not there yet is accepted with a note, as put
-    does)."""
+    """What `gwserver routes|upstreams|consumers put` checks before writing, against an
+    empty table with [etcd] (a route whose upstream is not there yet is accepted with a
+    note, as put does; a consumer's clear key is sealed first, as put does)."""
     from gwserver import routes_cli
     from gwserver.core.table import LiveTable
     from gwserver.plugins import load_registry
@@ -208,6 +210,8 @@ def test_json_examples_pass_routes_put_checks(kind, body):
     conf = parse_conf({"etcd": {"endpoints": ["http://127.0.0.1:2379"]}})
     items = [(data["id"], data if kind == "routes" else
               {k: v for k, v in data.items() if k != "id"})]
+    if kind == "consumers":
+        items = [(item_id, routes_cli.seal(item, item_id)) for item_id, item in items]
     table = LiveTable.for_conf(conf, load_registry())
     problems, _ = routes_cli.check(kind, items, table)
     assert problems == []
@@ -307,3 +311,61 @@ def test_the_workers_export_what_the_metrics_table_says(tmp_path):
     expected = {m.name: [m.kind, sorted(name for name, _ in m.labels)]
                 for m in metrics.CATALOG if not m.source}
     assert json.loads(run.stdout) == expected
+
+
+def test_the_per_host_limit_table_is_the_size_the_docs_say():
+    """docs/ratelimit.md said the per-host table of 65,536 keys was 2 MiB, operations.md 2.5
+    MiB: a slot gained its last use (40 bytes, the LRU's), and one page kept the old figure.
+    A state_dir sized by it would refuse the start."""
+    from gwserver.state.store import LocalStore
+    size = LocalStore.table_bytes()
+    said = f"{size / (1 << 20):g} MiB"
+    ratelimit = (ROOT / "docs" / "ratelimit.md").read_text()
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert f"the per-host table holds {LocalStore.SLOTS:,} keys ({said})" in ratelimit
+    assert f"The per-host rate-limit table ({said})" in operations
+
+
+def test_where_the_trace_id_is_in_the_default_common_line():
+    """docs/traffic.md said every access-log line ends with the trace id in the common format;
+    the default common fields end with `error` (a `-` on most lines), so a parser that took
+    the last field for the trace id read `-`. What the page lists is the default."""
+    from gwserver.core.accesslog import DEFAULT_COMMON_FIELDS
+    traffic = " ".join((ROOT / "docs" / "traffic.md").read_text().split())
+    listed = re.search(r"the common format after its head, `([a-z_, ]+)`", traffic)
+    assert listed, "traffic.md names the common format's default fields"
+    assert tuple(listed[1].split(", ")) == DEFAULT_COMMON_FIELDS
+    assert "ends with it (common format)" not in traffic
+    operations = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    assert f"(default `{', '.join(DEFAULT_COMMON_FIELDS)}`)" in operations
+
+
+def test_the_architecture_page_runs_the_built_in_plugins_in_their_real_order():
+    """docs/architecture.md listed the access phases' order by hand as `... key_auth/
+    basic_auth/jwt, acl, ip_restriction, rate_limit 800 ...`: ip_restriction (1200) runs
+    first of all, before auth, so a denied address gets its 403 before any 401, and no
+    credential check (bcrypt, a key look-up) is spent on it. The list is every built-in,
+    with its PRIORITY, in the order the chain runs them."""
+    from gwserver.plugins import BUILTIN, load_registry
+    text = " ".join((ROOT / "docs" / "architecture.md").read_text().split())
+    listed = re.search(r"plugins by PRIORITY; a Reply ends it \(([^)]*)\)", text)
+    assert listed, "architecture.md names the order of the access phases"
+    pairs = [tuple(item.rsplit(" ", 1)) for item in listed[1].split(", ")]
+    registry = load_registry()
+    builtins = sorted((p for p in registry.values() if p.__name__ in BUILTIN),
+                      key=lambda p: (-p.PRIORITY, p.NAME))
+    assert pairs == [(p.NAME, str(p.PRIORITY)) for p in builtins]
+
+
+def test_the_retries_setting_does_not_say_connect_retries_are_for_idempotent_requests():
+    """`gwserver settings` and the shipped conf/gwserver.toml said of
+    upstream_defaults.retries "retries on another target after a connect failure
+    (idempotent-safe only)": a failed connect is retried for any method (nothing was sent;
+    README, docs/health.md, the runbook, and tests/integration/test_incident_drill.py's POST),
+    and `retries` is the default of every retry policy's attempts, not of connects alone.
+    An operator weighing duplicate writes read the opposite of what the gateway does."""
+    from gwserver.settings import UPSTREAM_DEFAULTS, reference_toml
+    doc = UPSTREAM_DEFAULTS.fields["retries"].doc
+    assert "idempotent" not in doc and "for any method" in doc and "attempts" in doc
+    shipped = (ROOT / "conf" / "gwserver.toml").read_text()
+    assert f"# {doc}\nretries = 1\n" in shipped and reference_toml() in shipped
