@@ -74,9 +74,14 @@ def fetch(cert_path, timeout=5.0):
                               headers={"Content-Type": "application/ocsp-request",
                                        # no compression: nothing to inflate past the cap
                                        "Accept-Encoding": "identity"},
-                              timeout=timeout, stream=True) as resp:
+                              timeout=timeout, stream=True,
+                              # as nginx: whoever answers on the responder's plain-HTTP
+                              # path must not send the helper to another (internal) address
+                              allow_redirects=False) as resp:
             if resp.status_code != 200:
-                raise OcspError(f"responder {url} answered HTTP {resp.status_code}")
+                moved = f" (to {resp.headers.get('Location', '')[:200]!r}: redirects are " \
+                    f"not followed)" if resp.is_redirect else ""
+                raise OcspError(f"responder {url} answered HTTP {resp.status_code}{moved}")
             body = resp.raw.read(MAX_ANSWER_BYTES + 1, decode_content=False)
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         # (urllib3's own: the body is read from resp.raw, which requests does not wrap)

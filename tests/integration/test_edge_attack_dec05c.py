@@ -57,7 +57,8 @@ DAY = datetime.timedelta(days=1)
 class ScriptedResponder:
     """An OCSP responder on loopback (http.server in a thread) that answers every POST with
     a response the CA signs for ``leaf``, as ``mode`` says: "good", "unknown", "expired"
-    (nextUpdate yesterday) or "future" (thisUpdate tomorrow). ``posts`` counts requests."""
+    (nextUpdate yesterday) or "future" (thisUpdate tomorrow); "redirect": a 307 to
+    ``location``. ``posts`` counts requests."""
 
     def __init__(self, ca, leaf):
         self.ca, self.leaf, self.mode, self.posts = ca, leaf, "good", 0
@@ -66,8 +67,14 @@ class ScriptedResponder:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                body = responder.answer()
                 responder.posts += 1
+                if responder.mode == "redirect":
+                    self.send_response(307)
+                    self.send_header("Location", responder.location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = responder.answer()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/ocsp-response")
                 self.send_header("Content-Length", str(len(body)))
@@ -137,6 +144,23 @@ def test_an_ocsp_answer_not_good_to_staple_never_replaces_the_good_one(
         assert ocsp_staple(gw.tls_port, ca) == staple, mode
     line = next(line for line in gw.log().splitlines() if named in line)
     assert "keeping the last response" in line, line
+
+
+def test_the_ocsp_helper_follows_no_redirect(launcher, upstream, responder_site, tmp_path):
+    """The helper POSTed wherever a responder's 3xx pointed (requests follows redirects):
+    whoever answers on the responder's plain-HTTP path could send it to an internal
+    address. nginx follows none; nor does the helper now, and the log says why."""
+    ca, responder = responder_site
+    elsewhere = ScriptedResponder(ca, None)
+    try:
+        responder.mode, responder.location = "redirect", f"http://127.0.0.1:{elsewhere.port}/"
+        gw, leaf = stapling_gateway(launcher, upstream, ca, responder, ocsp_refresh=5)
+        elsewhere.leaf = leaf
+        wait_until(lambda: responder.posts >= 1 and "answered HTTP 307" in gw.log(),
+                   timeout=20)
+        assert elsewhere.posts == 0
+    finally:
+        elsewhere.close()
 
 
 # -- 2. which certificate an SNI name gets ----------------------------------------------------
