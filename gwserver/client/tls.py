@@ -145,6 +145,7 @@ class ServerTLS:
                 self.warnings += ocsp_warnings(entry["cert"], leaf)
             context = self._context(entry, i)
             hosts = entry["hosts"] or _names_of(leaf)
+            self.warnings += address_warnings(entry["hosts"], i)
             self.contexts.append((tuple(h.lower() for h in hosts), context,
                                   cert_id(entry["cert"])))
             self._index_names(hosts, context, one_label=not entry["hosts"])
@@ -271,6 +272,22 @@ class ServerTLS:
 
     def wrap(self, sock):
         return TLSSocket(sock, self.default)
+
+
+def address_warnings(hosts, index):
+    """An IP address in an entry's ``hosts`` never picks it: clients send no SNI for an
+    address (RFC 6066 3), so such connections get the first entry's certificate."""
+    import ipaddress
+    found = []
+    for host in hosts or ():
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            continue
+        found.append(f"tls.certificates[{index}].hosts: {host} is an address, and clients "
+                     f"send no SNI for one: connections to it get the first entry's "
+                     f"certificate, never this one")
+    return found
 
 
 def _covers(suffix, one_label, name):
