@@ -47,7 +47,10 @@ def redact(value, key=None, every_text=False):
             every_text or key is not None and SECRET_HEADER.search(key))):
         return MASK
     if isinstance(value, str):
-        return URL_PASSWORD.sub(rf"\g<head>{MASK}\g<tail>", value)
+        masked = URL_PASSWORD.sub(rf"\g<head>{MASK}\g<tail>", value)
+        # a user part without a password is a token given as the user ("https://token@"):
+        # the whole of it goes
+        return masked if masked != value else URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, 1)
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, bytes):

@@ -39,3 +39,14 @@ def test_a_hosts_name_with_the_roots_dot_is_the_name(dotted, sni, entry):
     handshake = Handshake(sni)
     tls._pick_by_sni(handshake)
     assert (handshake.context or tls.default) is contexts[entry]
+
+
+def test_a_token_given_as_a_urls_user_is_masked_in_the_dump_and_admin_views():
+    """redact kept a URL's user and masked its password; a token written as the user
+    (https://TOKEN@collector, no colon) showed whole in `check --dump` and the admin views."""
+    from gwserver.redact import redact
+    assert redact("https://tok_5ecret@collector:4318/v1/traces") == \
+        "https://***@collector:4318/v1/traces"
+    assert redact("redis://alice:pw@h:6379/0") == "redis://alice:***@h:6379/0"
+    assert redact({"otlp_endpoint": "http://tok@c:4318"}) == {"otlp_endpoint": "http://***@c:4318"}
+    assert redact("http://h/a@b") == "http://h/a@b"         # an "@" in a path is no user
