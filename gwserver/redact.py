@@ -1,9 +1,10 @@
 """Secrets out of what the gateway shows: ``gwserver check --dump`` and the admin views.
 
 A value is masked when its key names a secret (the admin token, jwt secrets, the etcd
-password, ...) or a header that carries one (Authorization, X-Api-Key, Cookie), and a URL keeps everything but the password of its user part (a Redis URL's
-``redis://:pw@host`` shows as ``redis://:***@host``), as nginx -T does not but Kong's admin API
-and APISIX's do for their credentials.
+password, ...) or a header that carries one (Authorization, X-Api-Key, Cookie), and a URL
+keeps everything but the password of its user part (a Redis URL's ``redis://:pw@host`` shows
+as ``redis://:***@host``; a user without a password, a token, goes whole), as nginx -T does
+not but Kong's admin API and APISIX's do for their credentials.
 """
 import re
 
