@@ -17,6 +17,7 @@ credentials systemd gives the service but not always its ExecReload.
 """
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -34,22 +35,16 @@ def state_dirs(conf_path, pid=None):
     state_dir, still leads there), the conf's [server] state_dir (read as TOML alone, so a
     conf the master will refuse still names it: a reload that moves state_dir writes its
     verdict in the new one) and the default one."""
-    from .settings import default_state_dir
+    from .settings import default_state_dir, read_conf_source
     found = []
     if pid is not None:
         try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if os.path.basename(target) == LOCK_FILE:     # in its state dir
-                    found.append(os.path.dirname(target))
+            found.extend(held_lock_dirs(pid))
         except OSError:
             pass                        # not ours to read, or gone: the other places
     try:
-        with open(conf_path, "rb") as f:
-            state_dir = tomllib.load(f).get("server", {}).get("state_dir")
+        state_dir = tomllib.loads(read_conf_source(conf_path).decode()).get(
+            "server", {}).get("state_dir")
         if isinstance(state_dir, str) and state_dir:
             found.append(state_dir)
     except (OSError, tomllib.TOMLDecodeError, AttributeError, UnicodeDecodeError):
@@ -61,9 +56,9 @@ def state_dirs(conf_path, pid=None):
 def unreadable(conf_path):
     """Why ``conf_path`` names no state_dir for ``state_dirs`` (it cannot be read, or is not
     TOML), or None."""
+    from .settings import read_conf_source
     try:
-        with open(conf_path, "rb") as f:
-            tomllib.load(f)
+        tomllib.loads(read_conf_source(conf_path).decode())
     except OSError as exc:
         return exc.strerror or str(exc)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -111,14 +106,60 @@ def begun_after(status, sent):
     return not isinstance(started, (int, float)) or started >= sent
 
 
+def held_lock_dirs(pid):
+    """The directories of the instance lock files (state dir, runtime dir) that process
+    ``pid`` holds open. Raises OSError when its descriptors are not ours to read, or it is
+    gone."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if os.path.basename(target) == LOCK_FILE:
+            found.append(os.path.dirname(target))
+    return found
+
+
+MASTER_TITLE = re.compile(rb"[A-Za-z0-9_.-]+: master\0*")     # proctitle: "{proc_name}: master"
+
+
 def is_master(pid):
-    """Does ``pid`` run gwserver (its title, or its command line, says so)? A master.json
-    left by a master that has gone may name a pid some other process has now."""
+    """Is ``pid`` a gwserver master? It holds an instance lock open, and the lock file names
+    it (workers inherit the descriptor; the master wrote its own pid in the file). Its
+    command line said nothing: a master.json left by a gone master may name a pid that an
+    editor of /etc/gwserver/gwserver.toml or a `tail -f` of its log has now, and a master
+    with a proc_name of its own is titled "edge: master". Only where its descriptors are
+    not ours to read: its title, whole."""
+    from .files import read_regular
+    try:
+        directories = held_lock_dirs(pid)
+    except PermissionError:
+        return title_is_master(pid)
+    except OSError:
+        return False                    # gone
+    for directory in directories:
+        try:
+            named = read_regular(os.path.join(directory, LOCK_FILE), 32)
+        except OSError:
+            continue
+        if named.strip() == str(pid).encode():
+            return True
+    return False
+
+
+def title_is_master(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"gwserver" in f.read(4096)
+            return MASTER_TITLE.fullmatch(f.read(4096)) is not None
     except OSError:
         return False
+
+
+def not_master(pid, source):
+    """The refusal for a pid (from ``source``) that is no gwserver master: nothing signalled."""
+    return (f"process {pid}, which {source} names, is no gwserver master (it holds no "
+            f"instance lock that names it): nothing was signalled")
 
 
 def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
@@ -144,10 +185,13 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
             return 1
         pid = before["pid"]
         if not is_master(pid):
-            print(f"process {pid}, which {STATUS_FILE} names, is no gwserver master (give "
-                  f"--pid)", file=err)
+            print(f"{not_master(pid, STATUS_FILE)} (give --pid)", file=err)
             return 1
         directories = state_dirs(conf_path, pid)
+    elif not is_master(pid):            # a typo, or a pid file of another program
+        gone = not os.path.exists(f"/proc/{pid}")
+        print(f"no process {pid}" if gone else not_master(pid, "--pid"), file=err)
+        return 1
     sent = time.monotonic()     # CLOCK_MONOTONIC, as the master's last_reload_started_monotonic
     try:
         os.kill(pid, signal.SIGHUP)

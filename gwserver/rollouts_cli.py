@@ -12,6 +12,7 @@ import time
 
 from .core import rollout as core
 from .errors import ConfigError
+from .terminal import printable
 
 ACTIONS = ("list", "status") + core.COMMANDS
 
@@ -55,14 +56,28 @@ def main(args):
 
 
 def list_rollouts(state_store, local):
-    states = {route: core.State.from_json(raw) for route, raw in state_store.load_all().items()}
+    """Exit 1 when a stored state is damaged (listed as such; the others as ever)."""
     print(f"{'ROUTE':20} {'STATUS':12} {'STEP':>6} {'CANARY':>7}  GATES")
-    for route, state in sorted(states.items()):
-        gates = ", ".join(f"{g['gate']}={_verdict(g)}" for g in
+    damaged = []
+    for route, raw in sorted(state_store.load_all().items()):
+        try:
+            state = core.load_state(raw)
+        except core.DamagedState as exc:
+            print(f"{printable(route):20} {'DAMAGED':12} {'-':>6} {'-':>7}  -")
+            damaged.append(f"route {printable(route)}: {damaged_state(exc)}")
+            continue
+        gates = ", ".join(f"{printable(g['gate'])}={_verdict(g)}" for g in
                           (local.get(route) or {}).get("gates", ())) or "-"
-        print(f"{route:20} {state.status:12} {state.step + 1:>3}/{len(state.steps):<2} "
-              f"{state.weight:>6g}%  {gates}")
-    return 0
+        print(f"{printable(route):20} {state.status:12} {state.step + 1:>3}/"
+              f"{len(state.steps):<2} {state.weight:>6g}%  {gates}")
+    for problem in damaged:
+        print(problem, file=sys.stderr)
+    return 1 if damaged else 0
+
+
+def damaged_state(exc):
+    return (f"its stored rollout state is damaged: {printable(exc)}; the rollouts helper of "
+            f"a gateway that rolls it out starts it again from its first step")
 
 
 def _verdict(gate):
@@ -75,27 +90,31 @@ def show(route, state_store, local, as_json):
     if raw is None:
         print(f"no rollout on route {route!r}", file=sys.stderr)
         return 1
-    state = core.State.from_json(raw)
+    try:
+        state = core.load_state(raw)
+    except core.DamagedState as exc:
+        print(f"route {printable(route)}: {damaged_state(exc)}", file=sys.stderr)
+        return 1
     entry = local.get(route) if (local.get(route) or {}).get("epoch") == state.epoch else None
     if as_json:
         print(json.dumps(entry or json.loads(state.to_json()), indent=2))
         return 0
-    print(f"route {route}: rollout {state.id} {state.status}, step {state.step + 1} of "
-          f"{len(state.steps)} ({', '.join(f'{s:g}' for s in state.steps)} %), canary "
-          f"{state.weight:g}%")
+    print(f"route {printable(route)}: rollout {printable(state.id)} {state.status}, step "
+          f"{state.step + 1} of {len(state.steps)} "
+          f"({', '.join(f'{s:g}' for s in state.steps)} %), canary {state.weight:g}%")
     if entry is not None:
         print("weights: " + ", ".join(f"{g} {w:g}%" for g, w in entry["weights"].items()))
         print(f"window: {entry['window_age']:.1f}s of {entry['interval']:g}s; canary "
               f"{entry['canary']['requests']} requests, {entry['canary']['failures']} failed; "
               f"baseline {entry['baseline']['requests']}, {entry['baseline']['failures']}")
         for gate in entry["gates"]:
-            print(f"gate {gate['gate']}: {_verdict(gate)} (bound {gate['bound']:g}): "
-                  f"{gate['reason']}")
+            print(f"gate {printable(gate['gate'])}: {_verdict(gate)} (bound "
+                  f"{gate['bound']:g}): {printable(gate['reason'])}")
     print("history:")
     for item in state.history:
         at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(item["at"]))
-        print(f"  {at}Z {item['event']:9} step {item['step']} canary {item['weight']:g}%: "
-              f"{item['reason']}")
+        print(f"  {at}Z {printable(item['event']):9} step {item['step']} canary "
+              f"{item['weight']:g}%: {printable(item['reason'])}")
     return 0
 
 
@@ -106,7 +125,10 @@ def change(state_store, route, action, reason):
             print(f"no rollout on route {route!r}", file=sys.stderr)
             return 1
         try:
-            new = core.command(core.State.from_json(raw), action, time.time(), reason)
+            new = core.command(core.load_state(raw), action, time.time(), reason)
+        except core.DamagedState as exc:
+            print(f"route {printable(route)}: {damaged_state(exc)}", file=sys.stderr)
+            return 1
         except core.TransitionError as exc:
             print(f"route {route}: {exc}", file=sys.stderr)
             return 1

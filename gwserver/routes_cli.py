@@ -11,6 +11,7 @@ import sys
 import time
 
 from .errors import ConfigError
+from .terminal import printable
 
 # Everything else is imported when a command runs: `gwserver run` parses the same command line,
 # and importing requests (urllib3, ssl) in the master would defeat the workers' gevent patching.
@@ -203,11 +204,10 @@ def main(kind, args):
                 reason = table.rejected.get(f"{kind}/{item_id}")
                 mark = "REJECTED" if reason and WAITING not in reason else \
                     "waiting" if reason else "ok"
-                shown = public_view(value) if kind == "consumers" else \
-                    value.decode(errors="replace")[:120]
-                print(f"{item_id}\trevision {rev}\t{mark}\t{shown}")
+                shown = public_view(value) if kind == "consumers" else stored_view(value)
+                print(f"{printable(item_id)}\trevision {rev}\t{mark}\t{printable(shown)}")
                 if reason:
-                    print(f"\t{reason}")
+                    print(f"\t{printable(reason)}")
             return 0
         if args.action == "status":
             return status(conf)
@@ -266,6 +266,18 @@ def shared_secrets(given, directory):
     return problems
 
 
+def stored_view(raw):
+    """What ``routes|upstreams list`` shows of a stored value: its start, with secrets
+    masked as `check --dump` and /admin/config mask them (a jwt secret, an Authorization
+    header a headers plugin sets, a password in a URL): a listing is pasted into tickets."""
+    from .redact import redact
+    try:
+        shown = json.dumps(redact(json.loads(raw)), sort_keys=True)
+    except (ValueError, RecursionError):      # rejected by the gateway too: as stored
+        shown = raw.decode(errors="replace")
+    return shown[:120]
+
+
 def public_view(raw):
     """What ``consumers list`` shows of a stored consumer: no credential values."""
     try:
@@ -299,21 +311,30 @@ def status(conf):
     the state is stale (no sync process of this gateway wrote it, or not lately), etcd is
     unreachable or items are rejected, 2 if there is no state at all."""
     import os
-    from .sync.shm import STATUS, read_json, worker_board
+    from .sync.shm import STATUS, worker_board
     runtime_dir = conf.etcd["runtime_dir"]
     path = f"{runtime_dir}/{STATUS}"
-    state = read_json(path)
+    state = read_status_file(path)
     if state is None:
         return _fail([f"no status in {runtime_dir}: is the gateway running with this conf?"])
+    damage = status_damage(state)
+    if damage:
+        return _fail([f"{path}: not a status the sync process writes ({damage}): damaged, "
+                      f"or written by something else; it is written again within a minute "
+                      f"by a running gateway's config-sync"])
     problems = []
     stale = stale_reason(state.get("pid"), time.time() - os.stat(path).st_mtime, conf.etcd)
     if stale:
         problems.append(f"STALE: {stale}; what follows is the last state written, not now")
     board = worker_board(runtime_dir)
+    for pid in [pid for pid, entry in board.items() if not board_entry_ok(entry)]:
+        problems.append(f"worker {pid}: its entry in {runtime_dir}/workers is damaged")
+        del board[pid]
     age = time.time() - state["last_sync"] if state.get("last_sync") else None
-    revision = state["revision"] if state.get("revision") is not None else "-"
-    print(f"generation {state['generation']}  etcd revision {revision}  "
-          f"{'connected to ' + state['endpoint'] if state['connected'] else 'NOT CONNECTED'}"
+    revision = printable(state["revision"]) if state.get("revision") is not None else "-"
+    link = f"connected to {printable(state['endpoint'])}" if state["connected"] else \
+        "NOT CONNECTED"
+    print(f"generation {state['generation']}  etcd revision {revision}  {link}"
           + (f"  last sync {age:.1f}s ago" if age is not None else ""))
     if not state["connected"] and not stale:
         # Generation 0: nothing was ever published (no snapshot, etcd never answered), so
@@ -353,12 +374,49 @@ def status(conf):
           + (f", {len(rejected) - len(refused)} waiting for their upstream"
              if len(rejected) > len(refused) else ""))
     for item_key, reason in rejected.items():
-        print(f"  {item_key}: {reason}")
+        print(f"  {printable(item_key)}: {printable(reason)}")
     if refused:
-        problems.append(f"{len(refused)} item(s) rejected: {', '.join(refused)}")
+        problems.append(f"{len(refused)} item(s) rejected: "
+                        f"{', '.join(map(printable, refused))}")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+STATUS_FIELDS = {"generation": int, "connected": bool, "routes": int, "upstreams": int,
+                 "rejected": dict}
+
+
+def read_status_file(path):
+    """The sync status at ``path`` (a dict), or None: missing, not a regular file (a FIFO
+    would block the open), over 16 MiB, or not JSON."""
+    from .files import read_regular
+    try:
+        data = read_regular(path, 16 << 20)
+        state = json.loads(data) if len(data) <= 16 << 20 else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def status_damage(state):
+    """What makes ``state`` no status that ``status`` can show (it raised a KeyError or a
+    TypeError out of the command), or None."""
+    for name, kind in STATUS_FIELDS.items():
+        if not isinstance(state.get(name), kind):
+            return f"{name} is not {kind.__name__}"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in state["rejected"].items()):
+        return "rejected is not a table of reasons"
+    if state.get("connected") and not isinstance(state.get("endpoint"), str):
+        return "endpoint is not str"
+    if not isinstance(state.get("last_sync") or 0, (int, float)):
+        return "last_sync is not a time"
+    return None
+
+
+def board_entry_ok(entry):
+    return isinstance(entry, dict) and isinstance(entry.get("generation"), int) and \
+        isinstance(entry.get("routes"), int) and isinstance(entry.get("refused") or 0, int)
 
 
 BEHIND_GRACE = 5.0       # seconds a worker may take to apply a published generation

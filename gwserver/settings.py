@@ -5,6 +5,7 @@ static routes and returns a ``Conf``; on any problem it raises ConfigError listi
 bad file never starts a half-configured server. ``reference_toml()`` renders the documented
 reference that conf/gwserver.toml carries.
 """
+import errno
 import ipaddress
 import os
 import tomllib
@@ -930,14 +931,27 @@ def parse_conf(data, path="<conf>"):
                 static_upstreams=MappingProxyType(dict(parts["upstreams"])), **sections)
 
 
+MAX_CONF_FILE = 64 << 20     # bytes; a conf file with a large static route table is far less
+
+
+def read_conf_source(path):
+    """The bytes of the conf file ``path``: a regular file only, at most MAX_CONF_FILE bytes.
+    A FIFO in its place blocked the open until a writer came, and a device (/dev/zero) read
+    without end: `gwserver check`, `reload`, every etcd command and the master's own reload
+    hung or filled memory. Raises OSError whose strerror says why."""
+    data = read_regular(path, MAX_CONF_FILE)
+    if len(data) > MAX_CONF_FILE:
+        raise OSError(errno.EFBIG, f"over {MAX_CONF_FILE >> 20} MiB: not a conf file")
+    return data
+
+
 def load_conf(path, source=None):
     """The conf file ``path``, checked; ``source``: its bytes as read before (the copy the
     master applied, which its helpers read: helpers.helper.applied_conf). The Conf keeps the
     bytes it was made of (``Conf.source``)."""
     try:
         if source is None:
-            with open(path, "rb") as f:
-                source = f.read()
+            source = read_conf_source(path)
         data = tomllib.loads(source.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None

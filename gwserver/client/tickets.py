@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..files import read_regular
 
 log = logging.getLogger("gwserver.tls")
 
@@ -64,8 +65,7 @@ def read_key_files(paths):
     for i, path in enumerate(paths):
         where = f"tls.ticket_key_files[{i}]: {path}"
         try:
-            with open(path, "rb") as f:
-                data = f.read(81)
+            data = read_regular(path, 80)   # (a FIFO would hang check and the reload)
         except FileNotFoundError:
             problems.append(f"{where} does not exist (make one with {HOW_TO_MAKE})")
             continue

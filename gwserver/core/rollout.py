@@ -45,6 +45,10 @@ class TransitionError(ValueError):
     """An event that the rollout's status does not allow (e.g. resume a running rollout)."""
 
 
+class DamagedState(ValueError):
+    """A stored rollout state that is not one (another writer's value, a half write)."""
+
+
 # -- measurements ---------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +207,45 @@ class State:
         data = json.loads(raw)
         data.pop("weight", None)
         return cls(**{**data, "steps": tuple(data["steps"]), "history": tuple(data["history"])})
+
+
+def load_state(raw):
+    """The State stored as ``raw``, checked field by field, or DamagedState saying what is
+    wrong. One damaged value (the store is shared: another team's write, a half write)
+    raised out of State.from_json: a traceback for `gwserver rollouts list`, and a
+    controller tick that stopped at that route, every tick, so no route after it moved or
+    was rolled back by its gates."""
+    try:
+        state = State.from_json(raw)
+        _check_state(state)
+    except DamagedState:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise DamagedState(f"not a rollout state ({type(exc).__name__}: {exc})"[:200]) \
+            from None
+    return state
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_state(state):
+    if not isinstance(state.id, str) or state.status not in TRANSITIONS:
+        raise DamagedState("its id is not text, or its status is none a rollout has")
+    if not state.steps or not all(_is_number(s) and 0 <= s <= 100 for s in state.steps):
+        raise DamagedState("its steps are not percentages")
+    if not isinstance(state.step, int) or not 0 <= state.step < len(state.steps):
+        raise DamagedState("its step is not one of its steps")
+    if not isinstance(state.epoch, int) or not _is_number(state.since) or \
+            not isinstance(state.run, str):
+        raise DamagedState("its epoch, since or run is not of its type")
+    for item in state.history:
+        if not (isinstance(item, dict) and _is_number(item.get("at")) and
+                0 <= item["at"] < 1e11 and     # (a date: gmtime overflows past that)
+                isinstance(item.get("event"), str) and isinstance(item.get("step"), int) and
+                _is_number(item.get("weight")) and isinstance(item.get("reason"), str)):
+            raise DamagedState("an entry of its history is not one")
 
 
 def rollout_id(rollout, canary_ref):

@@ -187,7 +187,8 @@ class Controller:
         from ..sync.shm import TableReader, etcd_prefix
         self.conf = conf
         self.table = LiveTable.for_conf(conf, load_registry())
-        self.reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) if conf.etcd else None
+        self.reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) \
+            if conf.etcd else None
 
     def follow(self):
         if self.reader is not None and self.reader.changed():
@@ -217,10 +218,24 @@ class Controller:
              "routes": status}).encode())
         write_metrics(self.state_dir, status)
 
+    def stored_state(self, route_id, raw):
+        """The route's stored State, or None: none stored, or a damaged one, which the writer
+        replaces by starting the rollout again (compare-and-swap on the damaged value),
+        rather than stop every tick at it."""
+        if not raw:
+            return None
+        try:
+            return core.load_state(raw)
+        except core.DamagedState as exc:
+            log.warning("rollouts: route %s: its stored state is damaged (%s); %s", route_id,
+                        exc, "starting the rollout again" if self.leader else
+                        "the writer starts it again")
+            return None
+
     def step(self, route_id, conf, totals, now, status):
         rollout = conf["rollout"]
         raw = self.state.load(route_id)
-        state = core.State.from_json(raw) if raw else None
+        state = self.stored_state(route_id, raw)
         if state is None or state.id != conf["rollout_id"]:
             if not self.leader:
                 return None         # the writer starts it; workers send nobody there yet
