@@ -498,6 +498,20 @@ def test_cut_answers_trip_the_routes_breaker(launcher):
     assert resp.status == 503 and b"circuit_open" in body
 
 
+def head_and_answer(port, path):
+    """-> (seconds until the answer's head came, the answer) of a GET over h2c."""
+    client = RawH2(port)
+    try:
+        started = time.monotonic()
+        sid = client.request(path)
+        client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
+                                  e.stream_id == sid for e in c.events), timeout=5)
+        head_at = time.monotonic() - started
+        return head_at, client.response(sid, timeout=5)
+    finally:
+        client.close()
+
+
 def test_an_http2_clients_head_goes_out_when_its_body_is_slow_to_come(launcher):
     """An event stream's head came to an HTTP/2 client only with its first event (1.5 s
     here; a stream that speaks every 30 s kept EventSource's onopen, and any client waiting
@@ -506,37 +520,18 @@ def test_an_http2_clients_head_goes_out_when_its_body_is_slow_to_come(launcher):
     whole 502 (the test above)."""
     raw = launcher.raw_upstream()
     gw = gateway(launcher, f"http://127.0.0.1:{raw.port}")
-    client = RawH2(gw.port)
-    try:
-        started = time.monotonic()
-        sid = client.request("/head-then-wait")
-        client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
-                                  e.stream_id == sid for e in c.events), timeout=5)
-        head_at = time.monotonic() - started
-        status, _, body, _ = client.response(sid, timeout=5)
-        assert status == 200 and body == b"data: hello\n", (status, body)
-        assert head_at < 1.0, head_at       # the body came at 1.5 s
-    finally:
-        client.close()
+    head_at, (status, _, body, _) = head_and_answer(gw.port, "/head-then-wait")
+    assert status == 200 and body == b"data: hello\n", (status, body)
+    assert head_at < 1.0, head_at       # the body came at 1.5 s
 
 
 def test_an_http2_clients_head_goes_out_when_an_http2_upstreams_body_is_slow(launcher):
     """The same from an HTTP/2 upstream, whose answer is relayed by another path."""
-    from ..h2_upstreams import ScriptedH2Upstream
     upstream = ScriptedH2Upstream("h2", "head-then-wait", delay=1.5)
     try:
         gw = gateway(launcher, f"http://127.0.0.1:{upstream.port}", protocol="h2")
-        client = RawH2(gw.port)
-        try:
-            started = time.monotonic()
-            sid = client.request("/events")
-            client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
-                                      e.stream_id == sid for e in c.events), timeout=5)
-            head_at = time.monotonic() - started
-            status, _, body, _ = client.response(sid, timeout=5)
-            assert status == 200 and body == b"h2 later", (status, body)
-            assert head_at < 1.0, head_at
-        finally:
-            client.close()
+        head_at, (status, _, body, _) = head_and_answer(gw.port, "/events")
+        assert status == 200 and body == b"h2 later", (status, body)
+        assert head_at < 1.0, head_at
     finally:
         upstream.close()

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import h2.errors
+import pytest
 
 from ..conftest import gateway_conf, route, wait_until
 from ..h2client import RawH2
@@ -75,58 +76,48 @@ def test_goaway_on_sigterm_lets_streams_in_flight_finish(launcher, upstream):
     assert line["status"] == 200 and line["bytes"] > 0 and line["protocol"] == "HTTP/2"
 
 
-def test_a_bidi_call_whose_client_listens_is_not_cut_at_client_body_timeout(launcher):
+@pytest.fixture
+def silent_grpc_call(launcher):
+    """-> call(path): a gRPC call over h2c through a gateway (client_body_timeout 1.5 s) to a
+    StreamingH2Upstream, whose client sends one empty message and then nothing; -> (the
+    client, its stream id)."""
+    from ..h2_upstreams import StreamingH2Upstream
+    upstream, clients = StreamingH2Upstream(), []
+    gw = launcher.gateway(gateway_conf(
+        [{"id": "g", "paths": ["/*rest"],
+          "upstream": {"targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                       "protocol": "h2"}}],
+        http2={"h2c": True}, server={"client_body_timeout": 1.5}))
+
+    def call(path):
+        client = RawH2(gw.port)
+        clients.append(client)
+        sid = client.request(path, "POST", [("content-type", "application/grpc"),
+                                            ("te", "trailers")], end=False)
+        client.conn.send_data(sid, b"\0\0\0\0\0")      # one empty message, then silence
+        client.flush()
+        return client, sid
+    yield call
+    for client in clients:
+        client.close()
+    upstream.close()
+
+
+def test_a_bidi_call_whose_client_listens_is_not_cut_at_client_body_timeout(
+        silent_grpc_call):
     """A bidi gRPC call whose server streams while its client says nothing (a subscription)
     was reset at client_body_timeout (INTERNAL_ERROR), its answer cut: the client's silence
     was taken for a stalled upload. While the call's answer goes on it is listening."""
-    from ..h2_upstreams import StreamingH2Upstream
-    from ..h2client import RawH2
-    upstream = StreamingH2Upstream()
-    try:
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "g", "paths": ["/*rest"],
-              "upstream": {"targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
-                           "protocol": "h2"}}],
-            http2={"h2c": True}, server={"client_body_timeout": 1.5}))
-        client = RawH2(gw.port)
-        try:
-            sid = client.request("/svc.Feed/Subscribe/tick?n=5&every=0.8", "POST",
-                                 [("content-type", "application/grpc"), ("te", "trailers")],
-                                 end=False)
-            client.conn.send_data(sid, b"\0\0\0\0\0")      # one empty message, then silence
-            client.flush()
-            answer = client.response(sid, timeout=10)
-            assert answer is not None and answer[0] == 200, answer
-            assert answer[2] == b"tick" * 5, answer
-        finally:
-            client.close()
-    finally:
-        upstream.close()
+    client, sid = silent_grpc_call("/svc.Feed/Subscribe/tick?n=5&every=0.8")
+    answer = client.response(sid, timeout=10)
+    assert answer is not None and answer[0] == 200, answer
+    assert answer[2] == b"tick" * 5, answer
 
 
-def test_a_silent_grpc_upload_with_no_answer_flowing_is_still_cut(launcher):
+def test_a_silent_grpc_upload_with_no_answer_flowing_is_still_cut(silent_grpc_call):
     """The other side of the test above: a call whose answer has not begun waits for its
     client's body at most client_body_timeout, as before."""
-    from ..h2_upstreams import StreamingH2Upstream
-    from ..h2client import RawH2
-    upstream = StreamingH2Upstream()
-    try:
-        gw = launcher.gateway(gateway_conf(
-            [{"id": "g", "paths": ["/*rest"],
-              "upstream": {"targets": [{"url": f"http://127.0.0.1:{upstream.port}"}],
-                           "protocol": "h2"}}],
-            http2={"h2c": True}, server={"client_body_timeout": 1.5}))
-        client = RawH2(gw.port)
-        try:
-            sid = client.request("/svc.Feed/Upload/slow", "POST",
-                                 [("content-type", "application/grpc"), ("te", "trailers")],
-                                 end=False)
-            client.conn.send_data(sid, b"\0\0\0\0\0")
-            client.flush()
-            started = time.monotonic()
-            client.pump(lambda c: c.reset_code(sid) is not None or c.ended(sid), timeout=8)
-            assert time.monotonic() - started < 4.0
-        finally:
-            client.close()
-    finally:
-        upstream.close()
+    client, sid = silent_grpc_call("/svc.Feed/Upload/slow")
+    started = time.monotonic()
+    client.pump(lambda c: c.reset_code(sid) is not None or c.ended(sid), timeout=8)
+    assert time.monotonic() - started < 4.0

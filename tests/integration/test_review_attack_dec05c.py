@@ -43,15 +43,8 @@ import subprocess
 import sys
 
 from ..conftest import gateway_conf, route, to_toml
+from .test_admin_attack_dec05c import check
 from .test_plugins_attack_dec05c import call
-
-
-def check(tmp_path, conf):
-    path = tmp_path / "gw.toml"
-    path.write_text(to_toml(conf))
-    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
-                         capture_output=True, text=True, timeout=60)
-    return run.returncode, run.stdout + run.stderr
 
 
 # -- 1. a secret that holds ", got " -------------------------------------------------------------
