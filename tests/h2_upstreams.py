@@ -202,14 +202,18 @@ class ScriptedH2Upstream(H2cUpstream):
     - "204-length": 204 with content-length: 7 (RFC 9110 8.6 forbids it)
     - "bad-status": :status "abc", which the h2 library passes on as it came
     - "cut": 200 with content-length: 100000, 1000 bytes of it, then RST_STREAM INTERNAL_ERROR
-    - "head-then-wait": 200 at once, its body ("<name> later") ``delay`` seconds after
+    - "head-then-wait": 200 at once, its body ("<name> later") ``delay`` seconds after;
+      "head-empty-then-wait": the same with an empty DATA frame right after the head;
+      "message-then-wait": 200 and DATA "<name> first" at the request's head, then nothing
+    - "head-then-reset": a gRPC head (200, application/grpc) at once, RST_STREAM
+      INTERNAL_ERROR ``delay`` seconds after, before any body
     - at the request's head, before its body: "refuse" (RST_STREAM REFUSED_STREAM),
       "reset-at-head" (RST_STREAM INTERNAL_ERROR 0.2 s later), "early-413" (413 "too big!",
       then RST_STREAM NO_ERROR, as RFC 9113 8.1 allows)
     ``window``: the INITIAL_WINDOW_SIZE it grants; ``ack``: whether it opens the windows of
     the body it reads again. ``requests`` counts the requests it acted on; ``heads`` holds
     each request's header fields (a dict)."""
-    AT_HEAD = ("refuse", "reset-at-head", "early-413")
+    AT_HEAD = ("refuse", "reset-at-head", "early-413", "message-then-wait")
 
     def __init__(self, name, behaviour, delay=3.0, window=None, ack=True, port=0):
         self.name, self.behaviour, self.delay = name, behaviour, delay
@@ -283,9 +287,17 @@ class ScriptedH2Upstream(H2cUpstream):
                     send()
                 threading.Timer(0.1, reset, (stream_id,
                                              h2.errors.ErrorCodes.INTERNAL_ERROR)).start()
-            elif behaviour == "head-then-wait":
+            elif behaviour == "message-then-wait":
+                with lock:
+                    conn.send_headers(stream_id, [(b":status", b"200"),
+                                                  (b"content-type", b"application/grpc")])
+                    conn.send_data(stream_id, b"%s first" % self.name.encode())
+                    send()
+            elif behaviour in ("head-then-wait", "head-empty-then-wait"):
                 with lock:
                     conn.send_headers(stream_id, [(b":status", b"200")])
+                    if behaviour == "head-empty-then-wait":
+                        conn.send_data(stream_id, b"")
                     send()
 
                 def later():
@@ -297,6 +309,13 @@ class ScriptedH2Upstream(H2cUpstream):
                         except (h2.exceptions.ProtocolError, OSError):
                             pass
                 threading.Timer(self.delay, later).start()
+            elif behaviour == "head-then-reset":
+                with lock:
+                    conn.send_headers(stream_id, [(b":status", b"200"),
+                                                  (b"content-type", b"application/grpc")])
+                    send()
+                threading.Timer(self.delay, reset, (stream_id,
+                                                    h2.errors.ErrorCodes.INTERNAL_ERROR)).start()
             elif behaviour == "slow":
                 threading.Timer(self.delay, answer, (stream_id, b"200")).start()
             else:

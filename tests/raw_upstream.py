@@ -22,6 +22,7 @@ counts as JSON.
   /reset-mid-body   a head promising 100000 bytes, 1000 of them, then a close
   /head-then-close  a head promising 1000 bytes, then a close before any of them
   /head-then-wait   a chunked head at once, its first chunk 1.5 s later (an event stream)
+  /size-then-wait   the same, with the first chunk's size line 0.05 s after the head
   /no-answer        reads the request and closes without a byte
   /conn-named       200 whose Connection names X-Hop (hop-by-hop), beside X-Kept
   /conn-plain       200 with "Connection: Keep-Alive" (no other header named), beside X-Kept
@@ -266,11 +267,15 @@ def handle(conn, path):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
         time.sleep(0.05)
         return False
-    elif path == "/head-then-wait":
+    elif path in ("/head-then-wait", "/size-then-wait"):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
+        if path == "/size-then-wait":
+            time.sleep(0.05)        # after the head, within the gateway's wait for its body
+            conn.sendall(b"c\r\n")
         time.sleep(1.5)
-        conn.sendall(b"c\r\ndata: hello\n\r\n0\r\n\r\n")
+        conn.sendall(b"%sdata: hello\n\r\n0\r\n\r\n" %
+                     (b"" if path == "/size-then-wait" else b"c\r\n"))
         return True
     elif path == "/no-answer":
         return False

@@ -350,6 +350,9 @@ class H2Stream(ClientConnection):
             self.wake.clear()
             conn = self.conn
             self.waiting, self.wait_started = True, time.monotonic()
+            # answer_flowing's first look: what the answer wrote before this wait began is
+            # no sign that it goes on (that held a stalled upload twice client_body_timeout)
+            self._writes_seen = self.writes
             conn.body_wait_began()
             try:
                 came = self.wake.wait(self.body_timeout)
@@ -389,21 +392,36 @@ class H2Stream(ClientConnection):
     def holds_head(self):
         return self.framer.head is not None
 
+    released = False        # the head went alone (release_head), before any body
+
     def release_head(self):
         """Send a held head alone: its body is slow to come (an event stream, a long poll,
         a gRPC server stream's initial metadata), and the client waits for it to begin."""
         head, self.framer.head = self.framer.head, None
         if head is not None and self.reset_code is None:
             self.conn.send(self, [("headers", head, False)])
+            self.released = True
 
     def take_back_head(self):
         """HTTP/2 sends a head with the first piece of its body (or its end): while the
-        framer still holds it, the client has nothing and can get a whole error answer."""
-        if self.framer.head is None:
+        framer still holds it, the client has nothing and can get a whole error answer.
+        A gRPC call whose head went alone (release_head) and none of its body can too: its
+        status rides on trailers (answer), as held it rode on the head."""
+        if self.framer.head is None and not self.grpc_status_may_follow():
             return False
         self.framer = ResponseFramer(self.framer.head_only)
         self.head_status = self.body_sent = 0
         return True
+
+    def grpc_status_may_follow(self):
+        """A gRPC call's head went alone and nothing of its body: a failure now (the
+        upstream's reset, its timeout, the call's deadline; req.error says which, and a
+        client that left has none) can still be a gRPC status in trailers rather than a
+        reset stream (INTERNAL to its client, never retried)."""
+        req = self.req
+        return self.released and not self.body_sent and self.reset_code is None and \
+            not self.conn.closed and req is not None and req.error is not None and \
+            is_grpc(req.header_map.get(b"content-type"))
 
     def send_continue(self, req):
         if not req.complete and not self.head_status and \
@@ -422,11 +440,11 @@ class H2Stream(ClientConnection):
             return super().answer(req, reply, keep_alive)
         message = (reply.payload or {}).get("message") or reply.body.decode("utf-8", "replace")
         code = grpc_code(reply.status, req.error, req.var("grpc_deadline_hit"))
-        self.conn.send_headers(self, [
-            (b":status", b"200"), (b"content-type", b"application/grpc"),
-            (b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(str(message)))] +
-            ([(b"x-request-id", req.request_id.encode("latin-1"))] if req.request_id else []),
-            True)
+        fields = [(b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(str(message)))]
+        if not self.released:       # trailers-only; else trailers after the head that went
+            fields = [(b":status", b"200"), (b"content-type", b"application/grpc"), *fields] + \
+                ([(b"x-request-id", req.request_id.encode("latin-1"))] if req.request_id else [])
+        self.conn.send_headers(self, fields, True)
         self.ended = True
         return reply.status, 0
 

@@ -145,7 +145,8 @@ class ServerTLS:
                 self.warnings += ocsp_warnings(entry["cert"], leaf)
             context = self._context(entry, i)
             hosts = entry["hosts"] or _names_of(leaf)
-            self.warnings += address_warnings(entry["hosts"], i)
+            if self.contexts:       # the first entry is the one those connections get
+                self.warnings += address_warnings(entry["hosts"], i)
             self.contexts.append((tuple(h.lower() for h in hosts), context,
                                   cert_id(entry["cert"])))
             self._index_names(hosts, context, one_label=not entry["hosts"])
@@ -276,7 +277,8 @@ class ServerTLS:
 
 def address_warnings(hosts, index):
     """An IP address in an entry's ``hosts`` never picks it: clients send no SNI for an
-    address (RFC 6066 3), so such connections get the first entry's certificate."""
+    address (RFC 6066 3), so such connections get the first entry's certificate (for the
+    first entry itself that is what its address asks: no warning)."""
     import ipaddress
     found = []
     for host in hosts or ():

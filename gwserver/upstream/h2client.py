@@ -868,6 +868,8 @@ class StreamResponse:
                     self.connection.acknowledge(self.stream_id, event.flow_controlled_length)
                 if event.data:
                     yield bytes(event.data)
+                elif not event.stream_ended:
+                    yield b""   # nothing to relay, but a held head may have to go (hold_head)
                 if event.stream_ended:
                     self.ended = True
             elif isinstance(event, h2.events.TrailersReceived):

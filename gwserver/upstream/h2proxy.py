@@ -24,7 +24,7 @@ from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamC
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools, StreamBroken, StreamNotOpened
 from .proxy import (CLIENT_PAUSE, back_off, client_protocol, client_side, filtered,
-                    forwarded_values, proxied_head, trace_headers, upstream_host,
+                    forwarded_values, hold_head, proxied_head, trace_headers, upstream_host,
                     upstream_path)
 
 
@@ -451,17 +451,20 @@ class H2Forwarder:
                     client.write_head(status, data)
                 sent += size
         held = 0
+        hold_until = None
         try:
             if not stream.ready():
                 flush()
-                if client.holds_head and not stream.ready_within(client.head_hold):
-                    client.release_head()       # as Proxy.relay_response: http2.head_hold
+                if client.holds_head:
+                    hold_until = hold_head(client, stream.ready_within, hold_until)
             for chunk in stream.chunks():
                 body.append(chunk if encoder is None else encoder.feed(chunk))
                 held += len(chunk)
                 if not stream.ready() or held >= RELAY_BATCH:
                     held = 0            # bounded: what is acknowledged upstream is sent on
                     flush()
+                    if client.holds_head:
+                        hold_until = hold_head(client, stream.ready_within, hold_until)
             if grpc:
                 frame = grpcweb.trailer_frame(stream.trailers or trailers_only)
                 body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
@@ -488,4 +491,3 @@ class H2Forwarder:
             raise UpstreamError(f"{target.url} sent {sent} body bytes, its content-length "
                                 f"said {int(length)}")
         return status, sent, keep_alive
-

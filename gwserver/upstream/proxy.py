@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import time
+from functools import partial
 from itertools import count
 from random import random
 
@@ -1022,6 +1023,7 @@ class Proxy:
             return status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
         close_delimited = ex.content_length is None and not ex.chunked
+        hold_until = None
         try:
             for turn in count(1):
                 if turn % YIELD_EVERY == 0:
@@ -1038,12 +1040,12 @@ class Proxy:
                 sent += size
                 if ex.complete:
                     break
-                if turn == 1 and client.holds_head and \
-                        not readable_within(ex.sock, client.head_hold):
+                if client.holds_head:
                     # An HTTP/2 head waits for its body (a failure before it can still be a
                     # whole 502) only http2.head_hold: an event stream's, held for its body,
                     # came with the first event.
-                    client.release_head()
+                    hold_until = hold_head(client, partial(readable_within, ex.sock),
+                                           hold_until)
                 if not self.recv_feed(ex, route.read_timeout):
                     if close_delimited:
                         tail = filtered(filters, [], True) if filters else b""
@@ -1252,6 +1254,20 @@ def forwarded_values(req, host):
         xff = req.client_ip.encode("latin-1")
     return (xff + b", " + peer if xff else peer, hmap.get(b"x-forwarded-proto") or proto,
             hmap.get(b"x-forwarded-host") or fhost)
+
+
+def hold_head(client, comes_within, hold_until):
+    """An HTTP/2 client's held head waits for the body's first byte at most http2.head_hold
+    from its first wait, then goes alone; ``comes_within(seconds)`` waits for more of the
+    answer. Measured from the first wait, not per read: bytes that carry no body (a
+    chunk-size line sent ahead of its data, an empty DATA frame) ended the wait, and the
+    head waited for the body after all. -> when the hold ends."""
+    now = time.monotonic()
+    if hold_until is None:
+        hold_until = now + client.head_hold
+    if now >= hold_until or not comes_within(hold_until - now):
+        client.release_head()
+    return hold_until
 
 
 def filtered(filters, chunks, last):
