@@ -110,15 +110,40 @@ def held_lock_dirs(pid):
     """The directories of the instance lock files (state dir, runtime dir) that process
     ``pid`` holds open. Raises OSError when its descriptors are not ours to read, or it is
     gone."""
+    return [directory for _, directory in held_locks(pid)]
+
+
+DELETED = " (deleted)"      # what /proc shows after a file's name, once it is removed
+
+
+def held_locks(pid):
+    """(a /proc path the lock is read through, its directory) of each instance lock file
+    process ``pid`` holds open. A lock removed with its directory (a tmp cleaner; the
+    master makes the directory again) is still held: read through /proc, where its name
+    ends in " (deleted)". Raises OSError as held_lock_dirs does."""
     found = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
+        if target.endswith(DELETED):
+            target = target[:-len(DELETED)]
         if os.path.basename(target) == LOCK_FILE:
-            found.append(os.path.dirname(target))
+            found.append((f"/proc/{pid}/fd/{fd}", os.path.dirname(target)))
     return found
+
+
+def read_held(path, limit=32):
+    """A held lock file's first bytes, through its /proc descriptor link; only a regular
+    file is read (the name alone says nothing of what the descriptor is)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 MASTER_TITLE = re.compile(rb"[A-Za-z0-9_.-]+: master\0*")     # proctitle: "{proc_name}: master"
@@ -131,16 +156,15 @@ def is_master(pid):
     editor of /etc/gwserver/gwserver.toml or a `tail -f` of its log has now, and a master
     with a proc_name of its own is titled "edge: master". Only where its descriptors are
     not ours to read: its title, whole."""
-    from .files import read_regular
     try:
-        directories = held_lock_dirs(pid)
+        locks = held_locks(pid)
     except PermissionError:
         return title_is_master(pid)
     except OSError:
         return False                    # gone
-    for directory in directories:
+    for held, _ in locks:
         try:
-            named = read_regular(os.path.join(directory, LOCK_FILE), 32)
+            named = read_held(held)
         except OSError:
             continue
         if named.strip() == str(pid).encode():
