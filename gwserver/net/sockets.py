@@ -284,15 +284,19 @@ def peer_address(addr):
     return address
 
 
+def _os_errors(exc):
+    """The OSErrors in ``exc``'s chain of causes, itself first (urllib3 wraps the OS's)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def out_of_files(exc):
     """Whether a connect failed for want of a file descriptor in this process (EMFILE) or on
     the host (ENFILE), under urllib3's wrappers too: the gateway's limit, not the peer's."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(error.errno in (errno.EMFILE, errno.ENFILE) for error in _os_errors(exc))
 
 
 def failure_reason(exc):
@@ -300,9 +304,7 @@ def failure_reason(exc):
     "name or service not known") under urllib3's wrappers, whose own text names its
     connection class (``CheapCheckHTTPConnection(host=..., port=...): Failed to establish a
     new connection: [Errno 111] ...``); anything else as it says itself."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror[:1].lower() + seen.strerror[1:]
-        seen = seen.__cause__ or seen.__context__
+    for error in _os_errors(exc):
+        if error.strerror:
+            return error.strerror[:1].lower() + error.strerror[1:]
     return str(getattr(exc, "reason", None) or exc)
