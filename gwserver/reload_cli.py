@@ -134,18 +134,6 @@ def held_locks(pid):
     return found
 
 
-def read_held(path, limit=32):
-    """A held lock file's first bytes, through its /proc descriptor link; only a regular
-    file is read (the name alone says nothing of what the descriptor is)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 MASTER_TITLE = re.compile(rb"[A-Za-z0-9_.-]+: master\0*")     # proctitle: "{proc_name}: master"
 
 
@@ -156,6 +144,7 @@ def is_master(pid):
     editor of /etc/gwserver/gwserver.toml or a `tail -f` of its log has now, and a master
     with a proc_name of its own is titled "edge: master". Only where its descriptors are
     not ours to read: its title, whole."""
+    from .files import read_regular
     try:
         locks = held_locks(pid)
     except PermissionError:
@@ -164,7 +153,7 @@ def is_master(pid):
         return False                    # gone
     for held, _ in locks:
         try:
-            named = read_held(held)
+            named = read_regular(held, 32)     # through the /proc link: a regular file only
         except OSError:
             continue
         if named.strip() == str(pid).encode():
