@@ -126,13 +126,9 @@ def upgraded(conf, ctx):
     """A websocket's verdict is its handshake. Left to finish, which comes when the tunnel
     closes, a half-open breaker's probe held its verdict, and every other handshake out (503
     circuit_open), for as long as the probe's websocket stayed open."""
-    admitted = ctx.vars.pop("breaker", None)
-    if admitted is None:
-        return
-    try:
-        record(conf, ctx, 101, *admitted)
-    except OSError as exc:
-        unguarded(admitted[1], exc)
+    finish(conf, ctx, 101)
+    if ctx.var("breaker") is not None:
+        del ctx.vars["breaker"]         # recorded: finish, at the close, does nothing
 
 
 def unguarded(key, exc):

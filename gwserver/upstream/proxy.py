@@ -748,9 +748,7 @@ class Proxy:
         """Relay the answer whose head ``attempt`` read (or open a websocket tunnel)."""
         if ex.status == 101:
             check_websocket_accept(req, ex)
-            chain = req.route.chain
-            if (req.chain or chain).upgraded_steps:
-                chain.run_upgraded(req)     # (a breaker's verdict: finish waits for the close)
+            req.route.chain.run_upgraded(req)   # (a breaker's verdict: finish waits for the close)
             return self.tunnel(client, req, ex)
         return self.relay_response(client, req, ex, req.route, keep_alive)
 
