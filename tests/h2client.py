@@ -110,6 +110,13 @@ class RawH2:
                 trailers = {bytes(k).decode(): bytes(v).decode() for k, v in e.headers}
         return status, headers, body, trailers
 
+    def head_delay(self, sid, started, timeout=5.0):
+        """Seconds from ``started`` (time.monotonic) until stream ``sid``'s answer head came
+        (pumped until it does, or ``timeout``)."""
+        self.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
+                                e.stream_id == sid for e in c.events), timeout)
+        return time.monotonic() - started
+
     def ended(self, sid):
         return any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid
                    for e in self.events)

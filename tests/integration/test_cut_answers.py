@@ -504,9 +504,7 @@ def head_and_answer(port, path):
     try:
         started = time.monotonic()
         sid = client.request(path)
-        client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
-                                  e.stream_id == sid for e in c.events), timeout=5)
-        head_at = time.monotonic() - started
+        head_at = client.head_delay(sid, started)
         return head_at, client.response(sid, timeout=5)
     finally:
         client.close()

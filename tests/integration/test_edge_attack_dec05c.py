@@ -271,24 +271,31 @@ def test_silent_connections_on_a_proxy_protocol_listener_give_way(launcher, upst
             sock.close()
 
 
-def test_check_warns_of_an_address_in_a_certificates_hosts(tmp_path):
-    """Clients send no SNI for an IP address (RFC 6066 3): an address in an entry's hosts
-    never picks it, and its connections got the first entry's certificate, silently."""
+def check_certificate_hosts(tmp_path, *entries):
+    """`gwserver check` of a TLS listener whose certificate entries are ``entries``, each
+    (the name its certificate is issued for, its hosts or None) -> the finished run."""
     import subprocess
     import sys
     from ..conftest import to_toml
-    ca = CA(tmp_path)
-    first, first_key, _ = ca.issue("first.example")
-    second, second_key, _ = ca.issue("10.0.0.1")
+    ca, certificates = CA(tmp_path), []
+    for name, hosts in entries:
+        cert, key, _ = ca.issue(name)
+        certificates.append({"cert": str(cert), "key": str(key),
+                             **({"hosts": hosts} if hosts else {})})
     path = tmp_path / "gw.toml"
     path.write_text(to_toml(gateway_conf([route("r", ["/*rest"], "http://127.0.0.1:9")], tls={
-        "bind": [f"127.0.0.1:{free_port()}"],
-        "certificates": [{"cert": str(first), "key": str(first_key)},
-                         {"cert": str(second), "key": str(second_key),
-                          "hosts": ["10.0.0.1", "api.example"]}]})))
+        "bind": [f"127.0.0.1:{free_port()}"], "certificates": certificates})))
     run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_check_warns_of_an_address_in_a_certificates_hosts(tmp_path):
+    """Clients send no SNI for an IP address (RFC 6066 3): an address in an entry's hosts
+    never picks it, and its connections got the first entry's certificate, silently."""
+    run = check_certificate_hosts(tmp_path, ("first.example", None),
+                                  ("10.0.0.1", ["10.0.0.1", "api.example"]))
     assert "warning: tls.certificates[1].hosts: 10.0.0.1 is an address, and clients send " \
            "no SNI for one" in run.stdout, run.stdout
     assert "api.example is an address" not in run.stdout

@@ -25,16 +25,14 @@ headers, OCSP, the TLS address warning and redact (commits 896d024..c8d2e98).
    one (it is the default for connections without SNI), so the warning was false and told
    an operator to undo a working setup. The first entry is no longer warned of.
 """
-import subprocess
-import sys
 import time
 
 import h2.events
 
-from ..conftest import free_port, gateway_conf, route, to_toml, wait_until
+from ..conftest import gateway_conf, wait_until
 from ..h2_upstreams import ScriptedH2Upstream
 from ..h2client import RawH2
-from ..pki import CA
+from .test_edge_attack_dec05c import check_certificate_hosts
 
 GRPC = [("content-type", "application/grpc"), ("te", "trailers")]
 
@@ -52,11 +50,9 @@ def test_a_grpc_call_whose_released_head_is_followed_by_a_reset_gets_unavailable
         gw = h2_gateway(launcher, upstream.port)
         client = RawH2(gw.port)
         try:
-            started = time.monotonic()
-            sid = client.request("/svc.Orders/Get", "POST", GRPC, body=b"\0\0\0\0\0")
-            client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
-                                      e.stream_id == sid for e in c.events), timeout=5)
-            assert time.monotonic() - started < 0.7       # the head was released
+            sid, head_at = head_delay(client, "/svc.Orders/Get", method="POST",
+                                      headers=GRPC, body=b"\0\0\0\0\0")
+            assert head_at < 0.7                        # the head was released
             answer = client.response(sid, timeout=5)
             assert answer is not None, f"stream reset ({client.reset_code(sid)!r})"
             status, headers, body, trailers = answer
@@ -93,9 +89,7 @@ def test_a_grpc_call_whose_released_head_outlives_its_deadline_gets_status_4(lau
 def head_delay(client, path, **request):
     started = time.monotonic()
     sid = client.request(path, **request)
-    client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
-                              e.stream_id == sid for e in c.events), timeout=5)
-    return sid, time.monotonic() - started
+    return sid, client.head_delay(sid, started)
 
 
 def test_an_empty_data_frame_after_an_http2_upstreams_head_does_not_hold_it(launcher):
@@ -157,17 +151,7 @@ def test_a_stalled_grpc_upload_whose_answer_went_quiet_is_cut_at_client_body_tim
 
 def test_check_does_not_warn_of_an_address_in_the_first_certificates_hosts(tmp_path):
     """4. Connections to 10.0.0.1 (no SNI) get the first entry: the one that names it."""
-    ca = CA(tmp_path)
-    first, first_key, _ = ca.issue("10.0.0.1")
-    second, second_key, _ = ca.issue("api.example")
-    path = tmp_path / "gw.toml"
-    path.write_text(to_toml(gateway_conf([route("r", ["/*rest"], "http://127.0.0.1:9")], tls={
-        "bind": [f"127.0.0.1:{free_port()}"],
-        "certificates": [{"cert": str(first), "key": str(first_key), "hosts": ["10.0.0.1"]},
-                         {"cert": str(second), "key": str(second_key),
-                          "hosts": ["10.0.0.2", "api.example"]}]})))
-    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
+    run = check_certificate_hosts(tmp_path, ("10.0.0.1", ["10.0.0.1"]),
+                                  ("api.example", ["10.0.0.2", "api.example"]))
     assert "10.0.0.1 is an address" not in run.stdout, run.stdout
     assert "tls.certificates[1].hosts: 10.0.0.2 is an address" in run.stdout, run.stdout
