@@ -247,22 +247,9 @@ def test_an_upgrade_request_to_the_admin_listener_ends_its_connection(launcher, 
 
 def test_an_otlp_endpoints_password_is_used_but_never_logged(launcher, upstream):
     import base64
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from .test_traffic import otlp_collector
     seen = []
-
-    class Collector(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("Authorization"))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    collector = otlp_collector(lambda headers, body: seen.append(headers.get("Authorization")))
     try:
         gw = launcher.gateway(gateway_conf([route("t", ["/*rest"], upstream.url)], tracing={
             "otlp_endpoint": f"http://tenant-7:{PASSWORD}@127.0.0.1:{collector.server_port}"}))

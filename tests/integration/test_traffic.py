@@ -362,23 +362,15 @@ def test_trace_context_reaches_the_upstream_and_the_access_log(launcher, upstrea
     assert len(logged[3]) == 32                                 # even a 404 has a trace id
 
 
-def test_spans_are_exported_over_otlp_with_the_ids_sent_upstream(launcher, upstream):
-    """A real OTLP/HTTP receiver (protobuf decoded with opentelemetry-proto) on loopback."""
+def otlp_collector(on_post):
+    """An HTTP receiver on loopback, serving in a thread, that answers every POST 200 after
+    ``on_post(headers, body)``; the caller shuts it down."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import \
-        ExportTraceServiceRequest
-    spans = []
-
     class Collector(BaseHTTPRequestHandler):
         def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            request = ExportTraceServiceRequest.FromString(body)
-            for resource in request.resource_spans:
-                service = {a.key: a.value.string_value for a in resource.resource.attributes}
-                for scope in resource.scope_spans:
-                    spans.extend((service["service.name"], span) for span in scope.spans)
+            on_post(self.headers, self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -387,6 +379,22 @@ def test_spans_are_exported_over_otlp_with_the_ids_sent_upstream(launcher, upstr
             pass
     collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=collector.serve_forever, daemon=True).start()
+    return collector
+
+
+def test_spans_are_exported_over_otlp_with_the_ids_sent_upstream(launcher, upstream):
+    """A real OTLP/HTTP receiver (protobuf decoded with opentelemetry-proto) on loopback."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import \
+        ExportTraceServiceRequest
+    spans = []
+
+    def take(headers, body):
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource.resource.attributes}
+            for scope in resource.scope_spans:
+                spans.extend((service["service.name"], span) for span in scope.spans)
+    collector = otlp_collector(take)
     try:
         gw = launcher.gateway(gateway_conf(
             [route("t", ["/t/*r"], upstream.url, strip_prefix="/t")],
