@@ -185,13 +185,16 @@ def test_sliding_window_retry_at_retry_after_is_admitted(launcher, upstream, sto
     assert gw.request("GET", "/lim")[0].status == 200
 
 
-def connections_to_workers(gw, count, path="/free", tries=400):
+def connections_to_workers(gw, count, path="/free", within=30.0):
     """Keep-alive connections to ``count`` different workers, told apart by the prefix of
     the X-Request-ID they answer with (a connection stays with the worker that accepted it).
     New connections in a row mostly land on one idle worker, so without this a test "across
-    workers" may well be served by one."""
-    found = {}
-    for _ in range(tries):
+    workers" may well be served by one. Tried for a time, not a count: on a loaded machine a
+    forked worker can take seconds to boot, and until then the other takes every connection."""
+    found, tries = {}, 0
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        tries += 1
         conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -199,11 +202,14 @@ def connections_to_workers(gw, count, path="/free", tries=400):
         worker = resp.getheader("X-Request-ID")[:-8]
         if worker in found:
             conn.close()
+            if tries % 50 == 0:
+                time.sleep(0.1)         # let a booting worker get to its accept
         else:
             found[worker] = conn
             if len(found) == count:
                 return list(found.values())
-    raise AssertionError(f"only {len(found)} workers took connections in {tries} tries")
+    raise AssertionError(f"only {len(found)} workers took connections in {tries} tries "
+                         f"over {within:.0f} s")
 
 
 @pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
