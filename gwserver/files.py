@@ -70,3 +70,14 @@ def foreign_dir(path):
         if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
             return f"{directory} is writable by every user"
     return None
+
+
+def write_remedy(exc):
+    """What an operator does about a failed write, by its cause: every such log line said
+    "free space there", which sent whoever read it to a disk with room to spare when the
+    process was out of file descriptors (EMFILE) or the directory was read-only."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "raise the open-file limit (LimitNOFILE) or lower server.worker_connections"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make it writable by the gateway's user"
+    return "free space there"

@@ -28,6 +28,7 @@ import h2.exceptions
 from ..core import health as core
 from ..core.throttledlog import throttled_log
 from ..errors import describe
+from ..files import write_remedy
 from .helper import no_beat
 from ..upstream.clienttls import client_context
 from ..sync.shm import atomic_write, file_stamp, read_json
@@ -522,8 +523,8 @@ class Checker:
             if not self.publish_failing:
                 self.publish_failing = True
                 log.error("cannot write %s in %s: %s; workers keep the verdicts they read "
-                          "last until it can be written: free space there", HEALTH_FILE,
-                          self.state_dir, exc.strerror)
+                          "last until it can be written: %s", HEALTH_FILE,
+                          self.state_dir, exc.strerror, write_remedy(exc))
             return
         if self.publish_failing:
             self.publish_failing = False

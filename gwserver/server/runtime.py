@@ -32,7 +32,7 @@ from ..core.accesslog import compile_fields
 from ..core.realip import TrustedProxies
 from ..core.throttledlog import throttled_log
 from ..core.tracing import trace_ids
-from ..files import open_regular
+from ..files import open_regular, write_remedy
 from ..net.deadlines import Deadlines
 from ..net.sockets import RECV_SIZE
 
@@ -168,8 +168,8 @@ class AccessLog:
             self.failing = True
             log.error("cannot write the access log %s: %s; access lines are dropped (counted "
                       "in gwserver_access_log_lines_lost_total) until it can be written "
-                      "again: free space there; requests are not affected", self.where(),
-                      exc.strerror)
+                      "again: %s; requests are not affected", self.where(),
+                      exc.strerror, write_remedy(exc))
 
 
 class Runtime:

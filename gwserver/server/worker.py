@@ -27,7 +27,7 @@ from ..errors import BadRequest
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
 from ..net.addresses import listener_addresses
-from ..net.sockets import linger, peer_address
+from ..net.sockets import failure_reason, linger, out_of_files, peer_address
 from ..processes import pid_alive
 from ..core.throttledlog import throttled_log
 from .runtime import Runtime
@@ -36,6 +36,64 @@ log = logging.getLogger("gwserver.worker")
 DRAINING_MODE = stat.S_IRUSR     # of the heartbeat file, once the worker drains
 PLAIN_HTTP_ANSWER = render_error(BadRequest("a plain HTTP request was sent to a TLS port: use "
                                             "https://"), keep_alive=False, request_id=None)
+
+
+class AcceptPaused(Exception):
+    """An accept that failed for want of a file descriptor, told by ``GatewayServer``:
+    gevent's accept loop backs off on it as on any accept error, and the hub, which counts it
+    among its NOT_ERRORs, prints no traceback for it."""
+
+
+class GatewayServer(StreamServer):
+    """gevent's StreamServer, with a worker out of file descriptors told in words. Every
+    failed accept went to the hub's error printer: a traceback and the server's repr once a
+    second per listener for as long as the worker was at its limit, the cause nowhere in
+    sight. Now one line when accepts start failing, one when they work again, and one a
+    minute between; the connections wait in the listen backlog meanwhile."""
+
+    REMIND_EVERY = 60.0     # seconds between lines while accepts keep failing
+
+    out_of_files_since = None   # (monotonic time) of the episode's first failed accept
+    refused = 0                 # accepts failed in this episode
+    reminded_at = 0.0
+
+    def do_read(self):
+        try:
+            accepted = super().do_read()
+        except OSError as error:
+            if not out_of_files(error):
+                raise
+            self.tell_out_of_files(error)
+            raise AcceptPaused(str(error)) from error
+        if accepted and self.out_of_files_since is not None:
+            log.warning("%s: accepting connections again after %.1f s out of file "
+                        "descriptors (%d accepts put off)", self.where(),
+                        time.monotonic() - self.out_of_files_since, self.refused)
+            self.out_of_files_since = None
+        return accepted
+
+    def tell_out_of_files(self, error):
+        now = time.monotonic()
+        if self.out_of_files_since is None:
+            self.out_of_files_since, self.refused = now, 0
+        elif now - self.reminded_at < self.REMIND_EVERY:
+            self.refused += 1
+            return
+        self.refused += 1
+        self.reminded_at = now
+        log.warning("%s: cannot accept connections: %s (this worker's open-file limit is %s); "
+                    "new clients wait in the listen backlog until descriptors free up: raise "
+                    "LimitNOFILE or lower server.worker_connections", self.where(),
+                    failure_reason(error), open_file_limit())
+
+    def where(self):
+        address = self.address
+        return address if isinstance(address, str) else "%s:%s" % tuple(address[:2])
+
+
+def open_file_limit():
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def answer_plain_http(runtime, sock):
@@ -158,6 +216,8 @@ class GatewayWorker(GeventWorker):
         if runtime.table_reader is not None:
             self.wait_for_table(runtime)
         runtime.deadlines.start()
+        hub = gevent.get_hub()
+        hub.NOT_ERROR = (*hub.NOT_ERROR, AcceptPaused)      # GatewayServer logs its own
         servers = []
         admin_bind = self.conf.admin["bind"]
         admin_addresses = listener_addresses([admin_bind] if admin_bind else ())
@@ -191,7 +251,7 @@ class GatewayWorker(GeventWorker):
                 self.handle_h2c_client if address in h2c else self.handle_client
             if address in proxied:
                 handle = self.after_proxy_header(handle)
-            server = StreamServer(listener, spawn=Pool(self.worker_connections), handle=handle)
+            server = GatewayServer(listener, spawn=Pool(self.worker_connections), handle=handle)
             if self.cfg.workers > 1:
                 server.max_accept = 1   # spread accepts over workers, as gunicorn does
             server.start()

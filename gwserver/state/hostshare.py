@@ -14,6 +14,8 @@ import logging
 import os
 import time
 
+from ..files import write_remedy
+
 log = logging.getLogger("gwserver.share")
 
 PUBLISH_EVERY = 1.0     # seconds between publishing request and retry counts
@@ -48,8 +50,8 @@ class HostShare:
             if not self.failing:
                 self.failing = True
                 log.warning("cannot publish to %s: %s; the host's workers no longer share "
-                            "retry budgets and refused targets until it can: free space there",
-                            self.directory, exc.strerror)
+                            "retry budgets and refused targets until it can: %s",
+                            self.directory, exc.strerror, write_remedy(exc))
             self.published_at = now
             return
         if self.failing:
