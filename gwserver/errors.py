@@ -141,6 +141,13 @@ class Unimplemented(HTTPError):
     status, error = 501, "not_implemented"
 
 
+class ProtocolMismatch(Unimplemented):
+    """The request cannot go to its upstream in the protocol the upstream speaks: a native
+    gRPC call (its status rides on trailers) to an HTTP/1.1 upstream, an Upgrade to an
+    HTTP/2 one. Forwarded anyway, the upstream got what it could not serve and the client
+    an answer to puzzle over; to a gRPC client this is 12 UNIMPLEMENTED."""
+
+
 class ServiceUnavailable(HTTPError):
     """No upstream capacity: no targets, or the pool is full and blocking timed out."""
     status, error = 503, "service_unavailable"

@@ -210,6 +210,8 @@ class ResponseFramer:
 class H2Stream(ClientConnection):
     """One request stream, served by ClientConnection.handle like an HTTP/1.1 request."""
 
+    speaks_h2 = True
+
     def __init__(self, conn, stream_id):
         # Not ClientConnection.__init__: what it computes per connection is taken from ours.
         self.conn = conn

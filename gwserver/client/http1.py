@@ -724,6 +724,7 @@ class ClientConnection:
         client has none of it yet? HTTP/1.1 writes a head as it is given: never."""
         return False
 
+    speaks_h2 = False       # (H2Stream: a native gRPC call can come only over HTTP/2)
     holds_head = False      # HTTP/2 holds a head for its body's first byte (h2server),
     head_hold = 0.0         # ... for at most this many seconds (release_head)
 

@@ -37,6 +37,7 @@ from urllib3.exceptions import (ConnectTimeoutError, EmptyPoolError, LocationPar
 from urllib3.util.ssl_match_hostname import CertificateError
 
 from ..core.balancer import make_balancer
+from ..core.h2request import is_grpc
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
 from ..core.headers import MAX_OWN_HOPS, REASONS, RESPONSE_SPECIAL, own_hops, via_chain
@@ -45,8 +46,9 @@ from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, HTTPError, InternalError, LoopDetected, OutOfFiles,
-                      PayloadTooLarge, ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
-                      UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
+                      PayloadTooLarge, ProtocolMismatch, ServiceUnavailable, UpstreamBusy,
+                      UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
+                      UpstreamTimeout)
 from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, out_of_files,
                            readable_within, recv_when_readable, send_all, send_unless_answered,
                            tls_idle_state, tls_read_now, tls_send_unless_answered)
@@ -514,7 +516,13 @@ class Proxy:
                                f"{self.runtime.via_name.decode()} {MAX_OWN_HOPS} times already "
                                f"(Via): upstream {upstream.id} leads back to the gateway?")
         if upstream.protocol == "h2":
+            if req.upgrade:
+                raise ProtocolMismatch(f"upstream {upstream.id} speaks HTTP/2 (protocol = "
+                                       f"\"h2\"): an Upgrade request cannot go to it")
             return self.h2.forward(client, req, keep_alive, upstream)
+        if client.speaks_h2 and is_grpc(req.header_map.get(b"content-type")):
+            raise ProtocolMismatch(f"upstream {upstream.id} speaks HTTP/1.1: a native gRPC "
+                                   f"call needs an upstream with protocol = \"h2\"")
         if not upstream.targets:
             raise ServiceUnavailable(no_target_reason(upstream))
         policy = route.retry if upstream is route.upstream else upstream.retry
