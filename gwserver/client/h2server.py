@@ -60,6 +60,7 @@ from ..core.h2request import (Malformed, check_method_and_path, grpc_code, grpc_
                               split_request)
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import MAX_CONTENT_LENGTH
+from ..core.realip import connection_scheme
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
@@ -614,7 +615,7 @@ class H2ServerConnection:
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client_ip = peer_address(addr)
-        self.scheme = scheme
+        self.scheme = connection_scheme(addr, scheme)
         self.limits = (server["limit_request_line"], server["limit_request_fields"],
                        server["limit_request_field_size"])
         self.underscores = server["headers_with_underscores"]

@@ -27,6 +27,7 @@ from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.headers import (CONSUMER_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED, PROXY_SET, REASONS,
                             UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
+from ..core.realip import connection_scheme
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
@@ -85,7 +86,7 @@ class ClientConnection:
             # delayed ACK (40 ms). nginx sets tcp_nodelay on keep-alive connections too.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client_ip = peer_address(addr)
-        self.scheme = scheme
+        self.scheme = connection_scheme(addr, scheme)
         self.buf = runtime.client_buf       # the worker's one client read buffer
         self.view = runtime.client_view
         self.queue = collections.deque()

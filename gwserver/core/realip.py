@@ -19,6 +19,14 @@ class ProxiedAddress(tuple):
     whatever ``trusted_proxies`` says: a TCP balancer passes the client's own
     X-Forwarded-For through untouched."""
 
+    tls = False     # the balancer said (v2's SSL TLV) that the client came to it over TLS
+
+
+def connection_scheme(addr, scheme):
+    """A connection's scheme: https when a TLS-terminating balancer said so in its PROXY
+    header, else the listener's."""
+    return "https" if type(addr) is ProxiedAddress and addr.tls else scheme
+
 
 class TrustedProxies:
     def __init__(self, cidrs, header="X-Forwarded-For"):

@@ -19,6 +19,8 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107                # the longest v1 line, CRLF included (the spec's figure)
 V2_COMMANDS = {0x20: "LOCAL", 0x21: "PROXY"}
 V2_ADDRESSES = {0x11: (4, 12), 0x21: (16, 36)}     # TCP over IPv4 / IPv6: (address size, bytes)
+PP2_TYPE_SSL = 0x20         # a TLV: how the client connected to the balancer
+PP2_CLIENT_SSL = 0x01       # ... its first byte's bit: over TLS
 
 
 class ProxyHeaderError(Exception):
@@ -78,6 +80,27 @@ def parse_v2(head, body):
     return str(getattr(source, "ipv4_mapped", None) or source), port
 
 
+def client_used_tls(head, body):
+    """Does a v2 header's PP2_TYPE_SSL TLV say the client connected to the balancer over TLS
+    (HAProxy's send-proxy-v2-ssl)? A balancer that terminates TLS and passes plain TCP on
+    named no scheme: the connection was served as http://, and http_to_https redirected a
+    client that had come over https to https again, without end."""
+    if V2_COMMANDS.get(head[0]) != "PROXY" or head[1] not in V2_ADDRESSES:
+        return False
+    at = V2_ADDRESSES[head[1]][1]
+    while at < len(body):
+        if at + 3 > len(body):
+            raise ProxyHeaderError("a v2 TLV is cut short by the header's length")
+        kind, size = body[at], int.from_bytes(body[at + 1:at + 3], "big")
+        value = body[at + 3:at + 3 + size]
+        if len(value) != size:
+            raise ProxyHeaderError(f"v2 TLV {kind:#04x} of {size} bytes overruns the header")
+        if kind == PP2_TYPE_SSL:
+            return bool(value[:1]) and bool(value[0] & PP2_CLIENT_SSL)
+        at += 3 + size
+    return False
+
+
 def read_exactly(sock, size):
     data = b""
     while len(data) < size:
@@ -90,20 +113,24 @@ def read_exactly(sock, size):
 
 def read_proxy_header(sock, peer):
     """Take the PROXY header off ``sock`` -> a ProxiedAddress: the client it names, else the
-    balancer's ``peer`` (LOCAL, UNKNOWN). Raises ProxyHeaderError; the caller bounds the
+    balancer's ``peer`` (LOCAL, UNKNOWN); its ``tls``, whether the client came over TLS. Raises ProxyHeaderError; the caller bounds the
     time."""
-    client = _read_header(sock)
-    return ProxiedAddress(client if client is not None else peer[:2])
+    client, tls = _read_header(sock)
+    address = ProxiedAddress(client if client is not None else peer[:2])
+    address.tls = tls
+    return address
 
 
 def _read_header(sock):
+    """-> (the client's (ip, port) or None, whether it came to the balancer over TLS)."""
     first = sock.recv(12)       # the v2 signature; the shortest v1 line is 15 bytes
     if not first:
         raise ProxyHeaderNotStarted("the connection closed before its first byte")
     start = first + read_exactly(sock, 12 - len(first))
     if start == V2_SIGNATURE:
         head = read_exactly(sock, 4)
-        return parse_v2(head, read_exactly(sock, int.from_bytes(head[2:4], "big")))
+        body = read_exactly(sock, int.from_bytes(head[2:4], "big"))
+        return parse_v2(head, body), client_used_tls(head, body)
     if not start.startswith(b"PROXY "):
         raise ProxyHeaderError("the connection does not start with a PROXY protocol header")
     line = start
@@ -115,4 +142,4 @@ def _read_header(sock):
             raise ProxyHeaderError("the connection closed inside the PROXY header")
         end = (line[-1:] + peeked).find(b"\r\n")     # a CR may end what was taken
         line += read_exactly(sock, end + 1 if end >= 0 else len(peeked))
-    return parse_v1(line)
+    return parse_v1(line), False

@@ -93,3 +93,33 @@ def test_an_ipv4_mapped_address_is_the_ipv4_client():
 def test_parse_v1_wants_exactly_one_line():
     with pytest.raises(ProxyHeaderError):
         parse_v1(b"PROXY UNKNOWN\r\nmore\r\n")
+
+
+def ssl_tlv(client_flags, sub=b""):
+    value = bytes([client_flags]) + b"\x00\x00\x00\x00" + sub         # client, verify, sub-TLVs
+    return b"\x20" + struct.pack("!H", len(value)) + value
+
+
+@pytest.mark.parametrize("tlvs, tls", [
+    (b"", False),
+    (ssl_tlv(0x01), True),                                      # PP2_CLIENT_SSL
+    (ssl_tlv(0x07, b"\x21\x00\x07TLSv1.3"), True),              # with its version sub-TLV
+    (ssl_tlv(0x00), False),                                     # the TLV, the client in clear
+    (b"\x04\x00\x01x" + ssl_tlv(0x01), True),                   # after a NOOP
+    (b"\x20\x00\x00", False),                                   # an empty SSL TLV
+])
+def test_the_ssl_tlv_says_whether_the_client_came_over_tls(tlvs, tls):
+    answer, rest = taken(v2(addresses=V4, tlvs=tlvs) + b"GET / HTTP/1.1\r\n\r\n")
+    assert answer == ("203.0.113.7", 56324) and answer.tls is tls
+    assert rest == b"GET / HTTP/1.1\r\n\r\n"
+
+
+def test_a_v1_header_or_a_local_command_says_nothing_of_tls():
+    assert taken(b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 443\r\n")[0].tls is False
+    assert taken(v2(command=0x20, family=0x11, addresses=V4, tlvs=ssl_tlv(1)))[0].tls is False
+
+
+@pytest.mark.parametrize("tlvs", [b"\x20\x00", b"\x20\x00\x09\x01\x00"])
+def test_a_tlv_that_overruns_the_header_is_refused(tlvs):
+    answer, _ = taken(v2(addresses=V4, tlvs=tlvs))
+    assert isinstance(answer, ProxyHeaderError) and "TLV" in str(answer)
