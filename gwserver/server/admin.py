@@ -139,7 +139,7 @@ def metrics_view(runtime):
                                                                        "rollouts.prom")]
     if runtime.conf.etcd:
         extra.append(os.path.join(runtime.conf.etcd["runtime_dir"], "metrics.prom"))
-    return Reply(200, metrics.render(extra),
+    return Reply(200, metrics.render(extra, runtime.watched_targets()),
                  [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
 

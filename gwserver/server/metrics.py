@@ -279,11 +279,31 @@ def retire(pid):
         os.remove(path)
 
 
-def render(extra_files=()):
-    """The aggregate of every worker, in Prometheus text format, plus text files appended."""
+class _TargetsInTable:
+    """The workers' metrics, ``gwserver_upstream_target_up`` only for the targets of the
+    table served now. prometheus-client cannot delete a series from a live worker's file: a
+    target taken out through etcd (no restart) was reported as its worker last saw it, down
+    for good if it left while down, until that worker exited."""
+
+    def __init__(self, collector, targets):
+        self.collector, self.targets = collector, targets
+
+    def collect(self):
+        for family in self.collector.collect():
+            if family.name == TARGET_UP.name:
+                family.samples = [sample for sample in family.samples if (
+                    sample.labels.get("upstream"), sample.labels.get("target")) in self.targets]
+            yield family
+
+
+def render(extra_files=(), targets=None):
+    """The aggregate of every worker, in Prometheus text format, plus text files appended.
+    ``targets``: the (upstream id, target URL) pairs whose up gauges are current (all, when
+    None)."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    collector = multiprocess.MultiProcessCollector(None)
+    registry.register(collector if targets is None else _TargetsInTable(collector, targets))
     parts = [generate_latest(registry)]
     for path in extra_files:
         try:

@@ -430,12 +430,20 @@ class Runtime:
         if store is not self.services.local_store:
             metrics.redis_up.set(1 if store.up else 0)
 
+    def watched_upstreams(self):
+        """The upstreams of the table served now whose targets are checked or ejectable."""
+        return {route.upstream.id: route.upstream for route in self.router.routes.values()
+                if route.upstream.health_check or route.upstream.passive}.values()
+
+    def watched_targets(self):
+        """(upstream id, target URL) of every target whose up gauge is current."""
+        return {(upstream.id, target.url) for upstream in self.watched_upstreams()
+                for target in upstream.targets}
+
     def update_target_gauges(self, metrics):
         from ..helpers.health import target_key
-        watched = {route.upstream.id: route.upstream for route in self.router.routes.values()
-                   if route.upstream.health_check or route.upstream.passive}
         down = self.health.down
-        for upstream in watched.values():
+        for upstream in self.watched_upstreams():
             for target in upstream.targets:
                 metrics.target_up.labels(upstream.id, target.url).set(
                     0 if target_key(upstream.id, target.url) in down else 1)
