@@ -201,6 +201,11 @@ SERVER = Schema(
           "request headers named with _ (X_User_Id): drop them, answer 400, or forward"),
     Field("trusted_proxies", list_of(cidr), list,
           "peers (CIDRs) whose real_ip_header names the client; empty: the peer is the client"),
+    Field("identity_proxies", list_of(cidr), list,
+          "peers (CIDRs) that say who the user is: an authenticating proxy in front "
+          "(oauth2-proxy), whose X-Forwarded-User, X-Auth-Request-*, X-Forwarded-Client-Cert, "
+          "Remote-User and the like are kept; from anyone else, trusted_proxies included, "
+          "they are dropped"),
     Field("real_ip_header", one_of("X-Forwarded-For", "Forwarded"), "X-Forwarded-For",
           "where a trusted proxy puts the client address (walked from the right)"),
     Field("proxy_protocol", list_of(bind_address), list,
@@ -538,6 +543,11 @@ def conf_warnings(conf):
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
+    everyone = [c for c in server["identity_proxies"]
+                if ipaddress.ip_network(c, strict=False).prefixlen == 0]
+    if everyone:
+        warnings.append(f"server.identity_proxies holds {', '.join(everyone)}: any client may "
+                        f"say who its user is (X-Forwarded-User) to the upstreams")
     buffered = server["request_buffer_size"]
     if buffered > BUFFER_WARNING:
         warnings.append(f"server.request_buffer_size is {buffered} bytes: each request body up "

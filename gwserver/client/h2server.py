@@ -225,6 +225,7 @@ class H2Stream(ClientConnection):
         self.trusted_peer, self.body_timeout = conn.trusted_peer, conn.body_timeout
         self.head_hold = conn.conf["head_hold"]
         self.trusted_x_forwarded = conn.trusted_x_forwarded
+        self.identity_peer = conn.identity_peer
         self.queue = collections.deque()
         self.head_size = self.head_fields = self.requests = 0
         self.upgraded = self.timed_out = self.answer_timeout = False
@@ -622,6 +623,7 @@ class H2ServerConnection:
         self.path_rules = runtime.services.path_rules
         self.trusted_peer, self.trusted_x_forwarded = \
             runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
+        self.identity_peer = runtime.identity_proxies.trusts_peer(addr, self.client_ip)[0]
         self.body_timeout = server["client_body_timeout"]
         self.writing = WriteDeadline(self.expire)     # streams write while the reader reads
         self.h2 = _CountingH2(h2.config.H2Configuration(

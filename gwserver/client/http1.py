@@ -25,8 +25,8 @@ import httptools
 
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
-from ..core.headers import (CONSUMER_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED, PROXY_SET, REASONS,
-                            UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
+from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED,
+                            PROXY_SET, REASONS, UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
 from ..core.realip import connection_scheme
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
@@ -105,6 +105,7 @@ class ClientConnection:
         self.path_rules = runtime.services.path_rules
         self.trusted_peer, self.trusted_x_forwarded = \
             runtime.trusted_proxies.trusts_peer(addr, self.client_ip)
+        self.identity_peer = runtime.identity_proxies.trusts_peer(addr, self.client_ip)[0]
         self.body_timeout = self.settings["client_body_timeout"]
         self.answer_timeout = False     # a late head or body gets a 408 before the close
         self.timeout_reason = "client sent nothing in time"
@@ -165,6 +166,12 @@ class ClientConnection:
                 elif lname in CONSUMER_SET or (lname in UNTRUSTED_UNSEEN and
                                                not self.trusted_x_forwarded):
                     return      # only an auth plugin (or a trusted proxy) says these
+            elif lname in IDENTITY_SET:
+                # Who the user is: an authenticating proxy's word alone. A balancer trusted
+                # for the client's address may pass a client's X-Forwarded-User through.
+                if self.identity_peer:
+                    req.headers.append((name, value))
+                return
             elif not self.trusted_peer:
                 return                  # PROXY_SET: only a trusted proxy may say these
             elif (lname == b"forwarded") if self.trusted_x_forwarded else \

@@ -195,6 +195,7 @@ class Runtime:
         self.min_body_rate = server["min_body_rate"]
         self.admin_auth_failures = {}   # client address -> (wrong tokens, since when)
         self.trusted_proxies = TrustedProxies(server["trusted_proxies"], server["real_ip_header"])
+        self.identity_proxies = TrustedProxies(server["identity_proxies"])
         self.request_ids = itertools.count(1)
         self.request_id_prefix = os.urandom(6).hex()    # unique per worker, with the counter
         self.metrics = None

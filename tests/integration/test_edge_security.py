@@ -1056,16 +1056,20 @@ IDENTITY_NAMES = {"x-forwarded-user", "x-forwarded-email", "x-forwarded-groups",
                   "x-remote-user", "remote-user"}
 
 
-@pytest.mark.parametrize("trusted", [False, True])
-def test_who_the_user_is_is_said_by_a_trusted_proxy_alone(launcher, upstream, trusted):
+@pytest.mark.parametrize("trusted, identity", [(False, False), (True, False), (False, True),
+                                               (True, True)])
+def test_who_the_user_is_is_said_by_an_identity_proxy_alone(launcher, upstream, trusted,
+                                                            identity):
     """An authenticating proxy's headers (oauth2-proxy's X-Forwarded-User and
     X-Auth-Request-*, Envoy's X-Forwarded-Client-Cert, Grafana's X-WEBAUTH-USER, REMOTE_USER
     spellings) passed from any client: X-Forwarded-User: admin was admin to an upstream that
-    takes them on trust, as it does behind such a proxy. Now only a trusted proxy's pass
-    (docs/security.md)."""
+    takes them on trust, as it does behind such a proxy. Then from any trusted proxy: a
+    balancer trusted for the client's address that passes a client's headers on let them
+    through. Now only a peer in server.identity_proxies says them (docs/security.md)."""
     gw = launcher.gateway(gateway_conf([route("echo", ["/*rest"], upstream.url)], server={
-        "trusted_proxies": ["127.0.0.1/32"] if trusted else []}))
+        "trusted_proxies": ["127.0.0.1/32"] if trusted else [],
+        "identity_proxies": ["127.0.0.1/32"] if identity else []}))
     status, answer = get(gw.port, b"/echo", extra=IDENTITY)
     assert status == 200
     seen = IDENTITY_NAMES & set(seen_headers(answer))
-    assert seen == (IDENTITY_NAMES if trusted else set()), seen
+    assert seen == (IDENTITY_NAMES if identity else set()), seen

@@ -377,6 +377,8 @@ JWT_ROUTE = {"id": "r", "paths": ["/x"], "upstream": {"targets": [{"url": "http:
      "(RFC 7518 3.2)"),
     ({"plugins": {"jwt": {"algorithms": ["HS512"], "secret": "x" * 32}}},
      "plugins.jwt: secret is 32 bytes: HS512 needs a key of at least 64 bytes"),
+    ({"server": {"identity_proxies": ["10.0.5.10/32", "::/0"]}},
+     "server.identity_proxies holds ::/0: any client may say who its user is"),
 ])
 def test_check_warns_of_an_open_admin_listener_and_short_secrets(doc, warning):
     from gwserver.settings import conf_warnings
@@ -390,6 +392,7 @@ def test_check_warns_of_an_open_admin_listener_and_short_secrets(doc, warning):
     {"admin": {"bind": "0.0.0.0:9180", "token": "t" * 16}},
     {"admin": {"bind": "127.0.0.2:9180"}},
     {"admin": {"bind": "localhost:9180"}},
+    {"server": {"identity_proxies": ["10.0.5.10/32"]}},
     {"routes": [{**JWT_ROUTE, "plugins": {"jwt": {"algorithms": ["HS256"],
                                                   "secret": "x" * 32}}}]},
 ])
