@@ -307,8 +307,7 @@ class H2Stream(ClientConnection):
     def on_data(self, data, flow_length, ended):
         req = self.req
         if data:
-            req.body.append(data)
-            req.body_size += len(data)
+            req.add_body(data)
         self.unacked += flow_length
         if ended:
             req.complete = True

@@ -355,9 +355,7 @@ class ClientConnection:
 
     def on_body(self, body):
         self.unparsed = 0
-        req = self.queue[-1]
-        req.body.append(body)
-        req.body_size += len(body)
+        self.queue[-1].add_body(body)
 
     def on_message_complete(self):
         self.queue[-1].complete = not self.raw_body_left

@@ -14,7 +14,7 @@ If some route matches everything but the method, the answer is 405 with ``Allow`
 Lookup cost grows with path depth, not with the number of routes; while no route matches on
 headers or claims, a match is also remembered by (method, host, path) until the table changes.
 """
-from ..errors import ConfigError, MethodNotAllowed, RouteNotFound
+from ..errors import BadRequest, ConfigError, MethodNotAllowed, RouteNotFound
 from .routes import check_path
 
 # Matches remembered per table, when no route matches on headers or claims (the answer then
@@ -315,6 +315,8 @@ def _pick(bucket, method, host, conditions, allowed):
                 continue
         if route.headers:
             if headers is None or any(headers.get(k) != v for k, v in route.headers):
+                if headers is not None and (route.methods is None or method in route.methods):
+                    refuse_listed(route.headers, headers)
                 continue
         if route.claims:
             claims = claims_of(route) if claims_of is not None else None
@@ -325,3 +327,19 @@ def _pick(bucket, method, host, conditions, allowed):
             continue
         return route
     return None
+
+
+def refuse_listed(wanted, headers):
+    """A header condition that failed on a list holding its value: BadRequest. header_map
+    joins a field that came twice with ", ", so ``X-Env: internal`` sent twice missed a route
+    on ``X-Env = "internal"`` and went to a broader one, while an upstream that reads the
+    first copy (Go) or the last (PHP) read ``internal``: no copy can be chosen that every
+    upstream agrees with, as rate_limit's keys say too."""
+    for name, value in wanted:
+        got = headers.get(name)
+        if got is not None and got != value and b"," in got and b"," not in value and \
+                value in (item.strip(b" \t") for item in got.split(b",")):
+            # (the value unquoted: a condition may match a secret, and errors are logged)
+            raise BadRequest(f"the {name.decode('latin-1')} header is a list holding the "
+                             f"value a route's condition wants (it came more than once?); a "
+                             f"route matches on one value")

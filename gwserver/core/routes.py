@@ -128,6 +128,20 @@ IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")     # RFC 9110
 RETRY_EVENTS = ("connect", "reset", "timeout")
 
 
+def condition_header_name(value):
+    """A header a route's ``headers`` condition may name: not Host. The condition reads a value
+    as the client wrote it, and the upstream gets Host canonical: ``ADMIN.test``,
+    ``admin.test.``, ``admin.test:80`` or an absolute-form target's own host missed a route on
+    ``Host = "admin.test"`` and went to a broader one, and the upstream got ``admin.test``
+    all the same. ``hosts`` matches the canonical name."""
+    name = header_name(value)
+    if name.lower() == "host":
+        raise Invalid(f"{name} is matched by the route's hosts, not by a header condition: "
+                      f"the client's spellings of a host (case, a trailing dot, a port, an "
+                      f"absolute-form target) would miss it")
+    return name
+
+
 def retry_condition(value):
     if value in RETRY_EVENTS or (isinstance(value, str) and value.isdigit() and
                                  400 <= int(value) <= 599):
@@ -242,7 +256,8 @@ ROUTE = Schema(
           "absent: all"),
     Field("hosts", list_of(string(HOST, "a lower-case host or *.domain"), min_items=1), None,
           "Host values: exact or *.example.com; absent: any"),
-    Field("headers", map_of(header_value, header_name), None, "headers that must equal values"),
+    Field("headers", map_of(header_value, condition_header_name), None,
+          "headers that must equal values (not Host: see hosts)"),
     Field("claims", map_of(string(r"[ -~]+", "a printable ASCII value"),
                            string(r"[A-Za-z0-9_.:-]+", "a claim name")), None,
           "verified JWT claims that must hold these values (scope: one of the scopes); "
