@@ -44,15 +44,16 @@ def h2_gateway(launcher, port, **sections):
 
 
 def test_a_grpc_call_whose_released_head_is_followed_by_a_reset_gets_unavailable(launcher):
-    """1. The upstream's head goes at once, its reset 0.8 s later (past the 0.2 s hold)."""
-    upstream = ScriptedH2Upstream("g", "head-then-reset", delay=0.8)
+    """1. The upstream's head goes at once, its reset 2 s later (well past the 0.2 s hold:
+    with the reset 0.8 s later, a loaded CI machine once saw the head at 0.70 s)."""
+    upstream = ScriptedH2Upstream("g", "head-then-reset", delay=2.0)
     try:
         gw = h2_gateway(launcher, upstream.port)
         client = RawH2(gw.port)
         try:
             sid, head_at = head_delay(client, "/svc.Orders/Get", method="POST",
                                       headers=GRPC, body=b"\0\0\0\0\0")
-            assert head_at < 0.7                        # the head was released
+            assert head_at < 1.5                        # the head was released
             answer = client.response(sid, timeout=5)
             assert answer is not None, f"stream reset ({client.reset_code(sid)!r})"
             status, headers, body, trailers = answer
