@@ -4,6 +4,7 @@ The same schema serves the conf file's ``[[routes]]`` and (later) etcd values, s
 ``gwserver check`` accepts is a route the gateway serves. Compilation turns validated dicts into
 frozen values the hot path reads without further checks.
 """
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
@@ -90,11 +91,21 @@ def path_text(pattern=None, what="a path pattern", markers=True):
 
 
 _AUTHORITY_END = re.compile(r"[/?#]")
+_BARE_IPV6 = re.compile(r"[0-9A-Fa-f:.]+")     # an IPv6 address (and a port) without brackets
 
 
 def target_url(value):
     if not isinstance(value, str):
         raise Invalid(f"must be a URL string, got {show(value)}")
+    return _checked_url(value)
+
+
+# Remembered: a service of 10,000 instances is its upstream's 10,000 target URLs checked again
+# at every change of one, in the sync process and between two requests in every worker (with
+# make_upstream's parsing, about a second a change on two cores). ~3 MB for 32768 URLs at
+# most; a refused URL is not remembered.
+@functools.lru_cache(maxsize=32768)
+def _checked_url(value):
     if "@" in _AUTHORITY_END.split(value.partition("://")[2] or value, 1)[0]:
         # (never quoted: it may hold a password, and a target is shown in /admin/ views,
         # metrics labels and the access log) "http://:pw@host" has an empty user name
@@ -105,15 +116,23 @@ def target_url(value):
         parts = urlsplit(value)
     except ValueError as exc:          # "http://[::1:8080": an unclosed IPv6 bracket
         raise Invalid(f"is not a URL ({exc}), got {show(value)}") from None
+    if parts.netloc.count(":") > 1 and _BARE_IPV6.fullmatch(parts.netloc):
+        # "http://::1:8080" read as host "" and port ":1:8080": say what is wrong with it
+        raise Invalid(f"names an IPv6 address without brackets (http://[::1]:8080), got "
+                      f"{show(value)}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"must be an http:// or https:// URL with a host, got {show(value)}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise Invalid(f"must be scheme://host[:port] only (use strip_prefix to rewrite paths), "
                       f"got {show(value)}")
     try:
-        parts.port
+        port = parts.port
     except ValueError:
         raise Invalid(f"has a bad port, got {show(value)}") from None
+    if port == 0:
+        # (a service instance that registered the port it asked the kernel for) was taken
+        # for no port, and its traffic went to port 80 of that host
+        raise Invalid(f"has port 0, which no server listens on, got {show(value)}")
     return value
 
 
@@ -292,6 +311,12 @@ class Target:
 
     def __post_init__(self):
         object.__setattr__(self, "_hash", hash((self.url, self.weight)))
+        # Host and :authority name an IPv6 address in brackets (RFC 3986 3.2.2): "::1:8080",
+        # which nginx answers 400, went in every health probe and pass_host=node request
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        object.__setattr__(self, "authority",
+                           host if self.port == default else f"{host}:{self.port}")
 
     def __hash__(self):
         # A target keys several per-request dicts (in flight, balancer state): hash it once,
@@ -301,11 +326,6 @@ class Target:
     @property
     def key(self):
         return (self.scheme, self.host, self.port)
-
-    @property
-    def authority(self):
-        default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -412,10 +432,12 @@ def undefined_upstream(upstream_id, defaults, refused_route=None):
                     read_timeout=defaults["read_timeout"], refused_route=refused_route)
 
 
-def make_upstream(upstream_id, spec, defaults, registry, owner=None):
+def make_upstream(upstream_id, spec, defaults, registry, owner=None, previous=None):
     """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``.
     ``owner`` names it in errors (default "upstream ID"; an inline one: "route R: upstream").
-    ``registry``: the plugins by name (the caller loads them; the core imports none)."""
+    ``registry``: the plugins by name (the caller loads them; the core imports none).
+    ``previous``: the upstream this one replaces, whose targets are taken as they are where
+    the spec has them unchanged."""
     owner = owner or f"upstream {upstream_id}"
     from .chain import upstream_plugins
     plugin_steps, problems = (), []      # every problem at once (gwserver check)
@@ -425,7 +447,11 @@ def make_upstream(upstream_id, spec, defaults, registry, owner=None):
         except ConfigError as exc:
             problems.extend(exc.problems)
     timeouts = spec.get("timeouts") or {}
-    targets = tuple(make_target(t) for t in spec["targets"] or ())
+    # Parsed again, the 10,000 target URLs of a large service cost every worker a stall at
+    # each instance that came or went; a Target is immutable, so the previous ones serve.
+    known = {(t.url, t.weight): t for t in previous.targets} if previous is not None else {}
+    targets = tuple(known.get((t["url"], t["weight"])) or make_target(t)
+                    for t in spec["targets"] or ())
     service = spec.get("service")
     if not targets and not service:
         problems.append(f"{owner}: targets: needs at least one target, or a service to "

@@ -26,6 +26,7 @@ Rules (issue 3, and what an operator expects of a gateway):
 Each dynamic item carries a version (etcd's mod_revision), so a worker applying a published
 table compares integers, not specs.
 """
+import functools
 import ipaddress
 import json
 import socket
@@ -34,8 +35,8 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 from .consumers import Directory, compile_consumer
 from .router import Router
-from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_upstream,
-                     undefined_upstream, upstream_id, upstream_refs)
+from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
+                     make_upstream, undefined_upstream, upstream_id, upstream_refs)
 from .schema import Invalid, show
 
 
@@ -66,18 +67,25 @@ def unreachable_from_etcd(spec, owner):
     for target in spec.get("targets") or ():
         if not isinstance(target, dict) or not isinstance(target.get("url"), str):
             continue        # (a plugin's upstream before its own checks: they refuse it)
-        try:
-            host = urlsplit(target["url"]).hostname or ""
-        except ValueError:
-            continue
-        address = literal_address(host)
-        if address is None:
-            continue
-        if address.is_link_local or address.is_unspecified:
-            kind = "a link-local" if address.is_link_local else "an unspecified"
+        kind = _forbidden_kind(target["url"])
+        if kind is not None:
             raise ConfigError(f"{owner}: target {target['url']} is {kind} address, which an "
                               f"item from etcd may not name (a cloud metadata service; this "
                               f"host): write it in the conf file")
+
+
+@functools.lru_cache(maxsize=32768)     # (as routes._checked_url: every target, every change)
+def _forbidden_kind(url):
+    """"a link-local" or "an unspecified" for a URL whose host is such a literal address;
+    None for any other (a name included)."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return None
+    address = literal_address(host)
+    if address is None or not (address.is_link_local or address.is_unspecified):
+        return None
+    return "a link-local" if address.is_link_local else "an unspecified"
 
 
 # IPv6 prefixes whose last 32 bits are an IPv4 address the host may reach: IPv4-compatible
@@ -344,16 +352,23 @@ class LiveTable:
                 version, raw = self.wanted_upstreams[upstream_id]
                 self.put_upstream(upstream_id, raw, version)
 
-    def _expand(self, spec, version):
+    def _expand(self, spec, version, previous=None):
         """An upstream that follows a service gets the live instances as targets, and a
-        version that moves whenever they change (workers compare versions)."""
+        version that moves whenever they change (workers compare versions). One server
+        is one target however its URL is spelt ("http://10.0.0.7:80/", "http://10.0.0.7"),
+        in the place of the first, as the last says. Compared by URL, an instance registered
+        again, spelt otherwise, had the whole upstream refused ("a target is listed twice"),
+        and it followed its instances no more."""
         service = spec.get("service")
         if not service or not self.expand_services:
             return spec, version
         live = sorted(self.instances.get(service, {}).items())
-        targets = list(spec["targets"] or []) + [target for _, target in live]
-        unique = list({t["url"]: t for t in targets}.values())
-        return {**spec, "targets": unique}, max(version, self.service_revision.get(service, 0))
+        known = {t.url: t.key for t in previous.targets} if previous is not None else {}
+        unique = {}
+        for target in list(spec["targets"] or []) + [target for _, target in live]:
+            unique[known.get(target["url"]) or make_target(target).key] = target
+        return {**spec, "targets": list(unique.values())}, \
+            max(version, self.service_revision.get(service, 0))
 
     def published(self):
         """The good dynamic items, as workers rebuild them: {kind: {id: [version, spec]}}."""
@@ -493,9 +508,10 @@ class LiveTable:
                 raise ConfigError(f"upstream {upstream_id}: the id {exc}") from None
             spec = UPSTREAM.validate(decode_json(raw), f"upstream {upstream_id}")
             unreachable_from_etcd(spec, f"upstream {upstream_id}")
-            spec, served_version = self._expand(spec, version)
+            previous = self.upstreams.get(upstream_id)     # its targets kept as they are
+            spec, served_version = self._expand(spec, version, previous)
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
-                                                       self.registry)
+                                                       self.registry, previous=previous)
         except Exception as exc:        # noqa: BLE001 - see _reject
             return self._reject(key, exc, upstream_id in self.upstream_specs)
         self.upstream_specs[upstream_id] = (served_version, spec)

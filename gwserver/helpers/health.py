@@ -181,9 +181,12 @@ class PassiveTracker:
                 out = sum(1 for k in keys if ejections.ejected(k, now) or k in self.view.down)
                 seconds = ejections.eject(key, conf, now, out, len(keys))
                 if not seconds:
-                    log.warning("upstream %s: not ejecting %s: max_ejected_percent (%d%%) "
-                                "reached", upstream.id, key.partition("|")[2],
-                                conf["max_ejected_percent"])
+                    # Throttled: a client asking for what the upstream answers 503 makes one
+                    # of these every consecutive_failures requests, as fast as it sends them
+                    throttled_log.log(log, logging.WARNING, ("not ejecting", upstream.id),
+                                      "upstream %s: not ejecting %s: max_ejected_percent "
+                                      "(%d%%) reached", upstream.id, key.partition("|")[2],
+                                      conf["max_ejected_percent"])
                     return None
                 for stale in [k for k, v in ejections.entries.items()
                               if v[0] < now - 2 * conf["max_eject_for"]]:
@@ -410,10 +413,12 @@ class Checker:
         self.reconcile()
 
     def wanted(self):
-        """Targets to probe: of named upstreams and of upstreams written inline in routes."""
+        """Targets to probe: of named upstreams and of upstreams written inline in routes
+        and in their plugins (a split's canary: its health_check was never run)."""
         upstreams = {u.id: u for u in self.table.upstreams.values()}
         for route in self.table.router.routes.values():     # never in place of a named one
-            upstreams.setdefault(route.upstream.id, route.upstream)
+            for upstream in (route.upstream, *route.chain.linked_upstreams()):
+                upstreams.setdefault(upstream.id, upstream)
         out, checks = {}, {}
         for upstream in upstreams.values():
             if upstream.health_check is None:
@@ -470,19 +475,34 @@ class Checker:
                     changed = True
         for key, (target, hc, tls, protocol) in wanted.items():
             if key not in self.greenlets:
-                since = self.previous.pop(key, None)
-                self.states.setdefault(key, core.ActiveState(since=time.time()) if since is None
-                                       else core.ActiveState(healthy=False, since=since))
+                if key not in self.states:
+                    self.states[key] = self.new_state(key, hc)
                 self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc, tls,
                                                     protocol), target, hc, tls, protocol)
                 changed = True
         if changed:
             self.publish()
 
+    def new_state(self, key, hc):
+        """A target's state as its checks begin: down if the checker before us judged it so,
+        and its first probe at a random point of the first second, to spread them."""
+        since = self.previous.pop(key, None)
+        state = core.ActiveState(since=time.time()) if since is None else \
+            core.ActiveState(healthy=False, since=since)
+        state.next_at = time.time() + random.uniform(0, min(hc["interval"], 1.0))
+        return state
+
     def watch(self, key, target, hc, tls=None, protocol="http1"):
         import gevent
         state = self.states[key]
-        gevent.sleep(random.uniform(0, min(hc["interval"], 1.0)))     # spread the first probes
+        # A check started again (its conf changed, or the probe budget's stretch moved with
+        # the number of targets: every check, at every change of the targets of any upstream)
+        # keeps its schedule, never later than its new conf's delay. Each started with a
+        # probe within the second: an etcd writer's churn, or a service's instances coming
+        # and going, had every target probed about once a second, past
+        # health_probes_per_second and the backoff of the dead ones.
+        gevent.sleep(max(0.0, min(state.next_at - time.time(),
+                                  core.probe_delay(hc, state))))
         while True:
             try:
                 ok, error = probe(target, hc, tls, protocol)

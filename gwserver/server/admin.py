@@ -157,20 +157,27 @@ def routes_view(runtime):
                             "pid": os.getpid(), "count": len(routes), "routes": routes})
 
 
-def upstreams_view(runtime):
-    upstreams = {}
-    for route in runtime.router.routes.values():
-        upstream = route.upstream
-        entry = upstreams.setdefault(upstream.id, {
-            "targets": [{"url": t.url, "weight": t.weight,
+def upstream_entry(runtime, upstream):
+    """What /admin/upstreams says of one upstream (its "routes" filled by the caller)."""
+    return {"targets": [{"url": t.url, "weight": t.weight,
                          **runtime.health.describe(upstream.id, t.url)}
                         for t in upstream.targets],
             "balance": upstream.balance, "service": upstream.service,
             "health_check": bool(upstream.health_check), "passive": bool(upstream.passive),
             "panic": runtime.health.avoid(upstream)[1] if upstream.targets else False,
             "pass_host": upstream.pass_host, "pool_size": upstream.pool_size,
-            "block_when_full": upstream.block_when_full, "routes": []})
-        entry["routes"].append(route.id)
+            "block_when_full": upstream.block_when_full, "routes": []}
+
+
+def upstreams_view(runtime):
+    upstreams = {}
+    for route in runtime.router.routes.values():
+        # the upstreams of its plugins too: a split's canary and its targets' health
+        for upstream in (route.upstream, *route.chain.linked_upstreams()):
+            entry = upstreams.get(upstream.id) or upstreams.setdefault(
+                upstream.id, upstream_entry(runtime, upstream))
+            if route.id not in entry["routes"]:
+                entry["routes"].append(route.id)
     from .runtime import idle_connections
     pools = {f"{p.scheme}://{p.host}:{p.port}": {"idle": idle_connections(p),
                                                 "max": p.pool.maxsize if p.pool else 0}

@@ -452,6 +452,14 @@ def forget_health(state_dir):
             pass
 
 
+def health_checks_asked(conf):
+    """Whether an upstream of the conf file has a health_check: a named one, a route's own,
+    or one a route's plugins send to (a split's canary, whose checks never ran)."""
+    return any(spec.get("health_check") for spec in (conf.static_upstreams or {}).values()) \
+        or any(upstream.health_check for route in conf.router.routes.values()
+               for upstream in (route.upstream, *route.chain.linked_upstreams()))
+
+
 def helpers_for(app):
     """The helper processes a configuration asks for."""
     conf = app.conf
@@ -466,10 +474,7 @@ def helpers_for(app):
                                           conf_path])
     # Active health checks: one process per host. With etcd any upstream may ask for them
     # later, so it always runs there; with a conf file, only if an upstream has health_check.
-    if conf.etcd is not None or any(
-            spec.get("health_check") for spec in (conf.static_upstreams or {}).values()) or any(
-            isinstance(r.get("upstream"), dict) and r["upstream"].get("health_check")
-            for r in conf.static_routes):
+    if conf.etcd is not None or health_checks_asked(conf):
         helpers["health"] = Helper("health", [
             sys.executable, "-m", "gwserver", "health", "-c", conf_path])
     # Rollouts (docs/rollouts.md): one controller per host, like the health checker.

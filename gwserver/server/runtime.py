@@ -432,9 +432,11 @@ class Runtime:
             metrics.redis_up.set(1 if store.up else 0)
 
     def watched_upstreams(self):
-        """The upstreams of the table served now whose targets are checked or ejectable."""
-        return {route.upstream.id: route.upstream for route in self.router.routes.values()
-                if route.upstream.health_check or route.upstream.passive}.values()
+        """The upstreams of the table served now whose targets are checked or ejectable: the
+        routes' own and their plugins' (a split's canary)."""
+        return {upstream.id: upstream for route in self.router.routes.values()
+                for upstream in (route.upstream, *route.chain.linked_upstreams())
+                if upstream.health_check or upstream.passive}.values()
 
     def watched_targets(self):
         """(upstream id, target URL) of every target whose up gauge is current."""

@@ -1,24 +1,45 @@
 """ssl contexts for talking TLS to an upstream, from its ``tls`` settings, shared by the
 health prober and the HTTP/2 upstream client (the HTTP/1.1 pools hand the same settings to
 urllib3: proxy.tls_options). None verifies with the system store."""
+import os
 import ssl
 
-_CONTEXTS = {}
+_CONTEXTS = {}      # (settings, ALPN offer) -> (the files' stamps, context)
 
 
 def client_context(tls, alpn=()):
-    """One context per distinct (settings, ALPN offer): building one reads the CA files."""
+    """One context per distinct (settings, ALPN offer): building one reads the CA files.
+    Built again when one of its files changed: the health checker outlives reloads, and
+    kept the context of a CA file (or client certificate) rotated in place for its life,
+    failing every target that had moved to the new CA while the workers served them."""
     key = (tls, tuple(alpn))
-    context = _CONTEXTS.get(key)
-    if context is None:
-        verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
-        context = ssl.create_default_context(cafile=ca_file)
-        if not verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if cert_file:
-            context.load_cert_chain(cert_file, key_file)
-        if alpn:
-            context.set_alpn_protocols(list(alpn))
-        _CONTEXTS[key] = context
+    stamps = _stamps(tls)
+    cached = _CONTEXTS.get(key)
+    if cached is not None and cached[0] == stamps:
+        return cached[1]
+    verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    _CONTEXTS[key] = (stamps, context)
     return context
+
+
+def _stamps(tls):
+    """What tells each file of ``tls`` from its previous version (a stat per file: once per
+    probe, or per new HTTP/2 connection; never per request)."""
+    if tls is None:
+        return ()
+    out = []
+    for path in (tls[1], tls[3], tls[4]):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None           # (gone: building the context says so)
+        out.append(None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
