@@ -651,26 +651,48 @@ def tls_file_problems(tls):
     problems, unreadable = [], set()
     for i, entry in enumerate(tls["certificates"]):
         for what in ("cert", "key"):
-            path, name = entry[what], f"tls.certificates[{i}].{what}"
-            before = len(problems)
-            try:
-                os.close(open_regular(path, os.O_RDONLY))
-            except FileNotFoundError:
-                problems.append(f"{name}: {path} does not exist")
-            except PermissionError:
-                problems.append(f"{name}: {path} is not readable by this user (uid "
-                                f"{os.geteuid()}): the service's user needs read access to "
-                                f"it and search access to its directories")
-            except IsADirectoryError:
-                problems.append(f"{name}: {path} is a directory, not a PEM file")
-            except OSError as exc:
-                if os.path.isdir(path):     # open_regular's O_RDONLY opens a directory
-                    problems.append(f"{name}: {path} is a directory, not a PEM file")
-                else:
-                    problems.append(f"{name}: {path}: cannot read: {exc.strerror}")
-            if len(problems) > before:
+            problem = file_problem(entry[what], f"tls.certificates[{i}].{what}", "a PEM file")
+            if problem is not None:
+                problems.append(problem)
                 unreadable.add(i)
     return problems, unreadable
+
+
+def file_problem(path, name, what):
+    """Why the file the setting ``name`` names cannot be read by this user, or None: missing,
+    a directory, unreadable, or no regular file (a FIFO would block whoever opens it, the
+    etcd client's TLS setup in the sync process, a device would read without end). ``what``:
+    what the file should be ("a PEM file")."""
+    try:
+        os.close(open_regular(path, os.O_RDONLY))
+    except FileNotFoundError:
+        return f"{name}: {path} does not exist"
+    except PermissionError:
+        return (f"{name}: {path} is not readable by this user (uid {os.geteuid()}): the "
+                f"service's user needs read access to it and search access to its directories")
+    except IsADirectoryError:
+        return f"{name}: {path} is a directory, not {what}"
+    except OSError as exc:
+        if os.path.isdir(path):     # open_regular's O_RDONLY opens a directory
+            return f"{name}: {path} is a directory, not {what}"
+        return f"{name}: {path}: cannot read: {exc.strerror}"
+    return None
+
+
+def etcd_file_problems(etcd):
+    """[etcd]'s TLS files, checked as [tls]'s are: the sync process and every etcd command
+    open them (a FIFO there hung them, and `gwserver check` said ok); and its snapshot, which
+    check and the sync process read at start, if there is one."""
+    problems = [problem for key in ("ca_file", "cert_file", "key_file") if etcd.get(key)
+                for problem in [file_problem(etcd[key], f"etcd.{key}", "a PEM file")]
+                if problem is not None]
+    if etcd.get("key_file") and not etcd.get("cert_file"):
+        problems.append("etcd.key_file: needs etcd.cert_file (the client certificate it is "
+                        "the key of)")
+    snapshot = etcd.get("snapshot_path")
+    if snapshot and os.path.exists(snapshot) and not os.path.isfile(snapshot):
+        problems.append(f"etcd.snapshot_path: {snapshot} is not a regular file")
+    return problems
 
 
 def http2_listener_problems(http2, server_bind, tls):
@@ -882,6 +904,8 @@ def parse_conf(data, path="<conf>"):
             problems.append("tracing.otlp_endpoint: span export needs the OpenTelemetry SDK: "
                             "pip install 'gwserver[otel]'")
     problems.extend(proxy_protocol_problems(sections["server"], parts["tls"]))
+    if parts["etcd"] is not None:
+        problems.extend(etcd_file_problems(parts["etcd"]))
     access_path = sections["log"]["access_log_path"]
     if access_path and not os.path.isdir(os.path.dirname(access_path)):
         problems.append(f"log.access_log_path: the directory {os.path.dirname(access_path)} "

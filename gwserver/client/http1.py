@@ -339,19 +339,29 @@ class ClientConnection:
             req.peer_ip = self.client_ip
             named = hmap.get(proxies.header)
             req.client_ip = proxies.client_of(self.client_ip, named)
-            if named and not proxies.speak_x_forwarded:
-                # What X-Forwarded-* would say, from the proxy's own Forwarded (a client's
-                # X-Forwarded-* were not kept: see on_header).
-                proto, host = proxies.forwarded_scheme_and_host(named)
-                if proto:
-                    hmap[b"x-forwarded-proto"] = proto
-                if host:
-                    hmap[b"x-forwarded-host"] = host
+            if not proxies.speak_x_forwarded:
+                self.from_forwarded(req, hmap, named, proxies)
         request_id = hmap.get(b"x-request-id")
         if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
             req.request_id = self.runtime.next_request_id()
         else:
             req.request_id = request_id.decode("latin-1")
+
+    @staticmethod
+    def from_forwarded(req, hmap, named, proxies):
+        """Behind a trusted proxy that writes Forwarded: what X-Forwarded-* would say, from
+        its Forwarded (a client's X-Forwarded-* were not kept: see on_header); and an
+        X-Real-IP made to say the client Forwarded named. X-Real-IP is nginx's, written beside
+        X-Forwarded-For: such a proxy may pass a client's own through unread, and
+        ``X-Real-IP: 6.6.6.6`` was the client to an upstream that reads it."""
+        if named:
+            proto, host = proxies.forwarded_scheme_and_host(named)
+            if proto:
+                hmap[b"x-forwarded-proto"] = proto
+            if host:
+                hmap[b"x-forwarded-host"] = host
+        if b"x-real-ip" in hmap:
+            req.set_header(b"X-Real-IP", req.client_ip.encode("ascii"))
 
     def on_body(self, body):
         self.unparsed = 0

@@ -27,6 +27,9 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
     reply(conf, ctx, head) -> None        edit the head of an answer the gateway writes itself
                                           (a plugin's Reply or an error), as ``response`` does
                                           for upstream answers
+    public_query(conf, query) -> str      the query without what this plugin keeps from
+                                          leaving the gateway (key_auth's key): what an
+                                          answer may carry of it (redirect's append_query)
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
     ROUTE_ONLY = True                     may not be a consumer's own plugin (it says what
                                           the route lets through: acl)
@@ -71,7 +74,7 @@ ARGUMENTS = {"access": ("conf", "ctx"), "response": ("conf", "ctx", "head"),
              "needs": ("conf",), "claims": ("conf", "ctx", "route_id"),
              "link": ("conf", "resolve"), "upstream_refs": ("conf",), "upstreams": ("conf",),
              "admin_view": ("uses", "services"), "reply": ("conf", "ctx", "head"),
-             "upgraded": ("conf", "ctx"),
+             "upgraded": ("conf", "ctx"), "public_query": ("conf", "query"),
              "warnings": ("conf",), "prepare_credential": ("cred",),
              "credential_lookup": ("cred",), "seal_credential": ("cred",),
              "same_secret": ("clear", "cred")}
@@ -198,7 +201,7 @@ def _takes(function, count):
 class Chain:
     __slots__ = ("steps", "names", "access_steps", "response_steps", "finish_steps",
                  "claims_steps", "reply_steps", "upgraded_steps", "identifies", "identifiers",
-                 "third_party", "answers_preflight")
+                 "third_party", "answers_preflight", "query_steps")
 
     def __init__(self, steps=()):
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
@@ -209,6 +212,7 @@ class Chain:
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
         self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
         self.upgraded_steps = tuple((p, c) for p, c in steps if hasattr(p, "upgraded"))
+        self.query_steps = tuple((p, c) for p, c in steps if hasattr(p, "public_query"))
         # by id: a plugin may be any object, hashable or not; the chain keeps it alive
         self.identifiers = frozenset(id(p) for p, _ in steps
                                      if getattr(p, "IDENTIFIES_CONSUMER", False))
@@ -226,6 +230,17 @@ class Chain:
                 _blame(exc, plugin, "claims hook")
                 raise
         return None
+
+    def public_query(self, query):
+        """``query`` as an answer may carry it: each plugin with a ``public_query`` hook takes
+        out what it keeps from leaving the gateway (a credential read from the query)."""
+        for plugin, conf in self.query_steps:
+            try:
+                query = plugin.public_query(conf, query)
+            except Exception as exc:
+                _blame(exc, plugin, "public_query hook")
+                raise
+        return query
 
     def linked_upstreams(self):
         """Upstreams the chain's plugins may send requests to besides the route's own."""

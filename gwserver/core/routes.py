@@ -496,7 +496,9 @@ def _upstream_tls(owner, conf):
     for field_name in ("ca_file", "cert_file", "key_file"):
         path = conf[field_name]
         if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"{owner}: tls.{field_name}: {path} does not exist")
+            # (a FIFO or a device exists: "does not exist" sent the operator looking for it)
+            why = "is not a regular file" if os.path.exists(path) else "does not exist"
+            raise ConfigError(f"{owner}: tls.{field_name}: {path} {why}")
     if bool(conf["cert_file"]) != bool(conf["key_file"]):
         raise ConfigError(f"{owner}: tls: cert_file and key_file go together")
     return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],

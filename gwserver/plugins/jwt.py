@@ -36,6 +36,7 @@ from ..core import consumers
 from ..core.context import Reply
 from ..core.schema import (Field, Schema, absolute_path, boolean, integer, list_of, map_of,
                            never_quoted, number, one_of, request_header_name, string)
+from ..core.throttledlog import throttled_log
 from ..files import read_bounded
 
 log = logging.getLogger("gwserver.plugins.jwt")
@@ -414,6 +415,22 @@ def _unauthorized(description=None):
                       [("WWW-Authenticate", challenge)])
 
 
+def _unbindable(conf, ctx, consumer):
+    """A consumer bound to a JWKS key (credentials.jwt.kid) named on a route whose jwt has no
+    jwks_file: no key of this route has a kid, so no token can name the consumer here. Said
+    as such to the client (not "whose key did not sign it": its key did), and to the
+    operator, whose conf it is (at most a line a second per route and consumer)."""
+    route_id = ctx.route.id if ctx.route is not None else None
+    throttled_log.log(log, logging.ERROR, ("jwt unbindable", route_id, consumer.id),
+                      "route %s: consumer %s is bound to JWKS key %r (credentials.jwt.kid), "
+                      "and this route's jwt verifies with %s, no jwks_file: every token naming "
+                      "it is refused here; give the route the JWKS or the consumer no kid",
+                      route_id, consumer.id, consumer.credentials[NAME]["kid"],
+                      "a secret" if conf["secret"] or conf["secret_file"] else "a public key")
+    return _unauthorized(f"the token's {conf['consumer_claim']} names a consumer bound to a "
+                         f"JWKS key, and this route has no JWKS to check that key against")
+
+
 def access(conf, ctx):
     for _, header in conf["forward"]:
         ctx.remove_header(header)               # only the gateway sets these
@@ -441,6 +458,8 @@ def access(conf, ctx):
         if consumer is None:
             return _unauthorized(f"the token's {conf['consumer_claim']} names no consumer")
         bound = consumer.credentials[NAME]["kid"]
+        if bound is not None and conf["jwks_file"] is None:
+            return _unbindable(conf, ctx, consumer)
         if bound is not None and bound != signer:
             # Tied to its own key: another party's key of the JWKS verified this token
             return _unauthorized(f"the token's {conf['consumer_claim']} names a consumer "

@@ -259,6 +259,15 @@ def finish(conf, ctx, status):
         ctx.query = _from_query(ctx.query, conf["query"])[1]
 
 
+def public_query(conf, query):
+    """(the plugin hook) The query without the key, for an answer made before access ran
+    (redirect's append_query): a Location must not carry the key to the client's history,
+    a Referer, or another host."""
+    if conf["query"] and conf["hide_credentials"] and query:
+        return _from_query(query, conf["query"])[1]
+    return query
+
+
 def _challenge(conf):
     return f'ApiKey realm="gwserver", header="{conf["header"]}"'
 

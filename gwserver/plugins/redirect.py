@@ -127,6 +127,11 @@ def access(conf, ctx):
         if ctx.query:
             location += "?" + uri_escape(ctx.query)
         return _redirect(conf, location)
+    if ctx.query and (conf["append_query"] or "query" in conf["template"].names):
+        # The request ends here: what the Location may carry of its query is what no plugin
+        # of the route keeps in (key_auth's key, which runs after this: the client, and
+        # whatever the Location points at, would get it)
+        ctx.query = _public_query(ctx)
     location = conf["template"].expand(ctx, uri_escape)
     if conf["append_query"] and ctx.query:
         location += ("&" if "?" in location else "?") + uri_escape(ctx.query)
@@ -145,6 +150,11 @@ def access(conf, ctx):
             return Reply.json(500, {"error": "redirect_failed",
                                     "message": "the redirect target could not be built"})
     return _redirect(conf, location)
+
+
+def _public_query(ctx):
+    chain = ctx.chain or getattr(ctx.route, "chain", None)
+    return ctx.query if chain is None else chain.public_query(ctx.query)
 
 
 def _preflight_for_cors(ctx):

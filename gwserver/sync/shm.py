@@ -21,6 +21,7 @@ import threading
 import time
 
 from ..core.throttledlog import throttled_log
+from ..files import open_regular
 from ..processes import pid_alive
 
 log = logging.getLogger("gwserver.shm")
@@ -527,8 +528,11 @@ def file_stamp(path):
 
 
 def read_json(path):
+    """The JSON document the regular file ``path`` holds, or None. Opened as files.py opens
+    what an operator names: a FIFO at etcd.snapshot_path blocked `gwserver check` and the
+    sync process's start until someone wrote to it."""
     try:
-        with open(path, "rb") as f:
+        with open(open_regular(path, os.O_RDONLY), "rb") as f:
             return json.load(f)
     except (OSError, ValueError):
         return None

@@ -1073,6 +1073,9 @@ class Proxy:
         """101 Switching Protocols: relay raw bytes both ways until either side closes, or
         nothing moves either way for the route's read timeout (nginx's proxy_read_timeout on a
         websocket): an idle tunnel would hold a connection slot for good."""
+        # RFC 9110 8.6: no Content-Length in a 1xx. What follows the head is the tunnel's: a
+        # client or a proxy in front that framed a body by it took the first frames for one.
+        ex.block = without_field(ex.block, b"content-length")
         head = self.response_head(req, ex, False)[0]
         client.write_head(101, b"".join([head, *ex.chunks]))
         upstream_sock, client_sock = ex.sock, client.sock
@@ -1204,6 +1207,12 @@ def check_websocket_accept(req, ex):
             not hmac.compare_digest(headers.get(b"sec-websocket-accept", b""), expected):
         raise UpstreamError("upstream answered 101 without completing the websocket "
                             "handshake (Upgrade and Sec-WebSocket-Accept)")
+
+
+def without_field(block, name):
+    """A header block (CRLF-ended lines) without the lines of field ``name`` (lower case)."""
+    return b"".join(line + b"\r\n" for line in block.split(b"\r\n")[:-1]
+                    if line.partition(b":")[0].strip().lower() != name)
 
 
 def response_chunked(value):
