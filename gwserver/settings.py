@@ -231,11 +231,16 @@ SERVER = Schema(
 UPSTREAM_DEFAULTS = Schema(
     Field("pool_size", integer(1), 64, "keep-alive connections kept per target per worker"),
     Field("block_when_full", boolean, False,
-          "when every pooled connection is busy: wait for one (true) or open an extra one"),
+          "when every pooled connection is busy: another target, then wait for one (true); "
+          "or open an extra one"),
     Field("pool_timeout", number(0, exclusive=True), 5.0,
           "seconds to wait for a free connection when block_when_full is true"),
     Field("connect_timeout", number(0, exclusive=True), 5.0,
           "seconds to open an upstream connection"),
+    Field("keepalive_timeout", number(0, exclusive=True), 60.0,
+          "seconds a pooled upstream connection may stay idle before it is closed (nginx's "
+          "upstream keepalive_timeout): a firewall or NAT that forgets an idle flow drops "
+          "what is sent on it without a word"),
     Field("read_timeout", number(0, exclusive=True), 60.0,
           "seconds to wait for each read from an upstream; a websocket tunnel idle this "
           "long both ways is closed"),

@@ -24,6 +24,7 @@ gwserver did before, a full handshake once after each reload.
 import ctypes
 import logging
 import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from ..files import read_regular
 log = logging.getLogger("gwserver.tls")
 
 SIZES = (48, 80)
-HOW_TO_MAKE = "gwserver tls new-ticket-key FILE, or openssl rand 80 > FILE"
+HOW_TO_MAKE = "gwserver tls new-ticket-key FILE, or (umask 077; openssl rand 80 > FILE)"
 NAME_LEN = 16
 IV_LEN = 16                         # AES-CBC; OpenSSL's iv buffer is EVP_MAX_IV_LENGTH (16)
 
@@ -86,6 +87,27 @@ def read_key_files(paths):
     if problems:
         raise ConfigError(problems)
     return keys
+
+
+def key_file_warnings(paths):
+    """What is wrong with who may read or write the key files: whoever reads a key can
+    decrypt the TLS 1.2 sessions its tickets carry (their master secret is in them), and
+    whoever writes one can make the gateway seal tickets with a key they know. ``openssl
+    rand 80 > FILE`` under the usual umask makes a file every user of the host can read."""
+    warnings = []
+    for i, path in enumerate(paths):
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue                # read_key_files names a missing or unreadable one
+        if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+            who = "read" if mode & stat.S_IROTH else "written"
+            warnings.append(f"tls.ticket_key_files[{i}]: {path} may be {who} by users "
+                            f"other than its owner (mode {mode:04o}): anyone who reads it can "
+                            f"decrypt the TLS 1.2 sessions of tickets it sealed, anyone who "
+                            f"writes it can make the key; chmod 0600, or 0640 for the "
+                            f"gateway's group (gwserver tls new-ticket-key writes 0600)")
+    return warnings
 
 
 def write_key_file(path):

@@ -32,7 +32,7 @@ from OpenSSL import SSL
 from ..errors import ConfigError
 from ..net.sockets import UNREAD, idle_state
 from ..sync.shm import file_stamp
-from .tickets import process_key, read_key_files, ticket_api
+from .tickets import key_file_warnings, process_key, read_key_files, ticket_api
 
 log = logging.getLogger("gwserver.tls")
 
@@ -169,6 +169,7 @@ class ServerTLS:
                                  f"reload: the ticket-key callback is out of reach ({api})")
             return None
         keys = read_key_files(files) if files else [process_key()]
+        self.warnings += key_file_warnings(files)
         return api.install(self.default, keys)
 
     def _context(self, entry, index):

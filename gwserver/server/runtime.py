@@ -320,23 +320,30 @@ class Runtime:
             # after the slots ran out would otherwise turn the body check off)
             self.close_slowest_body(now)
         self.proxy.share_tick(now)
+        self.proxy.close_idle(now)
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
             self.prune_pools()
 
     def prune_pools(self):
-        """Close the keep-alive pools of targets no upstream has any more. Idle connections
-        close now; one in use finishes its request, then closes (urllib3 closes what is put
-        back into a closed pool): removed targets are drained, not cut."""
-        live = {t.key for upstream in self.table.upstreams.values() for t in upstream.targets}
+        """Close the keep-alive pools (and HTTP/2 connections) no upstream uses any more: a
+        removed target's, or a target's old pool when its upstream changed the pool's
+        settings. Idle connections close now; one in use finishes its request, then closes
+        (urllib3 closes what is put back into a closed pool; an HTTP/2 connection drains as
+        after a GOAWAY): removed targets are drained, not cut."""
         routes = self.router.routes.values()
-        live.update(t.key for route in routes for t in route.upstream.targets)
-        live.update(t.key for route in routes
-                    for upstream in route.chain.linked_upstreams() for t in upstream.targets)
-        closed = self.proxy.pools.prune(live)
-        if closed:
-            log.info("closed the pools of %d removed targets: %s", len(closed),
-                     ", ".join(sorted(closed)))
+        upstreams = [*self.table.upstreams.values(), *(route.upstream for route in routes),
+                     *(upstream for route in routes
+                       for upstream in route.chain.linked_upstreams())]
+        removed, replaced = self.proxy.pools.prune(upstreams)
+        h2_removed, h2_replaced = self.proxy.h2.pools.prune(upstreams)
+        removed, replaced = removed | h2_removed, replaced | h2_replaced
+        if removed:
+            log.info("closed the pools of %d removed targets: %s", len(removed),
+                     ", ".join(sorted(removed)))
+        if replaced:
+            log.info("closed the old pools of %d targets whose pool settings changed: %s",
+                     len(replaced), ", ".join(sorted(replaced)))
 
     # -- connections and requests ------------------------------------------------------------
 

@@ -331,6 +331,7 @@ class H2Connection:
         self.closed = self.shut = False     # shut: the socket is closed too
         self.unrelayed = 0          # answer bytes received, not yet relayed (UNRELAYED_BUDGET)
         self.draining = False       # a GOAWAY came: no new streams; the rest finish
+        self.idle_since = time.monotonic()      # its last stream ended then (H2Pools)
         # Until the upstream's first SETTINGS, its stream limit is unknown: one stream at a
         # time (a burst of requests on a new connection would pass a limit of, say, 3).
         self.settled = False
@@ -591,6 +592,16 @@ class H2Connection:
         self.writer.kill(block=False)
         self.stream_freed.set()
 
+    def retire(self):
+        """No new streams (a renewed connection, or no upstream has this target any more):
+        closed now when idle or failed, else when its last stream ends (``finish``), as
+        after a GOAWAY: answers in flight are not cut. Requests waiting for a stream slot
+        on it go to a new connection."""
+        self.draining = True
+        if not self.streams or self.closed:
+            self.close()
+        self.stream_freed.set()
+
     # -- one exchange ----------------------------------------------------------------------------
 
     def request(self, headers, body, timeout, more, deadline, slot_timeout):
@@ -734,6 +745,8 @@ class H2Connection:
         self.streams.pop(stream_id, None)
         self.unrelayed -= stream.unread
         stream.unread = 0
+        if not self.streams:
+            self.idle_since = time.monotonic()
         if self.draining and not self.streams and not self.shut:
             self.close()        # the GOAWAY's last stream is done
         elif not self.closed:
@@ -917,7 +930,9 @@ class H2Pools:
             connection = self.connections.get(key)
             if connection is None or not connection.usable:
                 if connection is not None and not connection.draining:
-                    connection.close()  # a draining one closes when its streams end
+                    # Failed, or out of stream ids (MAX_STREAMS_PER_CONNECTION): its streams
+                    # in flight finish first; close() cut them, long-lived gRPC streams too.
+                    connection.retire()
                 context = client_context(tls, ["h2"]) if target.scheme == "https" else None
                 connection = H2Connection(target, connect_timeout, context,
                                           tls[2] if tls else None, write_timeout,
@@ -926,6 +941,29 @@ class H2Pools:
                 if self.on_open is not None:
                     self.on_open(target.url)
         return connection
+
+    def prune(self, upstreams):
+        """Retire the connections no h2 upstream of ``upstreams`` (the table's) would use: a
+        removed target's (they stayed open for the worker's life), or one whose upstream
+        changed its ``tls``. Returns (URLs of removed targets, URLs of the others)."""
+        live = {(target.key, upstream.tls) for upstream in upstreams
+                if upstream.protocol == "h2" for target in upstream.targets}
+        gone = [key for key in self.connections if key not in live]
+        for key in gone:
+            self.connections.pop(key).retire()
+            self._connecting.pop(key, None)
+        targets = {key[0] for key in live}
+        urls = {key: f"{key[0][0]}://{key[0][1]}:{key[0][2]}" for key in gone}
+        return ({url for key, url in urls.items() if key[0] not in targets},
+                {url for key, url in urls.items() if key[0] in targets})
+
+    def close_idle(self, before):
+        """Retire the connections without a stream since before ``before`` (monotonic):
+        Proxy.close_idle's keepalive_timeout, for HTTP/2 upstreams."""
+        for key, connection in list(self.connections.items()):
+            if not connection.streams and connection.idle_since < before:
+                del self.connections[key]
+                connection.retire()
 
     def close(self):
         for connection in self.connections.values():

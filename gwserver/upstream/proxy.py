@@ -67,6 +67,7 @@ CLIENT_PAUSE = 1.0      # seconds of a try spent waiting for the client's body (
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
 # per request, until health checks or ejection take it out.
 REFUSED_AVOID = 1.0
+IDLE_CHECK_EVERY = 1.0  # seconds between looks for pooled connections idle too long
 
 
 class _StaleConnection(Exception):
@@ -112,6 +113,13 @@ class HTTPSPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = CheapCheckHTTPSConnection
 
 
+def pool_key(target, upstream):
+    """The pool a target of ``upstream`` uses: upstreams share connections to a target only
+    when they agree on the pool's settings (size, blocking, TLS). (The connect timeout is
+    the route's, set on each new connection: Proxy.checkout.)"""
+    return (target.key, upstream.pool_size, upstream.block_when_full, upstream.tls)
+
+
 class UpstreamPools:
     """One urllib3 pool per (target, pool settings) in this worker; built lazily after fork."""
 
@@ -123,8 +131,7 @@ class UpstreamPools:
         entry = self._by_target.get(id(target))
         if entry is not None and entry[0] is target and entry[1] is upstream:
             return entry[2]
-        key = (target.key, upstream.pool_size, upstream.block_when_full, upstream.connect_timeout,
-               upstream.tls)
+        key = pool_key(target, upstream)
         pool = self.pools.get(key)
         if pool is None:
             options = dict(maxsize=upstream.pool_size, block=upstream.block_when_full,
@@ -139,15 +146,25 @@ class UpstreamPools:
         self._by_target[id(target)] = (target, upstream, pool)
         return pool
 
-    def prune(self, live_keys):
-        """Close the pools of targets not in ``live_keys``; return their URLs."""
-        gone = [key for key in self.pools if key[0] not in live_keys]
+    def prune(self, upstreams):
+        """Close the pools no target of ``upstreams`` (the table's) uses: a removed target's,
+        and the old pool of a target whose upstream changed its pool settings (pool_size,
+        block_when_full, tls: its idle connections stayed open for the worker's life). The
+        targets of upstreams no longer in the table are forgotten too (each change of an
+        upstream left its old targets and upstream here for good). Returns (URLs of removed
+        targets, URLs of targets whose old pool closed)."""
+        live = {pool_key(target, upstream) for upstream in upstreams
+                for target in upstream.targets}
+        gone = [key for key in self.pools if key not in live]
         for key in gone:
             self.pools.pop(key).close()
-        if gone:
-            self._by_target = {k: v for k, v in self._by_target.items()
-                               if v[0].key in live_keys}
-        return {f"{k[0][0]}://{k[0][1]}:{k[0][2]}" for k in gone}
+        pairs = {(id(target), id(upstream)) for upstream in upstreams
+                 for target in upstream.targets}
+        self._by_target = {k: v for k, v in self._by_target.items() if (k, id(v[1])) in pairs}
+        targets = {key[0] for key in live}
+        urls = {key: f"{key[0][0]}://{key[0][1]}:{key[0][2]}" for key in gone}
+        return ({url for key, url in urls.items() if key[0] not in targets},
+                {url for key, url in urls.items() if key[0] in targets})
 
     def close(self):
         for pool in self.pools.values():
@@ -222,7 +239,7 @@ class Exchange:
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "block",
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
-                 "request_cut", "started", "version", "client_paused")
+                 "request_cut", "started", "version", "client_paused", "idle_since")
 
     def __init__(self, conn):
         self.conn = conn
@@ -230,6 +247,7 @@ class Exchange:
         self.plain = type(conn.sock) is PlainSocket     # TLS records are no answer to peek at
         self.parser = httptools.HttpResponseParser(self)
         self.timed_out = False
+        self.idle_since = 0.0       # back in its pool since (Proxy.release; close_idle)
         self.begin()
 
     def begin(self):
@@ -383,6 +401,8 @@ class Proxy:
         defaults = runtime.conf.upstream_defaults
         self.pools = UpstreamPools()
         self.pool_timeout = defaults["pool_timeout"]
+        self.keepalive_timeout = defaults["keepalive_timeout"]
+        self.idle_checked_at = 0.0
         self.max_head = defaults["max_response_head"]
         # With tracing on, the gateway writes the trace id's response header: an upstream's
         # own would reach the client first, naming a trace the upstream chose.
@@ -436,6 +456,25 @@ class Proxy:
             if until > self.refused.get(url, 0):
                 self.refused[url] = until
 
+    def close_idle(self, now):
+        """On the worker's tick, once a second: close the pooled connections idle for more
+        than keepalive_timeout (HTTP/2 ones too). A firewall or NAT that forgot an idle
+        flow drops what is sent on it without a word: the next request on that connection
+        waited read_timeout for a 504 (nginx closes upstream keep-alive connections idle
+        for its keepalive_timeout, 60 s by default, too)."""
+        if now - self.idle_checked_at < IDLE_CHECK_EVERY:
+            return
+        self.idle_checked_at = now
+        before = now - self.keepalive_timeout
+        for pool in self.pools.pools.values():
+            idle = pool.pool            # urllib3's queue (None once closed); gevent: no lock
+            for conn in list(idle.queue) if idle is not None else ():
+                ex = getattr(conn, "gw_exchange", None)
+                if ex is not None and ex.idle_since < before:
+                    conn.gw_exchange = None
+                    conn.close()        # the pool's next get reconnects it (is_connected)
+        self.h2.pools.close_idle(before)
+
     def budget(self, upstream):
         budget = self._budgets.get(upstream.id)
         if budget is None:
@@ -443,10 +482,13 @@ class Proxy:
                                                               self.budget_min_per_second)
         return budget
 
-    def checkout(self, pool, target, fresh=False):
-        """Return (exchange, reused) on an open connection; raise an HTTPError if impossible."""
+    def checkout(self, pool, target, connect_timeout, fresh=False, others=False):
+        """Return (exchange, reused) on an open connection; raise an HTTPError if impossible.
+        A new connection (TCP and TLS handshake) gets ``connect_timeout``, the route's.
+        ``others``: a block_when_full pool that is full does not wait, another target may
+        have a free connection (UpstreamBusy at once)."""
         try:
-            conn = pool._get_conn(timeout=self.pool_timeout)
+            conn = pool._get_conn(timeout=0 if others else self.pool_timeout)
         except EmptyPoolError:
             raise UpstreamBusy(f"connection pool for {target.url} is exhausted") from None
         if fresh and conn.sock is not None:
@@ -458,6 +500,9 @@ class Proxy:
                 return ex, True
             ex = conn.gw_exchange = Exchange(conn)
             return ex, True
+        # The route's timeouts.connect: the pool's own is its upstream's, and a route's was
+        # not used at all (a connect, or a TLS handshake, waited 5 s for a route's 0.5 s).
+        conn.timeout = connect_timeout
         try:
             conn.connect()
         except (NewConnectionError, NameResolutionError, LocationParseError, OSError,
@@ -486,12 +531,12 @@ class Proxy:
         ex = conn.gw_exchange = Exchange(conn)
         return ex, False
 
-    @staticmethod
-    def release(pool, ex, reusable):
+    def release(self, pool, ex, reusable):
         conn = ex.conn
         # A request cut short leaves the upstream waiting for the rest of a body: it would
         # read the next request on this connection as that rest (a smuggled request).
         if reusable and not ex.request_cut:
+            ex.idle_since = self.deadlines.now      # (the ticker's clock: no call)
             pool._put_conn(conn)
         else:
             conn.gw_exchange = None
@@ -525,7 +570,10 @@ class Proxy:
                                    f"call needs an upstream with protocol = \"h2\"")
         if not upstream.targets:
             raise ServiceUnavailable(no_target_reason(upstream))
-        policy = route.retry if upstream is route.upstream else upstream.retry
+        if upstream is route.upstream:
+            policy, connect_timeout = route.retry, route.connect_timeout
+        else:               # a plugin's upstream (a split's canary): its own
+            policy, connect_timeout = upstream.retry, upstream.connect_timeout
         body_held = None
         if req.complete:
             body_held, req.body = req.body, []
@@ -543,11 +591,20 @@ class Proxy:
             pool = self.pools.get(target, upstream)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             try:
+                # A full block_when_full pool waits only when no other target is left: a
+                # request that waited pool_timeout for one busy target got a 503 while the
+                # others had free connections (nginx's max_conns skips a full server too).
+                others = pool.block and len(tried) + 1 < len(upstream.targets)
                 try:
-                    ex, reused = self.checkout(pool, target, fresh)
+                    ex, reused = self.checkout(pool, target, connect_timeout, fresh, others)
                     fresh = False
                     if target.url in self.refused:
                         del self.refused[target.url]    # a probe got through: it is back
+                except UpstreamBusy:
+                    if not others:
+                        raise
+                    tried.append(target)    # nothing was sent: no retry, no budget spent
+                    continue
                 except UpstreamConnectError as exc:
                     if self.connect_failed(route, upstream, target, tried, attempts_left,
                                            budget, policy, exc, now):
