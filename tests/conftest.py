@@ -478,6 +478,17 @@ WEBSOCKET_HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
                        b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
+def recv_until(sock, suffix):
+    """What ``sock`` receives until it ends with ``suffix`` (an AssertionError, with what
+    came, if the peer closes first)."""
+    got = b""
+    while not got.endswith(suffix):
+        piece = sock.recv(65536)
+        assert piece, got
+        got += piece
+    return got
+
+
 def open_websocket(port, first_bytes=b"", timeout=10):
     """A websocket handshake for /ws (then ``first_bytes``); -> (socket, the answer's head,
     the bytes that came after it)."""

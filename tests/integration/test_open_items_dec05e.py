@@ -43,7 +43,8 @@ import jwt as pyjwt
 
 from gwserver.plugins.key_auth import hash_key
 
-from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route, to_toml, wait_until
+from ..conftest import (WEBSOCKET_HANDSHAKE, gateway_conf, recv_until, route, to_toml,
+                        wait_until)
 from .test_attack_pass_dec03d import ScriptedHttp1
 from .test_auth_edges import get, upstream_saw
 from .test_edge_security import get as raw_get
@@ -161,11 +162,7 @@ def test_a_101s_content_length_never_reaches_the_client(launcher):
         gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], up.url)]))
         with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
             sock.sendall(WEBSOCKET_HANDSHAKE)
-            got = b""
-            while not got.endswith(b"hello"):
-                piece = sock.recv(65536)
-                assert piece, got
-                got += piece
+            got = recv_until(sock, b"hello")
         head, _, tunnel = got.partition(b"\r\n\r\n")
         fields = [line.partition(b":")[0].lower() for line in head.split(b"\r\n")[1:]]
         assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade" in fields, head

@@ -43,6 +43,7 @@ import sys
 import time
 
 from ..conftest import gateway_conf, read_response, route, to_toml, wait_until
+from .test_attack_pass_dec04c import rss_kib
 
 DENY_LOOPBACK = {"ip_restriction": {"deny": ["127.0.0.0/8", "::1/128"]}}
 
@@ -62,14 +63,6 @@ def status_of(answer):
 
 
 # -- 1. a body of tiny chunks ---------------------------------------------------------------
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
 
 def unread_on(port):
     """Bytes waiting unread in the receive queues of the sockets accepted on ``port``."""

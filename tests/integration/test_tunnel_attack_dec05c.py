@@ -51,7 +51,8 @@ import time
 
 import pytest
 
-from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, open_websocket, route, wait_until
+from ..conftest import (WEBSOCKET_HANDSHAKE, gateway_conf, open_websocket, recv_until, route,
+                        wait_until)
 from .test_attack_pass_dec03 import RecordingHttp1, raw_request
 from .test_attack_pass_dec03d import OK, ScriptedHttp1
 
@@ -166,11 +167,7 @@ def open_echoed(port, message):
     """A websocket tunnel through the gateway to the echo upstream, ``message`` echoed."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(WEBSOCKET_HANDSHAKE + message)
-    got = b""
-    while not got.endswith(message):
-        piece = sock.recv(65536)
-        assert piece, got
-        got += piece
+    got = recv_until(sock, message)
     assert got.startswith(b"HTTP/1.1 101 "), got[:200]
     return sock
 
@@ -241,11 +238,7 @@ def test_a_handshake_on_a_pooled_connection_the_upstream_closed_is_sent_again(la
                            b"\r\n\r\n").endswith(b"\r\n\r\nok")
         with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
             sock.sendall(WEBSOCKET_HANDSHAKE)
-            got = b""
-            while not got.endswith(b"hello"):
-                piece = sock.recv(65536)
-                assert piece, got
-                got += piece
+            got = recv_until(sock, b"hello")
         assert got.startswith(b"HTTP/1.1 101 "), got[:300]
         assert up.lines == [b"GET /ok HTTP/1.1", b"GET /ws HTTP/1.1", b"GET /ws HTTP/1.1"]
     finally:
