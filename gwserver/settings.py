@@ -198,7 +198,8 @@ SERVER = Schema(
     Field("merge_slashes", boolean, True,
           "route and forward //a//b as /a/b (off only if no upstream merges slashes itself)"),
     Field("headers_with_underscores", one_of("drop", "reject", "allow"), "drop",
-          "request headers named with _ (X_User_Id): drop them, answer 400, or forward"),
+          "request headers named with _ (X_User_Id): drop them, answer 400, or forward "
+          "(never X_Forwarded_User and the other spellings of headers the gateway rules on)"),
     Field("trusted_proxies", list_of(cidr), list,
           "peers (CIDRs) whose real_ip_header names the client; empty: the peer is the client"),
     Field("identity_proxies", list_of(cidr), list,

@@ -169,9 +169,10 @@ class ClientConnection:
             elif lname in IDENTITY_SET:
                 # Who the user is: an authenticating proxy's word alone. A balancer trusted
                 # for the client's address may pass a client's X-Forwarded-User through.
-                if self.identity_peer:
-                    req.headers.append((name, value))
-                return
+                if not self.identity_peer:
+                    return
+                # kept for route conditions and plugins too (header_map, below), as before
+                req.headers.append((name, value))
             elif not self.trusted_peer:
                 return                  # PROXY_SET: only a trusted proxy may say these
             elif (lname == b"forwarded") if self.trusted_x_forwarded else \
@@ -182,10 +183,13 @@ class ClientConnection:
                 return
             else:
                 req.headers.append((name, value))
-        elif UNDERSCORE in lname and self.underscores != "allow":
+        elif UNDERSCORE in lname and (self.underscores != "allow" or
+                                      lname.replace(b"_", b"-") in _LOOKED_AT):
             # X_User_Id reaches a CGI/WSGI upstream as HTTP_X_USER_ID, the same variable as
             # X-User-Id, past every rule that strips the dashed spelling (nginx and Envoy
-            # drop such headers by default too).
+            # drop such headers by default too). With "allow", the spellings of the headers
+            # the gateway rules on are dropped still: X_Forwarded_User was HTTP_X_FORWARDED_USER
+            # from any client, past identity_proxies (X_Consumer_ID, X_Real_IP alike).
             if self.underscores == "reject":
                 raise BadRequest(f"header name with an underscore: {name[:40]!r}")
             return
@@ -197,6 +201,8 @@ class ClientConnection:
                 self.join_cookie(req, value)
             else:
                 hmap[lname] += b", " + value
+                # (a route's headers condition tells copies from a list: refuse_listed)
+                req.repeated = (req.repeated or frozenset()) | {lname}
         else:
             hmap[lname] = value
 
@@ -646,7 +652,7 @@ class ClientConnection:
             router = runtime.router
             req.route, req.params = route, _ = router.match(
                 req.method, req.host, req.path, req.header_map,
-                partial(route_claims, req) if router.claim_routes else None)
+                partial(route_claims, req) if router.claim_routes else None, req.repeated)
             limit = route.max_body_size
             if limit and (size := max(req.content_length or 0, req.body_size)) > limit:
                 # body_size: a chunked body that came whole with its head is never read

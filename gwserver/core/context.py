@@ -100,6 +100,7 @@ class RequestContext:
                  "url", "version", "keep_alive", "upgrade", "upgrade_tail", "head_done",
                  "complete", "body", "body_size", "content_length", "chunked", "host_count",
                  "connection_tokens", "upstream_seconds",
+                 "repeated",    # names (lower case) of the header fields that came twice or more
                  "attempts",    # tries that reached an upstream (more than 1: retried)
                  "sent",        # a try went out to an upstream (answered or not)
                  "target",      # the url of the target last chosen (None: none was)
@@ -119,7 +120,7 @@ class RequestContext:
         self.headers = []
         self.header_map = {}
         self.host_count = 0
-        self.connection_tokens = None
+        self.connection_tokens = self.repeated = None
         self.head_done = self.complete = self.upgrade = False
         self.body = []
         self.body_size = 0

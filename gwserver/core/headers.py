@@ -49,13 +49,19 @@ _PROXY_SAYS = frozenset([
 # Who the user is, as an authenticating proxy in front says it and upstreams take it on trust:
 # oauth2-proxy's X-Forwarded-* and X-Auth-Request-* pairs, Envoy's client certificate
 # (XFCC, which Envoy itself sanitises from clients), Grafana's auth-proxy header, REMOTE_USER
-# spellings. From a client, X-Forwarded-User: admin was anyone's admin to such an upstream.
+# spellings and their siblings (Authelia's Remote-Groups, Kubernetes' X-Remote-Group: a
+# client's Remote-Groups: admins passed while its Remote-User was dropped), Google IAP's,
+# Cloudflare Access's, authentik's and Vouch's. From a client, X-Forwarded-User: admin was
+# anyone's admin to such an upstream.
 IDENTITY_SET = frozenset([
     b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-preferred-username",
     b"x-forwarded-groups", b"x-forwarded-access-token", b"x-forwarded-client-cert",
     b"x-auth-request-user", b"x-auth-request-email", b"x-auth-request-preferred-username",
     b"x-auth-request-groups", b"x-auth-request-access-token", b"x-webauth-user",
-    b"x-remote-user", b"remote-user"])
+    b"x-remote-user", b"x-remote-group", b"remote-user", b"remote-groups", b"remote-email",
+    b"remote-name", b"x-goog-authenticated-user-email", b"x-goog-authenticated-user-id",
+    b"cf-access-authenticated-user-email", b"x-authentik-username", b"x-authentik-groups",
+    b"x-authentik-email", b"x-authentik-name", b"x-authentik-uid", b"x-vouch-user"])
 PROXY_SET = _PROXY_SAYS | IDENTITY_SET
 # Of those, the ones a proxy that speaks X-Forwarded-* writes (beside -For, -Proto and -Host):
 # behind a trusted proxy that writes Forwarded instead, a client's copies it passed through

@@ -209,12 +209,13 @@ class Router:
     def __len__(self):
         return len(self.routes)
 
-    def match(self, method, host, path, headers=None, claims_of=None):
+    def match(self, method, host, path, headers=None, claims_of=None, repeated=()):
         """Return (route, params) for (method, host, path, headers) or raise RouteNotFound/405.
 
         ``host`` is lower-case without port; ``headers`` maps lower-case bytes names to bytes.
         ``claims_of(route)`` returns the request's verified JWT claims under that route's jwt
-        config, or None; it is asked only for routes with ``claims`` conditions.
+        config, or None; it is asked only for routes with ``claims`` conditions. ``repeated``:
+        the names of ``headers`` that came more than once (refuse_listed).
         """
         cacheable = not self.conditional and len(path) + len(host) <= MATCH_CACHE_KEY
         if cacheable:
@@ -224,13 +225,13 @@ class Router:
                 return route, dict(params) if params else {}    # the caller's to change
         segments = path[1:].split("/")
         if method == "OPTIONS":         # never remembered (below): a preflight's header decides
-            found = self._preflight(segments, host, headers, claims_of)
+            found = self._preflight(segments, host, headers, claims_of, repeated)
             if found is not None:
                 return found
         params = []
         allowed = set()
         found = self._walk(self._root, segments, 0, params, method, host,
-                           (headers, claims_of), allowed)
+                           (headers, claims_of, repeated), allowed)
         if found is not None:
             if cacheable and method != "OPTIONS":
                 matches = self._matches
@@ -243,7 +244,7 @@ class Router:
             raise MethodNotAllowed(allowed)
         raise RouteNotFound(f"no route for {path}")
 
-    def _preflight(self, segments, host, headers, claims_of):
+    def _preflight(self, segments, host, headers, claims_of, repeated):
         """A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) goes to
         the route the request it announces would take, when that route's chain answers
         preflights (cors, grpc_web); else it is routed as any OPTIONS. A browser sends one
@@ -253,7 +254,7 @@ class Router:
         if asked is None or b"origin" not in headers:
             return None
         found = self._walk(self._root, segments, 0, [], asked.decode("latin-1"), host,
-                           (headers, claims_of), set())
+                           (headers, claims_of, repeated), set())
         if found is None or found[0].chain is None or not found[0].chain.answers_preflight:
             return None
         return found
@@ -307,7 +308,7 @@ class Router:
 
 
 def _pick(bucket, method, host, conditions, allowed):
-    headers, claims_of = conditions
+    headers, claims_of, repeated = conditions
     for route in bucket:
         if route.hosts is not None or route.host_suffixes:
             if not (route.hosts and host in route.hosts) and \
@@ -316,7 +317,7 @@ def _pick(bucket, method, host, conditions, allowed):
         if route.headers:
             if headers is None or any(headers.get(k) != v for k, v in route.headers):
                 if headers is not None and (route.methods is None or method in route.methods):
-                    refuse_listed(route.headers, headers)
+                    refuse_listed(route.headers, headers, repeated)
                 continue
         if route.claims:
             claims = claims_of(route) if claims_of is not None else None
@@ -329,16 +330,30 @@ def _pick(bucket, method, host, conditions, allowed):
     return None
 
 
-def refuse_listed(wanted, headers):
+# Fields a client itself sends as a comma-separated list on one line (RFC 9110's list-based
+# fields that user agents write so): ``Accept: application/json, text/html`` once is what the
+# upstream reads too, and a condition it fails sends the request on to a broader route.
+CLIENT_LISTS = frozenset([b"accept", b"accept-charset", b"accept-encoding", b"accept-language",
+                          b"cache-control", b"if-match", b"if-none-match", b"prefer"])
+
+
+def refuse_listed(wanted, headers, repeated):
     """A header condition that failed on a list holding its value: BadRequest. header_map
     joins a field that came twice with ", ", so ``X-Env: internal`` sent twice missed a route
     on ``X-Env = "internal"`` and went to a broader one, while an upstream that reads the
     first copy (Go) or the last (PHP) read ``internal``: no copy can be chosen that every
-    upstream agrees with, as rate_limit's keys say too."""
+    upstream agrees with, as rate_limit's keys say too. ``repeated``: the names of the fields
+    that came more than once; a CLIENT_LISTS field that came once is a list, not copies."""
+    repeated = repeated or ()
     for name, value in wanted:
         got = headers.get(name)
-        if got is not None and got != value and b"," in got and b"," not in value and \
-                value in (item.strip(b" \t") for item in got.split(b",")):
+        if got is None or got == value or b"," not in got or \
+                (name in CLIENT_LISTS and name not in repeated):
+            continue
+        if (b"," not in value and
+                value in (item.strip(b" \t") for item in got.split(b","))) or \
+                (name in repeated and b", " + value + b", " in b", " + got + b", "):
+            # (a value holding a comma: one of the copies, which on_header joined with ", ")
             # (the value unquoted: a condition may match a secret, and errors are logged)
             raise BadRequest(f"the {name.decode('latin-1')} header is a list holding the "
                              f"value a route's condition wants (it came more than once?); a "

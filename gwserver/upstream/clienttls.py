@@ -1,8 +1,14 @@
 """ssl contexts for talking TLS to an upstream, from its ``tls`` settings, shared by the
 health prober and the HTTP/2 upstream client (the HTTP/1.1 pools hand the same settings to
 urllib3: proxy.tls_options). None verifies with the system store."""
+import logging
 import os
 import ssl
+
+from ..core.throttledlog import throttled_log
+from ..errors import describe
+
+log = logging.getLogger("gwserver.tls")
 
 _CONTEXTS = {}      # (settings, ALPN offer) -> (the files' stamps, context)
 
@@ -17,6 +23,24 @@ def client_context(tls, alpn=()):
     cached = _CONTEXTS.get(key)
     if cached is not None and cached[0] == stamps:
         return cached[1]
+    try:
+        context = _build(tls, alpn)
+    except (OSError, ValueError) as exc:        # (ssl.SSLError is an OSError)
+        if cached is None:
+            raise
+        # A file rewritten in place (truncated, then written) or moved away a moment: every
+        # probe failed on it and the checker took the upstream out, over a file of this
+        # host. The last good context serves; the next use builds again.
+        throttled_log.log(log, logging.WARNING, ("client tls files", tls),
+                          "upstream tls files %s: cannot be read as they are now (%s); "
+                          "the ones read before are used until they can", _files(tls),
+                          describe(exc))
+        return cached[1]
+    _CONTEXTS[key] = (stamps, context)
+    return context
+
+
+def _build(tls, alpn):
     verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
     context = ssl.create_default_context(cafile=ca_file)
     if not verify:
@@ -26,8 +50,11 @@ def client_context(tls, alpn=()):
         context.load_cert_chain(cert_file, key_file)
     if alpn:
         context.set_alpn_protocols(list(alpn))
-    _CONTEXTS[key] = (stamps, context)
     return context
+
+
+def _files(tls):
+    return ", ".join(path for path in (tls[1], tls[3], tls[4]) if path)
 
 
 def _stamps(tls):
