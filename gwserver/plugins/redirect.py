@@ -124,8 +124,13 @@ def access(conf, ctx):
                                     "host to redirect to (send Host)"})
         port = "" if conf["https_port"] == 443 else f":{conf['https_port']}"
         location = f"https://{host}{port}{uri_escape(ctx.path)}"
-        if ctx.query:
-            location += "?" + uri_escape(ctx.query)
+        query = ctx.query
+        if query and conf["host"] and conf["host"].split(":")[0] != ctx.host:
+            # Another host than the one asked: it gets no credential the route takes out of
+            # the query (key_auth's key), which the same host over TLS would take in.
+            query = _public_query(ctx)
+        if query:
+            location += "?" + uri_escape(query)
         return _redirect(conf, location)
     if ctx.query and (conf["append_query"] or "query" in conf["template"].names):
         # The request ends here: what the Location may carry of its query is what no plugin

@@ -199,3 +199,20 @@ def test_a_consumer_bound_to_a_kid_on_a_route_without_a_jwks_is_refused_with_the
                                if "credentials.jwt.kid" in line])
     assert "route j" in line[0] and "consumer bound" in line[0] and "partner-b" in line[0], line
     assert SECRET not in gw.log()
+
+
+def test_an_http_to_https_redirect_to_another_host_carries_no_key(launcher, upstream):
+    """(Found by the review of this pass.) ``http_to_https`` with ``host`` naming another
+    host than the request's sent key_auth's query key there: only a redirect to the host
+    the client asked for, which takes the key in over TLS, keeps it."""
+    auth = {"key_auth": {"query": "apikey"}}
+    gw = launcher.gateway(gateway_conf([
+        route("elsewhere", ["/elsewhere/*rest"], upstream.url, plugins={
+            "redirect": {"http_to_https": True, "host": "other.example"}, **auth}),
+        route("same", ["/same/*rest"], upstream.url, plugins={
+            "redirect": {"http_to_https": True, "host": "127.0.0.1"}, **auth})],
+        consumers={"alice": {"credentials": {"key_auth": {"key_hash": hash_key(KEY)}}}}))
+    status, fields, _ = call(gw, "GET", f"/elsewhere/x?a=1&apikey={KEY}")
+    assert (status, fields["location"]) == (301, ["https://other.example/elsewhere/x?a=1"])
+    status, fields, _ = call(gw, "GET", f"/same/x?a=1&apikey={KEY}")
+    assert (status, fields["location"]) == (301, [f"https://127.0.0.1/same/x?a=1&apikey={KEY}"])
