@@ -30,6 +30,10 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
     public_query(conf, query) -> str      the query without what this plugin keeps from
                                           leaving the gateway (key_auth's key): what an
                                           answer may carry of it (redirect's append_query)
+    for_consumer(conf, consumer_id) -> conf
+                                          the config as that consumer's own plugin: one that
+                                          keeps state (a limit's bucket) keeps it apart from
+                                          the route's and other consumers' configs
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
     ROUTE_ONLY = True                     may not be a consumer's own plugin (it says what
                                           the route lets through: acl)
@@ -77,7 +81,7 @@ ARGUMENTS = {"access": ("conf", "ctx"), "response": ("conf", "ctx", "head"),
              "upgraded": ("conf", "ctx"), "public_query": ("conf", "query"),
              "warnings": ("conf",), "prepare_credential": ("cred",),
              "credential_lookup": ("cred",), "seal_credential": ("cred",),
-             "same_secret": ("clear", "cred")}
+             "same_secret": ("clear", "cred"), "for_consumer": ("conf", "consumer_id")}
 PROTOCOLS = {"http1": "HTTP/1.1", "h2": "HTTP/2"}
 
 

@@ -101,21 +101,32 @@ def compile_consumer(consumer_id, spec, registry, version=0):
             problems.extend(exc.problems)
         except ValueError as exc:
             problems.append(f"{owner}: credentials.{name}: {exc}")
-    for name in spec["plugins"]:
+    for name, conf in spec["plugins"].items():
         plugin = registry.get(name)
-        if plugin is not None and (hasattr(plugin, "CREDENTIAL") or
+        if conf is False or conf is None:
+            # A route's `name = false` switches a global plugin off; a consumer's was taken
+            # and did nothing: "billing has no limit" left billing under the route's
+            problems.append(f"{owner}: plugins.{name}: a consumer cannot switch off the "
+                            f"route's {name}; give it a config of its own instead")
+        elif plugin is not None and (hasattr(plugin, "CREDENTIAL") or
                                    getattr(plugin, "IDENTIFIES_CONSUMER", False)):
             problems.append(f"{owner}: plugins.{name}: an auth plugin cannot be a consumer's "
                             f"own plugin (it runs before the consumer is known)")
+        elif plugin is not None and hasattr(plugin, "link"):
+            # Upstream ids are resolved per route (and followed there for etcd changes): a
+            # consumer's split was never linked, a 500 on each of its requests
+            problems.append(f"{owner}: plugins.{name}: it names upstreams, which only a "
+                            f"route's plugins can (a route's split may send this consumer "
+                            f"elsewhere with a rule on its X-Consumer-ID header)")
         elif getattr(plugin, "ROUTE_ONLY", False):
             problems.append(f"{owner}: plugins.{name}: only a route can set it (it says who "
                             f"the route lets through; a consumer's own would replace the "
                             f"route's for its requests)")
     chain = None
     try:
-        chain = build_chain(owner, {k: v for k, v in spec["plugins"].items()
-                                    if not hasattr(registry.get(k), "CREDENTIAL")},
-                            None, registry)
+        chain = _own_state(build_chain(owner, {k: v for k, v in spec["plugins"].items()
+                                               if not hasattr(registry.get(k), "CREDENTIAL")},
+                                       None, registry), consumer_id)
     except ConfigError as exc:
         problems.extend(exc.problems)
     if problems:
@@ -125,6 +136,18 @@ def compile_consumer(consumer_id, spec, registry, version=0):
         (((HEADER_GROUPS, ",".join(groups).encode("latin-1")),) if groups else ())
     return Consumer(consumer_id, frozenset(groups), credentials, chain, version,
                     upstream_headers)
+
+
+def _own_state(chain, consumer_id):
+    """The consumer's chain with each config that keeps state keyed as this consumer's
+    (``for_consumer``): a limit keyed on ``ip`` counted in the route's bucket for that
+    address, so one consumer's low limit drained it for every other consumer there."""
+    if not any(hasattr(plugin, "for_consumer") for plugin, _ in chain.steps):
+        return chain
+    from .chain import Chain
+    return Chain([(plugin, plugin.for_consumer(conf, consumer_id))
+                  if hasattr(plugin, "for_consumer") else (plugin, conf)
+                  for plugin, conf in chain.steps])
 
 
 def _refuse_bare_secrets(owner, credentials):
@@ -142,6 +165,11 @@ def _refuse_bare_secrets(owner, credentials):
             if not isinstance(cred, dict)]
     if bare:
         raise ConfigError(bare)
+
+
+class CredentialTaken(ConfigError):
+    """A consumer refused only because another one holds its credential: it is tried again
+    once that one lets go of it (core.table)."""
 
 
 class Directory:
@@ -196,8 +224,8 @@ class Directory:
         for name, key in lookups.items():
             other = self.indexes.get(name, {}).get(key)
             if other is not None and other.id != consumer.id:
-                raise ConfigError(f"consumer {consumer.id}: credentials.{name}: the same "
-                                  f"credential is consumer {other.id}'s")
+                raise CredentialTaken(f"consumer {consumer.id}: credentials.{name}: the "
+                                      f"same credential is consumer {other.id}'s")
         self.remove(consumer.id)
         self.consumers[consumer.id] = consumer
         for name, key in lookups.items():

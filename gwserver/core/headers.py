@@ -61,7 +61,13 @@ IDENTITY_SET = frozenset([
     b"x-remote-user", b"x-remote-group", b"remote-user", b"remote-groups", b"remote-email",
     b"remote-name", b"x-goog-authenticated-user-email", b"x-goog-authenticated-user-id",
     b"cf-access-authenticated-user-email", b"x-authentik-username", b"x-authentik-groups",
-    b"x-authentik-email", b"x-authentik-name", b"x-authentik-uid", b"x-vouch-user"])
+    b"x-authentik-email", b"x-authentik-name", b"x-authentik-uid", b"x-vouch-user",
+    # The consumer headers of the gateways gwserver's consumers follow (Kong's, APISIX's),
+    # beside the X-Consumer-ID pair it writes itself: an upstream moved from behind Kong
+    # takes X-Consumer-Username on trust, and a client's was forwarded as it came.
+    b"x-consumer-username", b"x-consumer-custom-id", b"x-credential-identifier",
+    b"x-credential-username", b"x-anonymous-consumer", b"x-authenticated-userid",
+    b"x-authenticated-scope", b"x-authenticated-groups"])
 PROXY_SET = _PROXY_SAYS | IDENTITY_SET
 # Of those, the ones a proxy that speaks X-Forwarded-* writes (beside -For, -Proto and -Host):
 # behind a trusted proxy that writes Forwarded instead, a client's copies it passed through

@@ -33,7 +33,7 @@ import socket
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from .consumers import Directory, compile_consumer
+from .consumers import CredentialTaken, Directory, compile_consumer
 from .router import Router
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
                      make_upstream, undefined_upstream, upstream_id, upstream_refs)
@@ -238,6 +238,7 @@ class LiveTable:
         self.consumer_specs = {}    # dynamic consumer id -> (version, validated spec) served
         self.wanted_consumers = {}
         self.static_consumers = set()
+        self._taken = set()         # consumer ids refused only for a credential another held
         for consumer_id, spec in (static_consumers or {}).items():
             self.consumers.add(compile_consumer(consumer_id, spec, registry))
             self.static_consumers.add(consumer_id)
@@ -540,17 +541,36 @@ class LiveTable:
             consumer = compile_consumer(consumer_id, decode_json(raw), self.registry, version)
             self.consumers.add(consumer)
         except Exception as exc:        # noqa: BLE001 - see _reject
+            if isinstance(exc, CredentialTaken):
+                self._taken.add(consumer_id)
+            else:
+                self._taken.discard(consumer_id)
             return self._reject(key, exc, consumer_id in self.consumer_specs)
         spec = decode_json(raw)
         self.consumer_specs[consumer_id] = (version, spec)
         self.rejected.pop(key, None)
+        self._taken.discard(consumer_id)
+        self._retry_taken()             # its previous version may have let go of a credential
         return True
 
     def delete_consumer(self, consumer_id):
         self.wanted_consumers.pop(consumer_id, None)
         self.rejected.pop(f"consumers/{consumer_id}", None)
+        self._taken.discard(consumer_id)
         if self.consumer_specs.pop(consumer_id, None) is not None:
             self.consumers.remove(consumer_id)
+            self._retry_taken()
+
+    def _retry_taken(self):
+        """Consumers refused for a credential another held are tried again whenever one
+        changes or goes: a rename (the new id put with the old one's key, then the old id
+        deleted) locked the partner out for good, and a consumer whose new key a stale one
+        held kept serving its previous, revoked, key. (Their retries call this again: one
+        pass frees what the next needs.)"""
+        for consumer_id in list(self._taken):
+            if consumer_id in self._taken and consumer_id in self.wanted_consumers:
+                version, raw = self.wanted_consumers[consumer_id]
+                self.put_consumer(consumer_id, raw, version)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ milliseconds of CPU by design, so a good check is remembered per worker for ``ca
 under a keyed fingerprint of user and password (never the password): a valid client pays it
 once, not on every request. A changed or removed credential is not served from the cache.
 
-An unknown user costs the same bcrypt check as a known one (no user enumeration by timing).
+An unknown user costs the same bcrypt check as a known one (no user enumeration by timing):
+its password is checked against a consumer's hash of the cost most consumers' hashes have.
 401 answers carry ``WWW-Authenticate: Basic realm="..."``; the Authorization header is
 removed before proxying unless ``hide_credentials = false``.
 
@@ -26,6 +27,7 @@ being guessed at.
 """
 import base64
 import binascii
+import collections
 import hashlib
 import re
 
@@ -73,8 +75,30 @@ CREDENTIAL = Schema(
     Field("password_hash", password_hash, doc="bcrypt hash of the password"),
 )
 
-# Checked when the user is unknown, so that an unknown user takes as long as a wrong password.
+# Checked when the user is unknown and no consumer has a basic_auth credential.
 _DUMMY = b"$2b$12$aeGnipqgO4MEHsyf0uHh6.cbkBAXuyO4.4DBImN4Hxl4udhjprEY6"
+_decoy = (None, _DUMMY)     # (consumer-table generation, the hash an unknown user is checked
+                            # against in it)
+
+
+def decoy_hash(directory):
+    """The hash an unknown user's password is checked against, so that it takes as long as
+    a wrong password for a real user: a consumer's own, of the bcrypt cost most of them
+    have. A fixed cost-12 hash told a made-up name (250 ms) from a real one hashed at 10
+    (htpasswd's, PHP's: 60 ms) by the time alone. It never lets anyone in: a password that
+    happens to be right for it still names no consumer."""
+    global _decoy
+    if directory is None:
+        return _DUMMY
+    generation, stored = _decoy
+    if generation != directory.generation:
+        hashes = [consumer.credentials[NAME]["hash_b"]
+                  for _, consumer in directory.credentials(NAME)]
+        costs = collections.Counter(h[4:6] for h in hashes)
+        common = costs.most_common(1)[0][0] if costs else None
+        stored = next((h for h in hashes if h[4:6] == common), _DUMMY)
+        _decoy = directory.generation, stored
+    return stored
 
 
 def _bcrypt():
@@ -136,7 +160,8 @@ def check(directory, user, password, cache, budget=None):
     mark = authlib.fingerprint(user, password)
     name = user.decode("utf-8", "replace")
     consumer = directory.find(NAME, name) if directory is not None else None
-    stored = consumer.credentials[NAME]["hash_b"] if consumer is not None else _DUMMY
+    stored = consumer.credentials[NAME]["hash_b"] if consumer is not None else \
+        decoy_hash(directory)
     if cache.get(mark) == stored and consumer is not None:
         return consumer
     taken = ()

@@ -61,10 +61,19 @@ def prepare(conf):
 
 
 def breaker_key(conf, route, upstream=None):
-    """route:ID, or upstream:ID (the upstream a split chose, else the route's)."""
+    """route:ID, or upstream:ID (the upstream a split chose, else the route's); a consumer's
+    own breaker adds ``:consumer=ID`` (for_consumer)."""
     if conf["scope"] == "upstream":
-        return f"upstream:{(upstream or route.upstream).id}"
-    return f"route:{route.id}"
+        return f"upstream:{(upstream or route.upstream).id}{conf.get('own', '')}"
+    return f"route:{route.id}{conf.get('own', '')}"
+
+
+def for_consumer(conf, consumer_id):
+    """(the plugin hook) A consumer's own breaker judges that consumer's requests: under the
+    route's key (or the upstream's), its thresholds opened the breaker of every caller (a
+    touchy one, after the one failure the consumer could cause itself). Consumer ids hold
+    no ``=``: no route's or upstream's key is this one."""
+    return {**conf, "own": f":consumer={consumer_id}"}
 
 
 def access(conf, ctx):

@@ -29,7 +29,7 @@ from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, number, one_of, status_code
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError
-from .rate_limit import key_kinds, key_name, limit_key
+from .rate_limit import for_consumer, key_kinds, key_name, limit_key  # noqa: F401 (a hook)
 
 log = logging.getLogger("gwserver.limit_conn")
 
@@ -59,7 +59,8 @@ SCHEMA = Schema(
 
 def prepare(conf):
     kind, _, name = conf["key"].partition(":")
-    return {**conf, "kind": kind, "name": key_name(kind, name)}
+    return {**conf, "kind": kind, "name": key_name(kind, name), "own": "",
+            "consumer": None}
 
 
 def access(conf, ctx):

@@ -10,8 +10,9 @@ nothing), "claim:NAME" (a verified JWT claim, once the jwt plugin has run; reque
 header, cookie, claim or consumer share one bucket; one with the header twice, or the cookie
 twice with two values, is a 400, since an upstream reads only one copy of it; Cookie, Host and
 Authorization count as they are read, not as spelt: docs/ratelimit.md). Set in a consumer's own
-``plugins``, the limit is that consumer's. With [redis] the state is in Redis (one atomic script
-per decision, coalesced per worker); without it, per host. When Redis cannot answer: "allow"
+``plugins``, the limit is that consumer's, in buckets apart from the route's (for_consumer).
+With [redis] the state is in Redis (one atomic script per decision, coalesced per worker);
+without it, per host. When Redis cannot answer: "allow"
 lets the request through, "deny" answers 503, "local" (default) decides with the per-host
 limiter instead.
 
@@ -117,7 +118,19 @@ def prepare(conf):
             raise ValueError(f"adaptive.lower_below ({adaptive['lower_below']:g}) is above "
                              f"adaptive.raise_above ({adaptive['raise_above']:g})")
         adaptive = {**adaptive, "failure_statuses": frozenset(adaptive["failure_statuses"])}
-    return {**conf, "kind": kind, "adaptive": adaptive, "name": key_name(kind, name)}
+    return {**conf, "kind": kind, "adaptive": adaptive, "name": key_name(kind, name),
+            "own": "", "consumer": None}
+
+
+def for_consumer(conf, consumer_id):
+    """(the plugin hook) A consumer's own limit counts in buckets of its own: keyed like the
+    route's (``ip``, ``route``, a header), it was the route's bucket, drained to the
+    consumer's capacity for everyone else behind that address or on that route. Consumer
+    ids hold no ``=``, route ids none either: no route's key or other consumer's is this
+    one. Keyed on ``consumer``, the bucket is the consumer's already (and keeps its key).
+    An adaptive one moves a rate of its own too (_adaptive_key)."""
+    own = "" if conf["kind"] == "consumer" else f"consumer={consumer_id}="
+    return {**conf, "own": own, "consumer": consumer_id}
 
 
 def phases(conf):
@@ -156,7 +169,7 @@ def limit_key(conf, ctx):
         value = str(claims.get(conf["name"], "-"))
         if len(value) > 64:     # a token's claim never makes a long key
             value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
-    return f"{ctx.route.id}:{kind}:{value}"
+    return f"{ctx.route.id}:{conf['own']}{kind}:{value}"
 
 
 def _cookie_list(ctx, raw):
@@ -211,7 +224,7 @@ def access(conf, ctx):
     key = limit_key(conf, ctx)
     store = ctx.services.limit_store
     rate = conf["rate"] if conf["adaptive"] is None else \
-        store.adaptive_rate(ctx.route.id, conf)
+        store.adaptive_rate(_adaptive_key(conf, ctx), conf)
     args = (conf["algorithm"], key, rate, conf["per"], conf["burst"])
     try:
         decision = store.decide(*args)
@@ -269,7 +282,7 @@ def finish(conf, ctx, status):
         # Counted as a success, a client's stalls could hold the rate up while it fails.
         return
     try:
-        store.adaptive_record(ctx.route.id, conf,
+        store.adaptive_record(_adaptive_key(conf, ctx), conf,
                               not ctx.upstream_failed(status, adaptive["failure_statuses"]))
     except OSError as exc:      # the per-host state in a full state_dir: the rate stands still
         throttled_log.log(log, logging.ERROR, ("adaptive unwritable", ctx.route.id),
@@ -277,8 +290,15 @@ def finish(conf, ctx, status):
                           "where it is until it can: free space in [server] state_dir",
                           ctx.route.id, exc.strerror or exc)
         return
-    if ctx.services.metrics is not None:
+    if ctx.services.metrics is not None and conf["consumer"] is None:   # the route's rate
         ctx.services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))
+
+
+def _adaptive_key(conf, ctx):
+    """Where an adaptive limit's effective rate is kept: per route, and a consumer's own
+    apart from it (its floor and ceiling moved the route's rate)."""
+    consumer = conf["consumer"]
+    return ctx.route.id if consumer is None else f"{ctx.route.id}:consumer={consumer}"
 
 
 def upgraded(conf, ctx):

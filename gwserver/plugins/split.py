@@ -35,6 +35,7 @@ import random
 import time
 
 from ..core import rollout as core_rollout
+from ..core.headers import CONSUMER_SET
 from ..core.schema import (MAX_INTEGER, Field, Invalid, Schema, integer, list_of, map_of, number,
                            one_of, request_header_name, request_key, show, status_code, string)
 
@@ -152,10 +153,11 @@ def prepare(conf):
         bounds = tuple(sorted({float(gate["max"]) for gate in conf["rollout"]["gates"]
                                if gate["kind"] == "latency"}))
     kind, _, name = conf["key"].partition(":")
-    # Groups only claim rules lead to (a staff-only backend: no weight, no rollout reaches
-    # it): a client's X-AB-Group names one only when its verified claims hold one of those
-    # rules, or the header would be a way past them. A group the weights reach is anyone's
-    # by the hash already, and a service down the chain keeps its group by the header.
+    # Groups only claim rules, or rules on the consumer's headers, lead to (a staff-only
+    # backend: no weight, no rollout reaches it): a client's X-AB-Group names one only when
+    # its verified claims or its consumer hold one of those rules, or the header would be a
+    # way past them. A group the weights reach is anyone's by the hash already, and a
+    # service down the chain keeps its group by the header.
     weighed = {g for g, c in zip(groups, conf["upstreams"]) if c["weight"]}
     if conf["rollout"] is not None:
         weighed.add(conf["rollout"]["group"])
@@ -163,12 +165,20 @@ def prepare(conf):
     for rule in conf["rules"]:
         leading.setdefault(rule["upstream"], []).append(rule)
     claim_gated = {group: tuple(rules) for group, rules in leading.items()
-                   if group not in weighed and all(rule["claim"] for rule in rules)}
+                   if group not in weighed and all(map(_gates, rules))}
     return {**conf, "groups": groups, "rollout_failures": failures, "claim_gated": claim_gated,
             "latency_bounds": bounds, "key_kind": kind,
             "key_name": name.lower().encode("latin-1") if kind == "header" else name,
             "group_header_b": conf["group_header"].lower().encode("latin-1"),
             "env_header_b": conf["env_header"].lower().encode("latin-1")}
+
+
+def _gates(rule):
+    """Whether ``rule`` holds only for callers the gateway vouched for: a claim it verified,
+    or the consumer headers an auth plugin wrote (a client's copies never get in). A rule on
+    X-Consumer-ID is a partner-only group as much as one on a claim is a staff-only one."""
+    return bool(rule["claim"]) or any(name.lower().encode("latin-1") in CONSUMER_SET
+                                      for name in rule["header"] or ())
 
 
 def phases(conf):
