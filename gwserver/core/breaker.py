@@ -62,9 +62,15 @@ def step(state, conf, now, outcomes=(), admissions=0):
         enter(OPEN)
         state["until"] = now + open_seconds(conf, state["trips"])
 
+    # A state written on a clock ahead of ``now`` (one stepped back, another host's) waits no
+    # longer than any state step writes: an open breaker's "until" an hour ahead refused
+    # every request for the hour.
+    longest = max(conf["window"], conf["open_for"], conf["max_open_for"])
+    if state["until"] > now + longest:
+        state["until"] = now + longest
     width = conf["window"] / BUCKETS
     current = math.floor(now / width)
-    state["buckets"] = [b for b in state["buckets"] if b[0] > current - BUCKETS]
+    state["buckets"] = [b for b in state["buckets"] if current - BUCKETS < b[0] <= current]
     for epoch, ok, failed, *unused in outcomes:
         if epoch != state["epoch"]:
             continue                        # an answer from before the last state change

@@ -126,8 +126,10 @@ def adapt(state, conf, now, ok, failed):
     if state is None:
         state = {"rate": adaptive_start(conf), "since": now, "ok": 0, "failed": 0}
     # within floor..ceiling as they are now: a reload may have moved them past the stored rate
+    # since: a window begun on a clock ahead of ``now`` (one stepped back) begins now, or the
+    # rate stood still for as long as the step
     state = dict(state, rate=within(adaptive, state["rate"]), ok=state["ok"] + ok,
-                 failed=state["failed"] + failed)
+                 failed=state["failed"] + failed, since=min(state["since"], now))
     if now - state["since"] >= adaptive["window"]:
         total = state["ok"] + state["failed"]
         if total:

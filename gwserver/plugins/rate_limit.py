@@ -30,6 +30,7 @@ one per route, shared like the limit itself (Redis, or per host).
 import hashlib
 import logging
 import math
+import re
 
 from ..core.context import Reply, parse_block
 from ..core.cookies import one_cookie
@@ -165,11 +166,28 @@ def limit_key(conf, ctx):
         # long key either.
         value = "-" if raw is None else hashlib.blake2b(raw, digest_size=12).hexdigest()
     else:
-        claims = ctx.var("claims") or {}
-        value = str(claims.get(conf["name"], "-"))
-        if len(value) > 64:     # a token's claim never makes a long key
-            value = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+        value = claim_key_part(ctx.var("claims") or {}, conf["name"])
     return f"{ctx.route.id}:{conf['own']}{kind}:{value}"
+
+
+# A claim's value as it may stand in a key name: short and plain. Anything else is hashed:
+# a lone surrogate ("\ud800", valid JSON) could not be encoded, and failed the worker's whole
+# pipeline, every client's decision in it; "{" and "}" are a Redis Cluster hash tag (the
+# client would choose its key's slot); ":" could spell another limit's key (ROUTE:claim:V).
+_PLAIN_CLAIM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,63}")
+
+
+def claim_key_part(claims, name):
+    """The part of a key that claim ``name`` makes: "-" when absent, the value when plain,
+    else "#" and its hash (the "#" keeps a hash apart from a plain value that spells one)."""
+    value = claims.get(name)
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else str(value)
+    if _PLAIN_CLAIM.fullmatch(text):
+        return text
+    return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"),
+                                 digest_size=12).hexdigest()
 
 
 def _cookie_list(ctx, raw):

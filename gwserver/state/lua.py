@@ -20,6 +20,10 @@ local refill = rate / per
 local state = redis.call('HMGET', KEYS[1], 't', 'ts')
 local tokens = tonumber(state[1]) or capacity
 local last = tonumber(state[2]) or 0
+-- written on a clock ahead of this one (TIME stepped back, a promoted replica's clock behind
+-- its master's): refill from now on; kept, the bucket refilled nothing until the clock
+-- caught up with it, and a client it had limited was refused for as long as the step
+if last > now then last = now end
 local flags, left = {}, {}
 for age in string.gmatch(ARGV[4], '%d+') do
   local at = now - tonumber(age) / 1000000
@@ -110,9 +114,14 @@ local function trip()
   enter('open')
   s['until'] = now + math.min(open_for * 2 ^ (s.trips - 1), max_open_for)
 end
+-- A state written on a clock ahead of this one (TIME stepped back, a promoted replica's
+-- clock behind its master's) waits no longer than any state this script writes: an open
+-- breaker's 'until' an hour ahead refused every request for the hour.
+local longest = math.max(window, open_for, max_open_for)
+if (tonumber(s['until']) or 0) > now + longest then s['until'] = now + longest end
 local current = math.floor(now / (window / 10))
 for _, b in ipairs(s.buckets or {}) do
-  if b[1] > current - 10 then buckets[#buckets + 1] = b end
+  if b[1] > current - 10 and b[1] <= current then buckets[#buckets + 1] = b end
 end
 local i = 8
 while i + 3 <= #ARGV do
@@ -179,6 +188,7 @@ local floor, ceiling, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(AR
 local state = redis.call('HMGET', KEYS[1], 'rate', 'since', 'ok', 'failed')
 local rate = math.min(ceiling, math.max(floor, tonumber(state[1]) or tonumber(ARGV[1])))
 local since = tonumber(state[2]) or now
+if since > now then since = now end     -- a clock ahead of this one: the window starts now
 local ok = (tonumber(state[3]) or 0) + tonumber(ARGV[9])
 local failed = (tonumber(state[4]) or 0) + tonumber(ARGV[10])
 if now - since >= window then

@@ -180,6 +180,7 @@ class RedisStore:
         self.noscript = redis.exceptions.NoScriptError
         self.reply_error = redis.exceptions.ResponseError
         self.connection_lost = redis.exceptions.ConnectionError
+        self.refused_credentials = redis.exceptions.AuthenticationError
         self.client = connect(url, timeout, password)
         self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
@@ -187,6 +188,10 @@ class RedisStore:
         self.nodes_down = {}            # cluster: master name -> until when it is not asked
         self.pause = pause
         self.key_prefix = key_prefix + "rl:"
+        # Sliding windows apart from buckets: two limits on one key (a route's token bucket on
+        # "ip", a consumer's own sliding window on "ip") shared one hash, and each bucket's
+        # short PEXPIRE forgot the window's counts: a client alternating the two had no limit.
+        self.window_prefix = key_prefix + "rw:"
         self.breaker_prefix = key_prefix + "br:"
         self.adaptive_prefix = key_prefix + "ad:"
         self.scripts = {"token_bucket": TOKEN_BUCKET_LUA, "sliding_window": SLIDING_WINDOW_LUA,
@@ -204,6 +209,7 @@ class RedisStore:
         self.in_flight = []             # the batch of the round trip under way
         self.sent_at = 0.0              # when it went out
         self.deadline_timer = None      # the one timer of every waiting decision (_expire)
+        self.queue_has_gone = False     # the queue holds calls nobody waits for (_unsent)
         # limit_conn slots to give back once Redis answers: releases it could not take, and
         # claims that may have landed with nobody left to release them (lease -> spec)
         self.owed_releases = {}
@@ -225,7 +231,8 @@ class RedisStore:
 
     def decide(self, algorithm, key, rate, per, burst):
         """One rate-limit decision; raises StoreError if Redis cannot answer in time."""
-        return self._ask(("rl", algorithm, self.key_prefix + key, rate, per, burst), None)
+        prefix = self.key_prefix if algorithm == "token_bucket" else self.window_prefix
+        return self._ask(("rl", algorithm, prefix + key, rate, per, burst), None)
 
     def breaker_admit(self, key, conf):
         """May one request pass breaker ``key``? -> BreakerVerdict; raises StoreError."""
@@ -322,6 +329,7 @@ class RedisStore:
             # any more, so its deadline must not fail it, log, and pause the store.
             if not waiter.ready():
                 waiter.set(None)
+                self.queue_has_gone = True
             raise
 
     # -- deadlines ------------------------------------------------------------------------------
@@ -349,6 +357,7 @@ class RedisStore:
                     waiter.set_exception(
                         StoreTimeout(f"redis did not answer within {self.timeout}s"))
                     expired = True
+                    self.queue_has_gone |= batch is self.queue
                 elif oldest is None or asked_at < oldest:
                     oldest = asked_at
         if expired and self._redis_slow(now):
@@ -392,6 +401,8 @@ class RedisStore:
             self.wake.wait(self.pause if self.owed_releases or not self.healthy else None)
             self.wake.clear()
             batch, self.queue = self.queue, []
+            if self.queue_has_gone:
+                batch = self._unsent(batch)
             if not batch and not self.healthy and time.monotonic() >= self.down_until:
                 self._probe()
             if self.owed_releases and time.monotonic() >= self.down_until:
@@ -413,6 +424,14 @@ class RedisStore:
                         raise           # the batcher itself was killed (the worker stops)
                 finally:
                     self.in_flight = []
+
+    def _unsent(self, batch):
+        """``batch`` without the calls nobody waits for: decisions that fell back on their
+        own while queued (a busy worker) or whose request was killed. Sent all the same,
+        Redis counted them too: a request decided per host spent its tokens in both stores,
+        and a breaker probe granted to it was held for probe_timeout."""
+        self.queue_has_gone = False
+        return [item for item in batch if item[2] is None or not item[2].ready()]
 
     def _probe(self):
         try:
@@ -464,9 +483,21 @@ class RedisStore:
                 state = state.decode() if isinstance(state, bytes) else state
                 for to in transitions:
                     self._transition(spec[1], to.decode() if isinstance(to, bytes) else to)
-                for i, waiter in enumerate(waiters):
-                    waiter.set(BreakerVerdict(i < int(admitted), state, int(epoch),
-                                              float(wait)))
+                self._grant(spec, waiters, int(admitted), BreakerVerdict(
+                    False, state, int(epoch), float(wait)))
+
+    def _grant(self, spec, waiters, admitted, verdict):
+        """Breaker admissions to the requests still waiting, oldest first; those granted to
+        none (the requests timed out and fell back, or were killed) are given back: a
+        half-open probe granted to a request no longer there was held for probe_timeout,
+        and every request of every worker and host was a 503 meanwhile."""
+        for waiter in waiters:
+            if not waiter.ready():
+                waiter.set(verdict._replace(admitted=admitted > 0))
+                admitted -= 1
+        if admitted > 0 and verdict.state == "half_open":
+            self.queue.extend([(spec, (verdict.epoch, None), None, 0.0)] * admitted)
+            self.wake.set()
 
     def _judge_replies(self, replies):
         """Say when Redis answers calls with errors: each such call falls back to
@@ -664,9 +695,17 @@ class RedisStore:
         if self.healthy:
             log.error("redis unreachable (%s); rate limits and breakers fall back to "
                       "on_store_error for %.1fs at a time until it answers",
-                      describe(exc), self.pause)
+                      self._failure(exc), self.pause)
             self.healthy = False
-        self._abandon(batch, StoreError(f"redis: {describe(exc)}"))
+        self._abandon(batch, StoreError(f"redis: {self._failure(exc)}"))
+
+    def _failure(self, exc):
+        """``exc`` in words; a Redis that wants a password, or another one, says so: its own
+        words ("HELLO must be called with the client already authenticated") never did."""
+        if isinstance(exc, self.refused_credentials):
+            return (f"it refused our credentials: {describe(exc)}; Redis requires a password: "
+                    f"give the right one in [redis] url or password_file")
+        return describe(exc)
 
     def _abandon(self, batch, error):
         """Calls of a round trip that failed: their waiters get ``error``. A limit_conn claim
@@ -704,7 +743,12 @@ class LocalStore:
         # Slots are chosen by a keyed hash: with a public one, a client could compute keys
         # (header values) that land in the probe run of another limit and evict its state.
         self.hash_key = host_secret(os.path.join(directory, "limits.key"))
-        self.memo = {}          # rate-limit key -> [digest, slot last found in]
+        self.memo = {}          # token-bucket key -> [digest, slot last found in]
+        # Sliding windows (and the auth budgets, sliding windows too) have digests of their
+        # own: two limits of the two algorithms on one key (a route's token bucket on "ip", a
+        # consumer's sliding window on "ip") read each other's slot as their own state, and
+        # each reset the other (a window index read as tokens fills a bucket): no limit.
+        self.window_memo = {}
         self.state_dir = os.path.join(directory, "states")      # breakers, adaptive limits
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.state_fds = {}
@@ -800,9 +844,9 @@ class LocalStore:
         SIGKILL) left the new state followed by the old one's tail, which no read could parse,
         and every request through the breaker was a 500 from then on, across restarts."""
         fd = self._fd(name)
-        now = time.time()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            now = time.time()       # under the lock: the states it writes follow each other
             raw = os.pread(fd, 1 << 16, 0)
             state, result = update(self._decode(name, raw), now)
             data = json.dumps(state, separators=(",", ":")).encode()
@@ -906,24 +950,32 @@ class LocalStore:
     DIGESTS = 4096      # key -> digest and slot remembered per worker (a client-chosen key
                         # part is one of many: the memo is dropped whole when full)
 
-    def _memo(self, key):
-        """[the key's slot digest, the slot this worker last found it in (-1: not yet)]."""
-        memo = self.memo.get(key)
+    def _memo(self, key, memos=None):
+        """[the key's slot digest, the slot this worker last found it in (-1: not yet)];
+        ``memos``: self.memo (token buckets) or self.window_memo (the default)."""
+        memos = self.window_memo if memos is None else memos
+        memo = memos.get(key)
         if memo is None:
+            person = b"" if memos is self.memo else b"sliding_window"
             digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8,
-                                                    key=self.hash_key).digest(), "little") or 1
-            if len(self.memo) >= self.DIGESTS:
-                self.memo.clear()
-            memo = self.memo[key] = [digest, -1]
+                                                    key=self.hash_key, person=person).digest(),
+                                    "little") or 1
+            if len(memos) >= self.DIGESTS:
+                memos.clear()
+            memo = memos[key] = [digest, -1]
         return memo
 
     def decide(self, algorithm, key, rate, per, burst):
-        memo = self.memo.get(key) or self._memo(key)
+        memos = self.memo if algorithm == "token_bucket" else self.window_memo
+        memo = memos.get(key) or self._memo(key, memos)
         digest, hint = memo
         mm, size = self.mm, self.SLOT.size
-        now = time.time()
         self._locked()
         try:
+            # Read under the lock: taken before it, a worker that waited for the lock behind
+            # one already past a window's edge decided in the window before, took the newer
+            # state for a window long past and reset it, the full window's count with it.
+            now = time.time()
             # The slot this worker found the key in last time, if the key is still there
             # (another key may have taken it since: then the probe run is searched again).
             found = self.SLOT.unpack_from(mm, hint * size) if hint >= 0 else None
