@@ -72,12 +72,15 @@ def foreign_dir(path):
     return None
 
 
-def write_remedy(exc):
+STATE_DIR = "in [server] state_dir"     # where the per-host state is (write_remedy's place)
+
+
+def write_remedy(exc, place="there"):
     """What an operator does about a failed write, by its cause: every such log line said
     "free space there", which sent whoever read it to a disk with room to spare when the
     process was out of file descriptors (EMFILE) or the directory was read-only."""
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return "raise the open-file limit (LimitNOFILE) or lower server.worker_connections"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "make it writable by the gateway's user"
-    return "free space there"
+        return f"make it writable by the gateway's user ({place})"
+    return f"free space {place}"

@@ -27,6 +27,7 @@ from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError
+from ..files import STATE_DIR, write_remedy
 
 log = logging.getLogger("gwserver.breaker")
 
@@ -146,8 +147,8 @@ def unguarded(key, exc):
     only guards the upstream would fail requests the upstream might serve."""
     throttled_log.log(log, logging.ERROR, ("unguarded", key),
                       "breaker %s: its per-host state cannot be written (%s): requests pass "
-                      "unguarded until it can; free space in [server] state_dir", key,
-                      exc.strerror or exc)
+                      "unguarded until it can; %s", key, exc.strerror or exc,
+                      write_remedy(exc, STATE_DIR))
 
 
 def record(conf, ctx, status, store, key, epoch):

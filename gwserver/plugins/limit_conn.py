@@ -29,6 +29,7 @@ from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, number, one_of, status_code
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError
+from ..files import STATE_DIR, write_remedy
 from .rate_limit import for_consumer, key_kinds, key_name, limit_key  # noqa: F401 (a hook)
 
 log = logging.getLogger("gwserver.limit_conn")
@@ -84,8 +85,8 @@ def access(conf, ctx):
         # every request on the route. on_store_error decides, "local" (what failed) as allow.
         throttled_log.log(log, logging.ERROR, ("unwritable", ctx.route.id),
                           "route %s: limit_conn's per-host state cannot be written (%s); "
-                          "on_store_error decides until it can: free space in [server] "
-                          "state_dir", ctx.route.id, exc.strerror or exc)
+                          "on_store_error decides until it can: %s", ctx.route.id,
+                          exc.strerror or exc, write_remedy(exc, STATE_DIR))
         if conf["on_store_error"] == "deny":
             return _unavailable(conf, ctx)
         _count(ctx, "store_error_allowed")

@@ -39,6 +39,7 @@ from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, inte
                            number, one_of, show, status_code)
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, StoreError
+from ..files import STATE_DIR, write_remedy
 
 log = logging.getLogger("gwserver.rate_limit")
 
@@ -305,8 +306,8 @@ def finish(conf, ctx, status):
     except OSError as exc:      # the per-host state in a full state_dir: the rate stands still
         throttled_log.log(log, logging.ERROR, ("adaptive unwritable", ctx.route.id),
                           "route %s: the adaptive rate cannot be recorded (%s); it stays "
-                          "where it is until it can: free space in [server] state_dir",
-                          ctx.route.id, exc.strerror or exc)
+                          "where it is until it can: %s", ctx.route.id,
+                          exc.strerror or exc, write_remedy(exc, STATE_DIR))
         return
     if ctx.services.metrics is not None and conf["consumer"] is None:   # the route's rate
         ctx.services.metrics.effective_rate(ctx.route.id, store.adaptive_rate(ctx.route.id, conf))

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ..conftest import gateway_conf, route, wait_until
-from gwserver.files import write_remedy
+from gwserver.files import STATE_DIR, write_remedy
 
 
 def open_fds(pid):
@@ -57,3 +57,4 @@ def test_a_worker_that_cannot_accept_says_why_once_and_serves_the_waiting_client
     (errno.EROFS, "writable"), (errno.EACCES, "writable"), (errno.ENOSPC, "free space")])
 def test_a_failed_write_is_given_the_remedy_of_its_cause(code, words):
     assert words in write_remedy(OSError(code, os.strerror(code)))
+    assert words in write_remedy(OSError(code, os.strerror(code)), STATE_DIR)
