@@ -252,8 +252,8 @@ UPSTREAM = Schema(
     Field("pool_size", integer(1), None, "keep-alive connections per target per worker; "
           "default upstream_defaults.pool_size"),
     Field("block_when_full", boolean, None, "with every connection to a target busy, go to "
-          "another target not tried yet, or wait for a free connection (up to pool_timeout, "
-          "then 503) instead of opening an unpooled one; default "
+          "another target not tried yet and up, or wait for a free connection (up to "
+          "pool_timeout, then 503) instead of opening an unpooled one; default "
           "upstream_defaults.block_when_full"),
     Field("keepalive", boolean, True,
           "reuse connections; false: one per request (for an upstream that sends stray bytes)"),

@@ -594,7 +594,7 @@ class Proxy:
                 # A full block_when_full pool waits only when no other target is left: a
                 # request that waited pool_timeout for one busy target got a 503 while the
                 # others had free connections (nginx's max_conns skips a full server too).
-                others = pool.block and len(tried) + 1 < len(upstream.targets)
+                others = pool.block and self.another_target(upstream, target, tried, now)
                 try:
                     ex, reused = self.checkout(pool, target, connect_timeout, fresh, others)
                     fresh = False
@@ -724,6 +724,19 @@ class Proxy:
                           " on another target" if len(tried) < len(upstream.targets) else "")
         back_off(backoff, retries_made)
         return True
+
+    def another_target(self, upstream, target, tried, now):
+        """Is a target other than ``target`` left that choose would go to: not tried, not
+        down, not refusing connections lately, weight above 0? Counting every target, a
+        request skipped the full pool of the only healthy one, found every target avoided,
+        and the balancer's plain choice among all sent it to one health checks took out."""
+        if len(upstream.targets) == 1:
+            return False
+        health = self.runtime.health
+        down = health.avoid(upstream)[0] if health.down else ()
+        refused = self.refused
+        return any(t is not target and t.weight > 0 and t not in tried and t not in down
+                   and refused.get(t.url, 0) <= now for t in upstream.targets)
 
     def choose(self, upstream, tried, req, now):
         """The target for the next attempt: not tried yet, not down (unless panicking), not
