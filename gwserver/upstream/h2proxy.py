@@ -167,7 +167,10 @@ class H2Forwarder:
         now = started = time.monotonic()
         budget = proxy.budget(upstream)
         budget.request()
-        policy = route.retry if upstream is route.upstream else upstream.retry
+        if upstream is route.upstream:
+            policy, connect_timeout = route.retry, route.connect_timeout
+        else:               # a plugin's upstream (a split's canary): its own, as on HTTP/1.1
+            policy, connect_timeout = upstream.retry, upstream.connect_timeout
         replayable = not streamed and req.method in policy.methods
         call_timeout = grpc_timeout(req.header_map.get(b"grpc-timeout"))
         # A little grace: an upstream that keeps the deadline itself answers with its own
@@ -184,7 +187,7 @@ class H2Forwarder:
             exchange = None
             try:
                 try:
-                    connection = self.pools.get(target, route.connect_timeout, upstream.tls,
+                    connection = self.pools.get(target, connect_timeout, upstream.tls,
                                                 route.read_timeout)
                     if target.url in proxy.refused:
                         del proxy.refused[target.url]   # a probe got through: it is back
@@ -312,8 +315,9 @@ class H2Forwarder:
                     stream = sender = None
                     if taken is not None:
                         body, more = b"".join(taken.pieces), not taken.ended
-                    connection = self.pools.get(target, route.connect_timeout,
-                                                upstream.tls, route.read_timeout)
+                    connection = self.pools.get(
+                        target, route.connect_timeout if upstream is route.upstream else
+                        upstream.connect_timeout, upstream.tls, route.read_timeout)
         except BaseException as exc:
             # (close() ends the sender: a wait for the client it was in is now counted)
             Exchange(stream, sender).close()

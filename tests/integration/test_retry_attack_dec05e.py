@@ -371,3 +371,28 @@ def test_a_ticket_key_file_others_may_read_is_warned_of(launcher, upstream, tmp_
     assert "ticket_key_files[0]" not in checked.stdout      # 0640: the gateway's group
     gw = launcher.gateway(conf)
     assert warning in gw.log()
+
+
+@pytest.mark.parametrize("protocol", ["http1", "h2"])
+def test_a_canarys_own_connect_timeout_bounds_its_connect(launcher, upstream, protocol):
+    """(Found on review.) A split's upstream connects within its own timeouts.connect, over
+    HTTP/2 as over HTTP/1.1: the h2 side took the route's (its main upstream's 5 s)."""
+    listener = SilentListener()
+    try:
+        canary = {"targets": [{"url": listener.url}], "tls": {"verify": False},
+                  "timeouts": {"connect": 0.5}, "retry": {"attempts": 0}}
+        if protocol == "h2":
+            canary["protocol"] = "h2"
+        gw = launcher.gateway(gateway_conf([{
+            "id": "r", "paths": ["/*rest"], "upstream": "main", "plugins": {"split": {
+                "upstreams": [{"upstream": "main", "weight": 0},
+                              {"upstream": "canary", "weight": 100}]}}}],
+            upstreams={"main": {"targets": [{"url": upstream.url}]}, "canary": canary}))
+        started = time.monotonic()
+        answer = exchange(gw.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                          timeout=15)
+        took = time.monotonic() - started
+        assert answer.startswith((b"HTTP/1.1 502 ", b"HTTP/1.1 504 ")), answer[:200]
+        assert took < 2.5, f"{took:.1f} s for the canary's connect timeout of 0.5 s"
+    finally:
+        listener.close()
