@@ -335,6 +335,9 @@ class Runtime:
         upstreams = [*self.table.upstreams.values(), *(route.upstream for route in routes),
                      *(upstream for route in routes
                        for upstream in route.chain.linked_upstreams())]
+        from ..upstream.proxy import forget_gone
+        forget_gone(self.proxy.outstanding, self.proxy.refused,
+                    {target.url for upstream in upstreams for target in upstream.targets})
         removed, replaced = self.proxy.pools.prune(upstreams)
         h2_removed, h2_replaced = self.proxy.h2.pools.prune(upstreams)
         removed, replaced = removed | h2_removed, replaced | h2_replaced

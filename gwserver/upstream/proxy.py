@@ -120,6 +120,17 @@ def pool_key(target, upstream):
     return (target.key, upstream.pool_size, upstream.block_when_full, upstream.tls)
 
 
+def forget_gone(outstanding, refused, live_urls):
+    """Drop the per-URL entries of targets no longer in the table (Proxy.outstanding and
+    .refused): with service discovery every instance that ever came kept one of each for
+    the worker's life. An entry with requests in flight stays until they end (their
+    finally decrements it); a later table change drops it then."""
+    for url in [url for url, count in outstanding.items() if count <= 0 and url not in live_urls]:
+        del outstanding[url]
+    for url in [url for url in refused if url not in live_urls]:
+        del refused[url]
+
+
 class UpstreamPools:
     """One urllib3 pool per (target, pool settings) in this worker; built lazily after fork."""
 

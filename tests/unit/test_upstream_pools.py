@@ -64,3 +64,15 @@ def test_a_connection_out_of_stream_ids_is_retired_not_closed(monkeypatch):
     renewed = pools.get(target, 1.0, None, 5.0)
     assert renewed is not spent and pools.connections[(target.key, None)] is renewed
     assert spent.calls == ["retire"]
+
+
+def test_per_url_state_of_targets_gone_from_the_table_is_forgotten():
+    """Proxy.outstanding and Proxy.refused kept an entry for every target URL a worker ever
+    sent to: with service discovery, every instance that ever came, for the worker's life."""
+    from gwserver.upstream.proxy import forget_gone
+    outstanding = {"http://live:1": 0, "http://gone:1": 0, "http://busy-gone:1": 2}
+    refused = {"http://live:1": 5.0, "http://gone:1": 5.0}
+    forget_gone(outstanding, refused, {"http://live:1"})
+    # a gone target with requests in flight keeps its count until they end
+    assert outstanding == {"http://live:1": 0, "http://busy-gone:1": 2}
+    assert refused == {"http://live:1": 5.0}
