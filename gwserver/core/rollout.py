@@ -63,12 +63,19 @@ class Window:
     slower: tuple = ()
 
     def __add__(self, other):
-        slower = dict(self.slower)
-        for bound, count in other.slower:
-            slower[bound] = slower.get(bound, 0) + count
+        if not other.requests:
+            return self
+        if not self.requests:
+            return other
+        # A bound only one side counted (a host or a replaced worker with other gates) is
+        # not counted in the sum: its count over both sides' answers understated the share
+        # (2 slow of 42, where 40 were never measured against it: a 0.5 s canary held p90
+        # <= 0.25). Uncounted, the gate is judged on the histogram.
+        theirs = dict(other.slower)
+        slower = tuple((bound, count + theirs[bound]) for bound, count in self.slower
+                       if bound in theirs)
         return Window(self.requests + other.requests, self.failures + other.failures,
-                      tuple(a + b for a, b in zip(self.buckets, other.buckets)),
-                      tuple(sorted(slower.items())))
+                      tuple(a + b for a, b in zip(self.buckets, other.buckets)), slower)
 
     def share_slower(self, bound):
         """The share (0-1) of answers slower than ``bound``, or None if it was not counted
@@ -292,8 +299,13 @@ def transition(state, event, now, reason, verdicts=()):
     return _entered(state, event, now, reason, status, step, verdicts)
 
 
-def decide(rollout, state, canary, baseline, now):
-    """-> (state to store, verdicts). The state is ``state`` itself when nothing changes."""
+def decide(rollout, state, canary, baseline, now, seen_for=None):
+    """-> (state to store, verdicts). The state is ``state`` itself when nothing changes.
+    ``seen_for``: how long the caller has itself seen this step, on its monotonic clock;
+    given, the step is held on it, never more than the real time since it began, rather
+    than on ``now - since``: ``since`` is the writer's wall clock, and one behind (an
+    operator's host resuming, a new writer) promoted a step without its soak, one ahead held
+    it for as much longer. Without (tests, a fake clock): ``now - since``."""
     verdicts = evaluate(rollout, canary, baseline)
     if state.status != RUNNING:
         return state, verdicts
@@ -302,7 +314,7 @@ def decide(rollout, state, canary, baseline, now):
         event = "rollback" if rollout["on_failure"] == "rollback" else "pause"
         reason = f"gate {failed[0].gate} failed at {state.weight:g}%: {failed[0].reason}"
         return transition(state, event, now, reason, verdicts), verdicts
-    if now - state.since < rollout["interval"]:
+    if (now - state.since if seen_for is None else seen_for) < rollout["interval"]:
         return state, verdicts
     if any(v.ok is None for v in verdicts) or canary.requests < rollout["min_requests"]:
         return state, verdicts          # no promotion on silence: wait for traffic
@@ -328,18 +340,21 @@ def command(state, name, now, reason=""):
 SCALE = 10_000      # weights in hundredths of a percent: steps like 0.5% are exact
 
 
-def baseline_weights(groups, configured, canary):
+def baseline_weights(groups, configured, canary, closed=()):
     """(group, weight) of the groups beside the canary, by their configured weights, or 1
-    each when every one of them is 0: how they share what the canary leaves."""
+    each when every one of them is 0: how they share what the canary leaves. ``closed``:
+    groups only claim or consumer rules lead to (split's ``claim_gated``), which stay at 0
+    (given 1, a partner-only backend got half of every anonymous client's baseline)."""
     others = [(g, w) for g, w in zip(groups, configured) if g != canary]
-    return others if any(w for _, w in others) else [(g, 1) for g, _ in others]
+    return others if any(w for _, w in others) else \
+        [(g, 0 if g in closed else 1) for g, _ in others]
 
 
-def weights(groups, configured, canary, percent):
+def weights(groups, configured, canary, percent, closed=()):
     """Integer weights per group, canary last, as the rollouts helper reports them: the canary
     gets ``percent``, the others share the rest in proportion to their configured weights
     (split.place_in_rollout places requests so)."""
-    others = baseline_weights(groups, configured, canary)
+    others = baseline_weights(groups, configured, canary, closed)
     canary_w = round(SCALE * percent / 100.0)
     rest, total_others = SCALE - canary_w, sum(w for _, w in others)
     out, given = [], 0

@@ -115,7 +115,8 @@ def host_totals(state_dir, current=frozenset()):
     """The workers' counts summed: {(route, window): {group: Window}}. Files of workers that
     are gone stay (their answers count) while one of their windows is ``current``, and a
     minute more: a reload's or recycle's replaced workers took their counts with them, and
-    the step forgot its failures."""
+    the step forgot its failures. ``current`` None (a helper's first tick, which knows no
+    window yet) deletes none: a helper restarted after a reload deleted them all."""
     directory = os.path.join(state_dir, OBS_DIR)
     totals = {}
     try:
@@ -127,7 +128,8 @@ def host_totals(state_dir, current=frozenset()):
         data = read_json(path) if name.endswith(".json") else None
         if data is None:
             continue
-        if not _alive(name[:-5]) and time.time() - os.path.getmtime(path) > 60 and \
+        if current is not None and not _alive(name[:-5]) and \
+                time.time() - os.path.getmtime(path) > 60 and \
                 not any(window in current for _, window, _ in data):
             os.unlink(path)
             continue
@@ -177,7 +179,8 @@ class Controller:
         self.state, self.measurements = backends or rollout_store.for_conf(conf)
         self.pushed = {}        # (route, window) -> what this host last stored
         self.seen = {}          # route -> epoch last logged
-        self.windows = frozenset()      # the windows the last tick judged (host_totals)
+        self.windows = None     # the windows the last tick judged (host_totals); None: none yet
+        self.first_seen = {}    # route -> (window, monotonic time this helper first saw it)
         self.leader = False
         self.load(conf)
 
@@ -196,16 +199,18 @@ class Controller:
             self.table.apply_steps(steps)
             self.reader.generation = generation
 
-    def tick(self, now=None):
+    def tick(self, now=None, mono=None):
         now = time.time() if now is None else now
+        mono = time.monotonic() if mono is None else mono
         self.follow()
         rollouts = rollouts_in(self.table.router)
+        self.first_seen = {r: seen for r, seen in self.first_seen.items() if r in rollouts}
         totals = host_totals(self.state_dir, self.windows)
         self.leader = bool(rollouts) and self.state.lead(self.host)
         steps, status = {}, {}
         for route_id, conf in sorted(rollouts.items()):
             self.beat(30.0)             # a route's step: etcd and Redis calls, each timed
-            state = self.step(route_id, conf, totals, now, status)
+            state = self.step(route_id, conf, totals, (now, mono), status)
             if state is not None:
                 steps[route_id] = {"id": state.id, "window": state.window_key,
                                    "weight": state.weight, "status": state.status}
@@ -232,8 +237,15 @@ class Controller:
                         "the writer starts it again")
             return None
 
-    def step(self, route_id, conf, totals, now, status):
-        rollout = conf["rollout"]
+    def seen_for(self, route_id, window, mono):
+        """Seconds this helper has seen ``window`` of the route, on its own clock."""
+        seen = self.first_seen.get(route_id)
+        if seen is None or seen[0] != window:
+            seen = self.first_seen[route_id] = (window, mono)
+        return mono - seen[1]
+
+    def step(self, route_id, conf, totals, clocks, status):
+        (now, mono), rollout = clocks, conf["rollout"]
         raw = self.state.load(route_id)
         state = self.stored_state(route_id, raw)
         if state is None or state.id != conf["rollout_id"]:
@@ -243,6 +255,7 @@ class Controller:
             if not self.state.swap(route_id, raw, new.to_json().encode()):
                 return None
             raw, state = new.to_json().encode(), new
+            self.first_seen[route_id] = (state.window_key, mono)
         self.log_transitions(route_id, state)
         window = state.window_key
         mine = {g: w.to_list() for g, w in totals.get((route_id, window), {}).items()}
@@ -256,19 +269,22 @@ class Controller:
                 groups[group] = groups.get(group, core.Window()) + core.Window.from_list(counts)
         canary = groups.get(rollout["group"], core.Window())
         baseline = sum((w for g, w in groups.items() if g != rollout["group"]), core.Window())
-        new, verdicts = core.decide(rollout, state, canary, baseline, now)
+        new, verdicts = core.decide(rollout, state, canary, baseline, now,
+                                    self.seen_for(route_id, window, mono))
         if new is not state and self.leader:
             if self.state.swap(route_id, raw, new.to_json().encode()):
                 state = new
+                self.first_seen[route_id] = (state.window_key, mono)   # seen as it began
                 self.log_transitions(route_id, state)
         shares = core.weights(conf["groups"], [c["weight"] for c in conf["upstreams"]],
-                              rollout["group"], state.weight)
+                              rollout["group"], state.weight, conf["claim_gated"])
         status[route_id] = {
             **json.loads(state.to_json()), "group": rollout["group"],
             "weights": {g: w * 100 / core.SCALE for g, w in shares},
             "step_of": len(state.steps), "interval": rollout["interval"],
             "min_requests": rollout["min_requests"], "on_failure": rollout["on_failure"],
-            "window_age": round(now - state.since, 3),
+            # on this helper's clock, as decide holds the step on it (since: the writer's)
+            "window_age": round(self.seen_for(route_id, state.window_key, mono), 3),
             # a step that ended on its gates shows what they measured then
             "gates": [v.as_dict() for v in verdicts] if state.status == core.RUNNING else
             state.history[-1].get("gates", [v.as_dict() for v in verdicts]),

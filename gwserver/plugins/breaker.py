@@ -101,6 +101,10 @@ def access(conf, ctx):
     if verdict.admitted:
         ctx.vars["breaker"] = (store, key, verdict.epoch)
         return None
+    if conf["scope"] == "upstream" and not conf.get("own"):
+        # the upstream's own failures opened it: a rollout's gates count the refusal as one
+        # (uncounted, a broken canary behind its breaker was never rolled back)
+        ctx.vars["upstream_refused"] = key
     wait = max(1, math.ceil(verdict.retry_after))
     return Reply.json(503, {"error": "circuit_open", "breaker": key, "state": verdict.state,
                             "message": f"breaker {key} is {verdict.state.replace('_', '-')}; "

@@ -166,6 +166,12 @@ def prepare(conf):
         leading.setdefault(rule["upstream"], []).append(rule)
     claim_gated = {group: tuple(rules) for group, rules in leading.items()
                    if group not in weighed and all(map(_gates, rules))}
+    if conf["rollout"] is not None and not any(
+            w for _, w in core_rollout.baseline_weights(
+                groups, [c["weight"] for c in conf["upstreams"]], conf["rollout"]["group"],
+                claim_gated)):
+        raise ValueError("rollout: every group beside the canary is reached only by claim or "
+                         "consumer rules; a rollout needs a baseline group anyone may get")
     return {**conf, "groups": groups, "rollout_failures": failures, "claim_gated": claim_gated,
             "latency_bounds": bounds, "key_kind": kind,
             "key_name": name.lower().encode("latin-1") if kind == "header" else name,
@@ -193,6 +199,12 @@ def _check_rollout(rollout, groups):
     if len(groups) < 2:
         raise ValueError("rollout: a rollout needs a baseline group beside the canary")
     steps = rollout["steps"]
+    finest = 100.0 / core_rollout.SCALE
+    if steps[0] < finest:
+        # it rounds to no share of the hash space: "running" at a step that sent nobody,
+        # whose gates never saw a request
+        raise ValueError(f"rollout.steps: {steps[0]:g} is below {finest:g}, the finest share "
+                         f"(%) a canary can get")
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"rollout.steps: must grow step by step, got {steps}")
     for i, gate in enumerate(rollout["gates"]):
@@ -240,7 +252,8 @@ def link(conf, resolve):
         # draw of place_in_rollout, which the canary's share does not move.
         arms, upper = [], 0
         for group, weight in core_rollout.baseline_weights(
-                conf["groups"], [c["weight"] for c in conf["upstreams"]], rollout["group"]):
+                conf["groups"], [c["weight"] for c in conf["upstreams"]], rollout["group"],
+                conf["claim_gated"]):
             upper += weight
             arms.append((group, linked["by_group"][group], upper))
         linked["baseline_arms"] = (tuple(arms), upper)
@@ -336,9 +349,17 @@ def finish(conf, ctx, status):
     """Count the answer for the rollout's gates: its group, failed or not, and how long the
     upstream took to answer (request sent to answer head: a slow client's upload or download
     is no latency of the canary's). Only the upstream decides: an answer the gateway made
-    itself, or one whose client left, is not counted."""
+    itself, or one whose client left, is not counted, but for the refusal of a breaker open
+    on the chosen upstream (``upstream_refused``): its failures opened it, and uncounted, a
+    broken canary behind one never reached ``min_requests`` and was never rolled back."""
     window = ctx.var("rollout")
-    if window is None or status == 0 or ctx.ended_by is not None:
+    if window is None or status == 0:
+        return
+    if ctx.ended_by is not None:
+        if ctx.var("upstream_refused") is not None:     # a breaker open on this upstream
+            # no answer: slower than any bound (at 0 s it made a latency-only gate hold)
+            ctx.services.rollouts.record(ctx.route.id, window, ctx.vars["split_group"], True,
+                                         float("inf"), conf["latency_bounds"])
         return
     if ctx.upstream_seconds is None and not ctx.upstream_erred():
         return          # never reached the upstream (a 413, a 408): says nothing of it

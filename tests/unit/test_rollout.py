@@ -44,6 +44,8 @@ def test_schema_fills_defaults_and_reads_durations():
 @pytest.mark.parametrize("extra, problem", [
     ({"group": "nope"}, "'nope' is not a group"),
     ({"steps": [50, 25]}, "must grow step by step"),
+    # rounded to no share of the hash space: "running" at a step that sent nobody
+    ({"steps": [0.001, 50]}, "rollout.steps: 0.001 is below 0.01, the finest share"),
     ({"gates": [{"kind": "latency"}]}, "a latency gate needs max"),
     ({"gates": [{"kind": "success_rate"}]}, "a success_rate gate needs min"),
     ({"interval": "soon"}, "must be seconds"),
@@ -259,3 +261,55 @@ def test_baseline_groups_all_of_weight_0_share_evenly_in_weights_and_placement()
     placed = Counter(split.place_in_rollout(conf, 10, str(uuid.uuid4()))[0]
                      for _ in range(4000))
     assert abs(placed["a"] - placed["b"]) < 400 and abs(placed["canary"] / 4000 - 0.1) < 0.03
+
+
+def test_a_step_is_held_its_interval_on_the_deciders_own_clock_too():
+    """A step whose ``since`` was written by a clock 10 minutes behind (an operator's host
+    resuming it) is not promoted until the decider has itself seen it for ``interval``; one
+    written by a clock ahead is not held for longer."""
+    conf = rollout()
+    state = core.start(conf, "r1", now=0.0)
+    held, _ = core.decide(conf, state, HEALTHY, HEALTHY, 600.0, seen_for=2.0)
+    assert held is state
+    moved, _ = core.decide(conf, state, HEALTHY, HEALTHY, 600.0, seen_for=10.0)
+    assert (moved.step, moved.weight) == (1, 25.0)
+    # a writer 10 minutes ahead: its step is not held 10 minutes more
+    ahead, _ = core.decide(conf, state, HEALTHY, HEALTHY, -600.0, seen_for=10.0)
+    assert (ahead.step, ahead.weight) == (1, 25.0)
+    # and a failed gate still ends the step at once, however short the decider saw it
+    failed, _ = core.decide(conf, state, window(100, failures=50), HEALTHY, 1.0, seen_for=0.0)
+    assert failed.status == core.ROLLED_BACK
+
+
+def test_a_bound_only_some_counts_measured_is_not_counted_in_their_sum():
+    """Counts from a host (or a replaced worker) whose gates had other bounds never measured
+    answers against this one: summed, its count over every answer understated the share."""
+    fresh = core.Window(2, 0, window(2, seconds=0.5).buckets, ((0.25, 2),))
+    old = core.Window(40, 0, window(40, seconds=0.5).buckets, ((1.0, 0),))
+    both = fresh + old
+    assert both.requests == 42 and both.share_slower(0.25) is None
+    verdict, = core.evaluate(rollout(gates=[{"kind": "latency", "percentile": 90,
+                                              "max": 0.25}]), both, HEALTHY)
+    assert verdict.ok is False, verdict         # judged on the histogram: p90 ~0.7 s
+    # counted on both sides, or added to an empty window, it is kept
+    assert (fresh + fresh).share_slower(0.25) == 1.0
+    assert (core.Window() + fresh).slower == fresh.slower == (fresh + core.Window()).slower
+
+
+def test_a_group_only_claim_rules_reach_is_no_baseline_of_a_rollout():
+    """Baseline groups that all weigh 0 share the rest 1 each, but for one only claim or
+    consumer rules lead to (a staff-only backend): it stays at 0, and a rollout with no
+    other baseline is refused."""
+    from gwserver.core.chain import build_chain
+    from gwserver.plugins import load_registry
+    staff = {"claim": None, "cookie": None, "query": None,
+             "header": {"X-Consumer-ID": "partner"}, "upstream": "staff"}
+    assert core.weights(["v1", "staff", "canary"], [0, 0, 1], "canary", 10,
+                        {"staff": (staff,)}) == [("v1", 9000), ("staff", 0), ("canary", 1000)]
+    conf = {"upstreams": [{"upstream": "staff", "weight": 0},
+                          {"upstream": "v2", "weight": 1, "group": "canary"}],
+            "rules": [{"header": {"X-Consumer-ID": "partner"}, "upstream": "staff"}],
+            "rollout": {}}
+    with pytest.raises(ConfigError) as caught:
+        build_chain("route r", {"split": conf}, None, load_registry())
+    assert "a rollout needs a baseline group anyone may get" in str(caught.value)
