@@ -57,6 +57,9 @@
    there too: every request of the burst that fell back spent its tokens in both stores
    (448 of 3,000 in one run). Calls nobody waits for any more are now left out of the
    pipeline (a killed request's too: a breaker probe granted to it was lost, as in 6).
+   Tested in tests/unit/test_store_replies.py: the burst that showed it here failed CI on a
+   loaded machine, where the calls in flight timed out as well and were counted in both
+   stores, as they must be (they had reached Redis).
 """
 import http.client
 import json
@@ -263,55 +266,3 @@ def test_a_probe_granted_to_a_reset_stream_is_given_back(launcher, upstream):
         assert [answer(gw, "/br/echo")[0] for _ in range(3)] == [200] * 3
     finally:
         relay.close()
-
-
-# -- 8. decisions that fell back are not also counted in Redis ----------------------------------
-
-def decisions(gw, route_id):
-    """{outcome: count} of gwserver_rate_limit_decisions_total for ``route_id``."""
-    out = {}
-    for line in gw.admin_get("/metrics")[1].decode().splitlines():
-        if line.startswith("gwserver_rate_limit_decisions_total{") and \
-                f'route="{route_id}"' in line:
-            outcome = line.partition('outcome="')[2].partition('"')[0]
-            out[outcome] = out.get(outcome, 0) + float(line.rpartition(" ")[2])
-    return out
-
-
-def test_a_decision_that_fell_back_is_not_counted_in_redis_too(launcher, upstream):
-    """A client's burst (30 HTTP/2 connections of 100 streams, each its own key) keeps the
-    worker busy past the decision timeout: the decisions still queued fall back
-    (on_store_error "local", counted per host), and were then sent to Redis all the same,
-    and counted there too: every request of the burst that fell back spent its key's
-    tokens twice, in both stores."""
-    import h2.events
-    from ..h2client import RawH2
-    redis = launcher.redis()
-    limit = {"rate": 1, "per": 3600, "burst": 1, "key": "header:X-K",
-             "on_store_error": "local"}
-    gw = launcher.gateway(gateway_conf([route("burst", ["/burst"], upstream.url, plugins={
-        "rate_limit": limit, "fault": {"abort": {"status": 204, "percentage": 100}}})],
-        redis={"url": redis.url, "timeout": 0.05, "pause": 5.0}, http2={"h2c": True}))
-    wait_until(lambda: answer(gw, "/burst")[0] == 204, timeout=10)
-    clients = [RawH2(gw.port, timeout=10) for _ in range(30)]
-    try:
-        for n, client in enumerate(clients):
-            for i in range(100):
-                client.conn.send_headers(client.conn.get_next_available_stream_id(), [
-                    (b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/burst"),
-                    (b":authority", b"localhost"), (b"x-k", b"k%d-%d" % (n, i))],
-                    end_stream=True)
-        for client in clients:              # all at once
-            client.flush()
-        for client in clients:
-            assert client.pump(lambda c: sum(isinstance(e, (h2.events.StreamEnded,
-                                                            h2.events.StreamReset))
-                                             for e in c.events) >= 100, timeout=30)
-    finally:
-        for client in clients:
-            client.sock.close()
-    time.sleep(0.3)
-    counted = decisions(gw, "burst")
-    in_redis = int(cli(redis.port, "DBSIZE")) - 1       # one key per call; less the first
-    assert counted.get("local_allowed", 0) > 0      # the burst did outrun the timeout
-    assert in_redis == counted["allowed"] - 1
