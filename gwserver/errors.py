@@ -153,6 +153,15 @@ class ServiceUnavailable(HTTPError):
     status, error = 503, "service_unavailable"
 
 
+class WorkerStopped(ServiceUnavailable):
+    """The worker cut the request as it stopped: its drain ran past server.graceful_timeout
+    (a download, a websocket, an upstream slower than that), or it was told to stop at once
+    (SIGQUIT: max_draining_generations)."""
+
+    def __init__(self, because):
+        super().__init__(f"cut: {because}")
+
+
 class UpstreamBusy(ServiceUnavailable):
     """No connection (or HTTP/2 stream) to the upstream is free within the pool's wait."""
     public = "no connection to the upstream is free; try again shortly"

@@ -365,6 +365,15 @@ def redis_url(value):
         if value.startswith("redis+sentinel:") and not path.partition("/")[0]:
             raise Invalid(f"needs the master's name after the hosts "
                           f"(redis+sentinel://host:port/mymaster), got {show(value)}")
+    else:
+        # As each worker reads it (state.store.connect): a URL it cannot read (a port that
+        # is not a number, an option of the wrong type) passed, and every worker died as it
+        # started, those of a reload too, until no worker was left serving.
+        from redis.connection import parse_url
+        try:
+            parse_url(value)
+        except ValueError as exc:       # (its words name the part, never a password)
+            raise Invalid(f"redis-py cannot read this URL: {exc}") from None
     return value
 
 

@@ -22,6 +22,7 @@ import time
 from functools import partial
 
 import httptools
+from gevent import GreenletExit
 
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
@@ -35,7 +36,7 @@ from ..net.deadlines import WriteDeadline
 from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address,
                            recv_when_readable, send_all)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
-                      RequestTimeout, Unimplemented)
+                      RequestTimeout, Unimplemented, WorkerStopped)
 
 log = logging.getLogger("gwserver.http")
 
@@ -676,6 +677,14 @@ class ClientConnection:
             # It left mid-body: logged with what it got (HTTP/2: nothing, if the head was
             # still held)
             if self.head_status and not self.take_back_head():
+                status, sent = self.head_status, self.body_sent
+            raise
+        except GreenletExit:
+            # The worker stopping killed it (its drain ran out, or a SIGQUIT): logged as the
+            # client got it and why, not as a status 0 of 0 bytes, or not at all
+            req.error = WorkerStopped(runtime.cut_because or "the worker stopped")
+            if self.head_status and not self.take_back_head():
+                req.cut = True
                 status, sent = self.head_status, self.body_sent
             raise
         except Exception as exc:

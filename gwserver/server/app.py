@@ -1,11 +1,12 @@
 """gunicorn embedded through its application API, and a master that validates before reloading.
 
 ``GatewayApplication`` maps the conf file's ``[server]`` section onto gunicorn's settings;
-``GatewayArbiter`` is gunicorn's master with two changes to SIGHUP: the conf file is validated
-first, and a bad one is logged and ignored, so the old workers and settings keep running
-(gunicorn's own reload would ``sys.exit`` the master on a config error); and listeners are
+``GatewayArbiter`` is gunicorn's master with three changes to SIGHUP: the conf file is
+validated first, and a bad one is logged and ignored, so the old workers and settings keep
+running (gunicorn's own reload would ``sys.exit`` the master on a config error); listeners are
 changed in place (listeners.py) instead of closed and re-created, so a reload that adds, moves
-or removes a listener applies it, and one whose bind fails is refused, never fatal.
+or removes a listener applies it, and one whose bind fails is refused, never fatal; and
+SIGHUPs close together are one reload (wait_for_signals).
 """
 import glob
 import logging
@@ -138,6 +139,15 @@ def raise_open_files_limit():
 # until the worker unblocks them with its handlers in place (GatewayWorker.init_signals).
 WORKER_STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT}
 
+
+# What a worker past its graceful_timeout takes to cut the connections it still holds, log
+# them and exit (worker.drain: server.stop's 1 s, the logs flushed): the master's stop waits
+# this long more before its SIGKILL.
+WORKER_CUT_SECONDS = 3
+
+# Seconds between the starts of two reloads: SIGHUPs within them are one reload, at their
+# end (GatewayArbiter.wait_for_signals).
+RELOAD_SPACING = 1.0
 
 # What a helper may take to start (imports, reading the conf) before its first sign of life.
 STARTUP_SECONDS = 30.0
@@ -602,6 +612,7 @@ class GatewayArbiter(Arbiter):
 
     def spawn_worker(self):
         self.ensure_state_dir()
+        self.ensure_metrics_dir()
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
         try:
             pid = super().spawn_worker()
@@ -674,6 +685,34 @@ class GatewayArbiter(Arbiter):
             log.warning("the state_dir %s was removed while the gateway ran: made again; "
                         "per-host limits and breaker states start over", state_dir)
 
+    metrics_dir_failure = None      # what ensure_metrics_dir said last
+
+    def ensure_metrics_dir(self):
+        """The Prometheus multiprocess directory, made again if it was removed under the
+        running gateway (a tmp cleaner in /dev/shm, a hand): each worker makes its files
+        there as it starts, and every worker started without it died at boot, the
+        replacements of a reload, of a dead worker and of one retiring on max_requests
+        alike, until none was left. The counts of the removed files are lost."""
+        from .metrics import ENV
+        path = os.environ.get(ENV)
+        if not path or os.path.isdir(path):
+            self.metrics_dir_failure = None
+            return
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            problem = exc.strerror
+        else:
+            problem = None
+        if self.metrics_dir_failure != (path, problem):       # said once, not a turn
+            self.metrics_dir_failure = (path, problem)
+            if problem is None:
+                log.warning("the metrics directory %s was removed while the gateway ran: made "
+                            "again; the counts /metrics showed start over", path)
+            else:
+                log.error("the metrics directory %s was removed and cannot be made again: "
+                          "%s; new workers cannot start", path, problem)
+
     def manage_workers(self):
         """gunicorn's, by generation: keep ``workers`` serving from the current conf, stop
         the others once those serve, and bound what drains (limit_draining).
@@ -694,21 +733,21 @@ class GatewayArbiter(Arbiter):
             pid = self.spawn_worker()
             if pid is not None:
                 current.append(pid)
+        older = [pid for pid in serving if pid not in current]
+        # Replacements that could not be started (spawn_worker), or that died before they
+        # served (wait_for_replacements): the old ones serve on.
+        if older and len(current) >= self.num_workers and self.wait_for_replacements():
+            for pid in older:
+                self.kill_worker(pid, signal.SIGTERM)   # drains
         # Only the generation that lacked them: a reload in progress (reload) starts the
         # next one's, and says itself whether they started.
-        if self.reloads.workers_missing and len(current) >= self.num_workers and \
-                getattr(self, "worker_generation", 1) == getattr(self, "missing_generation", 0):
+        if self.reloads.workers_missing and self.serving_count(current) >= self.num_workers \
+                and getattr(self, "worker_generation", 1) == getattr(self, "missing_generation", 0):
             self.reloads.workers_started()
             log.info("reload complete: generation %d, %d workers, %d routes (its workers "
                      "could start only now)", self.reloads.generation, self.num_workers,
                      self.reloads.routes)
             self.notify(f"STATUS=serving with {self.num_workers} workers (reloaded)")
-        older = [pid for pid in serving if pid not in current]
-        # Replacements that could not be started (spawn_worker): the old ones serve on.
-        if older and len(current) >= self.num_workers:
-            self.wait_for_replacements()
-            for pid in older:
-                self.kill_worker(pid, signal.SIGTERM)   # drains
         for pid in current[:max(0, len(current) - self.num_workers)]:
             self.kill_worker(pid, signal.SIGTERM)       # TTOU: the oldest beyond the count
         self.limit_draining()
@@ -769,6 +808,16 @@ class GatewayArbiter(Arbiter):
             self.WORKERS[pid].quitting = True
             self.kill_worker(pid, signal.SIGQUIT)
 
+    def kill_workers(self, sig):
+        """gunicorn's; a SIGKILL (the end of a stop) is said, by pid: a bare kill left the
+        log with nothing on the connections it cut."""
+        if sig == signal.SIGKILL and self.WORKERS:
+            log.error("worker(s) %s still ran past server.graceful_timeout (%gs) and %gs "
+                      "more to cut what they held: killed, and their connections cut",
+                      " ".join(map(str, sorted(self.WORKERS))),
+                      self.app.conf.server["graceful_timeout"], WORKER_CUT_SECONDS)
+        super().kill_workers(sig)
+
     def kill_worker(self, pid, sig):
         worker = self.WORKERS.get(pid)
         if worker is not None and sig == signal.SIGTERM:
@@ -780,12 +829,24 @@ class GatewayArbiter(Arbiter):
         """A worker serves once it has heartbeated (see spawn_worker)."""
         return worker.tmp.last_update() != getattr(worker, "born_mtime", None)
 
+    def serving_count(self, pids):
+        return sum(1 for pid in pids if pid in self.WORKERS and self.serving(self.WORKERS[pid]))
+
     def workers_serving(self):
         workers = list(self.WORKERS.values())
         return len(workers) >= self.num_workers and all(map(self.serving, workers))
 
+    cut_margin_added = False    # stop() gave the workers WORKER_CUT_SECONDS (once)
+
     def stop(self, graceful=True):
         self.notify("STOPPING=1\nSTATUS=stopping")
+        if graceful and not self.cut_margin_added:
+            # gunicorn SIGKILLs what runs at graceful_timeout, the very moment a worker's
+            # own drain (worker.drain) ends and it would cut its connections itself: the
+            # kill came first, and the cut requests left no access line, no word in the log.
+            # (The workers' cfg was copied at fork: they keep the setting as written.)
+            self.cut_margin_added = True
+            self.cfg.set("graceful_timeout", self.cfg.graceful_timeout + WORKER_CUT_SECONDS)
         super().stop(graceful)
         for helper in self.helpers.values():
             helper.stop()
@@ -844,28 +905,81 @@ class GatewayArbiter(Arbiter):
             self.stop_asked = True
         super().signal(sig, frame)
 
+    reload_due = None           # (monotonic) when a SIGHUP held by RELOAD_SPACING is applied
+    last_reload_at = -RELOAD_SPACING
+
+    def wait_for_signals(self, timeout=1.0):
+        """gunicorn's, with SIGHUPs made one reload: those of one batch, and those within
+        RELOAD_SPACING of the last reload's start, applied together at its end. Each came
+        before that reload reads the file, so it applies what every one of them asked for.
+        A storm (a tool reloading once per file it changed) was one reload per signal, of
+        the same file: a generation of workers each, left draining what they held, and past
+        max_draining_generations the oldest were stopped, their downloads cut."""
+        if self.reload_due is not None:
+            timeout = max(0.0, min(timeout, self.reload_due - time.monotonic()))
+        signals = super().wait_for_signals(timeout)
+        now = time.monotonic()
+        if signal.SIGHUP not in signals and (self.reload_due is None or now < self.reload_due):
+            return signals
+        signals = [sig for sig in signals if sig != signal.SIGHUP]
+        if now < self.last_reload_at + RELOAD_SPACING and self.reload_started_workers():
+            if self.reload_due is None:
+                log.info("SIGHUP %.1fs after the last reload began: reloading %gs after it, "
+                         "once for every SIGHUP until then", now - self.last_reload_at,
+                         RELOAD_SPACING)
+            self.reload_due = self.last_reload_at + RELOAD_SPACING
+            return signals
+        self.last_reload_at, self.reload_due = now, None
+        return [*signals, signal.SIGHUP]        # after a stop in the batch: none is needed
+
+    def reload_started_workers(self):
+        """Did the last reload start workers, leaving the previous ones draining? One that
+        was refused, or whose workers could not start, did not: the next SIGHUP (the fix)
+        is a reload at once, not held by RELOAD_SPACING."""
+        reloads = getattr(self, "reloads", None)
+        return reloads is None or (reloads.successful and not reloads.workers_missing)
+
     def wait_for_replacements(self):
-        """Let old workers go only once the workers replacing them are serving.
+        """Let old workers go only once the workers replacing them are serving: -> False if
+        one of them died before it served (the old ones serve on; the next turn starts
+        another, and tries again).
 
         gunicorn stops the old generation as soon as the new one is forked; a new worker needs
         a moment to start serving, and requests would queue in the backlog meanwhile (a 1.3 s
-        latency spike per reload here).
+        latency spike per reload here). And a conf that passes every check yet no worker can
+        start with (a fault only a worker meets) had every old worker stopped for
+        replacements that died as they started, turn after turn: no worker served at all.
         """
         limit = max(10.0, float(self.cfg.timeout))
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            newest = sorted(self.WORKERS.values(), key=lambda w: w.age)[-self.num_workers:]
-            if all(map(self.serving, newest)):
-                return
             if self.stop_asked:
                 # A stop came meanwhile: the main loop handles it once this returns. Waited
                 # out, it came after up to `limit` more seconds, and with graceful_timeout and
                 # the helpers' stops past systemd's TimeoutStopSec: a SIGKILL mid-drain.
-                return
-            self.reap_workers()         # a replacement that died on boot is not waited for
+                return True
+            self.reap_workers()
+            current = self.current_workers()
+            if len(current) < self.num_workers:
+                self.replacements_died()
+                return False
+            if all(self.serving(self.WORKERS[pid]) for pid in current[-self.num_workers:]):
+                return True
             time.sleep(0.02)
         log.warning("replacement workers not serving after %.0fs; stopping old ones anyway",
                     limit)
+        return True
+
+    died_generation = 0         # the last generation replacements_died told of
+
+    def replacements_died(self):
+        generation = getattr(self, "worker_generation", 1)
+        if self.died_generation != generation:          # said once, not every turn
+            self.died_generation = generation
+            log.error("workers of generation %d die before they serve (the error above); the "
+                      "previous workers serve on, and new ones are started about every "
+                      "second until they serve: fix the cause, or the conf, and reload",
+                      generation)
 
     def handle_hup(self):
         """SIGHUP: reload. gunicorn's main loop ends the master, and every worker with it, on
@@ -951,11 +1065,13 @@ class GatewayArbiter(Arbiter):
         self.helper_conf = synced
         if lock is not None:
             lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
-        missing = self.num_workers - len(self.current_workers())
+        # Not started (fork refused), or died before they served (wait_for_replacements)
+        missing = max(0, self.num_workers - self.serving_count(self.current_workers()))
         self.reloads.record(True, self.app.conf, workers_missing=missing)
         if missing:
-            # fork() refused (TasksMax, memory): the configuration is taken, but the old
-            # workers serve the old one until manage_workers gets the new ones started.
+            # fork() refused (TasksMax, memory), or the new workers died before they served:
+            # the configuration is taken, but the old workers serve the old one until
+            # manage_workers gets the new ones serving.
             self.missing_generation = self.worker_generation
             log.warning("reload applied as generation %d, but %d of %d new workers could not "
                         "start: the previous workers serve the previous configuration until "

@@ -187,6 +187,9 @@ class Runtime:
             self.follow_published_table()
         self.alive = True
         self.stopping = gevent.event.Event()
+        # Why the worker kills the connections it still holds, said in their access lines
+        # (worker.drain, worker.quit): None while it does not
+        self.cut_because = None
         self.in_flight = self.handled = 0
         self.max_requests = server["max_requests"] or 0
         self.open_clients = 0

@@ -12,12 +12,12 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 
 import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
-from gunicorn.workers.base import Worker
 from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
@@ -145,6 +145,7 @@ def nothing_to_publish(status_path):
 
 class GatewayWorker(GeventWorker):
     reopen_wanted = False       # a SIGUSR1 came (handle_usr1)
+    servers = ()                # the listeners' StreamServers, once serve() started them
 
     def init_signals(self):
         super().init_signals()
@@ -172,10 +173,25 @@ class GatewayWorker(GeventWorker):
         gevent.spawn(self.quit, sig, frame)
 
     def quit(self, sig, frame):
+        """gunicorn's Worker.handle_quit (answers given in its 0.1 s say Connection: close,
+        then the exit), with what the worker still holds cut first, each connection's
+        greenlet killed, so that the access lines of those requests (the status and bytes
+        their clients got) are in the last flush: they were left out, as if never asked."""
+        self.alive = False
+        self.cfg.worker_int(self)
+        gevent.sleep(0.1)
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
+            held = sum(server.pool.size - server.pool.free_count() for server in self.servers)
+            name = signal.Signals(sig).name
+            if held:
+                log.warning("stopping at once (%s): cutting off remaining connections (%d)",
+                            name, held)
+            runtime.cut_because = f"the worker stopped at once ({name})"
+            for server in self.servers:
+                server.stop(timeout=0)
             runtime.flush_logs()
-        Worker.handle_quit(self, sig, frame)
+        sys.exit(0)
 
     def handle_abort(self, sig, frame):
         self.stop_runtime()
@@ -218,7 +234,7 @@ class GatewayWorker(GeventWorker):
         runtime.deadlines.start()
         hub = gevent.get_hub()
         hub.NOT_ERROR = (*hub.NOT_ERROR, AcceptPaused)      # GatewayServer logs its own
-        servers = []
+        self.servers = servers = []
         admin_bind = self.conf.admin["bind"]
         admin_addresses = listener_addresses([admin_bind] if admin_bind else ())
         admin_path = admin_bind[len("unix:"):] if admin_bind.startswith("unix:") else None
@@ -315,8 +331,11 @@ class GatewayWorker(GeventWorker):
             self.notify()
             gevent.sleep(0.05)
         else:
-            log.warning("graceful timeout (%ss): cutting off remaining connections",
-                        self.cfg.graceful_timeout)
+            held = sum(server.pool.size - server.pool.free_count() for server in servers)
+            log.warning("graceful timeout (%ss): cutting off remaining connections (%d)",
+                        self.cfg.graceful_timeout, held)
+            self.runtime.cut_because = (f"the worker stopped and server.graceful_timeout "
+                                        f"({self.cfg.graceful_timeout:g}s) ran out")
             for server in servers:
                 server.stop(timeout=1)
         self.runtime.close()

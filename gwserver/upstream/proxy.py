@@ -1145,8 +1145,10 @@ class Proxy:
         except _StaleConnection:
             client.body_sent = sent
             raise UpstreamError("upstream connection failed mid-body") from None
-        except Exception:
-            client.body_sent = sent     # what went out before the failure (or the client left)
+        except BaseException:
+            # what went out before the failure (or the client left, or the worker's drain
+            # ran out: GreenletExit)
+            client.body_sent = sent
             raise
         return status, sent, keep_alive, ex.keep_alive and req.complete
 
