@@ -8,6 +8,7 @@ reference that conf/gwserver.toml carries.
 import errno
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field as dataclass_field
 from types import MappingProxyType
@@ -372,9 +373,32 @@ def redis_url(value):
         from redis.connection import parse_url
         try:
             parse_url(value)
-        except ValueError as exc:       # (its words name the part, never a password)
-            raise Invalid(f"redis-py cannot read this URL: {exc}") from None
+        except ValueError as exc:
+            raise Invalid(f"redis-py cannot read this URL: {unreadable_url(value, exc)}") \
+                from None
     return value
+
+
+# Characters that end a URL's user part early: a password holding one (base64's "/") is read
+# as host, port and path, and redis-py's error then quotes a piece of it as the "port".
+USERINFO_ENDS = ("/", "?", "#")
+
+
+def unreadable_url(url, exc):
+    """redis-py's words on ``url``, with any piece of its user part masked: "Port could not
+    be cast to integer value as 's3cr3t'" put (part of) a password with a "/", "?" or "#"
+    in the log, master.json and `gwserver reload`'s answer."""
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    text = str(exc)
+    if not userinfo:
+        return text
+    quoted = [piece for piece in re.findall(r"'([^']*)'", text) if piece and piece in userinfo]
+    for piece in quoted:
+        text = text.replace(f"'{piece}'", "'***'")
+    if quoted or any(c in userinfo for c in USERINFO_ENDS):
+        text += ("; a user or password holding \"/\", \"?\" or \"#\" must be "
+                 "percent-encoded (%2F, %3F, %23)")
+    return text
 
 
 REDIS = Schema(

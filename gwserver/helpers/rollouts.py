@@ -35,6 +35,10 @@ log = logging.getLogger("gwserver.rollouts")
 STEP_FILE = "rollouts.json"
 STATUS_FILE = "rollouts-status.json"
 OBS_DIR = "rollout-obs"
+# When this host's helper first saw each route's current step (Controller.first_seen), on
+# the system's monotonic clock: kept across the helper's restarts within one boot.
+SEEN_FILE = "rollouts-seen.json"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 METRICS_FILE = "rollouts.prom"
 TICK = 0.5
 
@@ -147,6 +151,46 @@ def _alive(pid):
         return False
 
 
+def boot_id():
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def load_seen(state_dir):
+    """{route: (window, monotonic)} as save_seen kept it, if written in this boot (the
+    monotonic clock starts over at each): a step is held on this host's own clock, and a
+    restart of its helper did not stop that clock."""
+    data = read_json(os.path.join(state_dir, SEEN_FILE))
+    boot, now = boot_id(), time.monotonic()
+    if not isinstance(data, dict) or boot is None or data.get("boot") != boot:
+        return {}
+    seen = {}
+    for route, entry in (data.get("routes") or {}).items():
+        try:
+            window, mono = entry
+            mono = float(mono)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(window, str) and mono <= now:
+            seen[route] = (window, mono)
+    return seen
+
+
+def save_seen(state_dir, seen):
+    boot = boot_id()
+    if boot is None:
+        return
+    try:
+        atomic_write(os.path.join(state_dir, SEEN_FILE), json.dumps(
+            {"boot": boot, "routes": {r: list(entry) for r, entry in seen.items()}}).encode())
+    except OSError as exc:
+        throttled_log.log(log, logging.WARNING, "rollout seen", "cannot write %s: %s",
+                          SEEN_FILE, exc)
+
+
 def host_id(state_dir):
     """A random name for this gateway, kept in its state directory across restarts."""
     path = os.path.join(state_dir, "host-id")
@@ -180,7 +224,11 @@ class Controller:
         self.pushed = {}        # (route, window) -> what this host last stored
         self.seen = {}          # route -> epoch last logged
         self.windows = None     # the windows the last tick judged (host_totals); None: none yet
-        self.first_seen = {}    # route -> (window, monotonic time this helper first saw it)
+        # route -> (window, monotonic time this host first saw it): read back, so that a
+        # restarted helper (killed, hung, the gateway restarted) does not hold every running
+        # step its whole interval again, from zero
+        self.first_seen = load_seen(state_dir)
+        self.seen_saved = dict(self.first_seen)
         self.leader = False
         self.load(conf)
 
@@ -222,6 +270,9 @@ class Controller:
             {"host": self.host, "leader": self.leader, "updated": round(now, 3),
              "routes": status}).encode())
         write_metrics(self.state_dir, status)
+        if self.first_seen != self.seen_saved:          # a step began, or a route left
+            save_seen(self.state_dir, self.first_seen)
+            self.seen_saved = dict(self.first_seen)
 
     def stored_state(self, route_id, raw):
         """The route's stored State, or None: none stored, or a damaged one, which the writer
