@@ -45,7 +45,6 @@ commit.
 import base64
 import json
 import subprocess
-import sys
 import time
 
 import pytest
@@ -56,6 +55,7 @@ from gwserver.plugins.key_auth import hash_key
 from ..conftest import gateway_conf, route, to_toml, wait_until
 from .test_auth_edges import get
 from .test_etcd import etcd_conf, put
+from .test_open_items_dec05e import run_check
 
 TRIAL_KEY, PAID_KEY = "ak_trial_0000000000000000001", "ak_paid_00000000000000000002"
 
@@ -83,6 +83,13 @@ def test_a_consumers_own_limit_is_its_own_bucket_whatever_it_is_keyed_on(launche
 
 # -- 2. a consumer's own split was never linked: a 500 on every one of its requests -----------
 
+def checked(tmp_path, conf):
+    """`gwserver check` of ``conf`` -> (exit code, what it said)."""
+    path = tmp_path / "gw.toml"
+    path.write_text(to_toml(conf))
+    return run_check(path, timeout=60)
+
+
 def test_a_consumers_split_is_refused_with_the_reason_not_a_500_per_request(tmp_path, launcher,
                                                                             upstream):
     """A consumer's split ("partner gets the canary") names upstreams, which only a route's
@@ -95,12 +102,8 @@ def test_a_consumers_split_is_refused_with_the_reason_not_a_500_per_request(tmp_
                                plugins={"key_auth": {}})],
                         upstreams={"canary": {"targets": [{"url": upstream.url}]}},
                         consumers=consumers)
-    path = tmp_path / "gw.toml"
-    path.write_text(to_toml(conf))
-    out = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "consumer partner: plugins.split" in out.stdout + out.stderr
+    code, said = checked(tmp_path, conf)
+    assert code == 2 and "consumer partner: plugins.split" in said, said
 
 
 # -- 3. X-AB-Group reaches a group that only the consumer's identity leads to ----------------
@@ -248,9 +251,6 @@ def test_a_consumer_switching_a_routes_plugin_off_is_refused_not_ignored(tmp_pat
     conf = gateway_conf([route("api", ["/api/*rest"], upstream.url,
                                plugins={"key_auth": {}, "rate_limit": limited})],
                         consumers=consumers)
-    path = tmp_path / "gw.toml"
-    path.write_text(to_toml(conf))
-    out = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "consumer billing: plugins.rate_limit: a consumer cannot switch off" in out.stderr
+    code, said = checked(tmp_path, conf)
+    assert code == 2, said
+    assert "consumer billing: plugins.rate_limit: a consumer cannot switch off" in said

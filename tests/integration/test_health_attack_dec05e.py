@@ -293,6 +293,17 @@ def test_one_instance_of_a_large_service_coming_and_going_does_not_stall_the_wor
 
 # -- 8. a rotated CA file: the checker kept the old one -------------------------------------
 
+def checked_over_tls(launcher, up, bundle):
+    """A gateway whose upstream "api" (``up``, over TLS) is checked every 0.2 s, verified
+    against the CA file ``bundle``; /r/* goes there."""
+    check = {"interval": 0.2, "timeout": 0.5, "healthy_threshold": 1, "unhealthy_threshold": 1,
+             "path": "/echo"}
+    return launcher.gateway(gateway_conf(
+        [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "api"}],
+        upstreams={"api": {"targets": [{"url": up.url}], "tls": {"ca_file": str(bundle)},
+                           "health_check": check}}))
+
+
 def test_the_checker_verifies_with_a_rotated_ca_file_after_a_reload(launcher, tmp_path):
     from ..pki import CA
     (tmp_path / "old").mkdir()
@@ -302,12 +313,7 @@ def test_the_checker_verifies_with_a_rotated_ca_file_after_a_reload(launcher, tm
     up = launcher.upstream("api", tls=(str(cert), str(key)))
     bundle = tmp_path / "upstream-ca.pem"
     bundle.write_bytes(old_ca.cert_path.read_bytes())
-    check = {"interval": 0.2, "timeout": 0.5, "healthy_threshold": 1, "unhealthy_threshold": 1,
-             "path": "/echo"}
-    gw = launcher.gateway(gateway_conf(
-        [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "api"}],
-        upstreams={"api": {"targets": [{"url": up.url}], "tls": {"ca_file": str(bundle)},
-                           "health_check": check}}))
+    gw = checked_over_tls(launcher, up, bundle)
 
     def health():
         view = json.loads(gw.admin_get("/admin/upstreams")[1])

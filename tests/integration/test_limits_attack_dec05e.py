@@ -152,18 +152,26 @@ def test_a_breaker_opened_on_a_clock_ahead_probes_within_its_longest_wait(launch
 
 # -- 3. claim values that cannot, or must not, stand in a key name ------------------------------
 
-def test_claim_values_of_any_spelling_are_limited_in_redis(launcher, upstream, tmp_path):
-    """Tokens whose `name` claim is a lone surrogate, a hash tag or a colon-spelt key: the
-    surrogate failed the worker's pipeline (a 500 for it, on_store_error for every request in
-    the same batch); the others went into key names as they were."""
+def claim_limited(launcher, upstream, tmp_path, rate, per, on_store_error):
+    """(redis, the RSA private key its tokens are signed with, a gateway whose /lim takes
+    ``rate`` requests a ``per`` seconds per JWT ``name`` claim, in that Redis)."""
     redis = launcher.redis()
     private, public = rsa_pair()
     pem = tmp_path / "jwt.pem"
     pem.write_bytes(public)
     gw = launcher.gateway(gateway_conf([route("lim", ["/lim"], upstream.url, plugins={
         "jwt": {"public_key_file": str(pem), "audience": "orders"},
-        "rate_limit": {"rate": 2, "per": 3600, "burst": 2, "key": "claim:name",
-                       "on_store_error": "local"}})], redis={"url": redis.url, "timeout": 0.5}))
+        "rate_limit": {"rate": rate, "per": per, "burst": rate, "key": "claim:name",
+                       "on_store_error": on_store_error}})],
+        redis={"url": redis.url, "timeout": 0.5}))
+    return redis, private, gw
+
+
+def test_claim_values_of_any_spelling_are_limited_in_redis(launcher, upstream, tmp_path):
+    """Tokens whose `name` claim is a lone surrogate, a hash tag or a colon-spelt key: the
+    surrogate failed the worker's pipeline (a 500 for it, on_store_error for every request in
+    the same batch); the others went into key names as they were."""
+    redis, private, gw = claim_limited(launcher, upstream, tmp_path, 2, 3600, "local")
     names = ["\ud800", "{same-slot}", "x:claim:y", "plain.user@example.com", 7]
     for name in names:
         bearer = {"Authorization": f"Bearer {token(private, name=name)}"}

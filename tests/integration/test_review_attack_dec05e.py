@@ -61,6 +61,7 @@ import time
 
 from ..conftest import gateway_conf, route, wait_until
 from .test_edge_security import body_of, get
+from .test_health_attack_dec05e import checked_over_tls
 
 DENY_LOOPBACK = {"ip_restriction": {"deny": ["127.0.0.0/8", "::1/128"]}}
 
@@ -177,12 +178,7 @@ def test_a_ca_file_rewritten_in_place_takes_no_target_out(launcher, tmp_path):
     bundle = tmp_path / "upstream-ca.pem"
     pem = ca.cert_path.read_bytes()
     bundle.write_bytes(pem)
-    check = {"interval": 0.2, "timeout": 0.5, "healthy_threshold": 1, "unhealthy_threshold": 1,
-             "path": "/echo"}
-    gw = launcher.gateway(gateway_conf(
-        [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "api"}],
-        upstreams={"api": {"targets": [{"url": up.url}], "tls": {"ca_file": str(bundle)},
-                           "health_check": check}}))
+    gw = checked_over_tls(launcher, up, bundle)
 
     def checks(result):
         text = gw.admin_get("/metrics")[1].decode()

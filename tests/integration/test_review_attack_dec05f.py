@@ -24,11 +24,11 @@ before its fix.
 import threading
 import time
 
-from ..conftest import gateway_conf, route, wait_until
+from ..conftest import gateway_conf, wait_until
 from .test_attack_pass_dec03d import ScriptedHttp1, exchange
 from .test_health import target_health
-from .test_limits_attack_dec05e import answer, cli, redis_now
-from .test_traffic import rsa_pair, token
+from .test_limits_attack_dec05e import answer, claim_limited, cli, redis_now
+from .test_traffic import token
 
 DOWN = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\ndown"
 
@@ -81,14 +81,7 @@ def test_a_full_pool_waits_when_the_other_target_is_down(launcher):
 # -- 2. an identity provider's subjects moved to new keys at the deploy ------------------------
 
 def test_an_auth0_subject_keeps_its_bucket_across_the_deploy(launcher, upstream, tmp_path):
-    redis = launcher.redis()
-    private, public = rsa_pair()
-    pem = tmp_path / "jwt.pem"
-    pem.write_bytes(public)
-    gw = launcher.gateway(gateway_conf([route("lim", ["/lim"], upstream.url, plugins={
-        "jwt": {"public_key_file": str(pem), "audience": "orders"},
-        "rate_limit": {"rate": 5, "per": 86400, "burst": 5, "key": "claim:name",
-                       "on_store_error": "deny"}})], redis={"url": redis.url, "timeout": 0.5}))
+    redis, private, gw = claim_limited(launcher, upstream, tmp_path, 5, 86400, "deny")
     for subject in ("auth0|5f7c8ec7c33c6c004bbafe82", "google-oauth2|104528313279145"):
         # The bucket as the release before wrote it: this client spent its day's quota
         key = f"gw:rl:lim:claim:{subject}"
