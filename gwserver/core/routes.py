@@ -413,6 +413,15 @@ def make_target(spec):
     return Target(spec["url"], parts.scheme, parts.hostname, port, spec["weight"])
 
 
+def try_policy(route, upstream):
+    """(retry policy, connect timeout) for a request of ``route`` sent to ``upstream``: the
+    route's for its own upstream (its retry and timeouts override the upstream's); a
+    plugin's upstream (a split's canary) keeps its own, over HTTP/1.1 and HTTP/2 alike."""
+    if upstream is route.upstream:
+        return route.retry, route.connect_timeout
+    return upstream.retry, upstream.connect_timeout
+
+
 def no_target_reason(upstream):
     """Why a request to an upstream without targets is answered 503."""
     if upstream.refused_route:

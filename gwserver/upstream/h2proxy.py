@@ -18,7 +18,7 @@ from ..core import grpcweb
 from ..core.context import ResponseHead
 from ..core.h2request import grpc_timeout, grpc_timeout_value, is_grpc
 from ..core.headers import WRITTEN_UPSTREAM, via_chain
-from ..core.routes import no_target_reason
+from ..core.routes import no_target_reason, try_policy
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
@@ -167,10 +167,7 @@ class H2Forwarder:
         now = started = time.monotonic()
         budget = proxy.budget(upstream)
         budget.request()
-        if upstream is route.upstream:
-            policy, connect_timeout = route.retry, route.connect_timeout
-        else:               # a plugin's upstream (a split's canary): its own, as on HTTP/1.1
-            policy, connect_timeout = upstream.retry, upstream.connect_timeout
+        policy, connect_timeout = try_policy(route, upstream)
         replayable = not streamed and req.method in policy.methods
         call_timeout = grpc_timeout(req.header_map.get(b"grpc-timeout"))
         # A little grace: an upstream that keeps the deadline itself answers with its own
@@ -315,9 +312,8 @@ class H2Forwarder:
                     stream = sender = None
                     if taken is not None:
                         body, more = b"".join(taken.pieces), not taken.ended
-                    connection = self.pools.get(
-                        target, route.connect_timeout if upstream is route.upstream else
-                        upstream.connect_timeout, upstream.tls, route.read_timeout)
+                    connection = self.pools.get(target, try_policy(route, upstream)[1],
+                                                upstream.tls, route.read_timeout)
         except BaseException as exc:
             # (close() ends the sender: a wait for the client it was in is now counted)
             Exchange(stream, sender).close()

@@ -41,7 +41,7 @@ from ..core.h2request import is_grpc
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
 from ..core.headers import MAX_OWN_HOPS, REASONS, RESPONSE_SPECIAL, own_hops, via_chain
-from ..core.routes import IDEMPOTENT, no_target_reason
+from ..core.routes import IDEMPOTENT, no_target_reason, try_policy
 from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
@@ -581,10 +581,7 @@ class Proxy:
                                    f"call needs an upstream with protocol = \"h2\"")
         if not upstream.targets:
             raise ServiceUnavailable(no_target_reason(upstream))
-        if upstream is route.upstream:
-            policy, connect_timeout = route.retry, route.connect_timeout
-        else:               # a plugin's upstream (a split's canary): its own
-            policy, connect_timeout = upstream.retry, upstream.connect_timeout
+        policy, connect_timeout = try_policy(route, upstream)
         body_held = None
         if req.complete:
             body_held, req.body = req.body, []
