@@ -621,11 +621,19 @@ class RedisStore:
             self.nodes_down.pop(node.name, None)
             for i, reply in zip(indexes, executed):
                 replies[i] = reply
-        if failed is not None and all(isinstance(r, NodeUnreachable) for r in replies):
-            raise failed            # no master answered: the store is down, as one Redis is
+        if failed is not None and all(isinstance(r, NodeUnreachable) for r in replies) \
+                and self._masters_all_down(now):
+            raise failed            # no master answers: the store is down, as one Redis is
         if any(isinstance(r, Exception) and str(r).startswith(("MOVED", "ASK")) for r in replies):
             self.client.nodes_manager.initialize()  # slots moved: learn the new layout
         return replies
+
+    def _masters_all_down(self, now):
+        """Is every master of the cluster not asked for now? A batch that held only keys of
+        the dead master's (requests come one batch at a time under load) paused the whole
+        store: keys on the healthy masters fell back to on_store_error for ``pause``."""
+        return all(self.nodes_down.get(node.name, 0.0) > now
+                   for node in self.client.get_primaries())
 
     def _send_and_read(self, commands):
         """One pipeline on the batcher's own connection, packed by hiredis and sent and read

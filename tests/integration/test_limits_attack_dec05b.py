@@ -119,7 +119,9 @@ def test_a_redis_cluster_failover_is_followed_without_a_restart(launcher, upstre
     # the promoted replica decides again: 200, not on_store_error's 503
     wait_until(lambda: status_of(gw, "/lim") == 200, timeout=10)
     assert [status_of(gw, "/lim") for _ in range(3)] == [200] * 3
-    assert "redis is answering again" in gw.log()
+    # one master down is not the store down: its calls alone were refused, and are decided
+    assert "NodeUnreachable: redis node 127.0.0.1:%d" % dead in gw.log()
+    assert "redis takes decisions again" in gw.log()
 
 
 def test_a_cluster_master_down_for_good_fails_only_its_own_keys(launcher, upstream):
@@ -144,9 +146,15 @@ def test_a_cluster_master_down_for_good_fails_only_its_own_keys(launcher, upstre
     procs[dead].kill()
     procs[dead].wait()
     doomed = [v for v in values if home[v] == dead]
-    living = [v for v in values if home[v] != dead][:4]
-    assert doomed and len(living) == 4
+    living = [v for v in values if home[v] != dead][:5]
+    assert doomed and len(living) == 5
     time.sleep(1.5)                                 # the cluster marks the master failed
+    # A batch that holds only the dead master's keys (one request, then the next: a loaded
+    # worker sends them in batches of their own) paused the whole store, and the next
+    # request, a healthy master's key, fell back too (a 503: CI saw it).
+    alone = living.pop()
+    assert status_of(gw, "/lim", {"X-Key": doomed[0]}) == 503
+    assert status_of(gw, "/lim", {"X-Key": alone}) == 200
     for value in living:
         # each request in a batch with a key of the dead master's: both asked at once
         got = []
