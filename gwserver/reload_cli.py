@@ -217,23 +217,34 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
               file=err)
         return 1
     deadline = time.monotonic() + timeout
+    applied = None          # our reload's verdict, applied, while its new workers are missing
     while time.monotonic() < deadline:
         time.sleep(0.1)
         now = master_status(directories, pid)
-        if now is not None and attempt(now) > attempt(before) and begun_after(now, sent):
-            missing = now.get("workers_not_started")
-            if now.get("last_reload_successful") and missing:
-                print(f"reload applied as generation {now.get('generation')}, but {missing} "
-                      f"new workers could not start (fork refused: see the master's log); "
-                      f"the previous workers serve the previous configuration until they do",
-                      file=err)
-                return 1
-            if now.get("last_reload_successful"):
-                print(f"reload complete: generation {now.get('generation')}", file=out)
-                return 0
+        if now is None or not (attempt(now) > attempt(before) and begun_after(now, sent)):
+            continue
+        if not now.get("last_reload_successful") and applied is None:
             print(f"reload refused: {now.get('last_reload_error') or 'see the log'}; still "
                   f"serving the previous configuration", file=err)
             return 1
+        if applied is None:
+            applied = now
+        if not now.get("workers_not_started"):
+            if attempt(now) != attempt(applied):        # another SIGHUP's reload came since
+                print(f"reload applied as generation {applied.get('generation')}; a later "
+                      f"reload's generation {now.get('generation')} serves now", file=out)
+            else:
+                print(f"reload complete: generation {applied.get('generation')}", file=out)
+            return 0
+        # Applied, but its new workers do not serve yet: fork refused (TasksMax), or slow to
+        # start (the master stops waiting after max(10 s, timeout)). The master says when
+        # they serve; the verdict waits for that, as long as our timeout allows.
+    if applied is not None:
+        print(f"reload applied as generation {applied.get('generation')}, but "
+              f"{applied.get('workers_not_started')} new workers could not start or were "
+              f"not serving after {timeout:g} s (see the master's log); the previous workers "
+              f"serve the previous configuration until they do", file=err)
+        return 1
     print(f"no verdict from master {pid} in {timeout:g} s (see its log)", file=err)
     return 1
 
