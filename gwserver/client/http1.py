@@ -27,7 +27,8 @@ from gevent import GreenletExit
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED,
-                            PROXY_SET, REASONS, UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
+                            PROXY_SET, REASONS, STEERING_SET, UNTRUSTED_UNSEEN,
+                            X_FORWARDED_MORE)
 from ..core.realip import connection_scheme
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
@@ -174,8 +175,10 @@ class ClientConnection:
                     return
                 # kept for route conditions and plugins too (header_map, below), as before
                 req.headers.append((name, value))
-            elif not self.trusted_peer:
-                return                  # PROXY_SET: only a trusted proxy may say these
+            elif not self.trusted_peer or lname in STEERING_SET:
+                # PROXY_SET: only a trusted proxy may say these; STEERING_SET: nobody (another
+                # path or method than the one routed and judged)
+                return
             elif (lname == b"forwarded") if self.trusted_x_forwarded else \
                     (lname in X_FORWARDED_MORE):
                 # A trusted proxy speaks X-Forwarded-* or Forwarded (real_ip_header), and may

@@ -34,16 +34,21 @@ UNTRUSTED_UNSEEN = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forw
 # as it goes upstream, whatever put them there. The consumer's pairs are the gateway's own.
 WRITTEN_UPSTREAM = NOT_FORWARDED - CONSUMER_SET
 
-# Headers that say who the client is or what it asked for, as a proxy in front would: from
-# anyone but a trusted proxy they are forgeries (an upstream trusting X-Original-URL routes on
-# it). Method overrides get past a route's `methods`; the rest steer frameworks' proxy
-# middleware (werkzeug's ProxyFix, Spring's ForwardedHeaderFilter) and IP allow-lists.
+# Headers that name another path or method than the request line's: an upstream that reads
+# them (IIS and Laminas X-Original-URL, Symfony, Laravel and Express method overrides) serves
+# a request the gateway never routed or judged. Dropped from everyone, a trusted proxy too: a
+# load balancer trusted for the client's address passes a client's copy through unread, and
+# one that writes them names a path or method other than the one it sent the gateway.
+STEERING_SET = frozenset([b"x-original-url", b"x-rewrite-url", b"x-http-method-override",
+                          b"x-http-method", b"x-method-override"])
+# Headers that say who the client is, as a proxy in front would: from anyone but a trusted
+# proxy they are forgeries. They steer frameworks' proxy middleware (werkzeug's ProxyFix,
+# Spring's ForwardedHeaderFilter) and IP allow-lists.
 _PROXY_SAYS = frozenset([
-    b"x-real-ip", b"forwarded", b"x-original-url", b"x-rewrite-url", b"x-forwarded-prefix",
+    b"x-real-ip", b"forwarded", b"x-forwarded-prefix",
     b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
     b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
-    b"cf-connecting-ip", b"x-cluster-client-ip", b"x-http-method-override", b"x-http-method",
-    b"x-method-override",
+    b"cf-connecting-ip", b"x-cluster-client-ip",
     # the fault plugin's tag: a forged one would make a real failure look injected
     b"x-fault-injected"])
 # Who the user is, as an authenticating proxy in front says it and upstreams take it on trust:
@@ -68,7 +73,7 @@ IDENTITY_SET = frozenset([
     b"x-consumer-username", b"x-consumer-custom-id", b"x-credential-identifier",
     b"x-credential-username", b"x-anonymous-consumer", b"x-authenticated-userid",
     b"x-authenticated-scope", b"x-authenticated-groups"])
-PROXY_SET = _PROXY_SAYS | IDENTITY_SET
+PROXY_SET = _PROXY_SAYS | IDENTITY_SET | STEERING_SET
 # Of those, the ones a proxy that speaks X-Forwarded-* writes (beside -For, -Proto and -Host):
 # behind a trusted proxy that writes Forwarded instead, a client's copies it passed through
 # unread. (Forwarded itself is the client's behind a proxy that writes X-Forwarded-For.) Not

@@ -11,10 +11,15 @@ Rules, in the order they decide a match:
 3. Host (exact or ``*.example.com``), headers (exact values) and method must all hold.
 
 If some route matches everything but the method, the answer is 405 with ``Allow``; else 404.
+A CORS preflight goes to the route its announced method would take (``_preflight``), and to
+every route a header it announces may lead that request to, all of which must consent.
 Lookup cost grows with path depth, not with the number of routes; while no route matches on
 headers or claims, a match is also remembered by (method, host, path) until the table changes.
 """
+from dataclasses import replace
+
 from ..errors import BadRequest, ConfigError, MethodNotAllowed, RouteNotFound
+from .context import Reply
 from .routes import check_path
 
 # Matches remembered per table, when no route matches on headers or claims (the answer then
@@ -253,11 +258,44 @@ class Router:
         asked = headers.get(b"access-control-request-method") if headers else None
         if asked is None or b"origin" not in headers:
             return None
-        found = self._walk(self._root, segments, 0, [], asked.decode("latin-1"), host,
+        method = asked.decode("latin-1")
+        found = self._walk(self._root, segments, 0, [], method, host,
                            (headers, claims_of, repeated), set())
+        announced = _announced(headers) if self.conditional else None
+        if announced:
+            routes = self._may_take(segments, method, host, headers, claims_of, announced)
+            if len(routes) > 1 or (routes and found is None):
+                found = _jointly(routes, found)
         if found is None or found[0].chain is None or not found[0].chain.answers_preflight:
             return None
         return found
+
+    def _may_take(self, segments, method, host, headers, claims_of, announced):
+        """The routes a preflight's announced request may take, in match order: those whose
+        ``headers`` (or ``claims``) conditions fail only on a header it announces
+        (Access-Control-Request-Headers: the preflight carries the names, not the values),
+        up to the first whose conditions hold on the preflight as it is. Answered by that
+        last one alone, the preflight let a cors that allows an origin approve a request
+        that a route without one (or with another) serves, once the page sent the header."""
+        routes = []
+        for route in _in_order(self._root, segments, 0):
+            if any(r is route for r in routes) or \
+                    route.methods is not None and method not in route.methods:
+                continue        # (a route with two paths on this one is met twice)
+            if (route.hosts is not None or route.host_suffixes) and \
+                    not (route.hosts and host in route.hosts) and \
+                    not (host and host.endswith(route.host_suffixes)):
+                continue
+            missed = [name for name, value in route.headers if headers.get(name) != value]
+            claims = claims_of(route) if route.claims and claims_of is not None else None
+            if route.claims and (claims is None or not claims_match(route.claims, claims)):
+                missed.append(b"authorization")     # the token the request would carry
+            if not missed:
+                routes.append(route)
+                return routes
+            if announced.issuperset(missed):
+                routes.append(route)
+        return routes
 
     def _walk(self, node, segments, i, params, method, host, conditions, allowed):
         if i == len(segments):
@@ -305,6 +343,78 @@ class Router:
             if route is not None:
                 return route, dict(params) if params else {}
         return None
+
+
+def _in_order(node, segments, i):
+    """Every route on a path, in the order _walk tries them."""
+    if i == len(segments):
+        yield from node.exact
+        yield from node.prefix
+        yield from node.catchall
+        return
+    segment = segments[i]
+    child = node.static.get(segment)
+    if child is not None:
+        yield from _in_order(child, segments, i + 1)
+    if node.param is not None and segment:
+        yield from _in_order(node.param, segments, i + 1)
+    yield from node.catchall
+    if node.exact and not segment and i == len(segments) - 1:
+        yield from node.exact
+    yield from node.prefix
+
+
+def _announced(headers):
+    """The lower-case names a preflight's Access-Control-Request-Headers announces."""
+    names = headers.get(b"access-control-request-headers")
+    return frozenset(n.strip().lower() for n in names.split(b",")) - {b""} if names else None
+
+
+def _jointly(routes, found):
+    """(route, params) for a preflight whose request may take ``routes``: the one route, or
+    the first of them answering with every one's consent (JointPreflight)."""
+    params = found[1] if found is not None else {}
+    if len(routes) == 1:
+        return routes[0], params
+    chain = JointPreflight(routes)
+    return (replace(routes[0], chain=chain), params) if chain.answers_preflight else None
+
+
+class JointPreflight:
+    """The chain of a preflight whose request several routes may take, the value of a header
+    it announces deciding which: each route's chain answers it in turn (their cors, on
+    their own terms), and it is allowed only when every one allows it (the first one's
+    answer goes out). A route whose chain answers no preflight cannot consent at the
+    gateway: refused. Everything else is the first route's chain."""
+
+    def __init__(self, routes):
+        self.routes = tuple(routes)
+        self.first = routes[0].chain
+        self.answers_preflight = any(r.chain is not None and r.chain.answers_preflight
+                                     for r in routes)
+        self.access_steps = (None,)         # (run_access always runs)
+
+    def __getattr__(self, name):
+        return getattr(self.first, name)
+
+    def run_access(self, ctx):
+        answer = None
+        for route in self.routes:
+            ctx.route = route
+            chain = route.chain
+            reply = chain.run_access(ctx) if chain is not None and chain.answers_preflight \
+                else None
+            if reply is None:
+                ctx.ended_by = None
+                return Reply.json(403, {"error": "cors_not_allowed",
+                                        "message": "a route this request may take (by the "
+                                                   "headers it announces) answers no CORS "
+                                                   "preflight"}, [("Vary", "Origin")])
+            if not 200 <= reply.status < 300:
+                return reply
+            answer = answer or (route, reply)
+        ctx.route = answer[0]
+        return answer[1]
 
 
 def _pick(bucket, method, host, conditions, allowed):

@@ -171,8 +171,8 @@ def fence_of(route_id, spec):
     if not paths:
         return None
     fence = {"id": route_id, "paths": paths}
-    methods = [m for m in items(spec.get("methods"), str.upper) if readable("methods", [m])]
-    hosts = [h for h in items(spec.get("hosts"), str.lower) if readable("hosts", [h])]
+    methods = _all_readable(spec.get("methods"), str.upper, "methods")
+    hosts = _all_readable(spec.get("hosts"), _host_as_meant, "hosts")
     if methods:
         fence["methods"] = methods
     if hosts:
@@ -196,6 +196,28 @@ def fence_of(route_id, spec):
     elif prefix:        # prefix beside a catch-all (refused): each path covers what is below
         fence["paths"] = [p if catchall else p + "/*rest" for p, catchall in zip(paths, catchalls)]
     return fence
+
+
+def _all_readable(value, normalise, name):
+    """A fence's list field (methods, hosts): every item as surely meant, or None (the field
+    left out) when any item cannot be read. Keeping the readable ones made the fence narrower
+    than the route: ``["admin.example", "API.example:8443"]`` fenced admin.example alone, and
+    api.example's requests fell through to a broader route."""
+    if not isinstance(value, list):
+        return None
+    meant = [normalise(v) if isinstance(v, str) else None for v in value]
+    if None in meant or not _passes(ROUTE.fields[name].check, meant):
+        return None
+    return meant
+
+
+def _host_as_meant(host):
+    """A ``hosts`` entry as requests are matched: lower case, without a port or the trailing
+    dot (core.target's Host rules)."""
+    host = host.strip().lower()
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host[:-1] if host.endswith(".") else host
 
 
 def _passes(check, value):

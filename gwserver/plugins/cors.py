@@ -15,12 +15,14 @@ for an allowed origin and method, 403 otherwise; it never reaches the upstream o
 plugins (a browser sends no credentials on a preflight). A method is allowed when
 ``allow_methods`` and the route's ``methods`` both take it; the router hands a preflight
 to the route its announced method would take, whatever that route's ``methods`` say of
-OPTIONS (docs/routes.md). Other answers to an allowed origin get
-Access-Control-Allow-Origin (the origin itself, or ``*`` when every origin is allowed
-without credentials), -Allow-Credentials and -Expose-Headers; every answer of a route whose
-answer depends on the origin gets ``Vary: Origin`` so that caches keep them apart. When every
-origin is allowed without credentials, every answer gets ``Access-Control-Allow-Origin: *``,
-with or without an Origin: one answer for all, which a cache cannot hand to the wrong one.
+OPTIONS, and to every route a header it announces may lead its request to, each cors
+answering on its own terms (all must allow it: docs/routes.md). Other answers to an
+allowed origin get Access-Control-Allow-Origin (the origin itself, or ``*`` when every
+origin is allowed without credentials), -Allow-Credentials and -Expose-Headers; every answer
+of a route whose answer depends on the origin gets ``Vary: Origin`` so that caches keep them
+apart. When every origin is allowed without credentials, every answer gets
+``Access-Control-Allow-Origin: *``, with or without an Origin: one answer for all, which a
+cache cannot hand to the wrong one.
 
 The route's cors speaks for its answers alone: an upstream's own ``Access-Control-*``
 headers are dropped (its ``-Allow-Credentials: true`` beside the gateway's
