@@ -222,6 +222,8 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
         time.sleep(0.1)
         now = master_status(directories, pid)
         if now is None or not (attempt(now) > attempt(before) and begun_after(now, sent)):
+            if not is_master(pid):
+                return master_gone(pid, applied, directories, err)
             continue
         if not now.get("last_reload_successful") and applied is None:
             print(f"reload refused: {now.get('last_reload_error') or 'see the log'}; still "
@@ -230,7 +232,9 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
         if applied is None:
             applied = now
         if not now.get("workers_not_started"):
-            if attempt(now) != attempt(applied):        # another SIGHUP's reload came since
+            # Another SIGHUP's reload may have come since: applied, its generation serves;
+            # refused, ours does (it said "a later reload's generation N", N being ours).
+            if now.get("generation") != applied.get("generation"):
                 print(f"reload applied as generation {applied.get('generation')}; a later "
                       f"reload's generation {now.get('generation')} serves now", file=out)
             else:
@@ -239,6 +243,8 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
         # Applied, but its new workers do not serve yet: fork refused (TasksMax), or slow to
         # start (the master stops waiting after max(10 s, timeout)). The master says when
         # they serve; the verdict waits for that, as long as our timeout allows.
+        if not is_master(pid):
+            return master_gone(pid, applied, directories, err)
     if applied is not None:
         print(f"reload applied as generation {applied.get('generation')}, but "
               f"{applied.get('workers_not_started')} new workers could not start or were "
@@ -247,6 +253,33 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
         return 1
     print(f"no verdict from master {pid} in {timeout:g} s (see its log)", file=err)
     return 1
+
+
+def master_gone(pid, applied, directories, err):
+    """The master stopped (killed, `systemctl stop` or restart) while we waited: said then,
+    with the master that runs now if there is one. We waited out the timeout, and then said
+    the previous workers served the previous configuration, of a master that was gone."""
+    what = "its verdict" if applied is None else \
+        f"the new workers of generation {applied.get('generation')} served"
+    other = master_status(directories, None)
+    now = ""
+    if other is not None and isinstance(other.get("pid"), int) and other["pid"] != pid \
+            and is_master(other["pid"]):
+        now = (f"; master {other['pid']} runs now (started again: generation "
+               f"{other.get('generation')} of the configuration as it read it)")
+    print(f"master {pid} exited before {what} (see its log){now}", file=err)
+    return 1
+
+
+def wait_seconds(text):
+    """--timeout: seconds, 0 or more. A negative one (or NaN) signalled the master, then said
+    at once "no verdict from master N in -1 s" of a reload that was applied."""
+    import argparse
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}: nothing "
+                                         f"was signalled")
+    return value
 
 
 def cmd_reload(args):
@@ -259,6 +292,6 @@ def add_parser(sub, conf_option):
     conf_option(parser)
     parser.add_argument("--pid", type=int, default=None,
                         help="the master's pid (default: the one master.json names)")
-    parser.add_argument("--timeout", type=float, default=60.0,
+    parser.add_argument("--timeout", type=wait_seconds, default=60.0,
                         help="seconds to wait for the verdict (default 60)")
     parser.set_defaults(func=cmd_reload)

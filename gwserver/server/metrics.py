@@ -108,8 +108,9 @@ TARGET_UP = Metric("gwserver_upstream_target_up", "gauge", "1 when a checked or 
                    "target may take traffic, 0 when it is down (active or passive)",
                    (UPSTREAM, TARGET), mode=LAST_SEEN)
 REDIS_UP = Metric("gwserver_redis_up", "gauge", "1 when Redis answered this worker's last "
-                  "round trip, 0 while limits and breakers fall back (on_store_error); absent "
-                  "without [redis]", mode="livemin")
+                  "round trip (a Cluster: each master asked since it failed), 0 while limits "
+                  "and breakers fall back (on_store_error); absent without [redis]",
+                  mode="livemin")
 RELOAD_SUCCESSFUL = Metric("gwserver_config_last_reload_successful", "gauge", "1 if the last "
                            "configuration reload (or the start) was applied, 0 if refused",
                            source=MASTER)

@@ -179,12 +179,17 @@ class RedisStore:
                              OSError)
         self.noscript = redis.exceptions.NoScriptError
         self.reply_error = redis.exceptions.ResponseError
+        # cluster: MOVED and ASK (MovedError is an AskError), which redis-py gives without
+        # their word: "3999 127.0.0.1:6381"
+        self.redirect, self.moved = redis.exceptions.AskError, redis.exceptions.MovedError
         self.connection_lost = redis.exceptions.ConnectionError
         self.refused_credentials = redis.exceptions.AuthenticationError
         self.client = connect(url, timeout, password)
         self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
         self.slots_stale = False        # cluster: reload the slot map before the next call
+        self.slot_refresh = None        # cluster: the greenlet asking for it (_fresh_slots)
+        self.masters_probe = None       # cluster: the greenlet asking failed masters again
         self.nodes_down = {}            # cluster: master name -> until when it is not asked
         self.pause = pause
         self.key_prefix = key_prefix + "rl:"
@@ -224,8 +229,10 @@ class RedisStore:
 
     @property
     def up(self):
-        """Does Redis take this worker's decisions (gwserver_redis_up)?"""
-        return self.healthy and not self.refusing
+        """Does Redis take this worker's decisions (gwserver_redis_up)? In a cluster, not
+        while a master failed its last round trip: its keys fall back (NodeUnreachable),
+        and the gauge said 1 or 0 by whether the last batch held one of them."""
+        return self.healthy and not self.refusing and not self.nodes_down
 
     # -- the calls plugins make -----------------------------------------------------------------
 
@@ -366,7 +373,7 @@ class RedisStore:
                           "breakers fall back to on_store_error for %.1fs at a time until it "
                           "answers", self.timeout, self.pause)
             self.down_until, self.healthy = now + self.pause, False
-        elif expired:
+        elif expired and (self.queue_has_gone or not self.cluster):
             throttled_log.log(log, logging.WARNING, ("queued past timeout",),
                               "decisions waited over %.3fs in this worker before they could be "
                               "sent to redis (a busy worker, or the round trip ahead of them "
@@ -382,7 +389,12 @@ class RedisStore:
         on_store_error ("deny": a 503 for every client) for ``pause``, while Redis was idle."""
         if not self.in_flight or now - self.sent_at < self.timeout:
             return False
-        sock = getattr(self.conn, "_sock", None) if not self.cluster else None
+        if self.cluster:
+            # A master late (hung, SIGSTOPped, its host gone): its pipeline times out on its
+            # own, and its calls alone fall back (_pipeline). Taken for the store being
+            # slow, it paused every master's keys, each time a request came for one of its.
+            return False
+        sock = getattr(self.conn, "_sock", None)
         if sock is None:
             return True
         try:
@@ -398,13 +410,16 @@ class RedisStore:
             # Owed releases are retried, and a Redis that failed is asked again, after each
             # pause even when no request comes (gwserver_redis_up would otherwise stay 0 in
             # a worker that serves no limited route until one comes).
-            self.wake.wait(self.pause if self.owed_releases or not self.healthy else None)
+            self.wake.wait(self.pause if self.owed_releases or not self.healthy
+                           or self.nodes_down else None)
             self.wake.clear()
             batch, self.queue = self.queue, []
             if self.queue_has_gone:
                 batch = self._unsent(batch)
             if not batch and not self.healthy and time.monotonic() >= self.down_until:
                 self._probe()
+            elif not batch and self.nodes_down and self.masters_probe is None:
+                self.masters_probe = gevent.spawn(self._probe_masters)
             if self.owed_releases and time.monotonic() >= self.down_until:
                 # Releasing a lease Redis never granted is a no-op (ZREM): safe to repeat.
                 batch += [(spec, ("release", lease), None, 0.0)
@@ -435,13 +450,54 @@ class RedisStore:
 
     def _probe(self):
         try:
-            for client in self._nodes():
-                client.ping()
+            self._ping()
         except self.redis_errors as exc:
             self._failed([], exc)
             return
         log.warning("redis is answering again")
         self.healthy = True
+
+    def _probe_masters(self):
+        """Cluster: ask the masters that failed, once their ``pause`` is over, whether they
+        answer again, requests for their keys or not (gwserver_redis_up is 0 until they
+        do). Aside from the batcher: a master that hangs holds this for ``timeout``."""
+        try:
+            now = time.monotonic()
+            for name, until in list(self.nodes_down.items()):
+                if until > now:
+                    continue
+                try:
+                    node = self.client.get_node(node_name=name)
+                    if node is not None:    # (None: no master now, as the slot map has it)
+                        node.redis_connection.ping()
+                except self.redis_errors:
+                    self._node_failed(name)
+                else:
+                    self.nodes_down.pop(name, None)
+        finally:
+            self.masters_probe = None
+
+    def _ping(self):
+        """Does Redis answer? A cluster does when one of its masters does: the probe asked
+        every master and failed at the first dead one, so a cluster that lost every master
+        and got some back stayed paused, pause after pause, while a master was still gone,
+        and the living masters' keys fell back with it. A master that does not answer is
+        skipped for ``pause``, its calls alone falling back (NodeUnreachable)."""
+        if not self.cluster:
+            self.client.ping()
+            return
+        self._fresh_slots()
+        failed = None
+        for node in self.client.get_primaries():
+            try:
+                node.redis_connection.ping()
+                self.nodes_down.pop(node.name, None)
+                return
+            except self.redis_errors as exc:
+                failed = exc
+                self._node_failed(node.name)
+        if failed is not None:
+            raise failed
 
     def _round_trip(self, batch):
         # Calls on one key with the same limits -> one script call deciding all of them
@@ -449,6 +505,9 @@ class RedisStore:
         groups = {}
         for spec, payload, waiter, queued_at in batch:
             groups.setdefault(spec, []).append((payload, waiter, queued_at))
+        if self.cluster:
+            self._round_trip_by_master(batch, list(groups.items()))
+            return
         try:
             replies = self._execute(list(groups.items()))
         except self.redis_errors as exc:
@@ -458,7 +517,65 @@ class RedisStore:
             log.warning("redis is answering again")
             self.healthy = True
         self._judge_replies(replies)
-        for (spec, items), reply in zip(groups.items(), replies):
+        self._deliver(groups.items(), replies)
+
+    def _round_trip_by_master(self, batch, groups):
+        """Cluster: each master's calls of the batch, all masters at once, their answers given
+        to their waiters as each master answers. One master's after the other, and answered
+        when the last was, a master that hangs (SIGSTOPped, its host gone) held every
+        living master's decision for ``timeout``: they fell back with its own."""
+        self._fresh_slots()
+        parts = {}
+        try:
+            for group in groups:
+                node = self.client.get_node_from_key(self._key_of(group[0]))
+                parts.setdefault(node.name, []).append(group)
+        except self.redis_errors as exc:     # no slot map (no node answered yet)
+            self._failed(batch, exc)
+            return
+        parts = list(parts.values())
+        if len(parts) == 1:
+            replies = self._master_round_trip(parts[0])
+        else:
+            jobs = [gevent.spawn(self._master_round_trip, part) for part in parts]
+            try:
+                gevent.joinall(jobs)
+            finally:
+                gevent.killall(jobs)        # the batcher killed meanwhile (the worker stops)
+            replies = [reply for job in jobs for reply in job.get()]
+        unreachable = [r for r in replies if isinstance(r, NodeUnreachable)]
+        failed = [r.__cause__ for r in unreachable if r.__cause__ is not None]
+        if failed and len(unreachable) == len(replies) \
+                and self._masters_all_down(time.monotonic()):
+            self._failed([], failed[-1])    # no master answers: the store is down, as one
+            return                          # Redis is (its calls fell back, each on its own)
+        self._judge_replies(replies)
+
+    def _master_round_trip(self, groups):
+        """The calls of ``groups`` on the master that owns their slots -> the replies, given
+        to the waiters too."""
+        try:
+            replies = self._execute(groups)
+        except self.redis_errors as exc:
+            unreachable = NodeUnreachable(f"redis: {describe(exc)}")
+            unreachable.__cause__ = exc
+            replies = [unreachable] * len(groups)
+        if not self.healthy and not all(isinstance(r, NodeUnreachable) for r in replies):
+            log.warning("redis is answering again")
+            self.healthy = True
+        self._deliver(groups, replies)
+        return replies
+
+    def _key_of(self, spec):
+        """The Redis key a call of ``spec`` runs on (as _execute sends it)."""
+        if spec[0] == "rl":
+            return spec[2]
+        return self.adaptive_prefix + spec[1] if spec[0] == "ad" else spec[1]
+
+    def _deliver(self, groups, replies):
+        """Each reply to the waiters of its group (``groups``: [(spec, [(payload, waiter,
+        queued at)])])."""
+        for (spec, items), reply in zip(groups, replies):
             waiters = [waiter for _, waiter, _ in items if waiter is not None]
             if isinstance(reply, Exception):
                 if isinstance(reply, NodeUnreachable) and spec[0] == "lc":
@@ -590,7 +707,7 @@ class RedisStore:
             node = self.client.get_node_from_key(key)
             by_node.setdefault(node.name, (node, []))[1].append(i)
         replies = [None] * len(calls)
-        now, failed = time.monotonic(), None
+        now = time.monotonic()
         for node, indexes in by_node.values():
             if self.nodes_down.get(node.name, 0.0) > now:
                 unreachable = NodeUnreachable(f"redis node {node.name} unreachable (asked again "
@@ -605,28 +722,67 @@ class RedisStore:
             try:
                 executed = pipe.execute(raise_on_error=False)
             except self.redis_errors as exc:
-                # A master that cannot be reached may have been replaced (a failover): its
-                # replica, promoted, sends no MOVED to a client that only asks the dead one,
-                # and every batch with a key of its slots failed until the gateway restarted.
-                self.slots_stale = True
-                # Its calls alone fall back, and it is not asked for ``pause``: the whole
-                # batch failing paused the store, and keys on every other master fell back
-                # too (a cluster without replicas, a master down for good).
-                self.nodes_down[node.name] = now + self.pause
-                failed = exc
+                self._node_failed(node.name, now)
                 unreachable = NodeUnreachable(f"redis node {node.name}: {describe(exc)}")
+                unreachable.__cause__ = exc
                 for i in indexes:
                     replies[i] = unreachable
                 continue
             self.nodes_down.pop(node.name, None)
             for i, reply in zip(indexes, executed):
                 replies[i] = reply
-        if failed is not None and all(isinstance(r, NodeUnreachable) for r in replies) \
-                and self._masters_all_down(now):
-            raise failed            # no master answers: the store is down, as one Redis is
-        if any(isinstance(r, Exception) and str(r).startswith(("MOVED", "ASK")) for r in replies):
-            self.client.nodes_manager.initialize()  # slots moved: learn the new layout
+        redirected = [i for i, reply in enumerate(replies) if isinstance(reply, self.redirect)]
+        if redirected:
+            self._follow(calls, replies, redirected)
         return replies
+
+    def _follow(self, calls, replies, redirected):
+        """The calls a master answered MOVED (their slot is another master's now: a
+        resharding, a failover) or ASK (the slot is moving, their key is there already) go
+        once to the master named, as redis-py's own commands do; a MOVED reloads the slot
+        map. They did not run where they were sent, so they count once. Taken for errors,
+        every decision on a resharded slot fell back to on_store_error, and, its word
+        ("MOVED") not in redis-py's exception, the map was never reloaded."""
+        targets = {}
+        for i in redirected:
+            reply = replies[i]
+            asking = not isinstance(reply, self.moved)
+            self.slots_stale |= not asking
+            targets.setdefault((reply.host, reply.port, asking), []).append(i)
+        for (host, port, asking), indexes in targets.items():
+            word = "ASK" if asking else "MOVED"
+            node = self.client.get_node(host=host, port=port)
+            if node is None:        # a master the map does not know yet: after its reload
+                for i in indexes:
+                    replies[i] = self.reply_error(f"{word} {replies[i]}: to an unknown master")
+                continue
+            pipe = node.redis_connection.pipeline(transaction=False)
+            for i in indexes:
+                script, key, args = calls[i]
+                if asking:
+                    pipe.execute_command("ASKING")      # for the one command after it
+                pipe.evalsha(self.shas[script], 1, key, *args)
+            try:
+                executed = pipe.execute(raise_on_error=False)
+            except self.redis_errors as exc:
+                self._node_failed(node.name)
+                unreachable = NodeUnreachable(f"redis node {node.name} ({word}): "
+                                              f"{describe(exc)}")
+                unreachable.__cause__ = exc
+                executed = [unreachable] * (len(indexes) * (1 + asking))
+            for i, reply in zip(indexes, executed[asking::1 + asking]):
+                replies[i] = reply if not isinstance(reply, self.redirect) else \
+                    self.reply_error(f"{word} {reply}: redirected twice")
+
+    def _node_failed(self, name, now=None):
+        """Master ``name`` could not be reached. It may have been replaced (a failover): its
+        replica, promoted, sends no MOVED to a client that only asks the dead one, and every
+        batch with a key of its slots failed until the gateway restarted; so the slot map is
+        asked for again. Its calls alone fall back, and it is not asked for ``pause``: the
+        whole batch failing paused the store, and keys on every other master fell back too
+        (a cluster without replicas, a master down for good)."""
+        self.slots_stale = True
+        self.nodes_down[name] = (time.monotonic() if now is None else now) + self.pause
 
     def _masters_all_down(self, now):
         """Is every master of the cluster not asked for now? A batch that held only keys of
@@ -681,22 +837,37 @@ class RedisStore:
         return self.conn, held
 
     def _nodes(self):
+        """The clients to load the scripts on: a cluster's masters but those skipped for
+        ``pause`` (a hung one held every master's calls that needed the scripts)."""
         if not self.cluster:
             return [self.client]
         self._fresh_slots()
-        return [node.redis_connection for node in self.client.get_primaries()]
+        now = time.monotonic()
+        return [node.redis_connection for node in self.client.get_primaries()
+                if self.nodes_down.get(node.name, 0.0) <= now]
 
     def _fresh_slots(self):
-        """Cluster: ask the nodes for the slot map again after a master could not be reached.
-        While that fails (the nodes it asks first are the dead ones), the map it has serves,
-        and it is asked again next time: a failure here failed the whole batch, keys on
-        healthy masters with it."""
-        if self.slots_stale:
-            try:
-                self.client.nodes_manager.initialize()
-            except self.redis_errors:
-                return
-            self.slots_stale = False
+        """Cluster: ask the nodes for the slot map again after a master could not be reached,
+        or a reply said its slot moved. Asked aside, while the batches go on with the map
+        there is: redis-py asks the nodes in a random order, and a hung master asked first
+        held the batch for ``timeout``, every living master's decision in it falling back.
+        While that fails (every node it asks is dead), the map it has serves, and it is
+        asked again next time: a failure here failed the whole batch, keys on healthy
+        masters with it."""
+        if self.slots_stale and self.slot_refresh is None:
+            self.slot_refresh = gevent.spawn(self._refresh_slots)
+
+    def _refresh_slots(self):
+        try:
+            self.slots_stale = False        # a failure while it asks: asked again after it
+            self.client.nodes_manager.initialize()
+            masters = {node.name for node in self.client.get_primaries()}
+            for name in [name for name in self.nodes_down if name not in masters]:
+                del self.nodes_down[name]   # replaced by its replica (a failover), or gone
+        except self.redis_errors:
+            self.slots_stale = True
+        finally:
+            self.slot_refresh = None
 
     def _failed(self, batch, exc):
         self.down_until = time.monotonic() + self.pause
