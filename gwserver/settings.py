@@ -679,6 +679,35 @@ def plugin_warnings(where, plugins, registry=None):
             found += [f"{where}.{name}: {warning}" for warning in plugin.warnings(conf)]
         except Exception as exc:    # a third-party bug must not stop check, start or reload
             found.append(f"{where}.{name}: the plugin's warnings() failed: {exc!r}")
+    return found + hidden_key_warnings(where, plugins or {})
+
+
+# The credential header each auth plugin removes before later plugins run (hide_credentials)
+HIDDEN_BY = {"key_auth": lambda conf: conf.get("header", "X-API-Key"),
+             "basic_auth": lambda conf: "Authorization"}
+
+
+def hidden_key_warnings(where, plugins):
+    """A rate_limit or limit_conn keyed on the header an auth plugin of the same table has
+    removed by then (hide_credentials, the default): it counts every authenticated client
+    in the one bucket of requests without the header, and one client spends everyone's
+    limit. The consumer key is what was meant."""
+    hidden = set()
+    for name, header_of in HIDDEN_BY.items():
+        conf = plugins.get(name)
+        if isinstance(conf, dict) and conf.get("hide_credentials", True) is not False:
+            header = header_of(conf)
+            if isinstance(header, str):
+                hidden.add(header.lower())
+    found = []
+    for name in ("rate_limit", "limit_conn"):
+        conf = plugins.get(name)
+        key = conf.get("key") if isinstance(conf, dict) else None
+        if isinstance(key, str) and key[:7].lower() == "header:" and \
+                key[7:].strip().lower() in hidden:
+            found.append(f"{where}.{name}: key {show(key)} is a header the route's auth plugin "
+                         f"removes before {name} runs (hide_credentials): every client is "
+                         f"counted in one bucket; use key = \"consumer\"")
     return found
 
 

@@ -150,3 +150,34 @@ def test_routes_that_all_allow_the_origin_answer_the_preflight_together(launcher
                          b"Access-Control-Request-Headers: x-tenant\r\n"
                          b"Connection: close\r\n\r\n")
     assert status_of(answer) == 204, answer
+
+
+# -- 4. a limit keyed on the credential header an auth plugin removed first ---------------------
+
+def test_a_limit_keyed_on_the_hidden_key_header_is_one_bucket_and_check_says_so(
+        launcher, upstream, tmp_path):
+    """key_auth removes X-API-Key (hide_credentials, the default) before rate_limit runs, so
+    `key = "header:X-API-Key"` counted every client in the one bucket of requests without the
+    header: one client spent every other's limit, silently. `gwserver check` (and the log at
+    start and reload) now says so and names the key that was meant."""
+    import subprocess
+    import sys
+    from .test_consumers import KEYS, consumers
+    from ..conftest import to_toml
+    conf = gateway_conf([route("k", ["/k"], upstream.url, plugins={
+        "key_auth": {}, "rate_limit": {"rate": 2, "per": 3600, "burst": 2,
+                                       "key": "header:X-API-Key"}})], consumers=consumers())
+    gw = launcher.gateway(conf)
+    alice = [gw.request("GET", "/k", headers={"X-API-Key": KEYS["alice"]})[0].status
+             for _ in range(2)]
+    bob = gw.request("GET", "/k", headers={"X-API-Key": KEYS["bob"]})[0].status
+    assert alice == [200, 200] and bob == 429       # bob pays for alice: why it is warned
+    path = tmp_path / "gw.toml"
+    path.write_text(to_toml(conf))
+    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ('route k: plugins.rate_limit: key "header:X-API-Key" is a header the route\'s '
+            'auth plugin removes before rate_limit runs (hide_credentials): every client is '
+            'counted in one bucket; use key = "consumer"') in run.stdout + run.stderr
+    assert "use key = \"consumer\"" in gw.log()         # said at start too
