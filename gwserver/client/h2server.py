@@ -405,6 +405,11 @@ class H2Stream(ClientConnection):
             self.conn.send(self, [("headers", head, False)])
             self.released = True
 
+    def watch_hangup(self, waiting):
+        """A stream's client that hangs up is seen by its connection's reader (a
+        RST_STREAM, the connection's end), which ends the stream's relay itself."""
+        return False
+
     def take_back_head(self):
         """HTTP/2 sends a head with the first piece of its body (or its end): while the
         framer still holds it, the client has nothing and can get a whole error answer.

@@ -753,6 +753,25 @@ class ClientConnection:
         runtime.request_done()
         return keep_alive
 
+    hung_up = False         # Runtime.find_hangups saw this client end its connection
+
+    def watch_hangup(self, waiting):
+        """A streamed answer is about to wait on its upstream: should the client hang up
+        meanwhile, the worker's tick calls ``waiting.expire()`` (which ends that wait) and
+        the relay then raises ClientGone (``raise_if_hung_up``), so its upstream is let go.
+        True: the relay must call ``unwatch_hangup`` when it ends."""
+        self.runtime.streaming[self] = waiting
+        return True
+
+    def unwatch_hangup(self):
+        self.runtime.streaming.pop(self, None)
+
+    def raise_if_hung_up(self):
+        """In a relay's failure: ClientGone if it came from the client's hang-up (not the
+        upstream's failure, for no passive check or breaker to count)."""
+        if self.hung_up:
+            raise ClientGone("client closed its connection while the answer streamed")
+
     def take_back_head(self):
         """After a failure that followed the head: can the head be taken back, because the
         client has none of it yet? HTTP/1.1 writes a head as it is given: never."""

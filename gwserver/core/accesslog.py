@@ -90,8 +90,10 @@ FIELDS = {
     "status": Spec("status sent to the client", lambda req, status, *_: status),
     "upstream_status": Spec("status the upstream answered, when the client got that answer "
                             "(null: the gateway answered itself)", _upstream_status),
-    "bytes": Spec("body bytes sent to the client", lambda req, status, sent, upstream: sent),
-    "request_bytes": Spec("request body bytes received", lambda req, *_: req.body_size),
+    "bytes": Spec("body bytes sent to the client (a websocket: what its tunnel carried to it)",
+                  lambda req, status, sent, upstream: sent),
+    "request_bytes": Spec("request body bytes received (a websocket: what its tunnel carried "
+                          "from the client)", lambda req, *_: req.body_size),
     "duration_ms": Spec("milliseconds from the request head to the end of the answer"),
     "upstream_ms": Spec("milliseconds from sending upstream to the answer's head (last try)",
                         lambda req, *_: _ms(req.upstream_seconds)),

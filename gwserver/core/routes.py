@@ -140,7 +140,7 @@ TIMEOUTS = Schema(
     Field("connect", number(0, exclusive=True), None, "seconds to open an upstream connection"),
     Field("read", number(0, exclusive=True), None,
           "seconds to wait for each read from the upstream; a websocket tunnel idle this "
-          "long both ways is closed"),
+          "long both ways is closed, as is one whose write to the upstream waits this long"),
 )
 
 IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")     # RFC 9110 9.2.2

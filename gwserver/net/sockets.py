@@ -212,6 +212,21 @@ def linger(sock, buf, deadlines, owner):
         deadlines.disarm(owner)
 
 
+# tcp_states.h: the peer sent its FIN (CLOSE_WAIT), or reset the connection (CLOSE)
+_PEER_GONE = frozenset([7, 8])
+
+
+def peer_closed(sock):
+    """Has the peer of a TCP connection ended it (its FIN, or a reset)? Its kernel state, one
+    getsockopt: bytes it sent before (a pipelined request, a TLS close_notify) do not hide the
+    end as they would from a peek. Another kind of socket (Unix) never says so."""
+    try:
+        return raw_socket(sock).getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] \
+            in _PEER_GONE
+    except (OSError, ValueError):
+        return False
+
+
 def wait_readable(sock):
     """Park until ``sock`` is readable; raise OSError if it was closed (a deadline expired).
 

@@ -34,7 +34,7 @@ from ..core.throttledlog import throttled_log
 from ..core.tracing import trace_ids
 from ..files import open_regular, write_remedy
 from ..net.deadlines import Deadlines
-from ..net.sockets import RECV_SIZE
+from ..net.sockets import RECV_SIZE, peer_closed
 
 log = logging.getLogger("gwserver.worker")
 _escape = json.encoder.encode_basestring_ascii    # the C encoder (as core.accesslog)
@@ -43,6 +43,9 @@ _escape = json.encoder.encode_basestring_ascii    # the C encoder (as core.acces
 # code in cache, and a small one keeps the pause it costs one request short (~0.15 ms).
 ACCESS_FLUSH_LINES = 64
 TICK_SECONDS = 0.05
+# Seconds between looks for clients that hung up on a streamed answer (find_hangups): one
+# getsockopt per such answer each time
+HANGUP_CHECK_EVERY = 1.0
 
 
 class AccessLog:
@@ -195,6 +198,10 @@ class Runtime:
         self.open_clients = 0
         self.idle_clients = {}          # connection -> None, oldest first
         self.body_readers = {}          # HTTP/1.1 connection -> None, waiting for body bytes
+        # HTTP/1.1 connection -> the upstream exchange its streamed answer waits on, whose
+        # expire() ends that wait should the client hang up (find_hangups)
+        self.streaming = {}
+        self.hangups_checked = 0.0
         self.min_body_rate = server["min_body_rate"]
         self.admin_auth_failures = {}   # client address -> (wrong tokens, since when)
         self.trusted_proxies = TrustedProxies(server["trusted_proxies"], server["real_ip_header"])
@@ -322,6 +329,9 @@ class Runtime:
             # (an idle one first, as client_opened does: a connection that went idle
             # after the slots ran out would otherwise turn the body check off)
             self.close_slowest_body(now)
+        if self.streaming and now - self.hangups_checked >= HANGUP_CHECK_EVERY:
+            self.hangups_checked = now
+            self.find_hangups()
         self.proxy.share_tick(now)
         self.proxy.close_idle(now)
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
@@ -374,6 +384,18 @@ class Runtime:
 
     def client_closed(self):
         self.open_clients -= 1
+
+    def find_hangups(self):
+        """A client that hung up on a streamed answer (an event stream, a long download) is
+        found when the relay next writes to it: with an upstream that writes rarely (a
+        heartbeat every 30 s), that held the upstream's connection or stream, and the
+        client's limit_conn slot, for that long after the client left, twice over (a
+        write to a closed connection goes through once). nginx's proxy_ignore_client_abort
+        off: its upstream is let go when the client's end is seen."""
+        gone = [conn for conn in self.streaming if peer_closed(conn.sock)]
+        for conn in gone:
+            conn.hung_up = True
+            self.streaming.pop(conn).expire()
 
     def close_slowest_body(self, now):
         """Every slot is taken and none is idle: the connection sending its request body

@@ -774,6 +774,11 @@ class StreamResponse:
         self.ended = False
         self._pending = []
 
+    def expire(self):
+        """Its client hung up (Runtime.find_hangups): the wait for the next piece ends (the
+        relay tells it from the upstream's failure; closing the exchange resets the stream)."""
+        self.stream.end(UpstreamError(f"{self.connection.target.url}: the client hung up"))
+
     def ready(self):
         """Is more of the answer (or its end) already here, so that reading it will not
         wait?"""

@@ -452,9 +452,14 @@ class H2Forwarder:
                 sent += size
         held = 0
         hold_until = None
+        watched = False
         try:
             if not stream.ready():
                 flush()
+                # The answer waits on its upstream (an event stream's, a gRPC server
+                # stream's may write rarely): the client's hang-up must not wait for the
+                # next message to be seen.
+                watched = client.watch_hangup(stream)
                 if client.holds_head:
                     hold_until = hold_head(client, stream.ready_within, hold_until)
             for chunk in stream.chunks():
@@ -463,6 +468,8 @@ class H2Forwarder:
                 if not stream.ready() or held >= RELAY_BATCH:
                     held = 0            # bounded: what is acknowledged upstream is sent on
                     flush()
+                    if not watched:
+                        watched = client.watch_hangup(stream)
                     if client.holds_head:
                         hold_until = hold_head(client, stream.ready_within, hold_until)
             if grpc:
@@ -475,6 +482,9 @@ class H2Forwarder:
                 end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
             flush(last=True, end=end)
         except Exception:
+            if client.hung_up:
+                client.body_sent = sent
+                client.raise_if_hung_up()
             if not client.head_status:
                 raise       # nothing went out yet: the client still gets a whole error answer
             if body:        # the upstream's bytes from before its failure still go out
@@ -484,6 +494,9 @@ class H2Forwarder:
                     pass
             client.body_sent = sent     # the head is out: the answer can only be cut
             raise
+        finally:
+            if watched:
+                client.unwatch_hangup()
         if length is not None and sent != int(length):
             # h2 holds DATA to content-length; should that ever miss, the client's framing
             # must not: the connection is cut, not reused

@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import re
+import socket
 import time
 from functools import partial
 from itertools import count
@@ -49,6 +50,7 @@ from ..errors import (BadRequest, HTTPError, InternalError, LoopDetected, OutOfF
                       PayloadTooLarge, ProtocolMismatch, ServiceUnavailable, UpstreamBusy,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
+from ..net.deadlines import WriteDeadline
 from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, out_of_files,
                            readable_within, recv_when_readable, send_all, send_unless_answered,
                            tls_idle_state, tls_read_now, tls_send_unless_answered)
@@ -1108,6 +1110,7 @@ class Proxy:
         sent = 0
         close_delimited = ex.content_length is None and not ex.chunked
         hold_until = None
+        turn = 0
         try:
             for turn in count(1):
                 if turn % YIELD_EVERY == 0:
@@ -1130,6 +1133,10 @@ class Proxy:
                     # came with the first event.
                     hold_until = hold_head(client, partial(readable_within, ex.sock),
                                            hold_until)
+                if turn == 1:
+                    # The answer waits on its upstream (an event stream's may write rarely):
+                    # the client's hang-up must not wait for its next piece to be seen.
+                    client.watch_hangup(ex)
                 if not self.recv_feed(ex, route.read_timeout):
                     if close_delimited:
                         tail = filtered(filters, [], True) if filters else b""
@@ -1142,72 +1149,117 @@ class Proxy:
         except _StaleConnection:
             client.body_sent = sent
             raise UpstreamError("upstream connection failed mid-body") from None
-        except BaseException:
-            # what went out before the failure (or the client left, or the worker's drain
-            # ran out: GreenletExit)
+        except Exception:
+            # what went out before the failure (or the client left)
             client.body_sent = sent
+            client.raise_if_hung_up()       # its hang-up ended the wait: no upstream failure
             raise
+        except BaseException:
+            client.body_sent = sent         # (the worker's drain ran out: GreenletExit)
+            raise
+        finally:
+            if turn:
+                client.unwatch_hangup()
         return status, sent, keep_alive, ex.keep_alive and req.complete
 
     def tunnel(self, client, req, ex):
-        """101 Switching Protocols: relay raw bytes both ways until either side closes, or
+        """101 Switching Protocols: relay raw bytes both ways until both sides have closed, or
         nothing moves either way for the route's read timeout (nginx's proxy_read_timeout on a
-        websocket): an idle tunnel would hold a connection slot for good."""
+        websocket): an idle tunnel would hold a connection slot for good. Returns as
+        ``forward`` does; the bytes each way are the log's ``bytes`` and ``request_bytes``."""
         # RFC 9110 8.6: no Content-Length in a 1xx. What follows the head is the tunnel's: a
         # client or a proxy in front that framed a body by it took the first frames for one.
         ex.block = without_field(ex.block, b"content-length")
         head = self.response_head(req, ex, False)[0]
-        client.write_head(101, b"".join([head, *ex.chunks]))
-        upstream_sock, client_sock = ex.sock, client.sock
+        first = b"".join(ex.chunks)
+        client.write_head(101, head + first)
+        flow = TunnelFlow(ex.sock, client.sock, len(first))
         deadlines, idle = self.runtime.deadlines, req.route.read_timeout
-        tunnel = IdleTunnel((upstream_sock, client_sock))
-
-        def pump(src, dst):
-            # Into the worker's one upstream buffer, copied out before the send can yield
-            # (what came is all that is held): a 64 KiB buffer of each pump's own made every
-            # idle tunnel 150 KiB, 150 MB a worker at worker_connections = 1000.
-            buf, view = self.buf, self.view
-            try:
-                while True:
-                    n = src.recv_into(buf)
-                    if not n:
-                        break
-                    data = view[:n].tobytes()
-                    deadlines.arm(tunnel, idle)
-                    dst.sendall(data)
-                    deadlines.arm(tunnel, idle)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(2)
-                    except OSError:
-                        pass
-
-        deadlines.arm(tunnel, idle)
+        deadlines.arm(flow, idle)
         try:
             if req.upgrade_tail:
                 try:
-                    upstream_sock.sendall(req.upgrade_tail)
+                    ex.sock.sendall(req.upgrade_tail)
                 except OSError:
-                    return 101, 0, False, False     # the upstream left at once: tunnel over
-            down = gevent.spawn(pump, upstream_sock, client_sock)
-            pump(client_sock, upstream_sock)
+                    return 101, flow.down, False, False     # the upstream left at once
+                flow.up = len(req.upgrade_tail)
+            # A write waits at most send_timeout for the client to read (as any answer's
+            # does), read_timeout for the upstream to: the other way moving kept a stalled
+            # write, and the upstream that fed it, waiting for good.
+            down = gevent.spawn(self.pump, flow, ex.sock, client.sock, idle,
+                                self.runtime.send_timeout, True)
+            self.pump(flow, client.sock, ex.sock, idle, idle, False)
             down.join()
         finally:
-            deadlines.disarm(tunnel)
-        return 101, 0, False, False
+            deadlines.disarm(flow)
+            client.body_sent = flow.down        # (a drain's cut logs what went through)
+            req.body_size += flow.up
+        return 101, flow.down, False, False
+
+    def pump(self, flow, src, dst, idle, send_limit, downward):
+        """One way of a tunnel, until ``src`` ends: its FIN is passed on as one (a half-close,
+        RFC 9293 3.6) and the other way goes on; a failure either way ends both."""
+        # Into the worker's one upstream buffer, copied out before the send can yield (what
+        # came is all that is held): a 64 KiB buffer of each pump's own made every idle
+        # tunnel 150 KiB, 150 MB a worker at worker_connections = 1000.
+        buf, view, deadlines = self.buf, self.view, self.runtime.deadlines
+        writing = WriteDeadline(flow.expire)
+        try:
+            while True:
+                n = src.recv_into(buf)
+                if not n:
+                    break
+                data = view[:n].tobytes()
+                deadlines.arm(flow, idle)
+                deadlines.arm(writing, send_limit)
+                dst.sendall(data)
+                deadlines.disarm(writing)
+                deadlines.arm(flow, idle)
+                if downward:
+                    flow.down += n
+                else:
+                    flow.up += n
+        except OSError:
+            deadlines.disarm(writing)
+            flow.end()
+            return
+        flow.half_close(dst)
 
 
-class IdleTunnel:
-    """The deadline owner of a websocket tunnel: idle too long, both sockets are closed,
-    which ends both pumps (a send blocked on a peer that stopped reading included)."""
+class TunnelFlow:
+    """A websocket tunnel: the deadline owner of its idleness (both sockets are closed, which
+    ends both pumps, a send blocked on a peer that stopped reading included) and the bytes
+    it relayed each way, the 101's first frames included."""
 
-    def __init__(self, socks):
-        self.socks = socks
+    __slots__ = ("socks", "down", "up", "ended")
+
+    def __init__(self, upstream_sock, client_sock, down):
+        self.socks = (upstream_sock, client_sock)
+        self.down, self.up, self.ended = down, 0, 0
+
+    def half_close(self, dst):
+        """One side ended its sending: ``dst`` is told so (FIN). A TLS socket cannot send a
+        FIN without its TLS (Python's shutdown drops it): there, as when both sides have
+        ended, the tunnel is over."""
+        self.ended += 1
+        if self.ended == 2 or type(dst) is not PlainSocket:
+            self.end()
+            return
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.end()
+
+    def end(self):
+        """Both ways are over: what is still blocked on either socket wakes up to that."""
+        for sock in self.socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def expire(self):
+        """Idle too long, or a write waited too long: both sockets are closed."""
         for sock in self.socks:
             sock.close()
 
