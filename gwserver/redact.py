@@ -29,6 +29,14 @@ URL_VALUE_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", re.I)
 # "https://token@collector" holds a secret without a colon; to the last "@" before white
 # space (a quoted value is masked before it is quoted: schema.show).
 URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.I)
+# A user part that holds a "/", "?" or "#" unencoded ("redis://us/er:pass@host"): urlparse
+# reads it as host and path, the gateway's redis+sentinel:// parser and the operator as a
+# user and password. Anything shaped "x:y" before the last "@" (before white space) goes.
+URL_LAX_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)(?=[^\s@/?#]*[/?#][^\s@]*@)"
+                              r"(?=[^\s@]*:)[^\s]*@", re.I)
+# A query parameter of a URL: redis-py takes any (?password=...) as a connection option.
+URL_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]+)=([^&#\s]*)")
+URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s]*", re.I)
 
 
 def redact(value, key=None, every_text=False):
@@ -51,7 +59,9 @@ def redact(value, key=None, every_text=False):
         masked = URL_PASSWORD.sub(rf"\g<head>{MASK}\g<tail>", value)
         # a user part without a password is a token given as the user ("https://token@"):
         # the whole of it goes
-        return masked if masked != value else URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, 1)
+        if masked == value:
+            masked = URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, 1)
+        return _lax_parts(masked) if "://" in masked else masked
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, bytes):
@@ -66,9 +76,31 @@ def _is_pair(item):
 
 def mask_userinfo(text):
     """``text`` with the user part of every URL in it masked: ``https://***@host``."""
-    return URL_USERINFO.sub(rf"\1{MASK}@", text)
+    text = URL_USERINFO.sub(rf"\1{MASK}@", text)
+    return URL_IN_TEXT.sub(lambda url: _lax_parts(url.group()), text) if "://" in text \
+        else text
 
 
 def mask_url(value):
     """``value``, a URL, with its whole user part masked: ``https://***@host``."""
-    return URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, count=1)
+    value = URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, count=1)
+    return _lax_parts(value) if "://" in value else value
+
+
+def _lax_parts(url):
+    """``url`` (user part masked as RFC 3986 reads it) without what other readers take for
+    a secret: a user part holding "/", "?" or "#" unencoded (to the last "@", when "x:y"
+    comes before it), and the values of query parameters named as secrets (password, token,
+    ...; redis-py takes ``?password=`` as the AUTH password)."""
+    if "@" in url:
+        url = URL_LAX_USERINFO.sub(rf"\1{MASK}@", url, count=1)
+    if "=" in url:
+        url = URL_QUERY_PARAM.sub(_masked_param, url)
+    return url
+
+
+def _masked_param(match):
+    name = match.group(2)
+    if match.group(3) and (name.lower() in SECRET_KEYS or SECRET_HEADER.search(name)):
+        return f"{match.group(1)}{name}={MASK}"
+    return match.group()

@@ -376,12 +376,25 @@ def redis_url(value):
         except ValueError as exc:
             raise Invalid(f"redis-py cannot read this URL: {unreadable_url(value, exc)}") \
                 from None
+        if _user_part_unencoded(value):     # read, but not as written
+            raise Invalid(f"redis-py would read this URL's user part as a host and a path, "
+                          f"got {show(value)}: a user or password holding \"/\", \"?\" or "
+                          f"\"#\" must be percent-encoded (%2F, %3F, %23)")
     return value
 
 
 # Characters that end a URL's user part early: a password holding one (base64's "/") is read
 # as host, port and path, and redis-py's error then quotes a piece of it as the "port".
 USERINFO_ENDS = ("/", "?", "#")
+
+
+def _user_part_unencoded(url):
+    """Whether ``url`` has an "@" past its authority with "x:y" before it: a user part with
+    an unencoded "/", "?" or "#" ("redis://us/er:pass@host"), which redis-py reads as host
+    "us" (the workers connect there, without the password) and the dump would show."""
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return "@" not in authority and ":" in rest.rpartition("@")[0]
 
 
 def unreadable_url(url, exc):
@@ -609,7 +622,26 @@ def conf_warnings(conf):
                         f"{MIN_ADMIN_TOKEN} random ones (`openssl rand -hex 32`)")
     warnings += [w for where, plugins in _static_plugin_confs(conf)
                  for w in plugin_warnings(where, plugins)]
+    if conf.etcd is None:       # with etcd, the consumer may be there
+        warnings += missing_anonymous(conf)
     return warnings
+
+
+def missing_anonymous(conf):
+    """Auth plugins of the conf file naming an ``anonymous`` consumer it does not define:
+    each request without a credential is refused (401) there, and the file said ok."""
+    from .plugins import load_registry
+    registry = load_registry()
+    found = []
+    for where, plugins in _static_plugin_confs(conf):
+        for name, raw in (plugins or {}).items():
+            plugin = registry.get(name)
+            anonymous = raw.get("anonymous") if isinstance(raw, dict) else None
+            if anonymous and hasattr(plugin, "CREDENTIAL") and conf.consumers is not None \
+                    and conf.consumers.get(anonymous) is None:
+                found.append(f"{where}.{name}.anonymous: no consumer {show(anonymous)} is "
+                             f"defined: every request without a credential gets 401")
+    return found
 
 
 # Descriptors a worker holds beside its clients' and their upstream connections: listeners,

@@ -300,7 +300,16 @@ class Chain:
                                                     for later, _ in steps[i:]):
                         continue
                     joined_for, steps, i = self._join(ctx, ran)
-            if ctx.consumer is None or ctx.consumer is joined_for:
+                elif ctx.consumer is None and ctx._vars is not None and \
+                        DEFERRED_REFUSAL in ctx._vars and not any(
+                            id(later) in self.identifiers for later, _ in steps[i:]):
+                    # no later auth plugin can name the client: refused before the plugins
+                    # after them (acl's 403, a limit's count) take it for an unknown one
+                    return _deferred_refusal(ctx)
+            if ctx.consumer is None:
+                # (no vars: no refusal waits, and no call on a jwt route's every request)
+                return None if ctx._vars is None else _deferred_refusal(ctx)
+            if ctx.consumer is joined_for:
                 return None
             joined_for, steps, i = self._join(ctx, ran)     # the anonymous one, at the end
 
@@ -388,6 +397,25 @@ def _blame(exc, plugin, where):
     note = f"raised by plugin {plugin.NAME} in its {where}"
     if not isinstance(exc, HTTPError) and note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
+
+
+DEFERRED_REFUSAL = "refused_unless_identified"
+
+
+def refuse_unless_identified(ctx, plugin_name, reply):
+    """``reply`` ends the request after the access phases unless a later plugin identifies
+    a consumer: an auth plugin that cannot name the client (its anonymous consumer is gone)
+    must not refuse a credential a later auth plugin of the route takes. The first stands."""
+    ctx.vars.setdefault(DEFERRED_REFUSAL, (plugin_name, reply))
+
+
+def _deferred_refusal(ctx):
+    """The refusal an auth plugin left for the end (refuse_unless_identified), or None."""
+    deferred = ctx.var(DEFERRED_REFUSAL)
+    if deferred is None:
+        return None
+    ctx.ended_by, reply = deferred
+    return reply
 
 
 def _checked(plugin, reply):

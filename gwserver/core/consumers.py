@@ -118,6 +118,14 @@ def compile_consumer(consumer_id, spec, registry, version=0):
             problems.append(f"{owner}: plugins.{name}: it names upstreams, which only a "
                             f"route's plugins can (a route's split may send this consumer "
                             f"elsewhere with a rule on its X-Consumer-ID header)")
+        elif getattr(plugin, "UPSTREAM_PROTOCOL", None) is not None:
+            # A route's is refused with an upstream of another protocol; a consumer's joined
+            # every route it called: grpc_web's calls went to HTTP/1.1 upstreams untranslated,
+            # and their answers to the browser with CORS headers no route allowed
+            problems.append(f"{owner}: plugins.{name}: it needs the route's upstream to speak "
+                            f"{plugin.UPSTREAM_PROTOCOL} (protocol = "
+                            f"\"{plugin.UPSTREAM_PROTOCOL}\"), which only a route's plugins "
+                            f"are checked against: set it on the routes")
         elif getattr(plugin, "ROUTE_ONLY", False):
             problems.append(f"{owner}: plugins.{name}: only a route can set it (it says who "
                             f"the route lets through; a consumer's own would replace the "
@@ -210,6 +218,10 @@ class Directory:
     def _changed(self):
         self.generation = next(_GENERATIONS)
         self._scans = {}
+
+    def lookups(self, consumer):
+        """{plugin name: lookup} of ``consumer``'s credentials, as the indexes hold them."""
+        return self._lookups(consumer)
 
     def _lookups(self, consumer):
         out = {}

@@ -25,6 +25,25 @@ class Decision(NamedTuple):
     retry_after: float  # seconds until a request would be allowed (0 when allowed)
 
 
+MAX_QUOTA_WINDOWS = 1000   # windows a quota that is not whole in one may be stated over
+
+
+def quota(rate, per):
+    """RateLimit-Limit and the window (RateLimit-Policy's ``w``) of ``rate`` requests per
+    ``per`` seconds when ``rate`` is not whole: the IETF draft's limit is a whole number of
+    requests in a whole number of seconds, and ``int(rate)`` said 0 for 0.5 a second. ->
+    (requests, seconds) over the fewest windows in which both are whole (0.5 per 1 s: 1 in
+    2 s; 2.5 per 1 s: 5 in 2 s), else the fewest that hold a whole request, the requests
+    rounded down and the seconds up (never more than the rate lets through)."""
+    for windows in range(1, MAX_QUOTA_WINDOWS + 1):
+        requests, seconds = rate * windows, per * windows
+        if abs(requests - round(requests)) < 1e-6 and abs(seconds - round(seconds)) < 1e-6 \
+                and round(requests) >= 1 and round(seconds) >= 1:
+            return round(requests), round(seconds)
+    windows = max(1, math.ceil(1 / rate), math.ceil(1 / per))
+    return max(1, math.floor(rate * windows + EPSILON)), math.ceil(per * windows - EPSILON)
+
+
 def token_bucket(state, rate, per, burst, now):
     """state = (tokens, last) or None; return (Decision, new state)."""
     # Comparisons, not min()/max(): every request of a limited route runs this (40% less).

@@ -569,12 +569,24 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
             problems.extend(chain.check_upstream(owner, upstream))
         try:
             chain = link_chain(owner, chain, upstreams, defaults, registry, broken, absent)
+            problems.extend(linked_protocol_problems(owner, chain))
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(path_problems(spec, server))
     if problems or upstream is None or chain is None:
         raise ConfigError(problems)
     return make_route(spec, upstream, server, chain)
+
+
+def linked_protocol_problems(owner, chain):
+    """check_upstream for the upstreams a plugin sends to besides the route's (split's): a
+    grpc_web route split between an h2 upstream and an HTTP/1.1 one sent its share of the
+    gRPC-Web calls to the second untranslated. A stand-in (an id not defined yet) is checked
+    once it is (the route is compiled again then)."""
+    return [f"{problem}: upstream {linked.id}, which it may send to, does not"
+            for linked in dict.fromkeys(chain.linked_upstreams())
+            if linked.targets or linked.service
+            for problem in chain.check_upstream(owner, linked)]
 
 
 def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),

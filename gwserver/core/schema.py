@@ -36,7 +36,7 @@ class Invalid(ValueError):
 
 def show(value):
     """How a bad value is quoted in an error message (a URL's user and password masked)."""
-    if isinstance(value, str) and "@" in value:
+    if isinstance(value, str) and ("@" in value or "://" in value):
         value = mask_url(value)     # before quoting: a password's quote or space is its own
     try:
         text = json.dumps(value, default=str)

@@ -234,6 +234,9 @@ def _match_of(route):
             route.headers, route.claims, route.priority)
 
 
+TRADE_TRIES = 8     # choices between consumers that want one credential, in one trade
+
+
 class LiveTable:
     def __init__(self, upstream_defaults, server, global_plugins, registry,
                  static_routes=(), static_upstreams=None, static_consumers=None):
@@ -563,16 +566,92 @@ class LiveTable:
             consumer = compile_consumer(consumer_id, decode_json(raw), self.registry, version)
             self.consumers.add(consumer)
         except Exception as exc:        # noqa: BLE001 - see _reject
-            if isinstance(exc, CredentialTaken):
-                self._taken.add(consumer_id)
-            else:
+            if not isinstance(exc, CredentialTaken):
                 self._taken.discard(consumer_id)
-            return self._reject(key, exc, consumer_id in self.consumer_specs)
-        spec = decode_json(raw)
-        self.consumer_specs[consumer_id] = (version, spec)
-        self.rejected.pop(key, None)
-        self._taken.discard(consumer_id)
+                return self._reject(key, exc, consumer_id in self.consumer_specs)
+            self._taken.add(consumer_id)
+            self._reject(key, exc, consumer_id in self.consumer_specs)
+            return self._trade_taken() and consumer_id not in self._taken
+        self._served_consumer(consumer_id, version, raw)
         self._retry_taken()             # its previous version may have let go of a credential
+        return True
+
+    def _served_consumer(self, consumer_id, version, raw):
+        self.consumer_specs[consumer_id] = (version, decode_json(raw))
+        self.rejected.pop(f"consumers/{consumer_id}", None)
+        self._taken.discard(consumer_id)
+
+    def _trade_taken(self):
+        """Consumers refused only for a credential that another refused one's served version
+        holds, put in together: two that trade keys (in one etcd transaction, or two puts)
+        each wanted what the other still had, both were refused, and nothing was ever tried
+        again: the keys stayed where they were, each partner served as the other, for good.
+        The largest set of them that fits goes in at once; -> whether any did."""
+        wanted = {}
+        for consumer_id in self._taken:
+            if consumer_id in self.wanted_consumers:
+                version, raw = self.wanted_consumers[consumer_id]
+                try:
+                    wanted[consumer_id] = compile_consumer(consumer_id, decode_json(raw),
+                                                           self.registry, version)
+                except Exception:       # noqa: BLE001 - refused alone, as put_consumer does
+                    continue
+        wants = {consumer_id: set(self.consumers.lookups(consumer).items())
+                 for consumer_id, consumer in wanted.items()}
+        chosen = self._fitting(wants, frozenset(wants), TRADE_TRIES)
+        if len(chosen) < 2 or not self._put_together([wanted[c] for c in chosen]):
+            return False            # one alone was just refused: a trade takes two
+        for consumer_id in chosen:
+            self._served_consumer(consumer_id, *self.wanted_consumers[consumer_id])
+        self._retry_taken()
+        return True
+
+    def _fitting(self, wants, chosen, tries):
+        """The largest part of ``chosen`` (consumer ids; ``wants``: their new versions'
+        credentials, as (plugin, lookup)) that can go in together: no credential of one
+        held by a consumer that keeps its served version, none wanted by two of them. Of two
+        that want one credential, each is left out in turn (at most ``tries`` such choices:
+        the sets are a handful of consumers in the middle of a change)."""
+        while True:
+            claims = {}
+            for consumer_id in chosen:
+                for credential in wants[consumer_id]:
+                    claims.setdefault(credential, []).append(consumer_id)
+            kept = frozenset(c for c in chosen if all(
+                self._holder(credential) in (None, c, *chosen) for credential in wants[c]))
+            if kept == chosen:
+                break
+            chosen = kept
+        contested = next((ids for ids in claims.values() if len(ids) > 1), None)
+        if contested is None:
+            return chosen
+        best = frozenset()
+        for consumer_id in sorted(contested)[:max(tries, 1)]:
+            found = self._fitting(wants, chosen - {consumer_id}, tries // 2)
+            best = max(best, found, key=len)
+        return best
+
+    def _holder(self, credential):
+        """The id of the consumer whose served version holds ``credential``, or None."""
+        holder = self.consumers.find(*credential)
+        return None if holder is None else holder.id
+
+    def _put_together(self, consumers):
+        """Replace these consumers' served versions with ``consumers`` in one step; -> whether
+        they fit (else nothing is changed)."""
+        served = [self.consumers.get(c.id) for c in consumers]
+        for consumer in consumers:
+            self.consumers.remove(consumer.id)
+        try:
+            for consumer in consumers:
+                self.consumers.add(consumer)
+        except CredentialTaken:
+            for added in consumers:
+                self.consumers.remove(added.id)
+            for old in served:      # as it was a moment ago, so they fit again
+                if old is not None:
+                    self.consumers.add(old)
+            return False
         return True
 
     def delete_consumer(self, consumer_id):

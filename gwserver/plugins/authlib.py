@@ -6,14 +6,18 @@ A cache key is a keyed BLAKE2b of the presented secret (the key is random per pr
 the cache never holds a secret a memory dump could replay elsewhere.
 """
 import hashlib
+import logging
 import math
 import os
 import time
 
 from ..core import consumers
+from ..core.chain import refuse_unless_identified
 from ..core.context import Reply
 from ..core.realip import ipv6_network
+from ..core.throttledlog import throttled_log
 
+log = logging.getLogger("gwserver.plugins")
 _PEPPER = os.urandom(32)
 
 
@@ -130,7 +134,7 @@ def unauthorized(challenge, message, error="unauthorized"):
                       [("WWW-Authenticate", challenge)] if challenge else [])
 
 
-def anonymous_or(conf, ctx, reply):
+def anonymous_or(conf, ctx, reply, plugin_name):
     """Requests without a credential: the configured anonymous consumer, else ``reply``. With
     an anonymous consumer, one an earlier auth plugin identified stands (Kong's "either
     credential": key_auth and basic_auth, each with ``anonymous``)."""
@@ -142,7 +146,26 @@ def anonymous_or(conf, ctx, reply):
     found = ctx.services.consumers
     consumer = found.get(anonymous) if found is not None else None
     if consumer is None:
-        return Reply.json(500, {"error": "anonymous_consumer_missing",
-                                "message": f"consumer {anonymous} is not configured"})
+        return _anonymous_missing(ctx, anonymous, reply, plugin_name)
     consumers.identify(ctx, consumer, anonymous=True)
+    return None
+
+
+def _anonymous_missing(ctx, anonymous, reply, plugin_name):
+    """The route's anonymous consumer is not configured (deleted from etcd while the route
+    names it, say): a client without a credential is refused as on a route without one
+    (never let through as nobody, which would skip what the anonymous consumer's own plugins
+    limit), unless a later auth plugin of the route identifies it. It was a 500 on every
+    such request, which the operator's log said nothing of. -> None: the refusal waits."""
+    route_id = ctx.route.id if ctx.route is not None else None
+    throttled_log.log(log, logging.ERROR, ("anonymous missing", route_id, anonymous),
+                      "route %s: %s names the anonymous consumer %s, which is not configured: "
+                      "requests without a credential are refused (401) until it is",
+                      route_id, plugin_name, anonymous)
+    payload = reply.payload or {}
+    refused = Reply.json(reply.status, {
+        **payload, "message": f"{payload.get('message', 'unauthorized')} (the route's "
+                              f"anonymous consumer is not configured)"},
+        [(k, v) for k, v in reply.headers if k.lower() != "content-type"])
+    refuse_unless_identified(ctx, plugin_name, refused)
     return None

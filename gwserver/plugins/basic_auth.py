@@ -203,7 +203,7 @@ def access(conf, ctx):
     value = ctx.header_map.get(b"authorization")
     if value is None:
         return authlib.anonymous_or(conf, ctx, authlib.unauthorized(
-            conf["challenge"], "a user name and password are required"))
+            conf["challenge"], "a user name and password are required"), NAME)
     parsed = parse(value)
     if parsed is None:
         refused = authlib.unauthorized(conf["challenge"], "the Authorization header is not "
@@ -212,7 +212,7 @@ def access(conf, ctx):
         if scheme != b"basic":
             # Another scheme (a Bearer token for the route's jwt) is no Basic credential:
             # with an anonymous consumer, that one, and a later auth plugin may name another.
-            return authlib.anonymous_or(conf, ctx, refused)
+            return authlib.anonymous_or(conf, ctx, refused, NAME)
         return refused
     consumer = check(ctx.services.consumers, *parsed, conf["cache"],
                      budgets(conf, ctx, parsed[0]))

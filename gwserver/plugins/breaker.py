@@ -21,7 +21,6 @@ The state machine is ``core.breaker``; the state lives in the store (``ctx.servi
 """
 import logging
 import math
-import time
 
 from ..core.context import Reply
 from ..core.schema import Field, Schema, integer, list_of, number, one_of, status_code
@@ -179,7 +178,6 @@ ADMIN_VIEW = "breakers"
 def admin_view(uses, services):
     """Plugin hook for /admin/breakers: every breaker, its routes, config and state as the
     store holds it (a breaker on an upstream is shared by the routes that use it)."""
-    now = time.time()
     breakers = {}
     for route, conf in uses:
         key = breaker_key(conf, route)
@@ -187,17 +185,19 @@ def admin_view(uses, services):
         if entry is None:
             entry = breakers[key] = {"routes": [], "config": {
                 k: sorted(v) if isinstance(v, frozenset) else v for k, v in conf.items()}}
-            entry.update(_breaker_state(services, key, now))
+            entry.update(_breaker_state(services, key))
         entry["routes"].append(route.id)
     shared = services.limit_store is not services.local_store
     return {"store": "redis" if shared else "per host", "breakers": breakers}
 
 
-def _breaker_state(services, key, now):
+def _breaker_state(services, key):
+    """The view of one breaker, its times counted on the clock of the store that wrote them
+    (Redis' TIME, not this host's wall clock)."""
     try:
-        state = services.limit_store.breaker_state(key)
+        state, now = services.limit_store.breaker_view(key)
     except Exception as exc:    # Redis down: say so, and show this host's fallback state
-        state = services.local_store.breaker_state(key)
+        state, now = services.local_store.breaker_view(key)
         out = {"store_error": f"{exc.__class__.__name__}: {exc}",
                "per_host_fallback": True}
     else:

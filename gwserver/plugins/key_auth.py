@@ -232,7 +232,7 @@ def access(conf, ctx):
         if key is None and in_query:
             key = in_query[0]
     if not key:
-        return authlib.anonymous_or(conf, ctx, _missing(conf))
+        return authlib.anonymous_or(conf, ctx, _missing(conf), NAME)
     directory = ctx.services.consumers
     consumer = find(directory, key, conf, ctx) \
         if directory is not None and len(key) <= MAX_KEY else None

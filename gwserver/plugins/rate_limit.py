@@ -32,6 +32,7 @@ import logging
 import math
 import re
 
+from ..core import ratelimit
 from ..core.context import Reply, parse_block
 from ..core.cookies import one_cookie
 from ..core.realip import ipv6_network
@@ -121,7 +122,8 @@ def prepare(conf):
                              f"adaptive.raise_above ({adaptive['raise_above']:g})")
         adaptive = {**adaptive, "failure_statuses": frozenset(adaptive["failure_statuses"])}
     return {**conf, "kind": kind, "adaptive": adaptive, "name": key_name(kind, name),
-            "own": "", "consumer": None}
+            "own": "", "consumer": None,
+            "fractional": adaptive is None and conf["rate"] % 1 != 0}
 
 
 def for_consumer(conf, consumer_id):
@@ -168,7 +170,18 @@ def limit_key(conf, ctx):
         value = "-" if raw is None else hashlib.blake2b(raw, digest_size=12).hexdigest()
     else:
         value = claim_key_part(ctx.var("claims") or {}, conf["name"])
-    return f"{ctx.route.id}:{conf['own']}{kind}:{value}"
+    route_id = ctx.route.id
+    if ":" in route_id:
+        route_id = route_id.replace(":", _ROUTE_PART)
+    return f"{route_id}:{conf['own']}{kind}:{value}"
+
+
+# The route part of a key ends at its first ":". Route ids may hold ":", and written as they
+# are, route "key_auth:60" limited per address counted in key_auth's budget of failed
+# look-ups for that address (key_auth:60:ip:ADDR), and route "r:consumer" per address in
+# route r's bucket of a consumer named "ip:ADDR". No id holds "%": escaped, no key spells
+# another, and the keys of ids without ":" stay as they were.
+_ROUTE_PART = "%3A"
 
 
 # A claim's value as it may stand in a key name: short and plain. Anything else is hashed:
@@ -264,6 +277,10 @@ def access(conf, ctx):
         outcome = "local_"
     else:
         outcome = ""
+    if conf["fractional"] or decision.limit < 1:
+        # A configured rate that is not whole, or an adaptive one under 1 (rounded down, as
+        # an adaptive rate's is, it said 0): _lines states its quota and window
+        decision = decision._replace(limit=rate)
     ctx.vars["rate_limit"] = decision
     if conf["adaptive"] is not None:
         ctx.vars["rate_limit_store"] = store
@@ -273,10 +290,10 @@ def access(conf, ctx):
     return Reply.json(429, {"error": "too_many_requests", "limit": decision.limit,
                             "retry_after": round(decision.retry_after, 3)},
                       [("Retry-After", str(max(1, math.ceil(decision.retry_after))))] +
-                      _headers(decision))
+                      _headers(decision, conf["per"]))
 
 
-_OURS = (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset")
+_OURS = (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset", b"ratelimit-policy")
 
 
 def response(conf, ctx, head):
@@ -287,7 +304,7 @@ def response(conf, ctx, head):
     # never split into pairs (append_lines), only added to.
     if head.has_header_prefix(b"ratelimit-"):
         head.headers = [(k, v) for k, v in head.headers if k.lower() not in _OURS]
-    head.append_lines(_lines(decision))
+    head.append_lines(_lines(decision, conf["per"]))
 
 
 def finish(conf, ctx, status):
@@ -330,16 +347,25 @@ def upgraded(conf, ctx):
         del ctx.vars["rate_limit_store"]    # recorded: finish, at the close, does nothing
 
 
-def _lines(decision):
+def _lines(decision, per):
     """RateLimit-* as header lines, in one formatting: added to every answer of a limited
-    route."""
+    route. A rate that is not whole (a float ``limit``: 0.5 a second) is stated as a whole
+    quota with the window it is whole in (RateLimit-Policy: 1;w=2), as the draft asks."""
+    limit = decision.limit
+    if type(limit) is not int:
+        requests, seconds = ratelimit.quota(limit, per)
+        return b"RateLimit-Limit: %d\r\nRateLimit-Policy: %d;w=%d\r\n" \
+            b"RateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+                requests, requests, seconds, decision.remaining,
+                max(0, math.ceil(decision.reset)))
     return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
-        decision.limit, decision.remaining, max(0, math.ceil(decision.reset)))
+        limit, decision.remaining, max(0, math.ceil(decision.reset)))
 
 
-def _headers(decision):
+def _headers(decision, per):
     """The same RateLimit-* as (str, str) pairs, like the rest of our 429's headers."""
-    return [(name.decode(), value.decode()) for name, value in parse_block(_lines(decision))]
+    return [(name.decode(), value.decode())
+            for name, value in parse_block(_lines(decision, per))]
 
 
 def _count(ctx, outcome):

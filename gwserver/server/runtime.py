@@ -334,6 +334,8 @@ class Runtime:
             self.find_hangups()
         self.proxy.share_tick(now)
         self.proxy.close_idle(now)
+        if self.proxy.settling:
+            self.proxy.settle(now)
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
             self.prune_pools()

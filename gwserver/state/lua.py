@@ -237,3 +237,10 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if last[2] then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2])) + 1000) end
 return {flags, held}
 """
+
+
+# A breaker's state and Redis' clock, from the node that holds it (the admin view: an open
+# breaker's time to its probe is counted on the clock its "until" was written on).
+BREAKER_VIEW_LUA = """
+return {redis.call('GET', KEYS[1]), redis.call('TIME')}
+"""

@@ -40,7 +40,8 @@ from ..core.throttledlog import throttled_log
 from ..errors import StoreError, StoreTimeout, describe
 from ..processes import pid_alive
 from ..settings import parse_multi_host_url
-from .lua import ADAPTIVE_LUA, BREAKER_LUA, LIMIT_CONN_LUA, SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA
+from .lua import (ADAPTIVE_LUA, BREAKER_LUA, BREAKER_VIEW_LUA, LIMIT_CONN_LUA,
+                  SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA)
 
 _select = get_original("select", "select")     # a poll of one socket, never a wait
 
@@ -269,6 +270,14 @@ class RedisStore:
         """The stored state of breaker ``key`` (admin view), or None if it has none."""
         raw = self.client.get(self.breaker_prefix + key)
         return None if raw is None else load_breaker_state(raw)
+
+    def breaker_view(self, key):
+        """(breaker_state(key), now on the clock its times were written on): Redis' TIME, from
+        the node that holds the key. Counted on this host's clock, an open breaker's time to
+        its probe was off by the hosts' skew (0 for all of it on a host 30 s ahead)."""
+        raw, (seconds, micros) = self.client.eval(BREAKER_VIEW_LUA, 1, self.breaker_prefix + key)
+        return (None if raw is None else load_breaker_state(raw)), \
+            int(seconds) + int(micros) / 1e6
 
     def conn_claim(self, key, limit, lease_seconds):
         """limit_conn: take one of ``limit`` slots of ``key`` for at most ``lease_seconds``
@@ -985,6 +994,10 @@ class LocalStore:
         name = "br:" + key
         stored = self._decode(name, self._read(name))
         return None if stored is None else breaker_state_of(stored)
+
+    def breaker_view(self, key):
+        """(breaker_state(key), now on the clock its times were written on: this host's)."""
+        return self.breaker_state(key), time.time()
 
     def adaptive_rate(self, key, conf):
         return ratelimit.adaptive_rate(self.adaptive_rates.get(key), conf)

@@ -70,6 +70,10 @@ CLIENT_PAUSE = 1.0      # seconds of a try spent waiting for the client's body (
 # per request, until health checks or ejection take it out.
 REFUSED_AVOID = 1.0
 IDLE_CHECK_EVERY = 1.0  # seconds between looks for pooled connections idle too long
+# A connection whose HEAD answer announced a body goes back to its pool only after this long
+# without a byte (Proxy.settle): the body a broken upstream writes after all comes late by a
+# delayed ACK (40 ms) under Nagle, and read as the next request's answer it would be that.
+HEAD_SETTLE = 0.1
 
 
 class _StaleConnection(Exception):
@@ -240,6 +244,14 @@ def status_line_at(raw, at):
     return at
 
 
+def head_ended(ex):
+    """The answer to a HEAD that announced a body ended at its head (RFC 9110 9.3.2): the
+    parser, which does not know the request, still waits for the body. A fresh one takes
+    the next answer, and the connection goes back to its pool once it settled."""
+    ex.parser = httptools.HttpResponseParser(ex)
+    ex.complete = ex.settle = True
+
+
 class Exchange:
     """The upstream side of one pooled connection; also its response parser's protocol.
 
@@ -252,7 +264,8 @@ class Exchange:
     __slots__ = ("conn", "sock", "parser", "timed_out", "status", "reason", "block",
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
-                 "request_cut", "started", "version", "client_paused", "idle_since")
+                 "request_cut", "started", "version", "client_paused", "idle_since",
+                 "settle")
 
     def __init__(self, conn):
         self.conn = conn
@@ -261,6 +274,7 @@ class Exchange:
         self.parser = httptools.HttpResponseParser(self)
         self.timed_out = False
         self.idle_since = 0.0       # back in its pool since (Proxy.release; close_idle)
+        self.settle = False         # set by a HEAD's answer, taken by Proxy.release
         self.begin()
 
     def begin(self):
@@ -431,6 +445,7 @@ class Proxy:
         self.outstanding = {}           # target url -> requests in flight from this worker
                                         # (a str key: its hash is cached, a Target's is a call)
         self.refused = {}               # target url -> until when this host's workers avoid it
+        self.settling = []              # (due, pool, exchange) after a HEAD (settle)
         self.share = HostShare(os.path.join(runtime.conf.server["state_dir"], "share"))
         from .h2proxy import H2Forwarder
         self.h2 = H2Forwarder(self)     # protocol = "h2" upstreams (gRPC, gRPC-Web)
@@ -551,10 +566,34 @@ class Proxy:
         if reusable and not ex.request_cut:
             ex.idle_since = self.deadlines.now      # (the ticker's clock: no call)
             pool._put_conn(conn)
+        elif ex.settle and not ex.request_cut and not pool.block:
+            # (a blocking pool's requests wait for the slot: it is freed at once)
+            ex.settle = False
+            self.settling.append((self.deadlines.now + HEAD_SETTLE, pool, ex))
         else:
+            ex.settle = False
             conn.gw_exchange = None
             conn.close()
             pool._put_conn(None)
+
+    def settle(self, now):
+        """On the worker's tick: connections whose HEAD answer announced a body (its length,
+        or chunked) go back to their pools once HEAD_SETTLE passed without a byte on them;
+        one with bytes, or closed, is closed. Closed at once, as they were, every HEAD cost
+        a connection (a monitor's or a health checker's)."""
+        due = [entry for entry in self.settling if entry[0] <= now]
+        if not due:
+            return
+        self.settling = [entry for entry in self.settling if entry[0] > now]
+        for _, pool, ex in due:
+            conn = ex.conn
+            if conn.sock is ex.sock and conn.is_connected:
+                ex.idle_since = now
+                pool._put_conn(conn)
+            else:
+                conn.gw_exchange = None
+                conn.close()
+                pool._put_conn(None)
 
     # -- the exchange ---------------------------------------------------------------------------
 
@@ -1096,8 +1135,14 @@ class Proxy:
             # unless the message really ended. After a 204 or 304 it is never reused: their
             # end is implied, and an upstream that writes a body anyway (a common bug) would
             # have it read as the next client's answer if the bytes come late.
-            return status, 0, keep_alive, ex.keep_alive and ex.complete and \
-                req.complete and ex.status not in NO_BODY_STATUSES
+            if ex.keep_alive and ex.complete and req.complete and \
+                    ex.status not in NO_BODY_STATUSES:
+                return status, 0, keep_alive, True
+            if req.method == "HEAD" and ex.keep_alive and req.complete and ex.final and \
+                    not ex.chunks and ex.status not in NO_BODY_STATUSES and \
+                    (req.upstream or route.upstream).keepalive:
+                head_ended(ex)      # kept once it settled (Proxy.settle)
+            return status, 0, keep_alive, False
         if ex.complete:                 # the common case: all of it came in one read
             body = ex.chunks
             if filters:
@@ -1190,6 +1235,7 @@ class Proxy:
                                 self.runtime.send_timeout, True)
             self.pump(flow, client.sock, ex.sock, idle, idle, False)
             down.join()
+            sent += down.value or 0
         finally:
             deadlines.disarm(flow)
             client.body_sent = flow.down        # (a drain's cut logs what went through)
