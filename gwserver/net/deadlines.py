@@ -52,6 +52,10 @@ class Deadlines:
     def disarm(self, owner):
         self._armed.pop(owner, None)
 
+    def owners(self):
+        """The owners armed now (a copy: expiring one changes the set)."""
+        return list(self._armed)
+
     def _run(self):
         while True:
             gevent.sleep(self.interval)

@@ -329,7 +329,7 @@ class Runtime:
             # (an idle one first, as client_opened does: a connection that went idle
             # after the slots ran out would otherwise turn the body check off)
             self.close_slowest_body(now)
-        if self.streaming and now - self.hangups_checked >= HANGUP_CHECK_EVERY:
+        if now - self.hangups_checked >= HANGUP_CHECK_EVERY:
             self.hangups_checked = now
             self.find_hangups()
         self.proxy.share_tick(now)
@@ -398,6 +398,17 @@ class Runtime:
         for conn in gone:
             conn.hung_up = True
             self.streaming.pop(conn).expire()
+        # Requests still waiting for their upstream's head (a long poll, a slow report):
+        # their exchange is armed for the wait. No watch is set up per request for them:
+        # the deadlines say who waits. (HTTP/2 clients: their reset ends the stream.)
+        deadlines = self.deadlines
+        for owner in deadlines.owners():
+            conn = getattr(owner, "waiting_client", None)
+            if conn is None or conn.speaks_h2 or conn.hung_up or not peer_closed(conn.sock):
+                continue
+            conn.hung_up = True
+            deadlines.disarm(owner)
+            owner.expire()
 
     def close_slowest_body(self, now):
         """Every slot is taken and none is idle: the connection sending its request body

@@ -265,7 +265,7 @@ class Exchange:
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
                  "request_cut", "started", "version", "client_paused", "idle_since",
-                 "settle")
+                 "settle", "waiting_client")
 
     def __init__(self, conn):
         self.conn = conn
@@ -275,6 +275,9 @@ class Exchange:
         self.timed_out = False
         self.idle_since = 0.0       # back in its pool since (Proxy.release; close_idle)
         self.settle = False         # set by a HEAD's answer, taken by Proxy.release
+        # The client of the request whose answer's head it waits for (attempt):
+        # Runtime.find_hangups lets the upstream go when that client hangs up meanwhile.
+        self.waiting_client = None
         self.begin()
 
     def begin(self):
@@ -867,7 +870,16 @@ class Proxy:
                 waited = client.body_waited - waited
                 started += waited
                 ex.client_paused = waited >= CLIENT_PAUSE
-        self.read_head(ex, route.read_timeout, policy.per_try_timeout)
+        ex.waiting_client = client      # for the head's wait alone (find_hangups)
+        try:
+            self.read_head(ex, route.read_timeout, policy.per_try_timeout)
+        except Exception:
+            # Its hang-up ended the wait (find_hangups): no failure of the upstream's to
+            # count, retry or break on.
+            client.raise_if_hung_up()
+            raise
+        finally:
+            ex.waiting_client = None
         req.upstream_seconds = time.monotonic() - started
         req.attempts += 1
 
