@@ -261,41 +261,54 @@ class Router:
         method = asked.decode("latin-1")
         found = self._walk(self._root, segments, 0, [], method, host,
                            (headers, claims_of, repeated), set())
-        announced = _announced(headers) if self.conditional else None
-        if announced:
-            routes = self._may_take(segments, method, host, headers, claims_of, announced)
-            if len(routes) > 1 or (routes and found is None):
-                found = _jointly(routes, found)
+        if self.conditional and self._steered(segments, host):
+            routes = self._may_take(segments, method, host, headers, claims_of,
+                                    _announced(headers))
+            if routes or found is not None:
+                found = _jointly(routes or [found[0]], found)
         if found is None or found[0].chain is None or not found[0].chain.answers_preflight:
             return None
         return found
 
     def _may_take(self, segments, method, host, headers, claims_of, announced):
         """The routes a preflight's announced request may take, in match order: those whose
-        ``headers`` (or ``claims``) conditions fail only on a header it announces
-        (Access-Control-Request-Headers: the preflight carries the names, not the values),
-        up to the first whose conditions hold on the preflight as it is. Answered by that
+        ``headers`` (or ``claims``) conditions fail only on a header it may send
+        (``announced``: the names its Access-Control-Request-Headers lists, not their
+        values, and the CORS_SAFELISTED ones a page sets unannounced), up to the first
+        whose conditions hold on the preflight whatever the page sets. Answered by that
         last one alone, the preflight let a cors that allows an origin approve a request
         that a route without one (or with another) serves, once the page sent the header."""
         routes = []
-        for route in _in_order(self._root, segments, 0):
+        for route in self._on_path(segments, host):
             if any(r is route for r in routes) or \
                     route.methods is not None and method not in route.methods:
                 continue        # (a route with two paths on this one is met twice)
-            if (route.hosts is not None or route.host_suffixes) and \
-                    not (route.hosts and host in route.hosts) and \
-                    not (host and host.endswith(route.host_suffixes)):
-                continue
             missed = [name for name, value in route.headers if headers.get(name) != value]
             claims = claims_of(route) if route.claims and claims_of is not None else None
             if route.claims and (claims is None or not claims_match(route.claims, claims)):
                 missed.append(b"authorization")     # the token the request would carry
             if not missed:
                 routes.append(route)
-                return routes
-            if announced.issuperset(missed):
+                # held by a value the page may set otherwise (the preflight's Accept: */*)?
+                if CORS_SAFELISTED.isdisjoint(name for name, _ in route.headers):
+                    return routes
+            elif announced.issuperset(missed):
                 routes.append(route)
         return routes
+
+    def _steered(self, segments, host):
+        """Does a route on this path and host, whatever its methods, match on headers or
+        claims? Then a preflight's answer must not be cached (JointPreflight)."""
+        return any(route.headers or route.claims for route in self._on_path(segments, host))
+
+    def _on_path(self, segments, host):
+        """The routes on a path whose hosts take ``host``, in the order _walk tries them."""
+        for route in _in_order(self._root, segments, 0):
+            if (route.hosts is not None or route.host_suffixes) and \
+                    not (route.hosts and host in route.hosts) and \
+                    not (host and host.endswith(route.host_suffixes)):
+                continue
+            yield route
 
     def _walk(self, node, segments, i, params, method, host, conditions, allowed):
         if i == len(segments):
@@ -364,18 +377,27 @@ def _in_order(node, segments, i):
     yield from node.prefix
 
 
+# Request headers a page sets on a cross-origin request without its preflight naming them
+# (the Fetch standard's CORS-safelisted request-headers): a route's condition on one
+# (Accept = "application/vnd.internal+json") is met by a request whose preflight said nothing.
+CORS_SAFELISTED = frozenset([b"accept", b"accept-language", b"content-language",
+                             b"content-type", b"range"])
+
+
 def _announced(headers):
-    """The lower-case names a preflight's Access-Control-Request-Headers announces."""
+    """The lower-case names of the headers a preflight's request may send: those its
+    Access-Control-Request-Headers announces, and the CORS-safelisted ones."""
     names = headers.get(b"access-control-request-headers")
-    return frozenset(n.strip().lower() for n in names.split(b",")) - {b""} if names else None
+    if not names:
+        return CORS_SAFELISTED
+    return frozenset(n.strip().lower() for n in names.split(b",")) - {b""} | CORS_SAFELISTED
 
 
 def _jointly(routes, found):
-    """(route, params) for a preflight whose request may take ``routes``: the one route, or
-    the first of them answering with every one's consent (JointPreflight)."""
+    """(route, params) for a preflight whose request may take ``routes`` on a path where a
+    header may choose the route: the first of them, answering with every one's consent and
+    for this request alone (JointPreflight)."""
     params = found[1] if found is not None else {}
-    if len(routes) == 1:
-        return routes[0], params
     chain = JointPreflight(routes)
     return (replace(routes[0], chain=chain), params) if chain.answers_preflight else None
 
@@ -384,8 +406,15 @@ class JointPreflight:
     """The chain of a preflight whose request several routes may take, the value of a header
     it announces deciding which: each route's chain answers it in turn (their cors, on
     their own terms), and it is allowed only when every one allows it (the first one's
-    answer goes out). A route whose chain answers no preflight cannot consent at the
-    gateway: refused. Everything else is the first route's chain."""
+    answer goes out, with credentials only if every one allows them). A route whose chain
+    answers no preflight cannot consent at the gateway: refused. Everything else is the
+    first route's chain.
+
+    It is the chain of every preflight on a path where a route matches on headers or
+    claims: a browser caches an allowed answer's methods and headers one by one (the Fetch
+    standard's CORS-preflight cache) and sends no preflight for a later request they cover,
+    even one a header leads to a route that never consented. The answer says
+    Access-Control-Max-Age: 0, so each such request has a preflight of its own."""
 
     def __init__(self, routes):
         self.routes = tuple(routes)
@@ -398,7 +427,7 @@ class JointPreflight:
         return getattr(self.first, name)
 
     def run_access(self, ctx):
-        answer = None
+        answer, credentials = None, True
         for route in self.routes:
             ctx.route = route
             chain = route.chain
@@ -413,8 +442,19 @@ class JointPreflight:
             if not 200 <= reply.status < 300:
                 return reply
             answer = answer or (route, reply)
-        ctx.route = answer[0]
-        return answer[1]
+            credentials = credentials and _has(reply, "access-control-allow-credentials")
+        ctx.route, reply = answer
+        # not for a browser's cache; credentials only if every route allows them (a new
+        # Reply: a plugin may hand out one of its own more than once)
+        dropped = ("access-control-max-age",) if credentials else \
+            ("access-control-max-age", "access-control-allow-credentials")
+        return Reply(reply.status, reply.body,
+                     [(k, v) for k, v in reply.headers if k.lower() not in dropped] +
+                     [("Access-Control-Max-Age", "0")])
+
+
+def _has(reply, name):
+    return any(k.lower() == name for k, _ in reply.headers)
 
 
 def _pick(bucket, method, host, conditions, allowed):

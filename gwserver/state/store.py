@@ -171,6 +171,8 @@ HOLD_IDLE_SECONDS = 1.0          # the batcher's connection goes back to the poo
 class RedisStore:
     """Rate-limit decisions and breaker steps in Redis, coalesced per worker (see above)."""
 
+    cluster = False         # (set by __init__: a Redis Cluster's URL)
+
     def __init__(self, url, timeout=0.05, pause=1.0, key_prefix="gw:", password=None):
         import hiredis
         import redis
@@ -681,7 +683,7 @@ class RedisStore:
 
         replies = self._pipeline(calls)
         again = [i for i, reply in enumerate(replies) if isinstance(reply, self.noscript)]
-        if again:
+        if again and not self.cluster:      # (a cluster's master by master: _scripts_again)
             # Redis restarted or flushed its scripts (a cluster master after a failover: they
             # are not replicated). Only those calls go again: the others ran, and sent twice
             # they counted their hits twice.
@@ -691,14 +693,6 @@ class RedisStore:
         return replies
 
     def _load_scripts(self):
-        if self.cluster:
-            for client in self._nodes():
-                try:
-                    for body in self.scripts.values():
-                        client.script_load(body)
-                except self.redis_errors:
-                    continue        # a master down: its calls fail on their own (_pipeline)
-            return
         for reply in self._send_and_read([("SCRIPT", "LOAD", body)
                                           for body in self.scripts.values()]):
             if isinstance(reply, Exception):
@@ -740,6 +734,7 @@ class RedisStore:
             self.nodes_down.pop(node.name, None)
             for i, reply in zip(indexes, executed):
                 replies[i] = reply
+            self._scripts_again(node, calls, replies, indexes)
         redirected = [i for i, reply in enumerate(replies) if isinstance(reply, self.redirect)]
         if redirected:
             self._follow(calls, replies, redirected)
@@ -759,29 +754,55 @@ class RedisStore:
             self.slots_stale |= not asking
             targets.setdefault((reply.host, reply.port, asking), []).append(i)
         for (host, port, asking), indexes in targets.items():
-            word = "ASK" if asking else "MOVED"
             node = self.client.get_node(host=host, port=port)
             if node is None:        # a master the map does not know yet: after its reload
+                word = "ASK" if asking else "MOVED"
                 for i in indexes:
                     replies[i] = self.reply_error(f"{word} {replies[i]}: to an unknown master")
                 continue
-            pipe = node.redis_connection.pipeline(transaction=False)
-            for i in indexes:
-                script, key, args = calls[i]
-                if asking:
-                    pipe.execute_command("ASKING")      # for the one command after it
-                pipe.evalsha(self.shas[script], 1, key, *args)
-            try:
-                executed = pipe.execute(raise_on_error=False)
-            except self.redis_errors as exc:
-                self._node_failed(node.name)
-                unreachable = NodeUnreachable(f"redis node {node.name} ({word}): "
-                                              f"{describe(exc)}")
-                unreachable.__cause__ = exc
-                executed = [unreachable] * (len(indexes) * (1 + asking))
-            for i, reply in zip(indexes, executed[asking::1 + asking]):
-                replies[i] = reply if not isinstance(reply, self.redirect) else \
-                    self.reply_error(f"{word} {reply}: redirected twice")
+            word = "ASK" if asking else "MOVED"
+            self._send_to(node, calls, replies, indexes, word)
+            self._scripts_again(node, calls, replies, indexes, word)
+
+    def _send_to(self, node, calls, replies, indexes, word):
+        """The calls ``indexes`` of ``calls`` on master ``node``, their replies put in
+        ``replies``. ``word``: "ASK" or "MOVED" when it is the master they were redirected
+        to (after ASKING for "ASK"; a redirection again is an error: followed once), None
+        when their slot is its by the map (a redirection is followed after: _follow)."""
+        asking = word == "ASK"
+        pipe = node.redis_connection.pipeline(transaction=False)
+        for i in indexes:
+            script, key, args = calls[i]
+            if asking:
+                pipe.execute_command("ASKING")      # for the one command after it
+            pipe.evalsha(self.shas[script], 1, key, *args)
+        try:
+            executed = pipe.execute(raise_on_error=False)
+        except self.redis_errors as exc:
+            self._node_failed(node.name)
+            unreachable = NodeUnreachable(f"redis node {node.name}"
+                                          f"{f' ({word})' if word else ''}: {describe(exc)}")
+            unreachable.__cause__ = exc
+            executed = [unreachable] * (len(indexes) * (1 + asking))
+        for i, reply in zip(indexes, executed[asking::1 + asking]):
+            replies[i] = reply if word is None or not isinstance(reply, self.redirect) else \
+                self.reply_error(f"{word} {reply}: redirected twice")
+
+    def _scripts_again(self, node, calls, replies, indexes, word=None):
+        """Cluster: the calls of ``indexes`` that master ``node`` answered NOSCRIPT (a
+        failover's promoted replica, a restart, a master a resharding added) go once more
+        after the scripts are loaded on it; the others ran and are not sent again. Loaded on
+        every master, one after the other, a hung one (SIGSTOPped, its host gone) held this
+        master's decisions for ``timeout``: they fell back while it answered at once."""
+        missing = [i for i in indexes if isinstance(replies[i], self.noscript)]
+        if not missing:
+            return
+        try:
+            for body in self.scripts.values():
+                node.redis_connection.script_load(body)
+        except self.redis_errors:
+            return          # they fall back as NOSCRIPT: loaded again at the next one
+        self._send_to(node, calls, replies, missing, word)
 
     def _node_failed(self, name, now=None):
         """Master ``name`` could not be reached. It may have been replaced (a failover): its
@@ -844,16 +865,6 @@ class RedisStore:
             self.conn = self.client.connection_pool.get_connection()
         self.conn_used_at = now
         return self.conn, held
-
-    def _nodes(self):
-        """The clients to load the scripts on: a cluster's masters but those skipped for
-        ``pause`` (a hung one held every master's calls that needed the scripts)."""
-        if not self.cluster:
-            return [self.client]
-        self._fresh_slots()
-        now = time.monotonic()
-        return [node.redis_connection for node in self.client.get_primaries()
-                if self.nodes_down.get(node.name, 0.0) <= now]
 
     def _fresh_slots(self):
         """Cluster: ask the nodes for the slot map again after a master could not be reached,
