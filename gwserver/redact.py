@@ -31,8 +31,9 @@ URL_VALUE_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", re.I)
 URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.I)
 # A user part that holds a "/", "?" or "#" unencoded ("redis://us/er:pass@host"): urlparse
 # reads it as host and path, the gateway's redis+sentinel:// parser and the operator as a
-# user and password. Anything shaped "x:y" before the last "@" (before white space) goes.
-URL_LAX_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)(?=[^\s@/?#]*[/?#][^\s@]*@)"
+# user and password. Anything shaped "x:y" before the last "@" (before white space) goes,
+# an "@" before the "/" too ("redis+sentinel://:ab@cd/ef@h1,h2/m": password "ab@cd/ef").
+URL_LAX_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)(?=[^\s/?#]*[/?#][^\s]*@)"
                               r"(?=[^\s@]*:)[^\s]*@", re.I)
 # A query parameter of a URL: redis-py takes any (?password=...) as a connection option.
 URL_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]+)=([^&#\s]*)")
@@ -76,15 +77,18 @@ def _is_pair(item):
 
 def mask_userinfo(text):
     """``text`` with the user part of every URL in it masked: ``https://***@host``."""
-    text = URL_USERINFO.sub(rf"\1{MASK}@", text)
-    return URL_IN_TEXT.sub(lambda url: _lax_parts(url.group()), text) if "://" in text \
-        else text
+    # the lax reading first: masked to its first "@", a user part loses the ":" it is
+    # told by, and "redis+sentinel://***@cd/ef@h1" kept the rest of "ab@cd/ef"
+    if "://" in text:
+        text = URL_IN_TEXT.sub(lambda url: _lax_parts(url.group()), text)
+    return URL_USERINFO.sub(rf"\1{MASK}@", text)
 
 
 def mask_url(value):
     """``value``, a URL, with its whole user part masked: ``https://***@host``."""
-    value = URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, count=1)
-    return _lax_parts(value) if "://" in value else value
+    if "://" in value:
+        value = _lax_parts(value)       # first, as in mask_userinfo
+    return URL_VALUE_USERINFO.sub(rf"\1{MASK}@", value, count=1)
 
 
 def _lax_parts(url):

@@ -391,10 +391,12 @@ USERINFO_ENDS = ("/", "?", "#")
 def _user_part_unencoded(url):
     """Whether ``url`` has an "@" past its authority with "x:y" before it: a user part with
     an unencoded "/", "?" or "#" ("redis://us/er:pass@host"), which redis-py reads as host
-    "us" (the workers connect there, without the password) and the dump would show."""
+    "us" (the workers connect there, without the password) and the dump would show. An "@"
+    in the authority too is no exception: "redis://:ab@cd/ef@host" is password "ab" to
+    host "cd" for redis-py (a name made of the password, looked up in DNS)."""
     rest = url.partition("://")[2]
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    return "@" not in authority and ":" in rest.rpartition("@")[0]
+    return "@" in rest[len(authority):] and ":" in rest.rpartition("@")[0]
 
 
 def unreadable_url(url, exc):

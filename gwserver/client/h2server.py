@@ -410,6 +410,9 @@ class H2Stream(ClientConnection):
         RST_STREAM, the connection's end), which ends the stream's relay itself."""
         return False
 
+    def raise_if_gone(self):
+        """(as watch_hangup: the reader ends a stream whose client left, its retries too)"""
+
     def take_back_head(self):
         """HTTP/2 sends a head with the first piece of its body (or its end): while the
         framer still holds it, the client has nothing and can get a whole error answer.

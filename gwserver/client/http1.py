@@ -34,7 +34,7 @@ from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
 from ..net.deadlines import WriteDeadline
-from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address,
+from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address, peer_closed,
                            recv_when_readable, send_all)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented, WorkerStopped)
@@ -771,6 +771,14 @@ class ClientConnection:
         upstream's failure, for no passive check or breaker to count)."""
         if self.hung_up:
             raise ClientGone("client closed its connection while the answer streamed")
+
+    def raise_if_gone(self):
+        """Before another try: ClientGone if the client has ended its connection (its FIN
+        or reset, as find_hangups sees it): nothing watches a retry's backoff, and the try
+        went to the upstream for nobody. One getsockopt, on retries only."""
+        if self.hung_up or peer_closed(self.sock):
+            self.hung_up = True
+            raise ClientGone("client closed its connection before a retry")
 
     def take_back_head(self):
         """After a failure that followed the head: can the head be taken back, because the

@@ -179,6 +179,7 @@ class H2Forwarder:
         while True:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
+                client.raise_if_gone()      # (a backoff's wait is watched by nothing)
             target = proxy.choose(upstream, tried, req, now)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             exchange = None
@@ -294,7 +295,7 @@ class H2Forwarder:
                     # once it has all of it: per_try_timeout does not bound an upload.
                     per_try = bool(per_try_timeout) and not more
                     stream.timeout = per_try_timeout if per_try else route.read_timeout
-                    status, fields = stream.head(whole=per_try)
+                    status, fields = self.await_head(client, stream, per_try)
                     stream.timeout = route.read_timeout
                     break
                 except StreamNotOpened as exc:
@@ -317,6 +318,10 @@ class H2Forwarder:
         except BaseException as exc:
             # (close() ends the sender: a wait for the client it was in is now counted)
             Exchange(stream, sender).close()
+            if isinstance(exc, Exception):
+                # Its hang-up ended the wait (await_head): no failure of the upstream's to
+                # count, retry or break on.
+                client.raise_if_hung_up()
             if isinstance(exc, UpstreamError) and \
                     client.body_waited - waited >= CLIENT_PAUSE:
                 client_side(exc)    # an upstream that gave up on a paused upload
@@ -327,6 +332,20 @@ class H2Forwarder:
         req.upstream_seconds = time.monotonic() - started - (client.body_waited - waited)
         req.attempts += 1
         return Exchange(stream, sender, status, fields)
+
+    @staticmethod
+    def await_head(client, stream, whole):
+        """``stream.head(whole)``, while the worker's tick watches an HTTP/1.1 client for
+        its hang-up (a long poll's client that left held the stream, the upstream's work
+        and its limit_conn slot until the head came or the read timeout passed; its
+        HTTP/1.1 upstreams' waits are watched by Proxy.attempt). A dict entry per call:
+        HTTP/2 upstreams' requests only."""
+        watched = client.watch_hangup(stream)
+        try:
+            return stream.head(whole=whole)
+        finally:
+            if watched:
+                client.unwatch_hangup()
 
     def send_body(self, client, req, route, connection, stream, taken):
         """The sender greenlet: the client's body, piece by piece, as it arrives, kept in

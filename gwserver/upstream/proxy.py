@@ -639,6 +639,7 @@ class Proxy:
         while True:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
+                client.raise_if_gone()      # (a backoff's wait is watched by nothing)
             target = self.choose(upstream, tried, req, now)
             pool = self.pools.get(target, upstream)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
