@@ -10,31 +10,21 @@ doing, never as a failure of the upstream's (no retry, no passive-check failure,
 logged). nginx's proxy_ignore_client_abort off does the same.
 """
 import socket
-import threading
 import time
 
 from ..conftest import gateway_conf, wait_until
+from .test_upgrade_attack_dec05h import EventStreamUpstream
 
 
-class LongPollUpstream:
+class LongPollUpstream(EventStreamUpstream):
     """Each request is held, unanswered, until the gateway closes its connection or ``hold``
     seconds pass; ``requests`` counts the requests, ``let_go`` those the gateway gave up."""
 
     def __init__(self, hold=30.0):
         self.hold, self.requests, self.let_go = hold, 0, 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self.accept, daemon=True).start()
+        super().__init__(every=hold)
 
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
+    def stream(self, conn):
         with conn:
             conn.settimeout(self.hold)
             head = b""
@@ -49,9 +39,6 @@ class LongPollUpstream:
                     self.let_go += 1        # the gateway closed it: nobody waits any more
             except OSError:
                 return
-
-    def close(self):
-        self.sock.close()
 
 
 def ask_and_leave(port, path, stay=0.5):

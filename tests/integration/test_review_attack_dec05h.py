@@ -136,11 +136,13 @@ def test_a_cluster_master_that_hangs_fails_only_its_own_keys(launcher, upstream)
     assert "redis node 127.0.0.1:%d" % hung in log
 
 
-SAME_BATCH = """
+# A RedisStore driven in a gevent process of its own: ``ask`` each key of argv once, say
+# "ready", and wait for the test's word on stdin (what follows it is each test's own).
+STORE_DRIVER = """
 from gevent import monkey; monkey.patch_all()
 import json, sys, time, gevent
 from gwserver.state.store import RedisStore
-store = RedisStore(sys.argv[1], timeout=0.5, pause=0.5)
+store = RedisStore(sys.argv[1], timeout=0.5, pause=%(pause)s)
 def ask(key):
     began = time.monotonic()
     try:
@@ -152,6 +154,9 @@ def ask(key):
 keys = sys.argv[2:]
 assert [ask(k)[0] for k in keys] == ["ok"] * len(keys)
 print("ready", flush=True)
+"""
+
+SAME_BATCH = STORE_DRIVER % {"pause": 0.5} + """
 sys.stdin.readline()                    # the test hangs a master meanwhile
 for _ in range(2):
     jobs = [gevent.spawn(ask, key) for key in keys]     # queued together: one batch

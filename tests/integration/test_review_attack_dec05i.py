@@ -48,6 +48,7 @@ import sys
 
 from ..conftest import free_port, gateway_conf, route
 from .test_limits_attack_dec05b import cli, cluster_on, master_of
+from .test_review_attack_dec05h import STORE_DRIVER
 
 PARTNER = b"https://partner.example"
 
@@ -155,22 +156,7 @@ def test_a_joint_preflight_allows_credentials_only_when_every_route_does(launche
 
 # -- 4. a NOSCRIPT on one master loaded the scripts on a hung one -----------------------------
 
-NOSCRIPT_BATCH = """
-from gevent import monkey; monkey.patch_all()
-import json, sys, time, gevent
-from gwserver.state.store import RedisStore
-store = RedisStore(sys.argv[1], timeout=0.5, pause=5.0)
-def ask(key):
-    began = time.monotonic()
-    try:
-        store.decide("token_bucket", key, 1000, 3600, 1000)
-        said = "ok"
-    except Exception as exc:
-        said = type(exc).__name__
-    return [said, round(time.monotonic() - began, 3)]
-keys = sys.argv[2:]
-assert [ask(k)[0] for k in keys] == ["ok"] * len(keys)
-print("ready", flush=True)
+NOSCRIPT_BATCH = STORE_DRIVER % {"pause": 5.0} + """
 sys.stdin.readline()                    # the test hangs a master and flushes another's scripts
 jobs = [gevent.spawn(ask, key) for key in keys]     # queued together: one batch
 gevent.joinall(jobs)

@@ -23,25 +23,16 @@ check` (the attack pass of 2026-12-05, helper h7, on 4d496a6). Each test failed 
 """
 import http.client
 import socket
-import subprocess
-import sys
 import time
 
-from ..conftest import gateway_conf, route, to_toml, wait_until
+from ..conftest import gateway_conf, route, wait_until
 from ..h2_upstreams import StreamingH2Upstream
+from .test_open_items_dec05h import check_dump
 
 SECRET = "hunter3-tail"
 
 
 # -- 1. a Redis password with "@" on both sides of a "/" ---------------------------------------
-
-def check_dump(tmp_path, url):
-    path = tmp_path / "gw.toml"
-    path.write_text(to_toml(gateway_conf([], redis={"url": url})))
-    run = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path), "--dump"],
-                         capture_output=True, text=True, timeout=60)
-    return run.returncode, run.stdout + run.stderr
-
 
 def test_a_redis_password_with_an_at_sign_before_a_slash_is_neither_misread_nor_shown(tmp_path):
     for url in (f"redis://:ab@{SECRET}/x@127.0.0.1:6379/0",
