@@ -35,6 +35,23 @@ URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.I)
 # an "@" before the "/" too ("redis+sentinel://:ab@cd/ef@h1,h2/m": password "ab@cd/ef").
 URL_LAX_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)(?=[^\s/?#]*[/?#][^\s]*@)"
                               r"(?=[^\s@]*:)[^\s]*@", re.I)
+# The same for a unix:// URL, whose path may hold an "@" (/run/redis@main/redis.sock): its
+# lax user part ends at the last "@" a "/" follows ("unix://us/er:pw@/tmp/redis.sock").
+URL_LAX_UNIX_USERINFO = re.compile(r"\b(unix://)(?=[^\s/?#]*[/?#][^\s]*@/)"
+                                   r"(?=[^\s@]*:)[^\s]*@(?=/)", re.I)
+# The options redis-py reads from a URL's query. A query made of them alone is no piece of
+# a password: its values may hold an "@" (ssl_ca_certs=/run/credentials/gw@main.service/ca.pem,
+# client_name=gw@host1, password=p@ss) that the lax reading took for the user part's end,
+# refused the URL and masked its host.
+REDIS_URL_OPTIONS = frozenset([
+    "db", "username", "password", "client_name", "lib_name", "lib_version", "protocol",
+    "encoding", "encoding_errors", "decode_responses", "health_check_interval", "timeout",
+    "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size",
+    "retry_on_timeout", "retry_on_error", "max_connections", "legacy_responses",
+    "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile",
+    "ssl_password", "ssl_cert_reqs", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
+    "ssl_validate_ocsp", "ssl_validate_ocsp_stapled", "ssl_include_verify_flags",
+    "ssl_exclude_verify_flags"])
 # A query parameter of a URL: redis-py takes any (?password=...) as a connection option.
 URL_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]+)=([^&#\s]*)")
 URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s]*", re.I)
@@ -97,7 +114,9 @@ def _lax_parts(url):
     comes before it), and the values of query parameters named as secrets (password, token,
     ...; redis-py takes ``?password=`` as the AUTH password)."""
     if "@" in url:
-        url = URL_LAX_USERINFO.sub(rf"\1{MASK}@", url, count=1)
+        head, query = split_options_query(url)
+        lax = URL_LAX_UNIX_USERINFO if head[:7].lower() == "unix://" else URL_LAX_USERINFO
+        url = lax.sub(rf"\1{MASK}@", head, count=1) + query
     if "=" in url:
         url = URL_QUERY_PARAM.sub(_masked_param, url)
     return url
@@ -108,3 +127,18 @@ def _masked_param(match):
     if match.group(3) and (name.lower() in SECRET_KEYS or SECRET_HEADER.search(name)):
         return f"{match.group(1)}{name}={MASK}"
     return match.group()
+
+
+def split_options_query(url):
+    """``url`` -> (what comes before its query, the query from its "?"), when that query
+    is made of redis-py's options alone (REDIS_URL_OPTIONS: an "@" in one of their values
+    ends no user part); else (url, ""). A "?" of a password's comes first: the next one
+    is tried."""
+    at = url.find("?")
+    while at >= 0:
+        pairs = url[at + 1:].split("&")
+        if all(name in REDIS_URL_OPTIONS and sep
+               for name, sep, _ in (pair.partition("=") for pair in pairs)):
+            return url[:at], url[at:]
+        at = url.find("?", at + 1)
+    return url, ""

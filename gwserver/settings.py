@@ -25,6 +25,7 @@ from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_o
 from .errors import ConfigError
 from .files import FileRefused, open_regular, read_bounded, read_regular
 from .net.addresses import listener_addresses
+from .redact import split_options_query
 
 
 def bind_address(value):
@@ -393,10 +394,14 @@ def _user_part_unencoded(url):
     an unencoded "/", "?" or "#" ("redis://us/er:pass@host"), which redis-py reads as host
     "us" (the workers connect there, without the password) and the dump would show. An "@"
     in the authority too is no exception: "redis://:ab@cd/ef@host" is password "ab" to
-    host "cd" for redis-py (a name made of the password, looked up in DNS)."""
-    rest = url.partition("://")[2]
+    host "cd" for redis-py (a name made of the password, looked up in DNS). An "@" in the
+    value of a query of redis-py's options (``?ssl_ca_certs=/run/credentials/gw@main.service
+    /ca.pem``) is none, nor one in a unix:// path (``unix://:pw@/run/redis@main/r.sock``):
+    there the user part ends at an "@" a "/" follows."""
+    scheme, _, rest = split_options_query(url)[0].partition("://")
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    return "@" in rest[len(authority):] and ":" in rest.rpartition("@")[0]
+    end = "@/" if scheme.lower() == "unix" else "@"
+    return end in rest[len(authority):] and ":" in rest.rpartition(end)[0]
 
 
 def unreadable_url(url, exc):

@@ -16,6 +16,7 @@ every route a header it announces may lead that request to, all of which must co
 Lookup cost grows with path depth, not with the number of routes; while no route matches on
 headers or claims, a match is also remembered by (method, host, path) until the table changes.
 """
+import re
 from dataclasses import replace
 
 from ..errors import BadRequest, ConfigError, MethodNotAllowed, RouteNotFound
@@ -261,11 +262,15 @@ class Router:
         method = asked.decode("latin-1")
         found = self._walk(self._root, segments, 0, [], method, host,
                            (headers, claims_of, repeated), set())
-        if self.conditional and self._steered(segments, host):
+        steered, alone = self._steered(segments, host) if self.conditional else (False, True)
+        if steered:
             routes = self._may_take(segments, method, host, headers, claims_of,
                                     _announced(headers))
             if routes or found is not None:
-                found = _jointly(routes or [found[0]], found)
+                routes = routes or [found[0]]
+                # the path's one route: a request its answer covers reaches it or none
+                found = (routes[0], found[1] if found else {}) if alone else \
+                    _jointly(routes, found)
         if found is None or found[0].chain is None or not found[0].chain.answers_preflight:
             return None
         return found
@@ -274,32 +279,45 @@ class Router:
         """The routes a preflight's announced request may take, in match order: those whose
         ``headers`` (or ``claims``) conditions fail only on a header it may send
         (``announced``: the names its Access-Control-Request-Headers lists, not their
-        values, and the CORS_SAFELISTED ones a page sets unannounced), up to the first
-        whose conditions hold on the preflight whatever the page sets. Answered by that
-        last one alone, the preflight let a cors that allows an origin approve a request
-        that a route without one (or with another) serves, once the page sent the header."""
+        values, and a CORS_SAFELISTED one a page may set unannounced to the value the
+        condition wants: _unannounced), up to the first whose conditions hold on the
+        preflight whatever the page sets. Answered by that last one alone, the preflight
+        let a cors that allows an origin approve a request that a route without one (or
+        with another) serves, once the page sent the header."""
         routes = []
         for route in self._on_path(segments, host):
             if any(r is route for r in routes) or \
                     route.methods is not None and method not in route.methods:
                 continue        # (a route with two paths on this one is met twice)
-            missed = [name for name, value in route.headers if headers.get(name) != value]
+            missed = [(name, value) for name, value in route.headers
+                      if headers.get(name) != value]
             claims = claims_of(route) if route.claims and claims_of is not None else None
             if route.claims and (claims is None or not claims_match(route.claims, claims)):
-                missed.append(b"authorization")     # the token the request would carry
+                missed.append((b"authorization", None))     # the token it would carry
             if not missed:
                 routes.append(route)
                 # held by a value the page may set otherwise (the preflight's Accept: */*)?
                 if CORS_SAFELISTED.isdisjoint(name for name, _ in route.headers):
                     return routes
-            elif announced.issuperset(missed):
+            elif all(name in announced or _unannounced(name, value)
+                     for name, value in missed):
                 routes.append(route)
         return routes
 
     def _steered(self, segments, host):
-        """Does a route on this path and host, whatever its methods, match on headers or
-        claims? Then a preflight's answer must not be cached (JointPreflight)."""
-        return any(route.headers or route.claims for route in self._on_path(segments, host))
+        """(Does a route on this path and host, whatever its methods, match on headers or
+        claims?, is it the only route there?) Steered, a preflight's answer must not be
+        cached (JointPreflight) unless no other route is there to be led to: a gRPC-Web
+        route on ``Content-Type = "application/grpc-web+proto"`` alone on its path keeps its
+        max_age, not a preflight before every call."""
+        steered, first, alone = False, None, True
+        for route in self._on_path(segments, host):
+            steered = steered or bool(route.headers or route.claims)
+            if first is None:
+                first = route
+            elif route is not first:    # (a route with two paths on this one is met twice)
+                alone = False
+        return steered, alone
 
     def _on_path(self, segments, host):
         """The routes on a path whose hosts take ``host``, in the order _walk tries them."""
@@ -380,17 +398,43 @@ def _in_order(node, segments, i):
 # Request headers a page sets on a cross-origin request without its preflight naming them
 # (the Fetch standard's CORS-safelisted request-headers): a route's condition on one
 # (Accept = "application/vnd.internal+json") is met by a request whose preflight said nothing.
+# Only with a safelisted value, though: Content-Type: application/grpc-web+proto or
+# application/json, Range: bytes=-500, a value past 128 bytes make the browser announce it.
 CORS_SAFELISTED = frozenset([b"accept", b"accept-language", b"content-language",
                              b"content-type", b"range"])
+SAFELISTED_VALUE_BYTES = 128
+# The Fetch standard's CORS-unsafe request-header bytes: controls but tab, '"():<>?@[\]{}'
+UNSAFE_VALUE = re.compile(rb'[\x00-\x08\x0a-\x1f"():<>?@\[\\\]{}\x7f]')
+LANGUAGE_VALUE = re.compile(rb"[0-9A-Za-z *,\-.;=]*")
+SAFELISTED_CONTENT_TYPES = frozenset([b"application/x-www-form-urlencoded",
+                                      b"multipart/form-data", b"text/plain"])
+SIMPLE_RANGE = re.compile(rb"bytes=[0-9]+-[0-9]*")
+
+
+def _unannounced(name, value):
+    """Can a page send ``name: value`` on a cross-origin request without its preflight's
+    Access-Control-Request-Headers naming it (a CORS-safelisted request-header)? A route
+    on ``Content-Type = "application/grpc-web+proto"`` is reached only by a request whose
+    preflight announced Content-Type: asked to consent to every DELETE's, its grpc_web (POST
+    only) refused the REST route's beside it."""
+    if name not in CORS_SAFELISTED or value is None or len(value) > SAFELISTED_VALUE_BYTES:
+        return False
+    if name == b"accept":
+        return UNSAFE_VALUE.search(value) is None
+    if name == b"content-type":
+        essence = value.partition(b";")[0].strip(b" \t").lower()
+        return UNSAFE_VALUE.search(value) is None and essence in SAFELISTED_CONTENT_TYPES
+    if name == b"range":
+        return SIMPLE_RANGE.fullmatch(value) is not None
+    return LANGUAGE_VALUE.fullmatch(value) is not None     # the -Language ones
 
 
 def _announced(headers):
-    """The lower-case names of the headers a preflight's request may send: those its
-    Access-Control-Request-Headers announces, and the CORS-safelisted ones."""
+    """The lower-case names a preflight's Access-Control-Request-Headers announces (the
+    CORS-safelisted ones a page sets unannounced: _unannounced)."""
     names = headers.get(b"access-control-request-headers")
-    if not names:
-        return CORS_SAFELISTED
-    return frozenset(n.strip().lower() for n in names.split(b",")) - {b""} | CORS_SAFELISTED
+    return frozenset(n.strip().lower() for n in names.split(b",")) - {b""} if names else \
+        frozenset()
 
 
 def _jointly(routes, found):
