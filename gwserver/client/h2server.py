@@ -9,15 +9,18 @@ HEADERS and DATA frames (chunked trailers become a trailing HEADERS frame); its 
 waits for the stream's DATA.
 
 Rules this file keeps:
-- Request heads are checked as RFC 9113 8.2/8.3 says (core.h2request); a malformed one is
-  reset with PROTOCOL_ERROR. Then the HTTP/1.1 rules apply unchanged (ClientConnection's
-  on_header and check_target): limits, underscores, forwarded headers, canonical path and Host.
+- Request heads and trailers are checked as RFC 9113 8.1-8.3 says (core.h2request); a
+  malformed request is reset with PROTOCOL_ERROR, a stream's error, those h2 finds
+  malformed itself too (StreamMalformed). Then the HTTP/1.1 rules apply unchanged
+  (ClientConnection's on_header and check_target): limits, underscores, forwarded headers,
+  canonical path and Host.
 - Flow control both ways: received DATA is acknowledged only when the request path asks for
   more body (read_body), so a stream holds at most its window; response DATA waits for the
   client's windows, up to http2.send_timeout, then the stream is reset (CANCEL).
 - Streams counted for max_concurrent_streams are those still being served, reset or not:
   a client that opens and resets streams (rapid reset) gets REFUSED_STREAM once at the limit,
-  and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second. PING, SETTINGS, PRIORITY
+  and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second (streams reset as malformed
+  and streams refused count too). PING, SETTINGS, PRIORITY
   and GOAWAY floods (ACKs too; a SETTINGS frame weighs one more per 64 entries): GOAWAY
   ENHANCE_YOUR_CALM past max_control_frames_per_second; WINDOW_UPDATE, empty
   DATA, unknown and finished-stream frame floods past max_empty_frames_per_second (plus two
@@ -56,8 +59,8 @@ from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFra
 
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2request import (Malformed, check_method_and_path, grpc_code, grpc_message, is_grpc,
-                              split_request)
+from ..core.h2request import (Malformed, check_method_and_path, check_trailers, grpc_code,
+                              grpc_message, is_grpc, split_request)
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.realip import connection_scheme
@@ -81,7 +84,9 @@ E = h2.errors.ErrorCodes
 
 def wants_h2(sock, timeout):
     """h2c listener: do the first bytes spell the HTTP/2 preface? Peeked, never consumed, so
-    an HTTP/1.1 client is served from its first byte. False on timeout or EOF.
+    an HTTP/1.1 client is served from its first byte. False on EOF or bytes that are not
+    the preface; None when ``timeout`` ran out with part of it in (served as HTTP/1.1, such
+    a client had a second header_timeout to send its "head", and its 408 was HTTP/1.1).
 
     While only part of the preface is in, the socket is made readable only once more than
     that is (SO_RCVLOWAT; the client's close wakes it too): the peeked bytes stay in its
@@ -111,10 +116,12 @@ def wants_h2(sock, timeout):
                 set_low_water(raw, waited_for)
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return None if waited_for else False
             try:
                 gevent.socket.wait_read(sock.fileno(), timeout=left)
-            except (OSError, gevent.socket.timeout):
+            except gevent.socket.timeout:
+                return None if waited_for else False
+            except OSError:
                 return False
     finally:
         if waited_for:
@@ -519,6 +526,16 @@ class _BoundedFrameBuffer(h2.frame_buffer.FrameBuffer):
         return frame
 
 
+class StreamMalformed:
+    """The event ``_CountingH2`` makes of a request h2 refused once its block was decoded or
+    its DATA counted (a content-length that is not a number or disagrees with the DATA,
+    trailers without END_STREAM): RFC 9113 8.1.1 makes that a stream error,
+    h2 raises it as the connection's. ``flow_length``: the DATA's, to give back."""
+
+    def __init__(self, stream_id, error, flow_length=0):
+        self.stream_id, self.error, self.flow_length = stream_id, error, flow_length
+
+
 class _CountingH2(h2.connection.H2Connection):
     """h2, weighing each frame as it is parsed for the flood guards (read_loop takes the
     counts after each read):
@@ -561,6 +578,7 @@ class _CountingH2(h2.connection.H2Connection):
                     self.empty_frames += 1
         elif kind is HeadersFrame:
             self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
+            decoded = self.decoder.blocks
         elif kind is WindowUpdateFrame:
             self.empty_frames += 1
             self.last_update_tiny = tiny_update(frame.window_increment,
@@ -572,7 +590,19 @@ class _CountingH2(h2.connection.H2Connection):
                 len(self.streams) // 16 if kind is SettingsFrame else 0)
         elif kind is ExtensionFrame:
             self.empty_frames += 1 + (frame.body_len >> 10)
-        events = super()._receive_frame(frame)
+        try:
+            events = super()._receive_frame(frame)
+        except h2.exceptions.InvalidBodyLengthError as exc:
+            if kind is not DataFrame:
+                raise
+            return [StreamMalformed(frame.stream_id, exc, frame.flow_controlled_length)]
+        except h2.exceptions.StreamClosedError:
+            raise       # HEADERS on a stream that ended: a connection error (RFC 9113 5.1)
+        except h2.exceptions.ProtocolError as exc:
+            if kind is not HeadersFrame or self.decoder.blocks == decoded or \
+                    frame.stream_id not in self.streams:
+                raise   # HPACK failed (the table would be out of step), or no such stream
+            return [StreamMalformed(frame.stream_id, exc)]
         if not events:
             self.empty_frames += 1
         elif kind is HeadersFrame:
@@ -609,6 +639,9 @@ class _CountingH2(h2.connection.H2Connection):
         return super().send_headers(*args, **kwargs)
 
 
+# Streams a client may open past a GOAWAY's last stream id before it has read the GOAWAY
+# (the race RFC 9113 6.8 describes): refused, not counted as resets (count_refused).
+GOAWAY_RACE_STREAMS = 100
 REQUEST_FRAME_TYPES = (0x1, 0x9)       # HEADERS, CONTINUATION: a request's head coming
 
 
@@ -995,6 +1028,8 @@ class H2ServerConnection:
             except h2.exceptions.ProtocolError as exc:
                 throttled_log.log(log, logging.INFO, "h2 protocol error",
                                   "HTTP/2 connection from %s: %s", self.client_ip, exc)
+                self.count_closed("header_block" if isinstance(
+                    exc, h2.exceptions.DenialOfServiceError) else "protocol_error")
                 with self.lock:
                     try:
                         self._flush()           # h2's GOAWAY with the error code
@@ -1040,7 +1075,8 @@ class H2ServerConnection:
                 self.stop(stream, "reset by the client")
             # Every reset counts, refused streams' too: work is bounded by the streams being
             # served, the rate of new ones by this.
-            self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset")
+            self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset",
+                             reason="rapid_reset")
         elif kind is h2.events.WindowUpdated:
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -1051,8 +1087,13 @@ class H2ServerConnection:
                     self.feed_starved()
         elif kind is h2.events.TrailersReceived:
             stream = self.streams.get(event.stream_id)
-            if stream is not None and len(event.headers) > self.limits[1]:
-                self.refuse(stream, E.PROTOCOL_ERROR, "too many trailer fields")
+            if stream is not None:
+                try:
+                    if len(event.headers) > self.limits[1]:
+                        raise Malformed("too many trailer fields")
+                    check_trailers(event.headers)
+                except Malformed as exc:
+                    self.refuse(stream, E.PROTOCOL_ERROR, exc)
         elif kind is h2.events.RemoteSettingsChanged:
             change = event.changed_settings.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)
             if change is not None and change.new_value > (change.original_value or 0):
@@ -1060,6 +1101,25 @@ class H2ServerConnection:
                     stream.window_opened()
         elif kind is h2.events.ConnectionTerminated:
             self.draining = True
+        elif kind is StreamMalformed:
+            self.on_malformed(event)
+
+    def on_malformed(self, event):
+        """A stream h2 refused as malformed (StreamMalformed): reset (PROTOCOL_ERROR) and
+        counted as the client's, as one refused here is; the connection's other streams go
+        on. A client whose body overran its content-length by one byte lost every stream
+        of the connection (h2's GOAWAY PROTOCOL_ERROR), other users' too behind a proxy
+        that pools them on one connection."""
+        sid, reason = event.stream_id, str(event.error)
+        stream = self.streams.get(sid)
+        if stream is not None:
+            self.refuse(stream, E.PROTOCOL_ERROR, reason)
+        else:                               # its head: no stream served yet
+            self.runtime.log_rejected(self.client_ip, _Rejected(reason))
+            self.reset(sid, E.PROTOCOL_ERROR)
+            self.count_malformed()
+        if event.flow_length:       # counted against the connection's window, never read
+            self.acknowledge(sid, event.flow_length)
 
     # -- server.min_body_rate (Runtime.close_slowest_body) -----------------------------------
 
@@ -1137,7 +1197,9 @@ class H2ServerConnection:
             self.small_data = self.header_bytes = 0
             self.h2.data_frames_sent = 0
 
-    def count_flood(self, counter, limit, what, frames=1):
+    def count_flood(self, counter, limit, what, frames=1, reason=None):
+        """Add ``frames`` to this second's ``counter``; past ``limit``, GOAWAY
+        ENHANCE_YOUR_CALM and close (``reason``, else ``counter``: the metric's label)."""
         if self.closed:
             return
         self.start_second_if_due()
@@ -1149,6 +1211,7 @@ class H2ServerConnection:
                               self.client_ip, what, limit)
             self.goaway(E.ENHANCE_YOUR_CALM, what)
             self.closed = True
+            self.count_closed(reason or counter)
             # The rest of the flood is unread: a plain close is a RST, which can overtake the
             # GOAWAY at the client and take its reason with it (as in read_loop's error path).
             linger(self.sock, self.runtime.client_buf, self.runtime.deadlines, self)
@@ -1157,6 +1220,13 @@ class H2ServerConnection:
             except OSError:
                 pass
 
+    def count_closed(self, reason):
+        """gwserver_http2_connections_closed: a connection closed with an error, by why (the
+        access log has no line for a connection, the error log's are throttled)."""
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.count_http2_close(reason)
+
     def on_request(self, event):
         sid = event.stream_id
         self.last_stream_id = max(self.last_stream_id, sid) if not self.draining else \
@@ -1164,6 +1234,8 @@ class H2ServerConnection:
         if self.draining or len(self.streams) >= self.conf["max_concurrent_streams"]:
             # Streams still served after a reset count: rapid reset cannot pile up work.
             self.reset(sid, E.REFUSED_STREAM)
+            if not self.draining or sid - self.last_stream_id > 2 * GOAWAY_RACE_STREAMS:
+                self.count_refused()
             return
         self.requests += 1
         stream = H2Stream(self, sid)
@@ -1184,6 +1256,11 @@ class H2ServerConnection:
     def refuse(self, stream, code, reason):
         throttled_log.log(log, logging.INFO, "h2 stream refused", "HTTP/2 stream %d of %s: %s",
                           stream.stream_id, self.client_ip, reason)
+        # The access line says why: the stream's own, or one of its own if it never began
+        if not stream.running:
+            self.runtime.log_rejected(self.client_ip, _Rejected(str(reason)))
+        elif stream.req is not None and stream.req.error is None:
+            stream.req.error = _Rejected(str(reason))
         self.reset(stream.stream_id, code)
         stream.on_reset(code)
         self.stop(stream, "malformed")
@@ -1195,7 +1272,19 @@ class H2ServerConnection:
         had 11,700 malformed requests a second reset (66% of a core, 1.5 MB a second of
         access log), where a client's own resets end it past max_resets_per_second."""
         self.count_flood("resets", self.conf["max_resets_per_second"],
-                         "malformed requests (streams reset)")
+                         "malformed requests (streams reset)", reason="malformed")
+
+    def count_refused(self):
+        """A stream refused (after a GOAWAY, either side's, or while streams the client reset
+        are still served) counts as a reset of the client's, as a malformed one does: its
+        HEADERS cost a decode and its RST_STREAM a send. Uncounted, a client that sent
+        GOAWAY with a slow stream open (so the connection stays) had 16,000 streams a
+        second refused, half a core, for as long as that stream lasted (a reload's drain:
+        up to graceful_timeout). The first GOAWAY_RACE_STREAMS after a GOAWAY are not
+        counted: a busy client opens that many before it has read it."""
+        self.count_flood("resets", self.conf["max_resets_per_second"],
+                         "streams refused (opened after GOAWAY or past the streams limit)",
+                         reason="refused")
 
     def stop(self, stream, why):
         """End a stream's greenlet. One that has not begun (HEADERS and RST_STREAM in one
@@ -1242,9 +1331,16 @@ def serve_h2c_or_http1(runtime, sock, addr):
         return
     try:
         h2 = wants_h2(sock, timeout)
+        if h2 is None:
+            runtime.log_rejected(peer_address(addr), RequestTimeout(
+                "the HTTP/2 preface did not come whole within header_timeout"))
+            sock.close()
     except BaseException:
         runtime.client_closed()
         raise
+    if h2 is None:
+        runtime.client_closed()
+        return
     serve_counted(H2ServerConnection if h2 else ClientConnection, runtime, sock, addr)
 
 

@@ -13,6 +13,7 @@ through: limits, underscores, forwarded headers, path and Host made canonical):
 - Connection-specific fields (``Connection``, ``Keep-Alive``, ``Proxy-Connection``,
   ``Transfer-Encoding``, ``Upgrade``) and a ``TE`` other than ``trailers`` make it malformed.
 - ``Host`` and ``:authority``, when both are sent, name the same thing (8.3.1).
+- Trailers hold no pseudo-header field and keep the rules of the head's fields (8.1).
 
 A malformed request is a stream error of type PROTOCOL_ERROR (8.1.1): ``Malformed``.
 Pure: no sockets, no h2 types.
@@ -95,6 +96,22 @@ def split_request(headers):
     if authority is not None and any(host != authority for host in hosts):
         raise Malformed(":authority and Host disagree (RFC 9113 8.3.1)")
     return pseudo, regular
+
+
+def check_trailers(fields):
+    """A request's trailers (RFC 9113 8.1): regular fields only, held to the head's rules
+    (8.2.1, 8.2.2). Raises Malformed. They are never forwarded, yet a stream that breaks the
+    protocol is reset (8.1.1), as it would be for the same fields in its head."""
+    for name, value in fields:
+        if name[:1] == b":":
+            raise Malformed(f"pseudo-header {name[:40]!r} in trailers (RFC 9113 8.1)")
+        if not name or _BAD_NAME(name):
+            raise Malformed(f"invalid trailer field name {name[:40]!r} (RFC 9113 8.2.1)")
+        if name in CONNECTION_SPECIFIC or name == b"te" and \
+                value.strip().lower() != b"trailers":
+            raise Malformed(f"connection-specific trailer field {name.decode('latin-1')!r}")
+        if _BAD_VALUE(value):
+            raise Malformed(f"invalid value of trailer {name[:40]!r} (RFC 9113 8.2.1)")
 
 
 def check_method_and_path(method, path):

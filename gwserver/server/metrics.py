@@ -155,10 +155,17 @@ ROLLOUT_ROLLED_BACK = Metric("gwserver_rollout_rolled_back", "gauge", "1 while t
 
 ACCESS_LOG_LOST = Metric("gwserver_access_log_lines_lost", "counter", "Access lines a worker "
                          "could not write (a full disk, an I/O error) and dropped")
+HTTP2_CLOSED = Metric(
+    "gwserver_http2_connections_closed", "counter", "HTTP/2 client connections the gateway "
+    "closed with an error (GOAWAY), by reason: a flood guard's, or a protocol error h2 found "
+    "(the frame or state error; its code is in the GOAWAY, the log says which)",
+    (("reason", "`rapid_reset`, `malformed` (streams reset as malformed), `refused` (streams "
+                "refused), `control_frames`, `empty_frames`, `header_block` (an HPACK bomb, a "
+                "block too large), `protocol_error`"),))
 CATALOG = (REQUESTS, GATEWAY_ANSWERS, DURATION, UPSTREAM_DURATION, IN_FLIGHT,
            CONNECTIONS_OPENED, POOL_IDLE, GENERATION, LIMITS, RATES, BREAKER,
            BREAKER_TRANSITIONS, REDIS_UP, TARGET_UP, EJECTIONS, RETRIES, FAULTS,
-           CONSUMER_REQUESTS, ACCESS_LOG_LOST, RELOAD_SUCCESSFUL, RELOAD_SUCCESS_TIME,
+           CONSUMER_REQUESTS, HTTP2_CLOSED, ACCESS_LOG_LOST, RELOAD_SUCCESSFUL, RELOAD_SUCCESS_TIME,
            MASTER_GENERATION, WORKER_TIMEOUTS,
            *SYNC_METRICS, SYNC_REJECTED, SYNC_REJECTIONS, HEALTH_CHECKS, ROLLOUT_STEP,
            ROLLOUT_WEIGHT, ROLLOUT_GATE, ROLLOUT_ROLLED_BACK)
@@ -353,6 +360,7 @@ class WorkerMetrics:
         self.consumer_requests = make(CONSUMER_REQUESTS)
         self.gateway_answers = make(GATEWAY_ANSWERS)
         self.access_log_lost = make(ACCESS_LOG_LOST)
+        self.http2_closed = make(HTTP2_CLOSED)
         self._series = {}
         self._answers = {}          # (route, status, source) -> [counted, pushed]
         self._consumers = {}        # (consumer, code class) -> [counted, pushed]
@@ -409,6 +417,10 @@ class WorkerMetrics:
 
     def count_retry(self, upstream_id, outcome):
         self.retries.labels(upstream_id, outcome).inc()
+
+    def count_http2_close(self, reason):
+        """An HTTP/2 client connection closed with an error (rare: pushed at once)."""
+        self.http2_closed.labels(reason).inc()
 
     def count_ejection(self, upstream_id, target):
         self.ejections.labels(upstream_id, target).inc()

@@ -296,6 +296,7 @@ def test_the_workers_export_what_the_metrics_table_says(tmp_path):
         "w.count_limit('r', 'allowed'); w.count_fault('r', 'delay')\n"
         "w.effective_rate('r', 5.0); w.breaker_transition('b', 'open')\n"
         "w.count_retry('u', 'retried'); w.count_ejection('u', 't')\n"
+        "w.count_http2_close('rapid_reset')\n"
         "w.connections_opened.labels('t').inc(); w.pool_idle.labels('t').set(1)\n"
         "w.target_up.labels('u', 't').set(1); w.flush()\n"
         "out = {}\n"
