@@ -339,11 +339,13 @@ def status(conf):
     if not state["connected"] and not stale:
         # Generation 0: nothing was ever published (no snapshot, etcd never answered), so
         # there is no last good table; the workers serve the conf file's routes alone.
-        problems.append("etcd is unreachable from the gateway: it serves its last good table"
-                        if state["generation"] else
-                        "etcd has not answered since the gateway started and there was no "
-                        "snapshot: it serves the conf file's static routes only, and /-/ready "
-                        "answers 503 until etcd answers")
+        error = state.get("error")
+        why = f" ({printable(error)})" if isinstance(error, str) else ""
+        problems.append(f"etcd is unreachable from the gateway{why}: it serves its last good "
+                        f"table" if state["generation"] else
+                        f"etcd has not answered since the gateway started{why} and there was "
+                        f"no snapshot: it serves the conf file's static routes only, and "
+                        f"/-/ready answers 503 until etcd answers")
     print(f"{state['routes']} routes, {state['upstreams']} upstreams from etcd")
     for pid, entry in sorted(board.items()):
         behind = "" if entry["generation"] == state["generation"] else "  (behind)"

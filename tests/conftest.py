@@ -338,8 +338,9 @@ class Launcher:
         gw.admin_port = int(conf["admin"]["bind"].rpartition(":")[2])
         return gw
 
-    def etcd(self, name="e0", cluster=None, data_dir=None, ports=None):
-        """One etcd member on free loopback ports with its own data dir."""
+    def etcd(self, name="e0", cluster=None, data_dir=None, ports=None, extra=()):
+        """One etcd member on free loopback ports with its own data dir (``extra``: more of
+        etcd's flags)."""
         client_port, peer_port = ports or (free_port(), free_port())
         data_dir = data_dir or self.tmp_dir / f"etcd-{name}-{client_port}"
         cmd = ["etcd", "--name", name, "--data-dir", str(data_dir),
@@ -348,7 +349,7 @@ class Launcher:
                "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
                "--initial-cluster", cluster or f"{name}=http://127.0.0.1:{peer_port}",
-               "--initial-cluster-token", "gwtest", "--initial-cluster-state", "new"]
+               "--initial-cluster-token", "gwtest", "--initial-cluster-state", "new", *extra]
         log = open(self.tmp_dir / f"etcd-{name}-{client_port}.log", "ab")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -42,6 +42,11 @@ class WatchLost(EtcdUnavailable):
     """The watch stream broke (etcd went away, or the connection to it did)."""
 
 
+class AuthFailed(EtcdError):
+    """An endpoint did not give us a token (a member cut off from its quorum answers
+    ``authenticate``, a raft request, with 5xx; a load balancer with its own page)."""
+
+
 class Compacted(EtcdError):
     """The revision to watch from was compacted away; a full reload is needed."""
 
@@ -71,7 +76,8 @@ def error_text(error):
     """An error etcd's JSON gateway sent (``{"grpc_code", "http_code", "message",
     "http_status"}``) as a log line says it: its message and code, not a Python dict."""
     if isinstance(error, dict) and error.get("message"):
-        return f"{error['message']} (gRPC code {error.get('grpc_code', '?')})"
+        code = error.get("grpc_code", error.get("code", "?"))     # (unary answers: "code")
+        return f"{error['message']} (gRPC code {code})"
     return str(error)
 
 
@@ -142,11 +148,15 @@ class EtcdClient:
             index = (self._current + attempt) % len(self.endpoints)
             endpoint = self.endpoints[index]
             try:
-                resp = self.session.post(endpoint + path, json=body, stream=stream,
-                                         timeout=(self.timeout, timeout or self.timeout),
-                                         headers=self._auth_header(endpoint))
+                resp = self._send(endpoint, path, body, stream, timeout)
             except requests.RequestException as exc:
                 errors.append(f"{endpoint}: {describe(exc)}")
+                continue
+            except AuthFailed as exc:
+                # That endpoint failing, like one that answers the call itself with 5xx: the
+                # next is asked. Raised out of the loop, it was asked first again and again,
+                # and a healthy member after it never was.
+                errors.append(f"{endpoint}: {exc}")
                 continue
             if resp.status_code == 401 and self.username:
                 self._token = None              # expired token: authenticate again next call
@@ -179,17 +189,44 @@ class EtcdClient:
             return data
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
 
+    def _send(self, endpoint, path, body, stream, timeout):
+        """One POST to ``endpoint``; with auth, sent again once with a new token when etcd
+        says ours is no longer valid (401): a JWT past its ttl, a simple token idle past
+        ``--auth-token-ttl`` (a watch that stays quiet does not use it). Answered as a
+        failing endpoint, each expiry was an outage: an error in the log, ``NOT CONNECTED``,
+        and a full reload."""
+        fresh = self._token is None
+        while True:
+            resp = self.session.post(endpoint + path, json=body, stream=stream,
+                                     timeout=(self.timeout, timeout or self.timeout),
+                                     headers=self._auth_header(endpoint))
+            if resp.status_code != 401 or not self.username or fresh:
+                return resp
+            resp.close()
+            self._token, fresh = None, True
+
     def _auth_header(self, endpoint):
         if not self.username:
             return None
         if self._token is None:
-            resp = self.session.post(endpoint + "/v3/auth/authenticate",
-                                     json={"name": self.username, "password": self.password},
-                                     timeout=self.timeout)
-            if resp.status_code != 200:
-                raise EtcdError(f"etcd authentication failed: HTTP {resp.status_code}")
-            self._token = resp.json()["token"]
+            self._token = self._authenticate(endpoint)
         return {"Authorization": self._token}
+
+    def _authenticate(self, endpoint):
+        """A token from ``endpoint``, or AuthFailed saying why (etcd's reason, if it gave
+        one: a wrong password reads as one)."""
+        resp = self.session.post(endpoint + "/v3/auth/authenticate",
+                                 json={"name": self.username, "password": self.password},
+                                 timeout=self.timeout)
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        token = data.get("token") if isinstance(data, dict) else None
+        if resp.status_code == 200 and isinstance(token, str) and token:
+            return token
+        reason = error_text(data) if isinstance(data, dict) else repr(resp.text[:80])
+        raise AuthFailed(f"etcd authentication failed: HTTP {resp.status_code} {reason}")
 
     def _call(self, path, body):
         data = self._post(path, body)
@@ -311,7 +348,10 @@ class EtcdClient:
                 if result.get("compact_revision") and result.get("canceled"):
                     raise Compacted(int(result["compact_revision"]))
                 if result.get("canceled"):
-                    raise WatchLost("etcd cancelled the watch")
+                    reason = str(result.get("cancel_reason", ""))
+                    if "auth token" in reason:
+                        self._token = None      # expired since the last call: a new one next
+                    raise WatchLost(f"etcd cancelled the watch: {reason}")
                 header = result.get("header", {})
                 self.cluster_id = header.get("cluster_id", self.cluster_id)
                 revision = int(header.get("revision", 0))

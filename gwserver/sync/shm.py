@@ -174,16 +174,19 @@ class TablePublisher:
         """
         if self._made_again():
             delta, full = None, True
-        self.generation += 1
-        self.revision = revision
-        self.last_publish = time.monotonic()
+        # The number is taken once its file is there: a write that failed (a full
+        # runtime_dir) left a gap, a generation no worker could ever read.
+        generation = self.generation + 1
         if full:
             with self.lock:
                 table, source = self.full_table(), dict(self.source)
-            self._write_base(self.generation, revision, table, source)
+            self._write_base(generation, revision, table, source)
         else:
-            document = {"generation": self.generation, "revision": revision, **delta}
-            atomic_write(self._change_path(self.generation), json.dumps(document).encode())
+            document = {"generation": generation, "revision": revision, **delta}
+            atomic_write(self._change_path(generation), json.dumps(document).encode())
+        self.generation, self.revision = generation, revision
+        self.last_publish = time.monotonic()
+        if not full:
             self.dirty.set()
         # pwrite, in place: also puts back a counter someone truncated meanwhile.
         with self.counter_lock:

@@ -34,6 +34,11 @@ from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_publi
 log = logging.getLogger("gwserver.sync")
 
 
+class PublishFailed(Exception):
+    """The table could not be written in runtime_dir (full: /dev/shm is shared; removed
+    and not made again): published whole once it can be, after a backoff."""
+
+
 class Backoff:
     """Capped exponential backoff with full jitter (AWS architecture blog's recommendation)."""
 
@@ -73,6 +78,9 @@ class ConfigSync:
         self.unreachable_said = set()   # log_unreachable's warnings that still hold
         self.rejections_total = 0
         self.connected = False
+        self.error = None               # why etcd did not answer, while it does not
+        self.unpublished = False        # the table changed, and its publication failed
+        self.write_error = None         # the last write in runtime_dir that failed, if any
         self.last_sync = None
         self.started = time.time()
         # The master's watch on this process (helpers.helper.Heartbeat.beat, set by run()):
@@ -94,7 +102,12 @@ class ConfigSync:
                            for k, v in self.table.fence_specs.items()}}
 
     def publish(self, full=False):
-        """Publish what changed since the last generation (everything when ``full``)."""
+        """Publish what changed since the last generation (everything when ``full``, or when
+        the last publication failed); PublishFailed if the runtime_dir cannot take it. A
+        failed write used to end the sync process at each change, and again at each start
+        while runtime_dir stayed full: the master restarted it with a growing backoff, a
+        traceback each time, and a change made meanwhile waited for the next restart."""
+        full = full or self.unpublished
         with self.publisher.lock:       # consistent with what the base writer reads
             versions = self.versions()
             delta = {}
@@ -110,7 +123,14 @@ class ConfigSync:
                                    if before.get(k) != v}
                     delta[kind].update({k: None for k in before if k not in now})
             self.served = versions
-        generation = self.publisher.publish(delta, self.revision or 0, full=full)
+        try:
+            generation = self.publisher.publish(delta, self.revision or 0, full=full)
+        except OSError as exc:
+            self.unpublished = True
+            self.cannot_write("publish the table", exc)
+            raise PublishFailed(str(exc)) from None
+        self.unpublished = False
+        self.can_write()
         changed = len(versions["routes"]) if full else \
             sum(len(items) for items in delta.values())
         log.info("published generation %d (etcd revision %s, %s %d items; %d routes, "
@@ -136,13 +156,30 @@ class ConfigSync:
             rejected.labels(kind).set(sum(1 for key in self.table.rejected
                                           if key.startswith(kind + "/")))
         make(SYNC_REJECTIONS, registry=registry).inc(self.rejections_total)
-        try:
-            write_to_textfile(f"{self.publisher.runtime_dir}/metrics.prom", registry)
-        except OSError as exc:
-            log.warning("cannot write metrics: %s", exc)
+        write_to_textfile(f"{self.publisher.runtime_dir}/metrics.prom", registry)
+
+    def cannot_write(self, what, exc):
+        """Said once until a write in runtime_dir works again, not at every retry."""
+        if self.write_error is None:
+            log.error("cannot %s in %s: %s; the workers serve the last table published "
+                      "there; trying again", what, self.publisher.runtime_dir, exc)
+        self.write_error = exc
+
+    def can_write(self):
+        if self.write_error is not None:
+            log.info("writing in %s works again", self.publisher.runtime_dir)
+        self.write_error = None
 
     def write_status(self):
-        self.write_metrics()
+        try:
+            self._write_status()
+        except OSError as exc:      # (a full runtime_dir): rewritten at least every turn
+            self.cannot_write("write the status", exc)
+        else:
+            if not self.unpublished:    # (a status may fit where the table does not)
+                self.can_write()
+
+    def _write_status(self):
         self.publisher.write_status({
             "generation": self.publisher.generation, "revision": self.revision,
             "connected": self.connected, "endpoint": self.client.endpoints[self.client._current],
@@ -150,7 +187,9 @@ class ConfigSync:
             "routes": len(self.table.route_specs), "upstreams": len(self.table.upstream_specs),
             "consumers": len(self.table.consumer_specs),
             "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid(),
+            "error": None if self.connected else self.error,
             "lost": self.lost})     # etcd failed us since the last full load (workers ask)
+        self.write_metrics()
 
     # -- etcd ----------------------------------------------------------------------------------
 
@@ -291,7 +330,10 @@ class ConfigSync:
             self.publisher.source = {"cluster_id": snapshot.get("cluster_id"),
                                      "prefix": self.prefix}
         self.revision = None            # a snapshot is a start, not a position in etcd
-        self.publish(full=True)
+        try:
+            self.publish(full=True)
+        except PublishFailed:
+            pass                        # said; the loop publishes it first (unpublished)
 
     def load_served(self):
         """A sync process that restarts (the last one died; the master started this one)
@@ -329,20 +371,32 @@ class ConfigSync:
                 log.warning("watch from revision %s: %s; reloading everything",
                             self.revision, exc)
                 self.revision = None
-            except EtcdError as exc:    # (an answer not shaped as etcd's is one: answer_shaped)
-                if self.served is None and not self.lost:       # once, not every retry
-                    log.error("etcd unreachable: %s; no snapshot either: serving the conf "
-                              "file's static routes only, and /-/ready answers 503 until etcd "
-                              "answers", exc)
-                elif self.connected:
-                    log.error("etcd unreachable: %s; serving the last good table", exc)
-                self.connected, self.lost = False, True
+            except (EtcdError, PublishFailed) as exc:   # (answer_shaped: a malformed answer)
+                if isinstance(exc, EtcdError):
+                    self.unreachable(exc)
                 self.write_status()
                 pause = self.backoff.next()
                 self.beat(pause + self.turn)
                 time.sleep(pause)
 
+    def unreachable(self, exc):
+        """Said once an outage (not every retry): when the connection is lost, and at the
+        first try after a start, whatever is served meanwhile. Served from a snapshot (or
+        from the table a restarted sync process took up), the first failure once went
+        unsaid: a reload with a mistyped etcd password, a CA that does not sign etcd's
+        certificate, never synced again, and the journal never said why."""
+        if self.connected or not self.lost:
+            if self.served is None:
+                log.error("etcd unreachable: %s; no snapshot either: serving the conf "
+                          "file's static routes only, and /-/ready answers 503 until etcd "
+                          "answers", exc)
+            else:
+                log.error("etcd unreachable: %s; serving the last good table", exc)
+        self.connected, self.lost, self.error = False, True, str(exc)
+
     def sync_once(self):
+        if self.unpublished:
+            self.publish(full=True)     # what the failed publication held, first
         if self.revision is not None:
             reason = self.why_reload()
             if reason:
