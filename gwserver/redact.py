@@ -138,7 +138,23 @@ def split_options_query(url):
     while at >= 0:
         pairs = url[at + 1:].split("&")
         if all(name in REDIS_URL_OPTIONS and sep
-               for name, sep, _ in (pair.partition("=") for pair in pairs)):
+               for name, sep, _ in (pair.partition("=") for pair in pairs)) and \
+                _ends_in_hosts(url[:at]):
             return url[:at], url[at:]
         at = url.find("?", at + 1)
     return url, ""
+
+
+# A host and its port in a URL's authority: a name, an address or [an IPv6 one], ":digits"
+URL_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%\w-]*\]|[^:\[\]]*)(:[0-9]*)?")
+
+
+def _ends_in_hosts(head):
+    """Does ``head``, a URL up to a "?", end its authority in hosts and ports (after its
+    user part, if any)? A "?" in a user part does not: "redis://:pw?db=1@host/0" and
+    "redis://default:Zx9?client_name=q@redis..." are passwords holding "?db=" and
+    "?client_name=", shown whole when that "?" was taken for the query's (redis-py reads
+    "pw" as a port, and refuses it)."""
+    authority = re.split(r"[/?#]", head.partition("://")[2], maxsplit=1)[0]
+    return all(URL_HOST_PORT.fullmatch(host) for host in
+               authority.rpartition("@")[2].split(","))

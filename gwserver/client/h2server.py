@@ -640,7 +640,8 @@ class _CountingH2(h2.connection.H2Connection):
 
 
 # Streams a client may open past a GOAWAY's last stream id before it has read the GOAWAY
-# (the race RFC 9113 6.8 describes): refused, not counted as resets (count_refused).
+# (the race RFC 9113 6.8 describes): refused, not counted as resets (count_refused). At
+# least; a client may have max_concurrent_streams open in that race (goaway_race_ids).
 GOAWAY_RACE_STREAMS = 100
 REQUEST_FRAME_TYPES = (0x1, 0x9)       # HEADERS, CONTINUATION: a request's head coming
 
@@ -694,6 +695,10 @@ class H2ServerConnection:
         self.last_stream_id = 0
         self.requests = 0
         self.resets = self.control_frames = self.empty_frames = 0
+        # Streams the client reset that are still ending (so still counted toward
+        # max_concurrent_streams), up to that many: a stream it opens in one's slot and
+        # the gateway refuses is not counted again (count_refused)
+        self.reset_credit = 0
         self.small_data = self.header_bytes = 0
         self.counted_since = time.monotonic()
         self.bodies_waiting = 0         # streams waiting for body data (body_rate)
@@ -1073,6 +1078,9 @@ class H2ServerConnection:
             if stream is not None:
                 stream.on_reset(event.error_code)
                 self.stop(stream, "reset by the client")
+                if event.stream_id in self.streams:     # still ending: see count_refused
+                    self.reset_credit = min(self.reset_credit + 1,
+                                            self.conf["max_concurrent_streams"])
             # Every reset counts, refused streams' too: work is bounded by the streams being
             # served, the rate of new ones by this.
             self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset",
@@ -1234,7 +1242,12 @@ class H2ServerConnection:
         if self.draining or len(self.streams) >= self.conf["max_concurrent_streams"]:
             # Streams still served after a reset count: rapid reset cannot pile up work.
             self.reset(sid, E.REFUSED_STREAM)
-            if not self.draining or sid - self.last_stream_id > 2 * GOAWAY_RACE_STREAMS:
+            if self.draining:
+                if sid - self.last_stream_id > self.goaway_race_ids():
+                    self.count_refused()
+            elif self.reset_credit:
+                self.reset_credit -= 1      # in the slot of a stream it reset: counted then
+            else:
                 self.count_refused()
             return
         self.requests += 1
@@ -1274,14 +1287,25 @@ class H2ServerConnection:
         self.count_flood("resets", self.conf["max_resets_per_second"],
                          "malformed requests (streams reset)", reason="malformed")
 
+    def goaway_race_ids(self):
+        """How far past a GOAWAY's last stream id a client's streams are its race, not a flood:
+        it may have max_concurrent_streams open before it reads the GOAWAY (their refusals
+        come after it). 100 of a gRPC client's 300 calls in a reload's race were counted,
+        with max_concurrent_streams = 500: ENHANCE_YOUR_CALM, the call being drained cut."""
+        return 2 * max(GOAWAY_RACE_STREAMS, self.conf["max_concurrent_streams"])
+
     def count_refused(self):
-        """A stream refused (after a GOAWAY, either side's, or while streams the client reset
-        are still served) counts as a reset of the client's, as a malformed one does: its
+        """A stream refused (after a GOAWAY, either side's, or while streams are still served
+        past max_concurrent_streams) counts as a reset of the client's, as a malformed one does: its
         HEADERS cost a decode and its RST_STREAM a send. Uncounted, a client that sent
         GOAWAY with a slow stream open (so the connection stays) had 16,000 streams a
         second refused, half a core, for as long as that stream lasted (a reload's drain:
-        up to graceful_timeout). The first GOAWAY_RACE_STREAMS after a GOAWAY are not
-        counted: a busy client opens that many before it has read it."""
+        up to graceful_timeout). Those of a GOAWAY's race (goaway_race_ids) are not
+        counted: a busy client opens that many before it has read it. Nor is one opened in
+        the slot of a stream the client reset that is still ending (reset_credit): its
+        reset counted already, and for the client that slot was free. A gRPC client that
+        cancelled 60 of its 100 calls and sent 60 new ones at once was counted 120 and
+        got ENHANCE_YOUR_CALM, its 40 other calls cut."""
         self.count_flood("resets", self.conf["max_resets_per_second"],
                          "streams refused (opened after GOAWAY or past the streams limit)",
                          reason="refused")
