@@ -135,6 +135,25 @@ WAITING = "starts working when it arrives"     # in a waiting route's note (rout
 FENCED = "its paths answer 503 until a valid version arrives"
 
 
+def one_name_a_position(patterns):
+    """A fence's ``patterns`` with each parameter (catch-all) named as the first of them
+    named the one at its position. Its names are never read; a refused route whose paths named
+    one position twice ("/a/:id", "/a/:name/logs") had a fence the router refused whole, and
+    its paths fell through to a broader route (after a compile a path, to fail all the same)."""
+    names, conformed = {}, []
+    for pattern in patterns:
+        position, parts = (), []
+        for kind, text in check_path(pattern):
+            if kind == "static":
+                parts.append(text)
+            else:
+                text = names.setdefault((kind, position), text)
+                parts.append((":" if kind == "param" else "*") + text)
+            position += ((kind, text if kind == "static" else ""),)
+        conformed.append("/" + "/".join(parts))
+    return conformed
+
+
 def fence_of(route_id, spec):
     """The match fields of a refused route's value, as far as they can be read, or None when
     none of its paths can: the requests the route would have taken, ranked as it would be.
@@ -709,7 +728,7 @@ class LiveTable:
         # A fence's parameters are never read: it takes the names the tree has, and holds a
         # path whatever another route called them. A path it still cannot hold is left to
         # its holder and tried again whenever a route moves or goes (_conflicted).
-        wanted = [self.router.conforming(path) for path in fence["paths"]]
+        wanted = one_name_a_position([self.router.conforming(p) for p in fence["paths"]])
         # All at once first: path by path is a route compiled per path, ~5 s in the sync
         # process for the 100,000 paths a 1 MB value holds, at each write of it.
         if not self._placeable(route_id, {**fence, "paths": wanted}):

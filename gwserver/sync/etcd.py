@@ -158,11 +158,12 @@ class EtcdClient:
                 # and a healthy member after it never was.
                 errors.append(f"{endpoint}: {exc}")
                 continue
-            if resp.status_code == 401 and self.username:
-                self._token = None              # expired token: authenticate again next call
             if resp.status_code >= 500 or resp.status_code == 401:
-                errors.append(f"{endpoint}: HTTP {resp.status_code} {resp.text[:200]}")
+                errors.append(f"{endpoint}: HTTP {resp.status_code} "
+                              f"{self._masked(resp.text)[:200]}")
                 resp.close()
+                if resp.status_code == 401 and self.username:
+                    self._token = None          # expired token: authenticate again next call
                 continue
             if stream and resp.status_code == 200:
                 self._current = index
@@ -180,12 +181,13 @@ class EtcdClient:
                 # sync process at every start (200) or was asked first again and again (404),
                 # and the next endpoint never was.
                 errors.append(f"{endpoint}: not an etcd answer: HTTP {resp.status_code} "
-                              f"{resp.text[:80]!r}")
+                              f"{self._masked(resp.text)[:80]!r}")
                 resp.close()
                 continue
             self._current = index
             if resp.status_code != 200:
-                raise EtcdError(f"{endpoint}{path}: HTTP {resp.status_code} {resp.text[:200]}")
+                raise EtcdError(f"{endpoint}{path}: HTTP {resp.status_code} "
+                                f"{self._masked(resp.text)[:200]}")
             return data
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
 
@@ -213,8 +215,10 @@ class EtcdClient:
         return {"Authorization": self._token}
 
     def _authenticate(self, endpoint):
-        """A token from ``endpoint``, or AuthFailed saying why (etcd's reason, if it gave
-        one: a wrong password reads as one)."""
+        """A token from ``endpoint``, or AuthFailed saying why: etcd's reason, if it gave
+        one (a wrong password reads as one); never the body of an answer that is not etcd's.
+        What we sent is the password: a WAF's page or an echo service that quotes it put it
+        in the log, status.json, /admin/config and ``routes status``."""
         resp = self.session.post(endpoint + "/v3/auth/authenticate",
                                  json={"name": self.username, "password": self.password},
                                  timeout=self.timeout)
@@ -225,8 +229,22 @@ class EtcdClient:
         token = data.get("token") if isinstance(data, dict) else None
         if resp.status_code == 200 and isinstance(token, str) and token:
             return token
-        reason = error_text(data) if isinstance(data, dict) else repr(resp.text[:80])
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            reason = self._masked(error_text(data))
+        else:
+            kind = resp.headers.get("Content-Type") or "no Content-Type"
+            reason = f"not an etcd answer ({self._masked(kind)[:80]!r})"
         raise AuthFailed(f"etcd authentication failed: HTTP {resp.status_code} {reason}")
+
+    def _masked(self, text):
+        """An endpoint's answer, quoted in an error (the log, status.json, /admin/config),
+        without our secrets: one that is not etcd (a proxy's page, an echo service) may quote
+        the request, and with it the token or the password, raw or JSON-escaped."""
+        for secret in (self.password, self._token):
+            if isinstance(secret, str) and secret:
+                for form in {secret, json.dumps(secret)[1:-1]}:
+                    text = text.replace(form, "***")
+        return text
 
     def _call(self, path, body):
         data = self._post(path, body)
