@@ -517,9 +517,9 @@ HTTP2_CONNECTION = (
           "event. 0: at once"),
     Field("max_resets_per_second", integer(1), 100,
           "client RST_STREAMs on streams still being served, and streams the gateway resets "
-          "as malformed or refuses (past the first max_concurrent_streams, 100 at least, after "
-          "a GOAWAY), per second, before the connection is closed (GOAWAY ENHANCE_YOUR_CALM; "
-          "rapid reset, CVE-2023-44487 and CVE-2025-8671)"),
+          "as malformed or refuses (past the first max_concurrent_streams, 100 at least, "
+          "1,000 at most, after a GOAWAY), per second, before the connection is closed "
+          "(GOAWAY ENHANCE_YOUR_CALM; rapid reset, CVE-2023-44487 and CVE-2025-8671)"),
     Field("max_control_frames_per_second", integer(1), 500,
           "PING, SETTINGS and PRIORITY frames per second, ACKs included, before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM); a SETTINGS frame counts one more "

@@ -643,6 +643,9 @@ class _CountingH2(h2.connection.H2Connection):
 # (the race RFC 9113 6.8 describes): refused, not counted as resets (count_refused). At
 # least; a client may have max_concurrent_streams open in that race (goaway_race_ids).
 GOAWAY_RACE_STREAMS = 100
+# ... and at most this many, whatever max_concurrent_streams says (it takes up to 2^31 - 1:
+# from 2^30 no stream id fell past the race, and refusals were never counted again)
+GOAWAY_RACE_MAX_STREAMS = 1000
 REQUEST_FRAME_TYPES = (0x1, 0x9)       # HEADERS, CONTINUATION: a request's head coming
 
 
@@ -1292,7 +1295,8 @@ class H2ServerConnection:
         it may have max_concurrent_streams open before it reads the GOAWAY (their refusals
         come after it). 100 of a gRPC client's 300 calls in a reload's race were counted,
         with max_concurrent_streams = 500: ENHANCE_YOUR_CALM, the call being drained cut."""
-        return 2 * max(GOAWAY_RACE_STREAMS, self.conf["max_concurrent_streams"])
+        return 2 * min(max(GOAWAY_RACE_STREAMS, self.conf["max_concurrent_streams"]),
+                       GOAWAY_RACE_MAX_STREAMS)
 
     def count_refused(self):
         """A stream refused (after a GOAWAY, either side's, or while streams are still served

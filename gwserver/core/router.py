@@ -123,18 +123,23 @@ class Router:
     def conforming(self, pattern):
         """``pattern`` with its parameter and catch-all names those the tree already has at
         the same positions: for a fence, whose parameters are never read (core.table)."""
-        node, parts = self._root, []
+        node, parts, used = self._root, [], set()
         for kind, text in check_path(pattern):
             if kind == "static":
                 parts.append(text)
                 node = node.static.get(text) if node is not None else None
-            elif kind == "param":
-                name = node.param_name if node is not None and node.param is not None else text
-                parts.append(":" + name)
+                continue
+            if kind == "param":
+                name = node.param_name if node is not None and node.param is not None else None
                 node = node.param if node is not None else None
             else:
-                name = node.catchall_name if node is not None and node.catchall_name else text
-                parts.append("*" + name)
+                name = node.catchall_name if node is not None and node.catchall_name else None
+            # A position the tree does not name keeps the pattern's name, unless the tree gave
+            # it to an earlier position ("/a/:id" in the tree made "/a/:x/:id" the refused
+            # "/a/:id/:id", and no fence held its paths).
+            name = name or unused(text, used)
+            used.add(name)
+            parts.append((":" if kind == "param" else "*") + name)
         return "/" + "/".join(parts)
 
     def add(self, route):
@@ -374,6 +379,14 @@ class Router:
             if route is not None:
                 return route, dict(params) if params else {}
         return None
+
+
+def unused(name, used):
+    """``name``, or it with underscores after it, not in ``used``: a fence's parameter name
+    that no other position of its pattern has (the router refuses one bound twice)."""
+    while name in used:
+        name += "_"
+    return name
 
 
 def _in_order(node, segments, i):

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .consumers import CredentialTaken, Directory, compile_consumer
-from .router import Router
+from .router import Router, unused
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
                      make_upstream, undefined_upstream, upstream_id, upstream_refs)
 from .schema import Invalid, show
@@ -142,12 +142,16 @@ def one_name_a_position(patterns):
     its paths fell through to a broader route (after a compile a path, to fail all the same)."""
     names, conformed = {}, []
     for pattern in patterns:
-        position, parts = (), []
+        position, parts, used = (), [], set()
         for kind, text in check_path(pattern):
             if kind == "static":
                 parts.append(text)
             else:
-                text = names.setdefault((kind, position), text)
+                # the first pattern's name here, or this one's, never one an earlier
+                # position of this pattern has ("/a/:id/:x" and "/a/:y/b/:id" made
+                # "/a/:id/b/:id", which the router refuses)
+                text = names.setdefault((kind, position), unused(text, used))
+                used.add(text)
                 parts.append((":" if kind == "param" else "*") + text)
             position += ((kind, text if kind == "static" else ""),)
         conformed.append("/" + "/".join(parts))

@@ -71,9 +71,9 @@ def goaway_code(frame):
 
 # -- 1. streams refused after a GOAWAY were counted nowhere -----------------------------------
 
-def test_streams_opened_after_a_goaway_count_toward_the_reset_limit(launcher, upstream):
-    gw = h2c_gateway(launcher, upstream, http2={"max_resets_per_second": 100},
-                     server={"keepalive": 30.0})
+def flood_after_goaway(gw, seconds=4):
+    """A client holds a slow stream, sends its GOAWAY, then floods new streams (refused);
+    -> (the gateway's GOAWAY frame or None, streams sent, the worker's CPU seconds)."""
     client = settled(RawH2(gw.port))
     client.request("/slow/6")           # keeps the draining connection open
     time.sleep(0.3)
@@ -81,7 +81,7 @@ def test_streams_opened_after_a_goaway_count_toward_the_reset_limit(launcher, up
     block = request_block()
     sock, sent, sid, buffered, goaway = client.sock, 0, 3, b"", None
     used = cpu_seconds(gw)
-    end = time.monotonic() + 4
+    end = time.monotonic() + seconds
     while time.monotonic() < end and goaway is None:
         try:
             sock.sendall(b"".join(HeadersFrame(s, block, flags=["END_HEADERS", "END_STREAM"])
@@ -96,6 +96,13 @@ def test_streams_opened_after_a_goaway_count_toward_the_reset_limit(launcher, up
             break
     used = cpu_seconds(gw) - used
     client.close()
+    return goaway, sent, used
+
+
+def test_streams_opened_after_a_goaway_count_toward_the_reset_limit(launcher, upstream):
+    gw = h2c_gateway(launcher, upstream, http2={"max_resets_per_second": 100},
+                     server={"keepalive": 30.0})
+    goaway, sent, used = flood_after_goaway(gw)
     assert goaway is not None, sent         # 65,150 refused in 4 s before, and still going
     assert goaway_code(goaway) == E.ENHANCE_YOUR_CALM, goaway
     assert sent <= 300, sent
@@ -112,6 +119,19 @@ def test_streams_opened_after_a_goaway_count_toward_the_reset_limit(launcher, up
     assert all(other.reset_code(sid) == E.REFUSED_STREAM for sid in late)
     assert other.goaway() is None
     other.close()
+
+
+def test_a_huge_max_concurrent_streams_gives_no_endless_goaway_race(launcher, upstream):
+    """A review of 8751222: the race's allowance grew with max_concurrent_streams, which
+    takes up to 2^31 - 1, and from 2^30 no stream id fell past it: 36,150 refusals in 3 s,
+    none counted, 57% of a core (CVE-2025-8671's hole again). It is capped at 1,000
+    streams."""
+    gw = h2c_gateway(launcher, upstream, http2={"max_resets_per_second": 100,
+                                                "max_concurrent_streams": 2 ** 30},
+                     server={"keepalive": 30.0})
+    goaway, sent, _ = flood_after_goaway(gw)
+    assert goaway is not None and goaway_code(goaway) == E.ENHANCE_YOUR_CALM, sent
+    assert sent <= 1300, sent
 
 
 # -- 2. a request's trailers were checked for their number only -------------------------------

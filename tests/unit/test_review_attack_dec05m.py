@@ -38,3 +38,29 @@ def test_such_a_route_of_many_paths_is_fenced_with_one_compile(monkeypatch):
     assert t.put_route("big", json.dumps({**MISSPELT, "paths": paths}).encode(), 2) is False
     assert len(t.fence_specs["big"][1]["paths"]) == len(paths)      # every path held
     assert len(compiled) <= 3, len(compiled)
+
+
+def test_a_fences_paths_never_bind_a_name_twice_whatever_the_tree_and_the_paths():
+    """A review of the fix above: names given per position across the paths, or by the tree
+    (``Router.conforming``), could still bind one name twice in one path ("/a/:id/:x" and
+    "/a/:y/b/:id" made "/a/:id/b/:id"; "/a/:id/c" in the tree made "/a/:foo/:id"
+    "/a/:id/:id"): the router refused the fence, and the public catch-all served its paths."""
+    cases = [(["/a/:id/:x", "/a/:y/b/:id"], ["/a/1/2", "/a/1/b/2"]),
+             (["/a/:id", "/a/:x/:id"], ["/a/1", "/a/1/2"]),
+             (["/a/:id", "/a/:x/*id"], ["/a/1/2", "/a/1/b/2"])]
+    for paths, probes in cases:
+        t = table()
+        t.put_upstream("u1", json.dumps(UP), 1)
+        t.put_route("public", route("public", "/*rest"), 2)
+        assert t.put_route("private", json.dumps({**MISSPELT, "paths": paths}), 3) is False
+        assert [served(t, p) for p in probes] == ["private"] * len(probes), paths
+    # a name the tree binds at an earlier position
+    t = table()
+    t.put_upstream("u1", json.dumps(UP), 1)
+    t.put_route("public", route("public", "/*rest"), 2)
+    t.put_route("c", route("c", "/a/:id/c"), 3)
+    assert t.put_route("private", json.dumps({**MISSPELT, "paths": ["/a/:foo/:id"]}), 4) \
+        is False
+    assert served(t, "/a/1/2") == "private" and served(t, "/a/1/c") == "c"
+    t.delete_route("c")
+    assert served(t, "/a/1/2") == "private"
