@@ -39,6 +39,7 @@ import pytest
 
 from ..conftest import wait_until
 from .test_etcd import UP, all_workers_at, etcd_conf, put, serves
+from .test_incident_drill import state_tmpfs  # noqa: F401 (a tmpfs mounted and unmounted)
 
 
 class Unavailable(BaseHTTPRequestHandler):
@@ -137,28 +138,10 @@ def test_a_start_from_the_snapshot_says_why_etcd_does_not_answer(launcher, upstr
         f"{member.url}: " in run.stderr, run.stderr
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    mounts = []
-
-    def mount(size):
-        path = tmp_path / f"tmpfs-{size}"
-        path.mkdir()
-        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                               str(path)], capture_output=True, text=True)
-        if made.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-        mounts.append(path)
-        return path
-    yield mount
-    for path in mounts:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_a_full_runtime_dir_kills_no_sync_process_and_the_change_follows(
-        launcher, upstream, tmpfs, tmp_path):
+        launcher, upstream, state_tmpfs, tmp_path):
     etcd = launcher.etcd()
-    disk = tmpfs("1m")              # runtime_dir on /dev/shm, which every process shares
+    disk = state_tmpfs("1m")              # runtime_dir on /dev/shm, which every process shares
     conf = etcd_conf(tmp_path, [etcd.url], workers=1)
     conf["etcd"]["runtime_dir"] = str(disk / "run")
     gw = launcher.gateway(conf)
