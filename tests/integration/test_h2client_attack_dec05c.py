@@ -254,15 +254,13 @@ def read_frames(sock, buffered, until, timeout=2.0):
 RST_STREAM, GOAWAY = 0x3, 0x7
 
 
-def test_streams_reset_as_malformed_count_toward_the_reset_limit(launcher, upstream):
-    gw = h2c_gateway(launcher, upstream, http2={"max_resets_per_second": 100},
-                     server={"keepalive": 30.0})
-    client = settled(RawH2(gw.port))
-    # :method GET, :scheme http, :path /, accept-encoding, then :authority: a pseudo-header
-    # after a regular field (RFC 9113 8.3), in five one-byte indexed fields
-    block = b"\x82\x86\x84\x90\x81"
-    sock, sent, sid, buffered, goaway = client.sock, 0, 1, b"", None
-    end = time.monotonic() + 5
+def flood_headers(client, block, sid, seconds):
+    """Requests of header block ``block`` on ``client``, 50 at a time from stream ``sid``,
+    each 50 sent once the gateway answered the last (their RST_STREAMs: h2 takes 100 open
+    streams at most), until its GOAWAY or ``seconds``; -> (the GOAWAY frame or None, the
+    streams sent)."""
+    sock, sent, buffered, goaway = client.sock, 0, b"", None
+    end = time.monotonic() + seconds
     while time.monotonic() < end and goaway is None:
         try:
             sock.sendall(b"".join(HeadersFrame(s, block, flags=["END_HEADERS", "END_STREAM"])
@@ -270,12 +268,21 @@ def test_streams_reset_as_malformed_count_toward_the_reset_limit(launcher, upstr
         except OSError:
             break
         sid, sent = sid + 100, sent + 50
-        # the 50 RST_STREAMs back before the next 50 (h2 takes 100 open streams at most)
         frames, buffered = read_frames(sock, buffered, lambda frames: any(
             f[0] == GOAWAY for f in frames) or sum(f[0] == RST_STREAM for f in frames) >= 50)
         goaway = next((f for f in frames if f[0] == GOAWAY), None)
         if not frames:
             break
+    return goaway, sent
+
+
+def test_streams_reset_as_malformed_count_toward_the_reset_limit(launcher, upstream):
+    gw = h2c_gateway(launcher, upstream, http2={"max_resets_per_second": 100},
+                     server={"keepalive": 30.0})
+    client = settled(RawH2(gw.port))
+    # :method GET, :scheme http, :path /, accept-encoding, then :authority: a pseudo-header
+    # after a regular field (RFC 9113 8.3), in five one-byte indexed fields
+    goaway, sent = flood_headers(client, b"\x82\x86\x84\x90\x81", 1, 5)
     client.close()
     assert goaway is not None, sent
     assert int.from_bytes(goaway[3][4:8], "big") == E.ENHANCE_YOUR_CALM, goaway

@@ -52,8 +52,7 @@ from gwserver.core.h2fields import FieldEncoder
 
 from ..conftest import wait_until
 from .test_auth_abuse import cpu_seconds
-from .test_h2client_attack_dec05c import (GOAWAY, RST_STREAM, client_goaway, h2c_gateway,
-                                          read_frames, settled)
+from .test_h2client_attack_dec05c import client_goaway, flood_headers, h2c_gateway, settled
 from ..h2client import RawH2
 
 E = h2.errors.ErrorCodes
@@ -78,22 +77,8 @@ def flood_after_goaway(gw, seconds=4):
     client.request("/slow/6")           # keeps the draining connection open
     time.sleep(0.3)
     client.send_raw(client_goaway())
-    block = request_block()
-    sock, sent, sid, buffered, goaway = client.sock, 0, 3, b"", None
     used = cpu_seconds(gw)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and goaway is None:
-        try:
-            sock.sendall(b"".join(HeadersFrame(s, block, flags=["END_HEADERS", "END_STREAM"])
-                                  .serialize() for s in range(sid, sid + 100, 2)))
-        except OSError:
-            break
-        sid, sent = sid + 100, sent + 50
-        frames, buffered = read_frames(sock, buffered, lambda frames: any(
-            f[0] == GOAWAY for f in frames) or sum(f[0] == RST_STREAM for f in frames) >= 50)
-        goaway = next((f for f in frames if f[0] == GOAWAY), None)
-        if not frames:
-            break
+    goaway, sent = flood_headers(client, request_block(), 3, seconds)
     used = cpu_seconds(gw) - used
     client.close()
     return goaway, sent, used
