@@ -143,6 +143,10 @@ def main(kind, args):
     try:
         if args.action in ("validate", "put"):
             items = read_items(args.source, kind)
+            masked = [problem for item_id, item in items
+                      for problem in masks_in(item, f"{kind}/{item_id}")]
+            if masked:
+                return _fail(masked)
             if kind == "consumers":
                 given = items
                 items = [(item_id, seal(item, item_id)) for item_id, item in items]
@@ -176,7 +180,7 @@ def main(kind, args):
             if value is None:
                 return _fail([f"{key(args.id)}: not found"])
             try:
-                print(json.dumps(json.loads(value), indent=2, sort_keys=True))
+                print(shown_item(json.loads(value), args.show_secrets))
             except (ValueError, RecursionError) as exc:
                 # a value put by hand (etcdctl): the gateway rejects it too; show it as stored
                 why = "nested too deep" if isinstance(exc, RecursionError) else exc
@@ -264,6 +268,37 @@ def shared_secrets(given, directory):
                                     f"secret is consumer {other.id}'s (the gateway would "
                                     f"refuse it for both)")
     return problems
+
+
+def shown_item(item, show_secrets=False):
+    """What ``get`` prints of a stored item: indented JSON, its secrets masked as ``list``
+    masks them (a jwt secret, a consumer's credentials, a password in a URL: the output is
+    pasted into tickets and chats), unless ``--show-secrets``. A note on stderr says so, and
+    ``put`` refuses a masked value given back (masks_in)."""
+    from .redact import redact
+    shown = item if show_secrets else redact(item)
+    if shown != item:
+        print("note: secrets are shown as ***; `get --show-secrets` prints them as stored",
+              file=sys.stderr)
+    return json.dumps(shown, indent=2, sort_keys=True)
+
+
+def masks_in(item, where, path=""):
+    """Problems for every value of ``item`` that is the mask ``get`` prints in place of a
+    secret: put back as it was shown, a route's jwt would verify tokens with the secret "***"
+    and its headers plugin send "Authorization: ***". (Route, upstream and consumer items
+    hold no URL with a user part: targets and redirects refuse one.)"""
+    from .redact import MASK
+    if isinstance(item, dict):
+        return [problem for k, v in item.items()
+                for problem in masks_in(v, where, f"{path}.{k}" if path else str(k))]
+    if isinstance(item, list):
+        return [problem for i, v in enumerate(item)
+                for problem in masks_in(v, where, f"{path}[{i}]")]
+    if item == MASK:
+        return [f"{where}: {path} holds {MASK}, the mask `get` prints in place "
+                f"of a secret: give the secret itself (`get --show-secrets` prints it)"]
+    return []
 
 
 def stored_view(raw):
@@ -475,7 +510,10 @@ def add_parsers(sub):
         for name in ("put", "validate"):
             action(name, help=f"{name} {kind} from a JSON file (- = stdin)").add_argument(
                 "source")
-        action("get").add_argument("id")
+        get = action("get")
+        get.add_argument("id")
+        get.add_argument("--show-secrets", action="store_true",
+                         help="print secrets as stored (masked as *** by default)")
         delete = action("delete")
         delete.add_argument("id")
         if kind == "upstreams":

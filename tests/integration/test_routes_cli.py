@@ -84,3 +84,44 @@ def test_put_warns_of_what_plugins_find_likely_not_meant(conf_path):
         assert run.returncode == 0, run
         assert "warning: route j: plugins.jwt: secret is 20 bytes: HS256 needs a key of at " \
                "least 32 bytes" in run.stdout, run.stdout
+
+
+SECRET = "jwt-secret-of-32-bytes-or-more-0123456789"
+
+
+def test_get_masks_secrets_unless_asked_and_put_refuses_the_mask(conf_path):
+    """`routes get` printed a route as stored, a jwt secret and the Authorization a headers
+    plugin sets in clear, where `routes list` masks them: its output goes into tickets. Now
+    masked as `list` masks them, with a note; --show-secrets prints them. Put back as shown,
+    the route would have verified tokens with the secret "***": `put` refuses the mask."""
+    route = {"id": "j", "paths": ["/j"], "upstream": {"targets": [{"url": "http://h:1"}]},
+             "plugins": {"jwt": {"algorithms": ["HS256"], "secret": SECRET},
+                         "headers": {"request": {"set": {"Authorization": "Bearer up-token"}}}}}
+    assert cli(conf_path, "routes", "put", "-", stdin=json.dumps(route)).returncode == 0
+    shown = cli(conf_path, "routes", "get", "j")
+    assert shown.returncode == 0, shown
+    for secret in (SECRET, "up-token"):
+        assert secret not in shown.stdout
+    item = json.loads(shown.stdout)
+    assert item["plugins"]["jwt"]["secret"] == "***"
+    assert item["plugins"]["headers"]["request"]["set"]["Authorization"] == "***"
+    assert "secrets are shown as ***" in shown.stderr and "--show-secrets" in shown.stderr
+    clear = cli(conf_path, "routes", "get", "j", "--show-secrets")
+    assert clear.returncode == 0 and clear.stderr == ""
+    assert json.loads(clear.stdout) == route
+    for action in ("validate", "put"):
+        run = cli(conf_path, "routes", action, "-", stdin=shown.stdout)
+        assert run.returncode == 2, run
+        assert "routes/j: plugins.jwt.secret holds ***, the mask `get` prints" in run.stderr
+        assert "routes/j: plugins.headers.request.set.Authorization holds ***" in run.stderr
+    assert json.loads(cli(conf_path, "routes", "get", "j", "--show-secrets").stdout)[
+        "plugins"]["jwt"]["secret"] == SECRET          # what etcd holds is unchanged
+
+
+def test_get_of_an_item_without_secrets_prints_it_whole_without_a_note(conf_path):
+    route = {"id": "plain", "paths": ["/p"], "upstream": {"targets": [{"url": "http://h:1"}]}}
+    assert cli(conf_path, "routes", "put", "-", stdin=json.dumps(route)).returncode == 0
+    shown = cli(conf_path, "routes", "get", "plain")
+    assert shown.returncode == 0 and shown.stderr == ""
+    assert json.loads(shown.stdout) == route
+
