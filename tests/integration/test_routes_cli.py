@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ..conftest import to_toml
+from ..conftest import ROOT, gateway_conf, to_toml
 
 PREFIX = "/gw"
 
@@ -125,3 +125,40 @@ def test_get_of_an_item_without_secrets_prints_it_whole_without_a_note(conf_path
     assert shown.returncode == 0 and shown.stderr == ""
     assert json.loads(shown.stdout) == route
 
+
+
+def etcd_md_cli_block():
+    """The CLI block of docs/etcd.md, line by line (comments kept: they say what to expect)."""
+    text = (ROOT / "docs" / "etcd.md").read_text()
+    section = text[text.index("## The CLI"):]
+    body = section[section.index("```sh\n") + 6:]
+    return body[:body.index("```")].splitlines()
+
+
+def test_the_cli_block_of_docs_etcd_md_runs_as_it_says(launcher, tmp_path):
+    """Every line of docs/etcd.md's CLI block, run in order against a real etcd and a
+    gateway syncing from it (for `status`): each exits 0, but the one its comment says is
+    refused, which exits 2 naming the route."""
+    etcd = launcher.etcd()
+    gw = launcher.gateway(gateway_conf([], etcd={
+        "endpoints": [etcd.url], "prefix": PREFIX, "runtime_dir": str(tmp_path / "run")}))
+    (tmp_path / "conf.toml").write_text(gw.conf_path.read_text())
+    (tmp_path / "upstream.json").write_text(json.dumps(
+        {"id": "users", "targets": [{"url": "http://127.0.0.1:9"}]}))
+    (tmp_path / "routes.json").write_text(json.dumps(
+        [{"id": "a", "paths": ["/a"], "upstream": "users"}]))
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    lines = etcd_md_cli_block()
+    assert len(lines) >= 10
+    for line in lines:
+        run = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=60)
+        if "refused while routes use it" in line:
+            assert run.returncode == 2 and "still used by route(s) a" in run.stderr, (line, run)
+        else:
+            assert run.returncode == 0, (line, run)
+        if line.startswith("gwserver routes -c conf.toml get r "):
+            assert json.loads(run.stdout)["paths"] == ["/r"]
+        if " status " in line:
+            assert "rejected" in run.stdout, run.stdout
+    assert etcd.client().range_prefix(PREFIX + "/upstreams/")[1] == []
