@@ -1248,7 +1248,6 @@ class Proxy:
                                 self.runtime.send_timeout, True)
             self.pump(flow, client.sock, ex.sock, idle, idle, False)
             down.join()
-            sent += down.value or 0
         finally:
             deadlines.disarm(flow)
             client.body_sent = flow.down        # (a drain's cut logs what went through)
