@@ -254,7 +254,7 @@ class Runtime:
         from ..helpers.health import HealthView, PassiveTracker
         from ..helpers.rollouts import RolloutView
         from ..services import Services
-        from ..state.store import LocalStore, RedisStore
+        from ..state.store import RedisStore
         conf = self.conf
         path = conf.server["state_dir"]       # [server] state_dir; the master made it
         local = open_local_store(path)

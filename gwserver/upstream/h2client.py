@@ -35,7 +35,7 @@ from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
-from ..errors import (OutOfFiles, ServiceUnavailable, UpstreamBusy, UpstreamConnectError,
+from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
 from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason, out_of_files
 from .clienttls import client_context

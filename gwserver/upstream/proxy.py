@@ -46,7 +46,7 @@ from ..core.routes import IDEMPOTENT, no_target_reason, try_policy
 from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
 from ..core.tracing import REPLACED_HEADERS, response_line
-from ..errors import (BadRequest, HTTPError, InternalError, LoopDetected, OutOfFiles,
+from ..errors import (BadRequest, InternalError, LoopDetected, OutOfFiles,
                       PayloadTooLarge, ProtocolMismatch, ServiceUnavailable, UpstreamBusy,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
