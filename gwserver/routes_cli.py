@@ -87,7 +87,7 @@ def current_table(conf, client, prefix, keep_rejected=False):
     """A LiveTable holding what etcd has now (its own rejections are not ours to report,
     unless ``keep_rejected``: ``routes list`` marks them)."""
     from .core.table import LiveTable
-    from .sync.etcd import EtcdError
+    from .sync.etcd import AuthRejected, EtcdError
     from .plugins import load_registry
     table = LiveTable.for_conf(conf, load_registry())
     note = None
@@ -99,6 +99,8 @@ def current_table(conf, client, prefix, keep_rejected=False):
             if kind in wanted and item_id:
                 wanted[kind][item_id] = (rev, value)
         table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
+    except AuthRejected as exc:
+        note = f"{exc}; checked against the conf file's table only"
     except EtcdError as exc:
         note = f"etcd not reachable ({exc}); checked against the conf file's table only"
     if not keep_rejected:
@@ -376,11 +378,18 @@ def status(conf):
         # there is no last good table; the workers serve the conf file's routes alone.
         error = state.get("error")
         why = f" ({printable(error)})" if isinstance(error, str) else ""
-        problems.append(f"etcd is unreachable from the gateway{why}: it serves its last good "
-                        f"table" if state["generation"] else
-                        f"etcd has not answered since the gateway started{why} and there was "
-                        f"no snapshot: it serves the conf file's static routes only, and "
-                        f"/-/ready answers 503 until etcd answers")
+        if state.get("auth_failed") is True:    # etcd answers: it refuses the credentials
+            problems.append(f"etcd refuses the gateway's credentials{why}: it serves its last "
+                            f"good table" if state["generation"] else
+                            f"etcd refuses the gateway's credentials{why} and there was no "
+                            f"snapshot: it serves the conf file's static routes only, and "
+                            f"/-/ready answers 503 until etcd takes them")
+        else:
+            problems.append(f"etcd is unreachable from the gateway{why}: it serves its last "
+                            f"good table" if state["generation"] else
+                            f"etcd has not answered since the gateway started{why} and there "
+                            f"was no snapshot: it serves the conf file's static routes only, "
+                            f"and /-/ready answers 503 until etcd answers")
     print(f"{state['routes']} routes, {state['upstreams']} upstreams from etcd")
     for pid, entry in sorted(board.items()):
         behind = "" if entry["generation"] == state["generation"] else "  (behind)"

@@ -300,7 +300,9 @@ ETCD = Schema(
           "etcd client URLs; all members of the cluster, tried in turn"),
     Field("prefix", string(r"/[A-Za-z0-9_./-]*[A-Za-z0-9_-]", "a key prefix like /gwserver"),
           "/gwserver", "routes live at PREFIX/routes/ID, upstreams at PREFIX/upstreams/ID"),
-    Field("timeout", number(0, exclusive=True), 2.0, "seconds for one etcd call"),
+    Field("timeout", number(0, exclusive=True), 2.0,
+          "seconds for one etcd call: its whole answer, a second more per 256 KiB of it (a "
+          "member that trickles is passed over), not each read"),
     Field("watch_idle_timeout", number(1.0), 15.0,
           "seconds of silence after which a watch is re-established (partition detection)"),
     Field("backoff_max", number(0.1), 10.0, "cap of the reconnect backoff, seconds"),
@@ -518,8 +520,9 @@ HTTP2_CONNECTION = (
     Field("max_resets_per_second", integer(1), 100,
           "client RST_STREAMs on streams still being served, and streams the gateway resets "
           "as malformed or refuses (past the first max_concurrent_streams, 100 at least, "
-          "1,000 at most, after a GOAWAY), per second, before the connection is closed "
-          "(GOAWAY ENHANCE_YOUR_CALM; rapid reset, CVE-2023-44487 and CVE-2025-8671)"),
+          "after a GOAWAY, 1,000 at most after the client's), per second, before the "
+          "connection is closed (GOAWAY ENHANCE_YOUR_CALM; rapid reset, CVE-2023-44487 and "
+          "CVE-2025-8671)"),
     Field("max_control_frames_per_second", integer(1), 500,
           "PING, SETTINGS and PRIORITY frames per second, ACKs included, before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM); a SETTINGS frame counts one more "

@@ -643,8 +643,9 @@ class _CountingH2(h2.connection.H2Connection):
 # (the race RFC 9113 6.8 describes): refused, not counted as resets (count_refused). At
 # least; a client may have max_concurrent_streams open in that race (goaway_race_ids).
 GOAWAY_RACE_STREAMS = 100
-# ... and at most this many, whatever max_concurrent_streams says (it takes up to 2^31 - 1:
-# from 2^30 no stream id fell past the race, and refusals were never counted again)
+# ... and after the client's own GOAWAY, at most this many, whatever max_concurrent_streams
+# says (it takes up to 2^31 - 1: from 2^30 no stream id fell past the race, and refusals
+# were never counted again). The gateway's GOAWAY is not capped: see goaway_race_ids.
 GOAWAY_RACE_MAX_STREAMS = 1000
 REQUEST_FRAME_TYPES = (0x1, 0x9)       # HEADERS, CONTINUATION: a request's head coming
 
@@ -695,6 +696,7 @@ class H2ServerConnection:
         #                                 window only, in the order they began to wait
         self.timed_out = self.closed = False
         self.draining = False           # GOAWAY sent: no new streams
+        self.client_went_away = False   # the client sent GOAWAY: its race capped
         self.last_stream_id = 0
         self.requests = 0
         self.resets = self.control_frames = self.empty_frames = 0
@@ -1111,7 +1113,7 @@ class H2ServerConnection:
                 for stream in self.streams.values():     # the initial window grew
                     stream.window_opened()
         elif kind is h2.events.ConnectionTerminated:
-            self.draining = True
+            self.draining = self.client_went_away = True
         elif kind is StreamMalformed:
             self.on_malformed(event)
 
@@ -1291,12 +1293,19 @@ class H2ServerConnection:
                          "malformed requests (streams reset)", reason="malformed")
 
     def goaway_race_ids(self):
-        """How far past a GOAWAY's last stream id a client's streams are its race, not a flood:
-        it may have max_concurrent_streams open before it reads the GOAWAY (their refusals
-        come after it). 100 of a gRPC client's 300 calls in a reload's race were counted,
-        with max_concurrent_streams = 500: ENHANCE_YOUR_CALM, the call being drained cut."""
-        return 2 * min(max(GOAWAY_RACE_STREAMS, self.conf["max_concurrent_streams"]),
-                       GOAWAY_RACE_MAX_STREAMS)
+        """How far past a GOAWAY's last stream id a client's streams are its race, not a
+        flood: it may have max_concurrent_streams open before it reads the gateway's GOAWAY
+        (their refusals come after it). 100 of a gRPC client's 300 calls in a reload's race
+        were counted, with max_concurrent_streams = 500: ENHANCE_YOUR_CALM, the call being
+        drained cut. Capped at 1,000 streams for every GOAWAY, a client with 1,500 calls in
+        that race (max_concurrent_streams = 3000) was cut the same way: the cap is for the
+        client's own GOAWAY (no real race, and a flood after it was 36,150 refusals in 3 s
+        uncounted), while a huge max_concurrent_streams lets a client hold that many streams
+        served anyway, which cost more than refusals."""
+        streams = max(GOAWAY_RACE_STREAMS, self.conf["max_concurrent_streams"])
+        if self.client_went_away:
+            streams = min(streams, GOAWAY_RACE_MAX_STREAMS)
+        return 2 * streams
 
     def count_refused(self):
         """A stream refused (after a GOAWAY, either side's, or while streams are still served

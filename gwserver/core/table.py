@@ -158,6 +158,18 @@ def one_name_a_position(patterns):
     return conformed
 
 
+def names_once(path):
+    """``path`` with a parameter (catch-all) name it binds again made another: a fence's names
+    are never read, and a route refused for "/u/:id/f/:id" alone (or with a misspelt plugin)
+    was not fenced at all, its paths served by a broader route."""
+    used, segments = set(), path.split("/")
+    for i, segment in enumerate(segments):
+        if segment[:1] in (":", "*") and segment[1:]:
+            segments[i] = segment[0] + unused(segment[1:], used)
+            used.add(segments[i][1:])
+    return "/".join(segments)
+
+
 def fence_of(route_id, spec):
     """The match fields of a refused route's value, as far as they can be read, or None when
     none of its paths can: the requests the route would have taken, ranked as it would be.
@@ -182,7 +194,7 @@ def fence_of(route_id, spec):
     paths = []
     for path in items(spec.get("paths"), str):
         try:
-            path = fields["paths"].check([path])[0]     # its escapes as requests have them
+            path = fields["paths"].check([names_once(path)])[0]   # escapes as requests have
             check_path(path)
         except (Invalid, ValueError):
             continue

@@ -14,9 +14,13 @@ import base64
 import functools
 import json
 import logging
+import socket
+import threading
 import time
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..errors import describe
 
@@ -28,6 +32,10 @@ log = logging.getLogger("gwserver.etcd")
 # line held it all in memory); the watch is dropped and the table reloaded by value.
 MAX_WATCH_MESSAGE = 64 * 1024 * 1024
 WATCH_READ = 65536      # bytes read at a time: a chunk etcd declares huge is read in pieces
+# An answer's whole read is bounded by ``timeout`` (requests' read timeout bounds each recv
+# alone: a member that sends a byte a second held one call for minutes), plus a second for
+# each ANSWER_RATE bytes that came, so a large range read over a slow link is not cut.
+ANSWER_RATE = 256 * 1024
 
 
 class EtcdError(Exception):
@@ -45,6 +53,114 @@ class WatchLost(EtcdUnavailable):
 class AuthFailed(EtcdError):
     """An endpoint did not give us a token (a member cut off from its quorum answers
     ``authenticate``, a raft request, with 5xx; a load balancer with its own page)."""
+
+
+class AuthRejected(EtcdError):
+    """etcd itself refused our credentials (a wrong password, an unknown user; auth not
+    enabled): no endpoint failing, nothing to wait out. Reported as "no etcd endpoint
+    answered", an operator read "etcd unreachable" and looked for a network problem."""
+
+
+class AnswerTooSlow(requests.exceptions.Timeout):
+    """An endpoint did not give its whole answer within the call's deadline (CallDeadline):
+    it trickles, or hangs mid-answer. That endpoint failing; the next is asked."""
+
+
+class CallDeadline:
+    """The deadline of the call under way (one at a time: a client is used by one thread),
+    kept by a thread of its own, which shuts the call's connection down when it passes: the
+    read under way ends with an error at once, as the workers' ticker ends theirs
+    (net/deadlines.py). The connections a call takes from the pool are held by it
+    (_HeldPool)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.due = None                 # time.monotonic() past which the call is cut
+        self.held = []                  # the connections it uses
+        self.expired = False
+        self.thread = None
+
+    def arm(self, seconds, held=()):
+        """Cut the call in ``seconds``: its connections ``held``, and those it takes."""
+        with self.cond:
+            self.due, self.expired = time.monotonic() + seconds, False
+            self.held = [conn for conn in held if conn is not None]
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._keep, name="etcd-deadline",
+                                               daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def extend(self, seconds):
+        with self.cond:
+            if self.due is not None:
+                self.due += seconds
+
+    def disarm(self):
+        with self.cond:
+            self.due, self.held = None, []
+
+    def hold(self, conn):
+        with self.cond:
+            if self.due is not None:
+                self.held.append(conn)
+
+    def _keep(self):
+        with self.cond:
+            while True:
+                left = None if self.due is None else self.due - time.monotonic()
+                if left is None or left > 0:
+                    self.cond.wait(left)
+                    continue
+                for conn in self.held:
+                    sock = getattr(conn, "sock", None)
+                    try:
+                        if sock is not None:
+                            sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                self.due, self.held, self.expired = None, [], True
+
+
+_calling = threading.local()            # .deadline: the CallDeadline of this thread's call
+
+
+class _Held:
+    """A pool whose connections are held by the call under way (CallDeadline)."""
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        deadline = getattr(_calling, "deadline", None)
+        if deadline is not None:
+            deadline.hold(conn)
+        return conn
+
+
+class _HeldPool(_Held, HTTPConnectionPool):
+    pass
+
+
+class _HeldHTTPSPool(_Held, HTTPSConnectionPool):
+    pass
+
+
+class _HeldAdapter(HTTPAdapter):
+    """requests' adapter, its pools' connections held by the call that takes them."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HeldPool, "https": _HeldHTTPSPool}
+
+
+def read_whole(resp, deadline):
+    """Read ``resp``'s body now, the deadline extended by a second per ANSWER_RATE bytes
+    that came (a large answer over a slow link is not cut; a trickle gains nothing)."""
+    body = bytearray()
+    for chunk in resp.iter_content(WATCH_READ):
+        body += chunk
+        deadline.extend(len(chunk) / ANSWER_RATE)
+    resp._content = bytes(body)         # what resp.content, .text and .json() read
+    resp.close()                        # (read whole: its connection back to the pool)
 
 
 class Compacted(EtcdError):
@@ -130,12 +246,16 @@ class EtcdClient:
         self.username, self.password = username, password
         self.session = requests.Session()
         self.session.trust_env = False          # never route etcd through an HTTP proxy
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, _HeldAdapter())
+        self.deadline = CallDeadline()
         if ca_file:
             self.session.verify = ca_file
         if cert_file:
             self.session.cert = (cert_file, key_file) if key_file else cert_file
         self._current = 0
         self._token = None
+        self._partial = 0               # bytes of a watch message not whole yet
         self.cluster_id = None          # from the last response header (a decimal string)
 
     # -- transport -------------------------------------------------------------------------------
@@ -143,14 +263,23 @@ class EtcdClient:
     def _post(self, path, body, stream=False, timeout=None):
         """The answer of the first endpoint that gives one, starting from the one that answered
         last: its JSON object, or with ``stream`` (a watch) the response itself."""
-        errors = []
+        errors, rejected = [], None
         for attempt in range(len(self.endpoints)):
             index = (self._current + attempt) % len(self.endpoints)
             endpoint = self.endpoints[index]
             try:
                 resp = self._send(endpoint, path, body, stream, timeout)
+            except AnswerTooSlow as exc:
+                errors.append(f"{endpoint}: {exc}")
+                continue
             except requests.RequestException as exc:
                 errors.append(f"{endpoint}: {describe(exc)}")
+                continue
+            except AuthRejected as exc:
+                # The next member is asked all the same (one may lag a password change),
+                # but if none answers, the refusal is the problem named.
+                rejected = rejected or exc
+                errors.append(f"{endpoint}: credentials refused")
                 continue
             except AuthFailed as exc:
                 # That endpoint failing, like one that answers the call itself with 5xx: the
@@ -189,6 +318,8 @@ class EtcdClient:
                 raise EtcdError(f"{endpoint}{path}: HTTP {resp.status_code} "
                                 f"{self._masked(resp.text)[:200]}")
             return data
+        if rejected is not None:
+            raise AuthRejected(f"{rejected} ({'; '.join(errors)})")
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
 
     def _send(self, endpoint, path, body, stream, timeout):
@@ -199,13 +330,32 @@ class EtcdClient:
         and a full reload."""
         fresh = self._token is None
         while True:
-            resp = self.session.post(endpoint + path, json=body, stream=stream,
-                                     timeout=(self.timeout, timeout or self.timeout),
-                                     headers=self._auth_header(endpoint))
+            resp = self._exchange(endpoint + path, body, self._auth_header(endpoint), stream,
+                                  timeout)
             if resp.status_code != 401 or not self.username or fresh:
                 return resp
             resp.close()
             self._token, fresh = None, True
+
+    def _exchange(self, url, body, headers=None, stream=False, timeout=None):
+        """One POST, its answer read whole within ``self.timeout`` (CallDeadline; with
+        ``stream``, its head: the caller keeps the deadline going), or AnswerTooSlow."""
+        deadline = self.deadline
+        deadline.arm(self.timeout)
+        _calling.deadline = deadline
+        try:
+            resp = self.session.post(url, json=body, stream=True, headers=headers,
+                                     timeout=(self.timeout, timeout or self.timeout))
+            if not stream or resp.status_code != 200:     # (a watch refused: its error)
+                read_whole(resp, deadline)
+                deadline.disarm()
+            return resp
+        except BaseException as exc:
+            deadline.disarm()
+            if isinstance(exc, requests.RequestException) and deadline.expired:
+                raise AnswerTooSlow(f"no whole answer within {self.timeout}s (it trickles, "
+                                    f"or stalls mid-answer)") from None
+            raise
 
     def _auth_header(self, endpoint):
         if not self.username:
@@ -219,9 +369,8 @@ class EtcdClient:
         one (a wrong password reads as one); never the body of an answer that is not etcd's.
         What we sent is the password: a WAF's page or an echo service that quotes it put it
         in the log, status.json, /admin/config and ``routes status``."""
-        resp = self.session.post(endpoint + "/v3/auth/authenticate",
-                                 json={"name": self.username, "password": self.password},
-                                 timeout=self.timeout)
+        resp = self._exchange(endpoint + "/v3/auth/authenticate",
+                              {"name": self.username, "password": self.password})
         try:
             data = resp.json()
         except ValueError:
@@ -231,6 +380,12 @@ class EtcdClient:
             return token
         if isinstance(data, dict) and isinstance(data.get("message"), str):
             reason = self._masked(error_text(data))
+            if 400 <= resp.status_code < 500:
+                # etcd's own no (400: a wrong password or user, auth not enabled): the
+                # user named, so the operator sees which credentials; never the password
+                user = self._masked(json.dumps(self.username))
+                raise AuthRejected(f"etcd authentication failed for user {user}: HTTP "
+                                   f"{resp.status_code} {reason}")
         else:
             kind = resp.headers.get("Content-Type") or "no Content-Type"
             reason = f"not an etcd answer ({self._masked(kind)[:80]!r})"
@@ -353,11 +508,19 @@ class EtcdClient:
                                    "progress_notify": True}}
         resp = self._post("/v3/watch", body, stream=True, timeout=idle_timeout)
         last_message = time.monotonic()
+        # A message must come whole within idle_timeout of the last one (or of the caller's
+        # taking it): a member that trickles (a byte a second, a line never ended) held
+        # the watch, silent, for good.
+        stream, began = [resp.raw.connection], False
+        self.deadline.arm(idle_timeout, stream)
+        self._partial = 0               # bytes of a message not whole yet (_counted)
         try:
-            for line in bounded_lines(resp.iter_content(WATCH_READ), MAX_WATCH_MESSAGE):
+            for line in bounded_lines(self._counted(resp.iter_content(WATCH_READ)),
+                                      MAX_WATCH_MESSAGE):
                 if not line:
                     continue
-                last_message = time.monotonic()
+                last_message, self._partial, began = time.monotonic(), 0, True
+                self.deadline.disarm()          # (while the caller applies the message)
                 message = json.loads(line)
                 if "error" in message:
                     raise EtcdError(f"watch at {self.endpoints[self._current]} failed: "
@@ -378,12 +541,40 @@ class EtcdClient:
                            int(event["kv"].get("mod_revision", revision)))
                           for event in result.get("events", [])]
                 yield revision, events
+                last_message = time.monotonic()
+                self.deadline.arm(idle_timeout, stream)
         except (requests.RequestException, ValueError, KeyError, TypeError,
                 AttributeError) as exc:     # (the last four: a message not shaped as etcd's)
+            if self.deadline.expired:
+                return self._cut_watch(idle_timeout, began)
             if time.monotonic() - last_message >= idle_timeout * 0.9:
                 log.info("etcd watch silent for %.0fs; resuming it", idle_timeout)
                 return
             raise WatchLost(f"watch stream broke: {describe(exc)}") from None
         finally:
+            self.deadline.disarm()
             resp.close()
+        if self.deadline.expired:       # (cut at a chunk's end: read as the stream's end)
+            return self._cut_watch(idle_timeout, began)
         raise WatchLost("etcd closed the watch stream")
+
+    def _counted(self, chunks):
+        """A watch's chunks, the deadline extended for each as read_whole does."""
+        for chunk in chunks:
+            self._partial += len(chunk)
+            self.deadline.extend(len(chunk) / ANSWER_RATE)
+            yield chunk
+
+    def _cut_watch(self, idle_timeout, began):
+        """The watch's deadline passed: silence after its first message (resumed), or a
+        message begun and not ended within it, or not even the first (etcd sends it at
+        once): a member that trickles or hangs. The next one is asked then, and a full load
+        follows, since the stream broke. (urllib3 reads a chunk whole before it gives any
+        of it: a message trickled in one chunk shows only as no message.)"""
+        if began and not self._partial:
+            log.info("etcd watch silent for %.0fs; resuming it", idle_timeout)
+            return
+        endpoint = self.endpoints[self._current]
+        self._current = (self._current + 1) % len(self.endpoints)
+        raise WatchLost(f"watch at {endpoint}: no whole message within {idle_timeout}s"
+                        f"{'' if began else ' of its start'} (it trickles, or hangs)")

@@ -28,7 +28,7 @@ import time
 from ..core.table import LiveTable
 from ..helpers.helper import no_beat
 from ..plugins import load_registry
-from .etcd import Compacted, EtcdClient, EtcdError
+from .etcd import AuthRejected, Compacted, EtcdClient, EtcdError
 from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_published
 
 log = logging.getLogger("gwserver.sync")
@@ -79,6 +79,7 @@ class ConfigSync:
         self.rejections_total = 0
         self.connected = False
         self.error = None               # why etcd did not answer, while it does not
+        self.auth_failed = False        # ... because it refused our credentials
         self.unpublished = False        # the table changed, and its publication failed
         self.write_error = None         # the last write in runtime_dir that failed, if any
         self.last_sync = None
@@ -188,6 +189,7 @@ class ConfigSync:
             "consumers": len(self.table.consumer_specs),
             "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid(),
             "error": None if self.connected else self.error,
+            "auth_failed": not self.connected and self.auth_failed,
             "lost": self.lost})     # etcd failed us since the last full load (workers ask)
         self.write_metrics()
 
@@ -384,15 +386,19 @@ class ConfigSync:
         first try after a start, whatever is served meanwhile. Served from a snapshot (or
         from the table a restarted sync process took up), the first failure once went
         unsaid: a reload with a mistyped etcd password, a CA that does not sign etcd's
-        certificate, never synced again, and the journal never said why."""
-        if self.connected or not self.lost:
+        certificate, never synced again, and the journal never said why. A refusal of our
+        credentials is said as one (it names the user), never as "etcd unreachable"; and
+        said again when the failure changes to or from one."""
+        auth_failed = isinstance(exc, AuthRejected)
+        if self.connected or not self.lost or auth_failed != self.auth_failed:
+            what = str(exc) if auth_failed else f"etcd unreachable: {exc}"
             if self.served is None:
-                log.error("etcd unreachable: %s; no snapshot either: serving the conf "
-                          "file's static routes only, and /-/ready answers 503 until etcd "
-                          "answers", exc)
+                log.error("%s; no snapshot either: serving the conf file's static routes "
+                          "only, and /-/ready answers 503 until etcd answers", what)
             else:
-                log.error("etcd unreachable: %s; serving the last good table", exc)
+                log.error("%s; serving the last good table", what)
         self.connected, self.lost, self.error = False, True, str(exc)
+        self.auth_failed = auth_failed
 
     def sync_once(self):
         if self.unpublished:
