@@ -87,7 +87,7 @@ def current_table(conf, client, prefix, keep_rejected=False):
     """A LiveTable holding what etcd has now (its own rejections are not ours to report,
     unless ``keep_rejected``: ``routes list`` marks them)."""
     from .core.table import LiveTable
-    from .sync.etcd import AuthRejected, EtcdError
+    from .sync.etcd import AuthRejected, EtcdError, EtcdRefused
     from .plugins import load_registry
     table = LiveTable.for_conf(conf, load_registry())
     note = None
@@ -99,7 +99,7 @@ def current_table(conf, client, prefix, keep_rejected=False):
             if kind in wanted and item_id:
                 wanted[kind][item_id] = (rev, value)
         table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
-    except AuthRejected as exc:
+    except (AuthRejected, EtcdRefused) as exc:
         note = f"{exc}; checked against the conf file's table only"
     except EtcdError as exc:
         note = f"etcd not reachable ({exc}); checked against the conf file's table only"
@@ -382,6 +382,12 @@ def status(conf):
             problems.append(f"etcd refuses the gateway's credentials{why}: it serves its last "
                             f"good table" if state["generation"] else
                             f"etcd refuses the gateway's credentials{why} and there was no "
+                            f"snapshot: it serves the conf file's static routes only, and "
+                            f"/-/ready answers 503 until etcd takes them")
+        elif state.get("refused") is True:      # etcd answers: with an error of its own
+            problems.append(f"etcd refuses the gateway's calls{why}: it serves its last good "
+                            f"table" if state["generation"] else
+                            f"etcd refuses the gateway's calls{why} and there was no "
                             f"snapshot: it serves the conf file's static routes only, and "
                             f"/-/ready answers 503 until etcd takes them")
         else:

@@ -163,6 +163,26 @@ def read_whole(resp, deadline):
     resp.close()                        # (read whole: its connection back to the pool)
 
 
+class EtcdRefused(EtcdError):
+    """etcd answered a call with an error of its own (auth on and no user given, a user
+    without read access to the prefix): it is reachable, and waiting will not help. Said as
+    "etcd unreachable", the operator looked for a network problem."""
+
+
+# What to do about etcd's refusals an operator meets (matched in its error's text)
+REFUSAL_REMEDIES = (
+    ("user name is empty", "etcd has authentication enabled: set [etcd] username and "
+                           "password"),
+    ("permission denied", "the etcd user lacks access to the prefix: grant its role read on "
+                          "it (etcdctl role grant-permission ROLE --prefix=true read PREFIX/)"),
+)
+
+
+def refusal_remedy(text):
+    """'; <what to do>' for an etcd refusal an operator can fix, else ''."""
+    return next((f"; {remedy}" for said, remedy in REFUSAL_REMEDIES if said in text), "")
+
+
 class Compacted(EtcdError):
     """The revision to watch from was compacted away; a full reload is needed."""
 
@@ -315,8 +335,10 @@ class EtcdClient:
                 continue
             self._current = index
             if resp.status_code != 200:
-                raise EtcdError(f"{endpoint}{path}: HTTP {resp.status_code} "
-                                f"{self._masked(resp.text)[:200]}")
+                text = self._masked(error_text(data) if data.get("message") else
+                                    resp.text)[:200]
+                raise EtcdRefused(f"{endpoint}{path}: HTTP {resp.status_code} {text}"
+                                  f"{refusal_remedy(text)}")
             return data
         if rejected is not None:
             raise AuthRejected(f"{rejected} ({'; '.join(errors)})")

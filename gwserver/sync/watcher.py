@@ -28,7 +28,7 @@ import time
 from ..core.table import LiveTable
 from ..helpers.helper import no_beat
 from ..plugins import load_registry
-from .etcd import AuthRejected, Compacted, EtcdClient, EtcdError
+from .etcd import AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused
 from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_published
 
 log = logging.getLogger("gwserver.sync")
@@ -80,6 +80,7 @@ class ConfigSync:
         self.connected = False
         self.error = None               # why etcd did not answer, while it does not
         self.auth_failed = False        # ... because it refused our credentials
+        self.refused = False            # ... because it answered the sync's call with an error
         self.unpublished = False        # the table changed, and its publication failed
         self.write_error = None         # the last write in runtime_dir that failed, if any
         self.last_sync = None
@@ -190,6 +191,7 @@ class ConfigSync:
             "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid(),
             "error": None if self.connected else self.error,
             "auth_failed": not self.connected and self.auth_failed,
+            "refused": not self.connected and self.refused,
             "lost": self.lost})     # etcd failed us since the last full load (workers ask)
         self.write_metrics()
 
@@ -387,18 +389,21 @@ class ConfigSync:
         from the table a restarted sync process took up), the first failure once went
         unsaid: a reload with a mistyped etcd password, a CA that does not sign etcd's
         certificate, never synced again, and the journal never said why. A refusal of our
-        credentials is said as one (it names the user), never as "etcd unreachable"; and
-        said again when the failure changes to or from one."""
-        auth_failed = isinstance(exc, AuthRejected)
-        if self.connected or not self.lost or auth_failed != self.auth_failed:
-            what = str(exc) if auth_failed else f"etcd unreachable: {exc}"
+        credentials is said as one (it names the user), and so is an error etcd answers a
+        call with (a user without access to the prefix), never as "etcd unreachable"; each
+        said again when the failure changes kind."""
+        auth_failed, refused = isinstance(exc, AuthRejected), isinstance(exc, EtcdRefused)
+        if self.connected or not self.lost or auth_failed != self.auth_failed or \
+                refused != self.refused:
+            what = str(exc) if auth_failed else \
+                f"etcd refused the sync's call: {exc}" if refused else f"etcd unreachable: {exc}"
             if self.served is None:
                 log.error("%s; no snapshot either: serving the conf file's static routes "
                           "only, and /-/ready answers 503 until etcd answers", what)
             else:
                 log.error("%s; serving the last good table", what)
         self.connected, self.lost, self.error = False, True, str(exc)
-        self.auth_failed = auth_failed
+        self.auth_failed, self.refused = auth_failed, refused
 
     def sync_once(self):
         if self.unpublished:
