@@ -501,12 +501,18 @@ def h2c_listeners(value):
 HTTP2_CONNECTION = (
     Field("max_concurrent_streams", integer(1, 2 ** 31 - 1), 100,
           "streams a client may have open on one connection (nginx: 128, h2o: 100); streams "
-          "still being served after a client reset count too"),
+          "still being served after a client reset count too. Each may hold what an HTTP/1.1 "
+          "connection does: ~30 KiB, a body read whole (request_buffer_size), an upstream "
+          "connection while a streamed body comes (docs/http2.md: what one connection may "
+          "hold)"),
     Field("initial_window_size", integer(1024, 2 ** 31 - 1), 262144,
           "bytes of request body a stream may send ahead of the gateway (per stream)"),
     Field("connection_window_size", integer(65535, 2 ** 31 - 1), 1048576,
-          "bytes of request bodies all streams of a connection may send ahead: the most a "
-          "client connection makes the worker hold"),
+          "bytes of request bodies all streams of a connection may send ahead of the "
+          "gateway's reads. Not the most a connection holds: bodies read whole before the "
+          "upstream is contacted are held too (server.request_buffer_size per stream), and "
+          "each stream ~30 KiB: about max_concurrent_streams x (30 KiB + "
+          "request_buffer_size) + this (docs/http2.md)"),
     Field("max_frame_size", integer(16384, 16777215), 16384,
           "largest frame the gateway accepts (RFC 9113 default 16384)"),
     Field("send_timeout", number(0, exclusive=True), 60.0,
@@ -522,7 +528,8 @@ HTTP2_CONNECTION = (
           "as malformed or refuses (past the first max_concurrent_streams, 100 at least, "
           "after a GOAWAY, 1,000 at most after the client's), per second, before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM; rapid reset, CVE-2023-44487 and "
-          "CVE-2025-8671)"),
+          "CVE-2025-8671). Per connection: a client's connections have one each "
+          "(docs/http2.md)"),
     Field("max_control_frames_per_second", integer(1), 500,
           "PING, SETTINGS and PRIORITY frames per second, ACKs included, before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM); a SETTINGS frame counts one more "
@@ -597,6 +604,19 @@ MIN_ADMIN_TOKEN = 16
 BUFFER_WARNING = 64 << 20      # request_buffer_size above which check says what it may cost
 
 
+def buffered_streams_warning(conf):
+    """The rest of request_buffer_size's warning when HTTP/2 is served: each stream of a
+    connection buffers a body of its own (docs/http2.md: what one connection may hold)."""
+    http2, tls = conf.http2, conf.tls
+    if http2 is None or not (http2["h2c"] or tls is not None and "h2" in tls["alpn"]):
+        return ""
+    streams = max([http2["max_concurrent_streams"]] + [
+        own["max_concurrent_streams"] for own in http2["listeners"].values()
+        if own.get("max_concurrent_streams") is not None])
+    return (f", and each HTTP/2 connection up to {streams} times that "
+            f"(http2.max_concurrent_streams: a body per stream)")
+
+
 def conf_warnings(conf):
     """What `gwserver check` should say of a valid conf that is likely not what was meant;
     the master logs the same at start and on each reload. Secrets are never quoted."""
@@ -616,7 +636,8 @@ def conf_warnings(conf):
         warnings.append(f"server.request_buffer_size is {buffered} bytes: each request body up "
                         f"to that is held in memory, so {server['worker_connections']} "
                         f"connections per worker may hold "
-                        f"{buffered * server['worker_connections'] >> 30} GiB")
+                        f"{buffered * server['worker_connections'] >> 30} GiB"
+                        f"{buffered_streams_warning(conf)}")
     warnings += open_files_warnings(server["worker_connections"])
     warnings += unreachable_paths(conf.static_routes)
     admin, token = conf.admin, conf.admin["token"]

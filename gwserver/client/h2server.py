@@ -51,7 +51,6 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.frame_buffer
 import h2.settings
 import httptools
 from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFrame, PingFrame,
@@ -59,6 +58,7 @@ from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFra
 
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
+from ..core.h2frames import StreamErrorFrames, ZeroIncrement
 from ..core.h2request import (Malformed, check_method_and_path, check_trailers, grpc_code,
                               grpc_message, is_grpc, split_request)
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
@@ -273,7 +273,7 @@ class H2Stream(ClientConnection):
         req.method = pseudo[b":method"].decode("latin-1")
         req.url = pseudo[b":path"]
         self.framer.head_only = req.method == "HEAD"
-        check_method_and_path(pseudo[b":method"], req.url)
+        check_method_and_path(pseudo[b":method"], req.url, pseudo[b":scheme"])
         if len(req.url) > self.limits[0]:
             from ..errors import HeadersTooLarge
             raise HeadersTooLarge(f":path longer than {self.limits[0]} bytes")
@@ -507,14 +507,15 @@ class HeaderBlockTooLarge(h2.exceptions.DenialOfServiceError):
     may (h2 answers it GOAWAY ENHANCE_YOUR_CALM, as it does an HPACK bomb)."""
 
 
-class _BoundedFrameBuffer(h2.frame_buffer.FrameBuffer):
+class _BoundedFrameBuffer(StreamErrorFrames):
     """h2's frame buffer, which holds a header block's HEADERS and CONTINUATION frames until
     END_HEADERS, up to 64 frames whatever their size: 1 MiB a connection at the default
     max_frame_size (1 GiB at the 16 MiB a listener may set), held for server.header_timeout.
     60 connections that sent 63 CONTINUATIONs each grew a worker by 79 MiB; an HTTP/1.1
     head is held to MAX_HEAD_BYTES. Here a block is held to that too, as sent (the decoder
-    refuses a larger one anyway: core.h2fields.CachingDecoder). ``_update_header_buffer``
-    is h2's own (private, the same through 4.x); test_h2client_attack_dec05c.py fails if it
+    refuses a larger one anyway: core.h2fields.CachingDecoder). A stream's WINDOW_UPDATE of
+    0 comes out as a ``ZeroIncrement`` (core.h2frames). ``_update_header_buffer`` is h2's
+    own (private, the same through 4.x); test_h2client_attack_dec05c.py fails if it
     changes."""
 
     def _update_header_buffer(self, f):
@@ -529,8 +530,10 @@ class _BoundedFrameBuffer(h2.frame_buffer.FrameBuffer):
 class StreamMalformed:
     """The event ``_CountingH2`` makes of a request h2 refused once its block was decoded or
     its DATA counted (a content-length that is not a number or disagrees with the DATA,
-    trailers without END_STREAM): RFC 9113 8.1.1 makes that a stream error,
-    h2 raises it as the connection's. ``flow_length``: the DATA's, to give back."""
+    trailers without END_STREAM), or of a frame that breaks a stream's rules (a PRIORITY
+    making it depend on itself, its WINDOW_UPDATE of 0): RFC 9113 8.1.1, 5.3.1 and 6.9 make
+    each a stream error, h2 raises it as the connection's. ``flow_length``: the DATA's, to
+    give back."""
 
     def __init__(self, stream_id, error, flow_length=0):
         self.stream_id, self.error, self.flow_length = stream_id, error, flow_length
@@ -552,7 +555,10 @@ class _CountingH2(h2.connection.H2Connection):
     - ``header_bytes``: header blocks as sent and FIELD_BYTES per field decoded (paced; one
       larger than the decoded list may be is refused before it is decoded:
       core.h2fields.CachingDecoder).
-    DATA frames sent are counted for the WINDOW_UPDATEs they earn.
+    DATA frames sent are counted for the WINDOW_UPDATEs they earn. A PRIORITY frame that
+    makes a stream depend on itself and a stream's WINDOW_UPDATE of 0 are that stream's
+    errors (``_stream_error``), not the connection's as h2 would have them: one bad stream
+    cost a browser every other stream it had multiplexed on the connection.
     ``_receive_frame`` is h2's own (private since h2 2.0, the same through 4.x); the flood
     tests in test_http2_hardening.py fail if it changes."""
 
@@ -583,11 +589,16 @@ class _CountingH2(h2.connection.H2Connection):
             self.empty_frames += 1
             self.last_update_tiny = tiny_update(frame.window_increment,
                                                 self.remote_settings.initial_window_size)
+        elif kind is ZeroIncrement:
+            self.empty_frames += 1
+            return self._stream_error(frame, "WINDOW_UPDATE of 0 (RFC 9113 6.9)")
         elif kind is PingFrame and self.sent_since_ping and "ACK" not in frame.flags:
             self.sent_since_ping = False    # free: see sent_since_ping
         elif kind in _CONTROL_FRAMES:
             self.control_frames += 1 + frame.body_len // 384 + (
                 len(self.streams) // 16 if kind is SettingsFrame else 0)
+            if kind is PriorityFrame and frame.depends_on == frame.stream_id:
+                return self._stream_error(frame, "depends on itself (RFC 9113 5.3.1)")
         elif kind is ExtensionFrame:
             self.empty_frames += 1 + (frame.body_len >> 10)
         try:
@@ -610,6 +621,25 @@ class _CountingH2(h2.connection.H2Connection):
             if fields:
                 self.header_bytes += FIELD_BYTES * len(fields)
         return events
+
+    def _stream_error(self, frame, reason):
+        """A frame RFC 9113 makes its stream's error: the stream, still open, is reset
+        (StreamMalformed). On a stream that ended it is dropped, as h2 drops frames there;
+        on one never opened (idle) a WINDOW_UPDATE is the connection's error (5.1), and a
+        PRIORITY is dropped: no RST_STREAM may name an idle stream (6.4), and priority
+        signals may be ignored (5.3)."""
+        sid = frame.stream_id
+        try:
+            stream = self._get_stream_by_id(sid)
+        except h2.exceptions.StreamClosedError:
+            return []
+        except h2.exceptions.NoSuchStreamError:
+            if type(frame) is ZeroIncrement:
+                raise h2.exceptions.ProtocolError(f"stream {sid} (idle): {reason}") from None
+            return []
+        if stream.closed:
+            return []
+        return [StreamMalformed(sid, h2.exceptions.ProtocolError(f"stream {sid}: {reason}"))]
 
     def _receive_goaway_frame(self, frame):
         """A client's GOAWAY says it opens no more streams and will take none of the
@@ -648,6 +678,12 @@ GOAWAY_RACE_STREAMS = 100
 # were never counted again). The gateway's GOAWAY is not capped: see goaway_race_ids.
 GOAWAY_RACE_MAX_STREAMS = 1000
 REQUEST_FRAME_TYPES = (0x1, 0x9)       # HEADERS, CONTINUATION: a request's head coming
+# The stream errors h2 resets a stream for itself (StreamReset, remote_reset False): why, for
+# the access line (it said nothing: status 0, as if the client had hung up)
+LOCAL_RESETS = {
+    E.FLOW_CONTROL_ERROR: "WINDOW_UPDATE took the stream's window past 2^31 - 1 "
+                          "(RFC 9113 6.9.1)",
+    E.STREAM_CLOSED: "a frame after the stream's END_STREAM (RFC 9113 5.1)"}
 
 
 class H2ServerConnection:
@@ -1080,6 +1116,11 @@ class H2ServerConnection:
                     self.refuse(stream, E.PROTOCOL_ERROR, exc)
         elif kind is h2.events.StreamReset:
             stream = self.streams.get(event.stream_id)
+            if not event.remote_reset and stream is not None:
+                # h2 reset it itself, for the client's stream error: as a malformed one
+                self.refuse(stream, event.error_code, LOCAL_RESETS.get(
+                    event.error_code, f"stream error {event.error_code!s}"))
+                return
             if stream is not None:
                 stream.on_reset(event.error_code)
                 self.stop(stream, "reset by the client")

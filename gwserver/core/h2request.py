@@ -9,7 +9,11 @@ through: limits, underscores, forwarded headers, path and Host made canonical):
 - Pseudo-header fields come first, each once, and only ``:method``, ``:scheme``, ``:path`` and
   ``:authority`` (``:protocol``, extended CONNECT, is not offered: no SETTINGS for it).
 - ``:method``, ``:scheme`` and ``:path`` are present (CONNECT, which has none of the last two,
-  is not served); ``:path`` starts with ``/`` (or is ``*`` for OPTIONS).
+  is not served); ``:path`` starts with ``/`` (or is ``*`` for OPTIONS); ``:scheme`` is a
+  URI scheme (RFC 3986 3.1; nginx and nghttp2 refuse any other value as malformed too), and
+  one other than http or https is a 400, as an absolute-form target of another scheme is on
+  HTTP/1.1. Whatever it says, the request's scheme is the connection's (X-Forwarded-Proto,
+  redirects, plugins), as nginx's $scheme is: a client's word is not what it connected by.
 - Connection-specific fields (``Connection``, ``Keep-Alive``, ``Proxy-Connection``,
   ``Transfer-Encoding``, ``Upgrade``) and a ``TE`` other than ``trailers`` make it malformed.
 - ``Host`` and ``:authority``, when both are sent, name the same thing (8.3.1).
@@ -42,6 +46,8 @@ HTTP_METHODS = frozenset(
     b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
     b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split())
 _BAD_PATH_BYTE = re.compile(b"[^\x21-\x7e]").search
+_URI_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*").fullmatch     # RFC 3986 3.1
+WEB_SCHEMES = frozenset([b"http", b"https"])
 
 
 class Malformed(Exception):
@@ -84,8 +90,12 @@ def split_request(headers):
         raise Malformed("CONNECT is not served")
 
     path = pseudo.get(b":path")
-    if pseudo.get(b":scheme") is None or not path:
+    scheme = pseudo.get(b":scheme")
+    if scheme is None or not path:
         raise Malformed("no :scheme or :path")
+    if scheme not in WEB_SCHEMES and not _URI_SCHEME(scheme):
+        # ("javascript" is a scheme, "" and "ht tp" are not: check_method_and_path's 400)
+        raise Malformed(f"invalid :scheme {scheme[:40]!r} (RFC 3986 3.1)")
     if b" " in path or b"\t" in path:
         raise Malformed(":path with white space")
     if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
@@ -114,9 +124,14 @@ def check_trailers(fields):
             raise Malformed(f"invalid value of trailer {name[:40]!r} (RFC 9113 8.2.1)")
 
 
-def check_method_and_path(method, path):
-    """BadRequest for a method or a path byte that HTTP/1.1 answers with a 400 (the request
-    is well-formed HTTP/2, so it is answered, not reset)."""
+def check_method_and_path(method, path, scheme=b"http"):
+    """BadRequest for a method, a path byte or a scheme that HTTP/1.1 answers with a 400
+    (the request is well-formed HTTP/2, so it is answered, not reset). A scheme is
+    case-insensitive (RFC 3986 3.1); HTTP/1.1 refuses an absolute-form target of any
+    other ("request target must be a path or an absolute http URL")."""
+    if scheme not in WEB_SCHEMES and scheme.lower() not in WEB_SCHEMES:
+        raise BadRequest(f":scheme {scheme[:40].decode('latin-1')!r} is not served here: "
+                         f"http or https")
     if method not in HTTP_METHODS:
         raise BadRequest(f"unknown method {method[:40].decode('latin-1')!r}")
     if _BAD_PATH_BYTE(path):

@@ -26,12 +26,11 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from h2.frame_buffer import FrameBuffer
-from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, PriorityFrame,
                               SettingsFrame, WindowUpdateFrame)
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
+from ..core.h2frames import StreamErrorFrames, ZeroIncrement
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
@@ -96,29 +95,8 @@ class StreamBroken(UpstreamError):
     on HTTP/1.1 upstreams."""
 
 
-class _ZeroIncrement(WindowUpdateFrame):
-    """A stream's WINDOW_UPDATE of 0, which hyperframe refuses as it parses (RFC 9113 6.9: a
-    stream error, which h2 would raise as the connection's)."""
-
-
-class _UpstreamFrames(FrameBuffer):
-    """h2's frame reader, less one connection error that RFC 9113 makes a stream's: a
-    stream's WINDOW_UPDATE of 0 comes out as a ``_ZeroIncrement`` (the connection's own, on
-    stream 0, still ends the connection, and so does one inside a header block, 6.10, or one
-    hyperframe refused for its reserved bit: that is no increment of 0)."""
-
-    def __next__(self):
-        try:
-            return super().__next__()
-        except h2.exceptions.ProtocolError as exc:
-            data = self._data       # the refused frame is still at the front
-            stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-            if not (isinstance(exc.__cause__, InvalidDataError) and data[3] == 0x8 and
-                    stream_id and data[:3] == b"\0\0\4" and not self._headers_buffer and
-                    int.from_bytes(data[9:13], "big") & 0x7FFFFFFF == 0):
-                raise
-            del data[:13]
-            return _ZeroIncrement(stream_id)
+# A stream's WINDOW_UPDATE of 0 is that stream's error (core.h2frames)
+_ZeroIncrement, _UpstreamFrames = ZeroIncrement, StreamErrorFrames
 
 
 def upstream_h2_state():
