@@ -7,6 +7,8 @@ as ``redis://:***@host``; a user without a password, a token, goes whole), as ng
 not but Kong's admin API and APISIX's do for their credentials.
 """
 import re
+from typing import NamedTuple
+from urllib.parse import parse_qsl, unquote, unquote_plus
 
 MASK = "***"
 SECRET_KEYS = frozenset(["token", "password", "secret", "client_secret", "private_key",
@@ -29,16 +31,12 @@ URL_VALUE_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", re.I)
 # "https://token@collector" holds a secret without a colon; to the last "@" before white
 # space (a quoted value is masked before it is quoted: schema.show).
 URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.I)
-# A user part that holds a "/", "?" or "#" unencoded ("redis://us/er:pass@host"): urlparse
-# reads it as host and path, the gateway's redis+sentinel:// parser and the operator as a
-# user and password. Anything shaped "x:y" before the last "@" (before white space) goes,
+# A user part that holds a "/", "?" or "#" unencoded ("https://us/er:pass@host"): urlparse
+# reads it as host and path, the operator as a user and password (a redis URL's is read by
+# redis_url_parts). Anything shaped "x:y" before the last "@" (before white space) goes,
 # an "@" before the "/" too ("redis+sentinel://:ab@cd/ef@h1,h2/m": password "ab@cd/ef").
 URL_LAX_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)(?=[^\s/?#]*[/?#][^\s]*@)"
                               r"(?=[^\s@]*:)[^\s]*@", re.I)
-# The same for a unix:// URL, whose path may hold an "@" (/run/redis@main/redis.sock): its
-# lax user part ends at the last "@" a "/" follows ("unix://us/er:pw@/tmp/redis.sock").
-URL_LAX_UNIX_USERINFO = re.compile(r"\b(unix://)(?=[^\s/?#]*[/?#][^\s]*@/)"
-                                   r"(?=[^\s@]*:)[^\s]*@(?=/)", re.I)
 # The options redis-py reads from a URL's query. A query made of them alone is no piece of
 # a password: its values may hold an "@" (ssl_ca_certs=/run/credentials/gw@main.service/ca.pem,
 # client_name=gw@host1, password=p@ss) that the lax reading took for the user part's end,
@@ -114,17 +112,20 @@ def _lax_parts(url):
     comes before it), and the values of query parameters named as secrets (password, token,
     ...; redis-py takes ``?password=`` as the AUTH password)."""
     if "@" in url:
-        head, query = split_options_query(url)
-        lax = URL_LAX_UNIX_USERINFO if head[:7].lower() == "unix://" else URL_LAX_USERINFO
-        url = lax.sub(rf"\1{MASK}@", head, count=1) + query
+        if url.partition("://")[0].lower() in REDIS_SCHEMES:
+            url = _lax_redis_user_part(url)
+        else:
+            url = URL_LAX_USERINFO.sub(rf"\1{MASK}@", url, count=1)
     if "=" in url:
         url = URL_QUERY_PARAM.sub(_masked_param, url)
     return url
 
 
 def _masked_param(match):
+    # redis-py decodes an option's name (parse_qs): "pass%77ord=" is its password too
     name = match.group(2)
-    if match.group(3) and (name.lower() in SECRET_KEYS or SECRET_HEADER.search(name)):
+    decoded = unquote_plus(name) if "%" in name or "+" in name else name
+    if match.group(3) and (decoded.lower() in SECRET_KEYS or SECRET_HEADER.search(decoded)):
         return f"{match.group(1)}{name}={MASK}"
     return match.group()
 
@@ -136,17 +137,23 @@ def split_options_query(url):
     is tried."""
     at = url.find("?")
     while at >= 0:
-        pairs = url[at + 1:].split("&")
-        if all(name in REDIS_URL_OPTIONS and sep
-               for name, sep, _ in (pair.partition("=") for pair in pairs)) and \
-                _ends_in_hosts(url[:at]):
+        if _options_only(url[at + 1:]) and _ends_in_hosts(url[:at]) and \
+                not _may_end_a_user_part(url, at):
             return url[:at], url[at:]
         at = url.find("?", at + 1)
     return url, ""
 
 
-# A host and its port in a URL's authority: a name, an address or [an IPv6 one], ":digits"
-URL_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%\w-]*\]|[^:\[\]]*)(:[0-9]*)?")
+def _options_only(query):
+    """Is ``query`` made of redis-py's options alone, each with its "=", their names read
+    as redis-py reads them (percent-decoded)?"""
+    return all(unquote_plus(name) in REDIS_URL_OPTIONS and sep
+               for name, sep, _ in (pair.partition("=") for pair in query.split("&")))
+
+
+# A host and its port in a URL's authority: a name, an address or [an IPv6 one], ":digits";
+# or nothing (unix://). No port without a host: ":12345" is a password's shape.
+URL_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%\w-]*\]|[^:\[\]]+)(:[0-9]*)?|")
 
 
 def _ends_in_hosts(head):
@@ -156,5 +163,112 @@ def _ends_in_hosts(head):
     "?client_name=", shown whole when that "?" was taken for the query's (redis-py reads
     "pw" as a port, and refuses it)."""
     authority = re.split(r"[/?#]", head.partition("://")[2], maxsplit=1)[0]
-    return all(URL_HOST_PORT.fullmatch(host) for host in
-               authority.rpartition("@")[2].split(","))
+    return _hosts_ok(authority.rpartition("@")[2])
+
+
+def _hosts_ok(hosts):
+    return all(URL_HOST_PORT.fullmatch(host) for host in hosts.split(","))
+
+
+# What follows a user part's "@" in each kind of redis URL: hosts, then the path each takes
+# (and, in a text, what may follow a URL: a quote, a bracket)
+_HOSTS, _AFTER = r"([^/?#'\"<>(){}]+)", r"([?#'\"<>(){}].*)?"
+REDIS_URL_REST = {"redis": re.compile(_HOSTS + r"(/[0-9]*)?" + _AFTER, re.S),
+                  "redis+sentinel": re.compile(_HOSTS + r"/[^/?#]+(/[0-9]*)?" + _AFTER, re.S),
+                  "redis+cluster": re.compile(_HOSTS + r"/?" + _AFTER, re.S)}
+REDIS_URL_REST["rediss"] = REDIS_URL_REST["redis"]
+
+
+def _may_end_a_user_part(url, at):
+    """Could an "@" in the query from ``at`` end a user part that holds that "?": no "@"
+    or "/" before it, and after the query's last "@" hosts and a path as the URL's kind
+    has them? "redis://:12345?client_name=q@10.0.0.7:6379/0" is a password of digits and
+    "?client_name=q" to the operator, port 12345 of localhost to redis-py; "redis://tok?
+    db=1@host/0", a token. Not "rediss://10.0.0.7:6380?ssl_ca_certs=/run/gw@main/ca.pem",
+    whose "@main/ca.pem" is no host and db."""
+    scheme, _, before = url[:at].partition("://")
+    last = url.rfind("@", at)
+    if "@" in before or "/" in before or last < 0:
+        return False
+    rest, scheme = url[last + 1:], scheme.lower()
+    if scheme == "unix":
+        return rest.startswith("/")
+    shape = REDIS_URL_REST.get(scheme)
+    found = shape.fullmatch(rest) if shape is not None else None
+    return found is not None and _hosts_ok(found.group(1))
+
+
+class RedisUrl(NamedTuple):
+    """A redis URL as the gateway reads it, each part as written: the one reading of
+    ``gwserver check`` (which refuses a URL redis-py reads otherwise) and of the masks."""
+    scheme: str
+    userinfo: str | None    # to the "@" that ends it; None: no user part
+    hosts: str              # "host:port" items, "," between them ("" for unix://)
+    path: str               # from its "/" (unix://: the socket's path)
+    query: str              # after its "?"
+    fragment: str
+
+    @property
+    def username(self):
+        user = None if self.userinfo is None else self.userinfo.partition(":")[0]
+        return unquote(user) if user else None
+
+    @property
+    def password(self):
+        password = None if self.userinfo is None else self.userinfo.partition(":")[2]
+        return unquote(password) if password else None
+
+    def options(self):
+        """{name: value} as redis-py takes them: decoded, the first of a name, blank ones
+        left out."""
+        options = {}
+        for name, value in parse_qsl(self.query):
+            options.setdefault(name, value)
+        return options
+
+
+def redis_url_parts(url):
+    """``url`` (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://) ->
+    RedisUrl. Its user part runs to the last "@" (a unix:// URL's: the last one a "/"
+    follows; its path may hold one), not counting one in a query of redis-py's options
+    (split_options_query), so a user part holding "@", "/", "?" or "#" is read as whoever
+    wrote it meant it; redis-py's reading is RFC 3986's (urlsplit)."""
+    scheme, _, rest = url.partition("://")
+    head, options = split_options_query(url)
+    rest = head[len(scheme) + 3:]
+    if scheme.lower() != "unix":
+        end = rest.rfind("@")
+    elif "@/" in rest:
+        end = rest.rfind("@/")
+    else:
+        end = re.split(r"[/?#]", rest, maxsplit=1)[0].rfind("@")
+    userinfo = rest[:end] if end >= 0 else None
+    tail, _, fragment = (rest[end + 1:] + options).partition("#")
+    hosts = re.split(r"[/?]", tail, maxsplit=1)[0]
+    path, _, query = tail[len(hosts):].partition("?")
+    return RedisUrl(scheme, userinfo, hosts, path, query, fragment)
+
+
+def redis_py_reading(url):
+    """``url`` as redis-py splits it (RFC 3986, urlsplit), in RedisUrl's parts."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    return RedisUrl(url.partition("://")[0], userinfo if at else None, hosts, parts.path,
+                    parts.query, parts.fragment)
+
+
+REDIS_SCHEMES = frozenset(["redis", "rediss", "unix", "redis+sentinel", "redis+cluster"])
+
+
+def _lax_redis_user_part(url):
+    """``url``, a redis URL, with the user part the gateway reads in it masked whole when
+    RFC 3986's reading (masked already) sees less of it."""
+    parts = redis_url_parts(url)
+    try:
+        rfc = redis_py_reading(url).userinfo
+    except ValueError:          # urlsplit's "Invalid IPv6 URL": no reading of its own
+        rfc = None
+    if parts.userinfo is None or parts.userinfo == rfc:
+        return url
+    return f"{parts.scheme}://{MASK}@{url[len(parts.scheme) + len(parts.userinfo) + 4:]}"

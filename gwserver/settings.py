@@ -12,6 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field as dataclass_field
 from types import MappingProxyType
+from typing import NamedTuple
 
 from .core.accesslog import field_name
 from .core.chain import build_chain
@@ -25,7 +26,7 @@ from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_o
 from .errors import ConfigError
 from .files import FileRefused, open_regular, read_bounded, read_regular
 from .net.addresses import listener_addresses
-from .redact import split_options_query
+from .redact import mask_userinfo, redis_py_reading, redis_url_parts
 
 
 def bind_address(value):
@@ -341,23 +342,46 @@ ADMIN = Schema(
     doc="The admin listener, served by the workers like any other listener.",
 )
 
-def parse_multi_host_url(url):
-    """redis+sentinel:// or redis+cluster:// URL -> (password, [(host, port)], path).
 
-    Raises Invalid naming the problem (redis-py's URL parser takes one host only)."""
-    rest = url.partition("://")[2]
-    password = None
-    if "@" in rest:
-        auth, _, rest = rest.rpartition("@")
-        password = auth.partition(":")[2] or None
-    hosts, _, path = rest.partition("/")
+class MultiHostUrl(NamedTuple):
+    """A redis+sentinel:// or redis+cluster:// URL as the gateway connects with it."""
+    password: str | None
+    nodes: list             # [(host, port)]
+    path: str               # after the hosts' "/": "mymaster[/db]" (sentinel), "" (cluster)
+
+
+def parse_multi_host_url(url):
+    """redis+sentinel:// or redis+cluster:// URL -> MultiHostUrl, read as redis_url_parts
+    reads it (the user part to its last "@", percent-decoded as redis-py decodes a plain
+    URL's). Raises Invalid naming the problem (redis-py's URL parser takes one host only)."""
+    parts = redis_url_parts(url)
     nodes = []
-    for item in hosts.split(","):
+    for item in parts.hosts.split(","):
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise Invalid(f"needs host:port for every node, got {show(item)} in {show(url)}")
         nodes.append((host.strip("[]"), int(port)))
-    return password, nodes, path
+    if parts.query or parts.fragment:
+        # Read as part of the path, "?socket_timeout=1" was the master's name, whose
+        # Sentinel never knew it (and said it, with any "password=", in every error).
+        raise Invalid(f"takes no ?options or #fragment (the gateway sets its timeouts; the "
+                      f"password goes in the user part or password_file), got {show(url)}")
+    return MultiHostUrl(parts.password, nodes, parts.path[1:])
+
+
+def _multi_host_path(value, path):
+    """Raise Invalid unless ``path`` is what the URL's kind takes: a master's name and an
+    optional db for a Sentinel ("m/abc" passed, and every worker died as it started, on
+    int("abc")), nothing for a Cluster (whose one database is 0)."""
+    if value.startswith("redis+cluster:"):
+        if path:
+            raise Invalid(f"a Redis Cluster has one database: nothing goes after the hosts "
+                          f"(redis+cluster://host:port,host:port), got {show(value)}")
+        return
+    name, _, db = path.partition("/")
+    if not name or db and not db.isdigit():
+        raise Invalid(f"needs the master's name after the hosts, and a db number after it "
+                      f"if any (redis+sentinel://host:port/mymaster[/0]), got {show(value)}")
 
 
 def redis_url(value):
@@ -365,45 +389,47 @@ def redis_url(value):
                    "a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL"
                    )(value)
     if value.startswith(("redis+sentinel:", "redis+cluster:")):
-        _, _, path = parse_multi_host_url(value)
-        if value.startswith("redis+sentinel:") and not path.partition("/")[0]:
-            raise Invalid(f"needs the master's name after the hosts "
-                          f"(redis+sentinel://host:port/mymaster), got {show(value)}")
-    else:
-        # As each worker reads it (state.store.connect): a URL it cannot read (a port that
-        # is not a number, an option of the wrong type) passed, and every worker died as it
-        # started, those of a reload too, until no worker was left serving.
-        from redis.connection import parse_url
-        try:
-            parse_url(value)
-        except ValueError as exc:
-            raise Invalid(f"redis-py cannot read this URL: {unreadable_url(value, exc)}") \
-                from None
-        if _user_part_unencoded(value):     # read, but not as written
-            raise Invalid(f"redis-py would read this URL's user part as a host and a path, "
-                          f"got {show(value)}: a user or password holding \"/\", \"?\" or "
-                          f"\"#\" must be percent-encoded (%2F, %3F, %23)")
+        _multi_host_path(value, parse_multi_host_url(value).path)
+        return value
+    # As each worker reads it (state.store.connect): a URL it cannot read (a port that is
+    # not a number, an option of the wrong type) passed, and every worker died as it
+    # started, those of a reload too, until no worker was left serving.
+    from redis.connection import parse_url
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise Invalid(f"redis-py cannot read this URL: {unreadable_url(value, exc)}") \
+            from None
+    if redis_url_parts(value) != redis_py_reading(value):     # read, but not as written
+        raise Invalid(f"redis-py would read this URL's user part as a host, a port or a "
+                      f"path, got {show(value)}: a user or password holding \"/\", \"?\" "
+                      f"or \"#\" must be percent-encoded (%2F, %3F, %23), and so must an "
+                      f"\"@\" in an option's value (%40)")
+    _redis_options_taken(value)
     return value
+
+
+def _redis_options_taken(value):
+    """Raise Invalid unless redis-py makes a connection of ``value``'s options (no I/O): one
+    it takes no such option for (``?socket_timout=1``, ``ssl_ca_certs`` on redis://)
+    passed, and every batch of every worker raised TypeError (a traceback each) while each
+    limit fell back to on_store_error."""
+    import redis
+    try:
+        redis.Redis.from_url(value, retry_on_timeout=False, max_connections=1,
+                             retry=None).connection_pool.make_connection()
+    except TypeError as exc:
+        name = re.search(r"argument '([^']*)'", str(exc))
+        raise Invalid(f"redis-py takes no option {name.group(1) if name else '(unknown)'!r} "
+                      f"in a {value.partition(':')[0]}:// URL, got {show(value)}") from None
+    except (ValueError, redis.exceptions.RedisError) as exc:    # ssl_cert_reqs=bogus
+        raise Invalid(f"redis-py cannot make a connection of this URL's options: "
+                      f"{mask_userinfo(str(exc))[:200]}, got {show(value)}") from None
 
 
 # Characters that end a URL's user part early: a password holding one (base64's "/") is read
 # as host, port and path, and redis-py's error then quotes a piece of it as the "port".
 USERINFO_ENDS = ("/", "?", "#")
-
-
-def _user_part_unencoded(url):
-    """Whether ``url`` has an "@" past its authority with "x:y" before it: a user part with
-    an unencoded "/", "?" or "#" ("redis://us/er:pass@host"), which redis-py reads as host
-    "us" (the workers connect there, without the password) and the dump would show. An "@"
-    in the authority too is no exception: "redis://:ab@cd/ef@host" is password "ab" to
-    host "cd" for redis-py (a name made of the password, looked up in DNS). An "@" in the
-    value of a query of redis-py's options (``?ssl_ca_certs=/run/credentials/gw@main.service
-    /ca.pem``) is none, nor one in a unix:// path (``unix://:pw@/run/redis@main/r.sock``):
-    there the user part ends at an "@" a "/" follows."""
-    scheme, _, rest = split_options_query(url)[0].partition("://")
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    end = "@/" if scheme.lower() == "unix" else "@"
-    return end in rest[len(authority):] and ":" in rest.rpartition(end)[0]
 
 
 def unreadable_url(url, exc):
@@ -979,8 +1005,7 @@ def secrets_from_files(name, section, problems):
         if section.get(key):
             problems.append(f"{name}.{file_key}: {name}.{key} is set too; set one of them")
             continue
-        authority = section.get("url", "").partition("://")[2].partition("/")[0]
-        if name == "redis" and authority.rpartition("@")[0].partition(":")[2]:
+        if name == "redis" and _url_password(section.get("url", "")):
             problems.append(f"{name}.{file_key}: redis.url holds a password too; set one of "
                             f"them")
             continue
@@ -998,6 +1023,13 @@ def secrets_from_files(name, section, problems):
             continue
         section = {**section, key: secret}
     return section
+
+
+def _url_password(url):
+    """Does a redis URL hold a password, in its user part or as ``?password=`` (which
+    redis-py takes over password_file's: the file was read, and unused)?"""
+    parts = redis_url_parts(url)
+    return bool(parts.password or parts.options().get("password"))
 
 
 def parse_conf(data, path="<conf>"):

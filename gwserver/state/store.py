@@ -105,17 +105,24 @@ def connect(url, timeout, password=None):
         fast["password"] = password
     if scheme not in ("redis+sentinel", "redis+cluster"):
         return redis.Redis.from_url(url, retry_on_timeout=False, max_connections=4, **fast)
-    url_password, nodes, path = parse_multi_host_url(url)
-    password = fast.pop("password", url_password)
+    parts = parse_multi_host_url(url)
+    nodes = parts.nodes
+    fast.setdefault("password", parts.password)
     if scheme == "redis+cluster":
         return LazyCluster(lambda: RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password,
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
             cluster_error_retry_attempts=1, require_full_coverage=False, **fast))
-    service, _, db = path.partition("/")
+    service, _, db = parts.path.partition("/")
     sentinel = Sentinel(nodes, sentinel_kwargs=dict(socket_timeout=timeout,
                                                     socket_connect_timeout=timeout),
-                        password=password, db=int(db or 0), **fast)
+                        db=int(db or 0), **fast)
     return sentinel.master_for(service, max_connections=4)
+
+
+class BatchLost(StoreError):
+    """The batcher's connection was lost after a batch was written to it: Redis may have run
+    it. Its calls fall back (on_store_error) and are never sent again, and the store does not
+    pause: the next batch goes on a new connection, and a Redis really down fails there."""
 
 
 class NodeUnreachable(StoreError):
@@ -142,6 +149,17 @@ class LazyCluster:
         if self._client is None:
             self._client = self._make()
         return getattr(self._client, name)
+
+
+def _readable(conn):
+    """Has Redis closed ``conn`` (or sent what nobody asked for) since its last reply?"""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return True
+    try:
+        return bool(_select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def decisions_from(algorithm, reply, rate, per, burst):
@@ -521,6 +539,10 @@ class RedisStore:
             return
         try:
             replies = self._execute(list(groups.items()))
+        except BatchLost as exc:
+            throttled_log.log(log, logging.WARNING, ("batch lost",), "%s", exc)
+            self._abandon(batch, exc)
+            return
         except self.redis_errors as exc:
             self._failed(batch, exc)
             return
@@ -578,7 +600,8 @@ class RedisStore:
         return replies
 
     def _key_of(self, spec):
-        """The Redis key a call of ``spec`` runs on (as _execute sends it)."""
+        """The Redis key a call of ``spec`` runs on: the one place it is derived, for
+        _execute's calls and the cluster's choice of master alike."""
         if spec[0] == "rl":
             return spec[2]
         return self.adaptive_prefix + spec[1] if spec[0] == "ad" else spec[1]
@@ -654,23 +677,23 @@ class RedisStore:
         sent_at = time.monotonic()
         calls = []
         for spec, items in groups:
+            key = self._key_of(spec)
             if spec[0] == "rl":
-                _, algorithm, key, rate, per, burst = spec
+                _, algorithm, _, rate, per, burst = spec
                 args = (rate, per, max(burst, 1)) if algorithm == "token_bucket" else (rate, per)
                 ages = b" ".join([b"%d" % ((sent_at - queued_at) * 1e6)
                                   for _, _, queued_at in items])
                 calls.append((algorithm, key, (*args, ages)))
             elif spec[0] == "ad":
                 ok = sum(1 for payload, _, _ in items if payload)
-                calls.append(("adaptive", self.adaptive_prefix + spec[1],
-                              (*spec[2], ok, len(items) - ok)))
+                calls.append(("adaptive", key, (*spec[2], ok, len(items) - ok)))
             elif spec[0] == "lc":
                 releases = [payload[1] for payload, _, _ in items if payload[0] == "release"]
                 claims = [payload[1] for payload, _, _ in items if payload[0] == "claim"]
-                calls.append(("limit_conn", spec[1],
+                calls.append(("limit_conn", key,
                               (spec[2], spec[3], len(releases), *releases, *claims)))
             else:
-                _, key, conf_args = spec
+                conf_args = spec[2]
                 admissions, outcomes = 0, {}
                 for payload, _, _ in items:
                     if payload == "admit":
@@ -826,45 +849,56 @@ class RedisStore:
         with redis-py's connection calls: a Pipeline object, its pool checkout, the
         checkout's staleness poll and redis-py's packer cost a round trip ~2,700 bytecodes
         (docs/benchmarks.md, nineteenth pass). An error reply stands in the list in its
-        place, as Pipeline.execute(raise_on_error=False) returns it."""
+        place, as Pipeline.execute(raise_on_error=False) returns it. Never sent twice: a
+        connection lost once the batch was written may have run it (BatchLost)."""
         packed = b"".join(map(self.pack_command, commands))
-        while True:
-            conn, held = self._connection()
-            try:
-                conn.send_packed_command([packed], check_health=False)
-                replies = []
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except self.reply_error as exc:
-                        replies.append(exc)
-                return replies
-            except BaseException as exc:
-                # Whatever came between (a timeout, a reset, a kill) left the replies out of
-                # step: the connection goes.
-                self.conn = None
-                conn.disconnect()
-                self.client.connection_pool.release(conn)
-                # A held connection that Redis closed since the last batch (a restart, its
-                # idle timeout) ran nothing of this one: once more on a new connection, as
-                # the pool's checkout would have found it closed and reconnected.
-                if held and isinstance(exc, self.connection_lost):
-                    continue
-                raise
+        conn = self._connection()
+        try:
+            conn.send_packed_command([packed], check_health=False)
+            replies = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except self.reply_error as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException as exc:
+            # Whatever came between (a timeout, a reset, a kill) left the replies out of
+            # step: the connection goes.
+            self._drop(conn)
+            if isinstance(exc, self.connection_lost) and \
+                    not isinstance(exc, self.refused_credentials):
+                # Redis may have run the batch before the connection went (CLIENT KILL, a
+                # proxy's cut, Redis dying before its write): sent again on a new one, its
+                # hits counted twice.
+                raise BatchLost(f"redis connection lost during a batch: {describe(exc)}; "
+                                f"not sent again, it may have counted") from exc
+            raise
+
+    def _drop(self, conn):
+        self.conn = None
+        conn.disconnect()
+        self.client.connection_pool.release(conn)
 
     def _connection(self):
-        """(the batcher's connection, whether it was held from an earlier batch): held while
-        batches follow each other; given back to the pool after HOLD_IDLE_SECONDS without
-        one, whose checkout checks that Redis has not closed it meanwhile."""
+        """The batcher's connection: held while batches follow each other; given back to
+        the pool after HOLD_IDLE_SECONDS without one, whose checkout checks that Redis has
+        not closed it meanwhile. A held one is polled before each batch (one poll, no round
+        trip): one Redis closed since the last batch (a restart, its idle ``timeout``) is
+        replaced before anything is written, as the checkout does."""
         now = time.monotonic()
-        if self.conn is not None and now - self.conn_used_at > HOLD_IDLE_SECONDS:
-            self.client.connection_pool.release(self.conn)
-            self.conn = None
-        held = self.conn is not None
-        if not held:
-            self.conn = self.client.connection_pool.get_connection()
+        conn = self.conn
+        if conn is not None:
+            if now - self.conn_used_at > HOLD_IDLE_SECONDS:
+                self.client.connection_pool.release(conn)
+                conn = self.conn = None
+            elif _readable(conn):
+                self._drop(conn)
+                conn = None
+        if conn is None:
+            conn = self.conn = self.client.connection_pool.get_connection()
         self.conn_used_at = now
-        return self.conn, held
+        return conn
 
     def _fresh_slots(self):
         """Cluster: ask the nodes for the slot map again after a master could not be reached,
