@@ -231,10 +231,11 @@ def redis_url_parts(url):
     """``url`` (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://) ->
     RedisUrl. Its user part runs to the last "@" (a unix:// URL's: the last one a "/"
     follows; its path may hold one), not counting one in a query of redis-py's options
-    (split_options_query), so a user part holding "@", "/", "?" or "#" is read as whoever
+    (split_options_query) of a URL of one host, so a user part holding "@", "/", "?" or "#" is read as whoever
     wrote it meant it; redis-py's reading is RFC 3986's (urlsplit)."""
     scheme, _, rest = url.partition("://")
-    head, options = split_options_query(url)
+    head, options = (url, "") if _nodes_after_last_at(scheme, url) else \
+        split_options_query(url)
     rest = head[len(scheme) + 3:]
     if scheme.lower() != "unix":
         end = rest.rfind("@")
@@ -247,6 +248,19 @@ def redis_url_parts(url):
     hosts = re.split(r"[/?]", tail, maxsplit=1)[0]
     path, _, query = tail[len(hosts):].partition("?")
     return RedisUrl(scheme, userinfo, hosts, path, query, fragment)
+
+
+# host:port nodes, as a URL of several hosts names them after its user part
+MULTI_HOST_NODES = re.compile(r"[^,/@?#\s]+:[0-9]+(?:,[^,/@?#\s]+:[0-9]+)*(?![0-9])")
+
+
+def _nodes_after_last_at(scheme, url):
+    """Is ``url`` one of several hosts (redis+sentinel, redis+cluster) with host:port nodes
+    after its last "@"? Such a URL takes no query (settings refuses one), so a "?" before
+    that "@" is the password's (":pw@x?db=0@h1:26379/m"): read as the start of a query, the
+    password showed from it on, and the refusal quoted its tail as a host."""
+    return scheme.lower() in ("redis+sentinel", "redis+cluster") and \
+        MULTI_HOST_NODES.match(url.rpartition("@")[2]) is not None
 
 
 def redis_py_reading(url):
