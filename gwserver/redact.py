@@ -62,7 +62,7 @@ def redact(value, key=None, every_text=False):
     under a name no rule knows may be a credential; the shape and numbers still show)."""
     if isinstance(value, dict):
         return {str(k): redact(v, str(k), every_text) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and value and all(_is_pair(item) for item in value):
+    if isinstance(value, (list, tuple)) and value and all(is_pair(item) for item in value):
         # (name, value) header pairs, as compiled configs hold them
         return [[redact(name), redact(v, redact(name), every_text)] for name, v in value]
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -85,7 +85,7 @@ def redact(value, key=None, every_text=False):
     return str(value)
 
 
-def _is_pair(item):
+def is_pair(item):
     return isinstance(item, (list, tuple)) and len(item) == 2 and \
         all(isinstance(part, (str, bytes)) for part in item)
 

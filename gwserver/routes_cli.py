@@ -190,9 +190,11 @@ def main(kind, args):
             except (ValueError, RecursionError) as exc:
                 # a value put by hand (etcdctl): the gateway rejects it too; show it as stored
                 why = "nested too deep" if isinstance(exc, RecursionError) else exc
-                raw = value.decode(errors="replace")
+                note = withheld(value)
+                shown = note if note and not args.show_secrets else \
+                    repr(value.decode(errors="replace")[:200])
                 return _fail([f"{key(args.id)}: stored value is not valid JSON ({why}): "
-                              f"{raw[:200]!r}"])
+                              f"{shown}"])
             return 0
         if args.action == "delete":
             if kind == "upstreams" and not args.force:
@@ -289,22 +291,53 @@ def shown_item(item, show_secrets=False):
     return json.dumps(shown, indent=2, sort_keys=True)
 
 
-def masks_in(item, where, path=""):
-    """Problems for every value of ``item`` that is the mask ``get`` prints in place of a
-    secret: put back as it was shown, a route's jwt would verify tokens with the secret "***"
-    and its headers plugin send "Authorization: ***". (Route, upstream and consumer items
-    hold no URL with a user part: targets and redirects refuse one.)"""
+# What stands in for each "***" while redact is asked whether it would mask it there: text
+# no rule masks for what it is (redact masks by the name a value is under, or by its place
+# in a URL)
+MASK_PROBE = "gwserver-mask-probe"
+
+
+def masks_in(item, where):
+    """Problems for every place of ``item`` that holds the mask where ``get`` prints it in
+    place of a secret: put back as it was shown, a route's jwt would verify tokens with the
+    secret "***", its headers plugin send "Authorization: ***", a redirect send its
+    ``?token=***``. Where redact masks nothing, "***" is a value like any other (a rewrite's
+    ``Server: ***``, a fault's body): refused wherever it stood, legitimate configs were. A
+    loop, not a recursion: a document nested a few hundred levels deep killed the CLI."""
     from .redact import MASK
-    if isinstance(item, dict):
-        return [problem for k, v in item.items()
-                for problem in masks_in(v, where, f"{path}.{k}" if path else str(k))]
-    if isinstance(item, list):
-        return [problem for i, v in enumerate(item)
-                for problem in masks_in(v, where, f"{path}[{i}]")]
-    if item == MASK:
-        return [f"{where}: {path} holds {MASK}, the mask `get` prints in place "
-                f"of a secret: give the secret itself (`get --show-secrets` prints it)"]
-    return []
+    problems, todo = [], [(item, None, "")]     # (value, the name redact reads it under, path)
+    while todo:
+        value, name, path = todo.pop()
+        if isinstance(value, dict):
+            todo.extend((v, str(k), f"{path}.{k}" if path else str(k))
+                        for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            todo.extend(_items_as_redacted(value, name, path)[::-1])
+        elif isinstance(value, str) and MASK in value and _mask_given_back(value, name):
+            problems.append(f"{where}: {path} holds {MASK}, the mask `get` prints in place "
+                            f"of a secret: give the secret itself (`get --show-secrets` "
+                            f"prints it)")
+    return problems
+
+
+def _mask_given_back(value, name):
+    """Does ``value`` (under ``name``) hold the mask where redact masks a secret, and no
+    secret of its own there (redact leaves it as it is)? A secret that holds "***" among
+    other characters (a password "pa***word") is one, not a mask."""
+    from .redact import MASK, redact
+    return redact(value, name) == value and \
+        redact(value.replace(MASK, MASK_PROBE), name).count(MASK_PROBE) < value.count(MASK)
+
+
+def _items_as_redacted(items, name, path):
+    """A list's items with the name redact reads each under: a list of (header, value)
+    pairs has each value under its header's name, other lists their own name."""
+    from .redact import is_pair, redact
+    if items and all(is_pair(pair) for pair in items):
+        return [part for i, (header, v) in enumerate(items)
+                for part in ((header, None, f"{path}[{i}][0]"),
+                             (v, redact(header), f"{path}[{i}][1]"))]
+    return [(v, name, f"{path}[{i}]") for i, v in enumerate(items)]
 
 
 def stored_view(raw):
@@ -315,8 +348,21 @@ def stored_view(raw):
     try:
         shown = json.dumps(redact(json.loads(raw)), sort_keys=True)
     except (ValueError, RecursionError):      # rejected by the gateway too: as stored
-        shown = raw.decode(errors="replace")
+        shown = withheld(raw) or raw.decode(errors="replace")
     return shown[:120]
+
+
+def withheld(raw):
+    """What ``get`` (without ``--show-secrets``) and ``list`` show in place of a stored value
+    that is not JSON (put by hand) when it names a secret (a name redact masks the value of,
+    a URL's user part); None: it is shown as stored. etcdctl's ``{'jwt': {'secret':
+    '...'}}`` was printed whole, secret and all, in the error pasted into the ticket."""
+    from .redact import SECRET_HEADER, SECRET_KEYS, mask_userinfo
+    text = raw.decode(errors="replace")
+    if not (SECRET_HEADER.search(text) or mask_userinfo(text) != text or
+            any(name in text.lower() for name in SECRET_KEYS)):
+        return None
+    return f"{len(raw)} bytes, not shown: they name a secret (`get --show-secrets` prints them)"
 
 
 def public_view(raw):

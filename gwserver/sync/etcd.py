@@ -374,7 +374,9 @@ class EtcdClient:
             return resp
         except BaseException as exc:
             deadline.disarm()
-            if isinstance(exc, requests.RequestException) and deadline.expired:
+            # (ValueError, OSError: a TLS socket shut by the deadline's thread mid-read)
+            if isinstance(exc, (requests.RequestException, ValueError, OSError)) and \
+                    deadline.expired:
                 raise AnswerTooSlow(f"no whole answer within {self.timeout}s (it trickles, "
                                     f"or stalls mid-answer)") from None
             raise
@@ -567,6 +569,10 @@ class EtcdClient:
                 self.deadline.arm(idle_timeout, stream)
         except (requests.RequestException, ValueError, KeyError, TypeError,
                 AttributeError) as exc:     # (the last four: a message not shaped as etcd's)
+            # The cut's read error can come before its thread has said it expired (it says
+            # so under the lock it cuts under): asked at once, a watch whose message never
+            # came whole was often taken for a quiet one, resumed on the same member.
+            self.deadline.disarm()
             if self.deadline.expired:
                 return self._cut_watch(idle_timeout, began)
             if time.monotonic() - last_message >= idle_timeout * 0.9:
