@@ -196,7 +196,8 @@ def main(argv=None):
     tls = sub.add_parser("tls", help="TLS housekeeping").add_subparsers(dest="tls_command",
                                                                        required=True)
     ticket_key = tls.add_parser("new-ticket-key", help="write a new session-ticket key file "
-                                "(80 random bytes, mode 0600, replaced atomically)")
+                                "(80 random bytes, mode 0600, replaced atomically; a file "
+                                "replaced keeps its owner, group and group read)")
     ticket_key.add_argument("file")
     ticket_key.set_defaults(func=cmd_tls_new_ticket_key)
     from .reload_cli import add_parser as add_reload_parser

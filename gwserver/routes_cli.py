@@ -613,12 +613,50 @@ def _report_errors(command, args):
         return 2
 
 
+def check_service_name(service):
+    """A name an upstream's `service` can follow: the gateway reads PREFIX/services/NAME/
+    INSTANCE, so "orders/eu" was registered where no gateway looks."""
+    from .core.routes import UPSTREAM
+    from .core.schema import Invalid
+    try:
+        UPSTREAM.fields["service"].check(service)
+    except Invalid as exc:
+        raise ConfigError(f"--service: {exc}") from None
+
+
+MAX_LEASE_TTL = 9_000_000_000      # etcd's MaxLeaseTTL (seconds)
+
+
+def check_ttl(ttl):
+    """A lease etcd grants as asked: 0 or -3 was registered and printed as `ttl 0s` (etcd
+    gave its own minimum); more than etcd's maximum was `retrying` for ever, ttl/3 apart."""
+    if not 1 <= ttl <= MAX_LEASE_TTL:
+        raise ConfigError(f"--ttl: must be 1 to {MAX_LEASE_TTL:,} seconds, got {ttl}")
+
+
+def instance_id(args):
+    """--instance, or HOSTNAME-PORT with the port the URL names or implies. Taken from the
+    URL's text after its last ':', "http://10.0.0.7:8080/" made "host-8080/" and
+    "http://10.0.0.7" "host-//10.0.0.7": keys with a '/', which the gateway ignores."""
+    import socket
+    from .core.routes import make_target
+    from .core.schema import show
+    if args.instance is None:
+        port = make_target({"url": args.url, "weight": args.weight}).port
+        return f"{socket.gethostname()}-{port}"
+    if not args.instance:
+        raise ConfigError("--instance: must not be empty")
+    if "/" in args.instance:
+        raise ConfigError('--instance: must hold no "/" (the gateway reads '
+                          f"PREFIX/services/NAME/INSTANCE), got {show(args.instance)}")
+    return args.instance
+
+
 def cmd_register(args):
     """Register one service instance under PREFIX/services/NAME/INSTANCE with a lease, and keep
     the lease alive until stopped (SIGTERM/SIGINT revoke it: the instance leaves at once).
     If the process dies, etcd drops the key when the lease's TTL runs out."""
     import signal
-    import socket
     from .core.routes import TARGET
     from .sync.etcd import EtcdError
     from .settings import load_conf
@@ -626,7 +664,9 @@ def cmd_register(args):
     if conf.etcd is None:
         raise ConfigError(f"{args.conf}: register needs an [etcd] section")
     TARGET.validate({"url": args.url, "weight": args.weight}, "--url/--weight")
-    instance = args.instance or f"{socket.gethostname()}-{args.url.rpartition(':')[2]}"
+    check_service_name(args.service)
+    check_ttl(args.ttl)
+    instance = instance_id(args)
     key = f"{conf.etcd['prefix'].rstrip('/')}/services/{args.service}/{instance}"
     value = json.dumps({"url": args.url, "weight": args.weight}).encode()
     client = client_for(conf)

@@ -110,12 +110,19 @@ def key_file_warnings(paths):
     return warnings
 
 
+class KeepOwnerError(OSError):
+    """The new key file could not take the owner or group of the one it replaces."""
+
+
 def write_key_file(path):
-    """80 random bytes, mode 0600, replacing PATH atomically (rename in its directory)."""
+    """80 random bytes, mode 0600, replacing PATH atomically (rename in its directory). A
+    file replaced lends its owner, group and group read bit (docs/tls.md's rotation runs as
+    root for a gateway that runs as gwserver: a root:root 0600 key was unreadable to it)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".ticket-", dir=directory)   # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
+            keep_access_of(path, f.fileno())
             f.write(os.urandom(80))
             f.flush()
             os.fsync(f.fileno())
@@ -128,6 +135,22 @@ def write_key_file(path):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def keep_access_of(path, fd):
+    """Give the new file (``fd``) the owner and group of the file at ``path``, if any, and
+    its group's read bit: never more (group write, anything for others) than 0640."""
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        return
+    try:
+        os.fchown(fd, old.st_uid, old.st_gid)
+    except PermissionError as exc:
+        raise KeepOwnerError(exc.errno, f"the new key cannot take the owner and group of the "
+                             f"one it replaces (uid {old.st_uid}, gid {old.st_gid}): "
+                             f"{exc.strerror}") from None
+    os.fchmod(fd, 0o600 | (old.st_mode & stat.S_IRGRP))
 
 
 _process_key = None

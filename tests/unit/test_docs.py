@@ -218,9 +218,9 @@ def test_json_examples_pass_routes_put_checks(kind, body):
 
 
 def cli_examples():
-    """`gwserver check` and `gwserver settings` lines of ```sh blocks; an installed path
-    (/opt/gwserver/bin, /etc/gwserver/gwserver.toml: the shipped conf, see scripts/install)
-    runs from this checkout."""
+    """`gwserver check`, `gwserver settings` and `gwserver --version` lines of ```sh blocks;
+    an installed path (/opt/gwserver/bin, /etc/gwserver/gwserver.toml: the shipped conf, see
+    scripts/install) runs from this checkout."""
     out = []
     for path in DOCS:
         text = path.read_text()
@@ -229,7 +229,7 @@ def cli_examples():
                 continue
             for line in m["body"].splitlines():
                 command = line.split("#", 1)[0].strip()
-                if re.search(r"gwserver (check|settings)\b", command):
+                if re.search(r"gwserver (check|settings)\b|gwserver --version$", command):
                     out.append(pytest.param(command, id=f"{path.relative_to(ROOT)}: {command}"))
     return out
 
@@ -250,6 +250,9 @@ def test_cli_examples_run(command):
         assert tomllib.loads(run.stdout)["server"]["workers"]     # the effective conf, TOML
     elif argv[1] == "check":
         assert ": ok (" in run.stdout
+    elif argv[1] == "--version":
+        from gwserver import __version__
+        assert run.stdout == f"gwserver {__version__}\n"
     else:
         assert tomllib.loads(run.stdout)
 

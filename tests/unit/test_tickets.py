@@ -57,3 +57,36 @@ def test_the_docs_example_passes_check_with_real_key_files(tmp_path):
     import tomllib
     conf = parse_conf(tomllib.loads(block))
     assert conf.tls["ticket_key_files"][0].endswith("current.key")
+
+
+@pytest.mark.parametrize("old_mode, new_mode", [(0o600, 0o600), (0o640, 0o640),
+                                                (0o644, 0o640), (0o666, 0o640), (0o400, 0o600)])
+def test_a_new_key_keeps_the_group_read_of_the_file_it_replaces_never_more(
+        tmp_path, old_mode, new_mode):
+    """docs/tls.md's rotation, as root, for a gateway running as gwserver: a key replaced
+    kept no group read, and the gateway could not read the new one. Group read is kept;
+    group write and anything for others never are (check warns of those)."""
+    from gwserver.client.tickets import write_key_file
+    path = tmp_path / "current.key"
+    path.write_bytes(b"x" * 80)
+    path.chmod(old_mode)
+    write_key_file(str(path))
+    assert os.stat(path).st_mode & 0o777 == new_mode
+    assert len(path.read_bytes()) == 80 and path.read_bytes() != b"x" * 80
+
+
+def test_a_key_that_cannot_take_the_old_files_owner_is_not_written(tmp_path, monkeypatch):
+    """Unprivileged, over a file of another owner: refused, naming why; the old key stays,
+    no temp file is left."""
+    from gwserver.client import tickets
+    path = tmp_path / "current.key"
+    path.write_bytes(b"x" * 80)
+
+    def refuse(fd, uid, gid):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(tickets.os, "fchown", refuse)
+    with pytest.raises(tickets.KeepOwnerError) as caught:
+        tickets.write_key_file(str(path))
+    assert "cannot take the owner and group of the one it replaces" in caught.value.strerror
+    assert path.read_bytes() == b"x" * 80
+    assert [p.name for p in tmp_path.iterdir()] == ["current.key"]
