@@ -652,6 +652,44 @@ def instance_id(args):
     return args.instance
 
 
+def take_key(client, key, value, ttl):
+    """(a new lease holding ``key`` = ``value``, None), or (None, what the key holds) when
+    another registration holds it. Put over it, a second instance of one host and port
+    took the first's key, and its revocation (stopped) deleted the key the first still
+    kept alive: registered, and never served again. The lease is the registration's once
+    the put is in: kept when etcd refused the put, the next turns only kept it alive."""
+    from .sync.etcd import EtcdError
+    lease = client.lease_grant(ttl)
+    try:
+        held = client.claim(key, value, lease)
+    except EtcdError:
+        drop_lease(client, lease)           # (a long --ttl's leases would pile up)
+        raise
+    if held is not None:
+        drop_lease(client, lease)
+        return None, held
+    return lease, None
+
+
+def held_url(held):
+    """The URL of another registration's value, for the message that names it."""
+    from .redact import mask_userinfo
+    try:
+        spec = json.loads(held)
+        return mask_userinfo(str(spec if isinstance(spec, str) else spec["url"]))
+    except (ValueError, TypeError, KeyError):
+        return f"{len(held)} bytes, not an instance's value"
+
+
+def drop_lease(client, lease):
+    """Revoke a lease no key was put under; if etcd does not answer, it runs out."""
+    from .sync.etcd import EtcdError
+    try:
+        client.lease_revoke(lease)
+    except EtcdError:
+        pass
+
+
 def cmd_register(args):
     """Register one service instance under PREFIX/services/NAME/INSTANCE with a lease, and keep
     the lease alive until stopped (SIGTERM/SIGINT revoke it: the instance leaves at once).
@@ -679,10 +717,16 @@ def cmd_register(args):
     while state["running"]:
         try:
             if state["lease"] is None:
-                state["lease"] = client.lease_grant(args.ttl)
-                client.put(key, value, lease=state["lease"])
-                print(f"registered {key} -> {args.url} (lease {state['lease']:x}, "
-                      f"ttl {args.ttl}s)", flush=True)
+                state["lease"], held = take_key(client, key, value, args.ttl)
+                if held is not None and held != state.get("held"):
+                    print(f"{key} is held by another registration ({held_url(held)}): "
+                          f"another `gwserver register` of this host and port? Each needs "
+                          f"its own --instance. Waiting for the key to go", file=sys.stderr,
+                          flush=True)
+                state["held"] = held
+                if state["lease"] is not None:
+                    print(f"registered {key} -> {args.url} (lease {state['lease']:x}, "
+                          f"ttl {args.ttl}s)", flush=True)
             elif client.lease_keepalive(state["lease"]) == 0:
                 print("the lease expired (etcd unreachable for too long?); registering again",
                       flush=True)

@@ -22,6 +22,7 @@ configuration error that says so, and without it OpenSSL keeps its own per-conte
 gwserver did before, a full handshake once after each reload.
 """
 import ctypes
+import errno
 import logging
 import os
 import stat
@@ -114,11 +115,19 @@ class KeepOwnerError(OSError):
     """The new key file could not take the owner or group of the one it replaces."""
 
 
+class KeyFileLinkError(OSError):
+    """The key file named is a symbolic link: the rename would replace the link, and the
+    owner and group lent would be those of whatever file it points to."""
+
+
 def write_key_file(path):
     """80 random bytes, mode 0600, replacing PATH atomically (rename in its directory). A
     file replaced lends its owner, group and group read bit (docs/tls.md's rotation runs as
     root for a gateway that runs as gwserver: a root:root 0600 key was unreadable to it)."""
-    directory = os.path.dirname(os.path.abspath(path))
+    # The directory as the system reads PATH: made absolute by text, "link/../current.key"
+    # put the temp file beside the link, not the key (a rename across file systems).
+    directory = os.path.realpath(os.path.dirname(path) or os.curdir)
+    path = os.path.join(directory, os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=".ticket-", dir=directory)   # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
@@ -141,9 +150,15 @@ def keep_access_of(path, fd):
     """Give the new file (``fd``) the owner and group of the file at ``path``, if any, and
     its group's read bit: never more (group write, anything for others) than 0640."""
     try:
-        old = os.stat(path)
+        old = os.lstat(path)
     except FileNotFoundError:
         return
+    if stat.S_ISLNK(old.st_mode):
+        # Followed, a link to /etc/shadow (made by whoever may write the directory) gave the
+        # new key root:shadow 0640: the owner and group of a file that is not the key's.
+        raise KeyFileLinkError(errno.ELOOP, f"is a symbolic link (to {os.readlink(path)}): "
+                               f"the new key would replace the link, not a key file; name "
+                               f"the key file itself")
     try:
         os.fchown(fd, old.st_uid, old.st_gid)
     except PermissionError as exc:

@@ -344,7 +344,10 @@ def request_header_name(value):
 
 def header_value(value):
     if not isinstance(value, str):
-        raise Invalid(f"must be a header value (text), got {show(value)}")
+        # Its type only: an Authorization written as a list (["Bearer ..."], a header of
+        # several values) was quoted whole, the credential in it (see below)
+        raise Invalid(f"must be a header value (text), got a "
+                      f"{_KINDS.get(type(value), 'value')} (not shown: it may be a secret)")
     if not is_field_value(value):
         # Never quoted: a header value the config sets is often a credential for the
         # upstream (read from a file, with its newline), and this message goes to

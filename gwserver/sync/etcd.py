@@ -169,18 +169,27 @@ class EtcdRefused(EtcdError):
     "etcd unreachable", the operator looked for a network problem."""
 
 
-# What to do about etcd's refusals an operator meets (matched in its error's text)
+# What to do about etcd's refusals an operator meets (matched in its error's text); {access}:
+# what the refused call needs
 REFUSAL_REMEDIES = (
     ("user name is empty", "etcd has authentication enabled: set [etcd] username and "
                            "password"),
-    ("permission denied", "the etcd user lacks access to the prefix: grant its role read on "
-                          "it (etcdctl role grant-permission ROLE --prefix=true read PREFIX/)"),
+    ("permission denied", "the etcd user lacks access to the prefix: grant its role {access} "
+                          "on it (etcdctl role grant-permission ROLE --prefix=true {access} "
+                          "PREFIX/)"),
 )
 
+# The calls that write (a lease's revocation deletes its keys): a refused `routes put` or
+# `register` was told to grant read, which its user had
+WRITE_CALLS = ("/v3/kv/put", "/v3/kv/txn", "/v3/kv/deleterange", "/v3/lease/revoke")
 
-def refusal_remedy(text):
-    """'; <what to do>' for an etcd refusal an operator can fix, else ''."""
-    return next((f"; {remedy}" for said, remedy in REFUSAL_REMEDIES if said in text), "")
+
+def refusal_remedy(text, path=""):
+    """'; <what to do>' for an etcd refusal (of the call to ``path``) an operator can fix,
+    else ''."""
+    access = "readwrite" if path in WRITE_CALLS else "read"
+    return next((f"; {remedy.format(access=access)}" for said, remedy in REFUSAL_REMEDIES
+                 if said in text), "")
 
 
 class Compacted(EtcdError):
@@ -307,7 +316,10 @@ class EtcdClient:
                 # and a healthy member after it never was.
                 errors.append(f"{endpoint}: {exc}")
                 continue
-            if resp.status_code >= 500 or resp.status_code == 401:
+            # 429 is etcd's "too many requests" (a member whose apply loop is behind): that
+            # member failing, as a 5xx is. Raised as a refusal, the next member was never
+            # asked while the first listed one lagged.
+            if resp.status_code >= 500 or resp.status_code in (401, 429):
                 errors.append(f"{endpoint}: HTTP {resp.status_code} "
                               f"{self._masked(resp.text)[:200]}")
                 resp.close()
@@ -338,7 +350,7 @@ class EtcdClient:
                 text = self._masked(error_text(data) if data.get("message") else
                                     resp.text)[:200]
                 raise EtcdRefused(f"{endpoint}{path}: HTTP {resp.status_code} {text}"
-                                  f"{refusal_remedy(text)}")
+                                  f"{refusal_remedy(text, path)}")
             return data
         if rejected is not None:
             raise AuthRejected(f"{rejected} ({'; '.join(errors)})")
@@ -490,6 +502,26 @@ class EtcdClient:
                             for key, value in items]}
         data = self._call("/v3/kv/txn", body)
         return int(data["header"]["revision"])
+
+    @answer_shaped
+    def claim(self, key, value, lease):
+        """Put ``value`` under ``key`` with ``lease`` if the key is absent, or holds ``value``
+        already (a registration restarted before its lease ran out): None. Else what the key
+        holds (another registration's), untouched."""
+        put = [{"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease)}}]
+        held = b""
+        for compare in ({"target": "CREATE", "create_revision": "0"},
+                        {"target": "VALUE", "value": _b64(value)}):
+            data = self._call("/v3/kv/txn", {
+                "compare": [{"key": _b64(key), "result": "EQUAL", **compare}],
+                "success": put, "failure": [{"request_range": {"key": _b64(key)}}]})
+            if data.get("succeeded"):
+                return None
+            kvs = data["responses"][0]["response_range"].get("kvs", [])
+            held = _unb64(kvs[0].get("value")) if kvs else b""
+            if kvs and held != value:
+                return held
+        return held         # (changed between the two: the next turn asks again)
 
     # -- leases (service registration) -------------------------------------------------------------
 
