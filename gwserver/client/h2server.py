@@ -1000,8 +1000,9 @@ class H2ServerConnection:
         try:
             with self.lock:
                 self.h2.initiate_connection()
-                self.h2.increment_flow_control_window(
-                    max(self.conf["connection_window_size"] - 65535, 0))
+                grown = self.conf["connection_window_size"] - 65535
+                if grown:       # h2 refuses an increment of 0 (ValueError: every connection)
+                    self.h2.increment_flow_control_window(grown)
                 self._flush()
             if not runtime.alive:
                 self.goaway(E.NO_ERROR)
@@ -1168,12 +1169,20 @@ class H2ServerConnection:
         stream = self.streams.get(sid)
         if stream is not None:
             self.refuse(stream, E.PROTOCOL_ERROR, reason)
-        else:                               # its head: no stream served yet
+        elif not self.reset_already(sid):   # its head: no stream served yet
             self.runtime.log_rejected(self.client_ip, _Rejected(reason))
             self.reset(sid, E.PROTOCOL_ERROR)
             self.count_malformed()
         if event.flow_length:       # counted against the connection's window, never read
             self.acknowledge(sid, event.flow_length)
+
+    def reset_already(self, stream_id):
+        """Was the stream reset (refused, malformed) by an earlier event of the same read?
+        A stream's errors come as one event each, all made before any is dispatched: 12
+        PRIORITY frames on one stream in one write counted 12 resets (ENHANCE_YOUR_CALM,
+        every other stream cut) and logged a rejected request for each."""
+        stream = self.h2.streams.get(stream_id)
+        return stream is None or stream.closed
 
     # -- server.min_body_rate (Runtime.close_slowest_body) -----------------------------------
 
@@ -1313,6 +1322,8 @@ class H2ServerConnection:
         stream.greenlet = gevent.spawn(stream.run, early_error)
 
     def refuse(self, stream, code, reason):
+        if stream.reset_code is not None:
+            return      # reset by an earlier event of the same read: once (reset_already)
         throttled_log.log(log, logging.INFO, "h2 stream refused", "HTTP/2 stream %d of %s: %s",
                           stream.stream_id, self.client_ip, reason)
         # The access line says why: the stream's own, or one of its own if it never began
