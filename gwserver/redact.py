@@ -52,6 +52,12 @@ REDIS_URL_OPTIONS = frozenset([
     "ssl_exclude_verify_flags"])
 # A query parameter of a URL: redis-py takes any (?password=...) as a connection option.
 URL_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]+)=([^&#\s]*)")
+# The same in a redis URL, whose value runs on over a space, an "&" no option follows and
+# a "#" ("?password=Tr0ub4dor&3#horse"): redis-py's password stops at them (the rest is
+# dropped, or a fragment it ignores), the operator's does not, and masked to the "&", the
+# rest of it showed.
+REDIS_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]+)=((?:[^&#]|&(?![^=&#]+=))*(?:#.*)?)",
+                               re.S)
 URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s]*", re.I)
 
 
@@ -117,7 +123,8 @@ def _lax_parts(url):
         else:
             url = URL_LAX_USERINFO.sub(rf"\1{MASK}@", url, count=1)
     if "=" in url:
-        url = URL_QUERY_PARAM.sub(_masked_param, url)
+        redis = url.partition("://")[0].lower() in REDIS_SCHEMES
+        url = (REDIS_QUERY_PARAM if redis else URL_QUERY_PARAM).sub(_masked_param, url)
     return url
 
 

@@ -372,11 +372,13 @@ def parse_multi_host_url(url):
 def _multi_host_path(value, path):
     """Raise Invalid unless ``path`` is what the URL's kind takes: a master's name and an
     optional db for a Sentinel ("m/abc" passed, and every worker died as it started, on
-    int("abc")), nothing for a Cluster (whose one database is 0)."""
+    int("abc")), nothing for a Cluster but its one database, 0 ("/0" passed before the one
+    reading of redis URLs, and redis-py's cluster URL takes it: refused, configs that
+    worked failed to load)."""
     if value.startswith("redis+cluster:"):
-        if path:
-            raise Invalid(f"a Redis Cluster has one database: nothing goes after the hosts "
-                          f"(redis+cluster://host:port,host:port), got {show(value)}")
+        if path not in ("", "0"):
+            raise Invalid(f"a Redis Cluster has one database: nothing but /0 goes after the "
+                          f"hosts (redis+cluster://host:port,host:port), got {show(value)}")
         return
     name, _, db = path.partition("/")
     if not name or db and not db.isdigit():
@@ -405,8 +407,23 @@ def redis_url(value):
                       f"path, got {show(value)}: a user or password holding \"/\", \"?\" "
                       f"or \"#\" must be percent-encoded (%2F, %3F, %23), and so must an "
                       f"\"@\" in an option's value (%40)")
+    _redis_query_whole(value)
     _redis_options_taken(value)
     return value
+
+
+def _redis_query_whole(value):
+    """Raise Invalid if redis-py drops a piece of a URL whose query holds the password: a
+    "#" and what follows it (a fragment, never read) or a query piece without "="
+    ("?password=Tr0ub4dor&3#horse" is password "Tr0ub4dor" to redis-py). Such a URL passed,
+    every worker's AUTH failed, and the dump showed the rest of the password."""
+    parts = redis_url_parts(value)
+    dropped = "#" in value or any(piece and "=" not in piece
+                                  for piece in parts.query.split("&"))
+    if dropped and "password" in parts.options():
+        raise Invalid(f"redis-py would drop a piece of this URL after a \"#\" or an \"&\" "
+                      f"(a fragment, or no name=value), got {show(value)}: an option's value "
+                      f"holding \"#\", \"&\" or \"+\" must be percent-encoded (%23, %26, %2B)")
 
 
 def _redis_options_taken(value):

@@ -197,7 +197,10 @@ class RedisStore:
         self.pack_command = hiredis.pack_command    # C; redis-py's packer encodes in Python
         self.redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                              redis.exceptions.ResponseError, redis.exceptions.RedisClusterException,
-                             OSError)
+                             redis.exceptions.InvalidResponse, OSError)
+        # (InvalidResponse: what answers is no Redis, a port of another server's, or TLS to
+        # a redis:// URL; left out, every batch logged a traceback and the store never paused)
+        self.not_redis = redis.exceptions.InvalidResponse
         self.noscript = redis.exceptions.NoScriptError
         self.reply_error = redis.exceptions.ResponseError
         # cluster: MOVED and ASK (MovedError is an AskError), which redis-py gives without
@@ -205,6 +208,13 @@ class RedisStore:
         self.redirect, self.moved = redis.exceptions.AskError, redis.exceptions.MovedError
         self.connection_lost = redis.exceptions.ConnectionError
         self.refused_credentials = redis.exceptions.AuthenticationError
+        # Replies redis-py raises as ConnectionError though nothing ran (LOADING after a
+        # restart, WRONGPASS, max clients): Redis refusing, which pauses the store. Taken
+        # for a lost batch, it paused nothing, and each batch made a new connection that
+        # Redis refused again.
+        self.refusals = tuple(getattr(redis.exceptions, name) for name in (
+            "AuthenticationError", "BusyLoadingError", "MaxClientsReachedError")
+            if hasattr(redis.exceptions, name))
         self.client = connect(url, timeout, password)
         self.timeout = timeout
         self.cluster = url.startswith("redis+cluster:")
@@ -866,8 +876,7 @@ class RedisStore:
             # Whatever came between (a timeout, a reset, a kill) left the replies out of
             # step: the connection goes.
             self._drop(conn)
-            if isinstance(exc, self.connection_lost) and \
-                    not isinstance(exc, self.refused_credentials):
+            if isinstance(exc, self.connection_lost) and not isinstance(exc, self.refusals):
                 # Redis may have run the batch before the connection went (CLIENT KILL, a
                 # proxy's cut, Redis dying before its write): sent again on a new one, its
                 # hits counted twice.
@@ -938,6 +947,9 @@ class RedisStore:
         if isinstance(exc, self.refused_credentials):
             return (f"it refused our credentials: {describe(exc)}; Redis requires a password: "
                     f"give the right one in [redis] url or password_file")
+        if isinstance(exc, self.not_redis):
+            return (f"what answers there does not speak Redis' protocol ({describe(exc)}): "
+                    f"another server's port, or one that wants TLS (rediss://)?")
         return describe(exc)
 
     def _abandon(self, batch, error):
