@@ -52,12 +52,25 @@ REDIS_URL_OPTIONS = frozenset([
     "ssl_exclude_verify_flags"])
 # A query parameter of a URL: redis-py takes any (?password=...) as a connection option.
 URL_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]+)=([^&#\s]*)")
-# The same in a redis URL, whose value runs on over a space, an "&" no option follows and
-# a "#" ("?password=Tr0ub4dor&3#horse"): redis-py's password stops at them (the rest is
-# dropped, or a fragment it ignores), the operator's does not, and masked to the "&", the
-# rest of it showed.
-REDIS_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]+)=((?:[^&#]|&(?![^=&#]+=))*(?:#.*)?)",
-                               re.S)
+
+
+def _spelt_any_way(name):
+    """A pattern of ``name`` as redis-py reads it: each character as is or %-encoded."""
+    return "".join(f"(?:{re.escape(c)}|%(?i:{ord(c):02x}))" for c in name)
+
+
+# One of redis-py's options, however spelt ("pass%77ord"), and its "=".
+REDIS_OPTION_NEXT = "(?:" + "|".join(_spelt_any_way(name) for name in sorted(
+    REDIS_URL_OPTIONS, key=len, reverse=True)) + ")="
+# A parameter of a redis URL, to its "=", and its value: a secret's (?password=) runs on over
+# a space, an "&" none of redis-py's options follows and a "#" ("?password=Tr0ub4dor&3#horse"):
+# redis-py's password stops at them (the rest is dropped, or a fragment it ignores), the
+# operator's does not, and masked to the "&", the rest of it showed; ended at any "&name=",
+# "?password=Tr0ub&4=x" showed "4=x" (an option redis-py refuses: the password goes on to
+# it). Another's value ends at the next "name=" or "#", whatever follows is read again.
+REDIS_PARAM = re.compile(r"([?&;])([^=&#\s]+)=")
+REDIS_SECRET_VALUE = re.compile(rf"(?:[^&#]|&(?!{REDIS_OPTION_NEXT}))*(?:#.*)?", re.S)
+REDIS_PLAIN_VALUE = re.compile(r"(?:[^&#]|&(?![^=&#]+=))*")
 URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s]*", re.I)
 
 
@@ -124,17 +137,31 @@ def _lax_parts(url):
             url = URL_LAX_USERINFO.sub(rf"\1{MASK}@", url, count=1)
     if "=" in url:
         redis = url.partition("://")[0].lower() in REDIS_SCHEMES
-        url = (REDIS_QUERY_PARAM if redis else URL_QUERY_PARAM).sub(_masked_param, url)
+        url = _masked_redis_query(url) if redis else URL_QUERY_PARAM.sub(_masked_param, url)
     return url
 
 
 def _masked_param(match):
-    # redis-py decodes an option's name (parse_qs): "pass%77ord=" is its password too
-    name = match.group(2)
-    decoded = unquote_plus(name) if "%" in name or "+" in name else name
-    if match.group(3) and (decoded.lower() in SECRET_KEYS or SECRET_HEADER.search(decoded)):
-        return f"{match.group(1)}{name}={MASK}"
+    if match.group(3) and _secret_param(match.group(2)):
+        return f"{match.group(1)}{match.group(2)}={MASK}"
     return match.group()
+
+
+def _secret_param(name):
+    # redis-py decodes an option's name (parse_qs): "pass%77ord=" is its password too
+    decoded = unquote_plus(name) if "%" in name or "+" in name else name
+    return decoded.lower() in SECRET_KEYS or SECRET_HEADER.search(decoded) is not None
+
+
+def _masked_redis_query(url):
+    """``url``, a redis URL, with its secret parameters' values masked (REDIS_PARAM)."""
+    pieces, at = [], 0
+    while (param := REDIS_PARAM.search(url, at)) is not None:
+        secret = _secret_param(param.group(2))
+        value = (REDIS_SECRET_VALUE if secret else REDIS_PLAIN_VALUE).match(url, param.end())
+        pieces += [url[at:param.end()], MASK if secret and value.group() else value.group()]
+        at = value.end()
+    return "".join(pieces) + url[at:]
 
 
 def split_options_query(url):

@@ -652,7 +652,7 @@ def instance_id(args):
     return args.instance
 
 
-def take_key(client, key, value, ttl):
+def take_key(client, key, value, ttl, same_value=True):
     """(a new lease holding ``key`` = ``value``, None), or (None, what the key holds) when
     another registration holds it. Put over it, a second instance of one host and port
     took the first's key, and its revocation (stopped) deleted the key the first still
@@ -661,7 +661,7 @@ def take_key(client, key, value, ttl):
     from .sync.etcd import EtcdError
     lease = client.lease_grant(ttl)
     try:
-        held = client.claim(key, value, lease)
+        held = client.claim(key, value, lease, same_value)
     except EtcdError:
         drop_lease(client, lease)           # (a long --ttl's leases would pile up)
         raise
@@ -679,6 +679,21 @@ def held_url(held):
         return mask_userinfo(str(spec if isinstance(spec, str) else spec["url"]))
     except (ValueError, TypeError, KeyError):
         return f"{len(held)} bytes, not an instance's value"
+
+
+def displaced(client, key, lease):
+    """The key is no longer under our lease: deleted (put again at once: False), or put
+    over by another registration of the same URL (True: it is alive, and its stop deletes
+    the key; it is taken again once gone). Unnoticed, this one kept an empty lease alive,
+    `registered`, and the other's stop left the instance unregistered while it ran."""
+    drop_lease(client, lease)
+    if client.get(key) is None:
+        print(f"{key} was deleted; registering again", flush=True)
+        return False
+    print(f"{key} was taken over by another registration of this URL: another `gwserver "
+          f"register` of this host and port? Each needs its own --instance. Waiting for the "
+          f"key to go", file=sys.stderr, flush=True)
+    return True
 
 
 def drop_lease(client, lease):
@@ -717,7 +732,8 @@ def cmd_register(args):
     while state["running"]:
         try:
             if state["lease"] is None:
-                state["lease"], held = take_key(client, key, value, args.ttl)
+                state["lease"], held = take_key(client, key, value, args.ttl,
+                                                not state.get("displaced"))
                 if held is not None and held != state.get("held"):
                     print(f"{key} is held by another registration ({held_url(held)}): "
                           f"another `gwserver register` of this host and port? Each needs "
@@ -725,12 +741,17 @@ def cmd_register(args):
                           flush=True)
                 state["held"] = held
                 if state["lease"] is not None:
+                    state["displaced"] = False
                     print(f"registered {key} -> {args.url} (lease {state['lease']:x}, "
                           f"ttl {args.ttl}s)", flush=True)
             elif client.lease_keepalive(state["lease"]) == 0:
                 print("the lease expired (etcd unreachable for too long?); registering again",
                       flush=True)
                 state["lease"] = None
+                continue
+            elif client.lease_of(key) != state["lease"]:
+                state["displaced"] = displaced(client, key, state["lease"])
+                state["lease"], state["held"] = None, value     # (said already)
                 continue
         except EtcdError as exc:
             print(f"etcd: {exc}; retrying", file=sys.stderr, flush=True)

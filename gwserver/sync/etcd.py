@@ -177,6 +177,9 @@ REFUSAL_REMEDIES = (
     ("permission denied", "the etcd user lacks access to the prefix: grant its role {access} "
                           "on it (etcdctl role grant-permission ROLE --prefix=true {access} "
                           "PREFIX/)"),
+    ("database space exceeded", "etcd's database reached its quota (the NOSPACE alarm: "
+                                "writes refused): compact and defragment it, then "
+                                "etcdctl alarm disarm"),
 )
 
 # The calls that write (a lease's revocation deletes its keys): a refused `routes put` or
@@ -190,6 +193,18 @@ def refusal_remedy(text, path=""):
     access = "readwrite" if path in WRITE_CALLS else "read"
     return next((f"; {remedy.format(access=access)}" for said, remedy in REFUSAL_REMEDIES
                  if said in text), "")
+
+
+# etcd's words for a member whose apply loop is behind (ErrTooManyRequests)
+BEHIND = "too many requests"
+
+
+def _member_behind(resp):
+    """Is a 429 one member's "too many requests"? etcd's gateway answers 429 for its
+    ResourceExhausted, "database space exceeded" too: the cluster's NOSPACE alarm, which
+    every member answers alike, said as "no etcd endpoint answered" (a network problem)
+    when it was passed over."""
+    return BEHIND in resp.text
 
 
 class Compacted(EtcdError):
@@ -316,10 +331,11 @@ class EtcdClient:
                 # and a healthy member after it never was.
                 errors.append(f"{endpoint}: {exc}")
                 continue
-            # 429 is etcd's "too many requests" (a member whose apply loop is behind): that
-            # member failing, as a 5xx is. Raised as a refusal, the next member was never
-            # asked while the first listed one lagged.
-            if resp.status_code >= 500 or resp.status_code in (401, 429):
+            # 429 "too many requests" (a member whose apply loop is behind): that member
+            # failing, as a 5xx is. Raised as a refusal, the next member was never asked
+            # while the first listed one lagged. (Not every 429: _member_behind.)
+            if resp.status_code >= 500 or resp.status_code == 401 or \
+                    resp.status_code == 429 and _member_behind(resp):
                 errors.append(f"{endpoint}: HTTP {resp.status_code} "
                               f"{self._masked(resp.text)[:200]}")
                 resp.close()
@@ -504,14 +520,22 @@ class EtcdClient:
         return int(data["header"]["revision"])
 
     @answer_shaped
-    def claim(self, key, value, lease):
+    def lease_of(self, key):
+        """The lease ``key`` is attached to: 0 for none, or no such key."""
+        kvs = self._call("/v3/kv/range", {"key": _b64(key), "keys_only": True}).get("kvs", [])
+        return int(kvs[0].get("lease", 0)) if kvs else 0
+
+    @answer_shaped
+    def claim(self, key, value, lease, same_value=True):
         """Put ``value`` under ``key`` with ``lease`` if the key is absent, or holds ``value``
-        already (a registration restarted before its lease ran out): None. Else what the key
-        holds (another registration's), untouched."""
+        already (a registration restarted before its lease ran out; not if ``same_value``
+        is false: a live one holds it): None. Else what the key holds (another
+        registration's), untouched."""
         put = [{"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease)}}]
         held = b""
-        for compare in ({"target": "CREATE", "create_revision": "0"},
-                        {"target": "VALUE", "value": _b64(value)}):
+        compares = ({"target": "CREATE", "create_revision": "0"},
+                    {"target": "VALUE", "value": _b64(value)})
+        for compare in compares[:1 + same_value]:
             data = self._call("/v3/kv/txn", {
                 "compare": [{"key": _b64(key), "result": "EQUAL", **compare}],
                 "success": put, "failure": [{"request_range": {"key": _b64(key)}}]})
