@@ -530,6 +530,7 @@ class TcpRelay:
         self.url = f"http://127.0.0.1:{self.port}"
         self.open = True
         self.conns = []
+        self.accepted = 0           # connections made to the relay, cut or passed on
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -540,6 +541,7 @@ class TcpRelay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             if not self.open:
                 client.close()
                 continue

@@ -26,6 +26,7 @@ Defects found (each test below fails on the code before its fix):
    came back. Now the failure is said once, the publication tried again with backoff (the
    whole table, with no gap in the generations), and nothing dies.
 """
+import contextlib
 import json
 import os
 import signal
@@ -42,30 +43,37 @@ from .test_etcd import UP, all_workers_at, etcd_conf, put, serves
 from .test_incident_drill import state_tmpfs  # noqa: F401 (a tmpfs mounted and unmounted)
 
 
-class Unavailable(BaseHTTPRequestHandler):
-    """A member without its quorum, as the JSON gateway answers it: 503 to every call."""
+@contextlib.contextmanager
+def member_answering(status, message, code):
+    """A stand-in etcd member that answers every call ``status`` with the JSON gateway's
+    error ``message`` (gRPC ``code``); -> its URL."""
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"error": message, "code": code, "message": message}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"error": "etcdserver: request timed out", "code": 14,
-                           "message": "etcdserver: request timed out"}).encode()
-        self.send_response(503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def log_message(self, *args):
+            pass
 
-    def log_message(self, *args):
-        pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
 def unavailable_member():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    """A member without its quorum: 503 to every call."""
+    with member_answering(503, "etcdserver: request timed out", 14) as url:
+        yield url
 
 
 def enable_auth(etcd):

@@ -27,6 +27,7 @@ import signal
 import time
 
 import h2.errors
+import pytest
 
 from .test_h2client_attack_dec05c import GOAWAY, RST_STREAM, h2c_gateway, read_frames, settled
 from .test_h2edge_attack_dec05i import goaway_code, request_block
@@ -39,8 +40,12 @@ DATA = 0x0
 
 # -- 1. a reload's drain and a busy client's race -----------------------------------------------
 
-def test_streams_opened_in_a_reloads_goaway_race_are_refused_not_punished(launcher, upstream):
-    gw = h2c_gateway(launcher, upstream, http2={"max_concurrent_streams": 500,
+@pytest.mark.parametrize("max_streams, calls", [(500, 300), (3000, 1500)])
+def test_streams_opened_in_a_reloads_goaway_race_are_refused_not_punished(launcher, upstream,
+                                                                          max_streams, calls):
+    """(3000, 1500): a cap of 1,000 streams on the race (0065081) cut such a client, found
+    by the review of 2026-12-05 (test_review_attack_dec05n.py, defect 1)."""
+    gw = h2c_gateway(launcher, upstream, http2={"max_concurrent_streams": max_streams,
                                                 "max_resets_per_second": 100},
                      server={"graceful_timeout": 10.0})
     client = settled(RawH2(gw.port))
@@ -52,13 +57,13 @@ def test_streams_opened_in_a_reloads_goaway_race_are_refused_not_punished(launch
                                    timeout=6)
     goaway = next(f for f in frames if f[0] == GOAWAY)
     assert goaway_code(goaway) == E.NO_ERROR
-    # 300 calls the client opened before it read the GOAWAY: within its 500 streams
+    # calls the client opened before it read the GOAWAY: within its streams
     block = request_block()
-    late = range(slow + 2, slow + 602, 2)
+    late = range(slow + 2, slow + 2 + 2 * calls, 2)
     sock.sendall(b"".join(HeadersFrame(s, block, flags=["END_HEADERS", "END_STREAM"])
                           .serialize() for s in late))
     frames, buffered = read_frames(sock, buffered, lambda fs: any(
-        f[0] == GOAWAY or f[0] == DATA and f[2] == slow and f[1] & 1 for f in fs), timeout=6)
+        f[0] == GOAWAY or f[0] == DATA and f[2] == slow and f[1] & 1 for f in fs), timeout=8)
     client.close()
     calm = [f for f in frames if f[0] == GOAWAY]
     assert not calm, goaway_code(calm[0])       # ENHANCE_YOUR_CALM before, the call cut

@@ -37,17 +37,14 @@ attack pass of 2026-12-05, helper s9; each test failed on 28b90d4.
    too).
 """
 import json
-import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from ..conftest import to_toml, wait_until
-from .test_etcd import PREFIX, UP, all_workers_at, etcd_conf, put, runtime_of, serves
-from .test_etcd_attack_dec05k import enable_auth
+from .test_etcd import PREFIX, UP, all_workers_at, etcd_conf, put, serves
+from .test_etcd_attack_dec05k import enable_auth, member_answering
 
 CTL_ENV = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
 
@@ -130,30 +127,11 @@ def test_a_refused_write_is_told_the_access_a_write_needs(launcher, upstream, tm
 
 # -- 4. a member answering 429 ---------------------------------------------------------------
 
-class TooManyRequests(BaseHTTPRequestHandler):
-    """A member whose apply loop is behind, as the JSON gateway answers it: 429 to every call."""
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"error": "etcdserver: too many requests", "code": 8,
-                           "message": "etcdserver: too many requests"}).encode()
-        self.send_response(429)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def lagging_member():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), TooManyRequests)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    """A member whose apply loop is behind, as the JSON gateway answers it: 429 to every call."""
+    with member_answering(429, "etcdserver: too many requests", 8) as url:
+        yield url
 
 
 def test_a_member_answering_429_is_passed_over_not_a_refusal(launcher, upstream,
