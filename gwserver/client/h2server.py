@@ -52,9 +52,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import httptools
 from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFrame, PingFrame,
-                              PriorityFrame, SettingsFrame, WindowUpdateFrame)
+                              PriorityFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
@@ -641,6 +642,29 @@ class _CountingH2(h2.connection.H2Connection):
             return []
         return [StreamMalformed(sid, h2.exceptions.ProtocolError(f"stream {sid}: {reason}"))]
 
+    def reset_refused(self, stream_id, code):
+        """``reset_stream``, also for a stream whose HEADERS h2's state machine refused. One
+        with a 1xx ``:status`` (a response's head) has no transition there: h2 closed the
+        stream without a frame (or left it idle, with END_STREAM), and then refused to reset
+        it: the client got no RST_STREAM, its request hung. Its RST_STREAM is queued by hand,
+        and the stream marked reset as h2 marks those it resets: its other errors of the same
+        read (an idle stream's PRIORITY) are not counted again (reset_already)."""
+        try:
+            self.reset_stream(stream_id, code)
+            return
+        except h2.exceptions.ProtocolError:     # StreamClosedError and NoSuchStreamError too
+            if stream_id > self.highest_inbound_stream_id or \
+                    self._stream_closed_by(stream_id) is not None:
+                return      # never opened (no RST_STREAM may name it), or over: reset, ended
+        frame = RstStreamFrame(stream_id)
+        frame.error_code = code
+        self._prepare_for_sending([frame])
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.state_machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_RST_STREAM
+        else:                               # dropped by a later stream's HEADERS
+            self._closed_streams[stream_id] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+
     def _receive_goaway_frame(self, frame):
         """A client's GOAWAY says it opens no more streams and will take none of the
         gateway's (RFC 9113 6.8: its last_stream_id names streams the gateway opened, and
@@ -1171,7 +1195,7 @@ class H2ServerConnection:
             self.refuse(stream, E.PROTOCOL_ERROR, reason)
         elif not self.reset_already(sid):   # its head: no stream served yet
             self.runtime.log_rejected(self.client_ip, _Rejected(reason))
-            self.reset(sid, E.PROTOCOL_ERROR)
+            self.reset_refused(sid, E.PROTOCOL_ERROR)
             self.count_malformed()
         if event.flow_length:       # counted against the connection's window, never read
             self.acknowledge(sid, event.flow_length)
@@ -1180,9 +1204,24 @@ class H2ServerConnection:
         """Was the stream reset (refused, malformed) by an earlier event of the same read?
         A stream's errors come as one event each, all made before any is dispatched: 12
         PRIORITY frames on one stream in one write counted 12 resets (ENHANCE_YOUR_CALM,
-        every other stream cut) and logged a rejected request for each."""
+        every other stream cut) and logged a rejected request for each. A stream h2 closed
+        by itself (closed by no one: a HEADERS its state machine refused, reset_refused) was
+        not: taken as reset, it went unanswered and uncounted (a flood of them free). h2's
+        ``_stream_closed_by`` (private, as ``_receive_frame``) also knows the streams it
+        dropped from ``streams`` when a later stream of the same read opened."""
         stream = self.h2.streams.get(stream_id)
-        return stream is None or stream.closed
+        if stream is not None and not stream.closed:
+            return False
+        return self.h2._stream_closed_by(stream_id) is not None
+
+    def reset_refused(self, stream_id, code):
+        """``reset`` of a stream the client broke: _CountingH2.reset_refused."""
+        with self.lock:
+            try:
+                self.h2.reset_refused(stream_id, code)
+                self._flush()
+            except ClientGone:
+                pass
 
     # -- server.min_body_rate (Runtime.close_slowest_body) -----------------------------------
 
@@ -1331,7 +1370,7 @@ class H2ServerConnection:
             self.runtime.log_rejected(self.client_ip, _Rejected(str(reason)))
         elif stream.req is not None and stream.req.error is None:
             stream.req.error = _Rejected(str(reason))
-        self.reset(stream.stream_id, code)
+        self.reset_refused(stream.stream_id, code)     # (a trailer of 1xx: see reset_refused)
         stream.on_reset(code)
         self.stop(stream, "malformed")
         self.count_malformed()
