@@ -67,10 +67,12 @@ REDIS_OPTION_NEXT = "(?:" + "|".join(_spelt_any_way(name) for name in sorted(
 # redis-py's password stops at them (the rest is dropped, or a fragment it ignores), the
 # operator's does not, and masked to the "&", the rest of it showed; ended at any "&name=",
 # "?password=Tr0ub&4=x" showed "4=x" (an option redis-py refuses: the password goes on to
-# it). Another's value ends at the next "name=" or "#", whatever follows is read again.
+# it). Another's value ends at the next "name=" or "#", whatever follows is read again:
+# after a ";" or "?" too, "?client_name=gw;password=pw" (a separator to the operator, part
+# of the name to redis-py) showed the password whole in check --dump.
 REDIS_PARAM = re.compile(r"([?&;])([^=&#\s]+)=")
 REDIS_SECRET_VALUE = re.compile(rf"(?:[^&#]|&(?!{REDIS_OPTION_NEXT}))*(?:#.*)?", re.S)
-REDIS_PLAIN_VALUE = re.compile(r"(?:[^&#]|&(?![^=&#]+=))*")
+REDIS_PLAIN_VALUE = re.compile(r"(?:[^&#;?]|[&;?](?![^=&#;?]+=))*")
 URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s]*", re.I)
 
 

@@ -681,19 +681,32 @@ def held_url(held):
         return f"{len(held)} bytes, not an instance's value"
 
 
-def displaced(client, key, lease):
-    """The key is no longer under our lease: deleted (put again at once: False), or put
-    over by another registration of the same URL (True: it is alive, and its stop deletes
-    the key; it is taken again once gone). Unnoticed, this one kept an empty lease alive,
+def displaced(client, key, value, lease):
+    """The key is no longer under our lease: deleted, or put again by hand without a lease
+    (`etcdctl put`: nothing ever deletes it) with our value (put again at once: None); put
+    over by another registration of the same URL (what it holds: that one is alive, and its
+    stop deletes the key; it is taken again once gone), or by hand with another value (what
+    it holds: waited for, said so). Unnoticed, this one kept an empty lease alive,
     `registered`, and the other's stop left the instance unregistered while it ran."""
     drop_lease(client, lease)
-    if client.get(key) is None:
+    held, by_lease = client.value_and_lease(key)
+    if held is None:
         print(f"{key} was deleted; registering again", flush=True)
-        return False
-    print(f"{key} was taken over by another registration of this URL: another `gwserver "
-          f"register` of this host and port? Each needs its own --instance. Waiting for the "
-          f"key to go", file=sys.stderr, flush=True)
-    return True
+        return None
+    if not by_lease and held == value:
+        print(f"{key} was put again without a lease (etcdctl put?); registering again",
+              flush=True)
+        return None
+    if not by_lease:
+        # said as "another registration of this URL", it was waited for forever
+        print(f"{key} was put over without a lease ({held_url(held)}; etcdctl put?): "
+              f"nothing deletes it but etcdctl del. Waiting for the key to go",
+              file=sys.stderr, flush=True)
+        return held
+    print(f"{key} was taken over by another registration ({held_url(held)}): another "
+          f"`gwserver register` of this host and port? Each needs its own --instance. "
+          f"Waiting for the key to go", file=sys.stderr, flush=True)
+    return held
 
 
 def drop_lease(client, lease):
@@ -750,8 +763,8 @@ def cmd_register(args):
                 state["lease"] = None
                 continue
             elif client.lease_of(key) != state["lease"]:
-                state["displaced"] = displaced(client, key, state["lease"])
-                state["lease"], state["held"] = None, value     # (said already)
+                state["held"] = displaced(client, key, value, state["lease"])  # (said)
+                state["lease"], state["displaced"] = None, state["held"] is not None
                 continue
         except EtcdError as exc:
             print(f"etcd: {exc}; retrying", file=sys.stderr, flush=True)

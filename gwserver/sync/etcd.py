@@ -526,6 +526,12 @@ class EtcdClient:
         return int(kvs[0].get("lease", 0)) if kvs else 0
 
     @answer_shaped
+    def value_and_lease(self, key):
+        """(what ``key`` holds, the lease it is attached to: 0 for none), or (None, 0)."""
+        kvs = self._call("/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
+        return (_unb64(kvs[0].get("value")), int(kvs[0].get("lease", 0))) if kvs else (None, 0)
+
+    @answer_shaped
     def claim(self, key, value, lease, same_value=True):
         """Put ``value`` under ``key`` with ``lease`` if the key is absent, or holds ``value``
         already (a registration restarted before its lease ran out; not if ``same_value``
