@@ -614,6 +614,9 @@ class _CountingH2(h2.connection.H2Connection):
             if kind is not HeadersFrame or self.decoder.blocks == decoded or \
                     frame.stream_id not in self.streams:
                 raise   # HPACK failed (the table would be out of step), or no such stream
+            if self._stream_closed_by(frame.stream_id) is not None:
+                return self._head_on_finished_stream(frame.stream_id)
+            self._close_if_idle(frame.stream_id)
             return [StreamMalformed(frame.stream_id, exc)]
         if not events:
             self.empty_frames += 1
@@ -622,6 +625,27 @@ class _CountingH2(h2.connection.H2Connection):
             if fields:
                 self.header_bytes += FIELD_BYTES * len(fields)
         return events
+
+    def _head_on_finished_stream(self, stream_id):
+        """A HEADERS h2's state machine refused (a 1xx ``:status``) on a stream over before
+        it, still in ``streams``: h2 raises a plain ProtocolError there, not the
+        StreamClosedError of any other HEADERS. Taken for the stream's error, it was dropped
+        as reset already, uncounted: ~100,000 such 5-byte heads a second, paced only by
+        header bytes. It is what another HEADERS there is: after END_STREAM both ways a
+        connection error (RFC 9113 5.1), after a reset a frame dropped and counted."""
+        if not self._stream_is_closed_by_reset(stream_id):
+            raise h2.exceptions.StreamClosedError(stream_id)
+        self.empty_frames += 1
+        return []
+
+    def _close_if_idle(self, stream_id):
+        """h2 refuses a 1xx head with END_STREAM before its state machine moves: the stream
+        was left idle, where the client's WINDOW_UPDATE or RST_STREAM for it in the same
+        write has no transition: a connection error (GOAWAY PROTOCOL_ERROR, every other
+        stream lost, this one never reset). Closed, as h2 closes it without END_STREAM."""
+        machine = self.streams[stream_id].state_machine
+        if machine.state is h2.stream.StreamState.IDLE:
+            machine.state = h2.stream.StreamState.CLOSED
 
     def _stream_error(self, frame, reason):
         """A frame RFC 9113 makes its stream's error: the stream, still open, is reset
