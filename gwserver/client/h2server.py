@@ -528,6 +528,14 @@ class _BoundedFrameBuffer(StreamErrorFrames):
         return frame
 
 
+class StreamPastLimit:
+    """The event ``_CountingH2`` makes of a stream it refused past max_concurrent_streams
+    (``_refuse_past_limit``): counted as a refused one (count_refused)."""
+
+    def __init__(self, stream_id):
+        self.stream_id = stream_id
+
+
 class StreamMalformed:
     """The event ``_CountingH2`` makes of a request h2 refused once its block was decoded or
     its DATA counted (a content-length that is not a number or disagrees with the DATA,
@@ -610,6 +618,8 @@ class _CountingH2(h2.connection.H2Connection):
             return [StreamMalformed(frame.stream_id, exc, frame.flow_controlled_length)]
         except h2.exceptions.StreamClosedError:
             raise       # HEADERS on a stream that ended: a connection error (RFC 9113 5.1)
+        except h2.exceptions.TooManyStreamsError:
+            return self._refuse_past_limit(frame)
         except h2.exceptions.ProtocolError as exc:
             if kind is not HeadersFrame or self.decoder.blocks == decoded or \
                     frame.stream_id not in self.streams:
@@ -625,6 +635,26 @@ class _CountingH2(h2.connection.H2Connection):
             if fields:
                 self.header_bytes += FIELD_BYTES * len(fields)
         return events
+
+    def _refuse_past_limit(self, frame):
+        """A new stream past max_concurrent_streams (h2's count: streams open): RFC 9113
+        5.1.2 makes it a stream error, h2 raised it as the connection's. A client may open
+        them before it has the gateway's SETTINGS (the limit is unlimited until then, 6.5.2;
+        Go's client assumes 1,000): it lost every stream it had, those served included. The
+        block is decoded (the HPACK table stays in step), the stream refused (REFUSED_STREAM:
+        safe to send again, nothing of it ran) and counted as a refused one. A stream id
+        that could not open a stream is the connection's error, as before."""
+        sid = frame.stream_id
+        if sid <= self.highest_inbound_stream_id or sid % 2 == 0:
+            raise h2.exceptions.ProtocolError(f"stream {sid} cannot open a stream")
+        fields = h2.connection._decode_headers(self.decoder, frame.data)
+        self.header_bytes += FIELD_BYTES * len(fields)
+        self.highest_inbound_stream_id = sid
+        self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+        refusal = RstStreamFrame(sid)
+        refusal.error_code = E.REFUSED_STREAM
+        self._prepare_for_sending([refusal])
+        return [StreamPastLimit(sid)]
 
     def _head_on_finished_stream(self, stream_id):
         """A HEADERS h2's state machine refused (a 1xx ``:status``) on a stream over before
@@ -1206,6 +1236,8 @@ class H2ServerConnection:
             self.draining = self.client_went_away = True
         elif kind is StreamMalformed:
             self.on_malformed(event)
+        elif kind is StreamPastLimit:       # refused (RST_STREAM sent): counted as such
+            self.count_refused()
 
     def on_malformed(self, event):
         """A stream h2 refused as malformed (StreamMalformed): reset (PROTOCOL_ERROR) and
