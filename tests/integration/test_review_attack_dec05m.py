@@ -96,16 +96,23 @@ def test_an_endpoint_that_quotes_the_request_never_shows_the_etcd_password(
         assert secret not in text, (where, text[-2000:])
 
 
-def test_a_refused_route_whose_paths_name_a_position_twice_holds_them(launcher, upstream,
-                                                                      tmp_path):
+def refused_beside_a_public_route(launcher, upstream, tmp_path, paths, key_auth):
+    """A gateway whose public catch-all route serves beside an etcd route on ``paths`` that
+    is refused (its key_auth config ``key_auth``), once every worker has the refusal."""
     etcd = launcher.etcd()
     gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url],
                                     [route("public", ["/*rest"], upstream.url)], workers=1))
     client = etcd.client()
     put(client, "upstreams", "up", UP(upstream))
     revision = put(client, "routes", "private", {
-        "paths": ["/admin/:id", "/admin/:name/logs"], "upstream": "up",
-        "plugins": {"key_auth": {"hedaer": "X-Key"}}})
+        "paths": paths, "upstream": "up", "plugins": {"key_auth": key_auth}})
     wait_until(lambda: all_workers_at(gw, revision))
     assert serves(gw, "/elsewhere") == 200
+    return gw
+
+
+def test_a_refused_route_whose_paths_name_a_position_twice_holds_them(launcher, upstream,
+                                                                      tmp_path):
+    gw = refused_beside_a_public_route(launcher, upstream, tmp_path,
+                                       ["/admin/:id", "/admin/:name/logs"], {"hedaer": "X-Key"})
     assert {serves(gw, path) for path in ("/admin/1", "/admin/1/logs")} == {503}

@@ -43,9 +43,10 @@ import subprocess
 import sys
 import time
 
-from ..conftest import TcpRelay, route, wait_until
+from ..conftest import TcpRelay, wait_until
 from .test_etcd import UP, all_workers_at, etcd_conf, put, runtime_of, serves
 from .test_etcd_attack_dec05k import enable_auth
+from .test_review_attack_dec05m import refused_beside_a_public_route
 
 
 # -- 1. the GOAWAY race's cap cut a busy client's drained call -----------------------------------
@@ -56,16 +57,8 @@ from .test_etcd_attack_dec05k import enable_auth
 # -- 2. a refused route whose path binds one name twice was not fenced ---------------------------
 
 def test_a_refused_route_whose_path_binds_a_name_twice_is_fenced(launcher, upstream, tmp_path):
-    etcd = launcher.etcd()
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url],
-                                    [route("public", ["/*rest"], upstream.url)], workers=1))
-    client = etcd.client()
-    put(client, "upstreams", "up", UP(upstream))
-    revision = put(client, "routes", "private", {
-        "paths": ["/u/:id/f/:id", "/u/:id/*id"], "upstream": "up",
-        "plugins": {"key_auth": {"header": "X-Key"}}})
-    wait_until(lambda: all_workers_at(gw, revision))
-    assert serves(gw, "/elsewhere") == 200
+    gw = refused_beside_a_public_route(launcher, upstream, tmp_path,
+                                       ["/u/:id/f/:id", "/u/:id/*id"], {"header": "X-Key"})
     assert serves(gw, "/u/1/f/2") == 503            # 200 from the public route before
     assert serves(gw, "/u/1/x/y") == 503
 
