@@ -346,6 +346,7 @@ ADMIN = Schema(
 class MultiHostUrl(NamedTuple):
     """A redis+sentinel:// or redis+cluster:// URL as the gateway connects with it."""
     password: str | None
+    username: str | None    # a Redis 6 ACL user ("user:pw@"); None: the default user
     nodes: list             # [(host, port)]
     path: str               # after the hosts' "/": "mymaster[/db]" (sentinel), "" (cluster)
 
@@ -366,7 +367,7 @@ def parse_multi_host_url(url):
         # Sentinel never knew it (and said it, with any "password=", in every error).
         raise Invalid(f"takes no ?options or #fragment (the gateway sets its timeouts; the "
                       f"password goes in the user part or password_file), got {show(url)}")
-    return MultiHostUrl(parts.password, nodes, parts.path[1:])
+    return MultiHostUrl(parts.password, parts.username, nodes, parts.path[1:])
 
 
 def _multi_host_path(value, path):

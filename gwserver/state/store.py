@@ -89,8 +89,8 @@ def connect(url, timeout, password=None):
     """A redis-py client for a plain, Sentinel or Cluster URL, with fail-fast settings.
 
         redis://[:password@]host:port/db, rediss://..., unix:///path.sock
-        redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]
-        redis+cluster://[:password@]host:port[,host:port...]
+        redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
+        redis+cluster://[[user]:password@]host:port[,host:port...]
 
     Timeouts are ``timeout`` seconds and nothing retries on its own: the store pauses and the
     plugins' on_store_error applies instead (redis-py's defaults would stall a worker).
@@ -108,6 +108,9 @@ def connect(url, timeout, password=None):
     parts = parse_multi_host_url(url)
     nodes = parts.nodes
     fast.setdefault("password", parts.password)
+    # an ACL user, as a plain URL's is (redis-py's from_url): left out, AUTH went as the
+    # default user with that user's password, WRONGPASS, and every decision fell back
+    fast["username"] = parts.username
     if scheme == "redis+cluster":
         return LazyCluster(lambda: RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in nodes],
