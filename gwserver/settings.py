@@ -700,7 +700,26 @@ def conf_warnings(conf):
                  for w in plugin_warnings(where, plugins)]
     if conf.etcd is None:       # with etcd, the consumer may be there
         warnings += missing_anonymous(conf)
+    if conf.redis:
+        warnings += unused_redis_options(conf.redis)
     return warnings
+
+
+# Options of a redis URL's query that the gateway sets itself, to fail fast (state.store
+# .connect): redis-py would let the URL's override them.
+GATEWAY_REDIS_OPTIONS = ("socket_timeout", "socket_connect_timeout", "retry_on_timeout",
+                         "retry_on_error", "health_check_interval")
+
+
+def unused_redis_options(redis):
+    """The options of [redis] url's query that are not used, and what sets them."""
+    ours = [name for name in redis_url_parts(redis["url"]).options()
+            if name in GATEWAY_REDIS_OPTIONS]
+    if not ours:
+        return []
+    return [f"redis.url sets {', '.join(ours)}: not used, the gateway sets them to fail fast "
+            f"(redis.timeout, {redis['timeout']} s, bounds each call; nothing retries, "
+            f"on_store_error decides)"]
 
 
 def missing_anonymous(conf):

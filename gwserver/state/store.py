@@ -85,6 +85,9 @@ def breaker_state_of(stored):
     return state
 
 
+FAIL_FAST = ("socket_timeout", "socket_connect_timeout", "retry", "health_check_interval")
+
+
 def connect(url, timeout, password=None):
     """A redis-py client for a plain, Sentinel or Cluster URL, with fail-fast settings.
 
@@ -104,7 +107,14 @@ def connect(url, timeout, password=None):
     if password is not None:                # [redis] password_file (the url holds none)
         fast["password"] = password
     if scheme not in ("redis+sentinel", "redis+cluster"):
-        return redis.Redis.from_url(url, retry_on_timeout=False, max_connections=4, **fast)
+        client = redis.Redis.from_url(url, retry_on_timeout=False, max_connections=4, **fast)
+        # redis-py lets a URL's own options override its caller's: "?socket_timeout=30" held
+        # each batch of every worker 30 s on a hung Redis, where [redis] timeout promised the
+        # fallback after 50 ms (`check` says these options are not used)
+        kwargs = client.connection_pool.connection_kwargs
+        kwargs.update({name: fast[name] for name in FAIL_FAST}, retry_on_timeout=False)
+        kwargs.pop("retry_on_error", None)
+        return client
     parts = parse_multi_host_url(url)
     nodes = parts.nodes
     fast.setdefault("password", parts.password)

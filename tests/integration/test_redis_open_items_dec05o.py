@@ -1,5 +1,4 @@
-"""A Redis 6 ACL user in a redis+cluster:// or redis+sentinel:// URL (the open item "usernames in
-Sentinel and Cluster URLs are ignored").
+"""Open items of [redis] url, each against real Redis servers.
 
 1. ``redis+cluster://gw:pw@n1,n2,n3`` and ``redis+sentinel://gw:pw@s1/master``: the gateway's
    own parser of such URLs kept the password and dropped the user name, so AUTH went as the
@@ -7,10 +6,18 @@ Sentinel and Cluster URLs are ignored").
    back to ``on_store_error`` for good (Redis takes any AUTH for a default user without a
    password, so a server set up that way hid the loss). A plain
    ``redis://gw:pw@host`` URL, read by redis-py, always passed the user.
+2. ``redis://host/0?socket_timeout=5`` (or ``retry_on_timeout=true``): redis-py lets a URL's
+   options override its caller's, so the URL's took the place of the gateway's fail-fast
+   ones, and a hung Redis held each decision 5 s where ``[redis] timeout`` promised the
+   fallback after it. The gateway's now win, and `check` says the URL's are not used.
 """
+import os
+import signal
 import subprocess
+import sys
+import time
 
-from ..conftest import gateway_conf, route
+from ..conftest import gateway_conf, route, to_toml, wait_until
 
 
 def acl_user(port):
@@ -62,3 +69,29 @@ def test_a_sentinel_url_authenticates_to_the_master_as_its_acl_user(launcher, up
     assert exact_limit(gw) == [200] * 3 + [429] * 2
     assert dbsize(master.port) == 1
     assert "s3cret-acl" not in gw.log()
+
+
+def test_a_urls_own_timeouts_do_not_hold_decisions_on_a_hung_redis(launcher, upstream, tmp_path):
+    server = launcher.redis()
+    url = f"{server.url}?socket_timeout=5&socket_connect_timeout=5&retry_on_timeout=true"
+    conf = gateway_conf([route("lim", ["/lim"], upstream.url, plugins={"rate_limit": {
+        "rate": 100, "per": 60, "key": "route", "on_store_error": "allow"}})],
+        workers=1, redis={"url": url, "timeout": 0.2, "pause": 30})
+    path = tmp_path / "gw.toml"
+    path.write_text(to_toml(conf))
+    said = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0, said.stdout + said.stderr
+    assert "redis.url sets socket_timeout, socket_connect_timeout, retry_on_timeout: not " \
+        "used, the gateway sets them to fail fast (redis.timeout, 0.2 s" in said.stdout
+    gw = launcher.gateway(conf)
+    assert gw.request("GET", "/lim")[0].status == 200          # decided by Redis
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        assert gw.request("GET", "/lim")[0].status == 200      # on_store_error: allow
+        waited = time.monotonic() - began
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert waited < 2.0, f"a hung Redis held the request {waited:.1f} s"
+    wait_until(lambda: "redis did not answer a decision within 0.200s" in gw.log(), timeout=5)
