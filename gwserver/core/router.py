@@ -20,6 +20,7 @@ import re
 from dataclasses import replace
 
 from ..errors import BadRequest, ConfigError, MethodNotAllowed, RouteNotFound
+from .chain import EMPTY_CHAIN, Chain
 from .context import Reply
 from .routes import check_path
 
@@ -459,7 +460,7 @@ def _jointly(routes, found):
     return (replace(routes[0], chain=chain), params) if chain.answers_preflight else None
 
 
-class JointPreflight:
+class JointPreflight(Chain):
     """The chain of a preflight whose request several routes may take, the value of a header
     it announces deciding which: each route's chain answers it in turn (their cors, on
     their own terms), and it is allowed only when every one allows it (the first one's
@@ -473,15 +474,16 @@ class JointPreflight:
     even one a header leads to a route that never consented. The answer says
     Access-Control-Max-Age: 0, so each such request has a preflight of its own."""
 
+    __slots__ = ("routes",)
+
     def __init__(self, routes):
+        first = routes[0].chain or EMPTY_CHAIN
+        for name in Chain.__slots__:        # the first route's chain, but for the preflight
+            setattr(self, name, getattr(first, name))
         self.routes = tuple(routes)
-        self.first = routes[0].chain
         self.answers_preflight = any(r.chain is not None and r.chain.answers_preflight
                                      for r in routes)
         self.access_steps = (None,)         # (run_access always runs)
-
-    def __getattr__(self, name):
-        return getattr(self.first, name)
 
     def run_access(self, ctx):
         answer, credentials = None, True
