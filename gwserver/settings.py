@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field as dataclass_field
 from types import MappingProxyType
 from typing import NamedTuple
+from urllib.parse import unquote_plus
 
 from .core.accesslog import field_name
 from .core.chain import build_chain
@@ -701,7 +702,7 @@ def conf_warnings(conf):
     if conf.etcd is None:       # with etcd, the consumer may be there
         warnings += missing_anonymous(conf)
     if conf.redis:
-        warnings += unused_redis_options(conf.redis)
+        warnings += redis_url_warnings(conf.redis)
     return warnings
 
 
@@ -711,15 +712,21 @@ GATEWAY_REDIS_OPTIONS = ("socket_timeout", "socket_connect_timeout", "retry_on_t
                          "retry_on_error", "health_check_interval")
 
 
-def unused_redis_options(redis):
-    """The options of [redis] url's query that are not used, and what sets them."""
-    ours = [name for name in redis_url_parts(redis["url"]).options()
-            if name in GATEWAY_REDIS_OPTIONS]
-    if not ours:
-        return []
-    return [f"redis.url sets {', '.join(ours)}: not used, the gateway sets them to fail fast "
-            f"(redis.timeout, {redis['timeout']} s, bounds each call; nothing retries, "
-            f"on_store_error decides)"]
+def redis_url_warnings(redis):
+    """What [redis] url's query says that is likely not what was meant: options the gateway
+    sets itself (not used), and a "+" in the password (a space to redis-py, as to any form
+    decoder: AUTH failed with no word of why)."""
+    parts, warnings = redis_url_parts(redis["url"]), []
+    ours = [name for name in parts.options() if name in GATEWAY_REDIS_OPTIONS]
+    if ours:
+        warnings.append(f"redis.url sets {', '.join(ours)}: not used, the gateway sets them "
+                        f"to fail fast (redis.timeout, {redis['timeout']} s, bounds each call; "
+                        f"nothing retries, on_store_error decides)")
+    if any(unquote_plus(name) == "password" and "+" in value
+           for name, _, value in (piece.partition("=") for piece in parts.query.split("&"))):
+        warnings.append("redis.url's ?password= holds a \"+\", which redis-py reads as a "
+                        "space: write it %2B if it is part of the password")
+    return warnings
 
 
 def missing_anonymous(conf):

@@ -10,6 +10,8 @@
    options override its caller's, so the URL's took the place of the gateway's fail-fast
    ones, and a hung Redis held each decision 5 s where ``[redis] timeout`` promised the
    fallback after it. The gateway's now win, and `check` says the URL's are not used.
+3. ``?password=pa+ss``: redis-py reads the "+" as a space, so AUTH failed with no word of
+   why; `check` says it now.
 """
 import os
 import signal
@@ -95,3 +97,18 @@ def test_a_urls_own_timeouts_do_not_hold_decisions_on_a_hung_redis(launcher, ups
         os.kill(server.pid, signal.SIGCONT)
     assert waited < 2.0, f"a hung Redis held the request {waited:.1f} s"
     wait_until(lambda: "redis did not answer a decision within 0.200s" in gw.log(), timeout=5)
+
+
+def test_check_says_a_plus_in_a_query_password_is_a_space(tmp_path):
+    """3. ``?password=a+b`` is password "a b" to redis-py (a form decoder's reading): AUTH
+    failed, and nothing said why; `check` now says it, and %2B passes without a word."""
+    for password, warned in (("pa+ss", True), ("pa%2Bss", False), ("pa ss", False)):
+        conf = gateway_conf([], redis={"url": f"redis://127.0.0.1:6379/0?password={password}"})
+        path = tmp_path / "gw.toml"
+        path.write_text(to_toml(conf))
+        said = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert said.returncode == 0, said.stdout + said.stderr
+        assert ("?password= holds a \"+\", which redis-py reads as a space: write it %2B"
+                in said.stdout) is warned, said.stdout
+        assert "pa+ss" not in said.stdout and "pa%2Bss" not in said.stdout
