@@ -59,7 +59,7 @@ from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFra
 
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2frames import StreamErrorFrames, ZeroIncrement
+from ..core.h2frames import PrioritySizeError, StreamErrorFrames, ZeroIncrement
 from ..core.h2request import (Malformed, check_method_and_path, check_trailers, grpc_code,
                               grpc_message, is_grpc, split_request)
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
@@ -515,9 +515,12 @@ class _BoundedFrameBuffer(StreamErrorFrames):
     60 connections that sent 63 CONTINUATIONs each grew a worker by 79 MiB; an HTTP/1.1
     head is held to MAX_HEAD_BYTES. Here a block is held to that too, as sent (the decoder
     refuses a larger one anyway: core.h2fields.CachingDecoder). A stream's WINDOW_UPDATE of
-    0 comes out as a ``ZeroIncrement`` (core.h2frames). ``_update_header_buffer`` is h2's
-    own (private, the same through 4.x); test_h2client_attack_dec05c.py fails if it
-    changes."""
+    0 comes out as a ``ZeroIncrement``, a PRIORITY of the wrong size as a
+    ``PrioritySizeError``, and a WINDOW_UPDATE's reserved bit is ignored (core.h2frames).
+    ``_update_header_buffer`` is h2's own (private, the same through 4.x);
+    test_h2client_attack_dec05c.py fails if it changes."""
+
+    reserved_bit_ignored = True     # RFC 9113 6.9: a client that sets it is served
 
     def _update_header_buffer(self, f):
         frame = super()._update_header_buffer(f)
@@ -540,12 +543,13 @@ class StreamMalformed:
     """The event ``_CountingH2`` makes of a request h2 refused once its block was decoded or
     its DATA counted (a content-length that is not a number or disagrees with the DATA,
     trailers without END_STREAM), or of a frame that breaks a stream's rules (a PRIORITY
-    making it depend on itself, its WINDOW_UPDATE of 0): RFC 9113 8.1.1, 5.3.1 and 6.9 make
-    each a stream error, h2 raises it as the connection's. ``flow_length``: the DATA's, to
-    give back."""
+    making it depend on itself or of the wrong size, its WINDOW_UPDATE of 0): RFC 9113
+    8.1.1, 5.3.1, 6.3 and 6.9 make each a stream error, h2 raises it as the connection's.
+    ``flow_length``: the DATA's, to give back; ``code``: the RST_STREAM's."""
 
-    def __init__(self, stream_id, error, flow_length=0):
+    def __init__(self, stream_id, error, flow_length=0, code=E.PROTOCOL_ERROR):
         self.stream_id, self.error, self.flow_length = stream_id, error, flow_length
+        self.code = code
 
 
 class _CountingH2(h2.connection.H2Connection):
@@ -608,6 +612,10 @@ class _CountingH2(h2.connection.H2Connection):
                 len(self.streams) // 16 if kind is SettingsFrame else 0)
             if kind is PriorityFrame and frame.depends_on == frame.stream_id:
                 return self._stream_error(frame, "depends on itself (RFC 9113 5.3.1)")
+        elif kind is PrioritySizeError:
+            self.control_frames += 1 + frame.body_len // 384
+            return self._stream_error(frame, f"PRIORITY of {frame.body_len} bytes, not 5 "
+                                      "(RFC 9113 6.3)", E.FRAME_SIZE_ERROR)
         elif kind is ExtensionFrame:
             self.empty_frames += 1 + (frame.body_len >> 10)
         try:
@@ -677,7 +685,7 @@ class _CountingH2(h2.connection.H2Connection):
         if machine.state is h2.stream.StreamState.IDLE:
             machine.state = h2.stream.StreamState.CLOSED
 
-    def _stream_error(self, frame, reason):
+    def _stream_error(self, frame, reason, code=E.PROTOCOL_ERROR):
         """A frame RFC 9113 makes its stream's error: the stream, still open, is reset
         (StreamMalformed). On a stream that ended it is dropped, as h2 drops frames there;
         on one never opened (idle) a WINDOW_UPDATE is the connection's error (5.1), and a
@@ -694,7 +702,8 @@ class _CountingH2(h2.connection.H2Connection):
             return []
         if stream.closed:
             return []
-        return [StreamMalformed(sid, h2.exceptions.ProtocolError(f"stream {sid}: {reason}"))]
+        return [StreamMalformed(sid, h2.exceptions.ProtocolError(f"stream {sid}: {reason}"),
+                                code=code)]
 
     def reset_refused(self, stream_id, code):
         """``reset_stream``, also for a stream whose HEADERS h2's state machine refused. One
@@ -1248,10 +1257,10 @@ class H2ServerConnection:
         sid, reason = event.stream_id, str(event.error)
         stream = self.streams.get(sid)
         if stream is not None:
-            self.refuse(stream, E.PROTOCOL_ERROR, reason)
+            self.refuse(stream, event.code, reason)
         elif not self.reset_already(sid):   # its head: no stream served yet
             self.runtime.log_rejected(self.client_ip, _Rejected(reason))
-            self.reset_refused(sid, E.PROTOCOL_ERROR)
+            self.reset_refused(sid, event.code)
             self.count_malformed()
         if event.flow_length:       # counted against the connection's window, never read
             self.acknowledge(sid, event.flow_length)

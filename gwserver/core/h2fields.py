@@ -28,8 +28,10 @@ Rules kept:
   smallest size since the last block and the last one, however many changes came between.
 - Fields arrive as (name, value) bytes pairs with lower-case names (the caller's rule).
 """
+import h2.errors
+import h2.exceptions
 from hpack import Decoder
-from hpack.exceptions import OversizedHeaderListError
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.table import HeaderTable
 
 
@@ -122,6 +124,14 @@ class FieldEncoder:
         return b"".join((prefix, integer(len(value), 7), value))
 
 
+class BlockUndecodable(h2.exceptions.ProtocolError):
+    """A field block HPACK cannot decode: RFC 9113 4.3 makes it a connection error of type
+    COMPRESSION_ERROR (h2 raised it as PROTOCOL_ERROR; h2spec 4.3 checks the code). h2 passes
+    it through as it is, and ends the connection with its ``error_code``."""
+
+    error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
+
+
 HIGH_BYTES = bytes(range(0x80, 0x100))
 DECODED_LIMIT = 256     # repeated blocks kept; then cleared
 
@@ -152,7 +162,12 @@ class CachingDecoder(Decoder):
             # h2 answers it as an HPACK bomb: ENHANCE_YOUR_CALM (see the module doc)
             raise OversizedHeaderListError(f"header block of {len(data)} bytes as sent, over "
                                            f"{self.max_header_list_size}")
-        headers = super().decode(data, raw)
+        try:
+            headers = super().decode(data, raw)
+        except OversizedHeaderListError:
+            raise                           # an HPACK bomb: h2's ENHANCE_YOUR_CALM
+        except HPACKError as exc:
+            raise BlockUndecodable(f"field block not decodable: {exc}") from exc
         if data.translate(None, HIGH_BYTES):       # a literal or a size update: may change it
             self.decoded.clear()
         else:                                       # indexed fields only: read, not changed

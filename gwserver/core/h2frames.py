@@ -1,36 +1,81 @@
-"""h2's frame reader, less one connection error that RFC 9113 makes a stream's, for both HTTP/2
-sides (client.h2server, upstream.h2client).
+"""h2's frame reader, less the connection errors that RFC 9113 makes a stream's or no error,
+for both HTTP/2 sides (client.h2server, upstream.h2client).
 
 A stream's WINDOW_UPDATE of 0 is a stream error (RFC 9113 6.9), but hyperframe refuses it as
 it parses and h2 raises that as the connection's: every other stream of the connection was
 cut (another user's, behind a proxy that pools its users on one connection). Here it comes
 out as a ``ZeroIncrement`` frame for the caller's state machine to reset its stream. The
-connection's own (stream 0), one inside a header block (6.10) and one whose reserved bit is
-set (no increment of 0) still end the connection. ``__next__`` wraps h2's own (the same
-through 4.x; tests/unit/test_h2_upstream_frames.py fails if it changes).
+connection's own (stream 0) and one inside a header block (6.10) still end the connection.
+
+A PRIORITY frame whose payload is not 5 bytes is a stream error of type FRAME_SIZE_ERROR
+(6.3); hyperframe refused it as the connection's (GOAWAY FRAME_SIZE_ERROR, every stream of a
+buggy but harmless client lost). It comes out as a ``PrioritySizeError`` for the caller to
+reset its stream (or drop it: a PRIORITY may name a stream never opened).
+
+A WINDOW_UPDATE's reserved bit "MUST be ignored when receiving" (6.9), but hyperframe read
+it as part of the increment, past 2^31 - 1: GOAWAY PROTOCOL_ERROR. Where
+``reserved_bit_ignored`` is set (the client edge) the bit is dropped and the frame is what
+the other 31 bits say (an increment of 0 as above). ``__next__`` wraps h2's own (the same
+through 4.x; tests/unit/test_h2_upstream_frames.py fails if it changes). Each case costs
+only when hyperframe has refused the frame: nothing on the path of a good one.
 """
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
-from hyperframe.exceptions import InvalidDataError
-from hyperframe.frame import WindowUpdateFrame
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import PriorityFrame, WindowUpdateFrame
+
+WINDOW_UPDATE, PRIORITY = 0x8, 0x2
 
 
 class ZeroIncrement(WindowUpdateFrame):
     """A stream's WINDOW_UPDATE of 0 (RFC 9113 6.9: a stream error)."""
 
 
+class PrioritySizeError(PriorityFrame):
+    """A stream's PRIORITY whose payload is not 5 bytes (RFC 9113 6.3: a stream error of
+    type FRAME_SIZE_ERROR). ``body_len``: the payload's length, as sent."""
+
+    def __init__(self, stream_id, length):
+        super().__init__(stream_id)
+        self.body_len = length
+
+
 class StreamErrorFrames(FrameBuffer):
-    """h2's FrameBuffer, but a stream's WINDOW_UPDATE of 0 is a ``ZeroIncrement``."""
+    """h2's FrameBuffer, but a stream's WINDOW_UPDATE of 0 is a ``ZeroIncrement`` and its
+    PRIORITY of the wrong size a ``PrioritySizeError``."""
+
+    reserved_bit_ignored = False    # a WINDOW_UPDATE's reserved bit: see the module doc
 
     def __next__(self):
         try:
             return super().__next__()
         except ProtocolError as exc:
-            data = self._data       # the refused frame is still at the front
-            stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-            if not (isinstance(exc.__cause__, InvalidDataError) and data[3] == 0x8 and
-                    stream_id and data[:3] == b"\0\0\4" and not self._headers_buffer and
-                    int.from_bytes(data[9:13], "big") & 0x7FFFFFFF == 0):
+            frame = self._stream_error_frame(exc)
+            if frame is None:
                 raise
+            return frame
+
+    def _stream_error_frame(self, exc):
+        """The frame hyperframe refused (still at the front of the buffer), taken off it, if
+        it is one of those the module doc names; else None (the connection's error)."""
+        data = self._data
+        if self._headers_buffer or len(data) < 9:
+            return None                     # inside a header block: 6.10
+        length = int.from_bytes(data[:3], "big")
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        cause = exc.__cause__
+        if data[3] == PRIORITY and stream_id and isinstance(cause, InvalidFrameError):
+            del data[:9 + length]           # (all of it is in: hyperframe parsed its body)
+            return PrioritySizeError(stream_id, length)
+        if data[3] != WINDOW_UPDATE or length != 4 or not isinstance(cause, InvalidDataError):
+            return None
+        increment = int.from_bytes(data[9:13], "big")
+        if increment & 0x7FFFFFFF == 0:
+            if not stream_id:
+                return None                 # the connection's increment of 0: its error
             del data[:13]
             return ZeroIncrement(stream_id)
+        if not self.reserved_bit_ignored:
+            return None
+        del data[:13]
+        return WindowUpdateFrame(stream_id, window_increment=increment & 0x7FFFFFFF)

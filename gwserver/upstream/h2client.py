@@ -30,7 +30,7 @@ from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, PriorityFram
                               SettingsFrame, WindowUpdateFrame)
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2frames import StreamErrorFrames, ZeroIncrement
+from ..core.h2frames import PrioritySizeError, StreamErrorFrames, ZeroIncrement
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
@@ -129,7 +129,8 @@ class _UpstreamH2(h2.connection.H2Connection):
       shorter than its content-length) ends its stream, not the connection: h2 raises a
       ProtocolError for either, which failed every other request on the connection
       (RFC 9113 8.1.1 makes it a stream error; so does 5.3.1 a PRIORITY frame that makes a
-      stream depend on itself, and 6.9 a stream's WINDOW_UPDATE of 0, which h2 raises too).
+      stream depend on itself, 6.3 one whose payload is not 5 bytes, and 6.9 a stream's
+      WINDOW_UPDATE of 0, which h2 raises too).
       ``StreamMalformed`` tells the stream's reader; a block HPACK could not decode still
       ends the connection (the dynamic table would be out of step)."""
 
@@ -192,6 +193,11 @@ class _UpstreamH2(h2.connection.H2Connection):
         elif type(frame) is _ZeroIncrement:
             return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
                 f"stream {frame.stream_id}: WINDOW_UPDATE of 0"))
+        elif type(frame) is PrioritySizeError:
+            # RFC 9113 6.3: a stream error (core.h2frames), not one of h2's frame types
+            return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
+                f"stream {frame.stream_id}: PRIORITY of {frame.body_len} bytes, not 5"),
+                h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
         elif isinstance(frame, PriorityFrame) and frame.depends_on == frame.stream_id:
             # RFC 9113 5.3.1: a stream error, which h2 raises as the connection's
             return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
@@ -218,10 +224,10 @@ class _UpstreamH2(h2.connection.H2Connection):
             self.empty_frames += 1 + (getattr(frame, "body_len", 0) >> 10)
         return events
 
-    def _malformed(self, stream_id, exc):
+    def _malformed(self, stream_id, exc, code=h2.errors.ErrorCodes.PROTOCOL_ERROR):
         self.empty_frames += 1          # nothing relayed: a flood of them is a flood
         try:
-            self.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self.reset_stream(stream_id, code)
         except h2.exceptions.ProtocolError:
             pass                        # closed already: nothing to reset
         return [StreamMalformed(stream_id, exc)]
