@@ -18,8 +18,14 @@ it as part of the increment, past 2^31 - 1: GOAWAY PROTOCOL_ERROR. Where
 the other 31 bits say (an increment of 0 as above). ``__next__`` wraps h2's own (the same
 through 4.x; tests/unit/test_h2_upstream_frames.py fails if it changes). Each case costs
 only when hyperframe has refused the frame: nothing on the path of a good one.
+
+A frame longer than ``max_frame_size`` is refused as soon as its header is in (GOAWAY
+FRAME_SIZE_ERROR, 4.2). h2 checked its length only once all of it had arrived, so a header
+that declared 16 MiB had the connection hold whatever followed, up to 16 MiB, however small
+the SETTINGS_MAX_FRAME_SIZE it was told (~250 such connections: 4 GiB of a worker). This
+costs one look at the header of a frame not yet whole: once a read at most.
 """
-from h2.exceptions import ProtocolError
+from h2.exceptions import FrameTooLargeError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import PriorityFrame, WindowUpdateFrame
@@ -49,11 +55,24 @@ class StreamErrorFrames(FrameBuffer):
     def __next__(self):
         try:
             return super().__next__()
+        except StopIteration:
+            self._refuse_overlong()
+            raise
         except ProtocolError as exc:
             frame = self._stream_error_frame(exc)
             if frame is None:
                 raise
             return frame
+
+    def _refuse_overlong(self):
+        """A frame not yet whole whose header declares more than max_frame_size: its error
+        now, not once the bytes it declared have been read and held (see the module doc)."""
+        data = self._data
+        if len(data) >= 9:
+            length = int.from_bytes(data[:3], "big")
+            if length > self.max_frame_size:
+                raise FrameTooLargeError(f"Received overlong frame: length {length}, max "
+                                         f"{self.max_frame_size} (its header)")
 
     def _stream_error_frame(self, exc):
         """The frame hyperframe refused (still at the front of the buffer), taken off it, if

@@ -194,7 +194,9 @@ class _UpstreamH2(h2.connection.H2Connection):
             return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
                 f"stream {frame.stream_id}: WINDOW_UPDATE of 0"))
         elif type(frame) is PrioritySizeError:
-            # RFC 9113 6.3: a stream error (core.h2frames), not one of h2's frame types
+            # RFC 9113 6.3: a stream error (core.h2frames), not one of h2's frame types;
+            # weighed by its size as any frame with nothing to relay is (16 KiB: 17, not 1)
+            self.empty_frames += frame.body_len >> 10
             return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
                 f"stream {frame.stream_id}: PRIORITY of {frame.body_len} bytes, not 5"),
                 h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
