@@ -68,7 +68,7 @@ from ..core.realip import connection_scheme
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
 from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
-from .waiting import serve_counted, wait_first_byte
+from .waiting import handshake_just_ended, serve_counted, wait_first_byte
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, has_unread_input, linger,
@@ -1322,8 +1322,11 @@ class H2ServerConnection:
         """Runtime.close_oldest_idle: not while the last answer is still in the kernel's
         queue (the client's window updates would meet a closed socket, and the reset throws
         the rest away), nor while the client's next bytes wait unread (a TLS client's
-        preface among them: the close would reset the connection, and its GOAWAY with it)."""
-        return not unsent_bytes(self.sock) and not has_unread_input(self.sock)
+        preface among them: the close would reset the connection, and its GOAWAY with it),
+        nor when nothing came yet of a preface that follows a TLS handshake just ended."""
+        return not unsent_bytes(self.sock) and not has_unread_input(self.sock) and \
+            not (self.h2.incoming_buffer._preamble_len == len(PREFACE) and
+                 handshake_just_ended(self.sock))
 
     def count_frames_read(self):
         """What _CountingH2 weighed in the last read, against each budget. Each DATA frame

@@ -38,6 +38,7 @@ from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address, 
                            recv_when_readable, send_all)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented, WorkerStopped)
+from .waiting import handshake_just_ended
 
 log = logging.getLogger("gwserver.http")
 
@@ -505,8 +506,9 @@ class ClientConnection:
 
     def may_close_idle(self):
         """Runtime.close_oldest_idle: an idle HTTP/1.1 client sends nothing, so what is still
-        queued for it goes out before the FIN."""
-        return True
+        queued for it goes out before the FIN. Not before its first request while its TLS
+        handshake has just ended: that request is on its way."""
+        return bool(self.requests) or not handshake_just_ended(self.sock)
 
     def reclaim(self):
         """Runtime.close_oldest_idle: this idle connection's slot is wanted now."""

@@ -339,6 +339,8 @@ class PlainHTTPRequest(OSError):
 class TLSSocket:
     """A server-side TLS connection over an accepted gevent socket, cooperative."""
 
+    established = None      # when the handshake ended (client.waiting.handshake_just_ended)
+
     def __init__(self, sock, context):
         self._sock = sock
         self.family = sock.family
@@ -371,6 +373,7 @@ class TLSSocket:
 
     def do_handshake(self):
         self._io(self.conn.do_handshake)
+        self.established = time.monotonic()
 
     def recv_into(self, buf, nbytes=0):
         return self._io(self.conn.recv_into, buf, nbytes or len(buf))

@@ -19,6 +19,16 @@ from ..net.sockets import has_unread_input, wait_readable
 FIRST_BYTE_GRACE = 1.0
 
 
+def handshake_just_ended(sock):
+    """Did ``sock``'s TLS handshake end under FIRST_BYTE_GRACE ago? Its client's first request
+    follows at once, while the connection waits for it as an idle one: a newcomer at the
+    slot limit took that slot in the gap, and the close, over the request come meanwhile,
+    reset the connection and its GOAWAY with it (a client that did no wrong, told nothing).
+    A plain socket has no handshake: its first bytes were waited for (wait_first_byte)."""
+    established = getattr(sock, "established", None)
+    return established is not None and time.monotonic() - established < FIRST_BYTE_GRACE
+
+
 class FirstByteWait:
     """The deadline owner and idle entry of one connection's wait (Runtime.idle_clients)."""
 

@@ -46,6 +46,14 @@ def canary_keys(count, percent, scale=10_000):
     return keys
 
 
+def with_canary_keys(clients, on_canary, percent):
+    """``clients`` random keys of which ``on_canary`` are the canary's at ``percent``: 50
+    random ones put none there in 1 run of 150 and one in 1 of 30, and a loaded machine
+    then sent the canary too few requests for its gates within the test's time."""
+    return canary_keys(on_canary, percent) + \
+        [uuid.uuid4().hex for _ in range(clients - on_canary)]
+
+
 def in_threads(target, keys):
     """``target(key, out)`` for each key, each in a thread of its own; -> ``out`` once every
     one has ended."""
@@ -500,7 +508,7 @@ def test_latency_gate_does_not_fail_a_canary_that_is_under_its_bound(launcher, t
         assert server_of(gw, key) == "v2"
         took.append(time.monotonic() - began)
     assert max(took) < 0.25, took           # the canary is under the bound, whole requests
-    load = Load([gw], clients=50, pause=0.005)
+    load = Load([gw], pause=0.005, keys=with_canary_keys(50, 5, 10))
     try:
         wait_until(lambda: rollout_of(gw).get("status") == "rolled_back" or
                    rollout_of(gw).get("step", 0) >= 1, timeout=30)
@@ -530,7 +538,7 @@ def test_removed_obs_directory_does_not_blind_the_gates(launcher, tmp_path):
     time.sleep(1.0)
     shutil.rmtree(obs)
     control(v2, fail=1.0)                       # the canary now fails every request
-    load = Load([gw], clients=50, pause=0.005)
+    load = Load([gw], pause=0.005, keys=with_canary_keys(50, 5, 10))
     try:
         try:
             wait_until(lambda: rollout_of(gw).get("status") == "rolled_back", timeout=8)

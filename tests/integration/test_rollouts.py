@@ -60,11 +60,12 @@ def cli(gw, *args):
 
 class Load:
     """Clients with fixed keys calling the gateways in turn; records (time, key, group or
-    status) so tests can count failed requests and check stickiness."""
+    status) so tests can count failed requests and check stickiness. ``keys``: the clients'
+    keys, given (a test that needs canary traffic names some of the canary's), or random."""
 
-    def __init__(self, gateways, clients=200, pause=0.004):
+    def __init__(self, gateways, clients=200, pause=0.004, keys=None):
         self.gateways, self.pause = gateways, pause
-        self.keys = [uuid.uuid4().hex for _ in range(clients)]
+        self.keys = list(keys) if keys else [uuid.uuid4().hex for _ in range(clients)]
         self.seen = []          # (time, key, status, server)
         self.running = True
         self.thread = threading.Thread(target=self.run, daemon=True)
