@@ -36,6 +36,11 @@ WATCH_READ = 65536      # bytes read at a time: a chunk etcd declares huge is re
 # alone: a member that sends a byte a second held one call for minutes), plus a second for
 # each ANSWER_RATE bytes that came, so a large range read over a slow link is not cut.
 ANSWER_RATE = 256 * 1024
+# The longest answer of a call read whole. The largest etcd gives is a range of the whole
+# prefix: 60,000 routes are 20 to 50 MiB of its JSON. A longer one is a broken or hostile
+# endpoint (a body that never ends bought itself hours at ANSWER_RATE, and the sync process
+# held it all until the OOM killer came): that endpoint failed, and the next is asked.
+MAX_ANSWER = 256 * 1024 * 1024
 
 
 class EtcdError(Exception):
@@ -64,6 +69,11 @@ class AuthRejected(EtcdError):
 class AnswerTooSlow(requests.exceptions.Timeout):
     """An endpoint did not give its whole answer within the call's deadline (CallDeadline):
     it trickles, or hangs mid-answer. That endpoint failing; the next is asked."""
+
+
+class AnswerTooLarge(requests.exceptions.RequestException):
+    """An endpoint's answer went past MAX_ANSWER (declared so, or as it came): that endpoint
+    failing, never the sync process's memory."""
 
 
 class CallDeadline:
@@ -152,12 +162,22 @@ class _HeldAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _HeldPool, "https": _HeldHTTPSPool}
 
 
-def read_whole(resp, deadline):
+def read_whole(resp, deadline, limit=MAX_ANSWER):
     """Read ``resp``'s body now, the deadline extended by a second per ANSWER_RATE bytes
-    that came (a large answer over a slow link is not cut; a trickle gains nothing)."""
+    that came (a large answer over a slow link is not cut; a trickle gains nothing), at most
+    ``limit`` bytes of it (AnswerTooLarge: its connection closed, never pooled)."""
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        resp.close()
+        raise AnswerTooLarge(f"an answer went past {limit} bytes (it declared {declared}; a "
+                             f"broken or hostile endpoint: etcd's are far smaller)")
     body = bytearray()
     for chunk in resp.iter_content(WATCH_READ):
         body += chunk
+        if len(body) > limit:
+            resp.close()
+            raise AnswerTooLarge(f"an answer went past {limit} bytes without its end (a "
+                                 f"broken or hostile endpoint: etcd's are far smaller)")
         deadline.extend(len(chunk) / ANSWER_RATE)
     resp._content = bytes(body)         # what resp.content, .text and .json() read
     resp.close()                        # (read whole: its connection back to the pool)
@@ -210,8 +230,9 @@ def _member_behind(resp):
 class Compacted(EtcdError):
     """The revision to watch from was compacted away; a full reload is needed."""
 
-    def __init__(self, compact_revision):
-        super().__init__(f"revision compacted (oldest kept: {compact_revision})")
+    def __init__(self, compact_revision=None):
+        kept = "" if compact_revision is None else f" (oldest kept: {compact_revision})"
+        super().__init__(f"revision compacted{kept}")
         self.compact_revision = compact_revision
 
 
@@ -314,6 +335,12 @@ class EtcdClient:
             try:
                 resp = self._send(endpoint, path, body, stream, timeout)
             except AnswerTooSlow as exc:
+                errors.append(f"{endpoint}: {exc}")
+                continue
+            except AnswerTooLarge as exc:
+                # Said even when the next member answers: an endpoint that floods is a
+                # broken proxy or a hostile host in the list, for the operator to remove.
+                log.warning("etcd endpoint %s: %s; asking the next one", endpoint, exc)
                 errors.append(f"{endpoint}: {exc}")
                 continue
             except requests.RequestException as exc:
@@ -496,6 +523,29 @@ class EtcdClient:
         return False
 
     @answer_shaped
+    def changes_since(self, prefix, revision, current):
+        """How many keys under ``prefix`` etcd changed after ``revision``, up to ``current``:
+        put (a mod_revision past it) or deleted (fewer keys at ``current`` than at
+        ``revision`` with the new ones counted). Two reads of keys and counts, no values.
+        Compacted if ``revision`` was compacted away."""
+        span = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+        try:
+            then = self._call("/v3/kv/range", {**span, "count_only": True,
+                                               "revision": str(revision)})
+        except EtcdRefused as exc:
+            if "compacted" in str(exc):
+                raise Compacted() from None
+            raise
+        # (etcd's count is of the whole range, before min_mod_revision picks the keys)
+        now = self._call("/v3/kv/range", {**span, "keys_only": True,
+                                          "revision": str(current),
+                                          "min_mod_revision": str(revision + 1)})
+        put = now.get("kvs", [])
+        created = sum(1 for kv in put if int(kv.get("create_revision", 0)) > revision)
+        deleted = int(then.get("count", 0)) + created - int(now.get("count", 0))
+        return len(put) + max(deleted, 0)
+
+    @answer_shaped
     def get(self, key):
         data = self._call("/v3/kv/range", {"key": _b64(key)})
         kvs = data.get("kvs", [])
@@ -626,6 +676,11 @@ class EtcdClient:
                            _key(event["kv"]["key"]), _unb64(event["kv"].get("value")),
                            int(event["kv"].get("mod_revision", revision)))
                           for event in result.get("events", [])]
+                if result.get("created") and not events:
+                    # Its header is etcd's revision now, but what came after start_revision
+                    # is still to come (the catch-up): taken as seen, a watch that hung
+                    # before its catch-up was resumed past it, the changes lost for good.
+                    revision = start_revision - 1
                 yield revision, events
                 last_message = time.monotonic()
                 self.deadline.arm(idle_timeout, stream)

@@ -381,6 +381,7 @@ class TableReader:
         self.damaged = False            # the counter was short when last read
         self.read_after = 0.0           # time.monotonic() before which it is not read again
         self.board = os.path.join(runtime_dir, WORKERS, str(os.getpid()))
+        self.recorded = None            # (revision, routes, refused) said on the board last
 
     READ_EVERY = 0.001      # seconds: at most one pread a millisecond, not one a request
 
@@ -447,7 +448,7 @@ class TableReader:
             base = read_published(os.path.join(self.runtime_dir, TABLE), full=True)
             if base is not None and base["generation"] == target and \
                     (self.prefix is None or base.get("prefix") in (None, self.prefix)):
-                return [("full", base)], target
+                return self._keeping_ours([("full", base)], target)
             return [], generation
         while generation < target:
             change = read_published(os.path.join(self.runtime_dir, CHANGES,
@@ -470,12 +471,31 @@ class TableReader:
                 break
             steps = [("full", base)]
             generation = base["generation"]
-        return steps, generation
+        return self._keeping_ours(steps, generation)
+
+    def _keeping_ours(self, steps, generation):
+        """``steps``, or none when they are only a snapshot and this reader has a table
+        already (its generation then taken as applied: the next publication, a whole table
+        once etcd answers, is read from there). A sync process that starts with nothing in
+        runtime_dir (wiped under a running gateway) serves its snapshot until etcd answers:
+        it lags the table the workers serve (written once publications pause, or not at all
+        on a full disk), and taken, it rolled them back: a route deleted in etcd answered
+        again for as long as etcd did not."""
+        if len(steps) != 1 or not steps[0][1].get("snapshot") or not self.generation:
+            return steps, generation
+        log.warning("the sync process in %s publishes its snapshot (generation %d) until etcd "
+                    "answers: keeping the table served here (generation %d), newer than that",
+                    self.runtime_dir, generation, self.generation)
+        if self.recorded is None:
+            self.generation = generation    # (a helper: no entry on the board)
+        else:
+            self.record(generation, *self.recorded)     # what it serves, on the board again
+        return [], generation
 
     def record(self, generation, revision, routes, refused=0):
         """Say on the worker board what this worker serves; ``refused``: published items it
         could not apply (the sync process checked them: a worker that differs is a bug)."""
-        self.generation = generation
+        self.generation, self.recorded = generation, (revision, routes, refused)
         try:
             atomic_write(self.board, json.dumps({"generation": generation, "revision": revision,
                                                  "routes": routes,

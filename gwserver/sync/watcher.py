@@ -18,6 +18,7 @@ the snapshot are rewritten in the background at most twice a second. ``status.js
 (generation, revision, connection state, rejected items) is what ``gwserver routes status``
 reads.
 """
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,32 @@ from .etcd import AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused
 from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_published
 
 log = logging.getLogger("gwserver.sync")
+
+
+# How much of an etcd key, and of a rejection's reason, the log and status.json show. An id
+# is at most 128 characters, but a key in etcd may be 1.5 MiB, and a reason quotes its id
+# once a problem: one key of a megabyte was a 4 MB status.json (in /dev/shm, rewritten at
+# every change and every watch_idle_timeout), and a line of as many in the log.
+SHOWN_KEY = 512
+SHOWN_REASON = 4096
+
+
+def shown(text, limit):
+    """``text``, or its start, its length and a digest (two long keys that begin alike stay
+    apart in status.json)."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha1(text.encode(errors="backslashreplace")).hexdigest()[:12]
+    return f"{text[:limit // 2]}... ({len(text)} characters, sha1 {digest})"
+
+
+def shown_rejection(key, reason):
+    """A rejection ('KIND/ID', reason) as the log and status.json show it: a long id
+    shortened wherever the reason quotes it, so what is wrong with it still shows."""
+    item_id = key.partition("/")[2]
+    if len(item_id) > SHOWN_KEY:
+        reason = reason.replace(item_id, shown(item_id, SHOWN_KEY))
+    return shown(key, SHOWN_KEY), shown(reason, SHOWN_REASON)
 
 
 class PublishFailed(Exception):
@@ -73,6 +100,9 @@ class ConfigSync:
         self.revision = None
         self.cluster_id = None          # etcd's, with the revision: which state we serve
         self.lost = False               # the connection broke since the last full load
+        self.quiet_watch = None         # the endpoint whose watch just ended silent
+        self.catch_up = None            # the revision the resumed watch must reach at once
+        self.withheld = None            # what the last watch that withheld changes did
         self.served = None
         self.logged = {}
         self.unreachable_said = set()   # log_unreachable's warnings that still hold
@@ -188,10 +218,13 @@ class ConfigSync:
             "last_sync": self.last_sync, "prefix": self.prefix, "cluster_id": self.cluster_id,
             "routes": len(self.table.route_specs), "upstreams": len(self.table.upstream_specs),
             "consumers": len(self.table.consumer_specs),
-            "rejected": dict(sorted(self.table.rejected.items())), "pid": os.getpid(),
+            "rejected": dict(shown_rejection(key, reason)
+                             for key, reason in sorted(self.table.rejected.items())),
+            "pid": os.getpid(),
             "error": None if self.connected else self.error,
             "auth_failed": not self.connected and self.auth_failed,
             "refused": not self.connected and self.refused,
+            "watch_withheld": self.withheld,    # the last watch found silent on changes
             "lost": self.lost})     # etcd failed us since the last full load (workers ask)
         self.write_metrics()
 
@@ -229,6 +262,7 @@ class ConfigSync:
             self.table.replace_instances(instances, revision)
             self.table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
             self.revision, self.cluster_id, self.lost = revision, cluster_id, False
+            self.quiet_watch = self.catch_up = None     # (whatever was withheld is in)
             self.publisher.source = {"cluster_id": cluster_id, "prefix": self.prefix}
         self.log_rejections()
         self.log_unreachable()
@@ -244,6 +278,7 @@ class ConfigSync:
             return (f"etcd revision went backwards ({current} < {self.revision}): etcd was "
                     f"wiped or restored")
         if not self.lost:
+            self.expect_catch_up(current)
             return None
         if self.client.compacted(self.prefix, self.revision):
             return f"watch from revision {self.revision}: revision compacted"
@@ -252,6 +287,37 @@ class ConfigSync:
         # revision or past it. Only the values tell them apart.
         return (f"the connection to etcd was lost (etcd at revision {current}, ours "
                 f"{self.revision}): etcd may have been restored or wiped meanwhile")
+
+    def expect_catch_up(self, current):
+        """After a watch that ended silent: if etcd changed keys under the prefix meanwhile
+        (from our revision + 1 to ``current``), the watch resumed must bring them at once,
+        in its catch-up (watched_all says whether it did). A watch that hangs (a member cut off
+        from its cluster, a proxy that holds a stream) was resumed as a quiet one: every
+        watch made there hung alike, its catch-up never came, and no change reached the
+        workers again, with nothing said. Changes made as the watch ended come in the
+        catch-up of a member that works: no false alarm."""
+        endpoint, self.quiet_watch = self.quiet_watch, None
+        if endpoint is not None and current > self.revision and \
+                self.client.changes_since(self.prefix, self.revision, current):
+            self.catch_up = current
+
+    # How long the catch-up of a resumed watch may take (see expect_catch_up)
+    CATCH_UP = 2.0
+
+    def watched_all(self):
+        """After a watch that was to bring a catch-up: why a full load must follow, if it
+        ended without it (None if it came)."""
+        expected, self.catch_up = self.catch_up, None
+        if expected is None or self.revision >= expected:
+            return None
+        endpoint = self.client.endpoints[self.client._current]
+        reason = (f"the watch at {endpoint} withheld changes etcd made under {self.prefix} "
+                  f"(revisions {self.revision + 1} to {expected}): silent for "
+                  f"{self.idle_timeout:g}s, then no catch-up when resumed (a member cut off "
+                  f"from its cluster, or a proxy that holds streams)")
+        self.withheld = {"at": time.time(), "endpoint": endpoint, "reason": reason}
+        self.client._current = (self.client._current + 1) % len(self.client.endpoints)
+        return reason
 
     def apply(self, events):
         with self.publisher.lock:
@@ -294,7 +360,7 @@ class ConfigSync:
         """Log each rejection once (and again only if its reason changes)."""
         for key, reason in self.table.rejected.items():
             if self.logged.get(key) != reason:
-                log.warning("rejected %s%s: %s", self.prefix, key, reason)
+                log.warning("rejected %s%s: %s", self.prefix, *shown_rejection(key, reason))
                 self.rejections_total += 1
         self.logged = dict(self.table.rejected)
 
@@ -315,25 +381,58 @@ class ConfigSync:
             log.warning("%s", warning)
         self.unreachable_said = found if route_ids is None else self.unreachable_said | found
 
-    def load_snapshot(self):
+    def read_snapshot(self):
+        """The snapshot this gateway may serve until etcd answers, or None."""
         snapshot = read_published(self.snapshot_path, full=True)
         if not snapshot:
             if read_json(self.snapshot_path) is not None:
                 log.warning("snapshot %s is not a table the sync process wrote: not serving "
                             "it", self.snapshot_path)
-            return
+            return None
         prefix = snapshot.get("prefix", self.prefix)
         if prefix != self.prefix:
             log.warning("snapshot %s holds etcd prefix %s, not %s: not serving it",
                         self.snapshot_path, prefix, self.prefix)
-            return
+            return None
+        return snapshot
+
+    def serve_snapshot(self, snapshot):
         log.info("serving snapshot %s (etcd cluster %s, revision %s) until etcd answers",
                  self.snapshot_path, snapshot.get("cluster_id"), snapshot.get("revision"))
         with self.publisher.lock:
             self.table.apply_published(snapshot["table"])
+            # Marked: a worker that serves a table already keeps it (TableReader).
             self.publisher.source = {"cluster_id": snapshot.get("cluster_id"),
-                                     "prefix": self.prefix}
+                                     "prefix": self.prefix, "snapshot": True}
         self.revision = None            # a snapshot is a start, not a position in etcd
+        try:
+            self.publish(full=True)
+        except PublishFailed:
+            pass                        # said; the loop publishes it first (unpublished)
+
+    # How long a start with nothing served in runtime_dir asks etcd before it serves the
+    # snapshot instead: within the 5 s a new worker waits for a first table (TABLE_WAIT).
+    FIRST_TRY = 2.0
+
+    def start_fresh(self):
+        """Nothing served in runtime_dir: etcd's table if it answers within FIRST_TRY, else
+        the snapshot. Published first, the snapshot was what workers listened with until the
+        range came: a route deleted while the gateway was stopped answered again meanwhile.
+        Without a snapshot the loop asks etcd, and nothing is published until it answers."""
+        snapshot = self.read_snapshot()
+        if snapshot is None:
+            return
+        timeout = self.client.timeout
+        self.client.timeout = min(timeout, self.FIRST_TRY / len(self.client.endpoints))
+        try:
+            self.full_load()
+        except EtcdError as exc:
+            self.serve_snapshot(snapshot)
+            self.unreachable(exc)
+            return
+        finally:
+            self.client.timeout = timeout
+        self.mark_synced()
         try:
             self.publish(full=True)
         except PublishFailed:
@@ -365,7 +464,7 @@ class ConfigSync:
         # sends no traffic to a gateway that lacks every etcd route.
         self.beat(self.turn)            # the served table or snapshot compiled
         if not self.load_served():
-            self.load_snapshot()
+            self.start_fresh()
         self.write_status()             # routes status works from the start, etcd or not
         while True:
             self.beat(self.turn)
@@ -417,8 +516,9 @@ class ConfigSync:
             self.full_load()
             self.mark_synced()
             self.publish(full=True)
-        for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1,
-                                                          self.idle_timeout):
+        idle = self.idle_timeout if self.catch_up is None else \
+            min(self.idle_timeout, self.CATCH_UP)
+        for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1, idle):
             self.revision = max(self.revision, revision)
             self.beat(self.turn)
             self.mark_synced()
@@ -430,7 +530,14 @@ class ConfigSync:
             else:
                 self.write_status()
         # A quiet watch ends after idle_timeout: the status is rewritten then too, so its age
-        # tells a live sync process from a stale file (``gwserver routes status``).
+        # tells a live sync process from a stale file (``gwserver routes status``). Whether
+        # it was quiet or withheld changes is asked before it is resumed (why_reload).
+        reason = self.watched_all()
+        if reason:
+            log.warning("%s; reloading everything, by value", reason)
+            self.revision = None
+        else:
+            self.quiet_watch = self.client.endpoints[self.client._current]
         self.write_status()
 
     def mark_synced(self):

@@ -343,3 +343,43 @@ def test_a_target_taken_up_as_down_says_why_once_its_checks_fail(tmp_path, monke
     finally:
         for greenlet, *_ in checker.greenlets.values():
             greenlet.kill()
+
+
+def test_a_reader_with_a_table_keeps_it_over_a_snapshot_published_in_a_wiped_dir(tmp_path,
+                                                                                 table):
+    """A sync process restarted on a wiped runtime_dir publishes its snapshot (numbered from
+    1 again) until etcd answers: a reader that serves a table keeps it, one with none takes
+    the snapshot, and both take the whole table that follows (attack pass dec05n)."""
+    table["upstreams"]["up"] = item(7, UP)
+    first = TablePublisher(str(tmp_path / "run"), lambda: table)
+    for revision in range(1, 4):
+        first.publish(None, revision, full=True)
+    serving, helper = TableReader(str(tmp_path / "run")), TableReader(str(tmp_path / "run"))
+    for reader in (serving, helper):
+        assert reader.changed()
+    serving.record(serving.updates()[1], 3, 0)             # a worker: on the board
+    helper.generation = helper.updates()[1]                 # a helper: not
+    first.close()
+    os.rename(tmp_path / "run", tmp_path / "wiped")
+    snapshot = {"routes": {}, "upstreams": {"up": item(5, UP)}}
+    again = TablePublisher(str(tmp_path / "run"), lambda: snapshot,
+                           source={"prefix": "/gw/", "snapshot": True})
+    assert again.publish(None, 0, full=True) == 1
+    for reader in (serving, helper):
+        reader.reopen_if_replaced()
+        assert reader.changed()
+        assert reader.updates() == ([], 1) and reader.generation == 1   # kept its table
+        assert not reader.changed()                                     # and reads no more
+    board = json.loads((tmp_path / "run" / "workers" / str(os.getpid())).read_text())
+    assert board == {"generation": 1, "revision": 3, "routes": 0, "refused": 0}
+    starting = TableReader(str(tmp_path / "run"))
+    assert starting.changed()
+    steps, generation = starting.updates()
+    assert [kind for kind, _ in steps] == ["full"] and generation == 1
+    again.source = {"prefix": "/gw/"}           # etcd answered: its table, whole
+    again.publish(None, 9, full=True)
+    for reader in (serving, helper, starting):
+        reader.generation = generation
+        assert reader.changed()
+        steps, _ = reader.updates()
+        assert [(kind, doc["revision"]) for kind, doc in steps] == [("full", 9)]
