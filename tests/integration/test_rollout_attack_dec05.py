@@ -492,13 +492,15 @@ def test_latency_gate_does_not_fail_a_canary_that_is_under_its_bound(launcher, t
     """Window.percentile interpolates inside a histogram bucket. A bound between two bucket
     edges (0.25 s: the project's own tests use it; buckets 0.2 and 0.3) is judged on a
     made-up value: a canary whose every answer takes 0.21 s (p90 0.21 s, under the 0.25 s
-    bound) is reported at p90 0.29 s and rolled back."""
+    bound) is reported at p90 0.29 s and rolled back. Judged here against 0.28 s, still
+    under that made-up 0.29: 0.25 left a loaded machine 40 ms over the upstream's delay,
+    and the check that the canary is under the bound failed there (2 runs of 10)."""
     from .test_rollouts import control
     v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
     control(v2, delay=0.21)
     conf = rollout_conf(tmp_path, v1, v2, workers=2, interval=1.5, min_requests=10)
     conf["routes"][0]["plugins"]["split"]["rollout"]["gates"] = \
-        [{"kind": "latency", "percentile": 90, "max": 0.25}]
+        [{"kind": "latency", "percentile": 90, "max": 0.28}]
     gw = launcher.gateway(conf)
     wait_until(lambda: rollout_of(gw).get("step") == 0, timeout=20)
     key = canary_keys(1, 10)[0]
@@ -507,7 +509,7 @@ def test_latency_gate_does_not_fail_a_canary_that_is_under_its_bound(launcher, t
         began = time.monotonic()
         assert server_of(gw, key) == "v2"
         took.append(time.monotonic() - began)
-    assert max(took) < 0.25, took           # the canary is under the bound, whole requests
+    assert max(took) < 0.28, took           # the canary is under the bound, whole requests
     load = Load([gw], pause=0.005, keys=with_canary_keys(50, 5, 10))
     try:
         wait_until(lambda: rollout_of(gw).get("status") == "rolled_back" or
