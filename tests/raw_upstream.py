@@ -49,6 +49,8 @@ counts as JSON.
   /hint-late-413    as /late-413, with a 103 Early Hints at once
   /no-read          reads the head, then neither reads nor answers for 10 s
   /split-100-upload as /hint-upload, with an unasked 100 Continue in two writes 0.5 s apart
+  /retry-after      503 "busy" with Retry-After: 30 (come back in 30 s, not at once)
+  /retry-after-0    503 "busy" with Retry-After: 0
   /1xx-length, /1xx-chunked, /1xx-last-chunk
                     a 150 framed with a body (a head saying Content-Length: 0, or a
                     trailer), then a 200 whose body is a whole response of its own
@@ -277,6 +279,9 @@ def handle(conn, path):
         conn.sendall(b"%sdata: hello\n\r\n0\r\n\r\n" %
                      (b"" if path == "/size-then-wait" else b"c\r\n"))
         return True
+    elif path in ("/retry-after", "/retry-after-0"):
+        wait = b"0" if path == "/retry-after-0" else b"30"
+        conn.sendall(response(b"busy", b"503 Service Unavailable", b"Retry-After: %s\r\n" % wait))
     elif path == "/no-answer":
         return False
     elif path == "/junk":

@@ -108,7 +108,34 @@ def key_file_warnings(paths):
                             f"decrypt the TLS 1.2 sessions of tickets it sealed, anyone who "
                             f"writes it can make the key; chmod 0600, or 0640 for the "
                             f"gateway's group (gwserver tls new-ticket-key writes 0600)")
+        where = open_directory(path)
+        if where is not None:
+            directory, mode = where
+            warnings.append(f"tls.ticket_key_files[{i}]: {path}: the directory {directory} "
+                            f"may be written by users other than its owner (mode {mode:04o}): "
+                            f"they can rename a key of their own over the file, whatever its "
+                            f"mode; chmod go-w {directory}")
     return warnings
+
+
+def open_directory(path):
+    """(directory, mode) of the first directory on the way to the key file, as named and
+    as its links lead, that users other than its owner may write without the sticky bit, or
+    None. Whoever writes a directory replaces what is in it: a 0600 key in a 0777 directory
+    (or named through a link into one) was the key of whoever put one there last."""
+    seen = set()
+    for directory in (os.path.dirname(os.path.abspath(path)),
+                      os.path.dirname(os.path.realpath(path))):
+        while directory not in seen:
+            seen.add(directory)
+            try:
+                mode = os.stat(directory).st_mode
+            except OSError:
+                break
+            if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+                return directory, stat.S_IMODE(mode)
+            directory = os.path.dirname(directory)
+    return None
 
 
 class KeepOwnerError(OSError):

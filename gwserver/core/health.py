@@ -13,6 +13,7 @@ statuses) eject a target for ``eject_for`` x 2^(ejections-1), capped at ``max_ej
 ejection count decays once a target has stayed in for ``max_eject_for``. An ejection that would
 take more than ``max_ejected_percent`` of an upstream's targets out is not made.
 """
+import math
 from dataclasses import dataclass, field
 
 
@@ -116,13 +117,16 @@ class RetryBudget:
     requests, plus ``min_per_second`` x window so that a quiet upstream can still retry. When
     a fleet fails, retries stop multiplying the load instead of tripling it."""
 
-    __slots__ = ("percent", "floor", "window", "buckets", "peers", "unbooked")
+    __slots__ = ("percent", "floor", "window", "buckets", "peers", "unbooked", "workers",
+                 "unseen")
 
-    def __init__(self, percent, min_per_second, window=10):
+    def __init__(self, percent, min_per_second, window=10, workers=1):
         self.percent, self.floor, self.window = percent, min_per_second * window, window
         self.buckets = {}           # whole second -> [requests, retries]
         self.peers = (0, 0)         # the host's other workers' (requests, retries), ~1 s old
         self.unbooked = 0           # requests counted since the last totals()
+        self.workers = workers      # the host's workers sharing the budget
+        self.unseen = 0             # retries spent since the last publish (peers know none)
 
     def _bucket(self, now):
         second = int(now)
@@ -144,13 +148,24 @@ class RetryBudget:
         self.unbooked = 0
         return [sum(b[0] for b in self.buckets.values()), sum(b[1] for b in self.buckets.values())]
 
+    def published(self, now):
+        """``totals`` for the host's other workers: from now on they know this worker's
+        retries, and it may spend another share of what is left (try_retry)."""
+        self.unseen = 0
+        return self.totals(now)
+
     def try_retry(self, now):
         """Spend one retry if the budget allows (this worker's traffic and retries plus the
-        host's other workers'); return whether it did."""
+        host's other workers'); return whether it did. Between two publishes a worker spends
+        at most its share of what was left (rounded up): the others see its retries only
+        then, and each spending all of it made a host of N workers retry N times the
+        budget at once (a dead upstream's every window)."""
         requests, retries = self.totals(now)
         requests += self.peers[0]
         retries += self.peers[1]
-        if retries + 1 > self.floor + requests * self.percent / 100:
+        left = self.floor + requests * self.percent / 100 - retries
+        if left < 1 or self.unseen >= math.ceil((left + self.unseen) / self.workers):
             return False
         self._bucket(now)[1] += 1
+        self.unseen += 1
         return True

@@ -172,8 +172,8 @@ def retry_condition(value):
 RETRY = Schema(
     Field("on", list_of(retry_condition, min_items=1), None,
           "what is retried: connect (no connection), reset (closed before an answer), timeout "
-          "(no answer within per_try_timeout), or an answer's status (\"502\"); "
-          "default [\"connect\"]"),
+          "(no answer within per_try_timeout), or an answer's status (\"502\"; one with "
+          "Retry-After only on another target); default [\"connect\"]"),
     Field("attempts", integer(0, 5, "an integer from 0 to 5"), None,
           "retries after the first try; default upstream_defaults.retries"),
     Field("per_try_timeout", number(0, exclusive=True), None,

@@ -237,7 +237,9 @@ class H2Forwarder:
                         proxy.book_failure(upstream, target)
                     raise
                 status = exchange.status
-                if status in policy.statuses and replayable and proxy.may_retry(
+                if status in policy.statuses and replayable and \
+                        not proxy.told_to_wait(upstream, target, tried, now,
+                                               exchange.fields) and proxy.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
                         f"{target.url} answered {status}", now):
                     # Nothing of this answer has reached the client: drop it and try again,

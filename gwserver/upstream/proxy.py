@@ -54,6 +54,7 @@ from ..net.deadlines import WriteDeadline
 from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, out_of_files,
                            readable_within, recv_when_readable, send_all, send_unless_answered,
                            tls_idle_state, tls_read_now, tls_send_unless_answered)
+from ..settings import resolve_workers
 from ..state.hostshare import PUBLISH_EVERY, HostShare
 
 log = logging.getLogger("gwserver.proxy")
@@ -417,6 +418,14 @@ class Exchange:
         return parse_block(self.block)
 
 
+def asks_to_wait(fields):
+    """Does an answer's Retry-After ask for any wait (a date, or seconds other than 0)?"""
+    for name, value in fields:
+        if name.lower() == b"retry-after":
+            return value.strip(b" \t").lstrip(b"0") != b""
+    return False
+
+
 def back_off(base, retries_made):
     """Wait before a retry: ``base`` doubled per retry already made, jittered."""
     if base:
@@ -454,6 +463,7 @@ class Proxy:
         self.h2 = H2Forwarder(self)     # protocol = "h2" upstreams (gRPC, gRPC-Web)
         self.budget_percent = defaults["retry_budget_percent"]
         self.budget_min_per_second = defaults["retry_budget_min_per_second"]
+        self.workers = resolve_workers(runtime.conf.server["workers"])     # share the budget
 
     def close(self):
         """The worker is done: close every pool and the host-share file."""
@@ -478,7 +488,7 @@ class Proxy:
         other workers' counts and refused targets."""
         share = self.share
         if now - share.published_at >= PUBLISH_EVERY:
-            share.publish(now, {upstream_id: budget.totals(now)
+            share.publish(now, {upstream_id: budget.published(now)
                                 for upstream_id, budget in self._budgets.items()})
         counts, refused = share.peers(now)
         for upstream_id, budget in self._budgets.items():
@@ -509,8 +519,8 @@ class Proxy:
     def budget(self, upstream):
         budget = self._budgets.get(upstream.id)
         if budget is None:
-            budget = self._budgets[upstream.id] = RetryBudget(self.budget_percent,
-                                                              self.budget_min_per_second)
+            budget = self._budgets[upstream.id] = RetryBudget(
+                self.budget_percent, self.budget_min_per_second, workers=self.workers)
         return budget
 
     def checkout(self, pool, target, connect_timeout, fresh=False, others=False):
@@ -707,7 +717,9 @@ class Proxy:
                         else:
                             self.book_failure(upstream, target)
                     raise
-                if ex.status in policy.statuses and replayable and self.may_retry(
+                if ex.status in policy.statuses and replayable and \
+                        not self.told_to_wait(upstream, target, tried, now,
+                                              ex.header_pairs()) and self.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
                         f"{target.url} answered {ex.status}", now):
                     # Nothing of this answer has reached the client: drop it and try again.
@@ -777,6 +789,13 @@ class Proxy:
                           " on another target" if len(tried) < len(upstream.targets) else "")
         back_off(backoff, retries_made)
         return True
+
+    def told_to_wait(self, upstream, target, tried, now, fields):
+        """Did ``target`` ask for a wait (Retry-After) that a retry could only break: one
+        with no other target left goes back to it after a backoff of milliseconds. Its
+        answer is relayed then, for the client to wait as told (RFC 9110 10.2.3); with a
+        target left, the retry goes there. Both protocols' loops ask this."""
+        return asks_to_wait(fields) and not self.another_target(upstream, target, tried, now)
 
     def another_target(self, upstream, target, tried, now):
         """Is a target other than ``target`` left that choose would go to: not tried, not

@@ -75,3 +75,15 @@ def test_retry_budget_is_a_share_of_recent_requests():
     quiet = RetryBudget(percent=20, min_per_second=0.3, window=10)          # floor: 3
     quiet.request()
     assert [quiet.try_retry(0) for _ in range(5)] == [True, True, True, False, False]
+
+
+def test_a_workers_retries_between_publishes_are_its_share_of_the_budget():
+    """(Attack pass dec05o, 3.) Each of N workers spent the whole budget before the others
+    saw its retries (published once a second): N times the budget at once."""
+    budget = RetryBudget(percent=0, min_per_second=1, window=10, workers=4)   # floor: 10
+    assert [budget.try_retry(0.5) for _ in range(4)] == [True, True, True, False]  # ceil 10/4
+    budget.published(1.0)
+    budget.peers = (0, 6)               # the others' retries, seen now: 10 - 3 - 6 = 1 left
+    assert [budget.try_retry(1.5) for _ in range(2)] == [True, False]
+    alone = RetryBudget(percent=0, min_per_second=1, window=10)               # one worker
+    assert sum(alone.try_retry(0.5) for _ in range(12)) == 10
