@@ -432,7 +432,7 @@ class EtcdClient:
             # (ValueError, OSError: a TLS socket shut by the deadline's thread mid-read)
             if isinstance(exc, (requests.RequestException, ValueError, OSError)) and \
                     deadline.expired:
-                raise AnswerTooSlow(f"no whole answer within {self.timeout}s (it trickles, "
+                raise AnswerTooSlow(f"no whole answer within {self.timeout:g}s (it trickles, "
                                     f"or stalls mid-answer)") from None
             raise
 
@@ -504,10 +504,12 @@ class EtcdClient:
         return self.identity()[1]
 
     @answer_shaped
-    def identity(self):
+    def identity(self, key="\0"):
         """(cluster_id, revision): which etcd history, and where it is now. etcd puts both in
-        every response header; revisions alone restart in a new cluster or a restored one."""
-        data = self._call("/v3/kv/range", {"key": _b64("\0"), "count_only": True})
+        every response header; revisions alone restart in a new cluster or a restored one.
+        Read as a count of ``key`` (nothing fetched): the sync passes its prefix, since a
+        user granted the prefix alone, as the refusal's remedy says, is refused "\0"."""
+        data = self._call("/v3/kv/range", {"key": _b64(key), "count_only": True})
         return data["header"].get("cluster_id"), int(data["header"]["revision"])
 
     def compacted(self, prefix, revision):
@@ -527,23 +529,29 @@ class EtcdClient:
         """How many keys under ``prefix`` etcd changed after ``revision``, up to ``current``:
         put (a mod_revision past it) or deleted (fewer keys at ``current`` than at
         ``revision`` with the new ones counted). Two reads of keys and counts, no values.
-        Compacted if ``revision`` was compacted away."""
+        Compacted if either was compacted away (etcd may compact past ``current`` between
+        the two reads: a refusal of ours to say, the sync said "etcd refused" of a healthy
+        cluster)."""
         span = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
-        try:
-            then = self._call("/v3/kv/range", {**span, "count_only": True,
-                                               "revision": str(revision)})
-        except EtcdRefused as exc:
-            if "compacted" in str(exc):
-                raise Compacted() from None
-            raise
+        then = self._read_kept("/v3/kv/range", {**span, "count_only": True,
+                                                "revision": str(revision)})
         # (etcd's count is of the whole range, before min_mod_revision picks the keys)
-        now = self._call("/v3/kv/range", {**span, "keys_only": True,
-                                          "revision": str(current),
-                                          "min_mod_revision": str(revision + 1)})
+        now = self._read_kept("/v3/kv/range", {**span, "keys_only": True,
+                                                "revision": str(current),
+                                                "min_mod_revision": str(revision + 1)})
         put = now.get("kvs", [])
         created = sum(1 for kv in put if int(kv.get("create_revision", 0)) > revision)
         deleted = int(then.get("count", 0)) + created - int(now.get("count", 0))
         return len(put) + max(deleted, 0)
+
+    def _read_kept(self, path, body):
+        """A read at a past revision: Compacted if etcd no longer keeps it."""
+        try:
+            return self._call(path, body)
+        except EtcdRefused as exc:
+            if "compacted" in str(exc):
+                raise Compacted() from None
+            raise
 
     @answer_shaped
     def get(self, key):

@@ -271,7 +271,7 @@ class ConfigSync:
 
     def why_reload(self):
         """Why the watch cannot resume from our revision + 1 (None if it can)."""
-        cluster_id, current = self.client.identity()
+        cluster_id, current = self.client.identity(self.prefix)
         if cluster_id != self.cluster_id:
             return f"etcd is now cluster {cluster_id}, not {self.cluster_id}"
         if current < self.revision:
@@ -295,11 +295,17 @@ class ConfigSync:
         from its cluster, a proxy that holds a stream) was resumed as a quiet one: every
         watch made there hung alike, its catch-up never came, and no change reached the
         workers again, with nothing said. Changes made as the watch ended come in the
-        catch-up of a member that works: no false alarm."""
+        catch-up of a member that works: no false alarm. None made: etcd's revision is
+        our position (a "created" message moves nothing, and a quiet prefix on a busy etcd
+        kept the last full load's revision until a compaction passed it: a full reload,
+        on a healthy cluster, at every compaction)."""
         endpoint, self.quiet_watch = self.quiet_watch, None
-        if endpoint is not None and current > self.revision and \
-                self.client.changes_since(self.prefix, self.revision, current):
+        if endpoint is None or current <= self.revision:
+            return
+        if self.client.changes_since(self.prefix, self.revision, current):
             self.catch_up = current
+        else:
+            self.revision = current     # (nothing under the prefix between the two)
 
     # How long the catch-up of a resumed watch may take (see expect_catch_up)
     CATCH_UP = 2.0
@@ -418,7 +424,11 @@ class ConfigSync:
         """Nothing served in runtime_dir: etcd's table if it answers within FIRST_TRY, else
         the snapshot. Published first, the snapshot was what workers listened with until the
         range came: a route deleted while the gateway was stopped answered again meanwhile.
-        Without a snapshot the loop asks etcd, and nothing is published until it answers."""
+        Without a snapshot the loop asks etcd, and nothing is published until it answers.
+        A first try that fails is no outage yet: each member had a share of FIRST_TRY, not
+        ``timeout``, and a healthy one may take longer (a large table's range, a loaded
+        member). Said as "etcd unreachable" (an ERROR, at each start, of a cluster that
+        answered every call), it is left to the loop, which asks with ``timeout``."""
         snapshot = self.read_snapshot()
         if snapshot is None:
             return
@@ -427,8 +437,9 @@ class ConfigSync:
         try:
             self.full_load()
         except EtcdError as exc:
+            log.warning("no table from etcd in the first %gs of the start (%s): serving the "
+                        "snapshot meanwhile, and asking etcd again", self.FIRST_TRY, exc)
             self.serve_snapshot(snapshot)
-            self.unreachable(exc)
             return
         finally:
             self.client.timeout = timeout
@@ -569,7 +580,7 @@ def snapshot_warnings(conf):
                             etcd["password"], etcd["ca_file"], etcd["cert_file"],
                             etcd["key_file"])
         try:
-            current = client.identity()[0]
+            current = client.identity(prefix)[0]
         except EtcdError as exc:
             warnings.append(f"cannot compare snapshot {path} with etcd's cluster: {exc}")
         else:
