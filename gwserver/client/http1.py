@@ -507,8 +507,11 @@ class ClientConnection:
     def may_close_idle(self):
         """Runtime.close_oldest_idle: an idle HTTP/1.1 client sends nothing, so what is still
         queued for it goes out before the FIN. Not before its first request while its TLS
-        handshake has just ended: that request is on its way."""
-        return bool(self.requests) or not handshake_just_ended(self.sock)
+        handshake has just ended: that request is on its way; nor once it has come, unread
+        (its reader has not run since): the close would reset a client that did no wrong,
+        where a keep-alive one's client may send again (RFC 9112 9.3.1)."""
+        return bool(self.requests) or not (handshake_just_ended(self.sock) or
+                                           has_unread_input(self.sock))
 
     def reclaim(self):
         """Runtime.close_oldest_idle: this idle connection's slot is wanted now."""
