@@ -51,6 +51,7 @@ counts as JSON.
   /split-100-upload as /hint-upload, with an unasked 100 Continue in two writes 0.5 s apart
   /retry-after      503 "busy" with Retry-After: 30 (come back in 30 s, not at once)
   /retry-after-0    503 "busy" with Retry-After: 0
+  /retry-after-past 503 "busy" with Retry-After: a date gone by (come back now)
   /1xx-length, /1xx-chunked, /1xx-last-chunk
                     a 150 framed with a body (a head saying Content-Length: 0, or a
                     trailer), then a 200 whose body is a whole response of its own
@@ -282,6 +283,9 @@ def handle(conn, path):
     elif path in ("/retry-after", "/retry-after-0"):
         wait = b"0" if path == "/retry-after-0" else b"30"
         conn.sendall(response(b"busy", b"503 Service Unavailable", b"Retry-After: %s\r\n" % wait))
+    elif path == "/retry-after-past":
+        conn.sendall(response(b"busy", b"503 Service Unavailable",
+                              b"Retry-After: Sat, 01 Jan 2000 00:00:00 GMT\r\n"))
     elif path == "/no-answer":
         return False
     elif path == "/junk":

@@ -25,6 +25,7 @@ import ctypes
 import errno
 import logging
 import os
+import pwd
 import stat
 import struct
 import tempfile
@@ -110,32 +111,73 @@ def key_file_warnings(paths):
                             f"gateway's group (gwserver tls new-ticket-key writes 0600)")
         where = open_directory(path)
         if where is not None:
-            directory, mode = where
+            directory, mode, owner = where
+            who = f"is owned by {user_name(owner)}, neither root nor this user" \
+                if owner is not None else \
+                f"may be written by users other than its owner (mode {mode:04o})"
+            fix = f"chown root {directory}" if owner is not None else f"chmod go-w {directory}"
             warnings.append(f"tls.ticket_key_files[{i}]: {path}: the directory {directory} "
-                            f"may be written by users other than its owner (mode {mode:04o}): "
-                            f"they can rename a key of their own over the file, whatever its "
-                            f"mode; chmod go-w {directory}")
+                            f"{who}: they can rename a key of their own over the file, "
+                            f"whatever its mode; {fix}")
     return warnings
 
 
 def open_directory(path):
-    """(directory, mode) of the first directory on the way to the key file, as named and
-    as its links lead, that users other than its owner may write without the sticky bit, or
-    None. Whoever writes a directory replaces what is in it: a 0600 key in a 0777 directory
-    (or named through a link into one) was the key of whoever put one there last."""
-    seen = set()
-    for directory in (os.path.dirname(os.path.abspath(path)),
-                      os.path.dirname(os.path.realpath(path))):
-        while directory not in seen:
-            seen.add(directory)
-            try:
-                mode = os.stat(directory).st_mode
-            except OSError:
-                break
-            if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
-                return directory, stat.S_IMODE(mode)
-            directory = os.path.dirname(directory)
+    """(directory, mode, owner) of the first directory a lookup of the key file reads a name
+    in that a user other than root and this one may write, or None: by its mode (group or
+    other write, without the sticky bit; owner None), or as its owner (their uid). Whoever
+    writes a directory replaces what is in it: a 0600 key in a 0777 directory, or named
+    through a link kept in one (a link to a link too), was the key of whoever put one there
+    last."""
+    mine = (0, os.geteuid())
+    for directory in dict.fromkeys(lookup_directories(path)):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return None             # read_key_files names a path that leads nowhere
+        mode = st.st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+            return directory, stat.S_IMODE(mode), None
+        if st.st_uid not in mine:
+            return directory, stat.S_IMODE(mode), st.st_uid
     return None
+
+
+def lookup_directories(path, links=40):
+    """Each directory a lookup of ``path`` reads a name in, in order, following each link on
+    the way as the kernel does (a link to a link, a linked directory, ".." after one): the
+    directories of the path as named and of its final target were not all of them (a link
+    from a safe directory to one in a writable directory that led back was missed)."""
+    names = os.path.join(os.getcwd(), path).split("/")
+    directory = "/"
+    while names:
+        name = names.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            directory = os.path.dirname(directory)
+            continue
+        yield directory
+        here = os.path.join(directory, name)
+        try:
+            target = os.readlink(here)
+        except OSError:
+            directory = here        # not a link (or not there: os.stat says so)
+            continue
+        links -= 1
+        if links < 0:
+            return                  # a loop: read_key_files names it (ELOOP)
+        names[:0] = target.split("/")
+        if target.startswith("/"):
+            directory = "/"
+
+
+def user_name(uid):
+    """``user NAME (uid N)``, or ``uid N`` for one the host does not name."""
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 class KeepOwnerError(OSError):

@@ -111,6 +111,9 @@ def usable(targets, down, panic_threshold):
     return down, False
 
 
+SEEN_AFTER = 2.0    # seconds of a worker's traffic after which the others have published theirs
+
+
 class RetryBudget:
     """Retries allowed as a share of recent traffic (Envoy's retry budget, Finagle's
     RetryBudget): within the last ``window`` seconds, retries may be at most ``percent`` % of
@@ -160,12 +163,27 @@ class RetryBudget:
         at most its share of what was left (rounded up): the others see its retries only
         then, and each spending all of it made a host of N workers retry N times the
         budget at once (a dead upstream's every window)."""
-        requests, retries = self.totals(now)
-        requests += self.peers[0]
+        own, retries = self.totals(now)
+        requests = own + self.peers[0]
         retries += self.peers[1]
         left = self.floor + requests * self.percent / 100 - retries
-        if left < 1 or self.unseen >= math.ceil((left + self.unseen) / self.workers):
+        if left < 1 or self.unseen >= math.ceil((left + self.unseen) * self.share(own, now)):
             return False
         self._bucket(now)[1] += 1
         self.unseen += 1
         return True
+
+    def share(self, own, now):
+        """This worker's part of what is left: its part of the host's recent requests to
+        the upstream, once the others had a chance to tell theirs (they publish once a
+        second); 1/N before (at a start, or traffic after a quiet while, every worker could
+        be spending). 1/N for good starved a worker with all the traffic (a single HTTP/2
+        connection's): with 16 workers it got under half the retries of 20 % failing."""
+        peers = self.peers[0]
+        if peers or (own and self.traffic_since(now) <= now - SEEN_AFTER):
+            return own / (own + peers)
+        return 1 / self.workers
+
+    def traffic_since(self, now):
+        """The first second of the window in which this worker had requests booked."""
+        return min((s for s, (requests, _) in self.buckets.items() if requests), default=now)

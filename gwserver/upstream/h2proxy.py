@@ -23,9 +23,9 @@ from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
                       UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools, StreamBroken, StreamNotOpened
-from .proxy import (CLIENT_PAUSE, back_off, client_protocol, client_side, filtered,
-                    forwarded_values, hold_head, proxied_head, trace_headers, upstream_host,
-                    upstream_path)
+from .proxy import (CLIENT_PAUSE, asks_to_wait, back_off, client_protocol, client_side,
+                    filtered, forwarded_values, hold_head, proxied_head, trace_headers,
+                    upstream_host, upstream_path)
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
@@ -176,11 +176,12 @@ class H2Forwarder:
             else None
         outstanding = proxy.outstanding     # least_outstanding weighs HTTP/2 exchanges too
         tried, attempts_left = [], policy.attempts
+        waited = ()         # targets whose answer asked for a wait (Proxy.wait_elsewhere)
         while True:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
                 client.raise_if_gone()      # (a backoff's wait is watched by nothing)
-            target = proxy.choose(upstream, tried, req, now)
+            target = proxy.choose(upstream, tried, req, now, waited)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             exchange = None
             try:
@@ -237,9 +238,10 @@ class H2Forwarder:
                         proxy.book_failure(upstream, target)
                     raise
                 status = exchange.status
-                if status in policy.statuses and replayable and \
-                        not proxy.told_to_wait(upstream, target, tried, now,
-                                               exchange.fields) and proxy.may_retry(
+                retry = status in policy.statuses and replayable
+                if retry and asks_to_wait(exchange.fields):
+                    retry, waited = proxy.wait_elsewhere(upstream, target, tried, now, waited)
+                if retry and proxy.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
                         f"{target.url} answered {status}", now):
                     # Nothing of this answer has reached the client: drop it and try again,

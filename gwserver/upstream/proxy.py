@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import time
+from email.utils import mktime_tz, parsedate_tz
 from functools import partial
 from itertools import count
 from random import random
@@ -419,11 +420,42 @@ class Exchange:
 
 
 def asks_to_wait(fields):
-    """Does an answer's Retry-After ask for any wait (a date, or seconds other than 0)?"""
+    """Does an answer's Retry-After ask for a wait: seconds above 0, or a date still to come
+    (by the answer's Date, else this host's clock)? 0, a date gone by, or a value that is
+    neither (RFC 9110 5.5: an invalid field may be ignored) asks for none: the retry goes
+    ahead as without it. Of two Retry-After fields, either asking is asking."""
+    asked, date = [], None
     for name, value in fields:
-        if name.lower() == b"retry-after":
-            return value.strip(b" \t").lstrip(b"0") != b""
-    return False
+        name = name.lower()
+        if name == b"retry-after":
+            asked.append(value.strip(b" \t"))
+        elif name == b"date":
+            date = value
+    return any(wait_asked(value, date) for value in asked)
+
+
+def wait_asked(value, date):
+    """Whether one Retry-After value asks for a wait (asks_to_wait)."""
+    if value.isdigit():
+        return value.lstrip(b"0") != b""
+    try:
+        return float(value) > 0     # "1.5" is not RFC 9110's form, but asks for a wait
+    except ValueError:
+        pass
+    until = http_date(value)
+    if until is None:
+        return False
+    now = http_date(date) if date is not None else None
+    return until > (time.time() if now is None else now)
+
+
+def http_date(value):
+    """An HTTP-date's seconds since the epoch, or None if it is none."""
+    try:
+        parsed = parsedate_tz(value.decode("latin-1"))
+        return None if parsed is None else mktime_tz(parsed)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def back_off(base, retries_made):
@@ -641,6 +673,7 @@ class Proxy:
             body_held, req.body = req.body, []
         replayable = body_held is not None and not req.upgrade and req.method in policy.methods
         attempts_left, tried = policy.attempts, []
+        waited = ()         # targets whose answer asked for a wait: no retry goes back to them
         fresh = stale_retried = False
         now = time.monotonic()
         budget = self.budget(upstream)
@@ -650,7 +683,7 @@ class Proxy:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
                 client.raise_if_gone()      # (a backoff's wait is watched by nothing)
-            target = self.choose(upstream, tried, req, now)
+            target = self.choose(upstream, tried, req, now, waited)
             pool = self.pools.get(target, upstream)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             try:
@@ -717,9 +750,10 @@ class Proxy:
                         else:
                             self.book_failure(upstream, target)
                     raise
-                if ex.status in policy.statuses and replayable and \
-                        not self.told_to_wait(upstream, target, tried, now,
-                                              ex.header_pairs()) and self.may_retry(
+                retry = ex.status in policy.statuses and replayable
+                if retry and asks_to_wait(ex.header_pairs()):
+                    retry, waited = self.wait_elsewhere(upstream, target, tried, now, waited)
+                if retry and self.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
                         f"{target.url} answered {ex.status}", now):
                     # Nothing of this answer has reached the client: drop it and try again.
@@ -790,12 +824,14 @@ class Proxy:
         back_off(backoff, retries_made)
         return True
 
-    def told_to_wait(self, upstream, target, tried, now, fields):
-        """Did ``target`` ask for a wait (Retry-After) that a retry could only break: one
-        with no other target left goes back to it after a backoff of milliseconds. Its
-        answer is relayed then, for the client to wait as told (RFC 9110 10.2.3); with a
-        target left, the retry goes there. Both protocols' loops ask this."""
-        return asks_to_wait(fields) and not self.another_target(upstream, target, tried, now)
+    def wait_elsewhere(self, upstream, target, tried, now, waited):
+        """``target`` answered asking for a wait (Retry-After): (may the request go to another
+        target, the targets that asked so far). A retry with no other target left went back
+        to it after a backoff of milliseconds: its answer is relayed then, for the client to
+        wait as told (RFC 9110 10.2.3). No later retry goes back to it either (choose): after
+        another target failed too, the balancer's choice among all was it half the time.
+        Both protocols' loops ask this."""
+        return self.another_target(upstream, target, tried, now), waited + (target,)
 
     def another_target(self, upstream, target, tried, now):
         """Is a target other than ``target`` left that choose would go to: not tried, not
@@ -810,10 +846,11 @@ class Proxy:
         return any(t is not target and t.weight > 0 and t not in tried and t not in down
                    and refused.get(t.url, 0) <= now for t in upstream.targets)
 
-    def choose(self, upstream, tried, req, now):
+    def choose(self, upstream, tried, req, now, waited=()):
         """The target for the next attempt: not tried yet, not down (unless panicking), not
-        refusing connections to this worker lately, then as the upstream's balancer says.
-        The request keeps its url (``req.target``): the access log's upstream, failed or not."""
+        refusing connections to this worker lately, then as the upstream's balancer says;
+        every target avoided so, any but those in ``waited`` (wait_elsewhere). The request
+        keeps its url (``req.target``): the access log's upstream, failed or not."""
         targets = upstream.targets
         if len(targets) == 1:
             target = targets[0]
@@ -831,6 +868,8 @@ class Proxy:
                     req.target = probe.url
                     return probe
                 avoid = avoid | refused
+            if waited and avoid.issuperset(targets) and len(set(waited)) < len(targets):
+                avoid = frozenset(waited)   # (the balancer's plain choice, but for these)
             target = self.pick(upstream, avoid, req)
         req.target = target.url
         return target
