@@ -597,16 +597,17 @@ class ClientConnection:
         """
         deadlines, server = self.runtime.deadlines, self.settings
         idle = self.runtime.idle_clients
-        waiting_first_byte = True
+        waiting_first_byte, slow = True, False
         try:
             while not (self.queue and self.queue[0].head_done):
                 if waiting_first_byte and not self.queue:
                     deadlines.arm(self, server["keepalive"] if self.requests
                                   else server["header_timeout"])
                     idle[self] = None
-                elif waiting_first_byte:
+                elif waiting_first_byte:    # a pipelined head begun in an earlier read
                     deadlines.arm(self, server["header_timeout"])
-                    waiting_first_byte = False
+                    waiting_first_byte, slow = False, True
+                    self.runtime.head_readers[self] = time.monotonic()
                 try:
                     # After an answer on a keep-alive connection the next request cannot be
                     # here yet (pipelined ones are already parsed): park before reading.
@@ -623,12 +624,17 @@ class ClientConnection:
                     deadlines.arm(self, server["header_timeout"])
                     waiting_first_byte = False
                     self.answer_timeout = True
+                    if not self.queue[0].head_done:     # (a head come whole: no more work)
+                        self.runtime.head_readers[self] = time.monotonic()
+                        slow = True
         except HTTPError as exc:
             self.reject(exc)
             return None
         finally:
             deadlines.disarm(self)
             self.answer_timeout = False
+            if slow:
+                self.runtime.head_readers.pop(self, None)   # (or closed as the oldest)
         return self.queue[0]
 
     def reject(self, exc):
