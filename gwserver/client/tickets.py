@@ -148,7 +148,9 @@ def lookup_directories(path, links=40):
     the way as the kernel does (a link to a link, a linked directory, ".." after one): the
     directories of the path as named and of its final target were not all of them (a link
     from a safe directory to one in a writable directory that led back was missed)."""
-    names = os.path.join(os.getcwd(), path).split("/")
+    # (os.getcwd() only for a relative path: a master whose directory was removed, a
+    # release replaced, raised FileNotFoundError, and a valid configuration was refused)
+    names = (path if os.path.isabs(path) else os.path.join(os.getcwd(), path)).split("/")
     directory = "/"
     while names:
         name = names.pop(0)

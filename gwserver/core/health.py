@@ -121,7 +121,7 @@ class RetryBudget:
     a fleet fails, retries stop multiplying the load instead of tripling it."""
 
     __slots__ = ("percent", "floor", "window", "buckets", "peers", "unbooked", "workers",
-                 "unseen")
+                 "unseen", "told")
 
     def __init__(self, percent, min_per_second, window=10, workers=1):
         self.percent, self.floor, self.window = percent, min_per_second * window, window
@@ -130,6 +130,7 @@ class RetryBudget:
         self.unbooked = 0           # requests counted since the last totals()
         self.workers = workers      # the host's workers sharing the budget
         self.unseen = 0             # retries spent since the last publish (peers know none)
+        self.told = 0               # its requests in the window at its last publish
 
     def _bucket(self, now):
         second = int(now)
@@ -155,7 +156,9 @@ class RetryBudget:
         """``totals`` for the host's other workers: from now on they know this worker's
         retries, and it may spend another share of what is left (try_retry)."""
         self.unseen = 0
-        return self.totals(now)
+        totals = self.totals(now)
+        self.told = totals[0]
+        return totals
 
     def try_retry(self, now):
         """Spend one retry if the budget allows (this worker's traffic and retries plus the
@@ -178,10 +181,15 @@ class RetryBudget:
         the upstream, once the others had a chance to tell theirs (they publish once a
         second); 1/N before (at a start, or traffic after a quiet while, every worker could
         be spending). 1/N for good starved a worker with all the traffic (a single HTTP/2
-        connection's): with 16 workers it got under half the retries of 20 % failing."""
+        connection's): with 16 workers it got under half the retries of 20 % failing.
+        The others' counts are up to a second old: against its own as it told them then too,
+        a burst is no larger part (each worker of a host that had a trickle took nearly all
+        of what was left in a burst's first second, N times the budget)."""
         peers = self.peers[0]
         if peers or (own and self.traffic_since(now) <= now - SEEN_AFTER):
-            return own / (own + peers)
+            told = self.told
+            part = own / (own + peers)
+            return min(part, told / (told + peers)) if told else part
         return 1 / self.workers
 
     def traffic_since(self, now):

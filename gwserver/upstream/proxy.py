@@ -849,7 +849,7 @@ class Proxy:
     def choose(self, upstream, tried, req, now, waited=()):
         """The target for the next attempt: not tried yet, not down (unless panicking), not
         refusing connections to this worker lately, then as the upstream's balancer says;
-        every target avoided so, any but those in ``waited`` (wait_elsewhere). The request
+        every target avoided so, one not in ``waited`` (around_waited). The request
         keeps its url (``req.target``): the access log's upstream, failed or not."""
         targets = upstream.targets
         if len(targets) == 1:
@@ -868,11 +868,28 @@ class Proxy:
                     req.target = probe.url
                     return probe
                 avoid = avoid | refused
-            if waited and avoid.issuperset(targets) and len(set(waited)) < len(targets):
-                avoid = frozenset(waited)   # (the balancer's plain choice, but for these)
+            if waited:
+                avoid = self.around_waited(upstream, avoid, waited, now)
             target = self.pick(upstream, avoid, req)
         req.target = target.url
         return target
+
+    def around_waited(self, upstream, avoid, waited, now):
+        """``choose``'s avoid set once targets asked for a wait: as it is while the balancer
+        has a target outside it (a weight of 0 is none: counted, the balancer's plain choice
+        among all went back to the one that asked); else a tried target again, but none
+        down, refusing connections or in ``waited``; else any but those in ``waited``.
+        Freeing all but ``waited`` at once sent the retry to a target health checks took
+        out while a healthy one, tried, was left."""
+        targets = upstream.targets
+        health, refused = self.runtime.health, self.refused
+        down = health.avoid(upstream)[0] if health.down else frozenset()
+        for candidate in (avoid, down.union(waited, (t for t in targets
+                                                     if refused.get(t.url, 0) > now)),
+                          frozenset(waited)):
+            if any(t.weight > 0 and t not in candidate for t in targets):
+                return candidate
+        return avoid
 
     def recently_refused(self, targets, now):
         """(targets this host's workers failed to connect to in the last REFUSED_AVOID
