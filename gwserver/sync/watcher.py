@@ -29,6 +29,7 @@ import time
 from ..core.table import LiveTable
 from ..helpers.helper import no_beat
 from ..plugins import load_registry
+from ..terminal import printable
 from .etcd import AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused
 from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_published
 
@@ -366,7 +367,9 @@ class ConfigSync:
         """Log each rejection once (and again only if its reason changes)."""
         for key, reason in self.table.rejected.items():
             if self.logged.get(key) != reason:
-                log.warning("rejected %s%s: %s", self.prefix, *shown_rejection(key, reason))
+                # one line whatever the key holds: a newline in it forged log lines
+                log.warning("rejected %s%s: %s", self.prefix,
+                            *map(printable, shown_rejection(key, reason)))
                 self.rejections_total += 1
         self.logged = dict(self.table.rejected)
 
