@@ -188,7 +188,8 @@ SERVER = Schema(
           "to close, the connection sending request body slowest, below this rate over the "
           "time the gateway waited for it (after 5 s; HTTP/2: only when each open stream "
           "waits for its body and none has begun its answer, their bytes together), is "
-          "closed for the next client (HTTP/1.1: with a 408); 0 = never"),
+          "closed for the next client (HTTP/1.1: with a 408); 0 = never. An HTTP/1.1 request "
+          "head still coming after 1 s is held to this rate first (0: the slowest head)"),
     Field("send_timeout", number(0, exclusive=True), 60.0,
           "seconds a write to a client may wait for it to read before the connection is "
           "closed (nginx: send_timeout); an HTTP/2 stream waiting for the client's window "

@@ -115,6 +115,7 @@ class ClientConnection:
         # The current request's body as the client sends it: bytes read, and seconds the
         # gateway waited for them (not for the upstream), since read_body began to wait.
         self.body_read, self.body_waited, self.wait_started = 0, 0.0, 0.0
+        self.head_read = 0              # bytes of a slow head read since it began (head_readers)
         self.raw_body_left = 0          # body bytes the parser will not read (check_upgrade);
         self.raw_chunked = None         # -1 and this decoder for a chunked one
         self.last_host = self.last_host_parts = None
@@ -608,6 +609,7 @@ class ClientConnection:
                     deadlines.arm(self, server["header_timeout"])
                     waiting_first_byte, slow = False, True
                     self.runtime.head_readers[self] = time.monotonic()
+                    self.head_read = 0
                 try:
                     # After an answer on a keep-alive connection the next request cannot be
                     # here yet (pipelined ones are already parsed): park before reading.
@@ -620,13 +622,15 @@ class ClientConnection:
                     idle.pop(self, None)
                 if n == 0:
                     return None
-                if self.queue and waiting_first_byte:
+                if not waiting_first_byte:      # a slow head's: its rate (close_slowest_head)
+                    self.head_read += n
+                elif self.queue:
                     deadlines.arm(self, server["header_timeout"])
                     waiting_first_byte = False
                     self.answer_timeout = True
                     if not self.queue[0].head_done:     # (a head come whole: no more work)
                         self.runtime.head_readers[self] = time.monotonic()
-                        slow = True
+                        self.head_read, slow = n, True
         except HTTPError as exc:
             self.reject(exc)
             return None
@@ -634,7 +638,7 @@ class ClientConnection:
             deadlines.disarm(self)
             self.answer_timeout = False
             if slow:
-                self.runtime.head_readers.pop(self, None)   # (or closed as the oldest)
+                self.runtime.head_readers.pop(self, None)   # (or closed as the slowest)
         return self.queue[0]
 
     def reject(self, exc):

@@ -46,8 +46,9 @@ TICK_SECONDS = 0.05
 # Seconds between looks for clients that hung up on a streamed answer (find_hangups): one
 # getsockopt per such answer each time
 HANGUP_CHECK_EVERY = 1.0
-# A request head comes whole at once: one begun this long ago, not whole, is a slow client's,
-# closed when every slot is taken and none is idle (Runtime.close_oldest_head)
+# A request head comes whole at once: one begun this long ago, not whole, and coming slower
+# than min_body_rate, is a slow client's, closed when every slot is taken and none is idle
+# (Runtime.close_slowest_head)
 SLOW_HEAD_GRACE = 1.0
 
 
@@ -201,8 +202,8 @@ class Runtime:
         self.open_clients = 0
         self.idle_clients = {}          # connection -> None, oldest first
         self.body_readers = {}          # HTTP/1.1 connection -> None, waiting for body bytes
-        self.head_readers = {}          # HTTP/1.1 connection -> when its head began, oldest
-        #                                 first (a head not whole in the read it began in)
+        self.head_readers = {}          # HTTP/1.1 connection -> when its head began (a head
+        #                                 not whole in the read it began in; its head_read)
         # HTTP/1.1 connection -> the upstream exchange its streamed answer waits on, whose
         # expire() ends that wait should the client hang up (find_hangups)
         self.streaming = {}
@@ -330,7 +331,7 @@ class Runtime:
         now = time.monotonic()
         if self.open_clients >= self.worker_connections and \
                 not (self.idle_clients and self.close_oldest_idle()) and \
-                not (self.head_readers and self.close_oldest_head(now)) and \
+                not (self.head_readers and self.close_slowest_head(now)) and \
                 self.body_readers and self.min_body_rate:
             # (an idle one first, as client_opened does: a connection that went idle
             # after the slots ran out would otherwise turn the body check off)
@@ -416,24 +417,32 @@ class Runtime:
             deadlines.disarm(owner)
             owner.expire()
 
-    def close_oldest_head(self, now):
-        """Every slot is taken and none is idle: the HTTP/1.1 connection whose request head
-        has been coming longest, if for SLOW_HEAD_GRACE or more, is closed as header_timeout
-        closes it (a 408 first, if plain; a head follows its first byte at once). Sending a
-        byte of a head each, worker_connections clients held every slot for header_timeout
-        (10 s), and again at each reconnect, while newcomers waited unanswered in the listen
-        queue (slowloris). -> whether one was closed."""
-        conn, began = next(iter(self.head_readers.items()))
-        if now - began < SLOW_HEAD_GRACE:
+    def close_slowest_head(self, now):
+        """Every slot is taken and none is idle: the HTTP/1.1 connection sending its request
+        head slowest, begun SLOW_HEAD_GRACE ago or more and under min_body_rate (any rate if
+        that is 0), is closed as header_timeout closes it (a 408 first, if plain; a head
+        follows its first byte at once). Sending a byte of a head each, worker_connections
+        clients held every slot for header_timeout (10 s), and again at each reconnect,
+        while newcomers waited unanswered in the listen queue (slowloris). The slowest, not
+        the oldest: a large head (cookies) coming steadily over a slow link is no slowloris,
+        and was cut before the byte-a-second heads begun after it. -> whether one was."""
+        slowest, slowest_rate = None, self.min_body_rate or float("inf")
+        for conn, began in self.head_readers.items():
+            if now - began >= SLOW_HEAD_GRACE and \
+                    (rate := conn.head_read / (now - began)) < slowest_rate:
+                slowest, slowest_rate, waited = conn, rate, now - began
+        if slowest is None:
             return False
         throttled_log.log(log, logging.WARNING, "slow head closed",
                           "worker_connections (%d) reached: closed the connection of %s, "
-                          "its request head still incomplete after %.1f s",
-                          self.worker_connections, conn.client_ip, now - began)
-        del self.head_readers[conn]
-        conn.timeout_reason = (f"request head incomplete after {now - began:.1f} s, while "
-                               f"every connection slot was taken")
-        conn.expire()
+                          "its request head still incomplete after %.1f s, at %.0f bytes a "
+                          "second", self.worker_connections, slowest.client_ip, waited,
+                          slowest_rate)
+        del self.head_readers[slowest]
+        slowest.timeout_reason = (f"request head incomplete after {waited:.1f} s, at "
+                                  f"{slowest_rate:.0f} bytes a second, while every "
+                                  f"connection slot was taken")
+        slowest.expire()
         return True
 
     def close_slowest_body(self, now):
