@@ -170,7 +170,14 @@ class RetryBudget:
         requests = own + self.peers[0]
         retries += self.peers[1]
         left = self.floor + requests * self.percent / 100 - retries
-        if left < 1 or self.unseen >= math.ceil((left + self.unseen) * self.share(own, now)):
+        if left < 1:
+            return False
+        # Its share by traffic, but never under an even share of the floor still left: a
+        # worker with a small part of the traffic could retry once a publish only, and a
+        # refused target's retries, one a second, were denied with the floor untouched.
+        whole = left + self.unseen
+        mine = max(whole * self.share(own, now), min(whole, self.floor) / self.workers)
+        if self.unseen >= math.ceil(mine):
             return False
         self._bucket(now)[1] += 1
         self.unseen += 1

@@ -39,3 +39,16 @@ def test_a_burst_after_a_trickle_spends_a_share_of_the_budget():
         if i % 2:
             granted += budget.try_retry(3.5 + i / 200)
     assert granted == 50        # 30 + 20 % of 300 = 90 left: all its own to spend
+
+
+def test_a_quiet_workers_retries_keep_an_even_share_of_the_floor():
+    """(A full CI run, after 8f14cdb.) A worker with a small part of the traffic (2 of 402
+    requests) could retry once between two publishes: a target refusing connections, one
+    retry a second, found its second retry denied while the floor (30) was untouched, and
+    the client got the 502. An even share of the floor left is each worker's at least."""
+    budget = RetryBudget(percent=20, min_per_second=3, workers=4)
+    for _ in range(2):
+        budget.request()
+    budget.published(1.0)
+    budget.peers = (400, 0)
+    assert [budget.try_retry(1.5 + i / 10) for i in range(3)] == [True] * 3
