@@ -718,6 +718,18 @@ class EtcdClient:
             self.deadline.extend(len(chunk) / ANSWER_RATE)
             yield chunk
 
+    @property
+    def endpoint(self):
+        """The endpoint calls and watches go to now."""
+        return self.endpoints[self._current]
+
+    def move_on(self):
+        """Leave the current endpoint (one that failed the sync) for the next; -> the one
+        left."""
+        left = self.endpoint
+        self._current = (self._current + 1) % len(self.endpoints)
+        return left
+
     def _cut_watch(self, idle_timeout, began):
         """The watch's deadline passed: silence after its first message (resumed), or a
         message begun and not ended within it, or not even the first (etcd sends it at
@@ -727,7 +739,6 @@ class EtcdClient:
         if began and not self._partial:
             log.info("etcd watch silent for %.0fs; resuming it", idle_timeout)
             return
-        endpoint = self.endpoints[self._current]
-        self._current = (self._current + 1) % len(self.endpoints)
+        endpoint = self.move_on()
         raise WatchLost(f"watch at {endpoint}: no whole message within {idle_timeout}s"
                         f"{'' if began else ' of its start'} (it trickles, or hangs)")

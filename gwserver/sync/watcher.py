@@ -215,7 +215,7 @@ class ConfigSync:
     def _write_status(self):
         self.publisher.write_status({
             "generation": self.publisher.generation, "revision": self.revision,
-            "connected": self.connected, "endpoint": self.client.endpoints[self.client._current],
+            "connected": self.connected, "endpoint": self.client.endpoint,
             "last_sync": self.last_sync, "prefix": self.prefix, "cluster_id": self.cluster_id,
             "routes": len(self.table.route_specs), "upstreams": len(self.table.upstream_specs),
             "consumers": len(self.table.consumer_specs),
@@ -317,13 +317,12 @@ class ConfigSync:
         expected, self.catch_up = self.catch_up, None
         if expected is None or self.revision >= expected:
             return None
-        endpoint = self.client.endpoints[self.client._current]
+        endpoint = self.client.move_on()
         reason = (f"the watch at {endpoint} withheld changes etcd made under {self.prefix} "
                   f"(revisions {self.revision + 1} to {expected}): silent for "
                   f"{self.idle_timeout:g}s, then no catch-up when resumed (a member cut off "
                   f"from its cluster, or a proxy that holds streams)")
         self.withheld = {"at": time.time(), "endpoint": endpoint, "reason": reason}
-        self.client._current = (self.client._current + 1) % len(self.client.endpoints)
         return reason
 
     def apply(self, events):
@@ -551,12 +550,12 @@ class ConfigSync:
             log.warning("%s; reloading everything, by value", reason)
             self.revision = None
         else:
-            self.quiet_watch = self.client.endpoints[self.client._current]
+            self.quiet_watch = self.client.endpoint
         self.write_status()
 
     def mark_synced(self):
         if not self.connected:
-            log.info("connected to etcd at %s", self.client.endpoints[self.client._current])
+            log.info("connected to etcd at %s", self.client.endpoint)
         self.connected = True
         self.last_sync = time.time()
         self.backoff.reset()
