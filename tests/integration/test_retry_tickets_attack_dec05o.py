@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..conftest import free_port, gateway_conf, route, to_toml
 from ..h2_upstreams import EventH2cUpstream
 from ..pki import CA
-from .test_retry_policy import failing
+from .test_retry_policy import failing, retry_route
 from .test_tls import tls_get, worker_of
 from .test_tls_tickets import new_key, reload, start, ticket_conf
 
@@ -55,11 +55,6 @@ from .test_tls_tickets import new_key, reload, start, ticket_conf
 def raw_counts(raw):
     with urllib.request.urlopen(f"http://127.0.0.1:{raw.port}/__stats", timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def retry_route(targets, retry):
-    return {"id": "r", "paths": ["/*rest"], "retry": retry,
-            "upstream": {"targets": [{"url": url} for url in targets]}}
 
 
 def test_an_answer_asking_to_wait_is_not_sent_back_to_the_same_target(launcher, upstream):

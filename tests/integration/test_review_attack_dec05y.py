@@ -47,12 +47,10 @@ a path through /proc/self/fd raise no warning; relative key paths are refused by
 schema; a parent two levels up that others may write was already found.
 """
 import http.client
-import json
 import os
 import time
 import subprocess
 import sys
-import urllib.request
 
 import h2.events
 
@@ -61,17 +59,8 @@ import pytest
 from ..conftest import free_port, gateway_conf, route, to_toml
 from ..h2_upstreams import EventH2cUpstream
 from ..pki import CA
-from .test_retry_policy import failing
-
-
-def raw_counts(raw):
-    with urllib.request.urlopen(f"http://127.0.0.1:{raw.port}/__stats", timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def retry_route(targets, retry):
-    return {"id": "r", "paths": ["/*rest"], "retry": retry,
-            "upstream": {"targets": [{"url": url} for url in targets]}}
+from .test_retry_policy import failing, retry_route
+from .test_retry_tickets_attack_dec05o import raw_counts
 
 
 def test_no_retry_goes_back_to_a_target_that_asked_to_wait(launcher):

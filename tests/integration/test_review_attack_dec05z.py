@@ -44,16 +44,11 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 
 from ..conftest import free_port, gateway_conf, route, to_toml, wait_until
 from ..pki import CA
 from .test_retry_policy import failing
-
-
-def raw_counts(raw):
-    with urllib.request.urlopen(f"http://127.0.0.1:{raw.port}/__stats", timeout=5) as resp:
-        return json.loads(resp.read())
+from .test_retry_tickets_attack_dec05o import raw_counts
 
 
 def test_a_weight_0_target_lets_no_retry_back_to_one_that_asked_to_wait(launcher, upstream):
