@@ -242,6 +242,8 @@ class Controller:
             if conf.etcd else None
 
     def follow(self):
+        if self.reader is not None:
+            self.reader.reopen_if_replaced()    # a runtime_dir removed and made again
         if self.reader is not None and self.reader.changed():
             steps, generation = self.reader.updates()
             self.table.apply_steps(steps)

@@ -379,6 +379,10 @@ class TableReader:
         self.generation = 0
         self.published = 0              # the counter as last read
         self.damaged = False            # the counter was short when last read
+        # The counter was replaced (TablePublisher numbering again in a remade runtime_dir):
+        # our generation is a number of the old counter, and no number of the new one says
+        # whether we have its table (a worker at the old 1 took the new 1 for its own).
+        self.renumbered = False
         self.read_after = 0.0           # time.monotonic() before which it is not read again
         self.board = os.path.join(runtime_dir, WORKERS, str(os.getpid()))
         self.recorded = None            # (revision, routes, refused) said on the board last
@@ -408,6 +412,7 @@ class TableReader:
         if not same:
             os.close(self.counter)
             self.counter = None     # changed() opens the new one
+            self.renumbered = True
             log.warning("the table's counter in %s was replaced: following the new one",
                         self.runtime_dir)
 
@@ -429,9 +434,9 @@ class TableReader:
                           self.generation or _newest_generation(self.runtime_dir))
                 if self.generation == 0:
                     self.published = _newest_generation(self.runtime_dir)
-            return self.published != self.generation
+            return self.renumbered or self.published != self.generation
         self.damaged, self.published = False, published
-        return published != self.generation
+        return self.renumbered or published != self.generation
 
     def updates(self):
         """[("full", document) | ("delta", document), ...] up to the published generation.
@@ -442,14 +447,12 @@ class TableReader:
         """
         target = self.published
         steps, generation = [], self.generation
-        if target < generation:
-            # Numbered again from below: a sync process that made a removed runtime_dir
-            # again in a new counter. Only its whole table, never a delta onto ours.
-            base = read_published(os.path.join(self.runtime_dir, TABLE), full=True)
-            if base is not None and base["generation"] == target and \
-                    (self.prefix is None or base.get("prefix") in (None, self.prefix)):
-                return self._keeping_ours([("full", base)], target)
-            return [], generation
+        # Numbered again (a sync process that made a removed runtime_dir again in a new
+        # counter): below ours, or any number once the counter was replaced. Its whole
+        # table first, never a delta onto ours.
+        renumbered = self.renumbered or target < generation
+        if renumbered:
+            generation = 0
         while generation < target:
             change = read_published(os.path.join(self.runtime_dir, CHANGES,
                                                  f"{generation + 1}.json"), full=False)
@@ -471,6 +474,10 @@ class TableReader:
                 break
             steps = [("full", base)]
             generation = base["generation"]
+        if renumbered:
+            if not steps or steps[0][0] != "full":
+                return [], self.generation      # its table is not written yet
+            self.renumbered = False
         return self._keeping_ours(steps, generation)
 
     def _keeping_ours(self, steps, generation):

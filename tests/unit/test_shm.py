@@ -383,3 +383,34 @@ def test_a_reader_with_a_table_keeps_it_over_a_snapshot_published_in_a_wiped_dir
         assert reader.changed()
         steps, _ = reader.updates()
         assert [(kind, doc["revision"]) for kind, doc in steps] == [("full", 9)]
+
+
+@pytest.mark.parametrize("published_after", [0, 1])
+def test_a_reader_takes_the_whole_table_of_a_replaced_counter_whatever_its_number(
+        tmp_path, table, published_after):
+    """A worker that lagged at generation 1 of a sync process killed with its runtime_dir
+    removed: the next sync process numbers from 1 again, and the worker at the old 1 took the
+    new 1 for the table it had (a CI run's 404s for etcd routes, for good), or applied the new
+    2, a delta, onto its old table. Once the counter is replaced, its whole table first."""
+    table["upstreams"]["up"] = item(7, UP)
+    first = TablePublisher(str(tmp_path / "run"), lambda: table)
+    first.publish(None, 1, full=True)
+    reader = TableReader(str(tmp_path / "run"))
+    assert reader.changed()
+    reader.record(reader.updates()[1], 1, 0)
+    for revision in range(2, 7):                # published while the reader did not look
+        first.publish({"upstreams": {"up": item(revision + 7, UP)}}, revision)
+    first.close()
+    os.rename(tmp_path / "run", tmp_path / "wiped")
+    whole = {"routes": {}, "upstreams": {"up": item(20, UP)}}
+    again = TablePublisher(str(tmp_path / "run"), lambda: whole)
+    assert again.publish(None, 9, full=True) == 1
+    for revision in range(10, 10 + published_after):
+        again.publish({"upstreams": {"up": item(revision + 20, UP)}}, revision)
+    reader.reopen_if_replaced()
+    assert reader.changed()
+    steps, generation = reader.updates()
+    assert [(kind, doc["revision"]) for kind, doc in steps][:1] == [("full", 9)]
+    assert generation == 1 + published_after
+    reader.record(generation, 9, 0)
+    assert not reader.changed()
