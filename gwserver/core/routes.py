@@ -182,6 +182,9 @@ RETRY = Schema(
     Field("backoff", number(0), None,
           "seconds before the first retry, doubled for each further one (with jitter); "
           "default 0.025"),
+    Field("timeout", number(0, exclusive=True), None,
+          "seconds from the first try after which no retry starts (a try under way runs on, "
+          "within per_try_timeout); default: none"),
     Field("methods", list_of(string(r"[A-Z]+", "an upper-case method"), min_items=1), None,
           "methods retried once the request was sent; default the idempotent ones (a failed "
           "connect sent nothing: any method is retried)"),
@@ -339,6 +342,7 @@ class RetryPolicy:
     per_try_timeout: float | None = None
     backoff: float = 0.025
     methods: frozenset = frozenset(IDEMPOTENT)
+    timeout: float | None = None                    # no retry starts after it
 
     def merged(self, spec):
         """This policy with the fields a ``retry`` spec sets replaced."""
@@ -348,7 +352,7 @@ class RetryPolicy:
         changes = {} if on is None else {
             "events": frozenset(e for e in on if e in RETRY_EVENTS),
             "statuses": frozenset(int(e) for e in on if e not in RETRY_EVENTS)}
-        for name in ("attempts", "per_try_timeout", "backoff"):
+        for name in ("attempts", "per_try_timeout", "backoff", "timeout"):
             if spec.get(name) is not None:
                 changes[name] = spec[name]
         if spec.get("methods") is not None:

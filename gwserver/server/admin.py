@@ -268,7 +268,8 @@ def _retry(policy):
     """A RetryPolicy in the shape of its config (``retry`` in docs/routes.md)."""
     return {"on": sorted(policy.events) + [str(s) for s in sorted(policy.statuses)],
             "attempts": policy.attempts, "per_try_timeout": policy.per_try_timeout,
-            "backoff": policy.backoff, "methods": sorted(policy.methods)}
+            "backoff": policy.backoff, "methods": sorted(policy.methods),
+            "timeout": policy.timeout}
 
 
 def _upstream(runtime, upstream, route=None):

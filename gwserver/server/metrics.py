@@ -100,8 +100,8 @@ CONSUMER_REQUESTS = Metric("gwserver_consumer_requests", "counter", "Requests by
                            "the number of consumers)",
                            (("consumer", "consumer id"), ("code", "`2xx`...")))
 RETRIES = Metric("gwserver_upstream_retries", "counter", "Retries on another target, by "
-                 "upstream and outcome (retried, budget_exhausted)",
-                 (UPSTREAM, ("outcome", "`retried`, `budget_exhausted`")))
+                 "upstream and outcome (retried, budget_exhausted, timed_out)",
+                 (UPSTREAM, ("outcome", "`retried`, `budget_exhausted`, `timed_out`")))
 EJECTIONS = Metric("gwserver_upstream_ejections", "counter", "Targets ejected by passive "
                    "checks in this worker", (UPSTREAM, TARGET))
 TARGET_UP = Metric("gwserver_upstream_target_up", "gauge", "1 when a checked or ejectable "

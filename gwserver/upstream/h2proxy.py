@@ -198,7 +198,7 @@ class H2Forwarder:
                     # no connection: the target's, or a new one for a refused stream's second
                     # try (a connect timeout too)
                     if proxy.connect_failed(route, upstream, target, tried, attempts_left,
-                                            budget, policy, exc, now):
+                                            budget, policy, exc, now, started):
                         attempts_left -= 1
                         continue
                     raise
@@ -213,7 +213,7 @@ class H2Forwarder:
                     if replayable and proxy.may_retry(route, upstream, target, tried,
                                                       attempts_left, budget,
                                                       event in policy.events, exc.reason,
-                                                      now, policy.backoff):
+                                                      now, policy.backoff, started=started):
                         attempts_left -= 1
                         continue
                     raise
@@ -229,7 +229,8 @@ class H2Forwarder:
                         body, streamed = so_far[0], not so_far[1]
                     if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
                                        "connect" in policy.events or
-                                       "reset" in policy.events, exc.reason, now):
+                                       "reset" in policy.events, exc.reason, now,
+                                       started=started):
                         attempts_left -= 1
                         continue
                     raise
@@ -243,7 +244,7 @@ class H2Forwarder:
                     retry, waited = proxy.wait_elsewhere(upstream, target, tried, now, waited)
                 if retry and proxy.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
-                        f"{target.url} answered {status}", now):
+                        f"{target.url} answered {status}", now, started=started):
                     # Nothing of this answer has reached the client: drop it and try again,
                     # its stream closed first (a wait must hold none of the upstream's).
                     exchange.close()

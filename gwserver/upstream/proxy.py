@@ -675,7 +675,7 @@ class Proxy:
         attempts_left, tried = policy.attempts, []
         waited = ()         # targets whose answer asked for a wait: no retry goes back to them
         fresh = stale_retried = False
-        now = time.monotonic()
+        now = started = time.monotonic()
         budget = self.budget(upstream)
         budget.request()
         outstanding = self.outstanding
@@ -703,7 +703,7 @@ class Proxy:
                     continue
                 except UpstreamConnectError as exc:
                     if self.connect_failed(route, upstream, target, tried, attempts_left,
-                                           budget, policy, exc, now):
+                                           budget, policy, exc, now, started):
                         attempts_left -= 1
                         continue
                     raise
@@ -728,7 +728,7 @@ class Proxy:
                     if replayable and self.may_retry(route, upstream, target, tried,
                                                      attempts_left, budget,
                                                      "reset" in policy.events, reason, now,
-                                                     policy.backoff):
+                                                     policy.backoff, started=started):
                         attempts_left -= 1
                         continue
                     raise UpstreamError(reason) from None
@@ -738,7 +738,7 @@ class Proxy:
                     if replayable and self.may_retry(route, upstream, target, tried,
                                                      attempts_left, budget,
                                                      "timeout" in policy.events, exc.reason,
-                                                     now, policy.backoff):
+                                                     now, policy.backoff, started=started):
                         attempts_left -= 1
                         continue
                     raise
@@ -755,7 +755,7 @@ class Proxy:
                     retry, waited = self.wait_elsewhere(upstream, target, tried, now, waited)
                 if retry and self.may_retry(
                         route, upstream, target, tried, attempts_left, budget, True,
-                        f"{target.url} answered {ex.status}", now):
+                        f"{target.url} answered {ex.status}", now, started=started):
                     # Nothing of this answer has reached the client: drop it and try again.
                     self.release(pool, ex, ex.complete and ex.keep_alive and upstream.keepalive)
                     self.book_outcome(upstream, target, ex.status)
@@ -788,13 +788,13 @@ class Proxy:
             self.share.refuse(target.url, refused + REFUSED_AVOID, refused)
 
     def connect_failed(self, route, upstream, target, tried, attempts_left, budget, policy,
-                       exc, now):
+                       exc, now, started):
         """A connect failed: book it (this host's workers skip the target for a while) and
         say whether the request goes on to another try (for any method: nothing was sent),
         as the policy and the budget allow. Both protocols' loops ask this."""
         self.book_failure(upstream, target, refused=now)
         return self.may_retry(route, upstream, target, tried, attempts_left, budget,
-                              "connect" in policy.events, exc.reason, now)
+                              "connect" in policy.events, exc.reason, now, started=started)
 
     def book_outcome(self, upstream, target, status):
         passive = upstream.passive
@@ -802,14 +802,22 @@ class Proxy:
             self.runtime.passive.observe(upstream, target, status not in passive["statuses"])
 
     def may_retry(self, route, upstream, target, tried, attempts_left, budget, wanted, reason,
-                  now, backoff=0.0):
-        """Whether the next try may go ahead: the policy wants it, attempts are left, and the
-        upstream's retry budget (shared by this host's workers) allows it. Counts and logs
-        the verdict, and waits ``backoff`` (doubled per retry already made, jittered) before
-        a try that follows an answer, a reset or a timeout."""
+                  now, backoff=0.0, *, started):
+        """Whether the next try may go ahead: the policy wants it, attempts are left, its
+        ``timeout`` has not passed since the first try ``started``, and the upstream's retry
+        budget (shared by this host's workers) allows it. Counts and logs the verdict, and
+        waits ``backoff`` (doubled per retry already made, jittered) before a try that
+        follows an answer, a reset or a timeout."""
         retries_made = len(tried)
         tried.append(target)
         if not wanted or attempts_left <= 0:
+            return False
+        timeout = try_policy(route, upstream)[0].timeout
+        if timeout is not None and time.monotonic() - started >= timeout:
+            self._count_retry(upstream, "timed_out")
+            throttled_log.log(log, logging.WARNING, ("retry timeout", route.id),
+                              "route %s: %s; not retried: the retry timeout (%gs since the "
+                              "first try) has passed", route.id, reason, timeout)
             return False
         if not budget.try_retry(now):
             self._count_retry(upstream, "budget_exhausted")

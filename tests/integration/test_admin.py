@@ -71,7 +71,8 @@ def test_a_route_view_shows_plugin_configs_and_retry_as_configured(launcher, ups
     assert plugins["cors"]["allow_origins"] == ["https://app.example"], plugins   # global
     assert view["retry"] == {"on": ["connect"], "attempts": 1, "per_try_timeout": None,
                              "backoff": 0.025, "methods": ["DELETE", "GET", "HEAD", "OPTIONS",
-                                                          "PUT", "TRACE"]}, view["retry"]
+                                                          "PUT", "TRACE"],
+                             "timeout": None}, view["retry"]
     named = json.loads(gw.admin_get("/admin/upstreams/named")[1])
     assert named["retry"]["on"] == ["connect", "503"], named["retry"]
     assert {p["name"]: p["config"] for p in named["plugins"]}["breaker"]["min_requests"] == 3
