@@ -95,9 +95,9 @@ class Router:
         if route.id in self.routes:
             raise ConfigError(f"route {route.id}: duplicate route id")
         own = {}        # position (the segments before it) -> the name this route's paths gave
-        for pattern in route.paths:
+        for pattern, segments in zip(route.paths, route.segments):
             node, position = self._root, ()
-            for kind, text in check_path(pattern):
+            for kind, text in segments:
                 if kind != "static":
                     named = own.setdefault((kind, position), text)
                     if named != text:
@@ -147,9 +147,9 @@ class Router:
         """Insert a route; raise ConfigError naming the route if it conflicts."""
         self.check(route)
         buckets, params = [], []
-        for pattern in route.paths:
+        for segments in route.segments:
             node = self._root
-            for kind, text in check_path(pattern):
+            for kind, text in segments:
                 if kind == "static":
                     node = node.static.setdefault(text, _Node())
                 elif kind == "param":
@@ -200,9 +200,9 @@ class Router:
     def _tidy(self, route):
         """Free catch-all names nobody uses, and drop static nodes left empty: a table that
         churns through paths (etcd) must not grow a tree of dead branches."""
-        for pattern in route.paths:
+        for segments in route.segments:
             node, trail = self._root, []
-            for kind, text in check_path(pattern):
+            for kind, text in segments:
                 if node is None:
                     break
                 if kind == "static":

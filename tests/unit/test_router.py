@@ -319,3 +319,25 @@ def test_the_match_memory_is_bounded():
     assert router.match("GET", "h", long_path, None)[1] == {"rest": long_path[1:]}
     assert router.match("GET", "h" * MATCH_CACHE_KEY, "/a", None)[1] == {"rest": "a"}
     assert router._matches == {}
+
+
+def test_a_route_s_paths_are_parsed_once_for_the_router(monkeypatch):
+    """check, add and removal read the route's parsed paths (Route.segments): each parsed
+    them again, and a route of 40,000 paths held every worker seconds an etcd write."""
+    import gwserver.core.routes as routes_module
+    from gwserver.core.router import Router
+    compiled, problems = compile_routes([{"id": "many",
+                                          "paths": [f"/p{i}/:id" for i in range(50)]}])
+    import dataclasses
+    import gwserver.core.router as router_module
+    route = dataclasses.replace(compiled.routes["many"])   # nothing parsed yet
+    assert problems == []
+    calls = []
+    parse = routes_module.check_path
+    for module in (routes_module, router_module):
+        monkeypatch.setattr(module, "check_path", lambda p: calls.append(p) or parse(p))
+    router = Router()
+    router.add(route)
+    assert router.match("GET", "x", "/p7/42")[0] is route
+    router.remove("many")
+    assert len(calls) == 50 and router.routes == {}     # Route.segments, once a path
