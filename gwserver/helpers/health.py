@@ -400,7 +400,10 @@ class Checker:
         from ..sync.shm import TableReader, etcd_prefix
         self.conf = conf
         self.table = LiveTable.for_conf(conf, load_registry())
-        self.reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) if conf.etcd else None
+        reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) if conf.etcd else None
+        if self.reader is not None:
+            self.reader.close()     # or a counter descriptor kept for good at each reload
+        self.reader = reader
         self.follow()
 
     def follow(self):

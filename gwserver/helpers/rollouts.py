@@ -230,6 +230,7 @@ class Controller:
         self.first_seen = load_seen(state_dir)
         self.seen_saved = dict(self.first_seen)
         self.leader = False
+        self.reader = None
         self.load(conf)
 
     def load(self, conf):
@@ -238,8 +239,10 @@ class Controller:
         from ..sync.shm import TableReader, etcd_prefix
         self.conf = conf
         self.table = LiveTable.for_conf(conf, load_registry())
-        self.reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) \
-            if conf.etcd else None
+        reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf)) if conf.etcd else None
+        if self.reader is not None:
+            self.reader.close()     # or a counter descriptor kept for good at each reload
+        self.reader = reader
 
     def follow(self):
         if self.reader is not None:

@@ -320,15 +320,25 @@ class TablePublisher:
         self.counted = generation
         os.close(old)
 
+    def took_up(self):
+        """We hold the table the workers serve (ConfigSync.load_served took it up from
+        runtime_dir): its base and the snapshot are written again, once, and guarded from
+        then on as ours (_check_base)."""
+        self.dirty.set()
+
     def _check_base(self):
         """table.json is what a starting worker reads (a reload's, a dead one's replacement):
         one truncated, removed or replaced under us (a cleanup script, a hand) left each of
         them with the conf file's routes alone, a 404 for every etcd route, until an etcd
         change had the base written again. A stat a second; a base that is not the one we
-        wrote is written again, whole (one a previous sync process wrote, which we took up,
-        is written again once)."""
-        if not self.generation or not os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
-            return      # nothing published yet; or runtime_dir removed: _made_again's case
+        wrote is written again, whole (one we took up is written once: took_up). One a sync
+        process before us left, and we did not take up (another prefix's, a damaged one), is
+        not ours to guard: written over with what we held, a table empty of etcd items
+        numbered as the one the workers serve, every etcd route was a 404 in a worker started
+        then, and /-/ready said 200 on a gateway that never reached etcd."""
+        if not self.generation or self.base_stamp is None or \
+                not os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
+            return      # nothing of ours published yet; or runtime_dir removed: _made_again's
         path = os.path.join(self.runtime_dir, TABLE)
         with self.base_lock:            # (not while a base is being written)
             try:
@@ -337,9 +347,8 @@ class TablePublisher:
                 return
             if stamp is not None and stamp == self.base_stamp:
                 return
-            if self.base_stamp is not None:
-                log.warning("%s was %s under the gateway: writing it again", path,
-                            "removed" if stamp is None else "changed")
+            log.warning("%s was %s under the gateway: writing it again", path,
+                        "removed" if stamp is None else "changed")
             self.base_generation = 0    # whatever it holds now is not ours: write it whole
         self.dirty.set()
 
@@ -383,6 +392,7 @@ class TableReader:
         # our generation is a number of the old counter, and no number of the new one says
         # whether we have its table (a worker at the old 1 took the new 1 for its own).
         self.renumbered = False
+        self.foreign = None             # file_stamp of a table.json of another prefix, refused
         self.read_after = 0.0           # time.monotonic() before which it is not read again
         self.board = os.path.join(runtime_dir, WORKERS, str(os.getpid()))
         self.recorded = None            # (revision, routes, refused) said on the board last
@@ -447,10 +457,12 @@ class TableReader:
         """
         target = self.published
         steps, generation = [], self.generation
+        if target < generation and not self.renumbered:
+            return self._below_ours(target)
         # Numbered again (a sync process that made a removed runtime_dir again in a new
-        # counter): below ours, or any number once the counter was replaced. Its whole
-        # table first, never a delta onto ours.
-        renumbered = self.renumbered or target < generation
+        # counter): any number once the counter was replaced. Its whole table first, never
+        # a delta onto ours.
+        renumbered = self.renumbered
         if renumbered:
             generation = 0
         while generation < target:
@@ -460,9 +472,8 @@ class TableReader:
                 steps.append(("delta", change))
                 generation += 1
                 continue
-            base = read_published(os.path.join(self.runtime_dir, TABLE), full=True)
-            if base is not None and self.prefix is not None and \
-                    base.get("prefix") not in (None, self.prefix):
+            base, foreign = self._read_base()
+            if foreign:
                 # Left by a gateway of another prefix (its conf changed while etcd was down):
                 # nothing here is ours until our sync process publishes a table of its own.
                 return [], self.generation
@@ -479,6 +490,37 @@ class TableReader:
                 return [], self.generation      # its table is not written yet
             self.renumbered = False
         return self._keeping_ours(steps, generation)
+
+    def _below_ours(self, target):
+        """The counter (the same file) says less than we serve: numbered again in place (a
+        damaged counter rewritten from what runtime_dir held), or overwritten by a hand or a
+        script, which the sync process writes back (_check_counter). Only a whole table of
+        that very number: its older base and the change files after it (ours, numbered on)
+        rolled us back to that number, a route deleted since answering again."""
+        base, _ = self._read_base()
+        if base is not None and base["generation"] == target:
+            return self._keeping_ours([("full", base)], target)
+        return [], self.generation
+
+    def _read_base(self):
+        """table.json -> (its document or None, whether it is another prefix's). One refused
+        is not read again until it changes (a stat): read again, it was a whole table's parse
+        each millisecond on the request path (changed() holds while it is all there is), for
+        as long as our sync process published nothing: a gateway restarted onto another
+        prefix while etcd was down."""
+        path = os.path.join(self.runtime_dir, TABLE)
+        try:
+            stamp = file_stamp(path)        # before the read: a file replaced meanwhile is
+        except OSError:                     # read again next time, never taken as refused
+            stamp = None
+        if stamp is not None and stamp == self.foreign:
+            return None, True
+        base = read_published(path, full=True)
+        if base is not None and self.prefix is not None and \
+                base.get("prefix") not in (None, self.prefix):
+            self.foreign = stamp
+            return None, True
+        return base, False
 
     def _keeping_ours(self, steps, generation):
         """``steps``, or none when they are only a snapshot and this reader has a table
@@ -511,6 +553,14 @@ class TableReader:
             throttled_log.log(log, logging.ERROR, "worker board",
                               "cannot say on the worker board which table this worker serves: "
                               "%s: %s", self.board, exc.strerror)
+
+    def close(self):
+        """Let go of the counter file: a reader replaced by another (a helper's reload, the
+        sync process's look at what workers serve) held its descriptor for good, one more
+        at each reload, and a removed counter's file with it."""
+        if self.counter is not None:
+            os.close(self.counter)
+            self.counter = None
 
     def forget(self):
         try:

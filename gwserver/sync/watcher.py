@@ -456,9 +456,12 @@ class ConfigSync:
         takes up what the workers serve now, from runtime_dir: the snapshot lags it by up to
         TablePublisher.MAX_STALE, and publishing that would roll the workers back. -> bool"""
         reader = TableReader(self.publisher.runtime_dir, self.prefix)
-        if not reader.changed():
-            return False                # nothing published here: a first start
-        steps, _ = reader.updates()
+        try:
+            if not reader.changed():
+                return False            # nothing published here: a first start
+            steps, _ = reader.updates()
+        finally:
+            reader.close()              # (its counter descriptor, held for good otherwise)
         if not steps or steps[0][0] != "full" or steps[0][1].get("prefix") != self.prefix:
             return False
         base = steps[0][1]
@@ -466,6 +469,7 @@ class ConfigSync:
             self.table.apply_steps(steps)
             self.publisher.source = {"cluster_id": base.get("cluster_id"),
                                      "prefix": self.prefix}
+        self.publisher.took_up()
         self.served = self.versions()   # what the workers have: nothing to publish
         log.info("taking up the table the workers serve (generation %d, etcd revision %s) "
                  "until etcd answers", self.publisher.generation, steps[-1][1].get("revision"))
