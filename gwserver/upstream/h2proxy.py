@@ -242,17 +242,20 @@ class H2Forwarder:
                 retry = status in policy.statuses and replayable
                 if retry and asks_to_wait(exchange.fields):
                     retry, waited = proxy.wait_elsewhere(upstream, target, tried, now, waited)
-                if retry and proxy.may_retry(
-                        route, upstream, target, tried, attempts_left, budget, True,
-                        f"{target.url} answered {status}", now, started=started):
-                    # Nothing of this answer has reached the client: drop it and try again,
-                    # its stream closed first (a wait must hold none of the upstream's).
-                    exchange.close()
-                    exchange = None
-                    proxy.book_outcome(upstream, target, status)
-                    attempts_left -= 1
-                    back_off(policy.backoff, len(tried) - 1)
-                    continue
+                if retry:
+                    pause = proxy.retry_pause(route, upstream, target, tried, attempts_left,
+                                              budget, True, f"{target.url} answered {status}",
+                                              now, policy.backoff, started=started)
+                    if pause is not None:
+                        # Nothing of this answer has reached the client: drop it and try
+                        # again, its stream closed first (a wait must hold none of the
+                        # upstream's).
+                        exchange.close()
+                        exchange = None
+                        proxy.book_outcome(upstream, target, status)
+                        attempts_left -= 1
+                        back_off(pause)
+                        continue
                 try:
                     answer = self.relay(client, req, exchange.stream, status, exchange.fields,
                                         grpc, keep_alive, target)

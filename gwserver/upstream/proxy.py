@@ -458,10 +458,21 @@ def http_date(value):
         return None
 
 
-def back_off(base, retries_made):
-    """Wait before a retry: ``base`` doubled per retry already made, jittered."""
-    if base:
-        gevent.sleep(base * 2 ** retries_made * (0.5 + random()))
+def backoff_pause(base, retries_made):
+    """Seconds to wait before a retry: ``base`` doubled per retry already made, jittered."""
+    return base * 2 ** retries_made * (0.5 + random()) if base else 0.0
+
+
+def back_off(pause):
+    """Wait ``pause`` seconds (backoff_pause) before a retry, if any."""
+    if pause:
+        gevent.sleep(pause)
+
+
+def past_retry_timeout(timeout, started, pause=0.0):
+    """Would a retry begun ``pause`` seconds from now begin once the policy's ``timeout``
+    (seconds since the first try, ``started``) has passed?"""
+    return timeout is not None and time.monotonic() + pause - started >= timeout
 
 
 class Proxy:
@@ -719,8 +730,13 @@ class Proxy:
                     # the policy, and for no other (the upstream may have acted on it: only
                     # "reset" in the policy lets it go again, below). A websocket handshake
                     # too: nothing of the tunnel (upgrade_tail) goes out before a 101.
+                    # Not once the policy's timeout has passed (nginx's
+                    # proxy_next_upstream_timeout holds for a cached connection too): a reused
+                    # connection the upstream sat on that long and closed unanswered was
+                    # tried again, the client's wait doubled past the bound.
                     if reused and not stale_retried and body_held is not None and \
-                            req.method in IDEMPOTENT:
+                            req.method in IDEMPOTENT and \
+                            not past_retry_timeout(policy.timeout, started):
                         fresh = stale_retried = True    # the pool may hold more dead ones
                         continue
                     self.book_failure(upstream, target)
@@ -753,17 +769,20 @@ class Proxy:
                 retry = ex.status in policy.statuses and replayable
                 if retry and asks_to_wait(ex.header_pairs()):
                     retry, waited = self.wait_elsewhere(upstream, target, tried, now, waited)
-                if retry and self.may_retry(
-                        route, upstream, target, tried, attempts_left, budget, True,
-                        f"{target.url} answered {ex.status}", now, started=started):
-                    # Nothing of this answer has reached the client: drop it and try again.
-                    self.release(pool, ex, ex.complete and ex.keep_alive and upstream.keepalive)
-                    self.book_outcome(upstream, target, ex.status)
-                    attempts_left -= 1
-                    # After the release: killed in the wait (a client reset its HTTP/2
-                    # stream), the request must hold no pool slot.
-                    back_off(policy.backoff, len(tried) - 1)
-                    continue
+                if retry:
+                    pause = self.retry_pause(route, upstream, target, tried, attempts_left,
+                                             budget, True, f"{target.url} answered {ex.status}",
+                                             now, policy.backoff, started=started)
+                    if pause is not None:
+                        # Nothing of this answer has reached the client: drop it, try again.
+                        self.release(pool, ex,
+                                     ex.complete and ex.keep_alive and upstream.keepalive)
+                        self.book_outcome(upstream, target, ex.status)
+                        attempts_left -= 1
+                        # After the release: killed in the wait (a client reset its HTTP/2
+                        # stream), the request must hold no pool slot.
+                        back_off(pause)
+                        continue
                 try:
                     status, sent, client_keep, upstream_keep = self.respond(client, req, ex,
                                                                             keep_alive)
@@ -803,34 +822,49 @@ class Proxy:
 
     def may_retry(self, route, upstream, target, tried, attempts_left, budget, wanted, reason,
                   now, backoff=0.0, *, started):
-        """Whether the next try may go ahead: the policy wants it, attempts are left, its
-        ``timeout`` has not passed since the first try ``started``, and the upstream's retry
-        budget (shared by this host's workers) allows it. Counts and logs the verdict, and
-        waits ``backoff`` (doubled per retry already made, jittered) before a try that
-        follows an answer, a reset or a timeout."""
+        """Whether the next try may go ahead (retry_pause); if so, waits its backoff first
+        (``backoff``: a try that follows a reset or a timeout; none after a failed connect)."""
+        pause = self.retry_pause(route, upstream, target, tried, attempts_left, budget, wanted,
+                                 reason, now, backoff, started=started)
+        if pause is None:
+            return False
+        back_off(pause)
+        return True
+
+    def retry_pause(self, route, upstream, target, tried, attempts_left, budget, wanted,
+                    reason, now, backoff, *, started):
+        """None when the next try may not go ahead, else the seconds to wait before it:
+        ``backoff`` doubled per retry already made, jittered. It goes ahead when the policy
+        wants it, attempts are left, it would begin (its backoff waited) before the policy's
+        ``timeout`` since the first try ``started``, and the upstream's retry budget (shared
+        by this host's workers) allows it. Counts and logs the verdict. Both protocols'
+        loops ask this (an answer's retry waits once its connection is released)."""
         retries_made = len(tried)
         tried.append(target)
         if not wanted or attempts_left <= 0:
-            return False
+            return None
+        pause = backoff_pause(backoff, retries_made)
         timeout = try_policy(route, upstream)[0].timeout
-        if timeout is not None and time.monotonic() - started >= timeout:
+        if past_retry_timeout(timeout, started, pause):
+            # (checked with the backoff waited: it began the retry past the timeout too)
             self._count_retry(upstream, "timed_out")
+            when = "has passed" if past_retry_timeout(timeout, started) else \
+                f"would pass in the retry's backoff ({pause:.3g}s)"
             throttled_log.log(log, logging.WARNING, ("retry timeout", route.id),
                               "route %s: %s; not retried: the retry timeout (%gs since the "
-                              "first try) has passed", route.id, reason, timeout)
-            return False
+                              "first try) %s", route.id, reason, timeout, when)
+            return None
         if not budget.try_retry(now):
             self._count_retry(upstream, "budget_exhausted")
             throttled_log.log(log, logging.WARNING, ("retry budget spent", route.id),
                               "route %s: %s; not retried: the retry budget of upstream %s "
                               "is spent", route.id, reason, upstream.id)
-            return False
+            return None
         self._count_retry(upstream, "retried")
         throttled_log.log(log, logging.WARNING, ("retrying", route.id),
                           "route %s: %s; retrying%s", route.id, reason,
                           " on another target" if len(tried) < len(upstream.targets) else "")
-        back_off(backoff, retries_made)
-        return True
+        return pause
 
     def wait_elsewhere(self, upstream, target, tried, now, waited):
         """``target`` answered asking for a wait (Retry-After): (may the request go to another
