@@ -570,7 +570,8 @@ HTTP2_CONNECTION = (
           "alone, so an event stream's or a long poll's client has it before the first "
           "event. 0: at once"),
     Field("max_resets_per_second", integer(1), 100,
-          "client RST_STREAMs on streams still being served, and streams the gateway resets "
+          "client RST_STREAMs on streams still being served (but those of streams served "
+          "0.1 s or more: cancels), and streams the gateway resets "
           "as malformed or refuses (past the first max_concurrent_streams, 100 at least, "
           "after a GOAWAY, 1,000 at most after the client's), per second, before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM; rapid reset, CVE-2023-44487 and "
@@ -583,7 +584,8 @@ HTTP2_CONNECTION = (
           "bandwidth probes)"),
     Field("max_empty_frames_per_second", integer(1), 10000,
           "frames that carry nothing to serve (WINDOW_UPDATE, empty DATA that does not end "
-          "its stream, unknown types, frames on a finished stream) per second before the "
+          "its stream, unknown types, frames on a finished stream, CONTINUATIONs under 1 KiB "
+          "that do not end their header block) per second before the "
           "connection is closed (GOAWAY ENHANCE_YOUR_CALM); each DATA frame the gateway sends "
           "adds two, for the WINDOW_UPDATEs a downloading client sends back. DATA frames under "
           "1 KiB past this many in a second are paced: the connection is read again when the "

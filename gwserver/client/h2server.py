@@ -20,16 +20,19 @@ Rules this file keeps:
 - Streams counted for max_concurrent_streams are those still being served, reset or not:
   a client that opens and resets streams (rapid reset) gets REFUSED_STREAM once at the limit,
   and GOAWAY ENHANCE_YOUR_CALM past http2.max_resets_per_second (streams reset as malformed
-  and streams refused count too). PING, SETTINGS, PRIORITY
-  and GOAWAY floods (ACKs too; a SETTINGS frame weighs one more per 64 entries): GOAWAY
-  ENHANCE_YOUR_CALM past max_control_frames_per_second; WINDOW_UPDATE, empty
-  DATA, unknown and finished-stream frame floods past max_empty_frames_per_second (plus two
-  per DATA frame sent: a download's WINDOW_UPDATEs). DATA under 1 KiB and header blocks are
+  and streams refused count too; a client's reset of a stream served 0.1 s is a cancel,
+  not counted). PING, SETTINGS, PRIORITY and GOAWAY floods (ACKs too; a SETTINGS frame
+  weighs one more per 64 entries): GOAWAY ENHANCE_YOUR_CALM past
+  max_control_frames_per_second; WINDOW_UPDATE, empty DATA, unknown and finished-stream
+  frame floods past max_empty_frames_per_second (plus two per DATA frame sent: a
+  download's WINDOW_UPDATEs). DATA under 1 KiB and header blocks are
   paced past their share of a second (the connection is read again when it is over). A
   header list over 64 KiB (an HPACK bomb), or a block over 64 KiB as sent (counted as its
   frames arrive, before END_HEADERS), is a connection error (ENHANCE_YOUR_CALM); one within
   it but over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION
-  floods end there, at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout.
+  floods end there, at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout, and a
+  CONTINUATION under 1 KiB that does not end its block is an empty frame. A connection with
+  a block begun is a slow head when the slots run out (Runtime.close_slowest_head).
 - Idle connections close after server.keepalive (header_timeout before the first request).
 - The per-connection settings are those of the listener that accepted the connection
   ([http2.listeners."host:port"], found by the socket's local address), else [http2]'s.
@@ -521,11 +524,27 @@ class _BoundedFrameBuffer(StreamErrorFrames):
     test_h2client_attack_dec05c.py fails if it changes."""
 
     reserved_bit_ignored = True     # RFC 9113 6.9: a client that sets it is served
+    held_bytes = 0          # of the block held: a sum per frame cost a block of 64 frames
+    #                         2,000 len() calls, a third of a CONTINUATION flood's parse
+    fragments = 0           # CONTINUATIONs under SMALL_DATA that did not end their block,
+    #                         since count_frames_read took them (an empty frame each)
 
     def _update_header_buffer(self, f):
         frame = super()._update_header_buffer(f)
         held = self._headers_buffer
-        if held and sum(len(part.data) for part in held) > MAX_HEAD_BYTES:
+        if not held:
+            self.held_bytes = 0
+            return frame
+        size = len(f.data)
+        if len(held) > 1 and size < SMALL_DATA:
+            # A CONTINUATION that does not end the block carries part of a head too large
+            # for one frame, so a whole frame of it; one of under 1 KiB carries nothing that
+            # needs it. Unweighed, blocks of 63 empty CONTINUATIONs on a stream the client
+            # had reset (each block dropped, one empty frame) took 61% of a worker's core
+            # and made another client wait 5 s (the CONTINUATION flood of 2024).
+            self.fragments += 1
+        self.held_bytes = size = self.held_bytes + size
+        if size > MAX_HEAD_BYTES:
             raise HeaderBlockTooLarge(f"header block over {MAX_HEAD_BYTES} bytes before "
                                       f"its END_HEADERS ({len(held)} frames)")
         return frame
@@ -618,6 +637,11 @@ class _CountingH2(h2.connection.H2Connection):
                                       "(RFC 9113 6.3)", E.FRAME_SIZE_ERROR)
         elif kind is ExtensionFrame:
             self.empty_frames += 1 + (frame.body_len >> 10)
+        elif kind is RstStreamFrame and self._is_idle(frame.stream_id):
+            # RFC 9113 6.4: a connection error. h2 dropped it as for a stream it forgot, and
+            # a client's reset of a stream it never opened is a client out of step.
+            raise h2.exceptions.ProtocolError(f"RST_STREAM on idle stream {frame.stream_id} "
+                                              "(RFC 9113 6.4)")
         try:
             events = super()._receive_frame(frame)
         except h2.exceptions.InvalidBodyLengthError as exc:
@@ -643,6 +667,12 @@ class _CountingH2(h2.connection.H2Connection):
             if fields:
                 self.header_bytes += FIELD_BYTES * len(fields)
         return events
+
+    def _is_idle(self, stream_id):
+        """Never opened: past the highest stream the client opened (odd ids) or the
+        gateway did (even ones: it opens none, push is off)."""
+        return stream_id > (self.highest_inbound_stream_id if stream_id % 2 else
+                            self.highest_outbound_stream_id)
 
     def _refuse_past_limit(self, frame):
         """A new stream past max_concurrent_streams (h2's count: streams open): RFC 9113
@@ -764,6 +794,8 @@ GOAWAY_RACE_STREAMS = 100
 # says (it takes up to 2^31 - 1: from 2^30 no stream id fell past the race, and refusals
 # were never counted again). The gateway's GOAWAY is not capped: see goaway_race_ids.
 GOAWAY_RACE_MAX_STREAMS = 1000
+# A client's reset of a stream served this long is a cancel, not counted (``cancelled``)
+CANCEL_AFTER = 0.1
 REQUEST_FRAME_TYPES = (0x1, 0x9)       # HEADERS, CONTINUATION: a request's head coming
 # The stream errors h2 resets a stream for itself (StreamReset, remote_reset False): why, for
 # the access line (it said nothing: status 0, as if the client had hung up)
@@ -833,7 +865,8 @@ class H2ServerConnection:
         self.wait_state = None          # what the reader waits for: see _wait_for
         self.unsent_since = None        # idle, its last answer still queued (expire)
         self.idle_closing = False       # idle and timed out: GOAWAY sent, lingering (expire)
-        self.timeout_reason = None      # why Runtime.close_slowest_body closed it
+        self.timeout_reason = None      # why Runtime.close_slowest_body (_head) closed it
+        self.head_read = 0              # bytes read since a head began (close_slowest_head)
 
     # -- output (any greenlet, under the lock) ------------------------------------------------
 
@@ -1005,16 +1038,17 @@ class H2ServerConnection:
                 self.runtime.deadlines.arm(self, 1.0)
                 return
         self.timed_out = True
-        if idle:
+        if idle and not self.timeout_reason:
             self.idle_close()
             return
         try:
             # (not while a frame is half written: the lock's holder waits for the socket)
             if not self.lock.locked():
                 if self.timeout_reason and not unsent_bytes(self.sock):
-                    # Streams open, closed for a body under min_body_rate: the client is
-                    # told why, as an HTTP/1.1 one gets its 408 (nothing is queued ahead of
-                    # it). Not a graceful close: ENHANCE_YOUR_CALM, as for the floods.
+                    # Closed for a body under min_body_rate, or a head as slow, while every
+                    # slot was taken: the client is told why, as an HTTP/1.1 one gets its
+                    # 408 (nothing is queued ahead of it). Not a graceful close:
+                    # ENHANCE_YOUR_CALM, as for the floods.
                     self._send_now(self._goaway_frame(E.ENHANCE_YOUR_CALM,
                                                       self.timeout_reason))
         finally:
@@ -1100,6 +1134,7 @@ class H2ServerConnection:
             stopping.unlink(self._on_stop)
             runtime.deadlines.disarm(self)
             runtime.idle_clients.pop(self, None)
+            runtime.head_readers.pop(self, None)
             self.closed = True
             for stream in list(self.streams.values()):
                 stream.on_reset(E.CANCEL)
@@ -1130,9 +1165,11 @@ class H2ServerConnection:
             else "streams" if self.streams else "idle"
         if state == self.wait_state:
             return
+        runtime, server = self.runtime, self.settings
+        if self.wait_state == "head":
+            runtime.head_readers.pop(self, None)    # (or closed as the slowest)
         self.wait_state = state
         self.unsent_since = None
-        runtime, server = self.runtime, self.settings
         if state == "idle":
             runtime.idle_clients[self] = None
             runtime.deadlines.arm(self, server["keepalive"] if self.requests
@@ -1141,8 +1178,19 @@ class H2ServerConnection:
         runtime.idle_clients.pop(self, None)
         if state == "head":
             runtime.deadlines.arm(self, server["header_timeout"])
+            self.slow_head_began(buffered)
         else:
             runtime.deadlines.disarm(self)
+
+    def slow_head_began(self, buffered):
+        """A head has begun: the connection is one of Runtime.head_readers, judged by its
+        rate (head_read, counted from what of the head is in) as an HTTP/1.1 head is when
+        every slot is taken and none is idle (close_slowest_head). It was not: connections
+        that each sent half a header block held every slot for header_timeout, a newcomer
+        left waiting 6 s where HTTP/1.1 heads as slow were closed after SLOW_HEAD_GRACE."""
+        self.head_read = len(buffered._data) + sum(len(f.data) for f in
+                                                   buffered._headers_buffer)
+        self.runtime.head_readers[self] = time.monotonic()
 
     def read_loop(self):
         while not (self.closed or self.draining and not self.streams and
@@ -1154,6 +1202,8 @@ class H2ServerConnection:
                 return
             if not data:
                 return
+            if self.wait_state == "head":
+                self.head_read += len(data)         # its rate: close_slowest_head
             try:
                 with self.lock:
                     events = self.h2.receive_data(data)
@@ -1215,7 +1265,9 @@ class H2ServerConnection:
                 if event.stream_id in self.streams:     # still ending: see count_refused
                     self.reset_credit = min(self.reset_credit + 1,
                                             self.conf["max_concurrent_streams"])
-            # Every reset counts, refused streams' too: work is bounded by the streams being
+                if cancelled(stream):
+                    return
+            # Resets count, refused streams' too: work is bounded by the streams being
             # served, the rate of new ones by this.
             self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset",
                              reason="rapid_reset")
@@ -1338,6 +1390,10 @@ class H2ServerConnection:
         download is no flood. Small DATA and header bytes past their share of the second
         are paced: the connection is not read again until the second is over."""
         counted = self.h2
+        buffered = counted.incoming_buffer
+        if buffered.fragments:          # small CONTINUATIONs: _BoundedFrameBuffer
+            counted.empty_frames += buffered.fragments
+            buffered.fragments = 0
         if counted.empty_frames:
             self.count_flood("empty_frames", self.conf["max_empty_frames_per_second"] +
                              2 * counted.data_frames_sent, "empty frame flood",
@@ -1512,6 +1568,21 @@ class H2ServerConnection:
                 self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader
             except OSError:
                 pass
+
+
+def cancelled(stream):
+    """Was the client's reset of ``stream`` a cancel (not counted toward
+    max_resets_per_second): the stream had been served CANCEL_AFTER seconds or more? A gRPC
+    client cancels a call at its deadline, a hedged call's losers, a browser the requests of
+    a page it left: counted, a client cancelling 200 calls a second at a 200 ms deadline
+    (40 in flight) had its connection closed (ENHANCE_YOUR_CALM, "rapid reset") and every
+    call on it cut. Streams that old are bounded by the streams being served: at most
+    max_concurrent_streams / CANCEL_AFTER such resets a second, each after as much serving
+    as a request that long (nothing a client's own requests could not cost). A reset in
+    the read that opened the stream, or soon after, is rapid reset's and counts (Envoy's
+    "premature" resets are those of streams younger than a second, judged by their share)."""
+    started = stream.req.started            # (None until handle() began)
+    return started is not None and time.monotonic() - started >= CANCEL_AFTER
 
 
 class StreamKilled(ClientGone, gevent.GreenletExit):

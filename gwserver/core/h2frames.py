@@ -19,18 +19,27 @@ the other 31 bits say (an increment of 0 as above). ``__next__`` wraps h2's own 
 through 4.x; tests/unit/test_h2_upstream_frames.py fails if it changes). Each case costs
 only when hyperframe has refused the frame: nothing on the path of a good one.
 
+A SETTINGS frame with the ACK flag and a payload is a connection error of type
+FRAME_SIZE_ERROR (6.5); hyperframe refused it as non-compliant data, which h2 answered GOAWAY
+PROTOCOL_ERROR (h2spec 6.5.1 asks for FRAME_SIZE_ERROR): ``SettingsAckWithPayload``.
+
 A frame longer than ``max_frame_size`` is refused as soon as its header is in (GOAWAY
 FRAME_SIZE_ERROR, 4.2). h2 checked its length only once all of it had arrived, so a header
 that declared 16 MiB had the connection hold whatever followed, up to 16 MiB, however small
 the SETTINGS_MAX_FRAME_SIZE it was told (~250 such connections: 4 GiB of a worker). This
 costs one look at the header of a frame not yet whole: once a read at most.
 """
-from h2.exceptions import FrameTooLargeError, ProtocolError
+from h2.exceptions import FrameDataMissingError, FrameTooLargeError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import PriorityFrame, WindowUpdateFrame
 
-WINDOW_UPDATE, PRIORITY = 0x8, 0x2
+WINDOW_UPDATE, PRIORITY, SETTINGS = 0x8, 0x2, 0x4
+ACK = 0x1
+
+
+class SettingsAckWithPayload(FrameDataMissingError):
+    """A SETTINGS ACK that carries a payload: GOAWAY FRAME_SIZE_ERROR (RFC 9113 6.5)."""
 
 
 class ZeroIncrement(WindowUpdateFrame):
@@ -83,6 +92,9 @@ class StreamErrorFrames(FrameBuffer):
         length = int.from_bytes(data[:3], "big")
         stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
         cause = exc.__cause__
+        if data[3] == SETTINGS and data[4] & ACK and length:
+            raise SettingsAckWithPayload(f"SETTINGS ACK with a payload of {length} bytes "
+                                         f"(RFC 9113 6.5)") from exc
         if data[3] == PRIORITY and stream_id and isinstance(cause, InvalidFrameError):
             del data[:9 + length]           # (all of it is in: hyperframe parsed its body)
             return PrioritySizeError(stream_id, length)

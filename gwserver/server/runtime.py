@@ -202,8 +202,9 @@ class Runtime:
         self.open_clients = 0
         self.idle_clients = {}          # connection -> None, oldest first
         self.body_readers = {}          # HTTP/1.1 connection -> None, waiting for body bytes
-        self.head_readers = {}          # HTTP/1.1 connection -> when its head began (a head
-        #                                 not whole in the read it began in; its head_read)
+        self.head_readers = {}          # connection -> when its head began (a head not
+        #                                 whole in the read it began in, or an HTTP/2 header
+        #                                 block begun; its head_read)
         # HTTP/1.1 connection -> the upstream exchange its streamed answer waits on, whose
         # expire() ends that wait should the client hang up (find_hangups)
         self.streaming = {}
@@ -418,10 +419,11 @@ class Runtime:
             owner.expire()
 
     def close_slowest_head(self, now):
-        """Every slot is taken and none is idle: the HTTP/1.1 connection sending its request
-        head slowest, begun SLOW_HEAD_GRACE ago or more and under min_body_rate (any rate if
-        that is 0), is closed as header_timeout closes it (a 408 first, if plain; a head
-        follows its first byte at once). Sending a byte of a head each, worker_connections
+        """Every slot is taken and none is idle: the connection sending its request head
+        slowest (HTTP/1.1, or HTTP/2 with a header block begun), begun SLOW_HEAD_GRACE ago
+        or more and under min_body_rate (any rate if that is 0), is closed as
+        header_timeout closes it (a 408 first, if plain; HTTP/2: a GOAWAY that says why; a
+        head follows its first byte at once). Sending a byte of a head each, worker_connections
         clients held every slot for header_timeout (10 s), and again at each reconnect,
         while newcomers waited unanswered in the listen queue (slowloris). The slowest, not
         the oldest: a large head (cookies) coming steadily over a slow link is no slowloris,
