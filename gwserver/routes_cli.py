@@ -16,8 +16,9 @@ from .terminal import printable
 # Everything else is imported when a command runs: `gwserver run` parses the same command line,
 # and importing requests (urllib3, ssl) in the master would defeat the workers' gevent patching.
 
-# WAITING: a waiting route's note says it; decode_json: files are read as etcd values are
-from .core.table import WAITING, decode_json  # noqa: E402
+# WAITING: a waiting route's note says it; FENCED: what a refused route in etcd does (not
+# said of a put refused here); decode_json: files are read as etcd values are
+from .core.table import FENCED, WAITING, decode_json  # noqa: E402
 
 
 def client_for(conf):
@@ -123,7 +124,9 @@ def check(kind, items, table):
                  if kind == "consumers" and f"consumers/{item_id}" in table.rejected]
     for item_id, item in items if kind == "routes" else ():
         if not table.put_route(item_id, json.dumps(item), 1 << 60):
-            reason = table.rejected[f"routes/{item_id}"]
+            # What the gateway does with such a route in etcd ("its paths answer 503 ..."):
+            # said of a put refused here, it read as if the route had been written.
+            reason = table.rejected[f"routes/{item_id}"].removesuffix(f" ({FENCED})")
             (notes if WAITING in reason else problems).append(reason)
     if kind == "routes":
         # What `gwserver check` warns of in a conf file: a route that takes a path another

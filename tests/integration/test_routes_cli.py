@@ -162,3 +162,16 @@ def test_the_cli_block_of_docs_etcd_md_runs_as_it_says(launcher, tmp_path):
         if " status " in line:
             assert "rejected" in run.stdout, run.stdout
     assert etcd.client().range_prefix(PREFIX + "/upstreams/")[1] == []
+
+
+def test_a_refused_put_says_nothing_of_what_a_written_route_would_do(conf_path):
+    """A route `routes put` refuses is not written: its error once ended with the gateway's
+    words for such a route in etcd, "(its paths answer 503 until a valid version arrives)",
+    which read as if it had been written and fenced."""
+    bad = {"id": "a", "paths": ["/a"], "upstream": {"targets": [{"url": "http://127.0.0.1:9"}]},
+           "plugins": {"headers": {"hedaer": {}}}}
+    for action in ("put", "validate"):
+        one_error(cli(conf_path, "routes", action, "-", stdin=json.dumps(bad)), "hedaer")
+        assert "503" not in cli(conf_path, "routes", action, "-",
+                                stdin=json.dumps(bad)).stderr
+    assert conf_path.etcd.client().range_prefix(PREFIX + "/")[1] == []
