@@ -186,17 +186,23 @@ class RetryBudget:
     def share(self, own, now):
         """This worker's part of what is left: its part of the host's recent requests to
         the upstream, once the others had a chance to tell theirs (they publish once a
-        second); 1/N before (at a start, or traffic after a quiet while, every worker could
-        be spending). 1/N for good starved a worker with all the traffic (a single HTTP/2
-        connection's): with 16 workers it got under half the retries of 20 % failing.
-        The others' counts are up to a second old: against its own as it told them then too,
-        a burst is no larger part (each worker of a host that had a trickle took nearly all
-        of what was left in a burst's first second, N times the budget)."""
-        peers = self.peers[0]
-        if peers or (own and self.traffic_since(now) <= now - SEEN_AFTER):
-            told = self.told
+        second: 2 s into its traffic); 1/N before (at a start, or traffic after a quiet
+        while, every worker could be spending). 1/N for good starved a worker with all the
+        traffic (a single HTTP/2 connection's): with 16 workers it got under half the
+        retries of 20 % failing. The others' counts are up to a second old: against its own
+        as it told them then too, a burst is no larger part (each worker of a host that had
+        a trickle took nearly all of what was left in a burst's first second, N times the
+        budget). Any count of theirs was taken for all of it: in a fresh host's burst the
+        others' first publishes (a request each) made nearly all of it the own of each
+        worker that published after them (4 workers: up to 3 times the budget). A worker
+        whose traffic is new among others that told theirs takes its part, no larger than
+        theirs until it told its own (they count none of its requests)."""
+        peers, told = self.peers[0], self.told
+        if own and self.traffic_since(now) <= now - SEEN_AFTER:
             part = own / (own + peers)
-            return min(part, told / (told + peers)) if told else part
+            return min(part, told / (told + peers) if told else peers / (own + peers))
+        if peers and not told:
+            return min(own, peers) / (own + peers)
         return 1 / self.workers
 
     def traffic_since(self, now):
