@@ -213,30 +213,6 @@ def test_workers_follow_a_sync_process_that_numbers_from_1_again(launcher, etcd,
                                   for path in ("/r", "/r2", "/x4")), timeout=10)
 
 
-def test_the_health_checker_follows_a_sync_process_that_numbers_again(launcher, etcd, upstream,
-                                                                    tmp_path):
-    """The same restart on a removed runtime_dir: the workers re-opened the new counter, the
-    health helper did not. It held the removed one, and never probed an upstream put in etcd
-    after it (a dead target stayed "healthy", and took its share of requests, for good)."""
-    from .test_health import FAST_CHECK
-    client = etcd.client()
-    gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
-    wait_until(lambda: gw.helper_pid("health"))
-    pid = status_of(gw)["pid"]
-    shutil.rmtree(runtime_of(gw))
-    os.kill(pid, signal.SIGKILL)
-    dead = f"http://127.0.0.1:{free_port()}"
-    put(client, "upstreams", "pool", {"targets": [{"url": upstream.url}, {"url": dead}],
-                                      "health_check": FAST_CHECK})
-    put(client, "routes", "p", {"paths": ["/p/*rest"], "strip_prefix": "/p", "upstream": "pool"})
-    assert eventually(lambda: serves(gw, "/p/echo") in (200, 502), timeout=20)
-
-    def health():
-        view = json.loads(gw.admin_get("/admin/upstreams")[1])
-        return {t["url"]: t["health"] for t in view["upstreams"]["pool"]["targets"]}
-    assert eventually(lambda: health()[dead] == "unhealthy", timeout=10), health()
-
-
 def test_held_keys_outside_the_prefix_or_its_kinds_are_ignored(launcher, etcd, upstream,
                                                                tmp_path):
     """A sibling prefix ("/gwx"), the prefix itself, an empty id, a nested id: none is served

@@ -409,10 +409,10 @@ def test_no_etcd_and_no_snapshot_at_start_is_not_ready_and_says_so(launcher, ups
     wait_until(lambda: gw.admin_get("/-/ready")[0] == 200)
 
 
-def test_a_table_of_another_prefix_left_in_runtime_dir_is_not_served(launcher, etcd,
-                                                                       upstream, tmp_path):
-    """A gateway restarted onto another prefix (same runtime_dir) while etcd was down served
-    the other prefix's routes from runtime_dir, and said it was ready."""
+def restarted_onto_another_prefix(launcher, etcd, upstream, tmp_path):
+    """A gateway that served /tenant-a/ (route /a-only), stopped, and started again on the
+    same runtime_dir with prefix /tenant-b/ while etcd is unreachable: -> (the new gateway,
+    the runtime_dir)."""
     runtime = tmp_path / "run"
 
     def conf(prefix, endpoint):
@@ -429,6 +429,14 @@ def test_a_table_of_another_prefix_left_in_runtime_dir_is_not_served(launcher, e
     first.proc.wait(15)
     second = launcher.gateway(conf("/tenant-b", f"http://127.0.0.1:{free_port()}"))
     wait_until(lambda: "no snapshot either" in second.log())
+    return second, runtime
+
+
+def test_a_table_of_another_prefix_left_in_runtime_dir_is_not_served(launcher, etcd,
+                                                                       upstream, tmp_path):
+    """A gateway restarted onto another prefix (same runtime_dir) while etcd was down served
+    the other prefix's routes from runtime_dir, and said it was ready."""
+    second, _ = restarted_onto_another_prefix(launcher, etcd, upstream, tmp_path)
     assert serves(second, "/a-only") == 404
     assert second.admin_get("/-/ready")[0] == 503
 

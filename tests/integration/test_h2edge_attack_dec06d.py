@@ -63,40 +63,9 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame, RstStreamFrame
 from ..h2client import RawH2
 from .test_auth_abuse import cpu_seconds
 from .test_h2client_attack_dec05c import h2c_gateway, settled
+from .test_http2_hardening import Bystander
 
 E = h2.errors.ErrorCodes
-
-
-class OtherClient:
-    """Another client's HTTP/1.1 requests, in a thread, while an attack runs: the worst
-    wait and the failures (a request that took its 5 s timeout)."""
-
-    def __init__(self, port):
-        self.port, self.worst, self.failures, self.count = port, 0.0, 0, 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/echo")
-                assert conn.getresponse().status == 200
-                conn.close()
-            except Exception:
-                self.failures += 1
-            self.worst = max(self.worst, time.monotonic() - started)
-            self.count += 1
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(10)
 
 
 def discard_input(sock):
@@ -134,7 +103,7 @@ def test_a_continuation_flood_on_a_reset_stream_is_refused(launcher, upstream):
     discard_input(client.sock)
     client.sock.settimeout(0.5)
     before, started = cpu_seconds(gw), time.monotonic()
-    with OtherClient(gw.port) as other:
+    with Bystander(gw.port) as other:
         while time.monotonic() - started < 3.0:
             try:
                 client.sock.sendall(burst)

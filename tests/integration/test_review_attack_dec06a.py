@@ -41,9 +41,9 @@ import time
 
 import pytest
 
-from ..conftest import free_port, gateway_conf, wait_until
+from ..conftest import free_port, wait_until
 from .test_attack_pass_dec04e import reload_with
-from .test_etcd import UP, runtime_of, serves, serving, status_of
+from .test_etcd import restarted_onto_another_prefix, runtime_of, serves, serving, status_of
 
 
 @pytest.fixture
@@ -95,22 +95,7 @@ def test_a_table_of_another_prefix_is_not_written_over_with_an_empty_one(launche
     """Defect 3: /tenant-a served, stopped; the gateway restarted on /tenant-b with etcd
     unreachable. /-/ready said 503 at first, then 200 from the second its sync process wrote
     an empty table of /tenant-b over /tenant-a's, for as long as etcd stayed away."""
-    runtime = tmp_path / "run"
-
-    def conf(prefix, endpoint):
-        return gateway_conf([], workers=1, etcd={
-            "endpoints": [endpoint], "prefix": prefix, "runtime_dir": str(runtime),
-            "snapshot_path": str(tmp_path / f"snap{prefix.replace('/', '_')}.json"),
-            "watch_idle_timeout": 2.0, "backoff_max": 0.5, "timeout": 1.0})
-    client = etcd.client()
-    client.put("/tenant-a/upstreams/up", json.dumps(UP(upstream)).encode())
-    client.put("/tenant-a/routes/a", json.dumps({"paths": ["/a-only"], "upstream": "up"}).encode())
-    first = launcher.gateway(conf("/tenant-a", etcd.url))
-    wait_until(lambda: serves(first, "/a-only") == 200)
-    first.proc.send_signal(signal.SIGTERM)
-    first.proc.wait(15)
-    second = launcher.gateway(conf("/tenant-b", f"http://127.0.0.1:{free_port()}"))
-    wait_until(lambda: "no snapshot either" in second.log())
+    second, runtime = restarted_onto_another_prefix(launcher, etcd, upstream, tmp_path)
     answers = []
     for _ in range(16):             # the base writer looks once a second (BASE_CHECK)
         answers.append(second.admin_get("/-/ready")[0])
@@ -118,6 +103,18 @@ def test_a_table_of_another_prefix_is_not_written_over_with_an_empty_one(launche
     assert answers == [503] * 16, answers
     assert json.loads((runtime / "table.json").read_text())["prefix"] == "/tenant-a/"
     assert serves(second, "/a-only") == 404 and "Traceback" not in second.log()
+
+
+def numbered_again_under(gw, role):
+    """Once the ``role`` helper holds the table's counter: runtime_dir removed and the sync
+    process killed, so that its successor numbers from 1 in a new counter. -> its pid."""
+    wait_until(lambda: gw.helper_pid(role))
+    helper = gw.helper_pid(role)
+    wait_until(lambda: counter_descriptors(helper, runtime_of(gw)) == 1)    # it follows
+    pid = status_of(gw)["pid"]
+    shutil.rmtree(runtime_of(gw))
+    os.kill(pid, signal.SIGKILL)
+    return helper
 
 
 def test_held_the_rollouts_helper_follows_a_sync_process_that_numbers_again(
@@ -132,12 +129,7 @@ def test_held_the_rollouts_helper_follows_a_sync_process_that_numbers_again(
     from .test_rollouts import rollout_of
     client = etcd.client()
     gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
-    wait_until(lambda: gw.helper_pid("rollouts"))
-    helper = gw.helper_pid("rollouts")
-    wait_until(lambda: counter_descriptors(helper, runtime_of(gw)) == 1)    # it follows
-    pid = status_of(gw)["pid"]
-    shutil.rmtree(runtime_of(gw))
-    os.kill(pid, signal.SIGKILL)
+    helper = numbered_again_under(gw, "rollouts")
     canary = launcher.upstream("canary")
     put(client, "upstreams", "v2", {"targets": [{"url": canary.url}]})
     split = {"upstreams": [{"upstream": "up", "weight": 1},
@@ -155,22 +147,17 @@ def test_held_the_rollouts_helper_follows_a_sync_process_that_numbers_again(
 
 def test_held_the_health_helper_follows_a_sync_process_that_numbers_again(
         launcher, etcd, upstream, tmp_path):
-    """6ee2711's own test of this (test_attack_pass_dec04e) passes on its parent too: it
-    removes runtime_dir once the health helper runs, which is before the helper opened the
-    counter (its start is slow), so the helper opened the new counter at once. Here the
-    helper holds the old counter first; on 6ee2711's parent a dead target put in etcd after
-    the restart was never probed (its health never "unhealthy")."""
+    """6ee2711's own test of this (in test_attack_pass_dec04e, replaced by this one) passed
+    on its parent too: it removed runtime_dir once the health helper ran, which is before
+    the helper opened the counter (its start is slow), so the helper opened the new counter
+    at once. Here the helper holds the old counter first; on 6ee2711's parent a dead target
+    put in etcd after the restart was never probed (its health never "unhealthy")."""
     from .test_attack_pass_dec04e import eventually
     from .test_etcd import put
     from .test_health import FAST_CHECK
     client = etcd.client()
     gw = serving(launcher, tmp_path, etcd.url, client, upstream, "r", "/r")
-    wait_until(lambda: gw.helper_pid("health"))
-    helper = gw.helper_pid("health")
-    wait_until(lambda: counter_descriptors(helper, runtime_of(gw)) == 1)    # it follows
-    pid = status_of(gw)["pid"]
-    shutil.rmtree(runtime_of(gw))
-    os.kill(pid, signal.SIGKILL)
+    helper = numbered_again_under(gw, "health")
     dead = f"http://127.0.0.1:{free_port()}"
     put(client, "upstreams", "pool", {"targets": [{"url": upstream.url}, {"url": dead}],
                                       "health_check": FAST_CHECK})
