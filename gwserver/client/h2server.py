@@ -32,7 +32,8 @@ Rules this file keeps:
   it but over limit_request_fields/_field_size is answered 431 on its stream. CONTINUATION
   floods end there, at h2's 64-frame backlog (PROTOCOL_ERROR) or at header_timeout, and a
   CONTINUATION under 1 KiB that does not end its block is an empty frame. A connection with
-  a block begun is a slow head when the slots run out (Runtime.close_slowest_head).
+  a block begun and no stream open is a slow head when the slots run out
+  (Runtime.close_slowest_head; one with streams is being served).
 - Idle connections close after server.keepalive (header_timeout before the first request).
 - The per-connection settings are those of the listener that accepted the connection
   ([http2.listeners."host:port"], found by the socket's local address), else [http2]'s.

@@ -52,6 +52,15 @@ HANGUP_CHECK_EVERY = 1.0
 SLOW_HEAD_GRACE = 1.0
 
 
+def serving_streams(conn):
+    """Has this head reader, an HTTP/2 connection, streams open (HTTP/1.1 ones have none)?
+    Their slot is held as long as they are served, whatever its next header block does, and
+    those that wait for their body are judged by close_slowest_body. Taken for a slow head,
+    a connection with a long poll in flight and its next request's block stalled a second
+    (a slow uplink, a big cookie) was closed, ENHANCE_YOUR_CALM, its streams cut."""
+    return getattr(conn, "streams", None)
+
+
 class AccessLog:
     """Access lines ([log] access_fields, core.accesslog), buffered: written to stderr or
     ``[log] access_log_path`` in one syscall at most 50 ms (the tick) or ACCESS_FLUSH_LINES
@@ -427,10 +436,11 @@ class Runtime:
         clients held every slot for header_timeout (10 s), and again at each reconnect,
         while newcomers waited unanswered in the listen queue (slowloris). The slowest, not
         the oldest: a large head (cookies) coming steadily over a slow link is no slowloris,
-        and was cut before the byte-a-second heads begun after it. -> whether one was."""
+        and was cut before the byte-a-second heads begun after it. An HTTP/2 connection with
+        streams open is not judged (serving_streams). -> whether one was."""
         slowest, slowest_rate = None, self.min_body_rate or float("inf")
         for conn, began in self.head_readers.items():
-            if now - began >= SLOW_HEAD_GRACE and \
+            if now - began >= SLOW_HEAD_GRACE and not serving_streams(conn) and \
                     (rate := conn.head_read / (now - began)) < slowest_rate:
                 slowest, slowest_rate, waited = conn, rate, now - began
         if slowest is None:

@@ -421,9 +421,23 @@ class H2Connection:
                 # reads, whatever their size. Past its share of small DATA, it waits for the
                 # next second.
                 gevent.sleep(pause)
-        except (OSError, h2.exceptions.ProtocolError, UpstreamError) as exc:
+        except h2.exceptions.ProtocolError as exc:
+            self._send_goaway_queued()
+            self._fail(UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
+        except (OSError, UpstreamError) as exc:
             self._fail(exc if isinstance(exc, UpstreamError) else
                        UpstreamError(f"HTTP/2 connection to {self.target.url} failed: {exc}"))
+
+    def _send_goaway_queued(self):
+        """The upstream broke the protocol: h2 queued a GOAWAY naming the error (RFC 9113
+        5.4.1), which the close that follows left unsent (the upstream saw a bare close,
+        never why, a SETTINGS ACK with a payload's FRAME_SIZE_ERROR among them). Written
+        as _flush writes, without waiting (over TLS, or behind queued frames, it is not)."""
+        try:
+            with self.lock:
+                self._flush()
+        except (OSError, h2.exceptions.ProtocolError):
+            pass
 
     def _shed(self):
         """Past UNRELAYED_BUDGET of answers waiting for their clients on this connection:
