@@ -410,12 +410,6 @@ class Route:
         return (bool(self.hosts), bool(self.host_suffixes), len(self.headers) + len(self.claims),
                 self.methods is not None)
 
-    @functools.cached_property
-    def segments(self):
-        """Each of ``paths`` parsed (check_path), once: the router parsed them at each check,
-        add and removal, and a route of 40,000 paths held every worker ~2 s an etcd write."""
-        return tuple(tuple(check_path(pattern)) for pattern in self.paths)
-
 
 def make_target(spec):
     parts = urlsplit(spec["url"])
