@@ -183,8 +183,9 @@ RETRY = Schema(
           "seconds before the first retry, doubled for each further one (with jitter); "
           "default 0.025"),
     Field("timeout", number(0, exclusive=True), None,
-          "seconds from the first try after which no retry starts, its backoff waited (a try "
-          "under way runs on, within per_try_timeout); default: none"),
+          "seconds from the first try after which no retry starts, nor one whose backoff "
+          "would end after it (a try under way runs on, within per_try_timeout); "
+          "default: none"),
     Field("methods", list_of(string(r"[A-Z]+", "an upper-case method"), min_items=1), None,
           "methods retried once the request was sent; default the idempotent ones (a failed "
           "connect sent nothing: any method is retried)"),

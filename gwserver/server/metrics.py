@@ -99,8 +99,11 @@ CONSUMER_REQUESTS = Metric("gwserver_consumer_requests", "counter", "Requests by
                            "an auth plugin identified and status class (series bounded by "
                            "the number of consumers)",
                            (("consumer", "consumer id"), ("code", "`2xx`...")))
-RETRIES = Metric("gwserver_upstream_retries", "counter", "Retries on another target, by "
-                 "upstream and outcome (retried, budget_exhausted, timed_out)",
+# (not only retries made: those the budget or the policy's timeout denied count too)
+RETRIES = Metric("gwserver_upstream_retries", "counter", "Retries the policy asked for, by "
+                 "upstream and outcome: retried (made, on another target when one is left), "
+                 "budget_exhausted or timed_out (not made: the retry budget was spent, the "
+                 "policy's timeout had passed)",
                  (UPSTREAM, ("outcome", "`retried`, `budget_exhausted`, `timed_out`")))
 EJECTIONS = Metric("gwserver_upstream_ejections", "counter", "Targets ejected by passive "
                    "checks in this worker", (UPSTREAM, TARGET))
