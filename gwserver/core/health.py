@@ -196,11 +196,12 @@ class RetryBudget:
         others' first publishes (a request each) made nearly all of it the own of each
         worker that published after them (4 workers: up to 3 times the budget). A worker
         whose traffic is new among others that told theirs takes its part, no larger than
-        theirs until it told its own (they count none of its requests)."""
+        theirs until it told its own (they count none of its requests); with nothing told
+        on either side, 1/N (its traffic's 2 s are whole seconds, a second and a bit: one
+        whose next publish came late took 0, and alone on a host, only the floor)."""
         peers, told = self.peers[0], self.told
-        if own and self.traffic_since(now) <= now - SEEN_AFTER:
-            part = own / (own + peers)
-            return min(part, told / (told + peers) if told else peers / (own + peers))
+        if told and own and self.traffic_since(now) <= now - SEEN_AFTER:
+            return min(own / (own + peers), told / (told + peers))
         if peers and not told:
             return min(own, peers) / (own + peers)
         return 1 / self.workers

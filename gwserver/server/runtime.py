@@ -370,6 +370,7 @@ class Runtime:
         from ..upstream.proxy import forget_gone
         forget_gone(self.proxy.outstanding, self.proxy.refused,
                     {target.url for upstream in upstreams for target in upstream.targets})
+        self.proxy.forget_gone_upstreams({upstream.id for upstream in upstreams})
         removed, replaced = self.proxy.pools.prune(upstreams)
         h2_removed, h2_replaced = self.proxy.h2.pools.prune(upstreams)
         removed, replaced = removed | h2_removed, replaced | h2_replaced

@@ -559,6 +559,15 @@ class Proxy:
                     conn.close()        # the pool's next get reconnects it (is_connected)
         self.h2.pools.close_idle(before)
 
+    def forget_gone_upstreams(self, live_ids):
+        """Drop the retry budgets and balancers of upstreams no longer in the table (kept by
+        id, as forget_gone's are by URL): every upstream that ever came (etcd churn) kept one
+        of each for the worker's life, its budget published in the share file and read by
+        every other worker, each second. One with requests in flight keeps its own objects."""
+        for kept in (self._budgets, self._balancers):
+            for upstream_id in [i for i in kept if i not in live_ids]:
+                del kept[upstream_id]
+
     def budget(self, upstream):
         budget = self._budgets.get(upstream.id)
         if budget is None:
