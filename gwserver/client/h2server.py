@@ -63,7 +63,7 @@ from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFra
 
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2frames import PrioritySizeError, StreamErrorFrames, ZeroIncrement
+from ..core.h2frames import BoundedBlocks, PrioritySizeError, ZeroIncrement
 from ..core.h2request import (Malformed, check_method_and_path, check_trailers, grpc_code,
                               grpc_message, is_grpc, split_request)
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
@@ -507,48 +507,14 @@ MAX_HEADER_BYTES_PER_SECOND = 512 << 10
 FIELD_BYTES = 8
 
 
-class HeaderBlockTooLarge(h2.exceptions.DenialOfServiceError):
-    """A header block's frames, still without END_HEADERS, hold more than the decoded list
-    may (h2 answers it GOAWAY ENHANCE_YOUR_CALM, as it does an HPACK bomb)."""
-
-
-class _BoundedFrameBuffer(StreamErrorFrames):
-    """h2's frame buffer, which holds a header block's HEADERS and CONTINUATION frames until
-    END_HEADERS, up to 64 frames whatever their size: 1 MiB a connection at the default
-    max_frame_size (1 GiB at the 16 MiB a listener may set), held for server.header_timeout.
-    60 connections that sent 63 CONTINUATIONs each grew a worker by 79 MiB; an HTTP/1.1
-    head is held to MAX_HEAD_BYTES. Here a block is held to that too, as sent (the decoder
-    refuses a larger one anyway: core.h2fields.CachingDecoder). A stream's WINDOW_UPDATE of
-    0 comes out as a ``ZeroIncrement``, a PRIORITY of the wrong size as a
-    ``PrioritySizeError``, and a WINDOW_UPDATE's reserved bit is ignored (core.h2frames).
-    ``_update_header_buffer`` is h2's own (private, the same through 4.x);
-    test_h2client_attack_dec05c.py fails if it changes."""
+class _BoundedFrameBuffer(BoundedBlocks):
+    """The client edge's frame reader (core.h2frames.BoundedBlocks): a block held to
+    MAX_HEAD_BYTES, as an HTTP/1.1 head is (60 connections that sent 63 CONTINUATIONs each
+    grew a worker by 79 MiB; the decoder refuses a larger block anyway:
+    core.h2fields.CachingDecoder), and a WINDOW_UPDATE's reserved bit ignored."""
 
     reserved_bit_ignored = True     # RFC 9113 6.9: a client that sets it is served
-    held_bytes = 0          # of the block held: a sum per frame cost a block of 64 frames
-    #                         2,000 len() calls, a third of a CONTINUATION flood's parse
-    fragments = 0           # CONTINUATIONs under SMALL_DATA that did not end their block,
-    #                         since count_frames_read took them (an empty frame each)
-
-    def _update_header_buffer(self, f):
-        frame = super()._update_header_buffer(f)
-        held = self._headers_buffer
-        if not held:
-            self.held_bytes = 0
-            return frame
-        size = len(f.data)
-        if len(held) > 1 and size < SMALL_DATA:
-            # A CONTINUATION that does not end the block carries part of a head too large
-            # for one frame, so a whole frame of it; one of under 1 KiB carries nothing that
-            # needs it. Unweighed, blocks of 63 empty CONTINUATIONs on a stream the client
-            # had reset (each block dropped, one empty frame) took 61% of a worker's core
-            # and made another client wait 5 s (the CONTINUATION flood of 2024).
-            self.fragments += 1
-        self.held_bytes = size = self.held_bytes + size
-        if size > MAX_HEAD_BYTES:
-            raise HeaderBlockTooLarge(f"header block over {MAX_HEAD_BYTES} bytes before "
-                                      f"its END_HEADERS ({len(held)} frames)")
-        return frame
+    max_block = MAX_HEAD_BYTES
 
 
 class StreamPastLimit:
@@ -1391,10 +1357,7 @@ class H2ServerConnection:
         download is no flood. Small DATA and header bytes past their share of the second
         are paced: the connection is not read again until the second is over."""
         counted = self.h2
-        buffered = counted.incoming_buffer
-        if buffered.fragments:          # small CONTINUATIONs: _BoundedFrameBuffer
-            counted.empty_frames += buffered.fragments
-            buffered.fragments = 0
+        counted.empty_frames += counted.incoming_buffer.take_fragments()
         if counted.empty_frames:
             self.count_flood("empty_frames", self.conf["max_empty_frames_per_second"] +
                              2 * counted.data_frames_sent, "empty frame flood",

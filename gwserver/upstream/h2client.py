@@ -30,7 +30,7 @@ from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, PriorityFram
                               SettingsFrame, WindowUpdateFrame)
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
-from ..core.h2frames import PrioritySizeError, StreamErrorFrames, ZeroIncrement
+from ..core.h2frames import BoundedBlocks, PrioritySizeError, ZeroIncrement
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
@@ -95,8 +95,9 @@ class StreamBroken(UpstreamError):
     on HTTP/1.1 upstreams."""
 
 
-# A stream's WINDOW_UPDATE of 0 is that stream's error (core.h2frames)
-_ZeroIncrement, _UpstreamFrames = ZeroIncrement, StreamErrorFrames
+# A stream's WINDOW_UPDATE of 0 is that stream's error; a header block is held to 64 KiB
+# and its small CONTINUATIONs weighed, as the client edge's (core.h2frames)
+_ZeroIncrement, _UpstreamFrames = ZeroIncrement, BoundedBlocks
 
 
 def upstream_h2_state():
@@ -484,6 +485,9 @@ class H2Connection:
         GOAWAY(ENHANCE_YOUR_CALM), and its streams with a 502. Returns the seconds to wait
         before the next read: past the small DATA frames' share, the rest of the second."""
         conn, now = self.conn, time.monotonic()
+        # (an upstream's small CONTINUATIONs too: blocks of 63 empty ones, each dropped as a
+        # 1xx is, were 1,000 frames parsed a request and weighed as none)
+        conn.empty_frames += conn.incoming_buffer.take_fragments()
         limit = self.max_empty_frames + 2 * conn.data_frames_sent
         if conn.empty_frames > limit:
             throttled_log.log(log, logging.WARNING, ("h2 upstream flood", self.target.url),

@@ -12,7 +12,7 @@ import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
 
 from gwserver.client.h2server import _BoundedFrameBuffer
-from gwserver.core.h2frames import SettingsAckWithPayload
+from gwserver.core.h2frames import HeaderBlockTooLarge, SettingsAckWithPayload
 from gwserver.upstream.h2client import _UpstreamFrames
 
 
@@ -46,16 +46,34 @@ def end_headers(frame):
     return frame
 
 
-def test_small_continuations_inside_a_block_count_as_empty_frames():
-    buffer = frames(_BoundedFrameBuffer(server=False),
+READERS = pytest.mark.parametrize("reader", [lambda: _BoundedFrameBuffer(server=False),
+                                              _UpstreamFrames], ids=["client-edge", "upstream"])
+
+
+@READERS
+def test_small_continuations_inside_a_block_count_as_empty_frames(reader):
+    """On both sides: an HTTP/2 upstream's blocks of empty CONTINUATIONs (in 16 interim
+    heads a request, each dropped) were ~1,000 frames parsed a request, weighed as none."""
+    buffer = frames(reader(),
                     HeadersFrame(1, b"\x82").serialize(),
                     *[ContinuationFrame(1, b"").serialize()] * 10,
                     ContinuationFrame(1, b"x" * 1000).serialize(),
                     end_headers(ContinuationFrame(1, b"")).serialize())
-    assert len(list(buffer)) == 1 and buffer.fragments == 11
+    assert len(list(buffer)) == 1 and buffer.take_fragments() == 11
+    assert buffer.take_fragments() == 0                 # taken once
     # Whole CONTINUATIONs (a head too large for one frame) and the block's last: none
-    buffer = frames(_BoundedFrameBuffer(server=False),
+    buffer = frames(reader(),
                     HeadersFrame(1, b"\x82" * 16384).serialize(),
                     ContinuationFrame(1, b"\x82" * 16384).serialize(),
                     end_headers(ContinuationFrame(1, b"\x82")).serialize())
     assert len(list(buffer)) == 1 and buffer.fragments == 0 and buffer.held_bytes == 0
+
+
+@READERS
+def test_a_header_block_is_held_to_its_bound_before_its_end(reader):
+    """The upstream side held a block of 64 frames whatever their size (1 MiB a connection
+    at 16 KiB frames) until its END_HEADERS; both sides refuse one past 64 KiB as sent."""
+    buffer = frames(reader(), HeadersFrame(1, b"\x82" * 16384).serialize(),
+                    *[ContinuationFrame(1, b"\x82" * 16384).serialize()] * 4)
+    with pytest.raises(HeaderBlockTooLarge):
+        list(buffer)
