@@ -6,14 +6,11 @@ CONTINUATIONs each had the worker parse ~900 frames a request, weighed as none, 
 fast it sent them. Against real processes: a gateway and a scripted h2c upstream."""
 import threading
 
-import h2.config
-import h2.connection
 import h2.events
-import h2.exceptions
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from ..conftest import wait_until
-from ..h2_upstreams import H2cUpstream
+from ..h2_upstreams import EventH2cUpstream
 from .test_h2_upstream_fields import answer_to
 from .test_h2_upstream_streams import gateway_to
 
@@ -30,31 +27,20 @@ def interim_blocks(stream_id, count=15, fragments=60):
     return (head + empty * fragments + last.serialize()) * count
 
 
-class FragmentingH2Upstream(H2cUpstream):
+class FragmentingH2Upstream(EventH2cUpstream):
     """Answers each request 200 "ok", after interim_blocks(); counts the GOAWAYs it gets."""
 
     def __init__(self):
         self.goaways = []
         super().__init__()
 
-    def connection(self, sock):
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        conn.initiate_connection()
-        with sock:
-            try:
-                sock.sendall(conn.data_to_send())
-                while data := sock.recv(65536):
-                    for event in conn.receive_data(data):
-                        if isinstance(event, h2.events.ConnectionTerminated):
-                            self.goaways.append(event.error_code)
-                        elif isinstance(event, h2.events.RequestReceived):
-                            sock.sendall(conn.data_to_send() + interim_blocks(event.stream_id))
-                            conn.send_headers(event.stream_id, [(":status", "200"),
-                                                                ("content-length", "2")])
-                            conn.send_data(event.stream_id, b"ok", end_stream=True)
-                    sock.sendall(conn.data_to_send())
-            except (h2.exceptions.ProtocolError, OSError):
-                pass
+    def on_event(self, conn, sock, event):
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self.goaways.append(event.error_code)
+        elif isinstance(event, h2.events.RequestReceived):
+            sock.sendall(conn.data_to_send() + interim_blocks(event.stream_id))
+            conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "2")])
+            conn.send_data(event.stream_id, b"ok", end_stream=True)
 
 
 def test_an_upstreams_small_continuations_are_weighed(launcher):
