@@ -1155,8 +1155,7 @@ class H2ServerConnection:
         every slot is taken and none is idle (close_slowest_head). It was not: connections
         that each sent half a header block held every slot for header_timeout, a newcomer
         left waiting 6 s where HTTP/1.1 heads as slow were closed after SLOW_HEAD_GRACE."""
-        self.head_read = len(buffered._data) + sum(len(f.data) for f in
-                                                   buffered._headers_buffer)
+        self.head_read = len(buffered._data) + buffered.held_bytes  # (BoundedBlocks' sum)
         self.runtime.head_readers[self] = time.monotonic()
 
     def read_loop(self):
