@@ -20,10 +20,15 @@ def set_title(name, role):
     setproctitle(f"{name}: {role}")
 
 
+# gunicorn titles a worker right after the fork; the worker retitles itself "worker" once its
+# listeners accept (GatewayWorker.serve), so `ps` tells a booting worker from a serving one.
+STARTING = {"worker": "worker (starting)"}
+
+
 def _from_gunicorn(title):
     match = _GUNICORN_TITLE.fullmatch(title)
     if match:
-        set_title(match["name"], match["role"])
+        set_title(match["name"], STARTING.get(match["role"], match["role"]))
     else:
         setproctitle(f"gwserver: {title}")
 

@@ -194,6 +194,15 @@ class Gateway:
         out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
+    def serving_worker_pids(self):
+        """The workers whose listeners accept: a worker is titled "NAME: worker (starting)"
+        from its fork until then (gwserver/proctitle.py), and counted among worker_pids()
+        with the helpers all along."""
+        name = self.conf["server"].get("proc_name", "gwserver")
+        out = subprocess.run(["pgrep", "-P", str(self.pid), "-f", f"^{name}: worker *$"],
+                             capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
     def helper_pids(self, role):
         """The pids of the master's helper processes titled ``gwserver: ROLE`` (health,
         ocsp, config-sync, rollouts): one, while the master keeps it."""
@@ -308,7 +317,10 @@ class Launcher:
                 raise RuntimeError(f"gateway exited with {gw.proc.returncode} before listening"
                                    f": {gw.log()[-2000:]}")
             if held == "ours":
-                wait_until(lambda: len(gw.worker_pids()) >= gw.conf["server"].get("workers", 1))
+                # Every worker serving: a test's first request answered by the backlog's wait
+                # for a booting worker timed that boot, not the gateway.
+                wait_until(lambda: len(gw.serving_worker_pids()) >=
+                           gw.conf["server"].get("workers", 1))
                 return gw
             stop_process(gw.proc)
         raise RuntimeError(f"three gateways in a row found their port taken: {gw.log()[-2000:]}")

@@ -228,7 +228,6 @@ class GatewayWorker(GeventWorker):
             # A SIGUSR1 while the runtime was built (its access log opened first) found no
             # runtime: the file it opened may be the one logrotate just moved.
             runtime.access.reopen_wanted = True
-        proctitle.set_title(self.conf.server["proc_name"], "worker")
         if runtime.table_reader is not None:
             self.wait_for_table(runtime)
         runtime.deadlines.start()
@@ -272,6 +271,7 @@ class GatewayWorker(GeventWorker):
                 server.max_accept = 1   # spread accepts over workers, as gunicorn does
             server.start()
             servers.append(server)
+        proctitle.set_title(self.conf.server["proc_name"], "worker")      # serving from now
         while self.alive and runtime.alive:
             self.notify()
             runtime.update_gauges()

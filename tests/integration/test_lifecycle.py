@@ -14,7 +14,7 @@ import tomllib
 
 import pytest
 
-from ..conftest import gateway_conf, read_response, route, to_toml, wait_until
+from ..conftest import free_port, gateway_conf, read_response, route, to_toml, wait_until
 from .test_attack_pass_dec03 import raw_request
 
 
@@ -740,3 +740,28 @@ def test_a_worker_told_to_quit_says_so_in_the_answers_it_still_gives(launcher, u
     assert echoed.startswith(b"HTTP/1.1 200") and b"Connection: close" in echoed
     admin.close()
     client.close()
+
+
+def test_a_booting_worker_is_titled_starting_until_it_accepts(launcher, tmp_path, upstream):
+    """In etcd mode a worker waits up to TABLE_WAIT (5 s) for the sync process's first table
+    before it listens; with etcd unreachable and no snapshot it waits until the sync process
+    says so. Meanwhile `ps` shows it as starting, so neither an operator nor a test takes a
+    worker that accepts nothing for a serving one."""
+    conf = gateway_conf([route("e", ["/echo"], upstream.url)])
+    conf["etcd"] = {"endpoints": [f"http://127.0.0.1:{free_port()}"],
+                    "runtime_dir": str(tmp_path / "run")}      # nobody listens there
+    gw = launcher.gateway(conf, wait=False)
+    titles = set()
+
+    def serving():
+        for pid in gw.worker_pids():
+            try:
+                titles.add(cmdline(pid))
+            except FileNotFoundError:
+                pass
+        return gw.serving_worker_pids()
+
+    wait_until(serving, timeout=30)
+    assert "gwserver: worker (starting)" in titles
+    resp, _ = gw.request("GET", "/echo")
+    assert resp.status == 200
