@@ -76,6 +76,11 @@ IDLE_CHECK_EVERY = 1.0  # seconds between looks for pooled connections idle too 
 # without a byte (Proxy.settle): the body a broken upstream writes after all comes late by a
 # delayed ACK (40 ms) under Nagle, and read as the next request's answer it would be that.
 HEAD_SETTLE = 0.1
+# A streamed request body (one over request_buffer_size) cannot be sent again: a reused
+# connection that its upstream closes for idleness as the request goes out (Node's and
+# Apache's 5 s keep-alive, gunicorn's 2 s) ends it in a 502 that a held body would have
+# been retried from. So it goes out on a connection idle at most this long, else a new one.
+STREAMED_REUSE_IDLE = 1.0
 
 
 class _StaleConnection(Exception):
@@ -575,16 +580,18 @@ class Proxy:
                 self.budget_percent, self.budget_min_per_second, workers=self.workers)
         return budget
 
-    def checkout(self, pool, target, connect_timeout, fresh=False, others=False):
+    def checkout(self, pool, target, connect_timeout, fresh=False, others=False,
+                 streamed=False):
         """Return (exchange, reused) on an open connection; raise an HTTPError if impossible.
         A new connection (TCP and TLS handshake) gets ``connect_timeout``, the route's.
         ``others``: a block_when_full pool that is full does not wait, another target may
-        have a free connection (UpstreamBusy at once)."""
+        have a free connection (UpstreamBusy at once). ``fresh``: a new connection whatever
+        the pool holds; ``streamed``: one idle over STREAMED_REUSE_IDLE is not reused."""
         try:
             conn = pool._get_conn(timeout=0 if others else self.pool_timeout)
         except EmptyPoolError:
             raise UpstreamBusy(f"connection pool for {target.url} is exhausted") from None
-        if fresh and conn.sock is not None:
+        if conn.sock is not None and (fresh or streamed and self.idle_long(conn)):
             conn.close()        # the pool may hold more dead ones: a new connection, same slot
         if conn.sock is not None:
             ex = getattr(conn, "gw_exchange", None)
@@ -623,6 +630,11 @@ class Proxy:
             metrics.connections_opened.labels(target.url).inc()
         ex = conn.gw_exchange = Exchange(conn)
         return ex, False
+
+    def idle_long(self, conn):
+        """Has this pooled connection been idle over STREAMED_REUSE_IDLE (checkout)?"""
+        ex = getattr(conn, "gw_exchange", None)
+        return ex is None or self.deadlines.now - ex.idle_since > STREAMED_REUSE_IDLE
 
     def release(self, pool, ex, reusable):
         conn = ex.conn
@@ -712,7 +724,8 @@ class Proxy:
                 # others had free connections (nginx's max_conns skips a full server too).
                 others = pool.block and self.another_target(upstream, target, tried, now)
                 try:
-                    ex, reused = self.checkout(pool, target, connect_timeout, fresh, others)
+                    ex, reused = self.checkout(pool, target, connect_timeout, fresh, others,
+                                               body_held is None)
                     fresh = False
                     if target.url in self.refused:
                         del self.refused[target.url]    # a probe got through: it is back
