@@ -176,16 +176,18 @@ RETRY = Schema(
           "Retry-After only on another target); default [\"connect\"]"),
     Field("attempts", integer(0, 5, "an integer from 0 to 5"), None,
           "retries after the first try; default upstream_defaults.retries"),
-    Field("per_try_timeout", number(0, exclusive=True), None,
+    Field("per_try_timeout", number(0), None,
           "seconds each try may wait for the whole head of the answer (interim heads included); "
-          "default: each read waits the read timeout"),
+          "default: each read waits the read timeout; 0: none (a route's clears its "
+          "upstream's)"),
     Field("backoff", number(0), None,
           "seconds before the first retry, doubled for each further one (with jitter); "
           "default 0.025"),
-    Field("timeout", number(0, exclusive=True), None,
+    Field("timeout", number(0), None,
           "seconds from the first try after which no retry starts, nor one whose backoff "
           "would end after it (a try under way runs on, within per_try_timeout); "
-          "default: none"),
+          "default and 0: none (a route's 0 clears its upstream's, as nginx's "
+          "proxy_next_upstream_timeout 0)"),
     Field("methods", list_of(string(r"[A-Z]+", "an upper-case method"), min_items=1), None,
           "methods retried once the request was sent; default the idempotent ones (a failed "
           "connect sent nothing: any method is retried)"),
@@ -353,9 +355,12 @@ class RetryPolicy:
         changes = {} if on is None else {
             "events": frozenset(e for e in on if e in RETRY_EVENTS),
             "statuses": frozenset(int(e) for e in on if e not in RETRY_EVENTS)}
-        for name in ("attempts", "per_try_timeout", "backoff", "timeout"):
+        for name in ("attempts", "backoff"):
             if spec.get(name) is not None:
                 changes[name] = spec[name]
+        for name in ("per_try_timeout", "timeout"):
+            if spec.get(name) is not None:
+                changes[name] = spec[name] or None      # 0: none, an upstream's cleared
         if spec.get("methods") is not None:
             changes["methods"] = frozenset(spec["methods"])
         return replace(self, **changes)

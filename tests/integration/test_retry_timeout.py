@@ -66,3 +66,21 @@ def test_no_retry_begins_after_the_timeout_to_an_h2_upstream(launcher):
         assert "the retry timeout (0.45s since the first try) has passed" in gw.log()
     finally:
         bad.close()
+
+
+def test_a_route_s_zero_clears_its_upstream_s_timeouts(launcher):
+    """An upstream's retry timeout and per_try_timeout hold for every route on it; a route
+    whose calls are slow by design clears them with 0 (nginx's proxy_next_upstream_timeout
+    0), where before it could only pick another number (0 was refused)."""
+    bad = slow_failing(launcher)
+    gw = launcher.gateway(gateway_conf([
+        {"id": "bound", "paths": ["/bound"], "upstream": "up"},
+        {"id": "free", "paths": ["/free"], "upstream": "up",
+         "retry": {"timeout": 0, "per_try_timeout": 0}}],
+        upstreams={"up": {"targets": [{"url": bad.url}],
+                          "retry": {**POLICY, "attempts": 2, "timeout": TIMEOUT,
+                                    "per_try_timeout": 0.2}}}))
+    assert gw.request("GET", "/bound")[0].status == 504       # no head within 0.2 s
+    before = bad.stats()["requests"]
+    assert gw.request("GET", "/free")[0].status == 500        # answered, after 3 tries
+    assert bad.stats()["requests"] - before == 3
