@@ -1,0 +1,37 @@
+"""A read of many tiny HTTP/2 frames stops being parsed once the second's budget is past:
+counted only after the whole read, a 64 KiB read of PINGs was parsed and answered in full
+(3,855 PING ACKs sent back) under max_control_frames_per_second = 500."""
+import socket
+
+import pytest
+from hyperframe.frame import PingFrame, SettingsFrame
+
+from ..conftest import gateway_conf, route
+from .test_h2client_attack_dec05c import GOAWAY, read_frames
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PING, ACK, ENHANCE_YOUR_CALM = 0x6, 0x1, 0xb
+
+
+def pings_answered(port, count):
+    """(PING ACKs, the GOAWAY's error code or None) for ``count`` PINGs in one write."""
+    data = PREFACE + SettingsFrame(0).serialize() + \
+        b"".join(PingFrame(0, b"%08d" % n).serialize() for n in range(count))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames)
+                                or sum(f[0] == PING for f in frames) >= count, timeout=3)
+    goaway = next((f for f in frames if f[0] == GOAWAY), None)
+    return (sum(f[0] == PING and f[1] & ACK for f in frames),
+            None if goaway is None else int.from_bytes(goaway[3][4:8], "big"))
+
+
+@pytest.mark.parametrize("count, answered, code", [(3855, 499, ENHANCE_YOUR_CALM),
+                                                   (499, 499, None)],
+                         ids=["64KiB-of-pings", "within-the-budget"])
+def test_pings_past_the_budget_are_not_parsed_nor_answered(launcher, upstream, count,
+                                                           answered, code):
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)],
+                                       http2={"h2c": True}))
+    # the client's SETTINGS counts one of the 500
+    assert pings_answered(gw.port, count) == (answered, code)
