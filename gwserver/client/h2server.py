@@ -590,6 +590,8 @@ class _CountingH2(h2.connection.H2Connection):
                     self.small_data += 1
                 else:
                     self.empty_frames += 1
+                    if self.empty_frames > self.empty_cap:
+                        raise FloodCut()
         elif kind is HeadersFrame:
             self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
             decoded = self.decoder.blocks
@@ -617,6 +619,8 @@ class _CountingH2(h2.connection.H2Connection):
                                       "(RFC 9113 6.3)", E.FRAME_SIZE_ERROR)
         elif kind is ExtensionFrame:
             self.empty_frames += 1 + (frame.body_len >> 10)
+            if self.empty_frames > self.empty_cap:
+                raise FloodCut()
         elif kind is RstStreamFrame and self._is_idle(frame.stream_id):
             # RFC 9113 6.4: a connection error. h2 dropped it as for a stream it forgot, and
             # a client's reset of a stream it never opened is a client out of step.
@@ -642,6 +646,8 @@ class _CountingH2(h2.connection.H2Connection):
             return [StreamMalformed(frame.stream_id, exc)]
         if not events:
             self.empty_frames += 1
+            if self.empty_frames > self.empty_cap:
+                raise FloodCut()
         elif kind is HeadersFrame:
             fields = getattr(events[0], "headers", None)    # RequestReceived, Trailers...
             if fields:

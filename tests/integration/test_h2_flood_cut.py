@@ -4,7 +4,7 @@ counted only after the whole read, a 64 KiB read of PINGs was parsed and answere
 import socket
 
 import pytest
-from hyperframe.frame import PingFrame, SettingsFrame
+from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
 
 from ..conftest import gateway_conf, route
 from .test_h2client_attack_dec05c import GOAWAY, read_frames
@@ -35,3 +35,24 @@ def test_pings_past_the_budget_are_not_parsed_nor_answered(launcher, upstream, c
                                        http2={"h2c": True}))
     # the client's SETTINGS counts one of the 500
     assert pings_answered(gw.port, count) == (answered, code)
+
+
+UNKNOWN = b"\0\0\0\xfa\0\0\0\0\0"      # an empty frame of type 0xfa, which receivers ignore
+
+
+@pytest.mark.parametrize("empty", [WindowUpdateFrame(0, 1).serialize(), UNKNOWN],
+                         ids=["window-update", "unknown-type"])
+def test_frames_past_the_empty_frame_budget_are_not_parsed(launcher, upstream, empty):
+    """max_empty_frames_per_second = 100: a PING behind 150 empty frames in one write was
+    parsed and answered, the budget checked only after the read."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
+        "h2c": True, "max_empty_frames_per_second": 100}))
+    data = PREFACE + SettingsFrame(0).serialize() + empty * 150 + \
+        PingFrame(0, b"behind!!").serialize()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(data)
+        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames),
+                                timeout=3)
+    goaway = next(f for f in frames if f[0] == GOAWAY)
+    assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
+    assert not any(f[0] == PING and f[1] & ACK for f in frames)
