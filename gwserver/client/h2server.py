@@ -518,8 +518,9 @@ class _BoundedFrameBuffer(BoundedBlocks):
 
 
 class FloodCut(Exception):
-    """Raised from ``_CountingH2._receive_frame`` once a read's control or empty frames pass
-    what the second's budget has left (``caps``): the rest of the read is not parsed."""
+    """Raised from ``_CountingH2`` once a read's control or empty frames, or the streams it
+    refused past max_concurrent_streams, pass what the second's budget has left (its
+    ``*_cap``, set by read_loop): the rest of the read is not parsed."""
 
 
 class StreamPastLimit:
@@ -570,7 +571,8 @@ class _CountingH2(h2.connection.H2Connection):
     # What the connection's second has left of the control and empty frame budgets, set
     # before each read (read_loop): past either, parsing stops (FloodCut). Counted after the
     # read alone, a 64 KiB read of PINGs was 3,855 parsed and answered under a limit of 500.
-    control_cap = empty_cap = 1 << 62
+    control_cap = empty_cap = resets_cap = 1 << 62
+    refused = 0         # streams refused past max_concurrent_streams in this read
     last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)
     # A PING after the gateway sent DATA or HEADERS is not counted (one each time): gRPC
     # clients probe the bandwidth with a PING per round trip while a stream's DATA arrives
@@ -671,6 +673,10 @@ class _CountingH2(h2.connection.H2Connection):
         sid = frame.stream_id
         if sid <= self.highest_inbound_stream_id or sid % 2 == 0:
             raise h2.exceptions.ProtocolError(f"stream {sid} cannot open a stream")
+        self.refused += 1
+        if self.refused > self.resets_cap:
+            # (before its decode: the connection ends, its HPACK table with it)
+            raise FloodCut()
         fields = h2.connection._decode_headers(self.decoder, frame.data)
         self.header_bytes += FIELD_BYTES * len(fields)
         self.highest_inbound_stream_id = sid
@@ -1196,7 +1202,7 @@ class H2ServerConnection:
                     self._flush()
                 self.count_frames_read()
             except FloodCut:
-                self.count_frames_read()            # closes it: a budget is past
+                self.flood_cut()
                 return
             except h2.exceptions.ProtocolError as exc:
                 throttled_log.log(log, logging.INFO, "h2 protocol error",
@@ -1405,10 +1411,12 @@ class H2ServerConnection:
                 gevent.sleep(max(0.0, self.counted_since + 1.0 - time.monotonic()))
 
     def set_caps(self):
-        """Tell the parser what this second has left of the control and empty frame
+        """Tell the parser what this second has left of the resets, control and empty frame
         budgets (_CountingH2.control_cap): a read past one stops there (FloodCut)."""
         self.start_second_if_due()
         counted, conf = self.h2, self.conf
+        counted.refused = 0
+        counted.resets_cap = conf["max_resets_per_second"] - self.resets
         counted.control_cap = conf["max_control_frames_per_second"] - self.control_frames
         counted.empty_cap = (conf["max_empty_frames_per_second"] +
                              2 * counted.data_frames_sent - self.empty_frames)
@@ -1434,16 +1442,32 @@ class H2ServerConnection:
             throttled_log.log(log, logging.WARNING, ("h2 flood", what),
                               "HTTP/2 connection from %s: %s (more than %d a second): GOAWAY",
                               self.client_ip, what, limit)
-            self.goaway(E.ENHANCE_YOUR_CALM, what)
-            self.closed = True
-            self.count_closed(reason or counter)
-            # The rest of the flood is unread: a plain close is a RST, which can overtake the
-            # GOAWAY at the client and take its reason with it (as in read_loop's error path).
-            linger(self.sock, self.runtime.client_buf, self.runtime.deadlines, self)
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            self.close_for_flood(what, reason or counter)
+
+    def close_for_flood(self, what, reason):
+        """GOAWAY ENHANCE_YOUR_CALM saying ``what``, and close (``reason``: the metric's)."""
+        self.goaway(E.ENHANCE_YOUR_CALM, what)
+        self.closed = True
+        self.count_closed(reason)
+        # The rest of the flood is unread: a plain close is a RST, which can overtake the
+        # GOAWAY at the client and take its reason with it (as in read_loop's error path).
+        linger(self.sock, self.runtime.client_buf, self.runtime.deadlines, self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def flood_cut(self):
+        """The parser stopped mid-read at a budget (FloodCut): the read's counts are taken
+        and the connection closed for that budget. The events of the frames parsed before
+        the cut are lost with the read, so it is closed whatever the counts say (a second
+        that turned over mid-parse started the budgets again)."""
+        self.count_frames_read()
+        counted = self.h2
+        if counted.refused > counted.resets_cap:
+            self.count_refused(counted.refused)
+        if not self.closed:
+            self.close_for_flood("frames past a budget", "control_frames")
 
     def count_closed(self, reason):
         """gwserver_http2_connections_closed: a connection closed with an error, by why (the
@@ -1521,7 +1545,7 @@ class H2ServerConnection:
             streams = min(streams, GOAWAY_RACE_MAX_STREAMS)
         return 2 * streams
 
-    def count_refused(self):
+    def count_refused(self, streams=1):
         """A stream refused (after a GOAWAY, either side's, or while streams are still served
         past max_concurrent_streams) counts as a reset of the client's, as a malformed one does: its
         HEADERS cost a decode and its RST_STREAM a send. Uncounted, a client that sent
@@ -1535,7 +1559,7 @@ class H2ServerConnection:
         got ENHANCE_YOUR_CALM, its 40 other calls cut."""
         self.count_flood("resets", self.conf["max_resets_per_second"],
                          "streams refused (opened after GOAWAY or past the streams limit)",
-                         reason="refused")
+                         streams, reason="refused")
 
     def stop(self, stream, why):
         """End a stream's greenlet. One that has not begun (HEADERS and RST_STREAM in one

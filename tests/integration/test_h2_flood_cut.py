@@ -4,10 +4,10 @@ counted only after the whole read, a 64 KiB read of PINGs was parsed and answere
 import socket
 
 import pytest
-from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import HeadersFrame, PingFrame, SettingsFrame, WindowUpdateFrame
 
 from ..conftest import gateway_conf, route
-from .test_h2client_attack_dec05c import GOAWAY, read_frames
+from .test_h2client_attack_dec05c import GOAWAY, RST_STREAM, read_frames
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PING, ACK, ENHANCE_YOUR_CALM = 0x6, 0x1, 0xb
@@ -56,3 +56,23 @@ def test_frames_past_the_empty_frame_budget_are_not_parsed(launcher, upstream, e
     goaway = next(f for f in frames if f[0] == GOAWAY)
     assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
     assert not any(f[0] == PING and f[1] & ACK for f in frames)
+
+
+def test_streams_refused_past_the_budget_are_not_decoded_nor_answered(launcher, upstream):
+    """6,000 requests in one write (90 KB): past max_concurrent_streams (100) h2 refuses each
+    (its block decoded, a RST_STREAM queued), and each refusal counts towards
+    max_resets_per_second (100). Counted after the read, 4,266 were refused and answered,
+    0.16 s of the worker's CPU; the parse now stops at the 101st."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)],
+                                       http2={"h2c": True}))
+    block = b"\x82\x84\x86\x41\x01x"     # GET / over http, :authority x
+    data = PREFACE + SettingsFrame(0).serialize() + b"".join(
+        HeadersFrame(sid, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        for sid in range(1, 12000, 2))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(data)
+        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames),
+                                timeout=3)
+    goaway = next(f for f in frames if f[0] == GOAWAY)
+    assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
+    assert sum(f[0] == RST_STREAM for f in frames) == 100
