@@ -573,6 +573,8 @@ class _CountingH2(h2.connection.H2Connection):
     # read alone, a 64 KiB read of PINGs was 3,855 parsed and answered under a limit of 500.
     control_cap = empty_cap = resets_cap = 1 << 62
     refused = 0         # streams refused past max_concurrent_streams in this read
+    rapid = 0           # streams opened and reset by the client in this read
+    read_from = 0       # the highest stream the client had opened when this read began
     last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)
     # A PING after the gateway sent DATA or HEADERS is not counted (one each time): gRPC
     # clients probe the bandwidth with a PING per round trip while a stream's DATA arrives
@@ -623,11 +625,19 @@ class _CountingH2(h2.connection.H2Connection):
             self.empty_frames += 1 + (frame.body_len >> 10)
             if self.empty_frames > self.empty_cap:
                 raise FloodCut()
-        elif kind is RstStreamFrame and self._is_idle(frame.stream_id):
-            # RFC 9113 6.4: a connection error. h2 dropped it as for a stream it forgot, and
-            # a client's reset of a stream it never opened is a client out of step.
-            raise h2.exceptions.ProtocolError(f"RST_STREAM on idle stream {frame.stream_id} "
-                                              "(RFC 9113 6.4)")
+        elif kind is RstStreamFrame:
+            sid = frame.stream_id
+            if self._is_idle(sid):
+                # RFC 9113 6.4: a connection error. h2 dropped it as for a stream it forgot,
+                # and a client's reset of a stream it never opened is a client out of step.
+                raise h2.exceptions.ProtocolError(f"RST_STREAM on idle stream {sid} "
+                                                  "(RFC 9113 6.4)")
+            if sid > self.read_from and sid not in self._closed_streams:
+                # Opened in this read, not refused: a rapid reset, which the connection
+                # counts (no cancel: it was served no 0.1 s)
+                self.rapid += 1
+                if self.rapid + self.refused > self.resets_cap:
+                    raise FloodCut()
         try:
             events = super()._receive_frame(frame)
         except h2.exceptions.InvalidBodyLengthError as exc:
@@ -1415,7 +1425,8 @@ class H2ServerConnection:
         budgets (_CountingH2.control_cap): a read past one stops there (FloodCut)."""
         self.start_second_if_due()
         counted, conf = self.h2, self.conf
-        counted.refused = 0
+        counted.refused = counted.rapid = 0
+        counted.read_from = counted.highest_inbound_stream_id
         counted.resets_cap = conf["max_resets_per_second"] - self.resets
         counted.control_cap = conf["max_control_frames_per_second"] - self.control_frames
         counted.empty_cap = (conf["max_empty_frames_per_second"] +
@@ -1464,8 +1475,12 @@ class H2ServerConnection:
         that turned over mid-parse started the budgets again)."""
         self.count_frames_read()
         counted = self.h2
-        if counted.refused > counted.resets_cap:
-            self.count_refused(counted.refused)
+        if counted.rapid + counted.refused > counted.resets_cap:
+            if counted.rapid:
+                self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset",
+                                 counted.rapid + counted.refused, reason="rapid_reset")
+            else:
+                self.count_refused(counted.refused)
         if not self.closed:
             self.close_for_flood("frames past a budget", "control_frames")
 

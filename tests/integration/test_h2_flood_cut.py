@@ -4,7 +4,8 @@ counted only after the whole read, a 64 KiB read of PINGs was parsed and answere
 import socket
 
 import pytest
-from hyperframe.frame import HeadersFrame, PingFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import (HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame,
+                              WindowUpdateFrame)
 
 from ..conftest import gateway_conf, route
 from .test_h2client_attack_dec05c import GOAWAY, RST_STREAM, read_frames
@@ -76,3 +77,32 @@ def test_streams_refused_past_the_budget_are_not_decoded_nor_answered(launcher, 
     goaway = next(f for f in frames if f[0] == GOAWAY)
     assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
     assert sum(f[0] == RST_STREAM for f in frames) == 100
+
+
+def test_a_rapid_reset_stops_the_parse_at_the_budget(launcher, upstream):
+    """2,300 requests each reset in the same 64 KB write (CVE-2023-44487 in one read): all
+    were decoded and parsed (0.14 s of the worker's CPU), and a PING behind them answered,
+    before the resets budget (100 a second) closed the connection as the events were
+    served. The parse now stops at the 101st reset."""
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)],
+                                       http2={"h2c": True}))
+    before = upstream.stats()["requests"]
+    block = b"\x82\x84\x86\x41\x01x"     # GET / over http, :authority x
+    cancel = RstStreamFrame(1)
+    cancel.error_code = 8                # CANCEL
+
+    def reset(sid):
+        cancel.stream_id = sid
+        return cancel.serialize()
+
+    data = PREFACE + SettingsFrame(0).serialize() + b"".join(
+        HeadersFrame(sid, block, flags=["END_HEADERS"]).serialize() + reset(sid)
+        for sid in range(1, 4600, 2)) + PingFrame(0, b"behind!!").serialize()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(data)
+        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames),
+                                timeout=3)
+    goaway = next(f for f in frames if f[0] == GOAWAY)
+    assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
+    assert not any(f[0] == PING and f[1] & ACK for f in frames)
+    assert upstream.stats()["requests"] == before
