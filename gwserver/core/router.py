@@ -54,6 +54,15 @@ def _empty(node):
                 node.exact or node.prefix)
 
 
+def _segments(pattern):
+    """check_path's segments of a pattern it accepted already (a route in the router), without
+    its checks: a removal's walk, one split a path (see Router._placed)."""
+    for text in pattern[1:].split("/"):
+        lead = text[:1]
+        yield ("param", text[1:]) if lead == ":" else ("catchall", text[1:]) if lead == "*" \
+            else ("static", text)
+
+
 def claims_match(wanted, claims):
     """Do verified ``claims`` satisfy a route's ((name, value), ...)? A list claim matches if
     it holds the value; ``scope``/``scp`` strings are space-separated sets (OAuth 2)."""
@@ -86,9 +95,12 @@ class Router:
         self.routes = {}
         self.claim_routes = 0       # routes that match on JWT claims: match() needs claims_of
         self.conditional = 0        # routes that match on headers or claims: no match cache
-        # route id -> (buckets it sits in, param nodes it uses, its paths parsed): parsed
-        # once (check_path), not again at removal: a route of 40,000 paths held every worker
-        # ~2 s an etcd write, parsing each path at its check, add and removal
+        # route id -> (buckets it sits in, param nodes it uses). A route's paths are parsed
+        # once, at its check, for the add (a route of 40,000 paths held every worker ~2 s an
+        # etcd write, parsing each path at its check, add and removal); its removal splits
+        # them again (_segments), without the checks: kept here, the parsed paths more than
+        # doubled a table's memory in every worker (15,000 paths of 7 segments: the
+        # router's 7 MB became 19.6 MB, a tuple and a string a segment)
         self._placed = {}
         self._matches = {}          # (method, host, path) -> (route, params): see match()
 
@@ -176,7 +188,7 @@ class Router:
                 bucket.append(route)
                 bucket.sort(key=_sort_key)
         self.routes[route.id] = route
-        self._placed[route.id] = (buckets, params, parsed)
+        self._placed[route.id] = (buckets, params)
         if route.claims:
             self.claim_routes += 1
         if route.claims or route.headers:
@@ -193,7 +205,7 @@ class Router:
         if route.claims or route.headers:
             self.conditional -= 1
         self._matches.clear()
-        buckets, params, parsed = self._placed.pop(route_id)
+        buckets, params = self._placed.pop(route_id)
         for bucket in buckets:
             if route in bucket:
                 bucket.remove(route)
@@ -201,15 +213,15 @@ class Router:
             node.param_users -= 1
             if node.param_users == 0:
                 node.param = node.param_name = node.param_owner = None
-        self._tidy(parsed)
+        self._tidy(route)
         return route
 
-    def _tidy(self, parsed):
+    def _tidy(self, route):
         """Free catch-all names nobody uses, and drop static nodes left empty: a table that
         churns through paths (etcd) must not grow a tree of dead branches."""
-        for segments in parsed:
+        for pattern in route.paths:
             node, trail = self._root, []
-            for kind, text in segments:
+            for kind, text in _segments(pattern):
                 if node is None:
                     break
                 if kind == "static":

@@ -322,11 +322,12 @@ def test_the_match_memory_is_bounded():
 
 
 def test_a_route_s_paths_are_parsed_once_for_the_router(monkeypatch):
-    """The router parses a route's paths at its check and keeps them for the add and the
-    removal: each parsed them again, and a route of 40,000 paths held every worker seconds
-    an etcd write. (Kept by the router, not cached on the Route: a cached_property there
-    made each route's __dict__ real, and every attribute read of it on the request path
-    slower.)"""
+    """The router parses a route's paths at its check, for the add, and its removal splits
+    them without the checks (router._segments): each parsed them again, and a route of
+    40,000 paths held every worker seconds an etcd write. (Not cached on the Route: a
+    cached_property there made each route's __dict__ real, and every attribute read of it
+    on the request path slower; nor kept in the router: the parsed paths more than doubled
+    its memory, test_review_dec06j.py.)"""
     import gwserver.core.router as router_module
     from gwserver.core.router import Router
     compiled, problems = compile_routes([{"id": "many",
