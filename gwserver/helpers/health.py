@@ -217,13 +217,18 @@ def probe(target, conf, tls=None, protocol="http1"):
     the proxy reads it: HTTP/1.1 (``read_status``) or, for ``protocol = "h2"``, HTTP/2
     (``probe_h2``). The body is never read: the status decides.
 
-    ``timeout`` bounds the connect, and then the rest as a whole (TLS, the request, the
-    answer's head; in the checker's greenlets, where gevent.Timeout can interrupt a read):
+    ``timeout`` bounds the connect (the name's lookup with it), and then the rest as a whole
+    (TLS, the request, the answer's head; in the checker's greenlets, where gevent.Timeout
+    can interrupt a read):
     bounded read by read, a target that dripped its answer a byte at a time held the check,
     and its last verdict, for as long as it liked."""
     import gevent
+
+    from ..net.sockets import opening_within
     try:
-        sock = socket.create_connection((target.host, target.port), timeout=conf["timeout"])
+        with opening_within(conf["timeout"]):      # the name's lookup too
+            sock = socket.create_connection((target.host, target.port),
+                                            timeout=conf["timeout"])
     except OSError as exc:
         return False, f"connect: {exc.strerror or exc}"
     if conf["type"] == "tcp":

@@ -16,6 +16,7 @@ import socket
 import ssl
 import struct
 
+import gevent
 from gevent.exceptions import ConcurrentObjectUseError
 from gevent.select import select as gevent_select
 from gevent.monkey import get_original
@@ -24,12 +25,24 @@ from gevent.socket import socket as PlainSocket
 RECV_SIZE = 64 * 1024          # one read; also the most body a worker holds per request
 LINGER_SECONDS = 2.0           # nginx: lingering_timeout 5s, lingering_time 30s
 LINGER_BYTES = 16 * 1024 * 1024
+OPENING_SLACK = 0.05           # opening_within's bound past the socket's connect timeout
 WAIT_SLICE = 0.5               # send_unless_answered: longest wait before a deadline is seen
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # an IntFlag `|` costs ~1 us a call
 # The kernel's poll(2), not gevent's cooperative emulation (which waits on the hub: ~12 us):
 # with a zero timeout it never blocks. idle_state costs 0.78 us so, against 1.4 us with a
 # MSG_PEEK that raises EAGAIN (docs/benchmarks.md).
 _kernel_poll = get_original("select", "poll")
+
+
+def opening_within(seconds):
+    """A ``gevent.Timeout`` that raises ``socket.timeout`` once ``seconds`` have passed: a
+    new upstream connection's name lookup and TCP connect together within the connect
+    timeout. A socket's own timeout bounds each connect but not the lookup before it, which
+    waits as long as resolv.conf says (5 s a try, twice, per nameserver) for a nameserver
+    that is gone. It fires OPENING_SLACK after the socket's would, so a connect that timed
+    out is still told as one. Never on the hot path: only when a connection is opened."""
+    return gevent.Timeout(seconds + OPENING_SLACK, socket.timeout(
+        f"name lookup and connect took over {seconds:g}s"))
 
 
 def raw_socket(sock):

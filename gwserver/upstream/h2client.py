@@ -36,7 +36,7 @@ from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
 from ..core.throttledlog import throttled_log
 from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
-from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason, out_of_files
+from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason, opening_within, out_of_files
 from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
@@ -285,7 +285,9 @@ class H2Connection:
         self.target = target
         self.max_empty_frames = max_empty_frames    # a second's budget: see SMALL_DATA
         try:
-            sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
+            with opening_within(connect_timeout):      # the name's lookup too
+                sock = socket.create_connection((target.host, target.port),
+                                                timeout=connect_timeout)
         except socket.timeout:
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         except OSError as exc:

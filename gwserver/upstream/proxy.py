@@ -52,9 +52,10 @@ from ..errors import (BadRequest, InternalError, LoopDetected, OutOfFiles,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTimeout)
 from ..net.deadlines import WriteDeadline
-from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, out_of_files,
-                           readable_within, recv_when_readable, send_all, send_unless_answered,
-                           tls_idle_state, tls_read_now, tls_send_unless_answered)
+from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, opening_within,
+                           out_of_files, readable_within, recv_when_readable, send_all,
+                           send_unless_answered, tls_idle_state, tls_read_now,
+                           tls_send_unless_answered)
 from ..settings import resolve_workers
 from ..state.hostshare import PUBLISH_EVERY, HostShare
 
@@ -114,8 +115,17 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
         return state is OPEN
 
 
+    def _new_conn(self):
+        # urllib3's lookup and TCP connect, within the connect timeout together (a TLS
+        # handshake after them has its own): a lookup that hung held the request for as
+        # long as resolv.conf lets it, whatever timeouts.connect said.
+        with opening_within(self.timeout):
+            return urllib3.connection.HTTPConnection._new_conn(self)
+
+
 class CheapCheckHTTPSConnection(urllib3.connection.HTTPSConnection):
     is_connected = CheapCheckHTTPConnection.is_connected
+    _new_conn = CheapCheckHTTPConnection._new_conn
 
 
 class HTTPPool(urllib3.HTTPConnectionPool):

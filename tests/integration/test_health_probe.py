@@ -1,5 +1,6 @@
 """The active probe (http.client over the upstream's own TLS settings) against real servers:
 what it calls healthy, and the reason it gives when it does not."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -118,3 +119,28 @@ def test_a_connect_that_times_out_says_connect():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, cwd=ROOT).stdout.splitlines()
     assert out == ["connect: timed out", "connect: timed out"], out
+
+
+def test_a_name_lookup_that_hangs_is_within_the_probe_s_timeout(tmp_path):
+    """A target named by a host name whose lookup never ends (a nameserver gone): the
+    probe waited as long as resolv.conf lets it, its verdict with it, whatever its timeout.
+    The hanging resolver is test_dns_bounded's, as GEVENT_RESOLVER names it."""
+    from .test_dns_bounded import RESOLVER
+    (tmp_path / "hanging_resolver.py").write_text(RESOLVER)
+    code = textwrap.dedent("""
+        from gevent import monkey
+        monkey.patch_all()
+        import time
+        from gwserver.core.routes import HEALTH_CHECK, _health_check, make_target
+        from gwserver.helpers.health import probe
+        conf = _health_check(HEALTH_CHECK({"timeout": 0.5}))
+        begun = time.monotonic()
+        ok, error = probe(make_target({"url": "http://up.hang.test:9", "weight": 1}), conf)
+        print(ok, error, time.monotonic() - begun < 2.0)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT, env={
+                             **os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}",
+                             "GEVENT_RESOLVER": "hanging_resolver.HangingResolver"})
+    assert out.stdout.splitlines() == [
+        "False connect: name lookup and connect took over 0.5s True"], out.stderr[-2000:]
