@@ -21,6 +21,7 @@ test failed on 895682f.
    close; the request is answered 502 as before.
 """
 import http.client
+import socket
 import threading
 import time
 
@@ -40,6 +41,14 @@ E = h2.errors.ErrorCodes
 
 # -- 1. a served HTTP/2 connection closed as a slow head --------------------------------------
 
+def no_delay(client):
+    """TCP_NODELAY, as real HTTP/2 clients set it: with Nagle on, a frame sent after the
+    SETTINGS ACK waited for that ACK's own ACK (delayed, up to 40 ms), and newcomers that
+    came meanwhile found the connection idle (closed for them, GOAWAY NO_ERROR)."""
+    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
 def slow_http1_request(port, results):
     """GET /slow/4 over HTTP/1.1 in a thread: a slot taken, not idle, no slow head."""
     def run():
@@ -58,7 +67,7 @@ def slow_http1_request(port, results):
 def test_a_served_h2_connection_is_no_slow_head(launcher, upstream):
     gw = h2c_gateway(launcher, upstream, server={"worker_connections": 3,
                                                  "header_timeout": 10.0})
-    client = settled(RawH2(gw.port))
+    client = settled(no_delay(RawH2(gw.port)))
     others = []
     try:
         served = client.request("/slow/4")      # a long poll: served, its upstream waits
@@ -79,7 +88,7 @@ def test_a_served_h2_connection_is_no_slow_head(launcher, upstream):
     # Half a block and nothing else is still a slow head (895682f's rule).
     gw2 = h2c_gateway(launcher, upstream, server={"worker_connections": 3,
                                                   "header_timeout": 10.0})
-    idle_half = settled(RawH2(gw2.port))
+    idle_half = settled(no_delay(RawH2(gw2.port)))
     others = []
     try:
         idle_half.send_raw(HeadersFrame(1, block).serialize())
