@@ -179,9 +179,9 @@ RETRY = Schema(
     Field("attempts", integer(0, 5, "an integer from 0 to 5"), None,
           "retries after the first try; default upstream_defaults.retries"),
     Field("per_try_timeout", number(0), None,
-          "seconds each try may wait for the whole head of the answer (interim heads included); "
-          "default: each read waits the read timeout; 0: none (a route's clears its "
-          "upstream's)"),
+          "seconds each try may wait for the whole head of the answer (interim heads included) "
+          "and a held body's send; default: each read waits the read timeout; 0: none (a "
+          "route's clears its upstream's)"),
     Field("backoff", number(0), None,
           "seconds before the first retry, doubled for each further one (with jitter); "
           "default 0.025"),

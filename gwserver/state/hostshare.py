@@ -30,7 +30,7 @@ class HostShare:
         self.counts = {}            # upstream id -> [requests, retries] in the budget window
         self.refused = {}           # target url -> until (monotonic: one clock per host)
         self.published_at = 0.0
-        self._peers = {}            # file name -> (stamp, data)
+        self._peers = {}            # file name -> (stamp, _read_share's or None)
         self.failing = False        # publishing fails (a full disk): said once, not a second
 
     def publish(self, now, counts=None):
@@ -113,19 +113,28 @@ class HostShare:
             if known is None or known[0] != stamp:
                 try:
                     with open(entry.path) as f:
-                        known = self._peers[name] = (stamp, json.load(f))
+                        data = json.load(f)
                 except (OSError, ValueError):
                     continue
-            data = known[1]
-            if time.time() - data.get("wall", 0) > STALE:
+                try:
+                    known = self._peers[name] = (stamp, _read_share(data))
+                except (AttributeError, TypeError, ValueError):
+                    # JSON, but no worker's share (another tool's file, another build's):
+                    # it raised in every worker's tick, and what the tick does after it
+                    # (idle connections closed, pools pruned) stopped
+                    known = self._peers[name] = (stamp, None)
+            if known[1] is None:
+                continue
+            wall, their_counts, their_refused = known[1]
+            if time.time() - wall > STALE:
                 if time.time() - stat.st_mtime > STALE:
                     _remove(entry.path)     # a worker that is gone, or from a former boot
                 continue
-            for upstream_id, (requests, retries) in data.get("counts", {}).items():
+            for upstream_id, requests, retries in their_counts:
                 total = counts.setdefault(upstream_id, [0, 0])
                 total[0] += requests
                 total[1] += retries
-            for url, until in data.get("refused", {}).items():
+            for url, until in their_refused:
                 if until > now and until > refused.get(url, 0):
                     refused[url] = until
         for name in set(self._peers) - seen:
@@ -134,6 +143,15 @@ class HostShare:
 
     def close(self):
         _remove(self.path)
+
+
+def _read_share(data):
+    """(wall time, [(upstream id, requests, retries)], [(url, until)]) of a worker's
+    published share; raises AttributeError, TypeError or ValueError for anything else."""
+    return (float(data.get("wall", 0)),
+            [(str(upstream_id), int(requests), int(retries))
+             for upstream_id, (requests, retries) in data.get("counts", {}).items()],
+            [(str(url), float(until)) for url, until in data.get("refused", {}).items()])
 
 
 def _remove(path):

@@ -20,12 +20,12 @@ from ..core.h2request import grpc_timeout, grpc_timeout_value, is_grpc
 from ..core.headers import WRITTEN_UPSTREAM, via_chain
 from ..core.routes import no_target_reason, try_policy
 from ..core.tracing import REPLACED_HEADERS, response_line
-from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamConnectError,
-                      UpstreamError, UpstreamTimeout)
+from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
+                      UpstreamConnectError, UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools, StreamBroken, StreamNotOpened
 from .proxy import (CLIENT_PAUSE, asks_to_wait, back_off, client_protocol, client_side,
-                    filtered, forwarded_values, hold_head, proxied_head, trace_headers,
-                    upstream_host, upstream_path)
+                    filtered, forwarded_values, hold_head, past_retry_timeout, proxied_head,
+                    trace_headers, upstream_host, upstream_path)
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
@@ -37,8 +37,18 @@ RELAY_BATCH = 65536        # most answer bytes held to join with what follows (o
 # upstream that refuses at once has taken at most its initial window (64 KiB by default); a
 # client-streaming gRPC call may wait for its head to the end, so this is held per call.
 REPLAY_LIMIT = 64 << 10
+# A try's failures that sent nothing an upstream processed: no try in the access log's
+# ``attempts`` (a refused stream's second try is not a retry either)
+NOT_SENT = (StreamNotOpened, UpstreamBusy, UpstreamConnectError)
 # A gRPC answer's own trailers (a trailers-only answer has them in its head)
 GRPC_STATUS_FIELDS = frozenset([b"grpc-status", b"grpc-message", b"grpc-status-details-bin"])
+
+
+def time_left(headers, deadline, now):
+    """``headers`` with a call's ``grpc-timeout`` the time left until ``deadline``, in
+    milliseconds, for a try after the first (without the gateway's grace)."""
+    left = grpc_timeout_value(deadline - DEADLINE_GRACE - now)
+    return [(k, left if k == b"grpc-timeout" else v) for k, v in headers]
 
 
 class Exchange:
@@ -193,7 +203,8 @@ class H2Forwarder:
                     exchange = self.attempt(client, req, connection, target, upstream, grpc,
                                             body, streamed, deadline,
                                             policy.per_try_timeout,
-                                            retried=bool(tried))
+                                            retried=bool(tried),
+                                            retry_timeout=(policy.timeout, started))
                 except UpstreamConnectError as exc:
                     # no connection: the target's, or a new one for a refused stream's second
                     # try (a connect timeout too)
@@ -273,20 +284,20 @@ class H2Forwarder:
             return answer
 
     def attempt(self, client, req, connection, target, upstream, grpc, body, streamed,
-                deadline, per_try_timeout, retried=False):
+                deadline, per_try_timeout, retried=False, retry_timeout=(None, 0.0)):
         """One try: open a stream, send the request (the body held, or the client's as it
         arrives, through a sender greenlet) and read the answer's head: the whole head within
         ``per_try_timeout`` if the policy sets one, else each wait within the route's read
         timeout. A stream the upstream did not process (RFC 9113 8.7) goes to a new
         connection once, whatever the method, with the body so far: that is no retry of
         a failure and takes nothing from the budget. On failure nothing of the try is left
-        open. A retry of a call with a ``grpc-timeout`` tells the upstream the time left."""
+        open. A retry of a call with a ``grpc-timeout`` tells the upstream the time left.
+        ``retry_timeout``: the policy's (timeout, when the first try started)."""
         route = req.route
         started = time.monotonic()
         headers = self.request_headers(req, target, upstream, grpc)
         if retried and deadline is not None:
-            left = grpc_timeout_value(deadline - DEADLINE_GRACE - started)
-            headers = [(k, left if k == b"grpc-timeout" else v) for k, v in headers]
+            headers = time_left(headers, deadline, started)
         taken = TakenBody(body) if streamed else None
         more, reopened, stream, sender = streamed, False, None, None
         req.sent = True
@@ -294,8 +305,11 @@ class H2Forwarder:
         try:
             while True:
                 try:
-                    stream = connection.request(headers, body, route.read_timeout, more,
-                                                deadline, self.proxy.pool_timeout)
+                    # A held body's wait for the upstream's windows is the try's too: an
+                    # upstream that opened none held it the read timeout, past per_try_timeout.
+                    stream = connection.request(
+                        headers, body, per_try_timeout if per_try_timeout and not more
+                        else route.read_timeout, more, deadline, self.proxy.pool_timeout)
                     if more:
                         sender = gevent.spawn(self.send_body, client, req, route,
                                               connection, stream, taken)
@@ -310,8 +324,14 @@ class H2Forwarder:
                     # Not processed (never sent, or refused): a new connection takes it,
                     # once, with the body so far (what the sender took is kept for this,
                     # up to REPLAY_LIMIT).
-                    if reopened or stream is not None and taken is not None and \
-                            taken.size > REPLAY_LIMIT:
+                    # Refused once the policy's timeout had passed: not sent again (as a
+                    # reused HTTP/1.1 connection found dead is not), or an upstream that sat
+                    # on it that long before refusing got it twice, the client's wait with it.
+                    # (A slow upload's wait for its client is the client's, not counted.)
+                    if reopened or stream is not None and (
+                            taken is not None and taken.size > REPLAY_LIMIT or
+                            past_retry_timeout(retry_timeout[0], retry_timeout[1] +
+                                               client.body_waited - waited)):
                         if taken is not None:   # what another target would need (forward)
                             exc.body_so_far = None if taken.pieces is None else \
                                 (b"".join(taken.pieces), taken.ended)
@@ -321,11 +341,17 @@ class H2Forwarder:
                     stream = sender = None
                     if taken is not None:
                         body, more = b"".join(taken.pieces), not taken.ended
+                    if deadline is not None:
+                        # (the upstream may have sat on the first for a while: it re-sent
+                        # the client's whole grpc-timeout)
+                        headers = time_left(headers, deadline, time.monotonic())
                     connection = self.pools.get(target, try_policy(route, upstream)[1],
                                                 upstream.tls, route.read_timeout)
         except BaseException as exc:
             # (close() ends the sender: a wait for the client it was in is now counted)
             Exchange(stream, sender).close()
+            if not isinstance(exc, NOT_SENT):
+                req.attempts += 1   # it reached the upstream: a try, answered or not
             if isinstance(exc, Exception):
                 # Its hang-up ended the wait (await_head): no failure of the upstream's to
                 # count, retry or break on.

@@ -770,6 +770,7 @@ class Proxy:
                             req.method in IDEMPOTENT and \
                             not past_retry_timeout(policy.timeout, started):
                         fresh = stale_retried = True    # the pool may hold more dead ones
+                        req.attempts -= 1   # a dead connection's: no try reached the upstream
                         continue
                     self.book_failure(upstream, target)
                     reason = f"{target.url}: connection failed before an answer"
@@ -843,7 +844,10 @@ class Proxy:
         """A connect failed: book it (this host's workers skip the target for a while) and
         say whether the request goes on to another try (for any method: nothing was sent),
         as the policy and the budget allow. Both protocols' loops ask this."""
-        self.book_failure(upstream, target, refused=now)
+        # The skip runs from the failure, not from ``now`` (the try's start): a connect that
+        # timed out after 1 s left none, and the next request was the host's probe of the
+        # dead target, each one after it too.
+        self.book_failure(upstream, target, refused=time.monotonic())
         return self.may_retry(route, upstream, target, tried, attempts_left, budget,
                               "connect" in policy.events, exc.reason, now, started=started)
 
@@ -942,17 +946,21 @@ class Proxy:
                     req.target = probe.url
                     return probe
                 avoid = avoid | refused
-            if waited:
+            if waited or tried:
+                # A retry with every target tried or avoided goes to a tried one before one
+                # down or refusing (the balancer's plain choice among all of them sent it to
+                # one health checks took out, half the time)
                 avoid = self.around_waited(upstream, avoid, waited, now)
             target = self.pick(upstream, avoid, req)
         req.target = target.url
         return target
 
     def around_waited(self, upstream, avoid, waited, now):
-        """``choose``'s avoid set once targets asked for a wait: as it is while the balancer
-        has a target outside it (a weight of 0 is none: counted, the balancer's plain choice
-        among all went back to the one that asked); else a tried target again, but none
-        down, refusing connections or in ``waited``; else any but those in ``waited``.
+        """``choose``'s avoid set for a retry (``waited``: the targets that asked for a
+        wait, maybe none): as it is while the balancer has a target outside it (a weight of
+        0 is none: counted, the balancer's plain choice among all went back to the one that
+        asked); else a tried target again, but none down, refusing connections or in
+        ``waited``; else any but those in ``waited``.
         Freeing all but ``waited`` at once sent the retry to a target health checks took
         out while a healthy one, tried, was left."""
         targets = upstream.targets
@@ -999,12 +1007,23 @@ class Proxy:
             # The parser ended the message short of its Content-Length (an upgrade does).
             # Sent so, the upstream would take the next request's bytes as the rest.
             raise BadRequest("request body shorter than its Content-Length")
+        # Counted as it goes out, not once its head is read: a try that timed out or was
+        # reset reached the upstream too (counted after the head, a request retried after a
+        # timeout was logged as one try, and one that failed on every try as none).
+        req.attempts += 1
+        since = None        # when the per_try_timeout began: after the send, by default
         if body_held is not None:
+            # A held body's send is part of the try: per_try_timeout bounds it and the head
+            # together (an upstream that stopped reading held a 4 MiB PUT's try the read
+            # timeout, 60 s for a per_try_timeout of 0.5, before its retry elsewhere).
+            if policy.per_try_timeout:
+                since = started
+            send_timeout = policy.per_try_timeout or route.read_timeout
             if body_held or req.chunked:
                 head = b"".join([head, *encode_chunks(body_held, req.chunked, last=True)])
             if len(head) <= ONE_SEND:
-                self.send(ex, head, route.read_timeout, stale_ok=True)
-            elif not self.send_piece(ex, head, route, stale_ok=True):
+                self.send(ex, head, send_timeout, stale_ok=True)
+            elif not self.send_piece(ex, head, route, stale_ok=True, timeout=send_timeout):
                 # It answered (a 413) while the send waited, as a streamed body's upstream
                 # may: one that answered and stopped reading held a plain send to
                 # read_timeout, a 504 in place of its answer.
@@ -1022,7 +1041,7 @@ class Proxy:
                 ex.client_paused = waited >= CLIENT_PAUSE
         ex.waiting_client = client      # for the head's wait alone (find_hangups)
         try:
-            self.read_head(ex, route.read_timeout, policy.per_try_timeout)
+            self.read_head(ex, route.read_timeout, policy.per_try_timeout, since)
         except Exception:
             # Its hang-up ended the wait (find_hangups): no failure of the upstream's to
             # count, retry or break on.
@@ -1031,7 +1050,6 @@ class Proxy:
         finally:
             ex.waiting_client = None
         req.upstream_seconds = time.monotonic() - started
-        req.attempts += 1
 
     def respond(self, client, req, ex, keep_alive):
         """Relay the answer whose head ``attempt`` read (or open a websocket tunnel)."""
@@ -1080,10 +1098,11 @@ class Proxy:
         except OSError as exc:
             raise send_failed(ex, exc, stale_ok) from None
 
-    def send_piece(self, ex, data, route, stale_ok=False):
+    def send_piece(self, ex, data, route, stale_ok=False, timeout=None):
         """One piece of a streamed body; False if the upstream answered instead of taking it
         (one that answered early and stopped reading would hold the send until
-        read_timeout: a 504 in place of its 413). ``stale_ok``: as ``send``'s."""
+        read_timeout: a 504 in place of its 413). ``stale_ok``: as ``send``'s; ``timeout``:
+        the route's read timeout unless given."""
         def answered():
             if ex.timed_out:        # the deadline closed the socket: that is what woke the wait
                 raise OSError(errno.EBADF, "closed by its deadline")
@@ -1091,7 +1110,8 @@ class Proxy:
 
         send = send_unless_answered if ex.plain else tls_send_unless_answered
         try:
-            return send(ex.sock, data, self.deadlines, ex, route.read_timeout, answered)
+            return send(ex.sock, data, self.deadlines, ex, timeout or route.read_timeout,
+                        answered)
         except (OSError, ValueError) as exc:    # ValueError: select on a closed socket
             raise send_failed(ex, exc, stale_ok) from None
 
@@ -1218,12 +1238,13 @@ class Proxy:
             raise UpstreamError(f"upstream response head over {self.max_head} bytes")
         return True
 
-    def read_head(self, ex, read_timeout, per_try_timeout=None):
+    def read_head(self, ex, read_timeout, per_try_timeout=None, since=None):
         """Read the answer's head: each read within ``read_timeout``, and with a retry
         policy's ``per_try_timeout`` the whole head within it (a head dripped a byte at a
-        time, or interim heads one after another, would restart a per-read deadline)."""
+        time, or interim heads one after another, would restart a per-read deadline), counted
+        from ``since`` (the try's start, for a held body's) or now."""
         wait_first = True       # the request was just sent: nothing can be here yet
-        deadline = time.monotonic() + per_try_timeout if per_try_timeout else None
+        deadline = (since or time.monotonic()) + per_try_timeout if per_try_timeout else None
         timeout = per_try_timeout or read_timeout
         # After 100 Continue or 103 Early Hints (dropped: the client asked for neither) the
         # real answer follows on the same parser, however the bytes are split. An early
