@@ -213,6 +213,12 @@ def rollouts_in(router):
             if isinstance(conf, dict) and conf.get("rollout_id") is not None}
 
 
+def store_inputs(conf):
+    """What rollout_store.for_conf makes the state and counts' backends of."""
+    return (json.dumps(conf.etcd, sort_keys=True, default=str),
+            json.dumps(conf.redis, sort_keys=True, default=str), conf.server["state_dir"])
+
+
 class Controller:
     beat = staticmethod(no_beat)        # the helper's Heartbeat.beat, set by run()
 
@@ -221,6 +227,9 @@ class Controller:
         self.state_dir = state_dir
         self.host = host_id(state_dir)
         self.state, self.measurements = backends or rollout_store.for_conf(conf)
+        # What those were made from (None: given, a test's): a reload that changes it gets
+        # new ones (load)
+        self.stores_of = None if backends else store_inputs(conf)
         self.pushed = {}        # (route, window) -> what this host last stored
         self.seen = {}          # route -> epoch last logged
         self.windows = None     # the windows the last tick judged (host_totals); None: none yet
@@ -243,6 +252,26 @@ class Controller:
         if self.reader is not None:
             self.reader.close()     # or a counter descriptor kept for good at each reload
         self.reader = reader
+        if self.stores_of is not None and store_inputs(conf) != self.stores_of:
+            # A reload onto another Redis or etcd (a migration, new credentials, another
+            # prefix): the clients made at the start asked the old ones for good, every
+            # tick failed once they were gone, and no step moved again while the workers
+            # counted into the new Redis.
+            from ..state import rollout_store
+            old = {getattr(backend, "client", None)
+                   for backend in (self.state, self.measurements)}
+            self.state, self.measurements = rollout_store.for_conf(conf)
+            self.stores_of = store_inputs(conf)
+            self.pushed, self.leader = {}, False     # nothing stored there by us yet
+            for client in old:
+                close = getattr(client, "close", None)      # (a Redis client's pool)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:       # noqa: BLE001 - an old client, gone or not
+                        pass
+            log.info("rollouts: state and counts kept in the reloaded [redis] / [etcd] "
+                     "from now on")
 
     def follow(self):
         if self.reader is not None:

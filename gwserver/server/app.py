@@ -613,6 +613,10 @@ class GatewayArbiter(Arbiter):
     def spawn_worker(self):
         self.ensure_state_dir()
         self.ensure_metrics_dir()
+        # Whose table the worker waits for before it listens (worker.wait_for_table): the
+        # sync process running now, which a reload may just have started again.
+        sync = getattr(self, "helpers", {}).get("config-sync")
+        self.app.sync_pid = sync.pid if sync is not None else None
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
         try:
             pid = super().spawn_worker()

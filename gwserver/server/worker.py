@@ -130,17 +130,22 @@ def read_header_when_sent(runtime, sock, addr, timeout):
         runtime.client_closed()
 
 
-def nothing_to_publish(status_path):
-    """Does the live sync process of this runtime_dir say etcd failed it with no table to
-    publish (no snapshot either)? A status.json of a process that has gone says nothing."""
+def sync_said(status_path, sync_pid=None):
+    """What the live sync process of this runtime_dir says in its status.json: "lost" (etcd
+    failed it: what is published, if anything, is all there is), "own" (it published a table
+    of its own making, from etcd or its snapshot), or None. With ``sync_pid`` (the one the
+    master ran when it forked this worker), only that process's word counts: a status.json
+    of a process that has gone, or that a sync process replaced by a reload wrote, says
+    nothing."""
     from ..sync.shm import read_json
     status = read_json(status_path)
     if not isinstance(status, dict):
-        return False            # (JSON of another shape: not the sync process's word)
+        return None             # (JSON of another shape: not the sync process's word)
     pid = status.get("pid")
-    if not status.get("lost") or not isinstance(pid, int):
-        return False
-    return pid_alive(pid)
+    if not isinstance(pid, int) or (sync_pid is not None and pid != sync_pid) or \
+            not pid_alive(pid):
+        return None
+    return "lost" if status.get("lost") else "own" if status.get("own_table") else None
 
 
 class GatewayWorker(GeventWorker):
@@ -295,14 +300,29 @@ class GatewayWorker(GeventWorker):
         status = os.path.join(reader.runtime_dir, STATUS)
         wait = min(self.TABLE_WAIT, self.timeout)
         deadline = time.monotonic() + wait
+        # The sync process of this configuration (None: not known). One a reload started
+        # again (a changed [etcd], static items, [plugins] ...) first takes up the table its
+        # predecessor published, compiled beside the previous conf file: listening with that,
+        # a route moved from the conf file into etcd was a 404 (refused in it for its static
+        # id) until the new process published, a second later, and the old workers were let
+        # go meanwhile. So its own table is waited for (or its word that etcd failed it).
+        sync_pid = getattr(self.app, "sync_pid", None)
         while time.monotonic() < deadline:
+            # (one that died meanwhile has nothing more to say: what is published serves)
+            waited = sync_pid if sync_pid is not None and pid_alive(sync_pid) else None
+            said = sync_said(status, waited)        # before the counter: what it published
             if reader.changed():
                 runtime.refresh_table()
-            if reader.generation or nothing_to_publish(status):
+            if said == "lost" or (reader.generation and (said or waited is None)):
                 return
             time.sleep(0.05)
-        log.warning("no route table from the sync process in %s after %.1f s: serving the "
-                    "conf file's routes until one comes", reader.runtime_dir, wait)
+        if reader.generation:
+            log.warning("the sync process in %s has not published a table of its own after "
+                        "%.1f s: serving the one published before it (generation %d) until "
+                        "it does", reader.runtime_dir, wait, reader.generation)
+        else:
+            log.warning("no route table from the sync process in %s after %.1f s: serving "
+                        "the conf file's routes until one comes", reader.runtime_dir, wait)
 
     def tell_master_draining(self):
         """Mark the heartbeat file read-only: a worker that stops on its own (max_requests)

@@ -253,6 +253,17 @@ def _key(text):
     return _unb64(text).decode(errors="backslashreplace")
 
 
+def json_of(resp):
+    """An answer's JSON, or None when it is none. Nested past Python's recursion limit
+    (``[`` 100,000 times: a broken proxy, a hostile host), json raises RecursionError, no
+    ValueError: it left the sync process, which died of it at each start on that endpoint,
+    and the members after it were never asked."""
+    try:
+        return resp.json()
+    except (ValueError, RecursionError):
+        return None
+
+
 def error_text(error):
     """An error etcd's JSON gateway sent (``{"grpc_code", "http_code", "message",
     "http_status"}``) as a log line says it: its message and code, not a Python dict."""
@@ -372,10 +383,7 @@ class EtcdClient:
             if stream and resp.status_code == 200:
                 self._current = index
                 return resp
-            try:
-                data = resp.json()
-            except ValueError:
-                data = None
+            data = json_of(resp)
             if not isinstance(data, dict) or resp.status_code == 200 and not \
                     isinstance(data.get("header", data.get("result")), dict):
                 # No etcd answer, whatever its status (a load balancer's page, a web server on
@@ -450,10 +458,7 @@ class EtcdClient:
         in the log, status.json, /admin/config and ``routes status``."""
         resp = self._exchange(endpoint + "/v3/auth/authenticate",
                               {"name": self.username, "password": self.password})
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
+        data = json_of(resp)
         token = data.get("token") if isinstance(data, dict) else None
         if resp.status_code == 200 and isinstance(token, str) and token:
             return token
@@ -693,7 +698,7 @@ class EtcdClient:
                 last_message = time.monotonic()
                 self.deadline.arm(idle_timeout, stream)
         except (requests.RequestException, ValueError, KeyError, TypeError,
-                AttributeError) as exc:     # (the last four: a message not shaped as etcd's)
+                AttributeError, RecursionError) as exc:     # (a message not shaped as etcd's)
             # The cut's read error can come before its thread has said it expired (it says
             # so under the lock it cuts under): asked at once, a watch whose message never
             # came whole was often taken for a quiet one, resumed on the same member.

@@ -152,6 +152,7 @@ class TablePublisher:
         # Continue the numbering of a previous sync process: workers only ever see it grow.
         self.generation = _read_counter(self.counter) or 0
         self.counted = self.generation      # what the counter says (written last)
+        self._remove_unpublished()
         self.counter_lock = threading.Lock()    # the sync thread's writes, the writer's checks
         self.revision = None
         self.lock = threading.Lock()           # held while the table is read or changed
@@ -159,10 +160,29 @@ class TablePublisher:
         self.base_generation = 0
         self.base_stamp = None          # file_stamp of the table.json we last wrote or saw
         self.last_publish = 0.0
+        self.remake_lock = threading.Lock()    # _made_again's, from either thread
+        self.status = None              # the status.json we last wrote (its bytes)
         self.dirty = threading.Event()
         self.stopping = threading.Event()      # close(): the base writer ends
         self.writer = threading.Thread(target=self._write_bases, name="base-writer", daemon=True)
         self.writer.start()
+
+    def _remove_unpublished(self):
+        """Change files numbered past the counter: a sync process killed between a change
+        file and the counter's move (the OOM killer, the master's SIGKILL of a stuck one, a
+        reload's SIGTERM) left one that was never published. Our generation of that number
+        may be a whole table (no change file), and workers read the dead one's as the step
+        to it, serving its change for good (a route deleted from etcd meanwhile answered)."""
+        directory = os.path.join(self.runtime_dir, CHANGES)
+        for name in os.listdir(directory):
+            number = name[:-len(".json")]
+            if name.endswith(".json") and number.isdigit() and int(number) > self.generation:
+                log.warning("removing %s: a sync process before this one wrote it, and died "
+                            "before it published it", os.path.join(directory, name))
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:
+                    pass
 
     def publish(self, delta, revision, full=False):
         """Publish one generation: the whole table (``full``) or ``delta``.
@@ -205,15 +225,28 @@ class TablePublisher:
         follow. A stat before each write the sync process makes there, never per request."""
         if os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
             return False
-        log.warning("the runtime_dir %s was removed while the gateway ran: made again, and "
-                    "the whole table published in it", self.runtime_dir)
-        os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
-        os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
-        with self.counter_lock:
-            self._new_counter(self.generation)
-        with self.base_lock:
-            self.base_generation = 0        # table.json went with it
+        with self.remake_lock:          # (the sync thread's writes, the base writer's look)
+            if os.path.isdir(os.path.join(self.runtime_dir, CHANGES)):
+                return False            # the other thread made it again just now
+            log.warning("the runtime_dir %s was removed while the gateway ran: made again, "
+                        "and the whole table published in it", self.runtime_dir)
+            os.makedirs(os.path.join(self.runtime_dir, WORKERS), exist_ok=True)
+            with self.counter_lock:
+                self._new_counter(self.generation)
+            with self.base_lock:
+                self.base_generation = 0        # table.json went with it
+            if self.status is not None:         # what a new worker waits for too
+                atomic_write(os.path.join(self.runtime_dir, STATUS), self.status)
+            # Last: the sign that it is made again (the check above, the other thread's)
+            os.makedirs(os.path.join(self.runtime_dir, CHANGES), exist_ok=True)
         return True
+
+    def _made_again_quietly(self):
+        """``_made_again``, False where making it failed too (the caller's error says why)."""
+        try:
+            return self._made_again()
+        except OSError:
+            return False
 
     def _change_path(self, generation):
         return os.path.join(self.runtime_dir, CHANGES, f"{generation}.json")
@@ -245,6 +278,13 @@ class TablePublisher:
         while not self.stopping.is_set():
             if not self.dirty.wait(self.BASE_CHECK):
                 try:
+                    # runtime_dir removed: made again now, with our counter and the base (a
+                    # worker started meanwhile finds the table). The sync thread did it only
+                    # at its next write there, after a quiet watch (watch_idle_timeout):
+                    # until then a new worker served the conf file's routes alone.
+                    if self._made_again():
+                        self.dirty.set()
+                        continue
                     self._check_counter()
                     self._check_base()
                 except OSError as exc:      # (a full disk): the next look tries again
@@ -266,16 +306,20 @@ class TablePublisher:
                 self._write_base(generation, revision, table, source)
                 retry_in = self.MAX_STALE
             except Exception as exc:
-                # A full disk, a removed runtime dir: tried again, later. Anything else is a
-                # bug, said with its traceback: this thread is no part of the loop the master
+                self.dirty.set()        # still pending: a flush on exit writes it
+                # A runtime dir removed under the write: made again and written at once (the
+                # back-off below held a worker started meanwhile without a table, 404 for
+                # every etcd route). A full disk: tried again, later. Anything else is a bug,
+                # said with its traceback: this thread is no part of the loop the master
                 # watches, and its death left table.json and the snapshot stale unseen.
+                if isinstance(exc, OSError) and self._made_again_quietly():
+                    continue
                 if isinstance(exc, OSError):
                     log.error("cannot write the table base in %s: %s (next try in %.0f s)",
                               self.runtime_dir, exc, retry_in)
                 else:
                     log.exception("writing the table base in %s failed (next try in %.0f s)",
                                   self.runtime_dir, retry_in)
-                self.dirty.set()        # still pending: a flush on exit writes it
                 self.stopping.wait(retry_in)
                 retry_in = min(retry_in * 2, self.MAX_RETRY)
 
@@ -374,8 +418,9 @@ class TablePublisher:
             # Removed while etcd was quiet: made again now, not at the next change (a sync
             # process that died of it came back numbering from 1 in a new counter).
             status = {**status, "generation": self.publish(None, self.revision, full=True)}
-        atomic_write(os.path.join(self.runtime_dir, STATUS),
-                     json.dumps(status, indent=2, sort_keys=True).encode())
+        data = json.dumps(status, indent=2, sort_keys=True).encode()
+        atomic_write(os.path.join(self.runtime_dir, STATUS), data)
+        self.status = data
 
 
 class TableReader:

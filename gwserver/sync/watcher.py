@@ -113,6 +113,10 @@ class ConfigSync:
         self.auth_failed = False        # ... because it refused our credentials
         self.refused = False            # ... because it answered the sync's call with an error
         self.unpublished = False        # the table changed, and its publication failed
+        # A table of this process's own making (etcd's, its snapshot) is published: until
+        # then the workers serve what it took up from runtime_dir, which a predecessor
+        # compiled beside another conf file perhaps (a reload's); new workers wait for it.
+        self.own_table = False
         self.write_error = None         # the last write in runtime_dir that failed, if any
         self.last_sync = None
         self.started = time.time()
@@ -163,6 +167,7 @@ class ConfigSync:
             self.cannot_write("publish the table", exc)
             raise PublishFailed(str(exc)) from None
         self.unpublished = False
+        self.own_table = True
         self.can_write()
         changed = len(versions["routes"]) if full else \
             sum(len(items) for items in delta.values())
@@ -226,6 +231,7 @@ class ConfigSync:
             "auth_failed": not self.connected and self.auth_failed,
             "refused": not self.connected and self.refused,
             "watch_withheld": self.withheld,    # the last watch found silent on changes
+            "own_table": self.own_table,        # (worker.wait_for_table)
             "lost": self.lost})     # etcd failed us since the last full load (workers ask)
         self.write_metrics()
 
