@@ -811,7 +811,7 @@ class ClientConnection:
         route = req.route
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
-        head_only = req.method == "HEAD"
+        head_only = req.method == "HEAD" or reply.status in BODILESS_REPLIES
         self.write(render_reply(reply, keep_alive, req.request_id, head_only,
                                 response_line(req.trace, self.runtime.trace_response_header)))
         return reply.status, 0 if head_only else len(reply.body)
@@ -858,18 +858,28 @@ class RawChunkedBody:
         return self.done
 
 
+# Statuses whose answer has no body (RFC 9110 6.4.1): a fault's abort.status = 204 or a
+# limit_conn status = 304 with its JSON body sent after the head was read by an HTTP/1.1
+# client as the start of the next answer on the connection (and reset the HTTP/2 stream).
+BODILESS_REPLIES = frozenset([204, 304])
+
+
 def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):
-    """Bytes of a reply the gateway writes itself (``extra``: whole header lines to add)."""
+    """Bytes of a reply the gateway writes itself (``extra``: whole header lines to add).
+    A 204 or 304 goes without its body and without Content-Length (RFC 9110 8.6), whatever
+    body the plugin gave it."""
     lines = [b"HTTP/1.1 %d %s" % (reply.status, REASONS.get(reply.status, b"Unknown"))]
     for name, value in reply.headers:
         lines.append(b"%s: %s" % (name.encode("latin-1") if isinstance(name, str) else name,
                                   value.encode("latin-1") if isinstance(value, str) else value))
     if request_id:
         lines.append(b"X-Request-ID: " + request_id.encode("latin-1"))
-    lines.append(b"Content-Length: %d" % len(reply.body))
+    bodiless = reply.status in BODILESS_REPLIES
+    if not bodiless:
+        lines.append(b"Content-Length: %d" % len(reply.body))
     lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
     head = b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
-    return head if head_only else head + reply.body
+    return head if head_only or bodiless else head + reply.body
 
 
 def error_reply(exc, request_id):

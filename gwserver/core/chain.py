@@ -64,7 +64,7 @@ import logging
 from ..errors import ConfigError, HTTPError
 from ..redact import redact
 from .context import Reply, ResponseHead, _enc, parse_block
-from .headers import RESPONSE_RESERVED, is_field_name, is_field_value
+from .headers import RESPONSE_RESERVED, WRITTEN_UPSTREAM, is_field_name, is_field_value
 from .schema import show
 from .throttledlog import throttled_log
 
@@ -265,6 +265,8 @@ class Chain:
         for plugin, conf in self.access_steps:
             try:
                 reply = plugin.access(conf, ctx)
+                if reply is None and not _shipped(plugin):
+                    _check_request(plugin, ctx)
             except Exception as exc:
                 _blame(exc, plugin, "access phase")
                 raise
@@ -289,6 +291,8 @@ class Chain:
                 ran.add(id(conf))
                 try:
                     reply = plugin.access(conf, ctx)
+                    if reply is None and not _shipped(plugin):
+                        _check_request(plugin, ctx)
                 except Exception as exc:
                     _blame(exc, plugin, "access phase")
                     raise
@@ -425,10 +429,12 @@ def _checked(plugin, reply):
         raise TypeError(f"plugin {plugin.NAME}: access must return a Reply or None, "
                         f"got {type(reply).__name__}")
     status = reply.status
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        # written as it is, "HTTP/1.1 42 Unknown" is no answer a client can read
-        raise TypeError(f"plugin {plugin.NAME}: its Reply's status must be an integer from 100 "
-                        f"to 599, got {status!r}")
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        # written as it is, "HTTP/1.1 42 Unknown" is no answer a client can read, and a 1xx
+        # is an interim one: the client waits on for the final answer, and takes the next
+        # one on its connection (or this one's body) for it
+        raise TypeError(f"plugin {plugin.NAME}: its Reply's status must be an integer from 200 "
+                        f"to 599 (a final answer), got {status!r}")
     if not isinstance(reply.body, (bytes, bytearray)):
         raise TypeError(f"plugin {plugin.NAME}: its Reply's body must be bytes, got "
                         f"{type(reply.body).__name__}")
@@ -503,6 +509,24 @@ def _check_head(plugin, head, before):
     if not head.body_filters and _content_length(fields) != length:    # [] filters nothing
         raise TypeError(f"plugin {plugin.NAME}: it changed the answer's Content-Length, which "
                         f"frames the body the gateway relays as the upstream sent it")
+
+
+def _check_request(plugin, ctx):
+    """A third-party plugin's edits of the request's headers, which the HTTP/1.1 upstream
+    head is written from as they are: ``set_header`` checks names, not values, and
+    ``ctx.headers`` is a list it may edit in place. A value with CR LF (a client's decoded
+    query value, say) wrote headers of its own upstream, a Content-Length among them that
+    framed the body apart from the gateway's (the rest of the head read as body, or a
+    request smuggled on a pooled connection). The gateway's own fields (Host, framing,
+    hop-by-hop, X-Forwarded-*) never sit in that list: one there is the plugin's."""
+    for name, value in ctx.headers:
+        if type(name) is not bytes or type(value) is not bytes or not _is_field(name, value):
+            raise TypeError(f"plugin {plugin.NAME}: a request header it set, {name!r}, is no "
+                            f"field HTTP allows (bytes: a token name; a value without CR, LF "
+                            f"or other controls)")
+        if name.lower() in WRITTEN_UPSTREAM:
+            raise TypeError(f"plugin {plugin.NAME}: it set the request header {name!r}, "
+                            f"which the gateway writes itself")
 
 
 def _status_problem(old, new):

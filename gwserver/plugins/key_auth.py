@@ -52,7 +52,8 @@ SCHEMA = Schema(
     Field("header", header_name, "X-API-Key", "request header carrying the key"),
     Field("query", string(r"[A-Za-z0-9_.~-]+", "a query parameter name", allow_empty=True),
           "", "query parameter carrying the key; empty: the header only. Every spelling an "
-          "upstream may read as it counts (any case, percent-encoded, PHP's . for _, after a ;): "
+          "upstream may read as it counts (any case, percent-encoded, ASP.NET's %uXXXX, PHP's . "
+          "for _, after a ;): "
           "two different keys in one request (header and query, or the query twice) are a 401 "
           "ambiguous_key"),
     Field("hide_credentials", boolean, True, "remove the key before proxying (the header, and "
@@ -129,11 +130,18 @@ def prepare(conf):
                                             conf["negative_cache_size"])}
 
 
+# IIS's %uXXXX escape, which ASP.NET (System.Web's HttpUtility.UrlDecode, behind
+# Request.QueryString) decodes: "api%u006Bey" is its "apikey"
+_U_ESCAPE = re.compile(r"%u([0-9A-Fa-f]{4})")
+
+
 def _param_name(name):
     """A query parameter's name as the frameworks behind a gateway may read it: decoded
-    (``api%6Bey``), in any case (ASP.NET), and as PHP registers it (php_variables.c): leading
-    spaces skipped, cut at a NUL, ``name[...]`` an array of ``name``, a ``[`` never closed and
-    every ``.`` and space an ``_``."""
+    (``api%6Bey``, and ASP.NET's ``api%u006Bey``), in any case (ASP.NET), and as PHP
+    registers it (php_variables.c): leading spaces skipped, cut at a NUL, ``name[...]`` an
+    array of ``name``, a ``[`` never closed and every ``.`` and space an ``_``."""
+    if "%u" in name:
+        name = _U_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), name)
     name = unquote_plus(name).lstrip(" ").partition("\x00")[0]
     base, bracket, rest = name.partition("[")
     if bracket:

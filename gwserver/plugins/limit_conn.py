@@ -26,7 +26,7 @@ request through, "deny" refuses it, "local" (default) counts per host instead.
 import logging
 
 from ..core.context import Reply
-from ..core.schema import Field, Schema, integer, number, one_of, status_code
+from ..core.schema import Field, Schema, integer, number, one_of
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError
 from ..files import STATE_DIR, write_remedy
@@ -51,7 +51,8 @@ SCHEMA = Schema(
           "cluster: Redis when [redis] is set, else per host; host: per host always"),
     Field("lease_seconds", number(0, exclusive=True), 300.0,
           "a slot a worker never gave back (it died) is free again after this long"),
-    Field("status", status_code, 503, "status of a refusal"),
+    # (not 1xx: an interim status is no answer, and the client would wait for the real one)
+    Field("status", integer(200, 599, "a status from 200 to 599"), 503, "status of a refusal"),
     Field("retry_after", integer(0), 1, "Retry-After seconds sent with a refusal"),
     Field("on_store_error", one_of("allow", "deny", "local"), "local",
           "when Redis cannot answer: let through, refuse, or count per host"),
