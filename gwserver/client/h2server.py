@@ -1422,15 +1422,21 @@ class H2ServerConnection:
 
     def set_caps(self):
         """Tell the parser what this second has left of the resets, control and empty frame
-        budgets (_CountingH2.control_cap): a read past one stops there (FloodCut)."""
-        self.start_second_if_due()
+        budgets (_CountingH2.control_cap): a read past one stops there (FloodCut).
+        A second that is over is not turned over here but by the read's count, as before
+        (count_frames_read): the first read of a new second still has the DATA frames sent
+        in the last one for the WINDOW_UPDATEs they earned. Turned over first, a client that
+        gave a download's window back a second later, in one write, was cut as a flood."""
         counted, conf = self.h2, self.conf
+        over = time.monotonic() - self.counted_since >= 1.0
+        resets, control, empty = (0, 0, 0) if over else \
+            (self.resets, self.control_frames, self.empty_frames)
         counted.refused = counted.rapid = 0
         counted.read_from = counted.highest_inbound_stream_id
-        counted.resets_cap = conf["max_resets_per_second"] - self.resets
-        counted.control_cap = conf["max_control_frames_per_second"] - self.control_frames
+        counted.resets_cap = conf["max_resets_per_second"] - resets
+        counted.control_cap = conf["max_control_frames_per_second"] - control
         counted.empty_cap = (conf["max_empty_frames_per_second"] +
-                             2 * counted.data_frames_sent - self.empty_frames)
+                             2 * counted.data_frames_sent - empty)
 
     def start_second_if_due(self):
         """The budgets count per second: a new one starts at the first count after one."""

@@ -226,7 +226,7 @@ def probe(target, conf, tls=None, protocol="http1"):
 
     from ..net.sockets import opening_within
     try:
-        with opening_within(conf["timeout"]):      # the name's lookup too
+        with opening_within(conf["timeout"], target.host):      # the name's lookup too
             sock = socket.create_connection((target.host, target.port),
                                             timeout=conf["timeout"])
     except OSError as exc:

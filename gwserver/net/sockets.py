@@ -9,6 +9,7 @@ Only for plain sockets: a TLS socket's ``_sock`` is the TCP socket under the enc
 its reads may be served from bytes already decrypted while the descriptor is not readable. TLS
 sockets go through their own methods.
 """
+import contextlib
 import errno
 import fcntl
 import select
@@ -34,15 +35,51 @@ PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # an IntFlag `|` costs
 _kernel_poll = get_original("select", "poll")
 
 
-def opening_within(seconds):
+# Host name -> the greenlet of a lookup of it, started once a connect's lookup of it hung
+# (opening_within): while it runs, connects to that name wait on it, not a lookup of their own.
+_HANGING = {}
+
+
+@contextlib.contextmanager
+def opening_within(seconds, host=None):
     """A ``gevent.Timeout`` that raises ``socket.timeout`` once ``seconds`` have passed: a
     new upstream connection's name lookup and TCP connect together within the connect
     timeout. A socket's own timeout bounds each connect but not the lookup before it, which
     waits as long as resolv.conf says (5 s a try, twice, per nameserver) for a nameserver
     that is gone. It fires OPENING_SLACK after the socket's would, so a connect that timed
-    out is still told as one. Never on the hot path: only when a connection is opened."""
-    return gevent.Timeout(seconds + OPENING_SLACK, socket.timeout(
+    out is still told as one. Never on the hot path: only when a connection is opened.
+
+    A lookup the timeout cut goes on in gevent's resolver thread pool (10 threads) until
+    the system's resolver gives up. Each connect to a name that hangs starting one, ten
+    requests a few seconds apart took every thread, and every other upstream named by a
+    host name timed out behind them (a 504 for ``localhost``). So once ``host``'s lookup
+    hung, one lookup of it runs on its own (_HANGING), and connects to that name wait for
+    it, within their timeout, before one of their own: one thread, not one a request."""
+    timeout = gevent.Timeout(seconds + OPENING_SLACK, socket.timeout(
         f"name lookup and connect took over {seconds:g}s"))
+    timeout.start()
+    try:
+        lookup = _HANGING.get(host)
+        if lookup is not None:
+            lookup.join()
+        yield
+    except BaseException:
+        if not timeout.pending and host is not None and host not in _HANGING:
+            # ours fired, not the socket's connect timeout (earlier): the lookup hung
+            _HANGING[host] = gevent.spawn(_look_up_hanging, host)
+        raise
+    finally:
+        timeout.close()
+
+
+def _look_up_hanging(host):
+    """opening_within's own lookup of a name whose lookup hung; connects wait for its end."""
+    try:
+        socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
+    except Exception:           # (socket.gaierror: the connects that follow say it)
+        pass
+    finally:
+        _HANGING.pop(host, None)
 
 
 def raw_socket(sock):

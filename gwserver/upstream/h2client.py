@@ -285,7 +285,7 @@ class H2Connection:
         self.target = target
         self.max_empty_frames = max_empty_frames    # a second's budget: see SMALL_DATA
         try:
-            with opening_within(connect_timeout):      # the name's lookup too
+            with opening_within(connect_timeout, target.host):      # the name's lookup too
                 sock = socket.create_connection((target.host, target.port),
                                                 timeout=connect_timeout)
         except socket.timeout:

@@ -119,8 +119,11 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
         # urllib3's lookup and TCP connect, within the connect timeout together (a TLS
         # handshake after them has its own): a lookup that hung held the request for as
         # long as resolv.conf lets it, whatever timeouts.connect said.
-        with opening_within(self.timeout):
-            return urllib3.connection.HTTPConnection._new_conn(self)
+        try:
+            with opening_within(self.timeout, self._dns_host):
+                return urllib3.connection.HTTPConnection._new_conn(self)
+        except socket.timeout as exc:   # (before urllib3's: waiting on a hung name's lookup)
+            raise ConnectTimeoutError(self, str(exc)) from None
 
 
 class CheapCheckHTTPSConnection(urllib3.connection.HTTPSConnection):

@@ -3,6 +3,7 @@ the connect and bound by timeouts.connect. A resolver that never answers (a name
 or filtered, resolv.conf's 5 s timeout times its attempts and servers) held the request
 well past it. The hanging resolver here is a gevent resolver class (GEVENT_RESOLVER names
 it) that waits for any name under .hang.test and resolves the rest as gevent's own does."""
+import os
 import textwrap
 import time
 
@@ -34,7 +35,9 @@ def test_a_hanging_name_lookup_is_bound_by_the_connect_timeout(launcher, tmp_pat
          "upstream": {"targets": [{"url": url}], "protocol": protocol}},
         {"id": "ok", "paths": ["/ok"],
          "upstream": {"targets": [{"url": f"http://localhost:{upstream.port}"}]}}]),
-        env={"PYTHONPATH": str(tmp_path), "GEVENT_RESOLVER": "hanging_resolver.HangingResolver"})
+        # (the checkout's gwserver first: PYTHONPATH replaced ran the venv's editable install)
+        env={"PYTHONPATH": os.pathsep.join([os.environ["PYTHONPATH"], str(tmp_path)]),
+             "GEVENT_RESOLVER": "hanging_resolver.HangingResolver"})
     assert gw.request("GET", "/ok")[0].status == 200     # other names resolve as ever
     begun = time.monotonic()
     resp, body = gw.request("GET", "/hang", timeout=10)
