@@ -360,8 +360,8 @@ def test_a_reply_with_an_impossible_status_or_a_text_body_is_a_500(start_gateway
         resp, data = gw.request("GET", path)
         assert resp.status == 500 and json.loads(data)["error"] == "internal_error"
     log = gw.log()
-    assert "plugin odd_reply: its Reply's status must be an integer from 100 to 599, got 42" \
-        in log
+    assert "plugin odd_reply: its Reply's status must be an integer from 200 to 599 (a final " \
+        "answer), got 42" in log
     assert "plugin odd_reply: its Reply's body must be bytes, got str" in log
     # written as given, the CR LF would have split the answer: a Set-Cookie of the client's
     assert "plugin odd_reply: its Reply's header 'Location' is no field HTTP allows" in log
