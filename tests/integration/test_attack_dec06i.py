@@ -2,14 +2,12 @@
 process and the table it publishes to the workers, across SIGHUP reloads, sync restarts and
 etcd trouble, against real processes (Debian's etcd-server on loopback, gateways from
 ``launcher``)."""
-import contextlib
 import json
 import os
 import shutil
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,6 +16,7 @@ from gwserver.sync.shm import read_json, worker_board
 from ..conftest import route, to_toml, wait_until
 from .test_etcd import (PREFIX, UP, _is_worker, all_workers_at, etcd_conf, put, runtime_of,
                         serves, status_of)
+from .test_etcd_attack_dec05k import member_serving
 
 
 @pytest.fixture
@@ -198,7 +197,7 @@ def test_a_member_answering_deeply_nested_json_is_passed_over_not_a_crash_loop(
     client = etcd.client()
     put(client, "upstreams", "up", UP(up))
     revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
-    with member_answering(b"[" * 100_000) as hostile:
+    with member_serving(200, b"[" * 100_000) as hostile:
         gw = launcher.gateway(etcd_conf(tmp_path, [hostile, etcd.url], workers=1))
         sync = wait_until(lambda: gw.helper_pid("config-sync"))
         try:
@@ -208,30 +207,6 @@ def test_a_member_answering_deeply_nested_json_is_passed_over_not_a_crash_loop(
         assert serves(gw, "/r") == 200, gw.log()[-3000:]
         assert gw.helper_pid("config-sync") == sync and "RecursionError" not in gw.log(), \
             gw.log()[-3000:]
-
-
-@contextlib.contextmanager
-def member_answering(body):
-    """A stand-in etcd member that answers every call 200 with ``body``; -> its URL."""
-    class Answer(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- the rollouts helper across a reload -----------------------------------------------------

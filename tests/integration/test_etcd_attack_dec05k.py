@@ -43,14 +43,20 @@ from .test_etcd import UP, all_workers_at, etcd_conf, put, serves
 from .test_incident_drill import state_tmpfs  # noqa: F401 (a tmpfs mounted and unmounted)
 
 
-@contextlib.contextmanager
 def member_answering(status, message, code):
     """A stand-in etcd member that answers every call ``status`` with the JSON gateway's
     error ``message`` (gRPC ``code``); -> its URL."""
+    body = json.dumps({"error": message, "code": code, "message": message}).encode()
+    return member_serving(status, body)
+
+
+@contextlib.contextmanager
+def member_serving(status, body):
+    """A stand-in etcd member that answers every call ``status`` with ``body`` (as JSON);
+    -> its URL."""
     class Answer(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = json.dumps({"error": message, "code": code, "message": message}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

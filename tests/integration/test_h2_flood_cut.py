@@ -41,6 +41,18 @@ def test_pings_past_the_budget_are_not_parsed_nor_answered(launcher, upstream, c
 UNKNOWN = b"\0\0\0\xfa\0\0\0\0\0"      # an empty frame of type 0xfa, which receivers ignore
 
 
+def calmed(port, data):
+    """The frames the gateway sends back for a preface, SETTINGS and ``data`` in one write,
+    up to its GOAWAY, which must say ENHANCE_YOUR_CALM."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(PREFACE + SettingsFrame(0).serialize() + data)
+        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames),
+                                timeout=3)
+    goaway = next(f for f in frames if f[0] == GOAWAY)
+    assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
+    return frames
+
+
 @pytest.mark.parametrize("empty", [WindowUpdateFrame(0, 1).serialize(), UNKNOWN],
                          ids=["window-update", "unknown-type"])
 def test_frames_past_the_empty_frame_budget_are_not_parsed(launcher, upstream, empty):
@@ -48,14 +60,8 @@ def test_frames_past_the_empty_frame_budget_are_not_parsed(launcher, upstream, e
     parsed and answered, the budget checked only after the read."""
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
         "h2c": True, "max_empty_frames_per_second": 100}))
-    data = PREFACE + SettingsFrame(0).serialize() + empty * 150 + \
-        PingFrame(0, b"behind!!").serialize()
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
-        sock.sendall(data)
-        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames),
-                                timeout=3)
-    goaway = next(f for f in frames if f[0] == GOAWAY)
-    assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
+    data = empty * 150 + PingFrame(0, b"behind!!").serialize()
+    frames = calmed(gw.port, data)
     assert not any(f[0] == PING and f[1] & ACK for f in frames)
 
 
@@ -67,15 +73,9 @@ def test_streams_refused_past_the_budget_are_not_decoded_nor_answered(launcher, 
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)],
                                        http2={"h2c": True}))
     block = b"\x82\x84\x86\x41\x01x"     # GET / over http, :authority x
-    data = PREFACE + SettingsFrame(0).serialize() + b"".join(
-        HeadersFrame(sid, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
-        for sid in range(1, 12000, 2))
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
-        sock.sendall(data)
-        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames),
-                                timeout=3)
-    goaway = next(f for f in frames if f[0] == GOAWAY)
-    assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
+    data = b"".join(HeadersFrame(sid, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+                    for sid in range(1, 12000, 2))
+    frames = calmed(gw.port, data)
     assert sum(f[0] == RST_STREAM for f in frames) == 100
 
 
@@ -95,14 +95,8 @@ def test_a_rapid_reset_stops_the_parse_at_the_budget(launcher, upstream):
         cancel.stream_id = sid
         return cancel.serialize()
 
-    data = PREFACE + SettingsFrame(0).serialize() + b"".join(
-        HeadersFrame(sid, block, flags=["END_HEADERS"]).serialize() + reset(sid)
-        for sid in range(1, 4600, 2)) + PingFrame(0, b"behind!!").serialize()
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
-        sock.sendall(data)
-        frames, _ = read_frames(sock, b"", lambda frames: any(f[0] == GOAWAY for f in frames),
-                                timeout=3)
-    goaway = next(f for f in frames if f[0] == GOAWAY)
-    assert int.from_bytes(goaway[3][4:8], "big") == ENHANCE_YOUR_CALM
+    data = b"".join(HeadersFrame(sid, block, flags=["END_HEADERS"]).serialize() + reset(sid)
+                    for sid in range(1, 4600, 2)) + PingFrame(0, b"behind!!").serialize()
+    frames = calmed(gw.port, data)
     assert not any(f[0] == PING and f[1] & ACK for f in frames)
     assert upstream.stats()["requests"] == before
