@@ -594,16 +594,12 @@ class _CountingH2(h2.connection.H2Connection):
                 if frame.data:
                     self.small_data += 1
                 else:
-                    self.empty_frames += 1
-                    if self.empty_frames > self.empty_cap:
-                        raise FloodCut()
+                    self._weigh_empty(1)
         elif kind is HeadersFrame:
             self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
             decoded = self.decoder.blocks
         elif kind is WindowUpdateFrame:
-            self.empty_frames += 1
-            if self.empty_frames > self.empty_cap:
-                raise FloodCut()
+            self._weigh_empty(1)
             self.last_update_tiny = tiny_update(frame.window_increment,
                                                 self.remote_settings.initial_window_size)
         elif kind is ZeroIncrement:
@@ -623,9 +619,7 @@ class _CountingH2(h2.connection.H2Connection):
             return self._stream_error(frame, f"PRIORITY of {frame.body_len} bytes, not 5 "
                                       "(RFC 9113 6.3)", E.FRAME_SIZE_ERROR)
         elif kind is ExtensionFrame:
-            self.empty_frames += 1 + (frame.body_len >> 10)
-            if self.empty_frames > self.empty_cap:
-                raise FloodCut()
+            self._weigh_empty(1 + (frame.body_len >> 10))
         elif kind is RstStreamFrame:
             sid = frame.stream_id
             if self._is_idle(sid):
@@ -658,14 +652,19 @@ class _CountingH2(h2.connection.H2Connection):
             self._close_if_idle(frame.stream_id)
             return [StreamMalformed(frame.stream_id, exc)]
         if not events:
-            self.empty_frames += 1
-            if self.empty_frames > self.empty_cap:
-                raise FloodCut()
+            self._weigh_empty(1)
         elif kind is HeadersFrame:
             fields = getattr(events[0], "headers", None)    # RequestReceived, Trailers...
             if fields:
                 self.header_bytes += FIELD_BYTES * len(fields)
         return events
+
+    def _weigh_empty(self, frames):
+        """Count ``frames`` empty frames; past what the second's budget has left (empty_cap)
+        the parse stops here (FloodCut)."""
+        self.empty_frames += frames
+        if self.empty_frames > self.empty_cap:
+            raise FloodCut()
 
     def _is_idle(self, stream_id):
         """Never opened: past the highest stream the client opened (odd ids) or the

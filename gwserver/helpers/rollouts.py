@@ -252,7 +252,8 @@ class Controller:
         if self.reader is not None:
             self.reader.close()     # or a counter descriptor kept for good at each reload
         self.reader = reader
-        if self.stores_of is not None and store_inputs(conf) != self.stores_of:
+        inputs = store_inputs(conf)
+        if self.stores_of is not None and inputs != self.stores_of:
             # A reload onto another Redis or etcd (a migration, new credentials, another
             # prefix): the clients made at the start asked the old ones for good, every
             # tick failed once they were gone, and no step moved again while the workers
@@ -261,7 +262,7 @@ class Controller:
             old = {getattr(backend, "client", None)
                    for backend in (self.state, self.measurements)}
             self.state, self.measurements = rollout_store.for_conf(conf)
-            self.stores_of = store_inputs(conf)
+            self.stores_of = inputs
             self.pushed, self.leader = {}, False     # nothing stored there by us yet
             for client in old:
                 close = getattr(client, "close", None)      # (a Redis client's pool)

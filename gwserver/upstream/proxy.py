@@ -114,7 +114,6 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
                               "unread", self.host, self.port)
         return state is OPEN
 
-
     def _new_conn(self):
         # urllib3's lookup and TCP connect, within the connect timeout together (a TLS
         # handshake after them has its own): a lookup that hung held the request for as
