@@ -19,7 +19,6 @@ purpose. Each numbered defect is shown by a test that failed before its fix.
    dead target (each waiting its connect timeout).
 """
 import socket
-import threading
 import time
 
 import h2.errors
@@ -28,30 +27,19 @@ import pytest
 
 from ..conftest import gateway_conf, wait_until
 from ..h2_upstreams import EventH2cUpstream, ScriptedH2Upstream
+from .test_attack_pass_dec03 import RecordingHttp1
 from .test_retry_attack_dec05e import CountingHttp1
 from .test_retry_policy import failing, retry_route
 from .test_review_attack_dec05z import target_health
 from .test_upstream_attack_dec05 import blackhole  # noqa: F401 (a fixture)
 
 
-class Unanswering:
+class Unanswering(RecordingHttp1):
     """A loopback HTTP/1.1 upstream that reads requests and never answers (counts them)."""
 
     def __init__(self, read=True):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.read, self.conns, self.requests = read, [], 0
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+        self.read, self.requests = read, 0
+        super().__init__()
 
     def serve(self, conn):
         buf = b""
