@@ -8,8 +8,8 @@ deadline for an owner, and the ticker, waking every
 socket they wait on: gevent then raises in the waiting greenlet at once, at a point where it is
 expecting socket errors, which is safer than throwing an exception into an arbitrary frame.
 
-Deadlines are therefore enforced to within ``interval`` (50 ms in workers), fine for timeouts that
-are seconds long. ``now`` is a cached monotonic clock that the hot path may read for free.
+Deadlines are therefore enforced to within ``interval`` (50 ms in workers) late, never early, fine
+for timeouts that are seconds long. ``now`` is a cached monotonic clock that the hot path may read for free.
 """
 import logging
 import time
@@ -47,7 +47,9 @@ class Deadlines:
             self._ticker.kill(block=False)
 
     def arm(self, owner, seconds):
-        self._armed[owner] = self.now + seconds
+        # From the clock, not the cached ``now``: that is as old as the last tick (more when
+        # the loop was busy), and a deadline must never fire before its time.
+        self._armed[owner] = time.monotonic() + seconds
 
     def disarm(self, owner):
         self._armed.pop(owner, None)

@@ -1255,7 +1255,8 @@ class Proxy:
             if deadline is not None:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
-                    raise UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s")
+                    raise UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s "
+                                          f"(per_try_timeout)")
             try:
                 if not self.recv_feed(ex, timeout, wait_first):
                     if not ex.got_bytes:
