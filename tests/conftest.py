@@ -24,6 +24,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
 UPSTREAM_SCRIPT = ROOT / "tests" / "upstream.py"
 
 
+def python_path_with(*dirs):
+    """A gateway's env with ``dirs`` on its path (a third-party plugin's site, a resolver
+    class), added to this checkout's: a PYTHONPATH replaced would leave the checkout out and
+    run the venv's editable install, another tree's code."""
+    return {"PYTHONPATH": os.pathsep.join([*map(str, dirs), os.environ["PYTHONPATH"]])}
+
+
 _handed_out = set()
 
 

@@ -25,7 +25,6 @@
    promises "every spelling an upstream may read" counts (401 ambiguous_key) and is taken
    out. Now that spelling counts as the others do.
 """
-import os
 import subprocess
 import sys
 import textwrap
@@ -34,7 +33,7 @@ import h2.events
 
 from gwserver.plugins.key_auth import hash_key
 
-from ..conftest import gateway_conf, route, to_toml
+from ..conftest import gateway_conf, python_path_with, route, to_toml
 from ..h2client import RawH2
 from .test_attack_pass_dec03 import raw_request
 
@@ -97,8 +96,7 @@ def install_tagger(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwtagger\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[gwserver.plugins]\ntagger = gwtagger:tagger\n")
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
-                                                        os.environ.get("PYTHONPATH")]))}
+    return python_path_with(site)
 
 
 def test_a_third_party_plugins_request_header_cannot_carry_a_clients_cr_lf(launcher, upstream,

@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import socket
 import struct
-import threading
 import time
 
 import h2.config
@@ -18,7 +17,8 @@ import h2.errors
 import h2.events
 import pytest
 
-from ..conftest import WEBSOCKET_HANDSHAKE, free_port, gateway_conf, wait_until
+from ..conftest import (WEBSOCKET_HANDSHAKE, free_port, gateway_conf, python_path_with,
+                        wait_until)
 from ..h2_upstreams import H2cUpstream, ScriptedH2Upstream, StreamingH2Upstream
 from ..h2client import RawH2
 from .test_admin import sample
@@ -153,6 +153,7 @@ def spoiler_site(tmp_path, source):
     return site
 
 
+
 SPOILER = '''
 from gwserver.core.schema import Schema
 
@@ -183,7 +184,7 @@ def test_a_body_filter_that_raises_mid_body_cuts_the_answer_and_writes_no_error_
           "plugins": {"spoiler": {}}},
          {"id": "plain", "paths": ["/plain/*rest"], "strip_prefix": "/plain",
           "upstream": {"targets": [{"url": upstream.url}]}}],
-        log={"access_fields": FIELDS}, http2={"h2c": True}), env={"PYTHONPATH": str(site)})
+        log={"access_fields": FIELDS}, http2={"h2c": True}), env=python_path_with(site))
     workers = gw.worker_pids()
     if client == "http1":
         with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
@@ -238,7 +239,7 @@ def test_a_body_filter_that_fails_on_the_last_piece_cuts_the_answer(
             if h2_upstream else (upstream.url, b"/bytes/2000000")
         site = spoiler_site(tmp_path, LAST_PIECE_SPOILER)
         gw = gateway(launcher, url, protocol, plugins={"spoiler": {}},
-                     env={"PYTHONPATH": str(site)})
+                     env=python_path_with(site))
         with socket.create_connection(("127.0.0.1", gw.port), timeout=8) as sock:
             sock.sendall(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
             head, _, body = read_to_close(sock).partition(b"\r\n\r\n")

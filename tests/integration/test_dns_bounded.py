@@ -3,13 +3,12 @@ the connect and bound by timeouts.connect. A resolver that never answers (a name
 or filtered, resolv.conf's 5 s timeout times its attempts and servers) held the request
 well past it. The hanging resolver here is a gevent resolver class (GEVENT_RESOLVER names
 it) that waits for any name under .hang.test and resolves the rest as gevent's own does."""
-import os
 import textwrap
 import time
 
 import pytest
 
-from ..conftest import gateway_conf
+from ..conftest import gateway_conf, python_path_with
 
 RESOLVER = textwrap.dedent("""
     import gevent
@@ -35,8 +34,7 @@ def test_a_hanging_name_lookup_is_bound_by_the_connect_timeout(launcher, tmp_pat
          "upstream": {"targets": [{"url": url}], "protocol": protocol}},
         {"id": "ok", "paths": ["/ok"],
          "upstream": {"targets": [{"url": f"http://localhost:{upstream.port}"}]}}]),
-        # (the checkout's gwserver first: PYTHONPATH replaced ran the venv's editable install)
-        env={"PYTHONPATH": os.pathsep.join([os.environ["PYTHONPATH"], str(tmp_path)]),
+        env={**python_path_with(tmp_path),
              "GEVENT_RESOLVER": "hanging_resolver.HangingResolver"})
     assert gw.request("GET", "/ok")[0].status == 200     # other names resolve as ever
     begun = time.monotonic()

@@ -54,7 +54,6 @@ e96cb6d). Each test failed on that commit.
 import base64
 import http.client
 import json
-import os
 import signal
 import socket
 import struct
@@ -67,8 +66,8 @@ import pytest
 from gwserver.plugins.basic_auth import hash_password
 from gwserver.plugins.key_auth import hash_key
 
-from ..conftest import (gateway_conf, open_websocket, route, stop_process, to_toml,
-                        wait_until)
+from ..conftest import (gateway_conf, open_websocket, python_path_with, route, stop_process,
+                        to_toml, wait_until)
 from .test_auth_edges import get, upstream_saw
 from .test_etcd import PREFIX, etcd_conf, put
 
@@ -311,7 +310,7 @@ def test_admin_breakers_counts_an_open_breakers_time_on_the_clock_that_set_it(la
                                               strip_prefix="/br", plugins={"breaker": {
                                                   **FAST, "open_for": 5.0, "max_open_for": 10.0}})],
                                        redis={"url": redis.url}),
-                          env={"PYTHONPATH": f"{site}:{os.environ['PYTHONPATH']}"})
+                          env=python_path_with(site))
     for _ in range(4):
         breaker_get(gw, "/br/status/500")
     tripped = time.monotonic()

@@ -11,7 +11,6 @@ import ssl
 import threading
 import time
 
-import pytest
 
 from ..conftest import gateway_conf, wait_until
 from ..pki import CA

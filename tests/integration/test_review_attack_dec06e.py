@@ -23,7 +23,6 @@ test failed on 895682f.
 import http.client
 import socket
 import threading
-import time
 
 import h2.config
 import h2.connection

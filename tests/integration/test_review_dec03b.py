@@ -40,7 +40,7 @@ import textwrap
 
 import pytest
 
-from ..conftest import gateway_conf, route
+from ..conftest import gateway_conf, python_path_with, route
 from .test_attack_pass_dec03 import raw_request
 
 PLUGIN = '''
@@ -89,9 +89,7 @@ def install_plugin(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwreview\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
         "[gwserver.plugins]\nstatus_editor = gwreview:status_editor\n")
-    import os
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
-                                                        os.environ.get("PYTHONPATH")]))}
+    return python_path_with(site)
 
 
 @pytest.fixture

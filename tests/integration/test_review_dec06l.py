@@ -1,12 +1,11 @@
 """Review of the HTTP/2 edge's FloodCut (82403d8 .. 2d9c86a) and the commits beside it."""
-import os
 import textwrap
 import time
 
 import h2.events
 import h2.settings
 
-from ..conftest import gateway_conf, route
+from ..conftest import gateway_conf, python_path_with, route
 from ..h2client import RawH2
 
 
@@ -74,8 +73,7 @@ def test_lookups_of_a_hanging_name_do_not_take_every_resolver_thread(launcher, t
          "upstream": {"targets": [{"url": "http://up.hang.test:9"}]}},
         {"id": "ok", "paths": ["/ok"], "timeouts": {"connect": 0.5},
          "upstream": {"targets": [{"url": f"http://localhost:{upstream.port}"}]}}]),
-        # (the worktree's gwserver on the path too: PYTHONPATH replaced would leave it out)
-        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]),
+        env={**python_path_with(tmp_path),
              "GEVENT_RESOLVER": "blocking_resolver.BlockingResolver"})
     for _ in range(11):
         begun = time.monotonic()
