@@ -183,6 +183,15 @@ class RetryBudget:
         self.unseen += 1
         return True
 
+    def refund(self, now):
+        """Give back a retry ``try_retry(now)`` spent and no try used (its client left
+        in the backoff)."""
+        bucket = self.buckets.get(int(now))
+        if bucket is not None and bucket[1]:
+            bucket[1] -= 1
+        if self.unseen:
+            self.unseen -= 1
+
     def share(self, own, now):
         """This worker's part of what is left: its part of the host's recent requests to
         the upstream, once the others had a chance to tell theirs (they publish once a

@@ -556,8 +556,9 @@ class H2Connection:
 
     def drain(self, goaway):
         """GOAWAY: streams past its last_stream_id were not processed and fail (a 502 for a
-        request already sent); the others go on, unless it reports an error. The connection
-        closes when the last of them ends; requests waiting for a stream go elsewhere."""
+        request already sent); the others go on, unless it reports an error: then they fail
+        and the connection closes at once. Else it closes when the last of them ends;
+        requests waiting for a stream go elsewhere."""
         self.draining = True
         what = f"{self.target.url} ended the HTTP/2 connection (GOAWAY {goaway.error_code!r})"
         refused = StreamRefused(f"{what} before it processed the stream")
@@ -565,24 +566,26 @@ class H2Connection:
         for stream_id in self._end_streams(refused, goaway.last_stream_id):
             del self.streams[stream_id]
         if goaway.error_code != h2.errors.ErrorCodes.NO_ERROR:
-            self._fail(UpstreamError(what), goaway.last_stream_id)
+            # The streams it took end too (RFC 9113 5.4.1: the upstream closes the connection
+            # after an error's GOAWAY). Kept open, a wedged upstream that sent one and went
+            # quiet held each of them to the read timeout: a 504 for its 502.
+            self._fail(UpstreamError(what))
         self.stream_freed.set()
         if not self.streams:
             self.close()
 
-    def _fail(self, error, keep_up_to=None):
+    def _fail(self, error):
         if self.shut:
             return                      # failed already: the first error is the one to tell
         self.closed = True
         self.error = error
-        self._end_streams(error, keep_up_to or 0)
-        if keep_up_to is None:
-            self.shut = True
-            self.wake_writer.set()      # it ends; what is queued is not sent
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+        self._end_streams(error, 0)
+        self.shut = True
+        self.wake_writer.set()          # it ends; what is queued is not sent
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def _end_streams(self, error, above):
         """Streams past ``above`` end with ``error``: their readers raise it, and a sender

@@ -23,7 +23,7 @@ from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
                       UpstreamConnectError, UpstreamError, UpstreamTimeout)
 from .h2client import H2Pools, StreamBroken, StreamNotOpened
-from .proxy import (CLIENT_PAUSE, asks_to_wait, back_off, client_protocol, client_side,
+from .proxy import (CLIENT_PAUSE, asks_to_wait, client_protocol, client_side,
                     filtered, forwarded_values, hold_head, past_retry_timeout, proxied_head,
                     trace_headers, upstream_host, upstream_path)
 
@@ -209,7 +209,7 @@ class H2Forwarder:
                     # no connection: the target's, or a new one for a refused stream's second
                     # try (a connect timeout too)
                     if proxy.connect_failed(route, upstream, target, tried, attempts_left,
-                                            budget, policy, exc, now, started):
+                                            budget, policy, exc, now, started, client):
                         attempts_left -= 1
                         continue
                     raise
@@ -224,7 +224,8 @@ class H2Forwarder:
                     if replayable and proxy.may_retry(route, upstream, target, tried,
                                                       attempts_left, budget,
                                                       event in policy.events, exc.reason,
-                                                      now, policy.backoff, started=started):
+                                                      now, policy.backoff, started=started,
+                                                      client=client):
                         attempts_left -= 1
                         continue
                     raise
@@ -241,7 +242,7 @@ class H2Forwarder:
                     if proxy.may_retry(route, upstream, target, tried, attempts_left, budget,
                                        "connect" in policy.events or
                                        "reset" in policy.events, exc.reason, now,
-                                       started=started):
+                                       started=started, client=client):
                         attempts_left -= 1
                         continue
                     raise
@@ -265,7 +266,7 @@ class H2Forwarder:
                         exchange = None
                         proxy.book_outcome(upstream, target, status)
                         attempts_left -= 1
-                        back_off(pause)
+                        proxy.retry_after(client, upstream, budget, pause, now)
                         continue
                 try:
                     answer = self.relay(client, req, exchange.stream, status, exchange.fields,

@@ -8,9 +8,9 @@ and parse the response with httptools on the pooled connection's socket (~10x ch
 
 Retry rules: a failed *connect* sent nothing, so any request may go to another target. A reused
 keep-alive connection that turns out dead (reset or EOF before any response byte) is retried once
-on a fresh connection, but only for idempotent requests whose body we still hold: nothing is
-retried after a byte of a non-idempotent request reached an upstream. An answer that is not HTTP
-is a 502, never a retry: the request may have been served.
+on a fresh connection to the same target, but only for idempotent requests whose body we still
+hold: nothing is retried after a byte of a non-idempotent request reached an upstream. An answer
+that is not HTTP is a 502, never a retry: the request may have been served.
 
 Upstream framing is trusted never (nginx: "upstream sent more data than specified"): bytes after
 a complete response, or on an idle pooled connection, close that connection unread; a response
@@ -719,6 +719,7 @@ class Proxy:
         attempts_left, tried = policy.attempts, []
         waited = ()         # targets whose answer asked for a wait: no retry goes back to them
         fresh = stale_retried = False
+        again = None        # the target a dead reused connection's request goes back to
         now = started = time.monotonic()
         budget = self.budget(upstream)
         budget.request()
@@ -727,7 +728,9 @@ class Proxy:
             if tried:
                 now = time.monotonic()      # a try, a timeout or a backoff took time
                 client.raise_if_gone()      # (a backoff's wait is watched by nothing)
-            target = self.choose(upstream, tried, req, now, waited)
+            target = self.choose(upstream, tried, req, now, waited) if again is None \
+                else again
+            again = None
             pool = self.pools.get(target, upstream)
             outstanding[target.url] = outstanding.get(target.url, 0) + 1
             try:
@@ -748,7 +751,7 @@ class Proxy:
                     continue
                 except UpstreamConnectError as exc:
                     if self.connect_failed(route, upstream, target, tried, attempts_left,
-                                           budget, policy, exc, now, started):
+                                           budget, policy, exc, now, started, client):
                         attempts_left -= 1
                         continue
                     raise
@@ -773,13 +776,18 @@ class Proxy:
                             not past_retry_timeout(policy.timeout, started):
                         fresh = stale_retried = True    # the pool may hold more dead ones
                         req.attempts -= 1   # a dead connection's: no try reached the upstream
+                        # To the same target (urllib3's and nginx's way): the balancer's
+                        # next pick went elsewhere, and ``fresh`` closed that target's
+                        # healthy pooled connection in place of this pool's dead ones.
+                        again = target
                         continue
                     self.book_failure(upstream, target)
                     reason = f"{target.url}: connection failed before an answer"
                     if replayable and self.may_retry(route, upstream, target, tried,
                                                      attempts_left, budget,
                                                      "reset" in policy.events, reason, now,
-                                                     policy.backoff, started=started):
+                                                     policy.backoff, started=started,
+                                                     client=client):
                         attempts_left -= 1
                         continue
                     raise UpstreamError(reason) from None
@@ -789,7 +797,8 @@ class Proxy:
                     if replayable and self.may_retry(route, upstream, target, tried,
                                                      attempts_left, budget,
                                                      "timeout" in policy.events, exc.reason,
-                                                     now, policy.backoff, started=started):
+                                                     now, policy.backoff, started=started,
+                                                     client=client):
                         attempts_left -= 1
                         continue
                     raise
@@ -816,7 +825,7 @@ class Proxy:
                         attempts_left -= 1
                         # After the release: killed in the wait (a client reset its HTTP/2
                         # stream), the request must hold no pool slot.
-                        back_off(pause)
+                        self.retry_after(client, upstream, budget, pause, now)
                         continue
                 try:
                     status, sent, client_keep, upstream_keep = self.respond(client, req, ex,
@@ -842,7 +851,7 @@ class Proxy:
             self.share.refuse(target.url, refused + REFUSED_AVOID, refused)
 
     def connect_failed(self, route, upstream, target, tried, attempts_left, budget, policy,
-                       exc, now, started):
+                       exc, now, started, client):
         """A connect failed: book it (this host's workers skip the target for a while) and
         say whether the request goes on to another try (for any method: nothing was sent),
         as the policy and the budget allow. Both protocols' loops ask this."""
@@ -851,7 +860,8 @@ class Proxy:
         # dead target, each one after it too.
         self.book_failure(upstream, target, refused=time.monotonic())
         return self.may_retry(route, upstream, target, tried, attempts_left, budget,
-                              "connect" in policy.events, exc.reason, now, started=started)
+                              "connect" in policy.events, exc.reason, now, started=started,
+                              client=client)
 
     def book_outcome(self, upstream, target, status):
         passive = upstream.passive
@@ -859,15 +869,29 @@ class Proxy:
             self.runtime.passive.observe(upstream, target, status not in passive["statuses"])
 
     def may_retry(self, route, upstream, target, tried, attempts_left, budget, wanted, reason,
-                  now, backoff=0.0, *, started):
+                  now, backoff=0.0, *, started, client):
         """Whether the next try may go ahead (retry_pause); if so, waits its backoff first
         (``backoff``: a try that follows a reset or a timeout; none after a failed connect)."""
         pause = self.retry_pause(route, upstream, target, tried, attempts_left, budget, wanted,
                                  reason, now, backoff, started=started)
         if pause is None:
             return False
-        back_off(pause)
+        self.retry_after(client, upstream, budget, pause, now)
         return True
+
+    def retry_after(self, client, upstream, budget, pause, now):
+        """Wait a retry's backoff (retry_pause's verdict, taken at ``now``), then count the
+        retry as made. Not one whose client left in the wait (an HTTP/1.1 client's hang-up;
+        an HTTP/2 client's reset kills the wait): no try went out, so the budget gets its
+        retry back (counted as the verdict came, a request given up in its backoff was
+        counted ``retried``, and spent a retry no upstream saw)."""
+        try:
+            back_off(pause)
+            client.raise_if_gone()
+        except BaseException:
+            budget.refund(now)
+            raise
+        self._count_retry(upstream, "retried")
 
     def retry_pause(self, route, upstream, target, tried, attempts_left, budget, wanted,
                     reason, now, backoff, *, started):
@@ -875,8 +899,9 @@ class Proxy:
         ``backoff`` doubled per retry already made, jittered. It goes ahead when the policy
         wants it, attempts are left, it would begin (its backoff waited) before the policy's
         ``timeout`` since the first try ``started``, and the upstream's retry budget (shared
-        by this host's workers) allows it. Counts and logs the verdict. Both protocols'
-        loops ask this (an answer's retry waits once its connection is released)."""
+        by this host's workers) allows it. Counts and logs the verdict (a go-ahead is counted
+        once its backoff is waited: retry_after). Both protocols' loops ask this (an
+        answer's retry waits once its connection is released)."""
         retries_made = len(tried)
         tried.append(target)
         if not wanted or attempts_left <= 0:
@@ -898,7 +923,6 @@ class Proxy:
                               "route %s: %s; not retried: the retry budget of upstream %s "
                               "is spent", route.id, reason, upstream.id)
             return None
-        self._count_retry(upstream, "retried")
         throttled_log.log(log, logging.WARNING, ("retrying", route.id),
                           "route %s: %s; retrying%s", route.id, reason,
                           " on another target" if len(tried) < len(upstream.targets) else "")
