@@ -520,7 +520,13 @@ class _BoundedFrameBuffer(BoundedBlocks):
 class FloodCut(Exception):
     """Raised from ``_CountingH2`` once a read's control or empty frames, or the streams it
     refused past max_concurrent_streams, pass what the second's budget has left (its
-    ``*_cap``, set by read_loop): the rest of the read is not parsed."""
+    ``*_cap``, set by read_loop): the rest of the read is not parsed. ``reason``: the
+    budget's label in gwserver_http2_connections_closed_total; ``what``: the GOAWAY's and
+    the log's words."""
+
+    def __init__(self, reason, what):
+        super().__init__(what)
+        self.reason, self.what = reason, what
 
 
 class StreamPastLimit:
@@ -596,6 +602,10 @@ class _CountingH2(h2.connection.H2Connection):
                 else:
                     self._weigh_empty(1)
         elif kind is HeadersFrame:
+            # The block's small CONTINUATIONs (BoundedBlocks.fragments), weighed here so the
+            # parse stops at the block past the budget: taken only after the read, blocks of
+            # 39 empty ones had 2,925 parsed under a budget of 100.
+            self._weigh_empty(self.incoming_buffer.take_fragments())
             self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
             decoded = self.decoder.blocks
         elif kind is WindowUpdateFrame:
@@ -603,19 +613,17 @@ class _CountingH2(h2.connection.H2Connection):
             self.last_update_tiny = tiny_update(frame.window_increment,
                                                 self.remote_settings.initial_window_size)
         elif kind is ZeroIncrement:
-            self.empty_frames += 1
+            self._weigh_empty(1)
             return self._stream_error(frame, "WINDOW_UPDATE of 0 (RFC 9113 6.9)")
         elif kind is PingFrame and self.sent_since_ping and "ACK" not in frame.flags:
             self.sent_since_ping = False    # free: see sent_since_ping
         elif kind in _CONTROL_FRAMES:
-            self.control_frames += 1 + frame.body_len // 384 + (
-                len(self.streams) // 16 if kind is SettingsFrame else 0)
-            if self.control_frames > self.control_cap:
-                raise FloodCut()
+            self._weigh_control(1 + frame.body_len // 384 + (
+                len(self.streams) // 16 if kind is SettingsFrame else 0))
             if kind is PriorityFrame and frame.depends_on == frame.stream_id:
                 return self._stream_error(frame, "depends on itself (RFC 9113 5.3.1)")
         elif kind is PrioritySizeError:
-            self.control_frames += 1 + frame.body_len // 384
+            self._weigh_control(1 + frame.body_len // 384)
             return self._stream_error(frame, f"PRIORITY of {frame.body_len} bytes, not 5 "
                                       "(RFC 9113 6.3)", E.FRAME_SIZE_ERROR)
         elif kind is ExtensionFrame:
@@ -632,7 +640,7 @@ class _CountingH2(h2.connection.H2Connection):
                 # counts (no cancel: it was served no 0.1 s)
                 self.rapid += 1
                 if self.rapid + self.refused > self.resets_cap:
-                    raise FloodCut()
+                    raise FloodCut("rapid_reset", "rapid reset")
         try:
             events = super()._receive_frame(frame)
         except h2.exceptions.InvalidBodyLengthError as exc:
@@ -661,10 +669,19 @@ class _CountingH2(h2.connection.H2Connection):
 
     def _weigh_empty(self, frames):
         """Count ``frames`` empty frames; past what the second's budget has left (empty_cap)
-        the parse stops here (FloodCut)."""
+        the parse stops here (FloodCut). Every frame weighed must come through here (or
+        _weigh_control): a stream's WINDOW_UPDATE of 0 on a stream that ended, a 1xx head
+        on one the client reset and a PRIORITY of the wrong size were counted by hand,
+        uncut, and a 64 KiB read of them was parsed whole, a PING behind it answered."""
         self.empty_frames += frames
         if self.empty_frames > self.empty_cap:
-            raise FloodCut()
+            raise FloodCut("empty_frames", "empty frame flood")
+
+    def _weigh_control(self, frames):
+        """As _weigh_empty, for the control frame budget (control_cap)."""
+        self.control_frames += frames
+        if self.control_frames > self.control_cap:
+            raise FloodCut("control_frames", "control frame flood")
 
     def _is_idle(self, stream_id):
         """Never opened: past the highest stream the client opened (odd ids) or the
@@ -686,7 +703,7 @@ class _CountingH2(h2.connection.H2Connection):
         self.refused += 1
         if self.refused > self.resets_cap:
             # (before its decode: the connection ends, its HPACK table with it)
-            raise FloodCut()
+            raise FloodCut("refused", "streams refused past max_concurrent_streams")
         fields = h2.connection._decode_headers(self.decoder, frame.data)
         self.header_bytes += FIELD_BYTES * len(fields)
         self.highest_inbound_stream_id = sid
@@ -705,7 +722,7 @@ class _CountingH2(h2.connection.H2Connection):
         connection error (RFC 9113 5.1), after a reset a frame dropped and counted."""
         if not self._stream_is_closed_by_reset(stream_id):
             raise h2.exceptions.StreamClosedError(stream_id)
-        self.empty_frames += 1
+        self._weigh_empty(1)
         return []
 
     def _close_if_idle(self, stream_id):
@@ -1154,17 +1171,21 @@ class H2ServerConnection:
     def _wait_for(self):
         """Arm the deadline of what the reader waits for, when that changed: "idle" (no
         stream open: keepalive, or header_timeout before the first request; in
-        runtime.idle_clients), "head" (a header block begun, or a HEADERS frame half read:
-        header_timeout) or "streams" (the streams' own deadlines). PINGs and other control
-        frames of an idle connection, whole or in pieces, do not restart its keepalive, as
-        they would not end an HTTP/1.1 connection's idleness either."""
+        runtime.idle_clients), "head" (no stream served, and a header block begun or a
+        HEADERS frame half read: header_timeout) or "streams" (the streams' own deadlines,
+        a head begun or not). PINGs and other control frames of an idle connection, whole or
+        in pieces, do not restart its keepalive, as they would not end an HTTP/1.1
+        connection's idleness either."""
         if self.idle_closing:
             return                      # lingering: its deadline is idle_close's
         buffered = self.h2.incoming_buffer
         begun = buffered._data
-        state = "head" if buffered._headers_buffer or (
-            not self.streams and len(begun) > 3 and begun[3] in REQUEST_FRAME_TYPES) \
-            else "streams" if self.streams else "idle"
+        # A head begun while streams are served (a header block without its END_HEADERS, as
+        # half a HEADERS frame) is timed from when the last of them ends: its header_timeout
+        # closed the connection, the long poll it was serving cut with it. Until then the
+        # streams' own deadlines bound it, and it holds at most a block (64 KiB).
+        state = "streams" if self.streams else "head" if buffered._headers_buffer or (
+            len(begun) > 3 and begun[3] in REQUEST_FRAME_TYPES) else "idle"
         if state == self.wait_state:
             return
         runtime, server = self.runtime, self.settings
@@ -1205,14 +1226,17 @@ class H2ServerConnection:
                 return
             if self.wait_state == "head":
                 self.head_read += len(data)         # its rate: close_slowest_head
-            self.set_caps()
             try:
                 with self.lock:
+                    # Under the lock: a stream's send may hold it for long (a slow reader),
+                    # and caps set before were the last second's when the parse began: a
+                    # client under the budgets in each second was cut.
+                    self.set_caps()
                     events = self.h2.receive_data(data)
                     self._flush()
                 self.count_frames_read()
-            except FloodCut:
-                self.flood_cut()
+            except FloodCut as cut:
+                self.flood_cut(cut)
                 return
             except h2.exceptions.ProtocolError as exc:
                 throttled_log.log(log, logging.INFO, "h2 protocol error",
@@ -1474,11 +1498,12 @@ class H2ServerConnection:
         except OSError:
             pass
 
-    def flood_cut(self):
-        """The parser stopped mid-read at a budget (FloodCut): the read's counts are taken
-        and the connection closed for that budget. The events of the frames parsed before
-        the cut are lost with the read, so it is closed whatever the counts say (a second
-        that turned over mid-parse started the budgets again)."""
+    def flood_cut(self, cut):
+        """The parser stopped mid-read at a budget (FloodCut ``cut``): the read's counts are
+        taken and the connection closed for that budget. The events of the frames parsed
+        before the cut are lost with the read, so it is closed whatever the counts say (a
+        second that turned over mid-parse started the budgets again), as the cut's budget
+        (it was labelled control_frames whichever it was)."""
         self.count_frames_read()
         counted = self.h2
         if counted.rapid + counted.refused > counted.resets_cap:
@@ -1488,7 +1513,10 @@ class H2ServerConnection:
             else:
                 self.count_refused(counted.refused)
         if not self.closed:
-            self.close_for_flood("frames past a budget", "control_frames")
+            throttled_log.log(log, logging.WARNING, ("h2 flood", cut.what),
+                              "HTTP/2 connection from %s: %s (at the budget as its second "
+                              "ended): GOAWAY", self.client_ip, cut.what)
+            self.close_for_flood(cut.what, cut.reason)
 
     def count_closed(self, reason):
         """gwserver_http2_connections_closed: a connection closed with an error, by why (the
