@@ -77,6 +77,32 @@ class ClientGone(Exception):
     """The client closed or reset its connection; there is nobody left to answer."""
 
 
+def vouch_forwarded(hmap):
+    """A trusted proxy's X-Forwarded-Host and -Proto (or what its Forwarded said of them),
+    held to what the gateway takes from a client: a Host as ``normalise_host`` takes it and
+    http or https. Kept as sent, "evil.example/x?", "a@evil" or "javascript" reached the
+    upstream (which builds its links and redirects from them) and route conditions,
+    whenever the proxy passed a client's copy through unread. The last of a list is the
+    nearest proxy's, as the X-Forwarded-For walk reads it; a value that is neither is
+    dropped, so the gateway's own view (the client's Host, the connection's scheme) goes
+    upstream, as for an untrusted peer."""
+    proto = hmap.get(b"x-forwarded-proto")
+    if proto is not None:
+        proto = proto.rpartition(b",")[2].strip().lower()
+        if proto == b"http" or proto == b"https":
+            hmap[b"x-forwarded-proto"] = proto
+        else:
+            del hmap[b"x-forwarded-proto"]
+    host = hmap.get(b"x-forwarded-host")
+    if host is not None:
+        try:
+            name, port = normalise_host(host.rpartition(b",")[2].strip())
+        except BadRequest:
+            del hmap[b"x-forwarded-host"]
+        else:
+            hmap[b"x-forwarded-host"] = name + b":" + port if port else name
+
+
 class ClientConnection:
     """Serves one client socket until it closes, errs, or keep-alive ends."""
 
@@ -353,6 +379,8 @@ class ClientConnection:
             req.client_ip = proxies.client_of(self.client_ip, named)
             if not proxies.speak_x_forwarded:
                 self.from_forwarded(req, hmap, named, proxies)
+            if b"x-forwarded-host" in hmap or b"x-forwarded-proto" in hmap:
+                vouch_forwarded(hmap)
         request_id = hmap.get(b"x-request-id")
         if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
             req.request_id = self.runtime.next_request_id()

@@ -60,11 +60,13 @@ is not a plugin: it always runs last, after every access phase let the request o
 import difflib
 import inspect
 import logging
+import re
 
 from ..errors import ConfigError, HTTPError
 from ..redact import redact
 from .context import Reply, ResponseHead, _enc, parse_block
-from .headers import RESPONSE_RESERVED, WRITTEN_UPSTREAM, is_field_name, is_field_value
+from .headers import (FIELD_NAME, RESPONSE_RESERVED, WRITTEN_UPSTREAM, is_field_name,
+                      is_field_value)
 from .schema import show
 from .throttledlog import throttled_log
 
@@ -341,6 +343,7 @@ class Chain:
                 plugin.response(conf, ctx, head)
                 if checked:
                     _check_head(plugin, head, before)
+                    _check_request_id(plugin, ctx)      # the answer's X-Request-ID
             except Exception as exc:
                 _blame(exc, plugin, "response phase")
                 raise
@@ -356,11 +359,14 @@ class Chain:
             for plugin, conf in steps:
                 # a third-party hook's head is checked as its response hook's would be
                 before = _before(head) if id(plugin) in chain.third_party else None
+                request_id = getattr(ctx, "request_id", None)
                 try:
                     plugin.reply(conf, ctx, head)
                     if before:
                         _check_head(plugin, head, before)
+                        _check_request_id(plugin, ctx)
                 except Exception as exc:
+                    ctx.request_id = request_id     # the answer's X-Request-ID, as it was
                     # The answer is decided and may be the 500 of an error: raising would
                     # make the error path run this again and send nothing. It goes out as
                     # the gateway wrote it, with none of the hooks' edits.
@@ -527,6 +533,36 @@ def _check_request(plugin, ctx):
         if name.lower() in WRITTEN_UPSTREAM:
             raise TypeError(f"plugin {plugin.NAME}: it set the request header {name!r}, "
                             f"which the gateway writes itself")
+    # The request line, Host and X-Request-ID are written from these as they are, the last
+    # in the client's answer too: a client's decoded "a\r\nX-Injected: 1" in any of them
+    # wrote lines of its own upstream, or split the answer.
+    for what, fits in (("method", _TOKEN), ("path", _TARGET), ("query", _TARGET)):
+        value = getattr(ctx, what, None)        # (the reader sets them all: a test may not)
+        if value is not None and (type(value) is not str or not fits(value)):
+            raise TypeError(f"plugin {plugin.NAME}: the request's {what} it set, "
+                            f"{value!r:.60}, cannot stand in a request line (text without "
+                            f"white space or control characters)")
+    host = getattr(ctx, "upstream_host_header", None)
+    if host is not None and (type(host) is not bytes or not _TARGET_BYTES(host)):
+        raise TypeError(f"plugin {plugin.NAME}: the upstream Host it set, {host!r:.60}, is no "
+                        f"host (bytes without white space or control characters)")
+    _check_request_id(plugin, ctx)
+
+
+def _check_request_id(plugin, ctx):
+    """A third-party hook's ``ctx.request_id``: X-Request-ID upstream and in the answer."""
+    value = getattr(ctx, "request_id", None)
+    if value is not None and (type(value) is not str or not _TARGET(value)):
+        ctx.request_id = None       # the 500 that follows goes out without it
+        raise TypeError(f"plugin {plugin.NAME}: the request id it set, {value!r:.60}, is no "
+                        f"header value (text without white space or control characters)")
+
+
+# What a request line's method and target, a Host and an X-Request-ID may hold: visible
+# characters (obs-text too: a query as an HTTP/1.1 client sent it), never a space or control.
+_TOKEN = re.compile(FIELD_NAME).fullmatch
+_TARGET = re.compile("[\x21-\x7e\x80-\xff]*").fullmatch
+_TARGET_BYTES = re.compile(b"[\x21-\x7e\x80-\xff]+").fullmatch
 
 
 def _status_problem(old, new):

@@ -15,7 +15,9 @@ Failures: 401 with ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` and a
 when a token was sent), 403 with ``error="insufficient_scope"``; JSON bodies, never a stack
 trace. On success the claims are in ``ctx.vars["claims"]`` (rate_limit keys on them, routes
 match on them); ``forward_claims`` sets upstream headers from claims (a client's own copy of
-those headers is always removed), ``strip_token`` removes the Authorization header.
+those headers is always removed; a claim no header carries as it is, one with a control
+character or a space at either end or over 1024 characters, sets none), ``strip_token``
+removes the Authorization header.
 
 Consumers (docs/consumers.md): with ``consumer_claim = "iss"`` (or ``"sub"``) the claim's value
 names the consumer whose ``credentials.jwt = {key = "..."}`` equals it; a token whose claim
@@ -470,7 +472,11 @@ def access(conf, ctx):
         value = claims.get(claim)
         if value is not None:
             value = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-            if value.isprintable() and len(value) <= 1024:
+            # Sent only as the claim says it: a space at either end is no part of a header's
+            # value (RFC 9110 5.5), so the upstream read the sub " admin" (a name its owner
+            # chose at the identity provider) as "admin", whom it is not.
+            if value.isprintable() and len(value) <= 1024 and value[:1] != " " and \
+                    value[-1:] != " ":
                 ctx.set_header(header, value.encode("utf-8"))
     if conf["strip_token"]:
         ctx.remove_header("authorization")
