@@ -77,15 +77,16 @@ class ClientGone(Exception):
     """The client closed or reset its connection; there is nobody left to answer."""
 
 
-def vouch_forwarded(hmap):
+def vouch_forwarded(req):
     """A trusted proxy's X-Forwarded-Host and -Proto (or what its Forwarded said of them),
     held to what the gateway takes from a client: a Host as ``normalise_host`` takes it and
-    http or https. Kept as sent, "evil.example/x?", "a@evil" or "javascript" reached the
+    http or https; its -Port a port, its -Prefix a path (FORWARDED_PREFIX). Kept as sent, "evil.example/x?", "a@evil" or "javascript" reached the
     upstream (which builds its links and redirects from them) and route conditions,
     whenever the proxy passed a client's copy through unread. The last of a list is the
     nearest proxy's, as the X-Forwarded-For walk reads it; a value that is neither is
     dropped, so the gateway's own view (the client's Host, the connection's scheme) goes
     upstream, as for an untrusted peer."""
+    hmap = req.header_map
     proto = hmap.get(b"x-forwarded-proto")
     if proto is not None:
         proto = proto.rpartition(b",")[2].strip().lower()
@@ -101,6 +102,29 @@ def vouch_forwarded(hmap):
             del hmap[b"x-forwarded-host"]
         else:
             hmap[b"x-forwarded-host"] = name + b":" + port if port else name
+    # These two pass through as they came (the gateway writes neither): edited in place.
+    port = hmap.get(b"x-forwarded-port")
+    if port is not None:
+        port = port.rpartition(b",")[2].strip()
+        if port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536:
+            req.set_header(b"X-Forwarded-Port", port)
+        else:
+            req.remove_header(b"x-forwarded-port")
+    prefix = hmap.get(b"x-forwarded-prefix")
+    if prefix is not None and not FORWARDED_PREFIX.fullmatch(prefix):
+        req.remove_header(b"x-forwarded-prefix")
+
+
+# The trusted proxies' headers vouch_forwarded holds to rules, and X-Real-IP: a load balancer
+# trusted for X-Forwarded-For that does not write X-Real-IP passes a client's through, and
+# "X-Real-IP: 6.6.6.6" was the client to an upstream that reads it; it says the client the
+# X-Forwarded-For walk found.
+VOUCHED = frozenset([b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port",
+                     b"x-forwarded-prefix", b"x-real-ip"])
+# A path prefix (Spring's ForwardedHeaderFilter, Traefik, werkzeug's ProxyFix x_prefix build
+# links from it): "/" and visible characters but a backslash, never "//" first (a link to
+# another host; browsers read "/\\" as "//").
+FORWARDED_PREFIX = re.compile(rb"(?!//)/[\x21-\x5b\x5d-\x7e]*")
 
 
 class ClientConnection:
@@ -379,8 +403,11 @@ class ClientConnection:
             req.client_ip = proxies.client_of(self.client_ip, named)
             if not proxies.speak_x_forwarded:
                 self.from_forwarded(req, hmap, named, proxies)
-            if b"x-forwarded-host" in hmap or b"x-forwarded-proto" in hmap:
-                vouch_forwarded(hmap)
+            if not hmap.keys().isdisjoint(VOUCHED):
+                vouch_forwarded(req)
+                if b"x-real-ip" in hmap and proxies.speak_x_forwarded:
+                    # (from_forwarded writes it behind a proxy that speaks Forwarded)
+                    req.set_header(b"X-Real-IP", req.client_ip.encode("ascii"))
         request_id = hmap.get(b"x-request-id")
         if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
             req.request_id = self.runtime.next_request_id()

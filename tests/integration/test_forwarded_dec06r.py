@@ -1,0 +1,44 @@
+"""A trusted proxy's X-Forwarded-Port, -Prefix and X-Real-IP, held to rules as its -Host and
+-Proto are (test_attack_dec06m.py): a load balancer trusted for the client's address passes
+a client's copies through unread, and upstreams build links (Spring's ForwardedHeaderFilter,
+werkzeug's ProxyFix) and allow-lists from them. Before, ``X-Forwarded-Prefix: //evil.example``
+(a link to another host), ``X-Forwarded-Port: 0, x`` and ``X-Real-IP: 6.6.6.6`` went upstream
+as sent."""
+from ..conftest import gateway_conf, route
+from ..h2client import RawH2
+from .test_attack_pass_dec03 import raw_request
+
+TRUSTED = {"trusted_proxies": ["127.0.0.1/32"]}
+
+
+def test_a_trusted_proxys_port_prefix_and_real_ip_are_held_to_rules(launcher, h1_up):
+    gw = launcher.gateway(gateway_conf([route("all", ["/p"], h1_up.url)], server=TRUSTED,
+                                       http2={"h2c": True}))
+    ask = (b"GET /p HTTP/1.1\r\nHost: good.example\r\nX-Forwarded-Port: %s\r\n"
+           b"X-Forwarded-Prefix: %s\r\nX-Forwarded-For: 203.0.113.7\r\n"
+           b"X-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n")
+    cases = [  # (X-Forwarded-Port, -Prefix) sent -> what the upstream gets
+        ((b"8443", b"/shop"), (["8443"], ["/shop"])),
+        ((b"80, 8443", b"/a/b-c_d.e"), (["8443"], ["/a/b-c_d.e"])),
+        ((b"0", b"//evil.example"), ([], [])),
+        ((b"65536", b"/\\evil.example"), ([], [])),
+        ((b"x", b"evil.example"), ([], [])),
+        ((b"1e3", b"/a b"), ([], [])),
+    ]
+    for (port, prefix), want in cases:
+        answer = raw_request(gw.port, ask % (port, prefix))
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        got = (h1_up.header(-1, "X-Forwarded-Port"), h1_up.header(-1, "X-Forwarded-Prefix"))
+        assert got == want, (port, prefix, h1_up.heads[-1])
+        # the client the X-Forwarded-For walk found, not the one the client named
+        assert h1_up.header(-1, "X-Real-IP") == ["203.0.113.7"], h1_up.heads[-1]
+    client = RawH2(gw.port)                     # an HTTP/2 client alike
+    try:
+        sid = client.request("/p", authority="good.example",
+                             headers=[("x-forwarded-prefix", "//evil.example"),
+                                      ("x-real-ip", "6.6.6.6")])
+        assert client.response(sid)[0] == 200
+    finally:
+        client.close()
+    assert h1_up.header(-1, "X-Forwarded-Prefix") == [], h1_up.heads[-1]
+    assert h1_up.header(-1, "X-Real-IP") == ["127.0.0.1"], h1_up.heads[-1]
