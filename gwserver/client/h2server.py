@@ -519,10 +519,10 @@ class _BoundedFrameBuffer(BoundedBlocks):
 
 class FloodCut(Exception):
     """Raised from ``_CountingH2`` once a read's control or empty frames, or the streams it
-    refused past max_concurrent_streams, pass what the second's budget has left (its
-    ``*_cap``, set by read_loop): the rest of the read is not parsed. ``reason``: the
-    budget's label in gwserver_http2_connections_closed_total; ``what``: the GOAWAY's and
-    the log's words."""
+    refused past max_concurrent_streams, reset (rapid reset) or opened with a head h2 refused,
+    pass what the second's budget has left (its ``*_cap``, set by read_loop): the rest of the
+    read is not parsed. ``reason``: the budget's label in
+    gwserver_http2_connections_closed_total; ``what``: the GOAWAY's and the log's words."""
 
     def __init__(self, reason, what):
         super().__init__(what)
@@ -581,6 +581,7 @@ class _CountingH2(h2.connection.H2Connection):
     control_cap = empty_cap = resets_cap = 1 << 62
     refused = 0         # streams refused past max_concurrent_streams in this read
     rapid = 0           # streams opened and reset by the client in this read
+    malformed = 0       # streams opened in this read whose head h2 refused (MadeYouReset)
     read_from = 0       # the highest stream the client had opened when this read began
     last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)
     # A PING after the gateway sent DATA or HEADERS is not counted (one each time): gRPC
@@ -604,8 +605,12 @@ class _CountingH2(h2.connection.H2Connection):
         elif kind is HeadersFrame:
             # The block's small CONTINUATIONs (BoundedBlocks.fragments), weighed here so the
             # parse stops at the block past the budget: taken only after the read, blocks of
-            # 39 empty ones had 2,925 parsed under a budget of 100.
-            self._weigh_empty(self.incoming_buffer.take_fragments())
+            # 39 empty ones had 2,925 parsed under a budget of 100. A block with none weighs
+            # nothing: the first read of a second may leave less than nothing (the updates
+            # the last second's DATA earned), and a request alone in a later read was cut.
+            fragments = self.incoming_buffer.take_fragments()
+            if fragments:
+                self._weigh_empty(fragments)
             self.header_bytes += len(frame.data)    # the whole block: CONTINUATIONs joined
             decoded = self.decoder.blocks
         elif kind is WindowUpdateFrame:
@@ -639,7 +644,7 @@ class _CountingH2(h2.connection.H2Connection):
                 # Opened in this read, not refused: a rapid reset, which the connection
                 # counts (no cancel: it was served no 0.1 s)
                 self.rapid += 1
-                if self.rapid + self.refused > self.resets_cap:
+                if self.rapid + self.refused + self.malformed > self.resets_cap:
                     raise FloodCut("rapid_reset", "rapid reset")
         try:
             events = super()._receive_frame(frame)
@@ -658,6 +663,14 @@ class _CountingH2(h2.connection.H2Connection):
             if self._stream_closed_by(frame.stream_id) is not None:
                 return self._head_on_finished_stream(frame.stream_id)
             self._close_if_idle(frame.stream_id)
+            if frame.stream_id > self.read_from:
+                # A new stream's head refused once decoded (a 1xx with END_STREAM): closed at
+                # once, so max_concurrent_streams bounds none of them. Counted (a reset each)
+                # only after the read, 6,000 in one 60 KB write were all decoded (0.13 s of
+                # the worker's CPU) and a PING behind them answered, under a budget of 100.
+                self.malformed += 1
+                if self.rapid + self.refused + self.malformed > self.resets_cap:
+                    raise FloodCut("malformed", "malformed requests (streams reset)")
             return [StreamMalformed(frame.stream_id, exc)]
         if not events:
             self._weigh_empty(1)
@@ -1455,7 +1468,7 @@ class H2ServerConnection:
         over = time.monotonic() - self.counted_since >= 1.0
         resets, control, empty = (0, 0, 0) if over else \
             (self.resets, self.control_frames, self.empty_frames)
-        counted.refused = counted.rapid = 0
+        counted.refused = counted.rapid = counted.malformed = 0
         counted.read_from = counted.highest_inbound_stream_id
         counted.resets_cap = conf["max_resets_per_second"] - resets
         counted.control_cap = conf["max_control_frames_per_second"] - control
@@ -1506,10 +1519,15 @@ class H2ServerConnection:
         (it was labelled control_frames whichever it was)."""
         self.count_frames_read()
         counted = self.h2
-        if counted.rapid + counted.refused > counted.resets_cap:
+        resets = counted.rapid + counted.refused + counted.malformed
+        if resets > counted.resets_cap:
             if counted.rapid:
                 self.count_flood("resets", self.conf["max_resets_per_second"], "rapid reset",
-                                 counted.rapid + counted.refused, reason="rapid_reset")
+                                 resets, reason="rapid_reset")
+            elif counted.malformed:
+                self.count_flood("resets", self.conf["max_resets_per_second"],
+                                 "malformed requests (streams reset)", resets,
+                                 reason="malformed")
             else:
                 self.count_refused(counted.refused)
         if not self.closed:

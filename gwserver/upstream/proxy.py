@@ -776,7 +776,8 @@ class Proxy:
                             not past_retry_timeout(policy.timeout, started):
                         fresh = stale_retried = True    # the pool may hold more dead ones
                         req.attempts -= 1   # a dead connection's: no try reached the upstream
-                        # To the same target (urllib3's and nginx's way): the balancer's
+                        # To the same target, as urllib3 retries in the same pool (nginx
+                        # moves on to the next peer, not counting the try): the balancer's
                         # next pick went elsewhere, and ``fresh`` closed that target's
                         # healthy pooled connection in place of this pool's dead ones.
                         again = target
