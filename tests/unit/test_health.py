@@ -87,3 +87,15 @@ def test_a_workers_retries_between_publishes_are_its_share_of_the_budget():
     assert [budget.try_retry(1.5) for _ in range(2)] == [True, False]
     alone = RetryBudget(percent=0, min_per_second=1, window=10)               # one worker
     assert sum(alone.try_retry(0.5) for _ in range(12)) == 10
+
+
+def test_a_refunded_retry_is_as_if_never_spent():
+    """Proxy.retry_after: a retry whose client left in its backoff gives its slot back."""
+    from gwserver.core.health import RetryBudget
+    budget = RetryBudget(percent=0, min_per_second=0.2, window=10)     # 2 retries a window
+    assert budget.try_retry(100.0) and budget.try_retry(100.2)
+    assert not budget.try_retry(100.4)                                 # spent
+    budget.refund(100.2)
+    assert budget.totals(100.5) == [0, 1]
+    assert budget.try_retry(100.6)                                     # its slot again
+    assert not budget.try_retry(100.7)
