@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -29,6 +30,20 @@ def python_path_with(*dirs):
     class), added to this checkout's: a PYTHONPATH replaced would leave the checkout out and
     run the venv's editable install, another tree's code."""
     return {"PYTHONPATH": os.pathsep.join([*map(str, dirs), os.environ["PYTHONPATH"]])}
+
+
+def installed_plugin(tmp_path, package, source, entry_points):
+    """A third-party plugin as pip would install it: package ``package`` (its ``source``) and
+    a distribution whose `gwserver.plugins` ``entry_points`` ("name = module:attr" lines)
+    name it, in a site dir; returns the env a gateway needs to load it."""
+    site = tmp_path / "site"
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(textwrap.dedent(source))
+    dist = site / f"{package}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[gwserver.plugins]\n" + entry_points)
+    return python_path_with(site)
 
 
 _handed_out = set()

@@ -27,13 +27,12 @@
 """
 import subprocess
 import sys
-import textwrap
 
 import h2.events
 
 from gwserver.plugins.key_auth import hash_key
 
-from ..conftest import gateway_conf, python_path_with, route, to_toml
+from ..conftest import gateway_conf, installed_plugin, route, to_toml
 from ..h2client import RawH2
 from .test_attack_pass_dec03 import raw_request
 
@@ -89,14 +88,7 @@ class tagger:
 
 
 def install_tagger(tmp_path):
-    site = tmp_path / "site"
-    (site / "gwtagger").mkdir(parents=True)
-    (site / "gwtagger" / "__init__.py").write_text(textwrap.dedent(TAGGER))
-    dist = site / "gwtagger-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwtagger\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[gwserver.plugins]\ntagger = gwtagger:tagger\n")
-    return python_path_with(site)
+    return installed_plugin(tmp_path, "gwtagger", TAGGER, "tagger = gwtagger:tagger\n")
 
 
 def test_a_third_party_plugins_request_header_cannot_carry_a_clients_cr_lf(launcher, upstream,

@@ -25,11 +25,9 @@ and the core's forwarded headers, both protocols on both sides.
    provider) reached the upstream as ``X-User-Id: admin``. Such a claim now sets no header,
    as one with a control character already did (a client's own copy is removed still).
 """
-import os
-import textwrap
 import time
 
-from ..conftest import gateway_conf, route
+from ..conftest import gateway_conf, installed_plugin, route
 from ..h2client import RawH2
 from .test_attack_pass_dec03 import raw_request
 
@@ -117,15 +115,7 @@ class steer:
 
 
 def install_steer(tmp_path):
-    site = tmp_path / "site"
-    (site / "gwsteer").mkdir(parents=True)
-    (site / "gwsteer" / "__init__.py").write_text(textwrap.dedent(STEER))
-    dist = site / "gwsteer-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwsteer\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[gwserver.plugins]\nsteer = gwsteer:steer\n")
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
-                                                        os.environ.get("PYTHONPATH")]))}
+    return installed_plugin(tmp_path, "gwsteer", STEER, "steer = gwsteer:steer\n")
 
 
 def test_a_third_party_plugins_request_line_host_and_request_id_cannot_carry_cr_lf(

@@ -7,14 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import tomllib
 
 import pytest
 
-from ..conftest import free_port, gateway_conf, read_response, route, to_toml, wait_until
+from ..conftest import (free_port, gateway_conf, installed_plugin, read_response, route, to_toml,
+                        wait_until)
 from .test_attack_pass_dec03 import raw_request
 
 
@@ -234,15 +234,7 @@ class smuggler:
 
 def install_plugin_package(tmp_path, entry_points):
     """An installed distribution with `gwserver.plugins` entry points, on a PYTHONPATH dir."""
-    site = tmp_path / "site"
-    (site / "gwteapot").mkdir(parents=True)
-    (site / "gwteapot" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    dist = site / "gwteapot-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwteapot\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[gwserver.plugins]\n" + entry_points)
-    # after this checkout (conftest's PYTHONPATH): the venv's editable install may name another
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    return installed_plugin(tmp_path, "gwteapot", PLUGIN, entry_points)
 
 
 def test_third_party_plugin_from_an_entry_point(start_gateway, upstream, tmp_path):

@@ -36,11 +36,10 @@ breaks the rules). The joined Cookie field of d2bfa7f (with a real redis-server 
 client's two fields are one joined field upstream, in the first one's place among the
 others; a second Cookie field still counts against ``limit_request_fields`` (431).
 """
-import textwrap
 
 import pytest
 
-from ..conftest import gateway_conf, python_path_with, route
+from ..conftest import gateway_conf, installed_plugin, route
 from .test_attack_pass_dec03 import raw_request
 
 PLUGIN = '''
@@ -81,15 +80,8 @@ class status_editor:
 
 
 def install_plugin(tmp_path):
-    site = tmp_path / "site"
-    (site / "gwreview").mkdir(parents=True)
-    (site / "gwreview" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    dist = site / "gwreview-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwreview\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[gwserver.plugins]\nstatus_editor = gwreview:status_editor\n")
-    return python_path_with(site)
+    return installed_plugin(tmp_path, "gwreview", PLUGIN,
+                            "status_editor = gwreview:status_editor\n")
 
 
 @pytest.fixture
