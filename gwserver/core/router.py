@@ -6,6 +6,8 @@ Rules, in the order they decide a match:
    catch-all; an exact end before a ``prefix = true`` route. ``/p/*rest`` also matches ``/p``
    (with ``rest`` empty), after an exact or prefix route for ``/p``. The deepest, most static match wins,
    and the walk backtracks when a more specific branch has no route whose conditions hold.
+   A static segment matches "%2B" as "+" and "%3B" as ";", as upstreams decode them
+   (core.target.static_key).
 2. Among routes on the same node: higher ``priority`` first, then the more specific conditions
    (exact hosts, wildcard hosts, more headers, restricted methods), then route id.
 3. Host (exact or ``*.example.com``), headers (exact values) and method must all hold.
@@ -23,6 +25,7 @@ from ..errors import BadRequest, ConfigError, MethodNotAllowed, RouteNotFound
 from .chain import EMPTY_CHAIN, Chain
 from .context import Reply
 from .routes import check_path
+from .target import static_key
 
 # Matches remembered per table, when no route matches on headers or claims (the answer then
 # depends on method, host and path alone): a walk is ~1.1 us, a hit ~0.2. Full, the memory
@@ -127,7 +130,7 @@ class Router:
                 if node is None:
                     continue            # new territory: only the route's own paths can clash
                 if kind == "static":
-                    node = node.static.get(text)
+                    node = node.static.get(static_key(text))
                 elif kind == "param":
                     if node.param is not None and node.param_name != text:
                         raise ConfigError(
@@ -147,7 +150,7 @@ class Router:
         for kind, text in check_path(pattern):
             if kind == "static":
                 parts.append(text)
-                node = node.static.get(text) if node is not None else None
+                node = node.static.get(static_key(text)) if node is not None else None
                 continue
             if kind == "param":
                 name = node.param_name if node is not None and node.param is not None else None
@@ -170,7 +173,7 @@ class Router:
             node = self._root
             for kind, text in segments:
                 if kind == "static":
-                    node = node.static.setdefault(text, _Node())
+                    node = node.static.setdefault(static_key(text), _Node())
                 elif kind == "param":
                     if node.param is None:
                         node.param, node.param_name, node.param_owner = _Node(), text, route.id
@@ -225,6 +228,7 @@ class Router:
                 if node is None:
                     break
                 if kind == "static":
+                    text = static_key(text)
                     trail.append((node, text))
                     node = node.static.get(text)
                 elif kind == "param":
@@ -370,7 +374,7 @@ class Router:
                     return route, bound
             return None
         segment = segments[i]
-        child = node.static.get(segment)
+        child = node.static.get(static_key(segment) if "%" in segment else segment)
         if child is not None:
             found = self._walk(child, segments, i + 1, params, method, host, conditions, allowed)
             if found is not None:
@@ -417,7 +421,7 @@ def _in_order(node, segments, i):
         yield from node.catchall
         return
     segment = segments[i]
-    child = node.static.get(segment)
+    child = node.static.get(static_key(segment) if "%" in segment else segment)
     if child is not None:
         yield from _in_order(child, segments, i + 1)
     if node.param is not None and segment:

@@ -14,7 +14,7 @@ from .balancer import POLICIES
 from .schema import (Field, Invalid, Schema, absolute_path, boolean, fraction, header_name,
                      header_value, integer, list_of, map_of, number, one_of, request_key, show,
                      status_code, string)
-from .target import normalise_path, strip_path_prefix
+from .target import normalise_path, static_key, strip_path_prefix
 
 ROUTE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
 # The methods a route may list: HTTP's (RFC 9110, PATCH, QUERY), WebDAV's and PURGE. A closed
@@ -677,13 +677,16 @@ def unreachable_paths(specs, involving=None):
         conditions = tuple(frozenset(spec.get(key) or ()) for key in ("hosts", "methods")) + \
             tuple(frozenset((spec.get(key) or {}).items()) for key in ("headers", "claims"))
         for pattern in spec["paths"]:
-            sharing.setdefault((pattern, bool(spec.get("prefix")), conditions), []).append(spec)
+            # (keyed as the router keys it: "/a+b" and "/a%2Bb" are one path to it)
+            sharing.setdefault((static_key(pattern), bool(spec.get("prefix")), conditions),
+                               []).append((spec, pattern))
     warnings = []
-    for (pattern, _, _), specs_here in sharing.items():
-        winner, *losers = sorted(specs_here, key=lambda s: (-s.get("priority", 0), s["id"]))
-        for loser in losers:
-            if involving is not None and loser["id"] not in involving and \
-                    winner["id"] not in involving:
+    for held in sharing.values():
+        (winner, _), *losers = sorted(held, key=lambda s: (-s[0].get("priority", 0),
+                                                           s[0]["id"]))
+        for loser, pattern in losers:
+            if loser is winner or involving is not None and loser["id"] not in involving \
+                    and winner["id"] not in involving:
                 continue
             why = "a higher priority" if winner.get("priority", 0) > loser.get("priority", 0) \
                 else "the same priority and the lower id"

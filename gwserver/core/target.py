@@ -119,16 +119,60 @@ def strip_path_prefix(path, prefix):
     None when the cut would leave a dot segment first ("/svc../x" less "/svc"; a rewrite can
     make such a path, whose whole form is canonical). A prefix ending in "/" also takes the
     bare prefix ("/api" less "/api/" is "/"), as ``/api/*rest`` matches ``/api``."""
-    if path.startswith(prefix):
-        rest = path[len(prefix):]
+    end = len(prefix) if path.startswith(prefix) else _folded_prefix_end(path, prefix)
+    if end is not None:
+        rest = path[end:]
         if rest[:1] == "/":
             return rest
         if is_dot_segment(rest.partition("/")[0].encode("latin-1", "replace")):
             return None
         return "/" + rest
-    if prefix[-1:] == "/" and path == prefix[:-1]:
+    if prefix[-1:] == "/" and (path == prefix[:-1] or
+                               _folded_prefix_end(path, prefix[:-1]) == len(path)):
         return "/"
     return path
+
+
+# "%2B" and "+" in a path segment are one character to nginx, Go, Spring and WSGI servers,
+# which decode it before they route (only a query reads "+" as a space); so are "%3B" and ";"
+# where path parameters are kept (path_parameters = "keep"; else both are a 400). A request
+# path keeps the escape as sent (S3 and PHP's urldecode read a raw "+" in a path as a space),
+# so the router (core.router) keys static segments with the escape read as its character: a
+# route on "/files/a+b/*rest" took no "/files/a%2Bb/x", which the catch-all then served as
+# /files/a+b/x, past the route's auth.
+KEY_FOLDS = (("%2B", "+"), ("%3B", ";"))
+
+
+def static_key(text):
+    """A static segment as the router keys it: "%2B" read as "+", "%3B" as ";" (a canonical
+    path spells an escape in upper-case hex alone: normalise_path)."""
+    if "%" in text:
+        for escape, char in KEY_FOLDS:
+            text = text.replace(escape, char)
+    return text
+
+
+_FOLDED = {char: escape for escape, char in KEY_FOLDS}
+
+
+def _folded_prefix_end(path, prefix):
+    """Where ``prefix`` ends in ``path`` with "%2B" and "+", "%3B" and ";" read alike on both
+    sides, as the router reads them (static_key): a route on "/a+b/*rest" takes
+    "/a%2Bb/x", whose strip_prefix "/a+b" must cut it too. None when it is no prefix."""
+    if "%" not in path and "%" not in prefix:
+        return None                 # (the caller tried the plain spelling)
+    for escape, char in KEY_FOLDS:
+        prefix = prefix.replace(escape, char)
+    i = 0
+    for char in prefix:
+        escape = _FOLDED.get(char)
+        if escape is not None and path.startswith(escape, i):
+            i += 3
+        elif path[i:i + 1] == char:
+            i += 1
+        else:
+            return None
+    return i
 
 
 def _slash(byte, action, kept):

@@ -158,6 +158,22 @@ def test_a_pattern_matches_every_spelling_of_its_path(pattern, request_path):
     assert router.match("GET", "x", path, {})[0].id == "guarded"
 
 
+@pytest.mark.parametrize("pattern, request_path, server", [
+    ("/files/a+b/*rest", "/files/a%2Bb/x", {}),
+    ("/files/a%2Bb/*rest", "/files/a+b/x", {}),
+    ("/files/a;b/*rest", "/files/a%3Bb/x", {"path_parameters": "keep"}),
+])
+def test_an_escape_upstreams_decode_matches_the_route_on_its_character(pattern, request_path,
+                                                                        server):
+    """"%2B" and "%3B" stay escaped in a canonical path (S3 reads a raw "+" as a space), yet
+    nginx, Go and Spring route on "+" and ";": the other spelling went to the catch-all,
+    past the route's auth (an attack pass)."""
+    router = router_for([{"id": "guarded", "paths": [pattern]},
+                         {"id": "public", "paths": ["/*rest"], "priority": -1}], **server)
+    path = normalise_path(request_path.encode(), **server).decode()
+    assert router.match("GET", "x", path, {})[0].id == "guarded"
+
+
 def test_strip_prefix_and_sameness_read_escapes_as_requests_do():
     """strip_prefix cuts the canonical path, so it is made canonical too; and two spellings
     of one path are one path (a copied route block is seen whatever its escapes)."""
