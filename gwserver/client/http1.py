@@ -110,17 +110,25 @@ def vouch_forwarded(req):
             req.set_header(b"X-Forwarded-Port", port)
         else:
             req.remove_header(b"x-forwarded-port")
+    # Each element of a list: frameworks read one as a list (werkzeug's ProxyFix takes the
+    # last, Spring joins them), and "/,//evil.example" was "//evil.example" to both.
     prefix = hmap.get(b"x-forwarded-prefix")
-    if prefix is not None and not FORWARDED_PREFIX.fullmatch(prefix):
+    if prefix is not None and not all(FORWARDED_PREFIX.fullmatch(element.strip())
+                                      for element in prefix.split(b",")):
         req.remove_header(b"x-forwarded-prefix")
 
 
-# The trusted proxies' headers vouch_forwarded holds to rules, and X-Real-IP: a load balancer
-# trusted for X-Forwarded-For that does not write X-Real-IP passes a client's through, and
-# "X-Real-IP: 6.6.6.6" was the client to an upstream that reads it; it says the client the
-# X-Forwarded-For walk found.
+# The headers that name the client as a proxy in front would: a load balancer trusted for
+# X-Forwarded-For (or Forwarded) that does not write them passes a client's through unread,
+# and "X-Real-IP: 6.6.6.6" (or True-Client-IP, X-Client-IP: IP allow-lists and libraries
+# such as request-ip read them) was the client to an upstream that reads it. One that came
+# says the client the walk found.
+CLIENT_NAMING = {b"x-real-ip": b"X-Real-IP", b"x-client-ip": b"X-Client-IP",
+                 b"true-client-ip": b"True-Client-IP", b"cf-connecting-ip": b"CF-Connecting-IP",
+                 b"x-cluster-client-ip": b"X-Cluster-Client-IP"}
+# The trusted proxies' headers vouch_forwarded holds to rules, and those.
 VOUCHED = frozenset([b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port",
-                     b"x-forwarded-prefix", b"x-real-ip"])
+                     b"x-forwarded-prefix", *CLIENT_NAMING])
 # A path prefix (Spring's ForwardedHeaderFilter, Traefik, werkzeug's ProxyFix x_prefix build
 # links from it): "/" and visible characters but a backslash, never "//" first (a link to
 # another host; browsers read "/\\" as "//").
@@ -405,9 +413,8 @@ class ClientConnection:
                 self.from_forwarded(req, hmap, named, proxies)
             if not hmap.keys().isdisjoint(VOUCHED):
                 vouch_forwarded(req)
-                if b"x-real-ip" in hmap and proxies.speak_x_forwarded:
-                    # (from_forwarded writes it behind a proxy that speaks Forwarded)
-                    req.set_header(b"X-Real-IP", req.client_ip.encode("ascii"))
+                for name in CLIENT_NAMING.keys() & hmap.keys():
+                    req.set_header(CLIENT_NAMING[name], req.client_ip.encode("ascii"))
         request_id = hmap.get(b"x-request-id")
         if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
             req.request_id = self.runtime.next_request_id()
@@ -417,18 +424,15 @@ class ClientConnection:
     @staticmethod
     def from_forwarded(req, hmap, named, proxies):
         """Behind a trusted proxy that writes Forwarded: what X-Forwarded-* would say, from
-        its Forwarded (a client's X-Forwarded-* were not kept: see on_header); and an
-        X-Real-IP made to say the client Forwarded named. X-Real-IP is nginx's, written beside
-        X-Forwarded-For: such a proxy may pass a client's own through unread, and
-        ``X-Real-IP: 6.6.6.6`` was the client to an upstream that reads it."""
+        its Forwarded (a client's X-Forwarded-* were not kept: see on_header). Its X-Real-IP
+        and the like are made to say the client Forwarded named, as behind one that writes
+        X-Forwarded-For (CLIENT_NAMING, in check_target)."""
         if named:
             proto, host = proxies.forwarded_scheme_and_host(named)
             if proto:
                 hmap[b"x-forwarded-proto"] = proto
             if host:
                 hmap[b"x-forwarded-host"] = host
-        if b"x-real-ip" in hmap:
-            req.set_header(b"X-Real-IP", req.client_ip.encode("ascii"))
 
     def on_body(self, body):
         self.unparsed = 0

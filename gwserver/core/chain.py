@@ -542,10 +542,25 @@ def _check_request(plugin, ctx):
             raise TypeError(f"plugin {plugin.NAME}: the request's {what} it set, "
                             f"{value!r:.60}, cannot stand in a request line (text without "
                             f"white space or control characters)")
-    host = getattr(ctx, "upstream_host_header", None)
-    if host is not None and (type(host) is not bytes or not _TARGET_BYTES(host)):
-        raise TypeError(f"plugin {plugin.NAME}: the upstream Host it set, {host!r:.60}, is no "
-                        f"host (bytes without white space or control characters)")
+    # Host (pass_host "pass") and X-Forwarded-Host are written from host_header, and
+    # X-Forwarded-For from client_ip, as they are too; so are the header_map values of the
+    # forwarded headers and Via, which set_header refuses but a plugin may write there.
+    for what in ("upstream_host_header", "host_header"):
+        host = getattr(ctx, what, None)
+        if host is not None and (type(host) is not bytes or not _TARGET_BYTES(host)):
+            raise TypeError(f"plugin {plugin.NAME}: the {what} it set, {host!r:.60}, is no "
+                            f"host (bytes without white space or control characters)")
+    client = getattr(ctx, "client_ip", None)
+    if client is not None and (type(client) is not str or not _TARGET_TEXT(client)):
+        raise TypeError(f"plugin {plugin.NAME}: the client address it set, {client!r:.60}, "
+                        f"is no address (text without white space or control characters)")
+    hmap = getattr(ctx, "header_map", None) or {}
+    for name in _WRITTEN_FROM_MAP:
+        value = hmap.get(name)
+        if value is not None and (type(value) is not bytes or not is_field_value(value)):
+            raise TypeError(f"plugin {plugin.NAME}: the {name.decode()} it put in header_map, "
+                            f"{value!r:.60}, is no field value (bytes without CR, LF or other "
+                            f"controls)")
     _check_request_id(plugin, ctx)
 
 
@@ -563,6 +578,9 @@ def _check_request_id(plugin, ctx):
 _TOKEN = re.compile(FIELD_NAME).fullmatch
 _TARGET = re.compile("[\x21-\x7e\x80-\xff]*").fullmatch
 _TARGET_BYTES = re.compile(b"[\x21-\x7e\x80-\xff]+").fullmatch
+_TARGET_TEXT = re.compile("[\x21-\x7e\x80-\xff]+").fullmatch
+# header_map values the upstream head carries as they are (proxy.forwarded_values, via_chain)
+_WRITTEN_FROM_MAP = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via")
 
 
 def _status_problem(old, new):

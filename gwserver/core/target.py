@@ -204,6 +204,9 @@ def normalise_host(value):
     port = b""
     if rest:
         port = rest[1:]
-        if rest[:1] != b":" or not port.isdigit() or not 0 < int(port) < 65536:
+        # (the length first: int() of over 4300 digits raises ValueError, no BadRequest,
+        # and a trusted proxy's X-Forwarded-Host so spelt was a 400, not dropped)
+        if rest[:1] != b":" or not port.isdigit() or len(port.lstrip(b"0")) > 5 or \
+                not 0 < int(port.lstrip(b"0") or b"0") < 65536:
             raise BadRequest("invalid port in Host header")
     return name, port
