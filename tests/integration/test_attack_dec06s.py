@@ -22,10 +22,8 @@ Host and request id checked.
    from a trusted proxy as they came: a client's ``True-Client-IP: 6.6.6.6`` through a
    balancer that writes none of them. They now say the walk's client too.
 """
-import os
-import textwrap
 
-from ..conftest import gateway_conf, route
+from ..conftest import gateway_conf, installed_plugin, route
 from ..h2client import RawH2
 from .test_attack_pass_dec03 import raw_request
 
@@ -98,15 +96,7 @@ class namer:
 
 
 def install_namer(tmp_path):
-    site = tmp_path / "site"
-    (site / "gwnamer").mkdir(parents=True)
-    (site / "gwnamer" / "__init__.py").write_text(textwrap.dedent(NAMER))
-    dist = site / "gwnamer-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gwnamer\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[gwserver.plugins]\nnamer = gwnamer:namer\n")
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
-                                                        os.environ.get("PYTHONPATH")]))}
+    return installed_plugin(tmp_path, "gwnamer", NAMER, "namer = gwnamer:namer\n")
 
 
 def test_a_third_party_plugins_client_ip_and_host_header_cannot_carry_cr_lf(
