@@ -78,46 +78,87 @@ class ClientGone(Exception):
 
 
 def vouch_forwarded(req):
-    """A trusted proxy's X-Forwarded-Host and -Proto (or what its Forwarded said of them),
-    held to what the gateway takes from a client: a Host as ``normalise_host`` takes it and
-    http or https; its -Port a port, its -Prefix a path (FORWARDED_PREFIX). Kept as sent, "evil.example/x?", "a@evil" or "javascript" reached the
-    upstream (which builds its links and redirects from them) and route conditions,
-    whenever the proxy passed a client's copy through unread. The last of a list is the
-    nearest proxy's, as the X-Forwarded-For walk reads it; a value that is neither is
-    dropped, so the gateway's own view (the client's Host, the connection's scheme) goes
-    upstream, as for an untrusted peer."""
+    """A trusted proxy's headers that say how the client reached it, held to what each
+    means. Kept as sent, "evil.example/x?", "a@evil" or "javascript" reached the upstream
+    (which builds its links and redirects from them) and route conditions, whenever the
+    proxy passed a client's copy through unread. X-Forwarded-Host and -Proto (or what its
+    Forwarded said of them), which the gateway writes itself: a Host as ``normalise_host``
+    takes it, http or https; the last of a list is the nearest proxy's, as the
+    X-Forwarded-For walk reads it, and a value that is neither is dropped, so the gateway's
+    own view (the client's Host, the connection's scheme) goes upstream, as for an untrusted
+    peer. The others pass through, each as PASSED_THROUGH checks it, or not at all."""
     hmap = req.header_map
     proto = hmap.get(b"x-forwarded-proto")
     if proto is not None:
-        proto = proto.rpartition(b",")[2].strip().lower()
-        if proto == b"http" or proto == b"https":
+        proto = _scheme(proto)
+        if proto is not None:
             hmap[b"x-forwarded-proto"] = proto
         else:
             del hmap[b"x-forwarded-proto"]
     host = hmap.get(b"x-forwarded-host")
     if host is not None:
-        try:
-            name, port = normalise_host(host.rpartition(b",")[2].strip())
-        except BadRequest:
+        host = _host(host)
+        if host is not None:
+            hmap[b"x-forwarded-host"] = host
+        else:
             del hmap[b"x-forwarded-host"]
+    for name in PASSED_THROUGH.keys() & hmap.keys():     # (edited where they stand)
+        spelling, vouched = PASSED_THROUGH[name]
+        value = vouched(hmap[name])
+        if value is None:
+            req.remove_header(name)
         else:
-            hmap[b"x-forwarded-host"] = name + b":" + port if port else name
-    # These two pass through as they came (the gateway writes neither): edited in place.
-    port = hmap.get(b"x-forwarded-port")
-    if port is not None:
-        port = port.rpartition(b",")[2].strip()
-        if port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536:
-            req.set_header(b"X-Forwarded-Port", port)
-        else:
-            req.remove_header(b"x-forwarded-port")
+            req.set_header(spelling, value)
+
+
+def _last(value):
+    return value.rpartition(b",")[2].strip()
+
+
+def _scheme(value):
+    value = _last(value).lower()
+    return value if value == b"http" or value == b"https" else None
+
+
+def _host(value):
+    try:
+        name, port = normalise_host(_last(value))
+    except BadRequest:
+        return None
+    return name + b":" + port if port else name
+
+
+def _port(value):
+    value = _last(value)
+    return value if value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536 else None
+
+
+def _on_off(value):
+    value = _last(value).lower()
+    return value if value == b"on" or value == b"off" else None
+
+
+def _prefix(value):
     # Each element of a list: frameworks read one as a list (werkzeug's ProxyFix takes the
     # last, Spring joins them), and "/,//evil.example" was "//evil.example" to both.
-    prefix = hmap.get(b"x-forwarded-prefix")
-    if prefix is not None and not all(FORWARDED_PREFIX.fullmatch(element.strip())
-                                      for element in prefix.split(b",")):
-        req.remove_header(b"x-forwarded-prefix")
+    return value if all(FORWARDED_PREFIX.fullmatch(element.strip())
+                        for element in value.split(b",")) else None
 
 
+# A trusted proxy's headers that pass through (the gateway writes none of them): name ->
+# (its spelling, the check that gives the value to send or None to drop it). Frameworks
+# build links from them (Rack's X-Forwarded-Scheme and -Ssl, Spring's -Prefix and -Port,
+# IIS ARR's X-Original-Host).
+PASSED_THROUGH = {
+    b"x-forwarded-port": (b"X-Forwarded-Port", _port),
+    b"x-forwarded-prefix": (b"X-Forwarded-Prefix", _prefix),
+    b"x-forwarded-scheme": (b"X-Forwarded-Scheme", _scheme),
+    b"x-forwarded-ssl": (b"X-Forwarded-Ssl", _on_off),
+    b"front-end-https": (b"Front-End-Https", _on_off),
+    b"x-forwarded-server": (b"X-Forwarded-Server", _host),
+    b"x-host": (b"X-Host", _host),
+    b"x-original-host": (b"X-Original-Host", _host),
+}
 # The headers that name the client as a proxy in front would: a load balancer trusted for
 # X-Forwarded-For (or Forwarded) that does not write them passes a client's through unread,
 # and "X-Real-IP: 6.6.6.6" (or True-Client-IP, X-Client-IP: IP allow-lists and libraries
@@ -127,8 +168,8 @@ CLIENT_NAMING = {b"x-real-ip": b"X-Real-IP", b"x-client-ip": b"X-Client-IP",
                  b"true-client-ip": b"True-Client-IP", b"cf-connecting-ip": b"CF-Connecting-IP",
                  b"x-cluster-client-ip": b"X-Cluster-Client-IP"}
 # The trusted proxies' headers vouch_forwarded holds to rules, and those.
-VOUCHED = frozenset([b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port",
-                     b"x-forwarded-prefix", *CLIENT_NAMING])
+VOUCHED = frozenset([b"x-forwarded-host", b"x-forwarded-proto", *PASSED_THROUGH,
+                     *CLIENT_NAMING])
 # A path prefix (Spring's ForwardedHeaderFilter, Traefik, werkzeug's ProxyFix x_prefix build
 # links from it): "/" and visible characters but a backslash, never "//" first (a link to
 # another host; browsers read "/\\" as "//").

@@ -42,3 +42,25 @@ def test_a_trusted_proxys_port_prefix_and_real_ip_are_held_to_rules(launcher, h1
         client.close()
     assert h1_up.header(-1, "X-Forwarded-Prefix") == [], h1_up.heads[-1]
     assert h1_up.header(-1, "X-Real-IP") == ["127.0.0.1"], h1_up.heads[-1]
+
+
+def test_a_trusted_proxys_scheme_ssl_and_host_spellings_are_held_to_rules(launcher, h1_up):
+    """Rack reads X-Forwarded-Scheme and -Ssl, IIS ARR and others X-Original-Host and X-Host,
+    to build links: they passed from a trusted proxy as the client sent them."""
+    gw = launcher.gateway(gateway_conf([route("all", ["/p"], h1_up.url)], server=TRUSTED))
+    names = ["X-Forwarded-Scheme", "X-Forwarded-Ssl", "Front-End-Https", "X-Forwarded-Server",
+             "X-Host", "X-Original-Host"]
+    cases = [  # values sent, in names' order -> what the upstream gets (None: dropped)
+        (["HTTPS", "On", "off", "Edge-1.Example.", "Shop.Example:8443", "a.example"],
+         ["https", "on", "off", "edge-1.example", "shop.example:8443", "a.example"]),
+        (["javascript", "yes", "1", "a b", "evil.example/x?", "a@evil.example"],
+         [None] * 6),
+    ]
+    for sent, want in cases:
+        extra = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode())
+                         for name, value in zip(names, sent))
+        answer = raw_request(gw.port, b"GET /p HTTP/1.1\r\nHost: good.example\r\n" + extra +
+                             b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        got = [(h1_up.header(-1, name) or [None])[-1] for name in names]
+        assert got == want, (sent, h1_up.heads[-1])
