@@ -18,8 +18,8 @@ from urllib.parse import unquote_plus
 from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
-from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream, upstream_id,
-                          unreachable_paths)
+from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream, path_problems,
+                          upstream_id, unreachable_paths)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
                           boolean, file_path, integer, join, list_of, map_of, never_quoted,
@@ -36,8 +36,13 @@ def bind_address(value):
     if value.startswith("unix:"):
         return value
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not sep or not port.isdigit() or not host:
         raise Invalid(f"must be \"host:port\" (IPv6 as \"[::1]:port\"), got {show(value)}")
+    if not 0 < int(port) < 65536:
+        # "127.0.0.1:0" is host:port to whoever wrote it: say what is wrong (port 0 would
+        # be a new port at each start, which no client or balancer could be pointed at)
+        raise Invalid(f"port {int(port)} is not one to listen on: give a port from 1 to "
+                      f"65535, got {show(value)}")
     return value
 
 
@@ -1000,9 +1005,11 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
                 problems.append(f"route {route_id}: duplicate route id (routes"
                                 f"[{first_of[route_id]}] and routes[{i}])")
             first_of.setdefault(route_id, i)
+        written = spec
         spec, bad_problems, bad = ROUTE.partial(spec, owner)
         problems.extend(bad_problems)
         if spec is None:
+            problems.extend(_paths_beside_a_bad_upstream(written, bad, owner, server))
             continue
         try:
             route = compile_route(spec, upstreams, upstream_defaults, server, global_plugins,
@@ -1020,6 +1027,19 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
         except ConfigError as exc:
             problems.extend(exc.problems)
     return router, problems
+
+
+def _paths_beside_a_bad_upstream(written, bad, owner, server):
+    """The path problems of a route left uncompiled because its (required) upstream is bad:
+    `check` names every problem of the file in one run, and an inline upstream's typo hid
+    the route's bad paths until it was fixed."""
+    if "upstream" not in bad or not isinstance(written, dict):
+        return []
+    stand_in, _, _ = ROUTE.partial({**written, "upstream": "stand-in"}, owner)
+    if stand_in is None:
+        return []
+    return [p for p in path_problems(stand_in, server)
+            if not any(p.startswith(f"{owner}: {name}") for name in bad)]
 
 
 # Secrets an operator keeps out of the conf file (a systemd credential, a mounted secret):

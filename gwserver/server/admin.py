@@ -246,7 +246,11 @@ def upstream_view(runtime, upstream_id):
     if upstream is None:
         return _not_found("upstream", upstream_id)
     route = runtime.router.routes[users[0]] if users else None
+    # "panic" as /admin/upstreams says it: with every target shown down, whether traffic
+    # still goes to them (panic mode) is what an operator looking at one upstream asks
+    panic = runtime.health.avoid(upstream)[1] if upstream.targets else False
     return Reply.json(200, redact({"pid": os.getpid(), **_upstream(runtime, upstream, route),
+                                   "panic": panic,
                                    "source": _source(runtime, "upstreams", upstream_id),
                                    "routes": users}))
 
