@@ -578,16 +578,17 @@ def add_parsers(sub):
         for name in ("put", "validate"):
             action(name, help=f"{name} {kind} from a JSON file (- = stdin)").add_argument(
                 "source")
-        get = action("get")
+        singular = kind[:-1]
+        get = action("get", help=f"print one {singular} as stored")
         get.add_argument("id")
         get.add_argument("--show-secrets", action="store_true",
                          help="print secrets as stored (masked as *** by default)")
-        delete = action("delete")
+        delete = action("delete", help=f"delete one {singular}")
         delete.add_argument("id")
         if kind == "upstreams":
             delete.add_argument("--force", action="store_true",
                                 help="delete even if routes still use it")
-        action("list")
+        action("list", help=f"every one of the {kind} in etcd: id, revision, state, value")
         if kind == "routes":
             action("status", help="sync state, worker generations, rejected items")
         if kind == "consumers":
