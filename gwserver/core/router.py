@@ -126,7 +126,9 @@ class Router:
                         raise ConfigError(
                             f"route {route.id}: {mark}{text} in {pattern!r} conflicts with "
                             f"{mark}{named} of another of its paths at the same position")
-                position += ((kind, text if kind == "static" else ""),)
+                # (a static segment as the tree keys it: "/a+b/:x" and "/a%2Bb/:y" are one
+                # position, named twice)
+                position += ((kind, static_key(text) if kind == "static" else ""),)
                 if node is None:
                     continue            # new territory: only the route's own paths can clash
                 if kind == "static":

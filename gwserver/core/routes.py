@@ -711,8 +711,11 @@ def path_problems(spec, server):
             problems.append(f"route {spec['id']}: paths[{i}] {show(pattern)} {dead}")
             continue
         strip = spec["strip_prefix"]      # ("/api/" takes "/api" too)
-        if strip and not (pattern.startswith(strip) or
-                          strip[-1:] == "/" and pattern == strip[:-1]):
+        # either spelling of "+" and ";" (static_key): strip_path_prefix cuts both, and
+        # "/a%2Bb" less "/a+b" was refused as no prefix of the route it cuts
+        folded, strip_folded = static_key(pattern), static_key(strip or "")
+        if strip and not (folded.startswith(strip_folded) or
+                          strip[-1:] == "/" and folded == strip_folded[:-1]):
             problems.append(f"route {spec['id']}: strip_prefix {show(strip)} is not "
                             f"a prefix of paths[{i}] {show(pattern)}")
         elif strip and strip_path_prefix(pattern, strip) is None:

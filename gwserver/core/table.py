@@ -38,6 +38,7 @@ from .router import Router, unused
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
                      make_upstream, undefined_upstream, upstream_id, upstream_refs)
 from .schema import Invalid, show
+from .target import static_key
 
 
 def decode_json(raw):
@@ -153,7 +154,8 @@ def one_name_a_position(patterns):
                 text = names.setdefault((kind, position), unused(text, used))
                 used.add(text)
                 parts.append((":" if kind == "param" else "*") + text)
-            position += ((kind, text if kind == "static" else ""),)
+            # (keyed as the router keys it: "/a+b/:id" and "/a%2Bb/:x" are one position)
+            position += ((kind, static_key(text) if kind == "static" else ""),)
         conformed.append("/" + "/".join(parts))
     return conformed
 

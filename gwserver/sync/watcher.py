@@ -385,11 +385,15 @@ class ConfigSync:
         starts over). After a watch batch only the routes sharing a path with the ones put
         are looked at: all 10,000 of a large table took ~70 ms, on every change."""
         from ..core.routes import unreachable_paths
+        from ..core.target import static_key
         routes = self.table.router.routes
         specs = [route.spec for route in routes.values()]
         if route_ids is not None:
-            paths = {p for i in route_ids if i in routes for p in routes[i].spec["paths"]}
-            specs = [spec for spec in specs if not paths.isdisjoint(spec["paths"])]
+            # keyed as the router keys them: a route put on "/a%2Bb" takes "/a+b"'s requests
+            paths = {static_key(p) for i in route_ids if i in routes
+                     for p in routes[i].spec["paths"]}
+            specs = [spec for spec in specs
+                     if not paths.isdisjoint(static_key(p) for p in spec["paths"])]
         found = set(unreachable_paths(specs))
         for warning in sorted(found - self.unreachable_said):
             log.warning("%s", warning)
