@@ -128,6 +128,12 @@ def _host(value):
     return name + b":" + port if port else name
 
 
+def _hosts(value):
+    # a list, each a Host: Apache's mod_proxy appends its name to X-Forwarded-Server
+    hosts = [_host(element) for element in value.split(b",")]
+    return None if None in hosts else b", ".join(hosts)
+
+
 def _port(value):
     value = _last(value)
     return value if value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536 else None
@@ -136,6 +142,12 @@ def _port(value):
 def _on_off(value):
     value = _last(value).lower()
     return value if value == b"on" or value == b"off" else None
+
+
+def _protocol(value):
+    # X-Forwarded-Protocol: "ssl" is what gunicorn's secure_scheme_headers look for
+    value = _last(value).lower()
+    return value if value in (b"http", b"https", b"ssl") else None
 
 
 def _prefix(value):
@@ -155,9 +167,13 @@ PASSED_THROUGH = {
     b"x-forwarded-scheme": (b"X-Forwarded-Scheme", _scheme),
     b"x-forwarded-ssl": (b"X-Forwarded-Ssl", _on_off),
     b"front-end-https": (b"Front-End-Https", _on_off),
-    b"x-forwarded-server": (b"X-Forwarded-Server", _host),
+    b"x-forwarded-server": (b"X-Forwarded-Server", _hosts),
     b"x-host": (b"X-Host", _host),
     b"x-original-host": (b"X-Original-Host", _host),
+    # Tornado's and the Flask ReverseProxied recipe's spellings, gunicorn's
+    b"x-scheme": (b"X-Scheme", _scheme),
+    b"x-script-name": (b"X-Script-Name", _prefix),
+    b"x-forwarded-protocol": (b"X-Forwarded-Protocol", _protocol),
 }
 # The headers that name the client as a proxy in front would: a load balancer trusted for
 # X-Forwarded-For (or Forwarded) that does not write them passes a client's through unread,
@@ -454,8 +470,11 @@ class ClientConnection:
                 self.from_forwarded(req, hmap, named, proxies)
             if not hmap.keys().isdisjoint(VOUCHED):
                 vouch_forwarded(req)
-                for name in CLIENT_NAMING.keys() & hmap.keys():
-                    req.set_header(CLIENT_NAMING[name], req.client_ip.encode("ascii"))
+                if named is not None or not proxies.speak_x_forwarded:
+                    # (a proxy that names no client in X-Forwarded-For, an nginx set to
+                    # write X-Real-IP alone, says who it is there: kept as it said)
+                    for name in CLIENT_NAMING.keys() & hmap.keys():
+                        req.set_header(CLIENT_NAMING[name], req.client_ip.encode("ascii"))
         request_id = hmap.get(b"x-request-id")
         if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
             req.request_id = self.runtime.next_request_id()

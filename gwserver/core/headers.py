@@ -49,6 +49,10 @@ _PROXY_SAYS = frozenset([
     b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
     b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
     b"cf-connecting-ip", b"x-cluster-client-ip",
+    # other spellings of a scheme and a prefix: Tornado's xheaders read X-Scheme first, the
+    # Flask ReverseProxied recipe X-Scheme and X-Script-Name (its SCRIPT_NAME, the prefix of
+    # every url_for link), gunicorn's secure_scheme_headers X-Forwarded-Protocol
+    b"x-scheme", b"x-script-name", b"x-forwarded-protocol",
     # the fault plugin's tag: a forged one would make a real failure look injected
     b"x-fault-injected"])
 # Who the user is, as an authenticating proxy in front says it and upstreams take it on trust:

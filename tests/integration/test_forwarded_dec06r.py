@@ -36,12 +36,13 @@ def test_a_trusted_proxys_port_prefix_and_real_ip_are_held_to_rules(launcher, h1
     try:
         sid = client.request("/p", authority="good.example",
                              headers=[("x-forwarded-prefix", "//evil.example"),
+                                      ("x-forwarded-for", "203.0.113.9"),
                                       ("x-real-ip", "6.6.6.6")])
         assert client.response(sid)[0] == 200
     finally:
         client.close()
     assert h1_up.header(-1, "X-Forwarded-Prefix") == [], h1_up.heads[-1]
-    assert h1_up.header(-1, "X-Real-IP") == ["127.0.0.1"], h1_up.heads[-1]
+    assert h1_up.header(-1, "X-Real-IP") == ["203.0.113.9"], h1_up.heads[-1]
 
 
 def test_a_trusted_proxys_scheme_ssl_and_host_spellings_are_held_to_rules(launcher, h1_up):
@@ -64,3 +65,19 @@ def test_a_trusted_proxys_scheme_ssl_and_host_spellings_are_held_to_rules(launch
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
         got = [(h1_up.header(-1, name) or [None])[-1] for name in names]
         assert got == want, (sent, h1_up.heads[-1])
+
+
+def test_a_trusted_proxy_that_names_the_client_in_x_real_ip_alone_is_kept(launcher, h1_up):
+    """An nginx set to write X-Real-IP $remote_addr and no X-Forwarded-For says who the
+    client is there: made to say the walk's client (the proxy itself, for want of an
+    X-Forwarded-For), the upstream lost it (a review of 51f43d6). An Apache's
+    X-Forwarded-Server list passes whole."""
+    gw = launcher.gateway(gateway_conf([route("all", ["/p"], h1_up.url)], server=TRUSTED))
+    answer = raw_request(gw.port, b"GET /p HTTP/1.1\r\nHost: good.example\r\n"
+                                  b"X-Real-IP: 203.0.113.7\r\nTrue-Client-IP: 203.0.113.7\r\n"
+                                  b"X-Forwarded-Server: Proxy1.example, proxy2.example\r\n"
+                                  b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert h1_up.header(-1, "X-Real-IP") == ["203.0.113.7"], h1_up.heads[-1]
+    assert h1_up.header(-1, "True-Client-IP") == ["203.0.113.7"], h1_up.heads[-1]
+    assert h1_up.header(-1, "X-Forwarded-Server") == ["proxy1.example, proxy2.example"]
