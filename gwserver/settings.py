@@ -30,13 +30,19 @@ from .net.addresses import listener_addresses
 from .redact import mask_userinfo, redis_py_reading, redis_url_parts
 
 
+def is_port_number(text):
+    """ASCII digits, few enough for int(): str.isdigit() takes "²" (which int() refuses) and
+    int() refuses over 4,300 digits; either was a ValueError, "a value could not be checked"."""
+    return text.isascii() and text.isdigit() and len(text) <= 10
+
+
 def bind_address(value):
     if not isinstance(value, str):
         raise Invalid(f"must be a \"host:port\" string, got {show(value)}")
     if value.startswith("unix:"):
         return value
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not is_port_number(port) or not host:
         raise Invalid(f"must be \"host:port\" (IPv6 as \"[::1]:port\"), got {show(value)}")
     if not 0 < int(port) < 65536:
         # "127.0.0.1:0" is host:port to whoever wrote it: say what is wrong (port 0 would
@@ -367,7 +373,7 @@ def parse_multi_host_url(url):
     nodes = []
     for item in parts.hosts.split(","):
         host, _, port = item.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not is_port_number(port) or not 0 < int(port) < 65536:
             raise Invalid(f"needs host:port for every node, got {show(item)} in {show(url)}")
         nodes.append((host.strip("[]"), int(port)))
     if parts.query or parts.fragment:

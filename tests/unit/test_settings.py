@@ -34,6 +34,10 @@ def test_defaults_fill_an_empty_file():
     ({"server": {"workers": 0}}, "server.workers: must be a positive integer or \"auto\", got 0"),
     ({"server": {"workers": True}}, "server.workers: must be a positive integer or \"auto\", got true"),
     ({"server": {"bind": ["localhost"]}}, 'server.bind[0]: must be "host:port"'),
+    # str.isdigit() takes "²", which int() refuses: a ValueError, no problem named (a review)
+    ({"server": {"bind": ["127.0.0.1:\u00b2"]}}, 'server.bind[0]: must be "host:port"'),
+    ({"redis": {"url": "redis+cluster://a:1,b:\u00b2"}},
+     'redis.url: needs host:port for every node, got "b:\\u00b2"'),
     ({"server": {"bind": []}}, "server.bind: must have at least 1 item"),
     ({"server": {"keepalive": -1}}, "server.keepalive: must be a number >= 0"),
     ({"server": {"wrokers": 2}}, "server.wrokers: unknown key"),
