@@ -18,6 +18,7 @@ from urllib.parse import unquote_plus
 from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
+from .core.realip import network_of
 from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream, path_problems,
                           upstream_id, unreachable_paths)
 from .core.router import Router
@@ -681,13 +682,12 @@ def conf_warnings(conf):
     """What `gwserver check` should say of a valid conf that is likely not what was meant;
     the master logs the same at start and on each reload. Secrets are never quoted."""
     server, warnings = conf.server, []
-    everyone = [c for c in server["trusted_proxies"]
-                if ipaddress.ip_network(c, strict=False).prefixlen == 0]
+    # (network_of: "::ffff:0:0/96" is 0.0.0.0/0, every IPv4 client, as peers are matched)
+    everyone = [c for c in server["trusted_proxies"] if network_of(c).prefixlen == 0]
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
-    everyone = [c for c in server["identity_proxies"]
-                if ipaddress.ip_network(c, strict=False).prefixlen == 0]
+    everyone = [c for c in server["identity_proxies"] if network_of(c).prefixlen == 0]
     if everyone:
         warnings.append(f"server.identity_proxies holds {', '.join(everyone)}: any client may "
                         f"say who its user is (X-Forwarded-User) to the upstreams")

@@ -24,6 +24,7 @@ from functools import partial
 import httptools
 from gevent import GreenletExit
 
+from ..core import grpcweb
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED,
@@ -651,10 +652,14 @@ class ClientConnection:
         if req.content_length is not None and req.content_length > limit:
             return
         self.send_continue(req)
-        while not req.complete and req.body_size <= limit:
-            self.read_body()
+        while True:
+            # measured before a read too: what came with the head may be over a limit only
+            # the access phase set (grpc_web's), and the client may send nothing more
             if max_body_size and req.body_size > max_body_size:
                 raise PayloadTooLarge(f"body is over the route's limit of {max_body_size} bytes")
+            if req.complete or req.body_size > limit:
+                return
+            self.read_body()
 
     def send_continue(self, req):
         """Answer ``Expect: 100-continue`` once, when the body is first wanted."""
@@ -800,7 +805,9 @@ class ClientConnection:
             chain = route.chain
             reply = chain.run_access(req) if chain.access_steps else None
             if reply is None and not req.complete:
-                self.buffer_body(req, limit)
+                # a gRPC-Web call's own limit too: else a chunked body past it and within
+                # request_buffer_size had its 413 only once the client ended the body
+                self.buffer_body(req, grpcweb.body_limit(limit, req.var("grpc_web")))
             if reply is None:
                 if limit and req.body_size > limit:
                     # It came while a plugin waited (an HTTP/2 connection reads its streams'

@@ -23,6 +23,15 @@ def mode_of(content_type):
     return "text" if base.startswith("application/grpc-web-text") else "binary"
 
 
+def body_limit(route_limit, grpc):
+    """The bytes a request body may hold: the route's ``max_body_size`` (0: none) and, for a
+    call the grpc_web plugin marked (``grpc``: its ``(mode, type, max_body_size)``), that
+    plugin's own, the smaller."""
+    if not grpc:
+        return route_limit
+    return min(route_limit, grpc[2]) if route_limit else grpc[2]
+
+
 def upstream_content_type(content_type):
     """application/grpc-web[-text][+proto] -> application/grpc[+proto]."""
     base = content_type.split(";")[0].strip().lower()

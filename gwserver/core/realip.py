@@ -28,9 +28,22 @@ def connection_scheme(addr, scheme):
     return "https" if type(addr) is ProxiedAddress and addr.tls else scheme
 
 
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def network_of(cidr):
+    """A CIDR's network, an IPv4-mapped one (``::ffff:10.0.0.0/104``) as the IPv4 range it
+    names (``10.0.0.0/8``): a client's address is matched as IPv4 (``peer_address``), so
+    the mapped spelling matched nothing (a deny rule let everyone it named in)."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.version == 6 and net.prefixlen >= 96 and net.network_address in _MAPPED:
+        return ipaddress.ip_network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
+
+
 class TrustedProxies:
     def __init__(self, cidrs, header="X-Forwarded-For"):
-        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self.networks = tuple(network_of(c) for c in cidrs)
         self.header = header.lower().encode("latin-1")
         self._cache = {}
 

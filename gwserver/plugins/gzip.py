@@ -4,11 +4,12 @@
 
 An answer is compressed when the request's ``Accept-Encoding`` takes gzip (q > 0), its type
 is listed (``text/*`` matches every text type), it is not already encoded, it is at least
-``min_length`` bytes when its length is known, it is not a 206 or an answer without a body,
-and it does not say ``Cache-Control: no-transform``. The body streams through zlib piece by
-piece (the gateway reframes it as chunked): a large answer is never held whole, a client that
-does not read stalls the upstream read instead of filling memory, and each piece goes out
-compressed as it arrives (a sync flush), so an event stream is not held back. A compressed
+``min_length`` bytes when its length is known, it is not a 206 or an answer without a body
+(a 204, 205 or 304), and it does not say ``Cache-Control: no-transform``. The body streams
+through zlib piece by piece (the gateway reframes it as chunked): a large answer is never held
+whole, a client that does not read stalls the upstream read instead of filling memory, and
+each piece goes out compressed as it arrives (a sync flush), so an event stream is not held
+back. A compressed
 answer loses ``Accept-Ranges``: ranges of the upstream's bytes are not ranges of gzip's. A
 HEAD gets the head the GET would (Content-Encoding, the weak ETag), without a length. ``Vary:
 Accept-Encoding`` is added to every answer of a listed type, compressed or not, so caches keep
@@ -36,7 +37,8 @@ SCHEMA = Schema(
     doc="Compress answers with gzip for clients that accept it.",
 )
 
-NO_BODY = frozenset([204, 206, 304])
+# 205: RFC 9110 15.3.6, no content; compressing its empty body gave it 20 bytes of gzip
+NO_BODY = frozenset([204, 205, 206, 304])
 
 
 def prepare(conf):

@@ -4,12 +4,15 @@
 
 The address is ``ctx.client_ip``: the peer, or what a peer in ``[server] trusted_proxies``
 named (docs/security.md), never a header a client could write itself. An IPv4 address a
-dual-stack socket reports as ``::ffff:a.b.c.d`` is matched as ``a.b.c.d``. Deny wins; with an
-allow list, an address must be in it. Refused: 403 (``status`` to change it).
+dual-stack socket reports as ``::ffff:a.b.c.d`` is matched as ``a.b.c.d``, and a rule written
+that way (``::ffff:10.0.0.0/104``) is matched as the IPv4 range it names (``10.0.0.0/8``).
+Deny wins; with an allow list, an address must be in it. Refused: 403 (``status`` to change
+it).
 """
 import ipaddress
 
 from ..core.context import Reply
+from ..core.realip import network_of
 from ..core.schema import Field, Invalid, Schema, integer, list_of, show
 
 NAME = "ip_restriction"
@@ -36,8 +39,9 @@ def prepare(conf):
     if not conf["allow"] and not conf["deny"]:
         raise ValueError("set allow, deny or both")
     return {**conf, "decisions": {},
-            "allow": tuple(ipaddress.ip_network(c, strict=False) for c in conf["allow"]),
-            "deny": tuple(ipaddress.ip_network(c, strict=False) for c in conf["deny"])}
+            # (a deny rule spelt ::ffff:10.0.0.0/104 matched nothing: addresses are IPv4)
+            "allow": tuple(network_of(c) for c in conf["allow"]),
+            "deny": tuple(network_of(c) for c in conf["deny"])}
 
 
 def permitted(conf, address):

@@ -108,9 +108,7 @@ class H2Forwarder:
     def read_body(self, client, req, route, grpc):
         """The whole body (a gRPC-Web call's, to translate it, or a held one), within the
         route's limit and a gRPC-Web call's own (the grpc_web plugin's max_body_size)."""
-        limit = route.max_body_size
-        if grpc:
-            limit = min(limit, grpc[2]) if limit else grpc[2]
+        limit = grpcweb.body_limit(route.max_body_size, grpc)
         if limit and req.content_length is not None and req.content_length > limit:
             raise PayloadTooLarge(f"body is over the route's limit of {limit} bytes")
         chunks = []
