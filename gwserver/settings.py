@@ -397,7 +397,9 @@ def _multi_host_path(value, path):
                           f"hosts (redis+cluster://host:port,host:port), got {show(value)}")
         return
     name, _, db = path.partition("/")
-    if not name or db and not db.isdigit():
+    # digits int() takes, as a port's: "m/²" (isdigit() takes it) passed, and every worker
+    # died as it started on state.store's int(db)
+    if not name or db and not is_port_number(db):
         raise Invalid(f"needs the master's name after the hosts, and a db number after it "
                       f"if any (redis+sentinel://host:port/mymaster[/0]), got {show(value)}")
 

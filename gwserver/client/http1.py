@@ -649,6 +649,11 @@ class ClientConnection:
         proxy_request_buffering, up to request_buffer_size): a slow client then holds a
         gateway buffer, not an upstream connection, and the body can be replayed."""
         limit = self.settings["request_buffer_size"]
+        if max_body_size and req.content_length is not None and \
+                req.content_length > max_body_size:
+            # before any 100 Continue: a limit only the access phase set (grpc_web's) was
+            # answered 100 Continue and read first (the route's is refused in handle)
+            raise PayloadTooLarge(f"body is over the route's limit of {max_body_size} bytes")
         if req.content_length is not None and req.content_length > limit:
             return
         self.send_continue(req)

@@ -82,7 +82,13 @@ PROXY_SET = _PROXY_SAYS | IDENTITY_SET | STEERING_SET
 # behind a trusted proxy that writes Forwarded instead, a client's copies it passed through
 # unread. (Forwarded itself is the client's behind a proxy that writes X-Forwarded-For.) Not
 # the identity ones: an authenticating proxy writes them whichever it speaks.
-X_FORWARDED_MORE = frozenset(name for name in _PROXY_SAYS if name.startswith(b"x-forwarded-"))
+# Their other spellings too (a client's passed as sent, "Front-End-Https: on" beside a
+# Forwarded that said proto=http): X-Scheme and X-Script-Name (-Scheme's and -Prefix's:
+# Tornado reads X-Scheme before X-Forwarded-Proto), Front-End-Https (-Ssl's), X-Host and
+# X-Original-Host (-Host's).
+X_FORWARDED_MORE = frozenset([
+    b"x-scheme", b"x-script-name", b"front-end-https", b"x-host", b"x-original-host",
+    *(name for name in _PROXY_SAYS if name.startswith(b"x-forwarded-"))])
 
 # Fields a trailer section may not carry (RFC 9110 6.5.1): framing, routing and this hop's.
 # An HTTP/2 upstream's are dropped; llhttp refuses them from HTTP/1.1 upstreams (a 502 or a

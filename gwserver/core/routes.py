@@ -164,8 +164,9 @@ def condition_header_name(value):
 
 
 def retry_condition(value):
-    if value in RETRY_EVENTS or (isinstance(value, str) and value.isdigit() and
-                                 400 <= int(value) <= 599):
+    # isascii(): isdigit() takes "²", which int() refuses (a raw ValueError, no field named)
+    if value in RETRY_EVENTS or (isinstance(value, str) and value.isascii() and
+                                 value.isdigit() and 400 <= int(value) <= 599):
         return value
     raise Invalid(f"must be connect, reset, timeout or a status from 400 to 599 like \"503\", "
                   f"got {show(value)}")

@@ -76,8 +76,9 @@ RULE = Schema(
 
 def duration(value):
     """Seconds: a number, or a string like "30s", "5m", "1h"."""
-    if isinstance(value, str) and value[:-1].replace(".", "", 1).isdigit() and \
-            value[-1:] in "smh":
+    # (isascii: isdigit() takes "²", which float() refuses: a raw ValueError, no field named)
+    if isinstance(value, str) and value.isascii() and \
+            value[:-1].replace(".", "", 1).isdigit() and value[-1:] in "smh":
         value = float(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
     # NaN fails every comparison, inf holds a step for ever, 10**400 is no float: all refused
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \

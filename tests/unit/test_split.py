@@ -156,3 +156,15 @@ def test_x_ab_group_names_a_group_only_claim_rules_reach_only_with_the_claim():
     assert choose(gated, request(header))[0] == "main"
     assert choose(gated, request(header, claims={"tier": "staff"}))[0] == "staff"
     assert choose(weighed, request(header))[0] == "staff"
+
+
+@pytest.mark.parametrize("value", ["30s", "0.5m", 2, "\u00b2s", "1\u00b2m", "s", "-1s"])
+def test_a_duration_is_seconds_or_a_named_problem(value):
+    """str.isdigit() takes "²", which float() refuses: the conf was refused with a raw
+    ValueError naming no field (a review pass)."""
+    from gwserver.core.schema import Invalid
+    if value in ("30s", "0.5m", 2):
+        assert split.duration(value) == {"30s": 30.0, "0.5m": 30.0, 2: 2.0}[value]
+    else:
+        with pytest.raises(Invalid, match="must be seconds"):
+            split.duration(value)
