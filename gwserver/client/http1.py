@@ -89,20 +89,15 @@ def vouch_forwarded(req):
     own view (the client's Host, the connection's scheme) goes upstream, as for an untrusted
     peer. The others pass through, each as PASSED_THROUGH checks it, or not at all."""
     hmap = req.header_map
-    proto = hmap.get(b"x-forwarded-proto")
-    if proto is not None:
-        proto = _scheme(proto)
-        if proto is not None:
-            hmap[b"x-forwarded-proto"] = proto
-        else:
-            del hmap[b"x-forwarded-proto"]
-    host = hmap.get(b"x-forwarded-host")
-    if host is not None:
-        host = _host(host)
-        if host is not None:
-            hmap[b"x-forwarded-host"] = host
-        else:
-            del hmap[b"x-forwarded-host"]
+    # (the gateway writes these two from header_map: edited there)
+    for name, vouched in ((b"x-forwarded-proto", _scheme), (b"x-forwarded-host", _host)):
+        value = hmap.get(name)
+        if value is not None:
+            value = vouched(value)
+            if value is None:
+                del hmap[name]
+            else:
+                hmap[name] = value
     for name in PASSED_THROUGH.keys() & hmap.keys():     # (edited where they stand)
         spelling, vouched = PASSED_THROUGH[name]
         value = vouched(hmap[name])

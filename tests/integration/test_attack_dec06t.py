@@ -6,7 +6,6 @@ spellings, and a strip_prefix written in the other spelling. Real gateways, a re
 """
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -21,26 +20,8 @@ def etcd(launcher):
     return launcher.etcd()
 
 
-def test_a_route_put_in_etcd_on_the_other_spelling_of_a_path_is_said_in_the_journal(
-        launcher, etcd, upstream, tmp_path):
-    """"/files/a+b" and "/files/a%2Bb" are one path to the router. A route written with
-    etcdctl on the escaped spelling, with a higher priority, took every request of the one
-    on "+": the sync process looked only at routes whose paths were written alike, and said
-    nothing. It says so now, as it does of one written alike."""
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], []))
-    client = etcd.client()
-    revision = put(client, "routes", "other", {"paths": ["/other"], "upstream": UP(upstream)})
-    wait_until(lambda: all_workers_at(gw, revision))        # the rest come by the watch
-    put(client, "routes", "files-v1", {"paths": ["/files/a+b"], "upstream": UP(upstream)})
-    revision = put(client, "routes", "files-v2", {"paths": ["/files/a%2Bb"], "priority": 5,
-                                                  "upstream": UP(upstream)})
-    wait_until(lambda: all_workers_at(gw, revision))
-    said = 'route files-v1: paths "/files/a+b" is never served by it: route files-v2 has ' \
-           'the same path and conditions and wins (a higher priority)'
-    deadline = time.monotonic() + 5
-    while said not in gw.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert said in gw.log(), gw.log()[-3000:]
+# (the sync process's note of a route on the other spelling: test_etcd.py's
+# test_a_route_written_straight_to_etcd_that_takes_a_path_is_said_in_the_journal["%2B"])
 
 
 def _check(tmp_path, routes_toml):
