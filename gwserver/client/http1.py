@@ -27,8 +27,8 @@ from gevent import GreenletExit
 from ..core import grpcweb
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
-from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NOT_FORWARDED,
-                            PROXY_SET, REASONS, STEERING_SET, UNTRUSTED_UNSEEN,
+from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NO_BODY_STATUSES,
+                            NOT_FORWARDED, PROXY_SET, REASONS, STEERING_SET, UNTRUSTED_UNSEEN,
                             X_FORWARDED_MORE)
 from ..core.realip import connection_scheme
 from ..core.target import normalise_host, normalise_path
@@ -937,7 +937,7 @@ class ClientConnection:
         route = req.route
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
-        head_only = req.method == "HEAD" or reply.status in BODILESS_REPLIES
+        head_only = req.method == "HEAD" or reply.status in NO_BODY_STATUSES
         self.write(render_reply(reply, keep_alive, req.request_id, head_only,
                                 response_line(req.trace, self.runtime.trace_response_header)))
         return reply.status, 0 if head_only else len(reply.body)
@@ -984,12 +984,6 @@ class RawChunkedBody:
         return self.done
 
 
-# Statuses whose answer has no body (RFC 9110 6.4.1): a fault's abort.status = 204 or a
-# limit_conn status = 304 with its JSON body sent after the head was read by an HTTP/1.1
-# client as the start of the next answer on the connection (and reset the HTTP/2 stream).
-BODILESS_REPLIES = frozenset([204, 304])
-
-
 def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):
     """Bytes of a reply the gateway writes itself (``extra``: whole header lines to add).
     A 204 or 304 goes without its body and without Content-Length (RFC 9110 8.6), whatever
@@ -1000,7 +994,7 @@ def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):
                                   value.encode("latin-1") if isinstance(value, str) else value))
     if request_id:
         lines.append(b"X-Request-ID: " + request_id.encode("latin-1"))
-    bodiless = reply.status in BODILESS_REPLIES
+    bodiless = reply.status in NO_BODY_STATUSES
     if not bodiless:
         lines.append(b"Content-Length: %d" % len(reply.body))
     lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")

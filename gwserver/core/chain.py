@@ -65,8 +65,8 @@ import re
 from ..errors import ConfigError, HTTPError
 from ..redact import redact
 from .context import Reply, ResponseHead, _enc, parse_block
-from .headers import (FIELD_NAME, RESPONSE_RESERVED, WRITTEN_UPSTREAM, is_field_name,
-                      is_field_value)
+from .headers import (FIELD_NAME, NO_BODY_STATUSES, RESPONSE_RESERVED, WRITTEN_UPSTREAM,
+                      is_field_name, is_field_value)
 from .schema import show
 from .throttledlog import throttled_log
 
@@ -551,7 +551,7 @@ def _check_request(plugin, ctx):
             raise TypeError(f"plugin {plugin.NAME}: the {what} it set, {host!r:.60}, is no "
                             f"host (bytes without white space or control characters)")
     client = getattr(ctx, "client_ip", None)
-    if client is not None and (type(client) is not str or not _TARGET_TEXT(client)):
+    if client is not None and (type(client) is not str or not client or not _TARGET(client)):
         raise TypeError(f"plugin {plugin.NAME}: the client address it set, {client!r:.60}, "
                         f"is no address (text without white space or control characters)")
     hmap = getattr(ctx, "header_map", None) or {}
@@ -578,7 +578,6 @@ def _check_request_id(plugin, ctx):
 _TOKEN = re.compile(FIELD_NAME).fullmatch
 _TARGET = re.compile("[\x21-\x7e\x80-\xff]*").fullmatch
 _TARGET_BYTES = re.compile(b"[\x21-\x7e\x80-\xff]+").fullmatch
-_TARGET_TEXT = re.compile("[\x21-\x7e\x80-\xff]+").fullmatch
 # header_map values the upstream head carries as they are (proxy.forwarded_values, via_chain)
 _WRITTEN_FROM_MAP = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via")
 
@@ -587,7 +586,7 @@ def _status_problem(old, new):
     """Why ``new`` may not replace the status ``old`` of an answer, or None."""
     if type(new) is not int or not 100 <= new <= 599:
         return "a status is an integer from 100 to 599"
-    if min(old, new) < 200 or {old, new} & {204, 304}:
+    if min(old, new) < 200 or {old, new} & NO_BODY_STATUSES:
         return "the body is framed by the upstream's status (1xx, 204 and 304 have none)"
     return None
 

@@ -26,6 +26,12 @@ NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET
 # to 2^64 - 1, and an upstream whose parser wraps or saturates at 63 bits would frame the
 # body differently from the gateway, reading its bytes as requests no plugin saw.
 MAX_CONTENT_LENGTH = 2 ** 63 - 1
+# Statuses whose answer never has a body (RFC 9110 6.4.1, 15.3.5, 15.4.5), whatever its
+# Content-Length says; 1xx too, tested apart (status < 200). The framing both ways, and what
+# plugins may do to an answer, follow it: a fault's abort.status = 204 or a limit_conn status
+# = 304 with its JSON body sent after the head was read by an HTTP/1.1 client as the start of
+# the next answer on the connection (and reset the HTTP/2 stream).
+NO_BODY_STATUSES = frozenset([204, 304])
 # Of those, what only the gateway or a trusted proxy in front may say: from anyone else they
 # are not even kept for plugins and route conditions (a forged X-Consumer-Groups would match a
 # route's header condition; a forged X-Forwarded-For would pick a rate limit's bucket).

@@ -161,10 +161,8 @@ def _folded_prefix_end(path, prefix):
     "/a%2Bb/x", whose strip_prefix "/a+b" must cut it too. None when it is no prefix."""
     if "%" not in path and "%" not in prefix:
         return None                 # (the caller tried the plain spelling)
-    for escape, char in KEY_FOLDS:
-        prefix = prefix.replace(escape, char)
     i = 0
-    for char in prefix:
+    for char in static_key(prefix):
         escape = _FOLDED.get(char)
         if escape is not None and path.startswith(escape, i):
             i += 3

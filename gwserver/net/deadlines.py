@@ -8,8 +8,9 @@ deadline for an owner, and the ticker, waking every
 socket they wait on: gevent then raises in the waiting greenlet at once, at a point where it is
 expecting socket errors, which is safer than throwing an exception into an arbitrary frame.
 
-Deadlines are therefore enforced to within ``interval`` (50 ms in workers) late, never early, fine
-for timeouts that are seconds long. ``now`` is a cached monotonic clock that the hot path may read for free.
+Deadlines are therefore enforced to within ``interval`` (50 ms in workers) late, never early,
+fine for timeouts that are seconds long. ``now`` is a cached monotonic clock that the hot path
+may read for free.
 """
 import logging
 import time

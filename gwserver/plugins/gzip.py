@@ -19,6 +19,7 @@ read from all their lines (a list may be split over several).
 """
 import zlib
 
+from ..core.headers import NO_BODY_STATUSES
 from ..core.schema import Field, Schema, boolean, integer, list_of, string
 
 NAME = "gzip"
@@ -37,8 +38,9 @@ SCHEMA = Schema(
     doc="Compress answers with gzip for clients that accept it.",
 )
 
-# 205: RFC 9110 15.3.6, no content; compressing its empty body gave it 20 bytes of gzip
-NO_BODY = frozenset([204, 205, 206, 304])
+# Not compressed: answers without a body; a 205 (RFC 9110 15.3.6: no content; compressing
+# its empty body gave it 20 bytes of gzip); a 206 (ranges of the upstream's bytes).
+NO_BODY = NO_BODY_STATUSES | {205, 206}
 
 
 def prepare(conf):

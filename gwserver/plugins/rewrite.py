@@ -49,7 +49,8 @@ import logging
 import re
 
 from ..core.context import Reply
-from ..core.headers import NOT_FORWARDED, RESPONSE_RESERVED, check_editable, is_field_value
+from ..core.headers import (NO_BODY_STATUSES, NOT_FORWARDED, RESPONSE_RESERVED, check_editable,
+                            is_field_value)
 from ..core.schema import (Field, Schema, backtrack_warnings, compile_pattern, header_name,
                            header_value, list_of, map_of, show, status_code, string)
 from ..core.target import canonical_escape, normalise_path, strip_path_prefix
@@ -93,7 +94,6 @@ SCHEMA = Schema(
           "upstream statuses whose body is replaced; empty: every status"),
 )
 
-BODILESS = frozenset([204, 304])
 # What an upstream says of the body response_body replaces: the text is sent as it is
 # (a Content-Encoding: gzip left on it makes clients fail to decode the answer), and the
 # validators and digests of the upstream's bytes do not hold for it. Nor does a range: a 206's
@@ -125,7 +125,7 @@ def prepare(conf):
         if not key.isdigit() or not 100 <= int(key) <= 599:
             raise ValueError(f"response_status: {show(key)} is not a status")
         for status in (int(key), to):
-            if status < 200 or status in BODILESS:
+            if status < 200 or status in NO_BODY_STATUSES:
                 raise ValueError(f"response_status: {status} cannot be rewritten from or to "
                                  f"(1xx, 204 and 304 are framed differently)")
         statuses[int(key)] = to
@@ -330,7 +330,7 @@ def _bad_value(ctx, name):
 
 def response(conf, ctx, head):
     body = conf["body"]
-    replaced = body is not None and head.status not in BODILESS and \
+    replaced = body is not None and head.status not in NO_BODY_STATUSES and \
         (not conf["body_statuses"] or head.status in conf["body_statuses"])
     if replaced:                # before the config's own edits, which may set one of these
         head.headers = [(k, v) for k, v in head.headers if k.lower() not in OF_THE_BODY]

@@ -157,6 +157,12 @@ def routes_view(runtime):
                             "pid": os.getpid(), "count": len(routes), "routes": routes})
 
 
+def in_panic(runtime, upstream):
+    """Whether traffic still goes to targets all shown down (panic mode): what an operator
+    looking at one upstream, or at them all, asks."""
+    return runtime.health.avoid(upstream)[1] if upstream.targets else False
+
+
 def upstream_entry(runtime, upstream):
     """What /admin/upstreams says of one upstream (its "routes" filled by the caller)."""
     return {"targets": [{"url": t.url, "weight": t.weight,
@@ -164,7 +170,7 @@ def upstream_entry(runtime, upstream):
                         for t in upstream.targets],
             "balance": upstream.balance, "service": upstream.service,
             "health_check": bool(upstream.health_check), "passive": bool(upstream.passive),
-            "panic": runtime.health.avoid(upstream)[1] if upstream.targets else False,
+            "panic": in_panic(runtime, upstream),
             "pass_host": upstream.pass_host, "pool_size": upstream.pool_size,
             "block_when_full": upstream.block_when_full, "routes": []}
 
@@ -246,11 +252,8 @@ def upstream_view(runtime, upstream_id):
     if upstream is None:
         return _not_found("upstream", upstream_id)
     route = runtime.router.routes[users[0]] if users else None
-    # "panic" as /admin/upstreams says it: with every target shown down, whether traffic
-    # still goes to them (panic mode) is what an operator looking at one upstream asks
-    panic = runtime.health.avoid(upstream)[1] if upstream.targets else False
     return Reply.json(200, redact({"pid": os.getpid(), **_upstream(runtime, upstream, route),
-                                   "panic": panic,
+                                   "panic": in_panic(runtime, upstream),
                                    "source": _source(runtime, "upstreams", upstream_id),
                                    "routes": users}))
 

@@ -17,7 +17,7 @@ import gevent
 from ..core import grpcweb
 from ..core.context import ResponseHead
 from ..core.h2request import grpc_timeout, grpc_timeout_value, is_grpc
-from ..core.headers import WRITTEN_UPSTREAM, via_chain
+from ..core.headers import NO_BODY_STATUSES, WRITTEN_UPSTREAM, via_chain
 from ..core.routes import no_target_reason, try_policy
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
@@ -440,7 +440,7 @@ class H2Forwarder:
             if head.status != status:
                 req.vars["upstream_status"] = status        # for the access log
             headers, status, filters = head.headers, head.status, head.body_filters
-        no_body = req.method == "HEAD" or status in (204, 304)
+        no_body = req.method == "HEAD" or status in NO_BODY_STATUSES
         if status == 204:       # RFC 9110 8.6: never on a 204 (HTTP/2 clients refuse it)
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         # The upstream's Content-Length (h2 holds its DATA to it) frames the answer as it

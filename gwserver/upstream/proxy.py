@@ -42,7 +42,8 @@ from ..core.balancer import make_balancer
 from ..core.h2request import is_grpc
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
-from ..core.headers import MAX_OWN_HOPS, REASONS, RESPONSE_SPECIAL, own_hops, via_chain
+from ..core.headers import (MAX_OWN_HOPS, NO_BODY_STATUSES, REASONS, RESPONSE_SPECIAL,
+                            own_hops, via_chain)
 from ..core.routes import IDEMPOTENT, no_target_reason, try_policy
 from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
@@ -61,7 +62,6 @@ from ..state.hostshare import PUBLISH_EVERY, HostShare
 
 log = logging.getLogger("gwserver.proxy")
 
-NO_BODY_STATUSES = frozenset([204, 304])
 YIELD_EVERY = 16    # body pieces (up to 64 KiB each) relayed before other greenlets get a turn
 # A held request (head and body) up to this size goes out in one plain send; a larger one
 # looks for an early answer whenever its send must wait (Proxy.attempt). Small: off loopback
