@@ -238,11 +238,18 @@ def test_a_canary_upstream_written_in_a_split_is_health_checked(launcher):
                               "rules": [{"header": {"X-Canary": "1"},
                                          "upstream": "canary"}]}}}], workers=2))
 
-    def canary_health():
-        view = json.loads(gw.admin_get("/admin/upstreams")[1])["upstreams"]
-        found = [u for u in view.values() if b2.url in [t["url"] for t in u["targets"]]]
-        return {t["url"]: t["health"] for t in found[0]["targets"]} if found else {}
-    wait_until(lambda: canary_health() == {b1.url: "healthy", b2.url: "unhealthy"}, timeout=10)
+    told = set()    # the workers that said so: each reads the verdicts on its 50 ms tick
+
+    def every_worker_told():
+        view = json.loads(gw.admin_get("/admin/upstreams")[1])
+        found = [u for u in view["upstreams"].values()
+                 if b2.url in [t["url"] for t in u["targets"]]]
+        if found and {t["url"]: t["health"] for t in found[0]["targets"]} == \
+                {b1.url: "healthy", b2.url: "unhealthy"}:
+            told.add(view["pid"])
+        serving = set(gw.serving_worker_pids())
+        return len(serving) == 2 and told >= serving
+    wait_until(every_worker_told, timeout=10)
     seen = {}
     for _ in range(20):
         resp, body = gw.request("GET", "/r/echo", headers={"X-Canary": "1"})
