@@ -19,8 +19,8 @@ from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
 from .core.realip import network_of
-from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream, path_problems,
-                          upstream_id, unreachable_paths)
+from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream,
+                          path_problems_beside, upstream_id, unreachable_paths)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
                           boolean, file_path, integer, join, list_of, map_of, never_quoted,
@@ -1017,7 +1017,7 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
         spec, bad_problems, bad = ROUTE.partial(spec, owner)
         problems.extend(bad_problems)
         if spec is None:
-            problems.extend(_paths_beside_a_bad_upstream(written, bad, owner, server))
+            problems.extend(path_problems_beside(written, bad, owner, server))
             continue
         try:
             route = compile_route(spec, upstreams, upstream_defaults, server, global_plugins,
@@ -1035,19 +1035,6 @@ def compile_table(route_specs, upstream_specs, upstream_defaults, server, global
         except ConfigError as exc:
             problems.extend(exc.problems)
     return router, problems
-
-
-def _paths_beside_a_bad_upstream(written, bad, owner, server):
-    """The path problems of a route left uncompiled because its (required) upstream is bad:
-    `check` names every problem of the file in one run, and an inline upstream's typo hid
-    the route's bad paths until it was fixed."""
-    if "upstream" not in bad or not isinstance(written, dict):
-        return []
-    stand_in, _, _ = ROUTE.partial({**written, "upstream": "stand-in"}, owner)
-    if stand_in is None:
-        return []
-    return [p for p in path_problems(stand_in, server)
-            if not any(p.startswith(f"{owner}: {name}") for name in bad)]
 
 
 # Secrets an operator keeps out of the conf file (a systemd credential, a mounted secret):

@@ -697,6 +697,19 @@ def unreachable_paths(specs, involving=None):
     return warnings
 
 
+def path_problems_beside(written, bad, owner, server):
+    """The path problems of a route its schema refused, its ``bad`` fields (ROUTE.partial's)
+    left out: `check` and `routes validate` name every problem in one run, and a typo in an
+    inline upstream (or in methods) hid the route's bad paths until it was fixed."""
+    if not isinstance(written, dict):
+        return []
+    stand_in, _, _ = ROUTE.partial({**written, "upstream": "stand-in"}, owner)
+    if stand_in is None:
+        return []
+    return [p for p in path_problems(stand_in, server)
+            if not any(p.startswith(f"{owner}: {name}") for name in bad)]
+
+
 def path_problems(spec, server):
     """What is wrong with a validated route spec's paths and strip_prefix, as a list.
     ``server``: [server]'s path rules, under which some patterns match no request."""

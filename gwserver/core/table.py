@@ -36,7 +36,8 @@ from ..errors import ConfigError
 from .consumers import CredentialTaken, Directory, compile_consumer
 from .router import Router, unused
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
-                     make_upstream, undefined_upstream, upstream_id, upstream_refs)
+                     make_upstream, path_problems_beside, undefined_upstream, upstream_id,
+                     upstream_refs)
 from .schema import Invalid, show
 from .target import static_key
 
@@ -504,7 +505,11 @@ class LiveTable:
                 if spec["id"] != route_id:
                     raise ConfigError(f"route {route_id}: id {show(spec['id'])} in the value "
                                       f"does not match the key")
-            spec = ROUTE.validate(spec, f"route {route_id}")
+            valid, problems, bad = ROUTE.partial(spec, f"route {route_id}")
+            if problems:
+                raise ConfigError(problems + path_problems_beside(
+                    spec, bad, f"route {route_id}", self.server))
+            spec = valid
             for inline in inline_upstreams(spec):      # its own, and its plugins' (split)
                 unreachable_from_etcd(inline, f"route {route_id}")
             route, missing = self._compile_route(spec)
