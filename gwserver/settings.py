@@ -18,7 +18,7 @@ from urllib.parse import unquote_plus
 from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
-from .core.realip import network_of
+from .core.realip import UNIX_PEERS, network_of
 from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream,
                           path_problems_beside, upstream_id, unreachable_paths)
 from .core.router import Router
@@ -149,6 +149,17 @@ def cidr(value):
     return value
 
 
+def proxy_peer(value):
+    """A CIDR, or "unix:": the peers of the unix: listeners (a proxy on this host)."""
+    if value == UNIX_PEERS:
+        return value
+    try:
+        return cidr(value)
+    except Invalid:
+        raise Invalid(f"must be an IPv4 or IPv6 address or CIDR, or \"unix:\" (the peers of "
+                      f"unix: listeners), got {show(value)}") from None
+
+
 # gunicorn reads 0 as "no limit" for limit_request_line and limit_request_field_size; the
 # gateway's own parser (client/http1.py, client/h2server.py) always bounds a request head.
 NO_LIMIT = {0: "gunicorn's 0, no limit, is not taken: the gateway always bounds a request "
@@ -217,11 +228,12 @@ SERVER = Schema(
     Field("headers_with_underscores", one_of("drop", "reject", "allow"), "drop",
           "request headers named with _ (X_User_Id): drop them, answer 400, or forward "
           "(never X_Forwarded_User and the other spellings of headers the gateway rules on)"),
-    Field("trusted_proxies", list_of(cidr), list,
-          "peers (CIDRs) whose real_ip_header names the client; empty: the peer is the client"),
-    Field("identity_proxies", list_of(cidr), list,
-          "peers (CIDRs) that say who the user is: an authenticating proxy in front "
-          "(oauth2-proxy), whose X-Forwarded-User, X-Auth-Request-*, X-Forwarded-Client-Cert, "
+    Field("trusted_proxies", list_of(proxy_peer), list,
+          "peers (CIDRs; \"unix:\" for the peers of unix: listeners) whose real_ip_header "
+          "names the client; empty: the peer is the client"),
+    Field("identity_proxies", list_of(proxy_peer), list,
+          "peers (CIDRs, or \"unix:\") that say who the user is: an authenticating proxy "
+          "in front (oauth2-proxy), whose X-Forwarded-User, X-Auth-Request-*, X-Forwarded-Client-Cert, "
           "Remote-User and the like are kept; from anyone else, trusted_proxies included, "
           "they are dropped"),
     Field("real_ip_header", one_of("X-Forwarded-For", "Forwarded"), "X-Forwarded-For",
@@ -685,11 +697,13 @@ def conf_warnings(conf):
     the master logs the same at start and on each reload. Secrets are never quoted."""
     server, warnings = conf.server, []
     # (network_of: "::ffff:0:0/96" is 0.0.0.0/0, every IPv4 client, as peers are matched)
-    everyone = [c for c in server["trusted_proxies"] if network_of(c).prefixlen == 0]
+    everyone = [c for c in server["trusted_proxies"]
+                if c != UNIX_PEERS and network_of(c).prefixlen == 0]
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
-    everyone = [c for c in server["identity_proxies"] if network_of(c).prefixlen == 0]
+    everyone = [c for c in server["identity_proxies"]
+                if c != UNIX_PEERS and network_of(c).prefixlen == 0]
     if everyone:
         warnings.append(f"server.identity_proxies holds {', '.join(everyone)}: any client may "
                         f"say who its user is (X-Forwarded-User) to the upstreams")
@@ -716,6 +730,7 @@ def conf_warnings(conf):
                         f"{MIN_ADMIN_TOKEN} random ones (`openssl rand -hex 32`)")
     warnings += [w for where, plugins in _static_plugin_confs(conf)
                  for w in plugin_warnings(where, plugins)]
+    warnings += unix_peer_warnings(conf)
     if conf.etcd is None:       # with etcd, the consumer may be there
         warnings += missing_anonymous(conf)
     if conf.redis:
@@ -797,6 +812,23 @@ def _loopback_only(bind):
         return True         # it cannot be bound either: that is said at start
     return bool(addresses) and all(ipaddress.ip_address(ip.partition("%")[0]).is_loopback
                                    for ip, _ in addresses)
+
+
+def unix_peer_warnings(conf):
+    """A unix: listener's clients all have the address "unix" unless a proxy in front is
+    trusted to name them: an ip_restriction refuses every one of them."""
+    server = conf.server
+    listeners = [b for b in server["bind"] if b.startswith("unix:")]
+    if not listeners or UNIX_PEERS in server["trusted_proxies"]:
+        return []
+    where = [where.removesuffix(": plugins").removesuffix(".plugins")
+             for where, plugins in _static_plugin_confs(conf)
+             if isinstance(plugins, dict) and "ip_restriction" in plugins]
+    if not where:
+        return []
+    return [f"{', '.join(where)}: ip_restriction refuses every request on {listeners[0]}: "
+            f"a unix socket's peer has no address. If a proxy on this host names the client "
+            f"there (X-Forwarded-For), add \"unix:\" to server.trusted_proxies"]
 
 
 def _static_plugin_confs(conf):

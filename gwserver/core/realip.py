@@ -41,14 +41,22 @@ def network_of(cidr):
     return net
 
 
+UNIX_PEERS = "unix:"    # in trusted_proxies: the peers of unix: listeners (nginx's spelling)
+UNIX_PEER = "unix"      # such a peer's address (net.sockets.peer_address)
+
+
 class TrustedProxies:
     def __init__(self, cidrs, header="X-Forwarded-For"):
-        self.networks = tuple(network_of(c) for c in cidrs)
+        # A unix socket's peer has no address to match: a proxy on this host in front of a
+        # unix: listener could never name its clients, so each was "unix" (refused by every
+        # ip_restriction, one count for every limit keyed on the client) unless trusted so.
+        self.unix = UNIX_PEERS in cidrs
+        self.networks = tuple(network_of(c) for c in cidrs if c != UNIX_PEERS)
         self.header = header.lower().encode("latin-1")
-        self._cache = {}
+        self._cache = {UNIX_PEER: self.unix}
 
     def __bool__(self):
-        return bool(self.networks)
+        return bool(self.networks) or self.unix
 
     @property
     def speak_x_forwarded(self):
@@ -66,14 +74,14 @@ class TrustedProxies:
                 return False
             ip = getattr(ip, "ipv4_mapped", None) or ip     # ::ffff:10.0.0.5 on a [::] listener
             if len(self._cache) > 4096:
-                self._cache.clear()
+                self._cache = {UNIX_PEER: self.unix}
             known = self._cache[address] = any(ip in net for net in self.networks)
         return known
 
     def trusts_peer(self, addr, address):
         """Does the connection from ``addr`` (accept()'s, or a ProxiedAddress), whose text is
         ``address``, speak for its clients? -> (names the client, its X-Forwarded-* too)."""
-        trusted = bool(self.networks) and type(addr) is not ProxiedAddress and \
+        trusted = bool(self) and type(addr) is not ProxiedAddress and \
             self.trusts(address)
         return trusted, trusted and self.speak_x_forwarded
 
