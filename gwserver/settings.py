@@ -1332,6 +1332,10 @@ def dump_toml(conf):
         if getattr(conf, name) is not None:
             doc[name] = dict(getattr(conf, name))
     doc = redact(doc)
+    if not doc["server"]["worker_tmp_dir"]:
+        # the directory the master will use, as state_dir is shown (not "")
+        import tempfile
+        doc["server"]["worker_tmp_dir"] = tmpfs_dir() or tempfile.gettempdir()
     from .plugins import load_registry
     registry = load_registry()
 

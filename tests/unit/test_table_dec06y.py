@@ -1,5 +1,6 @@
-"""A route from etcd refused by its schema: `gwserver routes validate`, and the reason the
-gateway records, name its bad paths too (the review of 2026-12-06, item carried over)."""
+"""Items left from the last session's review: a route from etcd refused by its schema
+(`gwserver routes validate`, and the reason the gateway records) names its bad paths too;
+`check --dump` names the heartbeat directory."""
 import json
 
 from tests.unit.test_table import table
@@ -24,3 +25,16 @@ def test_a_bad_field_beside_bad_paths_names_both_and_not_twice():
     reason = t.rejected["routes/r"]
     assert "route r: methods" in reason and "catch-all that is not the last" in reason, reason
     assert reason.count("catch-all") == 1, reason
+
+
+def test_the_dump_names_the_heartbeat_directory_the_master_uses():
+    """`check --dump` showed ``worker_tmp_dir = ""`` (state_dir, beside it, was filled)."""
+    import os
+    import tomllib
+
+    from gwserver.settings import dump_toml, parse_conf, tmpfs_dir
+    conf = parse_conf({"upstreams": {"u": {"targets": [{"url": "http://127.0.0.1:9"}]}},
+                       "routes": [{"id": "r", "paths": ["/r"], "upstream": "u"}]})
+    shown = tomllib.loads(dump_toml(conf))["server"]["worker_tmp_dir"]
+    assert shown and os.path.isdir(shown), shown
+    assert shown == (tmpfs_dir() or shown)
