@@ -455,11 +455,44 @@ class ConfigSync:
             return
         finally:
             self.client.timeout = timeout
+        self.keep_last_good(snapshot)
         self.mark_synced()
         try:
             self.publish(full=True)
         except PublishFailed:
             pass                        # said; the loop publishes it first (unpublished)
+
+    def keep_last_good(self, snapshot):
+        """An item etcd holds a refused update of, and the snapshot a good version: serve
+        that, as a sync process that saw the update come keeps its last good version. A
+        gateway started afresh (a reboot, a stop and start: nothing in runtime_dir) fenced
+        such a route (503) or dropped such an upstream or consumer, while every other host
+        went on serving it. Not from another etcd cluster's snapshot: what it held is no
+        version of these items."""
+        if snapshot.get("cluster_id") != self.cluster_id:
+            return
+        kept = []
+        with self.publisher.lock:
+            for kind, put, served in (
+                    ("upstreams", self.table.put_upstream, self.table.upstream_specs),
+                    ("routes", self.table.put_route, self.table.route_specs),
+                    ("consumers", self.table.put_consumer, self.table.consumer_specs)):
+                wanted = getattr(self.table, f"wanted_{kind}")
+                for item_id, (version, spec) in snapshot["table"].get(kind, {}).items():
+                    if item_id in served or item_id not in wanted:
+                        continue        # etcd's version is good, or etcd deleted it
+                    etcd_version, etcd_raw = wanted[item_id]
+                    good = put(item_id, json.dumps(spec), version)
+                    # etcd's version again, refused again: it leaves the good one serving, or
+                    # (the snapshot's refused too, its paths taken, say) all as it was
+                    put(item_id, etcd_raw, etcd_version)
+                    if good:
+                        kept.append(f"{kind}/{item_id}")
+        if kept:
+            log.warning("etcd holds refused updates of %d item(s) that snapshot %s holds "
+                        "good: serving the snapshot's version of %s", len(kept),
+                        self.snapshot_path, ", ".join(kept[:10]) +
+                        (f" and {len(kept) - 10} more" if len(kept) > 10 else ""))
 
     def load_served(self):
         """A sync process that restarts (the last one died; the master started this one)
