@@ -46,6 +46,14 @@ def _upstream_status(req, status, sent, upstream):
     return req.var("upstream_status", status)       # set when a plugin changed the status
 
 
+def _version(req, status=None, sent=None, upstream=None):
+    # An HTTP/2 request is proxied with HTTP/1.1's semantics (its version says 1.1); the
+    # line says what the client spoke, or an HTTP/2 client's requests were logged HTTP/1.1
+    if req.var("protocol") == "HTTP/2":
+        return "2"
+    return getattr(req, "version", None)
+
+
 def _trace_id(req, status, sent, upstream):
     return req.trace.trace_id if req.trace is not None else None
 
@@ -79,7 +87,7 @@ FIELDS = {
     "query": Spec("query string without the '?', as sent less what a plugin took out "
                   "(key_auth's key) (null: none)",
                   lambda req, *_: getattr(req, "query", "") if b"?" in req.url else None),
-    "version": Spec("HTTP version: 1.1, 1.0, 2", lambda req, *_: getattr(req, "version", None)),
+    "version": Spec("HTTP version: 1.1, 1.0, 2", _version),
     "host": Spec("Host header as sent", _header(b"host")),
     "user_agent": Spec("User-Agent header", _header(b"user-agent")),
     "referer": Spec("Referer header", _header(b"referer")),
@@ -123,13 +131,24 @@ COMMON_HEAD = frozenset(["time", "client", "method", "path", "query", "version",
 DEFAULT_COMMON_FIELDS = ("route", "request_id", "duration_ms", "trace_id", "error")
 
 
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(value):
+    """A JSON string of a text field. A plugin may have set it to anything (ctx.vars,
+    ctx.client_ip): True or a dict is written as its str(), never bare (no JSON) or as an
+    error that loses the line."""
+    return _escape(value if type(value) is str else str(value))
+
+
 def _value(value, none):
-    """A field's value in a line: strings quoted and escaped, floats to the microsecond,
-    ``none`` for a missing value (json: null, common: -)."""
+    """A field's value in a line: numbers as they are (floats to the microsecond), anything
+    else quoted and escaped as text, ``none`` for a missing value (json: null, common: -)."""
     if value is None:
         return none
-    if isinstance(value, str):
-        return _escape(value)
+    if not _number(value):
+        return _text(value)
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
@@ -172,7 +191,7 @@ class AccessFields:
         if self.fast:
             return capture_default(req, status, sent, upstream, elapsed_ms)
         head = None if self.format == "json" else (
-            req.client_ip, req.method, common_target(req), getattr(req, "version", "1.1"),
+            req.client_ip, req.method, common_target(req), _version(req) or "1.1",
             status, sent)
         return head, self.values(req, status, sent, upstream, elapsed_ms)
 
@@ -188,10 +207,15 @@ class AccessFields:
                             if not (optional and value is None))
             return "{" + body + "}\n"
         client_ip, method, target, version, status, sent = head
-        head = (f'{client_ip} - - [{time_text}] "{method} {target} HTTP/{version}" {status} '
-                f'{sent}')
-        return " ".join([head, *(f'"{common_escape(value)}"' if isinstance(value, str) else
-                                 _value(value, "-") for _, value, _ in values)]) + "\n"
+        # escaped as the target is: a plugin's finish phase may have set any of them (a
+        # client's value, with a line feed that wrote a forged line)
+        if version == "2":
+            version = "2.0"         # as nginx and Apache write it, which log tools parse
+        head = (f'{common_escape(str(client_ip))} - - [{time_text}] "{common_escape(str(method))} '
+                f'{target} HTTP/{common_escape(str(version))}" {status} {sent}')
+        return " ".join([head, *(_value(value, "-") if value is None or _number(value) else
+                                 f'"{common_escape(str(value))}"' for _, value, _ in values)]) \
+            + "\n"
 
     def line(self, req, status, sent, upstream, elapsed_ms, time_text):
         """One line, newline included: ``render(capture(...))``."""
@@ -237,27 +261,37 @@ def capture_default(req, status, sent, upstream, elapsed_ms):
 
 def render_default(captured, time_text):
     """DEFAULT_FIELDS as json, written out (~3x cheaper than the generic loop)."""
+    try:
+        return _render_default(captured, time_text, _escape)
+    except TypeError:
+        # A plugin set a field to something that is no str (vars["fault"] = True, a dict):
+        # _escape (C) refuses it, and the line was lost, a traceback each time. Written as
+        # its text, quoted; the common case pays nothing for it.
+        return _render_default(captured, time_text, _text)
+
+
+def _render_default(captured, time_text, text):
     (request_id, client_ip, method, url, route_id, upstream, status, sent, elapsed_ms, seconds,
      trace_id, ended_by, error, fault, attempts, consumer_id, protocol) = captured
     extra = f',"error":{_escape(error.reason)}' if error is not None else ""
     if fault:
-        extra += f',"fault":{_escape(fault)}'
+        extra += f',"fault":{text(fault)}'
     if attempts > 1:
         extra += f',"attempts":{attempts}'
     if consumer_id is not None:
-        extra += f',"consumer":{_escape(consumer_id)}'
+        extra += f',"consumer":{text(consumer_id)}'
     if protocol:
-        extra += f',"protocol":{_escape(protocol)}'
+        extra += f',"protocol":{text(protocol)}'
     return (f'{{"time":"{time_text}","request_id":'
-            f'{_escape(request_id) if request_id else "null"},'
-            f'"client":{_escape(client_ip)},"method":{_escape(method)},'
+            f'{text(request_id) if request_id else "null"},'
+            f'"client":{text(client_ip)},"method":{text(method)},'
             f'"path":{_escape(url.partition(b"?")[0].decode("latin-1"))},'
-            f'"route":{_escape(route_id) if route_id is not None else "null"},'
-            f'"upstream":{_escape(upstream) if upstream else "null"},'
+            f'"route":{text(route_id) if route_id is not None else "null"},'
+            f'"upstream":{text(upstream) if upstream else "null"},'
             f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
             f'"upstream_ms":{"null" if seconds is None else f"{seconds * 1000.0:.3f}"},'
             f'"trace_id":{_escape(trace_id) if trace_id is not None else "null"},'
-            f'"ended_by":{_escape(ended_by) if ended_by else "null"}{extra}}}\n')
+            f'"ended_by":{text(ended_by) if ended_by else "null"}{extra}}}\n')
 
 
 def compile_fields(names, fmt="json"):

@@ -47,6 +47,35 @@ def client_content_type(mode, request_type, upstream_type):
     return ("application/grpc-web-text" if mode == "text" else "application/grpc-web") + suffix
 
 
+# What Envoy's grpc_web filter keeps of an answer that is no gRPC one, as its grpc-message
+PAGE_BYTES = 16384
+
+
+def is_grpc_answer(status, fields):
+    """Whether an upstream's head (lower-case (name, value) pairs) answers a gRPC call as
+    gRPC does: 200 with an application/grpc[+format] type, or a trailers-only answer (its
+    grpc-status in the head), as Envoy's grpc_web filter tells them apart."""
+    content_type = b""
+    for name, value in fields:
+        if name == b"grpc-status":
+            return True
+        if name == b"content-type":
+            content_type = value
+    base = content_type.split(b";")[0].strip().lower()
+    return status == 200 and (base == b"application/grpc" or
+                              base.startswith(b"application/grpc+"))
+
+
+def page_trailers(code, page):
+    """The trailers a gRPC-Web client gets for an answer that is no gRPC one (a proxy's HTML
+    502 page): gRPC status ``code`` (what its HTTP status maps to), and ``page`` (its first
+    PAGE_BYTES) percent-encoded as grpc-message (gRPC's encoding: bytes outside 0x20-0x7e,
+    and %; byte by byte, as the page's bytes may be in any charset)."""
+    message = b"".join(bytes([c]) if 0x20 <= c <= 0x7e and c != 0x25 else b"%%%02X" % c
+                       for c in page[:PAGE_BYTES])
+    return [(b"grpc-status", b"%d" % code), (b"grpc-message", message)]
+
+
 def trailer_frame(trailers):
     """[(name, value)] -> the gRPC-Web trailer frame."""
     block = b"".join(b"%s:%s\r\n" % (name.lower(), value) for name, value in trailers)
@@ -54,17 +83,20 @@ def trailer_frame(trailers):
 
 
 def decode_text_body(body):
-    """A grpc-web-text request body: base64, possibly several padded pieces back to back."""
+    """A grpc-web-text request body: base64, possibly several padded pieces back to back,
+    line breaks ignored. Anything else outside the alphabet is a ValueError, as Envoy's 400:
+    decoded leniently (b64decode drops it) a space, "!!!!" or the url-safe "-_" were left
+    out and the upstream was sent other bytes than the client encoded."""
     out, rest = [], body.replace(b"\r", b"").replace(b"\n", b"")
     while rest:
         end = rest.find(b"=")
         if end < 0:
-            out.append(base64.b64decode(rest))
+            out.append(base64.b64decode(rest, validate=True))
             break
         end += 1
         while end < len(rest) and rest[end:end + 1] == b"=":
             end += 1
-        out.append(base64.b64decode(rest[:end]))
+        out.append(base64.b64decode(rest[:end], validate=True))
         rest = rest[end:]
     return b"".join(out)
 

@@ -23,6 +23,9 @@ _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _B3_ID = re.compile(rb"[0-9a-f]{16}|[0-9a-f]{32}")
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
+# A tracestate member's value (W3C Trace Context 3.3.1.3.2): 1 to 256 printable ASCII
+# characters, no "," (which ends the member) or "=", not ending in a space.
+TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 
 # request headers the gateway replaces with its own context (lower case)
 REPLACED_HEADERS = frozenset([b"traceparent", b"tracestate", b"b3", b"x-b3-traceid",

@@ -16,7 +16,7 @@ import gevent
 
 from ..core import grpcweb
 from ..core.context import ResponseHead
-from ..core.h2request import grpc_timeout, grpc_timeout_value, is_grpc
+from ..core.h2request import grpc_code, grpc_timeout, grpc_timeout_value, is_grpc
 from ..core.headers import NO_BODY_STATUSES, WRITTEN_UPSTREAM, via_chain
 from ..core.routes import no_target_reason, try_policy
 from ..core.tracing import REPLACED_HEADERS, response_line
@@ -414,7 +414,15 @@ class H2Forwarder:
         # from the client, so the connection cannot carry another request.
         keep_alive = keep_alive and self.proxy.runtime.alive and req.complete
         trailers_only = []
+        page = None
         if grpc:
+            if not grpcweb.is_grpc_answer(status, headers):
+                # No gRPC answer (a proxy's HTML 502 page): relayed as messages, the client
+                # read the page's bytes as frames and found no grpc-status. As Envoy's
+                # grpc_web filter: no messages, the status the HTTP one maps to (as for the
+                # gateway's own answers to gRPC calls) and the page's start as grpc-message
+                # (the HTTP status stays).
+                page = bytearray()
             # (latin-1: a field value may hold any byte, and only "+proto" is looked for)
             upstream_type = dict(headers).get(b"content-type", b"application/grpc") \
                 .decode("latin-1")
@@ -424,7 +432,8 @@ class H2Forwarder:
             trailers_only = [(k, v) for k, v in headers if k in GRPC_STATUS_FIELDS]
             headers = [(k, v) for k, v in headers
                        if k not in (b"content-type", b"content-length") and
-                       k not in GRPC_STATUS_FIELDS]
+                       k not in GRPC_STATUS_FIELDS and
+                       not (page is not None and k == b"content-encoding")]   # the page's
             headers.append((b"content-type",
                             grpcweb.client_content_type(grpc[0], grpc[1], upstream_type).encode()))
         upstream_via = b", ".join(v for k, v in headers if k == b"via") or None
@@ -515,6 +524,9 @@ class H2Forwarder:
                 if client.holds_head:
                     hold_until = hold_head(client, stream.ready_within, hold_until)
             for chunk in stream.chunks():
+                if page is not None:
+                    page += chunk[:grpcweb.PAGE_BYTES - len(page)]
+                    continue
                 body.append(chunk if encoder is None else encoder.feed(chunk))
                 held += len(chunk)
                 if not stream.ready() or held >= RELAY_BATCH:
@@ -525,7 +537,9 @@ class H2Forwarder:
                     if client.holds_head:
                         hold_until = hold_head(client, stream.ready_within, hold_until)
             if grpc:
-                frame = grpcweb.trailer_frame(stream.trailers or trailers_only)
+                frame = grpcweb.trailer_frame(
+                    grpcweb.page_trailers(grpc_code(status), page) if page is not None else
+                    stream.trailers or trailers_only)
                 body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
             end = b""
             if chunked:
