@@ -84,7 +84,9 @@ def step(state, conf, now, outcomes=(), admissions=0):
                 state["buckets"].append([current, ok, failed])
             total = sum(b[1] + b[2] for b in state["buckets"])
             failures = sum(b[2] for b in state["buckets"])
-            if total >= conf["min_requests"] and failures >= conf["error_rate"] * total:
+            # the share itself, not error_rate * total: 0.28 * 25 is 7.000000000000001 in
+            # floating point, and 7 failures of 25 did not open a breaker of 0.28
+            if total >= conf["min_requests"] and failures / total >= conf["error_rate"]:
                 trip()
         elif state["state"] == HALF_OPEN:
             if failed:

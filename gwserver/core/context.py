@@ -260,10 +260,13 @@ class ResponseHead:
     rebuild.
     """
 
-    __slots__ = ("status", "_headers", "_block", "body_filters")
+    __slots__ = ("status", "upstream_status", "_headers", "_block", "body_filters")
 
     def __init__(self, status, headers=None, block=None):
         self.status = status
+        # what the upstream answered, whatever a plugin makes of ``status`` (rewrite's
+        # response_status): a breaker judges the upstream, not the client's status
+        self.upstream_status = status
         self._headers = headers
         self._block = block
         self.body_filters = None

@@ -180,9 +180,19 @@ def _bare_address(hop):
     return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
+# RFC 6052's well-known prefix: a NAT64 / SIIT-DC translator writes each IPv4 client as
+# 64:ff9b::a.b.c.d, and nobody holds such addresses by the /64
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 @functools.lru_cache(maxsize=4096)
 def ipv6_network(address, prefix):
     """``2001:db8:1:2::/64`` for any address of that /64: whoever holds a /64 (one LAN, one
     VPS) has 2**64 addresses to rotate through, each a fresh bucket (rate_limit) or failure
-    budget (authlib) if keyed alone."""
-    return ipaddress.ip_network(f"{address}/{prefix}", strict=False).with_prefixlen
+    budget (authlib) if keyed alone. An IPv4 client a translator names in 64:ff9b::/96 is
+    its IPv4 address: by the /64, every IPv4 client of an IPv6-only site shared one bucket,
+    and one client's burst (or wrong passwords) refused them all."""
+    ip = ipaddress.ip_address(address)
+    if ip in _NAT64:
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return ipaddress.ip_network((ip, prefix), strict=False).with_prefixlen

@@ -8,9 +8,10 @@ and the share of failures reaches ``error_rate``, it opens: requests fail fast w
 JSON body naming the breaker, without touching the upstream. After ``open_for`` seconds
 (doubling with each trip in a row, up to ``max_open_for``) it is half-open: exactly
 ``half_open_probes`` requests go through, cluster-wide; if they all succeed it closes, if one
-fails it opens again. Failures are the ``failure_statuses`` an upstream answers with, and
-always a connect error, a timeout or a broken upstream connection. A websocket counts when its
-handshake is answered (``upgraded``), not when its tunnel closes.
+fails it opens again. Failures are the ``failure_statuses`` an upstream answers with (its
+own status, whatever a plugin maps it to), and always a connect error, a timeout or a broken
+upstream connection. A websocket counts when its handshake is answered (``upgraded``), not
+when its tunnel closes, and a half-open probe when its answer's head comes (``response``).
 
 On a route, one breaker per route; with ``scope = "upstream"``, or set on an upstream object
 (``[upstreams.NAME.plugins.breaker]``), one breaker per upstream shared by its routes. State is
@@ -99,6 +100,8 @@ def access(conf, ctx):
         ctx.services.metrics.breaker_state(key, verdict.state)
     if verdict.admitted:
         ctx.vars["breaker"] = (store, key, verdict.epoch)
+        if verdict.state == "half_open":
+            ctx.vars["breaker_probe"] = True
         return None
     if conf["scope"] == "upstream" and not conf.get("own"):
         # the upstream's own failures opened it: a rollout's gates count the refusal as one
@@ -123,6 +126,17 @@ def admit(conf, ctx, key):
             return None, None
         store = ctx.services.local_store
         return store, store.breaker_admit(key, conf)
+
+
+def response(conf, ctx, head):
+    """A half-open probe's verdict is the upstream's head. Left to finish, which comes when
+    the body is out, a probe whose client read a large body slowly (or an event stream, a
+    long download) held the verdict, and every other request out (503 circuit_open), for
+    probe_timeout; then the next probe was held alike: one slow reader kept a recovered
+    upstream shut out for good."""
+    if ctx.var("breaker_probe") and ctx.var("breaker") is not None:
+        finish(conf, ctx, head.upstream_status)
+        del ctx.vars["breaker"]         # recorded: finish, at the end, does nothing
 
 
 def finish(conf, ctx, status):
@@ -168,6 +182,10 @@ def record(conf, ctx, status, store, key, epoch):
         # is not given back either (the upstream may still be working on it; given back,
         # a client resetting its streams could send any number of probes at once).
         return
+    # The upstream's status, not the one a plugin gave the client (rewrite's
+    # response_status): an upstream's 503s mapped to 429 were counted as successes, and
+    # the breaker never opened.
+    status = ctx.var("upstream_status", status)
     store.breaker_record(key, conf, epoch,
                          not ctx.upstream_failed(status, conf["failure_statuses"]))
 

@@ -145,7 +145,7 @@ while i + 3 <= #ARGV do
         total = total + b[2] + b[3]
         failures = failures + b[3]
       end
-      if total >= min_requests and failures >= error_rate * total then trip() end
+      if total >= min_requests and failures / total >= error_rate then trip() end
     elseif s.state == 'half_open' then
       if failed > 0 then trip() else
         s.probe_ok = s.probe_ok + ok

@@ -197,6 +197,7 @@ def decisions_from(algorithm, reply, rate, per, burst):
 
 MAX_OWED_RELEASES = 100_000      # limit_conn slots a worker remembers to give back
 HOLD_IDLE_SECONDS = 1.0          # the batcher's connection goes back to the pool after this
+LATE_REPLY_SECONDS = 10.0        # how long the replies of a timed-out batch are waited for
 
 
 class RedisStore:
@@ -220,6 +221,7 @@ class RedisStore:
         # their word: "3999 127.0.0.1:6381"
         self.redirect, self.moved = redis.exceptions.AskError, redis.exceptions.MovedError
         self.connection_lost = redis.exceptions.ConnectionError
+        self.timed_out = redis.exceptions.TimeoutError
         self.refused_credentials = redis.exceptions.AuthenticationError
         # Replies redis-py raises as ConnectionError though nothing ran (LOADING after a
         # restart, WRONGPASS, max clients): Redis refusing, which pauses the store. Taken
@@ -254,6 +256,7 @@ class RedisStore:
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
         self.conn, self.conn_used_at = None, 0.0     # the batcher's own connection (_pipeline)
+        self.late = None                # the greenlet reading a timed-out batch's replies
         self.queue = []
         self.in_flight = []             # the batch of the round trip under way
         self.sent_at = 0.0              # when it went out
@@ -727,7 +730,14 @@ class RedisStore:
                 flat = [n for epoch, counts in outcomes.items() for n in (epoch, *counts)]
                 calls.append(("breaker", key, (*conf_args, admissions, *flat)))
 
-        replies = self._pipeline(calls)
+        # A half-open probe Redis grants to a request that fell back meanwhile (Redis
+        # stalled past ``timeout``: a fork, a SIGSTOP) is given back once the late reply
+        # comes (_late_grants): with the connection dropped, it never came, and every
+        # request of every worker and host got 503 circuit_open for max(window, open_for).
+        admits = any(spec[0] == "br" and any(payload == "admit" for payload, _, _ in items)
+                     for spec, items in groups)
+        replies = self._pipeline(calls, (lambda late: self._late_grants(groups, late))
+                                 if admits else None)
         again = [i for i, reply in enumerate(replies) if isinstance(reply, self.noscript)]
         if again and not self.cluster:      # (a cluster's master by master: _scripts_again)
             # Redis restarted or flushed its scripts (a cluster master after a failover: they
@@ -738,16 +748,31 @@ class RedisStore:
                 replies[i] = reply
         return replies
 
+    def _late_grants(self, groups, replies):
+        """The replies of a batch whose requests fell back before they came: breaker probes
+        granted in them are given back (``_grant`` with nobody waiting), and the states they
+        entered said."""
+        for (spec, items), reply in zip(groups, replies):
+            if spec[0] != "br" or isinstance(reply, Exception) or \
+                    not any(payload == "admit" for payload, _, _ in items):
+                continue
+            state, epoch, admitted, wait, transitions = reply
+            for to in transitions:
+                self._transition(spec[1], to.decode() if isinstance(to, bytes) else to)
+            state = state.decode() if isinstance(state, bytes) else state
+            self._grant(spec, [], int(admitted), BreakerVerdict(False, state, int(epoch),
+                                                                float(wait)))
+
     def _load_scripts(self):
         for reply in self._send_and_read([("SCRIPT", "LOAD", body)
                                           for body in self.scripts.values()]):
             if isinstance(reply, Exception):
                 raise reply
 
-    def _pipeline(self, calls):
+    def _pipeline(self, calls, late=None):
         if not self.cluster:
             return self._send_and_read([("EVALSHA", self.shas[script], 1, key, *args)
-                                        for script, key, args in calls])
+                                        for script, key, args in calls], late)
         # redis-py refuses EVALSHA in cluster pipelines: one plain pipeline per master that
         # owns some of the keys (every call touches one key, so one slot).
         self._fresh_slots()
@@ -867,25 +892,34 @@ class RedisStore:
         return all(self.nodes_down.get(node.name, 0.0) > now
                    for node in self.client.get_primaries())
 
-    def _send_and_read(self, commands):
+    def _send_and_read(self, commands, late=None):
         """One pipeline on the batcher's own connection, packed by hiredis and sent and read
         with redis-py's connection calls: a Pipeline object, its pool checkout, the
         checkout's staleness poll and redis-py's packer cost a round trip ~2,700 bytecodes
         (docs/benchmarks.md, nineteenth pass). An error reply stands in the list in its
         place, as Pipeline.execute(raise_on_error=False) returns it. Never sent twice: a
-        connection lost once the batch was written may have run it (BatchLost)."""
+        connection lost once the batch was written may have run it (BatchLost). ``late``:
+        called with the replies of a batch that timed out, read aside when they come."""
         packed = b"".join(map(self.pack_command, commands))
         conn = self._connection()
+        replies, written = [], False
         try:
             conn.send_packed_command([packed], check_health=False)
-            replies = []
+            written = True
             for _ in commands:
                 try:
-                    replies.append(conn.read_response())
+                    replies.append(conn.read_response(disconnect_on_error=late is None))
                 except self.reply_error as exc:
                     replies.append(exc)
             return replies
         except BaseException as exc:
+            if late is not None and written and isinstance(exc, self.timed_out) and \
+                    self.late is None:
+                # Redis is late, not gone: its replies are read aside, this connection no
+                # longer the batcher's, and it goes once they came
+                self.conn = None
+                self.late = gevent.spawn(self._read_late, conn, len(commands), replies, late)
+                raise
             # Whatever came between (a timeout, a reset, a kill) left the replies out of
             # step: the connection goes.
             self._drop(conn)
@@ -896,6 +930,28 @@ class RedisStore:
                 raise BatchLost(f"redis connection lost during a batch: {describe(exc)}; "
                                 f"not sent again, it may have counted") from exc
             raise
+
+    def _read_late(self, conn, count, replies, late):
+        """The rest of a timed-out batch's replies, for at most LATE_REPLY_SECONDS; then
+        ``late(replies)``, and the connection goes."""
+        try:
+            with gevent.Timeout(LATE_REPLY_SECONDS):
+                # past the store's own timeout (redis-py 5.3's read_response takes none: its
+                # socket's, which this connection, dropped after, no longer needs)
+                if conn._sock is not None:
+                    conn._sock.settimeout(LATE_REPLY_SECONDS)
+                while len(replies) < count:
+                    try:
+                        replies.append(conn.read_response())
+                    except self.reply_error as exc:
+                        replies.append(exc)
+            late(replies)
+        except (gevent.Timeout, *self.redis_errors):
+            pass                # never came: as before, the probes wait for probe_timeout
+        finally:
+            self.late = None
+            conn.disconnect()
+            self.client.connection_pool.release(conn)
 
     def _drop(self, conn):
         self.conn = None

@@ -12,7 +12,7 @@ def test_after_noscript_only_the_calls_that_did_not_run_go_again():
     store.noscript = redis.exceptions.NoScriptError
     sent, loaded = [], []
 
-    def pipeline(calls):
+    def pipeline(calls, late=None):
         sent.append([key for _, key, _ in calls])
         return [redis.exceptions.NoScriptError("NOSCRIPT") if key == "br" and len(sent) == 1
                 else f"ran {key}" for _, key, _ in calls]
