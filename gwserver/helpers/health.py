@@ -208,7 +208,7 @@ class NoAnswerInTime(Exception):
     take it for a failed read)."""
 
 
-def probe(target, conf, tls=None, protocol="http1"):
+def probe(target, conf, tls=None, protocol="http1", max_head=None):
     """One active check; returns (ok, error text). Runs in a greenlet (gevent-patched I/O).
 
     The connection is opened here and, for https targets, wrapped with the upstream's own
@@ -249,7 +249,7 @@ def probe(target, conf, tls=None, protocol="http1"):
                 sock.sendall(f"{conf['method']} {conf['path']} HTTP/1.1\r\nHost: {host}\r\n"
                              f"User-Agent: gwserver-health\r\nConnection: close\r\n\r\n"
                              .encode("latin-1"))
-                status = read_status(sock)
+                status = read_status(sock, max_head or MAX_HEAD)
         if status not in conf["expected"]:
             return False, f"status {status}"
         return True, ""
@@ -271,10 +271,11 @@ MAX_HEAD = 65536        # the proxy's default max_response_head, 1xx heads inclu
 MAX_INTERIM_HEADS = 16  # as the h2 client's (upstream/h2client.py)
 
 
-def read_status(sock):
+def read_status(sock, max_head=MAX_HEAD):
     """The status of an HTTP/1.1 answer, read as the proxy reads one: CRLFs before a status
     line skipped (llhttp does), HTTP/1.0 or 1.1 only, 1xx heads other than 101 passed over
-    (103 Early Hints, 102), the head (CRLFs and 1xx heads included) at most MAX_HEAD bytes,
+    (103 Early Hints, 102), the head (CRLFs and 1xx heads included) at most ``max_head``
+    bytes (the proxy's max_response_head),
     a line ending in a bare LF refused (as llhttp does); the body never read. http.client
     passed over 100 only and refused the leading CRLFs: a target the proxy served was
     "status 103" or "not an HTTP answer", and taken out."""
@@ -286,8 +287,8 @@ def read_status(sock):
             buf = stripped
             if b"\r\n\r\n" in buf:
                 break
-            if taken + len(buf) > MAX_HEAD:
-                raise UnreadableAnswer(f"answer head over {MAX_HEAD} bytes")
+            if taken + len(buf) > max_head:
+                raise UnreadableAnswer(f"answer head over {max_head} bytes")
             data = sock.recv(16384)
             if not data:
                 if taken or buf:
@@ -296,8 +297,8 @@ def read_status(sock):
             buf += data
         head, _, buf = buf.partition(b"\r\n\r\n")
         taken += len(head) + 4
-        if taken > MAX_HEAD:
-            raise UnreadableAnswer(f"answer head over {MAX_HEAD} bytes")
+        if taken > max_head:
+            raise UnreadableAnswer(f"answer head over {max_head} bytes")
         parts = head.split(b"\r\n", 1)[0].split(None, 2)
         if len(parts) < 2 or parts[0] not in (b"HTTP/1.0", b"HTTP/1.1") or \
                 len(parts[1]) != 3 or not parts[1].isdigit():
@@ -515,7 +516,10 @@ class Checker:
                                   core.probe_delay(hc, state))))
         while True:
             try:
-                ok, error = probe(target, hc, tls, protocol)
+                # The proxy's own head limit: with the default's, a target whose answers
+                # the proxy served under a raised max_response_head was taken out.
+                ok, error = probe(target, hc, tls, protocol,
+                                  self.conf.upstream_defaults["max_response_head"])
             except Exception as exc:        # what the target sent broke the probe: a failure
                 if key not in self.broken_probes:
                     self.broken_probes.add(key)

@@ -32,7 +32,7 @@ from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, PriorityFram
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2frames import BoundedBlocks, PrioritySizeError, ZeroIncrement
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
-from ..core.headers import TRAILER_FORBIDDEN, first_bad_field
+from ..core.headers import TRAILER_FORBIDDEN, first_bad_field, length_over_max
 from ..core.throttledlog import throttled_log
 from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
@@ -878,6 +878,11 @@ class StreamResponse:
                     self.ended = True
                 fields = [(k, v) for k, v in headers if not k.startswith(b":")]
                 self._check(fields, "header")
+                for name, value in fields:
+                    if name == b"content-length" and length_over_max(value):
+                        # (as an HTTP/1.1 upstream's: Exchange.split_head)
+                        raise UpstreamError(f"{self.connection.target.url} sent content-length "
+                                            f"{value[:40].decode('latin-1')}, over 2^63 - 1")
                 return status, fields
             if isinstance(event, h2.events.InformationalResponseReceived):
                 interim += 1            # dropped, as 1xx from HTTP/1.1 upstreams are

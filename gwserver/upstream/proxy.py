@@ -43,7 +43,7 @@ from ..core.h2request import is_grpc
 from ..core.health import RetryBudget
 from ..core.context import ResponseHead, parse_block
 from ..core.headers import (MAX_OWN_HOPS, NO_BODY_STATUSES, REASONS, RESPONSE_SPECIAL,
-                            own_hops, via_chain)
+                            length_over_max, own_hops, via_chain)
 from ..core.routes import IDEMPOTENT, no_target_reason, try_policy
 from ..core.target import strip_path_prefix
 from ..core.throttledlog import throttled_log
@@ -380,7 +380,10 @@ class Exchange:
                     # (no on_body call). The next head must start where the interim one ended.
                     raise UpstreamError("upstream sent a body with an interim (1xx) answer")
         end = raw.index(b"\r\n\r\n", start) + 2
-        if end > max_head:
+        # The head's size counts its blank line (end + 2), as recv_feed's count of a head
+        # still coming does: counted without it, a head 1 or 2 bytes over the limit passed
+        # when it came in one read, and was a 502 when its last bytes came in another.
+        if end + 2 > max_head:
             raise UpstreamError(f"upstream response head over {max_head} bytes")
         if self.status == 101:
             # What came with the head is the tunnel's: llhttp hands it over (an upgrade) only
@@ -403,7 +406,10 @@ class Exchange:
         for at in range(1, len(parts), 4):
             name = parts[at + 1].lower()
             if name == b"content-length":
-                self.content_length = parts[at + 2].rstrip(b" \t")
+                self.content_length = length = parts[at + 2].rstrip(b" \t")
+                if len(length) >= 19 and length_over_max(length):     # (a call saved)
+                    raise UpstreamError(f"upstream sent Content-Length "
+                                        f"{length[:40].decode('latin-1')}, over 2^63 - 1")
                 # Kept: it frames the answer. RFC 9110 8.6: never on a 204 (HTTP/2 clients
                 # refuse it).
                 if self.status != 204:
