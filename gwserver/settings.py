@@ -233,9 +233,9 @@ SERVER = Schema(
           "names the client; empty: the peer is the client"),
     Field("identity_proxies", list_of(proxy_peer), list,
           "peers (CIDRs, or \"unix:\") that say who the user is: an authenticating proxy "
-          "in front (oauth2-proxy), whose X-Forwarded-User, X-Auth-Request-*, X-Forwarded-Client-Cert, "
-          "Remote-User and the like are kept; from anyone else, trusted_proxies included, "
-          "they are dropped"),
+          "in front (oauth2-proxy), whose X-Forwarded-User, X-Auth-Request-*, "
+          "X-Forwarded-Client-Cert, Remote-User and the like are kept; from anyone else, "
+          "trusted_proxies included, they are dropped"),
     Field("real_ip_header", one_of("X-Forwarded-For", "Forwarded"), "X-Forwarded-For",
           "where a trusted proxy puts the client address (walked from the right)"),
     Field("proxy_protocol", list_of(bind_address), list,
@@ -656,8 +656,9 @@ def proxy_protocol_problems(server, tls):
     problems = []
     for bind in server["proxy_protocol"]:
         if bind.startswith("unix:"):
-            problems.append(f'server.proxy_protocol: "{bind}" is a unix socket: its peers have '
-                            f'no address to trust')
+            problems.append(f'server.proxy_protocol: "{bind}" is a unix socket: a proxy on '
+                            f'this host names its clients there in X-Forwarded-For '
+                            f'(trusted_proxies = ["unix:"]), not in a PROXY header')
             continue
         try:
             named = listener_addresses([bind])
@@ -667,7 +668,9 @@ def proxy_protocol_problems(server, tls):
         if not named & listeners:
             problems.append(f'server.proxy_protocol: "{bind}" is in neither server.bind nor '
                             f'tls.bind')
-    if server["proxy_protocol"] and not server["trusted_proxies"]:
+    # ("unix:" trusts no balancer: the PROXY listeners are on IP, and refused every one)
+    if server["proxy_protocol"] and not [c for c in server["trusted_proxies"]
+                                         if c != UNIX_PEERS]:
         problems.append("server.proxy_protocol: needs server.trusted_proxies, the load "
                         "balancers that may name a client (anyone else could name any address)")
     return problems

@@ -286,6 +286,9 @@ class LiveTable:
         self.upstreams = {}         # id -> Upstream (compiled), static and dynamic
         self.route_specs = {}       # dynamic route id -> (version, validated spec) being served
         self.upstream_specs = {}    # dynamic upstream id -> (version, validated spec) served
+        # dynamic upstream id that follows a service -> (version, validated spec before
+        # _expand): what its served version is expanded from again (_follow)
+        self.followers = {}
         self.wanted_routes = {}     # dynamic route id -> (version, raw) as the source has it
         self.wanted_upstreams = {}
         self.static_routes, self.static_upstreams = set(), set()
@@ -414,7 +417,25 @@ class LiveTable:
         for upstream_id, (_, spec) in list(self.upstream_specs.items()):
             if spec.get("service") == service and upstream_id in self.wanted_upstreams:
                 version, raw = self.wanted_upstreams[upstream_id]
-                self.put_upstream(upstream_id, raw, version)
+                if not self.put_upstream(upstream_id, raw, version):
+                    self._follow(upstream_id)
+
+    def _follow(self, upstream_id):
+        """The version served of an upstream whose update is refused still follows its
+        service: it kept the instances of the moment the update came, an instance whose
+        lease expired kept its share of the traffic, and one that registered got none."""
+        if upstream_id not in self.followers:
+            return
+        version, written = self.followers[upstream_id]
+        previous = self.upstreams[upstream_id]
+        try:
+            spec, served_version = self._expand(written, version, previous)
+            self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
+                                                       self.registry, previous=previous)
+        except Exception:       # noqa: BLE001 - as it was, as for a refused update
+            return
+        self.upstream_specs[upstream_id] = (served_version, spec)
+        self._recompile_users(upstream_id)
 
     def _expand(self, spec, version, previous=None):
         """An upstream that follows a service gets the live instances as targets, and a
@@ -577,12 +598,17 @@ class LiveTable:
             spec = UPSTREAM.validate(decode_json(raw), f"upstream {upstream_id}")
             unreachable_from_etcd(spec, f"upstream {upstream_id}")
             previous = self.upstreams.get(upstream_id)     # its targets kept as they are
+            written = spec
             spec, served_version = self._expand(spec, version, previous)
             self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
                                                        self.registry, previous=previous)
         except Exception as exc:        # noqa: BLE001 - see _reject
             return self._reject(key, exc, upstream_id in self.upstream_specs)
         self.upstream_specs[upstream_id] = (served_version, spec)
+        if written.get("service"):
+            self.followers[upstream_id] = (version, written)
+        else:
+            self.followers.pop(upstream_id, None)
         self.rejected.pop(key, None)
         self._recompile_users(upstream_id)
         return True
@@ -596,6 +622,7 @@ class LiveTable:
         # starts now: every host serves what etcd holds, whatever it saw before.
         del self.upstream_specs[upstream_id]
         del self.upstreams[upstream_id]
+        self.followers.pop(upstream_id, None)
         self._recompile_users(upstream_id)
 
     def put_consumer(self, consumer_id, raw, version=0):

@@ -559,6 +559,15 @@ class EtcdClient:
             raise
 
     @answer_shaped
+    def mod_revision_at(self, key, revision):
+        """The mod_revision of ``key``'s value at ``revision``, None if it had none then
+        (Compacted if etcd no longer keeps that revision)."""
+        data = self._read_kept("/v3/kv/range", {"key": _b64(key), "keys_only": True,
+                                                "revision": str(revision)})
+        kvs = data.get("kvs", [])
+        return int(kvs[0]["mod_revision"]) if kvs else None
+
+    @answer_shaped
     def get(self, key):
         data = self._call("/v3/kv/range", {"key": _b64(key)})
         kvs = data.get("kvs", [])

@@ -53,6 +53,10 @@ def shown(text, limit):
     return f"{text[:limit // 2]}... ({len(text)} characters, sha1 {digest})"
 
 
+def listed(keys, most=10):
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
 def shown_rejection(key, reason):
     """A rejection ('KIND/ID', reason) as the log and status.json show it: a long id
     shortened wherever the reason quotes it, so what is wrong with it still shows."""
@@ -105,6 +109,7 @@ class ConfigSync:
         self.catch_up = None            # the revision the resumed watch must reach at once
         self.withheld = None            # what the last watch that withheld changes did
         self.served = None
+        self.snapshot_served = None     # served at the start until etcd answers (its full load)
         self.logged = {}
         self.unreachable_said = set()   # log_unreachable's warnings that still hold
         self.rejections_total = 0
@@ -249,10 +254,12 @@ class ConfigSync:
                 return kind, (service, instance)
         return None, None
 
-    def full_load(self):
-        """Make the table exactly what etcd holds under the prefix, by value."""
+    def full_load(self, snapshot=None):
+        """Make the table exactly what etcd holds under the prefix, by value (and the
+        ``snapshot``'s last good versions of what it holds refused: keep_last_good)."""
         revision, items = self.client.range_prefix(self.prefix)
         cluster_id = self.client.cluster_id
+        snapshot, self.snapshot_served = snapshot or self.snapshot_served, None
         wanted = {"routes": {}, "upstreams": {}, "consumers": {}}
         instances = {}
         for key, value, mod_revision in items:
@@ -271,6 +278,10 @@ class ConfigSync:
             self.revision, self.cluster_id, self.lost = revision, cluster_id, False
             self.quiet_watch = self.catch_up = None     # (whatever was withheld is in)
             self.publisher.source = {"cluster_id": cluster_id, "prefix": self.prefix}
+        if snapshot is not None:
+            # before the refusals are said: "answers 503" of a route kept serving was logged,
+            # and said again (counted again) at the next unrelated change
+            self.keep_last_good(snapshot)
         self.log_rejections()
         self.log_unreachable()
         log.info("loaded %d keys from etcd cluster %s at revision %d", len(items), cluster_id,
@@ -423,6 +434,7 @@ class ConfigSync:
             self.publisher.source = {"cluster_id": snapshot.get("cluster_id"),
                                      "prefix": self.prefix, "snapshot": True}
         self.revision = None            # a snapshot is a start, not a position in etcd
+        self.snapshot_served = snapshot
         try:
             self.publish(full=True)
         except PublishFailed:
@@ -447,7 +459,7 @@ class ConfigSync:
         timeout = self.client.timeout
         self.client.timeout = min(timeout, self.FIRST_TRY / len(self.client.endpoints))
         try:
-            self.full_load()
+            self.full_load(snapshot)
         except EtcdError as exc:
             log.warning("no table from etcd in the first %gs of the start (%s): serving the "
                         "snapshot meanwhile, and asking etcd again", self.FIRST_TRY, exc)
@@ -455,7 +467,6 @@ class ConfigSync:
             return
         finally:
             self.client.timeout = timeout
-        self.keep_last_good(snapshot)
         self.mark_synced()
         try:
             self.publish(full=True)
@@ -467,32 +478,70 @@ class ConfigSync:
         that, as a sync process that saw the update come keeps its last good version. A
         gateway started afresh (a reboot, a stop and start: nothing in runtime_dir) fenced
         such a route (503) or dropped such an upstream or consumer, while every other host
-        went on serving it. Not from another etcd cluster's snapshot: what it held is no
-        version of these items."""
-        if snapshot.get("cluster_id") != self.cluster_id:
-            return
-        kept = []
+        went on serving it. Only the version that update replaced (``replaced``), and not
+        from another etcd cluster's snapshot: what it held is no version of these items.
+        A start that served the snapshot until etcd answered serves its versions still (the
+        load is by value): one that is not the last good is dropped, as on a host that saw
+        the key deleted or changed."""
+        same_cluster = snapshot.get("cluster_id") == self.cluster_id
+        puts = {"upstreams": self.table.put_upstream, "routes": self.table.put_route,
+                "consumers": self.table.put_consumer}
+        deletes = {"upstreams": self.table.delete_upstream, "routes": self.table.delete_route,
+                   "consumers": self.table.delete_consumer}
+        # Asked of etcd before the lock is taken (the base writer waits on it), and no more
+        # once etcd fails (a wait of ``timeout`` per item)
+        changes, history, seen = [], True, snapshot.get("revision") or 0
+        for kind in puts:       # upstreams first: the routes find theirs
+            served = getattr(self.table, f"{kind[:-1]}_specs")
+            wanted = getattr(self.table, f"wanted_{kind}")
+            for item_id, (version, spec) in snapshot["table"].get(kind, {}).items():
+                key = f"{kind}/{item_id}"
+                if item_id not in wanted or key not in self.table.rejected or \
+                        key in self.table.waiting:
+                    continue        # etcd deleted it, or its version is good
+                etcd_version, etcd_raw = wanted[item_id]
+                replaced = same_cluster and etcd_version <= seen    # the snapshot saw it come
+                if same_cluster and not replaced and history:
+                    replaced, history = self.replaced(key, version, etcd_version)
+                if replaced != (item_id in served):     # (served: the snapshot's, served)
+                    changes.append((kind, item_id, replaced, version, spec, etcd_version,
+                                    etcd_raw))
+        kept, dropped = [], []
         with self.publisher.lock:
-            for kind, put, served in (
-                    ("upstreams", self.table.put_upstream, self.table.upstream_specs),
-                    ("routes", self.table.put_route, self.table.route_specs),
-                    ("consumers", self.table.put_consumer, self.table.consumer_specs)):
-                wanted = getattr(self.table, f"wanted_{kind}")
-                for item_id, (version, spec) in snapshot["table"].get(kind, {}).items():
-                    if item_id in served or item_id not in wanted:
-                        continue        # etcd's version is good, or etcd deleted it
-                    etcd_version, etcd_raw = wanted[item_id]
-                    good = put(item_id, json.dumps(spec), version)
-                    # etcd's version again, refused again: it leaves the good one serving, or
-                    # (the snapshot's refused too, its paths taken, say) all as it was
-                    put(item_id, etcd_raw, etcd_version)
-                    if good:
-                        kept.append(f"{kind}/{item_id}")
+            for kind, item_id, replaced, version, spec, etcd_version, etcd_raw in changes:
+                if replaced:
+                    good = puts[kind](item_id, json.dumps(spec), version)
+                else:
+                    deletes[kind](item_id)
+                    dropped.append(f"{kind}/{item_id}")
+                # etcd's version again, refused again: it leaves the good one serving, or
+                # (the snapshot's refused too, its paths taken, say) all as it was
+                puts[kind](item_id, etcd_raw, etcd_version)
+                if replaced and good:
+                    kept.append(f"{kind}/{item_id}")
         if kept:
             log.warning("etcd holds refused updates of %d item(s) that snapshot %s holds "
                         "good: serving the snapshot's version of %s", len(kept),
-                        self.snapshot_path, ", ".join(kept[:10]) +
-                        (f" and {len(kept) - 10} more" if len(kept) > 10 else ""))
+                        self.snapshot_path, listed(kept))
+        if dropped:
+            log.warning("etcd holds refused updates of %d item(s) whose version in snapshot "
+                        "%s, served until etcd answered, is no longer theirs (deleted or "
+                        "changed since): no longer serving %s", len(dropped),
+                        self.snapshot_path, listed(dropped))
+
+    def replaced(self, key, version, etcd_version):
+        """Did etcd's refused update of ``key`` (at ``etcd_version``) replace the snapshot's
+        ``version``, the last good one a host that saw it come keeps? Not if the key changed
+        otherwise while this gateway was down: deleted (a consumer revoked) and put again
+        refused, or put good and then refused (a key rotated): the snapshot's version, served,
+        accepted the revoked key again. -> (replaced, whether etcd may be asked again)."""
+        try:
+            before = self.client.mod_revision_at(self.prefix + key, etcd_version - 1)
+        except EtcdError as exc:        # Compacted: not known, so not kept
+            log.info("%s: the snapshot's version is not served: etcd's history before its "
+                     "refused update is not read (%s)", key, exc)
+            return False, isinstance(exc, Compacted)    # (etcd gone: no wait per item)
+        return before == version, True
 
     def load_served(self):
         """A sync process that restarts (the last one died; the master started this one)
