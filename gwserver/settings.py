@@ -734,6 +734,7 @@ def conf_warnings(conf):
     warnings += [w for where, plugins in _static_plugin_confs(conf)
                  for w in plugin_warnings(where, plugins)]
     warnings += unix_peer_warnings(conf)
+    warnings += boolean_claim_warnings(conf.static_routes or ())
     if conf.etcd is None:       # with etcd, the consumer may be there
         warnings += missing_anonymous(conf)
     if conf.redis:
@@ -815,6 +816,29 @@ def _loopback_only(bind):
         return True         # it cannot be bound either: that is said at start
     return bool(addresses) and all(ipaddress.ip_address(ip.partition("%")[0]).is_loopback
                                    for ip, _ in addresses)
+
+
+def boolean_claim_warnings(routes):
+    """A claim condition written as Python spells a boolean: until 2026-12-06 a boolean claim
+    was compared as "True"/"False", and a conf written so now matches no boolean claim (it
+    is "true"/"false", as the token's JSON spells it): such a route falls through."""
+    found = []
+    for spec in routes:
+        if not isinstance(spec, dict):
+            continue
+        split = (spec.get("plugins") or {}).get("split")
+        rules = split.get("rules") if isinstance(split, dict) else None
+        conditions = [("claims", spec.get("claims"))] + [
+            (f"plugins.split.rules[{i}].claim", rule.get("claim"))
+            for i, rule in enumerate(rules if isinstance(rules, list) else ())
+            if isinstance(rule, dict)]
+        for where, claims in conditions:
+            for name, value in claims.items() if isinstance(claims, dict) else ():
+                if value in ("True", "False"):
+                    found.append(f"route {spec.get('id')}: {where}.{name} = \"{value}\" matches "
+                                 f"a text claim \"{value}\" only: a boolean claim is "
+                                 f"\"{value.lower()}\", as the token's JSON spells it")
+    return found
 
 
 def unix_peer_warnings(conf):

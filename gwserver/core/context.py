@@ -67,6 +67,16 @@ SMALL_PIECE = 512
 _LINES = re.compile(f"(?:{FIELD_NAME}:{FIELD_VALUE}\r\n)+".encode("latin-1"))
 
 
+def claim_text(value):
+    """A verified JWT claim's value as route ``claims``, split's claim rules and limits keyed
+    on a claim compare it: as the token's JSON spells it. Python's str() made a boolean
+    True, which no condition written as the token says it ("true": email_verified = true)
+    ever matched: such a route fell through to the next one for every token."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
 def set_header(headers, name, value):
     """Replace every ``name`` header in a list of (bytes, bytes) pairs by one with ``value``."""
     remove_header(headers, name)
@@ -182,7 +192,7 @@ class RequestContext:
             return None
         if kind == "claim":
             value = ((self._vars or {}).get("claims") or {}).get(name)
-            return None if value is None else str(value)
+            return None if value is None else claim_text(value)
         return self.client_ip
 
     def read_body(self):

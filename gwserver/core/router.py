@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from ..errors import BadRequest, ConfigError, MethodNotAllowed, RouteNotFound
 from .chain import EMPTY_CHAIN, Chain
-from .context import Reply
+from .context import Reply, claim_text
 from .routes import check_path
 from .target import static_key
 
@@ -74,12 +74,12 @@ def claims_match(wanted, claims):
         if got is None:
             return False
         if isinstance(got, list):
-            if value not in (str(item) for item in got):
+            if value not in (claim_text(item) for item in got):
                 return False
         elif isinstance(got, str) and name in ("scope", "scp"):
             if value not in got.split():
                 return False
-        elif str(got) != value:
+        elif claim_text(got) != value:
             return False
     return True
 

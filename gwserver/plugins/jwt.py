@@ -5,8 +5,9 @@
                    required_scopes = ["orders:read"], forward_claims = {sub = "X-User-Id"}}
 
 Keys: ``secret``/``secret_file`` for HS256/384/512, ``public_key``/``public_key_file`` (PEM)
-or ``jwks_file`` (reloaded when it changes, keys picked by ``kid``) for RS/PS/ES. A config
-mixes no symmetric and asymmetric algorithms (no algorithm confusion). ``exp`` is required
+or ``jwks_file`` (reloaded when it changes, keys picked by ``kid`` and algorithm; emptied, it
+trusts no key) for RS/PS/ES. A config mixes no symmetric and asymmetric algorithms (no
+algorithm confusion). ``exp`` is required
 unless ``require_exp = false``; ``exp``/``nbf`` are checked with ``leeway`` seconds; ``iss``
 and ``aud`` when configured; ``required_claims`` must be present; ``required_scopes`` must all
 be in the token's ``scope`` (space-separated) or ``scp`` claim.
@@ -74,7 +75,11 @@ SCHEMA = Schema(
     Field("public_key", string(what="a PEM public key"), None, "RS/PS/ES public key, PEM"),
     Field("public_key_file", absolute_path, None, "PEM file"),
     Field("jwks_file", absolute_path, None,
-          "JWKS file (keys by kid), reloaded when it changes"),
+          "JWKS file (keys by kid; of keys of two types under one kid, the one of the token's "
+          "algorithm; an RSA key without alg serves each RS/PS algorithm of algorithms), "
+          "reloaded when it changes: one that does not parse keeps the previous keys, one that "
+          "does with no usable key (keys = []) trusts none (at start or a reload, keys = [] is "
+          "a config error)"),
     Field("issuer", string(what="an issuer"), None, "required iss"),
     Field("audience", string(what="an audience"), None, "required aud"),
     Field("leeway", number(0), 30.0, "seconds of clock skew allowed on exp and nbf"),
@@ -170,6 +175,54 @@ def _short_secret(conf):
             f"signed (`openssl rand -base64 {wanted}`)"]
 
 
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+
+
+def _usable_keys(data, algorithms, path):
+    """The keys of a JWKS file's bytes that PyJWT can use (PyJWK), maybe none; ValueError for
+    bytes that are no JWKS (a file caught half-written: the previous keys stay). A JWKS that
+    parses is what the operator says now: one emptied to revoke its last key (a compromised
+    one) trusts no key, where the previous keys went on vouching for tokens until a restart."""
+    document = json.loads(data)
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise ValueError('not a JWKS (an object with a "keys" list)')
+    usable = []
+    for at, jwk in enumerate(keys):
+        if not isinstance(jwk, dict):
+            continue            # not a JWK (PyJWKSet skips it too)
+        # RFC 7517 4.4: "alg" is optional, and PyJWT takes an RSA key without it for RS256
+        # alone: a route of PS256 (Open Banking's) or RS512 refused every token. Such a key
+        # serves each RSA algorithm the route accepts (an EC key's curve names its own).
+        choices = [a for a in algorithms if a in RSA_ALGORITHMS] \
+            if jwk.get("kty") == "RSA" and not jwk.get("alg") else []
+        for algorithm in choices or [None]:
+            try:
+                usable.append(pyjwt.PyJWK(jwk, algorithm))
+            except (pyjwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
+                # Skipped, as PyJWKSet skips what PyJWT names unusable: an entry it chokes
+                # on ({"kty": "oct"} without "k", an "alg" list) raised past PyJWKSet, a 500
+                # on every request of the route. Its message is not logged: it may quote
+                # the JWK, an "oct" one's secret included.
+                log.warning("JWKS %s: entry %d (kid %s) is no key this gateway can use, "
+                            "skipped (%s)", path, at, repr(jwk.get("kid"))[:64],
+                            type(exc).__name__)
+                break
+    return usable
+
+
+def _duplicates(keys):
+    """(repr of a kid, algorithm) that two keys share: tokens under it are checked with the
+    first. (A kid is any JSON value the file holds: a list is no set member.)"""
+    seen, twice = set(), []
+    for key in keys:
+        mark = (repr(key.key_id)[:64], key.algorithm_name)
+        if mark in seen and mark not in twice:
+            twice.append(mark)
+        seen.add(mark)
+    return twice
+
+
 class Verifier:
     """One route's verification: keys, options and this worker's cache of verified tokens."""
 
@@ -238,13 +291,21 @@ class Verifier:
             mtime = os.stat(self.jwks_path).st_mtime_ns
             if mtime == self.jwks_mtime:
                 return
-            jwks = pyjwt.PyJWKSet.from_json(_read(self.jwks_path, "jwks_file").decode())
+            jwks = _usable_keys(_read(self.jwks_path, "jwks_file"), self.algorithms,
+                                self.jwks_path)
             previous, self.jwks, self.jwks_mtime = self.jwks, jwks, mtime
+            if not jwks:
+                log.error("JWKS %s holds no key this gateway can use: every token is refused "
+                          "until it does", self.jwks_path)
+            for kid, alg in _duplicates(jwks):
+                log.error("JWKS %s has two %s keys with kid %s: tokens are checked with the "
+                          "first only; give each key a kid of its own", self.jwks_path, alg,
+                          kid)
             if previous is not None:
                 # what the previous keys verified is verified again under the new ones
                 self.cache.clear()
-                log.warning("reloaded JWKS %s (%d keys)", self.jwks_path, len(jwks.keys))
-        except (OSError, ValueError, pyjwt.PyJWTError) as exc:
+                log.warning("reloaded JWKS %s (%d keys)", self.jwks_path, len(jwks))
+        except (OSError, ValueError) as exc:
             if self.jwks is None:
                 raise TokenRejected(f"the JWKS file cannot be read ({exc})") from None
             log.error("JWKS %s not reloaded, keeping the previous keys: %s", self.jwks_path, exc)
@@ -259,16 +320,22 @@ class Verifier:
             self._load_jwks()
 
     def key_for(self, token):
-        """The key to verify ``token`` with (a JWKS's as check() last refreshed it)."""
+        """The key to verify ``token`` with (a JWKS's as check() last refreshed it): the first
+        under its kid of its algorithm. RFC 7517 4.5 lets keys of different types share a
+        kid (one signer's RSA and EC keys, alternatives): the first key under the kid was
+        taken whatever its type, and every token signed with the other was refused. Two
+        keys of one type under one kid are not told apart (the first serves; _duplicates)."""
         if self.jwks_path is None:
             return self.key
-        kid = pyjwt.get_unverified_header(token).get("kid")
-        for key in self.jwks.keys:
-            if kid is None or key.key_id == kid:
-                return key
-        # the kid is the client's, unverified: bounded here, made a quoted-string's
-        # characters in _unauthorized
-        raise TokenRejected(f"no key with kid {str(kid)[:64]!r} in the JWKS")
+        header = pyjwt.get_unverified_header(token)
+        kid, alg = header.get("kid"), header.get("alg")
+        named = [key for key in self.jwks if kid is None or key.key_id == kid]
+        if not named:
+            # the kid is the client's, unverified: bounded here, made a quoted-string's
+            # characters in _unauthorized
+            raise TokenRejected(f"no key with kid {str(kid)[:64]!r} in the JWKS")
+        # none of its algorithm: the first, which PyJWT refuses for the algorithm, saying so
+        return next((key for key in named if key.algorithm_name == alg), named[0])
 
     def verify(self, token):
         """-> claims; raises TokenRejected with a description a client may read."""
@@ -289,8 +356,11 @@ class Verifier:
             claims = pyjwt.decode(token, key, **self.decode_args)
         except pyjwt.ExpiredSignatureError:
             raise TokenRejected("the token has expired") from None
-        except pyjwt.ImmatureSignatureError:
-            raise TokenRejected("the token is not valid yet (nbf)") from None
+        except pyjwt.ImmatureSignatureError as exc:
+            # PyJWT says the same of an iat in the future (past leeway) as of an nbf: name
+            # the claim it judged, not nbf for a token that has none
+            claim = "iat" if "(iat)" in str(exc) else "nbf"
+            raise TokenRejected(f"the token is not valid yet ({claim})") from None
         except pyjwt.InvalidAudienceError:
             if self.decode_args["audience"] is None:    # PyJWT refuses any aud then
                 raise TokenRejected("the token names an audience (aud) and the jwt config "

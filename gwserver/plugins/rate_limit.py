@@ -33,7 +33,7 @@ import math
 import re
 
 from ..core import ratelimit
-from ..core.context import Reply, parse_block
+from ..core.context import Reply, claim_text, parse_block
 from ..core.cookies import one_cookie
 from ..core.realip import ipv6_network
 from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
@@ -199,7 +199,7 @@ def claim_key_part(claims, name):
     value = claims.get(name)
     if value is None:
         return "-"
-    text = value if isinstance(value, str) else str(value)
+    text = claim_text(value)
     if _PLAIN_CLAIM.fullmatch(text):
         return text
     return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"),

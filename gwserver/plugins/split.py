@@ -68,7 +68,8 @@ CONDITIONS = map_of(string(r"[ -~]*", "a printable ASCII value", allow_empty=Tru
 RULE = Schema(
     Field("header", CONDITIONS, None, "request header -> value"),
     Field("cookie", CONDITIONS, None, "cookie -> value"),
-    Field("claim", CONDITIONS, None, "verified JWT claim -> value"),
+    Field("claim", CONDITIONS, None, "verified JWT claim -> value (a boolean claim is true "
+          "or false, as JSON spells it)"),
     Field("query", CONDITIONS, None, "query parameter -> value"),
     Field("upstream", string(r"[A-Za-z0-9_.:-]{1,128}", "a group name"),
           doc="the group (of `upstreams`) these requests go to"),

@@ -65,3 +65,4 @@ def test_check_warns_of_an_ip_restriction_on_an_untrusted_unix_listener(tmp_path
     done = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
                           capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert done.returncode == 0 and "ip_restriction refuses" not in done.stdout + done.stderr
+
