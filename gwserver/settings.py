@@ -845,7 +845,8 @@ def unix_peer_warnings(conf):
     """A unix: listener's clients all have the address "unix" unless a proxy in front is
     trusted to name them: an ip_restriction refuses every one of them."""
     server = conf.server
-    listeners = [b for b in server["bind"] if b.startswith("unix:")]
+    listeners = [b for b in [*server["bind"], *((conf.tls or {}).get("bind") or ())]
+                 if b.startswith("unix:")]
     if not listeners or UNIX_PEERS in server["trusted_proxies"]:
         return []
     where = [where.removesuffix(": plugins").removesuffix(".plugins")

@@ -3,6 +3,7 @@
 `check --dump` names the heartbeat directory."""
 import json
 
+from gwserver.settings import parse_conf
 from tests.unit.test_table import table
 
 
@@ -32,9 +33,24 @@ def test_the_dump_names_the_heartbeat_directory_the_master_uses():
     import os
     import tomllib
 
-    from gwserver.settings import dump_toml, parse_conf, tmpfs_dir
+    from gwserver.settings import dump_toml, tmpfs_dir
     conf = parse_conf({"upstreams": {"u": {"targets": [{"url": "http://127.0.0.1:9"}]}},
                        "routes": [{"id": "r", "paths": ["/r"], "upstream": "u"}]})
     shown = tomllib.loads(dump_toml(conf))["server"]["worker_tmp_dir"]
     assert shown and os.path.isdir(shown), shown
     assert shown == (tmpfs_dir() or shown)
+
+
+def test_an_ip_restriction_on_an_untrusted_unix_tls_listener_is_warned_of(tmp_path):
+    """unix_peer_warnings (2d16bcd) read server.bind alone: a tls.bind on a unix socket (a
+    local TLS-speaking proxy) refused every request as quietly."""
+    from gwserver.settings import conf_warnings
+    from tests.pki import CA
+    cert, key, _ = CA(tmp_path).issue("gw")
+    conf = parse_conf({"tls": {"bind": ["unix:/run/gw-tls.sock"],
+                               "certificates": [{"cert": str(cert), "key": str(key)}]},
+                       "upstreams": {"u": {"targets": [{"url": "http://127.0.0.1:9"}]}},
+                       "routes": [{"id": "r", "paths": ["/r"], "upstream": "u",
+                                   "plugins": {"ip_restriction": {"allow": ["10.0.0.0/8"]}}}]})
+    assert any("ip_restriction refuses every request on unix:/run/gw-tls.sock" in warning
+               for warning in conf_warnings(conf)), conf_warnings(conf)
