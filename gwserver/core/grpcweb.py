@@ -51,10 +51,13 @@ def client_content_type(mode, request_type, upstream_type):
 PAGE_BYTES = 16384
 
 
-def is_grpc_answer(status, fields):
+def is_grpc_answer(fields):
     """Whether an upstream's head (lower-case (name, value) pairs) answers a gRPC call as
-    gRPC does: 200 with an application/grpc[+format] type, or a trailers-only answer (its
-    grpc-status in the head), as Envoy's grpc_web filter tells them apart."""
+    gRPC does: an application/grpc[+format] type, or a trailers-only answer (its
+    grpc-status in the head). A gRPC type is gRPC whatever the HTTP status: its trailers
+    carry the grpc-status, which gRPC says must be used (the HTTP status is mapped only for
+    answers without one); taken for a page, a 503's grpc-status 8 was replaced by 14, and
+    its messages by their bytes as grpc-message."""
     content_type = b""
     for name, value in fields:
         if name == b"grpc-status":
@@ -62,8 +65,7 @@ def is_grpc_answer(status, fields):
         if name == b"content-type":
             content_type = value
     base = content_type.split(b";")[0].strip().lower()
-    return status == 200 and (base == b"application/grpc" or
-                              base.startswith(b"application/grpc+"))
+    return base == b"application/grpc" or base.startswith(b"application/grpc+")
 
 
 def page_trailers(code, page):

@@ -416,7 +416,7 @@ class H2Forwarder:
         trailers_only = []
         page = None
         if grpc:
-            if not grpcweb.is_grpc_answer(status, headers):
+            if not grpcweb.is_grpc_answer(headers):
                 # No gRPC answer (a proxy's HTML 502 page): relayed as messages, the client
                 # read the page's bytes as frames and found no grpc-status. As Envoy's
                 # grpc_web filter: no messages, the status the HTTP one maps to (as for the
@@ -526,6 +526,11 @@ class H2Forwarder:
             for chunk in stream.chunks():
                 if page is not None:
                     page += chunk[:grpcweb.PAGE_BYTES - len(page)]
+                    if len(page) >= grpcweb.PAGE_BYTES:
+                        # All of the page the client gets: read to its end, the client got
+                        # nothing until then (an event stream or a download's, for as long as
+                        # it lasted). The stream is reset as the exchange closes.
+                        break
                     continue
                 body.append(chunk if encoder is None else encoder.feed(chunk))
                 held += len(chunk)
@@ -537,9 +542,13 @@ class H2Forwarder:
                     if client.holds_head:
                         hold_until = hold_head(client, stream.ready_within, hold_until)
             if grpc:
-                frame = grpcweb.trailer_frame(
-                    grpcweb.page_trailers(grpc_code(status), page) if page is not None else
-                    stream.trailers or trailers_only)
+                trailers = stream.trailers or trailers_only
+                if page is not None and dict(trailers).get(b"grpc-status", b"0") == b"0":
+                    # A page's own grpc-status (in its trailers) is the one gRPC clients
+                    # must use; without one the HTTP status is mapped, and so it is for an
+                    # OK: no message came, the page's bytes are none.
+                    trailers = grpcweb.page_trailers(grpc_code(status), page)
+                frame = grpcweb.trailer_frame(trailers)
                 body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
             end = b""
             if chunked:
