@@ -879,10 +879,14 @@ class StreamResponse:
                 fields = [(k, v) for k, v in headers if not k.startswith(b":")]
                 self._check(fields, "header")
                 for name, value in fields:
-                    if name == b"content-length" and length_over_max(value):
-                        # (as an HTTP/1.1 upstream's: Exchange.split_head)
+                    if name == b"content-length" and (not value.isdigit() or
+                                                      length_over_max(value)):
+                        # (as an HTTP/1.1 upstream's: Exchange.split_head, where llhttp takes
+                        # digits alone; h2 reads it with int(), which takes "+9" and "1_0",
+                        # and a HEAD's answer passed such a value on to the client)
                         raise UpstreamError(f"{self.connection.target.url} sent content-length "
-                                            f"{value[:40].decode('latin-1')}, over 2^63 - 1")
+                                            f"{value[:40].decode('latin-1')!r}: not digits, or "
+                                            f"over 2^63 - 1")
                 return status, fields
             if isinstance(event, h2.events.InformationalResponseReceived):
                 interim += 1            # dropped, as 1xx from HTTP/1.1 upstreams are

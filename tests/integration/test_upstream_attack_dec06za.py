@@ -24,6 +24,7 @@ next answer); 1xx floods (capped by the head limit), split 1xx, an unasked 101 (
 early 413 to a 10 MiB upload whose upstream then closes at once (a reset: the 413 still
 reaches the client, streamed and held bodies alike).
 """
+import http.client
 import socket
 
 import h2.events
@@ -159,3 +160,31 @@ def test_the_health_check_reads_heads_within_max_response_head(launcher, scripte
     assert target_view(gw, up.url, "b")["last_error"] == "answer head over 131072 bytes"
     # a's check ran as long: it passes (was: unhealthy, "answer head over 65536 bytes")
     assert target_view(gw, up.url, "a")["health"] == "healthy", target_view(gw, up.url, "a")
+
+
+class OddLengthH2(EventH2cUpstream):
+    """An h2c upstream answering 200 with a content-length Python's int() reads: "1_0"."""
+
+    def on_event(self, conn, sock, event):
+        if isinstance(event, h2.events.RequestReceived):
+            conn.send_headers(event.stream_id, [(b":status", b"200"),
+                                                (b"content-length", b"1_0")], end_stream=True)
+
+
+def test_an_h2_upstreams_content_length_of_other_than_digits_is_a_502(launcher):
+    """(the review of this pass) h2 takes a content-length int() reads: a HEAD's answer went
+    to an HTTP/1.1 client as "Content-Length: 1_0", which no HTTP/1.1 parser takes."""
+    up = OddLengthH2()
+    try:
+        gw = launcher.gateway(gateway_conf([{
+            "id": "r", "paths": ["/*rest"], "timeouts": {"read": 1},
+            "upstream": {"targets": [{"url": f"http://127.0.0.1:{up.port}"}],
+                         "protocol": "h2"}}], log=ACCESS))
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+        conn.request("HEAD", "/odd")
+        resp = conn.getresponse()
+        conn.close()
+        assert resp.status == 502 and resp.getheader("Content-Length") != "1_0", \
+            (resp.status, resp.getheaders())
+    finally:
+        up.close()
