@@ -88,31 +88,45 @@ class HealthView:
                         if isinstance(targets, dict) else {}
                 else:
                     self.ejections = core.Ejections(_ejection_entries(data))
-        down = {key for key, state in self.active.items() if not state.get("healthy", True)}
-        down.update(key for key in self.ejections.entries if self.ejections.ejected(key, now))
-        if down != self.down:
-            self.down = frozenset(down)
+        checked = frozenset(key for key, state in self.active.items()
+                            if not state.get("healthy", True))
+        ejected = frozenset(key for key in self.ejections.entries
+                            if self.ejections.ejected(key, now))
+        if checked != self.checked_down or ejected != self.ejected:
+            self.checked_down, self.ejected = checked, ejected
+            self.down = checked | ejected
             self._avoid.clear()
+
+    checked_down = ejected = frozenset()    # keys the active checks / passive ejections hold
+
+    def is_down(self, upstream, key):
+        """Whether target ``key`` of ``upstream`` is out. An ejection holds only while the
+        upstream still has ``passive``: a reload (or an etcd update) that took it away, to
+        stop ejections that were wrong, left the target out for the rest of its eject_for
+        (up to max_eject_for), as if passive were still on."""
+        return key in self.checked_down or (key in self.ejected and bool(upstream.passive))
 
     def avoid(self, upstream):
         """(targets to avoid, panicking) for an upstream, as core.health.usable decides."""
         cached = self._avoid.get(upstream.id)
-        if cached is not None and cached[0] is upstream.targets:
-            return cached[1]
+        if cached is not None and cached[0] is upstream.targets and \
+                cached[1] == bool(upstream.passive):
+            return cached[2]
         down = frozenset(t for t in upstream.targets
-                         if target_key(upstream.id, t.url) in self.down)
+                         if self.is_down(upstream, target_key(upstream.id, t.url)))
         answer = core.usable(upstream.targets, down, upstream.panic_threshold)
         if answer[1]:
             log.warning("upstream %s: %d of %d targets down: panic mode, using all of them",
                         upstream.id, len(down), len(upstream.targets))
-        self._avoid[upstream.id] = (upstream.targets, answer)
+        self._avoid[upstream.id] = (upstream.targets, bool(upstream.passive), answer)
         return answer
 
-    def describe(self, upstream_id, url, now=None):
-        """What /admin/upstreams says about one target."""
+    def describe(self, upstream_id, url, now=None, passive=True):
+        """What /admin/upstreams says about one target (``passive``: whether its upstream
+        ejects; an ejection left from before it stopped is no longer said)."""
         now = time.time() if now is None else now
         key = target_key(upstream_id, url)
-        entry = self.ejections.entries.get(key)
+        entry = self.ejections.entries.get(key) if passive else None
         if entry is not None and entry[0] > now:
             return {"health": "ejected", "ejected_for": round(entry[0] - now, 1),
                     "ejections_in_a_row": entry[1]}
@@ -385,7 +399,8 @@ class Checker:
         """{key: since} of the targets the checker before us, under the same master, judged
         down: a checker the master restarts (it was killed, it crashed) takes them up. Every
         target starting healthy sent traffic to dead ones until they failed their checks
-        again (unhealthy_threshold probes). A new master starts afresh: its file may be old."""
+        again (unhealthy_threshold probes). A new master hands over its predecessor's file
+        when that checker ran moments ago (app.take_up_health), else removes it."""
         written = read_json(os.path.join(self.state_dir, HEALTH_FILE))
         if not isinstance(written, dict) or written.get("master") != os.getppid():
             return {}

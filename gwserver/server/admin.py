@@ -166,7 +166,8 @@ def in_panic(runtime, upstream):
 def upstream_entry(runtime, upstream):
     """What /admin/upstreams says of one upstream (its "routes" filled by the caller)."""
     return {"targets": [{"url": t.url, "weight": t.weight,
-                         **runtime.health.describe(upstream.id, t.url)}
+                         **runtime.health.describe(upstream.id, t.url,
+                                                   passive=bool(upstream.passive))}
                         for t in upstream.targets],
             "balance": upstream.balance, "service": upstream.service,
             "health_check": bool(upstream.health_check), "passive": bool(upstream.passive),
@@ -286,7 +287,9 @@ def _upstream(runtime, upstream, route=None):
         value = getattr(upstream, field.name)
         if field.name == "targets":
             value = [{"url": t.url, "weight": t.weight,
-                      **runtime.health.describe(upstream.id, t.url)} for t in value]
+                      **runtime.health.describe(upstream.id, t.url,
+                                                passive=bool(upstream.passive))}
+                     for t in value]
         elif field.name == "plugin_steps":
             out["plugins"] = [_plugin(p, c, configured) for p, c in value]
             continue

@@ -462,6 +462,41 @@ def forget_health(state_dir):
             pass
 
 
+PREVIOUS_HEALTH_MAX_AGE = 300.0     # seconds since the previous master's checker last ran
+
+
+def take_up_health(state_dir, asked):
+    """At start: hand the previous master's active verdicts (health.json) to this master's
+    checker, which takes up the targets judged down until they pass their checks
+    (health.Checker.previous_verdicts reads only its own master's file), or forget them.
+
+    Forgotten at every start, a restart (systemd's after a crash, an upgrade's) sent a
+    target the checks had taken out its share of requests again, 500s or timeouts, until it
+    failed unhealthy_threshold checks more, while passive ejections and per-host limits were
+    kept. Kept only when this conf asks for checks (else none would be lifted) and the
+    previous checker ran within PREVIOUS_HEALTH_MAX_AGE (its health.prom is rewritten every
+    second): a verdict of a gateway stopped for hours is no news of the target."""
+    import json
+    from ..helpers.health import HEALTH_FILE, METRICS_FILE
+    from ..sync.shm import atomic_write, read_json
+    if not state_dir:
+        return
+    path = os.path.join(state_dir, HEALTH_FILE)
+    written = read_json(path) if asked else None
+    try:
+        age = time.time() - os.stat(os.path.join(state_dir, METRICS_FILE)).st_mtime
+    except OSError:
+        age = math.inf
+    if isinstance(written, dict) and isinstance(written.get("targets"), dict) and \
+            -5.0 < age < PREVIOUS_HEALTH_MAX_AGE:
+        try:
+            atomic_write(path, json.dumps({**written, "master": os.getpid()}).encode())
+            return
+        except OSError:
+            pass
+    forget_health(state_dir)
+
+
 def health_checks_asked(conf):
     """Whether an upstream of the conf file has a health_check: a named one, a route's own,
     or one a route's plugins send to (a split's canary, whose checks never ran)."""
@@ -554,11 +589,11 @@ class GatewayArbiter(Arbiter):
         self.reloads.record(True, self.app.conf, start=True)
         self.ready_sent = False
         self.keep_applied_conf()
-        # A previous master's active verdicts are not ours (its checker's successor starts
-        # afresh: health.Checker.previous_verdicts), and with no checker now none would ever
-        # be lifted: workers read them until this master's checker writes its own, if any.
-        forget_health(self.app.conf.server["state_dir"])
+        # A previous master's active verdicts: taken up when this conf has checks too and its
+        # checker ran moments ago (a restart); forgotten otherwise, since with no checker
+        # now none would ever be lifted.
         self.helpers = helpers_for(self.app)
+        take_up_health(self.app.conf.server["state_dir"], "health" in self.helpers)
         self.helper_conf = sync_inputs(self.app.conf)
         for helper in self.helpers.values():
             helper.start()
@@ -665,7 +700,11 @@ class GatewayArbiter(Arbiter):
         # again first, and `gwserver reload` finds no verdict without it.
         if os.path.exists(os.path.join(state_dir, "master.json")):
             self.state_dir_failure = None
+            self.state_dir_seen = state_dir
             return
+        # One a reload just moved to has no master.json yet (the reload writes it once it
+        # is applied): made and prepared here too, but it was never removed.
+        moved = state_dir != getattr(self, "state_dir_seen", state_dir)
         from ..settings import state_dir_problem
         from ..state.store import LocalStore
         try:
@@ -681,6 +720,8 @@ class GatewayArbiter(Arbiter):
                 self.state_dir_failure = (state_dir, problem)
                 log.error("the state_dir %s was removed and cannot be made again: %s; new "
                           "workers keep per-host state of their own", state_dir, problem)
+            return
+        if moved:
             return
         self.reloads.rewrite()          # `gwserver reload` learns its verdict there
         self.keep_applied_conf()        # and helpers, the configuration they run
@@ -726,6 +767,9 @@ class GatewayArbiter(Arbiter):
         Workers already told to stop never count (gunicorn's count held them: a worker
         retiring on max_requests had the older serving ones stopped with it)."""
         self.ensure_state_dir()         # (a stat a turn, about once a second)
+        lock = getattr(self.app, "instance_lock", None)
+        if lock is not None and lock.released:
+            lock.forget_exited(set(self.WORKERS))
         for pid, worker in self.WORKERS.items():
             if not getattr(worker, "stopping", False) and self.draining_on_its_own(worker):
                 worker.stopping = worker.retiring = True
@@ -1068,7 +1112,12 @@ class GatewayArbiter(Arbiter):
                 self.helpers[name].signal(signal.SIGHUP)      # re-read their targets
         self.helper_conf = synced
         if lock is not None:
-            lock.keep_only(lock_paths(self.app.conf))      # the old sync process is gone
+            # The old sync process is gone; the old workers (not the new ones: drop_copies)
+            # hold the paths let go of until they have drained.
+            generation = getattr(self, "worker_generation", 1)
+            lock.keep_only(lock_paths(self.app.conf), holders={
+                pid for pid, worker in self.WORKERS.items()
+                if getattr(worker, "generation", 1) != generation})
         # Not started (fork refused), or died before they served (wait_for_replacements)
         missing = max(0, self.num_workers - self.serving_count(self.current_workers()))
         self.reloads.record(True, self.app.conf, workers_missing=missing)

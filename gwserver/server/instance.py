@@ -6,10 +6,15 @@ processes would overwrite each other's files without a word. The master takes an
 ``state_dir/gwserver.lock`` (and ``runtime_dir/gwserver.lock``, ``snapshot_path + ".lock"``)
 before anything else and holds them for its life (workers inherit the descriptors, so the locks go with the
 last process of the instance; the kernel drops them even after a SIGKILL). The file holds the
-holder's pid, for the error a second instance prints.
+holder's pid, for the error a second instance prints. A worker keeps only the locks of its
+own configuration's paths (drop_copies); a path a reload moved away from stays the master's
+until the workers of the previous configuration are gone (keep_only, forget_exited).
 """
 import fcntl
 import os
+import time
+
+from ..processes import pid_alive
 
 
 class InstanceLocked(Exception):
@@ -34,12 +39,23 @@ class InstanceLock:
 
     def __init__(self):
         self.held = {}          # lock file -> descriptor (None: could not be created)
+        self.released = {}      # lock file -> (descriptor, pids of workers that hold it too)
+        self.retaken = {}       # lock file -> those pids, for a path take() got back
         self.warnings = []
 
+    ORPHANS_WAIT = 5.0      # seconds a start waits for the workers of a dead holder
+
     def retarget(self, paths):
-        """Hold exactly ``paths`` ({lock file: setting})."""
-        self.take(paths)
+        """Hold exactly ``paths`` ({lock file: setting}). At start: a lock held though the
+        master it names is gone is waited for a moment (``_orphans_gone``)."""
+        self.orphans_wait = self.ORPHANS_WAIT
+        try:
+            self.take(paths)
+        finally:
+            self.orphans_wait = 0.0
         self.keep_only(paths)
+
+    orphans_wait = 0.0      # (a reload does not wait: the master's loop would stop)
 
     def take(self, paths):
         """Also hold ``paths``. Raises InstanceLocked, holding what it held before, if one is
@@ -47,7 +63,7 @@ class InstanceLock:
         taken = {}
         try:
             for path, setting in paths.items():
-                if path not in self.held:
+                if path not in self.held and path not in self.released:
                     taken[path] = self._take(path, setting)
         except InstanceLocked:
             for fd in taken.values():
@@ -55,12 +71,46 @@ class InstanceLock:
                     os.close(fd)
             raise
         self.held.update(taken)
+        for path in [p for p in paths if p in self.released]:
+            # Still ours: let go of by a reload, and kept while workers of that configuration
+            # drain (keep_only). A flock of its own would find them holding it, and a reload
+            # back to a previous state_dir or runtime_dir was refused as "in use by another
+            # gwserver" naming this master, until they were gone.
+            fd, holders = self.released.pop(path)
+            self.held[path] = fd
+            self.retaken[path] = holders        # a refused reload puts it back (keep_only)
 
-    def keep_only(self, paths):
+    def keep_only(self, paths, holders=()):
+        """Let go of what ``paths`` does not name. ``holders``: pids of workers forked while
+        it was held (their copies hold the lock on): its descriptor is kept until they are
+        gone (``forget_exited``), so that a reload back to it takes it up again."""
+        for path in [p for p in self.held if p not in paths]:
+            fd = self.held.pop(path)
+            kept_for = frozenset(holders) | self.retaken.get(path, frozenset())
+            if fd is not None and kept_for:
+                self.released[path] = (fd, kept_for)
+            elif fd is not None:
+                os.close(fd)
+        self.retaken = {}
+
+    def forget_exited(self, alive):
+        """Close what keep_only kept for workers none of which is in ``alive`` any more."""
+        for path, (fd, holders) in list(self.released.items()):
+            if not holders & alive:
+                del self.released[path]
+                os.close(fd)
+
+    def drop_copies(self, paths):
+        """In a worker, after the fork: close its copies of locks its configuration does not
+        name (``paths``), so that it holds only its own instance's paths, not the ones a
+        reload is moving away from (else those stayed held for this worker's whole life)."""
         for path in [p for p in self.held if p not in paths]:
             fd = self.held.pop(path)
             if fd is not None:
                 os.close(fd)
+        for fd, _ in self.released.values():
+            os.close(fd)
+        self.released = {}
 
     def _take(self, path, setting):
         what = os.path.dirname(path) if setting.endswith("_dir") else path[:-5]
@@ -77,11 +127,33 @@ class InstanceLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            if self._orphans_gone(fd, holder):
+                return self._own(fd)
             os.close(fd)
             raise InstanceLocked(
                 f"{what} is in use by another gwserver (pid {holder}); give each instance its "
                 f"own: set {setting} to a path of its own (docs/operations.md, 'Several "
                 f"instances on one host')") from None
+        return self._own(fd)
+
+    @staticmethod
+    def _own(fd):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
+
+    def _orphans_gone(self, fd, holder):
+        """The master the lock file names is gone, yet its lock is held: its workers, which
+        inherited it, still run (a master killed -9; each exits within a second or two,
+        once it sees its parent gone). Waited for, within ``orphans_wait``, as a bind
+        retries a port the previous master may still hold: a supervisor's restart at once
+        exited 2, "in use by another gwserver (pid N)", N the dead master. -> locked?"""
+        deadline = time.monotonic() + self.orphans_wait
+        while holder.isdigit() and not pid_alive(int(holder)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+        return False

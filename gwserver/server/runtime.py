@@ -541,11 +541,11 @@ class Runtime:
 
     def update_target_gauges(self, metrics):
         from ..helpers.health import target_key
-        down = self.health.down
+        health = self.health
         for upstream in self.watched_upstreams():
             for target in upstream.targets:
                 metrics.target_up.labels(upstream.id, target.url).set(
-                    0 if target_key(upstream.id, target.url) in down else 1)
+                    0 if health.is_down(upstream, target_key(upstream.id, target.url)) else 1)
 
     def flush_logs(self):
         """Before the process ends: the access lines buffered, and what the log throttle

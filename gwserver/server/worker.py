@@ -152,6 +152,15 @@ class GatewayWorker(GeventWorker):
     reopen_wanted = False       # a SIGUSR1 came (handle_usr1)
     servers = ()                # the listeners' StreamServers, once serve() started them
 
+    def init_process(self):
+        # The instance locks came with the fork (they go with the last process of the
+        # instance, server/instance.py): keep only those of this worker's configuration.
+        lock = getattr(self.app, "instance_lock", None)
+        if lock is not None:
+            from .instance import lock_paths
+            lock.drop_copies(lock_paths(self.app.conf))
+        super().init_process()
+
     def init_signals(self):
         super().init_signals()
         # gunicorn resets SIGHUP to its default (terminate) in workers, so `systemctl kill -s HUP`
