@@ -237,6 +237,21 @@ class Gateway:
         pids = self.helper_pids(role)
         return pids[0] if pids else None
 
+    def every_worker_says(self, path, holds, timeout=10):
+        """Wait until each serving worker's view at admin ``path`` (JSON, with its "pid")
+        satisfies ``holds``: each reads shared state (health.json, ejections, the table) on
+        its own 50 ms tick, later than another under load, so one worker's view says nothing
+        of the next request's."""
+        told = set()
+
+        def every_one():
+            view = json.loads(self.admin_get(path)[1])
+            if holds(view):
+                told.add(view["pid"])
+            serving = set(self.serving_worker_pids())
+            return len(serving) >= self.conf["server"].get("workers", 1) and told >= serving
+        return wait_until(every_one, timeout=timeout)
+
     def admin_get(self, path, token=None):
         """GET on the admin listener -> (status, body bytes)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)

@@ -238,18 +238,12 @@ def test_a_canary_upstream_written_in_a_split_is_health_checked(launcher):
                               "rules": [{"header": {"X-Canary": "1"},
                                          "upstream": "canary"}]}}}], workers=2))
 
-    told = set()    # the workers that said so: each reads the verdicts on its 50 ms tick
-
-    def every_worker_told():
-        view = json.loads(gw.admin_get("/admin/upstreams")[1])
+    def canary_health(view):
         found = [u for u in view["upstreams"].values()
                  if b2.url in [t["url"] for t in u["targets"]]]
-        if found and {t["url"]: t["health"] for t in found[0]["targets"]} == \
-                {b1.url: "healthy", b2.url: "unhealthy"}:
-            told.add(view["pid"])
-        serving = set(gw.serving_worker_pids())
-        return len(serving) == 2 and told >= serving
-    wait_until(every_worker_told, timeout=10)
+        return found and {t["url"]: t["health"] for t in found[0]["targets"]} == \
+            {b1.url: "healthy", b2.url: "unhealthy"}
+    gw.every_worker_says("/admin/upstreams", canary_health)     # each reads it on its tick
     seen = {}
     for _ in range(20):
         resp, body = gw.request("GET", "/r/echo", headers={"X-Canary": "1"})

@@ -41,7 +41,9 @@ def test_a_master_restart_keeps_a_target_the_checks_took_out_out(launcher, tmp_p
     gw = launcher.gateway(conf)
     wait_until(lambda: set(target_health(gw).values()) == {"healthy"}, timeout=10)
     urllib.request.urlopen(b.url + "/control?fail=1", timeout=5).read()
-    wait_until(lambda: target_health(gw)[b.url] == "unhealthy", timeout=10)
+    gw.every_worker_says("/admin/upstreams", lambda view: [
+        t["health"] for t in view["upstreams"]["pool"]["targets"] if t["url"] == b.url] ==
+        ["unhealthy"])
     assert served(gw, 10) == {"a": 10}
     os.kill(gw.pid, signal.SIGTERM)
     assert gw.proc.wait(15) == 0
