@@ -515,6 +515,15 @@ def upstream(start_upstream):
     return start_upstream("main")
 
 
+def check_conf(tmp_path, conf):
+    """`gwserver check` of ``conf`` (a dict) -> (exit code, its output, stdout and stderr)."""
+    path = tmp_path / "checked.toml"
+    path.write_text(to_toml(conf))
+    done = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    return done.returncode, done.stdout + done.stderr
+
+
 def gateway_conf(routes, workers=1, **sections):
     conf = {"server": {"workers": workers, "graceful_timeout": 5.0, **sections.pop("server", {})},
             "log": {"level": "info", **sections.pop("log", {})}}

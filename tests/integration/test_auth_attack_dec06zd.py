@@ -23,14 +23,12 @@ pass of 2026-12-06, helper w6, on 34db644). Each test failed on that commit.
    token does not have.
 """
 import json
-import subprocess
-import sys
 import time
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..conftest import ROOT, gateway_conf, route, to_toml, wait_until
+from ..conftest import check_conf, gateway_conf, route, wait_until
 from .test_auth_edges import get, upstream_saw
 
 
@@ -199,10 +197,6 @@ def test_check_warns_of_a_boolean_claim_written_as_python_spells_it(tmp_path, up
     a conf written with "True" (which the old comparison matched) now matches no boolean."""
     conf = gateway_conf([{**route("v", ["/v"], upstream.url), "claims": {"email_verified": "True"},
                           "plugins": {"jwt": {"secret": "s" * 40, "algorithms": ["HS256"]}}}])
-    path = tmp_path / "gw.toml"
-    path.write_text(to_toml(conf))
-    done = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=30)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out
+    code, out = check_conf(tmp_path, conf)
+    assert code == 0, out
     assert 'route v: claims.email_verified = "True" matches a text claim "True" only' in out, out

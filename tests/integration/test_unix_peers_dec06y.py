@@ -5,10 +5,8 @@ alone). ``trusted_proxies = ["unix:"]`` (nginx's set_real_ip_from unix:) now tru
 `gwserver check` says what an ip_restriction does on a unix: listener without it."""
 import json
 import socket
-import subprocess
-import sys
 
-from ..conftest import ROOT, gateway_conf, route, to_toml
+from ..conftest import check_conf, gateway_conf, route
 
 
 def unix_get(path, headers=b""):
@@ -52,17 +50,10 @@ def test_a_proxy_on_a_unix_listener_names_its_clients_when_trusted(launcher, ups
 def test_check_warns_of_an_ip_restriction_on_an_untrusted_unix_listener(tmp_path, upstream):
     conf = conf_with(upstream, [])
     conf["server"]["bind"] = ["127.0.0.1:8080", "unix:/run/gw.sock"]
-    path = tmp_path / "gw.toml"
-    path.write_text(to_toml(conf))
-    done = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=30)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out
+    code, out = check_conf(tmp_path, conf)
+    assert code == 0, out
     assert 'route e: ip_restriction refuses every request on unix:/run/gw.sock' in out, out
     assert 'add "unix:" to server.trusted_proxies' in out, out
     conf["server"]["trusted_proxies"] = ["unix:"]
-    path.write_text(to_toml(conf))
-    done = subprocess.run([sys.executable, "-m", "gwserver", "check", "-c", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert done.returncode == 0 and "ip_restriction refuses" not in done.stdout + done.stderr
-
+    code, out = check_conf(tmp_path, conf)
+    assert code == 0 and "ip_restriction refuses" not in out, out
