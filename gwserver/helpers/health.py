@@ -506,6 +506,13 @@ class Checker:
                 self.greenlets[key] = (gevent.spawn(self.watch, key, target, hc, tls,
                                                     protocol), target, hc, tls, protocol)
                 changed = True
+        if self.previous and (self.reader is None or self.reader.generation):
+            # Verdicts of the checker before us on targets no check wants now (their upstream
+            # lost its health_check, or is gone), once the targets are known (in etcd mode,
+            # the first table read): health.json held them, and with no other change to
+            # publish (no upstream checked any more) they held for good, no one to lift them.
+            self.previous = {}
+            changed = True
         if changed:
             self.publish()
 

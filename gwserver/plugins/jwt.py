@@ -199,10 +199,12 @@ def _usable_keys(data, algorithms, path):
         for algorithm in choices or [None]:
             try:
                 usable.append(pyjwt.PyJWK(jwk, algorithm))
-            except (pyjwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
+            except (pyjwt.PyJWTError, KeyError, TypeError, ValueError,
+                    NotImplementedError) as exc:
                 # Skipped, as PyJWKSet skips what PyJWT names unusable: an entry it chokes
-                # on ({"kty": "oct"} without "k", an "alg" list) raised past PyJWKSet, a 500
-                # on every request of the route. Its message is not logged: it may quote
+                # on ({"kty": "oct"} without "k", an "alg" list, an "alg" of "none", whose
+                # algorithm has no JWK form: NotImplementedError) raised past PyJWKSet, a
+                # 500 on every request of the route. Its message is not logged: it may quote
                 # the JWK, an "oct" one's secret included.
                 log.warning("JWKS %s: entry %d (kid %s) is no key this gateway can use, "
                             "skipped (%s)", path, at, repr(jwk.get("kid"))[:64],

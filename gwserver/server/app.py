@@ -723,6 +723,13 @@ class GatewayArbiter(Arbiter):
             return
         if moved:
             return
+        lock = getattr(self.app, "instance_lock", None)
+        if lock is not None:
+            try:
+                lock.renew(lock_paths(self.app.conf))   # its lock file went with it
+            except InstanceLocked as exc:
+                log.error("the state_dir %s was removed while the gateway ran, and another "
+                          "instance took it meanwhile: %s", state_dir, exc)
         self.reloads.rewrite()          # `gwserver reload` learns its verdict there
         self.keep_applied_conf()        # and helpers, the configuration they run
         if self.state_dir_failure != (state_dir, None):     # said once, not a turn

@@ -26,12 +26,18 @@ LOCK_FILE = "gwserver.lock"
 
 def lock_paths(conf):
     """{lock file: the setting that names it}: the host state directory, and with etcd the
-    runtime directory and the snapshot."""
-    paths = {os.path.join(conf.server["state_dir"], LOCK_FILE): "[server] state_dir"}
+    runtime directory and the snapshot. Each by its real path: one directory spelt two ways
+    ("/var/run/gwserver" and "/run/gwserver", a trailing "/.") was two locks of one file,
+    and the second was refused as "in use by another gwserver" naming this very master (a
+    reload that respelt state_dir; a start with state_dir and runtime_dir the same)."""
+    real = os.path.realpath
+    paths = {os.path.join(real(conf.server["state_dir"]), LOCK_FILE): "[server] state_dir"}
     if conf.etcd is not None:
         paths.update({
-            os.path.join(conf.etcd["runtime_dir"], LOCK_FILE): "[etcd] runtime_dir",
-            conf.etcd["snapshot_path"] + ".lock": "[etcd] snapshot_path"})
+            os.path.join(real(conf.etcd["runtime_dir"]), LOCK_FILE): "[etcd] runtime_dir",
+            os.path.join(real(os.path.dirname(conf.etcd["snapshot_path"])),
+                         os.path.basename(conf.etcd["snapshot_path"]) + ".lock"):
+                "[etcd] snapshot_path"})
     return paths
 
 
@@ -111,6 +117,24 @@ class InstanceLock:
         for fd, _ in self.released.values():
             os.close(fd)
         self.released = {}
+
+    def renew(self, paths):
+        """Lock again what ``paths`` names whose lock file is not the one held: removed under
+        the running gateway with its directory (a tmp cleaner, a hand; made again by
+        GatewayArbiter.ensure_state_dir), the lock held the removed file, and a second
+        instance started there took the new one: two gateways on one state_dir. Raises
+        InstanceLocked, holding what it held, if another instance was first."""
+        for path, setting in paths.items():
+            fd = self.held.get(path)
+            if fd is None:
+                continue
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    continue
+            except FileNotFoundError:
+                pass
+            self.held[path] = self._take(path, setting)
+            os.close(fd)        # (workers keep their copies, of the removed file)
 
     def _take(self, path, setting):
         what = os.path.dirname(path) if setting.endswith("_dir") else path[:-5]
