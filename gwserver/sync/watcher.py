@@ -510,6 +510,11 @@ class ConfigSync:
         with self.publisher.lock:
             for kind, item_id, replaced, version, spec, etcd_version, etcd_raw in changes:
                 if replaced:
+                    if kind == "upstreams" and spec.get("service"):
+                        # published expanded: its targets are the instances of the
+                        # snapshot's day, and one deregistered meanwhile kept its share of
+                        # the traffic for good; the live ones are its targets again
+                        spec = {**spec, "targets": None}
                     good = puts[kind](item_id, json.dumps(spec), version)
                 else:
                     deletes[kind](item_id)

@@ -10,7 +10,7 @@ import signal
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import wait_until
-from .test_etcd import UP, all_workers_at, etcd_conf, put, serves, status_of
+from .test_etcd import PREFIX, UP, all_workers_at, etcd_conf, put, serves, status_of
 
 
 def test_a_fresh_start_keeps_the_last_good_version_the_snapshot_holds(launcher, upstream,
@@ -51,3 +51,40 @@ def test_a_fresh_start_keeps_the_last_good_version_the_snapshot_holds(launcher, 
     status = status_of(second)
     assert {"routes/kept", "upstreams/other", "consumers/alice"} <= set(status["rejected"]), \
         status
+
+
+def test_a_kept_service_upstream_follows_the_live_instances_not_the_snapshots(launcher,
+                                                                                tmp_path):
+    """(the review pass on 61bc0a7) A service-following upstream is published expanded: the
+    snapshot's version held the instances of its day as targets, and kept after a fresh
+    start, an instance deregistered while the gateway was down kept half the traffic for
+    good. The kept version follows the live instances."""
+    import json
+    import shutil
+
+    from .test_health_attack_dec05e import register
+    first, second = launcher.upstream("first"), launcher.upstream("second")
+    member = launcher.etcd()
+    conf = etcd_conf(tmp_path, [member.url], workers=1)
+    gw = launcher.gateway(conf)
+    client = member.client()
+    put(client, "upstreams", "orders", {"service": "orders"})
+    put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
+                                "upstream": "orders"})
+    revision = register(client, "orders", "i1", first.url)
+    wait_until(lambda: all_workers_at(gw, revision))
+    revision = put(client, "upstreams", "orders", {"service": "orders", "balance": "bogus"})
+    wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
+    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
+    gw.proc.wait(15)
+    shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot
+    client.delete(f"{PREFIX}/services/orders/i1")
+    register(client, "orders", "i2", second.url)
+    again = launcher.gateway(conf)
+    wait_until(lambda: "loaded" in again.log())
+    seen = []
+    for _ in range(6):
+        resp, body = again.request("GET", "/o/echo")
+        seen.append(json.loads(body)["server"] if resp.status == 200 else resp.status)
+    # before: first, second, first, ...: the gone instance in rotation for good
+    assert seen == ["second"] * 6, seen
