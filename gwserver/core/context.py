@@ -164,8 +164,12 @@ class RequestContext:
 
     def upstream_failed(self, status, failure_statuses):
         """Did the upstream fail this request? A connect error, a timeout or a broken
-        connection always counts; an answer counts if its status is in ``failure_statuses``."""
-        return self.upstream_erred() or status in failure_statuses
+        connection always counts; an answer counts if its status is in ``failure_statuses``:
+        the status the upstream gave, whatever a response plugin made of ``status`` for the
+        client (rewrite's response_status: a 503 mapped to 429 or 200 counted as a success
+        for the breaker, adaptive limits and a rollout's gates)."""
+        return self.upstream_erred() or \
+            self.var("upstream_status", status) in failure_statuses
 
     def value_of(self, kind, name):
         """A request value by kind: "header" (``name`` lower-case bytes or str), "cookie",

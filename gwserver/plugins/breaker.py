@@ -182,10 +182,6 @@ def record(conf, ctx, status, store, key, epoch):
         # is not given back either (the upstream may still be working on it; given back,
         # a client resetting its streams could send any number of probes at once).
         return
-    # The upstream's status, not the one a plugin gave the client (rewrite's
-    # response_status): an upstream's 503s mapped to 429 were counted as successes, and
-    # the breaker never opened.
-    status = ctx.var("upstream_status", status)
     store.breaker_record(key, conf, epoch,
                          not ctx.upstream_failed(status, conf["failure_statuses"]))
 

@@ -319,8 +319,6 @@ def finish(conf, ctx, status):
         # The gateway answered itself (a stalled upload's 408): the upstream said nothing.
         # Counted as a success, a client's stalls could hold the rate up while it fails.
         return
-    # the upstream's status, not one a plugin mapped it to (rewrite's response_status)
-    status = ctx.var("upstream_status", status)
     try:
         store.adaptive_record(_adaptive_key(conf, ctx), conf,
                               not ctx.upstream_failed(status, adaptive["failure_statuses"]))

@@ -367,9 +367,6 @@ def finish(conf, ctx, status):
         return          # never reached the upstream (a 413, a 408): says nothing of it
     seconds = ctx.upstream_seconds if ctx.upstream_seconds is not None else \
         time.monotonic() - (ctx.started or time.monotonic())     # a connect error: its wait
-    # the upstream's status, not one a plugin mapped it to (rewrite's response_status): a
-    # canary's 500s mapped to 200 were counted as successes, and it was promoted
-    status = ctx.var("upstream_status", status)
     ctx.services.rollouts.record(ctx.route.id, window, ctx.vars["split_group"],
                                  ctx.upstream_failed(status, conf["rollout_failures"]), seconds,
                                  conf["latency_bounds"])
