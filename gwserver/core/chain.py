@@ -69,7 +69,7 @@ from .headers import (FIELD_NAME, NO_BODY_STATUSES, RESPONSE_RESERVED, WRITTEN_U
                       is_field_name, is_field_value)
 from .schema import show
 from .throttledlog import throttled_log
-from .tracing import TRACESTATE_VALUE
+from .tracing import is_tracestate_value
 
 log = logging.getLogger("gwserver.plugins")
 
@@ -563,9 +563,7 @@ def _check_request(plugin, ctx):
                             f"{value!r:.60}, is no field value (bytes without CR, LF or other "
                             f"controls)")
     fault = (getattr(ctx, "_vars", None) or {}).get("fault")
-    if fault and not (type(fault) is str and TRACESTATE_VALUE.fullmatch(fault)):
-        # it goes upstream as tracestate's gwfault= member: CR LF there wrote header lines
-        # of its own, a "," members of its own (another vendor's state, forged)
+    if fault and not is_tracestate_value(fault):      # it goes upstream as gwfault=
         raise TypeError(f"plugin {plugin.NAME}: the fault it set in ctx.vars, {fault!r:.60}, "
                         f"is no tracestate value (1 to 256 printable ASCII characters, no "
                         f"',' or '=')")

@@ -25,7 +25,14 @@ _B3_ID = re.compile(rb"[0-9a-f]{16}|[0-9a-f]{32}")
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
 # A tracestate member's value (W3C Trace Context 3.3.1.3.2): 1 to 256 printable ASCII
 # characters, no "," (which ends the member) or "=", not ending in a space.
-TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+
+
+def is_tracestate_value(value):
+    """Whether ``value`` (a plugin's ctx.vars["fault"], anything) may go upstream as a
+    tracestate member's value: CR LF there wrote header lines of its own, a "," members of
+    its own (another vendor's state, forged)."""
+    return type(value) is str and _TRACESTATE_VALUE.fullmatch(value) is not None
 
 # request headers the gateway replaces with its own context (lower case)
 REPLACED_HEADERS = frozenset([b"traceparent", b"tracestate", b"b3", b"x-b3-traceid",

@@ -200,6 +200,11 @@ HOLD_IDLE_SECONDS = 1.0          # the batcher's connection goes back to the poo
 LATE_REPLY_SECONDS = 10.0        # how long the replies of a timed-out batch are waited for
 
 
+def _admits(spec, items):
+    """Whether a batch's group (``spec``, its queued ``items``) asks for breaker admissions."""
+    return spec[0] == "br" and any(payload == "admit" for payload, _, _ in items)
+
+
 class RedisStore:
     """Rate-limit decisions and breaker steps in Redis, coalesced per worker (see above)."""
 
@@ -656,12 +661,16 @@ class RedisStore:
                 for waiter, flag in zip(waiters, flags):
                     waiter.set((bool(int(flag)), int(held)))
             else:
-                state, epoch, admitted, wait, transitions = reply
-                state = state.decode() if isinstance(state, bytes) else state
-                for to in transitions:
-                    self._transition(spec[1], to.decode() if isinstance(to, bytes) else to)
-                self._grant(spec, waiters, int(admitted), BreakerVerdict(
-                    False, state, int(epoch), float(wait)))
+                self._breaker_reply(spec, waiters, reply)
+
+    def _breaker_reply(self, spec, waiters, reply):
+        """A breaker call's reply: the states it entered said, its admissions granted."""
+        state, epoch, admitted, wait, transitions = reply
+        state = state.decode() if isinstance(state, bytes) else state
+        for to in transitions:
+            self._transition(spec[1], to.decode() if isinstance(to, bytes) else to)
+        self._grant(spec, waiters, int(admitted), BreakerVerdict(False, state, int(epoch),
+                                                                 float(wait)))
 
     def _grant(self, spec, waiters, admitted, verdict):
         """Breaker admissions to the requests still waiting, oldest first; those granted to
@@ -734,8 +743,7 @@ class RedisStore:
         # stalled past ``timeout``: a fork, a SIGSTOP) is given back once the late reply
         # comes (_late_grants): with the connection dropped, it never came, and every
         # request of every worker and host got 503 circuit_open for max(window, open_for).
-        admits = any(spec[0] == "br" and any(payload == "admit" for payload, _, _ in items)
-                     for spec, items in groups)
+        admits = any(_admits(spec, items) for spec, items in groups)
         replies = self._pipeline(calls, (lambda late: self._late_grants(groups, late))
                                  if admits else None)
         again = [i for i, reply in enumerate(replies) if isinstance(reply, self.noscript)]
@@ -753,15 +761,8 @@ class RedisStore:
         granted in them are given back (``_grant`` with nobody waiting), and the states they
         entered said."""
         for (spec, items), reply in zip(groups, replies):
-            if spec[0] != "br" or isinstance(reply, Exception) or \
-                    not any(payload == "admit" for payload, _, _ in items):
-                continue
-            state, epoch, admitted, wait, transitions = reply
-            for to in transitions:
-                self._transition(spec[1], to.decode() if isinstance(to, bytes) else to)
-            state = state.decode() if isinstance(state, bytes) else state
-            self._grant(spec, [], int(admitted), BreakerVerdict(False, state, int(epoch),
-                                                                float(wait)))
+            if _admits(spec, items) and not isinstance(reply, Exception):
+                self._breaker_reply(spec, [], reply)
 
     def _load_scripts(self):
         for reply in self._send_and_read([("SCRIPT", "LOAD", body)
