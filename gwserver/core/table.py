@@ -426,16 +426,20 @@ class LiveTable:
         lease expired kept its share of the traffic, and one that registered got none."""
         if upstream_id not in self.followers:
             return
-        version, written = self.followers[upstream_id]
-        previous = self.upstreams[upstream_id]
         try:
-            spec, served_version = self._expand(written, version, previous)
-            self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
-                                                       self.registry, previous=previous)
+            self._serve_upstream(upstream_id, *self.followers[upstream_id])
         except Exception:       # noqa: BLE001 - as it was, as for a refused update
             return
-        self.upstream_specs[upstream_id] = (served_version, spec)
         self._recompile_users(upstream_id)
+
+    def _serve_upstream(self, upstream_id, version, written):
+        """Compile ``written`` (a validated spec) with the live instances of the service it
+        follows, if any, and serve it; raises what make_upstream raises, serving as before."""
+        previous = self.upstreams.get(upstream_id)     # its targets kept as they are
+        spec, served_version = self._expand(written, version, previous)
+        self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
+                                                   self.registry, previous=previous)
+        self.upstream_specs[upstream_id] = (served_version, spec)
 
     def _expand(self, spec, version, previous=None):
         """An upstream that follows a service gets the live instances as targets, and a
@@ -595,16 +599,11 @@ class LiveTable:
                 upstream_id_check(upstream_id)
             except Invalid as exc:
                 raise ConfigError(f"upstream {upstream_id}: the id {exc}") from None
-            spec = UPSTREAM.validate(decode_json(raw), f"upstream {upstream_id}")
-            unreachable_from_etcd(spec, f"upstream {upstream_id}")
-            previous = self.upstreams.get(upstream_id)     # its targets kept as they are
-            written = spec
-            spec, served_version = self._expand(spec, version, previous)
-            self.upstreams[upstream_id] = make_upstream(upstream_id, spec, self.defaults,
-                                                       self.registry, previous=previous)
+            written = UPSTREAM.validate(decode_json(raw), f"upstream {upstream_id}")
+            unreachable_from_etcd(written, f"upstream {upstream_id}")
+            self._serve_upstream(upstream_id, version, written)
         except Exception as exc:        # noqa: BLE001 - see _reject
             return self._reject(key, exc, upstream_id in self.upstream_specs)
-        self.upstream_specs[upstream_id] = (served_version, spec)
         if written.get("service"):
             self.followers[upstream_id] = (version, written)
         else:

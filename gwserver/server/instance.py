@@ -54,23 +54,18 @@ class InstanceLock:
     def retarget(self, paths):
         """Hold exactly ``paths`` ({lock file: setting}). At start: a lock held though the
         master it names is gone is waited for a moment (``_orphans_gone``)."""
-        self.orphans_wait = self.ORPHANS_WAIT
-        try:
-            self.take(paths)
-        finally:
-            self.orphans_wait = 0.0
+        self.take(paths, wait=self.ORPHANS_WAIT)
         self.keep_only(paths)
 
-    orphans_wait = 0.0      # (a reload does not wait: the master's loop would stop)
-
-    def take(self, paths):
+    def take(self, paths, wait=0.0):
         """Also hold ``paths``. Raises InstanceLocked, holding what it held before, if one is
-        held by another instance."""
+        held by another instance. ``wait``: for a dead holder's workers (a start; a reload
+        does not wait: the master's loop would stop)."""
         taken = {}
         try:
             for path, setting in paths.items():
                 if path not in self.held and path not in self.released:
-                    taken[path] = self._take(path, setting)
+                    taken[path] = self._take(path, setting, wait)
         except InstanceLocked:
             for fd in taken.values():
                 if fd is not None:
@@ -136,7 +131,7 @@ class InstanceLock:
             self.held[path] = self._take(path, setting)
             os.close(fd)        # (workers keep their copies, of the removed file)
 
-    def _take(self, path, setting):
+    def _take(self, path, setting, wait=0.0):
         what = os.path.dirname(path) if setting.endswith("_dir") else path[:-5]
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -151,7 +146,7 @@ class InstanceLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            if self._orphans_gone(fd, holder):
+            if self._orphans_gone(fd, holder, wait):
                 return self._own(fd)
             os.close(fd)
             raise InstanceLocked(
@@ -166,13 +161,14 @@ class InstanceLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
-    def _orphans_gone(self, fd, holder):
+    @staticmethod
+    def _orphans_gone(fd, holder, wait):
         """The master the lock file names is gone, yet its lock is held: its workers, which
         inherited it, still run (a master killed -9; each exits within a second or two,
-        once it sees its parent gone). Waited for, within ``orphans_wait``, as a bind
+        once it sees its parent gone). Waited for, within ``wait`` seconds, as a bind
         retries a port the previous master may still hold: a supervisor's restart at once
         exited 2, "in use by another gwserver (pid N)", N the dead master. -> locked?"""
-        deadline = time.monotonic() + self.orphans_wait
+        deadline = time.monotonic() + wait
         while holder.isdigit() and not pid_alive(int(holder)) and time.monotonic() < deadline:
             time.sleep(0.1)
             try:
