@@ -149,6 +149,17 @@ def cidr(value):
     return value
 
 
+def cidrs_of(peers):
+    """The CIDRs of a trusted_proxies or identity_proxies list, "unix:" left out."""
+    return [c for c in peers if c != UNIX_PEERS]
+
+
+def anyone_in(peers):
+    """The CIDRs of ``peers`` that take every address (network_of: "::ffff:0:0/96" is
+    0.0.0.0/0, every IPv4 client, as peers are matched)."""
+    return [c for c in cidrs_of(peers) if network_of(c).prefixlen == 0]
+
+
 def proxy_peer(value):
     """A CIDR, or "unix:": the peers of the unix: listeners (a proxy on this host)."""
     if value == UNIX_PEERS:
@@ -669,8 +680,7 @@ def proxy_protocol_problems(server, tls):
             problems.append(f'server.proxy_protocol: "{bind}" is in neither server.bind nor '
                             f'tls.bind')
     # ("unix:" trusts no balancer: the PROXY listeners are on IP, and refused every one)
-    if server["proxy_protocol"] and not [c for c in server["trusted_proxies"]
-                                         if c != UNIX_PEERS]:
+    if server["proxy_protocol"] and not cidrs_of(server["trusted_proxies"]):
         problems.append("server.proxy_protocol: needs server.trusted_proxies, the load "
                         "balancers that may name a client (anyone else could name any address)")
     return problems
@@ -699,14 +709,11 @@ def conf_warnings(conf):
     """What `gwserver check` should say of a valid conf that is likely not what was meant;
     the master logs the same at start and on each reload. Secrets are never quoted."""
     server, warnings = conf.server, []
-    # (network_of: "::ffff:0:0/96" is 0.0.0.0/0, every IPv4 client, as peers are matched)
-    everyone = [c for c in server["trusted_proxies"]
-                if c != UNIX_PEERS and network_of(c).prefixlen == 0]
+    everyone = anyone_in(server["trusted_proxies"])
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
-    everyone = [c for c in server["identity_proxies"]
-                if c != UNIX_PEERS and network_of(c).prefixlen == 0]
+    everyone = anyone_in(server["identity_proxies"])
     if everyone:
         warnings.append(f"server.identity_proxies holds {', '.join(everyone)}: any client may "
                         f"say who its user is (X-Forwarded-User) to the upstreams")

@@ -163,12 +163,16 @@ def in_panic(runtime, upstream):
     return runtime.health.avoid(upstream)[1] if upstream.targets else False
 
 
+def target_entries(runtime, upstream):
+    """Each target of an upstream with its health, as both upstream views show them."""
+    return [{"url": t.url, "weight": t.weight,
+             **runtime.health.describe(upstream.id, t.url, passive=bool(upstream.passive))}
+            for t in upstream.targets]
+
+
 def upstream_entry(runtime, upstream):
     """What /admin/upstreams says of one upstream (its "routes" filled by the caller)."""
-    return {"targets": [{"url": t.url, "weight": t.weight,
-                         **runtime.health.describe(upstream.id, t.url,
-                                                   passive=bool(upstream.passive))}
-                        for t in upstream.targets],
+    return {"targets": target_entries(runtime, upstream),
             "balance": upstream.balance, "service": upstream.service,
             "health_check": bool(upstream.health_check), "passive": bool(upstream.passive),
             "panic": in_panic(runtime, upstream),
@@ -286,10 +290,7 @@ def _upstream(runtime, upstream, route=None):
     for field in dataclasses.fields(upstream):
         value = getattr(upstream, field.name)
         if field.name == "targets":
-            value = [{"url": t.url, "weight": t.weight,
-                      **runtime.health.describe(upstream.id, t.url,
-                                                passive=bool(upstream.passive))}
-                     for t in value]
+            value = target_entries(runtime, upstream)
         elif field.name == "plugin_steps":
             out["plugins"] = [_plugin(p, c, configured) for p, c in value]
             continue
