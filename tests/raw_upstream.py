@@ -52,6 +52,10 @@ counts as JSON.
   /retry-after      503 "busy" with Retry-After: 30 (come back in 30 s, not at once)
   /retry-after-0    503 "busy" with Retry-After: 0
   /retry-after-past 503 "busy" with Retry-After: a date gone by (come back now)
+  /endless-ext      200 chunked, its first chunk-size line "1;" then a chunk extension that
+                    never ends (4 KiB every 10 ms, for at most 20 s)
+  /endless-trailer  200 chunked "x", its last chunk, then trailer fields that never end
+                    (as fast, as long)
   /1xx-length, /1xx-chunked, /1xx-last-chunk
                     a 150 framed with a body (a head saying Content-Length: 0, or a
                     trailer), then a 200 whose body is a whole response of its own
@@ -286,6 +290,15 @@ def handle(conn, path):
     elif path == "/retry-after-past":
         conn.sendall(response(b"busy", b"503 Service Unavailable",
                               b"Retry-After: Sat, 01 Jan 2000 00:00:00 GMT\r\n"))
+    elif path in ("/endless-ext", "/endless-trailer"):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                     (b"1;" if path == "/endless-ext" else b"1\r\nx\r\n0\r\n"))
+        piece = b"a" * 4096 if path == "/endless-ext" else b"X-T: " + b"t" * 4089 + b"\r\n"
+        until = time.monotonic() + 20
+        while time.monotonic() < until:        # until the gateway cuts it (an OSError)
+            conn.sendall(piece)
+            time.sleep(0.01)
+        return False
     elif path == "/no-answer":
         return False
     elif path == "/junk":

@@ -393,12 +393,43 @@ class Chain:
     def run_finish(self, ctx, status):
         # The answer is out: a failing plugin here is logged, never turned into a response.
         for plugin, conf in (ctx.chain or self).finish_steps:
+            before = None if _shipped(plugin) else \
+                [getattr(ctx, name) for name, _ in _READ_AFTER_FINISH]
             try:
                 plugin.finish(conf, ctx, status)
             except Exception as exc:
                 throttled_log.log(log, logging.ERROR, ("finish", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in finish", ctx.route.id,
                                   plugin.NAME, exc_info=exc)
+            if before is not None:
+                _undo_mistyped(plugin, ctx, before)
+
+
+# What the access line, the metrics and the span read of a request after its finish phase,
+# and the types they read: a third-party finish phase that set one to another type (ctx.url
+# a str) lost the request's access line, a traceback each time.
+_READ_AFTER_FINISH = (("url", bytes), ("attempts", int), ("body_size", int),
+                      ("upstream_seconds", (float, int, type(None))),
+                      ("error", (HTTPError, type(None))))
+
+
+def _undo_mistyped(plugin, ctx, before):
+    """Put back what a third-party finish phase set to another type than the core's, and
+    name it (once a minute): the request is logged as it was served."""
+    for (name, kind), value in zip(_READ_AFTER_FINISH, before):
+        now = getattr(ctx, name)
+        if now is not value and not isinstance(now, kind):
+            setattr(ctx, name, value)
+            route_id = ctx.route.id if ctx.route else None
+            throttled_log.log(log, logging.ERROR, ("finish-type", route_id, plugin.NAME, name),
+                              "route %s: plugin %s set ctx.%s to a %s in finish, where the "
+                              "gateway reads a %s: put back", route_id, plugin.NAME, name,
+                              type(now).__name__, _type_names(kind))
+
+
+def _type_names(kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
 
 
 def _blame(exc, plugin, where):

@@ -36,7 +36,7 @@ import re
 import time
 
 from ..core import consumers
-from ..core.context import Reply
+from ..core.context import Reply, claim_text
 from ..core.schema import (Field, Schema, absolute_path, boolean, integer, list_of, map_of,
                            never_quoted, number, one_of, request_header_name, string)
 from ..core.throttledlog import throttled_log
@@ -90,8 +90,9 @@ SCHEMA = Schema(
           "scopes that must all be granted (scope or scp claim)"),
     Field("forward_claims", map_of(request_header_name,
                                    string(r"[A-Za-z0-9_.:-]+", "a claim name")),
-          dict, "claim -> request header set for the upstream (not one the gateway writes "
-          "itself: Host, Content-Length, X-Forwarded-*, X-Consumer-*, ...)"),
+          dict, "claim -> request header set for the upstream, as the token's JSON spells "
+          "it (true, false) (not one the gateway writes itself: Host, Content-Length, "
+          "X-Forwarded-*, X-Consumer-*, ...)"),
     Field("strip_token", boolean, False, "remove Authorization before proxying"),
     Field("cache_seconds", number(0), 30.0, "how long a verified token is remembered; 0: off"),
     Field("cache_size", integer(1), 10000, "verified tokens remembered per worker"),
@@ -543,7 +544,10 @@ def access(conf, ctx):
     for claim, header in conf["forward"]:
         value = claims.get(claim)
         if value is not None:
-            value = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            # As the token's JSON spells it, as route conditions read it (claim_text): str()
+            # sent a boolean as Python's True/False, which no upstream reading JSON expects
+            value = " ".join(map(claim_text, value)) if isinstance(value, list) else \
+                claim_text(value)
             # Sent only as the claim says it: a space at either end is no part of a header's
             # value (RFC 9110 5.5), so the upstream read the sub " admin" (a name its owner
             # chose at the identity provider) as "admin", whom it is not.

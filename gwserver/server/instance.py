@@ -14,7 +14,7 @@ import fcntl
 import os
 import time
 
-from ..processes import pid_alive
+from ..processes import pid_alive, pid_text
 
 
 class InstanceLocked(Exception):
@@ -169,7 +169,10 @@ class InstanceLock:
         retries a port the previous master may still hold: a supervisor's restart at once
         exited 2, "in use by another gwserver (pid N)", N the dead master. -> locked?"""
         deadline = time.monotonic() + wait
-        while holder.isdigit() and not pid_alive(int(holder)) and time.monotonic() < deadline:
+        # A holder no process can be (20 digits: an OverflowError in kill(); "\u00b2") is
+        # garbage, refused at once like any other: no dead master's workers to wait for.
+        pid = pid_text(holder)
+        while pid is not None and not pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

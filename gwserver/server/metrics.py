@@ -252,8 +252,8 @@ def private_dir(base):
         names = []
     for name in names:
         pid = name[len(PRIVATE_PREFIX):].partition("-")[0]
-        if not name.startswith(PRIVATE_PREFIX) or not pid.isdigit():
-            continue
+        if not name.startswith(PRIVATE_PREFIX) or not (pid.isascii() and pid.isdigit()):
+            continue                    # ("\u00b2" is a digit to isdigit(), not to int())
         if pid_alive(int(pid)):
             continue                    # its master runs (or the pid was taken again)
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

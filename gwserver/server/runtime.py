@@ -581,7 +581,9 @@ def remove_dead_workers_stores(directory):
     for name in os.listdir(directory):
         pid = name[len(PRIVATE_STORE):].partition("-")[0]
         path = os.path.join(directory, name)
-        if name.startswith(PRIVATE_STORE) and pid.isdigit() and not pid_alive(int(pid)):
+        # (ASCII: "\u00b2" is a digit to isdigit(), not to int(); pid_alive takes any int)
+        if name.startswith(PRIVATE_STORE) and pid.isascii() and pid.isdigit() and \
+                not pid_alive(int(pid)):
             try:
                 if os.lstat(path).st_uid == os.getuid():        # never another user's
                     shutil.rmtree(path, ignore_errors=True)

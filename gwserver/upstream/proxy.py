@@ -1210,8 +1210,9 @@ class Proxy:
         return ex.final
 
     def recv_feed(self, ex, timeout, wait_first=False, took=None):
-        """Read once from the upstream and parse it; return False on EOF. ``took``: the
-        count of bytes a caller already read into the buffer (tls_answered), parsed alone."""
+        """Read once from the upstream and parse it; return the count of bytes read, 0 on
+        EOF. ``took``: the count of bytes a caller already read into the buffer
+        (tls_answered), parsed alone."""
         if took is None:
             deadlines = self.deadlines
             deadlines.arm(ex, timeout)
@@ -1225,7 +1226,7 @@ class Proxy:
         else:
             n = took
         if n == 0:
-            return False
+            return 0
         ex.got_bytes = True
         if ex.final:
             data = self.view[:n]
@@ -1263,13 +1264,13 @@ class Proxy:
                                       "upstream %s sent bytes after a complete response: %s",
                                       ex.conn.host, exc)
                 ex.keep_alive = False
-                return True
+                return n
             # Not HTTP: a 502. Never a retry, even before the head: the upstream read the
             # request and may have acted on it.
             raise UpstreamError(f"upstream sent an invalid response: {exc}") from None
         if not ex.final and len(ex.head_raw) > self.max_head:
             raise UpstreamError(f"upstream response head over {self.max_head} bytes")
-        return True
+        return n
 
     def read_head(self, ex, read_timeout, per_try_timeout=None, since=None):
         """Read the answer's head: each read within ``read_timeout``, and with a retry
@@ -1373,6 +1374,7 @@ class Proxy:
         close_delimited = ex.content_length is None and not ex.chunked
         hold_until = None
         turn = 0
+        framing = 0     # bytes read since the last that carried body (chunked framing)
         try:
             for turn in count(1):
                 if turn % YIELD_EVERY == 0:
@@ -1399,7 +1401,19 @@ class Proxy:
                     # The answer waits on its upstream (an event stream's may write rarely):
                     # the client's hang-up must not wait for its next piece to be seen.
                     client.watch_hangup(ex)
-                if not self.recv_feed(ex, route.read_timeout):
+                got = self.recv_feed(ex, route.read_timeout)
+                if ex.chunks or ex.complete:
+                    framing = 0
+                elif got:
+                    # Chunk framing alone: an extension ("1;aaaa...") or trailer fields that
+                    # never end reached the client as nothing, and each read renewed the read
+                    # timeout: the request was held for ever. Capped as a head is.
+                    framing += got
+                    if framing > self.max_head:
+                        raise UpstreamError(f"upstream sent over {self.max_head} bytes of "
+                                            f"chunk framing (chunk extensions, trailer fields) "
+                                            f"without body (max_response_head)")
+                if not got:
                     if close_delimited:
                         tail = filtered(filters, [], True) if filters else b""
                         if chunked_out:
