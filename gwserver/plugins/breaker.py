@@ -88,7 +88,7 @@ def access(conf, ctx):
             # (a 408, then given back), every other request got 503, and a client that kept
             # one stalled upload going kept a recovered upstream's breaker half-open. Given
             # back while the body comes (whole up to request_buffer_size), then asked again.
-            store.breaker_record(key, conf, verdict.epoch, None)
+            store.breaker_record(key, conf, verdict.epoch, None, probe=True)
             ctx.read_body()
             store, verdict = admit(conf, ctx, key)
             if store is None:
@@ -175,7 +175,7 @@ def record(conf, ctx, status, store, key, epoch):
         # itself (a body over max_body_size, a stalled upload) or the client left first.
         # Counted, any client could close a half-open breaker on a dead upstream with a 413.
         # The admission is given back: a half-open probe goes to the next request.
-        store.breaker_record(key, conf, epoch, None)
+        store.breaker_record(key, conf, epoch, None, probe=bool(ctx.var("breaker_probe")))
         return
     if status == 0 or not (ctx.upstream_seconds is not None or erred):
         # Sent, but the client left before the upstream decided: no verdict, and the probe
@@ -183,7 +183,8 @@ def record(conf, ctx, status, store, key, epoch):
         # a client resetting its streams could send any number of probes at once).
         return
     store.breaker_record(key, conf, epoch,
-                         not ctx.upstream_failed(status, conf["failure_statuses"]))
+                         not ctx.upstream_failed(status, conf["failure_statuses"]),
+                         probe=bool(ctx.var("breaker_probe")))
 
 
 ADMIN_VIEW = "breakers"

@@ -196,6 +196,7 @@ def decisions_from(algorithm, reply, rate, per, burst):
 
 
 MAX_OWED_RELEASES = 100_000      # limit_conn slots a worker remembers to give back
+MAX_OWED_PROBES = 1_000          # half-open probes' outcomes it remembers to send (a few)
 HOLD_IDLE_SECONDS = 1.0          # the batcher's connection goes back to the pool after this
 LATE_REPLY_SECONDS = 10.0        # how long the replies of a timed-out batch are waited for
 
@@ -270,6 +271,7 @@ class RedisStore:
         # limit_conn slots to give back once Redis answers: releases it could not take, and
         # claims that may have landed with nobody left to release them (lease -> spec)
         self.owed_releases = {}
+        self.owed_probes = []           # half-open probes' outcomes recorded while paused
         self.wake = gevent.event.Event()
         self.down_until = 0.0
         self.healthy = True
@@ -297,13 +299,19 @@ class RedisStore:
         """May one request pass breaker ``key``? -> BreakerVerdict; raises StoreError."""
         return self._ask(("br", self.breaker_prefix + key, breaker_args(conf)), "admit")
 
-    def breaker_record(self, key, conf, epoch, ok):
+    def breaker_record(self, key, conf, epoch, ok, probe=False):
         """Count one outcome (``ok`` None: an admission that says nothing of the upstream,
-        given back); sent with the next round trip, never waited for."""
+        given back); sent with the next round trip, never waited for. ``probe``: a half-open
+        probe's, which is owed while Redis is paused and sent once the pause is over:
+        dropped, Redis held the probe for max(window, open_for), and every request of every
+        host got 503 circuit_open though the upstream and Redis were well again."""
+        item = (("br", self.breaker_prefix + key, breaker_args(conf)), (epoch, ok), None, 0.0)
         if time.monotonic() < self.down_until:
+            if probe and len(self.owed_probes) < MAX_OWED_PROBES:
+                self.owed_probes.append(item)
+                self.wake.set()
             return
-        self.queue.append((("br", self.breaker_prefix + key, breaker_args(conf)), (epoch, ok),
-                           None, 0.0))
+        self.queue.append(item)
         self.wake.set()
 
     def adaptive_rate(self, key, conf):
@@ -470,8 +478,8 @@ class RedisStore:
             # Owed releases are retried, and a Redis that failed is asked again, after each
             # pause even when no request comes (gwserver_redis_up would otherwise stay 0 in
             # a worker that serves no limited route until one comes).
-            self.wake.wait(self.pause if self.owed_releases or not self.healthy
-                           or self.nodes_down else None)
+            self.wake.wait(self.pause if self.owed_releases or self.owed_probes or
+                           not self.healthy or self.nodes_down else None)
             self.wake.clear()
             batch, self.queue = self.queue, []
             if self.queue_has_gone:
@@ -485,6 +493,8 @@ class RedisStore:
                 batch += [(spec, ("release", lease), None, 0.0)
                           for lease, spec in self.owed_releases.items()]
                 self.owed_releases = {}
+            if self.owed_probes and time.monotonic() >= self.down_until:
+                batch, self.owed_probes = batch + self.owed_probes, []
             if batch:
                 self.in_flight, self.sent_at = batch, time.monotonic()
                 try:
@@ -1113,7 +1123,7 @@ class LocalStore:
         return BreakerVerdict(admitted == 1, state["state"], state["epoch"],
                               breaker.retry_after(state, now))
 
-    def breaker_record(self, key, conf, epoch, ok):
+    def breaker_record(self, key, conf, epoch, ok, probe=False):
         outcome = (epoch, 0, 0, 1) if ok is None else (epoch, int(ok), int(not ok), 0)
         self._breaker_step(key, conf, [outcome], 0)
 

@@ -502,8 +502,12 @@ class ConfigSync:
                 etcd_version, etcd_raw = wanted[item_id]
                 replaced = same_cluster and etcd_version <= seen    # the snapshot saw it come
                 if same_cluster and not replaced and history:
-                    replaced, history = self.replaced(key, version, etcd_version)
-                if replaced != (item_id in served):     # (served: the snapshot's, served)
+                    replaced, history = self.replaced(key, version, etcd_version, seen)
+                # (served: the snapshot's, served). A service-following one is put again
+                # even so: served from the snapshot until etcd answered, its targets were
+                # still the instances of the snapshot's day (see below)
+                if replaced != (item_id in served) or \
+                        replaced and kind == "upstreams" and spec.get("service"):
                     changes.append((kind, item_id, replaced, version, spec, etcd_version,
                                     etcd_raw))
         kept, dropped = [], []
@@ -534,19 +538,22 @@ class ConfigSync:
                         "changed since): no longer serving %s", len(dropped),
                         self.snapshot_path, listed(dropped))
 
-    def replaced(self, key, version, etcd_version):
+    def replaced(self, key, version, etcd_version, seen=0):
         """Did etcd's refused update of ``key`` (at ``etcd_version``) replace the snapshot's
         ``version``, the last good one a host that saw it come keeps? Not if the key changed
         otherwise while this gateway was down: deleted (a consumer revoked) and put again
         refused, or put good and then refused (a key rotated): the snapshot's version, served,
-        accepted the revoked key again. -> (replaced, whether etcd may be asked again)."""
+        accepted the revoked key again. -> (replaced, whether etcd may be asked again).
+        Also when the value it replaced is one the snapshot (at revision ``seen``) had seen
+        come: a service-following upstream is published at the later of its own and its
+        service's revision, never its own, and was never kept."""
         try:
             before = self.client.mod_revision_at(self.prefix + key, etcd_version - 1)
         except EtcdError as exc:        # Compacted: not known, so not kept
             log.info("%s: the snapshot's version is not served: etcd's history before its "
                      "refused update is not read (%s)", key, exc)
             return False, isinstance(exc, Compacted)    # (etcd gone: no wait per item)
-        return before == version, True
+        return before is not None and (before == version or before <= seen), True
 
     def load_served(self):
         """A sync process that restarts (the last one died; the master started this one)

@@ -40,7 +40,7 @@ def test_upgraded_must_take_conf_and_ctx():
 def test_the_breaker_records_a_handshake_at_once_and_not_again_at_finish():
     recorded = []
     store = types.SimpleNamespace(
-        breaker_record=lambda key, conf, epoch, ok: recorded.append((key, epoch, ok)))
+        breaker_record=lambda key, conf, epoch, ok, probe=False: recorded.append((key, epoch, ok)))
     ctx = types.SimpleNamespace(vars={"breaker": (store, "route:ws", 7)}, ended_by=None,
                                 sent=True, upstream_seconds=0.01, upstream_erred=lambda: False,
                                 upstream_failed=lambda status, statuses: status in statuses)
