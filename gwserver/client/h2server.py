@@ -64,8 +64,8 @@ from hyperframe.frame import (DataFrame, ExtensionFrame, GoAwayFrame, HeadersFra
 from ..core.context import RequestContext
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2frames import BoundedBlocks, PrioritySizeError, ZeroIncrement
-from ..core.h2request import (Malformed, check_method_and_path, check_trailers, grpc_code,
-                              grpc_message, is_grpc, split_request)
+from ..core.h2request import (Malformed, check_method_and_path, check_trailers,
+                              grpc_status_fields, is_grpc, split_request)
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.realip import connection_scheme
@@ -461,9 +461,7 @@ class H2Stream(ClientConnection):
             route.chain.run_reply(req, reply)
         if 200 <= reply.status < 300:
             return super().answer(req, reply, keep_alive)
-        message = (reply.payload or {}).get("message") or reply.body.decode("utf-8", "replace")
-        code = grpc_code(reply.status, req.error, req.var("grpc_deadline_hit"))
-        fields = [(b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(str(message)))]
+        fields = grpc_status_fields(reply, req.error, req.var("grpc_deadline_hit"))
         if not self.released:       # trailers-only; else trailers after the head that went
             fields = [(b":status", b"200"), (b"content-type", b"application/grpc"), *fields] + \
                 ([(b"x-request-id", req.request_id.encode("latin-1"))] if req.request_id else [])

@@ -14,6 +14,7 @@ Rules this file enforces (RFC 9112 and what gunicorn's parser rejects):
 - Hop-by-hop headers (RFC 9110 7.6.1, and those named in Connection) are filtered while parsing,
   so the proxy step never sees them.
 """
+import base64
 import collections
 import logging
 import re
@@ -27,6 +28,7 @@ from gevent import GreenletExit
 from ..core import grpcweb
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
+from ..core.h2request import grpc_status_fields
 from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NO_BODY_STATUSES,
                             NOT_FORWARDED, PROXY_SET, REASONS, STEERING_SET, UNTRUSTED_UNSEEN,
                             X_FORWARDED_MORE)
@@ -937,10 +939,18 @@ class ClientConnection:
         route = req.route
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
+        status = reply.status
+        if status >= 400:
+            # A gRPC-Web client library reads a gRPC status, not an error page (as Envoy
+            # answers gRPC calls locally); logged with the HTTP status, as native gRPC is.
+            content_type = req.header_map.get(b"content-type")
+            mode = grpcweb.mode_of(content_type) if content_type else None
+            if mode is not None:
+                reply = grpc_web_reply(req, reply, mode, content_type)
         head_only = req.method == "HEAD" or reply.status in NO_BODY_STATUSES
         self.write(render_reply(reply, keep_alive, req.request_id, head_only,
                                 response_line(req.trace, self.runtime.trace_response_header)))
-        return reply.status, 0 if head_only else len(reply.body)
+        return status, 0 if head_only else len(reply.body)
 
 
 class RawChunkedBody:
@@ -1009,6 +1019,21 @@ def error_reply(exc, request_id):
     if request_id:
         payload["request_id"] = request_id
     return Reply.json(exc.status, payload, exc.headers)
+
+
+def grpc_web_reply(req, reply, mode, content_type):
+    """The gateway's own ``reply`` (a 401, a 429, a 502, no route) to a gRPC-Web call, as a
+    trailers-only gRPC-Web answer: 200, no message, the trailer frame with the gRPC status
+    its HTTP status maps to (as for native gRPC calls) and its message; its other headers
+    (the CORS ones a reply hook added, Retry-After) kept."""
+    body = grpcweb.trailer_frame(grpc_status_fields(reply, req.error,
+                                                    req.var("grpc_deadline_hit")))
+    headers = [(name, value) for name, value in reply.headers
+               if (name.lower() if isinstance(name, str) else name.decode("latin-1").lower())
+               not in ("content-type", "content-length")]
+    headers.append(("Content-Type", grpcweb.client_content_type(
+        mode, content_type.decode("latin-1"), "")))
+    return Reply(200, base64.b64encode(body) if mode == "text" else body, headers)
 
 
 def render_error(exc, keep_alive, request_id, head_only=False):

@@ -153,6 +153,14 @@ def grpc_code(status, error=None, deadline_hit=False):
     return GRPC_CODES.get(status, 2)        # 2: UNKNOWN
 
 
+def grpc_status_fields(reply, error=None, deadline_hit=False):
+    """The ``grpc-status`` and ``grpc-message`` of an answer the gateway made itself (a
+    Reply) to a gRPC call, native or gRPC-Web: one mapping for both."""
+    message = (reply.payload or {}).get("message") or reply.body.decode("utf-8", "replace")
+    return [(b"grpc-status", b"%d" % grpc_code(reply.status, error, deadline_hit)),
+            (b"grpc-message", grpc_message(str(message)))]
+
+
 def grpc_timeout(value):
     """``grpc-timeout`` (e.g. ``200m``, at most 8 digits and a unit) -> seconds, or None."""
     if not value or len(value) > 9 or value[-1:] not in GRPC_TIMEOUT_UNITS or \

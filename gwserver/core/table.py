@@ -289,6 +289,9 @@ class LiveTable:
         # dynamic upstream id that follows a service -> (version, validated spec before
         # _expand): what its served version is expanded from again (_follow)
         self.followers = {}
+        # such an upstream's static targets, listed beside its service: published, so the
+        # snapshot tells them from the instances it was expanded with (keep_last_good)
+        self.service_targets = {}
         self.wanted_routes = {}     # dynamic route id -> (version, raw) as the source has it
         self.wanted_upstreams = {}
         self.static_routes, self.static_upstreams = set(), set()
@@ -367,7 +370,10 @@ class LiveTable:
         """Full load: {service: {instance: raw}} at ``revision``."""
         self.expand_services = True
         self.service_revision = {}      # revisions of another history mean nothing here
-        for service in set(self.instances) | set(instances):
+        # (and the services of upstreams put from a published table, which may have none
+        # now: take_service_targets)
+        followed = {spec["service"] for _, spec in self.followers.values()}
+        for service in set(self.instances) | set(instances) | followed:
             self.instances[service] = {}
             for instance, raw in instances.get(service, {}).items():
                 self._take_instance(service, instance, raw)
@@ -420,6 +426,21 @@ class LiveTable:
                 if not self.put_upstream(upstream_id, raw, version):
                     self._follow(upstream_id)
 
+    def take_service_targets(self, service_targets):
+        """The sync process put a published table (its snapshot, or runtime_dir's after a
+        restart): its service-following upstreams came expanded, the instances of that day
+        as their targets. Written again as etcd had them, their static targets alone (which
+        the table lists: ``service_targets``), so they follow their service once its live
+        instances are known (replace_instances); else, their update refused in etcd, an
+        instance deregistered meanwhile kept its share of the traffic for good."""
+        if not isinstance(service_targets, dict):     # (a file by another hand): none
+            service_targets = {}
+        self.service_targets = {k: v for k, v in service_targets.items() if k in self.followers}
+        for upstream_id, (version, spec) in list(self.followers.items()):
+            written = {**spec, "targets": self.service_targets.get(upstream_id)}
+            self.followers[upstream_id] = (version, written)
+            self.wanted_upstreams[upstream_id] = (version, json.dumps(written))
+
     def _follow(self, upstream_id):
         """The version served of an upstream whose update is refused still follows its
         service: it kept the instances of the moment the update came, an instance whose
@@ -461,10 +482,13 @@ class LiveTable:
 
     def published(self):
         """The good dynamic items, as workers rebuild them: {kind: {id: [version, spec]}}."""
-        return {"routes": {k: list(v) for k, v in self.route_specs.items()},
-                "upstreams": {k: list(v) for k, v in self.upstream_specs.items()},
-                "consumers": {k: list(v) for k, v in self.consumer_specs.items()},
-                "fences": {k: list(v) for k, v in self.fence_specs.items()}}
+        table = {"routes": {k: list(v) for k, v in self.route_specs.items()},
+                 "upstreams": {k: list(v) for k, v in self.upstream_specs.items()},
+                 "consumers": {k: list(v) for k, v in self.consumer_specs.items()},
+                 "fences": {k: list(v) for k, v in self.fence_specs.items()}}
+        if self.service_targets:        # (workers read none of it: the snapshot's, for its start)
+            table["service_targets"] = dict(self.service_targets)
+        return table
 
     def apply_delta(self, delta):
         """Worker side: one published generation's changes ({kind: {id: [version, spec] or
@@ -608,6 +632,10 @@ class LiveTable:
             self.followers[upstream_id] = (version, written)
         else:
             self.followers.pop(upstream_id, None)
+        if written.get("service") and written.get("targets"):
+            self.service_targets[upstream_id] = written["targets"]
+        else:
+            self.service_targets.pop(upstream_id, None)
         self.rejected.pop(key, None)
         self._recompile_users(upstream_id)
         return True
@@ -622,6 +650,7 @@ class LiveTable:
         del self.upstream_specs[upstream_id]
         del self.upstreams[upstream_id]
         self.followers.pop(upstream_id, None)
+        self.service_targets.pop(upstream_id, None)
         self._recompile_users(upstream_id)
 
     def put_consumer(self, consumer_id, raw, version=0):

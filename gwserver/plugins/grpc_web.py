@@ -8,7 +8,8 @@ answers, server streaming included, come back as gRPC-Web with the trailers (``g
 ``grpc-message``) as the last frame. A CORS preflight from an allowed origin is answered here
 (204), and answers to allowed origins expose the gRPC headers (and the custom metadata
 ``expose_headers`` names); other origins get no CORS headers (the browser refuses the
-answer), and their preflights get 403.
+answer), and their preflights get 403. The gateway's own answers to gRPC-Web calls (a 401,
+a 502) are gRPC statuses (client.http1.grpc_web_reply), with these CORS headers (``reply``).
 """
 from ..core import grpcweb
 from ..core.context import Reply
@@ -35,8 +36,8 @@ SCHEMA = Schema(
     Field("max_age", integer(0), 600, "seconds a browser may cache a preflight"),
     Field("max_body_size", integer(1), 4 << 20,
           "bytes of a gRPC-Web request body, which is read whole to be translated (gRPC's "
-          "own default message limit is 4 MiB); over it: 413. The route's max_body_size "
-          "applies too when it is smaller"),
+          "own default message limit is 4 MiB); over it: 413 (grpc-status 8 to the client). "
+          "The route's max_body_size applies too when it is smaller"),
 )
 
 
@@ -74,3 +75,10 @@ def access(conf, ctx):
 def response(conf, ctx, head):
     if conf["cors"] is not None:
         cors.response(conf["cors"], ctx, head)
+
+
+def reply(conf, ctx, head):
+    """The gateway's own answers (a 401 from an auth plugin, a 429, a 502) carry the CORS
+    headers too: without them a browser's gRPC-Web client could not read their status."""
+    if conf["cors"] is not None:
+        cors.reply(conf["cors"], ctx, head)

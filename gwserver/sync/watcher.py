@@ -109,6 +109,7 @@ class ConfigSync:
         self.catch_up = None            # the revision the resumed watch must reach at once
         self.withheld = None            # what the last watch that withheld changes did
         self.served = None
+        self.served_targets = {}        # table.service_targets as last published
         self.snapshot_served = None     # served at the start until etcd answers (its full load)
         self.logged = {}
         self.unreachable_said = set()   # log_unreachable's warnings that still hold
@@ -164,7 +165,11 @@ class ConfigSync:
                     delta[kind] = {k: list(specs[kind][k]) for k, v in now.items()
                                    if before.get(k) != v}
                     delta[kind].update({k: None for k in before if k not in now})
+                if self.table.service_targets != self.served_targets:
+                    # (workers read none of it; a sync process restarted takes it up)
+                    delta["service_targets"] = dict(self.table.service_targets)
             self.served = versions
+            self.served_targets = dict(self.table.service_targets)
         try:
             generation = self.publisher.publish(delta, self.revision or 0, full=full)
         except OSError as exc:
@@ -175,7 +180,7 @@ class ConfigSync:
         self.own_table = True
         self.can_write()
         changed = len(versions["routes"]) if full else \
-            sum(len(items) for items in delta.values())
+            sum(len(delta[kind]) for kind in versions)
         log.info("published generation %d (etcd revision %s, %s %d items; %d routes, "
                  "%d upstreams)", generation, self.revision, "all" if full else "changed",
                  changed, len(versions["routes"]), len(versions["upstreams"]))
@@ -430,6 +435,7 @@ class ConfigSync:
                  self.snapshot_path, snapshot.get("cluster_id"), snapshot.get("revision"))
         with self.publisher.lock:
             self.table.apply_published(snapshot["table"])
+            self.table.take_service_targets(snapshot["table"].get("service_targets") or {})
             # Marked: a worker that serves a table already keeps it (TableReader).
             self.publisher.source = {"cluster_id": snapshot.get("cluster_id"),
                                      "prefix": self.prefix, "snapshot": True}
@@ -491,6 +497,8 @@ class ConfigSync:
         # Asked of etcd before the lock is taken (the base writer waits on it), and no more
         # once etcd fails (a wait of ``timeout`` per item)
         changes, history, seen = [], True, snapshot.get("revision") or 0
+        static = snapshot["table"].get("service_targets")
+        static = static if isinstance(static, dict) else {}     # (a file by another hand)
         for kind in puts:       # upstreams first: the routes find theirs
             served = getattr(self.table, f"{kind[:-1]}_specs")
             wanted = getattr(self.table, f"wanted_{kind}")
@@ -517,8 +525,11 @@ class ConfigSync:
                     if kind == "upstreams" and spec.get("service"):
                         # published expanded: its targets are the instances of the
                         # snapshot's day, and one deregistered meanwhile kept its share of
-                        # the traffic for good; the live ones are its targets again
-                        spec = {**spec, "targets": None}
+                        # the traffic for good; the live ones are its targets again, beside
+                        # the static targets it was written with (the snapshot lists them:
+                        # dropped with the instances, they served no more until etcd's
+                        # version was fixed)
+                        spec = {**spec, "targets": static.get(item_id)}
                     good = puts[kind](item_id, json.dumps(spec), version)
                 else:
                     deletes[kind](item_id)
@@ -571,6 +582,11 @@ class ConfigSync:
         base = steps[0][1]
         with self.publisher.lock:
             self.table.apply_steps(steps)
+            targets = base["table"].get("service_targets") or {}
+            for _, change in steps[1:]:
+                targets = change.get("service_targets", targets)
+            self.table.take_service_targets(targets)
+            self.served_targets = dict(self.table.service_targets)
             self.publisher.source = {"cluster_id": base.get("cluster_id"),
                                      "prefix": self.prefix}
         self.publisher.took_up()
