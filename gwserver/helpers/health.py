@@ -381,6 +381,14 @@ class _CheckCounts:
         yield checks
 
 
+# The health process's promises to the master (helpers.helper.Heartbeat): a turn of its
+# loop is 0.2 s of sleep and a pass over the targets (5 s leaves room for tens of thousands);
+# compiling a new table can take up to 30 s, promised before it. A stuck checker is then
+# found server.helper_timeout past 6 s, not past 31 s, while its verdicts froze.
+TURN = 5.0
+COMPILE_TURN = 30.0
+
+
 class Checker:
     beat = staticmethod(no_beat)        # the helper's Heartbeat.beat, set by run()
 
@@ -431,6 +439,7 @@ class Checker:
         if self.reader is not None:
             self.reader.reopen_if_replaced()    # a runtime_dir removed and made again
         if self.reader is not None and self.reader.changed():
+            self.beat(COMPILE_TURN)     # a new table compiled: up to 30 s for a large one
             steps, generation = self.reader.updates()
             self.table.apply_steps(steps)
             # Advance, or every later call re-reads the whole published table. Not record():
@@ -608,7 +617,7 @@ class Checker:
         import gevent
         last_metrics = 0.0
         while True:
-            self.beat(30.0)     # a turn: 0.2 s, or a new table compiled (a reload, follow())
+            self.beat(TURN)     # a turn: 0.2 s (follow() promises more before a compile)
             self.follow()
             if time.monotonic() - last_metrics >= 1.0:
                 self.write_metrics()
@@ -630,6 +639,7 @@ def run(conf_path):
 
     def reload():
         try:
+            beat(COMPILE_TURN)          # the conf's table compiled, the loop held meanwhile
             checker.load(applied_conf(conf_path))
             log.info("health: targets re-read from %s", conf_path)
         except ConfigError as exc:
