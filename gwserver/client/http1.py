@@ -940,9 +940,11 @@ class ClientConnection:
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
         status = reply.status
-        if status >= 400:
+        if status >= 400 and req.method == "POST":
             # A gRPC-Web client library reads a gRPC status, not an error page (as Envoy
             # answers gRPC calls locally); logged with the HTTP status, as native gRPC is.
+            # A call is a POST: a GET's 429 (404, 503) as a 200 was stored by a cache in
+            # front, which keeps a GET's 200 and no 429, and served to every client.
             content_type = req.header_map.get(b"content-type")
             mode = grpcweb.mode_of(content_type) if content_type else None
             if mode is not None:

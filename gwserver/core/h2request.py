@@ -156,7 +156,9 @@ def grpc_code(status, error=None, deadline_hit=False):
 def grpc_status_fields(reply, error=None, deadline_hit=False):
     """The ``grpc-status`` and ``grpc-message`` of an answer the gateway made itself (a
     Reply) to a gRPC call, native or gRPC-Web: one mapping for both."""
-    message = (reply.payload or {}).get("message") or reply.body.decode("utf-8", "replace")
+    payload = reply.payload     # a plugin's Reply.json may hold any JSON (a list): its body
+    message = isinstance(payload, dict) and payload.get("message") or \
+        reply.body.decode("utf-8", "replace")
     return [(b"grpc-status", b"%d" % grpc_code(reply.status, error, deadline_hit)),
             (b"grpc-message", grpc_message(str(message)))]
 

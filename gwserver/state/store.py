@@ -201,6 +201,11 @@ HOLD_IDLE_SECONDS = 1.0          # the batcher's connection goes back to the poo
 LATE_REPLY_SECONDS = 10.0        # how long the replies of a timed-out batch are waited for
 
 
+class ProbeOutcome(tuple):
+    """A half-open probe's outcome, a batch item as any other: owed until Redis takes it."""
+    __slots__ = ()
+
+
 def _admits(spec, items):
     """Whether a batch's group (``spec``, its queued ``items``) asks for breaker admissions."""
     return spec[0] == "br" and any(payload == "admit" for payload, _, _ in items)
@@ -306,6 +311,8 @@ class RedisStore:
         dropped, Redis held the probe for max(window, open_for), and every request of every
         host got 503 circuit_open though the upstream and Redis were well again."""
         item = (("br", self.breaker_prefix + key, breaker_args(conf)), (epoch, ok), None, 0.0)
+        if probe:
+            item = ProbeOutcome(item)       # owed again if its batch fails (_abandon)
         if time.monotonic() < self.down_until:
             if probe and len(self.owed_probes) < MAX_OWED_PROBES:
                 self.owed_probes.append(item)
@@ -1036,9 +1043,16 @@ class RedisStore:
         """Calls of a round trip that failed: their waiters get ``error``. A limit_conn claim
         may have run in Redis though its answer was lost (a timeout), and its caller falls back
         and never releases it there; a release did not happen: both are owed."""
-        for spec, payload, waiter, _ in batch:
+        for item in batch:
+            spec, payload, waiter, _ = item
             if spec[0] == "lc":
                 self._owe_release(spec, payload[1])
+            elif type(item) is ProbeOutcome and len(self.owed_probes) < MAX_OWED_PROBES:
+                # A probe's verdict lost with its batch (Redis still stalled when the pause
+                # it was owed through ended) left Redis holding the probe for max(window,
+                # open_for), every request a 503. Sent again: a copy of one a timed-out batch
+                # ran late counts only while that probe's half-open state lasts (its epoch).
+                self.owed_probes.append(item)
             if waiter is not None:
                 waiter.set_exception(error)
 
