@@ -132,7 +132,12 @@ class ConfigSync:
         # (and an authentication), each a connect and a read on every endpoint in turn, and
         # the table's compiling (~6 s of CPU for 60,000 routes).
         self.beat = no_beat
-        self.turn = self.idle_timeout + 8 * etcd["timeout"] * len(etcd["endpoints"]) + 30.0
+        # A quiet turn (a watch with no change, its few calls) promises that alone; a turn
+        # that compiles (a full load, a batch of changes) promises 30 s more first. Had every
+        # turn promised the compile, a sync process stuck on a quiet watch held every etcd
+        # change back 30 s longer before the master killed it.
+        self.quiet_turn = self.idle_timeout + 8 * etcd["timeout"] * len(etcd["endpoints"]) + 2.0
+        self.turn = self.quiet_turn + 30.0
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -262,6 +267,7 @@ class ConfigSync:
     def full_load(self, snapshot=None):
         """Make the table exactly what etcd holds under the prefix, by value (and the
         ``snapshot``'s last good versions of what it holds refused: keep_last_good)."""
+        self.beat(self.turn)
         revision, items = self.client.range_prefix(self.prefix)
         cluster_id = self.client.cluster_id
         snapshot, self.snapshot_served = snapshot or self.snapshot_served, None
@@ -604,7 +610,8 @@ class ConfigSync:
             self.start_fresh()
         self.write_status()             # routes status works from the start, etcd or not
         while True:
-            self.beat(self.turn)
+            self.beat(self.turn if self.revision is None or self.unpublished else
+                      self.quiet_turn)      # (full_load promises its compile itself)
             try:
                 self.sync_once()
             except Compacted as exc:
@@ -653,17 +660,19 @@ class ConfigSync:
             self.full_load()
             self.mark_synced()
             self.publish(full=True)
+            self.beat(self.quiet_turn)      # compiled: a watch is next
         idle = self.idle_timeout if self.catch_up is None else \
             min(self.idle_timeout, self.CATCH_UP)
         for revision, events in self.client.watch_prefix(self.prefix, self.revision + 1, idle):
             self.revision = max(self.revision, revision)
-            self.beat(self.turn)
+            self.beat(self.turn if events else self.quiet_turn)
             self.mark_synced()
             if events:
                 # Published even when only rejections changed: a worker at revision R has
                 # then seen everything etcd had up to R (status and benchmarks rely on it).
                 self.apply(events)
                 self.publish()
+                self.beat(self.quiet_turn)  # compiled: the watch goes on
             else:
                 self.write_status()
         # A quiet watch ends after idle_timeout: the status is rewritten then too, so its age
