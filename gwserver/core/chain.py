@@ -64,9 +64,11 @@ import re
 
 from ..errors import ConfigError, HTTPError
 from ..redact import redact
+from .consumers import Consumer
 from .context import Reply, ResponseHead, _enc, parse_block
 from .headers import (FIELD_NAME, NO_BODY_STATUSES, RESPONSE_RESERVED, WRITTEN_UPSTREAM,
                       is_field_name, is_field_value)
+from .routes import Route
 from .schema import show
 from .throttledlog import throttled_log
 from .tracing import is_tracestate_value
@@ -408,9 +410,11 @@ class Chain:
 # What the access line, the metrics and the span read of a request after its finish phase,
 # and the types they read: a third-party finish phase that set one to another type (ctx.url
 # a str) lost the request's access line, a traceback each time.
-_READ_AFTER_FINISH = (("url", bytes), ("attempts", int), ("body_size", int),
-                      ("upstream_seconds", (float, int, type(None))),
-                      ("error", (HTTPError, type(None))))
+# (route first: its id names the edit undone)
+_READ_AFTER_FINISH = (("route", (Route, type(None))), ("url", bytes), ("attempts", int),
+                      ("body_size", int), ("upstream_seconds", (float, int, type(None))),
+                      ("error", (HTTPError, type(None))),
+                      ("consumer", (Consumer, type(None))))
 
 
 def _undo_mistyped(plugin, ctx, before):

@@ -41,6 +41,10 @@ class mistype:
             ctx.attempts = "3"
         elif field == "error":
             ctx.error = "oops"
+        elif field == "consumer":
+            ctx.consumer = "alice"
+        elif field == "route":
+            ctx.route = "fin"
 '''
 
 
@@ -107,13 +111,14 @@ def test_forward_claims_sends_booleans_as_the_token_spells_them(gw):
 # -- 3. a finish phase that mistypes what the access log reads -----------------------------------
 
 def test_a_finish_phase_that_mistypes_a_field_loses_no_access_line(gw):
-    for field in ("url", "url", "attempts", "error", "none"):
+    for field in ("url", "url", "attempts", "error", "consumer", "route", "none"):
         resp, _ = gw.request("GET", f"/fin/x?f={field}")
         assert resp.status == 200
     lines = wait_until(lambda: len(got := [line for line in gw.access_lines()
-                                           if line["route"] == "fin"]) >= 5 and got, timeout=5)
+                                           if line["route"] == "fin"]) >= 7 and got, timeout=5)
     # logged as served: the plugin's edits of another type are put back
-    assert [line["path"] for line in lines] == ["/fin/x"] * 5, lines
+    assert [line["path"] for line in lines] == ["/fin/x"] * 7, lines
+    assert not any("consumer" in line for line in lines), lines
     assert not any("attempts" in line or "error" in line for line in lines), lines
     log = gw.log()
     assert "could not be rendered" not in log and "Traceback" not in log, log
@@ -121,6 +126,8 @@ def test_a_finish_phase_that_mistypes_a_field_loses_no_access_line(gw):
     assert log.count("route fin: plugin mistype set ctx.url to a str in finish") == 1, log
     assert "plugin mistype set ctx.attempts to a str" in log, log
     assert "plugin mistype set ctx.error to a str" in log, log
+    assert "plugin mistype set ctx.consumer to a str" in log, log
+    assert "plugin mistype set ctx.route to a str" in log, log
 
 
 def test_a_mistyped_field_loses_no_line_of_a_listed_or_common_format(module_launcher, echo,
