@@ -93,11 +93,10 @@ def test_grpc_web_call_over_http2_gets_its_status(grpc_web_gw):
     assert messages == [] and trailers.get("grpc-status") == "14", (body, trailers)
 
 
-def test_a_kept_service_upstream_keeps_its_static_targets(launcher, tmp_path):
-    """An upstream with a service and static targets beside it, whose update etcd holds
-    refused: kept after a fresh start, it lost its static targets (only the live instances
-    served) until etcd's version was fixed. It serves both."""
-    static, live = launcher.upstream("static"), launcher.upstream("live")
+def refused_service_upstream(launcher, tmp_path, static, first):
+    """A gateway (one worker) on etcd whose upstream ``orders`` follows service orders beside
+    the static target ``static``, its instance i1 ``first``, and an update of it that etcd
+    holds refused. -> (etcd member, conf, gateway, etcd client)"""
     member = launcher.etcd()
     conf = etcd_conf(tmp_path, [member.url], workers=1)
     gw = launcher.gateway(conf)
@@ -106,10 +105,19 @@ def test_a_kept_service_upstream_keeps_its_static_targets(launcher, tmp_path):
     put(client, "upstreams", "orders", spec)
     put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
                                 "upstream": "orders"})
-    revision = register(client, "orders", "i1", live.url)
+    revision = register(client, "orders", "i1", first.url)
     wait_until(lambda: all_workers_at(gw, revision))
     revision = put(client, "upstreams", "orders", {**spec, "balance": "bogus"})
     wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
+    return member, conf, gw, client
+
+
+def test_a_kept_service_upstream_keeps_its_static_targets(launcher, tmp_path):
+    """An upstream with a service and static targets beside it, whose update etcd holds
+    refused: kept after a fresh start, it lost its static targets (only the live instances
+    served) until etcd's version was fixed. It serves both."""
+    static, live = launcher.upstream("static"), launcher.upstream("live")
+    member, conf, gw, client = refused_service_upstream(launcher, tmp_path, static, live)
     os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
     gw.proc.wait(15)
     shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot
@@ -137,17 +145,7 @@ def test_a_kept_service_upstream_served_from_the_snapshot_first_follows_its_serv
     was down kept its share of the traffic for good. It serves its static target and the
     live instances."""
     static, first, second = (launcher.upstream(name) for name in ("static", "first", "second"))
-    member = launcher.etcd()
-    conf = etcd_conf(tmp_path, [member.url], workers=1)
-    gw = launcher.gateway(conf)
-    client = member.client()
-    spec = {"service": "orders", "targets": [{"url": static.url}]}
-    put(client, "upstreams", "orders", spec)
-    put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
-                                "upstream": "orders"})
-    register(client, "orders", "i1", first.url)
-    revision = put(client, "upstreams", "orders", {**spec, "balance": "bogus"})
-    wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
+    member, conf, gw, client = refused_service_upstream(launcher, tmp_path, static, first)
     os.kill(gw.pid, signal.SIGTERM)
     gw.proc.wait(15)
     shutil.rmtree(conf["etcd"]["runtime_dir"])
@@ -174,16 +172,7 @@ def test_a_kept_service_upstream_taken_up_by_a_restarted_sync_process_follows_it
     was kept, the instances of its day frozen in as static targets. One deregistered since
     kept its share of the traffic for good."""
     static, first, second = (launcher.upstream(name) for name in ("static", "first", "second"))
-    member = launcher.etcd()
-    gw = launcher.gateway(etcd_conf(tmp_path, [member.url], workers=1))
-    client = member.client()
-    spec = {"service": "orders", "targets": [{"url": static.url}]}
-    put(client, "upstreams", "orders", spec)
-    put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
-                                "upstream": "orders"})
-    register(client, "orders", "i1", first.url)
-    revision = put(client, "upstreams", "orders", {**spec, "balance": "bogus"})
-    wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
+    _, _, gw, client = refused_service_upstream(launcher, tmp_path, static, first)
     killed = status_of(gw)["pid"]
     os.kill(killed, signal.SIGKILL)
     client.delete(f"{PREFIX}/services/orders/i1")

@@ -88,17 +88,7 @@ def test_a_probes_verdict_that_comes_while_the_redis_store_is_paused_is_not_lost
     after it (pause, 1 s by default, past a 50 ms timeout: a fork's stall), had its verdict
     dropped: Redis held it for max(window, open_for), every request of every host a 503
     though the upstream had recovered and Redis answered again."""
-    redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf([route(
-        "br", ["/br/*rest"], upstream.url, strip_prefix="/br", plugins={"breaker": {
-            "error_rate": 0.5, "window": 6.0, "min_requests": 4, "open_for": 1.0,
-            "max_open_for": 2.0, "half_open_probes": 1}})],
-        workers=1, redis={"url": redis.url, "timeout": 0.2, "pause": 1.0}))
-    control(upstream, "fail=1")
-    opened = [get(gw, "/br/echo")[0] for _ in range(6)]
-    assert opened[:4] == [500] * 4 and opened[-1] == 503
-    control(upstream, "fail=0")
-    time.sleep(1.1)                                     # half-open at the next admission
+    redis, gw = half_open_on_redis(launcher, upstream)
     probe = []
     slow = threading.Thread(target=lambda: probe.append(get(gw, "/br/slow/0.8")[0]))
     slow.start()                                        # the probe, granted in Redis
@@ -119,3 +109,20 @@ def test_a_probes_verdict_that_comes_while_the_redis_store_is_paused_is_not_lost
     # before: half_open, the probe held for max(window, open_for) and every request a 503
     assert wait_until(lambda: stored() == "closed", timeout=2.5)
     assert get(gw, "/br/echo")[0] == 200
+
+
+def half_open_on_redis(launcher, upstream):
+    """A gateway (one worker) whose breaker on Redis opened on the upstream's 500s and is
+    half-open at its next admission, the upstream well again. -> (redis, gateway)"""
+    redis = launcher.redis()
+    gw = launcher.gateway(gateway_conf([route(
+        "br", ["/br/*rest"], upstream.url, strip_prefix="/br", plugins={"breaker": {
+            "error_rate": 0.5, "window": 6.0, "min_requests": 4, "open_for": 1.0,
+            "max_open_for": 2.0, "half_open_probes": 1}})],
+        workers=1, redis={"url": redis.url, "timeout": 0.2, "pause": 1.0}))
+    control(upstream, "fail=1")
+    opened = [get(gw, "/br/echo")[0] for _ in range(6)]
+    assert opened[:4] == [500] * 4 and opened[-1] == 503
+    control(upstream, "fail=0")
+    time.sleep(1.1)                                     # half-open at the next admission
+    return redis, gw

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from ..conftest import free_port, gateway_conf, installed_plugin, route, wait_until
+from ..conftest import free_port, gateway_conf, installed_plugin, wait_until
 from .test_grpc_web import frame, parse_frames
-from .test_limits_attack_dec06z import control, status_of as get
+from .test_limits_attack_dec06z import status_of as get
+from .test_review_dec07c import half_open_on_redis
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +56,7 @@ def test_a_probes_verdict_owed_through_a_pause_survives_a_failed_retry(launcher,
     stall longer than one pause, with traffic), that batch failed and the verdict was
     dropped with it: Redis held the probe for max(window, open_for), every request a 503
     though the upstream and Redis were well again. It is owed again, as releases are."""
-    redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf([route(
-        "br", ["/br/*rest"], upstream.url, strip_prefix="/br", plugins={"breaker": {
-            "error_rate": 0.5, "window": 6.0, "min_requests": 4, "open_for": 1.0,
-            "max_open_for": 2.0, "half_open_probes": 1}})],
-        workers=1, redis={"url": redis.url, "timeout": 0.2, "pause": 1.0}))
-    control(upstream, "fail=1")
-    opened = [get(gw, "/br/echo")[0] for _ in range(6)]
-    assert opened[:4] == [500] * 4 and opened[-1] == 503
-    control(upstream, "fail=0")
-    time.sleep(1.1)                                     # half-open at the next admission
+    redis, gw = half_open_on_redis(launcher, upstream)
     probe = []
     slow = threading.Thread(target=lambda: probe.append(get(gw, "/br/slow/1.05")[0]))
     slow.start()                                        # the probe, granted in Redis
