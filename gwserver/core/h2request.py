@@ -176,10 +176,23 @@ def grpc_timeout_value(seconds):
     return b"%dm" % min(99_999_999, max(1, int(seconds * 1000)))
 
 
+# A gateway's own grpc-message, encoded, is cut at this many bytes: gRPC clients take 8 KiB
+# of metadata by default (grpc-core's soft limit), and a longer one (a fault abort's body, a
+# plugin's page) failed the call on the client's side, RESOURCE_EXHAUSTED, not its status.
+GRPC_MESSAGE_BYTES = 4096
+
+
 def grpc_message(text):
-    """``grpc-message`` percent-encoding (gRPC over HTTP2: %-encode outside 0x20-0x7E, and %)."""
-    return "".join(c if " " <= c <= "~" and c != "%" else
-                   "".join(f"%{b:02X}" for b in c.encode()) for c in text).encode("ascii")
+    """``grpc-message`` percent-encoding (gRPC over HTTP2: %-encode outside 0x20-0x7E, and %),
+    at most GRPC_MESSAGE_BYTES, cut between characters."""
+    out, size = [], 0
+    for c in text:
+        piece = c if " " <= c <= "~" and c != "%" else "".join(f"%{b:02X}" for b in c.encode())
+        size += len(piece)
+        if size > GRPC_MESSAGE_BYTES:
+            break
+        out.append(piece)
+    return "".join(out).encode("ascii")
 
 
 def is_grpc(content_type):
