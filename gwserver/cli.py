@@ -55,7 +55,12 @@ def cmd_run(args):
             metrics_dir = private_metrics_dir = metrics.private_dir(
                 tmpfs_dir(runtime_first=True))
         # Before anything imports prometheus_client: it reads the directory at import.
-        metrics.prepare(metrics_dir)
+        try:
+            metrics.prepare(metrics_dir)
+        except OSError as exc:      # (a traceback, exit 1: systemd restarted it in a loop)
+            print(f"{args.conf}: cannot start: [admin] metrics_dir {metrics_dir}: cannot "
+                  f"make it or clear it: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     master = os.getpid()
     try:
         try:
@@ -95,21 +100,25 @@ def cmd_check(args):
     for warning in [*(tls_server.warnings if tls_server else ()), *conf_warnings(conf)]:
         print(f"{args.conf}: warning: {warning}")
     from .sync.watcher import snapshot_warnings
-    for warning in [*snapshot_warnings(conf), *state_dir_warnings(conf.server["state_dir"])]:
+    for warning in [*snapshot_warnings(conf), *state_dir_warnings(conf.server["state_dir"]),
+                    *state_dir_warnings(conf.admin["metrics"] and conf.admin["metrics_dir"],
+                                        "[admin] metrics_dir")]:
         print(f"{args.conf}: warning: {warning}")
     return 0
 
 
-def state_dir_warnings(path):
-    """What would stop ``gwserver run`` creating [server] state_dir on this host (a file in
-    the way): check said "ok" to a conf that run then refused. A warning, not an error: it
-    is the host's state, not the file's."""
+def state_dir_warnings(path, setting="[server] state_dir"):
+    """What would stop ``gwserver run`` creating [server] state_dir (or ``setting``) on this
+    host (a file in the way): check said "ok" to a conf that run then refused. A warning,
+    not an error: it is the host's state, not the file's."""
+    if not path:
+        return []
     ancestor = os.path.abspath(path)
     while not os.path.lexists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if os.path.isdir(ancestor):
         return []
-    return [f"[server] state_dir {path}: cannot be created on this host: {ancestor} is not "
+    return [f"{setting} {path}: cannot be created on this host: {ancestor} is not "
             f"a directory; gwserver run refuses to start"]
 
 

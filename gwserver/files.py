@@ -84,3 +84,35 @@ def write_remedy(exc, place="there"):
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"make it writable by the gateway's user ({place})"
     return f"free space {place}"
+
+
+def private_key_problem(path):
+    """What keeps ``path`` from being a private key the gateway can load unattended, in
+    words an operator can act on; None when it looks like one (OpenSSL has the last word).
+    OpenSSL's own reason for these was "unsupported; PEM lib", and for an encrypted key it
+    asked for the passphrase on the terminal: `gwserver check` waited there, and a master
+    under systemd, with no terminal, could never start with the key."""
+    try:
+        head = read_regular(path, 1 << 16)
+    except OSError:
+        return None             # (the caller's own check names a missing or odd file)
+    if not head.strip():
+        return "is empty"
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY" in head or b"Proc-Type: 4,ENCRYPTED" in head:
+        return ("is an encrypted private key: the gateway runs unattended and cannot ask for "
+                "its passphrase; store it decrypted (openssl pkey -in KEY -out KEY.plain), "
+                "readable by the service's group only")
+    if b"PRIVATE KEY-----" not in head:
+        if b"-----BEGIN CERTIFICATE" in head:
+            return "holds a certificate, not a private key (are cert and key swapped?)"
+        if not head.lstrip().startswith(b"-----BEGIN"):
+            return ("is not PEM (DER? convert it: openssl pkey -inform DER -in KEY "
+                    "-out KEY.pem)")
+        return "holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+    return None
+
+
+def no_passphrase(*_):
+    """A passphrase callback for OpenSSL that has none to give: an encrypted key fails at
+    once instead of OpenSSL prompting on the terminal (see private_key_problem)."""
+    return b""

@@ -128,6 +128,10 @@ def check(kind, items, table):
             # said of a put refused here, it read as if the route had been written.
             reason = table.rejected[f"routes/{item_id}"].removesuffix(f" ({FENCED})")
             (notes if WAITING in reason else problems).append(reason)
+        elif f"routes/{item_id}" in table.waiting:
+            # Accepted, but waiting for its upstream (put_route says True): the note is what
+            # tells the operator it answers 503 until then; it went unsaid.
+            notes.append(table.rejected[f"routes/{item_id}"])
     if kind == "routes":
         # What `gwserver check` warns of in a conf file: a route that takes a path another
         # serves (or never gets it), here against what etcd and the conf file serve.

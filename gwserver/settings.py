@@ -45,6 +45,16 @@ def bind_address(value):
     host, sep, port = value.rpartition(":")
     if not sep or not is_port_number(port) or not host:
         raise Invalid(f"must be \"host:port\" (IPv6 as \"[::1]:port\"), got {show(value)}")
+    if ":" in host or "[" in host or "]" in host:
+        # An IPv6 address without its brackets ("::1:8080") or with one of them passed, and
+        # gunicorn's parse failed at the start (a traceback: "'' is not a valid port
+        # number") or the reload ("unexpected error: RuntimeError ...").
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+        try:
+            ipaddress.IPv6Address(inner or "")
+        except ValueError:
+            raise Invalid(f"an IPv6 address is written in brackets, then its port "
+                          f"(\"[::1]:8080\"), got {show(value)}") from None
     if not 0 < int(port) < 65536:
         # "127.0.0.1:0" is host:port to whoever wrote it: say what is wrong (port 0 would
         # be a new port at each start, which no client or balancer could be pointed at)
@@ -657,6 +667,37 @@ def _resolved(bind):
         return set()
 
 
+def _overlapping(binds, others):
+    """Those of ``binds`` whose listener one of ``others`` keeps from binding: the same
+    address and port, or a wildcard of the same family on that port (0.0.0.0:8080 holds
+    127.0.0.1:8080; an IPv6 wildcard beside an IPv4 address on its port is IPv6-only,
+    server.listeners.socket_type). `check` compared the text: 0.0.0.0:8080 beside an admin
+    127.0.0.1:8080 passed, and the start failed, 5 s later, on `Address already in use`
+    by the gateway itself."""
+    theirs = set().union(*map(_resolved, others)) if others else set()
+
+    def collide(a, b):
+        if a[1] != b[1]:
+            return False
+        a_ip, b_ip = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+        return a_ip.version == b_ip.version and (a_ip == b_ip or a_ip.is_unspecified or
+                                                  b_ip.is_unspecified)
+    return [bind for bind in binds
+            if bind in others or any(collide(a, b) for a in _resolved(bind) for b in theirs)]
+
+
+def _overlaps_within(name, binds):
+    """One list's addresses that an earlier one of it holds (0.0.0.0:8080, then
+    127.0.0.1:8080); the same text twice is one listener."""
+    problems = []
+    for index, bind in enumerate(binds):
+        held = [b for b in binds[:index] if b != bind and _overlapping([bind], [b])]
+        if held:
+            problems.append(f"{name}[{index}]: {bind} is already listened on by {held[0]} "
+                            f"(the same address, or a wildcard that covers it): keep one")
+    return problems
+
+
 def proxy_protocol_problems(server, tls):
     """PROXY listeners must be listeners, on IP, with someone trusted to speak it. An entry
     names a listener by the rule the worker applies (net.addresses: "[0:0::1]:8443" is
@@ -975,6 +1016,13 @@ def etcd_file_problems(etcd):
     if etcd.get("key_file") and not etcd.get("cert_file"):
         problems.append("etcd.key_file: needs etcd.cert_file (the client certificate it is "
                         "the key of)")
+    if etcd.get("key_file") and not problems:
+        # (an encrypted one passed, and every call to etcd failed on it: "no etcd endpoint
+        # answered: ... Client private key is encrypted")
+        from .files import private_key_problem
+        problem = private_key_problem(etcd["key_file"])
+        if problem is not None:
+            problems.append(f"etcd.key_file: {etcd['key_file']} {problem}")
     snapshot = etcd.get("snapshot_path")
     if snapshot and os.path.exists(snapshot) and not os.path.isfile(snapshot):
         problems.append(f"etcd.snapshot_path: {snapshot} is not a regular file")
@@ -1211,10 +1259,9 @@ def parse_conf(data, path="<conf>"):
         problems.append(f"server.worker_tmp_dir: {tmp_dir} is not a directory")
     elif tmp_dir:
         problems.extend(worker_tmp_problems(tmp_dir))
+    problems.extend(_overlaps_within("server.bind", sections["server"]["bind"]))
     admin_bind = sections["admin"]["bind"]
-    if admin_bind and (admin_bind in sections["server"]["bind"] or
-                       _resolved(admin_bind) & set().union(*map(_resolved,
-                                                                sections["server"]["bind"]))):
+    if admin_bind and _overlapping([admin_bind], sections["server"]["bind"]):
         problems.append(f"admin.bind: {admin_bind} is also in server.bind; give the admin "
                         f"listener its own address")
     h2c = sections["http2"]["h2c"]
@@ -1237,8 +1284,9 @@ def parse_conf(data, path="<conf>"):
     tls = None
     if parts["tls"] is not None:
         tls = MappingProxyType({**TLS.defaults(), **parts["tls"]})
-        clash = set(tls["bind"]) & (set(sections["server"]["bind"]) |
-                                    {sections["admin"]["bind"]})
+        problems.extend(_overlaps_within("tls.bind", tls["bind"]))
+        clash = _overlapping(tls["bind"], [*sections["server"]["bind"],
+                                           *filter(None, [sections["admin"]["bind"]])])
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
         else:

@@ -53,6 +53,9 @@ SLOW_BODY_GRACE = 5.0          # seconds of waiting for a body before its rate c
 # the connection closes after the last answer it holds (Connection: close; RFC 9112 9.3.2:
 # a pipelining client retries what was not answered).
 MAX_PIPELINED = 32
+# The 400 for an HTTP/2 preface where h2c is off (the client's and the access log's reason)
+H2C_OFF = ("HTTP/2 with prior knowledge (h2c) is not served on this listener: speak "
+           "HTTP/1.1 here, or HTTP/2 over TLS")
 # A client's X-Request-ID is kept when it is 1-200 visible ASCII characters but the quote and
 # the backslash (a UUID, hex, base64 all are); else, an empty one too, the gateway makes its own.
 CLIENT_REQUEST_ID = re.compile(rb'[!#-\[\]-~]{1,200}')
@@ -571,6 +574,11 @@ class ClientConnection:
                 # that request stands (RFC 9112 9.6: the client must not send more); the
                 # rest is never read as a request.
                 return
+            if "PRI/Upgrade" in str(exc):
+                # llhttp's words for the HTTP/2 preface ("Pause on PRI/Upgrade") named
+                # nothing an operator could look up: curl --http2-prior-knowledge on a port
+                # without h2c (docs/http2.md)
+                raise BadRequest(H2C_OFF) from None
             raise BadRequest(f"malformed request: {exc}") from None
 
     def count_unparsed(self, n):

@@ -30,6 +30,7 @@ import time
 from OpenSSL import SSL
 
 from ..errors import ConfigError
+from ..files import private_key_problem
 from ..net.sockets import UNREAD, idle_state
 from ..sync.shm import file_stamp
 from .tickets import key_file_warnings, process_key, read_key_files, ticket_api
@@ -65,9 +66,14 @@ def check_certificate(entry, strict, now=None, index=0):
             raise ConfigError(f"{where}.{what}: file {path} does not exist")
     try:
         with open(cert_path, "rb") as f:
-            leaf = x509.load_pem_x509_certificate(f.read())
+            data = f.read()
+        leaf = x509.load_pem_x509_certificate(data)
     except ValueError as exc:
-        raise ConfigError(f"{where}.cert: {cert_path} is not a PEM certificate ({exc})") \
+        # cryptography's words ("no BEGIN CERTIFICATE/END CERTIFICATE delimiters") did not
+        # say that the file named is the key
+        why = "it holds a private key: are cert and key swapped?" \
+            if b"PRIVATE KEY-----" in data else exc
+        raise ConfigError(f"{where}.cert: {cert_path} is not a PEM certificate ({why})") \
             from None
     warnings = []
     if leaf.not_valid_after_utc < now:
@@ -187,6 +193,11 @@ class ServerTLS:
         except SSL.Error as exc:
             raise ConfigError(f"tls.certificates[{index}].cert: {entry['cert']}: "
                               f"{_reason(exc)}") from None
+        # Named before OpenSSL reads it: for an encrypted key OpenSSL asks for the
+        # passphrase on the terminal, and its reasons for the others were "PEM lib".
+        problem = private_key_problem(entry["key"])
+        if problem is not None:
+            raise ConfigError(f"tls.certificates[{index}].key: {entry['key']} {problem}")
         try:
             context.use_privatekey_file(entry["key"])
         except SSL.Error as exc:

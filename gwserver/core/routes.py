@@ -525,6 +525,14 @@ def _upstream_tls(owner, conf):
             raise ConfigError(f"{owner}: tls.{field_name}: {path} {why}")
     if bool(conf["cert_file"]) != bool(conf["key_file"]):
         raise ConfigError(f"{owner}: tls: cert_file and key_file go together")
+    if conf["key_file"] is not None:
+        # An encrypted key made each new connection's OpenSSL ask for the passphrase on
+        # the terminal (a worker run by hand blocked there), or fail every request (502)
+        # under systemd; `check` passed it.
+        from ..files import private_key_problem
+        problem = private_key_problem(conf["key_file"])
+        if problem is not None:
+            raise ConfigError(f"{owner}: tls.key_file: {conf['key_file']} {problem}")
     return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
             conf["key_file"])
 

@@ -1,7 +1,7 @@
 """Prometheus metrics, aggregated over all workers with prometheus-client's multiprocess mode.
 
 - ``prepare(dir)`` runs in the master before anything imports prometheus_client (the library
-  reads ``PROMETHEUS_MULTIPROC_DIR`` at import), and empties the directory.
+  reads ``PROMETHEUS_MULTIPROC_DIR`` at import), and removes an earlier run's files there.
 - ``WorkerMetrics`` lives in a worker: it counts in plain Python per request and pushes the
   deltas into the multiprocess values once a second.
 - ``retire(pid)`` runs in the master when a worker exits: live gauges of the pid are removed,
@@ -140,7 +140,9 @@ SYNC_METRICS = (
            source=SYNC),
 )
 SYNC_REJECTED = Metric("gwserver_config_rejected_items", "gauge", "etcd items rejected, by "
-                       "kind", (("kind", "`routes`, `upstreams`, `consumers`"),), source=SYNC)
+                       "kind (not the routes waiting for their upstream: `routes status` "
+                       "lists those apart, no problem)",
+                       (("kind", "`routes`, `upstreams`, `consumers`"),), source=SYNC)
 SYNC_REJECTIONS = Metric("gwserver_config_rejections", "counter", "Rejections logged since "
                          "the sync process started", source=SYNC)
 HEALTH_CHECKS = Metric("gwserver_health_checks", "counter", "Active health checks by target "
@@ -260,11 +262,21 @@ def private_dir(base):
     return tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=base)
 
 
+# prometheus_client's multiprocess files (counter_PID.db, gauge_livesum_PID.db, ...) and the
+# archives retire() folds them into: all that prepare() removes of an earlier run
+OWN_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_([0-9]+|archive)\.db")
+
+
 def prepare(directory):
-    """Master, before prometheus_client is imported anywhere: a clean multiprocess dir."""
-    if os.path.isdir(directory):
-        shutil.rmtree(directory)
-    os.makedirs(directory)
+    """Master, before prometheus_client is imported anywhere: a multiprocess dir without the
+    files of an earlier run. Only those go: an [admin] metrics_dir is the operator's to name,
+    and the whole directory was removed, whatever it held (metrics_dir = "/dev/shm", the
+    tmpfs the settings advise, took every other program's files there with it). Raises
+    OSError when it cannot be made."""
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if OWN_FILE.fullmatch(name):
+            os.unlink(os.path.join(directory, name))
     os.environ[ENV] = directory
 
 

@@ -9,11 +9,13 @@ connection.
 """
 import logging
 import os
+import re
 import signal
 import socket
 import stat
 import sys
 import time
+import warnings
 
 import gevent
 from gevent.pool import Pool
@@ -148,6 +150,18 @@ def sync_said(status_path, sync_pid=None):
     return "lost" if status.get("lost") else "own" if status.get("own_table") else None
 
 
+def _only_redis_asyncio_unpatched(warning):
+    """True for gevent's warning that ssl was imported before patching when the only
+    modules it names as left unpatched are redis.asyncio's (see GatewayWorker.patch)."""
+    from gevent.monkey import MonkeyPatchWarning
+    text = str(warning.message)
+    if not issubclass(warning.category, MonkeyPatchWarning) or "Subclasses" in text or \
+            "Modules that had direct imports" not in text:
+        return False
+    names = re.findall(r"'([\w.]+) \(", text.partition("Modules that had direct imports")[2])
+    return bool(names) and all(n.startswith("redis.asyncio.") for n in names)
+
+
 class GatewayWorker(GeventWorker):
     reopen_wanted = False       # a SIGUSR1 came (handle_usr1)
     servers = ()                # the listeners' StreamServers, once serve() started them
@@ -160,6 +174,21 @@ class GatewayWorker(GeventWorker):
             from .instance import lock_paths
             lock.drop_copies(lock_paths(self.app.conf))
         super().init_process()
+
+    def patch(self):
+        # With [redis], the master imported redis-py to check the URL, and redis-py imports
+        # redis.asyncio, whose connection module holds ssl.SSLContext by name: gevent's
+        # patch_all then printed a MonkeyPatchWarning ("may lead to errors, including
+        # RecursionError ...") at every worker's start, in the journal of every gateway with
+        # [redis]. Workers never use redis.asyncio (the store is redis-py's sync client), so
+        # that warning alone is dropped; any other is shown as it was.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            super().patch()
+        for warning in caught:
+            if not _only_redis_asyncio_unpatched(warning):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno)
 
     def init_signals(self):
         super().init_signals()

@@ -205,9 +205,12 @@ class ConfigSync:
         for metric, value in zip(SYNC_METRICS, values, strict=True):   # in the catalog's order
             make(metric, registry=registry).set(value)
         rejected = make(SYNC_REJECTED, registry=registry)
+        # refused(), as `routes status` counts them: a route waiting for its upstream is
+        # served (a 503 until it arrives) and no problem, and counted here it fired
+        # GwserverConfigRejected with nothing for `routes status` to name.
+        refused = self.table.refused()
         for kind in ("routes", "upstreams", "consumers"):
-            rejected.labels(kind).set(sum(1 for key in self.table.rejected
-                                          if key.startswith(kind + "/")))
+            rejected.labels(kind).set(sum(1 for key in refused if key.startswith(kind + "/")))
         make(SYNC_REJECTIONS, registry=registry).inc(self.rejections_total)
         write_to_textfile(f"{self.publisher.runtime_dir}/metrics.prom", registry)
 

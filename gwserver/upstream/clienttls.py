@@ -7,6 +7,7 @@ import ssl
 
 from ..core.throttledlog import throttled_log
 from ..errors import describe
+from ..files import no_passphrase
 
 log = logging.getLogger("gwserver.tls")
 
@@ -47,7 +48,9 @@ def _build(tls, alpn):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if cert_file:
-        context.load_cert_chain(cert_file, key_file)
+        # no_passphrase: an encrypted key (replaced since the check) fails here, instead of
+        # OpenSSL asking for its passphrase on the terminal of a helper run by hand
+        context.load_cert_chain(cert_file, key_file, password=no_passphrase)
     if alpn:
         context.set_alpn_protocols(list(alpn))
     return context
