@@ -96,6 +96,11 @@ X_FORWARDED_MORE = frozenset([
     b"x-scheme", b"x-script-name", b"front-end-https", b"x-host", b"x-original-host",
     *(name for name in _PROXY_SAYS if name.startswith(b"x-forwarded-"))])
 
+# Digests of an answer's bytes (RFC 9530 Content-Digest and Repr-Digest, RFC 3230 Digest,
+# RFC 1864 Content-MD5), in its head or its trailers: none holds once a body filter (gzip)
+# has changed the bytes, and a client that checks one refuses the answer as corrupt.
+BODY_DIGESTS = frozenset([b"content-digest", b"repr-digest", b"digest", b"content-md5"])
+
 # Fields a trailer section may not carry (RFC 9110 6.5.1): framing, routing and this hop's.
 # An HTTP/2 upstream's are dropped; llhttp refuses them from HTTP/1.1 upstreams (a 502 or a
 # cut answer), and an HTTP/2 client's stream could not carry a Content-Length in its trailers.

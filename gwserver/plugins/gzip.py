@@ -14,12 +14,14 @@ answer loses ``Accept-Ranges``: ranges of the upstream's bytes are not ranges of
 HEAD gets the head the GET would (Content-Encoding, the weak ETag), without a length. ``Vary:
 Accept-Encoding`` is added to every answer of a listed type, compressed or not, so caches keep
 the two apart; a strong ``ETag`` becomes weak, as the bytes differ, and so does the strong one
-of a 304 that answers ``If-None-Match`` with the weak one. ``Vary`` and ``Cache-Control`` are
-read from all their lines (a list may be split over several).
+of a 304 that answers ``If-None-Match`` with the weak one to a client that takes gzip. The
+upstream's digests of its bytes (Content-Digest, Repr-Digest, Digest, Content-MD5) are
+dropped from a compressed answer. ``Vary`` and ``Cache-Control`` are read from all their
+lines (a list may be split over several).
 """
 import zlib
 
-from ..core.headers import NO_BODY_STATUSES
+from ..core.headers import BODY_DIGESTS, NO_BODY_STATUSES
 from ..core.schema import Field, Schema, boolean, integer, list_of, string
 
 NAME = "gzip"
@@ -90,6 +92,12 @@ def revalidated(conf, ctx, head):
     etag = head.header("etag")
     if etag is None or etag.startswith("W/"):
         return
+    # A client that does not take gzip gets the plain bytes and their strong tag: a cache
+    # holding both variants asks with both tags, and a weak one here had it serve the gzip
+    # bytes (the stored answer of that tag) to this client.
+    accept = ctx.header("accept-encoding")
+    if accept is None or not accepts_gzip(accept):
+        return
     asked = ctx.header("if-none-match")
     if asked is not None and "W/" + etag in asked:
         head.set_header("ETag", "W/" + etag)
@@ -120,6 +128,10 @@ def response(conf, ctx, head):
     if etag is not None and not etag.startswith("W/"):
         head.set_header("ETag", "W/" + etag)
     head.set_header("Content-Encoding", "gzip")
+    # The upstream's digests are of its bytes, not of these (a representation's coding is
+    # part of it): a client that checks one refused every compressed answer as corrupt.
+    if any(k.lower() in BODY_DIGESTS for k, _ in head.headers):
+        head.headers = [(k, v) for k, v in head.headers if k.lower() not in BODY_DIGESTS]
     # Byte ranges of the upstream's bytes are not ranges of these: a client resuming this
     # download with Range would splice raw bytes into gzip (nginx clears it too).
     head.remove_header("Accept-Ranges")

@@ -38,7 +38,8 @@ cannot be edited here.
 
 ``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
 framing differs). ``response_body`` replaces the body of the upstream's answer (of every
-status, or those in ``response_body_statuses``) with a fixed text with ``$variables``; the
+status, or those in ``response_body_statuses``; never a 204, 205 or 304, which have no
+content) with a fixed text with ``$variables``; the
 upstream's body is read and dropped as it streams, never held, and what the upstream said
 of its body goes with it (Content-Encoding, ETag, digests, Content-Range and Accept-Ranges:
 the text is sent as written, whole: a 206 whose body is replaced is a 200, unless
@@ -102,6 +103,9 @@ SCHEMA = Schema(
 OF_THE_BODY = frozenset([b"content-encoding", b"etag", b"content-md5", b"digest",
                          b"content-digest", b"repr-digest", b"content-range", b"accept-ranges"])
 PARTIAL = 206
+# Answers response_body leaves without content: a 205 too (RFC 9110 15.3.6: the server MUST
+# NOT generate content; a client resetting its form after one got the text as a body).
+NO_CONTENT = NO_BODY_STATUSES | {205}
 
 
 def prepare(conf):
@@ -330,7 +334,7 @@ def _bad_value(ctx, name):
 
 def response(conf, ctx, head):
     body = conf["body"]
-    replaced = body is not None and head.status not in NO_BODY_STATUSES and \
+    replaced = body is not None and head.status not in NO_CONTENT and \
         (not conf["body_statuses"] or head.status in conf["body_statuses"])
     if replaced:                # before the config's own edits, which may set one of these
         head.headers = [(k, v) for k, v in head.headers if k.lower() not in OF_THE_BODY]

@@ -17,7 +17,7 @@ import gevent
 from ..core import grpcweb
 from ..core.context import ResponseHead
 from ..core.h2request import grpc_code, grpc_timeout, grpc_timeout_value, is_grpc
-from ..core.headers import NO_BODY_STATUSES, WRITTEN_UPSTREAM, via_chain
+from ..core.headers import BODY_DIGESTS, NO_BODY_STATUSES, WRITTEN_UPSTREAM, via_chain
 from ..core.routes import no_target_reason, try_policy
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
@@ -96,9 +96,10 @@ class H2Forwarder:
             "h2_max_empty_frames_per_second"])
         # An answer's fields the gateway writes itself (as proxy.special_lines)
         tracing = conf.tracing
+        self.trace_header = tracing["response_header"].lower().encode("latin-1") \
+            if tracing["enabled"] and tracing["response_header"] else None
         self.dropped = frozenset([b"via", b"x-request-id"] + (
-            [tracing["response_header"].lower().encode("latin-1")]
-            if tracing["enabled"] and tracing["response_header"] else []))
+            [self.trace_header] if self.trace_header is not None else []))
 
     def opened(self, url):
         metrics = self.proxy.runtime.metrics     # as Proxy.checkout counts HTTP/1.1's
@@ -449,6 +450,10 @@ class H2Forwarder:
             if head.status != status:
                 req.vars["upstream_status"] = status        # for the access log
             headers, status, filters = head.headers, head.status, head.body_filters
+            trace_header = self.trace_header
+            if req.trace is not None and trace_header is not None:
+                # a plugin's copy beside the gateway's own (as proxy.response_head)
+                headers = [(k, v) for k, v in headers if k.lower() != trace_header]
         no_body = req.method == "HEAD" or status in NO_BODY_STATUSES
         if status == 204:       # RFC 9110 8.6: never on a 204 (HTTP/2 clients refuse it)
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
@@ -554,6 +559,9 @@ class H2Forwarder:
             if chunked:
                 trailers = stream.trailers if not grpc and b"trailers" in \
                     req.header_map.get(b"te", b"").lower() else ()
+                if filters and trailers:
+                    # a digest trailer is of the upstream's bytes, not of the filtered ones
+                    trailers = [(k, v) for k, v in trailers if k.lower() not in BODY_DIGESTS]
                 end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
             flush(last=True, end=end)
         except Exception:

@@ -515,6 +515,8 @@ class Proxy:
         self.special_line = special_lines(
             [tracing["response_header"].encode("latin-1")]
             if tracing["enabled"] and tracing["response_header"] else ())
+        self.trace_header = tracing["response_header"].lower().encode("latin-1") \
+            if tracing["enabled"] and tracing["response_header"] else None
         self.deadlines = runtime.deadlines
         self.buf = runtime.upstream_buf
         self.view = runtime.upstream_view
@@ -1324,6 +1326,12 @@ class Proxy:
                 filters = head.body_filters
             if filters:
                 head.remove_header(b"content-length")
+            if req.trace is not None and self.trace_header is not None and \
+                    head.block_as_read() is None:
+                # A plugin's copy (headers', rewrite's: an edit splits the block, which the
+                # upstream's copy had already left) went out before the gateway's own: two
+                # trace ids, the first one wrong.
+                head.remove_header(self.trace_header)
             block = head.block()
             if head.status != status:
                 client_status, reason = head.status, None   # the new status's own phrase

@@ -58,5 +58,13 @@ def test_a_304_to_the_weakened_tag_says_it_weak():
             ('W/"v12"', '"v1"'),
             (None, '"v1"')]:
         head = head_of(304, b'ETag: "v1"')
-        gzip.response(CONF, Ctx(if_none_match=asked) if asked else Ctx(), head)
+        gzip.response(CONF, Ctx(if_none_match=asked, accept_encoding="gzip") if asked else
+                      Ctx(accept_encoding="gzip"), head)
         assert head.header("etag") == etag, asked
+    # a client that does not take gzip gets the plain bytes: their strong tag, as its 200
+    for accept in (None, "identity", "gzip;q=0"):
+        head = head_of(304, b'ETag: "v1"')
+        ctx = Ctx(if_none_match='"v1", W/"v1"', **({"accept_encoding": accept} if accept
+                                                   else {}))
+        gzip.response(CONF, ctx, head)
+        assert head.header("etag") == '"v1"', accept
