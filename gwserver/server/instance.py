@@ -164,10 +164,11 @@ class InstanceLock:
     @staticmethod
     def _orphans_gone(fd, holder, wait):
         """The master the lock file names is gone, yet its lock is held: its workers, which
-        inherited it, still run (a master killed -9; each exits within a second or two,
-        once it sees its parent gone). Waited for, within ``wait`` seconds, as a bind
-        retries a port the previous master may still hold: a supervisor's restart at once
-        exited 2, "in use by another gwserver (pid N)", N the dead master. -> locked?"""
+        inherited it, still run (a master killed -9; each lets go of it within a second or
+        two, once it sees its parent gone, and then drains: GatewayWorker.notify). Waited
+        for, within ``wait`` seconds, as a bind retries a port the previous master may
+        still hold: a supervisor's restart at once exited 2, "in use by another gwserver
+        (pid N)", N the dead master. -> locked?"""
         deadline = time.monotonic() + wait
         # A holder no process can be (20 digits: an OverflowError in kill(); "\u00b2") is
         # garbage, refused at once like any other: no dead master's workers to wait for.

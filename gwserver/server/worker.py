@@ -165,6 +165,7 @@ def _only_redis_asyncio_unpatched(warning):
 class GatewayWorker(GeventWorker):
     reopen_wanted = False       # a SIGUSR1 came (handle_usr1)
     servers = ()                # the listeners' StreamServers, once serve() started them
+    orphaned = False            # the master died (notify saw another parent)
 
     def init_process(self):
         # The instance locks came with the fork (they go with the last process of the
@@ -248,6 +249,53 @@ class GatewayWorker(GeventWorker):
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             runtime.access.reopen_wanted = True
+
+    def notify(self):
+        """The heartbeat, and gunicorn's watch on the master, which once it saw another
+        parent did sys.exit(0) then and there: a master killed -9 (the OOM killer) took every
+        request its workers served with it, cut with no access line. Now the worker drains as
+        on a SIGTERM, within graceful_timeout; its listeners and its copies of the instance
+        locks go at once, so a master started again meanwhile binds the ports and takes the
+        locks as promised (docs/operations.md, 'Several instances on one host')."""
+        super(GeventWorker, self).notify()      # (the heartbeat alone: not gunicorn's exit)
+        if self.orphaned or self.ppid == os.getppid():
+            return
+        self.orphaned = True
+        log.warning("the master (pid %s) died: draining what this worker serves (up to "
+                    "server.graceful_timeout, %gs), then exiting", self.ppid,
+                    self.cfg.graceful_timeout)
+        self.alive = False
+        for server in self.servers:
+            server.close()              # (a new master may be binding these ports)
+        for listener in self.sockets:   # (before serve() made servers of them)
+            listener.close()
+        lock = getattr(self.app, "instance_lock", None)
+        if lock is not None:
+            lock.drop_copies({})
+        self.metrics_of_its_own()
+        self.stop_runtime()
+
+    @staticmethod
+    def metrics_of_its_own():
+        """An orphan's metrics go to a directory of its own, read by no one: a master started
+        meanwhile removes the dead one's (metrics.private_dir; a conf's metrics_dir is made
+        anew), and every metric file the worker had not opened yet then failed its request's
+        end with a FileNotFoundError. Named as a master's, by this pid: removed at exit, or
+        by the next master's start once this worker is gone."""
+        from . import metrics
+        shared = os.environ.get(metrics.ENV)
+        if not shared:
+            return
+        import atexit
+        import shutil
+        import tempfile
+        try:
+            own = tempfile.mkdtemp(prefix=f"{metrics.PRIVATE_PREFIX}{os.getpid()}-",
+                                   dir=os.path.dirname(os.path.abspath(shared)))
+        except OSError:
+            return
+        atexit.register(shutil.rmtree, own, ignore_errors=True)
+        os.environ[metrics.ENV] = own
 
     def stop_runtime(self):
         runtime = getattr(self, "runtime", None)     # None before serve() built it
@@ -392,7 +440,8 @@ class GatewayWorker(GeventWorker):
             held = sum(server.pool.size - server.pool.free_count() for server in servers)
             log.warning("graceful timeout (%ss): cutting off remaining connections (%d)",
                         self.cfg.graceful_timeout, held)
-            self.runtime.cut_because = (f"the worker stopped and server.graceful_timeout "
+            why = "the master died" if self.orphaned else "the worker stopped"
+            self.runtime.cut_because = (f"{why} and server.graceful_timeout "
                                         f"({self.cfg.graceful_timeout:g}s) ran out")
             for server in servers:
                 server.stop(timeout=1)

@@ -103,6 +103,10 @@ class ConfigSync:
                                                                 "prefix": self.prefix})
         self.backoff = Backoff(cap=etcd["backoff_max"])
         self.revision = None
+        # The revision of the table served from the start (the snapshot's, or the one a
+        # restarted process took up) until etcd's own: what it is published with, never a 0
+        # or a null that lost which etcd history the snapshot had seen (keep_last_good).
+        self.start_revision = None
         self.cluster_id = None          # etcd's, with the revision: which state we serve
         self.lost = False               # the connection broke since the last full load
         self.quiet_watch = None         # the endpoint whose watch just ended silent
@@ -176,7 +180,8 @@ class ConfigSync:
             self.served = versions
             self.served_targets = dict(self.table.service_targets)
         try:
-            generation = self.publisher.publish(delta, self.revision or 0, full=full)
+            revision = self.revision if self.revision is not None else self.start_revision
+            generation = self.publisher.publish(delta, revision or 0, full=full)
         except OSError as exc:
             self.unpublished = True
             self.cannot_write("publish the table", exc)
@@ -290,6 +295,7 @@ class ConfigSync:
             self.table.replace_instances(instances, revision)
             self.table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
             self.revision, self.cluster_id, self.lost = revision, cluster_id, False
+            self.start_revision = None
             self.quiet_watch = self.catch_up = None     # (whatever was withheld is in)
             self.publisher.source = {"cluster_id": cluster_id, "prefix": self.prefix}
         if snapshot is not None:
@@ -449,6 +455,7 @@ class ConfigSync:
             self.publisher.source = {"cluster_id": snapshot.get("cluster_id"),
                                      "prefix": self.prefix, "snapshot": True}
         self.revision = None            # a snapshot is a start, not a position in etcd
+        self.start_revision = etcd_revision(snapshot.get("revision"))
         self.snapshot_served = snapshot
         try:
             self.publish(full=True)
@@ -598,6 +605,12 @@ class ConfigSync:
             self.served_targets = dict(self.table.service_targets)
             self.publisher.source = {"cluster_id": base.get("cluster_id"),
                                      "prefix": self.prefix}
+            # The revision the table is at (the last step's): took_up writes the base and
+            # the snapshot again with it, which said null (a worker started then told the
+            # board so; a start from that snapshot lost which etcd history it had seen).
+            # Ours stays None: a full load from etcd comes first.
+            self.start_revision = etcd_revision(steps[-1][1].get("revision"))
+            self.publisher.revision = self.start_revision
         self.publisher.took_up()
         self.served = self.versions()   # what the workers have: nothing to publish
         log.info("taking up the table the workers serve (generation %d, etcd revision %s) "
@@ -695,6 +708,11 @@ class ConfigSync:
         self.connected = True
         self.last_sync = time.time()
         self.backoff.reset()
+
+
+def etcd_revision(value):
+    """A published document's "revision" if it is one (a file by another hand: not)."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def snapshot_warnings(conf):
