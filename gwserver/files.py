@@ -92,8 +92,9 @@ def private_key_problem(path):
     OpenSSL's own reason for these was "unsupported; PEM lib", and for an encrypted key it
     asked for the passphrase on the terminal: `gwserver check` waited there, and a master
     under systemd, with no terminal, could never start with the key."""
+    limit = 1 << 16
     try:
-        head = read_regular(path, 1 << 16)
+        head = read_regular(path, limit)
     except OSError:
         return None             # (the caller's own check names a missing or odd file)
     if not head.strip():
@@ -103,6 +104,10 @@ def private_key_problem(path):
                 "its passphrase; store it decrypted (openssl pkey -in KEY -out KEY.plain), "
                 "readable by the service's group only")
     if b"PRIVATE KEY-----" not in head:
+        if len(head) > limit:
+            # Only the head was read: a combined PEM (chain, then the key) over 64 KiB was
+            # said to hold "a certificate, not a private key", and OpenSSL loads it.
+            return None
         if b"-----BEGIN CERTIFICATE" in head:
             return "holds a certificate, not a private key (are cert and key swapped?)"
         if not head.lstrip().startswith(b"-----BEGIN"):

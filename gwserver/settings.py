@@ -27,7 +27,7 @@ from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_o
                           number, one_of, show, string)
 from .errors import ConfigError
 from .files import FileRefused, open_regular, read_bounded, read_regular
-from .net.addresses import listener_addresses
+from .net.addresses import bound_address, listener_addresses
 from .redact import mask_userinfo, redis_py_reading, redis_url_parts
 
 
@@ -45,6 +45,9 @@ def bind_address(value):
     host, sep, port = value.rpartition(":")
     if not sep or not is_port_number(port) or not host:
         raise Invalid(f"must be \"host:port\" (IPv6 as \"[::1]:port\"), got {show(value)}")
+    # gunicorn's "tcp://host:port" is host:port (it served; refused as an IPv6 spelling,
+    # a conf that ran no longer started)
+    host = host.removeprefix("tcp://")
     if ":" in host or "[" in host or "]" in host:
         # An IPv6 address without its brackets ("::1:8080") or with one of them passed, and
         # gunicorn's parse failed at the start (a traceback: "'' is not a valid port
@@ -667,6 +670,16 @@ def _resolved(bind):
         return set()
 
 
+def _holds(a, b):
+    """Do the listeners on (ip, port) ``a`` and ``b`` keep each other from binding: the
+    same address and port, or a wildcard of the same family on that port."""
+    if a[1] != b[1]:
+        return False
+    a_ip, b_ip = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+    return a_ip.version == b_ip.version and (a_ip == b_ip or a_ip.is_unspecified or
+                                              b_ip.is_unspecified)
+
+
 def _overlapping(binds, others):
     """Those of ``binds`` whose listener one of ``others`` keeps from binding: the same
     address and port, or a wildcard of the same family on that port (0.0.0.0:8080 holds
@@ -675,23 +688,21 @@ def _overlapping(binds, others):
     127.0.0.1:8080 passed, and the start failed, 5 s later, on `Address already in use`
     by the gateway itself."""
     theirs = set().union(*map(_resolved, others)) if others else set()
-
-    def collide(a, b):
-        if a[1] != b[1]:
-            return False
-        a_ip, b_ip = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
-        return a_ip.version == b_ip.version and (a_ip == b_ip or a_ip.is_unspecified or
-                                                  b_ip.is_unspecified)
     return [bind for bind in binds
-            if bind in others or any(collide(a, b) for a in _resolved(bind) for b in theirs)]
+            if bind in others or any(_holds(a, b) for a in _resolved(bind) for b in theirs)]
 
 
 def _overlaps_within(name, binds):
     """One list's addresses that an earlier one of it holds (0.0.0.0:8080, then
-    127.0.0.1:8080); the same text twice is one listener."""
+    127.0.0.1:8080); the same text twice is one listener. By the address each is bound to
+    (net.addresses.bound_address), not every address a name resolves to: one role, so no
+    listener is told apart by them, and "localhost:8080" beside "[::1]:8080" (two sockets,
+    127.0.0.1 and ::1) was refused on a host whose /etc/hosts names ::1 localhost."""
+    bound = {bind: bound_address(bind) for bind in binds}
     problems = []
     for index, bind in enumerate(binds):
-        held = [b for b in binds[:index] if b != bind and _overlapping([bind], [b])]
+        held = [b for b in binds[:index] if b != bind and bound[b] and bound[bind] and
+                _holds(bound[bind], bound[b])]
         if held:
             problems.append(f"{name}[{index}]: {bind} is already listened on by {held[0]} "
                             f"(the same address, or a wildcard that covers it): keep one")

@@ -878,8 +878,11 @@ class LiveTable:
             self._retry_conflicted()        # a route may want the paths it held
 
     def refused(self):
-        """Rejected items, less the routes served with a stand-in while they wait."""
-        return {k: v for k, v in self.rejected.items() if k not in self.waiting}
+        """Rejected items, less the routes served with a stand-in while they wait. By the
+        reason, as `routes status` counts them: a waiting route whose next version was refused
+        stays in ``waiting`` (the old one serves), and its refusal went uncounted."""
+        return {k: v for k, v in self.rejected.items()
+                if k not in self.waiting or WAITING not in v}
 
     def _retry_conflicted(self):
         """A route refused for a path another route held is tried again whenever a route

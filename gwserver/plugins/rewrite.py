@@ -37,12 +37,12 @@ would hold a control character (CR, LF, NUL, ...) or text outside latin-1 is ref
 cannot be edited here.
 
 ``response_status`` maps upstream statuses to others (not to or from 1xx, 204 or 304, whose
-framing differs). ``response_body`` replaces the body of the upstream's answer (of every
-status, or those in ``response_body_statuses``; never a 204, 205 or 304, which have no
-content) with a fixed text with ``$variables``; the
-upstream's body is read and dropped as it streams, never held, and what the upstream said
-of its body goes with it (Content-Encoding, ETag, digests, Content-Range and Accept-Ranges:
-the text is sent as written, whole: a 206 whose body is replaced is a 200, unless
+framing differs, nor to 205, which has no content). ``response_body`` replaces the body of
+the upstream's answer (of every status, or those in ``response_body_statuses``; never a 204,
+205 or 304, which have no content) with a fixed text with ``$variables``; the upstream's
+body is read and dropped as it streams, never held, and what the upstream said of its body
+goes with it (Content-Encoding, ETag, digests, Content-Range and Accept-Ranges: the text is
+sent as written, whole: a 206 whose body is replaced is a 200, unless
 ``response_status`` maps 206). A HEAD gets the status and headers without the upstream's
 Content-Length (the GET's body is the text, not that one).
 """
@@ -132,6 +132,11 @@ def prepare(conf):
             if status < 200 or status in NO_BODY_STATUSES:
                 raise ValueError(f"response_status: {status} cannot be rewritten from or to "
                                  f"(1xx, 204 and 304 are framed differently)")
+        if to == 205:
+            # RFC 9110 15.3.6: a 205 has no content, and the one mapped to it had (or
+            # response_body's text): a 205 with a body went to the client.
+            raise ValueError(f"response_status: {key} cannot be rewritten to 205 (Reset "
+                             f"Content has no content; the answer has one)")
         statuses[int(key)] = to
     return {"path": path, "host": conf["host"].encode("latin-1") if conf["host"] else None,
             "request": _edits(conf["request_headers"], NOT_FORWARDED, "request_headers"),
