@@ -978,21 +978,31 @@ def test_bodies_trickled_into_every_slot_give_way_to_new_clients(launcher, upstr
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], server={
         "worker_connections": 10, "client_body_timeout": 4.0,
         "min_body_rate": min_body_rate}))
-    slow = Trickler(gw.port, 12)
+    # Ten first, their heads read, then two more: a trickler connected but not yet sending
+    # when a newcomer wanted its slot is idle, and was rightly closed for it (a race on a
+    # loaded host, which left a slot free for the probe).
+    slow, more = Trickler(gw.port, 10), None
     try:
-        slow.wait_sending(12)
+        slow.wait_sending(10)
+        time.sleep(0.5)
+        more = Trickler(gw.port, 2)
+        more.wait_sending(2)
         served, end = None, time.monotonic() + 10
         while served is None and time.monotonic() < end:
             if probe(gw.port) == 200:
                 served = time.monotonic() - (end - 10)
         if min_body_rate:
             assert served is not None and served < 9, "no client served while slots were full"
-            wait_until(lambda: any(a.startswith(b"HTTP/1.1 408") for a in slow.answers), 3)
+            wait_until(lambda: any(a.startswith(b"HTTP/1.1 408")
+                                   for a in slow.answers + more.answers), 3)
             assert "sending its request body at" in gw.log()
         else:
-            assert served is None, f"served after {served:.1f}s with every slot taken"
+            assert served is None, (f"served after {served:.1f}s with every slot taken",
+                                    slow.answers, more.answers)
     finally:
         slow.close()
+        if more is not None:
+            more.close()
 
 
 def test_a_slow_body_keeps_its_slot_while_there_is_room(launcher, upstream):
