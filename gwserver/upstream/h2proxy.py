@@ -95,9 +95,7 @@ class H2Forwarder:
         self.pools = H2Pools(on_open=self.opened, max_empty_frames=conf.upstream_defaults[
             "h2_max_empty_frames_per_second"])
         # An answer's fields the gateway writes itself (as proxy.special_lines)
-        tracing = conf.tracing
-        self.trace_header = tracing["response_header"].lower().encode("latin-1") \
-            if tracing["enabled"] and tracing["response_header"] else None
+        self.trace_header = proxy.trace_header
         self.dropped = frozenset([b"via", b"x-request-id"] + (
             [self.trace_header] if self.trace_header is not None else []))
 
