@@ -77,14 +77,10 @@ def refused(port):
     return False
 
 
-def test_a_restarted_sync_process_keeps_the_revision_of_the_table_it_took_up(
-        launcher, upstream, tmp_path):
-    """config-sync killed and restarted by the master while etcd is down takes up the table
-    the workers serve (ConfigSync.load_served), and wrote it again as table.json and the
-    snapshot with "revision": null: a worker started then said on the board it served no
-    revision, and the next start from that snapshot had lost which etcd history it saw."""
-    from gwserver.sync.shm import read_json
-    from .test_etcd import UP, all_workers_at, etcd_conf, put, status_of
+def serving_route_r(launcher, upstream, tmp_path):
+    """A gateway (one worker) following a test etcd, serving route r at /r.
+    -> (etcd member, conf, gateway, the revision the workers serve)"""
+    from .test_etcd import UP, all_workers_at, etcd_conf, put
     member = launcher.etcd()
     client = member.client()
     conf = etcd_conf(tmp_path, [member.url], workers=1)
@@ -92,6 +88,18 @@ def test_a_restarted_sync_process_keeps_the_revision_of_the_table_it_took_up(
     put(client, "upstreams", "up", UP(upstream))
     revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
     wait_until(lambda: all_workers_at(gw, revision))
+    return member, conf, gw, revision
+
+
+def test_a_restarted_sync_process_keeps_the_revision_of_the_table_it_took_up(
+        launcher, upstream, tmp_path):
+    """config-sync killed and restarted by the master while etcd is down takes up the table
+    the workers serve (ConfigSync.load_served), and wrote it again as table.json and the
+    snapshot with "revision": null: a worker started then said on the board it served no
+    revision, and the next start from that snapshot had lost which etcd history it saw."""
+    from gwserver.sync.shm import read_json
+    from .test_etcd import status_of
+    member, conf, gw, revision = serving_route_r(launcher, upstream, tmp_path)
     member.stop()
     first = status_of(gw)["pid"]
     table = os.path.join(conf["etcd"]["runtime_dir"], "table.json")
@@ -110,14 +118,7 @@ def test_a_start_from_the_snapshot_keeps_its_revision(launcher, upstream, tmp_pa
     with "revision": 0, in table.json and over the snapshot itself: the workers told the
     board revision 0, and the next start had lost which etcd history the snapshot saw."""
     from gwserver.sync.shm import read_json
-    from .test_etcd import UP, all_workers_at, etcd_conf, put
-    member = launcher.etcd()
-    client = member.client()
-    conf = etcd_conf(tmp_path, [member.url], workers=1)
-    gw = launcher.gateway(conf)
-    put(client, "upstreams", "up", UP(upstream))
-    revision = put(client, "routes", "r", {"paths": ["/r"], "upstream": "up"})
-    wait_until(lambda: all_workers_at(gw, revision))
+    member, conf, gw, revision = serving_route_r(launcher, upstream, tmp_path)
     snapshot = conf["etcd"]["snapshot_path"]
     wait_until(lambda: (read_json(snapshot) or {}).get("revision") == revision, timeout=5)
     os.kill(gw.pid, signal.SIGTERM)
