@@ -1,6 +1,7 @@
 """Routes and upstreams from a real etcd (Debian's etcd-server), changed live (issue 3)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,26 @@ def serving(launcher, tmp_path, endpoint, client, upstream, route_id, path, **co
     put(client, "upstreams", "up", UP(upstream))
     revision = put(client, "routes", route_id, {"paths": [path], "upstream": "up"})
     wait_until(lambda: all_workers_at(gw, revision))
+    return gw
+
+
+def reboot(gw, conf):
+    """Stop the gateway (it writes its snapshot on exit) and empty its runtime_dir, as a
+    reboot empties /dev/shm: the next start has only the snapshot and etcd."""
+    os.kill(gw.pid, signal.SIGTERM)
+    gw.proc.wait(15)
+    shutil.rmtree(conf["etcd"]["runtime_dir"])
+
+
+def start_while_etcd_hangs(launcher, conf, member):
+    """A gateway started while ``member`` is stopped, returned once it serves the snapshot
+    (etcd answers again from then on)."""
+    member.proc.send_signal(signal.SIGSTOP)
+    try:
+        gw = launcher.gateway(conf)
+        wait_until(lambda: "serving snapshot" in gw.log(), timeout=15)
+    finally:
+        member.proc.send_signal(signal.SIGCONT)
     return gw
 
 

@@ -4,14 +4,14 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import signal
 
 import pytest
 
 from ..conftest import free_port, gateway_conf, wait_until
 from ..h2client import RawH2
-from .test_etcd import PREFIX, all_workers_at, etcd_conf, put, status_of
+from .test_etcd import (PREFIX, all_workers_at, etcd_conf, put, reboot, start_while_etcd_hangs,
+                         status_of)
 from .test_grpc_web import frame, parse_frames
 from .test_health_attack_dec05e import register
 
@@ -118,9 +118,7 @@ def test_a_kept_service_upstream_keeps_its_static_targets(launcher, tmp_path):
     served) until etcd's version was fixed. It serves both."""
     static, live = launcher.upstream("static"), launcher.upstream("live")
     member, conf, gw, client = refused_service_upstream(launcher, tmp_path, static, live)
-    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot
+    reboot(gw, conf)
     again = launcher.gateway(conf)
     wait_until(lambda: "loaded" in again.log())
     seen = set()
@@ -146,17 +144,10 @@ def test_a_kept_service_upstream_served_from_the_snapshot_first_follows_its_serv
     live instances."""
     static, first, second = (launcher.upstream(name) for name in ("static", "first", "second"))
     member, conf, gw, client = refused_service_upstream(launcher, tmp_path, static, first)
-    os.kill(gw.pid, signal.SIGTERM)
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])
+    reboot(gw, conf)
     client.delete(f"{PREFIX}/services/orders/i1")
     register(client, "orders", "i2", second.url)
-    member.proc.send_signal(signal.SIGSTOP)                 # etcd hangs at the start
-    try:
-        again = launcher.gateway(conf)
-        wait_until(lambda: "serving the snapshot meanwhile" in again.log(), timeout=15)
-    finally:
-        member.proc.send_signal(signal.SIGCONT)
+    again = start_while_etcd_hangs(launcher, conf, member)
     wait_until(lambda: "loaded" in again.log() and (status_of(again) or {}).get("connected"),
                timeout=20)
     revision = put(client, "routes", "marker", {"paths": ["/marker"], "upstream": "orders"})

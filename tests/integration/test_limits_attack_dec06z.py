@@ -62,6 +62,30 @@ def control(upstream, query):
     conn.close()
 
 
+def half_open_on_redis(launcher, upstream, workers=1, pause=1.0):
+    """A gateway whose breaker on Redis (route "br") opened on the upstream's 500s and is
+    half-open at its next admission, the upstream well again. -> (redis, gateway)"""
+    redis = launcher.redis()
+    gw = launcher.gateway(gateway_conf([route(
+        "br", ["/br/*rest"], upstream.url, strip_prefix="/br", plugins={"breaker": {
+            "error_rate": 0.5, "window": 6.0, "min_requests": 4, "open_for": 1.0,
+            "max_open_for": 2.0, "half_open_probes": 1}})],
+        workers=workers, redis={"url": redis.url, "timeout": 0.2, "pause": pause}))
+    control(upstream, "fail=1")
+    opened = [status_of(gw, "/br/echo")[0] for _ in range(6)]
+    assert opened[:4] == [500] * 4 and opened[-1] == 503
+    control(upstream, "fail=0")
+    time.sleep(1.1)                                     # half-open at the next admission
+    return redis, gw
+
+
+def breaker_record(redis, route_id="br"):
+    """The route's breaker record as Redis holds it."""
+    raw = subprocess.run(["redis-cli", "-p", str(redis.port), "GET", f"gw:br:route:{route_id}"],
+                         capture_output=True, text=True, timeout=10).stdout
+    return json.loads(raw)
+
+
 # -- 1. a half-open probe read slowly ------------------------------------------------------------
 
 def test_a_slow_reader_of_a_probes_answer_does_not_hold_a_half_open_breaker(launcher, upstream):
@@ -156,17 +180,7 @@ def test_a_probe_granted_during_a_redis_stall_is_given_back_when_redis_answers(
     is decided per host (200); Redis, resumed, grants the probe to nobody. Its late reply
     gives it back: once the store's pause is over, requests decided in Redis are served (it
     was 503 circuit_open for the 6 s of probe_timeout)."""
-    redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf([route(
-        "br", ["/br/*rest"], upstream.url, strip_prefix="/br", plugins={"breaker": {
-            "error_rate": 0.5, "window": 6.0, "min_requests": 4, "open_for": 1.0,
-            "max_open_for": 2.0, "half_open_probes": 1}})],
-        workers=2, redis={"url": redis.url, "timeout": 0.2, "pause": 0.5}))
-    control(upstream, "fail=1")
-    opened = [status_of(gw, "/br/echo")[0] for _ in range(6)]
-    assert opened[:4] == [500] * 4 and opened[-1] == 503
-    control(upstream, "fail=0")
-    time.sleep(1.1)                                     # half-open at the next admission
+    redis, gw = half_open_on_redis(launcher, upstream, workers=2, pause=0.5)
     os.kill(redis.pid, signal.SIGSTOP)
     try:
         assert status_of(gw, "/br/echo")[0] == 200      # decided per host
@@ -175,9 +189,7 @@ def test_a_probe_granted_during_a_redis_stall_is_given_back_when_redis_answers(
         os.kill(redis.pid, signal.SIGCONT)
 
     def stored():
-        raw = subprocess.run(["redis-cli", "-p", str(redis.port), "GET", "gw:br:route:br"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return json.loads(raw)
+        return breaker_record(redis)
     assert wait_until(lambda: stored()["state"] == "half_open" and stored()["probes"] == 0,
                       timeout=2)
     time.sleep(0.8)                     # the store's pause over: every worker asks Redis

@@ -3,14 +3,11 @@ while etcd holds a refused update of a route, an upstream or a consumer it serve
 process that saw the update come kept the last good version, and so does every other host,
 but the new one fenced the route (503), dropped the upstream (its routes 503) and the
 consumer (401). It now serves the snapshot's good version, and says so."""
-import os
-import shutil
-import signal
 
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import wait_until
-from .test_etcd import PREFIX, UP, all_workers_at, etcd_conf, put, serves, status_of
+from .test_etcd import PREFIX, UP, all_workers_at, etcd_conf, put, reboot, serves, status_of
 
 
 def test_a_fresh_start_keeps_the_last_good_version_the_snapshot_holds(launcher, upstream,
@@ -36,9 +33,7 @@ def test_a_fresh_start_keeps_the_last_good_version_the_snapshot_holds(launcher, 
     wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
     assert gw.request("GET", "/kept", headers={"X-API-Key": "alice-key"})[0].status == 200
     assert serves(gw, "/other") == 200
-    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot: /dev/shm is empty
+    reboot(gw, conf)
     second = launcher.gateway(conf)
     wait_until(lambda: "loaded" in second.log() and serves(second, "/other") != 404)
     # before: 503 (fenced), 503 (the upstream dropped), and alice's key unknown
@@ -60,24 +55,13 @@ def test_a_kept_service_upstream_follows_the_live_instances_not_the_snapshots(la
     start, an instance deregistered while the gateway was down kept half the traffic for
     good. The kept version follows the live instances."""
     import json
-    import shutil
 
     from .test_health_attack_dec05e import register
     first, second = launcher.upstream("first"), launcher.upstream("second")
-    member = launcher.etcd()
-    conf = etcd_conf(tmp_path, [member.url], workers=1)
-    gw = launcher.gateway(conf)
-    client = member.client()
-    put(client, "upstreams", "orders", {"service": "orders"})
-    put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
-                                "upstream": "orders"})
-    revision = register(client, "orders", "i1", first.url)
-    wait_until(lambda: all_workers_at(gw, revision))
+    member, conf, gw, client = orders_service_gateway(launcher, tmp_path, first)
     revision = put(client, "upstreams", "orders", {"service": "orders", "balance": "bogus"})
     wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
-    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot
+    reboot(gw, conf)
     client.delete(f"{PREFIX}/services/orders/i1")
     register(client, "orders", "i2", second.url)
     again = launcher.gateway(conf)
@@ -88,3 +72,20 @@ def test_a_kept_service_upstream_follows_the_live_instances_not_the_snapshots(la
         seen.append(json.loads(body)["server"] if resp.status == 200 else resp.status)
     # before: first, second, first, ...: the gone instance in rotation for good
     assert seen == ["second"] * 6, seen
+
+
+def orders_service_gateway(launcher, tmp_path, instance):
+    """A gateway (one worker) on a fresh etcd, serving route "o" (/o/*rest) to upstream
+    "orders", which follows service "orders" of one instance, i1 at ``instance``.
+    -> (member, conf, gateway, client)"""
+    from .test_health_attack_dec05e import register
+    member = launcher.etcd()
+    conf = etcd_conf(tmp_path, [member.url], workers=1)
+    gw = launcher.gateway(conf)
+    client = member.client()
+    put(client, "upstreams", "orders", {"service": "orders"})
+    register(client, "orders", "i1", instance.url)
+    revision = put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
+                                           "upstream": "orders"})
+    wait_until(lambda: all_workers_at(gw, revision))
+    return member, conf, gw, client

@@ -1,15 +1,13 @@
 """Review of this morning's commits (d62124c, 2d16bcd, 1190c94, 9d87e05), against real
 processes."""
-import os
-import shutil
-import signal
 import subprocess
 import sys
 
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import ROOT, free_port, gateway_conf, route, to_toml, wait_until
-from .test_etcd import PREFIX, UP, all_workers_at, etcd_conf, put, serves, status_of
+from .test_etcd import (PREFIX, UP, all_workers_at, etcd_conf, put, reboot, serves,
+                         start_while_etcd_hangs, status_of)
 
 
 def consumer(key):
@@ -42,9 +40,7 @@ def test_a_fresh_start_never_serves_a_deleted_or_replaced_version_from_the_snaps
     wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
     assert gw.request("GET", "/keyed", headers={"X-API-Key": "bob-old"})[0].status == 200
     assert serves(gw, "/gone") == 200 and serves(gw, "/via-gone") == 200
-    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot: /dev/shm is empty
+    reboot(gw, conf)
     # While it is down: alice revoked, then put again with a typo; bob's key rotated, then
     # a bad update; the route and the upstream deleted, then put again refused; carol's
     # bad update alone (the snapshot holds the version it replaced: that one is kept).
@@ -133,9 +129,7 @@ def test_a_fresh_start_says_the_kept_versions_serve_once_and_then(launcher, upst
     revision = put(client, "routes", "kept", {"paths": ["/kept"], "upstream": "up",
                                               "plugins": {"key_auth": {"no_such_option": 1}}})
     wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
-    os.kill(gw.pid, signal.SIGTERM)
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])
+    reboot(gw, conf)
     second = launcher.gateway(conf)
     wait_until(lambda: "etcd holds refused updates" in second.log())
     assert serves(second, "/kept") == 200
@@ -162,21 +156,14 @@ def test_a_start_served_from_the_snapshot_drops_a_deleted_version_once_etcd_answ
     revision = put(client, "routes", "keyed", {"paths": ["/keyed"], "upstream": "up",
                                                "plugins": {"key_auth": {}}})
     wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
-    os.kill(gw.pid, signal.SIGTERM)
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])
+    reboot(gw, conf)
     client.delete(f"{PREFIX}/consumers/alice")
     put(client, "consumers", "alice", REFUSED_CONSUMER)
     client.delete(f"{PREFIX}/routes/gone")
     put(client, "routes", "gone", {"paths": ["/gone"], "upstream": "up",
                                    "plugins": {"key_auth": {"no_such_option": 1}}})
     put(client, "consumers", "carol", REFUSED_CONSUMER)     # replaced the snapshot's: kept
-    member.proc.send_signal(signal.SIGSTOP)                 # etcd hangs at the start
-    try:
-        second = launcher.gateway(conf)
-        wait_until(lambda: "serving the snapshot meanwhile" in second.log(), timeout=15)
-    finally:
-        member.proc.send_signal(signal.SIGCONT)
+    second = start_while_etcd_hangs(launcher, conf, member)
     wait_until(lambda: "loaded" in second.log() and (status_of(second) or {}).get("connected"),
                timeout=20)
     revision = put(client, "routes", "marker", {"paths": ["/marker"], "upstream": "up"})

@@ -1,16 +1,15 @@
 """Review of the last session's commits (45caef6..baa8762), against real processes."""
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 
-from ..conftest import gateway_conf, route, wait_until
-from .test_etcd import all_workers_at, etcd_conf, put, serves, status_of
+from ..conftest import wait_until
+from .test_etcd import all_workers_at, put, reboot, serves, start_while_etcd_hangs, status_of
 from .test_health_attack_dec05e import register
-from .test_limits_attack_dec06z import control, status_of as get
+from .test_limits_attack_dec06z import breaker_record, half_open_on_redis, status_of as get
+from .test_restart_truth_dec06y import orders_service_gateway
 
 
 def test_a_fresh_start_keeps_a_service_upstreams_good_version_etcds_history_names(
@@ -20,20 +19,10 @@ def test_a_fresh_start_keeps_a_service_upstreams_good_version_etcds_history_name
     following upstream is published under the version it is served at, the later of its
     own and its service's (a full load's revision): never its own mod_revision, so it was
     never kept, and after a reboot its routes answered 503 while every other host served."""
-    first = launcher.upstream("first")
-    member = launcher.etcd()
-    conf = etcd_conf(tmp_path, [member.url], workers=1)
-    gw = launcher.gateway(conf)
-    client = member.client()
-    put(client, "upstreams", "orders", {"service": "orders"})
-    register(client, "orders", "i1", first.url)
-    revision = put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
-                                           "upstream": "orders"})
-    wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
+    member, conf, gw, client = orders_service_gateway(launcher, tmp_path,
+                                                      launcher.upstream("first"))
     assert serves(gw, "/o/echo") == 200
-    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot
+    reboot(gw, conf)
     put(client, "upstreams", "orders", {"service": "orders", "balance": "bogus"})
     again = launcher.gateway(conf)
     wait_until(lambda: "loaded" in again.log() and serves(again, "/o/echo") != 404)
@@ -51,27 +40,13 @@ def test_a_kept_service_upstream_served_from_the_snapshot_follows_the_live_insta
     instances of the snapshot's day; one deregistered while the gateway was down kept its
     share of the traffic for good."""
     first, second = launcher.upstream("first"), launcher.upstream("second")
-    member = launcher.etcd()
-    conf = etcd_conf(tmp_path, [member.url], workers=1)
-    gw = launcher.gateway(conf)
-    client = member.client()
-    put(client, "upstreams", "orders", {"service": "orders"})
-    register(client, "orders", "i1", first.url)
-    put(client, "routes", "o", {"paths": ["/o/*rest"], "strip_prefix": "/o",
-                                "upstream": "orders"})
+    member, conf, gw, client = orders_service_gateway(launcher, tmp_path, first)
     revision = put(client, "upstreams", "orders", {"service": "orders", "balance": "bogus"})
     wait_until(lambda: (status_of(gw) or {}).get("revision") == revision)
-    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])      # a reboot
+    reboot(gw, conf)
     client.delete("/gw/services/orders/i1")         # its lease expired meanwhile
     revision = register(client, "orders", "i2", second.url)
-    os.kill(member.proc.pid, signal.SIGSTOP)        # etcd answers after the first try
-    try:
-        again = launcher.gateway(conf)
-        wait_until(lambda: "serving snapshot" in again.log(), timeout=10)
-    finally:
-        os.kill(member.proc.pid, signal.SIGCONT)
+    again = start_while_etcd_hangs(launcher, conf, member)
     wait_until(lambda: all_workers_at(again, revision), timeout=10)
     seen = []
     for _ in range(6):
@@ -103,26 +78,8 @@ def test_a_probes_verdict_that_comes_while_the_redis_store_is_paused_is_not_lost
     assert probe == [200]                               # its verdict, in the pause
 
     def stored():
-        raw = subprocess.run(["redis-cli", "-p", str(redis.port), "GET", "gw:br:route:br"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return json.loads(raw)["state"]
+        return breaker_record(redis)["state"]
     # before: half_open, the probe held for max(window, open_for) and every request a 503
     assert wait_until(lambda: stored() == "closed", timeout=2.5)
     assert get(gw, "/br/echo")[0] == 200
 
-
-def half_open_on_redis(launcher, upstream):
-    """A gateway (one worker) whose breaker on Redis opened on the upstream's 500s and is
-    half-open at its next admission, the upstream well again. -> (redis, gateway)"""
-    redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf([route(
-        "br", ["/br/*rest"], upstream.url, strip_prefix="/br", plugins={"breaker": {
-            "error_rate": 0.5, "window": 6.0, "min_requests": 4, "open_for": 1.0,
-            "max_open_for": 2.0, "half_open_probes": 1}})],
-        workers=1, redis={"url": redis.url, "timeout": 0.2, "pause": 1.0}))
-    control(upstream, "fail=1")
-    opened = [get(gw, "/br/echo")[0] for _ in range(6)]
-    assert opened[:4] == [500] * 4 and opened[-1] == 503
-    control(upstream, "fail=0")
-    time.sleep(1.1)                                     # half-open at the next admission
-    return redis, gw

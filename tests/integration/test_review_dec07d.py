@@ -1,9 +1,7 @@
 """Review of f0badad, 2e053f8 and 81e8b69 (Dec 7), against real processes."""
 import http.client
-import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -11,8 +9,7 @@ import pytest
 
 from ..conftest import free_port, gateway_conf, installed_plugin, wait_until
 from .test_grpc_web import frame, parse_frames
-from .test_limits_attack_dec06z import status_of as get
-from .test_review_dec07c import half_open_on_redis
+from .test_limits_attack_dec06z import breaker_record, half_open_on_redis, status_of as get
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +70,7 @@ def test_a_probes_verdict_owed_through_a_pause_survives_a_failed_retry(launcher,
     assert probe == [200]
 
     def stored():
-        raw = subprocess.run(["redis-cli", "-p", str(redis.port), "GET", "gw:br:route:br"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return json.loads(raw)["state"]
+        return breaker_record(redis)["state"]
     # before: half_open, the probe held for max(window, open_for) and every request a 503
     assert wait_until(lambda: stored() == "closed", timeout=3)
     assert get(gw, "/br/echo")[0] == 200
