@@ -58,6 +58,14 @@ def bind_address(value):
         except ValueError:
             raise Invalid(f"an IPv6 address is written in brackets, then its port "
                           f"(\"[::1]:8080\"), got {show(value)}") from None
+        if "%" in inner:
+            # ipaddress takes a scope id ("fe80::1%eth0"), gunicorn's listener does not:
+            # `check` said ok and `run` could not listen ("Address family for hostname not
+            # supported"), or a reload failed
+            raise Invalid(f"an IPv6 scope id (\"%{inner.partition('%')[2]}\") cannot be "
+                          f"listened on: bind a global or unique-local address, or \"[::]:"
+                          f"{port}\" (every address) with an ip_restriction, got "
+                          f"{show(value)}")
     if not 0 < int(port) < 65536:
         # "127.0.0.1:0" is host:port to whoever wrote it: say what is wrong (port 0 would
         # be a new port at each start, which no client or balancer could be pointed at)

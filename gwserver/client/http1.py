@@ -511,10 +511,31 @@ class ClientConnection:
         self.timed_out = True
         if self.answer_timeout and not self.head_status and type(self.sock) is PlainSocket:
             try:
-                self.sock._sock.send(TIMEOUT_ANSWER, socket.MSG_DONTWAIT)
+                self.sock._sock.send(self.timeout_answer(), socket.MSG_DONTWAIT)
             except OSError:
                 pass
         self.sock.close()
+
+    def timeout_answer(self):
+        """The 408 expire() sends. A gRPC-Web call whose body stalls gets its gRPC status
+        (DEADLINE_EXCEEDED), as answer() gives every other answer of the gateway's: the JSON
+        page was read by its client library as frames with no status."""
+        req = self.queue[0] if self.queue else None
+        mode = grpc_web_call(req) if req is not None and req.head_done else None
+        if mode is None:
+            return TIMEOUT_ANSWER
+        content_type = req.header_map[b"content-type"]
+        try:
+            reply = error_reply(RequestTimeout("the request was not received in time"),
+                                req.request_id)
+            reply.with_error_shape(req.request_id)
+            if req.route is not None and req.route.chain.reply_steps:
+                req.route.chain.run_reply(req, reply)   # grpc_web's CORS headers
+            return render_reply(grpc_web_reply(req, reply, mode, content_type), False,
+                                req.request_id)
+        except Exception:       # (never in the ticker's way: the plain 408 then)
+            log.exception("the gRPC-Web answer of a timed-out request")
+            return TIMEOUT_ANSWER
 
     def recv(self, wait_first=False):
         """Read once into the buffer and feed the parser; return bytes read (0 on EOF)."""
@@ -766,6 +787,14 @@ class ClientConnection:
                         self.runtime.head_readers[self] = time.monotonic()
                         self.head_read, slow = n, True
         except HTTPError as exc:
+            req = self.queue[0] if self.queue else None
+            if not self.timed_out and req is not None and req.head_done and \
+                    not req.complete and grpc_web_call(req):
+                # A gRPC-Web call's body malformed in the read that brought its head (a
+                # bad chunk, trailers too large): answered by handle(), as when it comes in
+                # a later read, with its gRPC status; reject() wrote the JSON page.
+                self.body_error = exc
+                return req
             self.reject(exc)
             return None
         finally:
@@ -806,6 +835,9 @@ class ClientConnection:
             req.route, req.params = route, _ = router.match(
                 req.method, req.host, req.path, req.header_map,
                 partial(route_claims, req) if router.claim_routes else None, req.repeated)
+            if self.body_error is not None:         # (read_head: a gRPC-Web call's)
+                exc, self.body_error = self.body_error, None
+                raise exc
             limit = route.max_body_size
             if limit and (size := max(req.content_length or 0, req.body_size)) > limit:
                 # body_size: a chunked body that came whole with its head is never read
@@ -905,6 +937,7 @@ class ClientConnection:
         return keep_alive
 
     hung_up = False         # Runtime.find_hangups saw this client end its connection
+    body_error = None       # an error of the body read with its head (read_head), for handle
 
     def watch_hangup(self, waiting):
         """A streamed answer is about to wait on its upstream: should the client hang up
@@ -948,15 +981,12 @@ class ClientConnection:
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
         status = reply.status
-        if status >= 400 and req.method == "POST":
+        if status >= 400:
             # A gRPC-Web client library reads a gRPC status, not an error page (as Envoy
             # answers gRPC calls locally); logged with the HTTP status, as native gRPC is.
-            # A call is a POST: a GET's 429 (404, 503) as a 200 was stored by a cache in
-            # front, which keeps a GET's 200 and no 429, and served to every client.
-            content_type = req.header_map.get(b"content-type")
-            mode = grpcweb.mode_of(content_type) if content_type else None
+            mode = grpc_web_call(req)
             if mode is not None:
-                reply = grpc_web_reply(req, reply, mode, content_type)
+                reply = grpc_web_reply(req, reply, mode, req.header_map[b"content-type"])
         head_only = req.method == "HEAD" or reply.status in NO_BODY_STATUSES
         self.write(render_reply(reply, keep_alive, req.request_id, head_only,
                                 response_line(req.trace, self.runtime.trace_response_header)))
@@ -1029,6 +1059,16 @@ def error_reply(exc, request_id):
     if request_id:
         payload["request_id"] = request_id
     return Reply.json(exc.status, payload, exc.headers)
+
+
+def grpc_web_call(req):
+    """The gRPC-Web mode of ``req`` if it is a gRPC-Web call, else None. A call is a POST: a
+    GET's 429 (404, 503) as a 200 was stored by a cache in front, which keeps a GET's 200
+    and no 429, and served to every client."""
+    if req.method != "POST":
+        return None
+    content_type = req.header_map.get(b"content-type")
+    return grpcweb.mode_of(content_type) if content_type else None
 
 
 def grpc_web_reply(req, reply, mode, content_type):

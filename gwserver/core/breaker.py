@@ -26,9 +26,12 @@ STATE_CODES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
 BUCKETS = 10        # the rolling window is kept as this many buckets
 
 
+SEEN = 64           # probe outcome ids an epoch remembers (a copy comes within seconds)
+
+
 def initial_state():
     return {"state": CLOSED, "epoch": 0, "trips": 0, "until": 0.0, "probes": 0, "probe_ok": 0,
-            "buckets": []}
+            "buckets": [], "seen": []}
 
 
 def open_seconds(conf, trips):
@@ -40,14 +43,17 @@ def probe_timeout(conf):
 
 
 def step(state, conf, now, outcomes=(), admissions=0):
-    """Record ``outcomes`` [(epoch, ok, failed[, unused]), ...], then admit up to
+    """Record ``outcomes`` [(epoch, ok, failed[, unused[, id]]), ...], then admit up to
     ``admissions``. ``unused``: admissions that say nothing of the upstream (the gateway
     answered itself, the client left): a half-open epoch grants those probes again at once.
+    ``id`` (a probe's, "" for none): an outcome whose id the epoch has seen is a copy (sent
+    again after a batch that timed out but ran) and counts nothing.
 
     Returns (state, admitted, transitions); ``state`` is a new dict, transitions are the
     states entered, in order.
     """
-    state = dict(state, buckets=[list(b) for b in state["buckets"]])
+    state = dict(state, buckets=[list(b) for b in state["buckets"]],
+                 seen=list(state.get("seen") or []))
     transitions = []
 
     def enter(new_state):
@@ -55,6 +61,7 @@ def step(state, conf, now, outcomes=(), admissions=0):
         state["epoch"] += 1
         state["buckets"] = []
         state["probes"] = state["probe_ok"] = 0
+        state["seen"] = []
         transitions.append(new_state)
 
     def trip():
@@ -74,6 +81,11 @@ def step(state, conf, now, outcomes=(), admissions=0):
     for epoch, ok, failed, *unused in outcomes:
         if epoch != state["epoch"]:
             continue                        # an answer from before the last state change
+        ident = unused[1] if len(unused) > 1 else ""
+        if ident:
+            if ident in state["seen"]:
+                continue                    # counted already
+            state["seen"] = (state["seen"] + [ident])[-SEEN:]
         if unused and state["state"] == HALF_OPEN:
             state["probes"] = max(0, state["probes"] - unused[0])
         if state["state"] == CLOSED:

@@ -71,10 +71,16 @@ def claim_text(value):
     """A verified JWT claim's value as route ``claims``, split's claim rules and limits keyed
     on a claim compare it: as the token's JSON spells it. Python's str() made a boolean
     True, which no condition written as the token says it ("true": email_verified = true)
-    ever matched: such a route fell through to the next one for every token."""
+    ever matched: such a route fell through to the next one for every token. An object,
+    a list and a null (in a list) are compact JSON too: str() spelled them as Python does,
+    "{'a': 1}", "None", which no upstream reading JSON parsed."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
 
 
 def set_header(headers, name, value):

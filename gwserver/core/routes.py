@@ -290,8 +290,8 @@ ROUTE = Schema(
     Field("claims", map_of(string(r"[ -~]+", "a printable ASCII value"),
                            string(r"[A-Za-z0-9_.:-]+", "a claim name")), None,
           "verified JWT claims that must hold these values (scope: one of the scopes; a "
-          "boolean claim is true or false, as JSON spells it); needs the jwt plugin on the "
-          "route or globally"),
+          "boolean claim is true or false, an object compact JSON, as JSON spells it); "
+          "needs the jwt plugin on the route or globally"),
     Field("priority", integer(-1_000_000, 1_000_000, "an integer"), 0,
           "higher wins among routes on the same path node"),
     Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else

@@ -91,8 +91,8 @@ SCHEMA = Schema(
     Field("forward_claims", map_of(request_header_name,
                                    string(r"[A-Za-z0-9_.:-]+", "a claim name")),
           dict, "claim -> request header set for the upstream, as the token's JSON spells "
-          "it (true, false) (not one the gateway writes itself: Host, Content-Length, "
-          "X-Forwarded-*, X-Consumer-*, ...)"),
+          "it (true, false; an object, and a null in a list, as compact JSON) (not one the gateway writes "
+          "itself: Host, Content-Length, X-Forwarded-*, X-Consumer-*, ...)"),
     Field("strip_token", boolean, False, "remove Authorization before proxying"),
     Field("cache_seconds", number(0), 30.0, "how long a verified token is remembered; 0: off"),
     Field("cache_size", integer(1), 10000, "verified tokens remembered per worker"),

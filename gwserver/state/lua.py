@@ -86,8 +86,10 @@ return {flags, info}
 
 # The breaker's state machine (core/breaker.py, line for line) on one JSON value per breaker.
 # ARGV: error_rate, window, min_requests, open_for, max_open_for, half_open_probes,
-# admissions, then (epoch, ok, failed, unused) quadruples. Returns state, epoch, admitted, seconds until
-# an open breaker probes again, and the states entered.
+# admissions, then (epoch, ok, failed, unused, id) quintuples (id: a probe's, "" for none;
+# the last 64 ids an epoch counted are kept in ``seen`` (core.breaker.SEEN), and a copy counts
+# nothing). Returns state, epoch, admitted, seconds until an open breaker probes again, and
+# the states entered.
 BREAKER_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -99,6 +101,8 @@ local s
 if raw then s = cjson.decode(raw) else
   s = {state = 'closed', epoch = 0, trips = 0, ['until'] = 0, probes = 0, probe_ok = 0}
 end
+local seen = {}
+for _, v in ipairs(s.seen or {}) do seen[#seen + 1] = v end
 local buckets = {}
 local transitions = {}
 local function enter(new)
@@ -107,6 +111,7 @@ local function enter(new)
   buckets = {}
   s.probes = 0
   s.probe_ok = 0
+  seen = {}
   transitions[#transitions + 1] = new
 end
 local function trip()
@@ -124,14 +129,24 @@ for _, b in ipairs(s.buckets or {}) do
   if b[1] > current - 10 and b[1] <= current then buckets[#buckets + 1] = b end
 end
 local i = 8
-while i + 3 <= #ARGV do
+while i + 4 <= #ARGV do
   local epoch, ok, failed = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local unused = tonumber(ARGV[i + 3])
-  i = i + 4
-  if epoch == s.epoch and unused > 0 and s.state == 'half_open' then
+  local unused, id = tonumber(ARGV[i + 3]), ARGV[i + 4]
+  i = i + 5
+  local copy = false                    -- a probe's outcome counted already
+  if epoch == s.epoch and id ~= '' then
+    for _, v in ipairs(seen) do
+      if v == id then copy = true end
+    end
+    if not copy then
+      seen[#seen + 1] = id
+      if #seen > 64 then table.remove(seen, 1) end
+    end
+  end
+  if epoch == s.epoch and not copy and unused > 0 and s.state == 'half_open' then
     s.probes = math.max(0, s.probes - unused)
   end
-  if epoch == s.epoch then
+  if epoch == s.epoch and not copy then
     if s.state == 'closed' then
       local last = buckets[#buckets]
       if last and last[1] == current then
@@ -170,6 +185,7 @@ elseif s.state == 'half_open' then
   s.probes = s.probes + admitted
 end
 s.buckets = buckets
+s.seen = seen
 redis.call('SET', KEYS[1], cjson.encode(s), 'PX',
            math.ceil((math.max(window, max_open_for) * 2 + 60) * 1000))
 local wait = 0

@@ -80,8 +80,9 @@ def load_breaker_state(raw):
 
 def breaker_state_of(stored):
     state = {**breaker.initial_state(), **stored}
-    if not isinstance(state["buckets"], list):
-        state["buckets"] = []       # cjson writes an empty array as {}
+    for name in ("buckets", "seen"):
+        if not isinstance(state[name], list):
+            state[name] = []        # cjson writes an empty array as {}
     return state
 
 
@@ -263,6 +264,9 @@ class RedisStore:
         # lease ids say where they came from (a host and worker to look for in Redis)
         self.lease_prefix = f"{socket.gethostname()[:40]}:{os.getpid()}:"
         self.lease_numbers = itertools.count()
+        # probe verdicts' ids: a random part, as a pid is reused by the next worker
+        self.probe_prefix = f"{os.urandom(6).hex()}:"
+        self.probe_numbers = itertools.count()
         self.adaptive_rates = {}        # limit key -> the effective rate Redis last answered
         self.shas = {name: hashlib.sha1(body.encode()).hexdigest()
                      for name, body in self.scripts.items()}
@@ -310,9 +314,15 @@ class RedisStore:
         probe's, which is owed while Redis is paused and sent once the pause is over:
         dropped, Redis held the probe for max(window, open_for), and every request of every
         host got 503 circuit_open though the upstream and Redis were well again."""
-        item = (("br", self.breaker_prefix + key, breaker_args(conf)), (epoch, ok), None, 0.0)
+        spec = ("br", self.breaker_prefix + key, breaker_args(conf))
+        item = (spec, (epoch, ok), None, 0.0)
         if probe:
-            item = ProbeOutcome(item)       # owed again if its batch fails (_abandon)
+            # Owed again if its batch fails (_abandon); that batch may have run all the same,
+            # late (Redis stalled past ``timeout``): the id, which Redis keeps for the
+            # half-open epoch, counts it once. Counted twice, one probe's success closed a
+            # breaker of half_open_probes = 2.
+            ident = f"{self.probe_prefix}{next(self.probe_numbers)}"
+            item = ProbeOutcome((spec, (epoch, ok, ident), None, 0.0))
         if time.monotonic() < self.down_until:
             if probe and len(self.owed_probes) < MAX_OWED_PROBES:
                 self.owed_probes.append(item)
@@ -751,9 +761,12 @@ class RedisStore:
                     if payload == "admit":
                         admissions += 1
                     else:
-                        counts = outcomes.setdefault(payload[0], [0, 0, 0])
+                        # a probe's verdict alone, with its id ("": none, counted as sent)
+                        ident = payload[2] if len(payload) > 2 else ""
+                        counts = outcomes.setdefault((payload[0], ident), [0, 0, 0])
                         counts[2 if payload[1] is None else 0 if payload[1] else 1] += 1
-                flat = [n for epoch, counts in outcomes.items() for n in (epoch, *counts)]
+                flat = [n for (epoch, ident), counts in outcomes.items()
+                        for n in (epoch, *counts, ident)]
                 calls.append(("breaker", key, (*conf_args, admissions, *flat)))
 
         # A half-open probe Redis grants to a request that fell back meanwhile (Redis
@@ -1095,6 +1108,9 @@ class LocalStore:
         self.on_transition = None       # callable(key, state), set by the worker for metrics
         self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
         self.lease_numbers = itertools.count()
+        # probe verdicts' ids: a random part, as a pid is reused by the next worker
+        self.probe_prefix = f"{os.urandom(6).hex()}:"
+        self.probe_numbers = itertools.count()
         self.lease_tag = os.urandom(4).hex()   # two stores in one process never share ids
 
     @classmethod
