@@ -182,6 +182,7 @@ PASSED_THROUGH = {
 # such as request-ip read them) was the client to an upstream that reads it. One that came
 # says the client the walk found.
 CLIENT_NAMING = {b"x-real-ip": b"X-Real-IP", b"x-client-ip": b"X-Client-IP",
+                 b"client-ip": b"Client-IP", b"fastly-client-ip": b"Fastly-Client-IP",
                  b"true-client-ip": b"True-Client-IP", b"cf-connecting-ip": b"CF-Connecting-IP",
                  b"x-cluster-client-ip": b"X-Cluster-Client-IP"}
 # The trusted proxies' headers vouch_forwarded holds to rules, and those.
@@ -383,6 +384,12 @@ class ClientConnection:
                 raise Unimplemented(f"transfer coding {te[:40]!r} is not supported")
         if req.connection_tokens:               # RFC 9110 7.6.1: drop what Connection names
             named = set(req.connection_tokens) - {b"close", b"keep-alive", b"upgrade"}
+            if self.trusted_peer:
+                # Never the header a trusted proxy names the client in: a client's
+                # "Connection: Forwarded" passed through by it dropped the proxy's Forwarded,
+                # and the client was the proxy, past allow-lists of its internal address (its
+                # X-Forwarded-For, which the gateway writes anew, was never dropped so).
+                named.discard(self.runtime.trusted_proxies.header)
             if named:
                 kept = [(k, v) for k, v in req.headers if k.lower() not in named]
                 if len(kept) != len(req.headers):

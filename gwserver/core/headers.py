@@ -55,6 +55,9 @@ _PROXY_SAYS = frozenset([
     b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
     b"front-end-https", b"x-host", b"x-original-host", b"x-client-ip", b"true-client-ip",
     b"cf-connecting-ip", b"x-cluster-client-ip",
+    # Rails' remote_ip and the PHP getUserIP snippet read Client-IP (HTTP_CLIENT_IP), the
+    # snippet before X-Forwarded-For; request-ip reads Fastly-Client-IP
+    b"client-ip", b"fastly-client-ip",
     # other spellings of a scheme and a prefix: Tornado's xheaders read X-Scheme first, the
     # Flask ReverseProxied recipe X-Scheme and X-Script-Name (its SCRIPT_NAME, the prefix of
     # every url_for link), gunicorn's secure_scheme_headers X-Forwarded-Protocol
