@@ -995,8 +995,14 @@ class ClientConnection:
             if mode is not None:
                 reply = grpc_web_reply(req, reply, mode, req.header_map[b"content-type"])
         head_only = req.method == "HEAD" or reply.status in NO_BODY_STATUSES
-        self.write(render_reply(reply, keep_alive, req.request_id, head_only,
-                                response_line(req.trace, self.runtime.trace_response_header)))
+        trace_line = response_line(req.trace, self.runtime.trace_response_header)
+        if trace_line:
+            # One trace id, the gateway's: a plugin's Reply (or a reply hook) naming the
+            # header went out beside it, two trace ids, the first one wrong.
+            trace_name = self.runtime.trace_response_header.lower()
+            reply.headers = [(name, value) for name, value in reply.headers if (
+                name.encode("latin-1") if isinstance(name, str) else name).lower() != trace_name]
+        self.write(render_reply(reply, keep_alive, req.request_id, head_only, trace_line))
         return status, 0 if head_only else len(reply.body)
 
 

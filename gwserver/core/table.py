@@ -292,6 +292,9 @@ class LiveTable:
         # such an upstream's static targets, listed beside its service: published, so the
         # snapshot tells them from the instances it was expanded with (keep_last_good)
         self.service_targets = {}
+        # such an upstream taken from a table that did not list them (written before they
+        # were): id -> its targets as published (static and that day's instances, mixed)
+        self.targets_unknown = {}
         self.wanted_routes = {}     # dynamic route id -> (version, raw) as the source has it
         self.wanted_upstreams = {}
         self.static_routes, self.static_upstreams = set(), set()
@@ -432,7 +435,12 @@ class LiveTable:
         as their targets. Written again as etcd had them, their static targets alone (which
         the table lists: ``service_targets``), so they follow their service once its live
         instances are known (replace_instances); else, their update refused in etcd, an
-        instance deregistered meanwhile kept its share of the traffic for good."""
+        instance deregistered meanwhile kept its share of the traffic for good.
+        None: a table written before tables listed them; which of their targets are static
+        is not known here (targets_unknown: the sync process asks etcd once it answers)."""
+        self.targets_unknown = {upstream_id: spec.get("targets")
+                                for upstream_id, (_, spec) in self.followers.items()} \
+            if service_targets is None else {}
         if not isinstance(service_targets, dict):     # (a file by another hand): none
             service_targets = {}
         self.service_targets = {k: v for k, v in service_targets.items() if k in self.followers}
@@ -440,6 +448,12 @@ class LiveTable:
             written = {**spec, "targets": self.service_targets.get(upstream_id)}
             self.followers[upstream_id] = (version, written)
             self.wanted_upstreams[upstream_id] = (version, json.dumps(written))
+
+    def without_instances(self, service, targets):
+        """``targets`` (a published, expanded upstream's) less the live instances of
+        ``service``: its static targets, as far as the instances known now tell."""
+        live = {make_target(t).key for t in self.instances.get(service, {}).values()}
+        return [t for t in targets or [] if make_target(t).key not in live] or None
 
     def _follow(self, upstream_id):
         """The version served of an upstream whose update is refused still follows its
@@ -486,7 +500,10 @@ class LiveTable:
                  "upstreams": {k: list(v) for k, v in self.upstream_specs.items()},
                  "consumers": {k: list(v) for k, v in self.consumer_specs.items()},
                  "fences": {k: list(v) for k, v in self.fence_specs.items()}}
-        if self.service_targets:        # (workers read none of it: the snapshot's, for its start)
+        # (workers read none of it: the snapshot's, for its start). Listed, even empty, while
+        # an upstream follows a service: a table without it is taken for one written before
+        # it was listed (take_service_targets)
+        if self.service_targets or self.followers:
             table["service_targets"] = dict(self.service_targets)
         return table
 

@@ -12,12 +12,13 @@ each piece goes out compressed as it arrives (a sync flush), so an event stream 
 back. A compressed
 answer loses ``Accept-Ranges``: ranges of the upstream's bytes are not ranges of gzip's. A
 HEAD gets the head the GET would (Content-Encoding, the weak ETag), without a length. ``Vary:
-Accept-Encoding`` is added to every answer of a listed type, compressed or not, so caches keep
-the two apart; a strong ``ETag`` becomes weak, as the bytes differ, and so does the strong one
-of a 304 that answers ``If-None-Match`` with the weak one to a client that takes gzip. The
-upstream's digests of its bytes (Content-Digest, Repr-Digest, Digest, Content-MD5) are
-dropped from a compressed answer. ``Vary`` and ``Cache-Control`` are read from all their
-lines (a list may be split over several).
+Accept-Encoding`` is added to every answer of a listed type, compressed or not, and to every
+304 (as its 200 would say), so caches keep the two apart; a strong ``ETag`` becomes weak,
+as the bytes differ, and so does the strong one of a 304 that answers ``If-None-Match``
+with the weak one to a client that takes gzip. The upstream's digests of its bytes
+(Content-Digest, Repr-Digest, Digest, Content-MD5) are dropped from a compressed answer.
+``Vary`` and ``Cache-Control`` are read from all their lines (a list may be split over
+several).
 """
 import zlib
 
@@ -36,7 +37,8 @@ SCHEMA = Schema(
     Field("min_length", integer(0), 1024,
           "answers with a Content-Length below this are sent as they are"),
     Field("level", integer(1, 9, "an integer from 1 to 9"), 5, "zlib compression level"),
-    Field("vary", boolean, True, "add Vary: Accept-Encoding to answers of a listed type"),
+    Field("vary", boolean, True,
+          "add Vary: Accept-Encoding to answers of a listed type and to 304s"),
     doc="Compress answers with gzip for clients that accept it.",
 )
 
@@ -76,12 +78,10 @@ def add_vary(head):
     """Vary: Accept-Encoding, with every name the upstream's Vary lines hold (a list may
     come on several lines: the last alone dropped "Cookie" for a cache keyed on the rest)."""
     vary = head.header_list("vary")
-    if vary is None:
-        head.set_header("Vary", "Accept-Encoding")
-        return
-    names = {name.strip().lower() for name in vary.split(",")}
-    if "accept-encoding" not in names and "*" not in names:
-        head.set_header("Vary", f"{vary}, Accept-Encoding")
+    names = [name.strip() for name in (vary or "").split(",") if name.strip()]
+    lower = {name.lower() for name in names}
+    if "accept-encoding" not in lower and "*" not in lower:
+        head.set_header("Vary", ", ".join(names + ["Accept-Encoding"]))
 
 
 def revalidated(conf, ctx, head):
@@ -101,17 +101,26 @@ def revalidated(conf, ctx, head):
     asked = ctx.header("if-none-match")
     if asked is not None and "W/" + etag in asked:
         head.set_header("ETag", "W/" + etag)
-        if conf["vary"]:
-            add_vary(head)
+
+
+def listed(conf, media):
+    return media in conf["exact"] or media.startswith(conf["families"])
 
 
 def response(conf, ctx, head):
+    if head.status == 304:
+        # A 304 says the Vary its 200 would (RFC 9110 15.4.5), to every client: one that
+        # does not take gzip got none, and a cache refreshing the stored 200 from it mixed
+        # the variants. A 304 seldom names its type: one that names an unlisted type is left.
+        media = (head.header("content-type") or "").partition(";")[0].strip().lower()
+        if conf["vary"] and (not media or listed(conf, media)):
+            add_vary(head)
+        revalidated(conf, ctx, head)
+        return
     if head.status in NO_BODY or head.status < 200:
-        if head.status == 304:
-            revalidated(conf, ctx, head)
         return
     media = (head.header("content-type") or "").partition(";")[0].strip().lower()
-    if not (media in conf["exact"] or media.startswith(conf["families"])):
+    if not listed(conf, media):
         return
     if conf["vary"]:
         add_vary(head)

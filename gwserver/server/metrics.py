@@ -247,19 +247,41 @@ def private_dir(base):
     named by its pid, after removing those of masters no longer running: a killed master
     cannot remove its own, and a runtime directory kept across restarts
     (RuntimeDirectoryPreserve=restart) would pile them up in memory, one per crash."""
-    parent = base or tempfile.gettempdir()
+    remove_dead_private(base or tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=base)
+
+
+# A private directory: our prefix, a pid, a dash, mkdtemp's suffix (nothing else is ours)
+PRIVATE_NAME = re.compile(re.escape(PRIVATE_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")
+
+
+def running(pid):
+    """pid_alive, but a zombie is dead: an orphan killed -9 waits to be reaped by whoever
+    adopted it (an init that reaps late), and writes nothing meanwhile."""
+    if not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_dead_private(parent):
+    """Remove the private metrics directories (ours by name: PRIVATE_NAME, directories
+    only) in ``parent`` whose pid no longer runs: a master's (private_dir), or an orphaned
+    worker's (worker.metrics_of_its_own) that was killed -9 too."""
     try:
         names = os.listdir(parent)
     except OSError:
         names = []
     for name in names:
-        pid = name[len(PRIVATE_PREFIX):].partition("-")[0]
-        if not name.startswith(PRIVATE_PREFIX) or not (pid.isascii() and pid.isdigit()):
-            continue                    # ("\u00b2" is a digit to isdigit(), not to int())
-        if pid_alive(int(pid)):
-            continue                    # its master runs (or the pid was taken again)
-        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=base)
+        match = PRIVATE_NAME.fullmatch(name)        # ([0-9]: "\u00b2" is no pid to int())
+        if match is None or running(int(match.group(1))):
+            continue                    # not ours; or its process runs (or the pid is reused)
+        path = os.path.join(parent, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # prometheus_client's multiprocess files (counter_PID.db, gauge_livesum_PID.db, ...) and the
@@ -277,6 +299,10 @@ def prepare(directory):
     for name in os.listdir(directory):
         if OWN_FILE.fullmatch(name):
             os.unlink(os.path.join(directory, name))
+    # A worker orphaned by a master killed -9 moves its metrics to a private directory
+    # beside this one (worker.metrics_of_its_own), removed at its exit; killed -9 too, it
+    # left that directory behind for good: removed here once its pid is gone.
+    remove_dead_private(os.path.dirname(os.path.abspath(directory)))
     os.environ[ENV] = directory
 
 

@@ -568,6 +568,14 @@ class EtcdClient:
         return int(kvs[0]["mod_revision"]) if kvs else None
 
     @answer_shaped
+    def value_at(self, key, revision):
+        """``key``'s value at ``revision``, None if it had none then (Compacted if etcd no
+        longer keeps that revision)."""
+        data = self._read_kept("/v3/kv/range", {"key": _b64(key), "revision": str(revision)})
+        kvs = data.get("kvs", [])
+        return _unb64(kvs[0].get("value")) if kvs else None
+
+    @answer_shaped
     def get(self, key):
         data = self._call("/v3/kv/range", {"key": _b64(key)})
         kvs = data.get("kvs", [])

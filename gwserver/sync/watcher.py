@@ -298,6 +298,7 @@ class ConfigSync:
             self.start_revision = None
             self.quiet_watch = self.catch_up = None     # (whatever was withheld is in)
             self.publisher.source = {"cluster_id": cluster_id, "prefix": self.prefix}
+        self.settle_unknown_targets()
         if snapshot is not None:
             # before the refusals are said: "answers 503" of a route kept serving was logged,
             # and said again (counted again) at the next unrelated change
@@ -495,6 +496,51 @@ class ConfigSync:
         except PublishFailed:
             pass                        # said; the loop publishes it first (unpublished)
 
+    def old_static_targets(self, upstream_id, published, ask_etcd=True):
+        """The static targets of a kept service-following upstream whose table (taken up, or
+        the snapshot) was written before tables listed them: those of the version etcd held
+        before its refused update, else (history compacted, etcd gone) its published targets
+        less the service's live instances. Taken as none, it served the live instances alone
+        until etcd's version was fixed. -> (targets or None, whether etcd may be asked again)"""
+        etcd_version = self.table.wanted_upstreams[upstream_id][0]
+        if ask_etcd:
+            try:
+                raw = self.client.value_at(f"{self.prefix}upstreams/{upstream_id}",
+                                           etcd_version - 1)
+                written = json.loads(raw) if raw is not None else None
+                if isinstance(written, dict) and written.get("service") and \
+                        written.get("service") == published.get("service"):
+                    return written.get("targets"), True
+            except (EtcdError, ValueError) as exc:
+                log.info("upstreams/%s: its static targets are not read from etcd's history "
+                         "(%s): its published targets less the live instances", upstream_id,
+                         exc)
+                ask_etcd = isinstance(exc, (Compacted, ValueError))
+        return self.table.without_instances(published.get("service"),
+                                            published.get("targets")), ask_etcd
+
+    def settle_unknown_targets(self):
+        """The table taken up (load_served) did not list static targets: a kept
+        service-following upstream, served again from it beside etcd's refused update, gets
+        those of its last good version (old_static_targets)."""
+        unknown, self.table.targets_unknown = self.table.targets_unknown, {}
+        fixes, ask_etcd = [], True
+        for upstream_id, targets in unknown.items():
+            if upstream_id not in self.table.followers or \
+                    f"upstreams/{upstream_id}" not in self.table.rejected:
+                continue        # etcd's version serves, with its own static targets
+            spec = self.table.followers[upstream_id][1]
+            static, ask_etcd = self.old_static_targets(
+                upstream_id, {**spec, "targets": targets}, ask_etcd)
+            fixes.append((upstream_id, static))
+        with self.publisher.lock:
+            for upstream_id, static in fixes:
+                version, spec = self.table.followers[upstream_id]
+                etcd_version, etcd_raw = self.table.wanted_upstreams[upstream_id]
+                self.table.put_upstream(upstream_id, json.dumps({**spec, "targets": static}),
+                                        version)
+                self.table.put_upstream(upstream_id, etcd_raw, etcd_version)    # refused again
+
     def keep_last_good(self, snapshot):
         """An item etcd holds a refused update of, and the snapshot a good version: serve
         that, as a sync process that saw the update come keeps its last good version. A
@@ -514,7 +560,9 @@ class ConfigSync:
         # once etcd fails (a wait of ``timeout`` per item)
         changes, history, seen = [], True, snapshot.get("revision") or 0
         static = snapshot["table"].get("service_targets")
+        known = static is not None          # None: a snapshot written before they were listed
         static = static if isinstance(static, dict) else {}     # (a file by another hand)
+        ask_etcd = True
         for kind in puts:       # upstreams first: the routes find theirs
             served = getattr(self.table, f"{kind[:-1]}_specs")
             wanted = getattr(self.table, f"wanted_{kind}")
@@ -532,6 +580,9 @@ class ConfigSync:
                 # still the instances of the snapshot's day (see below)
                 if replaced != (item_id in served) or \
                         replaced and kind == "upstreams" and spec.get("service"):
+                    if replaced and kind == "upstreams" and spec.get("service") and not known:
+                        static[item_id], ask_etcd = self.old_static_targets(item_id, spec,
+                                                                            ask_etcd)
                     changes.append((kind, item_id, replaced, version, spec, etcd_version,
                                     etcd_raw))
         kept, dropped = [], []
@@ -598,7 +649,8 @@ class ConfigSync:
         base = steps[0][1]
         with self.publisher.lock:
             self.table.apply_steps(steps)
-            targets = base["table"].get("service_targets") or {}
+            # None when no step lists them: a table written before they were (a hot upgrade)
+            targets = base["table"].get("service_targets")
             for _, change in steps[1:]:
                 targets = change.get("service_targets", targets)
             self.table.take_service_targets(targets)

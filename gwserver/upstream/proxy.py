@@ -1326,11 +1326,14 @@ class Proxy:
                 filters = head.body_filters
             if filters:
                 head.remove_header(b"content-length")
-            if req.trace is not None and self.trace_header is not None and \
-                    head.block_as_read() is None:
+            as_read = head.block_as_read()
+            if req.trace is not None and self.trace_header is not None and (
+                    as_read is None or as_read is not block and
+                    self.trace_header in as_read[len(block):].lower()):
                 # A plugin's copy (headers', rewrite's: an edit splits the block, which the
-                # upstream's copy had already left) went out before the gateway's own: two
-                # trace ids, the first one wrong.
+                # upstream's copy had already left; or one appended to the block as read,
+                # which only the appended lines can hold: append_header) went out before
+                # the gateway's own: two trace ids, the first one wrong.
                 head.remove_header(self.trace_header)
             block = head.block()
             if head.status != status:
