@@ -7,6 +7,7 @@ refused unless fstat says it is regular, and only then made blocking again.
 """
 import errno
 import os
+import ssl
 import stat
 
 
@@ -121,3 +122,58 @@ def no_passphrase(*_):
     """A passphrase callback for OpenSSL that has none to give: an encrypted key fails at
     once instead of OpenSSL prompting on the terminal (see private_key_problem)."""
     return b""
+
+
+_CLIENT_TLS_CHECKED = {}    # (ca_file, cert_file, key_file, prefix) -> (stamps, problem)
+
+
+def client_tls_problem(ca_file, cert_file, key_file, prefix="tls."):
+    """What keeps an upstream's ``tls`` files (or [etcd]'s: ``prefix``) from making a client
+    context, as ``tls.FIELD: PATH ...``, or None: loaded as each connection loads them. A
+    ca_file that holds no PEM certificate (a DER file, a key, a truncated copy) passed
+    `check`, a start and a reload, and then failed every request of its routes, a 500
+    "internal error" for HTTP/1.1 (and every call to etcd). Kept per path until a file
+    changes: a table names the same few files in many routes, and a system-sized bundle
+    takes milliseconds to load."""
+    paths = (ca_file, cert_file, key_file)
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamps.append(None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size))
+    cached = _CLIENT_TLS_CHECKED.get((*paths, prefix))
+    if cached is not None and cached[0] == stamps:
+        return cached[1]
+    problem = None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if ca_file:
+            context.load_verify_locations(cafile=ca_file)
+    except (OSError, ValueError) as exc:
+        problem = f"{prefix}ca_file: {ca_file} {ca_file_problem(ca_file, exc)}"
+    if problem is None and cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file, password=no_passphrase)
+        except (OSError, ValueError) as exc:
+            and_key = f" and {prefix}key_file: {key_file}" if key_file else ""
+            problem = (f"{prefix}cert_file: {cert_file}{and_key} make no client certificate "
+                       f"({getattr(exc, 'reason', None) or exc})")
+    if len(_CLIENT_TLS_CHECKED) >= 1024:        # (tables from etcd come and go)
+        _CLIENT_TLS_CHECKED.clear()
+    _CLIENT_TLS_CHECKED[(*paths, prefix)] = (stamps, problem)
+    return problem
+
+
+def ca_file_problem(path, exc):
+    """``path`` failed to load as a CA bundle with ``exc``: why, in words to act on."""
+    try:
+        head = read_regular(path, 1 << 16)
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if not head.strip():
+        return "is empty"
+    if b"-----BEGIN" not in head:
+        return "is not PEM (DER? convert it: openssl x509 -inform DER -in CA -out CA.pem)"
+    return f"holds no CA certificate OpenSSL can load ({getattr(exc, 'reason', None) or exc})"

@@ -1042,6 +1042,14 @@ def etcd_file_problems(etcd):
         problem = private_key_problem(etcd["key_file"])
         if problem is not None:
             problems.append(f"etcd.key_file: {etcd['key_file']} {problem}")
+    if not problems and (etcd.get("ca_file") or etcd.get("cert_file")):
+        # loaded as each call to etcd loads them: a ca_file with no certificate passed, and
+        # every call failed on it
+        from .files import client_tls_problem
+        problem = client_tls_problem(etcd.get("ca_file"), etcd.get("cert_file"),
+                                     etcd.get("key_file"), prefix="etcd.")
+        if problem is not None:
+            problems.append(problem)
     snapshot = etcd.get("snapshot_path")
     if snapshot and os.path.exists(snapshot) and not os.path.isfile(snapshot):
         problems.append(f"etcd.snapshot_path: {snapshot} is not a regular file")

@@ -51,6 +51,27 @@ class FirstByteWait:
         self.sock.close()
 
 
+class HandshakeWait:
+    """A TLS handshake under way, as one of Runtime.head_readers: when every slot is taken
+    and none is idle, one begun SLOW_HEAD_GRACE ago and not done is closed as a slow request
+    head is (close_slowest_head). A byte of a ClientHello each (the first byte makes a
+    connection no idle one), worker_connections clients held every slot for
+    tls.handshake_timeout (10 s), and again at each reconnect, newcomers waiting unanswered
+    in the listen queue: the slowloris close_slowest_head ends for heads. OpenSSL reads the
+    socket itself and counts nothing for us, so its rate is taken as none (``head_read``
+    stays 0): a handshake takes a round trip or two, not a second."""
+
+    __slots__ = ("sock", "client_ip", "timeout_reason")
+    head_read = 0
+    unfinished = "TLS handshake"
+
+    def __init__(self, sock, client_ip):
+        self.sock, self.client_ip, self.timeout_reason = sock, client_ip, None
+
+    def expire(self):
+        self.sock.close()           # the handshake's wait raises at once
+
+
 def wait_first_byte(runtime, sock, timeout):
     """Wait up to ``timeout`` seconds for ``sock`` (a plain socket just accepted) to be
     readable, as an idle connection; -> whether it is. False: the time ran out, or the slot

@@ -85,7 +85,25 @@ IDENTITY_SET = frozenset([
     # takes X-Consumer-Username on trust, and a client's was forwarded as it came.
     b"x-consumer-username", b"x-consumer-custom-id", b"x-credential-identifier",
     b"x-credential-username", b"x-anonymous-consumer", b"x-authenticated-userid",
-    b"x-authenticated-scope", b"x-authenticated-groups"])
+    b"x-authenticated-scope", b"x-authenticated-groups",
+    # The client certificate as the TLS terminators in front say it, XFCC's siblings: nginx's
+    # and HAProxy's usual X-SSL-Client-*, ingress-nginx's and Keycloak's ssl-client-* (and
+    # Apache's SSL_CLIENT_* by the underscore rule), Traefik's passTLSClientCert, AWS ALB's
+    # mTLS headers, Azure's X-ARR-ClientCert, Google's and Cloudflare's. The gateway asks no
+    # client for a certificate: over its own TLS listener a client's
+    # "X-SSL-Client-Verify: SUCCESS" reached an upstream that takes it on trust.
+    b"x-ssl-client-cert", b"x-ssl-client-verify", b"x-ssl-client-s-dn", b"x-ssl-client-i-dn",
+    b"x-ssl-client-dn", b"x-ssl-client-cn", b"x-ssl-client-serial",
+    b"x-ssl-client-fingerprint", b"x-ssl-issuer", b"x-ssl-cert", b"ssl-client-cert",
+    b"ssl-client-verify", b"ssl-client-s-dn", b"ssl-client-i-dn", b"ssl-client-subject-dn",
+    b"ssl-client-issuer-dn", b"x-client-cert", b"x-client-verify", b"x-client-dn",
+    b"x-client-cert-present", b"x-client-cert-chain-verified", b"x-client-cert-hash",
+    b"x-client-cert-spiffe", b"x-client-cert-serial-number", b"x-forwarded-tls-client-cert",
+    b"x-forwarded-tls-client-cert-info", b"x-amzn-mtls-clientcert",
+    b"x-amzn-mtls-clientcert-serial-number", b"x-amzn-mtls-clientcert-issuer",
+    b"x-amzn-mtls-clientcert-subject", b"x-amzn-mtls-clientcert-validity",
+    b"x-amzn-mtls-clientcert-leaf", b"x-arr-clientcert", b"cf-client-cert-der-base64",
+    b"cf-client-cert-sha256"])
 PROXY_SET = _PROXY_SAYS | IDENTITY_SET | STEERING_SET
 # Of those, the ones a proxy that speaks X-Forwarded-* writes (beside -For, -Proto and -Host):
 # behind a trusted proxy that writes Forwarded instead, a client's copies it passed through

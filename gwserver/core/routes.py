@@ -533,6 +533,12 @@ def _upstream_tls(owner, conf):
         problem = private_key_problem(conf["key_file"])
         if problem is not None:
             raise ConfigError(f"{owner}: tls.key_file: {conf['key_file']} {problem}")
+    # Loaded as a connection loads them: a ca_file holding no certificate passed, and each
+    # request of the route was a 500 (client_tls_problem)
+    from ..files import client_tls_problem
+    problem = client_tls_problem(conf["ca_file"], conf["cert_file"], conf["key_file"])
+    if problem is not None:
+        raise ConfigError(f"{owner}: {problem}")
     return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
             conf["key_file"])
 

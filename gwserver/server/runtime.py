@@ -446,14 +446,15 @@ class Runtime:
                 slowest, slowest_rate, waited = conn, rate, now - began
         if slowest is None:
             return False
+        # A TLS handshake under way is one too, its bytes uncounted (client.waiting)
+        what = getattr(slowest, "unfinished", "request head")
+        rate = "" if what != "request head" else f", at {slowest_rate:.0f} bytes a second"
         throttled_log.log(log, logging.WARNING, "slow head closed",
                           "worker_connections (%d) reached: closed the connection of %s, "
-                          "its request head still incomplete after %.1f s, at %.0f bytes a "
-                          "second", self.worker_connections, slowest.client_ip, waited,
-                          slowest_rate)
+                          "its %s still incomplete after %.1f s%s", self.worker_connections,
+                          slowest.client_ip, what, waited, rate)
         del self.head_readers[slowest]
-        slowest.timeout_reason = (f"request head incomplete after {waited:.1f} s, at "
-                                  f"{slowest_rate:.0f} bytes a second, while every "
+        slowest.timeout_reason = (f"{what} incomplete after {waited:.1f} s{rate}, while every "
                                   f"connection slot was taken")
         slowest.expire()
         return True

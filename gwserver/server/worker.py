@@ -24,7 +24,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from .. import proctitle
 from ..client.http1 import ClientConnection, render_error
-from ..client.waiting import FirstByteWait, serve_counted, wait_first_byte
+from ..client.waiting import FirstByteWait, HandshakeWait, serve_counted, wait_first_byte
 from ..errors import BadRequest
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   read_proxy_header)
@@ -489,11 +489,16 @@ class GatewayWorker(GeventWorker):
         if not wait_first_byte(self.runtime, sock, timeout):
             sock.close()
             return
+        # Until it ends, the handshake may be closed for a newcomer as a slow head is
+        handshake = HandshakeWait(sock, addr[0] if addr else "?")
+        self.runtime.head_readers[handshake] = time.monotonic()
         try:
             tls = self.runtime.tls_server.wrap(sock)
             with gevent.Timeout(max(0.0, started + timeout - time.monotonic())):
                 tls.do_handshake()
         except (OSError, gevent.Timeout) as exc:
+            if handshake.timeout_reason:
+                exc = handshake.timeout_reason
             throttled_log.log(log, logging.INFO, "tls handshake",
                               "TLS handshake with %s failed: %s", addr[0] if addr else "?",
                               exc or "timed out")
@@ -506,6 +511,8 @@ class GatewayWorker(GeventWorker):
         except BaseException:
             self.runtime.client_closed()
             raise
+        finally:
+            self.runtime.head_readers.pop(handshake, None)
         try:
             if tls.alpn == b"h2":
                 from ..client.h2server import H2ServerConnection

@@ -956,7 +956,14 @@ class H2Pools:
                     # Failed, or out of stream ids (MAX_STREAMS_PER_CONNECTION): its streams
                     # in flight finish first; close() cut them, long-lived gRPC streams too.
                     connection.retire()
-                context = client_context(tls, ["h2"]) if target.scheme == "https" else None
+                try:
+                    context = client_context(tls, ["h2"]) if target.scheme == "https" \
+                        else None
+                except (OSError, ValueError) as exc:   # (ssl.SSLError is an OSError)
+                    # tls files the worker never read well (replaced by a bad one since the
+                    # check): a 502 that says so, not a 500 with a traceback per request
+                    raise UpstreamConnectError(f"TLS to {target.url}: the upstream's tls "
+                                               f"files cannot be loaded ({exc})") from None
                 connection = H2Connection(target, connect_timeout, context,
                                           tls[2] if tls else None, write_timeout,
                                           self.max_empty_frames)

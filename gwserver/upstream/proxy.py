@@ -36,6 +36,7 @@ import urllib3
 import urllib3.connection
 from urllib3.exceptions import (ConnectTimeoutError, EmptyPoolError, LocationParseError,
                                 NewConnectionError, NameResolutionError)
+from urllib3.exceptions import SSLError as TLSFilesError
 from urllib3.util.ssl_match_hostname import CertificateError
 
 from ..core.balancer import make_balancer
@@ -638,6 +639,13 @@ class Proxy:
         except ConnectTimeoutError:
             pool._put_conn(None)
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
+        except TLSFilesError as exc:
+            # urllib3 reads the tls files at each connect and wraps OpenSSL's refusal of a
+            # ca_file (or an encrypted key_file) in an HTTPError of its own: one replaced
+            # since the check made every request a 500, its traceback logged per request
+            pool._put_conn(None)
+            raise UpstreamConnectError(f"TLS to {target.url}: the upstream's tls files "
+                                       f"cannot be loaded ({failure_reason(exc)})") from None
         except BaseException:
             # Killed while connecting (an HTTP/2 client reset its stream; the worker stops):
             # the slot goes back, or a block_when_full pool would lose it for good.

@@ -61,7 +61,8 @@ def test_without_field_drops_every_line_of_the_name_only():
 
 def test_etcd_files_must_be_regular_files(tmp_path):
     os.mkfifo(tmp_path / "fifo")
-    (tmp_path / "ca.pem").write_text("x")
+    from tests.pki import CA
+    CA(tmp_path)            # ca.pem: a regular file that is a CA (check loads it, dec08d)
     problems = etcd_file_problems({"ca_file": str(tmp_path / "fifo"), "cert_file": str(tmp_path),
                                    "key_file": "/dev/zero",
                                    "snapshot_path": str(tmp_path / "fifo")})
