@@ -184,7 +184,10 @@ PASSED_THROUGH = {
 CLIENT_NAMING = {b"x-real-ip": b"X-Real-IP", b"x-client-ip": b"X-Client-IP",
                  b"client-ip": b"Client-IP", b"fastly-client-ip": b"Fastly-Client-IP",
                  b"true-client-ip": b"True-Client-IP", b"cf-connecting-ip": b"CF-Connecting-IP",
-                 b"x-cluster-client-ip": b"X-Cluster-Client-IP"}
+                 b"x-cluster-client-ip": b"X-Cluster-Client-IP",
+                 b"x-forwarded": b"X-Forwarded", b"forwarded-for": b"Forwarded-For",
+                 b"x-0-client-ip": b"X-0-Client-IP",
+                 b"x-appengine-user-ip": b"X-AppEngine-User-IP"}
 # The trusted proxies' headers vouch_forwarded holds to rules, and those.
 VOUCHED = frozenset([b"x-forwarded-host", b"x-forwarded-proto", *PASSED_THROUGH,
                      *CLIENT_NAMING])

@@ -58,6 +58,10 @@ _PROXY_SAYS = frozenset([
     # Rails' remote_ip and the PHP getUserIP snippet read Client-IP (HTTP_CLIENT_IP), the
     # snippet before X-Forwarded-For; request-ip reads Fastly-Client-IP
     b"client-ip", b"fastly-client-ip",
+    # and more spellings of the client's address that request-ip reads before the socket's
+    # (X-Forwarded and Forwarded-For: django-ipware and the PHP snippet too): a client's
+    # "X-Forwarded: 6.6.6.6" was the client to such an upstream
+    b"x-forwarded", b"forwarded-for", b"x-0-client-ip", b"x-appengine-user-ip",
     # other spellings of a scheme and a prefix: Tornado's xheaders read X-Scheme first, the
     # Flask ReverseProxied recipe X-Scheme and X-Script-Name (its SCRIPT_NAME, the prefix of
     # every url_for link), gunicorn's secure_scheme_headers X-Forwarded-Protocol

@@ -569,11 +569,11 @@ class EtcdClient:
 
     @answer_shaped
     def value_at(self, key, revision):
-        """``key``'s value at ``revision``, None if it had none then (Compacted if etcd no
-        longer keeps that revision)."""
+        """``key``'s (value, mod_revision) at ``revision``, None if it had none then
+        (Compacted if etcd no longer keeps that revision)."""
         data = self._read_kept("/v3/kv/range", {"key": _b64(key), "revision": str(revision)})
         kvs = data.get("kvs", [])
-        return _unb64(kvs[0].get("value")) if kvs else None
+        return (_unb64(kvs[0].get("value")), int(kvs[0]["mod_revision"])) if kvs else None
 
     @answer_shaped
     def get(self, key):

@@ -26,7 +26,9 @@ import random
 import signal
 import time
 
-from ..core.table import LiveTable
+from ..core.routes import UPSTREAM
+from ..core.table import LiveTable, decode_json
+from ..errors import ConfigError
 from ..helpers.helper import no_beat
 from ..plugins import load_registry
 from ..terminal import printable
@@ -84,6 +86,25 @@ class Backoff:
         delay = random.uniform(0, min(self.cap, self.base * 2 ** self.attempt))
         self.attempt += 1
         return delay
+
+
+# How many versions of an upstream old_static_targets reads back in etcd's history, at most
+HISTORY_VERSIONS = 8
+
+
+def made_of(raw, published):
+    """``raw`` (a version of an upstream in etcd's history) as a valid spec, if it is the
+    version ``published`` (a service-following upstream, expanded) was made of: it follows
+    the same service and every field it names but its targets is as published. Else None (a
+    refused update, another version)."""
+    try:
+        named = decode_json(raw)
+        names = set(named) - {"targets"} if isinstance(named, dict) else ()
+        written = json.loads(json.dumps(UPSTREAM.validate(named)))  # (as published: lists)
+    except ConfigError:
+        return None
+    return written if written.get("service") and all(
+        written.get(name) == published.get(name) for name in names) else None
 
 
 class ConfigSync:
@@ -498,24 +519,34 @@ class ConfigSync:
 
     def old_static_targets(self, upstream_id, published, ask_etcd=True):
         """The static targets of a kept service-following upstream whose table (taken up, or
-        the snapshot) was written before tables listed them: those of the version etcd held
-        before its refused update, else (history compacted, etcd gone) its published targets
-        less the service's live instances. Taken as none, it served the live instances alone
-        until etcd's version was fixed. -> (targets or None, whether etcd may be asked again)"""
-        etcd_version = self.table.wanted_upstreams[upstream_id][0]
+        the snapshot) was written before tables listed them: those of the version in etcd's
+        history the published one was made of (made_of: past refused updates), else (history
+        compacted, etcd gone) its published targets less the service's live instances. Taken
+        as none, it served the live instances alone until etcd's version was fixed.
+        -> (targets or None, whether etcd may be asked again)"""
+        revision = self.table.wanted_upstreams[upstream_id][0] - 1
         if ask_etcd:
+            # up to HISTORY_VERSIONS reads of etcd's for each of many such upstreams: a
+            # turn's promise (8 calls' timeouts and more) is made for each
+            self.beat(self.turn)
             try:
-                raw = self.client.value_at(f"{self.prefix}upstreams/{upstream_id}",
-                                           etcd_version - 1)
-                written = json.loads(raw) if raw is not None else None
-                if isinstance(written, dict) and written.get("service") and \
-                        written.get("service") == published.get("service"):
-                    return written.get("targets"), True
-            except (EtcdError, ValueError) as exc:
+                # The version before the refused update may be refused too (a second try
+                # at the same change): its targets (a host moved to) served as the good
+                # version's. Read back to the version the published one was made of.
+                for _ in range(HISTORY_VERSIONS):
+                    found = self.client.value_at(f"{self.prefix}upstreams/{upstream_id}",
+                                                 revision)
+                    if found is None:
+                        break
+                    written = made_of(found[0], published)
+                    if written is not None:
+                        return written.get("targets"), True
+                    revision = found[1] - 1
+            except EtcdError as exc:
                 log.info("upstreams/%s: its static targets are not read from etcd's history "
                          "(%s): its published targets less the live instances", upstream_id,
                          exc)
-                ask_etcd = isinstance(exc, (Compacted, ValueError))
+                ask_etcd = isinstance(exc, Compacted)
         return self.table.without_instances(published.get("service"),
                                             published.get("targets")), ask_etcd
 
