@@ -29,3 +29,49 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def running(pid):
+    """pid_alive, but a zombie is dead: an orphan killed -9 waits to be reaped by whoever
+    adopted it (an init that reaps late), and writes nothing meanwhile."""
+    if not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def own_dir(prefix, parent=None):
+    """A fresh directory of this process's in ``parent`` (None: tempfile's default), named
+    ``prefix``, its pid, "-" and mkdtemp's letters, after removing the ones of that name
+    whose process is gone (remove_dead_dirs): a process killed -9 never runs its clean-up."""
+    import tempfile
+    remove_dead_dirs(parent or tempfile.gettempdir(), prefix)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+
+
+def remove_dead_dirs(parent, prefix):
+    """Remove the directories in ``parent`` that own_dir made for processes no longer
+    running: ours by name (``prefix``, a pid, "-", letters), by owner (this user: never
+    another's, under a shared /tmp) and by type (a directory, not a link to one)."""
+    import re
+    import shutil
+    import stat
+    name_of_ours = re.compile(re.escape(prefix) + r"([0-9]+)-[A-Za-z0-9_]+")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = name_of_ours.fullmatch(name)     # ([0-9]: "\u00b2" is no pid to int())
+        if match is None or running(int(match.group(1))):
+            continue            # not ours; or its process runs (or the pid was taken again)
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)

@@ -15,15 +15,13 @@ configured targets.
 import argparse
 import os
 import re
-import shutil
 import sys
-import tempfile
 from bisect import bisect_left
 from pathlib import Path
 from typing import NamedTuple
 
 from ..core.breaker import STATE_CODES
-from ..processes import pid_alive
+from ..processes import own_dir, remove_dead_dirs
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
@@ -247,41 +245,7 @@ def private_dir(base):
     named by its pid, after removing those of masters no longer running: a killed master
     cannot remove its own, and a runtime directory kept across restarts
     (RuntimeDirectoryPreserve=restart) would pile them up in memory, one per crash."""
-    remove_dead_private(base or tempfile.gettempdir())
-    return tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=base)
-
-
-# A private directory: our prefix, a pid, a dash, mkdtemp's suffix (nothing else is ours)
-PRIVATE_NAME = re.compile(re.escape(PRIVATE_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")
-
-
-def running(pid):
-    """pid_alive, but a zombie is dead: an orphan killed -9 waits to be reaped by whoever
-    adopted it (an init that reaps late), and writes nothing meanwhile."""
-    if not pid_alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def remove_dead_private(parent):
-    """Remove the private metrics directories (ours by name: PRIVATE_NAME, directories
-    only) in ``parent`` whose pid no longer runs: a master's (private_dir), or an orphaned
-    worker's (worker.metrics_of_its_own) that was killed -9 too."""
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        names = []
-    for name in names:
-        match = PRIVATE_NAME.fullmatch(name)        # ([0-9]: "\u00b2" is no pid to int())
-        if match is None or running(int(match.group(1))):
-            continue                    # not ours; or its process runs (or the pid is reused)
-        path = os.path.join(parent, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+    return own_dir(PRIVATE_PREFIX, base)
 
 
 # prometheus_client's multiprocess files (counter_PID.db, gauge_livesum_PID.db, ...) and the
@@ -302,7 +266,7 @@ def prepare(directory):
     # A worker orphaned by a master killed -9 moves its metrics to a private directory
     # beside this one (worker.metrics_of_its_own), removed at its exit; killed -9 too, it
     # left that directory behind for good: removed here once its pid is gone.
-    remove_dead_private(os.path.dirname(os.path.abspath(directory)))
+    remove_dead_dirs(os.path.dirname(os.path.abspath(directory)), PRIVATE_PREFIX)
     os.environ[ENV] = directory
 
 

@@ -574,24 +574,6 @@ def idle_connections(pool):
 PRIVATE_STORE = "gwserver-worker-"     # + pid + "-" + mkdtemp's letters
 
 
-def remove_dead_workers_stores(directory):
-    """Remove the private stores of workers that are gone: a worker killed (SIGKILL, the OOM
-    killer) never ran its atexit, and each such store held a table's worth of disk."""
-    import shutil
-    from ..processes import pid_alive
-    for name in os.listdir(directory):
-        pid = name[len(PRIVATE_STORE):].partition("-")[0]
-        path = os.path.join(directory, name)
-        # (ASCII: "\u00b2" is a digit to isdigit(), not to int(); pid_alive takes any int)
-        if name.startswith(PRIVATE_STORE) and pid.isascii() and pid.isdigit() and \
-                not pid_alive(int(pid)):
-            try:
-                if os.lstat(path).st_uid == os.getuid():        # never another user's
-                    shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                pass
-
-
 def open_local_store(path):
     """The host's per-host store in ``path`` (the state_dir), or, when it cannot be opened
     there (made read-only, removed and not made again), one of this worker's own in a private
@@ -610,9 +592,8 @@ def open_local_store(path):
             problem = exc.strerror or str(exc)
     import atexit
     import shutil
-    import tempfile
-    remove_dead_workers_stores(tempfile.gettempdir())
-    private = tempfile.mkdtemp(prefix=f"{PRIVATE_STORE}{os.getpid()}-")
+    from ..processes import own_dir
+    private = own_dir(PRIVATE_STORE)
     atexit.register(shutil.rmtree, private, ignore_errors=True)
     log.error("cannot open the per-host table in the state_dir %s (%s): this worker keeps "
               "its own until it stops; per-host limits and breaker states are per worker "

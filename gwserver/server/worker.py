@@ -288,10 +288,9 @@ class GatewayWorker(GeventWorker):
             return
         import atexit
         import shutil
-        import tempfile
+        from ..processes import own_dir
         try:
-            own = tempfile.mkdtemp(prefix=f"{metrics.PRIVATE_PREFIX}{os.getpid()}-",
-                                   dir=os.path.dirname(os.path.abspath(shared)))
+            own = own_dir(metrics.PRIVATE_PREFIX, os.path.dirname(os.path.abspath(shared)))
         except OSError:
             return
         atexit.register(shutil.rmtree, own, ignore_errors=True)
