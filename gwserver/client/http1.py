@@ -38,7 +38,7 @@ from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address, peer_closed,
-                           recv_when_readable, send_all)
+                           recv_when_readable, send_all, unsent_bytes)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented, WorkerStopped)
 from .waiting import handshake_just_ended
@@ -519,10 +519,15 @@ class ClientConnection:
         end. A client that is in the middle of sending a head or body is told 408 first, as
         far as the socket takes it without waiting (the ticker must never block)."""
         self.timed_out = True
-        if self.answer_timeout and not self.head_status and type(self.sock) is PlainSocket:
+        if self.answer_timeout and not self.head_status:
             try:
-                self.sock._sock.send(self.timeout_answer(), socket.MSG_DONTWAIT)
-            except OSError:
+                if type(self.sock) is PlainSocket:
+                    self.sock._sock.send(self.timeout_answer(), socket.MSG_DONTWAIT)
+                elif hasattr(self.sock, "send_now") and not unsent_bytes(self.sock):
+                    # TLS too, as one record (HTTP/2's GOAWAY goes so): a stalled gRPC-Web
+                    # upload, a browser's, got a bare close over https, with no status
+                    self.sock.send_now(self.timeout_answer())
+            except (OSError, ValueError):
                 pass
         self.sock.close()
 
@@ -540,7 +545,9 @@ class ClientConnection:
                                 req.request_id)
             reply.with_error_shape(req.request_id)
             if req.route is not None and req.route.chain.reply_steps:
-                req.route.chain.run_reply(req, reply)   # grpc_web's CORS headers
+                # grpc_web's and cors' CORS headers; not a third-party hook, which may wait
+                # (I/O): this is the ticker, and every deadline of the worker waited with it
+                req.route.chain.run_reply(req, reply, shipped_only=True)
             return render_reply(grpc_web_reply(req, reply, mode, content_type), False,
                                 req.request_id)
         except Exception:       # (never in the ticker's way: the plain 408 then)

@@ -26,7 +26,7 @@ STATE_CODES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
 BUCKETS = 10        # the rolling window is kept as this many buckets
 
 
-SEEN = 64           # probe outcome ids an epoch remembers (a copy comes within seconds)
+SEEN = 64           # given-back probes' ids an epoch remembers (a copy comes within seconds)
 
 
 def initial_state():
@@ -85,7 +85,12 @@ def step(state, conf, now, outcomes=(), admissions=0):
         if ident:
             if ident in state["seen"]:
                 continue                    # counted already
-            state["seen"] = (state["seen"] + [ident])[-SEEN:]
+            # A verdict's id is kept for the epoch (half_open_probes of them at most: the
+            # epoch ends then); a given-back probe's while there is room. Any client makes
+            # those (an upload's probe is given back), and 64 of them pushed a verdict's id
+            # out: its copy counted again, and one success closed a breaker of 2 probes.
+            if ok or failed or len(state["seen"]) < SEEN:
+                state["seen"] = state["seen"] + [ident]
         if unused and state["state"] == HALF_OPEN:
             state["probes"] = max(0, state["probes"] - unused[0])
         if state["state"] == CLOSED:

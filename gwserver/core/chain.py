@@ -351,12 +351,15 @@ class Chain:
                 _blame(exc, plugin, "response phase")
                 raise
 
-    def run_reply(self, ctx, reply):
+    def run_reply(self, ctx, reply, shipped_only=False):
         """Let plugins with a ``reply`` hook edit the head of an answer the gateway wrote
         itself (a plugin's Reply, a 404, a 502): cors adds its headers to a 401, so a browser
-        can read why it was refused."""
+        can read why it was refused. ``shipped_only``: the built-in hooks alone (the worker's
+        ticker, which must never wait: a third-party hook may, and held every deadline)."""
         chain = ctx.chain or self
         steps = chain.reply_steps
+        if shipped_only and chain.third_party:
+            steps = tuple((p, c) for p, c in steps if id(p) not in chain.third_party)
         if steps:
             head = ResponseHead(reply.status, [(_enc(k), _enc(v)) for k, v in reply.headers])
             for plugin, conf in steps:

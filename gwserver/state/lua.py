@@ -87,9 +87,9 @@ return {flags, info}
 # The breaker's state machine (core/breaker.py, line for line) on one JSON value per breaker.
 # ARGV: error_rate, window, min_requests, open_for, max_open_for, half_open_probes,
 # admissions, then (epoch, ok, failed, unused, id) quintuples (id: a probe's, "" for none;
-# the last 64 ids an epoch counted are kept in ``seen`` (core.breaker.SEEN), and a copy counts
-# nothing). Returns state, epoch, admitted, seconds until an open breaker probes again, and
-# the states entered.
+# an epoch keeps its verdicts' ids in ``seen``, and its given-back probes' while it holds
+# fewer than 64 (core.breaker.SEEN); a copy counts nothing). Returns state, epoch, admitted,
+# seconds until an open breaker probes again, and the states entered.
 BREAKER_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -138,9 +138,8 @@ while i + 4 <= #ARGV do
     for _, v in ipairs(seen) do
       if v == id then copy = true end
     end
-    if not copy then
+    if not copy and (ok > 0 or failed > 0 or #seen < 64) then
       seen[#seen + 1] = id
-      if #seen > 64 then table.remove(seen, 1) end
     end
   end
   if epoch == s.epoch and not copy and unused > 0 and s.state == 'half_open' then

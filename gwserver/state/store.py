@@ -1108,9 +1108,6 @@ class LocalStore:
         self.on_transition = None       # callable(key, state), set by the worker for metrics
         self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
         self.lease_numbers = itertools.count()
-        # probe verdicts' ids: a random part, as a pid is reused by the next worker
-        self.probe_prefix = f"{os.urandom(6).hex()}:"
-        self.probe_numbers = itertools.count()
         self.lease_tag = os.urandom(4).hex()   # two stores in one process never share ids
 
     @classmethod
