@@ -556,6 +556,9 @@ class Runtime:
 
     def close(self):
         """After the drain: the last access lines, spans and gauges; pools and files closed."""
+        if self.services.limit_store is not self.services.local_store:
+            # the releases of requests the drain cut, queued as they ended (RedisStore.flush)
+            self.services.limit_store.flush()
         self.flush_logs()
         if self.span_exporter is not None:
             self.span_exporter.shutdown()   # send the spans still batched

@@ -261,8 +261,12 @@ class RedisStore:
                         "breaker": BREAKER_LUA, "adaptive": ADAPTIVE_LUA,
                         "limit_conn": LIMIT_CONN_LUA}
         self.conn_prefix = key_prefix + "lc:"
-        # lease ids say where they came from (a host and worker to look for in Redis)
-        self.lease_prefix = f"{socket.gethostname()[:40]}:{os.getpid()}:"
+        # lease ids say where they came from (a host and worker to look for in Redis), and a
+        # random part: gateways in containers that share the host's name (host networking)
+        # each have a PID namespace of their own, so their workers' pids, and so the ids,
+        # were the same; one claim took another's lease, one release freed another's slot,
+        # and limit_conn let more than ``limit`` in
+        self.lease_prefix = f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(4).hex()}:"
         self.lease_numbers = itertools.count()
         # probe verdicts' ids: a random part, as a pid is reused by the next worker
         self.probe_prefix = f"{os.urandom(6).hex()}:"
@@ -393,6 +397,22 @@ class RedisStore:
             return
         self.queue.append((spec, ("release", lease), None, 0.0))
         self.wake.set()
+
+    FLUSH_SECONDS = 1.0     # the longest a stopping worker waits for its last round trips
+
+    def flush(self):
+        """Before the worker exits: what is queued or owed (limit_conn releases, breaker
+        outcomes) goes to Redis, waited for at most FLUSH_SECONDS. The releases of the
+        requests a drain cut (graceful_timeout ran out: a websocket, a long download) were
+        queued as the worker exited, never sent, and each slot stayed taken in Redis for
+        lease_seconds (300 s): with limit = 1, its client was refused by every worker."""
+        deadline = time.monotonic() + max(self.FLUSH_SECONDS, self.timeout)
+        while (self.queue or self.in_flight or
+               ((self.owed_releases or self.owed_probes) and
+                time.monotonic() >= self.down_until)) and \
+                time.monotonic() < deadline and not self.batcher.dead:
+            self.wake.set()
+            gevent.sleep(0.01)
 
     def _owe_release(self, spec, lease):
         # Bounded: past it, the slots expire after lease_seconds, as before.
