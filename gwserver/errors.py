@@ -12,6 +12,7 @@
         ├── HeadersTooLarge           431
         ├── UpstreamError             502  refused, reset or unparsable upstream
         │   └── UpstreamConnectError  502  could not connect (safe to retry anywhere)
+        ├── UpstreamTLSFilesError     502  the gateway's own tls files, no target's fault
         ├── InternalError             500  a bug (a plugin raised, say); logged with traceback
         ├── Unimplemented             501  a transfer coding the gateway does not do
         ├── ServiceUnavailable        503  no target
@@ -129,6 +130,16 @@ class UpstreamError(HTTPError):
 
 class UpstreamConnectError(UpstreamError):
     """No connection could be made; nothing was sent, so any request may be retried."""
+
+
+class UpstreamTLSFilesError(HTTPError):
+    """An upstream's tls files (ca_file, cert_file, key_file: the gateway's own, replaced by
+    bad ones since the check) cannot be loaded for a connection. No UpstreamError: no
+    target is blamed (skipped, ejected, tripped) and none is tried again, as every try
+    loads the same files. Booked as a connect failure, one request ejected a healthy target
+    (passive checks), which stayed out for eject_for after the file was put right."""
+    status, error = 502, "bad_gateway"
+    public = UpstreamError.public
 
 
 class InternalError(HTTPError):

@@ -124,46 +124,72 @@ def no_passphrase(*_):
     return b""
 
 
-_CLIENT_TLS_CHECKED = {}    # (ca_file, cert_file, key_file, prefix) -> (stamps, problem)
+_CLIENT_TLS_CHECKED = {}    # ("ca", path) or ("pair", cert, key) -> (stamps, problem)
 
 
-def client_tls_problem(ca_file, cert_file, key_file, prefix="tls."):
+def client_tls_problem(ca_file, cert_file, key_file, prefix="tls.",
+                       names=("ca_file", "cert_file", "key_file")):
     """What keeps an upstream's ``tls`` files (or [etcd]'s: ``prefix``) from making a client
     context, as ``tls.FIELD: PATH ...``, or None: loaded as each connection loads them. A
     ca_file that holds no PEM certificate (a DER file, a key, a truncated copy) passed
     `check`, a start and a reload, and then failed every request of its routes, a 500
-    "internal error" for HTTP/1.1 (and every call to etcd). Kept per path until a file
-    changes: a table names the same few files in many routes, and a system-sized bundle
-    takes milliseconds to load."""
-    paths = (ca_file, cert_file, key_file)
+    "internal error" for HTTP/1.1 (and every call to etcd). ``names``: the three settings'
+    names (a rediss:// URL's ssl_ca_certs, ssl_certfile, ssl_keyfile).
+
+    The CA file and the certificate with its key are checked (and kept, until a file
+    changes) apart: a table names the same bundle in many routes, and a system-sized one
+    takes ~30 ms to load. Kept per (bundle, certificate, key), the bundle was loaded again
+    for each route with a client certificate of its own: 200 such routes took 6 s to
+    check, and as long in the sync process compiling them."""
+    ca_name, cert_name, key_name = names
+    if ca_file:
+        problem = _checked(("ca", ca_file), lambda: _ca_problem(ca_file))
+        if problem is not None:
+            return f"{prefix}{ca_name}: {ca_file} {problem}"
+    if cert_file:
+        problem = _checked(("pair", cert_file, key_file),
+                           lambda: _pair_problem(cert_file, key_file))
+        if problem is not None:
+            and_key = f" and {prefix}{key_name}: {key_file}" if key_file else ""
+            return (f"{prefix}{cert_name}: {cert_file}{and_key} make no client certificate "
+                    f"({problem})")
+    return None
+
+
+def _checked(key, check):
+    """``check()``'s word on the files of ``key`` (after its kind), kept until one changes."""
     stamps = []
-    for path in paths:
+    for path in key[1:]:
         try:
             st = os.stat(path) if path else None
         except OSError:
             st = None
         stamps.append(None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size))
-    cached = _CLIENT_TLS_CHECKED.get((*paths, prefix))
+    cached = _CLIENT_TLS_CHECKED.get(key)
     if cached is not None and cached[0] == stamps:
         return cached[1]
-    problem = None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        if ca_file:
-            context.load_verify_locations(cafile=ca_file)
-    except (OSError, ValueError) as exc:
-        problem = f"{prefix}ca_file: {ca_file} {ca_file_problem(ca_file, exc)}"
-    if problem is None and cert_file:
-        try:
-            context.load_cert_chain(cert_file, key_file, password=no_passphrase)
-        except (OSError, ValueError) as exc:
-            and_key = f" and {prefix}key_file: {key_file}" if key_file else ""
-            problem = (f"{prefix}cert_file: {cert_file}{and_key} make no client certificate "
-                       f"({getattr(exc, 'reason', None) or exc})")
+    problem = check()
     if len(_CLIENT_TLS_CHECKED) >= 1024:        # (tables from etcd come and go)
         _CLIENT_TLS_CHECKED.clear()
-    _CLIENT_TLS_CHECKED[(*paths, prefix)] = (stamps, problem)
+    _CLIENT_TLS_CHECKED[key] = (stamps, problem)
     return problem
+
+
+def _ca_problem(ca_file):
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca_file)
+    except (OSError, ValueError) as exc:
+        return ca_file_problem(ca_file, exc)
+    return None
+
+
+def _pair_problem(cert_file, key_file):
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_file, key_file,
+                                                                password=no_passphrase)
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", None) or exc)
+    return None
 
 
 def ca_file_problem(path, exc):

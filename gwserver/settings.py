@@ -1025,6 +1025,34 @@ def file_problem(path, name, what):
     return None
 
 
+def redis_file_problems(url):
+    """A rediss:// URL's TLS files (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``),
+    checked as [etcd]'s: redis-py loads them at each connect, and one missing, no regular
+    file or that OpenSSL cannot load passed `check`, a start and a reload, then every
+    call of every worker failed on it (each limit and breaker on its on_store_error)."""
+    if not isinstance(url, str) or not url.lower().startswith("rediss://"):
+        return []       # (sentinel and cluster URLs name no TLS files of their own here)
+    import redis
+    try:
+        conn = redis.Redis.from_url(url, retry_on_timeout=False, max_connections=1,
+                                    retry=None).connection_pool.make_connection()
+    except (TypeError, ValueError, redis.exceptions.RedisError):
+        return []       # (redis_url said why)
+    files = {"ssl_ca_certs": conn.ca_certs, "ssl_certfile": conn.certfile,
+             "ssl_keyfile": conn.keyfile}
+    problems = [problem for name, path in files.items() if path
+                for problem in [file_problem(path, f"redis.url: {name}", "a PEM file")]
+                if problem is not None]
+    if not problems and (conn.ca_certs or conn.certfile):
+        from .files import client_tls_problem
+        problem = client_tls_problem(conn.ca_certs, conn.certfile, conn.keyfile,
+                                     prefix="redis.url: ssl_",
+                                     names=("ca_certs", "certfile", "keyfile"))
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
 def etcd_file_problems(etcd):
     """[etcd]'s TLS files, checked as [tls]'s are: the sync process and every etcd command
     open them (a FIFO there hung them, and `gwserver check` said ok); and its snapshot, which
@@ -1275,6 +1303,8 @@ def parse_conf(data, path="<conf>"):
     problems.extend(proxy_protocol_problems(sections["server"], parts["tls"]))
     if parts["etcd"] is not None:
         problems.extend(etcd_file_problems(parts["etcd"]))
+    if parts["redis"] is not None:
+        problems.extend(redis_file_problems(parts["redis"].get("url")))
     access_path = sections["log"]["access_log_path"]
     if access_path and not os.path.isdir(os.path.dirname(access_path)):
         problems.append(f"log.access_log_path: the directory {os.path.dirname(access_path)} "

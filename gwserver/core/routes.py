@@ -513,6 +513,23 @@ def make_upstream(upstream_id, spec, defaults, registry, owner=None, previous=No
     )
 
 
+# Whether compiling an upstream loads its tls files as a connection does, to refuse ones
+# OpenSSL cannot load (client_tls_problem): `check`, the master at start and reload, and
+# the sync process for items from etcd do. Workers and helpers turn it off
+# (worker_compiles): they compile again what those accepted, and a file replaced since (by
+# `cp`: empty until it is written) made each worker started meanwhile die at boot on the
+# static route that names it, every route down with it; a route from etcd, refused in that
+# worker alone, answered 503 there after the file was put right. A connection names such
+# a file itself (a 502: upstream.proxy), and works again once it is put right.
+LOAD_TLS_FILES = True
+
+
+def worker_compiles():
+    """This process compiles tables others checked (a worker, a helper): no LOAD_TLS_FILES."""
+    global LOAD_TLS_FILES
+    LOAD_TLS_FILES = False
+
+
 def _upstream_tls(owner, conf):
     if conf is None:
         return None
@@ -533,12 +550,13 @@ def _upstream_tls(owner, conf):
         problem = private_key_problem(conf["key_file"])
         if problem is not None:
             raise ConfigError(f"{owner}: tls.key_file: {conf['key_file']} {problem}")
-    # Loaded as a connection loads them: a ca_file holding no certificate passed, and each
-    # request of the route was a 500 (client_tls_problem)
-    from ..files import client_tls_problem
-    problem = client_tls_problem(conf["ca_file"], conf["cert_file"], conf["key_file"])
-    if problem is not None:
-        raise ConfigError(f"{owner}: {problem}")
+    if LOAD_TLS_FILES:
+        # Loaded as a connection loads them: a ca_file holding no certificate passed, and
+        # each request of the route was a 500 (client_tls_problem)
+        from ..files import client_tls_problem
+        problem = client_tls_problem(conf["ca_file"], conf["cert_file"], conf["key_file"])
+        if problem is not None:
+            raise ConfigError(f"{owner}: {problem}")
     return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
             conf["key_file"])
 

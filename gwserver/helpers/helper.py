@@ -98,6 +98,11 @@ def start_helper(conf_path, role, state_dir_needed=False):
     from ..server.app import configure_logging
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     die_with_parent()
+    if role != "config-sync":
+        # the master and the sync process checked the tls files; one replaced since made
+        # this helper die at each start (core.routes.LOAD_TLS_FILES)
+        from ..core.routes import worker_compiles
+        worker_compiles()
     conf = applied_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], role)
     configure_logging(conf.log["level"])

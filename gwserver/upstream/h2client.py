@@ -35,7 +35,8 @@ from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tin
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field, length_over_max
 from ..core.throttledlog import throttled_log
 from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
-                      UpstreamConnectTimeout, UpstreamError, UpstreamTimeout)
+                      UpstreamConnectTimeout, UpstreamError, UpstreamTimeout,
+                      UpstreamTLSFilesError)
 from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason, opening_within, out_of_files
 from .clienttls import client_context
 
@@ -961,9 +962,10 @@ class H2Pools:
                         else None
                 except (OSError, ValueError) as exc:   # (ssl.SSLError is an OSError)
                     # tls files the worker never read well (replaced by a bad one since the
-                    # check): a 502 that says so, not a 500 with a traceback per request
-                    raise UpstreamConnectError(f"TLS to {target.url}: the upstream's tls "
-                                               f"files cannot be loaded ({exc})") from None
+                    # check): a 502 that says so, not a 500 with a traceback per request; no
+                    # connect failure of the target's (UpstreamTLSFilesError)
+                    raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls "
+                                                f"files cannot be loaded ({exc})") from None
                 connection = H2Connection(target, connect_timeout, context,
                                           tls[2] if tls else None, write_timeout,
                                           self.max_empty_frames)

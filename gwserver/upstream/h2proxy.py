@@ -21,7 +21,8 @@ from ..core.headers import BODY_DIGESTS, NO_BODY_STATUSES, WRITTEN_UPSTREAM, via
 from ..core.routes import no_target_reason, try_policy
 from ..core.tracing import REPLACED_HEADERS, response_line
 from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamBusy,
-                      UpstreamConnectError, UpstreamError, UpstreamTimeout)
+                      UpstreamConnectError, UpstreamError, UpstreamTimeout,
+                      UpstreamTLSFilesError)
 from .h2client import H2Pools, StreamBroken, StreamNotOpened
 from .proxy import (CLIENT_PAUSE, asks_to_wait, client_protocol, client_side,
                     filtered, forwarded_values, hold_head, past_retry_timeout, proxied_head,
@@ -39,7 +40,7 @@ RELAY_BATCH = 65536        # most answer bytes held to join with what follows (o
 REPLAY_LIMIT = 64 << 10
 # A try's failures that sent nothing an upstream processed: no try in the access log's
 # ``attempts`` (a refused stream's second try is not a retry either)
-NOT_SENT = (StreamNotOpened, UpstreamBusy, UpstreamConnectError)
+NOT_SENT = (StreamNotOpened, UpstreamBusy, UpstreamConnectError, UpstreamTLSFilesError)
 # A gRPC answer's own trailers (a trailers-only answer has them in its head)
 GRPC_STATUS_FIELDS = frozenset([b"grpc-status", b"grpc-message", b"grpc-status-details-bin"])
 

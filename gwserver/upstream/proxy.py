@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
 from email.utils import mktime_tz, parsedate_tz
 from functools import partial
@@ -52,7 +53,8 @@ from ..core.tracing import REPLACED_HEADERS, is_tracestate_value, response_line
 from ..errors import (BadRequest, InternalError, LoopDetected, OutOfFiles,
                       PayloadTooLarge, ProtocolMismatch, ServiceUnavailable, UpstreamBusy,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
-                      UpstreamTimeout)
+                      UpstreamTLSFilesError, UpstreamTimeout)
+from ..files import client_tls_problem
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, opening_within,
                            out_of_files, readable_within, recv_when_readable, send_all,
@@ -629,11 +631,21 @@ class Proxy:
         except (NewConnectionError, NameResolutionError, LocationParseError, OSError,
                 CertificateError) as exc:
             # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+            conn.close()        # (a TCP connection made before a tls file failed stays open)
             pool._put_conn(None)
             if out_of_files(exc):
                 # the worker's own limit: taken for the target's, the host's workers skipped
                 # it for 1 s and passive checks counted it towards its ejection
                 raise OutOfFiles.connecting_to(target.url) from None
+            files = [getattr(conn, name, None) for name in ("ca_certs", "cert_file",
+                                                            "key_file")]
+            if isinstance(exc, ssl.SSLError) and (files[0] or files[1]):
+                # A cert_file its key_file no longer matches fails here, not as urllib3's
+                # SSLError: the files' fault (client_tls_problem says so), no target's
+                problem = client_tls_problem(*files)
+                if problem is not None:
+                    raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls "
+                                                f"files cannot be loaded ({problem})") from None
             raise UpstreamConnectError(f"cannot connect to {target.url}: "
                                        f"{failure_reason(exc)}") from None
         except ConnectTimeoutError:
@@ -642,10 +654,13 @@ class Proxy:
         except TLSFilesError as exc:
             # urllib3 reads the tls files at each connect and wraps OpenSSL's refusal of a
             # ca_file (or an encrypted key_file) in an HTTPError of its own: one replaced
-            # since the check made every request a 500, its traceback logged per request
+            # since the check made every request a 500, its traceback logged per request.
+            # The TCP connection urllib3 made before it read them is closed: left open, the
+            # upstream waited on its handshake (a single-threaded one for every other client)
+            conn.close()
             pool._put_conn(None)
-            raise UpstreamConnectError(f"TLS to {target.url}: the upstream's tls files "
-                                       f"cannot be loaded ({failure_reason(exc)})") from None
+            raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls files "
+                                        f"cannot be loaded ({failure_reason(exc)})") from None
         except BaseException:
             # Killed while connecting (an HTTP/2 client reset its stream; the worker stops):
             # the slot goes back, or a block_when_full pool would lose it for good.
