@@ -680,11 +680,12 @@ def take_key(client, key, value, ttl, same_value=True):
 
 
 def held_url(held):
-    """The URL of another registration's value, for the message that names it."""
+    """The URL of another registration's value, for the message that names it: whoever put
+    it wrote it (etcdctl put by hand, another team's tool), escape sequences too."""
     from .redact import mask_userinfo
     try:
         spec = json.loads(held)
-        return mask_userinfo(str(spec if isinstance(spec, str) else spec["url"]))
+        return printable(mask_userinfo(str(spec if isinstance(spec, str) else spec["url"])))
     except (ValueError, TypeError, KeyError):
         return f"{len(held)} bytes, not an instance's value"
 

@@ -139,7 +139,8 @@ def metrics_view(runtime):
                                                                        "rollouts.prom")]
     if runtime.conf.etcd:
         extra.append(os.path.join(runtime.conf.etcd["runtime_dir"], "metrics.prom"))
-    return Reply(200, metrics.render(extra, runtime.watched_targets()),
+    text = metrics.render(extra, runtime.watched_targets(), runtime.breaker_owners())
+    return Reply(200, text,
                  [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
 
@@ -190,9 +191,13 @@ def upstreams_view(runtime):
             if route.id not in entry["routes"]:
                 entry["routes"].append(route.id)
     from .runtime import idle_connections
-    pools = {f"{p.scheme}://{p.host}:{p.port}": {"idle": idle_connections(p),
-                                                "max": p.pool.maxsize if p.pool else 0}
-             for p in runtime.proxy.pools.pools.values()}
+    # by target, summed: two upstreams with other pool settings keep two pools to one target
+    # (the second one listed hid the first)
+    pools = {}
+    for p in runtime.proxy.pools.pools.values():
+        entry = pools.setdefault(f"{p.scheme}://{p.host}:{p.port}", {"idle": 0, "max": 0})
+        entry["idle"] += idle_connections(p)
+        entry["max"] += p.pool.maxsize if p.pool else 0
     return Reply.json(200, {"pid": os.getpid(), "upstreams": upstreams,
                             "pools_in_this_worker": pools})
 

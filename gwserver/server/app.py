@@ -462,6 +462,21 @@ def forget_health(state_dir):
             pass
 
 
+def forget_rollouts(state_dir):
+    """Remove the rollouts helper's gauges (rollouts.prom) from ``state_dir``: written by a
+    helper that is gone for good (a reload that leaves no route with a rollout stops it; a
+    previous master's), every worker's /metrics served them for good, its last tick's step,
+    weight and verdicts: a rollout taken out while rolled back kept GwserverRolloutRolledBack
+    firing. (A helper that runs writes the file again each tick.)"""
+    from ..helpers.rollouts import METRICS_FILE
+    if not state_dir:
+        return
+    try:
+        os.unlink(os.path.join(state_dir, METRICS_FILE))
+    except OSError:
+        pass
+
+
 PREVIOUS_HEALTH_MAX_AGE = 300.0     # seconds since the previous master's checker last ran
 
 
@@ -594,6 +609,8 @@ class GatewayArbiter(Arbiter):
         # now none would ever be lifted.
         self.helpers = helpers_for(self.app)
         take_up_health(self.app.conf.server["state_dir"], "health" in self.helpers)
+        if "rollouts" not in self.helpers:
+            forget_rollouts(self.app.conf.server["state_dir"])
         self.helper_conf = sync_inputs(self.app.conf)
         for helper in self.helpers.values():
             helper.start()
@@ -1111,6 +1128,8 @@ class GatewayArbiter(Arbiter):
                 helper.stop()
                 if name == "health" and name not in wanted:
                     forget_health(helper.state_dir)     # no one checks: no verdict holds
+                if name == "rollouts" and name not in wanted:
+                    forget_rollouts(helper.state_dir)   # no rollout left: no gauge holds
         for name, helper in wanted.items():
             if name not in self.helpers:
                 self.helpers[name] = helper

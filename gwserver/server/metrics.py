@@ -79,7 +79,8 @@ IN_FLIGHT = Metric("gwserver_requests_in_flight", "gauge", "Requests being serve
 CONNECTIONS_OPENED = Metric("gwserver_upstream_connections_opened", "counter", "New upstream "
                             "connections (keep-alive pools missed)", (TARGET,))
 POOL_IDLE = Metric("gwserver_upstream_pool_idle_connections", "gauge", "Idle keep-alive "
-                   "connections held, by target", (TARGET,), mode="livesum")
+                   "connections held, by target (all its pools; 0 once a target removed "
+                   "has its pool closed)", (TARGET,), mode="livesum")
 GENERATION = Metric("gwserver_route_table_generation", "gauge", "Route table generation "
                     "each worker serves", mode="liveall")
 LIMITS = Metric("gwserver_rate_limit_decisions", "counter", "Rate-limit decisions by route "
@@ -292,31 +293,49 @@ def retire(pid):
         os.remove(path)
 
 
-class _TargetsInTable:
-    """The workers' metrics, ``gwserver_upstream_target_up`` only for the targets of the
-    table served now. prometheus-client cannot delete a series from a live worker's file: a
+class _CurrentOnly:
+    """The workers' metrics, the gauges of what a worker last saw only for what the table
+    served now holds. prometheus-client cannot delete a series from a live worker's file: a
     target taken out through etcd (no restart) was reported as its worker last saw it, down
-    for good if it left while down, until that worker exited."""
+    for good if it left while down, until that worker exited; so was the breaker of a route
+    or upstream taken out while open (GwserverBreakerOpen fired for good), and the adaptive
+    rate of a route taken out."""
 
-    def __init__(self, collector, targets):
-        self.collector, self.targets = collector, targets
+    def __init__(self, collector, targets, owners):
+        self.collector, self.targets, self.owners = collector, targets, owners
 
     def collect(self):
         for family in self.collector.collect():
-            if family.name == TARGET_UP.name:
+            if family.name == TARGET_UP.name and self.targets is not None:
                 family.samples = [sample for sample in family.samples if (
                     sample.labels.get("upstream"), sample.labels.get("target")) in self.targets]
+            elif family.name == BREAKER.name and self.owners is not None:
+                family.samples = [sample for sample in family.samples
+                                  if breaker_owner(sample.labels.get("breaker", ""))
+                                  in self.owners]
+            elif family.name == RATES.name and self.owners is not None:
+                family.samples = [sample for sample in family.samples
+                                  if ("route", sample.labels.get("route")) in self.owners]
             yield family
 
 
-def render(extra_files=(), targets=None):
+def breaker_owner(key):
+    """("route", id) or ("upstream", id) of a breaker key (plugins/breaker.breaker_key:
+    ``route:ID``, ``upstream:ID``, either with ``:consumer=ID``; ids hold no "=")."""
+    kind, _, rest = key.partition(":")
+    return kind, rest.partition(":consumer=")[0]
+
+
+def render(extra_files=(), targets=None, owners=None):
     """The aggregate of every worker, in Prometheus text format, plus text files appended.
     ``targets``: the (upstream id, target URL) pairs whose up gauges are current (all, when
-    None)."""
+    None); ``owners``: the ("route", id) and ("upstream", id) pairs of the table, whose
+    breakers' state and adaptive rate gauges are current (all, when None)."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
     registry = CollectorRegistry()
     collector = multiprocess.MultiProcessCollector(None)
-    registry.register(collector if targets is None else _TargetsInTable(collector, targets))
+    registry.register(collector if targets is None and owners is None else
+                      _CurrentOnly(collector, targets, owners))
     parts = [generate_latest(registry)]
     for path in extra_files:
         try:

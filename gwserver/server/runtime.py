@@ -28,7 +28,7 @@ import time
 
 import gevent.event
 
-from ..core.accesslog import compile_fields
+from ..core.accesslog import COMMON_HEAD, common_escape, compile_fields
 from ..core.realip import TrustedProxies
 from ..core.throttledlog import throttled_log
 from ..core.tracing import trace_ids
@@ -137,7 +137,13 @@ class AccessLog:
             line = (f'{{"time":"{time_text}","client":"{client_ip}",'
                     f'"status":{exc.status},"rejected":{_escape(exc.reason)}}}\n')
         else:
-            line = f'{client_ip} - - [{time_text}] "-" {exc.status} 0 "-" - 0\n'
+            # The listed fields after the head, as on every other line, the reason as its
+            # `error`: a fixed `"-" - 0` said nothing of why, and a parser of the list read it
+            # wrong (the route's place held "-", the request id's a bare -)
+            listed = [f'"{common_escape(exc.reason)}"' if name == "error" else "-"
+                      for name in self.fields.names if name not in COMMON_HEAD]
+            line = " ".join([f'{client_ip} - - [{time_text}] "-" {exc.status} 0',
+                             *listed]) + "\n"
         self.pending.append(line)
 
     def render(self):
@@ -225,6 +231,7 @@ class Runtime:
         self.request_ids = itertools.count(1)
         self.request_id_prefix = os.urandom(6).hex()    # unique per worker, with the counter
         self.metrics = None
+        self.pool_idle_targets = []     # targets whose idle-pool gauge was last set above 0
         if conf.admin["metrics"] and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from .metrics import WorkerMetrics
             self.metrics = WorkerMetrics()
@@ -501,7 +508,12 @@ class Runtime:
         self.stopping.set()
 
     def log_rejected(self, client_ip, exc):
+        """A request refused before it could be parsed: its access line, and its answer in
+        gwserver_gateway_answers_total (route none). Counted nowhere, a flood of malformed
+        heads, 431s or 408s to slow ones showed in no metric, only in the access log."""
         self.access.rejected(client_ip, exc)
+        if self.metrics is not None:
+            self.metrics.count_answer(None, exc.status, "gateway")
 
     def export_span(self, req, status, upstream, start):
         ended_ns = time.time_ns()
@@ -520,9 +532,17 @@ class Runtime:
             return
         metrics.flush()
         metrics.in_flight.set(self.in_flight)
+        # Summed by target: two upstreams with other pool settings (pool_size, tls) keep two
+        # pools to one target, and each set the gauge over the other's count. A pool pruned
+        # (its target left the table) is set to 0: its connections are closed, and its last
+        # count was reported for the worker's life.
+        idle = dict.fromkeys(self.pool_idle_targets, 0)
         for pool in self.proxy.pools.pools.values():
-            metrics.pool_idle.labels(f"{pool.scheme}://{pool.host}:{pool.port}").set(
-                idle_connections(pool))
+            target = f"{pool.scheme}://{pool.host}:{pool.port}"
+            idle[target] = idle.get(target, 0) + idle_connections(pool)
+        for target, count in idle.items():
+            metrics.pool_idle.labels(target).set(count)
+        self.pool_idle_targets = [target for target, count in idle.items() if count]
         if self.table_reader is not None:
             metrics.generation.set(self.table_reader.generation)
         self.update_target_gauges(metrics)
@@ -541,6 +561,15 @@ class Runtime:
         """(upstream id, target URL) of every target whose up gauge is current."""
         return {(upstream.id, target.url) for upstream in self.watched_upstreams()
                 for target in upstream.targets}
+
+    def breaker_owners(self):
+        """("route", id) and ("upstream", id) of the table served now: a breaker's state
+        gauge (and a route's adaptive rate) is current only while its route or upstream is
+        in it (metrics.render)."""
+        routes = self.router.routes.values()
+        return {("route", route.id) for route in routes} | \
+            {("upstream", upstream.id) for route in routes
+             for upstream in (route.upstream, *route.chain.linked_upstreams())}
 
     def update_target_gauges(self, metrics):
         from ..helpers.health import target_key
