@@ -43,22 +43,37 @@ def running(pid):
         return True
 
 
+# Descriptors of the directories own_dir made, each under a shared flock for the life of
+# this process and of the children it forks (workers write in the master's)
+_OWN_DIRS = []
+
+
 def own_dir(prefix, parent=None):
     """A fresh directory of this process's in ``parent`` (None: tempfile's default), named
     ``prefix``, its pid, "-" and mkdtemp's letters, after removing the ones of that name
-    whose process is gone (remove_dead_dirs): a process killed -9 never runs its clean-up."""
+    whose process is gone (remove_dead_dirs): a process killed -9 never runs its clean-up.
+    It holds a shared flock on the directory, which says it lives to a process that cannot
+    see its pid (another PID namespace: a container sharing /dev/shm or /tmp)."""
+    import fcntl
     import tempfile
     remove_dead_dirs(parent or tempfile.gettempdir(), prefix)
-    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+    path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _OWN_DIRS.append(fd)
+    return path
 
 
 def remove_dead_dirs(parent, prefix):
     """Remove the directories in ``parent`` that own_dir made for processes no longer
     running: ours by name (``prefix``, a pid, "-", letters), by owner (this user: never
-    another's, under a shared /tmp) and by type (a directory, not a link to one)."""
+    another's, under a shared /tmp) and by type (a directory, not a link to one), and dead
+    by pid and by lock. By pid alone, a gateway in another PID namespace (a container
+    sharing /dev/shm), where this one's pids are no process, took every live master's
+    metrics directory for a dead one's, and its workers' next writes failed."""
+    import fcntl
     import re
     import shutil
-    import stat
     name_of_ours = re.compile(re.escape(prefix) + r"([0-9]+)-[A-Za-z0-9_]+")
     try:
         names = os.listdir(parent)
@@ -70,8 +85,16 @@ def remove_dead_dirs(parent, prefix):
             continue            # not ours; or its process runs (or the pid was taken again)
         path = os.path.join(parent, name)
         try:
-            st = os.lstat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            continue            # gone meanwhile, a link, not a directory
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue        # its owner lives where its pid names no process of ours
             shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
