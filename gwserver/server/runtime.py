@@ -441,7 +441,7 @@ class Runtime:
         """Every slot is taken and none is idle: the connection sending its request head
         slowest (HTTP/1.1, or HTTP/2 with a header block begun), begun SLOW_HEAD_GRACE ago
         or more and under min_body_rate (any rate if that is 0), is closed as
-        header_timeout closes it (a 408 first, if plain; HTTP/2: a GOAWAY that says why; a
+        header_timeout closes it (a 408 first, over TLS too; HTTP/2: a GOAWAY that says why; a
         head follows its first byte at once). Sending a byte of a head each, worker_connections
         clients held every slot for header_timeout (10 s), and again at each reconnect,
         while newcomers waited unanswered in the listen queue (slowloris). The slowest, not
@@ -585,11 +585,21 @@ class Runtime:
         self.access.flush()
         throttled_log.flush(everything=True)
 
+    def send_last_state(self, seconds=None):
+        """Before the worker exits, stopped at once or drained: the limit_conn releases of
+        the requests it cut, queued as they ended, and probe verdicts, sent to Redis
+        (RedisStore.flush, ``seconds`` at most)."""
+        store = self.services.limit_store
+        if store is self.services.local_store:
+            return
+        if seconds is None:
+            store.flush()
+        else:
+            store.flush(seconds)
+
     def close(self):
         """After the drain: the last access lines, spans and gauges; pools and files closed."""
-        if self.services.limit_store is not self.services.local_store:
-            # the releases of requests the drain cut, queued as they ended (RedisStore.flush)
-            self.services.limit_store.flush()
+        self.send_last_state()
         self.flush_logs()
         if self.span_exporter is not None:
             self.span_exporter.shutdown()   # send the spans still batched

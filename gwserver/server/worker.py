@@ -36,6 +36,7 @@ from .runtime import Runtime
 
 log = logging.getLogger("gwserver.worker")
 DRAINING_MODE = stat.S_IRUSR     # of the heartbeat file, once the worker drains
+QUICK_FLUSH_SECONDS = 0.5       # a worker stopped at once waits this long for Redis at most
 PLAIN_HTTP_ANSWER = render_error(BadRequest("a plain HTTP request was sent to a TLS port: use "
                                             "https://"), keep_alive=False, request_id=None)
 
@@ -234,6 +235,11 @@ class GatewayWorker(GeventWorker):
             runtime.cut_because = f"the worker stopped at once ({name})"
             for server in self.servers:
                 server.stop(timeout=0)
+            # The cut requests' limit_conn releases, or their slots stayed taken in Redis
+            # for lease_seconds (a reload storm's oldest generation is stopped so). Half a
+            # second at most: the master's SIGKILL comes at graceful_timeout (1 s or more),
+            # and the logs are flushed after it.
+            runtime.send_last_state(QUICK_FLUSH_SECONDS)
             runtime.flush_logs()
         sys.exit(0)
 

@@ -400,13 +400,16 @@ class RedisStore:
 
     FLUSH_SECONDS = 1.0     # the longest a stopping worker waits for its last round trips
 
-    def flush(self):
+    def flush(self, seconds=FLUSH_SECONDS):
         """Before the worker exits: what is queued or owed (limit_conn releases, breaker
-        outcomes) goes to Redis, waited for at most FLUSH_SECONDS. The releases of the
+        outcomes) goes to Redis, waited for at most ``seconds``. The releases of the
         requests a drain cut (graceful_timeout ran out: a websocket, a long download) were
         queued as the worker exited, never sent, and each slot stayed taken in Redis for
         lease_seconds (300 s): with limit = 1, its client was refused by every worker."""
-        deadline = time.monotonic() + max(self.FLUSH_SECONDS, self.timeout)
+        # at most FLUSH_SECONDS, not the store's timeout when longer: the master's SIGKILL comes
+        # WORKER_CUT_SECONDS after graceful_timeout, and a hung Redis with a timeout of a few
+        # seconds held the worker past it, before its last access lines were written
+        deadline = time.monotonic() + seconds
         while (self.queue or self.in_flight or
                ((self.owed_releases or self.owed_probes) and
                 time.monotonic() >= self.down_until)) and \
