@@ -43,9 +43,21 @@ def running(pid):
         return True
 
 
-# Descriptors of the directories own_dir made, each under a shared flock for the life of
-# this process and of the children it forks (workers write in the master's)
-_OWN_DIRS = []
+# Descriptors of the directories own_dir made, by path, each under a shared flock for the
+# life of this process and of the children it forks (workers write in the master's)
+_OWN_DIRS = {}
+
+
+def _hold(path):
+    """A descriptor of directory ``path`` under a shared flock (closed if it cannot be had)."""
+    import fcntl
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def own_dir(prefix, parent=None):
@@ -54,14 +66,24 @@ def own_dir(prefix, parent=None):
     whose process is gone (remove_dead_dirs): a process killed -9 never runs its clean-up.
     It holds a shared flock on the directory, which says it lives to a process that cannot
     see its pid (another PID namespace: a container sharing /dev/shm or /tmp)."""
-    import fcntl
     import tempfile
     remove_dead_dirs(parent or tempfile.gettempdir(), prefix)
     path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    _OWN_DIRS.append(fd)
+    _OWN_DIRS[os.path.abspath(path)] = _hold(path)
     return path
+
+
+def hold_again(path):
+    """own_dir's lock on ``path``, a directory of its made again after something removed it
+    (a tmp cleaner; the master makes its metrics directory again: app.ensure_metrics_dir).
+    The lock held was the removed directory's: a gateway in another PID namespace took the
+    new one for a dead owner's and removed it too. Not one of own_dir's: nothing to hold."""
+    path = os.path.abspath(path)
+    old = _OWN_DIRS.get(path)
+    if old is None:
+        return
+    _OWN_DIRS[path] = _hold(path)
+    os.close(old)           # the removed directory's: one descriptor per path, never more
 
 
 def remove_dead_dirs(parent, prefix):

@@ -767,8 +767,10 @@ class GatewayArbiter(Arbiter):
         if not path or os.path.isdir(path):
             self.metrics_dir_failure = None
             return
+        from ..processes import hold_again
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
+            hold_again(path)    # own_dir's lock, on this one: else another namespace's removes it
         except OSError as exc:
             problem = exc.strerror
         else:
@@ -1130,6 +1132,14 @@ class GatewayArbiter(Arbiter):
                     forget_health(helper.state_dir)     # no one checks: no verdict holds
                 if name == "rollouts" and name not in wanted:
                     forget_rollouts(helper.state_dir)   # no rollout left: no gauge holds
+        if moved:
+            # The state_dir moved to may hold another gateway's (or an earlier run's) files,
+            # which no helper of ours rewrites: its health verdicts held a target out for
+            # good, its rollout gauges stayed on /metrics (a rolled_back 1 paged)
+            if "health" not in wanted:
+                forget_health(state_dir)
+            if "rollouts" not in wanted:
+                forget_rollouts(state_dir)
         for name, helper in wanted.items():
             if name not in self.helpers:
                 self.helpers[name] = helper
