@@ -128,13 +128,15 @@ _CLIENT_TLS_CHECKED = {}    # ("ca", path) or ("pair", cert, key) -> (stamps, pr
 
 
 def client_tls_problem(ca_file, cert_file, key_file, prefix="tls.",
-                       names=("ca_file", "cert_file", "key_file")):
+                       names=("ca_file", "cert_file", "key_file"), password=None):
     """What keeps an upstream's ``tls`` files (or [etcd]'s: ``prefix``) from making a client
     context, as ``tls.FIELD: PATH ...``, or None: loaded as each connection loads them. A
     ca_file that holds no PEM certificate (a DER file, a key, a truncated copy) passed
     `check`, a start and a reload, and then failed every request of its routes, a 500
     "internal error" for HTTP/1.1 (and every call to etcd). ``names``: the three settings'
-    names (a rediss:// URL's ssl_ca_certs, ssl_certfile, ssl_keyfile).
+    names (a rediss:// URL's ssl_ca_certs, ssl_certfile, ssl_keyfile). ``password``: the
+    key_file's passphrase, if it has one (a rediss:// URL's ssl_password: redis-py loads an
+    encrypted key with it, and loaded with none such a URL was refused).
 
     The CA file and the certificate with its key are checked (and kept, until a file
     changes) apart: a table names the same bundle in many routes, and a system-sized one
@@ -147,8 +149,8 @@ def client_tls_problem(ca_file, cert_file, key_file, prefix="tls.",
         if problem is not None:
             return f"{prefix}{ca_name}: {ca_file} {problem}"
     if cert_file:
-        problem = _checked(("pair", cert_file, key_file),
-                           lambda: _pair_problem(cert_file, key_file))
+        problem = _pair_problem(cert_file, key_file, password) if password else \
+            _checked(("pair", cert_file, key_file), lambda: _pair_problem(cert_file, key_file))
         if problem is not None:
             and_key = f" and {prefix}{key_name}: {key_file}" if key_file else ""
             return (f"{prefix}{cert_name}: {cert_file}{and_key} make no client certificate "
@@ -183,10 +185,10 @@ def _ca_problem(ca_file):
     return None
 
 
-def _pair_problem(cert_file, key_file):
+def _pair_problem(cert_file, key_file, password=None):
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_file, key_file,
-                                                                password=no_passphrase)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            cert_file, key_file, password=password or no_passphrase)
     except (OSError, ValueError) as exc:
         return str(getattr(exc, "reason", None) or exc)
     return None

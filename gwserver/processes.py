@@ -60,14 +60,17 @@ def _hold(path):
     return fd
 
 
-def own_dir(prefix, parent=None):
+def own_dir(prefix, parent=None, sweep=True):
     """A fresh directory of this process's in ``parent`` (None: tempfile's default), named
     ``prefix``, its pid, "-" and mkdtemp's letters, after removing the ones of that name
     whose process is gone (remove_dead_dirs): a process killed -9 never runs its clean-up.
     It holds a shared flock on the directory, which says it lives to a process that cannot
-    see its pid (another PID namespace: a container sharing /dev/shm or /tmp)."""
+    see its pid (another PID namespace: a container sharing /dev/shm or /tmp). ``sweep``
+    False: none removed (an orphaned worker: the dead master's directory is its siblings'
+    until each moves out, and removed under them it failed their metrics)."""
     import tempfile
-    remove_dead_dirs(parent or tempfile.gettempdir(), prefix)
+    if sweep:
+        remove_dead_dirs(parent or tempfile.gettempdir(), prefix)
     path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
     _OWN_DIRS[os.path.abspath(path)] = _hold(path)
     return path

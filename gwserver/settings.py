@@ -1025,6 +1025,14 @@ def file_problem(path, name, what):
     return None
 
 
+# Whether parse_conf loads a rediss:// URL's tls files (redis_file_problems): `check` and the
+# master (at start and reload) do. The helpers turn it off (helpers.helper.start_helper):
+# they parse the copy the master accepted at each start, and a CA file caught half-written
+# by `cp` as one was restarted made it die at every restart (the health checker: no target
+# checked; config-sync, which never talks to Redis: no etcd change applied).
+LOAD_REDIS_FILES = True
+
+
 def redis_file_problems(url):
     """A rediss:// URL's TLS files (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``),
     checked as [etcd]'s: redis-py loads them at each connect, and one missing, no regular
@@ -1047,7 +1055,8 @@ def redis_file_problems(url):
         from .files import client_tls_problem
         problem = client_tls_problem(conn.ca_certs, conn.certfile, conn.keyfile,
                                      prefix="redis.url: ssl_",
-                                     names=("ca_certs", "certfile", "keyfile"))
+                                     names=("ca_certs", "certfile", "keyfile"),
+                                     password=getattr(conn, "certificate_password", None))
         if problem is not None:
             problems.append(problem)
     return problems
@@ -1303,7 +1312,7 @@ def parse_conf(data, path="<conf>"):
     problems.extend(proxy_protocol_problems(sections["server"], parts["tls"]))
     if parts["etcd"] is not None:
         problems.extend(etcd_file_problems(parts["etcd"]))
-    if parts["redis"] is not None:
+    if parts["redis"] is not None and LOAD_REDIS_FILES:
         problems.extend(redis_file_problems(parts["redis"].get("url")))
     access_path = sections["log"]["access_log_path"]
     if access_path and not os.path.isdir(os.path.dirname(access_path)):

@@ -27,7 +27,7 @@ import h2.exceptions
 
 from ..core import health as core
 from ..core.throttledlog import throttled_log
-from ..errors import describe
+from ..errors import UpstreamTLSFilesError, describe
 from ..files import write_remedy
 from .helper import no_beat
 from ..upstream.clienttls import client_context
@@ -239,6 +239,16 @@ def probe(target, conf, tls=None, protocol="http1", max_head=None):
     import gevent
 
     from ..net.sockets import opening_within
+    context = None
+    if target.scheme == "https" and conf["type"] != "tcp":
+        try:
+            context = client_context(tls, ["h2"] if protocol == "h2" else ())
+        except (OSError, ValueError) as exc:    # (ssl.SSLError is an OSError)
+            # the gateway's own files (replaced by bad ones since the check, and no context
+            # read before: a checker restarted meanwhile), no target's: booked as each
+            # target's failure, every one was taken out (the proxy blames none either)
+            raise UpstreamTLSFilesError(f"the upstream's tls files cannot be loaded "
+                                        f"({describe(exc)})") from None
     try:
         with opening_within(conf["timeout"], target.host):      # the name's lookup too
             sock = socket.create_connection((target.host, target.port),
@@ -254,8 +264,7 @@ def probe(target, conf, tls=None, protocol="http1", max_head=None):
             sock.settimeout(conf["timeout"])
             if target.scheme == "https":
                 server_name = tls[2] if tls is not None and tls[2] else target.host
-                sock = client_context(tls, ["h2"] if protocol == "h2" else ()).wrap_socket(
-                    sock, server_hostname=server_name)
+                sock = context.wrap_socket(sock, server_hostname=server_name)
             if protocol == "h2":
                 status = probe_h2(sock, target, conf)
             else:
@@ -551,6 +560,14 @@ class Checker:
                 # the proxy served under a raised max_response_head was taken out.
                 ok, error = probe(target, hc, tls, protocol,
                                   self.conf.upstream_defaults["max_response_head"])
+            except UpstreamTLSFilesError as exc:
+                # no verdict on the target while the gateway's own files are bad: said once
+                # per upstream, checked again at the interval
+                throttled_log.log(log, logging.ERROR, ("tls files", key.partition("|")[0]),
+                                  "upstream %s: its targets are not checked: %s",
+                                  key.partition("|")[0], exc.reason)
+                gevent.sleep(hc["interval"])
+                continue
             except Exception as exc:        # what the target sent broke the probe: a failure
                 if key not in self.broken_probes:
                     self.broken_probes.add(key)

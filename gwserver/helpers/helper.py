@@ -103,6 +103,8 @@ def start_helper(conf_path, role, state_dir_needed=False):
         # this helper die at each start (core.routes.LOAD_TLS_FILES)
         from ..core.routes import worker_compiles
         worker_compiles()
+    from .. import settings
+    settings.LOAD_REDIS_FILES = False       # (every helper: the master checked them)
     conf = applied_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], role)
     configure_logging(conf.log["level"])

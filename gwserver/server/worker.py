@@ -296,7 +296,10 @@ class GatewayWorker(GeventWorker):
         import shutil
         from ..processes import own_dir
         try:
-            own = own_dir(metrics.PRIVATE_PREFIX, os.path.dirname(os.path.abspath(shared)))
+            # (sweep=False: the dead master's directory is still its siblings', who have
+            # not all noticed; a master's start removes it once they are gone)
+            own = own_dir(metrics.PRIVATE_PREFIX, os.path.dirname(os.path.abspath(shared)),
+                          sweep=False)
         except OSError:
             return
         atexit.register(shutil.rmtree, own, ignore_errors=True)
