@@ -38,26 +38,37 @@ NAMES = ("Client-IP", "Fastly-Client-IP")
 
 
 def test_client_ip_spellings_are_a_proxys_word_alone(launcher, h1_up):
-    forged = b"".join(b"%s: 6.6.6.6\r\n" % name.encode() for name in NAMES)
+    dropped_from_clients_said_by_proxies(launcher, h1_up, NAMES)
+
+
+def dropped_from_clients_said_by_proxies(launcher, h1_up, names):
+    """Headers ``names`` (spellings of the client's address), sent by a client, reach the
+    upstream neither over HTTP/1.1 nor HTTP/2; from a trusted proxy (X-Forwarded-For or
+    Forwarded) they say the client the walk found."""
+    forged = b"".join(b"%s: 6.6.6.6\r\n" % name.encode() for name in names)
     untrusted = launcher.gateway(gateway_conf([route("all", ["/p"], h1_up.url)],
                                               http2={"h2c": True}))
     answer = raw_request(untrusted.port, b"GET /p HTTP/1.1\r\nHost: a\r\n%sConnection: close"
                                          b"\r\n\r\n" % forged)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
-    for name in NAMES:
+    for name in names:
         assert h1_up.header(-1, name) == [], (name, h1_up.heads[-1])
     client = RawH2(untrusted.port)              # HTTP/2 alike
     try:
-        sid = client.request("/p", authority="a", headers=[("client-ip", "6.6.6.6")])
+        sid = client.request("/p", authority="a",
+                             headers=[(name.lower(), "6.6.6.6") for name in names])
         assert client.response(sid)[0] == 200
     finally:
         client.close()
-    assert h1_up.header(-1, "Client-IP") == [], h1_up.heads[-1]
-    # from a trusted proxy they say the client the walk found
-    trusted = launcher.gateway(gateway_conf([route("all", ["/p"], h1_up.url)],
-                                            server={"trusted_proxies": ["127.0.0.1/32"]}))
-    answer = raw_request(trusted.port, b"GET /p HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: "
-                                       b"203.0.113.7\r\n%sConnection: close\r\n\r\n" % forged)
-    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
-    for name in NAMES:
-        assert h1_up.header(-1, name) == ["203.0.113.7"], (name, h1_up.heads[-1])
+    for name in names:
+        assert h1_up.header(-1, name) == [], (name, h1_up.heads[-1])
+    for server, named in (({}, b"X-Forwarded-For: 203.0.113.7"),
+                          ({"real_ip_header": "Forwarded"}, b"Forwarded: for=203.0.113.7")):
+        trusted = launcher.gateway(gateway_conf(
+            [route("all", ["/p"], h1_up.url)],
+            server={"trusted_proxies": ["127.0.0.1/32"], **server}))
+        answer = raw_request(trusted.port, b"GET /p HTTP/1.1\r\nHost: a\r\n%s\r\n%sConnection: "
+                                           b"close\r\n\r\n" % (named, forged))
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        for name in names:
+            assert h1_up.header(-1, name) == ["203.0.113.7"], (name, h1_up.heads[-1])

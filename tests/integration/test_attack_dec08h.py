@@ -39,7 +39,7 @@ from ..conftest import gateway_conf, route, stop_process, to_toml, wait_until
 from ..h2client import RawH2
 from .test_attack_pass_dec03 import raw_request
 from .test_etcd import PREFIX, all_workers_at, etcd_conf, put
-from .test_review_attack_dec05r import line_of, register
+from .test_review_attack_dec05r import line_of, register, register_conf
 from .test_rollouts import rollout_conf
 
 
@@ -161,10 +161,7 @@ def test_a_rejected_requests_common_line_says_why_in_the_listed_fields(launcher,
 
 def test_register_shows_an_escape_sequence_in_the_value_holding_its_key_escaped(launcher,
                                                                               tmp_path):
-    etcd = launcher.etcd()
-    client = etcd.client()
-    conf_path = tmp_path / "register.toml"
-    conf_path.write_text(to_toml(etcd_conf(tmp_path, [etcd.url], workers=1)))
+    etcd, client, conf_path = register_conf(launcher, tmp_path)
     key = f"{PREFIX}/services/orders/{socket.gethostname()}-8080"
     client.put(key, json.dumps({"url": "\x1b]0;owned\x07\x1b[2Jhttp://10.0.0.9:8080"}).encode())
     proc = register(conf_path, "http://127.0.0.1:8080")

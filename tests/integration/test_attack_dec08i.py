@@ -31,12 +31,18 @@ def redis_cli(redis, *args):
                           text=True, timeout=5).stdout.strip()
 
 
-def test_a_drain_cut_gives_its_limit_conn_slot_back_in_redis(launcher, upstream):
+def one_slot_on_redis(launcher, upstream, **conf):
+    """(redis, a gateway whose route /ws allows one connection at a time, by Redis)"""
     redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf(
+    redis_conf = {"url": redis.url, **conf.pop("redis", {})}
+    return redis, launcher.gateway(gateway_conf(
         [route("ws", ["/ws"], upstream.url,
                plugins={"limit_conn": {"limit": 1, "key": "route"}})],
-        server={"graceful_timeout": 0.5}, redis={"url": redis.url}))
+        redis=redis_conf, **conf))
+
+
+def test_a_drain_cut_gives_its_limit_conn_slot_back_in_redis(launcher, upstream):
+    redis, gw = one_slot_on_redis(launcher, upstream, server={"graceful_timeout": 0.5})
     sock, head, _ = open_websocket(gw.port)
     try:
         assert b" 101 " in head

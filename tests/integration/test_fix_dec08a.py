@@ -26,24 +26,8 @@ import pytest
 
 from ..conftest import check_conf, free_port, gateway_conf, route, wait_until
 from .test_grpc_web import parse_frames
-
-
-def status_of(gw, path, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-
-
-def control(upstream, query):
-    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
-    conn.request("GET", f"/control?{query}")
-    conn.getresponse().read()
-    conn.close()
+from .test_limits_attack_dec05b import status_of
+from .test_limits_attack_dec06z import control
 
 
 def redis_cli(redis, *args):

@@ -12,7 +12,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import time
@@ -21,7 +20,7 @@ import pytest
 
 from ..conftest import gateway_conf, installed_plugin, route, wait_until
 from .test_attack_dec07f import ScriptedH2, ScriptedHttp1, h1_answer, h1_get, h2_fields, h2_get
-from .test_etcd import PREFIX, all_workers_at, put, status_of
+from .test_etcd import PREFIX, all_workers_at, put, reboot, status_of
 from .test_fix_dec07b import refused_service_upstream
 from .test_health_attack_dec05e import register
 
@@ -198,9 +197,7 @@ def test_a_snapshot_without_service_targets_keeps_the_static_targets(launcher, t
     listed static targets: the kept upstream served its live instances alone."""
     static, live = launcher.upstream("static"), launcher.upstream("live")
     _, conf, gw, _ = refused_service_upstream(launcher, tmp_path, static, live)
-    os.kill(gw.pid, signal.SIGTERM)         # the snapshot is written on exit
-    gw.proc.wait(15)
-    shutil.rmtree(conf["etcd"]["runtime_dir"])
+    reboot(gw, conf)
     assert as_written_before_81e8b69(conf["etcd"]["snapshot_path"])
     again = launcher.gateway(conf)
     wait_until(lambda: "loaded" in again.log())

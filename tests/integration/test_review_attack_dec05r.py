@@ -149,6 +149,15 @@ def test_a_member_answering_429_is_passed_over_not_a_refusal(launcher, upstream,
 
 # -- 5. two registrations of one host and port ---------------------------------------------
 
+def register_conf(launcher, tmp_path):
+    """An etcd, and a conf file for `gwserver register` to use it: -> (etcd, its client,
+    the conf's path)"""
+    etcd = launcher.etcd()
+    conf_path = tmp_path / "register.toml"
+    conf_path.write_text(to_toml(etcd_conf(tmp_path, [etcd.url], workers=1)))
+    return etcd, etcd.client(), conf_path
+
+
 def register(conf_path, url, *args):
     return subprocess.Popen([sys.executable, "-m", "gwserver", "register", "-c", str(conf_path),
                              "--service", "orders", "--url", url, "--ttl", "3", *args],
@@ -160,10 +169,7 @@ def test_a_second_registration_of_one_host_and_port_does_not_take_the_firsts_key
         launcher, tmp_path):
     import signal
     import socket
-    etcd = launcher.etcd()
-    client = etcd.client()
-    conf_path = tmp_path / "register.toml"
-    conf_path.write_text(to_toml(etcd_conf(tmp_path, [etcd.url], workers=1)))
+    etcd, client, conf_path = register_conf(launcher, tmp_path)
     key = f"{PREFIX}/services/orders/{socket.gethostname()}-8080"
     url = lambda: json.loads(client.get(key))["url"] if client.get(key) else None  # noqa
     first = register(conf_path, "http://127.0.0.1:8080")

@@ -33,7 +33,7 @@ import sys
 from ..conftest import to_toml, wait_until
 from .test_etcd import PREFIX, UP, etcd_conf
 from .test_open_items_dec05h import check_dump
-from .test_review_attack_dec05r import cli, line_of, register
+from .test_review_attack_dec05r import cli, line_of, register, register_conf
 
 
 # -- 1. a query password holding "&name=" --------------------------------------------------
@@ -53,10 +53,7 @@ def test_a_query_password_is_masked_to_the_next_of_redis_pys_options(tmp_path):
 
 def test_a_registration_whose_key_was_taken_over_takes_it_again_once_it_goes(launcher,
                                                                             tmp_path):
-    etcd = launcher.etcd()
-    client = etcd.client()
-    conf_path = tmp_path / "register.toml"
-    conf_path.write_text(to_toml(etcd_conf(tmp_path, [etcd.url], workers=1)))
+    etcd, client, conf_path = register_conf(launcher, tmp_path)
     key = f"{PREFIX}/services/orders/{socket.gethostname()}-8080"
     first = register(conf_path, "http://127.0.0.1:8080")
     launcher.started.append(first)

@@ -20,10 +20,9 @@ NOSPACE 429): the attack pass of 2026-12-05, helper s13. Each test failed on bd3
 import signal
 import subprocess
 
-from ..conftest import to_toml
-from .test_etcd import PREFIX, etcd_conf
+from .test_etcd import PREFIX
 from .test_open_items_dec05h import check_dump
-from .test_review_attack_dec05r import line_of, register
+from .test_review_attack_dec05r import line_of, register, register_conf
 
 SECRET = "S3cr3tPw"
 
@@ -55,10 +54,7 @@ def etcdctl(etcd, *args):
 
 def test_a_key_put_again_by_hand_without_a_lease_is_taken_back_or_said_as_such(launcher,
                                                                               tmp_path):
-    etcd = launcher.etcd()
-    client = etcd.client()
-    conf_path = tmp_path / "register.toml"
-    conf_path.write_text(to_toml(etcd_conf(tmp_path, [etcd.url], workers=1)))
+    etcd, client, conf_path = register_conf(launcher, tmp_path)
     key = f"{PREFIX}/services/orders/i1"
     proc = register(conf_path, "http://127.0.0.1:8080", "--instance", "i1")
     launcher.started.append(proc)

@@ -16,7 +16,6 @@
    gRPC-Web calls come, a stalled upload got a bare close, no status (the docs said its
    gRPC status, DEADLINE_EXCEEDED). It goes as one TLS record now, as HTTP/2's GOAWAY does.
 """
-import http.client
 import json
 import socket
 import ssl
@@ -26,6 +25,8 @@ import time
 
 from ..conftest import free_port, gateway_conf, installed_plugin, route, wait_until
 from ..pki import CA
+from .test_limits_attack_dec05b import status_of
+from .test_limits_attack_dec06z import control
 
 ORIGIN = "https://app.test"
 
@@ -101,24 +102,6 @@ def test_a_waiting_reply_hook_never_holds_the_workers_deadlines(launcher, upstre
 
 
 # -- 2. a verdict's id, pushed out by given-back probes ----------------------------------------
-
-def status_of(gw, path):
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-
-
-def control(upstream, query):
-    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
-    conn.request("GET", f"/control?{query}")
-    conn.getresponse().read()
-    conn.close()
-
 
 def given_back_probe(gw):
     """A POST whose body stops after its first byte, then the client's end: a half-open

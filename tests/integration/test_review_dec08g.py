@@ -121,12 +121,7 @@ def test_a_worker_started_while_a_ca_file_is_rewritten_serves_and_recovers(launc
     alone, answered 503 there after the file was whole again. Workers trust the check of
     the master and the sync process now: the file's routes fail while it is bad, no more."""
     from .test_etcd import etcd_conf, put
-    ca = CA(tmp_path)
-    cert, key, _ = ca.issue("upstream")
-    up = launcher.upstream("tls", tls=(str(cert), str(key)))
-    bundle = tmp_path / "upstream-ca.pem"
-    good = ca.cert_path.read_bytes()
-    bundle.write_bytes(good)
+    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
     tls_upstream = {"targets": [{"url": up.url}], "tls": {"ca_file": str(bundle)}}
     etcd = launcher.etcd()
     gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], [
@@ -146,3 +141,15 @@ def test_a_worker_started_while_a_ca_file_is_rewritten_serves_and_recovers(launc
     bundle.write_bytes(good)
     for path in ("/s/echo", "/d/echo"):
         assert gw.request("GET", path, timeout=3)[0].status == 200, (path, gw.log()[-3000:])
+
+
+def tls_upstream_and_bundle(launcher, tmp_path):
+    """An upstream over TLS and the CA bundle its certificate verifies with, written to a
+    file a test may spoil: -> (upstream, bundle path, the bundle's good bytes)"""
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("upstream")
+    up = launcher.upstream("tls", tls=(str(cert), str(key)))
+    bundle = tmp_path / "upstream-ca.pem"
+    good = ca.cert_path.read_bytes()
+    bundle.write_bytes(good)
+    return up, bundle, good

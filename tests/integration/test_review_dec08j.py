@@ -16,23 +16,14 @@
 """
 import os
 import signal
-import subprocess
 
-from ..conftest import gateway_conf, open_websocket, route
-
-
-def redis_cli(redis, *args):
-    return subprocess.run(["redis-cli", "-u", redis.url, *args], capture_output=True,
-                          text=True, timeout=5).stdout.strip()
+from ..conftest import open_websocket
+from .test_attack_dec08i import one_slot_on_redis, redis_cli
 
 
 def test_a_hung_redis_holds_a_stopping_worker_a_second_at_most(launcher, upstream):
-    redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf(
-        [route("ws", ["/ws"], upstream.url,
-               plugins={"limit_conn": {"limit": 1, "key": "route"}})],
-        workers=1, server={"graceful_timeout": 1},
-        redis={"url": redis.url, "timeout": 3.2}))
+    redis, gw = one_slot_on_redis(launcher, upstream, workers=1,
+                                  server={"graceful_timeout": 1}, redis={"timeout": 3.2})
     sock, head, _ = open_websocket(gw.port)
     os.kill(redis.pid, signal.SIGSTOP)          # hung: the release's round trip never ends
     try:
@@ -50,11 +41,7 @@ def test_a_hung_redis_holds_a_stopping_worker_a_second_at_most(launcher, upstrea
 
 
 def test_a_quick_stop_gives_its_limit_conn_slot_back_in_redis(launcher, upstream):
-    redis = launcher.redis()
-    gw = launcher.gateway(gateway_conf(
-        [route("ws", ["/ws"], upstream.url,
-               plugins={"limit_conn": {"limit": 1, "key": "route"}})],
-        workers=1, redis={"url": redis.url}))
+    redis, gw = one_slot_on_redis(launcher, upstream, workers=1)
     sock, head, _ = open_websocket(gw.port)
     try:
         assert b" 101 " in head

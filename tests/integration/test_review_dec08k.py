@@ -7,6 +7,7 @@ import time
 
 from ..conftest import check_conf, gateway_conf, route, wait_until
 from ..pki import CA
+from .test_review_dec08g import tls_upstream_and_bundle
 
 FAST_CHECK = {"interval": 0.1, "timeout": 0.5, "healthy_threshold": 2,
               "unhealthy_threshold": 2, "max_interval": 0.3, "path": "/echo"}
@@ -125,12 +126,7 @@ def test_a_checker_restarted_while_an_upstreams_ca_file_is_bad_takes_no_target_o
     ([X509: NO_CERTIFICATE_OR_CRL_FOUND] ..."), the upstream in panic mode, and back only
     healthy_threshold checks after the file was put right. Now no verdict while the files
     cannot be loaded, said once."""
-    ca = CA(tmp_path)
-    cert, key, _ = ca.issue("upstream")
-    up = launcher.upstream("tls", tls=(str(cert), str(key)))
-    bundle = tmp_path / "upstream-ca.pem"
-    good = ca.cert_path.read_bytes()
-    bundle.write_bytes(good)
+    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
     gw = launcher.gateway(gateway_conf(
         [{"id": "r", "paths": ["/r/*rest"], "strip_prefix": "/r", "upstream": "pool"}],
         upstreams={"pool": {"targets": [{"url": up.url}], "tls": {"ca_file": str(bundle)},
