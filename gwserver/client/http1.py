@@ -393,6 +393,10 @@ class ClientConnection:
                 # and the client was the proxy, past allow-lists of its internal address (its
                 # X-Forwarded-For, which the gateway writes anew, was never dropped so).
                 named.discard(self.runtime.trusted_proxies.header)
+                # Nor those it names the client in besides (CLIENT_NAMING): an nginx that
+                # writes X-Real-IP alone lost it to a client's "Connection: X-Real-IP", and
+                # the upstream that reads it took its own peer, the gateway, for the client.
+                named.difference_update(CLIENT_NAMING)
             if named:
                 kept = [(k, v) for k, v in req.headers if k.lower() not in named]
                 if len(kept) != len(req.headers):
