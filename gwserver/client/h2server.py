@@ -460,7 +460,8 @@ class H2Stream(ClientConnection):
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
         if 200 <= reply.status < 300:
-            return super().answer(req, reply, keep_alive)
+            # written as any answer, the hooks run once (answer() ran them a second time)
+            return self.send_reply(req, reply, keep_alive)
         fields = grpc_status_fields(reply, req.error, req.var("grpc_deadline_hit"))
         if not self.released:       # trailers-only; else trailers after the head that went
             fields = [(b":status", b"200"), (b"content-type", b"application/grpc"), *fields] + \

@@ -1001,6 +1001,10 @@ class ClientConnection:
         route = req.route
         if route is not None and route.chain.reply_steps:
             route.chain.run_reply(req, reply)
+        return self.send_reply(req, reply, keep_alive)
+
+    def send_reply(self, req, reply, keep_alive):
+        """answer()'s writing half: ``reply`` as the hooks left it; -> (status, body bytes)."""
         status = reply.status
         if status >= 400:
             # A gRPC-Web client library reads a gRPC status, not an error page (as Envoy
