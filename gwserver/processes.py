@@ -118,8 +118,10 @@ def remove_dead_dirs(parent, prefix):
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue        # its owner lives where its pid names no process of ours
+            except OSError:
+                # its owner lives where its pid names no process of ours; or the filesystem
+                # cannot say (NFS emulates flock with POSIX locks: EBADF on this descriptor)
+                continue
             shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)
