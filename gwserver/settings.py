@@ -1025,12 +1025,14 @@ def file_problem(path, name, what):
     return None
 
 
-# Whether parse_conf loads a rediss:// URL's tls files (redis_file_problems): `check` and the
-# master (at start and reload) do. The helpers turn it off (helpers.helper.start_helper):
-# they parse the copy the master accepted at each start, and a CA file caught half-written
-# by `cp` as one was restarted made it die at every restart (the health checker: no target
-# checked; config-sync, which never talks to Redis: no etcd change applied).
-LOAD_REDIS_FILES = True
+# Whether parse_conf checks and loads the client tls files of a rediss:// URL
+# (redis_file_problems) and of [etcd] (etcd_file_problems): `check` and the master (at
+# start and reload) do. The helpers turn it off (helpers.helper.start_helper): they parse
+# the copy the master accepted at each start, and a CA file caught half-written (or gone a
+# moment) by `cp` as one was restarted made it die at every restart (the health checker,
+# which talks to neither: no target checked; config-sync: no etcd change applied, where a
+# call to etcd that fails on the file is retried).
+LOAD_CLIENT_FILES = True
 
 
 def redis_file_problems(url):
@@ -1065,7 +1067,10 @@ def redis_file_problems(url):
 def etcd_file_problems(etcd):
     """[etcd]'s TLS files, checked as [tls]'s are: the sync process and every etcd command
     open them (a FIFO there hung them, and `gwserver check` said ok); and its snapshot, which
-    check and the sync process read at start, if there is one."""
+    check and the sync process read at start, if there is one (the snapshot alone with
+    LOAD_CLIENT_FILES off: a helper)."""
+    if not LOAD_CLIENT_FILES:
+        return snapshot_problems(etcd)
     problems = [problem for key in ("ca_file", "cert_file", "key_file") if etcd.get(key)
                 for problem in [file_problem(etcd[key], f"etcd.{key}", "a PEM file")]
                 if problem is not None]
@@ -1087,10 +1092,16 @@ def etcd_file_problems(etcd):
                                      etcd.get("key_file"), prefix="etcd.")
         if problem is not None:
             problems.append(problem)
+    return problems + snapshot_problems(etcd)
+
+
+def snapshot_problems(etcd):
+    """[etcd] snapshot_path naming something other than a regular file (a FIFO hung the
+    sync process at start): checked by every parse, the helpers' too."""
     snapshot = etcd.get("snapshot_path")
     if snapshot and os.path.exists(snapshot) and not os.path.isfile(snapshot):
-        problems.append(f"etcd.snapshot_path: {snapshot} is not a regular file")
-    return problems
+        return [f"etcd.snapshot_path: {snapshot} is not a regular file"]
+    return []
 
 
 def http2_listener_problems(http2, server_bind, tls):
@@ -1312,7 +1323,7 @@ def parse_conf(data, path="<conf>"):
     problems.extend(proxy_protocol_problems(sections["server"], parts["tls"]))
     if parts["etcd"] is not None:
         problems.extend(etcd_file_problems(parts["etcd"]))
-    if parts["redis"] is not None and LOAD_REDIS_FILES:
+    if parts["redis"] is not None and LOAD_CLIENT_FILES:
         problems.extend(redis_file_problems(parts["redis"].get("url")))
     access_path = sections["log"]["access_log_path"]
     if access_path and not os.path.isdir(os.path.dirname(access_path)):

@@ -98,13 +98,13 @@ def start_helper(conf_path, role, state_dir_needed=False):
     from ..server.app import configure_logging
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     die_with_parent()
-    if role != "config-sync":
-        # the master and the sync process checked the tls files; one replaced since made
-        # this helper die at each start (core.routes.LOAD_TLS_FILES)
-        from ..core.routes import worker_compiles
-        worker_compiles()
+    # the master checked the conf's tls files; one replaced since made this helper die at
+    # each start (core.routes.LOAD_TLS_FILES; config-sync turns it on again for the items
+    # it takes from etcd, once it compiled the conf's: sync.watcher.run)
+    from ..core.routes import worker_compiles
+    worker_compiles()
     from .. import settings
-    settings.LOAD_REDIS_FILES = False       # (every helper: the master checked them)
+    settings.LOAD_CLIENT_FILES = False      # ([redis]'s, [etcd]'s: the master checked them)
     conf = applied_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], role)
     configure_logging(conf.log["level"])

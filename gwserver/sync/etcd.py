@@ -354,7 +354,10 @@ class EtcdClient:
                 log.warning("etcd endpoint %s: %s; asking the next one", endpoint, exc)
                 errors.append(f"{endpoint}: {exc}")
                 continue
-            except requests.RequestException as exc:
+            except (requests.RequestException, OSError) as exc:
+                # (OSError: requests' own for a ca_file gone under the running process, "Could
+                # not find a suitable TLS CA certificate bundle", no RequestException: it left
+                # the sync process with a traceback, dying again at each restart's first call)
                 errors.append(f"{endpoint}: {describe(exc)}")
                 continue
             except AuthRejected as exc:

@@ -836,7 +836,13 @@ def run(conf_path):
     conf, _ = start_helper(conf_path, "config-sync")
     beat = heartbeat("config-sync").beat
     beat(60.0)                      # the static table compiled, then run() beats
-    sync = ConfigSync(conf)
+    sync = ConfigSync(conf)         # the conf's static items: compiled, their files not loaded
+    # The files of what etcd sends are loaded as a connection loads them (refused, not
+    # served as a 500); the conf's, which the master checked, are not: one bad since (a
+    # ca_file caught half-written by `cp`) made this process die at every restart, and no
+    # etcd change was applied until it was put right.
+    from ..core import routes
+    routes.LOAD_TLS_FILES = True
     sync.beat = beat
 
     def stop(*_):
