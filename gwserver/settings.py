@@ -19,8 +19,9 @@ from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
 from .core.realip import UNIX_PEERS, network_of
-from .core.routes import (ROUTE, UPSTREAM, compile_route, make_upstream,
-                          path_problems_beside, upstream_id, unreachable_paths)
+from .core.routes import (ROUTE, UPSTREAM, compile_route, link_chain, make_upstream,
+                          path_problems_beside, undefined_upstream, upstream_id,
+                          unreachable_paths)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
                           boolean, file_path, integer, join, list_of, map_of, never_quoted,
@@ -1310,11 +1311,21 @@ def parse_conf(data, path="<conf>"):
     registry = load_registry()
     # Global plugin configs are checked once here so that their errors name `plugins.X`.
     try:
-        build_chain("plugins", {}, parts["plugins"], registry)
+        global_chain = build_chain("plugins", {}, parts["plugins"], registry)
         global_plugins = parts["plugins"]
     except ConfigError as exc:
         problems.extend(p.replace("plugins: plugins.", "plugins.", 1) for p in exc.problems)
-        global_plugins = {}
+        global_plugins, global_chain = {}, None
+    if global_chain is not None:
+        # Their inline upstreams (split's) once too, their tls files loaded: linked only with
+        # a route's chain, a bad ca_file passed check, start and reload of a gateway whose
+        # routes are all in etcd, and config-sync refused every route from etcd on it.
+        defaults = sections["upstream_defaults"]
+        try:
+            link_chain("[plugins] global", global_chain, {}, defaults, registry,
+                       absent=lambda ref: undefined_upstream(ref, defaults))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if sections["tracing"]["otlp_endpoint"]:
         import importlib.util
         if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:

@@ -4,6 +4,7 @@ The same schema serves the conf file's ``[[routes]]`` and (later) etcd values, s
 ``gwserver check`` accepts is a route the gateway serves. Compilation turns validated dicts into
 frozen values the hot path reads without further checks.
 """
+import contextlib
 import functools
 import re
 from dataclasses import dataclass, field, replace
@@ -528,6 +529,20 @@ def worker_compiles():
     """This process compiles tables others checked (a worker, a helper): no LOAD_TLS_FILES."""
     global LOAD_TLS_FILES
     LOAD_TLS_FILES = False
+
+
+@contextlib.contextmanager
+def accepted_before():
+    """Compile what a sync process accepted already (the table a restarted one takes up from
+    runtime_dir) without LOAD_TLS_FILES: loaded again, an etcd upstream whose ca_file was
+    caught half-written by `cp` as it restarted was dropped from the table the workers
+    serve, its routes 503 for good, even once the file was put right."""
+    global LOAD_TLS_FILES
+    was, LOAD_TLS_FILES = LOAD_TLS_FILES, False
+    try:
+        yield
+    finally:
+        LOAD_TLS_FILES = was
 
 
 def _upstream_tls(owner, conf):

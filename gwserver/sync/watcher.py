@@ -26,7 +26,7 @@ import random
 import signal
 import time
 
-from ..core.routes import UPSTREAM
+from ..core.routes import UPSTREAM, accepted_before
 from ..core.table import LiveTable, decode_json
 from ..errors import ConfigError
 from ..helpers.helper import no_beat
@@ -678,7 +678,7 @@ class ConfigSync:
         if not steps or steps[0][0] != "full" or steps[0][1].get("prefix") != self.prefix:
             return False
         base = steps[0][1]
-        with self.publisher.lock:
+        with self.publisher.lock, accepted_before():   # (etcd's versions are loaded next)
             self.table.apply_steps(steps)
             # None when no step lists them: a table written before they were (a hot upgrade)
             targets = base["table"].get("service_targets")
