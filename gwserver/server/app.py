@@ -520,6 +520,18 @@ def health_checks_asked(conf):
                for upstream in (route.upstream, *route.chain.linked_upstreams()))
 
 
+def asks_for_health(conf):
+    """Active health checks: one process per host. With etcd any upstream may ask for them
+    later, so it always runs there; with a conf file, only if an upstream has health_check."""
+    return conf.etcd is not None or health_checks_asked(conf)
+
+
+def asks_for_rollouts(conf):
+    """Rollouts (docs/rollouts.md): one controller per host, like the health checker."""
+    from ..helpers.rollouts import rollouts_in
+    return conf.etcd is not None or rollouts_in(conf.router)
+
+
 def helpers_for(app):
     """The helper processes a configuration asks for."""
     conf = app.conf
@@ -532,14 +544,10 @@ def helpers_for(app):
     if conf.tls is not None and conf.tls["ocsp_stapling"]:
         helpers["ocsp"] = Helper("ocsp", [sys.executable, "-m", "gwserver", "ocsp", "-c",
                                           conf_path])
-    # Active health checks: one process per host. With etcd any upstream may ask for them
-    # later, so it always runs there; with a conf file, only if an upstream has health_check.
-    if conf.etcd is not None or health_checks_asked(conf):
+    if asks_for_health(conf):
         helpers["health"] = Helper("health", [
             sys.executable, "-m", "gwserver", "health", "-c", conf_path])
-    # Rollouts (docs/rollouts.md): one controller per host, like the health checker.
-    from ..helpers.rollouts import rollouts_in
-    if conf.etcd is not None or rollouts_in(conf.router):
+    if asks_for_rollouts(conf):
         helpers["rollouts"] = Helper("rollouts", [
             sys.executable, "-m", "gwserver", "rollouts", "controller", "-c", conf_path])
     return helpers
@@ -1104,6 +1112,17 @@ class GatewayArbiter(Arbiter):
                  len(self.app.pending_conf.router))
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={int(time.monotonic() * 1e6)}\n"
                     f"STATUS=reloading")
+        pending = self.app.pending_conf
+        if pending.server["state_dir"] != os.environ.get("GWSERVER_LOCAL_STATE"):
+            # The state_dir moved to may hold another gateway's (or an earlier run's) files,
+            # which no helper of ours will rewrite: its health verdicts held a target out for
+            # good, its rollout gauges stayed on /metrics (a rolled_back 1 paged). Removed
+            # before the new workers fork: they read health.json as they start, and took a
+            # moment to see it gone.
+            if not asks_for_health(pending):
+                forget_health(pending.server["state_dir"])
+            if not asks_for_rollouts(pending):
+                forget_rollouts(pending.server["state_dir"])
         reloaded = self.reload()
         if lock is not None and not reloaded:
             lock.keep_only(lock_paths(self.app.conf))      # let go of what the new conf took
@@ -1132,14 +1151,6 @@ class GatewayArbiter(Arbiter):
                     forget_health(helper.state_dir)     # no one checks: no verdict holds
                 if name == "rollouts" and name not in wanted:
                     forget_rollouts(helper.state_dir)   # no rollout left: no gauge holds
-        if moved:
-            # The state_dir moved to may hold another gateway's (or an earlier run's) files,
-            # which no helper of ours rewrites: its health verdicts held a target out for
-            # good, its rollout gauges stayed on /metrics (a rolled_back 1 paged)
-            if "health" not in wanted:
-                forget_health(state_dir)
-            if "rollouts" not in wanted:
-                forget_rollouts(state_dir)
         for name, helper in wanted.items():
             if name not in self.helpers:
                 self.helpers[name] = helper
