@@ -9,6 +9,7 @@ import pytest
 from ..conftest import check_conf, wait_until
 from ..pki import CA
 from .test_etcd import all_workers_at, etcd_conf, put, serves, status_of
+from .test_review_dec08g import tls_upstream_and_bundle
 
 
 @pytest.fixture
@@ -26,12 +27,7 @@ def test_a_sync_process_restarted_while_an_etcd_upstreams_ca_file_is_bad_keeps_i
     route served a stand-in (503), and so on for good once the file was put right (etcd's
     unchanged value is not tried again). Taken up as accepted, it serves as a static one
     does: each new connection fails on the file while it is bad, then all work again."""
-    ca = CA(tmp_path)
-    cert, key, _ = ca.issue("upstream")
-    up = launcher.upstream("tls", tls=(str(cert), str(key)))
-    bundle = tmp_path / "upstream-ca.pem"
-    good = ca.cert_path.read_bytes()
-    bundle.write_bytes(good)
+    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
     gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
     client = etcd.client()
     put(client, "upstreams", "tu", {"targets": [{"url": up.url}],
