@@ -171,13 +171,8 @@ def test_underscore_spellings_of_ruled_headers_are_dropped_when_allowed(launcher
 # -- 5. a CA file rewritten in place -----------------------------------------------------------
 
 def test_a_ca_file_rewritten_in_place_takes_no_target_out(launcher, tmp_path):
-    from ..pki import CA
-    ca = CA(tmp_path)
-    cert, key, _ = ca.issue("api")
-    up = launcher.upstream("api", tls=(str(cert), str(key)))
-    bundle = tmp_path / "upstream-ca.pem"
-    pem = ca.cert_path.read_bytes()
-    bundle.write_bytes(pem)
+    from .test_review_dec08g import tls_upstream_and_bundle
+    up, bundle, pem = tls_upstream_and_bundle(launcher, tmp_path)
     gw = checked_over_tls(launcher, up, bundle)
 
     def checks(result):
