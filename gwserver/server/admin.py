@@ -190,14 +190,8 @@ def upstreams_view(runtime):
                 upstream.id, upstream_entry(runtime, upstream))
             if route.id not in entry["routes"]:
                 entry["routes"].append(route.id)
-    from .runtime import idle_connections
-    # by target, summed: two upstreams with other pool settings keep two pools to one target
-    # (the second one listed hid the first)
-    pools = {}
-    for p in runtime.proxy.pools.pools.values():
-        entry = pools.setdefault(f"{p.scheme}://{p.host}:{p.port}", {"idle": 0, "max": 0})
-        entry["idle"] += idle_connections(p)
-        entry["max"] += p.pool.maxsize if p.pool else 0
+    pools = {target: {"idle": idle, "max": most}
+             for target, (idle, most) in runtime.upstream_connections().items()}
     return Reply.json(200, {"pid": os.getpid(), "upstreams": upstreams,
                             "pools_in_this_worker": pools})
 

@@ -79,8 +79,9 @@ IN_FLIGHT = Metric("gwserver_requests_in_flight", "gauge", "Requests being serve
 CONNECTIONS_OPENED = Metric("gwserver_upstream_connections_opened", "counter", "New upstream "
                             "connections (keep-alive pools missed)", (TARGET,))
 POOL_IDLE = Metric("gwserver_upstream_pool_idle_connections", "gauge", "Idle keep-alive "
-                   "connections held, by target (all its pools; 0 once a target removed "
-                   "has its pool closed)", (TARGET,), mode="livesum")
+                   "connections held, by target (all its pools, and an HTTP/2 upstream's "
+                   "connection without a stream; 0 once a target removed has its pool "
+                   "closed)", (TARGET,), mode="livesum")
 GENERATION = Metric("gwserver_route_table_generation", "gauge", "Route table generation "
                     "each worker serves", mode="liveall")
 LIMITS = Metric("gwserver_rate_limit_decisions", "counter", "Rate-limit decisions by route "

@@ -537,9 +537,8 @@ class Runtime:
         # (its target left the table) is set to 0: its connections are closed, and its last
         # count was reported for the worker's life.
         idle = dict.fromkeys(self.pool_idle_targets, 0)
-        for pool in self.proxy.pools.pools.values():
-            target = f"{pool.scheme}://{pool.host}:{pool.port}"
-            idle[target] = idle.get(target, 0) + idle_connections(pool)
+        for target, (count, _) in self.upstream_connections().items():
+            idle[target] = count
         for target, count in idle.items():
             metrics.pool_idle.labels(target).set(count)
         self.pool_idle_targets = [target for target, count in idle.items() if count]
@@ -549,6 +548,21 @@ class Runtime:
         store = self.services.limit_store
         if store is not self.services.local_store:
             metrics.redis_up.set(1 if store.up else 0)
+
+    def upstream_connections(self):
+        """{target URL: [idle connections, most connections]} of this worker's keep-alive
+        pools, summed by target (two upstreams with other pool settings keep two pools to
+        one), and of its HTTP/2 connections (one a target, idle without a stream)."""
+        by_target = {}
+        for pool in self.proxy.pools.pools.values():
+            entry = by_target.setdefault(pool.gw_url, [0, 0])
+            entry[0] += idle_connections(pool)
+            entry[1] += pool.pool.maxsize if pool.pool else 0
+        for connection in self.proxy.h2.pools.connections.values():
+            entry = by_target.setdefault(connection.target.url, [0, 0])
+            entry[0] += connection.usable and not connection.streams
+            entry[1] += not connection.closed
+        return by_target
 
     def watched_upstreams(self):
         """The upstreams of the table served now whose targets are checked or ejectable: the

@@ -181,6 +181,10 @@ class UpstreamPools:
                 pool = HTTPSPool(target.host, target.port, **options)
             else:
                 pool = HTTPPool(target.host, target.port, **options)
+            # the target as the operator wrote it: the metrics' and admin API's label, as
+            # on every other per-target figure ("http://::1:8080" built from the pool's
+            # parts named no target, and "http://b:80" was not "http://b")
+            pool.gw_url = target.url
             self.pools[key] = pool
         self._by_target[id(target)] = (target, upstream, pool)
         return pool
