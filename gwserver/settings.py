@@ -299,8 +299,8 @@ UPSTREAM_DEFAULTS = Schema(
     Field("pool_timeout", number(0, exclusive=True), 5.0,
           "seconds to wait for a free connection when block_when_full is true"),
     Field("connect_timeout", number(0, exclusive=True), 5.0,
-          "seconds to open an upstream connection: its name's lookup and the TCP "
-          "connect together (then each read of a TLS handshake as long)"),
+          "seconds to open an upstream connection: its name's lookup, the TCP "
+          "connect and a TLS handshake together"),
     Field("keepalive_timeout", number(0, exclusive=True), 60.0,
           "seconds a pooled upstream connection may stay idle before it is closed (nginx's "
           "upstream keepalive_timeout): a firewall or NAT that forgets an idle flow drops "

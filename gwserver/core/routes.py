@@ -139,8 +139,8 @@ def _checked_url(value):
 
 TIMEOUTS = Schema(
     Field("connect", number(0, exclusive=True), None,
-          "seconds to open an upstream connection: its name's lookup and the TCP connect "
-          "together (then each read of a TLS handshake as long)"),
+          "seconds to open an upstream connection: its name's lookup, the TCP connect "
+          "and a TLS handshake together"),
     Field("read", number(0, exclusive=True), None,
           "seconds to wait for each read from the upstream; a websocket tunnel idle this "
           "long both ways is closed, as is one whose write to the upstream waits this long"),

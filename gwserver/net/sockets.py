@@ -72,6 +72,16 @@ def opening_within(seconds, host=None):
         timeout.close()
 
 
+def handshake_within(seconds):
+    """A ``gevent.Timeout`` that raises ``socket.timeout`` once ``seconds`` (and
+    OPENING_SLACK) have passed: a new upstream connection's TLS handshake as a whole within
+    the connect timeout. The socket's own timeout bounds each read of it, and an upstream
+    that dribbled its handshake a byte at a time (a stuck terminator, a tarpit) held the
+    request and its pool slot for as long as it went on. Never on the hot path."""
+    return gevent.Timeout(seconds + OPENING_SLACK,
+                          socket.timeout(f"TLS handshake took over {seconds:g}s"))
+
+
 def _look_up_hanging(host):
     """opening_within's own lookup of a name whose lookup hung; connects wait for its end."""
     try:

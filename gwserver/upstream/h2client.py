@@ -37,7 +37,8 @@ from ..core.throttledlog import throttled_log
 from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout,
                       UpstreamTLSFilesError)
-from ..net.sockets import RECV_SIZE, PlainSocket, failure_reason, opening_within, out_of_files
+from ..net.sockets import (RECV_SIZE, PlainSocket, failure_reason, handshake_within,
+                           opening_within, out_of_files)
 from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
@@ -299,8 +300,13 @@ class H2Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if target.scheme == "https":
             try:
-                sock = tls_context.wrap_socket(sock,
-                                               server_hostname=server_name or target.host)
+                with handshake_within(connect_timeout):     # as a whole, not read by read
+                    sock = tls_context.wrap_socket(sock,
+                                                   server_hostname=server_name or target.host)
+            except socket.timeout:
+                sock.close()
+                raise UpstreamConnectTimeout(f"TLS handshake with {target.url} took over "
+                                             f"{connect_timeout:g}s") from None
             except (ssl.SSLError, OSError) as exc:
                 sock.close()
                 raise UpstreamConnectError(f"TLS to {target.url} failed: {exc}") from None

@@ -56,8 +56,9 @@ from ..errors import (BadRequest, InternalError, LoopDetected, OutOfFiles,
                       UpstreamTLSFilesError, UpstreamTimeout)
 from ..files import client_tls_problem
 from ..net.deadlines import WriteDeadline
-from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, idle_state, opening_within,
-                           out_of_files, readable_within, recv_when_readable, send_all,
+from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, handshake_within,
+                           idle_state, opening_within, out_of_files, readable_within,
+                           recv_when_readable, send_all,
                            send_unless_answered, tls_idle_state, tls_read_now,
                            tls_send_unless_answered)
 from ..settings import resolve_workers
@@ -119,8 +120,8 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
 
     def _new_conn(self):
         # urllib3's lookup and TCP connect, within the connect timeout together (a TLS
-        # handshake after them has its own): a lookup that hung held the request for as
-        # long as resolv.conf lets it, whatever timeouts.connect said.
+        # handshake after them has its own, connect() below): a lookup that hung held the
+        # request for as long as resolv.conf lets it, whatever timeouts.connect said.
         try:
             with opening_within(self.timeout, self._dns_host):
                 return urllib3.connection.HTTPConnection._new_conn(self)
@@ -131,6 +132,15 @@ class CheapCheckHTTPConnection(urllib3.connection.HTTPConnection):
 class CheapCheckHTTPSConnection(urllib3.connection.HTTPSConnection):
     is_connected = CheapCheckHTTPConnection.is_connected
     _new_conn = CheapCheckHTTPConnection._new_conn
+
+    def connect(self):
+        # The connect and the TLS handshake after it within the connect timeout together
+        # (the handshake was bounded read by read: net.sockets.handshake_within)
+        try:
+            with handshake_within(self.timeout):
+                super().connect()
+        except socket.timeout as exc:   # ours, or one read of the handshake's
+            raise ConnectTimeoutError(self, str(exc)) from None
 
 
 class HTTPPool(urllib3.HTTPConnectionPool):
@@ -653,6 +663,7 @@ class Proxy:
             raise UpstreamConnectError(f"cannot connect to {target.url}: "
                                        f"{failure_reason(exc)}") from None
         except ConnectTimeoutError:
+            conn.close()        # (a handshake cut by the timeout leaves its TCP connection)
             pool._put_conn(None)
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out") from None
         except TLSFilesError as exc:
