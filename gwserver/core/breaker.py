@@ -35,7 +35,10 @@ def initial_state():
 
 
 def open_seconds(conf, trips):
-    return min(conf["open_for"] * 2 ** (trips - 1), conf["max_open_for"])
+    # The exponent is capped as Lua's float 2^n is (inf past 1023, then max_open_for): as an
+    # int, 2 ** 1024 overflowed converting to float, and the 1025th trip in a row (17 h of a
+    # dead upstream at max_open_for = 60) raised, leaving the per-host breaker half-open.
+    return min(conf["open_for"] * 2.0 ** min(trips - 1, 1023), conf["max_open_for"])
 
 
 def probe_timeout(conf):

@@ -696,6 +696,8 @@ class RedisStore:
                 if isinstance(reply, NodeUnreachable) and spec[0] == "lc":
                     for payload, _, _ in items:     # as _abandon: may have run, or not at all
                         self._owe_release(spec, payload[1])
+                if spec[0] == "br":
+                    self._owe_probes(spec, items)
                 for waiter in waiters:
                     waiter.set_exception(StoreError(str(reply)))
                 continue
@@ -712,6 +714,17 @@ class RedisStore:
                     waiter.set((bool(int(flag)), int(held)))
             else:
                 self._breaker_reply(spec, waiters, reply)
+
+    def _owe_probes(self, spec, items):
+        """A breaker call Redis answered with an error (OOM under noeviction, a cluster
+        master unreachable): its probes' verdicts are owed, as a failed batch's are. Dropped,
+        Redis held the probe for max(window, open_for) once it answered again, every request
+        a 503. The script writes last, so an error means it counted nothing; were it to have,
+        the verdict's id makes the copy count nothing."""
+        for payload, _, _ in items:
+            if isinstance(payload, tuple) and len(payload) == 3 and \
+                    len(self.owed_probes) < MAX_OWED_PROBES:
+                self.owed_probes.append(ProbeOutcome((spec, payload, None, 0.0)))
 
     def _breaker_reply(self, spec, waiters, reply):
         """A breaker call's reply: the states it entered said, its admissions granted."""
