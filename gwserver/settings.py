@@ -1034,6 +1034,11 @@ def file_problem(path, name, what):
 # which talks to neither: no target checked; config-sync: no etcd change applied, where a
 # call to etcd that fails on the file is retried).
 LOAD_CLIENT_FILES = True
+# Whether parse_conf reads [tls]'s certificate and key files (tls_file_problems,
+# certificate_problems): the master, which serves them, and `check` do. Helpers never serve
+# TLS (the ocsp one reads each certificate as it fetches its staple, and retries one it
+# cannot read): one restarted while a certificate was being replaced died at every restart.
+LOAD_LISTENER_FILES = True
 
 
 def redis_file_problems(url):
@@ -1377,7 +1382,7 @@ def parse_conf(data, path="<conf>"):
                                            *filter(None, [sections["admin"]["bind"]])])
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
-        else:
+        elif LOAD_LISTENER_FILES:
             # certificate and key files are named with every other problem
             from .client.tls import certificate_problems   # pyOpenSSL: only with [tls]
             file_problems, unreadable = tls_file_problems(tls)

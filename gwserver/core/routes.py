@@ -514,14 +514,15 @@ def make_upstream(upstream_id, spec, defaults, registry, owner=None, previous=No
     )
 
 
-# Whether compiling an upstream loads its tls files as a connection does, to refuse ones
-# OpenSSL cannot load (client_tls_problem): `check`, the master at start and reload, and
-# the sync process for items from etcd do. Workers and helpers turn it off
-# (worker_compiles): they compile again what those accepted, and a file replaced since (by
-# `cp`: empty until it is written) made each worker started meanwhile die at boot on the
-# static route that names it, every route down with it; a route from etcd, refused in that
-# worker alone, answered 503 there after the file was put right. A connection names such
-# a file itself (a 502: upstream.proxy), and works again once it is put right.
+# Whether compiling an upstream checks its tls files (there, no encrypted key) and loads
+# them as a connection does, to refuse ones OpenSSL cannot load (client_tls_problem):
+# `check`, the master at start and reload, and the sync process for items from etcd do.
+# Workers and helpers turn it off (worker_compiles): they compile again what those
+# accepted, and a file replaced since (by `cp`: empty until it is written; gone between
+# `rm` and `cp`) made each worker started meanwhile die at boot on the static route that
+# names it, every route down with it; a route from etcd, refused in that worker alone,
+# answered 503 there after the file was put right. A connection names such a file itself
+# (a 502: upstream.proxy), and works again once it is put right.
 LOAD_TLS_FILES = True
 
 
@@ -545,9 +546,45 @@ def accepted_before():
         LOAD_TLS_FILES = was
 
 
+_refused_files = None       # the list refused_files() collects in, while it does
+
+
+@contextlib.contextmanager
+def refused_files():
+    """-> the list of the tls files the refusals made inside were over (_upstream_tls): the
+    sync process puts an item refused over its files again once one of them changes
+    (LiveTable.retry_files)."""
+    global _refused_files
+    was, _refused_files = _refused_files, []
+    try:
+        yield _refused_files
+    finally:
+        _refused_files = was
+
+
 def _upstream_tls(owner, conf):
     if conf is None:
         return None
+    if bool(conf["cert_file"]) != bool(conf["key_file"]):
+        raise ConfigError(f"{owner}: tls: cert_file and key_file go together")
+    if not LOAD_TLS_FILES:
+        # Every file check is the checking process's: the existence and encrypted-key ones
+        # ran here too, and a worker (or helper) started while `rm f; cp new f` ran, or
+        # while the key was being replaced, died at boot over a file the master accepted
+        # (the gateway with it: gunicorn stops when a worker cannot boot). A connection
+        # says what is wrong with it (a 502), and works again once it is put right.
+        return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
+                conf["key_file"])
+    try:
+        return _loaded_tls(owner, conf)
+    except ConfigError:
+        if _refused_files is not None:
+            _refused_files.extend(conf[name] for name in ("ca_file", "cert_file", "key_file")
+                                  if conf[name])
+        raise
+
+
+def _loaded_tls(owner, conf):
     import os
     for field_name in ("ca_file", "cert_file", "key_file"):
         path = conf[field_name]
@@ -555,8 +592,6 @@ def _upstream_tls(owner, conf):
             # (a FIFO or a device exists: "does not exist" sent the operator looking for it)
             why = "is not a regular file" if os.path.exists(path) else "does not exist"
             raise ConfigError(f"{owner}: tls.{field_name}: {path} {why}")
-    if bool(conf["cert_file"]) != bool(conf["key_file"]):
-        raise ConfigError(f"{owner}: tls: cert_file and key_file go together")
     if conf["key_file"] is not None:
         # An encrypted key made each new connection's OpenSSL ask for the passphrase on
         # the terminal (a worker run by hand blocked there), or fail every request (502)
@@ -565,13 +600,12 @@ def _upstream_tls(owner, conf):
         problem = private_key_problem(conf["key_file"])
         if problem is not None:
             raise ConfigError(f"{owner}: tls.key_file: {conf['key_file']} {problem}")
-    if LOAD_TLS_FILES:
-        # Loaded as a connection loads them: a ca_file holding no certificate passed, and
-        # each request of the route was a 500 (client_tls_problem)
-        from ..files import client_tls_problem
-        problem = client_tls_problem(conf["ca_file"], conf["cert_file"], conf["key_file"])
-        if problem is not None:
-            raise ConfigError(f"{owner}: {problem}")
+    # Loaded as a connection loads them: a ca_file holding no certificate passed, and
+    # each request of the route was a 500 (client_tls_problem)
+    from ..files import client_tls_problem
+    problem = client_tls_problem(conf["ca_file"], conf["cert_file"], conf["key_file"])
+    if problem is not None:
+        raise ConfigError(f"{owner}: {problem}")
     return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
             conf["key_file"])
 
@@ -628,8 +662,14 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
                             f"them (jwt) on the route or in [plugins]")
         if upstream is not None:
             problems.extend(chain.check_upstream(owner, upstream))
+        # The global plugins this route keeps as [plugins] says them: their inline upstreams'
+        # files are the master's to check (parse_conf links them once); loaded again here,
+        # one gone bad since made the sync process refuse every new route from etcd.
+        from_global = set(global_plugins or {}) - set(spec["plugins"] or {}) - {
+            plugin.NAME for plugin, _ in (upstream.plugin_steps if upstream else ())}
         try:
-            chain = link_chain(owner, chain, upstreams, defaults, registry, broken, absent)
+            chain = link_chain(owner, chain, upstreams, defaults, registry, broken, absent,
+                               from_global)
             problems.extend(linked_protocol_problems(owner, chain))
         except ConfigError as exc:
             problems.extend(exc.problems)
@@ -651,10 +691,12 @@ def linked_protocol_problems(owner, chain):
 
 
 def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),
-               absent=None):
+               absent=None, accepted=frozenset()):
     """Let plugins that name other upstreams (``link(conf, resolve)``) resolve them: ``resolve``
     turns an upstream id or inline upstream object into an Upstream, or raises ConfigError
-    (with no problem of its own for an upstream in ``broken``: that one was reported)."""
+    (with no problem of its own for an upstream in ``broken``: that one was reported).
+    ``accepted``: names of plugins whose config was checked already (the global ones): their
+    inline upstreams' tls files are not checked again (accepted_before)."""
     if not any(hasattr(plugin, "link") for plugin, _ in chain.steps):
         return chain
     from .chain import Chain
@@ -671,8 +713,15 @@ def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),
         name = f"{owner.partition(' ')[2]}.{where}"
         return make_upstream(name, UPSTREAM.validate(ref, f"{owner}: {where}"), defaults,
                              registry)
-    return Chain([(plugin, plugin.link(conf, resolve) if hasattr(plugin, "link") else conf)
-                  for plugin, conf in chain.steps])
+
+    def linked(plugin, conf):
+        if not hasattr(plugin, "link"):
+            return conf
+        if plugin.NAME not in accepted:
+            return plugin.link(conf, resolve)
+        with accepted_before():
+            return plugin.link(conf, resolve)
+    return Chain([(plugin, linked(plugin, conf)) for plugin, conf in chain.steps])
 
 
 def upstream_refs(spec, registry):

@@ -36,8 +36,8 @@ from ..errors import ConfigError
 from .consumers import CredentialTaken, Directory, compile_consumer
 from .router import Router, unused
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
-                     make_upstream, path_problems_beside, undefined_upstream, upstream_id,
-                     upstream_refs)
+                     make_upstream, path_problems_beside, refused_files, undefined_upstream,
+                     upstream_id, upstream_refs)
 from .schema import Invalid, show
 from .target import static_key
 
@@ -135,6 +135,8 @@ def inline_upstreams(value, depth=16):
 
 WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
 FENCED = "its paths answer 503 until a valid version arrives"
+# in the reason of an item refused over its tls files (LiveTable.retry_files)
+RETRIED_ON_FILES = "tried again when one of those files changes"
 
 
 def one_name_a_position(patterns):
@@ -306,6 +308,10 @@ class LiveTable:
         self.fence_specs = {}       # refused new route id -> (version, fence spec) (_fence)
         self._conflicted = set()    # route ids refused only for a path another route held
         self._retrying = False
+        # "routes/ID", "upstreams/ID" refused over tls files -> those files' stamps then; kept
+        # by the sync process (retries_files), not by a CLI's table, which writes nothing
+        self.retries_files = False
+        self.file_refusals = {}
         self.consumers = Directory(registry)    # static and dynamic, compiled
         self.consumer_specs = {}    # dynamic consumer id -> (version, validated spec) served
         self.wanted_consumers = {}
@@ -558,6 +564,10 @@ class LiveTable:
     # -- single items --------------------------------------------------------------------------
 
     def put_route(self, route_id, raw, version=0):
+        return self._noting_files(f"routes/{route_id}", self._put_route, route_id, raw,
+                                  version)
+
+    def _put_route(self, route_id, raw, version):
         key = f"routes/{route_id}"
         self.wanted_routes[route_id] = (version, raw)
         spec = None
@@ -630,6 +640,10 @@ class LiveTable:
         self._retry_conflicted()
 
     def put_upstream(self, upstream_id, raw, version=0):
+        return self._noting_files(f"upstreams/{upstream_id}", self._put_upstream,
+                                  upstream_id, raw, version)
+
+    def _put_upstream(self, upstream_id, raw, version):
         key = f"upstreams/{upstream_id}"
         self.wanted_upstreams[upstream_id] = (version, raw)
         try:
@@ -798,6 +812,39 @@ class LiveTable:
         self.rejected[key] = "; ".join(ConfigError.of(exc).problems) + kept
         return False
 
+    def _noting_files(self, key, put, *args):
+        """``put(*args)``, noting the tls files it was refused over (retry_files)."""
+        if not self.retries_files:
+            return put(*args)
+        with refused_files() as files:
+            accepted = put(*args)
+        if not accepted and files and key in self.rejected:
+            self.file_refusals[key] = _file_stamps(files)
+            self.rejected[key] += f" ({RETRIED_ON_FILES})"
+        else:
+            self.file_refusals.pop(key, None)
+        return accepted
+
+    def retry_files(self):
+        """Items refused over their tls files are put again once one of those files changed:
+        nothing in etcd changes when the operator puts a file right, and such an item stayed
+        rejected (its route 404 or its previous version serving) until it was written again.
+        -> whether one was put again."""
+        retried = False
+        for key, stamps in list(self.file_refusals.items()):
+            kind, _, item_id = key.partition("/")
+            wanted = (self.wanted_routes if kind == "routes" else self.wanted_upstreams)
+            if key not in self.rejected or item_id not in wanted:
+                del self.file_refusals[key]
+                continue
+            if _file_stamps(stamps) == stamps:
+                continue
+            del self.file_refusals[key]
+            version, raw = wanted[item_id]
+            (self.put_route if kind == "routes" else self.put_upstream)(item_id, raw, version)
+            retried = True
+        return retried
+
     def _compile_route(self, spec):
         """-> (route, ids of the upstreams it names that are not defined: stand-ins)."""
         missing = []
@@ -926,3 +973,17 @@ class LiveTable:
             waits = f"routes/{route_id}" in self.rejected
             if uses or waits:
                 self.put_route(route_id, raw, version)
+
+
+def _file_stamps(paths):
+    """What tells each of ``paths`` from its next version (None: gone)."""
+    import os
+    stamps = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps[path] = None
+        else:
+            stamps[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return stamps

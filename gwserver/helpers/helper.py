@@ -105,6 +105,7 @@ def start_helper(conf_path, role, state_dir_needed=False):
     worker_compiles()
     from .. import settings
     settings.LOAD_CLIENT_FILES = False      # ([redis]'s, [etcd]'s: the master checked them)
+    settings.LOAD_LISTENER_FILES = False    # ([tls]'s: a helper serves no TLS)
     conf = applied_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], role)
     configure_logging(conf.log["level"])

@@ -119,6 +119,7 @@ class ConfigSync:
         self.snapshot_path = etcd["snapshot_path"]
         self.table = LiveTable.for_conf(conf, load_registry())
         self.table.expand_services = True       # workers get upstreams with live instances
+        self.table.retries_files = True         # (retry_files: only this process does)
         self.publisher = TablePublisher(etcd["runtime_dir"], self.table.published,
                                         etcd["snapshot_path"], {"cluster_id": None,
                                                                 "prefix": self.prefix})
@@ -387,6 +388,7 @@ class ConfigSync:
     def apply(self, events):
         with self.publisher.lock:
             routes_put = self._apply(events)
+            self.table.retry_files()    # (a busy prefix's watch may never go quiet)
         self.log_rejections()
         if routes_put:
             self.log_unreachable(routes_put)
@@ -772,7 +774,7 @@ class ConfigSync:
                 self.apply(events)
                 self.publish()
                 self.beat(self.quiet_turn)  # compiled: the watch goes on
-            else:
+            elif not self.retry_files():
                 self.write_status()
         # A quiet watch ends after idle_timeout: the status is rewritten then too, so its age
         # tells a live sync process from a stale file (``gwserver routes status``). Whether
@@ -783,7 +785,19 @@ class ConfigSync:
             self.revision = None
         else:
             self.quiet_watch = self.client.endpoint
-        self.write_status()
+        if not self.retry_files():
+            self.write_status()
+
+    def retry_files(self):
+        """Put again the items refused over tls files that changed since (at least once a
+        watch_idle_timeout): -> whether the table was published."""
+        with self.publisher.lock:
+            retried = self.table.retry_files()
+        if not retried:
+            return False
+        self.log_rejections()
+        self.publish()
+        return True
 
     def mark_synced(self):
         if not self.connected:

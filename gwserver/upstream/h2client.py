@@ -34,6 +34,7 @@ from ..core.h2frames import BoundedBlocks, PrioritySizeError, ZeroIncrement
 from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field, length_over_max
 from ..core.throttledlog import throttled_log
+from ..files import client_tls_problem
 from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout,
                       UpstreamTLSFilesError)
@@ -970,8 +971,10 @@ class H2Pools:
                     # tls files the worker never read well (replaced by a bad one since the
                     # check): a 502 that says so, not a 500 with a traceback per request; no
                     # connect failure of the target's (UpstreamTLSFilesError)
+                    # (which file, and why: OpenSSL's word names none)
+                    problem = tls and client_tls_problem(tls[1], tls[3], tls[4]) or exc
                     raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls "
-                                                f"files cannot be loaded ({exc})") from None
+                                                f"files cannot be loaded ({problem})") from None
                 connection = H2Connection(target, connect_timeout, context,
                                           tls[2] if tls else None, write_timeout,
                                           self.max_empty_frames)

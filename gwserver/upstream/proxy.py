@@ -674,8 +674,11 @@ class Proxy:
             # upstream waited on its handshake (a single-threaded one for every other client)
             conn.close()
             pool._put_conn(None)
+            # which file, and why: OpenSSL's word ("no such file or directory") names none
+            problem = client_tls_problem(*[getattr(conn, name, None) for name in (
+                "ca_certs", "cert_file", "key_file")]) or failure_reason(exc)
             raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls files "
-                                        f"cannot be loaded ({failure_reason(exc)})") from None
+                                        f"cannot be loaded ({problem})") from None
         except BaseException:
             # Killed while connecting (an HTTP/2 client reset its stream; the worker stops):
             # the slot goes back, or a block_when_full pool would lose it for good.
