@@ -397,6 +397,14 @@ class ClientConnection:
                 # writes X-Real-IP alone lost it to a client's "Connection: X-Real-IP", and
                 # the upstream that reads it took its own peer, the gateway, for the client.
                 named.difference_update(CLIENT_NAMING)
+                # Nor any other it says as its own words (VOUCHED: X-Forwarded-Prefix, -Port,
+                # -Scheme, X-Original-Host ...): a client's "Connection: X-Forwarded-Prefix"
+                # dropped its proxy's "/app", and the upstream built links without it.
+                named.difference_update(VOUCHED)
+            if self.identity_peer:
+                # Nor who the user is, as an authenticating proxy says it: a client's
+                # "Connection: X-Forwarded-User" served the upstream a request with no user.
+                named.difference_update(IDENTITY_SET)
             if named:
                 kept = [(k, v) for k, v in req.headers if k.lower() not in named]
                 if len(kept) != len(req.headers):

@@ -53,6 +53,7 @@ class TrustedProxies:
         self.unix = UNIX_PEERS in cidrs
         self.networks = tuple(network_of(c) for c in cidrs if c != UNIX_PEERS)
         self.header = header.lower().encode("latin-1")
+        self.header_name = header       # as the conf spells it, for a 400 that names it
         self._cache = {UNIX_PEER: self.unix}
 
     def __bool__(self):
@@ -97,14 +98,23 @@ class TrustedProxies:
                 # would be taken for the proxy, which internal allow-lists name.
                 raise BadRequest(f"{exc} (from a trusted proxy)") from None
         else:
-            hops = [hop.strip().decode("latin-1") for hop in value.split(b",")]
+            # empty elements (",," or a trailing ",": RFC 9110 5.6.1) are skipped, as nginx does
+            hops = [hop for hop in (hop.strip().decode("latin-1") for hop in value.split(b","))
+                    if hop]
         client = peer
         for hop in reversed(hops):
-            hop = _bare_address(hop)
-            if hop is None:
-                break           # garbage: stop at the last address we could trust
-            client = hop
-            if not self.trusts(hop):
+            if not hop:
+                break       # a Forwarded element without for=: its proxy named no client
+            address = _bare_address(hop)
+            if address is None:
+                # Garbage ("unknown", a host name, a bad port, a scope id) where a trusted
+                # proxy wrote the client: not the last trusted address instead (nginx's
+                # choice), since then the client was taken for a proxy, which internal
+                # allow-lists name. Left of an untrusted address it is never reached.
+                raise BadRequest(f"{self.header_name} names no client address "
+                                 f"({hop[:40]!r}, from a trusted proxy)")
+            client = address
+            if not self.trusts(address):
                 break
         return client
 
@@ -165,12 +175,25 @@ def _forwarded_for(value):
     return [element.get("for", "") for element in _elements(value)]
 
 
+# A port after an address: digits, or RFC 7239's obfuscated "_..." (for="[::1]:_x")
+_PORT = re.compile(r"[0-9]{1,5}|_[0-9A-Za-z._-]+")
+
+
 def _bare_address(hop):
-    """``1.2.3.4``, ``1.2.3.4:5678``, ``[::1]:80`` or ``::1`` -> the address text, else None."""
+    """``1.2.3.4``, ``1.2.3.4:5678``, ``[::1]:80`` or ``::1`` -> the address text, else None
+    (``1.2.3.4:bad`` and ``[::1]x`` too: nginx's parser refuses them). ``unix:``, what nginx
+    writes for a client of its unix: listener, is such a peer (UNIX_PEER), as the gateway
+    names its own: a 400 for each of those clients would refuse a whole listener."""
+    if hop == "unix:":
+        return UNIX_PEER
     if hop.startswith("["):
-        hop = hop[1:hop.find("]")] if "]" in hop else ""
+        hop, bracket, port = hop[1:].partition("]")
+        if not bracket or port and not (port[0] == ":" and _PORT.fullmatch(port[1:])):
+            return None
     elif hop.count(":") == 1:
-        hop = hop.partition(":")[0]
+        hop, _, port = hop.partition(":")
+        if not _PORT.fullmatch(port):
+            return None
     if "%" in hop:
         return None         # a scope id (fe80::1%eth0) names no client beyond this host
     try:
@@ -182,7 +205,7 @@ def _bare_address(hop):
 
 # RFC 6052's well-known prefix: a NAT64 / SIIT-DC translator writes each IPv4 client as
 # 64:ff9b::a.b.c.d, and nobody holds such addresses by the /64
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -193,6 +216,6 @@ def ipv6_network(address, prefix):
     its IPv4 address: by the /64, every IPv4 client of an IPv6-only site shared one bucket,
     and one client's burst (or wrong passwords) refused them all."""
     ip = ipaddress.ip_address(address)
-    if ip in _NAT64:
+    if ip in NAT64:
         return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return ipaddress.ip_network((ip, prefix), strict=False).with_prefixlen

@@ -6,13 +6,15 @@ The address is ``ctx.client_ip``: the peer, or what a peer in ``[server] trusted
 named (docs/security.md), never a header a client could write itself. An IPv4 address a
 dual-stack socket reports as ``::ffff:a.b.c.d`` is matched as ``a.b.c.d``, and a rule written
 that way (``::ffff:10.0.0.0/104``) is matched as the IPv4 range it names (``10.0.0.0/8``).
-Deny wins; with an allow list, an address must be in it. Refused: 403 (``status`` to change
-it).
+An IPv4 client a NAT64 translator names as ``64:ff9b::a.b.c.d`` (RFC 6052) is matched by
+IPv4 deny rules as ``a.b.c.d``, by IPv4 allow rules so only when ``a.b.c.d`` is global (RFC
+6052 3.1: the well-known prefix never carries a private one; docs/security.md). Deny wins;
+with an allow list, an address must be in it. Refused: 403 (``status`` to change it).
 """
 import ipaddress
 
 from ..core.context import Reply
-from ..core.realip import network_of
+from ..core.realip import NAT64, network_of
 from ..core.schema import Field, Invalid, Schema, integer, list_of, show
 
 NAME = "ip_restriction"
@@ -51,9 +53,22 @@ def permitted(conf, address):
         return False            # not an address (a unix socket peer): not on any allow list
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if any(ip in net for net in conf["deny"]):
+    translated = nat64_client(ip)
+    names = (ip,) if translated is None else (ip, translated)
+    if any(name in net for net in conf["deny"] for name in names):
         return False
-    return not conf["allow"] or any(ip in net for net in conf["allow"])
+    if translated is not None and not translated.is_global:
+        names = (ip,)   # RFC 6052 3.1: no translator writes a private one; IPv6 rules alone
+    return not conf["allow"] or any(name in net for net in conf["allow"] for name in names)
+
+
+def nat64_client(ip):
+    """The IPv4 client a NAT64 / SIIT-DC translator names as 64:ff9b::a.b.c.d, else None:
+    an IPv4 deny rule let that client in through the translator (rate limits already count
+    it by its IPv4 address, realip.ipv6_network)."""
+    if ip.version == 6 and ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def access(conf, ctx):

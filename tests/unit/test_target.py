@@ -92,10 +92,22 @@ def test_an_unparsable_forwarded_header_is_refused_not_taken_for_the_proxy(value
         TrustedProxies(["10.0.0.0/8"], "Forwarded").client_of("10.0.0.1", value)
 
 
+@pytest.mark.parametrize("header, value", [
+    ("X-Forwarded-For", b"garbage, 10.0.0.2"), ("X-Forwarded-For", b"unknown"),
+    ("X-Forwarded-For", b"6.6.6.6, 1.2.3.4:bad"), ("X-Forwarded-For", b"[::1]x"),
+    ("X-Forwarded-For", b"fe80::1%eth0"), ("Forwarded", b'for="[fe80::1%eth0]"'),
+    ("Forwarded", b"for=6.6.6.6, for=unknown"), ("Forwarded", b'for="_hidden"')])
+def test_garbage_where_a_trusted_proxy_named_the_client_is_refused(header, value):
+    """Not the last trusted address (the proxy, which internal allow-lists name): a 400."""
+    with pytest.raises(BadRequest, match=header):
+        TrustedProxies(["10.0.0.0/8"], header).client_of("10.0.0.1", value)
+
+
 @pytest.mark.parametrize("header, value, client", [
     ("X-Forwarded-For", b"6.6.6.6, 10.0.0.2", "6.6.6.6"),       # 10/8 is trusted: walk on
     ("X-Forwarded-For", b"6.6.6.6, 7.7.7.7", "7.7.7.7"),        # stop at the first untrusted
-    ("X-Forwarded-For", b"garbage, 10.0.0.2", "10.0.0.2"),      # stop before garbage
+    ("X-Forwarded-For", b"garbage, 6.6.6.6, 10.0.0.2", "6.6.6.6"),   # never reached
+    ("X-Forwarded-For", b"6.6.6.6,, 10.0.0.2:80,", "6.6.6.6"),  # empty elements skipped
     ("X-Forwarded-For", b"", "10.0.0.1"),
     ("Forwarded", b'for=6.6.6.6;proto=https, for="[2001:db8::1]:443"', "2001:db8::1"),
     ("Forwarded", b"for=6.6.6.6, for=10.0.0.3", "6.6.6.6"),
@@ -108,12 +120,19 @@ def test_an_unparsable_forwarded_header_is_refused_not_taken_for_the_proxy(value
     # empty pairs and elements are allowed (RFC 9110 5.6.1), not garbage
     ("Forwarded", b"for=6.6.6.6;;by=x, for=7.7.7.7", "7.7.7.7"),
     ("Forwarded", b",for=6.6.6.6,, for=10.0.0.3,", "6.6.6.6"),
-    ("Forwarded", b'for="[fe80::1%eth0]"', "10.0.0.1"),               # a scope id: none
 ])
 def test_client_address_walked_from_the_right(header, value, client):
     proxies = TrustedProxies(["10.0.0.0/8"], header)
     assert proxies.trusts("10.0.0.1") and not proxies.trusts("11.0.0.1")
     assert proxies.client_of("10.0.0.1", value) == client
+
+
+@pytest.mark.parametrize("trusted, value, client", [
+    (["10.0.0.0/8"], b"6.6.6.6, unix:", "unix"),            # nginx's word for a unix: client
+    (["10.0.0.0/8", "unix:"], b"6.6.6.6, unix:", "6.6.6.6"),  # a trusted unix: peer: walk on
+])
+def test_an_nginx_unix_hop_is_a_unix_peer_not_garbage(trusted, value, client):
+    assert TrustedProxies(trusted).client_of("10.0.0.1", value) == client
 
 
 @pytest.mark.parametrize("value, proto, host", [
