@@ -1,9 +1,11 @@
 """``gwserver run | check | reload | settings | demo-upstream``."""
 import argparse
 import os
+import signal
 import sys
 
 from .errors import ConfigError
+from .processes import MASTER_SIGNALS
 
 
 def cmd_run(args):
@@ -180,6 +182,23 @@ def conf_option(parser, default=CONF):
 
 
 def main(argv=None):
+    # A SIGHUP before the master's handler is in place (the imports, the conf, the binds:
+    # half a second) killed it, SIGHUP's default action: a tool that reloads the gateway as
+    # it starts (a template renderer's first pass) stopped it; so did logrotate's SIGUSR1.
+    # Held from here, before the parsers' imports, until then (GatewayArbiter.start), each
+    # is what it asks for. Other commands take them as before.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+    args = None
+    try:
+        args = parse(argv)
+    finally:
+        if args is None or args.func is not cmd_run:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS - held)
+    return args.func(args)
+
+
+
+def parse(argv):
     from . import __version__
     parser = argparse.ArgumentParser(prog="gwserver", description="An API gateway.")
     parser.add_argument("--version", action="version", version=f"gwserver {__version__}")
@@ -221,8 +240,7 @@ def main(argv=None):
     add_parsers(sub)
     from .rollouts_cli import add_parsers as add_rollout_parsers
     add_rollout_parsers(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

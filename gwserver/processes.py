@@ -1,5 +1,6 @@
 """Other processes, as this one can see them."""
 import os
+import signal
 
 
 # Linux's PID_MAX_LIMIT (2**22 on 64-bit; kernel.pid_max is at most that)
@@ -13,6 +14,11 @@ def pid_text(text):
         return None
     pid = int(text)
     return pid if 0 < pid <= PID_MAX else None
+
+
+# What the master handles once it runs, and what killed it before (their default action):
+# held from the first line of `gwserver run` until its handlers are in place (cli.main)
+MASTER_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1})
 
 
 def pid_alive(pid):
@@ -29,6 +35,18 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def process_start(pid):
+    """When process ``pid`` started (``/proc/PID/stat``'s starttime, clock ticks since boot),
+    or None when it cannot be read. With the pid it names one process: a pid alone is taken
+    again by the next process that gets it (after a wrap of kernel.pid_max, or at once in a
+    container started again, whose processes get the pids of its previous run)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def running(pid):

@@ -24,6 +24,7 @@ from gunicorn.arbiter import Arbiter
 
 from .. import proctitle
 from ..errors import ConfigError
+from ..processes import MASTER_SIGNALS
 from ..settings import conf_warnings, load_conf, resolve_workers, tmpfs_dir
 from .instance import InstanceLocked, lock_paths
 from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
@@ -600,6 +601,9 @@ class GatewayArbiter(Arbiter):
         finally:
             if notify_socket is not None:
                 os.environ["NOTIFY_SOCKET"] = notify_socket
+        # gunicorn's handlers are in place (init_signals): a SIGHUP (SIGUSR1) held since
+        # cli.main is let through, and queued as a reload (a reopen of the logs).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
         roles = listener_roles(self.app.conf)
         from .listeners import name_listener
         for listener in self.LISTENERS:     # from systemd: named too, by address

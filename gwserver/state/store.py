@@ -38,7 +38,7 @@ from gevent.monkey import get_original
 from ..core import breaker, ratelimit
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError, StoreTimeout, describe
-from ..processes import pid_alive
+from ..processes import pid_alive, process_start
 from ..settings import parse_multi_host_url
 from .lua import (ADAPTIVE_LUA, BREAKER_LUA, BREAKER_VIEW_LUA, LIMIT_CONN_LUA,
                   SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA)
@@ -1283,14 +1283,15 @@ class LocalStore:
 
     def conn_claim(self, key, limit, lease_seconds):
         """limit_conn per host: take one of ``limit`` slots of ``key`` -> ConnClaim. Leases
-        are ``PID.TAG.N``: expired ones are dropped on every claim, and when every slot is taken
-        the leases of workers that are gone (killed mid-request) are dropped at once."""
-        lease = f"{os.getpid()}.{self.lease_tag}.{next(self.lease_numbers)}"
+        are ``PID@START.TAG.N`` (_lease_owner): expired ones are dropped on every claim, and
+        when every slot is taken the leases of workers that are gone (killed mid-request)
+        are dropped at once."""
+        lease = f"{_lease_owner()}.{self.lease_tag}.{next(self.lease_numbers)}"
 
         def update(table, now):
             held = table.get(key, {})
             if len(held) >= limit:
-                held = {k: v for k, v in held.items() if _lease_alive(k)}
+                held = _leases_alive(held)
             admitted = len(held) < limit
             if admitted:
                 held[lease] = now + lease_seconds
@@ -1458,9 +1459,47 @@ def host_secret(path, size=16):
     return secret
 
 
-def _lease_alive(lease):
-    """Is the worker that holds a per-host lease (``PID.TAG.N``) still running?"""
+_own_lease_owner = None     # (pid, "PID@START"): read once per process
+
+
+def _lease_owner():
+    """What a per-host lease names its worker by: ``PID@START`` (process_start), or
+    ``PID`` alone when /proc does not say when it started."""
+    global _own_lease_owner
+    pid = os.getpid()
+    if _own_lease_owner is None or _own_lease_owner[0] != pid:
+        start = process_start(pid)
+        _own_lease_owner = (pid, str(pid) if start is None else f"{pid}@{start}")
+    return _own_lease_owner[1]
+
+
+def _leases_alive(leases):
+    """{lease: expiry} -> those whose worker still runs, each worker looked up once (a slot
+    full of one worker's leases is one read of /proc, not one per lease)."""
+    verdicts = {}
+    kept = {}
+    for lease, expiry in leases.items():
+        owner = lease.partition(".")[0]
+        if owner not in verdicts:
+            verdicts[owner] = _owner_alive(owner)
+        if verdicts[owner]:
+            kept[lease] = expiry
+    return kept
+
+
+def _owner_alive(owner):
+    """Is the worker that holds per-host leases (``PID@START``, _lease_owner) still running?
+    Its pid alone was taken for it by any process that got the pid since: a container started
+    again after its processes were killed (-9, the OOM killer) gives its new worker the pid
+    of the previous run's, and the slots that run held stayed taken for lease_seconds (a
+    route of limit 1 refused everyone for 5 minutes)."""
+    pid, _, start = owner.partition("@")
     try:
-        return pid_alive(int(lease.partition(".")[0]))
+        if not pid_alive(int(pid)):
+            return False
     except ValueError:
         return True
+    if not start:
+        return True         # written without its start (an older release, /proc unreadable)
+    now = process_start(int(pid))
+    return now is None or str(now) == start
