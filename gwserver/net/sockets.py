@@ -73,12 +73,18 @@ def opening_within(seconds, host=None):
 
 
 def handshake_within(seconds):
-    """A ``gevent.Timeout`` that raises ``socket.timeout`` once ``seconds`` (and
+    """A ``gevent.Timeout`` that raises ``socket.timeout`` once ``seconds`` (and twice
     OPENING_SLACK) have passed: a new upstream connection's TLS handshake as a whole within
     the connect timeout. The socket's own timeout bounds each read of it, and an upstream
     that dribbled its handshake a byte at a time (a stuck terminator, a tarpit) held the
-    request and its pool slot for as long as it went on. Never on the hot path."""
-    return gevent.Timeout(seconds + OPENING_SLACK,
+    request and its pool slot for as long as it went on. Never on the hot path.
+
+    Its bound lies past opening_within's, which runs inside it for an HTTP/1.1 upstream's
+    lookup and connect: with the same one, started first, it fired first, opening_within
+    took the cut for the socket's connect timeout and never shared the hung name's lookup
+    (_HANGING): each request to an https:// target whose name hangs took a resolver
+    thread, and every other name's lookup queued behind them."""
+    return gevent.Timeout(seconds + 2 * OPENING_SLACK,
                           socket.timeout(f"TLS handshake took over {seconds:g}s"))
 
 

@@ -38,8 +38,8 @@ from ..files import client_tls_problem
 from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout,
                       UpstreamTLSFilesError)
-from ..net.sockets import (RECV_SIZE, PlainSocket, failure_reason, handshake_within,
-                           opening_within, out_of_files)
+from ..net.sockets import (OPENING_SLACK, RECV_SIZE, PlainSocket, failure_reason,
+                           handshake_within, opening_within, out_of_files)
 from .clienttls import client_context
 
 log = logging.getLogger("gwserver.h2")
@@ -287,6 +287,7 @@ class H2Connection:
                  max_empty_frames=10_000):
         self.target = target
         self.max_empty_frames = max_empty_frames    # a second's budget: see SMALL_DATA
+        begun = time.monotonic()
         try:
             with opening_within(connect_timeout, target.host):      # the name's lookup too
                 sock = socket.create_connection((target.host, target.port),
@@ -301,7 +302,11 @@ class H2Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if target.scheme == "https":
             try:
-                with handshake_within(connect_timeout):     # as a whole, not read by read
+                # As a whole, not read by read; and within what the lookup and the TCP
+                # connect left of the connect timeout (a timeout of its own, the whole
+                # connect took twice timeouts.connect: HTTP/1.1's is held to it once)
+                left = max(connect_timeout - (time.monotonic() - begun), 0.0)
+                with handshake_within(left):
                     sock = tls_context.wrap_socket(sock,
                                                    server_hostname=server_name or target.host)
             except socket.timeout:
@@ -947,6 +952,7 @@ class H2Pools:
         self.max_empty_frames = max_empty_frames
         self.connections = {}
         self._connecting = {}
+        self._failed = {}           # key -> (its last connect's UpstreamConnectError, when)
         self.on_open = on_open      # called with the target's url for each new connection
 
     def get(self, target, connect_timeout, tls, write_timeout):
@@ -957,9 +963,23 @@ class H2Pools:
         # One connect at a time per target: greenlets arriving meanwhile share its result
         # instead of opening a connection each.
         lock = self._connecting.setdefault(key, gevent.lock.Semaphore())
-        with lock:
+        asked = time.monotonic()
+        # The wait for another request's connect is this request's connect: within its
+        # timeout (unbounded, each waiter waited for every connect made before its own).
+        if not lock.acquire(timeout=connect_timeout + 2 * OPENING_SLACK):
+            raise UpstreamConnectTimeout(f"connect to {target.url} timed out (another "
+                                         f"request's connect to it took over "
+                                         f"{connect_timeout:g}s)")
+        try:
             connection = self.connections.get(key)
             if connection is None or not connection.usable:
+                failed = self._failed.get(key)
+                if failed is not None and failed[1] >= asked:
+                    # The connect this request waited for failed: its failure is this one's
+                    # too. Each waiter made one of its own in turn, and the tenth request
+                    # to a target that timed out waited ten connect timeouts for its 504.
+                    exc = failed[0]
+                    raise type(exc)(exc.reason) from None
                 if connection is not None and not connection.draining:
                     # Failed, or out of stream ids (MAX_STREAMS_PER_CONNECTION): its streams
                     # in flight finish first; close() cut them, long-lived gRPC streams too.
@@ -975,24 +995,41 @@ class H2Pools:
                     problem = tls and client_tls_problem(tls[1], tls[3], tls[4]) or exc
                     raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls "
                                                 f"files cannot be loaded ({problem})") from None
-                connection = H2Connection(target, connect_timeout, context,
-                                          tls[2] if tls else None, write_timeout,
-                                          self.max_empty_frames)
+                try:
+                    connection = H2Connection(target, connect_timeout, context,
+                                              tls[2] if tls else None, write_timeout,
+                                              self.max_empty_frames)
+                except UpstreamConnectError as exc:
+                    self._failed[key] = (exc, time.monotonic())
+                    raise
+                self._failed.pop(key, None)
                 self.connections[key] = connection
                 if self.on_open is not None:
                     self.on_open(target.url)
+        finally:
+            lock.release()
         return connection
 
     def prune(self, upstreams):
         """Retire the connections no h2 upstream of ``upstreams`` (the table's) would use: a
         removed target's (they stayed open for the worker's life), or one whose upstream
         changed its ``tls``. Returns (URLs of removed targets, URLs of the others)."""
-        live = {(target.key, upstream.tls) for upstream in upstreams
-                if upstream.protocol == "h2" for target in upstream.targets}
+        live = {}       # key -> the table's targets that use it, by URL
+        for upstream in upstreams:
+            if upstream.protocol == "h2":
+                for target in upstream.targets:
+                    live.setdefault((target.key, upstream.tls), {})[target.url] = target
         gone = [key for key in self.connections if key not in live]
         for key in gone:
             self.connections.pop(key).retire()
             self._connecting.pop(key, None)
+        for key in [key for key in self._failed if key not in live]:
+            del self._failed[key]
+        for key, connection in self.connections.items():
+            if connection.target.url not in live[key]:
+                # Two spellings of one target share the connection, named (metrics, admin,
+                # errors) by the one that opened it: not a removed one's URL for good.
+                connection.target = live[key][min(live[key])]
         targets = {key[0] for key in live}
         urls = {key: f"{key[0][0]}://{key[0][1]}:{key[0][2]}" for key in gone}
         return ({url for key, url in urls.items() if key[0] not in targets},

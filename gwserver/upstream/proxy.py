@@ -206,11 +206,19 @@ class UpstreamPools:
         targets of upstreams no longer in the table are forgotten too (each change of an
         upstream left its old targets and upstream here for good). Returns (URLs of removed
         targets, URLs of targets whose old pool closed)."""
-        live = {pool_key(target, upstream) for upstream in upstreams
-                for target in upstream.targets}
+        live = {}       # pool key -> the URLs of the table's targets that use it
+        for upstream in upstreams:
+            for target in upstream.targets:
+                live.setdefault(pool_key(target, upstream), set()).add(target.url)
         gone = [key for key in self.pools if key not in live]
         for key in gone:
             self.pools.pop(key).close()
+        for key, pool in self.pools.items():
+            if pool.gw_url not in live[key]:
+                # Two spellings of one target ("http://h:P", "http://h:P/") share a pool,
+                # labelled by the one that opened it: once that one left the table, the
+                # pool's connections were shown under a removed target's URL for good.
+                pool.gw_url = min(live[key])
         pairs = {(id(target), id(upstream)) for upstream in upstreams
                  for target in upstream.targets}
         self._by_target = {k: v for k, v in self._by_target.items() if (k, id(v[1])) in pairs}
