@@ -144,6 +144,10 @@ def client_tls_problem(ca_file, cert_file, key_file, prefix="tls.",
     for each route with a client certificate of its own: 200 such routes took 6 s to
     check, and as long in the sync process compiling them."""
     ca_name, cert_name, key_name = names
+    irregular = irregular_file(((ca_name, ca_file), (cert_name, cert_file),
+                                (key_name, key_file)), prefix)
+    if irregular is not None:       # (OpenSSL would block on a FIFO's open: never asked)
+        return irregular
     if ca_file:
         problem = _checked(("ca", ca_file), lambda: _ca_problem(ca_file))
         if problem is not None:
@@ -155,6 +159,24 @@ def client_tls_problem(ca_file, cert_file, key_file, prefix="tls.",
             and_key = f" and {prefix}{key_name}: {key_file}" if key_file else ""
             return (f"{prefix}{cert_name}: {cert_file}{and_key} make no client certificate "
                     f"({problem})")
+    return None
+
+
+def irregular_file(named, prefix="tls."):
+    """``PREFIX NAME: PATH is not a regular file`` for the first of ``named`` ((name, path)
+    pairs, a path None or empty for none) that exists and is no regular file, or None. A
+    stat only: OpenSSL opens and reads the tls files blocking, gevent or not, and a FIFO
+    (or a symlink to /dev/zero) put in place of one after the check blocked the whole
+    worker at its next new connection, every client of it stalled."""
+    for name, path in named:
+        if not path:
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue                # (gone: OpenSSL says so, at once)
+        if not stat.S_ISREG(mode):
+            return f"{prefix}{name}: {path} is not a regular file"
     return None
 
 

@@ -25,7 +25,8 @@ def client_for(conf):
     from .sync.etcd import EtcdClient
     etcd = conf.etcd
     return EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"], etcd["password"],
-                      etcd["ca_file"], etcd["cert_file"], etcd["key_file"])
+                      etcd["ca_file"], etcd["cert_file"], etcd["key_file"],
+                      etcd["password_file"])
 
 
 def read_items(source, kind):

@@ -1256,11 +1256,22 @@ def read_secret_file(path):
     return secret
 
 
+# The sections whose secret files parse_conf reads (SECRET_FILES; None: all): the master
+# and `check` read them all. A helper reads none but those it needs as it starts
+# (helpers.helper.start_helper): one restarted while a secret it never uses was being
+# rotated (an empty [redis] password_file, for a health checker) died at each restart.
+# The etcd password is read as a call to etcd authenticates (sync.etcd.EtcdClient), one
+# that fails on it retried as any failed call to etcd.
+READ_SECRET_FILES = None
+
+
 def secrets_from_files(name, section, problems):
     """``section`` with its secrets read from their files (SECRET_FILES); problems named."""
     for section_name, key, file_key in SECRET_FILES:
         if section_name != name or not section.get(file_key):
             continue
+        if READ_SECRET_FILES is not None and name not in READ_SECRET_FILES:
+            continue                # (the master read it; a user of it reads it again)
         if section.get(key):
             problems.append(f"{name}.{file_key}: {name}.{key} is set too; set one of them")
             continue

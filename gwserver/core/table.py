@@ -829,7 +829,10 @@ class LiveTable:
         """Items refused over their tls files are put again once one of those files changed:
         nothing in etcd changes when the operator puts a file right, and such an item stayed
         rejected (its route 404 or its previous version serving) until it was written again.
-        -> whether one was put again."""
+        -> whether one was put again and accepted: one refused again (its reason said
+        anew, if it changed) changes nothing the workers see, and a file that keeps
+        changing (a log-like one, a bundle rewritten by a timer) made the sync process
+        publish a generation of no change at every quiet turn, each worker applying it."""
         retried = False
         for key, stamps in list(self.file_refusals.items()):
             kind, _, item_id = key.partition("/")
@@ -842,7 +845,7 @@ class LiveTable:
             del self.file_refusals[key]
             version, raw = wanted[item_id]
             (self.put_route if kind == "routes" else self.put_upstream)(item_id, raw, version)
-            retried = True
+            retried = retried or key not in self.rejected
         return retried
 
     def _compile_route(self, spec):

@@ -92,8 +92,10 @@ def applied_conf(conf_path):
     return load_conf(conf_path)
 
 
-def start_helper(conf_path, role, state_dir_needed=False):
-    """-> (conf, host state directory or None)."""
+def start_helper(conf_path, role, state_dir_needed=False, secrets=()):
+    """-> (conf, host state directory or None). ``secrets``: the sections whose secret
+    files (settings.SECRET_FILES) this helper reads as it starts; the others' are not read
+    (settings.READ_SECRET_FILES)."""
     from .. import proctitle
     from ..server.app import configure_logging
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -106,6 +108,7 @@ def start_helper(conf_path, role, state_dir_needed=False):
     from .. import settings
     settings.LOAD_CLIENT_FILES = False      # ([redis]'s, [etcd]'s: the master checked them)
     settings.LOAD_LISTENER_FILES = False    # ([tls]'s: a helper serves no TLS)
+    settings.READ_SECRET_FILES = frozenset(secrets)
     conf = applied_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], role)
     configure_logging(conf.log["level"])

@@ -425,7 +425,8 @@ def write_metrics(state_dir, status):
 def run(conf_path):
     from ..errors import ConfigError
     from .helper import applied_conf, handlers_in_place, heartbeat, start_helper
-    conf, state_dir = start_helper(conf_path, "rollouts", state_dir_needed=True)
+    conf, state_dir = start_helper(conf_path, "rollouts", state_dir_needed=True,
+                                   secrets=("redis",))     # (its counts are in Redis)
     controller = Controller(conf, state_dir)
     beat = controller.beat = heartbeat("rollouts").beat
     flags = set()

@@ -66,6 +66,11 @@ class AuthRejected(EtcdError):
     answered", an operator read "etcd unreachable" and looked for a network problem."""
 
 
+class PasswordUnreadable(EtcdError):
+    """[etcd] password_file cannot be read as a call authenticates (being rotated: empty, or
+    gone a moment): that call fails, and is retried as any failed call to etcd."""
+
+
 class AnswerTooSlow(requests.exceptions.Timeout):
     """An endpoint did not give its whole answer within the call's deadline (CallDeadline):
     it trickles, or hangs mid-answer. That endpoint failing; the next is asked."""
@@ -316,10 +321,13 @@ def answer_shaped(method):
 
 class EtcdClient:
     def __init__(self, endpoints, timeout=2.0, username=None, password=None, ca_file=None,
-                 cert_file=None, key_file=None):
+                 cert_file=None, key_file=None, password_file=None):
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.username, self.password = username, password
+        # read at each authentication, when no password was given (a helper's: it does not
+        # read it as it starts, settings.READ_SECRET_FILES)
+        self.password_file = None if password else password_file
         self.session = requests.Session()
         self.session.trust_env = False          # never route etcd through an HTTP proxy
         for scheme in ("http://", "https://"):
@@ -459,6 +467,12 @@ class EtcdClient:
         one (a wrong password reads as one); never the body of an answer that is not etcd's.
         What we sent is the password: a WAF's page or an echo service that quotes it put it
         in the log, status.json, /admin/config and ``routes status``."""
+        if self.password_file:
+            from ..settings import Invalid, read_secret_file
+            try:
+                self.password = read_secret_file(self.password_file)
+            except Invalid as exc:
+                raise PasswordUnreadable(f"etcd.password_file: {exc}") from None
         resp = self._exchange(endpoint + "/v3/auth/authenticate",
                               {"name": self.username, "password": self.password})
         data = json_of(resp)

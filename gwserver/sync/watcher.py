@@ -114,7 +114,7 @@ class ConfigSync:
         self.prefix = etcd_prefix(conf)
         self.client = EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"],
                                  etcd["password"], etcd["ca_file"], etcd["cert_file"],
-                                 etcd["key_file"])
+                                 etcd["key_file"], etcd["password_file"])
         self.idle_timeout = etcd["watch_idle_timeout"]
         self.snapshot_path = etcd["snapshot_path"]
         self.table = LiveTable.for_conf(conf, load_registry())
@@ -790,12 +790,14 @@ class ConfigSync:
 
     def retry_files(self):
         """Put again the items refused over tls files that changed since (at least once a
-        watch_idle_timeout): -> whether the table was published."""
+        watch_idle_timeout): -> whether the table was published (only when one of them was
+        accepted: a generation of no change, each worker applying it, at every quiet turn
+        while a file kept changing and stayed bad)."""
         with self.publisher.lock:
-            retried = self.table.retry_files()
-        if not retried:
+            accepted = self.table.retry_files()
+        self.log_rejections()           # (a reason that changed: said once)
+        if not accepted:
             return False
-        self.log_rejections()
         self.publish()
         return True
 
@@ -831,7 +833,7 @@ def snapshot_warnings(conf):
     if cluster_id:
         client = EtcdClient(etcd["endpoints"], etcd["timeout"], etcd["username"],
                             etcd["password"], etcd["ca_file"], etcd["cert_file"],
-                            etcd["key_file"])
+                            etcd["key_file"], etcd["password_file"])
         try:
             current = client.identity(prefix)[0]
         except EtcdError as exc:

@@ -7,7 +7,7 @@ import ssl
 
 from ..core.throttledlog import throttled_log
 from ..errors import describe
-from ..files import no_passphrase
+from ..files import FileRefused, irregular_file, no_passphrase
 
 log = logging.getLogger("gwserver.tls")
 
@@ -43,6 +43,11 @@ def client_context(tls, alpn=()):
 
 def _build(tls, alpn):
     verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
+    # a FIFO or a device in a file's place blocked the whole process in OpenSSL's read
+    irregular = irregular_file((("ca_file", ca_file), ("cert_file", cert_file),
+                                ("key_file", key_file)))
+    if irregular is not None:
+        raise FileRefused(irregular)
     context = ssl.create_default_context(cafile=ca_file)
     if not verify:
         context.check_hostname = False

@@ -54,7 +54,7 @@ from ..errors import (BadRequest, InternalError, LoopDetected, OutOfFiles,
                       PayloadTooLarge, ProtocolMismatch, ServiceUnavailable, UpstreamBusy,
                       UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamTLSFilesError, UpstreamTimeout)
-from ..files import client_tls_problem
+from ..files import client_tls_problem, irregular_file
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, handshake_within,
                            idle_state, opening_within, out_of_files, readable_within,
@@ -648,6 +648,15 @@ class Proxy:
         # The route's timeouts.connect: the pool's own is its upstream's, and a route's was
         # not used at all (a connect, or a TLS handshake, waited 5 s for a route's 0.5 s).
         conn.timeout = connect_timeout
+        # OpenSSL opens the tls files at each new connection, blocking (not gevent's): a
+        # FIFO (or /dev/zero) put in place of one since the check hung the whole worker.
+        # A stat per file per new connection, never on reuse.
+        irregular = irregular_file([(name, getattr(conn, attr, None)) for name, attr in (
+            ("ca_file", "ca_certs"), ("cert_file", "cert_file"), ("key_file", "key_file"))])
+        if irregular is not None:
+            pool._put_conn(None)
+            raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls files "
+                                        f"cannot be loaded ({irregular})")
         try:
             conn.connect()
         except (NewConnectionError, NameResolutionError, LocationParseError, OSError,
