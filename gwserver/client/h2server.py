@@ -71,7 +71,8 @@ from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.realip import connection_scheme
 from ..core.throttledlog import throttled_log
 from ..errors import BadRequest, HTTPError, RequestTimeout
-from .http1 import MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply
+from .http1 import (MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGone, error_reply,
+                    grpc_web_call)
 from .waiting import handshake_just_ended, serve_counted, wait_first_byte
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
@@ -475,7 +476,15 @@ class H2Stream(ClientConnection):
     def run(self, early_error=None):
         self.running = True
         try:
-            if early_error is not None:
+            if early_error is not None and self.req.request_id is not None and \
+                    grpc_web_call(self.req):
+                # A gRPC-Web call refused once its target was read (a trusted proxy's
+                # X-Forwarded-For naming no client): answered by handle(), by its route, as
+                # over HTTP/1.1 (read_head). Answered here, it had no route's CORS headers,
+                # and a browser read no status at all.
+                self.body_error = early_error
+                self.handle(self.req)
+            elif early_error is not None:
                 self.runtime.log_rejected(self.client_ip, early_error)
                 self.req.error = early_error
                 self.answer(self.req, error_reply(early_error, None), False)

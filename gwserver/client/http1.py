@@ -484,6 +484,14 @@ class ClientConnection:
         path, _, query = url.partition(b"?")
         req.path = normalise_path(path, *self.path_rules).decode("latin-1")
         req.query = query.decode("latin-1")
+        # Set once the target is known, before the walk's 400: read_head hands a gRPC-Web
+        # call's 400 to handle() (its gRPC status, by its route) only then. Unset, handle()
+        # raised AttributeError there, and the call got a bare close.
+        request_id = hmap.get(b"x-request-id")
+        if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
+            req.request_id = self.runtime.next_request_id()
+        else:
+            req.request_id = request_id.decode("latin-1")
         if self.trusted_peer:
             proxies = self.runtime.trusted_proxies
             req.peer_ip = self.client_ip
@@ -498,11 +506,6 @@ class ClientConnection:
                     # write X-Real-IP alone, says who it is there: kept as it said)
                     for name in CLIENT_NAMING.keys() & hmap.keys():
                         req.set_header(CLIENT_NAMING[name], req.client_ip.encode("ascii"))
-        request_id = hmap.get(b"x-request-id")
-        if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
-            req.request_id = self.runtime.next_request_id()
-        else:
-            req.request_id = request_id.decode("latin-1")
 
     @staticmethod
     def from_forwarded(req, hmap, named, proxies):
@@ -818,7 +821,7 @@ class ClientConnection:
         except HTTPError as exc:
             req = self.queue[0] if self.queue else None
             if not self.timed_out and req is not None and req.head_done and \
-                    not req.complete and grpc_web_call(req):
+                    req.request_id is not None and not req.complete and grpc_web_call(req):
                 # A gRPC-Web call's body malformed in the read that brought its head (a
                 # bad chunk, trailers too large): answered by handle(), as when it comes in
                 # a later read, with its gRPC status; reject() wrote the JSON page.

@@ -131,6 +131,9 @@ class RequestContext:
         self.reader = reader
         self.client_ip = client_ip
         self.peer_ip = None
+        # (set by check_target once the target is parsed: read_head tells by it whether
+        # handle() can answer a gRPC-Web call's 400 by its route)
+        self.request_id = None
         self.scheme = scheme
         self.url = b""
         self.headers = []

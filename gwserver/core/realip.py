@@ -42,6 +42,7 @@ def network_of(cidr):
 
 
 UNIX_PEERS = "unix:"    # in trusted_proxies: the peers of unix: listeners (nginx's spelling)
+UNKNOWN = "unknown"     # a client a trusted proxy did not name (RFC 7239's word for it)
 UNIX_PEER = "unix"      # such a peer's address (net.sockets.peer_address)
 
 
@@ -53,7 +54,6 @@ class TrustedProxies:
         self.unix = UNIX_PEERS in cidrs
         self.networks = tuple(network_of(c) for c in cidrs if c != UNIX_PEERS)
         self.header = header.lower().encode("latin-1")
-        self.header_name = header       # as the conf spells it, for a 400 that names it
         self._cache = {UNIX_PEER: self.unix}
 
     def __bool__(self):
@@ -103,16 +103,16 @@ class TrustedProxies:
                     if hop]
         client = peer
         for hop in reversed(hops):
-            if not hop:
-                break       # a Forwarded element without for=: its proxy named no client
-            address = _bare_address(hop)
+            address = None if hop is None else _bare_address(hop)
             if address is None:
-                # Garbage ("unknown", a host name, a bad port, a scope id) where a trusted
-                # proxy wrote the client: not the last trusted address instead (nginx's
-                # choice), since then the client was taken for a proxy, which internal
-                # allow-lists name. Left of an untrusted address it is never reached.
-                raise BadRequest(f"{self.header_name} names no client address "
-                                 f"({hop[:40]!r}, from a trusted proxy)")
+                # A hop a trusted proxy wrote that names no address: "unknown" (Squid's
+                # forwarded_for unknown; nginx's Forwarded recipe for a unix: client), an
+                # obfuscated for=_x, a host name, a scope id, a Forwarded element without
+                # for=. Not the last trusted address (nginx's choice): that is a proxy, which
+                # internal allow-lists name. Nor a 400: every client of such a proxy would be
+                # refused. UNKNOWN is on no allow-list and trusted as no proxy; left of an
+                # untrusted address the walk never reaches it.
+                return UNKNOWN
             client = address
             if not self.trusts(address):
                 break
@@ -170,9 +170,11 @@ def _elements(value):
 
 
 def _forwarded_for(value):
-    """The ``for=`` of each element, in order; "" for an element without one, which ends
-    the walk (it was skipped, so a client could slip one in before a proxy's element)."""
-    return [element.get("for", "") for element in _elements(value)]
+    """The ``for=`` of each element, in order; None for an element without one. Either,
+    and an empty ``for=""`` (``for="$http_x_real_ip"`` with none), names no client: where
+    a trusted proxy wrote it the client is UNKNOWN (an element skipped, a client could
+    slip one in before a proxy's element; as the proxy, it passed allow-lists naming it)."""
+    return [element.get("for") for element in _elements(value)]
 
 
 # A port after an address: digits, or RFC 7239's obfuscated "_..." (for="[::1]:_x")
@@ -183,8 +185,10 @@ def _bare_address(hop):
     """``1.2.3.4``, ``1.2.3.4:5678``, ``[::1]:80`` or ``::1`` -> the address text, else None
     (``1.2.3.4:bad`` and ``[::1]x`` too: nginx's parser refuses them). ``unix:``, what nginx
     writes for a client of its unix: listener, is such a peer (UNIX_PEER), as the gateway
-    names its own: a 400 for each of those clients would refuse a whole listener."""
-    if hop == "unix:":
+    names its own: a 400 for each of those clients would refuse a whole listener. So is
+    ``unix``, the gateway's own spelling in the X-Forwarded-For it sends (proxy.py): a
+    gwserver behind one answered every client of its unix: listener 400."""
+    if hop == "unix:" or hop == UNIX_PEER:
         return UNIX_PEER
     if hop.startswith("["):
         hop, bracket, port = hop[1:].partition("]")
