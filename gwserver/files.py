@@ -5,6 +5,7 @@ A path from a conf file or etcd may name a FIFO, which blocks an open until some
 would hang or exhaust the process that checks it. So a file is opened with O_NONBLOCK,
 refused unless fstat says it is regular, and only then made blocking again.
 """
+import contextlib
 import errno
 import os
 import ssl
@@ -122,6 +123,79 @@ def no_passphrase(*_):
     """A passphrase callback for OpenSSL that has none to give: an encrypted key fails at
     once instead of OpenSSL prompting on the terminal (see private_key_problem)."""
     return b""
+
+
+# Whether this process checks the files of what it compiles and parses (an upstream's tls
+# files, [etcd]'s and a rediss:// URL's, [tls]'s certificates) before it uses them: `check`,
+# the master at start and reload, and config-sync for what etcd sends do. Workers and helpers
+# take their word (compiles_checked): a file replaced since (by `cp`: empty until it is
+# written; gone between `rm` and `cp`; a key being replaced) made each worker started
+# meanwhile die at boot on the static route that names it (gunicorn stops when a worker
+# cannot boot), a route from etcd refused in that worker alone (503 there after the file was
+# put right), and a helper restarted meanwhile die at every restart (config-sync: no etcd
+# change applied). A connection names such a file itself (a 502: upstream.proxy), and works
+# again once it is put right; a helper serves no TLS (the ocsp one retries a certificate).
+_CHECKS_FILES = True
+
+
+def checks_files():
+    """Whether this process checks the files it is given (see _CHECKS_FILES)."""
+    return _CHECKS_FILES
+
+
+def compiles_checked(checked=True):
+    """This process compiles, from now on, what another checked (a worker, a helper), or
+    (``checked`` False) what nobody else did: config-sync, for the items etcd sends, once it
+    parsed and compiled the conf (whose files stay the master's word: it parses no other)."""
+    global _CHECKS_FILES
+    _CHECKS_FILES = not checked
+
+
+@contextlib.contextmanager
+def accepted_before():
+    """Compile, inside, what was checked already: the table a restarted config-sync takes up
+    from runtime_dir (loaded again, an etcd upstream whose ca_file was caught half-written
+    by `cp` as it restarted was dropped from the table the workers serve, its routes 503 for
+    good, even once the file was put right), global plugins' inline upstreams."""
+    global _CHECKS_FILES
+    was, _CHECKS_FILES = _CHECKS_FILES, False
+    try:
+        yield
+    finally:
+        _CHECKS_FILES = was
+
+
+def regular_file_problem(path, name):
+    """An upstream's tls file that is missing or no regular file, as ``name: PATH why``."""
+    if os.path.isfile(path):
+        return None
+    # (a FIFO or a device exists: "does not exist" sent the operator looking for it)
+    return f"{name}: {path} {'is not a regular file' if os.path.exists(path) else 'does not exist'}"
+
+
+def client_files_problems(ca_file, cert_file, key_file, prefix="tls.",
+                          names=("ca_file", "cert_file", "key_file"),
+                          file_problem=regular_file_problem, password=None,
+                          encrypted_key=False, load=True):
+    """What keeps a set of client TLS files (an upstream's ``tls``, [etcd]'s, a rediss://
+    URL's) from making a client context, each named ``prefix`` + its name in ``names``:
+    a list of problems, [] for none. Every file named is checked by ``file_problem(path,
+    name)`` (the conf's words, settings.file_problem, say more); if all are there (and
+    ``load``), then the key (unless ``encrypted_key``: redis-py decrypts one with
+    ``password``) and then the files as a connection loads them, one problem at most."""
+    named = zip(names, (ca_file, cert_file, key_file))
+    problems = [problem for name, path in named if path
+                for problem in [file_problem(path, f"{prefix}{name}")] if problem is not None]
+    if problems or not load:
+        return problems
+    if key_file and not encrypted_key:
+        # An encrypted key made each new connection's OpenSSL ask for the passphrase on the
+        # terminal (a worker run by hand blocked there), or fail every call under systemd
+        problem = private_key_problem(key_file)
+        if problem is not None:
+            return [f"{prefix}{names[2]}: {key_file} {problem}"]
+    problem = client_tls_problem(ca_file, cert_file, key_file, prefix, names, password)
+    return [] if problem is None else [problem]
 
 
 _CLIENT_TLS_CHECKED = {}    # ("ca", path) or ("pair", cert, key) -> (stamps, problem)

@@ -27,7 +27,8 @@ from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_o
                           boolean, file_path, integer, join, list_of, map_of, never_quoted,
                           number, one_of, show, string)
 from .errors import ConfigError
-from .files import FileRefused, open_regular, read_bounded, read_regular
+from .files import (FileRefused, checks_files, client_files_problems, open_regular,
+                    read_bounded, read_regular)
 from .net.addresses import bound_address, listener_addresses
 from .redact import mask_userinfo, redis_py_reading, redis_url_parts
 
@@ -1026,19 +1027,8 @@ def file_problem(path, name, what):
     return None
 
 
-# Whether parse_conf checks and loads the client tls files of a rediss:// URL
-# (redis_file_problems) and of [etcd] (etcd_file_problems): `check` and the master (at
-# start and reload) do. The helpers turn it off (helpers.helper.start_helper): they parse
-# the copy the master accepted at each start, and a CA file caught half-written (or gone a
-# moment) by `cp` as one was restarted made it die at every restart (the health checker,
-# which talks to neither: no target checked; config-sync: no etcd change applied, where a
-# call to etcd that fails on the file is retried).
-LOAD_CLIENT_FILES = True
-# Whether parse_conf reads [tls]'s certificate and key files (tls_file_problems,
-# certificate_problems): the master, which serves them, and `check` do. Helpers never serve
-# TLS (the ocsp one reads each certificate as it fetches its staple, and retries one it
-# cannot read): one restarted while a certificate was being replaced died at every restart.
-LOAD_LISTENER_FILES = True
+def pem_file_problem(path, name):
+    return file_problem(path, name, "a PEM file")
 
 
 def redis_file_problems(url):
@@ -1054,50 +1044,28 @@ def redis_file_problems(url):
                                     retry=None).connection_pool.make_connection()
     except (TypeError, ValueError, redis.exceptions.RedisError):
         return []       # (redis_url said why)
-    files = {"ssl_ca_certs": conn.ca_certs, "ssl_certfile": conn.certfile,
-             "ssl_keyfile": conn.keyfile}
-    problems = [problem for name, path in files.items() if path
-                for problem in [file_problem(path, f"redis.url: {name}", "a PEM file")]
-                if problem is not None]
-    if not problems and (conn.ca_certs or conn.certfile):
-        from .files import client_tls_problem
-        problem = client_tls_problem(conn.ca_certs, conn.certfile, conn.keyfile,
-                                     prefix="redis.url: ssl_",
-                                     names=("ca_certs", "certfile", "keyfile"),
-                                     password=getattr(conn, "certificate_password", None))
-        if problem is not None:
-            problems.append(problem)
-    return problems
+    return client_files_problems(conn.ca_certs, conn.certfile, conn.keyfile, "redis.url: ssl_",
+                                 ("ca_certs", "certfile", "keyfile"), pem_file_problem,
+                                 password=getattr(conn, "certificate_password", None),
+                                 encrypted_key=True)     # (ssl_password decrypts it)
 
 
 def etcd_file_problems(etcd):
     """[etcd]'s TLS files, checked as [tls]'s are: the sync process and every etcd command
     open them (a FIFO there hung them, and `gwserver check` said ok); and its snapshot, which
     check and the sync process read at start, if there is one (the snapshot alone with
-    LOAD_CLIENT_FILES off: a helper)."""
-    if not LOAD_CLIENT_FILES:
+    files.checks_files off: a helper)."""
+    if not checks_files():
         return snapshot_problems(etcd)
-    problems = [problem for key in ("ca_file", "cert_file", "key_file") if etcd.get(key)
-                for problem in [file_problem(etcd[key], f"etcd.{key}", "a PEM file")]
-                if problem is not None]
-    if etcd.get("key_file") and not etcd.get("cert_file"):
+    unpaired = etcd.get("key_file") and not etcd.get("cert_file")
+    # (loaded as each call to etcd loads them: a ca_file with no certificate passed, and
+    # every call failed on it; an encrypted key too: "Client private key is encrypted")
+    problems = client_files_problems(etcd.get("ca_file"), etcd.get("cert_file"),
+                                     etcd.get("key_file"), prefix="etcd.",
+                                     file_problem=pem_file_problem, load=not unpaired)
+    if unpaired:
         problems.append("etcd.key_file: needs etcd.cert_file (the client certificate it is "
                         "the key of)")
-    if etcd.get("key_file") and not problems:
-        # (an encrypted one passed, and every call to etcd failed on it: "no etcd endpoint
-        # answered: ... Client private key is encrypted")
-        from .files import private_key_problem
-        problem = private_key_problem(etcd["key_file"])
-        if problem is not None:
-            problems.append(f"etcd.key_file: {etcd['key_file']} {problem}")
-    if not problems and (etcd.get("ca_file") or etcd.get("cert_file")):
-        # loaded as each call to etcd loads them: a ca_file with no certificate passed, and
-        # every call failed on it
-        from .files import client_tls_problem
-        problem = client_tls_problem(etcd.get("ca_file"), etcd.get("cert_file"),
-                                     etcd.get("key_file"), prefix="etcd.")
-        if problem is not None:
-            problems.append(problem)
     return problems + snapshot_problems(etcd)
 
 
@@ -1350,7 +1318,7 @@ def parse_conf(data, path="<conf>"):
     problems.extend(proxy_protocol_problems(sections["server"], parts["tls"]))
     if parts["etcd"] is not None:
         problems.extend(etcd_file_problems(parts["etcd"]))
-    if parts["redis"] is not None and LOAD_CLIENT_FILES:
+    if parts["redis"] is not None and checks_files():   # (a helper: the master checked them)
         problems.extend(redis_file_problems(parts["redis"].get("url")))
     access_path = sections["log"]["access_log_path"]
     if access_path and not os.path.isdir(os.path.dirname(access_path)):
@@ -1393,7 +1361,7 @@ def parse_conf(data, path="<conf>"):
                                            *filter(None, [sections["admin"]["bind"]])])
         if clash:
             problems.append(f"tls.bind: {', '.join(sorted(clash))} is also a plain listener")
-        elif LOAD_LISTENER_FILES:
+        elif checks_files():        # (a helper serves no TLS; the master checked them)
             # certificate and key files are named with every other problem
             from .client.tls import certificate_problems   # pyOpenSSL: only with [tls]
             file_problems, unreadable = tls_file_problems(tls)

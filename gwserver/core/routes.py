@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from ..errors import BadRequest, ConfigError
+from ..files import accepted_before, checks_files, client_files_problems
 from .balancer import POLICIES
 from .schema import (Field, Invalid, Schema, absolute_path, boolean, fraction, header_name,
                      header_value, integer, list_of, map_of, number, one_of, request_key, show,
@@ -514,38 +515,6 @@ def make_upstream(upstream_id, spec, defaults, registry, owner=None, previous=No
     )
 
 
-# Whether compiling an upstream checks its tls files (there, no encrypted key) and loads
-# them as a connection does, to refuse ones OpenSSL cannot load (client_tls_problem):
-# `check`, the master at start and reload, and the sync process for items from etcd do.
-# Workers and helpers turn it off (worker_compiles): they compile again what those
-# accepted, and a file replaced since (by `cp`: empty until it is written; gone between
-# `rm` and `cp`) made each worker started meanwhile die at boot on the static route that
-# names it, every route down with it; a route from etcd, refused in that worker alone,
-# answered 503 there after the file was put right. A connection names such a file itself
-# (a 502: upstream.proxy), and works again once it is put right.
-LOAD_TLS_FILES = True
-
-
-def worker_compiles():
-    """This process compiles tables others checked (a worker, a helper): no LOAD_TLS_FILES."""
-    global LOAD_TLS_FILES
-    LOAD_TLS_FILES = False
-
-
-@contextlib.contextmanager
-def accepted_before():
-    """Compile what a sync process accepted already (the table a restarted one takes up from
-    runtime_dir) without LOAD_TLS_FILES: loaded again, an etcd upstream whose ca_file was
-    caught half-written by `cp` as it restarted was dropped from the table the workers
-    serve, its routes 503 for good, even once the file was put right."""
-    global LOAD_TLS_FILES
-    was, LOAD_TLS_FILES = LOAD_TLS_FILES, False
-    try:
-        yield
-    finally:
-        LOAD_TLS_FILES = was
-
-
 _refused_files = None       # the list refused_files() collects in, while it does
 
 
@@ -567,45 +536,15 @@ def _upstream_tls(owner, conf):
         return None
     if bool(conf["cert_file"]) != bool(conf["key_file"]):
         raise ConfigError(f"{owner}: tls: cert_file and key_file go together")
-    if not LOAD_TLS_FILES:
-        # Every file check is the checking process's: the existence and encrypted-key ones
-        # ran here too, and a worker (or helper) started while `rm f; cp new f` ran, or
-        # while the key was being replaced, died at boot over a file the master accepted
-        # (the gateway with it: gunicorn stops when a worker cannot boot). A connection
-        # says what is wrong with it (a 502), and works again once it is put right.
-        return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
-                conf["key_file"])
-    try:
-        return _loaded_tls(owner, conf)
-    except ConfigError:
+    files = conf["ca_file"], conf["cert_file"], conf["key_file"]
+    # Loaded as a connection loads them, where they are checked (not in a worker or helper:
+    # files.checks_files): a ca_file holding no certificate passed, and each request of the
+    # route was a 500 (client_tls_problem)
+    problems = checks_files() and client_files_problems(*files)
+    if problems:
         if _refused_files is not None:
-            _refused_files.extend(conf[name] for name in ("ca_file", "cert_file", "key_file")
-                                  if conf[name])
-        raise
-
-
-def _loaded_tls(owner, conf):
-    import os
-    for field_name in ("ca_file", "cert_file", "key_file"):
-        path = conf[field_name]
-        if path is not None and not os.path.isfile(path):
-            # (a FIFO or a device exists: "does not exist" sent the operator looking for it)
-            why = "is not a regular file" if os.path.exists(path) else "does not exist"
-            raise ConfigError(f"{owner}: tls.{field_name}: {path} {why}")
-    if conf["key_file"] is not None:
-        # An encrypted key made each new connection's OpenSSL ask for the passphrase on
-        # the terminal (a worker run by hand blocked there), or fail every request (502)
-        # under systemd; `check` passed it.
-        from ..files import private_key_problem
-        problem = private_key_problem(conf["key_file"])
-        if problem is not None:
-            raise ConfigError(f"{owner}: tls.key_file: {conf['key_file']} {problem}")
-    # Loaded as a connection loads them: a ca_file holding no certificate passed, and
-    # each request of the route was a 500 (client_tls_problem)
-    from ..files import client_tls_problem
-    problem = client_tls_problem(conf["ca_file"], conf["cert_file"], conf["key_file"])
-    if problem is not None:
-        raise ConfigError(f"{owner}: {problem}")
+            _refused_files.extend(filter(None, files))
+        raise ConfigError(f"{owner}: {problems[0]}")    # (the first only, as it always was)
     return (conf["verify"], conf["ca_file"], conf["server_name"], conf["cert_file"],
             conf["key_file"])
 
@@ -719,7 +658,7 @@ def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),
             return conf
         if plugin.NAME not in accepted:
             return plugin.link(conf, resolve)
-        with accepted_before():
+        with accepted_before():     # (parse_conf checked them: the master's word)
             return plugin.link(conf, resolve)
     return Chain([(plugin, linked(plugin, conf)) for plugin, conf in chain.steps])
 

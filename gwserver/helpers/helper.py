@@ -100,14 +100,12 @@ def start_helper(conf_path, role, state_dir_needed=False, secrets=()):
     from ..server.app import configure_logging
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     die_with_parent()
-    # the master checked the conf's tls files; one replaced since made this helper die at
-    # each start (core.routes.LOAD_TLS_FILES; config-sync turns it on again for the items
-    # it takes from etcd, once it compiled the conf's: sync.watcher.run)
-    from ..core.routes import worker_compiles
-    worker_compiles()
+    # the master checked the conf's files; one replaced since made this helper die at each
+    # start (files.checks_files; config-sync checks again the items it takes from etcd, once
+    # it compiled the conf's: sync.watcher.run)
+    from ..files import compiles_checked
+    compiles_checked()
     from .. import settings
-    settings.LOAD_CLIENT_FILES = False      # ([redis]'s, [etcd]'s: the master checked them)
-    settings.LOAD_LISTENER_FILES = False    # ([tls]'s: a helper serves no TLS)
     settings.READ_SECRET_FILES = frozenset(secrets)
     conf = applied_conf(conf_path)
     proctitle.set_title(conf.server["proc_name"], role)

@@ -304,12 +304,12 @@ class Runtime:
 
     def follow_published_table(self):
         """etcd mode: the table is what the config-sync process publishes."""
-        from ..core.routes import worker_compiles
         from ..core.table import LiveTable
+        from ..files import compiles_checked
         from ..plugins import load_registry
         from ..sync.shm import TableReader, etcd_prefix
         conf = self.conf
-        worker_compiles()       # (the master and the sync process checked the tls files)
+        compiles_checked()      # (the master and the sync process checked the tls files)
         self.table = LiveTable.for_conf(conf, load_registry())
         self.router = self.table.router       # changed in place from now on
         self.table_reader = TableReader(conf.etcd["runtime_dir"], etcd_prefix(conf))

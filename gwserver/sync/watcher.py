@@ -26,9 +26,10 @@ import random
 import signal
 import time
 
-from ..core.routes import UPSTREAM, accepted_before
+from ..core.routes import UPSTREAM
 from ..core.table import LiveTable, decode_json
 from ..errors import ConfigError
+from ..files import accepted_before, compiles_checked
 from ..helpers.helper import no_beat
 from ..plugins import load_registry
 from ..terminal import printable
@@ -857,8 +858,7 @@ def run(conf_path):
     # served as a 500); the conf's, which the master checked, are not: one bad since (a
     # ca_file caught half-written by `cp`) made this process die at every restart, and no
     # etcd change was applied until it was put right.
-    from ..core import routes
-    routes.LOAD_TLS_FILES = True
+    compiles_checked(False)
     sync.beat = beat
 
     def stop(*_):
