@@ -12,6 +12,7 @@ from ..conftest import free_port, wait_until
 from ..pki import CA
 from .test_etcd import UP, all_workers_at, etcd_conf, put, serves, status_of
 from .test_review_dec08g import tls_upstream_and_bundle
+from .test_review_dec08q import etcd_tls_route
 
 
 @pytest.fixture
@@ -60,14 +61,7 @@ def test_a_worker_started_while_an_etcd_upstreams_ca_file_is_gone_answers_502_na
     they exist: one started while an etcd upstream's ca_file was gone (`rm f; cp new f`)
     refused that upstream alone, its routes a 503 stand-in there. The request that needs
     the file is a 502 that names it now, and a 200 once it is back."""
-    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
-    client = etcd.client()
-    put(client, "upstreams", "tu", {"targets": [{"url": up.url}],
-                                    "tls": {"ca_file": str(bundle)}})
-    revision = put(client, "routes", "t", {"paths": ["/t/*rest"], "strip_prefix": "/t",
-                                           "upstream": "tu"})
-    wait_until(lambda: all_workers_at(gw, revision), timeout=4)
+    gw, up, bundle, good, revision = etcd_tls_route(launcher, etcd, tmp_path)
     assert serves(gw, "/t/echo") == 200
     first = wait_until(lambda: gw.serving_worker_pids(), timeout=5)[0]
     bundle.unlink()
@@ -142,15 +136,7 @@ def test_an_etcd_upstream_refused_over_its_ca_file_serves_once_the_file_is_put_r
     after the file was put right: nothing in etcd changed, so nothing was tried again until
     someone wrote the item again. config-sync tries it again when one of its files changes,
     and the rejection says so."""
-    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
-    bundle.write_bytes(b"")
-    client = etcd.client()
-    put(client, "upstreams", "tu", {"targets": [{"url": up.url}],
-                                    "tls": {"ca_file": str(bundle)}})
-    revision = put(client, "routes", "t", {"paths": ["/t/*rest"], "strip_prefix": "/t",
-                                           "upstream": "tu"})
-    wait_until(lambda: all_workers_at(gw, revision), timeout=4)
+    gw, up, bundle, good, revision = etcd_tls_route(launcher, etcd, tmp_path, spoiled=True)
     reason = (status_of(gw) or {}).get("rejected", {}).get("upstreams/tu", "")
     assert f"tls.ca_file: {bundle} is empty" in reason, status_of(gw)
     assert "tried again when one of those files changes" in reason, reason

@@ -61,16 +61,13 @@ BLOCKING_RESOLVER = textwrap.dedent("""
 """)
 
 
-def test_lookups_of_a_hanging_name_do_not_take_every_resolver_thread(launcher, tmp_path,
-                                                                      upstream):
-    """opening_within (8ebc611) answers a connect whose name lookup hangs within
-    timeouts.connect, but the lookup goes on in gevent's resolver pool (10 threads): eleven
-    requests to that route, one after another, took every thread, and a route whose upstream
-    is named ``localhost`` answered 504 behind them (its lookup queued for 20 s)."""
+def hung_lookups_leave_resolver_threads(launcher, tmp_path, upstream, scheme):
+    """Eleven requests to a ``scheme`` target whose name's lookup hangs each answer 504
+    within 2 s, and a route to ``localhost`` is served after them."""
     (tmp_path / "blocking_resolver.py").write_text(BLOCKING_RESOLVER)
     gw = launcher.gateway(gateway_conf([
         {"id": "hang", "paths": ["/hang"], "timeouts": {"connect": 0.3},
-         "upstream": {"targets": [{"url": "http://up.hang.test:9"}]}},
+         "upstream": {"targets": [{"url": f"{scheme}://up.hang.test:9"}]}},
         {"id": "ok", "paths": ["/ok"], "timeouts": {"connect": 0.5},
          "upstream": {"targets": [{"url": f"http://localhost:{upstream.port}"}]}}]),
         env={**python_path_with(tmp_path),
@@ -81,3 +78,12 @@ def test_lookups_of_a_hanging_name_do_not_take_every_resolver_thread(launcher, t
         assert time.monotonic() - begun < 2.0
     resp, body = gw.request("GET", "/ok")       # a new connection: its name looked up now
     assert resp.status == 200, body[:200]
+
+
+def test_lookups_of_a_hanging_name_do_not_take_every_resolver_thread(launcher, tmp_path,
+                                                                      upstream):
+    """opening_within (8ebc611) answers a connect whose name lookup hangs within
+    timeouts.connect, but the lookup goes on in gevent's resolver pool (10 threads): eleven
+    requests to that route, one after another, took every thread, and a route whose upstream
+    is named ``localhost`` answered 504 behind them (its lookup queued for 20 s)."""
+    hung_lookups_leave_resolver_threads(launcher, tmp_path, upstream, "http")

@@ -19,6 +19,23 @@ def etcd(launcher):
 
 # -- 1. config-sync restarted while an etcd upstream's ca_file is bad -----------------------
 
+def etcd_tls_route(launcher, etcd, tmp_path, spoiled=False):
+    """A gateway in etcd mode whose route /t/* goes to a TLS upstream "tu" whose ca_file is
+    a bundle a test may spoil (``spoiled``: empty before the upstream is put); -> (gw, up,
+    bundle path, its good bytes, the route's revision), every worker at it."""
+    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
+    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
+    if spoiled:
+        bundle.write_bytes(b"")
+    client = etcd.client()
+    put(client, "upstreams", "tu", {"targets": [{"url": up.url}],
+                                    "tls": {"ca_file": str(bundle)}})
+    revision = put(client, "routes", "t", {"paths": ["/t/*rest"], "strip_prefix": "/t",
+                                           "upstream": "tu"})
+    wait_until(lambda: all_workers_at(gw, revision), timeout=4)
+    return gw, up, bundle, good, revision
+
+
 def test_a_sync_process_restarted_while_an_etcd_upstreams_ca_file_is_bad_keeps_it(
         launcher, etcd, tmp_path):
     """ced6ee3 let config-sync boot past the conf's own tls files, not past those of the
@@ -27,14 +44,7 @@ def test_a_sync_process_restarted_while_an_etcd_upstreams_ca_file_is_bad_keeps_i
     route served a stand-in (503), and so on for good once the file was put right (etcd's
     unchanged value is not tried again). Taken up as accepted, it serves as a static one
     does: each new connection fails on the file while it is bad, then all work again."""
-    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
-    client = etcd.client()
-    put(client, "upstreams", "tu", {"targets": [{"url": up.url}],
-                                    "tls": {"ca_file": str(bundle)}})
-    revision = put(client, "routes", "t", {"paths": ["/t/*rest"], "strip_prefix": "/t",
-                                           "upstream": "tu"})
-    wait_until(lambda: all_workers_at(gw, revision), timeout=4)
+    gw, up, bundle, good, revision = etcd_tls_route(launcher, etcd, tmp_path)
     assert serves(gw, "/t/echo") == 200
     first = wait_until(lambda: (status_of(gw) or {}).get("pid"), timeout=3)
     bundle.write_bytes(b"")             # caught between cp's truncate and its write

@@ -26,7 +26,7 @@ from ..h2_upstreams import StreamingH2Upstream
 from .test_attack_dec08h import series
 from .test_etcd import all_workers_at, etcd_conf, put
 from .test_fix_dec09f import HandshakeDribbler
-from .test_review_dec06l import BLOCKING_RESOLVER
+from .test_review_dec06l import hung_lookups_leave_resolver_threads
 
 IDLE = "gwserver_upstream_pool_idle_connections"
 
@@ -66,20 +66,7 @@ def test_lookups_of_a_hanging_name_of_a_tls_target_do_not_take_every_resolver_th
     and never ran the one shared lookup of the hung name (_HANGING). Eleven requests to an
     https:// target whose name hangs took every resolver thread, and a route whose upstream
     is named ``localhost`` answered 504 behind them."""
-    (tmp_path / "blocking_resolver.py").write_text(BLOCKING_RESOLVER)
-    gw = launcher.gateway(gateway_conf([
-        {"id": "hang", "paths": ["/hang"], "timeouts": {"connect": 0.3},
-         "upstream": {"targets": [{"url": "https://up.hang.test:9"}]}},
-        {"id": "ok", "paths": ["/ok"], "timeouts": {"connect": 0.5},
-         "upstream": {"targets": [{"url": f"http://localhost:{upstream.port}"}]}}]),
-        env={**python_path_with(tmp_path),
-             "GEVENT_RESOLVER": "blocking_resolver.BlockingResolver"})
-    for _ in range(11):
-        begun = time.monotonic()
-        assert gw.request("GET", "/hang")[0].status == 504
-        assert time.monotonic() - begun < 2.0
-    resp, body = gw.request("GET", "/ok")       # a new connection: its name looked up now
-    assert resp.status == 200, body[:200]
+    hung_lookups_leave_resolver_threads(launcher, tmp_path, upstream, "https")
 
 
 def test_requests_waiting_on_a_dribbled_h2_handshake_share_its_timeout(launcher):

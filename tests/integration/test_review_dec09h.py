@@ -11,6 +11,7 @@ import pytest
 from ..conftest import free_port, gateway_conf, wait_until
 from .test_etcd import UP, all_workers_at, etcd_conf, put, serves
 from .test_review_dec08g import tls_upstream_and_bundle
+from .test_review_dec08q import etcd_tls_route
 
 
 # -- 1. a tls file replaced by a FIFO after the master checked it -----------------------------
@@ -133,15 +134,7 @@ def test_an_item_refused_over_a_file_that_keeps_changing_publishes_no_empty_gene
     made it publish a generation of no change at each quiet turn (watch_idle_timeout), every
     worker applying it. Refused again alike, nothing is published; put right, it serves."""
     etcd = launcher.etcd()
-    up, bundle, good = tls_upstream_and_bundle(launcher, tmp_path)
-    gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
-    bundle.write_bytes(b"")
-    client = etcd.client()
-    put(client, "upstreams", "tu", {"targets": [{"url": up.url}],
-                                    "tls": {"ca_file": str(bundle)}})
-    revision = put(client, "routes", "t", {"paths": ["/t/*rest"], "strip_prefix": "/t",
-                                           "upstream": "tu"})
-    wait_until(lambda: all_workers_at(gw, revision), timeout=4)
+    gw, up, bundle, good, revision = etcd_tls_route(launcher, etcd, tmp_path, spoiled=True)
     bundle.write_bytes(b"junk\n")           # refused again, for another reason
     wait_until(lambda: "is not PEM" in gw.log(), timeout=4)
     before = len(gw.log())
