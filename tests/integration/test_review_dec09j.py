@@ -15,11 +15,11 @@ gateways and upstreams.
    the client was taken for the proxy, past allow-lists naming it. "unknown" now, as
    for=unknown (and an element without for= where a trusted proxy wrote the client).
 """
-import socket
 
 from ..conftest import gateway_conf, route, wait_until
 from ..h2client import RawH2
 from .test_attack_pass_dec03 import raw_request
+from .test_unix_peers_dec06y import unix_exchange
 
 ORIGIN = "https://app.test"
 
@@ -72,18 +72,6 @@ def test_a_grpc_web_call_refused_early_gets_its_grpc_status(launcher, h2_up):
 
 # -- 2. a gateway behind a gateway's unix: listener -------------------------------------------
 
-def unix_get(path, headers=b""):
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n" + headers +
-                     b"\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
-
-
 def test_a_gateway_behind_a_gateways_unix_listener_is_no_400(launcher, upstream, tmp_path):
     """gwserver names a unix: listener's peer "unix" in the X-Forwarded-For it sends (as it
     names it everywhere); a gwserver behind it that trusts it read that hop as garbage from a
@@ -97,13 +85,13 @@ def test_a_gateway_behind_a_gateways_unix_listener_is_no_400(launcher, upstream,
     launcher.gateway(gateway_conf(edge_route, server={"trusted_proxies": ["unix:"]}),
                      extra_binds=[f"unix:{trusting}"])
     launcher.gateway(gateway_conf(edge_route), extra_binds=[f"unix:{untrusting}"])
-    answer = unix_get(trusting, b"X-Forwarded-For: 203.0.113.7\r\n")
+    answer = unix_exchange(trusting, b"X-Forwarded-For: 203.0.113.7\r\n")
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:400]           # before: 400
     assert b"203.0.113.7, unix, 127.0.0.1" in answer, answer           # the chain it saw
-    answer = unix_get(trusting, b"X-Forwarded-For: 198.51.100.1\r\n")
+    answer = unix_exchange(trusting, b"X-Forwarded-For: 198.51.100.1\r\n")
     assert answer.startswith(b"HTTP/1.1 403 "), answer[:400]           # judged as itself
     # a client of an untrusted unix: listener is "unix" to both: refused, not a 400
-    answer = unix_get(untrusting, b"X-Forwarded-For: 203.0.113.7\r\n")
+    answer = unix_exchange(untrusting, b"X-Forwarded-For: 203.0.113.7\r\n")
     assert answer.startswith(b"HTTP/1.1 403 "), answer[:400]           # before: 400
 
 

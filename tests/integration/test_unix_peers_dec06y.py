@@ -9,7 +9,8 @@ import socket
 from ..conftest import check_conf, gateway_conf, route
 
 
-def unix_get(path, headers=b""):
+def unix_exchange(path, headers=b""):
+    """GET /echo over the unix socket ``path`` -> every byte of the answer."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(str(path))
@@ -18,7 +19,11 @@ def unix_get(path, headers=b""):
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    return data
+
+
+def unix_get(path, headers=b""):
+    head, _, body = unix_exchange(path, headers).partition(b"\r\n\r\n")
     return int(head.split()[1]), body
 
 
