@@ -952,7 +952,10 @@ class H2Pools:
         self.max_empty_frames = max_empty_frames
         self.connections = {}
         self._connecting = {}
-        self._failed = {}           # key -> (its last connect's UpstreamConnectError, when)
+        # key -> (its last connect's failure: UpstreamConnectError's class and reason, when,
+        # that connect's timeout); not the exception, whose traceback held the failed
+        # request's frames (its body) until the target's next connect
+        self._failed = {}
         self.on_open = on_open      # called with the target's url for each new connection
 
     def get(self, target, connect_timeout, tls, write_timeout):
@@ -974,12 +977,15 @@ class H2Pools:
             connection = self.connections.get(key)
             if connection is None or not connection.usable:
                 failed = self._failed.get(key)
-                if failed is not None and failed[1] >= asked:
+                if failed is not None and failed[2] >= asked and \
+                        not (failed[0] is UpstreamConnectTimeout and
+                             failed[3] < connect_timeout):
                     # The connect this request waited for failed: its failure is this one's
                     # too. Each waiter made one of its own in turn, and the tenth request
                     # to a target that timed out waited ten connect timeouts for its 504.
-                    exc = failed[0]
-                    raise type(exc)(exc.reason) from None
+                    # A timeout under a shorter connect timeout (another route's to the
+                    # target) is not: this one's 504 came at the other route's timeout.
+                    raise failed[0](failed[1]) from None
                 if connection is not None and not connection.draining:
                     # Failed, or out of stream ids (MAX_STREAMS_PER_CONNECTION): its streams
                     # in flight finish first; close() cut them, long-lived gRPC streams too.
@@ -1000,7 +1006,8 @@ class H2Pools:
                                               tls[2] if tls else None, write_timeout,
                                               self.max_empty_frames)
                 except UpstreamConnectError as exc:
-                    self._failed[key] = (exc, time.monotonic())
+                    self._failed[key] = (type(exc), exc.reason, time.monotonic(),
+                                         connect_timeout)
                     raise
                 self._failed.pop(key, None)
                 self.connections[key] = connection
@@ -1023,8 +1030,12 @@ class H2Pools:
         for key in gone:
             self.connections.pop(key).retire()
             self._connecting.pop(key, None)
+        # (a target that never connected has a lock and a failure but no connection: one
+        # that came and went through etcd left them here for the worker's life)
         for key in [key for key in self._failed if key not in live]:
             del self._failed[key]
+        for key in [key for key in self._connecting if key not in live]:
+            del self._connecting[key]
         for key, connection in self.connections.items():
             if connection.target.url not in live[key]:
                 # Two spellings of one target share the connection, named (metrics, admin,
