@@ -1,6 +1,7 @@
 """Other processes, as this one can see them."""
 import os
 import signal
+import time
 
 
 # Linux's PID_MAX_LIMIT (2**22 on 64-bit; kernel.pid_max is at most that)
@@ -47,6 +48,18 @@ def process_start(pid):
             return int(f.read().rpartition(b")")[2].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")      # process_start's unit
+
+
+def process_age(pid):
+    """Seconds since process ``pid`` started (process_start), or None when it cannot be
+    read. starttime and CLOCK_BOOTTIME count from the same boot: no wall clock involved."""
+    start = process_start(pid)
+    if start is None:
+        return None
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start / CLOCK_TICKS
 
 
 def running(pid):

@@ -38,7 +38,7 @@ from gevent.monkey import get_original
 from ..core import breaker, ratelimit
 from ..core.throttledlog import throttled_log
 from ..errors import StoreError, StoreTimeout, describe
-from ..processes import pid_alive, process_start
+from ..processes import pid_alive, process_age, process_start
 from ..settings import parse_multi_host_url
 from .lua import (ADAPTIVE_LUA, BREAKER_LUA, BREAKER_VIEW_LUA, LIMIT_CONN_LUA,
                   SLIDING_WINDOW_LUA, TOKEN_BUCKET_LUA)
@@ -1145,6 +1145,7 @@ class LocalStore:
         self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
         self.lease_numbers = itertools.count()
         self.lease_tag = os.urandom(4).hex()   # two stores in one process never share ids
+        self.holder = None      # (name, fd) of the file this store's leases are held by
 
     @classmethod
     def open_table(cls, directory):
@@ -1283,21 +1284,48 @@ class LocalStore:
 
     def conn_claim(self, key, limit, lease_seconds):
         """limit_conn per host: take one of ``limit`` slots of ``key`` -> ConnClaim. Leases
-        are ``PID@START.TAG.N`` (_lease_owner): expired ones are dropped on every claim, and
-        when every slot is taken the leases of workers that are gone (killed mid-request)
-        are dropped at once."""
-        lease = f"{_lease_owner()}.{self.lease_tag}.{next(self.lease_numbers)}"
+        are ``HOLDER.N`` (_holder): expired ones are dropped on every claim, and when every
+        slot is taken the leases of workers that are gone (killed mid-request) are dropped
+        at once."""
+        lease = f"{self._holder()}.{next(self.lease_numbers)}"
+        holders = os.path.join(self.directory, "conns", HOLDERS)
 
         def update(table, now):
             held = table.get(key, {})
             if len(held) >= limit:
-                held = _leases_alive(held)
+                held = _leases_alive(held, now, lease_seconds, holders)
             admitted = len(held) < limit
             if admitted:
                 held[lease] = now + lease_seconds
             table[key] = held
             return ConnClaim(lease if admitted else None, len(held))
         return self._conn_update(key, update)
+
+    def _holder(self):
+        """What this store's leases name their worker by: ``lock-TAG``, a file in
+        conns/holders/ on which this process holds a shared flock for its life. A claim
+        that finds every slot taken tries an exclusive one (_holder_alive): a worker that
+        is gone (killed -9) holds none, whatever its pid became since and in whatever PID
+        namespace it ran. By pid (and start time), a worker of a container started again
+        got the dead run's pids, and a gateway in another PID namespace on the same
+        state_dir took live workers there for dead ones (more than ``limit`` let in)."""
+        if self.holder is None:
+            directory = os.path.join(self.directory, "conns", HOLDERS)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            _remove_dead_holders(directory)
+            name = f"{HOLDER_PREFIX}{self.lease_tag}"
+            # locked under a temporary name, then renamed: never seen unlocked (taken for a
+            # dead holder's and removed under it)
+            temporary = os.path.join(directory, f".{name}")
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                os.rename(temporary, os.path.join(directory, name))
+            except BaseException:
+                os.close(fd)
+                raise
+            self.holder = (name, fd)
+        return self.holder[0]
 
     def conn_release(self, key, limit, lease_seconds, lease):
         def update(table, now):
@@ -1459,36 +1487,83 @@ def host_secret(path, size=16):
     return secret
 
 
-_own_lease_owner = None     # (pid, "PID@START"): read once per process
+HOLDERS = "holders"         # conns/holders/: the files per-host leases are held by
+HOLDER_PREFIX = "lock-"
 
 
-def _lease_owner():
-    """What a per-host lease names its worker by: ``PID@START`` (process_start), or
-    ``PID`` alone when /proc does not say when it started."""
-    global _own_lease_owner
-    pid = os.getpid()
-    if _own_lease_owner is None or _own_lease_owner[0] != pid:
-        start = process_start(pid)
-        _own_lease_owner = (pid, str(pid) if start is None else f"{pid}@{start}")
-    return _own_lease_owner[1]
+def _holder_alive(directory, name):
+    """Does a process still hold holder file ``name`` (LocalStore._holder)? One that cannot
+    be opened is gone (removed as dead); one that cannot be tried is taken as held."""
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:         # held (EWOULDBLOCK); or the filesystem cannot say
+        return True
+    else:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+        return False
+    finally:
+        os.close(fd)
 
 
-def _leases_alive(leases):
+def _remove_dead_holders(directory):
+    """The holder files of workers that are gone (one per worker that ever claimed a slot:
+    they would pile up over restarts). Their leases, if any are left, are dead with them."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(HOLDER_PREFIX):
+            _holder_alive(directory, name)
+
+
+def _leases_alive(leases, now, lease_seconds, holders):
     """{lease: expiry} -> those whose worker still runs, each worker looked up once (a slot
-    full of one worker's leases is one read of /proc, not one per lease)."""
+    full of one worker's leases is one lock tried, not one per lease). ``holders``: the
+    directory of the holder files (_holder_alive); a lease of an older release names its
+    worker by pid (and start time: _owner_alive)."""
     verdicts = {}
     kept = {}
     for lease, expiry in leases.items():
         owner = lease.partition(".")[0]
         if owner not in verdicts:
-            verdicts[owner] = _owner_alive(owner)
-        if verdicts[owner]:
+            verdicts[owner] = _holder_alive(holders, owner) \
+                if owner.startswith(HOLDER_PREFIX) else _owner_alive(owner)
+        verdict = verdicts[owner]
+        if verdict is True or (verdict is not False and
+                               _held_since_before(verdict, now, expiry, lease_seconds)):
             kept[lease] = expiry
     return kept
 
 
+# Slack for a lease with no start (_held_since_before): a wall clock stepped forward since the
+# lease was written makes it look older than it is (the process's age is on the boot clock).
+LEASE_AGE_SLACK = 0.5
+
+
+def _held_since_before(age, now, expiry, lease_seconds):
+    """Could a process ``age`` seconds old have written a lease (its pid alone) that expires
+    at ``expiry``, written ``lease_seconds`` before that? One younger than the lease got its
+    pid after the lease was written: the previous release's leases (PID.TAG.N), named the
+    dead worker of a container killed before the upgrade, and the new container's worker
+    that got its pid again kept the slot taken for lease_seconds (limit 1: 503 to everyone)."""
+    return age + LEASE_AGE_SLACK >= now - (expiry - lease_seconds)
+
+
 def _owner_alive(owner):
-    """Is the worker that holds per-host leases (``PID@START``, _lease_owner) still running?
+    """Is the worker that holds per-host leases of an older release (``PID@START``, or
+    ``PID``) still running?
+    -> True, False, or for a lease with no start (``PID``) of a running pid, that process's
+    age in seconds (its leases are judged by when they were written: _held_since_before).
     Its pid alone was taken for it by any process that got the pid since: a container started
     again after its processes were killed (-9, the OOM killer) gives its new worker the pid
     of the previous run's, and the slots that run held stayed taken for lease_seconds (a
@@ -1500,6 +1575,8 @@ def _owner_alive(owner):
     except ValueError:
         return True
     if not start:
-        return True         # written without its start (an older release, /proc unreadable)
+        # written without its start (an older release, /proc unreadable)
+        age = process_age(int(pid))
+        return True if age is None else age
     now = process_start(int(pid))
     return now is None or str(now) == start
