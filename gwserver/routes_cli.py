@@ -442,6 +442,12 @@ def status(conf):
                             f"etcd refuses the gateway's credentials{why} and there was no "
                             f"snapshot: it serves the conf file's static routes only, and "
                             f"/-/ready answers 503 until etcd takes them")
+        elif state.get("password_unreadable") is True:  # etcd not asked: our own file
+            problems.append(f"the gateway cannot read its etcd password{why}: it serves its "
+                            f"last good table" if state["generation"] else
+                            f"the gateway cannot read its etcd password{why} and there was "
+                            f"no snapshot: it serves the conf file's static routes only, and "
+                            f"/-/ready answers 503 until it can")
         elif state.get("refused") is True:      # etcd answers: with an error of its own
             problems.append(f"etcd refuses the gateway's calls{why}: it serves its last good "
                             f"table" if state["generation"] else

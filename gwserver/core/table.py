@@ -844,8 +844,12 @@ class LiveTable:
                 continue
             del self.file_refusals[key]
             version, raw = wanted[item_id]
-            (self.put_route if kind == "routes" else self.put_upstream)(item_id, raw, version)
-            retried = retried or key not in self.rejected
+            # put's own word: a route accepted while it waits for an upstream id is served
+            # (503 for that one) and still listed in rejected; judged by that list, it was
+            # never published, its fence kept answering 503 once the file was put right
+            if (self.put_route if kind == "routes" else self.put_upstream)(item_id, raw,
+                                                                           version):
+                retried = True
         return retried
 
     def _compile_route(self, spec):

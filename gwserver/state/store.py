@@ -115,6 +115,8 @@ def connect(url, timeout, password=None):
         kwargs = client.connection_pool.connection_kwargs
         kwargs.update({name: fast[name] for name in FAIL_FAST}, retry_on_timeout=False)
         kwargs.pop("retry_on_error", None)
+        if issubclass(client.connection_pool.connection_class, redis.SSLConnection):
+            client.connection_pool.connection_class = _regular_files_ssl()
         return client
     parts = parse_multi_host_url(url)
     nodes = parts.nodes
@@ -131,6 +133,33 @@ def connect(url, timeout, password=None):
                                                     socket_connect_timeout=timeout),
                         db=int(db or 0), **fast)
     return sentinel.master_for(service, max_connections=4)
+
+
+_REGULAR_FILES_SSL = None
+
+
+def _regular_files_ssl():
+    """redis-py's TLS connection, refusing (a ConnectionError: on_store_error decides) a tls
+    file of the URL that is no regular file before OpenSSL opens it, as each new connection
+    does, blocking: a ssl_ca_certs replaced by a FIFO (or a symlink to /dev/zero) since the
+    check hung the whole worker at its next reconnect to Redis, every client of it stalled,
+    routes without limits too (upstream.proxy stats an upstream's tls files alike)."""
+    global _REGULAR_FILES_SSL
+    if _REGULAR_FILES_SSL is None:
+        import redis
+
+        from ..files import irregular_file
+
+        class RegularFilesSSLConnection(redis.SSLConnection):
+            def _connect(self):
+                irregular = irregular_file((("ssl_ca_certs", self.ca_certs),
+                                            ("ssl_certfile", self.certfile),
+                                            ("ssl_keyfile", self.keyfile)), "redis.url: ")
+                if irregular is not None:
+                    raise redis.exceptions.ConnectionError(irregular)
+                return super()._connect()
+        _REGULAR_FILES_SSL = RegularFilesSSLConnection
+    return _REGULAR_FILES_SSL
 
 
 class BatchLost(StoreError):

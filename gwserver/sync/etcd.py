@@ -325,9 +325,11 @@ class EtcdClient:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.username, self.password = username, password
-        # read at each authentication, when no password was given (a helper's: it does not
-        # read it as it starts, settings.READ_SECRET_FILES)
-        self.password_file = None if password else password_file
+        # read at each authentication (a helper does not read it as it starts: settings.
+        # READ_SECRET_FILES), even when the conf's parse read it too (``password``): a
+        # `gwserver register` that outlived a rotation (etcd and the file) authenticated
+        # with the old one for good, and its instance left the service as its lease ran out
+        self.password_file = password_file
         self.session = requests.Session()
         self.session.trust_env = False          # never route etcd through an HTTP proxy
         for scheme in ("http://", "https://"):

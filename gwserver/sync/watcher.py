@@ -33,7 +33,8 @@ from ..files import accepted_before, compiles_checked
 from ..helpers.helper import no_beat
 from ..plugins import load_registry
 from ..terminal import printable
-from .etcd import AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused
+from .etcd import (AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused,
+                   PasswordUnreadable)
 from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_published
 
 log = logging.getLogger("gwserver.sync")
@@ -145,6 +146,7 @@ class ConfigSync:
         self.error = None               # why etcd did not answer, while it does not
         self.auth_failed = False        # ... because it refused our credentials
         self.refused = False            # ... because it answered the sync's call with an error
+        self.unreadable = False         # ... because [etcd] password_file could not be read
         self.unpublished = False        # the table changed, and its publication failed
         # A table of this process's own making (etcd's, its snapshot) is published: until
         # then the workers serve what it took up from runtime_dir, which a predecessor
@@ -276,6 +278,7 @@ class ConfigSync:
             "error": None if self.connected else self.error,
             "auth_failed": not self.connected and self.auth_failed,
             "refused": not self.connected and self.refused,
+            "password_unreadable": not self.connected and self.unreadable,
             "watch_withheld": self.withheld,    # the last watch found silent on changes
             "own_table": self.own_table,        # (worker.wait_for_table)
             "lost": self.lost})     # etcd failed us since the last full load (workers ask)
@@ -738,17 +741,22 @@ class ConfigSync:
         call with (a user without access to the prefix), never as "etcd unreachable"; each
         said again when the failure changes kind."""
         auth_failed, refused = isinstance(exc, AuthRejected), isinstance(exc, EtcdRefused)
+        # (etcd was not even asked: said "etcd unreachable", the operator looked for a
+        # network problem, as for a refused password before)
+        unreadable = isinstance(exc, PasswordUnreadable)
         if self.connected or not self.lost or auth_failed != self.auth_failed or \
-                refused != self.refused:
+                refused != self.refused or unreadable != self.unreadable:
             what = str(exc) if auth_failed else \
-                f"etcd refused the sync's call: {exc}" if refused else f"etcd unreachable: {exc}"
+                f"etcd refused the sync's call: {exc}" if refused else \
+                f"cannot authenticate to etcd: {exc}" if unreadable else \
+                f"etcd unreachable: {exc}"
             if self.served is None:
                 log.error("%s; no snapshot either: serving the conf file's static routes "
                           "only, and /-/ready answers 503 until etcd answers", what)
             else:
                 log.error("%s; serving the last good table", what)
         self.connected, self.lost, self.error = False, True, str(exc)
-        self.auth_failed, self.refused = auth_failed, refused
+        self.auth_failed, self.refused, self.unreadable = auth_failed, refused, unreadable
 
     def sync_once(self):
         if self.unpublished:
