@@ -139,7 +139,8 @@ def metrics_view(runtime):
                                                                        "rollouts.prom")]
     if runtime.conf.etcd:
         extra.append(os.path.join(runtime.conf.etcd["runtime_dir"], "metrics.prom"))
-    text = metrics.render(extra, runtime.watched_targets(), runtime.breaker_owners())
+    text = metrics.render(extra, runtime.watched_targets(), runtime.breaker_owners(),
+                          runtime.target_urls())
     return Reply(200, text,
                  [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 

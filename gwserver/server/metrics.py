@@ -10,7 +10,8 @@
 - ``render()`` is what ``/metrics`` on the admin listener serves.
 
 Labels are bounded: route ids (never raw paths), a fixed set of methods, status classes, and
-configured targets.
+configured targets (the series by target of targets no longer in the table are not shown:
+a service's instances come and go).
 """
 import argparse
 import os
@@ -80,8 +81,8 @@ CONNECTIONS_OPENED = Metric("gwserver_upstream_connections_opened", "counter", "
                             "connections (keep-alive pools missed)", (TARGET,))
 POOL_IDLE = Metric("gwserver_upstream_pool_idle_connections", "gauge", "Idle keep-alive "
                    "connections held, by target (all its pools, and an HTTP/2 upstream's "
-                   "connection without a stream; 0 once a target removed has its pool "
-                   "closed)", (TARGET,), mode="livesum")
+                   "connection without a stream; a target removed from the table is no "
+                   "longer reported)", (TARGET,), mode="livesum")
 GENERATION = Metric("gwserver_route_table_generation", "gauge", "Route table generation "
                     "each worker serves", mode="liveall")
 LIMITS = Metric("gwserver_rate_limit_decisions", "counter", "Rate-limit decisions by route "
@@ -300,14 +301,19 @@ class _CurrentOnly:
     target taken out through etcd (no restart) was reported as its worker last saw it, down
     for good if it left while down, until that worker exited; so was the breaker of a route
     or upstream taken out while open (GwserverBreakerOpen fired for good), and the adaptive
-    rate of a route taken out."""
+    rate of a route taken out. So were the series of every target that ever served (its
+    connections opened, its idle pool at 0, its ejections): a service's instances come and
+    go, each a new URL, and /metrics grew by a few series per instance that ever came."""
 
-    def __init__(self, collector, targets, owners):
-        self.collector, self.targets, self.owners = collector, targets, owners
+    def __init__(self, collector, targets, owners, urls=None):
+        self.collector, self.targets, self.owners, self.urls = collector, targets, owners, urls
 
     def collect(self):
         for family in self.collector.collect():
-            if family.name == TARGET_UP.name and self.targets is not None:
+            if family.name in BY_TARGET_URL and self.urls is not None:
+                family.samples = [sample for sample in family.samples
+                                  if sample.labels.get("target") in self.urls]
+            elif family.name == TARGET_UP.name and self.targets is not None:
                 family.samples = [sample for sample in family.samples if (
                     sample.labels.get("upstream"), sample.labels.get("target")) in self.targets]
             elif family.name == BREAKER.name and self.owners is not None:
@@ -320,6 +326,10 @@ class _CurrentOnly:
             yield family
 
 
+# the workers' series by target URL, shown for the targets of the table only (_CurrentOnly)
+BY_TARGET_URL = frozenset((CONNECTIONS_OPENED.name, POOL_IDLE.name, EJECTIONS.name))
+
+
 def breaker_owner(key):
     """("route", id) or ("upstream", id) of a breaker key (plugins/breaker.breaker_key:
     ``route:ID``, ``upstream:ID``, either with ``:consumer=ID``; ids hold no "=")."""
@@ -327,16 +337,18 @@ def breaker_owner(key):
     return kind, rest.partition(":consumer=")[0]
 
 
-def render(extra_files=(), targets=None, owners=None):
+def render(extra_files=(), targets=None, owners=None, urls=None):
     """The aggregate of every worker, in Prometheus text format, plus text files appended.
     ``targets``: the (upstream id, target URL) pairs whose up gauges are current (all, when
     None); ``owners``: the ("route", id) and ("upstream", id) pairs of the table, whose
-    breakers' state and adaptive rate gauges are current (all, when None)."""
+    breakers' state and adaptive rate gauges are current (all, when None); ``urls``: the
+    target URLs of the table, whose connection, pool and ejection series are shown (all,
+    when None)."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
     registry = CollectorRegistry()
     collector = multiprocess.MultiProcessCollector(None)
-    registry.register(collector if targets is None and owners is None else
-                      _CurrentOnly(collector, targets, owners))
+    registry.register(collector if targets is None and owners is None and urls is None else
+                      _CurrentOnly(collector, targets, owners, urls))
     parts = [generate_latest(registry)]
     for path in extra_files:
         try:

@@ -366,20 +366,31 @@ class Runtime:
             self.pools_checked, self.pools_pruned_at = True, now
             self.prune_pools()
 
+    def table_upstreams(self):
+        """Every upstream of the table served now: its own, the routes' and their plugins'
+        (a split's canary)."""
+        routes = self.router.routes.values()
+        return [*(self.table.upstreams.values() if self.table is not None else ()),
+                *(route.upstream for route in routes),
+                *(upstream for route in routes for upstream in route.chain.linked_upstreams())]
+
+    def target_urls(self, upstreams=None):
+        """The URLs of the targets of the table served now (of ``upstreams``, if given)."""
+        return {target.url for upstream in (self.table_upstreams() if upstreams is None
+                                            else upstreams) for target in upstream.targets}
+
     def prune_pools(self):
         """Close the keep-alive pools (and HTTP/2 connections) no upstream uses any more: a
         removed target's, or a target's old pool when its upstream changed the pool's
         settings. Idle connections close now; one in use finishes its request, then closes
         (urllib3 closes what is put back into a closed pool; an HTTP/2 connection drains as
         after a GOAWAY): removed targets are drained, not cut."""
-        routes = self.router.routes.values()
-        upstreams = [*self.table.upstreams.values(), *(route.upstream for route in routes),
-                     *(upstream for route in routes
-                       for upstream in route.chain.linked_upstreams())]
+        upstreams = self.table_upstreams()
         from ..upstream.proxy import forget_gone
-        forget_gone(self.proxy.outstanding, self.proxy.refused,
-                    {target.url for upstream in upstreams for target in upstream.targets})
+        forget_gone(self.proxy.outstanding, self.proxy.refused, self.target_urls(upstreams))
         self.proxy.forget_gone_upstreams({upstream.id for upstream in upstreams})
+        # breakers' and adaptive limits' per-host files: one descriptor each, kept open
+        self.services.local_store.forget_states(self.breaker_owners())
         removed, replaced = self.proxy.pools.prune(upstreams)
         h2_removed, h2_replaced = self.proxy.h2.pools.prune(upstreams)
         removed, replaced = removed | h2_removed, replaced | h2_replaced

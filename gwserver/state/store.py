@@ -1135,6 +1135,15 @@ class RedisStore:
                 waiter.set_exception(error)
 
 
+def _state_owner(name):
+    """("route", id) or ("upstream", id) of a LocalStore state file's name: ``br:`` and a
+    breaker key (``route:ID`` or ``upstream:ID``), or ``ad:`` and a route id (an adaptive
+    limit), either with ``:consumer=ID`` (ids hold no "=")."""
+    kind, _, key = name.partition(":")
+    owner, rest = ("route", key) if kind == "ad" else key.partition(":")[::2]
+    return owner, rest.partition(":consumer=")[0]
+
+
 class LocalStore:
     """Per-host state in files every worker of the host maps, each guarded by flock.
 
@@ -1248,6 +1257,15 @@ class LocalStore:
                          0o600)
             self.state_fds[name] = fd
         return fd
+
+    def forget_states(self, owners):
+        """Close the state files of breakers and adaptive limits whose route or upstream is no
+        longer in the table (``owners``: its ("route", id) and ("upstream", id) pairs). Each
+        was kept open for the worker's life: routes that come and go through etcd left one
+        descriptor each in every worker, until it could accept no client (EMFILE). One that
+        comes back opens its file again; the file, and so its state, stays."""
+        for name in [name for name in self.state_fds if _state_owner(name) not in owners]:
+            os.close(self.state_fds.pop(name))
 
     def _read(self, name):
         fd = self._fd(name)
