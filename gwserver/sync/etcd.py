@@ -31,6 +31,9 @@ log = logging.getLogger("gwserver.etcd")
 # revisions. A longer line is a broken or hostile endpoint (a stream that never ends its
 # line held it all in memory); the watch is dropped and the table reloaded by value.
 MAX_WATCH_MESSAGE = 64 * 1024 * 1024
+# etcd's watchBatchMaxRevs: the most revisions one message of a watch catching up holds (the
+# rest follow, the header's revision is etcd's now whatever the message holds: watch_prefix)
+WATCH_BATCH_REVISIONS = 1000
 WATCH_READ = 65536      # bytes read at a time: a chunk etcd declares huge is read in pieces
 # An answer's whole read is bounded by ``timeout`` (requests' read timeout bounds each recv
 # alone: a member that sends a byte a second held one call for minutes), plus a second for
@@ -730,6 +733,12 @@ class EtcdClient:
                     # is still to come (the catch-up): taken as seen, a watch that hung
                     # before its catch-up was resumed past it, the changes lost for good.
                     revision = start_revision - 1
+                elif len({event[3] for event in events}) >= WATCH_BATCH_REVISIONS:
+                    # A watch catching up gets its events WATCH_BATCH_REVISIONS revisions a
+                    # message, each headed with etcd's revision *now*: taken as seen, a
+                    # watch held after one such message (a proxy) was resumed past the
+                    # rest, lost for good, and the catch-up check (watched_all) passed.
+                    revision = max(event[3] for event in events)
                 yield revision, events
                 last_message = time.monotonic()
                 self.deadline.arm(idle_timeout, stream)
