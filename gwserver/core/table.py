@@ -835,6 +835,11 @@ class LiveTable:
         publish a generation of no change at every quiet turn, each worker applying it."""
         retried = False
         for key, stamps in list(self.file_refusals.items()):
+            if self.file_refusals.get(key) is not stamps:
+                # put again already, by an upstream retried before it (_recompile_users puts
+                # every rejected route): its entry went, or is that put's; `del` of the gone
+                # one raised KeyError out of the sync process's loop, which died with it
+                continue
             kind, _, item_id = key.partition("/")
             wanted = (self.wanted_routes if kind == "routes" else self.wanted_upstreams)
             if key not in self.rejected or item_id not in wanted:
