@@ -358,6 +358,7 @@ class Runtime:
         if now - self.hangups_checked >= HANGUP_CHECK_EVERY:
             self.hangups_checked = now
             self.find_hangups()
+            self.keep_holder()
         self.proxy.share_tick(now)
         self.proxy.close_idle(now)
         if self.proxy.settling:
@@ -365,6 +366,17 @@ class Runtime:
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
             self.prune_pools()
+
+    def keep_holder(self):
+        """The file this worker's per-host limit_conn leases are held by, made again if it was
+        removed (LocalStore.keep_holder): else the leases it holds are taken for a dead
+        worker's by the next claim that finds every slot taken."""
+        try:
+            self.services.local_store.keep_holder()
+        except OSError as exc:
+            throttled_log.log(log, logging.ERROR, ("holder file",),
+                              "cannot make again the holder file of this worker's limit_conn "
+                              "leases: %s", exc.strerror or exc)
 
     def table_upstreams(self):
         """Every upstream of the table served now: its own, the routes' and their plugins'

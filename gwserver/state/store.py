@@ -1340,7 +1340,7 @@ class LocalStore:
         def update(table, now):
             held = table.get(key, {})
             if len(held) >= limit:
-                held = _leases_alive(held, now, lease_seconds, holders)
+                held = _leases_alive(held, now, lease_seconds, holders, self.holder[0])
             admitted = len(held) < limit
             if admitted:
                 held[lease] = now + lease_seconds
@@ -1360,19 +1360,47 @@ class LocalStore:
             directory = os.path.join(self.directory, "conns", HOLDERS)
             os.makedirs(directory, mode=0o700, exist_ok=True)
             _remove_dead_holders(directory)
-            name = f"{HOLDER_PREFIX}{self.lease_tag}"
-            # locked under a temporary name, then renamed: never seen unlocked (taken for a
-            # dead holder's and removed under it)
-            temporary = os.path.join(directory, f".{name}")
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-                os.rename(temporary, os.path.join(directory, name))
-            except BaseException:
-                os.close(fd)
-                raise
-            self.holder = (name, fd)
+            self.holder = (f"{HOLDER_PREFIX}{self.lease_tag}", self._lock_holder(directory))
+        else:
+            self.keep_holder()
         return self.holder[0]
+
+    def _lock_holder(self, directory):
+        """A new holder file of this store's name, locked (shared) -> its fd."""
+        name = f"{HOLDER_PREFIX}{self.lease_tag}"
+        # locked under a temporary name, then renamed: never seen unlocked (taken for a
+        # dead holder's and removed under it)
+        temporary = os.path.join(directory, f".{name}")
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.rename(temporary, os.path.join(directory, name))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def keep_holder(self):
+        """The holder file made again under its name if it was removed under this live store
+        (a tmp cleaner ages it out: it is never written; a hand's ``rm``): any claim that
+        found every slot taken read its missing file as a dead worker's, dropped the leases
+        still held and let more than ``limit`` in. Called on every claim and once a second
+        by the worker (Runtime.on_tick): the file is back within a second."""
+        if self.holder is None:
+            return
+        name, fd = self.holder
+        directory = os.path.join(self.directory, "conns", HOLDERS)
+        try:
+            current, held = os.stat(os.path.join(directory, name)), os.fstat(fd)
+            if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        if not os.path.isdir(self.directory):
+            return      # the whole state_dir removed: the master makes it (the leases are gone)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.holder = (name, self._lock_holder(directory))
+        os.close(fd)
 
     def conn_release(self, key, limit, lease_seconds, lease):
         def update(table, now):
@@ -1573,12 +1601,14 @@ def _remove_dead_holders(directory):
             _holder_alive(directory, name)
 
 
-def _leases_alive(leases, now, lease_seconds, holders):
+def _leases_alive(leases, now, lease_seconds, holders, own):
     """{lease: expiry} -> those whose worker still runs, each worker looked up once (a slot
     full of one worker's leases is one lock tried, not one per lease). ``holders``: the
     directory of the holder files (_holder_alive); a lease of an older release names its
-    worker by pid (and start time: _owner_alive)."""
-    verdicts = {}
+    worker by pid (and start time: _owner_alive). ``own``: this store's holder, alive
+    untested (where flock is emulated with POSIX locks, NFS, a process's second descriptor
+    would get the lock its first holds, and this worker's leases were taken for dead)."""
+    verdicts = {own: True}
     kept = {}
     for lease, expiry in leases.items():
         owner = lease.partition(".")[0]
