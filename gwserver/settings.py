@@ -788,6 +788,10 @@ def conf_warnings(conf):
                         f"{buffered_streams_warning(conf)}")
     warnings += open_files_warnings(server["worker_connections"])
     warnings += unreachable_paths(conf.static_routes)
+    warnings += [f"upstreams.{upstream_id}.service: ignored: an upstream in the conf file "
+                 f"serves its targets and does not follow a service (put it in etcd)"
+                 for upstream_id, spec in conf.static_upstreams.items()
+                 if isinstance(spec, dict) and spec.get("service")]
     admin, token = conf.admin, conf.admin["token"]
     if admin["bind"] and not token and not _loopback_only(admin["bind"]):
         warnings.append(f"admin.bind {admin['bind']} is not a loopback address and admin has "
@@ -1342,11 +1346,15 @@ def parse_conf(data, path="<conf>"):
                         if bind not in sections["server"]["bind"])
     problems.extend(http2_listener_problems(sections["http2"], sections["server"]["bind"],
                                             parts["tls"]))
-    if parts["etcd"] is None:
-        for upstream_id, spec in parts["upstreams"].items():
-            if isinstance(spec, dict) and spec.get("service"):
-                problems.append(f"upstreams.{upstream_id}.service: following a service needs "
-                                f"the [etcd] section (instances register there)")
+    # Config-sync expands live instances into upstreams from etcd only (workers build the
+    # conf file's own); one here answered 503 "no live instance" for good, [etcd] or not.
+    # (With targets, it serves them, as it did: conf_warnings says its service is ignored.)
+    for upstream_id, spec in parts["upstreams"].items():
+        if isinstance(spec, dict) and spec.get("service") and not spec.get("targets"):
+            problems.append(f"upstreams.{upstream_id}.service: an upstream in the conf file "
+                            f"cannot follow a service (its live instances go to upstreams in "
+                            f"etcd only): put it in etcd (gwserver upstreams put), with the "
+                            f"[etcd] section")
     router, route_problems = compile_table(parts["routes"], parts["upstreams"],
                                            sections["upstream_defaults"], sections["server"],
                                            global_plugins, registry)

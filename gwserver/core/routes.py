@@ -246,7 +246,8 @@ UPSTREAM = Schema(
     Field("targets", list_of(TARGET), None,
           "the servers behind this upstream (optional with service)"),
     Field("service", string(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", "a service name"), None,
-          "follow the live instances registered in etcd under PREFIX/services/NAME/"),
+          "follow the live instances registered in etcd under PREFIX/services/NAME/ (an "
+          "upstream in etcd only: not inline, not in the conf file)"),
     Field("balance", one_of(*POLICIES), "round_robin",
           "round_robin (smooth weighted), least_outstanding or consistent_hash"),
     Field("hash_key", request_key, "ip", "consistent_hash: ip, header:, cookie:, claim:, query:NAME"),
@@ -458,6 +459,22 @@ def undefined_upstream(upstream_id, defaults, refused_route=None):
                     read_timeout=defaults["read_timeout"], refused_route=refused_route)
 
 
+INLINE_SERVICE = "an inline upstream cannot follow a service"
+
+
+def check_inline(spec, owner):
+    """Raise ConfigError for an upstream written inline (a route's, its plugins') that names
+    a ``service`` and no ``targets``: config-sync expands the live instances into upstreams
+    from etcd only (workers compile inline ones from the route's value, and never see
+    instances), so such a route answered 503 "no live instance" for good, instances
+    registered or not. One with targets serves them, as it did (refused, a route that served
+    would answer 503 after an upgrade)."""
+    if isinstance(spec, dict) and spec.get("service") and not spec.get("targets"):
+        raise ConfigError(f"{owner}: service: {INLINE_SERVICE} (its live instances go to "
+                          f"upstreams in etcd only): put an upstream with \"service\": "
+                          f"{show(spec['service'])} in etcd and give its id here")
+
+
 def make_upstream(upstream_id, spec, defaults, registry, owner=None, previous=None):
     """Build an Upstream from a validated spec, filling gaps from ``[upstream_defaults]``.
     ``owner`` names it in errors (default "upstream ID"; an inline one: "route R: upstream").
@@ -584,6 +601,7 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
         upstream = upstreams.get(upstream)
     else:
         try:
+            check_inline(upstream, f"{owner}: upstream")
             upstream = make_upstream(f"{spec['id']}.upstream", upstream, defaults, registry,
                                      f"{owner}: upstream")
         except ConfigError as exc:
@@ -650,6 +668,7 @@ def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),
                 raise ConfigError(f"{owner}: {where}: unknown upstream id {show(ref)}")
             return upstreams[ref]
         name = f"{owner.partition(' ')[2]}.{where}"
+        check_inline(ref, f"{owner}: {where}")
         return make_upstream(name, UPSTREAM.validate(ref, f"{owner}: {where}"), defaults,
                              registry)
 
