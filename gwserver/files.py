@@ -218,8 +218,7 @@ def client_tls_problem(ca_file, cert_file, key_file, prefix="tls.",
     for each route with a client certificate of its own: 200 such routes took 6 s to
     check, and as long in the sync process compiling them."""
     ca_name, cert_name, key_name = names
-    irregular = irregular_file(((ca_name, ca_file), (cert_name, cert_file),
-                                (key_name, key_file)), prefix)
+    irregular = irregular_file(ca_file, cert_file, key_file, prefix, names)
     if irregular is not None:       # (OpenSSL would block on a FIFO's open: never asked)
         return irregular
     if ca_file:
@@ -236,13 +235,14 @@ def client_tls_problem(ca_file, cert_file, key_file, prefix="tls.",
     return None
 
 
-def irregular_file(named, prefix="tls."):
-    """``PREFIX NAME: PATH is not a regular file`` for the first of ``named`` ((name, path)
-    pairs, a path None or empty for none) that exists and is no regular file, or None. A
-    stat only: OpenSSL opens and reads the tls files blocking, gevent or not, and a FIFO
-    (or a symlink to /dev/zero) put in place of one after the check blocked the whole
-    worker at its next new connection, every client of it stalled."""
-    for name, path in named:
+def irregular_file(ca_file, cert_file, key_file, prefix="tls.",
+                   names=("ca_file", "cert_file", "key_file")):
+    """``PREFIX NAME: PATH is not a regular file`` for the first of the files (None or
+    empty for none; named as client_tls_problem names them) that exists and is no regular
+    file, or None. A stat only: OpenSSL opens and reads the tls files blocking, gevent or
+    not, and a FIFO (or a symlink to /dev/zero) put in place of one after the check blocked
+    the whole worker at its next new connection, every client of it stalled."""
+    for name, path in zip(names, (ca_file, cert_file, key_file)):
         if not path:
             continue
         try:
@@ -254,15 +254,19 @@ def irregular_file(named, prefix="tls."):
     return None
 
 
+def stamp(path):
+    """What tells the file ``path`` from its next version (inode, mtime, size), or None for
+    no path or one that cannot be stat'ed (gone: whoever reads it next says so)."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _checked(key, check):
     """``check()``'s word on the files of ``key`` (after its kind), kept until one changes."""
-    stamps = []
-    for path in key[1:]:
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        stamps.append(None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size))
+    stamps = [stamp(path) for path in key[1:]]
     cached = _CLIENT_TLS_CHECKED.get(key)
     if cached is not None and cached[0] == stamps:
         return cached[1]

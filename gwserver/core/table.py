@@ -989,13 +989,5 @@ class LiveTable:
 
 def _file_stamps(paths):
     """What tells each of ``paths`` from its next version (None: gone)."""
-    import os
-    stamps = {}
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            stamps[path] = None
-        else:
-            stamps[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
-    return stamps
+    from ..files import stamp
+    return {path: stamp(path) for path in paths}

@@ -152,9 +152,9 @@ def _regular_files_ssl():
 
         class RegularFilesSSLConnection(redis.SSLConnection):
             def _connect(self):
-                irregular = irregular_file((("ssl_ca_certs", self.ca_certs),
-                                            ("ssl_certfile", self.certfile),
-                                            ("ssl_keyfile", self.keyfile)), "redis.url: ")
+                irregular = irregular_file(self.ca_certs, self.certfile, self.keyfile,
+                                           "redis.url: ",
+                                           ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"))
                 if irregular is not None:
                     raise redis.exceptions.ConnectionError(irregular)
                 return super()._connect()
@@ -1183,7 +1183,11 @@ class LocalStore:
         self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
         self.lease_numbers = itertools.count()
         self.lease_tag = os.urandom(4).hex()   # two stores in one process never share ids
-        self.holder = None      # (name, fd) of the file this store's leases are held by
+        # The file this store's leases are held by (_holder): its name, path, and the locked
+        # descriptor once a claim made it
+        self.holder = f"{HOLDER_PREFIX}{self.lease_tag}"
+        self.holders = os.path.join(directory, "conns", HOLDERS)
+        self.holder_fd = None
 
     @classmethod
     def open_table(cls, directory):
@@ -1335,12 +1339,11 @@ class LocalStore:
         slot is taken the leases of workers that are gone (killed mid-request) are dropped
         at once."""
         lease = f"{self._holder()}.{next(self.lease_numbers)}"
-        holders = os.path.join(self.directory, "conns", HOLDERS)
 
         def update(table, now):
             held = table.get(key, {})
             if len(held) >= limit:
-                held = _leases_alive(held, now, lease_seconds, holders, self.holder[0])
+                held = _leases_alive(held, now, lease_seconds, self.holders, self.holder)
             admitted = len(held) < limit
             if admitted:
                 held[lease] = now + lease_seconds
@@ -1356,25 +1359,23 @@ class LocalStore:
         namespace it ran. By pid (and start time), a worker of a container started again
         got the dead run's pids, and a gateway in another PID namespace on the same
         state_dir took live workers there for dead ones (more than ``limit`` let in)."""
-        if self.holder is None:
-            directory = os.path.join(self.directory, "conns", HOLDERS)
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            _remove_dead_holders(directory)
-            self.holder = (f"{HOLDER_PREFIX}{self.lease_tag}", self._lock_holder(directory))
+        if self.holder_fd is None:
+            os.makedirs(self.holders, mode=0o700, exist_ok=True)
+            _remove_dead_holders(self.holders)
+            self.holder_fd = self._lock_holder()
         else:
             self.keep_holder()
-        return self.holder[0]
+        return self.holder
 
-    def _lock_holder(self, directory):
+    def _lock_holder(self):
         """A new holder file of this store's name, locked (shared) -> its fd."""
-        name = f"{HOLDER_PREFIX}{self.lease_tag}"
         # locked under a temporary name, then renamed: never seen unlocked (taken for a
         # dead holder's and removed under it)
-        temporary = os.path.join(directory, f".{name}")
+        temporary = os.path.join(self.holders, f".{self.holder}")
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            os.rename(temporary, os.path.join(directory, name))
+            os.rename(temporary, os.path.join(self.holders, self.holder))
         except BaseException:
             os.close(fd)
             raise
@@ -1386,20 +1387,19 @@ class LocalStore:
         found every slot taken read its missing file as a dead worker's, dropped the leases
         still held and let more than ``limit`` in. Called on every claim and once a second
         by the worker (Runtime.on_tick): the file is back within a second."""
-        if self.holder is None:
+        fd = self.holder_fd
+        if fd is None:
             return
-        name, fd = self.holder
-        directory = os.path.join(self.directory, "conns", HOLDERS)
         try:
-            current, held = os.stat(os.path.join(directory, name)), os.fstat(fd)
+            current, held = os.stat(os.path.join(self.holders, self.holder)), os.fstat(fd)
             if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
                 return
         except FileNotFoundError:
             pass
         if not os.path.isdir(self.directory):
             return      # the whole state_dir removed: the master makes it (the leases are gone)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.holder = (name, self._lock_holder(directory))
+        os.makedirs(self.holders, mode=0o700, exist_ok=True)
+        self.holder_fd = self._lock_holder()
         os.close(fd)
 
     def conn_release(self, key, limit, lease_seconds, lease):

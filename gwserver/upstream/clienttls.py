@@ -2,12 +2,11 @@
 health prober and the HTTP/2 upstream client (the HTTP/1.1 pools hand the same settings to
 urllib3: proxy.tls_options). None verifies with the system store."""
 import logging
-import os
 import ssl
 
 from ..core.throttledlog import throttled_log
 from ..errors import describe
-from ..files import FileRefused, irregular_file, no_passphrase
+from ..files import FileRefused, irregular_file, no_passphrase, stamp
 
 log = logging.getLogger("gwserver.tls")
 
@@ -44,8 +43,7 @@ def client_context(tls, alpn=()):
 def _build(tls, alpn):
     verify, ca_file, _, cert_file, key_file = tls or (True, None, None, None, None)
     # a FIFO or a device in a file's place blocked the whole process in OpenSSL's read
-    irregular = irregular_file((("ca_file", ca_file), ("cert_file", cert_file),
-                                ("key_file", key_file)))
+    irregular = irregular_file(ca_file, cert_file, key_file)
     if irregular is not None:
         raise FileRefused(irregular)
     context = ssl.create_default_context(cafile=ca_file)
@@ -70,11 +68,4 @@ def _stamps(tls):
     probe, or per new HTTP/2 connection; never per request)."""
     if tls is None:
         return ()
-    out = []
-    for path in (tls[1], tls[3], tls[4]):
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None           # (gone: building the context says so)
-        out.append(None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(out)
+    return tuple(stamp(path) for path in (tls[1], tls[3], tls[4]))  # (gone: _build says so)

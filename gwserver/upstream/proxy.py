@@ -143,6 +143,12 @@ class CheapCheckHTTPSConnection(urllib3.connection.HTTPSConnection):
             raise ConnectTimeoutError(self, str(exc)) from None
 
 
+def tls_files(conn):
+    """(ca_file, cert_file, key_file) of a urllib3 connection, each None when it has none
+    (a plain one has none of them)."""
+    return tuple(getattr(conn, name, None) for name in ("ca_certs", "cert_file", "key_file"))
+
+
 class HTTPPool(urllib3.HTTPConnectionPool):
     ConnectionCls = CheapCheckHTTPConnection
 
@@ -651,8 +657,7 @@ class Proxy:
         # OpenSSL opens the tls files at each new connection, blocking (not gevent's): a
         # FIFO (or /dev/zero) put in place of one since the check hung the whole worker.
         # A stat per file per new connection, never on reuse.
-        irregular = irregular_file([(name, getattr(conn, attr, None)) for name, attr in (
-            ("ca_file", "ca_certs"), ("cert_file", "cert_file"), ("key_file", "key_file"))])
+        irregular = irregular_file(*tls_files(conn))
         if irregular is not None:
             pool._put_conn(None)
             raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls files "
@@ -692,8 +697,7 @@ class Proxy:
             conn.close()
             pool._put_conn(None)
             # which file, and why: OpenSSL's word ("no such file or directory") names none
-            problem = client_tls_problem(*[getattr(conn, name, None) for name in (
-                "ca_certs", "cert_file", "key_file")]) or failure_reason(exc)
+            problem = client_tls_problem(*tls_files(conn)) or failure_reason(exc)
             raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls files "
                                         f"cannot be loaded ({problem})") from None
         except BaseException:
