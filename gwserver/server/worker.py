@@ -167,6 +167,7 @@ class GatewayWorker(GeventWorker):
     reopen_wanted = False       # a SIGUSR1 came (handle_usr1)
     servers = ()                # the listeners' StreamServers, once serve() started them
     orphaned = False            # the master died (notify saw another parent)
+    quitting = False            # a quick stop (SIGQUIT, SIGINT) is under way (handle_quit)
 
     def init_process(self):
         # The instance locks came with the fork (they go with the last process of the
@@ -212,6 +213,12 @@ class GatewayWorker(GeventWorker):
 
     def handle_quit(self, sig, frame):
         self.stop_runtime()
+        # Ctrl-C in a terminal signals the whole process group: the worker gets SIGINT and
+        # then the master's SIGQUIT. A second exit raised inside the first one's shutdown
+        # and wrote a traceback to the log; one quick exit is enough.
+        if self.quitting:
+            return
+        self.quitting = True
         # gunicorn's gevent worker exits in a greenlet (out of the signal handler, where
         # logging's locks could deadlock); the logs are flushed there first, or the access
         # lines of the last 50 ms and what the log throttle left out would be lost.
