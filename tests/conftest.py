@@ -482,8 +482,29 @@ class Launcher:
         return members
 
     def close(self):
+        """Stop everything this launcher started, all at once. A gateway's master gets
+        SIGINT (gunicorn's quick stop): SIGTERM's drain waits out each idle keep-alive
+        connection a test left open, up to server.keepalive, at every teardown. Tests of
+        the graceful stop send SIGTERM themselves."""
+        procs = [proc for proc in reversed(self.started) if proc.poll() is None]
+        for proc in procs:
+            try:
+                if is_gateway(proc):
+                    os.kill(proc.pid, signal.SIGINT)    # the master alone: it stops its own
+                else:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
         for proc in reversed(self.started):
             stop_process(proc, timeout=10)
+
+
+def is_gateway(proc):
+    """Whether ``proc`` is a gateway's master (``gwserver run``) a test started."""
+    args = proc.args if isinstance(proc.args, (list, tuple)) else str(proc.args).split()
+    args = [str(arg) for arg in args]
+    return "run" in args and any(arg == "gwserver" or arg.endswith("/gwserver")
+                                 for arg in args)
 
 
 @pytest.fixture
