@@ -72,6 +72,12 @@ def opening_within(seconds, host=None):
         timeout.close()
 
 
+def lookup_hangs(host):
+    """Is a lookup of ``host`` that hung still running (opening_within's shared one)? A
+    connect to that name now waits for it, within its timeout, before it can begin."""
+    return host in _HANGING
+
+
 def handshake_within(seconds):
     """A ``gevent.Timeout`` that raises ``socket.timeout`` once ``seconds`` (and twice
     OPENING_SLACK) have passed: a new upstream connection's TLS handshake as a whole within

@@ -658,9 +658,14 @@ class H2Connection:
                     break
             now = time.monotonic()
             waited_until = waited_until or now + slot_timeout
-            if now >= waited_until or not self.stream_freed.wait(waited_until - now):
+            # (a call's grpc-timeout bounds this wait too: a DEADLINE_EXCEEDED at its time,
+            # not UNAVAILABLE after the pool's)
+            until = waited_until if deadline is None else min(waited_until, deadline)
+            if now >= until or not self.stream_freed.wait(until - now):
+                if until < waited_until:
+                    raise deadline_hit(self.target, "waiting for a free HTTP/2 stream")
                 raise UpstreamBusy(f"{self.target.url} has no free HTTP/2 stream (it "
-                                         f"allows {limit} at once)")
+                                   f"allows {limit} at once)")
         if body:
             try:
                 self.send_body(stream_id, stream, body, timeout, end=not more)
@@ -944,6 +949,14 @@ class StreamResponse:
         self.connection.finish(self.stream_id, self.stream)
 
 
+def deadline_hit(target, doing="connecting"):
+    """A gRPC call's grpc-timeout ran out before its stream to ``target`` was open: the
+    call's bound (DEADLINE_EXCEEDED), not the target's failure (no skip, no ejection)."""
+    exc = UpstreamTimeout(f"{target.url}: the call's grpc-timeout ran out {doing}")
+    exc.deadline_hit = True
+    return exc
+
+
 class H2Pools:
     """One H2Connection per target (and TLS settings) in this worker, opened on demand,
     replaced when broken."""
@@ -958,18 +971,33 @@ class H2Pools:
         self._failed = {}
         self.on_open = on_open      # called with the target's url for each new connection
 
-    def get(self, target, connect_timeout, tls, write_timeout):
+    def get(self, target, connect_timeout, tls, write_timeout, deadline=None):
+        """The target's connection, opened (or waited for) within ``connect_timeout`` and
+        a gRPC call's ``deadline`` (time.monotonic()), whichever comes first."""
         key = (target.key, tls)
         connection = self.connections.get(key)
         if connection is not None and connection.usable:
             return connection
+        asked = time.monotonic()
+        # The wait for another request's connect and this request's own connect are one
+        # connect: within its timeout, and within a gRPC call's deadline when that ends
+        # first (a call of 300 ms waited a hung connect's whole timeouts.connect, 3 s, say,
+        # and was answered UNAVAILABLE, not DEADLINE_EXCEEDED).
+        until = asked + connect_timeout
+        by_deadline = deadline is not None and deadline < until
+        if by_deadline:
+            until = deadline
+            if until <= asked:
+                raise deadline_hit(target)
         # One connect at a time per target: greenlets arriving meanwhile share its result
         # instead of opening a connection each.
         lock = self._connecting.setdefault(key, gevent.lock.Semaphore())
-        asked = time.monotonic()
-        # The wait for another request's connect is this request's connect: within its
-        # timeout (unbounded, each waiter waited for every connect made before its own).
-        if not lock.acquire(timeout=connect_timeout + 2 * OPENING_SLACK):
+        # (unbounded, each waiter waited for every connect made before its own)
+        waited = not lock.acquire(blocking=False)
+        if waited and not lock.acquire(timeout=until - asked + (0 if by_deadline else
+                                                                2 * OPENING_SLACK)):
+            if by_deadline:
+                raise deadline_hit(target)
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out (another "
                                          f"request's connect to it took over "
                                          f"{connect_timeout:g}s)")
@@ -1001,13 +1029,27 @@ class H2Pools:
                     problem = tls and client_tls_problem(tls[1], tls[3], tls[4]) or exc
                     raise UpstreamTLSFilesError(f"TLS to {target.url}: the upstream's tls "
                                                 f"files cannot be loaded ({problem})") from None
+                # What the wait left: a waiter whose connector left without a verdict (its
+                # client reset the stream) connected for a whole timeout of its own after.
+                left = until - time.monotonic() if waited or by_deadline else \
+                    connect_timeout
+                if left <= 0:
+                    raise deadline_hit(target) if by_deadline else UpstreamConnectTimeout(
+                        f"connect to {target.url} timed out (waiting for another "
+                        f"request's connect to it)")
                 try:
-                    connection = H2Connection(target, connect_timeout, context,
+                    connection = H2Connection(target, left, context,
                                               tls[2] if tls else None, write_timeout,
                                               self.max_empty_frames)
                 except UpstreamConnectError as exc:
+                    if by_deadline and isinstance(exc, UpstreamConnectTimeout):
+                        # the call's deadline cut it: no failure of the target's (a waiter
+                        # connects itself)
+                        raise deadline_hit(target) from None
+                    # (under what a wait left of it: a waiter whose own timeout had longer
+                    # to run is not failed by it)
                     self._failed[key] = (type(exc), exc.reason, time.monotonic(),
-                                         connect_timeout)
+                                         left if waited else connect_timeout)
                     raise
                 self._failed.pop(key, None)
                 self.connections[key] = connection

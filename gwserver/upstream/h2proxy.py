@@ -195,7 +195,7 @@ class H2Forwarder:
             try:
                 try:
                     connection = self.pools.get(target, connect_timeout, upstream.tls,
-                                                route.read_timeout)
+                                                route.read_timeout, deadline)
                     if target.url in proxy.refused:
                         del proxy.refused[target.url]   # a probe got through: it is back
                     exchange = self.attempt(client, req, connection, target, upstream, grpc,
@@ -345,7 +345,7 @@ class H2Forwarder:
                         # the client's whole grpc-timeout)
                         headers = time_left(headers, deadline, time.monotonic())
                     connection = self.pools.get(target, try_policy(route, upstream)[1],
-                                                upstream.tls, route.read_timeout)
+                                                upstream.tls, route.read_timeout, deadline)
         except BaseException as exc:
             # (close() ends the sender: a wait for the client it was in is now counted)
             Exchange(stream, sender).close()

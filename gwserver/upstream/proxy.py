@@ -57,8 +57,8 @@ from ..errors import (BadRequest, InternalError, LoopDetected, OutOfFiles,
 from ..files import client_tls_problem, irregular_file
 from ..net.deadlines import WriteDeadline
 from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, handshake_within,
-                           idle_state, opening_within, out_of_files, readable_within,
-                           recv_when_readable, send_all,
+                           idle_state, lookup_hangs, opening_within, out_of_files,
+                           readable_within, recv_when_readable, send_all,
                            send_unless_answered, tls_idle_state, tls_read_now,
                            tls_send_unless_answered)
 from ..settings import resolve_workers
@@ -930,9 +930,16 @@ class Proxy:
         # timed out after 1 s left none, and the next request was the host's probe of the
         # dead target, each one after it too.
         self.book_failure(upstream, target, refused=time.monotonic())
+        wanted = "connect" in policy.events
+        if wanted and isinstance(exc, UpstreamConnectTimeout) and \
+                lookup_hangs(target.host) and \
+                not any(t.host != target.host for t in upstream.targets):
+            # The name's lookup hangs: a retry to that name waits for the same lookup,
+            # within a connect timeout of its own, and the request's 504 came after twice
+            # timeouts.connect (the default policy retries a failed connect once).
+            wanted = False
         return self.may_retry(route, upstream, target, tried, attempts_left, budget,
-                              "connect" in policy.events, exc.reason, now, started=started,
-                              client=client)
+                              wanted, exc.reason, now, started=started, client=client)
 
     def book_outcome(self, upstream, target, status):
         passive = upstream.passive
