@@ -159,6 +159,14 @@ class PassiveTracker:
         self.failures.pop(key, None)
         self._eject(upstream, key, conf)
 
+    def forget_gone(self, keys):
+        """Drop the counts of targets no longer in the table (``keys``: target_key of those
+        that are): one that left mid-count (an instance failing as it went away) kept its
+        entry for the worker's life, and a new instance at its address (IP:port reused)
+        inherited it, ejected before its own ``consecutive_failures``."""
+        for key in [key for key in self.failures if key not in keys]:
+            del self.failures[key]
+
     def _eject(self, upstream, key, conf):
         now = time.time()
         try:

@@ -231,7 +231,7 @@ class Controller:
         # new ones (load)
         self.stores_of = None if backends else store_inputs(conf)
         self.pushed = {}        # (route, window) -> what this host last stored
-        self.seen = {}          # route -> epoch last logged
+        self.seen = {}          # route -> (id, run, epoch) last logged
         self.windows = None     # the windows the last tick judged (host_totals); None: none yet
         # route -> (window, monotonic time this host first saw it): read back, so that a
         # restarted helper (killed, hung, the gateway restarted) does not hold every running
@@ -288,6 +288,9 @@ class Controller:
         self.follow()
         rollouts = rollouts_in(self.table.router)
         self.first_seen = {r: seen for r, seen in self.first_seen.items() if r in rollouts}
+        # of routes that left (etcd churn): dropped, else one entry each stayed for good
+        self.seen = {r: seen for r, seen in self.seen.items() if r in rollouts}
+        self.pushed = {k: v for k, v in self.pushed.items() if k[0] in rollouts}
         totals = host_totals(self.state_dir, self.windows)
         self.leader = bool(rollouts) and self.state.lead(self.host)
         steps, status = {}, {}
@@ -381,13 +384,15 @@ class Controller:
     def log_transitions(self, route_id, state):
         """One line per transition this host sees (every host logs a rollback)."""
         last = self.seen.get(route_id)
-        self.seen[route_id] = state.epoch
-        if last is None:
+        self.seen[route_id] = (state.id, state.run, state.epoch)
+        # Another rollout of the route (or another run of it) starts at epoch 1 again: by the
+        # epoch alone, the earlier one's last hid its transitions (a rollback's included)
+        if last is None or last[:2] != (state.id, state.run):
             log.info("rollout %s: %s at step %d of %d, canary %g%%", route_id, state.status,
                      state.step + 1, len(state.steps), state.weight)
             return
         for entry in state.history:
-            if entry["epoch"] > last:
+            if entry["epoch"] > last[2]:
                 level = logging.ERROR if entry["event"] in ("rollback", "abort") else \
                     logging.WARNING if entry["event"] == "pause" else logging.INFO
                 log.log(level, "rollout %s: %s to step %d, canary %g%%: %s", route_id,

@@ -50,6 +50,9 @@ HANGUP_CHECK_EVERY = 1.0
 # than min_body_rate, is a slow client's, closed when every slot is taken and none is idle
 # (Runtime.close_slowest_head)
 SLOW_HEAD_GRACE = 1.0
+# Seconds between sweeps of the per-host state files no route of the table uses
+# (LocalStore.sweep_states): a listing of states/, done only while some are left
+STATES_SWEEP_EVERY = 3.0
 
 
 def serving_streams(conn):
@@ -205,6 +208,10 @@ class Runtime:
         self.router = conf.router
         self.table = self.table_reader = None
         self.pools_checked, self.pools_pruned_at = True, 0.0
+        # per-host state files of routes gone (sweep_states): first once the table has had
+        # time to be read (an etcd one: the shared table), then after each change, and again
+        # while a draining worker still holds some
+        self.states_swept, self.states_swept_at = False, time.monotonic()
         if conf.etcd is not None:
             self.follow_published_table()
         self.alive = True
@@ -366,6 +373,11 @@ class Runtime:
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
             self.prune_pools()
+        if not self.states_swept and now - self.states_swept_at >= STATES_SWEEP_EVERY and \
+                (self.table_reader is None or self.table_reader.generation):
+            # (with etcd, not before its routes are in: theirs would look gone)
+            self.states_swept_at = now
+            self.states_swept = self.services.local_store.sweep_states(self.breaker_owners())
 
     def keep_holder(self):
         """The file this worker's per-host limit_conn leases are held by, made again if it was
@@ -401,8 +413,12 @@ class Runtime:
         from ..upstream.proxy import forget_gone
         forget_gone(self.proxy.outstanding, self.proxy.refused, self.target_urls(upstreams))
         self.proxy.forget_gone_upstreams({upstream.id for upstream in upstreams})
+        from ..helpers.health import target_key
+        self.passive.forget_gone({target_key(upstream.id, target.url)
+                                  for upstream in upstreams for target in upstream.targets})
         # breakers' and adaptive limits' per-host files: one descriptor each, kept open
         self.services.local_store.forget_states(self.breaker_owners())
+        self.states_swept = False       # and the files no worker holds, on the next tick
         removed, replaced = self.proxy.pools.prune(upstreams)
         h2_removed, h2_replaced = self.proxy.h2.pools.prune(upstreams)
         removed, replaced = removed | h2_removed, replaced | h2_replaced

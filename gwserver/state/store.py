@@ -1144,6 +1144,18 @@ def _state_owner(name):
     return owner, rest.partition(":consumer=")[0]
 
 
+def _owner_tag(owner):
+    """A state file's name's first part: a hash of its ("route", id) or ("upstream", id)."""
+    return hashlib.blake2b(f"{owner[0]}:{owner[1]}".encode(), digest_size=6).hexdigest()
+
+
+def state_file_name(name):
+    """``OWNER-KEY`` in states/: hashes of its route or upstream, and of the state's name;
+    the first tells ``LocalStore.sweep_states`` whose it is."""
+    return f"{_owner_tag(_state_owner(name))}-" + \
+        hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+
+
 class LocalStore:
     """Per-host state in files every worker of the host maps, each guarded by flock.
 
@@ -1256,24 +1268,109 @@ class LocalStore:
     def _fd(self, name):
         fd = self.state_fds.get(name)
         if fd is None:
-            file_name = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
-            fd = os.open(os.path.join(self.state_dir, file_name), os.O_RDWR | os.O_CREAT,
-                         0o600)
-            self.state_fds[name] = fd
+            fd = self.state_fds[name] = self._open_state(name)
+        return fd
+
+    def _state_path(self, name):
+        return os.path.join(self.state_dir, state_file_name(name))
+
+    def _open_state(self, name):
+        """A state file opened, and marked in use by this process for as long as it is open:
+        a shared record lock (fcntl; independent of the flock that guards each update), which
+        ``_remove_state`` of another worker tests before it removes the file. -> fd"""
+        path = self._state_path(name)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH)  # waits out a removal under way
+                if os.fstat(fd).st_nlink:
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)        # removed between the open and the lock: open the new one
+
+    def _state_locked(self, name, how):
+        """The state file's fd, under its flock (``how``); opened again if the file was
+        removed under this worker (a tmp cleaner, a hand's rm): writing an unlinked file kept
+        this worker's state apart from the other workers' (on a new one) until it exited."""
+        fd = self._fd(name)
+        fcntl.flock(fd, how)
+        if not os.fstat(fd).st_nlink:
+            os.close(self.state_fds.pop(name))      # its locks with it
+            fd = self._fd(name)
+            fcntl.flock(fd, how)
         return fd
 
     def forget_states(self, owners):
         """Close the state files of breakers and adaptive limits whose route or upstream is no
-        longer in the table (``owners``: its ("route", id) and ("upstream", id) pairs). Each
-        was kept open for the worker's life: routes that come and go through etcd left one
-        descriptor each in every worker, until it could accept no client (EMFILE). One that
-        comes back opens its file again; the file, and so its state, stays."""
+        longer in the table (``owners``: its ("route", id) and ("upstream", id) pairs), and
+        remove those no other process has open. Each was kept open for the worker's life:
+        routes that come and go through etcd left one descriptor each in every worker, until
+        it could accept no client (EMFILE), and one file each in states/ for good. A worker
+        still serving one (its table not yet changed, or draining after a reload) keeps it;
+        the last one to let it go removes it. One that comes back starts over."""
         for name in [name for name in self.state_fds if _state_owner(name) not in owners]:
             os.close(self.state_fds.pop(name))
+            self._remove_state(name)
+        for key in [key for key in self.adaptive_rates
+                    if _state_owner("ad:" + key) not in owners]:
+            del self.adaptive_rates[key]
+
+    def sweep_states(self, owners):
+        """Remove the state files of routes and upstreams not in the table (``owners``) that
+        no process has open: those a worker left as it exited holding them (a reload that
+        removed their route, a worker replaced), and those of an older version's names. A
+        route of the table keeps its file (a restart keeps its breaker). -> whether none is
+        left (one still open elsewhere, a worker draining, is tried again later)."""
+        self.forget_states(owners)      # (its own lock would not keep this worker out)
+        live = {_owner_tag(owner) for owner in owners}
+        try:
+            names = os.listdir(self.state_dir)
+        except OSError:
+            return True     # the state_dir gone: nothing to sweep
+        left = [name for name in names if name.partition("-")[0] not in live and
+                not self._remove_file(os.path.join(self.state_dir, name))]
+        return not left
+
+    def _remove_state(self, name):
+        self._remove_file(self._state_path(name))
+
+    def _remove_file(self, path):
+        """Remove a state file unless another process has it open (its record lock, taken
+        in ``_open_state``). Under an exclusive one, nobody can open it meanwhile (they wait in
+        ``_open_state``, then see it gone and make a new one). -> whether it is gone."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            self._cannot_remove(path, exc)
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the file it locked is still the one at the path (not one removed and made
+            # again by others since it opened it)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.unlink(path)
+            return True
+        except (BlockingIOError, PermissionError):
+            return False        # open in another worker (EAGAIN/EACCES)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            self._cannot_remove(path, exc)
+            return False
+        finally:
+            os.close(fd)
+
+    def _cannot_remove(self, path, exc):
+        throttled_log.log(log, logging.ERROR, ("remove state",),
+                          "cannot remove %s, a per-host state no route uses: %s", path,
+                          exc.strerror or exc)
 
     def _read(self, name):
-        fd = self._fd(name)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        fd = self._state_locked(name, fcntl.LOCK_SH)
         try:
             return os.pread(fd, 1 << 16, 0)
         finally:
@@ -1287,8 +1384,7 @@ class LocalStore:
         is the file cut to it: a worker killed between the two (the OOM killer, the master's
         SIGKILL) left the new state followed by the old one's tail, which no read could parse,
         and every request through the breaker was a 500 from then on, across restarts."""
-        fd = self._fd(name)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = self._state_locked(name, fcntl.LOCK_EX)
         try:
             now = time.time()       # under the lock: the states it writes follow each other
             raw = os.pread(fd, 1 << 16, 0)

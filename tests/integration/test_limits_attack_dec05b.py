@@ -25,7 +25,6 @@ a broken Redis (single, Sentinel, Cluster) or per-host state, against real proce
    the worker fell back to on_store_error for ``pause`` ("deny": 503 for every client,
    "allow": no limit), while Redis was idle.
 """
-import hashlib
 import http.client
 import json
 import os
@@ -201,8 +200,8 @@ def _answers(gw, path):
 # -- 2. the per-host breaker's state file torn by a worker killed mid-update --------------------
 
 def state_file(gw, name):
-    return os.path.join(gw.conf["server"]["state_dir"], "states",
-                        hashlib.blake2b(name.encode(), digest_size=16).hexdigest())
+    from gwserver.state.store import state_file_name
+    return os.path.join(gw.conf["server"]["state_dir"], "states", state_file_name(name))
 
 
 def test_a_torn_per_host_breaker_state_starts_over_instead_of_failing_the_route(launcher,
@@ -242,8 +241,8 @@ def test_a_per_host_state_update_never_leaves_a_torn_file(tmp_path):
         store._update(name, lambda raw, now: ({"short": 1}, None))
     finally:
         os.ftruncate = truncate
-    with open(os.path.join(store.state_dir, hashlib.blake2b(
-            name.encode(), digest_size=16).hexdigest()), "rb") as f:
+    from gwserver.state.store import state_file_name
+    with open(os.path.join(store.state_dir, state_file_name(name)), "rb") as f:
         assert json.loads(f.read()) == {"short": 1}
 
 
