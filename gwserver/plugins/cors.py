@@ -24,6 +24,12 @@ apart. When every origin is allowed without credentials, every answer gets
 ``Access-Control-Allow-Origin: *``, with or without an Origin: one answer for all, which a
 cache cannot hand to the wrong one.
 
+A websocket handshake (``Upgrade: websocket``) from an origin that is not allowed is refused
+with 403: a browser applies no CORS to a websocket, so the page of any other site (or a
+sandboxed frame's ``null``) would otherwise read every message through it, with the user's
+cookies (cross-site websocket hijacking). One without Origin (no browser) goes on, and so
+does one from the gateway's own origin (the Origin's host and port are the request's Host).
+
 The route's cors speaks for its answers alone: an upstream's own ``Access-Control-*``
 headers are dropped (its ``-Allow-Credentials: true`` beside the gateway's
 ``-Allow-Origin`` would grant what this config does not, and its ``-Allow-Origin`` would
@@ -173,10 +179,26 @@ def access(conf, ctx):
         return preflight(conf, ctx, origin)
     if allowed(conf, origin):
         ctx.vars["cors_origin"] = origin
-    elif ctx.var("cors_origin") is not None:
+        return None
+    if ctx.var("cors_origin") is not None:
         # A consumer's cors replacing the route's: the route's yes must not outlive this no.
         del ctx.vars["cors_origin"]
+    if ctx.upgrade and not same_origin(ctx, origin):
+        # A browser applies no CORS to a websocket: a page of a refused origin would read
+        # every message, with the user's cookies (cross-site websocket hijacking).
+        return Reply.json(403, {"error": "cors_not_allowed",
+                                "message": "this origin may not open a websocket here"},
+                          [("Vary", "Origin")])
     return None
+
+
+def same_origin(ctx, origin):
+    """Is ``origin`` the gateway's own, as the client named it in Host (a page served by
+    this host, whose requests CORS does not judge)? Its scheme is left out: a TLS proxy in
+    front may have spoken it."""
+    host = ctx.host_header
+    return host is not None and \
+        origin.lower().partition("://")[2] == host.decode("latin-1").lower()
 
 
 def response(conf, ctx, head):

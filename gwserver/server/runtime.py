@@ -212,6 +212,9 @@ class Runtime:
         # time to be read (an etcd one: the shared table), then after each change, and again
         # while a draining worker still holds some
         self.states_swept, self.states_swept_at = False, time.monotonic()
+        # websocket tunnel (upstream.proxy.TunnelFlow) -> its request: ended when a table
+        # takes away what let it in (end_revoked_tunnels); before the first table is read
+        self.tunnels = {}
         if conf.etcd is not None:
             self.follow_published_table()
         self.alive = True
@@ -337,10 +340,35 @@ class Runtime:
                       "worker: %s", generation, len(refused),
                       "; ".join(f"{k}: {v}" for k, v in sorted(refused.items())[:5]))
         self.table_reader.record(generation, revision, len(self.router), len(refused))
+        if self.tunnels:
+            self.end_revoked_tunnels()
         self.pools_checked = False      # targets may be gone: prune their pools (on_tick)
         gc.freeze()         # a large table stays out of every later full collection
         log.info("route table generation %d (etcd revision %s) applied in %.1f ms: %d routes",
                  generation, revision, (time.monotonic() - started) * 1000, len(self.router))
+
+    def tunnel_opened(self, flow, req):
+        """A websocket's tunnel begins (``flow``: upstream.proxy.TunnelFlow); the table may
+        have revoked what let it in while its handshake waited for the 101."""
+        self.tunnels[flow] = req
+        if self.table is not None:
+            self.end_if_revoked(flow, req)
+
+    def end_revoked_tunnels(self):
+        """A websocket is one request that never ends while bytes move: it was let in once,
+        by a route and perhaps a consumer's credential. The route deleted, or the consumer
+        deleted or given other credentials (a leaked key revoked), every later request is
+        refused; the tunnel is closed now too, or the revoked client talked on for good."""
+        for flow, req in list(self.tunnels.items()):
+            self.end_if_revoked(flow, req)
+
+    def end_if_revoked(self, flow, req):
+        why = revoked(req, self.router.routes, self.table.consumers)
+        if why is not None:
+            throttled_log.log(log, logging.INFO, ("tunnel revoked", req.route.id),
+                              "route %s: websocket %s closed: %s", req.route.id,
+                              req.request_id, why)
+            flow.expire()
 
     def on_tick(self):
         """Every 50 ms: flush the access log; an idle worker picks up a new table too; target
@@ -661,6 +689,24 @@ class Runtime:
         self.proxy.close()
         if self.table_reader is not None:
             self.table_reader.forget()
+
+
+def revoked(req, routes, consumers):
+    """Why the table no longer lets in what let ``req`` (a websocket) in, or None: its route
+    is gone, or its consumer is, or holds other credentials now (the one it came with may
+    be the revoked one). A route or consumer changed otherwise (a timeout, its upstream's
+    targets) leaves it open."""
+    if req.route.id not in routes:
+        return "its route was deleted"
+    consumer = req.consumer
+    if consumer is None:
+        return None
+    now = consumers.get(consumer.id)
+    if now is None:
+        return f"consumer {consumer.id} was deleted"
+    if now is not consumer and consumers.lookups(now) != consumers.lookups(consumer):
+        return f"consumer {consumer.id}'s credentials changed"
+    return None
 
 
 def idle_connections(pool):

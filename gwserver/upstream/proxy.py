@@ -1533,6 +1533,7 @@ class Proxy:
         deadlines, idle = self.runtime.deadlines, req.route.read_timeout
         deadlines.arm(flow, idle)
         try:
+            self.runtime.tunnel_opened(flow, req)      # a table revoking its route or key ends it
             if req.upgrade_tail:
                 try:
                     ex.sock.sendall(req.upgrade_tail)
@@ -1547,6 +1548,7 @@ class Proxy:
             self.pump(flow, client.sock, ex.sock, idle, idle, False)
             down.join()
         finally:
+            self.runtime.tunnels.pop(flow, None)
             deadlines.disarm(flow)
             client.body_sent = flow.down        # (a drain's cut logs what went through)
             req.body_size += flow.up
