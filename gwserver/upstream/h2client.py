@@ -954,6 +954,9 @@ def deadline_hit(target, doing="connecting"):
     call's bound (DEADLINE_EXCEEDED), not the target's failure (no skip, no ejection)."""
     exc = UpstreamTimeout(f"{target.url}: the call's grpc-timeout ran out {doing}")
     exc.deadline_hit = True
+    # nothing of the call was sent: no try of the upstream's (h2proxy's attempts, the
+    # access log's; as UpstreamBusy, which a wait for a free stream ended in before)
+    exc.unsent = True
     return exc
 
 
@@ -983,12 +986,11 @@ class H2Pools:
         # connect: within its timeout, and within a gRPC call's deadline when that ends
         # first (a call of 300 ms waited a hung connect's whole timeouts.connect, 3 s, say,
         # and was answered UNAVAILABLE, not DEADLINE_EXCEEDED).
-        until = asked + connect_timeout
-        by_deadline = deadline is not None and deadline < until
-        if by_deadline:
-            until = deadline
-            if until <= asked:
-                raise deadline_hit(target)
+        connect_until = asked + connect_timeout
+        by_deadline = deadline is not None and deadline < connect_until
+        until = deadline if by_deadline else connect_until
+        if until <= asked:
+            raise deadline_hit(target)
         # One connect at a time per target: greenlets arriving meanwhile share its result
         # instead of opening a connection each.
         lock = self._connecting.setdefault(key, gevent.lock.Semaphore())
@@ -1001,6 +1003,7 @@ class H2Pools:
             raise UpstreamConnectTimeout(f"connect to {target.url} timed out (another "
                                          f"request's connect to it took over "
                                          f"{connect_timeout:g}s)")
+        handed = False      # the lock, to a connect that goes on past the call's deadline
         try:
             connection = self.connections.get(key)
             if connection is None or not connection.usable:
@@ -1031,33 +1034,61 @@ class H2Pools:
                                                 f"files cannot be loaded ({problem})") from None
                 # What the wait left: a waiter whose connector left without a verdict (its
                 # client reset the stream) connected for a whole timeout of its own after.
-                left = until - time.monotonic() if waited or by_deadline else \
-                    connect_timeout
-                if left <= 0:
+                left = connect_until - time.monotonic() if waited else connect_timeout
+                if time.monotonic() >= until:
                     raise deadline_hit(target) if by_deadline else UpstreamConnectTimeout(
                         f"connect to {target.url} timed out (waiting for another "
                         f"request's connect to it)")
-                try:
-                    connection = H2Connection(target, left, context,
-                                              tls[2] if tls else None, write_timeout,
-                                              self.max_empty_frames)
-                except UpstreamConnectError as exc:
-                    if by_deadline and isinstance(exc, UpstreamConnectTimeout):
-                        # the call's deadline cut it: no failure of the target's (a waiter
-                        # connects itself)
-                        raise deadline_hit(target) from None
-                    # (under what a wait left of it: a waiter whose own timeout had longer
-                    # to run is not failed by it)
-                    self._failed[key] = (type(exc), exc.reason, time.monotonic(),
-                                         left if waited else connect_timeout)
-                    raise
-                self._failed.pop(key, None)
-                self.connections[key] = connection
-                if self.on_open is not None:
-                    self.on_open(target.url)
+                if not by_deadline:
+                    connection = self._open(key, target, left, context, tls, write_timeout,
+                                            waited, connect_timeout)
+                else:
+                    # The connect goes on past the call's deadline, within the connect
+                    # timeout, for the calls after it: cut at each call's deadline, a target
+                    # slower to connect than a service's grpc-timeout never had a connection
+                    # and every call was answered DEADLINE_EXCEEDED. A call whose deadline
+                    # came first is no failure of the target's; its waiters get the verdict.
+                    opener = gevent.spawn(self._opened, key, target, left, context, tls,
+                                          write_timeout, waited, connect_timeout)
+                    opener.link(lambda _: lock.release())
+                    handed = True
+                    opener.join(max(until - time.monotonic(), 0))
+                    if not opener.ready():
+                        raise deadline_hit(target)
+                    connection, exc = opener.value or (None, None)
+                    if connection is None:
+                        raise exc or deadline_hit(target)
         finally:
-            lock.release()
+            if not handed:
+                lock.release()
         return connection
+
+    def _open(self, key, target, timeout, context, tls, write_timeout, waited,
+              connect_timeout):
+        """A new connection to ``target`` (under its connect lock), kept; a failure is kept
+        for the requests that waited for it."""
+        try:
+            connection = H2Connection(target, timeout, context, tls[2] if tls else None,
+                                      write_timeout, self.max_empty_frames)
+        except UpstreamConnectError as exc:
+            # (under what a wait left of it: a waiter whose own timeout had longer to run
+            # is not failed by it)
+            self._failed[key] = (type(exc), exc.reason, time.monotonic(),
+                                 timeout if waited else connect_timeout)
+            raise
+        self._failed.pop(key, None)
+        self.connections[key] = connection
+        if self.on_open is not None:
+            self.on_open(target.url)
+        return connection
+
+    def _opened(self, *args):
+        """``_open`` in a greenlet of its own: (connection, None) or (None, its error)
+        (raised, gevent's hub printed it whole, a traceback per slow connect)."""
+        try:
+            return self._open(*args), None
+        except Exception as exc:        # noqa: BLE001 -- handed to the caller, not swallowed
+            return None, exc
 
     def prune(self, upstreams):
         """Retire the connections no h2 upstream of ``upstreams`` (the table's) would use: a

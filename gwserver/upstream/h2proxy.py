@@ -349,7 +349,7 @@ class H2Forwarder:
         except BaseException as exc:
             # (close() ends the sender: a wait for the client it was in is now counted)
             Exchange(stream, sender).close()
-            if not isinstance(exc, NOT_SENT):
+            if not isinstance(exc, NOT_SENT) and not getattr(exc, "unsent", False):
                 req.attempts += 1   # it reached the upstream: a try, answered or not
             if isinstance(exc, Exception):
                 # Its hang-up ended the wait (await_head): no failure of the upstream's to
