@@ -401,11 +401,13 @@ class Runtime:
         if not self.pools_checked and now - self.pools_pruned_at >= 1.0:
             self.pools_checked, self.pools_pruned_at = True, now
             self.prune_pools()
-        if not self.states_swept and now - self.states_swept_at >= STATES_SWEEP_EVERY and \
+        if (not self.states_swept or self.services.local_store.strays) and \
+                now - self.states_swept_at >= STATES_SWEEP_EVERY and \
                 (self.table_reader is None or self.table_reader.generation):
             # (with etcd, not before its routes are in: theirs would look gone)
             self.states_swept_at = now
-            self.states_swept = self.services.local_store.sweep_states(self.breaker_owners())
+            self.states_swept = self.services.local_store.sweep_states(
+                self.breaker_owners(), self.consumer_ids())
 
     def keep_holder(self):
         """The file this worker's per-host limit_conn leases are held by, made again if it was
@@ -445,7 +447,7 @@ class Runtime:
         self.passive.forget_gone({target_key(upstream.id, target.url)
                                   for upstream in upstreams for target in upstream.targets})
         # breakers' and adaptive limits' per-host files: one descriptor each, kept open
-        self.services.local_store.forget_states(self.breaker_owners())
+        self.services.local_store.forget_states(self.breaker_owners(), self.consumer_ids())
         self.states_swept = False       # and the files no worker holds, on the next tick
         removed, replaced = self.proxy.pools.prune(upstreams)
         h2_removed, h2_replaced = self.proxy.h2.pools.prune(upstreams)
@@ -651,6 +653,12 @@ class Runtime:
         return {("route", route.id) for route in routes} | \
             {("upstream", upstream.id) for route in routes
              for upstream in (route.upstream, *route.chain.linked_upstreams())}
+
+    def consumer_ids(self):
+        """The ids of the table's consumers (None: unknown): a consumer's own breaker and
+        adaptive limit are kept while it is in it (LocalStore.forget_states)."""
+        directory = self.services.consumers
+        return None if directory is None else set(directory.consumers)
 
     def update_target_gauges(self, metrics):
         from ..helpers.health import target_key

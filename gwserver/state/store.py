@@ -1190,6 +1190,11 @@ class LocalStore:
         self.state_dir = os.path.join(directory, "states")      # breakers, adaptive limits
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.state_fds = {}
+        # the ("route", id) and ("upstream", id) of the table as forget_states last had it
+        # (None: not yet), its consumer ids (None: any), and whether a file of none of them
+        # was opened since (a request admitted before its route left that ended after: kept
+        # open, the file stayed for good): the worker sweeps again (Runtime.on_tick)
+        self.owners, self.consumers, self.strays = None, None, False
         self.adaptive_rates = {}
         self.on_transition = None       # callable(key, state), set by the worker for metrics
         self.conn_fds = {}              # limit_conn: bucket -> fd, opened on first use
@@ -1279,8 +1284,19 @@ class LocalStore:
         a shared record lock (fcntl; independent of the flock that guards each update), which
         ``_remove_state`` of another worker tests before it removes the file. -> fd"""
         path = self._state_path(name)
+        if self.owners is not None and not self._current(name):
+            self.strays = True      # a request of a route gone: let go at the next sweep
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                # states/ itself removed (a cleaner, a hand's rm -r): made again, as a file
+                # removed is; else every breaker of the host let requests through
+                # unguarded until a restart. (The whole state_dir: the master makes it.)
+                if not os.path.isdir(self.directory):
+                    raise
+                os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_SH)  # waits out a removal under way
                 if os.fstat(fd).st_nlink:
@@ -1302,28 +1318,36 @@ class LocalStore:
             fcntl.flock(fd, how)
         return fd
 
-    def forget_states(self, owners):
+    def forget_states(self, owners, consumers=None):
         """Close the state files of breakers and adaptive limits whose route or upstream is no
-        longer in the table (``owners``: its ("route", id) and ("upstream", id) pairs), and
-        remove those no other process has open. Each was kept open for the worker's life:
+        longer in the table (``owners``: its ("route", id) and ("upstream", id) pairs), or
+        whose consumer is not (``consumers``: the ids of the table's, None: any; a consumer's
+        own, ``:consumer=ID``, stayed open for its route's life, one per consumer ever gone),
+        and remove those no other process has open. Each was kept open for the worker's life:
         routes that come and go through etcd left one descriptor each in every worker, until
         it could accept no client (EMFILE), and one file each in states/ for good. A worker
         still serving one (its table not yet changed, or draining after a reload) keeps it;
         the last one to let it go removes it. One that comes back starts over."""
-        for name in [name for name in self.state_fds if _state_owner(name) not in owners]:
+        self.owners, self.consumers, self.strays = owners, consumers, False
+        for name in [name for name in self.state_fds if not self._current(name)]:
             os.close(self.state_fds.pop(name))
             self._remove_state(name)
-        for key in [key for key in self.adaptive_rates
-                    if _state_owner("ad:" + key) not in owners]:
+        for key in [key for key in self.adaptive_rates if not self._current("ad:" + key)]:
             del self.adaptive_rates[key]
 
-    def sweep_states(self, owners):
+    def _current(self, name):
+        """Is state ``name`` one of the table forget_states last had (its owners, consumers)?"""
+        consumer = name.partition(":consumer=")[2]
+        return _state_owner(name) in self.owners and (
+            not consumer or self.consumers is None or consumer in self.consumers)
+
+    def sweep_states(self, owners, consumers=None):
         """Remove the state files of routes and upstreams not in the table (``owners``) that
         no process has open: those a worker left as it exited holding them (a reload that
         removed their route, a worker replaced), and those of an older version's names. A
         route of the table keeps its file (a restart keeps its breaker). -> whether none is
         left (one still open elsewhere, a worker draining, is tried again later)."""
-        self.forget_states(owners)      # (its own lock would not keep this worker out)
+        self.forget_states(owners, consumers)   # (its own lock would not keep it out)
         live = {_owner_tag(owner) for owner in owners}
         try:
             names = os.listdir(self.state_dir)
