@@ -317,9 +317,10 @@ class Chain:
                     return _deferred_refusal(ctx)
             if ctx.consumer is None:
                 # (no vars: no refusal waits, and no call on a jwt route's every request)
-                return None if ctx._vars is None else _deferred_refusal(ctx)
+                return None if ctx._vars is None else \
+                    _deferred_refusal(ctx) or _deferred_refusal(ctx, REPLACEABLE)
             if ctx.consumer is joined_for:
-                return None
+                return None if ctx._vars is None else _deferred_refusal(ctx, REPLACEABLE)
             joined_for, steps, i = self._join(ctx, ran)     # the anonymous one, at the end
 
     def _join(self, ctx, ran):
@@ -458,9 +459,28 @@ def refuse_unless_identified(ctx, plugin_name, reply):
     ctx.vars.setdefault(DEFERRED_REFUSAL, (plugin_name, reply))
 
 
-def _deferred_refusal(ctx):
-    """The refusal an auth plugin left for the end (refuse_unless_identified), or None."""
-    deferred = ctx.var(DEFERRED_REFUSAL)
+REPLACEABLE = "refused_unless_replaced"
+
+
+def refuse_unless_replaced(ctx, plugin_name, reply):
+    """``reply`` ends the request after the access phases unless the consumer a later auth
+    plugin names has a config of ``plugin_name`` of its own, which replaces the route's for
+    its requests: that one's access runs then and judges anew (``withdraw_refusal``). A
+    route's cors runs before the auth plugins: its no to a websocket stood where the
+    consumer's cors said yes (as it does for the consumer's other requests)."""
+    ctx.vars[REPLACEABLE] = (plugin_name, reply)
+
+
+def withdraw_refusal(ctx, plugin_name):
+    """A config of ``plugin_name`` judges the request anew: the route's refusal goes."""
+    if ctx._vars is not None and ctx._vars.get(REPLACEABLE, ("",))[0] == plugin_name:
+        del ctx._vars[REPLACEABLE]
+
+
+def _deferred_refusal(ctx, key=DEFERRED_REFUSAL):
+    """The refusal an auth plugin left for the end (refuse_unless_identified; with ``key``
+    REPLACEABLE, a route's refuse_unless_replaced), or None."""
+    deferred = ctx.var(key)
     if deferred is None:
         return None
     ctx.ended_by, reply = deferred

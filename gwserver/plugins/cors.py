@@ -29,6 +29,8 @@ with 403: a browser applies no CORS to a websocket, so the page of any other sit
 sandboxed frame's ``null``) would otherwise read every message through it, with the user's
 cookies (cross-site websocket hijacking). One without Origin (no browser) goes on, and so
 does one from the gateway's own origin (the Origin's host and port are the request's Host).
+A consumer's own cors replaces the route's here too: the route's no waits for the auth
+plugins, and a consumer whose cors allows the origin gets its websocket.
 
 The route's cors speaks for its answers alone: an upstream's own ``Access-Control-*``
 headers are dropped (its ``-Allow-Credentials: true`` beside the gateway's
@@ -40,9 +42,12 @@ origin at all (``.*``: every site could read the user's answers).
 """
 import re
 
+from ..core.chain import refuse_unless_replaced, withdraw_refusal
 from ..core.context import Reply
 from ..core.schema import (Field, Invalid, Schema, backtrack_warnings, boolean, compile_pattern,
                            header_name, integer, list_of, show, string)
+from ..core.target import normalise_host
+from ..errors import BadRequest
 
 NAME = "cors"
 PRIORITY = 1120         # before grpc_web (1100) and every auth plugin: preflights carry none
@@ -177,6 +182,8 @@ def access(conf, ctx):
         return None
     if is_preflight(ctx):
         return preflight(conf, ctx, origin)
+    if ctx.upgrade:
+        withdraw_refusal(ctx, NAME)     # a consumer's cors replaces the route's no
     if allowed(conf, origin):
         ctx.vars["cors_origin"] = origin
         return None
@@ -186,9 +193,15 @@ def access(conf, ctx):
     if ctx.upgrade and not same_origin(ctx, origin):
         # A browser applies no CORS to a websocket: a page of a refused origin would read
         # every message, with the user's cookies (cross-site websocket hijacking).
-        return Reply.json(403, {"error": "cors_not_allowed",
-                                "message": "this origin may not open a websocket here"},
-                          [("Vary", "Origin")])
+        reply = Reply.json(403, {"error": "cors_not_allowed",
+                                 "message": "this origin may not open a websocket here"},
+                           [("Vary", "Origin")])
+        if ctx.consumer is None and ctx.route is not None and ctx.route.chain.identifies:
+            # The consumer a later auth plugin names may have a cors of its own, which
+            # replaces this one (it allows its partner's page's fetches: its websocket too)
+            refuse_unless_replaced(ctx, NAME, reply)
+            return None
+        return reply
     return None
 
 
@@ -197,8 +210,16 @@ def same_origin(ctx, origin):
     this host, whose requests CORS does not judge)? Its scheme is left out: a TLS proxy in
     front may have spoken it."""
     host = ctx.host_header
-    return host is not None and \
-        origin.lower().partition("://")[2] == host.decode("latin-1").lower()
+    authority = origin.partition("://")[2]
+    if host is None or not authority:
+        return False
+    # Spelt as Host is (normalise_host): a page of "http://h.example." sent that Origin,
+    # its Host "h.example." became "h.example", and its own websocket was refused.
+    try:
+        name, port = normalise_host(authority.encode("latin-1"))
+    except (BadRequest, UnicodeEncodeError):
+        return False
+    return (name + b":" + port if port else name) == host
 
 
 def response(conf, ctx, head):

@@ -712,7 +712,9 @@ def revoked(req, routes, consumers):
     now = consumers.get(consumer.id)
     if now is None:
         return f"consumer {consumer.id} was deleted"
-    if now is not consumer and consumers.lookups(now) != consumers.lookups(consumer):
+    # The credentials whole, not their lookups: basic_auth's is the user name and jwt's the
+    # claim value, so a rotated password or signing key (kid) left the old one's tunnels open.
+    if now is not consumer and now.credentials != consumer.credentials:
         return f"consumer {consumer.id}'s credentials changed"
     return None
 
