@@ -7,6 +7,7 @@ class only speaks gunicorn: listeners, signals, the drain. What requests need is
 ``Runtime`` (server/runtime.py), built in ``serve()``, after fork, and handed to every
 connection.
 """
+import contextlib
 import logging
 import os
 import re
@@ -39,6 +40,22 @@ DRAINING_MODE = stat.S_IRUSR     # of the heartbeat file, once the worker drains
 QUICK_FLUSH_SECONDS = 0.5       # a worker stopped at once waits this long for Redis at most
 PLAIN_HTTP_ANSWER = render_error(BadRequest("a plain HTTP request was sent to a TLS port: use "
                                             "https://"), keep_alive=False, request_id=None)
+
+
+@contextlib.contextmanager
+def entry_points_read_once():
+    """gevent's patch_all asks importlib.metadata for its plugins' entry points at each of
+    its 25 events, and each ask reads the metadata of every installed package again: 100 ms
+    of a worker's boot (at each start and reload). Within this block they are read once;
+    a plugin gevent would find is found the same."""
+    from importlib import metadata
+    asked = metadata.entry_points
+    every = asked()
+    metadata.entry_points = lambda **select: every.select(**select) if select else every
+    try:
+        yield
+    finally:
+        metadata.entry_points = asked
 
 
 class AcceptPaused(Exception):
@@ -185,7 +202,7 @@ class GatewayWorker(GeventWorker):
         # RecursionError ...") at every worker's start, in the journal of every gateway with
         # [redis]. Workers never use redis.asyncio (the store is redis-py's sync client), so
         # that warning alone is dropped; any other is shown as it was.
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, entry_points_read_once():
             warnings.simplefilter("always")
             super().patch()
         for warning in caught:
