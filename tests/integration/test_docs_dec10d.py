@@ -2,8 +2,6 @@
 etcd and upstreams on loopback (docs/operations.md "Upgrade" and per-host state, and
 docs/security.md on websockets). Each test was seen failing with its promise broken by hand.
 """
-import os
-
 from ..conftest import gateway_conf, route, wait_until
 from .test_attack_dec10c import EchoWebsocket, applied, echoes, open_tunnel
 from .test_etcd import PREFIX, etcd_conf, put
