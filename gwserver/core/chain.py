@@ -291,6 +291,13 @@ class Chain:
         steps, i, ran, joined_for = self.access_steps, 0, set(), None
         while True:
             while i < len(steps):
+                if ctx._vars is not None and REPLACEABLE in ctx._vars and \
+                        not self._may_replace(ctx._vars[REPLACEABLE][0], steps[i:]):
+                    # No later auth plugin, nor a consumer's config of the refusing plugin,
+                    # can replace the route's no: it ends the request before the plugins
+                    # after (a limit counted another site's refused websockets as the
+                    # user's requests, and the user's own got 429)
+                    return _deferred_refusal(ctx, REPLACEABLE)
                 plugin, conf = steps[i]
                 i += 1
                 ran.add(id(conf))
@@ -322,6 +329,12 @@ class Chain:
             if ctx.consumer is joined_for:
                 return None if ctx._vars is None else _deferred_refusal(ctx, REPLACEABLE)
             joined_for, steps, i = self._join(ctx, ran)     # the anonymous one, at the end
+
+    def _may_replace(self, plugin_name, steps):
+        """May one of ``steps`` (to run) replace a refusal of ``plugin_name``'s
+        (refuse_unless_replaced): an auth plugin, or a config of that plugin?"""
+        return any(id(plugin) in self.identifiers or plugin.NAME == plugin_name
+                   for plugin, _ in steps)
 
     def _join(self, ctx, ran):
         """Follow ctx.consumer's joined chain from here: (consumer, its steps not run, 0)."""
