@@ -12,67 +12,29 @@ Each test failed on b80fd42.
    one through the route, with the user's cookies, and read every message the upstream
    sent (cross-site websocket hijacking), where its fetch of the same route was unreadable.
 """
-import base64
-import hashlib
 import os
 import signal
 import socket
-import threading
 
 from gwserver.plugins.key_auth import hash_key
 
 from ..conftest import WEBSOCKET_HANDSHAKE, gateway_conf, route, wait_until
 from .test_etcd import PREFIX, _is_worker, all_workers_at, etcd_conf, put
+from .test_upgrade_attack_dec05h import WebsocketUpstream
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+def echo(conn, state):
+    """Echo what comes until the gateway closes its side."""
+    while piece := conn.recv(65536):
+        conn.sendall(piece)
 
 
-class EchoWebsocket:
+class EchoWebsocket(WebsocketUpstream):
     """A loopback upstream in this process: completes each websocket handshake with a 101,
     then echoes what comes until the gateway closes its side."""
 
     def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.conns = []
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
-        try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                piece = conn.recv(65536)
-                if not piece:
-                    return
-                head += piece
-            key = next(line.partition(b":")[2].strip() for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"sec-websocket-key:"))
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept)
-            while piece := conn.recv(65536):
-                conn.sendall(piece)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.sock.close()
-        for conn in self.conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        super().__init__(echo)
 
 
 def handshake(port, path, fields=b""):
