@@ -54,8 +54,10 @@ def test_the_states_directory_removed_is_made_again_and_breakers_still_guard(lau
     os.rename(states, states + ".gone")     # (at once: the last answer may still write it)
     shutil.rmtree(states + ".gone")
     statuses = [gw.request("GET", "/b/status/500")[0].status for _ in range(3)]
-    # before the fix: [500, 500, 500], "passes unguarded" logged, and so on for good
-    assert statuses == [500, 500, 503], statuses
+    # before the fix: [500, 500, 500], "passes unguarded" logged, and so on for good. The
+    # first answer's success may land in the new file (written as the directory went), and
+    # then the breaker opens one failure sooner: it guards either way.
+    assert statuses in ([500, 500, 503], [500, 503, 503]), statuses
     assert "unguarded" not in gw.log()
     assert os.path.exists(state_file(gw, "br:route:b"))
 
