@@ -21,6 +21,7 @@ import time
 import h2.config
 import h2.connection
 import h2.errors
+import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
@@ -102,7 +103,12 @@ def test_grpc_timeout_bounds_an_h2_connect_and_the_wait_for_another(launcher):
 
 
 class OneStreamUpstream(H2cUpstream):
-    """Allows one stream at a time (its first SETTINGS say so), and answers none."""
+    """Allows one stream at a time (its first SETTINGS say so), and answers none;
+    ``streams`` counts the streams it was sent."""
+
+    def __init__(self):
+        self.streams = 0
+        super().__init__()
 
     def connection(self, sock):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -113,7 +119,9 @@ class OneStreamUpstream(H2cUpstream):
             try:
                 sock.sendall(conn.data_to_send())
                 while data := sock.recv(65536):
-                    conn.receive_data(data)
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.RequestReceived):
+                            self.streams += 1
                     sock.sendall(conn.data_to_send())
             except (h2.exceptions.ProtocolError, OSError):
                 pass

@@ -24,6 +24,7 @@ import h2.settings
 
 from ..conftest import gateway_conf, python_path_with, wait_until
 from ..h2_upstreams import H2cUpstream, ScriptedH2Upstream
+from .test_attack_dec10a import OneStreamUpstream
 from .test_dns_bounded import RESOLVER
 
 # names under .slow.test resolve to 127.0.0.1, 0.6 s late (a far nameserver)
@@ -132,30 +133,6 @@ def test_a_deadline_in_the_wait_for_a_free_stream_is_no_try(launcher):
     finally:
         bad.close()
         held.close()
-
-
-class OneStreamUpstream(H2cUpstream):
-    """Allows one stream at a time (its first SETTINGS say so), and answers none."""
-
-    def __init__(self):
-        self.streams = 0
-        super().__init__()
-
-    def connection(self, sock):
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        conn.local_settings = h2.settings.Settings(
-            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
-        conn.initiate_connection()
-        with sock:
-            try:
-                sock.sendall(conn.data_to_send())
-                while data := sock.recv(65536):
-                    for event in conn.receive_data(data):
-                        if isinstance(event, h2.events.RequestReceived):
-                            self.streams += 1
-                    sock.sendall(conn.data_to_send())
-            except (h2.exceptions.ProtocolError, OSError):
-                pass
 
 
 def test_a_retry_to_another_name_that_hangs_too_is_not_made(launcher, tmp_path):
