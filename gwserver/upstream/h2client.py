@@ -1034,8 +1034,9 @@ class H2Pools:
                                                 f"files cannot be loaded ({problem})") from None
                 # What the wait left: a waiter whose connector left without a verdict (its
                 # client reset the stream) connected for a whole timeout of its own after.
-                left = connect_until - time.monotonic() if waited else connect_timeout
-                if time.monotonic() >= until:
+                now = time.monotonic()
+                left = connect_until - now if waited else connect_timeout
+                if now >= until:
                     raise deadline_hit(target) if by_deadline else UpstreamConnectTimeout(
                         f"connect to {target.url} timed out (waiting for another "
                         f"request's connect to it)")

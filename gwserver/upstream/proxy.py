@@ -933,13 +933,12 @@ class Proxy:
         wanted = "connect" in policy.events
         if wanted and isinstance(exc, UpstreamConnectTimeout) and \
                 lookup_hangs(target.host) and \
-                not any(t.host != target.host and not lookup_hangs(t.host)
-                        for t in upstream.targets):
+                all(lookup_hangs(t.host) for t in upstream.targets):
             # The name's lookup hangs: a retry to that name waits for the same lookup,
             # within a connect timeout of its own, and the request's 504 came after twice
             # timeouts.connect (the default policy retries a failed connect once). So does
             # one to another name whose lookup hangs too (a nameserver that is gone hangs
-            # every name).
+            # every name): retried only when some target's lookup does not hang.
             wanted = False
         return self.may_retry(route, upstream, target, tried, attempts_left, budget,
                               wanted, exc.reason, now, started=started, client=client)
