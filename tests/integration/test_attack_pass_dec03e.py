@@ -35,6 +35,7 @@ a reload (answered whole by the draining worker); the sync process killed -9 twi
 of 60 etcd changes (every worker serves all of them, no generation goes back).
 """
 import collections
+import errno
 import json
 import os
 import signal
@@ -342,15 +343,27 @@ def pids_cgroup():
     finally:
         with open(os.path.join(group, "pids.max"), "w") as f:
             f.write("max")
-        with open(os.path.join(group, "cgroup.procs")) as f:
-            pids = f.read().split()
-        for pid in pids:
+        # The gateway still runs (the launcher stops it after this teardown): a worker it
+        # forks between the listing and the rmdir joins the group, and the rmdir says EBUSY.
+        # So the group is emptied until it stays empty.
+        for _ in range(100):
+            with open(os.path.join(group, "cgroup.procs")) as f:
+                pids = f.read().split()
+            for pid in pids:
+                try:
+                    with open(os.path.join(PIDS_CGROUP, "cgroup.procs"), "w") as f:
+                        f.write(pid)
+                except OSError:
+                    pass                # gone meanwhile
             try:
-                with open(os.path.join(PIDS_CGROUP, "cgroup.procs"), "w") as f:
-                    f.write(pid)
-            except OSError:
-                pass                # gone meanwhile
-        os.rmdir(group)
+                os.rmdir(group)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.05)
+        else:
+            os.rmdir(group)             # still busy after 5 s: say so
 
 
 def cap_tasks(gw, group):
