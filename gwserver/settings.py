@@ -775,6 +775,12 @@ def conf_warnings(conf):
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
+    elif everyone:
+        # Every peer a proxy: the walk never meets an untrusted hop, and the client is the
+        # first one the client itself wrote (past ip_restriction, a fresh limit each time)
+        warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: any client may "
+                        f"name its own address in {server['real_ip_header']} (ip_restriction, "
+                        f"limits keyed on the client and the access log take it)")
     everyone = anyone_in(server["identity_proxies"])
     if everyone:
         warnings.append(f"server.identity_proxies holds {', '.join(everyone)}: any client may "

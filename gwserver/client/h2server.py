@@ -245,7 +245,7 @@ class H2Stream(ClientConnection):
         self.keepalive_enabled = True
         self.last_host = self.last_host_parts = None
         self.head_status = self.body_sent = 0      # see ClientConnection.__init__
-        self.req = None
+        self.req = self.current = None
         self.framer = None
         self.fresh = False          # body data or its end arrived since the last read_body
         self.unacked = 0            # flow-controlled bytes received, not yet acknowledged
@@ -485,7 +485,7 @@ class H2Stream(ClientConnection):
                 self.body_error = early_error
                 self.handle(self.req)
             elif early_error is not None:
-                self.runtime.log_rejected(self.client_ip, early_error)
+                self.runtime.log_rejected(self.rejected_client(), early_error)
                 self.req.error = early_error
                 self.answer(self.req, error_reply(early_error, None), False)
             else:
@@ -1572,7 +1572,7 @@ class H2ServerConnection:
         try:
             stream.open(event.headers, event.stream_ended is not None)
         except Malformed as exc:
-            self.runtime.log_rejected(self.client_ip, _Rejected(str(exc)))
+            self.runtime.log_rejected(stream.rejected_client(), _Rejected(str(exc)))
             self.reset(sid, E.PROTOCOL_ERROR)
             self.count_malformed()
             return
@@ -1588,8 +1588,8 @@ class H2ServerConnection:
         throttled_log.log(log, logging.INFO, "h2 stream refused", "HTTP/2 stream %d of %s: %s",
                           stream.stream_id, self.client_ip, reason)
         # The access line says why: the stream's own, or one of its own if it never began
-        if not stream.running:
-            self.runtime.log_rejected(self.client_ip, _Rejected(str(reason)))
+        if not stream.running:      # (its head was read: the client a trusted proxy named)
+            self.runtime.log_rejected(stream.rejected_client(), _Rejected(str(reason)))
         elif stream.req is not None and stream.req.error is None:
             stream.req.error = _Rejected(str(reason))
         self.reset_refused(stream.stream_id, code)     # (a trailer of 1xx: see reset_refused)

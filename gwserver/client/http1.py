@@ -838,13 +838,21 @@ class ClientConnection:
 
     def reject(self, exc):
         """Answer a request we could not even parse, then the connection closes."""
-        self.runtime.log_rejected(self.client_ip, exc)
+        self.runtime.log_rejected(self.rejected_client(), exc)
         if self.timed_out:
             return                          # closed already (expire() sent the 408)
         try:
             self.write(render_error(exc, keep_alive=False, request_id=None))
         except ClientGone:
             pass
+
+    def rejected_client(self):
+        """Who a refused request's access line names: the client a trusted proxy named once
+        the request's head was read (a bad chunk in the packet of the head), else the peer.
+        The peer alone named the proxy: one client's malformed requests were the balancer's
+        to whoever reads the log (fail2ban on 400s banned it, every client with it)."""
+        req = self.current
+        return self.client_ip if req is None else req.client_ip
 
     def handle(self, req):
         """Serve one request; return True if the connection may carry another."""

@@ -9,7 +9,8 @@ the route), "consumer" (the consumer an auth plugin identified; docs/consumers.m
 nothing), "claim:NAME" (a verified JWT claim, once the jwt plugin has run; requests without the
 header, cookie, claim or consumer share one bucket; one with the header twice, or the cookie
 twice with two values, is a 400, since an upstream reads only one copy of it; Cookie, Host and
-Authorization count as they are read, not as spelt: docs/ratelimit.md). Set in a consumer's own
+Authorization count as they are read, not as spelt, X-Forwarded-For as the client the
+gateway names in it: docs/ratelimit.md). Set in a consumer's own
 ``plugins``, the limit is that consumer's, in buckets apart from the route's (for_consumer).
 With [redis] the state is in Redis (one atomic script per decision, coalesced per worker);
 without it, per host. When Redis cannot answer: "allow"
@@ -161,9 +162,14 @@ def limit_key(conf, ctx):
         if kind == "cookie":
             raw = _one_cookie(ctx, name)
         else:
-            raw = _one_copy(ctx, name)
-            if name in _AS_READ:
-                raw = _AS_READ[name](ctx, raw)
+            as_read = _AS_READ.get(name)
+            if name == b"x-forwarded-for":
+                # (a trusted proxy may split its list over several fields: one list still)
+                raw = as_read(ctx, None)
+            else:
+                raw = _one_copy(ctx, name)
+                if as_read is not None:
+                    raw = as_read(ctx, raw)
         # Always hashed: a header or cookie may carry a secret (an API key, a session), which
         # must not sit in Redis key names or state files; hashed, a long value never makes a
         # long key either.
@@ -235,10 +241,20 @@ def _credentials(ctx, raw):
     return scheme.lower() + b" " + rest.strip(b" \t") if space else raw
 
 
+def _forwarded_client(ctx, raw):
+    """The client the upstream's X-Forwarded-For names: the one trusted_proxies' walk found.
+    As sent, the list's left part is the client's own words behind a trusted proxy (a fresh
+    bucket for each address it prepends), and from anyone else the header is dropped (every
+    client in the one bucket of requests without it, which one client could spend)."""
+    return ctx.client_ip.encode("latin-1")
+
+
 # Headers with many spellings of one value, counted as the request is served: a limit on
 # Host counts the name it was routed by (lower case, no trailing dot, no port, the
-# absolute-form target's own), not "API.Example.", ":8080" or a Host the target overrode.
-_AS_READ = {b"cookie": _cookie_list, b"host": _routed_host, b"authorization": _credentials}
+# absolute-form target's own), not "API.Example.", ":8080" or a Host the target overrode;
+# one on X-Forwarded-For the client the gateway names in it.
+_AS_READ = {b"cookie": _cookie_list, b"host": _routed_host, b"authorization": _credentials,
+            b"x-forwarded-for": _forwarded_client}
 
 
 def _one_copy(ctx, name):
