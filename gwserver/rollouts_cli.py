@@ -4,9 +4,11 @@ Reads and changes the shared rollout state where the gateways keep it (etcd, els
 this host's state directory: state/rollout_store.py), by compare-and-swap, so a command and the
 controller never overwrite each other. Gate values come from this host's rollouts helper
 (its status file), as /admin/rollouts shows them. Exit status: 0 done, 1 the rollout does not
-allow it (e.g. resume a running rollout) or there is no such rollout, 2 a bad conf file.
+allow it (e.g. resume a running rollout) or there is no such rollout, 2 a bad conf file or a
+store out of reach.
 """
 import json
+import os
 import sys
 import time
 
@@ -44,22 +46,44 @@ def main(args):
     if args.action != "list" and not args.route:
         print(f"gwserver rollouts {args.action}: name the route", file=sys.stderr)
         return 2
+    from redis.exceptions import RedisError
     from .state.rollout_store import for_conf
     from .helpers.rollouts import read_status
+    from .sync.etcd import EtcdError
     state_store, _ = for_conf(conf)
     local = read_status(conf.server["state_dir"])["routes"]
-    if args.action == "list":
-        return list_rollouts(state_store, local)
-    if args.action == "status":
-        return show(args.route, state_store, local, args.json)
-    return change(state_store, args.route, args.action, args.reason)
+    try:
+        if args.action == "list":
+            return list_rollouts(state_store, local)
+        if args.action == "status":
+            return show(args.route, state_store, local, args.json)
+        return change(state_store, args.route, args.action, args.reason)
+    except BrokenPipeError:
+        raise       # our stdout closed (`| head`), not the store
+    except (EtcdError, RedisError, OSError) as exc:
+        # etcd or Redis down, a host whose state_dir was never made: a traceback and exit 1,
+        # which says "the rollout does not allow it"; exit 2 and why, as `gwserver routes`
+        print(f"error: the rollout state in {where(state_store)} is out of reach: "
+              f"{printable(exc)}", file=sys.stderr)
+        return 2
+
+
+def where(state_store):
+    """Where ``state_store`` keeps the rollouts, as the conf names it."""
+    from .state.rollout_store import EtcdState, RedisState
+    if isinstance(state_store, EtcdState):
+        return "etcd"
+    if isinstance(state_store, RedisState):
+        return "Redis"
+    return os.path.dirname(state_store.path)
 
 
 def list_rollouts(state_store, local):
     """Exit 1 when a stored state is damaged (listed as such; the others as ever)."""
+    stored = state_store.load_all()     # before the header: a store out of reach says so alone
     print(f"{'ROUTE':20} {'STATUS':12} {'STEP':>6} {'CANARY':>7}  GATES")
     damaged = []
-    for route, raw in sorted(state_store.load_all().items()):
+    for route, raw in sorted(stored.items()):
         try:
             state = core.load_state(raw)
         except core.DamagedState as exc:

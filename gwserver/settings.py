@@ -19,8 +19,8 @@ from .core.accesslog import field_name
 from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
 from .core.realip import UNIX_PEERS, network_of
-from .core.routes import (ROUTE, UPSTREAM, compile_route, link_chain, make_upstream,
-                          path_problems_beside, undefined_upstream, upstream_id,
+from .core.routes import (MAX_POOL_SIZE, ROUTE, UPSTREAM, compile_route, link_chain,
+                          make_upstream, path_problems_beside, undefined_upstream, upstream_id,
                           unreachable_paths)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
@@ -198,6 +198,8 @@ def proxy_peer(value):
 # gateway's own parser (client/http1.py, client/h2server.py) always bounds a request head.
 NO_LIMIT = {0: "gunicorn's 0, no limit, is not taken: the gateway always bounds a request "
                "head"}
+# what a C int holds: listen(2)'s backlog, gevent's Pool size
+C_INT_MAX = 2 ** 31 - 1
 
 
 SERVER = Schema(
@@ -207,7 +209,8 @@ SERVER = Schema(
     Field("workers", worker_count, "auto",
           "worker processes: a positive integer, or \"auto\" for one per core (nginx's "
           "worker_processes auto)"),
-    Field("worker_connections", integer(1), 1000,
+    # past a C int, gevent's Pool refused it: every worker died as it booted, one a second
+    Field("worker_connections", integer(1, C_INT_MAX), 1000,
           "most concurrent client connections per worker"),
     Field("graceful_timeout", number(0, exclusive=True), 30.0,
           "seconds in-flight requests get to finish on reload or stop"),
@@ -223,7 +226,9 @@ SERVER = Schema(
     Field("helper_timeout", number(1.0), 30.0,
           "seconds a helper (config-sync, health, ocsp, rollouts) may stay silent past the "
           "sign of life it promised before the master kills and restarts it"),
-    Field("backlog", integer(1), 2048, "listen queue length"),
+    # listen(2) takes a C int: past it, the start ended in a traceback, a reload half applied
+    Field("backlog", integer(1, C_INT_MAX), 2048,
+          "listen queue length (the kernel caps it at net.core.somaxconn)"),
     Field("max_requests", integer(0), 0, "restart a worker after this many requests; 0 = never"),
     Field("header_timeout", number(0, exclusive=True), 10.0,
           "seconds a client has to send a complete request head (slowloris guard)"),
@@ -293,7 +298,8 @@ SERVER = Schema(
 )
 
 UPSTREAM_DEFAULTS = Schema(
-    Field("pool_size", integer(1), 64, "keep-alive connections kept per target per worker"),
+    Field("pool_size", integer(1, MAX_POOL_SIZE), 64,
+          "keep-alive connections kept per target per worker"),
     Field("block_when_full", boolean, False,
           "when every pooled connection is busy: another target, then wait for one (true); "
           "or open an extra one"),

@@ -26,6 +26,9 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", 
            "REPORT", "SEARCH")
 HOST = r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
 PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# urllib3 fills a new pool with pool_size placeholders: 20,000,000 (a typo) held a worker and
+# its clients for seconds at its first request to each target, and took hundreds of MB
+MAX_POOL_SIZE = 65536
 # A route's inline upstream is named "ROUTE.upstream" (logs, metrics, admin views). Health
 # verdicts, passive ejections, the retry budget and the balancer are kept by upstream id, so
 # a named upstream may not take such an id: one named "orders.upstream" (in etcd, by another
@@ -261,8 +264,8 @@ UPSTREAM = Schema(
     Field("pass_host", one_of("pass", "node", "rewrite"), "pass",
           "Host sent upstream: the client's (pass), the target's (node) or upstream_host"),
     Field("upstream_host", string(HOST, "a host name"), None, "Host header when pass_host=rewrite"),
-    Field("pool_size", integer(1), None, "keep-alive connections per target per worker; "
-          "default upstream_defaults.pool_size"),
+    Field("pool_size", integer(1, MAX_POOL_SIZE), None,
+          "keep-alive connections per target per worker; default upstream_defaults.pool_size"),
     Field("block_when_full", boolean, None, "with every connection to a target busy, go to "
           "another target not tried yet and up, or wait for a free connection (up to "
           "pool_timeout, then 503) instead of opening an unpooled one; default "

@@ -52,8 +52,11 @@ def test_defaults_fill_an_empty_file():
     ({"server": {"keepalive": float("nan")}}, "server.keepalive: must be a finite number"),
     ({"server": {"keepalive": 10 ** 400}}, "server.keepalive: must be a number >= 0 of a "
                                            "sensible size"),
-    ({"server": {"backlog": 10 ** 5000}}, "server.backlog: must be a positive integer of a "
-                                          "sensible size, got <int too large to show>"),
+    ({"server": {"backlog": 10 ** 5000}}, "server.backlog: must be a positive integer between "
+                                          "1 and 2147483647, got <int too large to show>"),
+    ({"server": {"max_requests": 10 ** 5000}}, "server.max_requests: must be a non-negative "
+                                               "integer of a sensible size, got <int too large "
+                                               "to show>"),
     # a bounded integer's message names its bound, and gunicorn's 0 ("no limit") is explained
     ({"server": {"limit_request_line": 0}},
      "server.limit_request_line: must be an integer >= 64, got 0 (gunicorn's 0, no limit, "
