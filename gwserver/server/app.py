@@ -1207,6 +1207,11 @@ class GatewayArbiter(Arbiter):
             new.start()
         self.helper_conf = synced
 
+    def restore_conf(self, conf, tls, cfg):
+        """Back to the configuration a refused reload found."""
+        self.app.conf, self.app.tls_server, self.app.cfg = conf, tls, cfg
+        configure_logging(conf.log["level"])
+
     def reload(self):
         """gunicorn's ``Arbiter.reload``, with listeners changed in place (listeners.py).
 
@@ -1221,13 +1226,18 @@ class GatewayArbiter(Arbiter):
             listeners, retired = rebind(self.LISTENERS, listener_roles(self.app.conf),
                                         self.app.cfg, self.log)
         except (SystemExit, ListenerError) as exc:
-            self.app.conf, self.app.tls_server, self.app.cfg = old_conf, old_tls, old_cfg
-            configure_logging(old_conf.log["level"])
+            self.restore_conf(old_conf, old_tls, old_cfg)
             reason = exc if isinstance(exc, ListenerError) else "gunicorn refused a setting"
             log.error("reload refused: %s; still serving the previous configuration and "
                       "listeners", reason)
             self.refused_because = str(reason)
             return False
+        except Exception:
+            # One no check foresaw (handle_hup logs it): the new conf stayed half applied,
+            # and the next worker forked (a crashed one's replacement) served it. A backlog
+            # past a C int did that before settings bounded it.
+            self.restore_conf(old_conf, old_tls, old_cfg)
+            raise
         self._stats["reloads"] += 1
         self.setup(self.app)
         self.log.reopen_files()
