@@ -932,6 +932,16 @@ def unix_peer_warnings(conf):
     server = conf.server
     listeners = [b for b in [*server["bind"], *((conf.tls or {}).get("bind") or ())]
                  if b.startswith("unix:")]
+    trusting = [name for name in ("trusted_proxies", "identity_proxies")
+                if UNIX_PEERS in server[name]]
+    abstract = [b for b in listeners
+                if b.removeprefix("unix:").removeprefix("//").startswith("\0")]
+    if abstract and trusting:
+        # No file, so no permissions: every process of the host's network namespace may
+        # connect, and server.trusted_proxies made each a proxy free to name any client.
+        return [f"server.{trusting[0]} holds \"unix:\" and {abstract[0]!r} is an abstract "
+                f"socket, which any local process may connect to: any of them may name any "
+                f"client there. Listen on a socket file (its mode is 0660)"]
     if not listeners or UNIX_PEERS in server["trusted_proxies"]:
         return []
     where = [where.removesuffix(": plugins").removesuffix(".plugins")

@@ -16,9 +16,10 @@ Workers tell listeners apart by address (``GatewayWorker.serve``), so a socket k
 role changes (say, the admin port becomes a server port) is served in its new role by the
 workers of the new configuration.
 """
+import os
 import socket
 
-from gunicorn import sock
+from gunicorn import sock, util
 from gunicorn.util import is_ipv6, parse_address
 
 ROLES = ("server", "tls", "admin")
@@ -105,10 +106,32 @@ class V6OnlySocket(sock.TCP6Socket):
         return super().set_options(sock_, bound)
 
 
+# A unix: listener's socket: its user's and group's alone. gunicorn binds it under its umask
+# setting, 0 by default: mode 0777, and every local user could connect, each a trusted proxy
+# where trusted_proxies (or identity_proxies) holds "unix:", free to name any client or user.
+UNIX_SOCKET_MODE = 0o660
+
+
+class GroupUnixSocket(sock.UnixSocket):
+    """gunicorn's unix socket, made UNIX_SOCKET_MODE (the bind, not a chmod after it: no
+    moment in which another user could connect)."""
+
+    def bind(self, sock_):
+        old_umask = os.umask(0o777 & ~UNIX_SOCKET_MODE)
+        try:
+            sock_.bind(self.cfg_addr)
+        finally:
+            os.umask(old_umask)
+        if not self.cfg_addr.startswith("\0"):
+            util.chown(self.cfg_addr, self.conf.uid, self.conf.gid)
+
+
 def socket_type(address, addresses):
     """gunicorn's socket class for ``address``; V6OnlySocket for the IPv6 wildcard when
     ``addresses`` (every address to listen on) holds an IPv4 one on the same port."""
     cls = sock._sock_type(address)
+    if cls is sock.UnixSocket:
+        return GroupUnixSocket
     if cls is sock.TCP6Socket and address[0] in ("::", "::0") and any(
             isinstance(other, tuple) and other[1] == address[1] and not is_ipv6(other[0])
             for other in addresses):
