@@ -46,7 +46,7 @@ def main(args):
     if args.action != "list" and not args.route:
         print(f"gwserver rollouts {args.action}: name the route", file=sys.stderr)
         return 2
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
     from .state.rollout_store import for_conf
     from .helpers.rollouts import read_status
     from .sync.etcd import EtcdError
@@ -60,9 +60,10 @@ def main(args):
         return change(state_store, args.route, args.action, args.reason)
     except BrokenPipeError:
         raise       # our stdout closed (`| head`), not the store
-    except (EtcdError, RedisError, OSError) as exc:
+    except (EtcdError, RedisError, RedisClusterException, OSError) as exc:
         # etcd or Redis down, a host whose state_dir was never made: a traceback and exit 1,
         # which says "the rollout does not allow it"; exit 2 and why, as `gwserver routes`
+        # (a Redis Cluster's RedisClusterException is no RedisError)
         print(f"error: the rollout state in {where(state_store)} is out of reach: "
               f"{printable(exc)}", file=sys.stderr)
         return 2

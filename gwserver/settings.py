@@ -773,6 +773,16 @@ def buffered_streams_warning(conf):
             f"(http2.max_concurrent_streams: a body per stream)")
 
 
+def has_plain_listener(server, tls):
+    """Is a listener on IP not a proxy_protocol one (its peers name clients in
+    real_ip_header)? Matched as proxy_protocol_problems matches them (net.addresses)."""
+    proxied = set()
+    for bind in server["proxy_protocol"]:
+        proxied |= _resolved(bind)
+    return any(not bind.startswith("unix:") and not _resolved(bind) <= proxied
+               for bind in set(server["bind"]) | set((tls or {}).get("bind") or ()))
+
+
 def conf_warnings(conf):
     """What `gwserver check` should say of a valid conf that is likely not what was meant;
     the master logs the same at start and on each reload. Secrets are never quoted."""
@@ -781,7 +791,8 @@ def conf_warnings(conf):
     if everyone and server["proxy_protocol"]:
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: anyone who can "
                         f"reach a proxy_protocol listener may name any client address")
-    elif everyone:
+    # (a listener beside the PROXY ones is a plain one, where the header is walked as ever)
+    if everyone and has_plain_listener(server, conf.tls):
         # Every peer a proxy: the walk never meets an untrusted hop, and the client is the
         # first one the client itself wrote (past ip_restriction, a fresh limit each time)
         warnings.append(f"server.trusted_proxies holds {', '.join(everyone)}: any client may "

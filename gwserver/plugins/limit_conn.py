@@ -45,8 +45,9 @@ SCHEMA = Schema(
     Field("limit", integer(1), doc="requests in progress at once, per key"),
     Field("key", key_kind, "ip", "what is limited: ip, route, consumer, header:NAME or "
           "cookie:NAME"),
-    Field("ipv6_prefix", integer(1, 128), 64, "key ip: an IPv6 client counts by its network "
-          "of this many bits (128: each address alone)"),
+    Field("ipv6_prefix", integer(1, 128), 64, "key ip (header:X-Forwarded-For and "
+          "header:Forwarded too): an IPv6 client counts by its network of this many bits "
+          "(128: each address alone)"),
     Field("scope", one_of("cluster", "host"), "cluster",
           "cluster: Redis when [redis] is set, else per host; host: per host always"),
     Field("lease_seconds", number(0, exclusive=True), 300.0,

@@ -9,8 +9,8 @@ the route), "consumer" (the consumer an auth plugin identified; docs/consumers.m
 nothing), "claim:NAME" (a verified JWT claim, once the jwt plugin has run; requests without the
 header, cookie, claim or consumer share one bucket; one with the header twice, or the cookie
 twice with two values, is a 400, since an upstream reads only one copy of it; Cookie, Host and
-Authorization count as they are read, not as spelt, X-Forwarded-For as the client the
-gateway names in it: docs/ratelimit.md). Set in a consumer's own
+Authorization count as they are read, not as spelt, X-Forwarded-For and Forwarded as the
+client the gateway names in them, as "ip" counts it: docs/ratelimit.md). Set in a consumer's own
 ``plugins``, the limit is that consumer's, in buckets apart from the route's (for_consumer).
 With [redis] the state is in Redis (one atomic script per decision, coalesced per worker);
 without it, per host. When Redis cannot answer: "allow"
@@ -97,8 +97,9 @@ SCHEMA = Schema(
     Field("burst", integer(0), 0, "token bucket: extra requests allowed at once (0 = none)"),
     Field("key", key_kind, "ip", "what is limited: ip, route, consumer, header:NAME, "
           "cookie:NAME or claim:NAME"),
-    Field("ipv6_prefix", integer(1, 128), 64, "key ip: an IPv6 client counts by its network "
-          "of this many bits (128: each address alone)"),
+    Field("ipv6_prefix", integer(1, 128), 64, "key ip (header:X-Forwarded-For and "
+          "header:Forwarded too): an IPv6 client counts by its network of this many bits "
+          "(128: each address alone)"),
     Field("on_store_error", one_of("allow", "deny", "local"), "local",
           "when Redis cannot answer: let through, refuse (503), or limit per host"),
     Field("adaptive", ADAPTIVE, None, "move the rate with the upstream's success rate"),
@@ -149,9 +150,7 @@ def limit_key(conf, ctx):
     way."""
     kind = conf["kind"]
     if kind == "ip":
-        value = ctx.client_ip
-        if ":" in value and conf["ipv6_prefix"] < 128:
-            value = ipv6_network(value, conf["ipv6_prefix"])
+        value = _client(conf, ctx)
     elif kind == "route":
         value = ""
     elif kind == "consumer":
@@ -161,15 +160,13 @@ def limit_key(conf, ctx):
         name = conf["name"]
         if kind == "cookie":
             raw = _one_cookie(ctx, name)
+        elif name in CLIENT_LISTS:
+            # (a trusted proxy may split its list over several fields: one list still)
+            raw = _client(conf, ctx).encode("latin-1")
         else:
-            as_read = _AS_READ.get(name)
-            if name == b"x-forwarded-for":
-                # (a trusted proxy may split its list over several fields: one list still)
-                raw = as_read(ctx, None)
-            else:
-                raw = _one_copy(ctx, name)
-                if as_read is not None:
-                    raw = as_read(ctx, raw)
+            raw = _one_copy(ctx, name)
+            if name in _AS_READ:
+                raw = _AS_READ[name](ctx, raw)
         # Always hashed: a header or cookie may carry a secret (an API key, a session), which
         # must not sit in Redis key names or state files; hashed, a long value never makes a
         # long key either.
@@ -241,20 +238,25 @@ def _credentials(ctx, raw):
     return scheme.lower() + b" " + rest.strip(b" \t") if space else raw
 
 
-def _forwarded_client(ctx, raw):
-    """The client the upstream's X-Forwarded-For names: the one trusted_proxies' walk found.
-    As sent, the list's left part is the client's own words behind a trusted proxy (a fresh
-    bucket for each address it prepends), and from anyone else the header is dropped (every
-    client in the one bucket of requests without it, which one client could spend)."""
-    return ctx.client_ip.encode("latin-1")
+def _client(conf, ctx):
+    """The client as a limit counts it: an IPv6 one by its network (ipv6_prefix)."""
+    value = ctx.client_ip
+    if ":" in value and conf["ipv6_prefix"] < 128:
+        value = ipv6_network(value, conf["ipv6_prefix"])
+    return value
 
 
 # Headers with many spellings of one value, counted as the request is served: a limit on
 # Host counts the name it was routed by (lower case, no trailing dot, no port, the
-# absolute-form target's own), not "API.Example.", ":8080" or a Host the target overrode;
-# one on X-Forwarded-For the client the gateway names in it.
-_AS_READ = {b"cookie": _cookie_list, b"host": _routed_host, b"authorization": _credentials,
-            b"x-forwarded-for": _forwarded_client}
+# absolute-form target's own), not "API.Example.", ":8080" or a Host the target overrode.
+_AS_READ = {b"cookie": _cookie_list, b"host": _routed_host, b"authorization": _credentials}
+# Headers a proxy names the client in (either real_ip_header): a limit on one counts the
+# client the gateway finds there, as key "ip" does (an IPv6 one by its network, else a
+# client holding a /64 had 2^64 buckets). As sent, the list's left part is the client's own
+# words behind a trusted proxy (a fresh bucket for each address it prepends), and from
+# anyone else the header is dropped (every client in the one bucket of requests without it,
+# which one client could spend).
+CLIENT_LISTS = frozenset([b"x-forwarded-for", b"forwarded"])
 
 
 def _one_copy(ctx, name):

@@ -33,6 +33,8 @@ local cur = redis.call('GET', KEYS[1])
 if cur == false or cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0"""
+# What a state key holding another type than a string reads as: no JSON, so DAMAGED
+WRONG_TYPE = b"(a Redis value of another type than a string)"
 OBS_TTL = 86400         # measurements of a window outlive any sane interval
 LEASE_TTL = 5           # seconds a dead writer holds the lock (etcd's minimum is 5 s too)
 
@@ -87,11 +89,23 @@ class RedisState:
         self.base = key_prefix + "ro:"
 
     def load(self, route):
-        return self.client.get(self.base + "state:" + route)
+        return self._get(self.base + "state:" + route)
 
     def load_all(self):
         keys = list(self.client.scan_iter(match=self.base + "state:*"))
-        return {k.decode().rpartition("state:")[2]: self.client.get(k) for k in keys}
+        return {k.decode().rpartition("state:")[2]: self._get(k) for k in keys}
+
+    def _get(self, key):
+        """The stored value; one of another type (another writer's hash) is no rollout state
+        either, and reads as one that is not (core.load_state: DAMAGED). Its WRONGTYPE was
+        "the store is out of reach" to `gwserver rollouts`, of a store that answered."""
+        from redis.exceptions import ResponseError
+        try:
+            return self.client.get(key)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            return WRONG_TYPE
 
     def swap(self, route, old, new):
         return bool(self.client.eval(CAS_LUA, 1, self.base + "state:" + route,
