@@ -783,6 +783,12 @@ class ClientConnection:
         reuses idle keep-alive connections the same way), so idle clients cannot lock others
         out. Once a head has begun it has header_timeout to complete, or gets a 408.
         """
+        if self.malformed_after is not None and not (self.queue and self.queue[0].head_done):
+            # The requests that came whole before the malformed bytes are served: now their 400
+            exc, client = self.malformed_after
+            self.malformed_after = None
+            self.reject(exc, client)
+            return None
         deadlines, server = self.runtime.deadlines, self.settings
         idle = self.runtime.idle_clients
         waiting_first_byte, slow = True, False
@@ -819,6 +825,16 @@ class ClientConnection:
                         self.runtime.head_readers[self] = time.monotonic()
                         self.head_read, slow = n, True
         except HTTPError as exc:
+            if not self.timed_out and self.queue and self.queue[0].complete:
+                # Malformed bytes after whole requests (pipelined in their read): those are
+                # served first, then the 400, as nginx orders them. Answered at once, the 400
+                # was the connection's one answer, and the requests before it were lost
+                # unlogged. What the bytes began (a head, a body that broke) is no request.
+                client = self.rejected_client()
+                while not self.queue[-1].complete:
+                    self.queue.pop()
+                self.malformed_after = (exc, client)
+                return self.queue[0]
             req = self.queue[0] if self.queue else None
             if not self.timed_out and req is not None and req.head_done and \
                     req.request_id is not None and not req.complete and grpc_web_call(req):
@@ -836,9 +852,9 @@ class ClientConnection:
                 self.runtime.head_readers.pop(self, None)   # (or closed as the slowest)
         return self.queue[0]
 
-    def reject(self, exc):
+    def reject(self, exc, client=None):
         """Answer a request we could not even parse, then the connection closes."""
-        self.runtime.log_rejected(self.rejected_client(), exc)
+        self.runtime.log_rejected(client or self.rejected_client(), exc)
         if self.timed_out:
             return                          # closed already (expire() sent the 408)
         try:
@@ -978,6 +994,7 @@ class ClientConnection:
 
     hung_up = False         # Runtime.find_hangups saw this client end its connection
     body_error = None       # an error of the body read with its head (read_head), for handle
+    malformed_after = None  # (error, client) of bytes after whole requests (read_head)
 
     def watch_hangup(self, waiting):
         """A streamed answer is about to wait on its upstream: should the client hang up
