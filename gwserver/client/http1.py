@@ -30,8 +30,8 @@ from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.h2request import grpc_status_fields
 from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NO_BODY_STATUSES,
-                            NOT_FORWARDED, PROXY_SET, REASONS, STEERING_SET, UNTRUSTED_UNSEEN,
-                            X_FORWARDED_MORE)
+                            NOT_FORWARDED, PROXY_SET, REASONS, RESET_CONTENT, STEERING_SET,
+                            UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
 from ..core.realip import connection_scheme
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
@@ -1048,7 +1048,8 @@ class ClientConnection:
             mode = grpc_web_call(req)
             if mode is not None:
                 reply = grpc_web_reply(req, reply, mode, req.header_map[b"content-type"])
-        head_only = req.method == "HEAD" or reply.status in NO_BODY_STATUSES
+        head_only = req.method == "HEAD" or reply.status in NO_BODY_STATUSES or \
+            reply.status == RESET_CONTENT      # (render_reply sends it none)
         trace_line = response_line(req.trace, self.runtime.trace_response_header)
         if trace_line:
             # One trace id, the gateway's: a plugin's Reply (or a reply hook) naming the
@@ -1103,8 +1104,9 @@ class RawChunkedBody:
 
 def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):
     """Bytes of a reply the gateway writes itself (``extra``: whole header lines to add).
-    A 204 or 304 goes without its body and without Content-Length (RFC 9110 8.6), whatever
-    body the plugin gave it."""
+    A 204 or 304 goes without its body and without Content-Length (RFC 9110 8.6), a 205 with
+    an empty one (Content-Length: 0), whatever body the plugin gave it."""
+    body = b"" if reply.status == RESET_CONTENT else reply.body
     lines = [b"HTTP/1.1 %d %s" % (reply.status, REASONS.get(reply.status, b"Unknown"))]
     for name, value in reply.headers:
         lines.append(b"%s: %s" % (name.encode("latin-1") if isinstance(name, str) else name,
@@ -1113,10 +1115,10 @@ def render_reply(reply, keep_alive, request_id, head_only=False, extra=b""):
         lines.append(b"X-Request-ID: " + request_id.encode("latin-1"))
     bodiless = reply.status in NO_BODY_STATUSES
     if not bodiless:
-        lines.append(b"Content-Length: %d" % len(reply.body))
+        lines.append(b"Content-Length: %d" % len(body))
     lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
     head = b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
-    return head if head_only or bodiless else head + reply.body
+    return head if head_only or bodiless else head + body
 
 
 def error_reply(exc, request_id):

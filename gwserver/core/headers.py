@@ -32,6 +32,9 @@ MAX_CONTENT_LENGTH = 2 ** 63 - 1
 # = 304 with its JSON body sent after the head was read by an HTTP/1.1 client as the start of
 # the next answer on the connection (and reset the HTTP/2 stream).
 NO_BODY_STATUSES = frozenset([204, 304])
+# A 205 is framed as any other answer, but has no content (RFC 9110 15.3.6: the server MUST
+# NOT generate any): the gateway's own answer of one goes with "Content-Length: 0".
+RESET_CONTENT = 205
 # Of those, what only the gateway or a trusted proxy in front may say: from anyone else they
 # are not even kept for plugins and route conditions (a forged X-Consumer-Groups would match a
 # route's header condition; a forged X-Forwarded-For would pick a rate limit's bucket).

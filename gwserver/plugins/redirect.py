@@ -16,7 +16,8 @@ A Location is never one a client can point elsewhere: variables are percent-enco
 as in ``https://a.example$param_x`` with x = ``@evil.example``), and a relative URI that would
 start with ``//`` (a scheme-relative URI: another host) is collapsed to one ``/``. ``$host``
 is the Host the route matched: on a route without ``hosts`` that is any name a client sends,
-so use ``hosts`` on the route, or ``host`` here.
+so use ``hosts`` on the route, or ``host`` here. A request that names no host (HTTP/1.0
+without Host) gets 400 ``no_host`` where the Location would need one.
 
 A CORS preflight on a route with ``cors`` goes on to it (a browser does not follow a
 redirect of a preflight); the request it announces is redirected, with cors' headers.
@@ -120,8 +121,7 @@ def access(conf, ctx):
             return None
         host = conf["host"] or ctx.host
         if not host:
-            return Reply.json(400, {"error": "no_host", "message": "the request names no "
-                                    "host to redirect to (send Host)"})
+            return _no_host()
         port = "" if conf["https_port"] == 443 else f":{conf['https_port']}"
         location = f"https://{host}{port}{uri_escape(ctx.path)}"
         query = ctx.query
@@ -132,6 +132,11 @@ def access(conf, ctx):
         if query:
             location += "?" + uri_escape(query)
         return _redirect(conf, location)
+    authority = conf["authority"]
+    if authority is not None and "$host" in authority and not ctx.host:
+        # An HTTP/1.0 request may name no host: the client's error, as for http_to_https,
+        # not a 500 (and an ERROR line blaming the route's uri) any client could ask for
+        return _no_host()
     if ctx.query and (conf["append_query"] or "query" in conf["template"].names):
         # The request ends here: what the Location may carry of its query is what no plugin
         # of the route keeps in (key_auth's key, which runs after this: the client, and
@@ -140,14 +145,13 @@ def access(conf, ctx):
     location = conf["template"].expand(ctx, uri_escape)
     if conf["append_query"] and ctx.query:
         location += ("&" if "?" in location else "?") + uri_escape(ctx.query)
-    authority = conf["authority"]
     if authority is None:
         # a relative URI: one leading "/", never "//host" (uri_escape already turned "\" into
         # %5C, which browsers do not read as a slash)
         location = "/" + location.lstrip("/")
     else:
         expected = authority.replace("$host", ctx.host or "")
-        if not ctx.host and "$host" in authority or urlsplit(location).netloc != expected:
+        if urlsplit(location).netloc != expected:
             route_id = ctx.route.id if ctx.route else None
             throttled_log.log(log, logging.ERROR, ("redirect refused", route_id),
                               "route %s: redirect uri %r made %r, whose host is not %r; "
@@ -169,6 +173,11 @@ def _preflight_for_cors(ctx):
     return ctx.header("access-control-request-method") is not None and \
         ctx.header("origin") is not None and ctx.route is not None and \
         ctx.route.chain is not None and ctx.route.chain.answers_preflight
+
+
+def _no_host():
+    return Reply.json(400, {"error": "no_host", "message": "the request names no host to "
+                            "redirect to (send Host)"})
 
 
 def _redirect(conf, location):

@@ -4,7 +4,8 @@ once per route into a template and expanded per request (nginx's and APISIX's ``
 
     $host        the Host the route matched: lower case, no port (core.target); on a route
                  without ``hosts`` it is whatever the client sent, so a template that puts it
-                 in a URI lets the client choose that URI's host (docs/plugins.md, redirect)
+                 in a URI lets the client choose that URI's host (docs/plugins.md, redirect);
+                 "" for an HTTP/1.0 request that sends none (redirect answers it 400)
     $path        the canonical request path (docs/security.md)
     $query       the query string, without "?"
     $scheme      http or https, as the client connected
