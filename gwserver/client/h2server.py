@@ -38,7 +38,8 @@ Rules this file keeps:
 - The per-connection settings are those of the listener that accepted the connection
   ([http2.listeners."host:port"], found by the socket's local address), else [http2]'s.
 - Draining (SIGTERM/SIGHUP): GOAWAY NO_ERROR naming the last stream taken; streams in flight
-  finish; newer ones are refused; the connection closes when none is left.
+  finish; newer ones are refused; when none is left, FIN after the answers, and the
+  connection closes once the client closes or its linger runs out (``drained``).
 """
 import collections
 import logging
@@ -1063,20 +1064,12 @@ class H2ServerConnection:
         """A deadline passed (idle, a head too slow, a stalled send, the linger after an
         error): close, so waits end. An idle connection closes gracefully (``idle_close``)."""
         if self.idle_closing:
-            self.sock.close()           # its linger ran out, or the slots are wanted now
+            if not self.still_sending():
+                self.sock.close()       # its linger ran out, or the slots are wanted now
             return
         idle = not self.streams
-        if idle and self.wait_state == "idle" and unsent_bytes(self.sock):
-            # Its keepalive ran out with the last answer still queued for a slow reader:
-            # closed now, the window updates it sends while reading would meet a closed
-            # socket, and the reset throws the rest away. It gets as long as a stalled
-            # send would.
-            now = time.monotonic()
-            if self.unsent_since is None:
-                self.unsent_since = now
-            if now - self.unsent_since < self.runtime.send_timeout:
-                self.runtime.deadlines.arm(self, 1.0)
-                return
+        if idle and self.wait_state == "idle" and self.still_sending():
+            return
         self.timed_out = True
         if idle and not self.timeout_reason:
             self.idle_close()
@@ -1093,6 +1086,21 @@ class H2ServerConnection:
                                                       self.timeout_reason))
         finally:
             self.sock.close()
+
+    def still_sending(self):
+        """Is the last answer still queued for a slow reader (and for less than send_timeout:
+        then looked at again in a second)? Closed now, the window updates it sends while
+        reading would meet a closed socket, and the reset throws the rest away. It gets as
+        long as a stalled send would."""
+        if not unsent_bytes(self.sock):
+            return False
+        now = time.monotonic()
+        if self.unsent_since is None:
+            self.unsent_since = now
+        if now - self.unsent_since >= self.runtime.send_timeout:
+            return False
+        self.runtime.deadlines.arm(self, 1.0)
+        return True
 
     def _send_now(self, frame):
         """Write a small frame without waiting (the ticker must not), or drop it. Over TLS it
@@ -1658,10 +1666,23 @@ class H2ServerConnection:
         if not self.streams and not self.closed:
             self._wait_for()        # idle from now, unless a frame has begun
         if self.draining and not self.streams:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)     # ends the reader
-            except OSError:
-                pass
+            self.drained()
+
+    def drained(self):
+        """Draining, and the last stream answered: FIN after the answers, and the reader
+        reads on (the window updates of a client still reading them, a stream it refuses)
+        until the client closes, or LINGER_SECONDS pass (expire, which waits out an answer
+        still queued for a slow reader). Shut both ways at once, the reader's close met
+        those window updates with a reset, and the kernel threw away the answer's tail it
+        had not sent yet: an 8 MB download cut at 7 MB by a reload."""
+        if self.idle_closing or self.closed:
+            return
+        self.idle_closing = True
+        self.runtime.deadlines.arm(self, LINGER_SECONDS)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
 
 def cancelled(stream):
