@@ -152,7 +152,7 @@ def warnings(conf):
     """(the plugin hook) A path.match that can backtrack exponentially on a client's path."""
     if conf["path"] is None:
         return []
-    return backtrack_warnings([("path.match", conf["path"]["match"])], "path")
+    return backtrack_warnings([("path.match", conf["path"]["match"])], "path", searched=True)
 
 
 def phases(conf):
