@@ -409,7 +409,7 @@ def split_runs(pattern, searched=False):
     """The longest chain of unbounded runs of one character class (``.*``, ``[a-z]+``) in
     a row, each able to take characters the one before takes, that a part after them can
     fail: re tries every split of a near miss among them, ~n^k steps for k runs
-    (``^/a/(.*)-(.*)-(.*)\.json$`` on a path of 1,000 dashes: 1.4 s; of 8,000, minutes). A
+    (``^/a/(.*)-(.*)-(.*)\\.json$`` on a path of 1,000 dashes: 1.4 s; of 8,000, minutes). A
     run is cut off from those after it by a character it cannot take (``([^/]*)/``: it ends
     at the slash, one way). A pattern re.search'es unanchored starts with a run of any
     character (the search's start positions). 0 or 1: linear."""

@@ -23,8 +23,13 @@ import os
 
 from ..sync.etcd import _b64
 
+# A key of another type reads as ARGV[3] (WRONG_TYPE), as RedisState.load reads it: a GET of
+# it was WRONGTYPE, and the writer could never replace the damaged state (SET replaces any type)
 CAS_LUA = """
-local cur = redis.call('GET', KEYS[1])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local cur = false
+if kind == 'string' then cur = redis.call('GET', KEYS[1])
+elseif kind ~= 'none' then cur = ARGV[3] end
 if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2]) return 1 end
 return 0"""
@@ -109,7 +114,7 @@ class RedisState:
 
     def swap(self, route, old, new):
         return bool(self.client.eval(CAS_LUA, 1, self.base + "state:" + route,
-                                     old or b"", new))
+                                     old or b"", new, WRONG_TYPE))
 
     def lead(self, host):
         return bool(self.client.eval(LEAD_LUA, 1, self.base + "leader", host,
