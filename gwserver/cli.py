@@ -194,7 +194,15 @@ def main(argv=None):
     finally:
         if args is None or args.func is not cmd_run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS - held)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # Its reader left (`gwserver settings | head`): a traceback for it, and another from
+        # the interpreter's flush at exit, said nothing. Quiet, with the status of a process
+        # SIGPIPE ended (as `ls | head` leaves), not 1, which some commands give a meaning.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 

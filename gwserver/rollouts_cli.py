@@ -59,7 +59,7 @@ def main(args):
             return show(args.route, state_store, local, args.json)
         return change(state_store, args.route, args.action, args.reason)
     except BrokenPipeError:
-        raise       # our stdout closed (`| head`), not the store
+        raise       # our stdout closed (`| head`), not the store: cli.main says nothing
     except (EtcdError, RedisError, RedisClusterException, OSError) as exc:
         # etcd or Redis down, a host whose state_dir was never made: a traceback and exit 1,
         # which says "the rollout does not allow it"; exit 2 and why, as `gwserver routes`
