@@ -38,8 +38,9 @@ Rules this file keeps:
 - The per-connection settings are those of the listener that accepted the connection
   ([http2.listeners."host:port"], found by the socket's local address), else [http2]'s.
 - Draining (SIGTERM/SIGHUP): GOAWAY NO_ERROR naming the last stream taken; streams in flight
-  finish; newer ones are refused; when none is left, FIN after the answers, and the
-  connection closes once the client closes or its linger runs out (``drained``).
+  finish; newer ones are refused; when none is left, FIN after the answers (nothing is
+  written after it), and the connection closes once the client closes or its linger runs
+  out (``drained``).
 """
 import collections
 import logging
@@ -906,6 +907,7 @@ class H2ServerConnection:
         self.wait_state = None          # what the reader waits for: see _wait_for
         self.unsent_since = None        # idle, its last answer still queued (expire)
         self.idle_closing = False       # idle and timed out: GOAWAY sent, lingering (expire)
+        self.write_shut = False         # drained: FIN sent, nothing more goes out
         self.timeout_reason = None      # why Runtime.close_slowest_body (_head) closed it
         self.head_read = 0              # bytes read since a head began (close_slowest_head)
 
@@ -913,6 +915,11 @@ class H2ServerConnection:
 
     def _flush(self):
         data = self.h2.data_to_send()
+        if data and self.write_shut:
+            # After drained()'s FIN (a PING's ACK, a refused stream's RST): dropped. Written,
+            # the write failed and closed the connection, and the window updates of a client
+            # still reading the last answer met a reset that threw its tail away.
+            return
         if data:
             try:
                 send_all(self.sock, data, self.runtime.deadlines, self.writing,
@@ -1677,7 +1684,7 @@ class H2ServerConnection:
         had not sent yet: an 8 MB download cut at 7 MB by a reload."""
         if self.idle_closing or self.closed:
             return
-        self.idle_closing = True
+        self.idle_closing = self.write_shut = True
         self.runtime.deadlines.arm(self, LINGER_SECONDS)
         try:
             self.sock.shutdown(socket.SHUT_WR)

@@ -674,6 +674,13 @@ class ClientConnection:
         n = 0
         try:
             n = self.recv()
+        except HTTPError as exc:
+            # The body came whole and bytes after it broke: this request is served, then the
+            # 400 (read_head). Raised here, the whole request was answered the 400 with
+            # keep-alive, and the next one, whose own body or head broke, was served.
+            if not self.defer_malformed(exc):
+                raise
+            return
         finally:
             runtime.deadlines.disarm(self)
             runtime.body_readers.pop(self, None)   # (or closed as the slowest)
@@ -755,6 +762,12 @@ class ClientConnection:
         except ClientGone:
             pass
         finally:
+            if self.malformed_after is not None:
+                # An answer before the bad bytes ended the connection (a 5xx, a draining
+                # worker, the client gone): they get no 400, but their access line all the same
+                exc, client = self.malformed_after
+                self.malformed_after = None
+                self.runtime.log_rejected(client, exc)
             self.runtime.deadlines.disarm(self)
             try:
                 self.close()        # may linger: the connection holds its slot until closed
@@ -825,15 +838,7 @@ class ClientConnection:
                         self.runtime.head_readers[self] = time.monotonic()
                         self.head_read, slow = n, True
         except HTTPError as exc:
-            if not self.timed_out and self.queue and self.queue[0].complete:
-                # Malformed bytes after whole requests (pipelined in their read): those are
-                # served first, then the 400, as nginx orders them. Answered at once, the 400
-                # was the connection's one answer, and the requests before it were lost
-                # unlogged. What the bytes began (a head, a body that broke) is no request.
-                client = self.rejected_client()
-                while not self.queue[-1].complete:
-                    self.queue.pop()
-                self.malformed_after = (exc, client)
+            if self.defer_malformed(exc):
                 return self.queue[0]
             req = self.queue[0] if self.queue else None
             if not self.timed_out and req is not None and req.head_done and \
@@ -851,6 +856,20 @@ class ClientConnection:
             if slow:
                 self.runtime.head_readers.pop(self, None)   # (or closed as the slowest)
         return self.queue[0]
+
+    def defer_malformed(self, exc):
+        """Malformed bytes after whole requests (pipelined in their read): those are served
+        first, then the 400, as nginx orders them (read_head). Answered at once, the 400 was
+        the connection's one answer, and the requests before it were lost unlogged. What the
+        bytes began (a head, a body that broke) is no request. False: the error is the
+        first request's own."""
+        if self.timed_out or not (self.queue and self.queue[0].complete):
+            return False
+        client = self.rejected_client()
+        while not self.queue[-1].complete:
+            self.queue.pop()
+        self.malformed_after = (exc, client)
+        return True
 
     def reject(self, exc, client=None):
         """Answer a request we could not even parse, then the connection closes."""
@@ -994,7 +1013,7 @@ class ClientConnection:
 
     hung_up = False         # Runtime.find_hangups saw this client end its connection
     body_error = None       # an error of the body read with its head (read_head), for handle
-    malformed_after = None  # (error, client) of bytes after whole requests (read_head)
+    malformed_after = None  # (error, client) of bytes after whole requests (defer_malformed)
 
     def watch_hangup(self, waiting):
         """A streamed answer is about to wait on its upstream: should the client hang up
