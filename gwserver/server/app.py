@@ -120,6 +120,18 @@ class GatewayApplication(BaseApplication):
         GatewayArbiter(self).run()
 
 
+def remove_socket_file(listener):
+    """A retired unix: listener's socket file, removed as gunicorn removes them at a stop:
+    left, it answered every connect with a refusal until the next start (workers' copies
+    of the socket do not need the name)."""
+    address = listener.cfg_addr
+    if isinstance(address, str) and not address.startswith("\0"):
+        try:
+            os.unlink(address)
+        except OSError:
+            pass            # gone already, or its folder is not the master's to write
+
+
 def raise_open_files_limit():
     """The soft open-file limit up to the hard one, for the master and so its workers (as Go's
     runtime and nginx's worker_rlimit_nofile do): a shell's soft 1024 under a hard limit of a
@@ -1249,6 +1261,7 @@ class GatewayArbiter(Arbiter):
             log.info("closing listener %s: no longer in the configuration",
                      describe(listener.cfg_addr))
             listener.close()
+            remove_socket_file(listener)
         if changed:
             log.info("listening at: %s", ", ".join(map(str, listeners)))
         self.cfg.on_reload(self)

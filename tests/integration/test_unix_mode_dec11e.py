@@ -65,3 +65,20 @@ def test_check_warns_of_a_trusted_abstract_unix_socket(tmp_path, upstream):
     conf["server"]["bind"] = ["127.0.0.1:8080", "unix:/run/gw.sock"]
     code, out = check_conf(tmp_path, conf)
     assert code == 0 and "abstract" not in out, out
+
+
+def test_a_unix_listener_a_reload_removes_takes_its_socket_file_along(launcher, upstream,
+                                                                      tmp_path):
+    """Left on disk by the reload (gunicorn's close does not unlink; only its stop does),
+    the file answered each connect with a refusal until the next start."""
+    from .test_reload_listeners import reload
+    path = tmp_path / "gw.sock"
+    gw = launcher.gateway(conf_with(upstream, ["unix:"]), extra_binds=[f"unix:{path}"])
+    assert unix_get(path, b"X-Forwarded-For: 203.0.113.7\r\n")[0] == 200
+
+    def drop_unix(conf):
+        conf["server"]["bind"] = [b for b in conf["server"]["bind"] if not b.startswith("unix:")]
+    reload(gw, drop_unix)
+    assert not path.exists()
+    resp, _ = gw.request("GET", "/echo")
+    assert resp.status == 403                   # served on TCP (no allowed client there)
