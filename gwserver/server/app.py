@@ -27,7 +27,8 @@ from ..errors import ConfigError
 from ..processes import MASTER_SIGNALS
 from ..settings import conf_warnings, load_conf, resolve_workers, tmpfs_dir
 from .instance import InstanceLocked, lock_paths
-from .listeners import ListenerError, bind_all, describe, listener_roles, rebind
+from .listeners import (ListenerError, bind_all, close_listener, describe,
+                        listener_roles, rebind)
 
 log = logging.getLogger("gwserver.master")
 # Signals that stop the master (gunicorn's: TERM graceful, INT and QUIT fast)
@@ -118,18 +119,6 @@ class GatewayApplication(BaseApplication):
         proctitle.install()
         raise_open_files_limit()
         GatewayArbiter(self).run()
-
-
-def remove_socket_file(listener):
-    """A retired unix: listener's socket file, removed as gunicorn removes them at a stop:
-    left, it answered every connect with a refusal until the next start (workers' copies
-    of the socket do not need the name)."""
-    address = listener.cfg_addr
-    if isinstance(address, str) and not address.startswith("\0"):
-        try:
-            os.unlink(address)
-        except OSError:
-            pass            # gone already, or its folder is not the master's to write
 
 
 def raise_open_files_limit():
@@ -1260,8 +1249,7 @@ class GatewayArbiter(Arbiter):
             # forked after this close and never see it.
             log.info("closing listener %s: no longer in the configuration",
                      describe(listener.cfg_addr))
-            listener.close()
-            remove_socket_file(listener)
+            close_listener(listener)
         if changed:
             log.info("listening at: %s", ", ".join(map(str, listeners)))
         self.cfg.on_reload(self)

@@ -174,29 +174,34 @@ def rebind(current, roles, cfg, log):
     """(listeners for ``roles`` in their order, listeners to retire); see the module doc."""
     remaining = list(current)
     wanted, fresh, kept_ones = [], [], []
-    for address, role in roles.items():
-        kept = next((lnr for lnr in remaining if _matches(lnr, address)), None)
-        if kept is not None:
-            problem = _split_changed(kept, address, roles)
-            if problem is not None:
-                for lnr in fresh:
-                    lnr.close()
-                raise ListenerError(f"cannot keep the {role} address {describe(address)}: "
-                                    f"{problem}")
-            remaining.remove(kept)
-            kept_ones.append(kept)
-            wanted.append(name_listener(kept, role))
-            continue
-        try:
-            listener = socket_type(address, roles)(address, cfg, log)
-        except (OSError, ValueError) as exc:
-            for lnr in fresh:
-                lnr.close()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ListenerError(f"cannot listen on the {role} address {describe(address)}: "
-                                f"{reason}") from exc
-        fresh.append(listener)
-        wanted.append(name_listener(listener, role))
+    try:
+        for address, role in roles.items():
+            kept = next((lnr for lnr in remaining if _matches(lnr, address)), None)
+            if kept is not None:
+                problem = _split_changed(kept, address, roles)
+                if problem is not None:
+                    raise ListenerError(f"cannot keep the {role} address "
+                                        f"{describe(address)}: {problem}")
+                remaining.remove(kept)
+                kept_ones.append(kept)
+                wanted.append(name_listener(kept, role))
+                continue
+            try:
+                listener = socket_type(address, roles)(address, cfg, log)
+            except (OSError, ValueError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror \
+                    else str(exc)
+                raise ListenerError(f"cannot listen on the {role} address "
+                                    f"{describe(address)}: {reason}") from exc
+            fresh.append(listener)
+            wanted.append(name_listener(listener, role))
+    except BaseException:
+        # A refused (or failed) reload changes nothing: what it bound is let go, a unix
+        # socket's file too (left, it refused every connect until the next start), whatever
+        # the error (one no check foresaw held its ports for the master's life)
+        for lnr in fresh:
+            close_listener(lnr)
+        raise
     for kept in kept_ones:
         # server.backlog: listen() again on a listening socket sets the new limit (Linux),
         # its queue and connections untouched; only once every bind succeeded (a refused
@@ -204,6 +209,18 @@ def rebind(current, roles, cfg, log):
         # gunicorn's sock.py warns), the old limit stays.
         try:
             kept.sock.listen(cfg.backlog)
-        except (OSError, AttributeError) as exc:
+        except (OSError, AttributeError, OverflowError) as exc:
             log.warning("%s keeps its backlog: listen(%d) failed: %s", kept, cfg.backlog, exc)
     return wanted, remaining
+
+
+def close_listener(listener):
+    """Close a listener of the master's; a unix: one's socket file goes too, as gunicorn
+    removes them at a stop (workers' copies of the socket do not need the name)."""
+    listener.close()
+    address = listener.cfg_addr
+    if isinstance(address, str) and not address.startswith("\0"):
+        try:
+            os.unlink(address)
+        except OSError:
+            pass            # gone already, or its folder is not the master's to write

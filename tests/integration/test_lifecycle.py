@@ -113,7 +113,7 @@ def test_run_refuses_a_bad_conf_before_starting(start_gateway, upstream):
     conf = gateway_conf([route("e", ["/echo"], upstream.url)], server={"backlog": 0})
     gw = start_gateway(conf, wait=False)
     assert gw.proc.wait(15) == 2
-    assert "server.backlog: must be a positive integer, got 0" in gw.log()
+    assert "server.backlog: must be a positive integer between 1 and 2147483647, got 0" in gw.log()
 
 
 PLUGIN = '''

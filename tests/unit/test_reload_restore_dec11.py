@@ -49,3 +49,34 @@ def test_a_refused_listener_puts_it_back_as_before(monkeypatch):
     monkeypatch.setattr(app_module, "listener_roles", lambda conf: [])
     assert arbiter.reload() is False
     assert arbiter.app.conf is old and arbiter.refused_because.startswith("cannot listen")
+
+
+def test_what_a_failed_rebind_bound_is_let_go_whatever_the_error(monkeypatch, tmp_path):
+    """An error no check foresaw in rebind() (a listen() past a C int once) left the
+    listeners it had bound open for the master's life, their ports and socket files held."""
+    import logging
+    import socket
+
+    from gunicorn.config import Config
+
+    from gwserver.server import listeners
+
+    path = str(tmp_path / "gw.sock")
+    real = listeners.socket_type
+
+    def failing_second(address, roles):
+        if address == ("127.0.0.1", 1):
+            raise Unforeseen("no check foresaw this")
+        return real(address, roles)
+    monkeypatch.setattr(listeners, "socket_type", failing_second)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    roles = {("127.0.0.1", port): "server", path: "server", ("127.0.0.1", 1): "admin"}
+    with pytest.raises(Unforeseen):
+        listeners.rebind([], roles, Config(), logging.getLogger("test"))
+    with socket.socket() as again:          # the port is free again
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
+    assert not (tmp_path / "gw.sock").exists()
