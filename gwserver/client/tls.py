@@ -25,6 +25,7 @@ import errno
 import hashlib
 import logging
 import os
+import socket
 import time
 
 from OpenSSL import SSL
@@ -157,6 +158,7 @@ class ServerTLS:
                                   cert_id(entry["cert"])))
             self._index_names(hosts, context, one_label=not entry["hosts"])
         self.default = self.contexts[0][1]
+        self.warnings += h2_cipher_warnings(conf)
         # Only the first context gets the SNI callback: the handshake starts there and may
         # move to another; session tickets are issued and checked with the first context's
         # keys (OpenSSL's session_ctx), which every worker shares.
@@ -304,6 +306,40 @@ def address_warnings(hosts, index):
     return found
 
 
+def h2_cipher_warnings(conf):
+    """A TLS 1.2 suite HTTP/2 prohibits (RFC 9113 9.2.2: not ephemeral, or not AEAD), preferred
+    over one it allows while tls.alpn offers h2: OpenSSL picks the suite before ALPN, by the
+    server's order, and then h2, so a TLS 1.2 client that offers both got HTTP/2 over the
+    prohibited one, which clients that enforce 9.2.2 (Firefox, nghttp2) refuse with
+    INADEQUATE_SECURITY. Go's http2 refuses such an order as well."""
+    if "h2" not in conf["alpn"] or conf["min_version"] == "TLSv1.3":
+        return []
+    # (a context of its own: pyOpenSSL refuses changes to one a Connection was made on)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_cipher_list(conf["ciphers"].encode())       # _context took it already
+    suites = [name for name in SSL.Connection(context, None).get_cipher_list()
+              if not name.startswith("TLS_")]          # TLS 1.3's: all allowed by h2
+    allowed = [name for name in suites if _h2_allows(name)]
+    if not allowed:
+        return [f"tls.ciphers: HTTP/2 (tls.alpn offers h2) prohibits every TLS 1.2 suite of "
+                f"{conf['ciphers']!r} (RFC 9113 9.2.2): TLS 1.2 clients that enforce it refuse "
+                f"the h2 connection; add ECDHE-ECDSA-AES128-GCM-SHA256 or "
+                f"ECDHE-RSA-AES128-GCM-SHA256"]
+    before = suites[:suites.index(allowed[0])]
+    if not before:
+        return []
+    return [f"tls.ciphers: HTTP/2 prohibits {', '.join(before)} (RFC 9113 9.2.2), preferred "
+            f"here over {allowed[0]} while tls.alpn offers h2: a TLS 1.2 client that offers "
+            f"both is given h2 over the prohibited suite, and clients that enforce the RFC "
+            f"refuse the connection; list the ECDHE GCM and CHACHA20-POLY1305 suites first"]
+
+
+def _h2_allows(name):
+    """Is this OpenSSL TLS 1.2 suite one HTTP/2 allows: ephemeral key exchange and AEAD?"""
+    return name.startswith(("ECDHE-", "DHE-")) and \
+        any(aead in name for aead in ("-GCM-", "-CHACHA20-POLY1305", "-CCM"))
+
+
 def _covers(suffix, one_label, name):
     """Does the wildcard ``*`` + ``suffix`` cover ``name`` (with at least one label more)?"""
     if not name.endswith(suffix) or len(name) == len(suffix):
@@ -383,8 +419,19 @@ class TLSSocket:
             sock._wait(event)       # raises if the socket is closed meanwhile (a deadline)
 
     def do_handshake(self):
+        self._refuse_plain_http()
         self._io(self.conn.do_handshake)
         self.established = time.monotonic()
+
+    def _refuse_plain_http(self):
+        """Raise PlainHTTPRequest for a connection whose first byte is a letter (a method's,
+        or the PRI of an h2c preface), never a TLS record's (a ClientHello starts 0x16):
+        nginx tells plain HTTP by that byte too. OpenSSL names only the methods of its own
+        list: a PROPFIND, a lowercase request or an h2c preface got a bare reset, not the
+        400 that says to use https://."""
+        first = self._sock.recv(1, socket.MSG_PEEK)     # left for OpenSSL to read
+        if first.isalpha():
+            raise PlainHTTPRequest(errno.EPROTO, "TLS: http request")
 
     def recv_into(self, buf, nbytes=0):
         return self._io(self.conn.recv_into, buf, nbytes or len(buf))
