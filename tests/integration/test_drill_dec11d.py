@@ -364,7 +364,13 @@ def test_h2_download_in_flight_at_a_reload_is_not_cut(launcher, tmp_path, tls):
     the client whole. The gateway shut the connection both ways once the stream's last DATA
     was queued, the client's window updates (sent while it read the rest) met the closed
     socket, and the kernel's reset threw away the part of the answer not yet sent."""
-    upstream = launcher.upstream("main")
+    download_across_a_reload(launcher, launcher.upstream("main"), tmp_path, tls, 8_000_000,
+                             SlowReader)
+
+
+def download_across_a_reload(launcher, upstream, tmp_path, tls, size, reader):
+    """GET /bytes/SIZE over HTTP/2, SIGHUP while it is under way, then read the rest through
+    ``reader`` (a socket wrapper): the whole answer must come, its stream ended."""
     extra, port = {}, None
     if tls:
         cert, key, _ = CA(tmp_path).issue("localhost")
@@ -378,14 +384,13 @@ def test_h2_download_in_flight_at_a_reload_is_not_cut(launcher, tmp_path, tls):
     client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 21})
     client.conn.increment_flow_control_window(1 << 21)       # 2 MiB ahead, as browsers allow
     client.flush()
-    size = 8_000_000
     sid = client.request(f"/bytes/{size}")
     try:
         time.sleep(0.3)                     # the answer under way, held by the windows
         os.kill(gw.pid, signal.SIGHUP)
         wait_until(lambda: "reload complete" in gw.log(), timeout=10)
         time.sleep(0.3)                     # the old worker has its SIGTERM: GOAWAY, draining
-        client.sock = SlowReader(client.sock)
+        client.sock = reader(client.sock)
         answer = client.response(sid, timeout=20)
         assert client.last_stream_ids == [sid], client.last_stream_ids
         assert answer is not None and answer[0] == 200, answer and answer[:2]

@@ -19,30 +19,14 @@ Defects found (each test failed before its fix):
    connection closed, and the client's next WINDOW_UPDATE met the closed socket: the kernel's
    reset threw the answer's tail away, as before 8699c0a.
 """
-import os
-import re
-import signal
 import socket
 import time
 
-import h2.settings
 import pytest
 
 from ..conftest import free_port, gateway_conf, route, wait_until
-from ..pki import CA
-from .test_drill_dec11d import GoawayTolerantH2, SlowReader
-
-
-def read_all(sock):
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
-def statuses(data):
-    """The status of each answer (an answer's body runs into the next one's status line)."""
-    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+from .test_drill_dec11d import SlowReader, download_across_a_reload
+from .test_pipeline_dec11g import read_all, statuses
 
 
 @pytest.mark.parametrize("body_size", [5, 4096])      # buffered; streamed to the upstream
@@ -104,31 +88,4 @@ class PingingSlowReader(SlowReader):
 @pytest.mark.parametrize("tls", [False, True])
 def test_a_ping_while_a_drained_answer_is_read_does_not_cut_its_tail(launcher, upstream,
                                                                      tmp_path, tls):
-    extra, port = {}, None
-    if tls:
-        cert, key, _ = CA(tmp_path).issue("localhost")
-        port = free_port()
-        extra = {"tls": {"bind": [f"127.0.0.1:{port}"],
-                         "certificates": [{"cert": str(cert), "key": str(key)}]}}
-    gw = launcher.gateway(gateway_conf([route("r", ["/bytes/*n"], upstream.url)],
-                                       http2={"h2c": True}, server={"graceful_timeout": 10.0},
-                                       **extra))
-    client = GoawayTolerantH2(port or gw.port, tls=tls)
-    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 21})
-    client.conn.increment_flow_control_window(1 << 21)       # 2 MiB ahead, as browsers allow
-    client.flush()
-    size = 6_000_000
-    sid = client.request(f"/bytes/{size}")
-    try:
-        time.sleep(0.3)                     # the answer under way, held by the windows
-        os.kill(gw.pid, signal.SIGHUP)
-        wait_until(lambda: "reload complete" in gw.log(), timeout=10)
-        time.sleep(0.3)                     # the old worker has its SIGTERM: GOAWAY, draining
-        client.sock = PingingSlowReader(client.sock)
-        answer = client.response(sid, timeout=20)
-        assert client.last_stream_ids == [sid], client.last_stream_ids
-        assert answer is not None and answer[0] == 200, answer and answer[:2]
-        assert len(answer[2]) == size and client.ended(sid), \
-            f"{len(answer[2])} of {size} bytes, ended {client.ended(sid)}, closed {client.closed}"
-    finally:
-        client.close()
+    download_across_a_reload(launcher, upstream, tmp_path, tls, 6_000_000, PingingSlowReader)
