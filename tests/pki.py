@@ -82,3 +82,10 @@ class CA:
         path = self.directory / "index.txt"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+
+def tls_section(tmp_path, port, host="localhost"):
+    """A conf's [tls] section listening on 127.0.0.1:``port`` with a certificate for ``host``
+    (issued by a new CA in ``tmp_path``)."""
+    cert, key, _ = CA(tmp_path).issue(host)
+    return {"bind": [f"127.0.0.1:{port}"], "certificates": [{"cert": str(cert), "key": str(key)}]}

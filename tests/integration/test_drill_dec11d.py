@@ -35,7 +35,7 @@ import pytest
 from ..conftest import free_port, gateway_conf, open_websocket, wait_until
 from ..grpc_upstream import generated_modules
 from ..h2client import RawH2
-from ..pki import CA
+from ..pki import tls_section
 from .test_etcd import all_workers_at, put
 from .test_grpc_web import grpc_server  # noqa: F401 (the grpcio upstream fixture)
 
@@ -371,12 +371,8 @@ def test_h2_download_in_flight_at_a_reload_is_not_cut(launcher, tmp_path, tls):
 def download_across_a_reload(launcher, upstream, tmp_path, tls, size, reader):
     """GET /bytes/SIZE over HTTP/2, SIGHUP while it is under way, then read the rest through
     ``reader`` (a socket wrapper): the whole answer must come, its stream ended."""
-    extra, port = {}, None
-    if tls:
-        cert, key, _ = CA(tmp_path).issue("localhost")
-        port = free_port()
-        extra = {"tls": {"bind": [f"127.0.0.1:{port}"],
-                         "certificates": [{"cert": str(cert), "key": str(key)}]}}
+    port = free_port() if tls else None
+    extra = {"tls": tls_section(tmp_path, port)} if tls else {}
     gw = launcher.gateway(gateway_conf([{"id": "r", "paths": ["/bytes/*n"], "upstream": {
         "targets": [{"url": upstream.url}]}}], http2={"h2c": True},
         server={"graceful_timeout": 10.0}, **extra))

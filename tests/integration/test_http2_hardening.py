@@ -30,7 +30,7 @@ from gwserver.core.h2fields import integer
 from ..conftest import free_port, gateway_conf, route, wait_until
 from ..h2_upstreams import H2cUpstream
 from ..h2client import RawH2
-from ..pki import CA
+from ..pki import CA, tls_section
 from ..tricklers import H2Trickler, Trickler
 
 E = h2.errors.ErrorCodes
@@ -1018,12 +1018,8 @@ def test_a_header_block_half_in_is_not_idle(launcher, upstream, tmp_path, tls):
     block in (HTTP/1.1 stops being idle at a request's first byte), so a new client's arrival
     closed it under the request; over TLS without even a GOAWAY. The block now has
     header_timeout, and an idle TLS connection gets its GOAWAY too."""
-    extra, port = {}, None
-    if tls:
-        cert, key, _ = CA(tmp_path).issue("localhost")
-        port = free_port()
-        extra = {"tls": {"bind": [f"127.0.0.1:{port}"],
-                         "certificates": [{"cert": str(cert), "key": str(key)}]}}
+    port = free_port() if tls else None
+    extra = {"tls": tls_section(tmp_path, port)} if tls else {}
     gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)], http2={
         "h2c": True}, server={"worker_connections": 2, "keepalive": 30.0}, **extra))
     port = port or gw.port
