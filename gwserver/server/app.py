@@ -27,8 +27,8 @@ from ..errors import ConfigError
 from ..processes import MASTER_SIGNALS
 from ..settings import conf_warnings, load_conf, resolve_workers, tmpfs_dir
 from .instance import InstanceLocked, lock_paths
-from .listeners import (ListenerError, bind_all, close_listener, describe,
-                        listener_roles, rebind)
+from .listeners import (ListenerError, adopt_socket_file, bind_all, close_listener,
+                        describe, listener_roles, rebind)
 
 log = logging.getLogger("gwserver.master")
 # Signals that stop the master (gunicorn's: TERM graceful, INT and QUIT fast)
@@ -611,6 +611,10 @@ class GatewayArbiter(Arbiter):
             role = next((r for a, r in roles.items() if a == listener.cfg_addr), None)
             if role is not None and not hasattr(listener, "role"):
                 name_listener(listener, role)
+            if not self.systemd:
+                # a re-exec's (USR2) unix: socket file is its own to remove once retired;
+                # systemd's is the socket unit's (close_listener)
+                adopt_socket_file(listener)
         self.worker_generation = 1      # of the workers spawned from now on (+1 per reload)
         self.log.error_log.addFilter(TimeoutKills(self))
         self.reloads = ReloadStatus(self.app.conf.server["state_dir"])

@@ -124,6 +124,7 @@ class GroupUnixSocket(sock.UnixSocket):
             os.umask(old_umask)
         if not self.cfg_addr.startswith("\0"):
             util.chown(self.cfg_addr, self.conf.uid, self.conf.gid)
+            self.file_id = _file_id(self.cfg_addr)
 
 
 def socket_type(address, addresses):
@@ -216,11 +217,34 @@ def rebind(current, roles, cfg, log):
 
 def close_listener(listener):
     """Close a listener of the master's; a unix: one's socket file goes too, as gunicorn
-    removes them at a stop (workers' copies of the socket do not need the name)."""
+    removes them at a stop (workers' copies of the socket do not need the name). Only the
+    file it bound itself, still there: a fresh listener of the same reload may have bound
+    the same file by another name (/var/run for /run, a symlinked folder), gunicorn removing
+    this one's first, and unlinked, that listener refused every connect until the next
+    start. A socket inherited from systemd keeps its file, as gunicorn leaves it."""
     listener.close()
     address = listener.cfg_addr
-    if isinstance(address, str) and not address.startswith("\0"):
+    bound = getattr(listener, "file_id", None)
+    if bound is not None and _file_id(address) == bound:
         try:
             os.unlink(address)
         except OSError:
             pass            # gone already, or its folder is not the master's to write
+
+
+def adopt_socket_file(listener):
+    """A unix: listener inherited from a master before this one (USR2): the file at its
+    path is taken for its own, to be removed when it is retired (close_listener)."""
+    address = listener.cfg_addr
+    if getattr(listener, "file_id", None) is None and isinstance(address, str) and \
+            not address.startswith("\0"):
+        listener.file_id = _file_id(address)
+
+
+def _file_id(path):
+    """(device, inode) of the file at ``path``, or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
