@@ -437,22 +437,24 @@ def split_runs(pattern, searched=False):
     def one_char(op, av):
         return op in (c.LITERAL, c.NOT_LITERAL, c.ANY, c.IN)
 
-    # (characters, chain length) of the runs not cut off yet; a run's characters narrow to
-    # those the parts after it can take too: a later run chains on only if it can take them
-    # (``(.*)-(\d+)\.html``: the digits after each dash are another stretch, one way each)
+    # (characters, split characters, chain length) of the runs not cut off yet. A run ends
+    # where the part right after it starts: a later run chains on only if it can take those
+    # (``(.*)-(\d+)\.html``: the digits after each dash are another stretch, one way each).
+    # Only that first part narrows them; a run is cut off by one it cannot take itself
+    # (``(.*)/edit/(.*)``: the first run takes the "e" too, and the second chains on)
     runs = []
     if searched and not _anchored(pattern):
-        runs.append((frozenset(_SAMPLE), 1))
+        runs.append((frozenset(_SAMPLE), None, 1))
     worst = 0
 
     def may_fail(item=None):
         """A part that can fail after the runs so far; a character (``item``) cuts off the
-        runs that cannot take it, and narrows the others to what it takes."""
+        runs that cannot take it, and is where those it follows right away split."""
         nonlocal worst, runs
-        worst = max([worst, *(n for _, n in runs)])
-        if item is not None:
-            taken = chars(item)
-            runs = [(cs & taken, n) for cs, n in runs if cs & taken]
+        worst = max([worst, *(n for _, _, n in runs)])
+        taken = frozenset(_SAMPLE) if item is None else chars(item)
+        runs = [(cs, cs & taken if ends is None else ends, n) for cs, ends, n in runs
+                if item is None or cs & taken]
 
     for op, av in flat(tree):
         if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
@@ -465,7 +467,9 @@ def split_runs(pattern, searched=False):
             # move: counted as one)
             if high >= LONG_RUN and single:     # (c.MAXREPEAT: unbounded)
                 taken = chars(body[0])
-                runs.append((taken, 1 + max((n for cs, n in runs if cs & taken), default=0)))
+                chain = max((n for cs, ends, n in runs if (cs if ends is None else ends) & taken),
+                            default=0)
+                runs.append((taken, None, 1 + chain))
         elif one_char(op, av):
             may_fail((op, av))
         elif op in (c.BRANCH, c.GROUPREF, c.GROUPREF_EXISTS, c.ATOMIC_GROUP):

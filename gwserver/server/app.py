@@ -938,6 +938,18 @@ class GatewayArbiter(Arbiter):
             # (The workers' cfg was copied at fork: they keep the setting as written.)
             self.cut_margin_added = True
             self.cfg.set("graceful_timeout", self.cfg.graceful_timeout + WORKER_CUT_SECONDS)
+        # The listeners are closed here, not by gunicorn's stop: it unlinks every unix:
+        # path it listens on, a file removed by hand since (FileNotFoundError: the stop
+        # ended there, exit status 1, the workers never told) or another's bound there
+        # since. Only the file a listener bound goes (close_listener), when gunicorn's would.
+        unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd \
+            and not self.cfg.reuse_port
+        for listener in self.LISTENERS:
+            if unlink:
+                close_listener(listener)
+            else:
+                listener.close()
+        self.LISTENERS = []
         super().stop(graceful)
         for helper in self.helpers.values():
             helper.stop()
