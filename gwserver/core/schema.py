@@ -431,8 +431,23 @@ def split_runs(pattern, searched=False):
             else:
                 yield op, av
 
+    # re.I (the pattern's, or a group's): the parse tree names one case of a letter, and
+    # ``[a-z]*`` takes the "E" after it too (a run narrowed to that "E" was cut off)
+    def ignores_case(items):
+        for op, av in items:
+            if op is c.SUBPATTERN and av[1] & c.SRE_FLAG_IGNORECASE:
+                return True
+            inner = {c.SUBPATTERN: lambda: [av[-1]], c.MAX_REPEAT: lambda: [av[2]],
+                     c.MIN_REPEAT: lambda: [av[2]], c.POSSESSIVE_REPEAT: lambda: [av[2]],
+                     c.BRANCH: lambda: av[1], c.ATOMIC_GROUP: lambda: [av]}.get(op)
+            if inner and any(ignores_case(part) for part in inner()):
+                return True
+        return False
+    folded = bool(tree.state.flags & c.SRE_FLAG_IGNORECASE) or ignores_case(tree)
+
     def chars(item):
-        return frozenset(d for d in _SAMPLE if _may_match(item, d, c))
+        return frozenset(d for d in _SAMPLE if _may_match(item, d, c) or
+                         folded and _may_match(item, ord(chr(d).swapcase()[0]), c))
 
     def one_char(op, av):
         return op in (c.LITERAL, c.NOT_LITERAL, c.ANY, c.IN)
@@ -478,7 +493,8 @@ def split_runs(pattern, searched=False):
 
 
 def _anchored(pattern):
-    return pattern.startswith(("^", "\\A"))
+    # after its inline flags: (?i)^/api/ is anchored, and no search's start positions
+    return re.sub(r"^(\(\?[aiLmsux]+\))+", "", pattern).startswith(("^", "\\A"))
 
 
 def backtracks(pattern):
