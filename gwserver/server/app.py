@@ -1084,6 +1084,13 @@ class GatewayArbiter(Arbiter):
                       "second until they serve: fix the cause, or the conf, and reload",
                       generation)
 
+    def handle_usr2(self):
+        """SIGUSR2, gunicorn's binary upgrade, is refused: its new master exec'd
+        ``python .../gwserver/__main__.py`` (an ImportError under ``python -m``), and one that
+        started would find this one's instance lock. The log says what to do instead."""
+        log.warning("SIGUSR2 (gunicorn's binary upgrade) is not supported: a configuration "
+                    "change is a reload (SIGHUP), new code a restart (docs/operations.md)")
+
     def handle_hup(self):
         """SIGHUP: reload. gunicorn's main loop ends the master, and every worker with it, on
         any exception a handler raises: one no check foresaw (a state file of another shape
