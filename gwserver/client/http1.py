@@ -765,9 +765,7 @@ class ClientConnection:
             if self.malformed_after is not None:
                 # An answer before the bad bytes ended the connection (a 5xx, a draining
                 # worker, the client gone): they get no 400, but their access line all the same
-                exc, client = self.malformed_after
-                self.malformed_after = None
-                self.runtime.log_rejected(client, exc)
+                self.runtime.log_rejected(*self.take_malformed())
             self.runtime.deadlines.disarm(self)
             try:
                 self.close()        # may linger: the connection holds its slot until closed
@@ -798,8 +796,7 @@ class ClientConnection:
         """
         if self.malformed_after is not None and not (self.queue and self.queue[0].head_done):
             # The requests that came whole before the malformed bytes are served: now their 400
-            exc, client = self.malformed_after
-            self.malformed_after = None
+            client, exc = self.take_malformed()
             self.reject(exc, client)
             return None
         deadlines, server = self.runtime.deadlines, self.settings
@@ -868,8 +865,13 @@ class ClientConnection:
         client = self.rejected_client()
         while not self.queue[-1].complete:
             self.queue.pop()
-        self.malformed_after = (exc, client)
+        self.malformed_after = (client, exc)
         return True
+
+    def take_malformed(self):
+        """(client, error) that defer_malformed kept, taken: answered or logged once."""
+        deferred, self.malformed_after = self.malformed_after, None
+        return deferred
 
     def reject(self, exc, client=None):
         """Answer a request we could not even parse, then the connection closes."""
@@ -1013,7 +1015,7 @@ class ClientConnection:
 
     hung_up = False         # Runtime.find_hangups saw this client end its connection
     body_error = None       # an error of the body read with its head (read_head), for handle
-    malformed_after = None  # (error, client) of bytes after whole requests (defer_malformed)
+    malformed_after = None  # (client, error) of bytes after whole requests (defer_malformed)
 
     def watch_hangup(self, waiting):
         """A streamed answer is about to wait on its upstream: should the client hang up

@@ -27,8 +27,8 @@ from ..errors import ConfigError
 from ..processes import MASTER_SIGNALS
 from ..settings import conf_warnings, load_conf, resolve_workers, tmpfs_dir
 from .instance import InstanceLocked, lock_paths
-from .listeners import (ListenerError, adopt_socket_file, bind_all, close_listener,
-                        describe, listener_roles, rebind)
+from .listeners import (ListenerError, bind_all, close_listener, describe, listener_roles,
+                        rebind)
 
 log = logging.getLogger("gwserver.master")
 # Signals that stop the master (gunicorn's: TERM graceful, INT and QUIT fast)
@@ -611,10 +611,6 @@ class GatewayArbiter(Arbiter):
             role = next((r for a, r in roles.items() if a == listener.cfg_addr), None)
             if role is not None and not hasattr(listener, "role"):
                 name_listener(listener, role)
-            if not self.systemd:
-                # a re-exec's (USR2) unix: socket file is its own to remove once retired;
-                # systemd's is the socket unit's (close_listener)
-                adopt_socket_file(listener)
         self.worker_generation = 1      # of the workers spawned from now on (+1 per reload)
         self.log.error_log.addFilter(TimeoutKills(self))
         self.reloads = ReloadStatus(self.app.conf.server["state_dir"])
@@ -941,14 +937,14 @@ class GatewayArbiter(Arbiter):
         # The listeners are closed here, not by gunicorn's stop: it unlinks every unix:
         # path it listens on, a file removed by hand since (FileNotFoundError: the stop
         # ended there, exit status 1, the workers never told) or another's bound there
-        # since. Only the file a listener bound goes (close_listener), when gunicorn's would.
-        unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd \
-            and not self.cfg.reuse_port
+        # since. Only the file a listener bound goes (close_listener), and none under
+        # systemd, as gunicorn's stop leaves them (its other cases, a USR2 re-exec and
+        # reuse_port, cannot arise: handle_usr2 refuses, and no setting sets reuse_port).
         for listener in self.LISTENERS:
-            if unlink:
-                close_listener(listener)
-            else:
+            if self.systemd:
                 listener.close()
+            else:
+                close_listener(listener)
         self.LISTENERS = []
         super().stop(graceful)
         for helper in self.helpers.values():

@@ -232,15 +232,6 @@ def close_listener(listener):
             pass            # gone already, or its folder is not the master's to write
 
 
-def adopt_socket_file(listener):
-    """A unix: listener inherited from a master before this one (USR2): the file at its
-    path is taken for its own, to be removed when it is retired (close_listener)."""
-    address = listener.cfg_addr
-    if getattr(listener, "file_id", None) is None and isinstance(address, str) and \
-            not address.startswith("\0"):
-        listener.file_id = _file_id(address)
-
-
 def _file_id(path):
     """(device, inode) of the file at ``path``, or None."""
     try:
