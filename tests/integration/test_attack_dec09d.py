@@ -86,9 +86,15 @@ def test_a_container_started_again_frees_the_slots_its_killed_run_held(upstream,
     conf["admin"] = {"bind": f"127.0.0.1:{free_port()}"}
 
     def status():
+        # Read to the end: a request holds its slot until its answer is all out, and the
+        # next one sent after its first bytes (the upstream's head and body can come in
+        # two reads) was refused while the body was still on its way.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-            return int(sock.recv(64).split()[1])
+            answer = b""
+            while piece := sock.recv(65536):
+                answer += piece
+            return int(answer.split()[1])
 
     runs = []
     try:
