@@ -26,6 +26,7 @@ The worker renders ``exc.status`` and ``exc.message`` (``reason``, or ``public``
 names the inside: the log gets it) in one place; nothing upstream of it builds
 error pages by hand.
 """
+import re
 
 
 class GatewayError(Exception):
@@ -224,7 +225,34 @@ def describe(exc):
             break
         exc = inner
     text = str(exc).strip() if exc is not None else ""
+    if text.startswith(NO_MASTER):
+        return no_master_words(text)
     return text[:200] if text else "failed"
+
+
+NO_MASTER = "No master found for "      # redis-py's MasterNotFoundError
+
+
+def no_master_words(text):
+    """redis-py's MasterNotFoundError in words: it holds the repr of each sentinel's client
+    (some 1,500 bytes per sentinel, pool options and all), so a line with three sentinels was
+    4 KB of it, and cut at 200 characters it named none. -> "no master for 'mymaster':
+    sentinel 10.0.0.1:26379: connection refused; sentinel ...", each reason cut at 80."""
+    service, _, errors = text[len(NO_MASTER):].partition(" : ")
+    if not errors:
+        return f"no sentinel names a healthy master for {service[:80]}"
+    said = []
+    for part in re.split(r"(?:^|, )(?=<redis\.client\.)", errors):
+        where = re.search(r"host=([^,]*),port=(\d+)", part)
+        if where is None:
+            continue
+        reason = part.rpartition(")> - ")[2]
+        # "network:ConnectionError: Error 111 connecting to 10.0.0.1:26379. Connection refused."
+        cause = re.search(r"connecting to \S+\. (.+)$", reason)
+        reason = (cause.group(1) if cause else re.sub(r"^[\w.]+:\w+: ", "", reason)).rstrip(".")
+        said.append(f"sentinel {where.group(1)}:{where.group(2)}: "
+                    f"{reason[:1].lower()}{reason[1:80]}")
+    return f"no master for {service[:80]}: " + ("; ".join(said) if said else errors[:200])
 
 
 _PLAIN = ((ConnectionRefusedError, "connection refused"),

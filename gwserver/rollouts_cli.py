@@ -13,7 +13,7 @@ import sys
 import time
 
 from .core import rollout as core
-from .errors import ConfigError
+from .errors import NO_MASTER, ConfigError, no_master_words
 from .terminal import printable
 
 ACTIONS = ("list", "status") + core.COMMANDS
@@ -64,8 +64,11 @@ def main(args):
         # etcd or Redis down, a host whose state_dir was never made: a traceback and exit 1,
         # which says "the rollout does not allow it"; exit 2 and why, as `gwserver routes`
         # (a Redis Cluster's RedisClusterException is no RedisError)
+        # (a Sentinel with no master: in words, not 1,500 bytes of client repr per sentinel)
+        text = str(exc)
         print(f"error: the rollout state in {where(state_store)} is out of reach: "
-              f"{printable(exc)}", file=sys.stderr)
+              f"{printable(no_master_words(text) if text.startswith(NO_MASTER) else text)}",
+              file=sys.stderr)
         return 2
 
 
