@@ -37,6 +37,7 @@ from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
 from ..net.deadlines import WriteDeadline
+from ..net.proxy_protocol import PROXY_OFF, is_proxy_header
 from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address, peer_closed,
                            recv_when_readable, send_all, unsent_bytes)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
@@ -632,6 +633,9 @@ class ClientConnection:
                 # nothing an operator could look up: curl --http2-prior-knowledge on a port
                 # without h2c (docs/http2.md)
                 raise BadRequest(H2C_OFF) from None
+            if not self.requests and not (self.queue and self.queue[0].complete) and \
+                    is_proxy_header(bytes(self.view[:12])):
+                raise BadRequest(PROXY_OFF) from None      # (the connection's first bytes)
             raise BadRequest(f"malformed request: {exc}") from None
 
     def count_unparsed(self, n):

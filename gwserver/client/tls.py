@@ -32,6 +32,7 @@ from OpenSSL import SSL
 
 from ..errors import ConfigError
 from ..files import private_key_problem
+from ..net.proxy_protocol import PROXY_OFF, is_proxy_header
 from ..net.sockets import UNREAD, idle_state
 from ..sync.shm import file_stamp
 from .tickets import key_file_warnings, process_key, read_key_files, ticket_api
@@ -429,8 +430,10 @@ class TLSSocket:
         nginx tells plain HTTP by that byte too. OpenSSL names only the methods of its own
         list: a PROPFIND, a lowercase request or an h2c preface got a bare reset, not the
         400 that says to use https://."""
-        first = self._sock.recv(1, socket.MSG_PEEK)     # left for OpenSSL to read
-        if first.isalpha():
+        first = self._sock.recv(12, socket.MSG_PEEK)    # left for OpenSSL to read
+        if is_proxy_header(first):
+            raise OSError(errno.EPROTO, f"TLS: {PROXY_OFF}")
+        if first[:1].isalpha():
             raise PlainHTTPRequest(errno.EPROTO, "TLS: http request")
 
     def recv_into(self, buf, nbytes=0):

@@ -23,6 +23,19 @@ PP2_TYPE_SSL = 0x20         # a TLV: how the client connected to the balancer
 PP2_CLIENT_SSL = 0x01       # ... its first byte's bit: over TLS
 
 
+# What a connection's first bytes get on a listener not in server.proxy_protocol when they are
+# a PROXY header: a balancer set to send one there. Its every request was a 400 logged as
+# "Invalid method encountered" (plain) or an answer to "use https://" (TLS): nothing named it.
+PROXY_OFF = ("a PROXY protocol header, on a listener that does not take one: name the "
+             "listener in server.proxy_protocol (and the balancer in trusted_proxies), or "
+             "have the balancer send none")
+
+
+def is_proxy_header(first):
+    """Do the connection's first bytes ``first`` start a PROXY header (v1 or v2)?"""
+    return first.startswith(b"PROXY ") or first.startswith(V2_SIGNATURE)
+
+
 class ProxyHeaderError(Exception):
     """A connection on a PROXY listener that does not start with a valid header."""
 

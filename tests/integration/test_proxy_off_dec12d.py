@@ -1,0 +1,54 @@
+"""A balancer that sends a PROXY protocol header to a listener not in server.proxy_protocol
+(found 2026-12-07, an open item). Each of its connections was refused, and nothing named why:
+on a plain listener a 400 logged as "malformed request: Invalid method encountered" (v1) or
+"Invalid method" after the v2 signature; on a TLS listener a v1 line was answered "use
+https://" (its first byte is a letter) and a v2 one logged in OpenSSL's words. Each now says it is a PROXY header on a listener that does not take one, and names
+the setting. (Real gateways, raw sockets on 127.0.0.1.)"""
+import socket
+
+import pytest
+
+from ..conftest import gateway_conf, route, wait_until
+from ..pki import CA
+from .test_edge_attack_dec05c import read_to_close
+from .test_tls import tls_gateway, tls_get
+
+V1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 8080\r\n"
+V2 = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + (12).to_bytes(2, "big") +
+      bytes([203, 0, 113, 7, 127, 0, 0, 1]) + (56324).to_bytes(2, "big") +
+      (8080).to_bytes(2, "big"))
+REQUEST = b"GET /echo HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+SAID = "a PROXY protocol header, on a listener that does not take one"
+
+
+@pytest.mark.parametrize("header", [V1, V2], ids=["v1", "v2"])
+def test_a_proxy_header_on_a_plain_listener_is_named(launcher, upstream, header):
+    gw = launcher.gateway(gateway_conf([route("r", ["/*rest"], upstream.url)]))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(header + REQUEST)
+        answer = read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    # before: {"message":"malformed request: Invalid method encountered"}
+    assert SAID.encode() in answer and b"server.proxy_protocol" in answer, answer
+    assert wait_until(lambda: SAID in gw.log(), timeout=5), gw.log()[-2000:]
+    # a request that merely starts with the word is no PROXY header
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(b"PROXYX / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert SAID.encode() not in read_to_close(sock)
+
+
+@pytest.mark.parametrize("header", [V1, V2], ids=["v1", "v2"])
+def test_a_proxy_header_on_a_tls_listener_is_named(launcher, upstream, tmp_path, header):
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("site")
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})], workers=1)
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5) as sock:
+        sock.sendall(header)
+        answer = read_to_close(sock)
+    # before: v1 was answered "400 ... plain HTTP request was sent to a TLS port"; closed
+    # now, with the header unread (a reset)
+    assert answer in (b"", b"<reset>"), answer[:200]
+    line = f"TLS handshake with 127.0.0.1 failed: [Errno 71] TLS: {SAID}"
+    # before: v2 was logged as "... failed: [Errno 71] TLS: wrong version number"
+    assert wait_until(lambda: line in gw.log(), timeout=5), gw.log()[-2000:]
+    tls_get(gw.tls_port, ca)                    # and TLS clients are still served
