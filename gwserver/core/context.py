@@ -10,7 +10,8 @@ from urllib.parse import parse_qsl
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from ..services import NONE as NO_SERVICES
 from .cookies import one_cookie
-from .headers import FIELD_NAME, FIELD_VALUE, NOT_FORWARDED, is_field_name, is_field_value
+from .headers import (CLIENT_NAMED_IN, FIELD_NAME, FIELD_VALUE, NOT_FORWARDED, is_field_name,
+                      is_field_value)
 
 
 class Reply:
@@ -185,8 +186,15 @@ class RequestContext:
         "query", "claim" (a verified JWT claim), or "ip". None when absent. Used to key
         sticky choices (split, consistent hashing) and limits."""
         if kind == "header":
-            raw = self.header_map.get(name if isinstance(name, bytes)
-                                      else name.lower().encode("latin-1"))
+            if not isinstance(name, bytes):
+                name = name.lower().encode("latin-1")
+            if name in CLIENT_NAMED_IN:
+                # The client the gateway found in it, as a limit keyed on it counts: behind
+                # a trusted proxy the list's left part is the client's own, and each address
+                # it prepended was a fresh split key or hash point (it chose its group, its
+                # target); from anyone else the header is dropped (every client keyless).
+                return self.client_ip
+            raw = self.header_map.get(name)
             return raw.decode("latin-1") if raw is not None else None
         if kind == "cookie":
             # As upstreams read it (core.cookies): "%61bc" and '"abc"' are one sticky key

@@ -39,6 +39,12 @@ RESET_CONTENT = 205
 # are not even kept for plugins and route conditions (a forged X-Consumer-Groups would match a
 # route's header condition; a forged X-Forwarded-For would pick a rate limit's bucket).
 UNTRUSTED_UNSEEN = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
+# Headers a proxy names the client in (either real_ip_header): a limit, a split or a hash key
+# on one takes the client the gateway finds there (RequestContext.value_of, rate_limit's
+# limit_key), as key "ip" does. As sent, the list's left part is the client's own words
+# behind a trusted proxy (a fresh key for each address it prepends), and from anyone else
+# the header is dropped (every client keyless: one bucket that one client could spend).
+CLIENT_NAMED_IN = frozenset([b"x-forwarded-for", b"forwarded"])
 # What the upstream side writes itself (or never sends on): dropped from the request's headers
 # as it goes upstream, whatever put them there. The consumer's pairs are the gateway's own.
 WRITTEN_UPSTREAM = NOT_FORWARDED - CONSUMER_SET

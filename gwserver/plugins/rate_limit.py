@@ -36,6 +36,7 @@ import re
 from ..core import ratelimit
 from ..core.context import Reply, claim_text, parse_block
 from ..core.cookies import one_cookie
+from ..core.headers import CLIENT_NAMED_IN
 from ..core.realip import ipv6_network
 from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
                            number, one_of, show, status_code)
@@ -160,8 +161,9 @@ def limit_key(conf, ctx):
         name = conf["name"]
         if kind == "cookie":
             raw = _one_cookie(ctx, name)
-        elif name in CLIENT_LISTS:
-            # (a trusted proxy may split its list over several fields: one list still)
+        elif name in CLIENT_NAMED_IN:
+            # The client found there, an IPv6 one by its network as key "ip" counts it (a
+            # trusted proxy may split its list over several fields: one list still)
             raw = _client(conf, ctx).encode("latin-1")
         else:
             raw = _one_copy(ctx, name)
@@ -250,13 +252,6 @@ def _client(conf, ctx):
 # Host counts the name it was routed by (lower case, no trailing dot, no port, the
 # absolute-form target's own), not "API.Example.", ":8080" or a Host the target overrode.
 _AS_READ = {b"cookie": _cookie_list, b"host": _routed_host, b"authorization": _credentials}
-# Headers a proxy names the client in (either real_ip_header): a limit on one counts the
-# client the gateway finds there, as key "ip" does (an IPv6 one by its network, else a
-# client holding a /64 had 2^64 buckets). As sent, the list's left part is the client's own
-# words behind a trusted proxy (a fresh bucket for each address it prepends), and from
-# anyone else the header is dropped (every client in the one bucket of requests without it,
-# which one client could spend).
-CLIENT_LISTS = frozenset([b"x-forwarded-for", b"forwarded"])
 
 
 def _one_copy(ctx, name):
