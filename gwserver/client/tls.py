@@ -384,6 +384,11 @@ class PlainHTTPRequest(OSError):
     """The handshake failed on a plain HTTP request (the worker answers it a 400 in clear)."""
 
 
+class ClosedBeforeHello(OSError):
+    """The client closed before its first byte: a balancer's TCP health check (no line but
+    at debug level, as on a PROXY listener)."""
+
+
 class TLSSocket:
     """A server-side TLS connection over an accepted gevent socket, cooperative."""
 
@@ -421,7 +426,12 @@ class TLSSocket:
 
     def do_handshake(self):
         self._refuse_plain_http()
-        self._io(self.conn.do_handshake)
+        if self._io(self.conn.do_handshake) == 0:
+            # (_io's EOF) served as a connection made, it was closed without a line: a
+            # client that gives up mid-handshake (a version or cipher it did not like) was
+            # seen nowhere, as nginx says "peer closed connection in SSL handshake"
+            raise OSError(errno.ECONNRESET, "TLS: the client closed the connection "
+                                            "mid-handshake")
         self.established = time.monotonic()
 
     def _refuse_plain_http(self):
@@ -431,6 +441,8 @@ class TLSSocket:
         list: a PROPFIND, a lowercase request or an h2c preface got a bare reset, not the
         400 that says to use https://."""
         first = self._sock.recv(12, socket.MSG_PEEK)    # left for OpenSSL to read
+        if not first:
+            raise ClosedBeforeHello(errno.ECONNRESET, "TLS: closed before the handshake")
         if is_proxy_header(first):
             raise OSError(errno.EPROTO, f"TLS: {PROXY_OFF}")
         if first[:1].isalpha():

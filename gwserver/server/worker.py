@@ -529,12 +529,14 @@ class GatewayWorker(GeventWorker):
             with gevent.Timeout(max(0.0, started + timeout - time.monotonic())):
                 tls.do_handshake()
         except (OSError, gevent.Timeout) as exc:
+            from ..client.tls import ClosedBeforeHello, PlainHTTPRequest
             if handshake.timeout_reason:
                 exc = handshake.timeout_reason
-            throttled_log.log(log, logging.INFO, "tls handshake",
+            quiet = isinstance(exc, ClosedBeforeHello)      # (its own key: no line taken)
+            throttled_log.log(log, logging.DEBUG if quiet else logging.INFO,
+                              "tls closed" if quiet else "tls handshake",
                               "TLS handshake with %s failed: %s", addr[0] if addr else "?",
                               exc or "timed out")
-            from ..client.tls import PlainHTTPRequest
             if isinstance(exc, PlainHTTPRequest):
                 answer_plain_http(self.runtime, sock)
             sock.close()

@@ -5,6 +5,7 @@ on a plain listener a 400 logged as "malformed request: Invalid method encounter
 https://" (its first byte is a letter) and a v2 one logged in OpenSSL's words. Each now says it is a PROXY header on a listener that does not take one, and names
 the setting. (Real gateways, raw sockets on 127.0.0.1.)"""
 import socket
+import ssl
 
 import pytest
 
@@ -52,3 +53,35 @@ def test_a_proxy_header_on_a_tls_listener_is_named(launcher, upstream, tmp_path,
     # before: v2 was logged as "... failed: [Errno 71] TLS: wrong version number"
     assert wait_until(lambda: line in gw.log(), timeout=5), gw.log()[-2000:]
     tls_get(gw.tls_port, ca)                    # and TLS clients are still served
+
+
+# -- a client that closes mid-handshake (the same pass) ------------------------------------
+
+def client_hello():
+    """The first flight of a real TLS client, made in memory."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="site")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def test_a_client_that_closes_mid_handshake_is_logged(launcher, upstream, tmp_path):
+    """It was served as a connection made (OpenSSL's EOF read as a handshake that ended),
+    and closed with no line: a client giving up on the gateway's version or certificate
+    was seen nowhere. A connection closed before its first byte (a balancer's TCP health
+    check) still makes no line but at debug level."""
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("site")
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})], workers=1)
+    socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5).close()
+    hello = client_hello()
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5) as sock:
+        sock.sendall(hello[:len(hello) // 2])
+    line = "TLS handshake with 127.0.0.1 failed: [Errno 104] TLS: the client closed the " \
+           "connection mid-handshake"
+    assert wait_until(lambda: line in gw.log(), timeout=5), gw.log()[-2000:]
+    tls_get(gw.tls_port, ca)
+    assert "closed before the handshake" not in gw.log()       # (debug level only)
