@@ -560,6 +560,10 @@ class StreamMalformed:
         self.code = code
 
 
+# Ended streams a connection remembers (at least: twice max_concurrent_streams), ~120 bytes each
+CLOSED_STREAMS = 1024
+
+
 class _CountingH2(h2.connection.H2Connection):
     """h2, weighing each frame as it is parsed for the flood guards (read_loop takes the
     counts after each read):
@@ -600,7 +604,13 @@ class _CountingH2(h2.connection.H2Connection):
     # server forgives such PINGs the same way (its ping strikes reset when it sends).
     sent_since_ping = False
 
-    def __init__(self, config):
+    def __init__(self, config, max_concurrent_streams):
+        # How the connection's last streams ended (h2's _closed_streams), for the frames a
+        # client sent before it saw them end: h2 keeps 65,536, ~11 MiB of a connection that
+        # served that many streams, for its life (1,000 such connections: a worker's 11 GiB).
+        # RFC 9113 5.1 lets a frame on a stream reset long ago be an error; a client has at
+        # most max_concurrent_streams in flight when it learns of a reset.
+        self.MAX_CLOSED_STREAMS = max(CLOSED_STREAMS, 2 * max_concurrent_streams)
         super().__init__(config)
         self.incoming_buffer = _BoundedFrameBuffer(server=True)
 
@@ -873,7 +883,8 @@ class H2ServerConnection:
             normalize_inbound_headers=False,
             # Response fields are made here: lower-case names, hop-by-hop ones dropped
             # (ResponseFramer), so h2's per-field checks and rewrites only cost CPU.
-            validate_outbound_headers=False, normalize_outbound_headers=False))
+            validate_outbound_headers=False, normalize_outbound_headers=False),
+            conf["max_concurrent_streams"])
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: conf["max_concurrent_streams"],
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: conf["initial_window_size"],

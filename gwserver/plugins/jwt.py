@@ -115,9 +115,13 @@ def credential_lookup(cred):
 
 
 class TokenRejected(Exception):
-    def __init__(self, description):
+    """``description``: what the client is told; ``kind``: the same without what the client
+    chose (a kid), what the log's fall-through lines are counted by (_fell_through)."""
+
+    def __init__(self, description, kind=None):
         super().__init__(description)
         self.description = description
+        self.kind = kind or description
 
 
 MAX_KEY_FILE = 1 << 20      # a key, a secret or a JWKS: far less than this
@@ -336,7 +340,8 @@ class Verifier:
         if not named:
             # the kid is the client's, unverified: bounded here, made a quoted-string's
             # characters in _unauthorized
-            raise TokenRejected(f"no key with kid {str(kid)[:64]!r} in the JWKS")
+            raise TokenRejected(f"no key with kid {str(kid)[:64]!r} in the JWKS",
+                                "no key with the token's kid in the JWKS")
         # none of its algorithm: the first, which PyJWT refuses for the algorithm, saying so
         return next((key for key in named if key.algorithm_name == alg), named[0])
 
@@ -418,7 +423,7 @@ def claims_for(conf, ctx):
 
 
 def _checked(conf, ctx):
-    """(claims, None), (None, why the token was rejected) or (None, None) without a token."""
+    """(claims, None), (None, the TokenRejected) or (None, None) without a token."""
     seen = ctx.vars.setdefault("jwt_checked", {})
     verifier = conf["verifier"]
     if id(verifier) not in seen:
@@ -428,7 +433,7 @@ def _checked(conf, ctx):
             try:
                 result = (verifier.verify(token), None)
             except TokenRejected as exc:
-                result = (None, exc.description)
+                result = (None, exc)
         seen[id(verifier)] = result
     return seen[id(verifier)]
 
@@ -438,27 +443,29 @@ def claims(conf, ctx, route_id):
 
     A rejected token makes a ``claims`` route fall through to the next match, which is right
     but puzzling (a token for another audience looks fine to whoever sent it): say why, at
-    info once a minute per route and reason in each worker, at debug otherwise."""
+    info once a minute per route and kind of reason in each worker, at debug otherwise."""
     verified, rejected = _checked(conf, ctx)
     if rejected is not None:
         _fell_through(route_id, rejected)
     return verified
 
 
-_said = {}          # (route id, reason) -> monotonic time it was last logged at info
+_said = {}          # (route id, reason's kind) -> monotonic time it was last logged at info
 
 
-def _fell_through(route_id, reason):
+def _fell_through(route_id, rejected):
+    """Counted by the reason's kind: by the reason itself, which names the client's kid, a
+    client sending a new kid on each request wrote an info line per request."""
     now = time.monotonic()
-    key = (route_id, reason)
+    key = (route_id, rejected.kind)
     level = logging.DEBUG
     if now - _said.get(key, -60.0) >= 60.0:
-        if len(_said) >= 1000:          # reasons may carry a client's kid: keep this bounded
+        if len(_said) >= 1000:          # routes come and go (etcd): keep this bounded
             _said.clear()
         _said[key] = now
         level = logging.INFO
     log.log(level, "route %s not matched: its claims conditions need a verified token, and "
-            "%s", route_id, _lower_first(reason))
+            "%s", route_id, _lower_first(rejected.description))
 
 
 def _lower_first(text):

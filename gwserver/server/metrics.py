@@ -360,7 +360,8 @@ def render(extra_files=(), targets=None, owners=None, urls=None):
 
 
 class _Series:
-    """One (route, method, status class) in this worker, counted in plain Python."""
+    """One (route, method label, status class, protocol) in this worker, counted in plain
+    Python."""
 
     __slots__ = ("count", "buckets", "total", "up_buckets", "up_total", "pushed", "children")
 
@@ -463,13 +464,17 @@ class WorkerMetrics:
         self.ejections.labels(upstream_id, target).inc()
 
     def observe(self, route_id, method, status, seconds, upstream_seconds, protocol="HTTP/1.1"):
+        # Keyed by the label, not the raw method: by the method, the 27 other methods llhttp
+        # parses made 27 series more per route, status class and protocol, all of them
+        # `OTHER`, kept and walked by every flush for the worker's life.
+        if method not in METHODS:
+            method = "OTHER"
         key = (route_id, method, status // 100, protocol)
         series = self._series.get(key)
         if series is None:
             route = route_id or "none"
             series = self._series[key] = _Series((
-                self.requests.labels(route, method if method in METHODS else "OTHER",
-                                     f"{status // 100}xx", protocol),
+                self.requests.labels(route, method, f"{status // 100}xx", protocol),
                 self.duration.labels(route), self.upstream_duration.labels(route)))
         series.count += 1
         series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
