@@ -71,6 +71,16 @@ MAX_INTERIM_HEADS = 16      # 1xx heads before the answer (HTTP/1.1's are bounde
 _RELAYED = frozenset((
     h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
     h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
+# A header block with nothing to relay (on a stream the gateway reset: decoded only to keep
+# HPACK's table in step) weighs one more per BLOCK_BYTES of it as sent: hpack decodes ~1 us
+# a byte at worst (a block of dynamic table size updates), what a frame weighing one costs
+# in about 12. Weighed by the KiB as other frames are, 64 KiB blocks of size updates on a
+# stream the gateway had reset kept the worker's core busy for as long as they came. (The
+# client edge paces its header bytes: client.h2server's MAX_HEADER_BYTES_PER_SECOND.)
+BLOCK_BYTES = 8
+# The 1xx heads of one answer, as sent, as HTTP/1.1's count toward max_response_head: sixteen
+# (MAX_INTERIM_HEADS) 64 KiB 103 heads of size updates cost 1.3 s of the worker a request.
+MAX_INTERIM_BYTES = 64 << 10
 
 
 class StreamMalformed:
@@ -130,7 +140,8 @@ class _UpstreamH2(h2.connection.H2Connection):
     - Frames with nothing to relay are weighed (``empty_frames``), and DATA frames sent
       counted (``data_frames_sent``), for the flood budget (see SMALL_DATA).
     - A malformed answer (fields h2 refuses once the block is decoded, a body longer or
-      shorter than its content-length) ends its stream, not the connection: h2 raises a
+      shorter than its content-length, DATA before the head) ends its stream, not the
+      connection: h2 raises a
       ProtocolError for either, which failed every other request on the connection
       (RFC 9113 8.1.1 makes it a stream error; so does 5.3.1 a PRIORITY frame that makes a
       stream depend on itself, 6.3 one whose payload is not 5 bytes, and 6.9 a stream's
@@ -168,6 +179,8 @@ class _UpstreamH2(h2.connection.H2Connection):
             self._prepare_for_sending(stream.acknowledge_received_data(size))
 
     def _receive_frame(self, frame):
+        if isinstance(frame, DataFrame) and self._awaits_head(frame.stream_id):
+            return self._data_before_head(frame)
         if isinstance(frame, DataFrame) and frame.flow_controlled_length:
             try:
                 events = super()._receive_frame(frame)  # bounded by the windows (see above)
@@ -193,7 +206,14 @@ class _UpstreamH2(h2.connection.H2Connection):
             except h2.exceptions.ProtocolError as exc:
                 if self.decoder.blocks == decoded:
                     raise               # HPACK failed: a connection error
+                # (decoded and relayed nowhere: a 1xx head on a stream the gateway reset
+                # ends here, and weighs as any block on such a stream: BLOCK_BYTES)
+                self.empty_frames += len(frame.data) // BLOCK_BYTES
                 return self._malformed(frame.stream_id, exc)
+            length = self._length_unmet(frame.stream_id, events)
+            if length is not None:
+                return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
+                    f"a head that ends the stream, its content-length {length[:20]!r}"))
         elif type(frame) is _ZeroIncrement:
             return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
                 f"stream {frame.stream_id}: WINDOW_UPDATE of 0"))
@@ -220,7 +240,12 @@ class _UpstreamH2(h2.connection.H2Connection):
                 super()._receive_frame(frame)
         for event in events:
             if type(event) in _RELAYED:
+                if type(event) is h2.events.InformationalResponseReceived:
+                    event.block_size = len(frame.data)      # (MAX_INTERIM_BYTES)
                 return events
+        if isinstance(frame, HeadersFrame):
+            self.empty_frames += 1 + len(frame.data) // BLOCK_BYTES     # (see BLOCK_BYTES)
+            return events
         # Nothing to relay: one (a WINDOW_UPDATE's parse, 15 us here), and one more per KiB
         # of payload (a GOAWAY's debug data). A SETTINGS frame costs three, and one more per
         # 16 entries: 2,730 of them (16 KiB) take 1.6 ms to parse and answer.
@@ -229,6 +254,42 @@ class _UpstreamH2(h2.connection.H2Connection):
         else:
             self.empty_frames += 1 + (getattr(frame, "body_len", 0) >> 10)
         return events
+
+    def _length_unmet(self, stream_id, events):
+        """The content-length of a final head that ends its stream and says its body has
+        bytes (RFC 9113 8.1.1: malformed, as nghttp2 has it; h2 checks the length only as
+        DATA comes), else None. A HEAD's answer and a 304 have none; a 204's is dropped
+        (h2proxy). Relayed, an HTTP/1.1 client got "content-length: 5", no body and a close,
+        an access line of 200."""
+        for event in events:
+            if type(event) is h2.events.ResponseReceived and event.stream_ended:
+                fields = dict(event.headers)
+                length = bytes(fields.get(b"content-length", b"0"))
+                stream = self.streams.get(stream_id)
+                if length.lstrip(b"0") and fields.get(b":status") not in (b"204", b"304") \
+                        and getattr(stream, "request_method", None) != b"HEAD":
+                    return length
+        return None
+
+    def _awaits_head(self, stream_id):
+        """Is the stream open, its answer's head not come yet?"""
+        stream = self.streams.get(stream_id)
+        return stream is not None and not stream.closed and \
+            not stream.state_machine.headers_received
+
+    def _data_before_head(self, frame):
+        """DATA before the answer's head: a malformed message (RFC 9113 8.1), its stream's
+        error as nghttp2 makes it. h2 raised it as the connection's (every other answer on
+        it was cut) and closed the stream unreset, so it is not handed to h2: its bytes
+        count against the connection's window (a FlowControlError past it stays the
+        connection's) and are given back at once."""
+        manager = self._inbound_flow_control_window_manager
+        manager.window_consumed(frame.flow_controlled_length)
+        increment = manager.process_bytes(frame.flow_controlled_length)
+        if increment:
+            self.increment_flow_control_window(increment)
+        return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
+            f"stream {frame.stream_id}: DATA before the answer's head"))
 
     def _malformed(self, stream_id, exc, code=h2.errors.ErrorCodes.PROTOCOL_ERROR):
         self.empty_frames += 1          # nothing relayed: a flood of them is a flood
@@ -284,9 +345,10 @@ class H2Connection:
     fails or stalls fails the whole connection. No lock is held across socket I/O."""
 
     def __init__(self, target, connect_timeout, tls_context, server_name, write_timeout,
-                 max_empty_frames=10_000):
+                 max_empty_frames=10_000, max_head=65536):
         self.target = target
         self.max_empty_frames = max_empty_frames    # a second's budget: see SMALL_DATA
+        self.max_head = max_head        # max_response_head: StreamResponse.head
         begun = time.monotonic()
         try:
             with opening_within(connect_timeout, target.host):      # the name's lookup too
@@ -870,7 +932,7 @@ class StreamResponse:
         upstreams (Proxy.read_head); otherwise each wait, so that 102 Processing can keep a
         long request alive. Bounded per wait, a 1xx every few tenths of a second held a try
         up to MAX_INTERIM_HEADS times its per_try_timeout, past its retry."""
-        interim = 0
+        interim = interim_bytes = head_size = 0
         since = time.monotonic() if whole else None
         while True:
             try:
@@ -884,14 +946,12 @@ class StreamResponse:
                 raise StreamBroken(exc.reason) from None
             except UpstreamError as exc:        # reset, or the connection failed
                 raise StreamBroken(exc.reason) from None
+            if isinstance(event, (h2.events.ResponseReceived,
+                                  h2.events.InformationalResponseReceived)):
+                head_size = self._within_max_head(event.headers, head_size)
             if isinstance(event, h2.events.ResponseReceived):
                 headers = [(bytes(k), bytes(v)) for k, v in event.headers]
-                code = dict(headers).get(b":status", b"")
-                if len(code) != 3 or not code.isdigit() or not b"1" <= code[:1] <= b"5" or \
-                        code == b"101":         # RFC 9113 8.6: no 101 in HTTP/2
-                    raise UpstreamError(f"{self.connection.target.url} sent :status "
-                                        f"{code[:20]!r}: not a status code")
-                status = int(code)
+                status = self._status(headers)
                 if event.stream_ended:
                     self.ended = True
                 fields = [(k, v) for k, v in headers if not k.startswith(b":")]
@@ -907,12 +967,35 @@ class StreamResponse:
                                             f"over 2^63 - 1")
                 return status, fields
             if isinstance(event, h2.events.InformationalResponseReceived):
+                # (h2 takes any :status that begins with 1 for an interim one: a 101, "1")
+                self._status(event.headers)
                 interim += 1            # dropped, as 1xx from HTTP/1.1 upstreams are
-                if interim > MAX_INTERIM_HEADS:
+                interim_bytes += getattr(event, "block_size", 0)    # (_receive_frame)
+                if interim > MAX_INTERIM_HEADS or interim_bytes > MAX_INTERIM_BYTES:
                     raise UpstreamError(f"{self.connection.target.url} sent more than "
-                                        f"{MAX_INTERIM_HEADS} interim (1xx) heads")
+                                        f"{MAX_INTERIM_HEADS} interim (1xx) heads, or more "
+                                        f"than {MAX_INTERIM_BYTES} bytes of them")
             elif isinstance(event, h2.events.StreamEnded):
                 raise UpstreamError("stream ended before a response head")
+
+    def _within_max_head(self, headers, size):
+        """``size`` plus this head's (``head_bytes``): upstream_defaults.max_response_head
+        holds for HTTP/2 upstreams as for HTTP/1.1's, 1xx heads included (a 4 KiB limit let
+        60 KiB heads through). Past it: UpstreamError (a 502). The decoder holds a head to
+        64 KiB whatever the limit says (CachingDecoder)."""
+        size += head_bytes(headers)
+        if size > self.connection.max_head:
+            raise UpstreamError(f"upstream response head over {self.connection.max_head} "
+                                f"bytes")
+        return size
+
+    def _status(self, headers):
+        """The head's :status, or UpstreamError if it is no status code."""
+        code = bytes(dict(headers).get(b":status", b""))
+        if not is_status_code(code):
+            raise UpstreamError(f"{self.connection.target.url} sent :status "
+                                f"{code[:20]!r}: not a status code")
+        return int(code)
 
     def chunks(self):
         while not self.ended:
@@ -949,6 +1032,19 @@ class StreamResponse:
         self.connection.finish(self.stream_id, self.stream)
 
 
+def is_status_code(code):
+    """Is ``code`` (an HTTP/2 head's :status) a status code an answer may have? Three digits
+    from 100 to 599, never 101 (RFC 9113 8.6), in an interim head too (h2 takes any :status
+    that begins with 1 for one)."""
+    return len(code) == 3 and code.isdigit() and b"1" <= code[:1] <= b"5" and code != b"101"
+
+
+def head_bytes(headers):
+    """An HTTP/2 head's size as HTTP/1.1 would write it, for max_response_head: its status
+    line ("HTTP/1.1 200 \r\n"), a line a field and the blank line."""
+    return 17 + sum(len(k) + len(v) + 4 for k, v in headers if not k.startswith(b":"))
+
+
 def deadline_hit(target, doing="connecting"):
     """A gRPC call's grpc-timeout ran out before its stream to ``target`` was open: the
     call's bound (DEADLINE_EXCEEDED), not the target's failure (no skip, no ejection)."""
@@ -964,8 +1060,9 @@ class H2Pools:
     """One H2Connection per target (and TLS settings) in this worker, opened on demand,
     replaced when broken."""
 
-    def __init__(self, on_open=None, max_empty_frames=10_000):
+    def __init__(self, on_open=None, max_empty_frames=10_000, max_head=65536):
         self.max_empty_frames = max_empty_frames
+        self.max_head = max_head
         self.connections = {}
         self._connecting = {}
         # key -> (its last connect's failure: UpstreamConnectError's class and reason, when,
@@ -1070,7 +1167,7 @@ class H2Pools:
         for the requests that waited for it."""
         try:
             connection = H2Connection(target, timeout, context, tls[2] if tls else None,
-                                      write_timeout, self.max_empty_frames)
+                                      write_timeout, self.max_empty_frames, self.max_head)
         except UpstreamConnectError as exc:
             # (under what a wait left of it: a waiter whose own timeout had longer to run
             # is not failed by it)

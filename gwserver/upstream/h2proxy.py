@@ -94,7 +94,7 @@ class H2Forwarder:
         self.proxy = proxy
         conf = proxy.runtime.conf
         self.pools = H2Pools(on_open=self.opened, max_empty_frames=conf.upstream_defaults[
-            "h2_max_empty_frames_per_second"])
+            "h2_max_empty_frames_per_second"], max_head=proxy.max_head)
         # An answer's fields the gateway writes itself (as proxy.special_lines)
         self.trace_header = proxy.trace_header
         self.dropped = frozenset([b"via", b"x-request-id"] + (
