@@ -118,7 +118,10 @@ def test_a_connect_that_times_out_says_connect():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, cwd=ROOT).stdout.splitlines()
-    assert out == ["connect: timed out", "connect: timed out"], out
+    # (on a loaded host the lookup of "127.0.0.1", in gevent's resolver threads, can take the
+    # check's time before the connect began: said as the connect's, as it is)
+    assert len(out) == 2 and all(line in ("connect: timed out", "connect: name lookup and "
+                                          "connect took over 0.5s") for line in out), out
 
 
 def test_a_name_lookup_that_hangs_is_within_the_probe_s_timeout(tmp_path):

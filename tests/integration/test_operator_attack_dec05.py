@@ -143,16 +143,16 @@ def test_pacing_lines_are_one_a_second_whatever_the_clients_address(launcher, up
         started = time.monotonic()
         for i in range(40):
             socks.append(pace_from(gw.port, f"127.0.0.{10 + i}", 60))
-        sent_in = time.monotonic() - started
         time.sleep(1.5)
+        seconds = time.monotonic() - started
     finally:
         for sock in socks:
             sock.close()
     lines = [line for line in gw.log().splitlines() if "paced (read again" in line]
     sources = {re.search(r"connection from (\S+):", line).group(1) for line in lines}
-    assert sent_in < 1.0
-    # one kind, one line a second (and at most one more that counts the rest, at the flush)
-    assert len(lines) <= 3, (len(lines), sorted(sources)[:5])
+    # one kind, one line a second (and at most one more that counts the rest, at the flush):
+    # before, a line per address (40); a loaded host may take more than a second to send
+    assert len(lines) <= int(seconds) + 2, (len(lines), seconds, sorted(sources)[:5])
 
 
 # -- 4. The admin listener named by a host name, or a Unix socket -------------------------------
