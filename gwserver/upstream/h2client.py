@@ -72,12 +72,14 @@ _RELAYED = frozenset((
     h2.events.ResponseReceived, h2.events.InformationalResponseReceived,
     h2.events.TrailersReceived, h2.events.StreamEnded, h2.events.StreamReset))
 # A header block with nothing to relay (on a stream the gateway reset: decoded only to keep
-# HPACK's table in step) weighs one more per BLOCK_BYTES of it as sent: hpack decodes ~1 us
-# a byte at worst (a block of dynamic table size updates), what a frame weighing one costs
-# in about 12. Weighed by the KiB as other frames are, 64 KiB blocks of size updates on a
-# stream the gateway had reset kept the worker's core busy for as long as they came. (The
-# client edge paces its header bytes: client.h2server's MAX_HEADER_BYTES_PER_SECOND.)
-BLOCK_BYTES = 8
+# HPACK's table in step) weighs one more per BLOCK_SECONDS its decoding took (what a frame
+# weighing one costs: a WINDOW_UPDATE's parse is ~15 us). Weighed by the KiB as other frames
+# are, 64 KiB blocks of size updates (~1 us a byte) on a stream the gateway had reset kept the
+# worker's core busy for as long as they came; weighed by their bytes, the late trailers of
+# a few hundred calls a second the gateway had reset (their clients gone) cut the connection
+# as a flood. A block decoded before costs nothing (CachingDecoder.last_cost). (The client
+# edge paces its header bytes: client.h2server's MAX_HEADER_BYTES_PER_SECOND.)
+BLOCK_SECONDS = 12e-6
 # The 1xx heads of one answer, as sent, as HTTP/1.1's count toward max_response_head: sixteen
 # (MAX_INTERIM_HEADS) 64 KiB 103 heads of size updates cost 1.3 s of the worker a request.
 MAX_INTERIM_BYTES = 64 << 10
@@ -204,6 +206,8 @@ class _UpstreamH2(h2.connection.H2Connection):
                                                 self.remote_settings.initial_window_size)
         if isinstance(frame, HeadersFrame) and frame.stream_id in self.streams:
             decoded = self.decoder.blocks
+            # (h2 takes a trailer block's content-length, none, for the body's: _length_unmet)
+            expected = self.streams[frame.stream_id]._expected_content_length
             try:
                 events = super()._receive_frame(frame)
             except h2.exceptions.StreamClosedError:
@@ -212,13 +216,14 @@ class _UpstreamH2(h2.connection.H2Connection):
                 if self.decoder.blocks == decoded:
                     raise               # HPACK failed: a connection error
                 # (decoded and relayed nowhere: a 1xx head on a stream the gateway reset
-                # ends here, and weighs as any block on such a stream: BLOCK_BYTES)
-                self.empty_frames += len(frame.data) // BLOCK_BYTES
+                # ends here, and weighs as any block on such a stream: BLOCK_SECONDS)
+                self.empty_frames += int(self.decoder.last_cost / BLOCK_SECONDS)
                 return self._malformed(frame.stream_id, exc)
-            length = self._length_unmet(frame.stream_id, events)
-            if length is not None:
+            unmet = self._length_unmet(frame.stream_id, events, expected)
+            if unmet is not None:
                 return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
-                    f"a head that ends the stream, its content-length {length[:20]!r}"))
+                    f"a header block ended the stream after {unmet[1]} body bytes, its "
+                    f"content-length {unmet[0]}"))
         elif type(frame) is _ZeroIncrement:
             return self._malformed(frame.stream_id, h2.exceptions.ProtocolError(
                 f"stream {frame.stream_id}: WINDOW_UPDATE of 0"))
@@ -254,7 +259,7 @@ class _UpstreamH2(h2.connection.H2Connection):
                     event.block_size = len(frame.data)      # (MAX_INTERIM_BYTES)
                 return events
         if isinstance(frame, HeadersFrame):
-            self.empty_frames += 1 + len(frame.data) // BLOCK_BYTES     # (see BLOCK_BYTES)
+            self.empty_frames += 1 + int(self.decoder.last_cost / BLOCK_SECONDS)
             return events
         # Nothing to relay: one (a WINDOW_UPDATE's parse, 15 us here), and one more per KiB
         # of payload (a GOAWAY's debug data). A SETTINGS frame costs three, and one more per
@@ -278,20 +283,29 @@ class _UpstreamH2(h2.connection.H2Connection):
         self._prepare_for_sending([frame])
         return []
 
-    def _length_unmet(self, stream_id, events):
-        """The content-length of a final head that ends its stream and says its body has
-        bytes (RFC 9113 8.1.1: malformed, as nghttp2 has it; h2 checks the length only as
-        DATA comes), else None. A HEAD's answer and a 304 have none; a 204's is dropped
-        (h2proxy). Relayed, an HTTP/1.1 client got "content-length: 5", no body and a close,
-        an access line of 200."""
+    def _length_unmet(self, stream_id, events, expected):
+        """(content-length, body bytes) when a header block ends the stream short of the
+        content-length (RFC 9113 8.1.1: malformed, as nghttp2 has it), else None. h2 checks
+        the length only as DATA comes, and a trailer block replaces the length it expects
+        with the trailers' (``expected``: the one before it). Relayed, an HTTP/1.1 client got
+        "content-length: 5", no body and a close, an access line of 200 (a head that ended
+        the stream); one that sent "TE: trailers" a whole chunked answer, the body cut short
+        (trailers that ended it). A HEAD's answer, a 204's and a 304's have no body, whatever
+        their content-length says (h2 held an empty DATA that ends a 304 to it)."""
+        stream = self.streams[stream_id]
         for event in events:
-            if type(event) is h2.events.ResponseReceived and event.stream_ended:
-                fields = dict(event.headers)
-                length = bytes(fields.get(b"content-length", b"0"))
-                stream = self.streams.get(stream_id)
-                if length.lstrip(b"0") and fields.get(b":status") not in (b"204", b"304") \
-                        and getattr(stream, "request_method", None) != b"HEAD":
-                    return length
+            if type(event) is h2.events.ResponseReceived:
+                if stream._expected_content_length is not None and \
+                        dict(event.headers).get(b":status") in (b"204", b"304"):
+                    stream._expected_content_length = 0     # (h2 does so for a HEAD's)
+                expected = stream._expected_content_length
+            elif type(event) is h2.events.TrailersReceived:
+                stream._expected_content_length = expected
+            else:
+                continue
+            if event.stream_ended and expected is not None and \
+                    stream._actual_content_length != expected:
+                return expected, stream._actual_content_length
         return None
 
     def _awaits_head(self, stream_id):
