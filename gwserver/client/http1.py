@@ -37,7 +37,7 @@ from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
 from ..net.deadlines import WriteDeadline
-from ..net.proxy_protocol import PROXY_OFF, is_proxy_header
+from ..net.proxy_protocol import is_proxy_header, proxy_header_refused
 from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address, peer_closed,
                            recv_when_readable, send_all, unsent_bytes)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
@@ -211,6 +211,7 @@ class ClientConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client_ip = peer_address(addr)
         self.scheme = connection_scheme(addr, scheme)
+        self.proxy_refused = proxy_header_refused(addr)    # a PROXY header's 400 (feed)
         self.buf = runtime.client_buf       # the worker's one client read buffer
         self.view = runtime.client_view
         self.queue = collections.deque()
@@ -633,9 +634,14 @@ class ClientConnection:
                 # nothing an operator could look up: curl --http2-prior-knowledge on a port
                 # without h2c (docs/http2.md)
                 raise BadRequest(H2C_OFF) from None
-            if not self.requests and not (self.queue and self.queue[0].complete) and \
+            if not self.requests and self.unparsed == n and \
+                    not (self.queue and self.queue[0].complete) and \
                     is_proxy_header(bytes(self.view[:12])):
-                raise BadRequest(PROXY_OFF) from None      # (the connection's first bytes)
+                # The connection's first bytes (nothing fed before this read): a later read
+                # is a request's, whatever it starts with (a head in two reads, the second
+                # "PROXY ...", was named a balancer's header, and the setting with it).
+                # Told apart here, on the error, not by a flag set on every read.
+                raise BadRequest(self.proxy_refused) from None
             raise BadRequest(f"malformed request: {exc}") from None
 
     def count_unparsed(self, n):

@@ -393,6 +393,9 @@ class TLSSocket:
     """A server-side TLS connection over an accepted gevent socket, cooperative."""
 
     established = None      # when the handshake ended (client.waiting.handshake_just_ended)
+    # Why a PROXY header before the ClientHello is refused (net.proxy_protocol): the worker
+    # sets PROXY_TWICE where the listener took one already
+    proxy_refused = PROXY_OFF
 
     def __init__(self, sock, context):
         self._sock = sock
@@ -444,7 +447,7 @@ class TLSSocket:
         if not first:
             raise ClosedBeforeHello(errno.ECONNRESET, "TLS: closed before the handshake")
         if is_proxy_header(first):
-            raise OSError(errno.EPROTO, f"TLS: {PROXY_OFF}")
+            raise OSError(errno.EPROTO, f"TLS: {self.proxy_refused}")
         if first[:1].isalpha():
             raise PlainHTTPRequest(errno.EPROTO, "TLS: http request")
 

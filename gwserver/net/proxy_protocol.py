@@ -29,11 +29,23 @@ PP2_CLIENT_SSL = 0x01       # ... its first byte's bit: over TLS
 PROXY_OFF = ("a PROXY protocol header, on a listener that does not take one: name the "
              "listener in server.proxy_protocol (and the balancer in trusted_proxies), or "
              "have the balancer send none")
+# ... and when the listener took one already: a balancer passed on the header of the one in
+# front of it (HAProxy in TCP mode with send-proxy, no accept-proxy, behind an NLB that sends
+# one). Told PROXY_OFF, the operator was sent to the setting that already names the listener.
+PROXY_TWICE = ("a second PROXY protocol header, after the one this listener takes: a balancer "
+               "passed on the header of the one in front of it; have it read that one "
+               "(HAProxy's accept-proxy), or have only one of them send a header")
 
 
 def is_proxy_header(first):
     """Do the connection's first bytes ``first`` start a PROXY header (v1 or v2)?"""
     return first.startswith(b"PROXY ") or first.startswith(V2_SIGNATURE)
+
+
+def proxy_header_refused(addr):
+    """Why a PROXY header among the first bytes a connection from ``addr`` serves is
+    refused: the listener takes none, or took one already (``addr`` a ProxiedAddress)."""
+    return PROXY_TWICE if type(addr) is ProxiedAddress else PROXY_OFF
 
 
 class ProxyHeaderError(Exception):

@@ -28,7 +28,7 @@ from ..client.http1 import ClientConnection, render_error
 from ..client.waiting import FirstByteWait, HandshakeWait, serve_counted, wait_first_byte
 from ..errors import BadRequest
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
-                                  read_proxy_header)
+                                  proxy_header_refused, read_proxy_header)
 from ..net.addresses import listener_addresses
 from ..net.sockets import failure_reason, linger, out_of_files, peer_address
 from ..processes import pid_alive
@@ -526,6 +526,7 @@ class GatewayWorker(GeventWorker):
         self.runtime.head_readers[handshake] = time.monotonic()
         try:
             tls = self.runtime.tls_server.wrap(sock)
+            tls.proxy_refused = proxy_header_refused(addr)
             with gevent.Timeout(max(0.0, started + timeout - time.monotonic())):
                 tls.do_handshake()
         except (OSError, gevent.Timeout) as exc:
