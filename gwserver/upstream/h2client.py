@@ -80,6 +80,17 @@ _RELAYED = frozenset((
 # as a flood. A block decoded before costs nothing (CachingDecoder.last_cost). (The client
 # edge paces its header bytes: client.h2server's MAX_HEADER_BYTES_PER_SECOND.)
 BLOCK_SECONDS = 12e-6
+# ... and never more than one per BLOCK_BYTES of it as sent (the worst HPACK does: ~1 us a
+# byte). The time is the wall clock's: a worker preempted, stopped by its CPU quota or
+# collecting garbage while it decoded a 240-byte block had that block weigh ~4,000 (50 ms),
+# and an upstream's late trailers on a loaded host were cut as a flood.
+BLOCK_BYTES = 8
+
+
+def block_weight(decoder, frame):
+    """What a header block relayed nowhere weighs beyond its frame (see BLOCK_SECONDS)."""
+    return min(int(decoder.last_cost / BLOCK_SECONDS), len(frame.data) // BLOCK_BYTES)
+
 # The 1xx heads of one answer, as sent, as HTTP/1.1's count toward max_response_head: sixteen
 # (MAX_INTERIM_HEADS) 64 KiB 103 heads of size updates cost 1.3 s of the worker a request.
 MAX_INTERIM_BYTES = 64 << 10
@@ -216,8 +227,8 @@ class _UpstreamH2(h2.connection.H2Connection):
                 if self.decoder.blocks == decoded:
                     raise               # HPACK failed: a connection error
                 # (decoded and relayed nowhere: a 1xx head on a stream the gateway reset
-                # ends here, and weighs as any block on such a stream: BLOCK_SECONDS)
-                self.empty_frames += int(self.decoder.last_cost / BLOCK_SECONDS)
+                # ends here, and weighs as any block on such a stream: block_weight)
+                self.empty_frames += block_weight(self.decoder, frame)
                 return self._malformed(frame.stream_id, exc)
             unmet = self._length_unmet(frame.stream_id, events, expected)
             if unmet is not None:
@@ -259,7 +270,7 @@ class _UpstreamH2(h2.connection.H2Connection):
                     event.block_size = len(frame.data)      # (MAX_INTERIM_BYTES)
                 return events
         if isinstance(frame, HeadersFrame):
-            self.empty_frames += 1 + int(self.decoder.last_cost / BLOCK_SECONDS)
+            self.empty_frames += 1 + block_weight(self.decoder, frame)
             return events
         # Nothing to relay: one (a WINDOW_UPDATE's parse, 15 us here), and one more per KiB
         # of payload (a GOAWAY's debug data). A SETTINGS frame costs three, and one more per
