@@ -347,8 +347,8 @@ def probe_h2(sock, target, conf, max_head=MAX_HEAD):
     """One request on a new HTTP/2 connection (h2c prior knowledge, or h2 by ALPN) -> the
     answer's status (``probe``'s timeout bounds the exchange: a server that keeps sending
     frames without answering does not hold the check)."""
-    from ..upstream.h2client import (MAX_INTERIM_BYTES, StreamMalformed, head_bytes,
-                                     is_status_code, upstream_h2_state)
+    from ..upstream.h2client import (HeadBounds, HeadOutOfBounds, StreamMalformed,
+                                     upstream_h2_state)
     # The proxy's own state machine: h2's closes on any GOAWAY, so a stream a graceful one
     # lets finish (nginx at keepalive_requests) could not get its answer, and the target
     # the proxy served was "closed without an answer".
@@ -361,7 +361,7 @@ def probe_h2(sock, target, conf, max_head=MAX_HEAD):
         (b":authority", (conf["host"] or target.authority).encode("latin-1")),
         (b"user-agent", b"gwserver-health")], end_stream=True)
     sock.sendall(conn.data_to_send())
-    interim = interim_bytes = size = 0
+    bounds = HeadBounds(max_head)       # as the proxy reads the answer's heads
     while True:
         data = sock.recv(65536)
         if not data:
@@ -370,9 +370,11 @@ def probe_h2(sock, target, conf, max_head=MAX_HEAD):
             if isinstance(event, (h2.events.ResponseReceived,
                                   h2.events.InformationalResponseReceived)) and \
                     event.stream_id == stream_id:
-                size += head_bytes(event.headers)   # as the proxy counts it (1xx included)
-                if size > max_head:
-                    raise UnreadableAnswer(f"answer head over {max_head} bytes")
+                try:
+                    bounds.take(event)
+                except HeadOutOfBounds as exc:
+                    raise UnreadableAnswer(f"answer {exc}" if exc.oversized else
+                                           str(exc)) from None
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
                 # h2 takes any :status text; int() of "abc" killed the target's check
                 code = dict(event.headers).get(b":status", b"")
@@ -381,18 +383,7 @@ def probe_h2(sock, target, conf, max_head=MAX_HEAD):
                 return int(code)
             if isinstance(event, h2.events.InformationalResponseReceived) and \
                     event.stream_id == stream_id:
-                # passed over, as the proxy does, within its bounds (StreamResponse.head):
-                # a 101, a "1", a seventeenth are the proxy's 502
-                code = dict(event.headers).get(b":status", b"")
-                if not is_status_code(code):
-                    raise UnreadableAnswer(f":status {code[:20]!r}: not a status code")
-                interim += 1
-                interim_bytes += getattr(event, "block_size", 0)
-                if interim > MAX_INTERIM_HEADS or interim_bytes > MAX_INTERIM_BYTES:
-                    raise UnreadableAnswer(f"more than {MAX_INTERIM_HEADS} interim (1xx) "
-                                           f"heads, or more than {MAX_INTERIM_BYTES} bytes "
-                                           f"of them")
-                continue
+                continue        # passed over within the bounds, as the proxy does
             if isinstance(event, h2.events.ConnectionTerminated):
                 if (event.last_stream_id or 0) < stream_id or \
                         event.error_code != h2.errors.ErrorCodes.NO_ERROR:

@@ -980,13 +980,13 @@ class StreamResponse:
         upstreams (Proxy.read_head); otherwise each wait, so that 102 Processing can keep a
         long request alive. Bounded per wait, a 1xx every few tenths of a second held a try
         up to MAX_INTERIM_HEADS times its per_try_timeout, past its retry."""
-        interim = interim_bytes = head_size = 0
+        bounds = HeadBounds(self.connection.max_head)
         since = time.monotonic() if whole else None
         while True:
             try:
                 event = self._next(since)
             except StreamNotOpened as exc:
-                if not interim:
+                if not bounds.interim:
                     raise
                 # Refused after an interim answer: the upstream had begun on the request, so
                 # it is a reset, not a stream it did not process (RFC 9113 8.7), and the
@@ -996,7 +996,12 @@ class StreamResponse:
                 raise StreamBroken(exc.reason) from None
             if isinstance(event, (h2.events.ResponseReceived,
                                   h2.events.InformationalResponseReceived)):
-                head_size = self._within_max_head(event.headers, head_size)
+                # (an interim head is dropped once counted, as HTTP/1.1 upstreams' 1xx are)
+                try:
+                    bounds.take(event)
+                except HeadOutOfBounds as exc:
+                    raise UpstreamError(f"upstream response {exc}" if exc.oversized else
+                                        f"{self.connection.target.url} sent {exc}") from None
             if isinstance(event, h2.events.ResponseReceived):
                 headers = [(bytes(k), bytes(v)) for k, v in event.headers]
                 status = self._status(headers)
@@ -1014,28 +1019,8 @@ class StreamResponse:
                                             f"{value[:40].decode('latin-1')!r}: not digits, or "
                                             f"over 2^63 - 1")
                 return status, fields
-            if isinstance(event, h2.events.InformationalResponseReceived):
-                # (h2 takes any :status that begins with 1 for an interim one: a 101, "1")
-                self._status(event.headers)
-                interim += 1            # dropped, as 1xx from HTTP/1.1 upstreams are
-                interim_bytes += getattr(event, "block_size", 0)    # (_receive_frame)
-                if interim > MAX_INTERIM_HEADS or interim_bytes > MAX_INTERIM_BYTES:
-                    raise UpstreamError(f"{self.connection.target.url} sent more than "
-                                        f"{MAX_INTERIM_HEADS} interim (1xx) heads, or more "
-                                        f"than {MAX_INTERIM_BYTES} bytes of them")
-            elif isinstance(event, h2.events.StreamEnded):
+            if isinstance(event, h2.events.StreamEnded):
                 raise UpstreamError("stream ended before a response head")
-
-    def _within_max_head(self, headers, size):
-        """``size`` plus this head's (``head_bytes``): upstream_defaults.max_response_head
-        holds for HTTP/2 upstreams as for HTTP/1.1's, 1xx heads included (a 4 KiB limit let
-        60 KiB heads through). Past it: UpstreamError (a 502). The decoder holds a head to
-        64 KiB whatever the limit says (CachingDecoder)."""
-        size += head_bytes(headers)
-        if size > self.connection.max_head:
-            raise UpstreamError(f"upstream response head over {self.connection.max_head} "
-                                f"bytes")
-        return size
 
     def _status(self, headers):
         """The head's :status, or UpstreamError if it is no status code."""
@@ -1091,6 +1076,44 @@ def head_bytes(headers):
     """An HTTP/2 head's size as HTTP/1.1 would write it, for max_response_head: its status
     line ("HTTP/1.1 200 \r\n"), a line a field and the blank line."""
     return 17 + sum(len(k) + len(v) + 4 for k, v in headers if not k.startswith(b":"))
+
+
+class HeadOutOfBounds(Exception):
+    """An answer's heads past HeadBounds: ``oversized`` when max_response_head is what they
+    passed, else the words say which bound (an interim :status, the interim heads)."""
+
+    def __init__(self, reason, oversized=False):
+        super().__init__(reason)
+        self.oversized = oversized
+
+
+class HeadBounds:
+    """The bounds an HTTP/2 answer's heads are read within, by the proxy (StreamResponse.head)
+    and by the health check (helpers.health.probe_h2) alike, so that a target the proxy
+    answers 502 for fails its check: max_response_head over every head, 1xx ones included,
+    each counted as HTTP/1.1 would write it; an interim head's :status a status code; at most
+    MAX_INTERIM_HEADS interim heads, of MAX_INTERIM_BYTES as sent. ``take`` each head."""
+
+    def __init__(self, max_head):
+        self.max_head = max_head
+        self.size = self.interim = self.interim_bytes = 0
+
+    def take(self, event):
+        """Count ``event`` (a ResponseReceived or InformationalResponseReceived); raise
+        HeadOutOfBounds past a bound."""
+        self.size += head_bytes(event.headers)
+        if self.size > self.max_head:
+            raise HeadOutOfBounds(f"head over {self.max_head} bytes", oversized=True)
+        if type(event) is h2.events.InformationalResponseReceived:
+            # (h2 takes any :status that begins with 1 for an interim one: a 101, "1")
+            code = bytes(dict(event.headers).get(b":status", b""))
+            if not is_status_code(code):
+                raise HeadOutOfBounds(f":status {code[:20]!r}: not a status code")
+            self.interim += 1
+            self.interim_bytes += getattr(event, "block_size", 0)    # (_receive_frame)
+            if self.interim > MAX_INTERIM_HEADS or self.interim_bytes > MAX_INTERIM_BYTES:
+                raise HeadOutOfBounds(f"more than {MAX_INTERIM_HEADS} interim (1xx) heads, "
+                                      f"or more than {MAX_INTERIM_BYTES} bytes of them")
 
 
 def deadline_hit(target, doing="connecting"):
