@@ -385,8 +385,8 @@ class PlainHTTPRequest(OSError):
 
 
 class ClosedBeforeHello(OSError):
-    """The client closed before its first byte: a balancer's TCP health check (no line but
-    at debug level, as on a PROXY listener)."""
+    """The client closed (or reset) before its first byte: a balancer's TCP health check
+    (no line but at debug level, as on a PROXY listener)."""
 
 
 class TLSSocket:
@@ -443,7 +443,10 @@ class TLSSocket:
         nginx tells plain HTTP by that byte too. OpenSSL names only the methods of its own
         list: a PROPFIND, a lowercase request or an h2c preface got a bare reset, not the
         400 that says to use https://."""
-        first = self._sock.recv(12, socket.MSG_PEEK)    # left for OpenSSL to read
+        try:
+            first = self._sock.recv(12, socket.MSG_PEEK)    # left for OpenSSL to read
+        except ConnectionResetError:    # a balancer's TCP check that closes with a reset
+            first = b""
         if not first:
             raise ClosedBeforeHello(errno.ECONNRESET, "TLS: closed before the handshake")
         if is_proxy_header(first):

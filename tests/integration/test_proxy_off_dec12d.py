@@ -6,6 +6,7 @@ https://" (its first byte is a letter) and a v2 one logged in OpenSSL's words. E
 the setting. (Real gateways, raw sockets on 127.0.0.1.)"""
 import socket
 import ssl
+import struct
 
 import pytest
 
@@ -85,3 +86,22 @@ def test_a_client_that_closes_mid_handshake_is_logged(launcher, upstream, tmp_pa
     assert wait_until(lambda: line in gw.log(), timeout=5), gw.log()[-2000:]
     tls_get(gw.tls_port, ca)
     assert "closed before the handshake" not in gw.log()       # (debug level only)
+
+
+def test_a_client_that_resets_before_its_first_byte_is_not_logged(launcher, upstream, tmp_path):
+    """A balancer's TCP check that ends with a reset (SO_LINGER 0), not a FIN, was logged
+    at info level, a line per check: "TLS handshake ... failed: [Errno 104] Connection
+    reset by peer". It is the same check as a close before the first byte."""
+    ca = CA(tmp_path)
+    cert, key, _ = ca.issue("site")
+    gw = tls_gateway(launcher, upstream, [(cert, key, {})], workers=1)
+    for port in (gw.tls_port, gw.tls_port, gw.port):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    tls_get(gw.tls_port, ca)            # served after them: the checks were read
+    hello = client_hello()              # and a line still follows a real client's close
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5) as sock:
+        sock.sendall(hello[:len(hello) // 2])
+    assert wait_until(lambda: "mid-handshake" in gw.log(), timeout=5), gw.log()[-2000:]
+    assert "Connection reset by peer" not in gw.log(), gw.log()[-2000:]
