@@ -188,7 +188,12 @@ CLIENT_NAMING = {b"x-real-ip": b"X-Real-IP", b"x-client-ip": b"X-Client-IP",
                  b"x-cluster-client-ip": b"X-Cluster-Client-IP",
                  b"x-forwarded": b"X-Forwarded", b"forwarded-for": b"Forwarded-For",
                  b"x-0-client-ip": b"X-0-Client-IP",
-                 b"x-appengine-user-ip": b"X-AppEngine-User-IP"}
+                 b"x-appengine-user-ip": b"X-AppEngine-User-IP",
+                 b"fly-client-ip": b"Fly-Client-IP", b"do-connecting-ip": b"DO-Connecting-IP",
+                 b"x-azure-clientip": b"X-Azure-ClientIP",
+                 b"x-azure-socketip": b"X-Azure-SocketIP",
+                 b"x-envoy-external-address": b"X-Envoy-External-Address",
+                 b"x-proxyuser-ip": b"X-ProxyUser-IP"}
 # The trusted proxies' headers vouch_forwarded holds to rules, and those.
 VOUCHED = frozenset([b"x-forwarded-host", b"x-forwarded-proto", *PASSED_THROUGH,
                      *CLIENT_NAMING])

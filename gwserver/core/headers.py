@@ -71,6 +71,10 @@ _PROXY_SAYS = frozenset([
     # (X-Forwarded and Forwarded-For: django-ipware and the PHP snippet too): a client's
     # "X-Forwarded: 6.6.6.6" was the client to such an upstream
     b"x-forwarded", b"forwarded-for", b"x-0-client-ip", b"x-appengine-user-ip",
+    # and the edges' own names for it, which apps behind them read: Fly.io's, DigitalOcean's
+    # (request-ip reads it), Azure Front Door's two, Envoy's external address, Google's
+    b"fly-client-ip", b"do-connecting-ip", b"x-azure-clientip", b"x-azure-socketip",
+    b"x-envoy-external-address", b"x-proxyuser-ip",
     # other spellings of a scheme and a prefix: Tornado's xheaders read X-Scheme first, the
     # Flask ReverseProxied recipe X-Scheme and X-Script-Name (its SCRIPT_NAME, the prefix of
     # every url_for link), gunicorn's secure_scheme_headers X-Forwarded-Protocol

@@ -113,7 +113,7 @@ def test_the_comparison_fails_on_a_broken_copy_of_the_page():
                    text.replace("`-Leaf`", "`-Leaf`, `-Root`", 1)):   # one the code lacks
         got, known = dropped_from_clients(broken)
         assert got != known
-    walk_broken = text.replace("`X-0-Client-IP` and", "and", 1)
+    walk_broken = text.replace("`X-Envoy-External-Address` and", "and", 1)
     walk = between(walk_broken, "When it names a client in `X-Forwarded-For`,",
                    "(IP allow-lists and libraries")
     assert len(listed(walk, CLIENT_NAMING.keys())) == len(CLIENT_NAMING) - 1
