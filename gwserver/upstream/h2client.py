@@ -133,7 +133,11 @@ def upstream_h2_state():
         client_side=True, header_encoding=None, validate_inbound_headers=True))
     conn.local_settings = h2.settings.Settings(client=True, initial_values={
         h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
+        # The decoder's bound, said: a head past it ends the connection (the HPACK table
+        # would be out of step), every stream on it; an upstream that reads the setting (Go's
+        # and grpc-go's servers) fails that one stream instead.
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE})
     # hpack's table search and Python Huffman coding cost more CPU than the rest of a gRPC
     # call's framing (client.h2server uses the same two).
     conn.encoder = FieldEncoder()
