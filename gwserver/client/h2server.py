@@ -68,7 +68,8 @@ from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2frames import BoundedBlocks, PrioritySizeError, ZeroIncrement
 from ..core.h2request import (Malformed, check_method_and_path, check_trailers,
                               grpc_status_fields, is_grpc, split_request)
-from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
+from ..core.h2limits import (CLOSED_STREAMS, SMALL_DATA, WindowPacer, fed_from_window, silly,
+                             tiny_update)
 from ..core.headers import MAX_CONTENT_LENGTH
 from ..core.realip import connection_scheme
 from ..core.throttledlog import throttled_log
@@ -560,8 +561,6 @@ class StreamMalformed:
         self.code = code
 
 
-# Ended streams a connection remembers (at least: twice max_concurrent_streams), ~120 bytes each
-CLOSED_STREAMS = 1024
 
 
 class _CountingH2(h2.connection.H2Connection):

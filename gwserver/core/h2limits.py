@@ -20,6 +20,10 @@ the upstream side (upstream.h2client). Pure: the caller passes the time.
 
 SMALL_DATA = 1024
 SILLY_SENDS_PER_SECOND = 100
+# Ended streams a connection remembers, either side (h2's _closed_streams; a client
+# connection at least twice its max_concurrent_streams), ~120 bytes each: h2 keeps 65,536,
+# ~11 MB of a connection that carried that many requests, for its life.
+CLOSED_STREAMS = 1024
 
 
 def tiny_update(increment, initial_window):

@@ -31,7 +31,8 @@ from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, PriorityFram
 
 from ..core.h2fields import CachingDecoder, FieldEncoder
 from ..core.h2frames import BoundedBlocks, PrioritySizeError, ZeroIncrement
-from ..core.h2limits import SMALL_DATA, WindowPacer, fed_from_window, silly, tiny_update
+from ..core.h2limits import (CLOSED_STREAMS, SMALL_DATA, WindowPacer, fed_from_window, silly,
+                             tiny_update)
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field, length_over_max
 from ..core.throttledlog import throttled_log
 from ..files import client_tls_problem
@@ -169,10 +170,9 @@ class _UpstreamH2(h2.connection.H2Connection):
     empty_frames = small_data = data_frames_sent = 0
     last_update_tiny = False        # the last WINDOW_UPDATE was tiny (core.h2limits)
 
-    # How its last streams ended (h2's _closed_streams): h2 keeps 65,536, ~11.5 MB of a
-    # connection that carried that many requests, for its life, per HTTP/2 target and worker.
-    # A header block on a stream ended before them is that stream's error (_forgotten).
-    MAX_CLOSED_STREAMS = 1024
+    # How its last streams ended (h2's _closed_streams), per HTTP/2 target and worker. A
+    # header block on a stream ended before them is that stream's error (_forgotten).
+    MAX_CLOSED_STREAMS = CLOSED_STREAMS
 
     def __init__(self, config):
         super().__init__(config)
