@@ -20,8 +20,8 @@ from .core.chain import build_chain
 from .core.consumers import CONSUMER_ID, compile_consumers
 from .core.realip import UNIX_PEERS, network_of
 from .core.routes import (MAX_POOL_SIZE, ROUTE, UPSTREAM, compile_route, link_chain,
-                          make_upstream, path_problems_beside, undefined_upstream, upstream_id,
-                          unreachable_paths)
+                          make_upstream, path_problems_beside, undefined_upstream,
+                          unreachable_paths, upstream_id_string)
 from .core.router import Router
 from .core.schema import (Field, Invalid, Schema, absolute_path, absolute_path_or_empty,
                           boolean, file_path, integer, join, list_of, map_of, never_quoted,
@@ -1140,7 +1140,7 @@ CONF = Schema(
     *(Field(name, schema, dict, schema.doc) for name, schema in SECTIONS.items()),
     *(Field(name, schema, None, schema.doc) for name, schema in OPTIONAL_SECTIONS.items()),
     Field("plugins", map_of(lambda c: c), dict, "plugins enabled on every route: name -> config"),
-    Field("upstreams", map_of(lambda u: u, upstream_id()), dict,
+    Field("upstreams", map_of(lambda u: u, upstream_id_string()), dict,
           "named upstreams that routes refer to by id"),
     Field("routes", list_of(lambda r: r), list, "static routes (the table when etcd is off)"),
     Field("consumers", map_of(lambda c: c, string(CONSUMER_ID, "a consumer id")), dict,

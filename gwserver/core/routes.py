@@ -37,7 +37,7 @@ MAX_POOL_SIZE = 65536
 INLINE_UPSTREAM = ".upstream"
 
 
-def upstream_id(what="an upstream id"):
+def upstream_id_string(what="an upstream id"):
     """A string check for the id of a named upstream (or a reference to one)."""
     base = string(ROUTE_ID, what)
 
@@ -301,7 +301,7 @@ ROUTE = Schema(
     Field("priority", integer(-1_000_000, 1_000_000, "an integer"), 0,
           "higher wins among routes on the same path node"),
     Field("upstream", lambda value: UPSTREAM(value) if isinstance(value, dict) else
-          upstream_id("an upstream object or the id of one")(value),
+          upstream_id_string("an upstream object or the id of one")(value),
           doc="inline upstream object, or the id of a named upstream"),
     Field("strip_prefix", path_text(r"/[^?#]*", "a path starting with /", markers=False), None,
           "removed from the start of the path before proxying (\"/api/\" takes \"/api\" "

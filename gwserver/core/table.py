@@ -37,7 +37,7 @@ from .consumers import CredentialTaken, Directory, compile_consumer
 from .router import Router, unused
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
                      make_upstream, path_problems_beside, refused_files, undefined_upstream,
-                     upstream_id, upstream_refs)
+                     upstream_id_string, upstream_refs)
 from .schema import Invalid, show
 from .target import static_key
 
@@ -55,7 +55,7 @@ def decode_json(raw):
     return raw
 
 
-upstream_id_check = upstream_id()
+upstream_id_check = upstream_id_string()
 
 
 def unreachable_from_etcd(spec, owner):
