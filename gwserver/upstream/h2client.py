@@ -1007,32 +1007,11 @@ class StreamResponse:
                     raise UpstreamError(f"upstream response {exc}" if exc.oversized else
                                         f"{self.connection.target.url} sent {exc}") from None
             if isinstance(event, h2.events.ResponseReceived):
-                headers = [(bytes(k), bytes(v)) for k, v in event.headers]
-                status = self._status(headers)
                 if event.stream_ended:
                     self.ended = True
-                fields = [(k, v) for k, v in headers if not k.startswith(b":")]
-                self._check(fields, "header")
-                for name, value in fields:
-                    if name == b"content-length" and (not value.isdigit() or
-                                                      length_over_max(value)):
-                        # (as an HTTP/1.1 upstream's: Exchange.split_head, where llhttp takes
-                        # digits alone; h2 reads it with int(), which takes "+9" and "1_0",
-                        # and a HEAD's answer passed such a value on to the client)
-                        raise UpstreamError(f"{self.connection.target.url} sent content-length "
-                                            f"{value[:40].decode('latin-1')!r}: not digits, or "
-                                            f"over 2^63 - 1")
-                return status, fields
+                return bounds.status, bounds.fields
             if isinstance(event, h2.events.StreamEnded):
                 raise UpstreamError("stream ended before a response head")
-
-    def _status(self, headers):
-        """The head's :status, or UpstreamError if it is no status code."""
-        code = bytes(dict(headers).get(b":status", b""))
-        if not is_status_code(code):
-            raise UpstreamError(f"{self.connection.target.url} sent :status "
-                                f"{code[:20]!r}: not a status code")
-        return int(code)
 
     def chunks(self):
         while not self.ended:
@@ -1061,9 +1040,7 @@ class StreamResponse:
         the client (and llhttp, which frames HTTP/2 answers, refuses them): a broken answer."""
         bad = first_bad_field(fields)
         if bad is not None:
-            raise UpstreamError(f"{self.connection.target.url} sent a {kind} HTTP does not "
-                                f"allow (a control character or a bad name: "
-                                f"{bad[0][:40].decode('latin-1')!r})")
+            raise UpstreamError(f"{self.connection.target.url} sent {not_allowed(kind, bad)}")
 
     def close(self):
         self.connection.finish(self.stream_id, self.stream)
@@ -1091,16 +1068,25 @@ class HeadOutOfBounds(Exception):
         self.oversized = oversized
 
 
+def not_allowed(kind, field):
+    """What an answer's ``field`` that HTTP does not allow (first_bad_field) is called."""
+    return (f"a {kind} HTTP does not allow (a control character or a bad name: "
+            f"{field[0][:40].decode('latin-1')!r})")
+
+
 class HeadBounds:
     """The bounds an HTTP/2 answer's heads are read within, by the proxy (StreamResponse.head)
     and by the health check (helpers.health.probe_h2) alike, so that a target the proxy
     answers 502 for fails its check: max_response_head over every head, 1xx ones included,
-    each counted as HTTP/1.1 would write it; an interim head's :status a status code; at most
-    MAX_INTERIM_HEADS interim heads, of MAX_INTERIM_BYTES as sent. ``take`` each head."""
+    each counted as HTTP/1.1 would write it; every head's :status a status code; at most
+    MAX_INTERIM_HEADS interim heads, of MAX_INTERIM_BYTES as sent; the final head's fields
+    ones HTTP allows, its content-length digits. ``take`` each head; after the final one,
+    ``status`` and ``fields`` (bytes, no pseudo-header) are its."""
 
     def __init__(self, max_head):
         self.max_head = max_head
         self.size = self.interim = self.interim_bytes = 0
+        self.status, self.fields = None, None
 
     def take(self, event):
         """Count ``event`` (a ResponseReceived or InformationalResponseReceived); raise
@@ -1108,16 +1094,34 @@ class HeadBounds:
         self.size += head_bytes(event.headers)
         if self.size > self.max_head:
             raise HeadOutOfBounds(f"head over {self.max_head} bytes", oversized=True)
-        if type(event) is h2.events.InformationalResponseReceived:
-            # (h2 takes any :status that begins with 1 for an interim one: a 101, "1")
-            code = bytes(dict(event.headers).get(b":status", b""))
-            if not is_status_code(code):
-                raise HeadOutOfBounds(f":status {code[:20]!r}: not a status code")
-            self.interim += 1
-            self.interim_bytes += getattr(event, "block_size", 0)    # (_receive_frame)
-            if self.interim > MAX_INTERIM_HEADS or self.interim_bytes > MAX_INTERIM_BYTES:
-                raise HeadOutOfBounds(f"more than {MAX_INTERIM_HEADS} interim (1xx) heads, "
-                                      f"or more than {MAX_INTERIM_BYTES} bytes of them")
+        # (h2 takes any :status that begins with 1 for an interim one: a 101, "1")
+        code = bytes(dict(event.headers).get(b":status", b""))
+        if not is_status_code(code):
+            raise HeadOutOfBounds(f":status {code[:20]!r}: not a status code")
+        if type(event) is not h2.events.InformationalResponseReceived:
+            return self._final(event, int(code))
+        self.interim += 1
+        self.interim_bytes += getattr(event, "block_size", 0)    # (_receive_frame)
+        if self.interim > MAX_INTERIM_HEADS or self.interim_bytes > MAX_INTERIM_BYTES:
+            raise HeadOutOfBounds(f"more than {MAX_INTERIM_HEADS} interim (1xx) heads, "
+                                  f"or more than {MAX_INTERIM_BYTES} bytes of them")
+
+    def _final(self, event, status):
+        # Held here, not by the proxy alone: the check passed a target whose every answer
+        # the proxy refused for a control character or an overlong content-length
+        self.status = status
+        self.fields = [(k, v) for k, v in ((bytes(k), bytes(v)) for k, v in event.headers)
+                       if not k.startswith(b":")]
+        bad = first_bad_field(self.fields)
+        if bad is not None:
+            raise HeadOutOfBounds(not_allowed("header", bad))
+        for name, value in self.fields:
+            if name == b"content-length" and (not value.isdigit() or length_over_max(value)):
+                # (as an HTTP/1.1 upstream's: Exchange.split_head, where llhttp takes digits
+                # alone; h2 reads it with int(), and a HEAD's answer passed such a value on
+                # to the client)
+                raise HeadOutOfBounds(f"content-length {value[:40].decode('latin-1')!r}: "
+                                      f"not digits, or over 2^63 - 1")
 
 
 def deadline_hit(target, doing="connecting"):
