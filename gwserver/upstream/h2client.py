@@ -1026,6 +1026,10 @@ class StreamResponse:
                 if event.stream_ended:
                     self.ended = True
             elif isinstance(event, h2.events.TrailersReceived):
+                if head_bytes(event.headers) > self.connection.max_head:
+                    # as an HTTP/1.1 upstream's trailer fields, framing held to the limit
+                    raise UpstreamError(f"{self.connection.target.url} sent trailers over "
+                                        f"{self.connection.max_head} bytes")
                 self.trailers = [(k, v) for k, v in ((bytes(k), bytes(v))
                                                      for k, v in event.headers)
                                  if k.lower() not in TRAILER_FORBIDDEN]

@@ -15,10 +15,12 @@ loopback.
 Held (a guard, no defect): 21aa26f's cap in both directions. The late trailers of reset calls
 on a throttled worker are test_review_dec12h's; blocks of one-byte indexed fields, the
 costliest HPACK decodes a byte here (~1.7 us, so weighed by the cap, not by their time), on a
-reset stream are still cut as a flood within 0.2 s of CPU. Asked, not changed: an HTTP/2
-upstream's trailers are held to no max_response_head (a 30 KB trailer after a 3 KB head is
-relayed with the limit at 4 KiB), while an HTTP/1.1 upstream's are held to it as chunk
-framing.
+reset stream are still cut as a flood within 0.2 s of CPU.
+
+2. (r9's question, fixed by the lead.) An HTTP/2 upstream's trailers were held to no
+   max_response_head: a 30 KB trailer block after a 3 KB head was relayed with the limit at
+   4 KiB, while an HTTP/1.1 upstream's trailer fields are held to it as chunk framing. They
+   are held to it on their own now (not added to the head), the answer cut past it.
 """
 import time
 
@@ -33,6 +35,7 @@ from gwserver.core.h2fields import FieldEncoder
 from ..conftest import gateway_conf, wait_until
 from ..h2_upstreams import H2cUpstream
 from .test_attack_dec12a import EARLY_HINTS, block_frames, get
+from .test_h2_upstream_fields import answer_to, body_of
 from .test_health import target_view
 from .test_http2_hardening import worker_cpu
 from .test_review_dec12h import LateTrailersUpstream
@@ -216,5 +219,43 @@ def test_blocks_weighed_by_the_cap_on_a_reset_stream_are_still_cut(launcher):
         assert "flood" in gw.log()
         assert get(gw, b"/after").startswith(b"HTTP/1.1 200")      # on a new connection
         assert upstream.connections == 2
+    finally:
+        upstream.close()
+
+
+def trailed(sid, size):
+    """200 "ok", then a trailer block of about ``size`` bytes as HTTP/1.1 would write it."""
+    return head(sid, [(b":status", b"200")]) + DataFrame(sid, b"ok").serialize() + \
+        head(sid, [(b"grpc-status", b"0"), (b"x-t", b"t" * (size - 17 - 16 - 7))], end=True)
+
+
+class TrailersUpstream(HeadsUpstream):
+    HEADS = {"small": (lambda sid: trailed(sid, 1000), True),
+             "at-max": (lambda sid: trailed(sid, MAX_HEAD), True),
+             "over-max": (lambda sid: trailed(sid, MAX_HEAD + 1), False),
+             "big": (lambda sid: trailed(sid, 30000), False)}
+
+
+def test_an_h2_upstreams_trailers_are_held_to_max_response_head(launcher, monkeypatch):
+    monkeypatch.setitem(globals(), "HEADS", TrailersUpstream.HEADS)     # what it answers
+    upstream = TrailersUpstream()
+    try:
+        gw = launcher.gateway(gateway_conf(
+            [{"id": "h2", "paths": ["/h/*rest"], "upstream": {
+                "targets": [{"url": f"http://127.0.0.1:{upstream.port}"}], "protocol": "h2"}}],
+            upstream_defaults={"max_response_head": MAX_HEAD}))
+        for name, (_, relayed) in TrailersUpstream.HEADS.items():
+            answer = answer_to(gw.port, b"GET /h/%s HTTP/1.1\r\nHost: gw\r\nTE: trailers\r\n"
+                                        b"Connection: close\r\n\r\n" % name.encode())
+            if relayed:
+                assert answer.startswith(b"HTTP/1.1 200"), (name, answer[:200])
+                assert body_of(answer) == b"ok" and b"\r\ngrpc-status: 0\r\n" in answer
+            else:
+                # before: a 200 with the whole trailer block relayed. Head, body and
+                # trailers came in one write: the relay still held the head, a whole 502
+                assert answer.startswith(b"HTTP/1.1 502") and \
+                    answer.count(b"HTTP/1.1") == 1, (name, answer[:200])
+                assert b"grpc-status" not in answer, (name, answer[-200:])
+        assert f"sent trailers over {MAX_HEAD} bytes" in gw.log()
     finally:
         upstream.close()
