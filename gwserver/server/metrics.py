@@ -323,11 +323,20 @@ class _CurrentOnly:
             elif family.name == RATES.name and self.owners is not None:
                 family.samples = [sample for sample in family.samples
                                   if ("route", sample.labels.get("route")) in self.owners]
+            elif family.name in BY_ROUTE and self.owners is not None:
+                family.samples = [sample for sample in family.samples
+                                  if sample.labels.get("route") == "none" or
+                                  ("route", sample.labels.get("route")) in self.owners]
             yield family
 
 
 # the workers' series by target URL, shown for the targets of the table only (_CurrentOnly)
 BY_TARGET_URL = frozenset((CONNECTIONS_OPENED.name, POOL_IDLE.name, EJECTIONS.name))
+# ... and by route, for the routes of the table and "none" only: routes made and removed
+# through etcd (a preview environment's, a tenant's) each left a histogram and counters for
+# the life of the master (a worker's file is folded into the archives at its exit)
+BY_ROUTE = frozenset(metric.name for metric in (REQUESTS, GATEWAY_ANSWERS, DURATION,
+                                                UPSTREAM_DURATION, LIMITS, FAULTS))
 
 
 def breaker_owner(key):
