@@ -140,7 +140,7 @@ def metrics_view(runtime):
     if runtime.conf.etcd:
         extra.append(os.path.join(runtime.conf.etcd["runtime_dir"], "metrics.prom"))
     text = metrics.render(extra, runtime.watched_targets(), runtime.breaker_owners(),
-                          runtime.target_urls())
+                          runtime.target_urls(), runtime.consumer_ids())
     return Reply(200, text,
                  [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 

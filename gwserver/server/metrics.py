@@ -305,8 +305,9 @@ class _CurrentOnly:
     connections opened, its idle pool at 0, its ejections): a service's instances come and
     go, each a new URL, and /metrics grew by a few series per instance that ever came."""
 
-    def __init__(self, collector, targets, owners, urls=None):
+    def __init__(self, collector, targets, owners, urls=None, consumers=None):
         self.collector, self.targets, self.owners, self.urls = collector, targets, owners, urls
+        self.consumers = consumers
 
     def collect(self):
         for family in self.collector.collect():
@@ -327,14 +328,21 @@ class _CurrentOnly:
                 family.samples = [sample for sample in family.samples
                                   if sample.labels.get("route") == "none" or
                                   ("route", sample.labels.get("route")) in self.owners]
+            elif family.name == RETRIES.name and self.owners is not None:
+                family.samples = [sample for sample in family.samples
+                                  if ("upstream", sample.labels.get("upstream")) in self.owners]
+            elif family.name == CONSUMER_REQUESTS.name and self.consumers is not None:
+                family.samples = [sample for sample in family.samples
+                                  if sample.labels.get("consumer") in self.consumers]
             yield family
 
 
 # the workers' series by target URL, shown for the targets of the table only (_CurrentOnly)
 BY_TARGET_URL = frozenset((CONNECTIONS_OPENED.name, POOL_IDLE.name, EJECTIONS.name))
-# ... and by route, for the routes of the table and "none" only: routes made and removed
-# through etcd (a preview environment's, a tenant's) each left a histogram and counters for
-# the life of the master (a worker's file is folded into the archives at its exit)
+# ... and by route, for the routes of the table and "none" only (retries by upstream and
+# consumers' requests alike): routes made and removed through etcd (a preview environment's,
+# a tenant's) each left a histogram and counters for the life of the master (a worker's
+# file is folded into the archives at its exit)
 BY_ROUTE = frozenset(metric.name for metric in (REQUESTS, GATEWAY_ANSWERS, DURATION,
                                                 UPSTREAM_DURATION, LIMITS, FAULTS))
 
@@ -346,18 +354,20 @@ def breaker_owner(key):
     return kind, rest.partition(":consumer=")[0]
 
 
-def render(extra_files=(), targets=None, owners=None, urls=None):
+def render(extra_files=(), targets=None, owners=None, urls=None, consumers=None):
     """The aggregate of every worker, in Prometheus text format, plus text files appended.
     ``targets``: the (upstream id, target URL) pairs whose up gauges are current (all, when
     None); ``owners``: the ("route", id) and ("upstream", id) pairs of the table, whose
     breakers' state and adaptive rate gauges are current (all, when None); ``urls``: the
     target URLs of the table, whose connection, pool and ejection series are shown (all,
-    when None)."""
+    when None); ``consumers``: the consumer ids of the table, whose series are shown (all,
+    when None). The series by route and upstream follow ``owners``."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
     registry = CollectorRegistry()
     collector = multiprocess.MultiProcessCollector(None)
-    registry.register(collector if targets is None and owners is None and urls is None else
-                      _CurrentOnly(collector, targets, owners, urls))
+    registry.register(collector if targets is None and owners is None and urls is None and
+                      consumers is None else
+                      _CurrentOnly(collector, targets, owners, urls, consumers))
     parts = [generate_latest(registry)]
     for path in extra_files:
         try:
