@@ -131,8 +131,16 @@ def cmd_settings(args):
 
 
 def cmd_demo_upstream(args):
-    from .demo import serve
-    serve(args.host, args.port)
+    from .demo import listen, serve
+    try:
+        server = listen(args.host, args.port)
+    except (OSError, OverflowError) as exc:
+        # A port taken (an earlier demo still running) was a traceback, which scripts/demo
+        # scrolled away under the gateway's start: every request then a 502 from nowhere.
+        print(f"demo-upstream: cannot listen on {args.host}:{args.port}: "
+              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 1
+    serve(args.host, args.port, server=server)
     return 0
 
 
@@ -248,7 +256,16 @@ def parse(argv):
     add_parsers(sub)
     from .rollouts_cli import add_parsers as add_rollout_parsers
     add_rollout_parsers(sub)
-    return parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ""
+        if getattr(args, "conf", None) == CONF and len(extra) == 1 \
+                and not extra[0].startswith("-"):
+            # `gwserver check gwserver.toml`, as promtool and haproxy -c take it: the
+            # file is an option here, and argparse named it no more than "unrecognized".
+            hint = f" (the conf file is an option: -c {extra[0]})"
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
 
 
 if __name__ == "__main__":

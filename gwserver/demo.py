@@ -70,10 +70,16 @@ class EchoHandler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(host="127.0.0.1", port=9001, name="demo"):
+def listen(host="127.0.0.1", port=9001, name="demo"):
+    """The server, bound: OSError (or OverflowError for a port past 65535) when it cannot."""
     server = ThreadingHTTPServer((host, port), EchoHandler)
     server.daemon_threads = True
     server.name = name
+    return server
+
+
+def serve(host="127.0.0.1", port=9001, name="demo", server=None):
+    server = server or listen(host, port, name)
     print(f"demo upstream listening on http://{host}:{port} (/status/N, /delay/SECONDS, "
           f"/bytes/N answer on demand)", flush=True)
     server.serve_forever()

@@ -56,13 +56,14 @@ def state_dirs(conf_path, pid=None):
 def unreadable(conf_path):
     """Why ``conf_path`` names no state_dir for ``state_dirs`` (it cannot be read, or is not
     TOML), or None."""
-    from .settings import read_conf_source
+    from .settings import read_conf_source, toml_error
     try:
-        tomllib.loads(read_conf_source(conf_path).decode())
+        source = read_conf_source(conf_path)
+        tomllib.loads(source.decode())
     except OSError as exc:
         return exc.strerror or str(exc)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        return f"not valid TOML: {exc}"
+        return toml_error(source, exc)
     return None
 
 
@@ -175,6 +176,38 @@ def not_master(pid, source):
             f"instance lock that names it): nothing was signalled")
 
 
+def served_conf(status, pid):
+    """The conf file master ``pid`` reads again at each SIGHUP, as its master.json names it
+    (a master of an earlier release named it as given: relative to its working directory),
+    or None when that cannot be told."""
+    path = status.get("conf") if status else None
+    if not isinstance(path, str) or not path:
+        return None
+    if not os.path.isabs(path):
+        try:
+            path = os.path.join(os.readlink(f"/proc/{pid}/cwd"), path)
+        except OSError:
+            return None                 # not ours to read: as before, no comparison
+    return path
+
+
+def other_conf(conf_path, served):
+    """The refusal when ``conf_path`` is not the file the master reloads (``served``): a
+    SIGHUP makes it read its own file again, and this command said `reload complete` of an
+    edit in another copy that no process had read. None when it is that file, or when
+    either cannot be looked at (the master's own reload says what it cannot read)."""
+    if served is None:
+        return None
+    try:
+        if os.path.samefile(conf_path, served):
+            return None
+    except OSError:
+        return None
+    return (f"the master reloads {served}, not {conf_path}: a SIGHUP would apply that file, "
+            f"and this one would serve nowhere; nothing was signalled. Edit {served} and "
+            f"reload with -c {served}, or restart the gateway with -c {conf_path}")
+
+
 def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
     directories = state_dirs(conf_path, pid)
     if pid is None:
@@ -197,6 +230,13 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
                   f"(give --pid)", file=err)
             return 1
         pid = before["pid"]
+        if not os.path.exists(f"/proc/{pid}"):
+            # A stopped gateway leaves its master.json: "is no gwserver master ... give
+            # --pid" sent a newcomer looking for a pid where none runs.
+            print(f"no running master found: master {pid}, which {STATUS_FILE} in "
+                  f"{directories[0]} names, has exited (the gateway is not running: start "
+                  f"it with gwserver run -c {conf_path}); nothing was signalled", file=err)
+            return 1
         if not is_master(pid):
             print(f"{not_master(pid, STATUS_FILE)} (give --pid)", file=err)
             return 1
@@ -204,6 +244,10 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
     elif not is_master(pid):            # a typo, or a pid file of another program
         gone = not os.path.exists(f"/proc/{pid}")
         print(f"no process {pid}" if gone else not_master(pid, "--pid"), file=err)
+        return 1
+    problem = other_conf(conf_path, served_conf(before, pid))
+    if problem is not None:
+        print(problem, file=err)
         return 1
     sent = time.monotonic()     # CLOCK_MONOTONIC, as the master's last_reload_started_monotonic
     try:

@@ -1307,18 +1307,32 @@ def _url_password(url):
     return bool(parts.password or parts.options().get("password"))
 
 
+def elsewhere(key, section=None):
+    """The hint `; it is a setting of [server]` when ``key``, unknown where it was written (at
+    the top of the file, or in ``section``), is one of another section's: a key put above its
+    section's header, or under the wrong one, was an unknown key and a list of the others."""
+    homes = [f"[{name}]" for name, schema in {**SECTIONS, **OPTIONAL_SECTIONS}.items()
+             if name != section and key in schema.fields]
+    if not homes:
+        return ""
+    return f"; it is a setting of {' or '.join(homes)}"
+
+
 def parse_conf(data, path="<conf>"):
     """Validate a parsed TOML document; raise ConfigError listing every problem at once."""
     from .plugins import load_registry
     problems, parts = [], {}
     for key in data:
         if key not in CONF.fields:
-            problems.append(f"{key}: unknown key (known: {', '.join(CONF.fields)})")
+            problems.append(f"{key}: unknown key (known: {', '.join(CONF.fields)})"
+                            f"{elsewhere(key)}")
     for name, field in CONF.fields.items():
         try:
             parts[name] = field.check(data[name]) if name in data else field.default_value()
         except Invalid as exc:
-            problems.extend(f"{join(name, sub)}: {reason}" for sub, reason in exc.problems)
+            problems.extend(f"{join(name, sub)}: {reason}"
+                            f"{elsewhere(sub, name) if reason.startswith('unknown key') else ''}"
+                            for sub, reason in exc.problems)
             # Its good fields still count: the checks below then see them, not defaults.
             value = field.check.partial(data[name])[0] if isinstance(field.check, Schema) \
                 else None
@@ -1434,6 +1448,20 @@ def read_conf_source(path):
     return data
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def toml_error(source, exc):
+    """Why ``source`` is not TOML, as `check`, `run`, `reload` and the master's reload say it.
+    A UTF-8 byte order mark (Notepad's, some editors' "UTF-8 with BOM") is named: TOML
+    refuses it, and "Invalid statement (at line 1, column 1)" pointed at a line that reads
+    as right."""
+    if source.startswith(BOM):
+        return ("not valid TOML: it begins with a UTF-8 byte order mark (an editor's \"UTF-8 "
+                "with BOM\"): save it as plain UTF-8")
+    return f"not valid TOML: {exc}"
+
+
 def load_conf(path, source=None):
     """The conf file ``path``, checked; ``source``: its bytes as read before (the copy the
     master applied, which its helpers read: helpers.helper.applied_conf). The Conf keeps the
@@ -1445,7 +1473,7 @@ def load_conf(path, source=None):
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: {toml_error(source, exc)}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 (TOML files are): byte {exc.start} is "
                           f"{exc.object[exc.start:exc.start + 1]!r}") from None

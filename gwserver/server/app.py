@@ -429,7 +429,8 @@ class ReloadStatus:
         registry.register(Collector())
         write_to_textfile(os.path.join(self.state_dir, "master.prom"), registry)
         atomic_write(os.path.join(self.state_dir, "master.json"), json.dumps({
-            "pid": os.getpid(), "generation": self.generation, "conf": conf.path,
+            "pid": os.getpid(), "generation": self.generation,
+            "conf": os.path.abspath(conf.path),     # what `gwserver reload` compares with its -c
             "reload_attempts": self.attempts, "last_reload_error": self.error,
             "last_reload_successful": self.successful,
             "last_reload_started_monotonic": self.started,
