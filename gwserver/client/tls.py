@@ -23,6 +23,7 @@ down costs nothing until then; the helper retries with backoff meanwhile.
 import datetime
 import errno
 import hashlib
+import ipaddress
 import logging
 import os
 import socket
@@ -155,6 +156,11 @@ class ServerTLS:
             hosts = entry["hosts"] or _names_of(leaf)
             if self.contexts:       # the first entry is the one those connections get
                 self.warnings += address_warnings(entry["hosts"], i)
+                if not hosts:
+                    self.warnings.append(
+                        f"tls.certificates[{i}].cert: {entry['cert']} names no DNS name (no "
+                        f"subjectAltName dNSName): SNI never picks it; list the names it "
+                        f"serves in tls.certificates[{i}].hosts")
             self.contexts.append((tuple(h.lower() for h in hosts), context,
                                   cert_id(entry["cert"])))
             self._index_names(hosts, context, one_label=not entry["hosts"])
@@ -218,7 +224,7 @@ class ServerTLS:
         # what Python's own ssl module sets too.
         context.set_mode(SSL._lib.SSL_MODE_ENABLE_PARTIAL_WRITE |
                          SSL._lib.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
-        context.set_session_id(b"gwserver")
+        context.set_session_id(session_id_context(conf))
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         protocols = [p.encode() for p in conf["alpn"]]
         if protocols:
@@ -234,17 +240,21 @@ class ServerTLS:
         """An entry's names for _pick_by_sni. A certificate's own ``*.example.com`` covers
         one label, as every client checks it (RFC 6125 6.4.3): taken for a.b.example.com,
         it was served there, refused by the client, while a later entry named that host.
-        A ``hosts`` wildcard covers any depth, as routes' hosts do; ``*`` (a certificate
-        without DNS names) anything. A name is read as the SNI name is, one trailing dot off:
-        ``hosts = ["api.example.com."]`` (DNS's spelling, which the check takes) matched
-        nothing once the SNI name lost its dot, and its clients got the first entry."""
+        A ``hosts`` wildcard covers any depth, as routes' hosts do. A certificate without
+        DNS names names nothing: taken for ``*``, it got every name no entry named, and the
+        names of the wildcard entries after it, whose clients then refused it. An address
+        names nothing either (address_warnings): clients send no SNI for one, and a client
+        that sent "10.0.0.1" against RFC 6066 was the only one to get its entry. A name is
+        read as the SNI name is, one trailing dot off: ``hosts = ["api.example.com."]``
+        (DNS's spelling, which the check takes) matched nothing once the SNI name lost its
+        dot, and its clients got the first entry."""
         for host in hosts:
             host = host.lower()
             if host.endswith(".") and host != ".":
                 host = host[:-1]
-            if host == "*":
-                self._wildcards.append(("", False, context))
-            elif host.startswith("*."):
+            if _is_address(host):
+                continue
+            if host.startswith("*."):
                 self._wildcards.append((host[1:], one_label, context))
             else:
                 self._exact.setdefault(host, context)
@@ -290,21 +300,36 @@ class ServerTLS:
         return TLSSocket(sock, self.default)
 
 
+def session_id_context(conf):
+    """What OpenSSL binds a session to: it resumes one only under the same context. The TLS
+    1.2 suites are in it: OpenSSL resumes a session over its suite whenever the client still
+    offers it, whether ``ciphers`` still lists it or not, and the keys that seal tickets
+    outlive reloads: a suite a reload took out went on serving the sessions made with it,
+    for their lifetime (two hours). Now they get a full handshake, with a suite allowed."""
+    return hashlib.sha256(b"gwserver\0" + conf["ciphers"].encode()).digest()    # 32 bytes
+
+
 def address_warnings(hosts, index):
     """An IP address in an entry's ``hosts`` never picks it: clients send no SNI for an
     address (RFC 6066 3), so such connections get the first entry's certificate (for the
     first entry itself that is what its address asks: no warning)."""
-    import ipaddress
     found = []
     for host in hosts or ():
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
+        if not _is_address(host):
             continue
         found.append(f"tls.certificates[{index}].hosts: {host} is an address, and clients "
                      f"send no SNI for one: connections to it get the first entry's "
                      f"certificate, never this one")
     return found
+
+
+def _is_address(host):
+    """Is this ``hosts`` name an IP address (which no client sends as SNI)?"""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def h2_cipher_warnings(conf):
@@ -355,7 +380,7 @@ def _names_of(leaf):
         names = san.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         names = []
-    return names or ["*"]
+    return names
 
 
 def _next_update(der):
@@ -501,10 +526,6 @@ class TLSSocket:
 
     def fileno(self):
         return self._sock.fileno()
-
-    @property
-    def session_reused(self):
-        return self.conn.session_reused()
 
     @property
     def protocol(self):

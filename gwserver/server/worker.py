@@ -533,6 +533,9 @@ class GatewayWorker(GeventWorker):
             from ..client.tls import ClosedBeforeHello, PlainHTTPRequest
             if handshake.timeout_reason:
                 exc = handshake.timeout_reason
+            elif isinstance(exc, gevent.Timeout):
+                # (its own text is the seconds left after the first byte: "failed: 1.49 seconds")
+                exc = f"no handshake within tls.handshake_timeout ({timeout:g} s)"
             quiet = isinstance(exc, ClosedBeforeHello)      # (its own key: no line taken)
             throttled_log.log(log, logging.DEBUG if quiet else logging.INFO,
                               "tls closed" if quiet else "tls handshake",
