@@ -29,9 +29,9 @@ from ..core import grpcweb
 from ..core.chain import route_claims
 from ..core.context import Reply, RequestContext
 from ..core.h2request import grpc_status_fields
-from ..core.headers import (CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH, NO_BODY_STATUSES,
-                            NOT_FORWARDED, PROXY_SET, REASONS, RESET_CONTENT, STEERING_SET,
-                            UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
+from ..core.headers import (CLIENT_NAMING, CONSUMER_SET, IDENTITY_SET, MAX_CONTENT_LENGTH,
+                            NO_BODY_STATUSES, NOT_FORWARDED, PROXY_SET, REASONS,
+                            RESET_CONTENT, STEERING_SET, UNTRUSTED_UNSEEN, X_FORWARDED_MORE)
 from ..core.realip import connection_scheme
 from ..core.target import normalise_host, normalise_path
 from ..core.throttledlog import throttled_log
@@ -177,24 +177,8 @@ PASSED_THROUGH = {
     b"x-script-name": (b"X-Script-Name", _prefix),
     b"x-forwarded-protocol": (b"X-Forwarded-Protocol", _protocol),
 }
-# The headers that name the client as a proxy in front would: a load balancer trusted for
-# X-Forwarded-For (or Forwarded) that does not write them passes a client's through unread,
-# and "X-Real-IP: 6.6.6.6" (or True-Client-IP, X-Client-IP: IP allow-lists and libraries
-# such as request-ip read them) was the client to an upstream that reads it. One that came
-# says the client the walk found.
-CLIENT_NAMING = {b"x-real-ip": b"X-Real-IP", b"x-client-ip": b"X-Client-IP",
-                 b"client-ip": b"Client-IP", b"fastly-client-ip": b"Fastly-Client-IP",
-                 b"true-client-ip": b"True-Client-IP", b"cf-connecting-ip": b"CF-Connecting-IP",
-                 b"x-cluster-client-ip": b"X-Cluster-Client-IP",
-                 b"x-forwarded": b"X-Forwarded", b"forwarded-for": b"Forwarded-For",
-                 b"x-0-client-ip": b"X-0-Client-IP",
-                 b"x-appengine-user-ip": b"X-AppEngine-User-IP",
-                 b"fly-client-ip": b"Fly-Client-IP", b"do-connecting-ip": b"DO-Connecting-IP",
-                 b"x-azure-clientip": b"X-Azure-ClientIP",
-                 b"x-azure-socketip": b"X-Azure-SocketIP",
-                 b"x-envoy-external-address": b"X-Envoy-External-Address",
-                 b"x-proxyuser-ip": b"X-ProxyUser-IP"}
-# The trusted proxies' headers vouch_forwarded holds to rules, and those.
+# The trusted proxies' headers vouch_forwarded holds to rules, and those that name the
+# client (core.headers.CLIENT_NAMING).
 VOUCHED = frozenset([b"x-forwarded-host", b"x-forwarded-proto", *PASSED_THROUGH,
                      *CLIENT_NAMING])
 # A path prefix (Spring's ForwardedHeaderFilter, Traefik, werkzeug's ProxyFix x_prefix build

@@ -10,8 +10,8 @@ from urllib.parse import parse_qsl
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from ..services import NONE as NO_SERVICES
 from .cookies import one_cookie
-from .headers import (CLIENT_NAMED_IN, FIELD_NAME, FIELD_VALUE, NOT_FORWARDED, is_field_name,
-                      is_field_value)
+from .headers import (CLIENT_NAMED_IN, CLIENT_NAMING, FIELD_NAME, FIELD_VALUE, NOT_FORWARDED,
+                      is_field_name, is_field_value)
 
 
 class Reply:
@@ -195,6 +195,8 @@ class RequestContext:
                 # target); from anyone else the header is dropped (every client keyless).
                 return self.client_ip
             raw = self.header_map.get(name)
+            if raw is None and name in CLIENT_NAMING:
+                return self.client_ip   # (dropped from all but a trusted proxy: CLIENT_NAMING)
             return raw.decode("latin-1") if raw is not None else None
         if kind == "cookie":
             # As upstreams read it (core.cookies): "%61bc" and '"abc"' are one sticky key

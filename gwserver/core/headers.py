@@ -45,6 +45,26 @@ UNTRUSTED_UNSEEN = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forw
 # behind a trusted proxy (a fresh key for each address it prepends), and from anyone else
 # the header is dropped (every client keyless: one bucket that one client could spend).
 CLIENT_NAMED_IN = frozenset([b"x-forwarded-for", b"forwarded"])
+# The headers that name the client as a proxy in front would: a load balancer trusted for
+# X-Forwarded-For (or Forwarded) that does not write them passes a client's through unread,
+# and "X-Real-IP: 6.6.6.6" (or True-Client-IP, X-Client-IP: IP allow-lists and libraries
+# such as request-ip read them) was the client to an upstream that reads it. One that came
+# says the client the walk found (client.http1.check_target). A limit, a split or a hash key
+# on one that is not there takes the client the gateway found (RequestContext.value_of,
+# rate_limit's limit_key): dropped from every client but a trusted proxy, the header was
+# absent from all of them, one bucket that one client could spend.
+CLIENT_NAMING = {b"x-real-ip": b"X-Real-IP", b"x-client-ip": b"X-Client-IP",
+                 b"client-ip": b"Client-IP", b"fastly-client-ip": b"Fastly-Client-IP",
+                 b"true-client-ip": b"True-Client-IP", b"cf-connecting-ip": b"CF-Connecting-IP",
+                 b"x-cluster-client-ip": b"X-Cluster-Client-IP",
+                 b"x-forwarded": b"X-Forwarded", b"forwarded-for": b"Forwarded-For",
+                 b"x-0-client-ip": b"X-0-Client-IP",
+                 b"x-appengine-user-ip": b"X-AppEngine-User-IP",
+                 b"fly-client-ip": b"Fly-Client-IP", b"do-connecting-ip": b"DO-Connecting-IP",
+                 b"x-azure-clientip": b"X-Azure-ClientIP",
+                 b"x-azure-socketip": b"X-Azure-SocketIP",
+                 b"x-envoy-external-address": b"X-Envoy-External-Address",
+                 b"x-proxyuser-ip": b"X-ProxyUser-IP"}
 # What the upstream side writes itself (or never sends on): dropped from the request's headers
 # as it goes upstream, whatever put them there. The consumer's pairs are the gateway's own.
 WRITTEN_UPSTREAM = NOT_FORWARDED - CONSUMER_SET

@@ -36,7 +36,7 @@ import re
 from ..core import ratelimit
 from ..core.context import Reply, claim_text, parse_block
 from ..core.cookies import one_cookie
-from ..core.headers import CLIENT_NAMED_IN
+from ..core.headers import CLIENT_NAMED_IN, CLIENT_NAMING
 from ..core.realip import ipv6_network
 from ..core.schema import (Field, Invalid, Schema, fraction, header_in_key, integer, list_of,
                            number, one_of, show, status_code)
@@ -169,6 +169,10 @@ def limit_key(conf, ctx):
             raw = _one_copy(ctx, name)
             if name in _AS_READ:
                 raw = _AS_READ[name](ctx, raw)
+            elif raw is None and name in CLIENT_NAMING:
+                # Dropped from every client but a trusted proxy (or none came): the client
+                # found, as above, not the one bucket of everyone without it
+                raw = _client(conf, ctx).encode("latin-1")
         # Always hashed: a header or cookie may carry a secret (an API key, a session), which
         # must not sit in Redis key names or state files; hashed, a long value never makes a
         # long key either.

@@ -36,7 +36,7 @@ from ..core.h2limits import (CLOSED_STREAMS, SMALL_DATA, WindowPacer, fed_from_w
 from ..core.headers import TRAILER_FORBIDDEN, first_bad_field, length_over_max
 from ..core.throttledlog import throttled_log
 from ..files import client_tls_problem
-from ..errors import (OutOfFiles, UpstreamBusy, UpstreamConnectError,
+from ..errors import (HeadersTooLarge, OutOfFiles, UpstreamBusy, UpstreamConnectError,
                       UpstreamConnectTimeout, UpstreamError, UpstreamTimeout,
                       UpstreamTLSFilesError)
 from ..net.sockets import (OPENING_SLACK, RECV_SIZE, PlainSocket, failure_reason,
@@ -114,6 +114,16 @@ class StreamRefused(StreamNotOpened):
     """The upstream did not process this stream (RFC 9113 8.7): a REFUSED_STREAM reset, or a
     stream past a GOAWAY's last_stream_id. A request whose body the gateway still holds may
     go to another connection, whatever its method."""
+
+
+class RequestHeadTooLarge(HeadersTooLarge):
+    """A request head over the upstream's SETTINGS_MAX_HEADER_LIST_SIZE, as RFC 9113 6.5.2
+    counts a field list (name, value and 32 bytes a field): not sent. Sent, an upstream that
+    holds its decoder to the setting (h2's: hypercorn's) ended the connection, every other
+    request on it failed by one client's 60 KB of headers; a 431 for that request alone, as
+    the upstream would answer it, and no failure of the target's (nothing reached it)."""
+    public = "the request head is larger than the upstream takes"
+    unsent = True
 
 
 class StreamBroken(UpstreamError):
@@ -757,6 +767,14 @@ class H2Connection:
                 # Ours not finished bound h2's open ones (finish resets what is still open);
                 # h2's count walks every stream, so it is asked only near the limit.
                 if len(self.streams) < limit or self.conn.open_outbound_streams < limit:
+                    head_limit = self.conn.remote_settings.max_header_list_size
+                    if head_limit is not None:      # (h2 sends any head, whatever it says)
+                        size = sum(len(k) + len(v) + 32 for k, v in headers)
+                        if size > head_limit:
+                            raise RequestHeadTooLarge(
+                                f"request head of {size} bytes (HTTP/2's count), over the "
+                                f"{head_limit} {self.target.url} takes "
+                                f"(SETTINGS_MAX_HEADER_LIST_SIZE)")
                     stream_id = self.conn.get_next_available_stream_id()
                     self.streams[stream_id] = stream
                     self.conn.send_headers(stream_id, headers,
