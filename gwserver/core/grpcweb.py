@@ -78,6 +78,33 @@ def page_trailers(code, page):
     return [(b"grpc-status", b"%d" % code), (b"grpc-message", message)]
 
 
+def web_trailers(trailers, code):
+    """An upstream's gRPC trailers as a gRPC-Web client must read them. grpc-message is
+    percent-encoded where it came raw (gRPC's encoding, bytes outside 0x20-0x7e; a ``%`` is
+    left, as an encoded message has them): raw UTF-8 went into the frame as it came. A
+    grpc-status is a number: without one (no trailers, a trailers-only head without it) or
+    with one that is not, a gRPC client derives ``code`` (the HTTP status's, UNKNOWN for a
+    200: grpc/doc/http-grpc-status-mapping.md), and so it is told here; the frame had no
+    status, or "abc", to read."""
+    out, status, message = [], None, False
+    for name, value in trailers:
+        name = name.lower()
+        if name == b"grpc-status":
+            if status is None:
+                status = value if value.isdigit() else b""
+            continue
+        if name == b"grpc-message":
+            message = True
+            value = b"".join(bytes([c]) if 0x20 <= c <= 0x7e else b"%%%02X" % c for c in value)
+        out.append((name, value))
+    if not status:
+        if not message:
+            out.append((b"grpc-message", b"the upstream's answer had no grpc-status" if status
+                        is None else b"the upstream's grpc-status is not a number"))
+        status = b"%d" % code
+    return [(b"grpc-status", status)] + out
+
+
 def trailer_frame(trailers):
     """[(name, value)] -> the gRPC-Web trailer frame."""
     block = b"".join(b"%s:%s\r\n" % (name.lower(), value) for name, value in trailers)
@@ -101,6 +128,34 @@ def decode_text_body(body):
         out.append(base64.b64decode(rest[:end], validate=True))
         rest = rest[end:]
     return b"".join(out)
+
+
+class MessageEdges:
+    """Follows the length-prefixed messages of an answer as its bytes go by: ``at_edge``
+    whether they end between two messages, where a trailer frame can still follow."""
+
+    def __init__(self):
+        self.prefix = b""       # the next message's prefix, while it is incomplete
+        self.left = 0           # bytes of the current message still to come
+
+    def feed(self, data):
+        at, end = 0, len(data)
+        while at < end:
+            if self.left:
+                step = min(self.left, end - at)
+                self.left -= step
+                at += step
+                continue
+            step = min(5 - len(self.prefix), end - at)
+            self.prefix += data[at:at + step]
+            at += step
+            if len(self.prefix) == 5:
+                self.left = int.from_bytes(self.prefix[1:], "big")
+                self.prefix = b""
+
+    @property
+    def at_edge(self):
+        return not self.left and not self.prefix
 
 
 class TextEncoder:

@@ -16,7 +16,8 @@ import gevent
 
 from ..core import grpcweb
 from ..core.context import ResponseHead
-from ..core.h2request import grpc_code, grpc_timeout, grpc_timeout_value, is_grpc
+from ..core.h2request import (grpc_code, grpc_message, grpc_timeout, grpc_timeout_value,
+                               is_grpc)
 from ..core.headers import BODY_DIGESTS, NO_BODY_STATUSES, WRITTEN_UPSTREAM, via_chain
 from ..core.routes import no_target_reason, try_policy
 from ..core.tracing import REPLACED_HEADERS, response_line
@@ -461,9 +462,13 @@ class H2Forwarder:
         # only when a body filter changes the body or trailers may follow.
         lengths = [v for k, v in headers if k.lower() == b"content-length"]
         length = None
+        # A native gRPC call over HTTP/2 gets its trailers (its grpc-status) even without
+        # "TE: trailers": the upstream was sent one for it, and HTTP/2 always carries them.
+        wants_trailers = b"trailers" in req.header_map.get(b"te", b"").lower() or \
+            client.speaks_h2 and is_grpc(req.header_map.get(b"content-type"))
         if lengths and not no_body:
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-            if not filters and b"trailers" not in req.header_map.get(b"te", b"").lower() and \
+            if not filters and not wants_trailers and \
                     lengths.count(lengths[0]) == len(lengths) and lengths[0].isdigit():
                 length = lengths[0]
                 headers.append((b"content-length", length))
@@ -490,6 +495,9 @@ class H2Forwarder:
             client.write_head(status, out[0])
             return status, 0, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
+        # Where a gRPC answer's messages stand, for a status after them (below)
+        edges = grpcweb.MessageEdges() if chunked and page is None and (
+            grpc or wants_trailers and is_grpc(req.header_map.get(b"content-type"))) else None
         body = []       # the client's body bytes since the last send
         sent = 0
 
@@ -537,6 +545,8 @@ class H2Forwarder:
                         break
                     continue
                 body.append(chunk if encoder is None else encoder.feed(chunk))
+                if edges is not None:
+                    edges.feed(chunk)
                 held += len(chunk)
                 if not stream.ready() or held >= RELAY_BATCH:
                     held = 0            # bounded: what is acknowledged upstream is sent on
@@ -552,23 +562,45 @@ class H2Forwarder:
                     # must use; without one the HTTP status is mapped, and so it is for an
                     # OK: no message came, the page's bytes are none.
                     trailers = grpcweb.page_trailers(grpc_code(status), page)
-                frame = grpcweb.trailer_frame(trailers)
+                frame = grpcweb.trailer_frame(grpcweb.web_trailers(trailers, grpc_code(status)))
                 body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
             end = b""
             if chunked:
-                trailers = stream.trailers if not grpc and b"trailers" in \
-                    req.header_map.get(b"te", b"").lower() else ()
+                trailers = stream.trailers if not grpc and wants_trailers else ()
                 if filters and trailers:
                     # a digest trailer is of the upstream's bytes, not of the filtered ones
                     trailers = [(k, v) for k, v in trailers if k.lower() not in BODY_DIGESTS]
                 end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
             flush(last=True, end=end)
-        except Exception:
+        except Exception as exc:
             if client.hung_up:
                 client.body_sent = sent
                 client.raise_if_hung_up()
             if not client.head_status:
                 raise       # nothing went out yet: the client still gets a whole error answer
+            if edges is not None and edges.at_edge and (grpc or sent or body) and \
+                    isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                # A gRPC answer whose upstream fails between two messages (a server stream
+                # past the call's deadline or the route's read timeout, a reset) ends with the
+                # status the gateway's own answer would have had, in a gRPC-Web call's trailer
+                # frame or in trailers (cut, a gRPC-Web client read no status and a native one
+                # INTERNAL). A native call's head alone gets its status from answer(). Still
+                # raised: the log, metrics and breakers see the upstream's failure.
+                code = grpc_code(exc.status, exc, getattr(exc, "deadline_hit", False))
+                fields = [(b"grpc-status", b"%d" % code),
+                          (b"grpc-message", grpc_message(exc.message))]
+                if grpc:
+                    frame = grpcweb.trailer_frame(fields)
+                    body.append(frame if encoder is None else
+                                encoder.feed(frame) + encoder.finish())
+                end = b"0\r\n%s\r\n" % (b"" if grpc else
+                                          b"".join(b"%s: %s\r\n" % pair for pair in fields))
+                try:
+                    flush(last=True, end=end)
+                except Exception:       # noqa: BLE001 -- the first error is the one to tell
+                    pass
+                client.body_sent = sent
+                raise
             if body:        # the upstream's bytes from before its failure still go out
                 try:
                     flush()
