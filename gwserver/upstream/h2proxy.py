@@ -495,9 +495,10 @@ class H2Forwarder:
             client.write_head(status, out[0])
             return status, 0, keep_alive
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
-        # Where a gRPC answer's messages stand, for a status after them (below)
-        edges = grpcweb.MessageEdges() if chunked and page is None and (
-            grpc or wants_trailers and is_grpc(req.header_map.get(b"content-type"))) else None
+        # Where a gRPC answer's messages stand, for a status after them (below): a gRPC-Web
+        # call's rides in its body, to an HTTP/1.0 client too (ended by the close)
+        native = chunked and wants_trailers and is_grpc(req.header_map.get(b"content-type"))
+        edges = grpcweb.MessageEdges() if page is None and (grpc or native) else None
         body = []       # the client's body bytes since the last send
         sent = 0
 
@@ -593,8 +594,8 @@ class H2Forwarder:
                     frame = grpcweb.trailer_frame(fields)
                     body.append(frame if encoder is None else
                                 encoder.feed(frame) + encoder.finish())
-                end = b"0\r\n%s\r\n" % (b"" if grpc else
-                                          b"".join(b"%s: %s\r\n" % pair for pair in fields))
+                end = b"0\r\n%s\r\n" % (b"" if grpc else b"".join(
+                    b"%s: %s\r\n" % pair for pair in fields)) if chunked else b""
                 try:
                     flush(last=True, end=end)
                 except Exception:       # noqa: BLE001 -- the first error is the one to tell
