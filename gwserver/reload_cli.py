@@ -191,18 +191,27 @@ def served_conf(status, pid):
     return path
 
 
-def other_conf(conf_path, served):
+def other_conf(conf_path, served, pid):
     """The refusal when ``conf_path`` is not the file the master reloads (``served``): a
     SIGHUP makes it read its own file again, and this command said `reload complete` of an
     edit in another copy that no process had read. None when it is that file, or when
     either cannot be looked at (the master's own reload says what it cannot read)."""
     if served is None:
         return None
+    # Looked up as the master sees it, through its root: in a mount namespace of its own (a
+    # unit's BindReadOnlyPaths=, a container) its path may be another file than ours, and
+    # the very file it reads again was refused, the one of the same name here not.
+    seen = f"/proc/{pid}/root{served}"
     try:
-        if os.path.samefile(conf_path, served):
+        if os.path.samefile(conf_path, seen if os.path.exists(seen) else served):
             return None
     except OSError:
         return None
+    if os.path.abspath(conf_path) == served:
+        return (f"{served} in the master's mount namespace is another file than {conf_path} "
+                f"here: a SIGHUP would apply that file, and this one would serve nowhere; "
+                f"nothing was signalled. Edit the master's file (it is /proc/{pid}/root"
+                f"{served} from here)")
     return (f"the master reloads {served}, not {conf_path}: a SIGHUP would apply that file, "
             f"and this one would serve nowhere; nothing was signalled. Edit {served} and "
             f"reload with -c {served}, or restart the gateway with -c {conf_path}")
@@ -245,7 +254,7 @@ def reload(conf_path, pid=None, timeout=60.0, out=sys.stdout, err=sys.stderr):
         gone = not os.path.exists(f"/proc/{pid}")
         print(f"no process {pid}" if gone else not_master(pid, "--pid"), file=err)
         return 1
-    problem = other_conf(conf_path, served_conf(before, pid))
+    problem = other_conf(conf_path, served_conf(before, pid), pid)
     if problem is not None:
         print(problem, file=err)
         return 1

@@ -430,7 +430,9 @@ class ReloadStatus:
         write_to_textfile(os.path.join(self.state_dir, "master.prom"), registry)
         atomic_write(os.path.join(self.state_dir, "master.json"), json.dumps({
             "pid": os.getpid(), "generation": self.generation,
-            "conf": os.path.abspath(conf.path),     # what `gwserver reload` compares with its -c
+            # what `gwserver reload` compares with its -c: joined, not abspath's, which takes
+            # a ".." off as text (after a symlink the kernel takes it in the link's target)
+            "conf": os.path.join(os.getcwd(), conf.path),
             "reload_attempts": self.attempts, "last_reload_error": self.error,
             "last_reload_successful": self.successful,
             "last_reload_started_monotonic": self.started,

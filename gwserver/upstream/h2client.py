@@ -116,6 +116,11 @@ class StreamRefused(StreamNotOpened):
     go to another connection, whatever its method."""
 
 
+# The largest request head (as RFC 9113 6.5.2 counts it) sent before the upstream's first
+# SETTINGS say its limit: well under what servers say (Envoy's 60 KiB, h2's 64, Go's 1 MiB).
+UNSETTLED_HEAD = 16384
+
+
 class RequestHeadTooLarge(HeadersTooLarge):
     """A request head over the upstream's SETTINGS_MAX_HEADER_LIST_SIZE, as RFC 9113 6.5.2
     counts a field list (name, value and 32 bytes a field): not sent. Sent, an upstream that
@@ -763,14 +768,25 @@ class H2Connection:
             if self.closed or self.draining:
                 raise StreamNotOpened(f"{self.target.url}: the HTTP/2 connection ended")
             with self.lock:
-                limit = self.conn.remote_settings.max_concurrent_streams if self.settled else 1
+                if self.settled:
+                    limit = self.conn.remote_settings.max_concurrent_streams
+                    head_limit = self.conn.remote_settings.max_header_list_size
+                else:
+                    limit, head_limit = 1, UNSETTLED_HEAD
+                # (counted only where a limit is said: most requests to most upstreams)
+                size = 0 if head_limit is None else sum(len(k) + len(v) + 32
+                                                        for k, v in headers)
+                if not self.settled and size > UNSETTLED_HEAD:
+                    # The upstream's SETTINGS_MAX_HEADER_LIST_SIZE is not known yet: a big
+                    # head sent before it, as a new connection's first request, ended the
+                    # connection at an upstream that holds to it (a 502, booked as the
+                    # target's failure). It waits for the SETTINGS, which come first.
+                    limit = 0
                 # Ours not finished bound h2's open ones (finish resets what is still open);
                 # h2's count walks every stream, so it is asked only near the limit.
                 if len(self.streams) < limit or self.conn.open_outbound_streams < limit:
-                    head_limit = self.conn.remote_settings.max_header_list_size
-                    if head_limit is not None:      # (h2 sends any head, whatever it says)
-                        size = sum(len(k) + len(v) + 32 for k, v in headers)
-                        if size > head_limit:
+                    if self.settled and head_limit is not None:
+                        if size > head_limit:   # (h2 sends any head, whatever it says)
                             raise RequestHeadTooLarge(
                                 f"request head of {size} bytes (HTTP/2's count), over the "
                                 f"{head_limit} {self.target.url} takes "
@@ -796,6 +812,10 @@ class H2Connection:
             if now >= until or not self.stream_freed.wait(until - now):
                 if until < waited_until:
                     raise deadline_hit(self.target, "waiting for a free HTTP/2 stream")
+                if not limit:
+                    raise UpstreamBusy(f"{self.target.url} sent no HTTP/2 SETTINGS in "
+                                       f"{slot_timeout:g} s (a request head of {size} bytes "
+                                       f"waits for its header list size)")
                 raise UpstreamBusy(f"{self.target.url} has no free HTTP/2 stream (it "
                                    f"allows {limit} at once)")
         if body:
