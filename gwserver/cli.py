@@ -259,7 +259,9 @@ def parse(argv):
     args, extra = parser.parse_known_args(argv)
     if extra:
         hint = ""
-        if getattr(args, "conf", None) == CONF and len(extra) == 1 \
+        named = any(a in ("-c", "--conf") or a.startswith(("-c", "--conf="))
+                    for a in argv or sys.argv[1:])
+        if not named and getattr(args, "conf", None) == CONF and len(extra) == 1 \
                 and not extra[0].startswith("-"):
             # `gwserver check gwserver.toml`, as promtool and haproxy -c take it: the
             # file is an option here, and argparse named it no more than "unrecognized".

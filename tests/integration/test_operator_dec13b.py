@@ -94,6 +94,11 @@ def test_a_conf_file_given_without_c_is_told_to_come_as_the_option(tmp_path):
             in run.stderr, run.stderr
     run = gwserver("check", "-c", str(conf), "extra", timeout=15)
     assert run.returncode == 2 and "unrecognized arguments: extra\n" in run.stderr, run.stderr
+    # the default path given with -c is given all the same (r11: it was told "-c extra")
+    for given in (["-c", "/etc/gwserver/gwserver.toml"], ["--conf=/etc/gwserver/gwserver.toml"]):
+        run = gwserver("check", *given, "extra", timeout=15)
+        assert run.returncode == 2 and "unrecognized arguments: extra\n" in run.stderr, \
+            run.stderr
 
 
 def test_reload_of_a_stopped_gateway_says_it_is_not_running(launcher, upstream):
