@@ -191,6 +191,34 @@ def served_conf(status, pid):
     return path
 
 
+def in_root(pid, path):
+    """``path`` as process ``pid`` opens it, named from here: under /proc/PID/root, with its
+    symlinks followed in that root. (Past /proc/PID/root the kernel takes an absolute link's
+    target in our root: a conf named through one was compared with our file of its name.)"""
+    root = f"/proc/{pid}/root"
+    done, todo = "", path.split("/")
+    for _ in range(40):                 # the kernel's own bound on links in a path
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                done = done.rpartition("/")[0]      # (done holds no link: as text)
+                continue
+            try:
+                target = os.readlink(root + done + "/" + part)
+            except OSError:             # no link (or not ours to read: the caller falls back)
+                done += "/" + part
+                continue
+            todo = target.split("/") + todo
+            if target.startswith("/"):
+                done = ""
+            break
+        else:
+            return root + (done or "/")
+    return root + path                  # a loop: opened, it fails as it fails the master
+
+
 def other_conf(conf_path, served, pid):
     """The refusal when ``conf_path`` is not the file the master reloads (``served``): a
     SIGHUP makes it read its own file again, and this command said `reload complete` of an
@@ -201,7 +229,7 @@ def other_conf(conf_path, served, pid):
     # Looked up as the master sees it, through its root: in a mount namespace of its own (a
     # unit's BindReadOnlyPaths=, a container) its path may be another file than ours, and
     # the very file it reads again was refused, the one of the same name here not.
-    seen = f"/proc/{pid}/root{served}"
+    seen = in_root(pid, served)
     try:
         if os.path.samefile(conf_path, seen if os.path.exists(seen) else served):
             return None
@@ -210,8 +238,7 @@ def other_conf(conf_path, served, pid):
     if os.path.abspath(conf_path) == served:
         return (f"{served} in the master's mount namespace is another file than {conf_path} "
                 f"here: a SIGHUP would apply that file, and this one would serve nowhere; "
-                f"nothing was signalled. Edit the master's file (it is /proc/{pid}/root"
-                f"{served} from here)")
+                f"nothing was signalled. Edit the master's file (it is {seen} from here)")
     return (f"the master reloads {served}, not {conf_path}: a SIGHUP would apply that file, "
             f"and this one would serve nowhere; nothing was signalled. Edit {served} and "
             f"reload with -c {served}, or restart the gateway with -c {conf_path}")

@@ -724,6 +724,9 @@ class H2Connection:
         self._end_streams(error, 0)
         self.shut = True
         self.wake_writer.set()          # it ends; what is queued is not sent
+        # Requests waiting for a stream slot, or for the first SETTINGS (a big head on a new
+        # connection: no stream of it ends to wake them), go to a new connection now.
+        self.stream_freed.set()
         try:
             self.sock.close()
         except OSError:
@@ -776,7 +779,8 @@ class H2Connection:
                 # (counted only where a limit is said: most requests to most upstreams)
                 size = 0 if head_limit is None else sum(len(k) + len(v) + 32
                                                         for k, v in headers)
-                if not self.settled and size > UNSETTLED_HEAD:
+                unheard = not self.settled and size > UNSETTLED_HEAD
+                if unheard:
                     # The upstream's SETTINGS_MAX_HEADER_LIST_SIZE is not known yet: a big
                     # head sent before it, as a new connection's first request, ended the
                     # connection at an upstream that holds to it (a 502, booked as the
@@ -812,7 +816,7 @@ class H2Connection:
             if now >= until or not self.stream_freed.wait(until - now):
                 if until < waited_until:
                     raise deadline_hit(self.target, "waiting for a free HTTP/2 stream")
-                if not limit:
+                if unheard:     # (a limit of 0 the upstream said is no free stream)
                     raise UpstreamBusy(f"{self.target.url} sent no HTTP/2 SETTINGS in "
                                        f"{slot_timeout:g} s (a request head of {size} bytes "
                                        f"waits for its header list size)")
