@@ -464,8 +464,9 @@ class H2Forwarder:
         length = None
         # A native gRPC call over HTTP/2 gets its trailers (its grpc-status) even without
         # "TE: trailers": the upstream was sent one for it, and HTTP/2 always carries them.
+        grpc_type = is_grpc(req.header_map.get(b"content-type"))
         wants_trailers = b"trailers" in req.header_map.get(b"te", b"").lower() or \
-            client.speaks_h2 and is_grpc(req.header_map.get(b"content-type"))
+            client.speaks_h2 and grpc_type
         if lengths and not no_body:
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
             if not filters and not wants_trailers and \
@@ -497,7 +498,7 @@ class H2Forwarder:
         encoder = grpcweb.TextEncoder() if grpc and grpc[0] == "text" else None
         # Where a gRPC answer's messages stand, for a status after them (below): a gRPC-Web
         # call's rides in its body, to an HTTP/1.0 client too (ended by the close)
-        native = chunked and wants_trailers and is_grpc(req.header_map.get(b"content-type"))
+        native = chunked and wants_trailers and grpc_type
         edges = grpcweb.MessageEdges() if page is None and (grpc or native) else None
         body = []       # the client's body bytes since the last send
         sent = 0
@@ -524,6 +525,16 @@ class H2Forwarder:
                 else:
                     client.write_head(status, data)
                 sent += size
+
+        def finish(frame_fields, trailers=()):
+            """The answer's last write: a gRPC-Web call's trailer frame of ``frame_fields``
+            (in its body), then, chunked, the last chunk and ``trailers``."""
+            if grpc:
+                frame = grpcweb.trailer_frame(frame_fields)
+                body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
+            flush(last=True, end=b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair
+                                                          for pair in trailers)
+                  if chunked else b"")
         held = 0
         hold_until = None
         watched = False
@@ -556,6 +567,7 @@ class H2Forwarder:
                         watched = client.watch_hangup(stream)
                     if client.holds_head:
                         hold_until = hold_head(client, stream.ready_within, hold_until)
+            frame_fields = None
             if grpc:
                 trailers = stream.trailers or trailers_only
                 if page is not None and dict(trailers).get(b"grpc-status", b"0") == b"0":
@@ -563,16 +575,12 @@ class H2Forwarder:
                     # must use; without one the HTTP status is mapped, and so it is for an
                     # OK: no message came, the page's bytes are none.
                     trailers = grpcweb.page_trailers(grpc_code(status), page)
-                frame = grpcweb.trailer_frame(grpcweb.web_trailers(trailers, grpc_code(status)))
-                body.append(frame if encoder is None else encoder.feed(frame) + encoder.finish())
-            end = b""
-            if chunked:
-                trailers = stream.trailers if not grpc and wants_trailers else ()
-                if filters and trailers:
-                    # a digest trailer is of the upstream's bytes, not of the filtered ones
-                    trailers = [(k, v) for k, v in trailers if k.lower() not in BODY_DIGESTS]
-                end = b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % pair for pair in trailers)
-            flush(last=True, end=end)
+                frame_fields = grpcweb.web_trailers(trailers, grpc_code(status))
+            trailers = stream.trailers if chunked and not grpc and wants_trailers else ()
+            if filters and trailers:
+                # a digest trailer is of the upstream's bytes, not of the filtered ones
+                trailers = [(k, v) for k, v in trailers if k.lower() not in BODY_DIGESTS]
+            finish(frame_fields, trailers)
         except Exception as exc:
             if client.hung_up:
                 client.body_sent = sent
@@ -590,14 +598,8 @@ class H2Forwarder:
                 code = grpc_code(exc.status, exc, getattr(exc, "deadline_hit", False))
                 fields = [(b"grpc-status", b"%d" % code),
                           (b"grpc-message", grpc_message(exc.message))]
-                if grpc:
-                    frame = grpcweb.trailer_frame(fields)
-                    body.append(frame if encoder is None else
-                                encoder.feed(frame) + encoder.finish())
-                end = b"0\r\n%s\r\n" % (b"" if grpc else b"".join(
-                    b"%s: %s\r\n" % pair for pair in fields)) if chunked else b""
                 try:
-                    flush(last=True, end=end)
+                    finish(fields, () if grpc else fields)
                 except Exception:       # noqa: BLE001 -- the first error is the one to tell
                     pass
                 client.body_sent = sent
