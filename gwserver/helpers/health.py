@@ -347,7 +347,7 @@ def probe_h2(sock, target, conf, max_head=MAX_HEAD):
     """One request on a new HTTP/2 connection (h2c prior knowledge, or h2 by ALPN) -> the
     answer's status (``probe``'s timeout bounds the exchange: a server that keeps sending
     frames without answering does not hold the check)."""
-    from ..upstream.h2client import (HeadBounds, HeadOutOfBounds, StreamMalformed,
+    from ..upstream.h2client import (HEADS, HeadBounds, HeadOutOfBounds, StreamMalformed,
                                      upstream_h2_state)
     # The proxy's own state machine: h2's closes on any GOAWAY, so a stream a graceful one
     # lets finish (nginx at keepalive_requests) could not get its answer, and the target
@@ -367,19 +367,14 @@ def probe_h2(sock, target, conf, max_head=MAX_HEAD):
         if not data:
             raise http.client.RemoteDisconnected("closed")
         for event in conn.receive_data(data):
-            if isinstance(event, (h2.events.ResponseReceived,
-                                  h2.events.InformationalResponseReceived)) and \
-                    event.stream_id == stream_id:
+            if isinstance(event, HEADS) and event.stream_id == stream_id:
                 try:
-                    bounds.take(event)
+                    if bounds.take(event):
+                        return bounds.status    # (a status code, fields the proxy relays)
                 except HeadOutOfBounds as exc:
                     raise UnreadableAnswer(f"answer {exc}" if exc.oversized else
                                            str(exc)) from None
-            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
-                return bounds.status    # (a status code, its fields ones the proxy relays)
-            if isinstance(event, h2.events.InformationalResponseReceived) and \
-                    event.stream_id == stream_id:
-                continue        # passed over within the bounds, as the proxy does
+                continue        # an interim head, passed over within the bounds as the proxy does
             if isinstance(event, h2.events.ConnectionTerminated):
                 if (event.last_stream_id or 0) < stream_id or \
                         event.error_code != h2.errors.ErrorCodes.NO_ERROR:

@@ -82,9 +82,10 @@ _RELAYED = frozenset((
 # edge paces its header bytes: client.h2server's MAX_HEADER_BYTES_PER_SECOND.)
 BLOCK_SECONDS = 12e-6
 # ... and never more than one per BLOCK_BYTES of it as sent (1.5 us a byte: size updates
-# take ~1 us a byte to decode, one-byte indexed fields ~1.7, weighed ~13% light). The time is the wall clock's: a worker preempted, stopped by its CPU quota or
-# collecting garbage while it decoded a 240-byte block had that block weigh ~4,000 (50 ms),
-# and an upstream's late trailers on a loaded host were cut as a flood.
+# take ~1 us a byte to decode, one-byte indexed fields ~1.7, weighed ~13% light). The time
+# is the wall clock's: a worker preempted, stopped by its CPU quota or collecting garbage
+# while it decoded a 240-byte block had that block weigh ~4,000 (50 ms), and an upstream's
+# late trailers on a loaded host were cut as a flood.
 BLOCK_BYTES = 8
 
 
@@ -1040,19 +1041,18 @@ class StreamResponse:
                 raise StreamBroken(exc.reason) from None
             except UpstreamError as exc:        # reset, or the connection failed
                 raise StreamBroken(exc.reason) from None
-            if isinstance(event, (h2.events.ResponseReceived,
-                                  h2.events.InformationalResponseReceived)):
+            if isinstance(event, HEADS):
                 # (an interim head is dropped once counted, as HTTP/1.1 upstreams' 1xx are)
                 try:
-                    bounds.take(event)
+                    final = bounds.take(event)
                 except HeadOutOfBounds as exc:
                     raise UpstreamError(f"upstream response {exc}" if exc.oversized else
                                         f"{self.connection.target.url} sent {exc}") from None
-            if isinstance(event, h2.events.ResponseReceived):
-                if event.stream_ended:
-                    self.ended = True
-                return bounds.status, bounds.fields
-            if isinstance(event, h2.events.StreamEnded):
+                if final:
+                    if event.stream_ended:
+                        self.ended = True
+                    return bounds.status, bounds.fields
+            elif isinstance(event, h2.events.StreamEnded):
                 raise UpstreamError("stream ended before a response head")
 
     def chunks(self):
@@ -1090,6 +1090,10 @@ class StreamResponse:
 
     def close(self):
         self.connection.finish(self.stream_id, self.stream)
+
+
+# An answer's heads, which HeadBounds takes: interim ones, then the final one
+HEADS = (h2.events.ResponseReceived, h2.events.InformationalResponseReceived)
 
 
 def is_status_code(code):
@@ -1135,8 +1139,8 @@ class HeadBounds:
         self.status, self.fields = None, None
 
     def take(self, event):
-        """Count ``event`` (a ResponseReceived or InformationalResponseReceived); raise
-        HeadOutOfBounds past a bound."""
+        """Count ``event`` (one of HEADS); raise HeadOutOfBounds past a bound. True when it
+        was the final head."""
         self.size += head_bytes(event.headers)
         if self.size > self.max_head:
             raise HeadOutOfBounds(f"head over {self.max_head} bytes", oversized=True)
@@ -1145,12 +1149,14 @@ class HeadBounds:
         if not is_status_code(code):
             raise HeadOutOfBounds(f":status {code[:20]!r}: not a status code")
         if type(event) is not h2.events.InformationalResponseReceived:
-            return self._final(event, int(code))
+            self._final(event, int(code))
+            return True
         self.interim += 1
         self.interim_bytes += getattr(event, "block_size", 0)    # (_receive_frame)
         if self.interim > MAX_INTERIM_HEADS or self.interim_bytes > MAX_INTERIM_BYTES:
             raise HeadOutOfBounds(f"more than {MAX_INTERIM_HEADS} interim (1xx) heads, "
                                   f"or more than {MAX_INTERIM_BYTES} bytes of them")
+        return False
 
     def _final(self, event, status):
         # Held here, not by the proxy alone: the check passed a target whose every answer
