@@ -321,9 +321,6 @@ class _CurrentOnly:
                 family.samples = [sample for sample in family.samples
                                   if breaker_owner(sample.labels.get("breaker", ""))
                                   in self.owners]
-            elif family.name == RATES.name and self.owners is not None:
-                family.samples = [sample for sample in family.samples
-                                  if ("route", sample.labels.get("route")) in self.owners]
             elif family.name in BY_ROUTE and self.owners is not None:
                 family.samples = [sample for sample in family.samples
                                   if sample.labels.get("route") == "none" or
@@ -343,8 +340,9 @@ BY_TARGET_URL = frozenset((CONNECTIONS_OPENED.name, POOL_IDLE.name, EJECTIONS.na
 # consumers' requests alike): routes made and removed through etcd (a preview environment's,
 # a tenant's) each left a histogram and counters for the life of the master (a worker's
 # file is folded into the archives at its exit)
+# (an adaptive limit's rate gauge too, whose route is never "none")
 BY_ROUTE = frozenset(metric.name for metric in (REQUESTS, GATEWAY_ANSWERS, DURATION,
-                                                UPSTREAM_DURATION, LIMITS, FAULTS))
+                                                UPSTREAM_DURATION, LIMITS, FAULTS, RATES))
 
 
 def breaker_owner(key):
