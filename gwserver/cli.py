@@ -259,7 +259,7 @@ def parse(argv):
     args, extra = parser.parse_known_args(argv)
     if extra:
         hint = ""
-        named = any(a in ("-c", "--conf") or a.startswith(("-c", "--conf="))
+        named = any(a == "--conf" or a.startswith(("-c", "--conf="))
                     for a in argv or sys.argv[1:])
         if not named and getattr(args, "conf", None) == CONF and len(extra) == 1 \
                 and not extra[0].startswith("-"):
