@@ -88,7 +88,7 @@ GENERATION = Metric("gwserver_route_table_generation", "gauge", "Route table gen
 LIMITS = Metric("gwserver_rate_limit_decisions", "counter", "Rate-limit decisions by route "
                 "and outcome", (ROUTE, ("outcome", "")))
 RATES = Metric("gwserver_rate_limit_effective_rate", "gauge", "Adaptive limits: the rate in "
-               "force, as this host last heard it", (ROUTE,), mode=LAST_SEEN)
+               "force, as this host last heard it", (ROUTE_ID,), mode=LAST_SEEN)
 BREAKER = Metric("gwserver_breaker_state", "gauge", "Circuit breaker state as this host last "
                  "saw it: 0 closed, 1 open, 2 half-open", (("breaker", ""),), mode=LAST_SEEN)
 BREAKER_TRANSITIONS = Metric("gwserver_breaker_transitions", "counter", "Breaker state "
@@ -322,8 +322,11 @@ class _CurrentOnly:
                                   if breaker_owner(sample.labels.get("breaker", ""))
                                   in self.owners]
             elif family.name in BY_ROUTE and self.owners is not None:
+                # A rate gauge's "none" is a route of that name (no request without a route
+                # takes an adaptive limit): kept, a removed route "none" kept its gauge.
+                no_route = None if family.name == RATES.name else "none"
                 family.samples = [sample for sample in family.samples
-                                  if sample.labels.get("route") == "none" or
+                                  if sample.labels.get("route") == no_route or
                                   ("route", sample.labels.get("route")) in self.owners]
             elif family.name == RETRIES.name and self.owners is not None:
                 family.samples = [sample for sample in family.samples
@@ -340,7 +343,7 @@ BY_TARGET_URL = frozenset((CONNECTIONS_OPENED.name, POOL_IDLE.name, EJECTIONS.na
 # consumers' requests alike): routes made and removed through etcd (a preview environment's,
 # a tenant's) each left a histogram and counters for the life of the master (a worker's
 # file is folded into the archives at its exit)
-# (an adaptive limit's rate gauge too, whose route is never "none")
+# (an adaptive limit's rate gauge too, for the routes of the table only)
 BY_ROUTE = frozenset(metric.name for metric in (REQUESTS, GATEWAY_ANSWERS, DURATION,
                                                 UPSTREAM_DURATION, LIMITS, FAULTS, RATES))
 
