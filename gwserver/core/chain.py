@@ -34,6 +34,9 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
                                           the config as that consumer's own plugin: one that
                                           keeps state (a limit's bucket) keeps it apart from
                                           the route's and other consumers' configs
+    RESPONSE_PRIORITY = 650               where its response phase runs, when not at PRIORITY
+                                          (cors: its Vary and Access-Control-* are written
+                                          after the plugins that edit the answer's headers)
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
     ROUTE_ONLY = True                     may not be a consumer's own plugin (it says what
                                           the route lets through: acl)
@@ -103,8 +106,10 @@ def check_plugin(plugin):
     name = plugin.NAME
     if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name != name.lower():
         raise TypeError(f"plugin NAME must be lower-case letters, digits and _, got {name!r}")
-    if not isinstance(plugin.PRIORITY, int) or isinstance(plugin.PRIORITY, bool):
-        raise TypeError(f"plugin {name}: PRIORITY must be an integer, got {plugin.PRIORITY!r}")
+    for attr in ("PRIORITY", "RESPONSE_PRIORITY"):
+        value = getattr(plugin, attr, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"plugin {name}: {attr} must be an integer, got {value!r}")
     if not isinstance(plugin.SCHEMA, Schema):
         raise TypeError(f"plugin {name}: SCHEMA must be a gwserver.core.schema.Schema")
     _check_defaults(name, "SCHEMA", plugin.SCHEMA)
@@ -216,7 +221,8 @@ class Chain:
         self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
         self.names = tuple(plugin.NAME for plugin, _ in steps)
         self.access_steps = _running(steps, "access")
-        self.response_steps = _running(steps, "response")
+        self.response_steps = tuple(sorted(_running(steps, "response"),
+                                           key=lambda step: -response_priority(step[0])))
         self.finish_steps = _running(steps, "finish")
         self.claims_steps = tuple((p, c) for p, c in steps if hasattr(p, "claims"))
         self.reply_steps = tuple((p, c) for p, c in steps if hasattr(p, "reply"))
@@ -694,6 +700,11 @@ def _phases_problem(plugin, conf):
         return f"the plugin's phases() names what is not a phase: " \
                f"{', '.join(sorted(map(repr, unknown)))}"
     return None
+
+
+def response_priority(plugin):
+    """Where ``plugin``'s response phase runs among the route's (higher first)."""
+    return getattr(plugin, "RESPONSE_PRIORITY", plugin.PRIORITY)
 
 
 def _running(steps, phase):

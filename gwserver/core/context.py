@@ -100,8 +100,8 @@ class RequestContext:
 
     The HTTP/1.1 reader fills it while parsing (so a request is one object, not three); plugins
     read ``method``, ``path``, ``query``, ``host``, ``client_ip``, ``route``, ``params`` and the
-    headers, may edit headers with ``set_header``/``remove_header``, and keep their own state
-    in ``vars``.
+    headers, may edit headers with ``set_header``/``add_header``/``remove_header`` (and read
+    the client's own values with ``sent_header``), and keep their own state in ``vars``.
     """
 
     __slots__ = ("method", "path", "query", "headers", "header_map", "host", "host_header",
@@ -123,6 +123,7 @@ class RequestContext:
                  "target",      # the url of the target last chosen (None: none was)
                  "started",     # time.monotonic() when the head was read
                  "upstream_host_header",    # Host for the upstream set by a plugin (rewrite)
+                 "sent_values",     # name -> the value before its first edit (sent_header)
                  "consumer",    # the Consumer an auth plugin identified (core.consumers)
                  "chain",       # the route's chain joined with that consumer's plugins
                  "reader")      # the client connection the body comes from (read_body)
@@ -153,6 +154,7 @@ class RequestContext:
         self.sent = False
         self.target = None
         self.started = self.upstream_host_header = self.consumer = self.chain = None
+        self.sent_values = None
 
     @property
     def vars(self):
@@ -263,17 +265,45 @@ class RequestContext:
         lower = name.lower()
         if lower in NOT_FORWARDED:
             raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot set it")
+        self._keep_sent(lower, self.header_map.get(lower))
         if lower in self.header_map:
             set_header(self.headers, name, value)
         else:
             self.headers.append((name, value))
         self.header_map[lower] = value
 
+    def add_header(self, name, value):
+        """Add one more copy of ``name`` (bytes); ``header`` reads it from now on."""
+        lower = name.lower()
+        self._keep_sent(lower, self.header_map.get(lower))
+        self.headers.append((name, value))
+        self.header_map[lower] = value
+
     def remove_header(self, name):
         lower = _enc(name).lower()
         # header_map holds every name the request has: one it lacks needs no scan
-        if self.header_map.pop(lower, None) is not None:
+        value = self.header_map.pop(lower, None)
+        if value is not None:
+            self._keep_sent(lower, value)
             self.headers[:] = [(k, v) for k, v in self.headers if k.lower() != lower]
+
+    def sent_header(self, name):
+        """``header(name)`` as it came with the request, whatever an edit for the upstream
+        (headers', rewrite's) made of it since: what the client takes (Accept-Encoding) or
+        where it runs (Origin) is judged by what it said. An upstream that must not see a
+        client's Origin, or is to send its answers plain for gzip to compress, had the
+        route's own answers judged as if the client had sent none."""
+        lower = _enc(name).lower()
+        sent = self.sent_values
+        value = sent[lower] if sent is not None and lower in sent else \
+            self.header_map.get(lower)
+        return None if value is None else value.decode("latin-1")
+
+    def _keep_sent(self, lower, value):
+        """Before ``lower``'s first edit: its value as it came (None: absent)."""
+        if self.sent_values is None:
+            self.sent_values = {}
+        self.sent_values.setdefault(lower, value)
 
 
 def parse_block(block):

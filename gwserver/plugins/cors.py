@@ -35,10 +35,15 @@ plugins, and a consumer whose cors allows the origin gets its websocket.
 The route's cors speaks for its answers alone: an upstream's own ``Access-Control-*``
 headers are dropped (its ``-Allow-Credentials: true`` beside the gateway's
 ``-Allow-Origin`` would grant what this config does not, and its ``-Allow-Origin`` would
-let in an origin this config refuses). The ``null`` origin (sandboxed frames, ``data:`` and
-``file:`` pages: any site can make one) is allowed only when ``allow_origins`` lists it, never
-by a pattern, and never with credentials; nor may a pattern with credentials match any
-origin at all (``.*``: every site could read the user's answers).
+let in an origin this config refuses). Its answer headers go on after those of ``headers``
+and ``rewrite`` (its response phase runs at 650, before gzip's): a ``Vary`` they set or
+remove keeps ``Origin``, and an ``Access-Control-*`` they set is dropped as the upstream's.
+The Origin judged is the one the client sent, whatever those made of it for the upstream
+(one removed there still gets a 401 its page can read). The ``null`` origin (sandboxed
+frames, ``data:`` and ``file:`` pages: any site can make one) is allowed only when
+``allow_origins`` lists it, never by a pattern, and never with credentials; nor may a
+pattern with credentials match any origin at all (``.*``: every site could read the user's
+answers).
 """
 import re
 
@@ -51,6 +56,10 @@ from ..errors import BadRequest
 
 NAME = "cors"
 PRIORITY = 1120         # before grpc_web (1100) and every auth plugin: preflights carry none
+# Its answer headers go on after the plugins that edit them (headers 1000, rewrite 710), before
+# gzip (600): a Vary they set or removed dropped its Origin, and a shared cache handed one
+# origin's answer to another.
+RESPONSE_PRIORITY = 650
 ANSWERS_PREFLIGHT = True    # the router hands us the preflights of our route's methods
 
 ORIGIN = r"\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|null"
@@ -177,7 +186,7 @@ def is_preflight(ctx):
 
 
 def access(conf, ctx):
-    origin = ctx.header("origin")
+    origin = ctx.sent_header("origin")     # a consumer's cors runs after headers' edits
     if origin is None:
         return None
     if is_preflight(ctx):
@@ -237,7 +246,7 @@ def reply(conf, ctx, head):
     redirect, which a browser follows only with them; a 413), and a consumer's cors may
     have replaced the route's since. A preflight's answer is whole as preflight() made it."""
     if not is_preflight(ctx):
-        origin = ctx.header("origin")
+        origin = ctx.sent_header("origin")     # not what headers or rewrite left upstream
         _add_headers(conf, head, origin if allowed(conf, origin) else None)
 
 

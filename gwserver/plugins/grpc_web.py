@@ -21,6 +21,7 @@ NAME = "grpc_web"
 UPSTREAM_PROTOCOL = "h2"        # gRPC is HTTP/2
 PRIORITY = 1100         # first: a preflight carries no token, so it is answered before auth
 ANSWERS_PREFLIGHT = True    # as cors does: the router hands us the preflights of our methods
+RESPONSE_PRIORITY = cors.RESPONSE_PRIORITY     # its response phase is its cors' (Vary: Origin)
 
 ALLOWED_HEADERS = "content-type, x-grpc-web, x-user-agent, grpc-timeout, authorization"
 EXPOSED_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin, grpc-encoding"

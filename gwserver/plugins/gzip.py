@@ -2,9 +2,11 @@
 
     plugins.gzip = {types = ["application/json", "text/*"], min_length = 1024, level = 5}
 
-An answer is compressed when the request's ``Accept-Encoding`` takes gzip (q > 0), its type
-is listed (``text/*`` matches every text type), it is not already encoded, it is at least
-``min_length`` bytes when its length is known, it is not a 206 or an answer without a body
+An answer is compressed when the request's ``Accept-Encoding`` takes gzip (q > 0; as the
+client sent it, whatever headers or rewrite told the upstream: ``identity`` there, to get plain
+answers to compress, compressed nothing), its type is listed (``text/*`` matches every text
+type), it is not already encoded, it is at least ``min_length`` bytes when its length is
+known, it is not a 206 or an answer without a body
 (a 204, 205 or 304), and it does not say ``Cache-Control: no-transform``. The body streams
 through zlib piece by piece (the gateway reframes it as chunked): a large answer is never held
 whole, a client that does not read stalls the upstream read instead of filling memory, and
@@ -95,10 +97,10 @@ def revalidated(conf, ctx, head):
     # A client that does not take gzip gets the plain bytes and their strong tag: a cache
     # holding both variants asks with both tags, and a weak one here had it serve the gzip
     # bytes (the stored answer of that tag) to this client.
-    accept = ctx.header("accept-encoding")
+    accept = ctx.sent_header("accept-encoding")
     if accept is None or not accepts_gzip(accept):
         return
-    asked = ctx.header("if-none-match")
+    asked = ctx.sent_header("if-none-match")
     if asked is not None and "W/" + etag in asked:
         head.set_header("ETag", "W/" + etag)
 
@@ -124,7 +126,7 @@ def response(conf, ctx, head):
         return
     if conf["vary"]:
         add_vary(head)
-    accept = ctx.header("accept-encoding")
+    accept = ctx.sent_header("accept-encoding")
     if accept is None or not accepts_gzip(accept):
         return
     if head.header("content-encoding") is not None or \

@@ -57,6 +57,8 @@ def render(registry=None):
              ""]
     for plugin in sorted(plugins, key=lambda p: (-p.PRIORITY, p.NAME)):
         traits = [f"priority {plugin.PRIORITY}"]
+        if getattr(plugin, "RESPONSE_PRIORITY", plugin.PRIORITY) != plugin.PRIORITY:
+            traits.append(f"response phase at {plugin.RESPONSE_PRIORITY}")
         if getattr(plugin, "IDENTIFIES_CONSUMER", False):
             traits.append("identifies consumers")
         if getattr(plugin, "UPSTREAM_PLUGIN", False):

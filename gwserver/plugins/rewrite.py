@@ -288,9 +288,7 @@ def access(conf, ctx):
         if not is_field_value(value):
             return _bad_value(ctx, name)
         if value:
-            raw = value.encode("latin-1")
-            ctx.headers.append((name, raw))
-            ctx.header_map[name.lower()] = raw
+            ctx.add_header(name, value.encode("latin-1"))
     return None
 
 

@@ -17,6 +17,8 @@ class Ctx:
     def header(self, name):
         return self.headers.get(name)
 
+    sent_header = header        # no plugin edits the request here
+
 
 def head_of(status, *lines):
     return ResponseHead(status, block=b"".join(line + b"\r\n" for line in lines))
