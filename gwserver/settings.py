@@ -990,11 +990,16 @@ def plugin_warnings(where, plugins, registry=None):
             continue
         try:
             conf = plugin.SCHEMA.validate(raw, f"{where}.{name}")
-        except Exception:
+        except (Exception, SystemExit):
             continue            # refused already, with its reasons (build_chain)
         try:
-            found += [f"{where}.{name}: {warning}" for warning in plugin.warnings(conf)]
-        except Exception as exc:    # a third-party bug must not stop check, start or reload
+            said = plugin.warnings(conf)
+            # a hook that says nothing when all is well (None), or one warning as text:
+            # neither is a failure, nor one warning per character
+            said = () if said is None else [said] if isinstance(said, str) else said
+            found += [f"{where}.{name}: {warning}" for warning in said]
+        except (Exception, SystemExit) as exc:  # a third-party bug (a sys.exit() too)
+            # must not stop check, start or reload, nor end the master
             found.append(f"{where}.{name}: the plugin's warnings() failed: {exc!r}")
     return found + hidden_key_warnings(where, plugins or {})
 

@@ -121,6 +121,12 @@ def check_plugin(plugin):
     for hook, arguments in ARGUMENTS.items():
         if hasattr(plugin, hook) and not callable(getattr(plugin, hook)):
             raise TypeError(f"plugin {name}: {hook} must be a function")
+        if hasattr(plugin, hook) and _never_runs(getattr(plugin, hook), hook):
+            # called, it returns a coroutine (a generator) that nothing runs: a response or
+            # finish phase that did nothing, without a word
+            raise TypeError(f"plugin {name}: {hook} must be a plain function, not an async "
+                            f"or generator one: the gateway calls it (gevent, not asyncio) "
+                            f"and never awaits or iterates what it returns")
         if hasattr(plugin, hook) and not _takes(getattr(plugin, hook), len(arguments)):
             count = f"{len(arguments)} argument" + ("s" if len(arguments) > 1 else "")
             raise TypeError(f"plugin {name}: {hook} must take {count} "
@@ -193,6 +199,16 @@ def _misspelt(plugin):
                 yield attr, hook
 
 
+# The hooks whose return value is a Reply or None (or unread): a generator is no answer
+_CALLED_ONCE = (*PHASES, "reply", "upgraded")
+
+
+def _never_runs(function, hook):
+    """Whether calling ``function`` as ``hook`` runs none of its body."""
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function) or \
+        (hook in _CALLED_ONCE and inspect.isgeneratorfunction(function))
+
+
 def _parameters(function):
     """The names of ``function``'s parameters, or None when it has no signature to read."""
     try:
@@ -218,7 +234,10 @@ class Chain:
                  "third_party", "answers_preflight", "query_steps")
 
     def __init__(self, steps=()):
-        self.steps = steps = tuple(sorted(steps, key=lambda step: -step[0].PRIORITY))
+        # Ties in NAME order: in the config's order, two plugins of one PRIORITY ran one
+        # way on one route and the other way on the next (a consumer's plugins, joined, too).
+        self.steps = steps = tuple(sorted(steps, key=lambda step: (-step[0].PRIORITY,
+                                                                   step[0].NAME)))
         self.names = tuple(plugin.NAME for plugin, _ in steps)
         self.access_steps = _running(steps, "access")
         self.response_steps = tuple(sorted(_running(steps, "response"),
@@ -244,6 +263,8 @@ class Chain:
             except Exception as exc:
                 _blame(exc, plugin, "claims hook")
                 raise
+            except SystemExit as exc:
+                raise _exited(exc, plugin, "claims hook") from exc
         return None
 
     def public_query(self, query):
@@ -255,6 +276,8 @@ class Chain:
             except Exception as exc:
                 _blame(exc, plugin, "public_query hook")
                 raise
+            except SystemExit as exc:
+                raise _exited(exc, plugin, "public_query hook") from exc
         return query
 
     def linked_upstreams(self):
@@ -281,6 +304,8 @@ class Chain:
             except Exception as exc:
                 _blame(exc, plugin, "access phase")
                 raise
+            except SystemExit as exc:
+                raise _exited(exc, plugin, "access phase") from exc
             if reply is not None:
                 ctx.ended_by = plugin.NAME
                 return _checked(plugin, reply)
@@ -314,6 +339,8 @@ class Chain:
                 except Exception as exc:
                     _blame(exc, plugin, "access phase")
                     raise
+                except SystemExit as exc:
+                    raise _exited(exc, plugin, "access phase") from exc
                 if reply is not None:
                     ctx.ended_by = plugin.NAME
                     return _checked(plugin, reply)
@@ -370,6 +397,8 @@ class Chain:
             except Exception as exc:
                 _blame(exc, plugin, "response phase")
                 raise
+            except SystemExit as exc:
+                raise _exited(exc, plugin, "response phase") from exc
 
     def run_reply(self, ctx, reply, shipped_only=False):
         """Let plugins with a ``reply`` hook edit the head of an answer the gateway wrote
@@ -391,7 +420,7 @@ class Chain:
                     if before:
                         _check_head(plugin, head, before)
                         _check_request_id(plugin, ctx)
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:
                     ctx.request_id = request_id     # the answer's X-Request-ID, as it was
                     # The answer is decided and may be the 500 of an error: raising would
                     # make the error path run this again and send nothing. It goes out as
@@ -410,7 +439,7 @@ class Chain:
         for plugin, conf in (ctx.chain or self).upgraded_steps:
             try:
                 plugin.upgraded(conf, ctx)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 throttled_log.log(log, logging.ERROR, ("upgraded", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in upgraded", ctx.route.id,
                                   plugin.NAME, exc_info=exc)
@@ -422,7 +451,7 @@ class Chain:
                 [getattr(ctx, name) for name, _ in _READ_AFTER_FINISH]
             try:
                 plugin.finish(conf, ctx, status)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 throttled_log.log(log, logging.ERROR, ("finish", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in finish", ctx.route.id,
                                   plugin.NAME, exc_info=exc)
@@ -466,6 +495,18 @@ def _blame(exc, plugin, where):
     note = f"raised by plugin {plugin.NAME} in its {where}"
     if not isinstance(exc, HTTPError) and note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
+
+
+class PluginExit(RuntimeError):
+    """A plugin called sys.exit() (argparse's on a value it refuses, an exit() left in):
+    raised in a request's greenlet, SystemExit ended the whole worker, every request it
+    served cut without an answer. It is the plugin's bug, as any other exception."""
+
+
+def _exited(exc, plugin, where):
+    error = PluginExit(f"plugin {plugin.NAME} called sys.exit({exc.code!r}) in its {where}")
+    _blame(error, plugin, where)
+    return error
 
 
 DEFERRED_REFUSAL = "refused_unless_identified"
@@ -692,13 +733,18 @@ def _phases_problem(plugin, conf):
         phases = plugin.phases(conf)
         unknown = set(phases) - set(PHASES) if isinstance(phases, (set, frozenset, list,
                                                                     tuple)) else None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         return f"the plugin's phases() failed: {exc!r}"
     if unknown is None:
         return f"the plugin's phases() must return a set of phase names, got {phases!r}"
     if unknown:
         return f"the plugin's phases() names what is not a phase: " \
                f"{', '.join(sorted(map(repr, unknown)))}"
+    lacking = sorted(phase for phase in phases if not hasattr(plugin, phase))
+    if lacking:
+        # the chain runs a phase only where the plugin defines it: left out without a word,
+        # the plugin's check would never run on this route
+        return f"the plugin's phases() names {', '.join(lacking)}, which it does not define"
     return None
 
 
@@ -755,6 +801,12 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             if hasattr(plugin, "prepare"):
                 step = "prepare()"
                 conf = plugin.prepare(conf)
+                if conf is None:
+                    # a prepare that edits its conf and forgets to return it: every request
+                    # the route served would be the plugin's 500
+                    problems.append(f"{owner}: plugins.{name}: the plugin's prepare() "
+                                    f"returned None (it must return the conf)")
+                    continue
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
@@ -764,9 +816,11 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             problems.append(f"{owner}: plugins.{name}: {exc} "
                             f"(config {show(redact(conf, every_text=True))})")
             continue
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             # A third-party bug, not a bad value: named here, where the route and plugin are
-            # known (ConfigError.of, further out, names neither).
+            # known (ConfigError.of, further out, names neither). A sys.exit() too (argparse's
+            # on a value it refuses): raised in the master's check of a reload, it ended the
+            # master and every worker with it.
             problems.append(f"{owner}: plugins.{name}: the plugin's {step} failed: {exc!r}")
             continue
         problem = _phases_problem(plugin, conf)
@@ -777,8 +831,10 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
     names = {plugin.NAME for plugin, _ in steps}
     for plugin, conf in steps:
         try:
-            needed = list(plugin.needs(conf)) if hasattr(plugin, "needs") else ()
-        except Exception as exc:        # a third-party bug: named as prepare()'s are
+            # unpacked here: a needs() of names, not (plugin, setting) pairs, is its bug too
+            needed = [(name, what) for name, what in plugin.needs(conf)] \
+                if hasattr(plugin, "needs") else ()
+        except (Exception, SystemExit) as exc:        # a third-party bug: named as prepare()'s are
             problems.append(f"{owner}: plugins.{plugin.NAME}: the plugin's needs() failed: "
                             f"{exc!r}")
             continue

@@ -280,6 +280,19 @@ class RequestContext:
         self.header_map[lower] = value
 
     def remove_header(self, name):
+        """Drop every copy of ``name``. ValueError for a header the gateway writes itself, as
+        ``set_header``: header_map's X-Forwarded-Proto, -For, -Host and Via are what the
+        gateway writes upstream from a trusted proxy's, and a plugin that removed them sent
+        the gateway's own ``http`` for the proxy's ``https``."""
+        name = _enc(name)
+        if name.lower() in NOT_FORWARDED:
+            raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot "
+                             f"remove it")
+        self.drop_header(name)
+
+    def drop_header(self, name):
+        """``remove_header`` for any name: the core's own edits (the consumer's pair) and a
+        built-in's header an operator named (key_auth's ``header``)."""
         lower = _enc(name).lower()
         # header_map holds every name the request has: one it lacks needs no scan
         value = self.header_map.pop(lower, None)

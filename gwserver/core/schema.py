@@ -104,8 +104,11 @@ class Schema:
             if name not in value or (value[name] is None and field.default is None):
                 if field.required:
                     problems.append((name, "is required"))
-                else:
-                    out[name] = field.default_value()
+                    continue
+                try:
+                    out[name] = _filled_default(field)
+                except Invalid as exc:
+                    problems.extend((join(name, sub), reason) for sub, reason in exc.problems)
                 continue
             try:
                 out[name] = field.check(value[name])
@@ -145,11 +148,24 @@ class Schema:
                 pass
             if field.required:
                 return None, problems, bad
-            out[name] = field.default_value()
+            try:
+                out[name] = _filled_default(field)
+            except Invalid:
+                out[name] = field.default_value()
         return out, problems, bad
 
     def defaults(self):
         return {name: f.default_value() for name, f in self.fields.items() if not f.required}
+
+
+def _filled_default(field):
+    """``field``'s default; a table's (a nested Schema's ``dict``) with its own fields'
+    defaults filled, as a table the route writes is: left ``{}``, a plugin's
+    ``conf["opts"]["ttl"]`` was a KeyError on every route that left ``opts`` out."""
+    value = field.default_value()
+    if isinstance(field.check, Schema) and isinstance(value, dict):
+        value = field.check(value)
+    return value
 
 
 # -- checks ---------------------------------------------------------------------------------

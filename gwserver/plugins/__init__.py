@@ -19,7 +19,8 @@ _registry = None
 
 class Registry(dict):
     """{name: plugin}, and ``refused``: {name: why} for installed plugins that were left out,
-    so a route naming one says why (the log line may be far away), not just "unknown";
+    so a route naming one says why (the log line may be far away), not just "unknown" (and
+    an entry point whose plugin has another NAME: the NAME routes use);
     ``contested``: {name: why} for names two plugins claim, which no route may use: it could
     not say which of the two it meant (an allow-list could be run by another plugin's code)."""
 
@@ -45,10 +46,20 @@ def load_registry(reload=False):
         try:
             plugin = ep.load()
             check_plugin(plugin)
-        except Exception as exc:  # a broken add-on must not stop the gateway
-            log.error("plugin entry point %s (%s) not loaded: %s", ep.name, ep.value, exc)
-            registry.refused[ep.name] = f"entry point {ep.name} ({ep.value}) not loaded: {exc}"
+        except (Exception, SystemExit) as exc:  # a broken add-on must not stop the gateway
+            # (a module that parses sys.argv when imported exits: argparse on `gwserver run`)
+            why = repr(exc) if isinstance(exc, SystemExit) else exc     # not a bare "2"
+            log.error("plugin entry point %s (%s) not loaded: %s", ep.name, ep.value, why)
+            registry.refused[ep.name] = f"entry point {ep.name} ({ep.value}) not loaded: {why}"
             continue
+        if ep.name != plugin.NAME:
+            # Routes name a plugin by its NAME: one naming the entry point was told "unknown
+            # plugin", with nothing to say that it is installed under another name.
+            log.warning("plugin entry point %s (%s) loads a plugin whose NAME is %s: routes "
+                        "name it plugins.%s", ep.name, ep.value, plugin.NAME, plugin.NAME)
+            registry.refused.setdefault(ep.name, (
+                f"entry point {ep.name} ({ep.value}) loads a plugin named otherwise: its "
+                f"NAME is {plugin.NAME}, which routes use (plugins.{plugin.NAME})"))
         if registry.get(plugin.NAME) is plugin:
             continue            # one plugin under two entry point names: nothing to choose
         if plugin.NAME in registry:

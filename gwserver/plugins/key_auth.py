@@ -249,7 +249,7 @@ def access(conf, ctx):
     if isinstance(consumer, Reply):
         return consumer         # 429: this client's budget of unknown keys is spent
     if conf["hide_credentials"]:
-        ctx.remove_header(conf["header_b"])
+        ctx.drop_header(conf["header_b"])     # (any name its config gives)
     consumers.identify(ctx, consumer)
     return None
 
