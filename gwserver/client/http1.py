@@ -111,6 +111,9 @@ def vouch_forwarded(req):
             req.remove_header(name)
         else:
             req.set_header(spelling, value)
+    # the gateway's reading of its proxy's words is the request as it came: sent_header gives
+    # what no plugin has edited yet, not what the proxy passed before this check
+    req.sent_values = None
 
 
 def _last(value):

@@ -273,8 +273,13 @@ class RequestContext:
         self.header_map[lower] = value
 
     def add_header(self, name, value):
-        """Add one more copy of ``name`` (bytes); ``header`` reads it from now on."""
+        """Add one more copy of ``name``; ``header`` reads it from now on. Taken and refused
+        as ``set_header`` takes and refuses them: a plugin's str pair was a 500 on every
+        request, and an X-Consumer-ID went upstream as no auth plugin said."""
+        name, value = _enc(name), _enc(value)
         lower = name.lower()
+        if lower in NOT_FORWARDED:
+            raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot set it")
         self._keep_sent(lower, self.header_map.get(lower))
         self.headers.append((name, value))
         self.header_map[lower] = value
