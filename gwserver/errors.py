@@ -165,6 +165,14 @@ class ServiceUnavailable(HTTPError):
     status, error = 503, "service_unavailable"
 
 
+class WorkerExit(SystemExit):
+    """The worker's own exit, raised by a signal's handler in whatever greenlet the signal
+    found (the master's SIGABRT for a worker silent past server.timeout: a plugin stuck in a
+    loop). Not a plugin's sys.exit(), which is a 500 naming it (core.chain.PluginExit):
+    caught as one, the stuck worker answered 500, blamed the plugin for an exit it never
+    called, and drained on instead of exiting."""
+
+
 class WorkerStopped(ServiceUnavailable):
     """The worker cut the request as it stopped: its drain ran past server.graceful_timeout
     (a download, a websocket, an upstream slower than that), or it was told to stop at once

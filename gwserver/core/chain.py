@@ -65,7 +65,7 @@ import inspect
 import logging
 import re
 
-from ..errors import ConfigError, HTTPError
+from ..errors import ConfigError, HTTPError, WorkerExit
 from ..redact import redact
 from .consumers import Consumer
 from .context import Reply, ResponseHead, _enc, parse_block
@@ -263,6 +263,8 @@ class Chain:
             except Exception as exc:
                 _blame(exc, plugin, "claims hook")
                 raise
+            except WorkerExit:
+                raise       # the worker's own stop (a signal's), not the plugin's
             except SystemExit as exc:
                 raise _exited(exc, plugin, "claims hook") from exc
         return None
@@ -275,6 +277,8 @@ class Chain:
                 query = plugin.public_query(conf, query)
             except Exception as exc:
                 _blame(exc, plugin, "public_query hook")
+                raise
+            except WorkerExit:
                 raise
             except SystemExit as exc:
                 raise _exited(exc, plugin, "public_query hook") from exc
@@ -303,6 +307,8 @@ class Chain:
                     _check_request(plugin, ctx)
             except Exception as exc:
                 _blame(exc, plugin, "access phase")
+                raise
+            except WorkerExit:
                 raise
             except SystemExit as exc:
                 raise _exited(exc, plugin, "access phase") from exc
@@ -338,6 +344,8 @@ class Chain:
                         _check_request(plugin, ctx)
                 except Exception as exc:
                     _blame(exc, plugin, "access phase")
+                    raise
+                except WorkerExit:
                     raise
                 except SystemExit as exc:
                     raise _exited(exc, plugin, "access phase") from exc
@@ -397,6 +405,8 @@ class Chain:
             except Exception as exc:
                 _blame(exc, plugin, "response phase")
                 raise
+            except WorkerExit:
+                raise
             except SystemExit as exc:
                 raise _exited(exc, plugin, "response phase") from exc
 
@@ -420,6 +430,8 @@ class Chain:
                     if before:
                         _check_head(plugin, head, before)
                         _check_request_id(plugin, ctx)
+                except WorkerExit:
+                    raise
                 except (Exception, SystemExit) as exc:
                     ctx.request_id = request_id     # the answer's X-Request-ID, as it was
                     # The answer is decided and may be the 500 of an error: raising would
@@ -439,6 +451,8 @@ class Chain:
         for plugin, conf in (ctx.chain or self).upgraded_steps:
             try:
                 plugin.upgraded(conf, ctx)
+            except WorkerExit:
+                raise
             except (Exception, SystemExit) as exc:
                 throttled_log.log(log, logging.ERROR, ("upgraded", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in upgraded", ctx.route.id,
@@ -451,6 +465,8 @@ class Chain:
                 [getattr(ctx, name) for name, _ in _READ_AFTER_FINISH]
             try:
                 plugin.finish(conf, ctx, status)
+            except WorkerExit:
+                raise
             except (Exception, SystemExit) as exc:
                 throttled_log.log(log, logging.ERROR, ("finish", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in finish", ctx.route.id,
@@ -733,6 +749,8 @@ def _phases_problem(plugin, conf):
         phases = plugin.phases(conf)
         unknown = set(phases) - set(PHASES) if isinstance(phases, (set, frozenset, list,
                                                                     tuple)) else None
+    except WorkerExit:
+        raise
     except (Exception, SystemExit) as exc:
         return f"the plugin's phases() failed: {exc!r}"
     if unknown is None:
@@ -816,6 +834,8 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             problems.append(f"{owner}: plugins.{name}: {exc} "
                             f"(config {show(redact(conf, every_text=True))})")
             continue
+        except WorkerExit:
+            raise
         except (Exception, SystemExit) as exc:
             # A third-party bug, not a bad value: named here, where the route and plugin are
             # known (ConfigError.of, further out, names neither). A sys.exit() too (argparse's
@@ -834,6 +854,8 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
             # unpacked here: a needs() of names, not (plugin, setting) pairs, is its bug too
             needed = [(name, what) for name, what in plugin.needs(conf)] \
                 if hasattr(plugin, "needs") else ()
+        except WorkerExit:
+            raise
         except (Exception, SystemExit) as exc:        # a third-party bug: named as prepare()'s are
             problems.append(f"{owner}: plugins.{plugin.NAME}: the plugin's needs() failed: "
                             f"{exc!r}")

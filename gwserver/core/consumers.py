@@ -20,7 +20,7 @@ A consumer's secrets never leave this module's values: ``public(spec)`` is what 
 import itertools
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError, Unauthorized
+from ..errors import ConfigError, Unauthorized, WorkerExit
 from .schema import Field, Schema, list_of, map_of, show, string
 
 CONSUMER_ID = r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}"
@@ -103,6 +103,8 @@ def compile_consumer(consumer_id, spec, registry, version=0):
             problems.extend(exc.problems)
         except ValueError as exc:
             problems.append(f"{owner}: credentials.{name}: {exc}")
+        except WorkerExit:
+            raise       # the worker's own stop (a signal's), not the plugin's
         except (Exception, SystemExit) as exc:
             # a third-party bug, named here as a route's prepare() is: further out it was
             # "a value could not be checked: KeyError", naming neither consumer nor plugin
@@ -236,6 +238,8 @@ class Directory:
             lookup = getattr(self.registry.get(name), "credential_lookup", None)
             try:
                 out[name] = lookup(cred) if lookup else consumer.id
+            except WorkerExit:
+                raise
             except (Exception, SystemExit) as exc:     # a third-party bug, named
                 raise ConfigError(f"consumer {consumer.id}: credentials.{name}: the "
                                   f"plugin's credential_lookup() failed: {exc!r}") from None

@@ -26,7 +26,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from .. import proctitle
 from ..client.http1 import ClientConnection, render_error
 from ..client.waiting import FirstByteWait, HandshakeWait, serve_counted, wait_first_byte
-from ..errors import BadRequest
+from ..errors import BadRequest, WorkerExit
 from ..net.proxy_protocol import (ProxyHeaderError, ProxyHeaderNotStarted,
                                   proxy_header_refused, read_proxy_header)
 from ..net.addresses import listener_addresses
@@ -268,8 +268,13 @@ class GatewayWorker(GeventWorker):
         sys.exit(0)
 
     def handle_abort(self, sig, frame):
+        """gunicorn's (the master's SIGABRT for a worker silent past server.timeout), its
+        exit a WorkerExit: raised in the greenlet the signal found, a plugin's phase stuck in
+        a loop, where a plugin's own sys.exit() is a 500."""
         self.stop_runtime()
-        super().handle_abort(sig, frame)
+        self.alive = False
+        self.cfg.worker_abort(self)
+        raise WorkerExit(1)
 
     def handle_usr1(self, sig, frame):
         """The master passes SIGUSR1 on (logrotate's postrotate): the access log is reopened
