@@ -49,10 +49,27 @@ def decode_json(raw):
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"invalid JSON: {exc}") from None
+            slip = json_slip(exc)
+            raise ConfigError(f"invalid JSON: {exc}" + (f" ({slip})" if slip else "")) \
+                from None
         except RecursionError:
             raise ConfigError("invalid JSON: arrays or objects nested too deep") from None
     return raw
+
+
+def json_slip(exc):
+    """The slip of a hand-written file that json's refusal ``exc`` stands for, or None: a
+    comma before a closing bracket, a comment. json names neither ("Expecting property
+    name enclosed in double quotes"), and a newcomer looks for a missing quote."""
+    doc, pos = getattr(exc, "doc", None), getattr(exc, "pos", None)
+    if not isinstance(doc, str) or not isinstance(pos, int):
+        return None
+    rest = doc[pos:].lstrip()
+    if rest.startswith(("//", "/*", "#")):
+        return "JSON has no comments: remove them"
+    if rest[:1] in ("}", "]") and doc[:pos].rstrip().endswith(","):
+        return f"JSON allows no trailing comma: remove the one before {rest[0]}"
+    return None
 
 
 upstream_id_check = upstream_id_string()

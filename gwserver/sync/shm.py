@@ -39,6 +39,26 @@ def etcd_prefix(conf):
     return conf.etcd["prefix"].rstrip("/") + "/"
 
 
+def unread_reason(key):
+    """Why the gateway reads nothing from etcd ``key`` (given after the prefix), or None: a
+    kind misspelt (``route/orders``), an id that is empty or holds a "/" (a team's folder,
+    ``routes/team/orders``). Such a key was ignored without a word, and its route answered
+    404. The prefix's own key and ``rollouts/`` (the rollout controller's) are the gateway's."""
+    kind, _, rest = key.partition("/")
+    if key == "" or kind == "rollouts":
+        return None
+    if kind in ("routes", "upstreams", "consumers"):
+        return None if rest and "/" not in rest else (
+            f"an id is one segment: the gateway reads PREFIX/{kind}/ID, an ID not empty and "
+            f"without a \"/\"")
+    if kind == "services":
+        service, _, instance = rest.partition("/")
+        return None if service and instance and "/" not in instance else \
+            "the gateway reads a service instance at PREFIX/services/NAME/INSTANCE"
+    return ("not a key the gateway reads: it reads PREFIX/routes/ID, PREFIX/upstreams/ID, "
+            "PREFIX/consumers/ID and PREFIX/services/NAME/INSTANCE")
+
+
 def atomic_write(path, data, mode=0o666):
     """``path`` holds ``data`` whole or keeps what it held: written to ``path.PID.tmp``
     (made with ``mode``, less the umask), then renamed over it. A write that fails takes

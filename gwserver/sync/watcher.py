@@ -35,7 +35,8 @@ from ..plugins import load_registry
 from ..terminal import printable
 from .etcd import (AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused,
                    PasswordUnreadable)
-from .shm import TablePublisher, TableReader, etcd_prefix, read_json, read_published
+from .shm import (TablePublisher, TableReader, etcd_prefix, read_json, read_published,
+                  unread_reason)
 
 log = logging.getLogger("gwserver.sync")
 
@@ -46,6 +47,10 @@ log = logging.getLogger("gwserver.sync")
 # every change and every watch_idle_timeout), and a line of as many in the log.
 SHOWN_KEY = 512
 SHOWN_REASON = 4096
+# Keys under the prefix no item is read from (unread_reason): named in the log, and listed
+# in status.json, up to these many; the rest counted.
+UNREAD_LOGGED = 10
+UNREAD_SHOWN = 100
 
 
 def shown(text, limit):
@@ -132,6 +137,8 @@ class ConfigSync:
         # or a null that lost which etcd history the snapshot had seen (keep_last_good).
         self.start_revision = None
         self.cluster_id = None          # etcd's, with the revision: which state we serve
+        self.unread = {}                # key after the prefix -> why no item is read from it
+        self.logged_unread = set()
         self.lost = False               # the connection broke since the last full load
         self.quiet_watch = None         # the endpoint whose watch just ended silent
         self.catch_up = None            # the revision the resumed watch must reach at once
@@ -274,6 +281,9 @@ class ConfigSync:
             "consumers": len(self.table.consumer_specs),
             "rejected": dict(shown_rejection(key, reason)
                              for key, reason in sorted(self.table.rejected.items())),
+            "unread": dict((shown(key, SHOWN_KEY), reason)
+                           for key, reason in sorted(self.unread.items())[:UNREAD_SHOWN]),
+            "unread_total": len(self.unread),
             "pid": os.getpid(),
             "error": None if self.connected else self.error,
             "auth_failed": not self.connected and self.auth_failed,
@@ -307,8 +317,10 @@ class ConfigSync:
         snapshot, self.snapshot_served = snapshot or self.snapshot_served, None
         wanted = {"routes": {}, "upstreams": {}, "consumers": {}}
         instances = {}
+        self.unread = {}
         for key, value, mod_revision in items:
             kind, item_id = self.split(key)
+            self.note_unread(key, kind, "put")
             if kind == "services":
                 instances.setdefault(item_id[0], {})[item_id[1]] = value
             elif kind:
@@ -404,6 +416,7 @@ class ConfigSync:
         for kind_of_event, key, value, mod_revision in events:
             kind, item_id = self.split(key)
             if kind is None:
+                self.note_unread(key, kind, kind_of_event)
                 continue
             if kind == "services":
                 instances.append((*item_id, None if kind_of_event == "delete" else value,
@@ -427,8 +440,29 @@ class ConfigSync:
             self.table.apply_instances(instances)
         return routes_put
 
+    def note_unread(self, key, kind, event):
+        """Keep ``key`` among those no item is read from (unread_reason), or drop it."""
+        reason = kind is None and unread_reason(key[len(self.prefix):])
+        if reason and event != "delete":
+            self.unread[key[len(self.prefix):]] = reason
+        else:
+            self.unread.pop(key[len(self.prefix):], None)
+
+    def log_unread(self):
+        """Each key no item is read from, once while it is there: the first few by name,
+        the rest counted (a prefix shared with another tool's keys writes no flood)."""
+        new = sorted(set(self.unread) - self.logged_unread)
+        for key in new[:UNREAD_LOGGED]:
+            log.warning("etcd key %s%s is not read: %s", self.prefix,
+                        printable(shown(key, SHOWN_KEY)), self.unread[key])
+        if len(new) > UNREAD_LOGGED:
+            log.warning("%d more keys under %s are not read (gwserver routes status lists "
+                        "them)", len(new) - UNREAD_LOGGED, self.prefix)
+        self.logged_unread = set(self.unread)
+
     def log_rejections(self):
         """Log each rejection once (and again only if its reason changes)."""
+        self.log_unread()
         for key, reason in self.table.rejected.items():
             if self.logged.get(key) != reason:
                 # one line whatever the key holds: a newline in it forged log lines
