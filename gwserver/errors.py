@@ -28,6 +28,13 @@ error pages by hand.
 """
 import re
 
+import greenlet
+
+# The kill that ends a greenlet (gevent's GreenletExit is greenlet's): the worker's drain ran
+# out, an HTTP/2 stream's client left (StreamKilled). No error of the code it lands in: named
+# here so the pure core (core.chain) tells it from a plugin's failure without gevent.
+GreenletExit = greenlet.GreenletExit
+
 
 class GatewayError(Exception):
     """Base of every error gwserver raises on purpose."""

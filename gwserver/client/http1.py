@@ -983,8 +983,12 @@ class ClientConnection:
         finally:
             runtime.in_flight -= 1
             upstream = req.target       # the target last tried, answered or failed
+            killed = None
             if req.route is not None and req.route.chain.finish_steps_of(req):
-                req.route.chain.run_finish(req, status)
+                try:
+                    req.route.chain.run_finish(req, status)
+                except GreenletExit as exc:     # it landed in a plugin's finish
+                    killed = exc                # ends the greenlet once the request is logged
             if runtime.access.enabled:
                 runtime.access.request(req, status, sent, upstream, start)
             if runtime.span_exporter is not None and req.trace is not None:
@@ -1004,6 +1008,8 @@ class ClientConnection:
                 elif error is not None or req.ended_by is not None:
                     runtime.metrics.count_answer(req.route.id if req.route else None, status,
                                                  req.ended_by or "gateway")
+            if killed is not None:
+                raise killed
         # Cleared after the answer, not before the next: the next head's wait (read_head)
         # may answer 408 again.
         self.head_status = self.body_sent = 0

@@ -65,7 +65,7 @@ import inspect
 import logging
 import re
 
-from ..errors import ConfigError, HTTPError, WorkerExit
+from ..errors import ConfigError, GreenletExit, HTTPError, WorkerExit
 from ..redact import redact
 from .consumers import Consumer
 from .context import Reply, ResponseHead, _enc, parse_block
@@ -199,14 +199,17 @@ def _misspelt(plugin):
                 yield attr, hook
 
 
-# The hooks whose return value is a Reply or None (or unread): a generator is no answer
-_CALLED_ONCE = (*PHASES, "reply", "upgraded")
+# The hooks whose return value the gateway iterates, which runs a generator's body. Every
+# other hook's value is read as it is (a Reply, a conf, claims, a credential, a lookup): a
+# generator is none of them, and a generator prepare() made the route's conf a generator
+# object that `check` passed, every request on the route a 500.
+_ITERATED = ("needs", "warnings", "upstreams")
 
 
 def _never_runs(function, hook):
     """Whether calling ``function`` as ``hook`` runs none of its body."""
     return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function) or \
-        (hook in _CALLED_ONCE and inspect.isgeneratorfunction(function))
+        (hook not in _ITERATED and inspect.isgeneratorfunction(function))
 
 
 def _parameters(function):
@@ -430,8 +433,8 @@ class Chain:
                     if before:
                         _check_head(plugin, head, before)
                         _check_request_id(plugin, ctx)
-                except WorkerExit:
-                    raise
+                except (WorkerExit, GreenletExit):
+                    raise       # a kill: the answer is for nobody, and no failure of the hook's
                 except (Exception, SystemExit) as exc:
                     ctx.request_id = request_id     # the answer's X-Request-ID, as it was
                     # The answer is decided and may be the 500 of an error: raising would
@@ -451,7 +454,7 @@ class Chain:
         for plugin, conf in (ctx.chain or self).upgraded_steps:
             try:
                 plugin.upgraded(conf, ctx)
-            except WorkerExit:
+            except (WorkerExit, GreenletExit):
                 raise
             except (Exception, SystemExit) as exc:
                 throttled_log.log(log, logging.ERROR, ("upgraded", ctx.route.id, plugin.NAME),
@@ -459,7 +462,13 @@ class Chain:
                                   plugin.NAME, exc_info=exc)
 
     def run_finish(self, ctx, status):
-        # The answer is out: a failing plugin here is logged, never turned into a response.
+        """The answer is out: a failing plugin here is logged, never turned into a response.
+        A kill that lands in a plugin's finish while it waits (gevent I/O of a third-party
+        one) is no failure of the plugin's, and skips none of the others' finish: it is
+        raised once they ran. Raised at once, the drain's GreenletExit skipped limit_conn's
+        release (the slot held in Redis for lease_seconds) and the access line; caught as
+        the plugin's failure, an HTTP/2 client's hang-up was logged as the plugin's bug."""
+        killed = None
         for plugin, conf in (ctx.chain or self).finish_steps:
             before = None if _shipped(plugin) else \
                 [getattr(ctx, name) for name, _ in _READ_AFTER_FINISH]
@@ -467,12 +476,16 @@ class Chain:
                 plugin.finish(conf, ctx, status)
             except WorkerExit:
                 raise
+            except GreenletExit as exc:
+                killed = exc
             except (Exception, SystemExit) as exc:
                 throttled_log.log(log, logging.ERROR, ("finish", ctx.route.id, plugin.NAME),
                                   "route %s: plugin %s failed in finish", ctx.route.id,
                                   plugin.NAME, exc_info=exc)
             if before is not None:
                 _undo_mistyped(plugin, ctx, before)
+        if killed is not None:
+            raise killed
 
 
 # What the access line, the metrics and the span read of a request after its finish phase,

@@ -199,6 +199,7 @@ class Directory:
         self.registry = registry
         self.consumers = {}         # id -> Consumer
         self.indexes = {}           # plugin name -> {lookup: Consumer}
+        self.held = {}              # id -> {plugin name: lookup}, as add() put them in indexes
         # New on every change, and never the same in two directories of one process: what
         # a plugin remembers of a table (key_auth's known and unknown keys) is good for one
         # generation of one directory only.
@@ -255,6 +256,7 @@ class Directory:
                                       f"same credential is consumer {other.id}'s")
         self.remove(consumer.id)
         self.consumers[consumer.id] = consumer
+        self.held[consumer.id] = lookups
         for name, key in lookups.items():
             self.indexes.setdefault(name, {})[key] = consumer
         self._changed()
@@ -264,7 +266,9 @@ class Directory:
         if old is None:
             return
         self._changed()
-        for name, key in self._lookups(old).items():
+        # What add() put in, not the plugin's lookups asked again: one that raised now (its
+        # key service down) left the entries, and the removed consumer's key authenticated
+        for name, key in self.held.pop(consumer_id).items():
             index = self.indexes.get(name, {})
             if index.get(key) is old:
                 del index[key]
