@@ -409,10 +409,6 @@ def cmd_hash(args):
     return 0
 
 
-# The kinds of key the gateway reads items from (sync.shm.unread_reason)
-READ_KINDS = ("routes", "upstreams", "consumers", "services")
-
-
 def other_prefix(conf, conf_path, state):
     """Why the gateway that writes ``state`` serves none of what this conf file's commands
     write (it syncs another prefix: a CLI's copy of the conf edited apart), or None."""
@@ -432,7 +428,7 @@ def status(conf, conf_path):
     a "/") or the gateway syncs another prefix than this conf file's, 2 if there is no state
     at all."""
     import os
-    from .sync.shm import STATUS, worker_board
+    from .sync.shm import READ_KINDS, STATUS, worker_board
     runtime_dir = conf.etcd["runtime_dir"]
     path = f"{runtime_dir}/{STATUS}"
     state = read_status_file(path)

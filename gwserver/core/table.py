@@ -64,6 +64,10 @@ def json_slip(exc):
     doc, pos = getattr(exc, "doc", None), getattr(exc, "pos", None)
     if not isinstance(doc, str) or not isinstance(pos, int):
         return None
+    if getattr(exc, "msg", "").startswith("Invalid control character"):
+        # a raw newline or tab inside a string: what follows it ("// b", ",}") is the
+        # string's own text, and a hint of a comment sent the reader looking for none
+        return None
     rest = doc[pos:].lstrip()
     if rest.startswith(("//", "/*", "#")):
         return "JSON has no comments: remove them"

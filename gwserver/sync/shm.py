@@ -39,6 +39,17 @@ def etcd_prefix(conf):
     return conf.etcd["prefix"].rstrip("/") + "/"
 
 
+# The kinds of key the gateway reads items from (unread_reason)
+READ_KINDS = ("routes", "upstreams", "consumers", "services")
+
+
+def unread_order(key):
+    """Sort key of the unread keys: those of the gateway's kinds first (an item meant for
+    it), by name. By name alone, a tool's keys under a shared prefix (``billing/...``) took
+    every place status.json and the log name, and ``routes status`` passed a route lost."""
+    return key.partition("/")[0] not in READ_KINDS, key
+
+
 def unread_reason(key):
     """Why the gateway reads nothing from etcd ``key`` (given after the prefix), or None: a
     kind misspelt (``route/orders``), an id that is empty or holds a "/" (a team's folder,

@@ -19,6 +19,7 @@ the snapshot are rewritten in the background at most twice a second. ``status.js
 reads.
 """
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -35,8 +36,8 @@ from ..plugins import load_registry
 from ..terminal import printable
 from .etcd import (AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused,
                    PasswordUnreadable)
-from .shm import (TablePublisher, TableReader, etcd_prefix, read_json, read_published,
-                  unread_reason)
+from .shm import (READ_KINDS, TablePublisher, TableReader, etcd_prefix, read_json,
+                  read_published, unread_order, unread_reason)
 
 log = logging.getLogger("gwserver.sync")
 
@@ -139,6 +140,7 @@ class ConfigSync:
         self.cluster_id = None          # etcd's, with the revision: which state we serve
         self.unread = {}                # key after the prefix -> why no item is read from it
         self.logged_unread = set()
+        self.logged_kinds = set()       # kinds not read, one key of which was logged
         self.lost = False               # the connection broke since the last full load
         self.quiet_watch = None         # the endpoint whose watch just ended silent
         self.catch_up = None            # the revision the resumed watch must reach at once
@@ -281,8 +283,8 @@ class ConfigSync:
             "consumers": len(self.table.consumer_specs),
             "rejected": dict(shown_rejection(key, reason)
                              for key, reason in sorted(self.table.rejected.items())),
-            "unread": dict((shown(key, SHOWN_KEY), reason)
-                           for key, reason in sorted(self.unread.items())[:UNREAD_SHOWN]),
+            "unread": dict((shown(key, SHOWN_KEY), self.unread[key]) for key in
+                           heapq.nsmallest(UNREAD_SHOWN, self.unread, key=unread_order)),
             "unread_total": len(self.unread),
             "pid": os.getpid(),
             "error": None if self.connected else self.error,
@@ -449,16 +451,31 @@ class ConfigSync:
             self.unread.pop(key[len(self.prefix):], None)
 
     def log_unread(self):
-        """Each key no item is read from, once while it is there: the first few by name,
-        the rest counted (a prefix shared with another tool's keys writes no flood)."""
-        new = sorted(set(self.unread) - self.logged_unread)
-        for key in new[:UNREAD_LOGGED]:
-            log.warning("etcd key %s%s is not read: %s", self.prefix,
-                        printable(shown(key, SHOWN_KEY)), self.unread[key])
+        """Each key of the gateway's kinds no item is read from, once while it is there, and
+        one key of each other kind once: the first few by name, the rest counted (a prefix
+        shared with another tool's keys writes no flood)."""
+        new = set(self.unread) - self.logged_unread
+        self.logged_unread = set(self.unread)
+        # Of a kind the gateway does not read, one key a kind for the process's life: a
+        # tool's lock or lease keys under a shared prefix, put and deleted again and again,
+        # each logged a line at every put.
+        new = [key for key in new if key.partition("/")[0] in READ_KINDS or
+               key.partition("/")[0] not in self.logged_kinds]
+        named = heapq.nsmallest(UNREAD_LOGGED, new, key=unread_order)
+        for key in named:
+            kind = key.partition("/")[0]
+            if kind not in READ_KINDS:
+                if kind in self.logged_kinds:
+                    continue
+                self.logged_kinds.add(kind)
+            log.warning("etcd key %s%s is not read: %s%s", self.prefix,
+                        printable(shown(key, SHOWN_KEY)), self.unread[key],
+                        "" if kind in READ_KINDS else
+                        f" (the other keys of {printable(shown(kind, SHOWN_KEY))}/ are not "
+                        f"logged: gwserver routes status lists them)")
         if len(new) > UNREAD_LOGGED:
             log.warning("%d more keys under %s are not read (gwserver routes status lists "
                         "them)", len(new) - UNREAD_LOGGED, self.prefix)
-        self.logged_unread = set(self.unread)
 
     def log_rejections(self):
         """Log each rejection once (and again only if its reason changes)."""
