@@ -814,9 +814,15 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
         plugin = registry.get(name)
         if plugin is None:
             refused = getattr(registry, "refused", {}).get(name)
+            # `plugins.rollout` for split's `rollout` setting: where it belongs, as the conf
+            # file's checker says of a key in the wrong section
+            owners = sorted(other for other, known in registry.items()
+                            if name in getattr(getattr(known, "SCHEMA", None), "fields", ()))
             problems.append(f"{owner}: plugins.{name}: unknown plugin " + (
                 f"(installed, but its {refused})" if refused else
-                f"(available: {', '.join(sorted(registry)) or 'none'})"))
+                f"(available: {', '.join(sorted(registry)) or 'none'})") + (
+                f"; it is a setting of {', '.join(f'plugins.{o}' for o in owners)}"
+                if owners and not refused else ""))
             continue
         contested = getattr(registry, "contested", None)
         if contested and name in contested:

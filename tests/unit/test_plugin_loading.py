@@ -46,6 +46,20 @@ def test_a_name_nobody_installed_still_lists_the_available_ones(registry):
         build_chain("route r", {"nope": {}}, {}, registry)
 
 
+def test_a_setting_of_another_plugin_named_as_a_plugin_says_where_it_belongs():
+    """`plugins.rollout` (split's `rollout` setting, written one level up, a newcomer's slip
+    with docs/rollouts.md open) said only "unknown plugin" and the list of plugins."""
+    registry = plugins.load_registry()
+    with pytest.raises(ConfigError) as info:
+        build_chain("route r", {"rollout": {"steps": [10]}}, {}, registry)
+    (problem,) = info.value.problems
+    assert problem.startswith("route r: plugins.rollout: unknown plugin (available: "), problem
+    assert problem.endswith("; it is a setting of plugins.split"), problem
+    with pytest.raises(ConfigError) as info:        # no plugin has such a setting: no hint
+        build_chain("route r", {"nope": {}}, {}, registry)
+    assert "it is a setting of" not in info.value.problems[0]
+
+
 def test_a_plugin_named_as_a_builtin_is_left_out_and_routes_naming_it_refused(monkeypatch,
                                                                                caplog):
     """"plugin headers from mypackage.headers ignored: the name is taken" did not say by
