@@ -428,7 +428,7 @@ def status(conf, conf_path):
     a "/") or the gateway syncs another prefix than this conf file's, 2 if there is no state
     at all."""
     import os
-    from .sync.shm import READ_KINDS, STATUS, worker_board
+    from .sync.shm import STATUS, meant_for_gateway, worker_board
     runtime_dir = conf.etcd["runtime_dir"]
     path = f"{runtime_dir}/{STATUS}"
     state = read_status_file(path)
@@ -532,7 +532,7 @@ def status(conf, conf_path):
         # A problem where the key is of a kind the gateway reads (an empty id, an id with
         # a "/"): an item meant for it. One of another kind may be a team's own key under
         # the prefix, as docs/etcd.md long allowed: listed above, and no failed check.
-        mistaken = [key for key in unread if key.partition("/")[0] in READ_KINDS]
+        mistaken = [key for key in unread if meant_for_gateway(key.partition("/")[0])]
         if mistaken:
             problems.append(f"{len(mistaken)} key(s) of the gateway's kinds under {prefix} "
                             f"not read by it: {', '.join(map(printable, mistaken))}")

@@ -12,6 +12,8 @@ by name unlinks the segment when it exits.
 Each worker also records what it applied in ``workers/PID`` (generation and etcd revision), so
 ``gwserver routes status`` and the benchmark can tell when every worker serves a change.
 """
+import difflib
+import functools
 import json
 import logging
 import os
@@ -43,11 +45,20 @@ def etcd_prefix(conf):
 READ_KINDS = ("routes", "upstreams", "consumers", "services")
 
 
+@functools.lru_cache(maxsize=1024)
+def meant_for_gateway(kind):
+    """Whether a key of ``kind`` holds an item meant for the gateway: a kind it reads, or a
+    slip of one (``route``, ``Routes``, ``upstream``). Taken for a tool's own kind, a route
+    misspelt so was logged once a process and passed ``routes status``: a 404 unsaid."""
+    return kind in READ_KINDS or bool(difflib.get_close_matches(kind.lower(), READ_KINDS,
+                                                                1, 0.8))
+
+
 def unread_order(key):
-    """Sort key of the unread keys: those of the gateway's kinds first (an item meant for
-    it), by name. By name alone, a tool's keys under a shared prefix (``billing/...``) took
-    every place status.json and the log name, and ``routes status`` passed a route lost."""
-    return key.partition("/")[0] not in READ_KINDS, key
+    """Sort key of the unread keys: those meant for the gateway first, by name. By name
+    alone, a tool's keys under a shared prefix (``billing/...``) took every place
+    status.json and the log name, and ``routes status`` passed a route lost."""
+    return not meant_for_gateway(key.partition("/")[0]), key
 
 
 def unread_reason(key):

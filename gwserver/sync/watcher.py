@@ -36,7 +36,7 @@ from ..plugins import load_registry
 from ..terminal import printable
 from .etcd import (AuthRejected, Compacted, EtcdClient, EtcdError, EtcdRefused,
                    PasswordUnreadable)
-from .shm import (READ_KINDS, TablePublisher, TableReader, etcd_prefix, read_json,
+from .shm import (TablePublisher, TableReader, etcd_prefix, meant_for_gateway, read_json,
                   read_published, unread_order, unread_reason)
 
 log = logging.getLogger("gwserver.sync")
@@ -459,23 +459,33 @@ class ConfigSync:
         # Of a kind the gateway does not read, one key a kind for the process's life: a
         # tool's lock or lease keys under a shared prefix, put and deleted again and again,
         # each logged a line at every put.
-        new = [key for key in new if key.partition("/")[0] in READ_KINDS or
+        new = [key for key in new if meant_for_gateway(key.partition("/")[0]) or
                key.partition("/")[0] not in self.logged_kinds]
-        named = heapq.nsmallest(UNREAD_LOGGED, new, key=unread_order)
-        for key in named:
+        # Such a kind's first key alone takes a place among those named: all of a tool's
+        # keys put in one change took the places, were skipped but one, and a misspelt kind
+        # after them (route/orders) went unnamed.
+        named, kinds = [], set()
+        for key in sorted(new, key=unread_order):
             kind = key.partition("/")[0]
-            if kind not in READ_KINDS:
-                if kind in self.logged_kinds:
+            if not meant_for_gateway(kind):
+                if kind in kinds:
                     continue
+                kinds.add(kind)
+            named.append(key)
+        for key in named[:UNREAD_LOGGED]:
+            kind = key.partition("/")[0]
+            ours = meant_for_gateway(kind)
+            if not ours:
                 self.logged_kinds.add(kind)
             log.warning("etcd key %s%s is not read: %s%s", self.prefix,
                         printable(shown(key, SHOWN_KEY)), self.unread[key],
-                        "" if kind in READ_KINDS else
+                        "" if ours else
                         f" (the other keys of {printable(shown(kind, SHOWN_KEY))}/ are not "
                         f"logged: gwserver routes status lists them)")
-        if len(new) > UNREAD_LOGGED:
+        unnamed = len(new) - min(len(named), UNREAD_LOGGED)
+        if unnamed:
             log.warning("%d more keys under %s are not read (gwserver routes status lists "
-                        "them)", len(new) - UNREAD_LOGGED, self.prefix)
+                        "them)", unnamed, self.prefix)
 
     def log_rejections(self):
         """Log each rejection once (and again only if its reason changes)."""
