@@ -12,7 +12,6 @@ by name unlinks the segment when it exits.
 Each worker also records what it applied in ``workers/PID`` (generation and etcd revision), so
 ``gwserver routes status`` and the benchmark can tell when every worker serves a change.
 """
-import difflib
 import functools
 import json
 import logging
@@ -49,9 +48,26 @@ READ_KINDS = ("routes", "upstreams", "consumers", "services")
 def meant_for_gateway(kind):
     """Whether a key of ``kind`` holds an item meant for the gateway: a kind it reads, or a
     slip of one (``route``, ``Routes``, ``upstream``). Taken for a tool's own kind, a route
-    misspelt so was logged once a process and passed ``routes status``: a 404 unsaid."""
-    return kind in READ_KINDS or bool(difflib.get_close_matches(kind.lower(), READ_KINDS,
-                                                                1, 0.8))
+    misspelt so was logged once a process and passed ``routes status``: a 404 unsaid. A slip
+    is one letter missing, extra, changed or two swapped, case aside: a likeness ratio also
+    took a team's own kinds (``servicemesh``, ``consumer-keys``), failing ``routes status``."""
+    kind = kind.lower()
+    return any(_one_slip(kind, read) for read in READ_KINDS)
+
+
+def _one_slip(a, b):
+    """Whether ``a`` is ``b`` or one edit from it (a letter dropped, added, changed, or two
+    next to each other swapped)."""
+    if len(a) < len(b):
+        a, b = b, a
+    if len(a) - len(b) > 1:
+        return False
+    i = 0
+    while i < len(b) and a[i] == b[i]:
+        i += 1
+    if len(a) > len(b):
+        return a[i + 1:] == b[i:]
+    return a[i + 1:] == b[i + 1:] or a[i:i + 2] == b[i:i + 2][::-1] and a[i + 2:] == b[i + 2:]
 
 
 def unread_order(key):
