@@ -9,45 +9,17 @@
   the hint sent the operator looking for a comment that is not there.
 """
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from gwserver.sync.watcher import UNREAD_LOGGED, UNREAD_SHOWN
+from gwserver.sync.watcher import UNREAD_SHOWN
 
-from ..conftest import Launcher, gateway_conf, wait_until
-
-PREFIX = "/gw"
-
+from ..conftest import wait_until
+from ..etcd_sync import PREFIX, gwcli, status_json, synced_gateway
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """One etcd, one upstream and one gateway syncing PREFIX, shared by this file's tests."""
-    tmp = tmp_path_factory.mktemp("r18")
-    launcher = Launcher(tmp)
-    try:
-        etcd = launcher.etcd()
-        upstream = launcher.upstream("users")
-        gw = launcher.gateway(gateway_conf([], etcd={
-            "endpoints": [etcd.url], "prefix": PREFIX, "runtime_dir": str(tmp / "run"),
-            "snapshot_path": str(tmp / "snapshot.json")}))
-        etcd.client().put(f"{PREFIX}/upstreams/users",
-                          json.dumps({"targets": [{"url": upstream.url}]}))
-        yield launcher, etcd, gw, tmp
-    finally:
-        launcher.close()
-
-
-def gwcli(conf, *args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "gwserver", args[0], "-c", str(conf),
-                           *args[1:]], capture_output=True, text=True, input=stdin, timeout=30)
-
-
-def status_json(gw):
-    with open(os.path.join(gw.conf["etcd"]["runtime_dir"], "status.json")) as f:
-        return json.load(f)
+    yield from synced_gateway(tmp_path_factory.mktemp("r18"))
 
 
 def test_a_misplaced_route_key_is_named_among_many_keys_of_another_tool(setup):

@@ -7,48 +7,17 @@
   says a slip is "a letter or two away" and such a kind is listed without failing.
 """
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from ..conftest import Launcher, gateway_conf, wait_until
+from ..etcd_sync import PREFIX, routes_status, settle, synced_gateway
 
-PREFIX = "/gw"
 ROUTE = json.dumps({"paths": ["/orders"], "upstream": "users"})
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """One etcd, one upstream and one gateway syncing PREFIX, shared by this file's tests."""
-    tmp = tmp_path_factory.mktemp("r20")
-    launcher = Launcher(tmp)
-    try:
-        etcd = launcher.etcd()
-        upstream = launcher.upstream("users")
-        gw = launcher.gateway(gateway_conf([], etcd={
-            "endpoints": [etcd.url], "prefix": PREFIX, "runtime_dir": str(tmp / "run"),
-            "snapshot_path": str(tmp / "snapshot.json")}))
-        etcd.client().put(f"{PREFIX}/upstreams/users",
-                          json.dumps({"targets": [{"url": upstream.url}]}))
+    for launcher, etcd, gw, _ in synced_gateway(tmp_path_factory.mktemp("r20")):
         yield launcher, etcd, gw
-    finally:
-        launcher.close()
-
-
-def status_json(gw):
-    with open(os.path.join(gw.conf["etcd"]["runtime_dir"], "status.json")) as f:
-        return json.load(f)
-
-
-def routes_status(gw):
-    return subprocess.run([sys.executable, "-m", "gwserver", "routes", "-c", str(gw.conf_path),
-                           "status"], capture_output=True, text=True, timeout=30)
-
-
-def settle(gw, total):
-    wait_until(lambda: status_json(gw).get("unread_total") == total, timeout=10)
 
 
 def test_a_teams_kind_several_letters_from_a_gateway_kind_is_no_failure(setup):
