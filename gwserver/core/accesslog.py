@@ -33,8 +33,7 @@ def _header(name):
     def get(req, status, sent, upstream):
         # As the client sent it (sent_header): a route's edit for its upstream (a Referer
         # removed, its own User-Agent set) logged that edit for every client.
-        edited = getattr(req, "sent_values", None)
-        raw = edited[name] if edited and name in edited else req.header_map.get(name)
+        raw = req.sent_value(name)
         return None if raw is None else raw[:HEADER_CHARS].decode("latin-1")
     return get
 

@@ -263,13 +263,8 @@ class Chain:
         for plugin, conf in self.claims_steps:
             try:
                 return plugin.claims(conf, ctx, route_id)
-            except Exception as exc:
-                _blame(exc, plugin, "claims hook")
-                raise
-            except WorkerExit:
-                raise       # the worker's own stop (a signal's), not the plugin's
-            except SystemExit as exc:
-                raise _exited(exc, plugin, "claims hook") from exc
+            except BaseException as exc:
+                raise _raised(exc, plugin, "claims hook")
         return None
 
     def public_query(self, query):
@@ -278,13 +273,8 @@ class Chain:
         for plugin, conf in self.query_steps:
             try:
                 query = plugin.public_query(conf, query)
-            except Exception as exc:
-                _blame(exc, plugin, "public_query hook")
-                raise
-            except WorkerExit:
-                raise
-            except SystemExit as exc:
-                raise _exited(exc, plugin, "public_query hook") from exc
+            except BaseException as exc:
+                raise _raised(exc, plugin, "public_query hook")
         return query
 
     def linked_upstreams(self):
@@ -308,13 +298,8 @@ class Chain:
                 reply = plugin.access(conf, ctx)
                 if reply is None and not _shipped(plugin):
                     _check_request(plugin, ctx)
-            except Exception as exc:
-                _blame(exc, plugin, "access phase")
-                raise
-            except WorkerExit:
-                raise
-            except SystemExit as exc:
-                raise _exited(exc, plugin, "access phase") from exc
+            except BaseException as exc:
+                raise _raised(exc, plugin, "access phase")
             if reply is not None:
                 ctx.ended_by = plugin.NAME
                 return _checked(plugin, reply)
@@ -345,13 +330,8 @@ class Chain:
                     reply = plugin.access(conf, ctx)
                     if reply is None and not _shipped(plugin):
                         _check_request(plugin, ctx)
-                except Exception as exc:
-                    _blame(exc, plugin, "access phase")
-                    raise
-                except WorkerExit:
-                    raise
-                except SystemExit as exc:
-                    raise _exited(exc, plugin, "access phase") from exc
+                except BaseException as exc:
+                    raise _raised(exc, plugin, "access phase")
                 if reply is not None:
                     ctx.ended_by = plugin.NAME
                     return _checked(plugin, reply)
@@ -405,13 +385,8 @@ class Chain:
                 if checked:
                     _check_head(plugin, head, before)
                     _check_request_id(plugin, ctx)      # the answer's X-Request-ID
-            except Exception as exc:
-                _blame(exc, plugin, "response phase")
-                raise
-            except WorkerExit:
-                raise
-            except SystemExit as exc:
-                raise _exited(exc, plugin, "response phase") from exc
+            except BaseException as exc:
+                raise _raised(exc, plugin, "response phase")
 
     def run_reply(self, ctx, reply, shipped_only=False):
         """Let plugins with a ``reply`` hook edit the head of an answer the gateway wrote
@@ -532,10 +507,20 @@ class PluginExit(RuntimeError):
     served cut without an answer. It is the plugin's bug, as any other exception."""
 
 
-def _exited(exc, plugin, where):
-    error = PluginExit(f"plugin {plugin.NAME} called sys.exit({exc.code!r}) in its {where}")
-    _blame(error, plugin, where)
-    return error
+def _raised(exc, plugin, where):
+    """What goes on up the request path for ``exc``, out of ``plugin``'s hook: its exception,
+    named (_blame); its sys.exit() as a PluginExit; the worker's own exit (WorkerExit, a
+    signal's, in whatever greenlet it found), a greenlet's kill, a KeyboardInterrupt as
+    they came."""
+    if isinstance(exc, Exception):
+        _blame(exc, plugin, where)
+    elif isinstance(exc, SystemExit) and not isinstance(exc, WorkerExit):
+        error = PluginExit(f"plugin {plugin.NAME} called sys.exit({exc.code!r}) in its "
+                           f"{where}")
+        _blame(error, plugin, where)
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 DEFERRED_REFUSAL = "refused_unless_identified"

@@ -59,6 +59,16 @@ def _enc(text):
     return text.encode("latin-1") if isinstance(text, str) else text
 
 
+def _editable(name, verb):
+    """(``name`` as bytes, lower-cased) for a plugin's edit; ValueError for a header the
+    gateway writes itself (Host, framing, hop-by-hop, X-Forwarded-*, Via, X-Consumer-*)."""
+    name = _enc(name)
+    lower = name.lower()
+    if lower in NOT_FORWARDED:
+        raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot {verb} it")
+    return name, lower
+
+
 # Body pieces shorter than this are joined to a short piece before them (add_body): 512 bytes
 # bound the memory a held piece costs beyond its bytes (~60: an object and a list slot) to ~12%.
 SMALL_PIECE = 512
@@ -261,10 +271,8 @@ class RequestContext:
         ValueError for a header the gateway writes itself (Host, framing, hop-by-hop,
         X-Forwarded-*, X-Consumer-*): the built-in plugins refuse such names in their
         configs; this stops a third-party plugin from sending a second Content-Length."""
-        name, value = _enc(name), _enc(value)
-        lower = name.lower()
-        if lower in NOT_FORWARDED:
-            raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot set it")
+        name, lower = _editable(name, "set")
+        value = _enc(value)
         self._keep_sent(lower, self.header_map.get(lower))
         if lower in self.header_map:
             set_header(self.headers, name, value)
@@ -276,10 +284,8 @@ class RequestContext:
         """Add one more copy of ``name``; ``header`` reads it from now on. Taken and refused
         as ``set_header`` takes and refuses them: a plugin's str pair was a 500 on every
         request, and an X-Consumer-ID went upstream as no auth plugin said."""
-        name, value = _enc(name), _enc(value)
-        lower = name.lower()
-        if lower in NOT_FORWARDED:
-            raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot set it")
+        name, lower = _editable(name, "set")
+        value = _enc(value)
         self._keep_sent(lower, self.header_map.get(lower))
         self.headers.append((name, value))
         self.header_map[lower] = value
@@ -289,11 +295,7 @@ class RequestContext:
         ``set_header``: header_map's X-Forwarded-Proto, -For, -Host and Via are what the
         gateway writes upstream from a trusted proxy's, and a plugin that removed them sent
         the gateway's own ``http`` for the proxy's ``https``."""
-        name = _enc(name)
-        if name.lower() in NOT_FORWARDED:
-            raise ValueError(f"{name!r} is written by the gateway itself; a plugin cannot "
-                             f"remove it")
-        self.drop_header(name)
+        self.drop_header(_editable(name, "remove")[0])
 
     def drop_header(self, name):
         """``remove_header`` for any name: the core's own edits (the consumer's pair) and a
@@ -311,11 +313,13 @@ class RequestContext:
         where it runs (Origin) is judged by what it said. An upstream that must not see a
         client's Origin, or is to send its answers plain for gzip to compress, had the
         route's own answers judged as if the client had sent none."""
-        lower = _enc(name).lower()
-        sent = self.sent_values
-        value = sent[lower] if sent is not None and lower in sent else \
-            self.header_map.get(lower)
+        value = self.sent_value(_enc(name).lower())
         return None if value is None else value.decode("latin-1")
+
+    def sent_value(self, lower):
+        """``sent_header``'s bytes, by a lower-case bytes name (the access log's fields)."""
+        sent = self.sent_values
+        return sent[lower] if sent is not None and lower in sent else self.header_map.get(lower)
 
     def _keep_sent(self, lower, value):
         """Before ``lower``'s first edit: its value as it came (None: absent)."""

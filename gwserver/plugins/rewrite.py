@@ -288,7 +288,7 @@ def access(conf, ctx):
         if not is_field_value(value):
             return _bad_value(ctx, name)
         if value:
-            ctx.add_header(name, value.encode("latin-1"))
+            ctx.add_header(name, value)
     return None
 
 

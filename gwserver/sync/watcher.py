@@ -444,11 +444,12 @@ class ConfigSync:
 
     def note_unread(self, key, kind, event):
         """Keep ``key`` among those no item is read from (unread_reason), or drop it."""
-        reason = kind is None and unread_reason(key[len(self.prefix):])
+        key = key[len(self.prefix):]
+        reason = kind is None and unread_reason(key)
         if reason and event != "delete":
-            self.unread[key[len(self.prefix):]] = reason
+            self.unread[key] = reason
         else:
-            self.unread.pop(key[len(self.prefix):], None)
+            self.unread.pop(key, None)
 
     def log_unread(self):
         """Each key of the gateway's kinds no item is read from, once while it is there, and
