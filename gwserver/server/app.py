@@ -949,7 +949,8 @@ class GatewayArbiter(Arbiter):
             else:
                 close_listener(listener)
         self.LISTENERS = []
-        super().stop(graceful)
+        self.stop_workers(graceful)
+        super().stop(graceful)      # (gunicorn's own end of a stop: no worker is left to wait for)
         for helper in self.helpers.values():
             helper.stop()
         from ..helpers.helper import APPLIED_CONF
@@ -959,6 +960,31 @@ class GatewayArbiter(Arbiter):
                 os.unlink(copy)
             except OSError:
                 pass
+
+    def stop_workers(self, graceful):
+        """gunicorn's wait in its stop, woken by each worker's exit (SIGCHLD) rather than by
+        its 0.1 s poll, which slept once more after the last worker was reaped: every stop
+        and restart took up to 0.2 s more than its workers did. As gunicorn's: TERM (a
+        drain) or QUIT, a SIGINT or SIGQUIT meanwhile makes it a quick stop within 2 s, and
+        what still runs at the limit is killed."""
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        limit = time.monotonic() + self.cfg.graceful_timeout
+        self.kill_workers(sig)
+        while True:
+            self.reap_workers()
+            left = limit - time.monotonic()
+            if not self.WORKERS or left <= 0:
+                break
+            # (the base class's wait: this one's batches SIGHUPs for a reload, none is due now)
+            for got in Arbiter.wait_for_signals(self, min(left, 0.1)):
+                if got in (signal.SIGINT, signal.SIGQUIT) and sig != signal.SIGQUIT:
+                    log.info("quick shutdown requested")
+                    sig = signal.SIGQUIT
+                    self.kill_workers(sig)
+                    limit = time.monotonic() + 2.0
+        if self.WORKERS:
+            self.kill_workers(signal.SIGKILL)
+            self.reap_workers()
 
     APPLIED_CONF_FILE = "conf.applied.toml"
 
