@@ -69,8 +69,8 @@ from ..errors import ConfigError, GreenletExit, HTTPError, WorkerExit
 from ..redact import redact
 from .consumers import Consumer
 from .context import Reply, ResponseHead, _enc, parse_block
-from .headers import (FIELD_NAME, NO_BODY_STATUSES, RESPONSE_RESERVED, WRITTEN_UPSTREAM,
-                      is_field_name, is_field_value)
+from .headers import (CONSUMER_SET, FIELD_NAME, NO_BODY_STATUSES, RESPONSE_RESERVED,
+                      WRITTEN_UPSTREAM, is_field_name, is_field_value)
 from .routes import Route
 from .schema import show
 from .throttledlog import throttled_log
@@ -657,13 +657,18 @@ def _check_request(plugin, ctx):
     query value, say) wrote headers of its own upstream, a Content-Length among them that
     framed the body apart from the gateway's (the rest of the head read as body, or a
     request smuggled on a pooled connection). The gateway's own fields (Host, framing,
-    hop-by-hop, X-Forwarded-*) never sit in that list: one there is the plugin's."""
+    hop-by-hop, X-Forwarded-*) never sit in that list: one there is the plugin's. Nor do
+    X-Consumer-ID and -Groups but as the identified consumer's own pair (consumers.identify):
+    appended by the plugin, the upstream was told a consumer no auth plugin named."""
+    consumer = getattr(ctx, "consumer", None)
+    own = consumer.upstream_headers if consumer is not None else ()
     for name, value in ctx.headers:
         if type(name) is not bytes or type(value) is not bytes or not _is_field(name, value):
             raise TypeError(f"plugin {plugin.NAME}: a request header it set, {name!r}, is no "
                             f"field HTTP allows (bytes: a token name; a value without CR, LF "
                             f"or other controls)")
-        if name.lower() in WRITTEN_UPSTREAM:
+        lower = name.lower()
+        if lower in WRITTEN_UPSTREAM or lower in CONSUMER_SET and (name, value) not in own:
             raise TypeError(f"plugin {plugin.NAME}: it set the request header {name!r}, "
                             f"which the gateway writes itself")
     # The request line, Host and X-Request-ID are written from these as they are, the last
@@ -872,6 +877,22 @@ def build_chain(owner, route_plugins, global_plugins, registry, upstream_steps=(
     if problems:
         raise ConfigError(problems)
     return Chain(steps)
+
+
+def call_hook(owner, plugin, hook, call):
+    """``call()``, a compile-time hook of ``plugin`` (link, upstreams, upstream_refs,
+    for_consumer): what it raises is a config error naming ``owner``, the plugin and the hook,
+    as prepare()'s is. Further out it was "a value could not be checked: KeyError: 'spare'",
+    naming none of them; and a raising upstream_refs, never called by a check, ended the
+    sync process at the next upstream put in etcd. A ConfigError (link's resolve of an
+    unknown upstream id) is the config's, as it came."""
+    try:
+        return call()
+    except (ConfigError, WorkerExit):
+        raise
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"{owner}: plugins.{plugin.NAME}: the plugin's {hook}() failed: "
+                          f"{exc!r}") from None
 
 
 def upstream_plugins(owner, plugins, registry):

@@ -161,8 +161,10 @@ def _own_state(chain, consumer_id):
     address, so one consumer's low limit drained it for every other consumer there."""
     if not any(hasattr(plugin, "for_consumer") for plugin, _ in chain.steps):
         return chain
-    from .chain import Chain
-    return Chain([(plugin, plugin.for_consumer(conf, consumer_id))
+    from .chain import Chain, call_hook
+    owner = f"consumer {consumer_id}"
+    return Chain([(plugin, call_hook(owner, plugin, "for_consumer",
+                                     lambda: plugin.for_consumer(conf, consumer_id)))
                   if hasattr(plugin, "for_consumer") else (plugin, conf)
                   for plugin, conf in chain.steps])
 

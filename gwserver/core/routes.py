@@ -165,7 +165,19 @@ def condition_header_name(value):
         raise Invalid(f"{name} is matched by the route's hosts, not by a header condition: "
                       f"the client's spellings of a host (case, a trailing dot, a port, an "
                       f"absolute-form target) would miss it")
+    if name.lower() in APPENDED:
+        # The value read is a trusted proxy's (an untrusted peer's is dropped), and the
+        # upstream gets it with the peer (or this gateway) added: "10.9.9.9" matched, and
+        # "10.9.9.9, 127.0.0.1" went upstream.
+        raise Invalid(f"{name} goes upstream with the gateway's own member added (the peer's "
+                      f"address to X-Forwarded-For, its name to Via), never as a condition "
+                      f"reads it: match a client's address with ip_restriction")
     return name
+
+
+# The headers the gateway adds its own member to as it forwards (X-Forwarded-For: the peer;
+# Via: itself).
+APPENDED = frozenset(["x-forwarded-for", "via"])
 
 
 def retry_condition(value):
@@ -279,9 +291,24 @@ UPSTREAM = Schema(
     doc="An upstream: targets and how to talk to them.",
 )
 
+# The route label of the metrics' series of requests no route took (server/metrics.py).
+NO_ROUTE = "none"
+
+
+def route_id(value):
+    """A route's id: not NO_ROUTE, whose answers the metrics counted with every request no
+    route took (a 404 for a mistyped path and the route's own 404 were one series)."""
+    value = string(ROUTE_ID, "an id of letters, digits and _.:- (max 128)")(value)
+    if value == NO_ROUTE:
+        raise Invalid(f"{show(value)} is the metrics' label of requests no route took "
+                      f"(route=\"{NO_ROUTE}\"): give the route another id")
+    return value
+
+
 ROUTE = Schema(
-    Field("id", string(ROUTE_ID, "an id of letters, digits and _.:- (max 128)"),
-          doc="unique id of letters, digits and _.:- (max 128); named in logs and errors"),
+    Field("id", route_id,
+          doc="unique id of letters, digits and _.:- (max 128), not \"none\" (the metrics' "
+              "label of requests no route took); named in logs and errors"),
     Field("paths", list_of(path_text(), min_items=1),
           doc="/exact, /users/:id (parameter), /static/*rest (catch-all)"),
     Field("prefix", boolean, False,
@@ -292,7 +319,8 @@ ROUTE = Schema(
     Field("hosts", list_of(string(HOST, "a lower-case host or *.domain"), min_items=1), None,
           "Host values: exact or *.example.com; absent: any"),
     Field("headers", map_of(header_value, condition_header_name), None,
-          "headers that must equal values (not Host: see hosts)"),
+          "headers that must equal values (not Host: see hosts; nor X-Forwarded-For or "
+          "Via, which go upstream with the gateway's member added)"),
     Field("claims", map_of(string(r"[ -~]+", "a printable ASCII value"),
                            string(r"[A-Za-z0-9_.:-]+", "a claim name")), None,
           "verified JWT claims that must hold these values (scope: one of the scopes; a "
@@ -633,6 +661,10 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
             problems.extend(linked_protocol_problems(owner, chain))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    try:
+        upstream_refs(spec, registry)   # etcd asks it of every served route on upstream puts
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     problems.extend(path_problems(spec, server))
     if problems or upstream is None or chain is None:
         raise ConfigError(problems)
@@ -644,8 +676,12 @@ def linked_protocol_problems(owner, chain):
     grpc_web route split between an h2 upstream and an HTTP/1.1 one sent its share of the
     gRPC-Web calls to the second untranslated. A stand-in (an id not defined yet) is checked
     once it is (the route is compiled again then)."""
+    from .chain import call_hook
+    linked_upstreams = [upstream for plugin, conf in chain.steps if hasattr(plugin, "upstreams")
+                        for upstream in call_hook(owner, plugin, "upstreams",
+                                                  lambda: list(plugin.upstreams(conf)))]
     return [f"{problem}: upstream {linked.id}, which it may send to, does not"
-            for linked in dict.fromkeys(chain.linked_upstreams())
+            for linked in dict.fromkeys(linked_upstreams)
             if linked.targets or linked.service
             for problem in chain.check_upstream(owner, linked)]
 
@@ -659,7 +695,7 @@ def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),
     inline upstreams' tls files are not checked again (accepted_before)."""
     if not any(hasattr(plugin, "link") for plugin, _ in chain.steps):
         return chain
-    from .chain import Chain
+    from .chain import Chain, call_hook
 
     def resolve(ref, where):
         if isinstance(ref, str):
@@ -679,19 +715,23 @@ def link_chain(owner, chain, upstreams, defaults, registry, broken=frozenset(),
         if not hasattr(plugin, "link"):
             return conf
         if plugin.NAME not in accepted:
-            return plugin.link(conf, resolve)
+            return call_hook(owner, plugin, "link", lambda: plugin.link(conf, resolve))
         with accepted_before():     # (parse_conf checked them: the master's word)
-            return plugin.link(conf, resolve)
+            return call_hook(owner, plugin, "link", lambda: plugin.link(conf, resolve))
     return Chain([(plugin, linked(plugin, conf)) for plugin, conf in chain.steps])
 
 
 def upstream_refs(spec, registry):
-    """Ids of the named upstreams a validated route spec uses: its own and its plugins'."""
+    """Ids of the named upstreams a validated route spec uses: its own and its plugins'.
+    ConfigError naming the plugin for an ``upstream_refs`` hook that raises (compile_route
+    refuses such a route, so a served one's answers)."""
+    from .chain import call_hook
     refs = {spec["upstream"]} if isinstance(spec["upstream"], str) else set()
     for name, conf in (spec.get("plugins") or {}).items():
         plugin = registry.get(name)
         if plugin is not None and hasattr(plugin, "upstream_refs") and isinstance(conf, dict):
-            refs |= plugin.upstream_refs(conf)
+            refs |= call_hook(f"route {spec['id']}", plugin, "upstream_refs",
+                              lambda: set(plugin.upstream_refs(conf)))
     return refs
 
 

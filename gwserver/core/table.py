@@ -1002,7 +1002,11 @@ class LiveTable:
         """Routes that use, or wait for, this upstream pick up its new version."""
         for route_id, (version, raw) in list(self.wanted_routes.items()):
             served = self.route_specs.get(route_id)
-            uses = served is not None and upstream_id in upstream_refs(served[1], self.registry)
+            try:
+                uses = served is not None and \
+                    upstream_id in upstream_refs(served[1], self.registry)
+            except ConfigError:
+                uses = True     # put again: refused naming the plugin, never out of the sync
             waits = f"routes/{route_id}" in self.rejected
             if uses or waits:
                 self.put_route(route_id, raw, version)

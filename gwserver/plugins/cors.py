@@ -29,6 +29,11 @@ with 403: a browser applies no CORS to a websocket, so the page of any other sit
 sandboxed frame's ``null``) would otherwise read every message through it, with the user's
 cookies (cross-site websocket hijacking). One without Origin (no browser) goes on, and so
 does one from the gateway's own origin (the Origin's host and port are the request's Host).
+One from an origin allowed as any site's would be (by ``"*"``, as ``null``, or by a pattern
+that matches every origin: none of which may go with ``allow_credentials``) goes on without
+the user's credentials (its Cookie and Authorization removed, before the auth plugins and the
+upstream see them): a browser sends them with every handshake, and any site's page would
+read the user's every message. An origin the config names goes on with them.
 A consumer's own cors replaces the route's here too: the route's no waits for the auth
 plugins, and a consumer whose cors allows the origin gets its websocket.
 
@@ -62,6 +67,9 @@ PRIORITY = 1120         # before grpc_web (1100) and every auth plugin: prefligh
 RESPONSE_PRIORITY = 650
 ANSWERS_PREFLIGHT = True    # the router hands us the preflights of our route's methods
 
+# What a browser sends with a cross-site websocket handshake by itself, and leaves out of a
+# fetch made without credentials (the Fetch standard's credentials mode "omit").
+AMBIENT_CREDENTIALS = ("Cookie", "Authorization")
 ORIGIN = r"\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|null"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -111,6 +119,9 @@ def prepare(conf):
     public = "*" in origins and not conf["allow_credentials"]
     return {**conf, "origins": origins, "any": "*" in origins,
             "patterns": patterns,
+            # (those that do not match any origin: anyones)
+            "site_patterns": tuple(p for p in patterns
+                                   if not any(p.fullmatch(o) for o in NO_SITES)),
             "public": public,        # one answer for every origin: "*" on all
             "methods": frozenset(conf["allow_methods"]) | {"OPTIONS"},
             "methods_text": ", ".join(conf["allow_methods"]),
@@ -147,6 +158,16 @@ def allowed(conf, origin):
         return True
     # "null" is anyone's (a sandboxed frame): allowed only by name, never by a pattern
     return origin != "null" and any(p.fullmatch(origin) for p in conf["patterns"])
+
+
+def anyones(conf, origin):
+    """Is ``origin`` (an allowed one) allowed as any site's would be: by "*", as ``null``
+    (a sandboxed frame's), or by a pattern that matches every origin? Not one the config
+    names, as it names the pages it trusts."""
+    if origin == "null":
+        return True
+    return origin.lower() not in conf["origins"] and \
+        not any(p.fullmatch(origin) for p in conf["site_patterns"])
 
 
 def preflight(conf, ctx, origin):
@@ -195,6 +216,13 @@ def access(conf, ctx):
         withdraw_refusal(ctx, NAME)     # a consumer's cors replaces the route's no
     if allowed(conf, origin):
         ctx.vars["cors_origin"] = origin
+        if ctx.upgrade and anyones(conf, origin) and not same_origin(ctx, origin):
+            # A browser sends the user's cookies and HTTP auth with every handshake and
+            # applies no CORS to it: any site's page (an "*") read the user's every message,
+            # which no config may grant (prepare: never with credentials). It goes on
+            # without them, as that page's fetches do.
+            for name in AMBIENT_CREDENTIALS:
+                ctx.remove_header(name)
         return None
     if ctx.var("cors_origin") is not None:
         # A consumer's cors replacing the route's: the route's yes must not outlive this no.

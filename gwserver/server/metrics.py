@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..core.breaker import STATE_CODES
+from ..core.routes import NO_ROUTE
 from ..processes import own_dir, remove_dead_dirs
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -52,7 +53,7 @@ class Metric(NamedTuple):
 # of the table while down was reported down until the master restarted, and every reload
 # left one file more per worker for each scrape to read.
 LAST_SEEN = "livemostrecent"
-ROUTE = ("route", "route id, `none` for no match")
+ROUTE = ("route", f"route id, `{NO_ROUTE}` for no match (no route may be named so)")
 ROUTE_ID = ("route", "route id")
 TARGET = ("target", "target URL")
 UPSTREAM = ("upstream", "upstream id")
@@ -322,11 +323,9 @@ class _CurrentOnly:
                                   if breaker_owner(sample.labels.get("breaker", ""))
                                   in self.owners]
             elif family.name in BY_ROUTE and self.owners is not None:
-                # A rate gauge's "none" is a route of that name (no request without a route
-                # takes an adaptive limit): kept, a removed route "none" kept its gauge.
-                no_route = None if family.name == RATES.name else "none"
+                # (no route may be named NO_ROUTE: its series are no route's)
                 family.samples = [sample for sample in family.samples
-                                  if sample.labels.get("route") == no_route or
+                                  if sample.labels.get("route") == NO_ROUTE or
                                   ("route", sample.labels.get("route")) in self.owners]
             elif family.name == RETRIES.name and self.owners is not None:
                 family.samples = [sample for sample in family.samples
@@ -468,7 +467,7 @@ class WorkerMetrics:
     def count_answer(self, route_id, status, source):
         """An answer the gateway made itself (an error, or a plugin's reply such as a 429):
         the series that tells a 503 of the breaker from an upstream's own 503."""
-        _count(self._answers, (route_id or "none", str(status), source))
+        _count(self._answers, (route_id or NO_ROUTE, str(status), source))
 
     def count_consumer(self, consumer_id, status):
         _count(self._consumers, (consumer_id, f"{status // 100}xx"))
@@ -492,7 +491,7 @@ class WorkerMetrics:
         key = (route_id, method, status // 100, protocol)
         series = self._series.get(key)
         if series is None:
-            route = route_id or "none"
+            route = route_id or NO_ROUTE
             series = self._series[key] = _Series((
                 self.requests.labels(route, method, f"{status // 100}xx", protocol),
                 self.duration.labels(route), self.upstream_duration.labels(route)))
