@@ -56,13 +56,22 @@ def child_exit(server, worker):
         log.exception("could not retire metrics of worker %s", worker.pid)
 
 
+def tls_of(conf):
+    """The TLS listener's contexts of ``conf`` (client.tls.server_tls), or None without
+    [tls]: pyOpenSSL and cryptography (~50 ms to import, and their memory in every worker)
+    are loaded only by a gateway that serves TLS."""
+    if conf.tls is None:
+        return None
+    from ..client.tls import server_tls
+    return server_tls(conf)
+
+
 class GatewayApplication(BaseApplication):
 
     def __init__(self, conf_path, conf=None):
         self.conf_path = conf_path
         self.conf = conf or load_conf(conf_path)
-        from ..client.tls import server_tls     # pyOpenSSL: loaded only with [tls]
-        self.tls_server = server_tls(self.conf)      # built once, before workers fork
+        self.tls_server = tls_of(self.conf)     # built once, before workers fork
         self.pending_conf = self.pending_tls = None
         super().__init__(prog="gwserver")
 
@@ -110,9 +119,8 @@ class GatewayApplication(BaseApplication):
     def load_pending(self):
         """Read and check the conf file for a reload; raise ConfigError, changing nothing,
         if it or a certificate it names is bad."""
-        from ..client.tls import server_tls
         conf = load_conf(self.conf_path)
-        self.pending_tls = server_tls(conf)
+        self.pending_tls = tls_of(conf)
         self.pending_conf = conf
 
     def run(self):
