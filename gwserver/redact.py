@@ -6,6 +6,7 @@ keeps everything but the password of its user part (a Redis URL's ``redis://:pw@
 as ``redis://:***@host``; a user without a password, a token, goes whole), as nginx -T does
 not but Kong's admin API and APISIX's do for their credentials.
 """
+import functools
 import re
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, unquote_plus
@@ -71,7 +72,15 @@ REDIS_OPTION_NEXT = "(?:" + "|".join(_spelt_any_way(name) for name in sorted(
 # after a ";" or "?" too, "?client_name=gw;password=pw" (a separator to the operator, part
 # of the name to redis-py) showed the password whole in check --dump.
 REDIS_PARAM = re.compile(r"([?&;])([^=&#\s]+)=")
-REDIS_SECRET_VALUE = re.compile(rf"(?:[^&#]|&(?!{REDIS_OPTION_NEXT}))*(?:#.*)?", re.S)
+REDIS_SECRET_VALUE = rf"(?:[^&#]|&(?!{REDIS_OPTION_NEXT}))*(?:#.*)?"
+
+
+@functools.cache
+def redis_secret_value():
+    """REDIS_SECRET_VALUE compiled, at its first use: its 34 options spelt every way take
+    ~27 ms to compile, which every process (the master, each helper, each CLI command) paid
+    at import for a pattern only a redis URL with a query needs."""
+    return re.compile(REDIS_SECRET_VALUE, re.S)
 REDIS_PLAIN_VALUE = re.compile(r"(?:[^&#;?]|[&;?](?![^=&#;?]+=))*")
 URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s]*", re.I)
 
@@ -160,7 +169,7 @@ def _masked_redis_query(url):
     pieces, at = [], 0
     while (param := REDIS_PARAM.search(url, at)) is not None:
         secret = _secret_param(param.group(2))
-        value = (REDIS_SECRET_VALUE if secret else REDIS_PLAIN_VALUE).match(url, param.end())
+        value = (redis_secret_value() if secret else REDIS_PLAIN_VALUE).match(url, param.end())
         pieces += [url[at:param.end()], MASK if secret and value.group() else value.group()]
         at = value.end()
     return "".join(pieces) + url[at:]
