@@ -661,10 +661,11 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
             problems.extend(linked_protocol_problems(owner, chain))
         except ConfigError as exc:
             problems.extend(exc.problems)
-    try:
-        upstream_refs(spec, registry)   # etcd asks it of every served route on upstream puts
-    except ConfigError as exc:
-        problems.extend(exc.problems)
+    if not problems:        # (the plugins' configs are valid: their schemas said nothing)
+        try:
+            upstream_refs(spec, registry)   # etcd asks it of every served route on upstream puts
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     problems.extend(path_problems(spec, server))
     if problems or upstream is None or chain is None:
         raise ConfigError(problems)

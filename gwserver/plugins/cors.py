@@ -33,7 +33,10 @@ One from an origin allowed as any site's would be (by ``"*"``, as ``null``, or b
 that matches every origin: none of which may go with ``allow_credentials``) goes on without
 the user's credentials (its Cookie and Authorization removed, before the auth plugins and the
 upstream see them): a browser sends them with every handshake, and any site's page would
-read the user's every message. An origin the config names goes on with them.
+read the user's every message. An origin the config names goes on with them. A consumer's
+own cors runs after the auth plugin that named the consumer: where that allows the origin
+as any site's and the handshake came with those credentials, it is refused with 403 (they
+already made it the user's).
 A consumer's own cors replaces the route's here too: the route's no waits for the auth
 plugins, and a consumer whose cors allows the origin gets its websocket.
 
@@ -70,6 +73,7 @@ ANSWERS_PREFLIGHT = True    # the router hands us the preflights of our route's 
 # What a browser sends with a cross-site websocket handshake by itself, and leaves out of a
 # fetch made without credentials (the Fetch standard's credentials mode "omit").
 AMBIENT_CREDENTIALS = ("Cookie", "Authorization")
+CREDENTIALS_REMOVED = "cors_credentials_removed"     # (ctx.vars) the route's cors removed them
 ORIGIN = r"\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|null"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -217,12 +221,20 @@ def access(conf, ctx):
     if allowed(conf, origin):
         ctx.vars["cors_origin"] = origin
         if ctx.upgrade and anyones(conf, origin) and not same_origin(ctx, origin):
+            if named_by_ambient(ctx):
+                # A consumer's cors runs after the auth plugin that named the consumer: the
+                # credentials it would remove already made the websocket the user's.
+                return Reply.json(403, {"error": "cors_not_allowed",
+                                        "message": "this origin may not open a websocket "
+                                                   "with the user's credentials here"},
+                                  [("Vary", "Origin")])
             # A browser sends the user's cookies and HTTP auth with every handshake and
             # applies no CORS to it: any site's page (an "*") read the user's every message,
             # which no config may grant (prepare: never with credentials). It goes on
             # without them, as that page's fetches do.
             for name in AMBIENT_CREDENTIALS:
                 ctx.remove_header(name)
+            ctx.vars[CREDENTIALS_REMOVED] = True
         return None
     if ctx.var("cors_origin") is not None:
         # A consumer's cors replacing the route's: the route's yes must not outlive this no.
@@ -240,6 +252,14 @@ def access(conf, ctx):
             return None
         return reply
     return None
+
+
+def named_by_ambient(ctx):
+    """Did an auth plugin name the (not anonymous) consumer while the handshake still carried
+    the credentials a browser adds by itself? A route's cors that removed them ran first."""
+    return ctx.consumer is not None and not ctx.var("anonymous") and \
+        not ctx.var(CREDENTIALS_REMOVED) and \
+        any(ctx.sent_header(name) is not None for name in AMBIENT_CREDENTIALS)
 
 
 def same_origin(ctx, origin):

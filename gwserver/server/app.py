@@ -568,17 +568,19 @@ def helpers_for(app):
 
 class TimeoutKills(logging.Filter):
     """gunicorn logs a worker reaped after a SIGKILL as "Perhaps out of memory?"; for one it
-    killed itself after its timeout (murder_workers) that sends the operator after the wrong
-    cause."""
+    killed itself after its timeout (murder_workers), or at the end of a stop (stop_workers),
+    that sends the operator after the wrong cause."""
 
     def __init__(self, arbiter):
         super().__init__()
         self.arbiter = arbiter
 
     def filter(self, record):
-        if str(record.msg).endswith("Perhaps out of memory?") and record.args \
-                and record.args[0] in self.arbiter.timed_out:
-            record.msg = "Worker (pid:%s) was sent %s after its WORKER TIMEOUT (see above)"
+        if str(record.msg).endswith("Perhaps out of memory?") and record.args:
+            if record.args[0] in self.arbiter.timed_out:
+                record.msg = "Worker (pid:%s) was sent %s after its WORKER TIMEOUT (see above)"
+            elif record.args[0] in self.arbiter.killed_by_stop:
+                record.msg = "Worker (pid:%s) was sent %s at the end of the stop (see above)"
         return True
 
 
@@ -991,8 +993,12 @@ class GatewayArbiter(Arbiter):
                     self.kill_workers(sig)
                     limit = time.monotonic() + 2.0
         if self.WORKERS:
+            # reaped here or by gunicorn's stop after: the master's kill, not memory's
+            self.killed_by_stop = frozenset(self.WORKERS)
             self.kill_workers(signal.SIGKILL)
             self.reap_workers()
+
+    killed_by_stop = frozenset()    # pids stop_workers SIGKILLed at its limit (TimeoutKills)
 
     APPLIED_CONF_FILE = "conf.applied.toml"
 
