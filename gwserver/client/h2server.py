@@ -1203,7 +1203,7 @@ class H2ServerConnection:
             self.closed = True
             for stream in list(self.streams.values()):
                 stream.on_reset(E.CANCEL)
-                if stream.greenlet is not None:
+                if stream.greenlet is not None and not finishing(stream):
                     stream.greenlet.kill(StreamKilled("connection closed"), block=False)
             runtime.client_closed()
             try:
@@ -1664,8 +1664,12 @@ class H2ServerConnection:
     def stop(self, stream, why):
         """End a stream's greenlet. One that has not begun (HEADERS and RST_STREAM in one
         read: rapid reset) never will, so it is done with here, or it would count toward
-        max_concurrent_streams for the rest of the connection."""
-        if stream.greenlet is not None:
+        max_concurrent_streams for the rest of the connection. One whose answer has all gone
+        out (finishing) runs on to its end, as an HTTP/1.1 request's does when its client
+        leaves: killed, a plugin's waiting finish (a report sent somewhere) was cut by a
+        client's reset of a stream it had been answered on whole, or by its connection's
+        close after it, where over HTTP/1.1 it never is."""
+        if stream.greenlet is not None and not finishing(stream):
             stream.greenlet.kill(StreamKilled(why), block=False)
             if not stream.running:
                 self.stream_done(stream)
@@ -1700,6 +1704,13 @@ class H2ServerConnection:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+def finishing(stream):
+    """Has ``stream`` answered in full (END_STREAM sent) while its greenlet runs on: what is
+    left is its finish hooks, its access line and its metrics, none of which writes to the
+    client (H2ServerConnection.stop)."""
+    return stream.ended and stream.running
 
 
 def cancelled(stream):
