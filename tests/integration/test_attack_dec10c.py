@@ -69,6 +69,19 @@ def echoes(sock):
         return False
 
 
+def assert_handshakes(port, cases, path=b"/ws"):
+    """Each (fields, status) of ``cases``: a handshake with those fields is answered that
+    status (bytes, b"101"...), and a tunnel it opened echoes."""
+    for fields, status in cases:
+        sock, head = handshake(port, path, fields)
+        try:
+            assert head.startswith(b"HTTP/1.1 " + status + b" "), (fields, head)
+            if status == b"101":
+                assert echoes(sock)
+        finally:
+            sock.close()
+
+
 def applied(gw, client):
     """Wait until every worker has applied etcd's latest change."""
     revision = client.revision()
