@@ -56,12 +56,17 @@ counts as JSON.
                     never ends (4 KiB every 10 ms, for at most 20 s)
   /endless-trailer  200 chunked "x", its last chunk, then trailer fields that never end
                     (as fast, as long)
+  /te-split         200 whose Transfer-Encoding comes in two lines, "chunked" then "identity"
+                    (one list, RFC 9110 5.3: chunked not last), a chunked body, then a close
+  /rst-mid-body     a head promising 100000 bytes, 1000 of them, then a reset (RST, not FIN)
+  /rst-to-close     200 framed by the close (no length, not chunked), 1000 bytes, then a reset
   /1xx-length, /1xx-chunked, /1xx-last-chunk
                     a 150 framed with a body (a head saying Content-Length: 0, or a
                     trailer), then a 200 whose body is a whole response of its own
 """
 import json
 import socket
+import struct
 import sys
 import threading
 import time
@@ -269,6 +274,17 @@ def handle(conn, path):
     elif path == "/reset-mid-body":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"r" * 1000)
         time.sleep(0.05)
+        return False
+    elif path == "/te-split":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                     b"Transfer-Encoding: identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        return False
+    elif path in ("/rst-mid-body", "/rst-to-close"):
+        conn.sendall(b"HTTP/1.1 200 OK\r\n%s\r\n" % (
+            b"Content-Length: 100000\r\n" if path == "/rst-mid-body" else b"") + b"r" * 1000)
+        time.sleep(0.05)
+        # SO_LINGER 0: the close sends a RST, not a FIN
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         return False
     elif path == "/head-then-close":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")

@@ -57,6 +57,13 @@ MAX_PIPELINED = 32
 # The 400 for an HTTP/2 preface where h2c is off (the client's and the access log's reason)
 H2C_OFF = ("HTTP/2 with prior knowledge (h2c) is not served on this listener: speak "
            "HTTP/1.1 here, or HTTP/2 over TLS")
+# ... and on a TLS listener, where "or HTTP/2 over TLS" was the client's own attempt: there
+# HTTP/2 is spoken once ALPN chose h2 (RFC 9113 3.3), or never where tls.alpn offers no h2
+H2_NOT_NEGOTIATED = ("HTTP/2 over TLS is spoken once the handshake's ALPN has chosen h2 "
+                     "(RFC 9113 3.3), and this one did not: offer h2 by ALPN, or speak "
+                     "HTTP/1.1")
+H2_NOT_OFFERED = ("HTTP/2 is not served on this TLS listener (tls.alpn offers no h2): speak "
+                  "HTTP/1.1")
 # A client's X-Request-ID is kept when it is 1-200 visible ASCII characters but the quote and
 # the backslash (a UUID, hex, base64 all are); else, an empty one too, the gateway makes its own.
 CLIENT_REQUEST_ID = re.compile(rb'[!#-\[\]-~]{1,200}')
@@ -202,6 +209,7 @@ class ClientConnection:
             # delayed ACK (40 ms). nginx sets tcp_nodelay on keep-alive connections too.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client_ip = peer_address(addr)
+        self.over_tls = scheme == "https"       # the gateway's own TLS listener
         self.scheme = connection_scheme(addr, scheme)
         self.proxy_refused = proxy_header_refused(addr)    # a PROXY header's 400 (feed)
         self.buf = runtime.client_buf       # the worker's one client read buffer
@@ -625,7 +633,7 @@ class ClientConnection:
                 # llhttp's words for the HTTP/2 preface ("Pause on PRI/Upgrade") named
                 # nothing an operator could look up: curl --http2-prior-knowledge on a port
                 # without h2c (docs/http2.md)
-                raise BadRequest(H2C_OFF) from None
+                raise BadRequest(self.h2_preface_refused()) from None
             if not self.requests and self.unparsed == n and \
                     not (self.queue and self.queue[0].complete) and \
                     is_proxy_header(bytes(self.view[:12])):
@@ -855,6 +863,12 @@ class ClientConnection:
             if slow:
                 self.runtime.head_readers.pop(self, None)   # (or closed as the slowest)
         return self.queue[0]
+
+    def h2_preface_refused(self):
+        """Why an HTTP/2 preface gets a 400 here (feed)."""
+        if not self.over_tls:
+            return H2C_OFF
+        return H2_NOT_NEGOTIATED if "h2" in self.runtime.conf.tls["alpn"] else H2_NOT_OFFERED
 
     def defer_malformed(self, exc):
         """Malformed bytes after whole requests (pipelined in their read): those are served

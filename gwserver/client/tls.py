@@ -228,9 +228,8 @@ class ServerTLS:
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         protocols = [p.encode() for p in conf["alpn"]]
         if protocols:
-            context.set_alpn_select_callback(
-                lambda conn, offered: next((p for p in protocols if p in offered),
-                                           SSL.NO_OVERLAPPING_PROTOCOLS))
+            context.set_alpn_select_callback(lambda conn, offered: select_alpn(protocols,
+                                                                               offered))
         if conf["ocsp_stapling"]:
             ident = cert_id(entry["cert"])
             context.set_ocsp_server_callback(lambda conn, data: self.staples.get(ident, b""))
@@ -307,6 +306,29 @@ def session_id_context(conf):
     outlive reloads: a suite a reload took out went on serving the sessions made with it,
     for their lifetime (two hours). Now they get a full handshake, with a suite allowed."""
     return hashlib.sha256(b"gwserver\0" + conf["ciphers"].encode()).digest()    # 32 bytes
+
+
+class NoApplicationProtocol(SSL.Error):
+    """The client offers no protocol of tls.alpn: pyOpenSSL answers an exception from the
+    ALPN callback with the fatal no_application_protocol alert, and raises it from the
+    handshake (TLSSocket._io: "TLS handshake with ... failed: ... the client offers ...")."""
+
+
+def select_alpn(protocols, offered):
+    """The first of ``protocols`` (tls.alpn) the client offers. None in common is refused, as
+    RFC 7301 3.2 says and nginx (1.21.4) and Go do: served without ALPN, a connection meant
+    for another service sharing the certificate (an ``imap`` one: ALPACA) got HTTP, and an
+    h2-only client a 400 to its preface. A client that offers HTTP/1.x is served it without
+    ALPN as before (curl --http1.0's lone ``http/1.0``; Go falls back so too), and one that
+    offers no ALPN at all is served as ever."""
+    chosen = next((p for p in protocols if p in offered), None)
+    if chosen is not None:
+        return chosen
+    if b"http/1.1" in offered or b"http/1.0" in offered:
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+    # (the client's bytes, for the log: printable ASCII only)
+    names = ", ".join("".join(chr(b) if 32 < b < 127 else "?" for b in p) for p in offered[:4])
+    raise NoApplicationProtocol(f"the client offers no protocol of tls.alpn ({names})")
 
 
 def address_warnings(hosts, index):

@@ -126,11 +126,14 @@ IDENTITY_SET = frozenset([
     # The client certificate as the TLS terminators in front say it, XFCC's siblings: nginx's
     # and HAProxy's usual X-SSL-Client-*, ingress-nginx's and Keycloak's ssl-client-* (and
     # Apache's SSL_CLIENT_* by the underscore rule), Traefik's passTLSClientCert, AWS ALB's
-    # mTLS headers, Azure's X-ARR-ClientCert, Google's and Cloudflare's. The gateway asks no
-    # client for a certificate: over its own TLS listener a client's
-    # "X-SSL-Client-Verify: SUCCESS" reached an upstream that takes it on trust.
+    # mTLS headers, Azure's X-ARR-ClientCert, Google's and Cloudflare's, and the standard
+    # ones, RFC 9440's Client-Cert and Client-Cert-Chain (which it says a terminator MUST
+    # remove from clients). The gateway asks no client for a certificate: over its own TLS
+    # listener a client's "X-SSL-Client-Verify: SUCCESS" reached an upstream that takes it
+    # on trust.
+    b"client-cert", b"client-cert-chain",
     b"x-ssl-client-cert", b"x-ssl-client-verify", b"x-ssl-client-s-dn", b"x-ssl-client-i-dn",
-    b"x-ssl-client-dn", b"x-ssl-client-cn", b"x-ssl-client-serial",
+    b"x-ssl-client-dn", b"x-ssl-client-cn", b"x-ssl-client-serial", b"x-ssl-client-sha1",
     b"x-ssl-client-fingerprint", b"x-ssl-issuer", b"x-ssl-cert", b"ssl-client-cert",
     b"ssl-client-verify", b"ssl-client-s-dn", b"ssl-client-i-dn", b"ssl-client-subject-dn",
     b"ssl-client-issuer-dn", b"x-client-cert", b"x-client-verify", b"x-client-dn",

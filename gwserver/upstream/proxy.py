@@ -433,7 +433,7 @@ class Exchange:
             self.block = raw[line_end + 2:end]
             self.head_raw = b""
             return
-        kept, named = [parts[0]], None
+        kept, named, codings = [parts[0]], None, None
         for at in range(1, len(parts), 4):
             name = parts[at + 1].lower()
             if name == b"content-length":
@@ -446,10 +446,11 @@ class Exchange:
                 if self.status != 204:
                     kept.append(parts[at])
             elif name == b"transfer-encoding":
-                self.chunked = response_chunked(parts[at + 2])
-                if self.version == "1.0":
-                    # RFC 9112 6.1: faulty framing in HTTP/1.0; the connection ends after it
-                    self.keep_alive = False
+                # Its lines are one list (RFC 9110 5.3), judged whole below: judged line by
+                # line, "chunked" then "identity" was chunked read to the close (llhttp's
+                # reading), the chunk framing relayed to the client as the body.
+                value = parts[at + 2]
+                codings = value if codings is None else codings + b", " + value
             elif name == b"via":
                 value = parts[at + 2].rstrip(b" \t")
                 if value:   # an empty Via line would add an empty member: "Via: , 1.1 gw"
@@ -462,6 +463,11 @@ class Exchange:
             elif name == b"upgrade" and self.status == 101:
                 kept.append(parts[at])
             kept.append(parts[at + 3])
+        if codings is not None:
+            self.chunked = response_chunked(codings)
+            if self.version == "1.0":
+                # RFC 9112 6.1: faulty framing in HTTP/1.0; the connection ends after it
+                self.keep_alive = False
         block = b"".join(kept)[1:]
         if named:      # RFC 9110 7.6.1: drop the headers Connection names (rare in responses)
             block = b"".join(line + b"\r\n" for line in block.split(b"\r\n")[:-1]
