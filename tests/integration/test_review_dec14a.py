@@ -5,7 +5,10 @@ etcd and upstreams on loopback.
    route "none" (requests no route took) are always kept. A route may be named "none"
    (core.routes.ROUTE_ID): removed through etcd, its gwserver_rate_limit_effective_rate
    stayed on /metrics for the worker's life, as every removed route's did before dec08h
-   (the gauge has no series of no route: "none" there is always a route's).
+   (the gauge has no series of no route: "none" there is always a route's). Since 45fe6e1 a
+   route may not be named "none" (its id was the label of requests no route took): the
+   test now holds that such a route in etcd is refused by name and leaves no gauge of
+   route="none", while its neighbour is served and reported.
 
 Checked, no defect: 09c8d3e's finish() against 09c8d3e^ (h2proxy.py swapped in, one
 gateway, h2c scripted upstream): 140 exchanges (HTTP/1.1, HTTP/1.0 and HTTP/2 clients;
@@ -21,11 +24,12 @@ HTTP/2 health probe) passes.
 """
 from ..conftest import wait_until
 from .test_attack_dec08h import series
-from .test_etcd import PREFIX, all_workers_at, etcd_conf, put
+from .test_etcd import all_workers_at, etcd_conf, put
+from .test_review_dec15a import etcd_rejected
 
 
-def test_the_adaptive_rate_of_a_removed_route_named_none_leaves_the_metrics(launcher,
-                                                                          tmp_path):
+def test_an_adaptive_route_named_none_in_etcd_is_refused_and_leaves_no_gauge(launcher,
+                                                                             tmp_path):
     etcd = launcher.etcd()
     gw = launcher.gateway(etcd_conf(tmp_path, [etcd.url], workers=1))
     client = etcd.client()
@@ -35,13 +39,8 @@ def test_the_adaptive_rate_of_a_removed_route_named_none_leaves_the_metrics(laun
     put(client, "routes", "none", {"paths": ["/none"], "upstream": "up", "plugins": plugins})
     put(client, "routes", "kept", {"paths": ["/kept"], "upstream": "up", "plugins": plugins})
     wait_until(lambda: all_workers_at(gw, client.revision()))
-    assert gw.request("GET", "/none")[0].status == 502
+    assert gw.request("GET", "/none")[0].status == 404      # refused: no route took it
     assert gw.request("GET", "/kept")[0].status == 502
-    assert set(series(gw, "gwserver_rate_limit_effective_rate")) == \
-        {'route="none"', 'route="kept"'}
-    client.delete(f"{PREFIX}/routes/none")
-    revision = client.revision()
-    wait_until(lambda: all_workers_at(gw, revision))
-    assert gw.request("GET", "/none")[0].status == 404
-    # before: {'route="none"', 'route="kept"'}: the removed route's gauge stayed
+    assert etcd_rejected(gw)["routes/none"].startswith("route none: id: "), etcd_rejected(gw)
+    # before 45fe6e1 the route served, and its gauge stayed after its removal (dec14a)
     assert set(series(gw, "gwserver_rate_limit_effective_rate")) == {'route="kept"'}
