@@ -1137,6 +1137,17 @@ def http2_listener_problems(http2, server_bind, tls):
     return problems
 
 
+def routes_list(value):
+    """The conf file's routes: an array of tables, ``[[routes]]`` each. ``[routes.api]`` (a
+    table of tables, as ``[upstreams.api]`` is written) was "must be a list, got {...}",
+    which named neither the spelling nor the fix."""
+    if isinstance(value, dict) and value:
+        raise Invalid(f"must be a list: write each route as a [[routes]] block with its id "
+                      f"inside (id = \"...\"); [routes.{show(next(iter(value)))}] makes a "
+                      f"table of routes by name")
+    return list_of(lambda route: route)(value)
+
+
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
             "admin": ADMIN, "tracing": TRACING, "http2": HTTP2}
 OPTIONAL_SECTIONS = {"etcd": ETCD, "redis": REDIS, "tls": TLS}
@@ -1147,7 +1158,7 @@ CONF = Schema(
     Field("plugins", map_of(lambda c: c), dict, "plugins enabled on every route: name -> config"),
     Field("upstreams", map_of(lambda u: u, upstream_id_string()), dict,
           "named upstreams that routes refer to by id"),
-    Field("routes", list_of(lambda r: r), list, "static routes (the table when etcd is off)"),
+    Field("routes", routes_list, list, "static routes (the table when etcd is off)"),
     Field("consumers", map_of(lambda c: c, string(CONSUMER_ID, "a consumer id")), dict,
           "named clients: credentials per auth plugin, groups, plugins (docs/consumers.md)"),
 )

@@ -112,6 +112,9 @@ def test_shipped_conf_is_valid_and_documents_every_setting():
     ("[server]\nworkers = 2\n", 0, "ok (0 routes, 2 workers"),
     ('[server]\nworkers = "two"\n', 2, 'server.workers: must be a positive integer or \"auto\", got "two"'),
     ("[server\n", 2, "not valid TOML"),
+    # [routes.api], as [upstreams.api] is written: "must be a list, got {...}" named no fix
+    ('[routes.api]\npaths = ["/api"]\n', 2, 'routes: must be a list: write each route as a '
+     '[[routes]] block with its id inside (id = "..."); [routes."api"] makes a table'),
 ])
 def test_check_command(tmp_path, content, exit_code, needle):
     path = tmp_path / "c.toml"
