@@ -1183,6 +1183,7 @@ class H2ServerConnection:
             runtime.client_opened()
         stopping = runtime.stopping
         stopping.rawlink(self._on_stop)
+        killed = False
         try:
             with self.lock:
                 self.h2.initiate_connection()
@@ -1195,21 +1196,32 @@ class H2ServerConnection:
             self.read_loop()
         except ClientGone:
             pass
+        except gevent.GreenletExit:
+            killed = True       # the worker's stop cuts what it still holds (wait_finishing)
+            raise
         finally:
             stopping.unlink(self._on_stop)
             runtime.deadlines.disarm(self)
             runtime.idle_clients.pop(self, None)
             runtime.head_readers.pop(self, None)
             self.closed = True
+            spared = []
             for stream in list(self.streams.values()):
                 stream.on_reset(E.CANCEL)
-                if stream.greenlet is not None and not finishing(stream):
+                if stream.greenlet is None:
+                    continue
+                if finishing(stream):
+                    spared.append(stream.greenlet)
+                else:
                     stream.greenlet.kill(StreamKilled("connection closed"), block=False)
-            runtime.client_closed()
             try:
                 self.sock.close()
             except OSError:
                 pass
+            try:
+                wait_finishing(spared, cut=killed)
+            finally:
+                runtime.client_closed()
 
     def _on_stop(self, _event):
         gevent.spawn(self.goaway, E.NO_ERROR)
@@ -1711,6 +1723,22 @@ def finishing(stream):
     left is its finish hooks, its access line and its metrics, none of which writes to the
     client (H2ServerConnection.stop)."""
     return stream.ended and stream.running
+
+
+def wait_finishing(greenlets, cut):
+    """Wait for the streams answered in full that run on past their connection's close
+    (finishing): the connection's slot, in the worker's pool and worker_connections, is
+    held until they end, as an HTTP/1.1 connection's is until its request's finish has run.
+    Let go at the close, they were nobody's: a drain found nothing held and the worker
+    exited under their finish hooks (their access lines lost), and a client that closed
+    and reconnected left any number of them running. The worker's kill of the connection
+    (``cut``: the drain's graceful_timeout ran out, a SIGQUIT), before or while it waits,
+    cuts them, within a second, so that their access lines are in the last flush."""
+    try:
+        if not cut:
+            gevent.joinall(greenlets)
+    finally:
+        gevent.killall(greenlets, StreamKilled("the worker stopped"), timeout=1)
 
 
 def cancelled(stream):
