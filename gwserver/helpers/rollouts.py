@@ -55,12 +55,12 @@ class RolloutView:
         self.path = os.path.join(state_dir, STEP_FILE)
         self.obs_dir = os.path.join(state_dir, OBS_DIR)
         self.entries, self.stamp, self.checked = {}, None, 0.0
+        self.generation = 0     # +1 each time the steps are read again (the worker's tunnels)
         self.counts = {}        # (route, window) -> {group: [requests, failures, buckets]}
         self.flusher = None
 
-    def current(self, route_id, ident):
-        """{"weight", "window", ...} of the route's rollout, or None if the helper has not
-        started this one (``ident``) yet."""
+    def refresh(self):
+        """Read the steps again if the file changed (one ``stat`` per CHECK_EVERY at most)."""
         now = time.monotonic()
         if now - self.checked >= self.CHECK_EVERY:
             self.checked = now
@@ -68,8 +68,20 @@ class RolloutView:
             if stamp != self.stamp:
                 self.stamp = stamp
                 self.entries = (read_json(self.path) or {}).get("routes", {})
+                self.generation += 1
+
+    def current(self, route_id, ident):
+        """{"weight", "window", ...} of the route's rollout, or None if the helper has not
+        started this one (``ident``) yet."""
+        self.refresh()
         entry = self.entries.get(route_id)
         return entry if entry is not None and entry.get("id") == ident else None
+
+    def canary_shut(self, route_id, ident):
+        """Is rollout ``ident`` of the route rolled back or aborted now (its canary gets
+        nobody)? (The steps as last read: the caller refreshes.)"""
+        entry = self.entries.get(route_id)
+        return entry is not None and entry.get("id") == ident and not entry.get("weight")
 
     def record(self, route_id, window, group, failed, seconds, bounds=()):
         """One answer of ``group``; ``bounds``: the rollout's latency gates' maxes, each

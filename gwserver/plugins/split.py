@@ -27,7 +27,8 @@ for the whole cluster and writes to a host file; this plugin reads it (one ``sta
 (failed or not, and how long it took) for the rollout's gates. Under a rollout the canary's
 hash range is the top of the space and only grows with its weight: a client on the canary
 stays there while the rollout advances, and a client off it keeps its baseline group. A
-rolled-back or aborted canary gets nobody, not even through rules or X-AB-Group.
+rolled-back or aborted canary gets nobody, not even through rules or X-AB-Group, and the
+websockets open on it are closed.
 """
 import hashlib
 import random
@@ -337,6 +338,10 @@ def access(conf, ctx):
     else:
         ctx.upstream = conf["by_group"][group]
     ctx.vars["split_group"] = group
+    if percent is not None and group == conf["rollout"]["group"]:
+        # however it got there: a websocket on the canary is closed if the rollout is rolled
+        # back or aborted (Runtime.end_if_revoked), or it went on talking to it for hours
+        ctx.vars["rollout_canary"] = conf["rollout_id"]
     if step is not None and weighed:
         # Only traffic the weights placed judges a step: a group chosen by X-AB-Group or a
         # rule is the client's choice, and a client could steer the gates with it.

@@ -215,6 +215,7 @@ class Runtime:
         # websocket tunnel (upstream.proxy.TunnelFlow) -> its request: ended when a table
         # takes away what let it in (end_revoked_tunnels); before the first table is read
         self.tunnels = {}
+        self.rollouts_read = 0      # the RolloutView generation the tunnels were checked at
         if conf.etcd is not None:
             self.follow_published_table()
         self.alive = True
@@ -349,10 +350,22 @@ class Runtime:
 
     def tunnel_opened(self, flow, req):
         """A websocket's tunnel begins (``flow``: upstream.proxy.TunnelFlow); the table may
-        have revoked what let it in while its handshake waited for the 101."""
+        have revoked what let it in while its handshake waited for the 101, or a rollout
+        rolled back the canary it was sent to."""
         self.tunnels[flow] = req
-        if self.table is not None:
-            self.end_if_revoked(flow, req)
+        self.end_if_revoked(flow, req)
+
+    def end_rolled_back_tunnels(self):
+        """A rollout rolled back or aborted (the step file changed): its canary gets nobody,
+        and the websockets open on it are closed too, or a client the weights had put there
+        talked on to the broken canary for as long as it kept the tunnel open."""
+        rollouts = self.services.rollouts
+        if rollouts is None:
+            return
+        rollouts.refresh()
+        if rollouts.generation != self.rollouts_read:
+            self.rollouts_read = rollouts.generation
+            self.end_revoked_tunnels()
 
     def end_revoked_tunnels(self):
         """A websocket is one request that never ends while bytes move: it was let in once,
@@ -363,7 +376,9 @@ class Runtime:
             self.end_if_revoked(flow, req)
 
     def end_if_revoked(self, flow, req):
-        why = revoked(req, self.router.routes, self.table.consumers)
+        why = (revoked(req, self.router.routes, self.table.consumers)
+               if self.table is not None else None) or \
+            canary_shut(req, self.services.rollouts)
         if why is not None:
             throttled_log.log(log, logging.INFO, ("tunnel revoked", req.route.id),
                               "route %s: websocket %s closed: %s", req.route.id,
@@ -380,6 +395,8 @@ class Runtime:
             if self.table_reader.changed():
                 self.refresh_table()
         self.health.refresh()
+        if self.tunnels:
+            self.end_rolled_back_tunnels()
         if self.tls_server is not None:
             self.tls_server.refresh_staples()
         now = time.monotonic()
@@ -716,6 +733,16 @@ def revoked(req, routes, consumers):
     # claim value, so a rotated password or signing key (kid) left the old one's tunnels open.
     if now is not consumer and now.credentials != consumer.credentials:
         return f"consumer {consumer.id}'s credentials changed"
+    return None
+
+
+def canary_shut(req, rollouts):
+    """Why ``req`` (a websocket split sent to a rollout's canary) must end, or None: that
+    rollout is rolled back or aborted now."""
+    ident = req.var("rollout_canary")
+    if ident is not None and rollouts is not None and \
+            rollouts.canary_shut(req.route.id, ident):
+        return "the rollout of its canary was rolled back or aborted"
     return None
 
 
