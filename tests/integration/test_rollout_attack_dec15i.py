@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from ..conftest import WEBSOCKET_HANDSHAKE, check_conf, wait_until
+from ..conftest import check_conf, wait_until
+from .test_attack_dec10c import handshake
 from .test_rollout_attack_dec05 import canary_keys
 from .test_rollouts import cli, control, rollout_conf, rollout_of
 
@@ -18,16 +19,7 @@ from .test_rollouts import cli, control, rollout_conf, rollout_of
 def canary_websocket(gw, key):
     """A websocket on /shop/ws whose X-User ``key`` the weights place on the canary ->
     (socket, the answer's head)."""
-    handshake = WEBSOCKET_HANDSHAKE.replace(b"GET /ws ", b"GET /shop/ws ").replace(
-        b"\r\n\r\n", b"\r\nX-User: %s\r\n\r\n" % key.encode())
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
-    sock.sendall(handshake)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        piece = sock.recv(4096)
-        assert piece, head
-        head += piece
-    return sock, head
+    return handshake(gw.port, b"/shop/ws", b"X-User: %s\r\n" % key.encode())
 
 
 def echoed(sock, data):
