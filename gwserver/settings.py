@@ -1140,12 +1140,35 @@ def http2_listener_problems(http2, server_bind, tls):
 def routes_list(value):
     """The conf file's routes: an array of tables, ``[[routes]]`` each. ``[routes.api]`` (a
     table of tables, as ``[upstreams.api]`` is written) was "must be a list, got {...}",
-    which named neither the spelling nor the fix."""
-    if isinstance(value, dict) and value:
-        raise Invalid(f"must be a list: write each route as a [[routes]] block with its id "
-                      f"inside (id = \"...\"); [routes.{show(next(iter(value)))}] makes a "
-                      f"table of routes by name")
+    which named neither the spelling nor the fix. A table with a route's own keys (id,
+    paths...) or values that are not tables is one route under ``[routes]`` (one bracket
+    pair short), or an empty ``[routes]``: told it was ``[routes."id"]``, the operator
+    looked for a line they never wrote."""
+    if isinstance(value, dict):
+        fix = "must be a list: write each route as a [[routes]] block with its id inside " \
+              "(id = \"...\"); "
+        if value and not value.keys() & ROUTE.fields.keys() and \
+                all(isinstance(route, (dict, list)) for route in value.values()):
+            raise Invalid(f"{fix}[routes.{show(next(iter(value)))}] makes a table of "
+                          f"routes by name")
+        raise Invalid(f"{fix}[routes] (single brackets) makes one table")
     return list_of(lambda route: route)(value)
+
+
+def tables_by_id(kind, key_check):
+    """[upstreams] and [consumers]: tables by id, ``[upstreams.api]`` each. ``[[upstreams]]``
+    blocks with an id inside, as routes are written, were "must be a table/object, got
+    [...]", which named no fix and quoted the value: a consumer's key went to `gwserver
+    check` and a refused reload's log, where a consumer's own checks never show one."""
+    check = map_of(lambda item: item, key_check)
+
+    def checked(value):
+        if not isinstance(value, dict):
+            raise Invalid(f"must be a table of {kind}s by id: write each {kind} as "
+                          f"[{kind}s.ID] ([{kind}s.api], its fields inside), not as a "
+                          f"[[{kind}s]] block (the value is not shown: it may hold secrets)")
+        return check(value)
+    return checked
 
 
 SECTIONS = {"server": SERVER, "upstream_defaults": UPSTREAM_DEFAULTS, "log": LOG,
@@ -1156,10 +1179,10 @@ CONF = Schema(
     *(Field(name, schema, dict, schema.doc) for name, schema in SECTIONS.items()),
     *(Field(name, schema, None, schema.doc) for name, schema in OPTIONAL_SECTIONS.items()),
     Field("plugins", map_of(lambda c: c), dict, "plugins enabled on every route: name -> config"),
-    Field("upstreams", map_of(lambda u: u, upstream_id_string()), dict,
+    Field("upstreams", tables_by_id("upstream", upstream_id_string()), dict,
           "named upstreams that routes refer to by id"),
     Field("routes", routes_list, list, "static routes (the table when etcd is off)"),
-    Field("consumers", map_of(lambda c: c, string(CONSUMER_ID, "a consumer id")), dict,
+    Field("consumers", tables_by_id("consumer", string(CONSUMER_ID, "a consumer id")), dict,
           "named clients: credentials per auth plugin, groups, plugins (docs/consumers.md)"),
 )
 

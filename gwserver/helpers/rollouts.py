@@ -77,11 +77,14 @@ class RolloutView:
         entry = self.entries.get(route_id)
         return entry if entry is not None and entry.get("id") == ident else None
 
-    def canary_shut(self, route_id, ident):
-        """Is rollout ``ident`` of the route rolled back or aborted now (its canary gets
-        nobody)? (The steps as last read: the caller refreshes.)"""
+    def canary_shut(self, route_id):
+        """Is the route's rollout rolled back or aborted now (its canary gets nobody)? Its
+        current one, whichever placed a websocket on the canary: a route put again with new
+        steps begins a new rollout (its own id), and a websocket the one before had placed
+        there talked on to the canary when the new one was aborted. (The steps as last read:
+        the caller refreshes.)"""
         entry = self.entries.get(route_id)
-        return entry is not None and entry.get("id") == ident and not entry.get("weight")
+        return entry is not None and not entry.get("weight")
 
     def record(self, route_id, window, group, failed, seconds, bounds=()):
         """One answer of ``group``; ``bounds``: the rollout's latency gates' maxes, each

@@ -737,11 +737,10 @@ def revoked(req, routes, consumers):
 
 
 def canary_shut(req, rollouts):
-    """Why ``req`` (a websocket split sent to a rollout's canary) must end, or None: that
-    rollout is rolled back or aborted now."""
-    ident = req.var("rollout_canary")
-    if ident is not None and rollouts is not None and \
-            rollouts.canary_shut(req.route.id, ident):
+    """Why ``req`` (a websocket split sent to a rollout's canary) must end, or None: the
+    route's rollout is rolled back or aborted now (RolloutView.canary_shut)."""
+    if req.var("rollout_canary") is not None and rollouts is not None and \
+            rollouts.canary_shut(req.route.id):
         return "the rollout of its canary was rolled back or aborted"
     return None
 

@@ -298,7 +298,7 @@ class GatewayWorker(GeventWorker):
         self.orphaned = True
         log.warning("the master (pid %s) died: draining what this worker serves (up to "
                     "server.graceful_timeout, %gs), then exiting", self.ppid,
-                    self.cfg.graceful_timeout)
+                    self.conf.server["graceful_timeout"])
         self.alive = False
         for server in self.servers:
             server.close()              # (a new master may be binding these ports)
@@ -467,7 +467,11 @@ class GatewayWorker(GeventWorker):
         """
         for server in servers:
             server.close()
-        deadline = time.monotonic() + self.cfg.graceful_timeout
+        # The conf's value: gunicorn's cfg holds it rounded up to whole seconds (the master's
+        # kill comes after that, and 3 s more), and a graceful_timeout of 0.5 drained for 1 s
+        # and was logged as "(1s)", a value nobody set
+        graceful_timeout = self.conf.server["graceful_timeout"]
+        deadline = time.monotonic() + graceful_timeout
         while time.monotonic() < deadline:
             if all(server.pool.free_count() == server.pool.size for server in servers):
                 break
@@ -475,11 +479,11 @@ class GatewayWorker(GeventWorker):
             gevent.sleep(0.05)
         else:
             held = sum(server.pool.size - server.pool.free_count() for server in servers)
-            log.warning("graceful timeout (%ss): cutting off remaining connections (%d)",
-                        self.cfg.graceful_timeout, held)
+            log.warning("graceful timeout (%gs): cutting off remaining connections (%d)",
+                        graceful_timeout, held)
             why = "the master died" if self.orphaned else "the worker stopped"
             self.runtime.cut_because = (f"{why} and server.graceful_timeout "
-                                        f"({self.cfg.graceful_timeout:g}s) ran out")
+                                        f"({graceful_timeout:g}s) ran out")
             for server in servers:
                 server.stop(timeout=1)
         self.runtime.close()
