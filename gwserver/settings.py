@@ -1155,6 +1155,11 @@ def routes_list(value):
     return list_of(lambda route: route)(value)
 
 
+# What a TOML value that is no table is, named (its value may be a secret: not shown)
+VALUE_KINDS = {str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               list: "an array"}
+
+
 def tables_by_id(kind, key_check):
     """[upstreams] and [consumers]: tables by id, ``[upstreams.api]`` each. ``[[upstreams]]``
     blocks with an id inside, as routes are written, were "must be a table/object, got
@@ -1164,9 +1169,16 @@ def tables_by_id(kind, key_check):
 
     def checked(value):
         if not isinstance(value, dict):
+            # Blocks only if it is blocks: `consumers = 5` or `upstreams = []` was told "not
+            # as a [[consumers]] block", a line nobody wrote
+            if value and isinstance(value, list) and all(isinstance(i, dict) for i in value):
+                wrote = f"a [[{kind}s]] block"
+            else:
+                wrote = "an empty array" if value == [] else \
+                    VALUE_KINDS.get(type(value), "a value")
             raise Invalid(f"must be a table of {kind}s by id: write each {kind} as "
-                          f"[{kind}s.ID] ([{kind}s.api], its fields inside), not as a "
-                          f"[[{kind}s]] block (the value is not shown: it may hold secrets)")
+                          f"[{kind}s.ID] ([{kind}s.api], its fields inside), not as {wrote} "
+                          f"(the value is not shown: it may hold secrets)")
         return check(value)
     return checked
 

@@ -3,7 +3,8 @@
 Files in the host's state directory (GWSERVER_LOCAL_STATE):
 
     rollouts.json          by the helper, replaced whole when a step changes: route ->
-                           {id, window, weight, status}; workers stat it every 0.25 s at most
+                           {id, window, weight, status, group}; workers stat it every
+                           0.25 s at most
     rollout-obs/PID.json   by each worker, twice a second while it has new counts: its
                            answers per route, window and group (core.rollout.Window lists)
     rollouts-status.json   by the helper every tick: state, weights, gate verdicts, history,
@@ -77,14 +78,16 @@ class RolloutView:
         entry = self.entries.get(route_id)
         return entry if entry is not None and entry.get("id") == ident else None
 
-    def canary_shut(self, route_id):
-        """Is the route's rollout rolled back or aborted now (its canary gets nobody)? Its
-        current one, whichever placed a websocket on the canary: a route put again with new
-        steps begins a new rollout (its own id), and a websocket the one before had placed
-        there talked on to the canary when the new one was aborted. (The steps as last read:
-        the caller refreshes.)"""
+    def canary_shut(self, route_id, group):
+        """Is the route's rollout of ``group`` rolled back or aborted now (its canary gets
+        nobody)? Its current one, whichever placed a websocket on the canary: a route put
+        again with new steps begins a new rollout (its own id), and a websocket the one before
+        had placed there talked on to the canary when the new one was aborted. Of that group
+        only: a new rollout of another group left this one a baseline group, still served.
+        (The steps as last read: the caller refreshes.)"""
         entry = self.entries.get(route_id)
-        return entry is not None and not entry.get("weight")
+        return entry is not None and entry.get("group", group) == group and \
+            not entry.get("weight")
 
     def record(self, route_id, window, group, failed, seconds, bounds=()):
         """One answer of ``group``; ``bounds``: the rollout's latency gates' maxes, each
@@ -314,7 +317,8 @@ class Controller:
             state = self.step(route_id, conf, totals, (now, mono), status)
             if state is not None:
                 steps[route_id] = {"id": state.id, "window": state.window_key,
-                                   "weight": state.weight, "status": state.status}
+                                   "weight": state.weight, "status": state.status,
+                                   "group": conf["rollout"]["group"]}
         self.windows = frozenset(entry["window"] for entry in steps.values())
         data = json.dumps({"routes": steps}, sort_keys=True).encode()
         if (read_json(os.path.join(self.state_dir, STEP_FILE)) or {}).get("routes") != steps:

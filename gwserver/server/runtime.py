@@ -740,7 +740,7 @@ def canary_shut(req, rollouts):
     """Why ``req`` (a websocket split sent to a rollout's canary) must end, or None: the
     route's rollout is rolled back or aborted now (RolloutView.canary_shut)."""
     if req.var("rollout_canary") is not None and rollouts is not None and \
-            rollouts.canary_shut(req.route.id):
+            rollouts.canary_shut(req.route.id, req.var("split_group")):
         return "the rollout of its canary was rolled back or aborted"
     return None
 
