@@ -28,6 +28,8 @@ answers is computed, and the rate goes up by ``step_up`` when at least ``raise_a
 succeeded, down by ``step_down`` below ``lower_below``, within floor..ceiling. The rate is
 one per route, shared like the limit itself (Redis, or per host).
 """
+import base64
+import binascii
 import hashlib
 import logging
 import math
@@ -239,9 +241,19 @@ def _routed_host(ctx, raw):
 def _credentials(ctx, raw):
     """RFC 9110 11.1, 11.4: the scheme is case-insensitive and any run of spaces parts it
     from its credentials; jwt and basic_auth read "bearer   T" as "Bearer T", and so do
-    upstreams."""
+    upstreams. Basic credentials count as decoded: base64's last character has bits no byte
+    holds, which decoders (basic_auth's, Go's, Python's) ignore, so "dXNlcjpwYXM=" and
+    "dXNlcjpwYXN=" are one user:pas, and were four buckets (sixteen before "==")."""
     scheme, space, rest = (raw or b"").partition(b" ")
-    return scheme.lower() + b" " + rest.strip(b" \t") if space else raw
+    if not space:
+        return raw
+    scheme, rest = scheme.lower(), rest.strip(b" \t")
+    if scheme == b"basic":
+        try:
+            rest = base64.b64encode(base64.b64decode(rest, validate=True))
+        except (binascii.Error, ValueError):
+            pass            # no credentials basic_auth reads: counted as they are spelt
+    return scheme + b" " + rest
 
 
 def _client(conf, ctx):
@@ -266,9 +278,28 @@ def _one_copy(ctx, name):
     raw = ctx.header_map.get(name)
     if raw is not None and b", " in raw and \
             sum(1 for field, _ in ctx.headers if field.lower() == name) > 1:
-        raise BadRequest(f"the {name.decode('latin-1')} header comes more than once; a limit "
-                         f"keyed on it needs one")
+        raise _more_than_once(name)
+    if b"-" in name:
+        # With headers_with_underscores = "allow", X_Api_Key is HTTP_X_API_KEY to a CGI or
+        # WSGI upstream, as X-Api-Key is: a copy of it. Left out, a key sent so counted in
+        # the one bucket of requests without the header, which it spent for all of them.
+        spelt = [value for field, value in ctx.headers
+                 if _UNDERSCORE in field and field.lower().replace(b"_", b"-") == name]
+        if spelt:
+            if raw is not None or len(spelt) > 1:
+                raise _more_than_once(name)
+            raw = spelt[0]
     return raw
+
+
+# `b"_" in field` tries the needle as an integer first, raises and clears a TypeError, and
+# only then searches (~240 ns a header in CPython 3.11, against ~20 ns for the byte's value)
+_UNDERSCORE = ord("_")
+
+
+def _more_than_once(name):
+    return BadRequest(f"the {name.decode('latin-1')} header comes more than once; a limit "
+                      f"keyed on it needs one")
 
 
 def access(conf, ctx):
