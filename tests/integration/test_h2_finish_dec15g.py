@@ -34,17 +34,24 @@ def finish(conf, ctx, status):
 '''
 
 
-@pytest.fixture(scope="module")
-def reporting_gw(module_launcher, tmp_path_factory):
-    base = tmp_path_factory.mktemp("reporter")
+def reporting_gateway(launcher, base, seconds, paths, **sections):
+    """An h2c gateway whose routes (``paths``: id -> path, to an echo upstream) run the
+    reporter, its finish ``seconds`` long -> (gateway, the reports file)."""
     reports = base / "reports.txt"
     env = installed_plugin(base, "gwreporter", REPORTING_FINISH, "reporter = gwreporter\n")
-    echo = module_launcher.upstream("echo")
-    routes = [route(name, [f"/echo/{name}"], echo.url, plugins={
-        "reporter": {"seconds": 0.5, "path": str(reports)}})
-        for name in ("h1-close", "h2-close", "h2-reset")]
-    gw = module_launcher.gateway(gateway_conf(routes, http2={"h2c": True}), env=env)
-    return gw, reports
+    echo = launcher.upstream("echo")
+    routes = [route(route_id, [path], echo.url, plugins={
+        "reporter": {"seconds": seconds, "path": str(reports)}})
+        for route_id, path in paths.items()]
+    return launcher.gateway(gateway_conf(routes, http2={"h2c": True}, **sections),
+                            env=env), reports
+
+
+@pytest.fixture(scope="module")
+def reporting_gw(module_launcher, tmp_path_factory):
+    return reporting_gateway(module_launcher, tmp_path_factory.mktemp("reporter"), 0.5,
+                             {name: f"/echo/{name}" for name in
+                              ("h1-close", "h2-close", "h2-reset")})
 
 
 def reported(reports, route_id):

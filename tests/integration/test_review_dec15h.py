@@ -12,21 +12,15 @@ import time
 
 import pytest
 
-from ..conftest import gateway_conf, installed_plugin, route, stop_process
+from ..conftest import stop_process
 from ..h2client import RawH2
-from .test_h2_finish_dec15g import REPORTING_FINISH, reported
+from .test_h2_finish_dec15g import reported, reporting_gateway
 from .test_review_dec15a import rst_stream
 
 
 @pytest.fixture
 def reporting_gw(launcher, tmp_path):
-    reports = tmp_path / "reports.txt"
-    env = installed_plugin(tmp_path, "gwreporter", REPORTING_FINISH, "reporter = gwreporter\n")
-    echo = launcher.upstream("echo")
-    routes = [route("slow-report", ["/echo"], echo.url, plugins={
-        "reporter": {"seconds": 2.0, "path": str(reports)}})]
-    gw = launcher.gateway(gateway_conf(routes, http2={"h2c": True}), env=env)
-    return gw, reports
+    return reporting_gateway(launcher, tmp_path, 2.0, {"slow-report": "/echo"})
 
 
 def answered(gw, reset):

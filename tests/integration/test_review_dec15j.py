@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from ..conftest import ROOT, gateway_conf, installed_plugin, route, stop_process, wait_until
+from ..conftest import ROOT, stop_process, wait_until
 from ..h2client import RawH2
-from .test_h2_finish_dec15g import REPORTING_FINISH, reported
+from .test_h2_finish_dec15g import reported, reporting_gateway
 
 FIX = 'routes: must be a list: write each route as a [[routes]] block with its id inside'
 
@@ -51,14 +51,8 @@ def test_routes_by_name_still_told_so(tmp_path):
 
 @pytest.fixture
 def never_finishing_gw(launcher, tmp_path):
-    reports = tmp_path / "reports.txt"
-    env = installed_plugin(tmp_path, "gwreporter", REPORTING_FINISH, "reporter = gwreporter\n")
-    echo = launcher.upstream("echo")
-    routes = [route("stuck", ["/echo"], echo.url, plugins={
-        "reporter": {"seconds": 60.0, "path": str(reports)}})]
-    gw = launcher.gateway(gateway_conf(routes, server={"graceful_timeout": 1.0},
-                                       http2={"h2c": True}), env=env)
-    return gw, reports
+    return reporting_gateway(launcher, tmp_path, 60.0, {"stuck": "/echo"},
+                             server={"graceful_timeout": 1.0})
 
 
 def test_a_drain_cuts_h2_finishes_that_never_end_at_graceful_timeout(never_finishing_gw):
@@ -90,8 +84,8 @@ def test_a_canary_websocket_is_closed_when_the_rollout_that_replaced_its_own_is_
     with A's id, went on talking to it."""
     from ..etcd_sync import gwcli
     from .test_rollout_attack_dec05 import canary_keys
-    from .test_rollout_attack_dec15i import canary_websocket, echoed
-    from .test_rollouts import cli, rollout_conf, rollout_of
+    from .test_rollout_attack_dec15i import abort, echoed, websocket_on_canary
+    from .test_rollouts import rollout_conf, rollout_of
     etcd, redis = launcher.etcd(), launcher.redis()
     v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
     conf = rollout_conf(tmp_path, v1, v2, etcd, redis, workers=1, steps=[50, 100],
@@ -110,14 +104,7 @@ def test_a_canary_websocket_is_closed_when_the_rollout_that_replaced_its_own_is_
     first = rollout_of(gw)["id"]
     key = canary_keys(1, 50)[0]
 
-    def on_canary():
-        before = v2.stats()["requests"]
-        sock, head = canary_websocket(gw, key)
-        if v2.stats()["requests"] > before:
-            return sock, head
-        sock.close()
-        return None
-    sock, head = wait_until(on_canary, timeout=10)
+    sock, head = websocket_on_canary(gw, v2, key)
     try:
         assert head.startswith(b"HTTP/1.1 101"), head
         assert echoed(sock, b"before") == b"before"
@@ -125,10 +112,7 @@ def test_a_canary_websocket_is_closed_when_the_rollout_that_replaced_its_own_is_
         wait_until(lambda: rollout_of(gw).get("status") == "running" and
                    rollout_of(gw).get("weights", {}).get("canary") == 60.0, timeout=15)
         assert rollout_of(gw)["id"] != first           # a new rollout
-        done = cli(gw, "abort", "shop", "--reason", "canary is broken")
-        assert done.returncode == 0, done.stderr
-        wait_until(lambda: rollout_of(gw).get("status") == "aborted", timeout=5)
-        time.sleep(1.0)         # every worker has read the step
+        abort(gw, "canary is broken")
         resp, _ = gw.request("GET", "/shop/echo", headers={"X-User": key})
         assert resp.getheader("X-Upstream") == "v1"
         canary_before = v2.stats()["requests"]

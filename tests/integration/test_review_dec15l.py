@@ -12,7 +12,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -49,8 +48,8 @@ def test_aborting_a_new_rollout_of_another_group_leaves_a_baseline_websocket_ope
         launcher, tmp_path):
     from ..etcd_sync import gwcli
     from .test_rollout_attack_dec05 import canary_keys
-    from .test_rollout_attack_dec15i import canary_websocket, echoed
-    from .test_rollouts import cli, rollout_conf, rollout_of
+    from .test_rollout_attack_dec15i import abort, echoed, websocket_on_canary
+    from .test_rollouts import rollout_conf, rollout_of
     etcd, redis = launcher.etcd(), launcher.redis()
     v1, v2, v3 = launcher.upstream("v1"), launcher.upstream("v2"), launcher.upstream("v3")
     conf = rollout_conf(tmp_path, v1, v2, etcd, redis, workers=1, steps=[50, 100],
@@ -67,14 +66,7 @@ def test_aborting_a_new_rollout_of_another_group_leaves_a_baseline_websocket_ope
     wait_until(lambda: rollout_of(gw).get("status") == "running", timeout=15)
     key = canary_keys(1, 50)[0]
 
-    def on_canary():
-        before = v2.stats()["requests"]
-        sock, head = canary_websocket(gw, key)
-        if v2.stats()["requests"] > before:
-            return sock, head
-        sock.close()
-        return None
-    sock, head = wait_until(on_canary, timeout=10)
+    sock, head = websocket_on_canary(gw, v2, key)
     try:
         assert head.startswith(b"HTTP/1.1 101"), head
         # Put again: "canary" (v2) is now a baseline group, "next" (v3) is rolled out
@@ -85,10 +77,7 @@ def test_aborting_a_new_rollout_of_another_group_leaves_a_baseline_websocket_ope
         put(item)
         wait_until(lambda: rollout_of(gw).get("status") == "running" and
                    "next" in rollout_of(gw).get("weights", {}), timeout=15)
-        done = cli(gw, "abort", "shop", "--reason", "next is broken")
-        assert done.returncode == 0, done.stderr
-        wait_until(lambda: rollout_of(gw).get("status") == "aborted", timeout=5)
-        time.sleep(1.0)         # every worker has read the step
+        abort(gw, "next is broken")
         assert rollout_of(gw)["weights"]["canary"] > 0        # still a group that serves
         assert echoed(sock, b"after abort") == b"after abort", \
             "a websocket on a baseline group was closed as the rollout of another was aborted"

@@ -22,6 +22,27 @@ def canary_websocket(gw, key):
     return handshake(gw.port, b"/shop/ws", b"X-User: %s\r\n" % key.encode())
 
 
+def websocket_on_canary(gw, canary, key):
+    """canary_websocket, again until the canary upstream took it (a worker that had not read
+    the step yet gave it to the baseline) -> (socket, the answer's head)."""
+    def on_canary():
+        before = canary.stats()["requests"]
+        sock, head = canary_websocket(gw, key)
+        if canary.stats()["requests"] > before:
+            return sock, head
+        sock.close()
+        return None
+    return wait_until(on_canary, timeout=10)
+
+
+def abort(gw, reason):
+    """`rollouts abort shop`, and every worker has read the step (within 0.25 s)."""
+    done = cli(gw, "abort", "shop", "--reason", reason)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: rollout_of(gw).get("status") == "aborted", timeout=5)
+    time.sleep(1.0)
+
+
 def echoed(sock, data):
     """``data`` sent on the tunnel -> what came back within 2 s (b"": it was closed)."""
     try:
@@ -49,22 +70,11 @@ def test_an_aborted_canary_keeps_no_websocket(launcher, tmp_path):
     wait_until(lambda: rollout_of(gw).get("status") == "running", timeout=10)
     key = canary_keys(1, 50)[0]
 
-    def on_canary():
-        before = v2.stats()["requests"]
-        sock, head = canary_websocket(gw, key)
-        if v2.stats()["requests"] > before:
-            return sock, head
-        sock.close()        # the worker had not read the step yet: the baseline got it
-        return None
-    sock, head = wait_until(on_canary, timeout=10)
+    sock, head = websocket_on_canary(gw, v2, key)
     try:
         assert head.startswith(b"HTTP/1.1 101"), head
         assert echoed(sock, b"before") == b"before"
-        done = cli(gw, "abort", "shop", "--reason", "canary is broken")
-        assert done.returncode == 0, done.stderr
-        wait_until(lambda: rollout_of(gw).get("status") == "aborted", timeout=5)
-        # the worker reads the step within 0.25 s; a new request with that key goes to v1
-        time.sleep(1.0)
+        abort(gw, "canary is broken")
         resp, _ = gw.request("GET", "/shop/echo", headers={"X-User": key})
         assert resp.getheader("X-Upstream") == "v1"
         canary_before = v2.stats()["requests"]
