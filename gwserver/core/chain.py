@@ -277,10 +277,16 @@ class Chain:
                 raise _raised(exc, plugin, "public_query hook")
         return query
 
-    def linked_upstreams(self):
-        """Upstreams the chain's plugins may send requests to besides the route's own."""
+    def linked_upstreams(self, owner=None):
+        """Upstreams the chain's plugins may send requests to besides the route's own. With
+        ``owner`` (a compile's), a plugin's ``upstreams`` that raises is a config error
+        naming it (call_hook)."""
+        def of(plugin, conf):
+            if owner is None:
+                return plugin.upstreams(conf)
+            return call_hook(owner, plugin, "upstreams", lambda: list(plugin.upstreams(conf)))
         return [upstream for plugin, conf in self.steps if hasattr(plugin, "upstreams")
-                for upstream in plugin.upstreams(conf)]
+                for upstream in of(plugin, conf)]
 
     def check_upstream(self, owner, upstream):
         """Problems with ``upstream`` for plugins that need a protocol of it."""
