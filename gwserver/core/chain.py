@@ -38,6 +38,8 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
                                           (cors: its Vary and Access-Control-* are written
                                           after the plugins that edit the answer's headers)
     UPSTREAM_PLUGIN = True                may be set on an upstream object as well as a route
+                                          (where a split may send elsewhere, each request
+                                          runs its upstream's config: Follow)
     ROUTE_ONLY = True                     may not be a consumer's own plugin (it says what
                                           the route lets through: acl)
     UPSTREAM_PROTOCOL = "h2"              works only with an upstream of that protocol
@@ -920,3 +922,129 @@ def upstream_plugins(owner, plugins, registry):
               {"scope": "upstream"} if conf is True else conf
               for name, conf in (plugins or {}).items()}
     return build_chain(owner, scoped, None, registry).steps if scoped else ()
+
+
+# -- upstream plugins on a route that may send elsewhere (a split) ----------------------------
+
+# The hooks a followed plugin may have: each takes (conf, ctx, ...), and ctx says the upstream.
+FOLLOWED_HOOKS = ("access", "response", "finish", "upgraded", "reply")
+
+
+class FollowedConfs:
+    """The configs of one upstream plugin on a route whose plugins may send a request to
+    another upstream than the route's own: ``by_upstream`` ((Upstream, conf), ...) for the
+    linked upstreams that set the plugin themselves, ``default`` (the route's own upstream's,
+    or [plugins]', or None) for every other one."""
+    __slots__ = ("default", "by_upstream", "_by_id")
+
+    def __init__(self, default, by_upstream):
+        self.default = default
+        self.by_upstream = tuple(by_upstream)
+        self._by_id = {id(upstream): conf for upstream, conf in self.by_upstream}
+
+    def of(self, upstream):
+        return self._by_id.get(id(upstream), self.default)
+
+    def all(self):
+        """Every config, the default first when there is one."""
+        return ([self.default] if self.default is not None else []) + \
+            [conf for _, conf in self.by_upstream]
+
+
+class Follow:
+    """An upstream plugin (UPSTREAM_PLUGIN) as a route runs it when a plugin of the route (a
+    split) may send the request to another upstream: each phase runs the config of the
+    upstream the request goes to (``ctx.upstream``; the route's own until a plugin chose),
+    a FollowedConfs. Without it, a breaker set on a canary's own upstream object guarded
+    nothing: a route ran its own upstream's plugins, whichever upstream the split chose."""
+
+    def __init__(self, plugin):
+        self.plugin = plugin
+        self.NAME, self.PRIORITY, self.SCHEMA = plugin.NAME, plugin.PRIORITY, plugin.SCHEMA
+        self.RESPONSE_PRIORITY = response_priority(plugin)
+        for hook in FOLLOWED_HOOKS:
+            if hasattr(plugin, hook):
+                setattr(self, hook, _following(getattr(plugin, hook)))
+        if hasattr(plugin, "phases"):
+            self.phases = lambda confs: set().union(*(plugin.phases(c) for c in confs.all()))
+
+    def __repr__(self):
+        return f"Follow({self.NAME})"
+
+
+def _following(hook):
+    def follow(confs, ctx, *rest):
+        conf = confs.of(ctx.upstream)
+        return None if conf is None else hook(conf, ctx, *rest)
+    return follow
+
+
+_FOLLOWS = {}       # id(plugin) -> (plugin, its Follow): one each, so _SHIPPED holds it
+
+
+def follow(plugin):
+    entry = _FOLLOWS.get(id(plugin))
+    if entry is None or entry[0] is not plugin:
+        entry = _FOLLOWS[id(plugin)] = (plugin, Follow(plugin))
+        if _shipped(plugin):
+            mark_shipped(entry[1])
+    return entry[1]
+
+
+def unfollowed(plugin, conf):
+    """(plugin, conf) pairs of one chain step: a Follow's plugin with each of its configs,
+    and the upstream each is for (None: the route's own, or any without one of its own)."""
+    if isinstance(plugin, Follow):
+        pairs = [(None, conf.default)] if conf.default is not None else []
+        return [(plugin.plugin, c, upstream)
+                for upstream, c in pairs + list(conf.by_upstream)]
+    return [(plugin, conf, None)]
+
+
+def follow_linked_upstreams(owner, chain, own, route_plugins):
+    """``chain`` with the plugins set on the upstreams its plugins may send to (a split's
+    canary) in place: for each such plugin, a Follow step that runs the config of the
+    upstream a request goes to. A plugin the route configures itself is the route's, as it
+    is over its own upstream's. ConfigError for one that would run before the upstream is
+    chosen (a PRIORITY above the choosing plugin's), or has hooks no request can follow."""
+    linked = [u for u in {id(u): u for u in chain.linked_upstreams(owner)}.values()
+              if u is not own and u.plugin_steps]
+    if not linked:
+        return chain
+    chooser = max(plugin.PRIORITY for plugin, _ in chain.steps if hasattr(plugin, "upstreams"))
+    plugins, confs, problems = {}, {}, []
+    for upstream in linked:
+        for plugin, conf in upstream.plugin_steps:
+            if plugin.NAME in (route_plugins or {}):
+                continue
+            if plugin.PRIORITY >= chooser:
+                problems.append(f"{owner}: upstream {upstream.id}: plugins.{plugin.NAME} "
+                                f"(PRIORITY {plugin.PRIORITY}) would run before the route's "
+                                f"plugins choose the upstream (PRIORITY {chooser}), so it "
+                                f"could not follow their choice: set it on the route")
+                continue
+            extra = [hook for hook in ARGUMENTS if hasattr(plugin, hook) and
+                     hook not in FOLLOWED_HOOKS and hook not in ("prepare", "phases", "needs",
+                                                                "admin_view", "warnings",
+                                                                "for_consumer")]
+            if extra or getattr(plugin, "IDENTIFIES_CONSUMER", False):
+                problems.append(f"{owner}: upstream {upstream.id}: plugins.{plugin.NAME} "
+                                f"cannot follow the upstream a request is sent to (its "
+                                f"{', '.join(extra) or 'IDENTIFIES_CONSUMER'}): set it on "
+                                f"the route")
+                continue
+            plugins[plugin.NAME] = plugin
+            confs.setdefault(plugin.NAME, []).append((upstream, conf))
+    if problems:
+        raise ConfigError(problems)
+    if not confs:
+        return chain
+    steps = []
+    for plugin, conf in chain.steps:
+        if plugin.NAME in confs:
+            steps.append((follow(plugin), FollowedConfs(conf, confs.pop(plugin.NAME))))
+        else:
+            steps.append((plugin, conf))
+    steps.extend((follow(plugins[name]), FollowedConfs(None, by_upstream))
+                 for name, by_upstream in confs.items())
+    return Chain(steps)

@@ -619,7 +619,7 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
     exist but are invalid; their own problems are reported where they are checked, so a route
     that uses one is not told it is unknown. ``absent(id)``: a stand-in for an upstream id
     not defined yet (the live table's), instead of a problem."""
-    from .chain import build_chain
+    from .chain import build_chain, follow_linked_upstreams
     owner = f"route {spec['id']}"
     problems = []
     upstream = spec["upstream"]
@@ -659,6 +659,7 @@ def compile_route(spec, upstreams, defaults, server, global_plugins, registry,
             chain = link_chain(owner, chain, upstreams, defaults, registry, broken, absent,
                                from_global)
             problems.extend(linked_protocol_problems(owner, chain))
+            chain = follow_linked_upstreams(owner, chain, upstream, spec["plugins"])
         except ConfigError as exc:
             problems.extend(exc.problems)
     if not problems:        # (the plugins' configs are valid: their schemas said nothing)

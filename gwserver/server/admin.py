@@ -24,6 +24,7 @@ import time
 
 import gevent
 
+from ..core.chain import unfollowed
 from ..core.context import Reply
 from ..errors import ConfigError
 from ..redact import redact
@@ -222,8 +223,11 @@ def config_view(runtime):
 def plugin_view(runtime, plugin):
     """/admin/<plugin's ADMIN_VIEW>: the plugin's own account of its state (its
     ``admin_view`` hook), given every route that uses it, with its config there."""
-    uses = [(route, conf) for route in sorted(runtime.router.routes.values(), key=lambda r: r.id)
-            for step, conf in route.chain.steps if step is plugin]
+    # a config the route runs for a split's upstream is shown as that upstream's (Follow)
+    uses = [(route if upstream is None else dataclasses.replace(route, upstream=upstream), conf)
+            for route in sorted(runtime.router.routes.values(), key=lambda r: r.id)
+            for step, step_conf in route.chain.steps
+            for used, conf, upstream in unfollowed(step, step_conf) if used is plugin]
     return Reply.json(200, {"pid": os.getpid(), **plugin.admin_view(uses, runtime.services)})
 
 
@@ -241,7 +245,11 @@ def route_view(runtime, route_id):
         "pid": os.getpid(), "id": route.id, "source": _source(runtime, "routes", route.id),
         "spec": spec, "methods": sorted(route.methods) if route.methods else None,
         "upstream": _upstream(runtime, route.upstream, route),
-        "plugins": [_plugin(plugin, conf, configured) for plugin, conf in route.chain.steps],
+        "plugins": [_plugin(plugin, conf, configured) if upstream is None else
+                    {**_plugin(plugin, conf, _upstream_spec(runtime, upstream).get("plugins")),
+                     "upstream": upstream.id}
+                    for step, step_conf in route.chain.steps
+                    for plugin, conf, upstream in unfollowed(step, step_conf)],
         "connect_timeout": route.connect_timeout, "read_timeout": route.read_timeout,
         "max_body_size": route.max_body_size, "retry": _retry(route.retry)}))
 

@@ -3,12 +3,11 @@ and upstreams on 127.0.0.1. Each test failed before its fix: a websocket the wei
 on the canary went on talking to it after an abort or a rollback; a split naming an upstream
 with a breaker on it was refused ("unhashable type: 'dict'").
 
-Still open, marked xfail(strict=True) so that a fix flips it: a breaker set on the canary's
-own upstream object does not guard the split's requests to it."""
+A breaker set on the canary's own upstream object did not guard the split's requests to it
+(xfail until 2026-12-16's core.chain.Follow)."""
+import json
 import socket
 import time
-
-import pytest
 
 from ..conftest import check_conf, wait_until
 from .test_attack_dec10c import handshake
@@ -114,9 +113,10 @@ def test_a_rollout_may_split_to_an_upstream_with_a_breaker(launcher, tmp_path):
     assert rollout_of(gw)["history"][-1]["reason"].startswith("gate success_rate failed")
 
 
-@pytest.mark.xfail(strict=True, reason="open: the plugins of an upstream object apply to "
-                                       "the routes whose own upstream it is, not to a split's")
 def test_a_breaker_on_the_canarys_own_upstream_guards_it(launcher, tmp_path):
+    """It did not: a route ran its own upstream's plugins, whichever upstream the split
+    chose (fixed by core.chain.Follow). The baseline's requests run no breaker (v1 has
+    none), and /admin shows the canary's under its own key and upstream."""
     v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
     conf = rollout_conf(tmp_path, v1, v2, workers=1, steps=[50, 100], interval=600)
     conf["upstreams"]["v2"]["plugins"] = {"breaker": {"min_requests": 5, "open_for": 30}}
@@ -126,3 +126,13 @@ def test_a_breaker_on_the_canarys_own_upstream_guards_it(launcher, tmp_path):
     statuses = [gw.request("GET", "/shop/echo", headers={"X-AB-Group": "canary"})[0].status
                 for _ in range(20)]
     assert 503 in statuses, statuses      # 20 answers of 500: its breaker never opened
+    assert statuses[:5] == [500] * 5 and set(statuses[5:]) == {503}, statuses
+    assert gw.request("GET", "/shop/echo", headers={"X-AB-Group": "v1"})[0].status == 200
+    status, body = gw.admin_get("/admin/breakers")
+    breakers = json.loads(body)["breakers"]
+    assert list(breakers) == ["upstream:v2"], breakers
+    assert breakers["upstream:v2"]["state"] == "open" and \
+        breakers["upstream:v2"]["routes"] == ["shop"], breakers
+    status, body = gw.admin_get("/admin/routes/shop")
+    shown = [p for p in json.loads(body)["plugins"] if p["name"] == "breaker"]
+    assert [(p.get("upstream"), p["config"]["min_requests"]) for p in shown] == [("v2", 5)]
