@@ -336,6 +336,7 @@ class H2Stream(ClientConnection):
 
     def on_reset(self, code):
         self.reset_code = code
+        self.hung_up = True         # the client ended the stream (its reset, its close)
         self.window_opened()
         if self.wake is not None:
             self.wake.set()

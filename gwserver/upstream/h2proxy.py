@@ -352,6 +352,10 @@ class H2Forwarder:
             Exchange(stream, sender).close()
             if not isinstance(exc, NOT_SENT) and not getattr(exc, "unsent", False):
                 req.attempts += 1   # it reached the upstream: a try, answered or not
+            if client.hung_up:
+                # the client left: how long the upstream had it (as proxy.attempt keeps it)
+                req.vars["abandoned_wait"] = \
+                    time.monotonic() - started - (client.body_waited - waited)
             if isinstance(exc, Exception):
                 # Its hang-up ended the wait (await_head): no failure of the upstream's to
                 # count, retry or break on.

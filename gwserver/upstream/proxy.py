@@ -1154,10 +1154,15 @@ class Proxy:
         ex.waiting_client = client      # for the head's wait alone (find_hangups)
         try:
             self.read_head(ex, route.read_timeout, policy.per_try_timeout, since)
-        except Exception:
-            # Its hang-up ended the wait (find_hangups): no failure of the upstream's to
-            # count, retry or break on.
-            client.raise_if_hung_up()
+        except BaseException as exc:
+            if client.hung_up:
+                # the client left (an HTTP/2 stream's reset kills its greenlet): how long
+                # the upstream had the request, for a rollout's gates (abandoned_after)
+                req.vars["abandoned_wait"] = time.monotonic() - started
+            if isinstance(exc, Exception):
+                # Its hang-up ended the wait (find_hangups): no failure of the upstream's
+                # to count, retry or break on.
+                client.raise_if_hung_up()
             raise
         finally:
             ex.waiting_client = None
