@@ -23,7 +23,9 @@ Optional hooks, each for one thing the core would otherwise have to know a plugi
     upstream_refs(conf) -> {upstream id}  ... and say which (etcd follows them)
     upstreams(conf) -> [Upstream]         the compiled upstreams it may send to (pools kept)
     admin_view(uses, services) -> dict   its state at /admin/<ADMIN_VIEW>; ``uses`` holds
-                                          (route, conf) for every route that runs it
+                                          (route, conf) for every route that runs it (an
+                                          upstream plugin's beside a split: once for each
+                                          upstream a config serves, as route.upstream)
     reply(conf, ctx, head) -> None        edit the head of an answer the gateway writes itself
                                           (a plugin's Reply or an error), as ``response`` does
                                           for upstream answers
@@ -918,10 +920,17 @@ def upstream_plugins(owner, plugins, registry):
                             f"(upstream plugins: {', '.join(allowed) or 'none'})")
     if problems:
         raise ConfigError(problems)
-    scoped = {name: dict(conf, scope="upstream") if isinstance(conf, dict) else
-              {"scope": "upstream"} if conf is True else conf
-              for name, conf in (plugins or {}).items()}
+    scoped = upstream_scoped(plugins)
     return build_chain(owner, scoped, None, registry).steps if scoped else ()
+
+
+def upstream_scoped(plugins):
+    """The plugins written on an upstream object as they run there: keyed by the upstream
+    (``scope = "upstream"``). The admin views show them so: as written, an upstream's
+    breaker was shown with "scope": "route", keyed as it is not."""
+    return {name: dict(conf, scope="upstream") if isinstance(conf, dict) else
+            {"scope": "upstream"} if conf is True else conf
+            for name, conf in (plugins or {}).items()}
 
 
 # -- upstream plugins on a route that may send elsewhere (a split) ----------------------------
@@ -934,16 +943,27 @@ class FollowedConfs:
     """The configs of one upstream plugin on a route whose plugins may send a request to
     another upstream than the route's own: ``by_upstream`` ((Upstream, conf), ...) for the
     linked upstreams that set the plugin themselves, ``default`` (the route's own upstream's,
-    or [plugins]', or None) for every other one."""
-    __slots__ = ("default", "by_upstream", "_by_id")
+    or [plugins]', or None) for every other one. ``phases``: the plugin's hook, when it has
+    one (a config runs only the phases it names)."""
+    __slots__ = ("default", "by_upstream", "_by_id", "_left_out")
 
-    def __init__(self, default, by_upstream):
+    def __init__(self, default, by_upstream, phases=None):
         self.default = default
         self.by_upstream = tuple(by_upstream)
         self._by_id = {id(upstream): conf for upstream, conf in self.by_upstream}
+        # id(conf) -> the phases its phases() leaves out: the chain runs a phase when one
+        # config needs it, and the others' were called all the same (a plugin's 500 on
+        # every request sent to an upstream whose config had no use for its response)
+        self._left_out = {} if phases is None else {
+            id(conf): frozenset(PHASES).difference(phases(conf)) for conf in self.all()}
 
-    def of(self, upstream):
-        return self._by_id.get(id(upstream), self.default)
+    def of(self, upstream, phase=None):
+        """The config for a request sent to ``upstream``; None when there is none, or
+        when it leaves ``phase`` out."""
+        conf = self._by_id.get(id(upstream), self.default)
+        if conf is not None and phase in self._left_out.get(id(conf), ()):
+            return None
+        return conf
 
     def all(self):
         """Every config, the default first when there is one."""
@@ -964,7 +984,7 @@ class Follow:
         self.RESPONSE_PRIORITY = response_priority(plugin)
         for hook in FOLLOWED_HOOKS:
             if hasattr(plugin, hook):
-                setattr(self, hook, _following(getattr(plugin, hook)))
+                setattr(self, hook, _following(hook, getattr(plugin, hook)))
         if hasattr(plugin, "phases"):
             self.phases = lambda confs: set().union(*(plugin.phases(c) for c in confs.all()))
 
@@ -972,9 +992,9 @@ class Follow:
         return f"Follow({self.NAME})"
 
 
-def _following(hook):
+def _following(name, hook):
     def follow(confs, ctx, *rest):
-        conf = confs.of(ctx.upstream)
+        conf = confs.of(ctx.upstream, name)
         return None if conf is None else hook(conf, ctx, *rest)
     return follow
 
@@ -1042,9 +1062,11 @@ def follow_linked_upstreams(owner, chain, own, route_plugins):
     steps = []
     for plugin, conf in chain.steps:
         if plugin.NAME in confs:
-            steps.append((follow(plugin), FollowedConfs(conf, confs.pop(plugin.NAME))))
+            steps.append((follow(plugin), FollowedConfs(conf, confs.pop(plugin.NAME),
+                                                        getattr(plugin, "phases", None))))
         else:
             steps.append((plugin, conf))
-    steps.extend((follow(plugins[name]), FollowedConfs(None, by_upstream))
+    steps.extend((follow(plugins[name]), FollowedConfs(None, by_upstream,
+                                                       getattr(plugins[name], "phases", None)))
                  for name, by_upstream in confs.items())
     return Chain(steps)

@@ -201,7 +201,8 @@ def admin_view(uses, services):
             entry = breakers[key] = {"routes": [], "config": {
                 k: sorted(v) if isinstance(v, frozenset) else v for k, v in conf.items()}}
             entry.update(_breaker_state(services, key))
-        entry["routes"].append(route.id)
+        if route.id not in entry["routes"]:     # (once for each upstream its split sends to)
+            entry["routes"].append(route.id)
     shared = services.limit_store is not services.local_store
     return {"store": "redis" if shared else "per host", "breakers": breakers}
 

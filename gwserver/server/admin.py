@@ -24,7 +24,7 @@ import time
 
 import gevent
 
-from ..core.chain import unfollowed
+from ..core.chain import unfollowed, upstream_scoped
 from ..core.context import Reply
 from ..errors import ConfigError
 from ..redact import redact
@@ -227,8 +227,22 @@ def plugin_view(runtime, plugin):
     uses = [(route if upstream is None else dataclasses.replace(route, upstream=upstream), conf)
             for route in sorted(runtime.router.routes.values(), key=lambda r: r.id)
             for step, step_conf in route.chain.steps
-            for used, conf, upstream in unfollowed(step, step_conf) if used is plugin]
+            for used, conf, upstream in _served(route, step, step_conf) if used is plugin]
     return Reply.json(200, {"pid": os.getpid(), **plugin.admin_view(uses, runtime.services)})
+
+
+def _served(route, step, step_conf):
+    """unfollowed(step, step_conf), and an upstream plugin's config of the route's own also
+    for each upstream its split sends to that sets none of its own: that config runs there,
+    keyed on that upstream (a breaker with scope upstream). Left out, /admin/breakers had no
+    word of the breaker its clients were refused by ("breaker upstream:v3 is open")."""
+    served = unfollowed(step, step_conf)
+    own = [entry for entry in served if entry[2] is None]
+    if not own or not getattr(own[0][0], "UPSTREAM_PLUGIN", False):
+        return served
+    covered = {id(upstream) for _, _, upstream in served} | {id(route.upstream)}
+    linked = {id(u): u for u in route.chain.linked_upstreams() if id(u) not in covered}
+    return served + [(own[0][0], own[0][1], upstream) for upstream in linked.values()]
 
 
 # -- one route or upstream as compiled, and where it came from --------------------------------
@@ -238,15 +252,16 @@ def route_view(runtime, route_id):
     if route is None:
         return _not_found("route", route_id)
     spec = {k: v for k, v in route.spec.items() if k not in ("upstream", "plugins")}
-    configured = {**(runtime.conf.plugins or {}),
-                  **(_upstream_spec(runtime, route.upstream, route).get("plugins") or {}),
+    own = _upstream_spec(runtime, route.upstream, route).get("plugins")
+    configured = {**(runtime.conf.plugins or {}), **upstream_scoped(own),
                   **(route.spec.get("plugins") or {})}
     return Reply.json(200, redact({
         "pid": os.getpid(), "id": route.id, "source": _source(runtime, "routes", route.id),
         "spec": spec, "methods": sorted(route.methods) if route.methods else None,
         "upstream": _upstream(runtime, route.upstream, route),
         "plugins": [_plugin(plugin, conf, configured) if upstream is None else
-                    {**_plugin(plugin, conf, _upstream_spec(runtime, upstream).get("plugins")),
+                    {**_plugin(plugin, conf,
+                               upstream_scoped(_upstream_spec(runtime, upstream).get("plugins"))),
                      "upstream": upstream.id}
                     for step, step_conf in route.chain.steps
                     for plugin, conf, upstream in unfollowed(step, step_conf)],
@@ -258,10 +273,13 @@ def upstream_view(runtime, upstream_id):
     upstream = None
     if runtime.table is not None:
         upstream = runtime.table.upstreams.get(upstream_id)
-    users = sorted(r.id for r in runtime.router.routes.values()
-                   if r.upstream.id == upstream_id)
+    # the routes that send to it: as their own upstream, or through a plugin (a split's
+    # canary), as /admin/upstreams counts them; one only a split named was a 404
+    sending = {r.id: u for r in runtime.router.routes.values()
+               for u in (r.upstream, *r.chain.linked_upstreams()) if u.id == upstream_id}
+    users = sorted(sending)
     if upstream is None and users:
-        upstream = runtime.router.routes[users[0]].upstream
+        upstream = sending[users[0]]
     if upstream is None:
         return _not_found("upstream", upstream_id)
     route = runtime.router.routes[users[0]] if users else None
@@ -280,7 +298,9 @@ def _upstream_spec(runtime, upstream, route=None):
     named = runtime.conf.static_upstreams or {}
     if upstream.id in named:
         return named[upstream.id] or {}
-    inline = (route.spec or {}).get("upstream") if route is not None else None
+    # (the route's own: a split's inline upstream is not the one its route spec holds)
+    inline = (route.spec or {}).get("upstream") \
+        if route is not None and route.upstream.id == upstream.id else None
     return inline if isinstance(inline, dict) else {}
 
 
@@ -293,7 +313,7 @@ def _retry(policy):
 
 
 def _upstream(runtime, upstream, route=None):
-    configured = _upstream_spec(runtime, upstream, route).get("plugins") or {}
+    configured = upstream_scoped(_upstream_spec(runtime, upstream, route).get("plugins"))
     out = {}
     for field in dataclasses.fields(upstream):
         value = getattr(upstream, field.name)
