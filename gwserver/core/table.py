@@ -33,6 +33,7 @@ import socket
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from ..files import accepted_before
 from .consumers import CredentialTaken, Directory, compile_consumer
 from .router import Router, unused
 from .routes import (ROUTE, TARGET, UPSTREAM, check_path, compile_route, make_target,
@@ -329,6 +330,8 @@ class LiveTable:
         self.fence_specs = {}       # refused new route id -> (version, fence spec) (_fence)
         self._conflicted = set()    # route ids refused only for a path another route held
         self._retrying = False
+        self._unfit = set()         # upstream ids refused only as routes using them could not
+        self._retrying_unfit = False    # take them (_put_upstream, _retry_unfit)
         # "routes/ID", "upstreams/ID" refused over tls files -> those files' stamps then; kept
         # by the sync process (retries_files), not by a CLI's table, which writes nothing
         self.retries_files = False
@@ -585,8 +588,11 @@ class LiveTable:
     # -- single items --------------------------------------------------------------------------
 
     def put_route(self, route_id, raw, version=0):
-        return self._noting_files(f"routes/{route_id}", self._put_route, route_id, raw,
-                                  version)
+        accepted = self._noting_files(f"routes/{route_id}", self._put_route, route_id, raw,
+                                      version)
+        if accepted:
+            self._retry_unfit()             # it may take an upstream it could not before
+        return accepted
 
     def _put_route(self, route_id, raw, version):
         key = f"routes/{route_id}"
@@ -659,6 +665,7 @@ class LiveTable:
             self.fence_specs.pop(route_id, None)
             self.router.remove(route_id)
         self._retry_conflicted()
+        self._retry_unfit()
 
     def put_upstream(self, upstream_id, raw, version=0):
         return self._noting_files(f"upstreams/{upstream_id}", self._put_upstream,
@@ -667,6 +674,8 @@ class LiveTable:
     def _put_upstream(self, upstream_id, raw, version):
         key = f"upstreams/{upstream_id}"
         self.wanted_upstreams[upstream_id] = (version, raw)
+        self._unfit.discard(upstream_id)
+        served = self.upstreams.get(upstream_id), self.upstream_specs.get(upstream_id)
         try:
             if upstream_id in self.static_upstreams:
                 raise ConfigError(f"upstream {upstream_id}: the id is taken by a static upstream "
@@ -680,6 +689,18 @@ class LiveTable:
             self._serve_upstream(upstream_id, version, written)
         except Exception as exc:        # noqa: BLE001 - see _reject
             return self._reject(key, exc, upstream_id in self.upstream_specs)
+        unfit = self._recompile_users(upstream_id)
+        if unfit:
+            # Refused, as a bad update is: accepted, the routes kept their previous version
+            # where they were compiled, but a worker started after (a reload's, a dead one's
+            # replacement) compiled the route published with this upstream, failed, and
+            # answered 503 for all its paths. Tried again when a route changes (_retry_unfit).
+            self._unserve_upstream(upstream_id, *served)
+            self._recompile_users(upstream_id)
+            self._unfit.add(upstream_id)
+            return self._reject(key, ConfigError(
+                [f"upstream {upstream_id}: a route that uses it cannot take it: {problem}"
+                 for problem in unfit]), upstream_id in self.upstream_specs)
         if written.get("service"):
             self.followers[upstream_id] = (version, written)
         else:
@@ -689,12 +710,20 @@ class LiveTable:
         else:
             self.service_targets.pop(upstream_id, None)
         self.rejected.pop(key, None)
-        self._recompile_users(upstream_id)
         return True
+
+    def _unserve_upstream(self, upstream_id, upstream, spec):
+        """Serve ``upstream`` (its ``spec``) again, as before a put; None: none was."""
+        if upstream is None:
+            self.upstreams.pop(upstream_id, None)
+            self.upstream_specs.pop(upstream_id, None)
+        else:
+            self.upstreams[upstream_id], self.upstream_specs[upstream_id] = upstream, spec
 
     def delete_upstream(self, upstream_id):
         self.wanted_upstreams.pop(upstream_id, None)
         self.rejected.pop(f"upstreams/{upstream_id}", None)
+        self._unfit.discard(upstream_id)
         if upstream_id not in self.upstream_specs:
             return
         # Routes that use it answer 503 until it is back (a stand-in), as on a host that
@@ -998,8 +1027,26 @@ class LiveTable:
         finally:
             self._retrying = False
 
+    def _retry_unfit(self):
+        """An upstream refused as routes that use it could not take it is tried again
+        whenever a route changes or goes: the change that lets them take it (grpc_web taken
+        off the route, for an upstream put without protocol = "h2") may come after it."""
+        if self._retrying_unfit or not self._unfit:
+            return
+        self._retrying_unfit = True
+        try:
+            for upstream_id in list(self._unfit):
+                if upstream_id in self._unfit and upstream_id in self.wanted_upstreams:
+                    version, raw = self.wanted_upstreams[upstream_id]
+                    self.put_upstream(upstream_id, raw, version)
+        finally:
+            self._retrying_unfit = False
+
     def _recompile_users(self, upstream_id):
-        """Routes that use, or wait for, this upstream pick up its new version."""
+        """Routes that use, or wait for, this upstream pick up its new version. -> the
+        problems of the routes served that cannot: their version served, compiled with it
+        (a published route a worker could not compile), for _put_upstream to refuse it."""
+        unfit = []
         for route_id, (version, raw) in list(self.wanted_routes.items()):
             served = self.route_specs.get(route_id)
             try:
@@ -1008,8 +1055,15 @@ class LiveTable:
             except ConfigError:
                 uses = True     # put again: refused naming the plugin, never out of the sync
             waits = f"routes/{route_id}" in self.rejected
-            if uses or waits:
-                self.put_route(route_id, raw, version)
+            if not (uses or waits) or self.put_route(route_id, raw, version) or \
+                    route_id not in self.route_specs:
+                continue
+            try:        # (refused: its own version may be what is wrong, not the upstream)
+                with accepted_before():     # as a worker compiles it: its tls files unread
+                    self._compile_route(self.route_specs[route_id][1])
+            except Exception as exc:        # noqa: BLE001 - as put_route's compile
+                unfit.extend(ConfigError.of(exc).problems)
+        return unfit
 
 
 def _file_stamps(paths):
