@@ -210,14 +210,16 @@ class ScriptedH2Upstream(H2cUpstream):
     - at the request's head, before its body: "refuse" (RST_STREAM REFUSED_STREAM),
       "reset-at-head" (RST_STREAM INTERNAL_ERROR 0.2 s later), "early-413" (413 "too big!",
       then RST_STREAM NO_ERROR, as RFC 9113 8.1 allows)
-    ``window``: the INITIAL_WINDOW_SIZE it grants; ``ack``: whether it opens the windows of
+    ``window``: the INITIAL_WINDOW_SIZE it grants; ``max_streams``: the
+    MAX_CONCURRENT_STREAMS it allows; ``ack``: whether it opens the windows of
     the body it reads again. ``requests`` counts the requests it acted on; ``heads`` holds
     each request's header fields (a dict)."""
     AT_HEAD = ("refuse", "reset-at-head", "early-413", "message-then-wait")
 
-    def __init__(self, name, behaviour, delay=3.0, window=None, ack=True, port=0):
+    def __init__(self, name, behaviour, delay=3.0, window=None, ack=True, port=0,
+                 max_streams=None):
         self.name, self.behaviour, self.delay = name, behaviour, delay
-        self.window, self.ack = window, ack
+        self.window, self.ack, self.max_streams = window, ack, max_streams
         self.requests, self.heads = 0, []
         super().__init__(port)
 
@@ -227,6 +229,9 @@ class ScriptedH2Upstream(H2cUpstream):
         conn.initiate_connection()
         if self.window is not None:
             conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.window})
+        if self.max_streams is not None:
+            conn.update_settings(
+                {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         lock = threading.Lock()
         sizes = {}
 

@@ -110,13 +110,14 @@ ROLLOUT = Schema(
           "canary answers in a step before any gate may pass (or fail)"),
     Field("gates", list_of(GATE), list, "all must hold for a step to advance"),
     Field("failure_statuses", list_of(status_code), lambda: [500, 502, 503, 504],
-          "statuses counted as failures (the gateway's own 502 and 504 always are)"),
+          "statuses counted as failures (the gateway's own 502 and 504 always are, but "
+          "for a gRPC call's own deadline: see abandoned_after)"),
     Field("on_failure", one_of("rollback", "pause"), "rollback",
           "at the first failed gate: weight 0, or hold the weight and wait for an operator"),
     Field("abandoned_after", duration, None,
-          "a request whose client left after the upstream had it this long without an "
-          "answer counts as that group's failure (default: not counted; never set it on "
-          "long-poll routes)"),
+          "a request whose client left (or whose gRPC grpc-timeout ran out) after the "
+          "upstream had it this long without an answer counts as that group's failure "
+          "(default: not counted; never set it on long-poll routes)"),
     Field("id", string(r"[A-Za-z0-9_.:-]{1,64}", "a rollout id"), None,
           "names the rollout; a new id starts over (default: derived from the canary's "
           "upstream, an inline one as written, and the steps)"),
@@ -360,18 +361,20 @@ def finish(conf, ctx, status):
     """Count the answer for the rollout's gates: its group, failed or not, and how long the
     upstream took to answer (request sent to answer head: a slow client's upload or download
     is no latency of the canary's). Only the upstream decides: an answer the gateway made
-    itself, or one whose client left (but after ``abandoned_after``), is not counted, but
-    for the refusal of a breaker open
-    on the chosen upstream (``upstream_refused``): its failures opened it, and uncounted, a
-    broken canary behind one never reached ``min_requests`` and was never rolled back."""
+    itself, or one whose client left or whose gRPC deadline ran out (but after
+    ``abandoned_after``), is not counted, but for the refusal of a breaker open on the
+    chosen upstream (``upstream_refused``): its failures opened it, and uncounted, a broken
+    canary behind one never reached ``min_requests`` and was never rolled back."""
     window = ctx.var("rollout")
     if window is None:
         return
-    if status == 0:
-        # The client left. Uncounted, a canary that answered nobody (hung) was neither
-        # promoted nor rolled back while its clients gave up before read_timeout: the
-        # step held its share of users for good. Counted once the upstream had the request
-        # abandoned_after: a client leaving sooner says nothing of the upstream.
+    if status == 0 or ctx.var("grpc_deadline_hit"):
+        # The client left, or its gRPC call's grpc-timeout ran out: the client's patience,
+        # said in the call (counted as the upstream's failure, a client's 1 ms deadlines
+        # rolled a healthy canary back). Uncounted, a canary that answered nobody (hung) was
+        # neither promoted nor rolled back while its clients gave up before read_timeout:
+        # the step held its share of users for good. Counted once the upstream had the
+        # request abandoned_after: a client leaving sooner says nothing of the upstream.
         waited = ctx.var("abandoned_wait")
         limit = conf["rollout"]["abandoned_after"]
         if waited is not None and limit is not None and waited >= limit:

@@ -381,13 +381,16 @@ class _UpstreamH2(h2.connection.H2Connection):
 
 class _Stream:
     __slots__ = ("events", "window_open", "ended_by", "sent_at", "pending", "awaiting_client",
-                 "unread")
+                 "unread", "opened")
 
     def __init__(self):
         self.events = gevent.queue.Queue()
         self.window_open = gevent.event.Event()
         self.ended_by = None        # the error its end put on events, for a sender to raise
         self.sent_at = 0.0          # time.monotonic() of the last piece of body sent
+        # time.monotonic() its head went out: the upstream has the request from then (the
+        # wait for a free stream of the connection before it is the gateway's)
+        self.opened = 0.0
         self.pending = 0            # body bytes to send while waiting for the connection's window
         # The sender waits for the client's next piece of body: the client's time, bounded
         # by client_body_timeout, not the upstream's (StreamResponse._next)
@@ -800,6 +803,7 @@ class H2Connection:
                     self.streams[stream_id] = stream
                     self.conn.send_headers(stream_id, headers,
                                            end_stream=not body and not more)
+                    stream.opened = time.monotonic()
                     if body and len(body) <= min(
                             self.conn.local_flow_control_window(stream_id),
                             self.conn.max_outbound_frame_size):

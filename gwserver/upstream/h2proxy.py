@@ -310,6 +310,7 @@ class H2Forwarder:
                     stream = connection.request(
                         headers, body, per_try_timeout if per_try_timeout and not more
                         else route.read_timeout, more, deadline, self.proxy.pool_timeout)
+                    opened_waited = client.body_waited  # (no sender yet: none after the head)
                     if more:
                         sender = gevent.spawn(self.send_body, client, req, route,
                                               connection, stream, taken)
@@ -352,10 +353,14 @@ class H2Forwarder:
             Exchange(stream, sender).close()
             if not isinstance(exc, NOT_SENT) and not getattr(exc, "unsent", False):
                 req.attempts += 1   # it reached the upstream: a try, answered or not
-            if client.hung_up:
-                # the client left: how long the upstream had it (as proxy.attempt keeps it)
-                req.vars["abandoned_wait"] = \
-                    time.monotonic() - started - (client.body_waited - waited)
+            if stream is not None and (client.hung_up or getattr(exc, "deadline_hit", False)):
+                # The client left, or the call's grpc-timeout (its patience) ran out: how long
+                # the upstream had it (as proxy.attempt keeps it), from its stream's head. A
+                # wait for a free stream before (the upstream's SETTINGS_MAX_CONCURRENT_STREAMS,
+                # a new connection's SETTINGS) is the gateway's queue, as a full pool's is:
+                # counted, a client that left a request queued so failed a healthy canary.
+                req.vars["abandoned_wait"] = time.monotonic() - stream.stream.opened - \
+                    (client.body_waited - opened_waited)
             if isinstance(exc, Exception):
                 # Its hang-up ended the wait (await_head): no failure of the upstream's to
                 # count, retry or break on.
