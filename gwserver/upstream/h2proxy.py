@@ -214,8 +214,11 @@ class H2Forwarder:
                     raise
                 except (UpstreamTimeout, StreamBroken) as exc:
                     if getattr(exc, "deadline_hit", False):
-                        req.vars["grpc_deadline_hit"] = True    # the call's own bound
-                        raise
+                        # the call's own bound, the client's patience: no failure of the
+                        # upstream's for a breaker or an adaptive limit either (a client's
+                        # 1 ms deadlines opened a healthy upstream's breaker for everyone)
+                        req.vars["grpc_deadline_hit"] = True
+                        raise client_side(exc)
                     if exc.client_side:
                         raise
                     proxy.book_failure(upstream, target)
@@ -273,6 +276,7 @@ class H2Forwarder:
                 except (UpstreamError, UpstreamTimeout) as exc:
                     if getattr(exc, "deadline_hit", False):
                         req.vars["grpc_deadline_hit"] = True
+                        client_side(exc)        # (as above)
                     elif not exc.client_side:   # (h2client._shed)
                         proxy.book_failure(upstream, target)
                     raise
