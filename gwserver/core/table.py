@@ -330,8 +330,9 @@ class LiveTable:
         self.fence_specs = {}       # refused new route id -> (version, fence spec) (_fence)
         self._conflicted = set()    # route ids refused only for a path another route held
         self._retrying = False
-        self._unfit = set()         # upstream ids refused only as routes using them could not
-        self._retrying_unfit = False    # take them (_put_upstream, _retry_unfit)
+        # upstream id refused only as routes using it could not take it -> those route ids
+        self._unfit = {}            # (_put_upstream, _retry_unfit)
+        self._retrying_unfit = False
         # "routes/ID", "upstreams/ID" refused over tls files -> those files' stamps then; kept
         # by the sync process (retries_files), not by a CLI's table, which writes nothing
         self.retries_files = False
@@ -591,7 +592,7 @@ class LiveTable:
         accepted = self._noting_files(f"routes/{route_id}", self._put_route, route_id, raw,
                                       version)
         if accepted:
-            self._retry_unfit()             # it may take an upstream it could not before
+            self._retry_unfit(route_id)     # it may take an upstream it could not before
         return accepted
 
     def _put_route(self, route_id, raw, version):
@@ -665,7 +666,7 @@ class LiveTable:
             self.fence_specs.pop(route_id, None)
             self.router.remove(route_id)
         self._retry_conflicted()
-        self._retry_unfit()
+        self._retry_unfit(route_id)
 
     def put_upstream(self, upstream_id, raw, version=0):
         return self._noting_files(f"upstreams/{upstream_id}", self._put_upstream,
@@ -674,7 +675,7 @@ class LiveTable:
     def _put_upstream(self, upstream_id, raw, version):
         key = f"upstreams/{upstream_id}"
         self.wanted_upstreams[upstream_id] = (version, raw)
-        self._unfit.discard(upstream_id)
+        self._unfit.pop(upstream_id, None)
         served = self.upstreams.get(upstream_id), self.upstream_specs.get(upstream_id)
         try:
             if upstream_id in self.static_upstreams:
@@ -694,13 +695,15 @@ class LiveTable:
             # Refused, as a bad update is: accepted, the routes kept their previous version
             # where they were compiled, but a worker started after (a reload's, a dead one's
             # replacement) compiled the route published with this upstream, failed, and
-            # answered 503 for all its paths. Tried again when a route changes (_retry_unfit).
+            # answered 503 for all its paths. Tried again when one of them changes
+            # (_retry_unfit).
             self._unserve_upstream(upstream_id, *served)
             self._recompile_users(upstream_id)
-            self._unfit.add(upstream_id)
+            self._unfit[upstream_id] = frozenset(unfit)
             return self._reject(key, ConfigError(
                 [f"upstream {upstream_id}: a route that uses it cannot take it: {problem}"
-                 for problem in unfit]), upstream_id in self.upstream_specs)
+                 for problems in unfit.values() for problem in problems]),
+                upstream_id in self.upstream_specs)
         if written.get("service"):
             self.followers[upstream_id] = (version, written)
         else:
@@ -723,7 +726,7 @@ class LiveTable:
     def delete_upstream(self, upstream_id):
         self.wanted_upstreams.pop(upstream_id, None)
         self.rejected.pop(f"upstreams/{upstream_id}", None)
-        self._unfit.discard(upstream_id)
+        self._unfit.pop(upstream_id, None)
         if upstream_id not in self.upstream_specs:
             return
         # Routes that use it answer 503 until it is back (a stand-in), as on a host that
@@ -1027,11 +1030,15 @@ class LiveTable:
         finally:
             self._retrying = False
 
-    def _retry_unfit(self):
+    def _retry_unfit(self, route_id):
         """An upstream refused as routes that use it could not take it is tried again
-        whenever a route changes or goes: the change that lets them take it (grpc_web taken
-        off the route, for an upstream put without protocol = "h2") may come after it."""
-        if self._retrying_unfit or not self._unfit:
+        whenever one of those routes changes or goes: the change that lets them take it
+        (grpc_web taken off the route, for an upstream put without protocol = "h2") may
+        come after it. Only then: no other change lets it in, and tried at every route's,
+        each try reading every route's upstreams, N route puts cost N x N (a sync process's
+        restart puts them all: minutes for 10,000, publishing nothing)."""
+        if self._retrying_unfit or not any(route_id in routes for routes in
+                                           self._unfit.values()):
             return
         self._retrying_unfit = True
         try:
@@ -1043,10 +1050,10 @@ class LiveTable:
             self._retrying_unfit = False
 
     def _recompile_users(self, upstream_id):
-        """Routes that use, or wait for, this upstream pick up its new version. -> the
-        problems of the routes served that cannot: their version served, compiled with it
+        """Routes that use, or wait for, this upstream pick up its new version. -> {route id:
+        problems} of the routes served that cannot: their version served, compiled with it
         (a published route a worker could not compile), for _put_upstream to refuse it."""
-        unfit = []
+        unfit = {}
         for route_id, (version, raw) in list(self.wanted_routes.items()):
             served = self.route_specs.get(route_id)
             try:
@@ -1062,7 +1069,7 @@ class LiveTable:
                 with accepted_before():     # as a worker compiles it: its tls files unread
                     self._compile_route(self.route_specs[route_id][1])
             except Exception as exc:        # noqa: BLE001 - as put_route's compile
-                unfit.extend(ConfigError.of(exc).problems)
+                unfit[route_id] = ConfigError.of(exc).problems
         return unfit
 
 
