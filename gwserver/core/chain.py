@@ -937,25 +937,29 @@ def upstream_scoped(plugins):
 
 # The hooks a followed plugin may have: each takes (conf, ctx, ...), and ctx says the upstream.
 FOLLOWED_HOOKS = ("access", "response", "finish", "upgraded", "reply")
+# ... and those it may have besides: called at compile time on the upstream's own config
+# (prepare, phases, needs, warnings), on the module (admin_view), or for a consumer's own
+# chain (for_consumer), never with a request whose upstream would choose the config.
+UNFOLLOWED_HOOKS = ("prepare", "phases", "needs", "warnings", "admin_view", "for_consumer")
 
 
 class FollowedConfs:
     """The configs of one upstream plugin on a route whose plugins may send a request to
     another upstream than the route's own: ``by_upstream`` ((Upstream, conf), ...) for the
     linked upstreams that set the plugin themselves, ``default`` (the route's own upstream's,
-    or [plugins]', or None) for every other one. ``phases``: the plugin's hook, when it has
-    one (a config runs only the phases it names)."""
+    or [plugins]', or None) for every other one. ``phases_of``: the plugin's ``phases``
+    hook, when it has one (a config runs only the phases it names)."""
     __slots__ = ("default", "by_upstream", "_by_id", "_left_out")
 
-    def __init__(self, default, by_upstream, phases=None):
+    def __init__(self, default, by_upstream, phases_of=None):
         self.default = default
         self.by_upstream = tuple(by_upstream)
         self._by_id = {id(upstream): conf for upstream, conf in self.by_upstream}
         # id(conf) -> the phases its phases() leaves out: the chain runs a phase when one
         # config needs it, and the others' were called all the same (a plugin's 500 on
         # every request sent to an upstream whose config had no use for its response)
-        self._left_out = {} if phases is None else {
-            id(conf): frozenset(PHASES).difference(phases(conf)) for conf in self.all()}
+        self._left_out = {} if phases_of is None else {
+            id(conf): frozenset(PHASES).difference(phases_of(conf)) for conf in self.all()}
 
     def of(self, upstream, phase=None):
         """The config for a request sent to ``upstream``; None when there is none, or
@@ -993,10 +997,11 @@ class Follow:
 
 
 def _following(name, hook):
-    def follow(confs, ctx, *rest):
+    """``hook`` (the plugin's ``name`` phase or hook) called with the request's config."""
+    def run_for_upstream(confs, ctx, *rest):
         conf = confs.of(ctx.upstream, name)
         return None if conf is None else hook(conf, ctx, *rest)
-    return follow
+    return run_for_upstream
 
 
 _FOLLOWS = {}       # id(plugin) -> (plugin, its Follow): one each, so _SHIPPED holds it
@@ -1044,14 +1049,14 @@ def follow_linked_upstreams(owner, chain, own, route_plugins):
                                 f"could not follow their choice: set it on the route")
                 continue
             extra = [hook for hook in ARGUMENTS if hasattr(plugin, hook) and
-                     hook not in FOLLOWED_HOOKS and hook not in ("prepare", "phases", "needs",
-                                                                "admin_view", "warnings",
-                                                                "for_consumer")]
-            if extra or getattr(plugin, "IDENTIFIES_CONSUMER", False):
+                     hook not in FOLLOWED_HOOKS and hook not in UNFOLLOWED_HOOKS]
+            # (the chain reads these flags off the step, which would not say them)
+            extra += [flag for flag in ("IDENTIFIES_CONSUMER", "ANSWERS_PREFLIGHT")
+                      if getattr(plugin, flag, False)]
+            if extra:
                 problems.append(f"{owner}: upstream {upstream.id}: plugins.{plugin.NAME} "
                                 f"cannot follow the upstream a request is sent to (its "
-                                f"{', '.join(extra) or 'IDENTIFIES_CONSUMER'}): set it on "
-                                f"the route")
+                                f"{', '.join(extra)}): set it on the route")
                 continue
             plugins[plugin.NAME] = plugin
             confs.setdefault(plugin.NAME, []).append((upstream, conf))

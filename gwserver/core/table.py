@@ -1062,9 +1062,11 @@ class LiveTable:
             except ConfigError:
                 uses = True     # put again: refused naming the plugin, never out of the sync
             waits = f"routes/{route_id}" in self.rejected
-            if not (uses or waits) or self.put_route(route_id, raw, version) or \
-                    route_id not in self.route_specs:
+            if not (uses or waits):
                 continue
+            accepted = self.put_route(route_id, raw, version)
+            if accepted or route_id not in self.route_specs:
+                continue        # it took the upstream, or has no version served to keep
             try:        # (refused: its own version may be what is wrong, not the upstream)
                 with accepted_before():     # as a worker compiles it: its tls files unread
                     self._compile_route(self.route_specs[route_id][1])

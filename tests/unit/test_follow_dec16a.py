@@ -102,3 +102,17 @@ def test_an_upstream_plugin_that_runs_before_the_choice_is_refused(monkeypatch):
     assert any("upstream v2: plugins.breaker (PRIORITY 900) would run before the route's "
                "plugins choose the upstream (PRIORITY 720)" in p
                for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize("flag", ["IDENTIFIES_CONSUMER", "ANSWERS_PREFLIGHT"])
+def test_an_upstream_plugin_with_a_flag_the_step_would_not_carry_is_refused(monkeypatch,
+                                                                            flag):
+    """The chain reads these off its steps (the joining of consumers, the preflights the
+    router hands it): a Follow step would not say them, and the plugin would never be
+    asked."""
+    from gwserver.plugins import breaker
+    monkeypatch.setattr(breaker, flag, True, raising=False)
+    with pytest.raises(ConfigError) as caught:
+        conf_with(v2_plugins={"breaker": {"min_requests": 5}})
+    assert any(f"upstream v2: plugins.breaker cannot follow the upstream a request is sent "
+               f"to (its {flag})" in p for p in caught.value.problems), caught.value.problems
