@@ -27,7 +27,7 @@ from ..errors import (BadRequest, PayloadTooLarge, ServiceUnavailable, UpstreamB
 from .h2client import H2Pools, StreamBroken, StreamNotOpened
 from .proxy import (CLIENT_PAUSE, asks_to_wait, client_protocol, client_side,
                     filtered, forwarded_values, hold_head, past_retry_timeout, proxied_head,
-                    trace_headers, upstream_host, upstream_path)
+                    slow_reader, trace_headers, upstream_host, upstream_path)
 
 
 DEADLINE_GRACE = 0.1      # seconds past grpc-timeout before the gateway answers 4 itself
@@ -515,12 +515,13 @@ class H2Forwarder:
         edges = grpcweb.MessageEdges() if page is None and (grpc or native) else None
         body = []       # the client's body bytes since the last send
         sent = 0
+        stalled = 0.0   # the longest a write waited for the client to read (slow_reader)
 
         def flush(last=False, end=b""):
             """Send what is here in one write: the head if still held, then the body since
             the last send as one piece (a body filter, gzip, sees it whole and passes it on
             at once), then ``end``."""
-            nonlocal sent
+            nonlocal sent, stalled
             data = b"".join(body)
             body.clear()
             if filters:
@@ -533,10 +534,12 @@ class H2Forwarder:
             if out:
                 data = b"".join(out)
                 out.clear()
+                writing = time.monotonic()
                 if client.head_status:
                     client.write(data)
                 else:
                     client.write_head(status, data)
+                stalled = max(stalled, time.monotonic() - writing)
                 sent += size
 
         def finish(frame_fields, trailers=()):
@@ -598,6 +601,10 @@ class H2Forwarder:
             if client.hung_up:
                 client.body_sent = sent
                 client.raise_if_hung_up()
+            if isinstance(exc, UpstreamError):
+                # The stream's window opens as its answer is relayed: a client that stalled
+                # shut it, and an upstream that gave up on the stream gave up on the client.
+                slow_reader(exc, stalled)
             if not client.head_status:
                 raise       # nothing went out yet: the client still gets a whole error answer
             if edges is not None and edges.at_edge and (grpc or sent or body) and \

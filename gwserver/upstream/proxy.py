@@ -71,7 +71,8 @@ YIELD_EVERY = 16    # body pieces (up to 64 KiB each) relayed before other green
 # looks for an early answer whenever its send must wait (Proxy.attempt). Small: off loopback
 # a socket may take no more than ~16 KiB before an upstream that stopped reading blocks it.
 ONE_SEND = 16 << 10
-CLIENT_PAUSE = 1.0      # seconds of a try spent waiting for the client's body (Exchange)
+CLIENT_PAUSE = 1.0      # seconds a try waited for its client's body, or a write of its answer for
+                        # the client to read: past it, an upstream giving up is the client's doing
 # After a failed connect this worker skips the target for a second (nginx's fail_timeout with
 # max_fails=1, shortened): a dead target then costs one retry per worker per second, not one
 # per request, until health checks or ejection take it out.
@@ -909,7 +910,8 @@ class Proxy:
                                                                             keep_alive)
                 except BaseException as exc:
                     self.release(pool, ex, False)
-                    if isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                    if isinstance(exc, (UpstreamError, UpstreamTimeout)) and \
+                            not exc.client_side:    # (a slow reader's: relay_response)
                         self.book_failure(upstream, target)
                     raise
             finally:
@@ -1464,6 +1466,10 @@ class Proxy:
             client.write_head(status, b"".join([head, *body]))
             return status, size, keep_alive, ex.keep_alive and req.complete
         sent = 0
+        # The longest a write of this answer waited for its client to read: an upstream that
+        # gave up on the stalled exchange (its own send timeout, nginx's send_timeout) gave
+        # up on the client (slow_reader, in the except clauses below).
+        held = 0.0
         close_delimited = ex.content_length is None and not ex.chunked
         hold_until = None
         turn = 0
@@ -1477,10 +1483,12 @@ class Proxy:
                     chunks = [filtered(filters, chunks, ex.complete)]
                 size = sum(map(len, chunks))
                 body = encode_chunks(chunks, chunked_out, last=ex.complete)
+                writing = time.monotonic()
                 if client.head_status:
                     client.write(b"".join(body))
                 else:
                     client.write_head(status, b"".join([head, *body]))
+                held = max(held, time.monotonic() - writing)
                 sent += size
                 if ex.complete:
                     break
@@ -1517,11 +1525,14 @@ class Proxy:
                     raise UpstreamError("upstream closed the connection mid-body")
         except _StaleConnection:
             client.body_sent = sent
-            raise UpstreamError("upstream connection failed mid-body") from None
-        except Exception:
+            raise slow_reader(UpstreamError("upstream connection failed mid-body"),
+                              held) from None
+        except Exception as exc:
             # what went out before the failure (or the client left)
             client.body_sent = sent
             client.raise_if_hung_up()       # its hang-up ended the wait: no upstream failure
+            if isinstance(exc, UpstreamError):
+                slow_reader(exc, held)
             raise
         except BaseException:
             client.body_sent = sent         # (the worker's drain ran out: GreenletExit)
@@ -1640,6 +1651,15 @@ def client_side(exc):
     on): no passive check, breaker or canary gate counts it. Returns it."""
     exc.client_side = True
     return exc
+
+
+def slow_reader(exc, held):
+    """An answer broken mid-body after one of its writes waited ``held`` seconds for its
+    client to read: past CLIENT_PAUSE, the upstream gave up on a stalled exchange (its own
+    send timeout, nginx's send_timeout), the client's doing as a paused upload's is.
+    Counted, one client that stopped reading a large answer for a few seconds ejected a
+    healthy target and opened its breaker for everyone. Returns ``exc``."""
+    return client_side(exc) if held >= CLIENT_PAUSE else exc
 
 
 def read_failed(ex, exc, timeout):
