@@ -186,6 +186,16 @@ def test_a_paused_streamed_upload_left_is_no_failure_of_an_http2_canary(launcher
         canary.close()
 
 
+def canary_calls(client, grpc_timeout):
+    """Five gRPC calls on ``client`` whose keys the weights place on the canary, each with
+    ``grpc_timeout`` -> their stream ids."""
+    return [client.request("/shop/Svc/Call", method="POST", body=b"\0\0\0\0\0",
+                           headers=[("x-user", key), ("te", "trailers"),
+                                    ("content-type", "application/grpc"),
+                                    ("grpc-timeout", grpc_timeout)])
+            for key in canary_keys(5, 50)]
+
+
 def test_a_grpc_clients_own_short_deadline_is_no_failure_of_a_healthy_canary(launcher,
                                                                               tmp_path):
     """gRPC clients whose calls carry grpc-timeout: 1m (a millisecond) to a canary that
@@ -199,11 +209,7 @@ def test_a_grpc_clients_own_short_deadline_is_no_failure_of_a_healthy_canary(lau
         gw = h2_canary_gateway(launcher, tmp_path, canary, abandoned_after=1.0)
         client = RawH2(gw.port)
         try:
-            streams = [client.request("/shop/Svc/Call", method="POST", body=b"\0\0\0\0\0",
-                                      headers=[("x-user", key), ("te", "trailers"),
-                                               ("content-type", "application/grpc"),
-                                               ("grpc-timeout", "1m")])
-                       for key in canary_keys(5, 50)]
+            streams = canary_calls(client, "1m")
             client.pump(lambda c: all(c.ended(sid) or c.reset_code(sid) is not None
                                       for sid in streams), timeout=3)
             statuses = [dict(e.headers).get(b"grpc-status") for e in client.events
@@ -228,11 +234,7 @@ def test_grpc_calls_a_hung_canary_held_past_abandoned_after_roll_it_back(launche
         gw = h2_canary_gateway(launcher, tmp_path, canary, abandoned_after=1.0)
         client = RawH2(gw.port)
         try:
-            streams = [client.request("/shop/Svc/Call", method="POST", body=b"\0\0\0\0\0",
-                                      headers=[("x-user", key), ("te", "trailers"),
-                                               ("content-type", "application/grpc"),
-                                               ("grpc-timeout", "1200m")])
-                       for key in canary_keys(5, 50)]
+            streams = canary_calls(client, "1200m")
             client.pump(lambda c: all(c.ended(sid) for sid in streams), timeout=4)
         finally:
             client.sock.close()

@@ -28,6 +28,16 @@ def slow_nginx(launcher, tmp_path):
     return [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{second}"]
 
 
+def head_of(sock):
+    """What ``sock`` received up to the end of an answer's head (and what came with it)."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        piece = sock.recv(4096)
+        assert piece, got
+        got += piece
+    return got
+
+
 def read_slowly(port, path, pause):
     """GET ``path``, read its head, read nothing for ``pause`` seconds, then the rest: -> the
     count of body bytes that came."""
@@ -37,12 +47,7 @@ def read_slowly(port, path, pause):
     try:
         sock.connect(("127.0.0.1", port))
         sock.sendall(b"GET %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % path)
-        got = b""
-        while b"\r\n\r\n" not in got:
-            piece = sock.recv(4096)
-            assert piece, got
-            got += piece
-        head, _, body = got.partition(b"\r\n\r\n")
+        head, _, body = head_of(sock).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
         time.sleep(pause)
         size = len(body)
@@ -59,12 +64,7 @@ def get_status(port, path):
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         sock.sendall(b"HEAD %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % path)
-        got = b""
-        while b"\r\n\r\n" not in got:
-            piece = sock.recv(4096)
-            assert piece, got
-            got += piece
-        return int(got.split(b" ", 2)[1])
+        return int(head_of(sock).split(b" ", 2)[1])
     finally:
         sock.close()
 
