@@ -222,13 +222,18 @@ def main(kind, args):
             print(f"deleted {key(args.id)}")
             return 0
         if args.action == "list":
-            _, kvs = client.range_prefix(f"{prefix}{kind}/")
+            _, everything = client.range_prefix(prefix)
+            kvs = [kv for kv in everything if kv[0].startswith(f"{prefix}{kind}/")]
             table, _ = current_table(conf, client, prefix, keep_rejected=True)
+            verdicts = gateway_verdicts(conf, args.conf, everything)
             from .sync.shm import unread_reason
+            from .sync.watcher import SHOWN_KEY, shown as as_status_shows
             for item_key, value, rev in kvs:
                 item_id = item_key[len(prefix) + len(kind) + 1:]
                 unread = unread_reason(f"{kind}/{item_id}")
-                reason = unread or table.rejected.get(f"{kind}/{item_id}")
+                reason = unread or (table.rejected.get(f"{kind}/{item_id}") if verdicts is None
+                                    else verdicts.get(as_status_shows(f"{kind}/{item_id}",
+                                                                   SHOWN_KEY)))
                 mark = "IGNORED" if unread else \
                     "REJECTED" if reason and WAITING not in reason else \
                     "waiting" if reason else "ok"
@@ -419,6 +424,31 @@ def other_prefix(conf, conf_path, state):
     return (f"the gateway in {conf.etcd['runtime_dir']} syncs etcd prefix {printable(synced)}, "
             f"and {conf_path} names {printable(ours)}: what this conf file's commands write "
             f"is not served by it")
+
+
+def gateway_verdicts(conf, conf_path, kvs):
+    """The running gateway's rejected items ({'KIND/ID': reason} as status.json has them, a
+    long key shortened) once it has read every item of ``kvs``; None when its state is not
+    there to trust (none, damaged, stale, another prefix's, behind etcd). Judged afresh, an
+    upstream the gateway refused as unfit for a route that uses it (docs/etcd.md) went in
+    first and the route was marked REJECTED "its paths answer 503", while the gateway served
+    the route and refused the upstream: its verdicts depend on the order items came in,
+    which etcd does not keep."""
+    import os
+    from .sync.shm import STATUS
+    path = f"{conf.etcd['runtime_dir']}/{STATUS}"
+    state = read_status_file(path)
+    if state is None or status_damage(state) or other_prefix(conf, conf_path, state):
+        return None
+    try:
+        age = time.time() - os.stat(path).st_mtime
+    except OSError:
+        return None
+    seen = state.get("revision")
+    if not state["connected"] or stale_reason(state.get("pid"), age, conf.etcd) or \
+            not isinstance(seen, int) or any(rev > seen for _, _, rev in kvs):
+        return None
+    return state["rejected"]
 
 
 def status(conf, conf_path):

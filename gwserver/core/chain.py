@@ -920,17 +920,22 @@ def upstream_plugins(owner, plugins, registry):
                             f"(upstream plugins: {', '.join(allowed) or 'none'})")
     if problems:
         raise ConfigError(problems)
-    scoped = upstream_scoped(plugins)
+    scoped = upstream_scoped(plugins, registry)
     return build_chain(owner, scoped, None, registry).steps if scoped else ()
 
 
-def upstream_scoped(plugins):
+def upstream_scoped(plugins, registry):
     """The plugins written on an upstream object as they run there: keyed by the upstream
     (``scope = "upstream"``). The admin views show them so: as written, an upstream's
-    breaker was shown with "scope": "route", keyed as it is not."""
-    return {name: dict(conf, scope="upstream") if isinstance(conf, dict) else
+    breaker was shown with "scope": "route", keyed as it is not. Only a plugin whose SCHEMA
+    has a ``scope`` (breaker's) is given one: a third-party UPSTREAM_PLUGIN without was
+    refused on every upstream object ("plugins.NAME: scope: unknown key")."""
+    def scoped(name, conf):
+        if "scope" not in getattr(getattr(registry.get(name), "SCHEMA", None), "fields", {}):
+            return conf
+        return dict(conf, scope="upstream") if isinstance(conf, dict) else \
             {"scope": "upstream"} if conf is True else conf
-            for name, conf in (plugins or {}).items()}
+    return {name: scoped(name, conf) for name, conf in (plugins or {}).items()}
 
 
 # -- upstream plugins on a route that may send elsewhere (a split) ----------------------------

@@ -27,6 +27,7 @@ import gevent
 from ..core.chain import unfollowed, upstream_scoped
 from ..core.context import Reply
 from ..errors import ConfigError
+from ..plugins import load_registry
 from ..redact import redact
 from .app import rfc3339
 from ..client.http1 import ClientConnection, render_reply
@@ -253,15 +254,15 @@ def route_view(runtime, route_id):
         return _not_found("route", route_id)
     spec = {k: v for k, v in route.spec.items() if k not in ("upstream", "plugins")}
     own = _upstream_spec(runtime, route.upstream, route).get("plugins")
-    configured = {**(runtime.conf.plugins or {}), **upstream_scoped(own),
+    configured = {**(runtime.conf.plugins or {}), **upstream_scoped(own, load_registry()),
                   **(route.spec.get("plugins") or {})}
     return Reply.json(200, redact({
         "pid": os.getpid(), "id": route.id, "source": _source(runtime, "routes", route.id),
         "spec": spec, "methods": sorted(route.methods) if route.methods else None,
         "upstream": _upstream(runtime, route.upstream, route),
         "plugins": [_plugin(plugin, conf, configured) if upstream is None else
-                    {**_plugin(plugin, conf,
-                               upstream_scoped(_upstream_spec(runtime, upstream).get("plugins"))),
+                    {**_plugin(plugin, conf, upstream_scoped(
+                        _upstream_spec(runtime, upstream).get("plugins"), load_registry())),
                      "upstream": upstream.id}
                     for step, step_conf in route.chain.steps
                     for plugin, conf, upstream in unfollowed(step, step_conf)],
@@ -313,7 +314,8 @@ def _retry(policy):
 
 
 def _upstream(runtime, upstream, route=None):
-    configured = upstream_scoped(_upstream_spec(runtime, upstream, route).get("plugins"))
+    configured = upstream_scoped(_upstream_spec(runtime, upstream, route).get("plugins"),
+                                 load_registry())
     out = {}
     for field in dataclasses.fields(upstream):
         value = getattr(upstream, field.name)
@@ -382,7 +384,6 @@ VIEWS = {"/-/healthz": healthz, "/-/ready": ready, "/metrics": metrics_view,
 
 def _plugin_views():
     from functools import partial
-    from ..plugins import load_registry
     return {f"/admin/{plugin.ADMIN_VIEW}": partial(plugin_view, plugin=plugin)
             for plugin in load_registry().values() if hasattr(plugin, "admin_view")}
 
