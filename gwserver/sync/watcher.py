@@ -27,7 +27,7 @@ import random
 import signal
 import time
 
-from ..core.routes import UPSTREAM
+from ..core.routes import UPSTREAM, upstream_refs
 from ..core.table import LiveTable, decode_json
 from ..errors import ConfigError
 from ..files import accepted_before, compiles_checked
@@ -667,7 +667,14 @@ class ConfigSync:
             wanted = getattr(self.table, f"wanted_{kind}")
             for item_id, (version, spec) in snapshot["table"].get(kind, {}).items():
                 key = f"{kind}/{item_id}"
-                if item_id not in wanted or key not in self.table.rejected or \
+                # An upstream etcd's version of which was accepted here, but only as no
+                # route was served yet to refuse it: a route the snapshot holds good that
+                # uses it was refused instead, fenced (503), where the hosts that saw the
+                # update come refused the upstream as unfit and served the route.
+                unfit = kind == "upstreams" and key not in self.table.rejected and \
+                    item_id in wanted and wanted[item_id][0] != version and \
+                    self.refused_users(item_id, snapshot)
+                if item_id not in wanted or key not in self.table.rejected and not unfit or \
                         key in self.table.waiting:
                     continue        # etcd deleted it, or its version is good
                 etcd_version, etcd_raw = wanted[item_id]
@@ -677,7 +684,7 @@ class ConfigSync:
                 # (served: the snapshot's, served). A service-following one is put again
                 # even so: served from the snapshot until etcd answered, its targets were
                 # still the instances of the snapshot's day (see below)
-                if replaced != (item_id in served) or \
+                if (replaced if unfit else replaced != (item_id in served)) or \
                         replaced and kind == "upstreams" and spec.get("service"):
                     if replaced and kind == "upstreams" and spec.get("service") and not known:
                         static[item_id], ask_etcd = self.old_static_targets(item_id, spec,
@@ -687,6 +694,8 @@ class ConfigSync:
         kept, dropped = [], []
         with self.publisher.lock:
             for kind, item_id, replaced, version, spec, etcd_version, etcd_raw in changes:
+                if kind == "routes" and f"routes/{item_id}" not in self.table.rejected:
+                    continue        # etcd's version serves now (its unfit upstream's kept)
                 if replaced:
                     if kind == "upstreams" and spec.get("service"):
                         # published expanded: its targets are the instances of the
@@ -714,6 +723,17 @@ class ConfigSync:
                         "%s, served until etcd answered, is no longer theirs (deleted or "
                         "changed since): no longer serving %s", len(dropped),
                         self.snapshot_path, listed(dropped))
+
+    def refused_users(self, upstream_id, snapshot):
+        """Does a route refused here, which the snapshot holds, use ``upstream_id``?"""
+        for route_id, (_, spec) in snapshot["table"].get("routes", {}).items():
+            if f"routes/{route_id}" in self.table.rejected:
+                try:
+                    if upstream_id in upstream_refs(spec, self.table.registry):
+                        return True
+                except ConfigError:
+                    continue        # (a hook that raises: the route is refused for it)
+        return False
 
     def replaced(self, key, version, etcd_version, seen=0):
         """Did etcd's refused update of ``key`` (at ``etcd_version``) replace the snapshot's
