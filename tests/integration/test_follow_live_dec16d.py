@@ -38,6 +38,18 @@ def split_to(route_id, own, canary, **plugins):
                                            {"upstream": canary, "weight": 50}]}}}
 
 
+def grpc_web_split(launcher, tmp_path):
+    """Route rpc (grpc_web) in etcd, split between g1 and g2, both h2, served. -> (etcd,
+    gateway, g2's upstream server): a put of g2 without protocol h2 is unfit for rpc."""
+    etcd, gw = etcd_gateway(launcher, tmp_path)
+    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
+    put(etcd, "upstreams", "g1", {"targets": [{"url": v1.url}], "protocol": "h2"})
+    put(etcd, "upstreams", "g2", {"targets": [{"url": v2.url}], "protocol": "h2"})
+    put(etcd, "routes", "rpc", split_to("rpc", "g1", "g2", grpc_web=True))
+    wait_until(lambda: gw.admin_get("/admin/routes/rpc")[0] == 200, timeout=5)
+    return etcd, gw, v2
+
+
 def statuses(gw, group, count):
     return [gw.request("GET", "/shop/echo", headers={"X-AB-Group": group})[0].status
             for _ in range(count)]
@@ -99,12 +111,7 @@ def test_an_upstream_put_a_route_using_it_cannot_take_is_refused(launcher, tmp_p
     route against the published g2, failed, and answered 503 for the route's every request.
     Refused, naming the route, g2 keeps its previous version everywhere; a change of the
     route that lets it take g2 applies g2 by itself."""
-    etcd, gw = etcd_gateway(launcher, tmp_path)
-    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
-    put(etcd, "upstreams", "g1", {"targets": [{"url": v1.url}], "protocol": "h2"})
-    put(etcd, "upstreams", "g2", {"targets": [{"url": v2.url}], "protocol": "h2"})
-    put(etcd, "routes", "rpc", split_to("rpc", "g1", "g2", grpc_web=True))
-    wait_until(lambda: gw.admin_get("/admin/routes/rpc")[0] == 200, timeout=5)
+    etcd, gw, v2 = grpc_web_split(launcher, tmp_path)
     put(etcd, "upstreams", "g2", {"targets": [{"url": v2.url}]})
     wait_until(lambda: status_json(gw).get("rejected"), timeout=5)
     time.sleep(0.5)         # (the worker reads the generation)

@@ -23,7 +23,7 @@ from ..conftest import (gateway_conf, installed_plugin, stop_process, to_toml,
                         wait_until)
 from ..etcd_sync import PREFIX, gwcli, status_json
 from .test_attack_pass_dec04e import reload_with
-from .test_follow_live_dec16d import etcd_gateway, put, split_to, statuses
+from .test_follow_live_dec16d import grpc_web_split, put, split_to, statuses
 from .test_rollouts import control
 
 UNFIT = "upstream g2: a route that uses it cannot take it: route rpc: "
@@ -47,12 +47,7 @@ def test_the_cli_says_what_the_gateway_did_with_an_upstream_unfit_for_a_route(
         launcher, tmp_path):
     """docs/etcd.md: the put is refused naming the route, in the words quoted there, and the
     route serves on with the upstream's previous version."""
-    etcd, gw = etcd_gateway(launcher, tmp_path)
-    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
-    put(etcd, "upstreams", "g1", {"targets": [{"url": v1.url}], "protocol": "h2"})
-    put(etcd, "upstreams", "g2", {"targets": [{"url": v2.url}], "protocol": "h2"})
-    put(etcd, "routes", "rpc", split_to("rpc", "g1", "g2", grpc_web=True))
-    wait_until(lambda: gw.admin_get("/admin/routes/rpc")[0] == 200, timeout=5)
+    etcd, gw, v2 = grpc_web_split(launcher, tmp_path)
     unfit = {"targets": [{"url": v2.url}]}
     refused = gwcli(gw.conf_path, "upstreams", "put", "-", stdin=json.dumps({"id": "g2",
                                                                              **unfit}))

@@ -11,19 +11,14 @@ import time
 
 from ..conftest import stop_process, wait_until
 from ..etcd_sync import status_json
-from .test_follow_live_dec16d import etcd_gateway, put, split_to, statuses
+from .test_follow_live_dec16d import etcd_gateway, grpc_web_split, put, split_to, statuses
 from .test_rollouts import control
 
 
 def refused_unfit(launcher, tmp_path):
     """Route rpc (grpc_web) splits to g1 and g2, both h2; g2 then put without protocol h2,
     refused as unfit. -> (etcd, gateway)."""
-    etcd, gw = etcd_gateway(launcher, tmp_path)
-    v1, v2 = launcher.upstream("v1"), launcher.upstream("v2")
-    put(etcd, "upstreams", "g1", {"targets": [{"url": v1.url}], "protocol": "h2"})
-    put(etcd, "upstreams", "g2", {"targets": [{"url": v2.url}], "protocol": "h2"})
-    put(etcd, "routes", "rpc", split_to("rpc", "g1", "g2", grpc_web=True))
-    wait_until(lambda: gw.admin_get("/admin/routes/rpc")[0] == 200, timeout=5)
+    etcd, gw, v2 = grpc_web_split(launcher, tmp_path)
     put(etcd, "upstreams", "g2", {"targets": [{"url": v2.url}]})
     wait_until(lambda: "upstreams/g2" in status_json(gw).get("rejected", {}), timeout=5)
     return etcd, gw
