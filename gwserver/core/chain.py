@@ -282,15 +282,18 @@ class Chain:
         return query
 
     def linked_upstreams(self, owner=None):
-        """Upstreams the chain's plugins may send requests to besides the route's own. With
-        ``owner`` (a compile's), a plugin's ``upstreams`` that raises is a config error
-        naming it (call_hook)."""
+        """Upstreams the chain's plugins may send requests to besides the route's own, each
+        once. With ``owner`` (a compile's), a plugin's ``upstreams`` that raises is a config
+        error naming it (call_hook)."""
         def of(plugin, conf):
             if owner is None:
                 return plugin.upstreams(conf)
             return call_hook(owner, plugin, "upstreams", lambda: list(plugin.upstreams(conf)))
-        return [upstream for plugin, conf in self.steps if hasattr(plugin, "upstreams")
-                for upstream in of(plugin, conf)]
+        # Once each by identity: an Upstream with plugins (a breaker set on it) holds their
+        # dict configs and cannot be hashed: a split naming one was refused, "a value could
+        # not be checked: TypeError: unhashable type: 'dict'"
+        return list({id(upstream): upstream for plugin, conf in self.steps
+                     if hasattr(plugin, "upstreams") for upstream in of(plugin, conf)}.values())
 
     def check_upstream(self, owner, upstream):
         """Problems with ``upstream`` for plugins that need a protocol of it."""
@@ -1037,8 +1040,7 @@ def follow_linked_upstreams(owner, chain, own, route_plugins):
     upstream a request goes to. A plugin the route configures itself is the route's, as it
     is over its own upstream's. ConfigError for one that would run before the upstream is
     chosen (a PRIORITY above the choosing plugin's), or has hooks no request can follow."""
-    linked = [u for u in {id(u): u for u in chain.linked_upstreams(owner)}.values()
-              if u is not own and u.plugin_steps]
+    linked = [u for u in chain.linked_upstreams(owner) if u is not own and u.plugin_steps]
     if not linked:
         return chain
     chooser = max(plugin.PRIORITY for plugin, _ in chain.steps if hasattr(plugin, "upstreams"))

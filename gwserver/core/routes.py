@@ -678,12 +678,8 @@ def linked_protocol_problems(owner, chain):
     grpc_web route split between an h2 upstream and an HTTP/1.1 one sent its share of the
     gRPC-Web calls to the second untranslated. A stand-in (an id not defined yet) is checked
     once it is (the route is compiled again then)."""
-    # Each once, by identity: an Upstream with plugins (a breaker set on it) holds
-    # their dict configs and cannot be hashed: a split naming one was refused, "a value
-    # could not be checked: TypeError: unhashable type: 'dict'"
     return [f"{problem}: upstream {linked.id}, which it may send to, does not"
-            for linked in {id(u): u for u in chain.linked_upstreams(owner)}.values()
-            if linked.targets or linked.service
+            for linked in chain.linked_upstreams(owner) if linked.targets or linked.service
             for problem in chain.check_upstream(owner, linked)]
 
 

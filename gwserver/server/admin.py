@@ -242,8 +242,8 @@ def _served(route, step, step_conf):
     if not own or not getattr(own[0][0], "UPSTREAM_PLUGIN", False):
         return served
     covered = {id(upstream) for _, _, upstream in served} | {id(route.upstream)}
-    linked = {id(u): u for u in route.chain.linked_upstreams() if id(u) not in covered}
-    return served + [(own[0][0], own[0][1], upstream) for upstream in linked.values()]
+    return served + [(own[0][0], own[0][1], upstream)
+                     for upstream in route.chain.linked_upstreams() if id(upstream) not in covered]
 
 
 # -- one route or upstream as compiled, and where it came from --------------------------------
