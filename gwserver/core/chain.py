@@ -1034,6 +1034,21 @@ def unfollowed(plugin, conf):
     return [(plugin, conf, None)]
 
 
+def served(route, plugin, conf):
+    """unfollowed(plugin, conf) of one of ``route``'s chain steps, and an upstream plugin's
+    config of the route's own also for each upstream its split sends to that sets none of
+    its own: that config runs there, keyed on that upstream (a breaker with scope
+    upstream). What a view of the plugin's state must name: /admin/breakers had no word of
+    the breaker a canary's clients were refused by ("breaker upstream:v3 is open")."""
+    pairs = unfollowed(plugin, conf)
+    own = [entry for entry in pairs if entry[2] is None]
+    if not own or not getattr(own[0][0], "UPSTREAM_PLUGIN", False):
+        return pairs
+    covered = {id(upstream) for _, _, upstream in pairs} | {id(route.upstream)}
+    return pairs + [(own[0][0], own[0][1], upstream)
+                    for upstream in route.chain.linked_upstreams() if id(upstream) not in covered]
+
+
 def follow_linked_upstreams(owner, chain, own, route_plugins):
     """``chain`` with the plugins set on the upstreams its plugins may send to (a split's
     canary) in place: for each such plugin, a Follow step that runs the config of the

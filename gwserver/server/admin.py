@@ -24,7 +24,7 @@ import time
 
 import gevent
 
-from ..core.chain import unfollowed, upstream_scoped
+from ..core.chain import served, unfollowed, upstream_scoped
 from ..core.context import Reply
 from ..errors import ConfigError
 from ..plugins import load_registry
@@ -228,22 +228,8 @@ def plugin_view(runtime, plugin):
     uses = [(route if upstream is None else dataclasses.replace(route, upstream=upstream), conf)
             for route in sorted(runtime.router.routes.values(), key=lambda r: r.id)
             for step, step_conf in route.chain.steps
-            for used, conf, upstream in _served(route, step, step_conf) if used is plugin]
+            for used, conf, upstream in served(route, step, step_conf) if used is plugin]
     return Reply.json(200, {"pid": os.getpid(), **plugin.admin_view(uses, runtime.services)})
-
-
-def _served(route, step, step_conf):
-    """unfollowed(step, step_conf), and an upstream plugin's config of the route's own also
-    for each upstream its split sends to that sets none of its own: that config runs there,
-    keyed on that upstream (a breaker with scope upstream). Left out, /admin/breakers had no
-    word of the breaker its clients were refused by ("breaker upstream:v3 is open")."""
-    served = unfollowed(step, step_conf)
-    own = [entry for entry in served if entry[2] is None]
-    if not own or not getattr(own[0][0], "UPSTREAM_PLUGIN", False):
-        return served
-    covered = {id(upstream) for _, _, upstream in served} | {id(route.upstream)}
-    return served + [(own[0][0], own[0][1], upstream)
-                     for upstream in route.chain.linked_upstreams() if id(upstream) not in covered]
 
 
 # -- one route or upstream as compiled, and where it came from --------------------------------

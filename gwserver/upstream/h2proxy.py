@@ -53,6 +53,17 @@ def time_left(headers, deadline, now):
     return [(k, left if k == b"grpc-timeout" else v) for k, v in headers]
 
 
+def excuse_deadline(req, exc):
+    """``exc``, marked the client's doing (client_side) if it is the call's own deadline
+    running out (``grpc-timeout``): the client's patience, no failure of the upstream's for
+    a breaker or an adaptive limit (a client's 1 ms deadlines opened a healthy upstream's
+    breaker for everyone), and answered DEADLINE_EXCEEDED (grpc_deadline_hit)."""
+    if getattr(exc, "deadline_hit", False):
+        req.vars["grpc_deadline_hit"] = True
+        client_side(exc)
+    return exc
+
+
 class Exchange:
     """One try's open parts: the stream, the sender greenlet of a streamed body, and the
     answer's head once read."""
@@ -213,13 +224,7 @@ class H2Forwarder:
                         continue
                     raise
                 except (UpstreamTimeout, StreamBroken) as exc:
-                    if getattr(exc, "deadline_hit", False):
-                        # the call's own bound, the client's patience: no failure of the
-                        # upstream's for a breaker or an adaptive limit either (a client's
-                        # 1 ms deadlines opened a healthy upstream's breaker for everyone)
-                        req.vars["grpc_deadline_hit"] = True
-                        raise client_side(exc)
-                    if exc.client_side:
+                    if excuse_deadline(req, exc).client_side:
                         raise
                     proxy.book_failure(upstream, target)
                     event = "timeout" if isinstance(exc, UpstreamTimeout) else "reset"
@@ -274,10 +279,7 @@ class H2Forwarder:
                     answer = self.relay(client, req, exchange.stream, status, exchange.fields,
                                         grpc, keep_alive, target)
                 except (UpstreamError, UpstreamTimeout) as exc:
-                    if getattr(exc, "deadline_hit", False):
-                        req.vars["grpc_deadline_hit"] = True
-                        client_side(exc)        # (as above)
-                    elif not exc.client_side:   # (h2client._shed)
+                    if not excuse_deadline(req, exc).client_side:   # (or h2client._shed's)
                         proxy.book_failure(upstream, target)
                     raise
             finally:
