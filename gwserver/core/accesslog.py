@@ -105,7 +105,9 @@ FIELDS = {
     "request_bytes": Spec("request body bytes received (a websocket: what its tunnel carried "
                           "from the client)", lambda req, *_: req.body_size),
     "duration_ms": Spec("milliseconds from the request head to the end of the answer"),
-    "upstream_ms": Spec("milliseconds from sending upstream to the answer's head (last try)",
+    "upstream_ms": Spec("milliseconds from sending upstream to the answer's head (last try; "
+                        "no wait for a pooled connection or a free HTTP/2 stream, nor for "
+                        "a slow upload, is in it)",
                         lambda req, *_: _ms(req.upstream_seconds)),
     "trace_id": Spec("trace id (docs/operations.md, tracing)", _trace_id),
     "ended_by": Spec("the plugin that answered, if one did", lambda req, *_: req.ended_by),

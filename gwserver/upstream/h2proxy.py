@@ -377,8 +377,12 @@ class H2Forwarder:
             raise
         if taken is not None:
             taken.pieces = None     # answered: nothing more is kept
-        # the upstream's time, not the client's: a slow upload is no latency of the upstream's
-        req.upstream_seconds = time.monotonic() - started - (client.body_waited - waited)
+        # The upstream's time, from its stream's head, not the client's (a slow upload is no
+        # latency of the upstream's) nor the gateway's queue for a free stream: counted, as a
+        # full pool's wait over HTTP/1.1 never was, a canary's latency gate failed a healthy
+        # upstream for the requests queued behind its SETTINGS_MAX_CONCURRENT_STREAMS.
+        req.upstream_seconds = time.monotonic() - stream.stream.opened - \
+            (client.body_waited - opened_waited)
         req.attempts += 1
         return Exchange(stream, sender, status, fields)
 
