@@ -18,7 +18,7 @@ from .terminal import printable
 
 # WAITING: a waiting route's note says it; FENCED: what a refused route in etcd does (not
 # said of a put refused here); decode_json: files are read as etcd values are
-from .core.table import FENCED, WAITING, decode_json  # noqa: E402
+from .core.table import FENCED, UNFIT, WAITING, decode_json  # noqa: E402
 
 
 def client_for(conf):
@@ -85,9 +85,10 @@ def routes_using(conf, client, prefix, upstream_id):
     return sorted(set(users))
 
 
-def current_table(conf, client, prefix, keep_rejected=False):
+def current_table(conf, client, prefix, keep_rejected=False, conf_path=None):
     """A LiveTable holding what etcd has now (its own rejections are not ours to report,
-    unless ``keep_rejected``: ``routes list`` marks them)."""
+    unless ``keep_rejected``: ``routes list`` marks them), with the running gateway's
+    version of an upstream it refused as unfit when ``conf_path`` is given (keep_unfit)."""
     from .core.table import LiveTable
     from .sync.etcd import AuthRejected, EtcdError, EtcdRefused
     from .plugins import load_registry
@@ -101,6 +102,8 @@ def current_table(conf, client, prefix, keep_rejected=False):
             if kind in wanted and item_id:
                 wanted[kind][item_id] = (rev, value)
         table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
+        if conf_path is not None:
+            keep_unfit(table, conf, conf_path, prefix, kvs)
     except (AuthRejected, EtcdRefused) as exc:
         note = f"{exc}; checked against the conf file's table only"
     except EtcdError as exc:
@@ -108,6 +111,46 @@ def current_table(conf, client, prefix, keep_rejected=False):
     if not keep_rejected:
         table.rejected.clear()
     return table, note
+
+
+def keep_unfit(table, conf, conf_path, prefix, kvs):
+    """Serve in ``table`` what the running gateway serves of an upstream whose etcd update
+    it refused as unfit for a route that uses it (docs/etcd.md): its previous version, and
+    the route with it. Loaded afresh, etcd's version went in first (no route yet to refuse
+    it), the route was refused for it, and `routes validate` of that route unchanged said
+    "error" where the gateway takes it. Only when the gateway's state is there to trust
+    (gateway_verdicts), as the previous version is read from what it published."""
+    unfit = [key.partition("/")[2] for key, reason in
+             (gateway_verdicts(conf, conf_path, kvs) or {}).items()
+             if key.startswith("upstreams/") and f": {UNFIT}: " in reason]
+    served = published_upstreams(conf.etcd["runtime_dir"], prefix) if unfit else {}
+    for upstream_id in unfit:
+        if upstream_id in served and upstream_id in table.wanted_upstreams:
+            etcd_version, raw = table.wanted_upstreams[upstream_id]
+            version, spec = served[upstream_id]
+            table.put_upstream(upstream_id, json.dumps(spec), version)  # (its routes take it)
+            table.put_upstream(upstream_id, raw, etcd_version)      # refused again, as there
+
+
+def published_upstreams(runtime_dir, prefix):
+    """{id: [version, spec]} of the upstreams the gateway's workers are given now."""
+    from .sync.shm import TableReader
+    reader = TableReader(runtime_dir, prefix)
+    try:
+        steps = reader.updates()[0] if reader.changed() else []
+    finally:
+        reader.close()
+    served = {}
+    for step, document in steps:
+        if step == "full":
+            served = dict(document["table"]["upstreams"])
+            continue
+        for upstream_id, item in document.get("upstreams", {}).items():
+            if item is None:
+                served.pop(upstream_id, None)
+            else:
+                served[upstream_id] = item
+    return served
 
 
 def check(kind, items, table):
@@ -164,7 +207,7 @@ def main(kind, args):
             if kind == "consumers":
                 given = items
                 items = [(item_id, seal(item, item_id)) for item_id, item in items]
-            table, note = current_table(conf, client, prefix)
+            table, note = current_table(conf, client, prefix, conf_path=args.conf)
             problems, notes = check(kind, items, table)
             if kind == "consumers":
                 problems += shared_secrets(given, table.consumers)

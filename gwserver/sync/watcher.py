@@ -691,7 +691,7 @@ class ConfigSync:
                                                                             ask_etcd)
                     changes.append((kind, item_id, replaced, version, spec, etcd_version,
                                     etcd_raw))
-        kept, dropped = [], []
+        kept, dropped, again = [], [], []
         with self.publisher.lock:
             for kind, item_id, replaced, version, spec, etcd_version, etcd_raw in changes:
                 if kind == "routes" and f"routes/{item_id}" not in self.table.rejected:
@@ -705,15 +705,19 @@ class ConfigSync:
                         # dropped with the instances, they served no more until etcd's
                         # version was fixed)
                         spec = {**spec, "targets": static.get(item_id)}
-                    good = puts[kind](item_id, json.dumps(spec), version)
+                    if puts[kind](item_id, json.dumps(spec), version):
+                        kept.append(f"{kind}/{item_id}")
                 else:
                     deletes[kind](item_id)
                     dropped.append(f"{kind}/{item_id}")
-                # etcd's version again, refused again: it leaves the good one serving, or
-                # (the snapshot's refused too, its paths taken, say) all as it was
+                again.append((kind, item_id, etcd_version, etcd_raw))
+            # etcd's versions again, refused again: they leave the good ones serving, or (the
+            # snapshot's refused too, its paths taken, say) all as it was. Only once every
+            # good version is in: an upstream put again before the route it is unfit for
+            # was (that route's own update refused too) went in, no route served to refuse
+            # it, and the route's last good version was then refused for it, fenced (503).
+            for kind, item_id, etcd_version, etcd_raw in again:
                 puts[kind](item_id, etcd_raw, etcd_version)
-                if replaced and good:
-                    kept.append(f"{kind}/{item_id}")
         if kept:
             log.warning("etcd holds refused updates of %d item(s) that snapshot %s holds "
                         "good: serving the snapshot's version of %s", len(kept),
