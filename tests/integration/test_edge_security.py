@@ -545,7 +545,9 @@ def test_a_huge_upstream_head_is_a_502_and_stalls_nobody(raw_gw):
 
 
 @pytest.mark.parametrize("trailer, piece, pieces, named", [
-    (b"", b"Via: " + b"v" * 200 + b"\r\n", 100_000, b"header fields"),   # ~20 MiB of lines
+    # ~20 MiB of lines: the count of fields trips, or (reads batched on a loaded host) the
+    # bound on what the parser may hold unparsed, first; either is a 431 that names it
+    (b"", b"Via: " + b"v" * 200 + b"\r\n", 100_000, (b"header fields", b"trailers too large")),
     # httptools holds a trailer field until its line ends and copies it on every read: one
     # that never ends must not grow inside the parser until the client stops.
     (b"X-Trailer: ", b"a" * 65536, 160, b"trailers too large"),          # 10 MiB, one line
@@ -568,7 +570,8 @@ def test_a_trailer_flood_is_refused_early_and_stalls_nobody(raw_gw, trailer, pie
 
     worst = latency_while(raw_gw, flood)
     assert results and results[0].startswith(b"HTTP/1.1 431"), results
-    assert named in results[0], results[0][:300]
+    assert any(name in results[0] for name in
+               (named if isinstance(named, tuple) else (named,))), results[0][:300]
     assert worst < 0.5, worst
     assert raw_gw.worker_pids() == pids
 
