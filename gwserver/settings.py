@@ -313,7 +313,8 @@ UPSTREAM_DEFAULTS = Schema(
           "upstream keepalive_timeout): a firewall or NAT that forgets an idle flow drops "
           "what is sent on it without a word"),
     Field("read_timeout", number(0, exclusive=True), 60.0,
-          "seconds to wait for each read from an upstream; a websocket tunnel idle this "
+          "seconds to wait for each read from an upstream, and for each head of an answer "
+          "whole (the first 16 interim 1xx heads each their own); a websocket tunnel idle this "
           "long both ways is closed"),
     Field("max_response_head", integer(1024), 65536,
           "largest upstream response head in bytes (1xx heads included); larger: 502"),

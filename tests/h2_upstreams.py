@@ -95,15 +95,20 @@ class StreamingH2Upstream(H2cUpstream):
       N-th ending the stream, whether or not the request has ended (a bidi call's server
       that streams while its client listens).
     - anything else: 200 "ok".
-    ``resets`` counts the RST_STREAMs it received, ``connections`` the connections."""
-    def __init__(self):
+    ``resets`` counts the RST_STREAMs it received, ``connections`` the connections;
+    ``max_streams``: the MAX_CONCURRENT_STREAMS it allows (h2's 100 by default)."""
+    def __init__(self, max_streams=None):
         self.resets = self.connections = 0
+        self.max_streams = max_streams
         super().__init__()
 
     def connection(self, sock):
         self.connections += 1
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
+        if self.max_streams is not None:
+            conn.update_settings(
+                {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         pending = {}        # stream id -> [bytes left, frame size]
         timers = []         # (when, stream id)
         ticks = {}          # stream id -> [ticks left, every, next at]

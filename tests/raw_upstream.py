@@ -60,6 +60,11 @@ counts as JSON.
                     (one list, RFC 9110 5.3: chunked not last), a chunked body, then a close
   /rst-mid-body     a head promising 100000 bytes, 1000 of them, then a reset (RST, not FIN)
   /rst-to-close     200 framed by the close (no length, not chunked), 1000 bytes, then a reset
+  /drip-hint        a 103 Early Hints whose head comes a byte every 0.1 s (~4 s), then 200 "ok"
+  /many-hints       24 103 Early Hints heads, one every 0.3 s (~7 s), then 200 "ok"
+  /small-heads      as an upstream whose request head limit is 8 KiB (nginx's buffer, gunicorn's
+                    and Apache's field limits) and that closes without a word past it; 200 "ok"
+                    to a head within it
   /1xx-length, /1xx-chunked, /1xx-last-chunk
                     a 150 framed with a body (a head saying Content-Length: 0, or a
                     trailer), then a 200 whose body is a whole response of its own
@@ -140,6 +145,8 @@ def serve(conn):
             if answered_early:
                 count("/early-answer:reused")
             length = content_length(head)
+            if path == "/small-heads" and len(head) > 8192:
+                return                          # no answer: the connection closes
             if path == "/early-answer":
                 conn.sendall(response(b"early"))
                 body, buf = read_body(conn, buf, length)
@@ -246,6 +253,16 @@ def handle(conn, path):
             conn.sendall(bytes([byte]))
             time.sleep(0.1)
         conn.sendall(b"\r\nContent-Length: 2\r\n\r\nok")
+    elif path == "/drip-hint":
+        for byte in b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n":
+            conn.sendall(bytes([byte]))
+            time.sleep(0.1)
+        conn.sendall(response(b"ok"))
+    elif path == "/many-hints":
+        for _ in range(24):
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+            time.sleep(0.3)
+        conn.sendall(response(b"ok"))
     elif path == "/status-999":
         conn.sendall(b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok")
     elif path == "/early-hints":

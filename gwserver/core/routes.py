@@ -146,8 +146,10 @@ TIMEOUTS = Schema(
           "seconds to open an upstream connection: its name's lookup, the TCP connect "
           "and a TLS handshake together"),
     Field("read", number(0, exclusive=True), None,
-          "seconds to wait for each read from the upstream; a websocket tunnel idle this "
-          "long both ways is closed, as is one whose write to the upstream waits this long"),
+          "seconds to wait for each read from the upstream, and for each head of an answer "
+          "whole (its bytes renew nothing; the first 16 interim 1xx heads each have their "
+          "own); a websocket tunnel idle this long both ways is closed, as is one whose "
+          "write to the upstream waits this long"),
 )
 
 IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")     # RFC 9110 9.2.2
@@ -198,8 +200,8 @@ RETRY = Schema(
           "retries after the first try; default upstream_defaults.retries"),
     Field("per_try_timeout", number(0), None,
           "seconds each try may wait for the whole head of the answer (interim heads included) "
-          "and a held body's send; default: each read waits the read timeout; 0: none (a "
-          "route's clears its upstream's)"),
+          "and a held body's send; default: each head whole within the read timeout; 0: none "
+          "(a route's clears its upstream's)"),
     Field("backoff", number(0), None,
           "seconds before the first retry, doubled for each further one (with jitter); "
           "default 0.025"),

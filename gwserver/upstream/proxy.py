@@ -63,6 +63,7 @@ from ..net.sockets import (OPEN, UNREAD, PlainSocket, failure_reason, handshake_
                            tls_send_unless_answered)
 from ..settings import resolve_workers
 from ..state.hostshare import PUBLISH_EVERY, HostShare
+from .h2client import MAX_INTERIM_HEADS
 
 log = logging.getLogger("gwserver.proxy")
 
@@ -87,6 +88,10 @@ HEAD_SETTLE = 0.1
 # Apache's 5 s keep-alive, gunicorn's 2 s) ends it in a 502 that a held body would have
 # been retried from. So it goes out on a connection idle at most this long, else a new one.
 STREAMED_REUSE_IDLE = 1.0
+# Request heads over this many bytes are over many upstreams' own limit (nginx's 8 KiB header
+# buffer, gunicorn's, Apache's and Tomcat's 8 KiB field or head limits), within the gateway's
+# (64 KiB): an upstream may close on one without a word (Proxy.forward).
+BIG_REQUEST_HEAD = 8 << 10
 
 
 class _StaleConnection(Exception):
@@ -316,7 +321,7 @@ class Exchange:
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
                  "request_cut", "started", "version", "client_paused", "idle_since",
-                 "settle", "waiting_client")
+                 "settle", "waiting_client", "head_size")
 
     def __init__(self, conn):
         self.conn = conn
@@ -339,6 +344,7 @@ class Exchange:
         self.client_paused = False
         self.head_raw = b""
         self.informational = 0
+        self.head_size = 0          # of the request head this try sent (BIG_REQUEST_HEAD)
         self.reset()
 
     def reset(self):
@@ -385,6 +391,10 @@ class Exchange:
 
     def on_message_complete(self):
         self.complete = True
+
+    def interim_heads(self):
+        """The interim (1xx) heads of this answer read whole so far."""
+        return self.informational + (self.head_done and not self.final)
 
     @staticmethod
     def check_version(raw, start):
@@ -859,6 +869,16 @@ class Proxy:
                         # healthy pooled connection in place of this pool's dead ones.
                         again = target
                         continue
+                    if ex.head_size > BIG_REQUEST_HEAD:
+                        # An upstream may close on a head over its own limit without a word
+                        # (none is over the gateway's): the client's doing, as far as anyone
+                        # can tell, and never retried elsewhere. Counted, one client sending
+                        # big heads again and again ejected a healthy target and opened its
+                        # breaker for everyone.
+                        raise client_side(UpstreamError(
+                            f"{target.url}: connection failed before an answer to a request "
+                            f"head of {ex.head_size} bytes (over {BIG_REQUEST_HEAD}: the "
+                            f"upstream's own limit?)")) from None
                     self.book_failure(upstream, target)
                     reason = f"{target.url}: connection failed before an answer"
                     if replayable and self.may_retry(route, upstream, target, tried,
@@ -1116,6 +1136,7 @@ class Proxy:
         started = time.monotonic()
         req.sent = True
         head = self.request_head(req, target)
+        ex.head_size = len(head)
         if req.content_length is not None and req.complete and \
                 req.body_size != req.content_length:
             # The parser ended the message short of its Content-Length (an upgrade does).
@@ -1359,32 +1380,41 @@ class Proxy:
         return n
 
     def read_head(self, ex, read_timeout, per_try_timeout=None, since=None):
-        """Read the answer's head: each read within ``read_timeout``, and with a retry
-        policy's ``per_try_timeout`` the whole head within it (a head dripped a byte at a
-        time, or interim heads one after another, would restart a per-read deadline), counted
-        from ``since`` (the try's start, for a held body's) or now."""
+        """Read the answer's head. With a retry policy's ``per_try_timeout``, the whole head,
+        interim heads included, within it, counted from ``since`` (the try's start, for a
+        held body's) or now. Without one, each head (the final one, and each interim one
+        before it) whole within ``read_timeout`` from the wait for it, as over HTTP/2: bytes
+        of a head renew nothing (a head dripped a byte every read_timeout - 1 ms held the
+        request and its connection for as long as the upstream liked), a whole interim head
+        does (102 Processing keeps a long request alive), the first MAX_INTERIM_HEADS of them
+        (HTTP/2's bound; more, as fast, are dropped as ever): within 17 read timeouts in all."""
         wait_first = True       # the request was just sent: nothing can be here yet
-        deadline = (since or time.monotonic()) + per_try_timeout if per_try_timeout else None
-        timeout = per_try_timeout or read_timeout
+        now = time.monotonic()
+        if per_try_timeout:
+            until, renewed = (since or now) + per_try_timeout, False
+        else:
+            until, renewed = now + read_timeout, True
+        # (while the loop runs no final head is here: head_done says an interim one is whole)
+        heads = ex.informational + ex.head_done
         # After 100 Continue or 103 Early Hints (dropped: the client asked for neither) the
         # real answer follows on the same parser, however the bytes are split. An early
         # answer may be here already (read while the body was being sent).
         while not ex.final:
-            if deadline is not None:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    raise UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s "
-                                          f"(per_try_timeout)")
+            if not wait_first:
+                now = time.monotonic()
+                if renewed and ex.informational + ex.head_done != heads:
+                    heads = ex.informational + ex.head_done
+                    if heads <= MAX_INTERIM_HEADS:
+                        until = now + read_timeout
+            if until <= now:
+                raise head_timeout(ex, per_try_timeout, read_timeout)
             try:
-                if not self.recv_feed(ex, timeout, wait_first):
+                if not self.recv_feed(ex, until - now, wait_first):
                     if not ex.got_bytes:
                         raise _StaleConnection()
                     raise UpstreamError("upstream closed the connection mid-response")
             except UpstreamTimeout:
-                if deadline is None:
-                    raise
-                raise UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s "
-                                      f"(per_try_timeout)") from None
+                raise head_timeout(ex, per_try_timeout, read_timeout) from None
             wait_first = False
         ex.split_head(self.max_head, self.special_line)
 
@@ -1671,6 +1701,20 @@ def read_failed(ex, exc, timeout):
     if not ex.got_bytes:
         return _StaleConnection()
     return UpstreamError(f"upstream connection failed: {exc}")
+
+
+def head_timeout(ex, per_try_timeout, read_timeout):
+    """The UpstreamTimeout of a wait for an answer's head that ran out (Proxy.read_head)."""
+    if per_try_timeout:
+        return UpstreamTimeout(f"upstream did not answer within {per_try_timeout:g}s "
+                               f"(per_try_timeout)")
+    if ex.started and not ex.head_done:
+        return UpstreamTimeout(f"upstream did not send its whole head within "
+                               f"{read_timeout:g}s (timeouts.read)")
+    if ex.interim_heads() >= MAX_INTERIM_HEADS:
+        return UpstreamTimeout(f"upstream did not answer within {read_timeout:g}s of its "
+                               f"{MAX_INTERIM_HEADS}th interim (1xx) head")
+    return UpstreamTimeout(f"upstream did not answer within {read_timeout:g}s")
 
 
 def send_failed(ex, exc, stale_ok=False):
