@@ -119,37 +119,52 @@ def keep_unfit(table, conf, conf_path, prefix, kvs):
     the route with it. Loaded afresh, etcd's version went in first (no route yet to refuse
     it), the route was refused for it, and `routes validate` of that route unchanged said
     "error" where the gateway takes it. Only when the gateway's state is there to trust
-    (gateway_verdicts), as the previous version is read from what it published."""
-    unfit = [key.partition("/")[2] for key, reason in
-             (gateway_verdicts(conf, conf_path, kvs) or {}).items()
+    (gateway_verdicts), as the previous versions are read from what it published."""
+    verdicts = gateway_verdicts(conf, conf_path, kvs) or {}
+    unfit = [key.partition("/")[2] for key, reason in verdicts.items()
              if key.startswith("upstreams/") and f": {UNFIT}: " in reason]
-    served = published_upstreams(conf.etcd["runtime_dir"], prefix) if unfit else {}
-    for upstream_id in unfit:
-        if upstream_id in served and upstream_id in table.wanted_upstreams:
-            etcd_version, raw = table.wanted_upstreams[upstream_id]
-            version, spec = served[upstream_id]
-            table.put_upstream(upstream_id, json.dumps(spec), version)  # (its routes take it)
-            table.put_upstream(upstream_id, raw, etcd_version)      # refused again, as there
+    if not unfit:
+        return
+    served = published_items(conf.etcd["runtime_dir"], prefix)
+    # The last good version of a route whose own update the gateway refused too (it serves
+    # that one): left out, etcd's version of the upstream went in again with no route there
+    # to refuse it, and the route's fix was judged against it ("error" where it is taken).
+    refused = [key.partition("/")[2] for key in verdicts if key.startswith("routes/")]
+    again = []
+    for kind, ids in (("upstreams", unfit), ("routes", refused)):
+        wanted = getattr(table, f"wanted_{kind}")
+        put = getattr(table, f"put_{kind[:-1]}")
+        for item_id in ids:
+            if item_id in served[kind] and item_id in wanted:
+                again.append((put, item_id, *wanted[item_id]))     # (before put replaces it)
+                version, spec = served[kind][item_id]
+                put(item_id, json.dumps(spec), version)
+    # etcd's versions again, refused again as there, once every good one is in
+    # (ConfigSync.keep_last_good)
+    for put, item_id, etcd_version, raw in again:
+        put(item_id, raw, etcd_version)
 
 
-def published_upstreams(runtime_dir, prefix):
-    """{id: [version, spec]} of the upstreams the gateway's workers are given now."""
+def published_items(runtime_dir, prefix):
+    """{"routes": {id: [version, spec]}, "upstreams": {...}}: what the gateway's workers are
+    given now."""
     from .sync.shm import TableReader
     reader = TableReader(runtime_dir, prefix)
     try:
         steps = reader.updates()[0] if reader.changed() else []
     finally:
         reader.close()
-    served = {}
+    served = {"routes": {}, "upstreams": {}}
     for step, document in steps:
         if step == "full":
-            served = dict(document["table"]["upstreams"])
+            served = {kind: dict(document["table"][kind]) for kind in served}
             continue
-        for upstream_id, item in document.get("upstreams", {}).items():
-            if item is None:
-                served.pop(upstream_id, None)
-            else:
-                served[upstream_id] = item
+        for kind, items in served.items():
+            for item_id, item in document.get(kind, {}).items():
+                if item is None:
+                    items.pop(item_id, None)
+                else:
+                    items[item_id] = item
     return served
 
 
