@@ -1034,7 +1034,7 @@ def unfollowed(plugin, conf):
     return [(plugin, conf, None)]
 
 
-def served(route, plugin, conf):
+def served_configs(route, plugin, conf):
     """unfollowed(plugin, conf) of one of ``route``'s chain steps, and an upstream plugin's
     config of the route's own also for each upstream its split sends to that sets none of
     its own: that config runs there, keyed on that upstream (a breaker with scope

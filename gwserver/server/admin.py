@@ -24,7 +24,7 @@ import time
 
 import gevent
 
-from ..core.chain import served, unfollowed, upstream_scoped
+from ..core.chain import served_configs, unfollowed, upstream_scoped
 from ..core.context import Reply
 from ..errors import ConfigError
 from ..plugins import load_registry
@@ -228,7 +228,7 @@ def plugin_view(runtime, plugin):
     uses = [(route if upstream is None else dataclasses.replace(route, upstream=upstream), conf)
             for route in sorted(runtime.router.routes.values(), key=lambda r: r.id)
             for step, step_conf in route.chain.steps
-            for used, conf, upstream in served(route, step, step_conf) if used is plugin]
+            for used, conf, upstream in served_configs(route, step, step_conf) if used is plugin]
     return Reply.json(200, {"pid": os.getpid(), **plugin.admin_view(uses, runtime.services)})
 
 

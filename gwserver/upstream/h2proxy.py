@@ -54,14 +54,19 @@ def time_left(headers, deadline, now):
 
 
 def excuse_deadline(req, exc):
-    """``exc``, marked the client's doing (client_side) if it is the call's own deadline
-    running out (``grpc-timeout``): the client's patience, no failure of the upstream's for
-    a breaker or an adaptive limit (a client's 1 ms deadlines opened a healthy upstream's
-    breaker for everyone), and answered DEADLINE_EXCEEDED (grpc_deadline_hit)."""
+    """Mark ``exc`` the client's doing (client_side) if it is the call's own deadline running
+    out (``grpc-timeout``): the client's patience, no failure of the upstream's for a
+    breaker or an adaptive limit (a client's 1 ms deadlines opened a healthy upstream's
+    breaker for everyone), answered DEADLINE_EXCEEDED (grpc_deadline_hit)."""
     if getattr(exc, "deadline_hit", False):
         req.vars["grpc_deadline_hit"] = True
         client_side(exc)
-    return exc
+
+
+def upstream_time(stream, client, opened_waited):
+    """Seconds the upstream has had the request: from its stream's head, less the client's
+    waits since (``client.body_waited`` was ``opened_waited`` then: a slow upload's)."""
+    return time.monotonic() - stream.stream.opened - (client.body_waited - opened_waited)
 
 
 class Exchange:
@@ -224,7 +229,8 @@ class H2Forwarder:
                         continue
                     raise
                 except (UpstreamTimeout, StreamBroken) as exc:
-                    if excuse_deadline(req, exc).client_side:
+                    excuse_deadline(req, exc)
+                    if exc.client_side:
                         raise
                     proxy.book_failure(upstream, target)
                     event = "timeout" if isinstance(exc, UpstreamTimeout) else "reset"
@@ -279,7 +285,8 @@ class H2Forwarder:
                     answer = self.relay(client, req, exchange.stream, status, exchange.fields,
                                         grpc, keep_alive, target)
                 except (UpstreamError, UpstreamTimeout) as exc:
-                    if not excuse_deadline(req, exc).client_side:   # (or h2client._shed's)
+                    excuse_deadline(req, exc)
+                    if not exc.client_side:     # (h2client._shed's is too)
                         proxy.book_failure(upstream, target)
                     raise
             finally:
@@ -365,8 +372,7 @@ class H2Forwarder:
                 # wait for a free stream before (the upstream's SETTINGS_MAX_CONCURRENT_STREAMS,
                 # a new connection's SETTINGS) is the gateway's queue, as a full pool's is:
                 # counted, a client that left a request queued so failed a healthy canary.
-                req.vars["abandoned_wait"] = time.monotonic() - stream.stream.opened - \
-                    (client.body_waited - opened_waited)
+                req.vars["abandoned_wait"] = upstream_time(stream, client, opened_waited)
             if isinstance(exc, Exception):
                 # Its hang-up ended the wait (await_head): no failure of the upstream's to
                 # count, retry or break on.
@@ -381,8 +387,7 @@ class H2Forwarder:
         # latency of the upstream's) nor the gateway's queue for a free stream: counted, as a
         # full pool's wait over HTTP/1.1 never was, a canary's latency gate failed a healthy
         # upstream for the requests queued behind its SETTINGS_MAX_CONCURRENT_STREAMS.
-        req.upstream_seconds = time.monotonic() - stream.stream.opened - \
-            (client.body_waited - opened_waited)
+        req.upstream_seconds = upstream_time(stream, client, opened_waited)
         req.attempts += 1
         return Exchange(stream, sender, status, fields)
 
