@@ -18,7 +18,7 @@ from .terminal import printable
 
 # WAITING: a waiting route's note says it; FENCED: what a refused route in etcd does (not
 # said of a put refused here); decode_json: files are read as etcd values are
-from .core.table import FENCED, UNFIT, WAITING, decode_json  # noqa: E402
+from .core.table import FENCED, WAITING, decode_json  # noqa: E402
 
 
 def client_for(conf):
@@ -88,7 +88,7 @@ def routes_using(conf, client, prefix, upstream_id):
 def current_table(conf, client, prefix, keep_rejected=False, conf_path=None):
     """A LiveTable holding what etcd has now (its own rejections are not ours to report,
     unless ``keep_rejected``: ``routes list`` marks them), with the running gateway's
-    version of an upstream it refused as unfit when ``conf_path`` is given (keep_unfit)."""
+    version of what it refused when ``conf_path`` is given (keep_served)."""
     from .core.table import LiveTable
     from .sync.etcd import AuthRejected, EtcdError, EtcdRefused
     from .plugins import load_registry
@@ -103,7 +103,7 @@ def current_table(conf, client, prefix, keep_rejected=False, conf_path=None):
                 wanted[kind][item_id] = (rev, value)
         table.replace_all(wanted["routes"], wanted["upstreams"], wanted["consumers"])
         if conf_path is not None:
-            keep_unfit(table, conf, conf_path, prefix, kvs)
+            keep_served(table, conf, conf_path, prefix, kvs)
     except (AuthRejected, EtcdRefused) as exc:
         note = f"{exc}; checked against the conf file's table only"
     except EtcdError as exc:
@@ -113,25 +113,26 @@ def current_table(conf, client, prefix, keep_rejected=False, conf_path=None):
     return table, note
 
 
-def keep_unfit(table, conf, conf_path, prefix, kvs):
-    """Serve in ``table`` what the running gateway serves of an upstream whose etcd update
-    it refused as unfit for a route that uses it (docs/etcd.md): its previous version, and
-    the route with it. Loaded afresh, etcd's version went in first (no route yet to refuse
-    it), the route was refused for it, and `routes validate` of that route unchanged said
-    "error" where the gateway takes it. Only when the gateway's state is there to trust
-    (gateway_verdicts), as the previous versions are read from what it published."""
+def keep_served(table, conf, conf_path, prefix, kvs):
+    """Judge as the running gateway holds it: put in ``table`` the version the gateway
+    serves of each route and upstream whose etcd update it refused (its last good one), then
+    etcd's refused version again, refused again as there. Loaded afresh, an upstream the
+    gateway refused as unfit for a route that uses it (docs/etcd.md) went in first, with no
+    route yet to refuse it, and `routes validate` of that route unchanged said "error" where
+    the gateway takes it; one refused for a bad TLS file was missing, and a route using it
+    said "waits for it" where the gateway serves it. Only when the gateway's state is there
+    to trust (gateway_verdicts), as the served versions are read from what it published."""
     verdicts = gateway_verdicts(conf, conf_path, kvs) or {}
-    unfit = [key.partition("/")[2] for key, reason in verdicts.items()
-             if key.startswith("upstreams/") and f": {UNFIT}: " in reason]
-    if not unfit:
+    refused = {"upstreams": [], "routes": []}
+    for key in verdicts:
+        kind, _, item_id = key.partition("/")
+        if kind in refused:
+            refused[kind].append(item_id)
+    if not any(refused.values()):
         return
     served = published_items(conf.etcd["runtime_dir"], prefix)
-    # The last good version of a route whose own update the gateway refused too (it serves
-    # that one): left out, etcd's version of the upstream went in again with no route there
-    # to refuse it, and the route's fix was judged against it ("error" where it is taken).
-    refused = [key.partition("/")[2] for key in verdicts if key.startswith("routes/")]
     again = []
-    for kind, ids in (("upstreams", unfit), ("routes", refused)):
+    for kind, ids in refused.items():       # upstreams first: the routes find theirs
         wanted = getattr(table, f"wanted_{kind}")
         put = getattr(table, f"put_{kind[:-1]}")
         for item_id in ids:
@@ -139,8 +140,9 @@ def keep_unfit(table, conf, conf_path, prefix, kvs):
                 again.append((put, item_id, *wanted[item_id]))     # (before put replaces it)
                 version, spec = served[kind][item_id]
                 put(item_id, json.dumps(spec), version)
-    # etcd's versions again, refused again as there, once every good one is in
-    # (ConfigSync.keep_last_good)
+    # etcd's versions again once every good one is in (ConfigSync.keep_last_good): an
+    # upstream's before the last good version of a route refused too went in with no route
+    # there to refuse it, and that route's fix was judged against it
     for put, item_id, etcd_version, raw in again:
         put(item_id, raw, etcd_version)
 
