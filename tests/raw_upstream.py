@@ -47,6 +47,10 @@ counts as JSON.
   /split-413        as /early-413, with its head in two writes 0.3 s apart
   /late-413         as /early-413, 0.3 s after the head (the gateway is sending the body)
   /hint-late-413    as /late-413, with a 103 Early Hints at once
+  /drip-413         as /early-413, its head's first 40 bytes a byte every 0.1 s (~4 s)
+  /crlf-413, /hints-413
+                    as /early-413, after 40 blank lines (CRLFs, which llhttp skips before a
+                    head) or 40 103 Early Hints heads, one every 0.1 s (~4 s)
   /no-read          reads the head, then neither reads nor answers for 10 s
   /split-100-upload as /hint-upload, with an unasked 100 Continue in two writes 0.5 s apart
   /retry-after      503 "busy" with Retry-After: 30 (come back in 30 s, not at once)
@@ -62,9 +66,6 @@ counts as JSON.
   /rst-to-close     200 framed by the close (no length, not chunked), 1000 bytes, then a reset
   /drip-hint        a 103 Early Hints whose head comes a byte every 0.1 s (~4 s), then 200 "ok"
   /many-hints       24 103 Early Hints heads, one every 0.3 s (~7 s), then 200 "ok"
-  /small-heads      as an upstream whose request head limit is 8 KiB (nginx's buffer, gunicorn's
-                    and Apache's field limits) and that closes without a word past it; 200 "ok"
-                    to a head within it
   /1xx-length, /1xx-chunked, /1xx-last-chunk
                     a 150 framed with a body (a head saying Content-Length: 0, or a
                     trailer), then a 200 whose body is a whole response of its own
@@ -145,8 +146,6 @@ def serve(conn):
             if answered_early:
                 count("/early-answer:reused")
             length = content_length(head)
-            if path == "/small-heads" and len(head) > 8192:
-                return                          # no answer: the connection closes
             if path == "/early-answer":
                 conn.sendall(response(b"early"))
                 body, buf = read_body(conn, buf, length)
@@ -178,7 +177,8 @@ def serve(conn):
             if path == "/no-body-read":
                 conn.sendall(response(b"posted"))
                 continue                        # the body stays in buf: the next "request"
-            if path in ("/early-413", "/split-413", "/late-413", "/hint-late-413"):
+            if path in ("/early-413", "/split-413", "/late-413", "/hint-late-413",
+                        "/drip-413", "/crlf-413", "/hints-413"):
                 if length > 1 << 20:
                     answer = response(b"too large", b"413 Content Too Large",
                                       b"Connection: close\r\n")
@@ -187,7 +187,17 @@ def serve(conn):
                         answer = answer[30:]
                     elif path == "/hint-late-413":
                         conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
-                    if path != "/early-413":
+                    elif path == "/drip-413":
+                        for byte in answer[:40]:
+                            conn.sendall(bytes([byte]))
+                            time.sleep(0.1)
+                        answer = answer[40:]
+                    elif path in ("/crlf-413", "/hints-413"):
+                        for _ in range(40):
+                            conn.sendall(b"\r\n" if path == "/crlf-413" else
+                                         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                            time.sleep(0.1)
+                    if path not in ("/early-413", "/drip-413", "/crlf-413", "/hints-413"):
                         time.sleep(0.3)
                     conn.sendall(answer)
                     time.sleep(5)               # reads nothing more, then goes away

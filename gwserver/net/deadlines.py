@@ -55,6 +55,10 @@ class Deadlines:
     def disarm(self, owner):
         self._armed.pop(owner, None)
 
+    def until(self, owner):
+        """When ``owner``'s deadline falls (the monotonic clock), or None if none is armed."""
+        return self._armed.get(owner)
+
     def owners(self):
         """The owners armed now (a copy: expiring one changes the set)."""
         return list(self._armed)

@@ -132,7 +132,8 @@ def send_unless_answered(sock, data, deadlines, owner, timeout, answered):
     """``send_all`` for a plain socket whose peer may answer while we send (a request body an
     upstream answers early, then stops reading). When the send must wait, it waits for room
     or for something to read, whichever comes first; ``answered()`` (which reads it) says
-    whether to stop. Returns False if it stopped, True when all of ``data`` went out.
+    whether to stop (True), or to go on with a new deadline (False, an interim head) or the
+    same one (None). Returns False if it stopped, True when all of ``data`` went out.
 
     The wait is gevent's select in slices: a deadline closes the socket, and a closed socket
     wakes no watcher, so each slice ends by itself and the next send raises."""
@@ -151,9 +152,14 @@ def send_unless_answered(sock, data, deadlines, owner, timeout, answered):
                 armed = True
             readable, _, _ = gevent_select([raw], [raw], [], WAIT_SLICE)
             if readable:
-                if answered():
+                said = answered()
+                if said:
                     return False
-                armed = False       # reading it disarmed the deadline; it said something
+                if said is not None:
+                    # An interim head: the next wait has a timeout of its own. Anything
+                    # else (None) keeps the deadline the wait had.
+                    deadlines.disarm(owner)
+                    armed = False
     finally:
         if armed:
             deadlines.disarm(owner)

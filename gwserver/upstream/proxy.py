@@ -88,10 +88,6 @@ HEAD_SETTLE = 0.1
 # Apache's 5 s keep-alive, gunicorn's 2 s) ends it in a 502 that a held body would have
 # been retried from. So it goes out on a connection idle at most this long, else a new one.
 STREAMED_REUSE_IDLE = 1.0
-# Request heads over this many bytes are over many upstreams' own limit (nginx's 8 KiB header
-# buffer, gunicorn's, Apache's and Tomcat's 8 KiB field or head limits), within the gateway's
-# (64 KiB): an upstream may close on one without a word (Proxy.forward).
-BIG_REQUEST_HEAD = 8 << 10
 
 
 class _StaleConnection(Exception):
@@ -321,7 +317,7 @@ class Exchange:
                  "keep_alive", "head_done", "final", "complete", "chunks", "content_length",
                  "chunked", "got_bytes", "via", "head_raw", "informational", "plain",
                  "request_cut", "started", "version", "client_paused", "idle_since",
-                 "settle", "waiting_client", "head_size")
+                 "settle", "waiting_client")
 
     def __init__(self, conn):
         self.conn = conn
@@ -344,7 +340,6 @@ class Exchange:
         self.client_paused = False
         self.head_raw = b""
         self.informational = 0
-        self.head_size = 0          # of the request head this try sent (BIG_REQUEST_HEAD)
         self.reset()
 
     def reset(self):
@@ -869,16 +864,6 @@ class Proxy:
                         # healthy pooled connection in place of this pool's dead ones.
                         again = target
                         continue
-                    if ex.head_size > BIG_REQUEST_HEAD:
-                        # An upstream may close on a head over its own limit without a word
-                        # (none is over the gateway's): the client's doing, as far as anyone
-                        # can tell, and never retried elsewhere. Counted, one client sending
-                        # big heads again and again ejected a healthy target and opened its
-                        # breaker for everyone.
-                        raise client_side(UpstreamError(
-                            f"{target.url}: connection failed before an answer to a request "
-                            f"head of {ex.head_size} bytes (over {BIG_REQUEST_HEAD}: the "
-                            f"upstream's own limit?)")) from None
                     self.book_failure(upstream, target)
                     reason = f"{target.url}: connection failed before an answer"
                     if replayable and self.may_retry(route, upstream, target, tried,
@@ -1136,7 +1121,6 @@ class Proxy:
         started = time.monotonic()
         req.sent = True
         head = self.request_head(req, target)
-        ex.head_size = len(head)
         if req.content_length is not None and req.complete and \
                 req.body_size != req.content_length:
             # The parser ended the message short of its Content-Length (an upgrade does).
@@ -1305,16 +1289,39 @@ class Proxy:
     def answered(self, ex, route, took=None):
         """The upstream said something while the body was going out: read it (or take the
         ``took`` bytes already read into the buffer). True if it closed or its head is a
-        final answer; False for whole interim heads (103 Early Hints, an unasked 100
-        Continue), which are dropped as read_head drops them while the body goes on. A head
-        that has begun is read to its end before deciding (within read_timeout): a 100
-        Continue split across writes is not an answer."""
-        if not self.recv_feed(ex, route.read_timeout, took=took):
+        final answer; False for a whole interim head (103 Early Hints, an unasked 100
+        Continue), dropped as read_head drops them while the body goes on, which gives a
+        send that waits a timeout of its own, the first MAX_INTERIM_HEADS of them as
+        read_head's; None for anything else (blank lines before a head, a 17th interim
+        head), which keeps the send's deadline: each renewed it, and an upstream that stopped
+        reading held the upload and its connection for as long as it sent a CRLF every
+        read_timeout - 1 ms. A head that has begun is read to its end before deciding, whole
+        within read_timeout as read_head's are (each byte renewing it, a head dripped a byte
+        every read_timeout - 1 ms held them alike): a 100 Continue split across writes is
+        not an answer."""
+        read_timeout = route.read_timeout
+        deadlines = self.deadlines
+        send_until = deadlines.until(ex)        # the waiting send's, which our reads replace
+        heads = ex.interim_heads()
+        until = time.monotonic() + read_timeout
+        if not self.recv_feed(ex, read_timeout, took=took):
             return True                     # closed
         while ex.started and not ex.head_done:
-            if not self.recv_feed(ex, route.read_timeout, wait_first=True):
-                return True
-        return ex.final
+            left = until - time.monotonic()
+            if left <= 0:
+                raise head_timeout(ex, None, read_timeout)
+            try:
+                if not self.recv_feed(ex, left, wait_first=True):
+                    return True
+            except UpstreamTimeout:
+                raise head_timeout(ex, None, read_timeout) from None
+        if ex.final:
+            return True
+        if heads < ex.interim_heads() <= MAX_INTERIM_HEADS:
+            return False
+        if send_until is not None:
+            deadlines.arm(ex, send_until - time.monotonic())
+        return None
 
     def recv_feed(self, ex, timeout, wait_first=False, took=None):
         """Read once from the upstream and parse it; return the count of bytes read, 0 on
