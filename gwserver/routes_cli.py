@@ -115,15 +115,19 @@ def current_table(conf, client, prefix, keep_rejected=False, conf_path=None):
 
 def keep_served(table, conf, conf_path, prefix, kvs):
     """Judge as the running gateway holds it: put in ``table`` the version the gateway
-    serves of each route and upstream whose etcd update it refused (its last good one), then
-    etcd's refused version again, refused again as there. Loaded afresh, an upstream the
-    gateway refused as unfit for a route that uses it (docs/etcd.md) went in first, with no
-    route yet to refuse it, and `routes validate` of that route unchanged said "error" where
-    the gateway takes it; one refused for a bad TLS file was missing, and a route using it
-    said "waits for it" where the gateway serves it. Only when the gateway's state is there
-    to trust (gateway_verdicts), as the served versions are read from what it published."""
+    serves of each route, upstream and consumer whose etcd version it refused (its last good
+    one; one never served is taken out), then etcd's refused version again, refused again as
+    there. Loaded afresh, an upstream the gateway refused as unfit for a route that uses it
+    (docs/etcd.md) went in first, with no route yet to refuse it, and `routes validate` of
+    that route unchanged said "error" where the gateway takes it; one refused for a bad TLS
+    file was missing, and a route using it said "waits for it" where the gateway serves it.
+    A new route refused for a path a served one holds, or a new consumer for a key one holds,
+    went in first when its key sorts first, and the served one was refused in its place:
+    `validate` and `put` of its update said "error" where the gateway takes it. Only when
+    the gateway's state is there to trust (gateway_verdicts), as the served versions are
+    read from what it published."""
     verdicts = gateway_verdicts(conf, conf_path, kvs) or {}
-    refused = {"upstreams": [], "routes": []}
+    refused = {"upstreams": [], "routes": [], "consumers": []}
     for key in verdicts:
         kind, _, item_id = key.partition("/")
         if kind in refused:
@@ -136,10 +140,14 @@ def keep_served(table, conf, conf_path, prefix, kvs):
         wanted = getattr(table, f"wanted_{kind}")
         put = getattr(table, f"put_{kind[:-1]}")
         for item_id in ids:
-            if item_id in served[kind] and item_id in wanted:
-                again.append((put, item_id, *wanted[item_id]))     # (before put replaces it)
+            if item_id not in wanted:
+                continue
+            again.append((put, item_id, *wanted[item_id]))     # (before put replaces it)
+            if item_id in served[kind]:
                 version, spec = served[kind][item_id]
                 put(item_id, json.dumps(spec), version)
+            else:       # the gateway serves none of it: out, so what it holds goes in
+                getattr(table, f"delete_{kind[:-1]}")(item_id)
     # etcd's versions again once every good one is in (ConfigSync.keep_last_good): an
     # upstream's before the last good version of a route refused too went in with no route
     # there to refuse it, and that route's fix was judged against it
@@ -148,18 +156,18 @@ def keep_served(table, conf, conf_path, prefix, kvs):
 
 
 def published_items(runtime_dir, prefix):
-    """{"routes": {id: [version, spec]}, "upstreams": {...}}: what the gateway's workers are
-    given now."""
+    """{"routes": {id: [version, spec]}, "upstreams": {...}, "consumers": {...}}: what the
+    gateway's workers are given now."""
     from .sync.shm import TableReader
     reader = TableReader(runtime_dir, prefix)
     try:
         steps = reader.updates()[0] if reader.changed() else []
     finally:
         reader.close()
-    served = {"routes": {}, "upstreams": {}}
+    served = {"routes": {}, "upstreams": {}, "consumers": {}}
     for step, document in steps:
         if step == "full":
-            served = {kind: dict(document["table"][kind]) for kind in served}
+            served = {kind: dict(document["table"].get(kind, {})) for kind in served}
             continue
         for kind, items in served.items():
             for item_id, item in document.get(kind, {}).items():

@@ -649,7 +649,8 @@ class ConfigSync:
         from another etcd cluster's snapshot: what it held is no version of these items.
         A start that served the snapshot until etcd answered serves its versions still (the
         load is by value): one that is not the last good is dropped, as on a host that saw
-        the key deleted or changed."""
+        the key deleted or changed. What the snapshot lacks goes in after its good
+        versions, as it came after them on the hosts that saw it come."""
         same_cluster = snapshot.get("cluster_id") == self.cluster_id
         puts = {"upstreams": self.table.put_upstream, "routes": self.table.put_route,
                 "consumers": self.table.put_consumer}
@@ -693,8 +694,20 @@ class ConfigSync:
                                     etcd_raw))
         kept, dropped, again = [], [], []
         with self.publisher.lock:
+            # Routes and consumers the snapshot does not hold (put while the gateway was
+            # down, or refused before) out while its good versions go in, and in again
+            # after them, as on the hosts that saw them come: loaded in etcd's key order, a
+            # new route taking a path, or a new consumer the key, that a good one of the
+            # snapshot holds went in first when its id sorted first, and the good one was
+            # refused in its place (fenced, 503; its key authenticated as the newcomer).
+            newcomers = [(kind, item_id, *getattr(self.table, f"wanted_{kind}")[item_id])
+                         for kind in ("routes", "consumers") if changes
+                         for item_id in list(getattr(self.table, f"wanted_{kind}"))
+                         if item_id not in snapshot["table"].get(kind, {})]
+            for kind, item_id, _, _ in newcomers:
+                deletes[kind](item_id)
             for kind, item_id, replaced, version, spec, etcd_version, etcd_raw in changes:
-                if kind == "routes" and f"routes/{item_id}" not in self.table.rejected:
+                if kind != "upstreams" and f"{kind}/{item_id}" not in self.table.rejected:
                     continue        # etcd's version serves now (its unfit upstream's kept)
                 if replaced:
                     if kind == "upstreams" and spec.get("service"):
@@ -716,7 +729,7 @@ class ConfigSync:
             # good version is in: an upstream put again before the route it is unfit for
             # was (that route's own update refused too) went in, no route served to refuse
             # it, and the route's last good version was then refused for it, fenced (503).
-            for kind, item_id, etcd_version, etcd_raw in again:
+            for kind, item_id, etcd_version, etcd_raw in newcomers + again:
                 puts[kind](item_id, etcd_raw, etcd_version)
         if kept:
             log.warning("etcd holds refused updates of %d item(s) that snapshot %s holds "
