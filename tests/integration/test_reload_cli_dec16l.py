@@ -29,17 +29,23 @@ UNFIT = "upstream g2: a route that uses it cannot take it: route rpc: "
 RPC = {"id": "rpc", **split_to("rpc", "g1", "g2", grpc_web=True)}
 
 
+def cli_takes_rpc_and_refuses_g2(etcd, gw):
+    """`routes validate` of rpc (as RPC) says ok, `upstreams validate` of g2 as etcd holds
+    it says error, naming rpc: as the gateway judged them."""
+    out = gwcli(gw.conf_path, "routes", "validate", "-", stdin=json.dumps(RPC))
+    assert out.returncode == 0 and "ok: 1 routes valid" in out.stdout, (out.stdout, out.stderr)
+    g2 = json.loads(etcd.client().get(f"{PREFIX}/upstreams/g2"))
+    out = gwcli(gw.conf_path, "upstreams", "validate", "-", stdin=json.dumps({"id": "g2", **g2}))
+    assert out.returncode == 2 and UNFIT in out.stderr, (out.stdout, out.stderr)
+
+
 def test_validate_of_an_unchanged_route_agrees_with_the_gateway(launcher, tmp_path):
     """g2 refused as unfit for route rpc, which serves on with g2's previous version: `routes
     validate` of rpc as it is judged it against etcd's g2 and said "error", where the gateway
     serves it and takes a put of it; `upstreams validate` of g2 as etcd holds it said "ok",
     where the gateway refused it."""
     etcd, gw = refused_unfit(launcher, tmp_path)
-    out = gwcli(gw.conf_path, "routes", "validate", "-", stdin=json.dumps(RPC))
-    assert out.returncode == 0 and "ok: 1 routes valid" in out.stdout, (out.stdout, out.stderr)
-    g2 = json.loads(etcd.client().get(f"{PREFIX}/upstreams/g2"))
-    out = gwcli(gw.conf_path, "upstreams", "validate", "-", stdin=json.dumps({"id": "g2", **g2}))
-    assert out.returncode == 2 and UNFIT in out.stderr, (out.stdout, out.stderr)
+    cli_takes_rpc_and_refuses_g2(etcd, gw)
     out = gwcli(gw.conf_path, "routes", "validate", "-", stdin=json.dumps({**RPC, "bogus": 1}))
     assert out.returncode == 2 and "bogus" in out.stderr, (out.stdout, out.stderr)
     out = gwcli(gw.conf_path, "routes", "put", "-", stdin=json.dumps(RPC))

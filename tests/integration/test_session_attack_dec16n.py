@@ -19,9 +19,9 @@ from ..etcd_sync import PREFIX, gwcli, status_json
 from ..conftest import gateway_conf, wait_until
 from ..h2_upstreams import ScriptedH2Upstream
 from .test_follow_live_dec16d import put, split_to
+from .test_reload_cli_dec16l import cli_takes_rpc_and_refuses_g2
 from .test_reload_truth_dec16j import refused_unfit, restarted, serves_rpc_as_before
 
-UNFIT = "upstream g2: a route that uses it cannot take it: route rpc: "
 RPC = {"id": "rpc", **split_to("rpc", "g1", "g2", grpc_web=True)}
 
 
@@ -31,11 +31,7 @@ def test_validate_agrees_with_the_gateway_when_the_route_update_was_refused_too(
     serves rpc's last good version with g2's previous one. The fix of rpc must validate ok
     and be taken; g2 as etcd holds it must still be an error."""
     etcd, gw = both_refused(launcher, tmp_path)
-    out = gwcli(gw.conf_path, "routes", "validate", "-", stdin=json.dumps(RPC))
-    assert out.returncode == 0 and "ok: 1 routes valid" in out.stdout, (out.stdout, out.stderr)
-    g2 = json.loads(etcd.client().get(f"{PREFIX}/upstreams/g2"))
-    out = gwcli(gw.conf_path, "upstreams", "validate", "-", stdin=json.dumps({"id": "g2", **g2}))
-    assert out.returncode == 2 and UNFIT in out.stderr, (out.stdout, out.stderr)
+    cli_takes_rpc_and_refuses_g2(etcd, gw)
     out = gwcli(gw.conf_path, "routes", "put", "-", stdin=json.dumps(RPC))
     assert out.returncode == 0, (out.stdout, out.stderr)
     wait_until(lambda: "routes/rpc" not in status_json(gw).get("rejected", {}), timeout=5)
@@ -52,10 +48,7 @@ def both_refused(launcher, tmp_path):
 
 
 def serves_rpc_last_good(gw):
-    resp, body = gw.request("GET", "/rpc/x")
-    assert b"configuration was refused" not in body, (resp.status, body)
-    assert json.loads(gw.admin_get("/admin/upstreams/g2")[1])["protocol"] == "h2"
-    assert sorted(status_json(gw)["rejected"]) == ["routes/rpc", "upstreams/g2"]
+    serves_rpc_as_before(gw, refused=("routes/rpc", "upstreams/g2"))
 
 
 def test_a_sync_restart_with_both_refused_keeps_the_route_serving(launcher, tmp_path):
