@@ -15,6 +15,7 @@ Keep-alive HTTP/1.1 over TLS; bodies are not read (tests send GETs).
                  sender fills the buffers and waits) and closes 10 s later
   /part-record   as /early-413, but only the first 10 bytes of the 413's TLS record are sent:
                  the socket stays readable with no data the TLS layer can give
+  /drip-413      as /early-413, the first 40 bytes of its head a byte (a record) every 0.1 s
 """
 import socket
 import ssl
@@ -99,6 +100,15 @@ def serve(conn, context):
             elif path == b"/early-413":
                 tls.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
                          b"Connection: close\r\n\r\ntoo large")
+                time.sleep(10)
+                return
+            elif path == b"/drip-413":
+                answer = (b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
+                          b"Connection: close\r\n\r\ntoo large")
+                for byte in answer[:40]:
+                    tls.send(bytes([byte]))
+                    time.sleep(0.1)
+                tls.send(answer[40:])
                 time.sleep(10)
                 return
             elif path == b"/part-record":

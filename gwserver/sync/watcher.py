@@ -704,10 +704,17 @@ class ConfigSync:
                          for kind in ("routes", "consumers") if changes
                          for item_id in list(getattr(self.table, f"wanted_{kind}"))
                          if item_id not in snapshot["table"].get(kind, {})]
+            # Taking them out retries what waited for their paths or keys: etcd's refused
+            # versions of the snapshot's items went in before their good versions (a
+            # route's update refused for a newcomer's path served there, the route's last
+            # good version gone, the newcomer refused). Those still go in after them.
+            held = set(self.table.rejected)
             for kind, item_id, _, _ in newcomers:
                 deletes[kind](item_id)
+            freed = held.difference(self.table.rejected)
             for kind, item_id, replaced, version, spec, etcd_version, etcd_raw in changes:
-                if kind != "upstreams" and f"{kind}/{item_id}" not in self.table.rejected:
+                key = f"{kind}/{item_id}"
+                if kind != "upstreams" and key not in self.table.rejected and key not in freed:
                     continue        # etcd's version serves now (its unfit upstream's kept)
                 if replaced:
                     if kind == "upstreams" and spec.get("service"):

@@ -1142,7 +1142,8 @@ class Proxy:
                 head = b"".join([head, *encode_chunks(body_held, req.chunked, last=True)])
             if len(head) <= ONE_SEND:
                 self.send(ex, head, send_timeout, stale_ok=True)
-            elif not self.send_piece(ex, head, route, stale_ok=True, timeout=send_timeout):
+            elif not self.send_piece(ex, head, route, stale_ok=True, timeout=send_timeout,
+                                     per_try_timeout=policy.per_try_timeout, since=since):
                 # It answered (a 413) while the send waited, as a streamed body's upstream
                 # may: one that answered and stopped reading held a plain send to
                 # read_timeout, a 504 in place of its answer.
@@ -1222,15 +1223,19 @@ class Proxy:
         except OSError as exc:
             raise send_failed(ex, exc, stale_ok) from None
 
-    def send_piece(self, ex, data, route, stale_ok=False, timeout=None):
+    def send_piece(self, ex, data, route, stale_ok=False, timeout=None, per_try_timeout=None,
+                   since=None):
         """One piece of a streamed body; False if the upstream answered instead of taking it
         (one that answered early and stopped reading would hold the send until
         read_timeout: a 504 in place of its 413). ``stale_ok``: as ``send``'s; ``timeout``:
-        the route's read timeout unless given."""
+        the route's read timeout unless given; ``per_try_timeout`` from ``since``: the try's
+        bound, a held body's (what the upstream says meanwhile renews none of it)."""
         def answered():
             if ex.timed_out:        # the deadline closed the socket: that is what woke the wait
                 raise OSError(errno.EBADF, "closed by its deadline")
-            return self.answered(ex, route) if ex.plain else self.tls_answered(ex, route)
+            if ex.plain:
+                return self.answered(ex, route, per_try_timeout=per_try_timeout, since=since)
+            return self.tls_answered(ex, route, per_try_timeout, since)
 
         send = send_unless_answered if ex.plain else tls_send_unless_answered
         try:
@@ -1276,7 +1281,7 @@ class Proxy:
             return False
         return bool(self.tls_answered(ex, route))
 
-    def tls_answered(self, ex, route):
+    def tls_answered(self, ex, route, per_try_timeout=None, since=None):
         """``answered`` for a TLS upstream whose socket is readable, without waiting for
         data: None if what came held none (a TLS 1.3 session ticket; read, a record with
         data would have waited for the answer the upstream gives only after the body)."""
@@ -1284,9 +1289,9 @@ class Proxy:
             n = tls_read_now(ex.sock, self.buf)
         except OSError as exc:
             raise read_failed(ex, exc, route.read_timeout) from None
-        return None if n is None else self.answered(ex, route, n)
+        return None if n is None else self.answered(ex, route, n, per_try_timeout, since)
 
-    def answered(self, ex, route, took=None):
+    def answered(self, ex, route, took=None, per_try_timeout=None, since=None):
         """The upstream said something while the body was going out: read it (or take the
         ``took`` bytes already read into the buffer). True if it closed or its head is a
         final answer; False for a whole interim head (103 Early Hints, an unasked 100
@@ -1298,26 +1303,31 @@ class Proxy:
         read_timeout - 1 ms. A head that has begun is read to its end before deciding, whole
         within read_timeout as read_head's are (each byte renewing it, a head dripped a byte
         every read_timeout - 1 ms held them alike): a 100 Continue split across writes is
-        not an answer."""
+        not an answer. With a ``per_try_timeout`` (a held body's send is part of the try,
+        from ``since``), the head is whole by the try's end and no interim head renews the
+        send's wait, as in read_head: read with timeouts.read, a head dripped while the
+        try's deadline was off held the try for timeouts.read, not per_try_timeout, and 103s
+        gave it 16 per_try_timeouts, where it was to be cut and tried again."""
         read_timeout = route.read_timeout
         deadlines = self.deadlines
         send_until = deadlines.until(ex)        # the waiting send's, which our reads replace
         heads = ex.interim_heads()
-        until = time.monotonic() + read_timeout
+        until = since + per_try_timeout if per_try_timeout else \
+            time.monotonic() + read_timeout
         if not self.recv_feed(ex, read_timeout, took=took):
             return True                     # closed
         while ex.started and not ex.head_done:
             left = until - time.monotonic()
             if left <= 0:
-                raise head_timeout(ex, None, read_timeout)
+                raise head_timeout(ex, per_try_timeout, read_timeout)
             try:
                 if not self.recv_feed(ex, left, wait_first=True):
                     return True
             except UpstreamTimeout:
-                raise head_timeout(ex, None, read_timeout) from None
+                raise head_timeout(ex, per_try_timeout, read_timeout) from None
         if ex.final:
             return True
-        if heads < ex.interim_heads() <= MAX_INTERIM_HEADS:
+        if not per_try_timeout and heads < ex.interim_heads() <= MAX_INTERIM_HEADS:
             return False
         if send_until is not None:
             deadlines.arm(ex, send_until - time.monotonic())
