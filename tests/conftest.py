@@ -347,8 +347,12 @@ class Launcher:
             # Watched in /proc, not by connecting: a probe's connection waits in the backlog
             # until the worker accepts it, after a test's first client perhaps, and takes a
             # connection slot then (a worker_connections test saw its idle client closed so).
+            # Only the ports picked here move: another address the test chose (a TLS bind)
+            # taken by a client's ephemeral port is let go within the master's own tries
+            # (4 s), where each new gateway found it taken again, three in a row.
+            picked = [f"127.0.0.1:{p}: Address already in use" for p in (gw.port, gw.admin_port)]
             held = wait_until(lambda: "ours" if listens_on(gw.pid, gw.port) else
-                              "taken" if "Address already in use" in gw.log() else
+                              "taken" if any(line in gw.log() for line in picked) else
                               "exited" if gw.proc.poll() is not None else None)
             if held == "exited":
                 raise RuntimeError(f"gateway exited with {gw.proc.returncode} before listening"
