@@ -157,8 +157,6 @@ def inline_upstreams(value, depth=16):
 
 WAITING = "starts working when it arrives"     # in a waiting route's note (routes_cli)
 FENCED = "its paths answer 503 until a valid version arrives"
-# in the reason of an upstream refused as unfit for a route that uses it (_put_upstream)
-UNFIT = "a route that uses it cannot take it"
 # in the reason of an item refused over its tls files (LiveTable.retry_files)
 RETRIED_ON_FILES = "tried again when one of those files changes"
 
@@ -703,7 +701,7 @@ class LiveTable:
             self._recompile_users(upstream_id)
             self._unfit[upstream_id] = frozenset(unfit)
             return self._reject(key, ConfigError(
-                [f"upstream {upstream_id}: {UNFIT}: {problem}"
+                [f"upstream {upstream_id}: a route that uses it cannot take it: {problem}"
                  for problems in unfit.values() for problem in problems]),
                 upstream_id in self.upstream_specs)
         if written.get("service"):
