@@ -517,12 +517,14 @@ class EtcdClient:
     # -- KV ----------------------------------------------------------------------------------------
 
     @answer_shaped
-    def range_prefix(self, prefix):
-        """Return (revision, [(key, value, mod_revision)]) for every key under ``prefix``."""
+    def range_prefix(self, prefix, created=False):
+        """Return (revision, [(key, value, mod_revision)]) for every key under ``prefix``;
+        with ``created``, each item's create_revision after its mod_revision."""
         data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end":
                                            _b64(prefix_end(prefix))})
         revision = int(data["header"]["revision"])
-        items = [(_key(kv["key"]), _unb64(kv.get("value")), int(kv["mod_revision"]))
+        items = [(_key(kv["key"]), _unb64(kv.get("value")), int(kv["mod_revision"]),
+                  *((int(kv["create_revision"]),) if created else ()))
                  for kv in data.get("kvs", [])]
         return revision, items
 

@@ -54,6 +54,20 @@ UNREAD_LOGGED = 10
 UNREAD_SHOWN = 100
 
 
+def in_turn(kind, items, turns):
+    """``items`` ({id: (version, raw)} of one kind) in the order they came (``turns``: a
+    revision per "kind/id"). Two routes that want one path, or two consumers one key, are
+    settled by which came first; a full load that put them in etcd's key order let the one
+    whose id sorts first win. Where the table holds a version already (what it serves, or
+    the snapshot it starts from), an item that changed since comes at its last change
+    (mod_revision): a route's update to a path a newcomer took before it is refused, as on
+    the hosts that saw them come. A new item comes at its creation (create_revision): a
+    route updated after a newcomer was refused for its path holds the path still. Only
+    the items' last versions are known: of two routes both new to the table, the older
+    one moved later onto the younger one's path goes in first still (docs/etcd.md)."""
+    return dict(sorted(items.items(), key=lambda item: turns[f"{kind}/{item[0]}"]))
+
+
 def shown(text, limit):
     """``text``, or its start, its length and a digest (two long keys that begin alike stay
     apart in status.json)."""
@@ -314,19 +328,25 @@ class ConfigSync:
         """Make the table exactly what etcd holds under the prefix, by value (and the
         ``snapshot``'s last good versions of what it holds refused: keep_last_good)."""
         self.beat(self.turn)
-        revision, items = self.client.range_prefix(self.prefix)
+        revision, items = self.client.range_prefix(self.prefix, created=True)
         cluster_id = self.client.cluster_id
         snapshot, self.snapshot_served = snapshot or self.snapshot_served, None
         wanted = {"routes": {}, "upstreams": {}, "consumers": {}}
+        turns = {}
         instances = {}
         self.unread = {}
-        for key, value, mod_revision in items:
+        for key, value, mod_revision, create_revision in items:
             kind, item_id = self.split(key)
             self.note_unread(key, kind, "put")
             if kind == "services":
                 instances.setdefault(item_id[0], {})[item_id[1]] = value
             elif kind:
                 wanted[kind][item_id] = (mod_revision, value)
+                # When it came: a change of an item the table holds at its last change, a
+                # new one at its creation (see in_turn)
+                held = item_id in getattr(self.table, f"wanted_{kind}")
+                turns[f"{kind}/{item_id}"] = mod_revision if held else create_revision
+        wanted = {kind: in_turn(kind, found, turns) for kind, found in wanted.items()}
         was = self.cluster_id or self.publisher.source.get("cluster_id")
         if was and cluster_id != was:
             log.warning("the table served came from etcd cluster %s; etcd is cluster %s: "
@@ -535,12 +555,16 @@ class ConfigSync:
             return None
         return snapshot
 
+    def take_snapshot(self, snapshot):
+        """The table holds the snapshot's versions (the publisher's lock held)."""
+        self.table.apply_published(snapshot["table"])
+        self.table.take_service_targets(snapshot["table"].get("service_targets") or {})
+
     def serve_snapshot(self, snapshot):
         log.info("serving snapshot %s (etcd cluster %s, revision %s) until etcd answers",
                  self.snapshot_path, snapshot.get("cluster_id"), snapshot.get("revision"))
         with self.publisher.lock:
-            self.table.apply_published(snapshot["table"])
-            self.table.take_service_targets(snapshot["table"].get("service_targets") or {})
+            self.take_snapshot(snapshot)
             # Marked: a worker that serves a table already keeps it (TableReader).
             self.publisher.source = {"cluster_id": snapshot.get("cluster_id"),
                                      "prefix": self.prefix, "snapshot": True}
@@ -568,6 +592,12 @@ class ConfigSync:
         snapshot = self.read_snapshot()
         if snapshot is None:
             return
+        # Loaded onto the snapshot, as after serving it until etcd answered: etcd's changes
+        # since go in as they came (in_turn), not onto nothing, where a route's update that
+        # the hosts that saw it come refused could take its path before the newcomer that
+        # holds it there
+        with self.publisher.lock:
+            self.take_snapshot(snapshot)
         timeout = self.client.timeout
         self.client.timeout = min(timeout, self.FIRST_TRY / len(self.client.endpoints))
         try:
@@ -647,10 +677,10 @@ class ConfigSync:
         such a route (503) or dropped such an upstream or consumer, while every other host
         went on serving it. Only the version that update replaced (``replaced``), and not
         from another etcd cluster's snapshot: what it held is no version of these items.
-        A start that served the snapshot until etcd answered serves its versions still (the
-        load is by value): one that is not the last good is dropped, as on a host that saw
-        the key deleted or changed. What the snapshot lacks goes in after its good
-        versions, as it came after them on the hosts that saw it come."""
+        The load went onto the snapshot's versions (start_fresh, serve_snapshot), and a
+        refused update leaves the version the table holds serving: one that is not the last
+        good is dropped, as on a host that saw the key deleted or changed. What the snapshot
+        lacks came in its turn (in_turn), after the snapshot's versions."""
         same_cluster = snapshot.get("cluster_id") == self.cluster_id
         puts = {"upstreams": self.table.put_upstream, "routes": self.table.put_route,
                 "consumers": self.table.put_consumer}
@@ -658,7 +688,7 @@ class ConfigSync:
                    "consumers": self.table.delete_consumer}
         # Asked of etcd before the lock is taken (the base writer waits on it), and no more
         # once etcd fails (a wait of ``timeout`` per item)
-        changes, history, seen = [], True, snapshot.get("revision") or 0
+        changes, kept, history, seen = [], [], True, snapshot.get("revision") or 0
         static = snapshot["table"].get("service_targets")
         known = static is not None          # None: a snapshot written before they were listed
         static = static if isinstance(static, dict) else {}     # (a file by another hand)
@@ -692,29 +722,13 @@ class ConfigSync:
                                                                             ask_etcd)
                     changes.append((kind, item_id, replaced, version, spec, etcd_version,
                                     etcd_raw))
-        kept, dropped, again = [], [], []
+                elif replaced:
+                    kept.append(key)    # the table holds the snapshot's version: it serves
+        dropped, again = [], []
         with self.publisher.lock:
-            # Routes and consumers the snapshot does not hold (put while the gateway was
-            # down, or refused before) out while its good versions go in, and in again
-            # after them, as on the hosts that saw them come: loaded in etcd's key order, a
-            # new route taking a path, or a new consumer the key, that a good one of the
-            # snapshot holds went in first when its id sorted first, and the good one was
-            # refused in its place (fenced, 503; its key authenticated as the newcomer).
-            newcomers = [(kind, item_id, *getattr(self.table, f"wanted_{kind}")[item_id])
-                         for kind in ("routes", "consumers") if changes
-                         for item_id in list(getattr(self.table, f"wanted_{kind}"))
-                         if item_id not in snapshot["table"].get(kind, {})]
-            # Taking them out retries what waited for their paths or keys: etcd's refused
-            # versions of the snapshot's items went in before their good versions (a
-            # route's update refused for a newcomer's path served there, the route's last
-            # good version gone, the newcomer refused). Those still go in after them.
-            held = set(self.table.rejected)
-            for kind, item_id, _, _ in newcomers:
-                deletes[kind](item_id)
-            freed = held.difference(self.table.rejected)
             for kind, item_id, replaced, version, spec, etcd_version, etcd_raw in changes:
                 key = f"{kind}/{item_id}"
-                if kind != "upstreams" and key not in self.table.rejected and key not in freed:
+                if kind != "upstreams" and key not in self.table.rejected:
                     continue        # etcd's version serves now (its unfit upstream's kept)
                 if replaced:
                     if kind == "upstreams" and spec.get("service"):
@@ -736,7 +750,7 @@ class ConfigSync:
             # good version is in: an upstream put again before the route it is unfit for
             # was (that route's own update refused too) went in, no route served to refuse
             # it, and the route's last good version was then refused for it, fenced (503).
-            for kind, item_id, etcd_version, etcd_raw in newcomers + again:
+            for kind, item_id, etcd_version, etcd_raw in again:
                 puts[kind](item_id, etcd_raw, etcd_version)
         if kept:
             log.warning("etcd holds refused updates of %d item(s) that snapshot %s holds "
@@ -744,9 +758,8 @@ class ConfigSync:
                         self.snapshot_path, listed(kept))
         if dropped:
             log.warning("etcd holds refused updates of %d item(s) whose version in snapshot "
-                        "%s, served until etcd answered, is no longer theirs (deleted or "
-                        "changed since): no longer serving %s", len(dropped),
-                        self.snapshot_path, listed(dropped))
+                        "%s is no longer theirs (deleted or changed since): not serving %s",
+                        len(dropped), self.snapshot_path, listed(dropped))
 
     def refused_users(self, upstream_id, snapshot):
         """Does a route refused here, which the snapshot holds, use ``upstream_id``?"""

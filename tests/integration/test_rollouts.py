@@ -242,14 +242,18 @@ def test_restart_mid_rollout_resumes_and_the_cli_steers(launcher, pair):
         assert cli(first, "pause", "shop", "--reason", "look at dashboards").returncode == 0
     finally:
         load.stop()
+    # (paused at step 1, or at 2 when the next interval's gates passed while the CLI started)
+    paused = wait_until(lambda: rollout_of(first).get("status") == "paused" and
+                        rollout_of(first), timeout=5)
+    assert (paused["step"], paused["weight"]) in ((1, 30.0), (2, 60.0)), paused
     first.proc.terminate()
     first.proc.wait(15)
     second = launcher.gateway(make(interval=1.0))     # a new host joining mid-rollout
     wait_until(lambda: rollout_of(second).get("status") == "paused", timeout=10)
     entry = rollout_of(second)
-    assert (entry["step"], entry["weight"]) == (1, 30.0)
+    assert (entry["step"], entry["weight"]) == (paused["step"], paused["weight"])
     out = cli(second, "status", "shop")
-    assert out.returncode == 0 and "paused, step 2 of 4" in out.stdout
+    assert out.returncode == 0 and f"paused, step {paused['step'] + 1} of 4" in out.stdout
     assert "look at dashboards" in out.stdout and "gate success_rate" in out.stdout
     refused = cli(second, "pause", "shop")
     assert refused.returncode == 1 and "cannot pause a rollout that is paused" in refused.stderr
