@@ -53,6 +53,8 @@ counts as JSON.
                     head) or 40 103 Early Hints heads, one every 0.1 s (~4 s)
   /no-read          reads the head, then neither reads nor answers for 10 s
   /split-100-upload as /hint-upload, with an unasked 100 Continue in two writes 0.5 s apart
+  /late-100s-upload as /hint-upload, with two unasked 100 Continue heads 0.3 s after the head,
+                    the first dripped a byte every 10 ms
   /retry-after      503 "busy" with Retry-After: 30 (come back in 30 s, not at once)
   /retry-after-0    503 "busy" with Retry-After: 0
   /retry-after-past 503 "busy" with Retry-After: a date gone by (come back now)
@@ -162,9 +164,15 @@ def serve(conn):
             if path == "/no-read":
                 time.sleep(10)
                 return
-            if path in ("/hint-upload", "/split-100-upload"):
+            if path in ("/hint-upload", "/split-100-upload", "/late-100s-upload"):
                 if path == "/hint-upload":
                     conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                elif path == "/late-100s-upload":
+                    time.sleep(0.3)
+                    for byte in b"HTTP/1.1 100 Continue\r\n\r\n":
+                        conn.sendall(bytes([byte]))
+                        time.sleep(0.01)
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 else:                       # an unasked 100 Continue, in two writes
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n")
                     time.sleep(0.5)             # the gateway sees half a head first

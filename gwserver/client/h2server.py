@@ -79,8 +79,9 @@ from .http1 import (MAX_HEAD_BYTES, SLOW_BODY_GRACE, ClientConnection, ClientGon
 from .waiting import handshake_just_ended, serve_counted, wait_first_byte
 from ..net.addresses import listener_addresses
 from ..net.deadlines import WriteDeadline
-from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, has_unread_input, linger,
-                           peer_address, raw_socket, send_all, unsent_bytes)
+from ..net.sockets import (LINGER_SECONDS, RECV_SIZE, PlainSocket, ReadableWake,
+                           has_unread_input, linger, peer_address, raw_socket, send_all,
+                           unsent_bytes)
 
 log = logging.getLogger("gwserver.h2")
 
@@ -360,7 +361,8 @@ class H2Stream(ClientConnection):
             if actions[-1][2]:
                 self.ended = True
 
-    def read_body(self):
+    def read_body(self, watch=None):
+        """(as ClientConnection.read_body: True when ``watch`` turned readable first)"""
         if self.unacked:
             self.conn.acknowledge(self.stream_id, self.unacked)
             self.unacked = 0
@@ -373,20 +375,27 @@ class H2Stream(ClientConnection):
             # answer_flowing's first look: what the answer wrote before this wait began is
             # no sign that it goes on (that held a stalled upload twice client_body_timeout)
             self._writes_seen = self.writes
+            # (started here: the acknowledgement above may wait for the connection)
+            wake = None if watch is None else ReadableWake(watch, self.wake)
             conn.body_wait_began()
             try:
                 came = self.wake.wait(self.body_timeout)
                 while not came and self.answer_flowing():
                     came = self.wake.wait(self.body_timeout)
             finally:
+                if wake is not None:
+                    wake.stop()
                 self.waiting = False
                 self.body_waited += time.monotonic() - self.wait_started
                 conn.body_wait_ended()
             if not came and not self.fresh:
                 raise RequestTimeout("client sent no body data in time")
+            if wake is not None and wake.woke and not self.fresh and self.reset_code is None:
+                return True
         if self.reset_code is not None:
             raise ClientGone("the client reset the stream")
         self.fresh = False
+        return False
 
     _writes_seen = 0
 

@@ -38,8 +38,9 @@ from ..core.throttledlog import throttled_log
 from ..core.tracing import extract as extract_trace, response_line
 from ..net.deadlines import WriteDeadline
 from ..net.proxy_protocol import is_proxy_header, proxy_header_refused
-from ..net.sockets import (PlainSocket, has_unread_input, linger, peer_address, peer_closed,
-                           recv_when_readable, send_all, unsent_bytes)
+from ..net.sockets import (PlainSocket, ReadableWake, Woken, has_unread_input, linger,
+                           peer_address, peer_closed, recv_when_readable, send_all,
+                           unsent_bytes)
 from ..errors import (BadRequest, HeadersTooLarge, HTTPError, InternalError, PayloadTooLarge,
                       RequestTimeout, Unimplemented, WorkerStopped)
 from .waiting import handshake_just_ended
@@ -670,9 +671,11 @@ class ClientConnection:
         self.head_status = status
         self.write(data)
 
-    def read_body(self):
+    def read_body(self, watch=None):
         """Read more of the current request's body within client_body_timeout; raise
-        RequestTimeout when it stalls, ClientGone on EOF mid-body."""
+        RequestTimeout when it stalls, ClientGone on EOF mid-body. ``watch``: a socket (the
+        upstream's) whose turning readable ends the wait: True then, nothing read."""
+        wake = None if watch is None else ReadableWake(watch)   # (the recv is its one wait)
         runtime = self.runtime
         runtime.deadlines.arm(self, self.body_timeout)
         self.answer_timeout = True
@@ -684,14 +687,18 @@ class ClientConnection:
         n = 0
         try:
             n = self.recv()
+        except Woken:
+            return True
         except HTTPError as exc:
             # The body came whole and bytes after it broke: this request is served, then the
             # 400 (read_head). Raised here, the whole request was answered the 400 with
             # keep-alive, and the next one, whose own body or head broke, was served.
             if not self.defer_malformed(exc):
                 raise
-            return
+            return False
         finally:
+            if wake is not None:
+                wake.stop()
             runtime.deadlines.disarm(self)
             runtime.body_readers.pop(self, None)   # (or closed as the slowest)
             self.answer_timeout = False
@@ -699,6 +706,7 @@ class ClientConnection:
             self.body_read += n
         if n == 0:
             raise ClientGone("client closed mid-body")
+        return False
 
     def may_close_idle(self):
         """Runtime.close_oldest_idle: an idle HTTP/1.1 client sends nothing, so what is still

@@ -320,6 +320,41 @@ def wait_readable(sock):
         raise OSError(errno.EBADF, "socket closed") from None
 
 
+class Woken(Exception):
+    """Raised by ReadableWake into the wait it ends."""
+
+
+class ReadableWake:
+    """Ends the current greenlet's wait once ``sock`` turns readable (an upstream answering
+    while a request body waits on its client): by setting ``event`` when given (what that
+    wait is on), else by raising Woken into it, which must then wait at one point only
+    (stopped as soon as that wait ends: a wake pending is dropped with the watcher).
+    ``woke`` says whether it did."""
+
+    __slots__ = ("watcher", "greenlet", "event", "woke", "stopped")
+
+    def __init__(self, sock, event=None):
+        self.greenlet, self.event, self.woke = gevent.getcurrent(), event, False
+        self.stopped = False
+        self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.watcher.start(self._wake)
+
+    def _wake(self):
+        if self.stopped:        # (a call queued before the stop: the wait is over)
+            return
+        self.watcher.stop()
+        self.woke = True
+        if self.event is not None:
+            self.event.set()
+        else:
+            self.greenlet.throw(Woken)
+
+    def stop(self):
+        self.stopped = True
+        self.watcher.stop()
+        self.watcher.close()
+
+
 def readable_within(sock, seconds):
     """Has ``sock`` something to read (or closed) within ``seconds``? Nothing is read; a TLS
     socket's bytes decrypted already count."""

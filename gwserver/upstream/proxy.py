@@ -1141,7 +1141,9 @@ class Proxy:
             if body_held or req.chunked:
                 head = b"".join([head, *encode_chunks(body_held, req.chunked, last=True)])
             if len(head) <= ONE_SEND:
-                self.send(ex, head, send_timeout, stale_ok=True)
+                self.send(ex, head, send_timeout, stale_ok=True,
+                          setting="per_try_timeout" if policy.per_try_timeout else
+                          "timeouts.read")
             elif not self.send_piece(ex, head, route, stale_ok=True, timeout=send_timeout,
                                      per_try_timeout=policy.per_try_timeout, since=since):
                 # It answered (a 413) while the send waited, as a streamed body's upstream
@@ -1217,11 +1219,12 @@ class Proxy:
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
 
-    def send(self, ex, data, timeout, stale_ok=False):
+    def send(self, ex, data, timeout, stale_ok=False, setting="timeouts.read"):
+        """Send all of ``data`` within ``timeout`` (of ``setting``, for the log)."""
         try:
             send_all(ex.sock, data, self.deadlines, ex, timeout)
         except OSError as exc:
-            raise send_failed(ex, exc, stale_ok) from None
+            raise send_failed(ex, exc, stale_ok, timeout, setting) from None
 
     def send_piece(self, ex, data, route, stale_ok=False, timeout=None, per_try_timeout=None,
                    since=None):
@@ -1238,11 +1241,13 @@ class Proxy:
             return self.tls_answered(ex, route, per_try_timeout, since)
 
         send = send_unless_answered if ex.plain else tls_send_unless_answered
+        timeout = timeout or route.read_timeout
         try:
-            return send(ex.sock, data, self.deadlines, ex, timeout or route.read_timeout,
-                        answered)
+            return send(ex.sock, data, self.deadlines, ex, timeout, answered)
         except (OSError, ValueError) as exc:    # ValueError: select on a closed socket
-            raise send_failed(ex, exc, stale_ok) from None
+            raise send_failed(ex, exc, stale_ok, timeout,
+                              "per_try_timeout" if per_try_timeout else "timeouts.read") \
+                from None
 
     def stream_request_body(self, client, req, ex, route):
         """Forward the body as it arrives: one client read in memory at a time.
@@ -1252,6 +1257,7 @@ class Proxy:
         answer (the client's connection then closes: the rest of its body is unread)."""
         limit = route.max_body_size
         client.send_continue(req)
+        watch = True
         for turn in count(1):
             # Read before taking the pieces, once: an HTTP/2 client's body arrives in another
             # greenlet, which may add the last piece and mark the end while a send waits.
@@ -1271,7 +1277,17 @@ class Proxy:
                 return
             if turn % YIELD_EVERY == 0:
                 gevent.sleep(0)         # a fast uploader must not hold the worker
-            client.read_body()
+            if watch:
+                # Watching the upstream meanwhile: waiting on the client alone, an early
+                # answer (a 413, a 401) to a client that paused its upload, or that waits
+                # for one before it sends its body (answered 100 Continue all the same),
+                # was held until client_body_timeout and lost for the gateway's 408. Once:
+                # a wake may be no answer (an interim head, a CRLF), and the client's body
+                # timeout begins anew with each wait: woken each second by an upstream's
+                # CRLF, a silent client's upload would be held for good.
+                watch = not client.read_body(ex.sock)
+            else:
+                client.read_body()
 
     def answered_between(self, ex, route):
         """Between two pieces of a streamed body: has the upstream answered (or closed)?"""
@@ -1343,7 +1359,9 @@ class Proxy:
             try:
                 n = recv_when_readable(ex.sock, self.buf) if wait_first else \
                     ex.sock.recv_into(self.buf)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
+                # ValueError: a TLS socket its deadline closed as its wait ended with data
+                # (gevent's read looks again and finds it closed); a 500 under load
                 raise read_failed(ex, exc, timeout) from None
             finally:
                 deadlines.disarm(ex)
@@ -1734,12 +1752,16 @@ def head_timeout(ex, per_try_timeout, read_timeout):
     return UpstreamTimeout(f"upstream did not answer within {read_timeout:g}s")
 
 
-def send_failed(ex, exc, stale_ok=False):
+def send_failed(ex, exc, stale_ok=False, timeout=None, setting="timeouts.read"):
     """What a send to the upstream that raised ``exc`` becomes: a timeout when its deadline
-    closed the socket; with ``stale_ok``, a reused connection found dead (retried); else a
-    broken connection."""
+    (``timeout`` seconds, of ``setting``) closed the socket; with ``stale_ok``, a reused
+    connection found dead (retried); else a broken connection."""
     if ex.timed_out:
-        return UpstreamTimeout("upstream did not accept the request in time")
+        # The bound and the setting it came from, as head_timeout's: "in time" alone did
+        # not tell a held upload's try cut by per_try_timeout from timeouts.read's wait
+        return UpstreamTimeout(f"upstream did not accept the request in time (within "
+                               f"{timeout:g}s, {setting})" if timeout else
+                               "upstream did not accept the request in time")
     if stale_ok:
         return _StaleConnection()
     return UpstreamError(f"upstream connection failed while sending: {exc}")

@@ -19,8 +19,8 @@ class Client:
     def send_continue(self, req):
         pass
 
-    def read_body(self):
-        pass
+    def read_body(self, watch=None):
+        return False                        # (True: ``watch``, the upstream, spoke first)
 
 
 def streamed_request():
@@ -48,7 +48,7 @@ def test_http1_upstream_gets_the_piece_and_the_end_that_came_during_a_send():
     proxy = Proxy.__new__(Proxy)
     proxy.send_piece = send_piece
     proxy.answered_between = lambda ex, route: False
-    ex = SimpleNamespace(request_cut=False)
+    ex = SimpleNamespace(request_cut=False, sock=None)
     proxy.stream_request_body(Client(), req, ex, ROUTE)
     assert b"".join(sent) == b"5\r\nfirst\r\n4\r\nlast\r\n0\r\n\r\n"
     assert not ex.request_cut
