@@ -78,14 +78,18 @@ def etcd_gateway_at(launcher, etcd, tmp_path, name):
         "snapshot_path": str(tmp_path / f"snapshot-{name}.json")}))
 
 
+@pytest.mark.parametrize("newcomer", ["aa", "zz"])
 def test_a_newcomer_taken_out_lets_no_refused_update_in_before_the_last_good(launcher,
-                                                                             tmp_path):
+                                                                             tmp_path,
+                                                                             newcomer):
     """Route s serves /a. Gateway g stops (its snapshot holds s); route aa is put with
     /n/:name, then s's update to /n/:id, which the gateway that saw them come (o) refuses (aa
     holds that position): it serves s's last good version at /a. Restarted afresh, g loaded aa (its key first), s's
     update refused for /n; keep_last_good took aa out to put the snapshot's s in first, and
     that removal retried s's refused update (etcd's), which took /n/*: s served there, /a a
-    404, aa refused in its place. (Before bf217e4 g served as o.) Now g serves as o."""
+    404, aa refused in its place. (Before bf217e4 g served as o.) Now g serves as o. With
+    the newcomer named zz (s's key first), g loaded s's update first, in etcd's key order,
+    and accepted it, with the same outcome, until 444ff06 (test_load_order_dec16t)."""
     etcd = launcher.etcd()
     up = launcher.upstream("v1")
     observer = etcd_gateway_at(launcher, etcd, tmp_path, "o")
@@ -95,7 +99,7 @@ def test_a_newcomer_taken_out_lets_no_refused_update_in_before_the_last_good(lau
     wait_until(lambda: gw.request("GET", "/a")[0].status == 200, timeout=5)
     time.sleep(1.5)         # (the snapshot is written once publications pause)
     stop_process(gw.proc)
-    put(etcd, "routes", "aa", {"paths": ["/n/:name"], "upstream": "u", "priority": -1})
+    put(etcd, "routes", newcomer, {"paths": ["/n/:name"], "upstream": "u", "priority": -1})
     put(etcd, "routes", "s", {"paths": ["/n/:id"], "upstream": "u"})
     wait_until(lambda: sorted(status_json(observer).get("rejected", {})) == ["routes/s"],
                timeout=5)
@@ -107,3 +111,4 @@ def test_a_newcomer_taken_out_lets_no_refused_update_in_before_the_last_good(lau
     assert sorted(status_json(gw)["rejected"]) == ["routes/s"], status_json(gw)["rejected"]
     assert gw.request("GET", "/a")[0].status == 200
     assert json.loads(gw.admin_get("/admin/routes/s")[1])["spec"]["paths"] == ["/a"]
+    assert gw.request("GET", "/n/x")[0].status == 200       # the newcomer serves
