@@ -577,7 +577,9 @@ class ClientConnection:
         try:
             n = recv_when_readable(self.sock, self.buf) if wait_first else \
                 self.sock.recv_into(self.buf)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            # ValueError: a TLS socket its deadline closed as its wait ended with data
+            # (gevent's read looks again and finds it closed), as Proxy.recv_feed's
             if self.timed_out:
                 raise RequestTimeout(self.timeout_reason) from None
             raise ClientGone(str(exc)) from None
