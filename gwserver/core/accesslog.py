@@ -175,6 +175,12 @@ class AccessFields:
         # fields (a test holds the two to the same output).
         self.fast = fmt == "json" and self.names == DEFAULT_FIELDS
 
+    def functions(self):
+        """(capture, render) for a worker to call on each line: ``capture`` and ``render``,
+        or the shipped line's own functions when ``fast``, called directly (the methods'
+        call before theirs was ~1,000 instructions of every request's)."""
+        return (capture_default, render_default) if self.fast else (self.capture, self.render)
+
     def values(self, req, status, sent, upstream, elapsed_ms):
         """(name, value, optional) for each listed field; ``time`` is None, filled in when
         the line is rendered."""
@@ -286,6 +292,10 @@ def _render_default(captured, time_text, text):
         extra += f',"consumer":{text(consumer_id)}'
     if protocol:
         extra += f',"protocol":{text(protocol)}'
+    # A trace id is 32 lower-case hex digits, whichever way it came (tracing.extract), and
+    # response_line writes it into a header as it is: quoted, it is its own JSON string,
+    # without the escape's call (~850 instructions of a request's ~270,000).
+    trace_text = "null" if trace_id is None else f'"{trace_id}"'
     return (f'{{"time":"{time_text}","request_id":'
             f'{text(request_id) if request_id else "null"},'
             f'"client":{text(client_ip)},"method":{text(method)},'
@@ -294,7 +304,7 @@ def _render_default(captured, time_text, text):
             f'"upstream":{text(upstream) if upstream else "null"},'
             f'"status":{status},"bytes":{sent},"duration_ms":{elapsed_ms:.3f},'
             f'"upstream_ms":{"null" if seconds is None else f"{seconds * 1000.0:.3f}"},'
-            f'"trace_id":{_escape(trace_id) if trace_id is not None else "null"},'
+            f'"trace_id":{trace_text},'
             f'"ended_by":{text(ended_by) if ended_by else "null"}{extra}}}\n')
 
 

@@ -80,6 +80,7 @@ class AccessLog:
         self.enabled = logconf["access_log"]
         self.json = logconf["access_format"] == "json"
         self.fields = compile_fields(logconf["access_fields"], logconf["access_format"])
+        self.capture, self.render_line = self.fields.functions()
         self.pending = []           # (time.time(), captured fields), or a line already written
         self._clock_second = self._clock_tick = None
         self._clock_text = self._tick_text = ""
@@ -126,8 +127,7 @@ class AccessLog:
     def request(self, req, status, sent, upstream, start):
         elapsed_ms = (time.monotonic() - start) * 1000.0
         pending = self.pending
-        pending.append((time.time(), self.fields.capture(req, status, sent, upstream,
-                                                         elapsed_ms)))
+        pending.append((time.time(), self.capture(req, status, sent, upstream, elapsed_ms)))
         if len(pending) >= ACCESS_FLUSH_LINES:
             self.flush()
 
@@ -154,7 +154,7 @@ class AccessLog:
         cannot be rendered (a bug: the fields are plain values) is left out and logged; the
         others are written."""
         pending, self.pending = self.pending, []
-        render, time_text = self.fields.render, self.time_text
+        render, time_text = self.render_line, self.time_text
         lines = []
         for entry in pending:
             try:

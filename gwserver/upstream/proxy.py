@@ -685,8 +685,9 @@ class Proxy:
                 # the worker's own limit: taken for the target's, the host's workers skipped
                 # it for 1 s and passive checks counted it towards its ejection
                 raise OutOfFiles.connecting_to(target.url) from None
-            files = [getattr(conn, name, None) for name in ("ca_certs", "cert_file",
-                                                            "key_file")]
+            # (tls_files, as above: a comprehension naming `conn` here would make it a closure
+            # cell, built on every checkout, ~240 instructions a request)
+            files = tls_files(conn)
             if isinstance(exc, ssl.SSLError) and (files[0] or files[1]):
                 # A cert_file its key_file no longer matches fails here, not as urllib3's
                 # SSLError: the files' fault (client_tls_problem says so), no target's
