@@ -47,6 +47,8 @@ counts as JSON.
   /split-413        as /early-413, with its head in two writes 0.3 s apart
   /late-413         as /early-413, 0.3 s after the head (the gateway is sending the body)
   /hint-late-413    as /late-413, with a 103 Early Hints at once
+  /later-hint-413   as /late-413, with a 103 Early Hints 0.2 s after the head (the 413 0.3 s
+                    after the 103)
   /drip-413         as /early-413, its head's first 40 bytes a byte every 0.1 s (~4 s)
   /crlf-413, /hints-413
                     as /early-413, after 40 blank lines (CRLFs, which llhttp skips before a
@@ -186,14 +188,16 @@ def serve(conn):
                 conn.sendall(response(b"posted"))
                 continue                        # the body stays in buf: the next "request"
             if path in ("/early-413", "/split-413", "/late-413", "/hint-late-413",
-                        "/drip-413", "/crlf-413", "/hints-413"):
+                        "/later-hint-413", "/drip-413", "/crlf-413", "/hints-413"):
                 if length > 1 << 20:
                     answer = response(b"too large", b"413 Content Too Large",
                                       b"Connection: close\r\n")
                     if path == "/split-413":
                         conn.sendall(answer[:30])
                         answer = answer[30:]
-                    elif path == "/hint-late-413":
+                    elif path in ("/hint-late-413", "/later-hint-413"):
+                        if path == "/later-hint-413":
+                            time.sleep(0.2)
                         conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
                     elif path == "/drip-413":
                         for byte in answer[:40]:

@@ -16,6 +16,7 @@ Keep-alive HTTP/1.1 over TLS; bodies are not read (tests send GETs).
   /part-record   as /early-413, but only the first 10 bytes of the 413's TLS record are sent:
                  the socket stays readable with no data the TLS layer can give
   /drip-413      as /early-413, the first 40 bytes of its head a byte (a record) every 0.1 s
+  /late-413      as /early-413, 0.3 s after the head (its session tickets went before it)
 """
 import socket
 import ssl
@@ -98,6 +99,12 @@ def serve(conn, context):
                 conn.sendall(record[:10])
                 tls.held = record[10:]
             elif path == b"/early-413":
+                tls.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
+                         b"Connection: close\r\n\r\ntoo large")
+                time.sleep(10)
+                return
+            elif path == b"/late-413":
+                time.sleep(0.3)
                 tls.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
                          b"Connection: close\r\n\r\ntoo large")
                 time.sleep(10)

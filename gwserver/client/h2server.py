@@ -361,8 +361,9 @@ class H2Stream(ClientConnection):
             if actions[-1][2]:
                 self.ended = True
 
-    def read_body(self, watch=None):
+    def read_body(self, watch=None, timeout=None):
         """(as ClientConnection.read_body: True when ``watch`` turned readable first)"""
+        timeout = self.body_timeout if timeout is None else timeout
         if self.unacked:
             self.conn.acknowledge(self.stream_id, self.unacked)
             self.unacked = 0
@@ -379,7 +380,7 @@ class H2Stream(ClientConnection):
             wake = None if watch is None else ReadableWake(watch, self.wake)
             conn.body_wait_began()
             try:
-                came = self.wake.wait(self.body_timeout)
+                came = self.wake.wait(timeout)
                 while not came and self.answer_flowing():
                     came = self.wake.wait(self.body_timeout)
             finally:

@@ -677,13 +677,14 @@ class ClientConnection:
         self.head_status = status
         self.write(data)
 
-    def read_body(self, watch=None):
-        """Read more of the current request's body within client_body_timeout; raise
-        RequestTimeout when it stalls, ClientGone on EOF mid-body. ``watch``: a socket (the
-        upstream's) whose turning readable ends the wait: True then, nothing read."""
+    def read_body(self, watch=None, timeout=None):
+        """Read more of the current request's body within client_body_timeout (or what is
+        left of it: ``timeout``); raise RequestTimeout when it stalls, ClientGone on EOF
+        mid-body. ``watch``: a socket (the upstream's) whose turning readable ends the wait:
+        True then, nothing read."""
         wake = None if watch is None else ReadableWake(watch)   # (the recv is its one wait)
         runtime = self.runtime
-        runtime.deadlines.arm(self, self.body_timeout)
+        runtime.deadlines.arm(self, self.body_timeout if timeout is None else timeout)
         self.answer_timeout = True
         # While it waits, the connection may be closed for a new client if it is the slowest
         # (server.min_body_rate): a body trickled in a byte at a time never trips the

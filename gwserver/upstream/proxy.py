@@ -1258,7 +1258,7 @@ class Proxy:
         answer (the client's connection then closes: the rest of its body is unread)."""
         limit = route.max_body_size
         client.send_continue(req)
-        watch = True
+        until = None        # when the client's wait that a wake cut short was to end
         for turn in count(1):
             # Read before taking the pieces, once: an HTTP/2 client's body arrives in another
             # greenlet, which may add the last piece and mark the end while a send waits.
@@ -1278,17 +1278,21 @@ class Proxy:
                 return
             if turn % YIELD_EVERY == 0:
                 gevent.sleep(0)         # a fast uploader must not hold the worker
-            if watch:
-                # Watching the upstream meanwhile: waiting on the client alone, an early
-                # answer (a 413, a 401) to a client that paused its upload, or that waits
-                # for one before it sends its body (answered 100 Continue all the same),
-                # was held until client_body_timeout and lost for the gateway's 408. Once:
-                # a wake may be no answer (an interim head, a CRLF), and the client's body
-                # timeout begins anew with each wait: woken each second by an upstream's
-                # CRLF, a silent client's upload would be held for good.
-                watch = not client.read_body(ex.sock)
+            # Watching the upstream meanwhile: waiting on the client alone, an early answer
+            # (a 413, a 401) to a client that paused its upload, or that waits for one
+            # before it sends its body (answered 100 Continue all the same), was held until
+            # client_body_timeout and lost for the gateway's 408. A wake may be no answer (an
+            # interim head, a CRLF, a TLS session ticket): the next wait on the client ends
+            # when the one it cut short would have, not a client_body_timeout later (woken
+            # each second by an upstream's CRLF, a silent client's upload was held for good).
+            # Watched once only, a 103 or the tickets took the wake and the 413 behind them
+            # was lost for the 408 again.
+            began = time.monotonic()
+            left = None if until is None else max(until - began, 0.001)
+            if client.read_body(ex.sock, left):
+                until = until or began + client.body_timeout
             else:
-                client.read_body()
+                until = None
 
     def answered_between(self, ex, route):
         """Between two pieces of a streamed body: has the upstream answered (or closed)?"""

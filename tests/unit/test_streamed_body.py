@@ -19,7 +19,7 @@ class Client:
     def send_continue(self, req):
         pass
 
-    def read_body(self, watch=None):
+    def read_body(self, watch=None, timeout=None):
         return False                        # (True: ``watch``, the upstream, spoke first)
 
 
