@@ -54,9 +54,9 @@ UNREAD_LOGGED = 10
 UNREAD_SHOWN = 100
 
 
-def in_turn(kind, items, turns):
-    """``items`` ({id: (version, raw)} of one kind) in the order they came (``turns``: a
-    revision per "kind/id"). Two routes that want one path, or two consumers one key, are
+def in_turn(items):
+    """{id: (version, raw)} of ``items`` ([(turn, id, (version, raw))] of one kind, the turn
+    a revision) in the order they came. Two routes that want one path, or two consumers one key, are
     settled by which came first; a full load that put them in etcd's key order let the one
     whose id sorts first win. Where the table holds a version already (what it serves, or
     the snapshot it starts from), an item that changed since comes at its last change
@@ -65,7 +65,7 @@ def in_turn(kind, items, turns):
     route updated after a newcomer was refused for its path holds the path still. Only
     the items' last versions are known: of two routes both new to the table, the older
     one moved later onto the younger one's path goes in first still (docs/etcd.md)."""
-    return dict(sorted(items.items(), key=lambda item: turns[f"{kind}/{item[0]}"]))
+    return {item_id: entry for _, item_id, entry in sorted(items)}
 
 
 def shown(text, limit):
@@ -331,8 +331,7 @@ class ConfigSync:
         revision, items = self.client.range_prefix(self.prefix, created=True)
         cluster_id = self.client.cluster_id
         snapshot, self.snapshot_served = snapshot or self.snapshot_served, None
-        wanted = {"routes": {}, "upstreams": {}, "consumers": {}}
-        turns = {}
+        found = {"routes": [], "upstreams": [], "consumers": []}
         instances = {}
         self.unread = {}
         for key, value, mod_revision, create_revision in items:
@@ -341,12 +340,12 @@ class ConfigSync:
             if kind == "services":
                 instances.setdefault(item_id[0], {})[item_id[1]] = value
             elif kind:
-                wanted[kind][item_id] = (mod_revision, value)
                 # When it came: a change of an item the table holds at its last change, a
                 # new one at its creation (see in_turn)
                 held = item_id in getattr(self.table, f"wanted_{kind}")
-                turns[f"{kind}/{item_id}"] = mod_revision if held else create_revision
-        wanted = {kind: in_turn(kind, found, turns) for kind, found in wanted.items()}
+                found[kind].append((mod_revision if held else create_revision, item_id,
+                                    (mod_revision, value)))
+        wanted = {kind: in_turn(items) for kind, items in found.items()}
         was = self.cluster_id or self.publisher.source.get("cluster_id")
         if was and cluster_id != was:
             log.warning("the table served came from etcd cluster %s; etcd is cluster %s: "
