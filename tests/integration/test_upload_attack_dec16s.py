@@ -43,6 +43,40 @@ def read_answer_head(sock):
     return answer
 
 
+def final_answer(sock):
+    """The bytes from the first head that is no interim (1xx) one."""
+    answer = read_answer_head(sock)
+    while answer.startswith(b"HTTP/1.1 1"):
+        answer = answer.partition(b"\r\n\r\n")[2]
+        if b"\r\n\r\n" not in answer:
+            answer += read_answer_head(sock)
+    return answer
+
+
+def h2c_answer_to_a_paused_upload(launcher, path):
+    """An h2c client sends 16 KiB of a 2 MiB body to ``path`` and pauses (client_body_timeout
+    3 s): (the answer's status, or None after a reset or 5 s; the seconds it took)."""
+    raw = launcher.raw_upstream()
+    gw = launcher.gateway(gateway_conf([route("raw", ["/*rest"], raw.url)],
+                                       server={"client_body_timeout": 3.0},
+                                       http2={"h2c": True}))
+    client = RawH2(gw.port, timeout=6)
+    try:
+        started = time.monotonic()
+        sid = client.request(path, "POST", [("content-length", str(BIG))],
+                             body=b"x" * 16384, end=False)
+        client.pump(lambda c: any(isinstance(e, (h2.events.ResponseReceived,
+                                                 h2.events.StreamReset)) and
+                                  e.stream_id == sid for e in c.events), timeout=5)
+        took = time.monotonic() - started
+        status = next((dict(e.headers)[b":status"] for e in client.events
+                       if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid),
+                      None)
+    finally:
+        client.close()
+    return status, took
+
+
 # -- 1. an early answer while the body waits on its client ---------------------------------------
 
 @pytest.mark.parametrize("tls", [False, True])
@@ -70,10 +104,7 @@ def test_an_early_answer_reaches_a_client_that_waits_after_100_continue(launcher
         sock.sendall(b"POST /early-413 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
                      b"Expect: 100-continue\r\n\r\n" % BIG)
         started = time.monotonic()
-        answer = read_answer_head(sock)
-        if answer.startswith(b"HTTP/1.1 100"):
-            answer = answer.partition(b"\r\n\r\n")[2]
-            answer += read_answer_head(sock)
+        answer = final_answer(sock)
         took = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 413") and took < 1.5, (answer[:60], took)
 
@@ -81,23 +112,7 @@ def test_an_early_answer_reaches_a_client_that_waits_after_100_continue(launcher
 def test_an_early_answer_reaches_an_h2c_client_whose_upload_paused(launcher):
     """An h2c client sends 16 KiB of a 2 MiB body and pauses; /early-413 has answered 413.
     Before: a 408 after client_body_timeout (3 s). Now the 413 at once."""
-    raw = launcher.raw_upstream()
-    gw = launcher.gateway(gateway_conf([route("raw", ["/*rest"], raw.url)],
-                                       server={"client_body_timeout": 3.0},
-                                       http2={"h2c": True}))
-    client = RawH2(gw.port, timeout=6)
-    try:
-        started = time.monotonic()
-        sid = client.request("/early-413", "POST", [("content-length", str(BIG))],
-                             body=b"x" * 16384, end=False)
-        client.pump(lambda c: any(isinstance(e, h2.events.ResponseReceived) and
-                                  e.stream_id == sid for e in c.events), timeout=5)
-        took = time.monotonic() - started
-        status = next((dict(e.headers)[b":status"] for e in client.events
-                       if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid),
-                      None)
-    finally:
-        client.close()
+    status, took = h2c_answer_to_a_paused_upload(launcher, "/early-413")
     assert status == b"413" and took < 1.5, (status, took)
 
 

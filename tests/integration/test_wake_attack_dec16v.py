@@ -11,21 +11,13 @@ same client_body_timeout (a CRLF each second cannot hold a silent client's uploa
 import socket
 import time
 
-import h2.events
 import pytest
 
 from ..conftest import gateway_conf, route
-from ..h2client import RawH2
 from ..pki import CA
+from .test_upload_attack_dec16s import final_answer, h2c_answer_to_a_paused_upload
 
 BIG = 2 << 20           # over request_buffer_size (streamed) and the 413 paths' 1 MiB
-
-
-def read_answer_head(sock):
-    answer = b""
-    while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
-        answer += piece
-    return answer
 
 
 def upstream_route(launcher, tmp_path, tls):
@@ -54,11 +46,7 @@ def test_an_early_answer_after_a_no_answer_wake_reaches_a_waiting_client(launche
         sock.sendall(b"POST %s HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
                      b"Expect: 100-continue\r\n\r\n" % (path, BIG))
         started = time.monotonic()
-        answer = read_answer_head(sock)
-        while answer.startswith(b"HTTP/1.1 1"):
-            answer = answer.partition(b"\r\n\r\n")[2]
-            if b"\r\n\r\n" not in answer:
-                answer += read_answer_head(sock)
+        answer = final_answer(sock)
         took = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 413") and took < 1.5, (answer[:60], took)
 
@@ -67,24 +55,7 @@ def test_an_early_answer_after_an_interim_head_reaches_a_paused_h2c_client(launc
     """An h2c client sends 16 KiB of a 2 MiB body and pauses; /hint-late-413 sends a 103
     at once, its 413 0.3 s later. Before: a 408 (a reset) after client_body_timeout (3 s).
     Now the 413 at once."""
-    raw = launcher.raw_upstream()
-    gw = launcher.gateway(gateway_conf([route("raw", ["/*rest"], raw.url)],
-                                       server={"client_body_timeout": 3.0},
-                                       http2={"h2c": True}))
-    client = RawH2(gw.port, timeout=6)
-    try:
-        started = time.monotonic()
-        sid = client.request("/hint-late-413", "POST", [("content-length", str(BIG))],
-                             body=b"x" * 16384, end=False)
-        client.pump(lambda c: any(isinstance(e, (h2.events.ResponseReceived,
-                                                 h2.events.StreamReset)) and
-                                  e.stream_id == sid for e in c.events), timeout=5)
-        took = time.monotonic() - started
-        status = next((dict(e.headers)[b":status"] for e in client.events
-                       if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid),
-                      None)
-    finally:
-        client.close()
+    status, took = h2c_answer_to_a_paused_upload(launcher, "/hint-late-413")
     assert status == b"413" and took < 1.5, (status, took)
 
 
@@ -101,10 +72,6 @@ def test_a_silent_client_is_still_cut_at_client_body_timeout_by_an_upstream_crlf
         sock.sendall(b"POST /crlf-413 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n"
                      b"Expect: 100-continue\r\n\r\n" % BIG)
         started = time.monotonic()
-        answer = read_answer_head(sock)
-        if answer.startswith(b"HTTP/1.1 100"):
-            answer = answer.partition(b"\r\n\r\n")[2]
-            if b"\r\n\r\n" not in answer:
-                answer += read_answer_head(sock)
+        answer = final_answer(sock)
         took = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408") and 1.2 < took < 2.5, (answer[:60], took)
